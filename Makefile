@@ -1,0 +1,39 @@
+# `make demo` and `make test` work from a clean clone: each creates .venv if missing and installs.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+SAMPLE := src/hemaseg/samples/BloodImage_00000.jpg
+DEMO   := demo-out
+
+.PHONY: demo test install bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -e '.[dev]'
+	touch $@ $(VENV)/.installed
+
+install: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(BIN)/hemaseg segment --task wbc $(SAMPLE) --out $(DEMO) --overlay
+	@echo ""
+	@echo "Results are in $(DEMO)/:"
+	@echo "  $(DEMO)/BloodImage_00000.png          label map (0 background, 128 cytoplasm, 255 nucleus)"
+	@echo "  $(DEMO)/BloodImage_00000.json         one polygon per WBC, with its nucleus and box"
+	@echo "  $(DEMO)/BloodImage_00000_overlay.png  outlines drawn on the photo"
+
+test: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest
+
+bench: $(VENV)/.installed
+	$(BIN)/python benchmarks/speed.py
+	$(BIN)/python benchmarks/wbc_accuracy.py
+
+clean:
+	rm -rf $(DEMO) .pytest_cache

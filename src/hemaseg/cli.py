@@ -1,0 +1,196 @@
+"""Command line (typer). Each command parses arguments and calls the library."""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from hemaseg.errors import HemasegError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Blood-smear segmentation, counting and WBC typing on a CPU.")
+
+
+def _device(device: str) -> str:
+    if device == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda"):
+        raise typer.BadParameter("use cpu, cuda or auto", param_hint="--device")
+    return device
+
+
+def _fail(path, reason: str) -> None:
+    typer.echo(f"{path}: {reason}", err=True)
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s", stream=sys.stderr)
+
+
+@app.command()
+def segment(
+    images: List[str] = typer.Argument(..., help="image files, folders or globs"),
+    task: str = typer.Option("wbc", help="wbc (more tasks arrive with their models)"),
+    out: Path = typer.Option(Path("hemaseg-out"), help="output folder (created)"),
+    model: Optional[str] = typer.Option(None, help="bundled model name, .safetensors file or training run folder"),
+    device: str = typer.Option("cpu", help="cpu, cuda or auto"),
+    cell_diameter: Optional[float] = typer.Option(None, help="WBC diameter in px; default: estimated per image"),
+    overlay: bool = typer.Option(False, "--overlay", help="also write <stem>_overlay.png"),
+    tile: int = typer.Option(512, help="tile size for large images (px at model scale)"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Segment WBC boundary and nucleus: OUT/<stem>.png (0/128/255) and OUT/<stem>.json polygons."""
+    from hemaseg.infer.segment import get_model
+    from hemaseg.infer.segment import segment as run_segment
+    from hemaseg.io.images import list_images, read_image
+    from hemaseg.io.outputs import write_segmentation
+    from hemaseg.progress import track
+    from hemaseg.tasks import get_task
+
+    _setup_logging(verbose)
+    try:
+        spec = get_task(task)
+    except KeyError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--task") from None
+    if spec.name != "wbc":
+        raise typer.BadParameter(f"task {task!r} has no segmentation model yet", param_hint="--task")
+    dev = _device(device)
+    model_name = model or spec.default_model
+    try:
+        loaded = get_model(model_name, dev)
+    except HemasegError as exc:
+        _fail(model_name, exc.reason if hasattr(exc, "reason") else str(exc))
+        raise typer.Exit(2) from None
+    paths = list_images(images)
+    if not paths:
+        _fail(" ".join(images), "no images found")
+        raise typer.Exit(1)
+    out.mkdir(parents=True, exist_ok=True)
+    failed = 0
+    for path in track(paths, "segment"):
+        try:
+            image = read_image(path)
+            seg = run_segment(image, loaded, cell_diameter=cell_diameter, device=dev, tile=tile)
+            write_segmentation(out, path.stem, path, image, seg, spec, model_name, overlay)
+        except HemasegError as exc:
+            failed += 1
+            _fail(path, exc.reason if hasattr(exc, "reason") else str(exc))
+        except Exception as exc:  # one bad image must not stop the batch
+            failed += 1
+            _fail(path, f"{exc.__class__.__name__}: {exc}")
+    typer.echo(f"{len(paths) - failed}/{len(paths)} images segmented; results in {out}", err=True)
+    raise typer.Exit(1 if failed else 0)
+
+
+@app.command()
+def train(
+    task: str = typer.Argument(..., help="wbc"),
+    data: Optional[List[str]] = typer.Option(None, help="data folder(s) of image/mask pairs"),
+    out: Optional[Path] = typer.Option(None, help="run folder (checkpoints, state.json, curves, model card)"),
+    resume: Optional[Path] = typer.Option(None, help="continue the run in this folder where it stopped"),
+    arch: str = typer.Option("unet-dropout", help="architecture name (see `hemaseg models`)"),
+    epochs: int = typer.Option(200),
+    batch_size: int = typer.Option(16),
+    lr: float = typer.Option(2e-3),
+    crop: int = typer.Option(160, help="training crop size (px)"),
+    samples_per_epoch: int = typer.Option(480, help="augmented samples per epoch (0: one pass)"),
+    patience: int = typer.Option(40, help="early stop after this many epochs without improvement"),
+    augment: bool = typer.Option(True, "--augment/--no-augment", help="scale and stain/colour augmentation"),
+    val_fraction: float = typer.Option(0.2),
+    seed: int = typer.Option(0),
+    threads: int = typer.Option(0, help="torch CPU threads (0: torch's default)"),
+) -> None:
+    """Train a model on a lab's annotated images; resumable after a kill."""
+    import torch
+
+    from hemaseg.models.registry import list_models
+    from hemaseg.train.loop import TrainConfig, fit
+
+    _setup_logging(True)
+    if threads:
+        torch.set_num_threads(threads)
+    if task != "wbc":
+        raise typer.BadParameter("only the wbc task can be trained so far", param_hint="TASK")
+    try:
+        if resume is not None:
+            state = fit(None, resume, resume=True)
+            run = resume
+        else:
+            if not data or out is None:
+                raise typer.BadParameter("give --data DIR and --out RUN (or --resume RUN)")
+            if arch not in list_models():
+                raise typer.BadParameter(f"unknown architecture; known: {', '.join(list_models())}", param_hint="--arch")
+            kw = {} if arch != "unet-dropout" else TrainConfig().arch_kwargs
+            cfg = TrainConfig(task=task, data=[str(Path(d).resolve()) for d in data], arch=arch, arch_kwargs=kw,
+                              epochs=epochs, batch_size=batch_size, lr=lr, crop=crop,
+                              samples_per_epoch=samples_per_epoch, patience=patience, augment=augment,
+                              val_fraction=val_fraction, seed=seed)
+            state = fit(cfg, out)
+            run = out
+    except HemasegError as exc:
+        _fail(getattr(exc, "path", ""), getattr(exc, "reason", str(exc)))
+        raise typer.Exit(1) from None
+    typer.echo(f"run {run}: epoch {state['epoch']}, best {state['best_metric']:.4f} at epoch {state['best_epoch']}",
+               err=True)
+
+
+@app.command()
+def evaluate(
+    task: str = typer.Argument(..., help="wbc"),
+    data: List[str] = typer.Option(..., help="folder(s) of image/mask pairs"),
+    model: Optional[str] = typer.Option(None, help="bundled name, .safetensors file or run folder"),
+    split: Optional[Path] = typer.Option(None, help="split.json: score only its 'val' images"),
+    cell_diameter: Optional[float] = typer.Option(None, help="WBC diameter in px; default: estimated"),
+    device: str = typer.Option("cpu"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="write the full results as JSON"),
+    grid: Optional[Path] = typer.Option(Path("worst_cases.png"), help="PNG grid of the worst images"),
+) -> None:
+    """Score a model: Dice and IoU of whole cell and nucleus, per image and mean."""
+    from hemaseg.evaluation import evaluate as run_evaluate
+    from hemaseg.io.writers import write_json
+
+    _setup_logging(False)
+    try:
+        res = run_evaluate(task, data, model or task, split, cell_diameter, _device(device), grid)
+    except HemasegError as exc:
+        _fail(getattr(exc, "path", ""), getattr(exc, "reason", str(exc)))
+        raise typer.Exit(1) from None
+    typer.echo(f"{'image':<40} {'dice_cell':>9} {'dice_nuc':>9} {'iou_cell':>9} {'iou_nuc':>9}")
+    for r in res["per_image"]:
+        typer.echo(f"{Path(r['image']).name:<40} {r['dice_cell']:9.4f} {r['dice_nucleus']:9.4f} "
+                   f"{r['iou_cell']:9.4f} {r['iou_nucleus']:9.4f}")
+    m = res["mean"]
+    typer.echo(f"{'MEAN (' + str(res['n_images']) + ' images)':<40} {m['dice_cell']:9.4f} {m['dice_nucleus']:9.4f} "
+               f"{m['iou_cell']:9.4f} {m['iou_nucleus']:9.4f}")
+    if json_out:
+        write_json(json_out, res)
+
+
+@app.command()
+def models() -> None:
+    """List registered architectures and bundled models."""
+    from hemaseg.models.registry import WEIGHTS_DIR, list_models
+
+    typer.echo("architectures: " + ", ".join(list_models()))
+    for card in sorted(WEIGHTS_DIR.glob("*.json")):
+        d = json.loads(card.read_text())
+        typer.echo(f"bundled: {card.stem}  task={d.get('task')}  arch={d['architecture']['name']}  "
+                   f"val={d.get('metrics', {}).get('val')}")
+
+
+@app.command()
+def version() -> None:
+    """Print the hemaseg version."""
+    from hemaseg import __version__
+
+    typer.echo(__version__)
+
+
+if __name__ == "__main__":
+    app()

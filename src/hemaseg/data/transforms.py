@@ -1,0 +1,83 @@
+"""Normalisation and albumentations pipelines (geometry, scale, stain/colour, optics)."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+
+def percentile_range(image: np.ndarray, low: float = 1.0, high: float = 99.0, max_pixels: int = 1_000_000) -> np.ndarray:
+    """Per-channel (low, high) percentiles of an (H, W, C) image as a (2, C) float32 array.
+
+    Large images are subsampled on a regular grid so the cost stays flat.
+    """
+    h, w = image.shape[:2]
+    step = max(1, int(np.ceil(np.sqrt(h * w / max_pixels))))
+    sample = image[::step, ::step].reshape(-1, image.shape[-1]).astype(np.float32)
+    return np.percentile(sample, [low, high], axis=0).astype(np.float32)
+
+
+def normalize(image: np.ndarray, low: float = 1.0, high: float = 99.0, prange: np.ndarray | None = None) -> np.ndarray:
+    """Map each channel's (low, high) percentiles to (0, 1): (H, W, C) float32.
+
+    Per-channel stretching removes most of a lab's colour cast (yellowish, pink,
+    bluish backgrounds) before the network sees the image.
+
+    >>> img = np.stack([np.linspace(10, 200, 100).reshape(10, 10)] * 3, -1).astype(np.uint8)
+    >>> x = normalize(img)
+    >>> bool(abs(float(np.median(x)) - 0.5) < 0.05)
+    True
+    """
+    if prange is None:
+        prange = percentile_range(image, low, high)
+    lo, hi = prange[0], prange[1]
+    scale = 1.0 / np.maximum(hi - lo, 1e-3)
+    return ((image.astype(np.float32) - lo) * scale).astype(np.float32)
+
+
+def train_transform(crop: int, augment: bool = True, scale: tuple[float, float] = (0.5, 2.0)):
+    """Training pipeline on uint8 RGB + label mask: geometry, scale, stain/colour, optics.
+
+    ``augment=False`` keeps only flips/90° rotations and the crop (the ablation baseline).
+    """
+    import albumentations as A
+
+    geo = [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5), A.RandomRotate90(p=1.0)]
+    if not augment:
+        return A.Compose(geo + [A.PadIfNeeded(crop, crop, border_mode=cv2.BORDER_REFLECT_101), A.RandomCrop(crop, crop)])
+    geo += [
+        A.Affine(scale=scale, rotate=(-180, 180), balanced_scale=True, border_mode=cv2.BORDER_REFLECT_101, p=0.9),
+        A.PadIfNeeded(crop, crop, border_mode=cv2.BORDER_REFLECT_101),
+        A.RandomCrop(crop, crop),
+    ]
+    colour = [
+        # Stain: H&E-like re-staining, Planck (warm/cool light), hue rotations and
+        # saturation changes cover yellowish, pink-purple and bluish smears.
+        A.OneOf([
+            A.HEStain(method="random_preset", p=1.0),
+            A.PlanckianJitter(mode="blackbody", p=1.0),
+            A.HueSaturationValue(hue_shift_limit=40, sat_shift_limit=50, val_shift_limit=25, p=1.0),
+        ], p=0.8),
+        A.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.4, hue=0.1, p=0.7),
+        A.RGBShift(r_shift_limit=25, g_shift_limit=25, b_shift_limit=25, p=0.3),
+        A.RandomGamma(gamma_limit=(70, 150), p=0.3),
+        A.ToGray(p=0.05),
+        A.ChannelShuffle(p=0.05),
+    ]
+    optics = [
+        A.OneOf([A.GaussianBlur(blur_limit=(3, 5), p=1.0), A.Downscale(scale_range=(0.4, 0.8), p=1.0),
+                 A.MotionBlur(blur_limit=5, p=1.0)], p=0.3),
+        A.GaussNoise(std_range=(0.01, 0.05), p=0.3),
+        A.ImageCompression(quality_range=(40, 95), p=0.2),
+    ]
+    return A.Compose(geo + colour + optics)
+
+
+def rescale(image: np.ndarray, factor: float, interpolation: int | None = None) -> np.ndarray:
+    """Resize an image by ``factor`` (area when shrinking, linear when enlarging)."""
+    if abs(factor - 1.0) < 1e-3:
+        return image
+    h, w = image.shape[:2]
+    size = (max(1, round(w * factor)), max(1, round(h * factor)))
+    if interpolation is None:
+        interpolation = cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR
+    return cv2.resize(image, size, interpolation=interpolation)

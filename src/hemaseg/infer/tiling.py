@@ -1,0 +1,75 @@
+"""Overlapping tiles with blended stitching: any image size, flat network memory."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def _starts(length: int, tile: int, step: int) -> list[int]:
+    if length <= tile:
+        return [0]
+    starts = list(range(0, length - tile, step))
+    starts.append(length - tile)
+    return starts
+
+
+def _window(tile_h: int, tile_w: int, overlap: int) -> np.ndarray:
+    """Blend weights: 1 in the middle, a linear ramp to a small floor over ``overlap`` px at edges."""
+    def ramp(n: int) -> np.ndarray:
+        r = np.ones(n, np.float32)
+        k = min(overlap, n // 2)
+        if k > 0:
+            ramp_ = np.linspace(0.02, 1.0, k, dtype=np.float32)
+            r[:k] = ramp_
+            r[n - k:] = ramp_[::-1]
+        return r
+
+    return np.outer(ramp(tile_h), ramp(tile_w))
+
+
+def _pad_to(x: np.ndarray, h: int, w: int) -> np.ndarray:
+    ph, pw = h - x.shape[0], w - x.shape[1]
+    if ph == 0 and pw == 0:
+        return x
+    mode = "reflect" if ph < x.shape[0] and pw < x.shape[1] else "edge"
+    return np.pad(x, ((0, ph), (0, pw), (0, 0)), mode=mode)
+
+
+@torch.inference_mode()
+def predict_tiled(model: nn.Module, image: np.ndarray, tile: int = 512, overlap: int = 64,
+                  stride: int = 32, batch_size: int = 4, progress=None) -> np.ndarray:
+    """Softmax probabilities of ``model`` on a normalised (H, W, C) float32 image: (K, H, W) float32.
+
+    Images no larger than ``tile`` run in one pass, padded to a multiple of ``stride``
+    and cropped back. Larger images run in overlapping tiles whose outputs are blended
+    with edge-tapered weights, so memory for the network does not grow with image size.
+    """
+    h, w = image.shape[:2]
+    device = next(model.parameters()).device
+    tile = max(stride, (tile // stride) * stride)
+    th = min(tile, -(-h // stride) * stride)
+    tw = min(tile, -(-w // stride) * stride)
+    padded = _pad_to(image, max(h, th), max(w, tw))
+    ph, pw = padded.shape[:2]
+    ys, xs = _starts(ph, th, th - overlap), _starts(pw, tw, tw - overlap)
+    coords = [(y, x) for y in ys for x in xs]
+    single = len(coords) == 1
+    weight = np.ones((th, tw), np.float32) if single else _window(th, tw, overlap)
+    acc: np.ndarray | None = None
+    norm = np.zeros((ph, pw), np.float32)
+    for i in range(0, len(coords), batch_size):
+        chunk = coords[i:i + batch_size]
+        batch = np.stack([padded[y:y + th, x:x + tw] for y, x in chunk])
+        t = torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous().to(device)
+        probs = model(t).float().softmax(1).cpu().numpy()
+        if acc is None:
+            acc = np.zeros((probs.shape[1], ph, pw), np.float32)
+        for (y, x), p in zip(chunk, probs):
+            acc[:, y:y + th, x:x + tw] += p * weight
+            norm[y:y + th, x:x + tw] += weight
+        if progress is not None:
+            progress(len(chunk))
+    assert acc is not None
+    acc /= norm[None]
+    return acc[:, :h, :w]

@@ -1,0 +1,99 @@
+"""Dataset readers: wbc-seg (NNN.bmp + NNN.png) and paired image/mask folders."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from hemaseg.errors import HemasegInputError
+from hemaseg.io.images import IMAGE_SUFFIXES, read_image, read_mask
+
+MASK_DIRS = ("masks", "mask", "labels", "label", "segments", "gt")
+IMAGE_DIRS = ("images", "image", "imgs")
+MASK_SUFFIXES = ("_mask", "-mask", "_label", "-label", "_gt")
+
+
+@dataclass(frozen=True)
+class Pair:
+    """An image file and its mask file."""
+
+    image: Path
+    mask: Path
+
+
+def _strip_mask_suffix(stem: str) -> str | None:
+    for s in MASK_SUFFIXES:
+        if stem.lower().endswith(s):
+            return stem[: -len(s)]
+    return None
+
+
+def find_pairs(root: str | Path) -> list[Pair]:
+    """Pair every image under ``root`` with its mask.
+
+    Layouts understood, searched recursively:
+    - wbc-seg: ``NNN.bmp`` (image) beside ``NNN.png`` (mask) in one folder;
+    - ``X.jpg`` beside ``X_mask.png`` / ``X-mask.jpg`` (seed 000);
+    - paired folders ``images/X.*`` and ``masks/X.*`` (also labels/, segments/, gt/).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise HemasegInputError(root, "not a folder")
+    pairs: list[Pair] = []
+    for folder in sorted({p.parent for p in root.rglob("*") if p.is_file()} | {root}):
+        files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+        if folder.name.lower() in IMAGE_DIRS:
+            for mdir in MASK_DIRS:
+                mfolder = folder.parent / mdir
+                if mfolder.is_dir():
+                    masks = {p.stem: p for p in mfolder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+                    pairs += [Pair(f, masks[f.stem]) for f in sorted(files) if f.stem in masks]
+                    break
+            continue
+        if folder.name.lower() in MASK_DIRS:
+            continue
+        by_stem: dict[str, list[Path]] = {}
+        for f in files:
+            by_stem.setdefault(f.stem, []).append(f)
+        for f in sorted(files):
+            base = _strip_mask_suffix(f.stem)
+            if base is not None and base in by_stem:
+                imgs = [p for p in by_stem[base] if p != f]
+                if imgs:
+                    pairs.append(Pair(imgs[0], f))
+        for stem, group in sorted(by_stem.items()):
+            if len(group) == 2:
+                pngs = [p for p in group if p.suffix.lower() == ".png"]
+                others = [p for p in group if p.suffix.lower() != ".png"]
+                if len(pngs) == 1 and len(others) == 1:
+                    pairs.append(Pair(others[0], pngs[0]))
+    return pairs
+
+
+def wbc_classes(mask: np.ndarray, path: str | Path = "") -> np.ndarray:
+    """Map a WBC mask to class indices 0 background, 1 cytoplasm, 2 nucleus: (H, W) uint8.
+
+    Accepts the wbc-seg convention (0/128/255) and index masks (0/1/2); a binary
+    0/255 or 0/1 mask is read as whole cell without nucleus.
+    """
+    values = set(np.unique(mask).tolist())
+    if values <= {0, 1, 2} and 2 in values:
+        return mask.astype(np.uint8)
+    if values <= {0, 1} or values <= {0, 255}:
+        return (mask > 0).astype(np.uint8)
+    # wbc-seg maps are clean 0/128/255, but JPEG-saved masks are not: snap to nearest.
+    m = mask.astype(np.int32)
+    out = np.zeros(mask.shape, np.uint8)
+    out[m >= 64] = 1
+    out[m >= 192] = 2
+    if len(values) > 16 and not str(path).lower().endswith((".jpg", ".jpeg")):
+        raise HemasegInputError(path, f"mask has {len(values)} distinct values; expected 0/128/255 or 0/1/2")
+    return out
+
+
+def load_pair(pair: Pair) -> tuple[np.ndarray, np.ndarray]:
+    """Read an image and its WBC class mask: ((H, W, 3) uint8, (H, W) uint8)."""
+    image = read_image(pair.image)
+    mask = read_mask(pair.mask, image.shape[:2])
+    return image, wbc_classes(mask, pair.mask)

@@ -1,0 +1,37 @@
+"""Per-task output files of ``hemaseg segment`` (DESIGN.md file contracts)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from hemaseg.infer.segment import Segmentation
+from hemaseg.io.writers import overlay, write_json, write_png
+from hemaseg.tasks import Task
+
+
+def label_image(task: Task, classes: np.ndarray) -> np.ndarray:
+    """Class indices -> the task's label values on disk (wbc: 0/128/255): (H, W) uint8."""
+    lut = np.asarray(task.label_values, np.uint8)
+    return lut[classes]
+
+
+def write_segmentation(out: Path, stem: str, source: Path, image: np.ndarray, seg: Segmentation, task: Task,
+                       model_name: str, with_overlay: bool) -> list[Path]:
+    """Write <stem>.png, <stem>.json and optionally <stem>_overlay.png into ``out``."""
+    h, w = seg.classes.shape
+    files = [write_png(out / f"{stem}.png", label_image(task, seg.classes))]
+    files.append(write_json(out / f"{stem}.json", {
+        "filename": str(source),
+        "height": h,
+        "width": w,
+        "task": task.name,
+        "model": model_name,
+        "cell_diameter": round(seg.cell_diameter, 2),
+        "scale": round(seg.scale, 4),
+        "count": seg.count,
+        "masks": seg.objects,
+    }))
+    if with_overlay:
+        files.append(write_png(out / f"{stem}_overlay.png", overlay(image, seg.classes, task.colors, instances=seg.instances)))
+    return files

@@ -1,0 +1,42 @@
+"""Task definitions: classes, label values on disk, colours, default model."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Task:
+    """What a task predicts and how its labels look on disk."""
+
+    name: str
+    classes: tuple[str, ...]
+    label_values: tuple[int, ...]  # value written to the label PNG for each class index
+    colors: dict[int, tuple[int, int, int]] = field(default_factory=dict)
+    default_model: str = ""
+    description: str = ""
+
+
+TASKS: dict[str, Task] = {}
+
+
+def register_task(task: Task) -> Task:
+    """Add a task to the registry."""
+    TASKS[task.name] = task
+    return task
+
+
+def get_task(name: str) -> Task:
+    """Look a task up by name; KeyError lists the known ones."""
+    if name not in TASKS:
+        raise KeyError(f"unknown task {name!r}; known: {', '.join(sorted(TASKS))}")
+    return TASKS[name]
+
+
+WBC = register_task(Task(
+    name="wbc",
+    classes=("background", "cytoplasm", "nucleus"),
+    label_values=(0, 128, 255),
+    colors={1: (0, 200, 255), 2: (255, 0, 200)},
+    default_model="wbc",
+    description="WBC boundary and nucleus (wbc-seg convention 0/128/255)",
+))

@@ -1,0 +1,305 @@
+"""One training loop: seeded split on disk, augmentation, Dice+CE, cosine LR, early stop,
+best/last checkpoints with a JSON state, exact resume, curves PNG and a model card."""
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hemaseg import __version__
+from hemaseg.errors import HemasegInputError
+from hemaseg.io.datasets import Pair, find_pairs, load_pair
+from hemaseg.io.writers import atomic_path, write_json
+from hemaseg.metrics import wbc_scores
+from hemaseg.models.registry import create_model, save_model
+from hemaseg.tasks import get_task
+from hemaseg.train.losses import dice_ce_loss
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs; stored in state.json so ``--resume`` rebuilds the same run."""
+
+    task: str = "wbc"
+    data: list[str] = field(default_factory=list)
+    arch: str = "unet-dropout"
+    arch_kwargs: dict = field(default_factory=lambda: {"widths": [16, 32, 64, 128, 256], "dropout": 0.1, "stem_stride": 2})
+    epochs: int = 200
+    batch_size: int = 16
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    crop: int = 160
+    augment: bool = True
+    scale_min: float = 0.5
+    scale_max: float = 2.0
+    samples_per_epoch: int = 480  # 0: one pass over the training images
+    patience: int = 40
+    val_fraction: float = 0.2
+    seed: int = 0
+    norm_low: float = 1.0
+    norm_high: float = 99.0
+
+
+def versions() -> dict[str, str]:
+    """Versions of the software a checkpoint was made with."""
+    import albumentations
+
+    return {"hemaseg": __version__, "torch": torch.__version__, "numpy": np.__version__,
+            "albumentations": albumentations.__version__, "python": platform.python_version()}
+
+
+def split_pairs(pairs: list[Pair], val_fraction: float, seed: int) -> tuple[list[Pair], list[Pair]]:
+    """Seeded random split into (train, val)."""
+    order = np.random.default_rng(seed).permutation(len(pairs))
+    n_val = max(1, int(round(len(pairs) * val_fraction))) if len(pairs) > 1 else 0
+    val = sorted((pairs[i] for i in order[:n_val]), key=lambda p: str(p.image))
+    train = sorted((pairs[i] for i in order[n_val:]), key=lambda p: str(p.image))
+    return train, val
+
+
+def read_split(path: Path) -> tuple[list[Pair], list[Pair]]:
+    """Read a split.json written by :func:`write_split`."""
+    d = json.loads(path.read_text())
+    return ([Pair(Path(a), Path(b)) for a, b in d["train"]], [Pair(Path(a), Path(b)) for a, b in d["val"]])
+
+
+def write_split(path: Path, train: list[Pair], val: list[Pair], seed: int) -> None:
+    """Write the split as lists of [image, mask] paths."""
+    write_json(path, {"seed": seed, "train": [[str(p.image), str(p.mask)] for p in train],
+                      "val": [[str(p.image), str(p.mask)] for p in val]})
+
+
+def cell_diameter(masks: list[np.ndarray]) -> float:
+    """Median equivalent diameter (px) of the cells (class > 0) in training masks."""
+    from skimage.measure import label, regionprops
+
+    ds = []
+    for m in masks:
+        for r in regionprops(label(m > 0)):
+            if r.area >= 20:
+                ds.append(r.equivalent_diameter_area)
+    return float(np.median(ds)) if ds else 0.0
+
+
+class SegDataset(torch.utils.data.Dataset):
+    """Images and class masks held in memory, augmented and normalised on access."""
+
+    def __init__(self, items: list[tuple[np.ndarray, np.ndarray]], transform, low: float, high: float,
+                 length: int = 0) -> None:
+        from hemaseg.data.transforms import normalize
+
+        self.items, self.transform, self.low, self.high = items, transform, low, high
+        self.length = length or len(items)
+        self._normalize = normalize
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int):
+        image, mask = self.items[i % len(self.items)]
+        out = self.transform(image=image, mask=mask)
+        x = self._normalize(out["image"], self.low, self.high)
+        return torch.from_numpy(x).permute(2, 0, 1).contiguous(), torch.from_numpy(out["mask"].astype(np.int64))
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def evaluate_native(model: torch.nn.Module, items: list[tuple[np.ndarray, np.ndarray]], low: float, high: float,
+                    stride: int) -> dict[str, float]:
+    """Mean WBC scores of ``model`` on (image, mask) pairs at their native scale."""
+    from hemaseg.data.transforms import normalize
+    from hemaseg.infer.tiling import predict_tiled
+
+    model.eval()
+    scores = [wbc_scores(predict_tiled(model, normalize(img, low, high), stride=stride).argmax(0), m)
+              for img, m in items]
+    return {k: float(np.mean([s[k] for s in scores])) for k in scores[0]} if scores else {}
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: torch.nn.Module, loader) -> None:
+    """Re-estimate BatchNorm running statistics as a plain average over ``loader`` (precise BN).
+
+    The momentum average of the last few heavily augmented batches can sit far from
+    any real image's statistics; averaging over a whole epoch of batches does not.
+    """
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average
+    model.train()
+    for x, _ in loader:
+        model(x)
+    for m, mom in zip(bns, momenta):
+        m.momentum = mom
+    model.eval()
+
+
+def plot_curves(history: list[dict], path: Path) -> None:
+    """Training loss and validation metrics against epoch, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(1, 2, figsize=(10, 4))
+    ax[0].plot(ep, [h["train_loss"] for h in history], label="train loss")
+    ax[0].set_xlabel("epoch"); ax[0].set_ylabel("loss"); ax[0].legend()
+    for k in ("dice_cell", "dice_nucleus"):
+        if k in history[0]:
+            ax[1].plot(ep, [h[k] for h in history], label=f"val {k}")
+    ax[1].set_xlabel("epoch"); ax[1].set_ylabel("Dice"); ax[1].legend(); ax[1].grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def _save_checkpoint(run: Path, tag: str, model, optimizer, scheduler, state: dict, card: dict) -> None:
+    save_model(model, run / tag, card)
+    if tag == "last":
+        with atomic_path(run / "last.optim.pt") as tmp:
+            torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp)
+
+
+def fit(cfg: TrainConfig | None, run: str | Path, resume: bool = False, progress: bool = True,
+        max_epochs_this_call: int | None = None) -> dict:
+    """Train (or resume) a run in folder ``run``; returns the final state dict.
+
+    ``max_epochs_this_call`` stops early after that many epochs (used by tests to
+    simulate a killed run that is later resumed).
+    """
+    from tqdm import tqdm
+
+    from hemaseg.data.transforms import train_transform
+
+    run = Path(run)
+    state_path = run / "state.json"
+    if resume:
+        if not state_path.exists():
+            raise HemasegInputError(state_path, "no state.json: nothing to resume")
+        state = json.loads(state_path.read_text())
+        cfg = TrainConfig(**state["config"])
+    else:
+        assert cfg is not None
+        run.mkdir(parents=True, exist_ok=True)
+        state = {"config": asdict(cfg), "epoch": 0, "history": [], "best_metric": -1.0, "best_epoch": 0,
+                 "stopped_early": False}
+    task = get_task(cfg.task)
+
+    split_path = run / "split.json"
+    if split_path.exists():
+        train_pairs, val_pairs = read_split(split_path)
+    else:
+        pairs = [p for d in cfg.data for p in find_pairs(d)]
+        if not pairs:
+            raise HemasegInputError(", ".join(cfg.data), "no image/mask pairs found")
+        train_pairs, val_pairs = split_pairs(pairs, cfg.val_fraction, cfg.seed)
+        write_split(split_path, train_pairs, val_pairs, cfg.seed)
+    train_items = [load_pair(p) for p in train_pairs]
+    val_items = [load_pair(p) for p in val_pairs]
+    diameter = state.get("cell_diameter") or cell_diameter([m for _, m in train_items])
+    state["cell_diameter"] = diameter
+
+    _seed_all(cfg.seed)
+    model = create_model(cfg.arch, classes=len(task.classes), **cfg.arch_kwargs)
+    stride = int(getattr(model, "stride", 32))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs, eta_min=cfg.lr * 0.01)
+    if resume and (run / "last.safetensors").exists():
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(str(run / "last.safetensors")))
+        opt_state = torch.load(run / "last.optim.pt", weights_only=False)
+        optimizer.load_state_dict(opt_state["optimizer"])
+        scheduler.load_state_dict(opt_state["scheduler"])
+
+    transform = train_transform(cfg.crop, cfg.augment, (cfg.scale_min, cfg.scale_max))
+    dataset = SegDataset(train_items, transform, cfg.norm_low, cfg.norm_high, cfg.samples_per_epoch)
+    card = {
+        "name": f"{task.name}-{cfg.arch}",
+        "task": task.name,
+        "classes": list(task.classes),
+        "label_values": list(task.label_values),
+        "architecture": {"name": cfg.arch, "kwargs": {"classes": len(task.classes), **cfg.arch_kwargs}},
+        "normalization": {"type": "percentile", "low": cfg.norm_low, "high": cfg.norm_high, "per_channel": True},
+        "cell_diameter": diameter,
+        "training": {"data": cfg.data, "n_train": len(train_items), "n_val": len(val_items), "seed": cfg.seed,
+                     "augment": cfg.augment, "scale_range": [cfg.scale_min, cfg.scale_max], "split": str(split_path)},
+        "versions": versions(),
+    }
+
+    done_now = 0
+    for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
+        if state["stopped_early"] or (max_epochs_this_call is not None and done_now >= max_epochs_this_call):
+            break
+        t0 = time.time()
+        # Reseeding per epoch makes a resumed run draw the same batches as an unbroken one.
+        _seed_all(cfg.seed * 100_003 + epoch)
+        transform.set_random_seed(cfg.seed * 100_003 + epoch)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=len(dataset) > cfg.batch_size)
+        model.train()
+        losses = []
+        bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=not progress)
+        for x, y in bar:
+            loss = dice_ce_loss(model(x), y, nested=True)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{np.mean(losses):.4f}")
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+        recalibrate_batchnorm(model, loader)
+        val = evaluate_native(model, val_items, cfg.norm_low, cfg.norm_high, stride)
+        metric = (val["dice_cell"] + val["dice_nucleus"]) / 2 if val else -float(np.mean(losses))
+        entry = {"epoch": epoch, "lr": lr, "train_loss": float(np.mean(losses)), **val, "metric": metric,
+                 "seconds": round(time.time() - t0, 2)}
+        state["history"].append(entry)
+        state["epoch"] = epoch
+        state["lr"] = optimizer.param_groups[0]["lr"]
+        card_now = {**card, "metrics": {"val": val, "epoch": epoch}}
+        if metric > state["best_metric"]:
+            state["best_metric"], state["best_epoch"] = metric, epoch
+            _save_checkpoint(run, "best", model, optimizer, scheduler, state, card_now)
+        if epoch - state["best_epoch"] >= cfg.patience:
+            state["stopped_early"] = True
+        _save_checkpoint(run, "last", model, optimizer, scheduler, state, card_now)
+        state["versions"] = versions()
+        write_json(state_path, state)
+        plot_curves(state["history"], run / "curves.png")
+        done_now += 1
+        msg = (f"epoch {epoch}/{cfg.epochs} loss {entry['train_loss']:.4f} "
+               + " ".join(f"{k} {v:.4f}" for k, v in val.items()) + f" lr {lr:.2e} {entry['seconds']:.0f}s")
+        log.info(msg)
+        if progress:
+            tqdm.write(msg)
+
+    if state["epoch"] >= cfg.epochs or state["stopped_early"]:
+        # The shipped model of the run: best weights + card with its validation figures.
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(str(run / "best.safetensors")))
+        best = next(h for h in state["history"] if h["epoch"] == state["best_epoch"])
+        save_model(model, run / "model", {**card, "metrics": {"val": {k: best[k] for k in best if k.startswith(("dice", "iou"))},
+                                                               "epoch": state["best_epoch"]}})
+        state["finished"] = True
+        write_json(state_path, state)
+    return state

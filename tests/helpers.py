@@ -1,0 +1,33 @@
+"""Helpers shared by the tests: synthetic WBC images and the tiny architecture."""
+from __future__ import annotations
+
+import numpy as np
+
+TINY = {"widths": [4, 8, 16], "dropout": 0.1, "stem_stride": 1}
+
+
+def toy_wbc(rng: np.random.Generator, size: int = 48, radius: float | None = None,
+            center: tuple[float, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A pink background with pale RBC rings and one WBC (cytoplasm + dark nucleus).
+
+    Returns ((size, size, 3) uint8 image, (size, size) uint8 mask in 0/128/255).
+    """
+    yy, xx = np.mgrid[:size, :size].astype(np.float32)
+    img = np.empty((size, size, 3), np.float32)
+    img[:] = (235, 215, 215)
+    for _ in range(4):
+        cy, cx = rng.uniform(0, size, 2)
+        d = np.hypot(yy - cy, xx - cx)
+        img[(d > size / 10) & (d < size / 7)] = (215, 160, 165)
+    r = radius or rng.uniform(size / 5, size / 3.5)
+    cy, cx = center or (size / 2 + rng.uniform(-3, 3), size / 2 + rng.uniform(-3, 3))
+    d = np.hypot(yy - cy, xx - cx)
+    cell = d < r
+    nuc = np.hypot(yy - cy - r / 5, xx - cx) < r * 0.55
+    img[cell] = (200, 170, 215)
+    img[nuc & cell] = (90, 40, 130)
+    img += rng.normal(0, 4, img.shape)
+    mask = np.zeros((size, size), np.uint8)
+    mask[cell] = 128
+    mask[nuc & cell] = 255
+    return np.clip(img, 0, 255).astype(np.uint8), mask

@@ -1,0 +1,102 @@
+import json
+
+import numpy as np
+from PIL import Image
+from typer.testing import CliRunner
+
+from hemaseg.cli import app
+from hemaseg.models.registry import WEIGHTS_DIR
+
+runner = CliRunner()
+
+
+def _images(tmp_path, n=3, size=64):
+    from helpers import toy_wbc
+
+    rng = np.random.default_rng(0)
+    d = tmp_path / "in"
+    d.mkdir()
+    for i in range(n):
+        Image.fromarray(toy_wbc(rng, size)[0]).save(d / f"img{i}.png")
+    return d
+
+
+def test_segment_writes_contracted_files(tmp_path, tiny_model_path):
+    src = _images(tmp_path)
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["segment", "--task", "wbc", str(src), "--out", str(out), "--model",
+                              str(tiny_model_path), "--overlay", "--cell-diameter", "24"])
+    assert res.exit_code == 0, res.output
+    for i in range(3):
+        label = np.array(Image.open(out / f"img{i}.png"))
+        assert label.dtype == np.uint8 and label.shape == (64, 64)
+        assert set(np.unique(label)) <= {0, 128, 255}
+        meta = json.loads((out / f"img{i}.json").read_text())
+        assert meta["width"] == 64 and meta["height"] == 64 and meta["count"] == len(meta["masks"])
+        overlay = np.array(Image.open(out / f"img{i}_overlay.png"))
+        assert overlay.shape == (64, 64, 3)
+    assert not list(out.glob(".*"))  # no temporary files left behind
+
+
+def test_batch_with_corrupt_file_finishes_and_exits_1(tmp_path, tiny_model_path):
+    src = _images(tmp_path)
+    (src / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["segment", str(src), "--out", str(out), "--model", str(tiny_model_path),
+                              "--cell-diameter", "24"])
+    assert res.exit_code == 1
+    bad_lines = [ln for ln in res.output.splitlines() if "broken.png" in ln]
+    assert len(bad_lines) == 1 and "corrupt" in bad_lines[0]
+    assert sorted(p.name for p in out.glob("*.png")) == ["img0.png", "img1.png", "img2.png"]
+
+
+def test_bad_usage_exits_2(tmp_path):
+    assert runner.invoke(app, ["segment", "x.png", "--task", "nope"]).exit_code == 2
+    assert runner.invoke(app, ["segment", "x.png", "--device", "tpu"]).exit_code == 2
+    assert runner.invoke(app, ["segment"]).exit_code == 2
+
+
+def test_evaluate_json_and_grid(tmp_path, wbc_folder, tiny_model_path):
+    js, grid = tmp_path / "e.json", tmp_path / "worst.png"
+    res = runner.invoke(app, ["evaluate", "wbc", "--data", str(wbc_folder), "--model", str(tiny_model_path),
+                              "--json", str(js), "--grid", str(grid), "--cell-diameter", "24"])
+    assert res.exit_code == 0, res.output
+    d = json.loads(js.read_text())
+    assert d["n_images"] == 10 and len(d["per_image"]) == 10
+    assert 0.0 <= d["mean"]["dice_cell"] <= 1.0
+    assert "MEAN (10 images)" in res.output
+    assert Image.open(grid).size[0] > 100
+
+
+def test_train_cli_and_resume(tmp_path, wbc_folder):
+    run = tmp_path / "run"
+    res = runner.invoke(app, ["train", "wbc", "--data", str(wbc_folder), "--out", str(run), "--epochs", "1",
+                              "--crop", "32", "--batch-size", "4", "--samples-per-epoch", "4"])
+    assert res.exit_code == 0, res.output
+    assert (run / "model.safetensors").exists() and (run / "curves.png").exists()
+    res = runner.invoke(app, ["train", "wbc", "--resume", str(run)])
+    assert res.exit_code == 0, res.output
+    assert json.loads((run / "state.json").read_text())["epoch"] == 1
+
+
+def test_bundled_model_on_sample_photo(tmp_path):
+    """The shipped model finds the one neutrophil of the bundled BCCD photo."""
+    if not (WEIGHTS_DIR / "wbc.safetensors").exists():
+        import pytest
+
+        pytest.fail("bundled wbc model missing")
+    from pathlib import Path
+
+    import hemaseg
+
+    sample = Path(hemaseg.__file__).parent / "samples" / "BloodImage_00000.jpg"
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["segment", str(sample), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    meta = json.loads((out / "BloodImage_00000.json").read_text())
+    assert meta["count"] == 1
+    box = meta["masks"][0]["bounding_box"]
+    # VOC box of the WBC in BCCD: x 260-491, y 177-376.
+    assert abs((box["x1"] + box["x2"]) / 2 - 375) < 40 and abs((box["y1"] + box["y2"]) / 2 - 276) < 40
+    label = np.array(Image.open(out / "BloodImage_00000.png"))
+    assert label.shape == (480, 640) and (label == 255).sum() > 2000

@@ -1,0 +1,97 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from hemaseg.errors import HemasegInputError
+from hemaseg.io.images import list_images, read_image, read_mask
+
+RGB = (np.arange(6 * 7 * 3) % 256).reshape(6, 7, 3).astype(np.uint8)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".bmp", ".tif"])
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA"])
+def test_reads_8bit_formats(tmp_path, suffix, mode):
+    if suffix in (".jpg",) and mode == "RGBA":
+        pytest.skip("JPEG has no alpha")
+    p = tmp_path / f"x{suffix}"
+    arr = {"L": RGB[..., 0], "RGB": RGB, "RGBA": np.dstack([RGB, np.full((6, 7), 200, np.uint8)])}[mode]
+    Image.fromarray(arr).save(p)
+    out = read_image(p)
+    assert out.shape == (6, 7, 3) and out.dtype == np.uint8
+    if suffix != ".jpg":
+        expected = np.repeat(arr[..., None], 3, 2) if mode == "L" else arr[..., :3]
+        assert np.array_equal(out, expected)
+
+
+def test_reads_16bit_png_and_tiff(tmp_path):
+    arr = np.linspace(0, 4095, 6 * 7).reshape(6, 7).astype(np.uint16)
+    Image.fromarray(arr).save(tmp_path / "a.png")
+    tifffile.imwrite(tmp_path / "b.tif", np.dstack([arr] * 3))
+    for name in ("a.png", "b.tif"):
+        out = read_image(tmp_path / name)
+        assert out.shape == (6, 7, 3) and out.dtype == np.uint8
+        assert out.min() == 0 and out.max() == 255  # rescaled to the image's own range
+
+
+def test_reads_multipage_tiff_first_plane(tmp_path):
+    stack = np.zeros((3, 10, 12), np.uint8)
+    stack[0] = 7
+    tifffile.imwrite(tmp_path / "s.tif", stack)
+    out = read_image(tmp_path / "s.tif")
+    assert out.shape == (10, 12, 3)
+    assert (out == 7).all()
+
+
+@pytest.mark.parametrize("name,content,reason", [
+    ("empty.png", b"", "empty"),
+    ("text.png", b"hello, I am not an image", "not an image"),
+    ("fake.tif", b"II*\x00garbage", "TIFF"),
+])
+def test_broken_inputs_raise_clear_error(tmp_path, name, content, reason):
+    p = tmp_path / name
+    p.write_bytes(content)
+    with pytest.raises(HemasegInputError) as e:
+        read_image(p)
+    assert str(p) in str(e.value) and reason in str(e.value)
+
+
+def test_truncated_jpeg_and_png(tmp_path):
+    for suffix in (".jpg", ".png"):
+        p = tmp_path / f"full{suffix}"
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)).save(p)
+        cut = tmp_path / f"cut{suffix}"
+        cut.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2])
+        with pytest.raises(HemasegInputError, match="corrupt or truncated"):
+            read_image(cut)
+
+
+def test_missing_and_folder(tmp_path):
+    with pytest.raises(HemasegInputError, match="no such file"):
+        read_image(tmp_path / "nope.png")
+    with pytest.raises(HemasegInputError, match="folder"):
+        read_image(tmp_path)
+
+
+def test_zero_size_tiff(tmp_path):
+    tifffile.imwrite(tmp_path / "z.tif", np.zeros((0, 5), np.uint8))
+    with pytest.raises(HemasegInputError):
+        read_image(tmp_path / "z.tif")
+
+
+def test_mask_of_wrong_size(tmp_path):
+    Image.fromarray(np.zeros((5, 5), np.uint8)).save(tmp_path / "m.png")
+    with pytest.raises(HemasegInputError, match="does not match"):
+        read_mask(tmp_path / "m.png", (6, 5))
+    assert read_mask(tmp_path / "m.png", (5, 5)).shape == (5, 5)
+
+
+def test_list_images_files_folders_globs(tmp_path):
+    for n in ("a.png", "b.jpg", "c.txt"):
+        (tmp_path / n).write_bytes(b"x")
+    assert [p.name for p in list_images(tmp_path)] == ["a.png", "b.jpg"]
+    assert [p.name for p in list_images(str(tmp_path / "*.jpg"))] == ["b.jpg"]
+    # An explicit file is kept whatever its suffix, so that it is reported, not skipped.
+    assert list_images([tmp_path / "c.txt"]) == [Path(tmp_path / "c.txt")]

@@ -1,0 +1,51 @@
+import numpy as np
+
+from hemaseg.infer.postprocess import clean_wbc_classes, polygons, split_instances, wbc_objects
+
+
+def _discs(centers, r, shape=(100, 160)):
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    m = np.zeros(shape, bool)
+    for cy, cx in centers:
+        m |= (yy - cy) ** 2 + (xx - cx) ** 2 < r**2
+    return m
+
+
+def test_touching_discs_split_in_two():
+    m = _discs([(50, 50), (50, 86)], 20)  # overlap by 4 px
+    from scipy.ndimage import label
+
+    assert label(m)[1] == 1
+    inst = split_instances(m, diameter=40)
+    assert inst.max() == 2
+    # Each instance holds one disc centre.
+    assert inst[50, 50] != inst[50, 86] and inst[50, 50] > 0 and inst[50, 86] > 0
+
+
+def test_single_and_separate_discs():
+    assert split_instances(_discs([(50, 50)], 20), diameter=40).max() == 1
+    assert split_instances(_discs([(30, 30), (70, 120)], 15), diameter=30).max() == 2
+
+
+def test_polygons_and_objects():
+    m = _discs([(50, 50)], 20)
+    (poly,) = polygons(m)
+    xs, ys = np.array(poly).T
+    assert 28 <= xs.min() <= 32 and 68 <= xs.max() <= 72
+    classes = m.astype(np.uint8)
+    classes[_discs([(50, 50)], 8)] = 2
+    objs = wbc_objects(classes, split_instances(m, 40))
+    assert len(objs) == 1
+    o = objs[0]
+    assert o["bounding_box"] == {"x1": 31, "x2": 70, "y1": 31, "y2": 70}
+    assert o["nucleus_area"] == int(_discs([(50, 50)], 8).sum())
+    assert len(o["nucleus_vertices"]) == 1 and not o["touches_border"]
+
+
+def test_clean_removes_specks_fills_holes():
+    c = np.zeros((50, 50), np.uint8)
+    c[10:30, 10:30] = 1
+    c[15:18, 15:18] = 0
+    c[45, 45] = 1
+    out = clean_wbc_classes(c, min_area=20)
+    assert out[16, 16] == 1 and out[45, 45] == 0
