@@ -32,7 +32,8 @@ class TrainConfig:
     task: str = "wbc"
     data: list[str] = field(default_factory=list)
     arch: str = "unet-dropout"
-    arch_kwargs: dict = field(default_factory=lambda: {"widths": [16, 32, 64, 128, 256], "dropout": 0.1, "stem_stride": 2})
+    arch_kwargs: dict = field(default_factory=lambda: {"widths": [16, 32, 64, 128, 256], "dropout": 0.1, "stem_stride": 2,
+                                                       "norm": "group"})
     epochs: int = 200
     batch_size: int = 16
     lr: float = 2e-3
@@ -144,6 +145,11 @@ def recalibrate_batchnorm(model: torch.nn.Module, loader) -> None:
         m.reset_running_stats()
         m.momentum = None  # cumulative moving average
     model.train()
+    # Dropout off: the statistics must be those of the eval-mode network (dropout
+    # before BatchNorm otherwise shifts the variance between training and inference).
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.dropout._DropoutNd):
+            m.eval()
     for x, _ in loader:
         model(x)
     for m, mom in zip(bns, momenta):
