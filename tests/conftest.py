@@ -5,10 +5,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from helpers import TINY, toy_wbc
 from hemaseg.models.registry import create_model, save_model
+
+# Tiny tensors gain nothing from threads, and spinning threads fight anything else running.
+torch.set_num_threads(1)
 
 
 @pytest.fixture

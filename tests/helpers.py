@@ -24,10 +24,37 @@ def toy_wbc(rng: np.random.Generator, size: int = 48, radius: float | None = Non
     d = np.hypot(yy - cy, xx - cx)
     cell = d < r
     nuc = np.hypot(yy - cy - r / 5, xx - cx) < r * 0.55
-    img[cell] = (200, 170, 215)
+    img[cell] = (180, 150, 215)
     img[nuc & cell] = (90, 40, 130)
     img += rng.normal(0, 4, img.shape)
     mask = np.zeros((size, size), np.uint8)
     mask[cell] = 128
     mask[nuc & cell] = 255
     return np.clip(img, 0, 255).astype(np.uint8), mask
+
+
+class ThresholdNet:
+    """A stand-in "model" that segments toy_wbc images by brightness (nucleus dark, cytoplasm mid).
+
+    Deterministic and scale-free, so tests of the scale logic do not depend on training.
+    """
+
+    def __new__(cls):
+        import torch
+
+        class _Net(torch.nn.Module):
+            stride = 1
+
+            def __init__(self) -> None:
+                super().__init__()
+                self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+            def forward(self, x):
+                # After percentile normalisation: background ~1 everywhere, nucleus ~0,
+                # cytoplasm bluish-bright (blue ~1, mean ~0.8), red-cell rings low in blue.
+                m, b = x.mean(1, keepdim=True), x[:, 2:3]
+                nucleus = 50.0 * (0.4 - m)
+                cytoplasm = 50.0 * torch.minimum(b - 0.7, 0.85 - m)
+                return torch.cat([torch.zeros_like(m), cytoplasm, nucleus], 1) + 0 * self.dummy
+
+        return _Net().eval()

@@ -50,7 +50,7 @@ def test_run_folder_contents_and_card(wbc_folder, tmp_path):
 
 def test_training_learns_the_toy_task(wbc_folder, tmp_path):
     cfg = _cfg(wbc_folder)
-    cfg.epochs, cfg.samples_per_epoch, cfg.lr, cfg.augment = 25, 16, 1e-2, False
+    cfg.epochs, cfg.samples_per_epoch, cfg.batch_size, cfg.lr, cfg.augment = 6, 64, 8, 1e-2, False
     state = fit(cfg, tmp_path / "learn", progress=False)
     first, best = state["history"][0], max(h["dice_cell"] for h in state["history"])
     assert best > 0.8 and best > first["dice_cell"]

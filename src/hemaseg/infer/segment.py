@@ -9,9 +9,10 @@ from functools import lru_cache
 import cv2
 import numpy as np
 import torch
+from scipy import ndimage as ndi
 
 from hemaseg.data.transforms import normalize, percentile_range, rescale
-from hemaseg.infer.postprocess import clean_wbc_classes, split_instances, wbc_objects
+from hemaseg.infer.postprocess import clean_wbc_classes, keep_nucleated, split_instances, wbc_objects
 from hemaseg.infer.tiling import predict_tiled
 
 log = logging.getLogger(__name__)
@@ -70,14 +71,19 @@ def predict_probs(module: torch.nn.Module, card: dict, image: np.ndarray, factor
     return probs
 
 
-def measure_diameter(cell_mask: np.ndarray, min_area: int = 30) -> float | None:
-    """Area-weighted median equivalent diameter (px) of the cells in a binary mask, preferring cells off the border."""
+def measure_diameter(instances: np.ndarray, min_area: int = 30) -> float | None:
+    """Area-weighted median equivalent diameter (px) of labelled cells, preferring cells off the border.
+
+    ``instances`` is an (H, W) label image (a boolean mask is labelled first). None when no cell.
+    """
     from skimage.measure import label, regionprops
 
-    regions = [r for r in regionprops(label(cell_mask)) if r.area >= min_area]
+    if instances.dtype == bool:
+        instances = label(instances)
+    regions = [r for r in regionprops(instances) if r.area >= min_area]
     if not regions:
         return None
-    h, w = cell_mask.shape
+    h, w = instances.shape
     inner = [r for r in regions if r.bbox[0] > 0 and r.bbox[1] > 0 and r.bbox[2] < h and r.bbox[3] < w]
     use = inner or regions
     # Area-weighted median: fragments and specks do not drag the estimate down.
@@ -87,25 +93,50 @@ def measure_diameter(cell_mask: np.ndarray, min_area: int = 30) -> float | None:
     return float(d[order][np.searchsorted(cum, cum[-1] / 2)])
 
 
-def _first_pass(module: torch.nn.Module, card: dict, image: np.ndarray,
-                prange: np.ndarray) -> tuple[float | None, np.ndarray, float]:
-    """Run the model once at (about) native scale; return (diameter px or None, probs, factor used)."""
-    f0 = 1.0 if max(image.shape[:2]) <= 2048 else 0.5
-    probs = predict_probs(module, card, image, f0, prange=prange)
+def _wbc_instances(probs: np.ndarray, diameter: float) -> tuple[np.ndarray, np.ndarray]:
+    """Post-process probabilities into (classes, instances) of nucleated cells of about ``diameter`` px."""
+    classes = probs.argmax(0).astype(np.uint8)
+    min_area = int(0.05 * np.pi * (diameter / 2) ** 2)
+    classes = clean_wbc_classes(classes, min_area)
+    instances = split_instances(classes > 0, diameter, min_area)
+    # Every WBC has a nucleus, red cells have none: a "cell" without one is dropped.
+    return keep_nucleated(classes, instances, min_area=min_area // 4)
+
+
+def _estimate_scale(module: torch.nn.Module, card: dict, image: np.ndarray,
+                    prange: np.ndarray) -> tuple[float | None, np.ndarray, float]:
+    """Find the cell diameter by running the model until the cells it finds have the trained size.
+
+    The model was trained over 0.5-2x scales, so a first pass at native scale finds cells
+    of other magnifications well enough to measure them; a pass at the implied scale
+    refines that (as Cellpose refines its size estimate from a segmentation). At most
+    three passes. Returns (diameter px or None, probabilities of the last pass, its factor).
+    """
     trained = float(card.get("cell_diameter") or 0)
-    d = measure_diameter(probs.argmax(0) > 0, min_area=int(0.05 * np.pi * (trained / 2) ** 2) or 30)
-    return d, probs, f0
+    factor = 1.0 if max(image.shape[:2]) <= 2048 else 0.5
+    diameter: float | None = None
+    probs = predict_probs(module, card, image, factor, prange=prange)
+    for _ in range(3):
+        if trained <= 0:
+            break
+        _, instances = _wbc_instances(probs, trained / factor)
+        d = measure_diameter(instances, min_area=max(int(0.05 * np.pi * (trained / factor / 2) ** 2), 10))
+        if d is None:
+            break
+        diameter = d
+        new = scale_factor(card, d)
+        if abs(np.log(new / factor)) < np.log(SCALE_DEADBAND):
+            break
+        factor = new
+        probs = predict_probs(module, card, image, factor, prange=prange)
+    return diameter, probs, factor
 
 
 def estimate_diameter(image: np.ndarray, model="wbc", device: str = "cpu") -> float | None:
-    """Estimate the WBC diameter (px) in an (H, W, 3) image with the model itself, None if no cell.
-
-    The model was trained over 0.5-2x scales, so a first pass at native scale finds cells
-    well enough to measure them (as Cellpose refines its size estimate from a segmentation).
-    """
+    """Estimate the WBC diameter (px) in an (H, W, 3) image with the model itself, None if no cell."""
     module, card = get_model(model, device)
     norm = card.get("normalization", {})
-    return _first_pass(module, card, image, percentile_range(image, norm.get("low", 1.0), norm.get("high", 99.0)))[0]
+    return _estimate_scale(module, card, image, percentile_range(image, norm.get("low", 1.0), norm.get("high", 99.0)))[0]
 
 
 def scale_factor(card: dict, cell_diameter: float | None) -> float:
@@ -129,16 +160,12 @@ def segment(image: np.ndarray, model="wbc", cell_diameter: float | None = None, 
     module, card = get_model(model, device)
     norm = card.get("normalization", {})
     prange = percentile_range(image, norm.get("low", 1.0), norm.get("high", 99.0))
-    probs = None
     if cell_diameter is None:
-        cell_diameter, probs, first = _first_pass(module, card, image, prange)
-    factor = scale_factor(card, cell_diameter)
-    if probs is None or factor != first:
+        cell_diameter, probs, factor = _estimate_scale(module, card, image, prange)
+    else:
+        factor = scale_factor(card, cell_diameter)
         probs = predict_probs(module, card, image, factor, tile, overlap, prange)
-    classes = probs.argmax(0).astype(np.uint8)
-    diameter = float(cell_diameter or card.get("cell_diameter") or 50.0)
-    min_area = int(0.05 * np.pi * (diameter / 2) ** 2)
-    classes = clean_wbc_classes(classes, min_area)
-    instances = split_instances(classes > 0, diameter, min_area)
+    diameter = float(cell_diameter or (float(card.get("cell_diameter") or 50.0) / factor))
+    classes, instances = _wbc_instances(probs, diameter)
     objects = wbc_objects(classes, instances, probs)
     return Segmentation(classes, instances, probs, diameter, factor, objects)
