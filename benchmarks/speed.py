@@ -48,7 +48,7 @@ def run_case(w: int, h: int, n: int, model: str, threads: int, diameter: str) ->
 
 
 def seam_check(model: str, threads: int) -> str:
-    """Agreement of tiled (512 px tiles, 64 px overlap) and single-pass labels on a 1024x1024 photo."""
+    """Agreement of tiled (tiles of at most 512 px, 64 px overlap) and single-pass labels on a 1024x1024 photo."""
     import cv2
     import numpy as np
     import torch

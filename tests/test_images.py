@@ -39,7 +39,7 @@ def test_reads_16bit_png_and_tiff(tmp_path):
 def test_reads_multipage_tiff_first_plane(tmp_path):
     stack = np.zeros((3, 10, 12), np.uint8)
     stack[0] = 7
-    tifffile.imwrite(tmp_path / "s.tif", stack)
+    tifffile.imwrite(tmp_path / "s.tif", stack, photometric="minisblack")
     out = read_image(tmp_path / "s.tif")
     assert out.shape == (10, 12, 3)
     assert (out == 7).all()

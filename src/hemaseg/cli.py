@@ -42,7 +42,7 @@ def segment(
     device: str = typer.Option("cpu", help="cpu, cuda or auto"),
     cell_diameter: Optional[float] = typer.Option(None, help="WBC diameter in px; default: estimated per image"),
     overlay: bool = typer.Option(False, "--overlay", help="also write <stem>_overlay.png"),
-    tile: int = typer.Option(512, help="tile size for large images (px at model scale)"),
+    tile: int = typer.Option(1024, help="largest tile for big images (px at model scale)"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Segment WBC boundary and nucleus: OUT/<stem>.png (0/128/255) and OUT/<stem>.json polygons."""

@@ -55,16 +55,16 @@ def get_model(model, device: str = "cpu"):
 
 
 def predict_probs(module: torch.nn.Module, card: dict, image: np.ndarray, factor: float = 1.0,
-                  tile: int = 512, overlap: int = 64, prange: np.ndarray | None = None) -> np.ndarray:
+                  tile: int = 1024, overlap: int = 64, prange: np.ndarray | None = None) -> np.ndarray:
     """Class probabilities of ``image`` (H, W, 3) uint8 resized by ``factor``, back at (K, H, W) float32."""
     norm = card.get("normalization", {})
     low, high = norm.get("low", 1.0), norm.get("high", 99.0)
     if prange is None:
         prange = percentile_range(image, low, high)
     small = rescale(image, factor)
-    x = normalize(small, prange=prange)
     stride = int(getattr(module, "stride", 32))
-    probs = predict_tiled(module, x, tile=tile, overlap=overlap, stride=stride)
+    probs = predict_tiled(module, small, tile=tile, overlap=overlap, stride=stride,
+                          preprocess=lambda t: normalize(t, prange=prange))
     if small.shape[:2] != image.shape[:2]:
         h, w = image.shape[:2]
         probs = np.stack([cv2.resize(p, (w, h), interpolation=cv2.INTER_LINEAR) for p in probs])
@@ -151,7 +151,7 @@ def scale_factor(card: dict, cell_diameter: float | None) -> float:
 
 
 def segment(image: np.ndarray, model="wbc", cell_diameter: float | None = None, device: str = "cpu",
-            tile: int = 512, overlap: int = 64) -> Segmentation:
+            tile: int = 1024, overlap: int = 64) -> Segmentation:
     """Segment WBCs (cytoplasm + nucleus) in an (H, W, 3) uint8 image and split them into instances.
 
     ``cell_diameter`` (px) rescales the image to the model's trained diameter; when None

@@ -1,6 +1,8 @@
 """Overlapping tiles with blended stitching: any image size, flat network memory."""
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 from torch import nn
@@ -12,6 +14,20 @@ def _starts(length: int, tile: int, step: int) -> list[int]:
     starts = list(range(0, length - tile, step))
     starts.append(length - tile)
     return starts
+
+
+def tile_size(length: int, max_tile: int, overlap: int, stride: int) -> int:
+    """Smallest tile (a multiple of ``stride``, at most ``max_tile``) covering ``length`` with as
+    few overlapping tiles as ``max_tile`` allows, so little work is spent on overlaps.
+
+    >>> tile_size(100, 1024, 64, 32), tile_size(2048, 1024, 64, 32)
+    (128, 736)
+    """
+    round_up = lambda v: -(-v // stride) * stride  # noqa: E731
+    if length <= max_tile:
+        return round_up(length)
+    n = -(-(length - overlap) // (max_tile - overlap))
+    return min(max_tile, round_up(-(-(length + (n - 1) * overlap) // n)))
 
 
 def _window(tile_h: int, tile_w: int, overlap: int) -> np.ndarray:
@@ -37,30 +53,32 @@ def _pad_to(x: np.ndarray, h: int, w: int) -> np.ndarray:
 
 
 @torch.inference_mode()
-def predict_tiled(model: nn.Module, image: np.ndarray, tile: int = 512, overlap: int = 64,
-                  stride: int = 32, batch_size: int = 4, progress=None) -> np.ndarray:
-    """Softmax probabilities of ``model`` on a normalised (H, W, C) float32 image: (K, H, W) float32.
+def predict_tiled(model: nn.Module, image: np.ndarray, tile: int = 1024, overlap: int = 64,
+                  stride: int = 32, batch_size: int = 1, preprocess: Callable | None = None,
+                  progress: Callable[[int], None] | None = None) -> np.ndarray:
+    """Softmax probabilities of ``model`` on an (H, W, C) image: (K, H, W) float32.
 
-    Images no larger than ``tile`` run in one pass, padded to a multiple of ``stride``
-    and cropped back. Larger images run in overlapping tiles whose outputs are blended
-    with edge-tapered weights, so memory for the network does not grow with image size.
+    ``preprocess`` (e.g. normalisation) is applied to each tile, so no float copy of
+    the whole image is made. Images no larger than ``tile`` run in one pass, padded to a
+    multiple of ``stride`` and cropped back. Larger images run in overlapping tiles whose
+    outputs are blended with edge-tapered weights, so memory for the network does not
+    grow with image size.
     """
     h, w = image.shape[:2]
     device = next(model.parameters()).device
     tile = max(stride, (tile // stride) * stride)
-    th = min(tile, -(-h // stride) * stride)
-    tw = min(tile, -(-w // stride) * stride)
+    th, tw = tile_size(h, tile, overlap, stride), tile_size(w, tile, overlap, stride)
     padded = _pad_to(image, max(h, th), max(w, tw))
     ph, pw = padded.shape[:2]
     ys, xs = _starts(ph, th, th - overlap), _starts(pw, tw, tw - overlap)
     coords = [(y, x) for y in ys for x in xs]
-    single = len(coords) == 1
-    weight = np.ones((th, tw), np.float32) if single else _window(th, tw, overlap)
+    weight = np.ones((th, tw), np.float32) if len(coords) == 1 else _window(th, tw, overlap)
     acc: np.ndarray | None = None
     norm = np.zeros((ph, pw), np.float32)
     for i in range(0, len(coords), batch_size):
         chunk = coords[i:i + batch_size]
-        batch = np.stack([padded[y:y + th, x:x + tw] for y, x in chunk])
+        tiles = [padded[y:y + th, x:x + tw] for y, x in chunk]
+        batch = np.stack([preprocess(t) if preprocess else t for t in tiles]).astype(np.float32, copy=False)
         t = torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous().to(device)
         probs = model(t).float().softmax(1).cpu().numpy()
         if acc is None:

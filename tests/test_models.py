@@ -1,0 +1,54 @@
+import numpy as np
+import pytest
+import torch
+
+from hemaseg.errors import HemasegInputError
+from hemaseg.infer.tiling import predict_tiled
+from hemaseg.models.registry import create_model, list_models, load_model, save_model
+
+from helpers import TINY
+
+
+def test_registry_lists_both_families():
+    assert {"unet-dropout", "smp-unet"} <= set(list_models())
+    with pytest.raises(KeyError, match="unknown architecture"):
+        create_model("nope")
+
+
+@pytest.mark.parametrize("name,kw", [
+    ("unet-dropout", TINY),
+    ("unet-dropout", {**TINY, "stem_stride": 2, "norm": "group"}),
+    ("smp-unet", {"encoder": "tu-resnet10t", "decoder_channels": [16, 8, 8, 8, 4]}),
+])
+def test_three_classes_any_size(name, kw):
+    torch.manual_seed(0)
+    model = create_model(name, classes=3, **kw).eval()
+    x = np.random.default_rng(0).random((45, 70, 3), dtype=np.float32)
+    p = predict_tiled(model, x, stride=model.stride)
+    assert p.shape == (3, 45, 70)
+
+
+def test_dropout_is_inside_the_conv_blocks():
+    model = create_model("unet-dropout", classes=3, **TINY)
+    assert any(isinstance(m, torch.nn.Dropout2d) for m in model.down[1].modules())
+
+
+def test_save_load_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("unet-dropout", classes=3, **TINY).eval()
+    card = {"task": "wbc", "architecture": {"name": "unet-dropout", "kwargs": {"classes": 3, **TINY}}}
+    save_model(model, tmp_path / "m", card)
+    loaded, card2 = load_model(tmp_path / "m.safetensors")
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+    assert card2 == card
+
+
+def test_load_errors_name_the_file(tmp_path):
+    with pytest.raises(HemasegInputError, match="no such model"):
+        load_model(tmp_path / "missing.safetensors")
+    (tmp_path / "bad.safetensors").write_bytes(b"junk")
+    (tmp_path / "bad.json").write_text('{"architecture": {"name": "unet-dropout", "kwargs": {}}}')
+    with pytest.raises(HemasegInputError, match="bad.safetensors"):
+        load_model(tmp_path / "bad.safetensors")
