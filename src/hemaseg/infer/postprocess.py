@@ -40,6 +40,22 @@ def _split_component(comp: np.ndarray, diameter: float) -> np.ndarray:
     return watershed(-dist_s, markers, mask=comp).astype(np.int32)
 
 
+def open_cells(classes: np.ndarray, radius: float) -> np.ndarray:
+    """Morphological opening of the cell mask (disk of ``radius`` px): cuts thin bridges and arms
+    (a faint cytoplasm leaking into a neighbouring red cell) so they can be dropped as separate pieces.
+
+    >>> c = np.zeros((40, 60), np.uint8); c[5:35, 5:35] = 1; c[18:21, 35:58] = 1
+    >>> int(open_cells(c, 3)[19, 50]), int(open_cells(c, 3)[19, 20])
+    (0, 1)
+    """
+    r = int(round(radius))
+    if r < 1:
+        return classes
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+    cell = cv2.morphologyEx((classes > 0).astype(np.uint8), cv2.MORPH_OPEN, kernel)
+    return np.where(cell > 0, classes, 0).astype(np.uint8)
+
+
 def split_instances(mask: np.ndarray, diameter: float, min_area: int | None = None) -> np.ndarray:
     """Split a binary mask of round cells into instances: (H, W) int32 labels 1..N.
 

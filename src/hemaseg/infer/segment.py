@@ -12,7 +12,7 @@ import torch
 from scipy import ndimage as ndi
 
 from hemaseg.data.transforms import normalize, percentile_range, rescale
-from hemaseg.infer.postprocess import clean_wbc_classes, keep_nucleated, split_instances, wbc_objects
+from hemaseg.infer.postprocess import clean_wbc_classes, keep_nucleated, open_cells, split_instances, wbc_objects
 from hemaseg.infer.tiling import predict_tiled
 
 log = logging.getLogger(__name__)
@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 # was trained over 0.5-2x, and resampling costs time and sharpness.
 SCALE_DEADBAND = 1.25
 MIN_FACTOR, MAX_FACTOR = 0.1, 4.0
+# Opening radius as a fraction of the cell diameter: removes arms thinner than ~1/8 of a cell.
+OPEN_RADIUS = 0.06
 
 
 @dataclass
@@ -97,38 +99,60 @@ def _wbc_instances(probs: np.ndarray, diameter: float) -> tuple[np.ndarray, np.n
     """Post-process probabilities into (classes, instances) of nucleated cells of about ``diameter`` px."""
     classes = probs.argmax(0).astype(np.uint8)
     min_area = int(0.05 * np.pi * (diameter / 2) ** 2)
-    classes = clean_wbc_classes(classes, min_area)
+    classes = clean_wbc_classes(open_cells(classes, OPEN_RADIUS * diameter), min_area)
     instances = split_instances(classes > 0, diameter, min_area)
     # Every WBC has a nucleus, red cells have none: a "cell" without one is dropped.
     return keep_nucleated(classes, instances, min_area=min_area // 4)
+
+
+# First-pass scales, tried in order until nucleated cells are found. At 0.5 the model
+# (trained over 0.5-2x) sees cells of 1-4x its trained diameter, the usual case for
+# images of other labs (higher magnification); 1.0 and 2.0 catch smaller cells.
+FIRST_PASS_FACTORS = (0.5, 1.0, 2.0)
+
+
+def _measure_at(module: torch.nn.Module, card: dict, image: np.ndarray, prange: np.ndarray,
+                factor: float) -> tuple[float | None, np.ndarray]:
+    """Run the model at ``factor``; return (diameter px in the input of the nucleated cells, probs)."""
+    trained = float(card.get("cell_diameter") or 0)
+    probs = predict_probs(module, card, image, factor, prange=prange)
+    _, instances = _wbc_instances(probs, trained / factor)
+    d = measure_diameter(instances, min_area=max(int(0.05 * np.pi * (trained / factor / 2) ** 2), 10))
+    return d, probs
 
 
 def _estimate_scale(module: torch.nn.Module, card: dict, image: np.ndarray,
                     prange: np.ndarray) -> tuple[float | None, np.ndarray, float]:
     """Find the cell diameter by running the model until the cells it finds have the trained size.
 
-    The model was trained over 0.5-2x scales, so a first pass at native scale finds cells
-    of other magnifications well enough to measure them; a pass at the implied scale
-    refines that (as Cellpose refines its size estimate from a segmentation). At most
-    three passes. Returns (diameter px or None, probabilities of the last pass, its factor).
+    A first pass at half scale (then native, then double, until cells are found) measures
+    the nucleated cells; passes at the implied scale refine that, as Cellpose refines its
+    size estimate from a segmentation. Returns (diameter px or None, probabilities of the
+    last pass, its factor).
     """
     trained = float(card.get("cell_diameter") or 0)
-    factor = 1.0 if max(image.shape[:2]) <= 2048 else 0.5
-    diameter: float | None = None
-    probs = predict_probs(module, card, image, factor, prange=prange)
+    if trained <= 0:
+        return None, predict_probs(module, card, image, 1.0, prange=prange), 1.0
+    # Very large images: keep the first passes under ~2048 px on the long side.
+    shrink = min(1.0, 2048 / max(image.shape[:2]))
+    diameter, probs, factor = None, None, 1.0
+    for f in FIRST_PASS_FACTORS:
+        factor = f * shrink
+        diameter, probs = _measure_at(module, card, image, prange, factor)
+        if diameter is not None:
+            break
+    if diameter is None:
+        factor = 1.0
+        return None, predict_probs(module, card, image, factor, prange=prange), factor
     for _ in range(3):
-        if trained <= 0:
-            break
-        _, instances = _wbc_instances(probs, trained / factor)
-        d = measure_diameter(instances, min_area=max(int(0.05 * np.pi * (trained / factor / 2) ** 2), 10))
-        if d is None:
-            break
-        diameter = d
-        new = scale_factor(card, d)
+        new = scale_factor(card, diameter)
         if abs(np.log(new / factor)) < np.log(SCALE_DEADBAND):
             break
         factor = new
-        probs = predict_probs(module, card, image, factor, prange=prange)
+        d, probs = _measure_at(module, card, image, prange, factor)
+        if d is None:
+            break
+        diameter = d
     return diameter, probs, factor
 
 
