@@ -120,7 +120,11 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data")
     ap.add_argument("--split", type=Path, default=HERE / "splits" / "wbc-seg.json")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
     print("wbc-seg validation split (Dice/IoU at the input's own resolution; diameter estimated per image)\n")
     print("| model | condition | images | Dice cell | Dice nucleus | IoU cell | IoU nucleus |")
     print("| --- | --- | --- | --- | --- | --- | --- |")

@@ -21,6 +21,9 @@ log = logging.getLogger(__name__)
 # was trained over 0.5-2x, and resampling costs time and sharpness.
 SCALE_DEADBAND = 1.25
 MIN_FACTOR, MAX_FACTOR = 0.1, 4.0
+# Smallest WBC kept, as a fraction of the area of a cell of the estimated diameter: small
+# lymphocytes (~0.5x the diameter of a monocyte) stay, platelets (<0.25x) go.
+MIN_CELL_FRACTION = 0.15
 # Opening radius as a fraction of the cell diameter: removes arms thinner than ~1/8 of a cell.
 OPEN_RADIUS = 0.06
 
@@ -95,10 +98,14 @@ def measure_diameter(instances: np.ndarray, min_area: int = 30) -> float | None:
     return float(d[order][np.searchsorted(cum, cum[-1] / 2)])
 
 
+def _min_area(diameter: float) -> int:
+    return max(int(MIN_CELL_FRACTION * np.pi * (diameter / 2) ** 2), 10)
+
+
 def _wbc_instances(probs: np.ndarray, diameter: float) -> tuple[np.ndarray, np.ndarray]:
     """Post-process probabilities into (classes, instances) of nucleated cells of about ``diameter`` px."""
     classes = probs.argmax(0).astype(np.uint8)
-    min_area = int(0.05 * np.pi * (diameter / 2) ** 2)
+    min_area = _min_area(diameter)
     classes = clean_wbc_classes(open_cells(classes, OPEN_RADIUS * diameter), min_area)
     instances = split_instances(classes > 0, diameter, min_area)
     # Every WBC has a nucleus, red cells have none: a "cell" without one is dropped.
@@ -117,7 +124,7 @@ def _measure_at(module: torch.nn.Module, card: dict, image: np.ndarray, prange: 
     trained = float(card.get("cell_diameter") or 0)
     probs = predict_probs(module, card, image, factor, prange=prange)
     _, instances = _wbc_instances(probs, trained / factor)
-    d = measure_diameter(instances, min_area=max(int(0.05 * np.pi * (trained / factor / 2) ** 2), 10))
+    d = measure_diameter(instances, min_area=_min_area(trained / factor))
     return d, probs
 
 
