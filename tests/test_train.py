@@ -54,3 +54,64 @@ def test_training_learns_the_toy_task(wbc_folder, tmp_path):
     state = fit(cfg, tmp_path / "learn", progress=False)
     first, best = state["history"][0], max(h["dice_cell"] for h in state["history"])
     assert best > 0.8 and best > first["dice_cell"]
+
+
+def _voc_folder(root, rng):
+    from PIL import Image
+
+    from helpers import toy_wbc
+
+    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (root / sub).mkdir(parents=True)
+    ids = []
+    for i in range(3):
+        img, _ = toy_wbc(rng, size=96, radius=20, center=(48, 48))
+        Image.fromarray(img).save(root / "JPEGImages" / f"p{i}.jpg")
+        (root / "Annotations" / f"p{i}.xml").write_text(
+            "<annotation><object><name>WBC</name><bndbox><xmin>28</xmin><ymin>28</ymin><xmax>68</xmax>"
+            "<ymax>68</ymax></bndbox></object><object><name>RBC</name><bndbox><xmin>0</xmin><ymin>0</ymin>"
+            "<xmax>10</xmax><ymax>10</ymax></bndbox></object></annotation>")
+        ids.append(f"p{i}")
+    (root / "ImageSets" / "Main" / "train.txt").write_text("\n".join(ids[:2]))
+    (root / "ImageSets" / "Main" / "val.txt").write_text(ids[2])
+    return root
+
+
+def test_negatives_are_partial_labels_from_the_train_list_only(tmp_path):
+    from hemaseg.io.datasets import IGNORE
+    from hemaseg.train.loop import load_negatives
+
+    voc = _voc_folder(tmp_path / "voc", np.random.default_rng(0))
+    items = load_negatives([str(voc)], diameter=20.0)
+    assert len(items) == 2  # p2 is on the val list
+    image, label = items[0]
+    # WBC box of 40 px rescaled to the trained diameter (20 px): half size.
+    assert image.shape[:2] == (48, 48) and label.shape == (48, 48)
+    assert set(np.unique(label)) == {0, IGNORE}
+    assert label[24, 24] == IGNORE and label[2, 2] == 0
+
+
+def test_training_with_negatives(wbc_folder, tmp_path):
+    voc = _voc_folder(tmp_path / "voc", np.random.default_rng(0))
+    cfg = _cfg(wbc_folder)
+    cfg.negatives, cfg.epochs = [str(voc)], 1
+    state = fit(cfg, tmp_path / "neg", progress=False)
+    card = json.loads((tmp_path / "neg" / "model.json").read_text())
+    assert card["training"]["n_negatives"] == 2 and np.isfinite(state["history"][0]["train_loss"])
+
+
+def test_ignored_pixels_do_not_count():
+    import torch
+
+    from hemaseg.train.losses import IGNORE, dice_ce_loss
+
+    logits = torch.randn(2, 3, 8, 8)
+    target = torch.randint(0, 3, (2, 8, 8))
+    masked = target.clone()
+    masked[:, :4] = IGNORE
+    # Changing the logits where the label is IGNORE leaves the loss unchanged.
+    other = logits.clone()
+    other[:, :, :4] += 5 * torch.randn(2, 3, 4, 8)
+    for nested in (True, False):
+        assert torch.isclose(dice_ce_loss(logits, masked, nested), dice_ce_loss(other, masked, nested))
+        assert not torch.isclose(dice_ce_loss(logits, target, nested), dice_ce_loss(other, target, nested))

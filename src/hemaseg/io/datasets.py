@@ -97,3 +97,64 @@ def load_pair(pair: Pair) -> tuple[np.ndarray, np.ndarray]:
     image = read_image(pair.image)
     mask = read_mask(pair.mask, image.shape[:2])
     return image, wbc_classes(mask, pair.mask)
+
+
+@dataclass(frozen=True)
+class VocImage:
+    """A photo with Pascal VOC boxes: {class name: [(x1, y1, x2, y2), ...]}."""
+
+    image: Path
+    boxes: dict
+
+
+def read_voc_boxes(xml_path: str | Path) -> dict[str, list[tuple[int, int, int, int]]]:
+    """Boxes of a Pascal VOC annotation file, grouped by class name."""
+    import xml.etree.ElementTree as ET
+
+    try:
+        root = ET.parse(xml_path).getroot()
+    except (ET.ParseError, OSError) as exc:
+        raise HemasegInputError(xml_path, f"not a readable VOC XML ({exc})") from None
+    out: dict[str, list[tuple[int, int, int, int]]] = {}
+    for obj in root.iter("object"):
+        name = (obj.findtext("name") or "").strip()
+        bb = obj.find("bndbox")
+        if bb is None or not name:
+            continue
+        box = tuple(int(float(bb.findtext(k) or 0)) for k in ("xmin", "ymin", "xmax", "ymax"))
+        out.setdefault(name, []).append(box)  # type: ignore[arg-type]
+    return out
+
+
+def find_voc(root: str | Path, image_set: str | None = "train") -> list[VocImage]:
+    """Photos of a VOC folder (``Annotations/``, ``JPEGImages/``), limited to
+    ``ImageSets/Main/<image_set>.txt`` when that list exists (so its val list stays unseen)."""
+    root = Path(root)
+    ann = next((p for p in [root / "Annotations", *root.glob("*/Annotations")] if p.is_dir()), None)
+    if ann is None:
+        raise HemasegInputError(root, "no Annotations/ folder (Pascal VOC layout expected)")
+    base = ann.parent
+    ids = sorted(p.stem for p in ann.glob("*.xml"))
+    listing = base / "ImageSets" / "Main" / f"{image_set}.txt"
+    if image_set and listing.exists():
+        wanted = set(listing.read_text().split())
+        ids = [i for i in ids if i in wanted]
+    out = []
+    for i in ids:
+        img = next((p for p in (base / "JPEGImages").glob(f"{i}.*") if p.suffix.lower() in IMAGE_SUFFIXES), None)
+        if img is not None:
+            out.append(VocImage(img, read_voc_boxes(ann / f"{i}.xml")))
+    return out
+
+
+IGNORE = 255
+
+
+def negative_label(shape: tuple[int, int], wbc_boxes: list[tuple[int, int, int, int]], margin: float = 0.1) -> np.ndarray:
+    """Partial label of a photo whose WBCs are boxed: background everywhere but inside the
+    (enlarged) WBC boxes, which are IGNORE: (H, W) uint8."""
+    label = np.zeros(shape, np.uint8)
+    for x1, y1, x2, y2 in wbc_boxes:
+        mx, my = margin * (x2 - x1), margin * (y2 - y1)
+        label[max(0, int(y1 - my)):int(y2 + my) + 1, max(0, int(x1 - mx)):int(x2 + mx) + 1] = IGNORE
+    return label
