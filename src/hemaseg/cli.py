@@ -102,9 +102,6 @@ def train(
     samples_per_epoch: int = typer.Option(480, help="augmented samples per epoch (0: one pass)"),
     patience: int = typer.Option(40, help="early stop after this many epochs without improvement"),
     augment: bool = typer.Option(True, "--augment/--no-augment", help="scale and stain/colour augmentation"),
-    negatives: Optional[List[str]] = typer.Option(
-        None, help="Pascal VOC folder(s) of whole photos (e.g. BCCD): outside their WBC boxes all is background"),
-    negatives_fraction: float = typer.Option(0.3, help="share of training samples drawn from --negatives"),
     val_fraction: float = typer.Option(0.2),
     seed: int = typer.Option(0),
     threads: int = typer.Option(0, help="torch CPU threads (0: torch's default)"),
@@ -133,8 +130,6 @@ def train(
             cfg = TrainConfig(task=task, data=[str(Path(d).resolve()) for d in data], arch=arch, arch_kwargs=kw,
                               epochs=epochs, batch_size=batch_size, lr=lr, crop=crop,
                               samples_per_epoch=samples_per_epoch, patience=patience, augment=augment,
-                              negatives=[str(Path(d).resolve()) for d in negatives or []],
-                              negatives_fraction=negatives_fraction,
                               val_fraction=val_fraction, seed=seed)
             state = fit(cfg, out)
             run = out

@@ -44,8 +44,6 @@ class TrainConfig:
     scale_max: float = 2.0
     samples_per_epoch: int = 480  # 0: one pass over the training images
     patience: int = 40
-    negatives: list[str] = field(default_factory=list)  # VOC folders: all but WBC boxes is background
-    negatives_fraction: float = 0.3  # share of training samples drawn from the negatives
     val_fraction: float = 0.2
     seed: int = 0
     norm_low: float = 1.0
@@ -91,41 +89,6 @@ def cell_diameter(masks: list[np.ndarray]) -> float:
             if r.area >= 20:
                 ds.append(r.equivalent_diameter_area)
     return float(np.median(ds)) if ds else 0.0
-
-
-def load_negatives(folders: list[str], diameter: float) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Photos with boxed WBCs (VOC, their 'train' list) as partial labels: background outside
-    the WBC boxes, IGNORE inside; each photo rescaled so its WBCs have the trained diameter.
-
-    They teach the model other labs' red cells, platelets and backgrounds, which wbc-seg's
-    annotations cannot.
-    """
-    import cv2
-
-    from hemaseg.data.transforms import rescale
-    from hemaseg.io.datasets import find_voc, negative_label
-    from hemaseg.io.images import read_image
-
-    items = []
-    for folder in folders:
-        for voc in find_voc(folder, "train"):
-            wbcs = [b for name, boxes in voc.boxes.items() if name.upper() == "WBC" for b in boxes]
-            if not wbcs:
-                continue
-            image = read_image(voc.image)
-            label = negative_label(image.shape[:2], wbcs)
-            box_d = float(np.median([((x2 - x1) + (y2 - y1)) / 2 for x1, y1, x2, y2 in wbcs]))
-            f = diameter / max(box_d, 1.0)
-            items.append((rescale(image, f), rescale(label, f, interpolation=cv2.INTER_NEAREST)))
-    return items
-
-
-def sample_weights(n_strong: int, n_negative: int, fraction: float) -> torch.Tensor:
-    """Per-item sampling weights giving the negatives ``fraction`` of the draws."""
-    if n_negative == 0:
-        return torch.ones(n_strong, dtype=torch.double)
-    return torch.cat([torch.full((n_strong,), (1 - fraction) / n_strong, dtype=torch.double),
-                      torch.full((n_negative,), fraction / n_negative, dtype=torch.double)])
 
 
 class SegDataset(torch.utils.data.Dataset):
@@ -232,7 +195,6 @@ def fit(cfg: TrainConfig | None, run: str | Path, resume: bool = False, progress
     from tqdm import tqdm
 
     from hemaseg.data.transforms import train_transform
-    from hemaseg.progress import track
 
     run = Path(run)
     state_path = run / "state.json"
@@ -261,7 +223,6 @@ def fit(cfg: TrainConfig | None, run: str | Path, resume: bool = False, progress
     val_items = [load_pair(p) for p in val_pairs]
     diameter = state.get("cell_diameter") or cell_diameter([m for _, m in train_items])
     state["cell_diameter"] = diameter
-    negative_items = load_negatives(cfg.negatives, diameter)
 
     _seed_all(cfg.seed)
     model = create_model(cfg.arch, classes=len(task.classes), **cfg.arch_kwargs)
@@ -277,9 +238,7 @@ def fit(cfg: TrainConfig | None, run: str | Path, resume: bool = False, progress
         scheduler.load_state_dict(opt_state["scheduler"])
 
     transform = train_transform(cfg.crop, cfg.augment, (cfg.scale_min, cfg.scale_max))
-    dataset = SegDataset(train_items + negative_items, transform, cfg.norm_low, cfg.norm_high)
-    n_samples = cfg.samples_per_epoch or len(train_items)
-    weights = sample_weights(len(train_items), len(negative_items), cfg.negatives_fraction)
+    dataset = SegDataset(train_items, transform, cfg.norm_low, cfg.norm_high, cfg.samples_per_epoch)
     card = {
         "name": f"{task.name}-{cfg.arch}",
         "task": task.name,
@@ -288,8 +247,7 @@ def fit(cfg: TrainConfig | None, run: str | Path, resume: bool = False, progress
         "architecture": {"name": cfg.arch, "kwargs": {"classes": len(task.classes), **cfg.arch_kwargs}},
         "normalization": {"type": "percentile", "low": cfg.norm_low, "high": cfg.norm_high, "per_channel": True},
         "cell_diameter": diameter,
-        "training": {"data": cfg.data, "negatives": cfg.negatives, "n_negatives": len(negative_items),
-                     "n_train": len(train_items), "n_val": len(val_items), "seed": cfg.seed,
+        "training": {"data": cfg.data, "n_train": len(train_items), "n_val": len(val_items), "seed": cfg.seed,
                      "augment": cfg.augment, "scale_range": [cfg.scale_min, cfg.scale_max], "split": str(split_path)},
         "versions": versions(),
     }
@@ -302,20 +260,17 @@ def fit(cfg: TrainConfig | None, run: str | Path, resume: bool = False, progress
         # Reseeding per epoch makes a resumed run draw the same batches as an unbroken one.
         _seed_all(cfg.seed * 100_003 + epoch)
         transform.set_random_seed(cfg.seed * 100_003 + epoch)
-        sampler = torch.utils.data.WeightedRandomSampler(weights, n_samples, replacement=True)
-        loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler,
-                                             drop_last=n_samples > cfg.batch_size)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=len(dataset) > cfg.batch_size)
         model.train()
         losses = []
-        bar = track(loader, f"epoch {epoch}/{cfg.epochs}", leave=False) if progress else loader
+        bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=not progress)
         for x, y in bar:
             loss = dice_ce_loss(model(x), y, nested=True)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             losses.append(loss.item())
-            if hasattr(bar, "set_postfix"):
-                bar.set_postfix(loss=f"{np.mean(losses):.4f}")
+            bar.set_postfix(loss=f"{np.mean(losses):.4f}")
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
         recalibrate_batchnorm(model, loader)

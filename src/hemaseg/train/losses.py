@@ -4,15 +4,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-IGNORE = 255  # label of pixels that count neither as object nor as background
-
 
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
-    """1 - mean soft Dice over the foreground classes (1..C-1), batch-pooled; IGNORE pixels skipped."""
-    valid = (target != IGNORE).unsqueeze(1)
-    probs = logits.softmax(1) * valid
-    onehot = F.one_hot(torch.where(valid[:, 0], target, 0).long(), logits.shape[1]).permute(0, 3, 1, 2)
-    onehot = onehot.to(probs.dtype) * valid
+    """1 - mean soft Dice over the foreground classes (1..C-1), batch-pooled."""
+    probs = logits.softmax(1)
+    onehot = F.one_hot(target.long(), logits.shape[1]).permute(0, 3, 1, 2).to(probs.dtype)
     dims = (0, 2, 3)
     inter = (probs * onehot).sum(dims)
     denom = probs.sum(dims) + onehot.sum(dims)
@@ -21,23 +17,19 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0)
 
 
 def nested_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
-    """Dice on nested regions (class >= k for k >= 1): whole cell, then nucleus, ... as scored.
-
-    Pixels labelled IGNORE (255) count neither way.
-    """
+    """Dice on nested regions (class >= k for k >= 1): whole cell, then nucleus, ... as scored."""
     probs = logits.softmax(1)
-    valid = (target != IGNORE).to(probs.dtype)
     losses = []
     for k in range(1, logits.shape[1]):
-        p = probs[:, k:].sum(1) * valid
-        t = ((target >= k) & (target != IGNORE)).to(p.dtype)
+        p = probs[:, k:].sum(1)
+        t = (target >= k).to(p.dtype)
         inter = (p * t).sum()
         losses.append(1 - (2 * inter + eps) / (p.sum() + t.sum() + eps))
     return torch.stack(losses).mean()
 
 
 def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, nested: bool = False) -> torch.Tensor:
-    """Cross-entropy plus soft Dice (nested regions when ``nested``); IGNORE pixels are skipped."""
-    ce = F.cross_entropy(logits, target.long(), ignore_index=IGNORE)
+    """Cross-entropy plus soft Dice (nested regions when ``nested``)."""
+    ce = F.cross_entropy(logits, target.long())
     d = nested_dice_loss(logits, target) if nested else soft_dice_loss(logits, target)
     return ce + d
