@@ -45,7 +45,7 @@ def evaluate_wbc(pairs: list[Pair], model="wbc", cell_diameter: float | None = N
     return rows, means
 
 
-def worst_grid(rows: list[dict], path: Path, task_name: str = "wbc", n: int = 8, size: int = 160) -> Path:
+def worst_grid(rows: list[dict], path: Path, task_name: str = "wbc", n: int = 6) -> Path:
     """PNG grid of the ``n`` worst images: input | ground truth | prediction, mean Dice in the title."""
     import matplotlib
 
@@ -69,7 +69,7 @@ def worst_grid(rows: list[dict], path: Path, task_name: str = "wbc", n: int = 8,
             ax.axis("off")
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=80)
+        fig.savefig(tmp, format="png", dpi=60)
     plt.close(fig)
     return path
 

@@ -195,6 +195,7 @@ def fit(cfg: TrainConfig | None, run: str | Path, resume: bool = False, progress
     from tqdm import tqdm
 
     from hemaseg.data.transforms import train_transform
+    from hemaseg.progress import track
 
     run = Path(run)
     state_path = run / "state.json"
@@ -263,14 +264,15 @@ def fit(cfg: TrainConfig | None, run: str | Path, resume: bool = False, progress
         loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=len(dataset) > cfg.batch_size)
         model.train()
         losses = []
-        bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=not progress)
+        bar = track(loader, f"epoch {epoch}/{cfg.epochs}", leave=False) if progress else loader
         for x, y in bar:
             loss = dice_ce_loss(model(x), y, nested=True)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             losses.append(loss.item())
-            bar.set_postfix(loss=f"{np.mean(losses):.4f}")
+            if hasattr(bar, "set_postfix"):
+                bar.set_postfix(loss=f"{np.mean(losses):.4f}")
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
         recalibrate_batchnorm(model, loader)
