@@ -58,7 +58,7 @@ def run_case(w: int, h: int, n: int, model: str, threads: int, diameter: str) ->
     times = []
     for _ in range(n):
         t0 = time.perf_counter()
-        seg = hemaseg.segment(image, loaded, cell_diameter=d)
+        hemaseg.segment(image, loaded, cell_diameter=d)
         times.append(time.perf_counter() - t0)
     return {"size": f"{w}x{h}", "diameter": diameter, "seconds": float(np.median(times)),
             "images_per_s": 1 / float(np.median(times)), "peak_mb": _rss_mb(),

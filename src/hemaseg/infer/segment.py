@@ -9,7 +9,6 @@ from functools import lru_cache
 import cv2
 import numpy as np
 import torch
-from scipy import ndimage as ndi
 
 from hemaseg.data.transforms import normalize, percentile_range, rescale
 from hemaseg.infer.postprocess import clean_wbc_classes, keep_nucleated, open_cells, split_instances, wbc_objects

@@ -178,7 +178,7 @@ def plot_curves(history: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def _save_checkpoint(run: Path, tag: str, model, optimizer, scheduler, state: dict, card: dict) -> None:
+def _save_checkpoint(run: Path, tag: str, model, optimizer, scheduler, card: dict) -> None:
     save_model(model, run / tag, card)
     if tag == "last":
         with atomic_path(run / "last.optim.pt") as tmp:
@@ -192,8 +192,6 @@ def fit(cfg: TrainConfig | None, run: str | Path, resume: bool = False, progress
     ``max_epochs_this_call`` stops early after that many epochs (used by tests to
     simulate a killed run that is later resumed).
     """
-    from tqdm import tqdm
-
     from hemaseg.data.transforms import train_transform
     from hemaseg.progress import track
 
@@ -286,10 +284,10 @@ def fit(cfg: TrainConfig | None, run: str | Path, resume: bool = False, progress
         card_now = {**card, "metrics": {"val": val, "epoch": epoch}}
         if metric > state["best_metric"]:
             state["best_metric"], state["best_epoch"] = metric, epoch
-            _save_checkpoint(run, "best", model, optimizer, scheduler, state, card_now)
+            _save_checkpoint(run, "best", model, optimizer, scheduler, card_now)
         if epoch - state["best_epoch"] >= cfg.patience:
             state["stopped_early"] = True
-        _save_checkpoint(run, "last", model, optimizer, scheduler, state, card_now)
+        _save_checkpoint(run, "last", model, optimizer, scheduler, card_now)
         state["versions"] = versions()
         write_json(state_path, state)
         plot_curves(state["history"], run / "curves.png")
@@ -297,8 +295,6 @@ def fit(cfg: TrainConfig | None, run: str | Path, resume: bool = False, progress
         msg = (f"epoch {epoch}/{cfg.epochs} loss {entry['train_loss']:.4f} "
                + " ".join(f"{k} {v:.4f}" for k, v in val.items()) + f" lr {lr:.2e} {entry['seconds']:.0f}s")
         log.info(msg)
-        if progress:
-            tqdm.write(msg)
 
     if state["epoch"] >= cfg.epochs or state["stopped_early"]:
         # The shipped model of the run: best weights + card with its validation figures.
