@@ -56,3 +56,16 @@ def test_big_touching_cells_split_on_a_smaller_copy():
     inst = split_instances(m, diameter=120)  # > 2 x SPLIT_DIAMETER: the downsampled path
     assert inst.max() == 2 and inst[100, 100] != inst[100, 210]
     assert np.array_equal(inst > 0, m)  # every mask pixel labelled, nothing outside
+
+
+def test_cytoplasm_is_limited_to_one_nucleus_diameter():
+    from hemaseg.infer.postprocess import limit_cytoplasm
+
+    classes = np.zeros((60, 200), np.uint8)
+    classes[10:50, 10:190] = 1  # a cell smeared over its neighbours
+    classes[25:35, 25:35] = 2  # nucleus, equivalent diameter ~11.3 px
+    inst = (classes > 0).astype(np.int32)
+    c, i = limit_cytoplasm(classes, inst, max_reach=1.0)
+    assert c[30, 40] == 1 and i[30, 40] == 1  # 5 px from the nucleus: kept
+    assert c[30, 100] == 0 and i[30, 100] == 0  # 65 px away: cut
+    assert (c == 2).sum() == 100  # the nucleus itself is untouched

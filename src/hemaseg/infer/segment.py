@@ -11,7 +11,8 @@ import numpy as np
 import torch
 
 from hemaseg.data.transforms import normalize, percentile_range, rescale
-from hemaseg.infer.postprocess import clean_wbc_classes, keep_nucleated, open_cells, split_instances, wbc_objects
+from hemaseg.infer.postprocess import (clean_wbc_classes, keep_nucleated, limit_cytoplasm, open_cells, split_instances,
+                                      wbc_objects)
 from hemaseg.infer.tiling import predict_tiled
 
 log = logging.getLogger(__name__)
@@ -23,6 +24,8 @@ MIN_FACTOR, MAX_FACTOR = 0.1, 4.0
 # Smallest WBC kept, as a fraction of the area of a cell of the estimated diameter: small
 # lymphocytes (~0.5x the diameter of a monocyte) stay, platelets (<0.25x) go.
 MIN_CELL_FRACTION = 0.15
+# Farthest cytoplasm from the nucleus, in nucleus diameters (wbc-seg annotations: max 1.03).
+MAX_REACH = 1.0
 # Opening radius as a fraction of the cell diameter: removes arms thinner than ~1/8 of a cell.
 OPEN_RADIUS = 0.06
 
@@ -107,8 +110,10 @@ def _wbc_instances(probs: np.ndarray, diameter: float) -> tuple[np.ndarray, np.n
     min_area = _min_area(diameter)
     classes = clean_wbc_classes(open_cells(classes, OPEN_RADIUS * diameter), min_area)
     instances = split_instances(classes > 0, diameter, min_area)
-    # Every WBC has a nucleus, red cells have none: a "cell" without one is dropped.
-    return keep_nucleated(classes, instances, min_area=min_area // 4)
+    # Every WBC has a nucleus, red cells have none: a "cell" without one is dropped, and
+    # no cell reaches farther from its nucleus than annotated WBCs do.
+    classes, instances = keep_nucleated(classes, instances, min_area=min_area // 4)
+    return limit_cytoplasm(classes, instances, MAX_REACH)
 
 
 # First-pass scales, tried in order until nucleated cells are found. At 0.5 the model
