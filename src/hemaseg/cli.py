@@ -29,6 +29,11 @@ def _fail(path, reason: str) -> None:
     typer.echo(f"{path}: {reason}", err=True)
 
 
+def _fail_error(exc: HemasegError, path=None) -> None:
+    """One line for a hemaseg error: the given path (else the error's own) and the reason."""
+    _fail(path if path is not None else getattr(exc, "path", ""), getattr(exc, "reason", str(exc)))
+
+
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s", stream=sys.stderr)
 
@@ -65,7 +70,7 @@ def segment(
     try:
         loaded = get_model(model_name, dev)
     except HemasegError as exc:
-        _fail(model_name, exc.reason if hasattr(exc, "reason") else str(exc))
+        _fail_error(exc, model_name)
         raise typer.Exit(2) from None
     paths = list_images(images)
     if not paths:
@@ -80,7 +85,7 @@ def segment(
             write_segmentation(out, path.stem, path, image, seg, spec, model_name, overlay)
         except HemasegError as exc:
             failed += 1
-            _fail(path, exc.reason if hasattr(exc, "reason") else str(exc))
+            _fail_error(exc, path)
         except Exception as exc:  # one bad image must not stop the batch
             failed += 1
             _fail(path, f"{exc.__class__.__name__}: {exc}")
@@ -134,7 +139,7 @@ def train(
             state = fit(cfg, out)
             run = out
     except HemasegError as exc:
-        _fail(getattr(exc, "path", ""), getattr(exc, "reason", str(exc)))
+        _fail_error(exc)
         raise typer.Exit(1) from None
     typer.echo(f"run {run}: epoch {state['epoch']}, best {state['best_metric']:.4f} at epoch {state['best_epoch']}",
                err=True)
@@ -159,7 +164,7 @@ def evaluate(
     try:
         res = run_evaluate(task, data, model or task, split, cell_diameter, _device(device), grid)
     except HemasegError as exc:
-        _fail(getattr(exc, "path", ""), getattr(exc, "reason", str(exc)))
+        _fail_error(exc)
         raise typer.Exit(1) from None
     typer.echo(f"{'image':<40} {'dice_cell':>9} {'dice_nuc':>9} {'iou_cell':>9} {'iou_nuc':>9}")
     for r in res["per_image"]:

@@ -34,14 +34,18 @@ def clean_wbc_classes(classes: np.ndarray, min_area: int) -> np.ndarray:
 SPLIT_DIAMETER = 40.0
 
 
-def _drop_small(labels: np.ndarray, min_area: int) -> np.ndarray:
-    """Remove labels under ``min_area`` px and renumber the rest 1..N."""
-    sizes = np.bincount(labels.ravel())
-    keep = sizes >= max(min_area, 1)
+def _relabel(labels: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Keep the labels where ``keep[label]`` is true (label 0 never) and renumber them 1..N."""
+    keep = keep.copy()
     keep[0] = False
-    lut = np.zeros(len(sizes), np.int32)
+    lut = np.zeros(len(keep), np.int32)
     lut[keep] = np.arange(1, int(keep.sum()) + 1)
     return lut[labels]
+
+
+def _drop_small(labels: np.ndarray, min_area: int) -> np.ndarray:
+    """Remove labels under ``min_area`` px and renumber the rest 1..N."""
+    return _relabel(labels, np.bincount(labels.ravel()) >= max(min_area, 1))
 
 
 def _split_component(comp: np.ndarray, diameter: float) -> np.ndarray:
@@ -139,11 +143,7 @@ def keep_nucleated(classes: np.ndarray, instances: np.ndarray, min_fraction: flo
         return classes, instances
     area = np.bincount(instances.ravel(), minlength=n + 1)
     nuc = np.bincount(instances.ravel(), weights=(classes == 2).ravel(), minlength=n + 1)
-    keep = (nuc >= min_fraction * area) & (nuc >= max(min_area, 1))
-    keep[0] = False
-    lut = np.zeros(n + 1, np.int32)
-    lut[keep] = np.arange(1, int(keep.sum()) + 1)
-    new_instances = lut[instances]
+    new_instances = _relabel(instances, (nuc >= min_fraction * area) & (nuc >= max(min_area, 1)))
     new_classes = np.where(new_instances > 0, classes, 0).astype(np.uint8)
     return new_classes, new_instances
 

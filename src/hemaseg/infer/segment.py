@@ -123,17 +123,17 @@ FIRST_PASS_FACTORS = (0.5, 1.0, 2.0)
 
 
 def _measure_at(module: torch.nn.Module, card: dict, image: np.ndarray, prange: np.ndarray,
-                factor: float) -> tuple[float | None, np.ndarray]:
+                factor: float, tile: int, overlap: int) -> tuple[float | None, np.ndarray]:
     """Run the model at ``factor``; return (diameter px in the input of the nucleated cells, probs)."""
     trained = float(card.get("cell_diameter") or 0)
-    probs = predict_probs(module, card, image, factor, prange=prange)
+    probs = predict_probs(module, card, image, factor, tile, overlap, prange)
     _, instances = _wbc_instances(probs, trained / factor)
     d = measure_diameter(instances, min_area=_min_area(trained / factor))
     return d, probs
 
 
-def _estimate_scale(module: torch.nn.Module, card: dict, image: np.ndarray,
-                    prange: np.ndarray) -> tuple[float | None, np.ndarray, float]:
+def _estimate_scale(module: torch.nn.Module, card: dict, image: np.ndarray, prange: np.ndarray,
+                    tile: int = 1024, overlap: int = 64) -> tuple[float | None, np.ndarray, float]:
     """Find the cell diameter by running the model until the cells it finds have the trained size.
 
     A first pass at half scale (then native, then double, until cells are found) measures
@@ -143,24 +143,24 @@ def _estimate_scale(module: torch.nn.Module, card: dict, image: np.ndarray,
     """
     trained = float(card.get("cell_diameter") or 0)
     if trained <= 0:
-        return None, predict_probs(module, card, image, 1.0, prange=prange), 1.0
+        return None, predict_probs(module, card, image, 1.0, tile, overlap, prange), 1.0
     # Very large images: keep the first passes under ~2048 px on the long side.
     shrink = min(1.0, 2048 / max(image.shape[:2]))
     diameter, probs, factor = None, None, 1.0
     for f in FIRST_PASS_FACTORS:
         factor = f * shrink
-        diameter, probs = _measure_at(module, card, image, prange, factor)
+        diameter, probs = _measure_at(module, card, image, prange, factor, tile, overlap)
         if diameter is not None:
             break
     if diameter is None:
         factor = 1.0
-        return None, predict_probs(module, card, image, factor, prange=prange), factor
+        return None, predict_probs(module, card, image, factor, tile, overlap, prange), factor
     for _ in range(3):
         new = scale_factor(card, diameter)
         if abs(np.log(new / factor)) < np.log(SCALE_DEADBAND):
             break
         factor = new
-        d, probs = _measure_at(module, card, image, prange, factor)
+        d, probs = _measure_at(module, card, image, prange, factor, tile, overlap)
         if d is None:
             break
         diameter = d
@@ -196,7 +196,7 @@ def segment(image: np.ndarray, model="wbc", cell_diameter: float | None = None, 
     norm = card.get("normalization", {})
     prange = percentile_range(image, norm.get("low", 1.0), norm.get("high", 99.0))
     if cell_diameter is None:
-        cell_diameter, probs, factor = _estimate_scale(module, card, image, prange)
+        cell_diameter, probs, factor = _estimate_scale(module, card, image, prange, tile, overlap)
     else:
         factor = scale_factor(card, cell_diameter)
         probs = predict_probs(module, card, image, factor, tile, overlap, prange)
