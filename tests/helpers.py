@@ -58,3 +58,46 @@ class ThresholdNet:
                 return torch.cat([torch.zeros_like(m), cytoplasm, nucleus], 1) + 0 * self.dummy
 
         return _Net().eval()
+
+
+def toy_nuclei(rng: np.random.Generator, size: int = 64, n: int = 5, radius: tuple[float, float] = (4, 8),
+               brightfield: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Round nuclei on a plain background: bright on dark (fluorescence) or dark on light (brightfield).
+
+    Returns ((size, size, 3) uint8 image, (size, size) uint16 labels 1..n; later discs cover earlier ones).
+    """
+    yy, xx = np.mgrid[:size, :size].astype(np.float32)
+    labels = np.zeros((size, size), np.uint16)
+    for k in range(1, n + 1):
+        r = rng.uniform(*radius)
+        cy, cx = rng.uniform(r, size - r, 2)
+        labels[np.hypot(yy - cy, xx - cx) < r] = k
+    ids = np.unique(labels[labels > 0])
+    lut = np.zeros(n + 1, np.uint16)
+    lut[ids] = np.arange(1, len(ids) + 1)
+    labels = lut[labels]
+    grey = np.where(labels > 0, 200.0, 20.0) + rng.normal(0, 6, labels.shape)
+    if brightfield:
+        grey = 255 - grey
+    img = np.repeat(np.clip(grey, 0, 255).astype(np.uint8)[..., None], 3, -1)
+    return img, labels
+
+
+def make_dsb(root, n: int = 6, size: int = 64, seed: int = 0):
+    """Write a tiny Data Science Bowl folder: ROOT/<id>/images/<id>.png (RGBA) + masks/<id>_<k>.png."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        img, labels = toy_nuclei(rng, size, brightfield=i % 3 == 2)
+        sid = f"{i:02d}{'ab' * 8}"
+        (root / sid / "images").mkdir(parents=True)
+        (root / sid / "masks").mkdir()
+        rgba = np.concatenate([img, np.full((size, size, 1), 255, np.uint8)], -1)
+        Image.fromarray(rgba).save(root / sid / "images" / f"{sid}.png")
+        for k in range(1, int(labels.max()) + 1):
+            Image.fromarray(((labels == k) * 255).astype(np.uint8)).save(root / sid / "masks" / f"{sid}_{k:03d}.png")
+    return root

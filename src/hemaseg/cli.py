@@ -41,16 +41,16 @@ def _setup_logging(verbose: bool) -> None:
 @app.command()
 def segment(
     images: List[str] = typer.Argument(..., help="image files, folders or globs"),
-    task: str = typer.Option("wbc", help="wbc (more tasks arrive with their models)"),
+    task: str = typer.Option("wbc", help="wbc (cell + nucleus) or nuclei (instances)"),
     out: Path = typer.Option(Path("hemaseg-out"), help="output folder (created)"),
     model: Optional[str] = typer.Option(None, help="bundled model name, .safetensors file or training run folder"),
     device: str = typer.Option("cpu", help="cpu, cuda or auto"),
-    cell_diameter: Optional[float] = typer.Option(None, help="WBC diameter in px; default: estimated per image"),
+    cell_diameter: Optional[float] = typer.Option(None, help="WBC (or nucleus) diameter in px; default: estimated per image"),
     overlay: bool = typer.Option(False, "--overlay", help="also write <stem>_overlay.png"),
     tile: int = typer.Option(1024, help="largest tile for big images (px at model scale)"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
-    """Segment WBC boundary and nucleus: OUT/<stem>.png (0/128/255) and OUT/<stem>.json polygons."""
+    """Segment images: OUT/<stem>.png (wbc: 0/128/255; nuclei: uint16 instance labels) and OUT/<stem>.json polygons."""
     from hemaseg.infer.segment import get_model
     from hemaseg.infer.segment import segment as run_segment
     from hemaseg.io.images import list_images, read_image
@@ -63,7 +63,7 @@ def segment(
         spec = get_task(task)
     except KeyError as exc:
         raise typer.BadParameter(str(exc), param_hint="--task") from None
-    if spec.name != "wbc":
+    if spec.name not in ("wbc", "nuclei"):
         raise typer.BadParameter(f"task {task!r} has no segmentation model yet", param_hint="--task")
     dev = _device(device)
     model_name = model or spec.default_model
@@ -72,6 +72,9 @@ def segment(
     except HemasegError as exc:
         _fail_error(exc, model_name)
         raise typer.Exit(2) from None
+    if loaded[1].get("task", spec.name) != spec.name:
+        _fail(model_name, f"is a {loaded[1].get('task')} model, not a {spec.name} model")
+        raise typer.Exit(2)
     paths = list_images(images)
     if not paths:
         _fail(" ".join(images), "no images found")
@@ -95,19 +98,19 @@ def segment(
 
 @app.command()
 def train(
-    task: str = typer.Argument(..., help="wbc"),
-    data: Optional[List[str]] = typer.Option(None, help="data folder(s) of image/mask pairs"),
+    task: str = typer.Argument(..., help="wbc or nuclei"),
+    data: Optional[List[str]] = typer.Option(None, help="data folder(s): image/mask pairs, or the DSB layout for nuclei"),
     out: Optional[Path] = typer.Option(None, help="run folder (checkpoints, state.json, curves, model card)"),
     resume: Optional[Path] = typer.Option(None, help="continue the run in this folder where it stopped"),
     arch: str = typer.Option("unet-dropout", help="architecture name (see `hemaseg models`)"),
-    epochs: int = typer.Option(200),
-    batch_size: int = typer.Option(16),
-    lr: float = typer.Option(2e-3),
-    crop: int = typer.Option(160, help="training crop size (px)"),
-    samples_per_epoch: int = typer.Option(480, help="augmented samples per epoch (0: one pass)"),
-    patience: int = typer.Option(40, help="early stop after this many epochs without improvement"),
+    epochs: Optional[int] = typer.Option(None, help="default: the task's (wbc 200, nuclei 80)"),
+    batch_size: Optional[int] = typer.Option(None, help="default: the task's (wbc 16, nuclei 8)"),
+    lr: Optional[float] = typer.Option(None, help="peak learning rate (default 2e-3)"),
+    crop: Optional[int] = typer.Option(None, help="training crop size in px (wbc 160, nuclei 224)"),
+    samples_per_epoch: Optional[int] = typer.Option(None, help="augmented samples per epoch (0: one pass)"),
+    patience: Optional[int] = typer.Option(None, help="early stop after this many epochs without improvement"),
     augment: bool = typer.Option(True, "--augment/--no-augment", help="scale and stain/colour augmentation"),
-    val_fraction: float = typer.Option(0.2),
+    val_fraction: Optional[float] = typer.Option(None, help="validation share (wbc 0.2, nuclei 0.1)"),
     seed: int = typer.Option(0),
     threads: int = typer.Option(0, help="torch CPU threads (0: torch's default)"),
 ) -> None:
@@ -115,13 +118,13 @@ def train(
     import torch
 
     from hemaseg.models.registry import list_models
-    from hemaseg.train.loop import TrainConfig, fit
+    from hemaseg.train.loop import TASK_DEFAULTS, fit, task_config
 
     _setup_logging(True)
     if threads:
         torch.set_num_threads(threads)
-    if task != "wbc":
-        raise typer.BadParameter("only the wbc task can be trained so far", param_hint="TASK")
+    if task not in TASK_DEFAULTS:
+        raise typer.BadParameter(f"trainable tasks: {', '.join(TASK_DEFAULTS)}", param_hint="TASK")
     try:
         if resume is not None:
             state = fit(None, resume, resume=True)
@@ -131,11 +134,10 @@ def train(
                 raise typer.BadParameter("give --data DIR and --out RUN (or --resume RUN)")
             if arch not in list_models():
                 raise typer.BadParameter(f"unknown architecture; known: {', '.join(list_models())}", param_hint="--arch")
-            kw = {} if arch != "unet-dropout" else TrainConfig().arch_kwargs
-            cfg = TrainConfig(task=task, data=[str(Path(d).resolve()) for d in data], arch=arch, arch_kwargs=kw,
-                              epochs=epochs, batch_size=batch_size, lr=lr, crop=crop,
-                              samples_per_epoch=samples_per_epoch, patience=patience, augment=augment,
-                              val_fraction=val_fraction, seed=seed)
+            cfg = task_config(task, data=[str(Path(d).resolve()) for d in data], arch=arch,
+                              arch_kwargs=None if arch == "unet-dropout" else {}, epochs=epochs,
+                              batch_size=batch_size, lr=lr, crop=crop, samples_per_epoch=samples_per_epoch,
+                              patience=patience, augment=augment, val_fraction=val_fraction, seed=seed)
             state = fit(cfg, out)
             run = out
     except HemasegError as exc:
@@ -147,16 +149,16 @@ def train(
 
 @app.command()
 def evaluate(
-    task: str = typer.Argument(..., help="wbc"),
-    data: List[str] = typer.Option(..., help="folder(s) of image/mask pairs"),
+    task: str = typer.Argument(..., help="wbc or nuclei"),
+    data: List[str] = typer.Option(..., help="folder(s) of image/mask pairs (nuclei: also the DSB layout)"),
     model: Optional[str] = typer.Option(None, help="bundled name, .safetensors file or run folder"),
     split: Optional[Path] = typer.Option(None, help="split.json: score only its 'val' images"),
-    cell_diameter: Optional[float] = typer.Option(None, help="WBC diameter in px; default: estimated"),
+    cell_diameter: Optional[float] = typer.Option(None, help="WBC (or nucleus) diameter in px; default: estimated"),
     device: str = typer.Option("cpu"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the full results as JSON"),
     grid: Optional[Path] = typer.Option(Path("worst_cases.png"), help="PNG grid of the worst images"),
 ) -> None:
-    """Score a model: Dice and IoU of whole cell and nucleus, per image and mean."""
+    """Score a model: wbc Dice/IoU of cell and nucleus; nuclei the DSB metric, AP@0.5/0.75, per modality."""
     from hemaseg.evaluation import evaluate as run_evaluate
     from hemaseg.io.writers import write_json
 
@@ -166,6 +168,11 @@ def evaluate(
     except HemasegError as exc:
         _fail_error(exc)
         raise typer.Exit(1) from None
+    if task == "nuclei":
+        _print_nuclei(res)
+        if json_out:
+            write_json(json_out, res)
+        return
     typer.echo(f"{'image':<40} {'dice_cell':>9} {'dice_nuc':>9} {'iou_cell':>9} {'iou_nuc':>9}")
     for r in res["per_image"]:
         typer.echo(f"{Path(r['image']).name:<40} {r['dice_cell']:9.4f} {r['dice_nucleus']:9.4f} "
@@ -175,6 +182,39 @@ def evaluate(
                f"{m['iou_cell']:9.4f} {m['iou_nucleus']:9.4f}")
     if json_out:
         write_json(json_out, res)
+
+
+@app.command()
+def convert(
+    inp: Path = typer.Argument(..., metavar="IN", help="input folder or file"),
+    out: Path = typer.Argument(..., metavar="OUT", help="output folder (labels, dsb) or file (rle)"),
+    src: str = typer.Option(..., "--from", help="dsb, labels or rle"),
+    dst: str = typer.Option(..., "--to", help="labels, rle or dsb"),
+) -> None:
+    """Convert annotations between formats: DSB folders, uint16 label PNGs, Kaggle RLE CSV."""
+    from hemaseg.io.convert import CONVERTERS
+    from hemaseg.io.convert import convert as run_convert
+
+    if (src, dst) not in CONVERTERS:
+        known = ", ".join(f"{a}->{b}" for a, b in sorted(CONVERTERS))
+        raise typer.BadParameter(f"no conversion {src}->{dst}; known: {known}", param_hint="--from/--to")
+    try:
+        n = run_convert(src, dst, inp, out)
+    except HemasegError as exc:
+        _fail_error(exc)
+        raise typer.Exit(1) from None
+    typer.echo(f"{n} images converted {src} -> {dst}: {out}", err=True)
+
+
+def _print_nuclei(res: dict) -> None:
+    typer.echo(f"{'image':<24} {'modality':<13} {'DSB':>6} {'AP50':>6} {'AP75':>6} {'pred':>5} {'true':>5}")
+    for r in res["per_image"]:
+        typer.echo(f"{Path(r['image']).stem[:24]:<24} {r['modality']:<13} {r['dsb']:6.3f} {r['ap50']:6.3f} "
+                   f"{r['ap75']:6.3f} {r['n_pred']:5d} {r['n_true']:5d}")
+    typer.echo("")
+    typer.echo(f"{'subset':<24} {'images':>6} {'DSB':>6} {'AP50':>6} {'AP75':>6} {'s/img':>6}")
+    for name, m in [*res["per_modality"].items(), ("ALL", res["mean"])]:
+        typer.echo(f"{name:<24} {m['n_images']:6d} {m['dsb']:6.3f} {m['ap50']:6.3f} {m['ap75']:6.3f} {m['seconds']:6.2f}")
 
 
 @app.command()

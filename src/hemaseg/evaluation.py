@@ -1,4 +1,4 @@
-"""Score a model on a folder of image/mask pairs: per-image and mean Dice/IoU, worst-case grid."""
+"""Score a model on annotated images: WBC Dice/IoU, nuclei DSB metric per modality, worst-case grids."""
 from __future__ import annotations
 
 import json
@@ -9,9 +9,9 @@ import numpy as np
 
 from hemaseg.errors import HemasegInputError
 from hemaseg.infer.segment import get_model, segment
-from hemaseg.io.datasets import Pair, find_pairs, load_pair
+from hemaseg.io.datasets import Pair, find_dsb, find_pairs, load_instances, load_pair
 from hemaseg.io.writers import atomic_path, overlay
-from hemaseg.metrics import wbc_scores
+from hemaseg.metrics import dsb_scores, wbc_scores
 from hemaseg.progress import track
 from hemaseg.tasks import get_task
 
@@ -45,8 +45,55 @@ def evaluate_wbc(pairs: list[Pair], model="wbc", cell_diameter: float | None = N
     return rows, means
 
 
+def modality(image: np.ndarray) -> str:
+    """Imaging modality of a DSB-style image: fluorescence (grey, dark background),
+    brightfield (grey, light background) or histology (coloured stain).
+
+    >>> fl = np.zeros((8, 8, 3), np.uint8); fl[2:4, 2:4] = 200
+    >>> he = 255 - fl; he[..., 1] //= 2
+    >>> modality(fl), modality(255 - fl), modality(he)
+    ('fluorescence', 'brightfield', 'histology')
+    """
+    from hemaseg.data.transforms import is_bright_background
+
+    rgb = image.astype(np.int16)
+    grey = int(np.abs(rgb[..., 0] - rgb[..., 1]).max()) <= 2 and int(np.abs(rgb[..., 1] - rgb[..., 2]).max()) <= 2
+    if not grey:
+        return "histology"
+    return "brightfield" if is_bright_background(image) else "fluorescence"
+
+
+def evaluate_nuclei(pairs: list[Pair], model="nuclei", cell_diameter: float | None = None,
+                    device: str = "cpu") -> tuple[list[dict], dict[str, float], dict[str, dict]]:
+    """Run :func:`segment` on each DSB sample; return (per-image rows, means, means per modality)."""
+    loaded = get_model(model, device)
+    rows = []
+    for pair in track(pairs, "evaluate"):
+        image, target = load_instances(pair)
+        t0 = time.perf_counter()
+        seg = segment(image, loaded, cell_diameter=cell_diameter, device=device)
+        rows.append({"image": str(pair.image), "modality": modality(image), **dsb_scores(seg.instances, target),
+                     "seconds": time.perf_counter() - t0, "cell_diameter": seg.cell_diameter, "scale": seg.scale,
+                     "_pred": seg.instances})
+    keys = ["dsb", "ap50", "ap75", "seconds"]
+    mean = lambda rs: {k: float(np.mean([r[k] for r in rs])) for k in keys} | {"n_images": len(rs)}  # noqa: E731
+    means = mean(rows) if rows else {}
+    by_mod = {m: mean([r for r in rows if r["modality"] == m]) for m in sorted({r["modality"] for r in rows})}
+    return rows, means, by_mod
+
+
+def _score(row: dict) -> float:
+    return row["dsb"] if "dsb" in row else (row["dice_cell"] + row["dice_nucleus"]) / 2
+
+
+def _title(row: dict) -> str:
+    if "dsb" in row:
+        return f"pred: DSB {row['dsb']:.3f} AP50 {row['ap50']:.2f} ({row['n_pred']}/{row['n_true']})"
+    return f"pred: cell {row['dice_cell']:.3f} nuc {row['dice_nucleus']:.3f}"
+
+
 def worst_grid(rows: list[dict], path: Path, task_name: str = "wbc", n: int = 6) -> Path:
-    """PNG grid of the ``n`` worst images: input | ground truth | prediction, mean Dice in the title."""
+    """PNG grid of the ``n`` worst images: input | ground truth | prediction, the scores in the title."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -55,14 +102,17 @@ def worst_grid(rows: list[dict], path: Path, task_name: str = "wbc", n: int = 6)
     from hemaseg.io.images import read_image
 
     task = get_task(task_name)
-    worst = sorted(rows, key=lambda r: (r["dice_cell"] + r["dice_nucleus"]) / 2)[:n]
+    worst = sorted(rows, key=_score)[:n]
     fig, axes = plt.subplots(len(worst), 3, figsize=(7.5, 2.5 * len(worst)), squeeze=False)
     for ax_row, r in zip(axes, worst):
         image = read_image(r["image"])
         target = r["_target"]
-        panels = [image, overlay(image, target, task.colors), overlay(image, r["_pred"], task.colors)]
-        titles = [Path(r["image"]).name, "ground truth",
-                  f"pred: cell {r['dice_cell']:.3f} nuc {r['dice_nucleus']:.3f}"]
+        if task.name == "nuclei":
+            panels = [image, overlay(image, (target > 0).astype(np.uint8), task.colors, instances=target),
+                      overlay(image, (r["_pred"] > 0).astype(np.uint8), task.colors, instances=r["_pred"])]
+        else:
+            panels = [image, overlay(image, target, task.colors), overlay(image, r["_pred"], task.colors)]
+        titles = [Path(r["image"]).name[:24], "ground truth", _title(r)]
         for ax, p, t in zip(ax_row, panels, titles):
             ax.imshow(p)
             ax.set_title(t, fontsize=8)
@@ -76,18 +126,27 @@ def worst_grid(rows: list[dict], path: Path, task_name: str = "wbc", n: int = 6)
 
 def evaluate(task: str, data: list[str | Path], model="wbc", split: str | Path | None = None,
              cell_diameter: float | None = None, device: str = "cpu", grid: Path | None = None) -> dict:
-    """Evaluate ``model`` on the pairs under ``data`` (optionally only a split's val list)."""
-    if task != "wbc":
-        raise HemasegInputError(task, "evaluation is implemented for the wbc task")
-    pairs = [p for d in data for p in find_pairs(d)]
+    """Evaluate ``model`` on the annotated images under ``data`` (optionally only a split's val list)."""
+    if task not in ("wbc", "nuclei"):
+        raise HemasegInputError(task, "evaluation is implemented for the wbc and nuclei tasks")
+    find = (lambda d: find_dsb(d) or find_pairs(d)) if task == "nuclei" else find_pairs
+    pairs = [p for d in data for p in find(d)]
     if not pairs:
-        raise HemasegInputError(", ".join(map(str, data)), "no image/mask pairs found")
+        raise HemasegInputError(", ".join(map(str, data)), "no annotated images found")
     if split:
         pairs = select_split(pairs, split)
-    rows, means = evaluate_wbc(pairs, model, cell_diameter, device)
+    by_mod = None
+    if task == "nuclei":
+        rows, means, by_mod = evaluate_nuclei(pairs, model, cell_diameter, device)
+    else:
+        rows, means = evaluate_wbc(pairs, model, cell_diameter, device)
     if grid is not None and rows:
+        load = load_instances if task == "nuclei" else load_pair
         for r, p in zip(rows, pairs):
-            r["_target"] = load_pair(p)[1]
+            r["_target"] = load(p)[1]
         worst_grid(rows, grid, task)
     per_image = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
-    return {"task": task, "model": str(model), "n_images": len(rows), "mean": means, "per_image": per_image}
+    res = {"task": task, "model": str(model), "n_images": len(rows), "mean": means, "per_image": per_image}
+    if by_mod is not None:
+        res["per_modality"] = by_mod
+    return res

@@ -35,3 +35,62 @@ def wbc_scores(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
         "dice_nucleus": dice(nuc_p, nuc_t),
         "iou_nucleus": iou(nuc_p, nuc_t),
     }
+
+
+DSB_THRESHOLDS = tuple(np.round(np.arange(0.5, 1.0, 0.05), 2))
+
+
+def instance_iou(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """IoU of every target instance with every predicted instance: (n_target, n_pred) float64.
+
+    Both inputs are (H, W) label images (0 background, instance ids need not be consecutive).
+    """
+    _, t = np.unique(target, return_inverse=True)
+    _, p = np.unique(pred, return_inverse=True)
+    t, p = t.reshape(target.shape), p.reshape(pred.shape)
+    # Relabelled consecutively; index 0 is background only if the image has background.
+    t_has_bg, p_has_bg = int(target.min() == 0), int(pred.min() == 0)
+    nt, npr = int(t.max()) + 1, int(p.max()) + 1
+    inter = np.bincount((t * npr + p).ravel(), minlength=nt * npr).reshape(nt, npr).astype(np.float64)
+    area_t, area_p = inter.sum(1), inter.sum(0)
+    union = area_t[:, None] + area_p[None, :] - inter
+    iou_ = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+    return iou_[t_has_bg:, p_has_bg:]
+
+
+def matching_counts(iou_matrix: np.ndarray, threshold: float) -> tuple[int, int, int]:
+    """(TP, FP, FN) at an IoU threshold: a pair matches when IoU > threshold.
+
+    Above 0.5 each object has at most one partner, so no assignment problem arises.
+    """
+    n_t, n_p = iou_matrix.shape
+    tp = int((iou_matrix > threshold).any(1).sum()) if n_t and n_p else 0
+    return tp, n_p - tp, n_t - tp
+
+
+def dsb_scores(pred: np.ndarray, target: np.ndarray, thresholds=DSB_THRESHOLDS) -> dict[str, float]:
+    """The 2018 Data Science Bowl score of one image and its AP at IoU 0.5 and 0.75.
+
+    For each threshold t, precision(t) = TP/(TP+FP+FN); ``dsb`` is their mean over
+    t = 0.50, 0.55, ..., 0.95. An image with no nuclei and no predictions scores 1.
+
+    >>> t = np.zeros((8, 8), int); t[:4, :4] = 1; t[4:, 4:] = 2
+    >>> dsb_scores(t, t)["dsb"]
+    1.0
+    >>> one_missing = np.where(t == 2, 0, t)
+    >>> dsb_scores(one_missing, t)["ap50"]
+    0.5
+    """
+    m = instance_iou(pred, target)
+    n_t, n_p = m.shape
+    out = {"n_true": n_t, "n_pred": n_p}
+    scores = {}
+    for th in thresholds:
+        tp, fp, fn = matching_counts(m, th)
+        denom = tp + fp + fn
+        scores[float(th)] = 1.0 if denom == 0 else tp / denom
+    out["dsb"] = float(np.mean(list(scores.values())))
+    for th, key in ((0.5, "ap50"), (0.75, "ap75")):
+        tp, fp, fn = matching_counts(m, th)
+        out[key] = 1.0 if tp + fp + fn == 0 else tp / (tp + fp + fn)
+    return out

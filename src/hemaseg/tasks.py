@@ -40,3 +40,12 @@ WBC = register_task(Task(
     default_model="wbc",
     description="WBC boundary and nucleus (wbc-seg convention 0/128/255)",
 ))
+
+NUCLEI = register_task(Task(
+    name="nuclei",
+    classes=("background", "nucleus", "boundary"),
+    label_values=(0, 1, 1),  # written as instance labels 1..N; the classes are the network's view
+    colors={1: (255, 220, 0)},
+    default_model="nuclei",
+    description="nuclei instances (DSB 2018): uint16 labels 0 background, 1..N",
+))

@@ -16,7 +16,26 @@ def percentile_range(image: np.ndarray, low: float = 1.0, high: float = 99.0, ma
     return np.percentile(sample, [low, high], axis=0).astype(np.float32)
 
 
-def normalize(image: np.ndarray, low: float = 1.0, high: float = 99.0, prange: np.ndarray | None = None) -> np.ndarray:
+def is_bright_background(image: np.ndarray, prange: np.ndarray | None = None) -> bool:
+    """True when most of an (H, W, C) image is brighter than the middle of its range (brightfield, H&E).
+
+    Such images are inverted for the nuclei model, so that nuclei are bright on dark as
+    in fluorescence and one network serves every modality.
+
+    >>> dark = np.zeros((20, 20, 3), np.uint8); dark[5:9, 5:9] = 200
+    >>> is_bright_background(dark), is_bright_background(255 - dark)
+    (False, True)
+    """
+    if prange is None:
+        prange = percentile_range(image)
+    lo, hi = prange[0].mean(), prange[1].mean()
+    step = max(1, int(np.ceil(np.sqrt(image.shape[0] * image.shape[1] / 250_000))))
+    grey = image[::step, ::step].astype(np.float32).mean(-1)
+    return bool(np.median(grey) > (lo + hi) / 2)
+
+
+def normalize(image: np.ndarray, low: float = 1.0, high: float = 99.0, prange: np.ndarray | None = None,
+              invert: bool = False) -> np.ndarray:
     """Map each channel's (low, high) percentiles to (0, 1): (H, W, C) float32.
 
     Per-channel stretching removes most of a lab's colour cast (yellowish, pink,
@@ -31,7 +50,8 @@ def normalize(image: np.ndarray, low: float = 1.0, high: float = 99.0, prange: n
         prange = percentile_range(image, low, high)
     lo, hi = prange[0], prange[1]
     scale = 1.0 / np.maximum(hi - lo, 1e-3)
-    return ((image.astype(np.float32) - lo) * scale).astype(np.float32)
+    x = ((image.astype(np.float32) - lo) * scale).astype(np.float32)
+    return 1.0 - x if invert else x
 
 
 def train_transform(crop: int, augment: bool = True, scale: tuple[float, float] = (0.5, 2.0)):

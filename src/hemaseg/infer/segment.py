@@ -62,8 +62,11 @@ def get_model(model, device: str = "cpu"):
 
 
 def predict_probs(module: torch.nn.Module, card: dict, image: np.ndarray, factor: float = 1.0,
-                  tile: int = 1024, overlap: int = 64, prange: np.ndarray | None = None) -> np.ndarray:
-    """Class probabilities of ``image`` (H, W, 3) uint8 resized by ``factor``, back at (K, H, W) float32."""
+                  tile: int = 1024, overlap: int = 64, prange: np.ndarray | None = None,
+                  invert: bool = False) -> np.ndarray:
+    """Class probabilities of ``image`` (H, W, 3) uint8 resized by ``factor``, back at (K, H, W) float32.
+
+    ``invert`` flips the normalised intensities (bright-background images for the nuclei model)."""
     norm = card.get("normalization", {})
     low, high = norm.get("low", 1.0), norm.get("high", 99.0)
     if prange is None:
@@ -71,7 +74,7 @@ def predict_probs(module: torch.nn.Module, card: dict, image: np.ndarray, factor
     small = rescale(image, factor)
     stride = int(getattr(module, "stride", 32))
     probs = predict_tiled(module, small, tile=tile, overlap=overlap, stride=stride,
-                          preprocess=lambda t: normalize(t, prange=prange))
+                          preprocess=lambda t: normalize(t, prange=prange, invert=invert))
     if small.shape[:2] != image.shape[:2]:
         h, w = image.shape[:2]
         probs = np.stack([cv2.resize(p, (w, h), interpolation=cv2.INTER_LINEAR) for p in probs])
@@ -189,10 +192,17 @@ def segment(image: np.ndarray, model="wbc", cell_diameter: float | None = None, 
             tile: int = 1024, overlap: int = 64) -> Segmentation:
     """Segment WBCs (cytoplasm + nucleus) in an (H, W, 3) uint8 image and split them into instances.
 
+    With a nuclei model (``model="nuclei"``) it finds nuclei instances instead (see
+    :func:`hemaseg.infer.nuclei.segment_nuclei`).
+
     ``cell_diameter`` (px) rescales the image to the model's trained diameter; when None
     it is estimated from the image. ``model`` is a bundled name, a path, or (module, card).
     """
     module, card = get_model(model, device)
+    if card.get("task") == "nuclei":
+        from hemaseg.infer.nuclei import segment_nuclei
+
+        return segment_nuclei(image, (module, card), cell_diameter, tile=tile, overlap=overlap)
     norm = card.get("normalization", {})
     prange = percentile_range(image, norm.get("low", 1.0), norm.get("high", 99.0))
     if cell_diameter is None:

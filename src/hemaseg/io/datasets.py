@@ -1,4 +1,4 @@
-"""Dataset readers: wbc-seg (NNN.bmp + NNN.png) and paired image/mask folders."""
+"""Dataset readers: wbc-seg (NNN.bmp + NNN.png), paired image/mask folders, the DSB layout."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -97,3 +97,60 @@ def load_pair(pair: Pair) -> tuple[np.ndarray, np.ndarray]:
     image = read_image(pair.image)
     mask = read_mask(pair.mask, image.shape[:2])
     return image, wbc_classes(mask, pair.mask)
+
+
+def find_dsb(root: str | Path) -> list[Pair]:
+    """Find Data Science Bowl samples under ``root``: ``<id>/images/<id>.png`` with a ``<id>/masks/`` folder.
+
+    ``Pair.mask`` is the masks folder (one binary PNG per nucleus). Samples without a
+    masks folder (test images) are skipped; use :func:`~hemaseg.io.images.list_images` for those.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise HemasegInputError(root, "not a folder")
+    pairs = []
+    for images in sorted(root.rglob("images")):
+        masks = images.parent / "masks"
+        if not (images.is_dir() and masks.is_dir()):
+            continue
+        files = sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if files:
+            pairs.append(Pair(files[0], masks))
+    return pairs
+
+
+def read_dsb_masks(masks: str | Path, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Read a DSB ``masks/`` folder (one binary PNG per nucleus) as (H, W) uint16 labels 1..N.
+
+    Nuclei are numbered in file-name order; a pixel claimed by two masks (never in the
+    fixed DSB data) goes to the later one.
+    """
+    masks = Path(masks)
+    files = sorted(p for p in masks.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if masks.is_dir() else []
+    if not files and not masks.is_dir():
+        raise HemasegInputError(masks, "masks folder not found")
+    labels = None if shape is None else np.zeros(shape, np.uint16)
+    for i, f in enumerate(files, 1):
+        m = read_mask(f, shape)
+        if labels is None:
+            labels = np.zeros(m.shape, np.uint16)
+        labels[m > 0] = i
+    if labels is None:
+        raise HemasegInputError(masks, "no mask files and no image size to make an empty label image")
+    return labels
+
+
+def load_instances(pair: Pair) -> tuple[np.ndarray, np.ndarray]:
+    """Read an image and its instance labels: ((H, W, 3) uint8, (H, W) uint16).
+
+    The mask is a DSB masks folder or a label PNG (0 background, 1..N nuclei).
+    """
+    image = read_image(pair.image)
+    if Path(pair.mask).is_dir():
+        return image, read_dsb_masks(pair.mask, image.shape[:2])
+    labels = read_mask(pair.mask, image.shape[:2])
+    if labels.dtype == np.uint8 and set(np.unique(labels).tolist()) <= {0, 255}:
+        from skimage.measure import label
+
+        labels = label(labels > 0)  # a binary mask: instances are its connected components
+    return image, labels.astype(np.uint16)

@@ -129,3 +129,13 @@ def list_images(inputs: list[str | Path] | str | Path, recursive: bool = False) 
             out.append(p)
     seen: set[Path] = set()
     return [p for p in out if not (p in seen or seen.add(p))]
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(height, width) of an image file, read from its header when possible."""
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            return im.size[1], im.size[0]
+    except (OSError, UnidentifiedImageError):
+        return read_image(path).shape[:2]

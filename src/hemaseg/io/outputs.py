@@ -20,7 +20,14 @@ def write_segmentation(out: Path, stem: str, source: Path, image: np.ndarray, se
                        model_name: str, with_overlay: bool) -> list[Path]:
     """Write <stem>.png, <stem>.json and optionally <stem>_overlay.png into ``out``."""
     h, w = seg.classes.shape
-    files = [write_png(out / f"{stem}.png", label_image(task, seg.classes))]
+    if task.name == "nuclei":
+        # Instance labels 0 background, 1..N: uint16 (DESIGN.md).
+        if seg.instances.max() > 65535:
+            raise ValueError(f"{seg.instances.max()} nuclei do not fit a uint16 label PNG")
+        labels = seg.instances.astype(np.uint16)
+        files = [write_png(out / f"{stem}.png", labels)]
+    else:
+        files = [write_png(out / f"{stem}.png", label_image(task, seg.classes))]
     files.append(write_json(out / f"{stem}.json", {
         "filename": str(source),
         "height": h,

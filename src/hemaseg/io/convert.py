@@ -1,0 +1,136 @@
+"""Dataset format conversions behind ``hemaseg convert``: one function per (from, to) pair.
+
+Formats: ``dsb`` (the Data Science Bowl folder layout), ``labels`` (a folder of uint16
+instance label PNGs, one per image) and ``rle`` (a Kaggle CSV ``ImageId,EncodedPixels,Height,Width``,
+one row per nucleus; Height/Width let it be decoded without the images).
+"""
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from hemaseg.errors import HemasegInputError
+from hemaseg.io.datasets import find_dsb, read_dsb_masks
+from hemaseg.io.images import read_mask
+from hemaseg.io.rle import labels_to_rles, rles_to_labels
+from hemaseg.io.writers import write_png, write_text
+
+CONVERTERS: dict[tuple[str, str], Callable[[Path, Path], int]] = {}
+RLE_HEADER = ["ImageId", "EncodedPixels", "Height", "Width"]
+
+
+def converter(src: str, dst: str) -> Callable:
+    """Register a conversion ``src`` -> ``dst``."""
+    def deco(fn: Callable[[Path, Path], int]) -> Callable[[Path, Path], int]:
+        CONVERTERS[(src, dst)] = fn
+        return fn
+    return deco
+
+
+def convert(src: str, dst: str, inp: str | Path, out: str | Path) -> int:
+    """Convert ``inp`` in format ``src`` to ``out`` in format ``dst``; returns the number of images."""
+    if (src, dst) not in CONVERTERS:
+        known = ", ".join(f"{a}->{b}" for a, b in sorted(CONVERTERS))
+        raise HemasegInputError(f"{src}->{dst}", f"no such conversion; known: {known}")
+    return CONVERTERS[(src, dst)](Path(inp), Path(out))
+
+
+def _dsb_labels(root: Path) -> list[tuple[str, np.ndarray]]:
+    samples = find_dsb(root)
+    if not samples:
+        raise HemasegInputError(root, "no DSB samples (<id>/images/<id>.png with <id>/masks/)")
+    from hemaseg.io.images import image_size
+
+    return [(p.image.stem, read_dsb_masks(p.mask, image_size(p.image))) for p in samples]
+
+
+def _label_files(inp: Path) -> list[Path]:
+    files = sorted(inp.glob("*.png")) if inp.is_dir() else [inp]
+    if not files or not files[0].exists():
+        raise HemasegInputError(inp, "no label PNGs found")
+    return files
+
+
+def write_rle_csv(path: Path, items: list[tuple[str, np.ndarray]]) -> None:
+    """Write label images as a Kaggle RLE CSV (one row per instance; an image without any: one empty row)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(RLE_HEADER)
+    for image_id, labels in items:
+        rles = labels_to_rles(labels) or [""]
+        for r in rles:
+            w.writerow([image_id, r, labels.shape[0], labels.shape[1]])
+    write_text(path, buf.getvalue())
+
+
+def read_rle_csv(path: Path) -> dict[str, np.ndarray]:
+    """Read a Kaggle RLE CSV with Height/Width columns into {ImageId: (H, W) uint16 labels}."""
+    if not path.is_file():
+        raise HemasegInputError(path, "RLE CSV not found")
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if rows and not {"ImageId", "EncodedPixels"} <= set(rows[0]):
+        raise HemasegInputError(path, "needs columns ImageId,EncodedPixels (and Height,Width)")
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(r["ImageId"], []).append(r)
+    out = {}
+    for image_id, rs in groups.items():
+        try:
+            shape = (int(rs[0]["Height"]), int(rs[0]["Width"]))
+        except (KeyError, TypeError, ValueError):
+            raise HemasegInputError(path, f"image {image_id}: no Height/Width columns to decode its masks") from None
+        try:
+            out[image_id] = rles_to_labels([r["EncodedPixels"] for r in rs if r["EncodedPixels"].strip()], shape)
+        except ValueError as exc:
+            raise HemasegInputError(path, f"image {image_id}: {exc}") from None
+    return out
+
+
+@converter("dsb", "labels")
+def dsb_to_labels(inp: Path, out: Path) -> int:
+    """DSB folders -> OUT/<id>.png uint16 instance labels."""
+    items = _dsb_labels(inp)
+    for image_id, labels in items:
+        write_png(out / f"{image_id}.png", labels)
+    return len(items)
+
+
+@converter("dsb", "rle")
+def dsb_to_rle(inp: Path, out: Path) -> int:
+    """DSB folders -> one Kaggle RLE CSV."""
+    items = _dsb_labels(inp)
+    write_rle_csv(out, items)
+    return len(items)
+
+
+@converter("labels", "rle")
+def labels_to_rle(inp: Path, out: Path) -> int:
+    """Label PNGs (a folder or one file) -> one Kaggle RLE CSV, ImageId = file stem."""
+    items = [(f.stem, read_mask(f)) for f in _label_files(inp)]
+    write_rle_csv(out, items)
+    return len(items)
+
+
+@converter("rle", "labels")
+def rle_to_labels(inp: Path, out: Path) -> int:
+    """Kaggle RLE CSV -> OUT/<ImageId>.png uint16 instance labels."""
+    items = read_rle_csv(inp)
+    for image_id, labels in items.items():
+        write_png(out / f"{image_id}.png", labels.astype(np.uint16))
+    return len(items)
+
+
+@converter("labels", "dsb")
+def labels_to_dsb(inp: Path, out: Path) -> int:
+    """Label PNGs -> DSB masks folders OUT/<stem>/masks/<stem>_<k>.png (images are not copied)."""
+    files = _label_files(inp)
+    for f in files:
+        labels = read_mask(f)
+        for k in np.unique(labels[labels > 0]):
+            write_png(out / f.stem / "masks" / f"{f.stem}_{int(k)}.png", ((labels == k) * 255).astype(np.uint8))
+    return len(files)

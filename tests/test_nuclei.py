@@ -1,0 +1,226 @@
+"""Nuclei: the DSB metric, RLE, the DSB reader and converter, post-processing, the whole task."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from helpers import TINY, make_dsb, toy_nuclei
+from hemaseg.cli import app
+from hemaseg.infer.postprocess import nuclei_instances, nuclei_targets
+from hemaseg.io.datasets import find_dsb, load_instances
+from hemaseg.io.rle import labels_to_rles, rle_decode, rle_encode, rles_to_labels
+from hemaseg.metrics import dsb_scores, instance_iou
+
+runner = CliRunner()
+
+
+def _two_squares():
+    t = np.zeros((20, 20), np.int32)
+    t[1:9, 1:9] = 1
+    t[11:19, 11:19] = 2
+    return t
+
+
+# --- the DSB metric on cases whose answer is known by hand -------------------------------------
+
+def test_metric_perfect_and_relabelled():
+    t = _two_squares()
+    assert dsb_scores(t, t)["dsb"] == 1.0
+    assert dsb_scores(np.where(t > 0, 7 - t, 0), t)["dsb"] == 1.0  # ids need not agree
+
+
+def test_metric_one_missing():
+    t = _two_squares()
+    s = dsb_scores(np.where(t == 2, 0, t), t)
+    assert s["dsb"] == 0.5 and s["ap50"] == 0.5 and (s["n_pred"], s["n_true"]) == (1, 2)
+
+
+def test_metric_one_split_in_two():
+    t = _two_squares()
+    p = t.copy()
+    p[1:9, 5:9] = 3  # nucleus 1 cut in halves: each IoU 0.5, not > 0.5, so no match
+    s = dsb_scores(p, t)
+    assert s["dsb"] == pytest.approx(1 / 4)  # TP 1, FP 2, FN 1 at every threshold
+
+
+def test_metric_two_merged():
+    t = _two_squares()
+    t[1:9, 5:9] = 3  # two touching halves in the truth ...
+    p = np.where(t == 3, 1, t)  # ... predicted as one object
+    assert dsb_scores(p, t)["dsb"] == pytest.approx(1 / 4)  # TP 1, FP 1, FN 2
+
+
+def test_metric_thresholds_are_strict_and_averaged():
+    t = np.zeros((12, 12), np.int32)
+    t[1:11, 1:11] = 1
+    p = np.zeros_like(t)
+    p[1:11, 1:9] = 1  # IoU exactly 0.8: matched at 0.50..0.75, not at 0.80..0.95
+    s = dsb_scores(p, t)
+    assert s["dsb"] == pytest.approx(0.6) and s["ap75"] == 1.0
+
+
+def test_metric_empty_images():
+    empty = np.zeros((8, 8), np.int32)
+    one = empty.copy()
+    one[2:5, 2:5] = 1
+    assert dsb_scores(empty, empty)["dsb"] == 1.0
+    assert dsb_scores(one, empty)["dsb"] == 0.0
+    assert dsb_scores(empty, one)["dsb"] == 0.0
+    assert instance_iou(empty, one).shape == (1, 0)
+
+
+# --- RLE ----------------------------------------------------------------------------------------
+
+def test_rle_round_trip_random_labels():
+    rng = np.random.default_rng(1)
+    _, labels = toy_nuclei(rng, 50, n=8)
+    rles = labels_to_rles(labels)
+    assert len(rles) == labels.max()
+    back = rles_to_labels(rles, labels.shape)
+    assert np.array_equal(back, labels)
+    m = rng.random((7, 5)) > 0.5
+    assert np.array_equal(rle_decode(rle_encode(m), m.shape), m)
+
+
+def test_rle_is_column_major_and_one_based():
+    m = np.zeros((4, 3), bool)
+    m[0, 0] = True  # pixel 1
+    m[1:, 1] = True  # pixels 6, 7, 8 (second column)
+    assert rle_encode(m) == "1 1 6 3"
+    with pytest.raises(ValueError):
+        rle_decode("11 5", (4, 3))
+
+
+# --- DSB reader and converter -------------------------------------------------------------------
+
+def test_dsb_reader_reads_rgba_and_masks(tmp_path):
+    root = make_dsb(tmp_path / "dsb", n=3)
+    samples = find_dsb(root)
+    assert len(samples) == 3 and all(s.mask.name == "masks" for s in samples)
+    image, labels = load_instances(samples[0])
+    assert image.shape == (64, 64, 3) and image.dtype == np.uint8
+    assert labels.dtype == np.uint16 and labels.max() == len(list(samples[0].mask.glob("*.png")))
+
+
+def test_convert_dsb_rle_labels_round_trip(tmp_path):
+    root = make_dsb(tmp_path / "dsb", n=3)
+    csv = tmp_path / "sub.csv"
+    assert runner.invoke(app, ["convert", "--from", "dsb", "--to", "rle", str(root), str(csv)]).exit_code == 0
+    assert csv.read_text().splitlines()[0] == "ImageId,EncodedPixels,Height,Width"
+    res = runner.invoke(app, ["convert", "--from", "rle", "--to", "labels", str(csv), str(tmp_path / "lab")])
+    assert res.exit_code == 0, res.output
+    for s in find_dsb(root):
+        back = np.array(Image.open(tmp_path / "lab" / f"{s.image.stem}.png"))
+        assert back.dtype == np.uint16
+        assert np.array_equal(back, load_instances(s)[1])
+    res = runner.invoke(app, ["convert", "--from", "labels", "--to", "dsb", str(tmp_path / "lab"), str(tmp_path / "d2")])
+    assert res.exit_code == 0
+    s0 = find_dsb(root)[0]
+    assert len(list((tmp_path / "d2" / s0.image.stem / "masks").glob("*.png"))) == len(list(s0.mask.glob("*.png")))
+
+
+def test_convert_bad_csv_is_one_line_error(tmp_path):
+    csv = tmp_path / "bad.csv"
+    csv.write_text("ImageId,EncodedPixels\nabc,1 3\n")
+    res = runner.invoke(app, ["convert", "--from", "rle", "--to", "labels", str(csv), str(tmp_path / "o")])
+    assert res.exit_code == 1 and "Height/Width" in res.output
+
+
+# --- post-processing ----------------------------------------------------------------------------
+
+def _disc_probs(labels):
+    """The probabilities a perfect model would give for these instances."""
+    t = nuclei_targets(labels)
+    return np.stack([t == 0, t == 1, t == 2]).astype(np.float32)
+
+
+def test_watershed_splits_two_touching_discs():
+    yy, xx = np.mgrid[:40, :60]
+    labels = np.zeros((40, 60), np.uint16)
+    labels[np.hypot(yy - 20, xx - 20) < 11] = 1
+    labels[(np.hypot(yy - 20, xx - 39) < 11) & (labels == 0)] = 2  # touching along a chord
+    pred = nuclei_instances(_disc_probs(labels))
+    assert pred.max() == 2
+    assert dsb_scores(pred, labels)["dsb"] > 0.9
+    # Merged foreground with no boundary between the discs: one object, as a model that misses it would give.
+    probs = _disc_probs(labels)
+    probs[1] = np.maximum(probs[1], probs[2] * (labels > 0))
+    probs[2] = 0
+    assert nuclei_instances(probs).max() == 1
+
+
+def test_tiny_nucleus_without_interior_is_kept():
+    labels = np.zeros((20, 20), np.uint16)
+    labels[5:8, 5:8] = 1  # all boundary, no interior
+    labels[10:18, 10:18] = 2
+    pred = nuclei_instances(_disc_probs(labels), min_area=4)
+    assert pred.max() == 2
+
+
+def test_brightfield_is_inverted_to_look_like_fluorescence():
+    from hemaseg.data.transforms import is_bright_background, normalize, percentile_range
+
+    fl, labels = toy_nuclei(np.random.default_rng(4), 64)
+    bf, _ = toy_nuclei(np.random.default_rng(4), 64, brightfield=True)
+    assert not is_bright_background(fl) and is_bright_background(bf)
+    a = normalize(fl, prange=percentile_range(fl))
+    b = normalize(bf, prange=percentile_range(bf), invert=True)
+    assert np.abs(a - b).mean() < 0.05
+    assert b[labels > 0].mean() > 0.8 and b[labels == 0].mean() < 0.2
+
+
+# --- the task end to end with a tiny model ------------------------------------------------------
+
+@pytest.fixture
+def tiny_nuclei_model(tmp_path):
+    import torch
+
+    from hemaseg.models.registry import create_model, save_model
+
+    torch.manual_seed(0)
+    model = create_model("unet-dropout", classes=3, **TINY)
+    card = {"name": "tiny-nuclei", "task": "nuclei", "classes": ["background", "nucleus", "boundary"],
+            "architecture": {"name": "unet-dropout", "kwargs": {"classes": 3, **TINY}},
+            "normalization": {"type": "percentile", "low": 1.0, "high": 99.0, "invert_bright": True},
+            "cell_diameter": 12.0, "diameter_range": [8.0, 16.0]}
+    return save_model(model.eval(), tmp_path / "tiny-nuclei", card)[0]
+
+
+def test_segment_nuclei_cli_writes_uint16_labels(tmp_path, tiny_nuclei_model):
+    root = make_dsb(tmp_path / "dsb", n=2)
+    imgs = [s.image for s in find_dsb(root)]
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["segment", "--task", "nuclei", *map(str, imgs), "--out", str(out), "--model",
+                              str(tiny_nuclei_model), "--overlay"])
+    assert res.exit_code == 0, res.output
+    lab = np.array(Image.open(out / f"{imgs[0].stem}.png"))
+    assert lab.dtype == np.uint16 and lab.shape == (64, 64)
+    meta = json.loads((out / f"{imgs[0].stem}.json").read_text())
+    assert meta["task"] == "nuclei" and meta["count"] == len(meta["masks"]) == len(np.unique(lab[lab > 0]))
+    assert (out / f"{imgs[0].stem}_overlay.png").exists()
+    # A WBC model cannot be used for nuclei.
+    res = runner.invoke(app, ["segment", "--task", "wbc", str(imgs[0]), "--out", str(out), "--model",
+                              str(tiny_nuclei_model)])
+    assert res.exit_code == 2
+
+
+def test_train_and_evaluate_nuclei(tmp_path):
+    root = make_dsb(tmp_path / "dsb", n=6)
+    run = tmp_path / "run"
+    res = runner.invoke(app, ["train", "nuclei", "--data", str(root), "--out", str(run), "--epochs", "1",
+                              "--crop", "32", "--batch-size", "4", "--samples-per-epoch", "4", "--val-fraction", "0.34"])
+    assert res.exit_code == 0, res.output
+    card = json.loads((run / "model.json").read_text())
+    assert card["task"] == "nuclei" and card["normalization"]["invert_bright"] is True
+    assert 6 < card["cell_diameter"] < 18 and len(card["diameter_range"]) == 2
+    assert "dsb" in json.loads((run / "state.json").read_text())["history"][0]
+    out_json = tmp_path / "ev.json"
+    res = runner.invoke(app, ["evaluate", "nuclei", "--data", str(root), "--model", str(run), "--split",
+                              str(run / "split.json"), "--json", str(out_json), "--grid", str(tmp_path / "g.png")])
+    assert res.exit_code == 0, res.output
+    ev = json.loads(out_json.read_text())
+    assert ev["n_images"] == 2 and set(ev["per_modality"]) <= {"fluorescence", "brightfield", "histology"}
+    assert 0.0 <= ev["mean"]["dsb"] <= 1.0 and (tmp_path / "g.png").exists()
+    assert "ALL" in res.output
