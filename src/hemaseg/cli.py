@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+import numpy as np
 import typer
 
 from hemaseg.errors import HemasegError
@@ -34,6 +35,15 @@ def _fail_error(exc: HemasegError, path=None) -> None:
     _fail(path if path is not None else getattr(exc, "path", ""), getattr(exc, "reason", str(exc)))
 
 
+def _check_method(task: str, method: str) -> None:
+    from hemaseg.classical import NUCLEI_METHODS, WBC_METHODS
+
+    allowed = {"wbc": tuple(WBC_METHODS), "nuclei": NUCLEI_METHODS}.get(task, ())
+    if method not in allowed:
+        raise typer.BadParameter(f"task {task} has classical methods: {', '.join(allowed) or 'none'}",
+                                 param_hint="--method")
+
+
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s", stream=sys.stderr)
 
@@ -48,6 +58,8 @@ def segment(
     cell_diameter: Optional[float] = typer.Option(None, help="WBC (or nucleus) diameter in px; default: estimated per image"),
     overlay: bool = typer.Option(False, "--overlay", help="also write <stem>_overlay.png"),
     tile: int = typer.Option(1024, help="largest tile for big images (px at model scale)"),
+    method: Optional[str] = typer.Option(None, help="classical method instead of the model: "
+                                                    "wbc: hsv|watershed|blobs; nuclei: watershed|blobs"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Segment images: OUT/<stem>.png (wbc: 0/128/255; nuclei: uint16 instance labels) and OUT/<stem>.json polygons."""
@@ -66,15 +78,27 @@ def segment(
     if spec.name not in ("wbc", "nuclei"):
         raise typer.BadParameter(f"task {task!r} has no segmentation model yet", param_hint="--task")
     dev = _device(device)
-    model_name = model or spec.default_model
-    try:
-        loaded = get_model(model_name, dev)
-    except HemasegError as exc:
-        _fail_error(exc, model_name)
-        raise typer.Exit(2) from None
-    if loaded[1].get("task", spec.name) != spec.name:
-        _fail(model_name, f"is a {loaded[1].get('task')} model, not a {spec.name} model")
-        raise typer.Exit(2)
+    if method:
+        from hemaseg.classical import segment_classical
+
+        _check_method(spec.name, method)
+        model_name = f"classical:{method}"
+
+        def run(image):
+            return segment_classical(image, spec.name, method)
+    else:
+        model_name = model or spec.default_model
+        try:
+            loaded = get_model(model_name, dev)
+        except HemasegError as exc:
+            _fail_error(exc, model_name)
+            raise typer.Exit(2) from None
+        if loaded[1].get("task", spec.name) != spec.name:
+            _fail(model_name, f"is a {loaded[1].get('task')} model, not a {spec.name} model")
+            raise typer.Exit(2)
+
+        def run(image):
+            return run_segment(image, loaded, cell_diameter=cell_diameter, device=dev, tile=tile)
     paths = list_images(images)
     if not paths:
         _fail(" ".join(images), "no images found")
@@ -84,7 +108,7 @@ def segment(
     for path in track(paths, "segment"):
         try:
             image = read_image(path)
-            seg = run_segment(image, loaded, cell_diameter=cell_diameter, device=dev, tile=tile)
+            seg = run(image)
             write_segmentation(out, path.stem, path, image, seg, spec, model_name, overlay)
         except HemasegError as exc:
             failed += 1
@@ -157,14 +181,17 @@ def evaluate(
     device: str = typer.Option("cpu"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the full results as JSON"),
     grid: Optional[Path] = typer.Option(Path("worst_cases.png"), help="PNG grid of the worst images"),
+    method: Optional[str] = typer.Option(None, help="score a classical method instead of a model (see segment)"),
 ) -> None:
     """Score a model: wbc Dice/IoU of cell and nucleus; nuclei the DSB metric, AP@0.5/0.75, per modality."""
     from hemaseg.evaluation import evaluate as run_evaluate
     from hemaseg.io.writers import write_json
 
     _setup_logging(False)
+    if method:
+        _check_method(task, method)
     try:
-        res = run_evaluate(task, data, model or task, split, cell_diameter, _device(device), grid)
+        res = run_evaluate(task, data, model or task, split, cell_diameter, _device(device), grid, method)
     except HemasegError as exc:
         _fail_error(exc)
         raise typer.Exit(1) from None
@@ -182,6 +209,59 @@ def evaluate(
                f"{m['iou_cell']:9.4f} {m['iou_nucleus']:9.4f}")
     if json_out:
         write_json(json_out, res)
+
+
+@app.command()
+def crop(
+    images: List[str] = typer.Argument(..., help="image files, folders or globs"),
+    out: Path = typer.Option(Path("hemaseg-crops"), help="output folder: OUT/<class>/<stem>_<k>.png + crops.csv"),
+    method: str = typer.Option("hsv", help="hsv (seed 003 Algorithm 1, no model) or model (the bundled WBC model)"),
+    margin: float = typer.Option(0.15, help="context around the cell, as a fraction of its size"),
+    device: str = typer.Option("cpu", help="cpu, cuda or auto (method model)"),
+) -> None:
+    """Cut every WBC out of whole images into an ImageFolder tree (class 'unknown' until typed)."""
+    import csv
+    import io
+
+    from hemaseg.classical import hsv_wbc_mask, wbc_crops
+    from hemaseg.io.images import list_images, read_image
+    from hemaseg.io.writers import write_png, write_text
+    from hemaseg.progress import track
+
+    if method not in ("hsv", "model"):
+        raise typer.BadParameter("use hsv or model", param_hint="--method")
+    if method == "model":
+        from hemaseg.infer.segment import get_model
+        from hemaseg.infer.segment import segment as run_segment
+
+        loaded = get_model("wbc", _device(device))
+    paths = list_images(images)
+    if not paths:
+        _fail(" ".join(images), "no images found")
+        raise typer.Exit(1)
+    rows, failed = [], 0
+    for path in track(paths, "crop"):
+        try:
+            image = read_image(path)
+            instances = hsv_wbc_mask(image)[1] if method == "hsv" else run_segment(image, loaded).instances
+            for k, c in enumerate(wbc_crops(image, instances, margin), start=1):
+                x1, y1, x2, y2 = c["box"]
+                name = f"{path.stem}_{k}.png"
+                write_png(out / "unknown" / name, np.ascontiguousarray(image[y1:y2, x1:x2]))
+                rows.append([f"unknown/{name}", str(path), x1, y1, x2, y2, "unknown", method])
+        except HemasegError as exc:
+            failed += 1
+            _fail_error(exc, path)
+        except Exception as exc:  # one bad image must not stop the batch
+            failed += 1
+            _fail(path, f"{exc.__class__.__name__}: {exc}")
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["crop", "source", "x1", "y1", "x2", "y2", "class", "method"])
+    writer.writerows(rows)
+    write_text(out / "crops.csv", buf.getvalue())
+    typer.echo(f"{len(rows)} WBC crops from {len(paths) - failed}/{len(paths)} images in {out}", err=True)
+    raise typer.Exit(1 if failed else 0)
 
 
 @app.command()

@@ -28,15 +28,25 @@ def select_split(pairs: list[Pair], split_file: str | Path, part: str = "val") -
     return chosen
 
 
-def evaluate_wbc(pairs: list[Pair], model="wbc", cell_diameter: float | None = None,
-                 device: str = "cpu") -> tuple[list[dict], dict[str, float]]:
-    """Run :func:`segment` on each pair; return (per-image rows, means)."""
+def _runner(task: str, model, cell_diameter: float | None, device: str, method: str | None):
+    """image -> Segmentation, by the model or by a classical method."""
+    if method:
+        from hemaseg.classical import segment_classical
+
+        return lambda image: segment_classical(image, task, method)
     loaded = get_model(model, device)
+    return lambda image: segment(image, loaded, cell_diameter=cell_diameter, device=device)
+
+
+def evaluate_wbc(pairs: list[Pair], model="wbc", cell_diameter: float | None = None,
+                 device: str = "cpu", method: str | None = None) -> tuple[list[dict], dict[str, float]]:
+    """Run :func:`segment` (or a classical ``method``) on each pair; return (per-image rows, means)."""
+    run = _runner("wbc", model, cell_diameter, device, method)
     rows = []
     for pair in track(pairs, "evaluate"):
         image, target = load_pair(pair)
         t0 = time.perf_counter()
-        seg = segment(image, loaded, cell_diameter=cell_diameter, device=device)
+        seg = run(image)
         rows.append({"image": str(pair.image), **wbc_scores(seg.classes, target),
                      "seconds": time.perf_counter() - t0, "cell_diameter": seg.cell_diameter,
                      "scale": seg.scale, "count": seg.count, "_pred": seg.classes})
@@ -63,15 +73,15 @@ def modality(image: np.ndarray) -> str:
     return "brightfield" if is_bright_background(image) else "fluorescence"
 
 
-def evaluate_nuclei(pairs: list[Pair], model="nuclei", cell_diameter: float | None = None,
-                    device: str = "cpu") -> tuple[list[dict], dict[str, float], dict[str, dict]]:
-    """Run :func:`segment` on each DSB sample; return (per-image rows, means, means per modality)."""
-    loaded = get_model(model, device)
+def evaluate_nuclei(pairs: list[Pair], model="nuclei", cell_diameter: float | None = None, device: str = "cpu",
+                    method: str | None = None) -> tuple[list[dict], dict[str, float], dict[str, dict]]:
+    """Run :func:`segment` (or a classical ``method``) on each DSB sample; return (rows, means, means per modality)."""
+    run = _runner("nuclei", model, cell_diameter, device, method)
     rows = []
     for pair in track(pairs, "evaluate"):
         image, target = load_instances(pair)
         t0 = time.perf_counter()
-        seg = segment(image, loaded, cell_diameter=cell_diameter, device=device)
+        seg = run(image)
         rows.append({"image": str(pair.image), "modality": modality(image), **dsb_scores(seg.instances, target),
                      "seconds": time.perf_counter() - t0, "cell_diameter": seg.cell_diameter, "scale": seg.scale,
                      "_pred": seg.instances})
@@ -125,7 +135,8 @@ def worst_grid(rows: list[dict], path: Path, task_name: str = "wbc", n: int = 6)
 
 
 def evaluate(task: str, data: list[str | Path], model="wbc", split: str | Path | None = None,
-             cell_diameter: float | None = None, device: str = "cpu", grid: Path | None = None) -> dict:
+             cell_diameter: float | None = None, device: str = "cpu", grid: Path | None = None,
+             method: str | None = None) -> dict:
     """Evaluate ``model`` on the annotated images under ``data`` (optionally only a split's val list)."""
     if task not in ("wbc", "nuclei"):
         raise HemasegInputError(task, "evaluation is implemented for the wbc and nuclei tasks")
@@ -137,16 +148,17 @@ def evaluate(task: str, data: list[str | Path], model="wbc", split: str | Path |
         pairs = select_split(pairs, split)
     by_mod = None
     if task == "nuclei":
-        rows, means, by_mod = evaluate_nuclei(pairs, model, cell_diameter, device)
+        rows, means, by_mod = evaluate_nuclei(pairs, model, cell_diameter, device, method)
     else:
-        rows, means = evaluate_wbc(pairs, model, cell_diameter, device)
+        rows, means = evaluate_wbc(pairs, model, cell_diameter, device, method)
     if grid is not None and rows:
         load = load_instances if task == "nuclei" else load_pair
         for r, p in zip(rows, pairs):
             r["_target"] = load(p)[1]
         worst_grid(rows, grid, task)
     per_image = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
-    res = {"task": task, "model": str(model), "n_images": len(rows), "mean": means, "per_image": per_image}
+    res = {"task": task, "model": f"classical:{method}" if method else str(model), "n_images": len(rows),
+           "mean": means, "per_image": per_image}
     if by_mod is not None:
         res["per_modality"] = by_mod
     return res
