@@ -46,24 +46,52 @@ def blueness(image: np.ndarray, sigma: float = 1.0) -> np.ndarray:
 
 
 def _otsu(values: np.ndarray) -> float:
-    values = values[np.isfinite(values)]
-    if values.size == 0 or float(values.max() - values.min()) < 1e-4 * max(1.0, float(np.abs(values).max())):
+    """Otsu threshold of any float values (OpenCV's on a 256-level quantisation); inf when flat."""
+    values = values.ravel()
+    lo, hi = float(values.min(initial=np.inf)), float(values.max(initial=-np.inf))
+    if not np.isfinite(lo) or hi - lo < 1e-4 * max(1.0, abs(lo), abs(hi)):
         return float("inf")  # flat: nothing stands out
-    return float(threshold_otsu(values))
+    q = ((values - lo) * (255.0 / (hi - lo))).astype(np.uint8).reshape(-1, 1)
+    t, _ = cv2.threshold(q, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    return lo + (t + 0.5) * (hi - lo) / 255.0
 
 
 def _disk(r: int) -> np.ndarray:
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
 
 
-def _open(mask: np.ndarray, r: int) -> np.ndarray:
+def _dilate(mask: np.ndarray, r: float) -> np.ndarray:
+    """Dilation by a disk of radius ``r`` via a distance transform: cost independent of ``r``."""
+    if r <= 0:
+        return mask.astype(bool)
+    return cv2.distanceTransform((~mask.astype(bool)).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_5) <= r
+
+
+def _erode(mask: np.ndarray, r: float) -> np.ndarray:
+    if r <= 0:
+        return mask.astype(bool)
+    padded = np.pad(mask.astype(np.uint8), 1, constant_values=1)  # the image edge does not erode
+    return cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_5)[1:-1, 1:-1] > r
+
+
+def _open(mask: np.ndarray, r: float) -> np.ndarray:
+    """Opening by a disk of radius ``r`` (distance-transform erosion then dilation)."""
     if r < 1:
-        return mask
-    return cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_OPEN, _disk(r)).astype(bool)
+        return mask.astype(bool)
+    return _dilate(_erode(mask, r), r) & mask.astype(bool)
 
 
 def _fill(mask: np.ndarray) -> np.ndarray:
-    return ndi.binary_fill_holes(mask)
+    """Fill holes: background pixels not connected to the image border become foreground."""
+    mask = mask.astype(bool)
+    n, lab = cv2.connectedComponents((~mask).astype(np.uint8), connectivity=4)
+    if n <= 1:
+        return mask
+    border = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
+    hole = np.ones(n, bool)
+    hole[border] = False
+    hole[0] = False
+    return mask | hole[lab]
 
 
 def object_polarity(grey: np.ndarray) -> bool:
@@ -125,20 +153,22 @@ def watershed_cells(image: np.ndarray, min_distance: int | None = None, open_ite
     return lut[labels]
 
 
-def nucleus_mask(image: np.ndarray, thresholds: str = "otsu", min_area: int = 20, split: bool = True) -> np.ndarray:
+def nucleus_mask(image: np.ndarray, thresholds: str = "otsu", min_area: int = 20, split: bool = True,
+                 channels: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """WBC nuclei (purple/blue, darker than anything else): (H, W) bool.
 
     ``thresholds="otsu"``: stained blue-purple pixels (above the Otsu levels of blueness and
     of darkness) are the candidates; a second Otsu on the candidates' darkness keeps the
     darker class, which separates the nucleus from granular or basophilic cytoplasm (a
     plain nucleus loses only its faint rim); ``split=False`` skips that second step.
-    ``"seed"`` uses Algorithm 1's fixed HSV range.
+    ``"seed"`` uses Algorithm 1's fixed HSV range. ``channels`` passes precomputed
+    (blueness, darkness).
     """
     if thresholds == "seed":
         hsv = cv2.cvtColor(np.ascontiguousarray(image[..., :3]), cv2.COLOR_RGB2HSV)
         m = cv2.inRange(hsv, SEED_HSV_LOWER, SEED_HSV_UPPER) > 0
     elif thresholds == "otsu":
-        b, d = blueness(image), darkness(image)
+        b, d = channels if channels is not None else (blueness(image), darkness(image))
         m = (b > _otsu(b)) & (d > _otsu(d))
         if split and m.sum() > 50:
             m &= d > _otsu(d[m])
@@ -161,8 +191,7 @@ def group_lobes(nucleus: np.ndarray, gap: float = 0.5) -> np.ndarray:
     if n <= 1:
         return lab.astype(np.int32)
     big = 2 * np.sqrt(np.bincount(lab.ravel())[1:].max() / np.pi)
-    r = max(1, int(round(gap * big / 2)))
-    grouped, _ = ndi.label(cv2.dilate(nucleus.astype(np.uint8), _disk(r)) > 0)
+    grouped, _ = ndi.label(_dilate(nucleus, max(1.0, gap * big / 2)))
     return np.where(nucleus, grouped, 0).astype(np.int32)
 
 
@@ -189,7 +218,11 @@ def hsv_wbc_mask(image: np.ndarray, thresholds: str = "otsu", reach: float = 0.6
         min_nucleus_area = max(10, int(h * w * 2e-4))
     # Cells are built around the broad nucleus candidates (dark granular cytoplasm
     # included); the nucleus class is the split, darker part.
-    broad = nucleus_mask(image, thresholds, min_nucleus_area, split=False)
+    lab = cv2.cvtColor(np.ascontiguousarray(image[..., :3]), cv2.COLOR_RGB2LAB).astype(np.float32)
+    lab = cv2.GaussianBlur(lab, (0, 0), 1.0)
+    d = darkness(image)
+    channels = (-(lab[..., 2] - 128.0), d)
+    broad = nucleus_mask(image, thresholds, min_nucleus_area, split=False, channels=channels)
     groups = group_lobes(broad)
     classes = np.zeros((h, w), np.uint8)
     if groups.max() == 0:
@@ -203,8 +236,7 @@ def hsv_wbc_mask(image: np.ndarray, thresholds: str = "otsu", reach: float = 0.6
     lut[keep] = np.arange(1, int(keep.sum()) + 1)
     groups = lut[groups]
     broad &= groups > 0
-    nucleus = _fill(nucleus_mask(image, thresholds, min_nucleus_area) & broad)
-    d = darkness(image)
+    nucleus = _fill(nucleus_mask(image, thresholds, min_nucleus_area, channels=channels) & broad)
     stained = _fill(d > _otsu(d[~broad])) | broad
     # Distance reach of each pixel to its nearest nucleus group, in that group's diameters.
     dist, (iy, ix) = ndi.distance_transform_edt(groups == 0, return_indices=True)
@@ -214,26 +246,28 @@ def hsv_wbc_mask(image: np.ndarray, thresholds: str = "otsu", reach: float = 0.6
     n = int(groups.max())
     # Each WBC's marker is its nucleus grown a little into the cytoplasm, so the flood
     # starts past the strong nucleus edge and only the cell's outer edge stops it.
-    grown = cv2.dilate(groups.astype(np.uint16), _disk(max(1, int(0.15 * np.median(diam[groups > 0])))))
+    grown = np.where(dist <= max(1.0, 0.15 * float(np.median(diam[groups > 0]))), owner, 0)
     markers = np.where(stained & near & (grown > 0), grown, 0).astype(np.int32)
     far = stained & ~near & ~broad
     markers[far] = n + 2  # other stained objects: red cells, far away
-    lab = cv2.cvtColor(np.ascontiguousarray(image[..., :3]), cv2.COLOR_RGB2LAB).astype(np.float32)
-    grad = sum(np.hypot(ndi.sobel(cv2.GaussianBlur(lab[..., c], (0, 0), 1.0), 0),
-                        ndi.sobel(cv2.GaussianBlur(lab[..., c], (0, 0), 1.0), 1)) for c in range(3))
-    flooded = watershed(grad, markers, mask=stained)
+    markers[~stained] = n + 1  # background: outside the stained mask nothing else may flood
+    # OpenCV's watershed floods on colour differences of the (smoothed) image itself.
+    smooth = cv2.GaussianBlur(np.ascontiguousarray(image[..., :3]), (0, 0), 1.0)
+    flooded = cv2.watershed(smooth, markers.copy())
+    flooded[(flooded < 0) | ~stained] = 0
     cells = np.where(((flooded <= n) & near) | (groups > 0), np.where(groups > 0, groups, flooded), 0)
     instances = np.zeros((h, w), np.int32)
-    for k in range(1, n + 1):
-        cell = cells == k
-        if not cell.any():
+    for k, sl in enumerate(ndi.find_objects(cells), start=1):
+        if sl is None or k > n:
             continue
-        dn = 2 * np.sqrt((groups == k).sum() / np.pi)
-        cell = _fill(_open(cell, max(1, int(0.1 * dn))) | (groups == k))
+        own = groups[sl] == k
+        cell = cells[sl] == k
+        dn = 2 * np.sqrt(own.sum() / np.pi)
+        cell = _fill(_open(cell, max(1, int(0.1 * dn))) | own)
         lab_k, _ = ndi.label(cell)
-        ids = np.unique(lab_k[groups == k])
-        cell = np.isin(lab_k, ids[ids > 0]) & (instances == 0)
-        instances[cell] = k
+        ids = np.unique(lab_k[own])
+        cell = np.isin(lab_k, ids[ids > 0]) & (instances[sl] == 0)
+        instances[sl][cell] = k
     ids = np.unique(instances[instances > 0])
     lut = np.zeros(n + 1, np.int32)
     lut[ids] = np.arange(1, len(ids) + 1)
@@ -364,10 +398,13 @@ def watershed_wbc_mask(image: np.ndarray, thresholds: str = "otsu") -> tuple[np.
     return classes, instances
 
 
-def mask_in_box(image: np.ndarray, box: tuple[int, int, int, int], margin: float = 0.1) -> np.ndarray:
+def mask_in_box(image: np.ndarray, box: tuple[int, int, int, int], margin: float = 0.1,
+                kind: str | None = None) -> np.ndarray:
     """The cell inside a detection box as a mask (pseudo-masks from boxes): (y2-y1, x2-x1) bool.
 
-    ``box`` is (x1, y1, x2, y2) in pixels. Inside the box grown by ``margin``, stained
+    ``box`` is (x1, y1, x2, y2) in pixels. With ``kind="wbc"`` the WBC is taken from
+    :func:`hsv_wbc_mask` run on the box and its margin (the instance covering most of the
+    box centre), so the pale cytoplasm is included. Otherwise, inside the box grown by ``margin``, stained
     pixels (Otsu on darkness + saturation, which separates red cells, WBCs and platelets
     from the background) are filled and opened; the component covering most of the box
     centre wins. When nothing plausible is found (under 15 % of the box, e.g. a faint
@@ -388,16 +425,24 @@ def mask_in_box(image: np.ndarray, box: tuple[int, int, int, int], margin: float
     mx, my = int(round(margin * bw)), int(round(margin * bh))
     X1, Y1, X2, Y2 = max(0, x1 - mx), max(0, y1 - my), min(w, x2 + mx), min(h, y2 + my)
     crop = image[Y1:Y2, X1:X2]
+    yy, xx = np.mgrid[Y1:Y2, X1:X2]
+    core = ((yy - (y1 + y2) / 2) / (bh / 4)) ** 2 + ((xx - (x1 + x2) / 2) / (bw / 4)) ** 2 <= 1
+    if kind == "wbc":
+        _, inst = hsv_wbc_mask(crop, min_nucleus_area=max(10, int(0.02 * bw * bh)))
+        votes = np.bincount(inst[core].ravel(), minlength=int(inst.max()) + 1)
+        votes[0] = 0
+        if votes.max() > 0:
+            m = (inst == int(votes.argmax()))[y1 - Y1:y2 - Y1, x1 - X1:x2 - X1]
+            if m.sum() >= 0.15 * bw * bh:
+                return _fill(m)
     hsv = cv2.cvtColor(np.ascontiguousarray(crop[..., :3]), cv2.COLOR_RGB2HSV).astype(np.float32)
     feat = darkness(crop) + cv2.GaussianBlur(hsv[..., 1] / 255.0, (0, 0), 1.0)
     fg = _fill(feat > _otsu(feat))
     fg = _open(fg, max(1, int(0.05 * min(bw, bh))))
-    yy, xx = np.mgrid[Y1:Y2, X1:X2]
     inside = ((yy - (y1 + y2) / 2) / (bh / 2)) ** 2 + ((xx - (x1 + x2) / 2) / (bw / 2)) ** 2 <= 1
     lab, n = ndi.label(fg)
     best = None
     if n:
-        core = ((yy - (y1 + y2) / 2) / (bh / 4)) ** 2 + ((xx - (x1 + x2) / 2) / (bw / 4)) ** 2 <= 1
         votes = np.bincount(lab[core].ravel(), minlength=n + 1)
         votes[0] = 0
         if votes.max() > 0:
