@@ -122,21 +122,26 @@ def segment(
 
 @app.command()
 def train(
-    task: str = typer.Argument(..., help="wbc or nuclei"),
-    data: Optional[List[str]] = typer.Option(None, help="data folder(s): image/mask pairs, or the DSB layout for nuclei"),
+    task: str = typer.Argument(..., help="wbc, nuclei or wbc-type"),
+    data: Optional[List[str]] = typer.Option(None, help="data folder(s): image/mask pairs, the DSB layout for nuclei, "
+                                                        "ImageFolder trees or wbc-seg + class CSV for wbc-type"),
     out: Optional[Path] = typer.Option(None, help="run folder (checkpoints, state.json, curves, model card)"),
     resume: Optional[Path] = typer.Option(None, help="continue the run in this folder where it stopped"),
     arch: str = typer.Option("unet-dropout", help="architecture name (see `hemaseg models`)"),
     epochs: Optional[int] = typer.Option(None, help="default: the task's (wbc 200, nuclei 80)"),
     batch_size: Optional[int] = typer.Option(None, help="default: the task's (wbc 16, nuclei 8)"),
     lr: Optional[float] = typer.Option(None, help="peak learning rate (default 2e-3)"),
-    crop: Optional[int] = typer.Option(None, help="training crop size in px (wbc 160, nuclei 224)"),
+    crop: Optional[int] = typer.Option(None, help="training crop size in px (wbc 160, nuclei 224; wbc-type input 96)"),
     samples_per_epoch: Optional[int] = typer.Option(None, help="augmented samples per epoch (0: one pass)"),
     patience: Optional[int] = typer.Option(None, help="early stop after this many epochs without improvement"),
     augment: bool = typer.Option(True, "--augment/--no-augment", help="scale and stain/colour augmentation"),
     val_fraction: Optional[float] = typer.Option(None, help="validation share (wbc 0.2, nuclei 0.1)"),
     seed: int = typer.Option(0),
     threads: int = typer.Option(0, help="torch CPU threads (0: torch's default)"),
+    target_images: Optional[str] = typer.Option(None, help="wbc-type: unlabelled images of the lab to adapt to (DANN)"),
+    backbone: str = typer.Option("lcnet_075", help="wbc-type: timm backbone (built without downloaded weights)"),
+    normalise_cells: bool = typer.Option(True, "--normalise-cells/--no-normalise-cells",
+                                         help="wbc-type: centre and rescale each crop to its WBC"),
 ) -> None:
     """Train a model on a lab's annotated images; resumable after a kill."""
     import torch
@@ -147,6 +152,10 @@ def train(
     _setup_logging(True)
     if threads:
         torch.set_num_threads(threads)
+    if task == "wbc-type":
+        _train_wbc_type(data, out, resume, epochs, batch_size, lr, augment, val_fraction, seed, target_images,
+                        backbone, normalise_cells, patience, crop)
+        return
     if task not in TASK_DEFAULTS:
         raise typer.BadParameter(f"trainable tasks: {', '.join(TASK_DEFAULTS)}", param_hint="TASK")
     try:
@@ -169,6 +178,143 @@ def train(
         raise typer.Exit(1) from None
     typer.echo(f"run {run}: epoch {state['epoch']}, best {state['best_metric']:.4f} at epoch {state['best_epoch']}",
                err=True)
+
+
+def _train_wbc_type(data, out, resume, epochs, batch_size, lr, augment, val_fraction, seed, target_images,
+                    backbone, normalise_cells, patience, size) -> None:
+    from hemaseg.train.classify import ClassifyConfig, fit_classifier
+
+    try:
+        if resume is not None:
+            state, run = fit_classifier(None, resume, resume=True), resume
+        else:
+            if not data or out is None:
+                raise typer.BadParameter("give --data DIR and --out RUN (or --resume RUN)")
+            given = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "val_fraction": val_fraction,
+                     "patience": patience, "size": size}
+            cfg = ClassifyConfig(data=[str(Path(d).resolve()) for d in data], augment=augment, seed=seed,
+                                 target_images=str(Path(target_images).resolve()) if target_images else None,
+                                 backbone=backbone, normalise_cells=normalise_cells,
+                                 **{k: v for k, v in given.items() if v is not None})
+            state, run = fit_classifier(cfg, out), out
+    except HemasegError as exc:
+        _fail_error(exc)
+        raise typer.Exit(1) from None
+    typer.echo(f"run {run}: epoch {state['epoch']}, best {state['best_metric']:.4f} at epoch {state['best_epoch']}",
+               err=True)
+
+
+@app.command()
+def classify(
+    mode: int = typer.Option(2, "-m", "--mode", help="1: MONONUCLEAR/POLYNUCLEAR; 2: four types (seed 004); 3: five"),
+    file: Optional[List[Path]] = typer.Option(None, "-f", "--file", help="one crop of a single WBC (repeatable)"),
+    directory: Optional[List[Path]] = typer.Option(None, "-d", "--dir", help="folder of crops (sub-folders included)"),
+    output: Path = typer.Option(Path("predictions.csv"), "-o", "--output", help="CSV to write"),
+    model: Optional[str] = typer.Option(None, help="bundled name, .safetensors file or run folder"),
+    device: str = typer.Option("cpu", help="cpu, cuda or auto"),
+) -> None:
+    """WBC type of single-cell crops (seed 004's classify_WBC.py): CSV of filename, prediction, probabilities."""
+    import csv
+    import io
+
+    import cv2
+
+    from hemaseg.infer.segment import get_model
+    from hemaseg.io.images import IMAGE_SUFFIXES, read_image
+    from hemaseg.io.writers import write_text
+    from hemaseg.progress import track
+    from hemaseg.wbctype import cell_crop, group_probs, predict_crops
+
+    if mode not in (1, 2, 3):
+        raise typer.BadParameter("use 1, 2 or 3", param_hint="-m")
+    paths: list[Path] = list(file or [])
+    for d in directory or []:
+        if not d.is_dir():
+            _fail(d, "not a folder")
+            raise typer.Exit(2)
+        paths += sorted(p for p in d.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise typer.BadParameter("give -f FILE and/or -d DIR with images")
+    dev = _device(device)
+    try:
+        loaded = get_model(model or "wbc-type", dev)
+    except HemasegError as exc:
+        _fail_error(exc, model or "wbc-type")
+        raise typer.Exit(2) from None
+    card = loaded[1]
+    size, classes = int(card.get("input_size", 96)), list(card["classes"])
+    ok_paths, crops, failed = [], [], 0
+    for path in track(paths, "classify"):
+        try:
+            image = read_image(path)
+            crops.append(cell_crop(image, size).image if card.get("cell_normalised", True)
+                         else cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA))
+            ok_paths.append(path)
+        except HemasegError as exc:
+            failed += 1
+            _fail_error(exc, path)
+        except Exception as exc:  # one bad image must not stop the batch
+            failed += 1
+            _fail(path, f"{exc.__class__.__name__}: {exc}")
+    probs = predict_crops(crops, loaded, dev)
+    names, grouped = group_probs(probs, classes, mode) if len(crops) else (group_probs(np.ones((1, len(classes))), classes, mode)[0], [])
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["filename", "prediction", *names])
+    for path, q in zip(ok_paths, grouped):
+        w.writerow([str(path), names[int(np.argmax(q))], *[f"{v:.6f}" for v in q]])
+    write_text(output, buf.getvalue())
+    typer.echo(f"{len(ok_paths)}/{len(paths)} crops classified; {output}", err=True)
+    raise typer.Exit(1 if failed else 0)
+
+
+@app.command()
+def explain(
+    images: List[str] = typer.Argument(..., help="single-WBC crops: files, folders or globs"),
+    out: Path = typer.Option(Path("hemaseg-explain"), help="output folder"),
+    model: Optional[str] = typer.Option(None, help="classifier: bundled name, .safetensors file or run folder"),
+    tsne: bool = typer.Option(False, "--tsne", help="also a t-SNE map of all inputs' features, coloured by folder"),
+    device: str = typer.Option("cpu", help="cpu, cuda or auto"),
+) -> None:
+    """Grad-CAM heat maps and masks (OUT/<stem>_gradcam.png, _gradcam_mask.png) and a t-SNE map (OUT/tsne.png)."""
+    from hemaseg.explain import cam_overlay, features, grad_cam, gradcam_mask, tsne_plot
+    from hemaseg.infer.segment import get_model
+    from hemaseg.io.images import list_images, read_image
+    from hemaseg.io.writers import write_png
+    from hemaseg.progress import track
+    from hemaseg.wbctype import cell_crop
+
+    dev = _device(device)
+    try:
+        module, card = get_model(model or "wbc-type", dev)
+    except HemasegError as exc:
+        _fail_error(exc, model or "wbc-type")
+        raise typer.Exit(2) from None
+    paths = list_images(images, recursive=True)
+    if not paths:
+        _fail(" ".join(images), "no images found")
+        raise typer.Exit(1)
+    size = int(card.get("input_size", 96))
+    crops, labels, failed = [], [], 0
+    for path in track(paths, "explain"):
+        try:
+            crop = cell_crop(read_image(path), size).image
+            cam, k = grad_cam(module, card, crop)
+            mask = gradcam_mask(cam)
+            write_png(out / f"{path.stem}_gradcam.png", cam_overlay(crop, cam, mask))
+            write_png(out / f"{path.stem}_gradcam_mask.png", (mask * 255).astype(np.uint8))
+            crops.append(crop)
+            labels.append(path.parent.name)
+        except HemasegError as exc:
+            failed += 1
+            _fail_error(exc, path)
+        except Exception as exc:  # one bad image must not stop the batch
+            failed += 1
+            _fail(path, f"{exc.__class__.__name__}: {exc}")
+    if tsne and len(crops) >= 5:
+        tsne_plot(features(module, card, crops), labels, out / "tsne.png", f"t-SNE of {len(crops)} crops (colour: folder)")
+    typer.echo(f"{len(crops)}/{len(paths)} crops explained; results in {out}", err=True)
+    raise typer.Exit(1 if failed else 0)
 
 
 @app.command()

@@ -94,3 +94,34 @@ def dsb_scores(pred: np.ndarray, target: np.ndarray, thresholds=DSB_THRESHOLDS) 
         tp, fp, fn = matching_counts(m, th)
         out[key] = 1.0 if tp + fp + fn == 0 else tp / (tp + fp + fn)
     return out
+
+
+def confusion_matrix(y_true, y_pred, n_classes: int) -> np.ndarray:
+    """(K, K) int64 counts: rows true class, columns predicted class."""
+    t, p = np.asarray(y_true, int), np.asarray(y_pred, int)
+    return np.bincount(t * n_classes + p, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+
+
+def classification_report(y_true, y_pred, classes: list[str]) -> dict:
+    """Accuracy, macro-F1 over the classes present in ``y_true``, per-class precision/recall/F1, confusion.
+
+    >>> r = classification_report([0, 0, 1, 1], [0, 1, 1, 1], ["a", "b"])
+    >>> r["accuracy"], round(r["macro_f1"], 3), r["per_class"]["b"]["precision"]
+    (0.75, 0.733, 0.667)
+    """
+    k = len(classes)
+    cm = confusion_matrix(y_true, y_pred, k)
+    tp = np.diag(cm).astype(float)
+    support, predicted = cm.sum(1), cm.sum(0)
+    prec = np.divide(tp, predicted, out=np.zeros(k), where=predicted > 0)
+    rec = np.divide(tp, support, out=np.zeros(k), where=support > 0)
+    f1 = np.divide(2 * prec * rec, prec + rec, out=np.zeros(k), where=(prec + rec) > 0)
+    present = support > 0
+    return {
+        "n": int(cm.sum()),
+        "accuracy": float(tp.sum() / max(cm.sum(), 1)),
+        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+        "per_class": {c: {"precision": round(float(prec[i]), 3), "recall": round(float(rec[i]), 3),
+                          "f1": round(float(f1[i]), 3), "support": int(support[i])} for i, c in enumerate(classes)},
+        "confusion": cm.tolist(),
+    }

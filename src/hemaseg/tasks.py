@@ -49,3 +49,16 @@ NUCLEI = register_task(Task(
     default_model="nuclei",
     description="nuclei instances (DSB 2018): uint16 labels 0 background, 1..N",
 ))
+
+WBC_TYPE = register_task(Task(
+    name="wbc-type",
+    # Order of seed 004's CSV columns (NEUTRO, EOSINO, MONOC, LYMPHO), then basophil.
+    classes=("neutrophil", "eosinophil", "monocyte", "lymphocyte", "basophil"),
+    label_values=(0, 1, 2, 3, 4),
+    default_model="wbc-type",
+    description="WBC type of a single-cell crop",
+))
+
+# Mononuclear / polynuclear grouping of the types (seed 004's 2-class model).
+MONONUCLEAR = ("monocyte", "lymphocyte")
+POLYNUCLEAR = ("neutrophil", "eosinophil", "basophil")

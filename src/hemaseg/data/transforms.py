@@ -69,7 +69,14 @@ def train_transform(crop: int, augment: bool = True, scale: tuple[float, float] 
         A.PadIfNeeded(crop, crop, border_mode=cv2.BORDER_REFLECT_101),
         A.RandomCrop(crop, crop),
     ]
-    colour = [
+    return A.Compose(geo + colour_augs() + optics_augs())
+
+
+def colour_augs() -> list:
+    """Stain and colour changes of other labs: re-staining, lamp colour, hue, contrast, grey."""
+    import albumentations as A
+
+    return [
         # Stain: H&E-like re-staining, Planck (warm/cool light), hue rotations and
         # saturation changes cover yellowish, pink-purple and bluish smears.
         A.OneOf([
@@ -83,13 +90,18 @@ def train_transform(crop: int, augment: bool = True, scale: tuple[float, float] 
         A.ToGray(p=0.05),
         A.ChannelShuffle(p=0.05),
     ]
-    optics = [
+
+
+def optics_augs() -> list:
+    """Focus, resolution, sensor noise and compression of other microscopes and cameras."""
+    import albumentations as A
+
+    return [
         A.OneOf([A.GaussianBlur(blur_limit=(3, 5), p=1.0), A.Downscale(scale_range=(0.4, 0.8), p=1.0),
                  A.MotionBlur(blur_limit=5, p=1.0)], p=0.3),
         A.GaussNoise(std_range=(0.01, 0.05), p=0.3),
         A.ImageCompression(quality_range=(40, 95), p=0.2),
     ]
-    return A.Compose(geo + colour + optics)
 
 
 def rescale(image: np.ndarray, factor: float, interpolation: int | None = None) -> np.ndarray:
@@ -101,3 +113,29 @@ def rescale(image: np.ndarray, factor: float, interpolation: int | None = None) 
     if interpolation is None:
         interpolation = cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR
     return cv2.resize(image, size, interpolation=interpolation)
+
+
+def replace_background(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Put the cell (``mask``, dilated a little) on a new background: a random tint (white, pink,
+    yellowish, bluish) with low-frequency texture and grain, as other labs' slides look (seed 003's
+    background augmentation). (H, W, 3) uint8."""
+    h, w = mask.shape
+    tint = rng.uniform([200, 170, 170], [255, 245, 245]).astype(np.float32)
+    low = cv2.resize(rng.normal(0, 1, (4, 4)).astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
+    bg = tint[None, None] * (1 + 0.06 * low[..., None]) + rng.normal(0, 3, (h, w, 1))
+    keep = cv2.dilate(mask.astype(np.uint8), np.ones((5, 5), np.uint8))
+    alpha = cv2.GaussianBlur(keep.astype(np.float32), (0, 0), 2.0)[..., None]
+    return np.clip(alpha * image + (1 - alpha) * bg, 0, 255).astype(np.uint8)
+
+
+def classify_transform(augment: bool = True):
+    """Training pipeline for cell crops: flips, rotations, zoom-out, stain/colour, optics (seed 003's
+    recipe: stain shifts, cooling/heating, zoom-out, blur, rotations, flips, noise)."""
+    import albumentations as A
+
+    geo = [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5), A.RandomRotate90(p=1.0)]
+    if not augment:
+        return A.Compose(geo)
+    geo.append(A.Affine(scale=(0.7, 1.15), rotate=(-180, 180), translate_percent=(-0.06, 0.06),
+                        border_mode=cv2.BORDER_REFLECT_101, p=0.9))
+    return A.Compose(geo + colour_augs() + optics_augs())

@@ -154,3 +154,57 @@ def load_instances(pair: Pair) -> tuple[np.ndarray, np.ndarray]:
 
         labels = label(labels > 0)  # a binary mask: instances are its connected components
     return image, labels.astype(np.uint16)
+
+
+# wbc-seg's "Class Labels of Dataset 1.csv": image number -> type.
+WBCSEG_TYPES = {1: "neutrophil", 2: "lymphocyte", 3: "monocyte", 4: "eosinophil", 5: "basophil"}
+TYPE_ALIASES = {"neutrophils": "neutrophil", "eosinophils": "eosinophil", "monocytes": "monocyte",
+                "lymphocytes": "lymphocyte", "basophils": "basophil", "neutro": "neutrophil", "eosino": "eosinophil",
+                "monoc": "monocyte", "lympho": "lymphocyte", "baso": "basophil"}
+
+
+def canonical_type(name: str) -> str:
+    """Folder/class name -> canonical lower-case WBC type ('Neutrophils' -> 'neutrophil')."""
+    n = name.strip().lower()
+    return TYPE_ALIASES.get(n, n)
+
+
+def find_labelled_cells(root: str | Path) -> list[tuple[Path, str]]:
+    """Single-cell images with their type: a wbc-seg folder with its class CSV, or an ImageFolder tree.
+
+    - wbc-seg: ``Class Labels of Dataset 1.csv`` (``image ID,class label``, 1 neutrophil,
+      2 lymphocyte, 3 monocyte, 4 eosinophil, 5 basophil) beside or above ``NNN.bmp`` files;
+    - ImageFolder: ``ROOT/<Class>/*.jpg`` (class names such as Neutrophil or NEUTROPHIL).
+    """
+    import csv
+
+    root = Path(root)
+    if not root.is_dir():
+        raise HemasegInputError(root, "not a folder")
+    out: list[tuple[Path, str]] = []
+    for table in sorted(root.rglob("*.csv")):
+        with open(table, newline="") as f:
+            rows = list(csv.reader(f))
+        if not rows or [c.strip().lower() for c in rows[0][:2]] != ["image id", "class label"]:
+            continue
+        images: dict[str, list[Path]] = {}
+        for p in sorted(table.parent.rglob("*")):
+            if p.suffix.lower() in IMAGE_SUFFIXES and not p.stem.endswith(MASK_SUFFIXES):
+                images.setdefault(p.stem, []).append(p)
+        for r in rows[1:]:
+            try:
+                num, lab = int(r[0]), int(r[1])
+            except (ValueError, IndexError):
+                raise HemasegInputError(table, f"bad row {r!r}: expected image number, class number") from None
+            stem = f"{num:03d}"
+            group = images.get(stem, [])
+            # wbc-seg: NNN.bmp is the image, NNN.png its mask.
+            cand = [p for p in group if p.suffix.lower() != ".png"] or group
+            if cand and lab in WBCSEG_TYPES:
+                out.append((cand[0], WBCSEG_TYPES[lab]))
+    if out:
+        return out
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        out += [(p, canonical_type(folder.name)) for p in files]
+    return out
