@@ -16,7 +16,7 @@ from hemaseg.models.registry import create_model, save_model
 
 runner = CliRunner()
 TYPES = ["neutrophil", "eosinophil", "monocyte", "lymphocyte", "basophil"]
-TINY_BACKBONE = "lcnet_050"
+TINY_BACKBONE = "resnet10-quarter"
 
 
 def _crops(root, per_class=3, classes=("Neutrophil", "Lymphocyte"), size=72, seed=0):
@@ -111,7 +111,7 @@ def test_train_wbc_type_with_dann_resume_and_explain(tmp_path):
     target = _crops(tmp_path / "b", per_class=2, seed=5)
     run = tmp_path / "run"
     args = ["train", "wbc-type", "--data", str(data), "--out", str(run), "--backbone", TINY_BACKBONE, "--epochs", "2",
-            "--batch-size", "4", "--crop", "48", "--target-images", str(target), "--val-fraction", "0.25"]
+            "--batch-size", "4", "--crop", "48", "--samples-per-epoch", "8", "--target-images", str(target), "--val-fraction", "0.25"]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     state = json.loads((run / "state.json").read_text())

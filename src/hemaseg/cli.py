@@ -139,7 +139,7 @@ def train(
     seed: int = typer.Option(0),
     threads: int = typer.Option(0, help="torch CPU threads (0: torch's default)"),
     target_images: Optional[str] = typer.Option(None, help="wbc-type: unlabelled images of the lab to adapt to (DANN)"),
-    backbone: str = typer.Option("lcnet_075", help="wbc-type: timm backbone (built without downloaded weights)"),
+    backbone: str = typer.Option("resnet10-half", help="wbc-type: backbone (resnet10-half, or a timm name; never downloaded)"),
     normalise_cells: bool = typer.Option(True, "--normalise-cells/--no-normalise-cells",
                                          help="wbc-type: centre and rescale each crop to its WBC"),
 ) -> None:
@@ -154,7 +154,7 @@ def train(
         torch.set_num_threads(threads)
     if task == "wbc-type":
         _train_wbc_type(data, out, resume, epochs, batch_size, lr, augment, val_fraction, seed, target_images,
-                        backbone, normalise_cells, patience, crop)
+                        backbone, normalise_cells, patience, crop, samples_per_epoch)
         return
     if task not in TASK_DEFAULTS:
         raise typer.BadParameter(f"trainable tasks: {', '.join(TASK_DEFAULTS)}", param_hint="TASK")
@@ -181,7 +181,7 @@ def train(
 
 
 def _train_wbc_type(data, out, resume, epochs, batch_size, lr, augment, val_fraction, seed, target_images,
-                    backbone, normalise_cells, patience, size) -> None:
+                    backbone, normalise_cells, patience, size, samples_per_epoch) -> None:
     from hemaseg.train.classify import ClassifyConfig, fit_classifier
 
     try:
@@ -191,7 +191,7 @@ def _train_wbc_type(data, out, resume, epochs, batch_size, lr, augment, val_frac
             if not data or out is None:
                 raise typer.BadParameter("give --data DIR and --out RUN (or --resume RUN)")
             given = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "val_fraction": val_fraction,
-                     "patience": patience, "size": size}
+                     "patience": patience, "size": size, "samples_per_epoch": samples_per_epoch}
             cfg = ClassifyConfig(data=[str(Path(d).resolve()) for d in data], augment=augment, seed=seed,
                                  target_images=str(Path(target_images).resolve()) if target_images else None,
                                  backbone=backbone, normalise_cells=normalise_cells,

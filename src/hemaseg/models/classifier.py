@@ -26,15 +26,43 @@ def grad_reverse(x: torch.Tensor, lambd: float = 1.0) -> torch.Tensor:
     return GradReverse.apply(x, lambd)
 
 
+# Backbones defined here with timm's building blocks: (block layers, channels, stem width).
+SMALL_RESNETS = {
+    "resnet10-half": ((1, 1, 1, 1), (32, 64, 128, 256), 16),  # resnet10 at half width: 1.2 M parameters
+    "resnet10-quarter": ((1, 1, 1, 1), (16, 32, 64, 128), 8),  # for tests
+}
+
+
+def make_backbone(name: str, norm: str = "group") -> nn.Module:
+    """A timm backbone without classifier (random init, never downloaded): a timm model name or
+    one of :data:`SMALL_RESNETS`. ``norm="group"`` swaps BatchNorm for GroupNorm (8 groups)."""
+    import functools
+
+    import timm
+    from timm.layers import GroupNorm
+
+    kw = {"norm_layer": functools.partial(GroupNorm, num_groups=8)} if norm == "group" else {}
+    if name in SMALL_RESNETS:
+        from timm.models.resnet import BasicBlock, ResNet
+
+        layers, channels, stem = SMALL_RESNETS[name]
+        return ResNet(BasicBlock, list(layers), num_classes=0, channels=channels, stem_width=stem, stem_type="deep",
+                      avg_down=True, **kw)
+    try:
+        return timm.create_model(name, pretrained=False, num_classes=0, **kw)
+    except TypeError:
+        raise ValueError(f"backbone {name!r} takes no norm_layer; use norm='batch' with it") from None
+
+
 class WbcClassifier(nn.Module):
     """Backbone -> pooled features -> dropout -> linear classes; ``domain`` head for DANN."""
 
-    def __init__(self, backbone: str = "resnet10t", classes: int = 5, dropout: float = 0.2,
-                 domain_head: bool = True) -> None:
+    def __init__(self, backbone: str = "resnet10-half", classes: int = 5, dropout: float = 0.2,
+                 domain_head: bool = True, norm: str = "group") -> None:
         super().__init__()
-        import timm
-
-        self.backbone = timm.create_model(backbone, pretrained=False, num_classes=0)
+        # GroupNorm by default: no running statistics to drift under heavy stain augmentation
+        # on a few hundred crops (BatchNorm collapsed to one class in eval mode).
+        self.backbone = make_backbone(backbone, norm)
         with torch.no_grad():  # pooled feature width (some timm models widen it in their head)
             nf = self.backbone.eval()(torch.zeros(1, 3, 64, 64)).shape[1]
         self.backbone.train()
@@ -62,7 +90,9 @@ class WbcClassifier(nn.Module):
 
 
 @register_model("wbc-classifier")
-def wbc_classifier(backbone: str = "resnet10t", classes: int = 5, dropout: float = 0.2,
-                   domain_head: bool = True) -> nn.Module:
-    """timm backbone built without downloaded weights, linear head, gradient-reversal domain head."""
-    return WbcClassifier(backbone, classes, dropout, domain_head)
+def wbc_classifier(backbone: str = "resnet10-half", classes: int = 5, dropout: float = 0.2,
+                   domain_head: bool = True, norm: str = "group") -> nn.Module:
+    """timm backbone built without downloaded weights (``norm="group"``: GroupNorm, for timm models
+    that take a ``norm_layer``, e.g. the ResNet family; ``"batch"``: the model's own), linear head,
+    gradient-reversal domain head."""
+    return WbcClassifier(backbone, classes, dropout, domain_head, norm)

@@ -33,9 +33,10 @@ class ClassifyConfig:
     """Everything a classification run needs; stored in state.json for ``--resume``."""
 
     data: list[str] = field(default_factory=list)  # labelled sets (ImageFolder trees or wbc-seg + class CSV)
-    target_images: str | None = None  # unlabelled images of the lab to adapt to (DANN)
-    backbone: str = "lcnet_075"
-    size: int = 96
+    target_images: str | list[str] | None = None  # unlabelled images (folder or files) of the lab to adapt to (DANN)
+    backbone: str = "resnet10-half"
+    norm: str = "group"
+    size: int = 80
     epochs: int = 80
     batch_size: int = 32
     lr: float = 3e-3
@@ -48,6 +49,7 @@ class ClassifyConfig:
     normalise_cells: bool = True  # centre and rescale each crop to its WBC
     dann_weight: float = 0.5
     patience: int = 30
+    samples_per_epoch: int = 2048  # class-balanced draws per epoch (small sets need many steps)
     cache: str | None = None  # folder for normalised crops (default RUN/crops)
 
 
@@ -259,7 +261,8 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
         target = CropDataset(t_img, t_mask, -np.ones(len(t_img), int), None, cfg.background_p)
 
     _seed_all(cfg.seed)
-    arch_kwargs = {"backbone": cfg.backbone, "classes": len(TYPES), "dropout": 0.2, "domain_head": True}
+    arch_kwargs = {"backbone": cfg.backbone, "classes": len(TYPES), "dropout": 0.2, "domain_head": True,
+                   "norm": cfg.norm}
     model = create_model("wbc-classifier", **arch_kwargs)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=cfg.epochs, pct_start=0.1)
@@ -275,7 +278,9 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
         target.transform = transform
     dataset = CropDataset(tr_img, tr_mask, tr_lab, transform, cfg.background_p if cfg.augment else 0.0)
     counts = np.bincount(tr_lab, minlength=len(TYPES)).astype(float)
-    sample_w = 1.0 / counts[tr_lab]
+    # Class-balanced draws, but a class of a handful of crops (one basophil) is not drawn as
+    # often as the others: it would be memorised, not learned.
+    sample_w = 1.0 / np.maximum(counts[tr_lab], 0.1 * counts.max())
     card = {
         "name": f"wbc-type-{cfg.backbone}",
         "task": "wbc-type",
@@ -284,7 +289,8 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
         "normalization": {"type": "percentile", "low": 1.0, "high": 99.0, "per_channel": True},
         "input_size": cfg.size,
         "cell_normalised": cfg.normalise_cells,
-        "training": {"data": cfg.data, "target_images": cfg.target_images, "n_train": len(train), "n_val": len(val),
+        "training": {"data": cfg.data, "target_images": cfg.target_images if not isinstance(cfg.target_images, list)
+                     else f"{len(cfg.target_images)} images", "n_train": len(train), "n_val": len(val),
                      "class_counts": dict(zip(TYPES, counts.astype(int).tolist())), "seed": cfg.seed,
                      "augment": cfg.augment, "split": str(run / "split.json")},
         "versions": versions(),
@@ -297,7 +303,8 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
         _seed_all(cfg.seed * 100_003 + epoch)
         transform.set_random_seed(cfg.seed * 100_003 + epoch)
         gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-        sampler = torch.utils.data.WeightedRandomSampler(sample_w, len(dataset), replacement=True, generator=gen)
+        sampler = torch.utils.data.WeightedRandomSampler(sample_w, cfg.samples_per_epoch or len(dataset),
+                                                         replacement=True, generator=gen)
         loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, drop_last=len(dataset) > cfg.batch_size)
         t_iter = iter(torch.utils.data.DataLoader(target, batch_size=cfg.batch_size, shuffle=True, generator=gen,
                                                   drop_last=len(target) > cfg.batch_size)) if target is not None else None
