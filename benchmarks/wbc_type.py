@@ -132,7 +132,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data")
     ap.add_argument("--runs", type=Path, default=HERE.parent / "runs" / "wbc-type")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--epochs", type=int, default=80)
+    ap.add_argument("--epochs", type=int, default=50)
     ap.add_argument("--only", nargs="*")
     ap.add_argument("--model", default="wbc-type")
     ap.add_argument("--skip-training", action="store_true", help="only the speed table")

@@ -103,15 +103,18 @@ def group_probs(probs: np.ndarray, classes: list[str], mode: int) -> tuple[list[
 
 
 @torch.inference_mode()
-def predict_crops(crops: list[np.ndarray], model="wbc-type", device: str = "cpu", batch_size: int = 64) -> np.ndarray:
-    """Class probabilities (N, K) for cell-normalised (S, S, 3) crops."""
+def predict_crops(crops: list[np.ndarray], model="wbc-type", device: str = "cpu", batch_size: int = 64,
+                  tta: bool = True) -> np.ndarray:
+    """Class probabilities (N, K) for cell-normalised (S, S, 3) crops; ``tta`` averages the four
+    90° rotations, as validation did."""
     from hemaseg.infer.segment import get_model
 
     module, card = get_model(model, device)
     out = []
     for i in range(0, len(crops), batch_size):
         x = to_tensor(crops[i:i + batch_size], card).to(device)
-        out.append(module(x).float().softmax(1).cpu().numpy())
+        views = [torch.rot90(x, k, (2, 3)) for k in range(4)] if tta else [x]
+        out.append(torch.stack([module(v).float().softmax(1) for v in views]).mean(0).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, len(card["classes"])), np.float32)
 
 

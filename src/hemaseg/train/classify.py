@@ -37,7 +37,7 @@ class ClassifyConfig:
     backbone: str = "resnet10-half"
     norm: str = "group"
     size: int = 80
-    epochs: int = 80
+    epochs: int = 50
     batch_size: int = 32
     lr: float = 3e-3
     weight_decay: float = 5e-4
@@ -49,7 +49,7 @@ class ClassifyConfig:
     normalise_cells: bool = True  # centre and rescale each crop to its WBC
     dann_weight: float = 0.5
     patience: int = 30
-    samples_per_epoch: int = 2048  # class-balanced draws per epoch (small sets need many steps)
+    samples_per_epoch: int = 1536  # class-balanced draws per epoch (small sets need many steps)
     cache: str | None = None  # folder for normalised crops (default RUN/crops)
 
 
@@ -127,15 +127,17 @@ class CropDataset(torch.utils.data.Dataset):
 
 
 @torch.inference_mode()
-def predict(model: torch.nn.Module, images: np.ndarray, batch_size: int = 128) -> np.ndarray:
-    """Softmax probabilities (N, K) of uint8 crops (N, S, S, 3)."""
+def predict(model: torch.nn.Module, images: np.ndarray, batch_size: int = 128, tta: bool = True) -> np.ndarray:
+    """Softmax probabilities (N, K) of uint8 crops (N, S, S, 3); ``tta`` averages the four 90° rotations
+    (a cell has no orientation, so this is free accuracy)."""
     from hemaseg.data.transforms import normalize
 
     model.eval()
     out = []
     for i in range(0, len(images), batch_size):
-        x = np.stack([normalize(im) for im in images[i:i + batch_size]])
-        out.append(model(torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()).softmax(1).numpy())
+        x = torch.from_numpy(np.stack([normalize(im) for im in images[i:i + batch_size]])).permute(0, 3, 1, 2).contiguous()
+        views = [torch.rot90(x, k, (2, 3)) for k in range(4)] if tta else [x]
+        out.append(torch.stack([model(v).softmax(1) for v in views]).mean(0).numpy())
     return np.concatenate(out) if out else np.zeros((0, len(TYPES)), np.float32)
 
 
