@@ -35,6 +35,24 @@ def _fail_error(exc: HemasegError, path=None) -> None:
     _fail(path if path is not None else getattr(exc, "path", ""), getattr(exc, "reason", str(exc)))
 
 
+def _for_each(paths, label: str, work) -> int:
+    """Run ``work(path)`` on every path with a progress bar; a failing input is reported as one
+    line and the batch goes on. Returns the number of failures."""
+    from hemaseg.progress import track
+
+    failed = 0
+    for path in track(paths, label):
+        try:
+            work(path)
+        except HemasegError as exc:
+            failed += 1
+            _fail_error(exc, path)
+        except Exception as exc:  # one bad image must not stop the batch
+            failed += 1
+            _fail(path, f"{exc.__class__.__name__}: {exc}")
+    return failed
+
+
 def _check_method(task: str, method: str) -> None:
     from hemaseg.classical import NUCLEI_METHODS, WBC_METHODS
 
@@ -67,7 +85,6 @@ def segment(
     from hemaseg.infer.segment import segment as run_segment
     from hemaseg.io.images import list_images, read_image
     from hemaseg.io.outputs import write_segmentation
-    from hemaseg.progress import track
     from hemaseg.tasks import get_task
 
     _setup_logging(verbose)
@@ -104,18 +121,12 @@ def segment(
         _fail(" ".join(images), "no images found")
         raise typer.Exit(1)
     out.mkdir(parents=True, exist_ok=True)
-    failed = 0
-    for path in track(paths, "segment"):
-        try:
-            image = read_image(path)
-            seg = run(image)
-            write_segmentation(out, path.stem, path, image, seg, spec, model_name, overlay)
-        except HemasegError as exc:
-            failed += 1
-            _fail_error(exc, path)
-        except Exception as exc:  # one bad image must not stop the batch
-            failed += 1
-            _fail(path, f"{exc.__class__.__name__}: {exc}")
+
+    def work(path):
+        image = read_image(path)
+        write_segmentation(out, path.stem, path, image, run(image), spec, model_name, overlay)
+
+    failed = _for_each(paths, "segment", work)
     typer.echo(f"{len(paths) - failed}/{len(paths)} images segmented; results in {out}", err=True)
     raise typer.Exit(1 if failed else 0)
 
@@ -222,7 +233,6 @@ def classify(
     from hemaseg.infer.segment import get_model
     from hemaseg.io.images import IMAGE_SUFFIXES, read_image
     from hemaseg.io.writers import write_text
-    from hemaseg.progress import track
     from hemaseg.wbctype import cell_crop, group_probs, predict_crops
 
     if mode not in (1, 2, 3):
@@ -243,19 +253,15 @@ def classify(
         raise typer.Exit(2) from None
     card = loaded[1]
     size, classes = int(card.get("input_size", 96)), list(card["classes"])
-    ok_paths, crops, failed = [], [], 0
-    for path in track(paths, "classify"):
-        try:
-            image = read_image(path)
-            crops.append(cell_crop(image, size).image if card.get("cell_normalised", True)
-                         else cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA))
-            ok_paths.append(path)
-        except HemasegError as exc:
-            failed += 1
-            _fail_error(exc, path)
-        except Exception as exc:  # one bad image must not stop the batch
-            failed += 1
-            _fail(path, f"{exc.__class__.__name__}: {exc}")
+    ok_paths, crops = [], []
+
+    def work(path):
+        image = read_image(path)
+        crops.append(cell_crop(image, size).image if card.get("cell_normalised", True)
+                     else cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA))
+        ok_paths.append(path)
+
+    failed = _for_each(paths, "classify", work)
     probs = predict_crops(crops, loaded, dev)
     names, grouped = group_probs(probs, classes, mode) if len(crops) else (group_probs(np.ones((1, len(classes))), classes, mode)[0], [])
     buf = io.StringIO()
@@ -281,7 +287,6 @@ def explain(
     from hemaseg.infer.segment import get_model
     from hemaseg.io.images import list_images, read_image
     from hemaseg.io.writers import write_png
-    from hemaseg.progress import track
     from hemaseg.wbctype import cell_crop
 
     dev = _device(device)
@@ -295,22 +300,18 @@ def explain(
         _fail(" ".join(images), "no images found")
         raise typer.Exit(1)
     size = int(card.get("input_size", 96))
-    crops, labels, failed = [], [], 0
-    for path in track(paths, "explain"):
-        try:
-            crop = cell_crop(read_image(path), size).image
-            cam, k = grad_cam(module, card, crop)
-            mask = gradcam_mask(cam)
-            write_png(out / f"{path.stem}_gradcam.png", cam_overlay(crop, cam, mask))
-            write_png(out / f"{path.stem}_gradcam_mask.png", (mask * 255).astype(np.uint8))
-            crops.append(crop)
-            labels.append(path.parent.name)
-        except HemasegError as exc:
-            failed += 1
-            _fail_error(exc, path)
-        except Exception as exc:  # one bad image must not stop the batch
-            failed += 1
-            _fail(path, f"{exc.__class__.__name__}: {exc}")
+    crops, labels = [], []
+
+    def work(path):
+        crop = cell_crop(read_image(path), size).image
+        cam, _ = grad_cam(module, card, crop)
+        mask = gradcam_mask(cam)
+        write_png(out / f"{path.stem}_gradcam.png", cam_overlay(crop, cam, mask))
+        write_png(out / f"{path.stem}_gradcam_mask.png", (mask * 255).astype(np.uint8))
+        crops.append(crop)
+        labels.append(path.parent.name)
+
+    failed = _for_each(paths, "explain", work)
     if tsne and len(crops) >= 5:
         tsne_plot(features(module, card, crops), labels, out / "tsne.png", f"t-SNE of {len(crops)} crops (colour: folder)")
     typer.echo(f"{len(crops)}/{len(paths)} crops explained; results in {out}", err=True)
@@ -372,7 +373,6 @@ def crop(
     from hemaseg.classical import hsv_wbc_mask, wbc_crops
     from hemaseg.io.images import list_images, read_image
     from hemaseg.io.writers import write_png, write_text
-    from hemaseg.progress import track
 
     if method not in ("hsv", "model"):
         raise typer.BadParameter("use hsv or model", param_hint="--method")
@@ -385,22 +385,18 @@ def crop(
     if not paths:
         _fail(" ".join(images), "no images found")
         raise typer.Exit(1)
-    rows, failed = [], 0
-    for path in track(paths, "crop"):
-        try:
-            image = read_image(path)
-            instances = hsv_wbc_mask(image)[1] if method == "hsv" else run_segment(image, loaded).instances
-            for k, c in enumerate(wbc_crops(image, instances, margin), start=1):
-                x1, y1, x2, y2 = c["box"]
-                name = f"{path.stem}_{k}.png"
-                write_png(out / "unknown" / name, np.ascontiguousarray(image[y1:y2, x1:x2]))
-                rows.append([f"unknown/{name}", str(path), x1, y1, x2, y2, "unknown", method])
-        except HemasegError as exc:
-            failed += 1
-            _fail_error(exc, path)
-        except Exception as exc:  # one bad image must not stop the batch
-            failed += 1
-            _fail(path, f"{exc.__class__.__name__}: {exc}")
+    rows = []
+
+    def work(path):
+        image = read_image(path)
+        instances = hsv_wbc_mask(image)[1] if method == "hsv" else run_segment(image, loaded).instances
+        for k, c in enumerate(wbc_crops(image, instances, margin), start=1):
+            x1, y1, x2, y2 = c["box"]
+            name = f"{path.stem}_{k}.png"
+            write_png(out / "unknown" / name, np.ascontiguousarray(image[y1:y2, x1:x2]))
+            rows.append([f"unknown/{name}", str(path), x1, y1, x2, y2, "unknown", method])
+
+    failed = _for_each(paths, "crop", work)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["crop", "source", "x1", "y1", "x2", "y2", "class", "method"])

@@ -8,7 +8,7 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,7 @@ from hemaseg.io.writers import atomic_path, write_json
 from hemaseg.metrics import classification_report
 from hemaseg.models.registry import create_model, save_model
 from hemaseg.tasks import get_task
-from hemaseg.train.loop import _seed_all, versions
+from hemaseg.train.loop import _seed_all, start_or_resume, versions
 
 log = logging.getLogger(__name__)
 TYPES = list(get_task("wbc-type").classes)
@@ -235,16 +235,7 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
 
     run = Path(run)
     state_path = run / "state.json"
-    if resume:
-        if not state_path.exists():
-            raise HemasegInputError(state_path, "no state.json: nothing to resume")
-        state = json.loads(state_path.read_text())
-        cfg = ClassifyConfig(**state["config"])
-    else:
-        assert cfg is not None
-        run.mkdir(parents=True, exist_ok=True)
-        state = {"config": asdict(cfg), "epoch": 0, "history": [], "best_metric": -1.0, "best_epoch": 0,
-                 "stopped_early": False}
+    cfg, state = start_or_resume(cfg, ClassifyConfig, run, resume)
     train, val = load_split(cfg, run)
     cache = Path(cfg.cache) if cfg.cache else run / "crops"
     tr_img, tr_mask = prepare_crops([p for p, _ in train], cfg.size, cfg.normalise_cells, cache, progress)

@@ -235,6 +235,20 @@ def plot_curves(history: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def start_or_resume(cfg, config_class, run: Path, resume: bool) -> tuple:
+    """(config, state) of a run: read back from ``run/state.json`` when resuming, else fresh."""
+    state_path = run / "state.json"
+    if resume:
+        if not state_path.exists():
+            raise HemasegInputError(state_path, "no state.json: nothing to resume")
+        state = json.loads(state_path.read_text())
+        return config_class(**state["config"]), state
+    assert cfg is not None
+    run.mkdir(parents=True, exist_ok=True)
+    return cfg, {"config": asdict(cfg), "epoch": 0, "history": [], "best_metric": -1.0, "best_epoch": 0,
+                 "stopped_early": False}
+
+
 def _save_checkpoint(run: Path, tag: str, model, optimizer, scheduler, card: dict) -> None:
     save_model(model, run / tag, card)
     if tag == "last":
@@ -255,16 +269,7 @@ def fit(cfg: TrainConfig | None, run: str | Path, resume: bool = False, progress
 
     run = Path(run)
     state_path = run / "state.json"
-    if resume:
-        if not state_path.exists():
-            raise HemasegInputError(state_path, "no state.json: nothing to resume")
-        state = json.loads(state_path.read_text())
-        cfg = TrainConfig(**state["config"])
-    else:
-        assert cfg is not None
-        run.mkdir(parents=True, exist_ok=True)
-        state = {"config": asdict(cfg), "epoch": 0, "history": [], "best_metric": -1.0, "best_epoch": 0,
-                 "stopped_early": False}
+    cfg, state = start_or_resume(cfg, TrainConfig, run, resume)
     task = get_task(cfg.task)
 
     split_path = run / "split.json"
