@@ -22,7 +22,7 @@ from hemaseg.io.writers import atomic_path, write_json
 from hemaseg.metrics import classification_report
 from hemaseg.models.registry import create_model, save_model
 from hemaseg.tasks import get_task
-from hemaseg.train.loop import _seed_all, start_or_resume, versions
+from hemaseg.train.loop import _seed_all, begin_epoch, start_or_resume, versions
 
 log = logging.getLogger(__name__)
 TYPES = list(get_task("wbc-type").classes)
@@ -293,9 +293,7 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
         if state["stopped_early"] or (max_epochs_this_call is not None and done_now >= max_epochs_this_call):
             break
         t0 = time.time()
-        _seed_all(cfg.seed * 100_003 + epoch)
-        transform.set_random_seed(cfg.seed * 100_003 + epoch)
-        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        gen = torch.Generator().manual_seed(begin_epoch(cfg.seed, epoch, transform))
         sampler = torch.utils.data.WeightedRandomSampler(sample_w, cfg.samples_per_epoch or len(dataset),
                                                          replacement=True, generator=gen)
         loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, drop_last=len(dataset) > cfg.batch_size)

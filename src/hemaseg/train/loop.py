@@ -235,6 +235,15 @@ def plot_curves(history: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def begin_epoch(seed: int, epoch: int, transform) -> int:
+    """Reseed everything for ``epoch``, so a resumed run draws the same batches as an unbroken one;
+    returns the epoch's seed."""
+    epoch_seed = seed * 100_003 + epoch
+    _seed_all(epoch_seed)
+    transform.set_random_seed(epoch_seed)
+    return epoch_seed
+
+
 def start_or_resume(cfg, config_class, run: Path, resume: bool) -> tuple:
     """(config, state) of a run: read back from ``run/state.json`` when resuming, else fresh."""
     state_path = run / "state.json"
@@ -324,9 +333,7 @@ def fit(cfg: TrainConfig | None, run: str | Path, resume: bool = False, progress
         if state["stopped_early"] or (max_epochs_this_call is not None and done_now >= max_epochs_this_call):
             break
         t0 = time.time()
-        # Reseeding per epoch makes a resumed run draw the same batches as an unbroken one.
-        _seed_all(cfg.seed * 100_003 + epoch)
-        transform.set_random_seed(cfg.seed * 100_003 + epoch)
+        begin_epoch(cfg.seed, epoch, transform)
         loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=len(dataset) > cfg.batch_size)
         model.train()
         losses = []
