@@ -17,18 +17,20 @@ def _min_area(diameter: float) -> int:
 
 
 def nuclei_factor(card: dict, diameter: float | None) -> float:
-    """Resize factor for nuclei of ``diameter`` px: 1 inside the range the model was trained on
-    (5th-95th percentile of training nuclei, seen at 0.5-2x), else what brings them to the
-    trained median.
+    """Resize factor for nuclei of ``diameter`` px: 1 inside the sizes the model was trained on
+    (5th-95th percentile of training nuclei times the scale augmentation's range), else what
+    brings them to the trained median.
 
-    >>> card = {"cell_diameter": 18.0, "diameter_range": [10.0, 49.0]}
-    >>> nuclei_factor(card, 30.0), nuclei_factor(card, 180.0), nuclei_factor(card, None)
+    >>> card = {"cell_diameter": 18.0, "diameter_range": [10.0, 49.0], "training": {"scale_range": [0.5, 2.0]}}
+    >>> nuclei_factor(card, 60.0), nuclei_factor(card, 360.0), nuclei_factor(card, None)
     (1.0, 0.1, 1.0)
     """
     trained = float(card.get("cell_diameter") or 0)
     if not diameter or trained <= 0:
         return 1.0
     lo, hi = card.get("diameter_range") or [trained / 1.25, trained * 1.25]
+    smin, smax = card.get("training", {}).get("scale_range", [1.0, 1.0])
+    lo, hi = lo * smin, hi * smax
     if lo <= diameter <= hi:
         return 1.0
     return float(np.clip(trained / diameter, MIN_FACTOR, MAX_FACTOR))
@@ -59,6 +61,6 @@ def segment_nuclei(image: np.ndarray, model="nuclei", cell_diameter: float | Non
             factor = new
             probs = predict_probs(module, card, image, factor, tile, overlap, prange, invert)
     diameter = float(cell_diameter or trained / factor)
-    instances = nuclei_instances(probs, _min_area(diameter))
+    instances = nuclei_instances(probs, _min_area(diameter), diameter=diameter)
     classes = (instances > 0).astype(np.uint8)
     return Segmentation(classes, instances, probs, diameter, factor, instance_objects(instances, probs))

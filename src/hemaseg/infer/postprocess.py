@@ -229,13 +229,16 @@ def nuclei_targets(labels: np.ndarray) -> np.ndarray:
     return out
 
 
-def nuclei_instances(probs: np.ndarray, min_area: int = 8, seed_threshold: float = 0.5,
-                     fg_threshold: float = 0.5) -> np.ndarray:
+def nuclei_instances(probs: np.ndarray, min_area: int = 8, diameter: float | None = None,
+                     seed_threshold: float = 0.5, fg_threshold: float = 0.5) -> np.ndarray:
     """Nuclei instances from (3, H, W) background/interior/boundary probabilities: (H, W) int32 labels 1..N.
 
-    Seeds are the connected interiors (the boundary class keeps touching nuclei apart);
-    each foreground component is flooded from its seeds by a watershed on the interior
-    probability. Foreground without a seed (nuclei too small to have an interior) is an
+    Seeds are the connected interiors (the boundary class keeps touching nuclei apart).
+    With ``diameter`` (px, the nuclei's typical size) seeds are instead the maxima of the
+    interiors' smoothed distance transform at least a third of a diameter apart, so two
+    nuclei whose interiors still touch are split too (interiors without such a maximum
+    keep a seed of their own). Each foreground component is flooded from its seeds by a
+    watershed; foreground without a seed (a nucleus too small for an interior) is an
     instance of its own. Watershed runs only on components holding two or more seeds,
     so the cost follows the touching nuclei, not the image size.
 
@@ -246,13 +249,27 @@ def nuclei_instances(probs: np.ndarray, min_area: int = 8, seed_threshold: float
     2
     """
     fg = (probs[1] + probs[2]) > fg_threshold
-    seeds = (probs[1] > seed_threshold) & fg
+    interior = (probs[1] > seed_threshold) & fg
     n_fg, comps = cv2.connectedComponents(fg.astype(np.uint8), connectivity=4)
-    n_seed, markers = cv2.connectedComponents(seeds.astype(np.uint8), connectivity=4)
     if n_fg <= 1:
         return np.zeros(fg.shape, np.int32)
-    # Seeds per foreground component: the number of distinct seed labels it holds.
-    pairs = np.unique(np.stack([comps[seeds], markers[seeds]]), axis=1) if n_seed > 1 else np.zeros((2, 0), int)
+    n_int, markers = cv2.connectedComponents(interior.astype(np.uint8), connectivity=4)
+    relief = -probs[1]
+    if diameter is not None and n_int > 1:
+        dist = cv2.distanceTransform(interior.astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_5)
+        dist = cv2.GaussianBlur(dist, (0, 0), max(0.5, diameter / 15))
+        peaks = peak_local_max(dist, min_distance=max(2, int(diameter / 3)), threshold_abs=1.0, exclude_border=False)
+        peak_markers = np.zeros(fg.shape, np.int32)
+        peak_markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
+        # Interiors left without a maximum (thin, or next to a bigger nucleus) keep their own seed.
+        has_peak = np.zeros(n_int, bool)
+        has_peak[markers[tuple(peaks.T)]] = True
+        has_peak[0] = True
+        lonely = ~has_peak[markers]
+        markers = np.where(lonely, markers + len(peaks), peak_markers)
+        relief = -dist
+    seeds = markers > 0
+    pairs = np.unique(np.stack([comps[seeds], markers[seeds]]), axis=1) if seeds.any() else np.zeros((2, 0), int)
     seeds_in = np.bincount(pairs[0], minlength=n_fg) if pairs.size else np.zeros(n_fg, int)
     out = np.zeros(fg.shape, np.int32)
     nxt = 1
@@ -265,7 +282,7 @@ def nuclei_instances(probs: np.ndarray, min_area: int = 8, seed_threshold: float
             view[comp] = nxt
             nxt += 1
             continue
-        labels = watershed(-probs[1][sl], np.where(comp, markers[sl], 0), mask=comp)
+        labels = watershed(relief[sl], np.where(comp, markers[sl], 0), mask=comp)
         # Pixels the watershed could not reach from a seed stay with their component.
         ids = np.unique(labels[labels > 0])
         lut = np.zeros(int(labels.max()) + 1, np.int32)

@@ -63,10 +63,20 @@ def get_model(model, device: str = "cpu"):
 
 def predict_probs(module: torch.nn.Module, card: dict, image: np.ndarray, factor: float = 1.0,
                   tile: int = 1024, overlap: int = 64, prange: np.ndarray | None = None,
-                  invert: bool = False) -> np.ndarray:
+                  invert: bool = False, tta: bool = False) -> np.ndarray:
     """Class probabilities of ``image`` (H, W, 3) uint8 resized by ``factor``, back at (K, H, W) float32.
 
-    ``invert`` flips the normalised intensities (bright-background images for the nuclei model)."""
+    ``invert`` flips the normalised intensities (bright-background images for the nuclei model);
+    ``tta`` averages the predictions of the image and its three flips (4x the time)."""
+    if tta:
+        views = [(slice(None), slice(None)), (slice(None, None, -1), slice(None)),
+                 (slice(None), slice(None, None, -1)), (slice(None, None, -1), slice(None, None, -1))]
+        acc = None
+        for vy, vx in views:
+            p = predict_probs(module, card, np.ascontiguousarray(image[vy, vx]), factor, tile, overlap, prange, invert)
+            p = p[:, vy, vx]
+            acc = p if acc is None else acc + p
+        return acc / len(views)
     norm = card.get("normalization", {})
     low, high = norm.get("low", 1.0), norm.get("high", 99.0)
     if prange is None:
