@@ -44,6 +44,34 @@ def blueness(image: np.ndarray, sigma: float = 1.0) -> np.ndarray:
     return cv2.GaussianBlur(b, (0, 0), sigma) if sigma > 0 else b
 
 
+def nucleus_stain(image: np.ndarray, lab: np.ndarray | None = None, sigma: float = 1.0) -> np.ndarray:
+    """How much each pixel has of the nuclear stain's colour: (H, W) float32.
+
+    The stain's hue is found per image: the chroma (a*, b*) of the darkest 3 % of pixels
+    (nuclei) minus that of the brightest 40 % (background); each pixel is projected on that
+    direction. Any stain colour works (purple, blue, magenta); on a grey image there is no
+    chroma and the darkness is returned instead.
+
+    >>> img = np.full((20, 20, 3), (240, 230, 200), np.uint8); img[5:9, 5:9] = (60, 40, 140)
+    >>> s = nucleus_stain(img, sigma=0); bool(s[6, 6] > s[15, 15])
+    True
+    """
+    if lab is None:
+        lab = cv2.cvtColor(np.ascontiguousarray(image[..., :3]), cv2.COLOR_RGB2LAB).astype(np.float32)
+        if sigma > 0:
+            lab = cv2.GaussianBlur(lab, (0, 0), sigma)
+    light = lab[..., 0]
+    step = max(1, int(np.ceil(np.sqrt(light.size / 250_000))))
+    sample_l, sample_ab = light[::step, ::step].ravel(), lab[::step, ::step, 1:].reshape(-1, 2)
+    dark_t, bright_t = np.percentile(sample_l, [3, 60])
+    direction = np.median(sample_ab[sample_l <= dark_t], 0) - np.median(sample_ab[sample_l >= bright_t], 0)
+    norm = float(np.hypot(*direction))
+    if norm < 4.0:  # no stain colour to follow: a grey image
+        return (255.0 - light) / 255.0
+    bg = np.median(sample_ab[sample_l >= bright_t], 0)
+    return (((lab[..., 1] - bg[0]) * direction[0] + (lab[..., 2] - bg[1]) * direction[1]) / norm).astype(np.float32)
+
+
 def _otsu(values: np.ndarray) -> float:
     """Otsu threshold of any float values (OpenCV's on a 256-level quantisation); inf when flat."""
     values = values.ravel()
@@ -167,7 +195,7 @@ def nucleus_mask(image: np.ndarray, thresholds: str = "otsu", min_area: int = 20
         hsv = cv2.cvtColor(np.ascontiguousarray(image[..., :3]), cv2.COLOR_RGB2HSV)
         m = cv2.inRange(hsv, SEED_HSV_LOWER, SEED_HSV_UPPER) > 0
     elif thresholds == "otsu":
-        b, d = channels if channels is not None else (blueness(image), darkness(image))
+        b, d = channels if channels is not None else (nucleus_stain(image), darkness(image))
         m = (b > _otsu(b)) & (d > _otsu(d))
         if split and m.sum() > 50:
             m &= d > _otsu(d[m])
@@ -220,7 +248,7 @@ def hsv_wbc_mask(image: np.ndarray, thresholds: str = "otsu", reach: float = 0.6
     lab = cv2.cvtColor(np.ascontiguousarray(image[..., :3]), cv2.COLOR_RGB2LAB).astype(np.float32)
     lab = cv2.GaussianBlur(lab, (0, 0), 1.0)
     d = darkness(image)
-    channels = (-(lab[..., 2] - 128.0), d)
+    channels = (nucleus_stain(image, lab), d)
     broad = nucleus_mask(image, thresholds, min_nucleus_area, split=False, channels=channels)
     groups = group_lobes(broad)
     classes = np.zeros((h, w), np.uint8)
