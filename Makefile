@@ -34,6 +34,9 @@ test: $(VENV)/.installed-dev
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/speed.py
 	$(BIN)/python benchmarks/wbc_accuracy.py
+	$(BIN)/python benchmarks/nuclei.py
+	$(BIN)/python benchmarks/classical.py
+	$(BIN)/python benchmarks/wbc_type.py --skip-training
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

@@ -147,7 +147,8 @@ def main() -> None:
         run_all(args)
     speed(args)
     (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "wbc_type.md").write_text("\n".join(OUT) + "\n")
+    name = "wbc_type_speed.md" if args.skip_training else "wbc_type.md"
+    (HERE / "results" / name).write_text("\n".join(OUT) + "\n")
 
 
 if __name__ == "__main__":
