@@ -36,3 +36,47 @@ def test_reads_whole_wbcseg_folder():
     assert len(pairs) == 300
     image, classes = load_pair(pairs[0])
     assert image.ndim == 3 and set(np.unique(classes)) <= {0, 1, 2}
+
+
+DSB = DATA / "dsb2018"
+DSB_SPLIT = Path(__file__).resolve().parents[1] / "benchmarks" / "splits" / "dsb2018.json"
+TYPE_SPLIT = Path(__file__).resolve().parents[1] / "benchmarks" / "splits" / "wbc-type.json"
+
+
+@pytest.mark.skipif(not DSB.is_dir(), reason="../shared/data/dsb2018 not present")
+def test_nuclei_model_on_some_validation_images():
+    """Ten fluorescence validation images (the full figures are in the README)."""
+    import json
+
+    from hemaseg.evaluation import modality
+    from hemaseg.infer.segment import segment
+    from hemaseg.io.datasets import find_dsb, load_instances
+    from hemaseg.metrics import dsb_scores
+
+    val = set(json.loads(DSB_SPLIT.read_text())["val"])
+    assert not val & set(json.loads(DSB_SPLIT.read_text())["train"])
+    scores = []
+    for s in (s for s in find_dsb(DSB) if s.image.name in val):
+        image, labels = load_instances(s)
+        if modality(image) == "fluorescence" and image.shape[0] <= 360:
+            scores.append(dsb_scores(segment(image, "nuclei").instances, labels))
+        if len(scores) == 10:
+            break
+    assert len(scores) == 10
+    assert np.mean([r["ap50"] for r in scores]) > 0.6 and np.mean([r["dsb"] for r in scores]) > 0.4
+
+
+@pytest.mark.skipif(not (DATA / "bccd-wbc").is_dir(), reason="../shared/data/bccd-wbc not present")
+def test_classifier_on_bccd_held_out_crops():
+    """The bundled classifier on 20 of BCCD's held-out crops."""
+    import json
+
+    import hemaseg
+
+    val = [(p, c) for p, c in json.loads(TYPE_SPLIT.read_text())["val"] if "bccd-wbc" in p][:20]
+    right = 0
+    for p, c in val:
+        probs = hemaseg.classify(hemaseg.read_image(DATA / Path(p).relative_to("../shared/data")))
+        assert abs(sum(probs.values()) - 1) < 1e-4
+        right += max(probs, key=probs.get) == c
+    assert right >= 14
