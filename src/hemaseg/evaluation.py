@@ -38,18 +38,26 @@ def _runner(task: str, model, cell_diameter: float | None, device: str, method: 
     return lambda image: segment(image, loaded, cell_diameter=cell_diameter, device=device)
 
 
+def _score_each(pairs: list[Pair], load, run, score) -> list[dict]:
+    """One row per pair: ``score(seg, target, image)`` plus the image, seconds, diameter and scale."""
+    rows = []
+    for pair in track(pairs, "evaluate"):
+        image, target = load(pair)
+        t0 = time.perf_counter()
+        seg = run(image)
+        seconds = time.perf_counter() - t0
+        rows.append({"image": str(pair.image), **score(seg, target, image), "seconds": seconds,
+                     "cell_diameter": seg.cell_diameter, "scale": seg.scale})
+    return rows
+
+
 def evaluate_wbc(pairs: list[Pair], model="wbc", cell_diameter: float | None = None,
                  device: str = "cpu", method: str | None = None) -> tuple[list[dict], dict[str, float]]:
     """Run :func:`segment` (or a classical ``method``) on each pair; return (per-image rows, means)."""
     run = _runner("wbc", model, cell_diameter, device, method)
-    rows = []
-    for pair in track(pairs, "evaluate"):
-        image, target = load_pair(pair)
-        t0 = time.perf_counter()
-        seg = run(image)
-        rows.append({"image": str(pair.image), **wbc_scores(seg.classes, target),
-                     "seconds": time.perf_counter() - t0, "cell_diameter": seg.cell_diameter,
-                     "scale": seg.scale, "count": seg.count, "_pred": seg.classes})
+    rows = _score_each(pairs, load_pair, run,
+                       lambda seg, target, image: {**wbc_scores(seg.classes, target), "count": seg.count,
+                                                   "_pred": seg.classes})
     keys = ["dice_cell", "iou_cell", "dice_nucleus", "iou_nucleus", "seconds"]
     means = {k: float(np.mean([r[k] for r in rows])) for k in keys} if rows else {}
     return rows, means
@@ -77,14 +85,9 @@ def evaluate_nuclei(pairs: list[Pair], model="nuclei", cell_diameter: float | No
                     method: str | None = None) -> tuple[list[dict], dict[str, float], dict[str, dict]]:
     """Run :func:`segment` (or a classical ``method``) on each DSB sample; return (rows, means, means per modality)."""
     run = _runner("nuclei", model, cell_diameter, device, method)
-    rows = []
-    for pair in track(pairs, "evaluate"):
-        image, target = load_instances(pair)
-        t0 = time.perf_counter()
-        seg = run(image)
-        rows.append({"image": str(pair.image), "modality": modality(image), **dsb_scores(seg.instances, target),
-                     "seconds": time.perf_counter() - t0, "cell_diameter": seg.cell_diameter, "scale": seg.scale,
-                     "_pred": seg.instances})
+    rows = _score_each(pairs, load_instances, run,
+                       lambda seg, target, image: {"modality": modality(image), **dsb_scores(seg.instances, target),
+                                                   "_pred": seg.instances})
     keys = ["dsb", "ap50", "ap75", "seconds"]
     mean = lambda rs: {k: float(np.mean([r[k] for r in rs])) for k in keys} | {"n_images": len(rs)}  # noqa: E731
     means = mean(rows) if rows else {}

@@ -22,7 +22,7 @@ from hemaseg.io.writers import atomic_path, write_json
 from hemaseg.metrics import classification_report
 from hemaseg.models.registry import create_model, save_model
 from hemaseg.tasks import get_task
-from hemaseg.train.loop import _seed_all, begin_epoch, start_or_resume, versions
+from hemaseg.train.loop import _seed_all, begin_epoch, epochs_to_run, start_or_resume, versions
 
 log = logging.getLogger(__name__)
 TYPES = list(get_task("wbc-type").classes)
@@ -288,10 +288,7 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
                      "augment": cfg.augment, "split": str(run / "split.json")},
         "versions": versions(),
     }
-    done_now = 0
-    for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
-        if state["stopped_early"] or (max_epochs_this_call is not None and done_now >= max_epochs_this_call):
-            break
+    for epoch in epochs_to_run(state, cfg.epochs, max_epochs_this_call):
         t0 = time.time()
         gen = torch.Generator().manual_seed(begin_epoch(cfg.seed, epoch, transform))
         sampler = torch.utils.data.WeightedRandomSampler(sample_w, cfg.samples_per_epoch or len(dataset),
@@ -344,7 +341,6 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
         state["versions"] = versions()
         write_json(state_path, state)
         _plot_curves(state["history"], run / "curves.png")
-        done_now += 1
         log.info(f"epoch {epoch}/{cfg.epochs} loss {entry['train_loss']:.4f} "
                  + " ".join(f"{k} {v:.3f}" for k, v in val_scores.items()) + f" lr {lr:.2e} {entry['seconds']:.0f}s")
 

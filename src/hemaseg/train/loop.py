@@ -235,6 +235,17 @@ def plot_curves(history: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def epochs_to_run(state: dict, total: int, max_this_call: int | None = None):
+    """The epochs still to train: from the state's next one to ``total``, until early stopping is
+    flagged or ``max_this_call`` epochs ran (tests use it to simulate a kill)."""
+    done = 0
+    for epoch in range(state["epoch"] + 1, total + 1):
+        if state["stopped_early"] or (max_this_call is not None and done >= max_this_call):
+            return
+        yield epoch
+        done += 1
+
+
 def begin_epoch(seed: int, epoch: int, transform) -> int:
     """Reseed everything for ``epoch``, so a resumed run draws the same batches as an unbroken one;
     returns the epoch's seed."""
@@ -328,10 +339,7 @@ def fit(cfg: TrainConfig | None, run: str | Path, resume: bool = False, progress
         "versions": versions(),
     }
 
-    done_now = 0
-    for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
-        if state["stopped_early"] or (max_epochs_this_call is not None and done_now >= max_epochs_this_call):
-            break
+    for epoch in epochs_to_run(state, cfg.epochs, max_epochs_this_call):
         t0 = time.time()
         begin_epoch(cfg.seed, epoch, transform)
         loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=len(dataset) > cfg.batch_size)
@@ -366,7 +374,6 @@ def fit(cfg: TrainConfig | None, run: str | Path, resume: bool = False, progress
         state["versions"] = versions()
         write_json(state_path, state)
         plot_curves(state["history"], run / "curves.png")
-        done_now += 1
         msg = (f"epoch {epoch}/{cfg.epochs} loss {entry['train_loss']:.4f} "
                + " ".join(f"{k} {v:.4f}" for k, v in val.items()) + f" lr {lr:.2e} {entry['seconds']:.0f}s")
         log.info(msg)
