@@ -447,8 +447,12 @@ def models() -> None:
     typer.echo("architectures: " + ", ".join(list_models()))
     for card in sorted(WEIGHTS_DIR.glob("*.json")):
         d = json.loads(card.read_text())
+        figures = []
+        for key, val in d.get("metrics", {}).items():
+            if isinstance(val, dict):
+                figures += [f"{key}.{k}={v:.3f}" for k, v in val.items() if isinstance(v, float)][:4]
         typer.echo(f"bundled: {card.stem}  task={d.get('task')}  arch={d['architecture']['name']}  "
-                   f"val={d.get('metrics', {}).get('val')}")
+                   + " ".join(figures[:6]))
 
 
 @app.command()
