@@ -291,9 +291,10 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
     for epoch in epochs_to_run(state, cfg.epochs, max_epochs_this_call):
         t0 = time.time()
         gen = torch.Generator().manual_seed(begin_epoch(cfg.seed, epoch, transform))
-        sampler = torch.utils.data.WeightedRandomSampler(sample_w, cfg.samples_per_epoch or len(dataset),
-                                                         replacement=True, generator=gen)
-        loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, drop_last=len(dataset) > cfg.batch_size)
+        n_draws = cfg.samples_per_epoch or len(dataset)
+        sampler = torch.utils.data.WeightedRandomSampler(sample_w, n_draws, replacement=True, generator=gen)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler,
+                                             drop_last=n_draws > cfg.batch_size)
         t_iter = iter(torch.utils.data.DataLoader(target, batch_size=cfg.batch_size, shuffle=True, generator=gen,
                                                   drop_last=len(target) > cfg.batch_size)) if target is not None else None
         p = (epoch - 1) / max(cfg.epochs - 1, 1)
