@@ -8,9 +8,9 @@
 - :func:`mask_in_box`: the best classical mask of the cell inside a given box (pseudo-masks from
   detection boxes).
 
-Thresholds are computed per image on stain-robust channels (darkness, and "blueness" -b* of
-CIELAB, which puts purple/blue nuclei above pink red cells and white/yellow backgrounds),
-so the defaults work across stains and labs rather than on one data set.
+Thresholds are computed per image on stain-robust channels (darkness, and the amount of
+the image's own nuclear-stain colour, :func:`nucleus_stain`), so the defaults work across
+stains and labs rather than on one data set.
 """
 from __future__ import annotations
 
@@ -29,19 +29,6 @@ def darkness(image: np.ndarray, sigma: float = 1.0) -> np.ndarray:
     """1 - mean(RGB)/255, lightly smoothed: (H, W) float32, high on stained cells."""
     d = 1.0 - image.astype(np.float32).mean(-1) / 255.0
     return cv2.GaussianBlur(d, (0, 0), sigma) if sigma > 0 else d
-
-
-def blueness(image: np.ndarray, sigma: float = 1.0) -> np.ndarray:
-    """-b* of CIELAB, lightly smoothed: (H, W) float32, high on purple/blue nuclei, low on
-    pink/red cells and white/yellow background.
-
-    >>> img = np.zeros((2, 2, 3), np.uint8); img[0] = (90, 40, 130); img[1] = (230, 150, 160)
-    >>> b = blueness(img, sigma=0); bool(b[0, 0] > b[1, 0])
-    True
-    """
-    lab = cv2.cvtColor(np.ascontiguousarray(image[..., :3]), cv2.COLOR_RGB2LAB).astype(np.float32)
-    b = -(lab[..., 2] - 128.0)
-    return cv2.GaussianBlur(b, (0, 0), sigma) if sigma > 0 else b
 
 
 def nucleus_stain(image: np.ndarray, lab: np.ndarray | None = None, sigma: float = 1.0) -> np.ndarray:
@@ -184,12 +171,12 @@ def nucleus_mask(image: np.ndarray, thresholds: str = "otsu", min_area: int = 20
                  channels: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """WBC nuclei (purple/blue, darker than anything else): (H, W) bool.
 
-    ``thresholds="otsu"``: stained blue-purple pixels (above the Otsu levels of blueness and
-    of darkness) are the candidates; a second Otsu on the candidates' darkness keeps the
+    ``thresholds="otsu"``: pixels above the Otsu levels of the nuclear stain
+    (:func:`nucleus_stain`) and of darkness are the candidates; a second Otsu on the candidates' darkness keeps the
     darker class, which separates the nucleus from granular or basophilic cytoplasm (a
     plain nucleus loses only its faint rim); ``split=False`` skips that second step.
     ``"seed"`` uses Algorithm 1's fixed HSV range. ``channels`` passes precomputed
-    (blueness, darkness).
+    (nuclear stain, darkness).
     """
     if thresholds == "seed":
         hsv = cv2.cvtColor(np.ascontiguousarray(image[..., :3]), cv2.COLOR_RGB2HSV)
@@ -227,7 +214,7 @@ def hsv_wbc_mask(image: np.ndarray, thresholds: str = "otsu", reach: float = 0.6
     """WBCs by colour: ((H, W) uint8 classes 0 background, 1 cytoplasm, 2 nucleus, (H, W) int32 instances).
 
     Seed 003 Algorithm 1 with per-image thresholds and marker-controlled watershed: nuclei
-    are the blue-purple pixels that are also dark (:func:`nucleus_mask`), lobes are grouped
+    are the pixels of the nuclear stain's colour that are also dark (:func:`nucleus_mask`), lobes are grouped
     into cells, and each cell grows from its nucleus over stained pixels (Otsu on the
     darkness of the rest) on the colour gradient, competing with markers on the background
     and on stained objects farther than ``reach`` x its nucleus diameter (red cells), so a
