@@ -20,6 +20,8 @@ from scipy import ndimage as ndi
 from skimage.feature import peak_local_max
 from skimage.segmentation import watershed
 
+from hemaseg.infer.postprocess import drop_small, relabel
+
 # Seed 003 Algorithm 1: OpenCV HSV bounds of "blue" (hue is 0-180 in OpenCV, so 300 saturates).
 SEED_HSV_LOWER = (100, 20, 20)
 SEED_HSV_UPPER = (180, 245, 245)
@@ -159,12 +161,7 @@ def watershed_cells(image: np.ndarray, min_distance: int | None = None, open_ite
     if missing.any():
         extra, _ = ndi.label(missing)
         labels = np.where(missing, extra + labels.max(), labels)
-    counts = np.bincount(labels.ravel())
-    keep = counts >= min_area
-    keep[0] = False
-    lut = np.zeros(len(counts), np.int32)
-    lut[keep] = np.arange(1, int(keep.sum()) + 1)
-    return lut[labels]
+    return drop_small(labels, min_area)
 
 
 def nucleus_mask(image: np.ndarray, thresholds: str = "otsu", min_area: int = 20, split: bool = True,
@@ -244,11 +241,7 @@ def hsv_wbc_mask(image: np.ndarray, thresholds: str = "otsu", reach: float = 0.6
     # Specks far smaller than the biggest nucleus (platelets, debris) are not WBCs.
     sizes = np.bincount(groups.ravel())
     sizes[0] = 0
-    keep = sizes >= 0.15 * sizes.max()
-    keep[0] = False
-    lut = np.zeros(len(sizes), np.int32)
-    lut[keep] = np.arange(1, int(keep.sum()) + 1)
-    groups = lut[groups]
+    groups = relabel(groups, sizes >= 0.15 * sizes.max())
     broad &= groups > 0
     nucleus = _fill(nucleus_mask(image, thresholds, min_nucleus_area, channels=channels) & broad)
     stained = _fill(d > _otsu(d[~broad])) | broad
@@ -282,10 +275,7 @@ def hsv_wbc_mask(image: np.ndarray, thresholds: str = "otsu", reach: float = 0.6
         ids = np.unique(lab_k[own])
         cell = np.isin(lab_k, ids[ids > 0]) & (instances[sl] == 0)
         instances[sl][cell] = k
-    ids = np.unique(instances[instances > 0])
-    lut = np.zeros(n + 1, np.int32)
-    lut[ids] = np.arange(1, len(ids) + 1)
-    instances = lut[instances]
+    instances = relabel(instances, np.bincount(instances.ravel(), minlength=n + 1) > 0)
     classes[instances > 0] = 1
     classes[(instances > 0) & nucleus] = 2
     return classes, instances
@@ -385,11 +375,7 @@ def blob_wbc_mask(image: np.ndarray, thresholds: str = "otsu") -> tuple[np.ndarr
     nucleus = nucleus_mask(image, thresholds, max(10, int(h * w * 2e-4)))
     blobs = _fill(blob_confidence_mask(image) | nucleus)
     lab, _ = ndi.label(blobs)
-    ids = np.unique(lab[nucleus])
-    ids = ids[ids > 0]
-    lut = np.zeros(int(lab.max()) + 1, np.int32)
-    lut[ids] = np.arange(1, len(ids) + 1)
-    instances = lut[lab]
+    instances = relabel(lab, np.bincount(lab[nucleus], minlength=int(lab.max()) + 1) > 0)
     classes = np.where(instances > 0, np.where(nucleus, 2, 1), 0).astype(np.uint8)
     return classes, instances
 
@@ -403,11 +389,7 @@ def watershed_wbc_mask(image: np.ndarray, thresholds: str = "otsu") -> tuple[np.
     n = int(cells.max())
     area = np.bincount(cells.ravel(), minlength=n + 1)
     nuc = np.bincount(cells.ravel(), weights=nucleus.ravel(), minlength=n + 1)
-    keep = nuc >= 0.1 * np.maximum(area, 1)
-    keep[0] = False
-    lut = np.zeros(n + 1, np.int32)
-    lut[keep] = np.arange(1, int(keep.sum()) + 1)
-    instances = lut[cells]
+    instances = relabel(cells, nuc >= 0.1 * np.maximum(area, 1))
     classes = np.where(instances > 0, np.where(nucleus, 2, 1), 0).astype(np.uint8)
     return classes, instances
 

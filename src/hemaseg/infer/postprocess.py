@@ -34,7 +34,7 @@ def clean_wbc_classes(classes: np.ndarray, min_area: int) -> np.ndarray:
 SPLIT_DIAMETER = 40.0
 
 
-def _relabel(labels: np.ndarray, keep: np.ndarray) -> np.ndarray:
+def relabel(labels: np.ndarray, keep: np.ndarray) -> np.ndarray:
     """Keep the labels where ``keep[label]`` is true (label 0 never) and renumber them 1..N."""
     keep = keep.copy()
     keep[0] = False
@@ -43,9 +43,9 @@ def _relabel(labels: np.ndarray, keep: np.ndarray) -> np.ndarray:
     return lut[labels]
 
 
-def _drop_small(labels: np.ndarray, min_area: int) -> np.ndarray:
+def drop_small(labels: np.ndarray, min_area: int) -> np.ndarray:
     """Remove labels under ``min_area`` px and renumber the rest 1..N."""
-    return _relabel(labels, np.bincount(labels.ravel()) >= max(min_area, 1))
+    return relabel(labels, np.bincount(labels.ravel()) >= max(min_area, 1))
 
 
 def _split_component(comp: np.ndarray, diameter: float) -> np.ndarray:
@@ -103,7 +103,7 @@ def split_instances(mask: np.ndarray, diameter: float, min_area: int | None = No
         # Mask pixels the small copy missed (thin rims) join their nearest label.
         idx = ndi.distance_transform_edt(up == 0, return_distances=False, return_indices=True)
         full = np.where(mask, up[idx[0], idx[1]], 0).astype(np.int32)
-        return _drop_small(full, min_area)
+        return drop_small(full, min_area)
     comps, _ = ndi.label(mask)
     out = np.zeros(mask.shape, np.int32)
     pad = 2
@@ -143,7 +143,7 @@ def keep_nucleated(classes: np.ndarray, instances: np.ndarray, min_fraction: flo
         return classes, instances
     area = np.bincount(instances.ravel(), minlength=n + 1)
     nuc = np.bincount(instances.ravel(), weights=(classes == 2).ravel(), minlength=n + 1)
-    new_instances = _relabel(instances, (nuc >= min_fraction * area) & (nuc >= max(min_area, 1)))
+    new_instances = relabel(instances, (nuc >= min_fraction * area) & (nuc >= max(min_area, 1)))
     new_classes = np.where(new_instances > 0, classes, 0).astype(np.uint8)
     return new_classes, new_instances
 
@@ -289,7 +289,7 @@ def nuclei_instances(probs: np.ndarray, min_area: int = 8, diameter: float | Non
         lut[ids] = np.arange(nxt, nxt + len(ids))
         view[comp] = np.where(labels[comp] > 0, lut[labels[comp]], nxt + len(ids))
         nxt += len(ids) + int((labels[comp] == 0).any())
-    return _drop_small(out, min_area)
+    return drop_small(out, min_area)
 
 
 def instance_objects(instances: np.ndarray, probs: np.ndarray | None = None, class_name: str = "nucleus",
