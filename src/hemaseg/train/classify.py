@@ -22,7 +22,7 @@ from hemaseg.io.writers import atomic_path, write_json
 from hemaseg.metrics import classification_report
 from hemaseg.models.registry import create_model, save_model
 from hemaseg.tasks import get_task
-from hemaseg.train.loop import _seed_all, begin_epoch, epochs_to_run, start_or_resume, versions
+from hemaseg.train.loop import _seed_all, begin_epoch, epochs_to_run, plot_curves, start_or_resume, versions
 
 log = logging.getLogger(__name__)
 TYPES = list(get_task("wbc-type").classes)
@@ -184,28 +184,6 @@ def plot_confusion(cm: np.ndarray, classes: list[str], path: Path, title: str = 
     plt.close(fig)
 
 
-def _plot_curves(history: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ep = [h["epoch"] for h in history]
-    fig, ax = plt.subplots(1, 2, figsize=(10, 4))
-    ax[0].plot(ep, [h["train_loss"] for h in history], label="train loss")
-    if "domain_loss" in history[0]:
-        ax[0].plot(ep, [h["domain_loss"] for h in history], label="domain loss")
-    ax[0].set_xlabel("epoch"); ax[0].legend()
-    for k in ("accuracy", "macro_f1", "accuracy_4", "accuracy_2"):
-        if k in history[0]:
-            ax[1].plot(ep, [h[k] for h in history], label=f"val {k}")
-    ax[1].set_xlabel("epoch"); ax[1].legend(); ax[1].grid(alpha=0.3)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-
-
 def load_split(cfg: ClassifyConfig, run: Path) -> tuple[list, list]:
     """The run's split (written on first use): every labelled set split on its own, seeded and stratified."""
     path = run / "split.json"
@@ -341,7 +319,7 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
             torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp)
         state["versions"] = versions()
         write_json(state_path, state)
-        _plot_curves(state["history"], run / "curves.png")
+        plot_curves(state["history"], run / "curves.png")
         log.info(f"epoch {epoch}/{cfg.epochs} loss {entry['train_loss']:.4f} "
                  + " ".join(f"{k} {v:.3f}" for k, v in val_scores.items()) + f" lr {lr:.2e} {entry['seconds']:.0f}s")
 

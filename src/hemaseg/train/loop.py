@@ -223,9 +223,11 @@ def plot_curves(history: list[dict], path: Path) -> None:
 
     ep = [h["epoch"] for h in history]
     fig, ax = plt.subplots(1, 2, figsize=(10, 4))
-    ax[0].plot(ep, [h["train_loss"] for h in history], label="train loss")
+    for k in ("train_loss", "domain_loss"):
+        if k in history[0]:
+            ax[0].plot(ep, [h[k] for h in history], label=k.replace("_", " "))
     ax[0].set_xlabel("epoch"); ax[0].set_ylabel("loss"); ax[0].legend()
-    for k in ("dice_cell", "dice_nucleus", "dsb", "ap50", "ap75"):
+    for k in ("dice_cell", "dice_nucleus", "dsb", "ap50", "ap75", "accuracy", "macro_f1", "accuracy_4", "accuracy_2"):
         if k in history[0]:
             ax[1].plot(ep, [h[k] for h in history], label=f"val {k}")
     ax[1].set_xlabel("epoch"); ax[1].set_ylabel("score"); ax[1].legend(); ax[1].grid(alpha=0.3)
