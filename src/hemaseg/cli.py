@@ -263,7 +263,7 @@ def classify(
 
     failed = _for_each(paths, "classify", work)
     probs = predict_crops(crops, loaded, dev)
-    names, grouped = group_probs(probs, classes, mode) if len(crops) else (group_probs(np.ones((1, len(classes))), classes, mode)[0], [])
+    names, grouped = group_probs(probs, classes, mode)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["filename", "prediction", *names])
