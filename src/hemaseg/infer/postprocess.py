@@ -183,31 +183,16 @@ def polygons(mask: np.ndarray, tolerance: float = 1.0) -> list[list[list[float]]
 
 
 def wbc_objects(classes: np.ndarray, instances: np.ndarray, probs: np.ndarray | None = None) -> list[dict]:
-    """One record per WBC instance (seed-003 style): box, outline, nucleus outlines, areas, score."""
-    h, w = classes.shape
-    objs = []
-    for r in regionprops(instances):
-        y1, x1, y2, x2 = r.bbox
-        sub = instances[y1:y2, x1:x2] == r.label
-        nuc = sub & (classes[y1:y2, x1:x2] == 2)
-        outline = polygons(np.pad(sub, 1))
-        outline = max(outline, key=len) if outline else []
-        verts = [[x + x1 - 1, y + y1 - 1] for x, y in outline]
-        nuclei = [[[x + x1 - 1, y + y1 - 1] for x, y in poly] for poly in polygons(np.pad(nuc, 1))]
-        score = float(1.0 - probs[0, y1:y2, x1:x2][sub].mean()) if probs is not None else 1.0
-        objs.append({
-            "id": int(r.label),
-            "class_name": "wbc",
-            "category": "wbc",
-            "score": round(score, 4),
-            "bounding_box": {"x1": int(x1), "x2": int(x2), "y1": int(y1), "y2": int(y2)},
-            "area": int(r.area),
-            "nucleus_area": int(nuc.sum()),
-            "diameter": round(float(r.equivalent_diameter_area), 2),
-            "touches_border": bool(y1 == 0 or x1 == 0 or y2 == h or x2 == w),
-            "vertices": verts,
-            "nucleus_vertices": nuclei,
-        })
+    """One record per WBC instance (seed-003 style): :func:`instance_objects`' box, outline, area and
+    score, plus category, nucleus area and nucleus outlines."""
+    objs = instance_objects(instances, probs, class_name="wbc", tolerance=1.0)
+    for o in objs:
+        b = o["bounding_box"]
+        y1, x1 = b["y1"], b["x1"]
+        nuc = (instances[y1:b["y2"], x1:b["x2"]] == o["id"]) & (classes[y1:b["y2"], x1:b["x2"]] == 2)
+        o["category"] = "wbc"
+        o["nucleus_area"] = int(nuc.sum())
+        o["nucleus_vertices"] = [[[x + x1 - 1, y + y1 - 1] for x, y in poly] for poly in polygons(np.pad(nuc, 1))]
     return objs
 
 
