@@ -28,8 +28,13 @@ def nested_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.
     return torch.stack(losses).mean()
 
 
-def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, nested: bool = False) -> torch.Tensor:
-    """Cross-entropy plus soft Dice (nested regions when ``nested``)."""
-    ce = F.cross_entropy(logits, target.long())
+def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, nested: bool = False,
+                 weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy (per-pixel ``weight`` (B, H, W) if given) plus soft Dice (nested regions when ``nested``)."""
+    if weight is None:
+        ce = F.cross_entropy(logits, target.long())
+    else:
+        per_pixel = F.cross_entropy(logits, target.long(), reduction="none")
+        ce = (per_pixel * weight).sum() / weight.sum().clamp_min(1e-6)
     d = nested_dice_loss(logits, target) if nested else soft_dice_loss(logits, target)
     return ce + d
