@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import cv2
@@ -26,7 +25,7 @@ import hemaseg
 from hemaseg import classical as C
 from hemaseg.evaluation import select_split
 from hemaseg.infer.segment import get_model
-from hemaseg.io.datasets import find_dsb, find_pairs, load_instances, load_pair
+from hemaseg.io.datasets import find_dsb, find_pairs, load_instances, load_pair, read_voc
 from hemaseg.metrics import dsb_scores, wbc_scores
 
 HERE = Path(__file__).resolve().parent
@@ -84,12 +83,7 @@ def wbc_table(data: Path, split: Path) -> None:
 
 
 def _voc(xml: Path, names=("RBC", "WBC", "Platelets")) -> list[tuple[str, list[int]]]:
-    out = []
-    for o in ET.parse(xml).getroot().iter("object"):
-        name = o.find("name").text.strip()
-        if name in names:
-            out.append((name, [int(float(o.find("bndbox").find(k).text)) for k in ("xmin", "ymin", "xmax", "ymax")]))
-    return out
+    return [(name, list(box)) for name, box in read_voc(xml) if name in names]
 
 
 def _bccd_val(data: Path):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import cv2
@@ -20,7 +19,7 @@ import numpy as np
 import hemaseg
 from hemaseg.evaluation import select_split
 from hemaseg.infer.segment import get_model
-from hemaseg.io.datasets import find_pairs, load_pair
+from hemaseg.io.datasets import find_pairs, load_pair, read_voc
 from hemaseg.metrics import wbc_scores
 
 HERE = Path(__file__).resolve().parent
@@ -98,8 +97,7 @@ def bccd_table(models: list[str], data: Path) -> list[dict]:
             jpg = root / "JPEGImages" / f"{i}.jpg"
             if not (xml.exists() and jpg.exists()):
                 continue
-            boxes = [[int(float(o.find("bndbox").find(k).text)) for k in ("xmin", "ymin", "xmax", "ymax")]
-                     for o in ET.parse(xml).getroot().iter("object") if o.find("name").text.strip() == "WBC"]
+            boxes = [list(box) for name, box in read_voc(xml) if name == "WBC"]
             seg = hemaseg.segment(hemaseg.read_image(jpg), loaded)
             pred = [[o["bounding_box"][k] for k in ("x1", "y1", "x2", "y2")] for o in seg.objects]
             n += 1

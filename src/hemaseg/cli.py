@@ -69,18 +69,20 @@ def _setup_logging(verbose: bool) -> None:
 @app.command()
 def segment(
     images: List[str] = typer.Argument(..., help="image files, folders or globs"),
-    task: str = typer.Option("wbc", help="wbc (cell + nucleus) or nuclei (instances)"),
+    task: str = typer.Option("wbc", help="wbc (cell + nucleus), nuclei (instances) or smear10 (10-class map)"),
     out: Path = typer.Option(Path("hemaseg-out"), help="output folder (created)"),
     model: Optional[str] = typer.Option(None, help="bundled model name, .safetensors file or training run folder"),
     device: str = typer.Option("cpu", help="cpu, cuda or auto"),
-    cell_diameter: Optional[float] = typer.Option(None, help="WBC (or nucleus) diameter in px; default: estimated per image"),
+    cell_diameter: Optional[float] = typer.Option(None, help="WBC (nuclei: nucleus; smear10: red cell) diameter in px; "
+                                                             "default: estimated per image"),
     overlay: bool = typer.Option(False, "--overlay", help="also write <stem>_overlay.png"),
     tile: int = typer.Option(1024, help="largest tile for big images (px at model scale)"),
     method: Optional[str] = typer.Option(None, help="classical method instead of the model: "
                                                     "wbc: hsv|watershed|blobs; nuclei: watershed|blobs"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
-    """Segment images: OUT/<stem>.png (wbc: 0/128/255; nuclei: uint16 instance labels) and OUT/<stem>.json polygons."""
+    """Segment images: OUT/<stem>.png (wbc: 0/128/255; nuclei: uint16 instance labels; smear10: class index 0-9
+    + <stem>_color.png palette) and OUT/<stem>.json polygons."""
     from hemaseg.infer.segment import get_model
     from hemaseg.infer.segment import segment as run_segment
     from hemaseg.io.images import list_images, read_image
@@ -92,7 +94,7 @@ def segment(
         spec = get_task(task)
     except KeyError as exc:
         raise typer.BadParameter(str(exc), param_hint="--task") from None
-    if spec.name not in ("wbc", "nuclei"):
+    if spec.name not in ("wbc", "nuclei", "smear10"):
         raise typer.BadParameter(f"task {task!r} has no segmentation model yet", param_hint="--task")
     dev = _device(device)
     if method:
@@ -133,9 +135,10 @@ def segment(
 
 @app.command()
 def train(
-    task: str = typer.Argument(..., help="wbc, nuclei or wbc-type"),
+    task: str = typer.Argument(..., help="wbc, nuclei, smear10 or wbc-type"),
     data: Optional[List[str]] = typer.Option(None, help="data folder(s): image/mask pairs, the DSB layout for nuclei, "
-                                                        "ImageFolder trees or wbc-seg + class CSV for wbc-type"),
+                                                        "ImageFolder trees or wbc-seg + class CSV for wbc-type, "
+                                                        "folders to cut real cells from for smear10 (none: procedural)"),
     out: Optional[Path] = typer.Option(None, help="run folder (checkpoints, state.json, curves, model card)"),
     resume: Optional[Path] = typer.Option(None, help="continue the run in this folder where it stopped"),
     arch: str = typer.Option("unet-dropout", help="architecture name (see `hemaseg models`)"),
@@ -153,6 +156,8 @@ def train(
     backbone: str = typer.Option("resnet10-half", help="wbc-type: backbone (resnet10-half, or a timm name; never downloaded)"),
     normalise_cells: bool = typer.Option(True, "--normalise-cells/--no-normalise-cells",
                                          help="wbc-type: centre and rescale each crop to its WBC"),
+    recipe: Optional[str] = typer.Option(None, help="smear10: 'seed002' = the seed's recipe (lr 1e-3, then 1e-4 "
+                                                    "after 5 of 35 epochs, batch 16)"),
 ) -> None:
     """Train a model on a lab's annotated images; resumable after a kill."""
     import torch
@@ -174,14 +179,21 @@ def train(
             state = fit(None, resume, resume=True)
             run = resume
         else:
-            if not data or out is None:
+            if (not data and task != "smear10") or out is None:
                 raise typer.BadParameter("give --data DIR and --out RUN (or --resume RUN)")
+            extra = {}
+            if recipe == "seed002":
+                extra = {"lr": lr or 1e-3, "epochs": epochs or 35, "schedule": "step"}
+                lr, epochs = extra["lr"], extra["epochs"]
+            elif recipe is not None:
+                raise typer.BadParameter("known recipes: seed002", param_hint="--recipe")
             if arch not in list_models():
                 raise typer.BadParameter(f"unknown architecture; known: {', '.join(list_models())}", param_hint="--arch")
-            cfg = task_config(task, data=[str(Path(d).resolve()) for d in data], arch=arch,
+            cfg = task_config(task, data=[str(Path(d).resolve()) for d in data or []], arch=arch,
                               arch_kwargs=None if arch == "unet-dropout" else {}, epochs=epochs,
                               batch_size=batch_size, lr=lr, crop=crop, samples_per_epoch=samples_per_epoch,
-                              patience=patience, augment=augment, val_fraction=val_fraction, seed=seed)
+                              patience=patience, augment=augment, val_fraction=val_fraction, seed=seed,
+                              schedule=extra.get("schedule"))
             state = fit(cfg, out)
             run = out
     except HemasegError as exc:
@@ -320,17 +332,20 @@ def explain(
 
 @app.command()
 def evaluate(
-    task: str = typer.Argument(..., help="wbc or nuclei"),
-    data: List[str] = typer.Option(..., help="folder(s) of image/mask pairs (nuclei: also the DSB layout)"),
+    task: str = typer.Argument(..., help="wbc, nuclei or smear10"),
+    data: List[str] = typer.Option(..., help="folder(s) of image/mask pairs (nuclei: also the DSB layout; "
+                                             "smear10: images/ + segments/ colour maps)"),
     model: Optional[str] = typer.Option(None, help="bundled name, .safetensors file or run folder"),
     split: Optional[Path] = typer.Option(None, help="split.json: score only its 'val' images"),
     cell_diameter: Optional[float] = typer.Option(None, help="WBC (or nucleus) diameter in px; default: estimated"),
     device: str = typer.Option("cpu"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the full results as JSON"),
-    grid: Optional[Path] = typer.Option(Path("worst_cases.png"), help="PNG grid of the worst images"),
+    grid: Optional[Path] = typer.Option(Path("worst_cases.png"), help="PNG grid of the worst images "
+                                                                      "(smear10: the confusion matrix)"),
     method: Optional[str] = typer.Option(None, help="score a classical method instead of a model (see segment)"),
 ) -> None:
-    """Score a model: wbc Dice/IoU of cell and nucleus; nuclei the DSB metric, AP@0.5/0.75, per modality."""
+    """Score a model: wbc Dice/IoU of cell and nucleus; nuclei the DSB metric, AP@0.5/0.75, per modality;
+    smear10 pixel accuracy, per-class and mean IoU, confusion matrix."""
     from hemaseg.evaluation import evaluate as run_evaluate
     from hemaseg.io.writers import write_json
 
@@ -342,8 +357,8 @@ def evaluate(
     except HemasegError as exc:
         _fail_error(exc)
         raise typer.Exit(1) from None
-    if task == "nuclei":
-        _print_nuclei(res)
+    if task in ("nuclei", "smear10"):
+        (_print_nuclei if task == "nuclei" else _print_smear10)(res)
         if json_out:
             write_json(json_out, res)
         return
@@ -407,6 +422,40 @@ def crop(
 
 
 @app.command()
+def synth(
+    n: int = typer.Option(..., "--n", help="number of images"),
+    out: Path = typer.Option(..., help="output folder: images/, segments/, classes/, instances/, labels/"),
+    size: int = typer.Option(224, help="image side in px"),
+    seed: int = typer.Option(0),
+    data: Optional[List[str]] = typer.Option(None, help="data folder(s) to cut real cells from (wbc-seg, bccd, "
+                                                        "bccd-wbc); none: procedural cells only"),
+    part: str = typer.Option("test", help="which crops to use: train, val or test (split by source photo)"),
+) -> None:
+    """Synthetic smears (seed 002): image, palette map, class-index map, instance map, JSON labels."""
+    from dataclasses import replace
+
+    from hemaseg.data.synth import PARTS, SynthConfig, compose, image_seed, write_smear
+    from hemaseg.progress import track
+    from hemaseg.train.smear import load_bank
+
+    _setup_logging(False)
+    if part not in PARTS:
+        raise typer.BadParameter(f"one of {', '.join(PARTS)}", param_hint="--part")
+    if n < 1 or size < 32:
+        raise typer.BadParameter("need --n >= 1 and --size >= 32")
+    cfg = replace(SynthConfig(), size=size)
+    try:
+        bank = load_bank([str(d) for d in data or []], part, seed)
+    except HemasegError as exc:
+        _fail_error(exc)
+        raise typer.Exit(1) from None
+    for i in track(range(n), "synth"):
+        write_smear(out, f"{part}_{i:05d}", compose(bank, cfg, image_seed(seed, part, i)))
+    real = ", ".join(f"{k} {v}" for k, v in bank.count().items()) or "none (procedural cells only)"
+    typer.echo(f"{n} smears in {out}; real crops used ({part}): {real}", err=True)
+
+
+@app.command()
 def convert(
     inp: Path = typer.Argument(..., metavar="IN", help="input folder or file"),
     out: Path = typer.Argument(..., metavar="OUT", help="output folder (labels, dsb) or file (rle)"),
@@ -426,6 +475,14 @@ def convert(
         _fail_error(exc)
         raise typer.Exit(1) from None
     typer.echo(f"{n} images converted {src} -> {dst}: {out}", err=True)
+
+
+def _print_smear10(res: dict) -> None:
+    m = res["mean"]
+    typer.echo(f"{'class':<16} {'IoU':>7}")
+    for name, v in m["iou"].items():
+        typer.echo(f"{name:<16} {'-' if v is None else f'{v:.4f}':>7}")
+    typer.echo(f"pixel accuracy {m['pixel_accuracy']:.4f}, mean IoU {m['mean_iou']:.4f} ({res['n_images']} images)")
 
 
 def _print_nuclei(res: dict) -> None:

@@ -137,12 +137,50 @@ def worst_grid(rows: list[dict], path: Path, task_name: str = "wbc", n: int = 6)
     return path
 
 
+def evaluate_smear10(data: list[str | Path], model="smear10", cell_diameter: float | None = None,
+                     device: str = "cpu", confusion_png: Path | None = None) -> dict:
+    """Pixel accuracy, per-class IoU and mean IoU (summed over all images) on seed-002 folders
+    (``images/`` + ``segments/`` colour maps or ``classes/`` index maps); confusion matrix PNG."""
+    from hemaseg.io.datasets import find_smear_pairs, read_smear_label
+    from hemaseg.io.images import read_image
+    from hemaseg.metrics import confusion_matrix, semantic_scores
+
+    task = get_task("smear10")
+    k = len(task.classes)
+    pairs = [p for d in data for p in find_smear_pairs(d)]
+    if not pairs:
+        raise HemasegInputError(", ".join(map(str, data)), "no images/ with segments/ (seed-002 layout) found")
+    run = _runner("smear10", model, cell_diameter, device, None)
+    cm = np.zeros((k, k), np.int64)
+    rows = []
+    for image_path, label_path in track(pairs, "evaluate"):
+        image, target = read_image(image_path), read_smear_label(label_path)
+        t0 = time.perf_counter()
+        seg = run(image)
+        one = confusion_matrix(target.ravel(), seg.classes.ravel(), k)
+        cm += one
+        rows.append({"image": str(image_path), "seconds": time.perf_counter() - t0,
+                     "pixel_accuracy": float(np.trace(one) / max(one.sum(), 1)), "cell_diameter": seg.cell_diameter,
+                     "scale": seg.scale})
+    scores = semantic_scores(cm, list(task.classes))
+    if confusion_png is not None:
+        from hemaseg.train.classify import plot_confusion
+
+        plot_confusion(cm, list(task.classes), confusion_png, f"smear10 pixels, row %: {len(rows)} images, "
+                       f"pixel accuracy {scores['pixel_accuracy']:.3f}, mean IoU {scores['mean_iou']:.3f}", percent=True)
+    return {"task": "smear10", "model": str(model), "n_images": len(rows), "mean": scores, "confusion": cm.tolist(),
+            "per_image": rows}
+
+
 def evaluate(task: str, data: list[str | Path], model="wbc", split: str | Path | None = None,
              cell_diameter: float | None = None, device: str = "cpu", grid: Path | None = None,
              method: str | None = None) -> dict:
-    """Evaluate ``model`` on the annotated images under ``data`` (optionally only a split's val list)."""
+    """Evaluate ``model`` on the annotated images under ``data`` (optionally only a split's val list);
+    ``grid`` is the worst-case PNG (smear10: the confusion matrix PNG)."""
+    if task == "smear10":
+        return evaluate_smear10(data, model, cell_diameter, device, grid)
     if task not in ("wbc", "nuclei"):
-        raise HemasegInputError(task, "evaluation is implemented for the wbc and nuclei tasks")
+        raise HemasegInputError(task, "evaluation is implemented for the wbc, nuclei and smear10 tasks")
     find = (lambda d: find_dsb(d) or find_pairs(d)) if task == "nuclei" else find_pairs
     pairs = [p for d in data for p in find(d)]
     if not pairs:

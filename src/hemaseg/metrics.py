@@ -125,3 +125,27 @@ def classification_report(y_true, y_pred, classes: list[str]) -> dict:
                           "f1": round(float(f1[i]), 3), "support": int(support[i])} for i, c in enumerate(classes)},
         "confusion": cm.tolist(),
     }
+
+
+def semantic_scores(cm: np.ndarray, classes: list[str] | None = None) -> dict:
+    """Pixel accuracy, per-class IoU and mean IoU from a (K, K) pixel confusion matrix
+    (rows true, columns predicted; summed over a data set, as segmentation benchmarks do).
+
+    Classes absent from both truth and prediction are left out of the mean.
+
+    >>> cm = np.array([[8, 2], [0, 10]])   # 2 background pixels called class 1
+    >>> s = semantic_scores(cm, ["bg", "fg"])
+    >>> s["pixel_accuracy"], s["iou"]["bg"], round(s["iou"]["fg"], 3), round(s["mean_iou"], 3)
+    (0.9, 0.8, 0.833, 0.817)
+    """
+    cm = np.asarray(cm, np.float64)
+    k = cm.shape[0]
+    names = list(classes) if classes is not None else [str(i) for i in range(k)]
+    tp = np.diag(cm)
+    union = cm.sum(0) + cm.sum(1) - tp
+    iou = np.divide(tp, union, out=np.full(k, np.nan), where=union > 0)
+    return {
+        "pixel_accuracy": float(tp.sum() / max(cm.sum(), 1)),
+        "mean_iou": float(np.nanmean(iou)) if np.isfinite(iou).any() else 0.0,
+        "iou": {names[i]: (None if np.isnan(iou[i]) else float(iou[i])) for i in range(k)},
+    }

@@ -62,3 +62,18 @@ WBC_TYPE = register_task(Task(
 # Mononuclear / polynuclear grouping of the types (seed 004's 2-class model).
 MONONUCLEAR = ("monocyte", "lymphocyte")
 POLYNUCLEAR = ("neutrophil", "eosinophil", "basophil")
+
+# Seed 002's classes and palette (DESIGN.md); index = value in the class-index PNG.
+SMEAR10 = register_task(Task(
+    name="smear10",
+    classes=("background", "eosinophil", "basophil", "neutrophil", "lymphocyte", "monocyte", "thrombocyte",
+             "platelet clump", "infected rbc", "healthy rbc"),
+    label_values=tuple(range(10)),
+    colors={0: (0, 0, 0), 1: (0, 255, 255), 2: (0, 128, 128), 3: (251, 190, 190), 4: (128, 128, 0), 5: (0, 0, 128),
+            6: (255, 255, 0), 7: (255, 0, 255), 8: (255, 0, 0), 9: (0, 255, 0)},
+    default_model="smear10",
+    description="10-class smear map (seed 002): 5 WBC types, thrombocyte, platelet clump, infected/healthy RBC",
+))
+# Group of each smear10 class: what a lab counts.
+SMEAR10_GROUPS = {0: "background", 1: "wbc", 2: "wbc", 3: "wbc", 4: "wbc", 5: "wbc", 6: "platelet", 7: "platelet",
+                  8: "rbc", 9: "rbc"}

@@ -203,7 +203,8 @@ def segment(image: np.ndarray, model="wbc", cell_diameter: float | None = None, 
     """Segment WBCs (cytoplasm + nucleus) in an (H, W, 3) uint8 image and split them into instances.
 
     With a nuclei model (``model="nuclei"``) it finds nuclei instances instead (see
-    :func:`hemaseg.infer.nuclei.segment_nuclei`).
+    :func:`hemaseg.infer.nuclei.segment_nuclei`); with a smear10 model the 10-class map
+    (:func:`hemaseg.infer.smear.segment_smear`, ``cell_diameter`` = red-cell diameter).
 
     ``cell_diameter`` (px) rescales the image to the model's trained diameter; when None
     it is estimated from the image. ``model`` is a bundled name, a path, or (module, card).
@@ -213,6 +214,10 @@ def segment(image: np.ndarray, model="wbc", cell_diameter: float | None = None, 
         from hemaseg.infer.nuclei import segment_nuclei
 
         return segment_nuclei(image, (module, card), cell_diameter, tile=tile, overlap=overlap)
+    if card.get("task") == "smear10":
+        from hemaseg.infer.smear import segment_smear
+
+        return segment_smear(image, (module, card), cell_diameter, tile=tile, overlap=overlap)
     norm = card.get("normalization", {})
     prange = percentile_range(image, norm.get("low", 1.0), norm.get("high", 99.0))
     if cell_diameter is None:

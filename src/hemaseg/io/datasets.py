@@ -208,3 +208,70 @@ def find_labelled_cells(root: str | Path) -> list[tuple[Path, str]]:
         files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         out += [(p, canonical_type(folder.name)) for p in files]
     return out
+
+
+def read_voc(xml: str | Path) -> list[tuple[str, tuple[int, int, int, int]]]:
+    """Pascal VOC annotation -> [(name, (x1, y1, x2, y2)), ...] in pixels (BCCD: RBC, WBC, Platelets)."""
+    import xml.etree.ElementTree as ET
+
+    try:
+        root = ET.parse(xml).getroot()
+    except (ET.ParseError, OSError) as exc:
+        raise HemasegInputError(xml, f"not a readable VOC XML ({exc})") from None
+    out = []
+    for obj in root.iter("object"):
+        name, box = obj.findtext("name"), obj.find("bndbox")
+        if name is None or box is None:
+            continue
+        try:
+            coords = tuple(int(float(box.findtext(k))) for k in ("xmin", "ymin", "xmax", "ymax"))
+        except (TypeError, ValueError):
+            raise HemasegInputError(xml, f"bad bndbox for {name!r}") from None
+        out.append((name.strip(), coords))
+    return out
+
+
+def read_colour_map(path: str | Path, palette: dict[int, tuple[int, int, int]]) -> np.ndarray:
+    """Colour map PNG -> (H, W) uint8 class indices by the nearest palette colour (anti-aliased
+    edges and near-colours such as (255, 225, 0) for (255, 255, 0) fall to the closest class)."""
+    img = read_image(path).astype(np.int32)
+    keys = sorted(palette)
+    cols = np.array([palette[k] for k in keys], np.int32)
+    flat = img.reshape(-1, 3)
+    # Distances for the unique colours only: maps hold few distinct colours.
+    uniq, inverse = np.unique(flat, axis=0, return_inverse=True)
+    d = ((uniq[:, None, :] - cols[None]) ** 2).sum(-1)
+    idx = np.array(keys, np.uint8)[d.argmin(1)]
+    return idx[inverse.ravel()].reshape(img.shape[:2])
+
+
+def find_smear_pairs(root: str | Path) -> list[tuple[Path, Path]]:
+    """(image, label) files of a seed-002 folder: ``images/<name>.*`` with ``segments/<name>.png``
+    (colour maps) or ``classes/<name>.png`` (index maps)."""
+    root = Path(root)
+    images = root / "images"
+    if not images.is_dir():
+        raise HemasegInputError(root, "no images/ folder (seed-002 layout: images/, segments/)")
+    out = []
+    for img in sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+        for sub in ("classes", "segments"):
+            cands = [p for p in (root / sub).glob(f"{img.stem}.*") if p.suffix.lower() in IMAGE_SUFFIXES]
+            if cands:
+                out.append((img, cands[0]))
+                break
+    return out
+
+
+def read_smear_label(path: str | Path) -> np.ndarray:
+    """A smear10 label file -> (H, W) uint8 class indices (``classes/`` index PNG or palette colour map)."""
+    from hemaseg.tasks import SMEAR10
+
+    path = Path(path)
+    if path.parent.name == "classes":
+        return read_mask(path).astype(np.uint8)
+    return read_colour_map(path, SMEAR10.colors)
+
+
+def read_smear_pairs(root: str | Path) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(image, class map) arrays of a seed-002 folder."""
+    return [(read_image(i), read_smear_label(m)) for i, m in find_smear_pairs(root)]

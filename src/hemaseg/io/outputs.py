@@ -26,6 +26,11 @@ def write_segmentation(out: Path, stem: str, source: Path, image: np.ndarray, se
             raise ValueError(f"{seg.instances.max()} nuclei do not fit a uint16 label PNG")
         labels = seg.instances.astype(np.uint16)
         files = [write_png(out / f"{stem}.png", labels)]
+    elif task.name == "smear10":
+        from hemaseg.data.synth import colour_map
+
+        files = [write_png(out / f"{stem}.png", seg.classes.astype(np.uint8)),
+                 write_png(out / f"{stem}_color.png", colour_map(seg.classes))]
     else:
         files = [write_png(out / f"{stem}.png", label_image(task, seg.classes))]
     files.append(write_json(out / f"{stem}.json", {
@@ -40,5 +45,6 @@ def write_segmentation(out: Path, stem: str, source: Path, image: np.ndarray, se
         "masks": seg.objects,
     }))
     if with_overlay:
-        files.append(write_png(out / f"{stem}_overlay.png", overlay(image, seg.classes, task.colors, instances=seg.instances)))
+        colors = {k: v for k, v in task.colors.items() if k > 0}
+        files.append(write_png(out / f"{stem}_overlay.png", overlay(image, seg.classes, colors, instances=seg.instances)))
     return files

@@ -159,20 +159,23 @@ def scores(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
             "accuracy_2": float((p2.argmax(1) == t2).mean())}
 
 
-def plot_confusion(cm: np.ndarray, classes: list[str], path: Path, title: str = "") -> None:
-    """Confusion matrix (rows true, columns predicted) as a PNG with counts."""
+def plot_confusion(cm: np.ndarray, classes: list[str], path: Path, title: str = "", percent: bool = False) -> None:
+    """Confusion matrix (rows true, columns predicted) as a PNG with counts (or row percentages)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     cm = np.asarray(cm)
-    fig, ax = plt.subplots(figsize=(5.2, 4.6))
+    k = cm.shape[0]
+    fig, ax = plt.subplots(figsize=(max(5.2, 0.75 * k + 1.5), max(4.6, 0.65 * k + 1.2)))
     norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
     ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    for i in range(cm.shape[0]):
-        for j in range(cm.shape[1]):
-            ax.text(j, i, str(cm[i, j]), ha="center", va="center", color="white" if norm[i, j] > 0.5 else "black")
+    for i in range(k):
+        for j in range(k):
+            text = f"{100 * norm[i, j]:.0f}" if percent else str(cm[i, j])
+            ax.text(j, i, text, ha="center", va="center", fontsize=8 if percent else 10,
+                    color="white" if norm[i, j] > 0.5 else "black")
     ax.set_xticks(range(len(classes)), classes, rotation=40, ha="right")
     ax.set_yticks(range(len(classes)), classes)
     ax.set_xlabel("predicted")

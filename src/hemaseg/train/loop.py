@@ -51,6 +51,9 @@ class TrainConfig:
     norm_high: float = 99.0
     invert_bright: bool = False  # nuclei: invert brightfield/H&E so nuclei are bright as in fluorescence
     contact_weight: float = 0.0  # nuclei: extra cross-entropy weight where two nuclei touch (0: off)
+    class_balance: bool = False  # per-pixel weights that balance the classes of each training image
+    schedule: str = "cosine"  # or "step" (seed 002: lr, then lr / 10 after the first 1/7 of the epochs)
+    workers: int = 0  # data-loader worker processes (smear10 composes its images in them)
 
 
 # Per-task defaults that differ from TrainConfig's (which are the WBC task's).
@@ -62,6 +65,13 @@ TASK_DEFAULTS: dict[str, dict] = {
         "arch_kwargs": {"widths": [12, 24, 48, 96, 192], "dropout": 0.1, "stem_stride": 1, "norm": "group"},
         "epochs": 100, "batch_size": 8, "lr": 2e-3, "crop": 224, "samples_per_epoch": 400, "patience": 30,
         "val_fraction": 0.1, "scale_min": 0.5, "scale_max": 2.0, "invert_bright": True, "contact_weight": 5.0,
+    },
+    "smear10": {
+        # Synthetic 224x224 smears composed on the fly (scale and stain variety come from the
+        # composer); class-balancing weights as seed 002; one worker composes while the net trains.
+        "arch_kwargs": {"widths": [16, 32, 64, 128, 256], "dropout": 0.1, "stem_stride": 2, "norm": "group"},
+        "epochs": 40, "batch_size": 16, "lr": 2e-3, "crop": 224, "samples_per_epoch": 640, "patience": 100,
+        "class_balance": True, "workers": 1,
     },
 }
 
@@ -159,6 +169,43 @@ class SegDataset(torch.utils.data.Dataset):
         return sample
 
 
+def _pair_data(cfg: TrainConfig, run: Path, state: dict) -> tuple:
+    """Training dataset, validation items and model-card fields for image/mask pair tasks (wbc, nuclei)."""
+    from hemaseg.data.transforms import train_transform
+    from hemaseg.data.weights import contact_weights
+    from hemaseg.infer.postprocess import nuclei_targets
+    from hemaseg.progress import track
+
+    split_path = run / "split.json"
+    if split_path.exists():
+        train_pairs, val_pairs = read_split(split_path)
+    else:
+        pairs = [p for d in cfg.data for p in find_samples(cfg.task, d)]
+        if not pairs:
+            raise HemasegInputError(", ".join(cfg.data), "no image/mask pairs found")
+        train_pairs, val_pairs = split_pairs(pairs, cfg.val_fraction, cfg.seed)
+        write_split(split_path, train_pairs, val_pairs, cfg.seed)
+    train_items = [load_sample(cfg.task, p) for p in track(train_pairs, "read training data", leave=False)]
+    val_items = [load_sample(cfg.task, p) for p in val_pairs]
+    diams = object_diameters([m for _, m in train_items])
+    diameter = state.get("cell_diameter") or (float(np.median(diams)) if len(diams) else 0.0)
+    state["cell_diameter"] = diameter
+    diameter_range = [float(v) for v in np.percentile(diams, [5, 95])] if len(diams) else []
+
+    transform = train_transform(cfg.crop, cfg.augment, (cfg.scale_min, cfg.scale_max))
+    weights = partial(contact_weights, weight=cfg.contact_weight) if cfg.contact_weight > 0 else None
+    dataset = SegDataset(train_items, transform, cfg.norm_low, cfg.norm_high, cfg.samples_per_epoch,
+                         target=nuclei_targets if cfg.task == "nuclei" else None, invert_bright=cfg.invert_bright,
+                         weights=weights)
+    card = {
+        "cell_diameter": diameter,
+        "diameter_range": diameter_range,
+        "training": {"data": cfg.data, "n_train": len(train_items), "n_val": len(val_items), "seed": cfg.seed,
+                     "augment": cfg.augment, "scale_range": [cfg.scale_min, cfg.scale_max], "split": str(split_path)},
+    }
+    return dataset, val_items, card
+
+
 def _seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -173,6 +220,16 @@ def evaluate_native(model: torch.nn.Module, items: list[tuple[np.ndarray, np.nda
     from hemaseg.infer.tiling import predict_tiled
 
     model.eval()
+    if task == "smear10":
+        from hemaseg.metrics import confusion_matrix, semantic_scores
+
+        k = len(get_task(task).classes)
+        cm = np.zeros((k, k), np.int64)
+        for img, m in items:
+            probs = predict_tiled(model, normalize(img, prange=percentile_range(img, low, high)), stride=stride)
+            cm += confusion_matrix(m.ravel(), probs.argmax(0).ravel(), k)
+        s = semantic_scores(cm)
+        return {"pixel_accuracy": s["pixel_accuracy"], "mean_iou": s["mean_iou"]} if items else {}
     scores = []
     for img, m in items:
         prange = percentile_range(img, low, high)
@@ -190,6 +247,8 @@ def headline(task: str, val: dict[str, float]) -> float:
     """The single validation figure that picks the best checkpoint."""
     if not val:
         return float("nan")
+    if task == "smear10":
+        return val["mean_iou"]
     return val["dsb"] if task == "nuclei" else (val["dice_cell"] + val["dice_nucleus"]) / 2
 
 
@@ -233,7 +292,8 @@ def plot_curves(history: list[dict], path: Path) -> None:
         if k in history[0]:
             ax[0].plot(ep, [h[k] for h in history], label=k.replace("_", " "))
     ax[0].set_xlabel("epoch"); ax[0].set_ylabel("loss"); ax[0].legend()
-    for k in ("dice_cell", "dice_nucleus", "dsb", "ap50", "ap75", "accuracy", "macro_f1", "accuracy_4", "accuracy_2"):
+    for k in ("dice_cell", "dice_nucleus", "dsb", "ap50", "ap75", "accuracy", "macro_f1", "accuracy_4", "accuracy_2",
+              "pixel_accuracy", "mean_iou"):
         if k in history[0]:
             ax[1].plot(ep, [h[k] for h in history], label=f"val {k}")
     ax[1].set_xlabel("epoch"); ax[1].set_ylabel("score"); ax[1].legend(); ax[1].grid(alpha=0.3)
@@ -291,9 +351,6 @@ def fit(cfg: TrainConfig | None, run: str | Path, resume: bool = False, progress
     ``max_epochs_this_call`` stops early after that many epochs (used by tests to
     simulate a killed run that is later resumed).
     """
-    from hemaseg.data.transforms import train_transform
-    from hemaseg.data.weights import contact_weights
-    from hemaseg.infer.postprocess import nuclei_targets
     from hemaseg.progress import track
 
     run = Path(run)
@@ -301,27 +358,20 @@ def fit(cfg: TrainConfig | None, run: str | Path, resume: bool = False, progress
     cfg, state = start_or_resume(cfg, TrainConfig, run, resume)
     task = get_task(cfg.task)
 
-    split_path = run / "split.json"
-    if split_path.exists():
-        train_pairs, val_pairs = read_split(split_path)
-    else:
-        pairs = [p for d in cfg.data for p in find_samples(cfg.task, d)]
-        if not pairs:
-            raise HemasegInputError(", ".join(cfg.data), "no image/mask pairs found")
-        train_pairs, val_pairs = split_pairs(pairs, cfg.val_fraction, cfg.seed)
-        write_split(split_path, train_pairs, val_pairs, cfg.seed)
-    train_items = [load_sample(cfg.task, p) for p in track(train_pairs, "read training data", leave=False)]
-    val_items = [load_sample(cfg.task, p) for p in val_pairs]
-    diams = object_diameters([m for _, m in train_items])
-    diameter = state.get("cell_diameter") or (float(np.median(diams)) if len(diams) else 0.0)
-    state["cell_diameter"] = diameter
-    diameter_range = [float(v) for v in np.percentile(diams, [5, 95])] if len(diams) else []
+    if cfg.task == "smear10":
+        from hemaseg.train.smear import smear10_data
 
+        dataset, val_items, data_card = smear10_data(cfg, run, state)
+    else:
+        dataset, val_items, data_card = _pair_data(cfg, run, state)
     _seed_all(cfg.seed)
     model = create_model(cfg.arch, classes=len(task.classes), **cfg.arch_kwargs)
     stride = int(getattr(model, "stride", 32))
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs, eta_min=cfg.lr * 0.01)
+    if cfg.schedule == "step":  # seed 002: lr for the first 1/7 of the epochs (5 of 35), then lr / 10
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[max(1, round(cfg.epochs / 7))], gamma=0.1)
+    else:
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs, eta_min=cfg.lr * 0.01)
     if resume and (run / "last.safetensors").exists():
         from safetensors.torch import load_file
 
@@ -330,11 +380,6 @@ def fit(cfg: TrainConfig | None, run: str | Path, resume: bool = False, progress
         optimizer.load_state_dict(opt_state["optimizer"])
         scheduler.load_state_dict(opt_state["scheduler"])
 
-    transform = train_transform(cfg.crop, cfg.augment, (cfg.scale_min, cfg.scale_max))
-    weights = partial(contact_weights, weight=cfg.contact_weight) if cfg.contact_weight > 0 else None
-    dataset = SegDataset(train_items, transform, cfg.norm_low, cfg.norm_high, cfg.samples_per_epoch,
-                         target=nuclei_targets if cfg.task == "nuclei" else None, invert_bright=cfg.invert_bright,
-                         weights=weights)
     card = {
         "name": f"{task.name}-{cfg.arch}",
         "task": task.name,
@@ -343,22 +388,22 @@ def fit(cfg: TrainConfig | None, run: str | Path, resume: bool = False, progress
         "architecture": {"name": cfg.arch, "kwargs": {"classes": len(task.classes), **cfg.arch_kwargs}},
         "normalization": {"type": "percentile", "low": cfg.norm_low, "high": cfg.norm_high, "per_channel": True,
                           "invert_bright": cfg.invert_bright},
-        "cell_diameter": diameter,
-        "diameter_range": diameter_range,
-        "training": {"data": cfg.data, "n_train": len(train_items), "n_val": len(val_items), "seed": cfg.seed,
-                     "augment": cfg.augment, "scale_range": [cfg.scale_min, cfg.scale_max], "split": str(split_path)},
+        **data_card,
         "versions": versions(),
     }
 
     for epoch in epochs_to_run(state, cfg.epochs, max_epochs_this_call):
         t0 = time.time()
-        begin_epoch(cfg.seed, epoch, transform)
-        loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=len(dataset) > cfg.batch_size)
+        begin_epoch(cfg.seed, epoch, dataset.transform)
+        dataset.epoch = epoch
+        loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True,
+                                             drop_last=len(dataset) > cfg.batch_size, num_workers=cfg.workers,
+                                             persistent_workers=False)
         model.train()
         losses = []
         bar = track(loader, f"epoch {epoch}/{cfg.epochs}", leave=False) if progress else loader
         for x, y, *w in bar:
-            loss = dice_ce_loss(model(x), y, nested=True, weight=w[0] if w else None)
+            loss = dice_ce_loss(model(x), y, nested=task.name != "smear10", weight=w[0] if w else None)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -395,7 +440,7 @@ def fit(cfg: TrainConfig | None, run: str | Path, resume: bool = False, progress
 
         model.load_state_dict(load_file(str(run / "best.safetensors")))
         best = next(h for h in state["history"] if h["epoch"] == state["best_epoch"])
-        save_model(model, run / "model", {**card, "metrics": {"val": {k: best[k] for k in best if k.startswith(("dice", "iou", "dsb", "ap"))},
+        save_model(model, run / "model", {**card, "metrics": {"val": {k: best[k] for k in best if k.startswith(("dice", "iou", "dsb", "ap", "pixel", "mean_iou"))},
                                                                "epoch": state["best_epoch"]}})
         state["finished"] = True
         write_json(state_path, state)

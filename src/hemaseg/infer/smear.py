@@ -1,0 +1,108 @@
+"""The 10-class smear map (seed 002) on whole images: red-cell size check, tiled prediction,
+one type per white cell and per platelet object."""
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from hemaseg.data.transforms import percentile_range
+from hemaseg.infer.postprocess import instance_objects
+from hemaseg.infer.segment import MAX_FACTOR, MIN_FACTOR, Segmentation, get_model, predict_probs
+from hemaseg.tasks import SMEAR10, SMEAR10_GROUPS
+
+GROUPS = {"wbc": (1, 2, 3, 4, 5), "platelet": (6, 7), "rbc": (8, 9)}
+
+
+def rbc_diameter(classes: np.ndarray, min_diameter: float = 4.0) -> float | None:
+    """Typical red-cell diameter (px) in a smear10 class map: twice the median of the distance
+    transform's local maxima over the red-cell pixels, which holds for touching cells too.
+
+    >>> yy, xx = np.mgrid[:80, :80]
+    >>> c = np.zeros((80, 80), np.uint8); c[(yy - 40) ** 2 + (xx - 30) ** 2 < 100] = 9
+    >>> c[(yy - 40) ** 2 + (xx - 49) ** 2 < 100] = 9              # two touching cells, 20 px across
+    >>> 17 <= rbc_diameter(c) <= 21
+    True
+    """
+    from skimage.feature import peak_local_max
+
+    rbc = np.isin(classes, GROUPS["rbc"])
+    if rbc.sum() < 20:
+        return None
+    dist = ndi.distance_transform_edt(rbc)
+    peaks = peak_local_max(dist, min_distance=max(2, int(min_diameter / 2)), threshold_abs=min_diameter / 2,
+                           exclude_border=False)
+    if len(peaks) == 0:
+        return None
+    return float(2 * np.median(dist[tuple(peaks.T)]) + 1)
+
+
+def smear_factor(card: dict, diameter: float | None) -> float:
+    """1 when red cells of ``diameter`` px are inside the trained range, else the factor that
+    brings them to the trained middle."""
+    lo, hi = card.get("diameter_range") or [0, 0]
+    trained = float(card.get("cell_diameter") or 0)
+    if not diameter or trained <= 0 or lo <= diameter <= hi:
+        return 1.0
+    return float(np.clip(trained / diameter, MIN_FACTOR, MAX_FACTOR))
+
+
+def vote_per_object(classes: np.ndarray, probs: np.ndarray, members: tuple[int, ...]) -> np.ndarray:
+    """Give every connected object of the classes in ``members`` the single class whose summed
+    probability over the object is highest (a white cell is one type, not a patchwork)."""
+    out = classes.copy()
+    lab, n = ndi.label(np.isin(classes, members))
+    if n == 0:
+        return out
+    idx = np.arange(1, n + 1)
+    sums = np.stack([ndi.sum(probs[k], lab, idx) for k in members], 1)
+    best = np.asarray(members, np.uint8)[sums.argmax(1)]
+    sel = lab > 0
+    out[sel] = best[lab[sel] - 1]
+    return out
+
+
+def smear_objects(classes: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, list[dict]]:
+    """(H, W) int32 instances (connected objects of one class) and one record per object with
+    ``class_name`` and ``category`` (rbc / wbc / platelet)."""
+    instances = np.zeros(classes.shape, np.int32)
+    objects: list[dict] = []
+    for k in range(1, len(SMEAR10.classes)):
+        lab, n = ndi.label(classes == k)
+        if n == 0:
+            continue
+        offset = int(instances.max())
+        instances[lab > 0] = lab[lab > 0] + offset
+        recs = instance_objects(np.where(lab > 0, lab + offset, 0).astype(np.int32), None, SMEAR10.classes[k])
+        for r in recs:
+            y1, y2, x1, x2 = (r["bounding_box"][c] for c in ("y1", "y2", "x1", "x2"))
+            sel = instances[y1:y2, x1:x2] == r["id"]
+            r["score"] = round(float(probs[k, y1:y2, x1:x2][sel].mean()), 4)
+            r["category"] = SMEAR10_GROUPS[k]
+        objects += recs
+    return instances, objects
+
+
+def segment_smear(image: np.ndarray, model="smear10", cell_diameter: float | None = None, device: str = "cpu",
+                  tile: int = 1024, overlap: int = 64) -> Segmentation:
+    """The 10-class map of an (H, W, 3) uint8 smear image (classes in :data:`hemaseg.tasks.SMEAR10` order).
+
+    ``cell_diameter`` is the red-cell diameter in px; when None, a first pass measures it
+    and the image is rescaled if it falls outside the sizes the model was trained on.
+    """
+    module, card = get_model(model, device)
+    norm = card.get("normalization", {})
+    prange = percentile_range(image, norm.get("low", 1.0), norm.get("high", 99.0))
+    factor = smear_factor(card, cell_diameter) if cell_diameter else 1.0
+    probs = predict_probs(module, card, image, factor, tile, overlap, prange)
+    if cell_diameter is None:
+        cell_diameter = rbc_diameter(probs.argmax(0))
+        new = smear_factor(card, cell_diameter)
+        if new != factor:
+            factor = new
+            probs = predict_probs(module, card, image, factor, tile, overlap, prange)
+    classes = probs.argmax(0).astype(np.uint8)
+    for group in ("wbc", "platelet"):
+        classes = vote_per_object(classes, probs, GROUPS[group])
+    instances, objects = smear_objects(classes, probs)
+    diameter = float(cell_diameter or float(card.get("cell_diameter") or 32.0) / factor)
+    return Segmentation(classes, instances, probs, diameter, factor, objects)

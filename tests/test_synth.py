@@ -1,0 +1,198 @@
+import json
+
+import cv2
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from hemaseg.cli import app
+from hemaseg.data.synth import (CLUMP, HEALTHY, INFECTED, CellBank, SynthConfig, colour_map, compose, image_seed,
+                                write_smear)
+from hemaseg.data.weights import class_balance_weights, contact_weights
+from hemaseg.infer.smear import rbc_diameter, vote_per_object
+from hemaseg.io.datasets import read_colour_map, read_smear_pairs
+from hemaseg.io.writers import write_png
+from hemaseg.tasks import SMEAR10
+
+from helpers import TINY
+
+runner = CliRunner()
+
+
+def _smears(n=6, size=160, bank=None, **kw):
+    cfg = SynthConfig(size=size, **kw)
+    return [compose(bank or CellBank.procedural(), cfg, image_seed(1, "train", i)) for i in range(n)]
+
+
+def test_maps_agree_with_json_labels():
+    for s in _smears():
+        assert s.image.shape == (160, 160, 3) and s.image.dtype == np.uint8
+        ids = sorted(v["instance"] for v in s.labels.values())
+        assert ids == list(range(1, len(ids) + 1))
+        assert set(np.unique(s.instances)) - {0} == set(ids)  # every visible object is labelled, no stray ids
+        for obj in s.labels.values():
+            sel = s.instances == obj["instance"]
+            assert (s.classes[sel] == obj["classIdx"]).all()
+            assert obj["className"] == SMEAR10.classes[obj["classIdx"]]
+            ys, xs = np.nonzero(sel)
+            assert (obj["tlX"], obj["tlY"]) == (xs.min(), ys.min())
+            assert (obj["bboxW"], obj["bboxH"]) == (xs.max() - xs.min() + 1, ys.max() - ys.min() + 1)
+            assert obj["area"] == sel.sum()
+        assert ((s.classes > 0) == (s.instances > 0)).all()
+
+
+def test_composer_makes_every_class_and_is_reproducible():
+    smears = _smears(n=30, wbc_counts=(0, 0, 1), clump_probability=1.0)
+    seen = set(np.unique(np.concatenate([s.classes.ravel() for s in smears])))
+    assert seen == set(range(10))
+    a = compose(CellBank.procedural(), SynthConfig(size=96), image_seed(5, "val", 3))
+    b = compose(CellBank.procedural(), SynthConfig(size=96), image_seed(5, "val", 3))
+    assert (a.image == b.image).all() and a.labels == b.labels
+
+
+def test_infected_mode_and_clumps():
+    s = _smears(n=1, rbc_modes=(0, 1, 0), clump_probability=1.0)[0]
+    names = {v["classIdx"] for v in s.labels.values()}
+    assert INFECTED in names and HEALTHY not in names and CLUMP in names
+
+
+def test_every_palette_class_round_trips_through_the_colour_map_reader(tmp_path):
+    classes = np.repeat(np.arange(10, dtype=np.uint8), 4).reshape(1, -1).repeat(3, 0)
+    rgb = colour_map(classes).astype(np.int16)
+    write_png(tmp_path / "exact.png", rgb.astype(np.uint8))
+    assert (read_colour_map(tmp_path / "exact.png", SMEAR10.colors) == classes).all()
+    # Anti-aliased / near colours (JPEG-ish noise, seed 002's (255, 225, 0) thrombocytes) map to the nearest class.
+    noisy = np.clip(rgb + np.random.default_rng(0).integers(-12, 13, rgb.shape), 0, 255).astype(np.uint8)
+    noisy[classes == 6] = (255, 225, 0)
+    write_png(tmp_path / "noisy.png", noisy)
+    assert (read_colour_map(tmp_path / "noisy.png", SMEAR10.colors) == classes).all()
+
+
+def test_class_balance_weights_balance_classes():
+    t = np.zeros((100, 100), np.uint8)
+    t[:5] = 3  # 5 % of pixels
+    t[5:30] = 9  # 25 %
+    w = class_balance_weights(t, 10, power=1.0)
+    totals = [w[t == k].sum() for k in (0, 3, 9)]
+    assert max(totals) / min(totals) < 1.01  # each class present carries the same total weight
+    assert abs(w.mean() - 1) < 1e-5
+    soft = class_balance_weights(t, 10)  # default power 0.5: rarer still weighs more, less extremely
+    assert soft[0, 0] > soft[50, 50] and soft[0, 0] / soft[50, 50] < w[0, 0] / w[50, 50]
+
+
+def test_contact_weights_mark_only_gaps_between_instances():
+    lab = np.zeros((20, 30), np.uint16)
+    lab[5:15, 2:12] = 1
+    lab[5:15, 13:23] = 2  # one-pixel gap at column 12
+    lab[2:4, 26:29] = 3  # alone
+    w = contact_weights(lab, weight=9)
+    assert w[10, 12] == 10 and w[10, 6] == 1 and w[3, 27] == 1
+
+
+def test_rbc_diameter_and_vote():
+    classes = np.zeros((100, 100), np.uint8)
+    for cy, cx in [(20, 20), (20, 45), (60, 60)]:
+        cv2.circle(classes, (cx, cy), 12, 9, -1)
+    assert 22 <= rbc_diameter(classes) <= 27
+    probs = np.zeros((10, 100, 100), np.float32)
+    probs[0] = 1
+    wbc = np.zeros((100, 100), bool)
+    wbc[70:90, 10:30] = True
+    classes[wbc] = 3
+    classes[75:78, 12:15] = 4  # a speck of another type inside the cell
+    probs[3][wbc], probs[4][75:78, 12:15] = 0.7, 0.9
+    voted = vote_per_object(classes, probs, (1, 2, 3, 4, 5))
+    assert (voted[wbc] == 3).all() and (voted[classes == 9] == 9).all()
+
+
+def _fake_data(root):
+    """A wbc-seg folder (2 typed cells) and a BCCD-like photo with VOC boxes."""
+    rng = np.random.default_rng(0)
+    ds = root / "wbc-seg" / "Dataset 1"
+    ds.mkdir(parents=True)
+    rows = ["image ID,class label"]
+    for i in range(1, 3):
+        img = np.full((60, 60, 3), 230, np.uint8)
+        mask = np.zeros((60, 60), np.uint8)
+        cv2.circle(mask, (30, 30), 18, 128, -1)
+        cv2.circle(mask, (30, 30), 9, 255, -1)
+        img[mask == 128], img[mask == 255] = (190, 160, 220), (90, 40, 130)
+        write_png(ds / f"{i:03d}.png", mask)
+        cv2.imwrite(str(ds / f"{i:03d}.bmp"), img[..., ::-1])
+        rows.append(f"{i},{i}")
+    (root / "wbc-seg" / "Class Labels of Dataset 1.csv").write_text("\n".join(rows) + "\n")
+    voc = root / "bccd" / "BCCD"
+    (voc / "Annotations").mkdir(parents=True)
+    (voc / "JPEGImages").mkdir()
+    photo = np.full((120, 160, 3), 235, np.uint8)
+    boxes = []
+    for k, (cx, cy) in enumerate([(30, 30), (80, 40), (120, 80), (40, 90)]):
+        cv2.circle(photo, (cx, cy), 12, (210, 120, 130), -1)
+        boxes.append(f"<object><name>RBC</name><bndbox><xmin>{cx - 14}</xmin><ymin>{cy - 14}</ymin>"
+                     f"<xmax>{cx + 14}</xmax><ymax>{cy + 14}</ymax></bndbox></object>")
+    photo = np.clip(photo + rng.normal(0, 2, photo.shape), 0, 255).astype(np.uint8)
+    cv2.imwrite(str(voc / "JPEGImages" / "BloodImage_00001.jpg"), photo[..., ::-1])
+    (voc / "Annotations" / "BloodImage_00001.xml").write_text(f"<annotation>{''.join(boxes)}</annotation>")
+    return root
+
+
+def test_bank_from_data_cuts_real_cells(tmp_path):
+    root = _fake_data(tmp_path)
+    banks = {p: CellBank.from_data(root, p, seed=0) for p in ("train", "val", "test")}
+    counts = [b.count() for b in banks.values()]
+    assert sum(c.get("neutrophil", 0) + c.get("lymphocyte", 0) for c in counts) == 2  # each cell in one part
+    assert sum(c.get("healthy rbc", 0) for c in counts) == 4
+    bank = next(b for b in banks.values() if b.count().get("healthy rbc"))
+    crop = bank.crops[HEALTHY][0]
+    assert crop.shape[2] == 4 and 300 < (crop[..., 3] > 127).sum() < 600  # the 12 px disc, alpha = its mask
+    bank.save(tmp_path / "bank.npz")
+    again = CellBank.load(tmp_path / "bank.npz")
+    assert again.count() == bank.count() and (again.crops[HEALTHY][0] == crop).all()
+    s = compose(again, SynthConfig(size=96, real_share=1.0, rbc_modes=(1, 0, 0)), image_seed(0, "train", 0))
+    assert (s.classes == HEALTHY).any()
+
+
+def test_synth_cli_writes_seed002_folders(tmp_path):
+    out = tmp_path / "syn"
+    res = runner.invoke(app, ["synth", "--n", "2", "--out", str(out), "--size", "96", "--seed", "3"])
+    assert res.exit_code == 0, res.output
+    for sub, ext in (("images", "png"), ("segments", "png"), ("classes", "png"), ("instances", "png"),
+                     ("labels", "json")):
+        assert len(list((out / sub).glob(f"*.{ext}"))) == 2
+    pairs = read_smear_pairs(out)
+    labels = json.loads(next((out / "labels").glob("*.json")).read_text())
+    assert len(pairs) == 2 and pairs[0][1].max() <= 9 and labels["0"]["classIdx"] in range(10)
+
+
+@pytest.fixture()
+def smear_run(tmp_path, monkeypatch):
+    import hemaseg.train.smear as smear
+    from hemaseg.train.loop import fit, task_config
+
+    monkeypatch.setattr(smear, "N_VAL", 3)
+    cfg = task_config("smear10", arch_kwargs={**TINY, "norm": "group"}, epochs=2, batch_size=4, samples_per_epoch=8,
+                      workers=0)
+    return fit(cfg, tmp_path / "run", progress=False), tmp_path / "run"
+
+
+def test_smear10_training_segment_and_evaluate(smear_run, tmp_path):
+    state, run = smear_run
+    assert state["finished"] and (run / "val" / "segments").is_dir() and (run / "curves.png").exists()
+    card = json.loads((run / "model.json").read_text())
+    assert card["task"] == "smear10" and len(card["classes"]) == 10 and "mean_iou" in card["metrics"]["val"]
+    write_smear(tmp_path / "test", "a", _smears(n=1, size=96)[0])
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["segment", "--task", "smear10", str(tmp_path / "test" / "images"), "--out", str(out),
+                              "--model", str(run / "model.safetensors"), "--overlay"])
+    assert res.exit_code == 0, res.output
+    idx = cv2.imread(str(out / "a.png"), cv2.IMREAD_UNCHANGED)
+    colour = cv2.imread(str(out / "a_color.png"))[..., ::-1]
+    assert idx.shape == (96, 96) and idx.max() <= 9 and (colour == colour_map(idx)).all()
+    assert (out / "a_overlay.png").exists()
+    res = runner.invoke(app, ["evaluate", "smear10", "--data", str(tmp_path / "test"), "--model",
+                              str(run / "model.safetensors"), "--grid", str(tmp_path / "cm.png"),
+                              "--json", str(tmp_path / "r.json")])
+    assert res.exit_code == 0, res.output
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert 0 <= r["mean"]["pixel_accuracy"] <= 1 and np.array(r["confusion"]).sum() == 96 * 96
+    assert (tmp_path / "cm.png").exists()
