@@ -458,11 +458,12 @@ def synth(
 @app.command()
 def convert(
     inp: Path = typer.Argument(..., metavar="IN", help="input folder or file"),
-    out: Path = typer.Argument(..., metavar="OUT", help="output folder (labels, dsb) or file (rle)"),
-    src: str = typer.Option(..., "--from", help="dsb, labels or rle"),
-    dst: str = typer.Option(..., "--to", help="labels, rle or dsb"),
+    out: Path = typer.Argument(..., metavar="OUT", help="output folder (labels, dsb) or file (rle, cvat, coco)"),
+    src: str = typer.Option(..., "--from", help="dsb, labels, rle, cvat, coco, voc or results"),
+    dst: str = typer.Option(..., "--to", help="labels, rle, dsb, cvat, coco or coco-rle"),
 ) -> None:
-    """Convert annotations between formats: DSB folders, uint16 label PNGs, Kaggle RLE CSV."""
+    """Convert annotations between formats: DSB folders, uint16 label PNGs, Kaggle RLE CSV, CVAT for
+    images 1.1 XML, COCO JSON (polygons or RLE), Pascal VOC XML, seed-003 results JSON."""
     from hemaseg.io.convert import CONVERTERS
     from hemaseg.io.convert import convert as run_convert
 

@@ -2,7 +2,10 @@
 
 Formats: ``dsb`` (the Data Science Bowl folder layout), ``labels`` (a folder of uint16
 instance label PNGs, one per image) and ``rle`` (a Kaggle CSV ``ImageId,EncodedPixels,Height,Width``,
-one row per nucleus; Height/Width let it be decoded without the images).
+one row per nucleus; Height/Width let it be decoded without the images); for objects with
+classes: ``cvat`` (CVAT for images 1.1 XML), ``coco`` / ``coco-rle`` (COCO JSON with polygons or
+RLE), ``voc`` (a Pascal VOC XML or a folder of them; boxes), ``results`` (seed-003 results JSON);
+these convert to each other and to ``labels`` (instance PNG + ``_classes.png`` + classes.json).
 """
 from __future__ import annotations
 
@@ -134,3 +137,59 @@ def labels_to_dsb(inp: Path, out: Path) -> int:
         for k in np.unique(labels[labels > 0]):
             write_png(out / f.stem / "masks" / f"{f.stem}_{int(k)}.png", ((labels == k) * 255).astype(np.uint8))
     return len(files)
+
+
+# ---------------------------------------------------------------- object annotations (CVAT, COCO, VOC, results)
+def _entries(fmt: str, inp: Path) -> list[dict]:
+    from hemaseg.io import annotations as A
+
+    if fmt == "cvat":
+        return A.read_cvat(inp)
+    if fmt == "coco":
+        return A.read_coco(inp)
+    if fmt == "results":
+        return A.read_results(inp)
+    if fmt == "voc":
+        files = sorted(inp.glob("*.xml")) if inp.is_dir() else [inp]
+        if not files or not files[0].exists():
+            raise HemasegInputError(inp, "no VOC XML files found")
+        return [A.read_voc_entry(f) for f in files]
+    raise HemasegInputError(fmt, "unknown annotation format")
+
+
+def _write_entries(fmt: str, entries: list[dict], out: Path) -> int:
+    from hemaseg.io import annotations as A
+
+    if fmt == "cvat":
+        A.write_cvat(out, entries)
+    elif fmt == "coco":
+        A.write_coco(out, entries, rle=False)
+    elif fmt == "coco-rle":
+        A.write_coco(out, entries, rle=True)
+    elif fmt == "labels":
+        # OUT/<stem>.png uint16 instances, OUT/<stem>_classes.png uint8 class indices, OUT/classes.json names.
+        names = sorted({m["class_name"] for e in entries for m in e["masks"]})
+        for e in entries:
+            inst, cls, _ = A.entry_labels(e, names)
+            stem = Path(e["filename"]).stem
+            write_png(out / f"{stem}.png", inst)
+            write_png(out / f"{stem}_classes.png", cls)
+        from hemaseg.io.writers import write_json
+
+        write_json(out / "classes.json", {"0": "background", **{str(i + 1): n for i, n in enumerate(names)}})
+    else:
+        raise HemasegInputError(fmt, "unknown annotation format")
+    return len(entries)
+
+
+def _register_annotation_converters() -> None:
+    for src in ("cvat", "coco", "voc", "results"):
+        for dst in ("cvat", "coco", "coco-rle", "labels"):
+            if src != dst:
+                def fn(inp: Path, out: Path, _s=src, _d=dst) -> int:
+                    return _write_entries(_d, _entries(_s, inp), out)
+                fn.__doc__ = f"{src} -> {dst} (polygons and labels kept)"
+                CONVERTERS[(src, dst)] = fn
+
+
+_register_annotation_converters()

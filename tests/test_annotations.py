@@ -1,0 +1,88 @@
+import json
+
+import cv2
+import numpy as np
+from typer.testing import CliRunner
+
+from hemaseg.cli import app
+from hemaseg.io.annotations import (entry_labels, mask_record, rasterise, read_coco, read_cvat, read_results,
+                                    read_voc_entry, write_coco, write_cvat, write_results)
+
+runner = CliRunner()
+
+
+def _entries():
+    """Two images with a few irregular objects of three classes."""
+    out = []
+    for i, (h, w) in enumerate([(60, 80), (50, 50)]):
+        masks = []
+        for k, (cx, cy, r, name) in enumerate([(20, 20, 9, "rbc"), (50, 30, 12, "neutrophil"), (40, 45, 3, "platelet")]):
+            m = np.zeros((h, w), np.uint8)
+            cv2.ellipse(m, (cx - 5 * i, cy - 5 * i), (r, max(2, r - 3)), 30 * k, 0, 360, 1, -1)
+            masks.append(mask_record(m.astype(bool), name, score=0.5 + 0.1 * k))
+        out.append({"filename": f"img{i}.jpg", "height": h, "width": w, "masks": masks})
+    return out
+
+
+def _same(a, b):
+    assert len(a) == len(b)
+    for ea, eb in zip(a, b):
+        assert (ea["height"], ea["width"]) == (eb["height"], eb["width"])
+        assert [m["class_name"] for m in ea["masks"]] == [m["class_name"] for m in eb["masks"]]
+        for ma, mb in zip(ea["masks"], eb["masks"]):
+            ra = rasterise(ma["vertices"], (ea["height"], ea["width"]))
+            rb = rasterise(mb["vertices"], (eb["height"], eb["width"]))
+            assert (ra == rb).all()
+            assert ma["bounding_box"] == mb["bounding_box"]
+            assert abs(ma["score"] - mb["score"]) < 1e-3
+
+
+def test_polygon_record_round_trips_to_the_mask():
+    m = np.zeros((40, 40), bool)
+    cv2.circle(m.view(np.uint8), (20, 18), 10, 1, -1)
+    rec = mask_record(m, "lymphocyte")
+    assert rec["category"] == "wbc" and (rasterise(rec["vertices"], m.shape) == m).all()
+    assert rec["bounding_box"] == {"x1": 10, "x2": 31, "y1": 8, "y2": 29}
+
+
+def test_results_cvat_coco_round_trips(tmp_path):
+    entries = _entries()
+    write_results(tmp_path / "r.json", entries)
+    _same(read_results(tmp_path / "r.json"), entries)
+    write_cvat(tmp_path / "a.xml", entries)
+    text = (tmp_path / "a.xml").read_text()
+    assert "<version>1.1</version>" in text and 'label="neutrophil"' in text
+    _same(read_cvat(tmp_path / "a.xml"), entries)
+    for rle in (False, True):
+        write_coco(tmp_path / "c.json", entries, rle=rle)
+        d = json.loads((tmp_path / "c.json").read_text())
+        assert {c["name"] for c in d["categories"]} == {"rbc", "neutrophil", "platelet"}
+        assert isinstance(d["annotations"][0]["segmentation"], dict) == rle
+        _same(read_coco(tmp_path / "c.json"), entries)
+
+
+def test_labels_from_entries_keep_instances_and_classes():
+    e = _entries()[0]
+    inst, cls, names = entry_labels(e)
+    assert names == ["neutrophil", "platelet", "rbc"] and inst.max() == 3
+    assert (cls[inst == 2] == names.index("neutrophil") + 1).all()
+
+
+def test_convert_cli_voc_to_coco_to_cvat_to_labels(tmp_path):
+    xml = tmp_path / "BloodImage_00001.xml"
+    xml.write_text("<annotation><filename>BloodImage_00001.jpg</filename><size><width>64</width><height>48</height>"
+                   "<depth>3</depth></size><object><name>WBC</name><bndbox><xmin>5</xmin><ymin>6</ymin><xmax>30</xmax>"
+                   "<ymax>28</ymax></bndbox></object><object><name>Platelets</name><bndbox><xmin>40</xmin><ymin>30"
+                   "</ymin><xmax>46</xmax><ymax>36</ymax></bndbox></object></annotation>")
+    assert [m["class_name"] for m in read_voc_entry(xml)["masks"]] == ["wbc", "platelet"]
+    for args in (["--from", "voc", "--to", "coco", str(xml), str(tmp_path / "c.json")],
+                 ["--from", "coco", "--to", "cvat", str(tmp_path / "c.json"), str(tmp_path / "a.xml")],
+                 ["--from", "cvat", "--to", "labels", str(tmp_path / "a.xml"), str(tmp_path / "labels")]):
+        res = runner.invoke(app, ["convert", *args])
+        assert res.exit_code == 0, res.output
+    inst = cv2.imread(str(tmp_path / "labels" / "BloodImage_00001.png"), cv2.IMREAD_UNCHANGED)
+    assert inst.shape == (48, 64) and set(np.unique(inst)) == {0, 1, 2}
+    assert (inst[6:29, 5:31] == 1).all()  # the WBC box, corners included
+    assert json.loads((tmp_path / "labels" / "classes.json").read_text())["1"] == "platelet"
+    bad = runner.invoke(app, ["convert", "--from", "cvat", "--to", "coco", str(tmp_path / "c.json"), str(tmp_path / "x")])
+    assert bad.exit_code == 1
