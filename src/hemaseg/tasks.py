@@ -77,3 +77,15 @@ SMEAR10 = register_task(Task(
 # Group of each smear10 class: what a lab counts.
 SMEAR10_GROUPS = {0: "background", 1: "wbc", 2: "wbc", 3: "wbc", 4: "wbc", 5: "wbc", 6: "platelet", 7: "platelet",
                   8: "rbc", 9: "rbc"}
+
+# Whole-smear cells (seed 003 chapter 5): every RBC, WBC and platelet as an instance. The network
+# predicts each class's cell interior plus a shared cell-edge class that keeps touching cells apart.
+CELLS = register_task(Task(
+    name="cells",
+    classes=("background", "rbc", "wbc", "platelet", "edge"),
+    label_values=(0, 1, 2, 3, 0),
+    colors={1: (220, 40, 40), 2: (40, 90, 255), 3: (250, 200, 0)},
+    default_model="cells",
+    description="RBC, WBC and platelet instances of whole smear photos (BCCD pseudo-masks)",
+))
+CELL_CATEGORIES = ("rbc", "wbc", "platelet")  # class index k + 1 in the cells task

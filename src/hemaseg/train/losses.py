@@ -1,14 +1,28 @@
-"""Losses: soft Dice + cross-entropy for multi-class segmentation."""
+"""Losses: soft Dice + cross-entropy for multi-class segmentation.
+
+Target pixels equal to :data:`IGNORE` (255) count in neither term (unannotated regions,
+such as the red cells BCCD's boxes miss).
+"""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+IGNORE = 255
+
+
+def _onehot(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(softmax probs, one-hot target, valid mask (B, 1, H, W)) with ignored pixels zeroed in both."""
+    probs = logits.softmax(1)
+    valid = (target != IGNORE).unsqueeze(1).to(probs.dtype)
+    t = torch.where(target == IGNORE, torch.zeros_like(target), target).long()
+    onehot = F.one_hot(t, logits.shape[1]).permute(0, 3, 1, 2).to(probs.dtype)
+    return probs * valid, onehot * valid, valid
+
 
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
     """1 - mean soft Dice over the foreground classes (1..C-1), batch-pooled."""
-    probs = logits.softmax(1)
-    onehot = F.one_hot(target.long(), logits.shape[1]).permute(0, 3, 1, 2).to(probs.dtype)
+    probs, onehot, _ = _onehot(logits, target)
     dims = (0, 2, 3)
     inter = (probs * onehot).sum(dims)
     denom = probs.sum(dims) + onehot.sum(dims)
@@ -18,11 +32,11 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0)
 
 def nested_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
     """Dice on nested regions (class >= k for k >= 1): whole cell, then nucleus, ... as scored."""
-    probs = logits.softmax(1)
+    probs, onehot, _ = _onehot(logits, target)
     losses = []
     for k in range(1, logits.shape[1]):
         p = probs[:, k:].sum(1)
-        t = (target >= k).to(p.dtype)
+        t = onehot[:, k:].sum(1)
         inter = (p * t).sum()
         losses.append(1 - (2 * inter + eps) / (p.sum() + t.sum() + eps))
     return torch.stack(losses).mean()
@@ -31,10 +45,12 @@ def nested_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.
 def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, nested: bool = False,
                  weight: torch.Tensor | None = None) -> torch.Tensor:
     """Cross-entropy (per-pixel ``weight`` (B, H, W) if given) plus soft Dice (nested regions when ``nested``)."""
+    target = target.long()
     if weight is None:
-        ce = F.cross_entropy(logits, target.long())
+        ce = F.cross_entropy(logits, target, ignore_index=IGNORE)
     else:
-        per_pixel = F.cross_entropy(logits, target.long(), reduction="none")
+        per_pixel = F.cross_entropy(logits, target, reduction="none", ignore_index=IGNORE)
+        weight = weight * (target != IGNORE)
         ce = (per_pixel * weight).sum() / weight.sum().clamp_min(1e-6)
     d = nested_dice_loss(logits, target) if nested else soft_dice_loss(logits, target)
     return ce + d
