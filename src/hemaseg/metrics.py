@@ -149,3 +149,55 @@ def semantic_scores(cm: np.ndarray, classes: list[str] | None = None) -> dict:
         "mean_iou": float(np.nanmean(iou)) if np.isfinite(iou).any() else 0.0,
         "iou": {names[i]: (None if np.isnan(iou[i]) else float(iou[i])) for i in range(k)},
     }
+
+
+def box_iou(a, b) -> np.ndarray:
+    """(N, M) IoU of boxes (x1, y1, x2, y2)."""
+    a, b = np.asarray(a, float).reshape(-1, 4), np.asarray(b, float).reshape(-1, 4)
+    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
+    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
+    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
+    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area = lambda r: (r[:, 2] - r[:, 0]) * (r[:, 3] - r[:, 1])  # noqa: E731
+    union = area(a)[:, None] + area(b)[None, :] - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def detection_ap(preds: list[tuple[str, float, tuple]], truths: dict[str, list[tuple]], iou: float = 0.5) -> float:
+    """Pascal VOC average precision (all-point interpolation, VOC 2010+) of one class.
+
+    ``preds``: (image id, score, box) detections; ``truths``: image id -> ground-truth boxes.
+    A detection is a true positive when it overlaps a not yet matched truth box by IoU >= ``iou``
+    (highest scores matched first).
+
+    >>> truths = {"a": [(0, 0, 10, 10)], "b": [(0, 0, 10, 10)]}
+    >>> detection_ap([("a", 0.9, (0, 0, 10, 10)), ("b", 0.8, (0, 0, 10, 9))], truths)
+    1.0
+    >>> detection_ap([("a", 0.9, (50, 50, 60, 60)), ("a", 0.8, (0, 0, 10, 10))], truths)
+    0.25
+    """
+    n_true = sum(len(v) for v in truths.values())
+    if n_true == 0:
+        return float("nan")
+    order = sorted(preds, key=lambda p: -p[1])
+    used = {k: np.zeros(len(v), bool) for k, v in truths.items()}
+    tp = np.zeros(len(order))
+    for i, (img, _, box) in enumerate(order):
+        gts = truths.get(img, [])
+        if not gts:
+            continue
+        ious = box_iou([box], gts)[0]
+        j = int(ious.argmax())
+        if ious[j] >= iou and not used[img][j]:
+            used[img][j] = True
+            tp[i] = 1
+    ctp = np.cumsum(tp)
+    recall = ctp / n_true
+    precision = ctp / np.arange(1, len(order) + 1)
+    mrec = np.concatenate([[0.0], recall, [1.0]])
+    mpre = np.concatenate([[0.0], precision, [0.0]])
+    for i in range(len(mpre) - 2, -1, -1):
+        mpre[i] = max(mpre[i], mpre[i + 1])
+    idx = np.nonzero(mrec[1:] != mrec[:-1])[0]
+    return float(np.sum((mrec[idx + 1] - mrec[idx]) * mpre[idx + 1]))

@@ -13,9 +13,11 @@ from hemaseg.tasks import SMEAR10, SMEAR10_GROUPS
 GROUPS = {"wbc": (1, 2, 3, 4, 5), "platelet": (6, 7), "rbc": (8, 9)}
 
 
-def rbc_diameter(classes: np.ndarray, min_diameter: float = 4.0) -> float | None:
-    """Typical red-cell diameter (px) in a smear10 class map: twice the median of the distance
-    transform's local maxima over the red-cell pixels, which holds for touching cells too.
+def rbc_diameter(classes: np.ndarray, min_diameter: float = 4.0, rbc_classes: tuple[int, ...] = GROUPS["rbc"]
+                 ) -> float | None:
+    """Typical red-cell diameter (px) in a class map (red cells = ``rbc_classes``; smear10's by default):
+    twice the median of the distance transform's local maxima over the red-cell pixels, which
+    holds for touching cells too.
 
     >>> yy, xx = np.mgrid[:80, :80]
     >>> c = np.zeros((80, 80), np.uint8); c[(yy - 40) ** 2 + (xx - 30) ** 2 < 100] = 9
@@ -25,7 +27,7 @@ def rbc_diameter(classes: np.ndarray, min_diameter: float = 4.0) -> float | None
     """
     from skimage.feature import peak_local_max
 
-    rbc = np.isin(classes, GROUPS["rbc"])
+    rbc = np.isin(classes, rbc_classes)
     if rbc.sum() < 20:
         return None
     dist = ndi.distance_transform_edt(rbc)

@@ -66,6 +66,12 @@ TASK_DEFAULTS: dict[str, dict] = {
         "epochs": 100, "batch_size": 8, "lr": 2e-3, "crop": 224, "samples_per_epoch": 400, "patience": 30,
         "val_fraction": 0.1, "scale_min": 0.5, "scale_max": 2.0, "invert_bright": True, "contact_weight": 5.0,
     },
+    "cells": {
+        # BCCD photos at 0.4x (red cells ~34 px); 0.6-1.6x scale augmentation for other magnifications.
+        "arch_kwargs": {"widths": [16, 32, 64, 128, 256], "dropout": 0.1, "stem_stride": 2, "norm": "group"},
+        "epochs": 60, "batch_size": 8, "lr": 2e-3, "crop": 224, "samples_per_epoch": 400, "patience": 100,
+        "val_fraction": 0.2, "scale_min": 0.6, "scale_max": 1.6,
+    },
     "smear10": {
         # Synthetic 224x224 smears composed on the fly (scale and stain variety come from the
         # composer, 24 ms an image, so no worker process is needed); class-balancing weights as seed 002.
@@ -213,13 +219,19 @@ def _seed_all(seed: int) -> None:
 
 
 def evaluate_native(model: torch.nn.Module, items: list[tuple[np.ndarray, np.ndarray]], low: float, high: float,
-                    stride: int, task: str = "wbc", invert_bright: bool = False) -> dict[str, float]:
-    """Mean scores of ``model`` on (image, mask) pairs at their native scale (WBC Dice; nuclei DSB metric)."""
+                    stride: int, task: str = "wbc", invert_bright: bool = False, diameter: float = 0.0
+                    ) -> dict[str, float]:
+    """Mean scores of ``model`` on (image, mask) pairs at their native scale (WBC Dice; nuclei DSB metric;
+    smear10 pixel accuracy and mean IoU; cells VOC AP@0.5 on (image, boxes) pairs)."""
     from hemaseg.data.transforms import is_bright_background, normalize, percentile_range
     from hemaseg.infer.postprocess import nuclei_instances
     from hemaseg.infer.tiling import predict_tiled
 
     model.eval()
+    if task == "cells":
+        from hemaseg.train.cells import evaluate_boxes
+
+        return evaluate_boxes(model, items, low, high, stride, diameter) if items else {}
     if task == "smear10":
         from hemaseg.metrics import confusion_matrix, semantic_scores
 
@@ -249,6 +261,8 @@ def headline(task: str, val: dict[str, float]) -> float:
         return float("nan")
     if task == "smear10":
         return val["mean_iou"]
+    if task == "cells":
+        return val["map50"]
     return val["dsb"] if task == "nuclei" else (val["dice_cell"] + val["dice_nucleus"]) / 2
 
 
@@ -293,7 +307,7 @@ def plot_curves(history: list[dict], path: Path) -> None:
             ax[0].plot(ep, [h[k] for h in history], label=k.replace("_", " "))
     ax[0].set_xlabel("epoch"); ax[0].set_ylabel("loss"); ax[0].legend()
     for k in ("dice_cell", "dice_nucleus", "dsb", "ap50", "ap75", "accuracy", "macro_f1", "accuracy_4", "accuracy_2",
-              "pixel_accuracy", "mean_iou"):
+              "pixel_accuracy", "mean_iou", "map50", "ap50_rbc", "ap50_wbc", "ap50_platelet"):
         if k in history[0]:
             ax[1].plot(ep, [h[k] for h in history], label=f"val {k}")
     ax[1].set_xlabel("epoch"); ax[1].set_ylabel("score"); ax[1].legend(); ax[1].grid(alpha=0.3)
@@ -362,6 +376,10 @@ def fit(cfg: TrainConfig | None, run: str | Path, resume: bool = False, progress
         from hemaseg.train.smear import smear10_data
 
         dataset, val_items, data_card = smear10_data(cfg, run, state)
+    elif cfg.task == "cells":
+        from hemaseg.train.cells import cells_data
+
+        dataset, val_items, data_card = cells_data(cfg, run, state)
     else:
         dataset, val_items, data_card = _pair_data(cfg, run, state)
     _seed_all(cfg.seed)
@@ -413,7 +431,8 @@ def fit(cfg: TrainConfig | None, run: str | Path, resume: bool = False, progress
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
         recalibrate_batchnorm(model, loader)
-        val = evaluate_native(model, val_items, cfg.norm_low, cfg.norm_high, stride, cfg.task, cfg.invert_bright)
+        val = evaluate_native(model, val_items, cfg.norm_low, cfg.norm_high, stride, cfg.task, cfg.invert_bright,
+                              float(data_card.get("cell_diameter") or 0))
         metric = headline(cfg.task, val) if val else -float(np.mean(losses))
         entry = {"epoch": epoch, "lr": lr, "train_loss": float(np.mean(losses)), **val, "metric": metric,
                  "seconds": round(time.time() - t0, 2)}
@@ -440,7 +459,7 @@ def fit(cfg: TrainConfig | None, run: str | Path, resume: bool = False, progress
 
         model.load_state_dict(load_file(str(run / "best.safetensors")))
         best = next(h for h in state["history"] if h["epoch"] == state["best_epoch"])
-        save_model(model, run / "model", {**card, "metrics": {"val": {k: best[k] for k in best if k.startswith(("dice", "iou", "dsb", "ap", "pixel", "mean_iou"))},
+        save_model(model, run / "model", {**card, "metrics": {"val": {k: best[k] for k in best if k.startswith(("dice", "iou", "dsb", "ap", "pixel", "mean_iou", "map"))},
                                                                "epoch": state["best_epoch"]}})
         state["finished"] = True
         write_json(state_path, state)

@@ -1,0 +1,175 @@
+"""Training data for the whole-smear cells model: VOC boxes (BCCD) or COCO masks (a lab's CVAT
+export) -> pseudo-masks kept as COCO -> photos at the training scale with encoded instance maps."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from hemaseg.errors import HemasegInputError
+from hemaseg.io.annotations import category_of, read_coco, read_voc_entry, write_coco
+from hemaseg.io.images import read_image
+from hemaseg.tasks import CELL_CATEGORIES
+
+log = logging.getLogger(__name__)
+
+INPUT_SCALE = 0.4  # BCCD photos (red cells ~85 px) are trained at 0.4x: red cells ~34 px
+
+
+def find_annotated_photos(root: str | Path) -> list[tuple[Path, dict]]:
+    """(image path, entry) of a VOC root (``Annotations/*.xml`` + ``JPEGImages/``; boxes) or of a
+    COCO JSON (file, or a folder holding ``annotations.json``; images beside it or in ``images/``)."""
+    root = Path(root)
+    coco = root if root.suffix == ".json" else root / "annotations.json"
+    if coco.is_file():
+        out = []
+        for e in read_coco(coco):
+            for base in (coco.parent, coco.parent / "images"):
+                if (base / e["filename"]).exists():
+                    out.append((base / e["filename"], e))
+                    break
+        return out
+    ann = root / "Annotations" if (root / "Annotations").is_dir() else None
+    if ann is None:
+        raise HemasegInputError(root, "neither a VOC root (Annotations/, JPEGImages/) nor a COCO annotations.json")
+    out = []
+    for xml in sorted(ann.glob("*.xml")):
+        jpg = next((p for p in (root / "JPEGImages").glob(f"{xml.stem}.*")), None)
+        if jpg is not None:
+            out.append((jpg, read_voc_entry(xml)))
+    return out
+
+
+def is_box_only(entry: dict) -> bool:
+    """True when every object is a 4-corner axis-aligned rectangle (VOC boxes, CVAT <box>)."""
+    for m in entry["masks"]:
+        v = m["vertices"]
+        if len(v) != 4 or len({x for x, _ in v}) > 2 or len({y for _, y in v}) > 2:
+            return False
+    return True
+
+
+def val_names(root: str | Path) -> set[str] | None:
+    """Image stems of a VOC root's ``ImageSets/Main/val.txt`` (BCCD's own split), if present."""
+    f = Path(root) / "ImageSets" / "Main" / "val.txt"
+    return {line.strip() for line in f.read_text().split() if line.strip()} if f.is_file() else None
+
+
+def prepare(data: list[str], run: Path, seed: int, val_fraction: float) -> tuple[list, list]:
+    """Train/val lists of (image path, entry with masks), pseudo-masking box-only entries once
+    (cached as COCO in ``run/pseudo_masks.coco.json``) and writing ``run/split.json``."""
+    from hemaseg.data.cells import pseudo_masks
+    from hemaseg.io.writers import write_json
+    from hemaseg.progress import track
+
+    cache, split_path = run / "pseudo_masks.coco.json", run / "split.json"
+    if cache.exists() and split_path.exists():
+        split = __import__("json").loads(split_path.read_text())
+        entries = read_coco(cache)
+        paths = {Path(p).name: Path(p) for p in split["train"] + split["val"]}
+        items = [(paths[e["filename"]], e) for e in entries]
+        val = set(split["val"])
+        return [i for i in items if str(i[0]) not in val], [i for i in items if str(i[0]) in val]
+    items, val_set = [], set()
+    for root in data:
+        found = find_annotated_photos(root)
+        if not found:
+            raise HemasegInputError(root, "no annotated photos found")
+        names = val_names(root)
+        for path, entry in track(found, "pseudo-masks", leave=False):
+            if is_box_only(entry):
+                entry = pseudo_masks(read_image(path), entry)
+            items.append((path, {**entry, "filename": path.name}))
+            if names is not None and path.stem in names:
+                val_set.add(str(path))
+    if not val_set:
+        rng = np.random.default_rng(seed)
+        order = rng.permutation(len(items))
+        val_set = {str(items[i][0]) for i in order[:max(1, int(round(val_fraction * len(items))))]}
+    write_coco(cache, [e for _, e in items])
+    write_json(split_path, {"seed": seed, "val_source": "ImageSets/Main/val.txt" if names else "seeded",
+                            "train": [str(p) for p, _ in items if str(p) not in val_set],
+                            "val": [str(p) for p, _ in items if str(p) in val_set]})
+    return [i for i in items if str(i[0]) not in val_set], [i for i in items if str(i[0]) in val_set]
+
+
+def load_scaled(path: Path, entry: dict, scale: float, mark_unknown: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(image, encoded instance map) at ``scale``; the map is encoded at full size, then resized nearest."""
+    from hemaseg.data.cells import encode_instances
+
+    image = read_image(path)
+    enc = encode_instances({**entry, "height": image.shape[0], "width": image.shape[1]},
+                           image if mark_unknown else None)
+    if scale != 1.0:
+        size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        enc = cv2.resize(enc, size, interpolation=cv2.INTER_NEAREST)
+    return image, enc
+
+
+def truth_boxes(entry: dict, scale: float) -> list[tuple[str, tuple[float, float, float, float]]]:
+    """(category, box) of an entry's objects at ``scale`` (the boxes the VOC metric scores against)."""
+    out = []
+    for m in entry["masks"]:
+        cat = category_of(m["class_name"])
+        if cat in CELL_CATEGORIES:
+            b = m["bounding_box"]
+            out.append((cat, (b["x1"] * scale, b["y1"] * scale, b["x2"] * scale, b["y2"] * scale)))
+    return out
+
+
+def cells_data(cfg, run: Path, state: dict) -> tuple:
+    """Training dataset, validation items (image, truth boxes) and model-card fields for ``cells``."""
+    from hemaseg.data.cells import cell_targets
+    from hemaseg.data.transforms import train_transform
+    from hemaseg.train.loop import SegDataset, object_diameters
+
+    train, val = prepare(cfg.data, run, cfg.seed, cfg.val_fraction)
+    train_items = [load_scaled(p, e, INPUT_SCALE) for p, e in train]
+    val_items = [(load_scaled(p, e, INPUT_SCALE)[0], truth_boxes(e, INPUT_SCALE)) for p, e in val]
+    rbc_maps = [np.where((enc & 3) == 1, enc >> 2, 0) * (enc != 0xFFFF) for _, enc in train_items]
+    diams = object_diameters(rbc_maps)
+    diameter = float(np.median(diams)) if len(diams) else 34.0
+    transform = train_transform(cfg.crop, cfg.augment, (cfg.scale_min, cfg.scale_max))
+    dataset = SegDataset(train_items, transform, cfg.norm_low, cfg.norm_high, cfg.samples_per_epoch,
+                         target=cell_targets)
+    card = {
+        "cell_diameter": diameter,  # red cells, px at the model's input
+        "diameter_range": [float(v) for v in np.percentile(diams, [5, 95])] if len(diams) else [],
+        "input_scale": INPUT_SCALE,
+        "training": {"data": cfg.data, "n_train": len(train_items), "n_val": len(val_items), "seed": cfg.seed,
+                     "augment": cfg.augment, "scale_range": [cfg.scale_min, cfg.scale_max],
+                     "pseudo_masks": str(run / "pseudo_masks.coco.json"), "split": str(run / "split.json")},
+    }
+    return dataset, val_items, card
+
+
+def evaluate_boxes(model, items: list, low: float, high: float, stride: int, rbc_d: float) -> dict[str, float]:
+    """VOC AP@0.5 per category and their mean on (image, truth boxes) items at the model's scale."""
+    from hemaseg.data.transforms import normalize, percentile_range
+    from hemaseg.infer.cells import cell_instances
+    from hemaseg.infer.tiling import predict_tiled
+    from hemaseg.metrics import detection_ap
+
+    preds: dict[str, list] = {c: [] for c in CELL_CATEGORIES}
+    truths: dict[str, dict] = {c: {} for c in CELL_CATEGORIES}
+    for i, (img, boxes) in enumerate(items):
+        probs = predict_tiled(model, normalize(img, prange=percentile_range(img, low, high)), stride=stride)
+        inst, owner = cell_instances(probs, rbc_d)
+        for c in CELL_CATEGORIES:
+            truths[c][i] = [b for cat, b in boxes if cat == c]
+        from scipy import ndimage as ndi
+
+        for j, sl in enumerate(ndi.find_objects(inst), start=1):
+            if sl is None:
+                continue
+            c = CELL_CATEGORIES[owner[j] - 1]
+            region = inst[sl] == j
+            score = float(probs[owner[j]][sl][region].mean() + probs[-1][sl][region].mean())
+            preds[c].append((i, score, (sl[1].start, sl[0].start, sl[1].stop, sl[0].stop)))
+    out = {f"ap50_{c}": detection_ap(preds[c], truths[c]) for c in CELL_CATEGORIES}
+    vals = [v for v in out.values() if np.isfinite(v)]
+    out["map50"] = float(np.mean(vals)) if vals else 0.0
+    return out

@@ -1,0 +1,109 @@
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from hemaseg.data.cells import UNKNOWN, cell_targets, encode_instances, pseudo_masks
+from hemaseg.infer.cells import cell_instances
+from hemaseg.io.annotations import read_voc_entry
+from hemaseg.train.losses import IGNORE, dice_ce_loss
+
+from helpers import TINY
+
+
+def _photo(rng, h=120, w=160):
+    """A smear photo: pink red cells (some touching), one WBC with a dark nucleus, two platelets;
+    VOC boxes for all but one red cell (BCCD misses some)."""
+    img = np.full((h, w, 3), 232, np.uint8)
+    objs = []
+    for cx, cy in [(25, 25), (48, 25), (100, 30), (30, 90)]:
+        cv2.circle(img, (cx, cy), 11, (205, 120, 130), -1)
+        objs.append(("RBC", (cx - 12, cy - 12, cx + 12, cy + 12)))
+    cv2.circle(img, (135, 95), 11, (205, 120, 130), -1)  # not annotated
+    cv2.circle(img, (85, 85), 20, (200, 170, 220), -1)
+    cv2.circle(img, (85, 85), 11, (90, 40, 140), -1)
+    objs.append(("WBC", (63, 63, 107, 107)))
+    for cx, cy in [(60, 50), (130, 60)]:
+        cv2.circle(img, (cx, cy), 3, (130, 70, 170), -1)
+        objs.append(("Platelets", (cx - 5, cy - 5, cx + 5, cy + 5)))
+    img = np.clip(img + rng.normal(0, 2, img.shape), 0, 255).astype(np.uint8)
+    return img, objs
+
+
+def _voc(root, n=4, seed=0):
+    rng = np.random.default_rng(seed)
+    (root / "Annotations").mkdir(parents=True)
+    (root / "JPEGImages").mkdir()
+    (root / "ImageSets" / "Main").mkdir(parents=True)
+    for i in range(n):
+        img, objs = _photo(rng)
+        cv2.imwrite(str(root / "JPEGImages" / f"B_{i}.jpg"), img[..., ::-1])
+        body = "".join(f"<object><name>{k}</name><bndbox><xmin>{a}</xmin><ymin>{b}</ymin><xmax>{c}</xmax>"
+                       f"<ymax>{d}</ymax></bndbox></object>" for k, (a, b, c, d) in objs)
+        (root / "Annotations" / f"B_{i}.xml").write_text(
+            f"<annotation><filename>B_{i}.jpg</filename><size><width>160</width><height>120</height></size>{body}"
+            "</annotation>")
+    (root / "ImageSets" / "Main" / "val.txt").write_text("B_0\n")
+    return root
+
+
+def test_pseudo_masks_targets_and_ignored_unannotated_cells(tmp_path):
+    root = _voc(tmp_path / "voc", n=1)
+    img = cv2.imread(str(root / "JPEGImages" / "B_0.jpg"))[..., ::-1]
+    entry = pseudo_masks(img, read_voc_entry(root / "Annotations" / "B_0.xml"))
+    assert [m["category"] for m in entry["masks"]] == ["rbc"] * 4 + ["wbc", "platelet", "platelet"]
+    enc = encode_instances(entry, img)
+    t = cell_targets(enc)
+    assert t[25, 25] == 1 and t[85, 85] == 2 and t[50, 60] == 3
+    assert t[95, 135] == IGNORE and enc[95, 135] == UNKNOWN  # the red cell without a box
+    assert t[5, 5] == 0 and (t[25, 36] == 4 or t[25, 37] == 4)  # background; edge between touching cells
+    assert len(np.unique(enc[(enc != UNKNOWN) & (enc > 0)] >> 2)) == 7
+
+
+def test_loss_ignores_ignored_pixels():
+    torch.manual_seed(0)
+    logits = torch.randn(1, 5, 8, 8)
+    target = torch.randint(0, 5, (1, 8, 8))
+    target[0, :4] = IGNORE
+    other = logits.clone()
+    other[0, :, :4] += 10 * torch.randn(5, 4, 8)  # change only the ignored pixels' predictions
+    assert torch.isclose(dice_ce_loss(logits, target), dice_ce_loss(other, target))
+
+
+def test_cell_instances_split_touching_red_cells_and_keep_classes():
+    p = np.zeros((5, 60, 90), np.float32)
+    p[0] = 1
+    yy, xx = np.mgrid[:60, :90]
+    for cx, k in [(20, 1), (41, 1), (70, 2)]:
+        d = np.hypot(yy - 30, xx - cx)
+        inside, ring = d < 8, (d >= 8) & (d < 10.5)
+        p[:, inside] = 0
+        p[k, inside] = 1
+        p[:, ring & (p[0] == 1)] = 0
+        p[4, ring] = 1
+    inst, owner = cell_instances(p, rbc_d=20)
+    assert inst.max() == 3 and sorted(owner[1:].tolist()) == [1, 1, 2]
+    assert inst[30, 20] != inst[30, 41]
+
+
+@pytest.fixture()
+def cells_run(tmp_path):
+    from hemaseg.train.loop import fit, task_config
+
+    root = _voc(tmp_path / "voc")
+    cfg = task_config("cells", data=[str(root)], arch_kwargs={**TINY, "norm": "group"}, epochs=2, batch_size=2,
+                      samples_per_epoch=4, crop=32)
+    return fit(cfg, tmp_path / "run", progress=False), tmp_path / "run"
+
+
+def test_cells_training_run(cells_run):
+    state, run = cells_run
+    assert state["finished"]
+    split = json.loads((run / "split.json").read_text())
+    assert [p.endswith("B_0.jpg") for p in split["val"]] == [True] and len(split["train"]) == 3
+    coco = json.loads((run / "pseudo_masks.coco.json").read_text())
+    assert len(coco["images"]) == 4 and all(isinstance(a["segmentation"], list) for a in coco["annotations"])
+    card = json.loads((run / "model.json").read_text())
+    assert card["task"] == "cells" and card["input_scale"] == 0.4 and "map50" in card["metrics"]["val"]
