@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -107,3 +108,70 @@ def test_cells_training_run(cells_run):
     assert len(coco["images"]) == 4 and all(isinstance(a["segmentation"], list) for a in coco["annotations"])
     card = json.loads((run / "model.json").read_text())
     assert card["task"] == "cells" and card["input_scale"] == 0.4 and "map50" in card["metrics"]["val"]
+
+
+def test_analyze_cli_writes_every_output(cells_run, tmp_path):
+    from html.parser import HTMLParser
+
+    from typer.testing import CliRunner
+
+    from hemaseg.cli import app
+    from hemaseg.io.annotations import read_coco, read_cvat, read_results
+
+    _, run = cells_run
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    for i in range(2):
+        img, _ = _photo(np.random.default_rng(i))
+        cv2.imwrite(str(imgs / f"p{i}.jpg"), img[..., ::-1])
+    (imgs / "broken.jpg").write_bytes(b"not an image")
+    out = tmp_path / "out"
+    res = CliRunner().invoke(app, ["analyze", str(imgs), "--out", str(out), "--model", str(run / "model.safetensors"),
+                                   "--cvat", str(tmp_path / "a.xml"), "--coco", str(tmp_path / "c.json")])
+    assert res.exit_code == 1, res.output  # the broken image fails, the others are done
+    assert "broken.jpg" in res.output
+    entries = read_results(out / "results.json")
+    assert [Path(e["filename"]).name for e in entries] == ["p0.jpg", "p1.jpg"]
+    for e in entries:
+        for m in e["masks"]:
+            assert m["category"] in ("rbc", "wbc", "platelet") and set(m["bounding_box"]) == {"x1", "x2", "y1", "y2"}
+    rows = (out / "counts.csv").read_text().splitlines()
+    assert rows[0].startswith("filename,rbc,wbc,platelet,neutrophil,lymphocyte,monocyte,eosinophil,basophil")
+    assert len(rows) == 3
+    assert (out / "p0_overlay.png").exists() and (out / "p1_overlay.png").exists()
+    # Exports hold the same objects as results.json.
+    for back in (read_cvat(tmp_path / "a.xml"), read_coco(tmp_path / "c.json")):
+        assert [len(e["masks"]) for e in back] == [len(e["masks"]) for e in entries]
+    page = (out / "report.html").read_text()
+
+    class Checker(HTMLParser):
+        VOID = {"meta", "img", "br", "hr", "link", "input"}
+
+        def __init__(self):
+            super().__init__()
+            self.stack = []
+
+        def handle_starttag(self, tag, attrs):
+            if tag not in self.VOID:
+                self.stack.append(tag)
+
+        def handle_endtag(self, tag):
+            assert self.stack and self.stack[-1] == tag, (tag, self.stack[-3:])
+            self.stack.pop()
+
+    c = Checker()
+    c.feed(page)
+    assert c.stack == [] and page.startswith("<!DOCTYPE html>")
+    for name in ("p0.jpg", "p1.jpg", "broken.jpg"):
+        assert name in page
+
+
+def test_wbcs_are_cropped_and_typed_by_the_bundled_classifier():
+    from hemaseg.infer.pipeline import type_wbcs
+
+    img, _ = _photo(np.random.default_rng(0))
+    rec = {"bounding_box": {"x1": 65, "x2": 106, "y1": 65, "y2": 106}}
+    probs, crops, classes = type_wbcs(img, [rec, rec])
+    assert probs.shape == (2, 5) and np.allclose(probs.sum(1), 1, atol=1e-4)
+    assert set(classes) == {"neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil"}
+    assert crops[0].shape[:2] == (80, 80) or crops[0].shape[0] == crops[0].shape[1]

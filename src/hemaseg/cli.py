@@ -67,6 +67,75 @@ def _setup_logging(verbose: bool) -> None:
 
 
 @app.command()
+def analyze(
+    images: Optional[List[str]] = typer.Argument(None, help="smear photos, folders or globs (none: the bundled sample)"),
+    out: Path = typer.Option(Path("hemaseg-out"), help="output folder (created)"),
+    model: str = typer.Option("cells", help="cells model: bundled name, .safetensors file or run folder"),
+    type_model: str = typer.Option("wbc-type", help="WBC-type classifier"),
+    cell_diameter: Optional[float] = typer.Option(None, help="red-cell diameter in px; default: estimated per image"),
+    cvat: Optional[Path] = typer.Option(None, help="also write CVAT for images 1.1 XML (polygons with labels)"),
+    coco: Optional[Path] = typer.Option(None, help="also write COCO JSON"),
+    coco_rle: bool = typer.Option(False, "--coco-rle", help="COCO masks as RLE instead of polygons"),
+    device: str = typer.Option("cpu", help="cpu, cuda or auto"),
+    tile: int = typer.Option(1024, help="largest tile for big images (px at model scale)"),
+) -> None:
+    """Whole smear: every RBC, WBC and platelet outlined, WBCs typed, counts and differential.
+
+    Writes OUT/results.json (seed-003 schema), OUT/counts.csv, OUT/<stem>_overlay.png, OUT/report.html.
+    """
+    from hemaseg.infer.pipeline import analyze as run_analyze
+    from hemaseg.infer.pipeline import draw_overlay
+    from hemaseg.infer.segment import get_model
+    from hemaseg.io.annotations import write_coco, write_cvat, write_results
+    from hemaseg.io.images import list_images, read_image
+    from hemaseg.io.report import counts_csv, write_report
+    from hemaseg.io.writers import write_png, write_text
+
+    _setup_logging(False)
+    dev = _device(device)
+    for name in (model, type_model):
+        try:
+            get_model(name, dev)
+        except HemasegError as exc:
+            _fail_error(exc, name)
+            raise typer.Exit(2) from None
+    if not images:
+        sample = Path(__file__).parent / "samples" / "BloodImage_00000.jpg"
+        images = [str(sample)]
+    paths = list_images(images)
+    if not paths:
+        _fail(" ".join(images), "no images found")
+        raise typer.Exit(1)
+    out.mkdir(parents=True, exist_ok=True)
+    analyses, overlays, failed = [], [], []
+
+    def work(path):
+        image = read_image(path)
+        a = run_analyze(image, str(path), model, type_model, cell_diameter, dev, tile)
+        ov = draw_overlay(image, a)
+        write_png(out / f"{path.stem}_overlay.png", ov)
+        analyses.append(a)
+        overlays.append(ov)
+
+    n_failed = _for_each(paths, "analyze", work)
+    done = {a.entry["filename"] for a in analyses}
+    failed = [(str(p), "failed (see above)") for p in paths if str(p) not in done]
+    entries = [a.entry for a in analyses]
+    write_results(out / "results.json", entries)
+    write_text(out / "counts.csv", counts_csv(analyses))
+    write_report(out / "report.html", analyses, overlays, failed)
+    labels = ["rbc", "platelet", "neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil"]
+    if cvat:
+        write_cvat(cvat, entries, labels)
+    if coco:
+        write_coco(coco, entries, rle=coco_rle, labels=labels)
+    cells = sum(len(e["masks"]) for e in entries)
+    typer.echo(f"{len(analyses)}/{len(paths)} images analysed, {cells} cells; results in {out} "
+               f"(report.html, results.json, counts.csv)", err=True)
+    raise typer.Exit(1 if n_failed else 0)
+
+
+@app.command()
 def segment(
     images: List[str] = typer.Argument(..., help="image files, folders or globs"),
     task: str = typer.Option("wbc", help="wbc (cell + nucleus), nuclei (instances) or smear10 (10-class map)"),
