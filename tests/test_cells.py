@@ -175,3 +175,29 @@ def test_wbcs_are_cropped_and_typed_by_the_bundled_classifier():
     assert probs.shape == (2, 5) and np.allclose(probs.sum(1), 1, atol=1e-4)
     assert set(classes) == {"neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil"}
     assert crops[0].shape[:2] == (80, 80) or crops[0].shape[0] == crops[0].shape[1]
+
+
+def test_maskrcnn_backend_trains_resumes_and_segments(tmp_path):
+    from hemaseg.infer.cells import segment_cells
+    from hemaseg.train.loop import task_config
+    from hemaseg.train.maskrcnn import fit_maskrcnn, to_target
+
+    enc = np.zeros((20, 20), np.uint16)
+    enc[2:8, 2:8] = (1 << 2) | 1
+    enc[10:18, 10:18] = (2 << 2) | 2
+    enc[0, 19] = 0xFFFF
+    t = to_target(enc)
+    assert t["labels"].tolist() == [1, 2] and t["boxes"][1].tolist() == [10, 10, 18, 18]
+    assert t["masks"].shape == (2, 20, 20) and int(t["masks"][0].sum()) == 36
+
+    root = _voc(tmp_path / "voc")
+    kw = {"backbone": "resnet10-quarter", "fpn_channels": 16}
+    cfg = task_config("cells", data=[str(root)], arch="maskrcnn-light", arch_kwargs=kw, epochs=2, batch_size=2,
+                      samples_per_epoch=2)
+    part = fit_maskrcnn(cfg, tmp_path / "run", progress=False, max_epochs_this_call=1)
+    assert part["epoch"] == 1 and not part.get("finished")
+    state = fit_maskrcnn(None, tmp_path / "run", resume=True, progress=False)
+    assert state["epoch"] == 2 and state["finished"] and "map50" in state["history"][-1]
+    img, _ = _photo(np.random.default_rng(3))
+    seg = segment_cells(img, str(tmp_path / "run" / "model.safetensors"))
+    assert seg.instances.shape == img.shape[:2] and len(seg.objects) == int(seg.instances.max())

@@ -204,13 +204,13 @@ def segment(
 
 @app.command()
 def train(
-    task: str = typer.Argument(..., help="wbc, nuclei, smear10 or wbc-type"),
+    task: str = typer.Argument(..., help="wbc, nuclei, smear10, cells or wbc-type"),
     data: Optional[List[str]] = typer.Option(None, help="data folder(s): image/mask pairs, the DSB layout for nuclei, "
                                                         "ImageFolder trees or wbc-seg + class CSV for wbc-type, "
                                                         "folders to cut real cells from for smear10 (none: procedural)"),
     out: Optional[Path] = typer.Option(None, help="run folder (checkpoints, state.json, curves, model card)"),
     resume: Optional[Path] = typer.Option(None, help="continue the run in this folder where it stopped"),
-    arch: str = typer.Option("unet-dropout", help="architecture name (see `hemaseg models`)"),
+    arch: str = typer.Option("unet-dropout", help="architecture name (see `hemaseg models`); cells: also maskrcnn"),
     epochs: Optional[int] = typer.Option(None, help="default: the task's (wbc 200, nuclei 80)"),
     batch_size: Optional[int] = typer.Option(None, help="default: the task's (wbc 16, nuclei 8)"),
     lr: Optional[float] = typer.Option(None, help="peak learning rate (default 2e-3)"),
@@ -243,9 +243,18 @@ def train(
         return
     if task not in TASK_DEFAULTS:
         raise typer.BadParameter(f"trainable tasks: {', '.join(TASK_DEFAULTS)}", param_hint="TASK")
+    arch = {"maskrcnn": "maskrcnn-light"}.get(arch, arch)
     try:
         if resume is not None:
-            state = fit(None, resume, resume=True)
+            import json as _json
+
+            saved = _json.loads((resume / "state.json").read_text()) if (resume / "state.json").exists() else {}
+            if saved.get("config", {}).get("arch", "").startswith("maskrcnn"):
+                from hemaseg.train.maskrcnn import fit_maskrcnn
+
+                state = fit_maskrcnn(None, resume, resume=True)
+            else:
+                state = fit(None, resume, resume=True)
             run = resume
         else:
             if (not data and task != "smear10") or out is None:
@@ -263,7 +272,15 @@ def train(
                               batch_size=batch_size, lr=lr, crop=crop, samples_per_epoch=samples_per_epoch,
                               patience=patience, augment=augment, val_fraction=val_fraction, seed=seed,
                               schedule=extra.get("schedule"))
-            state = fit(cfg, out)
+            if arch.startswith("maskrcnn"):
+                if task != "cells":
+                    raise typer.BadParameter("--arch maskrcnn is for the cells task", param_hint="--arch")
+                from hemaseg.train.maskrcnn import fit_maskrcnn
+
+                cfg.batch_size = batch_size or 4
+                state = fit_maskrcnn(cfg, out)
+            else:
+                state = fit(cfg, out)
             run = out
     except HemasegError as exc:
         _fail_error(exc)

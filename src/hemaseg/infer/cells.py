@@ -71,6 +71,8 @@ def segment_cells(image: np.ndarray, model="cells", cell_diameter: float | None 
     ``class_name``/``category`` is its category.
     """
     module, card = get_model(model, device)
+    if card["architecture"]["name"].startswith("maskrcnn"):
+        return _segment_detector(image, module, card, cell_diameter)
     norm = card.get("normalization", {})
     prange = percentile_range(image, norm.get("low", 1.0), norm.get("high", 99.0))
     trained = float(card.get("cell_diameter") or 40.0)
@@ -89,16 +91,64 @@ def segment_cells(image: np.ndarray, model="cells", cell_diameter: float | None 
                 probs = predict_probs(module, card, image, factor, tile, overlap, prange)
     diameter = float(cell_diameter or trained / factor)
     instances, owner = cell_instances(probs, diameter)
+    scores = []
+    for k in range(1, len(owner)):
+        sel = instances == k
+        scores.append(float(probs[owner[k]][sel].mean() + probs[-1][sel].mean()) if sel.any() else 0.0)
+    return _result(instances, owner, np.asarray(scores), probs, diameter, factor)
+
+
+def _result(instances: np.ndarray, owner: np.ndarray, scores: np.ndarray, probs: np.ndarray | None,
+            diameter: float, factor: float) -> Segmentation:
+    """Segmentation with one record per instance (category, score, box, outline)."""
     classes = owner[instances].astype(np.uint8)
     objects = []
     for k, name in enumerate(CELL_CATEGORIES, 1):
         sel = np.where(owner[instances] == k, instances, 0)
         for rec in instance_objects(sel, None, name):
-            bb = rec["bounding_box"]
-            region = sel[bb["y1"]:bb["y2"], bb["x1"]:bb["x2"]] == rec["id"]
-            rec["score"] = round(float(probs[k, bb["y1"]:bb["y2"], bb["x1"]:bb["x2"]][region].mean()
-                                       + probs[-1, bb["y1"]:bb["y2"], bb["x1"]:bb["x2"]][region].mean()), 4)
+            rec["score"] = round(float(scores[rec["id"] - 1]), 4)
             rec["category"] = name
             objects.append(rec)
     objects.sort(key=lambda r: r["id"])
-    return Segmentation(classes, instances, probs, diameter, factor, objects)
+    return Segmentation(classes, instances, probs if probs is not None else np.zeros((0,) + instances.shape, np.float32),
+                        diameter, factor, objects)
+
+
+def _segment_detector(image: np.ndarray, module, card: dict, cell_diameter: float | None) -> Segmentation:
+    """The Mask R-CNN backend: same scale logic (first pass at the training photos' scale, then
+    the trained red-cell size), detections painted into an instance map at the input's size."""
+    import cv2
+
+    from hemaseg.data.transforms import rescale
+    from hemaseg.infer.segment import measure_diameter
+    from hemaseg.train.maskrcnn import detect
+
+    trained = float(card.get("cell_diameter") or 34.0)
+
+    def run(f: float):
+        inst, owner, scores = detect(module, rescale(image, f))
+        if inst.shape != image.shape[:2]:
+            inst = cv2.resize(inst.astype(np.float32), (image.shape[1], image.shape[0]),
+                              interpolation=cv2.INTER_NEAREST).astype(np.int32)
+        return inst, owner, scores
+
+    if cell_diameter:
+        factor = float(np.clip(trained / cell_diameter, MIN_FACTOR, MAX_FACTOR))
+        inst, owner, scores = run(factor)
+    else:
+        factor = float(card.get("input_scale", 1.0))
+        inst, owner, scores = run(factor)
+        rbc = np.where(owner[inst] == 1, inst, 0)
+        measured = measure_diameter(rbc, min_area=10) if rbc.any() else None
+        if measured is not None:
+            cell_diameter = measured
+            new = factor * cells_factor(card, measured * factor)
+            if abs(new - factor) > 1e-3:
+                factor = new
+                inst, owner, scores = run(factor)
+    # Instances hidden by higher-scoring ones or lost in resizing are dropped and the rest renumbered.
+    present = np.unique(inst[inst > 0])
+    lut = np.zeros(len(owner), np.int32)
+    lut[present] = np.arange(1, len(present) + 1)
+    return _result(lut[inst], np.concatenate([[0], owner[present]]).astype(int), scores[present - 1], None,
+                   float(cell_diameter or trained / factor), factor)

@@ -37,7 +37,7 @@ def create_model(name: str, **kwargs) -> nn.Module:
 
 
 def _ensure_loaded() -> None:
-    from hemaseg.models import classifier, unet  # noqa: F401  (register on import)
+    from hemaseg.models import classifier, maskrcnn, unet  # noqa: F401  (register on import)
 
 
 # ---- model cards ---------------------------------------------------------------------------

@@ -1,0 +1,192 @@
+"""Training of the Mask R-CNN cells backend (``hemaseg train cells --arch maskrcnn``): the same
+pseudo-masks, split, scale and validation metric as the U-Net cells model, its own step."""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hemaseg.tasks import CELL_CATEGORIES, get_task
+
+log = logging.getLogger(__name__)
+
+
+def to_target(encoded: np.ndarray, min_area: int = 6) -> dict:
+    """Encoded instance map -> torchvision target (boxes x1y1x2y2, labels 1-3, masks (N, H, W) uint8)."""
+    from hemaseg.data.cells import UNKNOWN
+
+    enc = np.where(encoded == UNKNOWN, 0, encoded)
+    ids = np.unique(enc[enc > 0])
+    boxes, labels, masks = [], [], []
+    for v in ids:
+        m = enc == v
+        if m.sum() < min_area:
+            continue
+        ys, xs = np.nonzero(m)
+        boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+        labels.append(int(v & 3))
+        masks.append(m)
+    h, w = encoded.shape
+    return {"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+            "labels": torch.tensor(labels, dtype=torch.int64),
+            "masks": torch.from_numpy(np.stack(masks).astype(np.uint8)) if masks else torch.zeros((0, h, w), torch.uint8)}
+
+
+def to_input(image: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (3, H, W) float in [0, 1] (the detector normalises itself)."""
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255.0
+
+
+@torch.inference_mode()
+def detect(model, image: np.ndarray, score_threshold: float = 0.3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(instances (H, W) int32 1..N, class per instance (N + 1,) with 0 unused, scores (N,)) of one image,
+    highest scores painted last so they win overlaps."""
+    model.eval()
+    out = model([to_input(image)])[0]
+    keep = out["scores"] >= score_threshold
+    scores, labels, masks = out["scores"][keep].numpy(), out["labels"][keep].numpy(), out["masks"][keep, 0].numpy()
+    inst = np.zeros(image.shape[:2], np.int32)
+    for j in np.argsort(scores):
+        inst[masks[j] > 0.5] = j + 1
+    present = np.unique(inst[inst > 0])
+    lut = np.zeros(len(scores) + 1, np.int32)
+    lut[present] = np.arange(1, len(present) + 1)
+    owner = np.concatenate([[0], labels[present - 1]]).astype(int)
+    return lut[inst], owner, scores[present - 1]
+
+
+def evaluate_detector(model, items: list) -> dict[str, float]:
+    """VOC AP@0.5 per category and their mean, from the detector's boxes and scores."""
+    from hemaseg.metrics import detection_ap
+
+    preds = {c: [] for c in CELL_CATEGORIES}
+    truths = {c: {} for c in CELL_CATEGORIES}
+    model.eval()
+    with torch.inference_mode():
+        for i, (img, boxes) in enumerate(items):
+            out = model([to_input(img)])[0]
+            for c in CELL_CATEGORIES:
+                truths[c][i] = [b for cat, b in boxes if cat == c]
+            for b, lab, s in zip(out["boxes"].numpy(), out["labels"].numpy(), out["scores"].numpy()):
+                preds[CELL_CATEGORIES[int(lab) - 1]].append((i, float(s), tuple(b)))
+    res = {f"ap50_{c}": detection_ap(preds[c], truths[c]) for c in CELL_CATEGORIES}
+    vals = [v for v in res.values() if np.isfinite(v)]
+    res["map50"] = float(np.mean(vals)) if vals else 0.0
+    return res
+
+
+class DetectionDataset(torch.utils.data.Dataset):
+    """Augmented photos (flips, 90° turns, scale, stain/colour) with their instance targets."""
+
+    def __init__(self, items, transform, length: int) -> None:
+        self.items, self.transform, self.length = items, transform, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int):
+        image, enc = self.items[i % len(self.items)]
+        out = self.transform(image=image, mask=enc)
+        return to_input(out["image"]), to_target(out["mask"])
+
+
+def fit_maskrcnn(cfg, run: str | Path, resume: bool = False, progress: bool = True,
+                 max_epochs_this_call: int | None = None) -> dict:
+    """Train (or resume) the Mask R-CNN backend in ``run``; the same files as :func:`hemaseg.train.loop.fit`."""
+    from hemaseg.data.transforms import colour_augs, optics_augs
+    from hemaseg.io.writers import write_json
+    from hemaseg.models.registry import create_model, save_model
+    from hemaseg.progress import track
+    from hemaseg.train.cells import INPUT_SCALE, load_scaled, prepare, truth_boxes
+    from hemaseg.train.loop import (TrainConfig, _save_checkpoint, _seed_all, begin_epoch, epochs_to_run,
+                                    object_diameters, plot_curves, start_or_resume, versions)
+
+    import albumentations as A
+    import cv2
+
+    run = Path(run)
+    cfg, state = start_or_resume(cfg, TrainConfig, run, resume)
+    task = get_task("cells")
+    train, val = prepare(cfg.data, run, cfg.seed, cfg.val_fraction)
+    train_items = [load_scaled(p, e, INPUT_SCALE, mark_unknown=False) for p, e in train]
+    val_items = [(load_scaled(p, e, INPUT_SCALE)[0], truth_boxes(e, INPUT_SCALE)) for p, e in val]
+    diams = object_diameters([np.where((enc & 3) == 1, enc >> 2, 0) for _, enc in train_items])
+
+    _seed_all(cfg.seed)
+    model = create_model(cfg.arch, classes=len(task.classes) - 1, **cfg.arch_kwargs)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs, eta_min=cfg.lr * 0.01)
+    if resume and (run / "last.safetensors").exists():
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(str(run / "last.safetensors")))
+        opt_state = torch.load(run / "last.optim.pt", weights_only=False)
+        optimizer.load_state_dict(opt_state["optimizer"])
+        scheduler.load_state_dict(opt_state["scheduler"])
+    geo = [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5), A.RandomRotate90(p=1.0)]
+    if cfg.augment:
+        geo.append(A.Affine(scale=(cfg.scale_min, cfg.scale_max), rotate=(-180, 180), border_mode=cv2.BORDER_CONSTANT,
+                            fill=0, fill_mask=0, p=0.7))
+    transform = A.Compose(geo + (colour_augs() + optics_augs() if cfg.augment else []))
+    dataset = DetectionDataset(train_items, transform, cfg.samples_per_epoch or len(train_items))
+    card = {
+        "name": "cells-maskrcnn", "task": "cells", "classes": list(task.classes), "label_values": list(task.label_values),
+        "architecture": {"name": cfg.arch, "kwargs": {"classes": len(task.classes) - 1, **cfg.arch_kwargs}},
+        "normalization": {"type": "unit", "low": cfg.norm_low, "high": cfg.norm_high},
+        "cell_diameter": float(np.median(diams)) if len(diams) else 34.0,
+        "diameter_range": [float(v) for v in np.percentile(diams, [5, 95])] if len(diams) else [],
+        "input_scale": INPUT_SCALE,
+        "training": {"data": cfg.data, "n_train": len(train_items), "n_val": len(val_items), "seed": cfg.seed,
+                     "augment": cfg.augment, "scale_range": [cfg.scale_min, cfg.scale_max],
+                     "pseudo_masks": str(run / "pseudo_masks.coco.json"), "split": str(run / "split.json")},
+        "versions": versions(),
+    }
+    for epoch in epochs_to_run(state, cfg.epochs, max_epochs_this_call):
+        t0 = time.time()
+        begin_epoch(cfg.seed, epoch, transform)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True,
+                                             collate_fn=lambda b: tuple(zip(*b)))
+        model.train()
+        losses = []
+        bar = track(loader, f"epoch {epoch}/{cfg.epochs}", leave=False) if progress else loader
+        for xs, ys in bar:
+            loss = sum(model(list(xs), list(ys)).values())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 10.0)
+            optimizer.step()
+            losses.append(float(loss))
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+        val_scores = evaluate_detector(model, val_items) if val_items else {}
+        metric = val_scores.get("map50", -float(np.mean(losses)))
+        entry = {"epoch": epoch, "lr": lr, "train_loss": float(np.mean(losses)), **val_scores, "metric": metric,
+                 "seconds": round(time.time() - t0, 2)}
+        state["history"].append(entry)
+        state["epoch"] = epoch
+        card_now = {**card, "metrics": {"val": val_scores, "epoch": epoch}}
+        if metric > state["best_metric"]:
+            state["best_metric"], state["best_epoch"] = metric, epoch
+            _save_checkpoint(run, "best", model, optimizer, scheduler, card_now)
+        if epoch - state["best_epoch"] >= cfg.patience:
+            state["stopped_early"] = True
+        _save_checkpoint(run, "last", model, optimizer, scheduler, card_now)
+        state["versions"] = versions()
+        write_json(run / "state.json", state)
+        plot_curves(state["history"], run / "curves.png")
+        log.info("epoch %d/%d loss %.4f %s lr %.2e %.0fs", epoch, cfg.epochs, entry["train_loss"],
+                 " ".join(f"{k} {v:.4f}" for k, v in val_scores.items()), lr, entry["seconds"])
+    if state["epoch"] >= cfg.epochs or state["stopped_early"]:
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(str(run / "best.safetensors")))
+        best = next(h for h in state["history"] if h["epoch"] == state["best_epoch"])
+        save_model(model, run / "model", {**card, "metrics": {"val": {k: best[k] for k in best if k.startswith(("ap", "map"))},
+                                                               "epoch": state["best_epoch"]}})
+        state["finished"] = True
+        write_json(run / "state.json", state)
+    return state
