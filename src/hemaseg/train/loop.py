@@ -459,6 +459,7 @@ def fit(cfg: TrainConfig | None, run: str | Path, resume: bool = False, progress
 
         model.load_state_dict(load_file(str(run / "best.safetensors")))
         best = next(h for h in state["history"] if h["epoch"] == state["best_epoch"])
+        card["training"]["minutes"] = round(sum(h["seconds"] for h in state["history"]) / 60, 1)
         save_model(model, run / "model", {**card, "metrics": {"val": {k: best[k] for k in best if k.startswith(("dice", "iou", "dsb", "ap", "pixel", "mean_iou", "map"))},
                                                                "epoch": state["best_epoch"]}})
         state["finished"] = True
