@@ -199,24 +199,30 @@ def procedural_wbc(kind: str, d: float, rng: np.random.Generator) -> np.ndarray:
     elif kind == "neutrophil":
         cyto_rgb = rng.uniform([205, 180, 195], [240, 215, 230])
         nuc = _lobes(s, c, d * rng.uniform(0.12, 0.16), int(rng.integers(2, 6)), rng, d * 0.2)
-        granules = (rng.uniform([180, 140, 170], [215, 175, 205]), 0.15, d / 14)
+        granules = (rng.uniform([180, 140, 170], [215, 175, 205]), 0.3, d / 30)
     elif kind == "eosinophil":
         cyto_rgb = rng.uniform([215, 150, 120], [245, 190, 160])
         nuc = _lobes(s, c, d * rng.uniform(0.15, 0.19), 2, rng, d * 0.2)
-        granules = (rng.uniform([200, 80, 50], [240, 130, 100]), 0.6, d / 12)
+        granules = (rng.uniform([200, 80, 50], [240, 130, 100]), 0.75, d / 22)
     else:  # basophil: dark granules over the whole cell hide the nucleus
         cyto_rgb = rng.uniform([160, 130, 190], [210, 180, 225])
         nuc = _lobes(s, c, d * rng.uniform(0.14, 0.18), 2, rng, d * 0.15)
-        granules = (rng.uniform([50, 20, 80], [100, 60, 140]), 0.55, d / 12)
+        granules = (rng.uniform([50, 20, 80], [100, 60, 140]), 0.7, d / 20)
     nuc = np.minimum(nuc, cell)
     col = np.broadcast_to(cyto_rgb, (s, s, 3)).astype(np.float32) * (1 + 0.04 * _noise((s, s), rng, d / 6))[..., None]
-    if granules is not None:
+
+    def sprinkle(col: np.ndarray) -> np.ndarray:
         g_rgb, density, g_size = granules
-        g = (_noise((s, s), rng, max(g_size, 1.2)) > 1 - 2 * density * 0.6).astype(np.float32)
-        g = cv2.GaussianBlur(g, (0, 0), 0.6) * cell
-        col = col * (1 - g[..., None]) + g_rgb * g[..., None]
+        g = (_noise((s, s), rng, max(g_size, 1.0)) > 1 - density).astype(np.float32)
+        g = cv2.GaussianBlur(g, (0, 0), 0.5) * cell
+        return col * (1 - g[..., None]) + g_rgb * g[..., None]
+
+    if granules is not None and kind != "basophil":
+        col = sprinkle(col)
     tex = 1 + 0.12 * _noise((s, s), rng, d / 10)
     col = col * (1 - nuc[..., None]) + (nucleus_rgb * tex[..., None]) * nuc[..., None]
+    if kind == "basophil":  # its granules lie over the nucleus and hide it
+        col = sprinkle(col)
     return _rgba(col, cell)
 
 
