@@ -121,10 +121,9 @@ def write_cvat(path: str | Path, entries: list[dict], labels: list[str] | None =
 
 def read_cvat(path: str | Path) -> list[dict]:
     """Entries of a CVAT for images 1.1 XML (polygons; boxes become 4-corner polygons)."""
-    try:
-        root = ET.parse(path).getroot()
-    except (ET.ParseError, OSError) as exc:
-        raise HemasegInputError(path, f"not a readable CVAT XML ({exc})") from None
+    from hemaseg.io.datasets import parse_xml
+
+    root = parse_xml(path, "CVAT XML")
     entries = []
     for img in root.iter("image"):
         masks = []
@@ -226,12 +225,9 @@ def read_coco(path: str | Path) -> list[dict]:
 def read_voc_entry(path: str | Path) -> dict:
     """A Pascal VOC XML as an entry (boxes as 4-corner polygons; class names lower case, BCCD's
     ``Platelets`` as ``platelet``)."""
-    from hemaseg.io.datasets import read_voc
+    from hemaseg.io.datasets import parse_xml, read_voc
 
-    try:
-        root = ET.parse(path).getroot()
-    except (ET.ParseError, OSError) as exc:
-        raise HemasegInputError(path, f"not a readable VOC XML ({exc})") from None
+    root = parse_xml(path, "VOC XML")
     size = root.find("size")
     h = int(size.findtext("height", "0")) if size is not None else 0
     w = int(size.findtext("width", "0")) if size is not None else 0

@@ -210,14 +210,19 @@ def find_labelled_cells(root: str | Path) -> list[tuple[Path, str]]:
     return out
 
 
-def read_voc(xml: str | Path) -> list[tuple[str, tuple[int, int, int, int]]]:
-    """Pascal VOC annotation -> [(name, (x1, y1, x2, y2)), ...] in pixels (BCCD: RBC, WBC, Platelets)."""
+def parse_xml(path: str | Path, what: str = "XML"):
+    """Root element of an XML file; HemasegInputError naming the file when it cannot be read."""
     import xml.etree.ElementTree as ET
 
     try:
-        root = ET.parse(xml).getroot()
+        return ET.parse(path).getroot()
     except (ET.ParseError, OSError) as exc:
-        raise HemasegInputError(xml, f"not a readable VOC XML ({exc})") from None
+        raise HemasegInputError(path, f"not a readable {what} ({exc})") from None
+
+
+def read_voc(xml: str | Path) -> list[tuple[str, tuple[int, int, int, int]]]:
+    """Pascal VOC annotation -> [(name, (x1, y1, x2, y2)), ...] in pixels (BCCD: RBC, WBC, Platelets)."""
+    root = parse_xml(xml, "VOC XML")
     out = []
     for obj in root.iter("object"):
         name, box = obj.findtext("name"), obj.find("bndbox")

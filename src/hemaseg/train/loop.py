@@ -351,11 +351,65 @@ def start_or_resume(cfg, config_class, run: Path, resume: bool) -> tuple:
                  "stopped_early": False}
 
 
+def load_last(run: Path, model, optimizer, scheduler) -> None:
+    """Restore the ``last`` checkpoint (weights, optimizer, LR schedule) of a run being resumed."""
+    if not (run / "last.safetensors").exists():
+        return
+    from safetensors.torch import load_file
+
+    model.load_state_dict(load_file(str(run / "last.safetensors")))
+    opt_state = torch.load(run / "last.optim.pt", weights_only=False)
+    optimizer.load_state_dict(opt_state["optimizer"])
+    scheduler.load_state_dict(opt_state["scheduler"])
+
+
 def _save_checkpoint(run: Path, tag: str, model, optimizer, scheduler, card: dict) -> None:
     save_model(model, run / tag, card)
     if tag == "last":
         with atomic_path(run / "last.optim.pt") as tmp:
             torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp)
+
+
+def end_epoch(run: Path, state: dict, cfg, epoch: int, lr: float, losses: list[float], val: dict, metric: float,
+              seconds: float, model, optimizer, scheduler, card: dict) -> dict:
+    """Book an epoch: history entry, best/last checkpoints, early-stop flag, state.json, curves, log line."""
+    entry = {"epoch": epoch, "lr": lr, "train_loss": float(np.mean(losses)), **val, "metric": metric,
+             "seconds": round(seconds, 2)}
+    state["history"].append(entry)
+    state["epoch"] = epoch
+    state["lr"] = optimizer.param_groups[0]["lr"]
+    card_now = {**card, "metrics": {"val": val, "epoch": epoch}}
+    if metric > state["best_metric"]:
+        state["best_metric"], state["best_epoch"] = metric, epoch
+        _save_checkpoint(run, "best", model, optimizer, scheduler, card_now)
+    if epoch - state["best_epoch"] >= cfg.patience:
+        state["stopped_early"] = True
+    _save_checkpoint(run, "last", model, optimizer, scheduler, card_now)
+    state["versions"] = versions()
+    write_json(run / "state.json", state)
+    plot_curves(state["history"], run / "curves.png")
+    log.info(f"epoch {epoch}/{cfg.epochs} loss {entry['train_loss']:.4f} "
+             + " ".join(f"{k} {v:.4f}" for k, v in val.items()) + f" lr {lr:.2e} {entry['seconds']:.0f}s")
+    return entry
+
+
+SCORE_PREFIXES = ("dice", "iou", "dsb", "ap", "pixel", "mean_iou", "map")  # validation keys kept in the model card
+
+
+def finish_run(run: Path, state: dict, cfg, model, card: dict) -> None:
+    """When the run is over (all epochs, or stopped early): the shipped model = best weights + card
+    with that epoch's validation figures and the training time; ``state["finished"]``."""
+    if not (state["epoch"] >= cfg.epochs or state["stopped_early"]):
+        return
+    from safetensors.torch import load_file
+
+    model.load_state_dict(load_file(str(run / "best.safetensors")))
+    best = next(h for h in state["history"] if h["epoch"] == state["best_epoch"])
+    card["training"]["minutes"] = round(sum(h["seconds"] for h in state["history"]) / 60, 1)
+    save_model(model, run / "model", {**card, "metrics": {"val": {k: best[k] for k in best if k.startswith(SCORE_PREFIXES)},
+                                                           "epoch": state["best_epoch"]}})
+    state["finished"] = True
+    write_json(run / "state.json", state)
 
 
 def fit(cfg: TrainConfig | None, run: str | Path, resume: bool = False, progress: bool = True,
@@ -368,7 +422,6 @@ def fit(cfg: TrainConfig | None, run: str | Path, resume: bool = False, progress
     from hemaseg.progress import track
 
     run = Path(run)
-    state_path = run / "state.json"
     cfg, state = start_or_resume(cfg, TrainConfig, run, resume)
     task = get_task(cfg.task)
 
@@ -390,13 +443,8 @@ def fit(cfg: TrainConfig | None, run: str | Path, resume: bool = False, progress
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[max(1, round(cfg.epochs / 7))], gamma=0.1)
     else:
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs, eta_min=cfg.lr * 0.01)
-    if resume and (run / "last.safetensors").exists():
-        from safetensors.torch import load_file
-
-        model.load_state_dict(load_file(str(run / "last.safetensors")))
-        opt_state = torch.load(run / "last.optim.pt", weights_only=False)
-        optimizer.load_state_dict(opt_state["optimizer"])
-        scheduler.load_state_dict(opt_state["scheduler"])
+    if resume:
+        load_last(run, model, optimizer, scheduler)
 
     card = {
         "name": f"{task.name}-{cfg.arch}",
@@ -434,34 +482,7 @@ def fit(cfg: TrainConfig | None, run: str | Path, resume: bool = False, progress
         val = evaluate_native(model, val_items, cfg.norm_low, cfg.norm_high, stride, cfg.task, cfg.invert_bright,
                               float(data_card.get("cell_diameter") or 0))
         metric = headline(cfg.task, val) if val else -float(np.mean(losses))
-        entry = {"epoch": epoch, "lr": lr, "train_loss": float(np.mean(losses)), **val, "metric": metric,
-                 "seconds": round(time.time() - t0, 2)}
-        state["history"].append(entry)
-        state["epoch"] = epoch
-        state["lr"] = optimizer.param_groups[0]["lr"]
-        card_now = {**card, "metrics": {"val": val, "epoch": epoch}}
-        if metric > state["best_metric"]:
-            state["best_metric"], state["best_epoch"] = metric, epoch
-            _save_checkpoint(run, "best", model, optimizer, scheduler, card_now)
-        if epoch - state["best_epoch"] >= cfg.patience:
-            state["stopped_early"] = True
-        _save_checkpoint(run, "last", model, optimizer, scheduler, card_now)
-        state["versions"] = versions()
-        write_json(state_path, state)
-        plot_curves(state["history"], run / "curves.png")
-        msg = (f"epoch {epoch}/{cfg.epochs} loss {entry['train_loss']:.4f} "
-               + " ".join(f"{k} {v:.4f}" for k, v in val.items()) + f" lr {lr:.2e} {entry['seconds']:.0f}s")
-        log.info(msg)
+        end_epoch(run, state, cfg, epoch, lr, losses, val, metric, time.time() - t0, model, optimizer, scheduler, card)
 
-    if state["epoch"] >= cfg.epochs or state["stopped_early"]:
-        # The shipped model of the run: best weights + card with its validation figures.
-        from safetensors.torch import load_file
-
-        model.load_state_dict(load_file(str(run / "best.safetensors")))
-        best = next(h for h in state["history"] if h["epoch"] == state["best_epoch"])
-        card["training"]["minutes"] = round(sum(h["seconds"] for h in state["history"]) / 60, 1)
-        save_model(model, run / "model", {**card, "metrics": {"val": {k: best[k] for k in best if k.startswith(("dice", "iou", "dsb", "ap", "pixel", "mean_iou", "map"))},
-                                                               "epoch": state["best_epoch"]}})
-        state["finished"] = True
-        write_json(state_path, state)
+    finish_run(run, state, cfg, model, card)
     return state

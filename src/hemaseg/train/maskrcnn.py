@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from hemaseg.tasks import CELL_CATEGORIES, get_task
+from hemaseg.train.loop import SegDataset
 
 log = logging.getLogger(__name__)
 
@@ -78,14 +79,9 @@ def evaluate_detector(model, items: list) -> dict[str, float]:
     return res
 
 
-class DetectionDataset(torch.utils.data.Dataset):
-    """Augmented photos (flips, 90° turns, scale, stain/colour) with their instance targets."""
-
-    def __init__(self, items, transform, length: int) -> None:
-        self.items, self.transform, self.length = items, transform, length
-
-    def __len__(self) -> int:
-        return self.length
+class DetectionDataset(SegDataset):
+    """Augmented photos (flips, 90° turns, scale, stain/colour) with their instance targets
+    (the detector normalises its input itself)."""
 
     def __getitem__(self, i: int):
         image, enc = self.items[i % len(self.items)]
@@ -97,12 +93,11 @@ def fit_maskrcnn(cfg, run: str | Path, resume: bool = False, progress: bool = Tr
                  max_epochs_this_call: int | None = None) -> dict:
     """Train (or resume) the Mask R-CNN backend in ``run``; the same files as :func:`hemaseg.train.loop.fit`."""
     from hemaseg.data.transforms import colour_augs, optics_augs
-    from hemaseg.io.writers import write_json
-    from hemaseg.models.registry import create_model, save_model
+    from hemaseg.models.registry import create_model
     from hemaseg.progress import track
     from hemaseg.train.cells import INPUT_SCALE, load_scaled, prepare, truth_boxes
-    from hemaseg.train.loop import (TrainConfig, _save_checkpoint, _seed_all, begin_epoch, epochs_to_run,
-                                    object_diameters, plot_curves, start_or_resume, versions)
+    from hemaseg.train.loop import (TrainConfig, _seed_all, begin_epoch, end_epoch, epochs_to_run, finish_run,
+                                    load_last, object_diameters, start_or_resume, versions)
 
     import albumentations as A
     import cv2
@@ -120,19 +115,14 @@ def fit_maskrcnn(cfg, run: str | Path, resume: bool = False, progress: bool = Tr
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs, eta_min=cfg.lr * 0.01)
-    if resume and (run / "last.safetensors").exists():
-        from safetensors.torch import load_file
-
-        model.load_state_dict(load_file(str(run / "last.safetensors")))
-        opt_state = torch.load(run / "last.optim.pt", weights_only=False)
-        optimizer.load_state_dict(opt_state["optimizer"])
-        scheduler.load_state_dict(opt_state["scheduler"])
+    if resume:
+        load_last(run, model, optimizer, scheduler)
     geo = [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5), A.RandomRotate90(p=1.0)]
     if cfg.augment:
         geo.append(A.Affine(scale=(cfg.scale_min, cfg.scale_max), rotate=(-180, 180), border_mode=cv2.BORDER_CONSTANT,
                             fill=0, fill_mask=0, p=0.7))
     transform = A.Compose(geo + (colour_augs() + optics_augs() if cfg.augment else []))
-    dataset = DetectionDataset(train_items, transform, cfg.samples_per_epoch or len(train_items))
+    dataset = DetectionDataset(train_items, transform, cfg.norm_low, cfg.norm_high, cfg.samples_per_epoch)
     card = {
         "name": "cells-maskrcnn", "task": "cells", "classes": list(task.classes), "label_values": list(task.label_values),
         "architecture": {"name": cfg.arch, "kwargs": {"classes": len(task.classes) - 1, **cfg.arch_kwargs}},
@@ -164,30 +154,7 @@ def fit_maskrcnn(cfg, run: str | Path, resume: bool = False, progress: bool = Tr
         scheduler.step()
         val_scores = evaluate_detector(model, val_items) if val_items else {}
         metric = val_scores.get("map50", -float(np.mean(losses)))
-        entry = {"epoch": epoch, "lr": lr, "train_loss": float(np.mean(losses)), **val_scores, "metric": metric,
-                 "seconds": round(time.time() - t0, 2)}
-        state["history"].append(entry)
-        state["epoch"] = epoch
-        card_now = {**card, "metrics": {"val": val_scores, "epoch": epoch}}
-        if metric > state["best_metric"]:
-            state["best_metric"], state["best_epoch"] = metric, epoch
-            _save_checkpoint(run, "best", model, optimizer, scheduler, card_now)
-        if epoch - state["best_epoch"] >= cfg.patience:
-            state["stopped_early"] = True
-        _save_checkpoint(run, "last", model, optimizer, scheduler, card_now)
-        state["versions"] = versions()
-        write_json(run / "state.json", state)
-        plot_curves(state["history"], run / "curves.png")
-        log.info("epoch %d/%d loss %.4f %s lr %.2e %.0fs", epoch, cfg.epochs, entry["train_loss"],
-                 " ".join(f"{k} {v:.4f}" for k, v in val_scores.items()), lr, entry["seconds"])
-    if state["epoch"] >= cfg.epochs or state["stopped_early"]:
-        from safetensors.torch import load_file
-
-        model.load_state_dict(load_file(str(run / "best.safetensors")))
-        best = next(h for h in state["history"] if h["epoch"] == state["best_epoch"])
-        card["training"]["minutes"] = round(sum(h["seconds"] for h in state["history"]) / 60, 1)
-        save_model(model, run / "model", {**card, "metrics": {"val": {k: best[k] for k in best if k.startswith(("ap", "map"))},
-                                                               "epoch": state["best_epoch"]}})
-        state["finished"] = True
-        write_json(run / "state.json", state)
+        end_epoch(run, state, cfg, epoch, lr, losses, val_scores, metric, time.time() - t0, model, optimizer, scheduler,
+                  card)
+    finish_run(run, state, cfg, model, card)
     return state
