@@ -16,7 +16,7 @@ from hemaseg.tasks import SMEAR10
 
 log = logging.getLogger(__name__)
 
-N_VAL = 120  # synthetic validation images, made once from the validation crops and kept on disk
+N_VAL = 100  # synthetic validation images, made once from the validation crops and kept on disk
 
 
 def smear_transform(augment: bool = True):
