@@ -10,7 +10,7 @@ from hemaseg.data.synth import (CLUMP, HEALTHY, INFECTED, CellBank, SynthConfig,
                                 write_smear)
 from hemaseg.data.weights import class_balance_weights, contact_weights
 from hemaseg.infer.smear import rbc_diameter, vote_per_object
-from hemaseg.io.datasets import read_colour_map, read_smear_pairs
+from hemaseg.io.datasets import read_colour_map, read_smear_labels, read_smear_pairs
 from hemaseg.io.writers import write_png
 from hemaseg.tasks import SMEAR10
 
@@ -160,8 +160,15 @@ def test_synth_cli_writes_seed002_folders(tmp_path):
                      ("labels", "json")):
         assert len(list((out / sub).glob(f"*.{ext}"))) == 2
     pairs = read_smear_pairs(out)
-    labels = json.loads(next((out / "labels").glob("*.json")).read_text())
-    assert len(pairs) == 2 and pairs[0][1].max() <= 9 and labels["0"]["classIdx"] in range(10)
+    objs = read_smear_labels(sorted((out / "labels").glob("*.json"))[0])
+    assert len(pairs) == 2 and pairs[0][1].max() <= 9
+    classes = pairs[0][1]
+    for o in objs:  # every labelled object's box holds its class in the map read back from the palette PNG
+        box = classes[o["tlY"]:o["tlY"] + o["bboxH"], o["tlX"]:o["tlX"] + o["bboxW"]]
+        assert (box == o["classIdx"]).any()
+    (out / "labels" / "bad.json").write_text('{"0": {"className": "x"}}')
+    with pytest.raises(Exception, match="bad.json"):
+        read_smear_labels(out / "labels" / "bad.json")
 
 
 @pytest.fixture()
@@ -171,8 +178,25 @@ def smear_run(tmp_path, monkeypatch):
 
     monkeypatch.setattr(smear, "N_VAL", 3)
     cfg = task_config("smear10", arch_kwargs={**TINY, "norm": "group"}, epochs=2, batch_size=4, samples_per_epoch=8,
-                      workers=0)
+                      workers=1)  # smears composed in a data-loader worker process
     return fit(cfg, tmp_path / "run", progress=False), tmp_path / "run"
+
+
+def test_smear10_resume_equals_unbroken_run(smear_run, tmp_path, monkeypatch):
+    import hemaseg.train.smear as smear
+    from safetensors.torch import load_file
+
+    from hemaseg.train.loop import fit, task_config
+
+    monkeypatch.setattr(smear, "N_VAL", 3)
+    full, full_run = smear_run
+    cfg = task_config("smear10", arch_kwargs={**TINY, "norm": "group"}, epochs=2, batch_size=4, samples_per_epoch=8,
+                      workers=0)  # in-process this time: the smears must not depend on where they are composed
+    fit(cfg, tmp_path / "broken", progress=False, max_epochs_this_call=1)
+    resumed = fit(None, tmp_path / "broken", resume=True, progress=False)
+    a, b = load_file(str(full_run / "last.safetensors")), load_file(str(tmp_path / "broken" / "last.safetensors"))
+    assert all(np.allclose(a[k].numpy(), b[k].numpy(), atol=1e-6) for k in a)
+    assert [h["train_loss"] for h in full["history"]] == [h["train_loss"] for h in resumed["history"]]
 
 
 def test_smear10_training_segment_and_evaluate(smear_run, tmp_path):

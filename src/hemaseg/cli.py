@@ -227,6 +227,8 @@ def train(
                                          help="wbc-type: centre and rescale each crop to its WBC"),
     recipe: Optional[str] = typer.Option(None, help="smear10: 'seed002' = the seed's recipe (lr 1e-3, then 1e-4 "
                                                     "after 5 of 35 epochs, batch 16)"),
+    workers: Optional[int] = typer.Option(None, help="data-loader worker processes (smear10 composes its smears "
+                                                     "in them; default 0: in the training process)"),
 ) -> None:
     """Train a model on a lab's annotated images; resumable after a kill."""
     import torch
@@ -271,7 +273,7 @@ def train(
                               arch_kwargs=None if arch == "unet-dropout" else {}, epochs=epochs,
                               batch_size=batch_size, lr=lr, crop=crop, samples_per_epoch=samples_per_epoch,
                               patience=patience, augment=augment, val_fraction=val_fraction, seed=seed,
-                              schedule=extra.get("schedule"))
+                              schedule=extra.get("schedule"), workers=workers)
             if arch.startswith("maskrcnn"):
                 if task != "cells":
                     raise typer.BadParameter("--arch maskrcnn is for the cells task", param_hint="--arch")

@@ -280,3 +280,19 @@ def read_smear_label(path: str | Path) -> np.ndarray:
 def read_smear_pairs(root: str | Path) -> list[tuple[np.ndarray, np.ndarray]]:
     """(image, class map) arrays of a seed-002 folder."""
     return [(read_image(i), read_smear_label(m)) for i, m in find_smear_pairs(root)]
+
+
+def read_smear_labels(path: str | Path) -> list[dict]:
+    """Objects of a seed-002 labels JSON (``{"0": {"className", "classIdx", "posX", "posY", "bboxW",
+    "bboxH", "tlX", "tlY", ...}, ...}``), in key order."""
+    import json
+
+    try:
+        d = json.loads(Path(path).read_text())
+        objs = [d[k] for k in sorted(d, key=int)]
+        for o in objs:
+            for key in ("className", "classIdx", "tlX", "tlY", "bboxW", "bboxH"):
+                o[key]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise HemasegInputError(path, f"not a seed-002 labels JSON ({exc.__class__.__name__}: {exc})") from None
+    return objs
