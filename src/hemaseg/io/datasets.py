@@ -290,9 +290,10 @@ def read_smear_labels(path: str | Path) -> list[dict]:
     try:
         d = json.loads(Path(path).read_text())
         objs = [d[k] for k in sorted(d, key=int)]
-        for o in objs:
-            for key in ("className", "classIdx", "tlX", "tlY", "bboxW", "bboxH"):
-                o[key]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
         raise HemasegInputError(path, f"not a seed-002 labels JSON ({exc.__class__.__name__}: {exc})") from None
+    for i, o in enumerate(objs):
+        missing = [k for k in ("className", "classIdx", "tlX", "tlY", "bboxW", "bboxH") if k not in o]
+        if missing:
+            raise HemasegInputError(path, f"object {i} lacks {', '.join(missing)}")
     return objs
