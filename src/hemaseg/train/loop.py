@@ -76,7 +76,7 @@ TASK_DEFAULTS: dict[str, dict] = {
         # Synthetic 224x224 smears composed on the fly (scale and stain variety come from the
         # composer, 24 ms an image, so no worker process is needed); class-balancing weights as seed 002.
         "arch_kwargs": {"widths": [16, 32, 64, 128, 256], "dropout": 0.1, "stem_stride": 2, "norm": "group"},
-        "epochs": 36, "batch_size": 16, "lr": 2e-3, "crop": 224, "samples_per_epoch": 640, "patience": 100,
+        "epochs": 100, "batch_size": 16, "lr": 2e-3, "crop": 224, "samples_per_epoch": 640, "patience": 100,
         "class_balance": True,
     },
 }
