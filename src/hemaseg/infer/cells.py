@@ -73,29 +73,45 @@ def segment_cells(image: np.ndarray, model="cells", cell_diameter: float | None 
     module, card = get_model(model, device)
     if card["architecture"]["name"].startswith("maskrcnn"):
         return _segment_detector(image, module, card, cell_diameter)
+    import cv2
+
+    from hemaseg.data.transforms import rescale
+
     norm = card.get("normalization", {})
     prange = percentile_range(image, norm.get("low", 1.0), norm.get("high", 99.0))
     trained = float(card.get("cell_diameter") or 40.0)
+
+    def run(f: float) -> np.ndarray:  # probabilities at the model's scale (post-processing runs there too)
+        return predict_probs(module, card, rescale(image, f), 1.0, tile, overlap, prange)
+
     if cell_diameter:
         factor = float(np.clip(trained / cell_diameter, MIN_FACTOR, MAX_FACTOR))
-        probs = predict_probs(module, card, image, factor, tile, overlap, prange)
+        probs = run(factor)
     else:
         factor = float(card.get("input_scale", 1.0))
-        probs = predict_probs(module, card, image, factor, tile, overlap, prange)
+        probs = run(factor)
         measured = rbc_diameter(probs.argmax(0), rbc_classes=(1,))
         if measured is not None:
-            cell_diameter = measured
-            new = factor * cells_factor(card, measured * factor)
+            cell_diameter = measured / factor
+            new = factor * cells_factor(card, measured)
             if abs(new - factor) > 1e-3:
                 factor = new
-                probs = predict_probs(module, card, image, factor, tile, overlap, prange)
+                probs = run(factor)
     diameter = float(cell_diameter or trained / factor)
-    instances, owner = cell_instances(probs, diameter)
-    scores = []
-    for k in range(1, len(owner)):
-        sel = instances == k
-        scores.append(float(probs[owner[k]][sel].mean() + probs[-1][sel].mean()) if sel.any() else 0.0)
-    return _result(instances, owner, np.asarray(scores), probs, diameter, factor)
+    small, owner = cell_instances(probs, diameter * factor)
+    # Score of an instance: mean probability of its category's interior + the edge over its pixels.
+    per_pixel = np.take_along_axis(probs, owner[small][None], 0)[0] + probs[-1]
+    counts = np.bincount(small.ravel(), minlength=len(owner))
+    scores = np.bincount(small.ravel(), weights=per_pixel.ravel(), minlength=len(owner)) / np.maximum(counts, 1)
+    h, w = image.shape[:2]
+    instances = small if small.shape == (h, w) else cv2.resize(small, (w, h), interpolation=cv2.INTER_NEAREST)
+    if probs.shape[1:] != (h, w):
+        probs = np.stack([cv2.resize(p, (w, h), interpolation=cv2.INTER_LINEAR) for p in probs])
+    present = np.unique(instances[instances > 0])
+    lut = np.zeros(len(owner), np.int32)
+    lut[present] = np.arange(1, len(present) + 1)
+    return _result(lut[instances], np.concatenate([[0], owner[present]]).astype(int), scores[present], probs,
+                   diameter, factor)
 
 
 def _result(instances: np.ndarray, owner: np.ndarray, scores: np.ndarray, probs: np.ndarray | None,

@@ -48,11 +48,16 @@ def smear_factor(card: dict, diameter: float | None) -> float:
     return float(np.clip(trained / diameter, MIN_FACTOR, MAX_FACTOR))
 
 
-def vote_per_object(classes: np.ndarray, probs: np.ndarray, members: tuple[int, ...]) -> np.ndarray:
-    """Give every connected object of the classes in ``members`` the single class whose summed
-    probability over the object is highest (a white cell is one type, not a patchwork)."""
+def vote_per_object(classes: np.ndarray, probs: np.ndarray, members: tuple[int, ...],
+                    labels: np.ndarray | None = None) -> np.ndarray:
+    """Give every object of the classes in ``members`` the single class whose summed probability
+    over the object is highest (a white cell is one type, not a patchwork). Objects are the
+    connected components, or the given ``labels`` (e.g. touching red cells split apart)."""
     out = classes.copy()
-    lab, n = ndi.label(np.isin(classes, members))
+    if labels is None:
+        lab, n = ndi.label(np.isin(classes, members))
+    else:
+        lab, n = np.where(np.isin(classes, members), labels, 0), int(labels.max())
     if n == 0:
         return out
     idx = np.arange(1, n + 1)
@@ -85,7 +90,7 @@ def smear_objects(classes: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, l
 
 
 def segment_smear(image: np.ndarray, model="smear10", cell_diameter: float | None = None, device: str = "cpu",
-                  tile: int = 1024, overlap: int = 64) -> Segmentation:
+                  tile: int = 1024, overlap: int = 64, rbc_votes: bool = True) -> Segmentation:
     """The 10-class map of an (H, W, 3) uint8 smear image (classes in :data:`hemaseg.tasks.SMEAR10` order).
 
     ``cell_diameter`` is the red-cell diameter in px; when None, a first pass measures it
@@ -105,6 +110,14 @@ def segment_smear(image: np.ndarray, model="smear10", cell_diameter: float | Non
     classes = probs.argmax(0).astype(np.uint8)
     for group in ("wbc", "platelet"):
         classes = vote_per_object(classes, probs, GROUPS[group])
+    if rbc_votes:
+        # A red cell is infected or not as a whole: touching red cells are split at distance
+        # maxima (as WBCs are) and each votes on its own.
+        from hemaseg.infer.postprocess import split_instances
+
+        d = rbc_diameter(classes) or float(card.get("cell_diameter") or 32.0)
+        rbcs = split_instances(np.isin(classes, GROUPS["rbc"]), d, min_area=1)
+        classes = vote_per_object(classes, probs, GROUPS["rbc"], rbcs)
     instances, objects = smear_objects(classes, probs)
     diameter = float(cell_diameter or float(card.get("cell_diameter") or 32.0) / factor)
     return Segmentation(classes, instances, probs, diameter, factor, objects)
