@@ -229,6 +229,8 @@ def train(
                                                     "after 5 of 35 epochs, batch 16)"),
     workers: Optional[int] = typer.Option(None, help="data-loader worker processes (smear10 composes its smears "
                                                      "in them; default 0: in the training process)"),
+    held_out: Optional[str] = typer.Option(None, help="smear10: split JSON whose 'val' crops stay out of training "
+                                                      "(the WBC-type classifier's: benchmarks/splits/wbc-type.json)"),
 ) -> None:
     """Train a model on a lab's annotated images; resumable after a kill."""
     import torch
@@ -273,7 +275,8 @@ def train(
                               arch_kwargs=None if arch == "unet-dropout" else {}, epochs=epochs,
                               batch_size=batch_size, lr=lr, crop=crop, samples_per_epoch=samples_per_epoch,
                               patience=patience, augment=augment, val_fraction=val_fraction, seed=seed,
-                              schedule=extra.get("schedule"), workers=workers)
+                              schedule=extra.get("schedule"), workers=workers,
+                              held_out=str(Path(held_out).resolve()) if held_out else None)
             if arch.startswith("maskrcnn"):
                 if task != "cells":
                     raise typer.BadParameter("--arch maskrcnn is for the cells task", param_hint="--arch")
@@ -518,13 +521,15 @@ def synth(
     data: Optional[List[str]] = typer.Option(None, help="data folder(s) to cut real cells from (wbc-seg, bccd, "
                                                         "bccd-wbc); none: procedural cells only"),
     part: str = typer.Option("test", help="which crops to use: train, val or test (split by source photo)"),
+    held_out: Optional[str] = typer.Option(None, help="split JSON whose 'val' crops alone make the val/test WBCs "
+                                                      "(as used in training smear10)"),
 ) -> None:
     """Synthetic smears (seed 002): image, palette map, class-index map, instance map, JSON labels."""
     from dataclasses import replace
 
     from hemaseg.data.synth import PARTS, SynthConfig, compose, image_seed, write_smear
     from hemaseg.progress import track
-    from hemaseg.train.smear import load_bank
+    from hemaseg.train.smear import held_out_crops, load_bank
 
     _setup_logging(False)
     if part not in PARTS:
@@ -533,7 +538,7 @@ def synth(
         raise typer.BadParameter("need --n >= 1 and --size >= 32")
     cfg = replace(SynthConfig(), size=size)
     try:
-        bank = load_bank([str(d) for d in data or []], part, seed)
+        bank = load_bank([str(d) for d in data or []], part, seed, held_out=held_out_crops(held_out))
     except HemasegError as exc:
         _fail_error(exc)
         raise typer.Exit(1) from None

@@ -233,6 +233,20 @@ def _part_of(source: str, seed: int, fractions: tuple[float, float] = (0.8, 0.1)
     return "train" if h < fractions[0] else "val" if h < fractions[0] + fractions[1] else "test"
 
 
+def crop_key(path: str | Path) -> str:
+    """``<folder>/<file name>`` of a crop: how split files name single-cell crops."""
+    p = Path(path)
+    return f"{p.parent.name}/{p.name}"
+
+
+def _wbc_part(path: Path, source: str, seed: int, held_out: set[str] | None) -> str:
+    if held_out is None:
+        return _part_of(source, seed)
+    if crop_key(path) not in held_out:
+        return "train"
+    return "val" if _part_of(source, seed, (0.0, 0.5)) == "val" else "test"
+
+
 def _cut(image: np.ndarray, mask: np.ndarray, pad: int = 2) -> np.ndarray | None:
     """RGBA crop of ``image`` around ``mask``; the mask is the alpha."""
     ys, xs = np.nonzero(mask)
@@ -291,11 +305,16 @@ class CellBank:
 
     @classmethod
     def from_data(cls, root: str | Path, part: str = "train", seed: int = 0, max_per_class: int = 1500,
-                  progress: bool = False) -> "CellBank":
+                  progress: bool = False, held_out: set[str] | None = None) -> "CellBank":
         """Real crops of one ``part`` (train/val/test, split by source photo) from the data sets
         under ``root``: wbc-seg WBCs (mask + type CSV), BCCD WBC crops (typed folders; the cell cut
         by :func:`hemaseg.classical.hsv_wbc_mask`), BCCD photos' RBC and platelet boxes (cut by
-        :func:`hemaseg.classical.mask_in_box`)."""
+        :func:`hemaseg.classical.mask_in_box`).
+
+        ``held_out``: WBC crops (``<folder>/<file name>``) another model (the WBC-type classifier)
+        never trained on. When given, exactly these WBC crops make the val and test parts (half
+        each, by hash) and all other WBC crops the train part, so a pipeline using both models
+        is tested on WBCs neither has seen."""
         from hemaseg.classical import central_instance, hsv_wbc_mask, mask_in_box
         from hemaseg.io.datasets import find_labelled_cells, read_voc
         from hemaseg.io.images import read_image, read_mask
@@ -309,7 +328,8 @@ class CellBank:
         for folder in sorted(p for p in root.rglob("Dataset 1") if p.is_dir()):  # wbc-seg
             for path, kind in find_labelled_cells(folder.parent):
                 mpath = path.with_suffix(".png")
-                if kind not in WBC_CLASSES or not mpath.exists() or _part_of(f"wbcseg/{path.stem}", seed) != part:
+                if kind not in WBC_CLASSES or not mpath.exists() or _wbc_part(path, f"wbcseg/{path.stem}", seed,
+                                                                                held_out) != part:
                     continue
                 img, m = read_image(path), read_mask(mpath)
                 bank.add(WBC_CLASSES[kind], _cut(img, m > 0))
@@ -317,7 +337,7 @@ class CellBank:
         for folder in sorted(p for p in root.rglob("bccd-wbc") if p.is_dir()):
             for path, kind in find_labelled_cells(folder):
                 source = path.stem.rsplit("_", 1)[0]
-                if kind not in WBC_CLASSES or _part_of(f"bccd/{source}", seed) != part:
+                if kind not in WBC_CLASSES or _wbc_part(path, f"bccd/{source}", seed, held_out) != part:
                     continue
                 img = read_image(path)
                 _, inst = hsv_wbc_mask(img)

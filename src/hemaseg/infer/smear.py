@@ -68,6 +68,25 @@ def vote_per_object(classes: np.ndarray, probs: np.ndarray, members: tuple[int, 
     return out
 
 
+def type_wbc_objects(image: np.ndarray, classes: np.ndarray, type_model="wbc-type", device: str = "cpu") -> np.ndarray:
+    """Name every connected WBC object of a smear10 class map with the WBC-type classifier
+    (the segmentation model then only has to find WBCs)."""
+    from hemaseg.infer.pipeline import type_wbcs
+
+    lab, n = ndi.label(np.isin(classes, GROUPS["wbc"]))
+    if n == 0:
+        return classes
+    records = []
+    for sl in ndi.find_objects(lab):
+        records.append({"bounding_box": {"x1": sl[1].start, "x2": sl[1].stop, "y1": sl[0].start, "y2": sl[0].stop}})
+    probs, _, names = type_wbcs(image, records, type_model, device)
+    index = np.array([0] + [SMEAR10.classes.index(names[int(p.argmax())]) for p in probs], np.uint8)
+    out = classes.copy()
+    sel = lab > 0
+    out[sel] = index[lab[sel]]
+    return out
+
+
 def smear_objects(classes: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, list[dict]]:
     """(H, W) int32 instances (connected objects of one class) and one record per object with
     ``class_name`` and ``category`` (rbc / wbc / platelet)."""
@@ -110,6 +129,8 @@ def segment_smear(image: np.ndarray, model="smear10", cell_diameter: float | Non
     classes = probs.argmax(0).astype(np.uint8)
     for group in ("wbc", "platelet"):
         classes = vote_per_object(classes, probs, GROUPS[group])
+    if card.get("wbc_typing"):
+        classes = type_wbc_objects(image, classes, card["wbc_typing"], device)
     if rbc_votes:
         # A red cell is infected or not as a whole: touching red cells are split at distance
         # maxima (as WBCs are) and each votes on its own.

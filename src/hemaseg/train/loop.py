@@ -54,6 +54,11 @@ class TrainConfig:
     class_balance: bool = False  # per-pixel weights that balance the classes of each training image
     schedule: str = "cosine"  # or "step" (seed 002: lr, then lr / 10 after the first 1/7 of the epochs)
     workers: int = 0  # data-loader worker processes (smear10 composes its images in them)
+    # smear10: WBC pixels are learnt as one class (the five types share index 3) and the bundled
+    # WBC-type classifier names each WBC at inference; held_out = a split JSON whose "val" crops
+    # (the classifier's held-out cells) must stay out of the composites' training crops.
+    merge_wbc: bool = False
+    held_out: str = ""
 
 
 # Per-task defaults that differ from TrainConfig's (which are the WBC task's).
@@ -76,8 +81,8 @@ TASK_DEFAULTS: dict[str, dict] = {
         # Synthetic 224x224 smears composed on the fly (scale and stain variety come from the
         # composer, 24 ms an image, so no worker process is needed); class-balancing weights as seed 002.
         "arch_kwargs": {"widths": [16, 32, 64, 128, 256], "dropout": 0.1, "stem_stride": 2, "norm": "group"},
-        "epochs": 100, "batch_size": 16, "lr": 2e-3, "crop": 224, "samples_per_epoch": 640, "patience": 100,
-        "class_balance": True,
+        "epochs": 70, "batch_size": 16, "lr": 2e-3, "crop": 224, "samples_per_epoch": 640, "patience": 100,
+        "class_balance": True, "merge_wbc": True,
     },
 }
 

@@ -31,9 +31,10 @@ class SynthDataset(torch.utils.data.Dataset):
     """Synthetic smears drawn from a cell bank; image ``i`` of epoch ``e`` is the same on every run."""
 
     def __init__(self, bank: CellBank, synth: SynthConfig, length: int, seed: int, transform, low: float,
-                 high: float, balance: bool = True) -> None:
+                 high: float, balance: bool = True, merge_wbc: bool = False) -> None:
         self.bank, self.synth, self.length, self.seed = bank, synth, length, seed
         self.transform, self.low, self.high, self.balance = transform, low, high, balance
+        self.merge_wbc = merge_wbc
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -43,7 +44,8 @@ class SynthDataset(torch.utils.data.Dataset):
         rng = image_seed(self.seed * 100_003 + self.epoch, "train", i)
         smear = compose(self.bank, self.synth, rng)
         self.transform.set_random_seed(int(rng.integers(2**31)))
-        out = self.transform(image=smear.image, mask=smear.classes)
+        classes = merge_wbc_types(smear.classes) if self.merge_wbc else smear.classes
+        out = self.transform(image=smear.image, mask=classes)
         x = normalize(out["image"], prange=percentile_range(out["image"], self.low, self.high))
         sample = (torch.from_numpy(x).permute(2, 0, 1).contiguous(), torch.from_numpy(out["mask"].astype(np.int64)))
         if self.balance:
@@ -51,13 +53,36 @@ class SynthDataset(torch.utils.data.Dataset):
         return sample
 
 
-def load_bank(data: list[str], part: str, seed: int, cache: Path | None = None) -> CellBank:
+WBC_AS_ONE = 3  # with merge_wbc, every WBC pixel is learnt as this index (the classifier names the type)
+
+
+def merge_wbc_types(classes: np.ndarray) -> np.ndarray:
+    """smear10 class map with the five WBC types (1-5) folded into :data:`WBC_AS_ONE`."""
+    out = classes.copy()
+    out[(classes >= 1) & (classes <= 5)] = WBC_AS_ONE
+    return out
+
+
+def held_out_crops(split_file: str | Path | None) -> set[str] | None:
+    """``<folder>/<file>`` names of the crops in a split JSON's "val" list (e.g. benchmarks/splits/wbc-type.json)."""
+    if not split_file:
+        return None
+    import json
+
+    from hemaseg.data.synth import crop_key
+
+    d = json.loads(Path(split_file).read_text())
+    return {crop_key(e[0] if isinstance(e, list) else e) for e in d["val"]}
+
+
+def load_bank(data: list[str], part: str, seed: int, cache: Path | None = None,
+              held_out: set[str] | None = None) -> CellBank:
     """The cell bank of ``part`` from the data folders (none: procedural only), cached as .npz."""
     if cache is not None and cache.exists():
         return CellBank.load(cache)
     bank = CellBank.procedural()
     for root in data:
-        more = CellBank.from_data(root, part, seed, progress=True)
+        more = CellBank.from_data(root, part, seed, progress=True, held_out=held_out)
         for k, crops in more.crops.items():
             for c in crops:
                 bank.add(k, c)
@@ -71,22 +96,28 @@ def smear10_data(cfg, run: Path, state: dict) -> tuple:
     """Training dataset (on the fly), validation items (made once, on disk) and model-card fields."""
     synth = SynthConfig(**{**asdict(SynthConfig()), **state.get("synth", {})})
     state["synth"] = asdict(synth)
-    train_bank = load_bank(cfg.data, "train", cfg.seed, run / "bank_train.npz")
+    held_out = held_out_crops(cfg.held_out)
+    train_bank = load_bank(cfg.data, "train", cfg.seed, run / "bank_train.npz", held_out)
     val_dir = run / "val"
     if not (val_dir / "segments").exists():
-        val_bank = load_bank(cfg.data, "val", cfg.seed)
+        val_bank = load_bank(cfg.data, "val", cfg.seed, held_out=held_out)
         for i in range(N_VAL):
             write_smear(val_dir, f"val_{i:04d}", compose(val_bank, synth, image_seed(cfg.seed, "val", i)))
     val_items = read_smear_pairs(val_dir)
+    if cfg.merge_wbc:
+        val_items = [(img, merge_wbc_types(c)) for img, c in val_items]
     transform = smear_transform(cfg.augment)
     dataset = SynthDataset(train_bank, synth, cfg.samples_per_epoch or 512, cfg.seed, transform, cfg.norm_low,
-                           cfg.norm_high, balance=cfg.class_balance)
+                           cfg.norm_high, balance=cfg.class_balance, merge_wbc=cfg.merge_wbc)
     card = {
         "cell_diameter": float(np.mean(synth.rbc_diameter)),  # red-cell diameter the model was trained around
         "diameter_range": [float(v) for v in synth.rbc_diameter],
         "palette": {str(k): list(v) for k, v in SMEAR10.colors.items()},
         "training": {"data": cfg.data, "synthetic": True, "crops": train_bank.count(), "n_val": len(val_items),
                      "seed": cfg.seed, "augment": cfg.augment, "scale_range": [1.0, 1.0], "synth": asdict(synth),
-                     "class_balance": cfg.class_balance, "schedule": cfg.schedule, "split": str(val_dir)},
+                     "class_balance": cfg.class_balance, "schedule": cfg.schedule, "split": str(val_dir),
+                     "held_out_crops": cfg.held_out, "merge_wbc": cfg.merge_wbc},
     }
+    if cfg.merge_wbc:
+        card["wbc_typing"] = "wbc-type"  # the classifier that names each WBC object at inference
     return dataset, val_items, card
