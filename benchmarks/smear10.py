@@ -5,9 +5,10 @@ docs/smear10_real.jpg.
 
     python benchmarks/smear10.py [--model smear10] [--n 300] [--data ../shared/data]
 
-Synthetic test sets are composed with `hemaseg.data.synth` from the *test* crops (split by
-source photo, never seen in training) with a fixed seed; the stand-ins change one thing each:
-procedural cells only, stronger re-staining, a magnification outside the trained range, crowding.
+Synthetic test sets are composed with `hemaseg.data.synth` from the *test* crops (red cells and
+platelets split by source photo; WBCs from the WBC-type classifier's held-out crops, so neither
+model trained on them) with a fixed seed; the stand-ins change one thing each: procedural cells
+only, stronger re-staining, a magnification outside the trained range, crowding.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from hemaseg.io.datasets import find_pairs, load_pair, read_voc
 from hemaseg.io.images import read_image
 from hemaseg.io.writers import write_png
 from hemaseg.tasks import SMEAR10
-from hemaseg.train.smear import load_bank
+from hemaseg.train.smear import held_out_crops, load_bank
 
 HERE = Path(__file__).resolve().parent
 OUT: list[str] = []
@@ -61,7 +62,9 @@ def make_set(out: Path, bank: CellBank, cfg: SynthConfig, n: int, seed: int, pos
 
 
 def synthetic(model: str, data: Path, n: int) -> None:
-    test_bank = load_bank([str(data)], "test", 0)
+    # The test part's WBCs are crops neither the segmentation model nor the WBC-type classifier
+    # trained on (the classifier's held-out crops, split by hash between val and test).
+    test_bank = load_bank([str(data)], "test", 0, held_out=held_out_crops(HERE / "splits" / "wbc-type.json"))
     base = SynthConfig()
     sets = {
         "held-out crops (test)": (test_bank, base, None),
