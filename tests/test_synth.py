@@ -220,3 +220,22 @@ def test_smear10_training_segment_and_evaluate(smear_run, tmp_path):
     r = json.loads((tmp_path / "r.json").read_text())
     assert 0 <= r["mean"]["pixel_accuracy"] <= 1 and np.array(r["confusion"]).sum() == 96 * 96
     assert (tmp_path / "cm.png").exists()
+
+
+def test_wbc_objects_are_named_whole_by_the_classifier():
+    from hemaseg.infer.smear import type_wbc_objects
+    from hemaseg.train.smear import WBC_AS_ONE, merge_wbc_types
+
+    rng = np.random.default_rng(0)
+    s = compose(CellBank.procedural(), SynthConfig(size=160, wbc_counts=(0, 0, 1)), rng)
+    merged = merge_wbc_types(s.classes)
+    assert set(np.unique(merged)) <= {0, WBC_AS_ONE, 6, 7, 8, 9}
+    typed = type_wbc_objects(s.image, merged)
+    from scipy import ndimage as ndi
+
+    lab, n = ndi.label((merged >= 1) & (merged <= 5))
+    assert n >= 1
+    for k in range(1, n + 1):
+        vals = np.unique(typed[lab == k])
+        assert len(vals) == 1 and 1 <= vals[0] <= 5  # one type per object
+    assert (typed[lab == 0] == merged[lab == 0]).all()  # nothing else changes
