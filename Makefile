@@ -37,6 +37,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/nuclei.py
 	$(BIN)/python benchmarks/classical.py
 	$(BIN)/python benchmarks/wbc_type.py --skip-training
+	$(BIN)/python benchmarks/smear10.py
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

@@ -12,6 +12,7 @@ from hemaseg.tasks import CELL_CATEGORIES
 WBC_TYPES = ("neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil")  # counts.csv column order
 CATEGORY_COLOURS = {"rbc": (230, 60, 60), "wbc": (40, 110, 255), "platelet": (250, 190, 0)}
 CROP_MARGIN = 0.3  # WBC crops for typing: the cell's box grown by this share on each side
+MIN_CROP = 24  # px: even a speck taken for a WBC gets a crop the cell normaliser can work on
 
 
 @dataclass
@@ -33,7 +34,7 @@ class Analysis:
 
 def _square_crop(image: np.ndarray, box: dict, margin: float) -> np.ndarray:
     x1, x2, y1, y2 = box["x1"], box["x2"], box["y1"], box["y2"]
-    side = max(x2 - x1, y2 - y1) * (1 + 2 * margin)
+    side = max(MIN_CROP, max(x2 - x1, y2 - y1) * (1 + 2 * margin))
     cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
     h, w = image.shape[:2]
     X1, Y1 = int(max(0, cx - side / 2)), int(max(0, cy - side / 2))

@@ -97,7 +97,8 @@ def split_instances(mask: np.ndarray, diameter: float, min_area: int | None = No
         # Big cells: find the split on a smaller copy (cells ~SPLIT_DIAMETER px across),
         # then carry the labels back to the full-resolution mask.
         f = SPLIT_DIAMETER / diameter
-        small = cv2.resize(mask.astype(np.uint8), None, fx=f, fy=f, interpolation=cv2.INTER_AREA) > 0
+        size = (max(1, round(mask.shape[1] * f)), max(1, round(mask.shape[0] * f)))
+        small = cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_AREA) > 0
         labels = split_instances(small, SPLIT_DIAMETER, max(int(min_area * f * f), 1))
         up = cv2.resize(labels, (mask.shape[1], mask.shape[0]), interpolation=cv2.INTER_NEAREST)
         # Mask pixels the small copy missed (thin rims) join their nearest label.

@@ -87,29 +87,6 @@ def type_wbc_objects(image: np.ndarray, classes: np.ndarray, type_model="wbc-typ
     return out
 
 
-INFECTED_SHARE = None  # see infected_cells; None keeps the per-pixel classes of red cells
-
-
-def infected_cells(classes: np.ndarray, share: float, card: dict | None = None) -> np.ndarray:
-    """A red cell is infected or not as a whole: touching red cells are split at distance maxima
-    (as WBCs are), and a cell whose pixels are at least ``share`` infected becomes infected
-    entirely (a parasite covers a small part of its cell), otherwise healthy."""
-    from hemaseg.infer.postprocess import split_instances
-
-    d = rbc_diameter(classes) or float((card or {}).get("cell_diameter") or 32.0)
-    rbcs = split_instances(np.isin(classes, GROUPS["rbc"]), d, min_area=1)
-    n = int(rbcs.max())
-    if n == 0:
-        return classes
-    total = np.bincount(rbcs.ravel(), minlength=n + 1)
-    inf = np.bincount(rbcs.ravel(), weights=(classes == 8).ravel(), minlength=n + 1)
-    verdict = np.where(inf >= share * np.maximum(total, 1), 8, 9).astype(np.uint8)
-    out = classes.copy()
-    sel = rbcs > 0
-    out[sel] = verdict[rbcs[sel]]
-    return out
-
-
 def smear_objects(classes: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, list[dict]]:
     """(H, W) int32 instances (connected objects of one class) and one record per object with
     ``class_name`` and ``category`` (rbc / wbc / platelet)."""
@@ -132,7 +109,7 @@ def smear_objects(classes: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, l
 
 
 def segment_smear(image: np.ndarray, model="smear10", cell_diameter: float | None = None, device: str = "cpu",
-                  tile: int = 1024, overlap: int = 64, infected_share: float | None = INFECTED_SHARE) -> Segmentation:
+                  tile: int = 1024, overlap: int = 64) -> Segmentation:
     """The 10-class map of an (H, W, 3) uint8 smear image (classes in :data:`hemaseg.tasks.SMEAR10` order).
 
     ``cell_diameter`` is the red-cell diameter in px; when None, a first pass measures it
@@ -154,8 +131,6 @@ def segment_smear(image: np.ndarray, model="smear10", cell_diameter: float | Non
         classes = vote_per_object(classes, probs, GROUPS[group])
     if card.get("wbc_typing"):
         classes = type_wbc_objects(image, classes, card["wbc_typing"], device)
-    if infected_share is not None:
-        classes = infected_cells(classes, infected_share, card)
     instances, objects = smear_objects(classes, probs)
     diameter = float(cell_diameter or float(card.get("cell_diameter") or 32.0) / factor)
     return Segmentation(classes, instances, probs, diameter, factor, objects)
