@@ -29,7 +29,6 @@ from hemaseg.infer.segment import get_model
 from hemaseg.infer.smear import GROUPS
 from hemaseg.io.datasets import find_pairs, load_pair, read_voc
 from hemaseg.io.images import read_image
-from hemaseg.io.writers import write_png
 from hemaseg.tasks import SMEAR10
 from hemaseg.train.smear import held_out_crops, load_bank
 
