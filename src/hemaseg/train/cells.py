@@ -120,6 +120,18 @@ def truth_boxes(entry: dict, scale: float) -> list[tuple[str, tuple[float, float
     return out
 
 
+def balanced_weights(encoded: np.ndarray) -> np.ndarray:
+    """Class-balancing pixel weights of an encoded map's targets (platelets are ~0.2 % of the
+    pixels and are otherwise never predicted); ignored pixels weigh 0."""
+    from hemaseg.data.cells import cell_targets
+    from hemaseg.data.weights import class_balance_weights
+    from hemaseg.train.losses import IGNORE
+
+    t = cell_targets(encoded)
+    valid = t != IGNORE
+    return class_balance_weights(np.where(valid, t, 0), len(CELL_CATEGORIES) + 2) * valid
+
+
 def cells_data(cfg, run: Path, state: dict) -> tuple:
     """Training dataset, validation items (image, truth boxes) and model-card fields for ``cells``."""
     from hemaseg.data.cells import cell_targets
@@ -134,7 +146,7 @@ def cells_data(cfg, run: Path, state: dict) -> tuple:
     diameter = float(np.median(diams)) if len(diams) else 34.0
     transform = train_transform(cfg.crop, cfg.augment, (cfg.scale_min, cfg.scale_max))
     dataset = SegDataset(train_items, transform, cfg.norm_low, cfg.norm_high, cfg.samples_per_epoch,
-                         target=cell_targets)
+                         target=cell_targets, weights=balanced_weights if cfg.class_balance else None)
     card = {
         "cell_diameter": diameter,  # red cells, px at the model's input
         "diameter_range": [float(v) for v in np.percentile(diams, [5, 95])] if len(diams) else [],

@@ -75,7 +75,7 @@ TASK_DEFAULTS: dict[str, dict] = {
         # BCCD photos at 0.4x (red cells ~34 px); 0.6-1.6x scale augmentation for other magnifications.
         "arch_kwargs": {"widths": [16, 32, 64, 128, 256], "dropout": 0.1, "stem_stride": 2, "norm": "group"},
         "epochs": 60, "batch_size": 8, "lr": 2e-3, "crop": 224, "samples_per_epoch": 400, "patience": 100,
-        "val_fraction": 0.2, "scale_min": 0.6, "scale_max": 1.6,
+        "val_fraction": 0.2, "scale_min": 0.6, "scale_max": 1.6, "class_balance": True,
     },
     "smear10": {
         # Synthetic 224x224 smears composed on the fly (scale and stain variety come from the
