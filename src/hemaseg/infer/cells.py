@@ -41,10 +41,17 @@ def cell_instances(probs: np.ndarray, rbc_d: float) -> tuple[np.ndarray, np.ndar
         out[sel] = inst[sel] + len(owner) - 1
         owner += [k] * int(inst.max())
     # Renumber what is still visible after later categories painted over earlier ones.
-    ids = np.unique(out[out > 0])
-    lut = np.zeros(len(owner), np.int32)
-    lut[ids] = np.arange(1, len(ids) + 1)
-    return lut[out], np.concatenate([[0], np.asarray(owner)[ids]]).astype(int)
+    labels, owner, _ = visible(out, np.asarray(owner))
+    return labels, owner
+
+
+def visible(instances: np.ndarray, owner: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Drop instances no pixel shows any more (painted over, lost in resizing) and renumber the
+    rest 1..N: (labels, their classes with index 0 unused, the kept old ids)."""
+    keep = np.bincount(instances.ravel(), minlength=len(owner)) > 0
+    keep[0] = False
+    ids = np.nonzero(keep)[0]
+    return relabel(instances, keep), np.concatenate([[0], owner[ids]]).astype(int), ids
 
 
 def cells_factor(card: dict, diameter: float | None) -> float:
@@ -107,11 +114,8 @@ def segment_cells(image: np.ndarray, model="cells", cell_diameter: float | None 
     instances = small if small.shape == (h, w) else cv2.resize(small, (w, h), interpolation=cv2.INTER_NEAREST)
     if probs.shape[1:] != (h, w):
         probs = np.stack([cv2.resize(p, (w, h), interpolation=cv2.INTER_LINEAR) for p in probs])
-    present = np.unique(instances[instances > 0])
-    lut = np.zeros(len(owner), np.int32)
-    lut[present] = np.arange(1, len(present) + 1)
-    return _result(lut[instances], np.concatenate([[0], owner[present]]).astype(int), scores[present], probs,
-                   diameter, factor)
+    labels, owner, ids = visible(instances, owner)
+    return _result(labels, owner, scores[ids], probs, diameter, factor)
 
 
 def _result(instances: np.ndarray, owner: np.ndarray, scores: np.ndarray, probs: np.ndarray | None,
@@ -163,8 +167,6 @@ def _segment_detector(image: np.ndarray, module, card: dict, cell_diameter: floa
                 factor = new
                 inst, owner, scores = run(factor)
     # Instances hidden by higher-scoring ones or lost in resizing are dropped and the rest renumbered.
-    present = np.unique(inst[inst > 0])
-    lut = np.zeros(len(owner), np.int32)
-    lut[present] = np.arange(1, len(present) + 1)
-    return _result(lut[inst], np.concatenate([[0], owner[present]]).astype(int), scores[present - 1], None,
+    labels, owner, ids = visible(inst, owner)
+    return _result(labels, owner, scores[ids - 1], None,
                    float(cell_diameter or trained / factor), factor)

@@ -52,11 +52,10 @@ def detect(model, image: np.ndarray, score_threshold: float = 0.3) -> tuple[np.n
     inst = np.zeros(image.shape[:2], np.int32)
     for j in np.argsort(scores):
         inst[masks[j] > 0.5] = j + 1
-    present = np.unique(inst[inst > 0])
-    lut = np.zeros(len(scores) + 1, np.int32)
-    lut[present] = np.arange(1, len(present) + 1)
-    owner = np.concatenate([[0], labels[present - 1]]).astype(int)
-    return lut[inst], owner, scores[present - 1]
+    from hemaseg.infer.cells import visible
+
+    out, owner, ids = visible(inst, np.concatenate([[0], labels]).astype(int))
+    return out, owner, scores[ids - 1]
 
 
 def evaluate_detector(model, items: list) -> dict[str, float]:
