@@ -250,9 +250,7 @@ def train(
     arch = {"maskrcnn": "maskrcnn-light"}.get(arch, arch)
     try:
         if resume is not None:
-            import json as _json
-
-            saved = _json.loads((resume / "state.json").read_text()) if (resume / "state.json").exists() else {}
+            saved = json.loads((resume / "state.json").read_text()) if (resume / "state.json").exists() else {}
             if saved.get("config", {}).get("arch", "").startswith("maskrcnn"):
                 from hemaseg.train.maskrcnn import fit_maskrcnn
 
