@@ -57,9 +57,10 @@ def test_pseudo_masks_targets_and_ignored_unannotated_cells(tmp_path):
     assert [m["category"] for m in entry["masks"]] == ["rbc"] * 4 + ["wbc", "platelet", "platelet"]
     enc = encode_instances(entry, img)
     t = cell_targets(enc)
-    assert t[25, 25] == 1 and t[85, 85] == 2 and t[50, 60] == 3
+    assert t[25, 19] == 1 and t[85, 72] == 2 and t[50, 58] == 3
     assert t[95, 135] == IGNORE and enc[95, 135] == UNKNOWN  # the red cell without a box
     assert t[5, 5] == 0 and (t[25, 36] == 4 or t[25, 37] == 4)  # background; edge between touching cells
+    assert t[25, 25] == 5 and t[25, 48] == 5 and t[25, 31] == 1  # each red cell's core, apart
     assert len(np.unique(enc[(enc != UNKNOWN) & (enc > 0)] >> 2)) == 7
 
 
@@ -74,19 +75,25 @@ def test_loss_ignores_ignored_pixels():
 
 
 def test_cell_instances_split_touching_red_cells_and_keep_classes():
-    p = np.zeros((5, 60, 90), np.float32)
+    p = np.zeros((6, 60, 90), np.float32)
     p[0] = 1
     yy, xx = np.mgrid[:60, :90]
-    for cx, k in [(20, 1), (41, 1), (70, 2)]:
+    for cx, k in [(20, 1), (38, 1), (70, 2)]:  # two red cells overlapping by 2 px, one WBC
         d = np.hypot(yy - 30, xx - cx)
         inside, ring = d < 8, (d >= 8) & (d < 10.5)
         p[:, inside] = 0
         p[k, inside] = 1
         p[:, ring & (p[0] == 1)] = 0
         p[4, ring] = 1
-    inst, owner = cell_instances(p, rbc_d=20)
-    assert inst.max() == 3 and sorted(owner[1:].tolist()) == [1, 1, 2]
-    assert inst[30, 20] != inst[30, 41]
+        p[:, d < 3] = 0
+        p[5, d < 3] = 1  # the core
+    p[:, 5:8, 5:8] = 0
+    p[3, 5:8, 5:8] = 1  # a platelet too small for a core of its own
+    inst, owner, scores = cell_instances(p, rbc_d=20)
+    assert inst.max() == 4 and sorted(owner[1:].tolist()) == [1, 1, 2, 3]
+    assert inst[30, 20] != inst[30, 38] and inst[30, 29] in (inst[30, 20], inst[30, 38])
+    platelet = owner[inst[6, 6]]
+    assert platelet == 3 and scores[inst[6, 6] - 1] < scores[inst[30, 20] - 1]
 
 
 @pytest.fixture()
@@ -107,7 +114,7 @@ def test_cells_training_run(cells_run):
     coco = json.loads((run / "pseudo_masks.coco.json").read_text())
     assert len(coco["images"]) == 4 and all(isinstance(a["segmentation"], list) for a in coco["annotations"])
     card = json.loads((run / "model.json").read_text())
-    assert card["task"] == "cells" and card["input_scale"] == 0.4 and "map50" in card["metrics"]["val"]
+    assert card["task"] == "cells" and card["input_scale"] == 0.5 and "map50" in card["metrics"]["val"]
 
 
 def test_analyze_cli_writes_every_output(cells_run, tmp_path):

@@ -82,8 +82,8 @@ SMEAR10_GROUPS = {0: "background", 1: "wbc", 2: "wbc", 3: "wbc", 4: "wbc", 5: "w
 # predicts each class's cell interior plus a shared cell-edge class that keeps touching cells apart.
 CELLS = register_task(Task(
     name="cells",
-    classes=("background", "rbc", "wbc", "platelet", "edge"),
-    label_values=(0, 1, 2, 3, 0),
+    classes=("background", "rbc", "wbc", "platelet", "edge", "centre"),
+    label_values=(0, 1, 2, 3, 0, 0),
     colors={1: (220, 40, 40), 2: (40, 90, 255), 3: (250, 200, 0)},
     default_model="cells",
     description="RBC, WBC and platelet instances of whole smear photos (BCCD pseudo-masks)",

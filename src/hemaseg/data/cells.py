@@ -1,5 +1,6 @@
 """Training data for whole-smear cells: boxes -> pseudo-masks (seed 003's VOC-to-mask step),
-instance maps and network targets (class interiors + a shared cell edge, unannotated cells ignored)."""
+instance maps and network targets (class interiors, a shared cell edge and each cell's core;
+unannotated cells ignored)."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,6 +10,8 @@ from hemaseg.tasks import CELL_CATEGORIES
 from hemaseg.train.losses import IGNORE
 
 EDGE = len(CELL_CATEGORIES) + 1  # class index of the cell edge
+CENTRE = EDGE + 1  # class index of a cell's core (its thickest part): one seed per cell
+CORE = 0.6  # core = pixels at least this fraction of the cell's largest distance to its outline
 # Encoded instance maps hold (instance id << 2) | class (1 rbc, 2 wbc, 3 platelet) in uint16, so one
 # map survives geometric augmentation (nearest-neighbour) with both pieces; UNKNOWN marks
 # stained pixels that no annotation covers.
@@ -92,18 +95,31 @@ def stained(image: np.ndarray) -> np.ndarray:
 
 def cell_targets(encoded: np.ndarray) -> np.ndarray:
     """Encoded instance map -> (H, W) uint8 targets: 0 background, 1-3 cell interiors by class,
-    4 cell edge (each cell's outer pixel ring), 255 ignored (unannotated stained pixels).
+    4 cell edge (each cell's outer pixel ring), 5 cell core (the pixels at least ``CORE`` of the
+    cell's largest distance from its outline, one blob per cell even where cells overlap),
+    255 ignored (unannotated stained pixels).
 
-    >>> enc = np.zeros((6, 10), np.uint16); enc[1:5, 1:5] = (1 << 2) | 1; enc[1:5, 5:9] = (2 << 2) | 3
-    >>> cell_targets(enc)[2].tolist()
-    [0, 4, 1, 1, 4, 4, 3, 3, 4, 0]
+    >>> enc = np.zeros((7, 12), np.uint16); enc[1:6, 1:6] = (1 << 2) | 1; enc[1:6, 6:11] = (2 << 2) | 3
+    >>> cell_targets(enc)[3].tolist()
+    [0, 4, 1, 5, 1, 4, 4, 3, 5, 3, 4, 0]
     """
+    import cv2
+    from scipy import ndimage as ndi
     from skimage.segmentation import find_boundaries
 
     unknown = encoded == UNKNOWN
     enc = np.where(unknown, 0, encoded)
-    inst, cls = enc >> 2, (enc & 3).astype(np.uint8)
+    inst, cls = (enc >> 2).astype(np.int32), (enc & 3).astype(np.uint8)
     out = cls.copy()
-    out[find_boundaries(inst, mode="inner") & (inst > 0)] = EDGE
+    edge = find_boundaries(inst, mode="inner") & (inst > 0)
+    out[edge] = EDGE
+    if inst.any():
+        inner = (inst > 0) & ~edge
+        dist = cv2.distanceTransform(inner.astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_5)
+        ids = np.unique(inst[inner])
+        peak = np.zeros(int(inst.max()) + 1, np.float32)
+        if ids.size:
+            peak[ids] = ndi.maximum(dist, inst, ids)
+        out[inner & (dist >= CORE * peak[inst])] = CENTRE
     out[unknown] = IGNORE
     return out

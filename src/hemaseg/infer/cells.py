@@ -5,44 +5,67 @@ from __future__ import annotations
 import numpy as np
 
 from hemaseg.data.transforms import percentile_range
-from hemaseg.infer.postprocess import instance_objects, nuclei_instances, relabel
+from hemaseg.infer.postprocess import instance_objects, relabel
 from hemaseg.infer.segment import MAX_FACTOR, MIN_FACTOR, Segmentation, get_model, predict_probs
 from hemaseg.infer.smear import rbc_diameter
 from hemaseg.tasks import CELL_CATEGORIES
 
 # Typical diameter of each category relative to a red cell (BCCD boxes: WBC ~1.9, platelet ~0.4);
-# sets the watershed's seed spacing and the smallest object kept.
+# sets the smallest object kept.
 RELATIVE_SIZE = {"rbc": 1.0, "wbc": 1.6, "platelet": 0.35}
 MIN_AREA_FRACTION = 0.15  # of the area of a typical object of its category
-PAINT_ORDER = ("rbc", "platelet", "wbc")  # later categories win pixels both claim (shared edges)
 
 
-def cell_instances(probs: np.ndarray, rbc_d: float) -> tuple[np.ndarray, np.ndarray]:
-    """(H, W) int32 instances 1..N and (N + 1,) int array of their class (1 rbc, 2 wbc, 3 platelet;
-    index 0 unused) from (5, H, W) probabilities of background / rbc / wbc / platelet interiors
-    and the cell edge, for red cells of ``rbc_d`` px.
+def cell_instances(probs: np.ndarray, rbc_d: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Instances from (6, H, W) probabilities of background / rbc / wbc / platelet interiors /
+    cell edge / cell core, for red cells of ``rbc_d`` px: (H, W) int32 labels 1..N, (N + 1,) int
+    class per instance (1 rbc, 2 wbc, 3 platelet; index 0 unused) and (N,) scores.
 
-    Each category runs the nuclei watershed on its own interior vs. the edge class; red cells,
-    often touching in clumps, are also split at distance-transform maxima a third of a cell apart.
+    Each predicted core is one cell's seed (overlapping red cells keep apart cores even where
+    their outlines merge); the foreground is flooded from the seeds over the edge-minus-core
+    relief, and a foreground blob without a core is a cell of its own. An instance's class is
+    the category with the most probability over its pixels; its score is its core's peak
+    probability times that category's share.
+
+    >>> p = np.zeros((6, 30, 60), np.float32); p[0] = 1
+    >>> yy, xx = np.mgrid[:30, :60]
+    >>> for cx in (18, 34):                    # two red cells overlapping by 4 px
+    ...     d = np.hypot(yy - 15, xx - cx); p[:, d < 10] = 0; p[1, d < 10] = 0.5; p[5, d < 4] = 1
+    >>> p[1][p[5] == 1] = 0
+    >>> inst, owner, scores = cell_instances(p, rbc_d=20)
+    >>> int(inst.max()), owner.tolist()
+    (2, [0, 1, 1])
     """
-    edge = probs[-1]
-    out = np.zeros(probs.shape[1:], np.int32)
-    owner = [0]
-    for name in PAINT_ORDER:
-        k = CELL_CATEGORIES.index(name) + 1
-        d = RELATIVE_SIZE[name] * rbc_d
-        three = np.stack([np.clip(1 - probs[k] - edge, 0, 1), probs[k], edge])
-        min_area = max(4, int(MIN_AREA_FRACTION * np.pi * (d / 2) ** 2))
-        inst = nuclei_instances(three, min_area=min_area, diameter=d if name == "rbc" else None)
-        # Edge pixels are shared by all categories: a component of edge alone (another category's
-        # rim) is not an object of this one.
-        inst = relabel(inst, np.bincount(inst[probs[k] > 0.5], minlength=int(inst.max()) + 1) > 0)
-        sel = inst > 0
-        out[sel] = inst[sel] + len(owner) - 1
-        owner += [k] * int(inst.max())
-    # Renumber what is still visible after later categories painted over earlier ones.
-    labels, owner, _ = visible(out, np.asarray(owner))
-    return labels, owner
+    import cv2
+    from skimage.segmentation import watershed
+
+    from hemaseg.data.cells import CENTRE, EDGE
+
+    fg = probs[0] < 0.5
+    centre = cv2.GaussianBlur(probs[CENTRE], (0, 0), 1.0)
+    core = (centre > 0.5) & fg
+    n_core, markers = cv2.connectedComponents(core.astype(np.uint8), connectivity=4)
+    n_fg, comps = cv2.connectedComponents(fg.astype(np.uint8), connectivity=4)
+    seeded = np.zeros(n_fg, bool)
+    seeded[comps[core]] = True
+    seeded[0] = True
+    markers = np.where(~seeded[comps], comps + n_core, markers)  # blobs without a core seed themselves
+    labels = watershed(probs[EDGE] - centre, markers, mask=fg) if fg.any() else np.zeros(fg.shape, np.int32)
+    n = int(labels.max()) + 1
+    flat = labels.ravel()
+    mass = np.stack([np.bincount(flat, weights=probs[k].ravel(), minlength=n) for k in range(1, EDGE)])
+    owner = mass.argmax(0) + 1
+    share = mass.max(0) / np.maximum(mass.sum(0), 1e-6)
+    peak = np.zeros(n, np.float32)
+    np.maximum.at(peak, flat, centre.ravel())
+    area = np.bincount(flat, minlength=n)
+    typical = np.array([0.0] + [MIN_AREA_FRACTION * np.pi * (RELATIVE_SIZE[c] * rbc_d / 2) ** 2
+                                for c in CELL_CATEGORIES])
+    keep = area >= np.maximum(4, typical[owner])
+    keep[0] = False
+    out, owner, ids = visible(np.where(keep[labels], labels, 0).astype(np.int32), owner)
+    # A blob without a core scores below every cell with one (its peak core probability < 0.5).
+    return out, owner, (peak[ids] * share[ids]).astype(np.float32)
 
 
 def visible(instances: np.ndarray, owner: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -105,17 +128,13 @@ def segment_cells(image: np.ndarray, model="cells", cell_diameter: float | None 
                 factor = new
                 probs = run(factor)
     diameter = float(cell_diameter or trained / factor)
-    small, owner = cell_instances(probs, diameter * factor)
-    # Score of an instance: mean probability of its category's interior + the edge over its pixels.
-    per_pixel = np.take_along_axis(probs, owner[small][None], 0)[0] + probs[-1]
-    counts = np.bincount(small.ravel(), minlength=len(owner))
-    scores = np.bincount(small.ravel(), weights=per_pixel.ravel(), minlength=len(owner)) / np.maximum(counts, 1)
+    small, owner, scores = cell_instances(probs, diameter * factor)
     h, w = image.shape[:2]
     instances = small if small.shape == (h, w) else cv2.resize(small, (w, h), interpolation=cv2.INTER_NEAREST)
     if probs.shape[1:] != (h, w):
         probs = np.stack([cv2.resize(p, (w, h), interpolation=cv2.INTER_LINEAR) for p in probs])
     labels, owner, ids = visible(instances, owner)
-    return _result(labels, owner, scores[ids], probs, diameter, factor)
+    return _result(labels, owner, scores[ids - 1], probs, diameter, factor)
 
 
 def _result(instances: np.ndarray, owner: np.ndarray, scores: np.ndarray, probs: np.ndarray | None,

@@ -15,7 +15,7 @@ from hemaseg.tasks import CELL_CATEGORIES
 
 log = logging.getLogger(__name__)
 
-INPUT_SCALE = 0.4  # BCCD photos (red cells ~85 px) are trained at 0.4x: red cells ~34 px
+INPUT_SCALE = 0.5  # BCCD photos (red cells ~85 px) are trained at 0.5x: red cells ~43 px, platelets ~17 px
 
 
 def find_annotated_photos(root: str | Path) -> list[tuple[Path, dict]]:
@@ -123,13 +123,13 @@ def truth_boxes(entry: dict, scale: float) -> list[tuple[str, tuple[float, float
 def balanced_weights(encoded: np.ndarray) -> np.ndarray:
     """Class-balancing pixel weights of an encoded map's targets (platelets are ~0.2 % of the
     pixels and are otherwise never predicted); ignored pixels weigh 0."""
-    from hemaseg.data.cells import cell_targets
+    from hemaseg.data.cells import CENTRE, cell_targets
     from hemaseg.data.weights import class_balance_weights
     from hemaseg.train.losses import IGNORE
 
     t = cell_targets(encoded)
     valid = t != IGNORE
-    return class_balance_weights(np.where(valid, t, 0), len(CELL_CATEGORIES) + 2) * valid
+    return class_balance_weights(np.where(valid, t, 0), CENTRE + 1) * valid
 
 
 def cells_data(cfg, run: Path, state: dict) -> tuple:
@@ -160,6 +160,8 @@ def cells_data(cfg, run: Path, state: dict) -> tuple:
 
 def evaluate_boxes(model, items: list, low: float, high: float, stride: int, rbc_d: float) -> dict[str, float]:
     """VOC AP@0.5 per category and their mean on (image, truth boxes) items at the model's scale."""
+    from scipy import ndimage as ndi
+
     from hemaseg.data.transforms import normalize, percentile_range
     from hemaseg.infer.cells import cell_instances
     from hemaseg.infer.tiling import predict_tiled
@@ -169,18 +171,13 @@ def evaluate_boxes(model, items: list, low: float, high: float, stride: int, rbc
     truths: dict[str, dict] = {c: {} for c in CELL_CATEGORIES}
     for i, (img, boxes) in enumerate(items):
         probs = predict_tiled(model, normalize(img, prange=percentile_range(img, low, high)), stride=stride)
-        inst, owner = cell_instances(probs, rbc_d)
+        inst, owner, scores = cell_instances(probs, rbc_d)
         for c in CELL_CATEGORIES:
             truths[c][i] = [b for cat, b in boxes if cat == c]
-        from scipy import ndimage as ndi
-
         for j, sl in enumerate(ndi.find_objects(inst), start=1):
-            if sl is None:
-                continue
-            c = CELL_CATEGORIES[owner[j] - 1]
-            region = inst[sl] == j
-            score = float(probs[owner[j]][sl][region].mean() + probs[-1][sl][region].mean())
-            preds[c].append((i, score, (sl[1].start, sl[0].start, sl[1].stop, sl[0].stop)))
+            if sl is not None:
+                preds[CELL_CATEGORIES[owner[j] - 1]].append(
+                    (i, float(scores[j - 1]), (sl[1].start, sl[0].start, sl[1].stop, sl[0].stop)))
     out = {f"ap50_{c}": detection_ap(preds[c], truths[c]) for c in CELL_CATEGORIES}
     vals = [v for v in out.values() if np.isfinite(v)]
     out["map50"] = float(np.mean(vals)) if vals else 0.0

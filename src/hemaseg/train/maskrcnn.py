@@ -110,7 +110,7 @@ def fit_maskrcnn(cfg, run: str | Path, resume: bool = False, progress: bool = Tr
     diams = object_diameters([np.where((enc & 3) == 1, enc >> 2, 0) for _, enc in train_items])
 
     _seed_all(cfg.seed)
-    model = create_model(cfg.arch, classes=len(task.classes) - 1, **cfg.arch_kwargs)
+    model = create_model(cfg.arch, classes=len(CELL_CATEGORIES) + 1, **cfg.arch_kwargs)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs, eta_min=cfg.lr * 0.01)
@@ -124,7 +124,7 @@ def fit_maskrcnn(cfg, run: str | Path, resume: bool = False, progress: bool = Tr
     dataset = DetectionDataset(train_items, transform, cfg.norm_low, cfg.norm_high, cfg.samples_per_epoch)
     card = {
         "name": "cells-maskrcnn", "task": "cells", "classes": list(task.classes), "label_values": list(task.label_values),
-        "architecture": {"name": cfg.arch, "kwargs": {"classes": len(task.classes) - 1, **cfg.arch_kwargs}},
+        "architecture": {"name": cfg.arch, "kwargs": {"classes": len(CELL_CATEGORIES) + 1, **cfg.arch_kwargs}},
         "normalization": {"type": "unit", "low": cfg.norm_low, "high": cfg.norm_high},
         "cell_diameter": float(np.median(diams)) if len(diams) else 34.0,
         "diameter_range": [float(v) for v in np.percentile(diams, [5, 95])] if len(diams) else [],
@@ -148,7 +148,7 @@ def fit_maskrcnn(cfg, run: str | Path, resume: bool = False, progress: bool = Tr
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 10.0)
             optimizer.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
         val_scores = evaluate_detector(model, val_items) if val_items else {}
