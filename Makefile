@@ -21,11 +21,12 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	$(BIN)/hemaseg segment --task wbc $(SAMPLE) --out $(DEMO) --overlay
+	$(BIN)/hemaseg analyze $(SAMPLE) --out $(DEMO)
 	@echo ""
 	@echo "Results are in $(DEMO)/:"
-	@echo "  $(DEMO)/BloodImage_00000.png          label map (0 background, 128 cytoplasm, 255 nucleus)"
-	@echo "  $(DEMO)/BloodImage_00000.json         one polygon per WBC, with its nucleus and box"
+	@echo "  $(DEMO)/report.html                   counts, WBC differential, overlay and a thumbnail per cell (open it in a browser)"
+	@echo "  $(DEMO)/results.json                  every RBC, WBC and platelet: category, WBC type, score, box, polygon"
+	@echo "  $(DEMO)/counts.csv                    counts and differential per image"
 	@echo "  $(DEMO)/BloodImage_00000_overlay.png  outlines drawn on the photo"
 
 test: $(VENV)/.installed-dev
@@ -38,6 +39,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/classical.py
 	$(BIN)/python benchmarks/wbc_type.py --skip-training
 	$(BIN)/python benchmarks/smear10.py
+	$(BIN)/python benchmarks/cells.py
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

@@ -154,11 +154,16 @@ def test_bank_from_data_cuts_real_cells(tmp_path):
 
 def test_synth_cli_writes_seed002_folders(tmp_path):
     out = tmp_path / "syn"
-    res = runner.invoke(app, ["synth", "--n", "2", "--out", str(out), "--size", "96", "--seed", "3"])
+    res = runner.invoke(app, ["synth", "--n", "2", "--out", str(out), "--size", "96", "--seed", "3",
+                              "--wbc-crops", str(tmp_path / "crops")])
     assert res.exit_code == 0, res.output
     for sub, ext in (("images", "png"), ("segments", "png"), ("classes", "png"), ("instances", "png"),
                      ("labels", "json")):
         assert len(list((out / sub).glob(f"*.{ext}"))) == 2
+    # one crop per labelled WBC, filed under its type
+    wbcs = sorted(o["className"] for f in sorted((out / "labels").glob("*.json")) for o in read_smear_labels(f)
+                  if o["className"] in ("neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil"))
+    assert wbcs and sorted(p.parent.name for p in (tmp_path / "crops").glob("*/*.png")) == wbcs
     pairs = read_smear_pairs(out)
     objs = read_smear_labels(sorted((out / "labels").glob("*.json"))[0])
     assert len(pairs) == 2 and pairs[0][1].max() <= 9

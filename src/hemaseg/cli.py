@@ -521,11 +521,15 @@ def synth(
     part: str = typer.Option("test", help="which crops to use: train, val or test (split by source photo)"),
     held_out: Optional[str] = typer.Option(None, help="split JSON whose 'val' crops alone make the val/test WBCs "
                                                       "(as used in training smear10)"),
+    wbc_crops: Optional[Path] = typer.Option(None, "--wbc-crops", help="also write every composited WBC as a crop "
+                                             "in DIR/<type>/ (a training set for `train wbc-type`)"),
 ) -> None:
     """Synthetic smears (seed 002): image, palette map, class-index map, instance map, JSON labels."""
     from dataclasses import replace
 
     from hemaseg.data.synth import PARTS, SynthConfig, compose, image_seed, write_smear
+    from hemaseg.data.synth import wbc_crops as cut_wbcs
+    from hemaseg.io.writers import write_png
     from hemaseg.progress import track
     from hemaseg.train.smear import held_out_crops, load_bank
 
@@ -541,7 +545,10 @@ def synth(
         _fail_error(exc)
         raise typer.Exit(1) from None
     for i in track(range(n), "synth"):
-        write_smear(out, f"{part}_{i:05d}", compose(bank, cfg, image_seed(seed, part, i)))
+        smear = compose(bank, cfg, image_seed(seed, part, i))
+        write_smear(out, f"{part}_{i:05d}", smear)
+        for k, (kind, crop) in enumerate(cut_wbcs(smear) if wbc_crops else []):
+            write_png(wbc_crops / kind / f"{part}_{i:05d}_{k}.png", crop)
     real = ", ".join(f"{k} {v}" for k, v in bank.count().items()) or "none (procedural cells only)"
     typer.echo(f"{n} smears in {out}; real crops used ({part}): {real}", err=True)
 
