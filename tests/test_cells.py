@@ -208,3 +208,23 @@ def test_maskrcnn_backend_trains_resumes_and_segments(tmp_path):
     img, _ = _photo(np.random.default_rng(3))
     seg = segment_cells(img, str(tmp_path / "run" / "model.safetensors"))
     assert seg.instances.shape == img.shape[:2] and len(seg.objects) == int(seg.instances.max())
+
+
+def test_unboxed_cells_are_ignored_or_background(tmp_path):
+    from typer.testing import CliRunner
+
+    from hemaseg.cli import app
+    from hemaseg.train.cells import cells_data
+    from hemaseg.train.loop import task_config
+
+    root = _voc(tmp_path / "voc", n=3)
+    seen = {}
+    for ignore in (True, False):
+        cfg = task_config("cells", data=[str(root)], crop=96, samples_per_epoch=6, ignore_unboxed=ignore, augment=False)
+        dataset, _, card = cells_data(cfg, tmp_path / f"run{ignore}", {})
+        seen[ignore] = any((np.asarray(dataset[i][1]) == IGNORE).any() for i in range(len(dataset)))
+        assert card["training"]["ignore_unboxed"] is ignore
+    assert seen == {True: True, False: False}
+    res = CliRunner().invoke(app, ["train", "cells", "--data", str(root), "--out", str(tmp_path / "cli"),
+                                   "--unboxed", "sometimes"])
+    assert res.exit_code != 0 and "ignore or background" in res.output

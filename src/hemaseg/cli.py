@@ -231,6 +231,9 @@ def train(
                                                      "in them; default 0: in the training process)"),
     held_out: Optional[str] = typer.Option(None, help="smear10: split JSON whose 'val' crops stay out of training "
                                                       "(the WBC-type classifier's: benchmarks/splits/wbc-type.json)"),
+    unboxed: str = typer.Option("ignore", help="cells (U-Net): stained pixels outside every box are 'ignore'd by "
+                                               "the loss (learn every cell) or taught as 'background' (learn the "
+                                               "boxes as they are; a detector such as maskrcnn always does)"),
 ) -> None:
     """Train a model on a lab's annotated images; resumable after a kill."""
     import torch
@@ -248,6 +251,8 @@ def train(
     if task not in TASK_DEFAULTS:
         raise typer.BadParameter(f"trainable tasks: {', '.join(TASK_DEFAULTS)}", param_hint="TASK")
     arch = {"maskrcnn": "maskrcnn-light"}.get(arch, arch)
+    if unboxed not in ("ignore", "background"):
+        raise typer.BadParameter("ignore or background", param_hint="--unboxed")
     try:
         if resume is not None:
             saved = json.loads((resume / "state.json").read_text()) if (resume / "state.json").exists() else {}
@@ -274,7 +279,8 @@ def train(
                               batch_size=batch_size, lr=lr, crop=crop, samples_per_epoch=samples_per_epoch,
                               patience=patience, augment=augment, val_fraction=val_fraction, seed=seed,
                               schedule=extra.get("schedule"), workers=workers,
-                              held_out=str(Path(held_out).resolve()) if held_out else None)
+                              held_out=str(Path(held_out).resolve()) if held_out else None,
+                              ignore_unboxed=unboxed == "ignore")
             if arch.startswith("maskrcnn"):
                 if task != "cells":
                     raise typer.BadParameter("--arch maskrcnn is for the cells task", param_hint="--arch")

@@ -139,7 +139,7 @@ def cells_data(cfg, run: Path, state: dict) -> tuple:
     from hemaseg.train.loop import SegDataset, object_diameters
 
     train, val = prepare(cfg.data, run, cfg.seed, cfg.val_fraction)
-    train_items = [load_scaled(p, e, INPUT_SCALE) for p, e in train]
+    train_items = [load_scaled(p, e, INPUT_SCALE, mark_unknown=cfg.ignore_unboxed) for p, e in train]
     val_items = [(load_scaled(p, e, INPUT_SCALE)[0], truth_boxes(e, INPUT_SCALE)) for p, e in val]
     rbc_maps = [np.where((enc & 3) == 1, enc >> 2, 0) * (enc != 0xFFFF) for _, enc in train_items]
     diams = object_diameters(rbc_maps)
@@ -153,7 +153,8 @@ def cells_data(cfg, run: Path, state: dict) -> tuple:
         "input_scale": INPUT_SCALE,
         "training": {"data": cfg.data, "n_train": len(train_items), "n_val": len(val_items), "seed": cfg.seed,
                      "augment": cfg.augment, "scale_range": [cfg.scale_min, cfg.scale_max],
-                     "pseudo_masks": str(run / "pseudo_masks.coco.json"), "split": str(run / "split.json")},
+                     "pseudo_masks": str(run / "pseudo_masks.coco.json"), "split": str(run / "split.json"),
+                     "ignore_unboxed": cfg.ignore_unboxed},
     }
     return dataset, val_items, card
 

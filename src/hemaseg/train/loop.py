@@ -59,6 +59,10 @@ class TrainConfig:
     # (the classifier's held-out cells) must stay out of the composites' training crops.
     merge_wbc: bool = False
     held_out: str = ""
+    # cells: stained pixels outside every box (BCCD leaves many red cells unboxed) are ignored by the
+    # loss (True: the model learns every cell) or taught as background (False: it learns the boxes as
+    # they are, what the VOC metric on BCCD rewards)
+    ignore_unboxed: bool = True
 
 
 # Per-task defaults that differ from TrainConfig's (which are the WBC task's).
