@@ -134,19 +134,29 @@ def segment_cells(image: np.ndarray, model="cells", cell_diameter: float | None 
     if probs.shape[1:] != (h, w):
         probs = np.stack([cv2.resize(p, (w, h), interpolation=cv2.INTER_LINEAR) for p in probs])
     labels, owner, ids = visible(instances, owner)
-    return _result(labels, owner, scores[ids - 1], probs, diameter, factor)
+    return _result(labels, owner, scores[ids - 1], probs, diameter, factor, card.get("box_scale"))
 
 
 def _result(instances: np.ndarray, owner: np.ndarray, scores: np.ndarray, probs: np.ndarray | None,
-            diameter: float, factor: float) -> Segmentation:
-    """Segmentation with one record per instance (category, score, box, outline)."""
+            diameter: float, factor: float, box_scale: dict | None = None) -> Segmentation:
+    """Segmentation with one record per instance (category, score, box, outline). Boxes are drawn
+    as the model's training annotations drew them (``box_scale`` per category, from the card);
+    the outline is the cell's own."""
+    from hemaseg.train.cells import grow_box
+
     classes = owner[instances].astype(np.uint8)
+    h, w = instances.shape
     objects = []
     for k, name in enumerate(CELL_CATEGORIES, 1):
         sel = np.where(owner[instances] == k, instances, 0)
+        scale = (box_scale or {}).get(name, 1.0)
         for rec in instance_objects(sel, None, name):
             rec["score"] = round(float(scores[rec["id"] - 1]), 4)
             rec["category"] = name
+            if scale != 1.0:
+                b = rec["bounding_box"]
+                grown = grow_box((b["x1"], b["y1"], b["x2"], b["y2"]), scale, w, h)
+                rec["bounding_box"] = dict(zip(("x1", "y1", "x2", "y2"), (round(v) for v in grown)))
             objects.append(rec)
     objects.sort(key=lambda r: r["id"])
     return Segmentation(classes, instances, probs if probs is not None else np.zeros((0,) + instances.shape, np.float32),
@@ -188,4 +198,4 @@ def _segment_detector(image: np.ndarray, module, card: dict, cell_diameter: floa
     # Instances hidden by higher-scoring ones or lost in resizing are dropped and the rest renumbered.
     labels, owner, ids = visible(inst, owner)
     return _result(labels, owner, scores[ids - 1], None,
-                   float(cell_diameter or trained / factor), factor)
+                   float(cell_diameter or trained / factor), factor, card.get("box_scale"))

@@ -228,8 +228,8 @@ def _seed_all(seed: int) -> None:
 
 
 def evaluate_native(model: torch.nn.Module, items: list[tuple[np.ndarray, np.ndarray]], low: float, high: float,
-                    stride: int, task: str = "wbc", invert_bright: bool = False, diameter: float = 0.0
-                    ) -> dict[str, float]:
+                    stride: int, task: str = "wbc", invert_bright: bool = False, diameter: float = 0.0,
+                    box_scale: dict | None = None) -> dict[str, float]:
     """Mean scores of ``model`` on (image, mask) pairs at their native scale (WBC Dice; nuclei DSB metric;
     smear10 pixel accuracy and mean IoU; cells VOC AP@0.5 on (image, boxes) pairs)."""
     from hemaseg.data.transforms import is_bright_background, normalize, percentile_range
@@ -240,7 +240,7 @@ def evaluate_native(model: torch.nn.Module, items: list[tuple[np.ndarray, np.nda
     if task == "cells":
         from hemaseg.train.cells import evaluate_boxes
 
-        return evaluate_boxes(model, items, low, high, stride, diameter) if items else {}
+        return evaluate_boxes(model, items, low, high, stride, diameter, box_scale) if items else {}
     if task == "smear10":
         from hemaseg.metrics import confusion_matrix, semantic_scores
 
@@ -489,7 +489,7 @@ def fit(cfg: TrainConfig | None, run: str | Path, resume: bool = False, progress
         scheduler.step()
         recalibrate_batchnorm(model, loader)
         val = evaluate_native(model, val_items, cfg.norm_low, cfg.norm_high, stride, cfg.task, cfg.invert_bright,
-                              float(data_card.get("cell_diameter") or 0))
+                              float(data_card.get("cell_diameter") or 0), data_card.get("box_scale"))
         metric = headline(cfg.task, val) if val else -float(np.mean(losses))
         end_epoch(run, state, cfg, epoch, lr, losses, val, metric, time.time() - t0, model, optimizer, scheduler, card)
 

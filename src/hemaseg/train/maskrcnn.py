@@ -58,9 +58,11 @@ def detect(model, image: np.ndarray, score_threshold: float = 0.3) -> tuple[np.n
     return out, owner, scores[ids - 1]
 
 
-def evaluate_detector(model, items: list) -> dict[str, float]:
-    """VOC AP@0.5 per category and their mean, from the detector's boxes and scores."""
+def evaluate_detector(model, items: list, box_scale: dict | None = None) -> dict[str, float]:
+    """VOC AP@0.5 per category and their mean, from the detector's boxes (grown by their category's
+    ``box_scale``, as :func:`hemaseg.infer.cells.segment_cells` draws them) and scores."""
     from hemaseg.metrics import detection_ap
+    from hemaseg.train.cells import grow_box
 
     preds = {c: [] for c in CELL_CATEGORIES}
     truths = {c: {} for c in CELL_CATEGORIES}
@@ -71,7 +73,9 @@ def evaluate_detector(model, items: list) -> dict[str, float]:
             for c in CELL_CATEGORIES:
                 truths[c][i] = [b for cat, b in boxes if cat == c]
             for b, lab, s in zip(out["boxes"].numpy(), out["labels"].numpy(), out["scores"].numpy()):
-                preds[CELL_CATEGORIES[int(lab) - 1]].append((i, float(s), tuple(b)))
+                c = CELL_CATEGORIES[int(lab) - 1]
+                box = grow_box(tuple(float(v) for v in b), (box_scale or {}).get(c, 1.0), img.shape[1], img.shape[0])
+                preds[c].append((i, float(s), box))
     res = {f"ap50_{c}": detection_ap(preds[c], truths[c]) for c in CELL_CATEGORIES}
     vals = [v for v in res.values() if np.isfinite(v)]
     res["map50"] = float(np.mean(vals)) if vals else 0.0
@@ -94,7 +98,7 @@ def fit_maskrcnn(cfg, run: str | Path, resume: bool = False, progress: bool = Tr
     from hemaseg.data.transforms import colour_augs, optics_augs
     from hemaseg.models.registry import create_model
     from hemaseg.progress import track
-    from hemaseg.train.cells import INPUT_SCALE, load_scaled, prepare, truth_boxes
+    from hemaseg.train.cells import INPUT_SCALE, box_scales, load_scaled, prepare, truth_boxes
     from hemaseg.train.loop import (TrainConfig, _seed_all, begin_epoch, end_epoch, epochs_to_run, finish_run,
                                     load_last, object_diameters, start_or_resume, versions)
 
@@ -129,6 +133,7 @@ def fit_maskrcnn(cfg, run: str | Path, resume: bool = False, progress: bool = Tr
         "cell_diameter": float(np.median(diams)) if len(diams) else 34.0,
         "diameter_range": [float(v) for v in np.percentile(diams, [5, 95])] if len(diams) else [],
         "input_scale": INPUT_SCALE,
+        "box_scale": box_scales(cfg.data, train),
         "training": {"data": cfg.data, "n_train": len(train_items), "n_val": len(val_items), "seed": cfg.seed,
                      "augment": cfg.augment, "scale_range": [cfg.scale_min, cfg.scale_max],
                      "pseudo_masks": str(run / "pseudo_masks.coco.json"), "split": str(run / "split.json")},
@@ -151,7 +156,7 @@ def fit_maskrcnn(cfg, run: str | Path, resume: bool = False, progress: bool = Tr
             losses.append(loss.item())
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
-        val_scores = evaluate_detector(model, val_items) if val_items else {}
+        val_scores = evaluate_detector(model, val_items, card["box_scale"]) if val_items else {}
         metric = val_scores.get("map50", -float(np.mean(losses)))
         end_epoch(run, state, cfg, epoch, lr, losses, val_scores, metric, time.time() - t0, model, optimizer, scheduler,
                   card)
