@@ -6,8 +6,7 @@ import numpy as np
 
 from hemaseg.data.transforms import percentile_range
 from hemaseg.infer.postprocess import instance_objects, relabel
-from hemaseg.infer.segment import MAX_FACTOR, MIN_FACTOR, Segmentation, get_model, predict_probs
-from hemaseg.infer.smear import rbc_diameter
+from hemaseg.infer.segment import MAX_FACTOR, MIN_FACTOR, Segmentation, get_model, measure_diameter, predict_probs
 from hemaseg.tasks import CELL_CATEGORIES
 
 # Typical diameter of each category relative to a red cell (BCCD boxes: WBC ~1.9, platelet ~0.4);
@@ -117,18 +116,22 @@ def segment_cells(image: np.ndarray, model="cells", cell_diameter: float | None 
     if cell_diameter:
         factor = float(np.clip(trained / cell_diameter, MIN_FACTOR, MAX_FACTOR))
         probs = run(factor)
+        small, owner, scores = cell_instances(probs, trained)
     else:
         factor = float(card.get("input_scale", 1.0))
         probs = run(factor)
-        measured = rbc_diameter(probs.argmax(0), rbc_classes=(1,))
+        small, owner, scores = cell_instances(probs, trained)
+        # The red cells found on this pass are measured (px at the model's scale).
+        rbc = np.where(owner[small] == 1, small, 0)
+        measured = measure_diameter(rbc, min_area=10) if rbc.any() else None
         if measured is not None:
             cell_diameter = measured / factor
             new = factor * cells_factor(card, measured)
             if abs(new - factor) > 1e-3:
                 factor = new
                 probs = run(factor)
+                small, owner, scores = cell_instances(probs, trained)
     diameter = float(cell_diameter or trained / factor)
-    small, owner, scores = cell_instances(probs, diameter * factor)
     h, w = image.shape[:2]
     instances = small if small.shape == (h, w) else cv2.resize(small, (w, h), interpolation=cv2.INTER_NEAREST)
     if probs.shape[1:] != (h, w):
@@ -169,7 +172,6 @@ def _segment_detector(image: np.ndarray, module, card: dict, cell_diameter: floa
     import cv2
 
     from hemaseg.data.transforms import rescale
-    from hemaseg.infer.segment import measure_diameter
     from hemaseg.train.maskrcnn import detect
 
     trained = float(card.get("cell_diameter") or 34.0)
