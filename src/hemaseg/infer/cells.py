@@ -21,8 +21,9 @@ def cell_instances(probs: np.ndarray, rbc_d: float) -> tuple[np.ndarray, np.ndar
     class per instance (1 rbc, 2 wbc, 3 platelet; index 0 unused) and (N,) scores.
 
     Each predicted core is one cell's seed (overlapping red cells keep apart cores even where
-    their outlines merge); the foreground is flooded from the seeds over the edge-minus-core
-    relief, and a foreground blob without a core is a cell of its own. An instance's class is
+    their outlines merge), and so is a blob of one category's interior holding no core (a
+    platelet whose core was missed); the foreground is flooded from the seeds over the
+    edge-minus-core relief, and foreground left without a seed is a cell of its own. An instance's class is
     the category with the most probability over its pixels; its score is its core's peak
     probability times that category's share.
 
@@ -43,12 +44,26 @@ def cell_instances(probs: np.ndarray, rbc_d: float) -> tuple[np.ndarray, np.ndar
     fg = probs[0] < 0.5
     centre = cv2.GaussianBlur(probs[CENTRE], (0, 0), 1.0)
     core = (centre > 0.5) & fg
+    typical = np.array([0.0] + [MIN_AREA_FRACTION * np.pi * (RELATIVE_SIZE[c] * rbc_d / 2) ** 2
+                                for c in CELL_CATEGORIES])
     n_core, markers = cv2.connectedComponents(core.astype(np.uint8), connectivity=4)
+    # A cell whose core was missed (small platelets most often, lying on a red cell) still shows
+    # as a blob of its category's interior: such a blob without a core, if big enough, seeds itself.
+    top = probs.argmax(0)
+    nxt = n_core
+    for k in range(1, EDGE):
+        n_b, blobs = cv2.connectedComponents((((top == k) | core) & fg).astype(np.uint8), connectivity=4)
+        lonely = np.bincount(blobs.ravel(), minlength=n_b) >= max(4, typical[k])
+        lonely[np.unique(blobs[core])] = False
+        lonely[0] = False
+        sel = lonely[blobs] & (markers == 0)
+        markers[sel] = blobs[sel] + nxt
+        nxt += n_b
     n_fg, comps = cv2.connectedComponents(fg.astype(np.uint8), connectivity=4)
     seeded = np.zeros(n_fg, bool)
-    seeded[comps[core]] = True
+    seeded[comps[markers > 0]] = True
     seeded[0] = True
-    markers = np.where(~seeded[comps], comps + n_core, markers)  # blobs without a core seed themselves
+    markers = np.where(~seeded[comps], comps + nxt, markers)  # foreground without any seed: one cell
     labels = watershed(probs[EDGE] - centre, markers, mask=fg) if fg.any() else np.zeros(fg.shape, np.int32)
     n = int(labels.max()) + 1
     flat = labels.ravel()
@@ -58,8 +73,6 @@ def cell_instances(probs: np.ndarray, rbc_d: float) -> tuple[np.ndarray, np.ndar
     peak = np.zeros(n, np.float32)
     np.maximum.at(peak, flat, centre.ravel())
     area = np.bincount(flat, minlength=n)
-    typical = np.array([0.0] + [MIN_AREA_FRACTION * np.pi * (RELATIVE_SIZE[c] * rbc_d / 2) ** 2
-                                for c in CELL_CATEGORIES])
     keep = area >= np.maximum(4, typical[owner])
     keep[0] = False
     out, owner, ids = visible(np.where(keep[labels], labels, 0).astype(np.int32), owner)
