@@ -93,7 +93,18 @@ def test_cell_instances_split_touching_red_cells_and_keep_classes():
     assert inst.max() == 4 and sorted(owner[1:].tolist()) == [1, 1, 2, 3]
     assert inst[30, 20] != inst[30, 38] and inst[30, 29] in (inst[30, 20], inst[30, 38])
     platelet = owner[inst[6, 6]]
-    assert platelet == 3 and scores[inst[6, 6] - 1] < scores[inst[30, 20] - 1]
+    assert platelet == 3 and scores[inst[6, 6] - 1] > 0.9  # no core, but sure of its category
+    # two WBC pieces with no edge between them are one cell; with an edge drawn, two
+    q = np.zeros((6, 40, 60), np.float32)
+    q[0] = 1
+    q[:, 10:30, 10:50] = 0
+    q[2, 10:30, 10:50] = 1
+    q[5, 18:22, 18:22] = q[5, 18:22, 38:42] = 1
+    q[2][q[5] == 1] = 0
+    one, owner1, _ = cell_instances(q, rbc_d=20)
+    q[2, 10:30, 29:31], q[4, 10:30, 29:31] = 0, 1
+    two, owner2, _ = cell_instances(q, rbc_d=20)
+    assert one.max() == 1 and two.max() == 2 and set(owner1[1:]) == set(owner2[1:]) == {2}
 
 
 @pytest.fixture()

@@ -65,19 +65,64 @@ def cell_instances(probs: np.ndarray, rbc_d: float) -> tuple[np.ndarray, np.ndar
     seeded[0] = True
     markers = np.where(~seeded[comps], comps + nxt, markers)  # foreground without any seed: one cell
     labels = watershed(probs[EDGE] - centre, markers, mask=fg) if fg.any() else np.zeros(fg.shape, np.int32)
-    n = int(labels.max()) + 1
+
+    def categories(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        mass = np.stack([np.bincount(labels.ravel(), weights=probs[k].ravel(), minlength=int(labels.max()) + 1)
+                         for k in range(1, EDGE)])
+        return mass.argmax(0) + 1, mass
+
+    # A WBC whose lobed nucleus gave two cores comes out in pieces with no cell edge between them:
+    # touching WBC pieces are merged unless the network drew an edge along their contact.
+    owner, _ = categories(labels)
+    labels = merge_unparted(labels, probs[EDGE], owner == CELL_CATEGORIES.index("wbc") + 1)
+    owner, mass = categories(labels)
+    n = len(owner)
     flat = labels.ravel()
-    mass = np.stack([np.bincount(flat, weights=probs[k].ravel(), minlength=n) for k in range(1, EDGE)])
-    owner = mass.argmax(0) + 1
     share = mass.max(0) / np.maximum(mass.sum(0), 1e-6)
+    area = np.bincount(flat, minlength=n)
     peak = np.zeros(n, np.float32)
     np.maximum.at(peak, flat, centre.ravel())
-    area = np.bincount(flat, minlength=n)
+    # Confidence: the core's peak, or for a cell found without a core its category's mean probability.
+    confidence = np.maximum(peak, mass.max(0) / np.maximum(area, 1))
     keep = area >= np.maximum(4, typical[owner])
     keep[0] = False
     out, owner, ids = visible(np.where(keep[labels], labels, 0).astype(np.int32), owner)
-    # A blob without a core scores below every cell with one (its peak core probability < 0.5).
-    return out, owner, (peak[ids] * share[ids]).astype(np.float32)
+    return out, owner, (confidence[ids] * share[ids]).astype(np.float32)
+
+
+def merge_unparted(labels: np.ndarray, edge: np.ndarray, mergeable: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """Merge touching instances that are both ``mergeable`` (a bool per label) where the mean
+    ``edge`` probability along their contact is below ``threshold``.
+
+    >>> lab = np.array([[1, 1, 2, 2, 3, 3]]); edge = np.array([[0, 0.1, 0.1, 0.9, 0.9, 0]])
+    >>> merge_unparted(lab, edge, np.array([False, True, True, True])).tolist()
+    [[1, 1, 1, 1, 3, 3]]
+    """
+    n = int(labels.max()) + 1
+    codes, weights = [], []
+    for a, b, wa, wb in ((labels[:, :-1], labels[:, 1:], edge[:, :-1], edge[:, 1:]),
+                         (labels[:-1], labels[1:], edge[:-1], edge[1:])):
+        m = (a != b) & mergeable[a] & mergeable[b] & (a > 0) & (b > 0)
+        codes.append(np.minimum(a[m], b[m]).astype(np.int64) * n + np.maximum(a[m], b[m]))
+        weights.append((wa[m] + wb[m]) / 2)
+    codes, weights = np.concatenate(codes), np.concatenate(weights)
+    if codes.size == 0:
+        return labels
+    pairs, inv = np.unique(codes, return_inverse=True)
+    mean = np.bincount(inv, weights=weights) / np.bincount(inv)
+    parent = np.arange(n)
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for code in pairs[mean < threshold]:
+        ra, rb = root(int(code // n)), root(int(code % n))
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    return np.array([root(i) for i in range(n)])[labels]
 
 
 def visible(instances: np.ndarray, owner: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
