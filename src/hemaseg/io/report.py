@@ -34,7 +34,8 @@ def _data_uri(image: np.ndarray, max_side: int = 1024, fmt: str = ".jpg") -> str
     f = min(1.0, max_side / max(h, w))
     if f < 1:
         image = cv2.resize(image, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
-    ok, buf = cv2.imencode(fmt, np.ascontiguousarray(image[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, 85])
+    params = [cv2.IMWRITE_JPEG_QUALITY, 85] if fmt == ".jpg" else []
+    ok, buf = cv2.imencode(fmt, np.ascontiguousarray(image[..., ::-1]), params)
     mime = "jpeg" if fmt == ".jpg" else "png"
     return f"data:image/{mime};base64," + base64.b64encode(buf.tobytes()).decode("ascii")
 
