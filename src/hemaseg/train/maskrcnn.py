@@ -42,16 +42,30 @@ def to_input(image: np.ndarray) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def detect(model, image: np.ndarray, score_threshold: float = 0.3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(instances (H, W) int32 1..N, class per instance (N + 1,) with 0 unused, scores (N,)) of one image,
-    highest scores painted last so they win overlaps."""
+def detect(model, image: np.ndarray, score_threshold: float = 0.3, overlap: float = 0.5,
+           single: tuple[str, ...] = ("wbc",)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(instances (H, W) int32 1..N, class per instance (N + 1,) with 0 unused, scores (N,)) of one image.
+
+    Detections are taken from the highest score down and each pixel goes to the first that
+    claims it. Categories in ``single`` never lie on one another (a WBC inside a WBC is the
+    same cell, e.g. the cell and its nucleus, which torchvision's box NMS both keeps): a
+    detection whose mask lies more than ``overlap`` on an already taken cell of its category
+    is dropped. Red cells and platelets do overlap in smears and are kept.
+    """
     model.eval()
     out = model([to_input(image)])[0]
     keep = out["scores"] >= score_threshold
     scores, labels, masks = out["scores"][keep].numpy(), out["labels"][keep].numpy(), out["masks"][keep, 0].numpy()
     inst = np.zeros(image.shape[:2], np.int32)
-    for j in np.argsort(scores):
-        inst[masks[j] > 0.5] = j + 1
+    taken = {int(c): np.zeros(image.shape[:2], bool) for c in np.unique(labels)}
+    for j in np.argsort(-scores, kind="stable"):
+        m = masks[j] > 0.5
+        area = int(m.sum())
+        exclusive = CELL_CATEGORIES[int(labels[j]) - 1] in single
+        if area == 0 or (exclusive and taken[int(labels[j])][m].sum() > overlap * area):
+            continue
+        inst[m & (inst == 0)] = j + 1
+        taken[int(labels[j])] |= m
     from hemaseg.infer.cells import visible
 
     out, owner, ids = visible(inst, np.concatenate([[0], labels]).astype(int))
