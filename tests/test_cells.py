@@ -249,3 +249,22 @@ def test_box_scales_learn_how_loosely_each_category_is_boxed(tmp_path):
     scales = box_scales([str(root)], train)
     # red cells (r 11) are boxed at +-12 px: nearly tight; platelets (r 3) at +-5 px: ~10/7 of the cell
     assert 0.95 <= scales["rbc"] <= 1.2 and 1.25 <= scales["platelet"] <= 1.8, scales
+
+
+def test_detect_drops_a_wbc_lying_on_a_wbc_but_keeps_overlapping_red_cells():
+    from hemaseg.train.maskrcnn import detect
+
+    masks = torch.zeros(4, 1, 40, 60)
+    masks[0, 0, 5:35, 5:35] = 1  # WBC
+    masks[1, 0, 10:30, 10:30] = 1  # its nucleus, also called WBC
+    masks[2, 0, 5:25, 36:50] = 1  # two overlapping red cells
+    masks[3, 0, 15:35, 44:58] = 1
+    out = {"scores": torch.tensor([0.9, 0.8, 0.95, 0.9]), "labels": torch.tensor([2, 2, 1, 1]), "masks": masks}
+
+    class Fixed(torch.nn.Module):
+        def forward(self, images):
+            return [out]
+
+    inst, owner, scores = detect(Fixed(), np.zeros((40, 60, 3), np.uint8))
+    assert sorted(owner[1:].tolist()) == [1, 1, 2] and inst.max() == 3
+    assert scores[owner[1:] == 2].tolist() == [pytest.approx(0.9)]  # the higher-scored WBC stays
