@@ -119,5 +119,5 @@ def smear10_data(cfg, run: Path, state: dict) -> tuple:
                      "held_out_crops": cfg.held_out, "merge_wbc": cfg.merge_wbc},
     }
     if cfg.merge_wbc:
-        card["wbc_typing"] = "wbc-type"  # the classifier that names each WBC object at inference
+        card["wbc_typing"] = "smear10-type"  # names each WBC object at inference (trained on real + composited crops)
     return dataset, val_items, card
