@@ -640,23 +640,23 @@ def write_smear(out: str | Path, name: str, smear: Smear) -> None:
     write_json(out / "labels" / f"{name}.json", smear.labels)
 
 
-def wbc_crops(smear: Smear, margin: float = 0.3) -> list[tuple[str, np.ndarray]]:
+def wbc_crops(smear: Smear) -> list[tuple[str, np.ndarray]]:
     """(type, crop) of every WBC of a composite, cut as ``hemaseg analyze`` cuts a found WBC
-    (its box grown by ``margin`` per side): training crops for a classifier that must name
-    composited cells.
+    (:func:`hemaseg.infer.pipeline.square_crop`): training crops for a classifier that must
+    name composited cells.
 
     >>> bank = CellBank.procedural()
     >>> smear = compose(bank, SynthConfig(size=128), np.random.default_rng(3))
     >>> all(name in WBC_CLASSES and crop.ndim == 3 for name, crop in wbc_crops(smear))
     True
     """
-    from hemaseg.infer.pipeline import _square_crop
+    from hemaseg.infer.pipeline import CROP_MARGIN, square_crop
 
     out = []
     for rec in smear.labels.values():
         if rec["className"] in WBC_CLASSES:
             box = {"x1": rec["tlX"], "y1": rec["tlY"], "x2": rec["tlX"] + rec["bboxW"], "y2": rec["tlY"] + rec["bboxH"]}
-            out.append((rec["className"], _square_crop(smear.image, box, margin)))
+            out.append((rec["className"], square_crop(smear.image, box, CROP_MARGIN)))
     return out
 
 

@@ -32,7 +32,9 @@ class Analysis:
         return {t: (100.0 * self.counts[t] / n if n else 0.0) for t in WBC_TYPES}
 
 
-def _square_crop(image: np.ndarray, box: dict, margin: float) -> np.ndarray:
+def square_crop(image: np.ndarray, box: dict, margin: float) -> np.ndarray:
+    """The square around ``box`` grown by ``margin`` of its longer side on each side (at least
+    MIN_CROP px), clipped to the image: how a found WBC is cut for typing."""
     x1, x2, y1, y2 = box["x1"], box["x2"], box["y1"], box["y2"]
     side = max(MIN_CROP, max(x2 - x1, y2 - y1) * (1 + 2 * margin))
     cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
@@ -50,7 +52,7 @@ def type_wbcs(image: np.ndarray, records: list[dict], model="wbc-type", device: 
 
     _, card = get_model(model, device)
     size = int(card.get("input_size", 96))
-    crops = [cell_crop(_square_crop(image, r["bounding_box"], CROP_MARGIN), size).image for r in records]
+    crops = [cell_crop(square_crop(image, r["bounding_box"], CROP_MARGIN), size).image for r in records]
     return predict_crops(crops, model, device), crops, list(card["classes"])
 
 
