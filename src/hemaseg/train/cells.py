@@ -95,6 +95,22 @@ def prepare(data: list[str], run: Path, seed: int, val_fraction: float) -> tuple
     return [i for i in items if str(i[0]) not in val_set], [i for i in items if str(i[0]) in val_set]
 
 
+def box_annotations(data: list[str]) -> dict[str, dict]:
+    """Photo file name -> its entry as annotated, for the box-only ones (before pseudo-masking)."""
+    out = {}
+    for root in data:
+        out.update({p.name: e for p, e in find_annotated_photos(root) if is_box_only(e)})
+    return out
+
+
+def val_items(data: list[str], val: list) -> list:
+    """(image at INPUT_SCALE, truth boxes) of the validation photos; boxes as annotated (BCCD's
+    VOC boxes, not the pseudo-masks' tighter ones), which the VOC metric scores against."""
+    boxes = box_annotations(data)
+    return [(load_scaled(p, e, INPUT_SCALE)[0], truth_boxes(boxes.get(Path(p).name, e), INPUT_SCALE))
+            for p, e in val]
+
+
 def box_scales(data: list[str], train: list) -> dict[str, float]:
     """How much larger the annotators drew each category's boxes than the cell inside them: the
     median ratio of a box's side to its pseudo-mask's, per category, over the training photos
@@ -102,9 +118,7 @@ def box_scales(data: list[str], train: list) -> dict[str, float]:
     with the training annotations' boxes; 1.0 where the annotations are outlines, not boxes."""
     from hemaseg.metrics import box_iou
 
-    originals = {}
-    for root in data:
-        originals.update({p.name: e for p, e in find_annotated_photos(root) if is_box_only(e)})
+    originals = box_annotations(data)
     ratios: dict[str, list[float]] = {c: [] for c in CELL_CATEGORIES}
     for path, entry in train:
         source = originals.get(Path(path).name)
@@ -183,7 +197,7 @@ def cells_data(cfg, run: Path, state: dict) -> tuple:
     train, val = prepare(cfg.data, run, cfg.seed, cfg.val_fraction)
     scales = box_scales(cfg.data, train)
     train_items = [load_scaled(p, e, INPUT_SCALE, mark_unknown=cfg.ignore_unboxed) for p, e in train]
-    val_items = [(load_scaled(p, e, INPUT_SCALE)[0], truth_boxes(e, INPUT_SCALE)) for p, e in val]
+    val_set = val_items(cfg.data, val)
     rbc_maps = [np.where((enc & 3) == 1, enc >> 2, 0) * (enc != 0xFFFF) for _, enc in train_items]
     diams = object_diameters(rbc_maps)
     diameter = float(np.median(diams)) if len(diams) else 34.0
@@ -195,30 +209,41 @@ def cells_data(cfg, run: Path, state: dict) -> tuple:
         "diameter_range": [float(v) for v in np.percentile(diams, [5, 95])] if len(diams) else [],
         "input_scale": INPUT_SCALE,
         "box_scale": scales,  # output boxes drawn as the training annotations draw them (see box_scales)
-        "training": {"data": cfg.data, "n_train": len(train_items), "n_val": len(val_items), "seed": cfg.seed,
+        "training": {"data": cfg.data, "n_train": len(train_items), "n_val": len(val_set), "seed": cfg.seed,
                      "augment": cfg.augment, "scale_range": [cfg.scale_min, cfg.scale_max],
                      "pseudo_masks": str(run / "pseudo_masks.coco.json"), "split": str(run / "split.json"),
                      "ignore_unboxed": cfg.ignore_unboxed},
     }
-    return dataset, val_items, card
+    return dataset, val_set, card
 
 
 def evaluate_boxes(model, items: list, low: float, high: float, stride: int, rbc_d: float,
                    box_scale: dict | None = None) -> dict[str, float]:
-    """VOC AP@0.5 per category and their mean on (image, truth boxes) items at the model's scale
-    (each found cell's box grown by its category's ``box_scale``)."""
-    from scipy import ndimage as ndi
-
+    """VOC AP@0.5 per category and their mean of the U-Net on (image, truth boxes) items at the
+    model's scale (see :func:`score_instances`)."""
     from hemaseg.data.transforms import normalize, percentile_range
     from hemaseg.infer.cells import cell_instances
     from hemaseg.infer.tiling import predict_tiled
+
+    def find(img: np.ndarray):
+        return cell_instances(predict_tiled(model, normalize(img, prange=percentile_range(img, low, high)),
+                                            stride=stride), rbc_d)
+
+    return score_instances(items, find, box_scale)
+
+
+def score_instances(items: list, find, box_scale: dict | None = None) -> dict[str, float]:
+    """VOC AP@0.5 per category and their mean on (image, truth boxes) items, where ``find(image)``
+    gives (instances, class per instance, scores) and each cell's box is its outline's box grown
+    by its category's ``box_scale`` (as :func:`hemaseg.infer.cells.segment_cells` draws it)."""
+    from scipy import ndimage as ndi
+
     from hemaseg.metrics import detection_ap
 
     preds: dict[str, list] = {c: [] for c in CELL_CATEGORIES}
     truths: dict[str, dict] = {c: {} for c in CELL_CATEGORIES}
     for i, (img, boxes) in enumerate(items):
-        probs = predict_tiled(model, normalize(img, prange=percentile_range(img, low, high)), stride=stride)
-        inst, owner, scores = cell_instances(probs, rbc_d)
+        inst, owner, scores = find(img)
         for c in CELL_CATEGORIES:
             truths[c][i] = [b for cat, b in boxes if cat == c]
         for j, sl in enumerate(ndi.find_objects(inst), start=1):

@@ -73,27 +73,11 @@ def detect(model, image: np.ndarray, score_threshold: float = 0.3, overlap: floa
 
 
 def evaluate_detector(model, items: list, box_scale: dict | None = None) -> dict[str, float]:
-    """VOC AP@0.5 per category and their mean, from the detector's boxes (grown by their category's
-    ``box_scale``, as :func:`hemaseg.infer.cells.segment_cells` draws them) and scores."""
-    from hemaseg.metrics import detection_ap
-    from hemaseg.train.cells import grow_box
+    """VOC AP@0.5 per category and their mean of the detector's cells as the pipeline makes them
+    (:func:`detect`: masks, WBC de-duplication; boxes from the masks grown by ``box_scale``)."""
+    from hemaseg.train.cells import score_instances
 
-    preds = {c: [] for c in CELL_CATEGORIES}
-    truths = {c: {} for c in CELL_CATEGORIES}
-    model.eval()
-    with torch.inference_mode():
-        for i, (img, boxes) in enumerate(items):
-            out = model([to_input(img)])[0]
-            for c in CELL_CATEGORIES:
-                truths[c][i] = [b for cat, b in boxes if cat == c]
-            for b, lab, s in zip(out["boxes"].numpy(), out["labels"].numpy(), out["scores"].numpy()):
-                c = CELL_CATEGORIES[int(lab) - 1]
-                box = grow_box(tuple(float(v) for v in b), (box_scale or {}).get(c, 1.0), img.shape[1], img.shape[0])
-                preds[c].append((i, float(s), box))
-    res = {f"ap50_{c}": detection_ap(preds[c], truths[c]) for c in CELL_CATEGORIES}
-    vals = [v for v in res.values() if np.isfinite(v)]
-    res["map50"] = float(np.mean(vals)) if vals else 0.0
-    return res
+    return score_instances(items, lambda img: detect(model, img), box_scale)
 
 
 class DetectionDataset(SegDataset):
@@ -112,7 +96,7 @@ def fit_maskrcnn(cfg, run: str | Path, resume: bool = False, progress: bool = Tr
     from hemaseg.data.transforms import colour_augs, optics_augs
     from hemaseg.models.registry import create_model
     from hemaseg.progress import track
-    from hemaseg.train.cells import INPUT_SCALE, box_scales, load_scaled, prepare, truth_boxes
+    from hemaseg.train.cells import INPUT_SCALE, box_scales, load_scaled, prepare, val_items
     from hemaseg.train.loop import (TrainConfig, _seed_all, begin_epoch, end_epoch, epochs_to_run, finish_run,
                                     load_last, object_diameters, start_or_resume, versions)
 
@@ -124,7 +108,7 @@ def fit_maskrcnn(cfg, run: str | Path, resume: bool = False, progress: bool = Tr
     task = get_task("cells")
     train, val = prepare(cfg.data, run, cfg.seed, cfg.val_fraction)
     train_items = [load_scaled(p, e, INPUT_SCALE, mark_unknown=False) for p, e in train]
-    val_items = [(load_scaled(p, e, INPUT_SCALE)[0], truth_boxes(e, INPUT_SCALE)) for p, e in val]
+    val_set = val_items(cfg.data, val)
     diams = object_diameters([np.where((enc & 3) == 1, enc >> 2, 0) for _, enc in train_items])
 
     _seed_all(cfg.seed)
@@ -148,7 +132,7 @@ def fit_maskrcnn(cfg, run: str | Path, resume: bool = False, progress: bool = Tr
         "diameter_range": [float(v) for v in np.percentile(diams, [5, 95])] if len(diams) else [],
         "input_scale": INPUT_SCALE,
         "box_scale": box_scales(cfg.data, train),
-        "training": {"data": cfg.data, "n_train": len(train_items), "n_val": len(val_items), "seed": cfg.seed,
+        "training": {"data": cfg.data, "n_train": len(train_items), "n_val": len(val_set), "seed": cfg.seed,
                      "augment": cfg.augment, "scale_range": [cfg.scale_min, cfg.scale_max],
                      "pseudo_masks": str(run / "pseudo_masks.coco.json"), "split": str(run / "split.json")},
         "versions": versions(),
@@ -170,7 +154,7 @@ def fit_maskrcnn(cfg, run: str | Path, resume: bool = False, progress: bool = Tr
             losses.append(loss.item())
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
-        val_scores = evaluate_detector(model, val_items, card["box_scale"]) if val_items else {}
+        val_scores = evaluate_detector(model, val_set, card["box_scale"]) if val_set else {}
         metric = val_scores.get("map50", -float(np.mean(losses)))
         end_epoch(run, state, cfg, epoch, lr, losses, val_scores, metric, time.time() - t0, model, optimizer, scheduler,
                   card)
