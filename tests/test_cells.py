@@ -242,11 +242,11 @@ def test_unboxed_cells_are_ignored_or_background(tmp_path):
 
 
 def test_box_scales_learn_how_loosely_each_category_is_boxed(tmp_path):
-    from hemaseg.train.cells import box_scales, prepare
+    from hemaseg.train.cells import box_annotations, box_scales, prepare
 
     root = _voc(tmp_path / "voc", n=2)
     train, _ = prepare([str(root)], tmp_path / "run", 0, 0.5)
-    scales = box_scales([str(root)], train)
+    scales = box_scales(box_annotations([str(root)]), train)
     # red cells (r 11) are boxed at +-12 px: nearly tight; platelets (r 3) at +-5 px: ~10/7 of the cell
     assert 0.95 <= scales["rbc"] <= 1.2 and 1.25 <= scales["platelet"] <= 1.8, scales
 

@@ -103,22 +103,22 @@ def box_annotations(data: list[str]) -> dict[str, dict]:
     return out
 
 
-def val_items(data: list[str], val: list) -> list:
-    """(image at INPUT_SCALE, truth boxes) of the validation photos; boxes as annotated (BCCD's
-    VOC boxes, not the pseudo-masks' tighter ones), which the VOC metric scores against."""
-    boxes = box_annotations(data)
+def val_items(boxes: dict[str, dict], val: list) -> list:
+    """(image at INPUT_SCALE, truth boxes) of the validation photos; boxes as annotated
+    (``boxes`` from :func:`box_annotations`: BCCD's VOC boxes, not the pseudo-masks' tighter
+    ones), which the VOC metric scores against."""
     return [(load_scaled(p, e, INPUT_SCALE)[0], truth_boxes(boxes.get(Path(p).name, e), INPUT_SCALE))
             for p, e in val]
 
 
-def box_scales(data: list[str], train: list) -> dict[str, float]:
+def box_scales(originals: dict[str, dict], train: list) -> dict[str, float]:
     """How much larger the annotators drew each category's boxes than the cell inside them: the
     median ratio of a box's side to its pseudo-mask's, per category, over the training photos
     (BCCD boxes platelets loosely, ~1.5x). Output boxes are drawn the same way, so they compare
-    with the training annotations' boxes; 1.0 where the annotations are outlines, not boxes."""
+    with the training annotations' boxes (``originals`` from :func:`box_annotations`); 1.0 where
+    the annotations are outlines, not boxes."""
     from hemaseg.metrics import box_iou
 
-    originals = box_annotations(data)
     ratios: dict[str, list[float]] = {c: [] for c in CELL_CATEGORIES}
     for path, entry in train:
         source = originals.get(Path(path).name)
@@ -195,9 +195,10 @@ def cells_data(cfg, run: Path, state: dict) -> tuple:
     from hemaseg.train.loop import SegDataset, object_diameters
 
     train, val = prepare(cfg.data, run, cfg.seed, cfg.val_fraction)
-    scales = box_scales(cfg.data, train)
+    boxes = box_annotations(cfg.data)
+    scales = box_scales(boxes, train)
     train_items = [load_scaled(p, e, INPUT_SCALE, mark_unknown=cfg.ignore_unboxed) for p, e in train]
-    val_set = val_items(cfg.data, val)
+    val_set = val_items(boxes, val)
     rbc_maps = [np.where((enc & 3) == 1, enc >> 2, 0) * (enc != 0xFFFF) for _, enc in train_items]
     diams = object_diameters(rbc_maps)
     diameter = float(np.median(diams)) if len(diams) else 34.0

@@ -96,7 +96,7 @@ def fit_maskrcnn(cfg, run: str | Path, resume: bool = False, progress: bool = Tr
     from hemaseg.data.transforms import colour_augs, optics_augs
     from hemaseg.models.registry import create_model
     from hemaseg.progress import track
-    from hemaseg.train.cells import INPUT_SCALE, box_scales, load_scaled, prepare, val_items
+    from hemaseg.train.cells import INPUT_SCALE, box_annotations, box_scales, load_scaled, prepare, val_items
     from hemaseg.train.loop import (TrainConfig, _seed_all, begin_epoch, end_epoch, epochs_to_run, finish_run,
                                     load_last, object_diameters, start_or_resume, versions)
 
@@ -108,7 +108,8 @@ def fit_maskrcnn(cfg, run: str | Path, resume: bool = False, progress: bool = Tr
     task = get_task("cells")
     train, val = prepare(cfg.data, run, cfg.seed, cfg.val_fraction)
     train_items = [load_scaled(p, e, INPUT_SCALE, mark_unknown=False) for p, e in train]
-    val_set = val_items(cfg.data, val)
+    boxes = box_annotations(cfg.data)
+    val_set = val_items(boxes, val)
     diams = object_diameters([np.where((enc & 3) == 1, enc >> 2, 0) for _, enc in train_items])
 
     _seed_all(cfg.seed)
@@ -131,7 +132,7 @@ def fit_maskrcnn(cfg, run: str | Path, resume: bool = False, progress: bool = Tr
         "cell_diameter": float(np.median(diams)) if len(diams) else 34.0,
         "diameter_range": [float(v) for v in np.percentile(diams, [5, 95])] if len(diams) else [],
         "input_scale": INPUT_SCALE,
-        "box_scale": box_scales(cfg.data, train),
+        "box_scale": box_scales(boxes, train),
         "training": {"data": cfg.data, "n_train": len(train_items), "n_val": len(val_set), "seed": cfg.seed,
                      "augment": cfg.augment, "scale_range": [cfg.scale_min, cfg.scale_max],
                      "pseudo_masks": str(run / "pseudo_masks.coco.json"), "split": str(run / "split.json")},
