@@ -76,7 +76,7 @@ TASK_DEFAULTS: dict[str, dict] = {
         "val_fraction": 0.1, "scale_min": 0.5, "scale_max": 2.0, "invert_bright": True, "contact_weight": 5.0,
     },
     "cells": {
-        # BCCD photos at 0.4x (red cells ~34 px); 0.6-1.6x scale augmentation for other magnifications.
+        # BCCD photos at train.cells.INPUT_SCALE (0.5x: red cells ~43 px); 0.6-1.6x scale augmentation.
         "arch_kwargs": {"widths": [16, 32, 64, 128, 256], "dropout": 0.1, "stem_stride": 2, "norm": "group"},
         "epochs": 60, "batch_size": 8, "lr": 2e-3, "crop": 224, "samples_per_epoch": 400, "patience": 100,
         "val_fraction": 0.2, "scale_min": 0.6, "scale_max": 1.6, "class_balance": True,
