@@ -171,6 +171,18 @@ def test_synth_cli_writes_seed002_folders(tmp_path):
     for o in objs:  # every labelled object's box holds its class in the map read back from the palette PNG
         box = classes[o["tlY"]:o["tlY"] + o["bboxH"], o["tlX"]:o["tlX"] + o["bboxW"]]
         assert (box == o["classIdx"]).any()
+    # --first continues a set (new names, new images) and --param changes one synthesis field
+    res = runner.invoke(app, ["synth", "--n", "1", "--out", str(out), "--size", "96", "--seed", "3", "--first", "2",
+                              "--param", "dark_background=1.0"])
+    assert res.exit_code == 0, res.output
+    names = sorted(p.name for p in (out / "images").glob("*.png"))
+    assert names == ["test_00000.png", "test_00001.png", "test_00002.png"]
+    from hemaseg.io.images import read_image
+    dark = read_image(out / "images" / "test_00002.png")
+    background = cv2.imread(str(out / "classes" / "test_00002.png"), cv2.IMREAD_UNCHANGED) == 0
+    assert dark[background].max(1).mean() < 140  # grey to black, not white/pink/yellow
+    res = runner.invoke(app, ["synth", "--n", "1", "--out", str(out), "--param", "dark=1"])
+    assert res.exit_code != 0 and "dark_background" in res.output
     (out / "labels" / "bad.json").write_text('{"0": {"className": "x"}}')
     with pytest.raises(Exception, match="bad.json"):
         read_smear_labels(out / "labels" / "bad.json")

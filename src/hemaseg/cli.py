@@ -529,11 +529,13 @@ def synth(
                                                       "(as used in training smear10)"),
     wbc_crops: Optional[Path] = typer.Option(None, "--wbc-crops", help="also write every composited WBC as a crop "
                                              "in DIR/<type>/ (a training set for `train wbc-type`)"),
+    first: int = typer.Option(0, help="index of the first image (extends a set: --first 3000 continues --n 3000)"),
+    param: Optional[List[str]] = typer.Option(None, "--param", help="synthesis parameter KEY=VALUE (JSON value; "
+                                              "repeatable), e.g. dark_background=0.3 or rbc_diameter=[30,60]; "
+                                              "fields of hemaseg.data.synth.SynthConfig"),
 ) -> None:
     """Synthetic smears (seed 002): image, palette map, class-index map, instance map, JSON labels."""
-    from dataclasses import replace
-
-    from hemaseg.data.synth import PARTS, SynthConfig, compose, image_seed, write_smear
+    from hemaseg.data.synth import PARTS, compose, image_seed, synth_config, write_smear
     from hemaseg.data.synth import wbc_crops as cut_wbcs
     from hemaseg.io.writers import write_png
     from hemaseg.progress import track
@@ -542,15 +544,18 @@ def synth(
     _setup_logging(False)
     if part not in PARTS:
         raise typer.BadParameter(f"one of {', '.join(PARTS)}", param_hint="--part")
-    if n < 1 or size < 32:
-        raise typer.BadParameter("need --n >= 1 and --size >= 32")
-    cfg = replace(SynthConfig(), size=size)
+    if n < 1 or size < 32 or first < 0:
+        raise typer.BadParameter("need --n >= 1, --size >= 32 and --first >= 0")
+    try:
+        cfg = synth_config(param or [], size=size)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--param") from None
     try:
         bank = load_bank([str(d) for d in data or []], part, seed, held_out=held_out_crops(held_out))
     except HemasegError as exc:
         _fail_error(exc)
         raise typer.Exit(1) from None
-    for i in track(range(n), "synth"):
+    for i in track(range(first, first + n), "synth"):
         smear = compose(bank, cfg, image_seed(seed, part, i))
         write_smear(out, f"{part}_{i:05d}", smear)
         for k, (kind, crop) in enumerate(cut_wbcs(smear) if wbc_crops else []):

@@ -54,6 +54,39 @@ class SynthConfig:
     blur: tuple[float, float] = (0.0, 1.0)  # px, per image
 
 
+def synth_config(params: list[str] | tuple[str, ...] = (), **fixed) -> SynthConfig:
+    """:class:`SynthConfig` with ``key=value`` overrides (values in JSON: ``dark_background=0.3``,
+    ``rbc_diameter=[30,60]``), then ``fixed`` keyword values.
+
+    >>> synth_config(["dark_background=0.3", "rbc_diameter=[30, 60]"], size=96).rbc_diameter
+    (30.0, 60.0)
+    """
+    import json
+    from dataclasses import fields, replace
+
+    known = {f.name: f for f in fields(SynthConfig)}
+    base = SynthConfig()
+    kw = {}
+    for item in params:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or key not in known:
+            raise ValueError(f"synthesis parameter {item!r}: expected KEY=VALUE with KEY one of {', '.join(known)}")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            raise ValueError(f"synthesis parameter {key}: {text!r} is not a JSON value") from None
+        default = getattr(base, key)
+        if isinstance(default, tuple):
+            if not isinstance(value, list) or len(value) != len(default):
+                raise ValueError(f"synthesis parameter {key}: expected a list of {len(default)} numbers, got {text}")
+            value = tuple(float(v) if isinstance(d, float) else v for v, d in zip(value, default))
+        elif isinstance(default, (int, float)) and not isinstance(value, (int, float)):
+            raise ValueError(f"synthesis parameter {key}: expected a number, got {text}")
+        kw[key] = value
+    return replace(base, **{**kw, **fixed})
+
+
 @dataclass
 class Smear:
     """One synthetic smear: ``image`` (H, W, 3) uint8, ``classes`` (H, W) uint8 smear10 indices,
