@@ -94,6 +94,11 @@ def test_rbc_diameter_and_vote():
     for cy, cx in [(20, 20), (20, 45), (60, 60)]:
         cv2.circle(classes, (cx, cy), 12, 9, -1)
     assert 22 <= rbc_diameter(classes) <= 27
+    rings = np.zeros((160, 160), np.uint8)  # big cells whose pale centres came out as background
+    for cy, cx in [(40, 40), (40, 104), (110, 70)]:
+        cv2.circle(rings, (cx, cy), 28, 9, -1)
+        cv2.circle(rings, (cx, cy), 15, 0, -1)
+    assert 52 <= rbc_diameter(rings) <= 60
     probs = np.zeros((10, 100, 100), np.float32)
     probs[0] = 1
     wbc = np.zeros((100, 100), bool)

@@ -13,11 +13,32 @@ from hemaseg.tasks import SMEAR10, SMEAR10_GROUPS
 GROUPS = {"wbc": (1, 2, 3, 4, 5), "platelet": (6, 7), "rbc": (8, 9)}
 
 
+def fill_small_holes(mask: np.ndarray, max_area: float) -> np.ndarray:
+    """``mask`` with its enclosed holes of at most ``max_area`` px filled (a red cell's pale
+    centre, which a model may call background, so that a large cell reads as a ring).
+
+    >>> ring = np.zeros((9, 9), bool); ring[2:7, 2:7] = True; ring[4, 4] = False
+    >>> bool(fill_small_holes(ring, 1)[4, 4]), bool(fill_small_holes(ring, 0)[4, 4])
+    (True, False)
+    """
+    holes = ndi.binary_fill_holes(mask) & ~mask
+    lab, n = ndi.label(holes)
+    if n == 0:
+        return mask
+    small = np.bincount(lab.ravel(), minlength=n + 1) <= max_area
+    small[0] = False
+    return mask | small[lab]
+
+
+MAX_PALLOR_AREA = np.pi * (0.3 * 64) ** 2  # pale centre of a 64 px red cell (radius 0.3 d)
+
+
 def rbc_diameter(classes: np.ndarray, min_diameter: float = 4.0, rbc_classes: tuple[int, ...] = GROUPS["rbc"]
                  ) -> float | None:
     """Typical red-cell diameter (px) in a class map (red cells = ``rbc_classes``; smear10's by default):
     twice the median of the distance transform's local maxima over the red-cell pixels, which
-    holds for touching cells too.
+    holds for touching cells too. Pale centres called background are filled first
+    (:func:`fill_small_holes`): read as rings, big cells measured half their size.
 
     >>> yy, xx = np.mgrid[:80, :80]
     >>> c = np.zeros((80, 80), np.uint8); c[(yy - 40) ** 2 + (xx - 30) ** 2 < 100] = 9
@@ -27,7 +48,7 @@ def rbc_diameter(classes: np.ndarray, min_diameter: float = 4.0, rbc_classes: tu
     """
     from skimage.feature import peak_local_max
 
-    rbc = np.isin(classes, rbc_classes)
+    rbc = fill_small_holes(np.isin(classes, rbc_classes), MAX_PALLOR_AREA)
     if rbc.sum() < 20:
         return None
     dist = ndi.distance_transform_edt(rbc)
