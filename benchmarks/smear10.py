@@ -8,7 +8,8 @@ docs/smear10_real.jpg.
 Synthetic test sets are composed with `hemaseg.data.synth` from the *test* crops (red cells and
 platelets split by source photo; WBCs from the WBC-type classifier's held-out crops, so neither
 model trained on them) with a fixed seed; the stand-ins change one thing each: procedural cells
-only, stronger re-staining, a magnification outside the trained range, crowding.
+only, stronger re-staining, a magnification outside the trained range, crowding, dark
+backgrounds (grey to black, as some composites are pasted on).
 """
 from __future__ import annotations
 
@@ -73,6 +74,7 @@ def synthetic(model: str, data: Path, n: int) -> None:
                                                               None),
         "held-out crops, crowded (coverage 0.8-1.0)": (test_bank, replace(base, rbc_coverage=(0.8, 1.0), overlap=0.35),
                                                       None),
+        "held-out crops, dark backgrounds": (test_bank, replace(base, dark_background=1.0), None),
     }
     emit(f"### Synthetic smears, model `{model}`, {n} images per set (seed 1, crops of the test part: "
          f"{', '.join(f'{k} {v}' for k, v in test_bank.count().items())})\n")
