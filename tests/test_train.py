@@ -54,3 +54,28 @@ def test_training_learns_the_toy_task(wbc_folder, tmp_path):
     state = fit(cfg, tmp_path / "learn", progress=False)
     first, best = state["history"][0], max(h["dice_cell"] for h in state["history"])
     assert best > 0.8 and best > first["dice_cell"]
+
+
+def test_init_starts_from_a_models_weights(wbc_folder, tmp_path):
+    import pytest
+
+    from hemaseg.errors import HemasegInputError
+    from hemaseg.train.loop import init_arch
+
+    first = tmp_path / "first"
+    fit(_cfg(wbc_folder), first, progress=False)
+    arch, kwargs = init_arch(str(first), "wbc")
+    assert arch == "unet-dropout" and kwargs == TINY
+    # lr 0: the fine-tuned weights stay exactly those it started from (and differ from a fresh start)
+    cfg = _cfg(wbc_folder)
+    cfg.lr, cfg.epochs, cfg.init, cfg.seed = 0.0, 1, str(first), 7
+    fit(cfg, tmp_path / "tuned", progress=False)
+    start, _ = load_model(first)
+    tuned = load_file(str(tmp_path / "tuned" / "last.safetensors"))
+    ref = {k: v.detach() for k, v in start.named_parameters()}  # (BatchNorm's running statistics do move)
+    assert all(np.allclose(tuned[k].numpy(), ref[k].numpy()) for k in ref)
+    cfg.init = ""
+    fresh = fit(cfg, tmp_path / "fresh", progress=False) and load_file(str(tmp_path / "fresh" / "last.safetensors"))
+    assert not all(np.allclose(fresh[k].numpy(), ref[k].numpy()) for k in ref)
+    with pytest.raises(HemasegInputError, match="smear10"):
+        init_arch(str(first), "smear10")

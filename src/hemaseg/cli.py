@@ -234,6 +234,9 @@ def train(
     unboxed: str = typer.Option("ignore", help="cells (U-Net): stained pixels outside every box are 'ignore'd by "
                                                "the loss (learn every cell) or taught as 'background' (learn the "
                                                "boxes as they are; a detector such as maskrcnn always does)"),
+    init: Optional[str] = typer.Option(None, help="start from this model's weights (bundled name such as smear10, "
+                                       "a .safetensors file or a run folder): fine-tune on your images; "
+                                       "its architecture is used"),
 ) -> None:
     """Train a model on a lab's annotated images; resumable after a kill."""
     import torch
@@ -274,8 +277,13 @@ def train(
                 raise typer.BadParameter("known recipes: seed002", param_hint="--recipe")
             if arch not in list_models():
                 raise typer.BadParameter(f"unknown architecture; known: {', '.join(list_models())}", param_hint="--arch")
+            arch_kwargs = None if arch == "unet-dropout" else {}
+            if init:
+                from hemaseg.train.loop import init_arch
+
+                arch, arch_kwargs = init_arch(init, task)
             cfg = task_config(task, data=[str(Path(d).resolve()) for d in data or []], arch=arch,
-                              arch_kwargs=None if arch == "unet-dropout" else {}, epochs=epochs,
+                              arch_kwargs=arch_kwargs, epochs=epochs, init=init,
                               batch_size=batch_size, lr=lr, crop=crop, samples_per_epoch=samples_per_epoch,
                               patience=patience, augment=augment, val_fraction=val_fraction, seed=seed,
                               schedule=extra.get("schedule"), workers=workers,
@@ -284,6 +292,8 @@ def train(
             if arch.startswith("maskrcnn"):
                 if task != "cells":
                     raise typer.BadParameter("--arch maskrcnn is for the cells task", param_hint="--arch")
+                if init:
+                    raise typer.BadParameter("fine-tuning starts from a U-Net model, not a detector", param_hint="--init")
                 from hemaseg.train.maskrcnn import fit_maskrcnn
 
                 cfg.batch_size = batch_size or 4

@@ -63,6 +63,9 @@ class TrainConfig:
     # loss (True: the model learns every cell) or taught as background (False: it learns the boxes as
     # they are, what the VOC metric on BCCD rewards)
     ignore_unboxed: bool = True
+    # start from this model's weights (a bundled name, a .safetensors file or a run folder) instead of
+    # random ones: fine-tuning on a lab's own images; arch/arch_kwargs must be the model's (init_arch)
+    init: str = ""
 
 
 # Per-task defaults that differ from TrainConfig's (which are the WBC task's).
@@ -91,6 +94,18 @@ TASK_DEFAULTS: dict[str, dict] = {
         "class_balance": True, "merge_wbc": True, "workers": 1,
     },
 }
+
+
+def init_arch(model: str, task: str) -> tuple[str, dict]:
+    """(architecture name, kwargs without ``classes``) of the model to start from, which must be a
+    ``task`` model (:class:`HemasegInputError` otherwise)."""
+    from hemaseg.models.registry import load_model
+
+    _, card = load_model(model)
+    if card.get("task") != task:
+        raise HemasegInputError(model, f"a {card.get('task')} model; --init needs a {task} model")
+    kwargs = {k: v for k, v in card["architecture"].get("kwargs", {}).items() if k != "classes"}
+    return card["architecture"]["name"], kwargs
 
 
 def task_config(task: str, **overrides) -> TrainConfig:
@@ -456,6 +471,14 @@ def fit(cfg: TrainConfig | None, run: str | Path, resume: bool = False, progress
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs, eta_min=cfg.lr * 0.01)
     if resume:
         load_last(run, model, optimizer, scheduler)
+    elif cfg.init:
+        from hemaseg.models.registry import load_model
+
+        start, _ = load_model(cfg.init)
+        try:
+            model.load_state_dict(start.state_dict())
+        except RuntimeError as exc:
+            raise HemasegInputError(cfg.init, f"weights do not fit {cfg.arch} {cfg.arch_kwargs} ({exc})") from None
 
     card = {
         "name": f"{task.name}-{cfg.arch}",
