@@ -242,6 +242,18 @@ def test_smear10_training_segment_and_evaluate(smear_run, tmp_path):
     r = json.loads((tmp_path / "r.json").read_text())
     assert 0 <= r["mean"]["pixel_accuracy"] <= 1 and np.array(r["confusion"]).sum() == 96 * 96
     assert (tmp_path / "cm.png").exists()
+    # tta: the final pass is the mean of the image's and its three flips' predictions, flipped back
+    from hemaseg.infer.smear import segment_smear
+
+    image = _smears(n=1, size=96)[0].image
+    model = str(run / "model.safetensors")
+    tta = segment_smear(image, model, cell_diameter=32.0, tta=True).probs
+    flips = [(slice(None), slice(None)), (slice(None, None, -1), slice(None)), (slice(None), slice(None, None, -1)),
+             (slice(None, None, -1), slice(None, None, -1))]
+    mean = np.mean([segment_smear(np.ascontiguousarray(image[fy, fx]), model, cell_diameter=32.0).probs[:, fy, fx]
+                    for fy, fx in flips], 0)
+    plain = segment_smear(image, model, cell_diameter=32.0).probs
+    assert np.allclose(tta, mean, atol=1e-4) and not np.allclose(tta, plain, atol=1e-4)
 
 
 def test_wbc_objects_are_named_whole_by_the_classifier():

@@ -130,11 +130,12 @@ def smear_objects(classes: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, l
 
 
 def segment_smear(image: np.ndarray, model="smear10", cell_diameter: float | None = None, device: str = "cpu",
-                  tile: int = 1024, overlap: int = 64) -> Segmentation:
+                  tile: int = 1024, overlap: int = 64, tta: bool = False) -> Segmentation:
     """The 10-class map of an (H, W, 3) uint8 smear image (classes in :data:`hemaseg.tasks.SMEAR10` order).
 
     ``cell_diameter`` is the red-cell diameter in px; when None, a first pass measures it
     and the image is rescaled if it falls outside the sizes the model was trained on.
+    ``tta`` averages the final pass over the image and its three flips (4x its time).
     """
     module, card = get_model(model, device)
     norm = card.get("normalization", {})
@@ -147,6 +148,8 @@ def segment_smear(image: np.ndarray, model="smear10", cell_diameter: float | Non
         if new != factor:
             factor = new
             probs = predict_probs(module, card, image, factor, tile, overlap, prange)
+    if tta:
+        probs = predict_probs(module, card, image, factor, tile, overlap, prange, tta=True)
     classes = probs.argmax(0).astype(np.uint8)
     for group in ("wbc", "platelet"):
         classes = vote_per_object(classes, probs, GROUPS[group])
