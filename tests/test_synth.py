@@ -273,3 +273,38 @@ def test_wbc_objects_are_named_whole_by_the_classifier():
         vals = np.unique(typed[lab == k])
         assert len(vals) == 1 and 1 <= vals[0] <= 5  # one type per object
     assert (typed[lab == 0] == merged[lab == 0]).all()  # nothing else changes
+
+
+def test_smear_scale_is_read_where_the_model_is_most_confident(monkeypatch):
+    """Big cells (a photo at its native magnification) are read at the downscale where the
+    model is most sure of them; at the trained size the first pass stays."""
+    import hemaseg.infer.smear as smear
+
+    card = {"cell_diameter": 32.0, "diameter_range": [20.0, 44.0], "normalization": {}}
+    calls = []
+
+    def fake_probs(module, card_, image, factor, *args, **kwargs):
+        calls.append(factor)
+        h, w = image.shape[:2]
+        p = np.full((10, h, w), 0.02, np.float32)
+        p[0, :, : w // 2] = 0.82  # left half background, right half red cells
+        sure = 0.9 if abs(factor - confident_at) < 1e-6 else 0.5
+        p[9, :, w // 2:] = sure
+        p[8, :, w // 2:] = 1 - sure - 0.16
+        return p
+
+    monkeypatch.setattr(smear, "get_model", lambda model, device="cpu": (None, card))
+    monkeypatch.setattr(smear, "predict_probs", fake_probs)
+    image = np.full((400, 400, 3), 200, np.uint8)
+    for confident_at, expected in ((0.35, 0.35), (1.0, None)):
+        calls.clear()
+        seg = smear.segment_smear(image, "fake")
+        assert calls[:5] == [1.0, *smear.DOWNSCALES]
+        if expected is not None:
+            assert seg.scale == expected
+        else:
+            assert seg.scale != 0.35 and seg.scale not in smear.DOWNSCALES[1:]
+    calls.clear()
+    smear.segment_smear(image[:100, :100], "fake")  # small image: no downscale below MIN_SIDE px
+    assert calls[:2] == [1.0, 0.71] and not set(calls[2:]) & set(smear.DOWNSCALES[1:])  # 50 px < MIN_SIDE
+    assert smear.cell_confidence(fake_probs(None, card, image, 0.5)) == pytest.approx(0.5)  # over the cells only

@@ -129,12 +129,26 @@ def smear_objects(classes: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, l
     return instances, objects
 
 
+DOWNSCALES = (0.71, 0.5, 0.35, 0.25)  # factors also tried when no size is given (cells larger than trained)
+MIN_SIDE = 64  # px: a factor is not tried when it would make the image smaller than this
+
+
+def cell_confidence(probs: np.ndarray) -> float:
+    """Mean top-class probability over the pixels a (K, H, W) smear10 prediction calls a cell:
+    highest where the cells are at a size the model knows (used to pick the scale of big cells,
+    which a model trained at 20-44 px reads as fragments and measures far too small)."""
+    fg = probs[0] < 0.5
+    return float(probs.max(0)[fg].mean()) if fg.any() else 0.0
+
+
 def segment_smear(image: np.ndarray, model="smear10", cell_diameter: float | None = None, device: str = "cpu",
                   tile: int = 1024, overlap: int = 64, tta: bool = False) -> Segmentation:
     """The 10-class map of an (H, W, 3) uint8 smear image (classes in :data:`hemaseg.tasks.SMEAR10` order).
 
-    ``cell_diameter`` is the red-cell diameter in px; when None, a first pass measures it
-    and the image is rescaled if it falls outside the sizes the model was trained on.
+    ``cell_diameter`` is the red-cell diameter in px. When None, the image is also read at the
+    smaller :data:`DOWNSCALES` and the most confident reading (:func:`cell_confidence`) wins
+    when it is one of them (big cells); otherwise the first pass's red cells are measured and
+    the image is rescaled if they fall outside the sizes the model was trained on.
     ``tta`` averages the final pass over the image and its three flips (4x its time).
     """
     module, card = get_model(model, device)
@@ -143,11 +157,22 @@ def segment_smear(image: np.ndarray, model="smear10", cell_diameter: float | Non
     factor = smear_factor(card, cell_diameter) if cell_diameter else 1.0
     probs = predict_probs(module, card, image, factor, tile, overlap, prange)
     if cell_diameter is None:
-        cell_diameter = rbc_diameter(probs.argmax(0))
-        new = smear_factor(card, cell_diameter)
-        if new != factor:
-            factor = new
-            probs = predict_probs(module, card, image, factor, tile, overlap, prange)
+        best, best_conf, best_probs = 1.0, cell_confidence(probs), probs
+        for f in DOWNSCALES:
+            if min(image.shape[:2]) * f < MIN_SIDE:
+                break
+            p = predict_probs(module, card, image, f, tile, overlap, prange)
+            if (c := cell_confidence(p)) > best_conf:
+                best, best_conf, best_probs = f, c, p
+        if best < 1.0:
+            factor, probs = best, best_probs
+            cell_diameter = rbc_diameter(probs.argmax(0))
+        else:
+            cell_diameter = rbc_diameter(probs.argmax(0))
+            new = smear_factor(card, cell_diameter)
+            if new != factor:
+                factor = new
+                probs = predict_probs(module, card, image, factor, tile, overlap, prange)
     if tta:
         probs = predict_probs(module, card, image, factor, tile, overlap, prange, tta=True)
     classes = probs.argmax(0).astype(np.uint8)
