@@ -308,3 +308,26 @@ def test_smear_scale_is_read_where_the_model_is_most_confident(monkeypatch):
     smear.segment_smear(image[:100, :100], "fake")  # small image: no downscale below MIN_SIDE px
     assert calls[:2] == [1.0, 0.71] and not set(calls[2:]) & set(smear.DOWNSCALES[1:])  # 50 px < MIN_SIDE
     assert smear.cell_confidence(fake_probs(None, card, image, 0.5)) == pytest.approx(0.5)  # over the cells only
+
+
+def test_wbcs_on_dark_backgrounds_are_typed_on_light_plasma(monkeypatch):
+    import hemaseg.infer.pipeline as pipeline
+    from hemaseg.infer.smear import PLASMA, type_wbc_objects
+    from hemaseg.train.smear import merge_wbc_types
+
+    seen = []
+
+    def fake_type(image, records, model, device):
+        seen.append(image)
+        return np.tile([[0.0, 0.0, 1.0, 0.0, 0.0]], (len(records), 1)), [], list(SMEAR10.classes[1:6])
+
+    monkeypatch.setattr(pipeline, "type_wbcs", fake_type)
+    for dark, expect_plasma in ((1.0, True), (0.0, False)):
+        s = compose(CellBank.procedural(), SynthConfig(size=160, wbc_counts=(0, 1), dark_background=dark),
+                    np.random.default_rng(1))
+        seen.clear()
+        typed = type_wbc_objects(s.image, merge_wbc_types(s.classes))
+        bg = s.classes == 0
+        assert (typed[(s.classes >= 1) & (s.classes <= 5)] == 3).all()  # every WBC named by the (fake) classifier
+        assert ((seen[0][bg] == PLASMA).all(axis=1).all()) == expect_plasma
+        assert (seen[0][~bg] == s.image[~bg]).all()  # cells untouched
