@@ -187,15 +187,12 @@ def segment_smear(image: np.ndarray, model="smear10", cell_diameter: float | Non
             p = predict_probs(module, card, image, f, tile, overlap, prange)
             if (c := cell_confidence(p)) > best_conf:
                 best, best_conf, best_probs = f, c, p
-        if best < 1.0:
-            factor, probs = best, best_probs
-            cell_diameter = rbc_diameter(probs.argmax(0))
-        else:
-            cell_diameter = rbc_diameter(probs.argmax(0))
-            new = smear_factor(card, cell_diameter)
-            if new != factor:
-                factor = new
-                probs = predict_probs(module, card, image, factor, tile, overlap, prange)
+        factor, probs = best, best_probs
+        cell_diameter = rbc_diameter(probs.argmax(0))
+        new = smear_factor(card, cell_diameter) if best == 1.0 else best  # a downscale's reading is final
+        if new != factor:
+            factor = new
+            probs = predict_probs(module, card, image, factor, tile, overlap, prange)
     if tta:
         probs = predict_probs(module, card, image, factor, tile, overlap, prange, tta=True)
     classes = probs.argmax(0).astype(np.uint8)
