@@ -248,6 +248,8 @@ def train(
     if threads:
         torch.set_num_threads(threads)
     if task == "wbc-type":
+        if init:
+            raise typer.BadParameter("not for wbc-type (fine-tuning starts from a U-Net model)", param_hint="--init")
         _train_wbc_type(data, out, resume, epochs, batch_size, lr, augment, val_fraction, seed, target_images,
                         backbone, normalise_cells, patience, crop, samples_per_epoch)
         return
