@@ -178,8 +178,9 @@ def segment_smear(image: np.ndarray, model="smear10", cell_diameter: float | Non
     norm = card.get("normalization", {})
     prange = percentile_range(image, norm.get("low", 1.0), norm.get("high", 99.0))
     factor = smear_factor(card, cell_diameter) if cell_diameter else 1.0
-    probs = predict_probs(module, card, image, factor, tile, overlap, prange)
+    probs = None  # the final pass's, once known
     if cell_diameter is None:
+        probs = predict_probs(module, card, image, factor, tile, overlap, prange)
         best, best_conf, best_probs = 1.0, cell_confidence(probs), probs
         for f in DOWNSCALES:
             if min(image.shape[:2]) * f < MIN_SIDE:
@@ -191,10 +192,9 @@ def segment_smear(image: np.ndarray, model="smear10", cell_diameter: float | Non
         cell_diameter = rbc_diameter(probs.argmax(0))
         new = smear_factor(card, cell_diameter) if best == 1.0 else best  # a downscale's reading is final
         if new != factor:
-            factor = new
-            probs = predict_probs(module, card, image, factor, tile, overlap, prange)
-    if tta:
-        probs = predict_probs(module, card, image, factor, tile, overlap, prange, tta=True)
+            factor, probs = new, None
+    if probs is None or tta:
+        probs = predict_probs(module, card, image, factor, tile, overlap, prange, tta=tta)
     classes = probs.argmax(0).astype(np.uint8)
     for group in ("wbc", "platelet"):
         classes = vote_per_object(classes, probs, GROUPS[group])
