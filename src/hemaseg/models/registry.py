@@ -77,11 +77,10 @@ def resolve_model_path(name_or_path: str | Path) -> Path:
     raise HemasegInputError(p, "no such model file, run folder or bundled model")
 
 
-def load_model(name_or_path: str | Path, device: str = "cpu") -> tuple[nn.Module, dict]:
-    """Load a model and its card from a bundled name, a safetensors file or a run folder."""
+def load_card(name_or_path: str | Path) -> tuple[Path, dict]:
+    """(safetensors path, model card) of a bundled name, a safetensors file or a run folder,
+    without loading the weights."""
     import json
-
-    from safetensors.torch import load_file
 
     st = resolve_model_path(name_or_path)
     card_path = st.with_suffix(".json")
@@ -92,9 +91,18 @@ def load_model(name_or_path: str | Path, device: str = "cpu") -> tuple[nn.Module
         raise HemasegInputError(st, "model card JSON not found beside the weights")
     try:
         card = json.loads(card_path.read_text())
-        arch = card["architecture"]
+        card["architecture"]  # every card names its architecture
     except (ValueError, KeyError) as exc:
         raise HemasegInputError(card_path, f"not a hemaseg model card ({exc})") from None
+    return st, card
+
+
+def load_model(name_or_path: str | Path, device: str = "cpu") -> tuple[nn.Module, dict]:
+    """Load a model and its card from a bundled name, a safetensors file or a run folder."""
+    from safetensors.torch import load_file
+
+    st, card = load_card(name_or_path)
+    arch = card["architecture"]
     model = create_model(arch["name"], **arch.get("kwargs", {}))
     try:
         state = load_file(str(st))

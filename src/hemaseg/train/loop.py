@@ -99,9 +99,9 @@ TASK_DEFAULTS: dict[str, dict] = {
 def init_arch(model: str, task: str) -> tuple[str, dict]:
     """(architecture name, kwargs without ``classes``) of the model to start from, which must be a
     ``task`` model (:class:`HemasegInputError` otherwise)."""
-    from hemaseg.models.registry import load_model
+    from hemaseg.models.registry import load_card
 
-    _, card = load_model(model)
+    _, card = load_card(model)
     if card.get("task") != task:
         raise HemasegInputError(model, f"a {card.get('task')} model; --init needs a {task} model")
     kwargs = {k: v for k, v in card["architecture"].get("kwargs", {}).items() if k != "classes"}
