@@ -256,6 +256,20 @@ def test_smear10_training_segment_and_evaluate(smear_run, tmp_path):
     assert np.allclose(tta, mean, atol=1e-4) and not np.allclose(tta, plain, atol=1e-4)
 
 
+def test_a_fine_tune_draws_smears_its_start_model_never_saw(smear_run):
+    from hemaseg.train.smear import SynthDataset, smear_transform, training_stream
+
+    _, run = smear_run
+    assert training_stream("") == 0
+    assert json.loads((run / "model.json").read_text())["training"]["stream"] == 0
+    assert training_stream(str(run / "model.safetensors")) == 1  # one after the start model's stream
+    bank = CellBank.procedural()
+    sets = [SynthDataset(bank, SynthConfig(size=64), 2, 0, smear_transform(False), 1, 99, balance=False, stream=s)
+            for s in (0, 0, 1)]
+    first, again, other = (d[1][1].numpy() for d in sets)
+    assert (first == again).all() and not (first == other).all()
+
+
 def test_wbc_objects_are_named_whole_by_the_classifier():
     from hemaseg.infer.smear import type_wbc_objects
     from hemaseg.train.smear import WBC_AS_ONE, merge_wbc_types

@@ -28,11 +28,12 @@ def smear_transform(augment: bool = True):
 
 
 class SynthDataset(torch.utils.data.Dataset):
-    """Synthetic smears drawn from a cell bank; image ``i`` of epoch ``e`` is the same on every run."""
+    """Synthetic smears drawn from a cell bank; image ``i`` of epoch ``e`` of stream ``s`` is the
+    same on every run (a fine-tune draws from another stream than its start model: new smears)."""
 
     def __init__(self, bank: CellBank, synth: SynthConfig, length: int, seed: int, transform, low: float,
-                 high: float, balance: bool = True, merge_wbc: bool = False) -> None:
-        self.bank, self.synth, self.length, self.seed = bank, synth, length, seed
+                 high: float, balance: bool = True, merge_wbc: bool = False, stream: int = 0) -> None:
+        self.bank, self.synth, self.length, self.seed, self.stream = bank, synth, length, seed, stream
         self.transform, self.low, self.high, self.balance = transform, low, high, balance
         self.merge_wbc = merge_wbc
         self.epoch = 0
@@ -41,7 +42,7 @@ class SynthDataset(torch.utils.data.Dataset):
         return self.length
 
     def __getitem__(self, i: int):
-        rng = image_seed(self.seed * 100_003 + self.epoch, "train", i)
+        rng = image_seed(self.seed * 100_003 + self.epoch + STREAM_STEP * self.stream, "train", i)
         smear = compose(self.bank, self.synth, rng)
         self.transform.set_random_seed(int(rng.integers(2**31)))
         classes = merge_wbc_types(smear.classes) if self.merge_wbc else smear.classes
@@ -92,6 +93,19 @@ def load_bank(data: list[str], part: str, seed: int, cache: Path | None = None,
     return bank
 
 
+STREAM_STEP = 10_007  # epochs between two streams of training smears
+
+
+def training_stream(init: str) -> int:
+    """Stream of training smears for a run started from model ``init`` (none: 0): one after the
+    start model's, so a fine-tune sees smears its start model never did."""
+    if not init:
+        return 0
+    from hemaseg.models.registry import load_card
+
+    return int(load_card(init)[1].get("training", {}).get("stream", 0)) + 1
+
+
 def smear10_data(cfg, run: Path, state: dict) -> tuple:
     """Training dataset (on the fly), validation items (made once, on disk) and model-card fields."""
     synth = SynthConfig(**{**asdict(SynthConfig()), **state.get("synth", {})})
@@ -108,7 +122,8 @@ def smear10_data(cfg, run: Path, state: dict) -> tuple:
         val_items = [(img, merge_wbc_types(c)) for img, c in val_items]
     transform = smear_transform(cfg.augment)
     dataset = SynthDataset(train_bank, synth, cfg.samples_per_epoch or 512, cfg.seed, transform, cfg.norm_low,
-                           cfg.norm_high, balance=cfg.class_balance, merge_wbc=cfg.merge_wbc)
+                           cfg.norm_high, balance=cfg.class_balance, merge_wbc=cfg.merge_wbc,
+                           stream=training_stream(cfg.init))
     card = {
         "cell_diameter": float(np.mean(synth.rbc_diameter)),  # red-cell diameter the model was trained around
         "diameter_range": [float(v) for v in synth.rbc_diameter],
@@ -116,7 +131,7 @@ def smear10_data(cfg, run: Path, state: dict) -> tuple:
         "training": {"data": cfg.data, "synthetic": True, "crops": train_bank.count(), "n_val": len(val_items),
                      "seed": cfg.seed, "augment": cfg.augment, "scale_range": [1.0, 1.0], "synth": asdict(synth),
                      "class_balance": cfg.class_balance, "schedule": cfg.schedule, "split": str(val_dir),
-                     "held_out_crops": cfg.held_out, "merge_wbc": cfg.merge_wbc},
+                     "held_out_crops": cfg.held_out, "merge_wbc": cfg.merge_wbc, "stream": dataset.stream},
     }
     if cfg.merge_wbc:
         card["wbc_typing"] = "smear10-type"  # names each WBC object at inference (trained on real + composited crops)
