@@ -79,29 +79,3 @@ def test_init_starts_from_a_models_weights(wbc_folder, tmp_path):
     assert not all(np.allclose(fresh[k].numpy(), ref[k].numpy()) for k in ref)
     with pytest.raises(HemasegInputError, match="smear10"):
         init_arch(str(first), "smear10")
-
-
-def test_refinement_head_starts_at_the_start_models_output_and_learns(wbc_folder, tmp_path):
-    import torch
-
-    tiny = {**TINY, "norm": "group"}  # no running statistics to move at lr 0
-    first, cfg = tmp_path / "first", _cfg(wbc_folder)
-    cfg.arch_kwargs = tiny
-    fit(cfg, first, progress=False)
-    cfg = _cfg(wbc_folder)
-    cfg.init, cfg.arch_kwargs, cfg.epochs = str(first), {**tiny, "stem_stride": 2, "refine": 4}, 1
-    with __import__("pytest").raises(Exception, match="stem"):  # the start model's levels must fit
-        fit(cfg, tmp_path / "bad", progress=False)
-    cfg.arch_kwargs = {**tiny, "refine": 4}
-    cfg.lr = 0.0
-    fit(cfg, tmp_path / "same", progress=False)
-    start, _ = load_model(first)
-    same, _ = load_model(tmp_path / "same" / "last.safetensors")
-    x = torch.rand(1, 3, 32, 32)
-    with torch.no_grad():
-        start.eval(), same.eval()
-        assert torch.allclose(start(x), same(x), atol=1e-5)  # the new head adds zero at first
-    cfg.lr = 1e-2
-    fit(cfg, tmp_path / "learnt", progress=False)
-    learnt = load_file(str(tmp_path / "learnt" / "last.safetensors"))
-    assert np.abs(learnt["refine.4.weight"].numpy()).max() > 0  # and is trained

@@ -237,15 +237,12 @@ def train(
     init: Optional[str] = typer.Option(None, help="start from this model's weights (bundled name such as smear10, "
                                        "a .safetensors file or a run folder): fine-tune on your images; "
                                        "its architecture is used"),
-    refine: int = typer.Option(0, help="U-Net: add a full-resolution refinement head of this many channels "
-                                       "(sharper edges for a half-resolution first level); with --init it "
-                                       "starts at zero, so training begins at the start model's output"),
 ) -> None:
     """Train a model on a lab's annotated images; resumable after a kill."""
     import torch
 
     from hemaseg.models.registry import list_models
-    from hemaseg.train.loop import TASK_DEFAULTS, TrainConfig, fit, task_config
+    from hemaseg.train.loop import TASK_DEFAULTS, fit, task_config
 
     _setup_logging(True)
     if threads:
@@ -287,11 +284,6 @@ def train(
                 from hemaseg.train.loop import init_arch
 
                 arch, arch_kwargs = init_arch(init, task)
-            if refine:
-                if arch != "unet-dropout":
-                    raise typer.BadParameter("only for --arch unet-dropout", param_hint="--refine")
-                base = arch_kwargs or TASK_DEFAULTS[task].get("arch_kwargs") or TrainConfig().arch_kwargs
-                arch_kwargs = {**base, "refine": refine}
             cfg = task_config(task, data=[str(Path(d).resolve()) for d in data or []], arch=arch,
                               arch_kwargs=arch_kwargs, epochs=epochs, init=init,
                               batch_size=batch_size, lr=lr, crop=crop, samples_per_epoch=samples_per_epoch,

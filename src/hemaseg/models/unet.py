@@ -38,9 +38,7 @@ class PlainUNet(nn.Module):
     Normalisation is BatchNorm by default (``norm="group"`` for GroupNorm).
 
     ``stem_stride=2`` runs the first level at half resolution and upsamples the logits,
-    which keeps large images fast; the output always has the input's size. ``refine=N`` adds
-    a small full-resolution head (N channels) that corrects the upsampled logits from the
-    image itself, for sharper edges; its last layer starts at zero (output unchanged).
+    which keeps large images fast; the output always has the input's size.
     """
 
     def __init__(
@@ -51,7 +49,6 @@ class PlainUNet(nn.Module):
         dropout: float = 0.1,
         stem_stride: int = 1,
         norm: str = "batch",
-        refine: int = 0,
     ) -> None:
         super().__init__()
         self.stem_stride = stem_stride
@@ -73,18 +70,9 @@ class PlainUNet(nn.Module):
             self.dec.append(_block(2 * w, w, dropout, norm))
             cin = w
         self.head = nn.Conv2d(cin, classes, 1)
-        self.refine = None
-        if refine:
-            self.refine = nn.Sequential(
-                nn.Conv2d(classes + in_channels, refine, 3, padding=1), nn.ReLU(inplace=True),
-                nn.Conv2d(refine, refine, 3, padding=1), nn.ReLU(inplace=True),
-                nn.Conv2d(refine, classes, 1),
-            )
-            nn.init.zeros_(self.refine[-1].weight)
-            nn.init.zeros_(self.refine[-1].bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        size, image = x.shape[-2:], x
+        size = x.shape[-2:]
         x = self.stem(x)
         skips = []
         for i, block in enumerate(self.down):
@@ -98,16 +86,14 @@ class PlainUNet(nn.Module):
         x = self.head(x)
         if self.stem_stride != 1:
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-        if self.refine is not None:
-            x = x + self.refine(torch.cat([x, image], 1))
         return x
 
 
 @register_model("unet-dropout")
 def unet_dropout(in_channels: int = 3, classes: int = 3, widths=(16, 32, 64, 128, 256),
-                 dropout: float = 0.1, stem_stride: int = 1, norm: str = "batch", refine: int = 0) -> nn.Module:
+                 dropout: float = 0.1, stem_stride: int = 1, norm: str = "batch") -> nn.Module:
     """The seed's plain U-Net with dropout in the convolutional blocks (GroupNorm or BatchNorm)."""
-    return PlainUNet(in_channels, classes, tuple(widths), dropout, stem_stride, norm, refine)
+    return PlainUNet(in_channels, classes, tuple(widths), dropout, stem_stride, norm)
 
 
 @register_model("smp-unet")
