@@ -121,9 +121,10 @@ def smear10_data(cfg, run: Path, state: dict) -> tuple:
     if cfg.merge_wbc:
         val_items = [(img, merge_wbc_types(c)) for img, c in val_items]
     transform = smear_transform(cfg.augment)
+    if "stream" not in state:  # decided once: a resumed run draws the same smears even if its start model changed
+        state["stream"] = training_stream(cfg.init)
     dataset = SynthDataset(train_bank, synth, cfg.samples_per_epoch or 512, cfg.seed, transform, cfg.norm_low,
-                           cfg.norm_high, balance=cfg.class_balance, merge_wbc=cfg.merge_wbc,
-                           stream=training_stream(cfg.init))
+                           cfg.norm_high, balance=cfg.class_balance, merge_wbc=cfg.merge_wbc, stream=state["stream"])
     card = {
         "cell_diameter": float(np.mean(synth.rbc_diameter)),  # red-cell diameter the model was trained around
         "diameter_range": [float(v) for v in synth.rbc_diameter],
