@@ -221,6 +221,23 @@ def test_smear10_resume_equals_unbroken_run(smear_run, tmp_path, monkeypatch):
     assert [h["train_loss"] for h in full["history"]] == [h["train_loss"] for h in resumed["history"]]
 
 
+def test_smear10_reuse_resumed_mid_block_equals_unbroken_run(tmp_path, monkeypatch):
+    import hemaseg.train.smear as smear
+    from safetensors.torch import load_file
+
+    from hemaseg.train.loop import fit, task_config
+
+    monkeypatch.setattr(smear, "N_VAL", 2)
+    kw = dict(arch_kwargs={**TINY, "norm": "group"}, epochs=2, batch_size=4, samples_per_epoch=8, reuse=2)
+    full = fit(task_config("smear10", workers=1, **kw), tmp_path / "full", progress=False)
+    fit(task_config("smear10", workers=0, **kw), tmp_path / "broken", progress=False, max_epochs_this_call=1)
+    resumed = fit(None, tmp_path / "broken", resume=True, progress=False)  # epoch 2 re-composes block 0
+    a, b = (load_file(str(tmp_path / r / "last.safetensors")) for r in ("full", "broken"))
+    assert all(np.allclose(a[k].numpy(), b[k].numpy(), atol=1e-6) for k in a)
+    assert [h["train_loss"] for h in full["history"]] == [h["train_loss"] for h in resumed["history"]]
+    assert json.loads((tmp_path / "full" / "model.json").read_text())["training"]["reuse"] == 2
+
+
 def test_smear10_training_segment_and_evaluate(smear_run, tmp_path):
     state, run = smear_run
     assert state["finished"] and (run / "val" / "segments").is_dir() and (run / "curves.png").exists()
@@ -252,8 +269,17 @@ def test_smear10_training_segment_and_evaluate(smear_run, tmp_path):
              (slice(None, None, -1), slice(None, None, -1))]
     mean = np.mean([segment_smear(np.ascontiguousarray(image[fy, fx]), model, cell_diameter=32.0).probs[:, fy, fx]
                     for fy, fx in flips], 0)
-    plain = segment_smear(image, model, cell_diameter=32.0).probs
+    plain = segment_smear(image, model, cell_diameter=32.0, tta=False).probs
     assert np.allclose(tta, mean, atol=1e-4) and not np.allclose(tta, plain, atol=1e-4)
+    # with no tta given, the model card decides
+    from hemaseg.infer.segment import get_model
+
+    module, card = get_model(model)
+    for flag, expect in ((True, tta), (False, plain)):
+        got = segment_smear(image, (module, {**card, "tta": flag}), cell_diameter=32.0).probs
+        assert np.allclose(got, expect, atol=1e-6)
+    res = runner.invoke(app, ["segment", "--task", "wbc", str(tmp_path / "test" / "images"), "--tta"])
+    assert res.exit_code == 2 and "smear10" in res.output
 
 
 def test_a_fine_tune_draws_smears_its_start_model_never_saw(smear_run):
@@ -268,6 +294,27 @@ def test_a_fine_tune_draws_smears_its_start_model_never_saw(smear_run):
             for s in (0, 0, 1)]
     first, again, other = (d[1][1].numpy() for d in sets)
     assert (first == again).all() and not (first == other).all()
+
+
+def test_reuse_keeps_a_smear_for_its_block_and_augments_it_anew():
+    from hemaseg.train.smear import SynthDataset, smear_transform
+
+    bank = CellBank.procedural()
+    ds = SynthDataset(bank, SynthConfig(size=64), 3, 0, smear_transform(True), 1, 99, balance=False, reuse=2)
+    seen = {}
+    for epoch in range(4):
+        ds.epoch = epoch
+        ds.prepare(0)
+        assert ds.pool_block == epoch // 2 and len(ds.pool) == 3
+        seen[epoch] = ds.pool[1][1].copy(), ds[1][0].numpy()
+    # the composed classes are one smear per block of two epochs; the augmented images all differ
+    assert (seen[0][0] == seen[1][0]).all() and (seen[2][0] == seen[3][0]).all()
+    assert not (seen[0][0] == seen[2][0]).all()
+    assert not np.allclose(seen[0][1], seen[1][1])
+    # without a prepared pool (e.g. a worker that missed it) the same smear is composed again
+    ds.pool_block = -1
+    image, classes = ds.compose(1)
+    assert (classes == seen[3][0]).all()
 
 
 def test_wbc_objects_are_named_whole_by_the_classifier():

@@ -146,6 +146,8 @@ def segment(
                                                              "default: estimated per image"),
     overlay: bool = typer.Option(False, "--overlay", help="also write <stem>_overlay.png"),
     tile: int = typer.Option(1024, help="largest tile for big images (px at model scale)"),
+    tta: Optional[bool] = typer.Option(None, "--tta/--no-tta", help="smear10: average the map over the image's "
+                                                                     "flips (default: the model card's choice)"),
     method: Optional[str] = typer.Option(None, help="classical method instead of the model: "
                                                     "wbc: hsv|watershed|blobs; nuclei: watershed|blobs"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
@@ -166,6 +168,8 @@ def segment(
     if spec.name not in ("wbc", "nuclei", "smear10"):
         raise typer.BadParameter(f"task {task!r} has no segmentation model yet", param_hint="--task")
     dev = _device(device)
+    if tta is not None and (method or spec.name != "smear10"):
+        raise typer.BadParameter("test-time flips are for the smear10 model", param_hint="--tta")
     if method:
         from hemaseg.classical import segment_classical
 
@@ -186,7 +190,7 @@ def segment(
             raise typer.Exit(2)
 
         def run(image):
-            return run_segment(image, loaded, cell_diameter=cell_diameter, device=dev, tile=tile)
+            return run_segment(image, loaded, cell_diameter=cell_diameter, device=dev, tile=tile, tta=tta)
     paths = list_images(images)
     if not paths:
         _fail(" ".join(images), "no images found")
@@ -229,6 +233,8 @@ def train(
                                                     "after 5 of 35 epochs, batch 16)"),
     workers: Optional[int] = typer.Option(None, help="data-loader worker processes (smear10 composes its smears "
                                                      "in them; default 0: in the training process)"),
+    reuse: Optional[int] = typer.Option(None, help="smear10: each composed smear serves this many consecutive "
+                                                   "epochs, re-augmented each time (faster epochs)"),
     held_out: Optional[str] = typer.Option(None, help="smear10: split JSON whose 'val' crops stay out of training "
                                                       "(the WBC-type classifier's: benchmarks/splits/wbc-type.json)"),
     unboxed: str = typer.Option("ignore", help="cells (U-Net): stained pixels outside every box are 'ignore'd by "
@@ -288,7 +294,7 @@ def train(
                               arch_kwargs=arch_kwargs, epochs=epochs, init=init,
                               batch_size=batch_size, lr=lr, crop=crop, samples_per_epoch=samples_per_epoch,
                               patience=patience, augment=augment, val_fraction=val_fraction, seed=seed,
-                              schedule=extra.get("schedule"), workers=workers,
+                              schedule=extra.get("schedule"), workers=workers, reuse=reuse,
                               held_out=str(Path(held_out).resolve()) if held_out else None,
                               ignore_unboxed=unboxed == "ignore")
             if arch.startswith("maskrcnn"):

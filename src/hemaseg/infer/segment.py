@@ -199,7 +199,7 @@ def scale_factor(card: dict, cell_diameter: float | None) -> float:
 
 
 def segment(image: np.ndarray, model="wbc", cell_diameter: float | None = None, device: str = "cpu",
-            tile: int = 1024, overlap: int = 64) -> Segmentation:
+            tile: int = 1024, overlap: int = 64, tta: bool | None = None) -> Segmentation:
     """Segment WBCs (cytoplasm + nucleus) in an (H, W, 3) uint8 image and split them into instances.
 
     With a nuclei model (``model="nuclei"``) it finds nuclei instances instead (see
@@ -208,6 +208,7 @@ def segment(image: np.ndarray, model="wbc", cell_diameter: float | None = None, 
 
     ``cell_diameter`` (px) rescales the image to the model's trained diameter; when None
     it is estimated from the image. ``model`` is a bundled name, a path, or (module, card).
+    ``tta`` (smear10 only) averages the final pass over the image's flips; None: the model card's choice.
     """
     module, card = get_model(model, device)
     if card.get("task") == "nuclei":
@@ -217,7 +218,7 @@ def segment(image: np.ndarray, model="wbc", cell_diameter: float | None = None, 
     if card.get("task") == "smear10":
         from hemaseg.infer.smear import segment_smear
 
-        return segment_smear(image, (module, card), cell_diameter, tile=tile, overlap=overlap)
+        return segment_smear(image, (module, card), cell_diameter, device, tile=tile, overlap=overlap, tta=tta)
     norm = card.get("normalization", {})
     prange = percentile_range(image, norm.get("low", 1.0), norm.get("high", 99.0))
     if cell_diameter is None:

@@ -165,16 +165,19 @@ def cell_confidence(probs: np.ndarray) -> float:
 
 
 def segment_smear(image: np.ndarray, model="smear10", cell_diameter: float | None = None, device: str = "cpu",
-                  tile: int = 1024, overlap: int = 64, tta: bool = False) -> Segmentation:
+                  tile: int = 1024, overlap: int = 64, tta: bool | None = None) -> Segmentation:
     """The 10-class map of an (H, W, 3) uint8 smear image (classes in :data:`hemaseg.tasks.SMEAR10` order).
 
     ``cell_diameter`` is the red-cell diameter in px. When None, the image is also read at the
     smaller :data:`DOWNSCALES` and the most confident reading (:func:`cell_confidence`) wins
     when it is one of them (big cells); otherwise the first pass's red cells are measured and
     the image is rescaled if they fall outside the sizes the model was trained on.
-    ``tta`` averages the final pass over the image and its three flips (4x its time).
+    ``tta`` averages the final pass over the image and its three flips (4x its time); None: as the
+    model card's ``tta`` says (the bundled model: on, as nnU-Net's test-time mirroring).
     """
     module, card = get_model(model, device)
+    if tta is None:
+        tta = bool(card.get("tta", False))
     norm = card.get("normalization", {})
     prange = percentile_range(image, norm.get("low", 1.0), norm.get("high", 99.0))
     factor = smear_factor(card, cell_diameter) if cell_diameter else 1.0

@@ -54,6 +54,7 @@ class TrainConfig:
     class_balance: bool = False  # per-pixel weights that balance the classes of each training image
     schedule: str = "cosine"  # or "step" (seed 002: lr, then lr / 10 after the first 1/7 of the epochs)
     workers: int = 0  # data-loader worker processes (smear10 composes its images in them)
+    reuse: int = 1  # smear10: each composed smear serves this many consecutive epochs (re-augmented each time)
     # smear10: WBC pixels are learnt as one class (the five types share index 3) and the bundled
     # WBC-type classifier names each WBC at inference; held_out = a split JSON whose "val" crops
     # (the classifier's held-out cells) must stay out of the composites' training crops.
@@ -463,7 +464,8 @@ def fit(cfg: TrainConfig | None, run: str | Path, resume: bool = False, progress
     else:
         dataset, val_items, data_card = _pair_data(cfg, run, state)
     _seed_all(cfg.seed)
-    model = create_model(cfg.arch, classes=len(task.classes), **cfg.arch_kwargs)
+    # channels-last: ~12 % faster convolutions on CPU (the weights are saved contiguous as always)
+    model = create_model(cfg.arch, classes=len(task.classes), **cfg.arch_kwargs).to(memory_format=torch.channels_last)
     stride = int(getattr(model, "stride", 32))
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.schedule == "step":  # seed 002: lr for the first 1/7 of the epochs (5 of 35), then lr / 10
@@ -497,6 +499,8 @@ def fit(cfg: TrainConfig | None, run: str | Path, resume: bool = False, progress
         t0 = time.time()
         begin_epoch(cfg.seed, epoch, dataset.transform)
         dataset.epoch = epoch
+        if hasattr(dataset, "prepare"):
+            dataset.prepare(cfg.workers + 1 if cfg.workers else 0)  # smear10 with reuse: compose a block's smears once
         loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True,
                                              drop_last=len(dataset) > cfg.batch_size, num_workers=cfg.workers,
                                              persistent_workers=False)
@@ -504,6 +508,7 @@ def fit(cfg: TrainConfig | None, run: str | Path, resume: bool = False, progress
         losses = []
         bar = track(loader, f"epoch {epoch}/{cfg.epochs}", leave=False) if progress else loader
         for x, y, *w in bar:
+            x = x.contiguous(memory_format=torch.channels_last)
             loss = dice_ce_loss(model(x), y, nested=task.name != "smear10", weight=w[0] if w else None)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
