@@ -53,8 +53,7 @@ class SynthDataset(torch.utils.data.Dataset):
 
     def compose(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """(image, classes) of smear ``i`` of the current epoch's block."""
-        block = self.epoch // self.reuse * self.reuse if self.reuse > 1 else self.epoch
-        smear = compose(self.bank, self.synth, self._rng(i, block))
+        smear = compose(self.bank, self.synth, self._rng(i, self.epoch // self.reuse * self.reuse))
         return smear.image, smear.classes
 
     def prepare(self, workers: int = 0) -> None:
