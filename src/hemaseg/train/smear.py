@@ -48,27 +48,32 @@ class SynthDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.length
 
-    def _rng(self, i: int, epoch: int) -> np.random.Generator:
-        return image_seed(self.seed * 100_003 + epoch + STREAM_STEP * self.stream, "train", i)
+    def _rng(self, i: int, epoch: int, part: str = "train") -> np.random.Generator:
+        return image_seed(self.seed * 100_003 + epoch + STREAM_STEP * self.stream, part, i)
+
+    @property
+    def block(self) -> int:
+        """Index of the current epoch's block of ``reuse`` epochs."""
+        return self.epoch // self.reuse
 
     def compose(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """(image, classes) of smear ``i`` of the current epoch's block."""
-        smear = compose(self.bank, self.synth, self._rng(i, self.epoch // self.reuse * self.reuse))
+        smear = compose(self.bank, self.synth, self._rng(i, self.block * self.reuse))
         return smear.image, smear.classes
 
     def prepare(self, workers: int = 0) -> None:
         """Compose the smears of the current epoch's block once (no-op without reuse or when done)."""
-        block = self.epoch // self.reuse
+        block = self.block
         if self.reuse == 1 or block == self.pool_block:
             return
-        self.pool = []
+        self.pool = []  # the old block's smears are not copied into the composing workers
         loader = torch.utils.data.DataLoader(_Composer(self), batch_size=None, num_workers=workers, collate_fn=_keep)
         self.pool, self.pool_block = list(loader), block
 
     def __getitem__(self, i: int):
         if self.reuse > 1:
-            image, classes = self.pool[i] if self.pool_block == self.epoch // self.reuse else self.compose(i)
-            rng = image_seed(self.seed * 100_003 + self.epoch + STREAM_STEP * self.stream, "augment", i)
+            image, classes = self.pool[i] if self.pool_block == self.block else self.compose(i)
+            rng = self._rng(i, self.epoch, "augment")
         else:  # as before reuse existed: one stream draws both the smear and its augmentation
             rng = self._rng(i, self.epoch)
             smear = compose(self.bank, self.synth, rng)
