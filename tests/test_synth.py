@@ -200,7 +200,7 @@ def smear_run(tmp_path, monkeypatch):
 
     monkeypatch.setattr(smear, "N_VAL", 3)
     cfg = task_config("smear10", arch_kwargs={**TINY, "norm": "group"}, epochs=2, batch_size=4, samples_per_epoch=8,
-                      workers=1)  # smears composed in a data-loader worker process
+                      workers=1, reuse=1)  # new smears every epoch, composed in a data-loader worker process
     return fit(cfg, tmp_path / "run", progress=False), tmp_path / "run"
 
 
@@ -213,7 +213,7 @@ def test_smear10_resume_equals_unbroken_run(smear_run, tmp_path, monkeypatch):
     monkeypatch.setattr(smear, "N_VAL", 3)
     full, full_run = smear_run
     cfg = task_config("smear10", arch_kwargs={**TINY, "norm": "group"}, epochs=2, batch_size=4, samples_per_epoch=8,
-                      workers=0)  # in-process this time: the smears must not depend on where they are composed
+                      workers=0, reuse=1)  # in-process this time: the smears must not depend on where they are composed
     fit(cfg, tmp_path / "broken", progress=False, max_epochs_this_call=1)
     resumed = fit(None, tmp_path / "broken", resume=True, progress=False)
     a, b = load_file(str(full_run / "last.safetensors")), load_file(str(tmp_path / "broken" / "last.safetensors"))
