@@ -232,9 +232,9 @@ def train(
     recipe: Optional[str] = typer.Option(None, help="smear10: 'seed002' = the seed's recipe (lr 1e-3, then 1e-4 "
                                                     "after 5 of 35 epochs, batch 16)"),
     workers: Optional[int] = typer.Option(None, help="data-loader worker processes (smear10 composes its smears "
-                                                     "in them; default 0: in the training process)"),
+                                                     "in them; default: 1 for smear10, else 0 = in the training process)"),
     reuse: Optional[int] = typer.Option(None, help="smear10: each composed smear serves this many consecutive "
-                                                   "epochs, re-augmented each time (faster epochs)"),
+                                                   "epochs, re-augmented each time (faster epochs; default 4)"),
     held_out: Optional[str] = typer.Option(None, help="smear10: split JSON whose 'val' crops stay out of training "
                                                       "(the WBC-type classifier's: benchmarks/splits/wbc-type.json)"),
     unboxed: str = typer.Option("ignore", help="cells (U-Net): stained pixels outside every box are 'ignore'd by "
