@@ -243,6 +243,7 @@ def test_smear10_training_segment_and_evaluate(smear_run, tmp_path):
     assert state["finished"] and (run / "val" / "segments").is_dir() and (run / "curves.png").exists()
     card = json.loads((run / "model.json").read_text())
     assert card["task"] == "smear10" and len(card["classes"]) == 10 and "mean_iou" in card["metrics"]["val"]
+    assert card["tta"] is True  # a retrained model segments as the bundled one does
     write_smear(tmp_path / "test", "a", _smears(n=1, size=96)[0])
     out = tmp_path / "out"
     res = runner.invoke(app, ["segment", "--task", "smear10", str(tmp_path / "test" / "images"), "--out", str(out),
