@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from hemaseg.infer.cells import segment_cells
-from hemaseg.infer.pipeline import analyze
-from hemaseg.infer.segment import get_model
+from hemaseg.engine.predict import get_model
 from hemaseg.io.datasets import read_voc
 from hemaseg.io.images import read_image
 from hemaseg.metrics import detection_ap
+from hemaseg.pipelines.analyze import analyze
+from hemaseg.tasks.cells.infer import segment_cells
 
 HERE = Path(__file__).resolve().parent
 OUT: list[str] = []

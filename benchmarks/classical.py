@@ -23,8 +23,8 @@ import numpy as np
 
 import hemaseg
 from hemaseg import classical as C
-from hemaseg.evaluation import select_split
-from hemaseg.infer.segment import get_model
+from hemaseg.engine.evaluate import select_split
+from hemaseg.engine.predict import get_model
 from hemaseg.io.datasets import find_dsb, find_pairs, load_instances, load_pair, read_voc
 from hemaseg.metrics import dsb_scores, wbc_scores
 

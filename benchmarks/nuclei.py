@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 
 import hemaseg
-from hemaseg.evaluation import evaluate, modality, select_split
-from hemaseg.infer.segment import get_model
+from hemaseg.engine.evaluate import select_split
+from hemaseg.engine.predict import get_model
 from hemaseg.io.datasets import find_dsb, load_instances
+from hemaseg.tasks.nuclei import NUCLEI, modality
 
 HERE = Path(__file__).resolve().parent
 OUT: list[str] = []
@@ -39,7 +40,7 @@ def mirrored(image: np.ndarray, size: int) -> np.ndarray:
 
 
 def accuracy(model: str, data: Path, split: Path) -> None:
-    res = evaluate("nuclei", [data / "dsb2018"], model, split, grid=HERE.parent / "docs" / "nuclei_worst_cases.png")
+    res = NUCLEI.evaluate([data / "dsb2018"], model, split, grid=HERE.parent / "docs" / "nuclei_worst_cases.png")
     emit(f"### DSB validation split ({res['n_images']} images), model `{model}`, diameter estimated per image\n")
     emit("| subset | images | DSB score (mean precision, IoU 0.50:0.95) | AP@0.5 | AP@0.75 | s / image |")
     emit("| --- | --- | --- | --- | --- | --- |")

@@ -5,7 +5,7 @@ docs/smear10_real.jpg.
 
     python benchmarks/smear10.py [--model smear10] [--n 300] [--data ../shared/data]
 
-Synthetic test sets are composed with `hemaseg.data.synth` from the *test* crops (red cells and
+Synthetic test sets are composed with `hemaseg.tasks.smear10.synth` from the *test* crops (red cells and
 platelets split by source photo; WBCs from the WBC-type classifier's held-out crops, so neither
 model trained on them) with a fixed seed; the stand-ins change one thing each: procedural cells
 only, stronger re-staining, a magnification outside the trained range, crowding, dark
@@ -24,14 +24,14 @@ import cv2
 import numpy as np
 
 import hemaseg
-from hemaseg.data.synth import CellBank, SynthConfig, colour_map, compose, image_seed, write_smear
-from hemaseg.evaluation import evaluate_smear10, select_split
-from hemaseg.infer.segment import get_model
-from hemaseg.infer.smear import GROUPS
+from hemaseg.engine.evaluate import select_split
+from hemaseg.engine.predict import get_model
 from hemaseg.io.datasets import find_pairs, load_pair, read_voc
 from hemaseg.io.images import read_image
-from hemaseg.tasks import SMEAR10
-from hemaseg.train.smear import held_out_crops, load_bank
+from hemaseg.tasks.smear10 import SMEAR10
+from hemaseg.tasks.smear10.classes import GROUPS
+from hemaseg.tasks.smear10.synth import CellBank, SynthConfig, colour_map, compose, image_seed, write_smear
+from hemaseg.tasks.smear10.train import held_out_crops, load_bank
 
 HERE = Path(__file__).resolve().parent
 OUT: list[str] = []
@@ -84,7 +84,7 @@ def synthetic(model: str, data: Path, n: int) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             folder = make_set(Path(tmp), bank, cfg, n, 1, post)
             png = HERE.parent / "docs" / "smear10_confusion.png" if name.startswith("held-out crops (") else None
-            res = evaluate_smear10([folder], model, confusion_png=png)
+            res = SMEAR10.evaluate([folder], model, grid=png)
         m = res["mean"]
         ious = " | ".join("-" if m["iou"][c] is None else f"{m['iou'][c]:.3f}" for c in SMEAR10.classes[1:])
         secs = np.mean([r["seconds"] for r in res["per_image"]])

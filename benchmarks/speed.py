@@ -45,7 +45,7 @@ def run_case(w: int, h: int, n: int, model: str, threads: int, diameter: str) ->
     import torch
 
     import hemaseg
-    from hemaseg.infer.segment import get_model
+    from hemaseg.engine.predict import get_model
 
     torch.set_num_threads(threads)
     loaded = get_model(model)
@@ -69,7 +69,7 @@ def seam_check(model: str, threads: int) -> str:
     """Agreement of tiled (tiles of at most 1024 px, 64 px overlap) and single-pass labels."""
     import torch
 
-    from hemaseg.infer.segment import get_model, predict_probs
+    from hemaseg.engine.predict import get_model, predict_probs
 
     torch.set_num_threads(threads)
     module, card = get_model(model)

@@ -17,8 +17,8 @@ import cv2
 import numpy as np
 
 import hemaseg
-from hemaseg.evaluation import select_split
-from hemaseg.infer.segment import get_model
+from hemaseg.engine.evaluate import select_split
+from hemaseg.engine.predict import get_model
 from hemaseg.io.datasets import find_pairs, load_pair, read_voc
 from hemaseg.metrics import wbc_scores
 

@@ -30,7 +30,7 @@ def emit(line: str = "") -> None:
 
 def lab_splits(data: Path) -> dict[str, tuple[list, list]]:
     from hemaseg.io.datasets import find_labelled_cells
-    from hemaseg.train.classify import split_labelled
+    from hemaseg.tasks.wbc_type.train import split_labelled
 
     labs = {"A (BCCD)": data / "bccd-wbc", "B (wbc-seg)": data / "wbc-seg"}
     return {k: split_labelled(find_labelled_cells(v), 0.2, 0) for k, v in labs.items()}
@@ -59,7 +59,7 @@ def run_all(args) -> None:
     import torch
 
     from hemaseg.models.registry import load_model
-    from hemaseg.train.classify import TYPES, ClassifyConfig, fit_classifier, predict, prepare_crops, scores
+    from hemaseg.tasks.wbc_type.train import TYPES, ClassifyConfig, fit_classifier, predict, prepare_crops, scores
 
     torch.set_num_threads(args.threads)
     splits = lab_splits(args.data)
@@ -101,11 +101,10 @@ def speed(args) -> None:
     import torch
 
     import hemaseg
-    from hemaseg.infer.segment import get_model
-    from hemaseg.io.datasets import find_labelled_cells
-    from hemaseg.wbctype import cell_crop, predict_crops
-
+    from hemaseg.engine.predict import get_model
     from hemaseg.errors import HemasegError
+    from hemaseg.io.datasets import find_labelled_cells
+    from hemaseg.tasks.wbc_type.crops import cell_crop, predict_crops
 
     torch.set_num_threads(args.threads)
     try:

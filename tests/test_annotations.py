@@ -5,8 +5,18 @@ import numpy as np
 from typer.testing import CliRunner
 
 from hemaseg.cli import app
-from hemaseg.io.annotations import (entry_labels, mask_record, rasterise, read_coco, read_cvat, read_results,
-                                    read_voc_entry, write_coco, write_cvat, write_results)
+from hemaseg.io.annotations import (
+    entry_labels,
+    mask_record,
+    rasterise,
+    read_coco,
+    read_cvat,
+    read_results,
+    read_voc_entry,
+    write_coco,
+    write_cvat,
+    write_results,
+)
 
 runner = CliRunner()
 

@@ -6,12 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from hemaseg.data.cells import UNKNOWN, cell_targets, encode_instances, pseudo_masks
-from hemaseg.infer.cells import cell_instances
-from hemaseg.io.annotations import read_voc_entry
-from hemaseg.train.losses import IGNORE, dice_ce_loss
-
 from helpers import TINY
+from hemaseg.engine.losses import IGNORE, dice_ce_loss
+from hemaseg.io.annotations import read_voc_entry
+from hemaseg.tasks.cells.infer import cell_instances
+from hemaseg.tasks.cells.targets import UNKNOWN, cell_targets, encode_instances, pseudo_masks
 
 
 def _photo(rng, h=120, w=160):
@@ -109,7 +108,7 @@ def test_cell_instances_split_touching_red_cells_and_keep_classes():
 
 @pytest.fixture()
 def cells_run(tmp_path):
-    from hemaseg.train.loop import fit, task_config
+    from hemaseg.tasks import fit, task_config
 
     root = _voc(tmp_path / "voc")
     cfg = task_config("cells", data=[str(root)], arch_kwargs={**TINY, "norm": "group"}, epochs=2, batch_size=2,
@@ -185,7 +184,7 @@ def test_analyze_cli_writes_every_output(cells_run, tmp_path):
 
 
 def test_wbcs_are_cropped_and_typed_by_the_bundled_classifier():
-    from hemaseg.infer.pipeline import type_wbcs
+    from hemaseg.tasks.wbc_type.crops import type_wbcs
 
     img, _ = _photo(np.random.default_rng(0))
     rec = {"bounding_box": {"x1": 65, "x2": 106, "y1": 65, "y2": 106}}
@@ -196,9 +195,9 @@ def test_wbcs_are_cropped_and_typed_by_the_bundled_classifier():
 
 
 def test_maskrcnn_backend_trains_resumes_and_segments(tmp_path):
-    from hemaseg.infer.cells import segment_cells
-    from hemaseg.train.loop import task_config
-    from hemaseg.train.maskrcnn import fit_maskrcnn, to_target
+    from hemaseg.tasks import task_config
+    from hemaseg.tasks.cells.infer import segment_cells
+    from hemaseg.tasks.cells.maskrcnn import fit_maskrcnn, to_target
 
     enc = np.zeros((20, 20), np.uint16)
     enc[2:8, 2:8] = (1 << 2) | 1
@@ -225,8 +224,8 @@ def test_unboxed_cells_are_ignored_or_background(tmp_path):
     from typer.testing import CliRunner
 
     from hemaseg.cli import app
-    from hemaseg.train.cells import cells_data
-    from hemaseg.train.loop import task_config
+    from hemaseg.tasks import task_config
+    from hemaseg.tasks.cells.train import cells_data
 
     root = _voc(tmp_path / "voc", n=3)
     seen = {}
@@ -242,7 +241,7 @@ def test_unboxed_cells_are_ignored_or_background(tmp_path):
 
 
 def test_box_scales_learn_how_loosely_each_category_is_boxed(tmp_path):
-    from hemaseg.train.cells import box_annotations, box_scales, prepare
+    from hemaseg.tasks.cells.train import box_annotations, box_scales, prepare
 
     root = _voc(tmp_path / "voc", n=2)
     train, _ = prepare([str(root)], tmp_path / "run", 0, 0.5)
@@ -252,7 +251,7 @@ def test_box_scales_learn_how_loosely_each_category_is_boxed(tmp_path):
 
 
 def test_detect_drops_a_wbc_lying_on_a_wbc_but_keeps_overlapping_red_cells():
-    from hemaseg.train.maskrcnn import detect
+    from hemaseg.tasks.cells.maskrcnn import detect
 
     masks = torch.zeros(4, 1, 40, 60)
     masks[0, 0, 5:35, 5:35] = 1  # WBC

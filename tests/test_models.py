@@ -2,11 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from hemaseg.errors import HemasegInputError
-from hemaseg.infer.tiling import predict_tiled
-from hemaseg.models.registry import create_model, list_models, load_model, save_model
-
 from helpers import TINY
+from hemaseg.engine.tiling import predict_tiled
+from hemaseg.errors import HemasegInputError
+from hemaseg.models.registry import create_model, list_models, load_model, save_model
 
 
 def test_registry_lists_both_families():

@@ -1,6 +1,7 @@
 import numpy as np
 
-from hemaseg.infer.postprocess import clean_wbc_classes, polygons, split_instances, wbc_objects
+from hemaseg.core.labels import polygons, split_instances, wbc_objects
+from hemaseg.tasks.wbc import clean_wbc_classes
 
 
 def _discs(centers, r, shape=(100, 160)):
@@ -59,7 +60,7 @@ def test_big_touching_cells_split_on_a_smaller_copy():
 
 
 def test_cytoplasm_is_limited_to_one_nucleus_diameter():
-    from hemaseg.infer.postprocess import limit_cytoplasm
+    from hemaseg.tasks.wbc import limit_cytoplasm
 
     classes = np.zeros((60, 200), np.uint8)
     classes[10:50, 10:190] = 1  # a cell smeared over its neighbours

@@ -13,9 +13,9 @@ pytestmark = pytest.mark.skipif(not WBCSEG.is_dir(), reason="../shared/data/wbc-
 
 def test_bundled_model_on_validation_images():
     """A quick slice of the validation benchmark (the full figures are in the README)."""
-    from hemaseg.evaluation import evaluate
+    from hemaseg.tasks import get_task
 
-    res = evaluate("wbc", [WBCSEG], "wbc", split=SPLIT)
+    res = get_task("wbc").evaluate([WBCSEG], "wbc", split=SPLIT)
     assert res["n_images"] == 60
     assert res["mean"]["dice_cell"] > 0.95
     assert res["mean"]["dice_nucleus"] > 0.90
@@ -48,10 +48,10 @@ def test_nuclei_model_on_some_validation_images():
     """Ten fluorescence validation images (the full figures are in the README)."""
     import json
 
-    from hemaseg.evaluation import modality
-    from hemaseg.infer.segment import segment
     from hemaseg.io.datasets import find_dsb, load_instances
     from hemaseg.metrics import dsb_scores
+    from hemaseg.pipelines.segment import segment
+    from hemaseg.tasks.nuclei import modality
 
     val = set(json.loads(DSB_SPLIT.read_text())["val"])
     assert not val & set(json.loads(DSB_SPLIT.read_text())["train"])

@@ -2,9 +2,11 @@ import numpy as np
 import pytest
 
 import hemaseg
-from hemaseg.infer.segment import SCALE_DEADBAND, measure_diameter, scale_factor
-
 from helpers import ThresholdNet, toy_wbc
+from hemaseg.core.labels import measure_diameter
+from hemaseg.tasks.wbc import WbcParams, scale_factor
+
+SCALE_DEADBAND = WbcParams().scale_deadband
 
 CARD = {"cell_diameter": 48.0, "normalization": {"low": 1.0, "high": 99.0}}
 

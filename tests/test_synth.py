@@ -5,16 +5,24 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from helpers import TINY
 from hemaseg.cli import app
-from hemaseg.data.synth import (CLUMP, HEALTHY, INFECTED, CellBank, SynthConfig, colour_map, compose, image_seed,
-                                write_smear)
 from hemaseg.data.weights import class_balance_weights, contact_weights
-from hemaseg.infer.smear import rbc_diameter, vote_per_object
 from hemaseg.io.datasets import read_colour_map, read_smear_labels, read_smear_pairs
 from hemaseg.io.writers import write_png
-from hemaseg.tasks import SMEAR10
-
-from helpers import TINY
+from hemaseg.tasks.smear10 import SMEAR10
+from hemaseg.tasks.smear10.infer import rbc_diameter, vote_per_object
+from hemaseg.tasks.smear10.synth import (
+    CLUMP,
+    HEALTHY,
+    INFECTED,
+    CellBank,
+    SynthConfig,
+    colour_map,
+    compose,
+    image_seed,
+    write_smear,
+)
 
 runner = CliRunner()
 
@@ -169,7 +177,7 @@ def test_synth_cli_writes_seed002_folders(tmp_path):
     wbcs = sorted(o["className"] for f in sorted((out / "labels").glob("*.json")) for o in read_smear_labels(f)
                   if o["className"] in ("neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil"))
     assert wbcs and sorted(p.parent.name for p in (tmp_path / "crops").glob("*/*.png")) == wbcs
-    pairs = read_smear_pairs(out)
+    pairs = read_smear_pairs(out, SMEAR10.colors)
     objs = read_smear_labels(sorted((out / "labels").glob("*.json"))[0])
     assert len(pairs) == 2 and pairs[0][1].max() <= 9
     classes = pairs[0][1]
@@ -195,8 +203,8 @@ def test_synth_cli_writes_seed002_folders(tmp_path):
 
 @pytest.fixture()
 def smear_run(tmp_path, monkeypatch):
-    import hemaseg.train.smear as smear
-    from hemaseg.train.loop import fit, task_config
+    import hemaseg.tasks.smear10.train as smear
+    from hemaseg.tasks import fit, task_config
 
     monkeypatch.setattr(smear, "N_VAL", 3)
     cfg = task_config("smear10", arch_kwargs={**TINY, "norm": "group"}, epochs=2, batch_size=4, samples_per_epoch=8,
@@ -205,10 +213,10 @@ def smear_run(tmp_path, monkeypatch):
 
 
 def test_smear10_resume_equals_unbroken_run(smear_run, tmp_path, monkeypatch):
-    import hemaseg.train.smear as smear
     from safetensors.torch import load_file
 
-    from hemaseg.train.loop import fit, task_config
+    import hemaseg.tasks.smear10.train as smear
+    from hemaseg.tasks import fit, task_config
 
     monkeypatch.setattr(smear, "N_VAL", 3)
     full, full_run = smear_run
@@ -222,10 +230,10 @@ def test_smear10_resume_equals_unbroken_run(smear_run, tmp_path, monkeypatch):
 
 
 def test_smear10_reuse_resumed_mid_block_equals_unbroken_run(tmp_path, monkeypatch):
-    import hemaseg.train.smear as smear
     from safetensors.torch import load_file
 
-    from hemaseg.train.loop import fit, task_config
+    import hemaseg.tasks.smear10.train as smear
+    from hemaseg.tasks import fit, task_config
 
     monkeypatch.setattr(smear, "N_VAL", 2)
     kw = dict(arch_kwargs={**TINY, "norm": "group"}, epochs=2, batch_size=4, samples_per_epoch=8, reuse=2)
@@ -261,7 +269,7 @@ def test_smear10_training_segment_and_evaluate(smear_run, tmp_path):
     assert 0 <= r["mean"]["pixel_accuracy"] <= 1 and np.array(r["confusion"]).sum() == 96 * 96
     assert (tmp_path / "cm.png").exists()
     # tta: the final pass is the mean of the image's and its three flips' predictions, flipped back
-    from hemaseg.infer.smear import segment_smear
+    from hemaseg.tasks.smear10.infer import segment_smear
 
     image = _smears(n=1, size=96)[0].image
     model = str(run / "model.safetensors")
@@ -273,7 +281,7 @@ def test_smear10_training_segment_and_evaluate(smear_run, tmp_path):
     plain = segment_smear(image, model, cell_diameter=32.0, tta=False).probs
     assert np.allclose(tta, mean, atol=1e-4) and not np.allclose(tta, plain, atol=1e-4)
     # with no tta given, the model card decides
-    from hemaseg.infer.segment import get_model
+    from hemaseg.engine.predict import get_model
 
     module, card = get_model(model)
     for flag, expect in ((True, tta), (False, plain)):
@@ -284,7 +292,7 @@ def test_smear10_training_segment_and_evaluate(smear_run, tmp_path):
 
 
 def test_a_fine_tune_draws_smears_its_start_model_never_saw(smear_run):
-    from hemaseg.train.smear import SynthDataset, smear_transform, training_stream
+    from hemaseg.tasks.smear10.train import SynthDataset, smear_transform, training_stream
 
     _, run = smear_run
     assert training_stream("") == 0
@@ -298,7 +306,7 @@ def test_a_fine_tune_draws_smears_its_start_model_never_saw(smear_run):
 
 
 def test_reuse_keeps_a_smear_for_its_block_and_augments_it_anew():
-    from hemaseg.train.smear import SynthDataset, smear_transform
+    from hemaseg.tasks.smear10.train import SynthDataset, smear_transform
 
     bank = CellBank.procedural()
     ds = SynthDataset(bank, SynthConfig(size=64), 3, 0, smear_transform(True), 1, 99, balance=False, reuse=2)
@@ -319,8 +327,8 @@ def test_reuse_keeps_a_smear_for_its_block_and_augments_it_anew():
 
 
 def test_wbc_objects_are_named_whole_by_the_classifier():
-    from hemaseg.infer.smear import type_wbc_objects
-    from hemaseg.train.smear import WBC_AS_ONE, merge_wbc_types
+    from hemaseg.tasks.smear10.infer import type_wbc_objects
+    from hemaseg.tasks.smear10.train import WBC_AS_ONE, merge_wbc_types
 
     rng = np.random.default_rng(0)
     s = compose(CellBank.procedural(), SynthConfig(size=160, wbc_counts=(0, 0, 1)), rng)
@@ -340,7 +348,7 @@ def test_wbc_objects_are_named_whole_by_the_classifier():
 def test_smear_scale_is_read_where_the_model_is_most_confident(monkeypatch):
     """Big cells (a photo at its native magnification) are read at the downscale where the
     model is most sure of them; at the trained size the first pass stays."""
-    import hemaseg.infer.smear as smear
+    import hemaseg.tasks.smear10.infer as smear
 
     card = {"cell_diameter": 32.0, "diameter_range": [20.0, 44.0], "normalization": {}}
     calls = []
@@ -373,9 +381,9 @@ def test_smear_scale_is_read_where_the_model_is_most_confident(monkeypatch):
 
 
 def test_wbcs_on_dark_backgrounds_are_typed_on_light_plasma(monkeypatch):
-    import hemaseg.infer.pipeline as pipeline
-    from hemaseg.infer.smear import PLASMA, type_wbc_objects
-    from hemaseg.train.smear import merge_wbc_types
+    import hemaseg.tasks.smear10.infer as pipeline
+    from hemaseg.tasks.smear10.infer import PLASMA, type_wbc_objects
+    from hemaseg.tasks.smear10.train import merge_wbc_types
 
     seen = []
 

@@ -1,10 +1,9 @@
 import numpy as np
 import torch
 
-from hemaseg.infer.tiling import predict_tiled
-from hemaseg.models.registry import create_model
-
 from helpers import TINY
+from hemaseg.engine.tiling import predict_tiled
+from hemaseg.models.registry import create_model
 
 
 def _model():

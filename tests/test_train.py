@@ -3,10 +3,10 @@ import json
 import numpy as np
 from safetensors.torch import load_file
 
-from hemaseg.models.registry import load_model
-from hemaseg.train.loop import TrainConfig, fit
-
 from helpers import TINY
+from hemaseg.engine.train import TrainConfig
+from hemaseg.models.registry import load_model
+from hemaseg.tasks import fit
 
 
 def _cfg(data):
@@ -59,8 +59,8 @@ def test_training_learns_the_toy_task(wbc_folder, tmp_path):
 def test_init_starts_from_a_models_weights(wbc_folder, tmp_path):
     import pytest
 
+    from hemaseg.engine.train import init_arch
     from hemaseg.errors import HemasegInputError
-    from hemaseg.train.loop import init_arch
 
     first = tmp_path / "first"
     fit(_cfg(wbc_folder), first, progress=False)

@@ -64,8 +64,8 @@ def test_readers_imagefolder_and_wbcseg_csv(tmp_path):
 
 
 def test_grad_cam_map_has_the_input_size(tiny_classifier):
-    from hemaseg.explain import grad_cam, gradcam_mask
     from hemaseg.models.registry import load_model
+    from hemaseg.tasks.wbc_type.explain import grad_cam, gradcam_mask
 
     module, card = load_model(tiny_classifier)
     crop = toy_wbc(np.random.default_rng(1), 70)[0][:50]

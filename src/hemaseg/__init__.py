@@ -10,18 +10,23 @@ Public API (arrays in, arrays out)::
     probs = hemaseg.classify(crop)                   # {"neutrophil": 0.93, ...} for a single-WBC crop
     report = hemaseg.analyze(image)                  # every RBC/WBC/platelet, WBC types, counts
     model, card = hemaseg.load_model("wbc")
+    task = hemaseg.get_task("wbc")                   # a task's classes, parameters, hooks
+
+The layout (docs/ARCHITECTURE.md): ``core`` -> ``io``/``data``/``classical`` -> ``models`` ->
+``engine`` -> ``tasks`` (one room per task) -> ``pipelines`` -> ``cli``.
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from hemaseg.errors import HemasegError, HemasegInputError  # noqa: E402
-from hemaseg.infer.pipeline import analyze  # noqa: E402
-from hemaseg.infer.segment import Segmentation, estimate_diameter, segment  # noqa: E402
-from hemaseg.io.images import read_image  # noqa: E402
-from hemaseg.models.registry import create_model, list_models, load_model  # noqa: E402
-from hemaseg.wbctype import classify  # noqa: E402
+from hemaseg.core.result import Segmentation
+from hemaseg.errors import HemasegError, HemasegInputError
+from hemaseg.io.images import read_image
+from hemaseg.models.registry import create_model, list_models, load_model
+from hemaseg.pipelines.analyze import analyze
+from hemaseg.pipelines.segment import segment
+from hemaseg.tasks import get_task, list_tasks
+from hemaseg.tasks.wbc import estimate_diameter
+from hemaseg.tasks.wbc_type.crops import classify
+from hemaseg.version import __version__
 
 __all__ = ["__version__", "HemasegError", "HemasegInputError", "Segmentation", "analyze", "classify", "create_model",
-           "estimate_diameter",
-           "list_models", "load_model", "read_image", "segment"]
+           "estimate_diameter", "get_task", "list_models", "list_tasks", "load_model", "read_image", "segment"]

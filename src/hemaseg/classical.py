@@ -20,7 +20,8 @@ from scipy import ndimage as ndi
 from skimage.feature import peak_local_max
 from skimage.segmentation import watershed
 
-from hemaseg.infer.postprocess import drop_small, relabel
+from hemaseg.core.labels import drop_small, instance_objects, relabel, wbc_objects
+from hemaseg.core.result import Segmentation
 
 # Seed 003 Algorithm 1: OpenCV HSV bounds of "blue" (hue is 0-180 in OpenCV, so 300 saturates).
 SEED_HSV_LOWER = (100, 20, 20)
@@ -458,14 +459,11 @@ NUCLEI_METHODS = ("watershed", "blobs")
 
 def segment_classical(image: np.ndarray, task: str = "wbc", method: str = "hsv"):
     """Run a classical method as a drop-in for the model: returns a
-    :class:`~hemaseg.infer.segment.Segmentation` (probabilities are the 0/1 class maps).
+    :class:`~hemaseg.core.result.Segmentation` (probabilities are the 0/1 class maps).
 
     ``task="wbc"``: ``hsv``, ``watershed`` or ``blobs`` (classes 0/1/2 + instances);
     ``task="nuclei"``: ``watershed`` or ``blobs`` (instances).
     """
-    from hemaseg.infer.postprocess import instance_objects, wbc_objects
-    from hemaseg.infer.segment import Segmentation
-
     image = image[..., :3]
     if task == "wbc":
         if method not in WBC_METHODS:

@@ -10,7 +10,30 @@ from typing import List, Optional
 import numpy as np
 import typer
 
-from hemaseg.errors import HemasegError
+from hemaseg.classical import hsv_wbc_mask, wbc_crops
+from hemaseg.engine.predict import get_model
+from hemaseg.engine.tiling import DEFAULT_TILE
+from hemaseg.errors import HemasegError, HemasegUsageError
+from hemaseg.io.annotations import write_coco, write_cvat, write_results
+from hemaseg.io.convert import CONVERTERS
+from hemaseg.io.convert import convert as run_convert
+from hemaseg.io.images import IMAGE_SUFFIXES, list_images, read_image
+from hemaseg.io.outputs import write_segmentation
+from hemaseg.io.writers import write_json, write_png, write_text
+from hemaseg.models.registry import WEIGHTS_DIR, list_models
+from hemaseg.pipelines.analyze import analyze as run_analyze
+from hemaseg.pipelines.analyze import draw_overlay
+from hemaseg.pipelines.report import counts_csv, write_report
+from hemaseg.progress import track
+from hemaseg.tasks import get_task, list_tasks
+from hemaseg.tasks.cells.infer import is_detector
+from hemaseg.tasks.smear10.synth import PARTS, compose, image_seed, synth_config, write_smear
+from hemaseg.tasks.smear10.synth import wbc_crops as cut_wbcs
+from hemaseg.tasks.smear10.train import held_out_crops, load_bank
+from hemaseg.tasks.wbc import segment_wbc
+from hemaseg.tasks.wbc_type.crops import cell_crop, group_probs, predict_crops
+from hemaseg.tasks.wbc_type.explain import cam_overlay, features, grad_cam, gradcam_mask, tsne_plot
+from hemaseg.version import __version__
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Blood-smear segmentation, counting and WBC typing on a CPU.")
@@ -38,8 +61,6 @@ def _fail_error(exc: HemasegError, path=None) -> None:
 def _for_each(paths, label: str, work) -> int:
     """Run ``work(path)`` on every path with a progress bar; a failing input is reported as one
     line and the batch goes on. Returns the number of failures."""
-    from hemaseg.progress import track
-
     failed = 0
     for path in track(paths, label):
         try:
@@ -53,12 +74,17 @@ def _for_each(paths, label: str, work) -> int:
     return failed
 
 
-def _check_method(task: str, method: str) -> None:
-    from hemaseg.classical import NUCLEI_METHODS, WBC_METHODS
+def _task(name: str, hint: str = "--task"):
+    """The task object of ``name``; a usage error (exit 2) listing the known ones otherwise."""
+    try:
+        return get_task(name)
+    except KeyError as exc:
+        raise typer.BadParameter(str(exc.args[0]), param_hint=hint) from None
 
-    allowed = {"wbc": tuple(WBC_METHODS), "nuclei": NUCLEI_METHODS}.get(task, ())
-    if method not in allowed:
-        raise typer.BadParameter(f"task {task} has classical methods: {', '.join(allowed) or 'none'}",
+
+def _check_method(spec, method: str) -> None:
+    if method not in spec.classical_methods:
+        raise typer.BadParameter(f"task {spec.name} has classical methods: {', '.join(spec.classical_methods) or 'none'}",
                                  param_hint="--method")
 
 
@@ -77,20 +103,14 @@ def analyze(
     coco: Optional[Path] = typer.Option(None, help="also write COCO JSON"),
     coco_rle: bool = typer.Option(False, "--coco-rle", help="COCO masks as RLE instead of polygons"),
     device: str = typer.Option("cpu", help="cpu, cuda or auto"),
-    tile: int = typer.Option(1024, help="largest tile for big images (px at model scale)"),
+    tile: Optional[int] = typer.Option(None, help=f"largest tile for big images (px at model scale; default "
+                                                 f"{DEFAULT_TILE}); the U-Net cells model only: a Mask R-CNN "
+                                                 "model reads each image whole"),
 ) -> None:
     """Whole smear: every RBC, WBC and platelet outlined, WBCs typed, counts and differential.
 
     Writes OUT/results.json (seed-003 schema), OUT/counts.csv, OUT/<stem>_overlay.png, OUT/report.html.
     """
-    from hemaseg.infer.pipeline import analyze as run_analyze
-    from hemaseg.infer.pipeline import draw_overlay
-    from hemaseg.infer.segment import get_model
-    from hemaseg.io.annotations import write_coco, write_cvat, write_results
-    from hemaseg.io.images import list_images, read_image
-    from hemaseg.io.report import counts_csv, write_report
-    from hemaseg.io.writers import write_png, write_text
-
     _setup_logging(False)
     dev = _device(device)
     for name in (model, type_model):
@@ -99,6 +119,9 @@ def analyze(
         except HemasegError as exc:
             _fail_error(exc, name)
             raise typer.Exit(2) from None
+    if tile is not None and is_detector(get_model(model, dev)[1]):
+        typer.echo(f"--tile: not used by {model}, a Mask R-CNN model (it reads each image whole)", err=True)
+    tile = tile or DEFAULT_TILE
     if not images:
         sample = Path(__file__).parent / "samples" / "BloodImage_00000.jpg"
         images = [str(sample)]
@@ -138,14 +161,15 @@ def analyze(
 @app.command()
 def segment(
     images: List[str] = typer.Argument(..., help="image files, folders or globs"),
-    task: str = typer.Option("wbc", help="wbc (cell + nucleus), nuclei (instances) or smear10 (10-class map)"),
+    task: str = typer.Option("wbc", help="wbc (cell + nucleus), nuclei (instances), smear10 (10-class map) or "
+                                          "cells (RBC/WBC/platelet instances)"),
     out: Path = typer.Option(Path("hemaseg-out"), help="output folder (created)"),
     model: Optional[str] = typer.Option(None, help="bundled model name, .safetensors file or training run folder"),
     device: str = typer.Option("cpu", help="cpu, cuda or auto"),
     cell_diameter: Optional[float] = typer.Option(None, help="WBC (nuclei: nucleus; smear10: red cell) diameter in px; "
                                                              "default: estimated per image"),
     overlay: bool = typer.Option(False, "--overlay", help="also write <stem>_overlay.png"),
-    tile: int = typer.Option(1024, help="largest tile for big images (px at model scale)"),
+    tile: int = typer.Option(DEFAULT_TILE, help="largest tile for big images (px at model scale)"),
     tta: Optional[bool] = typer.Option(None, "--tta/--no-tta", help="smear10: average the map over the image's "
                                                                      "flips (default: the model card's choice)"),
     method: Optional[str] = typer.Option(None, help="classical method instead of the model: "
@@ -154,30 +178,21 @@ def segment(
 ) -> None:
     """Segment images: OUT/<stem>.png (wbc: 0/128/255; nuclei: uint16 instance labels; smear10: class index 0-9
     + <stem>_color.png palette) and OUT/<stem>.json polygons."""
-    from hemaseg.infer.segment import get_model
-    from hemaseg.infer.segment import segment as run_segment
-    from hemaseg.io.images import list_images, read_image
-    from hemaseg.io.outputs import write_segmentation
-    from hemaseg.tasks import get_task
-
     _setup_logging(verbose)
-    try:
-        spec = get_task(task)
-    except KeyError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--task") from None
-    if spec.name not in ("wbc", "nuclei", "smear10"):
-        raise typer.BadParameter(f"task {task!r} has no segmentation model yet", param_hint="--task")
+    spec = _task(task)
+    if not spec.can_segment:
+        raise typer.BadParameter(f"task {task!r} has no segmentation model", param_hint="--task")
     dev = _device(device)
-    if tta is not None and (method or spec.name != "smear10"):
-        raise typer.BadParameter("test-time flips are for the smear10 model", param_hint="--tta")
+    if tta is not None and (method or not spec.supports_tta):
+        with_tta = ", ".join(n for n in list_tasks() if get_task(n).supports_tta)
+        raise typer.BadParameter(f"test-time flips are for the {with_tta} models, not {spec.name}"
+                                 + (" or a classical method" if method else ""), param_hint="--tta")
     if method:
-        from hemaseg.classical import segment_classical
-
-        _check_method(spec.name, method)
+        _check_method(spec, method)
         model_name = f"classical:{method}"
 
         def run(image):
-            return segment_classical(image, spec.name, method)
+            return spec.segment_classical(image, method)
     else:
         model_name = model or spec.default_model
         try:
@@ -190,7 +205,7 @@ def segment(
             raise typer.Exit(2)
 
         def run(image):
-            return run_segment(image, loaded, cell_diameter=cell_diameter, device=dev, tile=tile, tta=tta)
+            return spec.segment(image, loaded, cell_diameter=cell_diameter, device=dev, tile=tile, tta=tta)
     paths = list_images(images)
     if not paths:
         _fail(" ".join(images), "no images found")
@@ -199,7 +214,9 @@ def segment(
 
     def work(path):
         image = read_image(path)
-        write_segmentation(out, path.stem, path, image, run(image), spec, model_name, overlay)
+        seg = run(image)
+        write_segmentation(out, path.stem, path, image, seg, spec.label_images(seg), spec.name, model_name,
+                           spec.colors if overlay else None)
 
     failed = _for_each(paths, "segment", work)
     typer.echo(f"{len(paths) - failed}/{len(paths)} images segmented; results in {out}", err=True)
@@ -208,27 +225,30 @@ def segment(
 
 @app.command()
 def train(
-    task: str = typer.Argument(..., help="wbc, nuclei, smear10, cells or wbc-type"),
+    task: str = typer.Argument(..., help="wbc, nuclei, smear10, cells or wbc-type (any registered task)"),
     data: Optional[List[str]] = typer.Option(None, help="data folder(s): image/mask pairs, the DSB layout for nuclei, "
                                                         "ImageFolder trees or wbc-seg + class CSV for wbc-type, "
                                                         "folders to cut real cells from for smear10 (none: procedural)"),
     out: Optional[Path] = typer.Option(None, help="run folder (checkpoints, state.json, curves, model card)"),
     resume: Optional[Path] = typer.Option(None, help="continue the run in this folder where it stopped"),
-    arch: str = typer.Option("unet-dropout", help="architecture name (see `hemaseg models`); cells: also maskrcnn"),
+    arch: Optional[str] = typer.Option(None, help="architecture name (see `hemaseg models`; default unet-dropout); "
+                                                 "cells: also maskrcnn"),
     epochs: Optional[int] = typer.Option(None, help="default: the task's (wbc 200, nuclei 80)"),
     batch_size: Optional[int] = typer.Option(None, help="default: the task's (wbc 16, nuclei 8)"),
     lr: Optional[float] = typer.Option(None, help="peak learning rate (default 2e-3)"),
     crop: Optional[int] = typer.Option(None, help="training crop size in px (wbc 160, nuclei 224; wbc-type input 96)"),
     samples_per_epoch: Optional[int] = typer.Option(None, help="augmented samples per epoch (0: one pass)"),
     patience: Optional[int] = typer.Option(None, help="early stop after this many epochs without improvement"),
-    augment: bool = typer.Option(True, "--augment/--no-augment", help="scale and stain/colour augmentation"),
+    augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="scale and stain/colour augmentation "
+                                                                            "(default: on)"),
     val_fraction: Optional[float] = typer.Option(None, help="validation share (wbc 0.2, nuclei 0.1)"),
-    seed: int = typer.Option(0),
+    seed: Optional[int] = typer.Option(None, help="random seed of the split, augmentation and initialisation (default 0)"),
     threads: int = typer.Option(0, help="torch CPU threads (0: torch's default)"),
     target_images: Optional[str] = typer.Option(None, help="wbc-type: unlabelled images of the lab to adapt to (DANN)"),
-    backbone: str = typer.Option("resnet10-half", help="wbc-type: backbone (resnet10-half, or a timm name; never downloaded)"),
-    normalise_cells: bool = typer.Option(True, "--normalise-cells/--no-normalise-cells",
-                                         help="wbc-type: centre and rescale each crop to its WBC"),
+    backbone: Optional[str] = typer.Option(None, help="wbc-type: backbone (default resnet10-half, or a timm name; "
+                                                    "never downloaded)"),
+    normalise_cells: Optional[bool] = typer.Option(None, "--normalise-cells/--no-normalise-cells",
+                                                   help="wbc-type: centre and rescale each crop to its WBC (default: on)"),
     recipe: Optional[str] = typer.Option(None, help="smear10: 'seed002' = the seed's recipe (lr 1e-3, then 1e-4 "
                                                     "after 5 of 35 epochs, batch 16)"),
     workers: Optional[int] = typer.Option(None, help="data-loader worker processes (smear10 composes its smears "
@@ -237,7 +257,7 @@ def train(
                                                    "epochs, re-augmented each time (faster epochs; default 4)"),
     held_out: Optional[str] = typer.Option(None, help="smear10: split JSON whose 'val' crops stay out of training "
                                                       "(the WBC-type classifier's: benchmarks/splits/wbc-type.json)"),
-    unboxed: str = typer.Option("ignore", help="cells (U-Net): stained pixels outside every box are 'ignore'd by "
+    unboxed: Optional[str] = typer.Option(None, help="cells (U-Net): stained pixels outside every box are 'ignore'd by "
                                                "the loss (learn every cell) or taught as 'background' (learn the "
                                                "boxes as they are; a detector such as maskrcnn always does)"),
     init: Optional[str] = typer.Option(None, help="start from this model's weights (bundled name such as smear10, "
@@ -247,92 +267,26 @@ def train(
     """Train a model on a lab's annotated images; resumable after a kill."""
     import torch
 
-    from hemaseg.models.registry import list_models
-    from hemaseg.train.loop import TASK_DEFAULTS, fit, task_config
-
     _setup_logging(True)
+    spec = _task(task, "TASK")
     if threads:
         torch.set_num_threads(threads)
-    if task == "wbc-type":
-        if init:
-            raise typer.BadParameter("not for wbc-type (fine-tuning starts from a U-Net model)", param_hint="--init")
-        _train_wbc_type(data, out, resume, epochs, batch_size, lr, augment, val_fraction, seed, target_images,
-                        backbone, normalise_cells, patience, crop, samples_per_epoch)
-        return
-    if task not in TASK_DEFAULTS:
-        raise typer.BadParameter(f"trainable tasks: {', '.join(TASK_DEFAULTS)}", param_hint="TASK")
-    arch = {"maskrcnn": "maskrcnn-light"}.get(arch, arch)
-    if unboxed not in ("ignore", "background"):
-        raise typer.BadParameter("ignore or background", param_hint="--unboxed")
     try:
         if resume is not None:
-            saved = json.loads((resume / "state.json").read_text()) if (resume / "state.json").exists() else {}
-            if saved.get("config", {}).get("arch", "").startswith("maskrcnn"):
-                from hemaseg.train.maskrcnn import fit_maskrcnn
-
-                state = fit_maskrcnn(None, resume, resume=True)
-            else:
-                state = fit(None, resume, resume=True)
-            run = resume
+            state, run = spec.fit(None, resume, resume=True), resume
         else:
-            if (not data and task != "smear10") or out is None:
+            if out is None:
                 raise typer.BadParameter("give --data DIR and --out RUN (or --resume RUN)")
-            extra = {}
-            if recipe == "seed002":
-                extra = {"lr": lr or 1e-3, "epochs": epochs or 35, "schedule": "step"}
-                lr, epochs = extra["lr"], extra["epochs"]
-            elif recipe is not None:
-                raise typer.BadParameter("known recipes: seed002", param_hint="--recipe")
-            if arch not in list_models():
-                raise typer.BadParameter(f"unknown architecture; known: {', '.join(list_models())}", param_hint="--arch")
-            arch_kwargs = None if arch == "unet-dropout" else {}
-            if init:
-                from hemaseg.train.loop import init_arch
-
-                arch, arch_kwargs = init_arch(init, task)
-            cfg = task_config(task, data=[str(Path(d).resolve()) for d in data or []], arch=arch,
-                              arch_kwargs=arch_kwargs, epochs=epochs, init=init,
-                              batch_size=batch_size, lr=lr, crop=crop, samples_per_epoch=samples_per_epoch,
-                              patience=patience, augment=augment, val_fraction=val_fraction, seed=seed,
-                              schedule=extra.get("schedule"), workers=workers, reuse=reuse,
-                              held_out=str(Path(held_out).resolve()) if held_out else None,
-                              ignore_unboxed=unboxed == "ignore")
-            if arch.startswith("maskrcnn"):
-                if task != "cells":
-                    raise typer.BadParameter("--arch maskrcnn is for the cells task", param_hint="--arch")
-                if init:
-                    raise typer.BadParameter("fine-tuning starts from a U-Net model, not a detector", param_hint="--init")
-                from hemaseg.train.maskrcnn import fit_maskrcnn
-
-                cfg.batch_size = batch_size or 4
-                state = fit_maskrcnn(cfg, out)
-            else:
-                state = fit(cfg, out)
-            run = out
-    except HemasegError as exc:
-        _fail_error(exc)
-        raise typer.Exit(1) from None
-    typer.echo(f"run {run}: epoch {state['epoch']}, best {state['best_metric']:.4f} at epoch {state['best_epoch']}",
-               err=True)
-
-
-def _train_wbc_type(data, out, resume, epochs, batch_size, lr, augment, val_fraction, seed, target_images,
-                    backbone, normalise_cells, patience, size, samples_per_epoch) -> None:
-    from hemaseg.train.classify import ClassifyConfig, fit_classifier
-
-    try:
-        if resume is not None:
-            state, run = fit_classifier(None, resume, resume=True), resume
-        else:
-            if not data or out is None:
-                raise typer.BadParameter("give --data DIR and --out RUN (or --resume RUN)")
-            given = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "val_fraction": val_fraction,
-                     "patience": patience, "size": size, "samples_per_epoch": samples_per_epoch}
-            cfg = ClassifyConfig(data=[str(Path(d).resolve()) for d in data], augment=augment, seed=seed,
-                                 target_images=str(Path(target_images).resolve()) if target_images else None,
-                                 backbone=backbone, normalise_cells=normalise_cells,
-                                 **{k: v for k, v in given.items() if v is not None})
-            state, run = fit_classifier(cfg, out), out
+            cfg = spec.train_config(
+                data=[str(Path(d).resolve()) for d in data] if data else None, arch=arch, epochs=epochs,
+                batch_size=batch_size, lr=lr, crop=crop, samples_per_epoch=samples_per_epoch, patience=patience,
+                augment=augment, val_fraction=val_fraction, seed=seed, workers=workers, reuse=reuse, init=init,
+                held_out=str(Path(held_out).resolve()) if held_out else None, recipe=recipe, unboxed=unboxed,
+                target_images=str(Path(target_images).resolve()) if target_images else None, backbone=backbone,
+                normalise_cells=normalise_cells)
+            state, run = spec.fit(cfg, out), out
+    except HemasegUsageError as exc:
+        raise typer.BadParameter(exc.reason, param_hint=exc.option) from None
     except HemasegError as exc:
         _fail_error(exc)
         raise typer.Exit(1) from None
@@ -355,10 +309,6 @@ def classify(
 
     import cv2
 
-    from hemaseg.infer.segment import get_model
-    from hemaseg.io.images import IMAGE_SUFFIXES, read_image
-    from hemaseg.io.writers import write_text
-    from hemaseg.wbctype import cell_crop, group_probs, predict_crops
 
     if mode not in (1, 2, 3):
         raise typer.BadParameter("use 1, 2 or 3", param_hint="-m")
@@ -408,12 +358,6 @@ def explain(
     device: str = typer.Option("cpu", help="cpu, cuda or auto"),
 ) -> None:
     """Grad-CAM heat maps and masks (OUT/<stem>_gradcam.png, _gradcam_mask.png) and a t-SNE map (OUT/tsne.png)."""
-    from hemaseg.explain import cam_overlay, features, grad_cam, gradcam_mask, tsne_plot
-    from hemaseg.infer.segment import get_model
-    from hemaseg.io.images import list_images, read_image
-    from hemaseg.io.writers import write_png
-    from hemaseg.wbctype import cell_crop
-
     dev = _device(device)
     try:
         module, card = get_model(model or "wbc-type", dev)
@@ -459,29 +403,17 @@ def evaluate(
 ) -> None:
     """Score a model: wbc Dice/IoU of cell and nucleus; nuclei the DSB metric, AP@0.5/0.75, per modality;
     smear10 pixel accuracy, per-class and mean IoU, confusion matrix."""
-    from hemaseg.evaluation import evaluate as run_evaluate
-    from hemaseg.io.writers import write_json
-
     _setup_logging(False)
+    spec = _task(task, "TASK")
     if method:
-        _check_method(task, method)
+        _check_method(spec, method)
     try:
-        res = run_evaluate(task, data, model or task, split, cell_diameter, _device(device), grid, method)
+        res = spec.evaluate(data, model or spec.default_model, split, cell_diameter, _device(device), grid, method)
     except HemasegError as exc:
         _fail_error(exc)
         raise typer.Exit(1) from None
-    if task in ("nuclei", "smear10"):
-        (_print_nuclei if task == "nuclei" else _print_smear10)(res)
-        if json_out:
-            write_json(json_out, res)
-        return
-    typer.echo(f"{'image':<40} {'dice_cell':>9} {'dice_nuc':>9} {'iou_cell':>9} {'iou_nuc':>9}")
-    for r in res["per_image"]:
-        typer.echo(f"{Path(r['image']).name:<40} {r['dice_cell']:9.4f} {r['dice_nucleus']:9.4f} "
-                   f"{r['iou_cell']:9.4f} {r['iou_nucleus']:9.4f}")
-    m = res["mean"]
-    typer.echo(f"{'MEAN (' + str(res['n_images']) + ' images)':<40} {m['dice_cell']:9.4f} {m['dice_nucleus']:9.4f} "
-               f"{m['iou_cell']:9.4f} {m['iou_nucleus']:9.4f}")
+    for line in spec.table(res):
+        typer.echo(line)
     if json_out:
         write_json(json_out, res)
 
@@ -498,15 +430,10 @@ def crop(
     import csv
     import io
 
-    from hemaseg.classical import hsv_wbc_mask, wbc_crops
-    from hemaseg.io.images import list_images, read_image
-    from hemaseg.io.writers import write_png, write_text
 
     if method not in ("hsv", "model"):
         raise typer.BadParameter("use hsv or model", param_hint="--method")
     if method == "model":
-        from hemaseg.infer.segment import get_model
-        from hemaseg.infer.segment import segment as run_segment
 
         loaded = get_model("wbc", _device(device))
     paths = list_images(images)
@@ -517,7 +444,7 @@ def crop(
 
     def work(path):
         image = read_image(path)
-        instances = hsv_wbc_mask(image)[1] if method == "hsv" else run_segment(image, loaded).instances
+        instances = hsv_wbc_mask(image)[1] if method == "hsv" else segment_wbc(image, loaded).instances
         for k, c in enumerate(wbc_crops(image, instances, margin), start=1):
             x1, y1, x2, y2 = c["box"]
             name = f"{path.stem}_{k}.png"
@@ -550,15 +477,9 @@ def synth(
     first: int = typer.Option(0, help="index of the first image (extends a set: --first 3000 continues --n 3000)"),
     param: Optional[List[str]] = typer.Option(None, "--param", help="synthesis parameter KEY=VALUE (JSON value; "
                                               "repeatable), e.g. dark_background=0.3 or rbc_diameter=[30,60]; "
-                                              "fields of hemaseg.data.synth.SynthConfig"),
+                                              "fields of hemaseg.tasks.smear10.synth.SynthConfig"),
 ) -> None:
     """Synthetic smears (seed 002): image, palette map, class-index map, instance map, JSON labels."""
-    from hemaseg.data.synth import PARTS, compose, image_seed, synth_config, write_smear
-    from hemaseg.data.synth import wbc_crops as cut_wbcs
-    from hemaseg.io.writers import write_png
-    from hemaseg.progress import track
-    from hemaseg.train.smear import held_out_crops, load_bank
-
     _setup_logging(False)
     if part not in PARTS:
         raise typer.BadParameter(f"one of {', '.join(PARTS)}", param_hint="--part")
@@ -591,9 +512,6 @@ def convert(
 ) -> None:
     """Convert annotations between formats: DSB folders, uint16 label PNGs, Kaggle RLE CSV, CVAT for
     images 1.1 XML, COCO JSON (polygons or RLE), Pascal VOC XML, seed-003 results JSON."""
-    from hemaseg.io.convert import CONVERTERS
-    from hemaseg.io.convert import convert as run_convert
-
     if (src, dst) not in CONVERTERS:
         known = ", ".join(f"{a}->{b}" for a, b in sorted(CONVERTERS))
         raise typer.BadParameter(f"no conversion {src}->{dst}; known: {known}", param_hint="--from/--to")
@@ -605,30 +523,9 @@ def convert(
     typer.echo(f"{n} images converted {src} -> {dst}: {out}", err=True)
 
 
-def _print_smear10(res: dict) -> None:
-    m = res["mean"]
-    typer.echo(f"{'class':<16} {'IoU':>7}")
-    for name, v in m["iou"].items():
-        typer.echo(f"{name:<16} {'-' if v is None else f'{v:.4f}':>7}")
-    typer.echo(f"pixel accuracy {m['pixel_accuracy']:.4f}, mean IoU {m['mean_iou']:.4f} ({res['n_images']} images)")
-
-
-def _print_nuclei(res: dict) -> None:
-    typer.echo(f"{'image':<24} {'modality':<13} {'DSB':>6} {'AP50':>6} {'AP75':>6} {'pred':>5} {'true':>5}")
-    for r in res["per_image"]:
-        typer.echo(f"{Path(r['image']).stem[:24]:<24} {r['modality']:<13} {r['dsb']:6.3f} {r['ap50']:6.3f} "
-                   f"{r['ap75']:6.3f} {r['n_pred']:5d} {r['n_true']:5d}")
-    typer.echo("")
-    typer.echo(f"{'subset':<24} {'images':>6} {'DSB':>6} {'AP50':>6} {'AP75':>6} {'s/img':>6}")
-    for name, m in [*res["per_modality"].items(), ("ALL", res["mean"])]:
-        typer.echo(f"{name:<24} {m['n_images']:6d} {m['dsb']:6.3f} {m['ap50']:6.3f} {m['ap75']:6.3f} {m['seconds']:6.2f}")
-
-
 @app.command()
 def models() -> None:
     """List registered architectures and bundled models."""
-    from hemaseg.models.registry import WEIGHTS_DIR, list_models
-
     typer.echo("architectures: " + ", ".join(list_models()))
     for card in sorted(WEIGHTS_DIR.glob("*.json")):
         d = json.loads(card.read_text())
@@ -643,8 +540,6 @@ def models() -> None:
 @app.command()
 def version() -> None:
     """Print the hemaseg version."""
-    from hemaseg import __version__
-
     typer.echo(__version__)
 
 

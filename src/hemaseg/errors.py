@@ -15,3 +15,12 @@ class HemasegInputError(HemasegError):
         self.path = str(path)
         self.reason = reason
         super().__init__(f"{path}: {reason}")
+
+
+class HemasegUsageError(HemasegError):
+    """An option that does not apply or has a bad value; the CLI exits 2 (bad usage) on it."""
+
+    def __init__(self, option: str, reason: str) -> None:
+        self.option = option
+        self.reason = reason
+        super().__init__(f"{option}: {reason}")

@@ -104,17 +104,6 @@ def optics_augs() -> list:
     ]
 
 
-def rescale(image: np.ndarray, factor: float, interpolation: int | None = None) -> np.ndarray:
-    """Resize an image by ``factor`` (area when shrinking, linear when enlarging)."""
-    if abs(factor - 1.0) < 1e-3:
-        return image
-    h, w = image.shape[:2]
-    size = (max(1, round(w * factor)), max(1, round(h * factor)))
-    if interpolation is None:
-        interpolation = cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR
-    return cv2.resize(image, size, interpolation=interpolation)
-
-
 def replace_background(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Put the cell (``mask``, dilated a little) on a new background: a random tint (white, pink,
     yellowish, bluish) with low-frequency texture and grain, as other labs' slides look (seed 003's

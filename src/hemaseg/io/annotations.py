@@ -21,19 +21,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from hemaseg.core.vocabulary import category_of
 from hemaseg.errors import HemasegInputError
+from hemaseg.io.datasets import parse_xml, read_voc
 from hemaseg.io.writers import write_json, write_text
-
-WBC_TYPES = ("neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil")
-CATEGORY_OF = {**{t: "wbc" for t in WBC_TYPES}, "wbc": "wbc", "rbc": "rbc", "healthy rbc": "rbc",
-               "infected rbc": "rbc", "platelet": "platelet", "platelets": "platelet", "thrombocyte": "platelet",
-               "platelet clump": "platelet"}
-
-
-def category_of(class_name: str) -> str:
-    """Group (``rbc``, ``wbc``, ``platelet``) of a class name; unknown names are their own group."""
-    n = class_name.strip().lower()
-    return CATEGORY_OF.get(n, n)
 
 
 def mask_record(mask: np.ndarray, class_name: str, score: float = 1.0, offset: tuple[int, int] = (0, 0)) -> dict | None:
@@ -121,8 +112,6 @@ def write_cvat(path: str | Path, entries: list[dict], labels: list[str] | None =
 
 def read_cvat(path: str | Path) -> list[dict]:
     """Entries of a CVAT for images 1.1 XML (polygons; boxes become 4-corner polygons)."""
-    from hemaseg.io.datasets import parse_xml
-
     root = parse_xml(path, "CVAT XML")
     entries = []
     for img in root.iter("image"):
@@ -225,8 +214,6 @@ def read_coco(path: str | Path) -> list[dict]:
 def read_voc_entry(path: str | Path) -> dict:
     """A Pascal VOC XML as an entry (boxes as 4-corner polygons; class names lower case, BCCD's
     ``Platelets`` as ``platelet``)."""
-    from hemaseg.io.datasets import parse_xml, read_voc
-
     root = parse_xml(path, "VOC XML")
     size = root.find("size")
     h = int(size.findtext("height", "0")) if size is not None else 0

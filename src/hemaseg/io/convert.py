@@ -17,10 +17,11 @@ from typing import Callable
 import numpy as np
 
 from hemaseg.errors import HemasegInputError
+from hemaseg.io import annotations as A
 from hemaseg.io.datasets import find_dsb, read_dsb_masks
-from hemaseg.io.images import read_mask
+from hemaseg.io.images import image_size, read_mask
 from hemaseg.io.rle import labels_to_rles, rles_to_labels
-from hemaseg.io.writers import write_png, write_text
+from hemaseg.io.writers import write_json, write_png, write_text
 
 CONVERTERS: dict[tuple[str, str], Callable[[Path, Path], int]] = {}
 RLE_HEADER = ["ImageId", "EncodedPixels", "Height", "Width"]
@@ -46,7 +47,6 @@ def _dsb_labels(root: Path) -> list[tuple[str, np.ndarray]]:
     samples = find_dsb(root)
     if not samples:
         raise HemasegInputError(root, "no DSB samples (<id>/images/<id>.png with <id>/masks/)")
-    from hemaseg.io.images import image_size
 
     return [(p.image.stem, read_dsb_masks(p.mask, image_size(p.image))) for p in samples]
 
@@ -141,7 +141,6 @@ def labels_to_dsb(inp: Path, out: Path) -> int:
 
 # ---------------------------------------------------------------- object annotations (CVAT, COCO, VOC, results)
 def _entries(fmt: str, inp: Path) -> list[dict]:
-    from hemaseg.io import annotations as A
 
     if fmt == "cvat":
         return A.read_cvat(inp)
@@ -158,7 +157,6 @@ def _entries(fmt: str, inp: Path) -> list[dict]:
 
 
 def _write_entries(fmt: str, entries: list[dict], out: Path) -> int:
-    from hemaseg.io import annotations as A
 
     if fmt == "cvat":
         A.write_cvat(out, entries)
@@ -174,7 +172,6 @@ def _write_entries(fmt: str, entries: list[dict], out: Path) -> int:
             stem = Path(e["filename"]).stem
             write_png(out / f"{stem}.png", inst)
             write_png(out / f"{stem}_classes.png", cls)
-        from hemaseg.io.writers import write_json
 
         write_json(out / "classes.json", {"0": "background", **{str(i + 1): n for i, n in enumerate(names)}})
     else:

@@ -267,19 +267,18 @@ def find_smear_pairs(root: str | Path) -> list[tuple[Path, Path]]:
     return out
 
 
-def read_smear_label(path: str | Path) -> np.ndarray:
-    """A smear10 label file -> (H, W) uint8 class indices (``classes/`` index PNG or palette colour map)."""
-    from hemaseg.tasks import SMEAR10
-
+def read_smear_label(path: str | Path, palette: dict[int, tuple[int, int, int]]) -> np.ndarray:
+    """A seed-002 label file -> (H, W) uint8 class indices (``classes/`` index PNG, or a colour map
+    read with ``palette``, class index -> RGB)."""
     path = Path(path)
     if path.parent.name == "classes":
         return read_mask(path).astype(np.uint8)
-    return read_colour_map(path, SMEAR10.colors)
+    return read_colour_map(path, palette)
 
 
-def read_smear_pairs(root: str | Path) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(image, class map) arrays of a seed-002 folder."""
-    return [(read_image(i), read_smear_label(m)) for i, m in find_smear_pairs(root)]
+def read_smear_pairs(root: str | Path, palette: dict[int, tuple[int, int, int]]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(image, class map) arrays of a seed-002 folder (colour maps read with ``palette``)."""
+    return [(read_image(i), read_smear_label(m, palette)) for i, m in find_smear_pairs(root)]
 
 
 def read_smear_labels(path: str | Path) -> list[dict]:

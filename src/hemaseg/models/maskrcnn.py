@@ -7,6 +7,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
+from hemaseg.models.classifier import make_backbone
 from hemaseg.models.registry import register_model
 
 
@@ -18,7 +19,6 @@ class _Body(nn.Module):
         super().__init__()
         from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 
-        from hemaseg.models.classifier import make_backbone
 
         net = make_backbone(backbone, norm)
         self.stem = nn.Sequential(net.conv1, net.bn1, net.act1, net.maxpool)

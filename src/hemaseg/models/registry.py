@@ -1,20 +1,23 @@
-"""Model registry: name -> constructor, and model cards (safetensors + JSON)."""
+"""Model registry (a leaf: model families register into it, as timm's do; the package's
+``__init__`` imports every family): name -> constructor, and model cards (safetensors + JSON)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Callable
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from hemaseg.errors import HemasegInputError
+from hemaseg.io.writers import atomic_path, write_json
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 
 
 def register_model(name: str) -> Callable:
     """Decorator adding a constructor to the registry under ``name``."""
-
     def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         _MODELS[name] = fn
         return fn
@@ -24,20 +27,14 @@ def register_model(name: str) -> Callable:
 
 def list_models() -> list[str]:
     """Names of the registered architectures."""
-    _ensure_loaded()
     return sorted(_MODELS)
 
 
 def create_model(name: str, **kwargs) -> nn.Module:
     """Build the architecture ``name`` with ``kwargs`` (random initialisation)."""
-    _ensure_loaded()
     if name not in _MODELS:
         raise KeyError(f"unknown architecture {name!r}; known: {', '.join(sorted(_MODELS))}")
     return _MODELS[name](**kwargs)
-
-
-def _ensure_loaded() -> None:
-    from hemaseg.models import classifier, maskrcnn, unet  # noqa: F401  (register on import)
 
 
 # ---- model cards ---------------------------------------------------------------------------
@@ -47,10 +44,6 @@ WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
 def save_model(model: nn.Module, path: str | Path, card: dict) -> tuple[Path, Path]:
     """Write ``path``.safetensors and ``path``.json (the model card), atomically."""
-    from safetensors.torch import save_file
-
-    from hemaseg.io.writers import atomic_path, write_json
-
     path = Path(path)
     st = path.with_suffix(".safetensors")
     with atomic_path(st) as tmp:
@@ -80,8 +73,6 @@ def resolve_model_path(name_or_path: str | Path) -> Path:
 def load_card(name_or_path: str | Path) -> tuple[Path, dict]:
     """(safetensors path, model card) of a bundled name, a safetensors file or a run folder,
     without loading the weights."""
-    import json
-
     st = resolve_model_path(name_or_path)
     card_path = st.with_suffix(".json")
     if not card_path.exists():
@@ -99,8 +90,6 @@ def load_card(name_or_path: str | Path) -> tuple[Path, dict]:
 
 def load_model(name_or_path: str | Path, device: str = "cpu") -> tuple[nn.Module, dict]:
     """Load a model and its card from a bundled name, a safetensors file or a run folder."""
-    from safetensors.torch import load_file
-
     st, card = load_card(name_or_path)
     arch = card["architecture"]
     model = create_model(arch["name"], **arch.get("kwargs", {}))

@@ -1,0 +1,23 @@
+"""The result type every segmentation returns (numpy only)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Segmentation:
+    """Result of :func:`hemaseg.segment` for one image (any task)."""
+
+    classes: np.ndarray  # (H, W) uint8 class indices of the task
+    instances: np.ndarray  # (H, W) int32 instance labels 1..N (0 background)
+    probs: np.ndarray  # (K, H, W) float32 class probabilities
+    cell_diameter: float  # px in the input image (given or estimated)
+    scale: float  # factor the image was resized by before the network
+    objects: list[dict] = field(default_factory=list)
+
+    @property
+    def count(self) -> int:
+        """Number of instances found."""
+        return len(self.objects)

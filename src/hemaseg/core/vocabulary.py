@@ -1,0 +1,26 @@
+"""The words every task and file format shares: cell categories and WBC type names, defined once.
+
+Each task keeps its own class *order* (fixed by its weights or its file contract) but spells
+the names as here.
+"""
+from __future__ import annotations
+
+CATEGORIES = ("rbc", "wbc", "platelet")  # what a lab counts; class index k + 1 in the cells task
+# The five WBC types in the order of counts.csv and the report (DESIGN.md).
+WBC_TYPES = ("neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil")
+# Seed 004's 2-class grouping of the types.
+MONONUCLEAR = ("monocyte", "lymphocyte")
+POLYNUCLEAR = ("neutrophil", "eosinophil", "basophil")
+CATEGORY_OF = {**{t: "wbc" for t in WBC_TYPES}, "wbc": "wbc", "rbc": "rbc", "healthy rbc": "rbc",
+               "infected rbc": "rbc", "platelet": "platelet", "platelets": "platelet", "thrombocyte": "platelet",
+               "platelet clump": "platelet"}
+
+
+def category_of(class_name: str) -> str:
+    """Group (``rbc``, ``wbc``, ``platelet``) of a class name; unknown names are their own group.
+
+    >>> category_of("Neutrophil"), category_of("platelet clump"), category_of("ghost")
+    ('wbc', 'platelet', 'ghost')
+    """
+    n = class_name.strip().lower()
+    return CATEGORY_OF.get(n, n)

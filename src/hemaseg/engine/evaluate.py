@@ -1,0 +1,130 @@
+"""Evaluation plumbing every task shares: find the annotated images, run the model (or a classical
+method) on each, score with the task's ``score`` hook, means, a worst-case grid, a plain table."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from hemaseg.engine.predict import get_model
+from hemaseg.errors import HemasegInputError
+from hemaseg.io.datasets import Pair
+from hemaseg.io.images import read_image
+from hemaseg.io.writers import atomic_path, overlay
+from hemaseg.progress import track
+
+
+def select_split(pairs: list[Pair], split_file: str | Path, part: str = "val") -> list[Pair]:
+    """Keep the pairs whose image file name is listed in ``part`` of a split.json."""
+    d = json.loads(Path(split_file).read_text())
+    if part not in d:
+        raise HemasegInputError(split_file, f"split file has no {part!r} list")
+    names = {Path(entry[0] if isinstance(entry, list) else entry).name for entry in d[part]}
+    chosen = [p for p in pairs if p.image.name in names]
+    if not chosen:
+        raise HemasegInputError(split_file, f"none of its {part!r} images are in the data folder")
+    return chosen
+
+
+def _score_each(pairs: list[Pair], load, run, score) -> list[dict]:
+    """One row per pair: ``score(seg, target, image)`` plus the image, seconds, diameter and scale."""
+    rows = []
+    for pair in track(pairs, "evaluate"):
+        image, target = load(pair)
+        t0 = time.perf_counter()
+        seg = run(image)
+        seconds = time.perf_counter() - t0
+        rows.append({"image": str(pair.image), **score(seg, target, image), "seconds": seconds,
+                     "cell_diameter": seg.cell_diameter, "scale": seg.scale})
+    return rows
+
+
+def runner(task, model, cell_diameter: float | None = None, device: str = "cpu", method: str | None = None):
+    """image -> Segmentation of ``task``: by ``model`` (loaded once) or by a classical ``method``."""
+    if method:
+        return lambda image: task.segment_classical(image, method)
+    loaded = get_model(model or task.default_model, device)
+    return lambda image: task.segment(image, loaded, cell_diameter=cell_diameter, device=device)
+
+
+def means(rows: list[dict], keys: list[str]) -> dict[str, float]:
+    """Mean of each of ``keys`` over ``rows`` (empty when there are no rows)."""
+    return {k: float(np.mean([r[k] for r in rows])) for k in keys} if rows else {}
+
+
+def evaluate_pairs(task, data: list, model=None, split: str | Path | None = None,
+                   cell_diameter: float | None = None, device: str = "cpu", grid: Path | None = None,
+                   method: str | None = None) -> dict:
+    """Evaluate ``model`` (or a classical ``method``) on the annotated pairs under ``data`` found by
+    the task's ``find_samples`` (optionally only a split's val list), each scored by ``task.score``;
+    ``grid`` is a PNG of the worst images. Returns {task, model, n_images, mean, per_image, ...}
+    plus what ``task.summarise(rows)`` adds (e.g. means per modality)."""
+    pairs = [p for d in data for p in task.find_samples(d)]
+    if not pairs:
+        raise HemasegInputError(", ".join(map(str, data)), "no annotated images found")
+    if split:
+        pairs = select_split(pairs, split)
+    run = runner(task, model, cell_diameter, device, method)
+    rows = _score_each(pairs, task.load_sample, run,
+                       lambda seg, target, image: {**task.score(seg, target, image), "_pred": (seg.classes, seg.instances)})
+    keys = [k for k in (task.mean_keys or [k for k, v in rows[0].items() if isinstance(v, float)])]
+    if "seconds" not in keys:
+        keys.append("seconds")
+    if grid is not None and rows:
+        for r, p in zip(rows, pairs):
+            r["_target"] = task.load_sample(p)[1]
+        worst_grid(task, rows, grid)
+    per_image = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
+    res = {"task": task.name, "model": f"classical:{method}" if method else str(model or task.default_model),
+           "n_images": len(rows), "mean": means(rows, keys), "per_image": per_image}
+    res.update(task.summarise(rows, keys))
+    return res
+
+
+def worst_grid(task, rows: list[dict], path: Path, n: int = 6) -> Path:
+    """PNG grid of the ``n`` worst images (lowest ``task.headline``): input | ground truth |
+    prediction (``task.panels``), the scores in the title."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    worst = sorted(rows, key=task.headline)[:n]
+    fig, axes = plt.subplots(len(worst), 3, figsize=(7.5, 2.5 * len(worst)), squeeze=False)
+    for ax_row, r in zip(axes, worst):
+        image = read_image(r["image"])
+        panels = [image, *task.panels(image, r["_target"], r["_pred"])]
+        titles = [Path(r["image"]).name[:24], "ground truth", task.row_title(r)]
+        for ax, p, t in zip(ax_row, panels, titles):
+            ax.imshow(p)
+            ax.set_title(t, fontsize=8)
+            ax.axis("off")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=60)
+    plt.close(fig)
+    return path
+
+
+def class_panels(image: np.ndarray, target: np.ndarray, pred, colors: dict) -> list[np.ndarray]:
+    """Ground truth and prediction ((classes, instances) of a Segmentation) as class overlays."""
+    return [overlay(image, target, colors), overlay(image, pred[0], colors)]
+
+
+def instance_panels(image: np.ndarray, target: np.ndarray, pred, colors: dict) -> list[np.ndarray]:
+    """Ground-truth and predicted instance labels as outlined overlays."""
+    return [overlay(image, (target > 0).astype(np.uint8), colors, instances=target),
+            overlay(image, (pred[1] > 0).astype(np.uint8), colors, instances=pred[1])]
+
+
+def plain_table(res: dict) -> list[str]:
+    """Lines of a per-image table of the mean keys, then the mean row."""
+    keys = [k for k in res["mean"] if k != "seconds"]
+    lines = [f"{'image':<40} " + " ".join(f"{k[:9]:>9}" for k in keys)]
+    for r in res["per_image"]:
+        lines.append(f"{Path(r['image']).name[:40]:<40} " + " ".join(f"{r[k]:9.4f}" for k in keys))
+    lines.append(f"{'MEAN (' + str(res['n_images']) + ' images)':<40} "
+                 + " ".join(f"{res['mean'][k]:9.4f}" for k in keys))
+    return lines

@@ -1,0 +1,58 @@
+"""Model loading (cached) and whole-image prediction: normalise -> resize -> tile -> stitch ->
+back to the input's size. Every task's inference goes through :func:`predict_probs`."""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from hemaseg.core.resize import rescale, resize_probs
+from hemaseg.data.transforms import normalize, percentile_range
+from hemaseg.engine.tiling import DEFAULT_OVERLAP, DEFAULT_TILE, predict_tiled
+from hemaseg.models.registry import load_model
+
+
+@lru_cache(maxsize=8)
+def _cached_model(name: str, device: str):
+    return load_model(name, device)
+
+
+def get_model(model, device: str = "cpu"):
+    """Return (module, card) for a model name/path, or pass a (module, card) tuple through."""
+    if isinstance(model, tuple):
+        return model
+    return _cached_model(str(model), device)
+
+
+def card_range(card: dict, image: np.ndarray) -> np.ndarray:
+    """(2, C) percentile range of ``image`` as the model card's normalisation asks."""
+    norm = card.get("normalization", {})
+    return percentile_range(image, norm.get("low", 1.0), norm.get("high", 99.0))
+
+
+def predict_probs(module: torch.nn.Module, card: dict, image: np.ndarray, factor: float = 1.0,
+                  tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP, prange: np.ndarray | None = None,
+                  invert: bool = False, tta: bool = False) -> np.ndarray:
+    """Class probabilities of ``image`` (H, W, 3) uint8 resized by ``factor``, back at (K, H, W) float32.
+
+    ``invert`` flips the normalised intensities (bright-background images for the nuclei model);
+    ``tta`` averages the predictions of the image and its three flips (4x the time)."""
+    if tta:
+        views = [(slice(None), slice(None)), (slice(None, None, -1), slice(None)),
+                 (slice(None), slice(None, None, -1)), (slice(None, None, -1), slice(None, None, -1))]
+        acc = None
+        for vy, vx in views:
+            p = predict_probs(module, card, np.ascontiguousarray(image[vy, vx]), factor, tile, overlap, prange, invert)
+            p = p[:, vy, vx]
+            acc = p if acc is None else acc + p
+        return acc / len(views)
+    norm = card.get("normalization", {})
+    low, high = norm.get("low", 1.0), norm.get("high", 99.0)
+    if prange is None:
+        prange = percentile_range(image, low, high)
+    small = rescale(image, factor)
+    stride = int(getattr(module, "stride", 32))
+    probs = predict_tiled(module, small, tile=tile, overlap=overlap, stride=stride,
+                          preprocess=lambda t: normalize(t, prange=prange, invert=invert))
+    return resize_probs(probs, image.shape[:2])

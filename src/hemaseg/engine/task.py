@@ -1,0 +1,208 @@
+"""What a task is to the engine: a class whose attributes say what it predicts and how its labels
+look on disk, and whose methods are the hooks the engine, the evaluation and the command line
+call. A task module subclasses :class:`Task`, overrides the hooks it needs and registers one
+instance (:func:`hemaseg.tasks.register_task`); nothing outside its module compares its name.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from hemaseg.core.result import Segmentation
+from hemaseg.engine.evaluate import class_panels, evaluate_pairs, plain_table
+from hemaseg.engine.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
+from hemaseg.engine.train import TrainConfig, fit, init_arch, pair_data, task_config
+from hemaseg.errors import HemasegInputError, HemasegUsageError
+from hemaseg.io.datasets import Pair, find_pairs
+from hemaseg.io.images import read_image, read_mask
+from hemaseg.metrics import confusion_matrix, semantic_scores
+from hemaseg.models.registry import list_models
+
+
+def params_from_card(params_class: type, card: dict | None = None, task_name: str = "", **overrides):
+    """A post-processing parameters dataclass: its defaults, then the model card's ``"postprocess"``
+    entry (as StarDist keeps thresholds beside the weights), then ``overrides`` (None values
+    ignored). Unknown names raise :class:`ValueError` naming them and the known ones."""
+    given = {**(card or {}).get("postprocess", {}), **{k: v for k, v in overrides.items() if v is not None}}
+    known = {f.name for f in dataclasses.fields(params_class)}
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise ValueError(f"{task_name or params_class.__name__} has no post-processing parameter "
+                         f"{', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return params_class(**given)
+
+
+# Training options every trainable task takes (``hemaseg train``); tasks add theirs in ``train_options``.
+COMMON_TRAIN_OPTIONS = ("data", "epochs", "batch_size", "lr", "crop", "samples_per_epoch", "patience", "augment",
+                        "val_fraction", "seed")
+ARCH_ALIASES = {"maskrcnn": "maskrcnn-light"}
+
+
+def check_options(task_name: str, given: dict, accepted) -> None:
+    """:class:`HemasegUsageError` for the first of ``given`` (non-None options) not in ``accepted``."""
+    for k in given:
+        if k not in accepted:
+            raise HemasegUsageError("--" + k.replace("_", "-"), f"not an option of task {task_name}")
+
+
+class Task:
+    """Base class of every task. Attributes describe the task; methods are its hooks.
+
+    Attributes
+    ----------
+    name : the name users type (``segment --task NAME``, ``train NAME``, ``evaluate NAME``).
+    classes : the network's classes, index = class index.
+    label_values : value written to the label PNG for each class index.
+    colors : overlay colour (RGB) per class index.
+    default_model : bundled model used when none is given.
+    description : one line for help texts.
+    depends : names of the tasks this one uses (the layer test checks its imports against it).
+    classical_methods : names of the classical methods :meth:`segment_classical` accepts.
+    Params : dataclass of the post-processing parameters (None: the task has none); defaults
+        are overridden by the model card's ``"postprocess"`` entry, then by the caller.
+    train_defaults : :class:`hemaseg.engine.train.TrainConfig` fields that differ for this task.
+    train_options : ``hemaseg train`` options this task takes besides :data:`COMMON_TRAIN_OPTIONS`.
+    needs_data : training needs ``--data`` (a task that composes its own images does not).
+    supports_tta : ``segment --tta`` (test-time flips) means something for this task's models.
+    nested_loss : the Dice term treats classes as nested regions (cell contains nucleus).
+    """
+
+    name: str = ""
+    classes: tuple[str, ...] = ()
+    label_values: tuple[int, ...] = ()
+    colors: dict[int, tuple[int, int, int]] = {}
+    default_model: str = ""
+    description: str = ""
+    depends: tuple[str, ...] = ()
+    classical_methods: tuple[str, ...] = ()
+    Params: type | None = None
+    train_defaults: dict = {}
+    train_options: tuple[str, ...] = ("arch", "init", "workers")
+    needs_data: bool = True
+    supports_tta: bool = False
+    nested_loss: bool = True
+    mean_keys: tuple[str, ...] = ()  # evaluation scores averaged over images (default: every float score)
+
+    # ---- post-processing parameters -------------------------------------------------------
+
+    def params(self, card: dict | None = None, **overrides):
+        """The task's :attr:`Params`: defaults, then the card's ``"postprocess"``, then ``overrides``
+        (None values ignored). Unknown names raise :class:`ValueError` naming them."""
+        if self.Params is None:
+            return None
+        return params_from_card(self.Params, card, self.name, **overrides)
+
+    # ---- inference ------------------------------------------------------------------------
+
+    @property
+    def can_segment(self) -> bool:
+        """The task has a segmentation model (``hemaseg segment --task NAME``)."""
+        return type(self).segment is not Task.segment
+
+    def segment(self, image: np.ndarray, model, cell_diameter: float | None = None, device: str = "cpu",
+                tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP, tta: bool | None = None,
+                params=None) -> Segmentation:
+        """Segment an (H, W, 3) uint8 image with ``model`` ((module, card) or a name/path)."""
+        raise HemasegInputError(self.name, "this task has no segmentation model")
+
+    def segment_classical(self, image: np.ndarray, method: str) -> Segmentation:
+        """Segment with a classical method of :attr:`classical_methods` (no model)."""
+        raise HemasegInputError(method, f"task {self.name} has no classical methods")
+
+    def label_images(self, seg: Segmentation) -> dict[str, np.ndarray]:
+        """The label files of ``hemaseg segment``: {file-name suffix: array}; "" is ``<stem>.png``."""
+        return {"": np.asarray(self.label_values, np.uint8)[seg.classes]}
+
+    # ---- data -----------------------------------------------------------------------------
+
+    def find_samples(self, root: str | Path) -> list[Pair]:
+        """Annotated (image, label) file pairs under ``root``."""
+        return find_pairs(root)
+
+    def load_sample(self, pair: Pair) -> tuple[np.ndarray, np.ndarray]:
+        """((H, W, 3) uint8 image, (H, W) target): label values mapped to class indices."""
+        image = read_image(pair.image)
+        mask = read_mask(pair.mask, image.shape[:2])
+        lut = np.zeros(max(max(self.label_values), int(mask.max())) + 1, np.uint8)
+        for k, v in enumerate(self.label_values):
+            lut[v] = k
+        return image, lut[mask]
+
+    def target(self, mask: np.ndarray) -> np.ndarray:
+        """Network target of an (augmented) loaded mask: the mask itself by default."""
+        return mask
+
+    # ---- training -------------------------------------------------------------------------
+
+    def train_data(self, cfg, run: Path, state: dict) -> tuple:
+        """(training dataset, validation items, model-card fields) for :func:`hemaseg.engine.train.fit`:
+        by default image/label pairs split once and written to ``run/split.json``."""
+        return pair_data(self, cfg, run, state)
+
+    def fit(self, cfg, run: str | Path, resume: bool = False, progress: bool = True,
+            max_epochs_this_call: int | None = None) -> dict:
+        """Train (``cfg``) or resume (``resume=True``, ``cfg`` None) a run in folder ``run``."""
+        return fit(self, cfg, run, resume, progress, max_epochs_this_call)
+
+    def train_config(self, **options) -> TrainConfig:
+        """The :class:`TrainConfig` of ``hemaseg train``'s options (None: the task's default);
+        :class:`HemasegUsageError` for an option this task does not take or a bad value."""
+        given = {k: v for k, v in options.items() if v is not None}
+        check_options(self.name, given, COMMON_TRAIN_OPTIONS + self.train_options)
+        if self.needs_data and not given.get("data"):
+            raise HemasegUsageError("--data", f"task {self.name} trains on annotated images: give --data DIR")
+        arch = given.pop("arch", "unet-dropout")
+        arch = ARCH_ALIASES.get(arch, arch)
+        if arch not in list_models():
+            raise HemasegUsageError("--arch", f"unknown architecture; known: {', '.join(list_models())}")
+        arch_kwargs = None if arch == "unet-dropout" else {}
+        if given.get("init"):
+            arch, arch_kwargs = init_arch(given["init"], self.name)
+        fields = set(TrainConfig.__dataclass_fields__)
+        return task_config(self, arch=arch, arch_kwargs=arch_kwargs, **{k: v for k, v in given.items() if k in fields})
+
+    def validate(self, probs_of, items: list, cfg, data_card: dict) -> dict[str, float]:
+        """Validation scores during training; ``probs_of(image)`` is the network's (K, H, W)
+        probabilities at native scale. Default: pixel accuracy and mean IoU over all items."""
+        k = len(self.classes)
+        cm = np.zeros((k, k), np.int64)
+        for image, target in items:
+            cm += confusion_matrix(target.ravel(), probs_of(image).argmax(0).ravel(), k)
+        s = semantic_scores(cm)
+        return {"pixel_accuracy": s["pixel_accuracy"], "mean_iou": s["mean_iou"]} if items else {}
+
+    def headline(self, val: dict[str, float]) -> float:
+        """The single validation figure that picks the best checkpoint."""
+        return val["mean_iou"] if val else float("nan")
+
+    # ---- evaluation -----------------------------------------------------------------------
+
+    def score(self, seg: Segmentation, target: np.ndarray, image: np.ndarray) -> dict:
+        """Scores of one prediction against its target (keys ending up in the evaluation table)."""
+        k = len(self.classes)
+        s = semantic_scores(confusion_matrix(target.ravel(), seg.classes.ravel(), k))
+        return {"pixel_accuracy": s["pixel_accuracy"], "mean_iou": s["mean_iou"]}
+
+    def evaluate(self, data: list, model=None, split=None, cell_diameter: float | None = None,
+                 device: str = "cpu", grid: Path | None = None, method: str | None = None) -> dict:
+        """Score ``model`` (or a classical ``method``) on the annotated images under ``data``."""
+        return evaluate_pairs(self, data, model, split, cell_diameter, device, grid, method)
+
+    def summarise(self, rows: list[dict], keys: list[str]) -> dict:
+        """Extra entries of the evaluation result computed from the per-image rows (e.g. per modality)."""
+        return {}
+
+    def panels(self, image: np.ndarray, target: np.ndarray, pred: tuple) -> list[np.ndarray]:
+        """Ground-truth and prediction panels of the worst-case grid; ``pred`` is (classes, instances)."""
+        return class_panels(image, target, pred, self.colors)
+
+    def row_title(self, row: dict) -> str:
+        """Title of a prediction panel in the worst-case grid."""
+        keys = [k for k in (self.mean_keys or row) if isinstance(row.get(k), float) and k != "seconds"][:2]
+        return "pred: " + " ".join(f"{k} {row[k]:.3f}" for k in keys)
+
+    def table(self, res: dict) -> list[str]:
+        """Lines of the evaluation table printed by ``hemaseg evaluate``."""
+        return plain_table(res)

@@ -1,0 +1,411 @@
+"""One training loop with hooks: seeded split on disk, augmentation, Dice+CE, cosine LR, early
+stop, best/last checkpoints with a JSON state, exact resume, curves PNG and a model card.
+
+The loop knows no task: :func:`fit` takes a task object (:class:`hemaseg.engine.task.Task`)
+and calls its hooks: ``train_data`` (dataset, validation items, card fields), ``validate``,
+``headline`` (the figure that picks the best checkpoint), ``nested_loss``, ``classes``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from hemaseg.data.transforms import is_bright_background, normalize, percentile_range, train_transform
+from hemaseg.data.weights import contact_weights
+from hemaseg.engine.losses import dice_ce_loss
+from hemaseg.engine.plots import plot_curves
+from hemaseg.engine.tiling import predict_tiled
+from hemaseg.errors import HemasegInputError
+from hemaseg.io.datasets import Pair
+from hemaseg.io.writers import atomic_path, write_json
+from hemaseg.models.registry import create_model, load_card, load_model, save_model
+from hemaseg.progress import track
+from hemaseg.version import __version__
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs; stored in state.json so ``--resume`` rebuilds the same run."""
+
+    task: str = "wbc"
+    data: list[str] = field(default_factory=list)
+    arch: str = "unet-dropout"
+    arch_kwargs: dict = field(default_factory=lambda: {"widths": [16, 32, 64, 128, 256], "dropout": 0.1, "stem_stride": 2,
+                                                       "norm": "group"})
+    epochs: int = 200
+    batch_size: int = 16
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    crop: int = 160
+    augment: bool = True
+    scale_min: float = 0.5
+    scale_max: float = 2.0
+    samples_per_epoch: int = 480  # 0: one pass over the training images
+    patience: int = 40
+    val_fraction: float = 0.2
+    seed: int = 0
+    norm_low: float = 1.0
+    norm_high: float = 99.0
+    invert_bright: bool = False  # nuclei: invert brightfield/H&E so nuclei are bright as in fluorescence
+    contact_weight: float = 0.0  # nuclei: extra cross-entropy weight where two nuclei touch (0: off)
+    class_balance: bool = False  # per-pixel weights that balance the classes of each training image
+    schedule: str = "cosine"  # or "step" (seed 002: lr, then lr / 10 after the first 1/7 of the epochs)
+    workers: int = 0  # data-loader worker processes (smear10 composes its images in them)
+    reuse: int = 1  # smear10: each composed smear serves this many consecutive epochs (re-augmented each time)
+    # smear10: WBC pixels are learnt as one class (the five types share index 3) and the bundled
+    # WBC-type classifier names each WBC at inference; held_out = a split JSON whose "val" crops
+    # (the classifier's held-out cells) must stay out of the composites' training crops.
+    merge_wbc: bool = False
+    held_out: str = ""
+    # cells: stained pixels outside every box (BCCD leaves many red cells unboxed) are ignored by the
+    # loss (True: the model learns every cell) or taught as background (False: it learns the boxes as
+    # they are, what the VOC metric on BCCD rewards)
+    ignore_unboxed: bool = True
+    # start from this model's weights (a bundled name, a .safetensors file or a run folder) instead of
+    # random ones: fine-tuning on a lab's own images; arch/arch_kwargs must be the model's (init_arch)
+    init: str = ""
+
+
+def init_arch(model: str, task: str) -> tuple[str, dict]:
+    """(architecture name, kwargs without ``classes``) of the model to start from, which must be a
+    ``task`` model (:class:`HemasegInputError` otherwise)."""
+    _, card = load_card(model)
+    if card.get("task") != task:
+        raise HemasegInputError(model, f"a {card.get('task')} model; --init needs a {task} model")
+    kwargs = {k: v for k, v in card["architecture"].get("kwargs", {}).items() if k != "classes"}
+    return card["architecture"]["name"], kwargs
+
+
+def task_config(task, **overrides) -> TrainConfig:
+    """TrainConfig of ``task`` (a task object): its ``train_defaults``, then ``overrides`` (None values ignored)."""
+    kw = {**task.train_defaults, **{k: v for k, v in overrides.items() if v is not None}}
+    return TrainConfig(task=task.name, **kw)
+
+
+def versions() -> dict[str, str]:
+    """Versions of the software a checkpoint was made with."""
+    import albumentations
+
+    return {"hemaseg": __version__, "torch": torch.__version__, "numpy": np.__version__,
+            "albumentations": albumentations.__version__, "python": platform.python_version()}
+
+
+def split_pairs(pairs: list[Pair], val_fraction: float, seed: int) -> tuple[list[Pair], list[Pair]]:
+    """Seeded random split into (train, val)."""
+    order = np.random.default_rng(seed).permutation(len(pairs))
+    n_val = max(1, int(round(len(pairs) * val_fraction))) if len(pairs) > 1 else 0
+    val = sorted((pairs[i] for i in order[:n_val]), key=lambda p: str(p.image))
+    train = sorted((pairs[i] for i in order[n_val:]), key=lambda p: str(p.image))
+    return train, val
+
+
+def read_split(path: Path) -> tuple[list[Pair], list[Pair]]:
+    """Read a split.json written by :func:`write_split`."""
+    d = json.loads(path.read_text())
+    return ([Pair(Path(a), Path(b)) for a, b in d["train"]], [Pair(Path(a), Path(b)) for a, b in d["val"]])
+
+
+def write_split(path: Path, train: list[Pair], val: list[Pair], seed: int) -> None:
+    """Write the split as lists of [image, mask] paths."""
+    write_json(path, {"seed": seed, "train": [[str(p.image), str(p.mask)] for p in train],
+                      "val": [[str(p.image), str(p.mask)] for p in val]})
+
+
+def object_diameters(masks: list[np.ndarray], min_area: int = 20) -> np.ndarray:
+    """Equivalent diameters (px) of the objects in training masks: connected cells (class > 0) of
+    uint8 class masks, instances of uint16 label images."""
+    from skimage.measure import label, regionprops
+
+    ds = []
+    for m in masks:
+        lab = m.astype(np.int32) if m.dtype == np.uint16 else label(m > 0)
+        ds += [r.equivalent_diameter_area for r in regionprops(lab) if r.area >= min_area]
+    return np.asarray(ds, float)
+
+
+def cell_diameter(masks: list[np.ndarray]) -> float:
+    """Median equivalent diameter (px) of the cells (class > 0) or instances in training masks."""
+    ds = object_diameters(masks)
+    return float(np.median(ds)) if len(ds) else 0.0
+
+
+class SegDataset(torch.utils.data.Dataset):
+    """Images and class masks held in memory, augmented and normalised on access."""
+
+    def __init__(self, items: list[tuple[np.ndarray, np.ndarray]], transform, low: float, high: float,
+                 length: int = 0, target=None, invert_bright: bool = False, weights=None) -> None:
+        self.items, self.transform, self.low, self.high = items, transform, low, high
+        self.length = length or len(items)
+        self.target, self.invert_bright, self.weights = target, invert_bright, weights
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int):
+        image, mask = self.items[i % len(self.items)]
+        out = self.transform(image=image, mask=mask)
+        prange = percentile_range(out["image"], self.low, self.high)
+        invert = self.invert_bright and is_bright_background(out["image"], prange)
+        x = normalize(out["image"], prange=prange, invert=invert)
+        y = self.target(out["mask"]) if self.target is not None else out["mask"]
+        sample = (torch.from_numpy(x).permute(2, 0, 1).contiguous(), torch.from_numpy(y.astype(np.int64)))
+        if self.weights is not None:
+            # Weights come from the augmented mask itself (instance labels for nuclei).
+            sample += (torch.from_numpy(self.weights(out["mask"])),)
+        return sample
+
+
+def pair_data(task, cfg: TrainConfig, run: Path, state: dict) -> tuple:
+    """Training dataset, validation items and model-card fields of an image/label-pair task: the
+    task's ``find_samples`` / ``load_sample`` / ``target`` hooks, a seeded split kept in ``run/split.json``."""
+    split_path = run / "split.json"
+    if split_path.exists():
+        train_pairs, val_pairs = read_split(split_path)
+    else:
+        pairs = [p for d in cfg.data for p in task.find_samples(d)]
+        if not pairs:
+            raise HemasegInputError(", ".join(cfg.data), "no image/mask pairs found")
+        train_pairs, val_pairs = split_pairs(pairs, cfg.val_fraction, cfg.seed)
+        write_split(split_path, train_pairs, val_pairs, cfg.seed)
+    train_items = [task.load_sample(p) for p in track(train_pairs, "read training data", leave=False)]
+    val_items = [task.load_sample(p) for p in val_pairs]
+    diams = object_diameters([m for _, m in train_items])
+    diameter = state.get("cell_diameter") or (float(np.median(diams)) if len(diams) else 0.0)
+    state["cell_diameter"] = diameter
+    diameter_range = [float(v) for v in np.percentile(diams, [5, 95])] if len(diams) else []
+
+    transform = train_transform(cfg.crop, cfg.augment, (cfg.scale_min, cfg.scale_max))
+    weights = partial(contact_weights, weight=cfg.contact_weight) if cfg.contact_weight > 0 else None
+    dataset = SegDataset(train_items, transform, cfg.norm_low, cfg.norm_high, cfg.samples_per_epoch,
+                         target=task.target, invert_bright=cfg.invert_bright,
+                         weights=weights)
+    card = {
+        "cell_diameter": diameter,
+        "diameter_range": diameter_range,
+        "training": {"data": cfg.data, "n_train": len(train_items), "n_val": len(val_items), "seed": cfg.seed,
+                     "augment": cfg.augment, "scale_range": [cfg.scale_min, cfg.scale_max], "split": str(split_path)},
+    }
+    return dataset, val_items, card
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: torch.nn.Module, loader) -> None:
+    """Re-estimate BatchNorm running statistics as a plain average over ``loader`` (precise BN).
+
+    The momentum average of the last few heavily augmented batches can sit far from
+    any real image's statistics; averaging over a whole epoch of batches does not.
+    """
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average
+    model.train()
+    # Dropout off: the statistics must be those of the eval-mode network (dropout
+    # before BatchNorm otherwise shifts the variance between training and inference).
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.dropout._DropoutNd):
+            m.eval()
+    for x, _ in loader:
+        model(x)
+    for m, mom in zip(bns, momenta):
+        m.momentum = mom
+    model.eval()
+
+
+def epochs_to_run(state: dict, total: int, max_this_call: int | None = None):
+    """The epochs still to train: from the state's next one to ``total``, until early stopping is
+    flagged or ``max_this_call`` epochs ran (tests use it to simulate a kill)."""
+    done = 0
+    for epoch in range(state["epoch"] + 1, total + 1):
+        if state["stopped_early"] or (max_this_call is not None and done >= max_this_call):
+            return
+        yield epoch
+        done += 1
+
+
+def begin_epoch(seed: int, epoch: int, transform) -> int:
+    """Reseed everything for ``epoch``, so a resumed run draws the same batches as an unbroken one;
+    returns the epoch's seed."""
+    epoch_seed = seed * 100_003 + epoch
+    _seed_all(epoch_seed)
+    transform.set_random_seed(epoch_seed)
+    return epoch_seed
+
+
+def start_or_resume(cfg, config_class, run: Path, resume: bool) -> tuple:
+    """(config, state) of a run: read back from ``run/state.json`` when resuming, else fresh."""
+    state_path = run / "state.json"
+    if resume:
+        if not state_path.exists():
+            raise HemasegInputError(state_path, "no state.json: nothing to resume")
+        state = json.loads(state_path.read_text())
+        return config_class(**state["config"]), state
+    assert cfg is not None
+    run.mkdir(parents=True, exist_ok=True)
+    return cfg, {"config": asdict(cfg), "epoch": 0, "history": [], "best_metric": -1.0, "best_epoch": 0,
+                 "stopped_early": False}
+
+
+def load_last(run: Path, model, optimizer, scheduler) -> None:
+    """Restore the ``last`` checkpoint (weights, optimizer, LR schedule) of a run being resumed."""
+    if not (run / "last.safetensors").exists():
+        return
+    model.load_state_dict(load_file(str(run / "last.safetensors")))
+    opt_state = torch.load(run / "last.optim.pt", weights_only=False)
+    optimizer.load_state_dict(opt_state["optimizer"])
+    scheduler.load_state_dict(opt_state["scheduler"])
+
+
+def _save_checkpoint(run: Path, tag: str, model, optimizer, scheduler, card: dict) -> None:
+    save_model(model, run / tag, card)
+    if tag == "last":
+        with atomic_path(run / "last.optim.pt") as tmp:
+            torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp)
+
+
+def end_epoch(run: Path, state: dict, cfg, epoch: int, lr: float, losses: list[float], val: dict, metric: float,
+              seconds: float, model, optimizer, scheduler, card: dict) -> dict:
+    """Book an epoch: history entry, best/last checkpoints, early-stop flag, state.json, curves, log line."""
+    entry = {"epoch": epoch, "lr": lr, "train_loss": float(np.mean(losses)), **val, "metric": metric,
+             "seconds": round(seconds, 2)}
+    state["history"].append(entry)
+    state["epoch"] = epoch
+    state["lr"] = optimizer.param_groups[0]["lr"]
+    card_now = {**card, "metrics": {"val": val, "epoch": epoch}}
+    if metric > state["best_metric"]:
+        state["best_metric"], state["best_epoch"] = metric, epoch
+        _save_checkpoint(run, "best", model, optimizer, scheduler, card_now)
+    if epoch - state["best_epoch"] >= cfg.patience:
+        state["stopped_early"] = True
+    _save_checkpoint(run, "last", model, optimizer, scheduler, card_now)
+    state["versions"] = versions()
+    write_json(run / "state.json", state)
+    plot_curves(state["history"], run / "curves.png")
+    log.info(f"epoch {epoch}/{cfg.epochs} loss {entry['train_loss']:.4f} "
+             + " ".join(f"{k} {v:.4f}" for k, v in val.items()) + f" lr {lr:.2e} {entry['seconds']:.0f}s")
+    return entry
+
+
+SCORE_PREFIXES = ("dice", "iou", "dsb", "ap", "pixel", "mean_iou", "map")  # validation keys kept in the model card
+
+
+def finish_run(run: Path, state: dict, cfg, model, card: dict) -> None:
+    """When the run is over (all epochs, or stopped early): the shipped model = best weights + card
+    with that epoch's validation figures and the training time; ``state["finished"]``."""
+    if not (state["epoch"] >= cfg.epochs or state["stopped_early"]):
+        return
+    model.load_state_dict(load_file(str(run / "best.safetensors")))
+    best = next(h for h in state["history"] if h["epoch"] == state["best_epoch"])
+    card["training"]["minutes"] = round(sum(h["seconds"] for h in state["history"]) / 60, 1)
+    save_model(model, run / "model", {**card, "metrics": {"val": {k: best[k] for k in best if k.startswith(SCORE_PREFIXES)},
+                                                           "epoch": state["best_epoch"]}})
+    state["finished"] = True
+    write_json(run / "state.json", state)
+
+
+def predict_native(model: torch.nn.Module, image: np.ndarray, low: float, high: float, stride: int,
+                   invert_bright: bool = False) -> np.ndarray:
+    """(K, H, W) probabilities of ``model`` on an image at its native scale, normalised as in training
+    (tiled with the engine's one default tile size)."""
+    prange = percentile_range(image, low, high)
+    invert = invert_bright and is_bright_background(image, prange)
+    return predict_tiled(model, normalize(image, prange=prange, invert=invert), stride=stride)
+
+
+def fit(task, cfg: TrainConfig | None, run: str | Path, resume: bool = False, progress: bool = True,
+        max_epochs_this_call: int | None = None) -> dict:
+    """Train (or resume) a run of ``task`` (a task object) in folder ``run``; returns the final state dict.
+
+    ``max_epochs_this_call`` stops early after that many epochs (used by tests to
+    simulate a killed run that is later resumed).
+    """
+    run = Path(run)
+    cfg, state = start_or_resume(cfg, TrainConfig, run, resume)
+    if cfg.task != task.name:
+        raise HemasegInputError(run, f"a {cfg.task} run, not a {task.name} run")
+    dataset, val_items, data_card = task.train_data(cfg, run, state)
+    _seed_all(cfg.seed)
+    # channels-last: ~12 % faster convolutions on CPU (the weights are saved contiguous as always)
+    model = create_model(cfg.arch, classes=len(task.classes), **cfg.arch_kwargs).to(memory_format=torch.channels_last)
+    stride = int(getattr(model, "stride", 32))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.schedule == "step":  # seed 002: lr for the first 1/7 of the epochs (5 of 35), then lr / 10
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[max(1, round(cfg.epochs / 7))], gamma=0.1)
+    else:
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs, eta_min=cfg.lr * 0.01)
+    if resume:
+        load_last(run, model, optimizer, scheduler)
+    elif cfg.init:
+        start, _ = load_model(cfg.init)
+        try:
+            model.load_state_dict(start.state_dict())
+        except RuntimeError as exc:
+            raise HemasegInputError(cfg.init, f"weights do not fit {cfg.arch} {cfg.arch_kwargs} ({exc})") from None
+
+    card = {
+        "name": f"{task.name}-{cfg.arch}",
+        "task": task.name,
+        "classes": list(task.classes),
+        "label_values": list(task.label_values),
+        "architecture": {"name": cfg.arch, "kwargs": {"classes": len(task.classes), **cfg.arch_kwargs}},
+        "normalization": {"type": "percentile", "low": cfg.norm_low, "high": cfg.norm_high, "per_channel": True,
+                          "invert_bright": cfg.invert_bright},
+        **data_card,
+        "versions": versions(),
+    }
+
+    def probs_of(image: np.ndarray) -> np.ndarray:
+        return predict_native(model, image, cfg.norm_low, cfg.norm_high, stride, cfg.invert_bright)
+
+    for epoch in epochs_to_run(state, cfg.epochs, max_epochs_this_call):
+        t0 = time.time()
+        begin_epoch(cfg.seed, epoch, dataset.transform)
+        dataset.epoch = epoch
+        if hasattr(dataset, "prepare"):
+            dataset.prepare(cfg.workers + 1 if cfg.workers else 0)  # smear10 with reuse: compose a block's smears once
+        loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True,
+                                             drop_last=len(dataset) > cfg.batch_size, num_workers=cfg.workers,
+                                             persistent_workers=False)
+        model.train()
+        losses = []
+        bar = track(loader, f"epoch {epoch}/{cfg.epochs}", leave=False) if progress else loader
+        for x, y, *w in bar:
+            x = x.contiguous(memory_format=torch.channels_last)
+            loss = dice_ce_loss(model(x), y, nested=task.nested_loss, weight=w[0] if w else None)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+            if hasattr(bar, "set_postfix"):
+                bar.set_postfix(loss=f"{np.mean(losses):.4f}")
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+        recalibrate_batchnorm(model, loader)
+        model.eval()
+        val = task.validate(probs_of, val_items, cfg, data_card) if val_items else {}
+        metric = task.headline(val) if val else -float(np.mean(losses))
+        end_epoch(run, state, cfg, epoch, lr, losses, val, metric, time.time() - t0, model, optimizer, scheduler, card)
+
+    finish_run(run, state, cfg, model, card)
+    return state

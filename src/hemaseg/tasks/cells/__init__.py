@@ -1,0 +1,100 @@
+"""The ``cells`` task (seed 003 chapter 5): every RBC, WBC and platelet of a smear photo as an
+instance, for counting. Two backends: a U-Net predicting each category's cell interior plus a
+shared cell edge and each cell's core (watershed from the cores), and a small Mask R-CNN.
+
+- :mod:`.targets`: boxes -> pseudo-masks, encoded instance maps, network targets;
+- :mod:`.infer`: whole photos (red-cell size check, instances, boxes drawn as the training
+  annotations drew them), both backends;
+- :mod:`.train`: training data and the box metric (VOC AP@0.5);
+- :mod:`.maskrcnn`: the detector's own training loop.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from hemaseg.core.result import Segmentation
+from hemaseg.engine.task import Task
+from hemaseg.engine.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
+from hemaseg.engine.train import TrainConfig, fit
+from hemaseg.errors import HemasegUsageError
+from hemaseg.tasks.cells.infer import CellsParams, cell_instances, segment_cells
+from hemaseg.tasks.cells.maskrcnn import fit_maskrcnn
+from hemaseg.tasks.cells.targets import CLASSES, LABEL_VALUES
+from hemaseg.tasks.cells.train import cells_data, score_instances
+from hemaseg.tasks.registry import register_task
+
+DEPENDS: tuple[str, ...] = ()
+
+
+class CellsTask(Task):
+    """RBC, WBC and platelet instances of whole smear photos (BCCD pseudo-masks)."""
+
+    name = "cells"
+    classes = CLASSES
+    label_values = LABEL_VALUES
+    colors = {1: (220, 40, 40), 2: (40, 90, 255), 3: (250, 200, 0)}
+    default_model = "cells"
+    description = "RBC, WBC and platelet instances of whole smear photos (BCCD pseudo-masks)"
+    depends = DEPENDS
+    Params = CellsParams
+    train_defaults = {
+            # BCCD photos at train.cells.INPUT_SCALE (0.5x: red cells ~43 px); 0.6-1.6x scale augmentation.
+            "arch_kwargs": {"widths": [16, 32, 64, 128, 256], "dropout": 0.1, "stem_stride": 2, "norm": "group"},
+            "epochs": 60, "batch_size": 8, "lr": 2e-3, "crop": 224, "samples_per_epoch": 400, "patience": 100,
+            "val_fraction": 0.2, "scale_min": 0.6, "scale_max": 1.6, "class_balance": True,
+        }
+
+    def segment(self, image, model, cell_diameter=None, device="cpu", tile=DEFAULT_TILE, overlap=DEFAULT_OVERLAP,
+                tta=None, params=None) -> Segmentation:
+        return segment_cells(image, model, cell_diameter, device, tile, overlap, params)
+
+    def label_images(self, seg: Segmentation) -> dict[str, np.ndarray]:
+        # Instances (0 background, 1..N, as nuclei) and the category of each pixel (1 rbc, 2 wbc, 3 platelet).
+        return {"": seg.instances.astype(np.uint16), "_classes": seg.classes.astype(np.uint8)}
+
+    def train_data(self, cfg, run: Path, state: dict) -> tuple:
+        return cells_data(cfg, run, state)
+
+    def validate(self, probs_of, items: list, cfg, data_card: dict) -> dict[str, float]:
+        diameter = float(data_card.get("cell_diameter") or 0)
+        return score_instances(items, lambda image: cell_instances(probs_of(image), diameter),
+                               data_card.get("box_scale")) if items else {}
+
+    def headline(self, val: dict[str, float]) -> float:
+        return val["map50"] if val else float("nan")
+
+    train_options = ("arch", "init", "workers", "unboxed")
+
+    def train_config(self, unboxed: str | None = None, **options) -> TrainConfig:
+        """As :meth:`Task.train_config`; ``unboxed``: stained pixels outside every box are
+        ``"ignore"``d by the loss (default) or taught as ``"background"``; ``arch="maskrcnn"`` trains
+        the detector (batch 4 by default; it cannot start from a U-Net's weights)."""
+        if unboxed not in (None, "ignore", "background"):
+            raise HemasegUsageError("--unboxed", "ignore or background")
+        if options.get("arch") in ("maskrcnn", "maskrcnn-light") and options.get("init"):
+            raise HemasegUsageError("--init", "fine-tuning starts from a U-Net model, not a detector")
+        cfg = super().train_config(**options)
+        cfg = replace(cfg, ignore_unboxed=unboxed != "background")
+        if cfg.arch.startswith("maskrcnn") and options.get("batch_size") is None:
+            cfg = replace(cfg, batch_size=4)
+        return cfg
+
+    def fit(self, cfg, run: str | Path, resume: bool = False, progress: bool = True,
+            max_epochs_this_call: int | None = None) -> dict:
+        """U-Net runs train in the engine's loop; ``arch`` maskrcnn runs in the detector's own."""
+        arch = cfg.arch if cfg is not None else _saved_arch(Path(run))
+        if arch.startswith("maskrcnn"):
+            return fit_maskrcnn(cfg, run, resume, progress, max_epochs_this_call)
+        return fit(self, cfg, run, resume, progress, max_epochs_this_call)
+
+
+def _saved_arch(run: Path) -> str:
+    state = run / "state.json"
+    return json.loads(state.read_text()).get("config", {}).get("arch", "") if state.exists() else ""
+
+
+CELLS = register_task(CellsTask())

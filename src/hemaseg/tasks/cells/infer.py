@@ -1,0 +1,342 @@
+"""Every RBC, WBC and platelet of a smear photo as an instance: red-cell size check, tiled
+prediction of class interiors + cell edges, a watershed per class."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+import torch
+from skimage.segmentation import watershed
+
+from hemaseg.core.labels import instance_objects, measure_diameter, relabel
+from hemaseg.core.resize import clamp_factor, rescale, resize_probs
+from hemaseg.core.result import Segmentation
+from hemaseg.core.vocabulary import CATEGORIES
+from hemaseg.engine.predict import card_range, get_model, predict_probs
+from hemaseg.engine.task import params_from_card
+from hemaseg.engine.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
+from hemaseg.tasks.cells.targets import CENTRE, EDGE
+
+# Typical diameter of each category relative to a red cell (BCCD boxes: WBC ~1.9, platelet ~0.4);
+# sets the smallest object kept.
+RELATIVE_SIZE = {"rbc": 1.0, "wbc": 1.6, "platelet": 0.35}
+MIN_AREA_FRACTION = 0.15  # of the area of a typical object of its category
+
+
+@dataclass
+class CellsParams:
+    """Post-processing of the ``cells`` task (a model card's ``"postprocess"`` overrides the defaults).
+
+    Parameters
+    ----------
+    relative_size : typical diameter of each category relative to a red cell (BCCD boxes: WBC
+        ~1.9, platelet ~0.4); sets the smallest object kept.
+    min_area_fraction : smallest object kept, as a fraction of the area of a typical object of
+        its category.
+    fallback_diameter : px at the model's input, the trained red-cell diameter assumed when a
+        card gives none (both backends).
+    score_threshold : Mask R-CNN backend: lowest detection score kept.
+    overlap : Mask R-CNN backend: a WBC detection lying more than this share on an already taken
+        WBC is the same cell and dropped.
+
+    Examples
+    --------
+    >>> CellsParams().relative_size["wbc"], CellsParams().fallback_diameter
+    (1.6, 34.0)
+    """
+
+    relative_size: dict = field(default_factory=lambda: dict(RELATIVE_SIZE))
+    min_area_fraction: float = MIN_AREA_FRACTION
+    fallback_diameter: float = 34.0
+    score_threshold: float = 0.3
+    overlap: float = 0.5
+
+
+DEFAULTS = CellsParams()
+
+
+def cell_instances(probs: np.ndarray, rbc_d: float, p: CellsParams = DEFAULTS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Instances from (6, H, W) probabilities of background / rbc / wbc / platelet interiors /
+    cell edge / cell core, for red cells of ``rbc_d`` px: (H, W) int32 labels 1..N, (N + 1,) int
+    class per instance (1 rbc, 2 wbc, 3 platelet; index 0 unused) and (N,) scores.
+
+    Each predicted core is one cell's seed (overlapping red cells keep apart cores even where
+    their outlines merge), and so is a blob of one category's interior holding no core (a
+    platelet whose core was missed); the foreground is flooded from the seeds over the
+    edge-minus-core relief, and foreground left without a seed is a cell of its own. An instance's class is
+    the category with the most probability over its pixels; its score is its core's peak
+    probability times that category's share.
+
+    >>> p = np.zeros((6, 30, 60), np.float32); p[0] = 1
+    >>> yy, xx = np.mgrid[:30, :60]
+    >>> for cx in (18, 34):                    # two red cells overlapping by 4 px
+    ...     d = np.hypot(yy - 15, xx - cx); p[:, d < 10] = 0; p[1, d < 10] = 0.5; p[5, d < 4] = 1
+    >>> p[1][p[5] == 1] = 0
+    >>> inst, owner, scores = cell_instances(p, rbc_d=20)
+    >>> int(inst.max()), owner.tolist()
+    (2, [0, 1, 1])
+    """
+
+
+    fg = probs[0] < 0.5
+    centre = cv2.GaussianBlur(probs[CENTRE], (0, 0), 1.0)
+    core = (centre > 0.5) & fg
+    typical = np.array([0.0] + [p.min_area_fraction * np.pi * (p.relative_size[c] * rbc_d / 2) ** 2
+                                for c in CATEGORIES])
+    n_core, markers = cv2.connectedComponents(core.astype(np.uint8), connectivity=4)
+    # A cell whose core was missed (small platelets most often, lying on a red cell) still shows
+    # as a blob of its category's interior: such a blob without a core, if big enough, seeds itself.
+    top = probs.argmax(0)
+    nxt = n_core
+    for k in range(1, EDGE):
+        n_b, blobs = cv2.connectedComponents((((top == k) | core) & fg).astype(np.uint8), connectivity=4)
+        lonely = np.bincount(blobs.ravel(), minlength=n_b) >= max(4, typical[k])
+        lonely[np.unique(blobs[core])] = False
+        lonely[0] = False
+        sel = lonely[blobs] & (markers == 0)
+        markers[sel] = blobs[sel] + nxt
+        nxt += n_b
+    n_fg, comps = cv2.connectedComponents(fg.astype(np.uint8), connectivity=4)
+    seeded = np.zeros(n_fg, bool)
+    seeded[comps[markers > 0]] = True
+    seeded[0] = True
+    markers = np.where(~seeded[comps], comps + nxt, markers)  # foreground without any seed: one cell
+    labels = watershed(probs[EDGE] - centre, markers, mask=fg) if fg.any() else np.zeros(fg.shape, np.int32)
+
+    def categories(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        mass = np.stack([np.bincount(labels.ravel(), weights=probs[k].ravel(), minlength=int(labels.max()) + 1)
+                         for k in range(1, EDGE)])
+        return mass.argmax(0) + 1, mass
+
+    # A WBC whose lobed nucleus gave two cores comes out in pieces with no cell edge between them:
+    # touching WBC pieces are merged unless the network drew an edge along their contact.
+    owner, _ = categories(labels)
+    labels = merge_unparted(labels, probs[EDGE], owner == CATEGORIES.index("wbc") + 1)
+    owner, mass = categories(labels)
+    n = len(owner)
+    flat = labels.ravel()
+    share = mass.max(0) / np.maximum(mass.sum(0), 1e-6)
+    area = np.bincount(flat, minlength=n)
+    peak = np.zeros(n, np.float32)
+    np.maximum.at(peak, flat, centre.ravel())
+    # Confidence: the core's peak, or for a cell found without a core its category's mean probability.
+    confidence = np.maximum(peak, mass.max(0) / np.maximum(area, 1))
+    keep = area >= np.maximum(4, typical[owner])
+    keep[0] = False
+    out, owner, ids = visible(np.where(keep[labels], labels, 0).astype(np.int32), owner)
+    return out, owner, (confidence[ids] * share[ids]).astype(np.float32)
+
+
+def merge_unparted(labels: np.ndarray, edge: np.ndarray, mergeable: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """Merge touching instances that are both ``mergeable`` (a bool per label) where the mean
+    ``edge`` probability along their contact is below ``threshold``.
+
+    >>> lab = np.array([[1, 1, 2, 2, 3, 3]]); edge = np.array([[0, 0.1, 0.1, 0.9, 0.9, 0]])
+    >>> merge_unparted(lab, edge, np.array([False, True, True, True])).tolist()
+    [[1, 1, 1, 1, 3, 3]]
+    """
+    n = int(labels.max()) + 1
+    codes, weights = [], []
+    for a, b, wa, wb in ((labels[:, :-1], labels[:, 1:], edge[:, :-1], edge[:, 1:]),
+                         (labels[:-1], labels[1:], edge[:-1], edge[1:])):
+        m = (a != b) & mergeable[a] & mergeable[b] & (a > 0) & (b > 0)
+        codes.append(np.minimum(a[m], b[m]).astype(np.int64) * n + np.maximum(a[m], b[m]))
+        weights.append((wa[m] + wb[m]) / 2)
+    codes, weights = np.concatenate(codes), np.concatenate(weights)
+    if codes.size == 0:
+        return labels
+    pairs, inv = np.unique(codes, return_inverse=True)
+    mean = np.bincount(inv, weights=weights) / np.bincount(inv)
+    parent = np.arange(n)
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for code in pairs[mean < threshold]:
+        ra, rb = root(int(code // n)), root(int(code % n))
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    return np.array([root(i) for i in range(n)])[labels]
+
+
+def visible(instances: np.ndarray, owner: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Drop instances no pixel shows any more (painted over, lost in resizing) and renumber the
+    rest 1..N: (labels, their classes with index 0 unused, the kept old ids)."""
+    keep = np.bincount(instances.ravel(), minlength=len(owner)) > 0
+    keep[0] = False
+    ids = np.nonzero(keep)[0]
+    return relabel(instances, keep), np.concatenate([[0], owner[ids]]).astype(int), ids
+
+
+def cells_factor(card: dict, diameter: float | None) -> float:
+    """Resize factor for an image whose red cells are ``diameter`` px: the trained red-cell
+    diameter over it, or 1 when it is inside the trained range times the scale augmentation."""
+    trained = float(card.get("cell_diameter") or 0)
+    if not diameter or trained <= 0:
+        return 1.0
+    lo, hi = card.get("diameter_range") or [trained, trained]
+    smin, smax = card.get("training", {}).get("scale_range", [1.0, 1.0])
+    if lo * smin <= diameter <= hi * smax:
+        return 1.0
+    return clamp_factor(trained / diameter)
+
+
+def segment_cells(image: np.ndarray, model="cells", cell_diameter: float | None = None, device: str = "cpu",
+                  tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP, params: CellsParams | None = None
+                  ) -> Segmentation:
+    """Instances of every RBC, WBC and platelet in an (H, W, 3) uint8 photo.
+
+    ``cell_diameter`` is the red-cell diameter in px. When None, a first pass at the scale of
+    the training photos (the card's ``input_scale``) measures it, and a second pass runs at
+    the trained red-cell size if the measurement is outside the trained range. ``classes``
+    of the result holds 0 background, 1 rbc, 2 wbc, 3 platelet per pixel; each object's
+    ``class_name``/``category`` is its category. The Mask R-CNN backend reads the whole image
+    at once: ``tile`` and ``overlap`` apply to the U-Net backend only (:func:`is_detector`).
+    """
+    module, card = get_model(model, device)
+    p = params or params_from_card(CellsParams, card, "cells")
+    if is_detector(card):
+        return _segment_detector(image, module, card, cell_diameter, p)
+    prange = card_range(card, image)
+    trained = float(card.get("cell_diameter") or p.fallback_diameter)
+
+    def run(f: float) -> np.ndarray:  # probabilities at the model's scale (post-processing runs there too)
+        return predict_probs(module, card, rescale(image, f), 1.0, tile, overlap, prange)
+
+    if cell_diameter:
+        factor = clamp_factor(trained / cell_diameter)
+        probs = run(factor)
+        small, owner, scores = cell_instances(probs, trained, p)
+    else:
+        factor = float(card.get("input_scale", 1.0))
+        probs = run(factor)
+        small, owner, scores = cell_instances(probs, trained, p)
+        # The red cells found on this pass are measured (px at the model's scale).
+        rbc = np.where(owner[small] == 1, small, 0)
+        measured = measure_diameter(rbc, min_area=10) if rbc.any() else None
+        if measured is not None:
+            cell_diameter = measured / factor
+            new = factor * cells_factor(card, measured)
+            if abs(new - factor) > 1e-3:
+                factor = new
+                probs = run(factor)
+                small, owner, scores = cell_instances(probs, trained, p)
+    diameter = float(cell_diameter or trained / factor)
+    h, w = image.shape[:2]
+    instances = small if small.shape == (h, w) else cv2.resize(small, (w, h), interpolation=cv2.INTER_NEAREST)
+    probs = resize_probs(probs, (h, w))
+    labels, owner, ids = visible(instances, owner)
+    return _result(labels, owner, scores[ids - 1], probs, diameter, factor, card.get("box_scale"))
+
+
+def _result(instances: np.ndarray, owner: np.ndarray, scores: np.ndarray, probs: np.ndarray | None,
+            diameter: float, factor: float, box_scale: dict | None = None) -> Segmentation:
+    """Segmentation with one record per instance (category, score, box, outline). Boxes are drawn
+    as the model's training annotations drew them (``box_scale`` per category, from the card);
+    the outline is the cell's own."""
+    classes = owner[instances].astype(np.uint8)
+    h, w = instances.shape
+    objects = []
+    for k, name in enumerate(CATEGORIES, 1):
+        sel = np.where(owner[instances] == k, instances, 0)
+        scale = (box_scale or {}).get(name, 1.0)
+        for rec in instance_objects(sel, None, name):
+            rec["score"] = round(float(scores[rec["id"] - 1]), 4)
+            rec["category"] = name
+            if scale != 1.0:
+                b = rec["bounding_box"]
+                grown = grow_box((b["x1"], b["y1"], b["x2"], b["y2"]), scale, w, h)
+                rec["bounding_box"] = dict(zip(("x1", "y1", "x2", "y2"), (round(v) for v in grown)))
+            objects.append(rec)
+    objects.sort(key=lambda r: r["id"])
+    return Segmentation(classes, instances, probs if probs is not None else np.zeros((0,) + instances.shape, np.float32),
+                        diameter, factor, objects)
+
+
+def is_detector(card: dict) -> bool:
+    """The model is the Mask R-CNN backend (which reads whole images: no tiling)."""
+    return card["architecture"]["name"].startswith("maskrcnn")
+
+
+def _segment_detector(image: np.ndarray, module, card: dict, cell_diameter: float | None,
+                      p: CellsParams = DEFAULTS) -> Segmentation:
+    """The Mask R-CNN backend: same scale logic (first pass at the training photos' scale, then
+    the trained red-cell size), detections painted into an instance map at the input's size."""
+    trained = float(card.get("cell_diameter") or p.fallback_diameter)
+
+    def run(f: float):
+        inst, owner, scores = detect(module, rescale(image, f), p.score_threshold, p.overlap)
+        if inst.shape != image.shape[:2]:
+            inst = cv2.resize(inst.astype(np.float32), (image.shape[1], image.shape[0]),
+                              interpolation=cv2.INTER_NEAREST).astype(np.int32)
+        return inst, owner, scores
+
+    if cell_diameter:
+        factor = clamp_factor(trained / cell_diameter)
+        inst, owner, scores = run(factor)
+    else:
+        factor = float(card.get("input_scale", 1.0))
+        inst, owner, scores = run(factor)
+        rbc = np.where(owner[inst] == 1, inst, 0)
+        measured = measure_diameter(rbc, min_area=10) if rbc.any() else None
+        if measured is not None:
+            cell_diameter = measured
+            new = factor * cells_factor(card, measured * factor)
+            if abs(new - factor) > 1e-3:
+                factor = new
+                inst, owner, scores = run(factor)
+    # Instances hidden by higher-scoring ones or lost in resizing are dropped and the rest renumbered.
+    labels, owner, ids = visible(inst, owner)
+    return _result(labels, owner, scores[ids - 1], None,
+                   float(cell_diameter or trained / factor), factor, card.get("box_scale"))
+
+
+def grow_box(box: tuple[float, float, float, float], scale: float, width: float, height: float
+             ) -> tuple[float, float, float, float]:
+    """``box`` (x1, y1, x2, y2) scaled by ``scale`` about its centre, clipped to the image.
+
+    >>> grow_box((10, 10, 20, 30), 1.5, 100, 100)
+    (7.5, 5.0, 22.5, 35.0)
+    """
+    x1, y1, x2, y2 = box
+    cx, cy, hw, hh = (x1 + x2) / 2, (y1 + y2) / 2, (x2 - x1) * scale / 2, (y2 - y1) * scale / 2
+    return max(0.0, cx - hw), max(0.0, cy - hh), min(float(width), cx + hw), min(float(height), cy + hh)
+
+
+def to_input(image: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (3, H, W) float in [0, 1] (the detector normalises itself)."""
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255.0
+
+
+@torch.inference_mode()
+def detect(model, image: np.ndarray, score_threshold: float = 0.3, overlap: float = 0.5,
+           single: tuple[str, ...] = ("wbc",)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(instances (H, W) int32 1..N, class per instance (N + 1,) with 0 unused, scores (N,)) of one image.
+
+    Detections are taken from the highest score down and each pixel goes to the first that
+    claims it. Categories in ``single`` never lie on one another (a WBC inside a WBC is the
+    same cell, e.g. the cell and its nucleus, which torchvision's box NMS both keeps): a
+    detection whose mask lies more than ``overlap`` on an already taken cell of its category
+    is dropped. Red cells and platelets do overlap in smears and are kept.
+    """
+    model.eval()
+    out = model([to_input(image)])[0]
+    keep = out["scores"] >= score_threshold
+    scores, labels, masks = out["scores"][keep].numpy(), out["labels"][keep].numpy(), out["masks"][keep, 0].numpy()
+    inst = np.zeros(image.shape[:2], np.int32)
+    taken = {int(c): np.zeros(image.shape[:2], bool) for c in np.unique(labels)}
+    for j in np.argsort(-scores, kind="stable"):
+        m = masks[j] > 0.5
+        area = int(m.sum())
+        exclusive = CATEGORIES[int(labels[j]) - 1] in single
+        if area == 0 or (exclusive and taken[int(labels[j])][m].sum() > overlap * area):
+            continue
+        inst[m & (inst == 0)] = j + 1
+        taken[int(labels[j])] |= m
+
+    out, owner, ids = visible(inst, np.concatenate([[0], labels]).astype(int))
+    return out, owner, scores[ids - 1]

@@ -1,0 +1,236 @@
+"""Training data for the whole-smear cells model: VOC boxes (BCCD) or COCO masks (a lab's CVAT
+export) -> pseudo-masks kept as COCO -> photos at the training scale with encoded instance maps."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from hemaseg.core.vocabulary import CATEGORIES
+from hemaseg.data.transforms import normalize, percentile_range, train_transform
+from hemaseg.data.weights import class_balance_weights
+from hemaseg.engine.losses import IGNORE
+from hemaseg.engine.tiling import predict_tiled
+from hemaseg.engine.train import SegDataset, object_diameters
+from hemaseg.errors import HemasegInputError
+from hemaseg.io.annotations import category_of, read_coco, read_voc_entry, write_coco
+from hemaseg.io.images import read_image
+from hemaseg.io.writers import write_json
+from hemaseg.metrics import box_iou, detection_ap
+from hemaseg.progress import track
+from hemaseg.tasks.cells.infer import cell_instances, grow_box
+from hemaseg.tasks.cells.targets import CENTRE, cell_targets, encode_instances, pseudo_masks
+
+log = logging.getLogger(__name__)
+
+INPUT_SCALE = 0.5  # BCCD photos (red cells ~85 px) are trained at 0.5x: red cells ~43 px, platelets ~17 px
+
+
+def find_annotated_photos(root: str | Path) -> list[tuple[Path, dict]]:
+    """(image path, entry) of a VOC root (``Annotations/*.xml`` + ``JPEGImages/``; boxes) or of a
+    COCO JSON (file, or a folder holding ``annotations.json``; images beside it or in ``images/``)."""
+    root = Path(root)
+    coco = root if root.suffix == ".json" else root / "annotations.json"
+    if coco.is_file():
+        out = []
+        for e in read_coco(coco):
+            for base in (coco.parent, coco.parent / "images"):
+                if (base / e["filename"]).exists():
+                    out.append((base / e["filename"], e))
+                    break
+        return out
+    ann = root / "Annotations" if (root / "Annotations").is_dir() else None
+    if ann is None:
+        raise HemasegInputError(root, "neither a VOC root (Annotations/, JPEGImages/) nor a COCO annotations.json")
+    out = []
+    for xml in sorted(ann.glob("*.xml")):
+        jpg = next((p for p in (root / "JPEGImages").glob(f"{xml.stem}.*")), None)
+        if jpg is not None:
+            out.append((jpg, read_voc_entry(xml)))
+    return out
+
+
+def is_box_only(entry: dict) -> bool:
+    """True when every object is a 4-corner axis-aligned rectangle (VOC boxes, CVAT <box>)."""
+    for m in entry["masks"]:
+        v = m["vertices"]
+        if len(v) != 4 or len({x for x, _ in v}) > 2 or len({y for _, y in v}) > 2:
+            return False
+    return True
+
+
+def val_names(root: str | Path) -> set[str] | None:
+    """Image stems of a VOC root's ``ImageSets/Main/val.txt`` (BCCD's own split), if present."""
+    f = Path(root) / "ImageSets" / "Main" / "val.txt"
+    return {line.strip() for line in f.read_text().split() if line.strip()} if f.is_file() else None
+
+
+def prepare(data: list[str], run: Path, seed: int, val_fraction: float) -> tuple[list, list]:
+    """Train/val lists of (image path, entry with masks), pseudo-masking box-only entries once
+    (cached as COCO in ``run/pseudo_masks.coco.json``) and writing ``run/split.json``."""
+    cache, split_path = run / "pseudo_masks.coco.json", run / "split.json"
+    if cache.exists() and split_path.exists():
+        split = __import__("json").loads(split_path.read_text())
+        entries = read_coco(cache)
+        paths = {Path(p).name: Path(p) for p in split["train"] + split["val"]}
+        items = [(paths[e["filename"]], e) for e in entries]
+        val = set(split["val"])
+        return [i for i in items if str(i[0]) not in val], [i for i in items if str(i[0]) in val]
+    items, val_set = [], set()
+    for root in data:
+        found = find_annotated_photos(root)
+        if not found:
+            raise HemasegInputError(root, "no annotated photos found")
+        names = val_names(root)
+        for path, entry in track(found, "pseudo-masks", leave=False):
+            if is_box_only(entry):
+                entry = pseudo_masks(read_image(path), entry)
+            items.append((path, {**entry, "filename": path.name}))
+            if names is not None and path.stem in names:
+                val_set.add(str(path))
+    if not val_set:
+        rng = np.random.default_rng(seed)
+        order = rng.permutation(len(items))
+        val_set = {str(items[i][0]) for i in order[:max(1, int(round(val_fraction * len(items))))]}
+    write_coco(cache, [e for _, e in items])
+    write_json(split_path, {"seed": seed, "val_source": "ImageSets/Main/val.txt" if names else "seeded",
+                            "train": [str(p) for p, _ in items if str(p) not in val_set],
+                            "val": [str(p) for p, _ in items if str(p) in val_set]})
+    return [i for i in items if str(i[0]) not in val_set], [i for i in items if str(i[0]) in val_set]
+
+
+def box_annotations(data: list[str]) -> dict[str, dict]:
+    """Photo file name -> its entry as annotated, for the box-only ones (before pseudo-masking)."""
+    out = {}
+    for root in data:
+        out.update({p.name: e for p, e in find_annotated_photos(root) if is_box_only(e)})
+    return out
+
+
+def val_items(boxes: dict[str, dict], val: list) -> list:
+    """(image at INPUT_SCALE, truth boxes) of the validation photos; boxes as annotated
+    (``boxes`` from :func:`box_annotations`: BCCD's VOC boxes, not the pseudo-masks' tighter
+    ones), which the VOC metric scores against."""
+    return [(load_scaled(p, e, INPUT_SCALE)[0], truth_boxes(boxes.get(Path(p).name, e), INPUT_SCALE))
+            for p, e in val]
+
+
+def box_scales(originals: dict[str, dict], train: list) -> dict[str, float]:
+    """How much larger the annotators drew each category's boxes than the cell inside them: the
+    median ratio of a box's side to its pseudo-mask's, per category, over the training photos
+    (BCCD boxes platelets loosely, ~1.5x). Output boxes are drawn the same way, so they compare
+    with the training annotations' boxes (``originals`` from :func:`box_annotations`); 1.0 where
+    the annotations are outlines, not boxes."""
+    ratios: dict[str, list[float]] = {c: [] for c in CATEGORIES}
+    for path, entry in train:
+        source = originals.get(Path(path).name)
+        if source is None:
+            continue
+        boxes = [(category_of(m["class_name"]), m["bounding_box"]) for m in source["masks"]]
+        for m in entry["masks"]:
+            cat, b = category_of(m["class_name"]), m["bounding_box"]
+            same = [s for c, s in boxes if c == cat]
+            if not same:
+                continue
+            key = (b["x1"], b["y1"], b["x2"], b["y2"])
+            ious = [float(np.max(box_iou(key, (s["x1"], s["y1"], s["x2"], s["y2"])))) for s in same]
+            s = same[int(np.argmax(ious))]
+            if max(ious) > 0.2 and b["x2"] > b["x1"] and b["y2"] > b["y1"]:
+                ratios[cat].append(np.sqrt((s["x2"] - s["x1"]) * (s["y2"] - s["y1"])
+                                           / ((b["x2"] - b["x1"]) * (b["y2"] - b["y1"]))))
+    return {c: round(float(np.median(v)), 3) if v else 1.0 for c, v in ratios.items()}
+
+
+def load_scaled(path: Path, entry: dict, scale: float, mark_unknown: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(image, encoded instance map) at ``scale``; the map is encoded at full size, then resized nearest."""
+    image = read_image(path)
+    enc = encode_instances({**entry, "height": image.shape[0], "width": image.shape[1]},
+                           image if mark_unknown else None)
+    if scale != 1.0:
+        size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        enc = cv2.resize(enc, size, interpolation=cv2.INTER_NEAREST)
+    return image, enc
+
+
+def truth_boxes(entry: dict, scale: float) -> list[tuple[str, tuple[float, float, float, float]]]:
+    """(category, box) of an entry's objects at ``scale`` (the boxes the VOC metric scores against)."""
+    out = []
+    for m in entry["masks"]:
+        cat = category_of(m["class_name"])
+        if cat in CATEGORIES:
+            b = m["bounding_box"]
+            out.append((cat, (b["x1"] * scale, b["y1"] * scale, b["x2"] * scale, b["y2"] * scale)))
+    return out
+
+
+def balanced_weights(encoded: np.ndarray) -> np.ndarray:
+    """Class-balancing pixel weights of an encoded map's targets (platelets are ~0.2 % of the
+    pixels and are otherwise never predicted); ignored pixels weigh 0."""
+    t = cell_targets(encoded)
+    valid = t != IGNORE
+    return class_balance_weights(np.where(valid, t, 0), CENTRE + 1) * valid
+
+
+def cells_data(cfg, run: Path, state: dict) -> tuple:
+    """Training dataset, validation items (image, truth boxes) and model-card fields for ``cells``."""
+    train, val = prepare(cfg.data, run, cfg.seed, cfg.val_fraction)
+    boxes = box_annotations(cfg.data)
+    scales = box_scales(boxes, train)
+    train_items = [load_scaled(p, e, INPUT_SCALE, mark_unknown=cfg.ignore_unboxed) for p, e in train]
+    val_set = val_items(boxes, val)
+    rbc_maps = [np.where((enc & 3) == 1, enc >> 2, 0) * (enc != 0xFFFF) for _, enc in train_items]
+    diams = object_diameters(rbc_maps)
+    diameter = float(np.median(diams)) if len(diams) else 34.0
+    transform = train_transform(cfg.crop, cfg.augment, (cfg.scale_min, cfg.scale_max))
+    dataset = SegDataset(train_items, transform, cfg.norm_low, cfg.norm_high, cfg.samples_per_epoch,
+                         target=cell_targets, weights=balanced_weights if cfg.class_balance else None)
+    card = {
+        "cell_diameter": diameter,  # red cells, px at the model's input
+        "diameter_range": [float(v) for v in np.percentile(diams, [5, 95])] if len(diams) else [],
+        "input_scale": INPUT_SCALE,
+        "box_scale": scales,  # output boxes drawn as the training annotations draw them (see box_scales)
+        "training": {"data": cfg.data, "n_train": len(train_items), "n_val": len(val_set), "seed": cfg.seed,
+                     "augment": cfg.augment, "scale_range": [cfg.scale_min, cfg.scale_max],
+                     "pseudo_masks": str(run / "pseudo_masks.coco.json"), "split": str(run / "split.json"),
+                     "ignore_unboxed": cfg.ignore_unboxed},
+    }
+    return dataset, val_set, card
+
+
+def evaluate_boxes(model, items: list, low: float, high: float, stride: int, rbc_d: float,
+                   box_scale: dict | None = None) -> dict[str, float]:
+    """VOC AP@0.5 per category and their mean of the U-Net on (image, truth boxes) items at the
+    model's scale (see :func:`score_instances`)."""
+    def find(img: np.ndarray):
+        return cell_instances(predict_tiled(model, normalize(img, prange=percentile_range(img, low, high)),
+                                            stride=stride), rbc_d)
+
+    return score_instances(items, find, box_scale)
+
+
+def score_instances(items: list, find, box_scale: dict | None = None) -> dict[str, float]:
+    """VOC AP@0.5 per category and their mean on (image, truth boxes) items, where ``find(image)``
+    gives (instances, class per instance, scores) and each cell's box is its outline's box grown
+    by its category's ``box_scale`` (as :func:`hemaseg.tasks.cells.infer.segment_cells` draws it)."""
+    from scipy import ndimage as ndi
+
+
+    preds: dict[str, list] = {c: [] for c in CATEGORIES}
+    truths: dict[str, dict] = {c: {} for c in CATEGORIES}
+    for i, (img, boxes) in enumerate(items):
+        inst, owner, scores = find(img)
+        for c in CATEGORIES:
+            truths[c][i] = [b for cat, b in boxes if cat == c]
+        for j, sl in enumerate(ndi.find_objects(inst), start=1):
+            if sl is not None:
+                c = CATEGORIES[owner[j] - 1]
+                box = grow_box((sl[1].start, sl[0].start, sl[1].stop, sl[0].stop), (box_scale or {}).get(c, 1.0),
+                               img.shape[1], img.shape[0])
+                preds[c].append((i, float(scores[j - 1]), box))
+    out = {f"ap50_{c}": detection_ap(preds[c], truths[c]) for c in CATEGORIES}
+    vals = [v for v in out.values() if np.isfinite(v)]
+    out["map50"] = float(np.mean(vals)) if vals else 0.0
+    return out

@@ -1,0 +1,293 @@
+"""The ``nuclei`` task (seed 001): nuclei instances of the Data Science Bowl images
+(fluorescence, brightfield, histology). Labels on disk are uint16 instances (0 background,
+1..N); the network predicts background / nucleus interior / nucleus boundary, and a
+watershed from the interiors splits touching nuclei. Bright-background images are inverted
+when the model was trained so. Knobs: :class:`NucleiParams`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from scipy import ndimage as ndi
+from skimage.feature import peak_local_max
+from skimage.segmentation import find_boundaries, watershed
+
+from hemaseg.classical import NUCLEI_METHODS, segment_classical
+from hemaseg.core.labels import drop_small, instance_objects, measure_diameter
+from hemaseg.core.resize import clamp_factor
+from hemaseg.core.result import Segmentation
+from hemaseg.data.transforms import is_bright_background
+from hemaseg.engine.evaluate import instance_panels, means
+from hemaseg.engine.predict import card_range, get_model, predict_probs
+from hemaseg.engine.task import Task
+from hemaseg.engine.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
+from hemaseg.io.datasets import Pair, find_dsb, find_pairs, load_instances
+from hemaseg.metrics import dsb_scores
+from hemaseg.tasks.registry import register_task
+
+DEPENDS: tuple[str, ...] = ()
+
+
+@dataclass
+class NucleiParams:
+    """Post-processing of the ``nuclei`` task (a model card's ``"postprocess"`` overrides the defaults).
+
+    Parameters
+    ----------
+    min_nucleus_fraction : smallest nucleus kept, as a fraction of the area of a nucleus of the
+        image's diameter.
+    seed_threshold : interior probability above which a pixel seeds a nucleus.
+    fg_threshold : interior + boundary probability above which a pixel is nucleus.
+    fallback_diameter : px, the trained nucleus diameter assumed when a card gives none.
+
+    Examples
+    --------
+    >>> NucleiParams().min_nucleus_fraction
+    0.04
+    """
+
+    min_nucleus_fraction: float = 0.04
+    seed_threshold: float = 0.5
+    fg_threshold: float = 0.5
+    fallback_diameter: float = 20.0
+
+
+DEFAULTS = NucleiParams()
+
+
+def _min_area(diameter: float, p: NucleiParams = DEFAULTS) -> int:
+    return max(int(p.min_nucleus_fraction * np.pi * (diameter / 2) ** 2), 4)
+
+
+def nuclei_targets(labels: np.ndarray) -> np.ndarray:
+    """Instance labels -> training classes 0 background, 1 nucleus interior, 2 nucleus boundary: (H, W) uint8.
+
+    The boundary is each nucleus' own outermost pixel ring, so two touching nuclei are
+    separated by two boundary pixels and their interiors never touch.
+
+    >>> lab = np.zeros((7, 12), np.uint16); lab[1:6, 1:6] = 1; lab[1:6, 6:11] = 2
+    >>> t = nuclei_targets(lab)
+    >>> t[3].tolist()
+    [0, 2, 1, 1, 1, 2, 2, 1, 1, 1, 2, 0]
+    """
+    out = (labels > 0).astype(np.uint8)
+    out[find_boundaries(labels, mode="inner") & (labels > 0)] = 2
+    return out
+
+
+def nuclei_instances(probs: np.ndarray, min_area: int = 8, diameter: float | None = None,
+                     seed_threshold: float = 0.5, fg_threshold: float = 0.5) -> np.ndarray:
+    """Nuclei instances from (3, H, W) background/interior/boundary probabilities: (H, W) int32 labels 1..N.
+
+    Seeds are the connected interiors (the boundary class keeps touching nuclei apart).
+    With ``diameter`` (px, the nuclei's typical size) seeds are instead the maxima of the
+    interiors' smoothed distance transform at least a third of a diameter apart, so two
+    nuclei whose interiors still touch are split too (interiors without such a maximum
+    keep a seed of their own). Each foreground component is flooded from its seeds by a
+    watershed; foreground without a seed (a nucleus too small for an interior) is an
+    instance of its own. Watershed runs only on components holding two or more seeds,
+    so the cost follows the touching nuclei, not the image size.
+
+    >>> p = np.zeros((3, 9, 16), np.float32); p[0] = 1
+    >>> for x0 in (1, 8):
+    ...     p[:, 1:8, x0:x0 + 7] = [[[0]], [[0.1]], [[0.9]]]; p[:, 3:6, x0 + 2:x0 + 5] = [[[0]], [[0.9]], [[0.1]]]
+    >>> int(nuclei_instances(p, min_area=4).max())
+    2
+    """
+    fg = (probs[1] + probs[2]) > fg_threshold
+    interior = (probs[1] > seed_threshold) & fg
+    n_fg, comps = cv2.connectedComponents(fg.astype(np.uint8), connectivity=4)
+    if n_fg <= 1:
+        return np.zeros(fg.shape, np.int32)
+    n_int, markers = cv2.connectedComponents(interior.astype(np.uint8), connectivity=4)
+    relief = -probs[1]
+    if diameter is not None and n_int > 1:
+        dist = cv2.distanceTransform(interior.astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_5)
+        dist = cv2.GaussianBlur(dist, (0, 0), max(0.5, diameter / 15))
+        peaks = peak_local_max(dist, min_distance=max(2, int(diameter / 3)), threshold_abs=1.0, exclude_border=False)
+        peak_markers = np.zeros(fg.shape, np.int32)
+        peak_markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
+        # Interiors left without a maximum (thin, or next to a bigger nucleus) keep their own seed.
+        has_peak = np.zeros(n_int, bool)
+        has_peak[markers[tuple(peaks.T)]] = True
+        has_peak[0] = True
+        lonely = ~has_peak[markers]
+        markers = np.where(lonely, markers + len(peaks), peak_markers)
+        relief = -dist
+    seeds = markers > 0
+    pairs = np.unique(np.stack([comps[seeds], markers[seeds]]), axis=1) if seeds.any() else np.zeros((2, 0), int)
+    seeds_in = np.bincount(pairs[0], minlength=n_fg) if pairs.size else np.zeros(n_fg, int)
+    out = np.zeros(fg.shape, np.int32)
+    nxt = 1
+    for i, sl in enumerate(ndi.find_objects(comps), start=1):
+        if sl is None:
+            continue
+        comp = comps[sl] == i
+        view = out[sl]
+        if seeds_in[i] <= 1:
+            view[comp] = nxt
+            nxt += 1
+            continue
+        labels = watershed(relief[sl], np.where(comp, markers[sl], 0), mask=comp)
+        # Pixels the watershed could not reach from a seed stay with their component.
+        ids = np.unique(labels[labels > 0])
+        lut = np.zeros(int(labels.max()) + 1, np.int32)
+        lut[ids] = np.arange(nxt, nxt + len(ids))
+        view[comp] = np.where(labels[comp] > 0, lut[labels[comp]], nxt + len(ids))
+        nxt += len(ids) + int((labels[comp] == 0).any())
+    return drop_small(out, min_area)
+
+
+def modality(image: np.ndarray) -> str:
+    """Imaging modality of a DSB-style image: fluorescence (grey, dark background),
+    brightfield (grey, light background) or histology (coloured stain).
+
+    >>> fl = np.zeros((8, 8, 3), np.uint8); fl[2:4, 2:4] = 200
+    >>> he = 255 - fl; he[..., 1] //= 2
+    >>> modality(fl), modality(255 - fl), modality(he)
+    ('fluorescence', 'brightfield', 'histology')
+    """
+    rgb = image.astype(np.int16)
+    grey = int(np.abs(rgb[..., 0] - rgb[..., 1]).max()) <= 2 and int(np.abs(rgb[..., 1] - rgb[..., 2]).max()) <= 2
+    if not grey:
+        return "histology"
+    return "brightfield" if is_bright_background(image) else "fluorescence"
+
+
+def nuclei_factor(card: dict, diameter: float | None) -> float:
+    """Resize factor for nuclei of ``diameter`` px: 1 inside the sizes the model was trained on
+    (5th-95th percentile of training nuclei times the scale augmentation's range), else what
+    brings them to the trained median.
+
+    >>> card = {"cell_diameter": 18.0, "diameter_range": [10.0, 49.0], "training": {"scale_range": [0.5, 2.0]}}
+    >>> nuclei_factor(card, 60.0), nuclei_factor(card, 360.0), nuclei_factor(card, None)
+    (1.0, 0.1, 1.0)
+    """
+    trained = float(card.get("cell_diameter") or 0)
+    if not diameter or trained <= 0:
+        return 1.0
+    lo, hi = card.get("diameter_range") or [trained / 1.25, trained * 1.25]
+    smin, smax = card.get("training", {}).get("scale_range", [1.0, 1.0])
+    lo, hi = lo * smin, hi * smax
+    if lo <= diameter <= hi:
+        return 1.0
+    return clamp_factor(trained / diameter)
+
+
+def segment_nuclei(image: np.ndarray, model="nuclei", cell_diameter: float | None = None, device: str = "cpu",
+                   tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP, params: NucleiParams | None = None
+                   ) -> Segmentation:
+    """Find every nucleus in an (H, W, 3) uint8 image (fluorescence, brightfield or H&E).
+
+    Bright-background images are inverted (if the model was trained so). With no
+    ``cell_diameter`` (nucleus diameter, px) one pass at native scale measures the
+    nuclei; if they lie outside the trained size range, a second pass runs at the scale
+    that brings them to the trained median. Returns a :class:`Segmentation` whose
+    ``instances`` are (H, W) int32 labels 1..N and ``classes`` the (H, W) uint8 nucleus mask.
+    """
+    module, card = get_model(model, device)
+    p = params or NUCLEI.params(card)
+    prange = card_range(card, image)
+    invert = bool(card.get("normalization", {}).get("invert_bright")) and is_bright_background(image, prange)
+    trained = float(card.get("cell_diameter") or p.fallback_diameter)
+    factor = 1.0 if cell_diameter is None else nuclei_factor(card, cell_diameter)
+    probs = predict_probs(module, card, image, factor, tile, overlap, prange, invert)
+    if cell_diameter is None:
+        instances = nuclei_instances(probs, _min_area(trained, p), seed_threshold=p.seed_threshold,
+                                     fg_threshold=p.fg_threshold)
+        cell_diameter = measure_diameter(instances, min_area=_min_area(trained, p))
+        new = nuclei_factor(card, cell_diameter)
+        if new != factor:
+            factor = new
+            probs = predict_probs(module, card, image, factor, tile, overlap, prange, invert)
+    diameter = float(cell_diameter or trained / factor)
+    instances = nuclei_instances(probs, _min_area(diameter, p), diameter=diameter, seed_threshold=p.seed_threshold,
+                                 fg_threshold=p.fg_threshold)
+    classes = (instances > 0).astype(np.uint8)
+    return Segmentation(classes, instances, probs, diameter, factor, instance_objects(instances, probs))
+
+
+class NucleiTask(Task):
+    """Nuclei instances (DSB 2018): uint16 labels 0 background, 1..N."""
+
+    name = "nuclei"
+    classes = ("background", "nucleus", "boundary")
+    label_values = (0, 1, 1)  # written as instance labels 1..N; the classes are the network's view
+    colors = {1: (255, 220, 0)}
+    default_model = "nuclei"
+    description = "nuclei instances (DSB 2018): uint16 labels 0 background, 1..N"
+    depends = DEPENDS
+    classical_methods = NUCLEI_METHODS
+    Params = NucleiParams
+    train_defaults = {
+        # Full-resolution first level: DSB nuclei are 7-90 px across (median 18), too small
+        # for a stride-2 stem; narrower widths keep a 2048x2048 image under ~3 s.
+        "arch_kwargs": {"widths": [12, 24, 48, 96, 192], "dropout": 0.1, "stem_stride": 1, "norm": "group"},
+        "epochs": 100, "batch_size": 8, "lr": 2e-3, "crop": 224, "samples_per_epoch": 400, "patience": 30,
+        "val_fraction": 0.1, "scale_min": 0.5, "scale_max": 2.0, "invert_bright": True, "contact_weight": 5.0,
+    }
+    mean_keys = ("dsb", "ap50", "ap75")
+
+    def segment(self, image, model, cell_diameter=None, device="cpu", tile=DEFAULT_TILE, overlap=DEFAULT_OVERLAP,
+                tta=None, params=None) -> Segmentation:
+        return segment_nuclei(image, model, cell_diameter, device, tile, overlap, params)
+
+    def segment_classical(self, image: np.ndarray, method: str) -> Segmentation:
+        return segment_classical(image, "nuclei", method)
+
+    def label_images(self, seg: Segmentation) -> dict[str, np.ndarray]:
+        # Instance labels 0 background, 1..N: uint16 (DESIGN.md).
+        if seg.instances.max() > 65535:
+            raise ValueError(f"{seg.instances.max()} nuclei do not fit a uint16 label PNG")
+        return {"": seg.instances.astype(np.uint16)}
+
+    def find_samples(self, root: str | Path) -> list[Pair]:
+        return find_dsb(root) or find_pairs(root)
+
+    def load_sample(self, pair: Pair) -> tuple[np.ndarray, np.ndarray]:
+        return load_instances(pair)
+
+    def target(self, mask: np.ndarray) -> np.ndarray:
+        return nuclei_targets(mask)
+
+    def validate(self, probs_of, items: list, cfg, data_card: dict) -> dict[str, float]:
+        scores = []
+        for image, target in items:
+            s = dsb_scores(nuclei_instances(probs_of(image)), target)
+            scores.append({k: s[k] for k in ("dsb", "ap50", "ap75")})
+        return {k: float(np.mean([s[k] for s in scores])) for k in scores[0]} if scores else {}
+
+    def headline(self, val: dict[str, float]) -> float:
+        return val["dsb"] if val else float("nan")
+
+    def score(self, seg: Segmentation, target: np.ndarray, image: np.ndarray) -> dict:
+        return {"modality": modality(image), **dsb_scores(seg.instances, target)}
+
+    def summarise(self, rows: list[dict], keys: list[str]) -> dict:
+        by_mod = {m: {**means([r for r in rows if r["modality"] == m], keys),
+                      "n_images": sum(r["modality"] == m for r in rows)}
+                  for m in sorted({r["modality"] for r in rows})}
+        return {"per_modality": by_mod}
+
+    def panels(self, image: np.ndarray, target: np.ndarray, pred: tuple) -> list[np.ndarray]:
+        return instance_panels(image, target, pred, self.colors)
+
+    def row_title(self, row: dict) -> str:
+        return f"pred: DSB {row['dsb']:.3f} AP50 {row['ap50']:.2f} ({row['n_pred']}/{row['n_true']})"
+
+    def table(self, res: dict) -> list[str]:
+        lines = [f"{'image':<24} {'modality':<13} {'DSB':>6} {'AP50':>6} {'AP75':>6} {'pred':>5} {'true':>5}"]
+        for r in res["per_image"]:
+            lines.append(f"{Path(r['image']).stem[:24]:<24} {r['modality']:<13} {r['dsb']:6.3f} {r['ap50']:6.3f} "
+                         f"{r['ap75']:6.3f} {r['n_pred']:5d} {r['n_true']:5d}")
+        lines += ["", f"{'subset':<24} {'images':>6} {'DSB':>6} {'AP50':>6} {'AP75':>6} {'s/img':>6}"]
+        for name, m in [*res["per_modality"].items(), ("ALL", {**res["mean"], "n_images": res["n_images"]})]:
+            lines.append(f"{name:<24} {m['n_images']:6d} {m['dsb']:6.3f} {m['ap50']:6.3f} {m['ap75']:6.3f} "
+                         f"{m['seconds']:6.2f}")
+        return lines
+
+
+NUCLEI = register_task(NucleiTask())

@@ -1,0 +1,234 @@
+"""The 10-class smear map (seed 002) on whole images: red-cell size check, tiled prediction,
+one type per white cell and per platelet object."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from hemaseg.core.labels import instance_objects
+from hemaseg.core.resize import clamp_factor
+from hemaseg.core.result import Segmentation
+from hemaseg.data.transforms import percentile_range
+from hemaseg.engine.predict import get_model, predict_probs
+from hemaseg.engine.task import params_from_card
+from hemaseg.engine.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
+from hemaseg.tasks.smear10.classes import CLASSES, GROUP_OF, GROUPS
+from hemaseg.tasks.wbc_type.crops import type_wbcs
+
+
+def fill_small_holes(mask: np.ndarray, max_area: float) -> np.ndarray:
+    """``mask`` with its enclosed holes of at most ``max_area`` px filled (a red cell's pale
+    centre, which a model may call background, so that a large cell reads as a ring).
+
+    >>> ring = np.zeros((9, 9), bool); ring[2:7, 2:7] = True; ring[4, 4] = False
+    >>> bool(fill_small_holes(ring, 1)[4, 4]), bool(fill_small_holes(ring, 0)[4, 4])
+    (True, False)
+    """
+    holes = ndi.binary_fill_holes(mask) & ~mask
+    lab, n = ndi.label(holes)
+    if n == 0:
+        return mask
+    small = np.bincount(lab.ravel(), minlength=n + 1) <= max_area
+    small[0] = False
+    return mask | small[lab]
+
+
+MAX_PALLOR_AREA = np.pi * (0.3 * 64) ** 2  # pale centre of a 64 px red cell (radius 0.3 d)
+
+
+def rbc_diameter(classes: np.ndarray, min_diameter: float = 4.0, rbc_classes: tuple[int, ...] = GROUPS["rbc"]
+                 ) -> float | None:
+    """Typical red-cell diameter (px) in a class map (red cells = ``rbc_classes``; smear10's by default):
+    twice the median of the distance transform's local maxima over the red-cell pixels, which
+    holds for touching cells too. Pale centres called background are filled first
+    (:func:`fill_small_holes`): read as rings, big cells measured half their size.
+
+    >>> yy, xx = np.mgrid[:80, :80]
+    >>> c = np.zeros((80, 80), np.uint8); c[(yy - 40) ** 2 + (xx - 30) ** 2 < 100] = 9
+    >>> c[(yy - 40) ** 2 + (xx - 49) ** 2 < 100] = 9              # two touching cells, 20 px across
+    >>> 17 <= rbc_diameter(c) <= 21
+    True
+    """
+    from skimage.feature import peak_local_max
+
+    rbc = fill_small_holes(np.isin(classes, rbc_classes), MAX_PALLOR_AREA)
+    if rbc.sum() < 20:
+        return None
+    dist = ndi.distance_transform_edt(rbc)
+    peaks = peak_local_max(dist, min_distance=max(2, int(min_diameter / 2)), threshold_abs=min_diameter / 2,
+                           exclude_border=False)
+    if len(peaks) == 0:
+        return None
+    return float(2 * np.median(dist[tuple(peaks.T)]) + 1)
+
+
+def smear_factor(card: dict, diameter: float | None) -> float:
+    """1 when red cells of ``diameter`` px are inside the trained range, else the factor that
+    brings them to the trained middle."""
+    lo, hi = card.get("diameter_range") or [0, 0]
+    trained = float(card.get("cell_diameter") or 0)
+    if not diameter or trained <= 0 or lo <= diameter <= hi:
+        return 1.0
+    return clamp_factor(trained / diameter)
+
+
+def vote_per_object(classes: np.ndarray, probs: np.ndarray, members: tuple[int, ...],
+                    labels: np.ndarray | None = None) -> np.ndarray:
+    """Give every object of the classes in ``members`` the single class whose summed probability
+    over the object is highest (a white cell is one type, not a patchwork). Objects are the
+    connected components, or the given ``labels`` (e.g. touching red cells split apart)."""
+    out = classes.copy()
+    if labels is None:
+        lab, n = ndi.label(np.isin(classes, members))
+    else:
+        lab, n = np.where(np.isin(classes, members), labels, 0), int(labels.max())
+    if n == 0:
+        return out
+    idx = np.arange(1, n + 1)
+    sums = np.stack([ndi.sum(probs[k], lab, idx) for k in members], 1)
+    best = np.asarray(members, np.uint8)[sums.argmax(1)]
+    sel = lab > 0
+    out[sel] = best[lab[sel] - 1]
+    return out
+
+
+PLASMA = (235, 222, 225)  # RGB of the light plasma most typing crops were cut from
+DARK_BACKGROUND = 110  # mean RGB below which a background counts as dark (cells pasted on grey/black)
+
+
+def light_background(image: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """``image`` with its background (class 0) painted :data:`PLASMA` when that background is
+    dark; unchanged otherwise. WBCs on black are typed as if on a slide's light plasma.
+
+    >>> img = np.zeros((4, 4, 3), np.uint8); cls = np.zeros((4, 4), np.uint8); cls[1:3, 1:3] = 3
+    >>> out = light_background(img, cls)
+    >>> out[0, 0].tolist(), out[1, 1].tolist()
+    ([235, 222, 225], [0, 0, 0])
+    """
+    bg = classes == 0
+    if not bg.any() or image[bg].mean() >= DARK_BACKGROUND:
+        return image
+    out = image.copy()
+    out[bg] = PLASMA
+    return out
+
+
+def type_wbc_objects(image: np.ndarray, classes: np.ndarray, type_model="wbc-type", device: str = "cpu") -> np.ndarray:
+    """Name every connected WBC object of a smear10 class map with the WBC-type classifier
+    (the segmentation model then only has to find WBCs). A dark background is first painted
+    light (:func:`light_background`): typing 32 % -> 55 % right on dark composites."""
+    lab, n = ndi.label(np.isin(classes, GROUPS["wbc"]))
+    if n == 0:
+        return classes
+    image = light_background(image, classes)
+    records = []
+    for sl in ndi.find_objects(lab):
+        records.append({"bounding_box": {"x1": sl[1].start, "x2": sl[1].stop, "y1": sl[0].start, "y2": sl[0].stop}})
+    probs, _, names = type_wbcs(image, records, type_model, device)
+    index = np.array([0] + [CLASSES.index(names[int(p.argmax())]) for p in probs], np.uint8)
+    out = classes.copy()
+    sel = lab > 0
+    out[sel] = index[lab[sel]]
+    return out
+
+
+def smear_objects(classes: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, list[dict]]:
+    """(H, W) int32 instances (connected objects of one class) and one record per object with
+    ``class_name`` and ``category`` (rbc / wbc / platelet)."""
+    instances = np.zeros(classes.shape, np.int32)
+    objects: list[dict] = []
+    for k in range(1, len(CLASSES)):
+        lab, n = ndi.label(classes == k)
+        if n == 0:
+            continue
+        offset = int(instances.max())
+        instances[lab > 0] = lab[lab > 0] + offset
+        recs = instance_objects(np.where(lab > 0, lab + offset, 0).astype(np.int32), None, CLASSES[k])
+        for r in recs:
+            y1, y2, x1, x2 = (r["bounding_box"][c] for c in ("y1", "y2", "x1", "x2"))
+            sel = instances[y1:y2, x1:x2] == r["id"]
+            r["score"] = round(float(probs[k, y1:y2, x1:x2][sel].mean()), 4)
+            r["category"] = GROUP_OF[k]
+        objects += recs
+    return instances, objects
+
+
+DOWNSCALES = (0.71, 0.5, 0.35, 0.25)  # factors also tried when no size is given (cells larger than trained)
+MIN_SIDE = 64  # px: a factor is not tried when it would make the image smaller than this
+
+
+@dataclass
+class SmearParams:
+    """Post-processing of the ``smear10`` task (a model card's ``"postprocess"`` overrides the defaults).
+
+    Parameters
+    ----------
+    downscales : factors also tried when no red-cell size is given (cells larger than trained).
+    min_side : px; a factor is not tried when it would make the image smaller than this.
+    fallback_diameter : px, the trained red-cell diameter assumed when a card gives none.
+
+    Examples
+    --------
+    >>> SmearParams().downscales
+    (0.71, 0.5, 0.35, 0.25)
+    """
+
+    downscales: tuple[float, ...] = DOWNSCALES
+    min_side: int = MIN_SIDE
+    fallback_diameter: float = 32.0
+
+
+def cell_confidence(probs: np.ndarray) -> float:
+    """Mean top-class probability over the pixels a (K, H, W) smear10 prediction calls a cell:
+    highest where the cells are at a size the model knows (used to pick the scale of big cells,
+    which a model trained at 20-44 px reads as fragments and measures far too small)."""
+    fg = probs[0] < 0.5
+    return float(probs.max(0)[fg].mean()) if fg.any() else 0.0
+
+
+def segment_smear(image: np.ndarray, model="smear10", cell_diameter: float | None = None, device: str = "cpu",
+                  tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP, tta: bool | None = None,
+                  params: SmearParams | None = None) -> Segmentation:
+    """The 10-class map of an (H, W, 3) uint8 smear image (classes in :data:`~hemaseg.tasks.smear10.classes.CLASSES` order).
+
+    ``cell_diameter`` is the red-cell diameter in px. When None, the image is also read at the
+    smaller :data:`DOWNSCALES` and the most confident reading (:func:`cell_confidence`) wins
+    when it is one of them (big cells); otherwise the first pass's red cells are measured and
+    the image is rescaled if they fall outside the sizes the model was trained on.
+    ``tta`` averages the final pass over the image and its three flips (4x its time); None: as the
+    model card's ``tta`` says (the bundled model: on, as nnU-Net's test-time mirroring).
+    """
+    module, card = get_model(model, device)
+    sp = params or params_from_card(SmearParams, card, "smear10")
+    if tta is None:
+        tta = bool(card.get("tta", False))
+    norm = card.get("normalization", {})
+    prange = percentile_range(image, norm.get("low", 1.0), norm.get("high", 99.0))
+    factor = smear_factor(card, cell_diameter) if cell_diameter else 1.0
+    probs = None  # the final pass's, once known
+    if cell_diameter is None:
+        probs = predict_probs(module, card, image, factor, tile, overlap, prange)
+        best, best_conf, best_probs = 1.0, cell_confidence(probs), probs
+        for f in sp.downscales:
+            if min(image.shape[:2]) * f < sp.min_side:
+                break
+            p = predict_probs(module, card, image, f, tile, overlap, prange)
+            if (c := cell_confidence(p)) > best_conf:
+                best, best_conf, best_probs = f, c, p
+        factor, probs = best, best_probs
+        cell_diameter = rbc_diameter(probs.argmax(0))
+        new = smear_factor(card, cell_diameter) if best == 1.0 else best  # a downscale's reading is final
+        if new != factor:
+            factor, probs = new, None
+    if probs is None or tta:
+        probs = predict_probs(module, card, image, factor, tile, overlap, prange, tta=tta)
+    classes = probs.argmax(0).astype(np.uint8)
+    for group in ("wbc", "platelet"):
+        classes = vote_per_object(classes, probs, GROUPS[group])
+    if card.get("wbc_typing"):
+        classes = type_wbc_objects(image, classes, card["wbc_typing"], device)
+    instances, objects = smear_objects(classes, probs)
+    diameter = float(cell_diameter or float(card.get("cell_diameter") or sp.fallback_diameter) / factor)
+    return Segmentation(classes, instances, probs, diameter, factor, objects)

@@ -1,0 +1,695 @@
+"""Synthetic blood smears for the 10-class map (seed 002): real single-cell crops and procedural
+cells composited on plain backgrounds, with the class map, instance map and JSON labels.
+
+A :class:`CellBank` holds RGBA cell crops per smear10 class (real crops from
+``../shared/data`` when given, split by source photo into train/val/test; procedural cells
+always). :func:`compose` draws one image from a bank with :class:`SynthConfig`'s ranges.
+
+>>> bank = CellBank.procedural()
+>>> s = compose(bank, SynthConfig(size=96), np.random.default_rng(0))
+>>> s.image.shape, s.classes.shape, s.instances.dtype.name
+((96, 96, 3), (96, 96), 'uint16')
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from hemaseg.classical import central_instance, hsv_wbc_mask, mask_in_box
+from hemaseg.io.datasets import find_labelled_cells, read_voc
+from hemaseg.io.images import read_image, read_mask
+from hemaseg.io.writers import write_json, write_png
+from hemaseg.progress import track
+from hemaseg.tasks.smear10.classes import CLASSES, PALETTE
+from hemaseg.tasks.wbc_type.crops import CROP_MARGIN, square_crop
+
+log = logging.getLogger(__name__)
+
+BACKGROUND, EOSINOPHIL, BASOPHIL, NEUTROPHIL, LYMPHOCYTE, MONOCYTE, THROMBOCYTE, CLUMP, INFECTED, HEALTHY = range(10)
+WBC_CLASSES = {"eosinophil": EOSINOPHIL, "basophil": BASOPHIL, "neutrophil": NEUTROPHIL,
+               "lymphocyte": LYMPHOCYTE, "monocyte": MONOCYTE}
+PARTS = ("train", "val", "test")
+
+
+@dataclass
+class SynthConfig:
+    """Every synthesis parameter, with defaults chosen for variety (stains, scales, densities)."""
+
+    size: int = 224
+    rbc_diameter: tuple[float, float] = (20.0, 44.0)  # px; sets the magnification of the whole image
+    rbc_coverage: tuple[float, float] = (0.1, 0.8)  # share of the canvas covered by red cells
+    rbc_modes: tuple[float, float, float] = (0.4, 0.3, 0.3)  # healthy only / infected only / mixed
+    infected_share: tuple[float, float] = (0.1, 0.6)  # in mixed images
+    wbc_counts: tuple[float, ...] = (0.15, 0.5, 0.25, 0.1)  # P(0, 1, 2, 3 WBCs)
+    wbc_ratio: dict = field(default_factory=lambda: {  # WBC diameter / RBC diameter per type
+        "lymphocyte": (1.0, 1.5), "neutrophil": (1.4, 1.9), "eosinophil": (1.5, 2.0),
+        "basophil": (1.3, 1.8), "monocyte": (1.7, 2.4)})
+    thrombocytes: tuple[int, int] = (0, 5)
+    clump_probability: float = 0.4  # chance of 1-2 platelet clumps in an image
+    platelet_ratio: tuple[float, float] = (0.2, 0.4)  # platelet diameter / RBC diameter
+    real_share: float = 0.8  # chance a cell is a real crop when the bank has one of its class
+    overlap: float = 0.55  # red cell centres at least this many diameters apart (denser: lower)
+    feather: float = 0.8  # px; Gaussian softening of every pasted cell's edge
+    dark_background: float = 0.08  # chance of a dark (grey to black) background as some composites use
+    stain_jitter: float = 1.0  # strength of the per-image colour change (0: none)
+    blur: tuple[float, float] = (0.0, 1.0)  # px, per image
+
+
+def synth_config(params: list[str] | tuple[str, ...] = (), **fixed) -> SynthConfig:
+    """:class:`SynthConfig` with ``key=value`` overrides (values in JSON: ``dark_background=0.3``,
+    ``rbc_diameter=[30,60]``), then ``fixed`` keyword values.
+
+    >>> synth_config(["dark_background=0.3", "rbc_diameter=[30, 60]"], size=96).rbc_diameter
+    (30.0, 60.0)
+    """
+    import json
+    from dataclasses import fields, replace
+
+    known = {f.name: f for f in fields(SynthConfig)}
+    base = SynthConfig()
+    kw = {}
+    for item in params:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or key not in known:
+            raise ValueError(f"synthesis parameter {item!r}: expected KEY=VALUE with KEY one of {', '.join(known)}")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            raise ValueError(f"synthesis parameter {key}: {text!r} is not a JSON value") from None
+        default = getattr(base, key)
+        if isinstance(default, tuple):
+            if not isinstance(value, list) or len(value) != len(default):
+                raise ValueError(f"synthesis parameter {key}: expected a list of {len(default)} numbers, got {text}")
+            value = tuple(float(v) if isinstance(d, float) else v for v, d in zip(value, default))
+        elif isinstance(default, (int, float)) and not isinstance(value, (int, float)):
+            raise ValueError(f"synthesis parameter {key}: expected a number, got {text}")
+        kw[key] = value
+    return replace(base, **{**kw, **fixed})
+
+
+@dataclass
+class Smear:
+    """One synthetic smear: ``image`` (H, W, 3) uint8, ``classes`` (H, W) uint8 smear10 indices,
+    ``instances`` (H, W) uint16 (0 background), ``labels`` seed-002 JSON dict keyed by instance id."""
+
+    image: np.ndarray
+    classes: np.ndarray
+    instances: np.ndarray
+    labels: dict
+
+
+# ---------------------------------------------------------------- procedural cells
+def _noise(shape: tuple[int, int], rng: np.random.Generator, scale: float) -> np.ndarray:
+    """Smooth noise in [-1, 1] with features about ``scale`` px across."""
+    h, w = shape
+    gh, gw = max(2, int(h / max(scale, 1)) + 2), max(2, int(w / max(scale, 1)) + 2)
+    g = rng.uniform(-1, 1, (gh, gw)).astype(np.float32)
+    return cv2.resize(g, (w, h), interpolation=cv2.INTER_CUBIC).clip(-1, 1)
+
+
+def _blob(size: int | tuple[int, int], radius: float, rng: np.random.Generator, wobble: float = 0.08,
+          aspect: float = 1.0, centre: tuple[float, float] | None = None) -> np.ndarray:
+    """(size, size) (or (h, w)) float32 mask of an irregular disc."""
+    h, w = (size, size) if np.isscalar(size) else size
+    c = (h / 2, w / 2) if centre is None else centre
+    yy, xx = np.mgrid[:h, :w].astype(np.float32)
+    ang = np.arctan2(yy - c[0], xx - c[1])
+    k = rng.uniform(0, 2 * np.pi, 3)
+    r = radius * (1 + wobble * (np.sin(2 * ang + k[0]) * rng.uniform(0.3, 1) + np.sin(3 * ang + k[1]) * 0.5
+                                + np.sin(5 * ang + k[2]) * 0.3))
+    d = np.hypot((yy - c[0]) * aspect, xx - c[1])
+    return np.clip(r - d + 0.5, 0, 1)
+
+
+def _rgba(colour_map: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    return np.dstack([np.clip(colour_map, 0, 255), np.clip(alpha, 0, 1) * 255]).astype(np.uint8)
+
+
+RBC_TONES = ([195, 95, 105], [240, 165, 180])  # RGB range of procedural red cells
+
+
+def procedural_rbc(d: float, rng: np.random.Generator, tone: np.ndarray | None = None) -> np.ndarray:
+    """(S, S, 4) uint8 RGBA red cell of diameter ``d``: pink disc, pale centre, darker rim.
+
+    ``tone`` is the image's red-cell colour (cells of one smear share a stain); each cell varies a little.
+    """
+    s = int(d * 1.2) + 2
+    alpha = _blob(s, d / 2, rng, wobble=0.04, aspect=rng.uniform(0.85, 1.0))
+    yy, xx = np.mgrid[:s, :s]
+    rr = np.hypot(yy - s / 2, xx - s / 2) / (d / 2)
+    tone = rng.uniform(*RBC_TONES) if tone is None else tone
+    base = np.asarray(tone, np.float32) * rng.uniform(0.95, 1.05, 3)
+    pallor = rng.uniform(0.0, 0.25) * np.exp(-(rr / rng.uniform(0.35, 0.55)) ** 2)
+    rim = rng.uniform(0.0, 0.12) * np.exp(-((rr - 0.9) / 0.12) ** 2)
+    shade = 1 + pallor - rim + 0.03 * _noise((s, s), rng, d / 4)
+    col = base[None, None] * shade[..., None]
+    col = col + (255 - col) * pallor[..., None] * 0.6
+    return _rgba(col, alpha)
+
+
+def add_parasites(cell: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Malaria stages drawn into an RBC crop (RGBA): ring forms with chromatin dots, dots, or a
+    trophozoite blob with pigment. Returns a new crop."""
+    out = cell.astype(np.float32).copy()
+    a = out[..., 3] / 255
+    ys, xs = np.nonzero(a > 0.5)
+    if len(ys) < 10:
+        return cell
+    d = 2 * np.sqrt(len(ys) / np.pi)
+    purple = rng.uniform([60, 20, 100], [130, 70, 170])
+    ink = np.zeros(a.shape, np.float32)
+    kind = rng.choice(["ring", "ring", "dots", "troph"])
+    n = 1 if kind != "dots" else int(rng.integers(3, 9))
+    if kind == "ring":
+        n = int(rng.choice([1, 1, 1, 2, 3]))
+    for _ in range(n):
+        i = rng.integers(len(ys))
+        cy, cx = float(ys[i]), float(xs[i])
+        if kind == "ring":
+            r = d * rng.uniform(0.1, 0.2)
+            th = max(1, int(round(d * rng.uniform(0.03, 0.06))))
+            cv2.circle(ink, (int(cx), int(cy)), max(1, int(r)), 1.0, th, lineType=cv2.LINE_AA)
+            ang = rng.uniform(0, 2 * np.pi)
+            cv2.circle(ink, (int(cx + r * np.cos(ang)), int(cy + r * np.sin(ang))), max(1, int(d * 0.06)), 1.0, -1,
+                       lineType=cv2.LINE_AA)
+        elif kind == "dots":
+            cv2.circle(ink, (int(cx), int(cy)), max(1, int(d * rng.uniform(0.03, 0.07))), 1.0, -1, lineType=cv2.LINE_AA)
+        else:
+            blob = _blob(a.shape, d * rng.uniform(0.15, 0.3), rng, wobble=0.25, centre=(cy, cx))
+            ink = np.maximum(ink, blob * 0.85)
+            for _ in range(int(rng.integers(2, 6))):
+                j = rng.integers(len(ys))
+                if blob[ys[j], xs[j]] > 0.5:
+                    cv2.circle(ink, (int(xs[j]), int(ys[j])), 1, 1.0, -1)
+    ink = np.minimum(ink, 1) * (a > 0.3)
+    out[..., :3] = out[..., :3] * (1 - ink[..., None]) + purple * ink[..., None]
+    return out.clip(0, 255).astype(np.uint8)
+
+
+def procedural_platelet(d: float, rng: np.random.Generator) -> np.ndarray:
+    """(S, S, 4) RGBA platelet of diameter ``d``: small irregular purple body with granules."""
+    s = int(d * 1.6) + 3
+    alpha = _blob(s, d / 2, rng, wobble=0.2, aspect=rng.uniform(0.7, 1.0))
+    base = rng.uniform([110, 60, 140], [190, 130, 210])
+    gran = np.clip(_noise((s, s), rng, max(d / 5, 1.5)), 0, 1)
+    col = base[None, None] * (1 - 0.35 * gran[..., None])
+    return _rgba(col, alpha)
+
+
+def _lobes(size: int, centre: tuple[float, float], radius: float, n: int, rng: np.random.Generator,
+           spread: float) -> np.ndarray:
+    """Mask of ``n`` nucleus lobes strung along an arc (segmented nuclei)."""
+    mask = np.zeros((size, size), np.float32)
+    start = rng.uniform(0, 2 * np.pi)
+    step = rng.uniform(0.8, 1.3) * (1.6 * np.pi / max(n, 2))
+    pts = []
+    for k in range(n):
+        ang = start + k * step
+        pts.append((centre[0] + spread * np.sin(ang), centre[1] + spread * np.cos(ang)))
+        mask = np.maximum(mask, _blob(size, radius * rng.uniform(0.85, 1.1), rng, 0.12, centre=pts[-1]))
+    for (y0, x0), (y1, x1) in zip(pts, pts[1:]):  # thin chromatin bridges between lobes
+        cv2.line(mask, (int(x0), int(y0)), (int(x1), int(y1)), 1.0, max(1, int(radius * 0.25)), cv2.LINE_AA)
+    return mask
+
+
+def procedural_wbc(kind: str, d: float, rng: np.random.Generator) -> np.ndarray:
+    """(S, S, 4) RGBA white cell of type ``kind`` and diameter ``d`` (Wright/Giemsa look)."""
+    s = int(d * 1.15) + 4
+    c = (s / 2, s / 2)
+    cell = _blob(s, d / 2, rng, wobble=0.05, aspect=rng.uniform(0.85, 1.0))
+    nucleus_rgb = rng.uniform([70, 30, 110], [140, 90, 190])
+    if kind == "lymphocyte":
+        cyto_rgb = rng.uniform([150, 170, 210], [210, 215, 245])
+        nuc = _blob(s, d / 2 * rng.uniform(0.72, 0.88), rng, 0.06,
+                    centre=(c[0] + rng.uniform(-1, 1) * d * 0.06, c[1] + rng.uniform(-1, 1) * d * 0.06))
+        granules = None
+    elif kind == "monocyte":
+        cyto_rgb = rng.uniform([170, 165, 195], [215, 205, 235])
+        nuc = _blob(s, d / 2 * rng.uniform(0.45, 0.6), rng, 0.1, aspect=rng.uniform(0.6, 0.85))
+        bite = _blob(s, d * 0.2, rng, 0.1, centre=(c[0] + d * 0.28, c[1] + rng.uniform(-1, 1) * d * 0.1))
+        nuc = np.clip(nuc - bite, 0, 1)  # kidney shape
+        granules = None
+    elif kind == "neutrophil":
+        cyto_rgb = rng.uniform([205, 180, 195], [240, 215, 230])
+        nuc = _lobes(s, c, d * rng.uniform(0.12, 0.16), int(rng.integers(2, 6)), rng, d * 0.2)
+        granules = (rng.uniform([180, 140, 170], [215, 175, 205]), 0.3, d / 30)
+    elif kind == "eosinophil":
+        cyto_rgb = rng.uniform([215, 150, 120], [245, 190, 160])
+        nuc = _lobes(s, c, d * rng.uniform(0.15, 0.19), 2, rng, d * 0.2)
+        granules = (rng.uniform([200, 80, 50], [240, 130, 100]), 0.75, d / 22)
+    else:  # basophil: dark granules over the whole cell hide the nucleus
+        cyto_rgb = rng.uniform([160, 130, 190], [210, 180, 225])
+        nuc = _lobes(s, c, d * rng.uniform(0.14, 0.18), 2, rng, d * 0.15)
+        granules = (rng.uniform([50, 20, 80], [100, 60, 140]), 0.7, d / 20)
+    nuc = np.minimum(nuc, cell)
+    col = np.broadcast_to(cyto_rgb, (s, s, 3)).astype(np.float32) * (1 + 0.04 * _noise((s, s), rng, d / 6))[..., None]
+
+    def sprinkle(col: np.ndarray) -> np.ndarray:
+        g_rgb, density, g_size = granules
+        g = (_noise((s, s), rng, max(g_size, 1.0)) > 1 - density).astype(np.float32)
+        g = cv2.GaussianBlur(g, (0, 0), 0.5) * cell
+        return col * (1 - g[..., None]) + g_rgb * g[..., None]
+
+    if granules is not None and kind != "basophil":
+        col = sprinkle(col)
+    tex = 1 + 0.12 * _noise((s, s), rng, d / 10)
+    col = col * (1 - nuc[..., None]) + (nucleus_rgb * tex[..., None]) * nuc[..., None]
+    if kind == "basophil":  # its granules lie over the nucleus and hide it
+        col = sprinkle(col)
+    return _rgba(col, cell)
+
+
+# ---------------------------------------------------------------- the bank of cells
+def _part_of(source: str, seed: int, fractions: tuple[float, float] = (0.8, 0.1)) -> str:
+    """Stable train/val/test assignment of a source photo (hash of its name and the seed)."""
+    h = int(hashlib.sha1(f"{seed}:{source}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return "train" if h < fractions[0] else "val" if h < fractions[0] + fractions[1] else "test"
+
+
+def crop_key(path: str | Path) -> str:
+    """``<folder>/<file name>`` of a crop: how split files name single-cell crops."""
+    p = Path(path)
+    return f"{p.parent.name}/{p.name}"
+
+
+def _wbc_part(path: Path, source: str, seed: int, held_out: set[str] | None) -> str:
+    if held_out is None:
+        return _part_of(source, seed)
+    if crop_key(path) not in held_out:
+        return "train"
+    return "val" if _part_of(source, seed, (0.0, 0.5)) == "val" else "test"
+
+
+def _cut(image: np.ndarray, mask: np.ndarray, pad: int = 2) -> np.ndarray | None:
+    """RGBA crop of ``image`` around ``mask``; the mask is the alpha."""
+    ys, xs = np.nonzero(mask)
+    if len(ys) < 12:
+        return None
+    y1, y2 = max(0, ys.min() - pad), min(mask.shape[0], ys.max() + pad + 1)
+    x1, x2 = max(0, xs.min() - pad), min(mask.shape[1], xs.max() + pad + 1)
+    return np.dstack([image[y1:y2, x1:x2, :3], mask[y1:y2, x1:x2].astype(np.uint8) * 255])
+
+
+def _solidity(mask: np.ndarray) -> float:
+    """Area / convex-hull area of a mask's largest outline (1 for a disc, low for crescents and fragments)."""
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    if not contours:
+        return 0.0
+    c = max(contours, key=cv2.contourArea)
+    hull = cv2.contourArea(cv2.convexHull(c))
+    return float(cv2.contourArea(c) / hull) if hull > 0 else 0.0
+
+
+def _round_cell(mask: np.ndarray, min_solidity: float = 0.9, fill: tuple[float, float] = (0.55, 0.84),
+                max_edge: float = 0.3) -> bool:
+    """A clean single-cell mask in its box: convex enough, filling the box like an ellipse does (0.785),
+    and not cut off by the box (a pseudo-mask clipped by its box runs along the box's sides)."""
+    if mask.size == 0 or mask.sum() < 12 or min(mask.shape) < 4:
+        return False
+    ratio = mask.sum() / mask.size
+    edge = np.concatenate([mask[0], mask[-1], mask[:, 0], mask[:, -1]]).mean()
+    return fill[0] <= ratio <= fill[1] and edge <= max_edge and _solidity(mask) >= min_solidity
+
+
+def _touches_border(box: tuple[int, int, int, int], w: int, h: int, margin: int = 2) -> bool:
+    x1, y1, x2, y2 = box
+    return x1 <= margin or y1 <= margin or x2 >= w - margin or y2 >= h - margin
+
+
+@dataclass
+class CellBank:
+    """RGBA crops per smear10 class index (real cells), plus procedural cells on demand."""
+
+    crops: dict[int, list[np.ndarray]] = field(default_factory=dict)
+    backgrounds: list[tuple[float, float, float]] = field(default_factory=list)  # source slides' plasma colours
+
+    @classmethod
+    def procedural(cls) -> "CellBank":
+        """A bank with no real crops: every cell is drawn procedurally."""
+        return cls()
+
+    def count(self) -> dict[str, int]:
+        """Real crops per class name."""
+        return {CLASSES[k]: len(v) for k, v in sorted(self.crops.items())}
+
+    def add(self, cls_index: int, crop: np.ndarray | None) -> None:
+        if crop is not None and crop.shape[0] >= 4 and crop.shape[1] >= 4:
+            self.crops.setdefault(cls_index, []).append(crop)
+
+    @classmethod
+    def from_data(cls, root: str | Path, part: str = "train", seed: int = 0, max_per_class: int = 1500,
+                  progress: bool = False, held_out: set[str] | None = None) -> "CellBank":
+        """Real crops of one ``part`` (train/val/test, split by source photo) from the data sets
+        under ``root``: wbc-seg WBCs (mask + type CSV), BCCD WBC crops (typed folders; the cell cut
+        by :func:`hemaseg.classical.hsv_wbc_mask`), BCCD photos' RBC and platelet boxes (cut by
+        :func:`hemaseg.classical.mask_in_box`).
+
+        ``held_out``: WBC crops (``<folder>/<file name>``) another model (the WBC-type classifier)
+        never trained on. When given, exactly these WBC crops make the val and test parts (half
+        each, by hash) and all other WBC crops the train part, so a pipeline using both models
+        is tested on WBCs neither has seen."""
+        if part not in PARTS:
+            raise ValueError(f"part must be one of {PARTS}")
+        root = Path(root)
+        bank = cls()
+        rng = np.random.default_rng(seed)
+        for folder in sorted(p for p in root.rglob("Dataset 1") if p.is_dir()):  # wbc-seg
+            for path, kind in find_labelled_cells(folder.parent):
+                mpath = path.with_suffix(".png")
+                if kind not in WBC_CLASSES or not mpath.exists() or _wbc_part(path, f"wbcseg/{path.stem}", seed,
+                                                                                held_out) != part:
+                    continue
+                img, m = read_image(path), read_mask(mpath)
+                bank.add(WBC_CLASSES[kind], _cut(img, m > 0))
+                bank.backgrounds.append(tuple(np.median(img[m == 0].reshape(-1, 3), 0)))
+        for folder in sorted(p for p in root.rglob("bccd-wbc") if p.is_dir()):
+            for path, kind in find_labelled_cells(folder):
+                source = path.stem.rsplit("_", 1)[0]
+                if kind not in WBC_CLASSES or _wbc_part(path, f"bccd/{source}", seed, held_out) != part:
+                    continue
+                img = read_image(path)
+                _, inst = hsv_wbc_mask(img)
+                k = central_instance(inst)
+                if k and 0.08 < (inst == k).mean() < 0.85 and _solidity(inst == k) >= 0.85:
+                    bank.add(WBC_CLASSES[kind], _cut(img, inst == k))
+        xmls = sorted(p for p in root.rglob("Annotations/*.xml"))
+        rng.shuffle(xmls)
+        for xml in track(xmls, "cut BCCD cells", leave=False) if progress else xmls:
+            if _part_of(f"bccd/{xml.stem}", seed) != part:
+                continue
+            jpg = xml.parent.parent / "JPEGImages" / f"{xml.stem}.jpg"
+            if not jpg.exists():
+                continue
+            img = read_image(jpg)
+            h, w = img.shape[:2]
+            for name, box in read_voc(xml):
+                target = {"rbc": HEALTHY, "platelets": THROMBOCYTE, "platelet": THROMBOCYTE}.get(name.lower())
+                if target is None or len(bank.crops.get(target, [])) >= max_per_class or _touches_border(box, w, h):
+                    continue
+                x1, y1, x2, y2 = box
+                m = mask_in_box(img, box)
+                if not (_round_cell(m) if target == HEALTHY else _round_cell(m, 0.8, (0.2, 0.84), 0.4)):
+                    continue
+                full = np.zeros((h, w), bool)
+                full[y1:y1 + m.shape[0], x1:x1 + m.shape[1]] = m
+                bank.add(target, _cut(img, full))
+            bank.backgrounds.append(tuple(np.percentile(img.reshape(-1, 3), 90, axis=0)))
+        log.info("cell bank %s: %s", part, bank.count())
+        return bank
+
+    def save(self, path: str | Path) -> Path:
+        """Cache as one .npz (crops are ragged: stored as flat arrays + shapes)."""
+        arrays = {}
+        for k, crops in self.crops.items():
+            arrays[f"c{k}_shapes"] = np.array([c.shape for c in crops], np.int32)
+            arrays[f"c{k}_data"] = np.concatenate([c.ravel() for c in crops])
+        arrays["backgrounds"] = np.array(self.backgrounds, np.float32).reshape(-1, 3)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.stem + ".tmp.npz")
+        np.savez_compressed(tmp, **arrays)
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "CellBank":
+        data = np.load(path)
+        bank = cls(backgrounds=[tuple(b) for b in data["backgrounds"]])
+        for key in data.files:
+            if key.endswith("_shapes"):
+                k = int(key[1:-7])
+                flat, start = data[f"c{k}_data"], 0
+                for shape in data[key]:
+                    n = int(np.prod(shape))
+                    bank.add(k, flat[start:start + n].reshape(shape))
+                    start += n
+        return bank
+
+    def cell(self, cls_index: int, diameter: float, rng: np.random.Generator, cfg: SynthConfig,
+             wbc_kind: str = "", tone: np.ndarray | None = None) -> np.ndarray:
+        """An RGBA cell of ``cls_index`` scaled so its equivalent diameter is ``diameter``."""
+        real = self.crops.get(HEALTHY if cls_index == INFECTED else cls_index, [])
+        if real and rng.random() < cfg.real_share:
+            crop = real[int(rng.integers(len(real)))]
+            own = 2 * np.sqrt(max((crop[..., 3] > 127).sum(), 1) / np.pi)
+            crop = _resize(crop, diameter / own)
+            crop = _jitter_crop(crop, rng)
+        elif cls_index in (HEALTHY, INFECTED):
+            crop = procedural_rbc(diameter, rng, tone)
+        elif cls_index == THROMBOCYTE:
+            crop = procedural_platelet(diameter, rng)
+        else:
+            crop = procedural_wbc(wbc_kind or CLASSES[cls_index], diameter, rng)
+        if cls_index == INFECTED:
+            crop = add_parasites(crop, rng)
+        return crop
+
+
+def _resize(crop: np.ndarray, factor: float) -> np.ndarray:
+    h, w = crop.shape[:2]
+    size = (max(3, int(round(w * factor))), max(3, int(round(h * factor))))
+    return cv2.resize(crop, size, interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR)
+
+
+def _jitter_crop(crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Small per-cell brightness/colour change, so cells of one source do not all look alike."""
+    out = crop.astype(np.float32)
+    out[..., :3] = out[..., :3] * rng.uniform(0.92, 1.08, 3) + rng.uniform(-8, 8, 3)
+    return out.clip(0, 255).astype(np.uint8)
+
+
+def _rotate(crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Random rotation (canvas grown to fit) and flip of an RGBA crop."""
+    if rng.random() < 0.5:
+        crop = crop[:, ::-1]
+    h, w = crop.shape[:2]
+    ang = rng.uniform(0, 360)
+    m = cv2.getRotationMatrix2D((w / 2, h / 2), ang, 1.0)
+    cos, sin = abs(m[0, 0]), abs(m[0, 1])
+    nw, nh = int(h * sin + w * cos) + 1, int(h * cos + w * sin) + 1
+    m[0, 2] += nw / 2 - w / 2
+    m[1, 2] += nh / 2 - h / 2
+    return cv2.warpAffine(np.ascontiguousarray(crop), m, (nw, nh), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0, 0))
+
+
+# ---------------------------------------------------------------- composition
+def _background(size: int, rng: np.random.Generator, cfg: SynthConfig, bank: CellBank) -> np.ndarray:
+    """Plasma/glass: white, pink, yellowish (or a source slide's own colour, or dark), shaded and grainy."""
+    u = rng.random()
+    if u < cfg.dark_background:
+        tint = np.full(3, rng.uniform(0, 90)) + rng.uniform(-8, 8, 3)
+    elif bank.backgrounds and u < 0.35:
+        tint = np.array(bank.backgrounds[int(rng.integers(len(bank.backgrounds)))], np.float32)
+    else:
+        white, pink, yellow = np.array([245, 245, 245]), np.array([240, 205, 215]), np.array([238, 228, 190])
+        w = rng.dirichlet([1.0, 1.0, 0.7])
+        tint = w[0] * white + w[1] * pink + w[2] * yellow - rng.uniform(0, 40)
+    shade = 1 + 0.06 * _noise((size, size), rng, size / 2)
+    bg = tint[None, None] * shade[..., None] + rng.normal(0, rng.uniform(1, 4), (size, size, 1))
+    return bg.astype(np.float32)
+
+
+def _paste(canvas: np.ndarray, classes: np.ndarray, instances: np.ndarray, crop: np.ndarray, cx: float, cy: float,
+           cls_index: int, inst_id: int, feather: float) -> bool:
+    """Alpha-blend an RGBA crop centred at (cx, cy); write its class/instance where alpha > 0.5."""
+    h, w = crop.shape[:2]
+    H, W = classes.shape
+    x0, y0 = int(round(cx - w / 2)), int(round(cy - h / 2))
+    X1, Y1, X2, Y2 = max(0, x0), max(0, y0), min(W, x0 + w), min(H, y0 + h)
+    if X2 <= X1 or Y2 <= Y1:
+        return False
+    part = crop[Y1 - y0:Y2 - y0, X1 - x0:X2 - x0].astype(np.float32)
+    a = part[..., 3] / 255.0
+    hard = a > 0.5
+    if feather > 0:
+        a = cv2.GaussianBlur(a, (0, 0), feather)
+    canvas[Y1:Y2, X1:X2] = canvas[Y1:Y2, X1:X2] * (1 - a[..., None]) + part[..., :3] * a[..., None]
+    classes[Y1:Y2, X1:X2][hard] = cls_index
+    instances[Y1:Y2, X1:X2][hard] = inst_id
+    return bool(hard.any())
+
+
+def _stain(image: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
+    """Per-image colour change: a random colour matrix near identity, gamma and contrast."""
+    if strength <= 0:
+        return image
+    m = np.eye(3) + rng.normal(0, 0.08 * strength, (3, 3))
+    out = image @ m.T.astype(np.float32) + rng.normal(0, 8 * strength, 3)
+    out = np.clip(out, 0, 255) / 255.0
+    out = out ** rng.uniform(1 - 0.25 * strength, 1 + 0.25 * strength)
+    return out * 255.0
+
+
+def _free_spot(rng: np.random.Generator, size: int, placed: list[tuple[float, float, float]], radius: float,
+               min_gap: float, tries: int = 20) -> tuple[float, float]:
+    """A centre at least ``min_gap`` x (r1 + r2) from every placed circle, when one is found."""
+    best, best_d = None, -1.0
+    for _ in range(tries):
+        x, y = rng.uniform(-radius * 0.3, size + radius * 0.3, 2)
+        d = min((np.hypot(x - px, y - py) / (pr + radius) for px, py, pr in placed), default=9.0)
+        if d >= min_gap:
+            return float(x), float(y)
+        if d > best_d:
+            best, best_d = (float(x), float(y)), d
+    return best
+
+
+def compose(bank: CellBank, cfg: SynthConfig, rng: np.random.Generator) -> Smear:
+    """One synthetic smear: red cells (healthy/infected/mixed), then WBCs, thrombocytes, clumps."""
+    size = cfg.size
+    canvas = _background(size, rng, cfg, bank)
+    classes = np.zeros((size, size), np.uint8)
+    instances = np.zeros((size, size), np.uint16)
+    names: dict[int, int] = {}
+    d_rbc = rng.uniform(*cfg.rbc_diameter)
+    tone = rng.uniform(*RBC_TONES)
+    next_id = 1
+
+    def put(cls_index: int, d: float, x: float, y: float, kind: str = "") -> None:
+        nonlocal next_id
+        crop = _rotate(bank.cell(cls_index, d, rng, cfg, kind, tone), rng)
+        if _paste(canvas, classes, instances, crop, x, y, cls_index, next_id, cfg.feather):
+            names[next_id] = cls_index
+            next_id += 1
+
+    mode = rng.choice(3, p=np.array(cfg.rbc_modes) / sum(cfg.rbc_modes))
+    infected_p = [0.0, 1.0, rng.uniform(*cfg.infected_share)][mode]
+    n_rbc = int(rng.uniform(*cfg.rbc_coverage) * size * size / (np.pi * d_rbc ** 2 / 4))
+    placed: list[tuple[float, float, float]] = []
+    for _ in range(n_rbc):
+        d = d_rbc * rng.uniform(0.85, 1.15)
+        spot = _free_spot(rng, size, placed, d / 2, cfg.overlap)
+        placed.append((*spot, d / 2))
+        put(INFECTED if rng.random() < infected_p else HEALTHY, d, *spot)
+
+    n_wbc = int(rng.choice(len(cfg.wbc_counts), p=np.array(cfg.wbc_counts) / sum(cfg.wbc_counts)))
+    big: list[tuple[float, float, float]] = []
+    for _ in range(n_wbc):
+        kind = str(rng.choice(list(WBC_CLASSES)))
+        d = d_rbc * rng.uniform(*cfg.wbc_ratio[kind])
+        spot = _free_spot(rng, size, big, d / 2, 0.9)
+        spot = (float(np.clip(spot[0], d * 0.2, size - d * 0.2)), float(np.clip(spot[1], d * 0.2, size - d * 0.2)))
+        big.append((*spot, d / 2))
+        put(WBC_CLASSES[kind], d, *spot, kind=kind)
+
+    for _ in range(int(rng.integers(cfg.thrombocytes[0], cfg.thrombocytes[1] + 1))):
+        d = d_rbc * rng.uniform(*cfg.platelet_ratio)
+        spot = _free_spot(rng, size, big, d / 2, 0.8)
+        put(THROMBOCYTE, d, *spot)
+
+    if rng.random() < cfg.clump_probability:
+        for _ in range(int(rng.integers(1, 3))):
+            _put_clump(bank, cfg, rng, canvas, classes, instances, names, d_rbc, big, next_id)
+            next_id = max(names, default=0) + 1
+
+    image = _stain(canvas, rng, cfg.stain_jitter)
+    sigma = rng.uniform(*cfg.blur)
+    if sigma > 0.3:
+        image = cv2.GaussianBlur(image, (0, 0), sigma)
+    image = np.clip(image, 0, 255).astype(np.uint8)
+    instances, labels = _labels(classes, instances, names)
+    return Smear(image, classes, instances, labels)
+
+
+def _put_clump(bank, cfg, rng, canvas, classes, instances, names, d_rbc, big, inst_id) -> None:
+    """A platelet clump: 4-12 platelets packed into one object (one instance, class 7)."""
+    d_plt = d_rbc * rng.uniform(*cfg.platelet_ratio)
+    n = int(rng.integers(4, 13))
+    r = d_plt * (0.45 * np.sqrt(n) + 0.3)
+    s = int(2 * r + 2 * d_plt) + 4
+    clump = np.zeros((s, s, 4), np.float32)
+    for _ in range(n):
+        p = bank.cell(THROMBOCYTE, d_plt * rng.uniform(0.8, 1.2), rng, cfg).astype(np.float32)
+        ang, rad = rng.uniform(0, 2 * np.pi), r * np.sqrt(rng.random())
+        cy, cx = s / 2 + rad * np.sin(ang), s / 2 + rad * np.cos(ang)
+        h, w = p.shape[:2]
+        y0, x0 = int(cy - h / 2), int(cx - w / 2)
+        y0, x0 = min(max(0, y0), s - h), min(max(0, x0), s - w)
+        a = p[..., 3:] / 255
+        region = clump[y0:y0 + h, x0:x0 + w]
+        region[..., :3] = region[..., :3] * (1 - a) + p[..., :3] * a
+        region[..., 3:] = np.maximum(region[..., 3:], p[..., 3:])
+    # Platelets of a clump sit in a faint shared matrix, so the clump is one connected object.
+    matrix = cv2.GaussianBlur((clump[..., 3] > 127).astype(np.float32), (0, 0), d_plt * 0.35)
+    matrix = (matrix > 0.2).astype(np.float32) * 255
+    fill = clump[..., 3] < 1
+    clump[..., :3][fill] = np.median(clump[..., :3][~fill], 0) * 1.15
+    clump[..., 3] = np.maximum(clump[..., 3], matrix * 0.9)
+    spot = _free_spot(rng, classes.shape[0], big, r + d_plt / 2, 0.8)
+    big.append((*spot, r + d_plt / 2))
+    crop = _rotate(clump.clip(0, 255).astype(np.uint8), rng)
+    if _paste(canvas, classes, instances, crop, *spot, CLUMP, inst_id, cfg.feather):
+        names[inst_id] = CLUMP
+
+
+def _labels(classes: np.ndarray, instances: np.ndarray, names: dict[int, int]) -> tuple[np.ndarray, dict]:
+    """Renumber visible instances 1..N and describe each one (seed-002 JSON: bbox of visible pixels)."""
+    from scipy import ndimage as ndi
+
+    ids = [i for i in sorted(names) if i > 0]
+    out = np.zeros_like(instances)
+    labels: dict[str, dict] = {}
+    slices = ndi.find_objects(instances.astype(np.int32), max_label=max(ids, default=0))
+    k = 0
+    for i in ids:
+        sl = slices[i - 1]
+        if sl is None:
+            continue
+        k += 1
+        mask = instances[sl] == i
+        out[sl][mask] = k
+        y, x = sl
+        cls_index = names[i]
+        labels[str(k - 1)] = {
+            "className": CLASSES[cls_index], "classIdx": cls_index, "instance": k,
+            "posX": int((x.start + x.stop) // 2), "posY": int((y.start + y.stop) // 2),
+            "bboxW": int(x.stop - x.start), "bboxH": int(y.stop - y.start), "tlX": int(x.start), "tlY": int(y.start),
+            "area": int(mask.sum()),
+        }
+    return out, labels
+
+
+def colour_map(classes: np.ndarray) -> np.ndarray:
+    """(H, W) smear10 class indices -> (H, W, 3) uint8 seed-002 palette image."""
+    lut = np.array([PALETTE[k] for k in range(len(CLASSES))], np.uint8)
+    return lut[classes]
+
+
+def write_smear(out: str | Path, name: str, smear: Smear) -> None:
+    """Seed-002 folder layout: images/, segments/ (palette), classes/ (indices), instances/ (uint16), labels/ (JSON)."""
+    out = Path(out)
+    write_png(out / "images" / f"{name}.png", smear.image)
+    write_png(out / "segments" / f"{name}.png", colour_map(smear.classes))
+    write_png(out / "classes" / f"{name}.png", smear.classes)
+    write_png(out / "instances" / f"{name}.png", smear.instances)
+    write_json(out / "labels" / f"{name}.json", smear.labels)
+
+
+def wbc_crops(smear: Smear) -> list[tuple[str, np.ndarray]]:
+    """(type, crop) of every WBC of a composite, cut as ``hemaseg analyze`` cuts a found WBC
+    (:func:`hemaseg.tasks.wbc_type.crops.square_crop`): training crops for a classifier that must
+    name composited cells.
+
+    >>> bank = CellBank.procedural()
+    >>> smear = compose(bank, SynthConfig(size=128), np.random.default_rng(3))
+    >>> all(name in WBC_CLASSES and crop.ndim == 3 for name, crop in wbc_crops(smear))
+    True
+    """
+    out = []
+    for rec in smear.labels.values():
+        if rec["className"] in WBC_CLASSES:
+            box = {"x1": rec["tlX"], "y1": rec["tlY"], "x2": rec["tlX"] + rec["bboxW"], "y2": rec["tlY"] + rec["bboxH"]}
+            out.append((rec["className"], square_crop(smear.image, box, CROP_MARGIN)))
+    return out
+
+
+def image_seed(seed: int, part: str, index: int) -> np.random.Generator:
+    """The generator of image ``index`` of ``part``: the same image every time (resume, workers)."""
+    return np.random.default_rng([seed, PARTS.index(part) if part in PARTS else 9, index])

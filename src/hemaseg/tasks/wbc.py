@@ -1,0 +1,307 @@
+"""The ``wbc`` task (seed 000): the outline of every white blood cell and its nucleus.
+
+Labels on disk follow wbc-seg: 0 background, 128 cytoplasm, 255 nucleus. Inference scales the
+image so its WBCs have the model's trained diameter (estimated with the model itself when not
+given, as Cellpose does), predicts tiled, then post-processes: opening, small specks dropped,
+touching cells split by watershed, cells without a nucleus dropped (red cells), cytoplasm
+clipped to a reach from the nucleus. Every knob is a field of :class:`WbcParams`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from scipy import ndimage as ndi
+from skimage.measure import regionprops
+from skimage.morphology import remove_small_holes, remove_small_objects
+
+from hemaseg.classical import WBC_METHODS, segment_classical
+from hemaseg.core.labels import measure_diameter, relabel, split_instances, wbc_objects
+from hemaseg.core.resize import clamp_factor
+from hemaseg.core.result import Segmentation
+from hemaseg.engine.predict import card_range, get_model, predict_probs
+from hemaseg.engine.task import Task
+from hemaseg.engine.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
+from hemaseg.io.datasets import Pair, load_pair
+from hemaseg.metrics import wbc_scores
+from hemaseg.tasks.registry import register_task
+
+DEPENDS: tuple[str, ...] = ()
+
+
+@dataclass
+class WbcParams:
+    """Post-processing of the ``wbc`` task (a model card's ``"postprocess"`` overrides the defaults).
+
+    Parameters
+    ----------
+    min_cell_fraction : smallest WBC kept, as a fraction of the area of a cell of the estimated
+        diameter: small lymphocytes (~0.5x the diameter of a monocyte) stay, platelets (<0.25x) go.
+    max_reach : farthest cytoplasm from the nucleus, in nucleus diameters (wbc-seg annotations: max 1.03).
+    open_radius : opening radius as a fraction of the cell diameter: removes arms thinner than ~1/8 of a cell.
+    scale_deadband : rescaling is skipped when the estimated scale is within this factor of 1 (the
+        model was trained over 0.5-2x, and resampling costs time and sharpness).
+    first_pass_factors : first-pass scales, tried in order until nucleated cells are found. At 0.5
+        the model (trained over 0.5-2x) sees cells of 1-4x its trained diameter, the usual case for
+        images of other labs (higher magnification); 1.0 and 2.0 catch smaller cells.
+    fallback_diameter : px, the trained diameter assumed when a card gives none.
+
+    Examples
+    --------
+    >>> WbcParams().min_cell_fraction, WbcParams(max_reach=1.2).max_reach
+    (0.15, 1.2)
+    """
+
+    min_cell_fraction: float = 0.15
+    max_reach: float = 1.0
+    open_radius: float = 0.06
+    scale_deadband: float = 1.25
+    first_pass_factors: tuple[float, ...] = (0.5, 1.0, 2.0)
+    fallback_diameter: float = 50.0
+
+
+DEFAULTS = WbcParams()
+
+
+def clean_wbc_classes(classes: np.ndarray, min_area: int) -> np.ndarray:
+    """Drop cell specks smaller than ``min_area`` px and fill holes in cells: (H, W) uint8 classes.
+
+    >>> c = np.zeros((20, 20), np.uint8); c[2:12, 2:12] = 1; c[5:8, 5:8] = 0; c[18, 18] = 2
+    >>> out = clean_wbc_classes(c, min_area=10)
+    >>> int(out[6, 6]), int(out[18, 18])
+    (1, 0)
+    """
+    cell = classes > 0
+    cell = remove_small_objects(cell, max_size=max(min_area - 1, 0))
+    cell = remove_small_holes(cell, max_size=max(min_area - 1, 0))
+    out = np.where(cell, np.maximum(classes, 1), 0).astype(np.uint8)
+    # Specks of cytoplasm enclosed by nucleus are texture (granules), not anatomy.
+    nucleus = remove_small_holes(out == 2, max_size=max(min_area // 10, 0))
+    out[nucleus & cell] = 2
+    return out
+
+
+def open_cells(classes: np.ndarray, radius: float) -> np.ndarray:
+    """Morphological opening of the cell mask (disk of ``radius`` px): cuts thin bridges and arms
+    (a faint cytoplasm leaking into a neighbouring red cell) so they can be dropped as separate pieces.
+
+    >>> c = np.zeros((40, 60), np.uint8); c[5:35, 5:35] = 1; c[18:21, 35:58] = 1
+    >>> int(open_cells(c, 3)[19, 50]), int(open_cells(c, 3)[19, 20])
+    (0, 1)
+    """
+    r = int(round(radius))
+    if r < 1:
+        return classes
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+    cell = cv2.morphologyEx((classes > 0).astype(np.uint8), cv2.MORPH_OPEN, kernel)
+    return np.where(cell > 0, classes, 0).astype(np.uint8)
+
+
+def keep_nucleated(classes: np.ndarray, instances: np.ndarray, min_fraction: float = 0.1,
+                   min_area: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Drop cell instances whose nucleus is under ``min_fraction`` of their area or ``min_area`` px.
+
+    Every WBC has a nucleus and red cells have none, so a "cell" without one is a red
+    cell (or debris) that looked like cytoplasm under an unfamiliar stain. Returns the
+    cleaned (classes, instances), instances relabelled 1..N.
+
+    >>> c = np.zeros((10, 20), np.uint8); c[2:8, 2:8] = 1; c[4:6, 4:6] = 2; c[2:8, 12:18] = 1
+    >>> inst = np.zeros((10, 20), np.int32); inst[2:8, 2:8] = 1; inst[2:8, 12:18] = 2
+    >>> c2, i2 = keep_nucleated(c, inst)
+    >>> int(i2.max()), int(c2[5, 15])
+    (1, 0)
+    """
+    n = int(instances.max())
+    if n == 0:
+        return classes, instances
+    area = np.bincount(instances.ravel(), minlength=n + 1)
+    nuc = np.bincount(instances.ravel(), weights=(classes == 2).ravel(), minlength=n + 1)
+    new_instances = relabel(instances, (nuc >= min_fraction * area) & (nuc >= max(min_area, 1)))
+    new_classes = np.where(new_instances > 0, classes, 0).astype(np.uint8)
+    return new_classes, new_instances
+
+
+def limit_cytoplasm(classes: np.ndarray, instances: np.ndarray, max_reach: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Clip each cell to pixels within ``max_reach`` x its nucleus' equivalent diameter of the nucleus.
+
+    In wbc-seg's annotations no cytoplasm pixel lies farther from the nucleus than 1.03x
+    the nucleus' equivalent diameter (99th percentile 0.95x); a "cell" reaching farther
+    has swallowed neighbouring red cells. Returns (classes, instances).
+    """
+    out_c, out_i = classes.copy(), instances.copy()
+    for r in regionprops(instances):
+        y1, x1, y2, x2 = r.bbox
+        sel = instances[y1:y2, x1:x2] == r.label
+        nuc = sel & (classes[y1:y2, x1:x2] == 2)
+        if not nuc.any():
+            continue
+        reach = max_reach * 2.0 * np.sqrt(nuc.sum() / np.pi)
+        far = sel & (ndi.distance_transform_edt(~nuc) > reach)
+        if far.any():
+            out_c[y1:y2, x1:x2][far] = 0
+            out_i[y1:y2, x1:x2][far] = 0
+    return out_c, out_i
+
+
+def _min_area(diameter: float, p: WbcParams = DEFAULTS) -> int:
+    return max(int(p.min_cell_fraction * np.pi * (diameter / 2) ** 2), 10)
+
+
+def wbc_instances(probs: np.ndarray, diameter: float, p: WbcParams = DEFAULTS) -> tuple[np.ndarray, np.ndarray]:
+    """Post-process (3, H, W) probabilities into ((H, W) uint8 classes, (H, W) int32 instances) of
+    nucleated cells of about ``diameter`` px."""
+    classes = probs.argmax(0).astype(np.uint8)
+    min_area = _min_area(diameter, p)
+    classes = clean_wbc_classes(open_cells(classes, p.open_radius * diameter), min_area)
+    instances = split_instances(classes > 0, diameter, min_area)
+    # Every WBC has a nucleus, red cells have none: a "cell" without one is dropped, and
+    # no cell reaches farther from its nucleus than annotated WBCs do.
+    classes, instances = keep_nucleated(classes, instances, min_area=min_area // 4)
+    return limit_cytoplasm(classes, instances, p.max_reach)
+
+
+def _measure_at(module: torch.nn.Module, card: dict, image: np.ndarray, prange: np.ndarray,
+                factor: float, tile: int, overlap: int, p: WbcParams = DEFAULTS) -> tuple[float | None, np.ndarray]:
+    """Run the model at ``factor``; return (diameter px in the input of the nucleated cells, probs)."""
+    trained = float(card.get("cell_diameter") or 0)
+    probs = predict_probs(module, card, image, factor, tile, overlap, prange)
+    _, instances = wbc_instances(probs, trained / factor, p)
+    d = measure_diameter(instances, min_area=_min_area(trained / factor, p))
+    return d, probs
+
+
+def _estimate_scale(module: torch.nn.Module, card: dict, image: np.ndarray, prange: np.ndarray,
+                    tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP, p: WbcParams = DEFAULTS
+                    ) -> tuple[float | None, np.ndarray, float]:
+    """Find the cell diameter by running the model until the cells it finds have the trained size.
+
+    A first pass at half scale (then native, then double, until cells are found) measures
+    the nucleated cells; passes at the implied scale refine that, as Cellpose refines its
+    size estimate from a segmentation. Returns (diameter px or None, probabilities of the
+    last pass, its factor).
+    """
+    trained = float(card.get("cell_diameter") or 0)
+    if trained <= 0:
+        return None, predict_probs(module, card, image, 1.0, tile, overlap, prange), 1.0
+    # Very large images: keep the first passes under ~2048 px on the long side.
+    shrink = min(1.0, 2048 / max(image.shape[:2]))
+    diameter, probs, factor = None, None, 1.0
+    for f in p.first_pass_factors:
+        factor = f * shrink
+        diameter, probs = _measure_at(module, card, image, prange, factor, tile, overlap, p)
+        if diameter is not None:
+            break
+    if diameter is None:
+        factor = 1.0
+        return None, predict_probs(module, card, image, factor, tile, overlap, prange), factor
+    for _ in range(3):
+        new = scale_factor(card, diameter, p.scale_deadband)
+        if abs(np.log(new / factor)) < np.log(p.scale_deadband):
+            break
+        factor = new
+        d, probs = _measure_at(module, card, image, prange, factor, tile, overlap, p)
+        if d is None:
+            break
+        diameter = d
+    return diameter, probs, factor
+
+
+def estimate_diameter(image: np.ndarray, model="wbc", device: str = "cpu") -> float | None:
+    """Estimate the WBC diameter (px) in an (H, W, 3) image with the model itself, None if no cell."""
+    module, card = get_model(model, device)
+    return _estimate_scale(module, card, image, card_range(card, image), p=WBC.params(card))[0]
+
+
+def scale_factor(card: dict, cell_diameter: float | None, deadband: float = DEFAULTS.scale_deadband) -> float:
+    """Resize factor that brings cells of ``cell_diameter`` px to the model's trained diameter
+    (1 within ``deadband`` of it).
+
+    >>> scale_factor({"cell_diameter": 40}, 80), scale_factor({"cell_diameter": 40}, 44), scale_factor({}, 80)
+    (0.5, 1.0, 1.0)
+    """
+    trained = float(card.get("cell_diameter") or 0)
+    if not cell_diameter or trained <= 0:
+        return 1.0
+    factor = trained / float(cell_diameter)
+    if 1 / deadband <= factor <= deadband:
+        return 1.0
+    return clamp_factor(factor)
+
+
+def segment_wbc(image: np.ndarray, model="wbc", cell_diameter: float | None = None, device: str = "cpu",
+                tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP, params: WbcParams | None = None
+                ) -> Segmentation:
+    """Segment WBCs (cytoplasm + nucleus) in an (H, W, 3) uint8 image and split them into instances.
+
+    ``cell_diameter`` (px) rescales the image to the model's trained diameter; when None
+    it is estimated from the image. ``model`` is a bundled name, a path, or (module, card).
+    ``params`` overrides the post-processing (default: the card's, else :class:`WbcParams`).
+    ``classes`` of the result: 0 background, 1 cytoplasm, 2 nucleus; ``instances`` 1..N.
+    """
+    module, card = get_model(model, device)
+    p = params or WBC.params(card)
+    prange = card_range(card, image)
+    if cell_diameter is None:
+        cell_diameter, probs, factor = _estimate_scale(module, card, image, prange, tile, overlap, p)
+    else:
+        factor = scale_factor(card, cell_diameter, p.scale_deadband)
+        probs = predict_probs(module, card, image, factor, tile, overlap, prange)
+    diameter = float(cell_diameter or (float(card.get("cell_diameter") or p.fallback_diameter) / factor))
+    classes, instances = wbc_instances(probs, diameter, p)
+    objects = wbc_objects(classes, instances, probs)
+    return Segmentation(classes, instances, probs, diameter, factor, objects)
+
+
+class WbcTask(Task):
+    """WBC boundary and nucleus (wbc-seg convention 0/128/255)."""
+
+    name = "wbc"
+    classes = ("background", "cytoplasm", "nucleus")
+    label_values = (0, 128, 255)
+    colors = {1: (0, 200, 255), 2: (255, 0, 200)}
+    default_model = "wbc"
+    description = "WBC boundary and nucleus (wbc-seg convention 0/128/255)"
+    depends = DEPENDS
+    classical_methods = tuple(WBC_METHODS)
+    Params = WbcParams
+    train_defaults: dict = {}  # TrainConfig's defaults are this task's
+    mean_keys = ("dice_cell", "iou_cell", "dice_nucleus", "iou_nucleus")
+
+    def segment(self, image, model, cell_diameter=None, device="cpu", tile=DEFAULT_TILE, overlap=DEFAULT_OVERLAP,
+                tta=None, params=None) -> Segmentation:
+        return segment_wbc(image, model, cell_diameter, device, tile, overlap, params)
+
+    def segment_classical(self, image: np.ndarray, method: str) -> Segmentation:
+        return segment_classical(image, "wbc", method)
+
+    def load_sample(self, pair: Pair) -> tuple[np.ndarray, np.ndarray]:
+        return load_pair(pair)
+
+    def validate(self, probs_of, items: list, cfg, data_card: dict) -> dict[str, float]:
+        scores = [wbc_scores(probs_of(image).argmax(0), target) for image, target in items]
+        return {k: float(np.mean([s[k] for s in scores])) for k in scores[0]} if scores else {}
+
+    def headline(self, val: dict[str, float]) -> float:
+        return (val["dice_cell"] + val["dice_nucleus"]) / 2 if val else float("nan")
+
+    def score(self, seg: Segmentation, target: np.ndarray, image: np.ndarray) -> dict:
+        return {**wbc_scores(seg.classes, target), "count": seg.count}
+
+    def row_title(self, row: dict) -> str:
+        return f"pred: cell {row['dice_cell']:.3f} nuc {row['dice_nucleus']:.3f}"
+
+    def table(self, res: dict) -> list[str]:
+        lines = [f"{'image':<40} {'dice_cell':>9} {'dice_nuc':>9} {'iou_cell':>9} {'iou_nuc':>9}"]
+        for r in res["per_image"]:
+            lines.append(f"{Path(r['image']).name:<40} {r['dice_cell']:9.4f} {r['dice_nucleus']:9.4f} "
+                         f"{r['iou_cell']:9.4f} {r['iou_nucleus']:9.4f}")
+        m = res["mean"]
+        lines.append(f"{'MEAN (' + str(res['n_images']) + ' images)':<40} {m['dice_cell']:9.4f} "
+                     f"{m['dice_nucleus']:9.4f} {m['iou_cell']:9.4f} {m['iou_nucleus']:9.4f}")
+        return lines
+
+
+WBC = register_task(WbcTask())

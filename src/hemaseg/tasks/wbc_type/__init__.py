@@ -1,0 +1,50 @@
+"""The ``wbc-type`` task (seeds 003, 004): the type of a white cell from a single-cell crop.
+
+- :mod:`.crops`: the cell normaliser (each crop centred on its WBC, found by the ``wbc`` task,
+  and rescaled to one cell size), the classifier's prediction, seed 004's groupings, and the
+  crops of WBCs found in a whole image (what ``analyze`` and ``smear10`` type);
+- :mod:`.train`: its training loop (a classifier, not a segmentation: its own config);
+- :mod:`.explain`: Grad-CAM and t-SNE.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from hemaseg.engine.task import COMMON_TRAIN_OPTIONS, Task, check_options
+from hemaseg.errors import HemasegUsageError
+from hemaseg.tasks.registry import register_task
+from hemaseg.tasks.wbc_type.crops import CLASSES
+from hemaseg.tasks.wbc_type.train import ClassifyConfig, fit_classifier
+
+DEPENDS = ("wbc",)
+
+
+class WbcTypeTask(Task):
+    """WBC type of a single-cell crop; trained by its own loop (:func:`.train.fit_classifier`)."""
+
+    name = "wbc-type"
+    classes = CLASSES
+    label_values = tuple(range(len(CLASSES)))
+    default_model = "wbc-type"
+    description = "WBC type of a single-cell crop"
+    depends = DEPENDS
+
+    train_options = ("target_images", "backbone", "normalise_cells")
+
+    def train_config(self, **options) -> ClassifyConfig:
+        """A :class:`ClassifyConfig` from ``hemaseg train``'s options (None: the default; ``crop`` is
+        the input size); :class:`HemasegUsageError` for an option a classifier does not take."""
+        given = {k: v for k, v in options.items() if v is not None}
+        check_options(self.name, given, COMMON_TRAIN_OPTIONS + self.train_options)
+        if not given.get("data"):
+            raise HemasegUsageError("--data", "give --data DIR (ImageFolder trees or wbc-seg + class CSV)")
+        if "crop" in given:
+            given["size"] = given.pop("crop")
+        return ClassifyConfig(**given)
+
+    def fit(self, cfg, run: str | Path, resume: bool = False, progress: bool = True,
+            max_epochs_this_call: int | None = None) -> dict:
+        return fit_classifier(cfg, run, resume, progress, max_epochs_this_call)
+
+
+WBC_TYPE = register_task(WbcTypeTask())

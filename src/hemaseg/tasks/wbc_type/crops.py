@@ -1,0 +1,159 @@
+"""WBC type of single-cell crops: normalise each crop to the WBC it contains (found by the
+``wbc`` task's segmentation), then classify; and the crops of WBCs found in a whole image.
+Arrays in, probabilities out."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+
+from hemaseg.classical import central_instance
+from hemaseg.core.vocabulary import MONONUCLEAR, POLYNUCLEAR
+from hemaseg.data.transforms import normalize
+from hemaseg.engine.predict import get_model
+from hemaseg.tasks.wbc import segment_wbc
+
+# The classifier's classes: seed 004's CSV column order (NEUTRO, EOSINO, MONOC, LYMPHO), then basophil.
+CLASSES = ("neutrophil", "eosinophil", "monocyte", "lymphocyte", "basophil")
+
+# The cell's equivalent diameter fills this fraction of the normalised crop's side.
+CELL_FILL = 0.7
+
+
+@dataclass
+class CellCrop:
+    """A crop centred on one WBC and scaled to a fixed cell size."""
+
+    image: np.ndarray  # (S, S, 3) uint8
+    mask: np.ndarray  # (S, S) bool: the cell (all False when none was found)
+    found: bool  # a WBC was found (else the crop is the centre of the input)
+    diameter: float  # the cell's diameter in the input (px)
+
+
+def _square(image: np.ndarray, cy: float, cx: float, side: float) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """Square of ``side`` px centred at (cy, cx), reflected where it leaves the image."""
+    h, w = image.shape[:2]
+    half = side / 2
+    y0, x0 = int(round(cy - half)), int(round(cx - half))
+    s = max(1, int(round(side)))
+    pad = max(0, -y0, -x0, y0 + s - h, x0 + s - w)
+    if pad:
+        mode = cv2.BORDER_REFLECT_101 if pad < min(h, w) else cv2.BORDER_REPLICATE
+        image = cv2.copyMakeBorder(image, pad, pad, pad, pad, mode)
+    return image[y0 + pad:y0 + pad + s, x0 + pad:x0 + pad + s], (x0, y0, x0 + s, y0 + s)
+
+
+def cell_crop(image: np.ndarray, size: int = 96, seg_model="wbc", fill: float = CELL_FILL) -> CellCrop:
+    """Centre an (H, W, 3) crop on its WBC and rescale so the cell spans ``fill`` of a ``size`` px square.
+
+    The WBC is the segmented cell nearest the centre (largest first) from the bundled
+    WBC model, so crops cut at other sizes and magnifications look alike to the
+    classifier. With no cell found, the central square of the input is used.
+    """
+    image = np.ascontiguousarray(image[..., :3])
+    h, w = image.shape[:2]
+    seg = segment_wbc(image, seg_model)
+    k = central_instance(seg.instances)
+    if k:
+        sel = seg.instances == k
+        ys, xs = np.nonzero(sel)
+        cy, cx = (ys.min() + ys.max() + 1) / 2, (xs.min() + xs.max() + 1) / 2
+        diameter = float(max(2 * np.sqrt(sel.sum() / np.pi), 8.0))
+        side = diameter / fill
+    else:
+        cy, cx, side, diameter = h / 2, w / 2, float(min(h, w)), 0.0
+        sel = np.zeros((h, w), bool)
+    crop, _ = _square(image, cy, cx, side)
+    mcrop, _ = _square(sel.astype(np.uint8)[..., None].repeat(3, -1), cy, cx, side)
+    interp = cv2.INTER_AREA if crop.shape[0] > size else cv2.INTER_LINEAR
+    out = cv2.resize(crop, (size, size), interpolation=interp)
+    m = cv2.resize(mcrop[..., 0], (size, size), interpolation=cv2.INTER_NEAREST) > 0
+    return CellCrop(out, m, bool(k), diameter)
+
+
+def to_tensor(images: list[np.ndarray], card: dict) -> torch.Tensor:
+    """(S, S, 3) uint8 crops -> (N, 3, S, S) float tensor, normalised as the model was trained."""
+    norm = card.get("normalization", {})
+    x = np.stack([normalize(im, norm.get("low", 1.0), norm.get("high", 99.0)) for im in images])
+    return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
+
+
+def group_probs(probs: np.ndarray, classes: list[str], mode: int) -> tuple[list[str], np.ndarray]:
+    """Regroup per-type probabilities (N, K) for seed 004's outputs.
+
+    ``mode`` 1: MONONUCLEAR/POLYNUCLEAR (sums); 2: the four types of seed 004 (basophil
+    left out, renormalised); 3: all five types. Returns (upper-case names, (N, M) probabilities).
+
+    >>> p = np.array([[0.5, 0.1, 0.2, 0.1, 0.1]])
+    >>> names, q = group_probs(p, ["neutrophil", "eosinophil", "monocyte", "lymphocyte", "basophil"], 1)
+    >>> names, q.round(2).tolist()
+    (['MONONUCLEAR', 'POLYNUCLEAR'], [[0.3, 0.7]])
+    """
+    idx = {c: i for i, c in enumerate(classes)}
+    if mode == 1:
+        mono = sum(probs[:, idx[c]] for c in MONONUCLEAR if c in idx)
+        poly = sum(probs[:, idx[c]] for c in POLYNUCLEAR if c in idx)
+        return ["MONONUCLEAR", "POLYNUCLEAR"], np.stack([mono, poly], 1)
+    names = [c for c in classes if mode == 3 or c != "basophil"]
+    q = probs[:, [idx[c] for c in names]]
+    if mode == 2:
+        q = q / np.maximum(q.sum(1, keepdims=True), 1e-12)
+    elif mode != 3:
+        raise ValueError("mode must be 1, 2 or 3")
+    return [c.upper() for c in names], q
+
+
+@torch.inference_mode()
+def predict_crops(crops: list[np.ndarray], model="wbc-type", device: str = "cpu", batch_size: int = 64,
+                  tta: bool = True) -> np.ndarray:
+    """Class probabilities (N, K) for cell-normalised (S, S, 3) crops; ``tta`` averages the four
+    90° rotations, as validation did."""
+    module, card = get_model(model, device)
+    out = []
+    for i in range(0, len(crops), batch_size):
+        x = to_tensor(crops[i:i + batch_size], card).to(device)
+        views = [torch.rot90(x, k, (2, 3)) for k in range(4)] if tta else [x]
+        out.append(torch.stack([module(v).float().softmax(1) for v in views]).mean(0).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, len(card["classes"])), np.float32)
+
+
+def classify(image: np.ndarray, model="wbc-type", device: str = "cpu", normalise: bool = True) -> dict[str, float]:
+    """WBC type probabilities of a single-cell (H, W, 3) crop: {type: probability}, summing to 1.
+
+    The crop is first centred on its WBC and rescaled (:func:`cell_crop`) unless
+    ``normalise`` is False (the input is then resized as is).
+    """
+    _, card = get_model(model, device)
+    size = int(card.get("input_size", 96))
+    crop = cell_crop(image, size).image if normalise else cv2.resize(np.ascontiguousarray(image[..., :3]), (size, size))
+    probs = predict_crops([crop], model, device)[0]
+    return {c: float(p) for c, p in zip(card.get("classes", CLASSES), probs)}
+
+
+CROP_MARGIN = 0.3  # WBC crops for typing: the cell's box grown by this share on each side
+
+
+MIN_CROP = 24  # px: even a speck taken for a WBC gets a crop the cell normaliser can work on
+
+
+def square_crop(image: np.ndarray, box: dict, margin: float) -> np.ndarray:
+    """The square around ``box`` grown by ``margin`` of its longer side on each side (at least
+    MIN_CROP px), clipped to the image: how a found WBC is cut for typing."""
+    x1, x2, y1, y2 = box["x1"], box["x2"], box["y1"], box["y2"]
+    side = max(MIN_CROP, max(x2 - x1, y2 - y1) * (1 + 2 * margin))
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    h, w = image.shape[:2]
+    X1, Y1 = int(max(0, cx - side / 2)), int(max(0, cy - side / 2))
+    X2, Y2 = int(min(w, cx + side / 2)), int(min(h, cy + side / 2))
+    return image[Y1:Y2, X1:X2]
+
+
+def type_wbcs(image: np.ndarray, records: list[dict], model="wbc-type", device: str = "cpu"
+              ) -> tuple[np.ndarray, list[np.ndarray], list[str]]:
+    """(probabilities (N, K), normalised crops, class names) for the WBC records of an image."""
+    _, card = get_model(model, device)
+    size = int(card.get("input_size", 96))
+    crops = [cell_crop(square_crop(image, r["bounding_box"], CROP_MARGIN), size).image for r in records]
+    return predict_crops(crops, model, device), crops, list(card["classes"])
