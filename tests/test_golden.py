@@ -10,7 +10,6 @@ probabilities, diameters, scales) within 1e-3. Only public names are used (``hem
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import hemaseg
+from golden.make_golden import build_input, digest, plain, sample_path
 from hemaseg.cli import app
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -45,34 +45,6 @@ def labels():
 
 
 # ------------------------------------------------------------------ helpers
-def sample_path() -> Path:
-    return Path(hemaseg.__file__).parent / "samples" / SAMPLE_NAME
-
-
-def build_input(spec: dict) -> np.ndarray:
-    """The (H, W, 3) uint8 image an input spec describes (as make_golden.build_input)."""
-    if spec["source"] == "black":
-        return np.zeros(spec["shape"], np.uint8)
-    image = hemaseg.read_image(sample_path())
-    if "crop" in spec:
-        y0, y1, x0, x1 = spec["crop"]
-        image = image[y0:y1, x0:x1]
-    if spec.get("transform") == "grey_invert":
-        grey = (image.astype(np.uint16).sum(2) + 1) // 3
-        image = np.repeat((255 - grey).astype(np.uint8)[..., None], 3, 2)
-    return np.ascontiguousarray(image)
-
-
-def digest(array: np.ndarray) -> str:
-    a = np.ascontiguousarray(array)
-    return hashlib.sha256(f"{a.dtype}{a.shape}".encode() + a.tobytes()).hexdigest()
-
-
-def plain(obj):
-    """What the object would be once written as JSON and read back."""
-    return json.loads(json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
-
-
 def mismatches(actual, expected, where: str = "") -> list[str]:
     """Differences between JSON-like structures: dict keys, list lengths, strings, bools and ints
     exactly; a float in the golden within TOL."""

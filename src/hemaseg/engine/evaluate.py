@@ -119,12 +119,13 @@ def instance_panels(image: np.ndarray, target: np.ndarray, pred, colors: dict) -
             overlay(image, (pred[1] > 0).astype(np.uint8), colors, instances=pred[1])]
 
 
-def plain_table(res: dict) -> list[str]:
-    """Lines of a per-image table of the mean keys, then the mean row."""
-    keys = [k for k in res["mean"] if k != "seconds"]
-    lines = [f"{'image':<40} " + " ".join(f"{k[:9]:>9}" for k in keys)]
+def plain_table(res: dict, columns: list[tuple[str, str]] | None = None) -> list[str]:
+    """Lines of a per-image table, then the mean row; ``columns`` are (score key, header) pairs
+    (default: every mean key but seconds, headed by its first 9 letters)."""
+    columns = columns or [(k, k[:9]) for k in res["mean"] if k != "seconds"]
+    lines = [f"{'image':<40} " + " ".join(f"{h:>9}" for _, h in columns)]
     for r in res["per_image"]:
-        lines.append(f"{Path(r['image']).name[:40]:<40} " + " ".join(f"{r[k]:9.4f}" for k in keys))
+        lines.append(f"{Path(r['image']).name[:40]:<40} " + " ".join(f"{r[k]:9.4f}" for k, _ in columns))
     lines.append(f"{'MEAN (' + str(res['n_images']) + ' images)':<40} "
-                 + " ".join(f"{res['mean'][k]:9.4f}" for k in keys))
+                 + " ".join(f"{res['mean'][k]:9.4f}" for k, _ in columns))
     return lines

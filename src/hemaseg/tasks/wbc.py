@@ -9,7 +9,6 @@ clipped to a reach from the nucleus. Every knob is a field of :class:`WbcParams`
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -22,6 +21,7 @@ from hemaseg.classical import WBC_METHODS, segment_classical
 from hemaseg.core.labels import measure_diameter, relabel, split_instances, wbc_objects
 from hemaseg.core.resize import clamp_factor
 from hemaseg.core.result import Segmentation
+from hemaseg.engine.evaluate import plain_table
 from hemaseg.engine.predict import card_range, get_model, predict_probs
 from hemaseg.engine.task import Task
 from hemaseg.engine.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
@@ -294,14 +294,8 @@ class WbcTask(Task):
         return f"pred: cell {row['dice_cell']:.3f} nuc {row['dice_nucleus']:.3f}"
 
     def table(self, res: dict) -> list[str]:
-        lines = [f"{'image':<40} {'dice_cell':>9} {'dice_nuc':>9} {'iou_cell':>9} {'iou_nuc':>9}"]
-        for r in res["per_image"]:
-            lines.append(f"{Path(r['image']).name:<40} {r['dice_cell']:9.4f} {r['dice_nucleus']:9.4f} "
-                         f"{r['iou_cell']:9.4f} {r['iou_nucleus']:9.4f}")
-        m = res["mean"]
-        lines.append(f"{'MEAN (' + str(res['n_images']) + ' images)':<40} {m['dice_cell']:9.4f} "
-                     f"{m['dice_nucleus']:9.4f} {m['iou_cell']:9.4f} {m['iou_nucleus']:9.4f}")
-        return lines
+        return plain_table(res, [("dice_cell", "dice_cell"), ("dice_nucleus", "dice_nuc"), ("iou_cell", "iou_cell"),
+                                 ("iou_nucleus", "iou_nuc")])
 
 
 WBC = register_task(WbcTask())

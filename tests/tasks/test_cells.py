@@ -219,6 +219,19 @@ def test_maskrcnn_backend_trains_resumes_and_segments(tmp_path):
     seg = segment_cells(img, str(tmp_path / "run" / "model.safetensors"))
     assert seg.instances.shape == img.shape[:2] and len(seg.objects) == int(seg.instances.max())
 
+    # --tile means nothing to a detector that reads each image whole: analyze says so, once, and runs.
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from hemaseg.cli import app
+
+    Image.fromarray(img).save(tmp_path / "photo.png")
+    args = ["analyze", str(tmp_path / "photo.png"), "--out", str(tmp_path / "out"), "--model", str(tmp_path / "run")]
+    res = CliRunner().invoke(app, args + ["--tile", "256"])
+    assert res.exit_code == 0, res.output
+    assert res.output.count("--tile: not used by") == 1 and "Mask R-CNN" in res.output
+    assert "--tile" not in CliRunner().invoke(app, args).output
+
 
 def test_unboxed_cells_are_ignored_or_background(tmp_path):
     from typer.testing import CliRunner
