@@ -488,3 +488,42 @@ def segment_classical(image: np.ndarray, task: str = "wbc", method: str = "hsv")
         raise ValueError(f"no classical method for task {task!r}")
     diameters = [o["diameter"] for o in objects]
     return Segmentation(classes, instances, probs, float(np.median(diameters)) if diameters else 0.0, 1.0, objects)
+
+
+def stained(image: np.ndarray) -> np.ndarray:
+    """(H, W) bool: pixels darker or more saturated than the background (cells of any kind)."""
+    hsv = cv2.cvtColor(np.ascontiguousarray(image[..., :3]), cv2.COLOR_RGB2HSV).astype(np.float32)
+    feat = darkness(image) + cv2.GaussianBlur(hsv[..., 1] / 255.0, (0, 0), 1.0)
+    return feat > _otsu(feat)
+
+
+def red_cell_diameter(image: np.ndarray, exclude: np.ndarray | None = None, min_diameter: float = 6.0
+                      ) -> float | None:
+    """Typical red-cell diameter (px) in an (H, W, 3) image, from the stained pixels outside
+    ``exclude`` (e.g. the WBC, dilated): holes (pale centres) filled, then twice the upper
+    quartile of the distance transform's local maxima (cells cut by the image border or
+    touching one another give smaller maxima, never larger ones). None when fewer than two
+    cells are seen: a crop filled by its WBC has no ruler.
+
+    >>> yy, xx = np.mgrid[:120, :120]
+    >>> img = np.full((120, 120, 3), 235, np.uint8)
+    >>> for cy, cx in ((30, 30), (30, 80), (85, 40), (90, 95)):
+    ...     img[(yy - cy) ** 2 + (xx - cx) ** 2 < 15 ** 2] = (200, 120, 130)
+    >>> 27 <= red_cell_diameter(img) <= 33
+    True
+    """
+    keep = np.ones(image.shape[:2], bool) if exclude is None else ~exclude
+    if keep.sum() < 4 * min_diameter ** 2:
+        return None
+    hsv = cv2.cvtColor(np.ascontiguousarray(image[..., :3]), cv2.COLOR_RGB2HSV).astype(np.float32)
+    feat = darkness(image) + cv2.GaussianBlur(hsv[..., 1] / 255.0, (0, 0), 1.0)
+    # The threshold is found on what is left once the WBC is out: a dark WBC would otherwise
+    # set it, and pale red cells would fall below it.
+    cells = (feat > _otsu(feat[keep])) & keep
+    cells = _fill(_open(cells, 1.0))
+    dist = ndi.distance_transform_edt(cells)
+    peaks = peak_local_max(dist, min_distance=max(2, int(min_diameter / 2)), threshold_abs=min_diameter / 2,
+                           exclude_border=False)
+    if len(peaks) < 2:
+        return None
+    return float(2 * np.percentile(dist[tuple(peaks.T)], 75) + 1)

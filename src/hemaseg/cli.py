@@ -1,6 +1,7 @@
 """Command line (typer). Each command parses arguments and calls the library."""
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sys
@@ -11,16 +12,18 @@ import numpy as np
 import typer
 
 from hemaseg.classical import hsv_wbc_mask, wbc_crops
-from hemaseg.engine.predict import get_model
+from hemaseg.core.options import check_numbers, refuse_unused
+from hemaseg.engine.predict import get_model, resolve_device
 from hemaseg.engine.tiling import DEFAULT_TILE
+from hemaseg.engine.train import prepare_run
 from hemaseg.errors import HemasegError, HemasegUsageError
 from hemaseg.io.annotations import write_coco, write_cvat, write_results
 from hemaseg.io.convert import CONVERTERS
 from hemaseg.io.convert import convert as run_convert
 from hemaseg.io.images import IMAGE_SUFFIXES, list_images, read_image
-from hemaseg.io.outputs import write_segmentation
-from hemaseg.io.writers import write_json, write_png, write_text
-from hemaseg.models.registry import WEIGHTS_DIR, list_models
+from hemaseg.io.outputs import output_stems, write_segmentation
+from hemaseg.io.writers import check_output, write_json, write_png, write_text
+from hemaseg.models.registry import WEIGHTS_DIR, card_figures, list_models
 from hemaseg.pipelines.analyze import analyze as run_analyze
 from hemaseg.pipelines.analyze import draw_overlay
 from hemaseg.pipelines.report import counts_csv, write_report
@@ -30,8 +33,7 @@ from hemaseg.tasks.cells.infer import is_detector
 from hemaseg.tasks.smear10.synth import PARTS, compose, image_seed, synth_config, write_smear
 from hemaseg.tasks.smear10.synth import wbc_crops as cut_wbcs
 from hemaseg.tasks.smear10.train import held_out_crops, load_bank
-from hemaseg.tasks.wbc import segment_wbc
-from hemaseg.tasks.wbc_type.crops import cell_crop, group_probs, predict_crops
+from hemaseg.tasks.wbc_type.crops import cell_crop, crop_for, group_probs, prediction_rows
 from hemaseg.tasks.wbc_type.explain import cam_overlay, features, grad_cam, gradcam_mask, tsne_plot
 from hemaseg.version import __version__
 
@@ -40,13 +42,35 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 
 def _device(device: str) -> str:
-    if device == "auto":
-        import torch
+    try:
+        return resolve_device(device)
+    except HemasegUsageError as exc:
+        raise typer.BadParameter(exc.reason, param_hint=exc.option) from None
 
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device not in ("cpu", "cuda"):
-        raise typer.BadParameter("use cpu, cuda or auto", param_hint="--device")
-    return device
+
+def _usage_errors(command):
+    """A usage error raised in a command's body (by the library or the command): one line naming
+    the option and what is allowed, exit 2, before any work is done."""
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except HemasegUsageError as exc:
+            typer.echo(f"{exc.option}: {exc.reason}", err=True)
+        except typer.BadParameter as exc:
+            hint = exc.param_hint if isinstance(exc.param_hint, str) else "/".join(exc.param_hint or [])
+            typer.echo(f"{hint + ': ' if hint else ''}{exc.message}", err=True)
+        raise typer.Exit(2)
+
+    return wrapper
+
+
+def _stems(paths, out: Path, endings, fixed=()) -> dict:
+    """Output stem of each input (hemaseg.io.outputs.output_stems); renamed groups said on stderr."""
+    stems, notes = output_stems(paths, out, endings, fixed=fixed)
+    for note in notes:
+        typer.echo(note, err=True)
+    return stems
 
 
 def _fail(path, reason: str) -> None:
@@ -93,6 +117,7 @@ def _setup_logging(verbose: bool) -> None:
 
 
 @app.command()
+@_usage_errors
 def analyze(
     images: Optional[List[str]] = typer.Argument(None, help="smear photos, folders or globs (none: the bundled sample)"),
     out: Path = typer.Option(Path("hemaseg-out"), help="output folder (created)"),
@@ -112,6 +137,13 @@ def analyze(
     Writes OUT/results.json (seed-003 schema), OUT/counts.csv, OUT/<stem>_overlay.png, OUT/report.html.
     """
     _setup_logging(False)
+    check_numbers(cell_diameter=cell_diameter, tile=tile)
+    if not coco:
+        refuse_unused("applies to the --coco file only: give --coco FILE", coco_rle=coco_rle)
+    check_output(out, "--out", folder=True)
+    for option, path in (("--cvat", cvat), ("--coco", coco)):
+        if path is not None:
+            check_output(path, option, folder=False)
     dev = _device(device)
     for name in (model, type_model):
         try:
@@ -129,6 +161,9 @@ def analyze(
     if not paths:
         _fail(" ".join(images), "no images found")
         raise typer.Exit(1)
+    stems = _stems(paths, out, ["_overlay.png"], fixed=[
+        ("--out", out / "results.json"), ("--out", out / "counts.csv"), ("--out", out / "report.html"),
+        ("--cvat", cvat), ("--coco", coco)])
     out.mkdir(parents=True, exist_ok=True)
     analyses, overlays, failed = [], [], []
 
@@ -136,7 +171,7 @@ def analyze(
         image = read_image(path)
         a = run_analyze(image, str(path), model, type_model, cell_diameter, dev, tile)
         ov = draw_overlay(image, a)
-        write_png(out / f"{path.stem}_overlay.png", ov)
+        write_png(out / f"{stems[path]}_overlay.png", ov)
         analyses.append(a)
         overlays.append(ov)
 
@@ -159,6 +194,7 @@ def analyze(
 
 
 @app.command()
+@_usage_errors
 def segment(
     images: List[str] = typer.Argument(..., help="image files, folders or globs"),
     task: str = typer.Option("wbc", help="wbc (cell + nucleus), nuclei (instances), smear10 (10-class map) or "
@@ -169,7 +205,8 @@ def segment(
     cell_diameter: Optional[float] = typer.Option(None, help="WBC (nuclei: nucleus; smear10: red cell) diameter in px; "
                                                              "default: estimated per image"),
     overlay: bool = typer.Option(False, "--overlay", help="also write <stem>_overlay.png"),
-    tile: int = typer.Option(DEFAULT_TILE, help="largest tile for big images (px at model scale)"),
+    tile: Optional[int] = typer.Option(None, help=f"largest tile for big images (px at model scale; default "
+                                                 f"{DEFAULT_TILE})"),
     tta: Optional[bool] = typer.Option(None, "--tta/--no-tta", help="smear10: average the map over the image's "
                                                                      "flips (default: the model card's choice)"),
     method: Optional[str] = typer.Option(None, help="classical method instead of the model: "
@@ -182,17 +219,19 @@ def segment(
     spec = _task(task)
     if not spec.can_segment:
         raise typer.BadParameter(f"task {task!r} has no segmentation model", param_hint="--task")
+    check_numbers(cell_diameter=cell_diameter, tile=tile)
+    check_output(out, "--out", folder=True)
     dev = _device(device)
     if tta is not None and (method or not spec.supports_tta):
         with_tta = ", ".join(n for n in list_tasks() if get_task(n).supports_tta)
         raise typer.BadParameter(f"test-time flips are for the {with_tta} models, not {spec.name}"
                                  + (" or a classical method" if method else ""), param_hint="--tta")
+    loaded = None
     if method:
         _check_method(spec, method)
+        refuse_unused(f"not used by --method {method} (a classical method: no model, no rescaling)",
+                      model=model, cell_diameter=cell_diameter, tile=tile)
         model_name = f"classical:{method}"
-
-        def run(image):
-            return spec.segment_classical(image, method)
     else:
         model_name = model or spec.default_model
         try:
@@ -203,19 +242,19 @@ def segment(
         if loaded[1].get("task", spec.name) != spec.name:
             _fail(model_name, f"is a {loaded[1].get('task')} model, not a {spec.name} model")
             raise typer.Exit(2)
-
-        def run(image):
-            return spec.segment(image, loaded, cell_diameter=cell_diameter, device=dev, tile=tile, tta=tta)
     paths = list_images(images)
     if not paths:
         _fail(" ".join(images), "no images found")
         raise typer.Exit(1)
+    endings = [f"{s}.png" for s in spec.label_suffixes] + [".json"] + (["_overlay.png"] if overlay else [])
+    stems = _stems(paths, out, endings)
     out.mkdir(parents=True, exist_ok=True)
 
     def work(path):
         image = read_image(path)
-        seg = run(image)
-        write_segmentation(out, path.stem, path, image, seg, spec.label_images(seg), spec.name, model_name,
+        seg = spec.predict(image, loaded, cell_diameter=cell_diameter, device=dev, tile=tile or DEFAULT_TILE,
+                           tta=tta, method=method)
+        write_segmentation(out, stems[path], path, image, seg, spec.label_images(seg), spec.name, model_name,
                            spec.colors if overlay else None)
 
     failed = _for_each(paths, "segment", work)
@@ -224,6 +263,7 @@ def segment(
 
 
 @app.command()
+@_usage_errors
 def train(
     task: str = typer.Argument(..., help="wbc, nuclei, smear10, cells or wbc-type (any registered task)"),
     data: Optional[List[str]] = typer.Option(None, help="data folder(s): image/mask pairs, the DSB layout for nuclei, "
@@ -231,9 +271,11 @@ def train(
                                                         "folders to cut real cells from for smear10 (none: procedural)"),
     out: Optional[Path] = typer.Option(None, help="run folder (checkpoints, state.json, curves, model card)"),
     resume: Optional[Path] = typer.Option(None, help="continue the run in this folder where it stopped"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="start afresh in an --out folder that already holds "
+                                                              "a run (that run's files are deleted)"),
     arch: Optional[str] = typer.Option(None, help="architecture name (see `hemaseg models`; default unet-dropout); "
                                                  "cells: also maskrcnn"),
-    epochs: Optional[int] = typer.Option(None, help="default: the task's (wbc 200, nuclei 80)"),
+    epochs: Optional[int] = typer.Option(None, help="default: the task's (wbc 200, nuclei 100, smear10 130, cells 60, wbc-type 50)"),
     batch_size: Optional[int] = typer.Option(None, help="default: the task's (wbc 16, nuclei 8)"),
     lr: Optional[float] = typer.Option(None, help="peak learning rate (default 2e-3)"),
     crop: Optional[int] = typer.Option(None, help="training crop size in px (wbc 160, nuclei 224; wbc-type input 96)"),
@@ -269,14 +311,26 @@ def train(
 
     _setup_logging(True)
     spec = _task(task, "TASK")
+    check_numbers(threads=threads)
     if threads:
         torch.set_num_threads(threads)
     try:
         if resume is not None:
+            refuse_unused(f"not used with --resume: the run in {resume} keeps the options it was started with",
+                          data=data, arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, crop=crop,
+                          samples_per_epoch=samples_per_epoch, patience=patience, augment=augment,
+                          val_fraction=val_fraction, seed=seed, target_images=target_images, backbone=backbone,
+                          normalise_cells=normalise_cells, recipe=recipe, workers=workers, reuse=reuse,
+                          held_out=held_out, unboxed=unboxed, init=init)
+            if out is not None and out.resolve() != resume.resolve():
+                raise HemasegUsageError("--out", "give --out RUN to start a run or --resume RUN to continue one, "
+                                                 "not both")
+            prepare_run(resume, resume=True, overwrite=overwrite)
             state, run = spec.fit(None, resume, resume=True), resume
         else:
             if out is None:
                 raise typer.BadParameter("give --data DIR and --out RUN (or --resume RUN)")
+            check_output(out, "--out", folder=True)
             cfg = spec.train_config(
                 data=[str(Path(d).resolve()) for d in data] if data else None, arch=arch, epochs=epochs,
                 batch_size=batch_size, lr=lr, crop=crop, samples_per_epoch=samples_per_epoch, patience=patience,
@@ -284,6 +338,7 @@ def train(
                 held_out=str(Path(held_out).resolve()) if held_out else None, recipe=recipe, unboxed=unboxed,
                 target_images=str(Path(target_images).resolve()) if target_images else None, backbone=backbone,
                 normalise_cells=normalise_cells)
+            prepare_run(out, overwrite=overwrite, extra_files=spec.run_files)
             state, run = spec.fit(cfg, out), out
     except HemasegUsageError as exc:
         raise typer.BadParameter(exc.reason, param_hint=exc.option) from None
@@ -296,22 +351,23 @@ def train(
 
 @app.command()
 def classify(
-    mode: int = typer.Option(2, "-m", "--mode", help="1: MONONUCLEAR/POLYNUCLEAR; 2: four types (seed 004); 3: five"),
+    mode: int = typer.Option(2, "-m", "--mode", help="1: MONONUCLEAR/POLYNUCLEAR; 2: four types (seed 004); 3: five; "
+                                                     "4: PBC's eight classes (a model trained on PBC)"),
     file: Optional[List[Path]] = typer.Option(None, "-f", "--file", help="one crop of a single WBC (repeatable)"),
     directory: Optional[List[Path]] = typer.Option(None, "-d", "--dir", help="folder of crops (sub-folders included)"),
     output: Path = typer.Option(Path("predictions.csv"), "-o", "--output", help="CSV to write"),
     model: Optional[str] = typer.Option(None, help="bundled name, .safetensors file or run folder"),
+    min_confidence: float = typer.Option(0.0, "--min-confidence", min=0.0, max=1.0,
+                                         help="below this top probability the prediction is UNSURE (for review)"),
     device: str = typer.Option("cpu", help="cpu, cuda or auto"),
 ) -> None:
-    """WBC type of single-cell crops (seed 004's classify_WBC.py): CSV of filename, prediction, probabilities."""
+    """WBC type of single-cell crops (seed 004's classify_WBC.py): CSV of filename, prediction, probabilities.
+    A crop with no WBC is predicted NO_WBC; one under --min-confidence UNSURE."""
     import csv
     import io
 
-    import cv2
-
-
-    if mode not in (1, 2, 3):
-        raise typer.BadParameter("use 1, 2 or 3", param_hint="-m")
+    if mode not in (1, 2, 3, 4):
+        raise typer.BadParameter("use 1, 2, 3 or 4", param_hint="-m")
     paths: list[Path] = list(file or [])
     for d in directory or []:
         if not d.is_dir():
@@ -323,27 +379,25 @@ def classify(
     dev = _device(device)
     try:
         loaded = get_model(model or "wbc-type", dev)
+        group_probs(np.zeros((0, len(loaded[1]["classes"]))), list(loaded[1]["classes"]), mode)
     except HemasegError as exc:
         _fail_error(exc, model or "wbc-type")
         raise typer.Exit(2) from None
-    card = loaded[1]
-    size, classes = int(card.get("input_size", 96)), list(card["classes"])
-    ok_paths, crops = [], []
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="-m") from None
+    ok_paths, cells = [], []
 
     def work(path):
-        image = read_image(path)
-        crops.append(cell_crop(image, size).image if card.get("cell_normalised", True)
-                     else cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA))
+        cells.append(crop_for(read_image(path), loaded[1]))
         ok_paths.append(path)
 
     failed = _for_each(paths, "classify", work)
-    probs = predict_crops(crops, loaded, dev)
-    names, grouped = group_probs(probs, classes, mode)
+    names, rows = prediction_rows(cells, loaded, dev, mode, min_confidence)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["filename", "prediction", *names])
-    for path, q in zip(ok_paths, grouped):
-        w.writerow([str(path), names[int(np.argmax(q))], *[f"{v:.6f}" for v in q]])
+    for path, (label, q) in zip(ok_paths, rows):
+        w.writerow([str(path), label, *[f"{v:.6f}" for v in q]])
     write_text(output, buf.getvalue())
     typer.echo(f"{len(ok_paths)}/{len(paths)} crops classified; {output}", err=True)
     raise typer.Exit(1 if failed else 0)
@@ -372,8 +426,9 @@ def explain(
     crops, labels = [], []
 
     def work(path):
-        crop = cell_crop(read_image(path), size).image
-        cam, _ = grad_cam(module, card, crop)
+        cell = cell_crop(read_image(path), size)
+        crop = cell.image
+        cam, _ = grad_cam(module, card, crop, extras=cell.extras if getattr(module, "extras", 0) else None)
         mask = gradcam_mask(cam)
         write_png(out / f"{path.stem}_gradcam.png", cam_overlay(crop, cam, mask))
         write_png(out / f"{path.stem}_gradcam_mask.png", (mask * 255).astype(np.uint8))
@@ -388,8 +443,9 @@ def explain(
 
 
 @app.command()
+@_usage_errors
 def evaluate(
-    task: str = typer.Argument(..., help="wbc, nuclei or smear10"),
+    task: str = typer.Argument(..., help="wbc, nuclei, smear10 or any registered task with annotated data"),
     data: List[str] = typer.Option(..., help="folder(s) of image/mask pairs (nuclei: also the DSB layout; "
                                              "smear10: images/ + segments/ colour maps)"),
     model: Optional[str] = typer.Option(None, help="bundled name, .safetensors file or run folder"),
@@ -405,10 +461,17 @@ def evaluate(
     smear10 pixel accuracy, per-class and mean IoU, confusion matrix."""
     _setup_logging(False)
     spec = _task(task, "TASK")
+    check_numbers(cell_diameter=cell_diameter)
     if method:
         _check_method(spec, method)
+        refuse_unused(f"not used by --method {method} (a classical method: no model, no rescaling)",
+                      model=model, cell_diameter=cell_diameter)
+    for option, path in (("--json", json_out), ("--grid", grid)):
+        if path is not None:
+            check_output(path, option, folder=False)
+    dev = _device(device)
     try:
-        res = spec.evaluate(data, model or spec.default_model, split, cell_diameter, _device(device), grid, method)
+        res = spec.evaluate(data, model or spec.default_model, split, cell_diameter, dev, grid, method)
     except HemasegError as exc:
         _fail_error(exc)
         raise typer.Exit(1) from None
@@ -419,6 +482,7 @@ def evaluate(
 
 
 @app.command()
+@_usage_errors
 def crop(
     images: List[str] = typer.Argument(..., help="image files, folders or globs"),
     out: Path = typer.Option(Path("hemaseg-crops"), help="output folder: OUT/<class>/<stem>_<k>.png + crops.csv"),
@@ -430,24 +494,26 @@ def crop(
     import csv
     import io
 
-
     if method not in ("hsv", "model"):
         raise typer.BadParameter("use hsv or model", param_hint="--method")
+    check_numbers(margin=margin)
+    check_output(out, "--out", folder=True)
+    wbc_task = get_task("wbc")
     if method == "model":
-
-        loaded = get_model("wbc", _device(device))
+        loaded = get_model(wbc_task.default_model, _device(device))
     paths = list_images(images)
     if not paths:
         _fail(" ".join(images), "no images found")
         raise typer.Exit(1)
+    stems = _stems(paths, out / "unknown", ["_<k>.png"], fixed=[("--out", out / "crops.csv")])
     rows = []
 
     def work(path):
         image = read_image(path)
-        instances = hsv_wbc_mask(image)[1] if method == "hsv" else segment_wbc(image, loaded).instances
+        instances = hsv_wbc_mask(image)[1] if method == "hsv" else wbc_task.predict(image, loaded).instances
         for k, c in enumerate(wbc_crops(image, instances, margin), start=1):
             x1, y1, x2, y2 = c["box"]
-            name = f"{path.stem}_{k}.png"
+            name = f"{stems[path]}_{k}.png"
             write_png(out / "unknown" / name, np.ascontiguousarray(image[y1:y2, x1:x2]))
             rows.append([f"unknown/{name}", str(path), x1, y1, x2, y2, "unknown", method])
 
@@ -462,6 +528,7 @@ def crop(
 
 
 @app.command()
+@_usage_errors
 def synth(
     n: int = typer.Option(..., "--n", help="number of images"),
     out: Path = typer.Option(..., help="output folder: images/, segments/, classes/, instances/, labels/"),
@@ -483,8 +550,10 @@ def synth(
     _setup_logging(False)
     if part not in PARTS:
         raise typer.BadParameter(f"one of {', '.join(PARTS)}", param_hint="--part")
-    if n < 1 or size < 32 or first < 0:
-        raise typer.BadParameter("need --n >= 1, --size >= 32 and --first >= 0")
+    check_numbers(n=n, size=size, first=first)
+    check_output(out, "--out", folder=True)
+    if wbc_crops is not None:
+        check_output(wbc_crops, "--wbc-crops", folder=True)
     try:
         cfg = synth_config(param or [], size=size)
     except ValueError as exc:
@@ -504,6 +573,7 @@ def synth(
 
 
 @app.command()
+@_usage_errors
 def convert(
     inp: Path = typer.Argument(..., metavar="IN", help="input folder or file"),
     out: Path = typer.Argument(..., metavar="OUT", help="output folder (labels, dsb) or file (rle, cvat, coco)"),
@@ -529,12 +599,8 @@ def models() -> None:
     typer.echo("architectures: " + ", ".join(list_models()))
     for card in sorted(WEIGHTS_DIR.glob("*.json")):
         d = json.loads(card.read_text())
-        figures = []
-        for key, val in d.get("metrics", {}).items():
-            if isinstance(val, dict):
-                figures += [f"{key}.{k}={v:.3f}" for k, v in val.items() if isinstance(v, float)][:4]
         typer.echo(f"bundled: {card.stem}  task={d.get('task')}  arch={d['architecture']['name']}  "
-                   + " ".join(figures[:6]))
+                   + " ".join(card_figures(d)))
 
 
 @app.command()

@@ -1,6 +1,8 @@
 import json
+from pathlib import Path
 
 import numpy as np
+import pytest
 from safetensors.torch import load_file
 
 from helpers import TINY
@@ -79,3 +81,152 @@ def test_init_starts_from_a_models_weights(wbc_folder, tmp_path):
     assert not all(np.allclose(fresh[k].numpy(), ref[k].numpy()) for k in ref)
     with pytest.raises(HemasegInputError, match="smear10"):
         init_arch(str(first), "smear10")
+
+
+# ---- issue 20: one atomic commit point, exact resume whatever the moment of the kill (case 6),
+# ---- no silent reuse of another run's split (case 4)
+class Killed(BaseException):
+    """Stands for SIGKILL: nothing after it in the process runs as planned."""
+
+
+def _copy(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _same_weights(a, b):
+    a, b = load_file(str(a)), load_file(str(b))
+    return a.keys() == b.keys() and all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
+
+
+def test_resume_is_exact_whatever_the_moment_of_the_kill(wbc_folder, tmp_path, monkeypatch):
+    import os
+
+    cfg = _cfg(wbc_folder)
+    fit(cfg, tmp_path / "full", progress=False)
+    template = tmp_path / "epoch1"
+    fit(cfg, template, progress=False, max_epochs_this_call=1)
+    real_replace = os.replace
+    calls = []
+
+    def counting(*a, **k):
+        calls.append(a)
+        return real_replace(*a, **k)
+
+    monkeypatch.setattr(os, "replace", counting)
+    fit(None, _copy(template, tmp_path / "count"), resume=True, progress=False)
+    monkeypatch.setattr(os, "replace", real_replace)
+    n = len(calls)  # every file move of epoch 2 and the run's end: each is a moment a kill can fall on
+    assert n >= 4
+    for k in range(n):
+        run = _copy(template, tmp_path / f"kill{k}")
+        seen = []
+
+        def dying(*a, **kw):
+            seen.append(a)
+            if len(seen) == k + 1:
+                raise Killed
+            return real_replace(*a, **kw)
+
+        monkeypatch.setattr(os, "replace", dying)
+        with pytest.raises(Killed):
+            fit(None, run, resume=True, progress=False)
+        monkeypatch.setattr(os, "replace", real_replace)
+        state = fit(None, run, resume=True, progress=False)
+        assert state["epoch"] == 2 and state.get("finished"), k
+        for name in ("last.safetensors", "best.safetensors", "model.safetensors"):
+            assert _same_weights(tmp_path / "full" / name, run / name), (k, name)
+        assert not [p.name for p in run.iterdir() if p.name.startswith(".")], k
+
+
+def test_a_kill_before_the_first_checkpoint_resumes_from_the_start(wbc_folder, tmp_path, monkeypatch):
+    import os
+
+    cfg = _cfg(wbc_folder)
+    fit(cfg, tmp_path / "full", progress=False)
+    real_replace = os.replace
+    for k in (2, 3):  # after the run's state and split are written, inside the first epoch's commit
+        run = tmp_path / f"kill{k}"
+        seen = []
+
+        def dying(*a, **kw):
+            seen.append(a)
+            if len(seen) == k:
+                raise Killed
+            return real_replace(*a, **kw)
+
+        monkeypatch.setattr(os, "replace", dying)
+        with pytest.raises(Killed):
+            fit(cfg, run, progress=False)
+        monkeypatch.setattr(os, "replace", real_replace)
+        fit(None, run, resume=True, progress=False)
+        assert _same_weights(tmp_path / "full" / "model.safetensors", run / "model.safetensors"), k
+
+
+def test_a_writer_killed_mid_file_leaves_no_temp_file(wbc_folder, tmp_path, monkeypatch):
+    import os
+
+    import safetensors.torch
+
+    run = tmp_path / "run"
+    fit(_cfg(wbc_folder), run, progress=False, max_epochs_this_call=1)
+
+    def killed_while_writing(tensors, filename, *a, **k):
+        with open(filename, "wb") as f:
+            f.write(b"\0" * 1000)  # half a checkpoint
+        raise Killed
+
+    monkeypatch.setattr(safetensors.torch, "save_file", killed_while_writing)
+    monkeypatch.setattr("hemaseg.models.registry.save_file", killed_while_writing)
+    monkeypatch.setattr(os, "unlink", lambda *a, **k: None)  # a killed process cleans nothing up
+    with pytest.raises(Killed):
+        fit(None, run, resume=True, progress=False)
+    monkeypatch.undo()
+    assert [p for p in run.rglob(".*") if p.is_file()]  # the half-written temp file is there
+    fit(None, run, resume=True, progress=False)
+    assert not [p for p in run.rglob(".*")]
+
+
+def test_out_into_an_existing_run_needs_resume_or_overwrite(wbc_folder, tmp_path):
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from helpers import toy_wbc
+    from hemaseg.cli import app
+
+    run = tmp_path / "run"
+    fit(_cfg(wbc_folder), run, progress=False, max_epochs_this_call=1)
+    new = tmp_path / "new"
+    new.mkdir()
+    rng = np.random.default_rng(5)
+    for i in range(4):
+        img, mask = toy_wbc(rng)
+        Image.fromarray(img).save(new / f"{i:03d}.bmp")
+        Image.fromarray(mask).save(new / f"{i:03d}.png")
+    args = ["train", "wbc", "--data", str(new), "--out", str(run), "--epochs", "1", "--crop", "32",
+            "--batch-size", "4", "--samples-per-epoch", "4"]
+    before = (run / "split.json").read_text()
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2 and "--resume" in res.output and "--overwrite" in res.output, res.output
+    assert (run / "split.json").read_text() == before  # the old run is untouched
+    res = CliRunner().invoke(app, args + ["--overwrite"])
+    assert res.exit_code == 0, res.output
+    split = json.loads((run / "split.json").read_text())
+    assert {Path(p).parent for p, _ in split["train"] + split["val"]} == {new.resolve()}
+    card = json.loads((run / "model.json").read_text())
+    assert card["training"]["n_train"] + card["training"]["n_val"] == 4
+    res = CliRunner().invoke(app, ["train", "wbc", "--resume", str(run), "--data", str(wbc_folder)])
+    assert res.exit_code == 2 and "--data" in res.output
+
+
+def test_a_split_of_other_data_is_refused(wbc_folder, tmp_path):
+    from hemaseg.engine.train import read_split
+    from hemaseg.errors import HemasegInputError
+
+    run = tmp_path / "run"
+    fit(_cfg(wbc_folder), run, progress=False, max_epochs_this_call=1)
+    assert len(read_split(run / "split.json", [str(wbc_folder)])[0]) == 8
+    with pytest.raises(HemasegInputError, match="not under the run's data"):
+        read_split(run / "split.json", [str(tmp_path / "elsewhere")])

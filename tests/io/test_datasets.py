@@ -48,3 +48,22 @@ def test_mask_of_wrong_size_in_pair(tmp_path):
 def test_not_a_folder(tmp_path):
     with pytest.raises(HemasegInputError):
         find_pairs(tmp_path / "missing")
+
+
+def test_masks_off_the_convention_are_refused(tmp_path):
+    """Issue 20, case 10: a 0/50/100 mask trained silently (cytoplasm read as background)."""
+    from hemaseg.engine.task import Task
+    from hemaseg.tasks import get_task
+
+    img = np.full((8, 8, 3), 200, np.uint8)
+    mask = np.zeros((8, 8), np.uint8)
+    mask[2:6, 2:6], mask[3:5, 3:5] = 50, 100
+    Image.fromarray(img).save(tmp_path / "001.bmp")
+    Image.fromarray(mask).save(tmp_path / "001.png")
+    pair = find_pairs(tmp_path)[0]
+    with pytest.raises(HemasegInputError, match="0, 50, 100") as e:
+        load_pair(pair)
+    assert str(pair.mask) in str(e.value) and "\n" not in str(e.value)
+    # the generic reader of a task's label values (Task.load_sample) refuses the same way
+    with pytest.raises(HemasegInputError, match="0, 50, 100"):
+        Task.load_sample(get_task("wbc"), pair)

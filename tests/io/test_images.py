@@ -95,3 +95,44 @@ def test_list_images_files_folders_globs(tmp_path):
     assert [p.name for p in list_images(str(tmp_path / "*.jpg"))] == ["b.jpg"]
     # An explicit file is kept whatever its suffix, so that it is reported, not skipped.
     assert list_images([tmp_path / "c.txt"]) == [Path(tmp_path / "c.txt")]
+
+
+# ---- issue 20, cases 7 and 8: planar TIFF, NaN/Inf, one size guard for every format
+def test_planar_rgb_tiff_is_read_as_colour(tmp_path):
+    rgb = np.zeros((3, 20, 30), np.uint8)
+    rgb[0], rgb[1, :, :15], rgb[2, 10:] = 200, 120, 60
+    tifffile.imwrite(tmp_path / "planar.tif", rgb, photometric="rgb", planarconfig="separate")
+    out = read_image(tmp_path / "planar.tif")
+    assert out.shape == (20, 30, 3)
+    assert np.array_equal(out, np.moveaxis(rgb, 0, -1))
+
+
+def test_nan_and_inf_in_a_float_tiff_do_not_blank_the_image(tmp_path):
+    a = np.linspace(0.0, 10.0, 20 * 30, dtype=np.float32).reshape(20, 30)
+    a[3, 4], a[5, 6], a[7, 8] = np.nan, np.inf, -np.inf
+    tifffile.imwrite(tmp_path / "f.tif", a)
+    out = read_image(tmp_path / "f.tif")[..., 0]
+    ok = np.isfinite(a)
+    expected = np.clip(a / 10.0 * 255 + 0.5, 0, 255).astype(np.uint8)
+    assert np.array_equal(out[ok], expected[ok])
+    assert out[3, 4] == 0 and out[5, 6] == 255 and out[7, 8] == 0
+
+
+@pytest.mark.parametrize("fmt", ["png", "tif"])
+def test_one_size_guard_for_every_format(tmp_path, monkeypatch, fmt):
+    """A TIFF skipped the guard a PNG met, and the PNG's message said "corrupt"."""
+    import hemaseg.io.images as images
+
+    monkeypatch.setattr(images, "MAX_PIXELS", 50 * 40)
+    p = tmp_path / f"big.{fmt}"
+    big = np.zeros((41, 50, 3), np.uint8)
+    if fmt == "tif":
+        tifffile.imwrite(p, big)
+    else:
+        Image.fromarray(big).save(p)
+    with pytest.raises(HemasegInputError, match=r"50x41 px .* over the .* limit") as e:
+        read_image(p)
+    assert "corrupt" not in str(e.value)
+    small = tmp_path / f"ok.{fmt}"
+    (tifffile.imwrite(small, big[:40]) if fmt == "tif" else Image.fromarray(big[:40]).save(small))
+    assert read_image(small).shape == (40, 50, 3)

@@ -128,3 +128,64 @@ def test_train_wbc_type_with_dann_resume_and_explain(tmp_path):
     assert len(list(out.glob("*_gradcam.png"))) == 8 and (out / "tsne.png").exists()
     mask = np.array(Image.open(next(out.glob("*_gradcam_mask.png"))))
     assert mask.shape == (48, 48) and set(np.unique(mask)) <= {0, 255}
+
+
+def test_trained_model_takes_the_ruler_and_is_calibrated(tmp_path):
+    data = _crops(tmp_path / "a", per_class=4)
+    run = tmp_path / "run"
+    res = runner.invoke(app, ["train", "wbc-type", "--data", str(data), "--out", str(run), "--backbone", TINY_BACKBONE,
+                              "--epochs", "2", "--batch-size", "4", "--crop", "48", "--samples-per-epoch", "8",
+                              "--val-fraction", "0.25"])
+    assert res.exit_code == 0, res.output
+    card = json.loads((run / "model.json").read_text())
+    assert card["classes"] == ["neutrophil", "lymphocyte"]  # the classes the data has, in the canonical order
+    assert card["architecture"]["kwargs"]["extras"] == 3 and len(card["extras"]) == 3
+    assert 0.25 <= card["temperature"] <= 8 and "ece" in card["metrics"]["val"]
+    # a lab adapts it with a few crops of its own: the start model's classes and ruler are kept
+    mine = _crops(tmp_path / "mine", per_class=2, classes=("Lymphocyte",), seed=7)
+    res = runner.invoke(app, ["train", "wbc-type", "--init", str(run), "--data", str(mine), "--out", str(tmp_path / "ft"),
+                              "--epochs", "1", "--batch-size", "2", "--samples-per-epoch", "4", "--val-fraction", "0.5"])
+    assert res.exit_code == 0, res.output
+    tuned = json.loads((tmp_path / "ft" / "model.json").read_text())
+    assert tuned["classes"] == card["classes"] and tuned["input_size"] == 48 and tuned["training"]["init"] == str(run)
+
+
+def test_ruler_is_free_of_magnification():
+    from hemaseg.tasks.wbc_type.crops import CellCrop
+
+    def crop(d, rbc):
+        return CellCrop(np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), bool), True, d, rbc, 0.4)
+
+    assert np.allclose(crop(100, 50).extras, crop(300, 150).extras)  # 3x zoom: the same ruler
+    assert crop(100, 50).extras[1] == 1 and crop(100, 10).extras[:2].tolist() == [0, 0]  # 10x: not believed
+    assert crop(100, None).extras.tolist()[:2] == [0, 0]
+
+
+def test_group_probs_modes_for_an_eight_class_model():
+    from hemaseg.tasks.wbc_type.crops import ALL_CLASSES, group_probs
+
+    p = np.array([[0.2, 0.1, 0.1, 0.1, 0.0, 0.3, 0.1, 0.1]])  # ALL_CLASSES order: five types, ig, erythroblast, platelet
+    names, q = group_probs(p, list(ALL_CLASSES), 4)
+    assert names == ["NEUTROPHIL", "EOSINOPHIL", "BASOPHIL", "LYMPHOCYTE", "MONOCYTE", "IG", "ERYTHROBLAST", "PLATELET"]
+    assert q[0].tolist() == [0.2, 0.1, 0.0, 0.1, 0.1, 0.3, 0.1, 0.1]
+    names, q = group_probs(p, list(ALL_CLASSES), 3)
+    assert len(names) == 5 and abs(q.sum() - 1) < 1e-6 and q[0, 0] == pytest.approx(0.4)
+    names, q = group_probs(p, list(ALL_CLASSES), 1)
+    assert q[0].tolist() == pytest.approx([0.4, 0.6])
+    with pytest.raises(ValueError, match="lacks ig"):
+        group_probs(p[:, :5], TYPES, 4)
+
+
+def test_classify_marks_crops_without_a_wbc_and_unsure_ones(tmp_path, tiny_classifier):
+    d = _crops(tmp_path / "c", per_class=1, classes=("Monocyte",))
+    Image.fromarray(np.full((48, 48, 3), 230, np.uint8)).save(d / "empty.png")  # plain background: no WBC
+    out = tmp_path / "o.csv"
+    res = runner.invoke(app, ["classify", "-d", str(d), "-o", str(out), "--model", str(tiny_classifier), "-m", "3",
+                              "--min-confidence", "0.99"])
+    assert res.exit_code == 0, res.output
+    rows = {r[0]: r for r in list(csv.reader(out.open()))[1:]}
+    assert rows[str(d / "empty.png")][1] == "NO_WBC"
+    cell = next(r for k, r in rows.items() if k.endswith(".jpg"))
+    assert cell[1] == "UNSURE" and abs(sum(map(float, cell[2:])) - 1) < 1e-4  # an untrained model is never 99 % sure
+    res = runner.invoke(app, ["classify", "-d", str(d), "--model", str(tiny_classifier), "--min-confidence", "2"])
+    assert res.exit_code == 2

@@ -7,10 +7,24 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from hemaseg.core.content import featureless
 from hemaseg.core.resize import rescale, resize_probs
 from hemaseg.data.transforms import normalize, percentile_range
 from hemaseg.engine.tiling import DEFAULT_OVERLAP, DEFAULT_TILE, predict_tiled
+from hemaseg.errors import HemasegUsageError
 from hemaseg.models.registry import load_model
+
+
+def resolve_device(device: str) -> str:
+    """``cpu``, ``cuda`` or ``auto`` (cuda when torch sees a GPU) as a torch device name;
+    :class:`HemasegUsageError` for another name or ``cuda`` without a GPU."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda"):
+        raise HemasegUsageError("--device", f"{device!r} is not a device; use cpu, cuda or auto")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise HemasegUsageError("--device", "cuda: torch sees no GPU on this machine; use cpu or auto")
+    return device
 
 
 @lru_cache(maxsize=8)
@@ -37,7 +51,13 @@ def predict_probs(module: torch.nn.Module, card: dict, image: np.ndarray, factor
     """Class probabilities of ``image`` (H, W, 3) uint8 resized by ``factor``, back at (K, H, W) float32.
 
     ``invert`` flips the normalised intensities (bright-background images for the nuclei model);
-    ``tta`` averages the predictions of the image and its three flips (4x the time)."""
+    ``tta`` averages the predictions of the image and its three flips (4x the time). An image with
+    nothing in it (:func:`hemaseg.core.content.featureless`) is background (class 0) everywhere:
+    a network asked about a flat or noise image answers with confident nonsense."""
+    if card.get("classes") and featureless(image):
+        probs = np.zeros((len(card["classes"]), *image.shape[:2]), np.float32)
+        probs[0] = 1.0
+        return probs
     if tta:
         views = [(slice(None), slice(None)), (slice(None, None, -1), slice(None)),
                  (slice(None), slice(None, None, -1)), (slice(None, None, -1), slice(None, None, -1))]

@@ -10,13 +10,16 @@ from pathlib import Path
 
 import numpy as np
 
+from hemaseg.core.content import featureless
+from hemaseg.core.options import OPTION_RANGES, check_numbers
 from hemaseg.core.result import Segmentation
 from hemaseg.engine.evaluate import class_panels, evaluate_pairs, plain_table
+from hemaseg.engine.predict import get_model
 from hemaseg.engine.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
 from hemaseg.engine.train import TrainConfig, fit, init_arch, pair_data, task_config
 from hemaseg.errors import HemasegInputError, HemasegUsageError
 from hemaseg.io.datasets import Pair, find_pairs
-from hemaseg.io.images import read_image, read_mask
+from hemaseg.io.images import check_mask_values, read_image, read_mask
 from hemaseg.metrics import confusion_matrix, semantic_scores
 from hemaseg.models.registry import list_models
 
@@ -41,10 +44,12 @@ ARCH_ALIASES = {"maskrcnn": "maskrcnn-light"}
 
 
 def check_options(task_name: str, given: dict, accepted) -> None:
-    """:class:`HemasegUsageError` for the first of ``given`` (non-None options) not in ``accepted``."""
+    """:class:`HemasegUsageError` for the first of ``given`` (non-None options) not in ``accepted``,
+    or a numeric one outside its range (:func:`hemaseg.core.options.check_numbers`)."""
     for k in given:
         if k not in accepted:
             raise HemasegUsageError("--" + k.replace("_", "-"), f"not an option of task {task_name}")
+    check_numbers(**{k: v for k, v in given.items() if k in OPTION_RANGES and v is not None})
 
 
 class Task:
@@ -66,6 +71,9 @@ class Task:
     train_options : ``hemaseg train`` options this task takes besides :data:`COMMON_TRAIN_OPTIONS`.
     needs_data : training needs ``--data`` (a task that composes its own images does not).
     supports_tta : ``segment --tta`` (test-time flips) means something for this task's models.
+    label_suffixes : file-name endings of :meth:`label_images` ("" is ``<stem>.png``), known before any
+        image is segmented so output names are checked up front.
+    run_files : files and folders of a training run besides the engine's (removed by ``train --overwrite``).
     nested_loss : the Dice term treats classes as nested regions (cell contains nucleus).
     """
 
@@ -82,6 +90,8 @@ class Task:
     train_options: tuple[str, ...] = ("arch", "init", "workers")
     needs_data: bool = True
     supports_tta: bool = False
+    label_suffixes: tuple[str, ...] = ("",)
+    run_files: tuple[str, ...] = ()
     nested_loss: bool = True
     mean_keys: tuple[str, ...] = ()  # evaluation scores averaged over images (default: every float score)
 
@@ -100,6 +110,29 @@ class Task:
     def can_segment(self) -> bool:
         """The task has a segmentation model (``hemaseg segment --task NAME``)."""
         return type(self).segment is not Task.segment
+
+    def predict(self, image: np.ndarray, model=None, cell_diameter: float | None = None, device: str = "cpu",
+                tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP, tta: bool | None = None,
+                params=None, method: str | None = None) -> Segmentation:
+        """What every caller runs: the options checked (:func:`hemaseg.core.options.check_numbers`),
+        an image with nothing in it (:func:`hemaseg.core.content.featureless`) answered with no
+        object without asking the model, else :meth:`segment` (or :meth:`segment_classical` for
+        a classical ``method``)."""
+        check_numbers(cell_diameter=cell_diameter, tile=tile, overlap=overlap)
+        if featureless(image):
+            card = get_model(model, device)[1] if method is None else {}
+            return self.empty(image, card, cell_diameter)
+        if method is not None:
+            return self.segment_classical(image, method)
+        return self.segment(image, model, cell_diameter, device, tile, overlap, tta, params)
+
+    def empty(self, image: np.ndarray, card: dict | None = None, cell_diameter: float | None = None) -> Segmentation:
+        """The result of an image with no cell: every pixel background (probability 1), no object."""
+        h, w = image.shape[:2]
+        probs = np.zeros((len(self.classes), h, w), np.float32)
+        probs[0] = 1.0
+        diameter = float(cell_diameter or (card or {}).get("cell_diameter") or 0.0)
+        return Segmentation(np.zeros((h, w), np.uint8), np.zeros((h, w), np.int32), probs, diameter, 1.0, [])
 
     def segment(self, image: np.ndarray, model, cell_diameter: float | None = None, device: str = "cpu",
                 tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP, tta: bool | None = None,
@@ -125,6 +158,8 @@ class Task:
         """((H, W, 3) uint8 image, (H, W) target): label values mapped to class indices."""
         image = read_image(pair.image)
         mask = read_mask(pair.mask, image.shape[:2])
+        check_mask_values(pair.mask, mask, self.label_values, "/".join(
+            f"{v} {c}" for v, c in zip(self.label_values, self.classes)))
         lut = np.zeros(max(max(self.label_values), int(mask.max())) + 1, np.uint8)
         for k, v in enumerate(self.label_values):
             lut[v] = k

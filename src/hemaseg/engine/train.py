@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -25,10 +27,10 @@ from hemaseg.data.weights import contact_weights
 from hemaseg.engine.losses import dice_ce_loss
 from hemaseg.engine.plots import plot_curves
 from hemaseg.engine.tiling import predict_tiled
-from hemaseg.errors import HemasegInputError
+from hemaseg.errors import HemasegInputError, HemasegUsageError
 from hemaseg.io.datasets import Pair
-from hemaseg.io.writers import atomic_path, write_json
-from hemaseg.models.registry import create_model, load_card, load_model, save_model
+from hemaseg.io.writers import atomic_path, remove_temps, write_json
+from hemaseg.models.registry import create_model, load_card, load_model, load_weights, save_model
 from hemaseg.progress import track
 from hemaseg.version import __version__
 
@@ -111,10 +113,21 @@ def split_pairs(pairs: list[Pair], val_fraction: float, seed: int) -> tuple[list
     return train, val
 
 
-def read_split(path: Path) -> tuple[list[Pair], list[Pair]]:
-    """Read a split.json written by :func:`write_split`."""
+def read_split(path: Path, data: list[str] | None = None) -> tuple[list[Pair], list[Pair]]:
+    """Read a split.json written by :func:`write_split`; with ``data`` (the run's data folders),
+    :class:`HemasegInputError` if it lists an image outside them or one that is gone."""
     d = json.loads(path.read_text())
-    return ([Pair(Path(a), Path(b)) for a, b in d["train"]], [Pair(Path(a), Path(b)) for a, b in d["val"]])
+    train, val = ([Pair(Path(a), Path(b)) for a, b in d["train"]], [Pair(Path(a), Path(b)) for a, b in d["val"]])
+    if data:
+        roots = [Path(r).resolve() for r in data]
+        for pair in train + val:
+            image = pair.image.resolve()
+            if not any(image == r or r in image.parents for r in roots):
+                raise HemasegInputError(path, f"lists {pair.image}, which is not under the run's data "
+                                              f"({', '.join(map(str, data))}): the split belongs to other data")
+            if not pair.image.exists():
+                raise HemasegInputError(path, f"lists {pair.image}, which no longer exists")
+    return train, val
 
 
 def write_split(path: Path, train: list[Pair], val: list[Pair], seed: int) -> None:
@@ -172,7 +185,7 @@ def pair_data(task, cfg: TrainConfig, run: Path, state: dict) -> tuple:
     task's ``find_samples`` / ``load_sample`` / ``target`` hooks, a seeded split kept in ``run/split.json``."""
     split_path = run / "split.json"
     if split_path.exists():
-        train_pairs, val_pairs = read_split(split_path)
+        train_pairs, val_pairs = read_split(split_path, cfg.data)
     else:
         pairs = [p for d in cfg.data for p in task.find_samples(d)]
         if not pairs:
@@ -253,18 +266,101 @@ def begin_epoch(seed: int, epoch: int, transform) -> int:
     return epoch_seed
 
 
+# Files a training run writes (tasks add theirs in Task.run_files); --overwrite removes them.
+RUN_FILES = ("state.json", "split.json", "curves.png", "confusion.png", "last.safetensors", "last.json",
+             "last.optim.pt", "best.safetensors", "best.json", "model.safetensors", "model.json")
+PENDING = ".pending"  # a checkpoint being committed (see commit_checkpoint)
+
+
+def holds_run(run: Path) -> bool:
+    """``run`` is a folder with a training run in it (a state, a split or a checkpoint)."""
+    return any((run / name).exists() for name in ("state.json", "split.json", "last.safetensors", PENDING))
+
+
+def prepare_run(run: str | Path, resume: bool = False, overwrite: bool = False, extra_files=()) -> Path:
+    """Check the run folder before training: a new run may not go into a folder holding one
+    (:class:`HemasegUsageError` naming ``--out``) unless ``overwrite``, which deletes that run's files
+    (:data:`RUN_FILES` and ``extra_files``); resuming needs a run. Returns the folder."""
+    run = Path(run)
+    if resume:
+        if overwrite:
+            raise HemasegUsageError("--overwrite", "cannot be used with --resume")
+        return run
+    if run.exists() and not run.is_dir():
+        raise HemasegUsageError("--out", f"{run} is a file, not a folder")
+    if holds_run(run):
+        if not overwrite:
+            raise HemasegUsageError("--out", f"{run} already holds a training run; continue it with --resume {run} "
+                                             "or start afresh with --overwrite")
+        for name in RUN_FILES + tuple(extra_files):
+            target = run / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+        shutil.rmtree(run / PENDING, ignore_errors=True)
+        remove_temps(run)
+    return run
+
+
+def recover(run: Path) -> None:
+    """Bring a run folder to its last committed checkpoint after a kill: finish a commit whose
+    state was written (roll forward), drop one whose state was not (roll back), delete the
+    temporary files of killed writers."""
+    pending = run / PENDING
+    if pending.is_dir():
+        if (pending / "state.json").exists():
+            _roll_forward(run)
+        else:
+            shutil.rmtree(pending)
+    if run.is_dir():
+        remove_temps(run)
+
+
+def _roll_forward(run: Path) -> None:
+    pending = run / PENDING
+    for f in sorted(pending.iterdir()):
+        if f.name != "state.json" and not f.name.startswith("."):
+            os.replace(f, run / f.name)
+    os.replace(pending / "state.json", run / "state.json")
+    shutil.rmtree(pending)
+
+
+def commit_checkpoint(run: Path, state: dict, models: dict[str, tuple], optim: dict | None = None) -> None:
+    """Write checkpoints and the state as one unit: everything goes to ``run/.pending/``, the state
+    last (its atomic write is the one commit point), then every file is moved into place.
+    A kill before the state is written leaves the previous checkpoint; after, :func:`recover`
+    finishes the move. ``models``: {file stem: (module, card)}; ``optim``: saved as ``last.optim.pt``."""
+    pending = run / PENDING
+    shutil.rmtree(pending, ignore_errors=True)
+    pending.mkdir(parents=True)
+    for stem, (model, card) in models.items():
+        save_model(model, pending / stem, card)
+    if optim is not None:
+        with atomic_path(pending / "last.optim.pt") as tmp:
+            torch.save(optim, tmp)
+    write_json(pending / "state.json", state)
+    _roll_forward(run)
+
+
 def start_or_resume(cfg, config_class, run: Path, resume: bool) -> tuple:
-    """(config, state) of a run: read back from ``run/state.json`` when resuming, else fresh."""
+    """(config, state) of a run: read back from ``run/state.json`` when resuming (after
+    :func:`recover`), else fresh: a folder already holding a run is refused (:func:`prepare_run`)."""
     state_path = run / "state.json"
     if resume:
+        recover(run)
         if not state_path.exists():
             raise HemasegInputError(state_path, "no state.json: nothing to resume")
         state = json.loads(state_path.read_text())
         return config_class(**state["config"]), state
     assert cfg is not None
+    prepare_run(run)
     run.mkdir(parents=True, exist_ok=True)
-    return cfg, {"config": asdict(cfg), "epoch": 0, "history": [], "best_metric": -1.0, "best_epoch": 0,
-                 "stopped_early": False}
+    state = {"config": asdict(cfg), "epoch": 0, "history": [], "best_metric": -1.0, "best_epoch": 0,
+             "stopped_early": False}
+    # Committed at once: a run killed before its first checkpoint resumes from epoch 0.
+    write_json(state_path, state)
+    return cfg, state
 
 
 def load_last(run: Path, model, optimizer, scheduler) -> None:
@@ -277,30 +373,25 @@ def load_last(run: Path, model, optimizer, scheduler) -> None:
     scheduler.load_state_dict(opt_state["scheduler"])
 
 
-def _save_checkpoint(run: Path, tag: str, model, optimizer, scheduler, card: dict) -> None:
-    save_model(model, run / tag, card)
-    if tag == "last":
-        with atomic_path(run / "last.optim.pt") as tmp:
-            torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp)
-
-
 def end_epoch(run: Path, state: dict, cfg, epoch: int, lr: float, losses: list[float], val: dict, metric: float,
               seconds: float, model, optimizer, scheduler, card: dict) -> dict:
-    """Book an epoch: history entry, best/last checkpoints, early-stop flag, state.json, curves, log line."""
+    """Book an epoch: history entry, early-stop flag, then best/last checkpoints and state.json
+    committed together (:func:`commit_checkpoint`), curves, log line."""
     entry = {"epoch": epoch, "lr": lr, "train_loss": float(np.mean(losses)), **val, "metric": metric,
              "seconds": round(seconds, 2)}
     state["history"].append(entry)
     state["epoch"] = epoch
     state["lr"] = optimizer.param_groups[0]["lr"]
     card_now = {**card, "metrics": {"val": val, "epoch": epoch}}
+    models = {}
     if metric > state["best_metric"]:
         state["best_metric"], state["best_epoch"] = metric, epoch
-        _save_checkpoint(run, "best", model, optimizer, scheduler, card_now)
+        models["best"] = (model, card_now)
     if epoch - state["best_epoch"] >= cfg.patience:
         state["stopped_early"] = True
-    _save_checkpoint(run, "last", model, optimizer, scheduler, card_now)
+    models["last"] = (model, card_now)
     state["versions"] = versions()
-    write_json(run / "state.json", state)
+    commit_checkpoint(run, state, models, {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()})
     plot_curves(state["history"], run / "curves.png")
     log.info(f"epoch {epoch}/{cfg.epochs} loss {entry['train_loss']:.4f} "
              + " ".join(f"{k} {v:.4f}" for k, v in val.items()) + f" lr {lr:.2e} {entry['seconds']:.0f}s")
@@ -318,10 +409,9 @@ def finish_run(run: Path, state: dict, cfg, model, card: dict) -> None:
     model.load_state_dict(load_file(str(run / "best.safetensors")))
     best = next(h for h in state["history"] if h["epoch"] == state["best_epoch"])
     card["training"]["minutes"] = round(sum(h["seconds"] for h in state["history"]) / 60, 1)
-    save_model(model, run / "model", {**card, "metrics": {"val": {k: best[k] for k in best if k.startswith(SCORE_PREFIXES)},
-                                                           "epoch": state["best_epoch"]}})
     state["finished"] = True
-    write_json(run / "state.json", state)
+    commit_checkpoint(run, state, {"model": (model, {**card, "metrics": {
+        "val": {k: best[k] for k in best if k.startswith(SCORE_PREFIXES)}, "epoch": state["best_epoch"]}})})
 
 
 def predict_native(model: torch.nn.Module, image: np.ndarray, low: float, high: float, stride: int,
@@ -358,10 +448,7 @@ def fit(task, cfg: TrainConfig | None, run: str | Path, resume: bool = False, pr
         load_last(run, model, optimizer, scheduler)
     elif cfg.init:
         start, _ = load_model(cfg.init)
-        try:
-            model.load_state_dict(start.state_dict())
-        except RuntimeError as exc:
-            raise HemasegInputError(cfg.init, f"weights do not fit {cfg.arch} {cfg.arch_kwargs} ({exc})") from None
+        load_weights(model, start.state_dict(), cfg.init, f"{cfg.arch} {cfg.arch_kwargs}")
 
     card = {
         "name": f"{task.name}-{cfg.arch}",

@@ -1,7 +1,7 @@
 """Read any microscope image (PNG/JPEG/BMP/TIFF, 8/16-bit, grey/RGB/RGBA) as RGB uint8."""
 from __future__ import annotations
 
-import warnings
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +11,41 @@ from hemaseg.errors import HemasegInputError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
-# Decompression-bomb guard: whole slide scans beyond this need a tiled reader.
-Image.MAX_IMAGE_PIXELS = 20_000 * 20_000
+# The one size guard of every reader (PNG, JPEG, BMP, TIFF; images and masks): an image is decoded
+# whole, so one past this many pixels is refused from its header, before any decoding. (PIL's own
+# decompression-bomb check is off: it would meet the same images first, with a misleading error.)
+MAX_PIXELS = 20_000 * 20_000
+Image.MAX_IMAGE_PIXELS = None
+
+
+def check_size(path: Path, height: int, width: int) -> None:
+    """:class:`HemasegInputError` if an image of ``height`` x ``width`` px is over :data:`MAX_PIXELS`."""
+    if height * width > MAX_PIXELS:
+        raise HemasegInputError(path, f"{width}x{height} px ({height * width / 1e6:.0f} MP) is over the "
+                                      f"{MAX_PIXELS / 1e6:.0f} MP limit of whole-image reading; cut it into tiles")
+
+
+def _read_tiff(path: Path) -> np.ndarray:
+    """The first page of a TIFF, samples (RGB, RGBA) last whether stored interleaved or planar."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            check_size(path, int(page.imagelength), int(page.imagewidth))
+            arr, axes = page.asarray(), page.axes
+    except HemasegInputError:
+        raise
+    except Exception as exc:  # tifffile raises many kinds on corrupt files
+        raise HemasegInputError(path, f"not a readable TIFF ({exc.__class__.__name__}: {exc})") from None
+    if arr.size == 0:
+        raise HemasegInputError(path, "not a readable TIFF (no image data, zero size)")
+    if len(axes) == arr.ndim and "S" in axes and arr.ndim >= 3:
+        arr = np.moveaxis(arr, axes.index("S"), -1)  # planar RGB: (3, H, W) -> (H, W, 3)
+    # Volumes or other leading axes in one page: take the first plane, keep channels last.
+    while arr.ndim > 3 or (arr.ndim == 3 and arr.shape[-1] not in (1, 3, 4)):
+        arr = arr[0]
+    return arr
 
 
 def _read_raw(path: Path) -> np.ndarray:
@@ -23,43 +56,45 @@ def _read_raw(path: Path) -> np.ndarray:
     if path.stat().st_size == 0:
         raise HemasegInputError(path, "empty file (0 bytes)")
     if path.suffix.lower() in (".tif", ".tiff"):
-        import tifffile
-
-        try:
-            arr = tifffile.imread(path)
-        except Exception as exc:  # tifffile raises many kinds on corrupt files
-            raise HemasegInputError(path, f"not a readable TIFF ({exc.__class__.__name__}: {exc})") from None
-        if arr.size == 0:
-            raise HemasegInputError(path, "not a readable TIFF (no image data, zero size)")
-        # Multi-page or z-stacks: take the first plane, keep channels last.
-        while arr.ndim > 3 or (arr.ndim == 3 and arr.shape[-1] not in (1, 3, 4)):
-            arr = arr[0]
-        return arr
+        return _read_tiff(path)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                im.load()
-                if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                    return np.array(im).astype(np.uint16 if im.mode.startswith("I;16") else np.int32)
-                if im.mode not in ("L", "RGB", "RGBA"):
-                    im = im.convert("RGBA" if "A" in im.mode or "transparency" in im.info else "RGB")
-                return np.array(im)
+        with Image.open(path) as im:
+            check_size(path, im.size[1], im.size[0])
+            im.load()
+            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                return np.array(im).astype(np.uint16 if im.mode.startswith("I;16") else np.int32)
+            if im.mode not in ("L", "RGB", "RGBA"):
+                im = im.convert("RGBA" if "A" in im.mode or "transparency" in im.info else "RGB")
+            return np.array(im)
     except UnidentifiedImageError:
         raise HemasegInputError(path, "not an image (unknown format)") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except MemoryError:
+        raise HemasegInputError(path, "not enough memory to decode this image") from None
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError) as exc:
         raise HemasegInputError(path, f"corrupt or truncated image ({exc})") from None
 
 
 def to_uint8(arr: np.ndarray) -> np.ndarray:
-    """Scale 16-bit/int/float intensities to uint8 (min..max of the image), leave uint8 alone."""
+    """Scale 16-bit/int/float intensities to uint8 (min..max of the image's finite values), leave
+    uint8 alone. NaN and -inf become 0, +inf 255.
+
+    >>> to_uint8(np.array([[0.0, np.nan], [2.0, np.inf]])).tolist()
+    [[0, 0], [255, 255]]
+    """
     if arr.dtype == np.uint8:
         return arr
     a = arr.astype(np.float32)
-    lo, hi = float(a.min()), float(a.max())
+    finite = np.isfinite(a)
+    all_finite = bool(finite.all())
+    vals = a if all_finite else a[finite]
+    if vals.size == 0:
+        return np.where(a == np.inf, 255, 0).astype(np.uint8)
+    lo, hi = float(vals.min()), float(vals.max())
     if arr.dtype.kind == "f" and lo >= 0.0 and hi <= 1.0:
         lo, hi = 0.0, 1.0
     scale = 255.0 / (hi - lo) if hi > lo else 0.0
+    if not all_finite:
+        a = np.where(finite, a, np.where(a == np.inf, hi, lo))
     return np.clip((a - lo) * scale + 0.5, 0, 255).astype(np.uint8)
 
 
@@ -105,6 +140,29 @@ def read_mask(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndar
     if shape is not None and tuple(arr.shape[:2]) != tuple(shape[:2]):
         raise HemasegInputError(path, f"mask size {arr.shape[1]}x{arr.shape[0]} does not match image size {shape[1]}x{shape[0]}")
     return arr
+
+
+def check_mask_values(path: str | Path, mask: np.ndarray, allowed, convention: str) -> None:
+    """:class:`HemasegInputError` naming the values found if ``mask`` holds any value not in ``allowed``
+    (``convention`` says what they mean, e.g. "0/128/255 background/cytoplasm/nucleus").
+
+    >>> check_mask_values("m.png", np.array([0, 50, 100]), (0, 128, 255), "0/128/255")
+    Traceback (most recent call last):
+    ...
+    hemaseg.errors.HemasegInputError: m.png: mask values 0, 50, 100 do not follow the labels of this task (0/128/255)
+    """
+    found = np.unique(mask)
+    if not np.isin(found, np.asarray(list(allowed))).all():
+        raise HemasegInputError(path, f"mask values {describe_values(found)} do not follow the labels of this task "
+                                      f"({convention})")
+
+
+def describe_values(values: np.ndarray, limit: int = 8) -> str:
+    """A short list of distinct values: ``0, 50, 100`` or ``0, 1, 2, ... (37 values)``."""
+    values = [int(v) if float(v).is_integer() else float(v) for v in np.asarray(values).ravel()]
+    if len(values) <= limit:
+        return ", ".join(map(str, values))
+    return ", ".join(map(str, values[:limit - 1])) + f", ..., {values[-1]} ({len(values)} values)"
 
 
 def list_images(inputs: list[str | Path] | str | Path, recursive: bool = False) -> list[Path]:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -10,6 +11,8 @@ from typing import Any, Iterator
 
 import numpy as np
 from PIL import Image
+
+from hemaseg.errors import HemasegUsageError
 
 
 def _read_umask() -> int:
@@ -20,13 +23,18 @@ def _read_umask() -> int:
 
 _UMASK = _read_umask()
 
+# Temporary files of atomic_path: ".<name>.<random>.tmp<suffix>"; a process killed while writing
+# leaves one behind, which remove_temps clears (in folders only one process writes to).
+_TEMP_TAG = ".tmp"
+_TEMP_RE = re.compile(r"^\..+\.[A-Za-z0-9_]{8}" + re.escape(_TEMP_TAG) + r"(\.[^.]*)?$")
+
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TEMP_TAG + path.suffix, dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -36,6 +44,40 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def remove_temps(folder: str | Path) -> list[Path]:
+    """Delete the temporary files :func:`atomic_path` left in ``folder`` when a writer was killed;
+    returns them. Only for folders a single process writes to (a training run)."""
+    folder = Path(folder)
+    stale = [p for p in folder.iterdir() if p.is_file() and _TEMP_RE.match(p.name)] if folder.is_dir() else []
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
+def check_output(path: str | Path, option: str, folder: bool) -> Path:
+    """Check, before any work, that ``path`` can be written: a folder (``folder``) that exists or can
+    be created, or a file whose folder can; :class:`HemasegUsageError` naming ``option`` otherwise.
+    Creates nothing that stays (a probe file is written and removed in the nearest existing folder)."""
+    path = Path(path)
+    if path.exists():
+        if folder and not path.is_dir():
+            raise HemasegUsageError(option, f"{path} is a file, not a folder")
+        if not folder and path.is_dir():
+            raise HemasegUsageError(option, f"{path} is a folder; give a file name")
+    target = path if folder else path.parent
+    probe = target
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise HemasegUsageError(option, f"cannot create {target}: {probe} is a file")
+    try:  # permission bits do not tell (root, read-only mounts, /proc): try it
+        with tempfile.TemporaryFile(dir=probe, prefix=".hemaseg-probe."):
+            pass
+    except OSError as exc:
+        raise HemasegUsageError(option, f"cannot write to {probe} ({exc.strerror or exc})") from None
+    return path
 
 
 def write_png(path: str | Path, array: np.ndarray) -> Path:

@@ -55,10 +55,11 @@ def make_backbone(name: str, norm: str = "group") -> nn.Module:
 
 
 class WbcClassifier(nn.Module):
-    """Backbone -> pooled features -> dropout -> linear classes; ``domain`` head for DANN."""
+    """Backbone -> pooled features (+ ``extras`` scalar measurements of the cell) -> dropout ->
+    linear classes; ``domain`` head for DANN."""
 
     def __init__(self, backbone: str = "resnet10-half", classes: int = 5, dropout: float = 0.2,
-                 domain_head: bool = True, norm: str = "group") -> None:
+                 domain_head: bool = True, norm: str = "group", extras: int = 0) -> None:
         super().__init__()
         # GroupNorm by default: no running statistics to drift under heavy stain augmentation
         # on a few hundred crops (BatchNorm collapsed to one class in eval mode).
@@ -66,7 +67,8 @@ class WbcClassifier(nn.Module):
         with torch.no_grad():  # pooled feature width (some timm models widen it in their head)
             nf = self.backbone.eval()(torch.zeros(1, 3, 64, 64)).shape[1]
         self.backbone.train()
-        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(nf, classes))
+        self.extras = extras
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(nf + extras, classes))
         self.domain = nn.Sequential(nn.Linear(nf, 64), nn.ReLU(inplace=True), nn.Linear(64, 1)) if domain_head else None
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
@@ -80,19 +82,27 @@ class WbcClassifier(nn.Module):
         """Pooled features (B, C)."""
         return self.pooled(self.feature_map(x))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+    def with_extras(self, f: torch.Tensor, extras: torch.Tensor | None) -> torch.Tensor:
+        if not self.extras:
+            return f
+        if extras is None:  # no measurements: zeros, which the training data uses for "unknown"
+            extras = f.new_zeros((f.shape[0], self.extras))
+        return torch.cat([f, extras.to(f.dtype)], 1)
 
-    def forward_dann(self, x: torch.Tensor, lambd: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, extras: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(self.with_extras(self.features(x), extras))
+
+    def forward_dann(self, x: torch.Tensor, lambd: float, extras: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(class logits, domain logits through the gradient-reversal layer)."""
         f = self.features(x)
-        return self.head(f), self.domain(grad_reverse(f, lambd)).squeeze(1)
+        return self.head(self.with_extras(f, extras)), self.domain(grad_reverse(f, lambd)).squeeze(1)
 
 
 @register_model("wbc-classifier")
 def wbc_classifier(backbone: str = "resnet10-half", classes: int = 5, dropout: float = 0.2,
-                   domain_head: bool = True, norm: str = "group") -> nn.Module:
+                   domain_head: bool = True, norm: str = "group", extras: int = 0) -> nn.Module:
     """timm backbone built without downloaded weights (``norm="group"``: GroupNorm, for timm models
-    that take a ``norm_layer``, e.g. the ResNet family; ``"batch"``: the model's own), linear head,
-    gradient-reversal domain head."""
-    return WbcClassifier(backbone, classes, dropout, domain_head, norm)
+    that take a ``norm_layer``, e.g. the ResNet family; ``"batch"``: the model's own), linear head
+    over the pooled features and ``extras`` scalar inputs, gradient-reversal domain head."""
+    return WbcClassifier(backbone, classes, dropout, domain_head, norm, extras)

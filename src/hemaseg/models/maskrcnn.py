@@ -19,7 +19,6 @@ class _Body(nn.Module):
         super().__init__()
         from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 
-
         net = make_backbone(backbone, norm)
         self.stem = nn.Sequential(net.conv1, net.bn1, net.act1, net.maxpool)
         self.layers = nn.ModuleList([net.layer1, net.layer2, net.layer3, net.layer4])

@@ -88,16 +88,63 @@ def load_card(name_or_path: str | Path) -> tuple[Path, dict]:
     return st, card
 
 
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{exc.__class__.__name__}: {text[0] if text else ''}"[:200]
+
+
+def load_weights(model: nn.Module, state: dict, source: str | Path, arch: str) -> None:
+    """Load a state dict into ``model``; weights of another architecture (or other arguments) are one
+    :class:`HemasegInputError` line saying how many tensors are missing, unexpected or of another shape."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    other = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or other:
+        first = (missing or unexpected or other)[0]
+        raise HemasegInputError(source, f"weights do not fit architecture {arch}: {len(missing)} tensors missing, "
+                                        f"{len(unexpected)} unexpected, {len(other)} of another shape "
+                                        f"(first: {first}); the weights and the card disagree")
+    try:
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    except Exception as exc:  # dtype trouble and the like: one line, not torch's page
+        raise HemasegInputError(source, f"weights do not load into {arch} ({_first_line(exc)})") from None
+
+
 def load_model(name_or_path: str | Path, device: str = "cpu") -> tuple[nn.Module, dict]:
     """Load a model and its card from a bundled name, a safetensors file or a run folder."""
     st, card = load_card(name_or_path)
     arch = card["architecture"]
-    model = create_model(arch["name"], **arch.get("kwargs", {}))
+    try:
+        model = create_model(arch["name"], **arch.get("kwargs", {}))
+    except Exception as exc:  # unknown architecture or arguments in the card
+        raise HemasegInputError(st, f"the model card's architecture cannot be built ({_first_line(exc)})") from None
     try:
         state = load_file(str(st))
-        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     except Exception as exc:
-        raise HemasegInputError(st, f"weights do not load into {arch['name']} ({exc})") from None
+        raise HemasegInputError(st, f"not a readable safetensors file ({_first_line(exc)})") from None
+    load_weights(model, state, st, arch["name"])
     # channels_last runs oneDNN's faster convolution kernels on CPUs (about 1.5x here).
     model.eval().to(device, memory_format=torch.channels_last)
     return model, card
+
+
+# Metric groups a model card records at training time (the checkpoint-picking check); any other
+# group (val_pipeline, a benchmark's) was measured afterwards through the shipped pipeline.
+TRAINING_TIME_METRICS = ("val", "val_native_scale", "val_union_best_epoch", "epoch", "note", "command")
+
+
+def card_figures(card: dict, limit: int = 6) -> list[str]:
+    """Headline figures of a model card as ``group.key=value``: the measured groups when the card has
+    any (training-time figures are stale once the pipeline has been measured), else the training-time ones.
+
+    >>> card_figures({"metrics": {"val": {"map50": 0.605}, "val_pipeline": {"map50": 0.881, "note": "x"}}})
+    ['val_pipeline.map50=0.881']
+    """
+    metrics = card.get("metrics", {})
+    measured = [k for k, v in metrics.items() if isinstance(v, dict) and k not in TRAINING_TIME_METRICS]
+    groups = measured or [k for k, v in metrics.items() if isinstance(v, dict)]
+    figures = []
+    for key in groups:
+        figures += [f"{key}.{k}={v:.3f}" for k, v in metrics[key].items() if isinstance(v, float)][:4]
+    return figures[:limit]

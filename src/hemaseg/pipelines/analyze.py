@@ -9,7 +9,7 @@ import numpy as np
 
 from hemaseg.core.vocabulary import CATEGORIES, WBC_TYPES
 from hemaseg.engine.tiling import DEFAULT_TILE
-from hemaseg.tasks.cells.infer import segment_cells
+from hemaseg.tasks import get_task
 from hemaseg.tasks.wbc_type.crops import type_wbcs
 
 CATEGORY_COLOURS = {"rbc": (230, 60, 60), "wbc": (40, 110, 255), "platelet": (250, 190, 0)}
@@ -39,8 +39,9 @@ def analyze(image: np.ndarray, filename: str = "", cells_model="cells", type_mod
     ``cell_diameter`` is the red-cell diameter in px (estimated when None). Each WBC's
     ``class_name`` is its type, with the type probabilities under ``type_probs``. ``tile`` is the
     U-Net cells backend's largest tile; the Mask R-CNN backend reads the whole image at once.
+    An image with nothing in it (flat, or noise) gives no cell.
     """
-    seg = segment_cells(image, cells_model, cell_diameter, device, tile=tile)
+    seg = get_task("cells").predict(image, cells_model, cell_diameter, device, tile=tile)
     records = [dict(r) for r in seg.objects]
     wbcs = [r for r in records if r["category"] == "wbc"]
     crops: list[np.ndarray] = []

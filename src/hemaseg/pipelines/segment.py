@@ -20,6 +20,8 @@ def segment(image: np.ndarray, model="wbc", cell_diameter: float | None = None, 
     ``cell_diameter`` (px) rescales the image to the model's trained size; when None it is
     estimated from the image. ``tta`` (smear10) averages the final pass over the image's flips;
     None: the model card's choice. ``params`` overrides the task's post-processing parameters.
+    An image with nothing in it (flat, or noise) gives no object; a bad ``cell_diameter`` or
+    ``tile`` raises :class:`hemaseg.errors.HemasegUsageError`.
 
     Examples
     --------
@@ -30,4 +32,4 @@ def segment(image: np.ndarray, model="wbc", cell_diameter: float | None = None, 
     """
     loaded = get_model(model, device)
     task = get_task(loaded[1].get("task", "wbc"))
-    return task.segment(image, loaded, cell_diameter, device, tile, overlap, tta, params)
+    return task.predict(image, loaded, cell_diameter, device, tile, overlap, tta, params)

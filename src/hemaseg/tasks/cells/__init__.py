@@ -38,6 +38,8 @@ class CellsTask(Task):
     label_values = LABEL_VALUES
     colors = {1: (220, 40, 40), 2: (40, 90, 255), 3: (250, 200, 0)}
     default_model = "cells"
+    label_suffixes = ("", "_classes")
+    run_files = ("pseudo_masks.coco.json",)
     description = "RBC, WBC and platelet instances of whole smear photos (BCCD pseudo-masks)"
     depends = DEPENDS
     Params = CellsParams

@@ -78,7 +78,6 @@ def cell_instances(probs: np.ndarray, rbc_d: float, p: CellsParams = DEFAULTS) -
     (2, [0, 1, 1])
     """
 
-
     fg = probs[0] < 0.5
     centre = cv2.GaussianBlur(probs[CENTRE], (0, 0), 1.0)
     core = (centre > 0.5) & fg

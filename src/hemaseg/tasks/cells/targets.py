@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hemaseg.classical import _otsu, darkness, mask_in_box
+from hemaseg.classical import mask_in_box, stained
 from hemaseg.core.vocabulary import CATEGORIES
 from hemaseg.engine.losses import IGNORE
 from hemaseg.io.annotations import category_of, mask_record, rasterise
@@ -83,16 +83,6 @@ def encode_instances(entry: dict, image: np.ndarray | None = None) -> np.ndarray
     if image is not None:
         out[stained(image) & ~boxed] = UNKNOWN
     return out
-
-
-def stained(image: np.ndarray) -> np.ndarray:
-    """(H, W) bool: pixels darker or more saturated than the background (cells of any kind)."""
-    import cv2
-
-
-    hsv = cv2.cvtColor(np.ascontiguousarray(image[..., :3]), cv2.COLOR_RGB2HSV).astype(np.float32)
-    feat = darkness(image) + cv2.GaussianBlur(hsv[..., 1] / 255.0, (0, 0), 1.0)
-    return feat > _otsu(feat)
 
 
 def cell_targets(encoded: np.ndarray) -> np.ndarray:

@@ -217,7 +217,6 @@ def score_instances(items: list, find, box_scale: dict | None = None) -> dict[st
     by its category's ``box_scale`` (as :func:`hemaseg.tasks.cells.infer.segment_cells` draws it)."""
     from scipy import ndimage as ndi
 
-
     preds: dict[str, list] = {c: [] for c in CATEGORIES}
     truths: dict[str, dict] = {c: {} for c in CATEGORIES}
     for i, (img, boxes) in enumerate(items):

@@ -51,6 +51,8 @@ class Smear10Task(Task):
     Params = SmearParams
     nested_loss = False  # ten disjoint classes, no nesting
     supports_tta = True
+    label_suffixes = ("", "_color")
+    run_files = ("bank_train.npz", "val")
     needs_data = False  # smears are composed; --data only adds real cells to cut
     train_options = ("arch", "init", "workers", "reuse", "held_out", "recipe")
     groups = GROUPS

@@ -122,7 +122,6 @@ def held_out_crops(split_file: str | Path | None) -> set[str] | None:
         return None
     import json
 
-
     d = json.loads(Path(split_file).read_text())
     return {crop_key(e[0] if isinstance(e, list) else e) for e in d["val"]}
 

@@ -9,14 +9,23 @@ import cv2
 import numpy as np
 import torch
 
-from hemaseg.classical import central_instance
+from hemaseg.classical import central_instance, red_cell_diameter
 from hemaseg.core.vocabulary import MONONUCLEAR, POLYNUCLEAR
 from hemaseg.data.transforms import normalize
 from hemaseg.engine.predict import get_model
 from hemaseg.tasks.wbc import segment_wbc
 
-# The classifier's classes: seed 004's CSV column order (NEUTRO, EOSINO, MONOC, LYMPHO), then basophil.
+# The classifier's classes: seed 004's CSV column order (NEUTRO, EOSINO, MONOC, LYMPHO), then basophil;
+# a model trained on PBC adds its three other classes after them (the first five keep their index).
 CLASSES = ("neutrophil", "eosinophil", "monocyte", "lymphocyte", "basophil")
+PBC_EXTRA = ("ig", "erythroblast", "platelet")
+ALL_CLASSES = CLASSES + PBC_EXTRA
+# ``classify -m 4``: PBC's eight classes in DESIGN.md's order.
+PBC_CLASSES = ("neutrophil", "eosinophil", "basophil", "lymphocyte", "monocyte", "ig", "erythroblast", "platelet")
+# The ruler: measurements of the cell that do not depend on magnification, given to the classifier
+# beside the image (a model card's "extras" says how many it takes).
+N_EXTRAS = 3
+SIZE_RATIO_RANGE = (1.0, 4.0)  # WBC / red-cell diameter believed; outside it the red cells were mis-measured
 
 # The cell's equivalent diameter fills this fraction of the normalised crop's side.
 CELL_FILL = 0.7
@@ -30,6 +39,17 @@ class CellCrop:
     mask: np.ndarray  # (S, S) bool: the cell (all False when none was found)
     found: bool  # a WBC was found (else the crop is the centre of the input)
     diameter: float  # the cell's diameter in the input (px)
+    rbc_diameter: float | None = None  # the red cells' diameter around it (px; None: not measurable)
+    nucleus_fraction: float = 0.0  # share of the cell's area that is nucleus
+
+    @property
+    def extras(self) -> np.ndarray:
+        """(3,) float32 ruler for the classifier: log(WBC / red-cell diameter) and 1 when the red
+        cells were measured in a believable ratio (else 0, 0), and the nucleus' share of the cell.
+        All three are free of magnification."""
+        ratio = self.diameter / self.rbc_diameter if self.rbc_diameter else 0.0
+        known = SIZE_RATIO_RANGE[0] <= ratio <= SIZE_RATIO_RANGE[1]
+        return np.array([np.log(ratio) if known else 0.0, float(known), self.nucleus_fraction], np.float32)
 
 
 def _square(image: np.ndarray, cy: float, cx: float, side: float) -> tuple[np.ndarray, tuple[int, int, int, int]]:
@@ -56,12 +76,19 @@ def cell_crop(image: np.ndarray, size: int = 96, seg_model="wbc", fill: float = 
     h, w = image.shape[:2]
     seg = segment_wbc(image, seg_model)
     k = central_instance(seg.instances)
+    rbc_d, nucleus = None, 0.0
     if k:
         sel = seg.instances == k
         ys, xs = np.nonzero(sel)
         cy, cx = (ys.min() + ys.max() + 1) / 2, (xs.min() + xs.max() + 1) / 2
         diameter = float(max(2 * np.sqrt(sel.sum() / np.pi), 8.0))
         side = diameter / fill
+        nucleus = float((seg.classes[sel] == 2).mean())
+        # Red cells are measured outside every WBC grown by a tenth of this one's diameter.
+        r = max(1, int(0.1 * diameter))
+        grown = cv2.dilate((seg.instances > 0).astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE,
+                                                                                          (2 * r + 1, 2 * r + 1)))
+        rbc_d = red_cell_diameter(image, grown > 0)
     else:
         cy, cx, side, diameter = h / 2, w / 2, float(min(h, w)), 0.0
         sel = np.zeros((h, w), bool)
@@ -70,7 +97,7 @@ def cell_crop(image: np.ndarray, size: int = 96, seg_model="wbc", fill: float = 
     interp = cv2.INTER_AREA if crop.shape[0] > size else cv2.INTER_LINEAR
     out = cv2.resize(crop, (size, size), interpolation=interp)
     m = cv2.resize(mcrop[..., 0], (size, size), interpolation=cv2.INTER_NEAREST) > 0
-    return CellCrop(out, m, bool(k), diameter)
+    return CellCrop(out, m, bool(k), diameter, rbc_d, nucleus)
 
 
 def to_tensor(images: list[np.ndarray], card: dict) -> torch.Tensor:
@@ -83,8 +110,10 @@ def to_tensor(images: list[np.ndarray], card: dict) -> torch.Tensor:
 def group_probs(probs: np.ndarray, classes: list[str], mode: int) -> tuple[list[str], np.ndarray]:
     """Regroup per-type probabilities (N, K) for seed 004's outputs.
 
-    ``mode`` 1: MONONUCLEAR/POLYNUCLEAR (sums); 2: the four types of seed 004 (basophil
-    left out, renormalised); 3: all five types. Returns (upper-case names, (N, M) probabilities).
+    ``mode`` 1: MONONUCLEAR/POLYNUCLEAR (sums over the five WBC types, renormalised); 2: the four
+    types of seed 004 (basophil left out, renormalised); 3: the five WBC types (renormalised); 4:
+    PBC's eight classes (:data:`PBC_CLASSES`; the model must know all eight, :class:`ValueError`
+    otherwise). Returns (upper-case names, (N, M) probabilities).
 
     >>> p = np.array([[0.5, 0.1, 0.2, 0.1, 0.1]])
     >>> names, q = group_probs(p, ["neutrophil", "eosinophil", "monocyte", "lymphocyte", "basophil"], 1)
@@ -92,30 +121,51 @@ def group_probs(probs: np.ndarray, classes: list[str], mode: int) -> tuple[list[
     (['MONONUCLEAR', 'POLYNUCLEAR'], [[0.3, 0.7]])
     """
     idx = {c: i for i, c in enumerate(classes)}
+    if mode == 4:
+        missing = [c for c in PBC_CLASSES if c not in idx]
+        if missing:
+            raise ValueError(f"-m 4 needs a model with PBC's eight classes; this one lacks {', '.join(missing)}")
+        return [c.upper() for c in PBC_CLASSES], probs[:, [idx[c] for c in PBC_CLASSES]]
     if mode == 1:
         mono = sum(probs[:, idx[c]] for c in MONONUCLEAR if c in idx)
         poly = sum(probs[:, idx[c]] for c in POLYNUCLEAR if c in idx)
-        return ["MONONUCLEAR", "POLYNUCLEAR"], np.stack([mono, poly], 1)
-    names = [c for c in classes if mode == 3 or c != "basophil"]
+        q = np.stack([mono, poly], 1)
+        return ["MONONUCLEAR", "POLYNUCLEAR"], q / np.maximum(q.sum(1, keepdims=True), 1e-12)
+    if mode not in (2, 3):
+        raise ValueError("mode must be 1, 2, 3 or 4")
+    names = [c for c in classes if c in CLASSES and (mode == 3 or c != "basophil")]
     q = probs[:, [idx[c] for c in names]]
-    if mode == 2:
-        q = q / np.maximum(q.sum(1, keepdims=True), 1e-12)
-    elif mode != 3:
-        raise ValueError("mode must be 1, 2 or 3")
-    return [c.upper() for c in names], q
+    return [c.upper() for c in names], q / np.maximum(q.sum(1, keepdims=True), 1e-12)
+
+
+@torch.inference_mode()
+def predict_logits(module: torch.nn.Module, x: torch.Tensor, extras: torch.Tensor | None = None,
+                   tta: bool = True) -> torch.Tensor:
+    """(V, N, K) logits of a batch (N, 3, S, S) and its four 90° rotations (V = 4; 1 without ``tta``)."""
+    views = [torch.rot90(x, k, (2, 3)) for k in range(4)] if tta else [x]
+    if getattr(module, "extras", 0):
+        return torch.stack([module(v, extras).float() for v in views])
+    return torch.stack([module(v).float() for v in views])
+
+
+def probs_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> np.ndarray:
+    """(N, K) probabilities: the softmax of each view's logits over ``temperature``, averaged."""
+    return (logits / temperature).softmax(-1).mean(0).cpu().numpy()
 
 
 @torch.inference_mode()
 def predict_crops(crops: list[np.ndarray], model="wbc-type", device: str = "cpu", batch_size: int = 64,
-                  tta: bool = True) -> np.ndarray:
+                  tta: bool = True, extras: np.ndarray | None = None) -> np.ndarray:
     """Class probabilities (N, K) for cell-normalised (S, S, 3) crops; ``tta`` averages the four
-    90° rotations, as validation did."""
+    90° rotations, as validation did; ``extras`` (N, 3) are the crops' rulers (:attr:`CellCrop.extras`)
+    for models that take them; probabilities are calibrated by the card's ``temperature``."""
     module, card = get_model(model, device)
+    temperature = float(card.get("temperature", 1.0))
     out = []
     for i in range(0, len(crops), batch_size):
         x = to_tensor(crops[i:i + batch_size], card).to(device)
-        views = [torch.rot90(x, k, (2, 3)) for k in range(4)] if tta else [x]
-        out.append(torch.stack([module(v).float().softmax(1) for v in views]).mean(0).cpu().numpy())
+        e = torch.from_numpy(np.asarray(extras[i:i + batch_size], np.float32)).to(device) if extras is not None else None
+        out.append(probs_from_logits(predict_logits(module, x, e, tta), temperature))
     return np.concatenate(out) if out else np.zeros((0, len(card["classes"])), np.float32)
 
 
@@ -127,9 +177,48 @@ def classify(image: np.ndarray, model="wbc-type", device: str = "cpu", normalise
     """
     _, card = get_model(model, device)
     size = int(card.get("input_size", 96))
-    crop = cell_crop(image, size).image if normalise else cv2.resize(np.ascontiguousarray(image[..., :3]), (size, size))
-    probs = predict_crops([crop], model, device)[0]
+    if normalise:
+        c = cell_crop(image, size)
+        crop, extras = c.image, c.extras[None]
+    else:
+        crop, extras = cv2.resize(np.ascontiguousarray(image[..., :3]), (size, size)), None
+    probs = predict_crops([crop], model, device, extras=extras)[0]
     return {c: float(p) for c, p in zip(card.get("classes", CLASSES), probs)}
+
+
+NO_WBC = "NO_WBC"  # classify's prediction for a crop in which no WBC was found
+UNSURE = "UNSURE"  # ... and for one whose top probability is under --min-confidence: for a human to review
+
+
+def prediction_rows(cells: list[CellCrop], model="wbc-type", device: str = "cpu", mode: int = 2,
+                    min_confidence: float = 0.0) -> tuple[list[str], list[tuple[str, np.ndarray]]]:
+    """Seed 004's CSV for single-cell crops: (column names of ``mode``, one (prediction, probabilities)
+    per crop). The prediction is the most probable name, :data:`NO_WBC` when the crop holds no
+    WBC, :data:`UNSURE` when the top probability is below ``min_confidence`` (the probabilities
+    are written either way). :class:`ValueError` for a ``mode`` the model cannot answer."""
+    _, card = get_model(model, device)
+    extras = np.stack([c.extras for c in cells]) if cells else None
+    probs = predict_crops([c.image for c in cells], model, device, extras=extras)
+    names, grouped = group_probs(probs, list(card["classes"]), mode)
+    rows = []
+    for c, q in zip(cells, grouped):
+        label = names[int(np.argmax(q))] if len(q) else NO_WBC
+        if not c.found:
+            label = NO_WBC
+        elif q.max(initial=0.0) < min_confidence:
+            label = UNSURE
+        rows.append((label, q))
+    return names, rows
+
+
+def crop_for(image: np.ndarray, card: dict) -> CellCrop:
+    """How a model of ``card`` sees a single-cell image: cell-normalised (the default), or just
+    resized for models trained without normalisation (then taken to hold a WBC)."""
+    size = int(card.get("input_size", 96))
+    if card.get("cell_normalised", True):
+        return cell_crop(image, size)
+    crop = cv2.resize(np.ascontiguousarray(image[..., :3]), (size, size), interpolation=cv2.INTER_AREA)
+    return CellCrop(crop, np.zeros((size, size), bool), True, 0.0)
 
 
 CROP_MARGIN = 0.3  # WBC crops for typing: the cell's box grown by this share on each side
@@ -155,5 +244,7 @@ def type_wbcs(image: np.ndarray, records: list[dict], model="wbc-type", device: 
     """(probabilities (N, K), normalised crops, class names) for the WBC records of an image."""
     _, card = get_model(model, device)
     size = int(card.get("input_size", 96))
-    crops = [cell_crop(square_crop(image, r["bounding_box"], CROP_MARGIN), size).image for r in records]
-    return predict_crops(crops, model, device), crops, list(card["classes"])
+    cells = [cell_crop(square_crop(image, r["bounding_box"], CROP_MARGIN), size) for r in records]
+    crops = [c.image for c in cells]
+    extras = np.stack([c.extras for c in cells]) if cells else None
+    return predict_crops(crops, model, device, extras=extras), crops, list(card["classes"])

@@ -12,12 +12,14 @@ from hemaseg.io.writers import atomic_path
 from hemaseg.tasks.wbc_type.crops import to_tensor
 
 
-def grad_cam(module: torch.nn.Module, card: dict, crop: np.ndarray, class_index: int | None = None) -> tuple[np.ndarray, int]:
+def grad_cam(module: torch.nn.Module, card: dict, crop: np.ndarray, class_index: int | None = None,
+             extras: np.ndarray | None = None) -> tuple[np.ndarray, int]:
     """Grad-CAM of a classifier on an (H, W, 3) uint8 crop: ((H, W) float32 map in [0, 1], class explained).
 
     The map is the ReLU of the last feature map weighted by the spatially averaged
     gradient of the class score (Selvaraju et al. 2017), resized to the input's size.
-    ``class_index`` defaults to the predicted class.
+    ``class_index`` defaults to the predicted class; ``extras`` is the crop's ruler for models that
+    take one (:attr:`~hemaseg.tasks.wbc_type.crops.CellCrop.extras`).
     """
     size = int(card.get("input_size", 96))
     h, w = crop.shape[:2]
@@ -26,7 +28,8 @@ def grad_cam(module: torch.nn.Module, card: dict, crop: np.ndarray, class_index:
     with torch.enable_grad():
         fmap = module.feature_map(x)
         fmap.retain_grad()
-        logits = module.head(module.pooled(fmap))
+        e = torch.from_numpy(np.asarray(extras, np.float32))[None] if extras is not None else None
+        logits = module.head(module.with_extras(module.pooled(fmap), e))
         k = int(logits.argmax(1)) if class_index is None else int(class_index)
         module.zero_grad(set_to_none=True)
         logits[0, k].backward()

@@ -11,9 +11,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 
 from hemaseg.data.transforms import classify_transform, normalize, replace_background
 from hemaseg.engine.plots import plot_confusion, plot_curves
@@ -23,12 +25,20 @@ from hemaseg.io.datasets import find_labelled_cells
 from hemaseg.io.images import list_images, read_image
 from hemaseg.io.writers import atomic_path, write_json
 from hemaseg.metrics import classification_report
-from hemaseg.models.registry import create_model, save_model
+from hemaseg.models.registry import create_model, load_model, save_model
 from hemaseg.progress import track
-from hemaseg.tasks.wbc_type.crops import CLASSES, cell_crop, group_probs
+from hemaseg.tasks.wbc_type.crops import (
+    ALL_CLASSES,
+    CLASSES,
+    N_EXTRAS,
+    cell_crop,
+    group_probs,
+    predict_logits,
+    probs_from_logits,
+)
 
 log = logging.getLogger(__name__)
-TYPES = list(CLASSES)
+TYPES = list(CLASSES)  # the five WBC types (a 5-class model's classes)
 
 
 @dataclass
@@ -54,6 +64,11 @@ class ClassifyConfig:
     patience: int = 30
     samples_per_epoch: int = 1536  # class-balanced draws per epoch (small sets need many steps)
     cache: str | None = None  # folder for normalised crops (default RUN/crops)
+    extras: bool = True  # give the classifier the crop's ruler (size relative to red cells, nucleus share)
+    classes: list[str] | None = None  # None: the known classes present in the data (ALL_CLASSES order)
+    # start from this classifier's weights (bundled name, .safetensors or run folder): a lab adapts the
+    # bundled typer with a few labelled crops of its own; its classes, backbone and ruler are kept
+    init: str = ""
 
 
 def split_labelled(items: list[tuple[Path, str]], val_fraction: float, seed: int):
@@ -71,50 +86,55 @@ def split_labelled(items: list[tuple[Path, str]], val_fraction: float, seed: int
 
 def _cache_key(path: Path, size: int, normalise: bool) -> str:
     st = path.stat()
-    return hashlib.sha1(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{size}|{normalise}|v1".encode()).hexdigest()[:20]
+    return hashlib.sha1(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{size}|{normalise}|v2".encode()).hexdigest()[:20]
 
 
 def prepare_crops(paths: list[Path], size: int, normalise: bool, cache: Path,
-                  progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Cell-normalised crops (N, S, S, 3) uint8 and their cell masks (N, S, S) bool, cached on disk."""
-    import cv2
-
-
+                  progress: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cell-normalised crops (N, S, S, 3) uint8, their cell masks (N, S, S) bool and rulers
+    (N, 3) float32 (:attr:`CellCrop.extras`; zeros without normalisation), cached on disk."""
     cache.mkdir(parents=True, exist_ok=True)
-    images, masks = [], []
+    images, masks, extras = [], [], []
     for p in (track(paths, "normalise crops", leave=False) if progress else paths):
         f = cache / f"{_cache_key(Path(p), size, normalise)}.npz"
         if f.exists():
-            d = np.load(f)
-            images.append(d["image"])
-            masks.append(d["mask"])
+            with np.load(f) as d:
+                images.append(d["image"])
+                masks.append(d["mask"])
+                extras.append(d["extras"])
             continue
         image = read_image(p)
         if normalise:
             c = cell_crop(image, size)
-            im, m = c.image, c.mask
+            im, m, e = c.image, c.mask, c.extras
         else:
             im, m = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA), np.zeros((size, size), bool)
+            e = np.zeros(N_EXTRAS, np.float32)
         with atomic_path(f) as tmp:
             with open(tmp, "wb") as fh:
-                np.savez(fh, image=im, mask=m)
+                np.savez(fh, image=im, mask=m, extras=e)
         images.append(im)
         masks.append(m)
-    return np.stack(images), np.stack(masks)
+        extras.append(e)
+    if not images:
+        return (np.zeros((0, size, size, 3), np.uint8), np.zeros((0, size, size), bool),
+                np.zeros((0, N_EXTRAS), np.float32))
+    return np.stack(images), np.stack(masks), np.stack(extras)
 
 
 class CropDataset(torch.utils.data.Dataset):
     """Cell crops + labels (-1 for unlabelled), augmented and normalised on access."""
 
-    def __init__(self, images: np.ndarray, masks: np.ndarray, labels: np.ndarray, transform, background_p: float):
+    def __init__(self, images: np.ndarray, masks: np.ndarray, labels: np.ndarray, transform, background_p: float,
+                 extras: np.ndarray | None = None):
         self.images, self.masks, self.labels = images, masks, labels
         self.transform, self.background_p = transform, background_p
+        self.extras = extras if extras is not None else np.zeros((len(images), N_EXTRAS), np.float32)
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, i: int):
-
         image = self.images[i]
         if self.background_p > 0 and self.masks[i].any():
             rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,)).item()))
@@ -123,36 +143,88 @@ class CropDataset(torch.utils.data.Dataset):
         if self.transform is not None:
             image = self.transform(image=image)["image"]
         x = normalize(image)
-        return torch.from_numpy(x).permute(2, 0, 1).contiguous(), int(self.labels[i])
+        return torch.from_numpy(x).permute(2, 0, 1).contiguous(), torch.from_numpy(self.extras[i]), int(self.labels[i])
 
 
 @torch.inference_mode()
-def predict(model: torch.nn.Module, images: np.ndarray, batch_size: int = 128, tta: bool = True) -> np.ndarray:
-    """Softmax probabilities (N, K) of uint8 crops (N, S, S, 3); ``tta`` averages the four 90° rotations
-    (a cell has no orientation, so this is free accuracy)."""
+def predict(model: torch.nn.Module, images: np.ndarray, batch_size: int = 128, tta: bool = True,
+            extras: np.ndarray | None = None, temperature: float = 1.0, logits: bool = False) -> np.ndarray:
+    """Softmax probabilities (N, K) of uint8 crops (N, S, S, 3) with their rulers ``extras`` (N, 3);
+    ``tta`` averages the four 90° rotations (a cell has no orientation, so this is free accuracy).
+    ``logits=True`` returns the (V, N, K) logits of every view instead (for calibration)."""
     model.eval()
     out = []
     for i in range(0, len(images), batch_size):
         x = torch.from_numpy(np.stack([normalize(im) for im in images[i:i + batch_size]])).permute(0, 3, 1, 2).contiguous()
-        views = [torch.rot90(x, k, (2, 3)) for k in range(4)] if tta else [x]
-        out.append(torch.stack([model(v).softmax(1) for v in views]).mean(0).numpy())
-    return np.concatenate(out) if out else np.zeros((0, len(TYPES)), np.float32)
+        e = torch.from_numpy(extras[i:i + batch_size]) if extras is not None else None
+        lg = predict_logits(model, x, e, tta)
+        out.append(lg.numpy() if logits else probs_from_logits(lg, temperature))
+    if logits:
+        return np.concatenate(out, 1) if out else np.zeros((4 if tta else 1, 0, model.head[-1].out_features), np.float32)
+    return np.concatenate(out) if out else np.zeros((0, model.head[-1].out_features), np.float32)
 
 
-def scores(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """5-class accuracy and macro-F1, 4-class accuracy (seed 004's types), 2-class (mono/poly) accuracy."""
+def fit_temperature(view_logits: np.ndarray, labels: np.ndarray) -> float:
+    """The temperature that minimises the negative log-likelihood of the view-averaged probabilities
+    of ``view_logits`` (V, N, K) for ``labels`` (temperature scaling, Guo et al. 2017), searched on a
+    log grid from 0.25 to 8.
+
+    >>> lg = np.array([[[4.0, 0.0], [4.0, 0.0], [0.0, 4.0], [4.0, 0.0]]])  # confident, one of four wrong
+    >>> fit_temperature(lg, np.array([0, 0, 1, 1])) > 1.5
+    True
+    """
+    if len(labels) == 0:
+        return 1.0
+    lg = torch.from_numpy(np.asarray(view_logits, np.float32))
+    grid = np.exp(np.linspace(np.log(0.25), np.log(8.0), 61))
+    nll = [-np.log(np.maximum(probs_from_logits(lg, float(T))[np.arange(len(labels)), labels], 1e-12)).mean()
+           for T in grid]
+    return float(grid[int(np.argmin(nll))])
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
+    """Expected calibration error: the gap between confidence and accuracy, averaged over ``bins``
+    equal-width confidence bins weighted by their share of the crops.
+
+    >>> expected_calibration_error(np.array([[0.9, 0.1], [0.9, 0.1]]), np.array([0, 1]))
+    0.4
+    """
+    if len(labels) == 0:
+        return 0.0
+    conf, pred = probs.max(1), probs.argmax(1)
+    edges = np.linspace(0, 1, bins + 1)
+    ece = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        sel = (conf > lo) & (conf <= hi)
+        if sel.any():
+            ece += sel.mean() * abs(conf[sel].mean() - (pred[sel] == labels[sel]).mean())
+    return round(float(ece), 6)
+
+
+def scores(probs: np.ndarray, labels: np.ndarray, classes: list[str] | None = None) -> dict[str, float]:
+    """Accuracy and macro-F1 over the model's classes; ``accuracy_5`` over the crops of the five WBC
+    types with the prediction among those five (what every lab can be scored on); 4-class accuracy
+    (seed 004's types) and 2-class (mono/poly) accuracy likewise; ECE."""
+    classes = list(classes or TYPES)
     if len(labels) == 0:
         return {}
-    r5 = classification_report(labels, probs.argmax(1), TYPES)
-    four = labels != TYPES.index("basophil")
-    names4, p4 = group_probs(probs[four], TYPES, 2)
-    t4 = np.array([names4.index(TYPES[t].upper()) for t in labels[four]])
-    names2, p2 = group_probs(probs, TYPES, 1)
-    mono = {"monocyte", "lymphocyte"}
-    t2 = np.array([0 if TYPES[t] in mono else 1 for t in labels])
-    return {"accuracy": r5["accuracy"], "macro_f1": r5["macro_f1"],
-            "accuracy_4": float((p4.argmax(1) == t4).mean()) if four.any() else 0.0,
-            "accuracy_2": float((p2.argmax(1) == t2).mean())}
+    rep = classification_report(labels, probs.argmax(1), classes)
+    out = {"accuracy": rep["accuracy"], "macro_f1": rep["macro_f1"]}
+    wbc = np.isin(np.array(classes)[labels], TYPES)
+    if wbc.any():
+        for mode, key in ((3, "accuracy_5"), (2, "accuracy_4"), (1, "accuracy_2")):
+            names, q = group_probs(probs[wbc], classes, mode)
+            truth = [classes[t] for t in labels[wbc]]
+            if mode == 1:
+                truth = ["MONONUCLEAR" if c in ("monocyte", "lymphocyte") else "POLYNUCLEAR" for c in truth]
+            else:
+                truth = [c.upper() for c in truth]
+            keep = np.array([c in names for c in truth])
+            if keep.any():
+                t_idx = np.array([names.index(c) for c, k in zip(truth, keep) if k])
+                out[key] = float((q[keep].argmax(1) == t_idx).mean())
+    out["ece"] = expected_calibration_error(probs, labels)
+    return out
 
 
 def load_split(cfg: ClassifyConfig, run: Path) -> tuple[list, list]:
@@ -166,9 +238,9 @@ def load_split(cfg: ClassifyConfig, run: Path) -> tuple[list, list]:
         items = find_labelled_cells(root)
         if not items:
             raise HemasegInputError(root, "no labelled cell images (ImageFolder tree or wbc-seg class CSV)")
-        unknown = sorted({c for _, c in items} - set(TYPES))
+        unknown = sorted({c for _, c in items} - set(ALL_CLASSES))
         if unknown:
-            raise HemasegInputError(root, f"unknown WBC types {unknown}; known: {TYPES}")
+            raise HemasegInputError(root, f"unknown cell types {unknown}; known: {list(ALL_CLASSES)}")
         tr, va = split_labelled(items, cfg.val_fraction, cfg.seed)
         train += tr
         val += va
@@ -183,31 +255,46 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
     state_path = run / "state.json"
     cfg, state = start_or_resume(cfg, ClassifyConfig, run, resume)
     train, val = load_split(cfg, run)
-    cache = Path(cfg.cache) if cfg.cache else run / "crops"
-    tr_img, tr_mask = prepare_crops([p for p, _ in train], cfg.size, cfg.normalise_cells, cache, progress)
-    tr_lab = np.array([TYPES.index(c) for _, c in train])
-    if val:
-        va_img, _ = prepare_crops([p for p, _ in val], cfg.size, cfg.normalise_cells, cache, progress)
+    start = load_model(cfg.init) if cfg.init else None
+    if start is not None:
+        if start[1].get("task") != "wbc-type":
+            raise HemasegInputError(cfg.init, f"a {start[1].get('task')} model; --init needs a wbc-type model")
+        classes = list(start[1]["classes"])
+        # the start model's input: the same crop size and normalisation
+        cfg.size, cfg.normalise_cells = int(start[1].get("input_size", cfg.size)), bool(start[1].get("cell_normalised", True))
+        unknown = sorted({k for _, k in train + val} - set(classes))
+        if unknown:
+            raise HemasegInputError(cfg.init, f"knows no {', '.join(unknown)}: its classes are {', '.join(classes)}")
     else:
-        va_img = np.zeros((0, cfg.size, cfg.size, 3), np.uint8)
-    va_lab = np.array([TYPES.index(c) for _, c in val], int)
+        classes = list(cfg.classes or [c for c in ALL_CLASSES if c in {k for _, k in train + val}])
+    cache = Path(cfg.cache) if cfg.cache else run / "crops"
+    tr_img, tr_mask, tr_ext = prepare_crops([p for p, _ in train], cfg.size, cfg.normalise_cells, cache, progress)
+    tr_lab = np.array([classes.index(c) for _, c in train])
+    va_img, _, va_ext = prepare_crops([p for p, _ in val], cfg.size, cfg.normalise_cells, cache, progress)
+    va_lab = np.array([classes.index(c) for _, c in val], int)
+    n_extras = (int(start[1]["architecture"]["kwargs"].get("extras", 0)) if start is not None
+                else N_EXTRAS if cfg.extras else 0)
+    if not n_extras:
+        tr_ext, va_ext = tr_ext[:, :0], va_ext[:, :0]
     target = None
     if cfg.target_images:
         tpaths = list_images(cfg.target_images, recursive=True)
         if not tpaths:
             raise HemasegInputError(cfg.target_images, "no target images")
-        t_img, t_mask = prepare_crops(tpaths, cfg.size, cfg.normalise_cells, cache, progress)
-        target = CropDataset(t_img, t_mask, -np.ones(len(t_img), int), None, cfg.background_p)
+        t_img, t_mask, t_ext = prepare_crops(tpaths, cfg.size, cfg.normalise_cells, cache, progress)
+        target = CropDataset(t_img, t_mask, -np.ones(len(t_img), int), None, cfg.background_p,
+                             t_ext if n_extras else t_ext[:, :0])
 
     _seed_all(cfg.seed)
-    arch_kwargs = {"backbone": cfg.backbone, "classes": len(TYPES), "dropout": 0.2, "domain_head": True,
-                   "norm": cfg.norm}
+    arch_kwargs = ({**start[1]["architecture"]["kwargs"]} if start is not None else
+                   {"backbone": cfg.backbone, "classes": len(classes), "dropout": 0.2, "domain_head": True,
+                    "norm": cfg.norm, "extras": n_extras})
     model = create_model("wbc-classifier", **arch_kwargs)
+    if start is not None and not resume:
+        model.load_state_dict(start[0].state_dict())
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=cfg.epochs, pct_start=0.1)
     if resume and (run / "last.safetensors").exists():
-        from safetensors.torch import load_file
-
         model.load_state_dict(load_file(str(run / "last.safetensors")))
         opt_state = torch.load(run / "last.optim.pt", weights_only=False)
         optimizer.load_state_dict(opt_state["optimizer"])
@@ -215,23 +302,24 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
     transform = classify_transform(cfg.augment)
     if target is not None:
         target.transform = transform
-    dataset = CropDataset(tr_img, tr_mask, tr_lab, transform, cfg.background_p if cfg.augment else 0.0)
-    counts = np.bincount(tr_lab, minlength=len(TYPES)).astype(float)
+    dataset = CropDataset(tr_img, tr_mask, tr_lab, transform, cfg.background_p if cfg.augment else 0.0, tr_ext)
+    counts = np.bincount(tr_lab, minlength=len(classes)).astype(float)
     # Class-balanced draws, but a class of a handful of crops (one basophil) is not drawn as
     # often as the others: it would be memorised, not learned.
     sample_w = 1.0 / np.maximum(counts[tr_lab], 0.1 * counts.max())
     card = {
-        "name": f"wbc-type-{cfg.backbone}",
+        "name": f"wbc-type-{arch_kwargs['backbone']}",
         "task": "wbc-type",
-        "classes": TYPES,
+        "classes": classes,
         "architecture": {"name": "wbc-classifier", "kwargs": arch_kwargs},
         "normalization": {"type": "percentile", "low": 1.0, "high": 99.0, "per_channel": True},
         "input_size": cfg.size,
         "cell_normalised": cfg.normalise_cells,
+        "extras": ["log(WBC / red-cell diameter)", "red cells measured", "nucleus share of the cell"][:n_extras],
         "training": {"data": cfg.data, "target_images": cfg.target_images if not isinstance(cfg.target_images, list)
                      else f"{len(cfg.target_images)} images", "n_train": len(train), "n_val": len(val),
-                     "class_counts": dict(zip(TYPES, counts.astype(int).tolist())), "seed": cfg.seed,
-                     "augment": cfg.augment, "split": str(run / "split.json")},
+                     "class_counts": dict(zip(classes, counts.astype(int).tolist())), "seed": cfg.seed,
+                     "augment": cfg.augment, "split": str(run / "split.json"), "init": cfg.init},
         "versions": versions(),
     }
     for epoch in epochs_to_run(state, cfg.epochs, max_epochs_this_call):
@@ -247,28 +335,28 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
         lambd = 2.0 / (1.0 + np.exp(-10 * p)) - 1.0  # DANN schedule: 0 -> 1 over training
         model.train()
         losses, dlosses = [], []
-        for x, y in (track(loader, f"epoch {epoch}/{cfg.epochs}", leave=False) if progress else loader):
+        for x, e, y in (track(loader, f"epoch {epoch}/{cfg.epochs}", leave=False) if progress else loader):
             if t_iter is not None:
                 try:
-                    xt, _ = next(t_iter)
+                    xt, et, _ = next(t_iter)
                 except StopIteration:
                     t_iter = iter(torch.utils.data.DataLoader(target, batch_size=cfg.batch_size, shuffle=True,
                                                               generator=gen, drop_last=len(target) > cfg.batch_size))
-                    xt, _ = next(t_iter)
-                logits, dom = model.forward_dann(torch.cat([x, xt]), float(lambd))
+                    xt, et, _ = next(t_iter)
+                logits, dom = model.forward_dann(torch.cat([x, xt]), float(lambd), torch.cat([e, et]))
                 dom_y = torch.cat([torch.zeros(len(x)), torch.ones(len(xt))])
                 dloss = F.binary_cross_entropy_with_logits(dom, dom_y)
                 loss = F.cross_entropy(logits[:len(x)], y, label_smoothing=cfg.label_smoothing) + cfg.dann_weight * dloss
                 dlosses.append(dloss.item())
             else:
-                loss = F.cross_entropy(model(x), y, label_smoothing=cfg.label_smoothing)
+                loss = F.cross_entropy(model(x, e), y, label_smoothing=cfg.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             losses.append(loss.item())
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
-        val_scores = scores(predict(model, va_img), va_lab) if len(va_lab) else {}
+        val_scores = scores(predict(model, va_img, extras=va_ext), va_lab, classes) if len(va_lab) else {}
         metric = (val_scores["accuracy"] + val_scores["macro_f1"]) / 2 if val_scores else -float(np.mean(losses))
         entry = {"epoch": epoch, "lr": lr, "train_loss": float(np.mean(losses)), **val_scores, "metric": metric,
                  "seconds": round(time.time() - t0, 2)}
@@ -292,17 +380,25 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
                  + " ".join(f"{k} {v:.3f}" for k, v in val_scores.items()) + f" lr {lr:.2e} {entry['seconds']:.0f}s")
 
     if state["epoch"] >= cfg.epochs or state["stopped_early"]:
-        from safetensors.torch import load_file
-
         model.load_state_dict(load_file(str(run / "best.safetensors")))
         best = next(h for h in state["history"] if h["epoch"] == state["best_epoch"])
-        val_scores = {k: best[k] for k in ("accuracy", "macro_f1", "accuracy_4", "accuracy_2") if k in best}
-        save_model(model, run / "model", {**card, "metrics": {"val": val_scores, "epoch": state["best_epoch"]}})
+        val_scores = {k: best[k] for k in ("accuracy", "macro_f1", "accuracy_5", "accuracy_4", "accuracy_2", "ece")
+                      if k in best}
+        temperature = 1.0
         if len(va_lab):
-            rep = classification_report(va_lab, predict(model, va_img).argmax(1), TYPES)
-            plot_confusion(np.array(rep["confusion"]), TYPES, run / "confusion.png",
-                           f"validation, epoch {state['best_epoch']}: acc {rep['accuracy']:.3f}, macro-F1 {rep['macro_f1']:.3f}")
+            # Calibration on the validation crops (the checkpoint was chosen on them too): one
+            # temperature for all classes, so the ranking, hence the accuracy, is unchanged.
+            temperature = fit_temperature(predict(model, va_img, extras=va_ext, logits=True), va_lab)
+            probs = predict(model, va_img, extras=va_ext, temperature=temperature)
+            val_scores["ece_uncalibrated"] = val_scores.get("ece", 0.0)
+            val_scores["ece"] = expected_calibration_error(probs, va_lab)
+            rep = classification_report(va_lab, probs.argmax(1), classes)
+            plot_confusion(np.array(rep["confusion"]), classes, run / "confusion.png",
+                           f"validation, epoch {state['best_epoch']}: acc {rep['accuracy']:.3f}, "
+                           f"macro-F1 {rep['macro_f1']:.3f}")
             state["val_report"] = rep
+        save_model(model, run / "model", {**card, "temperature": temperature,
+                                          "metrics": {"val": val_scores, "epoch": state["best_epoch"]}})
         state["finished"] = True
         write_json(state_path, state)
     return state

@@ -1,0 +1,74 @@
+"""The one output-naming rule (issue 20, cases 1 and 2): an output never replaces an input, and
+two inputs never write the same file."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from helpers import toy_wbc
+from hemaseg.cli import app
+from hemaseg.errors import HemasegUsageError
+from hemaseg.io.outputs import output_stems
+
+runner = CliRunner()
+
+
+def _photo(path: Path, seed: int = 0) -> np.ndarray:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = toy_wbc(np.random.default_rng(seed), 64)[0]
+    Image.fromarray(img).save(path)
+    return np.array(Image.open(path))
+
+
+def test_same_stems_are_disambiguated_and_said():
+    stems, notes = output_stems([Path("a/001.png"), Path("b/001.jpg"), Path("c/002.png")], Path("o"),
+                                [".png", ".json"])
+    assert stems == {Path("a/001.png"): "001_png", Path("b/001.jpg"): "001_jpg", Path("c/002.png"): "002"}
+    assert len(notes) == 1 and "a/001.png" in notes[0] and "001_jpg.*" in notes[0]
+    # same name and suffix in two folders: the folder goes into the name
+    stems, _ = output_stems([Path("a/x.png"), Path("b/x.png")], Path("o"), [".png"])
+    assert stems[Path("a/x.png")] != stems[Path("b/x.png")]
+    # an input named like another input's overlay
+    stems, _ = output_stems([Path("x.png"), Path("x_overlay.png")], Path("o"), [".png", "_overlay.png"])
+    files = [stems[p] + e for p in stems for e in (".png", "_overlay.png")]
+    assert len(set(files)) == len(files)
+
+
+def test_output_onto_an_input_is_refused(tmp_path):
+    with pytest.raises(HemasegUsageError, match="would replace the input"):
+        output_stems([tmp_path / "cell.png"], tmp_path, [".png", ".json"])
+    with pytest.raises(HemasegUsageError, match="--coco"):
+        output_stems([tmp_path / "a.png"], tmp_path / "o", [".png"], fixed=[("--coco", tmp_path / "a.png")])
+
+
+def test_segment_into_the_input_folder_refuses_and_keeps_the_photo(tmp_path, tiny_model_path):
+    """Case 1: `segment d --out d` replaced d/cell.png with the label mask and exited 0."""
+    d = tmp_path / "d"
+    before = _photo(d / "cell.png")
+    res = runner.invoke(app, ["segment", str(d), "--out", str(d), "--model", str(tiny_model_path),
+                              "--cell-diameter", "24"])
+    assert res.exit_code == 2
+    assert len(res.output.strip().splitlines()) == 1 and "--out" in res.output and "cell.png" in res.output
+    assert np.array_equal(np.array(Image.open(d / "cell.png")), before)
+    assert sorted(p.name for p in d.iterdir()) == ["cell.png"]
+
+
+def test_two_inputs_of_one_name_keep_both_results(tmp_path, tiny_model_path):
+    """Case 2: a/001.png and b/001.jpg printed "2/2 segmented" and kept one result; the wbc-seg layout
+    (NNN.bmp + NNN.png) overwrote the photo's result with the ground truth's."""
+    _photo(tmp_path / "a" / "001.png", 1)
+    _photo(tmp_path / "b" / "001.jpg", 2)
+    _photo(tmp_path / "w" / "002.bmp", 3)
+    Image.fromarray(toy_wbc(np.random.default_rng(3), 64)[1]).save(tmp_path / "w" / "002.png")
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["segment", str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "w"),
+                              "--out", str(out), "--model", str(tiny_model_path), "--cell-diameter", "24"])
+    assert res.exit_code == 0, res.output
+    assert "001_png.*" in res.output and "002_bmp.*" in res.output  # said which names were used
+    names = sorted(p.name for p in out.glob("*.json"))
+    assert names == ["001_jpg.json", "001_png.json", "002_bmp.json", "002_png.json"]
+    sources = {json.loads((out / n).read_text())["filename"] for n in names}
+    assert len(sources) == 4

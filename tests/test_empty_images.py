@@ -1,0 +1,54 @@
+"""An image with no cell gives no cell (issue 20, case 3): black, flat grey and noise images gave
+7, 4 and 361 WBCs scored about 0.9."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+import hemaseg
+from hemaseg.cli import app
+
+RNG = np.random.default_rng(0)
+EMPTY = {
+    "black": np.zeros((120, 120, 3), np.uint8),
+    "grey": np.full((48, 64, 3), 128, np.uint8),
+    "white_speckle": np.clip(235 + RNG.normal(0, 1.0, (64, 64, 3)), 0, 255).astype(np.uint8),
+    "noise": RNG.integers(0, 256, (96, 128, 3), dtype=np.uint8),
+}
+
+
+@pytest.mark.parametrize("model", ["wbc", "nuclei", "smear10", "cells"])
+@pytest.mark.parametrize("name", sorted(EMPTY))
+def test_every_bundled_model_finds_nothing_in_an_empty_image(model, name):
+    image = EMPTY[name]
+    seg = hemaseg.segment(image, model=model)
+    assert seg.count == 0 and seg.objects == []
+    assert not seg.instances.any() and not seg.classes.any()
+    assert seg.classes.shape == image.shape[:2]
+
+
+def test_analyze_and_segment_cli_on_empty_images(tmp_path):
+    for name, image in EMPTY.items():
+        Image.fromarray(image).save(tmp_path / f"{name}.png")
+    a = hemaseg.analyze(EMPTY["black"])
+    assert a.entry["masks"] == [] and a.counts["wbc"] == 0 and a.counts["rbc"] == 0
+    out = tmp_path / "out"
+    res = CliRunner().invoke(app, ["segment", str(tmp_path), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    for name in EMPTY:
+        assert json.loads((out / f"{name}.json").read_text())["count"] == 0
+        assert not np.array(Image.open(out / f"{name}.png")).any()
+
+
+def test_a_cell_on_a_plain_background_is_still_seen():
+    """The gate looks at the image's content, not its size or mean: one dark disc is content."""
+    from hemaseg.core.content import featureless
+
+    image = np.full((64, 64, 3), 230, np.uint8)
+    yy, xx = np.mgrid[:64, :64]
+    image[(yy - 30) ** 2 + (xx - 34) ** 2 < 100] = (90, 40, 130)
+    assert featureless(image) is None
+    sample = hemaseg.read_image(hemaseg.__path__[0] + "/samples/BloodImage_00000.jpg")
+    assert featureless(sample) is None and featureless(sample[:120, :120]) is None

@@ -1,0 +1,118 @@
+"""Every numeric option validated up front, options that do not apply refused, output locations
+checked before any work (issue 20, cases 5, 9 and 11): one line naming the option, exit 2."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from helpers import toy_wbc
+from hemaseg.cli import app
+from hemaseg.core.options import check_numbers
+from hemaseg.errors import HemasegUsageError
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def photos(tmp_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    Image.fromarray(toy_wbc(np.random.default_rng(0), 64)[0]).save(d / "a.png")
+    return d
+
+
+def _one_line_usage(res, option):
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert res.exit_code == 2, res.output
+    assert len(lines) == 1 and lines[0].startswith(option), res.output
+    return lines[0]
+
+
+@pytest.mark.parametrize("args,option", [
+    (["--tile", "0"], "--tile"), (["--tile", "7"], "--tile"), (["--tile=-5"], "--tile"),
+    (["--cell-diameter=-1"], "--cell-diameter"), (["--cell-diameter", "0"], "--cell-diameter"),
+    (["--cell-diameter", "1e9"], "--cell-diameter"), (["--cell-diameter", "nan"], "--cell-diameter"),
+    (["--cell-diameter", "inf"], "--cell-diameter"),
+    (["--method", "hsv", "--model", "wbc"], "--model"), (["--method", "hsv", "--cell-diameter", "40"], "--cell-diameter"),
+])
+def test_segment_refuses_bad_numbers_and_unused_options(photos, tmp_path, args, option):
+    out = tmp_path / "out"
+    line = _one_line_usage(runner.invoke(app, ["segment", str(photos), "--out", str(out), *args]), option)
+    if option in ("--tile", "--cell-diameter") and "--method" not in args:
+        assert "from" in line  # the allowed range
+    assert not out.exists()  # nothing done
+
+
+def test_library_entry_points_check_the_same_ranges():
+    import hemaseg
+
+    with pytest.raises(HemasegUsageError, match="--cell-diameter"):
+        hemaseg.segment(np.zeros((8, 8, 3), np.uint8), cell_diameter=float("nan"))
+    with pytest.raises(HemasegUsageError, match="--tile"):
+        check_numbers(tile=7)
+    check_numbers(tile=128, cell_diameter=24.0, epochs=1)
+
+
+def test_train_refuses_zero_epochs_and_batch(wbc_folder, tmp_path):
+    for args, option in ((["--epochs", "0"], "--epochs"), (["--batch-size", "0"], "--batch-size"),
+                         (["--lr", "0"], "--lr"), (["--val-fraction", "1.5"], "--val-fraction")):
+        res = runner.invoke(app, ["train", "wbc", "--data", str(wbc_folder), "--out", str(tmp_path / "r"), *args])
+        _one_line_usage(res, option)
+        assert not (tmp_path / "r").exists()
+
+
+def test_unusable_output_locations_are_refused_before_any_work(photos, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    cases = [
+        ["segment", str(photos), "--out", str(blocker / "sub")],
+        ["segment", str(photos), "--out", str(blocker)],
+        ["analyze", str(photos), "--out", str(tmp_path / "o"), "--coco", str(blocker / "c.json")],
+        ["analyze", str(photos), "--out", str(tmp_path / "o"), "--cvat", str(tmp_path)],
+        ["train", "wbc", "--data", str(photos), "--out", str(blocker)],
+        ["evaluate", "wbc", "--data", str(photos), "--json", str(blocker / "e.json")],
+        ["crop", str(photos), "--out", str(blocker)],
+    ]
+    for args in cases:
+        res = runner.invoke(app, args)
+        assert res.exit_code == 2, (args, res.output)
+        assert len([ln for ln in res.output.splitlines() if ln.strip()]) == 1, (args, res.output)
+    assert not (tmp_path / "o").exists()
+
+
+def test_cuda_without_a_gpu_is_a_usage_error(photos, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    _one_line_usage(runner.invoke(app, ["segment", str(photos), "--out", str(tmp_path / "o"), "--device", "cuda"]),
+                    "--device")
+
+
+def test_coco_rle_needs_coco(photos, tmp_path):
+    _one_line_usage(runner.invoke(app, ["analyze", str(photos), "--out", str(tmp_path / "o"), "--coco-rle"]),
+                    "--coco-rle")
+
+
+def test_models_prints_the_measured_figures():
+    """Case 11: `hemaseg models` printed the training-time mAP 0.605 of `cells`, not the measured 0.881."""
+    from hemaseg.models.registry import WEIGHTS_DIR
+
+    card = json.loads((WEIGHTS_DIR / "cells.json").read_text())
+    measured = card["metrics"]["val_pipeline"]["map50"]
+    res = runner.invoke(app, ["models"])
+    line = next(ln for ln in res.output.splitlines() if ln.startswith("bundled: cells "))
+    assert f"map50={measured:.3f}" in line and f"{card['metrics']['val']['map50']:.3f}" not in line
+
+
+def test_weights_of_another_architecture_are_one_line(photos, tmp_path, tiny_model_path):
+    """Case 9: weights that do not fit the card's architecture printed a 65-line torch error."""
+    card = json.loads(tiny_model_path.with_suffix(".json").read_text())
+    card["architecture"]["kwargs"]["widths"] = [8, 16, 32]
+    wrong = tmp_path / "wrong.safetensors"
+    wrong.write_bytes(tiny_model_path.read_bytes())
+    wrong.with_suffix(".json").write_text(json.dumps(card))
+    res = runner.invoke(app, ["segment", str(photos), "--out", str(tmp_path / "o"), "--model", str(wrong)])
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert res.exit_code == 2 and len(lines) == 1 and "do not fit" in lines[0], res.output
