@@ -34,3 +34,30 @@ def resize_probs(probs: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
         return probs
     h, w = shape
     return np.stack([cv2.resize(p, (w, h), interpolation=cv2.INTER_LINEAR) for p in probs])
+
+
+def resize_argmax(probs: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """``resize_probs(probs, shape).argmax(0)`` as uint8, and the resized first map (background),
+    without the (K, H, W) float stack: one channel is resized at a time (ties go to the lower
+    class, as with ``argmax``), so the float memory is three maps whatever K.
+
+    >>> p = np.stack([np.full((2, 2), 0.5, np.float32), np.eye(2, dtype=np.float32)])
+    >>> cls, bg = resize_argmax(p, (2, 2))
+    >>> cls.tolist(), bg.tolist()
+    ([[1, 0], [0, 1]], [[0.5, 0.5], [0.5, 0.5]])
+    """
+    h, w = shape
+    same = probs.shape[1:] == tuple(shape)
+
+    def channel(k: int) -> np.ndarray:
+        return probs[k] if same else cv2.resize(probs[k], (w, h), interpolation=cv2.INTER_LINEAR)
+
+    first = channel(0)
+    best = first.copy()
+    classes = np.zeros((h, w), np.uint8)
+    for k in range(1, probs.shape[0]):
+        p = channel(k)
+        better = p > best
+        classes[better] = k
+        np.maximum(best, p, out=best)
+    return classes, first

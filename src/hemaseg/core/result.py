@@ -12,7 +12,9 @@ class Segmentation:
 
     classes: np.ndarray  # (H, W) uint8 class indices of the task
     instances: np.ndarray  # (H, W) int32 instance labels 1..N (0 background)
-    probs: np.ndarray  # (K, H, W) float32 class probabilities
+    # (K, H, W) float32 class probabilities; for an image a task processes region by region (wbc:
+    # long side over WbcParams.block_size) a summary downsampled to (K, h, w), h, w <= 1024.
+    probs: np.ndarray
     cell_diameter: float  # px in the input image (given or estimated)
     scale: float  # factor the image was resized by before the network
     objects: list[dict] = field(default_factory=list)

@@ -8,6 +8,10 @@ from __future__ import annotations
 CATEGORIES = ("rbc", "wbc", "platelet")  # what a lab counts; class index k + 1 in the cells task
 # The five WBC types in the order of counts.csv and the report (DESIGN.md).
 WBC_TYPES = ("neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil")
+# Further cell types a typer trained on PBC names (counted after the five; ``ig`` counts in the
+# differential as a leukocyte, erythroblasts and platelets are reported beside it).
+EXTRA_TYPES = ("ig", "erythroblast", "platelet")
+NOT_IN_DIFFERENTIAL = ("erythroblast", "platelet")
 # Seed 004's 2-class grouping of the types.
 MONONUCLEAR = ("monocyte", "lymphocyte")
 POLYNUCLEAR = ("neutrophil", "eosinophil", "basophil")

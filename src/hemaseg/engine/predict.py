@@ -67,12 +67,20 @@ def predict_probs(module: torch.nn.Module, card: dict, image: np.ndarray, factor
             p = p[:, vy, vx]
             acc = p if acc is None else acc + p
         return acc / len(views)
-    norm = card.get("normalization", {})
-    low, high = norm.get("low", 1.0), norm.get("high", 99.0)
+    return resize_probs(predict_scaled(module, card, image, factor, tile, overlap, prange, invert), image.shape[:2])
+
+
+def predict_scaled(module: torch.nn.Module, card: dict, image: np.ndarray, factor: float = 1.0,
+                   tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP, prange: np.ndarray | None = None,
+                   invert: bool = False) -> np.ndarray:
+    """Class probabilities of ``image`` resized by ``factor``, left at the model's scale:
+    (K, h, w) float32 with h, w the resized size. :func:`predict_probs` without the content check
+    and the resize back, for callers that work region by region (give ``prange``, the whole
+    image's range, so every region is normalised alike)."""
     if prange is None:
-        prange = percentile_range(image, low, high)
+        norm = card.get("normalization", {})
+        prange = percentile_range(image, norm.get("low", 1.0), norm.get("high", 99.0))
     small = rescale(image, factor)
     stride = int(getattr(module, "stride", 32))
-    probs = predict_tiled(module, small, tile=tile, overlap=overlap, stride=stride,
-                          preprocess=lambda t: normalize(t, prange=prange, invert=invert))
-    return resize_probs(probs, image.shape[:2])
+    return predict_tiled(module, small, tile=tile, overlap=overlap, stride=stride,
+                         preprocess=lambda t: normalize(t, prange=prange, invert=invert))

@@ -48,6 +48,21 @@ def _read_tiff(path: Path) -> np.ndarray:
     return arr
 
 
+def _pil_array(im: Image.Image, band_pixels: int = 1 << 22) -> np.ndarray:
+    """A loaded L/RGB/RGBA image as a uint8 array. Large images are copied a band of rows at a
+    time: ``np.array(im)`` would hold PIL's own copy (4 bytes a pixel for RGB), a bytes copy and
+    the array at once, three times the image; this holds PIL's and the array's."""
+    w, h = im.size
+    if h * w <= band_pixels:
+        return np.array(im)
+    channels = len(im.getbands())
+    out = np.empty((h, w, channels) if channels > 1 else (h, w), np.uint8)
+    step = max(1, band_pixels // w)
+    for y in range(0, h, step):
+        out[y:y + step] = np.asarray(im.crop((0, y, w, min(h, y + step))))
+    return out
+
+
 def _read_raw(path: Path) -> np.ndarray:
     if not path.exists():
         raise HemasegInputError(path, "no such file")
@@ -65,7 +80,7 @@ def _read_raw(path: Path) -> np.ndarray:
                 return np.array(im).astype(np.uint16 if im.mode.startswith("I;16") else np.int32)
             if im.mode not in ("L", "RGB", "RGBA"):
                 im = im.convert("RGBA" if "A" in im.mode or "transparency" in im.info else "RGB")
-            return np.array(im)
+            return _pil_array(im)
     except UnidentifiedImageError:
         raise HemasegInputError(path, "not an image (unknown format)") from None
     except MemoryError:
@@ -83,19 +98,32 @@ def to_uint8(arr: np.ndarray) -> np.ndarray:
     """
     if arr.dtype == np.uint8:
         return arr
-    a = arr.astype(np.float32)
-    finite = np.isfinite(a)
-    all_finite = bool(finite.all())
-    vals = a if all_finite else a[finite]
+    if arr.dtype.kind == "f" and arr.dtype.itemsize > 4:
+        arr = arr.astype(np.float32)  # values past float32's range become inf, as they always have
+    if arr.dtype.kind == "f":
+        finite = np.isfinite(arr)
+        all_finite = bool(finite.all())
+        vals = arr if all_finite else arr[finite]
+        del finite
+    else:
+        all_finite, vals = True, arr
     if vals.size == 0:
-        return np.where(a == np.inf, 255, 0).astype(np.uint8)
-    lo, hi = float(vals.min()), float(vals.max())
+        return np.where(arr == np.inf, 255, 0).astype(np.uint8)
+    lo, hi = float(np.float32(vals.min())), float(np.float32(vals.max()))
+    del vals
     if arr.dtype.kind == "f" and lo >= 0.0 and hi <= 1.0:
         lo, hi = 0.0, 1.0
     scale = 255.0 / (hi - lo) if hi > lo else 0.0
-    if not all_finite:
-        a = np.where(finite, a, np.where(a == np.inf, hi, lo))
-    return np.clip((a - lo) * scale + 0.5, 0, 255).astype(np.uint8)
+    # A band of rows at a time: the float copy is of one band, not of the whole image.
+    out = np.empty(arr.shape, np.uint8)
+    band = max(1, (1 << 22) // max(1, arr[:1].size))
+    for y in range(0, arr.shape[0], band):
+        a = arr[y:y + band].astype(np.float32)
+        if not all_finite:
+            finite = np.isfinite(a)
+            a = np.where(finite, a, np.where(a == np.inf, hi, lo))
+        out[y:y + band] = np.clip((a - lo) * scale + 0.5, 0, 255).astype(np.uint8)
+    return out
 
 
 def read_image(path: str | Path) -> np.ndarray:

@@ -118,12 +118,13 @@ def overlay(image: np.ndarray, classes: np.ndarray, colors: dict[int, tuple[int,
     """Blend class colours onto an RGB image and draw class (and instance) outlines: (H, W, 3) uint8."""
     from skimage.segmentation import find_boundaries
 
-    out = image.astype(np.float32).copy()
+    # Blended on the coloured pixels only (no float copy of the whole image).
+    out = image.copy()
     for cls, color in colors.items():
         sel = classes == cls
         if sel.any():
-            out[sel] = (1 - alpha) * out[sel] + alpha * np.asarray(color, np.float32)
-    out = out.astype(np.uint8)
+            out[sel] = ((1 - alpha) * image[sel].astype(np.float32) + alpha * np.asarray(color, np.float32)
+                        ).astype(np.uint8)
     for cls, color in colors.items():
         edge = find_boundaries(classes == cls, mode="inner")
         out[edge] = color

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from hemaseg.core.vocabulary import CATEGORIES, WBC_TYPES
+from hemaseg.core.vocabulary import CATEGORIES, EXTRA_TYPES, NOT_IN_DIFFERENTIAL, WBC_TYPES
+from hemaseg.engine.predict import get_model
 from hemaseg.engine.tiling import DEFAULT_TILE
 from hemaseg.tasks import get_task
 from hemaseg.tasks.wbc_type.crops import type_wbcs
@@ -24,12 +25,15 @@ class Analysis:
     instances: np.ndarray  # (H, W) int32 labels; mask k of entry["masks"] is instances == k + 1
     cell_diameter: float  # red-cell diameter, px (given or measured)
     wbc_crops: list[np.ndarray] = field(default_factory=list)  # one (S, S, 3) typed crop per WBC, in mask order
+    types: tuple[str, ...] = WBC_TYPES  # the types counted: the five, then any further the typer names
 
     @property
     def differential(self) -> dict[str, float]:
-        """Share of each WBC type among typed WBCs, in percent (0 when there are none)."""
-        n = sum(self.counts[t] for t in WBC_TYPES)
-        return {t: (100.0 * self.counts[t] / n if n else 0.0) for t in WBC_TYPES}
+        """Share of each leukocyte type among typed WBCs, in percent (0 when there are none);
+        erythroblasts and platelets a PBC-trained typer may name are not leukocytes."""
+        kinds = [t for t in self.types if t not in NOT_IN_DIFFERENTIAL]
+        n = sum(self.counts[t] for t in kinds)
+        return {t: (100.0 * self.counts[t] / n if n else 0.0) for t in kinds}
 
 
 def analyze(image: np.ndarray, filename: str = "", cells_model="cells", type_model="wbc-type",
@@ -45,6 +49,7 @@ def analyze(image: np.ndarray, filename: str = "", cells_model="cells", type_mod
     records = [dict(r) for r in seg.objects]
     wbcs = [r for r in records if r["category"] == "wbc"]
     crops: list[np.ndarray] = []
+    types = WBC_TYPES + tuple(c for c in get_model(type_model, device)[1]["classes"] if c in EXTRA_TYPES)
     if wbcs:
         probs, crops, classes = type_wbcs(image, wbcs, type_model, device)
         for r, p in zip(wbcs, probs):
@@ -56,10 +61,10 @@ def analyze(image: np.ndarray, filename: str = "", cells_model="cells", type_mod
         lut[r.pop("id")] = k
     instances = lut[seg.instances]
     counts = {c: sum(r["category"] == c for r in records) for c in CATEGORIES}
-    counts.update({t: sum(r["class_name"] == t for r in wbcs) for t in WBC_TYPES})
+    counts.update({t: sum(r["class_name"] == t for r in wbcs) for t in types})
     entry = {"filename": filename, "height": int(image.shape[0]), "width": int(image.shape[1]),
              "cell_diameter": round(seg.cell_diameter, 2), "scale": round(seg.scale, 4), "masks": records}
-    return Analysis(entry, counts, instances, seg.cell_diameter, crops)
+    return Analysis(entry, counts, instances, seg.cell_diameter, crops, types)
 
 
 def draw_overlay(image: np.ndarray, analysis: Analysis, thickness: int | None = None) -> np.ndarray:

@@ -19,14 +19,18 @@ COUNT_COLUMNS = ["filename", "rbc", "wbc", "platelet", *WBC_TYPES, *(f"{t}_pct" 
 
 
 def counts_csv(analyses: list[Analysis]) -> str:
-    """CSV text: one row per image (DESIGN.md columns, then the differential in percent)."""
+    """CSV text: one row per image (DESIGN.md columns, then the differential in percent); further
+    types the typer names (``ig``, ``erythroblast``, ...) are appended as columns, as DESIGN.md says."""
+    extra = [t for t in dict.fromkeys(t for a in analyses for t in a.types) if t not in WBC_TYPES]
+    extra_pct = [t for t in extra if any(t in a.differential for a in analyses)]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(COUNT_COLUMNS)
+    w.writerow(COUNT_COLUMNS + extra + [f"{t}_pct" for t in extra_pct])
     for a in analyses:
         diff = a.differential
         w.writerow([a.entry["filename"], *(a.counts[c] for c in ("rbc", "wbc", "platelet")),
-                    *(a.counts[t] for t in WBC_TYPES), *(f"{diff[t]:.1f}" for t in WBC_TYPES)])
+                    *(a.counts[t] for t in WBC_TYPES), *(f"{diff[t]:.1f}" for t in WBC_TYPES),
+                    *(a.counts.get(t, 0) for t in extra), *(f"{diff.get(t, 0.0):.1f}" for t in extra_pct)])
     return buf.getvalue()
 
 

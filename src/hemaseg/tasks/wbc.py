@@ -19,10 +19,11 @@ from skimage.morphology import remove_small_holes, remove_small_objects
 
 from hemaseg.classical import WBC_METHODS, segment_classical
 from hemaseg.core.labels import measure_diameter, relabel, split_instances, wbc_objects
-from hemaseg.core.resize import clamp_factor
+from hemaseg.core.resize import clamp_factor, rescale, resize_argmax
 from hemaseg.core.result import Segmentation
+from hemaseg.engine.blocks import Block, centred_in_core, image_blocks
 from hemaseg.engine.evaluate import plain_table
-from hemaseg.engine.predict import card_range, get_model, predict_probs
+from hemaseg.engine.predict import card_range, get_model, predict_probs, predict_scaled
 from hemaseg.engine.task import Task
 from hemaseg.engine.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
 from hemaseg.io.datasets import Pair, load_pair
@@ -48,6 +49,17 @@ class WbcParams:
         the model (trained over 0.5-2x) sees cells of 1-4x its trained diameter, the usual case for
         images of other labs (higher magnification); 1.0 and 2.0 catch smaller cells.
     fallback_diameter : px, the trained diameter assumed when a card gives none.
+    block_size : px in the input image. An image whose long side is at most this is processed
+        whole, exactly as always. A larger one is processed region by region
+        (:mod:`hemaseg.engine.blocks`): blocks of about ``block_size`` px a side (margins
+        included; the core is at least a quarter of it), each predicted and post-processed on
+        its own, each WBC kept by the block whose core holds its centroid, the uint8 classes
+        and int32 instances written straight into the full-size outputs. Peak memory then
+        follows the block, not the image (no full-size float map); the result's ``probs`` is a
+        summary downsampled to :data:`PROBS_SUMMARY_SIZE` px on the long side, and an unknown
+        cell diameter is estimated on a copy downsampled to 2048 px.
+    block_margin : cell diameters of context around each block's core (a WBC whose centroid is in
+        the core lies whole in the block, and its neighbours are seen as they are in the image).
 
     Examples
     --------
@@ -61,9 +73,16 @@ class WbcParams:
     scale_deadband: float = 1.25
     first_pass_factors: tuple[float, ...] = (0.5, 1.0, 2.0)
     fallback_diameter: float = 50.0
+    block_size: int = 2048
+    block_margin: float = 1.5
 
 
 DEFAULTS = WbcParams()
+
+# Long side (px) of ``Segmentation.probs`` for images processed region by region.
+PROBS_SUMMARY_SIZE = 1024
+# Long side (px) of the copy on which the cell diameter of a large image is estimated.
+ESTIMATE_SIZE = 2048
 
 
 def clean_wbc_classes(classes: np.ndarray, min_area: int) -> np.ndarray:
@@ -153,7 +172,11 @@ def _min_area(diameter: float, p: WbcParams = DEFAULTS) -> int:
 def wbc_instances(probs: np.ndarray, diameter: float, p: WbcParams = DEFAULTS) -> tuple[np.ndarray, np.ndarray]:
     """Post-process (3, H, W) probabilities into ((H, W) uint8 classes, (H, W) int32 instances) of
     nucleated cells of about ``diameter`` px."""
-    classes = probs.argmax(0).astype(np.uint8)
+    return postprocess_classes(probs.argmax(0).astype(np.uint8), diameter, p)
+
+
+def postprocess_classes(classes: np.ndarray, diameter: float, p: WbcParams = DEFAULTS) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`wbc_instances` from the (H, W) uint8 argmax of the probabilities."""
     min_area = _min_area(diameter, p)
     classes = clean_wbc_classes(open_cells(classes, p.open_radius * diameter), min_area)
     instances = split_instances(classes > 0, diameter, min_area)
@@ -187,7 +210,7 @@ def _estimate_scale(module: torch.nn.Module, card: dict, image: np.ndarray, pran
     if trained <= 0:
         return None, predict_probs(module, card, image, 1.0, tile, overlap, prange), 1.0
     # Very large images: keep the first passes under ~2048 px on the long side.
-    shrink = min(1.0, 2048 / max(image.shape[:2]))
+    shrink = min(1.0, ESTIMATE_SIZE / max(image.shape[:2]))
     diameter, probs, factor = None, None, 1.0
     for f in p.first_pass_factors:
         factor = f * shrink
@@ -244,6 +267,8 @@ def segment_wbc(image: np.ndarray, model="wbc", cell_diameter: float | None = No
     module, card = get_model(model, device)
     p = params or WBC.params(card)
     prange = card_range(card, image)
+    if max(image.shape[:2]) > p.block_size:
+        return _segment_blocks(module, card, image, prange, cell_diameter, tile, overlap, p)
     if cell_diameter is None:
         cell_diameter, probs, factor = _estimate_scale(module, card, image, prange, tile, overlap, p)
     else:
@@ -253,6 +278,87 @@ def segment_wbc(image: np.ndarray, model="wbc", cell_diameter: float | None = No
     classes, instances = wbc_instances(probs, diameter, p)
     objects = wbc_objects(classes, instances, probs)
     return Segmentation(classes, instances, probs, diameter, factor, objects)
+
+
+def _segment_blocks(module: torch.nn.Module, card: dict, image: np.ndarray, prange: np.ndarray,
+                    cell_diameter: float | None, tile: int, overlap: int, p: WbcParams) -> Segmentation:
+    """:func:`segment_wbc` of an image longer than ``p.block_size``, region by region.
+
+    The diameter (when not given) is estimated on a copy of at most :data:`ESTIMATE_SIZE` px;
+    then each block of :func:`~hemaseg.engine.blocks.image_blocks` is predicted at the model's
+    scale, its argmax taken at the input's scale one class map at a time, post-processed, and
+    the WBCs whose centroid lies in its core pasted into the full-size uint8 / int32 outputs
+    (a cell already pasted by a neighbouring block is not pasted twice). Object scores (mean
+    foreground probability) are taken per block; ``probs`` is a :data:`PROBS_SUMMARY_SIZE` summary.
+    """
+    h, w = image.shape[:2]
+    trained = float(card.get("cell_diameter") or 0)
+    if cell_diameter is None:
+        shrink = min(1.0, ESTIMATE_SIZE / max(h, w))
+        small = rescale(image, shrink)
+        estimate = _estimate_scale(module, card, small, prange, tile, overlap, p)[0]
+        del small
+        cell_diameter = estimate / shrink if estimate else None
+    factor = scale_factor(card, cell_diameter, p.scale_deadband)
+    diameter = float(cell_diameter or ((trained or p.fallback_diameter) / factor))
+    margin = int(np.ceil(p.block_margin * diameter))
+    core = max(p.block_size - 2 * margin, p.block_size // 4, 1)
+    classes = np.zeros((h, w), np.uint8)  # zero pages cost no memory until written
+    instances = np.zeros((h, w), np.int32)
+    s = min(1.0, PROBS_SUMMARY_SIZE / max(h, w))
+    sh, sw = max(1, round(h * s)), max(1, round(w * s))
+    summary: np.ndarray | None = None
+    scores: dict[int, float] = {}
+    nxt = 1
+    for block in image_blocks((h, w), core, margin):
+        oy, ox = block.offset
+        region = block.outer_slices
+        crop = image[region]
+        small_probs = predict_scaled(module, card, crop, factor, tile, overlap, prange)
+        if summary is None:
+            summary = np.zeros((small_probs.shape[0], sh, sw), np.float32)
+        _paste_summary(summary, small_probs, block, s)
+        cls_b, background = resize_argmax(small_probs, crop.shape[:2])
+        del small_probs
+        cls_b, inst_b = postprocess_classes(cls_b, diameter, p)
+        keep = centred_in_core(inst_b, block)
+        if len(keep) == 0:
+            continue
+        boxes = ndi.find_objects(inst_b)
+        out_c, out_i = classes[region], instances[region]
+        for label in keep:
+            sl = boxes[label - 1]
+            sel = inst_b[sl] == label
+            free = sel & (out_i[sl] == 0)
+            n_free = int(free.sum())
+            # A cell whose centroid two blocks both place in their core (it straddles the
+            # border of the cores) is pasted once, by the first.
+            if n_free == 0 or n_free < 0.5 * int(sel.sum()):
+                continue
+            out_i[sl][free] = nxt
+            out_c[sl][free] = cls_b[sl][free]
+            scores[nxt] = float(1.0 - background[sl][free].mean())
+            nxt += 1
+    objects = wbc_objects(classes, instances)
+    for o in objects:
+        o["score"] = round(scores[o["id"]], 4)
+    assert summary is not None
+    return Segmentation(classes, instances, summary, diameter, factor, objects)
+
+
+def _paste_summary(summary: np.ndarray, small_probs: np.ndarray, block: Block, s: float) -> None:
+    """Write the core of a block's model-scale probabilities into the downsampled ``summary``."""
+    y0, y1, x0, x1 = block.core
+    oy0, oy1, ox0, ox1 = block.outer
+    sy0, sy1, sx0, sx1 = round(y0 * s), round(y1 * s), round(x0 * s), round(x1 * s)
+    if sy1 <= sy0 or sx1 <= sx0:
+        return
+    fy, fx = small_probs.shape[1] / (oy1 - oy0), small_probs.shape[2] / (ox1 - ox0)
+    my0, my1 = int(round((y0 - oy0) * fy)), max(int(round((y1 - oy0) * fy)), int(round((y0 - oy0) * fy)) + 1)
+    mx0, mx1 = int(round((x0 - ox0) * fx)), max(int(round((x1 - ox0) * fx)), int(round((x0 - ox0) * fx)) + 1)
+    for k, p in enumerate(small_probs):
+        part = np.ascontiguousarray(p[my0:my1, mx0:mx1])
+        summary[k, sy0:sy1, sx0:sx1] = cv2.resize(part, (sx1 - sx0, sy1 - sy0), interpolation=cv2.INTER_AREA)
 
 
 class WbcTask(Task):
