@@ -85,6 +85,7 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", default=["bccd", "wbc-seg", "pbc", "all"])
     ap.add_argument("--zoom-n", type=int, default=120)
     ap.add_argument("--no-extras", action="store_true", help="train without the ruler (size and nucleus share)")
+    ap.add_argument("--table-only", action="store_true", help="no training: the tables from the runs' lolo.json")
     args = ap.parse_args()
 
     import logging
@@ -99,6 +100,11 @@ def main() -> None:
     cache = args.runs / "crops"  # shared by every run: each crop is normalised once
     results = {}
     for name in args.only:
+        if args.table_only:
+            if (args.runs / (f"without-{name}" if name != "all" else "all") / "lolo.json").exists():
+                results[name] = json.loads((args.runs / (f"without-{name}" if name != "all" else "all")
+                                            / "lolo.json").read_text())
+            continue
         train_labs = [k for k in LABS if k != name]
         run = args.runs / (f"without-{name}" if name != "all" else "all")
         cfg = ClassifyConfig(data=[str(args.data / LABS[k]) for k in train_labs], epochs=args.epochs,

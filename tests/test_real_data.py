@@ -68,15 +68,16 @@ def test_nuclei_model_on_some_validation_images():
 
 @pytest.mark.skipif(not (DATA / "bccd-wbc").is_dir(), reason="../shared/data/bccd-wbc not present")
 def test_classifier_on_bccd_held_out_crops():
-    """The bundled classifier on 20 of BCCD's held-out crops."""
+    """The bundled classifier on BCCD's 56 held-out crops (measured 48 right: 0.857; eosinophils
+    called neutrophils are its main error there)."""
     import json
 
     import hemaseg
 
-    val = [(p, c) for p, c in json.loads(TYPE_SPLIT.read_text())["val"] if "bccd-wbc" in p][:20]
+    val = [(p, c) for p, c in json.loads(TYPE_SPLIT.read_text())["val"] if "bccd-wbc" in p]
     right = 0
     for p, c in val:
         probs = hemaseg.classify(hemaseg.read_image(DATA / Path(p).relative_to("../shared/data")))
         assert abs(sum(probs.values()) - 1) < 1e-4
         right += max(probs, key=probs.get) == c
-    assert right >= 14
+    assert len(val) == 56 and right >= 46

@@ -189,8 +189,10 @@ def test_wbcs_are_cropped_and_typed_by_the_bundled_classifier():
     img, _ = _photo(np.random.default_rng(0))
     rec = {"bounding_box": {"x1": 65, "x2": 106, "y1": 65, "y2": 106}}
     probs, crops, classes = type_wbcs(img, [rec, rec])
-    assert probs.shape == (2, 5) and np.allclose(probs.sum(1), 1, atol=1e-4)
-    assert set(classes) == {"neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil"}
+    # the bundled typer knows PBC's eight classes: the five WBC types, ig, erythroblast, platelet
+    assert probs.shape == (2, 8) and np.allclose(probs.sum(1), 1, atol=1e-4)
+    assert set(classes) == {"neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil", "ig", "erythroblast",
+                            "platelet"}
     assert crops[0].shape[:2] == (80, 80) or crops[0].shape[0] == crops[0].shape[1]
 
 

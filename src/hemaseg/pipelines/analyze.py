@@ -49,12 +49,19 @@ def analyze(image: np.ndarray, filename: str = "", cells_model="cells", type_mod
     records = [dict(r) for r in seg.objects]
     wbcs = [r for r in records if r["category"] == "wbc"]
     crops: list[np.ndarray] = []
-    types = WBC_TYPES + tuple(c for c in get_model(type_model, device)[1]["classes"] if c in EXTRA_TYPES)
+    # The five types, then the further ones a PBC-trained typer names; a "WBC" it calls a platelet
+    # is a platelet (counted as one), not a white cell.
+    types = WBC_TYPES + tuple(c for c in get_model(type_model, device)[1]["classes"]
+                              if c in EXTRA_TYPES and c not in CATEGORIES)
     if wbcs:
         probs, crops, classes = type_wbcs(image, wbcs, type_model, device)
         for r, p in zip(wbcs, probs):
             r["class_name"] = classes[int(p.argmax())]
             r["type_probs"] = {c: round(float(v), 4) for c, v in zip(classes, p)}
+            if r["class_name"] in CATEGORIES:
+                r["category"] = r["class_name"]
+        kept = [k for k, r in enumerate(wbcs) if r["category"] == "wbc"]
+        wbcs, crops = [wbcs[k] for k in kept], [crops[k] for k in kept]
     # Instance ids in mask order, so entry["masks"][k] is instances == k + 1.
     lut = np.zeros(int(seg.instances.max()) + 1, np.int32)
     for k, r in enumerate(records, 1):
