@@ -4,7 +4,7 @@ lab, fine-tuned (``hemaseg train wbc-type --init``) on k labelled crops per clas
 forgets, on the in-lab validation crops of the labs it was trained on.
 
     python benchmarks/wbc_type_fewshot.py [--data ../shared/data] [--runs runs/wbc-type-lolo] [--threads 2]
-                                          [--shots 0 5 10 25 50] [--epochs 8] [--only bccd wbc-seg pbc]
+                                          [--shots 0 5 10 25 50] [--epochs 8] [--only bccd wbc-seg pbc] [--replay]
 
 Needs the runs of benchmarks/wbc_type_lolo.py (``RUNS/without-<lab>``). Scored on the five WBC
 types (prediction = the most probable of the five). Prints a Markdown table and writes
@@ -55,6 +55,8 @@ def main() -> None:
     ap.add_argument("--shots", type=int, nargs="*", default=[0, 5, 10, 25, 50])
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--only", nargs="*", default=list(LABS))
+    ap.add_argument("--replay", action="store_true", help="the fine-tune also replays the two training labs' crops "
+                                                          "(half the draws), against forgetting")
     args = ap.parse_args()
 
     import torch
@@ -84,15 +86,17 @@ def main() -> None:
             if k == 0:
                 model_path, minutes = base, 0.0
             else:
-                folder = args.runs / f"fewshot-{lab}-{k}" / "crops-in"
+                tag = f"fewshot{'-replay' if args.replay else ''}-{lab}-{k}"
+                folder = args.runs / tag / "crops-in"
                 shutil.rmtree(folder, ignore_errors=True)
                 for i in sorted(shots):
                     p, c = items[i]
                     (folder / c).mkdir(parents=True, exist_ok=True)
                     (folder / c / f"{i}_{Path(p).name}").symlink_to(Path(p).resolve())
-                run = args.runs / f"fewshot-{lab}-{k}" / "run"
+                run = args.runs / tag / "run"
                 shutil.rmtree(run, ignore_errors=True)
-                cfg = ClassifyConfig(data=[str(folder)], init=str(base), epochs=args.epochs, lr=5e-4,
+                replay = [str(args.data / LABS[o]) for o in LABS if o != lab] if args.replay else []
+                cfg = ClassifyConfig(data=[str(folder)], init=str(base), epochs=args.epochs, lr=5e-4, replay=replay,
                                      samples_per_epoch=256, val_fraction=0.2, cache=str(cache), patience=args.epochs)
                 t0 = time.time()
                 fit_classifier(cfg, run, progress=False)
@@ -107,7 +111,8 @@ def main() -> None:
     for (lab, k), r in sorted(rows.items()):
         emit(f"| {lab} | {k} | {r['test']:.3f} (n={r['n_test']}) | {r['other_labs_val']:.3f} | {r['minutes']} |")
     (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "wbc_type_fewshot.md").write_text("\n".join(OUT) + "\n")
+    name = "wbc_type_fewshot_replay.md" if args.replay else "wbc_type_fewshot.md"
+    (HERE / "results" / name).write_text("\n".join(OUT) + "\n")
 
 
 if __name__ == "__main__":

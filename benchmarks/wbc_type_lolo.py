@@ -85,6 +85,7 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", default=["bccd", "wbc-seg", "pbc", "all"])
     ap.add_argument("--zoom-n", type=int, default=120)
     ap.add_argument("--no-extras", action="store_true", help="train without the ruler (size and nucleus share)")
+    ap.add_argument("--cache", type=Path, default=None, help="normalised crops (default RUNS/crops)")
     ap.add_argument("--table-only", action="store_true", help="no training: the tables from the runs' lolo.json")
     args = ap.parse_args()
 
@@ -97,7 +98,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
     torch.set_num_threads(args.threads)
-    cache = args.runs / "crops"  # shared by every run: each crop is normalised once
+    cache = args.cache or args.runs / "crops"  # shared by every run: each crop is normalised once
     results = {}
     for name in args.only:
         if args.table_only:
@@ -145,7 +146,8 @@ def main() -> None:
              f"5-class {v.get('accuracy_5', float('nan')):.3f}, ECE {v.get('ece_calibrated')} calibrated "
              f"(uncalibrated {v.get('ece')})")
     (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "wbc_type_lolo.md").write_text("\n".join(OUT) + "\n")
+    name = "wbc_type_lolo_noruler.md" if args.no_extras else "wbc_type_lolo.md"
+    (HERE / "results" / name).write_text("\n".join(OUT) + "\n")
 
 
 if __name__ == "__main__":

@@ -148,6 +148,14 @@ def test_trained_model_takes_the_ruler_and_is_calibrated(tmp_path):
     assert res.exit_code == 0, res.output
     tuned = json.loads((tmp_path / "ft" / "model.json").read_text())
     assert tuned["classes"] == card["classes"] and tuned["input_size"] == 48 and tuned["training"]["init"] == str(run)
+    # ... replaying the labs it learnt from, whose held-out crops then join the validation
+    res = runner.invoke(app, ["train", "wbc-type", "--init", str(run), "--data", str(mine), "--replay", str(data),
+                              "--out", str(tmp_path / "ft2"), "--epochs", "1", "--batch-size", "2",
+                              "--samples-per-epoch", "4", "--val-fraction", "0.5"])
+    assert res.exit_code == 0, res.output
+    split = json.loads((tmp_path / "ft2" / "split.json").read_text())
+    assert any("/a/" in p for p, _ in split["train"]) and any("/mine/" in p for p, _ in split["train"])
+    assert {c for _, c in split["val"]} == {"neutrophil", "lymphocyte"}
 
 
 def test_ruler_is_free_of_magnification():

@@ -29,7 +29,7 @@ class WbcTypeTask(Task):
     description = "WBC type of a single-cell crop"
     depends = DEPENDS
 
-    train_options = ("target_images", "backbone", "normalise_cells", "init")
+    train_options = ("target_images", "backbone", "normalise_cells", "init", "replay")
 
     def train_config(self, **options) -> ClassifyConfig:
         """A :class:`ClassifyConfig` from ``hemaseg train``'s options (None: the default; ``crop`` is

@@ -69,6 +69,10 @@ class ClassifyConfig:
     # start from this classifier's weights (bundled name, .safetensors or run folder): a lab adapts the
     # bundled typer with a few labelled crops of its own; its classes, backbone and ruler are kept
     init: str = ""
+    # labelled sets of the labs a fine-tune must not forget: trained on beside ``data`` (their own
+    # seeded split), drawn ``replay_share`` of the time; their held-out crops join validation
+    replay: list[str] = field(default_factory=list)
+    replay_share: float = 0.5
 
 
 def split_labelled(items: list[tuple[Path, str]], val_fraction: float, seed: int):
@@ -227,6 +231,15 @@ def scores(probs: np.ndarray, labels: np.ndarray, classes: list[str] | None = No
     return out
 
 
+def _under(path: Path, root: str) -> bool:
+    """``path`` lies in the folder ``root``."""
+    try:
+        Path(path).resolve().relative_to(Path(root).resolve())
+        return True
+    except ValueError:
+        return False
+
+
 def load_split(cfg: ClassifyConfig, run: Path) -> tuple[list, list]:
     """The run's split (written on first use): every labelled set split on its own, seeded and stratified."""
     path = run / "split.json"
@@ -234,7 +247,7 @@ def load_split(cfg: ClassifyConfig, run: Path) -> tuple[list, list]:
         d = json.loads(path.read_text())
         return [(Path(p), c) for p, c in d["train"]], [(Path(p), c) for p, c in d["val"]]
     train, val = [], []
-    for root in cfg.data:
+    for root in [*cfg.data, *cfg.replay]:
         items = find_labelled_cells(root)
         if not items:
             raise HemasegInputError(root, "no labelled cell images (ImageFolder tree or wbc-seg class CSV)")
@@ -307,6 +320,13 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
     # Class-balanced draws, but a class of a handful of crops (one basophil) is not drawn as
     # often as the others: it would be memorised, not learned.
     sample_w = 1.0 / np.maximum(counts[tr_lab], 0.1 * counts.max())
+    replayed = np.array([any(_under(p, r) for r in cfg.replay) for p, _ in train], bool)
+    if replayed.any() and (~replayed).any():
+        # The lab's own crops and the replayed labs' share the draws as asked, class-balanced within each.
+        for part, share in ((replayed, cfg.replay_share), (~replayed, 1.0 - cfg.replay_share)):
+            c = np.bincount(tr_lab[part], minlength=len(classes)).astype(float)
+            w = 1.0 / np.maximum(c[tr_lab[part]], 0.1 * c.max())
+            sample_w[part] = share * w / w.sum()
     card = {
         "name": f"wbc-type-{arch_kwargs['backbone']}",
         "task": "wbc-type",
