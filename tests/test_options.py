@@ -88,6 +88,8 @@ def test_cuda_without_a_gpu_is_a_usage_error(photos, tmp_path):
         pytest.skip("a GPU is present")
     _one_line_usage(runner.invoke(app, ["segment", str(photos), "--out", str(tmp_path / "o"), "--device", "cuda"]),
                     "--device")
+    for command in (["classify", "-d", str(photos), "-o", str(tmp_path / "p.csv")], ["explain", str(photos)]):
+        _one_line_usage(runner.invoke(app, command + ["--device", "cuda"]), "--device")
 
 
 def test_coco_rle_needs_coco(photos, tmp_path):

@@ -353,6 +353,7 @@ def train(
 
 
 @app.command()
+@_usage_errors
 def classify(
     mode: int = typer.Option(2, "-m", "--mode", help="1: MONONUCLEAR/POLYNUCLEAR; 2: four types (seed 004); 3: five; "
                                                      "4: PBC's eight classes (a model trained on PBC)"),
@@ -407,6 +408,7 @@ def classify(
 
 
 @app.command()
+@_usage_errors
 def explain(
     images: List[str] = typer.Argument(..., help="single-WBC crops: files, folders or globs"),
     out: Path = typer.Option(Path("hemaseg-explain"), help="output folder"),
