@@ -297,6 +297,8 @@ def train(
                                                      "in them; default: 1 for smear10, else 0 = in the training process)"),
     reuse: Optional[int] = typer.Option(None, help="smear10: each composed smear serves this many consecutive "
                                                    "epochs, re-augmented each time (faster epochs; default 4)"),
+    ruler: Optional[bool] = typer.Option(None, "--ruler/--no-ruler", help="wbc-type: give the classifier each "
+                                         "crop's size relative to its red cells and nucleus share (default: off)"),
     replay: Optional[List[str]] = typer.Option(None, help="wbc-type with --init: labelled crops of the labs the "
                                                        "fine-tune must not forget (drawn half the time)"),
     held_out: Optional[str] = typer.Option(None, help="smear10: split JSON whose 'val' crops stay out of training "
@@ -323,7 +325,7 @@ def train(
                           samples_per_epoch=samples_per_epoch, patience=patience, augment=augment,
                           val_fraction=val_fraction, seed=seed, target_images=target_images, backbone=backbone,
                           normalise_cells=normalise_cells, recipe=recipe, workers=workers, reuse=reuse,
-                          held_out=held_out, unboxed=unboxed, init=init, replay=replay)
+                          held_out=held_out, unboxed=unboxed, init=init, replay=replay, ruler=ruler)
             if out is not None and out.resolve() != resume.resolve():
                 raise HemasegUsageError("--out", "give --out RUN to start a run or --resume RUN to continue one, "
                                                  "not both")
@@ -337,7 +339,7 @@ def train(
                 data=[str(Path(d).resolve()) for d in data] if data else None, arch=arch, epochs=epochs,
                 batch_size=batch_size, lr=lr, crop=crop, samples_per_epoch=samples_per_epoch, patience=patience,
                 augment=augment, val_fraction=val_fraction, seed=seed, workers=workers, reuse=reuse, init=init,
-                replay=[str(Path(d).resolve()) for d in replay] if replay else None,
+                replay=[str(Path(d).resolve()) for d in replay] if replay else None, ruler=ruler,
                 held_out=str(Path(held_out).resolve()) if held_out else None, recipe=recipe, unboxed=unboxed,
                 target_images=str(Path(target_images).resolve()) if target_images else None, backbone=backbone,
                 normalise_cells=normalise_cells)

@@ -120,6 +120,7 @@ def test_train_wbc_type_with_dann_resume_and_explain(tmp_path):
         assert (run / name).exists(), name
     card = json.loads((run / "model.json").read_text())
     assert card["task"] == "wbc-type" and card["input_size"] == 48 and card["training"]["target_images"]
+    assert card["architecture"]["kwargs"]["extras"] == 0  # no ruler unless --ruler
     res = runner.invoke(app, ["train", "wbc-type", "--resume", str(run)])
     assert res.exit_code == 0, res.output
     out = tmp_path / "ex"
@@ -135,7 +136,7 @@ def test_trained_model_takes_the_ruler_and_is_calibrated(tmp_path):
     run = tmp_path / "run"
     res = runner.invoke(app, ["train", "wbc-type", "--data", str(data), "--out", str(run), "--backbone", TINY_BACKBONE,
                               "--epochs", "2", "--batch-size", "4", "--crop", "48", "--samples-per-epoch", "8",
-                              "--val-fraction", "0.25"])
+                              "--val-fraction", "0.25", "--ruler"])
     assert res.exit_code == 0, res.output
     card = json.loads((run / "model.json").read_text())
     assert card["classes"] == ["neutrophil", "lymphocyte"]  # the classes the data has, in the canonical order

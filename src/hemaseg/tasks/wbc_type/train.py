@@ -64,7 +64,9 @@ class ClassifyConfig:
     patience: int = 30
     samples_per_epoch: int = 1536  # class-balanced draws per epoch (small sets need many steps)
     cache: str | None = None  # folder for normalised crops (default RUN/crops)
-    extras: bool = True  # give the classifier the crop's ruler (size relative to red cells, nucleus share)
+    # give the classifier the crop's ruler (size relative to red cells, nucleus share): off by default, as
+    # it cost 0.19 on a lab never seen (BCCD left out: 0.463 with it, 0.654 without; docs/results.md)
+    extras: bool = False
     classes: list[str] | None = None  # None: the known classes present in the data (ALL_CLASSES order)
     # start from this classifier's weights (bundled name, .safetensors or run folder): a lab adapts the
     # bundled typer with a few labelled crops of its own; its classes, backbone and ruler are kept
