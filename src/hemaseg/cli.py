@@ -33,7 +33,7 @@ from hemaseg.tasks.cells.infer import is_detector
 from hemaseg.tasks.smear10.synth import PARTS, compose, image_seed, synth_config, write_smear
 from hemaseg.tasks.smear10.synth import wbc_crops as cut_wbcs
 from hemaseg.tasks.smear10.train import held_out_crops, load_bank
-from hemaseg.tasks.wbc_type.crops import cell_crop, crop_for, group_probs, prediction_rows
+from hemaseg.tasks.wbc_type.crops import cell_crop, crop_for, group_probs, prediction_rows, takes_ruler
 from hemaseg.tasks.wbc_type.explain import cam_overlay, features, grad_cam, gradcam_mask, tsne_plot
 from hemaseg.version import __version__
 
@@ -433,9 +433,9 @@ def explain(
     crops, labels = [], []
 
     def work(path):
-        cell = cell_crop(read_image(path), size)
+        cell = cell_crop(read_image(path), size, ruler=takes_ruler(card))
         crop = cell.image
-        cam, _ = grad_cam(module, card, crop, extras=cell.extras if getattr(module, "extras", 0) else None)
+        cam, _ = grad_cam(module, card, crop, extras=cell.extras if takes_ruler(card) else None)
         mask = gradcam_mask(cam)
         write_png(out / f"{path.stem}_gradcam.png", cam_overlay(crop, cam, mask))
         write_png(out / f"{path.stem}_gradcam_mask.png", (mask * 255).astype(np.uint8))

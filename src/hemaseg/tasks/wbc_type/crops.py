@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from hemaseg.classical import central_instance, red_cell_diameter
-from hemaseg.core.vocabulary import MONONUCLEAR, POLYNUCLEAR
+from hemaseg.core.vocabulary import EXTRA_TYPES, MONONUCLEAR, POLYNUCLEAR
 from hemaseg.data.transforms import normalize
 from hemaseg.engine.predict import get_model
 from hemaseg.tasks.wbc import segment_wbc
@@ -18,8 +18,7 @@ from hemaseg.tasks.wbc import segment_wbc
 # The classifier's classes: seed 004's CSV column order (NEUTRO, EOSINO, MONOC, LYMPHO), then basophil;
 # a model trained on PBC adds its three other classes after them (the first five keep their index).
 CLASSES = ("neutrophil", "eosinophil", "monocyte", "lymphocyte", "basophil")
-PBC_EXTRA = ("ig", "erythroblast", "platelet")
-ALL_CLASSES = CLASSES + PBC_EXTRA
+ALL_CLASSES = CLASSES + EXTRA_TYPES
 # ``classify -m 4``: PBC's eight classes in DESIGN.md's order.
 PBC_CLASSES = ("neutrophil", "eosinophil", "basophil", "lymphocyte", "monocyte", "ig", "erythroblast", "platelet")
 # The ruler: measurements of the cell that do not depend on magnification, given to the classifier
@@ -65,12 +64,15 @@ def _square(image: np.ndarray, cy: float, cx: float, side: float) -> tuple[np.nd
     return image[y0 + pad:y0 + pad + s, x0 + pad:x0 + pad + s], (x0, y0, x0 + s, y0 + s)
 
 
-def cell_crop(image: np.ndarray, size: int = 96, seg_model="wbc", fill: float = CELL_FILL) -> CellCrop:
+def cell_crop(image: np.ndarray, size: int = 96, seg_model="wbc", fill: float = CELL_FILL,
+              ruler: bool = True) -> CellCrop:
     """Centre an (H, W, 3) crop on its WBC and rescale so the cell spans ``fill`` of a ``size`` px square.
 
     The WBC is the segmented cell nearest the centre (largest first) from the bundled
     WBC model, so crops cut at other sizes and magnifications look alike to the
-    classifier. With no cell found, the central square of the input is used.
+    classifier. With no cell found, the central square of the input is used. ``ruler=False``
+    skips measuring the red cells (``rbc_diameter`` stays None): for a classifier that takes no
+    ruler (:func:`takes_ruler`) the measurement would be thrown away.
     """
     image = np.ascontiguousarray(image[..., :3])
     h, w = image.shape[:2]
@@ -84,11 +86,12 @@ def cell_crop(image: np.ndarray, size: int = 96, seg_model="wbc", fill: float = 
         diameter = float(max(2 * np.sqrt(sel.sum() / np.pi), 8.0))
         side = diameter / fill
         nucleus = float((seg.classes[sel] == 2).mean())
-        # Red cells are measured outside every WBC grown by a tenth of this one's diameter.
-        r = max(1, int(0.1 * diameter))
-        grown = cv2.dilate((seg.instances > 0).astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE,
-                                                                                          (2 * r + 1, 2 * r + 1)))
-        rbc_d = red_cell_diameter(image, grown > 0)
+        if ruler:
+            # Red cells are measured outside every WBC grown by a tenth of this one's diameter.
+            r = max(1, int(0.1 * diameter))
+            grown = cv2.dilate((seg.instances > 0).astype(np.uint8),
+                               cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)))
+            rbc_d = red_cell_diameter(image, grown > 0)
     else:
         cy, cx, side, diameter = h / 2, w / 2, float(min(h, w)), 0.0
         sel = np.zeros((h, w), bool)
@@ -98,6 +101,11 @@ def cell_crop(image: np.ndarray, size: int = 96, seg_model="wbc", fill: float = 
     out = cv2.resize(crop, (size, size), interpolation=interp)
     m = cv2.resize(mcrop[..., 0], (size, size), interpolation=cv2.INTER_NEAREST) > 0
     return CellCrop(out, m, bool(k), diameter, rbc_d, nucleus)
+
+
+def takes_ruler(card: dict) -> bool:
+    """The classifier of ``card`` takes the crops' rulers (:attr:`CellCrop.extras`) as input."""
+    return bool(card.get("architecture", {}).get("kwargs", {}).get("extras", 0))
 
 
 def to_tensor(images: list[np.ndarray], card: dict) -> torch.Tensor:
@@ -178,7 +186,7 @@ def classify(image: np.ndarray, model="wbc-type", device: str = "cpu", normalise
     _, card = get_model(model, device)
     size = int(card.get("input_size", 96))
     if normalise:
-        c = cell_crop(image, size)
+        c = cell_crop(image, size, ruler=takes_ruler(card))
         crop, extras = c.image, c.extras[None]
     else:
         crop, extras = cv2.resize(np.ascontiguousarray(image[..., :3]), (size, size)), None
@@ -216,7 +224,7 @@ def crop_for(image: np.ndarray, card: dict) -> CellCrop:
     resized for models trained without normalisation (then taken to hold a WBC)."""
     size = int(card.get("input_size", 96))
     if card.get("cell_normalised", True):
-        return cell_crop(image, size)
+        return cell_crop(image, size, ruler=takes_ruler(card))
     crop = cv2.resize(np.ascontiguousarray(image[..., :3]), (size, size), interpolation=cv2.INTER_AREA)
     return CellCrop(crop, np.zeros((size, size), bool), True, 0.0)
 
@@ -244,7 +252,8 @@ def type_wbcs(image: np.ndarray, records: list[dict], model="wbc-type", device: 
     """(probabilities (N, K), normalised crops, class names) for the WBC records of an image."""
     _, card = get_model(model, device)
     size = int(card.get("input_size", 96))
-    cells = [cell_crop(square_crop(image, r["bounding_box"], CROP_MARGIN), size) for r in records]
+    cells = [cell_crop(square_crop(image, r["bounding_box"], CROP_MARGIN), size, ruler=takes_ruler(card))
+             for r in records]
     crops = [c.image for c in cells]
     extras = np.stack([c.extras for c in cells]) if cells else None
     return predict_crops(crops, model, device, extras=extras), crops, list(card["classes"])
