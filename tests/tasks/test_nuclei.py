@@ -11,7 +11,8 @@ from hemaseg.cli import app
 from hemaseg.io.datasets import find_dsb, load_instances
 from hemaseg.io.rle import labels_to_rles, rle_decode, rle_encode, rles_to_labels
 from hemaseg.metrics import dsb_scores, instance_iou
-from hemaseg.tasks.nuclei import nuclei_instances, nuclei_targets
+from hemaseg.io.images import read_image
+from hemaseg.tasks.nuclei import modality, nuclei_instances, nuclei_targets
 
 runner = CliRunner()
 
@@ -213,14 +214,56 @@ def test_train_and_evaluate_nuclei(tmp_path):
                               "--crop", "32", "--batch-size", "4", "--samples-per-epoch", "4", "--val-fraction", "0.34"])
     assert res.exit_code == 0, res.output
     card = json.loads((run / "model.json").read_text())
-    assert card["task"] == "nuclei" and card["normalization"]["invert_bright"] is True
+    assert card["task"] == "nuclei" and card["normalization"]["invert_bright"] is False
     assert 6 < card["cell_diameter"] < 18 and len(card["diameter_range"]) == 2
-    assert "dsb" in json.loads((run / "state.json").read_text())["history"][0]
+    # the split is stratified by modality: 4 fluorescence (2 to validation), 2 brightfield (1)
+    assert card["training"]["strata"] == {"brightfield": 1, "fluorescence": 2}
+    split = json.loads((run / "split.json").read_text())
+    val_kinds = [modality(read_image(a)) for a, _ in split["val"]]
+    assert sorted(val_kinds) == ["brightfield", "fluorescence", "fluorescence"]
+    history = json.loads((run / "state.json").read_text())["history"][0]
+    assert {"dsb", "dsb_brightfield", "dsb_fluorescence", "ap50_brightfield", "dsb_modalities"} <= set(history)
+    assert history["metric"] == history["dsb_modalities"] == pytest.approx(
+        (history["dsb_brightfield"] + history["dsb_fluorescence"]) / 2)
     out_json = tmp_path / "ev.json"
     res = runner.invoke(app, ["evaluate", "nuclei", "--data", str(root), "--model", str(run), "--split",
                               str(run / "split.json"), "--json", str(out_json), "--grid", str(tmp_path / "g.png")])
     assert res.exit_code == 0, res.output
     ev = json.loads(out_json.read_text())
-    assert ev["n_images"] == 2 and set(ev["per_modality"]) <= {"fluorescence", "brightfield", "histology"}
+    assert ev["n_images"] == 3 and set(ev["per_modality"]) == {"fluorescence", "brightfield"}
+    assert ev["per_modality"]["brightfield"]["n_images"] == 1
     assert 0.0 <= ev["mean"]["dsb"] <= 1.0 and (tmp_path / "g.png").exists()
     assert "ALL" in res.output
+
+
+# --- the modality rule and balanced sampling ----------------------------------------------------
+
+def test_modality_rule_on_each_kind():
+    rng = np.random.default_rng(3)
+    fluo, _ = toy_nuclei(rng, 64)
+    bright, _ = toy_nuclei(rng, 64, brightfield=True)
+    he = bright.copy()
+    he[..., 1] = (he[..., 1] * 0.6).astype(np.uint8)  # pink-purple stain: the channels differ
+    assert [modality(x) for x in (fluo, bright, he)] == ["fluorescence", "brightfield", "histology"]
+    # a grey image whose channels differ by JPEG-like noise of 1-2 levels is still grey
+    noisy = np.clip(bright.astype(int) + rng.integers(-1, 2, bright.shape), 0, 255).astype(np.uint8)
+    assert modality(noisy) == "brightfield"
+
+
+def test_stratum_weights_draw_each_modality_its_share():
+    from hemaseg.engine.train import SegDataset, sampling_probs
+    from hemaseg.tasks.nuclei import NUCLEI
+
+    rng = np.random.default_rng(0)
+    items = [toy_nuclei(rng, 32, brightfield=i == 0) for i in range(10)]  # one brightfield in ten
+    strata = [NUCLEI.stratum(*item) for item in items]
+    probs = sampling_probs(strata, {"fluorescence": 0.5, "brightfield": 0.5})
+    seen = []
+    ds = SegDataset(items, lambda image, mask: {"image": image, "mask": mask}, 1, 99, 400, probs=probs, seed=0)
+    for i in range(400):
+        x, _ = ds[i]
+        seen.append(float(x.mean()) > 0.5)  # brightfield: a light image after normalisation
+    assert 0.4 < np.mean(seen) < 0.6  # half the draws, for 10 % of the images
+    ds.epoch = 1
+    again = [float(ds[i][0].mean()) > 0.5 for i in range(400)]
+    assert again != seen  # each epoch draws anew, from its own seed

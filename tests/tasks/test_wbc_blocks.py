@@ -55,7 +55,7 @@ def test_region_by_region_equals_whole_image():
     blocks = segment_wbc(image, model, cell_diameter=28.0, params=BLOCKS)
     assert whole.count == len(CENTRES) + 1
     assert blocks.count == whole.count
-    assert blocks.instances.dtype == np.int32 and blocks.classes.dtype == np.uint8
+    assert blocks.instances.dtype == np.uint16 and blocks.classes.dtype == np.uint8
     # The same cells, pixel for pixel, with the same classes and scores.
     np.testing.assert_array_equal(blocks.classes, whole.classes)
     got, want = masks(blocks), masks(whole)

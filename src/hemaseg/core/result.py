@@ -11,7 +11,9 @@ class Segmentation:
     """Result of :func:`hemaseg.segment` for one image (any task)."""
 
     classes: np.ndarray  # (H, W) uint8 class indices of the task
-    instances: np.ndarray  # (H, W) int32 instance labels 1..N (0 background)
+    # (H, W) int32 instance labels 1..N (0 background); uint16 for an image a task processes region
+    # by region (wbc: long side over WbcParams.block_size) while N <= 65,535: half the memory.
+    instances: np.ndarray
     # (K, H, W) float32 class probabilities; for an image a task processes region by region (wbc:
     # long side over WbcParams.block_size) a summary downsampled to (K, h, w), h, w <= 1024.
     probs: np.ndarray

@@ -6,10 +6,30 @@ not the image. Task-free: a task supplies the per-block work (see ``tasks/wbc.py
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
+
+_LIBC = ctypes.util.find_library("c")
+
+
+def release_free_memory() -> bool:
+    """Give the memory freed by the last block back to the operating system (glibc's
+    ``malloc_trim``), so the next block's arrays do not stack on top of it: without it the
+    heap a large image leaves behind between blocks raises the peak by ~100 MB. Returns
+    whether it could (False where the C library has no ``malloc_trim``, e.g. macOS).
+
+    >>> isinstance(release_free_memory(), bool)
+    True
+    """
+    try:
+        ctypes.CDLL(_LIBC).malloc_trim(0)
+        return True
+    except (OSError, AttributeError, TypeError):
+        return False
 
 
 @dataclass(frozen=True)

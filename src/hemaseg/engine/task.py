@@ -169,6 +169,11 @@ class Task:
         """Network target of an (augmented) loaded mask: the mask itself by default."""
         return mask
 
+    def stratum(self, image: np.ndarray, mask: np.ndarray) -> str:
+        """Name of the group a loaded sample belongs to (e.g. its imaging modality): the split keeps
+        every group in validation and ``stratum_weights`` balances them in training. One group by default."""
+        return ""
+
     # ---- training -------------------------------------------------------------------------
 
     def train_data(self, cfg, run: Path, state: dict) -> tuple:

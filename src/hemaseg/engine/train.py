@@ -78,6 +78,9 @@ class TrainConfig:
     # start from this model's weights (a bundled name, a .safetensors file or a run folder) instead of
     # random ones: fine-tuning on a lab's own images; arch/arch_kwargs must be the model's (init_arch)
     init: str = ""
+    # sampling weight of each stratum (the task's ``stratum`` hook, e.g. the nuclei's imaging modality)
+    # in a training epoch; empty: every training image equally often. Strata also stratify the split.
+    stratum_weights: dict = field(default_factory=dict)
 
 
 def init_arch(model: str, task: str) -> tuple[str, dict]:
@@ -104,13 +107,44 @@ def versions() -> dict[str, str]:
             "albumentations": albumentations.__version__, "python": platform.python_version()}
 
 
-def split_pairs(pairs: list[Pair], val_fraction: float, seed: int) -> tuple[list[Pair], list[Pair]]:
-    """Seeded random split into (train, val)."""
-    order = np.random.default_rng(seed).permutation(len(pairs))
-    n_val = max(1, int(round(len(pairs) * val_fraction))) if len(pairs) > 1 else 0
-    val = sorted((pairs[i] for i in order[:n_val]), key=lambda p: str(p.image))
-    train = sorted((pairs[i] for i in order[n_val:]), key=lambda p: str(p.image))
-    return train, val
+def split_pairs(pairs: list[Pair], val_fraction: float, seed: int, strata: list[str] | None = None
+                ) -> tuple[list[Pair], list[Pair]]:
+    """Seeded random split into (train, val); with ``strata`` (one name per pair) each stratum is
+    split on its own, and every stratum of four or more pairs gives validation at least two.
+
+    >>> pairs = [Pair(Path(f"{i}.png"), Path(f"{i}.tif")) for i in range(40)]
+    >>> train, val = split_pairs(pairs, 0.1, 0, ["rare" if i < 5 else "common" for i in range(40)])
+    >>> len(val), sum(int(p.image.stem) < 5 for p in val)
+    (6, 2)
+    """
+    strata = strata or [""] * len(pairs)
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for name in sorted(set(strata)):
+        members = [p for p, s in zip(pairs, strata) if s == name]
+        order = rng.permutation(len(members))
+        n_val = max(1, int(round(len(members) * val_fraction))) if len(members) > 1 else 0
+        if len(set(strata)) > 1 and len(members) >= 4:
+            n_val = max(n_val, 2)
+        val += [members[i] for i in order[:n_val]]
+        train += [members[i] for i in order[n_val:]]
+    return sorted(train, key=lambda p: str(p.image)), sorted(val, key=lambda p: str(p.image))
+
+
+def sampling_probs(strata: list[str], weights: dict[str, float]) -> np.ndarray | None:
+    """Per-item sampling probabilities that give each stratum its share of ``weights`` (strata
+    missing from ``weights`` get none; None without weights: every item equally).
+
+    >>> sampling_probs(["a", "a", "a", "b"], {"a": 0.5, "b": 0.5}).round(3).tolist()
+    [0.167, 0.167, 0.167, 0.5]
+    """
+    if not weights:
+        return None
+    counts = {s: strata.count(s) for s in set(strata)}
+    p = np.array([weights.get(s, 0.0) / counts[s] for s in strata], float)
+    if p.sum() <= 0:
+        raise HemasegInputError("stratum_weights", f"gives no weight to the training data's strata {sorted(counts)}")
+    return p / p.sum()
 
 
 def read_split(path: Path, data: list[str] | None = None) -> tuple[list[Pair], list[Pair]]:
@@ -158,15 +192,21 @@ class SegDataset(torch.utils.data.Dataset):
     """Images and class masks held in memory, augmented and normalised on access."""
 
     def __init__(self, items: list[tuple[np.ndarray, np.ndarray]], transform, low: float, high: float,
-                 length: int = 0, target=None, invert_bright: bool = False, weights=None) -> None:
+                 length: int = 0, target=None, invert_bright: bool = False, weights=None,
+                 probs: np.ndarray | None = None, seed: int = 0) -> None:
         self.items, self.transform, self.low, self.high = items, transform, low, high
         self.length = length or len(items)
         self.target, self.invert_bright, self.weights = target, invert_bright, weights
+        # probs: each item's chance per draw (balanced strata); draw i of an epoch is seeded by
+        # (seed, epoch, i), so a resumed run draws the same items.
+        self.probs, self.seed, self.epoch = probs, seed, 0
 
     def __len__(self) -> int:
         return self.length
 
     def __getitem__(self, i: int):
+        if self.probs is not None:
+            i = int(np.random.default_rng((self.seed, self.epoch, i)).choice(len(self.items), p=self.probs))
         image, mask = self.items[i % len(self.items)]
         out = self.transform(image=image, mask=mask)
         prange = percentile_range(out["image"], self.low, self.high)
@@ -186,14 +226,18 @@ def pair_data(task, cfg: TrainConfig, run: Path, state: dict) -> tuple:
     split_path = run / "split.json"
     if split_path.exists():
         train_pairs, val_pairs = read_split(split_path, cfg.data)
+        train_items = [task.load_sample(p) for p in track(train_pairs, "read training data", leave=False)]
+        val_items = [task.load_sample(p) for p in val_pairs]
     else:
         pairs = [p for d in cfg.data for p in task.find_samples(d)]
         if not pairs:
             raise HemasegInputError(", ".join(cfg.data), "no image/mask pairs found")
-        train_pairs, val_pairs = split_pairs(pairs, cfg.val_fraction, cfg.seed)
+        loaded = dict(zip(pairs, (task.load_sample(p) for p in track(pairs, "read training data", leave=False))))
+        strata = [task.stratum(*loaded[p]) for p in pairs]
+        train_pairs, val_pairs = split_pairs(pairs, cfg.val_fraction, cfg.seed, strata)
         write_split(split_path, train_pairs, val_pairs, cfg.seed)
-    train_items = [task.load_sample(p) for p in track(train_pairs, "read training data", leave=False)]
-    val_items = [task.load_sample(p) for p in val_pairs]
+        train_items, val_items = [loaded[p] for p in train_pairs], [loaded[p] for p in val_pairs]
+    train_strata = [task.stratum(*item) for item in train_items]
     diams = object_diameters([m for _, m in train_items])
     diameter = state.get("cell_diameter") or (float(np.median(diams)) if len(diams) else 0.0)
     state["cell_diameter"] = diameter
@@ -203,12 +247,14 @@ def pair_data(task, cfg: TrainConfig, run: Path, state: dict) -> tuple:
     weights = partial(contact_weights, weight=cfg.contact_weight) if cfg.contact_weight > 0 else None
     dataset = SegDataset(train_items, transform, cfg.norm_low, cfg.norm_high, cfg.samples_per_epoch,
                          target=task.target, invert_bright=cfg.invert_bright,
-                         weights=weights)
+                         weights=weights, probs=sampling_probs(train_strata, cfg.stratum_weights), seed=cfg.seed)
+    counts = {s: train_strata.count(s) for s in sorted(set(train_strata))}
     card = {
         "cell_diameter": diameter,
         "diameter_range": diameter_range,
         "training": {"data": cfg.data, "n_train": len(train_items), "n_val": len(val_items), "seed": cfg.seed,
-                     "augment": cfg.augment, "scale_range": [cfg.scale_min, cfg.scale_max], "split": str(split_path)},
+                     "augment": cfg.augment, "scale_range": [cfg.scale_min, cfg.scale_max], "split": str(split_path),
+                     **({"strata": counts, "stratum_weights": cfg.stratum_weights} if len(counts) > 1 else {})},
     }
     return dataset, val_items, card
 

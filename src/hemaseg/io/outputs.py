@@ -86,9 +86,10 @@ def write_segmentation(out: Path, stem: str, source: Path, image: np.ndarray, se
                        labels: dict[str, np.ndarray], task_name: str, model_name: str,
                        colors: dict[int, tuple[int, int, int]] | None = None) -> list[Path]:
     """Write ``<stem><suffix>.png`` for each of ``labels`` ({suffix: array}), ``<stem>.json``, and
-    ``<stem>_overlay.png`` when ``colors`` (class index -> RGB) are given, into ``out``."""
+    ``<stem>_overlay.png`` when ``colors`` (class index -> RGB) are given, into ``out``.
+    ``labels`` is emptied as its arrays are written, so a large image's label maps are freed early."""
     h, w = seg.classes.shape
-    files = [write_png(out / f"{stem}{suffix}.png", array) for suffix, array in labels.items()]
+    files = [write_png(out / f"{stem}{suffix}.png", labels.pop(suffix)) for suffix in list(labels)]
     files.append(write_json(out / f"{stem}.json", {
         "filename": str(source),
         "height": h,

@@ -90,9 +90,10 @@ def write_png(path: str | Path, array: np.ndarray) -> Path:
 
 
 def write_json(path: str | Path, obj: Any) -> Path:
-    """Write JSON (indented, UTF-8), atomically."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, default=_jsonable) + "\n", encoding="utf-8")
+    """Write JSON (indented, UTF-8), atomically; streamed, so a large result is never one string in memory."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, default=_jsonable)
+        f.write("\n")
     return Path(path)
 
 

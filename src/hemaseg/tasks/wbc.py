@@ -21,7 +21,7 @@ from hemaseg.classical import WBC_METHODS, segment_classical
 from hemaseg.core.labels import measure_diameter, relabel, split_instances, wbc_objects
 from hemaseg.core.resize import clamp_factor, rescale, resize_argmax
 from hemaseg.core.result import Segmentation
-from hemaseg.engine.blocks import Block, centred_in_core, image_blocks
+from hemaseg.engine.blocks import Block, centred_in_core, image_blocks, release_free_memory
 from hemaseg.engine.evaluate import plain_table
 from hemaseg.engine.predict import card_range, get_model, predict_probs, predict_scaled
 from hemaseg.engine.task import Task
@@ -137,7 +137,7 @@ def keep_nucleated(classes: np.ndarray, instances: np.ndarray, min_fraction: flo
     if n == 0:
         return classes, instances
     area = np.bincount(instances.ravel(), minlength=n + 1)
-    nuc = np.bincount(instances.ravel(), weights=(classes == 2).ravel(), minlength=n + 1)
+    nuc = np.bincount(instances[classes == 2], minlength=n + 1)
     new_instances = relabel(instances, (nuc >= min_fraction * area) & (nuc >= max(min_area, 1)))
     new_classes = np.where(new_instances > 0, classes, 0).astype(np.uint8)
     return new_classes, new_instances
@@ -290,6 +290,7 @@ def _segment_blocks(module: torch.nn.Module, card: dict, image: np.ndarray, pran
     the WBCs whose centroid lies in its core pasted into the full-size uint8 / int32 outputs
     (a cell already pasted by a neighbouring block is not pasted twice). Object scores (mean
     foreground probability) are taken per block; ``probs`` is a :data:`PROBS_SUMMARY_SIZE` summary.
+    ``instances`` are uint16 while the WBCs number at most 65,535 (int32 beyond).
     """
     h, w = image.shape[:2]
     trained = float(card.get("cell_diameter") or 0)
@@ -304,13 +305,15 @@ def _segment_blocks(module: torch.nn.Module, card: dict, image: np.ndarray, pran
     margin = int(np.ceil(p.block_margin * diameter))
     core = max(p.block_size - 2 * margin, p.block_size // 4, 1)
     classes = np.zeros((h, w), np.uint8)  # zero pages cost no memory until written
-    instances = np.zeros((h, w), np.int32)
+    # uint16 labels while they fit (half the memory of int32 on a large image), int32 beyond.
+    instances = np.zeros((h, w), np.uint16)
     s = min(1.0, PROBS_SUMMARY_SIZE / max(h, w))
     sh, sw = max(1, round(h * s)), max(1, round(w * s))
     summary: np.ndarray | None = None
     scores: dict[int, float] = {}
     nxt = 1
     for block in image_blocks((h, w), core, margin):
+        release_free_memory()
         oy, ox = block.offset
         region = block.outer_slices
         crop = image[region]
@@ -325,6 +328,7 @@ def _segment_blocks(module: torch.nn.Module, card: dict, image: np.ndarray, pran
         if len(keep) == 0:
             continue
         boxes = ndi.find_objects(inst_b)
+        instances = _room_for(instances, nxt + len(keep))
         out_c, out_i = classes[region], instances[region]
         for label in keep:
             sl = boxes[label - 1]
@@ -339,11 +343,22 @@ def _segment_blocks(module: torch.nn.Module, card: dict, image: np.ndarray, pran
             out_c[sl][free] = cls_b[sl][free]
             scores[nxt] = float(1.0 - background[sl][free].mean())
             nxt += 1
+    release_free_memory()
     objects = wbc_objects(classes, instances)
     for o in objects:
         o["score"] = round(scores[o["id"]], 4)
     assert summary is not None
     return Segmentation(classes, instances, summary, diameter, factor, objects)
+
+
+def _room_for(instances: np.ndarray, last: int) -> np.ndarray:
+    """``instances``, widened to int32 if its dtype cannot hold label ``last``.
+
+    >>> a = np.zeros((2, 2), np.uint16)
+    >>> _room_for(a, 65535) is a, _room_for(a, 65536).dtype
+    (True, dtype('int32'))
+    """
+    return instances if last <= np.iinfo(instances.dtype).max else instances.astype(np.int32)
 
 
 def _paste_summary(summary: np.ndarray, small_probs: np.ndarray, block: Block, s: float) -> None:
