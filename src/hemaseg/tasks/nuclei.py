@@ -304,7 +304,8 @@ class NucleiTask(Task):
             lines.append(f"{Path(r['image']).stem[:24]:<24} {r['modality']:<13} {r['dsb']:6.3f} {r['ap50']:6.3f} "
                          f"{r['ap75']:6.3f} {r['n_pred']:5d} {r['n_true']:5d}")
         lines += ["", f"{'subset':<24} {'images':>6} {'DSB':>6} {'AP50':>6} {'AP75':>6} {'s/img':>6}"]
-        for name, m in [*res["per_modality"].items(), ("ALL", {**res["mean"], "n_images": res["n_images"]})]:
+        worst_first = sorted(res["per_modality"].items(), key=lambda kv: kv[1]["dsb"])
+        for name, m in [*worst_first, ("ALL", {**res["mean"], "n_images": res["n_images"]})]:
             lines.append(f"{name:<24} {m['n_images']:6d} {m['dsb']:6.3f} {m['ap50']:6.3f} {m['ap75']:6.3f} "
                          f"{m['seconds']:6.2f}")
         return lines

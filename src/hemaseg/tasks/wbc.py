@@ -15,15 +15,15 @@ import numpy as np
 import torch
 from scipy import ndimage as ndi
 from skimage.measure import regionprops
-from skimage.morphology import remove_small_holes, remove_small_objects
 
 from hemaseg.classical import WBC_METHODS, segment_classical
-from hemaseg.core.labels import measure_diameter, relabel, split_instances, wbc_objects
-from hemaseg.core.resize import clamp_factor, rescale, resize_argmax
+from hemaseg.core.content import featureless
+from hemaseg.core.labels import measure_diameter, relabel, remove_small, split_instances, wbc_objects
+from hemaseg.core.resize import clamp_factor, rescale, resize_argmax, resize_probs
 from hemaseg.core.result import Segmentation
 from hemaseg.engine.blocks import Block, centred_in_core, image_blocks, release_free_memory
 from hemaseg.engine.evaluate import plain_table
-from hemaseg.engine.predict import card_range, get_model, predict_probs, predict_scaled
+from hemaseg.engine.predict import card_range, get_model, predict_scaled
 from hemaseg.engine.task import Task
 from hemaseg.engine.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
 from hemaseg.io.datasets import Pair, load_pair
@@ -94,11 +94,11 @@ def clean_wbc_classes(classes: np.ndarray, min_area: int) -> np.ndarray:
     (1, 0)
     """
     cell = classes > 0
-    cell = remove_small_objects(cell, max_size=max(min_area - 1, 0))
-    cell = remove_small_holes(cell, max_size=max(min_area - 1, 0))
+    cell = remove_small(cell, max(min_area - 1, 0))
+    cell = remove_small(cell, max(min_area - 1, 0), holes=True)
     out = np.where(cell, np.maximum(classes, 1), 0).astype(np.uint8)
     # Specks of cytoplasm enclosed by nucleus are texture (granules), not anatomy.
-    nucleus = remove_small_holes(out == 2, max_size=max(min_area // 10, 0))
+    nucleus = remove_small(out == 2, max(min_area // 10, 0), holes=True)
     out[nucleus & cell] = 2
     return out
 
@@ -172,7 +172,7 @@ def _min_area(diameter: float, p: WbcParams = DEFAULTS) -> int:
 def wbc_instances(probs: np.ndarray, diameter: float, p: WbcParams = DEFAULTS) -> tuple[np.ndarray, np.ndarray]:
     """Post-process (3, H, W) probabilities into ((H, W) uint8 classes, (H, W) int32 instances) of
     nucleated cells of about ``diameter`` px."""
-    return postprocess_classes(probs.argmax(0).astype(np.uint8), diameter, p)
+    return postprocess_classes(resize_argmax(probs, probs.shape[1:])[0], diameter, p)  # argmax, as uint8 directly
 
 
 def postprocess_classes(classes: np.ndarray, diameter: float, p: WbcParams = DEFAULTS) -> tuple[np.ndarray, np.ndarray]:
@@ -188,12 +188,13 @@ def postprocess_classes(classes: np.ndarray, diameter: float, p: WbcParams = DEF
 
 def _measure_at(module: torch.nn.Module, card: dict, image: np.ndarray, prange: np.ndarray,
                 factor: float, tile: int, overlap: int, p: WbcParams = DEFAULTS) -> tuple[float | None, np.ndarray]:
-    """Run the model at ``factor``; return (diameter px in the input of the nucleated cells, probs)."""
+    """Run the model at ``factor``; return (diameter px in the input of the nucleated cells, probs at
+    the model's scale, for the caller to reuse). Cells are found at the input's scale (at the
+    model's, a pass at a wrong scale measures them less consistently)."""
     trained = float(card.get("cell_diameter") or 0)
-    probs = predict_probs(module, card, image, factor, tile, overlap, prange)
-    _, instances = wbc_instances(probs, trained / factor, p)
-    d = measure_diameter(instances, min_area=_min_area(trained / factor, p))
-    return d, probs
+    small = predict_scaled(module, card, image, factor, tile, overlap, prange)
+    _, instances = wbc_instances(resize_probs(small, image.shape[:2]), trained / factor, p)
+    return measure_diameter(instances, min_area=_min_area(trained / factor, p)), small
 
 
 def _estimate_scale(module: torch.nn.Module, card: dict, image: np.ndarray, prange: np.ndarray,
@@ -204,11 +205,11 @@ def _estimate_scale(module: torch.nn.Module, card: dict, image: np.ndarray, pran
     A first pass at half scale (then native, then double, until cells are found) measures
     the nucleated cells; passes at the implied scale refine that, as Cellpose refines its
     size estimate from a segmentation. Returns (diameter px or None, probabilities of the
-    last pass, its factor).
+    last pass at the model's scale, its factor).
     """
     trained = float(card.get("cell_diameter") or 0)
     if trained <= 0:
-        return None, predict_probs(module, card, image, 1.0, tile, overlap, prange), 1.0
+        return None, predict_scaled(module, card, image, 1.0, tile, overlap, prange), 1.0
     # Very large images: keep the first passes under ~2048 px on the long side.
     shrink = min(1.0, ESTIMATE_SIZE / max(image.shape[:2]))
     diameter, probs, factor = None, None, 1.0
@@ -219,7 +220,7 @@ def _estimate_scale(module: torch.nn.Module, card: dict, image: np.ndarray, pran
             break
     if diameter is None:
         factor = 1.0
-        return None, predict_probs(module, card, image, factor, tile, overlap, prange), factor
+        return None, predict_scaled(module, card, image, factor, tile, overlap, prange), factor
     for _ in range(3):
         new = scale_factor(card, diameter, p.scale_deadband)
         if abs(np.log(new / factor)) < np.log(p.scale_deadband):
@@ -265,15 +266,26 @@ def segment_wbc(image: np.ndarray, model="wbc", cell_diameter: float | None = No
     ``classes`` of the result: 0 background, 1 cytoplasm, 2 nucleus; ``instances`` 1..N.
     """
     module, card = get_model(model, device)
+    if featureless(image):
+        return WBC.empty(image, card, cell_diameter)
+    return _segment_wbc(image, module, card, cell_diameter, tile, overlap, params)
+
+
+def _segment_wbc(image: np.ndarray, module: torch.nn.Module, card: dict, cell_diameter: float | None, tile: int,
+                 overlap: int, params: WbcParams | None) -> Segmentation:
+    """:func:`segment_wbc` of an image known to hold something (:meth:`Task.predict` checked)."""
     p = params or WBC.params(card)
     prange = card_range(card, image)
     if max(image.shape[:2]) > p.block_size:
         return _segment_blocks(module, card, image, prange, cell_diameter, tile, overlap, p)
     if cell_diameter is None:
-        cell_diameter, probs, factor = _estimate_scale(module, card, image, prange, tile, overlap, p)
+        # The last measuring pass is the final one: its probabilities are reused.
+        cell_diameter, small, factor = _estimate_scale(module, card, image, prange, tile, overlap, p)
     else:
         factor = scale_factor(card, cell_diameter, p.scale_deadband)
-        probs = predict_probs(module, card, image, factor, tile, overlap, prange)
+        small = predict_scaled(module, card, image, factor, tile, overlap, prange)
+    probs = resize_probs(small, image.shape[:2])
+    del small
     diameter = float(cell_diameter or (float(card.get("cell_diameter") or p.fallback_diameter) / factor))
     classes, instances = wbc_instances(probs, diameter, p)
     objects = wbc_objects(classes, instances, probs)
@@ -393,7 +405,8 @@ class WbcTask(Task):
 
     def segment(self, image, model, cell_diameter=None, device="cpu", tile=DEFAULT_TILE, overlap=DEFAULT_OVERLAP,
                 tta=None, params=None) -> Segmentation:
-        return segment_wbc(image, model, cell_diameter, device, tile, overlap, params)
+        module, card = get_model(model, device)  # Task.predict has checked the image's content
+        return _segment_wbc(image, module, card, cell_diameter, tile, overlap, params)
 
     def segment_classical(self, image: np.ndarray, method: str) -> Segmentation:
         return segment_classical(image, "wbc", method)
