@@ -20,12 +20,12 @@ from hemaseg.errors import HemasegError, HemasegUsageError
 from hemaseg.io.annotations import write_coco, write_cvat, write_results
 from hemaseg.io.convert import CONVERTERS
 from hemaseg.io.convert import convert as run_convert
-from hemaseg.io.images import IMAGE_SUFFIXES, list_images, read_image
+from hemaseg.io.images import IMAGE_SUFFIXES, list_images, pixel_size_um, read_image
 from hemaseg.io.outputs import output_stems, write_segmentation
 from hemaseg.io.writers import check_output, write_json, write_png, write_text
 from hemaseg.models.registry import WEIGHTS_DIR, card_figures, list_models
+from hemaseg.pipelines.analyze import MIN_CONFIDENCE, draw_overlay
 from hemaseg.pipelines.analyze import analyze as run_analyze
-from hemaseg.pipelines.analyze import draw_overlay
 from hemaseg.pipelines.report import counts_csv, write_report
 from hemaseg.progress import track
 from hemaseg.tasks import get_task, list_tasks
@@ -131,13 +131,25 @@ def analyze(
     tile: Optional[int] = typer.Option(None, help=f"largest tile for big images (px at model scale; default "
                                                  f"{DEFAULT_TILE}); the U-Net cells model only: a Mask R-CNN "
                                                  "model reads each image whole"),
+    sample_id: Optional[str] = typer.Option(None, "--sample-id", help="the sample (slide, patient specimen) the "
+                                                                      "photos are of: in the report and results.json"),
+    min_confidence: float = typer.Option(MIN_CONFIDENCE, "--min-confidence",
+                                         help="a WBC whose most probable type has a calibrated probability under "
+                                              "this is left untyped, listed for review, and kept out of the "
+                                              "differential"),
+    pixel_size: Optional[float] = typer.Option(None, "--pixel-size", help="µm per px of the photos, for the "
+                                                                          "report; default: from the files' "
+                                                                          "resolution tags when they give one"),
 ) -> None:
     """Whole smear: every RBC, WBC and platelet outlined, WBCs typed, counts and differential.
 
-    Writes OUT/results.json (seed-003 schema), OUT/counts.csv, OUT/<stem>_overlay.png, OUT/report.html.
+    Writes OUT/results.json (seed-003 schema), OUT/counts.csv (one row per photo, then all photos
+    pooled; the differential with its 95 % intervals), OUT/<stem>_overlay.png, OUT/report.html.
     """
     _setup_logging(False)
-    check_numbers(cell_diameter=cell_diameter, tile=tile)
+    check_numbers(cell_diameter=cell_diameter, tile=tile, min_confidence=min_confidence, pixel_size=pixel_size)
+    if sample_id is not None and not sample_id.strip():
+        raise HemasegUsageError("--sample-id", "empty; give the sample's identifier, or leave the option out")
     if not coco:
         refuse_unused("applies to the --coco file only: give --coco FILE", coco_rle=coco_rle)
     check_output(out, "--out", folder=True)
@@ -169,7 +181,8 @@ def analyze(
 
     def work(path):
         image = read_image(path)
-        a = run_analyze(image, str(path), model, type_model, cell_diameter, dev, tile)
+        a = run_analyze(image, str(path), model, type_model, cell_diameter, dev, tile, min_confidence=min_confidence,
+                        sample_id=sample_id, pixel_size=pixel_size if pixel_size is not None else pixel_size_um(path))
         ov = draw_overlay(image, a)
         write_png(out / f"{stems[path]}_overlay.png", ov)
         analyses.append(a)
@@ -583,12 +596,14 @@ def synth(
 @_usage_errors
 def convert(
     inp: Path = typer.Argument(..., metavar="IN", help="input folder or file"),
-    out: Path = typer.Argument(..., metavar="OUT", help="output folder (labels, dsb) or file (rle, cvat, coco)"),
-    src: str = typer.Option(..., "--from", help="dsb, labels, rle, cvat, coco, voc or results"),
-    dst: str = typer.Option(..., "--to", help="labels, rle, dsb, cvat, coco or coco-rle"),
+    out: Path = typer.Argument(..., metavar="OUT", help="output folder (labels, dsb, yolo) or file (rle, cvat, coco)"),
+    src: str = typer.Option(..., "--from", help="dsb, labels, rle, cvat, coco, voc, yolo or results"),
+    dst: str = typer.Option(..., "--to", help="labels, rle, dsb, cvat, coco, coco-rle or yolo"),
 ) -> None:
     """Convert annotations between formats: DSB folders, uint16 label PNGs, Kaggle RLE CSV, CVAT for
-    images 1.1 XML, COCO JSON (polygons or RLE), Pascal VOC XML, seed-003 results JSON."""
+    images 1.1 XML, COCO JSON (polygons or RLE), Pascal VOC XML, YOLO (a folder: images with a
+    `class cx cy w h` .txt each, classes in data.yaml or classes.txt; written: OUT/<stem>.txt and
+    OUT/classes.txt, images not copied), seed-003 results JSON."""
     if (src, dst) not in CONVERTERS:
         known = ", ".join(f"{a}->{b}" for a, b in sorted(CONVERTERS))
         raise typer.BadParameter(f"no conversion {src}->{dst}; known: {known}", param_hint="--from/--to")

@@ -1,4 +1,5 @@
-"""Segmentation metrics: Dice and IoU on binary masks (NumPy)."""
+"""Metrics: Dice and IoU on binary masks, instance and detection scores (NumPy), and the exact
+binomial confidence interval of a proportion (a differential count)."""
 from __future__ import annotations
 
 import numpy as np
@@ -201,3 +202,56 @@ def detection_ap(preds: list[tuple[str, float, tuple]], truths: dict[str, list[t
         mpre[i] = max(mpre[i], mpre[i + 1])
     idx = np.nonzero(mrec[1:] != mrec[:-1])[0]
     return float(np.sum((mrec[idx + 1] - mrec[idx]) * mpre[idx + 1]))
+
+
+def binomial_ci(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Exact (Clopper-Pearson) confidence interval of the proportion ``k / n``: (low, high) in [0, 1].
+
+    This is the interval Rümke's table gives for a differential count: ``k`` cells of one type
+    among ``n`` cells counted. It is the Beta-quantile form of the binomial test's inversion, so
+    it never goes below 0 or above 1 and keeps at least ``confidence`` coverage for every true
+    proportion (it is conservative). With no cell counted (``n == 0``) nothing is known: (0, 1).
+
+    Parameters
+    ----------
+    k : int
+        Cells of the type, ``0 <= k <= n``.
+    n : int
+        Cells counted.
+    confidence : float
+        Two-sided confidence level, in (0, 1).
+
+    Returns
+    -------
+    tuple of float
+        The lower and upper bound of the proportion.
+
+    Examples
+    --------
+    50 neutrophils in a 100-cell differential: 50 %, 95 % interval 39.8 % to 60.2 % (Rümke: 40-60).
+
+    >>> lo, hi = binomial_ci(50, 100)
+    >>> round(100 * lo, 1), round(100 * hi, 1)
+    (39.8, 60.2)
+
+    No basophil among 100 cells still allows up to 3.6 % (the "rule of three" gives about 3 %):
+
+    >>> lo, hi = binomial_ci(0, 100)
+    >>> lo, round(100 * hi, 2)
+    (0.0, 3.62)
+    >>> binomial_ci(1, 1)[1], binomial_ci(0, 0)
+    (1.0, (0.0, 1.0))
+    """
+    if not (isinstance(k, (int, np.integer)) and isinstance(n, (int, np.integer)) and 0 <= k <= n):
+        raise ValueError(f"binomial_ci needs integers 0 <= k <= n, got k={k!r}, n={n!r}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence!r}")
+    if n == 0:
+        return 0.0, 1.0
+    # scipy.stats takes ~0.3 s to import; only the report needs it, so not at module import.
+    from scipy.stats import beta
+
+    alpha = 1.0 - confidence
+    lo = 0.0 if k == 0 else float(beta.ppf(alpha / 2, k, n - k + 1))
+    hi = 1.0 if k == n else float(beta.ppf(1 - alpha / 2, k + 1, n - k))
+    return lo, hi

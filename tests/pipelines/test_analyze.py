@@ -1,10 +1,13 @@
-"""analyze with a typer trained on PBC: further types counted, a "WBC" typed platelet counted as a platelet."""
+"""analyze with a typer trained on PBC: further types counted, a "WBC" typed platelet counted as a platelet;
+WBCs of unsure type left untyped; sample id and pixel size recorded."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 import hemaseg.pipelines.analyze as analyze_mod
 from hemaseg.core.result import Segmentation
+from hemaseg.errors import HemasegUsageError
 from hemaseg.pipelines.report import counts_csv
 
 CLASSES = ["neutrophil", "eosinophil", "monocyte", "lymphocyte", "basophil", "ig", "erythroblast", "platelet"]
@@ -14,7 +17,8 @@ def _box(x1, y1, x2, y2):
     return {"x1": x1, "x2": x2, "y1": y1, "y2": y2}
 
 
-def test_pbc_typer_types_are_counted_and_platelets_recategorised(monkeypatch):
+def _fake_models(monkeypatch, probs_of):
+    """analyze on three square WBCs, typed with ``probs_of(n_records)`` (N, 8) probabilities."""
     instances = np.zeros((60, 90), np.int32)
     objects = []
     for k, x in enumerate((5, 35, 65), start=1):
@@ -28,18 +32,55 @@ def test_pbc_typer_types_are_counted_and_platelets_recategorised(monkeypatch):
             return seg
 
     def fake_type(image, records, model, device):
-        probs = np.zeros((len(records), 8), np.float32)
-        for i, name in enumerate(("neutrophil", "platelet", "ig")):
-            probs[i, CLASSES.index(name)] = 1.0
-        return probs, [np.zeros((8, 8, 3), np.uint8)] * len(records), CLASSES
+        return probs_of(len(records)), [np.zeros((8, 8, 3), np.uint8)] * len(records), CLASSES
 
     monkeypatch.setattr(analyze_mod, "get_task", lambda name: Cells())
     monkeypatch.setattr(analyze_mod, "get_model", lambda model, device="cpu": (None, {"classes": CLASSES}))
     monkeypatch.setattr(analyze_mod, "type_wbcs", fake_type)
+
+
+def _one_hot(*names):
+    def probs_of(n):
+        probs = np.zeros((n, 8), np.float32)
+        for i, name in enumerate(names):
+            probs[i, CLASSES.index(name)] = 1.0
+        return probs
+    return probs_of
+
+
+def test_pbc_typer_types_are_counted_and_platelets_recategorised(monkeypatch):
+    _fake_models(monkeypatch, _one_hot("neutrophil", "platelet", "ig"))
     a = analyze_mod.analyze(np.full((60, 90, 3), 200, np.uint8), "x.png")
     assert a.counts["wbc"] == 2 and a.counts["platelet"] == 1  # the "WBC" typed platelet is a platelet
     assert a.counts["neutrophil"] == 1 and a.counts["ig"] == 1 and a.counts["erythroblast"] == 0
     assert a.differential["ig"] == 50.0 and "erythroblast" not in a.differential
     assert len(a.wbc_crops) == 2 and [m["category"] for m in a.entry["masks"]] == ["wbc", "platelet", "wbc"]
-    header, row = counts_csv([a]).splitlines()
-    assert header.endswith("ig,erythroblast,ig_pct") and row.endswith("1,0,50.0")
+    header, row, batch = counts_csv([a]).splitlines()
+    assert header.endswith("ig,erythroblast,ig_pct,ig_pct_lo,ig_pct_hi") and row.endswith("1,0,50.0,1.3,98.7")
+    assert batch == "(all images)," + row.split(",", 1)[1]  # one photo: the batch is that photo
+
+
+def test_unsure_wbcs_are_left_untyped_and_out_of_the_differential(monkeypatch):
+    def probs_of(n):
+        probs = np.full((n, 8), 0.02, np.float32)
+        probs[0, 0], probs[1, 3], probs[2, 3] = 0.86, 0.45, 0.86  # the second: lymphocyte 0.45
+        probs[1, 0] = 0.41
+        return probs
+
+    _fake_models(monkeypatch, probs_of)
+    a = analyze_mod.analyze(np.full((60, 90, 3), 200, np.uint8), "x.png", sample_id="S-17", pixel_size=0.25)
+    wbcs = [m for m in a.entry["masks"] if m["category"] == "wbc"]
+    assert [m["class_name"] for m in wbcs] == ["neutrophil", "wbc", "lymphocyte"]
+    assert [m.get("unsure", False) for m in wbcs] == [False, True, False] and a.unsure == [wbcs[1]]
+    assert wbcs[1]["type_probs"]["lymphocyte"] == 0.45  # kept for the reviewer
+    assert a.counts["wbc"] == 3 and a.counts["neutrophil"] == 1 and a.counts["lymphocyte"] == 1
+    assert a.n_differential == 2 and a.differential["neutrophil"] == 50.0
+    assert [round(v, 1) for v in a.differential_ci["neutrophil"]] == [1.3, 98.7]
+    assert a.entry["sample_id"] == "S-17" and a.entry["pixel_size_um"] == 0.25
+    assert len(a.wbc_crops) == 3 and set(a.models) == {"cells", "wbc-type"}
+    # With no threshold every WBC is typed; and the entry has no sample_id when none is given.
+    b = analyze_mod.analyze(np.full((60, 90, 3), 200, np.uint8), "x.png", min_confidence=0.0)
+    assert b.unsure == [] and b.counts["lymphocyte"] == 2 and "sample_id" not in b.entry
+    assert "pixel_size_um" not in b.entry
+    with pytest.raises(HemasegUsageError, match="--min-confidence"):
+        analyze_mod.analyze(np.full((60, 90, 3), 200, np.uint8), min_confidence=1.5)

@@ -154,7 +154,7 @@ def test_analyze_cli_writes_every_output(cells_run, tmp_path):
             assert m["category"] in ("rbc", "wbc", "platelet") and set(m["bounding_box"]) == {"x1", "x2", "y1", "y2"}
     rows = (out / "counts.csv").read_text().splitlines()
     assert rows[0].startswith("filename,rbc,wbc,platelet,neutrophil,lymphocyte,monocyte,eosinophil,basophil")
-    assert len(rows) == 3
+    assert len(rows) == 4 and rows[-1].startswith("(all images),")  # a row per photo, then the batch pooled
     assert (out / "p0_overlay.png").exists() and (out / "p1_overlay.png").exists()
     # Exports hold the same objects as results.json.
     for back in (read_cvat(tmp_path / "a.xml"), read_coco(tmp_path / "c.json")):

@@ -56,3 +56,59 @@ def test_red_cells_without_nucleus_are_not_wbcs():
     image[(yy - 40) ** 2 + (xx - 40) ** 2 < 25**2] = (180, 150, 215)
     seg = hemaseg.segment(image, (ThresholdNet(), CARD), cell_diameter=60)
     assert seg.count == 1 and seg.classes[40, 40] == 0
+
+
+# --- weak supervision: fields with complete boxes (TXL-PBC style, YOLO) ---------------------------
+
+def _yolo_fields(root, n: int = 4):
+    """A YOLO folder of toy fields: one WBC box (from the toy mask) and one red-cell box each."""
+    from PIL import Image
+
+    rng = np.random.default_rng(5)
+    (root / "images" / "train").mkdir(parents=True)
+    (root / "labels" / "train").mkdir(parents=True)
+    (root / "classes.txt").write_text("0 White Blood Cell (WBC)\n1 Red Blood Cell (RBC)\n2 Platelet\n")
+    for i in range(n):
+        img, mask = toy_wbc(rng, 96)
+        ys, xs = np.nonzero(mask)
+        y1, y2, x1, x2 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+        Image.fromarray(img).save(root / "images" / "train" / f"f{i}.png")
+        lines = [f"0 {(x1 + x2) / 2 / 96:.5f} {(y1 + y2) / 2 / 96:.5f} {(x2 - x1) / 96:.5f} {(y2 - y1) / 96:.5f}",
+                 "1 0.08 0.08 0.15 0.15"]
+        (root / "labels" / "train" / f"f{i}.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_boxed_fields_load_as_weak_labels(tmp_path):
+    from hemaseg.engine.losses import IGNORE
+    from hemaseg.tasks.wbc import RED_CELL, WBC
+
+    pairs = WBC.find_samples(_yolo_fields(tmp_path / "yolo"))
+    assert len(pairs) == 4 and all(p.mask.suffix == ".txt" for p in pairs)
+    image, mask = WBC.load_sample(pairs[0])
+    assert image.shape[:2] == mask.shape
+    assert set(np.unique(mask)) <= {0, RED_CELL, IGNORE} and (mask == RED_CELL).any() and (mask == IGNORE).any()
+    assert WBC.stratum(image, mask) == "boxes"
+    # the network is taught background where the red-cell box is, nothing about the WBC's box
+    assert set(np.unique(WBC.target(mask))) <= {0, IGNORE}
+
+
+def test_train_on_masks_and_boxes_together(tmp_path, wbc_folder):
+    import json
+
+    from typer.testing import CliRunner
+
+    from hemaseg.cli import app
+
+    yolo = _yolo_fields(tmp_path / "yolo")
+    run = tmp_path / "run"
+    res = CliRunner().invoke(app, ["train", "wbc", "--data", str(wbc_folder), "--data", str(yolo), "--out", str(run),
+                                   "--epochs", "1", "--crop", "32", "--batch-size", "4", "--samples-per-epoch", "8",
+                                   "--val-fraction", "0.5"])
+    assert res.exit_code == 0, res.output
+    card = json.loads((run / "model.json").read_text())
+    assert card["training"]["strata"] == {"boxes": 2, "masks": 5}
+    history = json.loads((run / "state.json").read_text())["history"][0]
+    assert 0.0 <= history["leak"] <= 1.0
+    assert history["metric"] == pytest.approx((history["dice_cell"] + history["dice_nucleus"]) / 2
+                                              * (1 - history["leak"]))

@@ -62,6 +62,8 @@ OPTION_RANGES: dict[str, Range] = {
     "n": Range(1, 10_000_000, integer=True),
     "size": Range(32, 16384, integer=True),
     "first": Range(0, 10_000_000, integer=True),
+    "min_confidence": Range(0, 1),
+    "pixel_size": Range(0, 1000, lo_open=True),  # µm per px of the photo
 }
 
 

@@ -28,3 +28,35 @@ def category_of(class_name: str) -> str:
     """
     n = class_name.strip().lower()
     return CATEGORY_OF.get(n, n)
+
+
+# Other spellings of the names above, as datasets write them (TXL-PBC: "White Blood Cell (WBC)",
+# "Platelets"; BCCD: "WBC", "Platelets"; PBC folders: "neutrophils").
+ALIASES = {"platelets": "platelet", "plt": "platelet", "thrombocyte": "platelet", "thrombocytes": "platelet",
+           "white blood cell": "wbc", "white blood cells": "wbc", "white cell": "wbc", "leukocyte": "wbc",
+           "leukocytes": "wbc", "leucocyte": "wbc", "leucocytes": "wbc", "wbcs": "wbc",
+           "red blood cell": "rbc", "red blood cells": "rbc", "red cell": "rbc", "erythrocyte": "rbc",
+           "erythrocytes": "rbc", "rbcs": "rbc",
+           **{f"{t}s": t for t in (*WBC_TYPES, "erythroblast")}}
+KNOWN_NAMES = frozenset((*CATEGORIES, *WBC_TYPES, *EXTRA_TYPES))
+
+
+def canonical_name(name: str) -> str:
+    """The project's spelling of a class name read from a dataset (lower case; an unknown name is
+    kept, lower-cased). A name with a parenthesised abbreviation is tried by both parts.
+
+    >>> canonical_name("White Blood Cell (WBC)"), canonical_name("Platelets"), canonical_name(" RBC ")
+    ('wbc', 'platelet', 'rbc')
+    >>> canonical_name("Neutrophils"), canonical_name("Ghost cell")
+    ('neutrophil', 'ghost cell')
+    """
+    n = " ".join(name.strip().lower().replace("_", " ").split())
+    candidates = [n]
+    if "(" in n and n.endswith(")"):
+        head, _, inner = n[:-1].partition("(")
+        candidates += [inner.strip(), head.strip()]
+    for c in candidates:
+        c = ALIASES.get(c, c)
+        if c in KNOWN_NAMES:
+            return c
+    return n

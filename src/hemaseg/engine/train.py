@@ -118,11 +118,11 @@ def split_pairs(pairs: list[Pair], val_fraction: float, seed: int, strata: list[
     (6, 2)
     """
     strata = strata or [""] * len(pairs)
-    rng = np.random.default_rng(seed)
     train, val = [], []
     for name in sorted(set(strata)):
         members = [p for p, s in zip(pairs, strata) if s == name]
-        order = rng.permutation(len(members))
+        # Each stratum draws from its own generator: adding other data leaves its split as it was.
+        order = np.random.default_rng(seed).permutation(len(members))
         n_val = max(1, int(round(len(members) * val_fraction))) if len(members) > 1 else 0
         if len(set(strata)) > 1 and len(members) >= 4:
             n_val = max(n_val, 2)

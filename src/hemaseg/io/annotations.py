@@ -1,5 +1,5 @@
 """Per-image object annotations and their file formats: seed-003 results JSON, CVAT for images 1.1
-XML, COCO JSON (polygons or RLE), Pascal VOC boxes, and label PNGs.
+XML, COCO JSON (polygons or RLE), Pascal VOC boxes, YOLO text boxes, and label PNGs.
 
 Every format converts to and from one in-memory form, a list of *entries* (the seed-003
 results record of one image)::
@@ -15,15 +15,18 @@ so rasterising them with :func:`rasterise` gives back the mask.
 from __future__ import annotations
 
 import json
+import math
+import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from hemaseg.core.vocabulary import category_of
+from hemaseg.core.vocabulary import canonical_name, category_of
 from hemaseg.errors import HemasegInputError
 from hemaseg.io.datasets import parse_xml, read_voc
+from hemaseg.io.images import IMAGE_SUFFIXES, image_size
 from hemaseg.io.writers import write_json, write_text
 
 
@@ -225,3 +228,207 @@ def read_voc_entry(path: str | Path) -> dict:
                       "bounding_box": {"x1": x1, "x2": x2, "y1": y1, "y2": y2},
                       "vertices": [[x1, y1], [x2, y1], [x2, y2], [x1, y2]]})
     return {"filename": root.findtext("filename", Path(path).stem), "height": h, "width": w, "masks": masks}
+
+
+# ---------------------------------------------------------------- YOLO
+# Written class ids start with TXL-PBC's (0 WBC, 1 RBC, 2 platelet), so boxes converted from BCCD
+# (or any other source) train together with TXL-PBC's; further names follow, sorted.
+YOLO_ORDER = ("wbc", "rbc", "platelet")
+# Where YOLO datasets name their classes: Ultralytics/Roboflow YAML, labelImg classes.txt, darknet obj.names.
+YOLO_NAME_FILES = ("data.yaml", "data.yml", "dataset.yaml", "classes.txt", "obj.names")
+_YOLO_LINE = re.compile(r"^\s*\d+(\s+[-+0-9.eE]+){4,}\s*$")
+
+
+def _names_file(path: Path) -> list[str]:
+    """Class names (index = class id) of a data.yaml / classes.txt / obj.names file."""
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            d = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise HemasegInputError(path, f"not a readable YAML file ({exc.__class__.__name__})") from None
+        names = d.get("names") if isinstance(d, dict) else None
+        if isinstance(names, dict):  # Ultralytics also writes {0: name, 1: name, ...}
+            try:
+                names = [names[k] for k in sorted(names, key=int)] if sorted(map(int, names)) == list(
+                    range(len(names))) else None
+            except (TypeError, ValueError):
+                names = None
+        if not isinstance(names, list) or not names:
+            raise HemasegInputError(path, "no 'names' list (class 0 first) in the YAML")
+        return [str(n) for n in names]
+    try:
+        lines = [ln.strip() for ln in path.read_text(encoding="utf-8-sig").splitlines() if ln.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise HemasegInputError(path, f"not a readable class list ({exc.__class__.__name__})") from None
+    # TXL-PBC's classes.txt numbers its lines ("0 White Blood Cell (WBC)"); labelImg's does not.
+    if lines and all(re.match(rf"{i}\s+\S", ln) for i, ln in enumerate(lines)):
+        lines = [ln.split(None, 1)[1] for ln in lines]
+    if not lines:
+        raise HemasegInputError(path, "empty class list")
+    return lines
+
+
+def yolo_names(root: str | Path) -> list[str]:
+    """The project's names of a YOLO dataset's classes (index = class id), from the first
+    data.yaml, classes.txt or obj.names in ``root`` or up to two folders above it."""
+    root = Path(root)
+    for folder in (root, *list(root.resolve().parents)[:2]):
+        for fname in YOLO_NAME_FILES:
+            if (folder / fname).is_file():
+                return [canonical_name(n) for n in _names_file(folder / fname)]
+    raise HemasegInputError(root, f"no file naming the YOLO classes ({', '.join(YOLO_NAME_FILES)}; "
+                                  "class 0 first) in the folder or the two above it")
+
+
+def _label_candidates(image: Path) -> list[Path]:
+    """Where an image's YOLO label file may be: beside it, or in the ``labels`` folder that mirrors
+    its ``images`` folder (the Ultralytics layout: images/train/x.png -> labels/train/x.txt)."""
+    out = [image.with_suffix(".txt")]
+    parts = image.parts
+    for i in range(len(parts) - 2, -1, -1):
+        if parts[i].lower() == "images":
+            out.append(Path(*parts[:i], "labels", *parts[i + 1:]).with_suffix(".txt"))
+            break
+    return out
+
+
+def find_yolo(root: str | Path) -> list[tuple[Path, Path | None]]:
+    """(image, label file or None) for every image under ``root``, sorted. An image without a label
+    file has no object (YOLO's convention for background images). Layouts: ``images/<split>/x.png``
+    with ``labels/<split>/x.txt`` (Ultralytics, TXL-PBC), or label files beside the images."""
+    root = Path(root)
+    if not root.is_dir():
+        raise HemasegInputError(root, "not a folder (a YOLO dataset is a folder of images and .txt labels)")
+    images = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    pairs = [(img, next((c for c in _label_candidates(img) if c.is_file()), None)) for img in images]
+    used = {lab.resolve() for _, lab in pairs if lab is not None}
+    if not used:
+        raise HemasegInputError(root, "no image with a YOLO label file (x.txt beside x.png, or labels/ "
+                                      "mirroring images/)")
+    # A label file no image claims would be dropped without a word; refuse it (text files that hold
+    # no YOLO line, such as a README, are not label files).
+    for txt in sorted(root.rglob("*.txt")):
+        if txt.name in YOLO_NAME_FILES or txt.resolve() in used:
+            continue
+        first = next((ln for ln in txt.read_text(errors="replace").splitlines() if ln.strip()), "")
+        if _YOLO_LINE.match(first):
+            raise HemasegInputError(txt, "YOLO label file without an image of the same name (needed for its size)")
+    return pairs
+
+
+def _px(v: float, size: int) -> int:
+    """A normalised coordinate in whole pixels, halves rounded up (Python's round() goes to even)."""
+    return min(size, max(0, math.floor(v * size + 0.5)))
+
+
+def read_yolo_labels(path: str | Path, names: list[str], height: int, width: int) -> list[dict]:
+    """Mask records of one YOLO label file of an image of ``height`` x ``width`` px. Lines are boxes
+    ``class cx cy w h`` (a sixth number is a detector's score) or polygons ``class x1 y1 x2 y2 ...``
+    (Ultralytics segmentation), all as fractions of the image size. A box's ``bounding_box`` has the
+    pixel edges (x2, y2 exclusive) and its polygon the corners of the pixels it covers."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise HemasegInputError(path, f"not a readable YOLO label file ({exc.__class__.__name__})") from None
+    masks = []
+    for i, line in enumerate(text.splitlines(), 1):
+        fields = line.split()
+        if not fields:
+            continue
+        try:
+            cls = float(fields[0])
+            vals = [float(v) for v in fields[1:]]
+        except ValueError:
+            raise HemasegInputError(path, f"line {i}: expected numbers 'class cx cy w h', "
+                                          f"got {line.strip()!r:.60}") from None
+        if not cls.is_integer() or not 0 <= cls < len(names):
+            raise HemasegInputError(path, f"line {i}: class {fields[0]}, but the class list names {len(names)} "
+                                          f"(0..{len(names) - 1})")
+        if not all(math.isfinite(v) for v in vals):
+            raise HemasegInputError(path, f"line {i}: a coordinate is not a finite number")
+        score = 1.0
+        if len(vals) in (4, 5):
+            cx, cy, bw, bh = vals[:4]
+            score = vals[4] if len(vals) == 5 else 1.0
+            x1, x2 = _px(cx - bw / 2, width), _px(cx + bw / 2, width)
+            y1, y2 = _px(cy - bh / 2, height), _px(cy + bh / 2, height)
+            # Vertices on the outermost pixels (mask_record's convention), so the polygon and the
+            # box agree when another reader (COCO, CVAT) takes the box from the polygon.
+            xr, yb = max(x1, x2 - 1), max(y1, y2 - 1)
+            verts = [[x1, y1], [xr, y1], [xr, yb], [x1, yb]]
+            box = {"x1": x1, "x2": x2, "y1": y1, "y2": y2}
+        elif len(vals) >= 6 and len(vals) % 2 == 0:
+            verts = [[_px(vals[j], width), _px(vals[j + 1], height)] for j in range(0, len(vals), 2)]
+            xs, ys = [v[0] for v in verts], [v[1] for v in verts]
+            box = {"x1": min(xs), "x2": max(xs) + 1, "y1": min(ys), "y2": max(ys) + 1}
+        else:
+            raise HemasegInputError(path, f"line {i}: {len(vals)} numbers after the class; a box has 4 "
+                                          "(cx cy w h), a polygon an even number from 6")
+        name = names[int(cls)]
+        masks.append({"class_name": name, "category": category_of(name), "score": score,
+                      "bounding_box": box, "vertices": verts})
+    return masks
+
+
+def read_yolo(root: str | Path) -> list[dict]:
+    """Entries of a YOLO dataset folder (see :func:`find_yolo`); class names from :func:`yolo_names`,
+    in the project's spelling. ``filename`` is the image's path relative to ``root``."""
+    root = Path(root)
+    pairs = find_yolo(root)
+    names = yolo_names(root)
+    entries = []
+    for image, label in pairs:
+        h, w = image_size(image)
+        masks = read_yolo_labels(label, names, h, w) if label is not None else []
+        entries.append({"filename": image.relative_to(root).as_posix(), "height": int(h), "width": int(w),
+                        "masks": masks})
+    return entries
+
+
+def yolo_class_order(entries: list[dict]) -> list[str]:
+    """Class names by YOLO class id for ``entries``: wbc, rbc, platelet (TXL-PBC's ids), then the
+    others present, sorted."""
+    present = {m["class_name"] for e in entries for m in e["masks"]}
+    return [*YOLO_ORDER, *sorted(present - set(YOLO_ORDER))]
+
+
+def to_yolo(entry: dict, names: list[str]) -> str:
+    """YOLO label text of one entry: one ``class cx cy w h`` line per object (its bounding box, as
+    fractions of the image size, 6 decimals: well under a pixel for images up to 10^5 px)."""
+    h, w = int(entry.get("height") or 0), int(entry.get("width") or 0)
+    if h <= 0 or w <= 0:
+        raise HemasegInputError(entry.get("filename", ""), "no image size; YOLO coordinates are fractions of it")
+    lines = []
+    for m in entry["masks"]:
+        bb = m["bounding_box"]
+        x1, x2 = min(max(bb["x1"], 0), w), min(max(bb["x2"], 0), w)
+        y1, y2 = min(max(bb["y1"], 0), h), min(max(bb["y2"], 0), h)
+        k = names.index(m["class_name"])
+        lines.append(f"{k} {(x1 + x2) / 2 / w:.6f} {(y1 + y2) / 2 / h:.6f} {(x2 - x1) / w:.6f} {(y2 - y1) / h:.6f}")
+    return "".join(f"{ln}\n" for ln in lines)
+
+
+def write_yolo(out: str | Path, entries: list[dict], names: list[str] | None = None) -> Path:
+    """``OUT/<stem>.txt`` per entry (boxes, see :func:`to_yolo`) and ``OUT/classes.txt`` (one name
+    per line, class 0 first). Images are not copied: put them beside the .txt files to read it back."""
+    out = Path(out)
+    names = list(names) if names else yolo_class_order(entries)
+    stems: dict[str, str] = {}
+    for e in entries:
+        stem = Path(e["filename"]).stem
+        if not stem:
+            raise HemasegInputError(out, "an image without a file name; YOLO names each label file after its image")
+        if stem.lower() == "classes":
+            raise HemasegInputError(out, f"image {e['filename']}: its label file would be classes.txt, the class list")
+        if stem.lower() in stems:
+            raise HemasegInputError(out, f"two images named {stem} ({stems[stem.lower()]}, {e['filename']}): "
+                                         "their label files would collide")
+        stems[stem.lower()] = e["filename"]
+    texts = [(Path(e["filename"]).stem, to_yolo(e, names)) for e in entries]  # every size checked first
+    for stem, text in texts:
+        write_text(out / f"{stem}.txt", text)
+    write_text(out / "classes.txt", "".join(f"{n}\n" for n in names))
+    return out

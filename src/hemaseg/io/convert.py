@@ -4,7 +4,8 @@ Formats: ``dsb`` (the Data Science Bowl folder layout), ``labels`` (a folder of 
 instance label PNGs, one per image) and ``rle`` (a Kaggle CSV ``ImageId,EncodedPixels,Height,Width``,
 one row per nucleus; Height/Width let it be decoded without the images); for objects with
 classes: ``cvat`` (CVAT for images 1.1 XML), ``coco`` / ``coco-rle`` (COCO JSON with polygons or
-RLE), ``voc`` (a Pascal VOC XML or a folder of them; boxes), ``results`` (seed-003 results JSON);
+RLE), ``voc`` (a Pascal VOC XML or a folder of them; boxes), ``yolo`` (a folder of images with a
+``class cx cy w h`` text file each and a class list; boxes), ``results`` (seed-003 results JSON);
 these convert to each other and to ``labels`` (instance PNG + ``_classes.png`` + classes.json).
 """
 from __future__ import annotations
@@ -148,6 +149,8 @@ def _entries(fmt: str, inp: Path) -> list[dict]:
         return A.read_coco(inp)
     if fmt == "results":
         return A.read_results(inp)
+    if fmt == "yolo":
+        return A.read_yolo(inp)
     if fmt == "voc":
         files = sorted(inp.glob("*.xml")) if inp.is_dir() else [inp]
         if not files or not files[0].exists():
@@ -164,6 +167,8 @@ def _write_entries(fmt: str, entries: list[dict], out: Path) -> int:
         A.write_coco(out, entries, rle=False)
     elif fmt == "coco-rle":
         A.write_coco(out, entries, rle=True)
+    elif fmt == "yolo":
+        A.write_yolo(out, entries)
     elif fmt == "labels":
         # OUT/<stem>.png uint16 instances, OUT/<stem>_classes.png uint8 class indices, OUT/classes.json names.
         names = sorted({m["class_name"] for e in entries for m in e["masks"]})
@@ -180,8 +185,8 @@ def _write_entries(fmt: str, entries: list[dict], out: Path) -> int:
 
 
 def _register_annotation_converters() -> None:
-    for src in ("cvat", "coco", "voc", "results"):
-        for dst in ("cvat", "coco", "coco-rle", "labels"):
+    for src in ("cvat", "coco", "voc", "yolo", "results"):
+        for dst in ("cvat", "coco", "coco-rle", "yolo", "labels"):
             if src != dst:
                 def fn(inp: Path, out: Path, _s=src, _d=dst) -> int:
                     return _write_entries(_d, _entries(_s, inp), out)

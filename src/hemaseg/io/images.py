@@ -225,3 +225,25 @@ def image_size(path: str | Path) -> tuple[int, int]:
             return im.size[1], im.size[0]
     except (OSError, UnidentifiedImageError):
         return read_image(path).shape[:2]
+
+
+# µm per px: a microscope photo's pixel is well under this; a coarser "resolution" in a file is a
+# camera's or an editor's default (72 or 96 dpi, about 350 and 260 µm/px), not a scale of the sample.
+MAX_PIXEL_SIZE_UM = 10.0
+
+
+def pixel_size_um(path: str | Path) -> float | None:
+    """Size of a pixel in µm from the file's resolution tags (TIFF XResolution with an inch or cm
+    unit, PNG pHYs, JPEG JFIF density), when they give a microscope's scale; None otherwise."""
+    try:
+        with Image.open(path) as im:
+            if im.format == "TIFF":
+                unit = im.tag_v2.get(296, 2)  # ResolutionUnit: 1 none, 2 inch, 3 cm
+                res = im.tag_v2.get(282)  # XResolution, pixels per unit
+                um = {2: 25400.0, 3: 10000.0}.get(int(unit), 0.0) / float(res) if res else 0.0
+            else:
+                dpi = im.info.get("dpi")
+                um = 25400.0 / float(dpi[0]) if dpi and float(dpi[0]) > 0 else 0.0
+    except (OSError, UnidentifiedImageError, TypeError, ValueError, ZeroDivisionError):
+        return None
+    return round(um, 6) if 0.0 < um <= MAX_PIXEL_SIZE_UM else None

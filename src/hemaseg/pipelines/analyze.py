@@ -2,18 +2,82 @@
 (WBC-type classifier), counts and the differential. Arrays in, records out."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
 
 import cv2
 import numpy as np
 
+from hemaseg.core.options import check_numbers
 from hemaseg.core.vocabulary import CATEGORIES, EXTRA_TYPES, NOT_IN_DIFFERENTIAL, WBC_TYPES
 from hemaseg.engine.predict import get_model
 from hemaseg.engine.tiling import DEFAULT_TILE
+from hemaseg.errors import HemasegError
+from hemaseg.metrics import binomial_ci
+from hemaseg.models.registry import resolve_model_path
 from hemaseg.tasks import get_task
 from hemaseg.tasks.wbc_type.crops import type_wbcs
 
 CATEGORY_COLOURS = {"rbc": (230, 60, 60), "wbc": (40, 110, 255), "platelet": (250, 190, 0)}
+# A WBC whose most probable type has a calibrated probability under this is left untyped and listed
+# for review: the typer then thinks its own call more likely wrong than right. Such a cell counts
+# as a WBC but in no type, so the differential never rests on a guess (as CellaVision's
+# "unidentified" cells stay out of the differential until someone classifies them).
+MIN_CONFIDENCE = 0.5
+
+
+def differential(counts: dict[str, int], types: tuple[str, ...], confidence: float = 0.95
+                 ) -> dict[str, tuple[float, float, float]]:
+    """Each leukocyte type's share of the typed leukocytes in ``counts``, in percent, with its exact
+    binomial (Clopper-Pearson) interval: {type: (percent, low, high)}. Erythroblasts and platelets
+    are not leukocytes; with no typed leukocyte every share is 0 and every interval 0-100.
+
+    >>> d = differential({"neutrophil": 50, "lymphocyte": 50}, ("neutrophil", "lymphocyte"))
+    >>> [round(v, 1) for v in d["neutrophil"]]
+    [50.0, 39.8, 60.2]
+    """
+    kinds = [t for t in types if t not in NOT_IN_DIFFERENTIAL]
+    n = sum(counts.get(t, 0) for t in kinds)
+    out = {}
+    for t in kinds:
+        lo, hi = binomial_ci(int(counts.get(t, 0)), int(n), confidence)
+        out[t] = (100.0 * counts.get(t, 0) / n if n else 0.0, 100.0 * lo, 100.0 * hi)
+    return out
+
+
+def differential_size(counts: dict[str, int], types: tuple[str, ...]) -> int:
+    """The number of typed leukocytes a differential of ``counts`` rests on."""
+    return sum(counts.get(t, 0) for t in types if t not in NOT_IN_DIFFERENTIAL)
+
+
+@lru_cache(maxsize=16)
+def _file_digest(path: str, mtime: float) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:12]
+
+
+def model_label(model, device: str = "cpu") -> str:
+    """Which model this is, for a report: its card's name, the hemaseg version that trained it and
+    the first 12 hex digits of the weights file's SHA-256 (the exact weights)."""
+    card = get_model(model, device)[1]
+    parts = [str(card.get("name") or (model if isinstance(model, (str, Path)) else "model in memory"))]
+    trained = card.get("versions", {}).get("hemaseg")
+    if trained:
+        parts.append(f"trained with hemaseg {trained}")
+    if "temperature" in card:
+        parts.append(f"calibrated (temperature {float(card['temperature']):.3g})")
+    if isinstance(model, (str, Path)):
+        try:
+            path = resolve_model_path(model)
+            parts.append(f"sha256 {_file_digest(str(path), path.stat().st_mtime)}")
+        except (HemasegError, OSError):
+            pass
+    return ", ".join(parts)
 
 
 @dataclass
@@ -26,25 +90,45 @@ class Analysis:
     cell_diameter: float  # red-cell diameter, px (given or measured)
     wbc_crops: list[np.ndarray] = field(default_factory=list)  # one (S, S, 3) typed crop per WBC, in mask order
     types: tuple[str, ...] = WBC_TYPES  # the types counted: the five, then any further the typer names
+    models: dict[str, str] = field(default_factory=dict)  # {"cells": ..., "wbc-type": ...}: model_label of each
 
     @property
     def differential(self) -> dict[str, float]:
         """Share of each leukocyte type among typed WBCs, in percent (0 when there are none);
         erythroblasts and platelets a PBC-trained typer may name are not leukocytes."""
-        kinds = [t for t in self.types if t not in NOT_IN_DIFFERENTIAL]
-        n = sum(self.counts[t] for t in kinds)
-        return {t: (100.0 * self.counts[t] / n if n else 0.0) for t in kinds}
+        return {t: v[0] for t, v in differential(self.counts, self.types).items()}
+
+    @property
+    def differential_ci(self) -> dict[str, tuple[float, float]]:
+        """The exact binomial 95 % interval of each share of :attr:`differential`, in percent."""
+        return {t: v[1:] for t, v in differential(self.counts, self.types).items()}
+
+    @property
+    def n_differential(self) -> int:
+        """The number of typed leukocytes the differential rests on."""
+        return differential_size(self.counts, self.types)
+
+    @property
+    def unsure(self) -> list[dict]:
+        """The WBC records whose type the typer is unsure of (left untyped, in no type's count)."""
+        return [r for r in self.entry["masks"] if r.get("unsure")]
 
 
 def analyze(image: np.ndarray, filename: str = "", cells_model="cells", type_model="wbc-type",
-            cell_diameter: float | None = None, device: str = "cpu", tile: int = DEFAULT_TILE) -> Analysis:
+            cell_diameter: float | None = None, device: str = "cpu", tile: int = DEFAULT_TILE,
+            min_confidence: float = MIN_CONFIDENCE, sample_id: str | None = None,
+            pixel_size: float | None = None) -> Analysis:
     """Find, outline, type and count every RBC, WBC and platelet of an (H, W, 3) uint8 smear photo.
 
     ``cell_diameter`` is the red-cell diameter in px (estimated when None). Each WBC's
-    ``class_name`` is its type, with the type probabilities under ``type_probs``. ``tile`` is the
-    U-Net cells backend's largest tile; the Mask R-CNN backend reads the whole image at once.
-    An image with nothing in it (flat, or noise) gives no cell.
+    ``class_name`` is its type, with the type probabilities (calibrated) under ``type_probs``; a
+    WBC whose top probability is under ``min_confidence`` keeps ``class_name`` ``"wbc"``, gets
+    ``"unsure": True`` and counts in no type. ``tile`` is the U-Net cells backend's largest tile;
+    the Mask R-CNN backend reads the whole image at once. ``sample_id`` (the sample the photo is
+    of) and ``pixel_size`` (µm per px, when known) are recorded in the entry when given. An image
+    with nothing in it (flat, or noise) gives no cell.
     """
+    check_numbers(min_confidence=min_confidence, pixel_size=pixel_size)
     seg = get_task("cells").predict(image, cells_model, cell_diameter, device, tile=tile)
     records = [dict(r) for r in seg.objects]
     wbcs = [r for r in records if r["category"] == "wbc"]
@@ -56,8 +140,11 @@ def analyze(image: np.ndarray, filename: str = "", cells_model="cells", type_mod
     if wbcs:
         probs, crops, classes = type_wbcs(image, wbcs, type_model, device)
         for r, p in zip(wbcs, probs):
-            r["class_name"] = classes[int(p.argmax())]
             r["type_probs"] = {c: round(float(v), 4) for c, v in zip(classes, p)}
+            if float(p.max()) < min_confidence:
+                r["unsure"] = True  # stays class_name "wbc": a WBC, type for a person to decide
+                continue
+            r["class_name"] = classes[int(p.argmax())]
             if r["class_name"] in CATEGORIES:
                 r["category"] = r["class_name"]
         kept = [k for k, r in enumerate(wbcs) if r["category"] == "wbc"]
@@ -70,8 +157,15 @@ def analyze(image: np.ndarray, filename: str = "", cells_model="cells", type_mod
     counts = {c: sum(r["category"] == c for r in records) for c in CATEGORIES}
     counts.update({t: sum(r["class_name"] == t for r in wbcs) for t in types})
     entry = {"filename": filename, "height": int(image.shape[0]), "width": int(image.shape[1]),
-             "cell_diameter": round(seg.cell_diameter, 2), "scale": round(seg.scale, 4), "masks": records}
-    return Analysis(entry, counts, instances, seg.cell_diameter, crops, types)
+             "cell_diameter": round(seg.cell_diameter, 2), "scale": round(seg.scale, 4)}
+    # Only when given: the seed-003 record stays as it was for callers that give neither.
+    if sample_id is not None:
+        entry["sample_id"] = str(sample_id)
+    if pixel_size is not None:
+        entry["pixel_size_um"] = float(pixel_size)
+    entry["masks"] = records
+    models = {"cells": model_label(cells_model, device), "wbc-type": model_label(type_model, device)}
+    return Analysis(entry, counts, instances, seg.cell_diameter, crops, types, models)
 
 
 def draw_overlay(image: np.ndarray, analysis: Analysis, thickness: int | None = None) -> np.ndarray:
@@ -85,8 +179,9 @@ def draw_overlay(image: np.ndarray, analysis: Analysis, thickness: int | None = 
         if r["category"] == "wbc":
             b = r["bounding_box"]
             scale = max(0.4, max(image.shape[:2]) / 1200)
-            cv2.putText(out, r["class_name"][:4].upper(), (b["x1"], max(12, b["y1"] - 4)), cv2.FONT_HERSHEY_SIMPLEX,
+            label = r["class_name"][:4].upper() + ("?" if r.get("unsure") else "")
+            cv2.putText(out, label, (b["x1"], max(12, b["y1"] - 4)), cv2.FONT_HERSHEY_SIMPLEX,
                         scale, (20, 20, 20), t + 1, cv2.LINE_AA)
-            cv2.putText(out, r["class_name"][:4].upper(), (b["x1"], max(12, b["y1"] - 4)), cv2.FONT_HERSHEY_SIMPLEX,
+            cv2.putText(out, label, (b["x1"], max(12, b["y1"] - 4)), cv2.FONT_HERSHEY_SIMPLEX,
                         scale, (255, 255, 255), t, cv2.LINE_AA)
     return out

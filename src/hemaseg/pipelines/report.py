@@ -6,31 +6,61 @@ import base64
 import csv
 import html
 import io
+from datetime import datetime
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from hemaseg.core.vocabulary import WBC_TYPES
+from hemaseg.core.vocabulary import CATEGORIES, NOT_IN_DIFFERENTIAL, WBC_TYPES
 from hemaseg.io.writers import write_text
-from hemaseg.pipelines.analyze import Analysis
+from hemaseg.pipelines.analyze import Analysis, differential, differential_size
+from hemaseg.version import __version__
 
-COUNT_COLUMNS = ["filename", "rbc", "wbc", "platelet", *WBC_TYPES, *(f"{t}_pct" for t in WBC_TYPES)]
+COUNT_COLUMNS = ["filename", "rbc", "wbc", "platelet", *WBC_TYPES,
+                 *(f"{t}{s}" for t in WBC_TYPES for s in ("_pct", "_pct_lo", "_pct_hi"))]
+BATCH_ROW = "(all images)"  # counts.csv's last row: every photo of the batch pooled
+MIN_DIFFERENTIAL = 100  # WBCs: a manual differential counts at least this many (CLSI H20)
+RESEARCH_ONLY = "Research use only, not for diagnosis."
+CONFIDENCE_NOTE = ("The number under each cell is the classifier confidence, calibrated: the typer's probability "
+                   "for the type shown, temperature-scaled on held-out cells so that it matches how often such "
+                   "calls were right there (e.g. about 8 in 10 at 0.80). On another lab's photos it may be too high.")
+
+
+def pooled_counts(analyses: list[Analysis]) -> dict[str, int]:
+    """Counts of every photo added up: rbc, wbc, platelet and each type any of them counts."""
+    keys = dict.fromkeys([*CATEGORIES, *(t for a in analyses for t in a.types)])
+    return {k: sum(a.counts.get(k, 0) for a in analyses) for k in keys}
+
+
+def pooled_types(analyses: list[Analysis]) -> tuple[str, ...]:
+    """The types counted in a batch: the five, then any further one a typer names."""
+    return tuple(dict.fromkeys([*WBC_TYPES, *(t for a in analyses for t in a.types)]))
 
 
 def counts_csv(analyses: list[Analysis]) -> str:
-    """CSV text: one row per image (DESIGN.md columns, then the differential in percent); further
-    types the typer names (``ig``, ``erythroblast``, ...) are appended as columns, as DESIGN.md says."""
-    extra = [t for t in dict.fromkeys(t for a in analyses for t in a.types) if t not in WBC_TYPES]
-    extra_pct = [t for t in extra if any(t in a.differential for a in analyses)]
+    """CSV text: one row per image, then one row (``filename`` :data:`BATCH_ROW`) for all of them
+    pooled. DESIGN.md columns: counts, then each type's differential in percent with its exact
+    binomial 95 % interval (``<type>_pct``, ``_pct_lo``, ``_pct_hi``); further types the typer
+    names (``ig``, ``erythroblast``, ...) are appended as columns the same way."""
+    types = pooled_types(analyses)
+    extra = [t for t in types if t not in WBC_TYPES]
+    extra_pct = [t for t in extra if t not in NOT_IN_DIFFERENTIAL]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(COUNT_COLUMNS + extra + [f"{t}_pct" for t in extra_pct])
+    w.writerow(COUNT_COLUMNS + extra + [f"{t}{s}" for t in extra_pct for s in ("_pct", "_pct_lo", "_pct_hi")])
+
+    def row(name: str, counts: dict[str, int], kinds: tuple[str, ...]) -> list:
+        diff = differential(counts, kinds)
+        pct = lambda t: [f"{v:.1f}" for v in diff.get(t, (0.0, 0.0, 100.0))]  # noqa: E731
+        return [name, *(counts.get(c, 0) for c in ("rbc", "wbc", "platelet")),
+                *(counts.get(t, 0) for t in WBC_TYPES), *(v for t in WBC_TYPES for v in pct(t)),
+                *(counts.get(t, 0) for t in extra), *(v for t in extra_pct for v in pct(t))]
+
     for a in analyses:
-        diff = a.differential
-        w.writerow([a.entry["filename"], *(a.counts[c] for c in ("rbc", "wbc", "platelet")),
-                    *(a.counts[t] for t in WBC_TYPES), *(f"{diff[t]:.1f}" for t in WBC_TYPES),
-                    *(a.counts.get(t, 0) for t in extra), *(f"{diff.get(t, 0.0):.1f}" for t in extra_pct)])
+        w.writerow(row(a.entry["filename"], a.counts, a.types))
+    if analyses:
+        w.writerow(row(BATCH_ROW, pooled_counts(analyses), types))
     return buf.getvalue()
 
 
@@ -53,47 +83,129 @@ def _table(header: list[str], rows: list[list]) -> str:
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}table{border-collapse:collapse;margin:.5em 0}
 td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}th{background:#f3f3f3}td:first-child{text-align:left}
+table.meta td,table.meta th{text-align:left}.ruo{font-weight:bold}
+.warning{border:2px solid #c60;background:#fff4e5;padding:.5em .8em;font-weight:bold}
 .thumbs{display:flex;flex-wrap:wrap;gap:.4em}.thumbs figure{margin:0;text-align:center;font-size:.8em}
-img.overlay{max-width:100%;border:1px solid #ccc}.failed{color:#a00}"""
+.review figure{border:2px solid #c60;padding:2px}img.overlay{max-width:100%;border:1px solid #ccc}.failed{color:#a00}"""
+
+
+def _confidence(record: dict) -> float:
+    """The calibrated probability of a WBC's most probable type (1.0 for an untyped record)."""
+    probs = record.get("type_probs") or {"": 1.0}
+    return float(max(probs.values()))
+
+
+def _top_types(record: dict, k: int = 2) -> str:
+    probs = sorted((record.get("type_probs") or {}).items(), key=lambda kv: -kv[1])[:k]
+    return " / ".join(f"{t} {p:.2f}" for t, p in probs)
+
+
+def _pixel_scale(entries: list[dict]) -> str:
+    sizes = sorted({e["pixel_size_um"] for e in entries if e.get("pixel_size_um")})
+    if not sizes:
+        return "not known (no µm per px given or in the files); red-cell diameters in px are under each image"
+    missing = sum(1 for e in entries if not e.get("pixel_size_um"))
+    text = ", ".join(f"{s:g} µm/px" for s in sizes)
+    return text + (f" ({missing} image(s) without one)" if missing else "")
+
+
+def _thumbs(cells: list[tuple[dict, np.ndarray, str]], cls: str = "") -> str:
+    figs = "".join(f"<figure><img alt=\"{html.escape(label)}\" src=\"{_data_uri(c, 96, '.png')}\">"
+                   f"<figcaption>{html.escape(label)}</figcaption></figure>" for _, c, label in cells)
+    return f"<div class=\"thumbs{' ' + cls if cls else ''}\">{figs}</div>"
 
 
 def report_html(analyses: list[Analysis], overlays: list[np.ndarray], failed: list[tuple[str, str]] | None = None,
-                title: str = "hemaseg smear report") -> str:
-    """One HTML page: totals and differential, then per image its counts, overlay and WBC thumbnails."""
-    total = {k: sum(a.counts[k] for a in analyses) for k in ("rbc", "wbc", "platelet", *WBC_TYPES)}
-    typed = sum(total[t] for t in WBC_TYPES)
-    parts = [f"<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>{html.escape(title)}</title>"
-             f"\n<style>{STYLE}</style>\n</head>\n<body>\n<h1>{html.escape(title)}</h1>"]
-    parts.append(f"<p>{len(analyses)} image(s) analysed. Outlines: red = RBC, blue = WBC, yellow = platelet.</p>")
+                title: str = "hemaseg smear report", date: str | None = None) -> str:
+    """One HTML page: sample, date, versions; totals and the differential with its 95 % intervals
+    and the number of WBCs it rests on (a warning under :data:`MIN_DIFFERENTIAL`); the cells whose
+    type is unsure, for review; then per image its counts, overlay and WBC gallery (least sure first).
+    ``date`` defaults to now."""
+    date = date or datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %z")
+    entries = [a.entry for a in analyses]
+    counts = pooled_counts(analyses)
+    types = pooled_types(analyses)
+    kinds = [t for t in types if t not in NOT_IN_DIFFERENTIAL]
+    n_diff = differential_size(counts, types)
+    unsure = [(a, r, c) for a in analyses for r, c in zip([m for m in a.entry["masks"] if m["category"] == "wbc"],
+                                                         a.wbc_crops) if r.get("unsure")]
+    samples = list(dict.fromkeys(str(e["sample_id"]) for e in entries if e.get("sample_id") is not None))
+    models: dict[str, list[str]] = {}
+    for a in analyses:
+        for role, label in a.models.items():
+            models.setdefault(role, [])
+            if label not in models[role]:
+                models[role].append(label)
+
+    parts = [f"<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+             f"<title>{html.escape(title)}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n<h1>{html.escape(title)}</h1>",
+             f"<p class=\"ruo\">{RESEARCH_ONLY}</p>"]
+    meta = [["sample", ", ".join(samples) if samples else "not given (hemaseg analyze --sample-id ID)"],
+            ["date of analysis", date], ["software", f"hemaseg {__version__}"],
+            *([f"{role} model", "; ".join(labels)] for role, labels in models.items()),
+            ["pixel scale", _pixel_scale(entries)],
+            ["images", f"{len(analyses)} analysed" + (f", {len(failed)} not analysed" if failed else "")]]
+    parts.append("<table class=\"meta\"><tbody>" + "".join(
+        f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in meta) + "</tbody></table>")
+    parts.append("<p>Outlines: red = RBC, blue = WBC, yellow = platelet; each WBC carries its type (first four "
+                 "letters; WBC? = type unsure).</p>")
     parts.append("<h2>Totals</h2>" + _table(["", "RBC", "WBC", "platelets"],
-                                            [["all images", total["rbc"], total["wbc"], total["platelet"]]]))
-    parts.append("<h2>WBC differential</h2>" + _table(
-        ["type", "count", "percent"],
-        [[t, total[t], f"{100 * total[t] / typed:.1f}" if typed else "-"] for t in WBC_TYPES]))
+                                            [["all images", counts["rbc"], counts["wbc"], counts["platelet"]]]))
+
+    diff = differential(counts, types)
+    parts.append("<h2>WBC differential</h2>")
+    parts.append(f"<p>Rests on <strong>{n_diff}</strong> typed white cell(s) of {counts['wbc']} found"
+                 + (f"; {len(unsure)} whose type the classifier is unsure of are listed for review below and "
+                    "counted in no type" if unsure else "") + ".</p>")
+    if n_diff < MIN_DIFFERENTIAL:
+        parts.append(f"<p class=\"warning\">Warning: this differential rests on {n_diff} white cell(s), fewer than "
+                     f"the {MIN_DIFFERENTIAL} of a manual differential. Each percentage is uncertain by the width "
+                     "of its 95 % interval; count more fields before relying on it.</p>")
+    parts.append(_table(["type", "count", "percent", "95 % interval"],
+                        [[t, counts.get(t, 0), f"{diff[t][0]:.1f}" if n_diff else "-",
+                          f"{diff[t][1]:.1f} - {diff[t][2]:.1f}" if n_diff else "-"] for t in kinds]))
+    beside = [t for t in types if t in NOT_IN_DIFFERENTIAL and counts.get(t, 0)]
+    if beside:
+        parts.append("<p>Not leukocytes, so outside the differential: "
+                     + ", ".join(f"{t} {counts[t]}" for t in beside) + ".</p>")
+    parts.append("<p>Interval: exact binomial (Clopper-Pearson), the interval Rümke's table gives; it covers "
+                 "counting chance only, not classifier errors.</p>")
+
     parts.append("<h2>Counts per image</h2>" + _table(
-        ["image", "RBC", "WBC", "platelets", *WBC_TYPES],
-        [[a.entry["filename"], a.counts["rbc"], a.counts["wbc"], a.counts["platelet"], *(a.counts[t] for t in WBC_TYPES)]
-         for a in analyses]))
+        ["image", "RBC", "WBC", "platelets", *kinds, "unsure"],
+        [[a.entry["filename"], a.counts["rbc"], a.counts["wbc"], a.counts["platelet"],
+          *(a.counts.get(t, 0) for t in kinds), len(a.unsure)] for a in analyses]
+        + [["all images", counts["rbc"], counts["wbc"], counts["platelet"], *(counts.get(t, 0) for t in kinds),
+            len(unsure)]]))
     if failed:
         items = "".join(f"<li>{html.escape(p)}: {html.escape(r)}</li>" for p, r in failed)
         parts.append(f"<h2 class=\"failed\">Not analysed</h2><ul class=\"failed\">{items}</ul>")
+
+    if unsure:
+        unsure.sort(key=lambda arc: _confidence(arc[1]))
+        parts.append(f"<h2>For review: {len(unsure)} white cell(s) of unsure type</h2><p>Most probable types "
+                     "with their calibrated probabilities, least sure first. Not counted in the differential.</p>")
+        parts.append(_thumbs([(r, c, f"{Path(a.entry['filename']).name}: {_top_types(r)}") for a, r, c in unsure],
+                             "review"))
+    if any(a.wbc_crops for a in analyses):
+        parts.append(f"<p>{CONFIDENCE_NOTE}</p>")
     for a, ov in zip(analyses, overlays):
         name = html.escape(a.entry["filename"])
-        parts.append(f"<h2>{name}</h2><p>{a.entry['width']}x{a.entry['height']} px, red-cell diameter "
+        scale = f", {a.entry['pixel_size_um']:g} µm/px" if a.entry.get("pixel_size_um") else ""
+        parts.append(f"<h2>{name}</h2><p>{a.entry['width']}x{a.entry['height']} px{scale}, red-cell diameter "
                      f"{a.cell_diameter:.1f} px; RBC {a.counts['rbc']}, WBC {a.counts['wbc']}, platelets "
                      f"{a.counts['platelet']}</p>")
         parts.append(f"<img class=\"overlay\" alt=\"overlay of {name}\" src=\"{_data_uri(ov)}\">")
         wbcs = [r for r in a.entry["masks"] if r["category"] == "wbc"]
-        if wbcs:
-            figs = "".join(
-                f"<figure><img alt=\"{html.escape(r['class_name'])}\" src=\"{_data_uri(c, 96, '.png')}\">"
-                f"<figcaption>{html.escape(r['class_name'])} {max(r.get('type_probs', {'': 1}).values()):.2f}"
-                "</figcaption></figure>" for r, c in zip(wbcs, a.wbc_crops))
-            parts.append(f"<div class=\"thumbs\">{figs}</div>")
+        typed = sorted(((r, c) for r, c in zip(wbcs, a.wbc_crops) if not r.get("unsure")),
+                       key=lambda rc: _confidence(rc[0]))
+        if typed:
+            parts.append(_thumbs([(r, c, f"{r['class_name']} {_confidence(r):.2f}") for r, c in typed]))
+    parts.append(f"<p class=\"ruo\">{RESEARCH_ONLY}</p>")
     parts.append("</body>\n</html>\n")
     return "\n".join(parts)
 
 
 def write_report(path: str | Path, analyses: list[Analysis], overlays: list[np.ndarray],
-                 failed: list[tuple[str, str]] | None = None) -> Path:
-    return write_text(path, report_html(analyses, overlays, failed))
+                 failed: list[tuple[str, str]] | None = None, date: str | None = None) -> Path:
+    return write_text(path, report_html(analyses, overlays, failed, date=date))

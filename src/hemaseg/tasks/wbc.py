@@ -9,6 +9,7 @@ clipped to a reach from the nucleus. Every knob is a field of :class:`WbcParams`
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -21,12 +22,16 @@ from hemaseg.core.content import featureless
 from hemaseg.core.labels import measure_diameter, relabel, remove_small, split_instances, wbc_objects
 from hemaseg.core.resize import clamp_factor, rescale, resize_argmax, resize_probs
 from hemaseg.core.result import Segmentation
+from hemaseg.core.vocabulary import category_of
 from hemaseg.engine.blocks import Block, centred_in_core, image_blocks, release_free_memory
 from hemaseg.engine.evaluate import plain_table
+from hemaseg.engine.losses import IGNORE
 from hemaseg.engine.predict import card_range, get_model, predict_scaled
 from hemaseg.engine.task import Task
 from hemaseg.engine.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
-from hemaseg.io.datasets import Pair, load_pair
+from hemaseg.io.annotations import find_yolo, read_yolo_labels, yolo_names
+from hemaseg.io.datasets import Pair, find_pairs, load_pair
+from hemaseg.io.images import read_image
 from hemaseg.metrics import wbc_scores
 from hemaseg.tasks.registry import register_task
 
@@ -388,6 +393,66 @@ def _paste_summary(summary: np.ndarray, small_probs: np.ndarray, block: Block, s
         summary[k, sy0:sy1, sx0:sx1] = cv2.resize(part, (sx1 - sx0, sy1 - sy0), interpolation=cv2.INTER_AREA)
 
 
+# Weak supervision from fields whose every cell is boxed (TXL-PBC, YOLO): pixels in a red-cell box
+# and outside every WBC box are background, never cytoplasm; inside a WBC box (plus a margin) the
+# loss is told nothing. RED_CELL marks the red-cell background in the loaded mask (the network's
+# target is 0 there) so validation can measure how much predicted cytoplasm leaks into red cells.
+RED_CELL = 3
+WBC_BOX_MARGIN = 0.15  # fraction of a WBC box's side ignored around it (boxes are drawn tight or loose)
+# px a weakly labelled field is rescaled to for its median WBC box side: about the median WBC diameter
+# of wbc-seg (the pixel-annotated data, 75 px), so both kinds of data show WBCs at one size.
+WEAK_WBC_SIDE = 75.0
+WBC_PER_RBC = 1.8  # a WBC's diameter in red-cell diameters, to rescale a field boxed without a WBC
+WEAK_VAL_ITEMS = 48  # weakly labelled fields scored per validation (evenly spaced), to keep epochs short
+
+
+def weak_wbc_sample(image: np.ndarray, boxes: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """(image, mask) of a field with complete boxes, rescaled so its WBCs are ~:data:`WEAK_WBC_SIDE` px.
+
+    ``boxes`` are annotation records (``category`` and ``bounding_box``). The (H, W) uint8 mask
+    is 0 background, :data:`RED_CELL` inside red-cell boxes, and ``IGNORE`` (255) in and around
+    WBC boxes and on unboxed pixels within half a WBC of the field's edge.
+
+    >>> img = np.zeros((200, 200, 3), np.uint8)
+    >>> box = lambda c, x1, y1, x2, y2: {"category": c, "bounding_box": {"x1": x1, "y1": y1, "x2": x2, "y2": y2}}
+    >>> im, m = weak_wbc_sample(img, [box("wbc", 10, 10, 85, 85), box("rbc", 180, 0, 200, 20)])
+    >>> im.shape, int(m[50, 50]), int(m[2, 198]), int(m[198, 2]), int(m[150, 150])
+    ((200, 200, 3), 255, 3, 255, 0)
+    """
+    def sides(cat: str) -> list[float]:
+        return [((b["bounding_box"]["x2"] - b["bounding_box"]["x1"]) + (b["bounding_box"]["y2"] - b["bounding_box"]["y1"]))
+                / 2 for b in boxes if b.get("category") == cat]
+
+    wbc, rbc = sides("wbc"), sides("rbc")
+    size = float(np.median(wbc)) if wbc else (WBC_PER_RBC * float(np.median(rbc)) if rbc else WEAK_WBC_SIDE)
+    f = float(np.clip(WEAK_WBC_SIDE / max(size, 1.0), 0.25, 4.0))
+    h, w = image.shape[:2]
+    nh, nw = max(1, round(h * f)), max(1, round(w * f))
+    if (nh, nw) != (h, w):
+        image = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR)
+    mask = np.zeros((nh, nw), np.uint8)
+
+    def rect(b: dict, margin: float = 0.0) -> tuple[slice, slice]:
+        bb = b["bounding_box"]
+        mx, my = margin * (bb["x2"] - bb["x1"]), margin * (bb["y2"] - bb["y1"])
+        y1, y2 = max(0, int((bb["y1"] - my) * nh / h)), min(nh, int(np.ceil((bb["y2"] + my) * nh / h)))
+        x1, x2 = max(0, int((bb["x1"] - mx) * nw / w)), min(nw, int(np.ceil((bb["x2"] + mx) * nw / w)))
+        return slice(y1, y2), slice(x1, x2)
+
+    for b in boxes:
+        if b.get("category") == "rbc":
+            mask[rect(b)] = RED_CELL
+    # A WBC cut by the field's edge may have no box: plain background near the edge is not taught.
+    band = int(WEAK_WBC_SIDE / 2)
+    edge = np.ones((nh, nw), bool)
+    edge[band:nh - band, band:nw - band] = False
+    mask[edge & (mask == 0)] = IGNORE
+    for b in boxes:
+        if b.get("category") == "wbc":
+            mask[rect(b, WBC_BOX_MARGIN)] = IGNORE
+    return image, mask
+
+
 class WbcTask(Task):
     """WBC boundary and nucleus (wbc-seg convention 0/128/255)."""
 
@@ -400,7 +465,9 @@ class WbcTask(Task):
     depends = DEPENDS
     classical_methods = tuple(WBC_METHODS)
     Params = WbcParams
-    train_defaults: dict = {}  # TrainConfig's defaults are this task's
+    # TrainConfig's defaults are this task's; with weakly labelled fields among the data, 40 % of
+    # each epoch's draws come from them (pixel masks otherwise dominate what the Dice rewards).
+    train_defaults: dict = {"stratum_weights": {"masks": 0.6, "boxes": 0.4}}
     mean_keys = ("dice_cell", "iou_cell", "dice_nucleus", "iou_nucleus")
 
     def segment(self, image, model, cell_diameter=None, device="cpu", tile=DEFAULT_TILE, overlap=DEFAULT_OVERLAP,
@@ -411,15 +478,50 @@ class WbcTask(Task):
     def segment_classical(self, image: np.ndarray, method: str) -> Segmentation:
         return segment_classical(image, "wbc", method)
 
+    def find_samples(self, root: str | Path) -> list[Pair]:
+        """Image/mask pairs (wbc-seg), else fields with complete YOLO boxes (TXL-PBC) as weak labels."""
+        pairs = find_pairs(root)
+        if pairs:
+            return pairs
+        return [Pair(image, label) for image, label in find_yolo(root) if label is not None]
+
     def load_sample(self, pair: Pair) -> tuple[np.ndarray, np.ndarray]:
-        return load_pair(pair)
+        if pair.mask.suffix.lower() != ".txt":
+            return load_pair(pair)
+        image = read_image(pair.image)
+        names = yolo_names(pair.mask.parent)
+        boxes = [{**m, "category": category_of(m["class_name"])}
+                 for m in read_yolo_labels(pair.mask, names, *image.shape[:2])]
+        return weak_wbc_sample(image, boxes)
+
+    def target(self, mask: np.ndarray) -> np.ndarray:
+        return np.where(mask == RED_CELL, 0, mask).astype(np.uint8) if (mask == RED_CELL).any() else mask
+
+    def stratum(self, image: np.ndarray, mask: np.ndarray) -> str:
+        return "boxes" if ((mask == IGNORE) | (mask == RED_CELL)).any() else "masks"
 
     def validate(self, probs_of, items: list, cfg, data_card: dict) -> dict[str, float]:
-        scores = [wbc_scores(probs_of(image).argmax(0), target) for image, target in items]
-        return {k: float(np.mean([s[k] for s in scores])) for k in scores[0]} if scores else {}
+        """Dice / IoU on the pixel-annotated items; on weakly labelled ones ``leak``, the fraction of
+        predicted cytoplasm lying in red-cell boxes outside every WBC box."""
+        full = [(im, t) for im, t in items if self.stratum(im, t) == "masks"]
+        weak = [(im, t) for im, t in items if self.stratum(im, t) == "boxes"]
+        scores = [wbc_scores(probs_of(image).argmax(0), target) for image, target in full]
+        out = {k: float(np.mean([s[k] for s in scores])) for k in scores[0]} if scores else {}
+        if weak:
+            leaked = cyto = 0
+            for i in np.linspace(0, len(weak) - 1, min(len(weak), WEAK_VAL_ITEMS)).round().astype(int):
+                image, mask = weak[i]
+                pred = probs_of(image).argmax(0) == 1
+                leaked += int((pred & (mask == RED_CELL)).sum())
+                cyto += int(pred.sum())
+            out["leak"] = leaked / max(cyto, 1)
+        return out
 
     def headline(self, val: dict[str, float]) -> float:
-        return (val["dice_cell"] + val["dice_nucleus"]) / 2 if val else float("nan")
+        """Mean of cell and nucleus Dice, times (1 - leak) when weakly labelled fields are validated."""
+        if not val or "dice_cell" not in val:
+            return float("nan")
+        return (val["dice_cell"] + val["dice_nucleus"]) / 2 * (1.0 - val.get("leak", 0.0))
 
     def score(self, seg: Segmentation, target: np.ndarray, image: np.ndarray) -> dict:
         return {**wbc_scores(seg.classes, target), "count": seg.count}

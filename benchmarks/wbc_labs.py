@@ -1,0 +1,152 @@
+"""WBC outlines across labs: on the TXL-PBC fields of each source (PBC/CellaVision, Raabin, BCCD,
+BCDD; every cell boxed), how much predicted cytoplasm leaks into red cells, how many WBC boxes are
+recovered and whether the WBC count is exact; plus the Dice on wbc-seg's validation split.
+The worst source comes first.
+
+    python benchmarks/wbc_labs.py [--models wbc runs/wbc-weak] [--split test] [--method hsv]
+
+- leak: the fraction of predicted cytoplasm pixels inside a red-cell box and outside every WBC box
+  (pooled over the source's fields; the WBC's own box is never counted);
+- WBC recall: WBC boxes matched by a predicted WBC's box at IoU >= 0.5;
+- count exact: fields whose number of predicted WBCs equals the number of WBC boxes.
+
+The TXL ``test`` fields are used by default: a model trained with ``--data .../txl-pbc/images/train``
+never saw them. The diameter is estimated per field (the default a user gets). Prints Markdown,
+also written to benchmarks/results/wbc_labs.md.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+
+
+def box_iou(a: dict, b: dict) -> float:
+    """IoU of two {x1, x2, y1, y2} boxes (x2, y2 exclusive)."""
+    iw = max(0, min(a["x2"], b["x2"]) - max(a["x1"], b["x1"]))
+    ih = max(0, min(a["y2"], b["y2"]) - max(a["y1"], b["y1"]))
+    inter = iw * ih
+    union = (a["x2"] - a["x1"]) * (a["y2"] - a["y1"]) + (b["x2"] - b["x1"]) * (b["y2"] - b["y1"]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def matched(truth: list[dict], pred: list[dict], thr: float = 0.5) -> int:
+    """Greedy one-to-one matches of true boxes by predicted boxes at IoU >= ``thr``."""
+    pairs = sorted(((box_iou(t, p), i, j) for i, t in enumerate(truth) for j, p in enumerate(pred)), reverse=True)
+    used_t, used_p, n = set(), set(), 0
+    for iou, i, j in pairs:
+        if iou < thr:
+            break
+        if i in used_t or j in used_p:
+            continue
+        used_t.add(i)
+        used_p.add(j)
+        n += 1
+    return n
+
+
+def field_scores(seg, boxes: list[dict], shape: tuple[int, int]) -> dict:
+    """leak numerator/denominator, WBC boxes, matches and counts of one field."""
+    h, w = shape
+    rbc = np.zeros((h, w), bool)
+    wbc = np.zeros((h, w), bool)
+    truth = []
+    for b in boxes:
+        bb = b["bounding_box"]
+        sl = slice(max(0, bb["y1"]), min(h, bb["y2"])), slice(max(0, bb["x1"]), min(w, bb["x2"]))
+        if b["category"] == "rbc":
+            rbc[sl] = True
+        elif b["category"] == "wbc":
+            wbc[sl] = True
+            truth.append(bb)
+    cyto = seg.classes == 1
+    pred = [o["bounding_box"] for o in seg.objects]
+    return {"leak": int((cyto & rbc & ~wbc).sum()), "cyto": int(cyto.sum()), "n_true": len(truth),
+            "n_pred": len(pred), "matched": matched(truth, pred)}
+
+
+def run(model: str | None, method: str | None, pairs: list, sources: dict[str, str]) -> dict[str, dict]:
+    import hemaseg
+    from hemaseg.core.vocabulary import category_of
+    from hemaseg.engine.predict import get_model
+    from hemaseg.io.annotations import read_yolo_labels, yolo_names
+    from hemaseg.tasks.registry import get_task
+
+    task = get_task("wbc")
+    loaded = get_model(model) if model else None
+    per: dict[str, list[dict]] = {}
+    for image_path, label in pairs:
+        image = hemaseg.read_image(image_path)
+        names = yolo_names(label.parent)
+        boxes = [{**m, "category": category_of(m["class_name"])}
+                 for m in read_yolo_labels(label, names, *image.shape[:2])]
+        t0 = time.perf_counter()
+        seg = task.predict(image, loaded, method=method) if method else task.predict(image, loaded)
+        row = field_scores(seg, boxes, image.shape[:2])
+        row["seconds"] = time.perf_counter() - t0
+        per.setdefault(sources.get(image_path.name, "?"), []).append(row)
+    out = {}
+    for src, rows in per.items():
+        n_true = sum(r["n_true"] for r in rows)
+        out[src] = {"fields": len(rows), "leak": sum(r["leak"] for r in rows) / max(1, sum(r["cyto"] for r in rows)),
+                    "recall": sum(r["matched"] for r in rows) / max(1, n_true), "wbc_boxes": n_true,
+                    "count_exact": float(np.mean([r["n_pred"] == r["n_true"] for r in rows])),
+                    "seconds": float(np.mean([r["seconds"] for r in rows]))}
+    return out
+
+
+def wbc_seg_dice(model: str | None, method: str | None, data: Path) -> tuple[float, float]:
+    from hemaseg.tasks.registry import get_task
+
+    res = get_task("wbc").evaluate([data / "wbc-seg"], model, HERE / "splits" / "wbc-seg.json", method=method,
+                                   grid=None)
+    return res["mean"]["dice_cell"], res["mean"]["dice_nucleus"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=["wbc"])
+    ap.add_argument("--method", nargs="*", default=[], help="also score these classical methods (hsv, watershed)")
+    ap.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data")
+    ap.add_argument("--split", default="test", help="TXL-PBC split folder: test, val or train")
+    ap.add_argument("--limit", type=int, default=0, help="at most this many fields per source (0: all)")
+    args = ap.parse_args()
+    from hemaseg.io.annotations import find_yolo
+
+    txl = args.data / "txl-pbc"
+    with open(txl / "sources.csv", newline="") as f:
+        sources = {r["image"]: r["source_dataset"] for r in csv.DictReader(f)}
+    pairs = [(i, lab) for i, lab in find_yolo(txl / "images" / args.split) if lab is not None]
+    if args.limit:
+        by_source: dict[str, list] = {}
+        for pair in pairs:
+            by_source.setdefault(sources.get(pair[0].name, "?"), []).append(pair)
+        pairs = [p for group in by_source.values() for p in group[:args.limit]]
+    lines = [f"### WBC outlines on TXL-PBC `{args.split}` fields, per source (worst leak first)\n",
+             "| model | source | fields | WBC boxes | cytoplasm leak into red cells | WBC recall (IoU ≥ 0.5) "
+             "| count exact | s / field |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    runs = [(m, None) for m in args.models] + [(None, m) for m in args.method]
+    dice = []
+    for model, method in runs:
+        name = f"`{model}`" if model else f"classical `{method}`"
+        res = run(model, method, pairs, sources)
+        for src, r in sorted(res.items(), key=lambda kv: -kv[1]["leak"]):
+            lines.append(f"| {name} | {src} | {r['fields']} | {r['wbc_boxes']} | {r['leak'] * 100:.1f} % | "
+                         f"{r['recall']:.3f} | {r['count_exact'] * 100:.0f} % | {r['seconds']:.2f} |")
+        print("\n".join(lines[-len(res):]), flush=True)
+        dice.append((name, *wbc_seg_dice(model, method, args.data)))
+    lines += ["", "| model | wbc-seg validation Dice, cell | nucleus |", "| --- | --- | --- |"]
+    lines += [f"| {n} | {c:.4f} | {nu:.4f} |" for n, c, nu in dice]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    (HERE / "results").mkdir(exist_ok=True)
+    (HERE / "results" / "wbc_labs.md").write_text(text)
+
+
+if __name__ == "__main__":
+    main()

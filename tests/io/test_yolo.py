@@ -1,0 +1,175 @@
+"""YOLO reader and writer: round trips through `hemaseg convert`, the layouts read, errors, TXL-PBC."""
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from hemaseg.cli import app
+from hemaseg.errors import HemasegInputError
+from hemaseg.io.annotations import (
+    find_yolo,
+    read_coco,
+    read_voc_entry,
+    read_yolo,
+    read_yolo_labels,
+    write_coco,
+    write_yolo,
+    yolo_names,
+)
+
+runner = CliRunner()
+TXL = Path(__file__).resolve().parents[3] / "shared" / "data" / "txl-pbc"
+
+
+def _box_entry(name: str, h: int, w: int, boxes: list[tuple[str, int, int, int, int]]) -> dict:
+    masks = [{"class_name": c, "category": c, "score": 1.0, "bounding_box": {"x1": x1, "x2": x2, "y1": y1, "y2": y2},
+              "vertices": [[x1, y1], [x2, y1], [x2, y2], [x1, y2]]} for c, x1, y1, x2, y2 in boxes]
+    return {"filename": name, "height": h, "width": w, "masks": masks}
+
+
+def _entries() -> list[dict]:
+    """Two images of odd sizes; boxes touching the borders, one a single pixel wide."""
+    return [_box_entry("a.png", 61, 83, [("rbc", 0, 0, 20, 17), ("wbc", 30, 12, 71, 55), ("platelet", 80, 58, 83, 61)]),
+            _box_entry("b.jpg", 37, 29, [("platelet", 3, 4, 4, 9), ("rbc", 10, 10, 29, 37)])]
+
+
+def _boxes(entries: list[dict]) -> dict[str, list]:
+    return {Path(e["filename"]).name: [(m["class_name"], *(m["bounding_box"][k] for k in ("x1", "y1", "x2", "y2")))
+                                       for m in e["masks"]] for e in entries}
+
+
+def _within_a_pixel(got: dict, want: dict) -> None:
+    assert got.keys() == want.keys()
+    for name in want:
+        assert [b[0] for b in got[name]] == [b[0] for b in want[name]], name
+        assert np.abs(np.array([b[1:] for b in got[name]]) - np.array([b[1:] for b in want[name]])).max() <= 1, name
+
+
+def _images(folder: Path, entries: list[dict]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for e in entries:
+        Image.fromarray(np.full((e["height"], e["width"], 3), 200, np.uint8)).save(folder / e["filename"])
+
+
+def _convert(*args: str) -> None:
+    res = runner.invoke(app, ["convert", *args])
+    assert res.exit_code == 0, res.output
+
+
+def test_coco_to_yolo_and_back_keeps_the_boxes(tmp_path):
+    entries = _entries()
+    write_coco(tmp_path / "c.json", entries)
+    want = _boxes(read_coco(tmp_path / "c.json"))  # COCO takes each box from its polygon
+    _convert("--from", "coco", "--to", "yolo", str(tmp_path / "c.json"), str(tmp_path / "yolo"))
+    # Class ids are TXL-PBC's: 0 wbc, 1 rbc, 2 platelet.
+    assert (tmp_path / "yolo" / "classes.txt").read_text().split() == ["wbc", "rbc", "platelet"]
+    first = (tmp_path / "yolo" / "a.txt").read_text().splitlines()
+    assert [ln.split()[0] for ln in first] == ["1", "0", "2"]
+    assert first[0] == "1 0.126506 0.147541 0.253012 0.295082"  # (0+21)/2/83, (0+18)/2/61, 21/83, 18/61
+    _images(tmp_path / "yolo", entries)  # YOLO coordinates are fractions: reading needs the images
+    _convert("--from", "yolo", "--to", "coco", str(tmp_path / "yolo"), str(tmp_path / "back.json"))
+    back = read_coco(tmp_path / "back.json")
+    assert [(e["height"], e["width"]) for e in back] == [(61, 83), (37, 29)]
+    _within_a_pixel(_boxes(back), want)  # exact but for the boxes past the border, clipped to the image
+
+
+def test_voc_to_yolo_and_back_keeps_the_boxes(tmp_path):
+    voc = tmp_path / "voc"
+    voc.mkdir()
+    objects = [("WBC", 5, 6, 30, 28), ("RBC", 0, 0, 12, 47), ("Platelets", 40, 30, 46, 36), ("RBC", 50, 20, 64, 48)]
+    xml = "".join(f"<object><name>{n}</name><bndbox><xmin>{a}</xmin><ymin>{b}</ymin><xmax>{c}</xmax><ymax>{d}</ymax>"
+                  "</bndbox></object>" for n, a, b, c, d in objects)
+    (voc / "BloodImage_00001.xml").write_text("<annotation><filename>BloodImage_00001.jpg</filename><size><width>64"
+                                              f"</width><height>48</height><depth>3</depth></size>{xml}</annotation>")
+    want = _boxes([read_voc_entry(voc / "BloodImage_00001.xml")])
+    _convert("--from", "voc", "--to", "yolo", str(voc), str(tmp_path / "yolo"))
+    # The Ultralytics layout: images/ and labels/ side by side, the class list at the top.
+    (tmp_path / "ds" / "labels").mkdir(parents=True)
+    shutil.copy(tmp_path / "yolo" / "BloodImage_00001.txt", tmp_path / "ds" / "labels")
+    shutil.copy(tmp_path / "yolo" / "classes.txt", tmp_path / "ds")
+    _images(tmp_path / "ds" / "images", [{"filename": "BloodImage_00001.jpg", "height": 48, "width": 64}])
+    back = read_yolo(tmp_path / "ds")
+    assert back[0]["filename"] == "images/BloodImage_00001.jpg"
+    _within_a_pixel(_boxes(back), want)
+    _convert("--from", "yolo", "--to", "cvat", str(tmp_path / "ds"), str(tmp_path / "a.xml"))
+
+
+def test_reads_split_layout_with_numbered_class_list_polygons_scores_and_background(tmp_path):
+    root = tmp_path / "txl"
+    for split in ("train", "val"):
+        _images(root / "images" / split, [{"filename": f"{split}0.png", "height": 40, "width": 50}])
+        (root / "labels" / split).mkdir(parents=True)
+    _images(root / "images" / "val", [{"filename": "empty.png", "height": 40, "width": 50}])  # no label: no object
+    (root / "labels" / "train" / "train0.txt").write_text("0 0.5 0.5 0.2 0.25\n\n2 0.1 0.1 0.04 0.05 0.73\n")
+    (root / "labels" / "val" / "val0.txt").write_text("1 0.1 0.1 0.5 0.1 0.5 0.5\n")
+    (root / "classes.txt").write_text("0 White Blood Cell (WBC)\r\n1 Red Blood Cell (RBC)\r\n2 Platelet")
+    assert yolo_names(root) == ["wbc", "rbc", "platelet"]
+    (root / "data.yaml").write_text("train: ./images/train/\nnames:\n  0: WBC\n  1: RBC\n  2: Platelets\n")
+    assert yolo_names(root) == ["wbc", "rbc", "platelet"]  # data.yaml first
+    assert [(i.name, lab and lab.name) for i, lab in find_yolo(root)] == [
+        ("train0.png", "train0.txt"), ("empty.png", None), ("val0.png", "val0.txt")]
+    train, empty, val = read_yolo(root)
+    assert [m["class_name"] for m in train["masks"]] == ["wbc", "platelet"]
+    assert train["masks"][0]["bounding_box"] == {"x1": 20, "x2": 30, "y1": 15, "y2": 25}
+    assert train["masks"][1]["score"] == pytest.approx(0.73) and train["masks"][0]["score"] == 1.0
+    assert empty["masks"] == [] and empty["filename"] == "images/val/empty.png"
+    poly = val["masks"][0]
+    assert poly["class_name"] == "rbc" and poly["vertices"] == [[5, 4], [25, 4], [25, 20]]
+    # Reading one split finds the class list two folders up.
+    assert [e["filename"] for e in read_yolo(root / "images" / "val")] == ["empty.png", "val0.png"]
+
+
+@pytest.mark.parametrize("text, reason", [("3 0.5 0.5 0.1 0.1\n", "class 3"), ("0 0.5 0.5 0.1\n", "3 numbers"),
+                                          ("wbc 0.5 0.5 0.1 0.1\n", "expected numbers"),
+                                          ("0 0.5 nan 0.1 0.1\n", "finite")])
+def test_bad_label_lines_are_one_error_naming_the_file(tmp_path, text, reason):
+    (tmp_path / "x.txt").write_text(text)
+    with pytest.raises(HemasegInputError) as exc:
+        read_yolo_labels(tmp_path / "x.txt", ["wbc", "rbc", "platelet"], 40, 50)
+    assert reason in exc.value.reason and "x.txt" in str(exc.value.path)
+
+
+def test_missing_class_list_orphan_label_and_missing_size_are_refused(tmp_path):
+    _images(tmp_path / "flat", [{"filename": "a.png", "height": 20, "width": 20}])
+    (tmp_path / "flat" / "a.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    (tmp_path / "flat" / "README.txt").write_text("not a label file\n")
+    with pytest.raises(HemasegInputError, match="naming the YOLO classes"):
+        read_yolo(tmp_path / "flat")
+    (tmp_path / "flat" / "classes.txt").write_text("WBC\nRBC\n")
+    assert [m["class_name"] for m in read_yolo(tmp_path / "flat")[0]["masks"]] == ["wbc"]
+    (tmp_path / "flat" / "b.txt").write_text("1 0.5 0.5 0.2 0.2\n")
+    res = runner.invoke(app, ["convert", "--from", "yolo", "--to", "coco", str(tmp_path / "flat"),
+                              str(tmp_path / "c.json")])
+    assert res.exit_code == 1 and "b.txt" in res.output and "without an image" in res.output
+    assert len(res.output.strip().splitlines()) == 1
+    with pytest.raises(HemasegInputError, match="no image size"):
+        write_yolo(tmp_path / "out", [_box_entry("c.png", 0, 0, [("rbc", 1, 1, 2, 2)])])
+    with pytest.raises(HemasegInputError, match="collide"):
+        write_yolo(tmp_path / "out", [_box_entry("d.png", 9, 9, []), _box_entry("x/d.jpg", 9, 9, [])])
+
+
+@pytest.mark.skipif(not TXL.is_dir(), reason="../shared/data/txl-pbc not present")
+def test_reads_txl_pbc_and_writes_its_files_back(tmp_path):
+    entries = read_yolo(TXL)
+    assert len(entries) == 1232
+    assert {e["filename"].split("/")[1] for e in entries} == {"train", "val", "test"}
+    names = {m["class_name"] for e in entries for m in e["masks"]}
+    assert names == {"wbc", "rbc", "platelet"}
+    for e in entries:
+        assert e["height"] >= 256 and e["width"] >= 256
+        for m in e["masks"]:
+            b = m["bounding_box"]
+            assert 0 <= b["x1"] <= b["x2"] <= e["width"] and 0 <= b["y1"] <= b["y2"] <= e["height"]
+    # Written back with the same class ids, every number within a pixel of the original.
+    some = entries[::100]
+    write_yolo(tmp_path, some)
+    for e in some:
+        stem = Path(e["filename"]).stem
+        ours = np.loadtxt(tmp_path / f"{stem}.txt", ndmin=2)
+        theirs = np.loadtxt(TXL / "labels" / e["filename"].split("/")[1] / f"{stem}.txt", ndmin=2)
+        assert (ours[:, 0] == theirs[:, 0]).all()
+        size = np.array([e["width"], e["height"]] * 2)
+        assert (np.abs(ours[:, 1:] - theirs[:, 1:]) * size).max() <= 1.0

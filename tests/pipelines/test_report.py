@@ -1,0 +1,123 @@
+"""counts.csv (the differential with its 95 % intervals, the batch pooled) and report.html (what a lab
+files: sample, date, versions, the interval and the cells it rests on, unsure cells apart)."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+from typer.testing import CliRunner
+
+from hemaseg import __version__
+from hemaseg.cli import app
+from hemaseg.core.vocabulary import WBC_TYPES
+from hemaseg.pipelines.analyze import Analysis
+from hemaseg.pipelines.report import BATCH_ROW, RESEARCH_ONLY, counts_csv, report_html
+
+SAMPLE = Path(__file__).resolve().parents[2] / "src" / "hemaseg" / "samples" / "BloodImage_00000.jpg"
+
+
+def _wbc(name: str, probs: dict[str, float], unsure: bool = False) -> dict:
+    rec = {"class_name": "wbc" if unsure else name, "category": "wbc", "score": 0.9,
+           "bounding_box": {"x1": 1, "x2": 9, "y1": 1, "y2": 9}, "vertices": [[1, 1], [8, 1], [8, 8]],
+           "type_probs": probs}
+    if unsure:
+        rec["unsure"] = True
+    return rec
+
+
+def _analysis(name: str, counts: dict[str, int], masks: list[dict] = (), **entry) -> Analysis:
+    full = {"rbc": 10, "platelet": 1, **{t: 0 for t in WBC_TYPES}, **counts}
+    full["wbc"] = sum(full[t] for t in WBC_TYPES) + sum(1 for m in masks if m.get("unsure"))
+    wbcs = [m for m in masks if m["category"] == "wbc"]
+    return Analysis({"filename": name, "height": 20, "width": 30, **entry, "masks": list(masks)}, full,
+                    np.zeros((20, 30), np.int32), 8.0, [np.full((8, 8, 3), 100, np.uint8)] * len(wbcs),
+                    models={"cells": "cells, sha256 0123456789ab", "wbc-type": "wbc-type, calibrated"})
+
+
+def _rows(text: str) -> list[dict]:
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def test_counts_csv_has_the_interval_beside_each_percentage_and_a_pooled_row():
+    a = _analysis("a.png", {"neutrophil": 40, "lymphocyte": 20})
+    b = _analysis("b.png", {"neutrophil": 20, "lymphocyte": 40})
+    text = counts_csv([a, b])
+    header = text.splitlines()[0].split(",")
+    assert header[:9] == ["filename", "rbc", "wbc", "platelet", *WBC_TYPES]
+    assert header[9:15] == ["neutrophil_pct", "neutrophil_pct_lo", "neutrophil_pct_hi",
+                            "lymphocyte_pct", "lymphocyte_pct_lo", "lymphocyte_pct_hi"]
+    assert len(header) == 9 + 3 * 5
+    first, second, pooled = _rows(text)
+    assert [pooled[k] for k in ("filename", "rbc", "wbc", "neutrophil")] == [BATCH_ROW, "20", "120", "60"]
+    # 60 of 120: 50 %, exact 95 % interval 40.7-59.3; 40 of 60: 66.7 %, 53.3-78.3.
+    assert [pooled[f"neutrophil_pct{s}"] for s in ("", "_lo", "_hi")] == ["50.0", "40.7", "59.3"]
+    assert [first[f"neutrophil_pct{s}"] for s in ("", "_lo", "_hi")] == ["66.7", "53.3", "78.3"]
+    # No basophil among 60: up to 6.0 %.
+    assert [first[f"basophil_pct{s}"] for s in ("", "_lo", "_hi")] == ["0.0", "0.0", "6.0"]
+    assert second["lymphocyte_pct"] == "66.7"
+
+
+def test_counts_csv_with_no_typed_wbc_and_no_image():
+    row, pooled = _rows(counts_csv([_analysis("a.png", {})]))
+    assert [row[f"monocyte_pct{s}"] for s in ("", "_lo", "_hi")] == ["0.0", "0.0", "100.0"]  # nothing known
+    assert counts_csv([]).count("\n") == 1  # the header only
+
+
+def _sections(page: str) -> list[str]:
+    return [s.split("</h2>")[0] for s in page.split("<h2")[1:]]
+
+
+def test_report_says_what_a_lab_needs_and_warns_on_few_cells():
+    unsure = _wbc("", {"neutrophil": 0.41, "lymphocyte": 0.38, "monocyte": 0.21}, unsure=True)
+    sure = [_wbc("neutrophil", {"neutrophil": 0.97, "lymphocyte": 0.03}),
+            _wbc("lymphocyte", {"lymphocyte": 0.84, "neutrophil": 0.16})]
+    a = _analysis("photos/a.png", {"neutrophil": 1, "lymphocyte": 1}, [*sure, unsure], sample_id="S-17",
+                  pixel_size_um=0.25)
+    page = report_html([a], [np.zeros((20, 30, 3), np.uint8)], date="2025-01-02 03:04:05 +0000")
+    for text in (RESEARCH_ONLY, "S-17", "2025-01-02 03:04:05 +0000", f"hemaseg {__version__}",
+                 "cells, sha256 0123456789ab", "wbc-type, calibrated", "0.25 µm/px",
+                 "classifier confidence, calibrated", "Clopper-Pearson"):
+        assert text in page, text
+    assert page.count(RESEARCH_ONLY) == 2  # at the top and at the end
+    assert "Rests on <strong>2</strong> typed white cell(s) of 3 found; 1 whose type" in page
+    assert 'class="warning"' in page and "fewer than the 100" in page
+    # 1 of 2 neutrophils: 50 %, 1.3-98.7.
+    assert "<td>neutrophil</td><td>1</td><td>50.0</td><td>1.3 - 98.7</td>" in page
+    # The unsure cell is listed apart, before the image's own gallery, with its two likeliest types.
+    heads = _sections(page)
+    review = next(i for i, h in enumerate(heads) if "For review: 1 white cell" in h)
+    assert review < next(i for i, h in enumerate(heads) if "photos/a.png" in h)
+    assert "a.png: neutrophil 0.41 / lymphocyte 0.38" in page
+    # The image's gallery: typed cells only, least sure first.
+    gallery = page.split("photos/a.png</h2>")[1]
+    assert gallery.index("lymphocyte 0.84") < gallery.index("neutrophil 0.97") and "0.41" not in gallery
+
+
+def test_report_without_warning_sample_or_scale():
+    a = _analysis("a.png", {"neutrophil": 60, "lymphocyte": 40})
+    page = report_html([a], [np.zeros((20, 30, 3), np.uint8)])
+    assert 'class="warning"' not in page and "For review" not in page
+    assert "not given (hemaseg analyze --sample-id ID)" in page and "pixel scale</th><td>not known" in page
+    assert "<td>neutrophil</td><td>60</td><td>60.0</td><td>49.7 - 69.7</td>" in page
+
+
+def test_cli_analyze_sample_id_in_results_report_and_counts(tmp_path):
+    """The bundled models on the bundled photo (one WBC: the warning shows)."""
+    out = tmp_path / "out"
+    res = CliRunner().invoke(app, ["analyze", str(SAMPLE), "--out", str(out), "--sample-id", "LAB-2025-001"])
+    assert res.exit_code == 0, res.output
+    results = json.loads((out / "results.json").read_text())
+    assert results["data"]["0"]["sample_id"] == "LAB-2025-001"
+    page = (out / "report.html").read_text()
+    assert "LAB-2025-001" in page and RESEARCH_ONLY in page and 'class="warning"' in page
+    assert "sha256 " in page and "trained with hemaseg" in page
+    rows = _rows((out / "counts.csv").read_text())
+    assert [r["filename"] for r in rows] == [str(SAMPLE), BATCH_ROW]
+    assert {"neutrophil_pct_lo", "neutrophil_pct_hi", "ig_pct_lo", "ig_pct_hi"} <= set(rows[0])
+    bad = CliRunner().invoke(app, ["analyze", str(SAMPLE), "--out", str(out), "--sample-id", " "])
+    assert bad.exit_code == 2 and "--sample-id" in bad.output
+    bad = CliRunner().invoke(app, ["analyze", str(SAMPLE), "--out", str(out), "--min-confidence", "2"])
+    assert bad.exit_code == 2 and "--min-confidence" in bad.output
