@@ -9,9 +9,9 @@ from typer.testing import CliRunner
 from helpers import TINY, make_dsb, toy_nuclei
 from hemaseg.cli import app
 from hemaseg.io.datasets import find_dsb, load_instances
+from hemaseg.io.images import read_image
 from hemaseg.io.rle import labels_to_rles, rle_decode, rle_encode, rles_to_labels
 from hemaseg.metrics import dsb_scores, instance_iou
-from hemaseg.io.images import read_image
 from hemaseg.tasks.nuclei import modality, nuclei_instances, nuclei_targets
 
 runner = CliRunner()
