@@ -110,7 +110,7 @@ def wbc_seg_dice(model: str | None, method: str | None, data: Path) -> tuple[flo
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="+", default=["wbc"])
+    ap.add_argument("--models", nargs="*", default=["wbc"])
     ap.add_argument("--method", nargs="*", default=[], help="also score these classical methods (hsv, watershed)")
     ap.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data")
     ap.add_argument("--split", default="test", help="TXL-PBC split folder: test, val or train")

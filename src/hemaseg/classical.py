@@ -235,6 +235,12 @@ def hsv_wbc_mask(image: np.ndarray, thresholds: str = "otsu", reach: float = 0.6
     d = darkness(image)
     channels = (nucleus_stain(image, lab), d)
     broad = nucleus_mask(image, thresholds, min_nucleus_area, split=False, channels=channels)
+    strict = nucleus_mask(image, thresholds, min_nucleus_area, channels=channels)
+    if strict.any():
+        # Where red cells are as dark as the stain (bluish smears), the broad candidates hold them
+        # too: keep only what lies close to a strict (darker) nucleus.
+        areas = np.bincount(ndi.label(strict)[0].ravel())[1:]
+        broad &= _dilate(strict, max(2.0, 0.25 * 2 * np.sqrt(areas.max() / np.pi)))
     groups = group_lobes(broad)
     classes = np.zeros((h, w), np.uint8)
     if groups.max() == 0:
@@ -244,7 +250,7 @@ def hsv_wbc_mask(image: np.ndarray, thresholds: str = "otsu", reach: float = 0.6
     sizes[0] = 0
     groups = relabel(groups, sizes >= 0.15 * sizes.max())
     broad &= groups > 0
-    nucleus = _fill(nucleus_mask(image, thresholds, min_nucleus_area, channels=channels) & broad)
+    nucleus = _fill(strict & broad)
     stained = _fill(d > _otsu(d[~broad])) | broad
     # Distance reach of each pixel to its nearest nucleus group, in that group's diameters.
     dist, (iy, ix) = ndi.distance_transform_edt(groups == 0, return_indices=True)
@@ -258,6 +264,10 @@ def hsv_wbc_mask(image: np.ndarray, thresholds: str = "otsu", reach: float = 0.6
     markers = np.where(stained & near & (grown > 0), grown, 0).astype(np.int32)
     far = stained & ~near & ~broad
     markers[far] = n + 2  # other stained objects: red cells, far away
+    # Red cells pressed against a WBC are near it too: a near pixel whose colour is likelier the
+    # far objects' (red cells) than the colour just around the nuclei (cytoplasm) is a red cell.
+    ring = stained & near & ~broad & (dist <= 0.35 * diam)
+    markers[red_like(lab, far, ring, stained & near & ~broad & (grown == 0))] = n + 2
     markers[~stained] = n + 1  # background: outside the stained mask nothing else may flood
     # OpenCV's watershed floods on colour differences of the (smoothed) image itself.
     smooth = cv2.GaussianBlur(np.ascontiguousarray(image[..., :3]), (0, 0), 1.0)
@@ -280,6 +290,33 @@ def hsv_wbc_mask(image: np.ndarray, thresholds: str = "otsu", reach: float = 0.6
     classes[instances > 0] = 1
     classes[(instances > 0) & nucleus] = 2
     return classes, instances
+
+
+def red_like(lab: np.ndarray, red: np.ndarray, cytoplasm: np.ndarray, candidates: np.ndarray,
+             min_pixels: int = 50) -> np.ndarray:
+    """(H, W) bool: the ``candidates`` whose colour is likelier that of the ``red`` pixels than that of
+    the ``cytoplasm`` pixels, each a Gaussian in CIELAB a*b* fitted on this image (no fixed
+    threshold); nothing when either sample has fewer than ``min_pixels`` pixels.
+
+    >>> lab = np.zeros((4, 4, 3), np.float32); lab[:2, ..., 1] = 170; lab[2:, ..., 1] = 135
+    >>> lab += np.random.default_rng(0).normal(0, 2, lab.shape).astype(np.float32)
+    >>> red = np.zeros((4, 4), bool); red[0] = True; cyto = np.zeros((4, 4), bool); cyto[3] = True
+    >>> red_like(lab, red, cyto, np.ones((4, 4), bool), min_pixels=4)[:, 0].tolist()
+    [True, True, False, False]
+    """
+    out = np.zeros(candidates.shape, bool)
+    if red.sum() < min_pixels or cytoplasm.sum() < min_pixels or not candidates.any():
+        return out
+    ab = lab[..., 1:3].astype(np.float64)
+
+    def loglik(sample: np.ndarray) -> np.ndarray:
+        x = ab[sample]
+        mean, cov = x.mean(0), np.cov(x.T) + np.eye(2)  # + 1: no collapse on a flat colour
+        d = ab[candidates] - mean
+        return -0.5 * (np.einsum("ij,jk,ik->i", d, np.linalg.inv(cov), d) + np.log(np.linalg.det(cov)))
+
+    out[candidates] = loglik(red) > loglik(cytoplasm)
+    return out
 
 
 def central_instance(instances: np.ndarray) -> int:
