@@ -11,6 +11,17 @@ MIN_SPREAD = 3.0
 # span many pixels, so photos of smears score above 0.9; white noise scores 0.
 MIN_NEIGHBOUR_CORRELATION = 0.5
 _SAMPLE_PIXELS = 1_000_000  # rows sampled from larger images (the statistics need no more)
+_PERCENTILE_PIXELS = 65_536
+
+
+def _grey(pixels: np.ndarray) -> np.ndarray:
+    """Mean of the channels as float32 (channel by channel: several times faster than ``.mean(-1)``)."""
+    if pixels.ndim == 2:
+        return pixels.astype(np.float32)
+    out = pixels[..., 0].astype(np.float32)
+    for c in range(1, pixels.shape[-1]):
+        out += pixels[..., c]
+    return out / pixels.shape[-1]
 
 
 def featureless(image: np.ndarray) -> str | None:
@@ -31,10 +42,12 @@ def featureless(image: np.ndarray) -> str | None:
         return "flat (no contrast)"
     step = max(1, (h * w) // _SAMPLE_PIXELS)
     rows = image[::step] if step > 1 else image
-    grey = rows.astype(np.float32) if rows.ndim == 2 else rows.astype(np.float32).mean(-1)
-    lo, hi = np.percentile(grey, [1, 99])
-    chans = rows.reshape(-1, rows.shape[-1]) if rows.ndim == 3 else grey.reshape(-1, 1)
-    spread = np.percentile(chans, 99, axis=0) - np.percentile(chans, 1, axis=0)
+    grey = _grey(rows)
+    # Percentiles from at most ~65k evenly spaced pixels: as good a spread, a fraction of the time.
+    k = max(1, grey.size // _PERCENTILE_PIXELS)
+    lo, hi = np.percentile(grey.ravel()[::k], [1, 99])
+    chans = (rows.reshape(-1, rows.shape[-1]) if rows.ndim == 3 else grey.reshape(-1, 1))[::k]
+    spread = np.diff(np.percentile(chans, [1, 99], axis=0), axis=0)[0]
     if hi - lo < MIN_SPREAD and float(np.max(spread)) < MIN_SPREAD:
         return "flat (no contrast)"
     var = float(grey.var())
@@ -42,9 +55,11 @@ def featureless(image: np.ndarray) -> str | None:
         return "flat (no contrast)"
     dx = np.diff(grey, axis=1)
     # Vertical neighbours: within the full image's adjacent rows (sampled rows are not adjacent).
-    below = image[1::step][: grey.shape[0]] if step > 1 else image[1:]
-    below = below.astype(np.float32) if below.ndim == 2 else below.astype(np.float32).mean(-1)
-    dy = below - grey[: below.shape[0]]
+    if step > 1:
+        below = _grey(image[1::step][: grey.shape[0]])
+        dy = below - grey[: below.shape[0]]
+    else:
+        dy = np.diff(grey, axis=0)
     corr = 1.0 - (float(dx.var()) + float(dy.var())) / (4.0 * var)
     if corr < MIN_NEIGHBOUR_CORRELATION:
         return "no spatial structure (noise)"
