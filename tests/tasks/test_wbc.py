@@ -87,10 +87,14 @@ def test_boxed_fields_load_as_weak_labels(tmp_path):
     assert len(pairs) == 4 and all(p.mask.suffix == ".txt" for p in pairs)
     image, mask = WBC.load_sample(pairs[0])
     assert image.shape[:2] == mask.shape
-    assert set(np.unique(mask)) <= {0, RED_CELL, IGNORE} and (mask == RED_CELL).any() and (mask == IGNORE).any()
+    assert set(np.unique(mask)) <= {0, 1, 2, RED_CELL, IGNORE} and (mask == RED_CELL).any() and (mask == IGNORE).any()
     assert WBC.stratum(image, mask) == "boxes"
-    # the network is taught background where the red-cell box is, nothing about the WBC's box
-    assert set(np.unique(WBC.target(mask))) <= {0, IGNORE}
+    # background where the red-cell box is; inside the WBC's box only what the bundled model is sure of
+    assert set(np.unique(WBC.target(mask))) <= {0, 1, 2, IGNORE}
+    cell = (mask == 1) | (mask == 2)
+    ys, xs = np.nonzero(cell)
+    assert cell.sum() > 0 and ys.min() > 0.1 * mask.shape[0] and xs.min() > 0.1 * mask.shape[1]
+    assert WBC.measure_mask(mask).max() <= 2  # the card's diameter sees the pseudo-labelled WBC only
 
 
 def test_train_on_masks_and_boxes_together(tmp_path, wbc_folder):
@@ -108,6 +112,8 @@ def test_train_on_masks_and_boxes_together(tmp_path, wbc_folder):
     assert res.exit_code == 0, res.output
     card = json.loads((run / "model.json").read_text())
     assert card["training"]["strata"] == {"boxes": 2, "masks": 5}
+    # the WBC diameter comes from the pixel masks only (toy WBCs: 48 px images, radius 10-14 px)
+    assert 15 < card["cell_diameter"] < 32
     history = json.loads((run / "state.json").read_text())["history"][0]
     assert 0.0 <= history["leak"] <= 1.0
     assert history["metric"] == pytest.approx((history["dice_cell"] + history["dice_nucleus"]) / 2

@@ -169,6 +169,11 @@ class Task:
         """Network target of an (augmented) loaded mask: the mask itself by default."""
         return mask
 
+    def measure_mask(self, mask: np.ndarray) -> np.ndarray:
+        """The part of a loaded mask whose objects give the model card's cell diameter (the whole
+        mask by default; a task with weak labels keeps only its real cells)."""
+        return mask
+
     def stratum(self, image: np.ndarray, mask: np.ndarray) -> str:
         """Name of the group a loaded sample belongs to (e.g. its imaging modality): the split keeps
         every group in validation and ``stratum_weights`` balances them in training. One group by default."""

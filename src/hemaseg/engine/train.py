@@ -238,7 +238,7 @@ def pair_data(task, cfg: TrainConfig, run: Path, state: dict) -> tuple:
         write_split(split_path, train_pairs, val_pairs, cfg.seed)
         train_items, val_items = [loaded[p] for p in train_pairs], [loaded[p] for p in val_pairs]
     train_strata = [task.stratum(*item) for item in train_items]
-    diams = object_diameters([m for _, m in train_items])
+    diams = object_diameters([task.measure_mask(m) for _, m in train_items])
     diameter = state.get("cell_diameter") or (float(np.median(diams)) if len(diams) else 0.0)
     state["cell_diameter"] = diameter
     diameter_range = [float(v) for v in np.percentile(diams, [5, 95])] if len(diams) else []

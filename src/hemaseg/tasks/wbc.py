@@ -26,7 +26,7 @@ from hemaseg.core.vocabulary import category_of
 from hemaseg.engine.blocks import Block, centred_in_core, image_blocks, release_free_memory
 from hemaseg.engine.evaluate import plain_table
 from hemaseg.engine.losses import IGNORE
-from hemaseg.engine.predict import card_range, get_model, predict_scaled
+from hemaseg.engine.predict import card_range, get_model, predict_probs, predict_scaled
 from hemaseg.engine.task import Task
 from hemaseg.engine.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
 from hemaseg.io.annotations import find_yolo, read_yolo_labels, yolo_names
@@ -403,15 +403,18 @@ WBC_BOX_MARGIN = 0.15  # fraction of a WBC box's side ignored around it (boxes a
 # of wbc-seg (the pixel-annotated data, 75 px), so both kinds of data show WBCs at one size.
 WEAK_WBC_SIDE = 75.0
 WBC_PER_RBC = 1.8  # a WBC's diameter in red-cell diameters, to rescale a field boxed without a WBC
+PSEUDO_CONFIDENCE = 0.9  # a pseudo-label is kept where the labelling model is at least this sure
 WEAK_VAL_ITEMS = 48  # weakly labelled fields scored per validation (evenly spaced), to keep epochs short
 
 
-def weak_wbc_sample(image: np.ndarray, boxes: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+def weak_wbc_sample(image: np.ndarray, boxes: list[dict], labeller=None) -> tuple[np.ndarray, np.ndarray]:
     """(image, mask) of a field with complete boxes, rescaled so its WBCs are ~:data:`WEAK_WBC_SIDE` px.
 
     ``boxes`` are annotation records (``category`` and ``bounding_box``). The (H, W) uint8 mask
     is 0 background, :data:`RED_CELL` inside red-cell boxes, and ``IGNORE`` (255) in and around
-    WBC boxes and on unboxed pixels within half a WBC of the field's edge.
+    WBC boxes and on unboxed pixels within half a WBC of the field's edge. With a ``labeller``
+    (:func:`pseudo_labeller`), the pixels of a WBC box outside every red-cell box that it labels
+    confidently take its classes (the WBC itself is taught, not only what it is not).
 
     >>> img = np.zeros((200, 200, 3), np.uint8)
     >>> box = lambda c, x1, y1, x2, y2: {"category": c, "bounding_box": {"x1": x1, "y1": y1, "x2": x2, "y2": y2}}
@@ -450,7 +453,38 @@ def weak_wbc_sample(image: np.ndarray, boxes: list[dict]) -> tuple[np.ndarray, n
     for b in boxes:
         if b.get("category") == "wbc":
             mask[rect(b, WBC_BOX_MARGIN)] = IGNORE
+    if labeller is not None:
+        # Inside a WBC box (off every red-cell box) the pixels a model labels confidently are taught.
+        classes, sure = labeller(image)
+        inside = np.zeros((nh, nw), bool)
+        for b in boxes:
+            if b.get("category") == "wbc":
+                inside[rect(b)] = True
+        for b in boxes:
+            if b.get("category") == "rbc":
+                inside[rect(b)] = False
+        take = inside & sure
+        mask[take] = classes[take]
     return image, mask
+
+
+def pseudo_labeller(model="wbc", confidence: float = PSEUDO_CONFIDENCE, device: str = "cpu"):
+    """image -> ((H, W) uint8 classes, (H, W) bool sure) of a WBC ``model`` run at the field's scale
+    (fields are rescaled to the trained WBC size), on the image and on a hue-shifted mirror of it:
+    sure = both views agree and both give their class a probability of at least ``confidence``."""
+    module, card = get_model(model, device)
+
+    def label(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        hsv = cv2.cvtColor(np.ascontiguousarray(image[:, ::-1]), cv2.COLOR_RGB2HSV)
+        hsv[..., 0] = (hsv[..., 0].astype(np.int16) + 12) % 180  # +24 degrees: another stain's hue
+        other = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+        p1 = predict_probs(module, card, image)
+        p2 = predict_probs(module, card, other)[:, :, ::-1]
+        c1, c2 = p1.argmax(0), p2.argmax(0)
+        sure = (c1 == c2) & (p1.max(0) >= confidence) & (p2.max(0) >= confidence)
+        return c1.astype(np.uint8), sure
+
+    return label
 
 
 class WbcTask(Task):
@@ -469,6 +503,7 @@ class WbcTask(Task):
     # each epoch's draws come from them (pixel masks otherwise dominate what the Dice rewards).
     train_defaults: dict = {"stratum_weights": {"masks": 0.6, "boxes": 0.4}}
     mean_keys = ("dice_cell", "iou_cell", "dice_nucleus", "iou_nucleus")
+    _labeller = None  # pseudo-labels inside the WBC boxes of weakly labelled fields (made on first use)
 
     def segment(self, image, model, cell_diameter=None, device="cpu", tile=DEFAULT_TILE, overlap=DEFAULT_OVERLAP,
                 tta=None, params=None) -> Segmentation:
@@ -492,10 +527,16 @@ class WbcTask(Task):
         names = yolo_names(pair.mask.parent)
         boxes = [{**m, "category": category_of(m["class_name"])}
                  for m in read_yolo_labels(pair.mask, names, *image.shape[:2])]
-        return weak_wbc_sample(image, boxes)
+        if self._labeller is None:
+            self._labeller = pseudo_labeller(self.default_model)
+        return weak_wbc_sample(image, boxes, self._labeller)
 
     def target(self, mask: np.ndarray) -> np.ndarray:
         return np.where(mask == RED_CELL, 0, mask).astype(np.uint8) if (mask == RED_CELL).any() else mask
+
+    def measure_mask(self, mask: np.ndarray) -> np.ndarray:
+        # A weakly labelled field has no WBC pixel: its red-cell boxes and ignored WBC boxes are not cells.
+        return np.where((mask == RED_CELL) | (mask == IGNORE), 0, mask).astype(np.uint8)
 
     def stratum(self, image: np.ndarray, mask: np.ndarray) -> str:
         return "boxes" if ((mask == IGNORE) | (mask == RED_CELL)).any() else "masks"
