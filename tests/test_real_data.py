@@ -40,6 +40,7 @@ def test_reads_whole_wbcseg_folder():
 
 DSB = DATA / "dsb2018"
 DSB_SPLIT = Path(__file__).resolve().parents[1] / "benchmarks" / "splits" / "dsb2018.json"
+DSB_MODALITY_SPLIT = Path(__file__).resolve().parents[1] / "benchmarks" / "splits" / "dsb2018-modality.json"
 TYPE_SPLIT = Path(__file__).resolve().parents[1] / "benchmarks" / "splits" / "wbc-type.json"
 
 
@@ -64,6 +65,27 @@ def test_nuclei_model_on_some_validation_images():
             break
     assert len(scores) == 10
     assert np.mean([r["ap50"] for r in scores]) > 0.6 and np.mean([r["dsb"] for r in scores]) > 0.4
+
+
+@pytest.mark.skipif(not DSB.is_dir(), reason="../shared/data/dsb2018 not present")
+def test_nuclei_split_holds_every_modality():
+    """The nuclei split is stratified: each modality has validation images, none trained on."""
+    import json
+
+    from hemaseg.io.datasets import find_dsb
+    from hemaseg.io.images import read_image
+    from hemaseg.tasks.nuclei import modality
+
+    d = json.loads(DSB_MODALITY_SPLIT.read_text())
+    assert not set(d["val"]) & set(d["train"])
+    kinds = {"train": [], "val": []}
+    for s in find_dsb(DSB):
+        part = "val" if s.image.name in d["val"] else "train" if s.image.name in d["train"] else None
+        if part:
+            kinds[part].append(modality(read_image(s.image)))
+    assert len(kinds["val"]) + len(kinds["train"]) == 600
+    for kind in ("fluorescence", "histology", "brightfield"):
+        assert kinds["val"].count(kind) >= 2 and kinds["train"].count(kind) >= 2, kind
 
 
 @pytest.mark.skipif(not (DATA / "bccd-wbc").is_dir(), reason="../shared/data/bccd-wbc not present")
