@@ -131,7 +131,10 @@ def main() -> None:
         lines.append(f"\nhemaseg / StarDist: **{ours / theirs['seconds']:.2f}**")
     else:
         lines.append("| StarDist | skipped (not installed; see --stardist-python) | |")
-    print("\n".join(lines))
+    text = "\n".join(lines) + "\n"
+    print(text)
+    (HERE / "results").mkdir(exist_ok=True)
+    (HERE / "results" / "nuclei_stardist.md").write_text(text)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,6 @@ def test_reads_whole_wbcseg_folder():
 
 
 DSB = DATA / "dsb2018"
-DSB_SPLIT = Path(__file__).resolve().parents[1] / "benchmarks" / "splits" / "dsb2018.json"
 DSB_MODALITY_SPLIT = Path(__file__).resolve().parents[1] / "benchmarks" / "splits" / "dsb2018-modality.json"
 TYPE_SPLIT = Path(__file__).resolve().parents[1] / "benchmarks" / "splits" / "wbc-type.json"
 
@@ -54,8 +53,8 @@ def test_nuclei_model_on_some_validation_images():
     from hemaseg.pipelines.segment import segment
     from hemaseg.tasks.nuclei import modality
 
-    val = set(json.loads(DSB_SPLIT.read_text())["val"])
-    assert not val & set(json.loads(DSB_SPLIT.read_text())["train"])
+    val = set(json.loads(DSB_MODALITY_SPLIT.read_text())["val"])
+    assert not val & set(json.loads(DSB_MODALITY_SPLIT.read_text())["train"])
     scores = []
     for s in (s for s in find_dsb(DSB) if s.image.name in val):
         image, labels = load_instances(s)
