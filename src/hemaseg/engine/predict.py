@@ -47,14 +47,15 @@ def card_range(card: dict, image: np.ndarray) -> np.ndarray:
 
 def predict_probs(module: torch.nn.Module, card: dict, image: np.ndarray, factor: float = 1.0,
                   tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP, prange: np.ndarray | None = None,
-                  invert: bool = False, tta: bool = False) -> np.ndarray:
+                  invert: bool = False, tta: bool = False, check_content: bool = True) -> np.ndarray:
     """Class probabilities of ``image`` (H, W, 3) uint8 resized by ``factor``, back at (K, H, W) float32.
 
     ``invert`` flips the normalised intensities (bright-background images for the nuclei model);
     ``tta`` averages the predictions of the image and its three flips (4x the time). An image with
     nothing in it (:func:`hemaseg.core.content.featureless`) is background (class 0) everywhere:
-    a network asked about a flat or noise image answers with confident nonsense."""
-    if card.get("classes") and featureless(image):
+    a network asked about a flat or noise image answers with confident nonsense.
+    ``check_content=False`` skips that check, for callers that made it once for several passes."""
+    if check_content and card.get("classes") and featureless(image):
         probs = np.zeros((len(card["classes"]), *image.shape[:2]), np.float32)
         probs[0] = 1.0
         return probs
@@ -63,7 +64,8 @@ def predict_probs(module: torch.nn.Module, card: dict, image: np.ndarray, factor
                  (slice(None), slice(None, None, -1)), (slice(None, None, -1), slice(None, None, -1))]
         acc = None
         for vy, vx in views:
-            p = predict_probs(module, card, np.ascontiguousarray(image[vy, vx]), factor, tile, overlap, prange, invert)
+            p = predict_probs(module, card, np.ascontiguousarray(image[vy, vx]), factor, tile, overlap, prange, invert,
+                              check_content=False)
             p = p[:, vy, vx]
             acc = p if acc is None else acc + p
         return acc / len(views)

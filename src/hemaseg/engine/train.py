@@ -226,18 +226,18 @@ def pair_data(task, cfg: TrainConfig, run: Path, state: dict) -> tuple:
     split_path = run / "split.json"
     if split_path.exists():
         train_pairs, val_pairs = read_split(split_path, cfg.data)
-        train_items = [task.load_sample(p) for p in track(train_pairs, "read training data", leave=False)]
-        val_items = [task.load_sample(p) for p in val_pairs]
+        pairs = train_pairs + val_pairs
     else:
         pairs = [p for d in cfg.data for p in task.find_samples(d)]
         if not pairs:
             raise HemasegInputError(", ".join(cfg.data), "no image/mask pairs found")
-        loaded = dict(zip(pairs, (task.load_sample(p) for p in track(pairs, "read training data", leave=False))))
-        strata = [task.stratum(*loaded[p]) for p in pairs]
-        train_pairs, val_pairs = split_pairs(pairs, cfg.val_fraction, cfg.seed, strata)
+    loaded = dict(zip(pairs, (task.load_sample(p) for p in track(pairs, "read training data", leave=False))))
+    stratum = {p: task.stratum(*loaded[p]) for p in pairs}
+    if not split_path.exists():
+        train_pairs, val_pairs = split_pairs(pairs, cfg.val_fraction, cfg.seed, [stratum[p] for p in pairs])
         write_split(split_path, train_pairs, val_pairs, cfg.seed)
-        train_items, val_items = [loaded[p] for p in train_pairs], [loaded[p] for p in val_pairs]
-    train_strata = [task.stratum(*item) for item in train_items]
+    train_items, val_items = [loaded[p] for p in train_pairs], [loaded[p] for p in val_pairs]
+    train_strata = [stratum[p] for p in train_pairs]
     diams = object_diameters([task.measure_mask(m) for _, m in train_items])
     diameter = state.get("cell_diameter") or (float(np.median(diams)) if len(diams) else 0.0)
     state["cell_diameter"] = diameter

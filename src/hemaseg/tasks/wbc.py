@@ -20,7 +20,7 @@ from skimage.measure import regionprops
 from hemaseg.classical import WBC_METHODS, segment_classical
 from hemaseg.core.content import featureless
 from hemaseg.core.labels import measure_diameter, relabel, remove_small, split_instances, wbc_objects
-from hemaseg.core.resize import clamp_factor, rescale, resize_argmax, resize_probs
+from hemaseg.core.resize import clamp_factor, rescale, resize_argmax
 from hemaseg.core.result import Segmentation
 from hemaseg.core.vocabulary import category_of
 from hemaseg.engine.blocks import Block, centred_in_core, image_blocks, release_free_memory
@@ -193,13 +193,13 @@ def postprocess_classes(classes: np.ndarray, diameter: float, p: WbcParams = DEF
 
 def _measure_at(module: torch.nn.Module, card: dict, image: np.ndarray, prange: np.ndarray,
                 factor: float, tile: int, overlap: int, p: WbcParams = DEFAULTS) -> tuple[float | None, np.ndarray]:
-    """Run the model at ``factor``; return (diameter px in the input of the nucleated cells, probs at
-    the model's scale, for the caller to reuse). Cells are found at the input's scale (at the
-    model's, a pass at a wrong scale measures them less consistently)."""
+    """Run the model at ``factor``; return (diameter px in the input of the nucleated cells, probs).
+    Cells are found at the input's scale (at the model's, a pass at a wrong scale measures them
+    less consistently). The caller has checked the image's content."""
     trained = float(card.get("cell_diameter") or 0)
-    small = predict_scaled(module, card, image, factor, tile, overlap, prange)
-    _, instances = wbc_instances(resize_probs(small, image.shape[:2]), trained / factor, p)
-    return measure_diameter(instances, min_area=_min_area(trained / factor, p)), small
+    probs = predict_probs(module, card, image, factor, tile, overlap, prange, check_content=False)
+    _, instances = wbc_instances(probs, trained / factor, p)
+    return measure_diameter(instances, min_area=_min_area(trained / factor, p)), probs
 
 
 def _estimate_scale(module: torch.nn.Module, card: dict, image: np.ndarray, prange: np.ndarray,
@@ -210,11 +210,11 @@ def _estimate_scale(module: torch.nn.Module, card: dict, image: np.ndarray, pran
     A first pass at half scale (then native, then double, until cells are found) measures
     the nucleated cells; passes at the implied scale refine that, as Cellpose refines its
     size estimate from a segmentation. Returns (diameter px or None, probabilities of the
-    last pass at the model's scale, its factor).
+    last pass, its factor).
     """
     trained = float(card.get("cell_diameter") or 0)
     if trained <= 0:
-        return None, predict_scaled(module, card, image, 1.0, tile, overlap, prange), 1.0
+        return None, predict_probs(module, card, image, 1.0, tile, overlap, prange, check_content=False), 1.0
     # Very large images: keep the first passes under ~2048 px on the long side.
     shrink = min(1.0, ESTIMATE_SIZE / max(image.shape[:2]))
     diameter, probs, factor = None, None, 1.0
@@ -225,7 +225,7 @@ def _estimate_scale(module: torch.nn.Module, card: dict, image: np.ndarray, pran
             break
     if diameter is None:
         factor = 1.0
-        return None, predict_scaled(module, card, image, factor, tile, overlap, prange), factor
+        return None, predict_probs(module, card, image, factor, tile, overlap, prange, check_content=False), factor
     for _ in range(3):
         new = scale_factor(card, diameter, p.scale_deadband)
         if abs(np.log(new / factor)) < np.log(p.scale_deadband):
@@ -285,12 +285,10 @@ def _segment_wbc(image: np.ndarray, module: torch.nn.Module, card: dict, cell_di
         return _segment_blocks(module, card, image, prange, cell_diameter, tile, overlap, p)
     if cell_diameter is None:
         # The last measuring pass is the final one: its probabilities are reused.
-        cell_diameter, small, factor = _estimate_scale(module, card, image, prange, tile, overlap, p)
+        cell_diameter, probs, factor = _estimate_scale(module, card, image, prange, tile, overlap, p)
     else:
         factor = scale_factor(card, cell_diameter, p.scale_deadband)
-        small = predict_scaled(module, card, image, factor, tile, overlap, prange)
-    probs = resize_probs(small, image.shape[:2])
-    del small
+        probs = predict_probs(module, card, image, factor, tile, overlap, prange, check_content=False)
     diameter = float(cell_diameter or (float(card.get("cell_diameter") or p.fallback_diameter) / factor))
     classes, instances = wbc_instances(probs, diameter, p)
     objects = wbc_objects(classes, instances, probs)
@@ -406,6 +404,11 @@ WBC_PER_RBC = 1.8  # a WBC's diameter in red-cell diameters, to rescale a field 
 WBC_CORE = 0.8  # the ellipse inscribed in a WBC box, shrunk to this share: surely the cell
 PSEUDO_CONFIDENCE = 0.9  # a pseudo-label is kept where the labelling model is at least this sure
 WEAK_VAL_ITEMS = 48  # weakly labelled fields scored per validation (evenly spaced), to keep epochs short
+
+
+def is_weak(mask: np.ndarray) -> bool:
+    """The loaded mask is a weakly labelled field's (:func:`weak_wbc_sample`), not a pixel annotation."""
+    return bool(((mask == IGNORE) | (mask == RED_CELL)).any())
 
 
 def weak_wbc_sample(image: np.ndarray, boxes: list[dict], labeller=None) -> tuple[np.ndarray, np.ndarray]:
@@ -546,16 +549,17 @@ class WbcTask(Task):
     def measure_mask(self, mask: np.ndarray) -> np.ndarray:
         # A weakly labelled field does not measure: its red-cell boxes and ignored pixels are not
         # cells, and its pseudo-labels are the sure parts of cells (fragments), not whole ones.
-        return np.zeros_like(mask) if self.stratum(mask, mask) == "boxes" else mask
+        return np.zeros_like(mask) if is_weak(mask) else mask
 
     def stratum(self, image: np.ndarray, mask: np.ndarray) -> str:
-        return "boxes" if ((mask == IGNORE) | (mask == RED_CELL)).any() else "masks"
+        return "boxes" if is_weak(mask) else "masks"
 
     def validate(self, probs_of, items: list, cfg, data_card: dict) -> dict[str, float]:
         """Dice / IoU on the pixel-annotated items; on weakly labelled ones ``leak``, the fraction of
         predicted cytoplasm lying in red-cell boxes outside every WBC box."""
-        full = [(im, t) for im, t in items if self.stratum(im, t) == "masks"]
-        weak = [(im, t) for im, t in items if self.stratum(im, t) == "boxes"]
+        flags = [is_weak(t) for _, t in items]
+        weak = [item for item, w in zip(items, flags) if w]
+        full = [item for item, w in zip(items, flags) if not w]
         scores = [wbc_scores(probs_of(image).argmax(0), target) for image, target in full]
         out = {k: float(np.mean([s[k] for s in scores])) for k in scores[0]} if scores else {}
         if weak:
