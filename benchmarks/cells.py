@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from record import write_result
 
 from hemaseg.engine.predict import get_model
 from hemaseg.io.datasets import read_voc
@@ -114,7 +115,7 @@ def main() -> None:
     for m, r in wrongs.items():
         emit(f"`{m}`: boxes vs found: " + ", ".join(f"{c} {t} boxed / {p} found" for c, (t, p) in r["counts"].items())
              + f"; WBC miscounts: {', '.join(r['wrong']) or 'none'}\n")
-    (HERE / "results" / "cells.md").write_text("\n".join(OUT) + "\n")
+    write_result("cells", OUT)
 
 
 if __name__ == "__main__":

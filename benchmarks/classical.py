@@ -30,6 +30,7 @@ from hemaseg.metrics import dsb_scores, wbc_scores
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from record import write_result
 from wbc_accuracy import CONDITIONS, _box_iou  # noqa: E402
 
 OUT: list[str] = []
@@ -204,8 +205,7 @@ def main() -> None:
         nuclei_table(args.data, dsb_split)
     if "boxes" in args.only:
         mask_in_box_table(args.data)
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "classical.md").write_text("\n".join(OUT) + "\n")
+    write_result("classical", OUT)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from record import write_result
 
 import hemaseg
 from hemaseg.engine.evaluate import select_split
@@ -101,8 +102,7 @@ def main() -> None:
         accuracy(args.model, args.data, args.split)
     if "speed" in args.only:
         speed(args.model, args.data, args.split, args.repeats)
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "nuclei.md").write_text("\n".join(OUT) + "\n")
+    write_result("nuclei", OUT)
 
 
 if __name__ == "__main__":

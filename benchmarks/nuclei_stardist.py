@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from record import write_result
 
 HERE = Path(__file__).resolve().parent
 SIZE = 2048
@@ -131,10 +132,8 @@ def main() -> None:
         lines.append(f"\nhemaseg / StarDist: **{ours / theirs['seconds']:.2f}**")
     else:
         lines.append("| StarDist | skipped (not installed; see --stardist-python) | |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "nuclei_stardist.md").write_text(text)
+    print("\n".join(lines))
+    write_result("nuclei_stardist", lines)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from record import write_result
 
 import hemaseg
 from hemaseg.engine.evaluate import select_split
@@ -179,7 +180,7 @@ def main() -> None:
     speed(args.model)
     card = get_model(args.model)[1]
     emit(f"Model card: validation {json.dumps(card.get('metrics', {}).get('val', {}))}")
-    (HERE / "results" / "smear10.md").write_text("\n".join(OUT) + "\n")
+    write_result("smear10", OUT)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from record import write_result
 
 HERE = Path(__file__).resolve().parent
 
@@ -142,10 +143,8 @@ def main() -> None:
         dice.append((name, *wbc_seg_dice(model, method, args.data)))
     lines += ["", "| model | wbc-seg validation Dice, cell | nucleus |", "| --- | --- | --- |"]
     lines += [f"| {n} | {c:.4f} | {nu:.4f} |" for n, c, nu in dice]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "wbc_labs.md").write_text(text)
+    print("\n".join(lines))
+    write_result("wbc_labs", lines)
 
 
 if __name__ == "__main__":

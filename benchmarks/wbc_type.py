@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from record import write_result
 
 HERE = Path(__file__).resolve().parent
 OUT: list[str] = []
@@ -145,9 +146,7 @@ def main() -> None:
     if not args.skip_training:
         run_all(args)
     speed(args)
-    (HERE / "results").mkdir(exist_ok=True)
-    name = "wbc_type_speed.md" if args.skip_training else "wbc_type.md"
-    (HERE / "results" / name).write_text("\n".join(OUT) + "\n")
+    write_result("wbc_type_speed" if args.skip_training else "wbc_type", OUT)
 
 
 if __name__ == "__main__":

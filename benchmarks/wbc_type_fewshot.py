@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from record import write_result
 
 HERE = Path(__file__).resolve().parent
 LABS = {"bccd": "bccd-wbc", "wbc-seg": "wbc-seg", "pbc": "pbc"}
@@ -110,9 +111,7 @@ def main() -> None:
     emit("| --- | --- | --- | --- | --- |")
     for (lab, k), r in sorted(rows.items()):
         emit(f"| {lab} | {k} | {r['test']:.3f} (n={r['n_test']}) | {r['other_labs_val']:.3f} | {r['minutes']} |")
-    (HERE / "results").mkdir(exist_ok=True)
-    name = "wbc_type_fewshot_replay.md" if args.replay else "wbc_type_fewshot.md"
-    (HERE / "results" / name).write_text("\n".join(OUT) + "\n")
+    write_result("wbc_type_fewshot_replay" if args.replay else "wbc_type_fewshot", OUT)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from record import write_result
 
 HERE = Path(__file__).resolve().parent
 LABS = {"bccd": "bccd-wbc", "wbc-seg": "wbc-seg", "pbc": "pbc"}
@@ -67,8 +68,7 @@ def main() -> None:
                   flush=True)
         out += [r for _, r in sorted(rows)]
     print("\n".join(out))
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "wbc_type_labs.md").write_text("\n".join(out) + "\n")
+    write_result("wbc_type_labs", out)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from record import write_result
 
 HERE = Path(__file__).resolve().parent
 OUT: list[str] = []
@@ -145,9 +146,7 @@ def main() -> None:
              f"({len(json.loads((args.runs / 'all' / 'model.json').read_text())['classes'])} classes), "
              f"5-class {v.get('accuracy_5', float('nan')):.3f}, ECE {v.get('ece_calibrated')} calibrated "
              f"(uncalibrated {v.get('ece')})")
-    (HERE / "results").mkdir(exist_ok=True)
-    name = "wbc_type_lolo_noruler.md" if args.no_extras else "wbc_type_lolo.md"
-    (HERE / "results" / name).write_text("\n".join(OUT) + "\n")
+    write_result("wbc_type_lolo_noruler" if args.no_extras else "wbc_type_lolo", OUT)
 
 
 if __name__ == "__main__":
