@@ -2,7 +2,7 @@
 
 Layers (a module may import its own layer or lower ones): 0 core, errors, version,
 metrics, progress; 1 io, data, classical; 2 models; 3 engine; 4 tasks; 5 pipelines;
-6 cli, __main__ and hemaseg/__init__.py (the only module allowed to import `hemaseg`).
+6 apps (the web page, the napari plugin); 7 cli, __main__ and hemaseg/__init__.py (the only module allowed to import `hemaseg`).
 Task `a` may import task `b` only if b is in a's `DEPENDS = (...)`. No hemaseg imports
 inside functions/classes, no import cycles, no modules outside the layout.
 `if TYPE_CHECKING:` blocks are ignored. Script: `python tests/test_layers.py [ROOT]`.
@@ -17,7 +17,7 @@ from typing import NamedTuple
 DEFAULT_ROOT = Path(__file__).resolve().parents[1] / "src" / "hemaseg"
 LAYERS = {"core": 0, "errors": 0, "version": 0, "metrics": 0, "progress": 0,
           "io": 1, "data": 1, "classical": 1, "models": 2, "engine": 3,
-          "tasks": 4, "pipelines": 5, "cli": 6, "__main__": 6}
+          "tasks": 4, "pipelines": 5, "apps": 6, "cli": 7, "__main__": 7}
 TASK_SHARED = {"registry", "base"}  # tasks/{registry,base}.py and tasks/__init__.py are not tasks
 NESTED_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
 
@@ -100,7 +100,7 @@ class Scan:
 def layer_of(module: str):
     """Layer number of a module name, or None if it is outside the layout."""
     parts = module.split(".")[1:]
-    return LAYERS.get(parts[0]) if parts else 6
+    return LAYERS.get(parts[0]) if parts else 7
 
 
 def task_of(module: str):

@@ -1,0 +1,1 @@
+"""Where users already work, on top of the pipelines: the local web page and the napari plugin."""
