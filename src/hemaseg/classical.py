@@ -16,9 +16,6 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-from scipy import ndimage as ndi
-from skimage.feature import peak_local_max
-from skimage.segmentation import watershed
 
 from hemaseg.core.labels import drop_small, instance_objects, relabel, wbc_objects
 from hemaseg.core.result import Segmentation
@@ -133,6 +130,10 @@ def watershed_cells(image: np.ndarray, min_distance: int | None = None, open_ite
     >>> int(watershed_cells(img).max())
     2
     """
+    from scipy import ndimage as ndi
+    from skimage.feature import peak_local_max
+    from skimage.segmentation import watershed
+
     grey = image.astype(np.float32).mean(-1) if image.ndim == 3 else image.astype(np.float32)
     grey = cv2.GaussianBlur(grey, (0, 0), 1.0)
     if dark_objects is None:
@@ -176,6 +177,8 @@ def nucleus_mask(image: np.ndarray, thresholds: str = "otsu", min_area: int = 20
     ``"seed"`` uses Algorithm 1's fixed HSV range. ``channels`` passes precomputed
     (nuclear stain, darkness).
     """
+    from scipy import ndimage as ndi
+
     if thresholds == "seed":
         hsv = cv2.cvtColor(np.ascontiguousarray(image[..., :3]), cv2.COLOR_RGB2HSV)
         m = cv2.inRange(hsv, SEED_HSV_LOWER, SEED_HSV_UPPER) > 0
@@ -199,6 +202,8 @@ def nucleus_mask(image: np.ndarray, thresholds: str = "otsu", min_area: int = 20
 def group_lobes(nucleus: np.ndarray, gap: float = 0.5) -> np.ndarray:
     """Group nucleus pieces into cells: lobes closer than ``gap`` x the largest piece's diameter
     belong to one WBC (a neutrophil's 3-5 lobes are one cell). (H, W) int32 group labels."""
+    from scipy import ndimage as ndi
+
     lab, n = ndi.label(nucleus)
     if n <= 1:
         return lab.astype(np.int32)
@@ -225,6 +230,8 @@ def hsv_wbc_mask(image: np.ndarray, thresholds: str = "otsu", reach: float = 0.6
     >>> int(inst.max()), bool(((classes > 0) == (mask > 0)).mean() > 0.9)
     (1, True)
     """
+    from scipy import ndimage as ndi
+
     h, w = image.shape[:2]
     if min_nucleus_area is None:
         min_nucleus_area = max(10, int(h * w * 2e-4))
@@ -321,6 +328,8 @@ def red_like(lab: np.ndarray, red: np.ndarray, cytoplasm: np.ndarray, candidates
 
 def central_instance(instances: np.ndarray) -> int:
     """Label of the largest instance nearest the image centre (Algorithm 1 keeps the central cell); 0 if none."""
+    from scipy import ndimage as ndi
+
     n = int(instances.max())
     if n == 0:
         return 0
@@ -338,6 +347,8 @@ def wbc_crops(image: np.ndarray, instances: np.ndarray, margin: float = 0.15, sq
     The box is the cell's bounding box grown by ``margin`` of its size on every side and
     clipped to the image.
     """
+    from scipy import ndimage as ndi
+
     h, w = instances.shape
     out = []
     for k, sl in enumerate(ndi.find_objects(instances), start=1):
@@ -371,6 +382,7 @@ def blob_confidence_mask(image: np.ndarray, max_sigma: float | None = None, thre
     >>> bool(m[40, 40]), bool(m[5, 5])
     (True, False)
     """
+    from scipy import ndimage as ndi
     from skimage.feature import blob_dog, blob_doh, blob_log
 
     h, w = image.shape[:2]
@@ -409,6 +421,8 @@ def blob_confidence_mask(image: np.ndarray, max_sigma: float | None = None, thre
 def blob_wbc_mask(image: np.ndarray, thresholds: str = "otsu") -> tuple[np.ndarray, np.ndarray]:
     """WBCs from the blob confidence mask: blob regions holding a nucleus, hole-filled.
     Returns ((H, W) uint8 classes 0/1/2, (H, W) int32 instances)."""
+    from scipy import ndimage as ndi
+
     h, w = image.shape[:2]
     nucleus = nucleus_mask(image, thresholds, max(10, int(h * w * 2e-4)))
     blobs = _fill(blob_confidence_mask(image) | nucleus)
@@ -450,6 +464,8 @@ def mask_in_box(image: np.ndarray, box: tuple[int, int, int, int], margin: float
     >>> m.shape, int(m.sum()) in range(250, 380)
     ((30, 30), True)
     """
+    from scipy import ndimage as ndi
+
     h, w = image.shape[:2]
     x1, y1, x2, y2 = [int(round(v)) for v in box]
     x1, y1, x2, y2 = max(0, x1), max(0, y1), min(w, x2), min(h, y2)
@@ -501,6 +517,8 @@ def segment_classical(image: np.ndarray, task: str = "wbc", method: str = "hsv")
     ``task="wbc"``: ``hsv``, ``watershed`` or ``blobs`` (classes 0/1/2 + instances);
     ``task="nuclei"``: ``watershed`` or ``blobs`` (instances).
     """
+    from scipy import ndimage as ndi
+
     image = image[..., :3]
     if task == "wbc":
         if method not in WBC_METHODS:
@@ -549,6 +567,9 @@ def red_cell_diameter(image: np.ndarray, exclude: np.ndarray | None = None, min_
     >>> 27 <= red_cell_diameter(img) <= 33
     True
     """
+    from scipy import ndimage as ndi
+    from skimage.feature import peak_local_max
+
     keep = np.ones(image.shape[:2], bool) if exclude is None else ~exclude
     if keep.sum() < 4 * min_diameter ** 2:
         return None

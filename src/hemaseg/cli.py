@@ -11,22 +11,26 @@ from typing import List, Optional
 import numpy as np
 import typer
 
+from hemaseg.apps.web import DEFAULT_HOST, DEFAULT_PORT, MAX_UPLOAD_MB, check_address, require_flask
+from hemaseg.apps.web import serve as run_serve
 from hemaseg.classical import hsv_wbc_mask, wbc_crops
 from hemaseg.core.options import check_numbers, refuse_unused
-from hemaseg.engine.predict import get_model, resolve_device
+from hemaseg.engine.predict import backend_scope, get_model, resolve_device
+from hemaseg.engine.runtime import BACKENDS, check_backend, require_torch
 from hemaseg.engine.tiling import DEFAULT_TILE
 from hemaseg.engine.train import prepare_run
-from hemaseg.errors import HemasegError, HemasegUsageError
-from hemaseg.io.annotations import write_coco, write_cvat, write_results
+from hemaseg.errors import HemasegError, HemasegInputError, HemasegUsageError
 from hemaseg.io.convert import CONVERTERS
 from hemaseg.io.convert import convert as run_convert
-from hemaseg.io.images import IMAGE_SUFFIXES, list_images, pixel_size_um, read_image
+from hemaseg.io.images import IMAGE_SUFFIXES, list_images, open_image, pixel_size_um, read_image
 from hemaseg.io.outputs import output_stems, write_segmentation
 from hemaseg.io.writers import check_output, write_json, write_png, write_text
 from hemaseg.models.registry import WEIGHTS_DIR, card_figures, list_models
-from hemaseg.pipelines.analyze import MIN_CONFIDENCE, draw_overlay
-from hemaseg.pipelines.analyze import analyze as run_analyze
-from hemaseg.pipelines.report import counts_csv, write_report
+from hemaseg.pipelines.analyze import MIN_CONFIDENCE
+from hemaseg.pipelines.batch import BatchOptions, dask_client, is_done, prepare_batch, run_photos, write_batch_files
+from hemaseg.pipelines.export import EXPORTERS
+from hemaseg.pipelines.export import export as run_export
+from hemaseg.pipelines.segment import REGION_TASKS, diameter_from_pixel_size
 from hemaseg.progress import track
 from hemaseg.tasks import get_task, list_tasks
 from hemaseg.tasks.cells.infer import is_detector
@@ -39,6 +43,10 @@ from hemaseg.version import __version__
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Blood-smear segmentation, counting and WBC typing on a CPU.")
+
+
+BACKEND_HELP = (f"where the networks run: {', '.join(BACKENDS)} (auto: ONNX Runtime where the model has an ONNX file, "
+                "torch otherwise)")
 
 
 def _device(device: str) -> str:
@@ -137,14 +145,26 @@ def analyze(
                                          help="a WBC whose most probable type has a calibrated probability under "
                                               "this is left untyped, listed for review, and kept out of the "
                                               "differential"),
-    pixel_size: Optional[float] = typer.Option(None, "--pixel-size", help="µm per px of the photos, for the "
-                                                                          "report; default: from the files' "
-                                                                          "resolution tags when they give one"),
+    pixel_size: Optional[float] = typer.Option(None, "--pixel-size", help="µm per px of the photos: in the "
+                                                                          "report, and without --cell-diameter the "
+                                                                          "red-cell diameter is 7.5 µm over it; "
+                                                                          "default: from the files' resolution tags "
+                                                                          "(TIFF, OME-TIFF, PNG, JPEG) when they "
+                                                                          "give one"),
+    resume: bool = typer.Option(False, "--resume", help="continue the batch in --out where it stopped: photos "
+                                                        "already done are skipped, the report rebuilt"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="start afresh in an --out folder that already holds "
+                                                              "a batch (its files are deleted)"),
+    dask: Optional[str] = typer.Option(None, "--dask", help="run the photos on a Dask cluster: a scheduler "
+                                                            "address (tcp://host:8786) or scheduler file, or "
+                                                            "local:N for N local worker processes"),
+    backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
 ) -> None:
     """Whole smear: every RBC, WBC and platelet outlined, WBCs typed, counts and differential.
 
     Writes OUT/results.json (seed-003 schema), OUT/counts.csv (one row per photo, then all photos
-    pooled; the differential with its 95 % intervals), OUT/<stem>_overlay.png, OUT/report.html.
+    pooled; the differential with its 95 % intervals), OUT/<stem>_overlay.png, OUT/report.html, and
+    OUT/parts/<stem>.json as each photo is done (what the report needs of it; --resume reads them).
     """
     _setup_logging(False)
     check_numbers(cell_diameter=cell_diameter, tile=tile, min_confidence=min_confidence, pixel_size=pixel_size)
@@ -157,13 +177,14 @@ def analyze(
         if path is not None:
             check_output(path, option, folder=False)
     dev = _device(device)
+    check_backend(backend)
     for name in (model, type_model):
         try:
-            get_model(name, dev)
+            get_model(name, dev, backend)
         except HemasegError as exc:
             _fail_error(exc, name)
             raise typer.Exit(2) from None
-    if tile is not None and is_detector(get_model(model, dev)[1]):
+    if tile is not None and is_detector(get_model(model, dev, backend)[1]):
         typer.echo(f"--tile: not used by {model}, a Mask R-CNN model (it reads each image whole)", err=True)
     tile = tile or DEFAULT_TILE
     if not images:
@@ -176,32 +197,27 @@ def analyze(
     stems = _stems(paths, out, ["_overlay.png"], fixed=[
         ("--out", out / "results.json"), ("--out", out / "counts.csv"), ("--out", out / "report.html"),
         ("--cvat", cvat), ("--coco", coco)])
-    out.mkdir(parents=True, exist_ok=True)
-    analyses, overlays, failed = [], [], []
-
-    def work(path):
-        image = read_image(path)
-        a = run_analyze(image, str(path), model, type_model, cell_diameter, dev, tile, min_confidence=min_confidence,
-                        sample_id=sample_id, pixel_size=pixel_size if pixel_size is not None else pixel_size_um(path))
-        ov = draw_overlay(image, a)
-        write_png(out / f"{stems[path]}_overlay.png", ov)
-        analyses.append(a)
-        overlays.append(ov)
-
-    n_failed = _for_each(paths, "analyze", work)
-    done = {a.entry["filename"] for a in analyses}
-    failed = [(str(p), "failed (see above)") for p in paths if str(p) not in done]
-    entries = [a.entry for a in analyses]
-    write_results(out / "results.json", entries)
-    write_text(out / "counts.csv", counts_csv(analyses))
-    write_report(out / "report.html", analyses, overlays, failed)
-    labels = ["rbc", "platelet", "neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil"]
-    if cvat:
-        write_cvat(cvat, entries, labels)
-    if coco:
-        write_coco(coco, entries, rle=coco_rle, labels=labels)
-    cells = sum(len(e["masks"]) for e in entries)
-    typer.echo(f"{len(analyses)}/{len(paths)} images analysed, {cells} cells; results in {out} "
+    opts = BatchOptions(model, type_model, cell_diameter, dev, tile, min_confidence, sample_id, pixel_size,
+                        backend=backend)
+    client = cluster = None
+    if dask:  # reached before OUT is touched: an unreachable scheduler leaves no batch behind
+        client, cluster = dask_client(dask)
+    try:
+        prepare_batch(out, opts, resume=resume, overwrite=overwrite)
+        jobs = [(p, stems[p]) for p in paths]
+        todo = [(p, s) for p, s in jobs if not (resume and is_done(out, s, p))]
+        if len(todo) < len(jobs):
+            typer.echo(f"--resume: {len(jobs) - len(todo)} of {len(jobs)} photos already done in {out}", err=True)
+        failures = run_photos(todo, out, opts, client, on_failure=lambda p, reason: _fail(p, reason))
+    finally:
+        if client is not None:
+            client.close()
+        if cluster is not None:
+            cluster.close()
+    n_failed = len(failures)
+    failed = [(str(p), reason) for p, reason in failures]
+    n, cells = write_batch_files(out, jobs, failed, cvat=cvat, coco=coco, coco_rle=coco_rle)
+    typer.echo(f"{n}/{len(paths)} images analysed, {cells} cells; results in {out} "
                f"(report.html, results.json, counts.csv)", err=True)
     raise typer.Exit(1 if n_failed else 0)
 
@@ -224,7 +240,13 @@ def segment(
                                                                      "flips (default: the model card's choice)"),
     method: Optional[str] = typer.Option(None, help="classical method instead of the model: "
                                                     "wbc: hsv|watershed|blobs; nuclei: watershed|blobs"),
+    pixel_size: Optional[float] = typer.Option(None, "--pixel-size", help="µm per px; without --cell-diameter "
+                                                                          "it sets the diameter (wbc: 12 µm, "
+                                                                          "smear10 and cells: a 7.5 µm red cell; "
+                                                                          "nuclei: not used); default: the files' "
+                                                                          "OME PhysicalSizeX or resolution tags"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
+    backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
 ) -> None:
     """Segment images: OUT/<stem>.png (wbc: 0/128/255; nuclei: uint16 instance labels; smear10: class index 0-9
     + <stem>_color.png palette) and OUT/<stem>.json polygons."""
@@ -232,9 +254,10 @@ def segment(
     spec = _task(task)
     if not spec.can_segment:
         raise typer.BadParameter(f"task {task!r} has no segmentation model", param_hint="--task")
-    check_numbers(cell_diameter=cell_diameter, tile=tile)
+    check_numbers(cell_diameter=cell_diameter, tile=tile, pixel_size=pixel_size)
     check_output(out, "--out", folder=True)
     dev = _device(device)
+    check_backend(backend)
     if tta is not None and (method or not spec.supports_tta):
         with_tta = ", ".join(n for n in list_tasks() if get_task(n).supports_tta)
         raise typer.BadParameter(f"test-time flips are for the {with_tta} models, not {spec.name}"
@@ -243,12 +266,12 @@ def segment(
     if method:
         _check_method(spec, method)
         refuse_unused(f"not used by --method {method} (a classical method: no model, no rescaling)",
-                      model=model, cell_diameter=cell_diameter, tile=tile)
+                      model=model, cell_diameter=cell_diameter, tile=tile, pixel_size=pixel_size)
         model_name = f"classical:{method}"
     else:
         model_name = model or spec.default_model
         try:
-            loaded = get_model(model_name, dev)
+            loaded = get_model(model_name, dev, backend)
         except HemasegError as exc:
             _fail_error(exc, model_name)
             raise typer.Exit(2) from None
@@ -264,10 +287,15 @@ def segment(
     out.mkdir(parents=True, exist_ok=True)
 
     def work(path):
-        image = read_image(path)
-        seg = spec.predict(image, loaded, cell_diameter=cell_diameter, device=dev, tile=tile or DEFAULT_TILE,
-                           tta=tta, method=method)
-        write_segmentation(out, stems[path], path, image, seg, spec.label_images(seg), spec.name, model_name,
+        # A large TIFF is read region by region by the tasks that work so (wbc), else whole.
+        image = open_image(path, lazy=spec.name in REGION_TASKS and method is None)
+        diameter = cell_diameter
+        if diameter is None and method is None:
+            diameter = diameter_from_pixel_size(spec.name, pixel_size if pixel_size is not None else pixel_size_um(path))
+        with backend_scope(backend):  # and any further model the task loads by name (smear10's WBC typer)
+            seg = spec.predict(image, loaded, cell_diameter=diameter, device=dev, tile=tile or DEFAULT_TILE,
+                               tta=tta, method=method)
+        write_segmentation(out, stems[path], path, image, seg, spec.label_images, spec.name, model_name,
                            spec.colors if overlay else None)
 
     failed = _for_each(paths, "segment", work)
@@ -319,11 +347,15 @@ def train(
     unboxed: Optional[str] = typer.Option(None, help="cells (U-Net): stained pixels outside every box are 'ignore'd by "
                                                "the loss (learn every cell) or taught as 'background' (learn the "
                                                "boxes as they are; a detector such as maskrcnn always does)"),
+    leave_out: Optional[List[str]] = typer.Option(None, help="cells: leave the photos of this source out of training "
+                                                  "and validation (sources.csv beside a YOLO dataset, e.g. TXL-PBC's "
+                                                  "BCCD; repeatable): leave-one-source-out runs"),
     init: Optional[str] = typer.Option(None, help="start from this model's weights (bundled name such as smear10, "
                                        "a .safetensors file or a run folder): fine-tune on your images; "
                                        "its architecture is used"),
 ) -> None:
     """Train a model on a lab's annotated images; resumable after a kill."""
+    require_torch("hemaseg train")
     import torch
 
     _setup_logging(True)
@@ -338,7 +370,8 @@ def train(
                           samples_per_epoch=samples_per_epoch, patience=patience, augment=augment,
                           val_fraction=val_fraction, seed=seed, target_images=target_images, backbone=backbone,
                           normalise_cells=normalise_cells, recipe=recipe, workers=workers, reuse=reuse,
-                          held_out=held_out, unboxed=unboxed, init=init, replay=replay, ruler=ruler)
+                          held_out=held_out, unboxed=unboxed, init=init, replay=replay, ruler=ruler,
+                          leave_out=leave_out or None)
             if out is not None and out.resolve() != resume.resolve():
                 raise HemasegUsageError("--out", "give --out RUN to start a run or --resume RUN to continue one, "
                                                  "not both")
@@ -355,7 +388,7 @@ def train(
                 replay=[str(Path(d).resolve()) for d in replay] if replay else None, ruler=ruler,
                 held_out=str(Path(held_out).resolve()) if held_out else None, recipe=recipe, unboxed=unboxed,
                 target_images=str(Path(target_images).resolve()) if target_images else None, backbone=backbone,
-                normalise_cells=normalise_cells)
+                normalise_cells=normalise_cells, leave_out=leave_out or None)
             prepare_run(out, overwrite=overwrite, extra_files=spec.run_files)
             state, run = spec.fit(cfg, out), out
     except HemasegUsageError as exc:
@@ -379,6 +412,7 @@ def classify(
     min_confidence: float = typer.Option(0.0, "--min-confidence", min=0.0, max=1.0,
                                          help="below this top probability the prediction is UNSURE (for review)"),
     device: str = typer.Option("cpu", help="cpu, cuda or auto"),
+    backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
 ) -> None:
     """WBC type of single-cell crops (seed 004's classify_WBC.py): CSV of filename, prediction, probabilities.
     A crop with no WBC is predicted NO_WBC; one under --min-confidence UNSURE."""
@@ -396,8 +430,9 @@ def classify(
     if not paths:
         raise typer.BadParameter("give -f FILE and/or -d DIR with images")
     dev = _device(device)
+    check_backend(backend)
     try:
-        loaded = get_model(model or "wbc-type", dev)
+        loaded = get_model(model or "wbc-type", dev, backend)
         group_probs(np.zeros((0, len(loaded[1]["classes"]))), list(loaded[1]["classes"]), mode)
     except HemasegError as exc:
         _fail_error(exc, model or "wbc-type")
@@ -432,9 +467,10 @@ def explain(
     device: str = typer.Option("cpu", help="cpu, cuda or auto"),
 ) -> None:
     """Grad-CAM heat maps and masks (OUT/<stem>_gradcam.png, _gradcam_mask.png) and a t-SNE map (OUT/tsne.png)."""
+    require_torch("hemaseg explain")  # gradients: torch only
     dev = _device(device)
     try:
-        module, card = get_model(model or "wbc-type", dev)
+        module, card = get_model(model or "wbc-type", dev, "torch")
     except HemasegError as exc:
         _fail_error(exc, model or "wbc-type")
         raise typer.Exit(2) from None
@@ -613,6 +649,66 @@ def convert(
         _fail_error(exc)
         raise typer.Exit(1) from None
     typer.echo(f"{n} images converted {src} -> {dst}: {out}", err=True)
+
+
+@app.command()
+@_usage_errors
+def serve(
+    port: int = typer.Option(DEFAULT_PORT, help="port to listen on (0: any free one)"),
+    host: str = typer.Option(DEFAULT_HOST, help="address to listen on; the default serves this computer only"),
+    model: str = typer.Option("cells", help="cells model: bundled name, .safetensors file or run folder"),
+    type_model: str = typer.Option("wbc-type", help="WBC-type classifier"),
+    device: str = typer.Option("cpu", help="cpu, cuda or auto"),
+    min_confidence: float = typer.Option(MIN_CONFIDENCE, "--min-confidence",
+                                         help="a WBC whose most probable type has a calibrated probability under "
+                                              "this is left untyped, for the user to type on the page"),
+    max_upload_mb: float = typer.Option(MAX_UPLOAD_MB, "--max-upload-mb", help="largest photo accepted, in MB"),
+    backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
+) -> None:
+    """Local web page: drop smear photos, see every cell outlined, the counts and the differential,
+    correct WBC types, download results.json, counts.csv, COCO and CVAT that follow the corrections.
+
+    Needs Flask (the package's web extra). Photos and results stay in a temporary folder, removed
+    when the server stops (Ctrl+C).
+    """
+    _setup_logging(False)
+    check_numbers(port=port, min_confidence=min_confidence, max_upload_mb=max_upload_mb)
+    check_backend(backend)
+    require_flask()
+    check_address(host, port)
+    dev = _device(device)
+    for name in (model, type_model):
+        try:
+            get_model(name, dev, backend)  # loaded now: the first photo is not slow, a bad name fails here
+        except HemasegError as exc:
+            _fail_error(exc, name)
+            raise typer.Exit(2) from None
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        typer.echo(f"--host {host}: anyone who can reach this address can upload photos and read the results",
+                   err=True)
+    run_serve(host, port, None, model, type_model, dev, min_confidence=min_confidence, max_upload_mb=max_upload_mb,
+              backend=backend, ready=lambda url: typer.echo(f"hemaseg serve: open {url} (Ctrl+C stops)", err=True))
+
+
+@app.command()
+@_usage_errors
+def export(
+    model: str = typer.Argument(..., help="bundled name, .safetensors file or training run folder"),
+    format: str = typer.Option("onnx", "--format", help="one of: " + ", ".join(sorted(EXPORTERS))),
+    out: Path = typer.Option(..., help="file to write (onnx: PATH.onnx, and the model card beside it as PATH.json; "
+                                       "bioimageio: PATH.zip, or a new folder)"),
+) -> None:
+    """Export a model for another runtime (onnx: the U-Nets and the WBC classifier, checked against torch).
+    The ONNX file runs with --model PATH.onnx --backend onnx, without torch too. bioimageio: a U-Net as a
+    bioimage.io model package (TorchScript weights, test tensors, processing described), validated with the
+    bioimage.io spec library and bioimageio.core before it is written."""
+    check_output(out, "--out", folder=False)
+    try:
+        summary = run_export(model, format, out)
+    except HemasegInputError as exc:
+        _fail_error(exc, model)
+        raise typer.Exit(1) from None
+    typer.echo(json.dumps(summary, indent=2))
 
 
 @app.command()

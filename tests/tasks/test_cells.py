@@ -11,6 +11,7 @@ from hemaseg.engine.losses import IGNORE, dice_ce_loss
 from hemaseg.io.annotations import read_voc_entry
 from hemaseg.tasks.cells.infer import cell_instances
 from hemaseg.tasks.cells.targets import UNKNOWN, cell_targets, encode_instances, pseudo_masks
+from hemaseg.tasks.cells.train import TARGET_RBC_BOX, photo_scale
 
 
 def _photo(rng, h=120, w=160):
@@ -124,7 +125,67 @@ def test_cells_training_run(cells_run):
     coco = json.loads((run / "pseudo_masks.coco.json").read_text())
     assert len(coco["images"]) == 4 and all(isinstance(a["segmentation"], list) for a in coco["annotations"])
     card = json.loads((run / "model.json").read_text())
-    assert card["task"] == "cells" and card["input_scale"] == 0.5 and "map50" in card["metrics"]["val"]
+    # each photo is trained where its red-cell boxes (24 px here) are TARGET_RBC_BOX px
+    assert card["task"] == "cells" and "map50" in card["metrics"]["val"]
+    assert card["input_scale"] == pytest.approx(TARGET_RBC_BOX / 24, abs=1e-3)
+    # photos with a platelet are drawn half the time (every synthetic photo holds two)
+    assert card["training"]["strata"] == {"platelets": 3} and card["training"]["stratum_weights"]["platelets"] == 0.5
+
+
+def _yolo(root, sources: dict[str, list[str]], seed=0):
+    """A TXL-PBC-like YOLO dataset: images/<split>/, labels/<split>/, data.yaml, sources.csv."""
+    rng = np.random.default_rng(seed)
+    rows = ["image,source_dataset,original_name"]
+    (root / "data.yaml").parent.mkdir(parents=True, exist_ok=True)
+    (root / "data.yaml").write_text("nc: 3\nnames: ['WBC', 'RBC', 'Platelets']\n")
+    ids = {"WBC": 0, "RBC": 1, "Platelets": 2}
+    for source, splits in sources.items():
+        for i, split in enumerate(splits):
+            name = f"{source}_{i}.png"
+            (root / "images" / split).mkdir(parents=True, exist_ok=True)
+            (root / "labels" / split).mkdir(parents=True, exist_ok=True)
+            img, objs = _photo(rng)
+            cv2.imwrite(str(root / "images" / split / name), img[..., ::-1])
+            lines = [f"{ids[k]} {(a + c) / 320:.6f} {(b + d) / 240:.6f} {(c - a) / 160:.6f} {(d - b) / 120:.6f}"
+                     for k, (a, b, c, d) in objs]
+            (root / "labels" / split / f"{source}_{i}.txt").write_text("\n".join(lines) + "\n")
+            rows.append(f"{name},{source},orig_{source}_{i}.jpg")
+    (root / "sources.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def test_yolo_sources_split_and_leave_out(tmp_path):
+    from hemaseg.errors import HemasegInputError
+    from hemaseg.tasks.cells.train import find_annotated_photos, prepare
+
+    root = _yolo(tmp_path / "txl", {"LabA": ["train", "train", "val", "test"], "LabB": ["train", "val"]})
+    found = find_annotated_photos(root)
+    assert sorted((e["source"], e["split"]) for _, e in found)[:2] == [("LabA", "test"), ("LabA", "train")]
+    assert all(e["filename"].endswith(".png") and e["masks"] for _, e in found)
+    run = tmp_path / "run"
+    run.mkdir()
+    train, val = prepare([str(root)], run, 0, 0.2, ("LabB",))
+    assert sorted(p.name for p, _ in train) == ["LabA_0.png", "LabA_1.png"] and [p.name for p, _ in val] == ["LabA_2.png"]
+    split = json.loads((run / "split.json").read_text())
+    assert [Path(p).name for p in split["not_used"]["test_split"]] == ["LabA_3.png"]
+    assert sorted(Path(p).name for p in split["not_used"]["left_out_sources"]) == ["LabB_0.png", "LabB_1.png"]
+    assert split["leave_out"] == ["LabB"] and split["val_source"] == "a YOLO dataset's val split"
+    # pseudo-masks, not boxes, are what the run trains on
+    assert all(len(m["vertices"]) > 4 for _, e in train for m in e["masks"] if m["category"] == "rbc")
+    other = tmp_path / "run2"
+    other.mkdir()
+    with pytest.raises(HemasegInputError, match="LabC"):
+        prepare([str(root)], other, 0, 0.2, ("LabC",))
+
+
+def test_photo_scale_follows_the_red_cells():
+    def entry(side, n=3):
+        return {"masks": [{"class_name": "RBC", "bounding_box": {"x1": 0, "y1": 0, "x2": side, "y2": side}}] * n
+                + [{"class_name": "WBC", "bounding_box": {"x1": 0, "y1": 0, "x2": 300, "y2": 300}}]}
+
+    assert photo_scale(entry(130)) == pytest.approx(TARGET_RBC_BOX / 130)
+    assert photo_scale(entry(59)) == pytest.approx(TARGET_RBC_BOX / 59)
+    assert photo_scale({"masks": []}, default=0.7) == 0.7
 
 
 def test_analyze_cli_writes_every_output(cells_run, tmp_path):
@@ -221,6 +282,21 @@ def test_maskrcnn_backend_trains_resumes_and_segments(tmp_path):
     seg = segment_cells(img, str(tmp_path / "run" / "model.safetensors"))
     assert seg.instances.shape == img.shape[:2] and len(seg.objects) == int(seg.instances.max())
 
+    # fine-tuning a detector (--init) starts from its weights and takes its architecture: with a
+    # negligible learning rate the tuned weights are the start's
+    from hemaseg.errors import HemasegUsageError
+    from hemaseg.models.registry import load_model
+    from hemaseg.tasks import get_task
+
+    tune = get_task("cells").train_config(data=[str(root)], init=str(tmp_path / "run"), epochs=1, batch_size=2,
+                                          samples_per_epoch=2, lr=1e-12)
+    assert tune.arch == "maskrcnn-light" and tune.arch_kwargs == kw
+    fit_maskrcnn(tune, tmp_path / "tuned", progress=False)
+    start, tuned = load_model(str(tmp_path / "run"))[0].state_dict(), load_model(str(tmp_path / "tuned"))[0].state_dict()
+    assert all(torch.allclose(start[k].float(), tuned[k].float(), atol=1e-5) for k in start)
+    with pytest.raises(HemasegUsageError, match="init"):
+        get_task("cells").train_config(data=[str(root)], init=str(tmp_path / "run"), arch="unet-dropout")
+
     # --tile means nothing to a detector that reads each image whole: analyze says so, once, and runs.
     from PIL import Image
     from typer.testing import CliRunner
@@ -232,7 +308,7 @@ def test_maskrcnn_backend_trains_resumes_and_segments(tmp_path):
     res = CliRunner().invoke(app, args + ["--tile", "256"])
     assert res.exit_code == 0, res.output
     assert res.output.count("--tile: not used by") == 1 and "Mask R-CNN" in res.output
-    assert "--tile" not in CliRunner().invoke(app, args).output
+    assert "--tile" not in CliRunner().invoke(app, args + ["--overwrite"]).output
 
 
 def test_unboxed_cells_are_ignored_or_background(tmp_path):
@@ -247,7 +323,9 @@ def test_unboxed_cells_are_ignored_or_background(tmp_path):
     for ignore in (True, False):
         cfg = task_config("cells", data=[str(root)], crop=96, samples_per_epoch=6, ignore_unboxed=ignore, augment=False)
         dataset, _, card = cells_data(cfg, tmp_path / f"run{ignore}", {})
-        seen[ignore] = any((np.asarray(dataset[i][1]) == IGNORE).any() for i in range(len(dataset)))
+        # the training photos' targets (whole, not a random crop: photos are trained at their red
+        # cells' scale, 2x here, and a crop may miss the unboxed cell)
+        seen[ignore] = any((cell_targets(enc) == IGNORE).any() for _, enc in dataset.items)
         assert card["training"]["ignore_unboxed"] is ignore
     assert seen == {True: True, False: False}
     res = CliRunner().invoke(app, ["train", "cells", "--data", str(root), "--out", str(tmp_path / "cli"),

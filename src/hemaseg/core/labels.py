@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-from scipy import ndimage as ndi
-from skimage.feature import peak_local_max
-from skimage.measure import regionprops
-from skimage.segmentation import watershed
 
 # Cell diameter (px) at which touching cells are separated; larger cells are split on a
 # downsampled copy, which is as good for round cells and much faster.
@@ -30,6 +26,10 @@ def drop_small(labels: np.ndarray, min_area: int) -> np.ndarray:
 
 def _split_component(comp: np.ndarray, diameter: float) -> np.ndarray:
     """Watershed of one connected component (bool crop) into round cells: int32 labels from 1."""
+    from scipy import ndimage as ndi
+    from skimage.feature import peak_local_max
+    from skimage.segmentation import watershed
+
     dist = ndi.distance_transform_edt(comp)
     # Smoothing merges the ridge maxima of irregular outlines into one peak per cell.
     dist_s = ndi.gaussian_filter(dist, sigma=max(1.0, diameter / 20))
@@ -98,6 +98,8 @@ def split_instances(mask: np.ndarray, diameter: float, min_area: int | None = No
     >>> int(split_instances(two, diameter=40).max())
     2
     """
+    from scipy import ndimage as ndi
+
     mask = mask.astype(bool)
     if min_area is None:
         min_area = int(0.05 * np.pi * (diameter / 2) ** 2)
@@ -159,6 +161,8 @@ def wbc_objects(classes: np.ndarray, instances: np.ndarray, probs: np.ndarray | 
 def instance_objects(instances: np.ndarray, probs: np.ndarray | None = None, class_name: str = "nucleus",
                      tolerance: float = 0.5) -> list[dict]:
     """One record per instance: id, box, outline vertices, area, diameter, score (mean foreground probability)."""
+    from skimage.measure import regionprops
+
     h, w = instances.shape
     objs = []
     for r in regionprops(instances):

@@ -64,6 +64,8 @@ OPTION_RANGES: dict[str, Range] = {
     "first": Range(0, 10_000_000, integer=True),
     "min_confidence": Range(0, 1),
     "pixel_size": Range(0, 1000, lo_open=True),  # µm per px of the photo
+    "port": Range(0, 65535, integer=True),  # hemaseg serve; 0: any free port
+    "max_upload_mb": Range(0, 10_000, lo_open=True),  # hemaseg serve: largest upload
 }
 
 

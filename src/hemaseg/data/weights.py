@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage as ndi
 
 
 def contact_weights(labels: np.ndarray, weight: float = 10.0, radius: int = 2) -> np.ndarray:
@@ -17,6 +16,8 @@ def contact_weights(labels: np.ndarray, weight: float = 10.0, radius: int = 2) -
     >>> w[2].tolist()
     [1.0, 1.0, 1.0, 5.0, 5.0, 5.0, 1.0, 1.0, 1.0]
     """
+    from scipy import ndimage as ndi
+
     lab = np.asarray(labels).astype(np.int64)
     size = 2 * radius + 1
     big = int(lab.max()) + 1

@@ -2,7 +2,8 @@
 overlapping blocks (a core plus a margin on every side), each block is predicted and
 post-processed on its own, and each object is kept by the one block whose core holds its
 centroid. Full-size outputs are written block by block, so the float memory follows the block,
-not the image. Task-free: a task supplies the per-block work (see ``tasks/wbc.py``).
+not the image; the image itself may be a :class:`~hemaseg.io.images.LazyImage`, whose blocks are
+read from the file one at a time (:func:`downscale` gives the coarse copy). Task-free: a task supplies the per-block work (see ``tasks/wbc.py``).
 """
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import ctypes.util
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage as ndi
+
+from hemaseg.core.resize import rescale
+from hemaseg.io.images import LazyImage
 
 _LIBC = ctypes.util.find_library("c")
 
@@ -30,6 +33,20 @@ def release_free_memory() -> bool:
         return True
     except (OSError, AttributeError, TypeError):
         return False
+
+
+def downscale(image, factor: float) -> np.ndarray:
+    """An (H, W, 3) image shrunk by ``factor`` (area interpolation), for work on the whole image at a
+    coarse scale (e.g. estimating the cell size): a :class:`~hemaseg.io.images.LazyImage` (a large
+    TIFF read region by region) is read from a pyramid level, or a band of rows at a time, never
+    whole; an array is :func:`~hemaseg.core.resize.rescale`\ d.
+
+    >>> downscale(np.zeros((40, 60, 3), np.uint8), 0.5).shape
+    (20, 30, 3)
+    """
+    if isinstance(image, LazyImage):
+        return image.downscaled(factor) if factor < 1 else image[:, :]
+    return rescale(image, factor)
 
 
 @dataclass(frozen=True)
@@ -83,6 +100,8 @@ def centred_in_core(instances: np.ndarray, block: Block) -> np.ndarray:
     >>> centred_in_core(inst, Block((0, 10, 0, 10), (0, 10, 0, 20))).tolist()
     [1]
     """
+    from scipy import ndimage as ndi
+
     n = int(instances.max())
     if n == 0:
         return np.zeros(0, np.int64)

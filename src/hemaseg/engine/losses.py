@@ -5,14 +5,22 @@ such as the red cells BCCD's boxes miss).
 """
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported inside the functions that need it: importing hemaseg does not import it.
+
 
 IGNORE = 255
 
 
 def _onehot(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(softmax probs, one-hot target, valid mask (B, 1, H, W)) with ignored pixels zeroed in both."""
+    import torch
+    import torch.nn.functional as F
+
     probs = logits.softmax(1)
     valid = (target != IGNORE).unsqueeze(1).to(probs.dtype)
     t = torch.where(target == IGNORE, torch.zeros_like(target), target).long()
@@ -32,6 +40,8 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0)
 
 def nested_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
     """Dice on nested regions (class >= k for k >= 1): whole cell, then nucleus, ... as scored."""
+    import torch
+
     probs, onehot, _ = _onehot(logits, target)
     losses = []
     for k in range(1, logits.shape[1]):
@@ -45,6 +55,8 @@ def nested_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.
 def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, nested: bool = False,
                  weight: torch.Tensor | None = None) -> torch.Tensor:
     """Cross-entropy (per-pixel ``weight`` (B, H, W) if given) plus soft Dice (nested regions when ``nested``)."""
+    import torch.nn.functional as F
+
     target = target.long()
     if weight is None:
         ce = F.cross_entropy(logits, target, ignore_index=IGNORE)

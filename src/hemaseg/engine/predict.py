@@ -1,42 +1,96 @@
 """Model loading (cached) and whole-image prediction: normalise -> resize -> tile -> stitch ->
-back to the input's size. Every task's inference goes through :func:`predict_probs`."""
+back to the input's size. Every task's inference goes through :func:`predict_probs`; the network
+runs on torch or ONNX Runtime (:mod:`hemaseg.engine.runtime`)."""
 from __future__ import annotations
 
+import functools
+import inspect
+from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import lru_cache
 
 import numpy as np
-import torch
 
 from hemaseg.core.content import featureless
 from hemaseg.core.resize import rescale, resize_probs
 from hemaseg.data.transforms import normalize, percentile_range
+from hemaseg.engine.runtime import check_backend, load_runner, torch_available
 from hemaseg.engine.tiling import DEFAULT_OVERLAP, DEFAULT_TILE, predict_tiled
 from hemaseg.errors import HemasegUsageError
-from hemaseg.models.registry import load_model
 
 
 def resolve_device(device: str) -> str:
     """``cpu``, ``cuda`` or ``auto`` (cuda when torch sees a GPU) as a torch device name;
     :class:`HemasegUsageError` for another name or ``cuda`` without a GPU."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device not in ("cpu", "cuda"):
+    if device not in ("cpu", "cuda", "auto"):
         raise HemasegUsageError("--device", f"{device!r} is not a device; use cpu, cuda or auto")
-    if device == "cuda" and not torch.cuda.is_available():
+    if device == "cpu":
+        return device
+    cuda = False
+    if torch_available():
+        import torch
+
+        cuda = torch.cuda.is_available()
+    if device == "auto":
+        return "cuda" if cuda else "cpu"
+    if not cuda:
         raise HemasegUsageError("--device", "cuda: torch sees no GPU on this machine; use cpu or auto")
     return device
 
 
+# The backend get_model uses when its caller names none: the ``backend`` argument of the
+# segment / classify / analyze call it runs inside (:func:`uses_backend`), else None: torch when
+# it is installed (training, Grad-CAM and the tests get the torch module as before), else ONNX.
+_BACKEND: ContextVar[str | None] = ContextVar("hemaseg_backend", default=None)
+
+
+@contextmanager
+def backend_scope(backend: str | None):
+    """Within the block, :func:`get_model` calls that name no backend use ``backend``."""
+    token = _BACKEND.set(check_backend(backend) if backend is not None else None)
+    try:
+        yield
+    finally:
+        _BACKEND.reset(token)
+
+
+def uses_backend(fn):
+    """Decorator: run ``fn`` in :func:`backend_scope` of its own ``backend`` argument, so every model
+    its tasks load by name runs there (``fn`` documents the argument; its default is ``fn``'s)."""
+    sig = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        bound = sig.bind(*args, **kwargs)
+        bound.apply_defaults()
+        with backend_scope(bound.arguments["backend"]):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def current_backend() -> str:
+    """The backend :func:`get_model` uses when its caller names none (see :func:`backend_scope`)."""
+    backend = _BACKEND.get()
+    if backend is None:
+        backend = "torch" if torch_available() else "auto"
+    return backend
+
+
 @lru_cache(maxsize=8)
-def _cached_model(name: str, device: str):
-    return load_model(name, device)
+def _cached_model(name: str, device: str, backend: str = "torch"):
+    return load_runner(name, device, backend)
 
 
-def get_model(model, device: str = "cpu"):
-    """Return (module, card) for a model name/path, or pass a (module, card) tuple through."""
+def get_model(model, device: str = "cpu", backend: str | None = None):
+    """Return (model, card) for a model name/path, or pass a (model, card) tuple through.
+
+    ``backend``: ``torch`` (the torch module), ``onnx`` (an ONNX Runtime runner), ``auto`` (ONNX
+    Runtime where the model has an ONNX file, torch otherwise; :mod:`hemaseg.engine.runtime`);
+    None: the enclosing call's (:func:`backend_scope`), else torch when installed, else auto."""
     if isinstance(model, tuple):
         return model
-    return _cached_model(str(model), device)
+    return _cached_model(str(model), device, check_backend(backend) if backend else current_backend())
 
 
 def card_range(card: dict, image: np.ndarray) -> np.ndarray:
@@ -45,7 +99,7 @@ def card_range(card: dict, image: np.ndarray) -> np.ndarray:
     return percentile_range(image, norm.get("low", 1.0), norm.get("high", 99.0))
 
 
-def predict_probs(module: torch.nn.Module, card: dict, image: np.ndarray, factor: float = 1.0,
+def predict_probs(module, card: dict, image: np.ndarray, factor: float = 1.0,
                   tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP, prange: np.ndarray | None = None,
                   invert: bool = False, tta: bool = False, check_content: bool = True) -> np.ndarray:
     """Class probabilities of ``image`` (H, W, 3) uint8 resized by ``factor``, back at (K, H, W) float32.
@@ -72,7 +126,7 @@ def predict_probs(module: torch.nn.Module, card: dict, image: np.ndarray, factor
     return resize_probs(predict_scaled(module, card, image, factor, tile, overlap, prange, invert), image.shape[:2])
 
 
-def predict_scaled(module: torch.nn.Module, card: dict, image: np.ndarray, factor: float = 1.0,
+def predict_scaled(module, card: dict, image: np.ndarray, factor: float = 1.0,
                    tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP, prange: np.ndarray | None = None,
                    invert: bool = False) -> np.ndarray:
     """Class probabilities of ``image`` resized by ``factor``, left at the model's scale:

@@ -4,8 +4,8 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
-import torch
-from torch import nn
+
+from hemaseg.engine.runtime import as_runner, softmax
 
 # The one tiling default, from the command line down to training-time validation: the largest
 # tile (px at the model's scale) and the overlap blended between neighbouring tiles.
@@ -57,20 +57,20 @@ def _pad_to(x: np.ndarray, h: int, w: int) -> np.ndarray:
     return np.pad(x, ((0, ph), (0, pw), (0, 0)), mode=mode)
 
 
-@torch.inference_mode()
-def predict_tiled(model: nn.Module, image: np.ndarray, tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP,
+def predict_tiled(model, image: np.ndarray, tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP,
                   stride: int = 32, batch_size: int = 1, preprocess: Callable | None = None,
                   progress: Callable[[int], None] | None = None) -> np.ndarray:
     """Softmax probabilities of ``model`` on an (H, W, C) image: (K, H, W) float32.
 
-    ``preprocess`` (e.g. normalisation) is applied to each tile, so no float copy of
-    the whole image is made. Images no larger than ``tile`` run in one pass, padded to a
-    multiple of ``stride`` and cropped back. Larger images run in overlapping tiles whose
-    outputs are blended with edge-tapered weights, so memory for the network does not
-    grow with image size.
+    ``model`` is a torch module or a runner (:mod:`hemaseg.engine.runtime`: torch or ONNX
+    Runtime); each batch of tiles goes through the same call either way. ``preprocess`` (e.g.
+    normalisation) is applied to each tile, so no float copy of the whole image is made. Images no
+    larger than ``tile`` run in one pass, padded to a multiple of ``stride`` and cropped back.
+    Larger images run in overlapping tiles whose outputs are blended with edge-tapered weights, so
+    memory for the network does not grow with image size.
     """
+    run = as_runner(model)
     h, w = image.shape[:2]
-    device = next(model.parameters()).device
     tile = max(stride, (tile // stride) * stride)
     th, tw = tile_size(h, tile, overlap, stride), tile_size(w, tile, overlap, stride)
     padded = _pad_to(image, max(h, th), max(w, tw))
@@ -84,9 +84,7 @@ def predict_tiled(model: nn.Module, image: np.ndarray, tile: int = DEFAULT_TILE,
         chunk = coords[i:i + batch_size]
         tiles = [padded[y:y + th, x:x + tw] for y, x in chunk]
         batch = np.stack([preprocess(t) if preprocess else t for t in tiles]).astype(np.float32, copy=False)
-        # NHWC numpy is already channels_last memory: no copy, and the fast conv path.
-        t = torch.from_numpy(batch).permute(0, 3, 1, 2).to(device).contiguous(memory_format=torch.channels_last)
-        probs = model(t).float().softmax(1).cpu().numpy()
+        probs = softmax(run(batch), axis=1)
         if acc is None:
             acc = np.zeros((probs.shape[1], ph, pw), np.float32)
         for (y, x), p in zip(chunk, probs):

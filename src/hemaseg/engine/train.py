@@ -17,10 +17,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from safetensors.torch import load_file
 
 from hemaseg.data.transforms import is_bright_background, normalize, percentile_range, train_transform
 from hemaseg.data.weights import contact_weights
@@ -33,6 +32,11 @@ from hemaseg.io.writers import atomic_path, remove_temps, write_json
 from hemaseg.models.registry import create_model, load_card, load_model, load_weights, save_model
 from hemaseg.progress import track
 from hemaseg.version import __version__
+
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported inside the functions that need it: importing hemaseg does not import it.
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +79,9 @@ class TrainConfig:
     # loss (True: the model learns every cell) or taught as background (False: it learns the boxes as
     # they are, what the VOC metric on BCCD rewards)
     ignore_unboxed: bool = True
+    # cells: sources (a YOLO dataset's sources.csv, e.g. TXL-PBC's "BCCD") whose photos stay out of
+    # training and validation: leave-one-source-out runs
+    leave_out: list[str] = field(default_factory=list)
     # start from this model's weights (a bundled name, a .safetensors file or a run folder) instead of
     # random ones: fine-tuning on a lab's own images; arch/arch_kwargs must be the model's (init_arch)
     init: str = ""
@@ -102,6 +109,7 @@ def task_config(task, **overrides) -> TrainConfig:
 def versions() -> dict[str, str]:
     """Versions of the software a checkpoint was made with."""
     import albumentations
+    import torch
 
     return {"hemaseg": __version__, "torch": torch.__version__, "numpy": np.__version__,
             "albumentations": albumentations.__version__, "python": platform.python_version()}
@@ -188,7 +196,7 @@ def cell_diameter(masks: list[np.ndarray]) -> float:
     return float(np.median(ds)) if len(ds) else 0.0
 
 
-class SegDataset(torch.utils.data.Dataset):
+class SegDataset:
     """Images and class masks held in memory, augmented and normalised on access."""
 
     def __init__(self, items: list[tuple[np.ndarray, np.ndarray]], transform, low: float, high: float,
@@ -205,6 +213,8 @@ class SegDataset(torch.utils.data.Dataset):
         return self.length
 
     def __getitem__(self, i: int):
+        import torch
+
         if self.probs is not None:
             i = int(np.random.default_rng((self.seed, self.epoch, i)).choice(len(self.items), p=self.probs))
         image, mask = self.items[i % len(self.items)]
@@ -260,36 +270,40 @@ def pair_data(task, cfg: TrainConfig, run: Path, state: dict) -> tuple:
 
 
 def _seed_all(seed: int) -> None:
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
 
-@torch.no_grad()
 def recalibrate_batchnorm(model: torch.nn.Module, loader) -> None:
     """Re-estimate BatchNorm running statistics as a plain average over ``loader`` (precise BN).
 
     The momentum average of the last few heavily augmented batches can sit far from
     any real image's statistics; averaging over a whole epoch of batches does not.
     """
-    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    if not bns:
-        return
-    momenta = [m.momentum for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative moving average
-    model.train()
-    # Dropout off: the statistics must be those of the eval-mode network (dropout
-    # before BatchNorm otherwise shifts the variance between training and inference).
-    for m in model.modules():
-        if isinstance(m, torch.nn.modules.dropout._DropoutNd):
-            m.eval()
-    for x, _ in loader:
-        model(x)
-    for m, mom in zip(bns, momenta):
-        m.momentum = mom
-    model.eval()
+    import torch
+
+    with torch.no_grad():
+        bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        if not bns:
+            return
+        momenta = [m.momentum for m in bns]
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative moving average
+        model.train()
+        # Dropout off: the statistics must be those of the eval-mode network (dropout
+        # before BatchNorm otherwise shifts the variance between training and inference).
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.dropout._DropoutNd):
+                m.eval()
+        for x, _ in loader:
+            model(x)
+        for m, mom in zip(bns, momenta):
+            m.momentum = mom
+        model.eval()
 
 
 def epochs_to_run(state: dict, total: int, max_this_call: int | None = None):
@@ -377,6 +391,8 @@ def commit_checkpoint(run: Path, state: dict, models: dict[str, tuple], optim: d
     last (its atomic write is the one commit point), then every file is moved into place.
     A kill before the state is written leaves the previous checkpoint; after, :func:`recover`
     finishes the move. ``models``: {file stem: (module, card)}; ``optim``: saved as ``last.optim.pt``."""
+    import torch
+
     pending = run / PENDING
     shutil.rmtree(pending, ignore_errors=True)
     pending.mkdir(parents=True)
@@ -411,6 +427,9 @@ def start_or_resume(cfg, config_class, run: Path, resume: bool) -> tuple:
 
 def load_last(run: Path, model, optimizer, scheduler) -> None:
     """Restore the ``last`` checkpoint (weights, optimizer, LR schedule) of a run being resumed."""
+    import torch
+    from safetensors.torch import load_file
+
     if not (run / "last.safetensors").exists():
         return
     model.load_state_dict(load_file(str(run / "last.safetensors")))
@@ -450,6 +469,8 @@ SCORE_PREFIXES = ("dice", "iou", "dsb", "ap", "pixel", "mean_iou", "map")  # val
 def finish_run(run: Path, state: dict, cfg, model, card: dict) -> None:
     """When the run is over (all epochs, or stopped early): the shipped model = best weights + card
     with that epoch's validation figures and the training time; ``state["finished"]``."""
+    from safetensors.torch import load_file
+
     if not (state["epoch"] >= cfg.epochs or state["stopped_early"]):
         return
     model.load_state_dict(load_file(str(run / "best.safetensors")))
@@ -476,6 +497,8 @@ def fit(task, cfg: TrainConfig | None, run: str | Path, resume: bool = False, pr
     ``max_epochs_this_call`` stops early after that many epochs (used by tests to
     simulate a killed run that is later resumed).
     """
+    import torch
+
     run = Path(run)
     cfg, state = start_or_resume(cfg, TrainConfig, run, resume)
     if cfg.task != task.name:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
+import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
@@ -156,6 +157,169 @@ def read_image(path: str | Path) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
+# A TIFF larger than this (px) is opened lazily by open_image (when the caller can take a region at a
+# time): its tiles or strips are read as each region is asked for, never the whole image at once.
+LAZY_PIXELS = 8192 * 8192
+# The largest image opened lazily: its label maps are still whole arrays (mostly untouched zero pages).
+MAX_LAZY_PIXELS = 100_000 * 100_000
+
+
+class LazyImage:
+    """An (H, W, 3) uint8 RGB image read region by region from a TIFF (tiled, striped, pyramidal,
+    OME), through tifffile's zarr store of the first series' full-resolution level.
+
+    ``image[y0:y1, x0:x1]`` (any basic slices, steps too) reads only the tiles or strips under the
+    region and returns a numpy array, converted as :func:`read_image` converts a whole image (grey
+    to three channels, alpha dropped; 16-bit and float data scaled by one range for the whole
+    image, taken from its smallest pyramid level). :meth:`downscaled` reads a pyramid level when
+    the file has one. ``np.asarray(image)`` reads it whole (refused over :data:`MAX_PIXELS`).
+    Needs zarr (``pip install 'hemaseg[slides]'``).
+    """
+
+    ndim = 3
+    dtype = np.dtype(np.uint8)
+
+    def __init__(self, path: str | Path) -> None:
+        import tifffile
+
+        try:
+            import zarr
+        except ImportError:
+            raise HemasegInputError(path, "a TIFF this large is read region by region, which needs zarr: "
+                                          "pip install 'hemaseg[slides]'") from None
+        self.path = Path(path)
+        try:
+            self._tif = tifffile.TiffFile(self.path)
+            series = self._tif.series[0]
+            self._levels = [zarr.open(self._tif.aszarr(series=0, level=k), mode="r") for k in range(len(series.levels))]
+        except Exception as exc:  # tifffile and zarr raise many kinds on corrupt files
+            raise HemasegInputError(self.path, f"not a readable TIFF ({exc.__class__.__name__}: {exc})") from None
+        self.axes = series.axes.upper()
+        if "Y" not in self.axes or "X" not in self.axes:
+            raise HemasegInputError(self.path, f"no image plane in this TIFF (axes {series.axes})")
+        shape = dict(zip(self.axes, self._levels[0].shape))
+        self.shape = (int(shape["Y"]), int(shape["X"]), 3)
+        if self.shape[0] * self.shape[1] > MAX_LAZY_PIXELS:
+            raise HemasegInputError(self.path, f"{self.shape[1]}x{self.shape[0]} px is over the "
+                                               f"{MAX_LAZY_PIXELS / 1e6:.0f} MP limit")
+        self._range: tuple[float, float] | None = None
+        if self._levels[0].dtype != np.uint8:
+            small = self._raw(self._levels[-1], slice(None, None, max(1, self._levels[-1].shape[
+                self.axes.index("Y")] // 2048)), slice(None, None, max(1, self._levels[-1].shape[
+                    self.axes.index("X")] // 2048)))
+            finite = small[np.isfinite(small)] if small.dtype.kind == "f" else small
+            self._range = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+
+    def close(self) -> None:
+        self._tif.close()
+
+    def __enter__(self) -> "LazyImage":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _raw(self, level, rows: slice, cols: slice) -> np.ndarray:
+        """Samples of ``level`` under (rows, cols), as (h, w) or (h, w, C): the first plane of any other axis."""
+        key, keep = [], []
+        for ax, n in zip(self.axes, level.shape):
+            if ax == "Y":
+                key.append(rows)
+                keep.append(ax)
+            elif ax == "X":
+                key.append(cols)
+                keep.append(ax)
+            elif ax in "SC" and n in (3, 4) and "S" not in keep and "C" not in keep:
+                key.append(slice(None))
+                keep.append(ax)
+            else:
+                key.append(0)
+        arr = np.asarray(level[tuple(key)])
+        if len(keep) == 3:
+            arr = np.moveaxis(arr, [keep.index("Y"), keep.index("X")], [0, 1])
+        elif keep.index("Y") > keep.index("X"):
+            arr = arr.T
+        return arr
+
+    def _rgb(self, arr: np.ndarray) -> np.ndarray:
+        if arr.ndim == 3 and arr.shape[-1] == 1:
+            arr = arr[..., 0]
+        if arr.ndim == 3:
+            arr = arr[..., :3]
+        if self._range is not None:
+            lo, hi = self._range
+            a = arr.astype(np.float32)
+            if a.dtype.kind == "f":
+                a = np.where(np.isfinite(a), a, np.where(a == np.inf, hi, lo))
+            arr = np.clip((a - lo) * (255.0 / (hi - lo) if hi > lo else 0.0) + 0.5, 0, 255).astype(np.uint8)
+        if arr.ndim == 2:
+            arr = np.repeat(arr[..., None], 3, axis=2)
+        return np.ascontiguousarray(arr)
+
+    def __getitem__(self, key) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        if key and key[0] is Ellipsis:
+            key = (slice(None), slice(None), *key[1:])
+        rows = key[0] if len(key) > 0 else slice(None)
+        cols = key[1] if len(key) > 1 and key[1] is not Ellipsis else slice(None)
+        if not isinstance(rows, slice) or not isinstance(cols, slice):
+            raise TypeError("a LazyImage is indexed by slices of rows and columns")
+        out = self._rgb(self._raw(self._levels[0], rows, cols))
+        return out[(slice(None), slice(None), *key[2:])] if len(key) > 2 else out
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        check_size(self.path, self.shape[0], self.shape[1])
+        out = self[:, :]
+        return out.astype(dtype) if dtype is not None else out
+
+    def reshape(self, *shape) -> np.ndarray:
+        """The whole image read (:meth:`__array__`), reshaped: for code that samples small images whole."""
+        return np.asarray(self).reshape(*shape)
+
+    def astype(self, dtype) -> np.ndarray:
+        return np.asarray(self).astype(dtype)
+
+    def downscaled(self, factor: float, band_rows: int = 2048) -> np.ndarray:
+        """The image resized by ``factor`` (< 1; area interpolation): from the smallest pyramid level
+        at least that large when the file has one, else read from full resolution a band of rows at
+        a time. (H', W', 3) uint8 of round(H x factor) x round(W x factor)."""
+        h, w = self.shape[:2]
+        th, tw = max(1, round(h * factor)), max(1, round(w * factor))
+        yi, xi = self.axes.index("Y"), self.axes.index("X")
+        level = next(lv for lv in reversed(self._levels) if lv.shape[yi] >= th and lv.shape[xi] >= tw)
+        lh, lw = level.shape[yi], level.shape[xi]
+        if lh * lw <= 4 * th * tw or lh <= band_rows:
+            arr = self._rgb(self._raw(level, slice(None), slice(None)))
+            return arr if (lh, lw) == (th, tw) else cv2.resize(arr, (tw, th), interpolation=cv2.INTER_AREA)
+        out = np.empty((th, tw, 3), np.uint8)
+        for y0 in range(0, lh, band_rows):
+            y1 = min(lh, y0 + band_rows)
+            t0, t1 = round(y0 * th / lh), round(y1 * th / lh)
+            if t1 > t0:
+                band = self._rgb(self._raw(level, slice(y0, y1), slice(None)))
+                out[t0:t1] = cv2.resize(band, (tw, t1 - t0), interpolation=cv2.INTER_AREA)
+        return out
+
+
+def open_image(path: str | Path, lazy: bool = True) -> np.ndarray | LazyImage:
+    """:func:`read_image`, except that a TIFF over :data:`LAZY_PIXELS` is opened as a
+    :class:`LazyImage` when ``lazy`` (for callers that read it a region at a time)."""
+    path = Path(path)
+    if lazy and path.suffix.lower() in (".tif", ".tiff") and path.is_file() and path.stat().st_size:
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(path) as tif:
+                series = tif.series[0]
+                shape = dict(zip(series.axes.upper(), series.shape))
+                pixels = int(shape.get("Y", 0)) * int(shape.get("X", 0))
+        except Exception:
+            pixels = 0  # read_image says what is wrong with it
+        if pixels > LAZY_PIXELS:
+            return LazyImage(path)
+    return read_image(path)
+
+
 def read_mask(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndarray:
     """Read a label/mask image as an (H, W) integer array; check it matches ``shape`` if given."""
     path = Path(path)
@@ -232,9 +396,36 @@ def image_size(path: str | Path) -> tuple[int, int]:
 MAX_PIXEL_SIZE_UM = 10.0
 
 
+_UNIT_UM = {"pm": 1e-6, "nm": 1e-3, "µm": 1.0, "um": 1.0, "\u03bcm": 1.0, "mm": 1e3, "cm": 1e4, "m": 1e6}
+
+
+def _ome_pixel_size(path: str | Path) -> float | None:
+    """PhysicalSizeX of an OME-TIFF's first image, in µm (its PhysicalSizeXUnit, µm by default)."""
+    import xml.etree.ElementTree as ET
+
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            xml = tif.ome_metadata
+        if not xml:
+            return None
+        for el in ET.fromstring(xml).iter():
+            if el.tag.rsplit("}", 1)[-1] == "Pixels" and el.get("PhysicalSizeX"):
+                return float(el.get("PhysicalSizeX")) * _UNIT_UM.get(el.get("PhysicalSizeXUnit", "µm"), 0.0)
+    except Exception:  # no OME, or OME that cannot be read: the resolution tags may still tell
+        return None
+    return None
+
+
 def pixel_size_um(path: str | Path) -> float | None:
-    """Size of a pixel in µm from the file's resolution tags (TIFF XResolution with an inch or cm
-    unit, PNG pHYs, JPEG JFIF density), when they give a microscope's scale; None otherwise."""
+    """Size of a pixel in µm from the file's metadata: an OME-TIFF's ``PhysicalSizeX``, else the
+    resolution tags (TIFF XResolution with an inch or cm unit, PNG pHYs, JPEG JFIF density), when
+    they give a microscope's scale (at most :data:`MAX_PIXEL_SIZE_UM`); None otherwise."""
+    if Path(path).suffix.lower() in (".tif", ".tiff"):
+        um = _ome_pixel_size(path)
+        if um is not None and 0.0 < um <= MAX_PIXEL_SIZE_UM:
+            return round(um, 6)
     try:
         with Image.open(path) as im:
             if im.format == "TIFF":

@@ -8,15 +8,18 @@ never write the same file (their names are disambiguated, and the caller says so
 """
 from __future__ import annotations
 
+import struct
+import zlib
 from collections import defaultdict
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 
 from hemaseg.core.result import Segmentation
-from hemaseg.errors import HemasegUsageError
-from hemaseg.io.writers import overlay, write_json, write_png
+from hemaseg.errors import HemasegInputError, HemasegUsageError
+from hemaseg.io.images import LazyImage
+from hemaseg.io.writers import atomic_path, overlay, write_json, write_png
 
 
 def _candidates(path: Path, index: int) -> list[str]:
@@ -82,14 +85,74 @@ def output_stems(inputs: list[Path], out: Path, endings: Iterable[str], option: 
     return stem, notes
 
 
+# A label image larger than this (px) is written a band of rows at a time (write_png_bands).
+BAND_WRITE_PIXELS = 4096 * 4096
+BAND_ROWS = 1024
+
+
+def write_png_bands(path: str | Path, height: int, width: int, bands: Iterable[np.ndarray], level: int = 6) -> Path:
+    """Write a PNG from its rows, a band at a time, atomically: ``bands`` yields (h, W) or (h, W, 3)
+    uint8/uint16 arrays, top to bottom, ``height`` rows in all. Only one band and the compressor's
+    window are in memory (PIL encodes a whole image at once). Standard PNG: grey or RGB, 8 or 16 bit,
+    no filter, zlib ``level``."""
+    crc = zlib.crc32
+    out = Path(path)
+    with atomic_path(out) as tmp, open(tmp, "wb") as f:
+        def chunk(kind: bytes, data: bytes) -> None:
+            f.write(struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc(kind + data) & 0xFFFFFFFF))
+
+        f.write(b"\x89PNG\r\n\x1a\n")
+        z = zlib.compressobj(level)
+        rows = 0
+        for band in bands:
+            band = np.asarray(band)
+            if rows == 0:
+                depth = 16 if band.dtype == np.uint16 else 8
+                if band.dtype not in (np.uint8, np.uint16):
+                    raise TypeError(f"PNG needs uint8 or uint16, got {band.dtype}")
+                chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, depth, 2 if band.ndim == 3 else 0, 0, 0, 0))
+            if band.shape[1] != width:
+                raise ValueError(f"band of width {band.shape[1]}, not {width}")
+            data = band.astype(">u2") if depth == 16 else band
+            flat = np.ascontiguousarray(data).reshape(band.shape[0], -1).view(np.uint8)
+            framed = np.zeros((band.shape[0], flat.shape[1] + 1), np.uint8)  # filter byte 0 (none) per row
+            framed[:, 1:] = flat
+            block = z.compress(framed.tobytes())
+            if block:
+                chunk(b"IDAT", block)
+            rows += band.shape[0]
+        if rows != height:
+            raise ValueError(f"{rows} rows written, not {height}")
+        chunk(b"IDAT", z.flush())
+        chunk(b"IEND", b"")
+    return out
+
+
 def write_segmentation(out: Path, stem: str, source: Path, image: np.ndarray, seg: Segmentation,
-                       labels: dict[str, np.ndarray], task_name: str, model_name: str,
+                       labels: dict[str, np.ndarray] | Callable[[Segmentation], dict[str, np.ndarray]],
+                       task_name: str, model_name: str,
                        colors: dict[int, tuple[int, int, int]] | None = None) -> list[Path]:
     """Write ``<stem><suffix>.png`` for each of ``labels`` ({suffix: array}), ``<stem>.json``, and
     ``<stem>_overlay.png`` when ``colors`` (class index -> RGB) are given, into ``out``.
-    ``labels`` is emptied as its arrays are written, so a large image's label maps are freed early."""
+    ``labels`` is emptied as its arrays are written, so a large image's label maps are freed early.
+    ``labels`` may instead be the task's ``label_images`` hook (a pixel-wise map of a Segmentation):
+    an image over :data:`BAND_WRITE_PIXELS` then has its label images made and written
+    :data:`BAND_ROWS` rows at a time (:func:`write_png_bands`), never whole. No overlay is drawn of
+    a :class:`~hemaseg.io.images.LazyImage` (a TIFF read region by region)."""
     h, w = seg.classes.shape
-    files = [write_png(out / f"{stem}{suffix}.png", labels.pop(suffix)) for suffix in list(labels)]
+    if callable(labels) and h * w > BAND_WRITE_PIXELS:
+        hook = labels
+
+        def band(y: int) -> dict[str, np.ndarray]:
+            rows = slice(y, min(h, y + BAND_ROWS))
+            return hook(Segmentation(seg.classes[rows], seg.instances[rows], seg.probs, seg.cell_diameter,
+                                     seg.scale, []))
+
+        files = [write_png_bands(out / f"{stem}{suffix}.png", h, w, (band(y)[suffix] for y in range(0, h, BAND_ROWS)))
+                 for suffix in band(0)]
+    else:
+        labels = labels(seg) if callable(labels) else labels
+        files = [write_png(out / f"{stem}{suffix}.png", labels.pop(suffix)) for suffix in list(labels)]
     files.append(write_json(out / f"{stem}.json", {
         "filename": str(source),
         "height": h,
@@ -103,5 +166,8 @@ def write_segmentation(out: Path, stem: str, source: Path, image: np.ndarray, se
     }))
     if colors is not None:
         colors = {k: v for k, v in colors.items() if k > 0}
+        if isinstance(image, LazyImage):
+            raise HemasegInputError(source, f"{w}x{h} px, read region by region: no overlay is drawn of an image "
+                                            "this large (leave --overlay out)")
         files.append(write_png(out / f"{stem}_overlay.png", overlay(image, seg.classes, colors, instances=seg.instances)))
     return files

@@ -2,28 +2,40 @@
 optional gradient-reversal domain head for domain adaptation (DANN, seed 003 eq. 6.7)."""
 from __future__ import annotations
 
-import torch
-from torch import nn
+from functools import lru_cache
+from typing import TYPE_CHECKING
 
 from hemaseg.models.registry import register_model
 
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
-class GradReverse(torch.autograd.Function):
-    """Identity forward; gradient multiplied by ``-lambd`` backward (Ganin & Lempitsky 2015)."""
+# torch (and timm) are imported when a network is built, not when hemaseg is: the classes are defined then.
 
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, lambd: float) -> torch.Tensor:
-        ctx.lambd = lambd
-        return x.view_as(x)
 
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        return -ctx.lambd * grad, None
+@lru_cache(maxsize=None)
+def _grad_reverse_class() -> type:
+    import torch
+
+    class GradReverse(torch.autograd.Function):
+        """Identity forward; gradient multiplied by ``-lambd`` backward (Ganin & Lempitsky 2015)."""
+
+        @staticmethod
+        def forward(ctx, x: torch.Tensor, lambd: float) -> torch.Tensor:
+            ctx.lambd = lambd
+            return x.view_as(x)
+
+        @staticmethod
+        def backward(ctx, grad: torch.Tensor):
+            return -ctx.lambd * grad, None
+
+    return GradReverse
 
 
 def grad_reverse(x: torch.Tensor, lambd: float = 1.0) -> torch.Tensor:
     """Gradient-reversal layer: features pass unchanged, their gradient comes back negated and scaled."""
-    return GradReverse.apply(x, lambd)
+    return _grad_reverse_class().apply(x, lambd)
 
 
 # Backbones defined here with timm's building blocks: (block layers, channels, stem width).
@@ -54,49 +66,66 @@ def make_backbone(name: str, norm: str = "group") -> nn.Module:
         raise ValueError(f"backbone {name!r} takes no norm_layer; use norm='batch' with it") from None
 
 
-class WbcClassifier(nn.Module):
-    """Backbone -> pooled features (+ ``extras`` scalar measurements of the cell) -> dropout ->
-    linear classes; ``domain`` head for DANN."""
+@lru_cache(maxsize=None)
+def wbc_classifier_class() -> type:
+    """The :class:`WbcClassifier` class, defined (and torch imported) on first use."""
+    import torch
+    from torch import nn
 
-    def __init__(self, backbone: str = "resnet10-half", classes: int = 5, dropout: float = 0.2,
-                 domain_head: bool = True, norm: str = "group", extras: int = 0) -> None:
-        super().__init__()
-        # GroupNorm by default: no running statistics to drift under heavy stain augmentation
-        # on a few hundred crops (BatchNorm collapsed to one class in eval mode).
-        self.backbone = make_backbone(backbone, norm)
-        with torch.no_grad():  # pooled feature width (some timm models widen it in their head)
-            nf = self.backbone.eval()(torch.zeros(1, 3, 64, 64)).shape[1]
-        self.backbone.train()
-        self.extras = extras
-        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(nf + extras, classes))
-        self.domain = nn.Sequential(nn.Linear(nf, 64), nn.ReLU(inplace=True), nn.Linear(64, 1)) if domain_head else None
+    class WbcClassifier(nn.Module):
+        """Backbone -> pooled features (+ ``extras`` scalar measurements of the cell) -> dropout ->
+        linear classes; ``domain`` head for DANN."""
 
-    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
-        """Last convolutional feature map (B, C, h, w): what Grad-CAM looks at."""
-        return self.backbone.forward_features(x)
+        def __init__(self, backbone: str = "resnet10-half", classes: int = 5, dropout: float = 0.2,
+                     domain_head: bool = True, norm: str = "group", extras: int = 0) -> None:
+            super().__init__()
+            # GroupNorm by default: no running statistics to drift under heavy stain augmentation
+            # on a few hundred crops (BatchNorm collapsed to one class in eval mode).
+            self.backbone = make_backbone(backbone, norm)
+            with torch.no_grad():  # pooled feature width (some timm models widen it in their head)
+                nf = self.backbone.eval()(torch.zeros(1, 3, 64, 64)).shape[1]
+            self.backbone.train()
+            self.extras = extras
+            self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(nf + extras, classes))
+            self.domain = nn.Sequential(nn.Linear(nf, 64), nn.ReLU(inplace=True), nn.Linear(64, 1)) if domain_head else None
 
-    def pooled(self, fmap: torch.Tensor) -> torch.Tensor:
-        return self.backbone.forward_head(fmap)
+        def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+            """Last convolutional feature map (B, C, h, w): what Grad-CAM looks at."""
+            return self.backbone.forward_features(x)
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled features (B, C)."""
-        return self.pooled(self.feature_map(x))
+        def pooled(self, fmap: torch.Tensor) -> torch.Tensor:
+            return self.backbone.forward_head(fmap)
 
-    def with_extras(self, f: torch.Tensor, extras: torch.Tensor | None) -> torch.Tensor:
-        if not self.extras:
-            return f
-        if extras is None:  # no measurements: zeros, which the training data uses for "unknown"
-            extras = f.new_zeros((f.shape[0], self.extras))
-        return torch.cat([f, extras.to(f.dtype)], 1)
+        def features(self, x: torch.Tensor) -> torch.Tensor:
+            """Pooled features (B, C)."""
+            return self.pooled(self.feature_map(x))
 
-    def forward(self, x: torch.Tensor, extras: torch.Tensor | None = None) -> torch.Tensor:
-        return self.head(self.with_extras(self.features(x), extras))
+        def with_extras(self, f: torch.Tensor, extras: torch.Tensor | None) -> torch.Tensor:
+            if not self.extras:
+                return f
+            if extras is None:  # no measurements: zeros, which the training data uses for "unknown"
+                extras = f.new_zeros((f.shape[0], self.extras))
+            return torch.cat([f, extras.to(f.dtype)], 1)
 
-    def forward_dann(self, x: torch.Tensor, lambd: float, extras: torch.Tensor | None = None
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(class logits, domain logits through the gradient-reversal layer)."""
-        f = self.features(x)
-        return self.head(self.with_extras(f, extras)), self.domain(grad_reverse(f, lambd)).squeeze(1)
+        def forward(self, x: torch.Tensor, extras: torch.Tensor | None = None) -> torch.Tensor:
+            return self.head(self.with_extras(self.features(x), extras))
+
+        def forward_dann(self, x: torch.Tensor, lambd: float, extras: torch.Tensor | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+            """(class logits, domain logits through the gradient-reversal layer)."""
+            f = self.features(x)
+            return self.head(self.with_extras(f, extras)), self.domain(grad_reverse(f, lambd)).squeeze(1)
+
+    return WbcClassifier
+
+
+def __getattr__(name: str):
+    # ``from hemaseg.models.classifier import WbcClassifier`` still works; it imports torch then.
+    if name == "WbcClassifier":
+        return wbc_classifier_class()
+    if name == "GradReverse":
+        return _grad_reverse_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @register_model("wbc-classifier")
@@ -105,4 +134,4 @@ def wbc_classifier(backbone: str = "resnet10-half", classes: int = 5, dropout: f
     """timm backbone built without downloaded weights (``norm="group"``: GroupNorm, for timm models
     that take a ``norm_layer``, e.g. the ResNet family; ``"batch"``: the model's own), linear head
     over the pooled features and ``extras`` scalar inputs, gradient-reversal domain head."""
-    return WbcClassifier(backbone, classes, dropout, domain_head, norm, extras)
+    return wbc_classifier_class()(backbone, classes, dropout, domain_head, norm, extras)

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable
-
-import torch
-from safetensors.torch import load_file, save_file
-from torch import nn
+from typing import TYPE_CHECKING, Callable
 
 from hemaseg.errors import HemasegInputError
 from hemaseg.io.writers import atomic_path, write_json
+
+if TYPE_CHECKING:
+    from torch import nn
+
+# torch and safetensors.torch are imported inside the functions that build or load a torch model:
+# importing hemaseg, and the ONNX Runtime backend of the light install, need neither.
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -40,6 +42,13 @@ def create_model(name: str, **kwargs) -> nn.Module:
 # ---- model cards ---------------------------------------------------------------------------
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+
+
+def save_file(tensors: dict, filename: str) -> None:
+    """safetensors' ``save_file`` for torch tensors (safetensors.torch, and torch, imported on first use)."""
+    from safetensors.torch import save_file as save
+
+    save(tensors, filename)
 
 
 def save_model(model: nn.Module, path: str | Path, card: dict) -> tuple[Path, Path]:
@@ -112,8 +121,13 @@ def load_weights(model: nn.Module, state: dict, source: str | Path, arch: str) -
 
 
 def load_model(name_or_path: str | Path, device: str = "cpu") -> tuple[nn.Module, dict]:
-    """Load a model and its card from a bundled name, a safetensors file or a run folder."""
+    """Load a model and its card from a bundled name, a safetensors file or a run folder (torch)."""
+    import torch
+    from safetensors.torch import load_file
+
     st, card = load_card(name_or_path)
+    if st.suffix == ".onnx":
+        raise HemasegInputError(st, "an ONNX file: it runs on ONNX Runtime (backend onnx), not torch")
     arch = card["architecture"]
     try:
         model = create_model(arch["name"], **arch.get("kwargs", {}))

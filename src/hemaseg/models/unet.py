@@ -1,14 +1,20 @@
 """U-Net family sized for a CPU: the seed's plain U-Net with dropout, and smp U-Nets."""
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-from torch import nn
+from functools import lru_cache
+from typing import TYPE_CHECKING
 
 from hemaseg.models.registry import register_model
 
+if TYPE_CHECKING:
+    from torch import nn
+
+# torch is imported when a network is built, not when hemaseg is: the classes are defined then.
+
 
 def _norm(kind: str, channels: int) -> nn.Module:
+    from torch import nn
+
     # BatchNorm in eval mode is a fixed affine map, so tiled inference equals whole-image
     # inference exactly. GroupNorm (the shipped WBC model's choice, as nnU-Net's instance
     # norm) normalises each image/tile by its own statistics: tiles blend to nearly, not
@@ -20,6 +26,8 @@ def _norm(kind: str, channels: int) -> nn.Module:
 
 
 def _block(cin: int, cout: int, dropout: float, norm: str = "batch") -> nn.Sequential:
+    from torch import nn
+
     layers: list[nn.Module] = [
         nn.Conv2d(cin, cout, 3, padding=1, bias=False),
         _norm(norm, cout),
@@ -32,68 +40,84 @@ def _block(cin: int, cout: int, dropout: float, norm: str = "batch") -> nn.Seque
     return nn.Sequential(*layers)
 
 
-class PlainUNet(nn.Module):
-    """The seed-000 U-Net (two 3x3 convs per level, max-pool down, transposed-conv up) with dropout.
+@lru_cache(maxsize=None)
+def plain_unet_class() -> type:
+    """The :class:`PlainUNet` class, defined (and torch imported) on first use."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
 
-    Normalisation is BatchNorm by default (``norm="group"`` for GroupNorm).
+    class PlainUNet(nn.Module):
+        """The seed-000 U-Net (two 3x3 convs per level, max-pool down, transposed-conv up) with dropout.
 
-    ``stem_stride=2`` runs the first level at half resolution and upsamples the logits,
-    which keeps large images fast; the output always has the input's size.
-    """
+        Normalisation is BatchNorm by default (``norm="group"`` for GroupNorm).
 
-    def __init__(
-        self,
-        in_channels: int = 3,
-        classes: int = 3,
-        widths: tuple[int, ...] = (16, 32, 64, 128, 256),
-        dropout: float = 0.1,
-        stem_stride: int = 1,
-        norm: str = "batch",
-    ) -> None:
-        super().__init__()
-        self.stem_stride = stem_stride
-        self.stride = 2 ** (len(widths) - 1) * stem_stride
-        self.stem = nn.Identity() if stem_stride == 1 else nn.Sequential(
-            nn.Conv2d(in_channels, widths[0], 3, stride=stem_stride, padding=1, bias=False),
-            _norm(norm, widths[0]),
-            nn.ReLU(inplace=True),
-        )
-        cin = in_channels if stem_stride == 1 else widths[0]
-        self.down = nn.ModuleList()
-        for i, w in enumerate(widths):
-            self.down.append(_block(cin, w, dropout if i > 0 else 0.0, norm))
-            cin = w
-        self.up = nn.ModuleList()
-        self.dec = nn.ModuleList()
-        for w in reversed(widths[:-1]):
-            self.up.append(nn.ConvTranspose2d(cin, w, 2, stride=2))
-            self.dec.append(_block(2 * w, w, dropout, norm))
-            cin = w
-        self.head = nn.Conv2d(cin, classes, 1)
+        ``stem_stride=2`` runs the first level at half resolution and upsamples the logits,
+        which keeps large images fast; the output always has the input's size.
+        """
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        size = x.shape[-2:]
-        x = self.stem(x)
-        skips = []
-        for i, block in enumerate(self.down):
-            if i > 0:
-                x = F.max_pool2d(x, 2)
-            x = block(x)
-            skips.append(x)
-        skips.pop()
-        for up, dec in zip(self.up, self.dec):
-            x = dec(torch.cat([up(x), skips.pop()], 1))
-        x = self.head(x)
-        if self.stem_stride != 1:
-            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-        return x
+        def __init__(
+            self,
+            in_channels: int = 3,
+            classes: int = 3,
+            widths: tuple[int, ...] = (16, 32, 64, 128, 256),
+            dropout: float = 0.1,
+            stem_stride: int = 1,
+            norm: str = "batch",
+        ) -> None:
+            super().__init__()
+            self.stem_stride = stem_stride
+            self.stride = 2 ** (len(widths) - 1) * stem_stride
+            self.stem = nn.Identity() if stem_stride == 1 else nn.Sequential(
+                nn.Conv2d(in_channels, widths[0], 3, stride=stem_stride, padding=1, bias=False),
+                _norm(norm, widths[0]),
+                nn.ReLU(inplace=True),
+            )
+            cin = in_channels if stem_stride == 1 else widths[0]
+            self.down = nn.ModuleList()
+            for i, w in enumerate(widths):
+                self.down.append(_block(cin, w, dropout if i > 0 else 0.0, norm))
+                cin = w
+            self.up = nn.ModuleList()
+            self.dec = nn.ModuleList()
+            for w in reversed(widths[:-1]):
+                self.up.append(nn.ConvTranspose2d(cin, w, 2, stride=2))
+                self.dec.append(_block(2 * w, w, dropout, norm))
+                cin = w
+            self.head = nn.Conv2d(cin, classes, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            size = x.shape[-2:]
+            x = self.stem(x)
+            skips = []
+            for i, block in enumerate(self.down):
+                if i > 0:
+                    x = F.max_pool2d(x, 2)
+                x = block(x)
+                skips.append(x)
+            skips.pop()
+            for up, dec in zip(self.up, self.dec):
+                x = dec(torch.cat([up(x), skips.pop()], 1))
+            x = self.head(x)
+            if self.stem_stride != 1:
+                x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+            return x
+
+    return PlainUNet
+
+
+def __getattr__(name: str):
+    # ``from hemaseg.models.unet import PlainUNet`` still works; it imports torch then.
+    if name == "PlainUNet":
+        return plain_unet_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @register_model("unet-dropout")
 def unet_dropout(in_channels: int = 3, classes: int = 3, widths=(16, 32, 64, 128, 256),
                  dropout: float = 0.1, stem_stride: int = 1, norm: str = "batch") -> nn.Module:
     """The seed's plain U-Net with dropout in the convolutional blocks (GroupNorm or BatchNorm)."""
-    return PlainUNet(in_channels, classes, tuple(widths), dropout, stem_stride, norm)
+    return plain_unet_class()(in_channels, classes, tuple(widths), dropout, stem_stride, norm)
 
 
 @register_model("smp-unet")

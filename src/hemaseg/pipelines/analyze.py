@@ -12,7 +12,7 @@ import numpy as np
 
 from hemaseg.core.options import check_numbers
 from hemaseg.core.vocabulary import CATEGORIES, EXTRA_TYPES, NOT_IN_DIFFERENTIAL, WBC_TYPES
-from hemaseg.engine.predict import get_model
+from hemaseg.engine.predict import get_model, uses_backend
 from hemaseg.engine.tiling import DEFAULT_TILE
 from hemaseg.errors import HemasegError
 from hemaseg.metrics import binomial_ci
@@ -114,10 +114,11 @@ class Analysis:
         return [r for r in self.entry["masks"] if r.get("unsure")]
 
 
+@uses_backend
 def analyze(image: np.ndarray, filename: str = "", cells_model="cells", type_model="wbc-type",
             cell_diameter: float | None = None, device: str = "cpu", tile: int = DEFAULT_TILE,
             min_confidence: float = MIN_CONFIDENCE, sample_id: str | None = None,
-            pixel_size: float | None = None) -> Analysis:
+            pixel_size: float | None = None, backend: str = "auto") -> Analysis:
     """Find, outline, type and count every RBC, WBC and platelet of an (H, W, 3) uint8 smear photo.
 
     ``cell_diameter`` is the red-cell diameter in px (estimated when None). Each WBC's
@@ -126,7 +127,9 @@ def analyze(image: np.ndarray, filename: str = "", cells_model="cells", type_mod
     ``"unsure": True`` and counts in no type. ``tile`` is the U-Net cells backend's largest tile;
     the Mask R-CNN backend reads the whole image at once. ``sample_id`` (the sample the photo is
     of) and ``pixel_size`` (µm per px, when known) are recorded in the entry when given. An image
-    with nothing in it (flat, or noise) gives no cell.
+    with nothing in it (flat, or noise) gives no cell. ``backend`` runs both networks on ``torch``,
+    ``onnx`` (ONNX Runtime) or ``auto`` (ONNX Runtime where a model has an ONNX file, torch otherwise;
+    without torch the Mask R-CNN cells model gives way to the cells U-Net: :mod:`hemaseg.engine.runtime`).
     """
     check_numbers(min_confidence=min_confidence, pixel_size=pixel_size)
     seg = get_task("cells").predict(image, cells_model, cell_diameter, device, tile=tile)

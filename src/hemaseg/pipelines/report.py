@@ -8,12 +8,13 @@ import html
 import io
 from datetime import datetime
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import cv2
 import numpy as np
 
 from hemaseg.core.vocabulary import CATEGORIES, NOT_IN_DIFFERENTIAL, WBC_TYPES
-from hemaseg.io.writers import write_text
+from hemaseg.io.writers import atomic_path, write_text
 from hemaseg.pipelines.analyze import Analysis, differential, differential_size
 from hemaseg.version import __version__
 
@@ -109,10 +110,126 @@ def _pixel_scale(entries: list[dict]) -> str:
     return text + (f" ({missing} image(s) without one)" if missing else "")
 
 
-def _thumbs(cells: list[tuple[dict, np.ndarray, str]], cls: str = "") -> str:
-    figs = "".join(f"<figure><img alt=\"{html.escape(label)}\" src=\"{_data_uri(c, 96, '.png')}\">"
-                   f"<figcaption>{html.escape(label)}</figcaption></figure>" for _, c, label in cells)
+def _thumbs(cells: list[tuple[dict, str, str]], cls: str = "") -> str:
+    """Thumbnails: (record, data URI, label) each."""
+    figs = "".join(f"<figure><img alt=\"{html.escape(label)}\" src=\"{uri}\">"
+                   f"<figcaption>{html.escape(label)}</figcaption></figure>" for _, uri, label in cells)
     return f"<div class=\"thumbs{' ' + cls if cls else ''}\">{figs}</div>"
+
+
+def image_record(analysis: Analysis, overlay: np.ndarray) -> dict:
+    """What the batch files need of one photo, JSON-ready: its results ``entry``, ``counts``,
+    ``types``, ``cell_diameter``, ``models``, the report's downscaled ``overlay`` (a JPEG data URI)
+    and one ``crops`` thumbnail (PNG data URI) per WBC of ``entry["masks"]``, in mask order."""
+    return {"entry": analysis.entry, "counts": dict(analysis.counts), "types": list(analysis.types),
+            "cell_diameter": float(analysis.cell_diameter), "models": dict(analysis.models),
+            "overlay": _data_uri(overlay), "crops": [_data_uri(c, 96, ".png") for c in analysis.wbc_crops]}
+
+
+def light_analysis(record: dict) -> Analysis:
+    """An :class:`Analysis` of an :func:`image_record` without its masks, crops or label image:
+    what :func:`counts_csv` and :func:`pooled_counts` read."""
+    entry = {k: v for k, v in record["entry"].items() if k != "masks"}
+    return Analysis({**entry, "masks": []}, dict(record["counts"]), None, float(record["cell_diameter"]), [],
+                    tuple(record["types"]), dict(record["models"]))
+
+
+def report_chunks(records: Iterable[dict], failed: list[tuple[str, str]] | None = None,
+                  title: str = "hemaseg smear report", date: str | None = None) -> Iterator[str]:
+    """The parts of :func:`report_html`, from :func:`image_record` records, one after another.
+    ``records`` is iterated twice (totals first, then the images), so it may read them from disk
+    one at a time: only the counts and the unsure cells' thumbnails are held."""
+    date = date or datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %z")
+    light: list[Analysis] = []
+    unsure: list[tuple[str, dict, str]] = []
+    n_unsure: list[int] = []
+    any_crops = False
+    for rec in records:
+        light.append(light_analysis(rec))
+        wbcs = [m for m in rec["entry"]["masks"] if m["category"] == "wbc"]
+        mine = [(rec["entry"]["filename"], r, c) for r, c in zip(wbcs, rec["crops"]) if r.get("unsure")]
+        unsure += mine
+        n_unsure.append(len(mine))
+        any_crops = any_crops or bool(rec["crops"])
+    entries = [a.entry for a in light]
+    counts = pooled_counts(light)
+    types = pooled_types(light)
+    kinds = [t for t in types if t not in NOT_IN_DIFFERENTIAL]
+    n_diff = differential_size(counts, types)
+    samples = list(dict.fromkeys(str(e["sample_id"]) for e in entries if e.get("sample_id") is not None))
+    models: dict[str, list[str]] = {}
+    for a in light:
+        for role, label in a.models.items():
+            models.setdefault(role, [])
+            if label not in models[role]:
+                models[role].append(label)
+
+    yield (f"<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+           f"<title>{html.escape(title)}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n<h1>{html.escape(title)}</h1>")
+    yield f"<p class=\"ruo\">{RESEARCH_ONLY}</p>"
+    meta = [["sample", ", ".join(samples) if samples else "not given (hemaseg analyze --sample-id ID)"],
+            ["date of analysis", date], ["software", f"hemaseg {__version__}"],
+            *([f"{role} model", "; ".join(labels)] for role, labels in models.items()),
+            ["pixel scale", _pixel_scale(entries)],
+            ["images", f"{len(light)} analysed" + (f", {len(failed)} not analysed" if failed else "")]]
+    yield "<table class=\"meta\"><tbody>" + "".join(
+        f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in meta) + "</tbody></table>"
+    yield ("<p>Outlines: red = RBC, blue = WBC, yellow = platelet; each WBC carries its type (first four "
+           "letters; WBC? = type unsure).</p>")
+    yield "<h2>Totals</h2>" + _table(["", "RBC", "WBC", "platelets"],
+                                     [["all images", counts["rbc"], counts["wbc"], counts["platelet"]]])
+
+    diff = differential(counts, types)
+    yield "<h2>WBC differential</h2>"
+    yield (f"<p>Rests on <strong>{n_diff}</strong> typed white cell(s) of {counts['wbc']} found"
+           + (f"; {len(unsure)} whose type the classifier is unsure of are listed for review below and "
+              "counted in no type" if unsure else "") + ".</p>")
+    if n_diff < MIN_DIFFERENTIAL:
+        yield (f"<p class=\"warning\">Warning: this differential rests on {n_diff} white cell(s), fewer than "
+               f"the {MIN_DIFFERENTIAL} of a manual differential. Each percentage is uncertain by the width "
+               "of its 95 % interval; count more fields before relying on it.</p>")
+    yield _table(["type", "count", "percent", "95 % interval"],
+                 [[t, counts.get(t, 0), f"{diff[t][0]:.1f}" if n_diff else "-",
+                   f"{diff[t][1]:.1f} - {diff[t][2]:.1f}" if n_diff else "-"] for t in kinds])
+    beside = [t for t in types if t in NOT_IN_DIFFERENTIAL and counts.get(t, 0)]
+    if beside:
+        yield "<p>Not leukocytes, so outside the differential: " + ", ".join(f"{t} {counts[t]}" for t in beside) + ".</p>"
+    yield ("<p>Interval: exact binomial (Clopper-Pearson), the interval Rümke's table gives; it covers "
+           "counting chance only, not classifier errors.</p>")
+
+    yield "<h2>Counts per image</h2>" + _table(
+        ["image", "RBC", "WBC", "platelets", *kinds, "unsure"],
+        [[a.entry["filename"], a.counts["rbc"], a.counts["wbc"], a.counts["platelet"],
+          *(a.counts.get(t, 0) for t in kinds), n] for a, n in zip(light, n_unsure)]
+        + [["all images", counts["rbc"], counts["wbc"], counts["platelet"], *(counts.get(t, 0) for t in kinds),
+            len(unsure)]])
+    if failed:
+        items = "".join(f"<li>{html.escape(p)}: {html.escape(r)}</li>" for p, r in failed)
+        yield f"<h2 class=\"failed\">Not analysed</h2><ul class=\"failed\">{items}</ul>"
+
+    if unsure:
+        unsure.sort(key=lambda frc: _confidence(frc[1]))
+        yield (f"<h2>For review: {len(unsure)} white cell(s) of unsure type</h2><p>Most probable types "
+               "with their calibrated probabilities, least sure first. Not counted in the differential.</p>")
+        yield _thumbs([(r, c, f"{Path(f).name}: {_top_types(r)}") for f, r, c in unsure], "review")
+    del unsure, light
+    if any_crops:
+        yield f"<p>{CONFIDENCE_NOTE}</p>"
+    for rec in records:
+        e = rec["entry"]
+        name = html.escape(e["filename"])
+        scale = f", {e['pixel_size_um']:g} µm/px" if e.get("pixel_size_um") else ""
+        c = rec["counts"]
+        yield (f"<h2>{name}</h2><p>{e['width']}x{e['height']} px{scale}, red-cell diameter "
+               f"{float(rec['cell_diameter']):.1f} px; RBC {c['rbc']}, WBC {c['wbc']}, platelets {c['platelet']}</p>")
+        yield f"<img class=\"overlay\" alt=\"overlay of {name}\" src=\"{rec['overlay']}\">"
+        wbcs = [r for r in e["masks"] if r["category"] == "wbc"]
+        typed = sorted(((r, u) for r, u in zip(wbcs, rec["crops"]) if not r.get("unsure")),
+                       key=lambda ru: _confidence(ru[0]))
+        if typed:
+            yield _thumbs([(r, u, f"{r['class_name']} {_confidence(r):.2f}") for r, u in typed])
+    yield f"<p class=\"ruo\">{RESEARCH_ONLY}</p>"
+    yield "</body>\n</html>\n"
 
 
 def report_html(analyses: list[Analysis], overlays: list[np.ndarray], failed: list[tuple[str, str]] | None = None,
@@ -121,91 +238,20 @@ def report_html(analyses: list[Analysis], overlays: list[np.ndarray], failed: li
     and the number of WBCs it rests on (a warning under :data:`MIN_DIFFERENTIAL`); the cells whose
     type is unsure, for review; then per image its counts, overlay and WBC gallery (least sure first).
     ``date`` defaults to now."""
-    date = date or datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %z")
-    entries = [a.entry for a in analyses]
-    counts = pooled_counts(analyses)
-    types = pooled_types(analyses)
-    kinds = [t for t in types if t not in NOT_IN_DIFFERENTIAL]
-    n_diff = differential_size(counts, types)
-    unsure = [(a, r, c) for a in analyses for r, c in zip([m for m in a.entry["masks"] if m["category"] == "wbc"],
-                                                         a.wbc_crops) if r.get("unsure")]
-    samples = list(dict.fromkeys(str(e["sample_id"]) for e in entries if e.get("sample_id") is not None))
-    models: dict[str, list[str]] = {}
-    for a in analyses:
-        for role, label in a.models.items():
-            models.setdefault(role, [])
-            if label not in models[role]:
-                models[role].append(label)
-
-    parts = [f"<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-             f"<title>{html.escape(title)}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n<h1>{html.escape(title)}</h1>",
-             f"<p class=\"ruo\">{RESEARCH_ONLY}</p>"]
-    meta = [["sample", ", ".join(samples) if samples else "not given (hemaseg analyze --sample-id ID)"],
-            ["date of analysis", date], ["software", f"hemaseg {__version__}"],
-            *([f"{role} model", "; ".join(labels)] for role, labels in models.items()),
-            ["pixel scale", _pixel_scale(entries)],
-            ["images", f"{len(analyses)} analysed" + (f", {len(failed)} not analysed" if failed else "")]]
-    parts.append("<table class=\"meta\"><tbody>" + "".join(
-        f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in meta) + "</tbody></table>")
-    parts.append("<p>Outlines: red = RBC, blue = WBC, yellow = platelet; each WBC carries its type (first four "
-                 "letters; WBC? = type unsure).</p>")
-    parts.append("<h2>Totals</h2>" + _table(["", "RBC", "WBC", "platelets"],
-                                            [["all images", counts["rbc"], counts["wbc"], counts["platelet"]]]))
-
-    diff = differential(counts, types)
-    parts.append("<h2>WBC differential</h2>")
-    parts.append(f"<p>Rests on <strong>{n_diff}</strong> typed white cell(s) of {counts['wbc']} found"
-                 + (f"; {len(unsure)} whose type the classifier is unsure of are listed for review below and "
-                    "counted in no type" if unsure else "") + ".</p>")
-    if n_diff < MIN_DIFFERENTIAL:
-        parts.append(f"<p class=\"warning\">Warning: this differential rests on {n_diff} white cell(s), fewer than "
-                     f"the {MIN_DIFFERENTIAL} of a manual differential. Each percentage is uncertain by the width "
-                     "of its 95 % interval; count more fields before relying on it.</p>")
-    parts.append(_table(["type", "count", "percent", "95 % interval"],
-                        [[t, counts.get(t, 0), f"{diff[t][0]:.1f}" if n_diff else "-",
-                          f"{diff[t][1]:.1f} - {diff[t][2]:.1f}" if n_diff else "-"] for t in kinds]))
-    beside = [t for t in types if t in NOT_IN_DIFFERENTIAL and counts.get(t, 0)]
-    if beside:
-        parts.append("<p>Not leukocytes, so outside the differential: "
-                     + ", ".join(f"{t} {counts[t]}" for t in beside) + ".</p>")
-    parts.append("<p>Interval: exact binomial (Clopper-Pearson), the interval Rümke's table gives; it covers "
-                 "counting chance only, not classifier errors.</p>")
-
-    parts.append("<h2>Counts per image</h2>" + _table(
-        ["image", "RBC", "WBC", "platelets", *kinds, "unsure"],
-        [[a.entry["filename"], a.counts["rbc"], a.counts["wbc"], a.counts["platelet"],
-          *(a.counts.get(t, 0) for t in kinds), len(a.unsure)] for a in analyses]
-        + [["all images", counts["rbc"], counts["wbc"], counts["platelet"], *(counts.get(t, 0) for t in kinds),
-            len(unsure)]]))
-    if failed:
-        items = "".join(f"<li>{html.escape(p)}: {html.escape(r)}</li>" for p, r in failed)
-        parts.append(f"<h2 class=\"failed\">Not analysed</h2><ul class=\"failed\">{items}</ul>")
-
-    if unsure:
-        unsure.sort(key=lambda arc: _confidence(arc[1]))
-        parts.append(f"<h2>For review: {len(unsure)} white cell(s) of unsure type</h2><p>Most probable types "
-                     "with their calibrated probabilities, least sure first. Not counted in the differential.</p>")
-        parts.append(_thumbs([(r, c, f"{Path(a.entry['filename']).name}: {_top_types(r)}") for a, r, c in unsure],
-                             "review"))
-    if any(a.wbc_crops for a in analyses):
-        parts.append(f"<p>{CONFIDENCE_NOTE}</p>")
-    for a, ov in zip(analyses, overlays):
-        name = html.escape(a.entry["filename"])
-        scale = f", {a.entry['pixel_size_um']:g} µm/px" if a.entry.get("pixel_size_um") else ""
-        parts.append(f"<h2>{name}</h2><p>{a.entry['width']}x{a.entry['height']} px{scale}, red-cell diameter "
-                     f"{a.cell_diameter:.1f} px; RBC {a.counts['rbc']}, WBC {a.counts['wbc']}, platelets "
-                     f"{a.counts['platelet']}</p>")
-        parts.append(f"<img class=\"overlay\" alt=\"overlay of {name}\" src=\"{_data_uri(ov)}\">")
-        wbcs = [r for r in a.entry["masks"] if r["category"] == "wbc"]
-        typed = sorted(((r, c) for r, c in zip(wbcs, a.wbc_crops) if not r.get("unsure")),
-                       key=lambda rc: _confidence(rc[0]))
-        if typed:
-            parts.append(_thumbs([(r, c, f"{r['class_name']} {_confidence(r):.2f}") for r, c in typed]))
-    parts.append(f"<p class=\"ruo\">{RESEARCH_ONLY}</p>")
-    parts.append("</body>\n</html>\n")
-    return "\n".join(parts)
+    records = [image_record(a, ov) for a, ov in zip(analyses, overlays)]
+    return "\n".join(report_chunks(records, failed, title, date))
 
 
 def write_report(path: str | Path, analyses: list[Analysis], overlays: list[np.ndarray],
                  failed: list[tuple[str, str]] | None = None, date: str | None = None) -> Path:
     return write_text(path, report_html(analyses, overlays, failed, date=date))
+
+
+def write_report_records(path: str | Path, records: Iterable[dict], failed: list[tuple[str, str]] | None = None,
+                         title: str = "hemaseg smear report", date: str | None = None) -> Path:
+    """:func:`report_html` of :func:`image_record` records (iterated twice), written as it is made,
+    atomically: the page is never one string in memory."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for k, chunk in enumerate(report_chunks(records, failed, title, date)):
+            f.write(("\n" if k else "") + chunk)
+    return Path(path)

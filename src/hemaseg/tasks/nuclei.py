@@ -11,10 +11,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from scipy import ndimage as ndi
-from skimage.feature import peak_local_max
-from skimage.measure import regionprops
-from skimage.segmentation import find_boundaries, watershed
 
 from hemaseg.classical import NUCLEI_METHODS, segment_classical
 from hemaseg.core.labels import drop_small, instance_objects, measure_diameter
@@ -74,6 +70,8 @@ def nuclei_targets(labels: np.ndarray) -> np.ndarray:
     >>> t[3].tolist()
     [0, 2, 1, 1, 1, 2, 2, 1, 1, 1, 2, 0]
     """
+    from skimage.segmentation import find_boundaries
+
     out = (labels > 0).astype(np.uint8)
     out[find_boundaries(labels, mode="inner") & (labels > 0)] = 2
     return out
@@ -98,6 +96,10 @@ def nuclei_instances(probs: np.ndarray, min_area: int = 8, diameter: float | Non
     >>> int(nuclei_instances(p, min_area=4).max())
     2
     """
+    from scipy import ndimage as ndi
+    from skimage.feature import peak_local_max
+    from skimage.segmentation import watershed
+
     fg = (probs[1] + probs[2]) > fg_threshold
     interior = (probs[1] > seed_threshold) & fg
     n_fg, comps = cv2.connectedComponents(fg.astype(np.uint8), connectivity=4)
@@ -170,6 +172,8 @@ def measure_nuclei(instances: np.ndarray, min_area: int = 30, merged: float = 3.
     >>> 12 < measure_nuclei(lab, min_area=4) < 15
     True
     """
+    from skimage.measure import regionprops
+
     regions = [r for r in regionprops(instances) if r.area >= min_area]
     if not regions:
         return None

@@ -10,20 +10,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-import torch
-from scipy import ndimage as ndi
-from skimage.measure import regionprops
 
 from hemaseg.classical import WBC_METHODS, segment_classical
 from hemaseg.core.content import featureless
 from hemaseg.core.labels import measure_diameter, relabel, remove_small, split_instances, wbc_objects
-from hemaseg.core.resize import clamp_factor, rescale, resize_argmax
+from hemaseg.core.resize import clamp_factor, resize_argmax
 from hemaseg.core.result import Segmentation
 from hemaseg.core.vocabulary import category_of
-from hemaseg.engine.blocks import Block, centred_in_core, image_blocks, release_free_memory
+from hemaseg.engine.blocks import Block, centred_in_core, downscale, image_blocks, release_free_memory
 from hemaseg.engine.evaluate import plain_table
 from hemaseg.engine.losses import IGNORE
 from hemaseg.engine.predict import card_range, get_model, predict_probs, predict_scaled
@@ -34,6 +32,11 @@ from hemaseg.io.datasets import Pair, find_pairs, load_pair
 from hemaseg.io.images import read_image
 from hemaseg.metrics import wbc_scores
 from hemaseg.tasks.registry import register_task
+
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported inside the functions that need it: importing hemaseg does not import it.
 
 DEPENDS: tuple[str, ...] = ()
 
@@ -155,6 +158,9 @@ def limit_cytoplasm(classes: np.ndarray, instances: np.ndarray, max_reach: float
     the nucleus' equivalent diameter (99th percentile 0.95x); a "cell" reaching farther
     has swallowed neighbouring red cells. Returns (classes, instances).
     """
+    from scipy import ndimage as ndi
+    from skimage.measure import regionprops
+
     out_c, out_i = classes.copy(), instances.copy()
     for r in regionprops(instances):
         y1, x1, y2, x2 = r.bbox
@@ -307,11 +313,13 @@ def _segment_blocks(module: torch.nn.Module, card: dict, image: np.ndarray, pran
     foreground probability) are taken per block; ``probs`` is a :data:`PROBS_SUMMARY_SIZE` summary.
     ``instances`` are uint16 while the WBCs number at most 65,535 (int32 beyond).
     """
+    from scipy import ndimage as ndi
+
     h, w = image.shape[:2]
     trained = float(card.get("cell_diameter") or 0)
     if cell_diameter is None:
         shrink = min(1.0, ESTIMATE_SIZE / max(h, w))
-        small = rescale(image, shrink)
+        small = downscale(image, shrink)  # a LazyImage (large TIFF) is never read whole
         estimate = _estimate_scale(module, card, small, prange, tile, overlap, p)[0]
         del small
         cell_diameter = estimate / shrink if estimate else None

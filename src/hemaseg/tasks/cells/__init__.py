@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from hemaseg.core.result import Segmentation
-from hemaseg.engine.task import Task
+from hemaseg.engine.task import ARCH_ALIASES, Task
 from hemaseg.engine.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
 from hemaseg.engine.train import TrainConfig, fit
 from hemaseg.errors import HemasegUsageError
@@ -69,18 +69,22 @@ class CellsTask(Task):
     def headline(self, val: dict[str, float]) -> float:
         return val["map50"] if val else float("nan")
 
-    train_options = ("arch", "init", "workers", "unboxed")
+    train_options = ("arch", "init", "workers", "unboxed", "leave_out")
 
-    def train_config(self, unboxed: str | None = None, **options) -> TrainConfig:
+    def train_config(self, unboxed: str | None = None, leave_out: list[str] | None = None, **options) -> TrainConfig:
         """As :meth:`Task.train_config`; ``unboxed``: stained pixels outside every box are
-        ``"ignore"``d by the loss (default) or taught as ``"background"``; ``arch="maskrcnn"`` trains
-        the detector (batch 4 by default; it cannot start from a U-Net's weights)."""
+        ``"ignore"``d by the loss (default) or taught as ``"background"``; ``leave_out``: sources
+        (a YOLO dataset's sources.csv) kept out of the run; ``arch="maskrcnn"`` trains the detector
+        (batch 4 by default); ``init`` starts from a model's weights, whose architecture the run takes."""
         if unboxed not in (None, "ignore", "background"):
             raise HemasegUsageError("--unboxed", "ignore or background")
-        if options.get("arch") in ("maskrcnn", "maskrcnn-light") and options.get("init"):
-            raise HemasegUsageError("--init", "fine-tuning starts from a U-Net model, not a detector")
+        if leave_out is not None and not all(isinstance(v, str) and v.strip() for v in leave_out):
+            raise HemasegUsageError("--leave-out", "a source name, as sources.csv spells it (e.g. BCCD)")
         cfg = super().train_config(**options)
-        cfg = replace(cfg, ignore_unboxed=unboxed != "background")
+        arch = options.get("arch")
+        if arch and options.get("init") and ARCH_ALIASES.get(arch, arch) != cfg.arch:
+            raise HemasegUsageError("--init", f"a {cfg.arch} model; it cannot start a {arch} run (leave --arch out)")
+        cfg = replace(cfg, ignore_unboxed=unboxed != "background", leave_out=list(leave_out or []))
         if cfg.arch.startswith("maskrcnn") and options.get("batch_size") is None:
             cfg = replace(cfg, batch_size=4)
         return cfg

@@ -3,11 +3,10 @@ prediction of class interiors + cell edges, a watershed per class."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-import torch
-from skimage.segmentation import watershed
 
 from hemaseg.core.labels import instance_objects, measure_diameter, relabel
 from hemaseg.core.resize import clamp_factor, rescale, resize_probs
@@ -17,6 +16,11 @@ from hemaseg.engine.predict import card_range, get_model, predict_probs
 from hemaseg.engine.task import params_from_card
 from hemaseg.engine.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
 from hemaseg.tasks.cells.targets import CENTRE, EDGE
+
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported inside the functions that need it: importing hemaseg does not import it.
 
 # Typical diameter of each category relative to a red cell (BCCD boxes: WBC ~1.9, platelet ~0.4);
 # sets the smallest object kept.
@@ -39,6 +43,11 @@ class CellsParams:
     score_threshold : Mask R-CNN backend: lowest detection score kept.
     overlap : Mask R-CNN backend: a WBC detection lying more than this share on an already taken
         WBC is the same cell and dropped.
+    rescale_tolerance : the photo is run again at the trained red-cell size when the red cells
+        measured on the first pass differ from it by more than this factor (1.15: by more than
+        15 %); 0 keeps the older rule (only outside the trained range times the scale
+        augmentation). On TXL-PBC's in-source validation fields 1.15 raised mAP@0.5 on Raabin
+        from 0.652 to 0.761 and on BCDD from 0.795 to 0.839 (runs/cells-txl).
 
     Examples
     --------
@@ -51,6 +60,7 @@ class CellsParams:
     fallback_diameter: float = 34.0
     score_threshold: float = 0.3
     overlap: float = 0.5
+    rescale_tolerance: float = 1.15
 
 
 DEFAULTS = CellsParams()
@@ -77,6 +87,8 @@ def cell_instances(probs: np.ndarray, rbc_d: float, p: CellsParams = DEFAULTS) -
     >>> int(inst.max()), owner.tolist()
     (2, [0, 1, 1])
     """
+    from skimage.segmentation import watershed
+
 
     fg = probs[0] < 0.5
     centre = cv2.GaussianBlur(probs[CENTRE], (0, 0), 1.0)
@@ -171,12 +183,21 @@ def visible(instances: np.ndarray, owner: np.ndarray) -> tuple[np.ndarray, np.nd
     return relabel(instances, keep), np.concatenate([[0], owner[ids]]).astype(int), ids
 
 
-def cells_factor(card: dict, diameter: float | None) -> float:
+def cells_factor(card: dict, diameter: float | None, tolerance: float = 0.0) -> float:
     """Resize factor for an image whose red cells are ``diameter`` px: the trained red-cell
-    diameter over it, or 1 when it is inside the trained range times the scale augmentation."""
+    diameter over it, or 1 when it is within ``tolerance`` (a factor, e.g. 1.15) of the trained
+    diameter; with ``tolerance`` 0, 1 when it is inside the trained range times the scale
+    augmentation.
+
+    >>> card = {"cell_diameter": 40.0, "diameter_range": [35, 45], "training": {"scale_range": [0.6, 1.6]}}
+    >>> cells_factor(card, 60.0), cells_factor(card, 60.0, 1.15), cells_factor(card, 44.0, 1.15)
+    (1.0, 0.6666666666666666, 1.0)
+    """
     trained = float(card.get("cell_diameter") or 0)
     if not diameter or trained <= 0:
         return 1.0
+    if tolerance > 0:
+        return 1.0 if abs(np.log(diameter / trained)) <= np.log(tolerance) else clamp_factor(trained / diameter)
     lo, hi = card.get("diameter_range") or [trained, trained]
     smin, smax = card.get("training", {}).get("scale_range", [1.0, 1.0])
     if lo * smin <= diameter <= hi * smax:
@@ -219,7 +240,7 @@ def segment_cells(image: np.ndarray, model="cells", cell_diameter: float | None 
         measured = measure_diameter(rbc, min_area=10) if rbc.any() else None
         if measured is not None:
             cell_diameter = measured / factor
-            new = factor * cells_factor(card, measured)
+            new = factor * cells_factor(card, measured, p.rescale_tolerance)
             if abs(new - factor) > 1e-3:
                 factor = new
                 probs = run(factor)
@@ -284,7 +305,7 @@ def _segment_detector(image: np.ndarray, module, card: dict, cell_diameter: floa
         measured = measure_diameter(rbc, min_area=10) if rbc.any() else None
         if measured is not None:
             cell_diameter = measured
-            new = factor * cells_factor(card, measured * factor)
+            new = factor * cells_factor(card, measured * factor, p.rescale_tolerance)
             if abs(new - factor) > 1e-3:
                 factor = new
                 inst, owner, scores = run(factor)
@@ -308,10 +329,11 @@ def grow_box(box: tuple[float, float, float, float], scale: float, width: float,
 
 def to_input(image: np.ndarray) -> torch.Tensor:
     """(H, W, 3) uint8 -> (3, H, W) float in [0, 1] (the detector normalises itself)."""
+    import torch
+
     return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255.0
 
 
-@torch.inference_mode()
 def detect(model, image: np.ndarray, score_threshold: float = 0.3, overlap: float = 0.5,
            single: tuple[str, ...] = ("wbc",)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(instances (H, W) int32 1..N, class per instance (N + 1,) with 0 unused, scores (N,)) of one image.
@@ -322,20 +344,23 @@ def detect(model, image: np.ndarray, score_threshold: float = 0.3, overlap: floa
     detection whose mask lies more than ``overlap`` on an already taken cell of its category
     is dropped. Red cells and platelets do overlap in smears and are kept.
     """
-    model.eval()
-    out = model([to_input(image)])[0]
-    keep = out["scores"] >= score_threshold
-    scores, labels, masks = out["scores"][keep].numpy(), out["labels"][keep].numpy(), out["masks"][keep, 0].numpy()
-    inst = np.zeros(image.shape[:2], np.int32)
-    taken = {int(c): np.zeros(image.shape[:2], bool) for c in np.unique(labels)}
-    for j in np.argsort(-scores, kind="stable"):
-        m = masks[j] > 0.5
-        area = int(m.sum())
-        exclusive = CATEGORIES[int(labels[j]) - 1] in single
-        if area == 0 or (exclusive and taken[int(labels[j])][m].sum() > overlap * area):
-            continue
-        inst[m & (inst == 0)] = j + 1
-        taken[int(labels[j])] |= m
+    import torch
 
-    out, owner, ids = visible(inst, np.concatenate([[0], labels]).astype(int))
-    return out, owner, scores[ids - 1]
+    with torch.inference_mode():
+        model.eval()
+        out = model([to_input(image)])[0]
+        keep = out["scores"] >= score_threshold
+        scores, labels, masks = out["scores"][keep].numpy(), out["labels"][keep].numpy(), out["masks"][keep, 0].numpy()
+        inst = np.zeros(image.shape[:2], np.int32)
+        taken = {int(c): np.zeros(image.shape[:2], bool) for c in np.unique(labels)}
+        for j in np.argsort(-scores, kind="stable"):
+            m = masks[j] > 0.5
+            area = int(m.sum())
+            exclusive = CATEGORIES[int(labels[j]) - 1] in single
+            if area == 0 or (exclusive and taken[int(labels[j])][m].sum() > overlap * area):
+                continue
+            inst[m & (inst == 0)] = j + 1
+            taken[int(labels[j])] |= m
+
+        out, owner, ids = visible(inst, np.concatenate([[0], labels]).astype(int))
+        return out, owner, scores[ids - 1]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from hemaseg.core.vocabulary import CATEGORIES
 from hemaseg.data.transforms import colour_augs, optics_augs
@@ -24,7 +24,7 @@ from hemaseg.engine.train import (
     start_or_resume,
     versions,
 )
-from hemaseg.models.registry import create_model
+from hemaseg.models.registry import create_model, load_model, load_weights
 from hemaseg.progress import track
 from hemaseg.tasks.cells.infer import detect, to_input
 from hemaseg.tasks.cells.targets import CLASSES, LABEL_VALUES, UNKNOWN
@@ -33,16 +33,24 @@ from hemaseg.tasks.cells.train import (
     box_annotations,
     box_scales,
     load_scaled,
+    photo_scale,
     prepare,
     score_instances,
     val_items,
 )
+
+if TYPE_CHECKING:
+    pass
+
+# torch is imported inside the functions that need it: importing hemaseg does not import it.
 
 log = logging.getLogger(__name__)
 
 
 def to_target(encoded: np.ndarray, min_area: int = 6) -> dict:
     """Encoded instance map -> torchvision target (boxes x1y1x2y2, labels 1-3, masks (N, H, W) uint8)."""
+    import torch
+
     enc = np.where(encoded == UNKNOWN, 0, encoded)
     ids = np.unique(enc[enc > 0])
     boxes, labels, masks = [], [], []
@@ -81,12 +89,14 @@ def fit_maskrcnn(cfg, run: str | Path, resume: bool = False, progress: bool = Tr
     """Train (or resume) the Mask R-CNN backend in ``run``; the same files as :func:`hemaseg.engine.train.fit`."""
     import albumentations as A
     import cv2
+    import torch
 
     run = Path(run)
     cfg, state = start_or_resume(cfg, TrainConfig, run, resume)
-    train, val = prepare(cfg.data, run, cfg.seed, cfg.val_fraction)
-    train_items = [load_scaled(p, e, INPUT_SCALE, mark_unknown=False) for p, e in train]
+    train, val = prepare(cfg.data, run, cfg.seed, cfg.val_fraction, tuple(cfg.leave_out))
     boxes = box_annotations(cfg.data)
+    photo_scales = [photo_scale(boxes.get(Path(p).name, e)) for p, e in train]
+    train_items = [load_scaled(p, e, f, mark_unknown=False) for (p, e), f in zip(train, photo_scales)]
     val_set = val_items(boxes, val)
     diams = object_diameters([np.where((enc & 3) == 1, enc >> 2, 0) for _, enc in train_items])
 
@@ -97,6 +107,9 @@ def fit_maskrcnn(cfg, run: str | Path, resume: bool = False, progress: bool = Tr
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs, eta_min=cfg.lr * 0.01)
     if resume:
         load_last(run, model, optimizer, scheduler)
+    elif cfg.init:  # fine-tuning a detector (e.g. the bundled one) on a lab's photos
+        start, _ = load_model(cfg.init)
+        load_weights(model, start.state_dict(), cfg.init, f"{cfg.arch} {cfg.arch_kwargs}")
     geo = [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5), A.RandomRotate90(p=1.0)]
     if cfg.augment:
         geo.append(A.Affine(scale=(cfg.scale_min, cfg.scale_max), rotate=(-180, 180), border_mode=cv2.BORDER_CONSTANT,
@@ -109,7 +122,7 @@ def fit_maskrcnn(cfg, run: str | Path, resume: bool = False, progress: bool = Tr
         "normalization": {"type": "unit", "low": cfg.norm_low, "high": cfg.norm_high},
         "cell_diameter": float(np.median(diams)) if len(diams) else 34.0,
         "diameter_range": [float(v) for v in np.percentile(diams, [5, 95])] if len(diams) else [],
-        "input_scale": INPUT_SCALE,
+        "input_scale": round(float(np.median(photo_scales)), 4) if photo_scales else INPUT_SCALE,
         "box_scale": box_scales(boxes, train),
         "training": {"data": cfg.data, "n_train": len(train_items), "n_val": len(val_set), "seed": cfg.seed,
                      "augment": cfg.augment, "scale_range": [cfg.scale_min, cfg.scale_max],

@@ -1,7 +1,10 @@
-"""Training data for the whole-smear cells model: VOC boxes (BCCD) or COCO masks (a lab's CVAT
-export) -> pseudo-masks kept as COCO -> photos at the training scale with encoded instance maps."""
+"""Training data for the whole-smear cells model: VOC boxes (BCCD), YOLO boxes (TXL-PBC, four
+sources) or COCO masks (a lab's CVAT export) -> pseudo-masks kept as COCO -> photos at the training
+scale (each photo rescaled so its red cells have one size) with encoded instance maps."""
 from __future__ import annotations
 
+import csv
+import json
 import logging
 from pathlib import Path
 
@@ -13,9 +16,9 @@ from hemaseg.data.transforms import normalize, percentile_range, train_transform
 from hemaseg.data.weights import class_balance_weights
 from hemaseg.engine.losses import IGNORE
 from hemaseg.engine.tiling import predict_tiled
-from hemaseg.engine.train import SegDataset, object_diameters
+from hemaseg.engine.train import SegDataset, object_diameters, sampling_probs
 from hemaseg.errors import HemasegInputError
-from hemaseg.io.annotations import category_of, read_coco, read_voc_entry, write_coco
+from hemaseg.io.annotations import YOLO_NAME_FILES, category_of, read_coco, read_voc_entry, read_yolo, write_coco
 from hemaseg.io.images import read_image
 from hemaseg.io.writers import write_json
 from hemaseg.metrics import box_iou, detection_ap
@@ -26,12 +29,63 @@ from hemaseg.tasks.cells.targets import CENTRE, cell_targets, encode_instances, 
 log = logging.getLogger(__name__)
 
 INPUT_SCALE = 0.5  # BCCD photos (red cells ~85 px) are trained at 0.5x: red cells ~43 px, platelets ~17 px
+# Every photo is trained at the scale that makes its red cells' median box side this many px (BCCD's
+# ~99 px boxes at INPUT_SCALE): fields from 256 to 640 px across instruments (TXL-PBC: red-cell boxes
+# 59 px in BCDD, 75 in PBC, 99 in BCCD, 130 in Raabin) meet the network at one magnification.
+TARGET_RBC_BOX = 50.0
+# Share of the training draws given to photos holding a platelet: TXL-PBC boxes one in about three
+# of its fields (BCCD nearly all), and drawn as they come the network never learnt them (AP 0.0).
+PLATELET_SHARE = {"platelets": 0.5, "no platelet": 0.5}
+SOURCES_FILE = "sources.csv"  # image, source_dataset[, ...]: which lab/instrument each photo comes from
+
+
+def photo_scale(entry: dict, target: float = TARGET_RBC_BOX, default: float = INPUT_SCALE) -> float:
+    """Training scale of a photo: ``target`` over the median side (sqrt of the area) of its red-cell
+    boxes, within [0.1, 4]; ``default`` when it has no red-cell box.
+
+    >>> box = {"x1": 0, "y1": 0, "x2": 100, "y2": 100}
+    >>> photo_scale({"masks": [{"class_name": "rbc", "bounding_box": box}]})
+    0.5
+    >>> photo_scale({"masks": []})
+    0.5
+    """
+    sides = [np.sqrt(max(0, b["x2"] - b["x1"]) * max(0, b["y2"] - b["y1"]))
+             for m in entry["masks"] if category_of(m["class_name"]) == "rbc" for b in [m["bounding_box"]]]
+    sides = [v for v in sides if v > 0]
+    return float(np.clip(target / np.median(sides), 0.1, 4.0)) if sides else default
+
+
+def is_yolo_root(root: Path) -> bool:
+    """A YOLO dataset folder: an ``images/`` folder and a file naming the classes (data.yaml, ...)."""
+    return root.is_dir() and (root / "images").is_dir() and any((root / f).is_file() for f in YOLO_NAME_FILES)
+
+
+def read_sources(root: Path) -> dict[str, dict]:
+    """Image file name -> its row of ``root/sources.csv`` (``source_dataset``, ``original_name``), or {}."""
+    f = root / SOURCES_FILE
+    if not f.is_file():
+        return {}
+    with open(f, newline="") as fh:
+        return {row["image"]: row for row in csv.DictReader(fh) if row.get("image")}
 
 
 def find_annotated_photos(root: str | Path) -> list[tuple[Path, dict]]:
-    """(image path, entry) of a VOC root (``Annotations/*.xml`` + ``JPEGImages/``; boxes) or of a
-    COCO JSON (file, or a folder holding ``annotations.json``; images beside it or in ``images/``)."""
+    """(image path, entry) of a VOC root (``Annotations/*.xml`` + ``JPEGImages/``; boxes), of a YOLO
+    dataset (``images/<split>/`` + ``labels/<split>/`` + data.yaml; each entry carries its ``split``
+    and, from ``sources.csv``, its ``source`` and ``original_name``) or of a COCO JSON (file, or a
+    folder holding ``annotations.json``; images beside it or in ``images/``)."""
     root = Path(root)
+    if is_yolo_root(root):
+        sources = read_sources(root)
+        out = []
+        for e in read_yolo(root):
+            rel = Path(e["filename"])
+            row = sources.get(rel.name, {})
+            split = rel.parts[1] if len(rel.parts) > 2 and rel.parts[0] == "images" else ""
+            out.append((root / rel, {**e, "filename": rel.name, "split": split,
+                                     "source": row.get("source_dataset", ""),
+                                     "original_name": row.get("original_name", "")}))
+        return out
     coco = root if root.suffix == ".json" else root / "annotations.json"
     if coco.is_file():
         out = []
@@ -67,37 +121,69 @@ def val_names(root: str | Path) -> set[str] | None:
     return {line.strip() for line in f.read_text().split() if line.strip()} if f.is_file() else None
 
 
-def prepare(data: list[str], run: Path, seed: int, val_fraction: float) -> tuple[list, list]:
+def prepare(data: list[str], run: Path, seed: int, val_fraction: float, leave_out: tuple[str, ...] = ()
+            ) -> tuple[list, list]:
     """Train/val lists of (image path, entry with masks), pseudo-masking box-only entries once
-    (cached as COCO in ``run/pseudo_masks.coco.json``) and writing ``run/split.json``."""
+    (cached as COCO in ``run/pseudo_masks.coco.json``) and writing ``run/split.json``.
+
+    Validation: a VOC root's ``ImageSets/Main/val.txt``, a YOLO dataset's ``val`` split (its
+    ``test`` split is never used: it stays for the benchmarks), else a seeded ``val_fraction``.
+    Photos whose ``source`` (a YOLO dataset's sources.csv) is in ``leave_out`` are left out
+    (leave-one-source-out runs); a VOC photo that a YOLO dataset also holds (``original_name``,
+    e.g. TXL-PBC's BCCD fields, with every red cell boxed) is taken once, from the YOLO dataset."""
     cache, split_path = run / "pseudo_masks.coco.json", run / "split.json"
     if cache.exists() and split_path.exists():
-        split = __import__("json").loads(split_path.read_text())
+        split = json.loads(split_path.read_text())
         entries = read_coco(cache)
         paths = {Path(p).name: Path(p) for p in split["train"] + split["val"]}
         items = [(paths[e["filename"]], e) for e in entries]
         val = set(split["val"])
         return [i for i in items if str(i[0]) not in val], [i for i in items if str(i[0]) in val]
-    items, val_set = [], set()
+    found_by_root = []
     for root in data:
         found = find_annotated_photos(root)
         if not found:
             raise HemasegInputError(root, "no annotated photos found")
+        found_by_root.append((root, found))
+    sources_seen = {e.get("source") for _, found in found_by_root for _, e in found if e.get("source")}
+    unknown = sorted(set(leave_out) - sources_seen)
+    if unknown:
+        raise HemasegInputError(", ".join(map(str, data)), f"no photo of source {unknown[0]!r} to leave out "
+                                                           f"(sources: {', '.join(sorted(sources_seen)) or 'none'})")
+    also_in_yolo = {Path(e["original_name"]).stem for _, found in found_by_root for _, e in found
+                    if e.get("original_name")}
+    items, val_set, test, left_out, duplicates, val_sources = [], set(), [], [], [], set()
+    for root, found in found_by_root:
         names = val_names(root)
+        if names is not None:
+            val_sources.add("ImageSets/Main/val.txt")
         for path, entry in track(found, "pseudo-masks", leave=False):
+            if entry.get("source") in leave_out:
+                left_out.append(str(path))
+                continue
+            if entry.get("split") == "test":
+                test.append(str(path))
+                continue
+            if not entry.get("split") and path.stem in also_in_yolo:
+                duplicates.append(str(path))
+                continue
             if is_box_only(entry):
                 entry = pseudo_masks(read_image(path), entry)
             items.append((path, {**entry, "filename": path.name}))
-            if names is not None and path.stem in names:
+            if (names is not None and path.stem in names) or entry.get("split") == "val":
                 val_set.add(str(path))
+                val_sources.add("a YOLO dataset's val split" if entry.get("split") else "ImageSets/Main/val.txt")
     if not val_set:
         rng = np.random.default_rng(seed)
         order = rng.permutation(len(items))
         val_set = {str(items[i][0]) for i in order[:max(1, int(round(val_fraction * len(items))))]}
     write_coco(cache, [e for _, e in items])
-    write_json(split_path, {"seed": seed, "val_source": "ImageSets/Main/val.txt" if names else "seeded",
+    write_json(split_path, {"seed": seed, "val_source": " + ".join(sorted(val_sources)) or "seeded",
+                            "leave_out": list(leave_out),
                             "train": [str(p) for p, _ in items if str(p) not in val_set],
-                            "val": [str(p) for p, _ in items if str(p) in val_set]})
+                            "val": [str(p) for p, _ in items if str(p) in val_set],
+                            "not_used": {"test_split": test, "left_out_sources": left_out,
+                                         "also_in_a_yolo_dataset": duplicates}})
     return [i for i in items if str(i[0]) not in val_set], [i for i in items if str(i[0]) in val_set]
 
 
@@ -110,11 +196,16 @@ def box_annotations(data: list[str]) -> dict[str, dict]:
 
 
 def val_items(boxes: dict[str, dict], val: list) -> list:
-    """(image at INPUT_SCALE, truth boxes) of the validation photos; boxes as annotated
+    """(image at its training scale, truth boxes) of the validation photos; boxes as annotated
     (``boxes`` from :func:`box_annotations`: BCCD's VOC boxes, not the pseudo-masks' tighter
-    ones), which the VOC metric scores against."""
-    return [(load_scaled(p, e, INPUT_SCALE)[0], truth_boxes(boxes.get(Path(p).name, e), INPUT_SCALE))
-            for p, e in val]
+    ones), which the VOC metric scores against. The scale is the photo's :func:`photo_scale`
+    (from its annotated red cells: the model's ruler measures them at inference)."""
+    out = []
+    for p, e in val:
+        source = boxes.get(Path(p).name, e)
+        scale = photo_scale(source)
+        out.append((load_scaled(p, e, scale)[0], truth_boxes(source, scale)))
+    return out
 
 
 def box_scales(originals: dict[str, dict], train: list) -> dict[str, float]:
@@ -176,23 +267,32 @@ def balanced_weights(encoded: np.ndarray) -> np.ndarray:
 
 def cells_data(cfg, run: Path, state: dict) -> tuple:
     """Training dataset, validation items (image, truth boxes) and model-card fields for ``cells``."""
-    train, val = prepare(cfg.data, run, cfg.seed, cfg.val_fraction)
+    train, val = prepare(cfg.data, run, cfg.seed, cfg.val_fraction, tuple(cfg.leave_out))
     boxes = box_annotations(cfg.data)
     scales = box_scales(boxes, train)
-    train_items = [load_scaled(p, e, INPUT_SCALE, mark_unknown=cfg.ignore_unboxed) for p, e in train]
+    photo_scales = [photo_scale(boxes.get(Path(p).name, e)) for p, e in train]
+    train_items = [load_scaled(p, e, f, mark_unknown=cfg.ignore_unboxed) for (p, e), f in zip(train, photo_scales)]
     val_set = val_items(boxes, val)
     rbc_maps = [np.where((enc & 3) == 1, enc >> 2, 0) * (enc != 0xFFFF) for _, enc in train_items]
     diams = object_diameters(rbc_maps)
     diameter = float(np.median(diams)) if len(diams) else 34.0
     transform = train_transform(cfg.crop, cfg.augment, (cfg.scale_min, cfg.scale_max))
+    strata = ["platelets" if any(category_of(m["class_name"]) == "platelet" for m in e["masks"]) else "no platelet"
+              for _, e in train]
+    share = cfg.stratum_weights or PLATELET_SHARE
     dataset = SegDataset(train_items, transform, cfg.norm_low, cfg.norm_high, cfg.samples_per_epoch,
-                         target=cell_targets, weights=balanced_weights if cfg.class_balance else None)
+                         target=cell_targets, weights=balanced_weights if cfg.class_balance else None,
+                         probs=sampling_probs(strata, share), seed=cfg.seed)
     card = {
         "cell_diameter": diameter,  # red cells, px at the model's input
         "diameter_range": [float(v) for v in np.percentile(diams, [5, 95])] if len(diams) else [],
-        "input_scale": INPUT_SCALE,
+        # The first pass's scale at inference (the red cells found there are measured and the photo
+        # rescaled to cell_diameter): the median of the photos' training scales.
+        "input_scale": round(float(np.median(photo_scales)), 4) if photo_scales else INPUT_SCALE,
         "box_scale": scales,  # output boxes drawn as the training annotations draw them (see box_scales)
         "training": {"data": cfg.data, "n_train": len(train_items), "n_val": len(val_set), "seed": cfg.seed,
+                     "leave_out": list(cfg.leave_out), "target_rbc_box": TARGET_RBC_BOX,
+                     "strata": {k: strata.count(k) for k in sorted(set(strata))}, "stratum_weights": share,
                      "augment": cfg.augment, "scale_range": [cfg.scale_min, cfg.scale_max],
                      "pseudo_masks": str(run / "pseudo_masks.coco.json"), "split": str(run / "split.json"),
                      "ignore_unboxed": cfg.ignore_unboxed},

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage as ndi
 
 from hemaseg.core.labels import instance_objects
 from hemaseg.core.resize import clamp_factor
@@ -26,6 +25,8 @@ def fill_small_holes(mask: np.ndarray, max_area: float) -> np.ndarray:
     >>> bool(fill_small_holes(ring, 1)[4, 4]), bool(fill_small_holes(ring, 0)[4, 4])
     (True, False)
     """
+    from scipy import ndimage as ndi
+
     holes = ndi.binary_fill_holes(mask) & ~mask
     lab, n = ndi.label(holes)
     if n == 0:
@@ -51,6 +52,7 @@ def rbc_diameter(classes: np.ndarray, min_diameter: float = 4.0, rbc_classes: tu
     >>> 17 <= rbc_diameter(c) <= 21
     True
     """
+    from scipy import ndimage as ndi
     from skimage.feature import peak_local_max
 
     rbc = fill_small_holes(np.isin(classes, rbc_classes), MAX_PALLOR_AREA)
@@ -79,6 +81,8 @@ def vote_per_object(classes: np.ndarray, probs: np.ndarray, members: tuple[int, 
     """Give every object of the classes in ``members`` the single class whose summed probability
     over the object is highest (a white cell is one type, not a patchwork). Objects are the
     connected components, or the given ``labels`` (e.g. touching red cells split apart)."""
+    from scipy import ndimage as ndi
+
     out = classes.copy()
     if labels is None:
         lab, n = ndi.label(np.isin(classes, members))
@@ -119,6 +123,8 @@ def type_wbc_objects(image: np.ndarray, classes: np.ndarray, type_model="wbc-typ
     """Name every connected WBC object of a smear10 class map with the WBC-type classifier
     (the segmentation model then only has to find WBCs). A dark background is first painted
     light (:func:`light_background`): typing 32 % -> 55 % right on dark composites."""
+    from scipy import ndimage as ndi
+
     lab, n = ndi.label(np.isin(classes, GROUPS["wbc"]))
     if n == 0:
         return classes
@@ -137,6 +143,8 @@ def type_wbc_objects(image: np.ndarray, classes: np.ndarray, type_model="wbc-typ
 def smear_objects(classes: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, list[dict]]:
     """(H, W) int32 instances (connected objects of one class) and one record per object with
     ``class_name`` and ``category`` (rbc / wbc / platelet)."""
+    from scipy import ndimage as ndi
+
     instances = np.zeros(classes.shape, np.int32)
     objects: list[dict] = []
     for k in range(1, len(CLASSES)):

@@ -4,9 +4,9 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from hemaseg.data.transforms import colour_augs, normalize, optics_augs, percentile_range
 from hemaseg.data.weights import class_balance_weights
@@ -14,6 +14,11 @@ from hemaseg.io.datasets import read_smear_pairs
 from hemaseg.models.registry import load_card
 from hemaseg.tasks.smear10.classes import CLASSES, PALETTE
 from hemaseg.tasks.smear10.synth import CellBank, SynthConfig, compose, crop_key, image_seed, write_smear
+
+if TYPE_CHECKING:
+    pass
+
+# torch is imported inside the functions that need it: importing hemaseg does not import it.
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +33,7 @@ def smear_transform(augment: bool = True):
     return A.Compose(geo + (colour_augs() + optics_augs() if augment else []))
 
 
-class SynthDataset(torch.utils.data.Dataset):
+class SynthDataset:
     """Synthetic smears drawn from a cell bank; image ``i`` of epoch ``e`` of stream ``s`` is the
     same on every run (a fine-tune draws from another stream than its start model: new smears).
 
@@ -64,6 +69,8 @@ class SynthDataset(torch.utils.data.Dataset):
 
     def prepare(self, workers: int = 0) -> None:
         """Compose the smears of the current epoch's block once (no-op without reuse or when done)."""
+        import torch
+
         block = self.block
         if self.reuse == 1 or block == self.pool_block:
             return
@@ -72,6 +79,8 @@ class SynthDataset(torch.utils.data.Dataset):
         self.pool, self.pool_block = list(loader), block
 
     def __getitem__(self, i: int):
+        import torch
+
         if self.reuse > 1:
             image, classes = self.pool[i] if self.pool_block == self.block else self.compose(i)
             rng = self._rng(i, self.epoch, "augment")
@@ -89,7 +98,7 @@ class SynthDataset(torch.utils.data.Dataset):
         return sample
 
 
-class _Composer(torch.utils.data.Dataset):
+class _Composer:
     """The bare composed smears of a :class:`SynthDataset` block (what :meth:`SynthDataset.prepare` keeps)."""
 
     def __init__(self, parent: SynthDataset) -> None:

@@ -4,16 +4,20 @@ Arrays in, probabilities out."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-import torch
 
 from hemaseg.classical import central_instance, red_cell_diameter
 from hemaseg.core.vocabulary import EXTRA_TYPES, MONONUCLEAR, POLYNUCLEAR
 from hemaseg.data.transforms import normalize
-from hemaseg.engine.predict import get_model
+from hemaseg.engine.predict import get_model, uses_backend
+from hemaseg.engine.runtime import as_runner, softmax
 from hemaseg.tasks.wbc import segment_wbc
+
+if TYPE_CHECKING:
+    import torch
 
 # The classifier's classes: seed 004's CSV column order (NEUTRO, EOSINO, MONOC, LYMPHO), then basophil;
 # a model trained on PBC adds its three other classes after them (the first five keep their index).
@@ -110,9 +114,16 @@ def takes_ruler(card: dict) -> bool:
 
 def to_tensor(images: list[np.ndarray], card: dict) -> torch.Tensor:
     """(S, S, 3) uint8 crops -> (N, 3, S, S) float tensor, normalised as the model was trained."""
+    import torch
+
+    return torch.from_numpy(crop_batch(images, card)).permute(0, 3, 1, 2).contiguous()
+
+
+def crop_batch(images: list[np.ndarray], card: dict) -> np.ndarray:
+    """(S, S, 3) uint8 crops -> (N, S, S, 3) float32, normalised as the model was trained."""
     norm = card.get("normalization", {})
-    x = np.stack([normalize(im, norm.get("low", 1.0), norm.get("high", 99.0)) for im in images])
-    return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
+    return np.stack([normalize(im, norm.get("low", 1.0), norm.get("high", 99.0)) for im in images]).astype(
+        np.float32, copy=False)
 
 
 def group_probs(probs: np.ndarray, classes: list[str], mode: int) -> tuple[list[str], np.ndarray]:
@@ -146,14 +157,16 @@ def group_probs(probs: np.ndarray, classes: list[str], mode: int) -> tuple[list[
     return [c.upper() for c in names], q / np.maximum(q.sum(1, keepdims=True), 1e-12)
 
 
-@torch.inference_mode()
 def predict_logits(module: torch.nn.Module, x: torch.Tensor, extras: torch.Tensor | None = None,
                    tta: bool = True) -> torch.Tensor:
     """(V, N, K) logits of a batch (N, 3, S, S) and its four 90° rotations (V = 4; 1 without ``tta``)."""
-    views = [torch.rot90(x, k, (2, 3)) for k in range(4)] if tta else [x]
-    if getattr(module, "extras", 0):
-        return torch.stack([module(v, extras).float() for v in views])
-    return torch.stack([module(v).float() for v in views])
+    import torch
+
+    with torch.inference_mode():
+        views = [torch.rot90(x, k, (2, 3)) for k in range(4)] if tta else [x]
+        if getattr(module, "extras", 0):
+            return torch.stack([module(v, extras).float() for v in views])
+        return torch.stack([module(v).float() for v in views])
 
 
 def probs_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> np.ndarray:
@@ -161,27 +174,33 @@ def probs_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> np.ndar
     return (logits / temperature).softmax(-1).mean(0).cpu().numpy()
 
 
-@torch.inference_mode()
 def predict_crops(crops: list[np.ndarray], model="wbc-type", device: str = "cpu", batch_size: int = 64,
                   tta: bool = True, extras: np.ndarray | None = None) -> np.ndarray:
     """Class probabilities (N, K) for cell-normalised (S, S, 3) crops; ``tta`` averages the four
     90° rotations, as validation did; ``extras`` (N, 3) are the crops' rulers (:attr:`CellCrop.extras`)
-    for models that take them; probabilities are calibrated by the card's ``temperature``."""
+    for models that take them; probabilities are calibrated by the card's ``temperature``. The
+    network runs on torch or ONNX Runtime (the model's runner, :mod:`hemaseg.engine.runtime`)."""
     module, card = get_model(model, device)
+    run = as_runner(module)
     temperature = float(card.get("temperature", 1.0))
     out = []
     for i in range(0, len(crops), batch_size):
-        x = to_tensor(crops[i:i + batch_size], card).to(device)
-        e = torch.from_numpy(np.asarray(extras[i:i + batch_size], np.float32)).to(device) if extras is not None else None
-        out.append(probs_from_logits(predict_logits(module, x, e, tta), temperature))
+        x = crop_batch(crops[i:i + batch_size], card)
+        e = np.asarray(extras[i:i + batch_size], np.float32) if extras is not None else None
+        views = [np.ascontiguousarray(np.rot90(x, k, axes=(1, 2))) for k in range(4)] if tta else [x]
+        logits = np.stack([run(v, e) for v in views])  # (V, N, K)
+        out.append(softmax(logits / temperature, axis=-1).mean(0))
     return np.concatenate(out) if out else np.zeros((0, len(card["classes"])), np.float32)
 
 
-def classify(image: np.ndarray, model="wbc-type", device: str = "cpu", normalise: bool = True) -> dict[str, float]:
+@uses_backend
+def classify(image: np.ndarray, model="wbc-type", device: str = "cpu", normalise: bool = True,
+             backend: str = "auto") -> dict[str, float]:
     """WBC type probabilities of a single-cell (H, W, 3) crop: {type: probability}, summing to 1.
 
     The crop is first centred on its WBC and rescaled (:func:`cell_crop`) unless
-    ``normalise`` is False (the input is then resized as is).
+    ``normalise`` is False (the input is then resized as is). ``backend``: ``torch``, ``onnx``
+    or ``auto`` (:mod:`hemaseg.engine.runtime`).
     """
     _, card = get_model(model, device)
     size = int(card.get("input_size", 96))

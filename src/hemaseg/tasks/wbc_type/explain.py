@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-import torch
 
 from hemaseg.io.writers import atomic_path
 from hemaseg.tasks.wbc_type.crops import to_tensor
+
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported inside the functions that need it: importing hemaseg does not import it.
 
 
 def grad_cam(module: torch.nn.Module, card: dict, crop: np.ndarray, class_index: int | None = None,
@@ -21,6 +26,8 @@ def grad_cam(module: torch.nn.Module, card: dict, crop: np.ndarray, class_index:
     ``class_index`` defaults to the predicted class; ``extras`` is the crop's ruler for models that
     take one (:attr:`~hemaseg.tasks.wbc_type.crops.CellCrop.extras`).
     """
+    import torch
+
     size = int(card.get("input_size", 96))
     h, w = crop.shape[:2]
     x = to_tensor([cv2.resize(np.ascontiguousarray(crop[..., :3]), (size, size), interpolation=cv2.INTER_AREA)], card)
@@ -72,12 +79,14 @@ def cam_overlay(image: np.ndarray, cam: np.ndarray, mask: np.ndarray | None = No
     return out
 
 
-@torch.inference_mode()
 def features(module: torch.nn.Module, card: dict, crops: list[np.ndarray], batch_size: int = 64) -> np.ndarray:
     """Pooled backbone features (N, C) of cell-normalised crops."""
-    module.eval()
-    out = [module.features(to_tensor(crops[i:i + batch_size], card)).numpy() for i in range(0, len(crops), batch_size)]
-    return np.concatenate(out) if out else np.zeros((0, 1), np.float32)
+    import torch
+
+    with torch.inference_mode():
+        module.eval()
+        out = [module.features(to_tensor(crops[i:i + batch_size], card)).numpy() for i in range(0, len(crops), batch_size)]
+        return np.concatenate(out) if out else np.zeros((0, 1), np.float32)
 
 
 def tsne_plot(feats: np.ndarray, labels: list[str], path: str | Path, title: str = "", seed: int = 0) -> Path:

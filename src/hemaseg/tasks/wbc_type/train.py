@@ -10,12 +10,10 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-import torch
-import torch.nn.functional as F
-from safetensors.torch import load_file
 
 from hemaseg.data.transforms import classify_transform, normalize, replace_background
 from hemaseg.engine.plots import plot_confusion, plot_curves
@@ -36,6 +34,11 @@ from hemaseg.tasks.wbc_type.crops import (
     predict_logits,
     probs_from_logits,
 )
+
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported inside the functions that need it: importing hemaseg does not import it.
 
 log = logging.getLogger(__name__)
 TYPES = list(CLASSES)  # the five WBC types (a 5-class model's classes)
@@ -128,7 +131,7 @@ def prepare_crops(paths: list[Path], size: int, normalise: bool, cache: Path,
     return np.stack(images), np.stack(masks), np.stack(extras)
 
 
-class CropDataset(torch.utils.data.Dataset):
+class CropDataset:
     """Cell crops + labels (-1 for unlabelled), augmented and normalised on access."""
 
     def __init__(self, images: np.ndarray, masks: np.ndarray, labels: np.ndarray, transform, background_p: float,
@@ -141,6 +144,8 @@ class CropDataset(torch.utils.data.Dataset):
         return len(self.images)
 
     def __getitem__(self, i: int):
+        import torch
+
         image = self.images[i]
         if self.background_p > 0 and self.masks[i].any():
             rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,)).item()))
@@ -152,22 +157,24 @@ class CropDataset(torch.utils.data.Dataset):
         return torch.from_numpy(x).permute(2, 0, 1).contiguous(), torch.from_numpy(self.extras[i]), int(self.labels[i])
 
 
-@torch.inference_mode()
 def predict(model: torch.nn.Module, images: np.ndarray, batch_size: int = 128, tta: bool = True,
             extras: np.ndarray | None = None, temperature: float = 1.0, logits: bool = False) -> np.ndarray:
     """Softmax probabilities (N, K) of uint8 crops (N, S, S, 3) with their rulers ``extras`` (N, 3);
     ``tta`` averages the four 90° rotations (a cell has no orientation, so this is free accuracy).
     ``logits=True`` returns the (V, N, K) logits of every view instead (for calibration)."""
-    model.eval()
-    out = []
-    for i in range(0, len(images), batch_size):
-        x = torch.from_numpy(np.stack([normalize(im) for im in images[i:i + batch_size]])).permute(0, 3, 1, 2).contiguous()
-        e = torch.from_numpy(extras[i:i + batch_size]) if extras is not None else None
-        lg = predict_logits(model, x, e, tta)
-        out.append(lg.numpy() if logits else probs_from_logits(lg, temperature))
-    if logits:
-        return np.concatenate(out, 1) if out else np.zeros((4 if tta else 1, 0, model.head[-1].out_features), np.float32)
-    return np.concatenate(out) if out else np.zeros((0, model.head[-1].out_features), np.float32)
+    import torch
+
+    with torch.inference_mode():
+        model.eval()
+        out = []
+        for i in range(0, len(images), batch_size):
+            x = torch.from_numpy(np.stack([normalize(im) for im in images[i:i + batch_size]])).permute(0, 3, 1, 2).contiguous()
+            e = torch.from_numpy(extras[i:i + batch_size]) if extras is not None else None
+            lg = predict_logits(model, x, e, tta)
+            out.append(lg.numpy() if logits else probs_from_logits(lg, temperature))
+        if logits:
+            return np.concatenate(out, 1) if out else np.zeros((4 if tta else 1, 0, model.head[-1].out_features), np.float32)
+        return np.concatenate(out) if out else np.zeros((0, model.head[-1].out_features), np.float32)
 
 
 def fit_temperature(view_logits: np.ndarray, labels: np.ndarray) -> float:
@@ -179,6 +186,8 @@ def fit_temperature(view_logits: np.ndarray, labels: np.ndarray) -> float:
     >>> fit_temperature(lg, np.array([0, 0, 1, 1])) > 1.5
     True
     """
+    import torch
+
     if len(labels) == 0:
         return 1.0
     lg = torch.from_numpy(np.asarray(view_logits, np.float32))
@@ -266,6 +275,10 @@ def load_split(cfg: ClassifyConfig, run: Path) -> tuple[list, list]:
 def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = False, progress: bool = True,
                    max_epochs_this_call: int | None = None) -> dict:
     """Train (or resume) a WBC type classifier in folder ``run``; returns the final state."""
+    import torch
+    import torch.nn.functional as F
+    from safetensors.torch import load_file
+
     run = Path(run)
     state_path = run / "state.json"
     cfg, state = start_or_resume(cfg, ClassifyConfig, run, resume)

@@ -1,0 +1,461 @@
+"""The local web page of ``hemaseg serve``: drop smear photos, see every cell outlined, the counts
+and the WBC differential with its 95 % intervals, correct a WBC's type in the gallery, and download
+results.json / counts.csv / COCO / CVAT that follow the corrections.
+
+The page is plain HTML and a little JavaScript (``apps/templates``, ``apps/static``; no build
+step), served by Flask (the ``web`` extra). Each browser tab is one :class:`Session`: its photos,
+analyses and output files live in a folder of its own under the server's work folder. The
+analysis is :func:`hemaseg.pipelines.analyze.analyze`, the files are written by the pipeline's
+writers (:func:`~hemaseg.pipelines.report.counts_csv`, :func:`~hemaseg.io.annotations.write_results`,
+:func:`~hemaseg.io.annotations.write_coco`, :func:`~hemaseg.io.annotations.write_cvat`), and a
+correction recounts the corrected records as the pipeline counts them.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import secrets
+import shutil
+import signal
+import socket
+import tempfile
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from hemaseg.core.vocabulary import CATEGORIES, NOT_IN_DIFFERENTIAL, WBC_TYPES
+from hemaseg.engine.tiling import DEFAULT_TILE
+from hemaseg.errors import HemasegError, HemasegInputError, HemasegUsageError
+from hemaseg.io.annotations import write_coco, write_cvat, write_results
+from hemaseg.io.images import IMAGE_SUFFIXES, read_image
+from hemaseg.io.writers import atomic_path, write_png, write_text
+from hemaseg.pipelines.analyze import MIN_CONFIDENCE, Analysis, analyze, differential, differential_size, draw_overlay
+from hemaseg.pipelines.report import MIN_DIFFERENTIAL, RESEARCH_ONLY, counts_csv, pooled_counts, pooled_types
+from hemaseg.version import __version__
+
+log = logging.getLogger(__name__)
+
+HERE = Path(__file__).parent
+DEFAULT_PORT = 8765
+DEFAULT_HOST = "127.0.0.1"
+MAX_UPLOAD_MB = 50.0  # per request (one photo); Flask answers 413 above it
+MAX_SESSIONS = 32  # the oldest session (its folder too) is dropped beyond this
+# The files a session offers for download: name -> MIME type.
+DOWNLOADS = {"results.json": "application/json", "counts.csv": "text/csv",
+             "coco.json": "application/json", "cvat.xml": "application/xml"}
+# COCO / CVAT label list, as `hemaseg analyze --coco/--cvat` writes it; any further class name the
+# records carry (an unsure "wbc", "ig", "erythroblast") is appended after these.
+EXPORT_LABELS = ("rbc", "platelet", *WBC_TYPES)
+UNTYPED = "wbc"  # the class name of a WBC whose type is left for a person to decide
+
+
+def count_records(records: list[dict], types: tuple[str, ...]) -> dict[str, int]:
+    """Counts of an analysis from its records, as :func:`~hemaseg.pipelines.analyze.analyze` counts
+    them: rbc, wbc, platelet by category, then each of ``types`` among the WBC records' class names
+    (an untyped, unsure WBC counts as a WBC and in no type).
+
+    >>> recs = [{"category": "rbc", "class_name": "rbc"}, {"category": "wbc", "class_name": "monocyte"},
+    ...         {"category": "wbc", "class_name": "wbc", "unsure": True}]
+    >>> count_records(recs, ("neutrophil", "monocyte"))
+    {'rbc': 1, 'wbc': 2, 'platelet': 0, 'neutrophil': 0, 'monocyte': 1}
+    """
+    counts = {c: sum(r["category"] == c for r in records) for c in CATEGORIES}
+    wbcs = [r for r in records if r["category"] == "wbc"]
+    counts.update({t: sum(r["class_name"] == t for r in wbcs) for t in types})
+    return counts
+
+
+def confidence(record: dict) -> float:
+    """The typer's calibrated probability of a WBC's most probable type (1.0 when it has none)."""
+    probs = record.get("type_probs") or {"": 1.0}
+    return float(max(probs.values()))
+
+
+def export_labels(entries: list[dict]) -> list[str]:
+    """:data:`EXPORT_LABELS`, then any further class name in ``entries`` (sorted)."""
+    extra = sorted({m["class_name"] for e in entries for m in e["masks"]} - set(EXPORT_LABELS))
+    return [*EXPORT_LABELS, *extra]
+
+
+def _png(image: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(image[..., ::-1]))
+    if not ok:
+        raise ValueError("PNG encoding failed")
+    return buf.tobytes()
+
+
+class Session:
+    """One user's photos, their analyses and corrections, and the files written from them.
+
+    Parameters
+    ----------
+    folder
+        Work folder of this session (created): ``uploads/`` (the photos as received),
+        ``overlays/<k>.png``, and the :data:`DOWNLOADS` files, rewritten (atomically) after every
+        analysis and correction.
+    cells_model, type_model, device, tile, min_confidence, backend
+        Passed to :func:`~hemaseg.pipelines.analyze.analyze`, as ``hemaseg analyze`` does.
+    """
+
+    def __init__(self, folder: str | Path, cells_model="cells", type_model="wbc-type", device: str = "cpu",
+                 tile: int = DEFAULT_TILE, min_confidence: float = MIN_CONFIDENCE, backend: str = "auto") -> None:
+        self.folder = Path(folder)
+        (self.folder / "uploads").mkdir(parents=True, exist_ok=True)
+        self.cells_model, self.type_model, self.device = cells_model, type_model, device
+        self.tile, self.min_confidence, self.backend = tile, min_confidence, backend
+        self.analyses: list[Analysis] = []
+        self.images: list[np.ndarray] = []
+        self.failed: list[tuple[str, str]] = []
+        self.revision = 0  # bumped on every change: the page's cache-buster for overlays and files
+        self.lock = threading.RLock()
+
+    # ------------------------------------------------------------------ changes
+    def analyze_file(self, path: str | Path, filename: str, lock: threading.Lock | None = None) -> Analysis:
+        """Read ``path`` (:func:`~hemaseg.io.images.read_image`; a bad file raises
+        :class:`~hemaseg.errors.HemasegInputError`), analyse it as ``filename`` and add it.
+        ``lock`` serialises analyses across sessions (the CPU is shared)."""
+        try:
+            image = read_image(path)
+        except HemasegInputError as exc:
+            self.failed.append((filename, exc.reason))
+            raise HemasegInputError(filename, exc.reason) from None
+        with lock or threading.Lock():
+            analysis = analyze(image, filename, self.cells_model, self.type_model, device=self.device,
+                               tile=self.tile, min_confidence=self.min_confidence, backend=self.backend)
+        return self.add(image, analysis)
+
+    def add(self, image: np.ndarray, analysis: Analysis) -> Analysis:
+        """Add an analysed photo (its (H, W, 3) uint8 image and the analysis) and rewrite the files."""
+        with self.lock:
+            self.images.append(image)
+            self.analyses.append(analysis)
+            self._save(len(self.analyses) - 1)
+        return analysis
+
+    def correct(self, image_index: int, cell_index: int, new_type: str) -> dict:
+        """Set the type of WBC ``cell_index`` (its index in the entry's ``masks``) of photo
+        ``image_index`` to ``new_type`` (one of :meth:`choices`; :data:`UNTYPED` leaves it for
+        review), recount that photo and rewrite the files. The record keeps the typer's
+        ``type_probs`` and gains ``corrected_from`` (the typer's call) until set back to it.
+        Returns the corrected record. Raises :class:`~hemaseg.errors.HemasegUsageError` for an
+        unknown photo, cell or type."""
+        with self.lock:
+            if not 0 <= image_index < len(self.analyses):
+                raise HemasegUsageError("image", f"no photo {image_index} in this session")
+            a = self.analyses[image_index]
+            masks = a.entry["masks"]
+            if not 0 <= cell_index < len(masks) or masks[cell_index]["category"] != "wbc":
+                raise HemasegUsageError("cell", f"no white cell {cell_index} in {a.entry['filename']}")
+            if new_type not in self.choices(image_index):
+                raise HemasegUsageError("type", f"{new_type!r} is not one of {', '.join(self.choices(image_index))}")
+            r = masks[cell_index]
+            original = r.get("corrected_from", r["class_name"])
+            r["class_name"] = new_type
+            if new_type == UNTYPED:
+                r["unsure"] = True
+            else:
+                r.pop("unsure", None)
+            if new_type == original:
+                r.pop("corrected_from", None)
+            else:
+                r["corrected_from"] = original
+            a.counts = count_records(masks, a.types)
+            self._save(image_index)
+            return r
+
+    def choices(self, image_index: int) -> list[str]:
+        """The types a WBC of photo ``image_index`` can be given: the typer's types that are white
+        cells (not a platelet), then :data:`UNTYPED`."""
+        return [t for t in self.analyses[image_index].types if t not in CATEGORIES] + [UNTYPED]
+
+    def _save(self, changed: int) -> None:
+        """Redraw photo ``changed``'s overlay and rewrite every download file, atomically."""
+        self.revision += 1
+        write_png(self.folder / "overlays" / f"{changed}.png",
+                  draw_overlay(self.images[changed], self.analyses[changed]))
+        entries = [a.entry for a in self.analyses]
+        labels = export_labels(entries)
+        write_results(self.folder / "results.json", entries)
+        write_text(self.folder / "counts.csv", counts_csv(self.analyses))
+        write_coco(self.folder / "coco.json", entries, labels=labels)
+        write_cvat(self.folder / "cvat.xml", entries, labels)
+
+    # ------------------------------------------------------------------ reading
+    def thumbnail(self, image_index: int, cell_index: int) -> np.ndarray:
+        """The typer's crop of WBC ``cell_index`` of photo ``image_index`` (its box when there is none)."""
+        a = self.analyses[image_index]
+        wbcs = [k for k, r in enumerate(a.entry["masks"]) if r["category"] == "wbc"]
+        if cell_index not in wbcs:
+            raise HemasegUsageError("cell", f"no white cell {cell_index} in {a.entry['filename']}")
+        j = wbcs.index(cell_index)
+        if len(a.wbc_crops) == len(wbcs):
+            return a.wbc_crops[j]
+        b = a.entry["masks"][cell_index]["bounding_box"]
+        return self.images[image_index][b["y1"]:b["y2"], b["x1"]:b["x2"]]
+
+    def state(self) -> dict:
+        """Everything the page shows, as JSON-ready data: per-photo counts, totals, the differential
+        (type, count, percent, 95 % interval), the WBC gallery least sure first, failures."""
+        with self.lock:
+            counts = pooled_counts(self.analyses)
+            types = pooled_types(self.analyses)
+            diff = differential(counts, types)
+            gallery = []
+            for i, a in enumerate(self.analyses):
+                choices = self.choices(i)
+                for k, r in enumerate(a.entry["masks"]):
+                    if r["category"] != "wbc":
+                        continue
+                    probs = sorted((r.get("type_probs") or {}).items(), key=lambda kv: -kv[1])
+                    gallery.append({"image": i, "cell": k, "filename": a.entry["filename"],
+                                    "class_name": r["class_name"], "confidence": round(confidence(r), 4),
+                                    "unsure": bool(r.get("unsure")), "corrected_from": r.get("corrected_from"),
+                                    "probs": [[t, round(float(p), 4)] for t, p in probs[:3]], "choices": choices})
+            gallery.sort(key=lambda g: (g["confidence"], g["image"], g["cell"]))
+            return {
+                "version": __version__, "revision": self.revision, "research_only": RESEARCH_ONLY,
+                "images": [{"index": i, "filename": a.entry["filename"], "width": a.entry["width"],
+                            "height": a.entry["height"], "cell_diameter": round(a.cell_diameter, 1),
+                            "counts": {c: a.counts.get(c, 0) for c in CATEGORIES},
+                            "unsure": sum(1 for r in a.entry["masks"] if r.get("unsure") and r["category"] == "wbc")}
+                           for i, a in enumerate(self.analyses)],
+                "totals": {c: counts.get(c, 0) for c in CATEGORIES},
+                "differential": [{"type": t, "count": counts.get(t, 0), "pct": round(v[0], 1),
+                                  "lo": round(v[1], 1), "hi": round(v[2], 1)} for t, v in diff.items()],
+                "n_differential": differential_size(counts, types),
+                "min_differential": MIN_DIFFERENTIAL,
+                "beside": [{"type": t, "count": counts[t]} for t in types
+                           if t in NOT_IN_DIFFERENTIAL and counts.get(t, 0)],
+                "untyped": sum(g["unsure"] for g in gallery),
+                "gallery": gallery,
+                "failed": [{"filename": f, "reason": why} for f, why in self.failed],
+                "models": self.analyses[-1].models if self.analyses else {},
+            }
+
+
+class Sessions:
+    """The server's sessions by id, each in its own folder under ``root``; beyond ``max_sessions``
+    the least recently used one is dropped with its folder."""
+
+    def __init__(self, root: str | Path, max_sessions: int = MAX_SESSIONS, **session_options) -> None:
+        self.root = Path(root)
+        self.max_sessions = max_sessions
+        self.options = session_options
+        self._sessions: OrderedDict[str, Session] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def new(self) -> tuple[str, Session]:
+        sid = secrets.token_urlsafe(12)
+        with self._lock:
+            self._sessions[sid] = Session(self.root / sid, **self.options)
+            while len(self._sessions) > self.max_sessions:
+                old, s = self._sessions.popitem(last=False)
+                shutil.rmtree(s.folder, ignore_errors=True)
+        return sid, self._sessions[sid]
+
+    def get(self, sid: str) -> Session | None:
+        with self._lock:
+            s = self._sessions.get(sid)
+            if s is not None:
+                self._sessions.move_to_end(sid)
+            return s
+
+
+def require_flask() -> None:
+    """:class:`~hemaseg.errors.HemasegUsageError` unless Flask (the ``web`` extra) is installed."""
+    try:
+        import flask  # noqa: F401
+    except ImportError:
+        raise HemasegUsageError("hemaseg serve", "needs Flask: pip install 'hemaseg[web]'") from None
+
+
+def create_app(work_dir: str | Path | None = None, cells_model="cells", type_model="wbc-type", device: str = "cpu",
+               tile: int = DEFAULT_TILE, min_confidence: float = MIN_CONFIDENCE, max_upload_mb: float = MAX_UPLOAD_MB,
+               max_sessions: int = MAX_SESSIONS, backend: str = "auto"):
+    """The Flask application of ``hemaseg serve``.
+
+    Parameters
+    ----------
+    work_dir
+        Folder the sessions' folders are made in; default a new temporary folder
+        (``app.config["HEMASEG_WORK_DIR"]``; the caller removes it).
+    cells_model, type_model, device, tile, min_confidence, backend
+        As ``hemaseg analyze``'s ``--model``, ``--type-model``, ``--device``, ``--tile``, ``--min-confidence``,
+        ``--backend``.
+    max_upload_mb
+        Largest upload (one photo per request), in MB; a larger one gets a message and a 413.
+    max_sessions
+        Sessions kept (one per page opened); the least recently used beyond this is dropped.
+    """
+    require_flask()
+    from flask import Flask, abort, jsonify, redirect, render_template, request, send_file, url_for
+    from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+    from werkzeug.utils import secure_filename
+
+    root = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="hemaseg-serve-"))
+    root.mkdir(parents=True, exist_ok=True)
+    app = Flask(__name__, template_folder=str(HERE / "templates"), static_folder=str(HERE / "static"))
+    app.config.update(MAX_CONTENT_LENGTH=int(max_upload_mb * 1024 * 1024), HEMASEG_WORK_DIR=root)
+    app.json.sort_keys = False
+    sessions = Sessions(root, max_sessions, cells_model=cells_model, type_model=type_model, device=device,
+                        tile=tile, min_confidence=min_confidence, backend=backend)
+    app.extensions["hemaseg"] = sessions
+    analysis_lock = threading.Lock()  # one analysis at a time: the CPU is shared
+
+    def session_or_404(sid: str) -> Session:
+        s = sessions.get(sid)
+        if s is None:
+            abort(404, description="no such session (the server was restarted, or it was dropped): reload the page")
+        return s
+
+    def error(message: str, status: int):
+        return jsonify({"error": message}), status
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def too_large(exc):
+        return error(f"file too large: the limit is {max_upload_mb:g} MB per photo", 413)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc):
+        if request.path.startswith("/api/"):
+            return error(exc.description or exc.name, exc.code or 500)
+        return exc
+
+    @app.get("/")
+    def index():
+        sid, _ = sessions.new()
+        return redirect(url_for("page", sid=sid))
+
+    @app.get("/s/<sid>")
+    def page(sid: str):
+        if sessions.get(sid) is None:
+            return redirect(url_for("index"))
+        return render_template("index.html", sid=sid, version=__version__, research_only=RESEARCH_ONLY,
+                               max_upload_mb=max_upload_mb, suffixes=",".join(IMAGE_SUFFIXES))
+
+    @app.get("/api/s/<sid>/state")
+    def state(sid: str):
+        return jsonify(session_or_404(sid).state())
+
+    @app.post("/api/s/<sid>/images")
+    def upload(sid: str):
+        s = session_or_404(sid)
+        f = request.files.get("image")
+        if f is None or not f.filename:
+            return error("no file in the upload (form field 'image')", 400)
+        name = Path(f.filename.replace("\\", "/")).name
+        suffix = Path(name).suffix.lower()
+        if suffix not in IMAGE_SUFFIXES:
+            s.failed.append((name, f"not an image file we read (give {', '.join(IMAGE_SUFFIXES)})"))
+            return error(f"{name}: not an image file we read (give {', '.join(IMAGE_SUFFIXES)})", 400)
+        safe = secure_filename(name) or f"image{suffix}"
+        dest = s.folder / "uploads" / f"{len(s.analyses) + len(s.failed):04d}_{safe}"
+        with atomic_path(dest) as tmp:
+            f.save(tmp)
+        try:
+            s.analyze_file(dest, name, analysis_lock)
+        except HemasegError as exc:
+            return error(f"{name}: {getattr(exc, 'reason', exc)}", 400)
+        except Exception as exc:  # one bad photo must not stop the server
+            log.exception("analysis of %s failed", name)
+            s.failed.append((name, f"{exc.__class__.__name__}: {exc}"))
+            return error(f"{name}: analysis failed ({exc.__class__.__name__}: {exc})", 500)
+        return jsonify(s.state())
+
+    @app.post("/api/s/<sid>/cells/<int:image>/<int:cell>")
+    def correct(sid: str, image: int, cell: int):
+        s = session_or_404(sid)
+        body = request.get_json(silent=True) or {}
+        try:
+            s.correct(image, cell, str(body.get("type", "")))
+        except HemasegUsageError as exc:
+            return error(f"{exc.option}: {exc.reason}", 400)
+        return jsonify(s.state())
+
+    @app.get("/api/s/<sid>/overlay/<int:image>.png")
+    def overlay(sid: str, image: int):
+        s = session_or_404(sid)
+        path = s.folder / "overlays" / f"{image}.png"
+        if not path.is_file():
+            abort(404, description=f"no photo {image} in this session")
+        return send_file(path, mimetype="image/png", max_age=0)
+
+    @app.get("/api/s/<sid>/thumb/<int:image>/<int:cell>.png")
+    def thumb(sid: str, image: int, cell: int):
+        s = session_or_404(sid)
+        if not 0 <= image < len(s.analyses):
+            abort(404, description=f"no photo {image} in this session")
+        try:
+            crop = s.thumbnail(image, cell)
+        except HemasegUsageError as exc:
+            abort(404, description=exc.reason)
+        return app.response_class(_png(crop), mimetype="image/png")
+
+    @app.get("/api/s/<sid>/download/<name>")
+    def download(sid: str, name: str):
+        s = session_or_404(sid)
+        if name not in DOWNLOADS:
+            abort(404, description=f"no file {name}; the files are {', '.join(DOWNLOADS)}")
+        path = s.folder / name
+        if not path.is_file():
+            abort(404, description="nothing analysed yet")
+        return send_file(path, mimetype=DOWNLOADS[name], as_attachment=True, download_name=name, max_age=0)
+
+    return app
+
+
+def check_address(host: str, port: int) -> None:
+    """:class:`~hemaseg.errors.HemasegUsageError` naming ``--host`` or ``--port`` unless a server can
+    listen on ``host``:``port`` (an unknown address, a port in use or one that needs root)."""
+    try:
+        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        raise HemasegUsageError("--host", f"{host!r} is not an address of this computer ({exc})") from None
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does
+            sock.bind(address)
+    except OSError as exc:
+        option = "--host" if exc.errno == errno.EADDRNOTAVAIL else "--port"
+        raise HemasegUsageError(option, f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, work_dir: str | Path | None = None,
+          cells_model="cells", type_model="wbc-type", device: str = "cpu", tile: int = DEFAULT_TILE,
+          min_confidence: float = MIN_CONFIDENCE, max_upload_mb: float = MAX_UPLOAD_MB, backend: str = "auto",
+          ready=None) -> None:
+    """Run the page until interrupted (threaded WSGI server of Werkzeug, which Flask uses).
+
+    ``host`` 127.0.0.1 (default) serves this computer only. ``port`` 0 picks a free one.
+    ``work_dir`` None: a temporary folder, removed on exit. ``ready(url)`` is called once the
+    server listens. The rest as :func:`create_app`.
+    """
+    from werkzeug.serving import make_server
+
+    check_address(host, port)
+    app = create_app(work_dir, cells_model, type_model, device, tile, min_confidence, max_upload_mb,
+                     backend=backend)
+    server = None
+    try:
+        server = make_server(host, port, app, threaded=True)
+        shown = f"[{host}]" if ":" in host else host
+        url = f"http://{shown}:{server.server_port}/"
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops it as Ctrl+C does: the work folder goes
+        if ready is not None:
+            ready(url)
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if server is not None:
+            server.server_close()
+        if work_dir is None:
+            shutil.rmtree(app.config["HEMASEG_WORK_DIR"], ignore_errors=True)

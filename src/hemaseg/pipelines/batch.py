@@ -1,0 +1,283 @@
+"""Batches of smear photos for ``hemaseg analyze``: memory flat in the number of photos, resumable
+after a kill, and the same per-photo work on a Dask cluster.
+
+Each photo is analysed on its own (:func:`analyze_photo`, here or on a Dask worker), and what the
+batch files need of it is written to ``OUT`` as soon as it is done: its overlay PNG, then
+``OUT/parts/<stem>.json`` (the results entry, the counts, the report's downscaled overlay and WBC
+thumbnails), atomically and last, so a part on disk means the photo is done. Nothing of a photo
+stays in memory after that. ``results.json``, ``counts.csv`` and ``report.html`` are then rebuilt
+from the parts, in input order, one part at a time (:func:`write_batch_files`), whether the photos
+were analysed in this run, in a run that was killed half-way (``--resume``) or on a cluster: the
+files are the same either way.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+from hemaseg.core.vocabulary import CATEGORIES
+from hemaseg.errors import HemasegError, HemasegUsageError
+from hemaseg.io.annotations import write_coco, write_cvat
+from hemaseg.io.images import pixel_size_um, read_image
+from hemaseg.io.writers import _jsonable, atomic_path, remove_temps, write_json, write_png, write_text
+from hemaseg.pipelines.analyze import MIN_CONFIDENCE, analyze, draw_overlay
+from hemaseg.pipelines.report import counts_csv, image_record, light_analysis, write_report_records
+from hemaseg.pipelines.segment import diameter_from_pixel_size
+from hemaseg.progress import track
+
+PARTS = "parts"  # OUT/parts/<stem>.json: one per photo done; OUT/parts/run.json: the options of the batch
+RUN_FILE = "run.json"
+BATCH_FILES = ("results.json", "counts.csv", "report.html")
+PART_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """What :func:`analyze_photo` needs besides the photo: the options of ``hemaseg analyze``.
+
+    Parameters
+    ----------
+    model, type_model : cells model and WBC-type classifier (bundled name, file or run folder).
+    cell_diameter : red-cell diameter in px; None: from ``pixel_size`` (or the file's pixel size)
+        when known (:func:`hemaseg.pipelines.segment.diameter_from_pixel_size`), else estimated.
+    device : torch device name (already resolved).
+    tile : the U-Net cells backend's largest tile (px).
+    min_confidence : WBCs typed with a lower calibrated probability are left untyped.
+    sample_id : the sample the photos are of, recorded in each entry when given.
+    pixel_size : µm per px of every photo; None: each file's own resolution tags, when given.
+    backend : where the networks run: torch, onnx or auto (:mod:`hemaseg.engine.runtime`).
+    """
+
+    model: str = "cells"
+    type_model: str = "wbc-type"
+    cell_diameter: float | None = None
+    device: str = "cpu"
+    tile: int = 2048
+    min_confidence: float = MIN_CONFIDENCE
+    sample_id: str | None = None
+    pixel_size: float | None = None
+    backend: str = "auto"
+
+    def recorded(self) -> dict:
+        """The options that shape the results (not the device or backend), as kept in ``OUT/parts/run.json``."""
+        d = asdict(self)
+        d.pop("device")
+        d.pop("backend")  # torch and ONNX Runtime agree within a stated tolerance: a resume may switch
+        return d
+
+
+def part_path(out: Path, stem: str) -> Path:
+    return Path(out) / PARTS / f"{stem}.json"
+
+
+def _source(path: Path) -> dict:
+    st = Path(path).stat()
+    return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def analyze_photo(path: str | Path, stem: str, out: str | Path, opts: BatchOptions) -> str | None:
+    """Analyse one photo and write its overlay (``OUT/<stem>_overlay.png``) and then its part
+    (``OUT/parts/<stem>.json``). Returns None when done, else the reason it failed (one line):
+    errors are returned, not raised, so that they cross a Dask cluster as plain text."""
+    path, out = Path(path), Path(out)
+    try:
+        image = read_image(path)
+        pixel_size = opts.pixel_size if opts.pixel_size is not None else pixel_size_um(path)
+        diameter = opts.cell_diameter or diameter_from_pixel_size("cells", pixel_size)
+        a = analyze(image, str(path), opts.model, opts.type_model, diameter, opts.device, opts.tile,
+                    min_confidence=opts.min_confidence, sample_id=opts.sample_id, pixel_size=pixel_size,
+                    backend=opts.backend)
+        overlay = draw_overlay(image, a)
+        del image
+        write_png(out / f"{stem}_overlay.png", overlay)
+        record = image_record(a, overlay)
+        del a, overlay
+        record.update(format=PART_FORMAT, source=_source(path), overlay_file=f"{stem}_overlay.png")
+        write_json(part_path(out, stem), record)  # last: the photo is done
+        return None
+    except HemasegError as exc:
+        return getattr(exc, "reason", str(exc))
+    except Exception as exc:  # one bad photo must not stop the batch
+        return f"{exc.__class__.__name__}: {exc}"
+
+
+def read_part(out: Path, stem: str) -> dict | None:
+    """The part of ``stem`` in ``out``, or None when there is none or it cannot be read."""
+    try:
+        return json.loads(part_path(out, stem).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def is_done(out: Path, stem: str, path: Path) -> bool:
+    """``path`` was analysed into ``out`` as ``stem``, and has not changed since."""
+    part = read_part(out, stem)
+    try:
+        return bool(part) and part.get("format") == PART_FORMAT and part.get("source") == _source(path)
+    except OSError:
+        return False
+
+
+def prepare_batch(out: str | Path, opts: BatchOptions, resume: bool = False, overwrite: bool = False) -> bool:
+    """Check ``out`` before a batch, as ``hemaseg train`` checks its run folder: a new batch may not
+    go into a folder holding one (:class:`HemasegUsageError` naming ``--out``) unless ``overwrite``,
+    which deletes that batch's files (parts, overlays, results.json, counts.csv, report.html);
+    ``resume`` continues it, with the options it was started with (a different one is refused,
+    naming ``--resume``); resuming where there is no batch yet starts one. Records the options.
+    Returns whether an earlier batch is being continued."""
+    out = Path(out)
+    if resume and overwrite:
+        raise HemasegUsageError("--overwrite", "cannot be used with --resume")
+    parts = out / PARTS
+    run_file = parts / RUN_FILE
+    held = run_file.exists()
+    if held and resume:
+        try:
+            before = json.loads(run_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            before = None
+        now = json.loads(json.dumps(opts.recorded(), default=_jsonable))
+        if before != now:
+            diff = [k for k in now if not before or before.get(k) != now[k]]
+            raise HemasegUsageError("--resume", f"{out} was analysed with other options ("
+                                    + ", ".join(f"{k} {before.get(k) if before else '?'!r}, now {now[k]!r}"
+                                                for k in diff)
+                                    + "); give the same ones, or start afresh with --overwrite")
+        remove_temps(out)
+        remove_temps(parts)
+        return True
+    if held and not overwrite:
+        n = sum(1 for p in parts.glob("*.json") if p.name != RUN_FILE)
+        raise HemasegUsageError("--out", f"{out} already holds an analysis ({n} photo(s) done); continue it with "
+                                         "--resume or start afresh with --overwrite")
+    if held:
+        for p in parts.glob("*.json"):
+            overlay = (read_part(out, p.stem) or {}).get("overlay_file") if p.name != RUN_FILE else None
+            if overlay and Path(overlay).name == overlay:
+                (out / overlay).unlink(missing_ok=True)
+        shutil.rmtree(parts)
+        for name in BATCH_FILES:
+            (out / name).unlink(missing_ok=True)
+        remove_temps(out)
+    parts.mkdir(parents=True, exist_ok=True)
+    write_json(run_file, opts.recorded())
+    return False
+
+
+def run_photos(jobs: list[tuple[Path, str]], out: Path, opts: BatchOptions, client=None,
+               on_failure: Callable[[Path, str], None] | None = None) -> list[tuple[Path, str]]:
+    """Analyse each (path, stem) of ``jobs`` with :func:`analyze_photo`: in this process, or on
+    the Dask ``client``'s workers (each process loads the models once: they are cached per
+    process). Returns the failures, (path, reason), in input order; ``on_failure`` is told of
+    each as it happens."""
+    failed: dict[Path, str] = {}
+
+    def note(path: Path, reason: str | None) -> None:
+        if reason is not None:
+            failed[path] = reason
+            if on_failure:
+                on_failure(path, reason)
+
+    if client is None:
+        for path, stem in track(jobs, "analyze"):
+            note(path, analyze_photo(path, stem, out, opts))
+    else:
+        from distributed import as_completed
+
+        futures = {client.submit(analyze_photo, str(path), stem, str(out), opts, pure=False,
+                                 key=f"analyze-{k}-{stem}"): path for k, (path, stem) in enumerate(jobs)}
+        for future in track(as_completed(futures), "analyze", total=len(futures)):
+            try:
+                reason = future.result()
+            except Exception as exc:  # a worker lost, or the task could not run at all
+                reason = f"{exc.__class__.__name__}: {exc}"
+            note(futures.pop(future), reason)
+            future.release()
+    return [(p, failed[p]) for p, _ in jobs if p in failed]
+
+
+class Parts:
+    """The parts of the photos done, in input order, read from disk each time it is iterated
+    (so the batch files are built holding one photo's part at a time)."""
+
+    def __init__(self, out: Path, jobs: list[tuple[Path, str]]) -> None:
+        self.out = Path(out)
+        self.jobs = [(p, s) for p, s in jobs if is_done(self.out, s, p)]
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+    def __iter__(self) -> Iterator[dict]:
+        for _, stem in self.jobs:
+            part = read_part(self.out, stem)
+            if part is not None:
+                yield part
+
+
+def write_results_stream(path: str | Path, entries: Iterable[dict]) -> Path:
+    """``results.json`` (seed 003's ``{"data": {"0": entry, ...}}``) written one entry at a time:
+    byte for byte what :func:`hemaseg.io.annotations.write_results` writes of the same entries."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        n = 0
+        for entry in entries:
+            f.write('{\n  "data": {\n' if n == 0 else ",\n")
+            body = json.dumps(entry, indent=2, default=_jsonable).replace("\n", "\n    ")
+            f.write(f'    "{n}": {body}')
+            n += 1
+        f.write('{\n  "data": {}\n}\n' if n == 0 else "\n  }\n}\n")
+    return Path(path)
+
+
+def write_batch_files(out: str | Path, jobs: list[tuple[Path, str]], failed: list[tuple[str, str]] | None = None,
+                      cvat: Path | None = None, coco: Path | None = None, coco_rle: bool = False,
+                      date: str | None = None) -> tuple[int, int]:
+    """Rebuild ``OUT/results.json``, ``OUT/counts.csv`` and ``OUT/report.html`` (and the ``cvat`` /
+    ``coco`` files) from the parts on disk of ``jobs`` ((path, stem), in input order), holding one
+    photo's part at a time (the CVAT and COCO files are built whole). Returns (photos, cells)."""
+    out = Path(out)
+    parts = Parts(out, jobs)
+    write_results_stream(out / "results.json", (p["entry"] for p in parts))
+    light = [light_analysis(p) for p in parts]
+    write_text(out / "counts.csv", counts_csv(light))
+    write_report_records(out / "report.html", parts, failed, date=date)
+    if cvat or coco:
+        entries = [p["entry"] for p in parts]
+        labels = ["rbc", "platelet", "neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil"]
+        if cvat:
+            write_cvat(cvat, entries, labels)
+        if coco:
+            write_coco(coco, entries, rle=coco_rle, labels=labels)
+    return len(parts), sum(a.counts.get(c, 0) for a in light for c in CATEGORIES)
+
+
+def dask_client(address: str, option: str = "--dask"):
+    """A Dask distributed client: ``local`` or ``local:N`` starts a local cluster of N worker
+    processes (default: one per CPU core) of one thread each; anything else is a scheduler's
+    address (``tcp://host:8786``, or a scheduler file's path). Returns (client, cluster or None);
+    close both when done. A bad spec or an unreachable scheduler raises :class:`HemasegUsageError`."""
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise HemasegUsageError(option, "needs Dask: pip install 'hemaseg[dask]'") from None
+    # Dask narrates every worker's start and stop at INFO; the progress bar and failures are ours.
+    for name in ("distributed", "tornado"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    if address == "local" or address.startswith("local:"):
+        n = address.partition(":")[2]
+        if n and not (n.isdigit() and int(n) >= 1):
+            raise HemasegUsageError(option, f"local:{n}: give local:N with N a number of workers >= 1")
+        workers = int(n) if n else (os.cpu_count() or 1)
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                               dashboard_address=":0")
+        return Client(cluster), cluster
+    try:
+        if Path(address).is_file():
+            return Client(scheduler_file=address, timeout="30s"), None
+        return Client(address, timeout="30s"), None
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise HemasegUsageError(option, f"cannot reach the Dask scheduler at {address} ({exc})") from None

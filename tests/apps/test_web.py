@@ -1,0 +1,276 @@
+"""hemaseg serve (issue 27): the real page in headless Chromium (upload the bundled sample, see the
+counts, correct one WBC in the gallery, download counts.csv reflecting the correction), and the
+Flask test client (bad uploads get a message and the server goes on; a correction recounts the
+counts, the differential and every download file)."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import socket
+import threading
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hemaseg.apps.web import Session, count_records, create_app
+from hemaseg.core.vocabulary import WBC_TYPES
+from hemaseg.pipelines.analyze import Analysis
+
+SAMPLE = Path(__file__).resolve().parents[2] / "src" / "hemaseg" / "samples" / "BloodImage_00000.jpg"
+# HEMASEG_WEB_SCREENSHOT=docs/web.png: the browser test saves its screenshot of the analysed sample there.
+SCREENSHOT = os.environ.get("HEMASEG_WEB_SCREENSHOT")
+
+
+def _record(kind: str, x: int, y: int, r: int = 6, **extra) -> dict:
+    """A seed-003 record: a square of side 2r at (x, y) of class ``kind``."""
+    category = kind if kind in ("rbc", "platelet", "wbc") else "wbc"
+    return {"class_name": kind, "category": category, "score": 0.9, "area": 4 * r * r,
+            "bounding_box": {"x1": x - r, "y1": y - r, "x2": x + r, "y2": y + r},
+            "vertices": [[x - r, y - r], [x + r, y - r], [x + r, y + r], [x - r, y + r]], **extra}
+
+
+def _analysis(filename: str = "smear.png") -> tuple[np.ndarray, Analysis]:
+    """A 64x64 photo's analysis by hand: 2 RBCs, a platelet, a neutrophil (0.90), a lymphocyte
+    (0.60) and a WBC the typer was unsure of (0.40, untyped)."""
+    image = np.full((64, 64, 3), 220, np.uint8)
+    probs = lambda top, p: {t: (p if t == top else round((1 - p) / 4, 4)) for t in WBC_TYPES}  # noqa: E731
+    masks = [_record("rbc", 10, 10), _record("rbc", 30, 10), _record("platelet", 50, 10, 3),
+             _record("neutrophil", 10, 40, type_probs=probs("neutrophil", 0.9)),
+             _record("lymphocyte", 30, 40, type_probs=probs("lymphocyte", 0.6)),
+             _record("wbc", 50, 40, type_probs=probs("monocyte", 0.4), unsure=True)]
+    counts = {"rbc": 2, "wbc": 3, "platelet": 1, "neutrophil": 1, "lymphocyte": 1, "monocyte": 0,
+              "eosinophil": 0, "basophil": 0}
+    entry = {"filename": filename, "height": 64, "width": 64, "cell_diameter": 12.0, "scale": 1.0, "masks": masks}
+    crops = [np.full((16, 16, 3), v, np.uint8) for v in (10, 20, 30)]
+    return image, Analysis(entry, counts, np.zeros((64, 64), np.int32), 12.0, crops, WBC_TYPES,
+                           {"cells": "hand-made", "wbc-type": "hand-made"})
+
+
+def _csv_rows(text: str) -> dict[str, dict[str, str]]:
+    return {row["filename"]: row for row in csv.DictReader(io.StringIO(text))}
+
+
+@pytest.fixture
+def client(tmp_path):
+    pytest.importorskip("flask", reason="hemaseg serve needs Flask: pip install 'hemaseg[web]'")
+    app = create_app(tmp_path / "work", max_upload_mb=0.05)
+    app.config["TESTING"] = True
+    c = app.test_client()
+    res = c.get("/")
+    assert res.status_code == 302
+    sid = res.headers["Location"].rstrip("/").split("/")[-1]
+    return c, sid, app.extensions["hemaseg"].get(sid)
+
+
+def test_count_records_counts_as_the_pipeline_does():
+    _, a = _analysis()
+    assert count_records(a.entry["masks"], a.types) == a.counts
+
+
+def test_bad_uploads_get_a_message_and_the_server_goes_on(client, tmp_path):
+    c, sid, session = client
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"this is not a PNG")
+    cases = [({"image": (io.BytesIO(bad.read_bytes()), "broken.png")}, 400, "broken.png: not an image"),
+             ({"image": (io.BytesIO(b"counts"), "notes.txt")}, 400, "notes.txt: not an image file"),
+             ({"image": (io.BytesIO(b""), "empty.jpg")}, 400, "empty.jpg: empty file"),
+             ({"image": (io.BytesIO(os.urandom(80_000)), "huge.jpg")}, 413, "file too large"),
+             ({}, 400, "no file in the upload")]
+    for data, status, text in cases:
+        res = c.post(f"/api/s/{sid}/images", data=data, content_type="multipart/form-data")
+        assert res.status_code == status, (text, res.get_json())
+        assert res.get_json()["error"].startswith(text), res.get_json()
+    # Still answering: the page, the state (with the failures listed), and nothing was analysed.
+    assert c.get(f"/s/{sid}").status_code == 200
+    state = c.get(f"/api/s/{sid}/state").get_json()
+    assert state["images"] == [] and state["totals"] == {"rbc": 0, "wbc": 0, "platelet": 0}
+    assert [f["filename"] for f in state["failed"]] == ["broken.png", "notes.txt", "empty.jpg"]
+    assert c.get(f"/api/s/{sid}/download/counts.csv").status_code == 404  # nothing to download yet
+    assert c.get("/api/s/no-such-session/state").status_code == 404
+    assert c.get(f"/api/s/{sid}/download/..%2Fsecret").status_code == 404
+    assert not any(session.folder.glob("*.json"))
+
+
+def test_a_correction_recounts_counts_differential_and_files(client):
+    c, sid, session = client
+    session.add(*_analysis())
+    state = c.get(f"/api/s/{sid}/state").get_json()
+    # Gallery: least sure first (the unsure one, then the lymphocyte, then the neutrophil).
+    assert [(g["cell"], g["class_name"]) for g in state["gallery"]] == [(5, "wbc"), (4, "lymphocyte"),
+                                                                       (3, "neutrophil")]
+    assert state["n_differential"] == 2 and state["untyped"] == 1
+    assert c.get(f"/api/s/{sid}/thumb/0/4.png").data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert c.get(f"/api/s/{sid}/thumb/0/0.png").status_code == 404  # an RBC has no thumbnail
+
+    # The lymphocyte was a neutrophil; the unsure cell is a monocyte.
+    res = c.post(f"/api/s/{sid}/cells/0/4", json={"type": "neutrophil"})
+    assert res.status_code == 200, res.get_json()
+    state = c.post(f"/api/s/{sid}/cells/0/5", json={"type": "monocyte"}).get_json()
+    diff = {d["type"]: d for d in state["differential"]}
+    assert (diff["neutrophil"]["count"], diff["lymphocyte"]["count"], diff["monocyte"]["count"]) == (2, 0, 1)
+    assert diff["neutrophil"]["pct"] == pytest.approx(66.7) and diff["neutrophil"]["lo"] < 66.7 < diff["neutrophil"]["hi"]
+    assert state["n_differential"] == 3 and state["untyped"] == 0 and state["totals"]["wbc"] == 3
+
+    rows = _csv_rows(c.get(f"/api/s/{sid}/download/counts.csv").data.decode())
+    row = rows["smear.png"]
+    assert (row["neutrophil"], row["lymphocyte"], row["monocyte"]) == ("2", "0", "1")
+    assert row["neutrophil_pct"] == "66.7" and row["lymphocyte_pct"] == "0.0"
+    masks = json.loads(c.get(f"/api/s/{sid}/download/results.json").data)["data"]["0"]["masks"]
+    assert masks[4]["class_name"] == "neutrophil" and masks[4]["corrected_from"] == "lymphocyte"
+    assert masks[5]["class_name"] == "monocyte" and "unsure" not in masks[5]
+    coco = json.loads(c.get(f"/api/s/{sid}/download/coco.json").data)
+    names = {cat["id"]: cat["name"] for cat in coco["categories"]}
+    assert [names[a["category_id"]] for a in coco["annotations"]][3:] == ["neutrophil", "neutrophil", "monocyte"]
+    cvat = ET.fromstring(c.get(f"/api/s/{sid}/download/cvat.xml").data)
+    assert [p.get("label") for p in cvat.iter("polygon")][3:] == ["neutrophil", "neutrophil", "monocyte"]
+
+    # Back to the typer's call: no longer marked corrected; unknown types and non-WBCs refused.
+    state = c.post(f"/api/s/{sid}/cells/0/4", json={"type": "lymphocyte"}).get_json()
+    assert next(g for g in state["gallery"] if g["cell"] == 4)["corrected_from"] is None
+    for cell, body in ((4, {"type": "dragon"}), (0, {"type": "neutrophil"}), (9, {"type": "neutrophil"})):
+        res = c.post(f"/api/s/{sid}/cells/0/{cell}", json=body)
+        assert res.status_code == 400 and res.get_json()["error"], res.get_json()
+
+
+def test_session_writes_every_file_atomically(tmp_path):
+    s = Session(tmp_path / "s")
+    s.add(*_analysis("a.png"))
+    s.add(*_analysis("b.png"))
+    s.correct(1, 3, "wbc")  # b's neutrophil: back to review
+    names = sorted(p.name for p in s.folder.iterdir())
+    assert names == ["coco.json", "counts.csv", "cvat.xml", "overlays", "results.json", "uploads"]  # no temp left
+    rows = _csv_rows((s.folder / "counts.csv").read_text())
+    assert rows["a.png"]["neutrophil"] == "1" and rows["b.png"]["neutrophil"] == "0"
+    assert rows["(all images)"]["neutrophil"] == "1" and rows["(all images)"]["wbc"] == "6"
+    assert Image.open(s.folder / "overlays" / "1.png").size == (64, 64)
+
+
+def test_serve_refuses_a_bad_port_or_host_in_one_line_before_loading_models():
+    pytest.importorskip("flask", reason="hemaseg serve needs Flask: pip install 'hemaseg[web]'")
+    from typer.testing import CliRunner
+
+    from hemaseg.cli import app
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        for args, option in ((["--port", "70000"], "--port"), (["--port", str(taken)], "--port"),
+                             (["--host", "192.0.2.1"], "--host"), (["--max-upload-mb", "0"], "--max-upload-mb"), (["--backend", "gpu"], "--backend"),
+                             (["--port", "0", "--model", "no-such-model"], "no-such-model")):
+            res = CliRunner().invoke(app, ["serve", *args])
+            lines = [ln for ln in res.output.splitlines() if ln.strip()]
+            assert res.exit_code == 2 and len(lines) == 1 and lines[0].startswith(option), (args, res.output)
+
+
+# ---------------------------------------------------------------- the page in headless Chromium
+def _browser_or_skip():
+    webdriver = pytest.importorskip("selenium.webdriver", reason="the browser test needs selenium (pip install selenium)")
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if not chromium or not driver:
+        pytest.skip("the browser test needs Debian's chromium and chromium-driver (apt-get install chromium "
+                    "chromium-driver; `make test` installs them when run as root)")
+    return webdriver, chromium, driver
+
+
+@pytest.fixture
+def live_server(tmp_path):
+    pytest.importorskip("flask", reason="hemaseg serve needs Flask: pip install 'hemaseg[web]'")
+    from werkzeug.serving import make_server
+
+    app = create_app(tmp_path / "work")
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}", app.extensions["hemaseg"]
+    server.shutdown()
+    thread.join(10)
+
+
+@pytest.fixture
+def browser(tmp_path, monkeypatch):
+    webdriver, chromium, chromedriver = _browser_or_skip()
+    from selenium.webdriver.chrome.service import Service
+
+    monkeypatch.setenv("SE_OFFLINE", "true")  # selenium-manager: download nothing
+    monkeypatch.setenv("SE_AVOID_STATS", "true")
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--disable-dev-shm-usage", "--window-size=1280,1250", f"--user-data-dir={tmp_path / 'profile'}"):
+        opts.add_argument(arg)
+    opts.add_experimental_option("prefs", {"download.default_directory": str(downloads),
+                                           "download.prompt_for_download": False})
+    driver = webdriver.Chrome(service=Service(executable_path=chromedriver), options=opts)
+    driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
+    yield driver, downloads
+    driver.quit()
+
+
+@pytest.mark.timeout(180)
+def test_page_upload_counts_correct_download(live_server, browser):
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url, sessions = live_server
+    driver, downloads = browser
+    # The page re-renders its tables and gallery on every change: an element found just before may go stale.
+    wait = WebDriverWait(driver, 120, poll_frequency=0.2, ignored_exceptions=(StaleElementReferenceException,))
+    driver.get(url + "/")
+    assert "/s/" in driver.current_url
+    sid = driver.current_url.rstrip("/").split("/")[-1]
+
+    driver.find_element(By.ID, "files").send_keys(str(SAMPLE))  # what choosing the file in the dialog does
+    msg = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#messages li"))[0]
+    assert msg.text == "BloodImage_00000.jpg: analysed", msg.text
+    session = sessions.get(sid)
+    a = session.analyses[0]
+    assert count_records(a.entry["masks"], a.types) == a.counts  # the web recount is the pipeline's count
+    shown = {c: int(driver.find_element(By.ID, f"count-{c}").text) for c in ("rbc", "wbc", "platelet")}
+    assert shown == {c: a.counts[c] for c in shown} and shown["rbc"] > 0 and shown["wbc"] > 0
+    overlay = driver.find_element(By.CSS_SELECTOR, "figure.overlay img")
+    wait.until(lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", overlay))
+    if SCREENSHOT:
+        driver.save_screenshot(SCREENSHOT)
+
+    # Correct the least sure WBC (the gallery's first) to another leukocyte type.
+    thumb = driver.find_elements(By.CSS_SELECTOR, "#gallery .thumb")[0]
+    old = thumb.get_attribute("data-type")
+    cell = thumb.get_attribute("data-cell")
+    new = next(t for t in WBC_TYPES if t != old)
+    diff_count = lambda t: int(driver.find_element(By.CSS_SELECTOR, f"tr[data-type={t}] td.count").text)  # noqa: E731
+    before = {t: diff_count(t) for t in WBC_TYPES}
+    thumb.click()
+    wait.until(lambda d: d.find_element(By.ID, "correct").is_displayed())
+    driver.find_element(By.CSS_SELECTOR, f"#choices button[data-type={new}]").click()
+    wait.until(lambda d: d.find_element(By.CSS_SELECTOR, f"#gallery .thumb[data-cell='{cell}']")
+               .get_attribute("data-type") == new)
+    after = {t: diff_count(t) for t in WBC_TYPES}
+    assert after[new] == before[new] + 1
+    if old in WBC_TYPES:
+        assert after[old] == before[old] - 1
+
+    driver.find_element(By.ID, "download-counts").click()
+    target = downloads / "counts.csv"
+    deadline = time.time() + 30
+    while not target.exists() and time.time() < deadline:
+        time.sleep(0.1)
+    assert target.exists(), f"no download: {list(downloads.iterdir())}"
+    row = _csv_rows(target.read_text())["BloodImage_00000.jpg"]
+    assert int(row[new]) == a.counts[new] == before[new] + 1
+    if old in WBC_TYPES:
+        assert int(row[old]) == before[old] - 1
+    n = sum(int(row[t]) for t in WBC_TYPES)
+    assert float(row[f"{new}_pct"]) == pytest.approx(100 * int(row[new]) / n, abs=0.05)

@@ -1,0 +1,116 @@
+"""Batches of photos (pipelines/batch.py): results written as each photo is done, --resume after a
+kill gives the same files, --overwrite and changed options refused as train refuses them, results.json
+streamed byte for byte as write_results writes it, and a local Dask cluster gives the serial files."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from hemaseg.cli import app
+from hemaseg.io.annotations import write_results
+from hemaseg.io.images import read_image
+from hemaseg.pipelines.batch import PARTS, write_results_stream
+
+SAMPLE = Path(__file__).resolve().parents[2] / "src" / "hemaseg" / "samples" / "BloodImage_00000.jpg"
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> list[Path]:
+    """Three small photos cut from the bundled sample (different cells in each)."""
+    root = tmp_path_factory.mktemp("photos")
+    im = read_image(SAMPLE)
+    out = []
+    for name, (y, x) in {"a": (0, 0), "b": (240, 320), "c": (100, 200)}.items():
+        Image.fromarray(np.ascontiguousarray(im[y:y + 240, x:x + 320])).save(root / f"{name}.png")
+        out.append(root / f"{name}.png")
+    return out
+
+
+def _run(*args) -> object:
+    return CliRunner().invoke(app, ["analyze", *map(str, args)])
+
+
+def test_results_stream_is_write_results_byte_for_byte(tmp_path):
+    entries = [{"filename": "a.png", "height": 2, "width": 3, "masks": [{"vertices": [[1, 2], [3, 4]], "s": 0.5}]},
+               {"filename": "b é.png", "height": 1, "width": 1, "masks": []}]
+    for some in (entries, entries[:1], []):
+        write_results(tmp_path / "a.json", some)
+        write_results_stream(tmp_path / "b.json", iter(some))
+        assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
+
+
+def test_resume_after_a_kill_gives_the_same_files(photos, tmp_path):
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    assert _run(*photos, "--out", whole).exit_code == 0
+    parts = sorted(p.name for p in (whole / PARTS).glob("*.json"))
+    assert parts == ["a.json", "b.json", "c.json", "run.json"]
+    # A run killed after its first photo: that photo's overlay and part are on disk, nothing else.
+    assert _run(photos[0], "--out", resumed).exit_code == 0
+    (resumed / "results.json").unlink()
+    a_part = (resumed / PARTS / "a.json").stat().st_mtime_ns
+    res = _run(*photos, "--out", resumed, "--resume")
+    assert res.exit_code == 0, res.output
+    assert "1 of 3 photos already done" in res.output
+    assert (resumed / PARTS / "a.json").stat().st_mtime_ns == a_part  # skipped, not redone
+    for name in ("results.json", "counts.csv"):
+        assert (whole / name).read_bytes() == (resumed / name).read_bytes(), name
+    entries = json.loads((resumed / "results.json").read_text())["data"]
+    assert [Path(entries[k]["filename"]).name for k in ("0", "1", "2")] == ["a.png", "b.png", "c.png"]
+    page = (resumed / "report.html").read_text()
+    assert all(f"overlay of {p}" in page for p in photos)
+    # Everything done: a resumed run only rebuilds the files.
+    res = _run(*photos, "--out", resumed, "--resume")
+    assert res.exit_code == 0 and "3 of 3 photos already done" in res.output
+    assert (whole / "results.json").read_bytes() == (resumed / "results.json").read_bytes()
+
+
+def test_a_folder_holding_a_batch_needs_resume_or_overwrite(photos, tmp_path):
+    out = tmp_path / "out"
+    assert _run(photos[0], "--out", out).exit_code == 0
+    res = _run(photos[1], "--out", out)
+    assert res.exit_code == 2 and "--out" in res.output and "--resume" in res.output and "--overwrite" in res.output
+    res = _run(photos[1], "--out", out, "--resume", "--min-confidence", "0.7")
+    assert res.exit_code == 2 and "--resume" in res.output and "min_confidence" in res.output
+    res = _run(photos[1], "--out", out, "--resume", "--overwrite")
+    assert res.exit_code == 2 and "--overwrite" in res.output
+    res = _run(photos[1], "--out", out, "--overwrite")
+    assert res.exit_code == 0, res.output
+    assert not (out / "a_overlay.png").exists() and not (out / PARTS / "a.json").exists()
+    assert len(json.loads((out / "results.json").read_text())["data"]) == 1
+
+
+def test_a_failed_photo_is_redone_on_resume(photos, tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    out = tmp_path / "out"
+    res = _run(photos[0], bad, "--out", out)
+    assert res.exit_code == 1 and "bad.png" in res.output
+    assert "Not analysed" in (out / "report.html").read_text()
+    Image.open(photos[1]).save(bad)  # fixed
+    res = _run(photos[0], bad, "--out", out, "--resume")
+    assert res.exit_code == 0, res.output
+    assert len(json.loads((out / "results.json").read_text())["data"]) == 2
+
+
+@pytest.mark.timeout(900)  # two worker processes start and load torch and the models: slow on a busy machine
+def test_dask_local_cluster_gives_the_serial_files(photos, tmp_path):
+    """Needs dask.distributed (the dask extra). Serial here runs on one torch thread (tests/conftest.py),
+    as each Dask worker does (Dask's nanny sets OMP_NUM_THREADS=1)."""
+    pytest.importorskip("distributed", reason="the dask extra (dask[distributed]) is not installed")
+    photos = photos[:2]
+    serial, cluster = tmp_path / "serial", tmp_path / "dask"
+    assert _run(*photos, "--out", serial).exit_code == 0
+    res = _run(*photos, "--out", cluster, "--dask", "local:2")
+    assert res.exit_code == 0, res.output
+    for name in ("results.json", "counts.csv"):
+        assert (serial / name).read_bytes() == (cluster / name).read_bytes(), name
+    for p in photos:
+        assert (np.asarray(Image.open(serial / f"{p.stem}_overlay.png"))
+                == np.asarray(Image.open(cluster / f"{p.stem}_overlay.png"))).all()
+    res = _run(photos[0], "--out", tmp_path / "x", "--dask", "local:0")
+    assert res.exit_code == 2 and "--dask" in res.output
