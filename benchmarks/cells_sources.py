@@ -3,7 +3,7 @@ mAP@[.5:.95] (pycocotools' COCOeval, boxes), and how often each class's count is
 more cells models; optionally at several zooms (the photos and their boxes rescaled).
 
     # in-source: the bundled model(s) on each source's test split (never trained on)
-    python benchmarks/cells_sources.py --model cells --model cells-unet
+    python benchmarks/cells_sources.py --model cells --model cells-maskrcnn
     # leave-one-source-out: each run scored on every photo of the source it left out
     python benchmarks/cells_sources.py --loso runs/cells-loso-{source}
     # zoom: the validation fields rescaled 0.4x-2.5x
@@ -28,7 +28,7 @@ from record import write_result
 from hemaseg.engine.predict import get_model
 from hemaseg.io.images import read_image
 from hemaseg.metrics import detection_ap
-from hemaseg.tasks.cells.infer import segment_cells
+from hemaseg.tasks.cells.infer import CellsParams, segment_cells
 from hemaseg.tasks.cells.train import find_annotated_photos
 
 HERE = Path(__file__).resolve().parent
@@ -83,7 +83,7 @@ def coco_map(preds: dict, truths: dict, sizes: dict) -> float:
     return float(np.mean(per_cat)) if per_cat else float("nan")
 
 
-def score(model, items: list, zoom: float = 1.0) -> dict:
+def score(model, items: list, zoom: float = 1.0, params: CellsParams | None = None) -> dict:
     """VOC AP@0.5 per class, their mean, COCO mAP@[.5:.95], count exact per class, seconds/photo."""
     preds = {c: [] for c in CATS}
     truths = {c: {} for c in CATS}
@@ -96,7 +96,7 @@ def score(model, items: list, zoom: float = 1.0) -> dict:
                              interpolation=cv2.INTER_AREA if zoom < 1 else cv2.INTER_LINEAR)
         sizes[i] = img.shape[:2]
         t0 = time.perf_counter()
-        seg = segment_cells(img, model)
+        seg = segment_cells(img, model, params=params)
         secs.append(time.perf_counter() - t0)
         for c in CATS:
             truths[c][i] = [tuple(v * zoom for v in b) for cat, b in boxes if cat == c]
@@ -140,11 +140,14 @@ def main() -> None:
     ap.add_argument("--sources", nargs="+", default=["Raabin-WBC", "BCDD", "PBC", "BCCD"])
     ap.add_argument("--zoom", nargs="+", type=float, default=[1.0], help="rescale photos and boxes by these factors")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rescale-tolerance", type=float, default=None,
+                    help="CellsParams.rescale_tolerance (default: the card's or 1.15; 0: the older rule)")
     ap.add_argument("--name", default="cells_sources", help="results file name (benchmarks/results/NAME.md)")
     args = ap.parse_args()
     import torch
 
     torch.set_num_threads(args.threads)
+    params = None if args.rescale_tolerance is None else CellsParams(rescale_tolerance=args.rescale_tolerance)
     if args.loso:
         emit("### Leave-one-source-out: trained on the other three TXL-PBC sources, scored on every photo of "
              "the source left out (worst first)\n")
@@ -155,7 +158,7 @@ def main() -> None:
             if not Path(run).exists():
                 print(f"skipped {s}: no run {run}", flush=True)
                 continue
-            r = score(get_model(run), photos(args.data, s, "all"))
+            r = score(get_model(run), photos(args.data, s, "all"), params=params)
             rows.append((r["map50"], row(f"{s} (`{run}`)", r), r))
         for _, line, _ in sorted(rows, key=lambda t: t[0]):
             emit(line)
@@ -174,7 +177,7 @@ def main() -> None:
             for s in args.sources:
                 items = photos(args.data, s, args.split)
                 if items:
-                    r = score(model, items, z)
+                    r = score(model, items, z, params)
                     rows.append((r["map50"], row(s, r), r))
             for _, line, _ in sorted(rows, key=lambda t: t[0]):
                 emit(line)

@@ -24,7 +24,7 @@ from hemaseg.pipelines.export import DEFAULT_OPSET, SAMPLE, export_onnx
 
 MAX_BYTES = 10 * 1024 * 1024  # each bundled ONNX file stays under 10 MB
 # Models ONNX cannot hold, and the bundled model their task runs instead in the light install.
-FALLBACK = {"cells": "cells-unet"}
+FALLBACK = {"cells-maskrcnn": "cells"}
 
 
 def note_in_card(name: str, onnx: dict) -> None:

@@ -63,11 +63,13 @@ def test_light_segment_and_analyze_match_torch(tmp_path):
     light = np.asarray(Image.open(tmp_path / "light" / "BloodImage_00000.png"))
     torch_ = np.asarray(Image.open(tmp_path / "torch" / "BloodImage_00000.png"))
     assert light.shape == torch_.shape and (light == torch_).mean() >= 0.9999 and (light > 0).any()
-    # analyze: without torch the Mask R-CNN cells model gives way to the cells U-Net, and says so.
+    # analyze: the bundled cells U-Net runs on ONNX Runtime as on torch; asked for the Mask R-CNN
+    # (no ONNX file), the light install gives way to the U-Net and says so.
     res = _light(["analyze", str(SAMPLE), "--out", str(tmp_path / "light_a")], tmp_path)
     assert res.returncode == 0, res.stderr
-    assert "cells-unet instead" in res.stderr
-    ref = CliRunner().invoke(app, ["analyze", str(SAMPLE), "--out", str(tmp_path / "torch_a"), "--model", "cells-unet",
+    mrcnn = _light(["analyze", str(SAMPLE), "--out", str(tmp_path / "light_m"), "--model", "cells-maskrcnn"], tmp_path)
+    assert mrcnn.returncode == 0 and "cells instead" in mrcnn.stderr, mrcnn.stderr
+    ref = CliRunner().invoke(app, ["analyze", str(SAMPLE), "--out", str(tmp_path / "torch_a"), "--model", "cells",
                                    "--backend", "torch"])
     assert ref.exit_code == 0, ref.output
 

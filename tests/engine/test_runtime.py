@@ -107,9 +107,9 @@ def test_backend_choice(tiny_model_path, tiny_onnx, caplog):
 def test_without_torch_a_model_falls_back_to_the_one_its_card_names(monkeypatch, caplog):
     monkeypatch.setattr(runtime, "torch_available", lambda: False)
     with caplog.at_level(logging.WARNING):
-        model, card = load_runner("cells", backend="auto")  # the Mask R-CNN: no ONNX file
-    assert isinstance(model, OnnxRunner) and card["name"] == "cells-unet"
-    assert any("cells-unet instead" in r.getMessage() for r in caplog.records)
+        model, card = load_runner("cells-maskrcnn", backend="auto")  # the Mask R-CNN: no ONNX file
+    assert isinstance(model, OnnxRunner) and card["name"] == "cells"
+    assert any("cells instead" in r.getMessage() for r in caplog.records)
     with pytest.raises(HemasegUsageError, match="not installed"):
         load_runner("wbc", backend="torch")
 

@@ -45,7 +45,7 @@ def test_export_refusals_are_one_line(tiny_model_path, tmp_path):
     assert res.exit_code == 2 and "--format" in res.output and "onnx" in res.output
     res = runner.invoke(app, ["export", str(tiny_model_path), "--out", str(tmp_path / "m.bin")])
     assert res.exit_code == 2 and "--out" in res.output and ".onnx" in res.output
-    res = runner.invoke(app, ["export", "cells", "--out", str(tmp_path / "cells.onnx")])  # the Mask R-CNN
+    res = runner.invoke(app, ["export", "cells-maskrcnn", "--out", str(tmp_path / "cells.onnx")])  # the Mask R-CNN
     assert res.exit_code == 1 and "Mask R-CNN" in res.output and len(res.output.strip().splitlines()) == 1
     assert not (tmp_path / "cells.onnx").exists()
     res = runner.invoke(app, ["export", str(tmp_path / "nothing.safetensors"), "--out", str(tmp_path / "n.onnx")])

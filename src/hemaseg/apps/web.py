@@ -26,14 +26,21 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from hemaseg.core.vocabulary import CATEGORIES, NOT_IN_DIFFERENTIAL, WBC_TYPES
+from hemaseg.core.vocabulary import CATEGORIES, NOT_IN_DIFFERENTIAL
 from hemaseg.engine.tiling import DEFAULT_TILE
 from hemaseg.errors import HemasegError, HemasegInputError, HemasegUsageError
 from hemaseg.io.annotations import write_coco, write_cvat, write_results
 from hemaseg.io.images import IMAGE_SUFFIXES, read_image
 from hemaseg.io.writers import atomic_path, write_png, write_text
 from hemaseg.pipelines.analyze import MIN_CONFIDENCE, Analysis, analyze, differential, differential_size, draw_overlay
-from hemaseg.pipelines.report import MIN_DIFFERENTIAL, RESEARCH_ONLY, counts_csv, pooled_counts, pooled_types
+from hemaseg.pipelines.report import (
+    MIN_DIFFERENTIAL,
+    RESEARCH_ONLY,
+    counts_csv,
+    export_labels,
+    pooled_counts,
+    pooled_types,
+)
 from hemaseg.version import __version__
 
 log = logging.getLogger(__name__)
@@ -48,7 +55,6 @@ DOWNLOADS = {"results.json": "application/json", "counts.csv": "text/csv",
              "coco.json": "application/json", "cvat.xml": "application/xml"}
 # COCO / CVAT label list, as `hemaseg analyze --coco/--cvat` writes it; any further class name the
 # records carry (an unsure "wbc", "ig", "erythroblast") is appended after these.
-EXPORT_LABELS = ("rbc", "platelet", *WBC_TYPES)
 UNTYPED = "wbc"  # the class name of a WBC whose type is left for a person to decide
 
 
@@ -72,12 +78,6 @@ def confidence(record: dict) -> float:
     """The typer's calibrated probability of a WBC's most probable type (1.0 when it has none)."""
     probs = record.get("type_probs") or {"": 1.0}
     return float(max(probs.values()))
-
-
-def export_labels(entries: list[dict]) -> list[str]:
-    """:data:`EXPORT_LABELS`, then any further class name in ``entries`` (sorted)."""
-    extra = sorted({m["class_name"] for e in entries for m in e["masks"]} - set(EXPORT_LABELS))
-    return [*EXPORT_LABELS, *extra]
 
 
 def _png(image: np.ndarray) -> bytes:

@@ -26,7 +26,7 @@ from hemaseg.io.annotations import write_coco, write_cvat
 from hemaseg.io.images import pixel_size_um, read_image
 from hemaseg.io.writers import _jsonable, atomic_path, remove_temps, write_json, write_png, write_text
 from hemaseg.pipelines.analyze import MIN_CONFIDENCE, analyze, draw_overlay
-from hemaseg.pipelines.report import counts_csv, image_record, light_analysis, write_report_records
+from hemaseg.pipelines.report import counts_csv, export_labels, image_record, light_analysis, write_report_records
 from hemaseg.pipelines.segment import diameter_from_pixel_size
 from hemaseg.progress import track
 
@@ -247,7 +247,7 @@ def write_batch_files(out: str | Path, jobs: list[tuple[Path, str]], failed: lis
     write_report_records(out / "report.html", parts, failed, date=date)
     if cvat or coco:
         entries = [p["entry"] for p in parts]
-        labels = ["rbc", "platelet", "neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil"]
+        labels = export_labels(entries)
         if cvat:
             write_cvat(cvat, entries, labels)
         if coco:

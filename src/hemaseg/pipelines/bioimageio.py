@@ -211,7 +211,7 @@ def export_bioimageio(model, out: str | Path, sample: str | Path | None = None, 
 
     Parameters
     ----------
-    model : the model to export: ``wbc``, ``nuclei``, ``smear10``, ``cells-unet`` or a trained U-Net.
+    model : the model to export: ``wbc``, ``nuclei``, ``smear10``, ``cells`` or a trained U-Net.
     out : a ``.zip`` file (the package as bioimage.io distributes it) or a folder (unzipped; must be
         new or empty). Written only after the checks pass.
     sample : the photo the test input is cut from (default: the bundled BCCD sample).

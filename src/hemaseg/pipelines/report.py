@@ -18,6 +18,20 @@ from hemaseg.io.writers import atomic_path, write_text
 from hemaseg.pipelines.analyze import Analysis, differential, differential_size
 from hemaseg.version import __version__
 
+# The labels of the CVAT/COCO exports: red cells, platelets and every WBC type, in this order.
+EXPORT_LABELS = ("rbc", "platelet", *WBC_TYPES)
+
+
+def export_labels(entries: list[dict]) -> list[str]:
+    """:data:`EXPORT_LABELS`, then any further class name in ``entries`` (sorted): an untyped WBC
+    (``wbc``) or a PBC class (``ig``, ``erythroblast``) is exported under its own label, not lost.
+
+    >>> export_labels([{"masks": [{"class_name": "wbc"}, {"class_name": "rbc"}]}])[-1]
+    'wbc'
+    """
+    extra = sorted({m["class_name"] for e in entries for m in e["masks"]} - set(EXPORT_LABELS))
+    return [*EXPORT_LABELS, *extra]
+
 COUNT_COLUMNS = ["filename", "rbc", "wbc", "platelet", *WBC_TYPES,
                  *(f"{t}{s}" for t in WBC_TYPES for s in ("_pct", "_pct_lo", "_pct_hi"))]
 BATCH_ROW = "(all images)"  # counts.csv's last row: every photo of the batch pooled
