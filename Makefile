@@ -29,31 +29,27 @@ demo: $(VENV)/.installed
 	@echo "  $(DEMO)/counts.csv                    counts and differential per image"
 	@echo "  $(DEMO)/BloodImage_00000_overlay.png  outlines drawn on the photo"
 
-# The web page test (tests/apps/test_web.py) drives Debian's chromium: installed here when missing,
-# if apt-get exists and we are root (CI); otherwise that test skips and says why.
-browser:
-	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+# $(call apt_need,COMMANDS,PACKAGES,TEST): install Debian's PACKAGES when one of COMMANDS is missing, if
+# apt-get exists and we are root (CI); otherwise TEST skips and says why.
+define apt_need
+	@if ! { $(foreach c,$(1),command -v $(c) >/dev/null &&) true; }; then \
 	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
-	    echo "installing chromium and chromium-driver for tests/apps/test_web.py"; \
-	    export DEBIAN_FRONTEND=noninteractive; pkgs="chromium chromium-driver fonts-liberation"; \
+	    echo "installing $(2) for $(3)"; \
+	    export DEBIAN_FRONTEND=noninteractive; pkgs="$(2)"; \
 	    apt-get install -y -q --no-install-recommends $$pkgs >/dev/null 2>&1 || \
 	      { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends $$pkgs >/dev/null; } || \
-	      echo "could not install chromium: the web page test will skip"; \
-	  else echo "no chromium (and not root with apt-get): the web page test will skip"; fi; \
+	      echo "could not install $(2): $(3) will skip"; \
+	  else echo "no $(firstword $(1)) (and not root with apt-get): $(3) will skip"; fi; \
 	fi
+endef
 
-# The napari widget test (tests/apps/test_napari.py) needs an X display for OpenGL even offscreen:
-# pytest-xvfb starts Debian's Xvfb, installed here when missing (root with apt-get); else that test skips.
+# The web page test drives Debian's chromium.
+browser:
+	$(call apt_need,chromium chromedriver,chromium chromium-driver fonts-liberation,the web page test (tests/apps/test_web.py))
+
+# The napari widget test needs an X display for OpenGL even offscreen: pytest-xvfb starts Debian's Xvfb.
 display:
-	@if ! command -v Xvfb >/dev/null; then \
-	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
-	    echo "installing xvfb for tests/apps/test_napari.py"; \
-	    export DEBIAN_FRONTEND=noninteractive; pkgs="xvfb xauth"; \
-	    apt-get install -y -q --no-install-recommends $$pkgs >/dev/null 2>&1 || \
-	      { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends $$pkgs >/dev/null; } || \
-	      echo "could not install xvfb: the napari widget test will skip"; \
-	  else echo "no Xvfb (and not root with apt-get): the napari widget test will skip"; fi; \
-	fi
+	$(call apt_need,Xvfb,xvfb xauth,the napari widget test (tests/apps/test_napari.py))
 
 test: $(VENV)/.installed-dev browser display
 	$(BIN)/python -m pytest
