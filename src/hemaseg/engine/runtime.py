@@ -24,6 +24,7 @@ hemaseg imports neither.
 """
 from __future__ import annotations
 
+import importlib
 import logging
 from functools import lru_cache
 from pathlib import Path
@@ -40,23 +41,23 @@ TRAIN_EXTRA = "pip install 'hemaseg[train]'"
 
 
 @lru_cache(maxsize=None)
+def _importable(module: str) -> bool:
+    """``module`` can be imported (imported once to find out, as the backend would)."""
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
+
+
 def torch_available() -> bool:
     """torch can be imported (the ``train`` extra is installed)."""
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return _importable("torch")
 
 
-@lru_cache(maxsize=None)
 def onnxruntime_available() -> bool:
     """onnxruntime can be imported."""
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return _importable("onnxruntime")
 
 
 def require_torch(what: str) -> None:
