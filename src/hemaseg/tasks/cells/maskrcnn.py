@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -28,19 +27,7 @@ from hemaseg.models.registry import create_model, load_model, load_weights
 from hemaseg.progress import track
 from hemaseg.tasks.cells.infer import detect, to_input
 from hemaseg.tasks.cells.targets import CLASSES, LABEL_VALUES, UNKNOWN
-from hemaseg.tasks.cells.train import (
-    INPUT_SCALE,
-    box_annotations,
-    box_scales,
-    load_scaled,
-    photo_scale,
-    prepare,
-    score_instances,
-    val_items,
-)
-
-if TYPE_CHECKING:
-    pass
+from hemaseg.tasks.cells.train import box_annotations, box_scales, prepare, score_instances, training_photos, val_items
 
 # torch is imported inside the functions that need it: importing hemaseg does not import it.
 
@@ -95,8 +82,7 @@ def fit_maskrcnn(cfg, run: str | Path, resume: bool = False, progress: bool = Tr
     cfg, state = start_or_resume(cfg, TrainConfig, run, resume)
     train, val = prepare(cfg.data, run, cfg.seed, cfg.val_fraction, tuple(cfg.leave_out))
     boxes = box_annotations(cfg.data)
-    photo_scales = [photo_scale(boxes.get(Path(p).name, e)) for p, e in train]
-    train_items = [load_scaled(p, e, f, mark_unknown=False) for (p, e), f in zip(train, photo_scales)]
+    train_items, input_scale = training_photos(train, boxes, mark_unknown=False)
     val_set = val_items(boxes, val)
     diams = object_diameters([np.where((enc & 3) == 1, enc >> 2, 0) for _, enc in train_items])
 
@@ -122,7 +108,7 @@ def fit_maskrcnn(cfg, run: str | Path, resume: bool = False, progress: bool = Tr
         "normalization": {"type": "unit", "low": cfg.norm_low, "high": cfg.norm_high},
         "cell_diameter": float(np.median(diams)) if len(diams) else 34.0,
         "diameter_range": [float(v) for v in np.percentile(diams, [5, 95])] if len(diams) else [],
-        "input_scale": round(float(np.median(photo_scales)), 4) if photo_scales else INPUT_SCALE,
+        "input_scale": input_scale,
         "box_scale": box_scales(boxes, train),
         "training": {"data": cfg.data, "n_train": len(train_items), "n_val": len(val_set), "seed": cfg.seed,
                      "augment": cfg.augment, "scale_range": [cfg.scale_min, cfg.scale_max],

@@ -246,6 +246,15 @@ def load_scaled(path: Path, entry: dict, scale: float, mark_unknown: bool = True
     return image, enc
 
 
+def training_photos(train: list, boxes: dict[str, dict], mark_unknown: bool) -> tuple[list, float]:
+    """The training photos each at its :func:`photo_scale` (from its annotated red cells; ``boxes``
+    from :func:`box_annotations`), as (image, encoded map) pairs, and the median of those scales: the
+    model card's ``input_scale``, the first pass's scale at inference (INPUT_SCALE with no photo)."""
+    scales = [photo_scale(boxes.get(Path(p).name, e)) for p, e in train]
+    items = [load_scaled(p, e, f, mark_unknown=mark_unknown) for (p, e), f in zip(train, scales)]
+    return items, round(float(np.median(scales)), 4) if scales else INPUT_SCALE
+
+
 def truth_boxes(entry: dict, scale: float) -> list[tuple[str, tuple[float, float, float, float]]]:
     """(category, box) of an entry's objects at ``scale`` (the boxes the VOC metric scores against)."""
     out = []
@@ -270,8 +279,7 @@ def cells_data(cfg, run: Path, state: dict) -> tuple:
     train, val = prepare(cfg.data, run, cfg.seed, cfg.val_fraction, tuple(cfg.leave_out))
     boxes = box_annotations(cfg.data)
     scales = box_scales(boxes, train)
-    photo_scales = [photo_scale(boxes.get(Path(p).name, e)) for p, e in train]
-    train_items = [load_scaled(p, e, f, mark_unknown=cfg.ignore_unboxed) for (p, e), f in zip(train, photo_scales)]
+    train_items, input_scale = training_photos(train, boxes, cfg.ignore_unboxed)
     val_set = val_items(boxes, val)
     rbc_maps = [np.where((enc & 3) == 1, enc >> 2, 0) * (enc != 0xFFFF) for _, enc in train_items]
     diams = object_diameters(rbc_maps)
@@ -288,7 +296,7 @@ def cells_data(cfg, run: Path, state: dict) -> tuple:
         "diameter_range": [float(v) for v in np.percentile(diams, [5, 95])] if len(diams) else [],
         # The first pass's scale at inference (the red cells found there are measured and the photo
         # rescaled to cell_diameter): the median of the photos' training scales.
-        "input_scale": round(float(np.median(photo_scales)), 4) if photo_scales else INPUT_SCALE,
+        "input_scale": input_scale,
         "box_scale": scales,  # output boxes drawn as the training annotations draw them (see box_scales)
         "training": {"data": cfg.data, "n_train": len(train_items), "n_val": len(val_set), "seed": cfg.seed,
                      "leave_out": list(cfg.leave_out), "target_rbc_box": TARGET_RBC_BOX,

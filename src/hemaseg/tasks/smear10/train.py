@@ -4,7 +4,6 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -14,9 +13,6 @@ from hemaseg.io.datasets import read_smear_pairs
 from hemaseg.models.registry import load_card
 from hemaseg.tasks.smear10.classes import CLASSES, PALETTE
 from hemaseg.tasks.smear10.synth import CellBank, SynthConfig, compose, crop_key, image_seed, write_smear
-
-if TYPE_CHECKING:
-    pass
 
 # torch is imported inside the functions that need it: importing hemaseg does not import it.
 
