@@ -167,7 +167,7 @@ def test_bank_from_data_cuts_real_cells(tmp_path):
 
 def test_synth_cli_writes_seed002_folders(tmp_path):
     out = tmp_path / "syn"
-    res = runner.invoke(app, ["synth", "--n", "2", "--out", str(out), "--size", "96", "--seed", "3",
+    res = runner.invoke(app, ["synth", "--n", "2", "--out", str(out), "--size", "96", "--seed", "4",
                               "--wbc-crops", str(tmp_path / "crops")])
     assert res.exit_code == 0, res.output
     for sub, ext in (("images", "png"), ("segments", "png"), ("classes", "png"), ("instances", "png"),
@@ -185,7 +185,7 @@ def test_synth_cli_writes_seed002_folders(tmp_path):
         box = classes[o["tlY"]:o["tlY"] + o["bboxH"], o["tlX"]:o["tlX"] + o["bboxW"]]
         assert (box == o["classIdx"]).any()
     # --first continues a set (new names, new images) and --param changes one synthesis field
-    res = runner.invoke(app, ["synth", "--n", "1", "--out", str(out), "--size", "96", "--seed", "3", "--first", "2",
+    res = runner.invoke(app, ["synth", "--n", "1", "--out", str(out), "--size", "96", "--seed", "4", "--first", "2",
                               "--param", "dark_background=1.0"])
     assert res.exit_code == 0, res.output
     names = sorted(p.name for p in (out / "images").glob("*.png"))

@@ -34,6 +34,7 @@ BACKGROUND, EOSINOPHIL, BASOPHIL, NEUTROPHIL, LYMPHOCYTE, MONOCYTE, THROMBOCYTE,
 WBC_CLASSES = {"eosinophil": EOSINOPHIL, "basophil": BASOPHIL, "neutrophil": NEUTROPHIL,
                "lymphocyte": LYMPHOCYTE, "monocyte": MONOCYTE}
 PARTS = ("train", "val", "test")
+HEALTHY_TWIN = 10  # bank key (not a map class): healthy red cells painted from infected crops, drawn as HEALTHY
 
 
 @dataclass
@@ -58,6 +59,9 @@ class SynthConfig:
     dark_background: float = 0.08  # chance of a dark (grey to black) background as some composites use
     stain_jitter: float = 1.0  # strength of the per-image colour change (0: none)
     blur: tuple[float, float] = (0.0, 1.0)  # px, per image
+    real_infected: float = 0.7  # chance an infected red cell is a real MP-IDB crop (else parasites drawn)
+    twin_share: float = 0.25  # chance a healthy red cell is an MP-IDB cell with its parasite painted out
+    seed_style: float = 0.3  # chance of a composite made the way seed 002 made its own (:func:`compose`)
 
 
 def synth_config(params: list[str] | tuple[str, ...] = (), **fixed) -> SynthConfig:
@@ -317,6 +321,43 @@ def _round_cell(mask: np.ndarray, min_solidity: float = 0.9, fill: tuple[float, 
     return fill[0] <= ratio <= fill[1] and edge <= max_edge and _solidity(mask) >= min_solidity
 
 
+def malaria_cell_mask(image: np.ndarray, black: int = 14) -> np.ndarray | None:
+    """The cell of a crop whose background is masked black: the largest non-black region, holes
+    filled, its rim (blended with the black) eroded away; None when the crop is all black."""
+    from scipy import ndimage as ndi
+
+    lab, n = ndi.label(image[..., :3].max(-1) > black)
+    if n == 0:
+        return None
+    k = 1 + int(np.argmax(ndi.sum(np.ones_like(lab), lab, range(1, n + 1))))
+    m = ndi.binary_fill_holes(lab == k)
+    return cv2.erode(m.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+
+
+def parasite_mask(image: np.ndarray, cell: np.ndarray) -> np.ndarray:
+    """Stained spots inside a red cell: darker than the cell's median lightness (CIELAB L) by
+    more than its spread, or bluer (b) by more than 10, grown by 2 px and kept inside the cell."""
+    lab = cv2.cvtColor(np.ascontiguousarray(image[..., :3]), cv2.COLOR_RGB2LAB).astype(np.float32)
+    light, blue = lab[..., 0], lab[..., 2]
+    lm, bm, spread = np.median(light[cell]), np.median(blue[cell]), float(np.std(light[cell]))
+    spots = cell & ((light < lm - max(12.0, 1.2 * spread)) | (blue < bm - 10))
+    return cv2.dilate(spots.astype(np.uint8), np.ones((3, 3), np.uint8), iterations=2).astype(bool) & cell
+
+
+def healthy_twin(image: np.ndarray, cell: np.ndarray) -> np.ndarray:
+    """The infected red cell with its parasite painted out (OpenCV's Telea inpainting): a healthy
+    cell of the same lab, stain and blur, so the map must look for the parasite, not the look.
+
+    >>> yy, xx = np.mgrid[:40, :40]
+    >>> cell = (yy - 20) ** 2 + (xx - 20) ** 2 < 300
+    >>> img = np.zeros((40, 40, 3), np.uint8); img[cell] = (215, 160, 170); img[18:23, 18:23] = (90, 40, 140)
+    >>> int(healthy_twin(img, cell)[20, 20, 0]) > 180
+    True
+    """
+    spots = parasite_mask(image, cell)
+    return cv2.inpaint(np.ascontiguousarray(image[..., :3]), spots.astype(np.uint8), 5, cv2.INPAINT_TELEA)
+
+
 def _touches_border(box: tuple[int, int, int, int], w: int, h: int, margin: int = 2) -> bool:
     x1, y1, x2, y2 = box
     return x1 <= margin or y1 <= margin or x2 >= w - margin or y2 >= h - margin
@@ -336,7 +377,7 @@ class CellBank:
 
     def count(self) -> dict[str, int]:
         """Real crops per class name."""
-        return {CLASSES[k]: len(v) for k, v in sorted(self.crops.items())}
+        return {CLASSES[k] if k < len(CLASSES) else "healthy rbc (twin)": len(v) for k, v in sorted(self.crops.items())}
 
     def add(self, cls_index: int, crop: np.ndarray | None) -> None:
         if crop is not None and crop.shape[0] >= 4 and crop.shape[1] >= 4:
@@ -378,6 +419,9 @@ class CellBank:
                 k = central_instance(inst)
                 if k and 0.08 < (inst == k).mean() < 0.85 and _solidity(inst == k) >= 0.85:
                     bank.add(WBC_CLASSES[kind], _cut(img, inst == k))
+        bank._add_pbc(root, part, seed, held_out, max_per_class)
+        bank._add_malaria(root, part, seed, max_per_class)
+        bank._add_txl(root, part, seed, max_per_class, progress)
         xmls = sorted(p for p in root.rglob("Annotations/*.xml"))
         rng.shuffle(xmls)
         for xml in track(xmls, "cut BCCD cells", leave=False) if progress else xmls:
@@ -402,6 +446,79 @@ class CellBank:
             bank.backgrounds.append(tuple(np.percentile(img.reshape(-1, 3), 90, axis=0)))
         log.info("cell bank %s: %s", part, bank.count())
         return bank
+
+    def _add_pbc(self, root: Path, part: str, seed: int, held_out: set[str] | None, max_per_class: int) -> None:
+        """PBC (CellaVision) crops: the five WBC types and single platelets, each the central
+        stained object of its crop (:func:`hemaseg.classical.hsv_wbc_mask`), kept when solid."""
+        for folder in sorted(p for p in root.rglob("pbc") if p.is_dir() and (p / "basophil").is_dir()):
+            for kind in (*WBC_CLASSES, "platelet"):
+                target = WBC_CLASSES.get(kind, THROMBOCYTE)
+                paths = sorted((folder / kind).glob("*.jpg"))
+                taken = 0
+                for path in paths:
+                    if taken >= max_per_class // 3:  # PBC must not crowd out the other labs' cells
+                        break
+                    key = f"pbc/{path.stem}"
+                    if (_wbc_part(path, key, seed, held_out) if target != THROMBOCYTE else _part_of(key, seed)) != part:
+                        continue
+                    img = read_image(path)
+                    _, inst = hsv_wbc_mask(img)
+                    k = central_instance(inst)
+                    if not k:
+                        continue
+                    m = inst == k
+                    share = m.mean()
+                    ok = 0.005 < share < 0.05 if target == THROMBOCYTE else 0.04 < share < 0.6
+                    if ok and _solidity(m) >= (0.8 if target == THROMBOCYTE else 0.85):
+                        self.add(target, _cut(img, m))
+                        taken += 1
+
+    def _add_malaria(self, root: Path, part: str, seed: int, max_per_class: int) -> None:
+        """MP-IDB infected red cells (background masked black): the cell is the non-black region.
+        Each also gives a healthy twin, its parasite painted out (:func:`healthy_twin`), so that
+        infected and healthy cells of this lab differ only by the parasite."""
+        for folder in sorted(p for p in root.rglob("malaria-crops") if p.is_dir()):
+            for path in sorted(folder.glob("*/*.png"))[: 3 * max_per_class]:
+                photo = path.stem.rsplit("-", 1)[0]  # <photo>-<stage><k>
+                if _part_of(f"mpidb/{photo}", seed) != part:
+                    continue
+                img = read_image(path)
+                m = malaria_cell_mask(img)
+                if m is None or m.sum() < 150 or _solidity(m) < 0.85:
+                    continue
+                self.add(INFECTED, _cut(img, m))
+                self.add(HEALTHY_TWIN, _cut(healthy_twin(img, m), m))
+
+    def _add_txl(self, root: Path, part: str, seed: int, max_per_class: int, progress: bool) -> None:
+        """TXL-PBC fields of four labs (PBC, Raabin, BCCD, BCDD): red cells and platelets cut from
+        their boxes (:func:`hemaseg.classical.mask_in_box`). TXL's own split decides the part."""
+        from hemaseg.io.annotations import read_yolo
+
+        for folder in sorted(p for p in root.rglob("txl-pbc") if p.is_dir() and (p / "images").is_dir()):
+            entries = [e for e in read_yolo(folder) if Path(e["filename"]).parts[1:2] == (part,)]
+            np.random.default_rng(seed).shuffle(entries)
+            taken = {HEALTHY: 0, THROMBOCYTE: 0}
+            for e in track(entries, "cut TXL-PBC cells", leave=False) if progress else entries:
+                if taken[HEALTHY] >= max_per_class and taken[THROMBOCYTE] >= max_per_class // 3:
+                    break
+                img = read_image(folder / e["filename"])
+                h, w = img.shape[:2]
+                for rec in e["masks"]:
+                    target = {"rbc": HEALTHY, "platelet": THROMBOCYTE}.get(rec["category"])
+                    if target is None or taken[target] >= (max_per_class if target == HEALTHY else max_per_class // 3):
+                        continue
+                    b = rec["bounding_box"]
+                    box = (b["x1"], b["y1"], b["x2"], b["y2"])
+                    if _touches_border(box, w, h):
+                        continue
+                    m = mask_in_box(img, box)
+                    if not (_round_cell(m) if target == HEALTHY else _round_cell(m, 0.8, (0.2, 0.84), 0.4)):
+                        continue
+                    full = np.zeros((h, w), bool)
+                    full[box[1]:box[1] + m.shape[0], box[0]:box[0] + m.shape[1]] = m
+                    self.add(target, _cut(img, full))
+                    taken[target] += 1
+                self.backgrounds.append(tuple(np.percentile(img.reshape(-1, 3), 90, axis=0)))
 
     def save(self, path: str | Path) -> Path:
         """Cache as one .npz (crops are ragged: stored as flat arrays + shapes)."""
@@ -434,7 +551,14 @@ class CellBank:
     def cell(self, cls_index: int, diameter: float, rng: np.random.Generator, cfg: SynthConfig,
              wbc_kind: str = "", tone: np.ndarray | None = None) -> np.ndarray:
         """An RGBA cell of ``cls_index`` scaled so its equivalent diameter is ``diameter``."""
-        real = self.crops.get(HEALTHY if cls_index == INFECTED else cls_index, [])
+        parasites = cls_index == INFECTED
+        real = self.crops.get(cls_index, [])
+        if cls_index == INFECTED and not (real and rng.random() < cfg.real_infected):
+            cls_index, real = HEALTHY, self.crops.get(HEALTHY, [])  # a healthy cell, parasites drawn on it
+        elif cls_index == INFECTED:
+            parasites = False  # a real infected cell (MP-IDB) has its own parasite
+        if cls_index == HEALTHY and self.crops.get(HEALTHY_TWIN) and (not real or rng.random() < cfg.twin_share):
+            real = self.crops[HEALTHY_TWIN]
         if real and rng.random() < cfg.real_share:
             crop = real[int(rng.integers(len(real)))]
             own = 2 * np.sqrt(max((crop[..., 3] > 127).sum(), 1) / np.pi)
@@ -446,7 +570,7 @@ class CellBank:
             crop = procedural_platelet(diameter, rng)
         else:
             crop = procedural_wbc(wbc_kind or CLASSES[cls_index], diameter, rng)
-        if cls_index == INFECTED:
+        if parasites:
             crop = add_parasites(crop, rng)
         return crop
 
@@ -480,8 +604,14 @@ def _rotate(crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- composition
-def _background(size: int, rng: np.random.Generator, cfg: SynthConfig, bank: CellBank) -> np.ndarray:
-    """Plasma/glass: white, pink, yellowish (or a source slide's own colour, or dark), shaded and grainy."""
+def _background(size: int, rng: np.random.Generator, cfg: SynthConfig, bank: CellBank,
+                plain: bool = False) -> np.ndarray:
+    """Plasma/glass: white, pink, yellowish (or a source slide's own colour, or dark), shaded and grainy.
+    ``plain``: a flat white-to-pink background, as seed 002's composites have."""
+    if plain:
+        white, pink = np.array([250, 250, 250], np.float32), np.array([245, 215, 225], np.float32)
+        t = rng.uniform(0, 1)
+        return np.broadcast_to((1 - t) * white + t * pink, (size, size, 3)).astype(np.float32).copy()
     u = rng.random()
     if u < cfg.dark_background:
         tint = np.full(3, rng.uniform(0, 90)) + rng.uniform(-8, 8, 3)
@@ -541,10 +671,27 @@ def _free_spot(rng: np.random.Generator, size: int, placed: list[tuple[float, fl
     return best
 
 
+def seed_style(cfg: SynthConfig) -> SynthConfig:
+    """The look of seed 002's own composites: a field of whole real cells (infected only, healthy
+    only or mixed, one third each) pasted with hard edges on a plain white-to-pink background,
+    each cell keeping its own lab's colour (no stain change over the image, no blur), then one or
+    two WBCs, thrombocytes or clumps."""
+    from dataclasses import replace
+
+    return replace(cfg, rbc_modes=(1.0, 1.0, 1.0), rbc_coverage=(0.35, 0.85), overlap=0.45,
+                   wbc_counts=(0.1, 0.6, 0.3), thrombocytes=(0, 2), clump_probability=0.35, real_share=1.0,
+                   real_infected=1.0, feather=0.0, dark_background=0.0, stain_jitter=0.0, blur=(0.0, 0.0),
+                   seed_style=0.0)
+
+
 def compose(bank: CellBank, cfg: SynthConfig, rng: np.random.Generator) -> Smear:
-    """One synthetic smear: red cells (healthy/infected/mixed), then WBCs, thrombocytes, clumps."""
+    """One synthetic smear: red cells (healthy/infected/mixed), then WBCs, thrombocytes, clumps.
+    With chance ``cfg.seed_style`` the smear is made as seed 002 made its own (:func:`seed_style`)."""
+    plain = False
+    if cfg.seed_style > 0 and rng.random() < cfg.seed_style:
+        cfg, plain = seed_style(cfg), True
     size = cfg.size
-    canvas = _background(size, rng, cfg, bank)
+    canvas = _background(size, rng, cfg, bank, plain)
     classes = np.zeros((size, size), np.uint8)
     instances = np.zeros((size, size), np.uint16)
     names: dict[int, int] = {}
