@@ -1,22 +1,30 @@
 """smear10: the 10-class map on synthetic smears made from held-out crops, on stand-ins for other
-labs' composites, and on real photos (BCCD, wbc-seg) at the level of cell groups. Prints Markdown
-tables (also written to benchmarks/results/smear10.md) and writes docs/smear10_confusion.png and
-docs/smear10_real.jpg.
+labs' composites, on real photos (BCCD, TXL-PBC fields, wbc-seg) at the level of cell groups, and on
+the bundled sample photo. Prints Markdown tables (also written to benchmarks/results/smear10.md) and
+writes docs/smear10_confusion.png and docs/smear10_real.jpg (neither with --no-write).
 
-    python benchmarks/smear10.py [--model smear10] [--n 300] [--data ../shared/data]
+    python benchmarks/smear10.py [--model smear10] [--typer NAME] [--n 300] [--data ../shared/data]
+        [--held-out benchmarks/splits/wbc-type-3labs.json] [--max-fields N]
+        [--only synthetic,real,sample,speed] [--no-write]
 
 Synthetic test sets are composed with `hemaseg.tasks.smear10.synth` from the *test* crops (red cells and
-platelets split by source photo; WBCs from the WBC-type classifier's held-out crops, so neither
-model trained on them) with a fixed seed; the stand-ins change one thing each: procedural cells
-only, stronger re-staining, a magnification outside the trained range, crowding, dark
-backgrounds (grey to black, as some composites are pasted on).
+platelets split by source photo; WBCs from the WBC-type classifier's held-out crops, ``--held-out``,
+so neither model trained on them) with a fixed seed, all in our own look (``seed_style=0``); the
+stand-ins change one thing each: seed 002's own look (plain white-pink background, whole real
+cells, hard edges), procedural cells only, stronger re-staining, a magnification outside the trained
+range, crowding, dark backgrounds (grey to black, as some composites are pasted on). Rows are
+printed worst mean IoU first. Every WBC object is named by the WBC-type model ``--typer`` (default:
+the segmentation model card's own ``wbc_typing``).
 """
 from __future__ import annotations
 
 import argparse
+import csv
+import importlib.resources
 import json
 import tempfile
 import time
+from collections import Counter, defaultdict
 from dataclasses import replace
 from pathlib import Path
 
@@ -27,21 +35,46 @@ from record import write_result
 import hemaseg
 from hemaseg.engine.evaluate import select_split
 from hemaseg.engine.predict import get_model
+from hemaseg.errors import HemasegError, HemasegUsageError
+from hemaseg.io.annotations import read_yolo
 from hemaseg.io.datasets import find_pairs, load_pair, read_voc
 from hemaseg.io.images import read_image
 from hemaseg.tasks.smear10 import SMEAR10
-from hemaseg.tasks.smear10.classes import GROUPS
+from hemaseg.tasks.smear10.classes import CLASSES, GROUPS
 from hemaseg.tasks.smear10.synth import CellBank, SynthConfig, colour_map, compose, image_seed, write_smear
 from hemaseg.tasks.smear10.train import held_out_crops, load_bank
 
 HERE = Path(__file__).resolve().parent
 OUT: list[str] = []
 GROUP_NAMES = ("background", "rbc", "wbc", "platelet")
+TRUTH = ("RBC", "WBC", "platelet")  # confusion-table rows; row r's right group is column r + 1
+PARTS = ("synthetic", "real", "sample", "speed")
 
 
 def emit(line: str = "") -> None:
     print(line, flush=True)
     OUT.append(line)
+
+
+def with_typer(model, typer: str | None, device: str = "cpu") -> tuple:
+    """The loaded smear10 model (module, card) whose WBC objects are named by the WBC-type model
+    ``typer`` (None: the card's own ``wbc_typing``). ``get_model`` passes a (module, card) tuple
+    through, so a copied card with another ``wbc_typing`` reaches ``segment_smear`` through
+    ``hemaseg.segment`` and ``SMEAR10.evaluate`` alike; the cached card is left as it is."""
+    module, card = get_model(model, device)
+    if typer is None:
+        return module, card
+    names = get_model(typer, device)[1].get("classes") or []  # fail here, once, on a typer that does not load
+    # segment_smear writes the typer's top class into the map: it must be one of smear10's WBC classes
+    # (the 8-class wbc-type model's ig / erythroblast / platelet have no place in it).
+    wbc_classes = {CLASSES[k] for k in GROUPS["wbc"]}
+    if not names or set(names) - wbc_classes:
+        raise HemasegUsageError(typer, f"classes {names} are not all smear10 WBC classes ({', '.join(sorted(wbc_classes))})")
+    return module, {**card, "wbc_typing": typer}
+
+
+def typer_name(loaded: tuple) -> str:
+    return loaded[1].get("wbc_typing") or "none (the map's own WBC classes)"
 
 
 def restain(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -62,13 +95,15 @@ def make_set(out: Path, bank: CellBank, cfg: SynthConfig, n: int, seed: int, pos
     return out
 
 
-def synthetic(model: str, data: Path, n: int) -> None:
+def synthetic(model: str, loaded: tuple, data: Path, n: int, held_out: Path, write: bool) -> None:
     # The test part's WBCs are crops neither the segmentation model nor the WBC-type classifier
     # trained on (the classifier's held-out crops, split by hash between val and test).
-    test_bank = load_bank([str(data)], "test", 0, held_out=held_out_crops(HERE / "splits" / "wbc-type.json"))
-    base = SynthConfig()
+    test_bank = load_bank([str(data)], "test", 0, held_out=held_out_crops(held_out))
+    base = SynthConfig(seed_style=0.0)  # our own look; seed 002's is a set of its own
     sets = {
         "held-out crops (test)": (test_bank, base, None),
+        "seed-002 style (plain white-pink background, whole real cells, hard edges)":
+            (test_bank, replace(base, seed_style=1.0), None),
         "procedural cells only": (CellBank.procedural(), base, None),
         "held-out crops, re-stained": (test_bank, base, restain),
         "held-out crops, red cells 50-64 px (outside 20-44)": (test_bank, replace(base, size=320, rbc_diameter=(50, 64)),
@@ -77,19 +112,23 @@ def synthetic(model: str, data: Path, n: int) -> None:
                                                       None),
         "held-out crops, dark backgrounds": (test_bank, replace(base, dark_background=1.0), None),
     }
-    emit(f"### Synthetic smears, model `{model}`, {n} images per set (seed 1, crops of the test part: "
-         f"{', '.join(f'{k} {v}' for k, v in test_bank.count().items())})\n")
-    emit("| set | pixel accuracy | mean IoU | " + " | ".join(SMEAR10.classes[1:]) + " | s / image |")
-    emit("| --- | --- | --- | " + " | ".join("---" for _ in SMEAR10.classes[1:]) + " | --- |")
+    rows = []
     for name, (bank, cfg, post) in sets.items():
         with tempfile.TemporaryDirectory() as tmp:
             folder = make_set(Path(tmp), bank, cfg, n, 1, post)
-            png = HERE.parent / "docs" / "smear10_confusion.png" if name.startswith("held-out crops (") else None
-            res = SMEAR10.evaluate([folder], model, grid=png)
+            png = HERE.parent / "docs" / "smear10_confusion.png" if write and name.startswith("held-out crops (") else None
+            res = SMEAR10.evaluate([folder], loaded, grid=png)
         m = res["mean"]
         ious = " | ".join("-" if m["iou"][c] is None else f"{m['iou'][c]:.3f}" for c in SMEAR10.classes[1:])
         secs = np.mean([r["seconds"] for r in res["per_image"]])
-        emit(f"| {name} | {m['pixel_accuracy']:.3f} | {m['mean_iou']:.3f} | {ious} | {secs:.3f} |")
+        rows.append((m["mean_iou"], f"| {name} | {m['pixel_accuracy']:.3f} | {m['mean_iou']:.3f} | {ious} | {secs:.3f} |"))
+    emit(f"### Synthetic smears, model `{model}`, WBC typer `{typer_name(loaded)}`, {n} images per set (seed 1, "
+         f"crops of the test part, WBCs held out by {held_out.name}: "
+         f"{', '.join(f'{k} {v}' for k, v in test_bank.count().items())}); worst mean IoU first\n")
+    emit("| set | pixel accuracy | mean IoU | " + " | ".join(SMEAR10.classes[1:]) + " | s / image |")
+    emit("| --- | --- | --- | " + " | ".join("---" for _ in SMEAR10.classes[1:]) + " | --- |")
+    for _, line in sorted(rows, key=lambda r: r[0]):
+        emit(line)
     emit()
 
 
@@ -100,35 +139,110 @@ def _group(classes: np.ndarray) -> np.ndarray:
     return g
 
 
-def real(model: str, data: Path) -> None:
-    loaded = get_model(model)
+def box_group(g: np.ndarray, x1: int, y1: int, x2: int, y2: int) -> int:
+    """The predicted group (index into GROUP_NAMES) of a box: the most frequent cell group in the
+    ellipse of its central half; background when no cell pixel lies there."""
+    x1, y1, x2, y2 = max(0, int(x1)), max(0, int(y1)), min(g.shape[1], int(x2)), min(g.shape[0], int(y2))
+    if x2 <= x1 or y2 <= y1:
+        return 0
+    yy, xx = np.mgrid[y1:y2, x1:x2]
+    core = ((yy - (y1 + y2) / 2) / max(1, (y2 - y1) / 4)) ** 2 + ((xx - (x1 + x2) / 2) / max(1, (x2 - x1) / 4)) ** 2 <= 1
+    votes = np.bincount(g[y1:y2, x1:x2][core], minlength=4)
+    return int(votes[1:].argmax()) + 1 if votes[1:].any() else 0
+
+
+def emit_confusion(cm: np.ndarray) -> None:
+    emit("| truth \\ predicted | background | rbc | wbc | platelet | right group |")
+    emit("| --- | --- | --- | --- | --- | --- |")
+    for r, name in enumerate(TRUTH):
+        emit(f"| {name} ({cm[r].sum()}) | " + " | ".join(str(v) for v in cm[r]) + f" | {cm[r, r + 1] / max(cm[r].sum(), 1):.3f} |")
+    emit()
+
+
+def right_cells(cm: np.ndarray) -> tuple[float, list[str]]:
+    """(lowest right-group fraction over the rows that have boxes, one 'fraction (right/all)' cell per row)."""
+    fracs, cells = [], []
+    for r in range(3):
+        total = int(cm[r].sum())
+        if total == 0:
+            cells.append("-")
+            continue
+        fracs.append(cm[r, r + 1] / total)
+        cells.append(f"{fracs[-1]:.3f} ({cm[r, r + 1]}/{total})")
+    return (min(fracs) if fracs else float("nan")), cells
+
+
+def real(loaded: tuple, data: Path, max_fields: int | None, write: bool) -> None:
+    summary: dict[str, np.ndarray] = {}
+    scale: dict[str, tuple[list[float], list[float], list[float]]] = {}  # source: (estimates, box sides, ratios)
+
+    def field(img: np.ndarray, boxes, cm: np.ndarray, source: str) -> np.ndarray:
+        """Segment one field with the default scale estimate; count its boxes into ``cm`` and its scale into ``scale``."""
+        seg = hemaseg.segment(img, loaded)
+        g = _group(seg.classes)
+        sides = []
+        for row, (x1, y1, x2, y2) in boxes:
+            cm[row, box_group(g, x1, y1, x2, y2)] += 1
+            if row == 0:
+                sides.append(((x2 - x1) + (y2 - y1)) / 2)
+        est, box, ratio = scale.setdefault(source, ([], [], []))
+        est.append(seg.cell_diameter)
+        box += sides
+        if sides:
+            ratio.append(seg.cell_diameter / float(np.median(sides)))
+        return seg.classes
+
     root = data / "bccd" / "BCCD"
-    ids = (root / "ImageSets" / "Main" / "val.txt").read_text().split()
+    ids = (root / "ImageSets" / "Main" / "val.txt").read_text().split()[:max_fields]
     cm = np.zeros((3, 4), int)
     tiles = []
     for n, i in enumerate(ids):
         img = read_image(root / "JPEGImages" / f"{i}.jpg")
-        seg = hemaseg.segment(img, loaded)
-        g = _group(seg.classes)
-        for name, (x1, y1, x2, y2) in read_voc(root / "Annotations" / f"{i}.xml"):
-            row = {"RBC": 0, "WBC": 1, "Platelets": 2}.get(name)
-            if row is None:
-                continue
-            yy, xx = np.mgrid[y1:y2, x1:x2]
-            core = ((yy - (y1 + y2) / 2) / max(1, (y2 - y1) / 4)) ** 2 + ((xx - (x1 + x2) / 2) / max(1, (x2 - x1) / 4)) ** 2 <= 1
-            votes = np.bincount(g[y1:y2, x1:x2][core], minlength=4)
-            # The box's group: the most frequent cell group in its central half (background if no cell).
-            cm[row, int(votes[1:].argmax()) + 1 if votes[1:].any() else 0] += 1
+        boxes = [({"RBC": 0, "WBC": 1, "Platelets": 2}[name], box) for name, box in read_voc(root / "Annotations" / f"{i}.xml")
+                 if name in ("RBC", "WBC", "Platelets")]
+        classes = field(img, boxes, cm, "BCCD val (own VOC boxes)")
         if n < 2:
-            tiles.append(np.hstack([img, colour_map(seg.classes)]))
-    emit(f"### Real photos: BCCD validation ({len(ids)} photos), box centres by predicted group\n")
-    emit("| truth \\ predicted | background | rbc | wbc | platelet | right group |")
-    emit("| --- | --- | --- | --- | --- | --- |")
-    for r, name in enumerate(("RBC", "WBC", "platelet")):
-        emit(f"| {name} ({cm[r].sum()}) | " + " | ".join(str(v) for v in cm[r]) + f" | {cm[r, r + 1] / max(cm[r].sum(), 1):.3f} |")
+            tiles.append(np.hstack([img, colour_map(classes)]))
+    emit(f"### Real photos, WBC typer `{typer_name(loaded)}`: BCCD validation ({len(ids)} photos), "
+         "box centres by predicted group\n")
+    emit_confusion(cm)
+    summary["BCCD val (own VOC boxes)"] = cm
+
+    txl = data / "txl-pbc"
+    source_of = {r["image"]: r["source_dataset"] for r in csv.DictReader((txl / "sources.csv").open())}
+    by_source: dict[str, list[dict]] = defaultdict(list)
+    for e in read_yolo(txl):
+        if e["filename"].startswith("images/test/"):
+            by_source[source_of.get(Path(e["filename"]).name, "unknown")].append(e)
+    rows = {"rbc": 0, "wbc": 1, "platelet": 2}
+    for source in sorted(by_source):
+        entries = by_source[source][:max_fields]
+        cm = np.zeros((3, 4), int)
+        for e in entries:
+            boxes = [(rows[m["class_name"]], tuple(m["bounding_box"][c] for c in ("x1", "y1", "x2", "y2")))
+                     for m in e["masks"] if m["class_name"] in rows]
+            field(read_image(txl / e["filename"]), boxes, cm, f"TXL-PBC {source}")
+        emit(f"### Real photos, WBC typer `{typer_name(loaded)}`: TXL-PBC test fields from {source} ({len(entries)} of "
+             f"{len(by_source[source])} fields), box centres by predicted group\n")
+        emit_confusion(cm)
+        summary[f"TXL-PBC {source}"] = cm
+
+    emit("### Real photos: share of boxes in the right group per source (default scale estimate), worst first\n")
+    emit("| source | RBC | WBC | platelet |")
+    emit("| --- | --- | --- | --- |")
+    for _, cells, name in sorted((*right_cells(cm), name) for name, cm in summary.items()):
+        emit(f"| {name} | " + " | ".join(cells) + " |")
     emit()
+    emit("### Real photos: estimated red-cell diameter (Segmentation.cell_diameter) against the RBC boxes\n")
+    emit("| source | fields | median estimate (px) | median RBC box side (w+h)/2 (px) | median per-field estimate / box side |")
+    emit("| --- | --- | --- | --- | --- |")
+    for name, (est, box, ratio) in scale.items():
+        emit(f"| {name} | {len(est)} | {np.median(est):.1f} | " + (f"{np.median(box):.1f}" if box else "-") + " | "
+             + (f"{np.median(ratio):.2f}" if ratio else "-") + " |")
+    emit()
+
     split = HERE / "splits" / "wbc-seg.json"
-    pairs = select_split(find_pairs(data / "wbc-seg"), split)
+    pairs = select_split(find_pairs(data / "wbc-seg"), split)[:max_fields]
     inter = union = 0
     for k, p in enumerate(pairs):
         img, mask = load_pair(p)
@@ -136,20 +250,40 @@ def real(model: str, data: Path) -> None:
         pred, true = _group(seg.classes) == 2, mask > 0
         inter += (pred & true).sum()
         union += (pred | true).sum()
-        if k < 4:
+        if k < 4 and tiles:
             w = tiles[0].shape[1] // 2  # two wbc-seg pairs side by side span one BCCD row
             tiles.append(cv2.resize(np.hstack([img, colour_map(seg.classes)]), (w, w // 2),
                                     interpolation=cv2.INTER_NEAREST))
     emit(f"wbc-seg validation ({len(pairs)} crops of 120x120, one WBC each): IoU of the predicted WBC group "
          f"(any of the five types) with the annotated cell: **{inter / max(union, 1):.3f}**\n")
-    grid = np.vstack(tiles[:2] + [np.hstack(tiles[2:4]), np.hstack(tiles[4:6])] if len(tiles) >= 6 else tiles[:2])
-    cv2.imwrite(str(HERE.parent / "docs" / "smear10_real.jpg"), grid[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 85])
+    if write and tiles:
+        grid = np.vstack(tiles[:2] + [np.hstack(tiles[2:4]), np.hstack(tiles[4:6])] if len(tiles) >= 6 else tiles[:2])
+        cv2.imwrite(str(HERE.parent / "docs" / "smear10_real.jpg"), grid[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 85])
 
 
-def speed(model: str, repeats: int = 5) -> None:
-    loaded = get_model(model)
+def sample(loaded: tuple) -> None:
+    """The bundled sample photo (what `hemaseg segment --task smear10` reads without images), default scale estimate."""
+    ref = importlib.resources.files("hemaseg") / "samples" / "BloodImage_00000.jpg"
+    with importlib.resources.as_file(ref) as path:
+        img = read_image(path)
+    seg = hemaseg.segment(img, loaded)
+    objs = Counter((o["category"], o["class_name"]) for o in seg.objects)
+    wbc = {c: v for (g, c), v in objs.items() if g == "wbc"}
+    emit(f"### Bundled sample photo (BloodImage_00000.jpg, {img.shape[1]}x{img.shape[0]}; one neutrophil, no "
+         f"parasite), WBC typer `{typer_name(loaded)}`, default scale estimate\n")
+    emit("| estimated red-cell diameter (px) | scale | objects | WBC objects | infected rbc | thrombocyte | "
+         "platelet clump | healthy rbc |")
+    emit("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    names = ", ".join(f"{c} {v}" for c, v in sorted(wbc.items())) or "none"
+    emit(f"| {seg.cell_diameter:.1f} | {seg.scale:.2f} | {len(seg.objects)} | {sum(wbc.values())} ({names}) | "
+         f"{objs[('rbc', 'infected rbc')]} | {objs[('platelet', 'thrombocyte')]} | {objs[('platelet', 'platelet clump')]} | "
+         f"{objs[('rbc', 'healthy rbc')]} |")
+    emit()
+
+
+def speed(loaded: tuple, repeats: int = 5) -> None:
     rng = np.random.default_rng(0)
-    emit("### Speed (2 threads, scale check included)\n")
+    emit(f"### Speed (2 threads, scale check included, WBC typer `{typer_name(loaded)}`)\n")
     emit("| image | seconds |")
     emit("| --- | --- |")
     for size in ((224, 224), (480, 640)):
@@ -167,20 +301,45 @@ def speed(model: str, repeats: int = 5) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default="smear10")
+    ap.add_argument("--model", default="smear10", help="smear10 model: bundled name, .safetensors file or run folder")
+    ap.add_argument("--typer", default=None, help="WBC-type model naming each WBC object (default: the smear10 "
+                                                  "model card's own wbc_typing)")
     ap.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data")
-    ap.add_argument("--n", type=int, default=300)
+    ap.add_argument("--held-out", type=Path, default=HERE / "splits" / "wbc-type-3labs.json",
+                    help="split JSON whose 'val' crops are the WBCs of the synthetic test sets")
+    ap.add_argument("--n", type=int, default=300, help="synthetic images per set")
+    ap.add_argument("--max-fields", type=int, default=None, help="at most this many photos per real source "
+                                                                 "(BCCD val, each TXL-PBC source, wbc-seg); default all")
+    ap.add_argument("--only", default=",".join(PARTS), help=f"comma list of parts to run: {','.join(PARTS)}")
+    ap.add_argument("--no-write", action="store_true", help="print only: no results/smear10.md, no docs/ images")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
+    parts = [p.strip() for p in args.only.split(",") if p.strip()]
+    if not parts or set(parts) - set(PARTS):
+        ap.error(f"--only: expected a comma list of {', '.join(PARTS)}, got {args.only!r}")
+    if args.n < 1 or (args.max_fields is not None and args.max_fields < 1):
+        ap.error("--n and --max-fields: at least 1")
+    if "synthetic" in parts and not args.held_out.is_file():
+        ap.error(f"--held-out: {args.held_out} is not a file")
     import torch
 
     torch.set_num_threads(args.threads)
-    synthetic(args.model, args.data, args.n)
-    real(args.model, args.data)
-    speed(args.model)
-    card = get_model(args.model)[1]
-    emit(f"Model card: validation {json.dumps(card.get('metrics', {}).get('val', {}))}")
-    write_result("smear10", OUT)
+    try:
+        loaded = with_typer(args.model, args.typer)
+    except HemasegError as exc:
+        ap.error(f"--model/--typer: {exc}")
+    write = not args.no_write
+    if "synthetic" in parts:
+        synthetic(args.model, loaded, args.data, args.n, args.held_out, write)
+    if "real" in parts:
+        real(loaded, args.data, args.max_fields, write)
+    if "sample" in parts:
+        sample(loaded)
+    if "speed" in parts:
+        speed(loaded)
+    emit(f"Model card: validation {json.dumps(loaded[1].get('metrics', {}).get('val', {}))}")
+    if write:
+        write_result("smear10", OUT)
 
 
 if __name__ == "__main__":

@@ -176,6 +176,10 @@ class SmearParams:
     downscales : factors also tried when no red-cell size is given (cells larger than trained).
     min_side : px; a factor is not tried when it would make the image smaller than this.
     fallback_diameter : px, the trained red-cell diameter assumed when a card gives none.
+    agreement : two readings agree on the red-cell size when their estimates differ by less than
+        this factor (:func:`consensus_diameter`).
+    in_range : a reading's red cells count as seen at a size the model knows when they measure
+        within the card's ``diameter_range`` widened by this factor on both sides.
 
     Examples
     --------
@@ -186,6 +190,8 @@ class SmearParams:
     downscales: tuple[float, ...] = DOWNSCALES
     min_side: int = MIN_SIDE
     fallback_diameter: float = 32.0
+    agreement: float = 1.25
+    in_range: float = 1.1
 
 
 def cell_confidence(probs: np.ndarray) -> float:
@@ -196,15 +202,45 @@ def cell_confidence(probs: np.ndarray) -> float:
     return float(probs.max(0)[fg].mean()) if fg.any() else 0.0
 
 
+def consensus_diameter(readings: list[tuple[float, float | None, float]], trained_range: tuple[float, float],
+                       agreement: float = 1.25, in_range: float = 1.1) -> float | None:
+    """The red-cell diameter (px in the image) most readings agree on.
+
+    ``readings`` holds one ``(factor, measured, confidence)`` per scale the image was read at:
+    the red cells measured in the map of the image resized by ``factor`` (px of the image, None
+    if no red cell was seen) and :func:`cell_confidence`. A reading votes, with its confidence,
+    for ``measured`` only when the cells were seen at a size the model was trained on
+    (``measured * factor`` in ``trained_range``, widened by ``in_range``): there they are
+    measured right; far outside it they come out as fragments that measure small, but at one or
+    two scales, each a different size. The estimate with the most support from estimates within
+    ``agreement`` of it wins (their confidence-weighted geometric mean); None when no reading votes.
+
+    >>> r = [(1.0, 25.0, .8), (0.71, 42.0, .7), (0.5, 88.0, .8), (0.35, 90.0, .9), (0.25, 92.0, .85)]
+    >>> round(consensus_diameter(r, (20, 44)))    # 90 px cells: read right at 0.5, 0.35 and 0.25
+    90
+    >>> round(consensus_diameter([(1.0, 32.0, .9), (0.71, 33.0, .8), (0.5, 20.0, .6)], (20, 44)))
+    32
+    """
+    lo, hi = trained_range[0] / in_range, trained_range[1] * in_range
+    votes = [(m, c) for f, m, c in readings if m and lo <= m * f <= hi]
+    if not votes:
+        return None
+    tol = np.log(agreement)
+    support = [sum(c2 for d2, c2 in votes if abs(np.log(d2 / d)) < tol) for d, _ in votes]
+    best = int(np.argmax(support))
+    agreeing = [(d2, c2) for d2, c2 in votes if abs(np.log(d2 / votes[best][0])) < tol]
+    return float(np.exp(sum(np.log(d2) * c2 for d2, c2 in agreeing) / sum(c2 for _, c2 in agreeing)))
+
+
 def segment_smear(image: np.ndarray, model="smear10", cell_diameter: float | None = None, device: str = "cpu",
                   tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP, tta: bool | None = None,
                   params: SmearParams | None = None) -> Segmentation:
     """The 10-class map of an (H, W, 3) uint8 smear image (classes in :data:`~hemaseg.tasks.smear10.classes.CLASSES` order).
 
-    ``cell_diameter`` is the red-cell diameter in px. When None, the image is also read at the
-    smaller :data:`DOWNSCALES` and the most confident reading (:func:`cell_confidence`) wins
-    when it is one of them (big cells); otherwise the first pass's red cells are measured and
-    the image is rescaled if they fall outside the sizes the model was trained on.
+    ``cell_diameter`` is the red-cell diameter in px. When None, the image is read at 1x and at
+    the smaller :data:`DOWNSCALES`, the red cells of each reading are measured and the size most
+    readings agree on wins (:func:`consensus_diameter`); the image is then rescaled if that size
+    is outside the sizes the model was trained on.
     ``tta`` averages the final pass over the image and its three flips (4x its time); None: as the
     model card's ``tta`` says (the bundled model: on, as nnU-Net's test-time mirroring).
     """
@@ -217,19 +253,20 @@ def segment_smear(image: np.ndarray, model="smear10", cell_diameter: float | Non
     factor = smear_factor(card, cell_diameter) if cell_diameter else 1.0
     probs = None  # the final pass's, once known
     if cell_diameter is None:
-        probs = predict_probs(module, card, image, factor, tile, overlap, prange)
-        best, best_conf, best_probs = 1.0, cell_confidence(probs), probs
-        for f in sp.downscales:
-            if min(image.shape[:2]) * f < sp.min_side:
+        readings, maps = [], {}
+        for f in (1.0, *sp.downscales):
+            if f < 1.0 and min(image.shape[:2]) * f < sp.min_side:
                 break
-            p = predict_probs(module, card, image, f, tile, overlap, prange)
-            if (c := cell_confidence(p)) > best_conf:
-                best, best_conf, best_probs = f, c, p
-        factor, probs = best, best_probs
-        cell_diameter = rbc_diameter(probs.argmax(0))
-        new = smear_factor(card, cell_diameter) if best == 1.0 else best  # a downscale's reading is final
-        if new != factor:
-            factor, probs = new, None
+            maps[f] = predict_probs(module, card, image, f, tile, overlap, prange)
+            readings.append((f, rbc_diameter(maps[f].argmax(0)), cell_confidence(maps[f])))
+        lo, hi = card.get("diameter_range") or [sp.fallback_diameter] * 2
+        cell_diameter = consensus_diameter(readings, (lo, hi), sp.agreement, sp.in_range)
+        if cell_diameter is None:  # no reading saw red cells at a known size: the most confident one
+            best = max(readings, key=lambda r: r[2])
+            factor, probs = best[0], maps[best[0]]
+        else:
+            factor = smear_factor(card, cell_diameter)
+            probs = maps.get(factor)
     if probs is None or tta:
         probs = predict_probs(module, card, image, factor, tile, overlap, prange, tta=tta)
     classes = probs.argmax(0).astype(np.uint8)
