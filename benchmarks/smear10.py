@@ -65,11 +65,11 @@ def with_typer(model, typer: str | None, device: str = "cpu") -> tuple:
     if typer is None:
         return module, card
     names = get_model(typer, device)[1].get("classes") or []  # fail here, once, on a typer that does not load
-    # segment_smear writes the typer's top class into the map: it must be one of smear10's WBC classes
-    # (the 8-class wbc-type model's ig / erythroblast / platelet have no place in it).
+    # segment_smear names each WBC object by the typer's most probable of the map's five WBC types
+    # (the 8-class wbc-type model's ig / erythroblast / platelet are left out): it must know all five.
     wbc_classes = {CLASSES[k] for k in GROUPS["wbc"]}
-    if not names or set(names) - wbc_classes:
-        raise HemasegUsageError(typer, f"classes {names} are not all smear10 WBC classes ({', '.join(sorted(wbc_classes))})")
+    if wbc_classes - set(names):
+        raise HemasegUsageError(typer, f"classes {names} miss smear10 WBC classes ({', '.join(sorted(wbc_classes))})")
     return module, {**card, "wbc_typing": typer}
 
 

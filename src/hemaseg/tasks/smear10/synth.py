@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 from hemaseg.classical import central_instance, hsv_wbc_mask, mask_in_box
+from hemaseg.io.annotations import read_yolo
 from hemaseg.io.datasets import find_labelled_cells, read_voc
 from hemaseg.io.images import read_image, read_mask
 from hemaseg.io.writers import write_json, write_png
@@ -492,8 +493,6 @@ class CellBank:
     def _add_txl(self, root: Path, part: str, seed: int, max_per_class: int, progress: bool) -> None:
         """TXL-PBC fields of four labs (PBC, Raabin, BCCD, BCDD): red cells and platelets cut from
         their boxes (:func:`hemaseg.classical.mask_in_box`). TXL's own split decides the part."""
-        from hemaseg.io.annotations import read_yolo
-
         for folder in sorted(p for p in root.rglob("txl-pbc") if p.is_dir() and (p / "images").is_dir()):
             entries = [e for e in read_yolo(folder) if Path(e["filename"]).parts[1:2] == (part,)]
             np.random.default_rng(seed).shuffle(entries)
