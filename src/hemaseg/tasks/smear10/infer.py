@@ -184,7 +184,8 @@ class SmearParams:
     in_range : a reading's red cells count as seen at a size the model knows when they measure
         within the card's ``diameter_range`` widened by this factor on both sides.
     clump_ratio : a platelet object (thrombocyte or clump) wider than this many red-cell diameters
-        is a clump, a narrower one a single thrombocyte (:func:`platelets_by_size`); None: the
+        is a clump, a narrower one a single thrombocyte (:func:`platelets_by_size`, e.g. 0.55);
+        None (the default: on the validation composites 0.55 changed mean IoU by -0.0003): the
         network's vote decides.
 
     Examples
@@ -198,7 +199,7 @@ class SmearParams:
     fallback_diameter: float = 32.0
     agreement: float = 1.25
     in_range: float = 1.1
-    clump_ratio: float | None = 0.55
+    clump_ratio: float | None = None
 
 
 THROMBOCYTE, CLUMP = CLASSES.index("thrombocyte"), CLASSES.index("platelet clump")
