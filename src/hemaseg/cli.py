@@ -343,7 +343,7 @@ def train(
     replay: Optional[List[str]] = typer.Option(None, help="wbc-type with --init: labelled crops of the labs the "
                                                        "fine-tune must not forget (drawn half the time)"),
     held_out: Optional[str] = typer.Option(None, help="smear10: split JSON whose 'val' crops stay out of training "
-                                                      "(the WBC-type classifier's: benchmarks/splits/wbc-type.json)"),
+                                                      "(the WBC-type classifier's: benchmarks/splits/wbc-type-3labs.json)"),
     unboxed: Optional[str] = typer.Option(None, help="cells (U-Net): stained pixels outside every box are 'ignore'd by "
                                                "the loss (learn every cell) or taught as 'background' (learn the "
                                                "boxes as they are; a detector such as maskrcnn always does)"),
