@@ -61,6 +61,8 @@ class SynthConfig:
     stain_jitter: float = 1.0  # strength of the per-image colour change (0: none)
     blur: tuple[float, float] = (0.0, 1.0)  # px, per image
     real_infected: float = 0.7  # chance an infected red cell is a real MP-IDB crop (else parasites drawn)
+    overlap_darken: float = 0.5  # chance that red cells lying on one another darken where they overlap, as light does
+    refractile: float = 0.15  # chance a healthy red cell carries bright refractile dots (no parasite)
     twin_share: float = 0.25  # chance a healthy red cell is an MP-IDB cell with its parasite painted out
     seed_style: float = 0.3  # chance of a composite made the way seed 002 made its own (:func:`compose`)
 
@@ -194,6 +196,32 @@ def add_parasites(cell: np.ndarray, rng: np.random.Generator) -> np.ndarray:
                     cv2.circle(ink, (int(xs[j]), int(ys[j])), 1, 1.0, -1)
     ink = np.minimum(ink, 1) * (a > 0.3)
     out[..., :3] = out[..., :3] * (1 - ink[..., None]) + purple * ink[..., None]
+    return out.clip(0, 255).astype(np.uint8)
+
+
+def add_refractile_dots(cell: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """1-3 bright refractile dots (glare of a drying artefact, with a thin dark halo) on an RGBA red
+    cell: what a healthy cell often shows on a real slide and a parasite never looks like.
+
+    >>> yy, xx = np.mgrid[:30, :30]
+    >>> cell = np.zeros((30, 30, 4), np.uint8); cell[(yy - 15) ** 2 + (xx - 15) ** 2 < 144] = (200, 120, 130, 255)
+    >>> int(add_refractile_dots(cell, np.random.default_rng(0))[..., :3].max()) > 230
+    True
+    """
+    out = cell.astype(np.float32)
+    h, w = cell.shape[:2]
+    inside = np.argwhere(cell[..., 3] > 200)
+    if len(inside) == 0:
+        return cell
+    d = 2 * np.sqrt(len(inside) / np.pi)
+    yy, xx = np.mgrid[:h, :w]
+    for _ in range(int(rng.integers(1, 4))):
+        cy, cx = inside[int(rng.integers(len(inside)))]
+        r = max(0.8, d * rng.uniform(0.03, 0.07))
+        dist = np.hypot(yy - cy, xx - cx)
+        halo = np.clip(1 - np.abs(dist - 1.6 * r) / r, 0, 1)[..., None] * 0.25
+        core = np.clip(1.5 - dist / r, 0, 1)[..., None]
+        out[..., :3] = out[..., :3] * (1 - halo) * (1 - core) + 250 * core
     return out.clip(0, 255).astype(np.uint8)
 
 
@@ -626,8 +654,11 @@ def _background(size: int, rng: np.random.Generator, cfg: SynthConfig, bank: Cel
 
 
 def _paste(canvas: np.ndarray, classes: np.ndarray, instances: np.ndarray, crop: np.ndarray, cx: float, cy: float,
-           cls_index: int, inst_id: int, feather: float) -> bool:
-    """Alpha-blend an RGBA crop centred at (cx, cy); write its class/instance where alpha > 0.5."""
+           cls_index: int, inst_id: int, feather: float, transmit: np.ndarray | None = None) -> bool:
+    """Alpha-blend an RGBA crop centred at (cx, cy); write its class/instance where alpha > 0.5.
+    ``transmit`` (the plasma's RGB): where the crop lies on a red cell already pasted, both absorb
+    light, as overlapping cells on a slide do (the cell's transmission, crop / plasma, multiplies
+    what is under it) instead of the crop covering it."""
     h, w = crop.shape[:2]
     H, W = classes.shape
     x0, y0 = int(round(cx - w / 2)), int(round(cy - h / 2))
@@ -639,7 +670,12 @@ def _paste(canvas: np.ndarray, classes: np.ndarray, instances: np.ndarray, crop:
     hard = a > 0.5
     if feather > 0:
         a = cv2.GaussianBlur(a, (0, 0), feather)
-    canvas[Y1:Y2, X1:X2] = canvas[Y1:Y2, X1:X2] * (1 - a[..., None]) + part[..., :3] * a[..., None]
+    colour = part[..., :3]
+    if transmit is not None:
+        under = np.isin(classes[Y1:Y2, X1:X2], (HEALTHY, INFECTED))[..., None]
+        stacked = canvas[Y1:Y2, X1:X2] * np.clip(colour / np.maximum(transmit, 1.0), 0.0, 1.0)
+        colour = np.where(under, stacked, colour)
+    canvas[Y1:Y2, X1:X2] = canvas[Y1:Y2, X1:X2] * (1 - a[..., None]) + colour * a[..., None]
     classes[Y1:Y2, X1:X2][hard] = cls_index
     instances[Y1:Y2, X1:X2][hard] = inst_id
     return bool(hard.any())
@@ -680,7 +716,7 @@ def seed_style(cfg: SynthConfig) -> SynthConfig:
     return replace(cfg, rbc_modes=(1.0, 1.0, 1.0), rbc_coverage=(0.35, 0.85), overlap=0.45,
                    wbc_counts=(0.1, 0.6, 0.3), thrombocytes=(0, 2), clump_probability=0.35, real_share=1.0,
                    real_infected=1.0, feather=0.0, dark_background=0.0, stain_jitter=0.0, blur=(0.0, 0.0),
-                   seed_style=0.0)
+                   seed_style=0.0, overlap_darken=0.0, refractile=0.0)
 
 
 def compose(bank: CellBank, cfg: SynthConfig, rng: np.random.Generator) -> Smear:
@@ -698,10 +734,17 @@ def compose(bank: CellBank, cfg: SynthConfig, rng: np.random.Generator) -> Smear
     tone = rng.uniform(*RBC_TONES)
     next_id = 1
 
+    plasma = canvas.reshape(-1, 3).mean(0)
+    darken = rng.random() < cfg.overlap_darken
+
     def put(cls_index: int, d: float, x: float, y: float, kind: str = "") -> None:
         nonlocal next_id
-        crop = _rotate(bank.cell(cls_index, d, rng, cfg, kind, tone), rng)
-        if _paste(canvas, classes, instances, crop, x, y, cls_index, next_id, cfg.feather):
+        crop = bank.cell(cls_index, d, rng, cfg, kind, tone)
+        if cls_index == HEALTHY and cfg.refractile > 0 and rng.random() < cfg.refractile:
+            crop = add_refractile_dots(crop, rng)
+        crop = _rotate(crop, rng)
+        transmit = plasma if darken and cls_index in (HEALTHY, INFECTED) else None
+        if _paste(canvas, classes, instances, crop, x, y, cls_index, next_id, cfg.feather, transmit):
             names[next_id] = cls_index
             next_id += 1
 
