@@ -387,6 +387,21 @@ def healthy_twin(image: np.ndarray, cell: np.ndarray) -> np.ndarray:
     return cv2.inpaint(np.ascontiguousarray(image[..., :3]), spots.astype(np.uint8), 5, cv2.INPAINT_TELEA)
 
 
+def _box_cell(image: np.ndarray, box: tuple[int, int, int, int], target: int) -> np.ndarray | None:
+    """The RGBA crop of the red cell or platelet (``target``) in a detection box of a photo
+    (:func:`hemaseg.classical.mask_in_box`), or None when the box touches the photo's border or
+    the cell is not a clean, whole one (:func:`_round_cell`; platelets less round)."""
+    h, w = image.shape[:2]
+    if _touches_border(box, w, h):
+        return None
+    m = mask_in_box(image, box)
+    if not (_round_cell(m) if target == HEALTHY else _round_cell(m, 0.8, (0.2, 0.84), 0.4)):
+        return None
+    full = np.zeros((h, w), bool)
+    full[box[1]:box[1] + m.shape[0], box[0]:box[0] + m.shape[1]] = m
+    return _cut(image, full)
+
+
 def _touches_border(box: tuple[int, int, int, int], w: int, h: int, margin: int = 2) -> bool:
     x1, y1, x2, y2 = box
     return x1 <= margin or y1 <= margin or x2 >= w - margin or y2 >= h - margin
@@ -460,18 +475,11 @@ class CellBank:
             if not jpg.exists():
                 continue
             img = read_image(jpg)
-            h, w = img.shape[:2]
             for name, box in read_voc(xml):
                 target = {"rbc": HEALTHY, "platelets": THROMBOCYTE, "platelet": THROMBOCYTE}.get(name.lower())
-                if target is None or len(bank.crops.get(target, [])) >= max_per_class or _touches_border(box, w, h):
+                if target is None or len(bank.crops.get(target, [])) >= max_per_class:
                     continue
-                x1, y1, x2, y2 = box
-                m = mask_in_box(img, box)
-                if not (_round_cell(m) if target == HEALTHY else _round_cell(m, 0.8, (0.2, 0.84), 0.4)):
-                    continue
-                full = np.zeros((h, w), bool)
-                full[y1:y1 + m.shape[0], x1:x1 + m.shape[1]] = m
-                bank.add(target, _cut(img, full))
+                bank.add(target, _box_cell(img, box, target))
             bank.backgrounds.append(tuple(np.percentile(img.reshape(-1, 3), 90, axis=0)))
         log.info("cell bank %s: %s", part, bank.count())
         return bank
@@ -529,22 +537,15 @@ class CellBank:
                 if taken[HEALTHY] >= max_per_class and taken[THROMBOCYTE] >= max_per_class // 3:
                     break
                 img = read_image(folder / e["filename"])
-                h, w = img.shape[:2]
                 for rec in e["masks"]:
                     target = {"rbc": HEALTHY, "platelet": THROMBOCYTE}.get(rec["category"])
                     if target is None or taken[target] >= (max_per_class if target == HEALTHY else max_per_class // 3):
                         continue
                     b = rec["bounding_box"]
-                    box = (b["x1"], b["y1"], b["x2"], b["y2"])
-                    if _touches_border(box, w, h):
-                        continue
-                    m = mask_in_box(img, box)
-                    if not (_round_cell(m) if target == HEALTHY else _round_cell(m, 0.8, (0.2, 0.84), 0.4)):
-                        continue
-                    full = np.zeros((h, w), bool)
-                    full[box[1]:box[1] + m.shape[0], box[0]:box[0] + m.shape[1]] = m
-                    self.add(target, _cut(img, full))
-                    taken[target] += 1
+                    crop = _box_cell(img, (b["x1"], b["y1"], b["x2"], b["y2"]), target)
+                    if crop is not None:
+                        self.add(target, crop)
+                        taken[target] += 1
                 self.backgrounds.append(tuple(np.percentile(img.reshape(-1, 3), 90, axis=0)))
 
     def save(self, path: str | Path) -> Path:
