@@ -19,8 +19,8 @@ from hemaseg.engine.predict import get_model
 from hemaseg.engine.runtime import as_runner
 from hemaseg.errors import HemasegError
 from hemaseg.io.writers import write_text
-from hemaseg.models.registry import WEIGHTS_DIR
-from hemaseg.pipelines.export import DEFAULT_OPSET, SAMPLE, export_onnx
+from hemaseg.models.registry import SAMPLE_PHOTO, WEIGHTS_DIR
+from hemaseg.pipelines.export import DEFAULT_OPSET, export_onnx
 
 MAX_BYTES = 10 * 1024 * 1024  # each bundled ONNX file stays under 10 MB
 # Models ONNX cannot hold, and the bundled model their task runs instead in the light install.
@@ -42,7 +42,7 @@ def decide_auto(name: str, card: dict) -> dict:
     pipeline on the bundled sample photo (the same label and instance maps for a U-Net, the same
     type and probabilities within 1e-3 for a classifier), and it is faster (median of 3 passes of the
     network on a 1024 x 1024 tile, this machine's threads)."""
-    image = read_image(SAMPLE)
+    image = read_image(SAMPLE_PHOTO)
     if card["architecture"]["name"] == "wbc-classifier":
         crops = [image[y:y + 160, x:x + 160] for y in (60, 200, 300) for x in (80, 260, 420)]
         p = {b: np.array([list(classify(c, model=name, backend=b).values()) for c in crops]) for b in ("torch", "onnx")}

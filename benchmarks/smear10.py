@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib.resources
 import json
 import tempfile
 import time
@@ -39,6 +38,7 @@ from hemaseg.errors import HemasegError, HemasegUsageError
 from hemaseg.io.annotations import read_yolo
 from hemaseg.io.datasets import find_pairs, load_pair, read_voc
 from hemaseg.io.images import read_image
+from hemaseg.models.registry import SAMPLE_PHOTO
 from hemaseg.tasks.smear10 import SMEAR10
 from hemaseg.tasks.smear10.classes import CLASSES, GROUPS
 from hemaseg.tasks.smear10.synth import CellBank, SynthConfig, colour_map, compose, image_seed, write_smear
@@ -263,9 +263,7 @@ def real(loaded: tuple, data: Path, max_fields: int | None, write: bool) -> None
 
 def sample(loaded: tuple) -> None:
     """The bundled sample photo (what `hemaseg segment --task smear10` reads without images), default scale estimate."""
-    ref = importlib.resources.files("hemaseg") / "samples" / "BloodImage_00000.jpg"
-    with importlib.resources.as_file(ref) as path:
-        img = read_image(path)
+    img = read_image(SAMPLE_PHOTO)
     seg = hemaseg.segment(img, loaded)
     objs = Counter((o["category"], o["class_name"]) for o in seg.objects)
     wbc = {c: v for (g, c), v in objs.items() if g == "wbc"}

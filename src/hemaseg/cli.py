@@ -25,7 +25,7 @@ from hemaseg.io.convert import convert as run_convert
 from hemaseg.io.images import IMAGE_SUFFIXES, list_images, open_image, pixel_size_um, read_image
 from hemaseg.io.outputs import output_stems, write_segmentation
 from hemaseg.io.writers import check_output, write_json, write_png, write_text
-from hemaseg.models.registry import WEIGHTS_DIR, card_figures, list_models
+from hemaseg.models.registry import SAMPLE_PHOTO, WEIGHTS_DIR, card_figures, list_models
 from hemaseg.pipelines.analyze import MIN_CONFIDENCE
 from hemaseg.pipelines.batch import BatchOptions, dask_client, is_done, prepare_batch, run_photos, write_batch_files
 from hemaseg.pipelines.export import EXPORTERS
@@ -188,8 +188,7 @@ def analyze(
         typer.echo(f"--tile: not used by {model}, a Mask R-CNN model (it reads each image whole)", err=True)
     tile = tile or DEFAULT_TILE
     if not images:
-        sample = Path(__file__).parent / "samples" / "BloodImage_00000.jpg"
-        images = [str(sample)]
+        images = [str(SAMPLE_PHOTO)]
     paths = list_images(images)
     if not paths:
         _fail(" ".join(images), "no images found")

@@ -15,10 +15,11 @@ import pytest
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("GALLIUM_DRIVER", "softpipe")
 
-from hemaseg.apps.napari import RUNS, SAMPLE, TYPE_COLOURS, as_rgb, cell_layers  # noqa: E402
+from hemaseg.apps.napari import RUNS, TYPE_COLOURS, as_rgb, cell_layers  # noqa: E402
 from hemaseg.core.vocabulary import CATEGORIES  # noqa: E402
 from hemaseg.errors import HemasegUsageError  # noqa: E402
 from hemaseg.io.images import read_image  # noqa: E402
+from hemaseg.models.registry import SAMPLE_PHOTO as SAMPLE  # noqa: E402
 from hemaseg.pipelines.analyze import CATEGORY_COLOURS, analyze  # noqa: E402
 from hemaseg.pipelines.segment import segment  # noqa: E402
 

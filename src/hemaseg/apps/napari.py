@@ -9,7 +9,6 @@ them: the module imports without the ``[napari]`` extra.
 """
 import sys
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -17,13 +16,13 @@ from scipy import ndimage as ndi
 from hemaseg.core.vocabulary import CATEGORIES
 from hemaseg.errors import HemasegUsageError
 from hemaseg.io.images import read_image, to_uint8
+from hemaseg.models.registry import SAMPLE_PHOTO
 from hemaseg.pipelines.analyze import CATEGORY_COLOURS, MIN_CONFIDENCE, analyze
 from hemaseg.pipelines.segment import segment
 from hemaseg.tasks import get_task
 
 # What the widget runs: the whole-smear analysis (every cell, each WBC typed), or one task's model.
 RUNS = ("analyze", "wbc", "nuclei", "smear10", "cells")
-SAMPLE = Path(__file__).resolve().parent.parent / "samples" / "BloodImage_00000.jpg"
 # Point colour per type of an analysis (RGB): the report's category colours, one per WBC type;
 # an untyped ("unsure") WBC stays white.
 TYPE_COLOURS = {**CATEGORY_COLOURS, "wbc": (255, 255, 255), "neutrophil": (0, 200, 255),
@@ -210,4 +209,4 @@ def make_widget():
 
 def sample_data() -> list[tuple]:
     """napari sample data: the bundled BCCD smear photo (BloodImage_00000.jpg, 640x480)."""
-    return [(read_image(SAMPLE), {"name": SAMPLE.stem, "rgb": True}, "image")]
+    return [(read_image(SAMPLE_PHOTO), {"name": SAMPLE_PHOTO.stem, "rgb": True}, "image")]

@@ -42,6 +42,8 @@ def create_model(name: str, **kwargs) -> nn.Module:
 # ---- model cards ---------------------------------------------------------------------------
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+# The bundled sample photo (BCCD, 640x480, one neutrophil): what the demo, exports and viewers open.
+SAMPLE_PHOTO = WEIGHTS_DIR.parent / "samples" / "BloodImage_00000.jpg"
 
 
 def save_file(tensors: dict, filename: str) -> None:

@@ -34,12 +34,11 @@ from hemaseg.data.transforms import normalize
 from hemaseg.engine.runtime import require_torch, softmax
 from hemaseg.errors import HemasegInputError, HemasegUsageError
 from hemaseg.io.images import read_image
-from hemaseg.models.registry import WEIGHTS_DIR, card_figures, load_model
+from hemaseg.models.registry import SAMPLE_PHOTO, card_figures, load_model
 from hemaseg.pipelines.segment import segment
 from hemaseg.tasks import get_task
 from hemaseg.version import __version__
 
-SAMPLE = WEIGHTS_DIR.parent / "samples" / "BloodImage_00000.jpg"
 UNETS = ("unet-dropout", "smp-unet")
 DEFAULT_TEST_SIZE = 256  # side of the square test input (px), rounded down to the network's stride
 COVER_HEIGHT = 256  # px; a cover from a smaller test input is enlarged by a whole factor to at least this
@@ -247,7 +246,7 @@ def export_bioimageio(model, out: str | Path, sample: str | Path | None = None, 
     module = module.to(memory_format=torch.contiguous_format).eval()
     stride = int(getattr(module, "stride", 32))
     task = get_task(card.get("task", "wbc"))
-    image = read_image(sample or SAMPLE)
+    image = read_image(sample or SAMPLE_PHOTO)
     if scale is None:
         scale = float(segment(image, model=model).scale)
     elif not 0 < scale <= 16:

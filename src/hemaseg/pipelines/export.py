@@ -25,13 +25,12 @@ from hemaseg.engine.runtime import OnnxRunner, TorchRunner, require_torch, softm
 from hemaseg.errors import HemasegInputError, HemasegUsageError
 from hemaseg.io.images import read_image
 from hemaseg.io.writers import atomic_path, write_json
-from hemaseg.models.registry import WEIGHTS_DIR, load_model
+from hemaseg.models.registry import SAMPLE_PHOTO, load_model
 from hemaseg.pipelines.bioimageio import export_bioimageio
 
 DEFAULT_OPSET = 17
 # Largest |p_onnx - p_torch| of a softmax probability an export may show on the check images.
 DEFAULT_TOLERANCE = 1e-4
-SAMPLE = WEIGHTS_DIR.parent / "samples" / "BloodImage_00000.jpg"
 
 
 def _is_classifier(card: dict) -> bool:
@@ -57,7 +56,7 @@ def _nhwc_wrapper(module, extras: int):
 
 def _check_inputs(card: dict, stride: int) -> list[tuple[np.ndarray, np.ndarray | None]]:
     """Batches (NHWC float32, extras) cut from the bundled sample photo, normalised as the card says."""
-    image = read_image(SAMPLE)
+    image = read_image(SAMPLE_PHOTO)
     norm = card.get("normalization", {})
     low, high = norm.get("low", 1.0), norm.get("high", 99.0)
     if _is_classifier(card):
@@ -147,7 +146,7 @@ def export_onnx(model, out: str | Path, opset: int = DEFAULT_OPSET, tolerance: f
         data = Path(tmp).read_bytes()
     entry = {"file": out.name, "opset": opset, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
              "inputs": names, "stride": stride, "max_abs_prob_diff": float(f"{diff:.3g}"), "tolerance": tolerance,
-             "checked_on": SAMPLE.name, "torch": torch.__version__, "onnx": onnx.__version__}
+             "checked_on": SAMPLE_PHOTO.name, "torch": torch.__version__, "onnx": onnx.__version__}
     if write_card:
         card = dict(card)
         card["onnx"] = {**card.get("onnx", {}), **entry}
