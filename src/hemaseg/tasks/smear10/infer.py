@@ -289,20 +289,24 @@ def segment_smear(image: np.ndarray, model="smear10", cell_diameter: float | Non
     factor = smear_factor(card, cell_diameter) if cell_diameter else 1.0
     probs = None  # the final pass's, once known
     if cell_diameter is None:
-        readings, maps = [], {}
+        # Only two maps are kept (each is K x H x W floats at the image's size): the 1x one, final
+        # when the size found is inside the trained range, and the most confident, the fallback.
+        readings, native, confident = [], None, (-1.0, 1.0, None)
         for f in (1.0, *sp.downscales):
             if f < 1.0 and min(image.shape[:2]) * f < sp.min_side:
                 break
-            maps[f] = predict_probs(module, card, image, f, tile, overlap, prange)
-            readings.append((f, rbc_diameter(maps[f].argmax(0)), cell_confidence(maps[f])))
+            p = predict_probs(module, card, image, f, tile, overlap, prange)
+            readings.append((f, rbc_diameter(p.argmax(0)), cell_confidence(p)))
+            native = p if f == 1.0 else native
+            confident = max(confident, (readings[-1][2], f, p), key=lambda r: r[0])
+            del p
         lo, hi = card.get("diameter_range") or [sp.fallback_diameter] * 2
         cell_diameter = consensus_diameter(readings, (lo, hi), sp.agreement, sp.in_range)
         if cell_diameter is None:  # no reading saw red cells at a known size: the most confident one
-            best = max(readings, key=lambda r: r[2])
-            factor, probs = best[0], maps[best[0]]
+            factor, probs = confident[1], confident[2]
         else:
             factor = smear_factor(card, cell_diameter)
-            probs = maps.get(factor)
+            probs = native if factor == 1.0 else None
     if probs is None or tta:
         probs = predict_probs(module, card, image, factor, tile, overlap, prange, tta=tta)
     classes = probs.argmax(0).astype(np.uint8)
