@@ -6,7 +6,7 @@
   the centred crop of Algorithm 1;
 - :func:`blob_confidence_mask`: LoG/DoG/DoH blobs stacked into a confidence map (Algorithm 2);
 - :func:`mask_in_box`: the best classical mask of the cell inside a given box (pseudo-masks from
-  detection boxes).
+  detection boxes); :func:`box_cell` cuts a clean, whole red cell or platelet out of its box.
 
 Thresholds are computed per image on stain-robust channels (darkness, and the amount of
 the image's own nuclear-stain colour, :func:`nucleus_stain`), so the defaults work across
@@ -504,6 +504,64 @@ def mask_in_box(image: np.ndarray, box: tuple[int, int, int, int], margin: float
     if mask.sum() < 0.15 * bw * bh:
         return ellipse
     return _fill(mask)
+
+
+def cut_rgba(image: np.ndarray, mask: np.ndarray, pad: int = 2) -> np.ndarray | None:
+    """RGBA crop of ``image`` around ``mask`` (the mask is the alpha), None under 12 px.
+
+    >>> m = np.zeros((20, 20), bool); m[5:10, 6:12] = True
+    >>> cut_rgba(np.zeros((20, 20, 3), np.uint8), m).shape
+    (9, 10, 4)
+    """
+    ys, xs = np.nonzero(mask)
+    if len(ys) < 12:
+        return None
+    y1, y2 = max(0, ys.min() - pad), min(mask.shape[0], ys.max() + pad + 1)
+    x1, x2 = max(0, xs.min() - pad), min(mask.shape[1], xs.max() + pad + 1)
+    return np.dstack([image[y1:y2, x1:x2, :3], mask[y1:y2, x1:x2].astype(np.uint8) * 255])
+
+
+def solidity(mask: np.ndarray) -> float:
+    """Area / convex-hull area of a mask's largest outline (1 for a disc, low for crescents and fragments)."""
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    if not contours:
+        return 0.0
+    c = max(contours, key=cv2.contourArea)
+    hull = cv2.contourArea(cv2.convexHull(c))
+    return float(cv2.contourArea(c) / hull) if hull > 0 else 0.0
+
+
+def round_cell(mask: np.ndarray, min_solidity: float = 0.9, fill: tuple[float, float] = (0.55, 0.84),
+               max_edge: float = 0.3) -> bool:
+    """A clean single-cell mask in its box: convex enough, filling the box like an ellipse does (0.785),
+    and not cut off by the box (a pseudo-mask clipped by its box runs along the box's sides)."""
+    if mask.size == 0 or mask.sum() < 12 or min(mask.shape) < 4:
+        return False
+    ratio = mask.sum() / mask.size
+    edge = np.concatenate([mask[0], mask[-1], mask[:, 0], mask[:, -1]]).mean()
+    return fill[0] <= ratio <= fill[1] and edge <= max_edge and solidity(mask) >= min_solidity
+
+
+def box_cell(image: np.ndarray, box: tuple[int, int, int, int], platelet: bool = False) -> np.ndarray | None:
+    """The RGBA crop of the red cell (or platelet) in a detection box of a photo (:func:`mask_in_box`),
+    or None when the box touches the photo's border or the cell is not a clean, whole one
+    (:func:`round_cell`; platelets may be less round).
+
+    >>> yy, xx = np.mgrid[:60, :60]
+    >>> img = np.full((60, 60, 3), 235, np.uint8); img[(yy - 30) ** 2 + (xx - 30) ** 2 < 100] = (200, 90, 110)
+    >>> box_cell(img, (18, 18, 42, 42)).shape[2], box_cell(img, (0, 18, 42, 42))
+    (4, None)
+    """
+    h, w = image.shape[:2]
+    x1, y1, x2, y2 = box
+    if x1 <= 2 or y1 <= 2 or x2 >= w - 2 or y2 >= h - 2:
+        return None
+    m = mask_in_box(image, box)
+    if not (round_cell(m, 0.8, (0.2, 0.84), 0.4) if platelet else round_cell(m)):
+        return None
+    full = np.zeros((h, w), bool)
+    full[y1:y1 + m.shape[0], x1:x1 + m.shape[1]] = m
+    return cut_rgba(image, full)
 
 
 WBC_METHODS = {"hsv": hsv_wbc_mask, "watershed": watershed_wbc_mask, "blobs": blob_wbc_mask}

@@ -20,7 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from hemaseg.classical import central_instance, hsv_wbc_mask, mask_in_box
+from hemaseg.classical import box_cell, central_instance, cut_rgba, hsv_wbc_mask, solidity
 from hemaseg.io.annotations import read_yolo
 from hemaseg.io.datasets import find_labelled_cells, read_voc
 from hemaseg.io.images import read_image, read_mask
@@ -319,37 +319,6 @@ def _wbc_part(path: Path, source: str, seed: int, held_out: set[str] | None) -> 
     return "val" if _part_of(source, seed, (0.0, 0.5)) == "val" else "test"
 
 
-def _cut(image: np.ndarray, mask: np.ndarray, pad: int = 2) -> np.ndarray | None:
-    """RGBA crop of ``image`` around ``mask``; the mask is the alpha."""
-    ys, xs = np.nonzero(mask)
-    if len(ys) < 12:
-        return None
-    y1, y2 = max(0, ys.min() - pad), min(mask.shape[0], ys.max() + pad + 1)
-    x1, x2 = max(0, xs.min() - pad), min(mask.shape[1], xs.max() + pad + 1)
-    return np.dstack([image[y1:y2, x1:x2, :3], mask[y1:y2, x1:x2].astype(np.uint8) * 255])
-
-
-def _solidity(mask: np.ndarray) -> float:
-    """Area / convex-hull area of a mask's largest outline (1 for a disc, low for crescents and fragments)."""
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    if not contours:
-        return 0.0
-    c = max(contours, key=cv2.contourArea)
-    hull = cv2.contourArea(cv2.convexHull(c))
-    return float(cv2.contourArea(c) / hull) if hull > 0 else 0.0
-
-
-def _round_cell(mask: np.ndarray, min_solidity: float = 0.9, fill: tuple[float, float] = (0.55, 0.84),
-                max_edge: float = 0.3) -> bool:
-    """A clean single-cell mask in its box: convex enough, filling the box like an ellipse does (0.785),
-    and not cut off by the box (a pseudo-mask clipped by its box runs along the box's sides)."""
-    if mask.size == 0 or mask.sum() < 12 or min(mask.shape) < 4:
-        return False
-    ratio = mask.sum() / mask.size
-    edge = np.concatenate([mask[0], mask[-1], mask[:, 0], mask[:, -1]]).mean()
-    return fill[0] <= ratio <= fill[1] and edge <= max_edge and _solidity(mask) >= min_solidity
-
-
 def malaria_cell_mask(image: np.ndarray, black: int = 14) -> np.ndarray | None:
     """The cell of a crop whose background is masked black: the largest non-black region, holes
     filled, its rim (blended with the black) eroded away; None when the crop is all black."""
@@ -385,26 +354,6 @@ def healthy_twin(image: np.ndarray, cell: np.ndarray) -> np.ndarray:
     """
     spots = parasite_mask(image, cell)
     return cv2.inpaint(np.ascontiguousarray(image[..., :3]), spots.astype(np.uint8), 5, cv2.INPAINT_TELEA)
-
-
-def _box_cell(image: np.ndarray, box: tuple[int, int, int, int], target: int) -> np.ndarray | None:
-    """The RGBA crop of the red cell or platelet (``target``) in a detection box of a photo
-    (:func:`hemaseg.classical.mask_in_box`), or None when the box touches the photo's border or
-    the cell is not a clean, whole one (:func:`_round_cell`; platelets less round)."""
-    h, w = image.shape[:2]
-    if _touches_border(box, w, h):
-        return None
-    m = mask_in_box(image, box)
-    if not (_round_cell(m) if target == HEALTHY else _round_cell(m, 0.8, (0.2, 0.84), 0.4)):
-        return None
-    full = np.zeros((h, w), bool)
-    full[box[1]:box[1] + m.shape[0], box[0]:box[0] + m.shape[1]] = m
-    return _cut(image, full)
-
-
-def _touches_border(box: tuple[int, int, int, int], w: int, h: int, margin: int = 2) -> bool:
-    x1, y1, x2, y2 = box
-    return x1 <= margin or y1 <= margin or x2 >= w - margin or y2 >= h - margin
 
 
 @dataclass
@@ -451,7 +400,7 @@ class CellBank:
                                                                                 held_out) != part:
                     continue
                 img, m = read_image(path), read_mask(mpath)
-                bank.add(WBC_CLASSES[kind], _cut(img, m > 0))
+                bank.add(WBC_CLASSES[kind], cut_rgba(img, m > 0))
                 bank.backgrounds.append(tuple(np.median(img[m == 0].reshape(-1, 3), 0)))
         for folder in sorted(p for p in root.rglob("bccd-wbc") if p.is_dir()):
             for path, kind in find_labelled_cells(folder):
@@ -461,8 +410,8 @@ class CellBank:
                 img = read_image(path)
                 _, inst = hsv_wbc_mask(img)
                 k = central_instance(inst)
-                if k and 0.08 < (inst == k).mean() < 0.85 and _solidity(inst == k) >= 0.85:
-                    bank.add(WBC_CLASSES[kind], _cut(img, inst == k))
+                if k and 0.08 < (inst == k).mean() < 0.85 and solidity(inst == k) >= 0.85:
+                    bank.add(WBC_CLASSES[kind], cut_rgba(img, inst == k))
         bank._add_pbc(root, part, seed, held_out, max_per_class)
         bank._add_malaria(root, part, seed, max_per_class)
         bank._add_txl(root, part, seed, max_per_class, progress)
@@ -479,7 +428,7 @@ class CellBank:
                 target = {"rbc": HEALTHY, "platelets": THROMBOCYTE, "platelet": THROMBOCYTE}.get(name.lower())
                 if target is None or len(bank.crops.get(target, [])) >= max_per_class:
                     continue
-                bank.add(target, _box_cell(img, box, target))
+                bank.add(target, box_cell(img, box, platelet=target == THROMBOCYTE))
             bank.backgrounds.append(tuple(np.percentile(img.reshape(-1, 3), 90, axis=0)))
         log.info("cell bank %s: %s", part, bank.count())
         return bank
@@ -506,8 +455,8 @@ class CellBank:
                     m = inst == k
                     share = m.mean()
                     ok = 0.005 < share < 0.05 if target == THROMBOCYTE else 0.04 < share < 0.6
-                    if ok and _solidity(m) >= (0.8 if target == THROMBOCYTE else 0.85):
-                        self.add(target, _cut(img, m))
+                    if ok and solidity(m) >= (0.8 if target == THROMBOCYTE else 0.85):
+                        self.add(target, cut_rgba(img, m))
                         taken += 1
 
     def _add_malaria(self, root: Path, part: str, seed: int, max_per_class: int) -> None:
@@ -521,10 +470,10 @@ class CellBank:
                     continue
                 img = read_image(path)
                 m = malaria_cell_mask(img)
-                if m is None or m.sum() < 150 or _solidity(m) < 0.85:
+                if m is None or m.sum() < 150 or solidity(m) < 0.85:
                     continue
-                self.add(INFECTED, _cut(img, m))
-                self.add(HEALTHY_TWIN, _cut(healthy_twin(img, m), m))
+                self.add(INFECTED, cut_rgba(img, m))
+                self.add(HEALTHY_TWIN, cut_rgba(healthy_twin(img, m), m))
 
     def _add_txl(self, root: Path, part: str, seed: int, max_per_class: int, progress: bool) -> None:
         """TXL-PBC fields of four labs (PBC, Raabin, BCCD, BCDD): red cells and platelets cut from
@@ -542,7 +491,7 @@ class CellBank:
                     if target is None or taken[target] >= (max_per_class if target == HEALTHY else max_per_class // 3):
                         continue
                     b = rec["bounding_box"]
-                    crop = _box_cell(img, (b["x1"], b["y1"], b["x2"], b["y2"]), target)
+                    crop = box_cell(img, (b["x1"], b["y1"], b["x2"], b["y2"]), platelet=target == THROMBOCYTE)
                     if crop is not None:
                         self.add(target, crop)
                         taken[target] += 1
