@@ -61,7 +61,8 @@ def test_red_cells_without_nucleus_are_not_wbcs():
 # --- weak supervision: fields with complete boxes (TXL-PBC style, YOLO) ---------------------------
 
 def _yolo_fields(root, n: int = 4):
-    """A YOLO folder of toy fields: one WBC box (from the toy mask) and one red-cell box each."""
+    """A YOLO folder of toy fields: one WBC box (from the toy mask), a red-cell box at the corner and a
+    whole red cell drawn and boxed away from the WBC and the border (the one that can be cut out)."""
     from PIL import Image
 
     rng = np.random.default_rng(5)
@@ -70,11 +71,13 @@ def _yolo_fields(root, n: int = 4):
     (root / "classes.txt").write_text("0 White Blood Cell (WBC)\n1 Red Blood Cell (RBC)\n2 Platelet\n")
     for i in range(n):
         img, mask = toy_wbc(rng, 96)
+        yy, xx = np.mgrid[:96, :96]
+        img[(yy - 83) ** 2 + (xx - 83) ** 2 < 49] = (200, 95, 110)
         ys, xs = np.nonzero(mask)
         y1, y2, x1, x2 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
         Image.fromarray(img).save(root / "images" / "train" / f"f{i}.png")
         lines = [f"0 {(x1 + x2) / 2 / 96:.5f} {(y1 + y2) / 2 / 96:.5f} {(x2 - x1) / 96:.5f} {(y2 - y1) / 96:.5f}",
-                 "1 0.08 0.08 0.15 0.15"]
+                 "1 0.08 0.08 0.15 0.15", f"1 {83 / 96:.5f} {83 / 96:.5f} {16 / 96:.5f} {16 / 96:.5f}"]
         (root / "labels" / "train" / f"f{i}.txt").write_text("\n".join(lines) + "\n")
     return root
 
@@ -114,7 +117,33 @@ def test_train_on_masks_and_boxes_together(tmp_path, wbc_folder):
     assert card["training"]["strata"] == {"boxes": 2, "masks": 5}
     # the WBC diameter comes from the pixel masks only (toy WBCs: 48 px images, radius 10-14 px)
     assert 15 < card["cell_diameter"] < 32
+    assert "paste_red_cells" not in card["training"]  # off by default
     history = json.loads((run / "state.json").read_text())["history"][0]
     assert 0.0 <= history["leak"] <= 1.0
     assert history["metric"] == pytest.approx((history["dice_cell"] + history["dice_nucleus"]) / 2
                                               * (1 - history["leak"]))
+
+
+def test_red_cells_of_boxed_fields_are_pasted_against_wbcs(tmp_path, wbc_folder):
+    """--paste-red-cells cuts the whole red cells of the training split's boxed fields and presses
+    them against the pixel-annotated WBCs; without boxed fields it names the problem and trains nothing."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from hemaseg.cli import app
+    from hemaseg.tasks.wbc import WBC
+
+    yolo = _yolo_fields(tmp_path / "yolo")
+    WBC.load_sample(WBC.find_samples(yolo)[0])
+    crops = WBC._red_cells[str(WBC.find_samples(yolo)[0].image)]
+    assert len(crops) == 1 and crops[0].shape[2] == 4 and 20 < crops[0].shape[0] <= 40  # 18 px, rescaled with its field (WBC to 75 px)
+    run = tmp_path / "run"
+    args = ["train", "wbc", "--data", str(wbc_folder), "--epochs", "1", "--crop", "32", "--batch-size", "4",
+            "--samples-per-epoch", "8", "--val-fraction", "0.5", "--paste-red-cells", "1"]
+    res = CliRunner().invoke(app, args + ["--data", str(yolo), "--out", str(run)])
+    assert res.exit_code == 0, res.output
+    card = json.loads((run / "model.json").read_text())
+    assert card["training"]["paste_red_cells"] == {"chance": 1.0, "red_cells": 2}  # the two training fields'
+    res = CliRunner().invoke(app, args + ["--out", str(tmp_path / "run2")])
+    assert res.exit_code == 1 and "boxed fields" in res.output and not (tmp_path / "run2" / "model.json").exists()

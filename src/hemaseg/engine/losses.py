@@ -1,7 +1,10 @@
 """Losses: soft Dice + cross-entropy for multi-class segmentation.
 
 Target pixels equal to :data:`IGNORE` (255) count in neither term (unannotated regions,
-such as the red cells BCCD's boxes miss).
+such as the red cells BCCD's boxes miss). Pixels equal to :data:`ANY_FOREGROUND` (254) are known
+to be an object but not which class (the core of a WBC box: cytoplasm or nucleus): cross-entropy
+asks only that the foreground classes together be likely (-log sum of their probabilities), and
+the Dice term ignores them.
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ if TYPE_CHECKING:
 
 
 IGNORE = 255
+ANY_FOREGROUND = 254
 
 
 def _onehot(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -54,15 +58,33 @@ def nested_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.
 
 def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, nested: bool = False,
                  weight: torch.Tensor | None = None) -> torch.Tensor:
-    """Cross-entropy (per-pixel ``weight`` (B, H, W) if given) plus soft Dice (nested regions when ``nested``)."""
+    """Cross-entropy (per-pixel ``weight`` (B, H, W) if given) plus soft Dice (nested regions when ``nested``).
+
+    >>> import torch
+    >>> logits = torch.tensor([[5.0, 0.0, 0.0], [0.0, 5.0, 0.0], [0.0, 0.0, 5.0]]).T.reshape(1, 3, 1, 3)
+    >>> sure = dice_ce_loss(logits, torch.tensor([[[0, 1, 2]]]))
+    >>> either = dice_ce_loss(logits, torch.tensor([[[0, ANY_FOREGROUND, ANY_FOREGROUND]]]))
+    >>> wrong = dice_ce_loss(logits, torch.tensor([[[ANY_FOREGROUND, 1, 2]]]))
+    >>> bool(either < sure < wrong)
+    True
+    """
+    import torch
     import torch.nn.functional as F
 
     target = target.long()
-    if weight is None:
-        ce = F.cross_entropy(logits, target, ignore_index=IGNORE)
+    anyfg = target == ANY_FOREGROUND
+    partial = bool(anyfg.any())
+    hard = target.masked_fill(anyfg, IGNORE) if partial else target
+    if weight is None and not partial:
+        ce = F.cross_entropy(logits, hard, ignore_index=IGNORE)
     else:
-        per_pixel = F.cross_entropy(logits, target, reduction="none", ignore_index=IGNORE)
-        weight = weight * (target != IGNORE)
-        ce = (per_pixel * weight).sum() / weight.sum().clamp_min(1e-6)
-    d = nested_dice_loss(logits, target) if nested else soft_dice_loss(logits, target)
+        per_pixel = F.cross_entropy(logits, hard, reduction="none", ignore_index=IGNORE)
+        if partial:
+            # -log P(some foreground class) where only "an object" is known
+            any_nll = -torch.logsumexp(logits[:, 1:], 1) + torch.logsumexp(logits, 1)
+            per_pixel = torch.where(anyfg, any_nll, per_pixel)
+        w = torch.ones_like(per_pixel) if weight is None else weight
+        w = w * (target != IGNORE)
+        ce = (per_pixel * w).sum() / w.sum().clamp_min(1e-6)
+    d = nested_dice_loss(logits, hard) if nested else soft_dice_loss(logits, hard)
     return ce + d

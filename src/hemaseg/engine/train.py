@@ -88,6 +88,9 @@ class TrainConfig:
     # sampling weight of each stratum (the task's ``stratum`` hook, e.g. the nuclei's imaging modality)
     # in a training epoch; empty: every training image equally often. Strata also stratify the split.
     stratum_weights: dict = field(default_factory=dict)
+    # wbc: chance that a pixel-annotated training image gets real red cells (cut from the boxed fields
+    # among the training data) pressed against its WBCs, as background (0: off)
+    paste_red_cells: float = 0.0
 
 
 def init_arch(model: str, task: str) -> tuple[str, dict]:
@@ -208,6 +211,9 @@ class SegDataset:
         # probs: each item's chance per draw (balanced strata); draw i of an epoch is seeded by
         # (seed, epoch, i), so a resumed run draws the same items.
         self.probs, self.seed, self.epoch = probs, seed, 0
+        # pre(image, mask, rng) -> (image, mask): a task's change to a drawn item before the
+        # augmentation (e.g. real red cells pasted against a WBC), its rng seeded by (seed, epoch, i).
+        self.pre = None
 
     def __len__(self) -> int:
         return self.length
@@ -215,9 +221,12 @@ class SegDataset:
     def __getitem__(self, i: int):
         import torch
 
+        draw = i
         if self.probs is not None:
             i = int(np.random.default_rng((self.seed, self.epoch, i)).choice(len(self.items), p=self.probs))
         image, mask = self.items[i % len(self.items)]
+        if self.pre is not None:
+            image, mask = self.pre(image, mask, np.random.default_rng((self.seed, self.epoch, draw, 1)))
         out = self.transform(image=image, mask=mask)
         prange = percentile_range(out["image"], self.low, self.high)
         invert = self.invert_bright and is_bright_background(out["image"], prange)

@@ -8,6 +8,7 @@ clipped to a reach from the nucleus. Every knob is a field of :class:`WbcParams`
 """
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from hemaseg.classical import WBC_METHODS, segment_classical
+from hemaseg.classical import WBC_METHODS, box_cell, segment_classical
 from hemaseg.core.content import featureless
 from hemaseg.core.labels import measure_diameter, relabel, remove_small, split_instances, wbc_objects
 from hemaseg.core.resize import clamp_factor, resize_argmax
@@ -27,6 +28,8 @@ from hemaseg.engine.losses import IGNORE
 from hemaseg.engine.predict import card_range, get_model, predict_probs, predict_scaled
 from hemaseg.engine.task import Task
 from hemaseg.engine.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
+from hemaseg.engine.train import pair_data, read_split
+from hemaseg.errors import HemasegInputError
 from hemaseg.io.annotations import find_yolo, read_yolo_labels, yolo_names
 from hemaseg.io.datasets import Pair, find_pairs, load_pair
 from hemaseg.io.images import read_image
@@ -412,6 +415,7 @@ WBC_PER_RBC = 1.8  # a WBC's diameter in red-cell diameters, to rescale a field 
 WBC_CORE = 0.8  # the ellipse inscribed in a WBC box, shrunk to this share: surely the cell
 PSEUDO_CONFIDENCE = 0.9  # a pseudo-label is kept where the labelling model is at least this sure
 WEAK_VAL_ITEMS = 48  # weakly labelled fields scored per validation (evenly spaced), to keep epochs short
+RED_CELLS_PER_FIELD = 8  # red cells cut from each boxed field for pasting (paste_red_cells)
 
 
 def is_weak(mask: np.ndarray) -> bool:
@@ -488,6 +492,103 @@ def weak_wbc_sample(image: np.ndarray, boxes: list[dict], labeller=None) -> tupl
     return image, mask
 
 
+def red_cell_crops(image: np.ndarray, boxes: list[dict], factor: float, rng: np.random.Generator,
+                   most: int = RED_CELLS_PER_FIELD) -> list[np.ndarray]:
+    """RGBA crops of up to ``most`` clean, whole red cells (:func:`hemaseg.classical.box_cell`) of a
+    boxed field, resized by ``factor`` (the field's rescaling in :func:`weak_wbc_sample`)."""
+    rbc = [b["bounding_box"] for b in boxes if b.get("category") == "rbc"]
+    out = []
+    for k in rng.permutation(len(rbc)):
+        if len(out) >= most:
+            break
+        b = rbc[k]
+        crop = box_cell(image, (int(b["x1"]), int(b["y1"]), int(np.ceil(b["x2"])), int(np.ceil(b["y2"]))))
+        if crop is not None:
+            h, w = crop.shape[:2]
+            size = (max(1, round(w * factor)), max(1, round(h * factor)))
+            out.append(cv2.resize(crop, size, interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR))
+    return out
+
+
+def _mean_lab(image: np.ndarray, where: np.ndarray) -> np.ndarray | None:
+    if where.sum() < 20:
+        return None
+    return cv2.cvtColor(np.ascontiguousarray(image[..., :3]), cv2.COLOR_RGB2LAB)[where].reshape(-1, 3).mean(0)
+
+
+def paste_red_cells(image: np.ndarray, mask: np.ndarray, crops: list[np.ndarray], rng: np.random.Generator,
+                    count: tuple[int, int] = (3, 8), size: tuple[float, float] = (0.4, 0.8),
+                    max_overlap: float = 0.12) -> tuple[np.ndarray, np.ndarray]:
+    """Real red cells pressed against the WBCs of a pixel-annotated image, as background.
+
+    Each of ``count`` cells (RGBA ``crops`` of other labs' fields) is resized to a ``size`` share of
+    the WBC's diameter, turned, and slid towards the WBC's centre along a random direction until it
+    covers up to ``max_overlap`` of its area of the WBC; it is drawn under the WBC (the annotation
+    stays exact: a pasted pixel is a background pixel). Its colour is its own lab's (40 %), this
+    image's own red cells' (35 %) or the WBC cytoplasm's (25 %: red cells are told apart by shape
+    and texture, not by colour). ``mask`` holds class indices (0 background, 1 cytoplasm, 2 nucleus).
+
+    >>> yy, xx = np.mgrid[:120, :120]
+    >>> img = np.full((120, 120, 3), 230, np.uint8); m = np.zeros((120, 120), np.uint8)
+    >>> m[(yy - 60) ** 2 + (xx - 60) ** 2 < 900] = 1; m[(yy - 60) ** 2 + (xx - 60) ** 2 < 200] = 2
+    >>> cell = np.zeros((30, 30, 4), np.uint8); cell[..., :3] = (200, 80, 90)
+    >>> cell[..., 3] = 255 * ((np.mgrid[:30, :30][0] - 15) ** 2 + (np.mgrid[:30, :30][1] - 15) ** 2 < 196)
+    >>> out, m2 = paste_red_cells(img, m, [cell], np.random.default_rng(0))
+    >>> bool((m2 == m).all()), int(((out != 230).any(-1) & (m == 0)).sum()) > 500, bool((out[m > 0] == 230).all())
+    (True, True, True)
+    """
+    cell = mask > 0
+    if not crops or cell.sum() < 50:
+        return image, mask
+    h, w = mask.shape
+    ys, xs = np.nonzero(cell)
+    cy, cx = ys.mean(), xs.mean()
+    d_wbc = 2 * np.sqrt(cell.sum() / np.pi)
+    out = image.astype(np.float32)
+    mode = rng.choice(3, p=[0.4, 0.35, 0.25])
+    target = None
+    if mode == 1:  # this image's own red cells: the darker half of its background
+        lab = cv2.cvtColor(np.ascontiguousarray(image[..., :3]), cv2.COLOR_RGB2LAB)
+        bg = ~cell
+        target = _mean_lab(image, bg & (lab[..., 0] < np.percentile(lab[..., 0][bg], 40)))
+    elif mode == 2:
+        target = _mean_lab(image, mask == 1)
+    for _ in range(int(rng.integers(count[0], count[1] + 1))):
+        crop = crops[int(rng.integers(len(crops)))]
+        crop = np.rot90(crop, int(rng.integers(4)))
+        crop = crop[:, ::-1] if rng.random() < 0.5 else crop
+        s = float(rng.uniform(*size)) * d_wbc / max(crop.shape[:2])
+        ch, cw = max(4, round(crop.shape[0] * s)), max(4, round(crop.shape[1] * s))
+        crop = cv2.resize(np.ascontiguousarray(crop), (cw, ch), interpolation=cv2.INTER_LINEAR)
+        rgb, alpha = crop[..., :3].astype(np.float32), crop[..., 3].astype(np.float32) / 255
+        if target is not None:
+            lab = cv2.cvtColor(crop[..., :3], cv2.COLOR_RGB2LAB).astype(np.float32)
+            inside = alpha > 0.5
+            if inside.sum() >= 10:
+                lab[inside] += np.asarray(target, np.float32) - lab[inside].mean(0)
+                rgb = cv2.cvtColor(np.clip(lab, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB).astype(np.float32)
+        alpha = cv2.GaussianBlur(alpha, (0, 0), 0.8)  # a soft rim, not a cut-out's hard edge
+        theta = rng.uniform(0, 2 * np.pi)
+        dy, dx = np.sin(theta), np.cos(theta)
+        allowed = float(rng.uniform(0, max_overlap)) * (alpha > 0.5).sum()
+        placed = None
+        for r in np.arange(d_wbc / 2 + max(ch, cw), 0, -2.0):
+            y0, x0 = int(round(cy + r * dy - ch / 2)), int(round(cx + r * dx - cw / 2))
+            ya, yb, xa, xb = max(0, y0), min(h, y0 + ch), max(0, x0), min(w, x0 + cw)
+            if ya >= yb or xa >= xb:
+                continue
+            a = alpha[ya - y0:yb - y0, xa - x0:xb - x0]
+            if ((a > 0.5) & cell[ya:yb, xa:xb]).sum() > allowed:
+                break
+            placed = (y0, x0, ya, yb, xa, xb)
+        if placed is None:
+            continue
+        y0, x0, ya, yb, xa, xb = placed
+        a = alpha[ya - y0:yb - y0, xa - x0:xb - x0] * ~cell[ya:yb, xa:xb]  # under the WBC
+        out[ya:yb, xa:xb] = a[..., None] * rgb[ya - y0:yb - y0, xa - x0:xb - x0] + (1 - a[..., None]) * out[ya:yb, xa:xb]
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8), mask
+
+
 def pseudo_labeller(model="wbc", confidence: float = PSEUDO_CONFIDENCE, device: str = "cpu"):
     """image -> ((H, W) uint8 classes, (H, W) bool sure) of a WBC ``model`` run at the field's scale
     (fields are rescaled to the trained WBC size), on the image and on a hue-shifted mirror of it:
@@ -523,7 +624,12 @@ class WbcTask(Task):
     # each epoch's draws come from them (at 40 % the in-lab Dice fell 0.003 / 0.008).
     train_defaults: dict = {"stratum_weights": {"masks": 0.7, "boxes": 0.3}}
     mean_keys = ("dice_cell", "iou_cell", "dice_nucleus", "iou_nucleus")
+    train_options = ("arch", "init", "workers", "paste_red_cells")
     _labeller = None  # pseudo-labels inside the WBC boxes of weakly labelled fields (made on first use)
+    _red_cells: dict  # per boxed field (image path): red cells cut for pasting (load_sample)
+
+    def __init__(self) -> None:
+        self._red_cells = {}
 
     def segment(self, image, model, cell_diameter=None, device="cpu", tile=DEFAULT_TILE, overlap=DEFAULT_OVERLAP,
                 tta=None, params=None) -> Segmentation:
@@ -549,7 +655,32 @@ class WbcTask(Task):
                  for m in read_yolo_labels(pair.mask, names, *image.shape[:2])]
         if self._labeller is None:
             self._labeller = pseudo_labeller(self.default_model)
-        return weak_wbc_sample(image, boxes, self._labeller)
+        field, mask = weak_wbc_sample(image, boxes, self._labeller)
+        rng = np.random.default_rng(zlib.crc32(pair.image.name.encode()))
+        self._red_cells[str(pair.image)] = red_cell_crops(image, boxes, field.shape[0] / image.shape[0], rng)
+        return field, mask
+
+    def train_data(self, cfg, run: Path, state: dict) -> tuple:
+        """:func:`~hemaseg.engine.train.pair_data`; with ``cfg.paste_red_cells`` that share of the
+        pixel-annotated draws gets real red cells of the training split's boxed fields pressed
+        against its WBCs (:func:`paste_red_cells`)."""
+        dataset, val_items, card = pair_data(self, cfg, run, state)
+        chance = float(getattr(cfg, "paste_red_cells", 0.0))
+        if chance > 0:
+            train_pairs, _ = read_split(run / "split.json", cfg.data)
+            crops = [c for p in train_pairs for c in self._red_cells.get(str(p.image), [])]
+            if not crops:
+                raise HemasegInputError(", ".join(cfg.data), "paste_red_cells needs boxed fields (YOLO, such as "
+                                                             "TXL-PBC) among the training data to cut red cells from")
+
+            def pre(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator):
+                if rng.random() >= chance or is_weak(mask):
+                    return image, mask
+                return paste_red_cells(image, mask, crops, rng)
+
+            dataset.pre = pre
+            card["training"]["paste_red_cells"] = {"chance": chance, "red_cells": len(crops)}
+        return dataset, val_items, card
 
     def target(self, mask: np.ndarray) -> np.ndarray:
         return np.where(mask == RED_CELL, 0, mask).astype(np.uint8) if (mask == RED_CELL).any() else mask
