@@ -83,18 +83,19 @@ def _yolo_fields(root, n: int = 4):
 
 
 def test_boxed_fields_load_as_weak_labels(tmp_path):
-    from hemaseg.engine.losses import IGNORE
+    from hemaseg.engine.losses import ANY_FOREGROUND, IGNORE
     from hemaseg.tasks.wbc import RED_CELL, WBC
 
     pairs = WBC.find_samples(_yolo_fields(tmp_path / "yolo"))
     assert len(pairs) == 4 and all(p.mask.suffix == ".txt" for p in pairs)
     image, mask = WBC.load_sample(pairs[0])
     assert image.shape[:2] == mask.shape
-    assert set(np.unique(mask)) <= {0, 1, 2, RED_CELL, IGNORE} and (mask == RED_CELL).any() and (mask == IGNORE).any()
+    assert set(np.unique(mask)) <= {0, 1, 2, RED_CELL, IGNORE, ANY_FOREGROUND}
+    assert (mask == RED_CELL).any() and (mask == IGNORE).any()
     assert WBC.stratum(image, mask) == "boxes"
     # background where the red-cell box is; inside the WBC's box only what the bundled model is sure of
-    assert set(np.unique(WBC.target(mask))) <= {0, 1, 2, IGNORE}
-    cell = (mask == 1) | (mask == 2)
+    assert set(np.unique(WBC.target(mask))) <= {0, 1, 2, IGNORE, ANY_FOREGROUND}
+    cell = (mask == 1) | (mask == 2) | (mask == ANY_FOREGROUND)
     ys, xs = np.nonzero(cell)
     assert cell.sum() > 0 and ys.min() > 0.1 * mask.shape[0] and xs.min() > 0.1 * mask.shape[1]
     assert WBC.measure_mask(mask).max() == 0  # weak fields do not measure the card's cell diameter

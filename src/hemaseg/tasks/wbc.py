@@ -24,7 +24,7 @@ from hemaseg.core.result import Segmentation
 from hemaseg.core.vocabulary import category_of
 from hemaseg.engine.blocks import Block, centred_in_core, downscale, image_blocks, release_free_memory
 from hemaseg.engine.evaluate import plain_table
-from hemaseg.engine.losses import IGNORE
+from hemaseg.engine.losses import ANY_FOREGROUND, IGNORE
 from hemaseg.engine.predict import card_range, get_model, predict_probs, predict_scaled
 from hemaseg.engine.task import Task
 from hemaseg.engine.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
@@ -430,7 +430,8 @@ def weak_wbc_sample(image: np.ndarray, boxes: list[dict], labeller=None) -> tupl
     is 0 background, :data:`RED_CELL` inside red-cell boxes, and ``IGNORE`` (255) in and around
     WBC boxes and on unboxed pixels within half a WBC of the field's edge. With a ``labeller``
     (:func:`pseudo_labeller`), the pixels of a WBC box outside every red-cell box that it labels
-    confidently take its classes (the WBC itself is taught, not only what it is not).
+    confidently take its classes, and the others of the box's core ``ANY_FOREGROUND`` (cytoplasm or
+    nucleus; the WBC itself is taught, not only what it is not).
 
     >>> img = np.zeros((200, 200, 3), np.uint8)
     >>> box = lambda c, x1, y1, x2, y2: {"category": c, "bounding_box": {"x1": x1, "y1": y1, "x2": x2, "y2": y2}}
@@ -471,9 +472,9 @@ def weak_wbc_sample(image: np.ndarray, boxes: list[dict], labeller=None) -> tupl
             mask[rect(b, WBC_BOX_MARGIN)] = IGNORE
     if labeller is not None:
         # Inside a WBC box, off every red-cell box: the pixels a model labels confidently are taught,
-        # and in the core of the box (the cell itself: an ellipse of WBC_CORE of the box) also the
-        # cytoplasm or nucleus it finds without confidence (a granular pink cytoplasm is easily
-        # unsure, and with red cells taught as background it would otherwise be learnt away).
+        # and the rest of the box's core (the cell itself: an ellipse of WBC_CORE of the box) as
+        # "cytoplasm or nucleus" (ANY_FOREGROUND): a granular pink cytoplasm is easily unsure, and
+        # with red cells taught as background it would otherwise be learnt away.
         classes, sure = labeller(image)
         inside, core = np.zeros((nh, nw), bool), np.zeros((nh, nw), bool)
         yy, xx = np.mgrid[:nh, :nw]
@@ -487,8 +488,9 @@ def weak_wbc_sample(image: np.ndarray, boxes: list[dict], labeller=None) -> tupl
         for b in boxes:
             if b.get("category") == "rbc":
                 inside[rect(b)] = False
-        take = inside & (sure | (core & (classes > 0)))
+        take = inside & sure
         mask[take] = classes[take]
+        mask[inside & core & ~sure] = ANY_FOREGROUND
     return image, mask
 
 
