@@ -193,7 +193,12 @@ def postprocess_classes(classes: np.ndarray, diameter: float, p: WbcParams = DEF
     """:func:`wbc_instances` from the (H, W) uint8 argmax of the probabilities."""
     min_area = _min_area(diameter, p)
     classes = clean_wbc_classes(open_cells(classes, p.open_radius * diameter), min_area)
-    instances = split_instances(classes > 0, diameter, min_area)
+    # A piece with too little nucleus can only give cells keep_nucleated drops (red cells taken for
+    # cytoplasm): it is dropped before the per-piece watershed, which then runs on WBCs only.
+    n, pieces = cv2.connectedComponents((classes > 0).view(np.uint8), connectivity=4)
+    nucleated = np.bincount(pieces[classes == 2], minlength=n) >= max(min_area // 4, 1)
+    nucleated[0] = False
+    instances = split_instances(nucleated[pieces], diameter, min_area)
     # Every WBC has a nucleus, red cells have none: a "cell" without one is dropped, and
     # no cell reaches farther from its nucleus than annotated WBCs do.
     classes, instances = keep_nucleated(classes, instances, min_area=min_area // 4)
@@ -201,50 +206,52 @@ def postprocess_classes(classes: np.ndarray, diameter: float, p: WbcParams = DEF
 
 
 def _measure_at(module: torch.nn.Module, card: dict, image: np.ndarray, prange: np.ndarray,
-                factor: float, tile: int, overlap: int, p: WbcParams = DEFAULTS) -> tuple[float | None, np.ndarray]:
-    """Run the model at ``factor``; return (diameter px in the input of the nucleated cells, probs).
-    Cells are found at the input's scale (at the model's, a pass at a wrong scale measures them
-    less consistently). The caller has checked the image's content."""
+                factor: float, tile: int, overlap: int, p: WbcParams = DEFAULTS
+                ) -> tuple[float | None, np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """Run the model at ``factor``; return (diameter px in the input of the nucleated cells, probs,
+    (classes, instances) post-processed for cells of the trained size at that factor). Cells are
+    found at the input's scale (at the model's, a pass at a wrong scale measures them less
+    consistently). The caller has checked the image's content."""
     trained = float(card.get("cell_diameter") or 0)
     probs = predict_probs(module, card, image, factor, tile, overlap, prange, check_content=False)
-    _, instances = wbc_instances(probs, trained / factor, p)
-    return measure_diameter(instances, min_area=_min_area(trained / factor, p)), probs
+    classes, instances = wbc_instances(probs, trained / factor, p)
+    return measure_diameter(instances, min_area=_min_area(trained / factor, p)), probs, (classes, instances)
 
 
 def _estimate_scale(module: torch.nn.Module, card: dict, image: np.ndarray, prange: np.ndarray,
                     tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP, p: WbcParams = DEFAULTS
-                    ) -> tuple[float | None, np.ndarray, float]:
+                    ) -> tuple[float | None, np.ndarray, float, tuple | None]:
     """Find the cell diameter by running the model until the cells it finds have the trained size.
 
     A first pass at half scale (then native, then double, until cells are found) measures
     the nucleated cells; passes at the implied scale refine that, as Cellpose refines its
     size estimate from a segmentation. Returns (diameter px or None, probabilities of the
-    last pass, its factor).
+    last pass, its factor, its (classes, instances) or None): the last pass is the final one.
     """
     trained = float(card.get("cell_diameter") or 0)
     if trained <= 0:
-        return None, predict_probs(module, card, image, 1.0, tile, overlap, prange, check_content=False), 1.0
+        return None, predict_probs(module, card, image, 1.0, tile, overlap, prange, check_content=False), 1.0, None
     # Very large images: keep the first passes under ~2048 px on the long side.
     shrink = min(1.0, ESTIMATE_SIZE / max(image.shape[:2]))
-    diameter, probs, factor = None, None, 1.0
+    diameter, probs, factor, post = None, None, 1.0, None
     for f in p.first_pass_factors:
         factor = f * shrink
-        diameter, probs = _measure_at(module, card, image, prange, factor, tile, overlap, p)
+        diameter, probs, post = _measure_at(module, card, image, prange, factor, tile, overlap, p)
         if diameter is not None:
             break
     if diameter is None:
         factor = 1.0
-        return None, predict_probs(module, card, image, factor, tile, overlap, prange, check_content=False), factor
+        return None, predict_probs(module, card, image, factor, tile, overlap, prange, check_content=False), factor, None
     for _ in range(3):
         new = scale_factor(card, diameter, p.scale_deadband)
         if abs(np.log(new / factor)) < np.log(p.scale_deadband):
             break
         factor = new
-        d, probs = _measure_at(module, card, image, prange, factor, tile, overlap, p)
+        d, probs, post = _measure_at(module, card, image, prange, factor, tile, overlap, p)
         if d is None:
             break
         diameter = d
-    return diameter, probs, factor
+    return diameter, probs, factor, post
 
 
 def estimate_diameter(image: np.ndarray, model="wbc", device: str = "cpu") -> float | None:
@@ -292,14 +299,15 @@ def _segment_wbc(image: np.ndarray, module: torch.nn.Module, card: dict, cell_di
     prange = card_range(card, image)
     if max(image.shape[:2]) > p.block_size:
         return _segment_blocks(module, card, image, prange, cell_diameter, tile, overlap, p)
+    post = None
     if cell_diameter is None:
-        # The last measuring pass is the final one: its probabilities are reused.
-        cell_diameter, probs, factor = _estimate_scale(module, card, image, prange, tile, overlap, p)
+        # The last measuring pass is the final one: its probabilities and post-processing are reused.
+        cell_diameter, probs, factor, post = _estimate_scale(module, card, image, prange, tile, overlap, p)
     else:
         factor = scale_factor(card, cell_diameter, p.scale_deadband)
         probs = predict_probs(module, card, image, factor, tile, overlap, prange, check_content=False)
     diameter = float(cell_diameter or (float(card.get("cell_diameter") or p.fallback_diameter) / factor))
-    classes, instances = wbc_instances(probs, diameter, p)
+    classes, instances = post if post is not None else wbc_instances(probs, diameter, p)
     objects = wbc_objects(classes, instances, probs)
     return Segmentation(classes, instances, probs, diameter, factor, objects)
 
