@@ -438,8 +438,8 @@ def weak_wbc_sample(image: np.ndarray, boxes: list[dict], labeller=None) -> tupl
     is 0 background, :data:`RED_CELL` inside red-cell boxes, and ``IGNORE`` (255) in and around
     WBC boxes and on unboxed pixels within half a WBC of the field's edge. With a ``labeller``
     (:func:`pseudo_labeller`), the pixels of a WBC box outside every red-cell box that it labels
-    confidently take its classes, and the others of the box's core ``ANY_FOREGROUND`` (cytoplasm or
-    nucleus; the WBC itself is taught, not only what it is not).
+    confidently take its classes, and the others of the box's core or that it calls cell at all
+    ``ANY_FOREGROUND`` (cytoplasm or nucleus; the WBC itself is taught, not only what it is not).
 
     >>> img = np.zeros((200, 200, 3), np.uint8)
     >>> box = lambda c, x1, y1, x2, y2: {"category": c, "bounding_box": {"x1": x1, "y1": y1, "x2": x2, "y2": y2}}
@@ -479,10 +479,12 @@ def weak_wbc_sample(image: np.ndarray, boxes: list[dict], labeller=None) -> tupl
         if b.get("category") == "wbc":
             mask[rect(b, WBC_BOX_MARGIN)] = IGNORE
     if labeller is not None:
-        # Inside a WBC box, off every red-cell box: the pixels a model labels confidently are taught,
-        # and the rest of the box's core (the cell itself: an ellipse of WBC_CORE of the box) as
-        # "cytoplasm or nucleus" (ANY_FOREGROUND): a granular pink cytoplasm is easily unsure, and
-        # with red cells taught as background it would otherwise be learnt away.
+        # Inside a WBC box, off every red-cell box: the pixels a model labels confidently are taught;
+        # the rest of the box's core (the cell itself: an ellipse of WBC_CORE of the box) and every
+        # other pixel the model calls cell, however unsure, as "cytoplasm or nucleus" (ANY_FOREGROUND):
+        # a granular pink or a pale, vacuolated cytoplasm is easily unsure, and with red cells taught
+        # as background it would otherwise be learnt away (a red cell touching the WBC lies in its
+        # own box, so it is never taught as cell).
         classes, sure = labeller(image)
         inside, core = np.zeros((nh, nw), bool), np.zeros((nh, nw), bool)
         yy, xx = np.mgrid[:nh, :nw]
@@ -498,7 +500,7 @@ def weak_wbc_sample(image: np.ndarray, boxes: list[dict], labeller=None) -> tupl
                 inside[rect(b)] = False
         take = inside & sure
         mask[take] = classes[take]
-        mask[inside & core & ~sure] = ANY_FOREGROUND
+        mask[inside & ~sure & (core | (classes > 0))] = ANY_FOREGROUND
     return image, mask
 
 
