@@ -314,12 +314,12 @@ def red_like(lab: np.ndarray, red: np.ndarray, cytoplasm: np.ndarray, candidates
     out = np.zeros(candidates.shape, bool)
     if red.sum() < min_pixels or cytoplasm.sum() < min_pixels or not candidates.any():
         return out
-    ab = lab[..., 1:3].astype(np.float64)
+    cand = lab[candidates][:, 1:3].astype(np.float64)  # only the pixels used are converted
 
     def loglik(sample: np.ndarray) -> np.ndarray:
-        x = ab[sample]
+        x = lab[sample][:, 1:3].astype(np.float64)
         mean, cov = x.mean(0), np.cov(x.T) + np.eye(2)  # + 1: no collapse on a flat colour
-        d = ab[candidates] - mean
+        d = cand - mean
         return -0.5 * (np.einsum("ij,jk,ik->i", d, np.linalg.inv(cov), d) + np.log(np.linalg.det(cov)))
 
     out[candidates] = loglik(red) > loglik(cytoplasm)
@@ -549,7 +549,7 @@ def box_cell(image: np.ndarray, box: tuple[int, int, int, int], platelet: bool =
 
     >>> yy, xx = np.mgrid[:60, :60]
     >>> img = np.full((60, 60, 3), 235, np.uint8); img[(yy - 30) ** 2 + (xx - 30) ** 2 < 100] = (200, 90, 110)
-    >>> box_cell(img, (18, 18, 42, 42)).shape[2], box_cell(img, (0, 18, 42, 42))
+    >>> box_cell(img, (19, 19, 41, 41)).shape[2], box_cell(img, (0, 19, 41, 41))
     (4, None)
     """
     h, w = image.shape[:2]
@@ -603,11 +603,13 @@ def segment_classical(image: np.ndarray, task: str = "wbc", method: str = "hsv")
     return Segmentation(classes, instances, probs, float(np.median(diameters)) if diameters else 0.0, 1.0, objects)
 
 
-def stained(image: np.ndarray) -> np.ndarray:
-    """(H, W) bool: pixels darker or more saturated than the background (cells of any kind)."""
+def stained(image: np.ndarray, where: np.ndarray | None = None) -> np.ndarray:
+    """(H, W) bool: pixels darker or more saturated than the background (cells of any kind), the
+    threshold (Otsu) found on the pixels ``where`` is true (default all; leave a dark WBC out to
+    find pale red cells)."""
     hsv = cv2.cvtColor(np.ascontiguousarray(image[..., :3]), cv2.COLOR_RGB2HSV).astype(np.float32)
     feat = darkness(image) + cv2.GaussianBlur(hsv[..., 1] / 255.0, (0, 0), 1.0)
-    return feat > _otsu(feat)
+    return feat > _otsu(feat if where is None or not where.any() else feat[where])
 
 
 def red_cell_diameter(image: np.ndarray, exclude: np.ndarray | None = None, min_diameter: float = 6.0

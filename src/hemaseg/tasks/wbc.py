@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from hemaseg.classical import WBC_METHODS, box_cell, segment_classical
+from hemaseg.classical import WBC_METHODS, box_cell, red_like, segment_classical, stained
 from hemaseg.core.content import featureless
 from hemaseg.core.labels import measure_diameter, relabel, remove_small, split_instances, wbc_objects
 from hemaseg.core.resize import clamp_factor, resize_argmax
@@ -71,6 +71,10 @@ class WbcParams:
         cell diameter is estimated on a copy downsampled to 2048 px.
     block_margin : cell diameters of context around each block's core (a WBC whose centroid is in
         the core lies whole in the block, and its neighbours are seen as they are in the image).
+    red_cytoplasm : drop "cytoplasm" whose colour is likelier this image's red cells' than that of
+        the cytoplasm hugging the nuclei (:func:`reject_red_cytoplasm`; no fixed threshold).
+    red_ring : cell diameters around the nucleus whose cytoplasm is the cytoplasm colour sample
+        and is never dropped.
 
     Examples
     --------
@@ -86,6 +90,8 @@ class WbcParams:
     fallback_diameter: float = 50.0
     block_size: int = 2048
     block_margin: float = 1.5
+    red_cytoplasm: bool = True
+    red_ring: float = 0.12
 
 
 DEFAULTS = WbcParams()
@@ -177,6 +183,61 @@ def limit_cytoplasm(classes: np.ndarray, instances: np.ndarray, max_reach: float
             out_c[y1:y2, x1:x2][far] = 0
             out_i[y1:y2, x1:x2][far] = 0
     return out_c, out_i
+
+
+def reject_red_cytoplasm(image: np.ndarray, classes: np.ndarray, instances: np.ndarray, diameter: float,
+                         ring: float = DEFAULTS.red_ring) -> tuple[np.ndarray, np.ndarray]:
+    """Drop predicted cytoplasm that has a red cell's colour: (classes, instances).
+
+    The image's own red cells (stained pixels more than half a cell from every WBC) and the WBCs'
+    own cytoplasm (within ``ring`` x ``diameter`` of a nucleus) each give a CIELAB a*b* Gaussian
+    (:func:`hemaseg.classical.red_like`); cytoplasm farther out that is likelier red is dropped
+    where it makes a piece of a third of a red cell or more, then whatever of a cell no longer
+    touches its nucleus. Nothing changes when either sample is
+    too small (a crop filled by its WBC has no red cell to learn from).
+
+    >>> yy, xx = np.mgrid[:120, :160]
+    >>> img = np.full((120, 160, 3), 240, np.uint8)
+    >>> rbc = [(20, 140), (100, 140), (100, 20), (20, 20)]
+    >>> for cy, cx in rbc + [(60, 100)]:
+    ...     img[(yy - cy) ** 2 + (xx - cx) ** 2 < 196] = (210, 120, 120)  # red cells, one touching the WBC
+    >>> img[(yy - 60) ** 2 + (xx - 60) ** 2 < 900] = (180, 170, 215); img[(yy - 60) ** 2 + (xx - 60) ** 2 < 225] = (90, 40, 130)
+    >>> img = np.clip(img + np.random.default_rng(0).normal(0, 3, img.shape), 0, 255).astype(np.uint8)
+    >>> cls = np.zeros((120, 160), np.uint8); cls[(yy - 60) ** 2 + (xx - 60) ** 2 < 900] = 1
+    >>> cls[(yy - 60) ** 2 + (xx - 100) ** 2 < 196] = 1; cls[(yy - 60) ** 2 + (xx - 60) ** 2 < 225] = 2
+    >>> c2, i2 = reject_red_cytoplasm(img, cls, (cls > 0).astype(np.int32), diameter=60)
+    >>> int(c2[60, 104]), int(c2[60, 82]), int(c2[60, 60])
+    (0, 1, 2)
+    """
+    from scipy import ndimage as ndi
+
+    cell = instances > 0
+    nucleus = classes == 2
+    if not nucleus.any():
+        return classes, instances
+
+    def distance_to(mask: np.ndarray) -> np.ndarray:  # px to the nearest pixel of ``mask`` (linear time)
+        return cv2.distanceTransform((~mask).view(np.uint8), cv2.DIST_L2, 3)
+
+    lab = cv2.cvtColor(np.ascontiguousarray(image[..., :3]), cv2.COLOR_RGB2LAB)
+    far = distance_to(cell) > 0.5 * diameter
+    red = stained(image, far) & far
+    near = distance_to(nucleus) <= max(1.0, ring * diameter)
+    cyto = (classes == 1) & cell
+    drop = red_like(lab, red, cyto & near, cyto & ~near)
+    # Only red-cell-sized pieces (a third of a red cell's area or more, a red cell being ~1/1.8 of
+    # a WBC across): scattered pixels of a pinkish cytoplasm stay.
+    drop = remove_small(drop, int(np.pi / 4 * (diameter / 1.8) ** 2 / 3))
+    if not drop.any():
+        return classes, instances
+    classes, instances = classes.copy(), instances.copy()
+    classes[drop], instances[drop] = 0, 0
+    pieces, n = ndi.label(instances > 0)
+    holds = np.bincount(pieces[classes == 2], minlength=n + 1) > 0
+    holds[0] = True
+    loose = ~holds[pieces]
+    classes[loose], instances[loose] = 0, 0
+    return classes, instances
 
 
 def _min_area(diameter: float, p: WbcParams = DEFAULTS) -> int:
@@ -308,6 +369,8 @@ def _segment_wbc(image: np.ndarray, module: torch.nn.Module, card: dict, cell_di
         probs = predict_probs(module, card, image, factor, tile, overlap, prange, check_content=False)
     diameter = float(cell_diameter or (float(card.get("cell_diameter") or p.fallback_diameter) / factor))
     classes, instances = post if post is not None else wbc_instances(probs, diameter, p)
+    if p.red_cytoplasm:
+        classes, instances = reject_red_cytoplasm(image, classes, instances, diameter, p.red_ring)
     objects = wbc_objects(classes, instances, probs)
     return Segmentation(classes, instances, probs, diameter, factor, objects)
 
@@ -358,6 +421,8 @@ def _segment_blocks(module: torch.nn.Module, card: dict, image: np.ndarray, pran
         cls_b, background = resize_argmax(small_probs, crop.shape[:2])
         del small_probs
         cls_b, inst_b = postprocess_classes(cls_b, diameter, p)
+        if p.red_cytoplasm:
+            cls_b, inst_b = reject_red_cytoplasm(crop, cls_b, inst_b, diameter, p.red_ring)
         keep = centred_in_core(inst_b, block)
         if len(keep) == 0:
             continue
