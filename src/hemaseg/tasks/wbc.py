@@ -421,11 +421,13 @@ def _segment_blocks(module: torch.nn.Module, card: dict, image: np.ndarray, pran
         cls_b, background = resize_argmax(small_probs, crop.shape[:2])
         del small_probs
         cls_b, inst_b = postprocess_classes(cls_b, diameter, p)
-        if p.red_cytoplasm:
-            cls_b, inst_b = reject_red_cytoplasm(crop, cls_b, inst_b, diameter, p.red_ring)
+        # Which block keeps a cell is decided before the colour rule: each block fits its own
+        # colour models, and a cell trimmed differently by two blocks could be kept by neither.
         keep = centred_in_core(inst_b, block)
         if len(keep) == 0:
             continue
+        if p.red_cytoplasm:  # trims cytoplasm only: every kept cell keeps its nucleus and its label
+            cls_b, inst_b = reject_red_cytoplasm(crop, cls_b, inst_b, diameter, p.red_ring)
         boxes = ndi.find_objects(inst_b)
         instances = _room_for(instances, nxt + len(keep))
         out_c, out_i = classes[region], instances[region]
