@@ -299,11 +299,33 @@ def hsv_wbc_mask(image: np.ndarray, thresholds: str = "otsu", reach: float = 0.6
     return classes, instances
 
 
+def likelier_first(first: np.ndarray, second: np.ndarray, values: np.ndarray, min_pixels: int = 50) -> np.ndarray:
+    """(N,) bool: which of the (N, D) ``values`` are likelier under a Gaussian fitted to the (M, D)
+    ``first`` sample than under one fitted to ``second`` (no fixed threshold); all False when either
+    sample has fewer than ``min_pixels`` rows.
+
+    >>> rng = np.random.default_rng(0)
+    >>> likelier_first(rng.normal(10, 1, (60, 2)), rng.normal(0, 1, (60, 2)), np.array([[9.0, 9], [1, 1]])).tolist()
+    [True, False]
+    """
+    if len(first) < min_pixels or len(second) < min_pixels or not len(values):
+        return np.zeros(len(values), bool)
+    values = values.astype(np.float64)
+
+    def loglik(sample: np.ndarray) -> np.ndarray:
+        x = sample.astype(np.float64)
+        mean, cov = x.mean(0), np.cov(x.T) + np.eye(x.shape[1])  # + 1: no collapse on a flat colour
+        d = values - mean
+        return -0.5 * (np.einsum("ij,jk,ik->i", d, np.linalg.inv(cov), d) + np.log(np.linalg.det(cov)))
+
+    return loglik(first) > loglik(second)
+
+
 def red_like(lab: np.ndarray, red: np.ndarray, cytoplasm: np.ndarray, candidates: np.ndarray,
              min_pixels: int = 50) -> np.ndarray:
     """(H, W) bool: the ``candidates`` whose colour is likelier that of the ``red`` pixels than that of
-    the ``cytoplasm`` pixels, each a Gaussian in CIELAB a*b* fitted on this image (no fixed
-    threshold); nothing when either sample has fewer than ``min_pixels`` pixels.
+    the ``cytoplasm`` pixels, each a Gaussian in CIELAB a*b* fitted on this image
+    (:func:`likelier_first`); nothing when either sample has fewer than ``min_pixels`` pixels.
 
     >>> lab = np.zeros((4, 4, 3), np.float32); lab[:2, ..., 1] = 170; lab[2:, ..., 1] = 135
     >>> lab += np.random.default_rng(0).normal(0, 2, lab.shape).astype(np.float32)
@@ -312,17 +334,8 @@ def red_like(lab: np.ndarray, red: np.ndarray, cytoplasm: np.ndarray, candidates
     [True, True, False, False]
     """
     out = np.zeros(candidates.shape, bool)
-    if red.sum() < min_pixels or cytoplasm.sum() < min_pixels or not candidates.any():
-        return out
-    cand = lab[candidates][:, 1:3].astype(np.float64)  # only the pixels used are converted
-
-    def loglik(sample: np.ndarray) -> np.ndarray:
-        x = lab[sample][:, 1:3].astype(np.float64)
-        mean, cov = x.mean(0), np.cov(x.T) + np.eye(2)  # + 1: no collapse on a flat colour
-        d = cand - mean
-        return -0.5 * (np.einsum("ij,jk,ik->i", d, np.linalg.inv(cov), d) + np.log(np.linalg.det(cov)))
-
-    out[candidates] = loglik(red) > loglik(cytoplasm)
+    if candidates.any():
+        out[candidates] = likelier_first(lab[red][:, 1:3], lab[cytoplasm][:, 1:3], lab[candidates][:, 1:3], min_pixels)
     return out
 
 

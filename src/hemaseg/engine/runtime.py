@@ -79,8 +79,10 @@ def softmax(logits: np.ndarray, axis: int = 1) -> np.ndarray:
     >>> softmax(np.array([[0.0, np.log(3.0)]], np.float32)).round(3).tolist()
     [[0.25, 0.75]]
     """
-    e = np.exp(logits - logits.max(axis=axis, keepdims=True))
-    return e / e.sum(axis=axis, keepdims=True)
+    e = logits - logits.max(axis=axis, keepdims=True)
+    np.exp(e, out=e)  # in place: one full-size array instead of three
+    e /= e.sum(axis=axis, keepdims=True)
+    return e
 
 
 class TorchRunner:

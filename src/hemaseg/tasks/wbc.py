@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from hemaseg.classical import WBC_METHODS, box_cell, red_like, segment_classical, stained
+from hemaseg.classical import WBC_METHODS, box_cell, likelier_first, segment_classical, stained
 from hemaseg.core.content import featureless
 from hemaseg.core.labels import measure_diameter, relabel, remove_small, split_instances, wbc_objects
 from hemaseg.core.resize import clamp_factor, resize_argmax
@@ -191,7 +191,7 @@ def reject_red_cytoplasm(image: np.ndarray, classes: np.ndarray, instances: np.n
 
     The image's own red cells (stained pixels more than half a cell from every WBC) and the WBCs'
     own cytoplasm (within ``ring`` x ``diameter`` of a nucleus) each give a CIELAB a*b* Gaussian
-    (:func:`hemaseg.classical.red_like`); cytoplasm farther out that is likelier red is dropped
+    (:func:`hemaseg.classical.likelier_first`); cytoplasm farther out that is likelier red is dropped
     where it makes a piece of a third of a red cell or more, then whatever of a cell no longer
     touches its nucleus. Nothing changes when either sample is
     too small (a crop filled by its WBC has no red cell to learn from).
@@ -219,12 +219,23 @@ def reject_red_cytoplasm(image: np.ndarray, classes: np.ndarray, instances: np.n
     def distance_to(mask: np.ndarray) -> np.ndarray:  # px to the nearest pixel of ``mask`` (linear time)
         return cv2.distanceTransform((~mask).view(np.uint8), cv2.DIST_L2, 3)
 
-    lab = cv2.cvtColor(np.ascontiguousarray(image[..., :3]), cv2.COLOR_RGB2LAB)
+    def ab(rgb: np.ndarray) -> np.ndarray:  # CIELAB a*b* of (N, 3) RGB pixels
+        if not len(rgb):
+            return np.zeros((0, 2), np.uint8)
+        return cv2.cvtColor(np.ascontiguousarray(rgb[:, None, :3]), cv2.COLOR_RGB2LAB)[:, 0, 1:]
+
     far = distance_to(cell) > 0.5 * diameter
-    red = stained(image, far) & far
+    # The red cells' colour is sampled on every k-th pixel (at most ~1024 px a side): a Gaussian
+    # needs no more, and the whole image's colour conversions were most of the time on a large smear.
+    k = max(1, max(image.shape[:2]) // 1024)
+    sub, far_sub = image[::k, ::k], far[::k, ::k]
+    red = sub[stained(sub, far_sub) & far_sub]
     near = distance_to(nucleus) <= max(1.0, ring * diameter)
     cyto = (classes == 1) & cell
-    drop = red_like(lab, red, cyto & near, cyto & ~near)
+    drop = np.zeros(cyto.shape, bool)
+    candidates = cyto & ~near
+    if candidates.any():
+        drop[candidates] = likelier_first(ab(red), ab(image[cyto & near]), ab(image[candidates]))
     # Only red-cell-sized pieces (a third of a red cell's area or more, a red cell being ~1/1.8 of
     # a WBC across): scattered pixels of a pinkish cytoplasm stay.
     drop = remove_small(drop, int(np.pi / 4 * (diameter / 1.8) ** 2 / 3))
