@@ -189,8 +189,27 @@ def limit_cytoplasm(classes: np.ndarray, instances: np.ndarray, max_reach: float
     return out_c, out_i
 
 
+def _ab(rgb: np.ndarray) -> np.ndarray:
+    """CIELAB a*b* (uint8) of (N, 3) RGB pixels."""
+    if not len(rgb):
+        return np.zeros((0, 2), np.uint8)
+    return cv2.cvtColor(np.ascontiguousarray(rgb[:, None, :3]), cv2.COLOR_RGB2LAB)[:, 0, 1:]
+
+
+def red_cell_colours(image: np.ndarray, cells: np.ndarray, diameter: float) -> np.ndarray:
+    """(N, 2) CIELAB a*b* of the image's red cells: stained pixels (threshold found without the
+    cells) more than half a cell diameter from every pixel of ``cells``, sampled on every k-th
+    pixel (at most ~1024 px a side: a Gaussian needs no more, and whole-image colour conversions
+    were most of the time on a large smear)."""
+    far = cv2.distanceTransform((~cells).view(np.uint8), cv2.DIST_L2, 3) > 0.5 * diameter
+    k = max(1, max(image.shape[:2]) // 1024)
+    sub, far_sub = image[::k, ::k], far[::k, ::k]
+    return _ab(sub[stained(sub, far_sub) & far_sub])
+
+
 def reject_red_cytoplasm(image: np.ndarray, classes: np.ndarray, instances: np.ndarray, diameter: float,
-                         ring: float = DEFAULTS.red_ring) -> tuple[np.ndarray, np.ndarray]:
+                         ring: float = DEFAULTS.red_ring, red: np.ndarray | None = None
+                         ) -> tuple[np.ndarray, np.ndarray]:
     """Drop predicted cytoplasm that has a red cell's colour: (classes, instances).
 
     The image's own red cells (stained pixels more than half a cell from every WBC) and the WBCs'
@@ -220,26 +239,14 @@ def reject_red_cytoplasm(image: np.ndarray, classes: np.ndarray, instances: np.n
     if not nucleus.any():
         return classes, instances
 
-    def distance_to(mask: np.ndarray) -> np.ndarray:  # px to the nearest pixel of ``mask`` (linear time)
-        return cv2.distanceTransform((~mask).view(np.uint8), cv2.DIST_L2, 3)
-
-    def ab(rgb: np.ndarray) -> np.ndarray:  # CIELAB a*b* of (N, 3) RGB pixels
-        if not len(rgb):
-            return np.zeros((0, 2), np.uint8)
-        return cv2.cvtColor(np.ascontiguousarray(rgb[:, None, :3]), cv2.COLOR_RGB2LAB)[:, 0, 1:]
-
-    far = distance_to(cell) > 0.5 * diameter
-    # The red cells' colour is sampled on every k-th pixel (at most ~1024 px a side): a Gaussian
-    # needs no more, and the whole image's colour conversions were most of the time on a large smear.
-    k = max(1, max(image.shape[:2]) // 1024)
-    sub, far_sub = image[::k, ::k], far[::k, ::k]
-    red = sub[stained(sub, far_sub) & far_sub]
-    near = distance_to(nucleus) <= max(1.0, ring * diameter)
+    if red is None:
+        red = red_cell_colours(image, cell, diameter)
+    near = cv2.distanceTransform((~nucleus).view(np.uint8), cv2.DIST_L2, 3) <= max(1.0, ring * diameter)
     cyto = (classes == 1) & cell
     drop = np.zeros(cyto.shape, bool)
     candidates = cyto & ~near
     if candidates.any():
-        drop[candidates] = likelier_first(ab(red), ab(image[cyto & near]), ab(image[candidates]))
+        drop[candidates] = likelier_first(red, _ab(image[cyto & near]), _ab(image[candidates]))
     # Only red-cell-sized pieces (a third of a red cell's area or more, a red cell being ~1/1.8 of
     # a WBC across): scattered pixels of a pinkish cytoplasm stay.
     drop = remove_small(drop, int(np.pi / 4 * (diameter / 1.8) ** 2 / 3))
@@ -256,7 +263,8 @@ def reject_red_cytoplasm(image: np.ndarray, classes: np.ndarray, instances: np.n
 
 
 def reject_red_nuclei(image: np.ndarray, classes: np.ndarray, instances: np.ndarray, diameter: float,
-                      share: float = 0.8) -> tuple[np.ndarray, np.ndarray]:
+                      share: float = DEFAULTS.red_nucleus, red: np.ndarray | None = None,
+                      relabel_cells: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Drop cells whose "nucleus" has a red cell's colour: (classes, instances), relabelled.
 
     A Gaussian in CIELAB a*b* of the image's own red cells (stained pixels more than half a cell
@@ -270,23 +278,33 @@ def reject_red_nuclei(image: np.ndarray, classes: np.ndarray, instances: np.ndar
     if n == 0 or not nucleus.any():
         return classes, instances
 
-    def ab(rgb: np.ndarray) -> np.ndarray:
-        if not len(rgb):
-            return np.zeros((0, 2), np.uint8)
-        return cv2.cvtColor(np.ascontiguousarray(rgb[:, None, :3]), cv2.COLOR_RGB2LAB)[:, 0, 1:]
-
-    far = cv2.distanceTransform((~cell).view(np.uint8), cv2.DIST_L2, 3) > 0.5 * diameter
-    k = max(1, max(image.shape[:2]) // 1024)
-    sub, far_sub = image[::k, ::k], far[::k, ::k]
-    nuc_ab = ab(image[nucleus])
-    red = likelier_first(ab(sub[stained(sub, far_sub) & far_sub]), nuc_ab, nuc_ab)
+    if red is None:
+        red = red_cell_colours(image, cell, diameter)
+    nuc_ab = _ab(image[nucleus])
+    is_red = likelier_first(red, nuc_ab, nuc_ab)
     labels = instances[nucleus]
-    red_share = np.bincount(labels, weights=red, minlength=n + 1) / np.maximum(np.bincount(labels, minlength=n + 1), 1)
+    red_share = np.bincount(labels, weights=is_red, minlength=n + 1) / np.maximum(np.bincount(labels, minlength=n + 1), 1)
     keep = red_share < share
     if keep[1:].all():
         return classes, instances
-    instances = relabel(instances, keep)
+    keep[0] = False
+    instances = relabel(instances, keep) if relabel_cells else np.where(keep[instances], instances, 0)
     return np.where(instances > 0, classes, 0).astype(np.uint8), instances
+
+
+def red_colour_rules(image: np.ndarray, classes: np.ndarray, instances: np.ndarray, diameter: float,
+                     p: WbcParams = DEFAULTS, relabel_cells: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`reject_red_cytoplasm` (``p.red_cytoplasm``) then :func:`reject_red_nuclei` (``p.red_nucleus``
+    <= 1), the red cells' colour sampled once. ``relabel_cells=False`` keeps the labels of the cells that
+    stay (a dropped cell leaves a gap)."""
+    if not (p.red_cytoplasm or p.red_nucleus <= 1) or not (classes == 2).any():
+        return classes, instances
+    red = red_cell_colours(image, instances > 0, diameter)
+    if p.red_cytoplasm:
+        classes, instances = reject_red_cytoplasm(image, classes, instances, diameter, p.red_ring, red)
+    if p.red_nucleus <= 1:
+        classes, instances = reject_red_nuclei(image, classes, instances, diameter, p.red_nucleus, red, relabel_cells)
+    return classes, instances
 
 
 def _min_area(diameter: float, p: WbcParams = DEFAULTS) -> int:
@@ -418,10 +436,7 @@ def _segment_wbc(image: np.ndarray, module: torch.nn.Module, card: dict, cell_di
         probs = predict_probs(module, card, image, factor, tile, overlap, prange, check_content=False)
     diameter = float(cell_diameter or (float(card.get("cell_diameter") or p.fallback_diameter) / factor))
     classes, instances = post if post is not None else wbc_instances(probs, diameter, p)
-    if p.red_cytoplasm:
-        classes, instances = reject_red_cytoplasm(image, classes, instances, diameter, p.red_ring)
-    if p.red_nucleus <= 1:
-        classes, instances = reject_red_nuclei(image, classes, instances, diameter, p.red_nucleus)
+    classes, instances = red_colour_rules(image, classes, instances, diameter, p)
     objects = wbc_objects(classes, instances, probs)
     return Segmentation(classes, instances, probs, diameter, factor, objects)
 
@@ -477,8 +492,12 @@ def _segment_blocks(module: torch.nn.Module, card: dict, image: np.ndarray, pran
         keep = centred_in_core(inst_b, block)
         if len(keep) == 0:
             continue
-        if p.red_cytoplasm:  # trims cytoplasm only: every kept cell keeps its nucleus and its label
-            cls_b, inst_b = reject_red_cytoplasm(crop, cls_b, inst_b, diameter, p.red_ring)
+        # The rules trim cytoplasm and drop whole cells; a kept cell keeps its label (not relabelled here).
+        cls_b, inst_b = red_colour_rules(crop, cls_b, inst_b, diameter, p, relabel_cells=False)
+        present = np.bincount(inst_b.ravel())
+        keep = [label for label in keep if label < len(present) and present[label]]
+        if len(keep) == 0:
+            continue
         boxes = ndi.find_objects(inst_b)
         instances = _room_for(instances, nxt + len(keep))
         out_c, out_i = classes[region], instances[region]
