@@ -786,7 +786,18 @@ class WbcTask(Task):
         return _segment_wbc(image, module, card, cell_diameter, tile, overlap, params)
 
     def segment_classical(self, image: np.ndarray, method: str) -> Segmentation:
-        return segment_classical(image, "wbc", method)
+        """A classical method (:data:`hemaseg.classical.WBC_METHODS`), then the same red-cell colour
+        rules as the model's output (:func:`red_colour_rules`, default parameters)."""
+        seg = segment_classical(image, "wbc", method)
+        if not seg.objects:
+            return seg
+        diameter = float(np.median([o["diameter"] for o in seg.objects]))
+        classes, instances = red_colour_rules(image, seg.classes, seg.instances, diameter)
+        if classes is seg.classes:
+            return seg
+        probs = np.stack([classes == k for k in range(3)]).astype(np.float32)
+        return Segmentation(classes, instances, probs, seg.cell_diameter, seg.scale,
+                            wbc_objects(classes, instances, probs))
 
     def find_samples(self, root: str | Path) -> list[Pair]:
         """Image/mask pairs (wbc-seg), else fields with complete YOLO boxes (TXL-PBC) as weak labels."""
