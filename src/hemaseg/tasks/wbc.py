@@ -271,6 +271,24 @@ def reject_red_nuclei(image: np.ndarray, classes: np.ndarray, instances: np.ndar
     from every predicted cell) against one of all predicted nucleus pixels: a cell is dropped when
     at least ``share`` of its nucleus pixels are likelier red (a dark fold of a red cell taken for
     a nucleus); a real nucleus, blue to purple, stays even when false ones outnumber it.
+    ``red``: the red cells' a*b* if already sampled (:func:`red_cell_colours`);
+    ``relabel_cells=False`` keeps the labels of the cells that stay.
+
+    >>> yy, xx = np.mgrid[:160, :200]
+    >>> img = np.full((160, 200, 3), 240, np.uint8); cls = np.zeros((160, 200), np.uint8)
+    >>> disc = lambda cy, cx, r: (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
+    >>> for cy, cx in ((20, 180), (140, 180), (140, 20), (20, 20), (20, 100), (140, 100)):
+    ...     img[disc(cy, cx, 14)] = (205, 110, 120)  # red cells far from the "cells"
+    >>> img[disc(80, 50, 30)] = (185, 170, 215); img[disc(80, 50, 15)] = (90, 40, 130)  # a WBC
+    >>> for cx in (120, 160):  # two red cells with a dark fold the network called a nucleus
+    ...     img[disc(80, cx, 16)] = (205, 110, 120); img[disc(80, cx, 8)] = (160, 60, 75)
+    >>> img = np.clip(img + np.random.default_rng(0).normal(0, 3, img.shape), 0, 255).astype(np.uint8)
+    >>> inst = np.zeros((160, 200), np.int32)
+    >>> for k, (cx, r, rn) in enumerate(((50, 30, 15), (120, 16, 8), (160, 16, 8)), start=1):
+    ...     inst[disc(80, cx, r)] = k; cls[disc(80, cx, r)] = 1; cls[disc(80, cx, rn)] = 2
+    >>> c2, i2 = reject_red_nuclei(img, cls, inst, diameter=60)
+    >>> int(i2.max()), int(i2[80, 50]), int(i2[80, 120]), int(c2[80, 160])
+    (1, 1, 0, 0)
     """
     cell = instances > 0
     nucleus = (classes == 2) & cell
