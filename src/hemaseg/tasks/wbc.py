@@ -75,6 +75,8 @@ class WbcParams:
         the cytoplasm hugging the nuclei (:func:`reject_red_cytoplasm`; no fixed threshold).
     red_ring : cell diameters around the nucleus whose cytoplasm is the cytoplasm colour sample
         and is never dropped.
+    red_piece : smallest red-coloured piece of cytoplasm dropped, as a share of a red cell's area
+        (a red cell taken as 1/1.8 of the WBC diameter across): scattered pinkish pixels stay.
     red_nucleus : a cell is dropped when at least this share of its nucleus pixels has a red cell's
         colour rather than the image's nuclei's (:func:`reject_red_nuclei`: a dark fold of a red
         cell taken for a nucleus); above 1: never.
@@ -95,6 +97,7 @@ class WbcParams:
     block_margin: float = 1.5
     red_cytoplasm: bool = True
     red_ring: float = 0.12
+    red_piece: float = 1 / 3
     red_nucleus: float = 0.5
 
 
@@ -208,8 +211,8 @@ def red_cell_colours(image: np.ndarray, cells: np.ndarray, diameter: float) -> n
 
 
 def reject_red_cytoplasm(image: np.ndarray, classes: np.ndarray, instances: np.ndarray, diameter: float,
-                         ring: float = DEFAULTS.red_ring, red: np.ndarray | None = None
-                         ) -> tuple[np.ndarray, np.ndarray]:
+                         ring: float = DEFAULTS.red_ring, red: np.ndarray | None = None,
+                         piece: float = DEFAULTS.red_piece) -> tuple[np.ndarray, np.ndarray]:
     """Drop predicted cytoplasm that has a red cell's colour: (classes, instances).
 
     The image's own red cells (stained pixels more than half a cell from every WBC) and the WBCs'
@@ -247,9 +250,9 @@ def reject_red_cytoplasm(image: np.ndarray, classes: np.ndarray, instances: np.n
     candidates = cyto & ~near
     if candidates.any():
         drop[candidates] = likelier_first(red, _ab(image[cyto & near]), _ab(image[candidates]))
-    # Only red-cell-sized pieces (a third of a red cell's area or more, a red cell being ~1/1.8 of
+    # Only red-cell-sized pieces (``piece`` of a red cell's area or more, a red cell being ~1/1.8 of
     # a WBC across): scattered pixels of a pinkish cytoplasm stay.
-    drop = remove_small(drop, int(np.pi / 4 * (diameter / 1.8) ** 2 / 3))
+    drop = remove_small(drop, int(piece * np.pi / 4 * (diameter / 1.8) ** 2))
     if not drop.any():
         return classes, instances
     classes, instances = classes.copy(), instances.copy()
@@ -319,7 +322,7 @@ def red_colour_rules(image: np.ndarray, classes: np.ndarray, instances: np.ndarr
         return classes, instances
     red = red_cell_colours(image, instances > 0, diameter)
     if p.red_cytoplasm:
-        classes, instances = reject_red_cytoplasm(image, classes, instances, diameter, p.red_ring, red)
+        classes, instances = reject_red_cytoplasm(image, classes, instances, diameter, p.red_ring, red, p.red_piece)
     if p.red_nucleus <= 1:
         classes, instances = reject_red_nuclei(image, classes, instances, diameter, p.red_nucleus, red, relabel_cells)
     return classes, instances
