@@ -594,9 +594,7 @@ def segment_classical(image: np.ndarray, task: str = "wbc", method: str = "hsv")
     if task == "wbc":
         if method not in WBC_METHODS:
             raise ValueError(f"wbc methods: {', '.join(WBC_METHODS)}")
-        classes, instances = WBC_METHODS[method](image)
-        probs = np.stack([classes == k for k in range(3)]).astype(np.float32)
-        objects = wbc_objects(classes, instances, probs)
+        return wbc_segmentation(*WBC_METHODS[method](image))
     elif task == "nuclei":
         if method == "watershed":
             instances = watershed_cells(image)
@@ -612,6 +610,15 @@ def segment_classical(image: np.ndarray, task: str = "wbc", method: str = "hsv")
         objects = instance_objects(instances, probs)
     else:
         raise ValueError(f"no classical method for task {task!r}")
+    diameters = [o["diameter"] for o in objects]
+    return Segmentation(classes, instances, probs, float(np.median(diameters)) if diameters else 0.0, 1.0, objects)
+
+
+def wbc_segmentation(classes: np.ndarray, instances: np.ndarray) -> Segmentation:
+    """The :class:`~hemaseg.core.result.Segmentation` of a classical WBC mask: 0/1 class maps as
+    probabilities, the median cell diameter, scale 1."""
+    probs = np.stack([classes == k for k in range(3)]).astype(np.float32)
+    objects = wbc_objects(classes, instances, probs)
     diameters = [o["diameter"] for o in objects]
     return Segmentation(classes, instances, probs, float(np.median(diameters)) if diameters else 0.0, 1.0, objects)
 
@@ -646,11 +653,9 @@ def red_cell_diameter(image: np.ndarray, exclude: np.ndarray | None = None, min_
     keep = np.ones(image.shape[:2], bool) if exclude is None else ~exclude
     if keep.sum() < 4 * min_diameter ** 2:
         return None
-    hsv = cv2.cvtColor(np.ascontiguousarray(image[..., :3]), cv2.COLOR_RGB2HSV).astype(np.float32)
-    feat = darkness(image) + cv2.GaussianBlur(hsv[..., 1] / 255.0, (0, 0), 1.0)
     # The threshold is found on what is left once the WBC is out: a dark WBC would otherwise
     # set it, and pale red cells would fall below it.
-    cells = (feat > _otsu(feat[keep])) & keep
+    cells = stained(image, keep) & keep
     cells = _fill(_open(cells, 1.0))
     dist = ndi.distance_transform_edt(cells)
     peaks = peak_local_max(dist, min_distance=max(2, int(min_diameter / 2)), threshold_abs=min_diameter / 2,

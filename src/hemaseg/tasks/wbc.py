@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from hemaseg.classical import WBC_METHODS, box_cell, likelier_first, segment_classical, stained
+from hemaseg.classical import WBC_METHODS, box_cell, likelier_first, segment_classical, stained, wbc_segmentation
 from hemaseg.core.content import featureless
 from hemaseg.core.labels import measure_diameter, relabel, remove_small, split_instances, wbc_objects
 from hemaseg.core.resize import clamp_factor, resize_argmax
@@ -218,8 +218,8 @@ def reject_red_cytoplasm(image: np.ndarray, classes: np.ndarray, instances: np.n
     The image's own red cells (stained pixels more than half a cell from every WBC) and the WBCs'
     own cytoplasm (within ``ring`` x ``diameter`` of a nucleus) each give a CIELAB a*b* Gaussian
     (:func:`hemaseg.classical.likelier_first`); cytoplasm farther out that is likelier red is dropped
-    where it makes a piece of a third of a red cell or more, then whatever of a cell no longer
-    touches its nucleus. Nothing changes when either sample is
+    where it makes a piece of ``piece`` of a red cell's area or more, then whatever of a cell no
+    longer touches its nucleus. Nothing changes when either sample is
     too small (a crop filled by its WBC has no red cell to learn from).
 
     >>> yy, xx = np.mgrid[:120, :160]
@@ -680,12 +680,6 @@ def red_cell_crops(image: np.ndarray, boxes: list[dict], factor: float, rng: np.
     return out
 
 
-def _mean_lab(image: np.ndarray, where: np.ndarray) -> np.ndarray | None:
-    if where.sum() < 20:
-        return None
-    return cv2.cvtColor(np.ascontiguousarray(image[..., :3]), cv2.COLOR_RGB2LAB)[where].reshape(-1, 3).mean(0)
-
-
 def paste_red_cells(image: np.ndarray, mask: np.ndarray, crops: list[np.ndarray], rng: np.random.Generator,
                     count: tuple[int, int] = (3, 8), size: tuple[float, float] = (0.4, 0.8),
                     max_overlap: float = 0.12) -> tuple[np.ndarray, np.ndarray]:
@@ -717,12 +711,12 @@ def paste_red_cells(image: np.ndarray, mask: np.ndarray, crops: list[np.ndarray]
     out = image.astype(np.float32)
     mode = rng.choice(3, p=[0.4, 0.35, 0.25])
     target = None
-    if mode == 1:  # this image's own red cells: the darker half of its background
+    if mode > 0:
         lab = cv2.cvtColor(np.ascontiguousarray(image[..., :3]), cv2.COLOR_RGB2LAB)
         bg = ~cell
-        target = _mean_lab(image, bg & (lab[..., 0] < np.percentile(lab[..., 0][bg], 40)))
-    elif mode == 2:
-        target = _mean_lab(image, mask == 1)
+        # this image's own red cells (the darker part of its background), or the WBC's cytoplasm
+        where = bg & (lab[..., 0] < np.percentile(lab[..., 0][bg], 40)) if mode == 1 else mask == 1
+        target = lab[where].mean(0) if where.sum() >= 20 else None
     for _ in range(int(rng.integers(count[0], count[1] + 1))):
         crop = crops[int(rng.integers(len(crops)))]
         crop = np.rot90(crop, int(rng.integers(4)))
@@ -812,13 +806,12 @@ class WbcTask(Task):
         seg = segment_classical(image, "wbc", method)
         if not seg.objects:
             return seg
-        diameter = float(np.median([o["diameter"] for o in seg.objects]))
-        classes, instances = red_colour_rules(image, seg.classes, seg.instances, diameter)
+        classes, instances = red_colour_rules(image, seg.classes, seg.instances, seg.cell_diameter)
         if classes is seg.classes:
             return seg
-        probs = np.stack([classes == k for k in range(3)]).astype(np.float32)
-        return Segmentation(classes, instances, probs, seg.cell_diameter, seg.scale,
-                            wbc_objects(classes, instances, probs))
+        out = wbc_segmentation(classes, instances)
+        out.cell_diameter = seg.cell_diameter  # the diameter the rules were applied at
+        return out
 
     def find_samples(self, root: str | Path) -> list[Pair]:
         """Image/mask pairs (wbc-seg), else fields with complete YOLO boxes (TXL-PBC) as weak labels."""
