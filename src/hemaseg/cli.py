@@ -37,7 +37,7 @@ from hemaseg.tasks.cells.infer import is_detector
 from hemaseg.tasks.smear10.synth import PARTS, compose, image_seed, synth_config, write_smear
 from hemaseg.tasks.smear10.synth import wbc_crops as cut_wbcs
 from hemaseg.tasks.smear10.train import held_out_crops, load_bank
-from hemaseg.tasks.wbc_type.crops import cell_crop, crop_for, group_probs, prediction_rows, takes_ruler
+from hemaseg.tasks.wbc_type.crops import cell_crop, crop_for, crops_for, group_probs, prediction_rows, takes_ruler
 from hemaseg.tasks.wbc_type.explain import cam_overlay, features, grad_cam, gradcam_mask, tsne_plot
 from hemaseg.version import __version__
 
@@ -402,6 +402,10 @@ def train(
                err=True)
 
 
+CLASSIFY_BATCH = 64  # crops read, then cell-normalised together
+CLASSIFY_BATCH_VALUES = 64 * 512 * 512 * 3  # ... or fewer, when they are large images
+
+
 @app.command()
 @_usage_errors
 def classify(
@@ -441,13 +445,40 @@ def classify(
         raise typer.Exit(2) from None
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="-m") from None
-    ok_paths, cells = [], []
+    ok_paths, cells, pending = [], [], []
+
+    def normalise_pending() -> int:
+        # Crops are cell-normalised in batches (one pass of the WBC network for all); should a batch
+        # fail, each of its crops is tried alone so that only the bad one is lost.
+        failures = 0
+        try:
+            made = crops_for([im for _, im in pending], loaded[1])
+        except Exception:
+            made = []
+            for path, im in pending:
+                try:
+                    made.append(crop_for(im, loaded[1]))
+                except Exception as exc:
+                    failures += 1
+                    made.append(None)
+                    _fail(path, f"{exc.__class__.__name__}: {exc}")
+        for (path, _), cell in zip(pending, made):
+            if cell is not None:
+                ok_paths.append(path)
+                cells.append(cell)
+        pending.clear()
+        return failures
 
     def work(path):
-        cells.append(crop_for(read_image(path), loaded[1]))
-        ok_paths.append(path)
+        pending.append((path, read_image(path)))
+        if len(pending) >= CLASSIFY_BATCH or sum(im.size for _, im in pending) > CLASSIFY_BATCH_VALUES:
+            nonlocal late_failures
+            late_failures += normalise_pending()
 
-    failed = _for_each(paths, "classify", work)
+    late_failures = 0
+    with backend_scope(backend):  # the WBC segmentation that normalises the crops too
+        failed = _for_each(paths, "classify", work)
+        failed += late_failures + normalise_pending()
     names, rows = prediction_rows(cells, loaded, dev, mode, min_confidence)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")

@@ -22,10 +22,12 @@ from hemaseg.core.labels import measure_diameter, relabel, remove_small, split_i
 from hemaseg.core.resize import clamp_factor, resize_argmax
 from hemaseg.core.result import Segmentation
 from hemaseg.core.vocabulary import category_of
+from hemaseg.data.transforms import normalize
 from hemaseg.engine.blocks import Block, centred_in_core, downscale, image_blocks, release_free_memory
 from hemaseg.engine.evaluate import plain_table
 from hemaseg.engine.losses import ANY_FOREGROUND, IGNORE
 from hemaseg.engine.predict import card_range, get_model, predict_probs, predict_scaled
+from hemaseg.engine.runtime import as_runner
 from hemaseg.engine.task import Task
 from hemaseg.engine.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
 from hemaseg.engine.train import pair_data, read_split
@@ -439,6 +441,111 @@ def segment_wbc(image: np.ndarray, model="wbc", cell_diameter: float | None = No
     if featureless(image):
         return WBC.empty(image, card, cell_diameter)
     return _segment_wbc(image, module, card, cell_diameter, tile, overlap, params)
+
+
+CROP_SIDE = 128  # px: the long side single-cell crops are segmented at, many at once (segment_wbc_crops)
+# Cells measured at this many times the trained diameter are taken at that scale: the network was trained
+# over 0.5-2x on WBCs of 0.7-1.3x the median diameter (a small lymphocyte ~0.7x), so 1/3 to 2 of it.
+CROP_SCALES = (1 / 3, 2.0)
+
+
+def segment_wbc_crops(images: list[np.ndarray], model="wbc", side: int = CROP_SIDE, device: str = "cpu",
+                      params: WbcParams | None = None, batch_size: int = 32, workers: int = 2
+                      ) -> list[tuple[np.ndarray, np.ndarray, float]]:
+    """WBC (classes, instances, scale) of many single-cell crops at once.
+
+    A single-cell crop is cut around one WBC, so its scale is known well enough for one pass:
+    each image is resized so its long side is ``side`` px (a multiple of the network's stride;
+    padded to a square with its border colour, normalised on its own range), the crops go
+    through the network in batches of ``batch_size``, and each map is post-processed at that
+    scale for cells of the trained diameter (:func:`postprocess_classes`, :func:`red_colour_rules`;
+    ``workers`` threads). An image whose cells there measure outside :data:`CROP_SCALES` times
+    the trained diameter, or with no cell though it is larger than ``side``, is no crop at that
+    scale: it alone gets one more pass, at the scale its cells measured (or twice as large),
+    through :func:`segment_wbc` at its own size. About 6 ms a crop on two CPU threads, against
+    about 40 ms through :func:`segment_wbc` each.
+
+    Parameters
+    ----------
+    images : (H, W, 3) uint8 crops of any sizes.
+    model : bundled name, path, or (module, card).
+    side : px, the long side each crop is segmented at.
+    params : post-processing (default: the card's, else :class:`WbcParams`).
+
+    Returns
+    -------
+    list of ((h, w) uint8 classes 0 background, 1 cytoplasm, 2 nucleus; (h, w) int32 instances
+    1..N; scale): the maps are the image resized by ``scale`` (h = round(H * scale)).
+
+    Examples
+    --------
+    >>> classes, instances, scale = segment_wbc_crops([np.full((64, 256, 3), 200, np.uint8)])[0]
+    >>> instances.shape, int(instances.max()), scale  # a crop with no cell, segmented at 128 px long
+    ((32, 128), 0, 0.5)
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    module, card = get_model(model, device)
+    p = params or WBC.params(card)
+    stride = int(getattr(module, "stride", 32))
+    if side % stride:
+        raise ValueError(f"side must be a multiple of the network's stride ({stride}); got {side}")
+    trained = float(card.get("cell_diameter") or p.fallback_diameter)
+    run = as_runner(module)
+    out: list[tuple[np.ndarray, np.ndarray, float] | None] = [None] * len(images)
+    small_images = []
+    for image in images:
+        h, w = image.shape[:2]
+        f = side / max(h, w)
+        small_images.append(cv2.resize(np.ascontiguousarray(image[..., :3]),
+                                       (min(side, max(1, round(w * f))), min(side, max(1, round(h * f)))),
+                                       interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR))
+    todo = []
+    for i, small in enumerate(small_images):
+        if featureless(small):  # checked at the scale the network sees
+            out[i] = (np.zeros(small.shape[:2], np.uint8), np.zeros(small.shape[:2], np.int32),
+                      small.shape[1] / images[i].shape[1])
+        else:
+            todo.append(i)
+
+    def post(i: int, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray] | float | None:
+        """(classes, instances) at the crop's scale, or the diameter (None: no cell) for one more pass."""
+        classes, instances = postprocess_classes(logits.argmax(0).astype(np.uint8), trained, p)
+        d = measure_diameter(instances, min_area=_min_area(trained, p))
+        if (d is None and side < max(images[i].shape[:2])) or (
+                d is not None and not CROP_SCALES[0] <= d / trained <= CROP_SCALES[1]):
+            return d
+        return red_colour_rules(small_images[i], classes, instances, trained, p)
+
+    again, pending = [], []
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start:start + batch_size]
+            batch = np.empty((len(chunk), side, side, 3), np.float32)
+            where = []
+            for j, i in enumerate(chunk):
+                small = small_images[i]
+                (sh, sw), y0, x0 = small.shape[:2], (side - small.shape[0]) // 2, (side - small.shape[1]) // 2
+                x = normalize(small, prange=card_range(card, small))
+                batch[j] = np.median(np.concatenate([x[0], x[-1], x[:, 0], x[:, -1]]), 0)
+                batch[j, y0:y0 + sh, x0:x0 + sw] = x
+                where.append((slice(y0, y0 + sh), slice(x0, x0 + sw)))
+            logits = run(batch)
+            # This batch is post-processed while the network runs the next one.
+            pending += [(i, pool.submit(post, i, logits[j][:, where[j][0], where[j][1]])) for j, i in enumerate(chunk)]
+    for i, job in pending:
+        res = job.result()
+        if isinstance(res, tuple):
+            out[i] = (*res, small_images[i].shape[1] / images[i].shape[1])
+        else:
+            again.append((i, res))
+    for i, d in again:
+        # One more pass, alone: at the scale its cells measured, or twice as large when none was seen.
+        f = small_images[i].shape[1] / images[i].shape[1]
+        image = np.ascontiguousarray(images[i][..., :3])
+        seg = _segment_wbc(image, module, card, (trained / 2 if d is None else d) / f, DEFAULT_TILE, DEFAULT_OVERLAP, p)
+        out[i] = (seg.classes, seg.instances, 1.0)
+    return out
 
 
 def _segment_wbc(image: np.ndarray, module: torch.nn.Module, card: dict, cell_diameter: float | None, tile: int,

@@ -14,7 +14,7 @@ from hemaseg.core.vocabulary import EXTRA_TYPES, MONONUCLEAR, POLYNUCLEAR
 from hemaseg.data.transforms import normalize
 from hemaseg.engine.predict import get_model, uses_backend
 from hemaseg.engine.runtime import as_runner, softmax
-from hemaseg.tasks.wbc import segment_wbc
+from hemaseg.tasks.wbc import segment_wbc_crops
 
 if TYPE_CHECKING:
     import torch
@@ -68,42 +68,65 @@ def _square(image: np.ndarray, cy: float, cx: float, side: float) -> tuple[np.nd
     return image[y0 + pad:y0 + pad + s, x0 + pad:x0 + pad + s], (x0, y0, x0 + s, y0 + s)
 
 
+def cell_crops(images: list[np.ndarray], size: int = 96, seg_model="wbc", fill: float = CELL_FILL,
+               ruler: bool = True) -> list[CellCrop]:
+    """Centre each (H, W, 3) crop on its WBC and rescale so the cell spans ``fill`` of a ``size`` px square.
+
+    The WBC is the segmented cell nearest the centre (largest first) from the bundled WBC
+    model, all crops segmented together in one pass at a known scale
+    (:func:`~hemaseg.tasks.wbc.segment_wbc_crops`), so crops cut at other sizes and
+    magnifications look alike to the classifier. With no cell found, the central square of
+    the input is used. ``ruler=False`` skips measuring the red cells (``rbc_diameter`` stays
+    None): for a classifier that takes no ruler (:func:`takes_ruler`) the measurement would be
+    thrown away.
+
+    Examples
+    --------
+    >>> c = cell_crops([np.full((50, 70, 3), 220, np.uint8)], size=32)[0]  # nothing in it
+    >>> c.found, c.image.shape
+    (False, (32, 32, 3))
+    """
+    images = [np.ascontiguousarray(im[..., :3]) for im in images]
+    segs = segment_wbc_crops(images, seg_model)
+    return [_centred(image, *seg, size, fill, ruler) for image, seg in zip(images, segs)]
+
+
 def cell_crop(image: np.ndarray, size: int = 96, seg_model="wbc", fill: float = CELL_FILL,
               ruler: bool = True) -> CellCrop:
-    """Centre an (H, W, 3) crop on its WBC and rescale so the cell spans ``fill`` of a ``size`` px square.
+    """:func:`cell_crops` of one image."""
+    return cell_crops([image], size, seg_model, fill, ruler)[0]
 
-    The WBC is the segmented cell nearest the centre (largest first) from the bundled
-    WBC model, so crops cut at other sizes and magnifications look alike to the
-    classifier. With no cell found, the central square of the input is used. ``ruler=False``
-    skips measuring the red cells (``rbc_diameter`` stays None): for a classifier that takes no
-    ruler (:func:`takes_ruler`) the measurement would be thrown away.
-    """
-    image = np.ascontiguousarray(image[..., :3])
+
+def _centred(image: np.ndarray, classes: np.ndarray, instances: np.ndarray, scale: float, size: int, fill: float,
+             ruler: bool) -> CellCrop:
+    """The :class:`CellCrop` of ``image`` given its WBC segmentation at ``scale`` (map px per image px)."""
     h, w = image.shape[:2]
-    seg = segment_wbc(image, seg_model)
-    k = central_instance(seg.instances)
+    k = central_instance(instances)
     rbc_d, nucleus = None, 0.0
     if k:
-        sel = seg.instances == k
+        sel = instances == k
         ys, xs = np.nonzero(sel)
-        cy, cx = (ys.min() + ys.max() + 1) / 2, (xs.min() + xs.max() + 1) / 2
-        diameter = float(max(2 * np.sqrt(sel.sum() / np.pi), 8.0))
+        cy, cx = (ys.min() + ys.max() + 1) / 2 / scale, (xs.min() + xs.max() + 1) / 2 / scale
+        diameter = float(max(2 * np.sqrt(sel.sum() / np.pi) / scale, 8.0))
         side = diameter / fill
-        nucleus = float((seg.classes[sel] == 2).mean())
+        nucleus = float((classes[sel] == 2).mean())
         if ruler:
             # Red cells are measured outside every WBC grown by a tenth of this one's diameter.
-            r = max(1, int(0.1 * diameter))
-            grown = cv2.dilate((seg.instances > 0).astype(np.uint8),
+            r = max(1, int(0.1 * diameter * scale))
+            grown = cv2.dilate((instances > 0).astype(np.uint8),
                                cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)))
-            rbc_d = red_cell_diameter(image, grown > 0)
+            small = image if scale == 1 else cv2.resize(image, instances.shape[::-1], interpolation=cv2.INTER_AREA)
+            d = red_cell_diameter(small, grown > 0)
+            rbc_d = d / scale if d else None
     else:
         cy, cx, side, diameter = h / 2, w / 2, float(min(h, w)), 0.0
-        sel = np.zeros((h, w), bool)
     crop, _ = _square(image, cy, cx, side)
-    mcrop, _ = _square(sel.astype(np.uint8)[..., None].repeat(3, -1), cy, cx, side)
-    interp = cv2.INTER_AREA if crop.shape[0] > size else cv2.INTER_LINEAR
-    out = cv2.resize(crop, (size, size), interpolation=interp)
-    m = cv2.resize(mcrop[..., 0], (size, size), interpolation=cv2.INTER_NEAREST) > 0
+    out = cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA if crop.shape[0] > size else cv2.INTER_LINEAR)
+    if k:  # the cell's mask, cut from the map the same way
+        mcrop, _ = _square(sel.astype(np.uint8), cy * scale, cx * scale, side * scale)
+        m = cv2.resize(mcrop, (size, size), interpolation=cv2.INTER_NEAREST) > 0
+    else:
+        m = np.zeros((size, size), bool)
     return CellCrop(out, m, bool(k), diameter, rbc_d, nucleus)
 
 
@@ -238,14 +261,19 @@ def prediction_rows(cells: list[CellCrop], model="wbc-type", device: str = "cpu"
     return names, rows
 
 
-def crop_for(image: np.ndarray, card: dict) -> CellCrop:
-    """How a model of ``card`` sees a single-cell image: cell-normalised (the default), or just
-    resized for models trained without normalisation (then taken to hold a WBC)."""
+def crops_for(images: list[np.ndarray], card: dict) -> list[CellCrop]:
+    """How a model of ``card`` sees single-cell images: cell-normalised (the default, :func:`cell_crops`),
+    or just resized for models trained without normalisation (then taken to hold a WBC)."""
     size = int(card.get("input_size", 96))
     if card.get("cell_normalised", True):
-        return cell_crop(image, size, ruler=takes_ruler(card))
-    crop = cv2.resize(np.ascontiguousarray(image[..., :3]), (size, size), interpolation=cv2.INTER_AREA)
-    return CellCrop(crop, np.zeros((size, size), bool), True, 0.0)
+        return cell_crops(images, size, ruler=takes_ruler(card))
+    return [CellCrop(cv2.resize(np.ascontiguousarray(im[..., :3]), (size, size), interpolation=cv2.INTER_AREA),
+                     np.zeros((size, size), bool), True, 0.0) for im in images]
+
+
+def crop_for(image: np.ndarray, card: dict) -> CellCrop:
+    """:func:`crops_for` of one image."""
+    return crops_for([image], card)[0]
 
 
 CROP_MARGIN = 0.3  # WBC crops for typing: the cell's box grown by this share on each side
@@ -271,8 +299,8 @@ def type_wbcs(image: np.ndarray, records: list[dict], model="wbc-type", device: 
     """(probabilities (N, K), normalised crops, class names) for the WBC records of an image."""
     _, card = get_model(model, device)
     size = int(card.get("input_size", 96))
-    cells = [cell_crop(square_crop(image, r["bounding_box"], CROP_MARGIN), size, ruler=takes_ruler(card))
-             for r in records]
+    cells = cell_crops([square_crop(image, r["bounding_box"], CROP_MARGIN) for r in records], size,
+                       ruler=takes_ruler(card))
     crops = [c.image for c in cells]
     extras = np.stack([c.extras for c in cells]) if cells else None
     return predict_crops(crops, model, device, extras=extras), crops, list(card["classes"])

@@ -29,7 +29,7 @@ from hemaseg.tasks.wbc_type.crops import (
     ALL_CLASSES,
     CLASSES,
     N_EXTRAS,
-    cell_crop,
+    cell_crops,
     group_probs,
     predict_logits,
     probs_from_logits,
@@ -95,7 +95,10 @@ def split_labelled(items: list[tuple[Path, str]], val_fraction: float, seed: int
 
 def _cache_key(path: Path, size: int, normalise: bool) -> str:
     st = path.stat()
-    return hashlib.sha1(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{size}|{normalise}|v2".encode()).hexdigest()[:20]
+    return hashlib.sha1(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{size}|{normalise}|v3".encode()).hexdigest()[:20]
+
+
+PREPARE_CHUNK = 64  # crops normalised together (one batch through the WBC network)
 
 
 def prepare_crops(paths: list[Path], size: int, normalise: bool, cache: Path,
@@ -103,31 +106,29 @@ def prepare_crops(paths: list[Path], size: int, normalise: bool, cache: Path,
     """Cell-normalised crops (N, S, S, 3) uint8, their cell masks (N, S, S) bool and rulers
     (N, 3) float32 (:attr:`CellCrop.extras`; zeros without normalisation), cached on disk."""
     cache.mkdir(parents=True, exist_ok=True)
-    images, masks, extras = [], [], []
-    for p in (track(paths, "normalise crops", leave=False) if progress else paths):
-        f = cache / f"{_cache_key(Path(p), size, normalise)}.npz"
-        if f.exists():
-            with np.load(f) as d:
-                images.append(d["image"])
-                masks.append(d["mask"])
-                extras.append(d["extras"])
-            continue
-        image = read_image(p)
+    files = [cache / f"{_cache_key(Path(p), size, normalise)}.npz" for p in paths]
+    missing = [i for i, f in enumerate(files) if not f.exists()]
+    chunks = [missing[i:i + PREPARE_CHUNK] for i in range(0, len(missing), PREPARE_CHUNK)]
+    for chunk in (track(chunks, "normalise crops", leave=False) if progress and chunks else chunks):
+        images = [read_image(paths[i]) for i in chunk]
         if normalise:
-            c = cell_crop(image, size)
-            im, m, e = c.image, c.mask, c.extras
+            made = [(c.image, c.mask, c.extras) for c in cell_crops(images, size)]
         else:
-            im, m = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA), np.zeros((size, size), bool)
-            e = np.zeros(N_EXTRAS, np.float32)
-        with atomic_path(f) as tmp:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, image=im, mask=m, extras=e)
-        images.append(im)
-        masks.append(m)
-        extras.append(e)
-    if not images:
+            made = [(cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA), np.zeros((size, size), bool),
+                     np.zeros(N_EXTRAS, np.float32)) for im in images]
+        for i, (im, m, e) in zip(chunk, made):
+            with atomic_path(files[i]) as tmp:
+                with open(tmp, "wb") as fh:
+                    np.savez(fh, image=im, mask=m, extras=e)
+    if not files:
         return (np.zeros((0, size, size, 3), np.uint8), np.zeros((0, size, size), bool),
                 np.zeros((0, N_EXTRAS), np.float32))
+    images, masks, extras = [], [], []
+    for f in files:
+        with np.load(f) as d:
+            images.append(d["image"])
+            masks.append(d["mask"])
+            extras.append(d["extras"])
     return np.stack(images), np.stack(masks), np.stack(extras)
 
 
