@@ -198,3 +198,30 @@ def test_classify_marks_crops_without_a_wbc_and_unsure_ones(tmp_path, tiny_class
     assert cell[1] == "UNSURE" and abs(sum(map(float, cell[2:])) - 1) < 1e-4  # an untrained model is never 99 % sure
     res = runner.invoke(app, ["classify", "-d", str(d), "--model", str(tiny_classifier), "--min-confidence", "2"])
     assert res.exit_code == 2
+
+
+def test_crops_are_normalised_together_as_each_alone_and_free_of_zoom():
+    """cell_crops segments all crops in one batch at a known scale (segment_wbc_crops): a crop's result
+    does not depend on the others in its batch, the cell's size follows the zoom, and a small cell in a
+    wide field, missed at that scale, is found by the one extra pass."""
+    import cv2
+
+    from hemaseg.tasks.wbc import segment_wbc_crops
+    from hemaseg.tasks.wbc_type.crops import cell_crops
+
+    cell, _ = toy_wbc(np.random.default_rng(0), 120, radius=30)
+    zoomed = cv2.resize(cell, (300, 300), interpolation=cv2.INTER_LINEAR)  # 2.5x
+    field = np.full((400, 400, 3), (235, 215, 215), np.uint8)
+    field[140:260, 140:260] = cell  # the WBC spans 0.15 of the field
+    empty = np.full((90, 150, 3), 225, np.uint8)
+    images = [cell, zoomed, field, empty]
+    together = segment_wbc_crops(images)
+    for image, alone, batched in zip(images, [segment_wbc_crops([im])[0] for im in images], together):
+        assert np.array_equal(alone[1], batched[1]) and alone[2] == batched[2]
+    assert together[0][1].shape == (64, 64) and together[2][1].shape == (400, 400)  # the field took a second pass
+    crops = cell_crops(images, 32)
+    assert [c.found for c in crops] == [True, True, True, False]
+    assert crops[1].diameter / crops[0].diameter == pytest.approx(2.5, rel=0.1)
+    assert crops[2].diameter == pytest.approx(crops[0].diameter, rel=0.25)
+    assert all(c.image.shape == (32, 32, 3) and c.mask.shape == (32, 32) for c in crops)
+    assert crops[0].mask[16, 16] and not crops[3].mask.any()
