@@ -402,8 +402,8 @@ def train(
                err=True)
 
 
-CLASSIFY_BATCH = 64  # crops read, then cell-normalised together
-CLASSIFY_BATCH_VALUES = 64 * 512 * 512 * 3  # ... or fewer, when they are large images
+CLASSIFY_BATCH = 128  # crops read, then cell-normalised together
+CLASSIFY_BATCH_VALUES = 128 * 512 * 512 * 3  # ... or fewer, when they are large images (~100 MB)
 
 
 @app.command()

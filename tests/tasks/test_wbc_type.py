@@ -225,3 +225,27 @@ def test_crops_are_normalised_together_as_each_alone_and_free_of_zoom():
     assert crops[2].diameter == pytest.approx(crops[0].diameter, rel=0.25)
     assert all(c.image.shape == (32, 32, 3) and c.mask.shape == (32, 32) for c in crops)
     assert crops[0].mask[16, 16] and not crops[3].mask.any()
+
+
+def test_classify_batch_failure_loses_only_the_bad_crop(tmp_path, tiny_classifier, monkeypatch):
+    """Crops are normalised a batch at a time; should a batch fail, each crop is tried alone and only
+    the one that fails is reported (exit 1), the others written in order."""
+    import hemaseg.cli as cli
+
+    d = _crops(tmp_path / "c", per_class=2)
+    bad = sorted(d.rglob("*.jpg"))[1]
+    real = cli.crop_for
+
+    def one(image, card):
+        if image.mean() == bad_mean:
+            raise RuntimeError("cannot normalise")
+        return real(image, card)
+
+    bad_mean = np.asarray(Image.open(bad).convert("RGB")).mean()
+    monkeypatch.setattr(cli, "crops_for", lambda images, card: (_ for _ in ()).throw(RuntimeError("batch")))
+    monkeypatch.setattr(cli, "crop_for", one)
+    out = tmp_path / "o.csv"
+    res = runner.invoke(app, ["classify", "-d", str(d), "-o", str(out), "--model", str(tiny_classifier)])
+    assert res.exit_code == 1 and bad.name in res.output and "cannot normalise" in res.output
+    rows = list(csv.reader(out.open()))[1:]
+    assert [r[0] for r in rows] == [str(p) for p in sorted(d.rglob("*.jpg")) if p != bad]
