@@ -105,7 +105,7 @@ def speed(args) -> None:
     from hemaseg.engine.predict import get_model
     from hemaseg.errors import HemasegError
     from hemaseg.io.datasets import find_labelled_cells
-    from hemaseg.tasks.wbc_type.crops import cell_crop, predict_crops
+    from hemaseg.tasks.wbc_type.crops import cell_crops, predict_crops
 
     torch.set_num_threads(args.threads)
     try:
@@ -116,9 +116,9 @@ def speed(args) -> None:
     paths = [p for p, _ in find_labelled_cells(args.data / "bccd-wbc")][:64]
     images = [hemaseg.read_image(p) for p in paths]
     size = int(loaded[1].get("input_size", 96))
-    cell_crop(images[0], size)
+    cell_crops(images[:2], size)
     t0 = time.perf_counter()
-    crops = [cell_crop(im, size).image for im in images]
+    crops = [c.image for c in cell_crops(images, size)]  # one batch, as `hemaseg classify` does
     t_norm = time.perf_counter() - t0
     predict_crops(crops[:4], loaded)
     t0 = time.perf_counter()

@@ -42,7 +42,7 @@ def test_lab(run: Path, root: Path, cache: Path, zoom_n: int, seed: int = 0) -> 
     from hemaseg.io.datasets import find_labelled_cells
     from hemaseg.metrics import classification_report
     from hemaseg.models.registry import load_model
-    from hemaseg.tasks.wbc_type.crops import CLASSES, cell_crop, group_probs
+    from hemaseg.tasks.wbc_type.crops import CLASSES, cell_crops, group_probs
     from hemaseg.tasks.wbc_type.train import predict, prepare_crops
 
     model, card = load_model(run / "model.safetensors")
@@ -63,11 +63,9 @@ def test_lab(run: Path, root: Path, cache: Path, zoom_n: int, seed: int = 0) -> 
     pick = rng.permutation(len(items))[:zoom_n]
     curve = {}
     for z in ZOOMS:
-        cells = []
-        for i in pick:
-            im = hemaseg.read_image(items[i][0])
-            im = cv2.resize(im, None, fx=z, fy=z, interpolation=cv2.INTER_AREA if z < 1 else cv2.INTER_LINEAR)
-            cells.append(cell_crop(im, int(card["input_size"])))
+        zoomed = [cv2.resize(hemaseg.read_image(items[i][0]), None, fx=z, fy=z,
+                             interpolation=cv2.INTER_AREA if z < 1 else cv2.INTER_LINEAR) for i in pick]
+        cells = cell_crops(zoomed, int(card["input_size"]))
         e = np.stack([c.extras for c in cells])[:, :model.extras] if getattr(model, "extras", 0) else None
         pz = predict(model, np.stack([c.image for c in cells]), extras=e, temperature=float(card.get("temperature", 1.0)))
         _, qz = group_probs(pz, list(card["classes"]), 3)
