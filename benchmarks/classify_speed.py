@@ -1,6 +1,6 @@
 """`hemaseg classify` end to end on this CPU: a folder of single-WBC crops from every lab in
 ../shared/data (PBC, BCCD, wbc-seg; drawn at random with a fixed seed, as many from each lab as
-it has up to an equal share), timed as a user runs it (a new process: start-up, reading,
+it has up to an equal share, the largest lab making up the rest), timed as a user runs it (a new process: start-up, reading,
 cell normalisation, classification, the CSV), then the steady rate without start-up.
 
     python benchmarks/classify_speed.py [--data ../shared/data] [--n 1000] [--backend auto] [--repeat 2]
@@ -26,15 +26,15 @@ LABS = {"pbc": "pbc", "bccd": "bccd-wbc", "wbc-seg": "wbc-seg"}
 
 
 def crops(data: Path, n: int, seed: int) -> list[tuple[str, Path]]:
-    """(lab, path) of ``n`` labelled crops, an equal share from each lab (seeded)."""
+    """(lab, path) of ``n`` labelled crops, an equal share from each lab (seeded; a lab with fewer gives all it has)."""
     from hemaseg.io.datasets import find_labelled_cells
 
     rng = random.Random(seed)
+    found = {lab: sorted(p for p, _ in find_labelled_cells(data / folder)) for lab, folder in LABS.items()}
     out = []
-    for k, (lab, folder) in enumerate(LABS.items()):
-        paths = sorted(p for p, _ in find_labelled_cells(data / folder))
+    for k, lab in enumerate(sorted(found, key=lambda lab: len(found[lab]))):  # smallest lab first; the largest fills up
         share = (n - len(out)) // (len(LABS) - k)
-        out += [(lab, p) for p in rng.sample(paths, min(share, len(paths)))]
+        out += [(lab, p) for p in rng.sample(found[lab], min(share, len(found[lab])))]
     return out
 
 

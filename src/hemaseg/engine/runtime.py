@@ -130,6 +130,9 @@ class OnnxRunner:
         opts.intra_op_num_threads = int(threads)
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3  # errors only
+        # Worker threads sleep between runs instead of spinning: the pipelines post-process on the
+        # CPU the network's threads would otherwise keep busy waiting.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # not an ONNX file, or one ONNX Runtime cannot run

@@ -454,7 +454,7 @@ CROP_RANGE_PIXELS = 4096  # a crop's intensity range is taken from this many of 
 
 
 def segment_wbc_crops(images: list[np.ndarray], model="wbc", side: int = CROP_SIDE, device: str = "cpu",
-                      params: WbcParams | None = None, batch_size: int = 32, workers: int = 2,
+                      params: WbcParams | None = None, batch_size: int = 32, workers: int = 1,
                       post_scale: float = CROP_POST_SCALE) -> list[tuple[np.ndarray, np.ndarray, float]]:
     """WBC (classes, instances, scale) of many single-cell crops at once.
 
