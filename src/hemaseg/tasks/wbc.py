@@ -9,6 +9,7 @@ clipped to a reach from the nucleus. Every knob is a field of :class:`WbcParams`
 from __future__ import annotations
 
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -463,11 +464,11 @@ def segment_wbc_crops(images: list[np.ndarray], model="wbc", side: int = CROP_SI
     padded to a square with its border colour, normalised on its own range), the crops go
     through the network in batches of ``batch_size``, and each map is post-processed at that
     scale (``post_scale`` of it) for cells of the trained diameter (:func:`postprocess_classes`,
-    :func:`red_colour_rules`; ``workers`` threads). An image whose cells there measure outside :data:`CROP_SCALES` times
-    the trained diameter, or with no cell though it is larger than ``side``, is no crop at that
-    scale: it alone gets one more pass, at the scale its cells measured (or twice as large),
-    through :func:`segment_wbc` at its own size. About 5 ms a crop on two CPU threads, against
-    about 40 ms through :func:`segment_wbc` each.
+    :func:`red_colour_rules`; ``workers`` threads). An image whose cells there measure outside
+    :data:`CROP_SCALES` times the trained diameter, or with no cell though it is larger than
+    ``side``, is no crop at that scale: it alone gets one more pass, at the scale its cells
+    measured (or twice as large), through :func:`segment_wbc` at its own size. About 6 ms a
+    crop on two CPU threads, against about 40 ms through :func:`segment_wbc` each.
 
     Parameters
     ----------
@@ -492,8 +493,6 @@ def segment_wbc_crops(images: list[np.ndarray], model="wbc", side: int = CROP_SI
     >>> instances.shape, int(instances.max()), scale  # a crop with no cell, segmented at 128 px long
     ((32, 128), 0, 0.5)
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     module, card = get_model(model, device)
     p = params or WBC.params(card)
     stride = int(getattr(module, "stride", 32))
