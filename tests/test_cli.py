@@ -100,3 +100,30 @@ def test_bundled_model_on_sample_photo(tmp_path):
     assert abs((box["x1"] + box["x2"]) / 2 - 375) < 40 and abs((box["y1"] + box["y2"]) / 2 - 276) < 40
     label = np.array(Image.open(out / "BloodImage_00000.png"))
     assert label.shape == (480, 640) and (label == 255).sum() > 2000
+
+
+def test_segment_post_processing_parameters_by_name(tmp_path):
+    """--post NAME=VALUE sets the task's post-processing parameters (Cellpose-style named knobs): it
+    reaches the post-processing, and a wrong name, kind or sign is one usage error naming it."""
+    from helpers import toy_wbc
+
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(toy_wbc(np.random.default_rng(0), 120, radius=30)[0]).save(src / "a.png")
+
+    def count(*post):
+        out = tmp_path / f"out{len(list(tmp_path.iterdir()))}"
+        res = runner.invoke(app, ["segment", str(src), "--out", str(out), "--cell-diameter", "60",
+                                  *[a for p in post for a in ("--post", p)]])
+        assert res.exit_code == 0, res.output
+        return json.loads((out / "a.json").read_text())["count"]
+
+    assert count() == 1
+    assert count("min_cell_fraction=20") == 0  # the smallest cell kept is now 20 cells' area
+    assert count("red_cytoplasm=false", "first_pass_factors=[0.5, 1]") == 1
+    for bad, says in [("nope=1", "red_ring"), ("red_cytoplasm=0.5", "takes a bool"), ("red_ring=-1", "negative"),
+                      ("red_ring", "NAME=VALUE")]:
+        res = runner.invoke(app, ["segment", str(src), "--out", str(tmp_path / "x"), "--post", bad])
+        assert res.exit_code == 2 and says in res.output, (bad, res.output)
+    res = runner.invoke(app, ["segment", str(src), "--out", str(tmp_path / "y"), "--method", "hsv", "--post", "red_ring=0.2"])
+    assert res.exit_code == 2 and "--post" in res.output

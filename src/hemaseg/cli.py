@@ -1,6 +1,7 @@
 """Command line (typer). Each command parses arguments and calls the library."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -112,6 +113,47 @@ def _task(name: str, hint: str = "--task"):
         return get_task(name)
     except KeyError as exc:
         raise typer.BadParameter(str(exc.args[0]), param_hint=hint) from None
+
+
+def _post_params(spec, card: dict, items: list[str]):
+    """The task's post-processing parameters from ``--post NAME=VALUE`` items over the model card's: a
+    usage error (exit 2) naming the item for an unknown name or a value of the wrong kind."""
+    if spec.Params is None:
+        raise typer.BadParameter(f"task {spec.name} has no post-processing parameters", param_hint="--post")
+    defaults = spec.params(card)
+    given = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or not hasattr(defaults, name):
+            known = ", ".join(f.name for f in dataclasses.fields(defaults))
+            raise typer.BadParameter(f"{item!r}: give NAME=VALUE with NAME one of {known}", param_hint="--post")
+        default = getattr(defaults, name)
+        try:
+            value = json.loads(text.strip().lower() if text.strip().lower() in ("true", "false") else text)
+        except json.JSONDecodeError:
+            value = text
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, int):
+            ok = number and float(value).is_integer()
+            value = int(value) if ok else value
+        elif isinstance(default, float):
+            ok = number
+            value = float(value) if ok else value
+        elif isinstance(default, tuple):
+            ok = isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+            value = tuple(value) if ok else value
+        else:
+            ok = default is None or isinstance(value, type(default))
+        if ok and any(v < 0 for v in (value if isinstance(value, tuple) else (value,)) if isinstance(v, (int, float))):
+            raise typer.BadParameter(f"{item!r}: {name} must not be negative", param_hint="--post")
+        if not ok:
+            raise typer.BadParameter(f"{item!r}: {name} takes a {type(default).__name__} (default {default!r})",
+                                     param_hint="--post")
+        given[name] = value
+    return dataclasses.replace(defaults, **given)
 
 
 def _check_method(spec, method: str) -> None:
@@ -244,6 +286,10 @@ def segment(
                                                                           "smear10 and cells: a 7.5 µm red cell; "
                                                                           "nuclei: not used); default: the files' "
                                                                           "OME PhysicalSizeX or resolution tags"),
+    post: Optional[List[str]] = typer.Option(None, "--post", help="post-processing parameter NAME=VALUE (repeatable; "
+                                                                  "the names of the task's parameters, e.g. wbc "
+                                                                  "red_ring=0.2, min_cell_fraction=0.3; default: "
+                                                                  "the model card's, else the task's)"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
     backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
 ) -> None:
@@ -261,11 +307,11 @@ def segment(
         with_tta = ", ".join(n for n in list_tasks() if get_task(n).supports_tta)
         raise typer.BadParameter(f"test-time flips are for the {with_tta} models, not {spec.name}"
                                  + (" or a classical method" if method else ""), param_hint="--tta")
-    loaded = None
+    loaded, params = None, None
     if method:
         _check_method(spec, method)
         refuse_unused(f"not used by --method {method} (a classical method: no model, no rescaling)",
-                      model=model, cell_diameter=cell_diameter, tile=tile, pixel_size=pixel_size)
+                      model=model, cell_diameter=cell_diameter, tile=tile, pixel_size=pixel_size, post=post or None)
         model_name = f"classical:{method}"
     else:
         model_name = model or spec.default_model
@@ -277,6 +323,8 @@ def segment(
         if loaded[1].get("task", spec.name) != spec.name:
             _fail(model_name, f"is a {loaded[1].get('task')} model, not a {spec.name} model")
             raise typer.Exit(2)
+        if post:
+            params = _post_params(spec, loaded[1], post)
     paths = list_images(images)
     if not paths:
         _fail(" ".join(images), "no images found")
@@ -293,7 +341,7 @@ def segment(
             diameter = diameter_from_pixel_size(spec.name, pixel_size if pixel_size is not None else pixel_size_um(path))
         with backend_scope(backend):  # and any further model the task loads by name (smear10's WBC typer)
             seg = spec.predict(image, loaded, cell_diameter=diameter, device=dev, tile=tile or DEFAULT_TILE,
-                               tta=tta, method=method)
+                               tta=tta, params=params, method=method)
         write_segmentation(out, stems[path], path, image, seg, spec.label_images, spec.name, model_name,
                            spec.colors if overlay else None)
 
