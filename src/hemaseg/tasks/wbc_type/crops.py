@@ -215,10 +215,8 @@ def predict_crops(crops: list[np.ndarray], model="wbc-type", device: str = "cpu"
     for i in range(0, len(crops), batch_size):
         x = crop_batch(crops[i:i + batch_size], card)
         e = np.asarray(extras[i:i + batch_size], np.float32) if extras is not None else None
-        views = [np.rot90(x, k, axes=(1, 2)) for k in range(4)] if tta else [x]
-        # All views in one call: (V * N, ...) -> (V, N, K).
-        logits = run(np.concatenate(views), None if e is None else np.concatenate([e] * len(views)))
-        logits = logits.reshape(len(views), len(x), -1)
+        views = [np.ascontiguousarray(np.rot90(x, k, axes=(1, 2))) for k in range(4)] if tta else [x]
+        logits = np.stack([run(v, e) for v in views])  # (V, N, K)
         out.append(softmax(logits / temperature, axis=-1).mean(0))
     return np.concatenate(out) if out else np.zeros((0, len(card["classes"])), np.float32)
 
