@@ -93,10 +93,11 @@ def get_model(model, device: str = "cpu", backend: str | None = None):
     return _cached_model(str(model), device, check_backend(backend) if backend else current_backend())
 
 
-def card_range(card: dict, image: np.ndarray) -> np.ndarray:
-    """(2, C) percentile range of ``image`` as the model card's normalisation asks."""
+def card_range(card: dict, image: np.ndarray, max_pixels: int = 1_000_000) -> np.ndarray:
+    """(2, C) percentile range of ``image`` as the model card's normalisation asks, from at most
+    about ``max_pixels`` evenly spaced pixels (:func:`~hemaseg.data.transforms.percentile_range`)."""
     norm = card.get("normalization", {})
-    return percentile_range(image, norm.get("low", 1.0), norm.get("high", 99.0))
+    return percentile_range(image, norm.get("low", 1.0), norm.get("high", 99.0), max_pixels)
 
 
 def predict_probs(module, card: dict, image: np.ndarray, factor: float = 1.0,

@@ -23,7 +23,7 @@ from hemaseg.core.labels import measure_diameter, relabel, remove_small, split_i
 from hemaseg.core.resize import clamp_factor, resize_argmax
 from hemaseg.core.result import Segmentation
 from hemaseg.core.vocabulary import category_of
-from hemaseg.data.transforms import normalize, percentile_range
+from hemaseg.data.transforms import normalize
 from hemaseg.engine.blocks import Block, centred_in_core, downscale, image_blocks, release_free_memory
 from hemaseg.engine.evaluate import plain_table
 from hemaseg.engine.losses import ANY_FOREGROUND, IGNORE
@@ -515,7 +515,6 @@ def segment_wbc_crops(images: list[np.ndarray], model="wbc", side: int = CROP_SI
                       small.shape[1] / images[i].shape[1])
         else:
             todo.append(i)
-    norm = card.get("normalization", {})
 
     def post(i: int, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray, float] | float | None:
         """(classes, instances, scale) of crop ``i``, or the diameter in its px (None: no cell) for one more pass."""
@@ -542,8 +541,7 @@ def segment_wbc_crops(images: list[np.ndarray], model="wbc", side: int = CROP_SI
             for j, i in enumerate(chunk):
                 small = small_images[i]
                 (sh, sw), y0, x0 = small.shape[:2], (side - small.shape[0]) // 2, (side - small.shape[1]) // 2
-                x = normalize(small, prange=percentile_range(small, norm.get("low", 1.0), norm.get("high", 99.0),
-                                                             max_pixels=CROP_RANGE_PIXELS))
+                x = normalize(small, prange=card_range(card, small, max_pixels=CROP_RANGE_PIXELS))
                 batch[j] = np.median(np.concatenate([x[0], x[-1], x[:, 0], x[:, -1]]), 0)
                 batch[j, y0:y0 + sh, x0:x0 + sw] = x
                 where.append((slice(y0, y0 + sh), slice(x0, x0 + sw)))

@@ -11,6 +11,7 @@ import numpy as np
 
 from hemaseg.classical import central_instance, red_cell_diameter
 from hemaseg.core.vocabulary import EXTRA_TYPES, MONONUCLEAR, POLYNUCLEAR
+from hemaseg.data.transforms import normalize
 from hemaseg.engine.predict import get_model, uses_backend
 from hemaseg.engine.runtime import as_runner, softmax
 from hemaseg.tasks.wbc import segment_wbc_crops
@@ -144,14 +145,8 @@ def to_tensor(images: list[np.ndarray], card: dict) -> torch.Tensor:
 def crop_batch(images: list[np.ndarray], card: dict) -> np.ndarray:
     """(S, S, 3) uint8 crops -> (N, S, S, 3) float32, normalised as the model was trained."""
     norm = card.get("normalization", {})
-    if not len(images):
-        return np.zeros((0, 0, 0, 3), np.float32)
-    x = np.stack(images).astype(np.float32)
-    # Each crop's per-channel percentiles, all crops at once: what normalize() does crop by crop.
-    lo, hi = np.percentile(x.reshape(len(x), -1, x.shape[-1]), [norm.get("low", 1.0), norm.get("high", 99.0)],
-                           axis=1).astype(np.float32)
-    scale = (1.0 / np.maximum(hi - lo, 1e-3)).astype(np.float32)
-    return (x - lo[:, None, None]) * scale[:, None, None]
+    return np.stack([normalize(im, norm.get("low", 1.0), norm.get("high", 99.0)) for im in images]).astype(
+        np.float32, copy=False)
 
 
 def group_probs(probs: np.ndarray, classes: list[str], mode: int) -> tuple[list[str], np.ndarray]:
