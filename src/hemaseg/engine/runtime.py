@@ -79,6 +79,9 @@ def softmax(logits: np.ndarray, axis: int = 1) -> np.ndarray:
     >>> softmax(np.array([[0.0, np.log(3.0)]], np.float32)).round(3).tolist()
     [[0.25, 0.75]]
     """
+    # A channels-last tensor's numpy view is strided along ``axis``: reductions over it run ~10x
+    # slower than on a contiguous copy (measured: 71 vs 7 ms for a 3x1088x1088 tile, copy included).
+    logits = np.ascontiguousarray(logits)
     e = logits - logits.max(axis=axis, keepdims=True)
     np.exp(e, out=e)  # in place: one full-size array instead of three
     e /= e.sum(axis=axis, keepdims=True)
@@ -108,7 +111,9 @@ class TorchRunner:
                 out = self.module(x, e)
             else:
                 out = self.module(x)
-            return out.float().cpu().numpy()
+            # Contiguous NCHW, like ONNX Runtime's: the channels_last output's numpy view would be strided
+            # along the class axis, and every reduction over it (softmax, argmax) ~10x slower.
+            return out.float().contiguous().cpu().numpy()
 
 
 class OnnxRunner:

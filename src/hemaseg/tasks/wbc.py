@@ -177,7 +177,6 @@ def limit_cytoplasm(classes: np.ndarray, instances: np.ndarray, max_reach: float
     the nucleus' equivalent diameter (99th percentile 0.95x); a "cell" reaching farther
     has swallowed neighbouring red cells. Returns (classes, instances).
     """
-    from scipy import ndimage as ndi
     from skimage.measure import regionprops
 
     out_c, out_i = classes.copy(), instances.copy()
@@ -188,7 +187,7 @@ def limit_cytoplasm(classes: np.ndarray, instances: np.ndarray, max_reach: float
         if not nuc.any():
             continue
         reach = max_reach * 2.0 * np.sqrt(nuc.sum() / np.pi)
-        far = sel & (ndi.distance_transform_edt(~nuc) > reach)
+        far = sel & (cv2.distanceTransform((~nuc).view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE) > reach)
         if far.any():
             out_c[y1:y2, x1:x2][far] = 0
             out_i[y1:y2, x1:x2][far] = 0
