@@ -400,6 +400,8 @@ def train(
     paste_red_cells: Optional[float] = typer.Option(None, help="wbc: share of the pixel-annotated training images "
                                                     "that get real red cells (cut from boxed fields among --data, "
                                                     "e.g. TXL-PBC) pressed against their WBCs (default 0: off)"),
+    modality_transfer: Optional[float] = typer.Option(None, help="nuclei: share of the fluorescence training images "
+                                                      "redrawn as brightfield or H&E (default 0: off)"),
     init: Optional[str] = typer.Option(None, help="start from this model's weights (bundled name such as smear10, "
                                        "a .safetensors file or a run folder): fine-tune on your images; "
                                        "its architecture is used"),
@@ -421,7 +423,8 @@ def train(
                           val_fraction=val_fraction, seed=seed, target_images=target_images, backbone=backbone,
                           normalise_cells=normalise_cells, recipe=recipe, workers=workers, reuse=reuse,
                           held_out=held_out, unboxed=unboxed, init=init, replay=replay, ruler=ruler,
-                          leave_out=leave_out or None, paste_red_cells=paste_red_cells)
+                          leave_out=leave_out or None, paste_red_cells=paste_red_cells,
+                          modality_transfer=modality_transfer)
             if out is not None and out.resolve() != resume.resolve():
                 raise HemasegUsageError("--out", "give --out RUN to start a run or --resume RUN to continue one, "
                                                  "not both")
@@ -438,7 +441,8 @@ def train(
                 replay=[str(Path(d).resolve()) for d in replay] if replay else None, ruler=ruler,
                 held_out=str(Path(held_out).resolve()) if held_out else None, recipe=recipe, unboxed=unboxed,
                 target_images=str(Path(target_images).resolve()) if target_images else None, backbone=backbone,
-                normalise_cells=normalise_cells, leave_out=leave_out or None, paste_red_cells=paste_red_cells)
+                normalise_cells=normalise_cells, leave_out=leave_out or None, paste_red_cells=paste_red_cells,
+                modality_transfer=modality_transfer)
             prepare_run(out, overwrite=overwrite, extra_files=spec.run_files)
             state, run = spec.fit(cfg, out), out
     except HemasegUsageError as exc:

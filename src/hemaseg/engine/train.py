@@ -91,6 +91,8 @@ class TrainConfig:
     # wbc: chance that a pixel-annotated training image gets real red cells (cut from the boxed fields
     # among the training data) pressed against its WBCs, as background (0: off)
     paste_red_cells: float = 0.0
+    # nuclei: chance that a fluorescence training image is redrawn as brightfield or H&E (0: off)
+    modality_transfer: float = 0.0
 
 
 def init_arch(model: str, task: str) -> tuple[str, dict]:

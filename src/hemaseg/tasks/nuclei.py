@@ -7,13 +7,14 @@ when the model was trained so. Knobs: :class:`NucleiParams`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from hemaseg.classical import NUCLEI_METHODS, segment_classical
-from hemaseg.core.labels import drop_small, instance_objects, measure_diameter
+from hemaseg.core.labels import drop_small, instance_objects, measure_diameter, nearest_label
 from hemaseg.core.resize import clamp_factor
 from hemaseg.core.result import Segmentation
 from hemaseg.data.transforms import is_bright_background
@@ -21,6 +22,7 @@ from hemaseg.engine.evaluate import instance_panels, means
 from hemaseg.engine.predict import card_range, get_model, predict_probs
 from hemaseg.engine.task import Task
 from hemaseg.engine.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
+from hemaseg.engine.train import pair_data
 from hemaseg.io.datasets import Pair, find_dsb, find_pairs, load_instances
 from hemaseg.metrics import dsb_scores
 from hemaseg.tasks.registry import register_task
@@ -160,6 +162,113 @@ def modality(image: np.ndarray) -> str:
     return "brightfield" if is_bright_background(image) else "fluorescence"
 
 
+def _smooth_noise(shape: tuple[int, int], rng: np.random.Generator, cells: float = 8.0) -> np.ndarray:
+    """Smooth random field in [0, 1] of ``shape`` varying over about ``cells`` blobs across (drawn small, resized)."""
+    h, w = shape
+    f = cells / max(h, w)
+    small = rng.random((max(2, round(h * f) + 2), max(2, round(w * f) + 2))).astype(np.float32)
+    field = cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
+    lo, hi = float(field.min()), float(field.max())
+    return (field - lo) / max(hi - lo, 1e-6)
+
+
+def _signal(image: np.ndarray) -> np.ndarray:
+    """A fluorescence image's brightness in [0, 1] (1st-99.5th percentile stretched), (H, W) float32."""
+    g = image[..., :3].astype(np.float32).mean(-1)
+    lo, hi = np.percentile(g, (1, 99.5))
+    return np.clip((g - lo) / max(float(hi - lo), 1.0), 0, 1)
+
+
+def _nucleus_radius(labels: np.ndarray) -> float:
+    areas = np.bincount(labels.ravel())[1:]
+    areas = areas[areas > 0]
+    return float(np.sqrt(np.median(areas) / np.pi)) if len(areas) else 8.0
+
+
+def as_brightfield(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A fluorescence image (bright nuclei on black) redrawn as DSB's brightfield images look:
+    dark nuclei inside large grey cells with darker rims on a light background; (H, W, 3) uint8 grey.
+    The nuclei keep their place and texture, so ``labels`` (instances) still hold.
+
+    Examples
+    --------
+    >>> img = np.zeros((64, 64, 3), np.uint8); lab = np.zeros((64, 64), np.uint16)
+    >>> img[28:36, 28:36] = 220; lab[28:36, 28:36] = 1
+    >>> bf = as_brightfield(img, lab, np.random.default_rng(0))
+    >>> bool(bf[32, 32, 0] < bf[20, 32, 0] < bf[2, 2, 0]), modality(bf)  # nucleus < cell < background
+    (True, 'brightfield')
+    """
+    h, w = labels.shape
+    sig = _signal(image)
+    r = _nucleus_radius(labels)
+    background = rng.uniform(0.82, 0.97)
+    out = np.full((h, w), background, np.float32)
+    if labels.any():
+        # Cells: every pixel within a few nucleus radii of a nucleus (ragged outline), split between nuclei.
+        dist = cv2.distanceTransform((labels == 0).view(np.uint8), cv2.DIST_L2, 5)
+        reach = rng.uniform(2.0, 5.0) * r * (0.7 + 0.6 * _smooth_noise((h, w), rng, 12))
+        owner = np.where(dist < reach, nearest_label(labels), 0)
+        level = rng.uniform(0.55, 0.88, int(labels.max()) + 1).astype(np.float32)
+        body = owner > 0
+        out[body] = background * level[owner[body]]
+        # A darker rim where a cell meets the background or another cell.
+        rim = cv2.morphologyEx(owner.astype(np.float32), cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)) > 0
+        out[rim & body] *= rng.uniform(0.75, 0.95)
+    out *= 1 - rng.uniform(0.45, 0.85) * sig  # nuclei (and any unlabelled bright thing) dark
+    out *= 1 + 0.08 * (_smooth_noise((h, w), rng, 24) - 0.5)  # uneven lamp and cytoplasm
+    out += rng.normal(0, rng.uniform(0.005, 0.02), (h, w)).astype(np.float32)
+    out = cv2.GaussianBlur(out, (0, 0), rng.uniform(0.4, 1.2))
+    grey = np.clip(out * 255, 0, 255).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, -1)
+
+
+# Ruifrok & Johnston's optical densities of haematoxylin and eosin (RGB), the H&E look's stain vectors.
+HAEMATOXYLIN = np.array([0.65, 0.70, 0.29], np.float32)
+EOSIN = np.array([0.07, 0.99, 0.11], np.float32)
+
+
+def as_histology(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A fluorescence image redrawn as an H&E stain (Beer-Lambert with jittered stain vectors):
+    haematoxylin where the nuclei shine, eosin textured over the tissue; (H, W, 3) uint8. The
+    nuclei keep their place, so ``labels`` still hold.
+
+    Examples
+    --------
+    >>> img = np.zeros((64, 64, 3), np.uint8); lab = np.zeros((64, 64), np.uint16)
+    >>> img[28:36, 28:36] = 220; lab[28:36, 28:36] = 1
+    >>> he = as_histology(img, lab, np.random.default_rng(0))
+    >>> bool(he[32, 32].sum() < he[4, 4].sum()), modality(he)  # dark purple nucleus, lighter tissue
+    (True, 'histology')
+    """
+    h, w = labels.shape
+    sig = _signal(image)
+    hx = np.clip(HAEMATOXYLIN + rng.normal(0, 0.06, 3), 0.05, None)
+    eo = np.clip(EOSIN + rng.normal(0, 0.06, 3), 0.02, None)
+    hx, eo = hx / np.linalg.norm(hx), eo / np.linalg.norm(eo)
+    h_conc = sig * rng.uniform(0.8, 1.8) + rng.uniform(0.0, 0.2) * _smooth_noise((h, w), rng, 16)
+    e_conc = rng.uniform(0.05, 0.5) * (0.3 + 0.7 * _smooth_noise((h, w), rng, rng.uniform(6, 30)))
+    od = h_conc[..., None] * hx + e_conc[..., None] * eo
+    od += rng.normal(0, 0.02, od.shape).astype(np.float32)
+    rgb = 255 * np.exp(-od)
+    rgb = cv2.GaussianBlur(rgb.astype(np.float32), (0, 0), rng.uniform(0.4, 1.0))
+    return np.clip(rgb, 0, 255).astype(np.uint8)
+
+
+def modality_transfer(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator, chance: float,
+                      window: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """With probability ``chance`` a fluorescence training image becomes brightfield-like or H&E-like
+    (:func:`as_brightfield`, :func:`as_histology`, even odds), first cut to a random ``window`` px
+    square when larger (the augmentation crops far smaller); other images pass unchanged."""
+    if rng.random() >= chance or modality(image) != "fluorescence":
+        return image, labels
+    h, w = labels.shape
+    y = int(rng.integers(0, h - window + 1)) if h > window else 0
+    x = int(rng.integers(0, w - window + 1)) if w > window else 0
+    image, labels = image[y:y + window, x:x + window], labels[y:y + window, x:x + window]
+    redraw = as_brightfield if rng.random() < 0.5 else as_histology
+    return redraw(image, labels, rng), labels
+
+
 def measure_nuclei(instances: np.ndarray, min_area: int = 30, merged: float = 3.0) -> float | None:
     """:func:`~hemaseg.core.labels.measure_diameter` of nuclei instances without the blobs over
     ``merged`` x the median nucleus diameter: clumps a first pass could not split (tissue) would
@@ -262,6 +371,7 @@ class NucleiTask(Task):
         "stratum_weights": {"fluorescence": 0.5, "histology": 0.25, "brightfield": 0.25},
     }
     mean_keys = ("dsb", "ap50", "ap75")
+    train_options = ("arch", "init", "workers", "modality_transfer")
 
     def segment(self, image, model, cell_diameter=None, device="cpu", tile=DEFAULT_TILE, overlap=DEFAULT_OVERLAP,
                 tta=None, params=None) -> Segmentation:
@@ -278,6 +388,16 @@ class NucleiTask(Task):
 
     def find_samples(self, root: str | Path) -> list[Pair]:
         return find_dsb(root) or find_pairs(root)
+
+    def train_data(self, cfg, run: Path, state: dict) -> tuple:
+        """:func:`~hemaseg.engine.train.pair_data`; with ``cfg.modality_transfer`` that share of the
+        fluorescence draws is redrawn as brightfield or H&E (:func:`modality_transfer`)."""
+        dataset, val_items, card = pair_data(self, cfg, run, state)
+        chance = float(getattr(cfg, "modality_transfer", 0.0))
+        if chance > 0:
+            dataset.pre = partial(modality_transfer, chance=chance, window=max(2 * cfg.crop, 256))
+            card["training"]["modality_transfer"] = chance
+        return dataset, val_items, card
 
     def load_sample(self, pair: Pair) -> tuple[np.ndarray, np.ndarray]:
         return load_instances(pair)
