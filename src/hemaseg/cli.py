@@ -400,6 +400,9 @@ def train(
     paste_red_cells: Optional[float] = typer.Option(None, help="wbc: share of the pixel-annotated training images "
                                                     "that get real red cells (cut from boxed fields among --data, "
                                                     "e.g. TXL-PBC) pressed against their WBCs (default 0: off)"),
+    split: Optional[Path] = typer.Option(None, help="wbc, nuclei: a split JSON (a run's split.json or one of "
+                                         "benchmarks/splits) whose 'train' and 'val' lists decide the split by "
+                                         "image file name (default: a seeded split, written to the run)"),
     modality_transfer: Optional[float] = typer.Option(None, help="nuclei: share of the fluorescence training images "
                                                       "redrawn as brightfield or H&E (default 0: off)"),
     init: Optional[str] = typer.Option(None, help="start from this model's weights (bundled name such as smear10, "
@@ -424,7 +427,7 @@ def train(
                           normalise_cells=normalise_cells, recipe=recipe, workers=workers, reuse=reuse,
                           held_out=held_out, unboxed=unboxed, init=init, replay=replay, ruler=ruler,
                           leave_out=leave_out or None, paste_red_cells=paste_red_cells,
-                          modality_transfer=modality_transfer)
+                          modality_transfer=modality_transfer, split=split)
             if out is not None and out.resolve() != resume.resolve():
                 raise HemasegUsageError("--out", "give --out RUN to start a run or --resume RUN to continue one, "
                                                  "not both")
@@ -442,7 +445,7 @@ def train(
                 held_out=str(Path(held_out).resolve()) if held_out else None, recipe=recipe, unboxed=unboxed,
                 target_images=str(Path(target_images).resolve()) if target_images else None, backbone=backbone,
                 normalise_cells=normalise_cells, leave_out=leave_out or None, paste_red_cells=paste_red_cells,
-                modality_transfer=modality_transfer)
+                modality_transfer=modality_transfer, split=str(split.resolve()) if split else None)
             prepare_run(out, overwrite=overwrite, extra_files=spec.run_files)
             state, run = spec.fit(cfg, out), out
     except HemasegUsageError as exc:

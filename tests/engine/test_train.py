@@ -141,10 +141,14 @@ def test_resume_is_exact_whatever_the_moment_of_the_kill(wbc_folder, tmp_path, m
         assert not [p.name for p in run.iterdir() if p.name.startswith(".")], k
 
 
-def test_a_kill_before_the_first_checkpoint_resumes_from_the_start(wbc_folder, tmp_path, monkeypatch):
+@pytest.mark.parametrize("init", [False, True])
+def test_a_kill_before_the_first_checkpoint_resumes_from_the_start(wbc_folder, tmp_path, monkeypatch, init):
     import os
 
     cfg = _cfg(wbc_folder)
+    if init:  # a fine-tune killed before its first checkpoint starts again from the init weights, not random ones
+        fit(_cfg(wbc_folder), tmp_path / "first", progress=False, max_epochs_this_call=1)
+        cfg.init = str(tmp_path / "first")
     fit(cfg, tmp_path / "full", progress=False)
     real_replace = os.replace
     for k in (2, 3):  # after the run's state and split are written, inside the first epoch's commit
@@ -230,3 +234,27 @@ def test_a_split_of_other_data_is_refused(wbc_folder, tmp_path):
     assert len(read_split(run / "split.json", [str(wbc_folder)])[0]) == 8
     with pytest.raises(HemasegInputError, match="not under the run's data"):
         read_split(run / "split.json", [str(tmp_path / "elsewhere")])
+
+
+def test_a_given_split_decides_train_and_val_by_file_name(wbc_folder, tmp_path):
+    from hemaseg.errors import HemasegInputError
+    from hemaseg.tasks import get_task
+
+    pairs = get_task("wbc").find_samples(wbc_folder)
+    names = sorted(p.image.name for p in pairs)
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"source": str(wbc_folder), "train": names[3:], "val": names[:3]}))
+    cfg = _cfg(wbc_folder)
+    cfg.epochs, cfg.split = 1, str(split)
+    state = fit(cfg, tmp_path / "run", progress=False)
+    written = json.loads((tmp_path / "run" / "split.json").read_text())
+    assert sorted(Path(v[0]).name for v in written["val"]) == names[:3]  # not the seeded 2 of 10
+    assert len(written["train"]) == len(names) - 3 and state["epoch"] == 1
+    card = json.loads((tmp_path / "run" / "model.json").read_text())
+    assert card["training"]["split"] == str(split) and card["training"]["n_val"] == 3
+    split.write_text(json.dumps({"train": names, "val": names[:1]}))
+    with pytest.raises(HemasegInputError, match="both"):
+        fit(cfg, tmp_path / "overlap", progress=False)
+    cfg.split = str(tmp_path / "missing.json")
+    with pytest.raises(HemasegInputError, match="missing.json"):
+        fit(cfg, tmp_path / "missing", progress=False)

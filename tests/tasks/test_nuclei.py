@@ -267,3 +267,35 @@ def test_stratum_weights_draw_each_modality_its_share():
     ds.epoch = 1
     again = [float(ds[i][0].mean()) > 0.5 for i in range(400)]
     assert again != seen  # each epoch draws anew, from its own seed
+
+
+def test_modality_transfer_redraws_fluorescence_only_and_keeps_the_labels(tmp_path):
+    from hemaseg.tasks.nuclei import modality_transfer
+
+    rng = np.random.default_rng(5)
+    fluo, labels = toy_nuclei(rng, 600)
+    bright, blabels = toy_nuclei(rng, 64, brightfield=True)
+    kinds = set()
+    for seed in range(12):
+        image, lab = modality_transfer(fluo, labels, np.random.default_rng(seed), chance=1.0, window=256)
+        assert image.shape[:2] == lab.shape == (256, 256)  # cut to the window first
+        grey_image = bool((image[..., 0] == image[..., 1]).all() and (image[..., 1] == image[..., 2]).all())
+        kinds.add("brightfield" if grey_image else "histology")
+        assert np.median(image) > 100  # light background, unlike the dark fluorescence image
+        # the labels cut with the image: the nuclei are where the labels say (darker than the rest)
+        grey = image.astype(float).mean(-1)
+        if lab.any():
+            assert grey[lab > 0].mean() < grey[lab == 0].mean()
+    assert kinds == {"brightfield", "histology"}
+    same, same_lab = modality_transfer(fluo, labels, np.random.default_rng(0), chance=0.0)
+    assert same is fluo and same_lab is labels
+    kept, _ = modality_transfer(bright, blabels, np.random.default_rng(0), chance=1.0)
+    assert kept is bright  # a brightfield image is left as it is
+    root = make_dsb(tmp_path / "dsb", n=6)
+    res = runner.invoke(app, ["train", "nuclei", "--data", str(root), "--out", str(tmp_path / "run"), "--epochs", "1",
+                              "--crop", "32", "--batch-size", "4", "--samples-per-epoch", "4",
+                              "--modality-transfer", "0.5"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "run" / "model.json").read_text())["training"]["modality_transfer"] == 0.5
+    res = runner.invoke(app, ["train", "wbc", "--data", str(root), "--out", str(tmp_path / "w"), "--modality-transfer", "0.5"])
+    assert res.exit_code == 2 and "modality" in res.output

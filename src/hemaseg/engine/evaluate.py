@@ -18,8 +18,11 @@ from hemaseg.progress import track
 
 def select_split(pairs: list[Pair], split_file: str | Path, part: str = "val") -> list[Pair]:
     """Keep the pairs whose image file name is listed in ``part`` of a split.json."""
-    d = json.loads(Path(split_file).read_text())
-    if part not in d:
+    try:
+        d = json.loads(Path(split_file).read_text())
+    except (OSError, ValueError) as exc:
+        raise HemasegInputError(split_file, f"cannot read it as a split JSON ({type(exc).__name__})") from None
+    if not isinstance(d, dict) or part not in d:
         raise HemasegInputError(split_file, f"split file has no {part!r} list")
     names = {Path(entry[0] if isinstance(entry, list) else entry).name for entry in d[part]}
     chosen = [p for p in pairs if p.image.name in names]

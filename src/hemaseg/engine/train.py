@@ -23,6 +23,7 @@ import numpy as np
 
 from hemaseg.data.transforms import is_bright_background, normalize, percentile_range, train_transform
 from hemaseg.data.weights import contact_weights
+from hemaseg.engine.evaluate import select_split
 from hemaseg.engine.losses import dice_ce_loss
 from hemaseg.engine.plots import plot_curves
 from hemaseg.engine.tiling import predict_tiled
@@ -93,6 +94,9 @@ class TrainConfig:
     paste_red_cells: float = 0.0
     # nuclei: chance that a fluorescence training image is redrawn as brightfield or H&E (0: off)
     modality_transfer: float = 0.0
+    # wbc, nuclei: a split JSON (a run's split.json or one of benchmarks/splits) whose "train" and "val"
+    # lists decide the split by image file name; empty: a seeded split of the data
+    split: str = ""
 
 
 def init_arch(model: str, task: str) -> tuple[str, dict]:
@@ -255,7 +259,12 @@ def pair_data(task, cfg: TrainConfig, run: Path, state: dict) -> tuple:
     loaded = dict(zip(pairs, (task.load_sample(p) for p in track(pairs, "read training data", leave=False))))
     stratum = {p: task.stratum(*loaded[p]) for p in pairs}
     if not split_path.exists():
-        train_pairs, val_pairs = split_pairs(pairs, cfg.val_fraction, cfg.seed, [stratum[p] for p in pairs])
+        if getattr(cfg, "split", ""):
+            train_pairs, val_pairs = select_split(pairs, cfg.split, "train"), select_split(pairs, cfg.split, "val")
+            if set(train_pairs) & set(val_pairs):
+                raise HemasegInputError(cfg.split, "lists an image in both 'train' and 'val'")
+        else:
+            train_pairs, val_pairs = split_pairs(pairs, cfg.val_fraction, cfg.seed, [stratum[p] for p in pairs])
         write_split(split_path, train_pairs, val_pairs, cfg.seed)
     train_items, val_items = [loaded[p] for p in train_pairs], [loaded[p] for p in val_pairs]
     train_strata = [stratum[p] for p in train_pairs]
@@ -274,7 +283,8 @@ def pair_data(task, cfg: TrainConfig, run: Path, state: dict) -> tuple:
         "cell_diameter": diameter,
         "diameter_range": diameter_range,
         "training": {"data": cfg.data, "n_train": len(train_items), "n_val": len(val_items), "seed": cfg.seed,
-                     "augment": cfg.augment, "scale_range": [cfg.scale_min, cfg.scale_max], "split": str(split_path),
+                     "augment": cfg.augment, "scale_range": [cfg.scale_min, cfg.scale_max],
+                     "split": getattr(cfg, "split", "") or str(split_path),
                      **({"strata": counts, "stratum_weights": cfg.stratum_weights} if len(counts) > 1 else {})},
     }
     return dataset, val_items, card
@@ -524,9 +534,9 @@ def fit(task, cfg: TrainConfig | None, run: str | Path, resume: bool = False, pr
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[max(1, round(cfg.epochs / 7))], gamma=0.1)
     else:
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs, eta_min=cfg.lr * 0.01)
-    if resume:
+    if resume and (run / "last.safetensors").exists():
         load_last(run, model, optimizer, scheduler)
-    elif cfg.init:
+    elif cfg.init:  # a fresh run, or one killed before its first checkpoint: it starts from the init weights
         start, _ = load_model(cfg.init)
         load_weights(model, start.state_dict(), cfg.init, f"{cfg.arch} {cfg.arch_kwargs}")
 

@@ -371,7 +371,7 @@ class NucleiTask(Task):
         "stratum_weights": {"fluorescence": 0.5, "histology": 0.25, "brightfield": 0.25},
     }
     mean_keys = ("dsb", "ap50", "ap75")
-    train_options = ("arch", "init", "workers", "modality_transfer")
+    train_options = ("arch", "init", "workers", "split", "modality_transfer")
 
     def segment(self, image, model, cell_diameter=None, device="cpu", tile=DEFAULT_TILE, overlap=DEFAULT_OVERLAP,
                 tta=None, params=None) -> Segmentation:

@@ -909,7 +909,7 @@ class WbcTask(Task):
     # each epoch's draws come from them (at 40 % the in-lab Dice fell 0.003 / 0.008).
     train_defaults: dict = {"stratum_weights": {"masks": 0.7, "boxes": 0.3}}
     mean_keys = ("dice_cell", "iou_cell", "dice_nucleus", "iou_nucleus")
-    train_options = ("arch", "init", "workers", "paste_red_cells")
+    train_options = ("arch", "init", "workers", "split", "paste_red_cells")
     _labeller = None  # pseudo-labels inside the WBC boxes of weakly labelled fields (made on first use)
     _red_cells: dict  # per boxed field (image path): red cells cut for pasting (load_sample)
 
