@@ -149,6 +149,24 @@ def test_trained_model_takes_the_ruler_and_is_calibrated(tmp_path):
     assert res.exit_code == 0, res.output
     tuned = json.loads((tmp_path / "ft" / "model.json").read_text())
     assert tuned["classes"] == card["classes"] and tuned["input_size"] == 48 and tuned["training"]["init"] == str(run)
+    # a fine-tune killed before its first checkpoint starts again from the start model, not from random weights
+    from safetensors.torch import load_file
+
+    res = runner.invoke(app, ["train", "wbc-type", "--init", str(run), "--data", str(mine), "--out", str(tmp_path / "ft0"),
+                              "--epochs", "1", "--batch-size", "2", "--samples-per-epoch", "4", "--val-fraction", "0.5",
+                              "--lr", "1e-12"])
+    assert res.exit_code == 0, res.output
+    for f in (tmp_path / "ft0").iterdir():
+        if f.is_file() and f.name not in ("state.json", "split.json"):
+            f.unlink()
+    state = json.loads((tmp_path / "ft0" / "state.json").read_text())
+    fresh = {"config": state["config"], "epoch": 0, "history": [], "best_metric": -1.0, "best_epoch": 0,
+             "stopped_early": False}  # the state a fresh run commits at once (start_or_resume)
+    (tmp_path / "ft0" / "state.json").write_text(json.dumps(fresh))
+    res = runner.invoke(app, ["train", "wbc-type", "--resume", str(tmp_path / "ft0")])
+    assert res.exit_code == 0, res.output
+    a, b = load_file(str(run / "model.safetensors")), load_file(str(tmp_path / "ft0" / "model.safetensors"))
+    assert all(np.allclose(a[k].numpy(), b[k].numpy(), atol=1e-6) for k in a if "running" not in k and "num_batches" not in k)
     # ... replaying the labs it learnt from, whose held-out crops then join the validation
     res = runner.invoke(app, ["train", "wbc-type", "--init", str(run), "--data", str(mine), "--replay", str(data),
                               "--out", str(tmp_path / "ft2"), "--epochs", "1", "--batch-size", "2",

@@ -446,12 +446,18 @@ def start_or_resume(cfg, config_class, run: Path, resume: bool) -> tuple:
     return cfg, state
 
 
+def has_checkpoint(run: Path) -> bool:
+    """A run being resumed has a ``last`` checkpoint to restore; one killed before its first has none
+    and starts again from its start weights (random, or ``--init``'s)."""
+    return (run / "last.safetensors").exists()
+
+
 def load_last(run: Path, model, optimizer, scheduler) -> None:
     """Restore the ``last`` checkpoint (weights, optimizer, LR schedule) of a run being resumed."""
     import torch
     from safetensors.torch import load_file
 
-    if not (run / "last.safetensors").exists():
+    if not has_checkpoint(run):
         return
     model.load_state_dict(load_file(str(run / "last.safetensors")))
     opt_state = torch.load(run / "last.optim.pt", weights_only=False)
@@ -534,7 +540,7 @@ def fit(task, cfg: TrainConfig | None, run: str | Path, resume: bool = False, pr
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[max(1, round(cfg.epochs / 7))], gamma=0.1)
     else:
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs, eta_min=cfg.lr * 0.01)
-    if resume and (run / "last.safetensors").exists():
+    if resume and has_checkpoint(run):
         load_last(run, model, optimizer, scheduler)
     elif cfg.init:  # a fresh run, or one killed before its first checkpoint: it starts from the init weights
         start, _ = load_model(cfg.init)

@@ -18,6 +18,7 @@ from hemaseg.engine.train import (
     end_epoch,
     epochs_to_run,
     finish_run,
+    has_checkpoint,
     load_last,
     object_diameters,
     start_or_resume,
@@ -91,9 +92,10 @@ def fit_maskrcnn(cfg, run: str | Path, resume: bool = False, progress: bool = Tr
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs, eta_min=cfg.lr * 0.01)
-    if resume:
+    if resume and has_checkpoint(run):
         load_last(run, model, optimizer, scheduler)
-    elif cfg.init:  # fine-tuning a detector (e.g. the bundled one) on a lab's photos
+    elif cfg.init:  # fine-tuning a detector (e.g. the bundled one) on a lab's photos (also a run killed before
+        # its first checkpoint)
         start, _ = load_model(cfg.init)
         load_weights(model, start.state_dict(), cfg.init, f"{cfg.arch} {cfg.arch_kwargs}")
     geo = [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5), A.RandomRotate90(p=1.0)]
