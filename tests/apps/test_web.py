@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hemaseg.apps.web import Session, count_records, create_app
+from hemaseg.apps.web import Session, create_app
 from hemaseg.core.vocabulary import WBC_TYPES
-from hemaseg.pipelines.analyze import Analysis
+from hemaseg.pipelines.analyze import Analysis, count_records
 
 SAMPLE = Path(__file__).resolve().parents[2] / "src" / "hemaseg" / "samples" / "BloodImage_00000.jpg"
 # HEMASEG_WEB_SCREENSHOT=docs/web.png: the browser test saves its screenshot of the analysed sample there.

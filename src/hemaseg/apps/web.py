@@ -32,7 +32,15 @@ from hemaseg.errors import HemasegError, HemasegInputError, HemasegUsageError
 from hemaseg.io.annotations import write_coco, write_cvat, write_results
 from hemaseg.io.images import IMAGE_SUFFIXES, read_image
 from hemaseg.io.writers import atomic_path, write_png, write_text
-from hemaseg.pipelines.analyze import MIN_CONFIDENCE, Analysis, analyze, differential, differential_size, draw_overlay
+from hemaseg.pipelines.analyze import (
+    MIN_CONFIDENCE,
+    Analysis,
+    analyze,
+    count_records,
+    differential,
+    differential_size,
+    draw_overlay,
+)
 from hemaseg.pipelines.report import (
     MIN_DIFFERENTIAL,
     RESEARCH_ONLY,
@@ -56,22 +64,6 @@ DOWNLOADS = {"results.json": "application/json", "counts.csv": "text/csv",
 # COCO / CVAT label list, as `hemaseg analyze --coco/--cvat` writes it; any further class name the
 # records carry (an unsure "wbc", "ig", "erythroblast") is appended after these.
 UNTYPED = "wbc"  # the class name of a WBC whose type is left for a person to decide
-
-
-def count_records(records: list[dict], types: tuple[str, ...]) -> dict[str, int]:
-    """Counts of an analysis from its records, as :func:`~hemaseg.pipelines.analyze.analyze` counts
-    them: rbc, wbc, platelet by category, then each of ``types`` among the WBC records' class names
-    (an untyped, unsure WBC counts as a WBC and in no type).
-
-    >>> recs = [{"category": "rbc", "class_name": "rbc"}, {"category": "wbc", "class_name": "monocyte"},
-    ...         {"category": "wbc", "class_name": "wbc", "unsure": True}]
-    >>> count_records(recs, ("neutrophil", "monocyte"))
-    {'rbc': 1, 'wbc': 2, 'platelet': 0, 'neutrophil': 0, 'monocyte': 1}
-    """
-    counts = {c: sum(r["category"] == c for r in records) for c in CATEGORIES}
-    wbcs = [r for r in records if r["category"] == "wbc"]
-    counts.update({t: sum(r["class_name"] == t for r in wbcs) for t in types})
-    return counts
 
 
 def confidence(record: dict) -> float:

@@ -157,8 +157,7 @@ def analyze(image: np.ndarray, filename: str = "", cells_model="cells", type_mod
     for k, r in enumerate(records, 1):
         lut[r.pop("id")] = k
     instances = lut[seg.instances]
-    counts = {c: sum(r["category"] == c for r in records) for c in CATEGORIES}
-    counts.update({t: sum(r["class_name"] == t for r in wbcs) for t in types})
+    counts = count_records(records, types)
     entry = {"filename": filename, "height": int(image.shape[0]), "width": int(image.shape[1]),
              "cell_diameter": round(seg.cell_diameter, 2), "scale": round(seg.scale, 4)}
     # Only when given: the seed-003 record stays as it was for callers that give neither.
@@ -169,6 +168,22 @@ def analyze(image: np.ndarray, filename: str = "", cells_model="cells", type_mod
     entry["masks"] = records
     models = {"cells": model_label(cells_model, device), "wbc-type": model_label(type_model, device)}
     return Analysis(entry, counts, instances, seg.cell_diameter, crops, types, models)
+
+
+def count_records(records: list[dict], types: tuple[str, ...]) -> dict[str, int]:
+    """Counts of an analysis from its records (:func:`analyze`'s, and the web page's after a correction):
+    rbc, wbc, platelet by category, then each of ``types`` among the WBC records' class names
+    (an untyped, unsure WBC counts as a WBC and in no type).
+
+    >>> recs = [{"category": "rbc", "class_name": "rbc"}, {"category": "wbc", "class_name": "monocyte"},
+    ...         {"category": "wbc", "class_name": "wbc", "unsure": True}]
+    >>> count_records(recs, ("neutrophil", "monocyte"))
+    {'rbc': 1, 'wbc': 2, 'platelet': 0, 'neutrophil': 0, 'monocyte': 1}
+    """
+    counts = {c: sum(r["category"] == c for r in records) for c in CATEGORIES}
+    wbcs = [r for r in records if r["category"] == "wbc"]
+    counts.update({t: sum(r["class_name"] == t for r in wbcs) for t in types})
+    return counts
 
 
 def draw_overlay(image: np.ndarray, analysis: Analysis, thickness: int | None = None) -> np.ndarray:
