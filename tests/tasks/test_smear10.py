@@ -401,3 +401,35 @@ def test_wbcs_on_dark_backgrounds_are_typed_on_light_plasma(monkeypatch):
         assert (typed[(s.classes >= 1) & (s.classes <= 5)] == 3).all()  # every WBC named by the (fake) classifier
         assert ((seen[0][bg] == PLASMA).all(axis=1).all()) == expect_plasma
         assert (seen[0][~bg] == s.image[~bg]).all()  # cells untouched
+
+
+def test_a_red_cell_is_healthy_or_infected_as_a_whole_and_slivers_are_not_cells():
+    from hemaseg.core.labels import split_instances
+    from hemaseg.tasks.smear10.classes import CLASSES, GROUPS
+    from hemaseg.tasks.smear10.infer import absorb_fragments
+
+    healthy, infected, neutro = (CLASSES.index(n) for n in ("healthy rbc", "infected rbc", "neutrophil"))
+    yy, xx = np.mgrid[:60, :100]
+    a = (yy - 30) ** 2 + (xx - 30) ** 2 < 20 ** 2
+    b = (yy - 30) ** 2 + (xx - 68) ** 2 < 20 ** 2  # touching a: one connected red-cell piece
+    probs = np.zeros((len(CLASSES), 60, 100), np.float32)
+    probs[0] = 1.0
+    probs[:, a | b] = 0.0
+    probs[healthy, a] = 0.9
+    probs[infected, a] = 0.1
+    spot = a & ((yy - 30) ** 2 + (xx - 30) ** 2 < 5 ** 2)  # a dark spot the network calls infected
+    probs[healthy, spot], probs[infected, spot] = 0.2, 0.8
+    probs[infected, b] = 0.7  # b: infected all over
+    probs[healthy, b & ~a] = 0.3
+    classes = probs.argmax(0).astype(np.uint8)
+    assert (classes[spot] == infected).all()
+    cells = split_instances(np.isin(classes, GROUPS["rbc"]), 40.0)
+    voted = vote_per_object(classes, probs, GROUPS["rbc"], cells)
+    assert (voted[a & ~b] == healthy).all() and (voted[b & ~a] == infected).mean() > 0.95
+    # one connected piece voted as a whole would have made both cells one class
+    assert len(np.unique(vote_per_object(classes, probs, GROUPS["rbc"])[a | b])) == 1
+    voted[5, 95] = neutro  # a one-pixel "WBC" on the background: a sliver, not a cell
+    voted[30, 20] = neutro  # ... and one inside a red cell
+    out = absorb_fragments(voted, 0.05 * np.pi * 20 ** 2, GROUPS["wbc"] + GROUPS["rbc"])
+    assert out[5, 95] == 0 and out[30, 20] == healthy
+    assert (out[b & ~a] == voted[b & ~a]).all()  # whole cells stay
