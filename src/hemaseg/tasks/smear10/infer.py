@@ -190,7 +190,9 @@ class SmearParams:
     rbc_vote : each red cell (the red-cell pixels split into round cells by a distance-transform
         watershed at the red-cell diameter) is one class, healthy or infected, by its summed
         probability: a dark spot or a refractile artefact on a red cell does not make part of it
-        "infected".
+        "infected". Off by default: on composites of real malaria crops it cost 0.01-0.02 infected
+        IoU (cells the network paints partly infected flip to healthy), though it clears the two
+        "infected" pieces of healthy red cells on the bundled sample photo.
     min_cell_fraction : a red- or white-cell object smaller than this share of a red cell's disc
         (at the red-cell diameter) is a sliver of a cell's outline, not a cell: it takes the class
         around it (:func:`absorb_fragments`). Platelets are small and are left alone.
@@ -207,7 +209,7 @@ class SmearParams:
     agreement: float = 1.25
     in_range: float = 1.1
     clump_ratio: float | None = None
-    rbc_vote: bool = True
+    rbc_vote: bool = False
     min_cell_fraction: float = 0.05
 
 
