@@ -261,10 +261,12 @@ def absorb_fragments(classes: np.ndarray, min_area: float, members: tuple[int, .
         if n == 0:
             continue
         area = np.bincount(lab.ravel(), minlength=n + 1)
-        for i in np.flatnonzero(area < min_area):
-            if i == 0:
-                continue
-            sl = ndi.find_objects((lab == i).astype(np.int32))[0]
+        small = np.flatnonzero(area[1:] < min_area) + 1
+        if not len(small):
+            continue
+        boxes = ndi.find_objects(lab)
+        for i in small:
+            sl = boxes[i - 1]
             y0, x0 = max(sl[0].start - 1, 0), max(sl[1].start - 1, 0)
             y1, x1 = min(sl[0].stop + 1, lab.shape[0]), min(sl[1].stop + 1, lab.shape[1])
             piece = lab[y0:y1, x0:x1] == i
