@@ -259,7 +259,7 @@ def pair_data(task, cfg: TrainConfig, run: Path, state: dict) -> tuple:
     loaded = dict(zip(pairs, (task.load_sample(p) for p in track(pairs, "read training data", leave=False))))
     stratum = {p: task.stratum(*loaded[p]) for p in pairs}
     if not split_path.exists():
-        if getattr(cfg, "split", ""):
+        if cfg.split:
             train_pairs, val_pairs = select_split(pairs, cfg.split, "train"), select_split(pairs, cfg.split, "val")
             if set(train_pairs) & set(val_pairs):
                 raise HemasegInputError(cfg.split, "lists an image in both 'train' and 'val'")
@@ -284,7 +284,7 @@ def pair_data(task, cfg: TrainConfig, run: Path, state: dict) -> tuple:
         "diameter_range": diameter_range,
         "training": {"data": cfg.data, "n_train": len(train_items), "n_val": len(val_items), "seed": cfg.seed,
                      "augment": cfg.augment, "scale_range": [cfg.scale_min, cfg.scale_max],
-                     "split": getattr(cfg, "split", "") or str(split_path),
+                     "split": cfg.split or str(split_path),
                      **({"strata": counts, "stratum_weights": cfg.stratum_weights} if len(counts) > 1 else {})},
     }
     return dataset, val_items, card
@@ -453,12 +453,11 @@ def has_checkpoint(run: Path) -> bool:
 
 
 def load_last(run: Path, model, optimizer, scheduler) -> None:
-    """Restore the ``last`` checkpoint (weights, optimizer, LR schedule) of a run being resumed."""
+    """Restore the ``last`` checkpoint (weights, optimizer, LR schedule) of a run being resumed; every
+    loop calls it only when :func:`has_checkpoint` (else the run starts from its start weights)."""
     import torch
     from safetensors.torch import load_file
 
-    if not has_checkpoint(run):
-        return
     model.load_state_dict(load_file(str(run / "last.safetensors")))
     opt_state = torch.load(run / "last.optim.pt", weights_only=False)
     optimizer.load_state_dict(opt_state["optimizer"])

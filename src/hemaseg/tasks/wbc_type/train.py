@@ -17,7 +17,15 @@ import numpy as np
 
 from hemaseg.data.transforms import classify_transform, normalize, replace_background
 from hemaseg.engine.plots import plot_confusion, plot_curves
-from hemaseg.engine.train import _seed_all, begin_epoch, epochs_to_run, has_checkpoint, start_or_resume, versions
+from hemaseg.engine.train import (
+    _seed_all,
+    begin_epoch,
+    epochs_to_run,
+    has_checkpoint,
+    load_last,
+    start_or_resume,
+    versions,
+)
 from hemaseg.errors import HemasegInputError
 from hemaseg.io.datasets import find_labelled_cells
 from hemaseg.io.images import list_images, read_image
@@ -319,15 +327,13 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
                    {"backbone": cfg.backbone, "classes": len(classes), "dropout": 0.2, "domain_head": True,
                     "norm": cfg.norm, "extras": n_extras})
     model = create_model("wbc-classifier", **arch_kwargs)
-    if start is not None and not (resume and has_checkpoint(run)):  # fresh, or killed before its first checkpoint
+    restore = resume and has_checkpoint(run)
+    if start is not None and not restore:  # fresh, or killed before its first checkpoint
         model.load_state_dict(start[0].state_dict())
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=cfg.epochs, pct_start=0.1)
-    if resume and has_checkpoint(run):
-        model.load_state_dict(load_file(str(run / "last.safetensors")))
-        opt_state = torch.load(run / "last.optim.pt", weights_only=False)
-        optimizer.load_state_dict(opt_state["optimizer"])
-        scheduler.load_state_dict(opt_state["scheduler"])
+    if restore:
+        load_last(run, model, optimizer, scheduler)
     transform = classify_transform(cfg.augment)
     if target is not None:
         target.transform = transform
