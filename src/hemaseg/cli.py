@@ -457,7 +457,7 @@ def train(
                err=True)
 
 
-CLASSIFY_BATCH = 128  # crops read, then cell-normalised together
+CLASSIFY_BATCH = 256  # crops read, then cell-normalised together
 CLASSIFY_BATCH_VALUES = 128 * 512 * 512 * 3  # ... or fewer, when they are large images (~100 MB)
 
 

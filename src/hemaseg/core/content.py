@@ -14,6 +14,27 @@ _SAMPLE_PIXELS = 1_000_000  # rows sampled from larger images (the statistics ne
 _PERCENTILE_PIXELS = 65_536
 
 
+def channel_percentiles(sample: np.ndarray, qs: tuple[float, ...]) -> np.ndarray:
+    """``np.percentile(sample, qs, axis=0)`` (linear interpolation) of an (N, C) array as (len(qs), C)
+    float32; for uint8 read off each channel's histogram: the same values, ~3x faster on a crop.
+
+    >>> s = np.random.default_rng(0).integers(0, 256, (1001, 3), dtype=np.uint8)
+    >>> bool(np.allclose(channel_percentiles(s, (1, 37.5, 99)), np.percentile(s, (1, 37.5, 99), axis=0)))
+    True
+    """
+    if sample.dtype != np.uint8:
+        return np.percentile(sample.astype(np.float32, copy=False), qs, axis=0).astype(np.float32)
+    n, c = sample.shape
+    offsets = np.arange(0, 256 * c, 256, dtype=np.intp)
+    cum = np.bincount((sample.astype(np.intp) + offsets).ravel(), minlength=256 * c).reshape(c, 256).cumsum(1)
+    pos = np.asarray(qs, np.float64) / 100 * (n - 1)
+    k = np.floor(pos)
+    # The k-th smallest value (0-based) is the first level whose cumulative count exceeds k.
+    below = np.stack([np.searchsorted(row, k, side="right") for row in cum], 1)
+    above = np.stack([np.searchsorted(row, np.minimum(k + 1, n - 1), side="right") for row in cum], 1)
+    return (below + (above - below) * (pos - k)[:, None]).astype(np.float32)
+
+
 def _grey(pixels: np.ndarray) -> np.ndarray:
     """Mean of the channels as float32 (channel by channel: several times faster than ``.mean(-1)``)."""
     if pixels.ndim == 2:
@@ -44,12 +65,13 @@ def featureless(image: np.ndarray) -> str | None:
     rows = image[::step] if step > 1 else image
     grey = _grey(rows)
     # Percentiles from at most ~65k evenly spaced pixels: as good a spread, a fraction of the time.
+    # Flat needs both the channels' and the grey level's spreads small; the grey one is taken only then.
     k = max(1, grey.size // _PERCENTILE_PIXELS)
-    lo, hi = np.percentile(grey.ravel()[::k], [1, 99])
     chans = (rows.reshape(-1, rows.shape[-1]) if rows.ndim == 3 else grey.reshape(-1, 1))[::k]
-    spread = np.diff(np.percentile(chans, [1, 99], axis=0), axis=0)[0]
-    if hi - lo < MIN_SPREAD and float(np.max(spread)) < MIN_SPREAD:
-        return "flat (no contrast)"
+    if float(np.diff(channel_percentiles(chans, (1, 99)), axis=0).max()) < MIN_SPREAD:
+        lo, hi = np.percentile(grey.ravel()[::k], [1, 99])
+        if hi - lo < MIN_SPREAD:
+            return "flat (no contrast)"
     var = float(grey.var())
     if var <= 0:
         return "flat (no contrast)"

@@ -4,6 +4,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from hemaseg.core.content import channel_percentiles
+
 
 def percentile_range(image: np.ndarray, low: float = 1.0, high: float = 99.0, max_pixels: int = 1_000_000) -> np.ndarray:
     """Per-channel (low, high) percentiles of an (H, W, C) image as a (2, C) float32 array.
@@ -12,29 +14,7 @@ def percentile_range(image: np.ndarray, low: float = 1.0, high: float = 99.0, ma
     """
     h, w = image.shape[:2]
     step = max(1, int(np.ceil(np.sqrt(h * w / max_pixels))))
-    sample = image[::step, ::step].reshape(-1, image.shape[-1])
-    if sample.dtype == np.uint8:
-        return _uint8_percentiles(sample, (low, high))
-    return np.percentile(sample.astype(np.float32), [low, high], axis=0).astype(np.float32)
-
-
-def _uint8_percentiles(sample: np.ndarray, qs: tuple[float, ...]) -> np.ndarray:
-    """``np.percentile(sample, qs, axis=0)`` (linear interpolation) of an (N, C) uint8 array from
-    each channel's histogram, as (len(qs), C) float32: the same values, ~3x faster on a crop.
-
-    >>> s = np.random.default_rng(0).integers(0, 256, (1001, 3), dtype=np.uint8)
-    >>> bool(np.allclose(_uint8_percentiles(s, (1, 37.5, 99)), np.percentile(s, (1, 37.5, 99), axis=0)))
-    True
-    """
-    n, c = sample.shape
-    offsets = np.arange(0, 256 * c, 256, dtype=np.intp)
-    cum = np.bincount((sample.astype(np.intp) + offsets).ravel(), minlength=256 * c).reshape(c, 256).cumsum(1)
-    pos = np.asarray(qs, np.float64) / 100 * (n - 1)
-    k = np.floor(pos)
-    # The k-th smallest value (0-based) is the first level whose cumulative count exceeds k.
-    below = np.stack([np.searchsorted(row, k, side="right") for row in cum], 1)
-    above = np.stack([np.searchsorted(row, np.minimum(k + 1, n - 1), side="right") for row in cum], 1)
-    return (below + (above - below) * (pos - k)[:, None]).astype(np.float32)
+    return channel_percentiles(image[::step, ::step].reshape(-1, image.shape[-1]), (low, high))
 
 
 def is_bright_background(image: np.ndarray, prange: np.ndarray | None = None) -> bool:
