@@ -70,3 +70,93 @@ def test_cytoplasm_is_limited_to_one_nucleus_diameter():
     assert c[30, 40] == 1 and i[30, 40] == 1  # 5 px from the nucleus: kept
     assert c[30, 100] == 0 and i[30, 100] == 0  # 65 px away: cut
     assert (c == 2).sum() == 100  # the nucleus itself is untouched
+
+
+def test_red_cells_taken_for_nucleated_cells_go_even_when_they_outnumber_the_wbc():
+    """Four red cells whose dark centres the network called nuclei, one real WBC: pooled with the
+    false ones, the nuclei's colour model takes them in; the second look, against the surest
+    nucleus alone, drops them and keeps the WBC."""
+    from hemaseg.tasks.wbc import reject_red_nuclei
+
+    shape = (200, 300)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    rng = np.random.default_rng(1)
+    img = np.full(shape + (3,), 240.0)
+    far = [(20, 20), (20, 280), (180, 20), (180, 280), (20, 150), (180, 150)]
+    for cy, cx in far:  # red cells far from every "cell": the image's red-cell colour
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 < 14**2] = (205, 115, 125)
+    classes = np.zeros(shape, np.uint8)
+    instances = np.zeros(shape, np.int32)
+    cells = [(100, 60, 28, 13, (90, 45, 135))] + [(100, cx, 16, 9, (185, 85, 105)) for cx in (120, 165, 210, 255)]
+    for k, (cy, cx, r, rn, nucleus_rgb) in enumerate(cells, start=1):
+        disc, core = ((yy - cy) ** 2 + (xx - cx) ** 2 < r * r), ((yy - cy) ** 2 + (xx - cx) ** 2 < rn * rn)
+        img[disc] = (185, 170, 215) if k == 1 else (205, 115, 125)
+        img[core] = nucleus_rgb
+        instances[disc], classes[disc], classes[core] = k, 1, 2
+    img = np.clip(img + rng.normal(0, 4, img.shape), 0, 255).astype(np.uint8)
+    c2, i2 = reject_red_nuclei(img, classes, instances, diameter=60)
+    assert int(i2.max()) == 1 and i2[100, 60] == 1  # the WBC stays, alone
+    assert not i2[100, 120:].any() and not (c2[100, 120:] > 0).any()
+
+
+def _field_with_touching_red_cell(free_red_cells: bool = True):
+    """A WBC (purple nucleus, lilac cytoplasm) with a pink red cell pressed against it that the
+    network took for cytoplasm, and (optionally) pink red cells free in the field."""
+    shape = (200, 300)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    disc = lambda cy, cx, r: (yy - cy) ** 2 + (xx - cx) ** 2 < r * r  # noqa: E731
+    img = np.full(shape + (3,), 235.0)
+    free = [(55, 110, 16), (145, 110, 16), (55, 225, 16), (145, 225, 16)]  # inside the WBC's window
+    cells = [(100, 190, 16)] + (free if free_red_cells else [])
+    for cy, cx, r in cells:
+        img[disc(cy, cx, r)] = (215, 120, 130)
+    img[disc(100, 150, 28)] = (185, 170, 215)
+    img[disc(100, 150, 14)] = (90, 45, 135)
+    img = np.clip(img + np.random.default_rng(2).normal(0, 3, img.shape), 0, 255).astype(np.uint8)
+    classes = np.zeros(shape, np.uint8)
+    cell = disc(100, 150, 28) | disc(100, 190, 16)
+    classes[cell] = 1
+    classes[disc(100, 150, 14)] = 2
+    return img, classes, cell.astype(np.int32)
+
+
+def _pink_cells(region, d, model, exclude=None):
+    """A stand-in for the cells model: the pink discs of the region, labelled."""
+    from scipy import ndimage as ndi
+
+    return ndi.label((region[..., 0] > 195) & (region[..., 1] < 150))[0].astype(np.int32)
+
+
+def test_found_red_cells_are_cut_from_the_cytoplasm(monkeypatch):
+    import hemaseg.tasks.wbc as W
+
+    img, classes, instances = _field_with_touching_red_cell()
+    monkeypatch.setattr(W, "red_cell_labels", _pink_cells)
+    c2, i2 = W.reject_found_red_cells(img, classes, instances, diameter=60)
+    assert c2[100, 200] == 0 and i2[100, 200] == 0  # the red cell beside the WBC is no longer its cytoplasm
+    assert c2[100, 170] == 1 and c2[100, 150] == 2 and i2[100, 150] == 1  # the WBC is whole
+
+
+def test_found_red_cells_without_free_ones_to_compare_cut_nothing(monkeypatch):
+    import hemaseg.tasks.wbc as W
+
+    img, classes, instances = _field_with_touching_red_cell(free_red_cells=False)
+    monkeypatch.setattr(W, "red_cell_labels", _pink_cells)
+    c2, i2 = W.reject_found_red_cells(img, classes, instances, diameter=60)
+    assert (c2 == classes).all() and (i2 == instances).all()
+
+
+def test_a_cell_whose_nucleus_is_a_found_red_cell_goes_but_not_for_an_oversized_one(monkeypatch):
+    import hemaseg.tasks.wbc as W
+
+    img, classes, instances = _field_with_touching_red_cell()
+    yy, xx = np.mgrid[:200, :300]
+    fold = (yy - 55) ** 2 + (xx - 225) ** 2 < 16**2  # a free red cell the network called a nucleated cell
+    classes[fold], instances[fold] = 2, 2
+    monkeypatch.setattr(W, "red_cell_labels", _pink_cells)
+    c2, i2 = W.reject_found_red_cells(img, classes, instances, diameter=60)
+    assert int(i2.max()) == 1 and i2[55, 225] == 0 and i2[100, 150] == 1
+    # A "red cell" over twice a red cell's area (60 / 1.8 px across) is not trusted: nothing goes.
+    monkeypatch.setattr(W, "red_cell_labels", lambda region, d, model, exclude=None: np.ones(region.shape[:2], np.int32))
+    c3, i3 = W.reject_found_red_cells(img, classes, instances, diameter=60)
+    assert (c3 == classes).all() and (i3 == instances).all()

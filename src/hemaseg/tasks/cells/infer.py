@@ -8,11 +8,12 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
+from hemaseg.core.content import featureless
 from hemaseg.core.labels import instance_objects, measure_diameter, relabel
 from hemaseg.core.resize import clamp_factor, rescale, resize_probs
 from hemaseg.core.result import Segmentation
 from hemaseg.core.vocabulary import CATEGORIES
-from hemaseg.engine.predict import card_range, get_model, predict_probs
+from hemaseg.engine.predict import card_range, get_model, predict_probs, predict_scaled
 from hemaseg.engine.task import params_from_card
 from hemaseg.engine.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
 from hemaseg.tasks.cells.targets import CENTRE, EDGE
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
 # sets the smallest object kept.
 RELATIVE_SIZE = {"rbc": 1.0, "wbc": 1.6, "platelet": 0.35}
 MIN_AREA_FRACTION = 0.15  # of the area of a typical object of its category
+# red_cell_labels runs again at the red cells' measured size when it is off the trained one by more than this factor.
+RED_CELL_TOLERANCE = 1.3
 
 
 @dataclass
@@ -251,6 +254,59 @@ def segment_cells(image: np.ndarray, model="cells", cell_diameter: float | None 
     probs = resize_probs(probs, (h, w))
     labels, owner, ids = visible(instances, owner)
     return _result(labels, owner, scores[ids - 1], probs, diameter, factor, card.get("box_scale"))
+
+
+def red_cell_labels(image: np.ndarray, rbc_diameter: float, model="cells", device: str = "cpu",
+                    exclude: np.ndarray | None = None, tolerance: float = RED_CELL_TOLERANCE) -> np.ndarray:
+    """(H, W) int32 labels 1..N of the red cells in an (H, W, 3) uint8 image region whose red cells
+    are thought to be about ``rbc_diameter`` px, WBCs and platelets left 0: what another task asks
+    when it must know where red cells are (:func:`hemaseg.tasks.wbc.reject_found_red_cells`).
+
+    A cells model runs at its trained red-cell size for that diameter; the red cells it finds
+    outside ``exclude`` (e.g. the WBCs, which a pass at a wrong scale can take for red cells) are
+    measured (those lying mostly in it are not); when they differ from the trained size by more
+    than ``tolerance`` (a factor) it runs again at their size (three passes at most). With none
+    to measure it tries red cells twice as large, then gives up: no red cell is returned when the
+    scale cannot be checked (a crop filled by its WBC).
+
+    >>> int(red_cell_labels(np.full((64, 64, 3), 230, np.uint8), rbc_diameter=40).max())  # nothing in it
+    0
+    """
+    h, w = image.shape[:2]
+    if featureless(image):
+        return np.zeros((h, w), np.int32)
+    module, card = get_model(model, device)
+    p = params_from_card(CellsParams, card, "cells")
+    rbc = CATEGORIES.index("rbc") + 1
+    if is_detector(card):
+        seg = _segment_detector(image, module, card, rbc_diameter, p)
+        owner = np.zeros(int(seg.instances.max()) + 1, int)
+        for o in seg.objects:
+            owner[o["id"]] = CATEGORIES.index(o["category"]) + 1
+        return np.where(owner[seg.instances] == rbc, seg.instances, 0).astype(np.int32)
+    trained = float(card.get("cell_diameter") or p.fallback_diameter)
+    prange = card_range(card, image)
+    factor = clamp_factor(trained / rbc_diameter)
+    for attempt in range(3):
+        small, owner, _ = cell_instances(predict_scaled(module, card, image, factor, prange=prange), trained, p)
+        red = np.where(owner[small] == rbc, small, 0).astype(np.int32)
+        if attempt == 2 or tolerance <= 0:
+            break
+        free = red
+        if exclude is not None:  # red cells lying mostly in ``exclude`` are not measured
+            inside = cv2.resize(exclude.astype(np.uint8), red.shape[::-1], interpolation=cv2.INTER_NEAREST) > 0
+            area = np.bincount(red.ravel())
+            free = np.where(2 * np.bincount(red[inside], minlength=len(area))[red] < area[red], red, 0)
+        measured = measure_diameter(free, min_area=10) if free.any() else None
+        if measured is None:
+            if attempt == 0:  # none seen: the red cells may be larger than thought (a WBC's size overstated)
+                factor = clamp_factor(2 * factor)
+                continue
+            return np.zeros((h, w), np.int32)  # nothing to check the scale on: nothing is vouched for
+        if abs(np.log(measured / trained)) <= np.log(tolerance):
+            break
+        factor = clamp_factor(factor * trained / measured)
+    return red if red.shape == (h, w) else cv2.resize(red, (w, h), interpolation=cv2.INTER_NEAREST)
 
 
 def _result(instances: np.ndarray, owner: np.ndarray, scores: np.ndarray, probs: np.ndarray | None,
