@@ -121,8 +121,9 @@ def test_segment_post_processing_parameters_by_name(tmp_path):
     assert count() == 1
     assert count("min_cell_fraction=20") == 0  # the smallest cell kept is now 20 cells' area
     assert count("red_cytoplasm=false", "first_pass_factors=[0.5, 1]") == 1
+    assert count("red_cells=none") == 1
     for bad, says in [("nope=1", "red_ring"), ("red_cytoplasm=0.5", "takes a bool"), ("red_ring=-1", "negative"),
-                      ("red_ring", "NAME=VALUE")]:
+                      ("red_ring", "NAME=VALUE"), ("red_cells=no-such-model", "no such model")]:
         res = runner.invoke(app, ["segment", str(src), "--out", str(tmp_path / "x"), "--post", bad])
         assert res.exit_code == 2 and says in res.output, (bad, res.output)
     res = runner.invoke(app, ["segment", str(src), "--out", str(tmp_path / "y"), "--method", "hsv", "--post", "red_ring=0.2"])

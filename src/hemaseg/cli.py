@@ -152,6 +152,12 @@ def _post_params(spec, card: dict, items: list[str]):
         if not ok:
             raise typer.BadParameter(f"{item!r}: {name} takes a {type(default).__name__} (default {default!r})",
                                      param_hint="--post")
+        if ok and isinstance(value, str) and value not in ("", "none") and next(
+                f for f in dataclasses.fields(defaults) if f.name == name).metadata.get("model"):
+            try:  # a parameter naming a model: it must load (not fail on every image later)
+                get_model(value)
+            except HemasegError as exc:
+                raise typer.BadParameter(f"{item!r}: {getattr(exc, 'reason', exc)}", param_hint="--post") from None
         given[name] = value
     return dataclasses.replace(defaults, **given)
 

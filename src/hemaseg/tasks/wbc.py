@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -109,7 +109,7 @@ class WbcParams:
     red_ring: float = 0.12
     red_piece: float = 1 / 3
     red_nucleus: float = 0.5
-    red_cells: str = "cells"
+    red_cells: str = field(default="cells", metadata={"model": True})  # a model name: checked by the CLI
     red_cell_ratio: float = 1.8
 
 
