@@ -11,6 +11,7 @@ Each size runs in a fresh subprocess so that its peak resident memory is its own
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import resource
 import subprocess
@@ -41,15 +42,20 @@ def smear(w: int, h: int, trained_diameter: float) -> np.ndarray:
     return np.ascontiguousarray(grid[:h, :w])
 
 
-def run_case(w: int, h: int, n: int, model: str, threads: int, diameter: str) -> dict:
+def run_case(w: int, h: int, n: int, model: str, threads: int, diameter: str, everywhere: bool = False) -> dict:
     import torch
 
     import hemaseg
     from hemaseg.engine.predict import get_model
 
     torch.set_num_threads(threads)
+    from hemaseg.tasks.wbc import WBC, asks_red_cells
+
     loaded = get_model(model)
     trained = loaded[1]["cell_diameter"]
+    params = WBC.params(loaded[1])
+    if everywhere:  # the cells model's red-cell check on every image, however large
+        params = dataclasses.replace(params, red_cells_max_pixels=0)
     image = smear(w, h, trained)
     # "given": --cell-diameter equal to the model's (one pass); "estimated": the default.
     d = trained if diameter == "given" else None
@@ -58,9 +64,11 @@ def run_case(w: int, h: int, n: int, model: str, threads: int, diameter: str) ->
     times = []
     for _ in range(n):
         t0 = time.perf_counter()
-        hemaseg.segment(image, loaded, cell_diameter=d)
+        seg = hemaseg.segment(image, loaded, cell_diameter=d, params=params)
         times.append(time.perf_counter() - t0)
-    return {"size": f"{w}x{h}", "diameter": diameter, "seconds": float(np.median(times)),
+    return {"size": f"{w}x{h}", "diameter": diameter, "red_cell_check": asks_red_cells(image.shape, params),
+            "wbcs": len(seg.objects),
+            "seconds": float(np.median(times)),
             "images_per_s": 1 / float(np.median(times)), "peak_mb": _rss_mb(),
             "after_load_mb": base}
 
@@ -88,23 +96,30 @@ def main() -> None:
     ap.add_argument("--case", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.case:
-        w, h, n, diameter = args.case.split(",")
-        print(json.dumps(run_case(int(w), int(h), int(n), args.model, args.threads, diameter)))
+        w, h, n, diameter, everywhere = args.case.split(",")
+        print(json.dumps(run_case(int(w), int(h), int(n), args.model, args.threads, diameter, everywhere == "1")))
         return
     import torch
 
-    cases = [(300, 300, 20, "given"), (300, 300, 20, "estimated"), (640, 480, 5, "estimated"),
-             (2048, 2048, 3, "given"), (2048, 2048, 3, "estimated"), (1000, 750, 2, "given"),
-             (2000, 1500, 2, "given"), (4000, 3000, 1, "given"), (4000, 3000, 1, "estimated")]
+    # The last field: 1 runs the cells model's red-cell check on every image (by default only on
+    # images of at most WbcParams.red_cells_max_pixels).
+    cases = [(300, 300, 20, "given", 0), (300, 300, 20, "estimated", 0), (640, 480, 5, "estimated", 0),
+             (2048, 2048, 3, "given", 0), (2048, 2048, 3, "estimated", 0), (2048, 2048, 3, "estimated", 1),
+             (1000, 750, 2, "given", 0), (2000, 1500, 2, "given", 0), (4000, 3000, 1, "given", 0),
+             (4000, 3000, 1, "estimated", 0)]
     print(f"torch {torch.__version__}, {args.threads} threads, model {args.model}\n")
     print(seam_check(args.model, args.threads) + "\n")
-    print("| image | cell diameter | seconds / image | images / s | peak RSS (MB) | RSS after load (MB) |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    for w, h, n, diameter in cases:
-        out = subprocess.run([sys.executable, __file__, "--case", f"{w},{h},{n},{diameter}", "--threads",
+    print("| image | cell diameter | red-cell check (`cells`) | WBCs | seconds / image | images / s | "
+          "peak RSS (MB) | "
+          "RSS after load (MB) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for w, h, n, diameter, everywhere in cases:
+        out = subprocess.run([sys.executable, __file__, "--case", f"{w},{h},{n},{diameter},{everywhere}", "--threads",
                               str(args.threads), "--model", args.model], capture_output=True, text=True, check=True)
         r = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"| {r['size']} | {r['diameter']} | {r['seconds']:.3f} | {r['images_per_s']:.1f} | "
+        check = "yes" if r["red_cell_check"] else "no"
+        print(f"| {r['size']} | {r['diameter']} | {check} | {r['wbcs']} | {r['seconds']:.3f} | "
+              f"{r['images_per_s']:.1f} | "
               f"{r['peak_mb']:.0f} | {r['after_load_mb']:.0f} |", flush=True)
 
 
