@@ -251,7 +251,6 @@ def reject_red_cytoplasm(image: np.ndarray, classes: np.ndarray, instances: np.n
     >>> int(c2[60, 104]), int(c2[60, 82]), int(c2[60, 60])
     (0, 1, 2)
     """
-    from scipy import ndimage as ndi
 
     cell = instances > 0
     nucleus = classes == 2
@@ -273,12 +272,17 @@ def reject_red_cytoplasm(image: np.ndarray, classes: np.ndarray, instances: np.n
         return classes, instances
     classes, instances = classes.copy(), instances.copy()
     classes[drop], instances[drop] = 0, 0
-    pieces, n = ndi.label(instances > 0)
-    holds = np.bincount(pieces[classes == 2], minlength=n + 1) > 0
+    _drop_loose(classes, instances)
+    return classes, instances
+
+
+def _drop_loose(classes: np.ndarray, instances: np.ndarray) -> None:
+    """In place: clear every piece of cell (connected, any label) that holds no nucleus pixel."""
+    n, pieces = cv2.connectedComponents((instances > 0).astype(np.uint8), connectivity=4)
+    holds = np.bincount(pieces[classes == 2], minlength=n) > 0
     holds[0] = True
     loose = ~holds[pieces]
     classes[loose], instances[loose] = 0, 0
-    return classes, instances
 
 
 # reject_red_nuclei's second look: the nuclei within this red share of the least red cell's are the surest.
@@ -450,11 +454,7 @@ def reject_found_red_cells(image: np.ndarray, classes: np.ndarray, instances: np
         redder[0] = False
         cut[win] |= inside & redder[red]
     classes[cut], instances[cut] = 0, 0
-    pieces, m = ndi.label(instances > 0)
-    holds = np.bincount(pieces[classes == 2], minlength=m + 1) > 0
-    holds[0] = True
-    loose = ~holds[pieces]
-    classes[loose], instances[loose] = 0, 0
+    _drop_loose(classes, instances)
     keep[1:] &= np.bincount(instances.ravel(), minlength=n + 1)[1:] > 0
     if relabel_cells and not keep.all():
         instances = relabel(instances, keep)

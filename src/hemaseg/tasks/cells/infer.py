@@ -280,10 +280,7 @@ def red_cell_labels(image: np.ndarray, rbc_diameter: float, model="cells", devic
     rbc = CATEGORIES.index("rbc") + 1
     if is_detector(card):
         seg = _segment_detector(image, module, card, rbc_diameter, p)
-        owner = np.zeros(int(seg.instances.max()) + 1, int)
-        for o in seg.objects:
-            owner[o["id"]] = CATEGORIES.index(o["category"]) + 1
-        return np.where(owner[seg.instances] == rbc, seg.instances, 0).astype(np.int32)
+        return np.where(seg.classes == rbc, seg.instances, 0).astype(np.int32)
     trained = float(card.get("cell_diameter") or p.fallback_diameter)
     prange = card_range(card, image)
     factor = clamp_factor(trained / rbc_diameter)
