@@ -160,3 +160,18 @@ def test_a_cell_whose_nucleus_is_a_found_red_cell_goes_but_not_for_an_oversized_
     monkeypatch.setattr(W, "red_cell_labels", lambda region, d, model, exclude=None: np.ones(region.shape[:2], np.int32))
     c3, i3 = W.reject_found_red_cells(img, classes, instances, diameter=60)
     assert (c3 == classes).all() and (i3 == instances).all()
+
+
+def test_found_red_cells_are_not_cut_from_a_grey_image(monkeypatch):
+    """Without colour, lightness alone took WBCs' own cytoplasm for red cells: nothing is cut."""
+    import hemaseg.tasks.wbc as W
+
+    img, classes, instances = _field_with_touching_red_cell()
+    red = _pink_cells(img, 0, None)
+    grey = np.repeat(img.mean(-1, keepdims=True).astype(np.uint8), 3, axis=-1)
+    monkeypatch.setattr(W, "red_cell_labels", lambda region, d, model, exclude=None: red.copy())
+    # (a WBC of 600 px, so that its window is the whole image the stand-in's labels are for)
+    c2, i2 = W.reject_found_red_cells(grey, classes, instances, diameter=600)
+    assert (c2 == classes).all() and (i2 == instances).all()
+    c3, _ = W.reject_found_red_cells(img, classes, instances, diameter=600)  # the same field in colour: cut
+    assert c3[100, 200] == 0

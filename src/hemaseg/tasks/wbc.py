@@ -379,6 +379,7 @@ def asks_red_cells(shape: tuple[int, ...], p: WbcParams = DEFAULTS) -> bool:
         p.red_cells_max_pixels <= 0 or shape[0] * shape[1] <= p.red_cells_max_pixels)
 
 
+MIN_CHROMA_SPREAD = 1.0  # CIELAB a*/b* standard deviation under which a window is taken as grey
 RED_CELL_WINDOW = 0.6  # WBC diameters around each WBC's box in which reject_found_red_cells looks
 
 
@@ -398,7 +399,8 @@ def reject_found_red_cells(image: np.ndarray, classes: np.ndarray, instances: np
        (CIELAB Gaussians, :func:`~hemaseg.classical.likelier_first`) the colour of the window's free red
        cells (touching no WBC) than that of the WBC's other cytoplasm; nothing is cut in a window with
        no free red cell to learn from (a crop filled by its WBC), so a WBC's own cytoplasm, which the
-       model can mistake for a red cell, stays; then whatever of a cell no longer touches its nucleus goes.
+       model can mistake for a red cell, stays, nor in a grey window (:data:`MIN_CHROMA_SPREAD`);
+       then whatever of a cell no longer touches its nucleus goes.
 
     ``relabel_cells=False`` keeps the labels of the cells that stay.
     """
@@ -446,6 +448,8 @@ def reject_found_red_cells(image: np.ndarray, classes: np.ndarray, instances: np
             continue
         touching = np.bincount(red[inside], minlength=int(red.max()) + 1) > 0  # red cells in a WBC's cytoplasm
         lab = cv2.cvtColor(np.ascontiguousarray(image[win][..., :3]), cv2.COLOR_RGB2LAB)
+        if lab[..., 1:].reshape(-1, 2).std(0).max() < MIN_CHROMA_SPREAD:
+            continue  # a grey image: lightness alone took WBCs' own cytoplasm for red cells
         free, own = lab[(red > 0) & ~touching[red] & ~cell], lab[cyto & (red == 0)]
         votes = likelier_first(free, own, lab[inside])
         labels = red[inside]
