@@ -91,3 +91,24 @@ def test_region_by_region_estimates_the_diameter():
     seg = hemaseg.segment(image, (ThresholdNet(), CARD), params=BLOCKS)
     assert seg.cell_diameter == pytest.approx(2 * RADIUS, rel=0.15)
     assert seg.count == len(CENTRES) + 1
+
+
+def test_the_diameter_of_a_large_image_is_estimated_at_full_resolution(monkeypatch):
+    """On a copy of the whole image shrunk to the estimate's size, small WBCs went below what the
+    network's first pass can see (the 4000x3000 mosaic's estimate settled 4x off): the estimate is
+    made on the central square at full resolution, and the result is the same as with the size given."""
+    import hemaseg.tasks.wbc as W
+
+    image = smear(CENTRES + [STRADDLING])
+    seen, estimate = [], W._estimate_scale
+
+    def spy(module, card, im, *args, **kwargs):
+        seen.append(im)
+        return estimate(module, card, im, *args, **kwargs)
+
+    monkeypatch.setattr(W, "_estimate_scale", spy)
+    monkeypatch.setattr(W, "ESTIMATE_SIZE", 128)  # the central 128-px square holds one whole cell
+    seg = hemaseg.segment(image, (ThresholdNet(), CARD), params=BLOCKS)
+    assert len(seen) == 1 and np.array_equal(seen[0], image[88:216, 88:216])
+    assert seg.cell_diameter == pytest.approx(2 * RADIUS, rel=0.15)
+    assert seg.count == len(CENTRES) + 1

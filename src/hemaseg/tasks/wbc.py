@@ -72,7 +72,7 @@ class WbcParams:
         and int32 instances written straight into the full-size outputs. Peak memory then
         follows the block, not the image (no full-size float map); the result's ``probs`` is a
         summary downsampled to :data:`PROBS_SUMMARY_SIZE` px on the long side, and an unknown
-        cell diameter is estimated on a copy downsampled to 2048 px.
+        cell diameter is estimated at full resolution on the central 2048-px square.
     block_margin : cell diameters of context around each block's core (a WBC whose centroid is in
         the core lies whole in the block, and its neighbours are seen as they are in the image).
     red_cytoplasm : drop "cytoplasm" whose colour is likelier this image's red cells' than that of
@@ -122,7 +122,7 @@ DEFAULTS = WbcParams()
 
 # Long side (px) of ``Segmentation.probs`` for images processed region by region.
 PROBS_SUMMARY_SIZE = 1024
-# Long side (px) of the copy on which the cell diameter of a large image is estimated.
+# Side (px) of the central square on which the cell diameter of a large image is estimated.
 ESTIMATE_SIZE = 2048
 
 
@@ -723,7 +723,8 @@ def _segment_blocks(module: torch.nn.Module, card: dict, image: np.ndarray, pran
                     cell_diameter: float | None, tile: int, overlap: int, p: WbcParams) -> Segmentation:
     """:func:`segment_wbc` of an image longer than ``p.block_size``, region by region.
 
-    The diameter (when not given) is estimated on a copy of at most :data:`ESTIMATE_SIZE` px;
+    The diameter (when not given) is estimated at full resolution on the central square of
+    :data:`ESTIMATE_SIZE` px (on a copy of the whole image shrunk to that size if the square is empty);
     then each block of :func:`~hemaseg.engine.blocks.image_blocks` is predicted at the model's
     scale, its argmax taken at the input's scale one class map at a time, post-processed, and
     the WBCs whose centroid lies in its core pasted into the full-size uint8 / int32 outputs
@@ -736,11 +737,20 @@ def _segment_blocks(module: torch.nn.Module, card: dict, image: np.ndarray, pran
     h, w = image.shape[:2]
     trained = float(card.get("cell_diameter") or 0)
     if cell_diameter is None:
-        shrink = min(1.0, ESTIMATE_SIZE / max(h, w))
-        small = downscale(image, shrink)  # a LazyImage (large TIFF) is never read whole
-        estimate = _estimate_scale(module, card, small, prange, tile, overlap, p)[0]
-        del small
-        cell_diameter = estimate / shrink if estimate else None
+        # At full resolution on the central ESTIMATE_SIZE-px square: on a copy of the whole image
+        # shrunk to that size the first pass saw small WBCs at a quarter of the trained size and the
+        # estimate settled 4x off. The shrunk copy only when that square holds no cell.
+        y0, x0 = max(0, (h - ESTIMATE_SIZE) // 2), max(0, (w - ESTIMATE_SIZE) // 2)
+        centre = np.ascontiguousarray(image[y0:y0 + ESTIMATE_SIZE, x0:x0 + ESTIMATE_SIZE])
+        estimate = None if featureless(centre) else _estimate_scale(module, card, centre, prange, tile, overlap, p)[0]
+        del centre
+        if estimate is None:
+            shrink = min(1.0, ESTIMATE_SIZE / max(h, w))
+            small = downscale(image, shrink)  # a LazyImage (large TIFF) is never read whole
+            estimate = _estimate_scale(module, card, small, prange, tile, overlap, p)[0]
+            del small
+            estimate = estimate / shrink if estimate else None
+        cell_diameter = estimate
     factor = scale_factor(card, cell_diameter, p.scale_deadband)
     diameter = float(cell_diameter or ((trained or p.fallback_diameter) / factor))
     margin = int(np.ceil(p.block_margin * diameter))
