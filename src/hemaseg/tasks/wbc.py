@@ -87,13 +87,13 @@ class WbcParams:
     red_cells : a cells model (bundled name or path) that finds the red cells around each WBC, which
         are then never its cytoplasm nor its nucleus (:func:`reject_found_red_cells`); ``""`` or
         ``"none"``: not asked. On TXL-PBC's validation fields of four labs it cut the cytoplasm
-        leaking into red cells from 6-62 % to 2-8 % (wbc-seg's validation Dice unchanged).
+        leaking into red cells from 5.5-64 % to 0.6-26 % (wbc-seg's validation Dice unchanged).
     red_cell_ratio : WBC diameter over red-cell diameter assumed to run that model at its red cells'
         size (TXL-PBC's boxes: 1.5-2.1 by lab).
     red_cells_max_pixels : the cells model is asked only about images of at most this many pixels
         (photos and crops, where other labs' red cells were taken for cytoplasm); it costs about
         30 ms a WBC (a second network around each), which on a 2048x2048 mosaic of 108 WBCs
-        tripled the time (1.9 -> 5.5 s). 0: every image.
+        tripled the time (1.9 -> 5.5-6.0 s). 0: every image.
 
     Examples
     --------
