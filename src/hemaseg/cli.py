@@ -15,7 +15,7 @@ import typer
 from hemaseg.apps.web import DEFAULT_HOST, DEFAULT_PORT, MAX_UPLOAD_MB, check_address, require_flask
 from hemaseg.apps.web import serve as run_serve
 from hemaseg.classical import hsv_wbc_mask, wbc_crops
-from hemaseg.core.options import check_numbers, refuse_unused
+from hemaseg.core.options import NO_MODEL, check_numbers, refuse_unused
 from hemaseg.engine.predict import backend_scope, get_model, resolve_device
 from hemaseg.engine.runtime import BACKENDS, check_backend, require_torch
 from hemaseg.engine.tiling import DEFAULT_TILE
@@ -152,7 +152,7 @@ def _post_params(spec, card: dict, items: list[str]):
         if not ok:
             raise typer.BadParameter(f"{item!r}: {name} takes a {type(default).__name__} (default {default!r})",
                                      param_hint="--post")
-        if ok and isinstance(value, str) and value not in ("", "none") and next(
+        if ok and isinstance(value, str) and value not in NO_MODEL and next(
                 f for f in dataclasses.fields(defaults) if f.name == name).metadata.get("model"):
             try:  # a parameter naming a model: it must load (not fail on every image later)
                 get_model(value)

@@ -8,6 +8,9 @@ from dataclasses import dataclass
 
 from hemaseg.errors import HemasegUsageError
 
+# A parameter naming a model (field metadata {"model": True}) given one of these asks no model.
+NO_MODEL = ("", "none")
+
 
 @dataclass(frozen=True)
 class Range:

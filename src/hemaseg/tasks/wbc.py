@@ -20,6 +20,7 @@ import numpy as np
 from hemaseg.classical import WBC_METHODS, box_cell, likelier_first, segment_classical, stained, wbc_segmentation
 from hemaseg.core.content import featureless
 from hemaseg.core.labels import measure_diameter, relabel, remove_small, split_instances, wbc_objects
+from hemaseg.core.options import NO_MODEL
 from hemaseg.core.resize import clamp_factor, resize_argmax
 from hemaseg.core.result import Segmentation
 from hemaseg.core.vocabulary import category_of
@@ -350,8 +351,9 @@ def red_colour_rules(image: np.ndarray, classes: np.ndarray, instances: np.ndarr
                      p: WbcParams = DEFAULTS, relabel_cells: bool = True, found_red_cells: bool = True
                      ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`reject_red_cytoplasm` (``p.red_cytoplasm``) then :func:`reject_red_nuclei` (``p.red_nucleus``
-    <= 1), the red cells' colour sampled once, then :func:`reject_found_red_cells` (``p.red_cells``,
-    unless ``found_red_cells`` is False: the crop normaliser and the classical methods do without).
+    <= 1), the red cells' colour sampled once, then :func:`reject_found_red_cells` when
+    :func:`asks_red_cells` (unless ``found_red_cells`` is False: the crop normaliser and the classical
+    methods do without, and a block of a large image is not asked when the whole image is not).
     ``relabel_cells=False`` keeps the labels of the cells that stay (a dropped cell leaves a gap)."""
     if not (classes == 2).any():
         return classes, instances
@@ -362,7 +364,7 @@ def red_colour_rules(image: np.ndarray, classes: np.ndarray, instances: np.ndarr
         if p.red_nucleus <= 1:
             classes, instances = reject_red_nuclei(image, classes, instances, diameter, p.red_nucleus, red,
                                                    relabel_cells)
-    if found_red_cells and p.red_cells not in ("", "none"):
+    if found_red_cells and asks_red_cells(image.shape, p):
         classes, instances = reject_found_red_cells(image, classes, instances, diameter, p, relabel_cells)
     return classes, instances
 
@@ -375,7 +377,7 @@ def asks_red_cells(shape: tuple[int, ...], p: WbcParams = DEFAULTS) -> bool:
     >>> asks_red_cells((480, 640, 3)), asks_red_cells((2048, 2048, 3)), asks_red_cells((2048, 2048), everywhere)
     (True, False, True)
     """
-    return p.red_cells not in ("", "none") and (
+    return p.red_cells not in NO_MODEL and (
         p.red_cells_max_pixels <= 0 or shape[0] * shape[1] <= p.red_cells_max_pixels)
 
 
@@ -713,8 +715,7 @@ def _segment_wbc(image: np.ndarray, module: torch.nn.Module, card: dict, cell_di
         probs = predict_probs(module, card, image, factor, tile, overlap, prange, check_content=False)
     diameter = float(cell_diameter or (float(card.get("cell_diameter") or p.fallback_diameter) / factor))
     classes, instances = post if post is not None else wbc_instances(probs, diameter, p)
-    classes, instances = red_colour_rules(image, classes, instances, diameter, p,
-                                          found_red_cells=asks_red_cells(image.shape, p))
+    classes, instances = red_colour_rules(image, classes, instances, diameter, p)
     objects = wbc_objects(classes, instances, probs)
     return Segmentation(classes, instances, probs, diameter, factor, objects)
 
