@@ -5,7 +5,7 @@ writes docs/smear10_confusion.png and docs/smear10_real.jpg (neither with --no-w
 
     python benchmarks/smear10.py [--model smear10] [--typer NAME] [--n 300] [--data ../shared/data]
         [--held-out benchmarks/splits/wbc-type-3labs.json] [--max-fields N]
-        [--only synthetic,real,sample,speed] [--no-write]
+        [--only synthetic,real,sample,speed] [--no-write] [--post NAME=VALUE ...]
 
 Synthetic test sets are composed with `hemaseg.tasks.smear10.synth` from the *test* crops (red cells and
 platelets split by source photo; WBCs from the WBC-type classifier's held-out crops, ``--held-out``,
@@ -34,6 +34,7 @@ from record import write_result
 import hemaseg
 from hemaseg.engine.evaluate import select_split
 from hemaseg.engine.predict import get_model
+from hemaseg.engine.task import params_from_card
 from hemaseg.errors import HemasegError, HemasegUsageError
 from hemaseg.io.annotations import read_yolo
 from hemaseg.io.datasets import find_pairs, load_pair, read_voc
@@ -41,6 +42,7 @@ from hemaseg.io.images import read_image
 from hemaseg.models.registry import SAMPLE_PHOTO
 from hemaseg.tasks.smear10 import SMEAR10
 from hemaseg.tasks.smear10.classes import CLASSES, GROUPS
+from hemaseg.tasks.smear10.infer import SmearParams
 from hemaseg.tasks.smear10.synth import CellBank, SynthConfig, colour_map, compose, image_seed, write_smear
 from hemaseg.tasks.smear10.train import held_out_crops, load_bank
 
@@ -175,6 +177,7 @@ def right_cells(cm: np.ndarray) -> tuple[float, list[str]]:
 def real(loaded: tuple, data: Path, max_fields: int | None, write: bool) -> None:
     summary: dict[str, np.ndarray] = {}
     scale: dict[str, tuple[list[float], list[float], list[float]]] = {}  # source: (estimates, box sides, ratios)
+    infected: dict[str, list[int]] = defaultdict(list)  # source: infected red cells called per photo (none has a parasite)
 
     def field(img: np.ndarray, boxes, cm: np.ndarray, source: str) -> np.ndarray:
         """Segment one field with the default scale estimate; count its boxes into ``cm`` and its scale into ``scale``."""
@@ -185,6 +188,7 @@ def real(loaded: tuple, data: Path, max_fields: int | None, write: bool) -> None
             cm[row, box_group(g, x1, y1, x2, y2)] += 1
             if row == 0:
                 sides.append(((x2 - x1) + (y2 - y1)) / 2)
+        infected[source].append(sum(o["class_name"] == "infected rbc" for o in seg.objects))
         est, box, ratio = scale.setdefault(source, ([], [], []))
         est.append(seg.cell_diameter)
         box += sides
@@ -232,6 +236,12 @@ def real(loaded: tuple, data: Path, max_fields: int | None, write: bool) -> None
     emit("| --- | --- | --- | --- |")
     for _, cells, name in sorted((*right_cells(cm), name) for name, cm in summary.items()):
         emit(f"| {name} | " + " | ".join(cells) + " |")
+    emit()
+    emit("### Real photos: infected red cells called (no photo of these sources shows a parasite)\n")
+    emit("| source | photos | infected red cells called | photos with any | RBC boxes |")
+    emit("| --- | --- | --- | --- | --- |")
+    for name, calls in sorted(infected.items(), key=lambda kv: -np.mean(kv[1])):
+        emit(f"| {name} | {len(calls)} | {sum(calls)} | {np.mean(np.array(calls) > 0):.0%} | {summary[name][0].sum()} |")
     emit()
     emit("### Real photos: estimated red-cell diameter (Segmentation.cell_diameter) against the RBC boxes\n")
     emit("| source | fields | median estimate (px) | median RBC box side (w+h)/2 (px) | median per-field estimate / box side |")
@@ -311,6 +321,8 @@ def main() -> None:
     ap.add_argument("--only", default=",".join(PARTS), help=f"comma list of parts to run: {','.join(PARTS)}")
     ap.add_argument("--no-write", action="store_true", help="print only: no results/smear10.md, no docs/ images")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--post", nargs="*", default=[], metavar="NAME=VALUE",
+                    help="post-processing parameters (SmearParams) over the card's, values in JSON (rbc_vote=true)")
     args = ap.parse_args()
     parts = [p.strip() for p in args.only.split(",") if p.strip()]
     if not parts or set(parts) - set(PARTS):
@@ -326,6 +338,14 @@ def main() -> None:
         loaded = with_typer(args.model, args.typer)
     except HemasegError as exc:
         ap.error(f"--model/--typer: {exc}")
+    if args.post:
+        try:
+            post = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.post)}
+            params_from_card(SmearParams, {"postprocess": post}, "smear10")
+        except ValueError as exc:  # no '=', bad JSON, unknown name
+            ap.error(f"--post: {exc}")
+        loaded = (loaded[0], {**loaded[1], "postprocess": {**loaded[1].get("postprocess", {}), **post}})
+        emit(f"Post-processing over the card's: {post}\n")
     write = not args.no_write
     if "synthetic" in parts:
         synthetic(args.model, loaded, args.data, args.n, args.held_out, write)
