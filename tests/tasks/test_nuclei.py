@@ -152,29 +152,6 @@ def test_watershed_splits_two_touching_discs():
     assert nuclei_instances(probs).max() == 1
 
 
-def test_centres_split_touching_discs_the_boundary_class_misses():
-    """A model with the centre class: two discs whose interiors touch (no boundary predicted
-    between them) still come out as two nuclei, one per centre; without centres, one."""
-    yy, xx = np.mgrid[:40, :60]
-    labels = np.zeros((40, 60), np.uint16)
-    labels[np.hypot(yy - 20, xx - 20) < 11] = 1
-    labels[(np.hypot(yy - 20, xx - 39) < 11) & (labels == 0)] = 2
-    t = nuclei_targets(labels)
-    probs = np.stack([t == 0, t == 1, t == 2, t == 3]).astype(np.float32)
-    inside = (labels > 0) & (t == 2)
-    probs[1][inside & (np.abs(xx - 29.5) < 3)] = 1  # the contact read as interior
-    probs[2][inside & (np.abs(xx - 29.5) < 3)] = 0
-    pred = nuclei_instances(probs)
-    assert pred.max() == 2
-    assert dsb_scores(pred, labels)["ap50"] == 1.0
-    no_centre = np.stack([probs[0], probs[1] + probs[3], probs[2]])
-    assert nuclei_instances(no_centre).max() == 1
-    # A faint nucleus with an interior of its own but no centre keeps a seed of its own.
-    probs = np.stack([t == 0, (t == 1) | ((t == 3) & (labels == 2)), t == 2, (t == 3) & (labels == 1)])
-    pred = nuclei_instances(probs.astype(np.float32))
-    assert pred.max() == 2 and dsb_scores(pred, labels)["ap50"] == 1.0
-
-
 def test_tiny_nucleus_without_interior_is_kept():
     labels = np.zeros((20, 20), np.uint16)
     labels[5:8, 5:8] = 1  # all boundary, no interior

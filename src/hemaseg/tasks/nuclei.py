@@ -1,8 +1,7 @@
 """The ``nuclei`` task (seed 001): nuclei instances of the Data Science Bowl images
 (fluorescence, brightfield, histology). Labels on disk are uint16 instances (0 background,
-1..N); the network predicts background / nucleus interior / nucleus boundary / nucleus centre,
-and a watershed from the centres (or, for a model without the centre class, the interiors) splits
-touching nuclei. Bright-background images are inverted
+1..N); the network predicts background / nucleus interior / nucleus boundary, and a
+watershed from the interiors splits touching nuclei. Bright-background images are inverted
 when the model was trained so. Knobs: :class:`NucleiParams`.
 """
 from __future__ import annotations
@@ -39,9 +38,8 @@ class NucleiParams:
     ----------
     min_nucleus_fraction : smallest nucleus kept, as a fraction of the area of a nucleus of the
         image's diameter.
-    seed_threshold : interior (+ centre) probability above which a pixel is inside a nucleus' outer ring.
-    fg_threshold : probability of any nucleus class above which a pixel is nucleus.
-    centre_threshold : centre probability above which a pixel seeds a nucleus (models with a centre class).
+    seed_threshold : interior probability above which a pixel seeds a nucleus.
+    fg_threshold : interior + boundary probability above which a pixel is nucleus.
     fallback_diameter : px, the trained nucleus diameter assumed when a card gives none.
 
     Examples
@@ -53,7 +51,6 @@ class NucleiParams:
     min_nucleus_fraction: float = 0.04
     seed_threshold: float = 0.5
     fg_threshold: float = 0.5
-    centre_threshold: float = 0.5
     fallback_diameter: float = 20.0
 
 
@@ -64,43 +61,30 @@ def _min_area(diameter: float, p: NucleiParams = DEFAULTS) -> int:
     return max(int(p.min_nucleus_fraction * np.pi * (diameter / 2) ** 2), 4)
 
 
-def nuclei_targets(labels: np.ndarray, centre: float = 0.35) -> np.ndarray:
-    """Instance labels -> training classes 0 background, 1 nucleus interior, 2 nucleus boundary,
-    3 nucleus centre: (H, W) uint8.
+def nuclei_targets(labels: np.ndarray) -> np.ndarray:
+    """Instance labels -> training classes 0 background, 1 nucleus interior, 2 nucleus boundary: (H, W) uint8.
 
     The boundary is each nucleus' own outermost pixel ring, so two touching nuclei are
-    separated by two boundary pixels and their interiors never touch. The centre is the part of
-    a nucleus more than ``centre`` x its largest depth away from its edge: one compact seed per
-    nucleus, far apart even where two nuclei press together (at 0.35, 1.4 % of DSB's nuclei get
-    two centres, as a bent nucleus has two deepest parts; at 0.5, 2.8 %).
+    separated by two boundary pixels and their interiors never touch.
 
-    >>> lab = np.zeros((9, 16), np.uint16); lab[1:8, 1:8] = 1; lab[1:8, 8:15] = 2
+    >>> lab = np.zeros((7, 12), np.uint16); lab[1:6, 1:6] = 1; lab[1:6, 6:11] = 2
     >>> t = nuclei_targets(lab)
-    >>> t[4].tolist()
-    [0, 2, 1, 3, 3, 3, 1, 2, 2, 1, 3, 3, 3, 1, 2, 0]
+    >>> t[3].tolist()
+    [0, 2, 1, 1, 1, 2, 2, 1, 1, 1, 2, 0]
     """
-    from scipy import ndimage as ndi
     from skimage.segmentation import find_boundaries
 
     out = (labels > 0).astype(np.uint8)
     out[find_boundaries(labels, mode="inner") & (labels > 0)] = 2
-    if out.max() < 1:
-        return out
-    depth = cv2.distanceTransform((out == 1).view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_5)
-    deepest = ndi.maximum(depth, labels, np.arange(int(labels.max()) + 1)).astype(np.float32)
-    out[(out == 1) & (depth > centre * deepest[labels])] = 3
     return out
 
 
 def nuclei_instances(probs: np.ndarray, min_area: int = 8, diameter: float | None = None,
-                     seed_threshold: float = 0.5, fg_threshold: float = 0.5, centre_threshold: float = 0.5
-                     ) -> np.ndarray:
-    """Nuclei instances from (3 or 4, H, W) background/interior/boundary(/centre) probabilities:
-    (H, W) int32 labels 1..N.
+                     seed_threshold: float = 0.5, fg_threshold: float = 0.5) -> np.ndarray:
+    """Nuclei instances from (3, H, W) background/interior/boundary probabilities: (H, W) int32 labels 1..N.
 
-    With a centre class (4 channels) each connected centre seeds a nucleus. Without one, seeds
-    are the connected interiors (the boundary class keeps touching nuclei apart), and with
-    ``diameter`` (px, the nuclei's typical size) seeds are instead the maxima of the
+    Seeds are the connected interiors (the boundary class keeps touching nuclei apart).
+    With ``diameter`` (px, the nuclei's typical size) seeds are instead the maxima of the
     interiors' smoothed distance transform at least a third of a diameter apart, so two
     nuclei whose interiors still touch are split too (interiors without such a maximum
     keep a seed of their own). Each foreground component is flooded from its seeds by a
@@ -118,24 +102,14 @@ def nuclei_instances(probs: np.ndarray, min_area: int = 8, diameter: float | Non
     from skimage.feature import peak_local_max
     from skimage.segmentation import watershed
 
-    centre = probs[3] if len(probs) > 3 else None
-    fg = (1 - probs[0]) > fg_threshold
-    interior = ((probs[1] if centre is None else probs[1] + centre) > seed_threshold) & fg
+    fg = (probs[1] + probs[2]) > fg_threshold
+    interior = (probs[1] > seed_threshold) & fg
     n_fg, comps = cv2.connectedComponents(fg.astype(np.uint8), connectivity=4)
     if n_fg <= 1:
         return np.zeros(fg.shape, np.int32)
     n_int, markers = cv2.connectedComponents(interior.astype(np.uint8), connectivity=4)
     relief = -probs[1]
-    if centre is not None:
-        n_c, centres = cv2.connectedComponents(((centre > centre_threshold) & interior).astype(np.uint8),
-                                               connectivity=4)
-        # Interiors without a centre (small or faint nuclei) keep their own seed.
-        has_centre = np.zeros(n_int, bool)
-        has_centre[markers[centres > 0]] = True
-        has_centre[0] = True
-        markers = np.where(has_centre[markers], centres, markers + n_c)
-        relief = -(probs[1] + 2 * centre)
-    elif diameter is not None and n_int > 1:
+    if diameter is not None and n_int > 1:
         dist = cv2.distanceTransform(interior.astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_5)
         dist = cv2.GaussianBlur(dist, (0, 0), max(0.5, diameter / 15))
         peaks = peak_local_max(dist, min_distance=max(2, int(diameter / 3)), threshold_abs=1.0, exclude_border=False)
@@ -359,7 +333,7 @@ def segment_nuclei(image: np.ndarray, model="nuclei", cell_diameter: float | Non
     probs = predict_probs(module, card, image, factor, tile, overlap, prange, invert)
     if cell_diameter is None:
         instances = nuclei_instances(probs, _min_area(trained, p), seed_threshold=p.seed_threshold,
-                                     fg_threshold=p.fg_threshold, centre_threshold=p.centre_threshold)
+                                     fg_threshold=p.fg_threshold)
         cell_diameter = measure_nuclei(instances, min_area=_min_area(trained, p))
         new = nuclei_factor(card, cell_diameter)
         if new != factor:
@@ -367,7 +341,7 @@ def segment_nuclei(image: np.ndarray, model="nuclei", cell_diameter: float | Non
             probs = predict_probs(module, card, image, factor, tile, overlap, prange, invert)
     diameter = float(cell_diameter or trained / factor)
     instances = nuclei_instances(probs, _min_area(diameter, p), diameter=diameter, seed_threshold=p.seed_threshold,
-                                 fg_threshold=p.fg_threshold, centre_threshold=p.centre_threshold)
+                                 fg_threshold=p.fg_threshold)
     classes = (instances > 0).astype(np.uint8)
     return Segmentation(classes, instances, probs, diameter, factor, instance_objects(instances, probs))
 
@@ -376,9 +350,8 @@ class NucleiTask(Task):
     """Nuclei instances (DSB 2018): uint16 labels 0 background, 1..N."""
 
     name = "nuclei"
-    classes = ("background", "nucleus", "boundary", "centre")
-    label_values = (0, 1, 1, 1)  # written as instance labels 1..N; the classes are the network's view
-    nested_loss = False  # interior, boundary and centre are disjoint parts of a nucleus
+    classes = ("background", "nucleus", "boundary")
+    label_values = (0, 1, 1)  # written as instance labels 1..N; the classes are the network's view
     colors = {1: (255, 220, 0)}
     default_model = "nuclei"
     description = "nuclei instances (DSB 2018): uint16 labels 0 background, 1..N"
