@@ -199,7 +199,10 @@ class SmearParams:
     rbc_vote : each red cell (the red-cell pixels split into round cells by a distance-transform
         watershed at the red-cell diameter) is one class, healthy or infected, by its summed
         probability: a dark spot or a refractile artefact on a red cell does not make part of it
-        "infected".
+        "infected". Off by default: it clears the bundled sample's two "infected" red cells, but on
+        composites of real malaria crops it cost 0.01-0.02 infected IoU, and on parasite-free real
+        photos it removes only a third to a half of the false calls (BCCD val 156 -> 95 with
+        ``infected_share`` 0.4; docs/results.md).
     infected_share : with ``rbc_vote``, a red cell is infected when its summed infected
         probability is at least this share of its red-cell probability (0.5: the larger sum wins;
         lower keeps cells the network paints only partly infected).
