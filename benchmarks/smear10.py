@@ -24,17 +24,18 @@ import json
 import tempfile
 import time
 from collections import Counter, defaultdict
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import cv2
 import numpy as np
+import typer
 from record import write_result
 
 import hemaseg
+from hemaseg.cli import post_params
 from hemaseg.engine.evaluate import select_split
 from hemaseg.engine.predict import get_model
-from hemaseg.engine.task import params_from_card
 from hemaseg.errors import HemasegError, HemasegUsageError
 from hemaseg.io.annotations import read_yolo
 from hemaseg.io.datasets import find_pairs, load_pair, read_voc
@@ -42,7 +43,6 @@ from hemaseg.io.images import read_image
 from hemaseg.models.registry import SAMPLE_PHOTO
 from hemaseg.tasks.smear10 import SMEAR10
 from hemaseg.tasks.smear10.classes import CLASSES, GROUPS
-from hemaseg.tasks.smear10.infer import SmearParams
 from hemaseg.tasks.smear10.synth import CellBank, SynthConfig, colour_map, compose, image_seed, write_smear
 from hemaseg.tasks.smear10.train import held_out_crops, load_bank
 
@@ -322,7 +322,7 @@ def main() -> None:
     ap.add_argument("--no-write", action="store_true", help="print only: no results/smear10.md, no docs/ images")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--post", nargs="*", default=[], metavar="NAME=VALUE",
-                    help="post-processing parameters (SmearParams) over the card's, values in JSON (rbc_vote=true)")
+                    help="post-processing parameters (SmearParams) over the card's, as `hemaseg segment --post` takes them")
     args = ap.parse_args()
     parts = [p.strip() for p in args.only.split(",") if p.strip()]
     if not parts or set(parts) - set(PARTS):
@@ -339,13 +339,12 @@ def main() -> None:
     except HemasegError as exc:
         ap.error(f"--model/--typer: {exc}")
     if args.post:
-        try:
-            post = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.post)}
-            params_from_card(SmearParams, {"postprocess": post}, "smear10")
-        except ValueError as exc:  # no '=', bad JSON, unknown name
-            ap.error(f"--post: {exc}")
-        loaded = (loaded[0], {**loaded[1], "postprocess": {**loaded[1].get("postprocess", {}), **post}})
-        emit(f"Post-processing over the card's: {post}\n")
+        try:  # the CLI's own reading of --post: the same names, values and refusals
+            params = post_params(SMEAR10, loaded[1], args.post)
+        except typer.BadParameter as exc:
+            ap.error(exc.format_message())
+        loaded = (loaded[0], {**loaded[1], "postprocess": asdict(params)})
+        emit(f"Post-processing over the card's: {' '.join(args.post)}\n")
     write = not args.no_write
     if "synthetic" in parts:
         synthetic(args.model, loaded, args.data, args.n, args.held_out, write)

@@ -115,9 +115,10 @@ def _task(name: str, hint: str = "--task"):
         raise typer.BadParameter(str(exc.args[0]), param_hint=hint) from None
 
 
-def _post_params(spec, card: dict, items: list[str]):
+def post_params(spec, card: dict, items: list[str]):
     """The task's post-processing parameters from ``--post NAME=VALUE`` items over the model card's: a
-    usage error (exit 2) naming the item for an unknown name or a value of the wrong kind."""
+    usage error (exit 2) naming the item for an unknown name or a value of the wrong kind. The
+    benchmarks' ``--post`` reads its items here too, so both take the same names and values."""
     if spec.Params is None:
         raise typer.BadParameter(f"task {spec.name} has no post-processing parameters", param_hint="--post")
     defaults = spec.params(card)
@@ -330,7 +331,7 @@ def segment(
             _fail(model_name, f"is a {loaded[1].get('task')} model, not a {spec.name} model")
             raise typer.Exit(2)
         if post:
-            params = _post_params(spec, loaded[1], post)
+            params = post_params(spec, loaded[1], post)
     paths = list_images(images)
     if not paths:
         _fail(" ".join(images), "no images found")
