@@ -93,8 +93,10 @@ def test_classify_csv_columns_and_broken_image(tmp_path, tiny_classifier, mode, 
     for r in rows[1:]:
         probs = np.array([float(v) for v in r[2:]])
         assert r[1] == columns[int(probs.argmax())] and abs(probs.sum() - 1) < 1e-4
-    res = runner.invoke(app, ["classify", "-m", "4", "-d", str(d), "--model", str(tiny_classifier)])
+    out4 = tmp_path / "pred4.csv"
+    res = runner.invoke(app, ["classify", "-m", "4", "-d", str(d), "-o", str(out4), "--model", str(tiny_classifier)])
     assert res.exit_code == 2 and "lacks ig" in res.output  # a 5-class model cannot answer -m 4
+    assert not out4.exists()  # refused before anything is written
 
 
 def test_classify_single_file_keeps_the_path_as_given(tmp_path, tiny_classifier):
