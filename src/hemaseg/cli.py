@@ -398,6 +398,10 @@ def train(
                                                        "fine-tune must not forget (drawn half the time)"),
     held_out: Optional[str] = typer.Option(None, help="smear10: split JSON whose 'val' crops stay out of training "
                                                       "(the WBC-type classifier's: benchmarks/splits/wbc-type-3labs.json)"),
+    real_fields: Optional[float] = typer.Option(None, help="smear10: share of the training draws that are real "
+                                                "fields with every cell boxed (TXL-PBC among --data), learnt "
+                                                "where the boxes are sure: red cells healthy, WBCs, background "
+                                                "(default 0: composites only)"),
     unboxed: Optional[str] = typer.Option(None, help="cells (U-Net): stained pixels outside every box are 'ignore'd by "
                                                "the loss (learn every cell) or taught as 'background' (learn the "
                                                "boxes as they are; a detector such as maskrcnn always does)"),
@@ -434,7 +438,7 @@ def train(
                           normalise_cells=normalise_cells, recipe=recipe, workers=workers, reuse=reuse,
                           held_out=held_out, unboxed=unboxed, init=init, replay=replay, ruler=ruler,
                           leave_out=leave_out or None, paste_red_cells=paste_red_cells,
-                          modality_transfer=modality_transfer, split=split)
+                          modality_transfer=modality_transfer, split=split, real_fields=real_fields)
             if out is not None and out.resolve() != resume.resolve():
                 raise HemasegUsageError("--out", "give --out RUN to start a run or --resume RUN to continue one, "
                                                  "not both")
@@ -452,7 +456,8 @@ def train(
                 held_out=str(Path(held_out).resolve()) if held_out else None, recipe=recipe, unboxed=unboxed,
                 target_images=str(Path(target_images).resolve()) if target_images else None, backbone=backbone,
                 normalise_cells=normalise_cells, leave_out=leave_out or None, paste_red_cells=paste_red_cells,
-                modality_transfer=modality_transfer, split=str(split.resolve()) if split else None)
+                modality_transfer=modality_transfer, split=str(split.resolve()) if split else None,
+                real_fields=real_fields)
             prepare_run(out, overwrite=overwrite, extra_files=spec.run_files)
             state, run = spec.fit(cfg, out), out
     except HemasegUsageError as exc:

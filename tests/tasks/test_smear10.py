@@ -433,3 +433,55 @@ def test_a_red_cell_is_healthy_or_infected_as_a_whole_and_slivers_are_not_cells(
     out = absorb_fragments(voted, 0.05 * np.pi * 20 ** 2, GROUPS["wbc"] + GROUPS["rbc"])
     assert out[5, 95] == 0 and out[30, 20] == healthy
     assert (out[b & ~a] == voted[b & ~a]).all()  # whole cells stay
+
+
+def _boxed_fields(root, n=3):
+    """A TXL-PBC-like folder: pink red cells and one purple WBC per field, every cell boxed (YOLO),
+    sources.csv naming each field's original photo."""
+    (root / "images" / "train").mkdir(parents=True)
+    (root / "labels" / "train").mkdir(parents=True)
+    (root / "classes.txt").write_text("0 White Blood Cell (WBC)\n1 Red Blood Cell (RBC)\n2 Platelet\n")
+    rows = ["image,source_dataset,original_name"]
+    for i in range(n):
+        img = np.full((120, 160, 3), 235, np.uint8)
+        lines = []
+        for cx, cy in ((30, 30), (130, 30), (30, 90)):
+            cv2.circle(img, (cx, cy), 12, (200, 110, 120), -1)
+            lines.append(f"1 {cx / 160:.5f} {cy / 120:.5f} {24 / 160:.5f} {24 / 120:.5f}")
+        cv2.circle(img, (110, 85), 20, (120, 60, 160), -1)
+        lines.append(f"0 {110 / 160:.5f} {85 / 120:.5f} {40 / 160:.5f} {40 / 120:.5f}")
+        cv2.imwrite(str(root / "images" / "train" / f"f{i}.png"), img[..., ::-1])
+        (root / "labels" / "train" / f"f{i}.txt").write_text("\n".join(lines) + "\n")
+        rows.append(f"f{i}.png,SRC,Photo_{i}.jpg")
+    (root / "sources.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def test_real_fields_teach_only_what_their_boxes_are_sure_of(tmp_path):
+    from hemaseg.engine.losses import IGNORE
+    from hemaseg.tasks.smear10.train import WBC_AS_ONE, RealFields, SynthDataset, boxed_fields, smear_transform
+
+    _boxed_fields(tmp_path / "data" / "txl")
+    voc = tmp_path / "data" / "voc" / "ImageSets" / "Main"
+    voc.mkdir(parents=True)
+    (voc / "val.txt").write_text("Photo_1\n")  # another data set holds this photo out: so does training
+    fields = boxed_fields([str(tmp_path / "data")])
+    assert sorted(f[0].name for f in fields) == ["f0.png", "f2.png"]
+    real = RealFields(fields, (20.0, 30.0), 64)
+    ds = SynthDataset(CellBank.procedural(), SynthConfig(size=64), 6, 0, smear_transform(False), 1, 99, balance=True,
+                      merge_wbc=True, real=real, real_share=1.0)
+    seen = set()
+    for i in range(6):
+        x, t, w = ds[i]
+        t, w = t.numpy(), w.numpy()
+        assert x.shape == (3, 64, 64) and set(np.unique(t)) <= {0, HEALTHY, WBC_AS_ONE, IGNORE}
+        assert (w[t == IGNORE] == 0).all() and (w[t != IGNORE] > 0).all()
+        seen |= set(np.unique(t).tolist())
+    assert {0, HEALTHY, IGNORE} <= seen and INFECTED not in seen  # parasite-free: never an infected pixel
+    # a share of 0 draws composites only (no IGNORE pixel in a composite)
+    ds0 = SynthDataset(CellBank.procedural(), SynthConfig(size=64), 3, 0, smear_transform(False), 1, 99,
+                       balance=False, real=real, real_share=0.0)
+    assert all(IGNORE not in ds0[i][1].numpy() for i in range(3))
+    res = runner.invoke(app, ["train", "smear10", "--out", str(tmp_path / "run"), "--real-fields", "1.5",
+                              "--data", str(tmp_path / "data")])
+    assert res.exit_code == 2 and "real-fields" in res.output

@@ -33,19 +33,26 @@ def class_balance_weights(target: np.ndarray, n_classes: int, power: float = 0.5
 
     Each pixel of class c gets ``(f_median / f_c) ** power`` (median-frequency balancing,
     softened by ``power``, capped at ``cap``), where f are the class frequencies in this
-    map; classes absent from the map do not count. The weights average to about 1.
+    map; classes absent from the map do not count. Pixels of no class (``>= n_classes``, such as
+    the loss's ignore value 255) weigh 0; the others average to 1.
 
     >>> t = np.zeros((10, 10), np.uint8); t[:1] = 1           # class 1 is 10 % of the map
     >>> w = class_balance_weights(t, 2, power=1.0)
     >>> round(float(w[0, 0] / w[5, 5]), 1)                     # 9x rarer, 9x the weight
     9.0
+    >>> t[5:] = 255; float(class_balance_weights(t, 2)[9, 9])  # unlabelled
+    0.0
     """
     t = np.asarray(target)
-    counts = np.bincount(t.ravel(), minlength=n_classes).astype(np.float64)
+    valid = t < n_classes  # an unlabelled pixel (e.g. 255, ignored by the loss) weighs 0
+    counts = np.bincount(t[valid].ravel(), minlength=n_classes).astype(np.float64)
     freq = counts / max(counts.sum(), 1.0)
     present = freq > 0
+    if not present.any():
+        return np.zeros(t.shape, np.float32)
     ref = np.median(freq[present])
-    per_class = np.ones(n_classes)
-    per_class[present] = np.minimum((ref / freq[present]) ** power, cap)
-    w = per_class[t]
-    return (w / w.mean()).astype(np.float32)
+    per_class = np.ones(n_classes + 1)
+    per_class[:n_classes][present] = np.minimum((ref / freq[present]) ** power, cap)
+    per_class[n_classes] = 0.0
+    w = per_class[np.where(valid, t, n_classes)]
+    return (w / w[valid].mean()).astype(np.float32)

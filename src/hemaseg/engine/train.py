@@ -76,6 +76,9 @@ class TrainConfig:
     # (the classifier's held-out cells) must stay out of the composites' training crops.
     merge_wbc: bool = False
     held_out: str = ""
+    # smear10: share of the training draws that are real boxed fields (TXL-PBC among --data; healthy
+    # red cells, WBCs and background where the boxes say so for sure, the rest unlabelled) (0: off)
+    real_fields: float = 0.0
     # cells: stained pixels outside every box (BCCD leaves many red cells unboxed) are ignored by the
     # loss (True: the model learns every cell) or taught as background (False: it learns the boxes as
     # they are, what the VOC metric on BCCD rewards)

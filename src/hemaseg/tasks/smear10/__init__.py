@@ -54,7 +54,7 @@ class Smear10Task(Task):
     label_suffixes = ("", "_color")
     run_files = ("bank_train.npz", "val")
     needs_data = False  # smears are composed; --data only adds real cells to cut
-    train_options = ("arch", "init", "workers", "reuse", "held_out", "recipe")
+    train_options = ("arch", "init", "workers", "reuse", "held_out", "recipe", "real_fields")
     groups = GROUPS
     train_defaults = {
         # Synthetic 224x224 smears composed on the fly in one worker process (scale and stain variety
