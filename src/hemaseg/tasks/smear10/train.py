@@ -13,8 +13,8 @@ from hemaseg.core.vocabulary import category_of
 from hemaseg.data.transforms import colour_augs, normalize, optics_augs, percentile_range
 from hemaseg.data.weights import class_balance_weights
 from hemaseg.engine.losses import IGNORE
-from hemaseg.io.annotations import find_yolo, read_yolo_labels, yolo_names
 from hemaseg.errors import HemasegInputError, HemasegUsageError
+from hemaseg.io.annotations import find_yolo, read_yolo_labels, yolo_names
 from hemaseg.io.datasets import read_smear_pairs
 from hemaseg.io.images import read_image
 from hemaseg.models.registry import load_card
