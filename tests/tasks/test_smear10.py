@@ -474,7 +474,7 @@ def test_real_fields_teach_only_what_their_boxes_are_sure_of(tmp_path):
     for i in range(6):
         x, t, w = ds[i]
         t, w = t.numpy(), w.numpy()
-        assert x.shape == (3, 64, 64) and set(np.unique(t)) <= {0, HEALTHY, WBC_AS_ONE, IGNORE}
+        assert x.shape == (3, 64, 64) and set(np.unique(t)) <= {0, HEALTHY, WBC_AS_ONE, 6, IGNORE}
         assert (w[t == IGNORE] == 0).all() and (w[t != IGNORE] > 0).all()
         seen |= set(np.unique(t).tolist())
     assert {0, HEALTHY, IGNORE} <= seen and INFECTED not in seen  # parasite-free: never an infected pixel

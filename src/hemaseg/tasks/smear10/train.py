@@ -29,6 +29,8 @@ N_VAL = 100  # synthetic validation images, made once from the validation crops 
 HEALTHY = CLASSES.index("healthy rbc")
 REAL_CORE = 0.8  # a real field's box: the ellipse inscribed in it, shrunk to this share, is surely that cell
 REAL_MARGIN = 0.15  # ... grown by this share of its size on each side, it holds all of the cell
+THROMBOCYTE = CLASSES.index("thrombocyte")
+PLATELET_MAX = 0.6  # a platelet box under this share of a red cell's box side is one platelet (2-3 µm of 7.5)
 
 
 def smear_transform(augment: bool = True):
@@ -114,15 +116,17 @@ def real_field_target(shape: tuple[int, int], boxes: list[dict], merge_wbc: bool
 
     The field comes from a slide without malaria: every red cell is healthy. The core of each
     red-cell box (:data:`REAL_CORE`) is ``healthy rbc``, the core of each WBC box the merged WBC
-    class with ``merge_wbc`` (the type is not known per pixel), pixels beyond every box grown by
-    :data:`REAL_MARGIN` are background, and the rest, platelets included, ``IGNORE`` (255): the
+    class with ``merge_wbc`` (the type is not known per pixel), of each platelet box smaller than
+    :data:`PLATELET_MAX` red cells ``thrombocyte`` (a larger one may be a clump), pixels beyond
+    every box grown by :data:`REAL_MARGIN` are background, and the rest ``IGNORE`` (255): the
     loss learns from a real photo only what its boxes say for sure. Boxes are ``bounding_box``
     records with a ``category`` (rbc, wbc, platelet).
 
     >>> box = lambda c, x1, y1, x2, y2: {"category": c, "bounding_box": {"x1": x1, "y1": y1, "x2": x2, "y2": y2}}
-    >>> t = real_field_target((60, 60), [box("rbc", 0, 0, 20, 20), box("wbc", 30, 30, 60, 60)])
-    >>> int(t[10, 10]), int(t[45, 45]), int(t[0, 59]), int(t[1, 1]), int(t[10, 21])
-    (9, 3, 0, 255, 255)
+    >>> t = real_field_target((60, 60), [box("rbc", 0, 0, 20, 20), box("wbc", 30, 30, 60, 60),
+    ...                                  box("platelet", 2, 40, 8, 46)])
+    >>> int(t[10, 10]), int(t[45, 45]), int(t[0, 59]), int(t[1, 1]), int(t[10, 21]), int(t[43, 5])
+    (9, 3, 0, 255, 255, 6)
     """
     h, w = shape
     grown = np.zeros(shape, bool)
@@ -139,12 +143,18 @@ def real_field_target(shape: tuple[int, int], boxes: list[dict], merge_wbc: bool
         ry, rx = max(REAL_CORE * bh / 2, 0.5), max(REAL_CORE * bw / 2, 0.5)
         cores.append((b.get("category"), ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0))
     target[grown] = IGNORE
+    rbc = [min(b["bounding_box"]["x2"] - b["bounding_box"]["x1"], b["bounding_box"]["y2"] - b["bounding_box"]["y1"])
+           for b in boxes if b.get("category") == "rbc"]
     label = {"rbc": HEALTHY, "wbc": WBC_AS_ONE if merge_wbc else IGNORE}
     for cat, core in cores:  # red cells first: a platelet or WBC lying on one takes its pixels back
         if cat == "rbc":
             target[core] = HEALTHY
-    for cat, core in cores:
-        if cat != "rbc":
+    for (cat, core), b in zip(cores, boxes):
+        if cat == "platelet":  # a single platelet, smaller than a red cell; a larger box may be a clump
+            bb = b["bounding_box"]
+            small = rbc and max(bb["x2"] - bb["x1"], bb["y2"] - bb["y1"]) < PLATELET_MAX * float(np.median(rbc))
+            target[core] = THROMBOCYTE if small else IGNORE
+        elif cat != "rbc":
             target[core] = label.get(cat, IGNORE)
     return target
 
