@@ -199,7 +199,8 @@ class SmearParams:
     rbc_vote : each red cell (the red-cell pixels split into round cells by a distance-transform
         watershed at the red-cell diameter) is one class, healthy or infected, by its summed
         probability: a dark spot or a refractile artefact on a red cell does not make part of it
-        "infected". Off by default: it clears the bundled sample's two "infected" red cells, but on
+        "infected". Off by default: it cleared the bundled sample's two "infected" red cells (the map
+        before this round's real-field fine-tune, which gives none there by itself), but on
         composites of real malaria crops it cost 0.01-0.02 infected IoU, and on parasite-free real
         photos it removes only a third to a half of the false calls (BCCD val 156 -> 95 with
         ``infected_share`` 0.4; docs/results.md).
