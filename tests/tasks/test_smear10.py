@@ -485,3 +485,4 @@ def test_real_fields_teach_only_what_their_boxes_are_sure_of(tmp_path):
     res = runner.invoke(app, ["train", "smear10", "--out", str(tmp_path / "run"), "--real-fields", "1.5",
                               "--data", str(tmp_path / "data")])
     assert res.exit_code == 2 and "real-fields" in res.output
+    assert not (tmp_path / "run").exists()  # refused before the run folder is made: a retry is not blocked

@@ -13,7 +13,7 @@ from hemaseg.core.vocabulary import category_of
 from hemaseg.data.transforms import colour_augs, normalize, optics_augs, percentile_range
 from hemaseg.data.weights import class_balance_weights
 from hemaseg.engine.losses import IGNORE
-from hemaseg.errors import HemasegInputError, HemasegUsageError
+from hemaseg.errors import HemasegInputError
 from hemaseg.io.annotations import find_yolo, read_yolo_labels, yolo_names
 from hemaseg.io.datasets import read_smear_pairs
 from hemaseg.io.images import read_image
@@ -308,8 +308,6 @@ def training_stream(init: str) -> int:
 
 def smear10_data(cfg, run: Path, state: dict) -> tuple:
     """Training dataset (on the fly), validation items (made once, on disk) and model-card fields."""
-    if not 0.0 <= cfg.real_fields <= 1.0:
-        raise HemasegUsageError("--real-fields", f"a share between 0 and 1; got {cfg.real_fields}")
     synth = SynthConfig(**{**asdict(SynthConfig()), **state.get("synth", {})})
     state["synth"] = asdict(synth)
     held_out = held_out_crops(cfg.held_out)
