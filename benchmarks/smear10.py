@@ -174,6 +174,21 @@ def right_cells(cm: np.ndarray) -> tuple[float, list[str]]:
     return (min(fracs) if fracs else float("nan")), cells
 
 
+def txl_fields(data: Path, split: str) -> dict[str, list[tuple[Path, list]]]:
+    """TXL-PBC fields of one split (``images/<split>/``) by source, sorted: (image path, [(row of
+    :data:`TRUTH`, (x1, y1, x2, y2))] of its boxes)."""
+    txl = data / "txl-pbc"
+    source_of = {r["image"]: r["source_dataset"] for r in csv.DictReader((txl / "sources.csv").open())}
+    rows = {"rbc": 0, "wbc": 1, "platelet": 2}
+    by_source: dict[str, list[tuple[Path, list]]] = defaultdict(list)
+    for e in read_yolo(txl):
+        if e["filename"].startswith(f"images/{split}/"):
+            boxes = [(rows[m["class_name"]], tuple(m["bounding_box"][c] for c in ("x1", "y1", "x2", "y2")))
+                     for m in e["masks"] if m["class_name"] in rows]
+            by_source[source_of.get(Path(e["filename"]).name, "unknown")].append((txl / e["filename"], boxes))
+    return dict(sorted(by_source.items()))
+
+
 def real(loaded: tuple, data: Path, max_fields: int | None, write: bool) -> None:
     summary: dict[str, np.ndarray] = {}
     scale: dict[str, tuple[list[float], list[float], list[float]]] = {}  # source: (estimates, box sides, ratios)
@@ -212,22 +227,13 @@ def real(loaded: tuple, data: Path, max_fields: int | None, write: bool) -> None
     emit_confusion(cm)
     summary["BCCD val (own VOC boxes)"] = cm
 
-    txl = data / "txl-pbc"
-    source_of = {r["image"]: r["source_dataset"] for r in csv.DictReader((txl / "sources.csv").open())}
-    by_source: dict[str, list[dict]] = defaultdict(list)
-    for e in read_yolo(txl):
-        if e["filename"].startswith("images/test/"):
-            by_source[source_of.get(Path(e["filename"]).name, "unknown")].append(e)
-    rows = {"rbc": 0, "wbc": 1, "platelet": 2}
-    for source in sorted(by_source):
-        entries = by_source[source][:max_fields]
+    for source, fields in txl_fields(data, "test").items():
+        entries = fields[:max_fields]
         cm = np.zeros((3, 4), int)
-        for e in entries:
-            boxes = [(rows[m["class_name"]], tuple(m["bounding_box"][c] for c in ("x1", "y1", "x2", "y2")))
-                     for m in e["masks"] if m["class_name"] in rows]
-            field(read_image(txl / e["filename"]), boxes, cm, f"TXL-PBC {source}")
+        for path, boxes in entries:
+            field(read_image(path), boxes, cm, f"TXL-PBC {source}")
         emit(f"### Real photos, WBC typer `{typer_name(loaded)}`: TXL-PBC test fields from {source} ({len(entries)} of "
-             f"{len(by_source[source])} fields), box centres by predicted group\n")
+             f"{len(fields)} fields), box centres by predicted group\n")
         emit_confusion(cm)
         summary[f"TXL-PBC {source}"] = cm
 
