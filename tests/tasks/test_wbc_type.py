@@ -269,3 +269,73 @@ def test_classify_batch_failure_loses_only_the_bad_crop(tmp_path, tiny_classifie
     assert res.exit_code == 1 and bad.name in res.output and "cannot normalise" in res.output
     rows = list(csv.reader(out.open()))[1:]
     assert [r[0] for r in rows] == [str(p) for p in sorted(d.rglob("*.jpg")) if p != bad]
+
+
+def test_crops_are_redrawn_in_other_labs_looks_measured_around_the_cell():
+    from hemaseg.data.transforms import look_stats
+    from hemaseg.tasks.wbc_type.train import CropDataset, crop_looks
+
+    rng = np.random.default_rng(0)
+    made = [toy_wbc(rng, 48, radius=12, center=(24, 24)) for _ in range(4)]
+    images = np.stack([m[0] for m in made])
+    masks = np.stack([m[1] > 0 for m in made])
+    own = crop_looks(images, masks)
+    # measured around the cell: the pink slide, not the violet cell
+    assert own.shape == (4, 2, 3) and np.all(own[:, 0, 1] > 5) and abs(own[0, 0, 0] - look_stats(images[0], ~masks[0])[0, 0]) < 3
+    blue = np.zeros((1, 2, 3), np.float32)
+    blue[0, 0] = (70.0, 5.0, -30.0)  # a bluish slide (CIELAB mean), its spread
+    blue[0, 1] = (8.0, 3.0, 4.0)
+    torch.manual_seed(0)
+    ds = CropDataset(images, masks, np.zeros(4, int), None, 0.0, looks=blue, looks_share=1.0)
+    ds.transform = None
+    redrawn = [ds.images[i] for i in range(4)]  # the stored crops are never changed
+    assert all(np.array_equal(a, b) for a, b in zip(redrawn, images))
+    from hemaseg.data.transforms import transfer_look
+
+    out = transfer_look(images[0], own[0], blue[0])
+    after = look_stats(out, ~masks[0])
+    assert abs(after[0, 2] - (-30.0)) < 4 and abs(after[0, 0] - 70.0) < 4  # the slide now looks blue
+    cell_before, cell_after = look_stats(images[0], masks[0])[0], look_stats(out, masks[0])[0]
+    # the cell keeps its place relative to its slide: still darker and bluer than around it
+    assert cell_after[0] < after[0, 0] and cell_after[2] < after[0, 2] and cell_before[2] < own[0, 0, 2]
+    # and the dataset draws it so: every draw differs from the stored crop when the share is 1
+    assert all(not np.allclose(ds[i][0].numpy(), ds.__class__(images, masks, np.zeros(4, int), None, 0.0)[i][0].numpy())
+               for i in range(2))
+    # no looks, no change
+    plain = CropDataset(images, masks, np.zeros(4, int), None, 0.0)
+    assert plain.looks_share == 0.0 and plain.own_looks is None
+
+
+def test_look_input_takes_the_slides_cast_away_and_keeps_the_cell_relative_to_it(tmp_path):
+    from hemaseg.data.transforms import look_stats
+    from hemaseg.tasks.wbc_type.crops import crop_batch, crop_input, predict_crops, surroundings
+    from hemaseg.tasks.wbc_type.train import ClassifyConfig, fit_classifier
+
+    rng = np.random.default_rng(1)
+    img, mask = toy_wbc(rng, 60, radius=60 * 0.35, center=(29.5, 29.5))
+    yellow = img.astype(np.float32) * (1.0, 0.97, 0.72) + (0, 0, 10)  # the same slide under a yellow lamp
+    yellow = np.clip(yellow, 0, 255).astype(np.uint8)
+    target = np.array([[85.0, 8.0, 0.0], [8.0, 6.0, 5.0]], np.float32)
+    norm = {"type": "look", "target": target.tolist()}
+    ring = surroundings(60)
+    assert 0.3 < ring.mean() < 0.45 and not ring[30, 30] and ring[0, 0]
+    a, b = crop_input(img, norm), crop_input(yellow, norm)
+    for x in (a, b):  # the surroundings take the target's look, whatever the lamp
+        got = look_stats((x * 255 + 0.5).astype(np.uint8), ring)[0]
+        assert np.abs(got - target[0]).max() < 3, got
+    # the two lamps give nearly the same input, and the cell stays darker than its slide
+    assert np.abs(a - b).mean() < 0.03 < np.abs(img / 255.0 - yellow / 255.0).mean()
+    assert a[mask == 255].mean() < a[ring].mean() - 0.2
+    # a model trained with it keeps its target in the card, and classify uses it
+    data = _crops(tmp_path / "a", per_class=4)
+    state = fit_classifier(ClassifyConfig(data=[str(data)], backbone=TINY_BACKBONE, epochs=1, batch_size=4, size=48,
+                                          samples_per_epoch=8, val_fraction=0.25, input_norm="look"),
+                           tmp_path / "run", progress=False)
+    assert state["finished"]
+    card = json.loads((tmp_path / "run" / "model.json").read_text())
+    assert card["normalization"]["type"] == "look" and np.array(card["normalization"]["target"]).shape == (2, 3)
+    crops = [np.asarray(Image.open(p).convert("RGB").resize((48, 48))) for p in sorted(data.rglob("*.jpg"))[:2]]
+    x = crop_batch(crops, card)
+    assert x.shape == (2, 48, 48, 3) and not np.allclose(x[0], crop_batch(crops[:1], {"normalization": {}})[0])
+    probs = predict_crops(crops, tmp_path / "run" / "model.safetensors")
+    assert probs.shape == (2, 2) and np.allclose(probs.sum(1), 1, atol=1e-5)

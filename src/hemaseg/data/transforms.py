@@ -129,3 +129,53 @@ def classify_transform(augment: bool = True):
     geo.append(A.Affine(scale=(0.7, 1.15), rotate=(-180, 180), translate_percent=(-0.06, 0.06),
                         border_mode=cv2.BORDER_REFLECT_101, p=0.9))
     return A.Compose(geo + colour_augs() + optics_augs())
+
+
+def look_stats(image: np.ndarray, where: np.ndarray | None = None) -> np.ndarray:
+    """A slide's look: the CIELAB mean and standard deviation, (2, 3) float32, of an (H, W, 3) uint8
+    RGB image's pixels (``where``: a bool mask of the pixels to use; all when None or too few).
+
+    >>> pink = np.full((8, 8, 3), (230, 180, 190), np.uint8)
+    >>> s = look_stats(pink)
+    >>> s.shape, bool(s[0, 1] > 0), bool(s[1].max() < 1e-3)
+    ((2, 3), True, True)
+    """
+    lab = cv2.cvtColor(image.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB).reshape(-1, 3)
+    if where is not None and int(where.sum()) >= 16:
+        lab = lab[where.reshape(-1)]
+    return np.stack([lab.mean(0), lab.std(0)]).astype(np.float32)
+
+
+def transfer_look(image: np.ndarray, source: np.ndarray, target: np.ndarray, max_gain: float = 2.0) -> np.ndarray:
+    """Redraw an (H, W, 3) uint8 RGB image in another slide's look (Reinhard et al. 2001 colour
+    transfer): each CIELAB channel is shifted and scaled so that the statistics ``source`` (of this
+    image, :func:`look_stats`) become ``target`` (of another lab's image). The gain is kept within
+    ``1 / max_gain``-``max_gain``. Measured on the pixels around a cell (its red cells and background),
+    the cell keeps its colour relative to them: a lab's stain and lamp change, the cell's type does not.
+
+    >>> img = np.full((4, 4, 3), (200, 150, 160), np.uint8)
+    >>> out = transfer_look(img, look_stats(img), look_stats(np.full((4, 4, 3), (170, 170, 230), np.uint8)))
+    >>> [int(v) for v in out[0, 0]]
+    [170, 170, 230]
+    """
+    lab = cv2.cvtColor(image.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)
+    gain = np.clip(target[1] / np.maximum(source[1], 1e-3), 1.0 / max_gain, max_gain)
+    lab = (lab - source[0]) * gain + target[0]
+    lab[..., 0] = np.clip(lab[..., 0], 0, 100)
+    rgb = cv2.cvtColor(lab.astype(np.float32), cv2.COLOR_LAB2RGB)
+    return np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def match_look(image: np.ndarray, target: np.ndarray, where: np.ndarray | None = None,
+               max_gain: float = 1.5) -> np.ndarray:
+    """``image`` (uint8 RGB) redrawn so that the look of its pixels ``where`` (:func:`look_stats`)
+    becomes ``target`` (2, 3): a stain normaliser (Reinhard et al. 2001) measured on a chosen part of
+    the image, e.g. the red cells and background around a cell, so that the cell keeps its colour
+    relative to them while the slide's cast, stain strength and lamp are taken away.
+
+    >>> yellowish = np.full((6, 6, 3), (235, 225, 150), np.uint8)
+    >>> out = match_look(yellowish, look_stats(np.full((6, 6, 3), (235, 220, 225), np.uint8)))
+    >>> [int(v) for v in out[0, 0]]
+    [235, 220, 225]
+    """
+    return transfer_look(image, look_stats(image, where), target, max_gain)

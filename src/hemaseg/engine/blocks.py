@@ -39,7 +39,7 @@ def downscale(image, factor: float) -> np.ndarray:
     """An (H, W, 3) image shrunk by ``factor`` (area interpolation), for work on the whole image at a
     coarse scale (e.g. estimating the cell size): a :class:`~hemaseg.io.images.LazyImage` (a large
     TIFF read region by region) is read from a pyramid level, or a band of rows at a time, never
-    whole; an array is :func:`~hemaseg.core.resize.rescale`\ d.
+    whole; an array is resized by :func:`~hemaseg.core.resize.rescale`.
 
     >>> downscale(np.zeros((40, 60, 3), np.uint8), 0.5).shape
     (20, 30, 3)

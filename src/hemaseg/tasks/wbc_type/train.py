@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from hemaseg.data.transforms import classify_transform, normalize, replace_background
+from hemaseg.data.transforms import classify_transform, look_stats, replace_background, transfer_look
 from hemaseg.engine.plots import plot_confusion, plot_curves
 from hemaseg.engine.train import (
     _seed_all,
@@ -38,9 +38,11 @@ from hemaseg.tasks.wbc_type.crops import (
     CLASSES,
     N_EXTRAS,
     cell_crops,
+    crop_input,
     group_probs,
     predict_logits,
     probs_from_logits,
+    surroundings,
 )
 
 if TYPE_CHECKING:
@@ -50,6 +52,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 TYPES = list(CLASSES)  # the five WBC types (a 5-class model's classes)
+PERCENTILE = {"type": "percentile", "low": 1.0, "high": 99.0, "per_channel": True}
 
 
 @dataclass
@@ -86,6 +89,13 @@ class ClassifyConfig:
     # seeded split), drawn ``replay_share`` of the time; their held-out crops join validation
     replay: list[str] = field(default_factory=list)
     replay_share: float = 0.5
+    # unlabelled single-WBC crops of other labs (folders or files): ``looks_share`` of the training
+    # draws are redrawn in the look (colours around the cell) of one of them (:func:`transfer_look`)
+    looks: list[str] = field(default_factory=list)
+    looks_share: float = 0.5
+    # the network's input: "percentile" (each channel stretched) or "look" (each crop's surroundings
+    # brought to the training crops' median look, :func:`.crops.crop_input`)
+    input_norm: str = "percentile"
 
 
 def split_labelled(items: list[tuple[Path, str]], val_fraction: float, seed: int):
@@ -144,10 +154,15 @@ class CropDataset:
     """Cell crops + labels (-1 for unlabelled), augmented and normalised on access."""
 
     def __init__(self, images: np.ndarray, masks: np.ndarray, labels: np.ndarray, transform, background_p: float,
-                 extras: np.ndarray | None = None):
+                 extras: np.ndarray | None = None, looks: np.ndarray | None = None, looks_share: float = 0.0,
+                 norm: dict | None = None):
         self.images, self.masks, self.labels = images, masks, labels
+        self.norm = norm or PERCENTILE
         self.transform, self.background_p = transform, background_p
         self.extras = extras if extras is not None else np.zeros((len(images), N_EXTRAS), np.float32)
+        # other labs' looks (M, 2, 3) and each crop's own, measured the same way (around its cell)
+        self.looks, self.looks_share = looks, looks_share if looks is not None and len(looks) else 0.0
+        self.own_looks = crop_looks(images, masks) if self.looks_share > 0 else None
 
     def __len__(self) -> int:
         return len(self.images)
@@ -156,28 +171,43 @@ class CropDataset:
         import torch
 
         image = self.images[i]
+        rng = (np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,)).item()))
+               if self.looks_share > 0 or (self.background_p > 0 and self.masks[i].any()) else None)
+        if self.looks_share > 0 and rng.random() < self.looks_share:
+            image = transfer_look(image, self.own_looks[i], self.looks[int(rng.integers(len(self.looks)))])
         if self.background_p > 0 and self.masks[i].any():
-            rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,)).item()))
             if rng.random() < self.background_p:
                 image = replace_background(image, self.masks[i], rng)
         if self.transform is not None:
             image = self.transform(image=image)["image"]
-        x = normalize(image)
+        x = crop_input(image, self.norm)
         return torch.from_numpy(x).permute(2, 0, 1).contiguous(), torch.from_numpy(self.extras[i]), int(self.labels[i])
 
 
+def crop_looks(images: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """The look of each cell-normalised crop (N, 2, 3): :func:`look_stats` of the pixels around its
+    cell (beyond the cell mask grown by a few pixels: the red cells and background), or of the whole
+    crop when its cell was not found."""
+    kernel = np.ones((7, 7), np.uint8)
+    return np.stack([look_stats(im, ~cv2.dilate(m.astype(np.uint8), kernel).astype(bool)) if m.any()
+                     else look_stats(im) for im, m in zip(images, masks)]) if len(images) else np.zeros((0, 2, 3), np.float32)
+
+
 def predict(model: torch.nn.Module, images: np.ndarray, batch_size: int = 128, tta: bool = True,
-            extras: np.ndarray | None = None, temperature: float = 1.0, logits: bool = False) -> np.ndarray:
+            extras: np.ndarray | None = None, temperature: float = 1.0, logits: bool = False,
+            norm: dict | None = None) -> np.ndarray:
     """Softmax probabilities (N, K) of uint8 crops (N, S, S, 3) with their rulers ``extras`` (N, 3);
     ``tta`` averages the four 90° rotations (a cell has no orientation, so this is free accuracy).
-    ``logits=True`` returns the (V, N, K) logits of every view instead (for calibration)."""
+    ``logits=True`` returns the (V, N, K) logits of every view instead (for calibration). ``norm``:
+    the card's ``normalization`` (default: percentile)."""
     import torch
 
     with torch.inference_mode():
         model.eval()
         out = []
         for i in range(0, len(images), batch_size):
-            x = torch.from_numpy(np.stack([normalize(im) for im in images[i:i + batch_size]])).permute(0, 3, 1, 2).contiguous()
+            x = torch.from_numpy(np.stack([crop_input(im, norm or PERCENTILE) for im in images[i:i + batch_size]])
+                                 ).permute(0, 3, 1, 2).contiguous()
             e = torch.from_numpy(extras[i:i + batch_size]) if extras is not None else None
             lg = predict_logits(model, x, e, tta)
             out.append(lg.numpy() if logits else probs_from_logits(lg, temperature))
@@ -322,6 +352,27 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
         target = CropDataset(t_img, t_mask, -np.ones(len(t_img), int), None, cfg.background_p,
                              t_ext if n_extras else t_ext[:, :0])
 
+    looks = None
+    if cfg.looks:
+        lpaths = [p for root in cfg.looks for p in list_images(root, recursive=True)]
+        if not lpaths:
+            raise HemasegInputError(", ".join(cfg.looks), "no images to take looks from")
+        l_img, l_mask, _ = prepare_crops(lpaths, cfg.size, cfg.normalise_cells, cache, progress)
+        looks = crop_looks(l_img, l_mask)
+
+    if start is not None:
+        norm = dict(start[1].get("normalization") or PERCENTILE)
+    elif cfg.input_norm == "look":
+        # the training crops' median look around their cells: the look every crop is brought to
+        ring = surroundings(cfg.size)
+        both = np.stack([look_stats(im, ring) for im in tr_img])
+        norm = {"type": "look", "target": np.median(both, 0).round(3).tolist(), "max_gain": 1.5,
+                "surround": "beyond 0.45 of the side from the centre"}
+    elif cfg.input_norm == "percentile":
+        norm = dict(PERCENTILE)
+    else:
+        raise HemasegInputError("input_norm", f"unknown input normalisation {cfg.input_norm!r}: percentile or look")
+
     _seed_all(cfg.seed)
     arch_kwargs = ({**start[1]["architecture"]["kwargs"]} if start is not None else
                    {"backbone": cfg.backbone, "classes": len(classes), "dropout": 0.2, "domain_head": True,
@@ -337,7 +388,8 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
     transform = classify_transform(cfg.augment)
     if target is not None:
         target.transform = transform
-    dataset = CropDataset(tr_img, tr_mask, tr_lab, transform, cfg.background_p if cfg.augment else 0.0, tr_ext)
+    dataset = CropDataset(tr_img, tr_mask, tr_lab, transform, cfg.background_p if cfg.augment else 0.0, tr_ext,
+                          looks if cfg.augment else None, cfg.looks_share, norm)
     counts = np.bincount(tr_lab, minlength=len(classes)).astype(float)
     # Class-balanced draws, but a class of a handful of crops (one basophil) is not drawn as
     # often as the others: it would be memorised, not learned.
@@ -354,14 +406,16 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
         "task": "wbc-type",
         "classes": classes,
         "architecture": {"name": "wbc-classifier", "kwargs": arch_kwargs},
-        "normalization": {"type": "percentile", "low": 1.0, "high": 99.0, "per_channel": True},
+        "normalization": norm,
         "input_size": cfg.size,
         "cell_normalised": cfg.normalise_cells,
         "extras": ["log(WBC / red-cell diameter)", "red cells measured", "nucleus share of the cell"][:n_extras],
         "training": {"data": cfg.data, "target_images": cfg.target_images if not isinstance(cfg.target_images, list)
                      else f"{len(cfg.target_images)} images", "n_train": len(train), "n_val": len(val),
                      "class_counts": dict(zip(classes, counts.astype(int).tolist())), "seed": cfg.seed,
-                     "augment": cfg.augment, "split": str(run / "split.json"), "init": cfg.init},
+                     "augment": cfg.augment, "split": str(run / "split.json"), "init": cfg.init,
+                     "looks": {"from": cfg.looks, "crops": 0 if looks is None else len(looks), "share": cfg.looks_share}
+                     if cfg.looks else None},
         "versions": versions(),
     }
     for epoch in epochs_to_run(state, cfg.epochs, max_epochs_this_call):
@@ -398,7 +452,7 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
             losses.append(loss.item())
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
-        val_scores = scores(predict(model, va_img, extras=va_ext), va_lab, classes) if len(va_lab) else {}
+        val_scores = scores(predict(model, va_img, extras=va_ext, norm=norm), va_lab, classes) if len(va_lab) else {}
         metric = (val_scores["accuracy"] + val_scores["macro_f1"]) / 2 if val_scores else -float(np.mean(losses))
         entry = {"epoch": epoch, "lr": lr, "train_loss": float(np.mean(losses)), **val_scores, "metric": metric,
                  "seconds": round(time.time() - t0, 2)}
@@ -430,8 +484,8 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
         if len(va_lab):
             # Calibration on the validation crops (the checkpoint was chosen on them too): one
             # temperature for all classes, so the ranking, hence the accuracy, is unchanged.
-            temperature = fit_temperature(predict(model, va_img, extras=va_ext, logits=True), va_lab)
-            probs = predict(model, va_img, extras=va_ext, temperature=temperature)
+            temperature = fit_temperature(predict(model, va_img, extras=va_ext, logits=True, norm=norm), va_lab)
+            probs = predict(model, va_img, extras=va_ext, temperature=temperature, norm=norm)
             val_scores["ece_uncalibrated"] = val_scores.get("ece", 0.0)
             val_scores["ece"] = expected_calibration_error(probs, va_lab)
             rep = classification_report(va_lab, probs.argmax(1), classes)
