@@ -339,3 +339,16 @@ def test_look_input_takes_the_slides_cast_away_and_keeps_the_cell_relative_to_it
     assert x.shape == (2, 48, 48, 3) and not np.allclose(x[0], crop_batch(crops[:1], {"normalization": {}})[0])
     probs = predict_crops(crops, tmp_path / "run" / "model.safetensors")
     assert probs.shape == (2, 2) and np.allclose(probs.sum(1), 1, atol=1e-5)
+
+
+def test_train_takes_looks_and_the_look_input_from_the_command_line(tmp_path):
+    data = _crops(tmp_path / "a", per_class=4)
+    other = _crops(tmp_path / "other-lab", per_class=2, seed=9)
+    base = ["train", "wbc-type", "--data", str(data), "--backbone", TINY_BACKBONE, "--epochs", "1", "--batch-size", "4",
+            "--crop", "48", "--samples-per-epoch", "8", "--val-fraction", "0.25"]
+    res = runner.invoke(app, base + ["--out", str(tmp_path / "bad"), "--input-norm", "zscore"])
+    assert res.exit_code == 2 and "--input-norm" in res.output and not (tmp_path / "bad").exists()
+    res = runner.invoke(app, base + ["--out", str(tmp_path / "run"), "--input-norm", "look", "--looks", str(other)])
+    assert res.exit_code == 0, res.output
+    card = json.loads((tmp_path / "run" / "model.json").read_text())
+    assert card["normalization"]["type"] == "look" and card["training"]["looks"]["crops"] == 4

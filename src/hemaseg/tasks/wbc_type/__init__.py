@@ -29,7 +29,7 @@ class WbcTypeTask(Task):
     description = "WBC type of a single-cell crop"
     depends = DEPENDS
 
-    train_options = ("target_images", "backbone", "normalise_cells", "init", "replay", "ruler")
+    train_options = ("target_images", "backbone", "normalise_cells", "init", "replay", "ruler", "looks", "input_norm")
 
     def train_config(self, **options) -> ClassifyConfig:
         """A :class:`ClassifyConfig` from ``hemaseg train``'s options (None: the default; ``crop`` is
@@ -40,6 +40,9 @@ class WbcTypeTask(Task):
             raise HemasegUsageError("--data", "give --data DIR (ImageFolder trees or wbc-seg + class CSV)")
         if "crop" in given:
             given["size"] = given.pop("crop")
+        if given.get("input_norm") not in (None, "percentile", "look"):
+            raise HemasegUsageError("--input-norm", f"{given['input_norm']!r} is not an input normalisation; "
+                                                    "use percentile or look")
         if "ruler" in given:
             given["extras"] = given.pop("ruler")
         return ClassifyConfig(**given)
