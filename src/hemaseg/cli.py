@@ -399,9 +399,6 @@ def train(
     looks: Optional[List[str]] = typer.Option(None, help="wbc-type: unlabelled single-WBC crops of other labs "
                                               "(folders): half the training crops are redrawn in their colours, "
                                               "measured around the cell (repeatable)"),
-    input_norm: Optional[str] = typer.Option(None, help="wbc-type: the classifier's input, 'percentile' (each "
-                                             "channel stretched; default) or 'look' (each crop's red cells and "
-                                             "background brought to one colour look, the cell kept relative to them)"),
     held_out: Optional[str] = typer.Option(None, help="smear10: split JSON whose 'val' crops stay out of training "
                                                       "(the WBC-type classifier's: benchmarks/splits/wbc-type-3labs.json)"),
     real_fields: Optional[float] = typer.Option(None, help="smear10: share of the training draws that are real "
@@ -443,7 +440,7 @@ def train(
                           val_fraction=val_fraction, seed=seed, target_images=target_images, backbone=backbone,
                           normalise_cells=normalise_cells, recipe=recipe, workers=workers, reuse=reuse,
                           held_out=held_out, unboxed=unboxed, init=init, replay=replay, ruler=ruler,
-                          looks=looks or None, input_norm=input_norm, leave_out=leave_out or None, paste_red_cells=paste_red_cells,
+                          looks=looks or None, leave_out=leave_out or None, paste_red_cells=paste_red_cells,
                           modality_transfer=modality_transfer, split=split, real_fields=real_fields)
             if out is not None and out.resolve() != resume.resolve():
                 raise HemasegUsageError("--out", "give --out RUN to start a run or --resume RUN to continue one, "
@@ -459,7 +456,7 @@ def train(
                 batch_size=batch_size, lr=lr, crop=crop, samples_per_epoch=samples_per_epoch, patience=patience,
                 augment=augment, val_fraction=val_fraction, seed=seed, workers=workers, reuse=reuse, init=init,
                 replay=[str(Path(d).resolve()) for d in replay] if replay else None, ruler=ruler,
-                looks=[str(Path(d).resolve()) for d in looks] if looks else None, input_norm=input_norm,
+                looks=[str(Path(d).resolve()) for d in looks] if looks else None,
                 held_out=str(Path(held_out).resolve()) if held_out else None, recipe=recipe, unboxed=unboxed,
                 target_images=str(Path(target_images).resolve()) if target_images else None, backbone=backbone,
                 normalise_cells=normalise_cells, leave_out=leave_out or None, paste_red_cells=paste_red_cells,

@@ -306,49 +306,17 @@ def test_crops_are_redrawn_in_other_labs_looks_measured_around_the_cell():
     assert plain.looks_share == 0.0 and plain.own_looks is None
 
 
-def test_look_input_takes_the_slides_cast_away_and_keeps_the_cell_relative_to_it(tmp_path):
-    from hemaseg.data.transforms import look_stats
-    from hemaseg.tasks.wbc_type.crops import crop_batch, crop_input, predict_crops, surroundings
-    from hemaseg.tasks.wbc_type.train import ClassifyConfig, fit_classifier
-
-    rng = np.random.default_rng(1)
-    img, mask = toy_wbc(rng, 60, radius=60 * 0.35, center=(29.5, 29.5))
-    yellow = img.astype(np.float32) * (1.0, 0.97, 0.72) + (0, 0, 10)  # the same slide under a yellow lamp
-    yellow = np.clip(yellow, 0, 255).astype(np.uint8)
-    target = np.array([[85.0, 8.0, 0.0], [8.0, 6.0, 5.0]], np.float32)
-    norm = {"type": "look", "target": target.tolist()}
-    ring = surroundings(60)
-    assert 0.3 < ring.mean() < 0.45 and not ring[30, 30] and ring[0, 0]
-    a, b = crop_input(img, norm), crop_input(yellow, norm)
-    for x in (a, b):  # the surroundings take the target's look, whatever the lamp
-        got = look_stats((x * 255 + 0.5).astype(np.uint8), ring)[0]
-        assert np.abs(got - target[0]).max() < 3, got
-    # the two lamps give nearly the same input, and the cell stays darker than its slide
-    assert np.abs(a - b).mean() < 0.03 < np.abs(img / 255.0 - yellow / 255.0).mean()
-    assert a[mask == 255].mean() < a[ring].mean() - 0.2
-    # a model trained with it keeps its target in the card, and classify uses it
-    data = _crops(tmp_path / "a", per_class=4)
-    state = fit_classifier(ClassifyConfig(data=[str(data)], backbone=TINY_BACKBONE, epochs=1, batch_size=4, size=48,
-                                          samples_per_epoch=8, val_fraction=0.25, input_norm="look"),
-                           tmp_path / "run", progress=False)
-    assert state["finished"]
-    card = json.loads((tmp_path / "run" / "model.json").read_text())
-    assert card["normalization"]["type"] == "look" and np.array(card["normalization"]["target"]).shape == (2, 3)
-    crops = [np.asarray(Image.open(p).convert("RGB").resize((48, 48))) for p in sorted(data.rglob("*.jpg"))[:2]]
-    x = crop_batch(crops, card)
-    assert x.shape == (2, 48, 48, 3) and not np.allclose(x[0], crop_batch(crops[:1], {"normalization": {}})[0])
-    probs = predict_crops(crops, tmp_path / "run" / "model.safetensors")
-    assert probs.shape == (2, 2) and np.allclose(probs.sum(1), 1, atol=1e-5)
-
-
-def test_train_takes_looks_and_the_look_input_from_the_command_line(tmp_path):
+def test_train_takes_other_labs_looks_from_the_command_line(tmp_path):
     data = _crops(tmp_path / "a", per_class=4)
     other = _crops(tmp_path / "other-lab", per_class=2, seed=9)
     base = ["train", "wbc-type", "--data", str(data), "--backbone", TINY_BACKBONE, "--epochs", "1", "--batch-size", "4",
             "--crop", "48", "--samples-per-epoch", "8", "--val-fraction", "0.25"]
-    res = runner.invoke(app, base + ["--out", str(tmp_path / "bad"), "--input-norm", "zscore"])
-    assert res.exit_code == 2 and "--input-norm" in res.output and not (tmp_path / "bad").exists()
-    res = runner.invoke(app, base + ["--out", str(tmp_path / "run"), "--input-norm", "look", "--looks", str(other)])
+    res = runner.invoke(app, base + ["--out", str(tmp_path / "none"), "--looks", str(tmp_path / "missing")])
+    assert res.exit_code == 2 and "--looks" in res.output and "missing" in res.output and not (tmp_path / "none").exists()
+    (tmp_path / "empty").mkdir()
+    res = runner.invoke(app, base + ["--out", str(tmp_path / "none2"), "--looks", str(tmp_path / "empty")])
+    assert res.exit_code == 2 and "no images to take looks from" in res.output and not (tmp_path / "none2").exists()
+    res = runner.invoke(app, base + ["--out", str(tmp_path / "run"), "--looks", str(other)])
     assert res.exit_code == 0, res.output
     card = json.loads((tmp_path / "run" / "model.json").read_text())
-    assert card["normalization"]["type"] == "look" and card["training"]["looks"]["crops"] == 4
+    assert card["training"]["looks"] == {"from": [str(other.resolve())], "crops": 4, "share": 0.5}

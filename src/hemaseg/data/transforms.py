@@ -165,17 +165,3 @@ def transfer_look(image: np.ndarray, source: np.ndarray, target: np.ndarray, max
     rgb = cv2.cvtColor(lab.astype(np.float32), cv2.COLOR_LAB2RGB)
     return np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
-
-def match_look(image: np.ndarray, target: np.ndarray, where: np.ndarray | None = None,
-               max_gain: float = 1.5) -> np.ndarray:
-    """``image`` (uint8 RGB) redrawn so that the look of its pixels ``where`` (:func:`look_stats`)
-    becomes ``target`` (2, 3): a stain normaliser (Reinhard et al. 2001) measured on a chosen part of
-    the image, e.g. the red cells and background around a cell, so that the cell keeps its colour
-    relative to them while the slide's cast, stain strength and lamp are taken away.
-
-    >>> yellowish = np.full((6, 6, 3), (235, 225, 150), np.uint8)
-    >>> out = match_look(yellowish, look_stats(np.full((6, 6, 3), (235, 220, 225), np.uint8)))
-    >>> [int(v) for v in out[0, 0]]
-    [235, 220, 225]
-    """
-    return transfer_look(image, look_stats(image, where), target, max_gain)

@@ -27,7 +27,6 @@ from hemaseg.io.images import read_image
 from hemaseg.io.writers import atomic_path, write_json
 from hemaseg.models.registry import SAMPLE_PHOTO, load_model
 from hemaseg.pipelines.bioimageio import export_bioimageio
-from hemaseg.tasks.wbc_type.crops import crop_batch
 
 DEFAULT_OPSET = 17
 # Largest |p_onnx - p_torch| of a softmax probability an export may show on the check images.
@@ -65,7 +64,7 @@ def _check_inputs(card: dict, stride: int) -> list[tuple[np.ndarray, np.ndarray 
         rng = np.random.default_rng(0)
         crops = [image[y:y + size, x:x + size] for y, x in zip(rng.integers(0, image.shape[0] - size, 6),
                                                               rng.integers(0, image.shape[1] - size, 6))]
-        x = crop_batch(crops, card)
+        x = np.stack([normalize(c, low, high) for c in crops]).astype(np.float32)
         e = card["architecture"].get("kwargs", {}).get("extras", 0)
         return [(x, rng.normal(size=(len(x), e)).astype(np.float32) if e else None)]
     prange = percentile_range(image, low, high)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from hemaseg.engine.task import COMMON_TRAIN_OPTIONS, Task, check_options
 from hemaseg.errors import HemasegUsageError
+from hemaseg.io.images import list_images
 from hemaseg.tasks.registry import register_task
 from hemaseg.tasks.wbc_type.crops import CLASSES
 from hemaseg.tasks.wbc_type.train import ClassifyConfig, fit_classifier
@@ -29,7 +30,7 @@ class WbcTypeTask(Task):
     description = "WBC type of a single-cell crop"
     depends = DEPENDS
 
-    train_options = ("target_images", "backbone", "normalise_cells", "init", "replay", "ruler", "looks", "input_norm")
+    train_options = ("target_images", "backbone", "normalise_cells", "init", "replay", "ruler", "looks")
 
     def train_config(self, **options) -> ClassifyConfig:
         """A :class:`ClassifyConfig` from ``hemaseg train``'s options (None: the default; ``crop`` is
@@ -40,9 +41,11 @@ class WbcTypeTask(Task):
             raise HemasegUsageError("--data", "give --data DIR (ImageFolder trees or wbc-seg + class CSV)")
         if "crop" in given:
             given["size"] = given.pop("crop")
-        if given.get("input_norm") not in (None, "percentile", "look"):
-            raise HemasegUsageError("--input-norm", f"{given['input_norm']!r} is not an input normalisation; "
-                                                    "use percentile or look")
+        for d in given.get("looks") or ():  # checked before the run folder is made
+            if not Path(d).exists():
+                raise HemasegUsageError("--looks", f"{d}: no such folder or file")
+            if not list_images(d, recursive=True):
+                raise HemasegUsageError("--looks", f"{d}: no images to take looks from")
         if "ruler" in given:
             given["extras"] = given.pop("ruler")
         return ClassifyConfig(**given)

@@ -11,7 +11,7 @@ import numpy as np
 
 from hemaseg.classical import central_instance, red_cell_diameter
 from hemaseg.core.vocabulary import EXTRA_TYPES, MONONUCLEAR, POLYNUCLEAR
-from hemaseg.data.transforms import match_look, normalize
+from hemaseg.data.transforms import normalize
 from hemaseg.engine.predict import get_model, uses_backend
 from hemaseg.engine.runtime import as_runner, softmax
 from hemaseg.tasks.wbc import segment_wbc_crops
@@ -32,9 +32,6 @@ SIZE_RATIO_RANGE = (1.0, 4.0)  # WBC / red-cell diameter believed; outside it th
 
 # The cell's equivalent diameter fills this fraction of the normalised crop's side.
 CELL_FILL = 0.7
-# A cell-normalised crop's surroundings (its red cells and background): farther from the centre
-# than this fraction of the side (the cell's radius is CELL_FILL / 2 = 0.35 of it).
-SURROUND = 0.45
 
 
 @dataclass
@@ -145,35 +142,11 @@ def to_tensor(images: list[np.ndarray], card: dict) -> torch.Tensor:
     return torch.from_numpy(crop_batch(images, card)).permute(0, 3, 1, 2).contiguous()
 
 
-def surroundings(size: int) -> np.ndarray:
-    """(size, size) bool: the part of a cell-normalised crop around its cell (:data:`SURROUND`)."""
-    yy, xx = np.mgrid[:size, :size].astype(np.float32) - (size - 1) / 2
-    return np.hypot(yy, xx) > SURROUND * size
-
-
-def crop_input(image: np.ndarray, norm: dict) -> np.ndarray:
-    """One (S, S, 3) uint8 crop -> (S, S, 3) float32 network input, as the card's ``normalization``
-    says: ``percentile`` (each channel's 1-99 % range to 0-1) or ``look`` (the crop's surroundings,
-    :func:`surroundings`, brought to the look ``target`` in CIELAB by :func:`match_look`, then
-    /255: a slide's colour cast and stain strength go, the cell's colour relative to its red
-    cells stays).
-
-    >>> crop = np.full((20, 20, 3), (240, 230, 160), np.uint8)  # a yellowish slide
-    >>> x = crop_input(crop, {"type": "look", "target": [[90.0, 2.0, 2.0], [1.0, 1.0, 1.0]]})
-    >>> x.dtype.name, bool(abs(float(x[..., 2].mean() - x[..., 0].mean())) < 0.05)
-    ('float32', True)
-    """
-    if norm.get("type") == "look":
-        out = match_look(image, np.asarray(norm["target"], np.float32), surroundings(image.shape[0]),
-                         float(norm.get("max_gain", 1.5)))
-        return out.astype(np.float32) * np.float32(1 / 255)
-    return normalize(image, norm.get("low", 1.0), norm.get("high", 99.0))
-
-
 def crop_batch(images: list[np.ndarray], card: dict) -> np.ndarray:
-    """(S, S, 3) uint8 crops -> (N, S, S, 3) float32, normalised as the model was trained (:func:`crop_input`)."""
+    """(S, S, 3) uint8 crops -> (N, S, S, 3) float32, normalised as the model was trained."""
     norm = card.get("normalization", {})
-    return np.stack([crop_input(im, norm) for im in images]).astype(np.float32, copy=False)
+    return np.stack([normalize(im, norm.get("low", 1.0), norm.get("high", 99.0)) for im in images]).astype(
+        np.float32, copy=False)
 
 
 def group_probs(probs: np.ndarray, classes: list[str], mode: int) -> tuple[list[str], np.ndarray]:

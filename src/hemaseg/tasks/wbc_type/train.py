@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from hemaseg.data.transforms import classify_transform, look_stats, replace_background, transfer_look
+from hemaseg.data.transforms import classify_transform, look_stats, normalize, replace_background, transfer_look
 from hemaseg.engine.plots import plot_confusion, plot_curves
 from hemaseg.engine.train import (
     _seed_all,
@@ -38,11 +38,9 @@ from hemaseg.tasks.wbc_type.crops import (
     CLASSES,
     N_EXTRAS,
     cell_crops,
-    crop_input,
     group_probs,
     predict_logits,
     probs_from_logits,
-    surroundings,
 )
 
 if TYPE_CHECKING:
@@ -52,7 +50,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 TYPES = list(CLASSES)  # the five WBC types (a 5-class model's classes)
-PERCENTILE = {"type": "percentile", "low": 1.0, "high": 99.0, "per_channel": True}
 
 
 @dataclass
@@ -93,9 +90,6 @@ class ClassifyConfig:
     # draws are redrawn in the look (colours around the cell) of one of them (:func:`transfer_look`)
     looks: list[str] = field(default_factory=list)
     looks_share: float = 0.5
-    # the network's input: "percentile" (each channel stretched) or "look" (each crop's surroundings
-    # brought to the training crops' median look, :func:`.crops.crop_input`)
-    input_norm: str = "percentile"
 
 
 def split_labelled(items: list[tuple[Path, str]], val_fraction: float, seed: int):
@@ -154,10 +148,8 @@ class CropDataset:
     """Cell crops + labels (-1 for unlabelled), augmented and normalised on access."""
 
     def __init__(self, images: np.ndarray, masks: np.ndarray, labels: np.ndarray, transform, background_p: float,
-                 extras: np.ndarray | None = None, looks: np.ndarray | None = None, looks_share: float = 0.0,
-                 norm: dict | None = None):
+                 extras: np.ndarray | None = None, looks: np.ndarray | None = None, looks_share: float = 0.0):
         self.images, self.masks, self.labels = images, masks, labels
-        self.norm = norm or PERCENTILE
         self.transform, self.background_p = transform, background_p
         self.extras = extras if extras is not None else np.zeros((len(images), N_EXTRAS), np.float32)
         # other labs' looks (M, 2, 3) and each crop's own, measured the same way (around its cell)
@@ -180,7 +172,7 @@ class CropDataset:
                 image = replace_background(image, self.masks[i], rng)
         if self.transform is not None:
             image = self.transform(image=image)["image"]
-        x = crop_input(image, self.norm)
+        x = normalize(image)
         return torch.from_numpy(x).permute(2, 0, 1).contiguous(), torch.from_numpy(self.extras[i]), int(self.labels[i])
 
 
@@ -194,20 +186,17 @@ def crop_looks(images: np.ndarray, masks: np.ndarray) -> np.ndarray:
 
 
 def predict(model: torch.nn.Module, images: np.ndarray, batch_size: int = 128, tta: bool = True,
-            extras: np.ndarray | None = None, temperature: float = 1.0, logits: bool = False,
-            norm: dict | None = None) -> np.ndarray:
+            extras: np.ndarray | None = None, temperature: float = 1.0, logits: bool = False) -> np.ndarray:
     """Softmax probabilities (N, K) of uint8 crops (N, S, S, 3) with their rulers ``extras`` (N, 3);
     ``tta`` averages the four 90° rotations (a cell has no orientation, so this is free accuracy).
-    ``logits=True`` returns the (V, N, K) logits of every view instead (for calibration). ``norm``:
-    the card's ``normalization`` (default: percentile)."""
+    ``logits=True`` returns the (V, N, K) logits of every view instead (for calibration)."""
     import torch
 
     with torch.inference_mode():
         model.eval()
         out = []
         for i in range(0, len(images), batch_size):
-            x = torch.from_numpy(np.stack([crop_input(im, norm or PERCENTILE) for im in images[i:i + batch_size]])
-                                 ).permute(0, 3, 1, 2).contiguous()
+            x = torch.from_numpy(np.stack([normalize(im) for im in images[i:i + batch_size]])).permute(0, 3, 1, 2).contiguous()
             e = torch.from_numpy(extras[i:i + batch_size]) if extras is not None else None
             lg = predict_logits(model, x, e, tta)
             out.append(lg.numpy() if logits else probs_from_logits(lg, temperature))
@@ -360,19 +349,6 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
         l_img, l_mask, _ = prepare_crops(lpaths, cfg.size, cfg.normalise_cells, cache, progress)
         looks = crop_looks(l_img, l_mask)
 
-    if start is not None:
-        norm = dict(start[1].get("normalization") or PERCENTILE)
-    elif cfg.input_norm == "look":
-        # the training crops' median look around their cells: the look every crop is brought to
-        ring = surroundings(cfg.size)
-        both = np.stack([look_stats(im, ring) for im in tr_img])
-        norm = {"type": "look", "target": np.median(both, 0).round(3).tolist(), "max_gain": 1.5,
-                "surround": "beyond 0.45 of the side from the centre"}
-    elif cfg.input_norm == "percentile":
-        norm = dict(PERCENTILE)
-    else:
-        raise HemasegInputError("input_norm", f"unknown input normalisation {cfg.input_norm!r}: percentile or look")
-
     _seed_all(cfg.seed)
     arch_kwargs = ({**start[1]["architecture"]["kwargs"]} if start is not None else
                    {"backbone": cfg.backbone, "classes": len(classes), "dropout": 0.2, "domain_head": True,
@@ -389,7 +365,7 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
     if target is not None:
         target.transform = transform
     dataset = CropDataset(tr_img, tr_mask, tr_lab, transform, cfg.background_p if cfg.augment else 0.0, tr_ext,
-                          looks if cfg.augment else None, cfg.looks_share, norm)
+                          looks if cfg.augment else None, cfg.looks_share)
     counts = np.bincount(tr_lab, minlength=len(classes)).astype(float)
     # Class-balanced draws, but a class of a handful of crops (one basophil) is not drawn as
     # often as the others: it would be memorised, not learned.
@@ -406,7 +382,7 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
         "task": "wbc-type",
         "classes": classes,
         "architecture": {"name": "wbc-classifier", "kwargs": arch_kwargs},
-        "normalization": norm,
+        "normalization": {"type": "percentile", "low": 1.0, "high": 99.0, "per_channel": True},
         "input_size": cfg.size,
         "cell_normalised": cfg.normalise_cells,
         "extras": ["log(WBC / red-cell diameter)", "red cells measured", "nucleus share of the cell"][:n_extras],
@@ -452,7 +428,7 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
             losses.append(loss.item())
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
-        val_scores = scores(predict(model, va_img, extras=va_ext, norm=norm), va_lab, classes) if len(va_lab) else {}
+        val_scores = scores(predict(model, va_img, extras=va_ext), va_lab, classes) if len(va_lab) else {}
         metric = (val_scores["accuracy"] + val_scores["macro_f1"]) / 2 if val_scores else -float(np.mean(losses))
         entry = {"epoch": epoch, "lr": lr, "train_loss": float(np.mean(losses)), **val_scores, "metric": metric,
                  "seconds": round(time.time() - t0, 2)}
@@ -484,8 +460,8 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
         if len(va_lab):
             # Calibration on the validation crops (the checkpoint was chosen on them too): one
             # temperature for all classes, so the ranking, hence the accuracy, is unchanged.
-            temperature = fit_temperature(predict(model, va_img, extras=va_ext, logits=True, norm=norm), va_lab)
-            probs = predict(model, va_img, extras=va_ext, temperature=temperature, norm=norm)
+            temperature = fit_temperature(predict(model, va_img, extras=va_ext, logits=True), va_lab)
+            probs = predict(model, va_img, extras=va_ext, temperature=temperature)
             val_scores["ece_uncalibrated"] = val_scores.get("ece", 0.0)
             val_scores["ece"] = expected_calibration_error(probs, va_lab)
             rep = classification_report(va_lab, probs.argmax(1), classes)
