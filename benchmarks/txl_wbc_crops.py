@@ -10,7 +10,6 @@ taken in a seeded order, at most ``--per-source`` crops per source.
 from __future__ import annotations
 
 import argparse
-import csv
 from pathlib import Path
 
 import numpy as np
@@ -26,34 +25,28 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
-    from hemaseg.io.annotations import find_yolo, read_yolo_labels, yolo_names
     from hemaseg.io.images import read_image
     from hemaseg.io.writers import write_png
+    from hemaseg.tasks.cells.train import find_annotated_photos
     from hemaseg.tasks.wbc_type.crops import CROP_MARGIN, square_crop
 
-    root = args.data / "txl-pbc"
-    with open(root / "sources.csv", newline="") as fh:
-        source = {r["image"]: r["source_dataset"] for r in csv.DictReader(fh)}
-    names = yolo_names(root)
-    fields = find_yolo(root / "images" / "train")
+    fields = [(p, e) for p, e in find_annotated_photos(args.data / "txl-pbc") if e["split"] == "train"]
     order = np.random.default_rng(args.seed).permutation(len(fields))
     made: dict[str, int] = {}
     for i in order:
-        img_path, label = fields[i]
-        src = source.get(img_path.name, "unknown")
-        if label is None or made.get(src, 0) >= args.per_source:
+        path, entry = fields[i]
+        src = entry["source"] or "unknown"
+        wbcs = [(k, m) for k, m in enumerate(entry["masks"]) if m["category"] == "wbc"]
+        if not wbcs or made.get(src, 0) >= args.per_source:
             continue
-        image = None
-        for k, rec in enumerate(read_yolo_labels(label, names, 1, 1)):
-            if rec["category"] != "wbc" or made.get(src, 0) >= args.per_source:
-                continue
-            if image is None:
-                image = read_image(img_path)
-                recs = read_yolo_labels(label, names, *image.shape[:2])
-            crop = square_crop(image, recs[k]["bounding_box"], CROP_MARGIN)
+        image = read_image(path)
+        for k, m in wbcs:
+            if made.get(src, 0) >= args.per_source:
+                break
+            crop = square_crop(image, m["bounding_box"], CROP_MARGIN)
             if min(crop.shape[:2]) < 16:
                 continue
-            out = args.out / src / f"{img_path.stem}_{k}.png"
+            out = args.out / src / f"{path.stem}_{k}.png"
             out.parent.mkdir(parents=True, exist_ok=True)
             write_png(out, crop)
             made[src] = made.get(src, 0) + 1

@@ -164,4 +164,3 @@ def transfer_look(image: np.ndarray, source: np.ndarray, target: np.ndarray, max
     lab[..., 0] = np.clip(lab[..., 0], 0, 100)
     rgb = cv2.cvtColor(lab.astype(np.float32), cv2.COLOR_LAB2RGB)
     return np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.uint8)
-

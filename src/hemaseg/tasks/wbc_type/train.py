@@ -163,12 +163,12 @@ class CropDataset:
         import torch
 
         image = self.images[i]
-        rng = (np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,)).item()))
-               if self.looks_share > 0 or (self.background_p > 0 and self.masks[i].any()) else None)
-        if self.looks_share > 0 and rng.random() < self.looks_share:
-            image = transfer_look(image, self.own_looks[i], self.looks[int(rng.integers(len(self.looks)))])
-        if self.background_p > 0 and self.masks[i].any():
-            if rng.random() < self.background_p:
+        new_background = self.background_p > 0 and self.masks[i].any()
+        if self.looks_share > 0 or new_background:
+            rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,)).item()))
+            if self.looks_share > 0 and rng.random() < self.looks_share:
+                image = transfer_look(image, self.own_looks[i], self.looks[int(rng.integers(len(self.looks)))])
+            if new_background and rng.random() < self.background_p:
                 image = replace_background(image, self.masks[i], rng)
         if self.transform is not None:
             image = self.transform(image=image)["image"]
