@@ -419,6 +419,9 @@ def train(
                                          "image file name (default: a seeded split, written to the run)"),
     modality_transfer: Optional[float] = typer.Option(None, help="nuclei: share of the fluorescence training images "
                                                       "redrawn as brightfield or H&E (default 0: off)"),
+    modalities: Optional[List[str]] = typer.Option(None, help="nuclei: train on these modalities only "
+                                                   "(fluorescence, brightfield, histology; repeat the option), "
+                                                   "the checkpoint chosen on them: a specialist model"),
     init: Optional[str] = typer.Option(None, help="start from this model's weights (bundled name such as smear10, "
                                        "a .safetensors file or a run folder): fine-tune on your images; "
                                        "its architecture is used"),
@@ -441,7 +444,8 @@ def train(
                           normalise_cells=normalise_cells, recipe=recipe, workers=workers, reuse=reuse,
                           held_out=held_out, unboxed=unboxed, init=init, replay=replay, ruler=ruler,
                           looks=looks or None, leave_out=leave_out or None, paste_red_cells=paste_red_cells,
-                          modality_transfer=modality_transfer, split=split, real_fields=real_fields)
+                          modality_transfer=modality_transfer, split=split, real_fields=real_fields,
+                          modalities=modalities or None)
             if out is not None and out.resolve() != resume.resolve():
                 raise HemasegUsageError("--out", "give --out RUN to start a run or --resume RUN to continue one, "
                                                  "not both")
@@ -461,7 +465,7 @@ def train(
                 target_images=str(Path(target_images).resolve()) if target_images else None, backbone=backbone,
                 normalise_cells=normalise_cells, leave_out=leave_out or None, paste_red_cells=paste_red_cells,
                 modality_transfer=modality_transfer, split=str(split.resolve()) if split else None,
-                real_fields=real_fields)
+                real_fields=real_fields, modalities=modalities or None)
             prepare_run(out, overwrite=overwrite, extra_files=spec.run_files)
             state, run = spec.fit(cfg, out), out
     except HemasegUsageError as exc:

@@ -207,6 +207,30 @@ def test_segment_nuclei_cli_writes_uint16_labels(tmp_path, tiny_nuclei_model):
     assert res.exit_code == 2
 
 
+def test_nuclei_tta_averages_the_final_pass_over_the_flips(tiny_nuclei_model):
+    from hemaseg.engine.predict import get_model
+    from hemaseg.tasks.nuclei import segment_nuclei
+
+    yy, xx = np.mgrid[:48, :56]
+    image = np.full((48, 56, 3), 20, np.uint8)  # asymmetric bright nuclei on a dark field
+    for cy, cx, r in ((12, 10, 6), (30, 40, 8), (38, 15, 5)):
+        image[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = 200
+    flips = [(slice(None), slice(None)), (slice(None, None, -1), slice(None)), (slice(None), slice(None, None, -1)),
+             (slice(None, None, -1), slice(None, None, -1))]
+    for size in (12.0, None):  # given, and estimated (only the final pass is averaged)
+        tta = segment_nuclei(image, str(tiny_nuclei_model), cell_diameter=size, tta=True).probs
+        plain = segment_nuclei(image, str(tiny_nuclei_model), cell_diameter=size, tta=False).probs
+        mean = np.mean([segment_nuclei(np.ascontiguousarray(image[fy, fx]), str(tiny_nuclei_model), cell_diameter=size,
+                                       tta=False).probs[:, fy, fx] for fy, fx in flips], 0)
+        assert np.allclose(tta, mean, atol=1e-4) and not np.allclose(tta, plain, atol=1e-4)
+        if size:
+            given = tta, plain
+    tta, plain = given
+    module, card = get_model(str(tiny_nuclei_model))  # with no tta given, the card decides (off when it says nothing)
+    assert np.allclose(segment_nuclei(image, (module, {**card, "tta": True}), cell_diameter=12.0).probs, tta, atol=1e-6)
+    assert np.allclose(segment_nuclei(image, (module, card), cell_diameter=12.0).probs, plain, atol=1e-6)
+
+
 def test_train_and_evaluate_nuclei(tmp_path):
     root = make_dsb(tmp_path / "dsb", n=6)
     run = tmp_path / "run"
@@ -267,6 +291,31 @@ def test_stratum_weights_draw_each_modality_its_share():
     ds.epoch = 1
     again = [float(ds[i][0].mean()) > 0.5 for i in range(400)]
     assert again != seen  # each epoch draws anew, from its own seed
+
+
+def test_a_specialist_trains_and_is_chosen_on_its_modalities_only():
+    from hemaseg.errors import HemasegUsageError
+    from hemaseg.tasks.nuclei import NUCLEI
+
+    cfg = NUCLEI.train_config(data=["x"], modalities=["histology", "brightfield"])
+    assert cfg.stratum_weights == {"fluorescence": 0.0, "brightfield": 0.25, "histology": 0.25}
+    assert NUCLEI.train_config(data=["x"]).stratum_weights["fluorescence"] == 0.5  # the default: every modality
+    with pytest.raises(HemasegUsageError, match="unknown modality phase"):
+        NUCLEI.train_config(data=["x"], modalities=["phase"])
+    rng = np.random.default_rng(0)
+    items = [toy_nuclei(rng, 32, brightfield=i < 2) for i in range(4)]  # 2 brightfield, 2 fluorescence
+
+    def probs_of(image):  # perfect on brightfield, nothing found on fluorescence
+        from hemaseg.tasks.nuclei import modality, nuclei_targets
+
+        target = next(t for im, t in items if im is image)
+        one_hot = np.eye(3, dtype=np.float32)[nuclei_targets(target)].transpose(2, 0, 1)
+        return one_hot if modality(image) == "brightfield" else np.eye(3, dtype=np.float32)[np.zeros(target.shape, int)].transpose(2, 0, 1)
+
+    val = NUCLEI.validate(probs_of, items, NUCLEI.train_config(data=["x"]), {})
+    special = NUCLEI.validate(probs_of, items, cfg, {})
+    assert val["dsb_brightfield"] > 0.8 and val["dsb_fluorescence"] == 0
+    assert special["dsb_modalities"] == val["dsb_brightfield"] > val["dsb_modalities"]
 
 
 def test_modality_transfer_redraws_fluorescence_only_and_keeps_the_labels(tmp_path):

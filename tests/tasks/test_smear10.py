@@ -366,18 +366,71 @@ def test_smear_scale_is_read_where_the_model_is_most_confident(monkeypatch):
     monkeypatch.setattr(smear, "get_model", lambda model, device="cpu": (None, card))
     monkeypatch.setattr(smear, "predict_probs", fake_probs)
     image = np.full((400, 400, 3), 200, np.uint8)
+    own = smear.SmearParams(size_model="none")  # the map's own reading (the default), not a cells model's
     for confident_at, expected in ((0.35, 0.35), (1.0, None)):
         calls.clear()
-        seg = smear.segment_smear(image, "fake")
+        seg = smear.segment_smear(image, "fake", params=own)
         assert calls[:5] == [1.0, *smear.DOWNSCALES]
         if expected is not None:
             assert seg.scale == expected
         else:
             assert seg.scale != 0.35 and seg.scale not in smear.DOWNSCALES[1:]
     calls.clear()
-    smear.segment_smear(image[:100, :100], "fake")  # small image: no downscale below MIN_SIDE px
+    smear.segment_smear(image[:100, :100], "fake", params=own)  # small image: no downscale below MIN_SIDE px
     assert calls[:2] == [1.0, 0.71] and not set(calls[2:]) & set(smear.DOWNSCALES[1:])  # 50 px < MIN_SIDE
     assert smear.cell_confidence(fake_probs(None, card, image, 0.5)) == pytest.approx(0.5)  # over the cells only
+
+
+def test_red_cell_size_can_come_from_a_cells_model_when_it_finds_enough_red_cells(monkeypatch):
+    """With ``size_model`` a cells model measures the red cells (one pass of the map, at the scale
+    that brings them to the trained middle); with fewer than ``size_min_cells``
+    red cells found, or a size that does not hold in the enlarged image, the map reads the image
+    at several scales itself."""
+    import hemaseg.tasks.smear10.infer as smear
+    from hemaseg.core.result import Segmentation
+
+    card = {"cell_diameter": 32.0, "diameter_range": [20.0, 44.0], "normalization": {}}
+    calls, found = [], {}
+
+    def fake_probs(module, card_, image, factor, *args, **kwargs):
+        calls.append(factor)
+        p = np.full((10, *image.shape[:2]), 0.02, np.float32)
+        p[9] = 0.82
+        return p
+
+    def fake_cells(image, model="cells", cell_diameter=None, device="cpu"):
+        found["model"] = model
+        if cell_diameter is None:  # the model's own scale search: 96 px red cells
+            objects = [{"category": "rbc"}] * found["n"] + [{"category": "wbc"}] * 3
+            return Segmentation(np.zeros(image.shape[:2], np.uint8), None, None, 96.0, 1.0, objects)
+        assert cell_diameter == pytest.approx(96.0 / smear.SIZE_CHECK_ZOOM)
+        yy, xx = np.mgrid[:image.shape[0], :image.shape[1]]  # the check: one red cell of found["again"] px
+        cell = ((yy - 200) ** 2 + (xx - 200) ** 2 < (found["again"] / 2) ** 2).astype(np.int32)
+        return Segmentation(cell.astype(np.uint8), cell, None, cell_diameter, 1.0, [{"category": "rbc"}])
+
+    monkeypatch.setattr(smear, "get_model", lambda model, device="cpu": (None, card))
+    monkeypatch.setattr(smear, "predict_probs", fake_probs)
+    monkeypatch.setattr(smear, "segment_cells", fake_cells)
+    image = np.full((400, 400, 3), 200, np.uint8)
+    found["n"], found["again"] = 5, 90
+    cells = smear.SmearParams(size_model="cells")
+    seg = smear.segment_smear(image, "fake", tta=False, params=cells)
+    assert calls == [pytest.approx(32 / 96)] and seg.cell_diameter == 96.0 and found["model"] == "cells"
+    calls.clear()
+    found.clear()
+    seg = smear.segment_smear(image, "fake", tta=False)  # the default: the map's own reading
+    assert calls[:5] == [1.0, *smear.DOWNSCALES] and "model" not in found
+    calls.clear()
+    found["n"], found["again"] = 4, 90  # the three WBCs do not count: too few red cells, the map's reading decides
+    seg = smear.segment_smear(image, "fake", tta=False, params=cells)
+    assert calls[:5] == [1.0, *smear.DOWNSCALES] and seg.cell_diameter != 96.0
+    calls.clear()
+    found["n"], found["again"] = 30, 48  # clumps of small cells: resolved in the enlarged image, half the size
+    seg = smear.segment_smear(image, "fake", tta=False, params=cells)
+    assert calls[:5] == [1.0, *smear.DOWNSCALES] and seg.cell_diameter != 96.0
+    calls.clear()
+    smear.segment_smear(image, "fake", cell_diameter=64.0, tta=False, params=cells)  # a given size is never measured
+    assert calls == [pytest.approx(0.5)]
 
 
 def test_wbcs_on_dark_backgrounds_are_typed_on_light_plasma(monkeypatch):

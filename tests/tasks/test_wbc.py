@@ -13,9 +13,10 @@ CARD = {"cell_diameter": 48.0, "normalization": {"low": 1.0, "high": 99.0}}
 
 @pytest.mark.parametrize("radius", [24, 60, 100])
 def test_diameter_is_estimated_at_any_magnification(radius):
+    """The wbc model's own scale search (no cells model asked)."""
     size = int(radius * 5)
     image, mask = toy_wbc(np.random.default_rng(1), size=size, radius=radius, center=(size / 2, size / 2))
-    seg = hemaseg.segment(image, (ThresholdNet(), CARD))
+    seg = hemaseg.segment(image, (ThresholdNet(), CARD), params=WbcParams(size_model="none"))
     assert seg.cell_diameter == pytest.approx(2 * radius, rel=0.15)
     # The scale used is within the dead-band of the ideal one.
     assert abs(np.log(seg.scale / scale_factor(CARD, 2 * radius))) <= np.log(SCALE_DEADBAND) + 1e-6
@@ -25,6 +26,52 @@ def test_diameter_is_estimated_at_any_magnification(radius):
     from hemaseg.metrics import dice
 
     assert dice(seg.classes > 0, mask > 0) > 0.9
+
+
+def test_the_wbc_size_comes_from_the_cells_models_wbcs_when_it_finds_one(monkeypatch):
+    """By default the bundled cells model's WBCs give the diameter (one pass of the wbc model at
+    the scale it implies); with no WBC found, on images over ``red_cells_max_pixels`` or with
+    ``size_model="none"``, the wbc model's own scale search decides."""
+    import hemaseg.tasks.wbc as wbc
+    from hemaseg.core.result import Segmentation
+
+    asked = []
+
+    def fake_cells(image, model="cells", cell_diameter=None, device="cpu"):
+        asked.append(model)
+        classes = np.zeros(image.shape[:2], np.uint8)
+        if found:  # one WBC of 96 px across (class 2 of the cells task), one red cell
+            yy, xx = np.mgrid[:image.shape[0], :image.shape[1]]
+            classes[(yy - 150) ** 2 + (xx - 150) ** 2 < 48 ** 2] = 2
+            classes[(yy - 40) ** 2 + (xx - 40) ** 2 < 20 ** 2] = 1
+        from scipy import ndimage as ndi
+
+        return Segmentation(classes, ndi.label(classes > 0)[0], None, 40.0, 1.0, [])
+
+    passes = []
+    real_predict = wbc.predict_probs
+
+    def counting(module, card, image, factor, *args, **kwargs):
+        passes.append(factor)
+        return real_predict(module, card, image, factor, *args, **kwargs)
+
+    monkeypatch.setattr(wbc, "segment_cells", fake_cells)
+    monkeypatch.setattr(wbc, "predict_probs", counting)
+    image, _ = toy_wbc(np.random.default_rng(2), size=300, radius=60, center=(150, 150))
+    no_check = WbcParams(red_cells="none")  # the red-cell check would ask the (fake) cells model too
+    found = True
+    seg = hemaseg.segment(image, (ThresholdNet(), CARD), params=no_check)
+    assert asked == ["cells"] and seg.cell_diameter == pytest.approx(96, rel=0.02)
+    assert passes == [pytest.approx(48 / seg.cell_diameter)]  # one pass, at the scale the cells model's WBC implies
+    asked.clear(), passes.clear()
+    found = False  # no WBC found: the wbc model measures the cell itself (several passes)
+    seg = hemaseg.segment(image, (ThresholdNet(), CARD), params=no_check)
+    assert asked == ["cells"] and len(passes) > 1 and seg.cell_diameter == pytest.approx(120, rel=0.15)
+    asked.clear()
+    found = True
+    for params in (WbcParams(red_cells="none", size_model="none"), WbcParams(red_cells="none", red_cells_max_pixels=300 * 299)):
+        hemaseg.segment(image, (ThresholdNet(), CARD), params=params)
+        assert asked == []
 
 
 def test_given_diameter_is_used_and_no_estimate_needed():

@@ -97,6 +97,11 @@ def split_instances(mask: np.ndarray, diameter: float, min_area: int | None = No
     >>> two = ((yy - 30) ** 2 + (xx - 30) ** 2 < 400) | ((yy - 30) ** 2 + (xx - 66) ** 2 < 400)
     >>> int(split_instances(two, diameter=40).max())
     2
+    >>> big = np.zeros((400, 700), bool); big[(np.mgrid[:400, :700][0] - 200) ** 2 + (np.mgrid[:400, :700][1] - 200) ** 2 < 150 ** 2] = True
+    >>> big[190:210, 600:620] = True                      # a speck far from the 300-px cell
+    >>> lab = split_instances(big, diameter=300, min_area=1000)
+    >>> int(lab.max()), int(lab[200, 610])                 # one cell; the speck is no part of it
+    (1, 0)
     """
     from scipy import ndimage as ndi
 
@@ -111,7 +116,13 @@ def split_instances(mask: np.ndarray, diameter: float, min_area: int | None = No
         small = cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_AREA) > 0
         labels = split_instances(small, SPLIT_DIAMETER, max(int(min_area * f * f), 1))
         up = cv2.resize(labels, (mask.shape[1], mask.shape[0]), interpolation=cv2.INTER_NEAREST)
-        return drop_small(np.where(mask, nearest_label(up), 0).astype(np.int32), min_area)
+        # Each piece of the mask takes its nearest cell's label only if the small copy kept a cell
+        # in it: a piece too small to be kept there is not given to a cell it does not touch.
+        comps, n = ndi.label(mask)
+        kept = np.zeros(n + 1, bool)
+        kept[np.unique(comps[up > 0])] = True
+        kept[0] = False
+        return drop_small(np.where(kept[comps], nearest_label(up), 0).astype(np.int32), min_area)
     comps, _ = ndi.label(mask)
     out = np.zeros(mask.shape, np.int32)
     pad = 2

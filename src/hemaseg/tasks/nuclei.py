@@ -22,7 +22,8 @@ from hemaseg.engine.evaluate import instance_panels, means
 from hemaseg.engine.predict import card_range, get_model, predict_probs
 from hemaseg.engine.task import Task
 from hemaseg.engine.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
-from hemaseg.engine.train import pair_data
+from hemaseg.engine.train import TrainConfig, pair_data
+from hemaseg.errors import HemasegUsageError
 from hemaseg.io.datasets import Pair, find_dsb, find_pairs, load_instances
 from hemaseg.metrics import dsb_scores
 from hemaseg.tasks.registry import register_task
@@ -144,6 +145,9 @@ def nuclei_instances(probs: np.ndarray, min_area: int = 8, diameter: float | Non
         view[comp] = np.where(labels[comp] > 0, lut[labels[comp]], nxt + len(ids))
         nxt += len(ids) + int((labels[comp] == 0).any())
     return drop_small(out, min_area)
+
+
+MODALITIES = ("fluorescence", "brightfield", "histology")
 
 
 def modality(image: np.ndarray) -> str:
@@ -314,8 +318,8 @@ def nuclei_factor(card: dict, diameter: float | None) -> float:
 
 
 def segment_nuclei(image: np.ndarray, model="nuclei", cell_diameter: float | None = None, device: str = "cpu",
-                   tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP, params: NucleiParams | None = None
-                   ) -> Segmentation:
+                   tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP, params: NucleiParams | None = None,
+                   tta: bool | None = None) -> Segmentation:
     """Find every nucleus in an (H, W, 3) uint8 image (fluorescence, brightfield or H&E).
 
     Bright-background images are inverted (if the model was trained so). With no
@@ -323,22 +327,29 @@ def segment_nuclei(image: np.ndarray, model="nuclei", cell_diameter: float | Non
     nuclei; if they lie outside the trained size range, a second pass runs at the scale
     that brings them to the trained median. Returns a :class:`Segmentation` whose
     ``instances`` are (H, W) int32 labels 1..N and ``classes`` the (H, W) uint8 nucleus mask.
+    ``tta`` averages the final pass over the image and its three flips (4x its time); None: as the
+    model card's ``tta`` says.
     """
     module, card = get_model(model, device)
+    if tta is None:
+        tta = bool(card.get("tta", False))
     p = params or NUCLEI.params(card)
     prange = card_range(card, image)
     invert = bool(card.get("normalization", {}).get("invert_bright")) and is_bright_background(image, prange)
     trained = float(card.get("cell_diameter") or p.fallback_diameter)
     factor = 1.0 if cell_diameter is None else nuclei_factor(card, cell_diameter)
-    probs = predict_probs(module, card, image, factor, tile, overlap, prange, invert)
+    probs = None
     if cell_diameter is None:
-        instances = nuclei_instances(probs, _min_area(trained, p), seed_threshold=p.seed_threshold,
+        first = predict_probs(module, card, image, factor, tile, overlap, prange, invert)
+        instances = nuclei_instances(first, _min_area(trained, p), seed_threshold=p.seed_threshold,
                                      fg_threshold=p.fg_threshold)
         cell_diameter = measure_nuclei(instances, min_area=_min_area(trained, p))
         new = nuclei_factor(card, cell_diameter)
-        if new != factor:
-            factor = new
-            probs = predict_probs(module, card, image, factor, tile, overlap, prange, invert)
+        if new == factor and not tta:
+            probs = first
+        factor = new
+    if probs is None:
+        probs = predict_probs(module, card, image, factor, tile, overlap, prange, invert, tta=tta)
     diameter = float(cell_diameter or trained / factor)
     instances = nuclei_instances(probs, _min_area(diameter, p), diameter=diameter, seed_threshold=p.seed_threshold,
                                  fg_threshold=p.fg_threshold)
@@ -354,6 +365,7 @@ class NucleiTask(Task):
     label_values = (0, 1, 1)  # written as instance labels 1..N; the classes are the network's view
     colors = {1: (255, 220, 0)}
     default_model = "nuclei"
+    supports_tta = True
     description = "nuclei instances (DSB 2018): uint16 labels 0 background, 1..N"
     depends = DEPENDS
     classical_methods = NUCLEI_METHODS
@@ -371,11 +383,11 @@ class NucleiTask(Task):
         "stratum_weights": {"fluorescence": 0.5, "histology": 0.25, "brightfield": 0.25},
     }
     mean_keys = ("dsb", "ap50", "ap75")
-    train_options = ("arch", "init", "workers", "split", "modality_transfer")
+    train_options = ("arch", "init", "workers", "split", "modality_transfer", "modalities")
 
     def segment(self, image, model, cell_diameter=None, device="cpu", tile=DEFAULT_TILE, overlap=DEFAULT_OVERLAP,
                 tta=None, params=None) -> Segmentation:
-        return segment_nuclei(image, model, cell_diameter, device, tile, overlap, params)
+        return segment_nuclei(image, model, cell_diameter, device, tile, overlap, params, tta)
 
     def segment_classical(self, image: np.ndarray, method: str) -> Segmentation:
         return segment_classical(image, "nuclei", method)
@@ -389,10 +401,26 @@ class NucleiTask(Task):
     def find_samples(self, root: str | Path) -> list[Pair]:
         return find_dsb(root) or find_pairs(root)
 
+    def train_config(self, **options) -> TrainConfig:
+        """``modalities`` (a list of :data:`MODALITIES`): train on those only, the others drawn
+        never (their weights 0), and choose the checkpoint on them (:meth:`validate`)."""
+        wanted = options.pop("modalities", None)
+        cfg = super().train_config(**options)
+        if wanted:
+            unknown = sorted(set(wanted) - set(MODALITIES))
+            if unknown:
+                raise HemasegUsageError("--modalities", f"unknown modality {', '.join(unknown)}; known: "
+                                                        f"{', '.join(MODALITIES)}")
+            base = cfg.stratum_weights or {m: 1.0 for m in MODALITIES}
+            cfg.stratum_weights = {m: (float(base.get(m, 1.0)) if m in wanted else 0.0) for m in MODALITIES}
+        return cfg
+
     def train_data(self, cfg, run: Path, state: dict) -> tuple:
         """:func:`~hemaseg.engine.train.pair_data`; with ``cfg.modality_transfer`` that share of the
         fluorescence draws is redrawn as brightfield or H&E (:func:`modality_transfer`)."""
         dataset, val_items, card = pair_data(self, cfg, run, state)
+        weights = cfg.stratum_weights or {}
+        card["modalities"] = [m for m in MODALITIES if weights.get(m, 1.0) > 0]  # what the model is for
         chance = float(getattr(cfg, "modality_transfer", 0.0))
         if chance > 0:
             dataset.pre = partial(modality_transfer, chance=chance, window=max(2 * cfg.crop, 256))
@@ -410,7 +438,8 @@ class NucleiTask(Task):
 
     def validate(self, probs_of, items: list, cfg, data_card: dict) -> dict[str, float]:
         """Pooled DSB score / AP@0.5 / AP@0.75, the same per modality (``dsb_brightfield`` ...), and
-        ``dsb_modalities``, the mean of the per-modality DSB scores."""
+        ``dsb_modalities``, the mean of the per-modality DSB scores of the modalities it trains on
+        (every one unless ``cfg.stratum_weights`` gives some none)."""
         scores, kinds = [], []
         for image, target in items:
             s = dsb_scores(nuclei_instances(probs_of(image)), target)
@@ -422,7 +451,9 @@ class NucleiTask(Task):
         for kind in sorted(set(kinds)):
             for k in ("dsb", "ap50"):
                 out[f"{k}_{kind}"] = float(np.mean([s[k] for s, m in zip(scores, kinds) if m == kind]))
-        out["dsb_modalities"] = float(np.mean([out[f"dsb_{m}"] for m in set(kinds)]))
+        weights = getattr(cfg, "stratum_weights", None) or {}
+        chosen = [m for m in set(kinds) if weights.get(m, 1.0) > 0] or sorted(set(kinds))
+        out["dsb_modalities"] = float(np.mean([out[f"dsb_{m}"] for m in chosen]))
         return out
 
     def headline(self, val: dict[str, float]) -> float:

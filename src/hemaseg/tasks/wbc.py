@@ -23,7 +23,7 @@ from hemaseg.core.labels import measure_diameter, relabel, remove_small, split_i
 from hemaseg.core.options import NO_MODEL
 from hemaseg.core.resize import clamp_factor, resize_argmax
 from hemaseg.core.result import Segmentation
-from hemaseg.core.vocabulary import category_of
+from hemaseg.core.vocabulary import CATEGORIES, category_of
 from hemaseg.data.transforms import normalize
 from hemaseg.engine.blocks import Block, centred_in_core, downscale, image_blocks, release_free_memory
 from hemaseg.engine.evaluate import plain_table
@@ -38,7 +38,7 @@ from hemaseg.io.annotations import find_yolo, read_yolo_labels, yolo_names
 from hemaseg.io.datasets import Pair, find_pairs, load_pair
 from hemaseg.io.images import read_image
 from hemaseg.metrics import wbc_scores
-from hemaseg.tasks.cells.infer import red_cell_labels
+from hemaseg.tasks.cells.infer import red_cell_labels, segment_cells
 from hemaseg.tasks.registry import register_task
 
 if TYPE_CHECKING:
@@ -91,10 +91,17 @@ class WbcParams:
         leaking into red cells from 5.5-64 % to 0.6-26 % (wbc-seg's validation Dice unchanged).
     red_cell_ratio : WBC diameter over red-cell diameter assumed to run that model at its red cells'
         size (TXL-PBC's boxes: 1.5-2.1 by lab).
-    red_cells_max_pixels : the cells model is asked only about images of at most this many pixels
-        (photos and crops, where other labs' red cells were taken for cytoplasm); it costs about
-        30 ms a WBC (a second network around each), which on a 2048x2048 mosaic of 108 WBCs
-        tripled the time (1.9 -> 5.5-6.0 s). 0: every image.
+    red_cells_max_pixels : the cells models (``red_cells``, ``size_model``) are asked only about
+        images of at most this many pixels (photos and crops, where other labs' red cells were
+        taken for cytoplasm); the red-cell check costs about 30 ms a WBC (a second network around
+        each), which on a 2048x2048 mosaic of 108 WBCs tripled the time (1.9 -> 5.5-6.0 s), and the
+        size 2.6 s more there. 0: every image.
+    size_model : a cells model (bundled name or path) whose WBCs give the WBC diameter when none
+        is given (:func:`found_wbc_diameter`); when it finds no WBC, on images over
+        ``red_cells_max_pixels``, or with ``""`` or ``"none"``, the ``wbc`` model's own scale
+        search decides. On TXL-PBC's validation fields the own
+        search was off by more than 1.5x on 18 of 244 fields (BCDD's 256-px fields up to 3x, the
+        whole field then taken for cytoplasm), the bundled ``cells`` model's WBCs on 6.
 
     Examples
     --------
@@ -117,6 +124,7 @@ class WbcParams:
     red_cells: str = field(default="cells", metadata={"model": True})  # a model name: checked by the CLI
     red_cell_ratio: float = 1.8
     red_cells_max_pixels: int = 2_000_000
+    size_model: str = field(default="cells", metadata={"model": True})  # a model name: checked by the CLI
 
 
 DEFAULTS = WbcParams()
@@ -278,12 +286,34 @@ def reject_red_cytoplasm(image: np.ndarray, classes: np.ndarray, instances: np.n
 
 
 def _drop_loose(classes: np.ndarray, instances: np.ndarray) -> None:
-    """In place: clear every piece of cell (connected, any label) that holds no nucleus pixel."""
+    """In place: clear every piece of cell (connected, any label) that holds no nucleus pixel, and
+    every piece of a cell cut off from the piece holding most of its nucleus (a WBC is one piece:
+    a dark spot of a red cell that cytoplasm leaking through the red cells had joined to it goes
+    when the red cytoplasm is cut).
+
+    >>> c = np.zeros((8, 20), np.uint8); c[1:7, 1:7] = 1; c[2:6, 2:6] = 2; c[3:5, 15:17] = 2
+    >>> inst = np.where(c > 0, 1, 0).astype(np.int32)
+    >>> _drop_loose(c, inst)
+    >>> int(inst[4, 4]), int(inst[4, 16])
+    (1, 0)
+    """
     n, pieces = cv2.connectedComponents((instances > 0).astype(np.uint8), connectivity=4)
     holds = np.bincount(pieces[classes == 2], minlength=n) > 0
     holds[0] = True
     loose = ~holds[pieces]
     classes[loose], instances[loose] = 0, 0
+    m = int(instances.max()) + 1
+    nucleus = (classes == 2) & (instances > 0)
+    if not nucleus.any():
+        return
+    key = pieces[nucleus].astype(np.int64) * m + instances[nucleus]
+    keys, counts = np.unique(key, return_counts=True)
+    best = np.zeros(m, np.int64)  # per cell, the key (piece * m + cell) of its piece with most nucleus
+    order = np.argsort(counts, kind="stable")
+    best[keys[order] % m] = keys[order]  # the largest count is written last
+    cell = instances > 0
+    off = cell & (pieces.astype(np.int64) * m + instances != best[instances])
+    classes[off], instances[off] = 0, 0
 
 
 # reject_red_nuclei's second look: the nuclei within this red share of the least red cell's are the surest.
@@ -542,6 +572,20 @@ def _estimate_scale(module: torch.nn.Module, card: dict, image: np.ndarray, pran
     return diameter, probs, factor, post
 
 
+def found_wbc_diameter(image: np.ndarray, model="cells", device: str = "cpu") -> float | None:
+    """The WBC diameter (px) a cells model measures in ``image``: the area-weighted median
+    equivalent diameter of the WBCs it finds, those off the image's edge first
+    (:func:`hemaseg.tasks.cells.infer.segment_cells`, its own red-cell scale search); None when
+    it finds none.
+
+    >>> found_wbc_diameter(np.full((96, 96, 3), 235, np.uint8)) is None   # an empty field
+    True
+    """
+    seg = segment_cells(image, model, device=device)
+    wbc = np.where(seg.classes == CATEGORIES.index("wbc") + 1, seg.instances, 0)
+    return measure_diameter(wbc, min_area=10) if wbc.any() else None
+
+
 def estimate_diameter(image: np.ndarray, model="wbc", device: str = "cpu") -> float | None:
     """Estimate the WBC diameter (px) in an (H, W, 3) image with the model itself, None if no cell."""
     module, card = get_model(model, device)
@@ -707,6 +751,9 @@ def _segment_wbc(image: np.ndarray, module: torch.nn.Module, card: dict, cell_di
     if max(image.shape[:2]) > p.block_size:
         return _segment_blocks(module, card, image, prange, cell_diameter, tile, overlap, p)
     post = None
+    if cell_diameter is None and p.size_model not in NO_MODEL and (
+            p.red_cells_max_pixels <= 0 or image.shape[0] * image.shape[1] <= p.red_cells_max_pixels):
+        cell_diameter = found_wbc_diameter(image, p.size_model)
     if cell_diameter is None:
         # The last measuring pass is the final one: its probabilities and post-processing are reused.
         cell_diameter, probs, factor, post = _estimate_scale(module, card, image, prange, tile, overlap, p)

@@ -32,7 +32,7 @@ from hemaseg.tasks.smear10.infer import SmearParams, segment_smear
 from hemaseg.tasks.smear10.synth import colour_map
 from hemaseg.tasks.smear10.train import smear10_data
 
-DEPENDS = ("wbc_type",)
+DEPENDS = ("wbc_type", "cells")
 
 # Kept for code written against the old ``hemaseg.tasks`` constants.
 SMEAR10_GROUPS = GROUP_OF
