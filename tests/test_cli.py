@@ -128,3 +128,14 @@ def test_segment_post_processing_parameters_by_name(tmp_path):
         assert res.exit_code == 2 and says in res.output, (bad, res.output)
     res = runner.invoke(app, ["segment", str(src), "--out", str(tmp_path / "y"), "--method", "hsv", "--post", "red_ring=0.2"])
     assert res.exit_code == 2 and "--post" in res.output
+
+
+def test_python_dash_m_runs_the_same_command_line():
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "hemaseg", "--help"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "Usage: hemaseg" in res.stdout and "segment" in res.stdout
+    res = subprocess.run([sys.executable, "-m", "hemaseg", "segment", "--task", "nope", "x.png"], capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 2 and "nope" in res.stdout + res.stderr

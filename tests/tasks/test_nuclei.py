@@ -231,6 +231,28 @@ def test_nuclei_tta_averages_the_final_pass_over_the_flips(tiny_nuclei_model):
     assert np.allclose(segment_nuclei(image, (module, card), cell_diameter=12.0).probs, plain, atol=1e-6)
 
 
+def test_a_card_routes_each_modality_to_its_specialist(tmp_path, tiny_nuclei_model):
+    import torch
+
+    from hemaseg.engine.predict import get_model
+    from hemaseg.models.registry import create_model, save_model
+    from hemaseg.tasks.nuclei import NucleiParams, segment_nuclei
+
+    torch.manual_seed(1)
+    other = create_model("unet-dropout", classes=3, **TINY)
+    _, card = get_model(str(tiny_nuclei_model))
+    special = save_model(other.eval(), tmp_path / "tissue", {**card, "name": "tiny-tissue"})[0]
+    general = get_model(str(tiny_nuclei_model))[0], {**card, "specialists": {"brightfield": str(special)}}
+    rng = np.random.default_rng(4)
+    bright, _ = toy_nuclei(rng, 48, brightfield=True)
+    dark, _ = toy_nuclei(rng, 48)
+    probs = lambda image, model, **kw: segment_nuclei(image, model, cell_diameter=12.0, **kw).probs  # noqa: E731
+    assert np.allclose(probs(bright, general), probs(bright, str(special)))
+    assert not np.allclose(probs(bright, general), probs(bright, str(tiny_nuclei_model)))
+    assert np.allclose(probs(dark, general), probs(dark, str(tiny_nuclei_model)))
+    assert np.allclose(probs(bright, general, params=NucleiParams(specialists=False)), probs(bright, str(tiny_nuclei_model)))
+
+
 def test_train_and_evaluate_nuclei(tmp_path):
     root = make_dsb(tmp_path / "dsb", n=6)
     run = tmp_path / "run"

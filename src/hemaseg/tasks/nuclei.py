@@ -42,6 +42,9 @@ class NucleiParams:
     seed_threshold : interior probability above which a pixel seeds a nucleus.
     fg_threshold : interior + boundary probability above which a pixel is nucleus.
     fallback_diameter : px, the trained nucleus diameter assumed when a card gives none.
+    specialists : an image whose modality (:func:`modality`) the model card's ``"specialists"``
+        names a model for (e.g. ``{"histology": "nuclei-tissue"}``) is segmented by that model,
+        with its own post-processing; False: always by the model given.
 
     Examples
     --------
@@ -53,6 +56,7 @@ class NucleiParams:
     seed_threshold: float = 0.5
     fg_threshold: float = 0.5
     fallback_diameter: float = 20.0
+    specialists: bool = True
 
 
 DEFAULTS = NucleiParams()
@@ -328,12 +332,17 @@ def segment_nuclei(image: np.ndarray, model="nuclei", cell_diameter: float | Non
     that brings them to the trained median. Returns a :class:`Segmentation` whose
     ``instances`` are (H, W) int32 labels 1..N and ``classes`` the (H, W) uint8 nucleus mask.
     ``tta`` averages the final pass over the image and its three flips (4x its time); None: as the
-    model card's ``tta`` says.
+    model card's ``tta`` says. A card may name a specialist model per modality
+    (``NucleiParams.specialists``).
     """
     module, card = get_model(model, device)
+    p = params or NUCLEI.params(card)
+    special = card.get("specialists", {}).get(modality(image)) if p.specialists else None
+    if special:
+        module, card = get_model(special, device)
+        p = params or NUCLEI.params(card)
     if tta is None:
         tta = bool(card.get("tta", False))
-    p = params or NUCLEI.params(card)
     prange = card_range(card, image)
     invert = bool(card.get("normalization", {}).get("invert_bright")) and is_bright_background(image, prange)
     trained = float(card.get("cell_diameter") or p.fallback_diameter)
