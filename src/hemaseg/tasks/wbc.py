@@ -97,11 +97,14 @@ class WbcParams:
         each), which on a 2048x2048 mosaic of 108 WBCs tripled the time (1.9 -> 5.5-6.0 s), and the
         size 2.6 s more there. 0: every image.
     size_model : a cells model (bundled name or path) whose WBCs give the WBC diameter when none
-        is given (:func:`found_wbc_diameter`); when it finds no WBC, on images over
+        is given (:func:`found_wbcs`); when it finds no WBC, on images over
         ``red_cells_max_pixels``, or with ``""`` or ``"none"``, the ``wbc`` model's own scale
         search decides. On TXL-PBC's validation fields the own
         search was off by more than 1.5x on 18 of 244 fields (BCDD's 256-px fields up to 3x, the
         whole field then taken for cytoplasm), the bundled ``cells`` model's WBCs on 6.
+    found_share : when the ``size_model`` found WBCs, a cell less than this share of whose nucleus
+        lies in one of them is dropped (:func:`keep_found_wbcs`: dark red cells taken for nuclei
+        beside a pale WBC); 0: none is.
 
     Examples
     --------
@@ -125,6 +128,7 @@ class WbcParams:
     red_cell_ratio: float = 1.8
     red_cells_max_pixels: int = 2_000_000
     size_model: str = field(default="cells", metadata={"model": True})  # a model name: checked by the CLI
+    found_share: float = 0.3
 
 
 DEFAULTS = WbcParams()
@@ -572,18 +576,47 @@ def _estimate_scale(module: torch.nn.Module, card: dict, image: np.ndarray, pran
     return diameter, probs, factor, post
 
 
-def found_wbc_diameter(image: np.ndarray, model="cells", device: str = "cpu") -> float | None:
-    """The WBC diameter (px) a cells model measures in ``image``: the area-weighted median
-    equivalent diameter of the WBCs it finds, those off the image's edge first
-    (:func:`hemaseg.tasks.cells.infer.segment_cells`, its own red-cell scale search); None when
-    it finds none.
+def found_wbcs(image: np.ndarray, model="cells", device: str = "cpu") -> tuple[float | None, np.ndarray | None]:
+    """(WBC diameter px, (H, W) bool mask of the WBCs) a cells model finds in ``image``: the
+    area-weighted median equivalent diameter of its WBCs, those off the image's edge first
+    (:func:`hemaseg.tasks.cells.infer.segment_cells`, its own red-cell scale search); (None, None)
+    when it finds none.
 
-    >>> found_wbc_diameter(np.full((96, 96, 3), 235, np.uint8)) is None   # an empty field
-    True
+    >>> found_wbcs(np.full((96, 96, 3), 235, np.uint8))   # an empty field
+    (None, None)
     """
     seg = segment_cells(image, model, device=device)
     wbc = np.where(seg.classes == CATEGORIES.index("wbc") + 1, seg.instances, 0)
-    return measure_diameter(wbc, min_area=10) if wbc.any() else None
+    if not wbc.any():
+        return None, None
+    return measure_diameter(wbc, min_area=10), wbc > 0
+
+
+def keep_found_wbcs(classes: np.ndarray, instances: np.ndarray, found: np.ndarray, share: float = 0.3
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Drop the cells less than ``share`` of whose nucleus lies in ``found`` (the WBCs another
+    model found): dark red cells taken for nuclei, each a "WBC" of its own, where a pale WBC lies
+    among them. (classes, instances), relabelled.
+
+    >>> c = np.zeros((10, 20), np.uint8); c[2:8, 2:8] = 1; c[4:6, 4:6] = 2; c[2:8, 12:18] = 1; c[4:6, 14:16] = 2
+    >>> inst = np.zeros((10, 20), np.int32); inst[2:8, 2:8] = 1; inst[2:8, 12:18] = 2
+    >>> found = np.zeros((10, 20), bool); found[1:9, 1:9] = True
+    >>> c2, i2 = keep_found_wbcs(c, inst, found)
+    >>> int(i2.max()), int(c2[5, 15]), int(i2[5, 5])
+    (1, 0, 1)
+    """
+    n = int(instances.max())
+    nucleus = (classes == 2) & (instances > 0)
+    if n == 0 or not nucleus.any():
+        return classes, instances
+    inside = np.bincount(instances[nucleus & found], minlength=n + 1)
+    total = np.bincount(instances[nucleus], minlength=n + 1)
+    keep = inside >= share * total
+    keep[0] = True
+    if keep.all():
+        return classes, instances
+    instances = relabel(instances, keep)
+    return np.where(instances > 0, classes, 0).astype(np.uint8), instances
 
 
 def estimate_diameter(image: np.ndarray, model="wbc", device: str = "cpu") -> float | None:
@@ -751,9 +784,10 @@ def _segment_wbc(image: np.ndarray, module: torch.nn.Module, card: dict, cell_di
     if max(image.shape[:2]) > p.block_size:
         return _segment_blocks(module, card, image, prange, cell_diameter, tile, overlap, p)
     post = None
+    found = None
     if cell_diameter is None and p.size_model not in NO_MODEL and (
             p.red_cells_max_pixels <= 0 or image.shape[0] * image.shape[1] <= p.red_cells_max_pixels):
-        cell_diameter = found_wbc_diameter(image, p.size_model)
+        cell_diameter, found = found_wbcs(image, p.size_model)
     if cell_diameter is None:
         # The last measuring pass is the final one: its probabilities and post-processing are reused.
         cell_diameter, probs, factor, post = _estimate_scale(module, card, image, prange, tile, overlap, p)
@@ -763,6 +797,8 @@ def _segment_wbc(image: np.ndarray, module: torch.nn.Module, card: dict, cell_di
     diameter = float(cell_diameter or (float(card.get("cell_diameter") or p.fallback_diameter) / factor))
     classes, instances = post if post is not None else wbc_instances(probs, diameter, p)
     classes, instances = red_colour_rules(image, classes, instances, diameter, p)
+    if found is not None and p.found_share > 0:
+        classes, instances = keep_found_wbcs(classes, instances, found, p.found_share)
     objects = wbc_objects(classes, instances, probs)
     return Segmentation(classes, instances, probs, diameter, factor, objects)
 
