@@ -154,6 +154,18 @@ def nuclei_instances(probs: np.ndarray, min_area: int = 8, diameter: float | Non
 MODALITIES = ("fluorescence", "brightfield", "histology")
 
 
+def trained_modalities(cfg) -> list[str]:
+    """The modalities a training run draws (those ``cfg.stratum_weights`` gives a weight; every
+    one when it gives none), in :data:`MODALITIES` order.
+
+    >>> from types import SimpleNamespace
+    >>> trained_modalities(SimpleNamespace(stratum_weights={"fluorescence": 0.0, "histology": 1.0}))
+    ['brightfield', 'histology']
+    """
+    weights = getattr(cfg, "stratum_weights", None) or {}
+    return [m for m in MODALITIES if weights.get(m, 1.0) > 0]
+
+
 def modality(image: np.ndarray) -> str:
     """Imaging modality of a DSB-style image: fluorescence (grey, dark background),
     brightfield (grey, light background) or histology (coloured stain).
@@ -337,7 +349,8 @@ def segment_nuclei(image: np.ndarray, model="nuclei", cell_diameter: float | Non
     """
     module, card = get_model(model, device)
     p = params or NUCLEI.params(card)
-    special = card.get("specialists", {}).get(modality(image)) if p.specialists else None
+    specialists = card.get("specialists") if p.specialists else None
+    special = specialists.get(modality(image)) if specialists else None
     if special:
         module, card = get_model(special, device)
         p = params or NUCLEI.params(card)
@@ -428,8 +441,7 @@ class NucleiTask(Task):
         """:func:`~hemaseg.engine.train.pair_data`; with ``cfg.modality_transfer`` that share of the
         fluorescence draws is redrawn as brightfield or H&E (:func:`modality_transfer`)."""
         dataset, val_items, card = pair_data(self, cfg, run, state)
-        weights = cfg.stratum_weights or {}
-        card["modalities"] = [m for m in MODALITIES if weights.get(m, 1.0) > 0]  # what the model is for
+        card["modalities"] = trained_modalities(cfg)  # what the model is for
         chance = float(getattr(cfg, "modality_transfer", 0.0))
         if chance > 0:
             dataset.pre = partial(modality_transfer, chance=chance, window=max(2 * cfg.crop, 256))
@@ -460,8 +472,7 @@ class NucleiTask(Task):
         for kind in sorted(set(kinds)):
             for k in ("dsb", "ap50"):
                 out[f"{k}_{kind}"] = float(np.mean([s[k] for s, m in zip(scores, kinds) if m == kind]))
-        weights = getattr(cfg, "stratum_weights", None) or {}
-        chosen = [m for m in set(kinds) if weights.get(m, 1.0) > 0] or sorted(set(kinds))
+        chosen = [m for m in trained_modalities(cfg) if m in kinds] or sorted(set(kinds))
         out["dsb_modalities"] = float(np.mean([out[f"dsb_{m}"] for m in chosen]))
         return out
 

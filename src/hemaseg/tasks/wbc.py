@@ -403,15 +403,18 @@ def red_colour_rules(image: np.ndarray, classes: np.ndarray, instances: np.ndarr
     return classes, instances
 
 
-def asks_red_cells(shape: tuple[int, ...], p: WbcParams = DEFAULTS) -> bool:
-    """Whether an image of ``shape`` gets :func:`reject_found_red_cells` (``p.red_cells``,
-    ``p.red_cells_max_pixels``).
+def asks_red_cells(shape: tuple[int, ...], p: WbcParams = DEFAULTS, model: str | None = None) -> bool:
+    """Whether an image of ``shape`` asks a cells model: ``model`` (default ``p.red_cells``, i.e.
+    :func:`reject_found_red_cells`; ``p.size_model`` for the size) is set and the image has at most
+    ``p.red_cells_max_pixels`` pixels.
 
     >>> everywhere = WbcParams(red_cells_max_pixels=0)
     >>> asks_red_cells((480, 640, 3)), asks_red_cells((2048, 2048, 3)), asks_red_cells((2048, 2048), everywhere)
     (True, False, True)
+    >>> asks_red_cells((480, 640, 3), WbcParams(size_model="none"), WbcParams(size_model="none").size_model)
+    False
     """
-    return p.red_cells not in NO_MODEL and (
+    return (p.red_cells if model is None else model) not in NO_MODEL and (
         p.red_cells_max_pixels <= 0 or shape[0] * shape[1] <= p.red_cells_max_pixels)
 
 
@@ -785,8 +788,7 @@ def _segment_wbc(image: np.ndarray, module: torch.nn.Module, card: dict, cell_di
         return _segment_blocks(module, card, image, prange, cell_diameter, tile, overlap, p)
     post = None
     found = None
-    if cell_diameter is None and p.size_model not in NO_MODEL and (
-            p.red_cells_max_pixels <= 0 or image.shape[0] * image.shape[1] <= p.red_cells_max_pixels):
+    if cell_diameter is None and asks_red_cells(image.shape, p, p.size_model):
         cell_diameter, found = found_wbcs(image, p.size_model)
     if cell_diameter is None:
         # The last measuring pass is the final one: its probabilities and post-processing are reused.

@@ -10,6 +10,7 @@ from hemaseg.core.labels import instance_objects, measure_diameter, split_instan
 from hemaseg.core.options import NO_MODEL
 from hemaseg.core.resize import clamp_factor
 from hemaseg.core.result import Segmentation
+from hemaseg.core.vocabulary import CATEGORIES
 from hemaseg.data.transforms import percentile_range
 from hemaseg.engine.predict import get_model, predict_probs
 from hemaseg.engine.task import params_from_card
@@ -371,7 +372,7 @@ def found_rbc_diameter(image: np.ndarray, model="cells", device: str = "cpu", mi
         return None
     first = float(seg.cell_diameter)
     again = segment_cells(image, model, cell_diameter=first / SIZE_CHECK_ZOOM, device=device)
-    rbc = np.where(again.classes == 1, again.instances, 0)
+    rbc = np.where(again.classes == CATEGORIES.index("rbc") + 1, again.instances, 0)
     second = measure_diameter(rbc, min_area=10) if rbc.any() else None
     return first if second is not None and second >= check * first else None
 
@@ -394,11 +395,10 @@ def segment_smear(image: np.ndarray, model="smear10", cell_diameter: float | Non
         tta = bool(card.get("tta", False))
     norm = card.get("normalization", {})
     prange = percentile_range(image, norm.get("low", 1.0), norm.get("high", 99.0))
-    factor = smear_factor(card, cell_diameter) if cell_diameter else 1.0
-    probs = None  # the final pass's, once known
     if cell_diameter is None and sp.size_model not in NO_MODEL:
         cell_diameter = found_rbc_diameter(image, sp.size_model, device, sp.size_min_cells, sp.size_check)
-        factor = smear_factor(card, cell_diameter) if cell_diameter else 1.0
+    factor = smear_factor(card, cell_diameter) if cell_diameter else 1.0
+    probs = None  # the final pass's, once known
     if cell_diameter is None:
         # Only two maps are kept (each is K x H x W floats at the image's size): the 1x one, final
         # when the size found is inside the trained range, and the most confident, the fallback.
