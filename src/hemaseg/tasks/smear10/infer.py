@@ -43,7 +43,7 @@ MAX_PALLOR_AREA = np.pi * (0.3 * 64) ** 2  # pale centre of a 64 px red cell (ra
 
 
 def rbc_diameter(classes: np.ndarray, min_diameter: float = 4.0, rbc_classes: tuple[int, ...] = GROUPS["rbc"],
-                 quantile: float = 75.0) -> float | None:
+                 quantile: float = 70.0) -> float | None:
     """Typical red-cell diameter (px) in a class map (red cells = ``rbc_classes``; smear10's by default):
     twice the ``quantile`` (percent) of the distance transform's local maxima over the red-cell
     pixels, which holds for touching cells too. Pale centres called background are filled first
@@ -207,7 +207,7 @@ class SmearParams:
         "infected". On by default since stop 40: with the red-cell size read right
         (``rbc_quantile``) the map calls a dark spot in one of the bundled sample's red cells
         infected, and the vote clears it; on 30 validation composites of each of six looks it moved
-        mean IoU by -0.008 to +0.002 (earlier maps: -0.01 to -0.02 infected IoU; on parasite-free
+        mean IoU by -0.005 to +0.002 (earlier maps: -0.01 to -0.02 infected IoU; on parasite-free
         real photos it removed a third to a half of the false calls, BCCD val 156 -> 95 with
         ``infected_share`` 0.4; docs/results.md).
     infected_share : with ``rbc_vote``, a red cell is infected when its summed infected
@@ -234,9 +234,10 @@ class SmearParams:
         (:func:`rbc_diameter`). The median (50, before stop 40) is pulled down by the lower maxima on
         the ridges between touching cells: BCCD's validation photos were read at 0.77x of their
         red-cell box side (19 of 38 off by more than 1.3x), and platelets, seen too big, were called
-        red cells (0.904 in the right group). 75, chosen on those photos and 12 validation composites
-        of each of six looks (50, 65, 70, 75, 80 tried): BCCD 0.92x (1 of 38 off), composites
-        0.99-1.15x of their red cells' equivalent diameter (0.86-0.99x at 50); platelets 0.988.
+        red cells (0.904 in the right group). 70 (50, 65, 70, 75, 80 tried; chosen on BCCD's
+        validation photos and 100 validation composites of each of six looks): BCCD 0.88x (4 of 38
+        off), platelets 0.976 (75: 0.988); composites' mean IoU 0.6973 -> 0.6975 with ``rbc_vote``
+        (75: 0.6935; crowded 0.685 -> 0.665, red cells 50-64 px 0.691 -> 0.724).
 
     Examples
     --------
@@ -256,7 +257,7 @@ class SmearParams:
     size_model: str = field(default="none", metadata={"model": True})  # a model name: checked by the CLI
     size_min_cells: int = 5
     size_check: float = 0.7
-    rbc_quantile: float = 75.0
+    rbc_quantile: float = 70.0
 
 
 THROMBOCYTE, CLUMP = CLASSES.index("thrombocyte"), CLASSES.index("platelet clump")
