@@ -195,3 +195,28 @@ def test_red_cells_of_boxed_fields_are_pasted_against_wbcs(tmp_path, wbc_folder)
     assert card["training"]["paste_red_cells"] == {"chance": 1.0, "red_cells": 2}  # the two training fields'
     res = CliRunner().invoke(app, args + ["--out", str(tmp_path / "run2")])
     assert res.exit_code == 1 and "boxed fields" in res.output and not (tmp_path / "run2" / "model.json").exists()
+
+
+def test_cells_are_cut_to_the_wbcs_the_cells_model_found_unless_round(monkeypatch):
+    """``found_margin`` cuts a cell to 0.1 diameters around the cells model's WBC; a round cell
+    (``found_solidity``) or one whose nucleus lies mostly elsewhere (``found_agree``) stays whole."""
+    import hemaseg.tasks.wbc as wbc
+    from hemaseg.core.result import Segmentation
+
+    def fake_cells(image, model="cells", cell_diameter=None, device="cpu"):
+        yy, xx = np.mgrid[:image.shape[0], :image.shape[1]]
+        classes = np.where((yy - 150) ** 2 + (xx - 150) ** 2 < 48 ** 2, 2, 0).astype(np.uint8)  # a WBC, 96 px
+        return Segmentation(classes, (classes > 0).astype(np.int32), None, 40.0, 1.0, [])
+
+    monkeypatch.setattr(wbc, "segment_cells", fake_cells)
+    image, _ = toy_wbc(np.random.default_rng(2), size=300, radius=60, center=(150, 150))  # 120 px
+
+    def area(**kw):
+        seg = hemaseg.segment(image, (ThresholdNet(), CARD), params=WbcParams(red_cells="none", **kw))
+        return int((seg.classes > 0).sum())
+
+    whole = area(found_margin=-1)
+    assert area() == whole  # round: not cut
+    cut = area(found_solidity=1.01)  # no cell counts as round: cut at 48 + 0.1 * 96 px from the centre
+    assert cut < 0.95 * whole and cut == pytest.approx(np.pi * 57.6 ** 2, rel=0.05)
+    assert area(found_solidity=1.01, found_agree=1.01) == whole  # no cell agrees enough: none cut

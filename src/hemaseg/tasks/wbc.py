@@ -869,7 +869,8 @@ def _segment_wbc(image: np.ndarray, module: torch.nn.Module, card: dict, cell_di
     if found is not None and p.found_share > 0:
         classes, instances = keep_found_wbcs(classes, instances, found, p.found_share)
     if found is not None and p.found_margin >= 0:
-        classes, instances = clip_to_found(classes, instances, found, p.found_margin * diameter)
+        classes, instances = clip_to_found(classes, instances, found, p.found_margin * diameter,
+                                           p.found_agree, p.found_solidity)
     objects = wbc_objects(classes, instances, probs)
     return Segmentation(classes, instances, probs, diameter, factor, objects)
 
