@@ -19,7 +19,7 @@ import numpy as np
 
 from hemaseg.classical import WBC_METHODS, box_cell, likelier_first, segment_classical, stained, wbc_segmentation
 from hemaseg.core.content import featureless
-from hemaseg.core.labels import measure_diameter, relabel, remove_small, split_instances, wbc_objects
+from hemaseg.core.labels import drop_small, measure_diameter, relabel, remove_small, split_instances, wbc_objects
 from hemaseg.core.options import NO_MODEL
 from hemaseg.core.resize import clamp_factor, resize_argmax
 from hemaseg.core.result import Segmentation
@@ -610,8 +610,8 @@ def found_wbcs(image: np.ndarray, model="cells", device: str = "cpu") -> tuple[f
     return measure_diameter(wbc, min_area=10), wbc > 0
 
 
-def keep_found_wbcs(classes: np.ndarray, instances: np.ndarray, found: np.ndarray, share: float = 0.3
-                    ) -> tuple[np.ndarray, np.ndarray]:
+def keep_found_wbcs(classes: np.ndarray, instances: np.ndarray, found: np.ndarray,
+                    share: float = DEFAULTS.found_share) -> tuple[np.ndarray, np.ndarray]:
     """Drop the cells less than ``share`` of whose nucleus lies in ``found`` (the WBCs another
     model found): dark red cells taken for nuclei, each a "WBC" of its own, where a pale WBC lies
     among them. (classes, instances), relabelled.
@@ -638,7 +638,8 @@ def keep_found_wbcs(classes: np.ndarray, instances: np.ndarray, found: np.ndarra
 
 
 def clip_to_found(classes: np.ndarray, instances: np.ndarray, found: np.ndarray, reach: float,
-                  agree: float = 0.8, solidity: float = 0.9) -> tuple[np.ndarray, np.ndarray]:
+                  agree: float = DEFAULTS.found_agree, solidity: float = DEFAULTS.found_solidity
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """Cut every pixel of a cell farther than ``reach`` px from the convex hull of a WBC in ``found``
     (the WBCs another model found), then the pieces cut off from a cell's nucleus (:func:`_drop_loose`):
     (classes, instances), relabelled.
@@ -682,11 +683,7 @@ def clip_to_found(classes: np.ndarray, instances: np.ndarray, found: np.ndarray,
     classes, instances = classes.copy(), instances.copy()
     classes[cut], instances[cut] = 0, 0
     _drop_loose(classes, instances)
-    keep = np.bincount(instances.ravel(), minlength=n + 1) > 0
-    keep[0] = True
-    if not keep.all():
-        instances = relabel(instances, keep)
-    return classes, instances
+    return classes, drop_small(instances, 1)
 
 
 def estimate_diameter(image: np.ndarray, model="wbc", device: str = "cpu") -> float | None:

@@ -40,10 +40,11 @@ def fill_small_holes(mask: np.ndarray, max_area: float) -> np.ndarray:
 
 
 MAX_PALLOR_AREA = np.pi * (0.3 * 64) ** 2  # pale centre of a 64 px red cell (radius 0.3 d)
+RBC_QUANTILE = 70.0  # percentile of the distance maxima read as a red cell's radius (SmearParams.rbc_quantile)
 
 
 def rbc_diameter(classes: np.ndarray, min_diameter: float = 4.0, rbc_classes: tuple[int, ...] = GROUPS["rbc"],
-                 quantile: float = 70.0) -> float | None:
+                 quantile: float = RBC_QUANTILE) -> float | None:
     """Typical red-cell diameter (px) in a class map (red cells = ``rbc_classes``; smear10's by default):
     twice the ``quantile`` (percent) of the distance transform's local maxima over the red-cell
     pixels, which holds for touching cells too. Pale centres called background are filled first
@@ -257,7 +258,7 @@ class SmearParams:
     size_model: str = field(default="none", metadata={"model": True})  # a model name: checked by the CLI
     size_min_cells: int = 5
     size_check: float = 0.7
-    rbc_quantile: float = 70.0
+    rbc_quantile: float = RBC_QUANTILE
 
 
 THROMBOCYTE, CLUMP = CLASSES.index("thrombocyte"), CLASSES.index("platelet clump")
