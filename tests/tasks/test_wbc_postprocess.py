@@ -59,6 +59,19 @@ def test_big_touching_cells_split_on_a_smaller_copy():
     assert np.array_equal(inst > 0, m)  # every mask pixel labelled, nothing outside
 
 
+def test_no_cell_leaves_no_cytoplasm_or_nucleus_in_the_class_map():
+    # A map of red cells taken for cytoplasm with specks of "nucleus", far too little for a cell of
+    # the diameter: no instance, and then no class pixel either (a BCDD field with no WBC once
+    # came out with 57 % of its pixels cytoplasm and not one cell).
+    from hemaseg.tasks.wbc import postprocess_classes
+
+    classes = np.zeros((100, 160), np.uint8)
+    classes[_discs([(50, 50), (50, 110)], 30)] = 1
+    classes[48:51, 48:51] = 2
+    c, i = postprocess_classes(classes, diameter=120)
+    assert i.max() == 0 and not c.any()
+
+
 def test_cytoplasm_is_limited_to_one_nucleus_diameter():
     from hemaseg.tasks.wbc import limit_cytoplasm
 

@@ -203,8 +203,8 @@ def keep_nucleated(classes: np.ndarray, instances: np.ndarray, min_fraction: flo
     (1, 0)
     """
     n = int(instances.max())
-    if n == 0:
-        return classes, instances
+    if n == 0:  # no cell: no cytoplasm or nucleus either (the class map never holds pixels of no cell)
+        return np.zeros_like(classes), instances
     area = np.bincount(instances.ravel(), minlength=n + 1)
     nuc = np.bincount(instances[classes == 2], minlength=n + 1)
     new_instances = relabel(instances, (nuc >= min_fraction * area) & (nuc >= max(min_area, 1)))
