@@ -188,3 +188,24 @@ def test_found_red_cells_are_not_cut_from_a_grey_image(monkeypatch):
     assert (c2 == classes).all() and (i2 == instances).all()
     c3, _ = W.reject_found_red_cells(img, classes, instances, diameter=600)  # the same field in colour: cut
     assert c3[100, 200] == 0
+
+
+def test_each_cell_loses_its_arms_but_not_its_nucleus_nor_the_image_edge():
+    from hemaseg.tasks.wbc import open_each_cell
+
+    classes = np.zeros((60, 120), np.uint8)
+    classes[0:40, 0:40] = 1  # a cell cut by the image's corner
+    classes[5:25, 5:25] = 2
+    classes[18:21, 40:90] = 1  # an arm reaching into a red cell
+    classes[10:12, 80:95] = 2  # a dark speck at its end, joined only through the arm
+    classes[45:55, 100:110] = 1  # a second cell, whole
+    classes[48:52, 103:107] = 2
+    inst = np.where(classes > 0, 1, 0).astype(np.int32)
+    inst[45:55, 100:110] = 2
+    c, i = open_each_cell(classes, inst, 0.1)
+    assert i[19, 60] == 0 and c[19, 60] == 0  # the arm goes
+    assert i[11, 85] == 0  # and what it joined, though it looked like nucleus
+    assert i[0, 0] == 1 and i[39, 0] == 1  # the corners on the image's edge stay
+    assert (c[5:25, 5:25] == 2).all()  # the nucleus is never cut
+    assert i[50, 105] == 2 and (c == 2).sum() == 400 + 16  # the other cell keeps its label
+    assert c[0, 0] == 1 and classes[19, 60] == 1  # the input is not modified
