@@ -49,14 +49,17 @@ def test_the_wbc_size_comes_from_the_cells_models_wbcs_when_it_finds_one(monkeyp
         return Segmentation(classes, ndi.label(classes > 0)[0], None, 40.0, 1.0, [])
 
     passes = []
-    real_predict = wbc.predict_probs
 
-    def counting(module, card, image, factor, *args, **kwargs):
-        passes.append(factor)
-        return real_predict(module, card, image, factor, *args, **kwargs)
+    def counting(real):
+        def predict(module, card, image, factor, *args, **kwargs):
+            passes.append(factor)
+            return real(module, card, image, factor, *args, **kwargs)
+        return predict
 
     monkeypatch.setattr(wbc, "segment_cells", fake_cells)
-    monkeypatch.setattr(wbc, "predict_probs", counting)
+    # A pass of the network: at the input's scale (predict_probs) or left at the model's (predict_scaled).
+    monkeypatch.setattr(wbc, "predict_probs", counting(wbc.predict_probs))
+    monkeypatch.setattr(wbc, "predict_scaled", counting(wbc.predict_scaled))
     image, _ = toy_wbc(np.random.default_rng(2), size=300, radius=60, center=(150, 150))
     no_check = WbcParams(red_cells="none")  # the red-cell check would ask the (fake) cells model too
     found = True
