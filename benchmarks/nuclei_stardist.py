@@ -1,8 +1,10 @@
 """Nuclei speed side by side with StarDist on the same CPU: a 2048x2048 fluorescence image through
 hemaseg's whole nuclei pipeline (nucleus size estimated, post-processing included) against
 StarDist's network alone (its default 2D configuration, random weights: only the time counts).
+``--task wbc``: the same for the WBC pipeline on ``benchmarks/speed.py``'s 2048x2048 smear (WBC
+size estimated), StarDist's network given the smear's grey.
 
-    python benchmarks/nuclei_stardist.py [--threads 2] [--repeats 3] [--stardist-python PY]
+    python benchmarks/nuclei_stardist.py [--task wbc] [--threads 2] [--repeats 3] [--stardist-python PY]
 
 StarDist needs TensorFlow, which hemaseg does not depend on: install it in a separate
 environment (``python -m venv sd && sd/bin/pip install tensorflow-cpu stardist``) and pass
@@ -108,7 +110,8 @@ def time_stardist(python: str, image: np.ndarray, threads: int, repeats: int) ->
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="nuclei")
+    ap.add_argument("--task", choices=("nuclei", "wbc"), default="nuclei")
+    ap.add_argument("--model", help="default: the task's bundled model")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data")
@@ -120,12 +123,24 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     sys.path.insert(0, str(HERE))
-    image, source = test_image(args.data, args.split)
-    ours, count = time_hemaseg(image, args.model, args.repeats)
-    theirs = time_stardist(args.stardist_python, image, args.threads, args.repeats)
-    lines = [f"### Nuclei, {source}, {args.threads} threads, median of {args.repeats}\n",
-             "| what | seconds | nuclei |", "| --- | --- | --- |",
-             f"| hemaseg `{args.model}`: whole pipeline, size estimated | {ours:.2f} | {count} |"]
+    model = args.model or args.task
+    if args.task == "wbc":
+        from speed import smear
+
+        from hemaseg.engine.predict import get_model
+
+        image = smear(SIZE, SIZE, get_model(model)[1]["cell_diameter"])
+        source, what = f"benchmarks/speed.py's {SIZE}x{SIZE} smear", "WBCs"
+        # StarDist's network takes one channel: the smear's grey.
+        grey = np.repeat(image.mean(-1, keepdims=True).astype(np.uint8), 3, -1)
+    else:
+        image, source = test_image(args.data, args.split)
+        what, grey = "nuclei", image
+    ours, count = time_hemaseg(image, model, args.repeats)
+    theirs = time_stardist(args.stardist_python, grey, args.threads, args.repeats)
+    lines = [f"### {args.task.capitalize()}, {source}, {args.threads} threads, median of {args.repeats}\n",
+             f"| what | seconds | {what} |", "| --- | --- | --- |",
+             f"| hemaseg `{model}`: whole pipeline, size estimated | {ours:.2f} | {count} |"]
     if theirs:
         lines.append(f"| StarDist {theirs['version']} (TensorFlow {theirs['tensorflow']}): network alone, "
                      f"default 2D config, random weights | {theirs['seconds']:.2f} | |")
@@ -133,7 +148,7 @@ def main() -> None:
     else:
         lines.append("| StarDist | skipped (not installed; see --stardist-python) | |")
     print("\n".join(lines))
-    write_result("nuclei_stardist", lines)
+    write_result("nuclei_stardist" if args.task == "nuclei" else "wbc_stardist", lines)
 
 
 if __name__ == "__main__":

@@ -718,6 +718,25 @@ def keep_found_wbcs(classes: np.ndarray, instances: np.ndarray, found: np.ndarra
     return np.where(instances > 0, classes, 0).astype(np.uint8), instances
 
 
+def convex_hulls(mask: np.ndarray) -> np.ndarray:
+    """(H, W) bool: the union of the convex hulls of ``mask``'s 8-connected pieces, each filled within
+    its own box (scikit-image's ``convex_hull_object`` tests every pixel of the image against every
+    hull: 42 s for the 216 WBCs of a 2048x2048 smear, against milliseconds here).
+
+    >>> m = np.zeros((12, 30), bool); m[2:10, 2] = m[2, 2:10] = True; m[5, 20:28] = m[3:8, 24] = True
+    >>> h = convex_hulls(m)
+    >>> bool(h[4, 4]), bool(h[8, 8]), bool(h[6, 22]), bool(h[6, 14])   # in the first L's hull; the cross's
+    (True, False, True, False)
+    """
+    out = np.zeros(mask.shape, np.uint8)
+    n, comps, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    for k in range(1, n):
+        x, y, w, h = stats[k, :4]
+        points = cv2.findNonZero((comps[y:y + h, x:x + w] == k).view(np.uint8))
+        cv2.fillConvexPoly(out[y:y + h, x:x + w], cv2.convexHull(points), 1)
+    return out > 0
+
+
 def clip_to_found(classes: np.ndarray, instances: np.ndarray, found: np.ndarray, reach: float,
                   agree: float = DEFAULTS.found_agree, solidity: float = DEFAULTS.found_solidity
                   ) -> tuple[np.ndarray, np.ndarray]:
@@ -744,12 +763,11 @@ def clip_to_found(classes: np.ndarray, instances: np.ndarray, found: np.ndarray,
     2
     """
     from skimage.measure import regionprops
-    from skimage.morphology import convex_hull_object
 
     n = int(instances.max())
     if n == 0 or reach < 0:
         return classes, instances
-    hull = convex_hull_object(found)
+    hull = convex_hulls(found)
     far = cv2.distanceTransform((~hull).view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE) > reach
     nucleus = (classes == 2) & (instances > 0)
     near = np.bincount(instances[nucleus & ~far], minlength=n + 1)
