@@ -138,7 +138,8 @@ def main() -> None:
         what, grey = "nuclei", image
     ours, count = time_hemaseg(image, model, args.repeats)
     theirs = time_stardist(args.stardist_python, grey, args.threads, args.repeats)
-    lines = [f"### {dict(nuclei="Nuclei", wbc="WBCs")[args.task]}, {source}, {args.threads} threads, median of {args.repeats}\n",
+    title = {"nuclei": "Nuclei", "wbc": "WBCs"}[args.task]
+    lines = [f"### {title}, {source}, {args.threads} threads, median of {args.repeats}\n",
              f"| what | seconds | {what} |", "| --- | --- | --- |",
              f"| hemaseg `{model}`: whole pipeline, size estimated | {ours:.2f} | {count} |"]
     if theirs:

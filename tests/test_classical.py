@@ -136,3 +136,15 @@ def test_cli_crop_and_evaluate_method(tmp_path, wbc_folder):
     assert res.exit_code == 0, res.output
     ev = json.loads((tmp_path / "e.json").read_text())
     assert ev["model"] == "classical:hsv" and ev["mean"]["dice_cell"] > 0.8
+
+
+def test_watershed_wbcs_are_not_platelets():
+    # A platelet (a small blob of the nuclear stain) away from the WBC is a "cell holding a nucleus"
+    # too; as in hsv_wbc_mask, one whose nucleus is far smaller than the biggest is no WBC.
+    from hemaseg.classical import watershed_wbc_mask
+
+    img, _ = toy_wbc(np.random.default_rng(3), size=160, radius=40, center=(80, 70))
+    yy, xx = np.mgrid[:160, :160]
+    img[(yy - 20) ** 2 + (xx - 140) ** 2 < 8 ** 2] = (90, 40, 130)
+    classes, instances = watershed_wbc_mask(img)
+    assert instances.max() == 1 and instances[80, 70] == 1 and instances[20, 140] == 0

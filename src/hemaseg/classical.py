@@ -460,7 +460,8 @@ def watershed_wbc_mask(image: np.ndarray, thresholds: str = "otsu") -> tuple[np.
     n = int(cells.max())
     area = np.bincount(cells.ravel(), minlength=n + 1)
     nuc = np.bincount(cells.ravel(), weights=nucleus.ravel(), minlength=n + 1)
-    instances = relabel(cells, nuc >= 0.1 * np.maximum(area, 1))
+    # As hsv_wbc_mask: a cell whose nucleus is far smaller than the biggest (a platelet, debris) is no WBC.
+    instances = relabel(cells, (nuc >= 0.1 * np.maximum(area, 1)) & (nuc >= 0.15 * nuc[1:].max(initial=0)))
     classes = np.where(instances > 0, np.where(nucleus, 2, 1), 0).astype(np.uint8)
     return classes, instances
 
