@@ -20,6 +20,9 @@ import numpy as np
 from hemaseg.core.labels import drop_small, instance_objects, relabel, wbc_objects
 from hemaseg.core.result import Segmentation
 
+# A WBC's nucleus is at least this share of the image's biggest: smaller ones are platelets or debris.
+SPECK_SHARE = 0.15
+
 # Seed 003 Algorithm 1: OpenCV HSV bounds of "blue" (hue is 0-180 in OpenCV, so 300 saturates).
 SEED_HSV_LOWER = (100, 20, 20)
 SEED_HSV_UPPER = (180, 245, 245)
@@ -255,7 +258,7 @@ def hsv_wbc_mask(image: np.ndarray, thresholds: str = "otsu", reach: float = 0.6
     # Specks far smaller than the biggest nucleus (platelets, debris) are not WBCs.
     sizes = np.bincount(groups.ravel())
     sizes[0] = 0
-    groups = relabel(groups, sizes >= 0.15 * sizes.max())
+    groups = relabel(groups, sizes >= SPECK_SHARE * sizes.max())
     broad &= groups > 0
     nucleus = _fill(strict & broad)
     stained = _fill(d > _otsu(d[~broad])) | broad
@@ -461,7 +464,7 @@ def watershed_wbc_mask(image: np.ndarray, thresholds: str = "otsu") -> tuple[np.
     area = np.bincount(cells.ravel(), minlength=n + 1)
     nuc = np.bincount(cells.ravel(), weights=nucleus.ravel(), minlength=n + 1)
     # As hsv_wbc_mask: a cell whose nucleus is far smaller than the biggest (a platelet, debris) is no WBC.
-    instances = relabel(cells, (nuc >= 0.1 * np.maximum(area, 1)) & (nuc >= 0.15 * nuc[1:].max(initial=0)))
+    instances = relabel(cells, (nuc >= 0.1 * np.maximum(area, 1)) & (nuc >= SPECK_SHARE * nuc[1:].max(initial=0)))
     classes = np.where(instances > 0, np.where(nucleus, 2, 1), 0).astype(np.uint8)
     return classes, instances
 

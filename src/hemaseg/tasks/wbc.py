@@ -604,14 +604,17 @@ def postprocess_classes(classes: np.ndarray, diameter: float, p: WbcParams = DEF
 
 
 def _measure_at(module: torch.nn.Module, card: dict, image: np.ndarray, prange: np.ndarray,
-                factor: float, tile: int, overlap: int, p: WbcParams = DEFAULTS
+                factor: float, tile: int, overlap: int, p: WbcParams = DEFAULTS, small: np.ndarray | None = None
                 ) -> tuple[float | None, np.ndarray, tuple[np.ndarray, np.ndarray]]:
-    """Run the model at ``factor``; return (diameter px in the input of the nucleated cells, probs,
+    """Run the model at ``factor`` (or take its output at the model's scale, ``small``, already
+    computed); return (diameter px in the input of the nucleated cells, probs,
     (classes, instances) post-processed for cells of the trained size at that factor). Cells are
     found at the input's scale (at the model's, a pass at a wrong scale measures them less
     consistently). The caller has checked the image's content."""
     trained = float(card.get("cell_diameter") or 0)
-    probs = predict_probs(module, card, image, factor, tile, overlap, prange, check_content=False)
+    if small is None:
+        small = predict_scaled(module, card, image, factor, tile, overlap, prange)
+    probs = resize_probs(small, image.shape[:2])
     classes, instances = wbc_instances(probs, trained / factor, p)
     return measure_diameter(instances, min_area=_min_area(trained / factor, p)), probs, (classes, instances)
 
@@ -658,20 +661,17 @@ def _estimate_scale(module: torch.nn.Module, card: dict, image: np.ndarray, pran
     new = scale_factor(card, diameter, p.scale_deadband)
     if abs(np.log(new / factor)) < np.log(p.scale_deadband):
         # The first pass is the final one: post-processed and measured at the input's scale.
-        probs = resize_probs(small, image.shape[:2])
-        post = wbc_instances(probs, trained / factor, p)
-        d = measure_diameter(post[1], min_area=_min_area(trained / factor, p))
+        d, probs, post = _measure_at(module, card, image, prange, factor, tile, overlap, p, small=small)
         return (d if d is not None else diameter), probs, factor, post
-    probs, post = None, None
     for _ in range(3):
-        new = scale_factor(card, diameter, p.scale_deadband)
-        if probs is not None and abs(np.log(new / factor)) < np.log(p.scale_deadband):
-            break
         factor = new
         d, probs, post = _measure_at(module, card, image, prange, factor, tile, overlap, p)
         if d is None:
             break
         diameter = d
+        new = scale_factor(card, diameter, p.scale_deadband)
+        if abs(np.log(new / factor)) < np.log(p.scale_deadband):
+            break
     return diameter, probs, factor, post
 
 
