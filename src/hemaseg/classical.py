@@ -313,15 +313,24 @@ def likelier_first(first: np.ndarray, second: np.ndarray, values: np.ndarray, mi
     """
     if len(first) < min_pixels or len(second) < min_pixels or not len(values):
         return np.zeros(len(values), bool)
+    if values.dtype == np.uint8 and values.shape[1] == 2 and len(values) > LUT_MIN_VALUES:
+        # Many uint8 pairs (CIELAB a*b* of a large image): decide each of the 65,536 pairs once.
+        grid = np.stack(np.meshgrid(np.arange(256), np.arange(256), indexing="ij"), -1).reshape(-1, 2)
+        lut = likelier_first(first, second, grid, min_pixels)
+        return lut[values[:, 0].astype(np.intp) * 256 + values[:, 1]]
     values = values.astype(np.float64)
 
     def loglik(sample: np.ndarray) -> np.ndarray:
         x = sample.astype(np.float64)
         mean, cov = x.mean(0), np.cov(x.T) + np.eye(x.shape[1])  # + 1: no collapse on a flat colour
         d = values - mean
-        return -0.5 * (np.einsum("ij,jk,ik->i", d, np.linalg.inv(cov), d) + np.log(np.linalg.det(cov)))
+        return -0.5 * (((d @ np.linalg.inv(cov)) * d).sum(1) + np.log(np.linalg.det(cov)))
 
     return loglik(first) > loglik(second)
+
+
+# likelier_first decides uint8 pairs through a 256 x 256 table beyond this many values.
+LUT_MIN_VALUES = 65_536
 
 
 def red_like(lab: np.ndarray, red: np.ndarray, cytoplasm: np.ndarray, candidates: np.ndarray,

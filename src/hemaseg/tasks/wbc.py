@@ -160,6 +160,10 @@ DEFAULTS = WbcParams()
 PROBS_SUMMARY_SIZE = 1024
 # Side (px) of the central square on which the cell diameter of a large image is estimated.
 ESTIMATE_SIZE = 2048
+# Side (px) of the central square the scale search's first pass sees in a larger image.
+FIRST_PASS_SIZE = 1024
+# Most pixels of the scale search's first pass measured at full size (larger: a smaller copy).
+MEASURE_PIXELS = 512 * 512
 
 
 def clean_wbc_classes(classes: np.ndarray, min_area: int) -> np.ndarray:
@@ -227,12 +231,14 @@ def limit_cytoplasm(classes: np.ndarray, instances: np.ndarray, max_reach: float
     the nucleus' equivalent diameter (99th percentile 0.95x); a "cell" reaching farther
     has swallowed neighbouring red cells. Returns (classes, instances).
     """
-    from skimage.measure import regionprops
+    from scipy import ndimage as ndi
 
     out_c, out_i = classes.copy(), instances.copy()
-    for r in regionprops(instances):
-        y1, x1, y2, x2 = r.bbox
-        sel = instances[y1:y2, x1:x2] == r.label
+    for label, sl in enumerate(ndi.find_objects(instances), start=1):
+        if sl is None:
+            continue
+        y1, x1, y2, x2 = sl[0].start, sl[1].start, sl[0].stop, sl[1].stop
+        sel = instances[y1:y2, x1:x2] == label
         nuc = sel & (classes[y1:y2, x1:x2] == 2)
         if not nuc.any():
             continue
@@ -338,9 +344,10 @@ def _drop_loose(classes: np.ndarray, instances: np.ndarray) -> None:
     best = np.zeros(m, np.int64)  # per cell, the key (piece * m + cell) of its piece with most nucleus
     order = np.argsort(counts, kind="stable")
     best[keys[order] % m] = keys[order]  # the largest count is written last
-    cell = instances > 0
-    off = cell & (pieces.astype(np.int64) * m + instances != best[instances])
-    classes[off], instances[off] = 0, 0
+    ys, xs = np.nonzero(instances)
+    cell = instances[ys, xs]
+    off = pieces[ys, xs].astype(np.int64) * m + cell != best[cell]
+    classes[ys[off], xs[off]], instances[ys[off], xs[off]] = 0, 0
 
 
 def open_each_cell(classes: np.ndarray, instances: np.ndarray, fraction: float = DEFAULTS.cell_open
@@ -627,9 +634,14 @@ def _measure_small(module: torch.nn.Module, card: dict, image: np.ndarray, prang
     the input's scale."""
     trained = float(card.get("cell_diameter") or 0)
     small = predict_scaled(module, card, image, factor, tile, overlap, prange)
-    _, instances = wbc_instances(small, trained, p)
-    d = measure_diameter(instances, min_area=_min_area(trained, p))
-    return (d / factor if d is not None else None), small
+    # A large output is measured on a copy of at most MEASURE_PIXELS (never under half size): an
+    # estimate the later passes refine needs no more, and post-processing is most of its time.
+    m = float(np.clip(np.sqrt(MEASURE_PIXELS / small[0].size), 0.5, 1.0))
+    shape = (max(1, round(small.shape[1] * m)), max(1, round(small.shape[2] * m))) if m < 1 else small.shape[1:]
+    m = shape[0] / small.shape[1]
+    _, instances = postprocess_classes(resize_argmax(small, shape)[0], trained * m, p)
+    d = measure_diameter(instances, min_area=_min_area(trained * m, p))
+    return (d / (factor * m) if d is not None else None), small
 
 
 def _estimate_scale(module: torch.nn.Module, card: dict, image: np.ndarray, prange: np.ndarray,
@@ -637,7 +649,8 @@ def _estimate_scale(module: torch.nn.Module, card: dict, image: np.ndarray, pran
                     ) -> tuple[float | None, np.ndarray, float, tuple | None]:
     """Find the cell diameter by running the model until the cells it finds have the trained size.
 
-    A first pass at half scale (then native, then double, until cells are found) measures
+    A first pass at half scale (then native, then double, until cells are found; on an image
+    longer than :data:`FIRST_PASS_SIZE` px, its central square first) measures
     the nucleated cells, on the model's own output (:func:`_measure_small`: the first pass is seldom
     the last, and post-processing it at the input's size cost a 2048x2048 image 0.7-1.1 s); passes
     at the implied scale refine that at the input's scale, as Cellpose refines its size estimate
@@ -649,17 +662,24 @@ def _estimate_scale(module: torch.nn.Module, card: dict, image: np.ndarray, pran
         return None, predict_probs(module, card, image, 1.0, tile, overlap, prange, check_content=False), 1.0, None
     # Very large images: keep the first passes under ~2048 px on the long side.
     shrink = min(1.0, ESTIMATE_SIZE / max(image.shape[:2]))
-    diameter, small, factor = None, None, 1.0
-    for f in p.first_pass_factors:
-        factor = f * shrink
-        diameter, small = _measure_small(module, card, image, prange, factor, tile, overlap, p)
+    attempts = [(image, f * shrink) for f in p.first_pass_factors]
+    # An image longer than FIRST_PASS_SIZE: the first pass sees its central square first (a
+    # quarter of a 2048 x 2048 image), at the first factor; the whole image if it shows no cell.
+    h, w = image.shape[:2]
+    y0, x0 = max(0, (h - FIRST_PASS_SIZE) // 2), max(0, (w - FIRST_PASS_SIZE) // 2)
+    centre = np.ascontiguousarray(image[y0:y0 + FIRST_PASS_SIZE, x0:x0 + FIRST_PASS_SIZE])
+    if centre.shape != image.shape and shrink == 1.0 and not featureless(centre):
+        attempts.insert(0, (centre, p.first_pass_factors[0]))
+    diameter, small, factor, view = None, None, 1.0, image
+    for view, factor in attempts:
+        diameter, small = _measure_small(module, card, view, prange, factor, tile, overlap, p)
         if diameter is not None:
             break
     if diameter is None:
         factor = 1.0
         return None, predict_probs(module, card, image, factor, tile, overlap, prange, check_content=False), factor, None
     new = scale_factor(card, diameter, p.scale_deadband)
-    if abs(np.log(new / factor)) < np.log(p.scale_deadband):
+    if view is image and abs(np.log(new / factor)) < np.log(p.scale_deadband):
         # The first pass is the final one: post-processed and measured at the input's scale.
         d, probs, post = _measure_at(module, card, image, prange, factor, tile, overlap, p, small=small)
         return (d if d is not None else diameter), probs, factor, post
