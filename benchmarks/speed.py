@@ -2,7 +2,10 @@
 peak memory up to 4000x3000, and how closely tiled inference matches a single pass.
 Prints Markdown tables.
 
-    python benchmarks/speed.py [--threads 2] [--model wbc]
+    python benchmarks/speed.py [--threads 2] [--model wbc] [--backend auto]
+
+``--backend``: where the network runs, as ``hemaseg segment --backend`` (default ``auto``, the
+CLI's and ``hemaseg.segment``'s: ONNX Runtime for a bundled model with an ONNX file).
 
 Images are smears at the model's magnification: the bundled BCCD photo scaled so that its
 WBC has the trained diameter, mirrored out to the size wanted (many WBCs and red cells).
@@ -42,16 +45,17 @@ def smear(w: int, h: int, trained_diameter: float) -> np.ndarray:
     return np.ascontiguousarray(grid[:h, :w])
 
 
-def run_case(w: int, h: int, n: int, model: str, threads: int, diameter: str, everywhere: bool = False) -> dict:
+def run_case(w: int, h: int, n: int, model: str, threads: int, diameter: str, everywhere: bool = False,
+             backend: str = "auto") -> dict:
     import torch
 
     import hemaseg
-    from hemaseg.engine.predict import get_model
+    from hemaseg.engine.runtime import load_runner
 
     torch.set_num_threads(threads)
     from hemaseg.tasks.wbc import WBC, asks_red_cells
 
-    loaded = get_model(model)
+    loaded = load_runner(model, "cpu", backend, threads)
     trained = loaded[1]["cell_diameter"]
     params = WBC.params(loaded[1])
     if everywhere:  # the cells model's red-cell check on every image, however large
@@ -67,7 +71,7 @@ def run_case(w: int, h: int, n: int, model: str, threads: int, diameter: str, ev
         seg = hemaseg.segment(image, loaded, cell_diameter=d, params=params)
         times.append(time.perf_counter() - t0)
     return {"size": f"{w}x{h}", "diameter": diameter, "red_cell_check": asks_red_cells(image.shape, params),
-            "wbcs": len(seg.objects),
+            "wbcs": len(seg.objects), "backend": getattr(loaded[0], "backend", "torch"),
             "seconds": float(np.median(times)),
             "images_per_s": 1 / float(np.median(times)), "peak_mb": _rss_mb(),
             "after_load_mb": base}
@@ -93,11 +97,13 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--model", default="wbc")
+    ap.add_argument("--backend", default="auto", choices=("auto", "torch", "onnx"))
     ap.add_argument("--case", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.case:
         w, h, n, diameter, everywhere = args.case.split(",")
-        print(json.dumps(run_case(int(w), int(h), int(n), args.model, args.threads, diameter, everywhere == "1")))
+        print(json.dumps(run_case(int(w), int(h), int(n), args.model, args.threads, diameter, everywhere == "1",
+                                  args.backend)))
         return
     import torch
 
@@ -107,18 +113,19 @@ def main() -> None:
              (2048, 2048, 3, "given", 0), (2048, 2048, 3, "estimated", 0), (2048, 2048, 3, "estimated", 1),
              (1000, 750, 2, "given", 0), (2000, 1500, 2, "given", 0), (4000, 3000, 1, "given", 0),
              (4000, 3000, 1, "estimated", 0)]
-    print(f"torch {torch.__version__}, {args.threads} threads, model {args.model}\n")
+    print(f"torch {torch.__version__}, {args.threads} threads, model {args.model}, backend {args.backend}\n")
     print(seam_check(args.model, args.threads) + "\n")
-    print("| image | cell diameter | red-cell check (`cells`) | WBCs | seconds / image | images / s | "
+    print("| image | cell diameter | red-cell check (`cells`) | network on | WBCs | seconds / image | images / s | "
           "peak RSS (MB) | "
           "RSS after load (MB) |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for w, h, n, diameter, everywhere in cases:
         out = subprocess.run([sys.executable, __file__, "--case", f"{w},{h},{n},{diameter},{everywhere}", "--threads",
-                              str(args.threads), "--model", args.model], capture_output=True, text=True, check=True)
+                              str(args.threads), "--model", args.model, "--backend", args.backend],
+                             capture_output=True, text=True, check=True)
         r = json.loads(out.stdout.strip().splitlines()[-1])
         check = "yes" if r["red_cell_check"] else "no"
-        print(f"| {r['size']} | {r['diameter']} | {check} | {r['wbcs']} | {r['seconds']:.3f} | "
+        print(f"| {r['size']} | {r['diameter']} | {check} | {r['backend']} | {r['wbcs']} | {r['seconds']:.3f} | "
               f"{r['images_per_s']:.1f} | "
               f"{r['peak_mb']:.0f} | {r['after_load_mb']:.0f} |", flush=True)
 
