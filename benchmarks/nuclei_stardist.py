@@ -5,6 +5,10 @@ StarDist's network alone (its default 2D configuration, random weights: only the
 size estimated), StarDist's network given the smear's grey.
 
     python benchmarks/nuclei_stardist.py [--task wbc] [--threads 2] [--repeats 3] [--stardist-python PY]
+                                         [--backend auto]
+
+``--backend``: where hemaseg's network runs (default ``auto``, what ``hemaseg segment`` and
+``hemaseg.segment`` do: ONNX Runtime for a bundled model whose card allows it).
 
 StarDist needs TensorFlow, which hemaseg does not depend on: install it in a separate
 environment (``python -m venv sd && sd/bin/pip install tensorflow-cpu stardist``) and pass
@@ -80,11 +84,12 @@ def test_image(data: Path, split: Path) -> tuple[np.ndarray, str]:
     return np.repeat(img[..., None], 3, -1), f"synthetic {SIZE}x{SIZE} (no ../shared/data)"
 
 
-def time_hemaseg(image: np.ndarray, model: str, repeats: int) -> tuple[float, int]:
+def time_hemaseg(image: np.ndarray, model: str, repeats: int, backend: str = "auto", threads: int = 0
+                 ) -> tuple[float, int, str]:
     import hemaseg
-    from hemaseg.engine.predict import get_model
+    from hemaseg.engine.runtime import load_runner
 
-    loaded = get_model(model)
+    loaded = load_runner(model, "cpu", backend, threads)
     hemaseg.segment(np.ascontiguousarray(image[:64, :64]), loaded)  # warm-up
     times, count = [], 0
     for _ in range(repeats):
@@ -92,7 +97,7 @@ def time_hemaseg(image: np.ndarray, model: str, repeats: int) -> tuple[float, in
         seg = hemaseg.segment(image, loaded)
         times.append(time.perf_counter() - t0)
         count = seg.count
-    return float(np.median(times)), count
+    return float(np.median(times)), count, getattr(loaded[0], "backend", "torch")
 
 
 def time_stardist(python: str, image: np.ndarray, threads: int, repeats: int) -> dict | None:
@@ -114,6 +119,7 @@ def main() -> None:
     ap.add_argument("--model", help="default: the task's bundled model")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--backend", default="auto", choices=("auto", "torch", "onnx"))
     ap.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data")
     ap.add_argument("--split", type=Path, default=HERE / "splits" / "dsb2018-modality.json")
     ap.add_argument("--stardist-python", default=sys.executable,
@@ -136,12 +142,12 @@ def main() -> None:
     else:
         image, source = test_image(args.data, args.split)
         what, grey = "nuclei", image
-    ours, count = time_hemaseg(image, model, args.repeats)
+    ours, count, runtime = time_hemaseg(image, model, args.repeats, args.backend, args.threads)
     theirs = time_stardist(args.stardist_python, grey, args.threads, args.repeats)
     title = {"nuclei": "Nuclei", "wbc": "WBCs"}[args.task]
     lines = [f"### {title}, {source}, {args.threads} threads, median of {args.repeats}\n",
              f"| what | seconds | {what} |", "| --- | --- | --- |",
-             f"| hemaseg `{model}`: whole pipeline, size estimated | {ours:.2f} | {count} |"]
+             f"| hemaseg `{model}`: whole pipeline, size estimated, network on {runtime} | {ours:.2f} | {count} |"]
     if theirs:
         lines.append(f"| StarDist {theirs['version']} (TensorFlow {theirs['tensorflow']}): network alone, "
                      f"default 2D config, random weights | {theirs['seconds']:.2f} | |")
