@@ -209,3 +209,22 @@ def test_each_cell_loses_its_arms_but_not_its_nucleus_nor_the_image_edge():
     assert (c[5:25, 5:25] == 2).all()  # the nucleus is never cut
     assert i[50, 105] == 2 and (c == 2).sum() == 400 + 16  # the other cell keeps its label
     assert c[0, 0] == 1 and classes[19, 60] == 1  # the input is not modified
+
+
+def test_a_cell_cut_through_its_nucleus_is_joined_and_two_pressed_cells_are_not():
+    from hemaseg.tasks.wbc import join_cut_nuclei, postprocess_classes
+
+    # A long neutrophil with a thin rim of cytoplasm: the split of touching cells cuts it in two.
+    classes = np.zeros((80, 200), np.uint8)
+    classes[20:60, 20:180] = 1
+    classes[26:54, 26:174] = 2
+    # Two round cells pressed together, cytoplasm between their nuclei.
+    pair = _discs([(40, 40), (40, 76)], 20, (80, 200))
+    classes2 = np.where(pair, 1, 0).astype(np.uint8)
+    classes2[_discs([(40, 40), (40, 76)], 10, (80, 200))] = 2
+    for c, joined_to in ((classes, 1), (classes2, 2)):
+        c, inst = postprocess_classes(c, diameter=60)
+        assert inst.max() >= 2  # cut (the long cell into several pieces)
+        joined = join_cut_nuclei(c, inst, 0.1 * 60)
+        assert len(np.unique(joined[joined > 0])) == joined_to
+        assert ((joined > 0) == (inst > 0)).all()  # no pixel gained or lost

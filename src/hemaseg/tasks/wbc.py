@@ -124,6 +124,12 @@ class WbcParams:
         (0.06, 0.08, 0.1, 0.15, 0.2 tried): leak Raabin / PBC / BCDD / BCCD 3.1 / 2.5 / 1.0 / 0.4 %
         -> 2.5 / 2.0 / 0.9 / 0.3 %, WBC box IoU PBC 0.899 -> 0.909, Raabin 0.830 -> 0.849, no WBC
         lost; larger radii leaked less but lost WBCs and box IoU on BCDD and BCCD.
+    nucleus_contact : after the red-cell rules, cells whose nuclei touch along at least this
+        fraction of the diameter are one cell (:func:`join_cut_nuclei`: a bent neutrophil whose pale
+        cytoplasm was not seen, cut in two through its nucleus by the split of touching cells);
+        0: never joined. TXL-PBC validation fields (0.05, 0.1, 0.2 gave the same): BCDD WBC recall
+        0.875 -> 0.938, count exact 81 -> 88 %, leak 0.9 -> 0.8 %; Raabin count exact 93 -> 96 %,
+        leak 2.6 -> 2.5 %; PBC, BCCD and wbc-seg's validation Dice unchanged.
 
     Examples
     --------
@@ -152,6 +158,7 @@ class WbcParams:
     found_agree: float = 0.8
     found_solidity: float = 0.9
     cell_open: float = 0.06
+    nucleus_contact: float = 0.1
 
 
 DEFAULTS = WbcParams()
@@ -198,6 +205,45 @@ def open_cells(classes: np.ndarray, radius: float) -> np.ndarray:
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
     cell = cv2.morphologyEx((classes > 0).astype(np.uint8), cv2.MORPH_OPEN, kernel)
     return np.where(cell > 0, classes, 0).astype(np.uint8)
+
+
+def join_cut_nuclei(classes: np.ndarray, instances: np.ndarray, min_contact: float) -> np.ndarray:
+    """Join cells whose nuclei touch along at least ``min_contact`` px of the line between them:
+    (H, W) instances, each group of joined cells under its smallest label (not renumbered).
+
+    The split of touching cells (:func:`~hemaseg.core.labels.split_instances`) follows the
+    outline's shape; a long, bent neutrophil whose pale cytoplasm was not seen looks like two
+    cells to it and is cut through its nucleus. A nucleus is one cell's: two cells whose nuclei
+    meet along a line are one. Two WBCs pressed together keep cytoplasm between their nuclei.
+
+    >>> c = np.zeros((10, 30), np.uint8); c[1:9, 1:29] = 1; c[3:7, 4:26] = 2
+    >>> inst = np.zeros((10, 30), np.int32); inst[1:9, 1:15] = 1; inst[1:9, 15:29] = 2
+    >>> np.unique(join_cut_nuclei(c, inst, 3)).tolist(), np.unique(join_cut_nuclei(c, inst, 5)).tolist()
+    ([0, 1], [0, 1, 2])
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    n = int(instances.max())
+    if n < 2:
+        return instances
+    nuc = np.where(classes == 2, instances, 0)
+    keys = []
+    for a, b in ((nuc[:, :-1], nuc[:, 1:]), (nuc[:-1], nuc[1:])):
+        meet = (a != b) & (a > 0) & (b > 0)
+        lo, hi = np.minimum(a[meet], b[meet]), np.maximum(a[meet], b[meet])
+        keys.append(lo.astype(np.int64) * (n + 1) + hi)
+    keys, counts = np.unique(np.concatenate(keys), return_counts=True)
+    join = keys[counts >= max(min_contact, 1)]
+    if not len(join):
+        return instances
+    graph = coo_matrix((np.ones(len(join)), (join // (n + 1), join % (n + 1))), shape=(n + 1, n + 1))
+    _, comp = connected_components(graph, directed=False)
+    smallest = np.full(comp.max() + 1, n + 1, np.int64)
+    np.minimum.at(smallest, comp, np.arange(n + 1))
+    lut = smallest[comp].astype(instances.dtype)
+    lut[0] = 0
+    return lut[instances]
 
 
 def keep_nucleated(classes: np.ndarray, instances: np.ndarray, min_fraction: float = 0.1,
@@ -987,6 +1033,10 @@ def _segment_wbc(image: np.ndarray, module: torch.nn.Module, card: dict, cell_di
     if found is not None and p.found_margin >= 0:
         classes, instances = clip_to_found(classes, instances, found, p.found_margin * diameter,
                                            p.found_agree, p.found_solidity)
+    if p.nucleus_contact > 0:
+        joined = join_cut_nuclei(classes, instances, p.nucleus_contact * diameter)
+        if joined is not instances:
+            instances = relabel(joined, np.bincount(joined.ravel()) > 0)
     classes, instances = open_each_cell(classes, instances, p.cell_open)
     objects = wbc_objects(classes, instances, probs)
     return Segmentation(classes, instances, probs, diameter, factor, objects)
@@ -1056,6 +1106,8 @@ def _segment_blocks(module: torch.nn.Module, card: dict, image: np.ndarray, pran
         # The rules trim cytoplasm and drop whole cells; a kept cell keeps its label (not relabelled here).
         cls_b, inst_b = red_colour_rules(crop, cls_b, inst_b, diameter, p, relabel_cells=False,
                                          found_red_cells=asks_red_cells(image.shape, p))
+        if p.nucleus_contact > 0:  # a joined cell keeps its smallest label (kept if that label is)
+            inst_b = join_cut_nuclei(cls_b, inst_b, p.nucleus_contact * diameter)
         cls_b, inst_b = open_each_cell(cls_b, inst_b, p.cell_open)
         present = np.bincount(inst_b.ravel())
         keep = [label for label in keep if label < len(present) and present[label]]
