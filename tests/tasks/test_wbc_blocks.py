@@ -112,3 +112,31 @@ def test_the_diameter_of_a_large_image_is_estimated_at_full_resolution(monkeypat
     assert len(seen) == 1 and np.array_equal(seen[0], image[88:216, 88:216])
     assert seg.cell_diameter == pytest.approx(2 * RADIUS, rel=0.15)
     assert seg.count == len(CENTRES) + 1
+
+
+@pytest.mark.parametrize("centre_cell", [True, False])
+def test_the_first_pass_sees_the_centre_of_a_large_image_first(monkeypatch, centre_cell):
+    """The scale search's first pass runs on the central FIRST_PASS_SIZE-px square of a larger image
+    (a quarter of a 2048x2048 one) and on the whole image only when that square shows no cell (here
+    a lone red cell); the estimate and the cells are those of the size given either way."""
+    import hemaseg.tasks.wbc as W
+
+    image = smear(CENTRES + ([STRADDLING] if centre_cell else []))
+    if not centre_cell:  # a red cell, no WBC, in the central square
+        yy, xx = np.mgrid[:SIZE, :SIZE]
+        image[np.hypot(yy - 152, xx - 152) < 9] = (215, 140, 150)
+    seen, measure = [], W._measure_small
+
+    def spy(module, card, im, *args, **kwargs):
+        seen.append(im.shape[:2])
+        return measure(module, card, im, *args, **kwargs)
+
+    monkeypatch.setattr(W, "_measure_small", spy)
+    monkeypatch.setattr(W, "FIRST_PASS_SIZE", 128)
+    p = WbcParams(size_model="none", red_cells="none")
+    seg = segment_wbc(image, (ThresholdNet(), CARD), params=p)
+    assert seen[0] == (128, 128)
+    assert seen[1:] == ([] if centre_cell else [(SIZE, SIZE)])
+    given = segment_wbc(image, (ThresholdNet(), CARD), cell_diameter=28.0, params=p)
+    assert seg.cell_diameter == pytest.approx(2 * RADIUS, rel=0.15)
+    assert seg.count == given.count == len(CENTRES) + centre_cell

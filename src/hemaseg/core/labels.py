@@ -71,9 +71,8 @@ def remove_small(mask: np.ndarray, max_size: int, holes: bool = False) -> np.nda
     return (mask | drop) if holes else (mask & ~drop)
 
 
-def nearest_label(labels: np.ndarray, where: np.ndarray | None = None) -> np.ndarray:
-    """Every pixel takes the label of its nearest labelled (> 0) pixel: (H, W) int32 (with a bool
-    ``where``, only the pixels it marks: (N,) int32, in their row-major order).
+def nearest_label(labels: np.ndarray) -> np.ndarray:
+    """Every pixel takes the label of its nearest labelled (> 0) pixel: (H, W) int32.
 
     Used to give mask pixels a low-resolution labelling missed (thin rims) to their cell.
     OpenCV's 5x5 chamfer transform decides "nearest" (exact up to ties between two labels,
@@ -86,13 +85,13 @@ def nearest_label(labels: np.ndarray, where: np.ndarray | None = None) -> np.nda
     labels = labels.astype(np.int32, copy=False)
     labelled = labels > 0
     if not labelled.any():
-        return np.zeros(labels.shape if where is None else int(where.sum()), np.int32)
+        return np.zeros(labels.shape, np.int32)
     _, near = cv2.distanceTransformWithLabels((~labelled).view(np.uint8), cv2.DIST_L2, 5,
                                               labelType=cv2.DIST_LABEL_PIXEL)
     # near numbers the labelled pixels; each takes its own number, so a lookup maps numbers to labels.
     lut = np.zeros(int(near.max()) + 1, np.int32)
     lut[near[labelled]] = labels[labelled]
-    return lut[near] if where is None else lut[near[where]]
+    return lut[near]
 
 
 def split_instances(mask: np.ndarray, diameter: float, min_area: int | None = None) -> np.ndarray:
