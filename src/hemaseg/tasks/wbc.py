@@ -675,9 +675,9 @@ def _measure_at(module: torch.nn.Module, card: dict, image: np.ndarray, prange: 
 def _measure_small(module: torch.nn.Module, card: dict, image: np.ndarray, prange: np.ndarray, factor: float,
                    tile: int, overlap: int, p: WbcParams = DEFAULTS) -> tuple[float | None, np.ndarray]:
     """Run the model at ``factor`` and measure the nucleated cells on its output at the model's
-    scale (a quarter of the input's pixels at 0.5): (diameter px in the input, probs at the
-    model's scale). For a first pass, which seldom is the final one; :func:`_measure_at` measures at
-    the input's scale."""
+    scale (a quarter of the input's pixels at 0.5; a copy of at most :data:`MEASURE_PIXELS` when
+    larger): (diameter px in the input, probs at the model's scale). For a first pass, which
+    seldom is the final one; :func:`_measure_at` measures at the input's scale."""
     trained = float(card.get("cell_diameter") or 0)
     small = predict_scaled(module, card, image, factor, tile, overlap, prange)
     # A large output is measured on a copy of at most MEASURE_PIXELS (never under half size): an
