@@ -283,16 +283,15 @@ def limit_cytoplasm(classes: np.ndarray, instances: np.ndarray, max_reach: float
     for label, sl in enumerate(ndi.find_objects(instances), start=1):
         if sl is None:
             continue
-        y1, x1, y2, x2 = sl[0].start, sl[1].start, sl[0].stop, sl[1].stop
-        sel = instances[y1:y2, x1:x2] == label
-        nuc = sel & (classes[y1:y2, x1:x2] == 2)
+        sel = instances[sl] == label
+        nuc = sel & (classes[sl] == 2)
         if not nuc.any():
             continue
         reach = max_reach * 2.0 * np.sqrt(nuc.sum() / np.pi)
         far = sel & (cv2.distanceTransform((~nuc).view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE) > reach)
         if far.any():
-            out_c[y1:y2, x1:x2][far] = 0
-            out_i[y1:y2, x1:x2][far] = 0
+            out_c[sl][far] = 0
+            out_i[sl][far] = 0
     return out_c, out_i
 
 
@@ -683,7 +682,7 @@ def _measure_small(module: torch.nn.Module, card: dict, image: np.ndarray, prang
     # A large output is measured on a copy of at most MEASURE_PIXELS (never under half size): an
     # estimate the later passes refine needs no more, and post-processing is most of its time.
     m = float(np.clip(np.sqrt(MEASURE_PIXELS / small[0].size), 0.5, 1.0))
-    shape = (max(1, round(small.shape[1] * m)), max(1, round(small.shape[2] * m))) if m < 1 else small.shape[1:]
+    shape = (max(1, round(small.shape[1] * m)), max(1, round(small.shape[2] * m)))
     m = shape[0] / small.shape[1]
     _, instances = postprocess_classes(resize_argmax(small, shape)[0], trained * m, p)
     d = measure_diameter(instances, min_area=_min_area(trained * m, p))
@@ -712,10 +711,11 @@ def _estimate_scale(module: torch.nn.Module, card: dict, image: np.ndarray, pran
     # An image longer than FIRST_PASS_SIZE: the first pass sees its central square first (a
     # quarter of a 2048 x 2048 image), at the first factor; the whole image if it shows no cell.
     h, w = image.shape[:2]
-    y0, x0 = max(0, (h - FIRST_PASS_SIZE) // 2), max(0, (w - FIRST_PASS_SIZE) // 2)
-    centre = np.ascontiguousarray(image[y0:y0 + FIRST_PASS_SIZE, x0:x0 + FIRST_PASS_SIZE])
-    if centre.shape != image.shape and shrink == 1.0 and not featureless(centre):
-        attempts.insert(0, (centre, p.first_pass_factors[0]))
+    if shrink == 1.0 and max(h, w) > FIRST_PASS_SIZE:
+        y0, x0 = max(0, (h - FIRST_PASS_SIZE) // 2), max(0, (w - FIRST_PASS_SIZE) // 2)
+        centre = np.ascontiguousarray(image[y0:y0 + FIRST_PASS_SIZE, x0:x0 + FIRST_PASS_SIZE])
+        if not featureless(centre):
+            attempts.insert(0, (centre, p.first_pass_factors[0]))
     diameter, small, factor, view = None, None, 1.0, image
     for view, factor in attempts:
         diameter, small = _measure_small(module, card, view, prange, factor, tile, overlap, p)
