@@ -360,3 +360,47 @@ def test_detect_drops_a_wbc_lying_on_a_wbc_but_keeps_overlapping_red_cells():
     inst, owner, scores = detect(Fixed(), np.zeros((40, 60, 3), np.uint8))
     assert sorted(owner[1:].tolist()) == [1, 1, 2] and inst.max() == 3
     assert scores[owner[1:] == 2].tolist() == [pytest.approx(0.9)]  # the higher-scored WBC stays
+
+
+def test_cells_the_frame_cuts_to_slivers_or_small_pieces_are_not_counted():
+    from hemaseg.tasks.cells.infer import CellsParams, cut_by_frame
+
+    lab = np.zeros((60, 80), np.int32)
+    lab[10:40, 0:5] = 1      # a sliver on the left side: 5 px across, 30 along
+    lab[0:4, 30:50] = 2      # a sliver at the top
+    lab[45:60, 0:15] = 3     # a corner piece, as wide as high, 225 px of a 314-px red cell: kept
+    lab[20:40, 60:80] = 4    # a whole cell touching the right side: kept
+    lab[20:40, 25:45] = 5    # inside: kept
+    lab[54:60, 40:46] = 6    # a 36-px square at the bottom: a small piece of a red cell
+    lab[0:4, 0:4] = 7        # ... but a 16-px platelet (of 38 px whole) in the corner: kept
+    owner = np.array([0, 1, 1, 1, 1, 1, 1, 3])
+    p = CellsParams(frame_sliver=0.4, frame_piece=0.3)
+    assert cut_by_frame(lab, owner, 20.0, p).tolist() == [False, True, True, False, False, False, True, False]
+    assert cut_by_frame(lab, owner, 20.0, CellsParams(frame_sliver=0.4, frame_piece=0)).tolist()[6] is False
+    assert not cut_by_frame(lab, owner, 20.0, CellsParams(frame_sliver=0, frame_piece=0)).any()
+
+
+def test_a_red_cell_the_frame_cuts_to_a_sliver_is_no_platelet():
+    """The bundled cells model calls the sliver of a red cell at the frame a platelet (a
+    platelet-sized blob); the post-processing drops it and leaves every other cell as it was."""
+    from dataclasses import replace
+
+    from hemaseg.tasks.cells.infer import CellsParams, segment_cells
+
+    rng = np.random.default_rng(0)
+    img = np.full((200, 240, 3), (235, 225, 225), np.uint8)
+    for cx, cy in [(80, 60), (140, 70), (90, 140), (170, 150), (-17, 100)]:  # the last shows 7 px of 48
+        cv2.circle(img, (cx, cy), 24, (205, 130, 140), -1)
+        cv2.circle(img, (cx, cy), 9, (220, 170, 175), -1)
+    img = np.clip(img + rng.normal(0, 2, img.shape), 0, 255).astype(np.uint8)
+
+    def boxes(v):
+        seg = segment_cells(img, "cells", params=replace(CellsParams(), frame_sliver=v))
+        return [(o["category"], tuple(o["bounding_box"].values())) for o in seg.objects]
+
+    every, kept = boxes(0.0), boxes(CellsParams().frame_sliver)
+    dropped = [b for b in every if b not in kept]
+    assert all(b in every for b in kept) and len(kept) + len(dropped) == len(every)
+    # the left sliver was a "platelet"; whatever else went touched the frame too
+    assert [c for c, (x1, y1, x2, y2) in dropped if x1 == 0 and x2 - x1 < 0.4 * (y2 - y1)] == ["platelet"]
+    assert all(x1 == 0 or y1 == 0 or x2 >= 239 or y2 >= 199 for _, (x1, y1, x2, y2) in dropped)
