@@ -32,6 +32,7 @@ from hemaseg.tasks.cells.infer import segment_cells
 
 HERE = Path(__file__).resolve().parent
 OUT: list[str] = []
+NOTES: list[str] = []  # said under the table
 CATS = {"RBC": "rbc", "WBC": "wbc", "Platelets": "platelet"}
 
 
@@ -42,18 +43,23 @@ def emit(line: str = "") -> None:
 
 def seen_in_training(card: dict) -> set[str]:
     """Stems of the BCCD photos a model trained or chose its checkpoint on through another dataset
-    (TXL-PBC's copies, by sources.csv's original_name), from the run's split.json."""
+    (TXL-PBC's copies, by sources.csv's original_name), from the run's split.json; when that file
+    is not on this machine, every field of the dataset's own ``train`` and ``val`` folders (the
+    fields a cells run may draw; its ``test`` fields are never used)."""
     split_file = Path(card.get("training", {}).get("split", ""))
-    if not split_file.is_file():
-        return set()
-    split = json.loads(split_file.read_text())
-    seen = {Path(p).name for p in split.get("train", []) + split.get("val", [])}
+    split = json.loads(split_file.read_text()) if split_file.is_file() else None
     out = set()
-    for d in card["training"].get("data", []):
+    for d in card.get("training", {}).get("data", []):
         f = Path(d) / "sources.csv"
-        if f.is_file():
-            with open(f, newline="") as fh:
-                out |= {Path(r["original_name"]).stem for r in csv.DictReader(fh) if r["image"] in seen}
+        if not f.is_file():
+            continue
+        if split is not None:
+            seen = {Path(p).name for p in split.get("train", []) + split.get("val", [])}
+        else:
+            seen = {p.name for part in ("train", "val") for p in (Path(d) / "images" / part).glob("*")}
+            NOTES.append(f"{split_file} not found: every photo of {d}'s train and val folders counted as seen.")
+        with open(f, newline="") as fh:
+            out |= {Path(r["original_name"]).stem for r in csv.DictReader(fh) if r["image"] in seen}
     return out
 
 
@@ -138,6 +144,8 @@ def main() -> None:
     for m, r in wrongs.items():
         emit(f"`{m}`: boxes vs found: " + ", ".join(f"{c} {t} boxed / {p} found" for c, (t, p) in r["counts"].items())
              + f"; WBC miscounts: {', '.join(r['wrong']) or 'none'}\n")
+    for note in NOTES:
+        emit(note)
     write_result("cells", OUT)
 
 
