@@ -187,6 +187,14 @@ def cut_by_frame(instances: np.ndarray, owner: np.ndarray, diameter: float, p: C
     return out
 
 
+def drop_cut_by_frame(instances: np.ndarray, owner: np.ndarray, diameter: float, p: CellsParams = DEFAULTS) -> None:
+    """Set to 0, in place, the cells of ``instances`` that :func:`cut_by_frame` marks (no copy of
+    the label map: a bool index of it only when a cell goes)."""
+    drop = cut_by_frame(instances, owner, diameter, p)
+    if drop.any():
+        instances[drop[instances]] = 0
+
+
 def merge_unparted(labels: np.ndarray, edge: np.ndarray, mergeable: np.ndarray, threshold: float = 0.5) -> np.ndarray:
     """Merge touching instances that are both ``mergeable`` (a bool per label) where the mean
     ``edge`` probability along their contact is below ``threshold``.
@@ -297,7 +305,7 @@ def segment_cells(image: np.ndarray, model="cells", cell_diameter: float | None 
     h, w = image.shape[:2]
     instances = small if small.shape == (h, w) else cv2.resize(small, (w, h), interpolation=cv2.INTER_NEAREST)
     probs = resize_probs(probs, (h, w))
-    instances = np.where(cut_by_frame(instances, owner, diameter, p)[instances], 0, instances)
+    drop_cut_by_frame(instances, owner, diameter, p)
     labels, owner, ids = visible(instances, owner)
     return _result(labels, owner, scores[ids - 1], probs, diameter, factor, card.get("box_scale"))
 
@@ -411,7 +419,7 @@ def _segment_detector(image: np.ndarray, module, card: dict, cell_diameter: floa
     # Slivers the frame cuts go; instances hidden by higher-scoring ones or lost in resizing are
     # dropped and the rest renumbered.
     diameter = float(cell_diameter or trained / factor)
-    inst = np.where(cut_by_frame(inst, owner, diameter, p)[inst], 0, inst)
+    drop_cut_by_frame(inst, owner, diameter, p)
     labels, owner, ids = visible(inst, owner)
     return _result(labels, owner, scores[ids - 1], None, diameter, factor, card.get("box_scale"))
 
