@@ -79,6 +79,16 @@ class CellsParams:
 DEFAULTS = CellsParams()
 
 
+def whole_areas(rbc_d: float, p: CellsParams = DEFAULTS) -> np.ndarray:
+    """(1 + categories,) float: the area (px) of a whole cell of each category, a disc of its
+    ``relative_size`` x ``rbc_d`` (index 0, background, is 0).
+
+    >>> whole_areas(20.0).round(1).tolist()
+    [0.0, 314.2, 804.2, 38.5]
+    """
+    return np.array([0.0] + [np.pi * (p.relative_size[c] * rbc_d / 2) ** 2 for c in CATEGORIES])
+
+
 def cell_instances(probs: np.ndarray, rbc_d: float, p: CellsParams = DEFAULTS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Instances from (6, H, W) probabilities of background / rbc / wbc / platelet interiors /
     cell edge / cell core, for red cells of ``rbc_d`` px: (H, W) int32 labels 1..N, (N + 1,) int
@@ -106,8 +116,7 @@ def cell_instances(probs: np.ndarray, rbc_d: float, p: CellsParams = DEFAULTS) -
     fg = probs[0] < 0.5
     centre = cv2.GaussianBlur(probs[CENTRE], (0, 0), 1.0)
     core = (centre > 0.5) & fg
-    typical = np.array([0.0] + [p.min_area_fraction * np.pi * (p.relative_size[c] * rbc_d / 2) ** 2
-                                for c in CATEGORIES])
+    typical = p.min_area_fraction * whole_areas(rbc_d, p)
     n_core, markers = cv2.connectedComponents(core.astype(np.uint8), connectivity=4)
     # A cell whose core was missed (small platelets most often, lying on a red cell) still shows
     # as a blob of its category's interior: such a blob without a core, if big enough, seeds itself.
@@ -170,7 +179,7 @@ def cut_by_frame(instances: np.ndarray, owner: np.ndarray, diameter: float, p: C
     if p.frame_sliver <= 0 and p.frame_piece <= 0:
         return out
     h, w = instances.shape
-    area = np.bincount(instances.ravel(), minlength=n)
+    whole = whole_areas(diameter, p)
     for k, sl in enumerate(ndi.find_objects(instances), 1):
         if sl is None:
             continue
@@ -182,8 +191,7 @@ def cut_by_frame(instances: np.ndarray, owner: np.ndarray, diameter: float, p: C
             across.append((y1 - y0) / (x1 - x0))
         if not across:
             continue
-        whole = np.pi / 4 * (p.relative_size.get(CATEGORIES[owner[k] - 1], 1.0) * diameter) ** 2
-        out[k] = min(across) < p.frame_sliver or area[k] < p.frame_piece * whole
+        out[k] = min(across) < p.frame_sliver or np.count_nonzero(instances[sl] == k) < p.frame_piece * whole[owner[k]]
     return out
 
 
