@@ -414,9 +414,10 @@ def train(
     paste_red_cells: Optional[float] = typer.Option(None, help="wbc: share of the pixel-annotated training images "
                                                     "that get real red cells (cut from boxed fields among --data, "
                                                     "e.g. TXL-PBC) pressed against their WBCs (default 0: off)"),
-    split: Optional[Path] = typer.Option(None, help="wbc, nuclei: a split JSON (a run's split.json or one of "
-                                         "benchmarks/splits) whose 'train' and 'val' lists decide the split by "
-                                         "image file name (default: a seeded split, written to the run)"),
+    split: Optional[Path] = typer.Option(None, help="wbc, nuclei, wbc-type: a split JSON (a run's split.json or one "
+                                         "of benchmarks/splits) whose 'train' and 'val' lists decide the split "
+                                         "(wbc, nuclei: by image file name; wbc-type: [crop, type] pairs) "
+                                         "(default: a seeded split, written to the run)"),
     modality_transfer: Optional[float] = typer.Option(None, help="nuclei: share of the fluorescence training images "
                                                       "redrawn as brightfield or H&E (default 0: off)"),
     modalities: Optional[List[str]] = typer.Option(None, help="nuclei: train on these modalities only "

@@ -1,6 +1,7 @@
 """WBC typing: data readers, the gradient-reversal layer, Grad-CAM, classify/explain/train commands."""
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -317,3 +318,27 @@ def test_train_takes_other_labs_looks_from_the_command_line(tmp_path):
     assert res.exit_code == 0, res.output
     card = json.loads((tmp_path / "run" / "model.json").read_text())
     assert card["training"]["looks"] == {"from": [str(other.resolve())], "crops": 4, "share": 0.5}
+
+
+def test_train_takes_a_split_file_whatever_the_seed_and_refuses_a_wrong_one(tmp_path):
+    data = _crops(tmp_path / "a", per_class=4)
+    items = sorted((str(p), p.parent.name.lower()) for p in data.rglob("*.jpg"))
+    split = {"seed": 0, "train": [list(i) for i in items[:-3]], "val": [list(i) for i in items[-3:]]}
+    (tmp_path / "split.json").write_text(json.dumps(split))
+    base = ["train", "wbc-type", "--data", str(data), "--backbone", TINY_BACKBONE, "--epochs", "1", "--batch-size", "4",
+            "--crop", "48", "--samples-per-epoch", "8", "--seed", "3"]
+    res = runner.invoke(app, base + ["--out", str(tmp_path / "run"), "--split", str(tmp_path / "split.json")])
+    assert res.exit_code == 0, res.output
+    written = json.loads((tmp_path / "run" / "split.json").read_text())
+    assert [p for p, _ in written["val"]] == [str(Path(p).resolve()) for p, _ in split["val"]]
+    assert len(written["train"]) == len(items) - 3
+    # a split naming a crop that is gone, or crops of other data: one line naming the file, no run folder
+    split["val"][0][0] = str(tmp_path / "a" / "gone.jpg")
+    (tmp_path / "bad.json").write_text(json.dumps(split))
+    res = runner.invoke(app, base + ["--out", str(tmp_path / "run2"), "--split", str(tmp_path / "bad.json")])
+    assert res.exit_code == 1 and "bad.json" in res.output and "do not exist" in res.output
+    assert not (tmp_path / "run2").exists()
+    other = _crops(tmp_path / "b", per_class=2, seed=5)
+    res = runner.invoke(app, ["train", "wbc-type", "--data", str(other), "--out", str(tmp_path / "run3"),
+                              "--split", str(tmp_path / "split.json")])
+    assert res.exit_code == 1 and "outside --data" in res.output and not (tmp_path / "run3").exists()

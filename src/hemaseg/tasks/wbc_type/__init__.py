@@ -15,7 +15,7 @@ from hemaseg.errors import HemasegUsageError
 from hemaseg.io.images import list_images
 from hemaseg.tasks.registry import register_task
 from hemaseg.tasks.wbc_type.crops import CLASSES
-from hemaseg.tasks.wbc_type.train import ClassifyConfig, fit_classifier
+from hemaseg.tasks.wbc_type.train import ClassifyConfig, fit_classifier, given_split
 
 DEPENDS = ("wbc",)
 
@@ -30,7 +30,7 @@ class WbcTypeTask(Task):
     description = "WBC type of a single-cell crop"
     depends = DEPENDS
 
-    train_options = ("target_images", "backbone", "normalise_cells", "init", "replay", "ruler", "looks")
+    train_options = ("target_images", "backbone", "normalise_cells", "init", "replay", "ruler", "looks", "split")
 
     def train_config(self, **options) -> ClassifyConfig:
         """A :class:`ClassifyConfig` from ``hemaseg train``'s options (None: the default; ``crop`` is
@@ -48,7 +48,10 @@ class WbcTypeTask(Task):
                 raise HemasegUsageError("--looks", f"{d}: no images to take looks from")
         if "ruler" in given:
             given["extras"] = given.pop("ruler")
-        return ClassifyConfig(**given)
+        cfg = ClassifyConfig(**given)
+        if cfg.split:  # checked before the run folder is made
+            given_split(cfg)
+        return cfg
 
     def fit(self, cfg, run: str | Path, resume: bool = False, progress: bool = True,
             max_epochs_this_call: int | None = None) -> dict:

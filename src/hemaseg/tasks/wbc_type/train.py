@@ -90,6 +90,10 @@ class ClassifyConfig:
     # draws are redrawn in the look (colours around the cell) of one of them (:func:`transfer_look`)
     looks: list[str] = field(default_factory=list)
     looks_share: float = 0.5
+    # a split JSON (a run's split.json or one of benchmarks/splits: "train" and "val" lists of
+    # [crop path, class]) used as it is; empty: each labelled set split on its own, seeded by ``seed``.
+    # Another seed with the same split changes only the initialisation and the draws.
+    split: str = ""
 
 
 def split_labelled(items: list[tuple[Path, str]], val_fraction: float, seed: int):
@@ -279,12 +283,43 @@ def _under(path: Path, root: str) -> bool:
         return False
 
 
+def given_split(cfg: ClassifyConfig) -> tuple[list, list]:
+    """``cfg.split``'s (train, val) lists of (crop path, type): paths relative to the working folder, as in
+    benchmarks/splits. :class:`HemasegInputError` naming the file unless it lists existing crops of known
+    types under ``cfg.data`` / ``cfg.replay``."""
+    try:
+        d = json.loads(Path(cfg.split).read_text())
+        train, val = ([(Path(p).resolve(), str(c)) for p, c in d[part]] for part in ("train", "val"))
+    except (OSError, KeyError, TypeError, ValueError):
+        raise HemasegInputError(cfg.split, "not a wbc-type split: a JSON file with 'train' and 'val' lists of "
+                                           "[crop, type]") from None
+    roots = [Path(r).resolve() for r in [*cfg.data, *cfg.replay]]
+    outside = [p for p, _ in train + val if not any(r == p or r in p.parents for r in roots)]
+    if outside:
+        raise HemasegInputError(cfg.split, f"lists {len(outside)} crops outside --data (first: {outside[0]}): "
+                                           "the split belongs to other data")
+    missing = [p for p, _ in train + val if not p.exists()]
+    if missing:
+        raise HemasegInputError(cfg.split, f"lists {len(missing)} crops that do not exist (first: {missing[0]})")
+    unknown = sorted({c for _, c in train + val} - set(ALL_CLASSES))
+    if unknown:
+        raise HemasegInputError(cfg.split, f"unknown cell types {unknown}; known: {list(ALL_CLASSES)}")
+    return train, val
+
+
 def load_split(cfg: ClassifyConfig, run: Path) -> tuple[list, list]:
-    """The run's split (written on first use): every labelled set split on its own, seeded and stratified."""
+    """The run's split (written on first use): ``cfg.split``'s lists, else every labelled set split on its
+    own, seeded and stratified. A given split must name existing crops of known types
+    (:class:`HemasegInputError` naming the file)."""
     path = run / "split.json"
     if path.exists():
         d = json.loads(path.read_text())
         return [(Path(p), c) for p, c in d["train"]], [(Path(p), c) for p, c in d["val"]]
+    if cfg.split:
+        train, val = given_split(cfg)
+        write_json(path, {"from": str(cfg.split), "train": [[str(p), c] for p, c in train],
+                          "val": [[str(p), c] for p, c in val]})
+        return train, val
     train, val = [], []
     for root in [*cfg.data, *cfg.replay]:
         items = find_labelled_cells(root)
