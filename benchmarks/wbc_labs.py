@@ -3,7 +3,7 @@ BCDD; every cell boxed), how much predicted cytoplasm leaks into red cells, how 
 recovered and whether the WBC count is exact; plus the Dice on wbc-seg's validation split.
 The worst source comes first.
 
-    python benchmarks/wbc_labs.py [--models wbc runs/wbc-weak] [--split test] [--method hsv]
+    python benchmarks/wbc_labs.py [--models wbc runs/wbc-weak] [--split test] [--method hsv] [--fields-out F.json]
 
 - leak: the fraction of predicted cytoplasm pixels inside a red-cell box and outside every WBC box
   (pooled over the source's fields; the WBC's own box is never counted);
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import time
 from pathlib import Path
 
@@ -74,7 +75,8 @@ def field_scores(seg, boxes: list[dict], shape: tuple[int, int]) -> dict:
             "best_iou": [max((box_iou(t, p) for p in pred), default=0.0) for t in truth]}
 
 
-def run(model: str | None, method: str | None, pairs: list, sources: dict[str, str]) -> dict[str, dict]:
+def run(model: str | None, method: str | None, pairs: list, sources: dict[str, str],
+        fields: list | None = None) -> dict[str, dict]:
     import hemaseg
     from hemaseg.core.vocabulary import category_of
     from hemaseg.engine.predict import get_model
@@ -94,6 +96,9 @@ def run(model: str | None, method: str | None, pairs: list, sources: dict[str, s
         row = field_scores(seg, boxes, image.shape[:2])
         row["seconds"] = time.perf_counter() - t0
         per.setdefault(sources.get(image_path.name, "?"), []).append(row)
+        if fields is not None:  # per-field rows, worst leak first in --fields-out
+            fields.append({"image": image_path.name, "source": sources.get(image_path.name, "?"),
+                           "model": model or method, **{k: row[k] for k in ("leak", "cyto", "n_true", "n_pred")}})
     out = {}
     for src, rows in per.items():
         n_true = sum(r["n_true"] for r in rows)
@@ -120,6 +125,8 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data")
     ap.add_argument("--split", default="test", help="TXL-PBC split folder: test, val or train")
     ap.add_argument("--limit", type=int, default=0, help="at most this many fields per source (0: all)")
+    ap.add_argument("--fields-out", type=Path, default=None,
+                    help="also write every field's leak, cytoplasm and counts to this JSON, worst leak first")
     args = ap.parse_args()
     from hemaseg.io.annotations import find_yolo
 
@@ -137,9 +144,10 @@ def main() -> None:
              "| WBC box IoU | count exact | s / field |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     runs = [(m, None) for m in args.models] + [(None, m) for m in args.method]
     dice = []
+    fields: list | None = [] if args.fields_out else None
     for model, method in runs:
         name = f"`{model}`" if model else f"classical `{method}`"
-        res = run(model, method, pairs, sources)
+        res = run(model, method, pairs, sources, fields)
         for src, r in sorted(res.items(), key=lambda kv: -kv[1]["leak"]):
             lines.append(f"| {name} | {src} | {r['fields']} | {r['wbc_boxes']} | {r['leak'] * 100:.1f} % | "
                          f"{r['recall']:.3f} | {r['box_iou']:.3f} | {r['count_exact'] * 100:.0f} % | "
@@ -150,6 +158,8 @@ def main() -> None:
     lines += [f"| {n} | {c:.4f} | {nu:.4f} |" for n, c, nu in dice]
     print("\n".join(lines))
     write_result("wbc_labs", lines)
+    if args.fields_out:
+        args.fields_out.write_text(json.dumps(sorted(fields, key=lambda r: -r["leak"]), indent=0))
 
 
 if __name__ == "__main__":
