@@ -293,18 +293,22 @@ def given_split(cfg: ClassifyConfig) -> tuple[list, list]:
     except (OSError, KeyError, TypeError, ValueError):
         raise HemasegInputError(cfg.split, "not a wbc-type split: a JSON file with 'train' and 'val' lists of "
                                            "[crop, type]") from None
-    roots = [Path(r).resolve() for r in [*cfg.data, *cfg.replay]]
-    outside = [p for p, _ in train + val if not any(r == p or r in p.parents for r in roots)]
+    outside = [p for p, _ in train + val if not any(_under(p, r) for r in [*cfg.data, *cfg.replay])]
     if outside:
         raise HemasegInputError(cfg.split, f"lists {len(outside)} crops outside --data (first: {outside[0]}): "
                                            "the split belongs to other data")
     missing = [p for p, _ in train + val if not p.exists()]
     if missing:
         raise HemasegInputError(cfg.split, f"lists {len(missing)} crops that do not exist (first: {missing[0]})")
-    unknown = sorted({c for _, c in train + val} - set(ALL_CLASSES))
-    if unknown:
-        raise HemasegInputError(cfg.split, f"unknown cell types {unknown}; known: {list(ALL_CLASSES)}")
+    check_types(cfg.split, train + val)
     return train, val
+
+
+def check_types(where: str, items: list[tuple[Path, str]]) -> None:
+    """:class:`HemasegInputError` naming ``where`` when a (path, type) item's type is not a known cell type."""
+    unknown = sorted({c for _, c in items} - set(ALL_CLASSES))
+    if unknown:
+        raise HemasegInputError(where, f"unknown cell types {unknown}; known: {list(ALL_CLASSES)}")
 
 
 def load_split(cfg: ClassifyConfig, run: Path) -> tuple[list, list]:
@@ -325,9 +329,7 @@ def load_split(cfg: ClassifyConfig, run: Path) -> tuple[list, list]:
         items = find_labelled_cells(root)
         if not items:
             raise HemasegInputError(root, "no labelled cell images (ImageFolder tree or wbc-seg class CSV)")
-        unknown = sorted({c for _, c in items} - set(ALL_CLASSES))
-        if unknown:
-            raise HemasegInputError(root, f"unknown cell types {unknown}; known: {list(ALL_CLASSES)}")
+        check_types(root, items)
         tr, va = split_labelled(items, cfg.val_fraction, cfg.seed)
         train += tr
         val += va
