@@ -320,20 +320,18 @@ def load_split(cfg: ClassifyConfig, run: Path) -> tuple[list, list]:
         d = json.loads(path.read_text())
         return [(Path(p), c) for p, c in d["train"]], [(Path(p), c) for p, c in d["val"]]
     if cfg.split:
-        train, val = given_split(cfg)
-        write_json(path, {"from": str(cfg.split), "train": [[str(p), c] for p, c in train],
-                          "val": [[str(p), c] for p, c in val]})
-        return train, val
-    train, val = [], []
-    for root in [*cfg.data, *cfg.replay]:
-        items = find_labelled_cells(root)
-        if not items:
-            raise HemasegInputError(root, "no labelled cell images (ImageFolder tree or wbc-seg class CSV)")
-        check_types(root, items)
-        tr, va = split_labelled(items, cfg.val_fraction, cfg.seed)
-        train += tr
-        val += va
-    write_json(path, {"seed": cfg.seed, "train": [[str(p), c] for p, c in train], "val": [[str(p), c] for p, c in val]})
+        (train, val), origin = given_split(cfg), {"from": str(cfg.split)}
+    else:
+        train, val, origin = [], [], {"seed": cfg.seed}
+        for root in [*cfg.data, *cfg.replay]:
+            items = find_labelled_cells(root)
+            if not items:
+                raise HemasegInputError(root, "no labelled cell images (ImageFolder tree or wbc-seg class CSV)")
+            check_types(root, items)
+            tr, va = split_labelled(items, cfg.val_fraction, cfg.seed)
+            train += tr
+            val += va
+    write_json(path, {**origin, "train": [[str(p), c] for p, c in train], "val": [[str(p), c] for p, c in val]})
     return train, val
 
 
