@@ -42,7 +42,7 @@ def accuracy5(model_path: Path, items: list, cache: Path) -> float:
     model, card = load_model(model_path)
     img, _, ext = prepare_crops([p for p, _ in items], int(card["input_size"]), True, cache, progress=False)
     probs = predict(model, img, extras=ext[:, :model.extras] if model.extras else None,
-                    temperature=float(card.get("temperature", 1.0)))
+                    temperature=float(card.get("temperature", 1.0)), colour=card["normalization"].get("colour", "rgb"))
     names, q = group_probs(probs, list(card["classes"]), 3)
     truth = np.array([names.index(c.upper()) for _, c in items])
     return float((q.argmax(1) == truth).mean())

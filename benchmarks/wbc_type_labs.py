@@ -51,7 +51,8 @@ def main() -> None:
                                         bool(card.get("cell_normalised", True)), args.cache, progress=False)
             t0 = time.perf_counter()
             probs = predict(model, img, extras=ext[:, :model.extras] if getattr(model, "extras", 0) else None,
-                            temperature=float(card.get("temperature", 1.0)))
+                            temperature=float(card.get("temperature", 1.0)),
+                            colour=card["normalization"].get("colour", "rgb"))
             speed = len(val) / (time.perf_counter() - t0)
             five = [(i, c) for i, (_, c) in enumerate(val) if c in CLASSES]
             names, q = group_probs(probs[[i for i, _ in five]], list(card["classes"]), 3)

@@ -51,7 +51,8 @@ def test_lab(run: Path, root: Path, cache: Path, zoom_n: int, seed: int = 0) -> 
     img, _, ext = prepare_crops([p for p, _ in items], int(card["input_size"]), True, cache, progress=False)
     ext = ext[:, :model.extras] if getattr(model, "extras", 0) else None
     t0 = time.perf_counter()
-    probs = predict(model, img, extras=ext, temperature=float(card.get("temperature", 1.0)))
+    colour = card["normalization"].get("colour", "rgb")
+    probs = predict(model, img, extras=ext, temperature=float(card.get("temperature", 1.0)), colour=colour)
     seconds = time.perf_counter() - t0
     names, q = group_probs(probs, list(card["classes"]), 3)
     five = [n.lower() for n in names]
@@ -68,7 +69,8 @@ def test_lab(run: Path, root: Path, cache: Path, zoom_n: int, seed: int = 0) -> 
                              interpolation=cv2.INTER_AREA if z < 1 else cv2.INTER_LINEAR) for i in pick]
         cells = cell_crops(zoomed, int(card["input_size"]))
         e = np.stack([c.extras for c in cells])[:, :model.extras] if getattr(model, "extras", 0) else None
-        pz = predict(model, np.stack([c.image for c in cells]), extras=e, temperature=float(card.get("temperature", 1.0)))
+        pz = predict(model, np.stack([c.image for c in cells]), extras=e,
+                     temperature=float(card.get("temperature", 1.0)), colour=colour)
         _, qz = group_probs(pz, list(card["classes"]), 3)
         curve[str(z)] = float((qz.argmax(1) == truth[pick]).mean())
     res["zoom"] = curve
@@ -91,6 +93,7 @@ def main() -> None:
                          "crops are redrawn in their looks (--looks-share of the draws); the left-out lab's own "
                          "source is never among them")
     ap.add_argument("--looks-share", type=float, default=0.5)
+    ap.add_argument("--colour", default="rgb", help="the crops' colours as the classifier sees them: rgb or grey")
     ap.add_argument("--table-only", action="store_true", help="no training: the tables from the runs' lolo.json")
     args = ap.parse_args()
 
@@ -114,7 +117,8 @@ def main() -> None:
         train_labs = [k for k in LABS if k != name]
         run = args.runs / (f"without-{name}" if name != "all" else "all")
         cfg = ClassifyConfig(data=[str(args.data / LABS[k]) for k in train_labs], epochs=args.epochs,
-                             samples_per_epoch=args.samples_per_epoch, cache=str(cache), extras=not args.no_extras)
+                             samples_per_epoch=args.samples_per_epoch, cache=str(cache), extras=not args.no_extras,
+                             colour=args.colour)
         if args.looks:
             cfg.looks = [str(d) for d in sorted(args.looks.iterdir()) if d.is_dir() and d.name != LOOK_SOURCE.get(name)]
             cfg.looks_share = args.looks_share
@@ -153,7 +157,8 @@ def main() -> None:
              f"({len(json.loads((args.runs / 'all' / 'model.json').read_text())['classes'])} classes), "
              f"5-class {v.get('accuracy_5', float('nan')):.3f}, ECE {v.get('ece_calibrated')} calibrated "
              f"(uncalibrated {v.get('ece')})")
-    write_result("wbc_type_lolo" + ("_looks" if args.looks else "") + ("_noruler" if args.no_extras else ""), OUT)
+    write_result("wbc_type_lolo" + ("_looks" if args.looks else "") + ("_noruler" if args.no_extras else "")
+                 + ("_" + args.colour if args.colour != "rgb" else ""), OUT)
 
 
 if __name__ == "__main__":

@@ -399,6 +399,9 @@ def train(
     looks: Optional[List[str]] = typer.Option(None, help="wbc-type: unlabelled single-WBC crops of other labs "
                                               "(folders): half the training crops are redrawn in their colours, "
                                               "measured around the cell (repeatable)"),
+    colour: Optional[str] = typer.Option(None, help="wbc-type: the crops' colours as the classifier sees them: "
+                                         "rgb, or grey (luminance only: stain colours cannot decide a type) "
+                                         "(default rgb)"),
     held_out: Optional[str] = typer.Option(None, help="smear10: split JSON whose 'val' crops stay out of training "
                                                       "(the WBC-type classifier's: benchmarks/splits/wbc-type-3labs.json)"),
     real_fields: Optional[float] = typer.Option(None, help="smear10: share of the training draws that are real "
@@ -446,7 +449,7 @@ def train(
                           held_out=held_out, unboxed=unboxed, init=init, replay=replay, ruler=ruler,
                           looks=looks or None, leave_out=leave_out or None, paste_red_cells=paste_red_cells,
                           modality_transfer=modality_transfer, split=split, real_fields=real_fields,
-                          modalities=modalities or None)
+                          modalities=modalities or None, colour=colour)
             if out is not None and out.resolve() != resume.resolve():
                 raise HemasegUsageError("--out", "give --out RUN to start a run or --resume RUN to continue one, "
                                                  "not both")
@@ -466,7 +469,7 @@ def train(
                 target_images=str(Path(target_images).resolve()) if target_images else None, backbone=backbone,
                 normalise_cells=normalise_cells, leave_out=leave_out or None, paste_red_cells=paste_red_cells,
                 modality_transfer=modality_transfer, split=str(split.resolve()) if split else None,
-                real_fields=real_fields, modalities=modalities or None)
+                real_fields=real_fields, modalities=modalities or None, colour=colour)
             prepare_run(out, overwrite=overwrite, extra_files=spec.run_files)
             state, run = spec.fit(cfg, out), out
     except HemasegUsageError as exc:

@@ -342,3 +342,38 @@ def test_train_takes_a_split_file_whatever_the_seed_and_refuses_a_wrong_one(tmp_
     res = runner.invoke(app, ["train", "wbc-type", "--data", str(other), "--out", str(tmp_path / "run3"),
                               "--split", str(tmp_path / "split.json")])
     assert res.exit_code == 1 and "outside --data" in res.output and not (tmp_path / "run3").exists()
+
+
+def test_a_grey_typer_sees_luminance_only_in_training_and_at_prediction(tmp_path):
+    import cv2
+
+    from hemaseg.data.transforms import crop_input
+    from hemaseg.tasks.wbc_type.crops import predict_crops
+
+    rng = np.random.default_rng(1)
+    crop = rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)
+    grey = np.repeat(cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY)[..., None], 3, -1)
+    assert np.array_equal(crop_input(crop, "grey"), crop_input(grey, "rgb"))
+    assert not np.array_equal(crop_input(crop, "grey"), crop_input(crop, "rgb"))
+    with pytest.raises(ValueError, match="sepia"):
+        crop_input(crop, "sepia")
+    data = _crops(tmp_path / "a", per_class=4)
+    base = ["train", "wbc-type", "--data", str(data), "--backbone", TINY_BACKBONE, "--epochs", "1", "--batch-size", "4",
+            "--crop", "48", "--samples-per-epoch", "8", "--val-fraction", "0.25"]
+    res = runner.invoke(app, base + ["--out", str(tmp_path / "bad"), "--colour", "sepia"])
+    assert res.exit_code == 2 and "--colour" in res.output and "sepia" in res.output and not (tmp_path / "bad").exists()
+    res = runner.invoke(app, base + ["--out", str(tmp_path / "run"), "--colour", "grey"])
+    assert res.exit_code == 0, res.output
+    card = json.loads((tmp_path / "run" / "model.json").read_text())
+    assert card["normalization"]["colour"] == "grey"
+    # the card is obeyed at prediction: a crop and its grey copy get the same probabilities
+    crops = [cv2.resize(np.asarray(Image.open(p)), (48, 48)) for p in sorted(data.rglob("*.jpg"))[:3]]
+    greys = [np.repeat(cv2.cvtColor(c, cv2.COLOR_RGB2GRAY)[..., None], 3, -1) for c in crops]
+    a, b = predict_crops(crops, tmp_path / "run"), predict_crops(greys, tmp_path / "run")
+    assert np.allclose(a, b, atol=1e-6)
+    # a fine-tune keeps its start model's input
+    res = runner.invoke(app, ["train", "wbc-type", "--init", str(tmp_path / "run"), "--data", str(data), "--epochs", "1",
+                              "--batch-size", "4", "--samples-per-epoch", "8", "--val-fraction", "0.25",
+                              "--out", str(tmp_path / "tuned")])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "tuned" / "model.json").read_text())["normalization"]["colour"] == "grey"

@@ -20,7 +20,7 @@ from typing import Callable
 
 import numpy as np
 
-from hemaseg.data.transforms import normalize, percentile_range
+from hemaseg.data.transforms import crop_input, normalize, percentile_range
 from hemaseg.engine.runtime import OnnxRunner, TorchRunner, require_torch, softmax
 from hemaseg.errors import HemasegInputError, HemasegUsageError
 from hemaseg.io.images import read_image
@@ -64,7 +64,7 @@ def _check_inputs(card: dict, stride: int) -> list[tuple[np.ndarray, np.ndarray 
         rng = np.random.default_rng(0)
         crops = [image[y:y + size, x:x + size] for y, x in zip(rng.integers(0, image.shape[0] - size, 6),
                                                               rng.integers(0, image.shape[1] - size, 6))]
-        x = np.stack([normalize(c, low, high) for c in crops]).astype(np.float32)
+        x = np.stack([crop_input(c, norm.get("colour", "rgb"), low, high) for c in crops]).astype(np.float32)
         e = card["architecture"].get("kwargs", {}).get("extras", 0)
         return [(x, rng.normal(size=(len(x), e)).astype(np.float32) if e else None)]
     prange = percentile_range(image, low, high)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from hemaseg.data.transforms import CROP_COLOURS
 from hemaseg.engine.task import COMMON_TRAIN_OPTIONS, Task, check_options
 from hemaseg.errors import HemasegUsageError
 from hemaseg.io.images import list_images
@@ -30,7 +31,7 @@ class WbcTypeTask(Task):
     description = "WBC type of a single-cell crop"
     depends = DEPENDS
 
-    train_options = ("target_images", "backbone", "normalise_cells", "init", "replay", "ruler", "looks", "split")
+    train_options = ("target_images", "backbone", "normalise_cells", "init", "replay", "ruler", "looks", "split", "colour")
 
     def train_config(self, **options) -> ClassifyConfig:
         """A :class:`ClassifyConfig` from ``hemaseg train``'s options (None: the default; ``crop`` is
@@ -48,6 +49,8 @@ class WbcTypeTask(Task):
                 raise HemasegUsageError("--looks", f"{d}: no images to take looks from")
         if "ruler" in given:
             given["extras"] = given.pop("ruler")
+        if given.get("colour", "rgb") not in CROP_COLOURS:
+            raise HemasegUsageError("--colour", f"{given['colour']}: one of {', '.join(CROP_COLOURS)}")
         cfg = ClassifyConfig(**given)
         if cfg.split:  # checked before the run folder is made
             given_split(cfg)

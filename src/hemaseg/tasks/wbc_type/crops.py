@@ -11,7 +11,7 @@ import numpy as np
 
 from hemaseg.classical import central_instance, red_cell_diameter
 from hemaseg.core.vocabulary import EXTRA_TYPES, MONONUCLEAR, POLYNUCLEAR
-from hemaseg.data.transforms import normalize
+from hemaseg.data.transforms import crop_input
 from hemaseg.engine.predict import get_model, uses_backend
 from hemaseg.engine.runtime import as_runner, softmax
 from hemaseg.tasks.wbc import segment_wbc_crops
@@ -145,8 +145,8 @@ def to_tensor(images: list[np.ndarray], card: dict) -> torch.Tensor:
 def crop_batch(images: list[np.ndarray], card: dict) -> np.ndarray:
     """(S, S, 3) uint8 crops -> (N, S, S, 3) float32, normalised as the model was trained."""
     norm = card.get("normalization", {})
-    return np.stack([normalize(im, norm.get("low", 1.0), norm.get("high", 99.0)) for im in images]).astype(
-        np.float32, copy=False)
+    return np.stack([crop_input(im, norm.get("colour", "rgb"), norm.get("low", 1.0), norm.get("high", 99.0))
+                     for im in images]).astype(np.float32, copy=False)
 
 
 def group_probs(probs: np.ndarray, classes: list[str], mode: int) -> tuple[list[str], np.ndarray]:

@@ -15,7 +15,14 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from hemaseg.data.transforms import classify_transform, look_stats, normalize, replace_background, transfer_look
+from hemaseg.data.transforms import (
+    CROP_COLOURS,
+    classify_transform,
+    crop_input,
+    look_stats,
+    replace_background,
+    transfer_look,
+)
 from hemaseg.engine.plots import plot_confusion, plot_curves
 from hemaseg.engine.train import (
     _seed_all,
@@ -26,7 +33,7 @@ from hemaseg.engine.train import (
     start_or_resume,
     versions,
 )
-from hemaseg.errors import HemasegInputError
+from hemaseg.errors import HemasegInputError, HemasegUsageError
 from hemaseg.io.datasets import find_labelled_cells
 from hemaseg.io.images import list_images, read_image
 from hemaseg.io.writers import atomic_path, write_json
@@ -94,6 +101,9 @@ class ClassifyConfig:
     # [crop path, class]) used as it is; empty: each labelled set split on its own, seeded by ``seed``.
     # Another seed with the same split changes only the initialisation and the draws.
     split: str = ""
+    # the crops' colours as the network sees them (:func:`~hemaseg.data.transforms.crop_input`): "rgb", or
+    # "grey" (luminance only: a lab's stain colours cannot decide a type; docs/results.md, leave-one-lab-out)
+    colour: str = "rgb"
 
 
 def split_labelled(items: list[tuple[Path, str]], val_fraction: float, seed: int):
@@ -152,8 +162,9 @@ class CropDataset:
     """Cell crops + labels (-1 for unlabelled), augmented and normalised on access."""
 
     def __init__(self, images: np.ndarray, masks: np.ndarray, labels: np.ndarray, transform, background_p: float,
-                 extras: np.ndarray | None = None, looks: np.ndarray | None = None, looks_share: float = 0.0):
-        self.images, self.masks, self.labels = images, masks, labels
+                 extras: np.ndarray | None = None, looks: np.ndarray | None = None, looks_share: float = 0.0,
+                 colour: str = "rgb"):
+        self.images, self.masks, self.labels, self.colour = images, masks, labels, colour
         self.transform, self.background_p = transform, background_p
         self.extras = extras if extras is not None else np.zeros((len(images), N_EXTRAS), np.float32)
         # other labs' looks (M, 2, 3) and each crop's own, measured the same way (around its cell)
@@ -176,7 +187,7 @@ class CropDataset:
                 image = replace_background(image, self.masks[i], rng)
         if self.transform is not None:
             image = self.transform(image=image)["image"]
-        x = normalize(image)
+        x = crop_input(image, self.colour)
         return torch.from_numpy(x).permute(2, 0, 1).contiguous(), torch.from_numpy(self.extras[i]), int(self.labels[i])
 
 
@@ -190,8 +201,10 @@ def crop_looks(images: np.ndarray, masks: np.ndarray) -> np.ndarray:
 
 
 def predict(model: torch.nn.Module, images: np.ndarray, batch_size: int = 128, tta: bool = True,
-            extras: np.ndarray | None = None, temperature: float = 1.0, logits: bool = False) -> np.ndarray:
-    """Softmax probabilities (N, K) of uint8 crops (N, S, S, 3) with their rulers ``extras`` (N, 3);
+            extras: np.ndarray | None = None, temperature: float = 1.0, logits: bool = False,
+            colour: str = "rgb") -> np.ndarray:
+    """Softmax probabilities (N, K) of uint8 crops (N, S, S, 3) with their rulers ``extras`` (N, 3), seen
+    as the model was trained (``colour``: its card's ``normalization.colour``);
     ``tta`` averages the four 90° rotations (a cell has no orientation, so this is free accuracy).
     ``logits=True`` returns the (V, N, K) logits of every view instead (for calibration)."""
     import torch
@@ -200,7 +213,7 @@ def predict(model: torch.nn.Module, images: np.ndarray, batch_size: int = 128, t
         model.eval()
         out = []
         for i in range(0, len(images), batch_size):
-            x = torch.from_numpy(np.stack([normalize(im) for im in images[i:i + batch_size]])).permute(0, 3, 1, 2).contiguous()
+            x = torch.from_numpy(np.stack([crop_input(im, colour) for im in images[i:i + batch_size]])).permute(0, 3, 1, 2).contiguous()
             e = torch.from_numpy(extras[i:i + batch_size]) if extras is not None else None
             lg = predict_logits(model, x, e, tta)
             out.append(lg.numpy() if logits else probs_from_logits(lg, temperature))
@@ -345,6 +358,8 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
     run = Path(run)
     state_path = run / "state.json"
     cfg, state = start_or_resume(cfg, ClassifyConfig, run, resume)
+    if cfg.colour not in CROP_COLOURS:
+        raise HemasegUsageError("--colour", f"{cfg.colour}: one of {', '.join(CROP_COLOURS)}")
     train, val = load_split(cfg, run)
     start = load_model(cfg.init) if cfg.init else None
     if start is not None:
@@ -353,6 +368,7 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
         classes = list(start[1]["classes"])
         # the start model's input: the same crop size and normalisation
         cfg.size, cfg.normalise_cells = int(start[1].get("input_size", cfg.size)), bool(start[1].get("cell_normalised", True))
+        cfg.colour = start[1].get("normalization", {}).get("colour", "rgb")
         unknown = sorted({k for _, k in train + val} - set(classes))
         if unknown:
             raise HemasegInputError(cfg.init, f"knows no {', '.join(unknown)}: its classes are {', '.join(classes)}")
@@ -374,7 +390,7 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
             raise HemasegInputError(cfg.target_images, "no target images")
         t_img, t_mask, t_ext = prepare_crops(tpaths, cfg.size, cfg.normalise_cells, cache, progress)
         target = CropDataset(t_img, t_mask, -np.ones(len(t_img), int), None, cfg.background_p,
-                             t_ext if n_extras else t_ext[:, :0])
+                             t_ext if n_extras else t_ext[:, :0], colour=cfg.colour)
 
     looks = None
     if cfg.looks:
@@ -400,7 +416,7 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
     if target is not None:
         target.transform = transform
     dataset = CropDataset(tr_img, tr_mask, tr_lab, transform, cfg.background_p if cfg.augment else 0.0, tr_ext,
-                          looks if cfg.augment else None, cfg.looks_share)
+                          looks if cfg.augment else None, cfg.looks_share, cfg.colour)
     counts = np.bincount(tr_lab, minlength=len(classes)).astype(float)
     # Class-balanced draws, but a class of a handful of crops (one basophil) is not drawn as
     # often as the others: it would be memorised, not learned.
@@ -417,7 +433,7 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
         "task": "wbc-type",
         "classes": classes,
         "architecture": {"name": "wbc-classifier", "kwargs": arch_kwargs},
-        "normalization": {"type": "percentile", "low": 1.0, "high": 99.0, "per_channel": True},
+        "normalization": {"type": "percentile", "low": 1.0, "high": 99.0, "per_channel": True, "colour": cfg.colour},
         "input_size": cfg.size,
         "cell_normalised": cfg.normalise_cells,
         "extras": ["log(WBC / red-cell diameter)", "red cells measured", "nucleus share of the cell"][:n_extras],
@@ -463,7 +479,7 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
             losses.append(loss.item())
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
-        val_scores = scores(predict(model, va_img, extras=va_ext), va_lab, classes) if len(va_lab) else {}
+        val_scores = scores(predict(model, va_img, extras=va_ext, colour=cfg.colour), va_lab, classes) if len(va_lab) else {}
         metric = (val_scores["accuracy"] + val_scores["macro_f1"]) / 2 if val_scores else -float(np.mean(losses))
         entry = {"epoch": epoch, "lr": lr, "train_loss": float(np.mean(losses)), **val_scores, "metric": metric,
                  "seconds": round(time.time() - t0, 2)}
@@ -495,8 +511,8 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
         if len(va_lab):
             # Calibration on the validation crops (the checkpoint was chosen on them too): one
             # temperature for all classes, so the ranking, hence the accuracy, is unchanged.
-            temperature = fit_temperature(predict(model, va_img, extras=va_ext, logits=True), va_lab)
-            probs = predict(model, va_img, extras=va_ext, temperature=temperature)
+            temperature = fit_temperature(predict(model, va_img, extras=va_ext, logits=True, colour=cfg.colour), va_lab)
+            probs = predict(model, va_img, extras=va_ext, temperature=temperature, colour=cfg.colour)
             val_scores["ece_uncalibrated"] = val_scores.get("ece", 0.0)
             val_scores["ece"] = expected_calibration_error(probs, va_lab)
             rep = classification_report(va_lab, probs.argmax(1), classes)
