@@ -400,7 +400,8 @@ def train(
                                               "(folders): half the training crops are redrawn in their colours, "
                                               "measured around the cell (repeatable)"),
     colour: Optional[str] = typer.Option(None, help="wbc-type: the crops' colours as the classifier sees them: "
-                                         "rgb, or grey (luminance only: stain colours cannot decide a type) "
+                                         "rgb, grey (luminance only: stain colours cannot decide a type) or stain "
+                                         "(each crop redrawn with reference dyes and light, Macenko) "
                                          "(default rgb)"),
     held_out: Optional[str] = typer.Option(None, help="smear10: split JSON whose 'val' crops stay out of training "
                                                       "(the WBC-type classifier's: benchmarks/splits/wbc-type-3labs.json)"),

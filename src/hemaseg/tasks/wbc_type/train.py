@@ -101,8 +101,9 @@ class ClassifyConfig:
     # [crop path, class]) used as it is; empty: each labelled set split on its own, seeded by ``seed``.
     # Another seed with the same split changes only the initialisation and the draws.
     split: str = ""
-    # the crops' colours as the network sees them (:func:`~hemaseg.data.transforms.crop_input`): "rgb", or
-    # "grey" (luminance only: a lab's stain colours cannot decide a type; docs/results.md, leave-one-lab-out)
+    # the crops' colours as the network sees them (:func:`~hemaseg.data.transforms.crop_input`): "rgb", "grey"
+    # (luminance only) or "stain" (each crop redrawn with reference dyes and light: a lab's stain and lamp
+    # colours cannot decide a type; docs/results.md, leave-one-lab-out)
     colour: str = "rgb"
 
 
