@@ -93,7 +93,7 @@ def main() -> None:
                          "crops are redrawn in their looks (--looks-share of the draws); the left-out lab's own "
                          "source is never among them")
     ap.add_argument("--looks-share", type=float, default=0.5)
-    ap.add_argument("--colour", default="rgb", help="the crops' colours as the classifier sees them: rgb or grey")
+    ap.add_argument("--colour", default="rgb", help="the crops' colours as the classifier sees them: rgb, grey or stain")
     ap.add_argument("--table-only", action="store_true", help="no training: the tables from the runs' lolo.json")
     args = ap.parse_args()
 

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hemaseg.data.transforms import CROP_COLOURS
 from hemaseg.engine.task import COMMON_TRAIN_OPTIONS, Task, check_options
 from hemaseg.errors import HemasegUsageError
 from hemaseg.io.images import list_images
 from hemaseg.tasks.registry import register_task
 from hemaseg.tasks.wbc_type.crops import CLASSES
-from hemaseg.tasks.wbc_type.train import ClassifyConfig, fit_classifier, given_split
+from hemaseg.tasks.wbc_type.train import ClassifyConfig, check_colour, fit_classifier, given_split
 
 DEPENDS = ("wbc",)
 
@@ -49,8 +48,7 @@ class WbcTypeTask(Task):
                 raise HemasegUsageError("--looks", f"{d}: no images to take looks from")
         if "ruler" in given:
             given["extras"] = given.pop("ruler")
-        if given.get("colour", "rgb") not in CROP_COLOURS:
-            raise HemasegUsageError("--colour", f"{given['colour']}: one of {', '.join(CROP_COLOURS)}")
+        check_colour(given.get("colour", "rgb"))
         cfg = ClassifyConfig(**given)
         if cfg.split:  # checked before the run folder is made
             given_split(cfg)

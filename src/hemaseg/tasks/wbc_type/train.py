@@ -107,6 +107,12 @@ class ClassifyConfig:
     colour: str = "rgb"
 
 
+def check_colour(colour: str) -> None:
+    """:class:`HemasegUsageError` naming ``--colour`` unless ``colour`` is one of :data:`CROP_COLOURS`."""
+    if colour not in CROP_COLOURS:
+        raise HemasegUsageError("--colour", f"{colour}: one of {', '.join(CROP_COLOURS)}")
+
+
 def split_labelled(items: list[tuple[Path, str]], val_fraction: float, seed: int):
     """Seeded split stratified by class: (train, val) lists of (path, class)."""
     rng = np.random.default_rng(seed)
@@ -359,8 +365,7 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
     run = Path(run)
     state_path = run / "state.json"
     cfg, state = start_or_resume(cfg, ClassifyConfig, run, resume)
-    if cfg.colour not in CROP_COLOURS:
-        raise HemasegUsageError("--colour", f"{cfg.colour}: one of {', '.join(CROP_COLOURS)}")
+    check_colour(cfg.colour)
     train, val = load_split(cfg, run)
     start = load_model(cfg.init) if cfg.init else None
     if start is not None:
