@@ -96,9 +96,10 @@ def main() -> int:
     rng = np.random.default_rng(0)
     base = [crop_for(photo[y:y + 160, x:x + 160], card) for y, x in zip(rng.integers(0, 320, 16), rng.integers(0, 480, 16))]
     crops = [base[i % len(base)].image for i in range(args.crops)]
+    parts = [base[i % len(base)].parts for i in range(args.crops)]
     res = {}
     for b, model in loaded.items():
-        res[b] = timed(lambda: predict_crops(crops, model), args.repeats)
+        res[b] = timed(lambda: predict_crops(crops, model, parts=parts), args.repeats)
         print(f"wbc-type {b}: {len(crops) / res[b][1]:.0f} crops/s", file=sys.stderr)
     p, q = res["torch"][0], res["onnx"][0]
     rate = {b: len(crops) / res[b][1] for b in res}

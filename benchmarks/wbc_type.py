@@ -60,7 +60,14 @@ def run_all(args) -> None:
     import torch
 
     from hemaseg.models.registry import load_model
-    from hemaseg.tasks.wbc_type.train import TYPES, ClassifyConfig, fit_classifier, predict, prepare_crops, scores
+    from hemaseg.tasks.wbc_type.train import (
+        TYPES,
+        ClassifyConfig,
+        fit_classifier,
+        predict_as_trained,
+        prepare_crops,
+        scores,
+    )
 
     torch.set_num_threads(args.threads)
     splits = lab_splits(args.data)
@@ -77,9 +84,10 @@ def run_all(args) -> None:
         module, card = load_model(run)
         row = {"epochs": state["epoch"], "best_epoch": state["best_epoch"], "minutes_this_call": round(minutes, 1)}
         for lab, (_, val) in splits.items():
-            imgs, _ = prepare_crops([p for p, _ in val], cfg.size, cfg.normalise_cells, Path(cfg.cache), progress=False)
+            imgs, parts, ext = prepare_crops([p for p, _ in val], cfg.size, cfg.normalise_cells, Path(cfg.cache),
+                                             progress=False)
             labels = np.array([TYPES.index(c) for _, c in val])
-            row[lab] = scores(predict(module, imgs), labels)
+            row[lab] = scores(predict_as_trained(module, card, imgs, parts, ext), labels)
         results[name] = row
         print(name, json.dumps(row), flush=True)
         saved.write_text(json.dumps(results, indent=2))
@@ -118,11 +126,12 @@ def speed(args) -> None:
     size = int(loaded[1].get("input_size", 96))
     cell_crops(images[:2], size)
     t0 = time.perf_counter()
-    crops = [c.image for c in cell_crops(images, size)]  # one batch, as `hemaseg classify` does
+    cells = cell_crops(images, size)  # one batch, as `hemaseg classify` does
+    crops, parts = [c.image for c in cells], [c.parts for c in cells]
     t_norm = time.perf_counter() - t0
-    predict_crops(crops[:4], loaded)
+    predict_crops(crops[:4], loaded, parts=parts[:4])
     t0 = time.perf_counter()
-    predict_crops(crops, loaded)
+    predict_crops(crops, loaded, parts=parts)
     t_cls = time.perf_counter() - t0
     emit(f"### Speed, `{args.model}`, {args.threads} threads, {len(images)} BCCD crops\n")
     emit("| step | crops / s |")

@@ -36,7 +36,12 @@ def main() -> None:
     from hemaseg.io.datasets import find_labelled_cells
     from hemaseg.models.registry import load_model
     from hemaseg.tasks.wbc_type.crops import CLASSES, PBC_CLASSES, group_probs
-    from hemaseg.tasks.wbc_type.train import expected_calibration_error, predict, prepare_crops, split_labelled
+    from hemaseg.tasks.wbc_type.train import (
+        expected_calibration_error,
+        predict_as_trained,
+        prepare_crops,
+        split_labelled,
+    )
 
     torch.set_num_threads(args.threads)
     out = ["| model | lab | crops (5 types / all) | 5-class accuracy | 8-class accuracy | ECE | trained on this lab |",
@@ -47,12 +52,10 @@ def main() -> None:
         rows = []
         for lab, folder in LABS.items():
             _, val = split_labelled(find_labelled_cells(args.data / folder), 0.2, 0)
-            img, _, ext = prepare_crops([p for p, _ in val], int(card["input_size"]),
+            img, parts, ext = prepare_crops([p for p, _ in val], int(card["input_size"]),
                                         bool(card.get("cell_normalised", True)), args.cache, progress=False)
             t0 = time.perf_counter()
-            probs = predict(model, img, extras=ext[:, :model.extras] if getattr(model, "extras", 0) else None,
-                            temperature=float(card.get("temperature", 1.0)),
-                            colour=card["normalization"].get("colour", "rgb"))
+            probs = predict_as_trained(model, card, img, parts, ext)
             speed = len(val) / (time.perf_counter() - t0)
             five = [(i, c) for i, (_, c) in enumerate(val) if c in CLASSES]
             names, q = group_probs(probs[[i for i, _ in five]], list(card["classes"]), 3)

@@ -44,15 +44,13 @@ def test_lab(run: Path, root: Path, cache: Path, zoom_n: int, seed: int = 0) -> 
     from hemaseg.metrics import classification_report
     from hemaseg.models.registry import load_model
     from hemaseg.tasks.wbc_type.crops import CLASSES, cell_crops, group_probs
-    from hemaseg.tasks.wbc_type.train import predict, prepare_crops
+    from hemaseg.tasks.wbc_type.train import predict_as_trained, prepare_crops
 
     model, card = load_model(run / "model.safetensors")
     items = [(p, c) for p, c in find_labelled_cells(root) if c in CLASSES]
-    img, _, ext = prepare_crops([p for p, _ in items], int(card["input_size"]), True, cache, progress=False)
-    ext = ext[:, :model.extras] if getattr(model, "extras", 0) else None
+    img, parts, ext = prepare_crops([p for p, _ in items], int(card["input_size"]), True, cache, progress=False)
     t0 = time.perf_counter()
-    colour = card["normalization"].get("colour", "rgb")
-    probs = predict(model, img, extras=ext, temperature=float(card.get("temperature", 1.0)), colour=colour)
+    probs = predict_as_trained(model, card, img, parts, ext)
     seconds = time.perf_counter() - t0
     names, q = group_probs(probs, list(card["classes"]), 3)
     five = [n.lower() for n in names]
@@ -68,9 +66,8 @@ def test_lab(run: Path, root: Path, cache: Path, zoom_n: int, seed: int = 0) -> 
         zoomed = [cv2.resize(hemaseg.read_image(items[i][0]), None, fx=z, fy=z,
                              interpolation=cv2.INTER_AREA if z < 1 else cv2.INTER_LINEAR) for i in pick]
         cells = cell_crops(zoomed, int(card["input_size"]))
-        e = np.stack([c.extras for c in cells])[:, :model.extras] if getattr(model, "extras", 0) else None
-        pz = predict(model, np.stack([c.image for c in cells]), extras=e,
-                     temperature=float(card.get("temperature", 1.0)), colour=colour)
+        pz = predict_as_trained(model, card, np.stack([c.image for c in cells]), np.stack([c.parts for c in cells]),
+                                np.stack([c.extras for c in cells]))
         _, qz = group_probs(pz, list(card["classes"]), 3)
         curve[str(z)] = float((qz.argmax(1) == truth[pick]).mean())
     res["zoom"] = curve
@@ -93,7 +90,7 @@ def main() -> None:
                          "crops are redrawn in their looks (--looks-share of the draws); the left-out lab's own "
                          "source is never among them")
     ap.add_argument("--looks-share", type=float, default=0.5)
-    ap.add_argument("--colour", default="rgb", help="the crops' colours as the classifier sees them: rgb, grey or stain")
+    ap.add_argument("--colour", default="rgb", help="the crops' colours as the classifier sees them: rgb, grey, stain or shape")
     ap.add_argument("--table-only", action="store_true", help="no training: the tables from the runs' lolo.json")
     args = ap.parse_args()
 

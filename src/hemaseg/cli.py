@@ -401,7 +401,8 @@ def train(
                                               "measured around the cell (repeatable)"),
     colour: Optional[str] = typer.Option(None, help="wbc-type: the crops' colours as the classifier sees them: "
                                          "rgb, grey (luminance only: stain colours cannot decide a type) or stain "
-                                         "(each crop redrawn with reference dyes and light, Macenko) "
+                                         "(each crop redrawn with reference dyes and light, Macenko) or shape "
+                                         "(luminance beside the segmented nucleus and cell masks) "
                                          "(default rgb)"),
     held_out: Optional[str] = typer.Option(None, help="smear10: split JSON whose 'val' crops stay out of training "
                                                       "(the WBC-type classifier's: benchmarks/splits/wbc-type-3labs.json)"),
@@ -592,21 +593,22 @@ def explain(
         _fail(" ".join(images), "no images found")
         raise typer.Exit(1)
     size = int(card.get("input_size", 96))
-    crops, labels = [], []
+    crops, parts, labels = [], [], []
 
     def work(path):
         cell = cell_crop(read_image(path), size, ruler=takes_ruler(card))
         crop = cell.image
-        cam, _ = grad_cam(module, card, crop, extras=cell.extras if takes_ruler(card) else None)
+        cam, _ = grad_cam(module, card, crop, extras=cell.extras if takes_ruler(card) else None, parts=cell.parts)
         mask = gradcam_mask(cam)
         write_png(out / f"{path.stem}_gradcam.png", cam_overlay(crop, cam, mask))
         write_png(out / f"{path.stem}_gradcam_mask.png", (mask * 255).astype(np.uint8))
         crops.append(crop)
+        parts.append(cell.parts)
         labels.append(path.parent.name)
 
     failed = _for_each(paths, "explain", work)
     if tsne and len(crops) >= 5:
-        tsne_plot(features(module, card, crops), labels, out / "tsne.png", f"t-SNE of {len(crops)} crops (colour: folder)")
+        tsne_plot(features(module, card, crops, parts=parts), labels, out / "tsne.png", f"t-SNE of {len(crops)} crops (colour: folder)")
     typer.echo(f"{len(crops)}/{len(paths)} crops explained; results in {out}", err=True)
     raise typer.Exit(1 if failed else 0)
 

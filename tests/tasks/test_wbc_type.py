@@ -246,6 +246,10 @@ def test_crops_are_normalised_together_as_each_alone_and_free_of_zoom():
     assert crops[2].diameter == pytest.approx(crops[0].diameter, rel=0.25)
     assert all(c.image.shape == (32, 32, 3) and c.mask.shape == (32, 32) for c in crops)
     assert crops[0].mask[16, 16] and not crops[3].mask.any()
+    # the cell's parts: its nucleus inside its mask, nothing where no cell was found
+    parts = crops[0].parts
+    assert parts.dtype == np.uint8 and parts[16, 16] == 2 and (parts == 1).any() and not parts[~crops[0].mask].any()
+    assert not crops[3].parts.any()
 
 
 def test_classify_batch_failure_loses_only_the_bad_crop(tmp_path, tiny_classifier, monkeypatch):
@@ -377,3 +381,40 @@ def test_a_grey_typer_sees_luminance_only_in_training_and_at_prediction(tmp_path
                               "--out", str(tmp_path / "tuned")])
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "tuned" / "model.json").read_text())["normalization"]["colour"] == "grey"
+
+
+def test_a_shape_typer_sees_the_nucleus_and_cell_masks_moved_with_the_crop(tmp_path):
+    """``--colour shape``: luminance beside the segmented nucleus and cell masks. The masks follow the
+    crop through the training augmentation's geometry, the card says what the model needs, and a model
+    that sees parts refuses crops without them instead of guessing."""
+    from hemaseg.data.transforms import classify_transform
+    from hemaseg.tasks.wbc_type.crops import crops_for, predict_crops
+    from hemaseg.tasks.wbc_type.train import CropDataset
+
+    # a dark nucleus in a lighter cell on a bright background, and its parts
+    yy, xx = np.mgrid[:48, :48]
+    parts = ((np.hypot(yy - 24, xx - 24) < 16).astype(np.uint8) + (np.hypot(yy - 18, xx - 30) < 7)).astype(np.uint8)
+    image = np.choose(parts, [230, 170, 60]).astype(np.uint8)[..., None].repeat(3, -1)
+    ds = CropDataset(image[None], parts[None], np.zeros(1, int), classify_transform(True), 0.0, colour="shape")
+    torch.manual_seed(0)
+    for _ in range(8):  # flips, rotations, affine: the nucleus channel stays on the dark pixels
+        x, _, _ = ds[0]
+        nucleus, cell = x[1] > 0.5, x[2] > 0.5
+        assert nucleus.sum() > 40 and bool((cell | ~nucleus).all())
+        assert x[0][nucleus].mean() < x[0][cell & ~nucleus].mean() < x[0][~cell].mean()
+    data = _crops(tmp_path / "a", per_class=4)
+    res = runner.invoke(app, ["train", "wbc-type", "--data", str(data), "--backbone", TINY_BACKBONE, "--epochs", "1",
+                              "--batch-size", "4", "--crop", "48", "--samples-per-epoch", "8", "--val-fraction", "0.25",
+                              "--colour", "shape", "--out", str(tmp_path / "run")])
+    assert res.exit_code == 0, res.output
+    card = json.loads((tmp_path / "run" / "model.json").read_text())
+    assert card["normalization"]["colour"] == "shape"
+    cells = crops_for([np.asarray(Image.open(p)) for p in sorted(data.rglob("*.jpg"))[:3]], card)
+    with pytest.raises(ValueError, match="parts"):
+        predict_crops([c.image for c in cells], tmp_path / "run")
+    a = predict_crops([c.image for c in cells], tmp_path / "run", parts=[c.parts for c in cells])
+    b = predict_crops([c.image for c in cells], tmp_path / "run", parts=[np.zeros_like(c.parts) for c in cells])
+    assert a.shape == (3, 2) and np.allclose(a.sum(1), 1) and not np.allclose(a, b)
+    res = runner.invoke(app, ["classify", "-d", str(data), "--model", str(tmp_path / "run"), "-o", str(tmp_path / "t.csv")])
+    assert res.exit_code == 0, res.output
+    assert len((tmp_path / "t.csv").read_text().splitlines()) == 9

@@ -105,7 +105,8 @@ def optics_augs() -> list:
     ]
 
 
-CROP_COLOURS = ("rgb", "grey", "stain")
+CROP_COLOURS = ("rgb", "grey", "stain", "shape")
+NEEDS_PARTS = ("shape",)  # inputs drawn from the crop's cell parts as well as its pixels
 # Reference optical densities of the two dyes (columns: the blue-purple one that stains nuclei and
 # granules, the pink one that stains red cells and cytoplasm) that :func:`stain_normalise` maps every
 # crop's own two dyes onto: Macenko et al.'s reference matrix (ISBI 2009).
@@ -166,20 +167,34 @@ def stain_normalise(image: np.ndarray) -> np.ndarray:
     return np.clip(out.T + 0.5, 0, 255).astype(np.uint8).reshape(image.shape[:2] + (3,))
 
 
-def crop_input(image: np.ndarray, colour: str = "rgb", low: float = 1.0, high: float = 99.0) -> np.ndarray:
+def crop_input(image: np.ndarray, colour: str = "rgb", low: float = 1.0, high: float = 99.0,
+               parts: np.ndarray | None = None) -> np.ndarray:
     """A cell crop as a WBC-type classifier sees it: (H, W, 3) float32. ``colour`` "rgb" stretches
     each channel's (``low``, ``high``) percentiles to (0, 1) (:func:`normalize`); "grey" first takes the
     luminance into all three channels, so that a lab's stain and lamp colours cannot decide a type
     (what is left: the nucleus' shape, the granules' texture, the cell's lightness); "stain" first
-    redraws the crop with reference dyes and light (:func:`stain_normalise`).
+    redraws the crop with reference dyes and light (:func:`stain_normalise`); "shape" is the stretched
+    luminance beside the WBC segmentation's nucleus and whole-cell masks, taken from ``parts``
+    ((H, W) uint8: 0 outside the cell, 1 cytoplasm, 2 nucleus), so the nucleus' shape and share of
+    the cell are given, not read from a lab's colours.
 
     >>> crop = np.zeros((4, 4, 3), np.uint8); crop[..., 0] = np.arange(16).reshape(4, 4) * 10
     >>> x = crop_input(crop, "grey")
     >>> x.shape, bool(np.allclose(x[..., 0], x[..., 2]))
     ((4, 4, 3), True)
+    >>> parts = np.zeros((4, 4), np.uint8); parts[1:3, 1:3] = 1; parts[1, 1] = 2
+    >>> x = crop_input(crop, "shape", parts=parts)
+    >>> int(x[..., 1].sum()), int(x[..., 2].sum())  # nucleus, cell
+    (1, 4)
     """
     if colour not in CROP_COLOURS:
         raise ValueError(f"colour {colour!r}: one of {', '.join(CROP_COLOURS)}")
+    if colour in NEEDS_PARTS:
+        if parts is None or parts.shape != image.shape[:2]:
+            raise ValueError(f"the {colour!r} input needs the crop's cell parts, an (H, W) map of its size")
+        grey = cv2.cvtColor(np.ascontiguousarray(image[..., :3]), cv2.COLOR_RGB2GRAY)[..., None]
+        return np.concatenate([normalize(grey, low, high), (parts == 2)[..., None].astype(np.float32),
+                               (parts > 0)[..., None].astype(np.float32)], -1)
     if colour == "grey":
         grey = cv2.cvtColor(np.ascontiguousarray(image[..., :3]), cv2.COLOR_RGB2GRAY)
         image = np.repeat(grey[..., None], 3, -1)

@@ -11,7 +11,7 @@ import numpy as np
 
 from hemaseg.classical import central_instance, red_cell_diameter
 from hemaseg.core.vocabulary import EXTRA_TYPES, MONONUCLEAR, POLYNUCLEAR
-from hemaseg.data.transforms import crop_input
+from hemaseg.data.transforms import NEEDS_PARTS, crop_input
 from hemaseg.engine.predict import get_model, uses_backend
 from hemaseg.engine.runtime import as_runner, softmax
 from hemaseg.tasks.wbc import segment_wbc_crops
@@ -44,6 +44,15 @@ class CellCrop:
     diameter: float  # the cell's diameter in the input (px)
     rbc_diameter: float | None = None  # the red cells' diameter around it (px; None: not measurable)
     nucleus_fraction: float = 0.0  # share of the cell's area that is nucleus
+    nucleus: np.ndarray | None = None  # (S, S) bool: the cell's nucleus (None: not segmented)
+
+    @property
+    def parts(self) -> np.ndarray:
+        """(S, S) uint8: 0 outside the cell, 1 cytoplasm, 2 nucleus (the ``shape`` input's masks)."""
+        p = self.mask.astype(np.uint8)
+        if self.nucleus is not None:
+            p[self.nucleus & self.mask] = 2
+        return p
 
     @property
     def extras(self) -> np.ndarray:
@@ -122,12 +131,13 @@ def _centred(image: np.ndarray, classes: np.ndarray, instances: np.ndarray, scal
         cy, cx, side, diameter = h / 2, w / 2, float(min(h, w)), 0.0
     crop, _ = _square(image, cy, cx, side)
     out = cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA if crop.shape[0] > size else cv2.INTER_LINEAR)
-    if k:  # the cell's mask, cut from the map the same way
-        mcrop, _ = _square(sel.astype(np.uint8), cy * scale, cx * scale, side * scale)
-        m = cv2.resize(mcrop, (size, size), interpolation=cv2.INTER_NEAREST) > 0
-    else:
-        m = np.zeros((size, size), bool)
-    return CellCrop(out, m, bool(k), diameter, rbc_d, nucleus)
+    m, n = np.zeros((size, size), bool), np.zeros((size, size), bool)
+    if k:  # the cell's mask and nucleus, cut from the map the same way (smoothly upsampled: the map is coarser)
+        mcrop, _ = _square(sel.astype(np.uint8) + (sel & (classes == 2)), cy * scale, cx * scale, side * scale)
+        for level, dest in ((1, m), (2, n)):
+            up = cv2.resize((mcrop >= level).astype(np.float32), (size, size), interpolation=cv2.INTER_LINEAR)
+            dest[:] = up >= 0.5
+    return CellCrop(out, m, bool(k), diameter, rbc_d, nucleus, n)
 
 
 def takes_ruler(card: dict) -> bool:
@@ -135,18 +145,26 @@ def takes_ruler(card: dict) -> bool:
     return bool(card.get("architecture", {}).get("kwargs", {}).get("extras", 0))
 
 
-def to_tensor(images: list[np.ndarray], card: dict) -> torch.Tensor:
+def takes_parts(card: dict) -> bool:
+    """The classifier of ``card`` sees its crops' cell parts (:attr:`CellCrop.parts`) as well as their pixels."""
+    return card.get("normalization", {}).get("colour", "rgb") in NEEDS_PARTS
+
+
+def to_tensor(images: list[np.ndarray], card: dict, parts: list[np.ndarray] | None = None) -> torch.Tensor:
     """(S, S, 3) uint8 crops -> (N, 3, S, S) float tensor, normalised as the model was trained."""
     import torch
 
-    return torch.from_numpy(crop_batch(images, card)).permute(0, 3, 1, 2).contiguous()
+    return torch.from_numpy(crop_batch(images, card, parts)).permute(0, 3, 1, 2).contiguous()
 
 
-def crop_batch(images: list[np.ndarray], card: dict) -> np.ndarray:
-    """(S, S, 3) uint8 crops -> (N, S, S, 3) float32, normalised as the model was trained."""
+def crop_batch(images: list[np.ndarray], card: dict, parts: list[np.ndarray] | None = None) -> np.ndarray:
+    """(S, S, 3) uint8 crops -> (N, S, S, 3) float32, normalised as the model was trained; ``parts``
+    are the crops' :attr:`CellCrop.parts`, needed by a model that sees them (:func:`takes_parts`)."""
     norm = card.get("normalization", {})
-    return np.stack([crop_input(im, norm.get("colour", "rgb"), norm.get("low", 1.0), norm.get("high", 99.0))
-                     for im in images]).astype(np.float32, copy=False)
+    if parts is None:
+        parts = [None] * len(images)
+    return np.stack([crop_input(im, norm.get("colour", "rgb"), norm.get("low", 1.0), norm.get("high", 99.0), p)
+                     for im, p in zip(images, parts)]).astype(np.float32, copy=False)
 
 
 def group_probs(probs: np.ndarray, classes: list[str], mode: int) -> tuple[list[str], np.ndarray]:
@@ -198,17 +216,19 @@ def probs_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> np.ndar
 
 
 def predict_crops(crops: list[np.ndarray], model="wbc-type", device: str = "cpu", batch_size: int = 64,
-                  tta: bool = True, extras: np.ndarray | None = None) -> np.ndarray:
+                  tta: bool = True, extras: np.ndarray | None = None,
+                  parts: list[np.ndarray] | None = None) -> np.ndarray:
     """Class probabilities (N, K) for cell-normalised (S, S, 3) crops; ``tta`` averages the four
     90° rotations, as validation did; ``extras`` (N, 3) are the crops' rulers (:attr:`CellCrop.extras`)
-    for models that take them; probabilities are calibrated by the card's ``temperature``. The
+    and ``parts`` their cell parts (:attr:`CellCrop.parts`) for models that take them;
+    probabilities are calibrated by the card's ``temperature``. The
     network runs on torch or ONNX Runtime (the model's runner, :mod:`hemaseg.engine.runtime`)."""
     module, card = get_model(model, device)
     run = as_runner(module)
     temperature = float(card.get("temperature", 1.0))
     out = []
     for i in range(0, len(crops), batch_size):
-        x = crop_batch(crops[i:i + batch_size], card)
+        x = crop_batch(crops[i:i + batch_size], card, parts[i:i + batch_size] if parts is not None else None)
         e = np.asarray(extras[i:i + batch_size], np.float32) if extras is not None else None
         views = [np.ascontiguousarray(np.rot90(x, k, axes=(1, 2))) for k in range(4)] if tta else [x]
         logits = np.stack([run(v, e) for v in views])  # (V, N, K)
@@ -229,10 +249,11 @@ def classify(image: np.ndarray, model="wbc-type", device: str = "cpu", normalise
     size = int(card.get("input_size", 96))
     if normalise:
         c = cell_crop(image, size, ruler=takes_ruler(card))
-        crop, extras = c.image, c.extras[None]
     else:
-        crop, extras = cv2.resize(np.ascontiguousarray(image[..., :3]), (size, size)), None
-    probs = predict_crops([crop], model, device, extras=extras)[0]
+        c = CellCrop(cv2.resize(np.ascontiguousarray(image[..., :3]), (size, size)), np.zeros((size, size), bool),
+                     True, 0.0)
+    probs = predict_crops([c.image], model, device, extras=c.extras[None] if normalise else None,
+                          parts=[c.parts])[0]
     return {c: float(p) for c, p in zip(card.get("classes", CLASSES), probs)}
 
 
@@ -248,7 +269,7 @@ def prediction_rows(cells: list[CellCrop], model="wbc-type", device: str = "cpu"
     are written either way). :class:`ValueError` for a ``mode`` the model cannot answer."""
     _, card = get_model(model, device)
     extras = np.stack([c.extras for c in cells]) if cells else None
-    probs = predict_crops([c.image for c in cells], model, device, extras=extras)
+    probs = predict_crops([c.image for c in cells], model, device, extras=extras, parts=[c.parts for c in cells])
     names, grouped = group_probs(probs, list(card["classes"]), mode)
     rows = []
     for c, q in zip(cells, grouped):
@@ -303,4 +324,5 @@ def type_wbcs(image: np.ndarray, records: list[dict], model="wbc-type", device: 
                        ruler=takes_ruler(card))
     crops = [c.image for c in cells]
     extras = np.stack([c.extras for c in cells]) if cells else None
-    return predict_crops(crops, model, device, extras=extras), crops, list(card["classes"])
+    return (predict_crops(crops, model, device, extras=extras, parts=[c.parts for c in cells]), crops,
+            list(card["classes"]))

@@ -18,19 +18,23 @@ if TYPE_CHECKING:
 
 
 def grad_cam(module: torch.nn.Module, card: dict, crop: np.ndarray, class_index: int | None = None,
-             extras: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+             extras: np.ndarray | None = None, parts: np.ndarray | None = None) -> tuple[np.ndarray, int]:
     """Grad-CAM of a classifier on an (H, W, 3) uint8 crop: ((H, W) float32 map in [0, 1], class explained).
 
     The map is the ReLU of the last feature map weighted by the spatially averaged
     gradient of the class score (Selvaraju et al. 2017), resized to the input's size.
     ``class_index`` defaults to the predicted class; ``extras`` is the crop's ruler for models that
-    take one (:attr:`~hemaseg.tasks.wbc_type.crops.CellCrop.extras`).
+    take one (:attr:`~hemaseg.tasks.wbc_type.crops.CellCrop.extras`), ``parts`` its cell parts for models
+    that see them (:attr:`~hemaseg.tasks.wbc_type.crops.CellCrop.parts`, resized with the crop).
     """
     import torch
 
     size = int(card.get("input_size", 96))
     h, w = crop.shape[:2]
-    x = to_tensor([cv2.resize(np.ascontiguousarray(crop[..., :3]), (size, size), interpolation=cv2.INTER_AREA)], card)
+    if parts is not None:
+        parts = [cv2.resize(parts.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST)]
+    x = to_tensor([cv2.resize(np.ascontiguousarray(crop[..., :3]), (size, size), interpolation=cv2.INTER_AREA)], card,
+                  parts)
     module.eval()
     with torch.enable_grad():
         fmap = module.feature_map(x)
@@ -79,13 +83,17 @@ def cam_overlay(image: np.ndarray, cam: np.ndarray, mask: np.ndarray | None = No
     return out
 
 
-def features(module: torch.nn.Module, card: dict, crops: list[np.ndarray], batch_size: int = 64) -> np.ndarray:
-    """Pooled backbone features (N, C) of cell-normalised crops."""
+def features(module: torch.nn.Module, card: dict, crops: list[np.ndarray], batch_size: int = 64,
+             parts: list[np.ndarray] | None = None) -> np.ndarray:
+    """Pooled backbone features (N, C) of cell-normalised crops (``parts``: their cell parts, for models
+    that see them)."""
     import torch
 
     with torch.inference_mode():
         module.eval()
-        out = [module.features(to_tensor(crops[i:i + batch_size], card)).numpy() for i in range(0, len(crops), batch_size)]
+        out = [module.features(to_tensor(crops[i:i + batch_size], card,
+                                         parts[i:i + batch_size] if parts is not None else None)).numpy()
+               for i in range(0, len(crops), batch_size)]
         return np.concatenate(out) if out else np.zeros((0, 1), np.float32)
 
 

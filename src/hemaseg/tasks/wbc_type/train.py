@@ -102,8 +102,9 @@ class ClassifyConfig:
     # Another seed with the same split changes only the initialisation and the draws.
     split: str = ""
     # the crops' colours as the network sees them (:func:`~hemaseg.data.transforms.crop_input`): "rgb", "grey"
-    # (luminance only) or "stain" (each crop redrawn with reference dyes and light: a lab's stain and lamp
-    # colours cannot decide a type; docs/results.md, leave-one-lab-out)
+    # (luminance only), "stain" (each crop redrawn with reference dyes and light) or "shape" (luminance beside
+    # the WBC segmentation's nucleus and cell masks): a lab's stain and lamp colours cannot decide a type;
+    # docs/results.md, leave-one-lab-out
     colour: str = "rgb"
 
 
@@ -128,7 +129,7 @@ def split_labelled(items: list[tuple[Path, str]], val_fraction: float, seed: int
 
 def _cache_key(path: Path, size: int, normalise: bool) -> str:
     st = path.stat()
-    return hashlib.sha1(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{size}|{normalise}|v3".encode()).hexdigest()[:20]
+    return hashlib.sha1(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{size}|{normalise}|v4".encode()).hexdigest()[:20]
 
 
 PREPARE_CHUNK = 64  # crops normalised together (one batch through the WBC network)
@@ -136,8 +137,9 @@ PREPARE_CHUNK = 64  # crops normalised together (one batch through the WBC netwo
 
 def prepare_crops(paths: list[Path], size: int, normalise: bool, cache: Path,
                   progress: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Cell-normalised crops (N, S, S, 3) uint8, their cell masks (N, S, S) bool and rulers
-    (N, 3) float32 (:attr:`CellCrop.extras`; zeros without normalisation), cached on disk."""
+    """Cell-normalised crops (N, S, S, 3) uint8, their cell parts (N, S, S) uint8 (0 outside the cell,
+    1 cytoplasm, 2 nucleus: :attr:`CellCrop.parts`) and rulers (N, 3) float32 (:attr:`CellCrop.extras`;
+    zeros without normalisation), cached on disk."""
     cache.mkdir(parents=True, exist_ok=True)
     files = [cache / f"{_cache_key(Path(p), size, normalise)}.npz" for p in paths]
     missing = [i for i, f in enumerate(files) if not f.exists()]
@@ -145,16 +147,16 @@ def prepare_crops(paths: list[Path], size: int, normalise: bool, cache: Path,
     for chunk in (track(chunks, "normalise crops", leave=False) if progress and chunks else chunks):
         images = [read_image(paths[i]) for i in chunk]
         if normalise:
-            made = [(c.image, c.mask, c.extras) for c in cell_crops(images, size)]
+            made = [(c.image, c.parts, c.extras) for c in cell_crops(images, size)]
         else:
-            made = [(cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA), np.zeros((size, size), bool),
+            made = [(cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA), np.zeros((size, size), np.uint8),
                      np.zeros(N_EXTRAS, np.float32)) for im in images]
         for i, (im, m, e) in zip(chunk, made):
             with atomic_path(files[i]) as tmp:
                 with open(tmp, "wb") as fh:
                     np.savez(fh, image=im, mask=m, extras=e)
     if not files:
-        return (np.zeros((0, size, size, 3), np.uint8), np.zeros((0, size, size), bool),
+        return (np.zeros((0, size, size, 3), np.uint8), np.zeros((0, size, size), np.uint8),
                 np.zeros((0, N_EXTRAS), np.float32))
     images, masks, extras = [], [], []
     for f in files:
@@ -166,7 +168,8 @@ def prepare_crops(paths: list[Path], size: int, normalise: bool, cache: Path,
 
 
 class CropDataset:
-    """Cell crops + labels (-1 for unlabelled), augmented and normalised on access."""
+    """Cell crops + labels (-1 for unlabelled), augmented and normalised on access; ``masks`` are the
+    crops' cell parts (:func:`prepare_crops`), moved with the crop by the augmentation's geometry."""
 
     def __init__(self, images: np.ndarray, masks: np.ndarray, labels: np.ndarray, transform, background_p: float,
                  extras: np.ndarray | None = None, looks: np.ndarray | None = None, looks_share: float = 0.0,
@@ -184,17 +187,18 @@ class CropDataset:
     def __getitem__(self, i: int):
         import torch
 
-        image = self.images[i]
-        new_background = self.background_p > 0 and self.masks[i].any()
+        image, parts = self.images[i], self.masks[i]
+        new_background = self.background_p > 0 and parts.any()
         if self.looks_share > 0 or new_background:
             rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,)).item()))
             if self.looks_share > 0 and rng.random() < self.looks_share:
                 image = transfer_look(image, self.own_looks[i], self.looks[int(rng.integers(len(self.looks)))])
             if new_background and rng.random() < self.background_p:
-                image = replace_background(image, self.masks[i], rng)
+                image = replace_background(image, parts > 0, rng)
         if self.transform is not None:
-            image = self.transform(image=image)["image"]
-        x = crop_input(image, self.colour)
+            out = self.transform(image=image, mask=parts)
+            image, parts = out["image"], out["mask"]
+        x = crop_input(image, self.colour, parts=parts)
         return torch.from_numpy(x).permute(2, 0, 1).contiguous(), torch.from_numpy(self.extras[i]), int(self.labels[i])
 
 
@@ -209,9 +213,10 @@ def crop_looks(images: np.ndarray, masks: np.ndarray) -> np.ndarray:
 
 def predict(model: torch.nn.Module, images: np.ndarray, batch_size: int = 128, tta: bool = True,
             extras: np.ndarray | None = None, temperature: float = 1.0, logits: bool = False,
-            colour: str = "rgb") -> np.ndarray:
+            colour: str = "rgb", parts: np.ndarray | None = None) -> np.ndarray:
     """Softmax probabilities (N, K) of uint8 crops (N, S, S, 3) with their rulers ``extras`` (N, 3), seen
-    as the model was trained (``colour``: its card's ``normalization.colour``);
+    as the model was trained (``colour``: its card's ``normalization.colour``; ``parts`` (N, S, S): the crops'
+    cell parts, for a colour that needs them);
     ``tta`` averages the four 90° rotations (a cell has no orientation, so this is free accuracy).
     ``logits=True`` returns the (V, N, K) logits of every view instead (for calibration)."""
     import torch
@@ -220,13 +225,25 @@ def predict(model: torch.nn.Module, images: np.ndarray, batch_size: int = 128, t
         model.eval()
         out = []
         for i in range(0, len(images), batch_size):
-            x = torch.from_numpy(np.stack([crop_input(im, colour) for im in images[i:i + batch_size]])).permute(0, 3, 1, 2).contiguous()
+            p = parts[i:i + batch_size] if parts is not None else [None] * len(images[i:i + batch_size])
+            x = torch.from_numpy(np.stack([crop_input(im, colour, parts=q) for im, q in zip(images[i:i + batch_size], p)])
+                                 ).permute(0, 3, 1, 2).contiguous()
             e = torch.from_numpy(extras[i:i + batch_size]) if extras is not None else None
             lg = predict_logits(model, x, e, tta)
             out.append(lg.numpy() if logits else probs_from_logits(lg, temperature))
         if logits:
             return np.concatenate(out, 1) if out else np.zeros((4 if tta else 1, 0, model.head[-1].out_features), np.float32)
         return np.concatenate(out) if out else np.zeros((0, model.head[-1].out_features), np.float32)
+
+
+def predict_as_trained(model: torch.nn.Module, card: dict, images: np.ndarray, parts: np.ndarray | None = None,
+                       extras: np.ndarray | None = None, tta: bool = True) -> np.ndarray:
+    """:func:`predict` with what the model's ``card`` says: its colours, its temperature, as many of the
+    rulers ``extras`` as it takes. ``images``, ``parts``, ``extras``: as :func:`prepare_crops` returns them."""
+    n = int(getattr(model, "extras", 0))
+    return predict(model, images, tta=tta, extras=extras[:, :n] if n and extras is not None else None,
+                   temperature=float(card.get("temperature", 1.0)),
+                   colour=card.get("normalization", {}).get("colour", "rgb"), parts=parts)
 
 
 def fit_temperature(view_logits: np.ndarray, labels: np.ndarray) -> float:
@@ -383,7 +400,7 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
     cache = Path(cfg.cache) if cfg.cache else run / "crops"
     tr_img, tr_mask, tr_ext = prepare_crops([p for p, _ in train], cfg.size, cfg.normalise_cells, cache, progress)
     tr_lab = np.array([classes.index(c) for _, c in train])
-    va_img, _, va_ext = prepare_crops([p for p, _ in val], cfg.size, cfg.normalise_cells, cache, progress)
+    va_img, va_parts, va_ext = prepare_crops([p for p, _ in val], cfg.size, cfg.normalise_cells, cache, progress)
     va_lab = np.array([classes.index(c) for _, c in val], int)
     n_extras = (int(start[1]["architecture"]["kwargs"].get("extras", 0)) if start is not None
                 else N_EXTRAS if cfg.extras else 0)
@@ -485,7 +502,7 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
             losses.append(loss.item())
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
-        val_scores = scores(predict(model, va_img, extras=va_ext, colour=cfg.colour), va_lab, classes) if len(va_lab) else {}
+        val_scores = scores(predict(model, va_img, extras=va_ext, colour=cfg.colour, parts=va_parts), va_lab, classes) if len(va_lab) else {}
         metric = (val_scores["accuracy"] + val_scores["macro_f1"]) / 2 if val_scores else -float(np.mean(losses))
         entry = {"epoch": epoch, "lr": lr, "train_loss": float(np.mean(losses)), **val_scores, "metric": metric,
                  "seconds": round(time.time() - t0, 2)}
@@ -517,8 +534,8 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
         if len(va_lab):
             # Calibration on the validation crops (the checkpoint was chosen on them too): one
             # temperature for all classes, so the ranking, hence the accuracy, is unchanged.
-            temperature = fit_temperature(predict(model, va_img, extras=va_ext, logits=True, colour=cfg.colour), va_lab)
-            probs = predict(model, va_img, extras=va_ext, temperature=temperature, colour=cfg.colour)
+            temperature = fit_temperature(predict(model, va_img, extras=va_ext, logits=True, colour=cfg.colour, parts=va_parts), va_lab)
+            probs = predict(model, va_img, extras=va_ext, temperature=temperature, colour=cfg.colour, parts=va_parts)
             val_scores["ece_uncalibrated"] = val_scores.get("ece", 0.0)
             val_scores["ece"] = expected_calibration_error(probs, va_lab)
             rep = classification_report(va_lab, probs.argmax(1), classes)
