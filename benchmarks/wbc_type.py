@@ -85,7 +85,7 @@ def run_all(args) -> None:
         row = {"epochs": state["epoch"], "best_epoch": state["best_epoch"], "minutes_this_call": round(minutes, 1)}
         for lab, (_, val) in splits.items():
             imgs, parts, ext = prepare_crops([p for p, _ in val], cfg.size, cfg.normalise_cells, Path(cfg.cache),
-                                             progress=False)
+                                             progress=False, padding=cfg.crop_padding)
             labels = np.array([TYPES.index(c) for _, c in val])
             row[lab] = scores(predict_as_trained(module, card, imgs, parts, ext), labels)
         results[name] = row

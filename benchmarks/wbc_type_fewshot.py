@@ -40,7 +40,8 @@ def accuracy5(model_path: Path, items: list, cache: Path) -> float:
     if not items:
         return float("nan")
     model, card = load_model(model_path)
-    img, parts, ext = prepare_crops([p for p, _ in items], int(card["input_size"]), True, cache, progress=False)
+    img, parts, ext = prepare_crops([p for p, _ in items], int(card["input_size"]), True, cache, progress=False,
+                                    padding=card.get("crop_padding", "reflect"))
     probs = predict_as_trained(model, card, img, parts, ext)
     names, q = group_probs(probs, list(card["classes"]), 3)
     truth = np.array([names.index(c.upper()) for _, c in items])

@@ -53,7 +53,8 @@ def main() -> None:
         for lab, folder in LABS.items():
             _, val = split_labelled(find_labelled_cells(args.data / folder), 0.2, 0)
             img, parts, ext = prepare_crops([p for p, _ in val], int(card["input_size"]),
-                                        bool(card.get("cell_normalised", True)), args.cache, progress=False)
+                                            bool(card.get("cell_normalised", True)), args.cache, progress=False,
+                                            padding=card.get("crop_padding", "reflect"))
             t0 = time.perf_counter()
             probs = predict_as_trained(model, card, img, parts, ext)
             speed = len(val) / (time.perf_counter() - t0)

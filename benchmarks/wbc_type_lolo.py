@@ -43,12 +43,13 @@ def test_lab(run: Path, root: Path, cache: Path, zoom_n: int, seed: int = 0) -> 
     from hemaseg.io.datasets import find_labelled_cells
     from hemaseg.metrics import classification_report
     from hemaseg.models.registry import load_model
-    from hemaseg.tasks.wbc_type.crops import CLASSES, cell_crops, group_probs
+    from hemaseg.tasks.wbc_type.crops import CLASSES, cell_crops, crop_padding, group_probs
     from hemaseg.tasks.wbc_type.train import predict_as_trained, prepare_crops
 
     model, card = load_model(run / "model.safetensors")
     items = [(p, c) for p, c in find_labelled_cells(root) if c in CLASSES]
-    img, parts, ext = prepare_crops([p for p, _ in items], int(card["input_size"]), True, cache, progress=False)
+    img, parts, ext = prepare_crops([p for p, _ in items], int(card["input_size"]), True, cache, progress=False,
+                                    padding=crop_padding(card))
     t0 = time.perf_counter()
     probs = predict_as_trained(model, card, img, parts, ext)
     seconds = time.perf_counter() - t0
@@ -65,7 +66,7 @@ def test_lab(run: Path, root: Path, cache: Path, zoom_n: int, seed: int = 0) -> 
     for z in ZOOMS:
         zoomed = [cv2.resize(hemaseg.read_image(items[i][0]), None, fx=z, fy=z,
                              interpolation=cv2.INTER_AREA if z < 1 else cv2.INTER_LINEAR) for i in pick]
-        cells = cell_crops(zoomed, int(card["input_size"]))
+        cells = cell_crops(zoomed, int(card["input_size"]), padding=crop_padding(card))
         pz = predict_as_trained(model, card, np.stack([c.image for c in cells]), np.stack([c.parts for c in cells]),
                                 np.stack([c.extras for c in cells]))
         _, qz = group_probs(pz, list(card["classes"]), 3)
@@ -91,6 +92,8 @@ def main() -> None:
                          "source is never among them")
     ap.add_argument("--looks-share", type=float, default=0.5)
     ap.add_argument("--colour", default="rgb", help="the crops' colours as the classifier sees them: rgb, grey, stain or shape")
+    ap.add_argument("--crop-padding", default="reflect",
+                    help="where a crop's square leaves the image: reflect, or background (and tight cuts in training)")
     ap.add_argument("--table-only", action="store_true", help="no training: the tables from the runs' lolo.json")
     args = ap.parse_args()
 
@@ -115,7 +118,7 @@ def main() -> None:
         run = args.runs / (f"without-{name}" if name != "all" else "all")
         cfg = ClassifyConfig(data=[str(args.data / LABS[k]) for k in train_labs], epochs=args.epochs,
                              samples_per_epoch=args.samples_per_epoch, cache=str(cache), extras=not args.no_extras,
-                             colour=args.colour)
+                             colour=args.colour, crop_padding=args.crop_padding)
         if args.looks:
             cfg.looks = [str(d) for d in sorted(args.looks.iterdir()) if d.is_dir() and d.name != LOOK_SOURCE.get(name)]
             cfg.looks_share = args.looks_share
@@ -155,7 +158,8 @@ def main() -> None:
              f"5-class {v.get('accuracy_5', float('nan')):.3f}, ECE {v.get('ece_calibrated')} calibrated "
              f"(uncalibrated {v.get('ece')})")
     write_result("wbc_type_lolo" + ("_looks" if args.looks else "") + ("_noruler" if args.no_extras else "")
-                 + ("_" + args.colour if args.colour != "rgb" else ""), OUT)
+                 + ("_" + args.colour if args.colour != "rgb" else "")
+                 + ("_" + args.crop_padding if args.crop_padding != "reflect" else ""), OUT)
 
 
 if __name__ == "__main__":

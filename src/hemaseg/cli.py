@@ -38,7 +38,15 @@ from hemaseg.tasks.cells.infer import is_detector
 from hemaseg.tasks.smear10.synth import PARTS, compose, image_seed, synth_config, write_smear
 from hemaseg.tasks.smear10.synth import wbc_crops as cut_wbcs
 from hemaseg.tasks.smear10.train import held_out_crops, load_bank
-from hemaseg.tasks.wbc_type.crops import cell_crop, crop_for, crops_for, group_probs, prediction_rows, takes_ruler
+from hemaseg.tasks.wbc_type.crops import (
+    cell_crop,
+    crop_for,
+    crop_padding,
+    crops_for,
+    group_probs,
+    prediction_rows,
+    takes_ruler,
+)
 from hemaseg.tasks.wbc_type.explain import cam_overlay, features, grad_cam, gradcam_mask, tsne_plot
 from hemaseg.version import __version__
 
@@ -404,6 +412,11 @@ def train(
                                          "(each crop redrawn with reference dyes and light, Macenko) or shape "
                                          "(luminance beside the segmented nucleus and cell masks) "
                                          "(default rgb)"),
+    crop_padding_: Optional[str] = typer.Option(None, "--crop-padding",
+                                                help="wbc-type: where a crop's square around its WBC leaves the "
+                                                     "image: reflect it, or background (the slide's own colour; "
+                                                     "training then also cuts some crops tight around their cell, "
+                                                     "as crops cut on a WBC's box are) (default reflect)"),
     held_out: Optional[str] = typer.Option(None, help="smear10: split JSON whose 'val' crops stay out of training "
                                                       "(the WBC-type classifier's: benchmarks/splits/wbc-type-3labs.json)"),
     real_fields: Optional[float] = typer.Option(None, help="smear10: share of the training draws that are real "
@@ -451,7 +464,7 @@ def train(
                           held_out=held_out, unboxed=unboxed, init=init, replay=replay, ruler=ruler,
                           looks=looks or None, leave_out=leave_out or None, paste_red_cells=paste_red_cells,
                           modality_transfer=modality_transfer, split=split, real_fields=real_fields,
-                          modalities=modalities or None, colour=colour)
+                          modalities=modalities or None, colour=colour, crop_padding=crop_padding_)
             if out is not None and out.resolve() != resume.resolve():
                 raise HemasegUsageError("--out", "give --out RUN to start a run or --resume RUN to continue one, "
                                                  "not both")
@@ -471,7 +484,7 @@ def train(
                 target_images=str(Path(target_images).resolve()) if target_images else None, backbone=backbone,
                 normalise_cells=normalise_cells, leave_out=leave_out or None, paste_red_cells=paste_red_cells,
                 modality_transfer=modality_transfer, split=str(split.resolve()) if split else None,
-                real_fields=real_fields, modalities=modalities or None, colour=colour)
+                real_fields=real_fields, modalities=modalities or None, colour=colour, crop_padding=crop_padding_)
             prepare_run(out, overwrite=overwrite, extra_files=spec.run_files)
             state, run = spec.fit(cfg, out), out
     except HemasegUsageError as exc:
@@ -596,7 +609,7 @@ def explain(
     crops, parts, labels = [], [], []
 
     def work(path):
-        cell = cell_crop(read_image(path), size, ruler=takes_ruler(card))
+        cell = cell_crop(read_image(path), size, ruler=takes_ruler(card), padding=crop_padding(card))
         crop = cell.image
         cam, _ = grad_cam(module, card, crop, extras=cell.extras if takes_ruler(card) else None, parts=cell.parts)
         mask = gradcam_mask(cam)

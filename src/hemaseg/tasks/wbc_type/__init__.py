@@ -15,7 +15,7 @@ from hemaseg.errors import HemasegUsageError
 from hemaseg.io.images import list_images
 from hemaseg.tasks.registry import register_task
 from hemaseg.tasks.wbc_type.crops import CLASSES
-from hemaseg.tasks.wbc_type.train import ClassifyConfig, check_colour, fit_classifier, given_split
+from hemaseg.tasks.wbc_type.train import ClassifyConfig, check_colour, check_crop_padding, fit_classifier, given_split
 
 DEPENDS = ("wbc",)
 
@@ -30,7 +30,8 @@ class WbcTypeTask(Task):
     description = "WBC type of a single-cell crop"
     depends = DEPENDS
 
-    train_options = ("target_images", "backbone", "normalise_cells", "init", "replay", "ruler", "looks", "split", "colour")
+    train_options = ("target_images", "backbone", "normalise_cells", "init", "replay", "ruler", "looks", "split", "colour",
+                     "crop_padding")
 
     def train_config(self, **options) -> ClassifyConfig:
         """A :class:`ClassifyConfig` from ``hemaseg train``'s options (None: the default; ``crop`` is
@@ -49,6 +50,7 @@ class WbcTypeTask(Task):
         if "ruler" in given:
             given["extras"] = given.pop("ruler")
         check_colour(given.get("colour", "rgb"))
+        check_crop_padding(given.get("crop_padding", "reflect"))
         cfg = ClassifyConfig(**given)
         if cfg.split:  # checked before the run folder is made
             given_split(cfg)

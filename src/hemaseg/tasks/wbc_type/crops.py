@@ -11,7 +11,7 @@ import numpy as np
 
 from hemaseg.classical import central_instance, red_cell_diameter
 from hemaseg.core.vocabulary import EXTRA_TYPES, MONONUCLEAR, POLYNUCLEAR
-from hemaseg.data.transforms import NEEDS_PARTS, crop_input
+from hemaseg.data.transforms import NEEDS_PARTS, crop_input, slide_background
 from hemaseg.engine.predict import get_model, uses_backend
 from hemaseg.engine.runtime import as_runner, softmax
 from hemaseg.tasks.wbc import segment_wbc_crops
@@ -64,21 +64,27 @@ class CellCrop:
         return np.array([np.log(ratio) if known else 0.0, float(known), self.nucleus_fraction], np.float32)
 
 
-def _square(image: np.ndarray, cy: float, cx: float, side: float) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-    """Square of ``side`` px centred at (cy, cx), reflected where it leaves the image."""
+CROP_PADDINGS = ("reflect", "background")
+
+
+def _square(image: np.ndarray, cy: float, cx: float, side: float, fill=None) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """Square of ``side`` px centred at (cy, cx): where it leaves the image, the image is reflected
+    (``fill`` None) or the square filled with the constant ``fill``."""
     h, w = image.shape[:2]
     half = side / 2
     y0, x0 = int(round(cy - half)), int(round(cx - half))
     s = max(1, int(round(side)))
     pad = max(0, -y0, -x0, y0 + s - h, x0 + s - w)
-    if pad:
+    if pad and fill is not None:
+        image = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=fill)
+    elif pad:
         mode = cv2.BORDER_REFLECT_101 if pad < min(h, w) else cv2.BORDER_REPLICATE
         image = cv2.copyMakeBorder(image, pad, pad, pad, pad, mode)
     return image[y0 + pad:y0 + pad + s, x0 + pad:x0 + pad + s], (x0, y0, x0 + s, y0 + s)
 
 
 def cell_crops(images: list[np.ndarray], size: int = 96, seg_model="wbc", fill: float = CELL_FILL,
-               ruler: bool = True) -> list[CellCrop]:
+               ruler: bool = True, padding: str = "reflect") -> list[CellCrop]:
     """Centre each (H, W, 3) crop on its WBC and rescale so the cell spans ``fill`` of a ``size`` px square.
 
     The WBC is the segmented cell nearest the centre (largest first) from the bundled WBC
@@ -87,7 +93,9 @@ def cell_crops(images: list[np.ndarray], size: int = 96, seg_model="wbc", fill: 
     magnifications look alike to the classifier. With no cell found, the central square of
     the input is used. ``ruler=False`` skips measuring the red cells (``rbc_diameter`` stays
     None): for a classifier that takes no ruler (:func:`takes_ruler`) the measurement would be
-    thrown away.
+    thrown away. Where the square around the cell leaves the input (a crop cut tight around its
+    WBC), ``padding`` "reflect" mirrors the input, "background" fills the square with the slide's
+    own background colour (the light pixels around the cells), so no mirrored half-cell is added.
 
     Examples
     --------
@@ -97,21 +105,26 @@ def cell_crops(images: list[np.ndarray], size: int = 96, seg_model="wbc", fill: 
     """
     images = [np.ascontiguousarray(im[..., :3]) for im in images]
     segs = segment_wbc_crops(images, seg_model)
-    return [_centred(image, *seg, size, fill, ruler) for image, seg in zip(images, segs)]
+    if padding not in CROP_PADDINGS:
+        raise ValueError(f"padding {padding!r}: one of {', '.join(CROP_PADDINGS)}")
+    return [_centred(image, *seg, size, fill, ruler, padding) for image, seg in zip(images, segs)]
 
 
 def cell_crop(image: np.ndarray, size: int = 96, seg_model="wbc", fill: float = CELL_FILL,
-              ruler: bool = True) -> CellCrop:
+              ruler: bool = True, padding: str = "reflect") -> CellCrop:
     """:func:`cell_crops` of one image."""
-    return cell_crops([image], size, seg_model, fill, ruler)[0]
+    return cell_crops([image], size, seg_model, fill, ruler, padding)[0]
 
 
 def _centred(image: np.ndarray, classes: np.ndarray, instances: np.ndarray, scale: float, size: int, fill: float,
-             ruler: bool) -> CellCrop:
+             ruler: bool, padding: str = "reflect") -> CellCrop:
     """The :class:`CellCrop` of ``image`` given its WBC segmentation at ``scale`` (map px per image px)."""
     h, w = image.shape[:2]
     k = central_instance(instances)
     rbc_d, nucleus = None, 0.0
+    small = None  # the image at the map's scale, when something is measured on it
+    if ruler or padding == "background":
+        small = image if scale == 1 else cv2.resize(image, instances.shape[::-1], interpolation=cv2.INTER_AREA)
     if k:
         sel = instances == k
         ys, xs = np.nonzero(sel)
@@ -124,16 +137,17 @@ def _centred(image: np.ndarray, classes: np.ndarray, instances: np.ndarray, scal
             r = max(1, int(0.1 * diameter * scale))
             grown = cv2.dilate((instances > 0).astype(np.uint8),
                                cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)))
-            small = image if scale == 1 else cv2.resize(image, instances.shape[::-1], interpolation=cv2.INTER_AREA)
             d = red_cell_diameter(small, grown > 0)
             rbc_d = d / scale if d else None
     else:
         cy, cx, side, diameter = h / 2, w / 2, float(min(h, w)), 0.0
-    crop, _ = _square(image, cy, cx, side)
+    colour = slide_background(small, instances > 0) if padding == "background" else None
+    crop, _ = _square(image, cy, cx, side, colour)
     out = cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA if crop.shape[0] > size else cv2.INTER_LINEAR)
     m, n = np.zeros((size, size), bool), np.zeros((size, size), bool)
     if k:  # the cell's mask and nucleus, cut from the map the same way (smoothly upsampled: the map is coarser)
-        mcrop, _ = _square(sel.astype(np.uint8) + (sel & (classes == 2)), cy * scale, cx * scale, side * scale)
+        mcrop, _ = _square(sel.astype(np.uint8) + (sel & (classes == 2)), cy * scale, cx * scale, side * scale,
+                           None if colour is None else 0)
         for level, dest in ((1, m), (2, n)):
             up = cv2.resize((mcrop >= level).astype(np.float32), (size, size), interpolation=cv2.INTER_LINEAR)
             dest[:] = up >= 0.5
@@ -143,6 +157,11 @@ def _centred(image: np.ndarray, classes: np.ndarray, instances: np.ndarray, scal
 def takes_ruler(card: dict) -> bool:
     """The classifier of ``card`` takes the crops' rulers (:attr:`CellCrop.extras`) as input."""
     return bool(card.get("architecture", {}).get("kwargs", {}).get("extras", 0))
+
+
+def crop_padding(card: dict) -> str:
+    """How the classifier of ``card`` saw crops whose square leaves the input (:func:`cell_crops`' ``padding``)."""
+    return card.get("crop_padding", "reflect")
 
 
 def takes_parts(card: dict) -> bool:
@@ -248,7 +267,7 @@ def classify(image: np.ndarray, model="wbc-type", device: str = "cpu", normalise
     _, card = get_model(model, device)
     size = int(card.get("input_size", 96))
     if normalise:
-        c = cell_crop(image, size, ruler=takes_ruler(card))
+        c = cell_crop(image, size, ruler=takes_ruler(card), padding=crop_padding(card))
     else:
         c = CellCrop(cv2.resize(np.ascontiguousarray(image[..., :3]), (size, size)), np.zeros((size, size), bool),
                      True, 0.0)
@@ -287,7 +306,7 @@ def crops_for(images: list[np.ndarray], card: dict) -> list[CellCrop]:
     or just resized for models trained without normalisation (then taken to hold a WBC)."""
     size = int(card.get("input_size", 96))
     if card.get("cell_normalised", True):
-        return cell_crops(images, size, ruler=takes_ruler(card))
+        return cell_crops(images, size, ruler=takes_ruler(card), padding=crop_padding(card))
     return [CellCrop(cv2.resize(np.ascontiguousarray(im[..., :3]), (size, size), interpolation=cv2.INTER_AREA),
                      np.zeros((size, size), bool), True, 0.0) for im in images]
 
@@ -321,7 +340,7 @@ def type_wbcs(image: np.ndarray, records: list[dict], model="wbc-type", device: 
     _, card = get_model(model, device)
     size = int(card.get("input_size", 96))
     cells = cell_crops([square_crop(image, r["bounding_box"], CROP_MARGIN) for r in records], size,
-                       ruler=takes_ruler(card))
+                       ruler=takes_ruler(card), padding=crop_padding(card))
     crops = [c.image for c in cells]
     extras = np.stack([c.extras for c in cells]) if cells else None
     return (predict_crops(crops, model, device, extras=extras, parts=[c.parts for c in cells]), crops,

@@ -19,6 +19,7 @@ from hemaseg.data.transforms import (
     CROP_COLOURS,
     classify_transform,
     crop_input,
+    cut_tight,
     look_stats,
     replace_background,
     transfer_look,
@@ -43,8 +44,10 @@ from hemaseg.progress import track
 from hemaseg.tasks.wbc_type.crops import (
     ALL_CLASSES,
     CLASSES,
+    CROP_PADDINGS,
     N_EXTRAS,
     cell_crops,
+    crop_padding,
     group_probs,
     predict_logits,
     probs_from_logits,
@@ -106,12 +109,23 @@ class ClassifyConfig:
     # the WBC segmentation's nucleus and cell masks): a lab's stain and lamp colours cannot decide a type;
     # docs/results.md, leave-one-lab-out
     colour: str = "rgb"
+    # where a crop's square around its WBC leaves the image (crops cut tight on a WBC's box, as BCCD's):
+    # "reflect" mirrors the image, "background" fills it with the slide's colour and, in training, cuts
+    # ``tight_p`` of the draws tight around their cell (:func:`~hemaseg.data.transforms.cut_tight`)
+    crop_padding: str = "reflect"
+    tight_p: float = 0.3
 
 
 def check_colour(colour: str) -> None:
     """:class:`HemasegUsageError` naming ``--colour`` unless ``colour`` is one of :data:`CROP_COLOURS`."""
     if colour not in CROP_COLOURS:
         raise HemasegUsageError("--colour", f"{colour}: one of {', '.join(CROP_COLOURS)}")
+
+
+def check_crop_padding(padding: str) -> None:
+    """:class:`HemasegUsageError` naming ``--crop-padding`` unless ``padding`` is one of :data:`CROP_PADDINGS`."""
+    if padding not in CROP_PADDINGS:
+        raise HemasegUsageError("--crop-padding", f"{padding}: one of {', '.join(CROP_PADDINGS)}")
 
 
 def split_labelled(items: list[tuple[Path, str]], val_fraction: float, seed: int):
@@ -127,27 +141,28 @@ def split_labelled(items: list[tuple[Path, str]], val_fraction: float, seed: int
     return sorted(train, key=lambda t: str(t[0])), sorted(val, key=lambda t: str(t[0]))
 
 
-def _cache_key(path: Path, size: int, normalise: bool) -> str:
+def _cache_key(path: Path, size: int, normalise: bool, padding: str) -> str:
     st = path.stat()
-    return hashlib.sha1(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{size}|{normalise}|v4".encode()).hexdigest()[:20]
+    return hashlib.sha1(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{size}|{normalise}|{padding}|v4".encode()
+                        ).hexdigest()[:20]
 
 
 PREPARE_CHUNK = 64  # crops normalised together (one batch through the WBC network)
 
 
-def prepare_crops(paths: list[Path], size: int, normalise: bool, cache: Path,
-                  progress: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def prepare_crops(paths: list[Path], size: int, normalise: bool, cache: Path, progress: bool = True,
+                  padding: str = "reflect") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Cell-normalised crops (N, S, S, 3) uint8, their cell parts (N, S, S) uint8 (0 outside the cell,
     1 cytoplasm, 2 nucleus: :attr:`CellCrop.parts`) and rulers (N, 3) float32 (:attr:`CellCrop.extras`;
-    zeros without normalisation), cached on disk."""
+    zeros without normalisation), cached on disk. ``padding``: :func:`cell_crops`'."""
     cache.mkdir(parents=True, exist_ok=True)
-    files = [cache / f"{_cache_key(Path(p), size, normalise)}.npz" for p in paths]
+    files = [cache / f"{_cache_key(Path(p), size, normalise, padding)}.npz" for p in paths]
     missing = [i for i, f in enumerate(files) if not f.exists()]
     chunks = [missing[i:i + PREPARE_CHUNK] for i in range(0, len(missing), PREPARE_CHUNK)]
     for chunk in (track(chunks, "normalise crops", leave=False) if progress and chunks else chunks):
         images = [read_image(paths[i]) for i in chunk]
         if normalise:
-            made = [(c.image, c.parts, c.extras) for c in cell_crops(images, size)]
+            made = [(c.image, c.parts, c.extras) for c in cell_crops(images, size, padding=padding)]
         else:
             made = [(cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA), np.zeros((size, size), np.uint8),
                      np.zeros(N_EXTRAS, np.float32)) for im in images]
@@ -173,8 +188,8 @@ class CropDataset:
 
     def __init__(self, images: np.ndarray, masks: np.ndarray, labels: np.ndarray, transform, background_p: float,
                  extras: np.ndarray | None = None, looks: np.ndarray | None = None, looks_share: float = 0.0,
-                 colour: str = "rgb"):
-        self.images, self.masks, self.labels, self.colour = images, masks, labels, colour
+                 colour: str = "rgb", tight_p: float = 0.0):
+        self.images, self.masks, self.labels, self.colour, self.tight_p = images, masks, labels, colour, tight_p
         self.transform, self.background_p = transform, background_p
         self.extras = extras if extras is not None else np.zeros((len(images), N_EXTRAS), np.float32)
         # other labs' looks (M, 2, 3) and each crop's own, measured the same way (around its cell)
@@ -189,12 +204,14 @@ class CropDataset:
 
         image, parts = self.images[i], self.masks[i]
         new_background = self.background_p > 0 and parts.any()
-        if self.looks_share > 0 or new_background:
+        if self.looks_share > 0 or new_background or self.tight_p > 0:
             rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,)).item()))
             if self.looks_share > 0 and rng.random() < self.looks_share:
                 image = transfer_look(image, self.own_looks[i], self.looks[int(rng.integers(len(self.looks)))])
             if new_background and rng.random() < self.background_p:
                 image = replace_background(image, parts > 0, rng)
+            if self.tight_p > 0 and rng.random() < self.tight_p:
+                image, parts = cut_tight(image, parts, rng)
         if self.transform is not None:
             out = self.transform(image=image, mask=parts)
             image, parts = out["image"], out["mask"]
@@ -383,6 +400,7 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
     state_path = run / "state.json"
     cfg, state = start_or_resume(cfg, ClassifyConfig, run, resume)
     check_colour(cfg.colour)
+    check_crop_padding(cfg.crop_padding)
     train, val = load_split(cfg, run)
     start = load_model(cfg.init) if cfg.init else None
     if start is not None:
@@ -392,15 +410,16 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
         # the start model's input: the same crop size and normalisation
         cfg.size, cfg.normalise_cells = int(start[1].get("input_size", cfg.size)), bool(start[1].get("cell_normalised", True))
         cfg.colour = start[1].get("normalization", {}).get("colour", "rgb")
+        cfg.crop_padding = crop_padding(start[1])
         unknown = sorted({k for _, k in train + val} - set(classes))
         if unknown:
             raise HemasegInputError(cfg.init, f"knows no {', '.join(unknown)}: its classes are {', '.join(classes)}")
     else:
         classes = list(cfg.classes or [c for c in ALL_CLASSES if c in {k for _, k in train + val}])
     cache = Path(cfg.cache) if cfg.cache else run / "crops"
-    tr_img, tr_mask, tr_ext = prepare_crops([p for p, _ in train], cfg.size, cfg.normalise_cells, cache, progress)
+    tr_img, tr_mask, tr_ext = prepare_crops([p for p, _ in train], cfg.size, cfg.normalise_cells, cache, progress, cfg.crop_padding)
     tr_lab = np.array([classes.index(c) for _, c in train])
-    va_img, va_parts, va_ext = prepare_crops([p for p, _ in val], cfg.size, cfg.normalise_cells, cache, progress)
+    va_img, va_parts, va_ext = prepare_crops([p for p, _ in val], cfg.size, cfg.normalise_cells, cache, progress, cfg.crop_padding)
     va_lab = np.array([classes.index(c) for _, c in val], int)
     n_extras = (int(start[1]["architecture"]["kwargs"].get("extras", 0)) if start is not None
                 else N_EXTRAS if cfg.extras else 0)
@@ -411,7 +430,7 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
         tpaths = list_images(cfg.target_images, recursive=True)
         if not tpaths:
             raise HemasegInputError(cfg.target_images, "no target images")
-        t_img, t_mask, t_ext = prepare_crops(tpaths, cfg.size, cfg.normalise_cells, cache, progress)
+        t_img, t_mask, t_ext = prepare_crops(tpaths, cfg.size, cfg.normalise_cells, cache, progress, cfg.crop_padding)
         target = CropDataset(t_img, t_mask, -np.ones(len(t_img), int), None, cfg.background_p,
                              t_ext if n_extras else t_ext[:, :0], colour=cfg.colour)
 
@@ -420,7 +439,7 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
         lpaths = [p for root in cfg.looks for p in list_images(root, recursive=True)]
         if not lpaths:
             raise HemasegInputError(", ".join(cfg.looks), "no images to take looks from")
-        l_img, l_mask, _ = prepare_crops(lpaths, cfg.size, cfg.normalise_cells, cache, progress)
+        l_img, l_mask, _ = prepare_crops(lpaths, cfg.size, cfg.normalise_cells, cache, progress, cfg.crop_padding)
         looks = crop_looks(l_img, l_mask)
 
     _seed_all(cfg.seed)
@@ -439,7 +458,8 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
     if target is not None:
         target.transform = transform
     dataset = CropDataset(tr_img, tr_mask, tr_lab, transform, cfg.background_p if cfg.augment else 0.0, tr_ext,
-                          looks if cfg.augment else None, cfg.looks_share, cfg.colour)
+                          looks if cfg.augment else None, cfg.looks_share, cfg.colour,
+                          cfg.tight_p if cfg.augment and cfg.crop_padding == "background" else 0.0)
     counts = np.bincount(tr_lab, minlength=len(classes)).astype(float)
     # Class-balanced draws, but a class of a handful of crops (one basophil) is not drawn as
     # often as the others: it would be memorised, not learned.
@@ -459,6 +479,7 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
         "normalization": {"type": "percentile", "low": 1.0, "high": 99.0, "per_channel": True, "colour": cfg.colour},
         "input_size": cfg.size,
         "cell_normalised": cfg.normalise_cells,
+        "crop_padding": cfg.crop_padding,
         "extras": ["log(WBC / red-cell diameter)", "red cells measured", "nucleus share of the cell"][:n_extras],
         "training": {"data": cfg.data, "target_images": cfg.target_images if not isinstance(cfg.target_images, list)
                      else f"{len(cfg.target_images)} images", "n_train": len(train), "n_val": len(val),
