@@ -85,7 +85,7 @@ def run_all(args) -> None:
         row = {"epochs": state["epoch"], "best_epoch": state["best_epoch"], "minutes_this_call": round(minutes, 1)}
         for lab, (_, val) in splits.items():
             imgs, parts, ext = prepare_crops([p for p, _ in val], cfg.size, cfg.normalise_cells, Path(cfg.cache),
-                                             progress=False, padding=cfg.crop_padding)
+                                             progress=False, padding=card.get("crop_padding", "reflect"))
             labels = np.array([TYPES.index(c) for _, c in val])
             row[lab] = scores(predict_as_trained(module, card, imgs, parts, ext), labels)
         results[name] = row
@@ -113,7 +113,7 @@ def speed(args) -> None:
     from hemaseg.engine.predict import get_model
     from hemaseg.errors import HemasegError
     from hemaseg.io.datasets import find_labelled_cells
-    from hemaseg.tasks.wbc_type.crops import cell_crops, predict_crops
+    from hemaseg.tasks.wbc_type.crops import crops_for, predict_crops
 
     torch.set_num_threads(args.threads)
     try:
@@ -123,10 +123,9 @@ def speed(args) -> None:
         return
     paths = [p for p, _ in find_labelled_cells(args.data / "bccd-wbc")][:64]
     images = [hemaseg.read_image(p) for p in paths]
-    size = int(loaded[1].get("input_size", 96))
-    cell_crops(images[:2], size)
+    crops_for(images[:2], loaded[1])
     t0 = time.perf_counter()
-    cells = cell_crops(images, size)  # one batch, as `hemaseg classify` does
+    cells = crops_for(images, loaded[1])  # one batch, as `hemaseg classify` does
     crops, parts = [c.image for c in cells], [c.parts for c in cells]
     t_norm = time.perf_counter() - t0
     predict_crops(crops[:4], loaded, parts=parts[:4])

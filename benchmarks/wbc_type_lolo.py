@@ -122,6 +122,11 @@ def main() -> None:
         if args.looks:
             cfg.looks = [str(d) for d in sorted(args.looks.iterdir()) if d.is_dir() and d.name != LOOK_SOURCE.get(name)]
             cfg.looks_share = args.looks_share
+        if (run / "state.json").exists():  # resumed: it must be the run asked for, not another input's
+            was = json.loads((run / "state.json").read_text())["config"]
+            for k in ("colour", "crop_padding", "extras", "looks"):
+                if was.get(k, getattr(ClassifyConfig(), k)) != getattr(cfg, k):
+                    raise SystemExit(f"{run}: a run with {k}={was.get(k)!r}, not {getattr(cfg, k)!r}; give another --runs")
         t0 = time.time()
         state = fit_classifier(cfg, run, resume=(run / "state.json").exists(), progress=False)
         minutes = (time.time() - t0) / 60

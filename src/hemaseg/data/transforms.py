@@ -190,8 +190,8 @@ def crop_input(image: np.ndarray, colour: str = "rgb", low: float = 1.0, high: f
     if colour not in CROP_COLOURS:
         raise ValueError(f"colour {colour!r}: one of {', '.join(CROP_COLOURS)}")
     if colour in NEEDS_PARTS:
-        if parts is None or parts.shape != image.shape[:2]:
-            raise ValueError(f"the {colour!r} input needs the crop's cell parts, an (H, W) map of its size")
+        if parts is None or parts.shape != image.shape[:2] or parts.dtype == bool:
+            raise ValueError(f"the {colour!r} input needs the crop's cell parts, an (H, W) 0/1/2 map of its size")
         grey = cv2.cvtColor(np.ascontiguousarray(image[..., :3]), cv2.COLOR_RGB2GRAY)[..., None]
         return np.concatenate([normalize(grey, low, high), (parts == 2)[..., None].astype(np.float32),
                                (parts > 0)[..., None].astype(np.float32)], -1)
@@ -238,7 +238,9 @@ def cut_tight(image: np.ndarray, parts: np.ndarray, rng: np.random.Generator,
     on each side with probability one half (at least one side), everything beyond a line at the
     cell's edge moved inwards by ``depth`` (a share of the cell's extent; negative: outside it) is
     replaced by the slide's background colour (:func:`slide_background`) and taken out of the cell's
-    ``parts`` ((H, W) uint8, 0 outside the cell). Returns (image, parts), new arrays.
+    ``parts`` ((H, W) uint8, 0 outside the cell). Returns (image, parts), new arrays. An approximation:
+    a crop really cut tight is re-centred and rescaled on the cell's visible part when normalised;
+    here the cut cell keeps its place and scale (and its ruler, measured on the whole cell).
 
     >>> im = np.full((40, 40, 3), 230, np.uint8); parts = np.zeros((40, 40), np.uint8); parts[10:30, 10:30] = 1
     >>> im[parts > 0] = 90

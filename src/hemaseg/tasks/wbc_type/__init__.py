@@ -51,6 +51,10 @@ class WbcTypeTask(Task):
             given["extras"] = given.pop("ruler")
         check_colour(given.get("colour", "rgb"))
         check_crop_padding(given.get("crop_padding", "reflect"))
+        for option in ("colour", "crop_padding"):
+            if given.get("init") and option in given:
+                raise HemasegUsageError("--" + option.replace("_", "-"), "a fine-tune (--init) sees crops as its start "
+                                                                         "model did; leave this option out")
         cfg = ClassifyConfig(**given)
         if cfg.split:  # checked before the run folder is made
             given_split(cfg)

@@ -145,9 +145,9 @@ def _centred(image: np.ndarray, classes: np.ndarray, instances: np.ndarray, scal
     crop, _ = _square(image, cy, cx, side, colour)
     out = cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA if crop.shape[0] > size else cv2.INTER_LINEAR)
     m, n = np.zeros((size, size), bool), np.zeros((size, size), bool)
-    if k:  # the cell's mask and nucleus, cut from the map the same way (smoothly upsampled: the map is coarser)
-        mcrop, _ = _square(sel.astype(np.uint8) + (sel & (classes == 2)), cy * scale, cx * scale, side * scale,
-                           None if colour is None else 0)
+    if k:  # the cell's mask and nucleus, cut from the map the same way (smoothly upsampled: the map is
+        # coarser); never mirrored: a reflected half-cell is not the cell
+        mcrop, _ = _square(sel.astype(np.uint8) + (sel & (classes == 2)), cy * scale, cx * scale, side * scale, 0)
         for level, dest in ((1, m), (2, n)):
             up = cv2.resize((mcrop >= level).astype(np.float32), (size, size), interpolation=cv2.INTER_LINEAR)
             dest[:] = up >= 0.5
@@ -170,7 +170,8 @@ def takes_parts(card: dict) -> bool:
 
 
 def to_tensor(images: list[np.ndarray], card: dict, parts: list[np.ndarray] | None = None) -> torch.Tensor:
-    """(S, S, 3) uint8 crops -> (N, 3, S, S) float tensor, normalised as the model was trained."""
+    """(S, S, 3) uint8 crops -> (N, 3, S, S) float tensor, normalised as the model was trained
+    (``parts``: as :func:`crop_batch`)."""
     import torch
 
     return torch.from_numpy(crop_batch(images, card, parts)).permute(0, 3, 1, 2).contiguous()
@@ -266,6 +267,8 @@ def classify(image: np.ndarray, model="wbc-type", device: str = "cpu", normalise
     """
     _, card = get_model(model, device)
     size = int(card.get("input_size", 96))
+    if not normalise and takes_parts(card):
+        raise ValueError("normalise=False: this model sees the cell's parts, found by normalising the crop")
     if normalise:
         c = cell_crop(image, size, ruler=takes_ruler(card), padding=crop_padding(card))
     else:

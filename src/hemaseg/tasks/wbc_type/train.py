@@ -17,6 +17,7 @@ import numpy as np
 
 from hemaseg.data.transforms import (
     CROP_COLOURS,
+    NEEDS_PARTS,
     classify_transform,
     crop_input,
     cut_tight,
@@ -401,6 +402,8 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
     cfg, state = start_or_resume(cfg, ClassifyConfig, run, resume)
     check_colour(cfg.colour)
     check_crop_padding(cfg.crop_padding)
+    if cfg.colour in NEEDS_PARTS and not cfg.normalise_cells:
+        raise HemasegUsageError("--colour", f"{cfg.colour} needs the cells normalised (its masks come from that)")
     train, val = load_split(cfg, run)
     start = load_model(cfg.init) if cfg.init else None
     if start is not None:
