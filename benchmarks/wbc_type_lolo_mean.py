@@ -1,0 +1,60 @@
+"""Leave-one-lab-out runs of two inputs averaged: each left-out lab's 5-class accuracy and the training labs'
+held-out crops, for each run alone and for the mean of their calibrated probabilities (a diagnostic).
+
+    python benchmarks/wbc_type_lolo_mean.py [--runs-a runs/lolo/grey --colour-a grey] [--runs-b runs/lolo/shape]
+                                            [--cache runs/lolo/crops4] [--data ../shared/data]
+
+Each RUNS folder holds without-LAB/ runs of benchmarks/wbc_type_lolo.py. Prints one line per left-out lab.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data")
+    ap.add_argument("--runs-a", type=Path, default=HERE.parent / "runs" / "lolo" / "grey")
+    ap.add_argument("--colour-a", default=None, help="the A runs' colour when their cards predate the option")
+    ap.add_argument("--runs-b", type=Path, default=HERE.parent / "runs" / "lolo" / "shape")
+    ap.add_argument("--cache", type=Path, default=HERE.parent / "runs" / "lolo" / "crops4")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+
+    import torch
+
+    from hemaseg.io.datasets import find_labelled_cells
+    from hemaseg.models.registry import load_model
+    from hemaseg.tasks.wbc_type.crops import CLASSES, group_probs
+    from hemaseg.tasks.wbc_type.train import predict_as_trained, prepare_crops
+
+    torch.set_num_threads(args.threads)
+    labs = {"wbc-seg": "wbc-seg", "bccd": "bccd-wbc", "pbc": "pbc"}
+    for lab, folder in labs.items():
+        items = [(p, c) for p, c in find_labelled_cells(args.data / folder) if c in CLASSES]
+        split = json.loads((args.runs_b / f"without-{lab}" / "split.json").read_text())
+        val = [(Path(p), c) for p, c in split["val"] if c in CLASSES]
+        out = {}
+        for name, its in (("left out", items), ("in-lab val", val)):
+            img, parts, ext = prepare_crops([p for p, _ in its], 80, True, args.cache, progress=False)
+            qs = {}
+            for key, runs in (("a", args.runs_a), ("b", args.runs_b)):
+                m, card = load_model(runs / f"without-{lab}" / "model.safetensors")
+                if key == "a" and args.colour_a:
+                    card.setdefault("normalization", {})["colour"] = args.colour_a
+                names, q = group_probs(predict_as_trained(m, card, img, parts, ext), list(card["classes"]), 3)
+                qs[key] = q
+            truth = np.array([names.index(c.upper()) for _, c in its])
+            qs["mean"] = (qs["a"] + qs["b"]) / 2
+            out[name] = {k: round(float((q.argmax(1) == truth).mean()), 3) for k, q in qs.items()}
+        print(lab, json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+    main()
