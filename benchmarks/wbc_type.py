@@ -60,6 +60,7 @@ def run_all(args) -> None:
     import torch
 
     from hemaseg.models.registry import load_model
+    from hemaseg.tasks.wbc_type.crops import crop_padding
     from hemaseg.tasks.wbc_type.train import (
         TYPES,
         ClassifyConfig,
@@ -85,7 +86,7 @@ def run_all(args) -> None:
         row = {"epochs": state["epoch"], "best_epoch": state["best_epoch"], "minutes_this_call": round(minutes, 1)}
         for lab, (_, val) in splits.items():
             imgs, parts, ext = prepare_crops([p for p, _ in val], cfg.size, cfg.normalise_cells, Path(cfg.cache),
-                                             progress=False, padding=card.get("crop_padding", "reflect"))
+                                             progress=False, padding=crop_padding(card))
             labels = np.array([TYPES.index(c) for _, c in val])
             row[lab] = scores(predict_as_trained(module, card, imgs, parts, ext), labels)
         results[name] = row

@@ -34,14 +34,14 @@ def emit(line: str = "") -> None:
 def accuracy5(model_path: Path, items: list, cache: Path) -> float:
     """5-class accuracy of a model on (path, class) crops."""
     from hemaseg.models.registry import load_model
-    from hemaseg.tasks.wbc_type.crops import group_probs
+    from hemaseg.tasks.wbc_type.crops import crop_padding, group_probs
     from hemaseg.tasks.wbc_type.train import predict_as_trained, prepare_crops
 
     if not items:
         return float("nan")
     model, card = load_model(model_path)
     img, parts, ext = prepare_crops([p for p, _ in items], int(card["input_size"]), True, cache, progress=False,
-                                    padding=card.get("crop_padding", "reflect"))
+                                    padding=crop_padding(card))
     probs = predict_as_trained(model, card, img, parts, ext)
     names, q = group_probs(probs, list(card["classes"]), 3)
     truth = np.array([names.index(c.upper()) for _, c in items])

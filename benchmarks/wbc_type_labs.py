@@ -35,7 +35,7 @@ def main() -> None:
 
     from hemaseg.io.datasets import find_labelled_cells
     from hemaseg.models.registry import load_model
-    from hemaseg.tasks.wbc_type.crops import CLASSES, PBC_CLASSES, group_probs
+    from hemaseg.tasks.wbc_type.crops import CLASSES, PBC_CLASSES, crop_padding, group_probs
     from hemaseg.tasks.wbc_type.train import (
         expected_calibration_error,
         predict_as_trained,
@@ -54,7 +54,7 @@ def main() -> None:
             _, val = split_labelled(find_labelled_cells(args.data / folder), 0.2, 0)
             img, parts, ext = prepare_crops([p for p, _ in val], int(card["input_size"]),
                                             bool(card.get("cell_normalised", True)), args.cache, progress=False,
-                                            padding=card.get("crop_padding", "reflect"))
+                                            padding=crop_padding(card))
             t0 = time.perf_counter()
             probs = predict_as_trained(model, card, img, parts, ext)
             speed = len(val) / (time.perf_counter() - t0)

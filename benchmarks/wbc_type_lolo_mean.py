@@ -31,7 +31,7 @@ def main() -> None:
 
     from hemaseg.io.datasets import find_labelled_cells
     from hemaseg.models.registry import load_model
-    from hemaseg.tasks.wbc_type.crops import CLASSES, group_probs
+    from hemaseg.tasks.wbc_type.crops import CLASSES, crop_padding, group_probs
     from hemaseg.tasks.wbc_type.train import predict_as_trained, prepare_crops
 
     torch.set_num_threads(args.threads)
@@ -40,14 +40,19 @@ def main() -> None:
         items = [(p, c) for p, c in find_labelled_cells(args.data / folder) if c in CLASSES]
         split = json.loads((args.runs_b / f"without-{lab}" / "split.json").read_text())
         val = [(Path(p), c) for p, c in split["val"] if c in CLASSES]
+        models = {}  # each run loaded once, its crops cut as its card says
+        for key, runs in (("a", args.runs_a), ("b", args.runs_b)):
+            m, card = load_model(runs / f"without-{lab}" / "model.safetensors")
+            if key == "a" and args.colour_a:
+                card.setdefault("normalization", {})["colour"] = args.colour_a
+            models[key] = (m, card)
         out = {}
         for name, its in (("left out", items), ("in-lab val", val)):
-            img, parts, ext = prepare_crops([p for p, _ in its], 80, True, args.cache, progress=False)
             qs = {}
-            for key, runs in (("a", args.runs_a), ("b", args.runs_b)):
-                m, card = load_model(runs / f"without-{lab}" / "model.safetensors")
-                if key == "a" and args.colour_a:
-                    card.setdefault("normalization", {})["colour"] = args.colour_a
+            for key, (m, card) in models.items():
+                img, parts, ext = prepare_crops([p for p, _ in its], int(card["input_size"]),
+                                                bool(card.get("cell_normalised", True)), args.cache, progress=False,
+                                                padding=crop_padding(card))
                 names, q = group_probs(predict_as_trained(m, card, img, parts, ext), list(card["classes"]), 3)
                 qs[key] = q
             truth = np.array([names.index(c.upper()) for _, c in its])

@@ -52,6 +52,7 @@ from hemaseg.tasks.wbc_type.crops import (
     group_probs,
     predict_logits,
     probs_from_logits,
+    to_tensor,
 )
 
 if TYPE_CHECKING:
@@ -239,13 +240,12 @@ def predict(model: torch.nn.Module, images: np.ndarray, batch_size: int = 128, t
     ``logits=True`` returns the (V, N, K) logits of every view instead (for calibration)."""
     import torch
 
+    seen_as = {"normalization": {"colour": colour}}  # how the network saw its crops (:func:`to_tensor`)
     with torch.inference_mode():
         model.eval()
         out = []
         for i in range(0, len(images), batch_size):
-            p = parts[i:i + batch_size] if parts is not None else [None] * len(images[i:i + batch_size])
-            x = torch.from_numpy(np.stack([crop_input(im, colour, parts=q) for im, q in zip(images[i:i + batch_size], p)])
-                                 ).permute(0, 3, 1, 2).contiguous()
+            x = to_tensor(images[i:i + batch_size], seen_as, parts[i:i + batch_size] if parts is not None else None)
             e = torch.from_numpy(extras[i:i + batch_size]) if extras is not None else None
             lg = predict_logits(model, x, e, tta)
             out.append(lg.numpy() if logits else probs_from_logits(lg, temperature))
@@ -420,9 +420,13 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
     else:
         classes = list(cfg.classes or [c for c in ALL_CLASSES if c in {k for _, k in train + val}])
     cache = Path(cfg.cache) if cfg.cache else run / "crops"
-    tr_img, tr_mask, tr_ext = prepare_crops([p for p, _ in train], cfg.size, cfg.normalise_cells, cache, progress, cfg.crop_padding)
+
+    def crops_of(paths):  # this run's crops: its size, normalisation and padding
+        return prepare_crops(paths, cfg.size, cfg.normalise_cells, cache, progress, cfg.crop_padding)
+
+    tr_img, tr_mask, tr_ext = crops_of([p for p, _ in train])
     tr_lab = np.array([classes.index(c) for _, c in train])
-    va_img, va_parts, va_ext = prepare_crops([p for p, _ in val], cfg.size, cfg.normalise_cells, cache, progress, cfg.crop_padding)
+    va_img, va_parts, va_ext = crops_of([p for p, _ in val])
     va_lab = np.array([classes.index(c) for _, c in val], int)
     n_extras = (int(start[1]["architecture"]["kwargs"].get("extras", 0)) if start is not None
                 else N_EXTRAS if cfg.extras else 0)
@@ -433,7 +437,7 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
         tpaths = list_images(cfg.target_images, recursive=True)
         if not tpaths:
             raise HemasegInputError(cfg.target_images, "no target images")
-        t_img, t_mask, t_ext = prepare_crops(tpaths, cfg.size, cfg.normalise_cells, cache, progress, cfg.crop_padding)
+        t_img, t_mask, t_ext = crops_of(tpaths)
         target = CropDataset(t_img, t_mask, -np.ones(len(t_img), int), None, cfg.background_p,
                              t_ext if n_extras else t_ext[:, :0], colour=cfg.colour)
 
@@ -442,7 +446,7 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
         lpaths = [p for root in cfg.looks for p in list_images(root, recursive=True)]
         if not lpaths:
             raise HemasegInputError(", ".join(cfg.looks), "no images to take looks from")
-        l_img, l_mask, _ = prepare_crops(lpaths, cfg.size, cfg.normalise_cells, cache, progress, cfg.crop_padding)
+        l_img, l_mask, _ = crops_of(lpaths)
         looks = crop_looks(l_img, l_mask)
 
     _seed_all(cfg.seed)
