@@ -30,6 +30,15 @@ LOOK_SOURCE = {"bccd": "BCCD", "pbc": "PBC"}  # a lab's own photos among TXL-PBC
 ZOOMS = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 
 
+def without_basophils(test: dict) -> float:
+    """Accuracy over the left-out lab's crops of the four types other than basophil (from its confusion):
+    wbc-seg and BCCD hold one basophil each, so with PBC left out its 600 basophils cannot be learnt
+    and its five-type accuracy cannot pass 0.80."""
+    c, names = np.asarray(test["confusion"]), test["classes"]
+    keep = [i for i, n in enumerate(names) if n != "basophil"]
+    return float(sum(c[i, i] for i in keep) / max(1, c[keep].sum()))
+
+
 def emit(line: str = "") -> None:
     print(line, flush=True)
     OUT.append(line)
@@ -75,6 +84,15 @@ def test_lab(run: Path, root: Path, cache: Path, zoom_n: int, seed: int = 0) -> 
     return res
 
 
+def report(name: str, entry: dict) -> None:
+    """One run's lines: its training and in-lab figures, then its left-out lab's."""
+    emit(f"{name}: {json.dumps({k: v for k, v in entry.items() if k != 'test'})}")
+    if "test" in entry:
+        t = entry["test"]
+        emit(f"  left out {name}: accuracy_5 {t['accuracy_5']:.3f} macro-F1 {t['macro_f1']:.3f} (n={t['n']}) "
+             f"zoom {t['zoom']}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data")
@@ -113,6 +131,7 @@ def main() -> None:
             if (args.runs / (f"without-{name}" if name != "all" else "all") / "lolo.json").exists():
                 results[name] = json.loads((args.runs / (f"without-{name}" if name != "all" else "all")
                                             / "lolo.json").read_text())
+                report(name, results[name])
             continue
         train_labs = [k for k in LABS if k != name]
         run = args.runs / (f"without-{name}" if name != "all" else "all")
@@ -140,20 +159,16 @@ def main() -> None:
             entry["test"] = test_lab(run, args.data / LABS[name], cache, args.zoom_n)
         results[name] = entry
         (run / "lolo.json").write_text(json.dumps(entry, indent=1))
-        emit(f"{name}: {json.dumps({k: v for k, v in entry.items() if k != 'test'})}")
-        if "test" in entry:
-            t = entry["test"]
-            emit(f"  left out {name}: accuracy_5 {t['accuracy_5']:.3f} macro-F1 {t['macro_f1']:.3f} (n={t['n']}) "
-                 f"zoom {t['zoom']}")
+        report(name, entry)
 
     rows = sorted((r for r in results.items() if "test" in r[1]), key=lambda r: r[1]["test"]["accuracy_5"])
     emit("")
-    emit("| left-out lab (never seen) | crops | 5-class accuracy | macro-F1 | trained on | in-lab val accuracy (5) | "
-         "zoom 0.5x / 1x / 3x | minutes |")
-    emit("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    emit("| left-out lab (never seen) | crops | 5-class accuracy | 4 types, basophils left out | macro-F1 | trained on | "
+         "in-lab val accuracy (5) | zoom 0.5x / 1x / 3x | minutes |")
+    emit("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, e in rows:
         t = e["test"]
-        emit(f"| {name} | {t['n']} | {t['accuracy_5']:.3f} | {t['macro_f1']:.3f} | {' + '.join(e['train'])} | "
+        emit(f"| {name} | {t['n']} | {t['accuracy_5']:.3f} | {without_basophils(t):.3f} | {t['macro_f1']:.3f} | {' + '.join(e['train'])} | "
              f"{e['in_lab_val'].get('accuracy_5', float('nan')):.3f} | {t['zoom']['0.5']:.2f} / {t['zoom']['1.0']:.2f} / "
              f"{t['zoom']['3.0']:.2f} | {e['minutes']} |")
     if "all" in results:
