@@ -410,7 +410,8 @@ def train(
     colour: Optional[str] = typer.Option(None, help="wbc-type: the crops' colours as the classifier sees them: "
                                          "rgb, grey (luminance only: stain colours cannot decide a type) or stain "
                                          "(each crop redrawn with reference dyes and light, Macenko) or shape "
-                                         "(luminance beside the segmented nucleus and cell masks) "
+                                         "(luminance beside the segmented nucleus and cell masks) or shape-hue "
+                                         "(luminance, the dyes' red-blue balance, the cell's parts) "
                                          "(default rgb)"),
     crop_padding_: Optional[str] = typer.Option(None, "--crop-padding",
                                                 help="wbc-type: where a crop's square around its WBC leaves the "

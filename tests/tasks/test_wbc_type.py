@@ -422,6 +422,42 @@ def test_a_shape_typer_sees_the_nucleus_and_cell_masks_moved_with_the_crop(tmp_p
     assert len((tmp_path / "t.csv").read_text().splitlines()) == 9
 
 
+def test_a_shape_hue_typer_sees_the_dyes_balance_not_the_labs_tint():
+    """``--colour shape-hue``: luminance, the red-blue balance of the dyes stretched on the crop's own
+    range (orange granules stay apart from purple ones of the same lightness under any lab's tint) and
+    the cell's parts in one channel, moved with the crop by the augmentation."""
+    from hemaseg.data.transforms import classify_transform, crop_input
+    from hemaseg.tasks.wbc_type.train import CropDataset
+
+    yy, xx = np.mgrid[:48, :48]
+    parts = ((np.hypot(yy - 24, xx - 24) < 16).astype(np.uint8) + (np.hypot(yy - 18, xx - 30) < 7)).astype(np.uint8)
+    crop = np.zeros((48, 48, 3), np.uint8)
+    crop[...] = (235, 225, 230)  # the slide
+    crop[parts == 1] = (150, 160, 170)  # lilac-grey cytoplasm
+    crop[parts == 2] = (90, 40, 130)  # a purple nucleus
+    orange = crop.copy()
+    orange[(parts == 1) & (xx < 24)] = (200, 140, 100)  # eosinophil-like granules on one side
+    x, y = crop_input(crop, "shape-hue", parts=parts), crop_input(orange, "shape-hue", parts=parts)
+    side = (parts == 1) & (xx < 24)
+    assert y[..., 1][side].mean() > x[..., 1][side].mean() + 0.3  # orange granules: red over blue
+    assert set(np.unique(x[..., 2])) == {0.0, 0.5, 1.0}
+    # a bluish lab: the same cell under another lamp keeps its dyes' balance channel
+    bluish = np.clip(orange.astype(int) * (0.85, 0.95, 1.1) + (0, 0, 10), 0, 255).astype(np.uint8)
+    z = crop_input(bluish, "shape-hue", parts=parts)
+    assert np.abs(z[..., 1] - y[..., 1])[parts > 0].mean() < 0.08
+    assert np.abs(x[..., 1] - y[..., 1])[side].mean() > 0.3
+    with pytest.raises(ValueError, match="parts"):
+        crop_input(crop, "shape-hue")
+    transform = classify_transform(True)
+    transform.set_random_seed(0)
+    ds = CropDataset(crop[None], parts[None], np.zeros(1, int), transform, 0.0, colour="shape-hue")
+    torch.manual_seed(0)
+    for _ in range(6):  # the parts channel follows the geometry: still 0 / 0.5 / 1, the nucleus still dark
+        t, _, _ = ds[0]
+        assert set(np.unique(t[2].numpy())) <= {0.0, 0.5, 1.0}
+        assert t[0][t[2] == 1].mean() < t[0][t[2] == 0].mean() - 0.3
+
+
 def test_a_crop_cut_tight_on_its_wbc_is_padded_with_the_slide_not_a_mirrored_cell(tmp_path):
     """``--crop-padding background``: where the square around a WBC leaves a tightly cut crop, the
     slide's own colour fills it (reflect mirrors the cell there); the card remembers it, a fine-tune

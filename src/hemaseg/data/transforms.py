@@ -105,8 +105,8 @@ def optics_augs() -> list:
     ]
 
 
-CROP_COLOURS = ("rgb", "grey", "stain", "shape")
-NEEDS_PARTS = ("shape",)  # inputs drawn from the crop's cell parts as well as its pixels
+CROP_COLOURS = ("rgb", "grey", "stain", "shape", "shape-hue")
+NEEDS_PARTS = ("shape", "shape-hue")  # inputs drawn from the crop's cell parts as well as its pixels
 # Reference optical densities of the two dyes (columns: the blue-purple one that stains nuclei and
 # granules, the pink one that stains red cells and cytoplasm) that :func:`stain_normalise` maps every
 # crop's own two dyes onto: Macenko et al.'s reference matrix (ISBI 2009).
@@ -176,7 +176,10 @@ def crop_input(image: np.ndarray, colour: str = "rgb", low: float = 1.0, high: f
     redraws the crop with reference dyes and light (:func:`stain_normalise`); "shape" is the stretched
     luminance beside the WBC segmentation's nucleus and whole-cell masks, taken from ``parts``
     ((H, W) uint8: 0 outside the cell, 1 cytoplasm, 2 nucleus), so the nucleus' shape and share of
-    the cell are given, not read from a lab's colours.
+    the cell are given, not read from a lab's colours; "shape-hue" keeps one colour cue beside them:
+    the stretched luminance, the balance of the two dyes (red minus blue, stretched on the crop's own
+    range: eosin-orange granules against azure-purple ones, whatever the lab's overall tint) and the
+    parts in one channel (0 outside, 0.5 cytoplasm, 1 nucleus).
 
     >>> crop = np.zeros((4, 4, 3), np.uint8); crop[..., 0] = np.arange(16).reshape(4, 4) * 10
     >>> x = crop_input(crop, "grey")
@@ -186,13 +189,22 @@ def crop_input(image: np.ndarray, colour: str = "rgb", low: float = 1.0, high: f
     >>> x = crop_input(crop, "shape", parts=parts)
     >>> int(x[..., 1].sum()), int(x[..., 2].sum())  # nucleus, cell
     (1, 4)
+    >>> x = crop_input(crop, "shape-hue", parts=parts)
+    >>> float(x[1, 1, 2]), float(x[1, 2, 2]), float(x[0, 0, 2])  # nucleus, cytoplasm, outside
+    (1.0, 0.5, 0.0)
     """
     if colour not in CROP_COLOURS:
         raise ValueError(f"colour {colour!r}: one of {', '.join(CROP_COLOURS)}")
     if colour in NEEDS_PARTS:
         if parts is None or parts.shape != image.shape[:2] or parts.dtype == bool:
             raise ValueError(f"the {colour!r} input needs the crop's cell parts, an (H, W) 0/1/2 map of its size")
-        grey = cv2.cvtColor(np.ascontiguousarray(image[..., :3]), cv2.COLOR_RGB2GRAY)[..., None]
+        rgb = np.ascontiguousarray(image[..., :3])
+        grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)[..., None]
+        if colour == "shape-hue":
+            # red minus blue, halved into uint8 (the stretch that follows is the same; uint8 takes the fast percentiles)
+            balance = ((rgb[..., :1].astype(np.int16) - rgb[..., 2:3]) // 2 + 128).astype(np.uint8)
+            return np.concatenate([normalize(grey, low, high), normalize(balance, low, high),
+                                   (parts[..., None] / np.float32(2)).astype(np.float32)], -1)
         return np.concatenate([normalize(grey, low, high), (parts == 2)[..., None].astype(np.float32),
                                (parts > 0)[..., None].astype(np.float32)], -1)
     if colour == "grey":

@@ -108,7 +108,8 @@ class ClassifyConfig:
     split: str = ""
     # the crops' colours as the network sees them (:func:`~hemaseg.data.transforms.crop_input`): "rgb", "grey"
     # (luminance only), "stain" (each crop redrawn with reference dyes and light) or "shape" (luminance beside
-    # the WBC segmentation's nucleus and cell masks): a lab's stain and lamp colours cannot decide a type;
+    # the WBC segmentation's nucleus and cell masks) or "shape-hue" (luminance, the dyes' red-blue balance, the
+    # cell's parts in one channel): a lab's stain and lamp colours cannot decide a type;
     # docs/results.md, leave-one-lab-out
     colour: str = "rgb"
     # where a crop's square around its WBC leaves the image (crops cut tight on a WBC's box, as BCCD's):
