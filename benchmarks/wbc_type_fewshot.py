@@ -5,6 +5,7 @@ forgets, on the in-lab validation crops of the labs it was trained on.
 
     python benchmarks/wbc_type_fewshot.py [--data ../shared/data] [--runs runs/wbc-type-lolo] [--threads 2]
                                           [--shots 0 5 10 25 50] [--epochs 8] [--only bccd wbc-seg pbc] [--replay]
+                                          [--cache RUNS/crops]
 
 Needs the runs of benchmarks/wbc_type_lolo.py (``RUNS/without-<lab>``). Scored on the five WBC
 types (prediction = the most probable of the five). Prints a Markdown table and writes
@@ -56,6 +57,7 @@ def main() -> None:
     ap.add_argument("--shots", type=int, nargs="*", default=[0, 5, 10, 25, 50])
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--only", nargs="*", default=list(LABS))
+    ap.add_argument("--cache", type=Path, default=None, help="normalised crops (default RUNS/crops)")
     ap.add_argument("--replay", action="store_true", help="the fine-tune also replays the two training labs' crops "
                                                           "(half the draws), against forgetting")
     args = ap.parse_args()
@@ -67,7 +69,7 @@ def main() -> None:
     from hemaseg.tasks.wbc_type.train import ClassifyConfig, fit_classifier
 
     torch.set_num_threads(args.threads)
-    cache = args.runs / "crops"
+    cache = args.cache or args.runs / "crops"
     rows = {}
     for lab in args.only:
         base = args.runs / f"without-{lab}" / "model.safetensors"

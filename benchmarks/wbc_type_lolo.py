@@ -168,7 +168,8 @@ def main() -> None:
     emit("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, e in rows:
         t = e["test"]
-        emit(f"| {name} | {t['n']} | {t['accuracy_5']:.3f} | {without_basophils(t):.3f} | {t['macro_f1']:.3f} | {' + '.join(e['train'])} | "
+        emit(f"| {name} | {t['n']} | {t['accuracy_5']:.3f} | {without_basophils(t):.3f} | {t['macro_f1']:.3f} | "
+             f"{' + '.join(e['train'])} | "
              f"{e['in_lab_val'].get('accuracy_5', float('nan')):.3f} | {t['zoom']['0.5']:.2f} / {t['zoom']['1.0']:.2f} / "
              f"{t['zoom']['3.0']:.2f} | {e['minutes']} |")
     if "all" in results:
