@@ -10,7 +10,10 @@ tested on *every* crop of L, none of which any choice saw. Scored on the five WB
 three labs share (PBC's ig / erythroblast / platelet crops are left out of a PBC test; the
 prediction is the most probable of the five). ``all`` trains on the three labs (the bundled
 candidate) and reports its in-lab validation. The zoom curve: ``--zoom-n`` crops of each test
-lab rescaled 0.5x-3x before cell normalisation, accuracy per zoom. Prints Markdown tables and
+lab rescaled 0.5x-3x before cell normalisation, accuracy per zoom. ``--targets DIR`` (the crops of
+benchmarks/txl_wbc_crops.py): every run also sees the unlabelled WBC crops of ``--target-sources``
+(default Raabin-WBC and BCDD, labs that are none of the three) as DANN's target images, so its features
+are taught not to tell those labs from the training ones. Prints Markdown tables and
 writes benchmarks/results/wbc_type_lolo.md; per-run JSON beside the runs.
 """
 from __future__ import annotations
@@ -109,6 +112,10 @@ def main() -> None:
                          "crops are redrawn in their looks (--looks-share of the draws); the left-out lab's own "
                          "source is never among them")
     ap.add_argument("--looks-share", type=float, default=0.5)
+    ap.add_argument("--targets", type=Path, default=None,
+                    help="folder of unlabelled WBC crops per source (benchmarks/txl_wbc_crops.py): the crops of "
+                         "--target-sources are DANN's target images in every run (labs that are none of the three)")
+    ap.add_argument("--target-sources", nargs="*", default=["Raabin-WBC", "BCDD"])
     ap.add_argument("--colour", default="rgb", help="the crops' colours as the classifier sees them: rgb, grey, stain or shape")
     ap.add_argument("--crop-padding", default="reflect",
                     help="where a crop's square leaves the image: reflect, or background (and tight cuts in training)")
@@ -141,9 +148,13 @@ def main() -> None:
         if args.looks:
             cfg.looks = [str(d) for d in sorted(args.looks.iterdir()) if d.is_dir() and d.name != LOOK_SOURCE.get(name)]
             cfg.looks_share = args.looks_share
+        if args.targets:
+            if LOOK_SOURCE.get(name) in args.target_sources:
+                raise SystemExit(f"--target-sources holds {LOOK_SOURCE[name]}, the left-out lab's own source")
+            cfg.target_images = [str(args.targets / s) for s in args.target_sources]
         if (run / "state.json").exists():  # resumed: it must be the run asked for, not another input's
             was = json.loads((run / "state.json").read_text())["config"]
-            for k in ("colour", "crop_padding", "extras", "looks"):
+            for k in ("colour", "crop_padding", "extras", "looks", "target_images"):
                 if was.get(k, getattr(ClassifyConfig(), k)) != getattr(cfg, k):
                     raise SystemExit(f"{run}: a run with {k}={was.get(k)!r}, not {getattr(cfg, k)!r}; give another --runs")
         t0 = time.time()
@@ -178,7 +189,8 @@ def main() -> None:
              f"({len(json.loads((args.runs / 'all' / 'model.json').read_text())['classes'])} classes), "
              f"5-class {v.get('accuracy_5', float('nan')):.3f}, ECE {v.get('ece_calibrated')} calibrated "
              f"(uncalibrated {v.get('ece')})")
-    write_result("wbc_type_lolo" + ("_looks" if args.looks else "") + ("_noruler" if args.no_extras else "")
+    write_result("wbc_type_lolo" + ("_looks" if args.looks else "") + ("_dann" if args.targets else "")
+                 + ("_noruler" if args.no_extras else "")
                  + ("_" + args.colour if args.colour != "rgb" else "")
                  + ("_" + args.crop_padding if args.crop_padding != "reflect" else ""), OUT)
 
