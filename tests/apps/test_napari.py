@@ -76,7 +76,32 @@ def viewer(request):
     if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         pytest.skip("napari draws with OpenGL, which needs a display even offscreen: install Xvfb "
                     "(apt-get install xvfb); pytest-xvfb (dev extra) then starts it")
+    why = _no_opengl()
+    if why:
+        pytest.skip(f"napari cannot draw here: {why}")
     return request.getfixturevalue("make_napari_viewer")()
+
+
+def _no_opengl() -> str:
+    """Why napari's canvas could not draw in this process ("" when it can): the check vispy makes when an
+    image layer is added (an OpenGL context current on Qt's platform, and its extension string), made
+    first. Qt's offscreen platform draws through the X display's GLX; without it (the display gone, or a
+    context without an extension string) napari fails inside its own canvas, which says nothing of ours."""
+    from napari.qt import get_qapp
+    from OpenGL import GL
+    from qtpy.QtGui import QOffscreenSurface, QOpenGLContext
+
+    app = get_qapp()
+    context, surface = QOpenGLContext(), QOffscreenSurface()
+    surface.create()
+    if not context.create() or not context.makeCurrent(surface):
+        return f"no OpenGL context on Qt's {app.platformName()!r} platform (DISPLAY={os.environ.get('DISPLAY')!r})"
+    try:
+        if GL.glGetString(GL.GL_EXTENSIONS) is None:
+            return f"the OpenGL context on Qt's {app.platformName()!r} platform gives no extension string"
+    finally:
+        context.doneCurrent()
+    return ""
 
 
 def test_widget_adds_analysis_layers_for_bundled_sample(viewer):
