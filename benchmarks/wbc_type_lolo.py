@@ -116,7 +116,7 @@ def main() -> None:
                     help="folder of unlabelled WBC crops per source (benchmarks/txl_wbc_crops.py): the crops of "
                          "--target-sources are DANN's target images in every run (labs that are none of the three)")
     ap.add_argument("--target-sources", nargs="*", default=["Raabin-WBC", "BCDD"])
-    ap.add_argument("--colour", default="rgb", help="the crops' colours as the classifier sees them: rgb, grey, stain or shape")
+    ap.add_argument("--colour", default="rgb", help="the crops' colours as the classifier sees them: rgb, grey, stain, shape or shape-hue")
     ap.add_argument("--crop-padding", default="reflect",
                     help="where a crop's square leaves the image: reflect, or background (and tight cuts in training)")
     ap.add_argument("--table-only", action="store_true", help="no training: the tables from the runs' lolo.json")
@@ -134,14 +134,13 @@ def main() -> None:
     cache = args.cache or args.runs / "crops"  # shared by every run: each crop is normalised once
     results = {}
     for name in args.only:
+        run = args.runs / (f"without-{name}" if name != "all" else "all")
         if args.table_only:
-            if (args.runs / (f"without-{name}" if name != "all" else "all") / "lolo.json").exists():
-                results[name] = json.loads((args.runs / (f"without-{name}" if name != "all" else "all")
-                                            / "lolo.json").read_text())
+            if (run / "lolo.json").exists():
+                results[name] = json.loads((run / "lolo.json").read_text())
                 report(name, results[name])
             continue
         train_labs = [k for k in LABS if k != name]
-        run = args.runs / (f"without-{name}" if name != "all" else "all")
         cfg = ClassifyConfig(data=[str(args.data / LABS[k]) for k in train_labs], epochs=args.epochs,
                              samples_per_epoch=args.samples_per_epoch, cache=str(cache), extras=not args.no_extras,
                              colour=args.colour, crop_padding=args.crop_padding)

@@ -204,7 +204,7 @@ def crop_input(image: np.ndarray, colour: str = "rgb", low: float = 1.0, high: f
             # red minus blue, halved into uint8 (the stretch that follows is the same; uint8 takes the fast percentiles)
             balance = ((rgb[..., :1].astype(np.int16) - rgb[..., 2:3]) // 2 + 128).astype(np.uint8)
             return np.concatenate([normalize(grey, low, high), normalize(balance, low, high),
-                                   (parts[..., None] / np.float32(2)).astype(np.float32)], -1)
+                                   parts[..., None].astype(np.float32) / 2], -1)
         return np.concatenate([normalize(grey, low, high), (parts == 2)[..., None].astype(np.float32),
                                (parts > 0)[..., None].astype(np.float32)], -1)
     if colour == "grey":
