@@ -148,3 +148,48 @@ def test_watershed_wbcs_are_not_platelets():
     img[(yy - 20) ** 2 + (xx - 140) ** 2 < 8 ** 2] = (90, 40, 130)
     classes, instances = watershed_wbc_mask(img)
     assert instances.max() == 1 and instances[80, 70] == 1 and instances[20, 140] == 0
+
+
+def _dark_red_cell_field(with_wbc: bool = True):
+    """A low-magnification field whose red cells are as dark as a nucleus where they are thickest
+    (BCDD's look), with one WBC (pale cytoplasm, purple nucleus) pressed against two of them."""
+    h, w = 160, 200
+    yy, xx = np.mgrid[:h, :w]
+    img = np.empty((h, w, 3), np.float32)
+    img[:] = (215, 232, 215)  # greenish background
+    red = np.zeros((h, w), bool)
+    centres = [(30, 30), (30, 170), (130, 30), (130, 170), (80, 40), (80, 160), (25, 100), (135, 100)]
+    if with_wbc:
+        centres += [(80, 127)]  # touching the WBC's right edge
+    for cy, cx in centres:
+        r = np.hypot(yy - cy, xx - cx)
+        disc = r < 16
+        red |= disc
+        img[disc] = (175, 85, 100)
+        img[r < 9] = (120, 40, 60)  # thick, dark-red centre
+    if with_wbc:
+        r = np.hypot(yy - 80, xx - 95)
+        img[r < 19] = (205, 195, 215)  # pale cytoplasm
+        img[r < 10] = (80, 45, 130)  # purple nucleus
+        red &= r >= 19
+    img += np.random.default_rng(1).normal(0, 3, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8), red
+
+
+def test_hsv_mask_never_takes_dark_red_cells_for_nuclei():
+    """Red cells whose centres are as dark as a nucleus are no WBC, and the WBC they touch does
+    not swallow them (red_cell_pieces: their colour is the red cells', not the nuclear stain's)."""
+    img, red = _dark_red_cell_field()
+    classes, inst = C.hsv_wbc_mask(img)
+    assert inst.max() == 1
+    assert (inst[red] > 0).mean() < 0.02
+    assert inst[80, 95] == 1 and classes[80, 95] == 2
+
+
+def test_red_cell_pieces_keeps_every_nucleus_of_a_grey_image():
+    img, _ = _dark_red_cell_field()
+    grey = np.repeat(img.mean(-1, keepdims=True), 3, -1).astype(np.uint8)
+    pieces = np.zeros(img.shape[:2], np.int32)
+    pieces[75:86, 90:101] = 1
+    pieces[25:36, 25:36] = 2
+    assert not C.red_cell_pieces(grey, pieces, 2).any()
