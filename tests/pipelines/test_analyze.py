@@ -17,14 +17,17 @@ def _box(x1, y1, x2, y2):
     return {"x1": x1, "x2": x2, "y1": y1, "y2": y2}
 
 
-def _fake_models(monkeypatch, probs_of):
-    """analyze on three square WBCs, typed with ``probs_of(n_records)`` (N, 8) probabilities."""
+def _fake_models(monkeypatch, probs_of, diameters=(None, None, None)):
+    """analyze on three square WBCs (red cells 20 px across; each WBC's measured ``diameters``, if
+    given), typed with ``probs_of(n_records)`` (N, 8) probabilities."""
     instances = np.zeros((60, 90), np.int32)
     objects = []
     for k, x in enumerate((5, 35, 65), start=1):
         instances[20:40, x:x + 20] = k
         objects.append({"id": k, "class_name": "wbc", "category": "wbc", "score": 0.9,
                         "bounding_box": _box(x, 20, x + 20, 40), "vertices": [[x, 20], [x + 20, 20], [x + 20, 40]]})
+        if diameters[k - 1] is not None:
+            objects[-1]["diameter"] = diameters[k - 1]
     seg = Segmentation(np.zeros((60, 90), np.uint8), instances, np.zeros((0, 60, 90), np.float32), 20.0, 1.0, objects)
 
     class Cells:
@@ -58,6 +61,22 @@ def test_pbc_typer_types_are_counted_and_platelets_recategorised(monkeypatch):
     header, row, batch = counts_csv([a]).splitlines()
     assert header.endswith("ig,erythroblast,ig_pct,ig_pct_lo,ig_pct_hi") and row.endswith("1,0,50.0,1.3,98.7")
     assert batch == "(all images)," + row.split(",", 1)[1]  # one photo: the batch is that photo
+
+
+def test_a_wbc_as_big_as_a_red_cell_is_no_platelet_whatever_the_typer_says(monkeypatch):
+    """The typer called BCDD's neutrophils platelets: a found WBC at least a red cell across keeps its
+    category and takes its next most probable type; a small one is still recategorised."""
+    def probs_of(n):
+        probs = np.full((n, 8), 0.01, np.float32)
+        probs[:, CLASSES.index("platelet")] = 0.8
+        probs[:, CLASSES.index("lymphocyte")] = 0.1
+        return probs
+
+    _fake_models(monkeypatch, probs_of, diameters=(8.0, 20.0, 26.0))  # red cells 20 px
+    a = analyze_mod.analyze(np.full((60, 90, 3), 200, np.uint8), "x.png")
+    assert [(m["category"], m["class_name"]) for m in a.entry["masks"]] == [
+        ("platelet", "platelet"), ("wbc", "lymphocyte"), ("wbc", "lymphocyte")]
+    assert a.counts["wbc"] == 2 and a.counts["platelet"] == 1 and a.counts["lymphocyte"] == 2
 
 
 def test_unsure_wbcs_are_left_untyped_and_out_of_the_differential(monkeypatch):
