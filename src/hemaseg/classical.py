@@ -179,7 +179,9 @@ def nucleus_mask(image: np.ndarray, thresholds: str = "otsu", min_area: int = 20
     darker class, which separates the nucleus from granular or basophilic cytoplasm (a
     plain nucleus loses only its faint rim); ``split=False`` skips that second step.
     ``"seed"`` uses Algorithm 1's fixed HSV range. ``channels`` passes precomputed
-    (nuclear stain, darkness).
+    (nuclear stain, darkness), ``colour`` the image in CIELAB (float32, OpenCV's scale). With
+    ``"otsu"``, pieces with the red cells' colour are dropped (:func:`red_cell_pieces`, its
+    ``margin`` = ``red_margin``; 0 keeps them).
     """
     from scipy import ndimage as ndi
 
@@ -208,12 +210,14 @@ def nucleus_mask(image: np.ndarray, thresholds: str = "otsu", min_area: int = 20
 def red_cell_pieces(image: np.ndarray, pieces: np.ndarray, n: int, lab: np.ndarray | None = None,
                     margin: float = 12.0) -> np.ndarray:
     """(n + 1,) bool: which of the ``pieces`` (labels 1..n of nucleus candidates) have the colour of the
-    red cells, so are dark parts of red cells and no nucleus: the median CIELAB chroma (a*, b*) of a
-    piece lies within ``margin`` of that of the other stained pixels (red cells, most of a smear's
-    stained area). Red cells are eosin-red and nuclei azure-purple in every Romanowsky stain:
-    on TXL-PBC's fields of four labs the nuclei lie 36-64 chroma units from the red cells, the
-    red cells' own dark rims and centres about 10. Nothing is rejected in a grey image (no chroma)
-    or when fewer than 50 other stained pixels are left to measure the red cells by.
+    red cells, so are dark parts of red cells and no nucleus. Each piece's median CIELAB chroma
+    (a*, b*) is measured against that of the other stained pixels (the red cells, most of a smear's
+    stained area): a piece closer to it than :data:`RED_SHARE` of the farthest piece's distance is a
+    red cell's, and when no piece lies ``margin`` away, every piece is. Red cells are eosin-red and
+    nuclei azure-purple in Romanowsky stains: on TXL-PBC's fields of four labs the nuclei lie 36-64
+    chroma units from the red cells, the red cells' own dark rims and centres about 10. Nothing is
+    rejected in a grey image (no chroma) or when fewer than 50 other stained pixels are left to
+    measure the red cells by.
 
     >>> img = np.full((40, 80, 3), 235, np.uint8)
     >>> img[5:35, 5:35] = (210, 120, 130); img[15:25, 15:25] = (150, 60, 80)  # a red cell, darker centre
