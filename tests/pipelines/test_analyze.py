@@ -65,18 +65,20 @@ def test_pbc_typer_types_are_counted_and_platelets_recategorised(monkeypatch):
 
 def test_a_wbc_as_big_as_a_red_cell_is_no_platelet_whatever_the_typer_says(monkeypatch):
     """The typer called BCDD's neutrophils platelets: a found WBC at least a red cell across keeps its
-    category and takes its next most probable type; a small one is still recategorised."""
+    category and takes its next most probable type, sure only when that type is once the platelet is
+    ruled out; a small one is still recategorised."""
     def probs_of(n):
         probs = np.full((n, 8), 0.01, np.float32)
-        probs[:, CLASSES.index("platelet")] = 0.8
-        probs[:, CLASSES.index("lymphocyte")] = 0.1
+        probs[:, CLASSES.index("platelet")] = 0.75
+        probs[:, CLASSES.index("lymphocyte")] = [0.19, 0.19, 0.09]  # given not a platelet: 0.76, 0.76, 0.39
+        probs[2, CLASSES.index("monocyte")] = 0.09  # the third: lymphocyte or monocyte, 0.39 each
         return probs
 
     _fake_models(monkeypatch, probs_of, diameters=(8.0, 20.0, 26.0))  # red cells 20 px
     a = analyze_mod.analyze(np.full((60, 90, 3), 200, np.uint8), "x.png")
-    assert [(m["category"], m["class_name"]) for m in a.entry["masks"]] == [
-        ("platelet", "platelet"), ("wbc", "lymphocyte"), ("wbc", "lymphocyte")]
-    assert a.counts["wbc"] == 2 and a.counts["platelet"] == 1 and a.counts["lymphocyte"] == 2
+    assert [(m["category"], m["class_name"], m.get("unsure", False)) for m in a.entry["masks"]] == [
+        ("platelet", "platelet", False), ("wbc", "lymphocyte", False), ("wbc", "wbc", True)]
+    assert a.counts["wbc"] == 2 and a.counts["platelet"] == 1 and a.counts["lymphocyte"] == 1
 
 
 def test_unsure_wbcs_are_left_untyped_and_out_of_the_differential(monkeypatch):

@@ -119,20 +119,25 @@ class Analysis:
         return [r for r in self.entry["masks"] if r.get("unsure")]
 
 
-def typed_as(record: dict, probs: np.ndarray, classes: list[str], rbc_diameter: float | None) -> str:
-    """The class a found WBC takes from its type probabilities: the most probable, except that a
-    cell at least :data:`PLATELET_MAX_RBC` red-cell diameters across is no platelet (then the most
-    probable of the other classes).
+def typed_as(record: dict, probs: np.ndarray, classes: list[str], rbc_diameter: float | None) -> tuple[str, float]:
+    """(class, its probability) a found WBC takes from its type probabilities: the most probable,
+    except that a cell at least :data:`PLATELET_MAX_RBC` red-cell diameters across is no platelet:
+    then the most probable of the other classes, its probability renormalised over them.
 
-    >>> p = np.array([0.2, 0.1, 0.7]); names = ["neutrophil", "lymphocyte", "platelet"]
-    >>> typed_as({"diameter": 30.0}, p, names, 80.0), typed_as({"diameter": 120.0}, p, names, 80.0)
-    ('platelet', 'neutrophil')
+    >>> p = np.array([0.1, 0.05, 0.85]); names = ["neutrophil", "lymphocyte", "platelet"]
+    >>> [(c, round(v, 2)) for c, v in (typed_as({"diameter": 30.0}, p, names, 80.0),
+    ...                                typed_as({"diameter": 120.0}, p, names, 80.0))]
+    [('platelet', 0.85), ('neutrophil', 0.67)]
     """
-    order = np.argsort(-np.asarray(probs))
-    best = classes[int(order[0])]
-    if best == "platelet" and rbc_diameter and float(record.get("diameter", 0.0)) >= PLATELET_MAX_RBC * rbc_diameter:
-        return next(classes[int(i)] for i in order if classes[int(i)] != "platelet")
-    return best
+    probs = np.asarray(probs, np.float64)
+    best = int(probs.argmax())
+    if classes[best] == "platelet" and rbc_diameter and \
+            float(record.get("diameter", 0.0)) >= PLATELET_MAX_RBC * rbc_diameter:
+        rest = probs.copy()
+        rest[best] = 0.0
+        other = int(rest.argmax())
+        return classes[other], float(rest[other] / max(rest.sum(), 1e-12))
+    return classes[best], float(probs[best])
 
 
 @uses_backend
@@ -165,10 +170,11 @@ def analyze(image: np.ndarray, filename: str = "", cells_model="cells", type_mod
         probs, crops, classes = type_wbcs(image, wbcs, type_model, device)
         for r, p in zip(wbcs, probs):
             r["type_probs"] = {c: round(float(v), 4) for c, v in zip(classes, p)}
-            if float(p.max()) < min_confidence:
+            name, confidence = typed_as(r, p, classes, seg.cell_diameter)
+            if confidence < min_confidence:
                 r["unsure"] = True  # stays class_name "wbc": a WBC, type for a person to decide
                 continue
-            r["class_name"] = typed_as(r, p, classes, seg.cell_diameter)
+            r["class_name"] = name
             if r["class_name"] in CATEGORIES:
                 r["category"] = r["class_name"]
         kept = [k for k, r in enumerate(wbcs) if r["category"] == "wbc"]
