@@ -203,12 +203,12 @@ def nucleus_mask(image: np.ndarray, thresholds: str = "otsu", min_area: int = 20
     keep = areas >= min_area
     keep[0] = False
     if thresholds == "otsu" and red_margin > 0:
-        keep &= ~red_cell_pieces(image, lab, n, colour, red_margin)
+        keep &= ~red_cell_pieces(image, lab, n, colour, red_margin, dark=d)
     return keep[lab]
 
 
 def red_cell_pieces(image: np.ndarray, pieces: np.ndarray, n: int, lab: np.ndarray | None = None,
-                    margin: float = 12.0) -> np.ndarray:
+                    margin: float = 12.0, dark: np.ndarray | None = None) -> np.ndarray:
     """(n + 1,) bool: which of the ``pieces`` (labels 1..n of nucleus candidates) have the colour of the
     red cells, so are dark parts of red cells and no nucleus. Each piece's median CIELAB chroma
     (a*, b*) is measured against that of the other stained pixels (the red cells, most of a smear's
@@ -217,7 +217,8 @@ def red_cell_pieces(image: np.ndarray, pieces: np.ndarray, n: int, lab: np.ndarr
     nuclei azure-purple in Romanowsky stains: on TXL-PBC's fields of four labs the nuclei lie 36-64
     chroma units from the red cells, the red cells' own dark rims and centres about 10. Nothing is
     rejected in a grey image (no chroma) or when fewer than 50 other stained pixels are left to
-    measure the red cells by.
+    measure the red cells by. ``lab`` and ``dark`` pass the image's CIELAB and :func:`darkness`
+    when the caller has them.
 
     >>> img = np.full((40, 80, 3), 235, np.uint8)
     >>> img[5:35, 5:35] = (210, 120, 130); img[15:25, 15:25] = (150, 60, 80)  # a red cell, darker centre
@@ -226,17 +227,17 @@ def red_cell_pieces(image: np.ndarray, pieces: np.ndarray, n: int, lab: np.ndarr
     >>> red_cell_pieces(img, pieces, 2).tolist()
     [False, True, False]
     """
+    from scipy import ndimage as ndi
+
     out = np.zeros(n + 1, bool)
     if lab is None:
         lab = cv2.cvtColor(np.ascontiguousarray(image[..., :3]), cv2.COLOR_RGB2LAB).astype(np.float32)
     ab = lab[..., 1:3] - 128.0
-    d = darkness(image)
+    d = darkness(image) if dark is None else dark
     others = pieces == 0
     stained_others = others & (d > _otsu(d[others])) & ~_dilate(pieces > 0, 2)
     if stained_others.sum() < 50 or np.median(np.hypot(*ab[stained_others].T)) < 5.0:
         return out  # grey, or no red cells to compare with
-    from scipy import ndimage as ndi
-
     ref = np.median(ab[stained_others], 0)
     ids = np.arange(1, n + 1)
     med = np.stack([np.asarray(ndi.median(ab[..., c], pieces, ids), np.float64).reshape(-1) for c in (0, 1)], 1)
