@@ -101,7 +101,9 @@ def synthetic(model: str, loaded: tuple, data: Path, n: int, held_out: Path, wri
     # The test part's WBCs are crops neither the segmentation model nor the WBC-type classifier
     # trained on (the classifier's held-out crops, split by hash between val and test).
     test_bank = load_bank([str(data)], "test", 0, held_out=held_out_crops(held_out))
-    base = SynthConfig(seed_style=0.0)  # our own look; seed 002's is a set of its own
+    # our own look (seed 002's is a set of its own), red cells covering 0.1-0.8 of the field as every test
+    # set had before training moved to 0.1-1.0 (stop 49): the same composites as before for every model
+    base = SynthConfig(seed_style=0.0, rbc_coverage=(0.1, 0.8))
     sets = {
         "held-out crops (test)": (test_bank, base, None),
         "seed-002 style (plain white-pink background, whole real cells, hard edges)":
@@ -301,7 +303,7 @@ def speed(loaded: tuple, repeats: int = 5) -> None:
     emit("| image | seconds |")
     emit("| --- | --- |")
     for size in ((224, 224), (480, 640)):
-        s = compose(CellBank.procedural(), replace(SynthConfig(), size=max(size)), rng)
+        s = compose(CellBank.procedural(), replace(SynthConfig(), size=max(size), rbc_coverage=(0.1, 0.8)), rng)
         img = np.ascontiguousarray(s.image[:size[0], :size[1]])
         hemaseg.segment(img, loaded)
         t = []
