@@ -2,7 +2,7 @@
 and the in-lab figures.
 
     python benchmarks/wbc_type_lolo.py [--data ../shared/data] [--runs runs/wbc-type-lolo] [--threads 2]
-                                       [--epochs 40] [--only bccd wbc-seg pbc all] [--zoom-n 120]
+                                       [--epochs 40] [--only bccd wbc-seg pbc all] [--zoom-n 120] [--seed 0]
 
 For each lab L: a classifier is trained on the two other labs (each split on its own, seeded and
 stratified, 20 % held out for checkpoint choice and calibration: in-lab validation only) and
@@ -119,6 +119,8 @@ def main() -> None:
     ap.add_argument("--colour", default="rgb", help="the crops' colours as the classifier sees them: rgb, grey, stain, shape or shape-hue")
     ap.add_argument("--crop-padding", default="reflect",
                     help="where a crop's square leaves the image: reflect, or background (and tight cuts in training)")
+    ap.add_argument("--seed", type=int, default=0, help="each run's seed (its labs' validation split and training draws); "
+                                                        "the test lab is every crop of it whatever the seed")
     ap.add_argument("--table-only", action="store_true", help="no training: the tables from the runs' lolo.json")
     args = ap.parse_args()
 
@@ -143,7 +145,7 @@ def main() -> None:
         train_labs = [k for k in LABS if k != name]
         cfg = ClassifyConfig(data=[str(args.data / LABS[k]) for k in train_labs], epochs=args.epochs,
                              samples_per_epoch=args.samples_per_epoch, cache=str(cache), extras=not args.no_extras,
-                             colour=args.colour, crop_padding=args.crop_padding)
+                             colour=args.colour, crop_padding=args.crop_padding, seed=args.seed)
         if args.looks:
             cfg.looks = [str(d) for d in sorted(args.looks.iterdir()) if d.is_dir() and d.name != LOOK_SOURCE.get(name)]
             cfg.looks_share = args.looks_share
@@ -153,7 +155,7 @@ def main() -> None:
             cfg.target_images = [str(args.targets / s) for s in args.target_sources]
         if (run / "state.json").exists():  # resumed: it must be the run asked for, not another input's
             was = json.loads((run / "state.json").read_text())["config"]
-            for k in ("colour", "crop_padding", "extras", "looks", "target_images"):
+            for k in ("colour", "crop_padding", "extras", "looks", "target_images", "seed"):
                 if was.get(k, getattr(ClassifyConfig(), k)) != getattr(cfg, k):
                     raise SystemExit(f"{run}: a run with {k}={was.get(k)!r}, not {getattr(cfg, k)!r}; give another --runs")
         t0 = time.time()
