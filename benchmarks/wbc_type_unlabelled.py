@@ -27,17 +27,17 @@ NORMAL = {"neutrophil": "40-75", "lymphocyte": "20-45", "monocyte": "2-10", "eos
 def shares(model: str, folder: Path) -> tuple[int, dict[str, float]]:
     """(number of crops, {class: share of the crops called it}) of ``model`` on the crops in ``folder``."""
     from hemaseg.engine.predict import get_model
-    from hemaseg.io.images import read_image
-    from hemaseg.tasks.wbc_type.crops import crops_for, prediction_rows
+    from hemaseg.io.images import list_images, read_image
+    from hemaseg.tasks.wbc_type.crops import NO_WBC, crops_for, prediction_rows
 
     card = get_model(model)[1]
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"))
+    files = list_images(folder)
     cells = [c for i in range(0, len(files), 64) for c in crops_for([read_image(p) for p in files[i:i + 64]], card)]
     # as `hemaseg classify -m 4` names them: every class of the model, the crop's most probable one
     names, rows = prediction_rows(cells, model, mode=4 if len(card["classes"]) == 8 else 3)
     calls = [label.lower() for label, _ in rows]
     out = {n.lower(): calls.count(n.lower()) / max(1, len(calls)) for n in names}
-    out["no WBC found"] = 1.0 - sum(out.values())
+    out["no WBC found"] = calls.count(NO_WBC.lower()) / max(1, len(calls))
     return len(files), out
 
 
@@ -60,7 +60,7 @@ def main() -> None:
         out += [f"`{model}`: share of each source's crops called each type", "",
                 "| source | crops | " + " | ".join(classes) + " |", "| --- | ---: |" + " ---: |" * len(classes)]
         for s, (n, sh) in rows.items():
-            out.append(f"| {s} | {n} | " + " | ".join(f"{max(0.0, 100 * sh[c]):.0f} %" for c in classes) + " |")
+            out.append(f"| {s} | {n} | " + " | ".join(f"{100 * sh[c]:.0f} %" for c in classes) + " |")
         out.append("| a normal differential | | " + " | ".join(f"{NORMAL.get(c, '?')} %" for c in classes) + " |")
         out.append("")
     print("\n".join(out))
