@@ -404,3 +404,68 @@ def test_a_red_cell_the_frame_cuts_to_a_sliver_is_no_platelet():
     # the left sliver was a "platelet"; whatever else went touched the frame too
     assert [c for c, (x1, y1, x2, y2) in dropped if x1 == 0 and x2 - x1 < 0.4 * (y2 - y1)] == ["platelet"]
     assert all(x1 == 0 or y1 == 0 or x2 >= 239 or y2 >= 199 for _, (x1, y1, x2, y2) in dropped)
+
+
+def _smear_with_platelets():
+    rng = np.random.default_rng(1)
+    img = np.full((220, 260, 3), (236, 226, 226), np.uint8)
+    for cx, cy in [(60, 60), (125, 55), (190, 70), (70, 150), (150, 160), (215, 165)]:
+        cv2.circle(img, (cx, cy), 24, (205, 130, 140), -1)
+        cv2.circle(img, (cx, cy), 9, (220, 170, 175), -1)
+    for cx, cy in [(100, 110), (190, 115)]:
+        cv2.circle(img, (cx, cy), 5, (110, 60, 150), -1)
+    return np.clip(img + rng.normal(0, 2, img.shape), 0, 255).astype(np.uint8)
+
+
+def test_platelet_calls_are_rescored_and_low_ones_dropped_leaving_other_cells():
+    from dataclasses import replace
+
+    from hemaseg.tasks.cells.infer import PLATELET_FEATURES, CellsParams, segment_cells
+
+    img = _smear_with_platelets()
+    zero = {"features": list(PLATELET_FEATURES), "mean": [0.0] * 12, "scale": [1.0] * 12, "coef": [0.0] * 12}
+
+    def run(**kw):
+        seg = segment_cells(img, "cells", params=replace(CellsParams(), **kw))
+        return ([(o["category"], o["score"]) for o in seg.objects if o["category"] == "platelet"],
+                sorted(tuple(o["bounding_box"].values()) for o in seg.objects if o["category"] != "platelet"))
+
+    raw, others = run(platelet_rescore=None)
+    assert len(raw) >= 2  # the two purple dots
+    sure, others_sure = run(platelet_rescore={**zero, "intercept": 3.0})
+    assert len(sure) == len(raw) and all(abs(s - 1 / (1 + np.exp(-3))) < 1e-3 for _, s in sure)
+    gone, others_gone = run(platelet_rescore={**zero, "intercept": -3.0}, platelet_min_score=0.5)
+    assert gone == [] and others_sure == others and others_gone == others
+    with pytest.raises(ValueError, match="platelet_rescore reads"):
+        run(platelet_rescore={**zero, "features": ["score"], "intercept": 0.0})
+
+
+def test_bundled_rescorer_prefers_a_blue_dark_dot_to_a_pale_disc_of_the_same_size():
+    """The shipped coefficients (fitted on TXL-PBC) rank a stained platelet above a pale pink
+    disc and a red cell's elongated piece the network called platelets with the same score and
+    probabilities; the red cell's piece comes out unlikely."""
+    from hemaseg.engine.predict import get_model
+    from hemaseg.tasks.cells.infer import platelet_features, rescore_platelets
+
+    card = get_model("cells")[1]
+    model = card["postprocess"]["platelet_rescore"]
+    img = _smear_with_platelets()
+    inst = np.zeros(img.shape[:2], np.int32)
+    owner = [0]
+    for k, (cx, cy) in enumerate([(60, 60), (125, 55), (190, 70), (70, 150), (150, 160), (215, 165)], 1):
+        cv2.circle(inst, (cx, cy), 24, k, -1)
+        owner.append(1)
+    cv2.circle(img, (40, 205), 5, (228, 200, 205), -1)  # a pale pink disc, platelet-sized
+    for k, (cx, cy) in enumerate([(100, 110), (40, 205)], 7):
+        cv2.circle(inst, (cx, cy), 5, k, -1)
+        owner.append(3)
+    cv2.ellipse(img, (240, 20), (9, 3), 0, 0, 360, (205, 130, 140), -1)  # a red cell's piece
+    cv2.ellipse(inst, (240, 20), (9, 3), 0, 0, 360, 9, -1)
+    owner.append(3)
+    probs = np.zeros((6, *inst.shape), np.float32)
+    probs[3][inst >= 7] = 0.6
+    probs[0][inst == 0] = 1.0
+    ids, f = platelet_features(img, inst, np.array(owner), probs, np.full(9, 0.4, np.float32), 48.0)
+    assert ids.tolist() == [7, 8, 9]
+    p = rescore_platelets(f, model)
+    assert p[0] > 0.5 and p[0] > p[1] and p[0] > p[2] and p[2] < 0.5

@@ -59,6 +59,15 @@ class CellsParams:
     frame_piece : a cell touching the frame whose area is under this share of a whole cell of its
         category (a disc of ``relative_size`` x the red-cell diameter) is dropped: too little of it
         shows to count it (:func:`cut_by_frame`). 0 keeps every piece.
+    platelet_rescore : U-Net backend: a logistic model (``features``, ``mean``, ``scale``, ``coef``,
+        ``intercept``; :data:`PLATELET_FEATURES`) that gives each platelet call its probability of
+        being a platelet from its colour against the photo's red cells and background, its size,
+        shape and the network's own output (:func:`platelet_features`), as a detector's second
+        stage re-scores its boxes. The bundled card holds one fitted on TXL-PBC's ``train`` fields
+        (``benchmarks/platelet_rescore.py``); None or ``{}`` keeps the network's score.
+    platelet_min_score : platelet calls whose score (re-scored when ``platelet_rescore`` is set)
+        is under this are dropped; 0 keeps them all (the default: on TXL-PBC's ``val`` fields 0.3
+        made platelet counts exact on more photos but cost platelet AP).
 
     Examples
     --------
@@ -74,6 +83,8 @@ class CellsParams:
     rescale_tolerance: float = 1.15
     frame_sliver: float = 0.4
     frame_piece: float = 0.3
+    platelet_rescore: dict | None = None
+    platelet_min_score: float = 0.0
 
 
 DEFAULTS = CellsParams()
@@ -247,6 +258,88 @@ def visible(instances: np.ndarray, owner: np.ndarray) -> tuple[np.ndarray, np.nd
     return relabel(instances, keep), np.concatenate([[0], owner[ids]]).astype(int), ids
 
 
+# What the platelet re-scorer reads of each platelet call (:func:`platelet_features`).
+PLATELET_FEATURES = ("score", "larea", "dL", "da", "db", "bgL", "ringL", "touch", "fill", "aspect", "p0", "p3")
+PLATELET = CATEGORIES.index("platelet") + 1
+
+
+def platelet_features(image: np.ndarray, instances: np.ndarray, owner: np.ndarray, probs: np.ndarray,
+                      scores: np.ndarray, rbc_d: float) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, (n, 12) features) of every platelet call: ``instances`` (H, W) labels 1..N of the
+    (H, W, 3) uint8 RGB ``image``, ``owner`` (N + 1,) their categories (index 0 unused), ``probs``
+    the network's (6, H, W) probabilities, ``scores`` (N,) and the red-cell diameter ``rbc_d`` px.
+
+    In order (:data:`PLATELET_FEATURES`): the network's score; log of the area over a red cell's
+    disc; the call's mean CIELAB L*, a*, b* minus the median of the photo's red cells (of every
+    cell's pixels when under 50 red-cell pixels); its L* minus the background's; the L* of a
+    2-px ring around it minus the background's; the share of that ring on red cells; its area
+    over its extent's; its extent's long side over its short side; its mean background and
+    platelet probability. A platelet is bluer and darker than the red cells, small, compact and
+    round; a pale disc, a red cell's rim or a camera's colour fringe is not.
+
+    >>> img = np.full((40, 40, 3), 230, np.uint8); inst = np.zeros((40, 40), np.int32)
+    >>> img[10:14, 10:14] = (120, 60, 160); inst[10:14, 10:14] = 1
+    >>> ids, f = platelet_features(img, inst, np.array([0, 3]), np.zeros((6, 40, 40), np.float32), np.array([0.5]), 20.0)
+    >>> ids.tolist(), f.shape, bool(f[0, 4] < 0)       # bluer (lower b*) than the rest
+    ([1], (1, 12), True)
+    """
+    from scipy import ndimage
+
+    ids = np.nonzero(owner == PLATELET)[0]
+    ids = ids[ids > 0]
+    feats = np.zeros((len(ids), len(PLATELET_FEATURES)), np.float32)
+    if not len(ids):
+        return ids, feats
+    rgb = np.repeat(image[..., None], 3, -1) if image.ndim == 2 else image[..., :3]
+    lab = cv2.cvtColor(rgb.astype(np.float32) / 255, cv2.COLOR_RGB2LAB)
+    cls = owner[instances]
+    step = max(1, int(np.sqrt(cls.size / 2 ** 21)))  # medians on at most ~2 Mpx
+    sub_lab, sub_cls = lab[::step, ::step], cls[::step, ::step]
+
+    def median(sel: np.ndarray) -> np.ndarray:
+        return np.median(sub_lab[sel] if sel.sum() > 50 else sub_lab.reshape(-1, 3), axis=0)
+
+    rbc = median(sub_cls == 1) if (sub_cls == 1).sum() > 50 else median(sub_cls > 0)
+    bg = median(sub_cls == 0)
+    disc = np.pi * (rbc_d / 2) ** 2
+    slices = ndimage.find_objects(instances.astype(np.int32))
+    h, w = instances.shape
+    ring_kernel = np.ones((5, 5), np.uint8)
+    for i, k in enumerate(ids):
+        sl = slices[k - 1]
+        y0, y1 = max(0, sl[0].start - 2), min(h, sl[0].stop + 2)
+        x0, x1 = max(0, sl[1].start - 2), min(w, sl[1].stop + 2)
+        m = instances[y0:y1, x0:x1] == k
+        px = lab[y0:y1, x0:x1][m]
+        ring = cv2.dilate(m.astype(np.uint8), ring_kernel).astype(bool) & ~m
+        area = int(m.sum())
+        ys, xs = np.nonzero(m)
+        hh, ww = int(np.ptp(ys)) + 1, int(np.ptp(xs)) + 1
+        mean = px.mean(0)
+        p = probs[:, y0:y1, x0:x1][:, m].mean(1) if probs.size else np.zeros(6)
+        feats[i] = (scores[k - 1], np.log(area / disc + 1e-3), *(mean - rbc), mean[0] - bg[0],
+                    lab[y0:y1, x0:x1][ring][:, 0].mean() - bg[0] if ring.any() else 0.0,
+                    (cls[y0:y1, x0:x1][ring] == 1).mean() if ring.any() else 0.0,
+                    area / (hh * ww), max(hh, ww) / min(hh, ww), p[0], p[PLATELET])
+    return ids, feats
+
+
+def rescore_platelets(features: np.ndarray, model: dict) -> np.ndarray:
+    """Probability that each platelet call is a platelet, from its :func:`platelet_features` and
+    a logistic ``model`` (``mean``, ``scale``, ``coef``, ``intercept``; ``features`` must name
+    :data:`PLATELET_FEATURES` in order).
+
+    >>> m = {"features": list(PLATELET_FEATURES), "mean": [0] * 12, "scale": [1] * 12,
+    ...      "coef": [2] + [0] * 11, "intercept": -1.0}
+    >>> rescore_platelets(np.array([[0.5] + [0] * 11, [2.0] + [0] * 11]), m).round(3).tolist()
+    [0.5, 0.953]
+    """
+    if list(model["features"]) != list(PLATELET_FEATURES):
+        raise ValueError(f"platelet_rescore reads {model['features']}; this version computes {list(PLATELET_FEATURES)}")
+    z = (features - np.asarray(model["mean"])) / np.asarray(model["scale"])
+    return 1.0 / (1.0 + np.exp(-(z @ np.asarray(model["coef"]) + float(model["intercept"]))))
+
+
 def cells_factor(card: dict, diameter: float | None, tolerance: float = 0.0) -> float:
     """Resize factor for an image whose red cells are ``diameter`` px: the trained red-cell
     diameter over it, or 1 when it is within ``tolerance`` (a factor, e.g. 1.15) of the trained
@@ -315,7 +408,17 @@ def segment_cells(image: np.ndarray, model="cells", cell_diameter: float | None 
     probs = resize_probs(probs, (h, w))
     drop_cut_by_frame(instances, owner, diameter, p)
     labels, owner, ids = visible(instances, owner)
-    return _result(labels, owner, scores[ids - 1], probs, diameter, factor, card.get("box_scale"))
+    scores = scores[ids - 1]
+    if p.platelet_rescore or p.platelet_min_score > 0:
+        if p.platelet_rescore:
+            pids, feats = platelet_features(image, labels, owner, probs, scores, diameter)
+            scores[pids - 1] = rescore_platelets(feats, p.platelet_rescore)
+        low = np.zeros(len(owner), bool)
+        low[1:] = (owner[1:] == PLATELET) & (scores < p.platelet_min_score)
+        if low.any():
+            labels, owner, ids = visible(np.where(low[labels], 0, labels).astype(np.int32), owner)
+            scores = scores[ids - 1]
+    return _result(labels, owner, scores, probs, diameter, factor, card.get("box_scale"))
 
 
 def red_cell_labels(image: np.ndarray, rbc_diameter: float, model="cells", device: str = "cpu",
