@@ -157,9 +157,9 @@ def main() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     model = get_model(args.model)
     kept = tuple(s for s in SOURCES if s != args.leave_out)
-    data = {s: collect(model, args.data, s, kept) for s in ("train", "val", "test")}
-    if args.leave_out:
-        data["test"] = collect(model, args.data, "all", (args.leave_out,))
+    data = {s: collect(model, args.data, s, kept) for s in ("train", "val")}
+    data["test"] = (collect(model, args.data, "all", (args.leave_out,)) if args.leave_out
+                    else collect(model, args.data, "test", kept))
     emit(f"### Platelet re-scorer for `{args.model}`: fitted on TXL-PBC `train` fields "
          f"({sum(len(r['calls']) for r in data['train'])} platelet calls), chosen on `val`\n")
     emit("| subset | C | val mean platelet AP (sources with boxed platelets) |")

@@ -159,7 +159,8 @@ def post_params(spec, card: dict, items: list[str]):
         if ok and any(v < 0 for v in (value if isinstance(value, tuple) else (value,)) if isinstance(v, (int, float))):
             raise typer.BadParameter(f"{item!r}: {name} must not be negative", param_hint="--post")
         if not ok:
-            raise typer.BadParameter(f"{item!r}: {name} takes a {type(default).__name__} (default {default!r})",
+            shown = repr(default) if len(repr(default)) <= 60 else "the model card's"
+            raise typer.BadParameter(f"{item!r}: {name} takes a {type(default).__name__} (default {shown})",
                                      param_hint="--post")
         if ok and isinstance(value, str) and value not in NO_MODEL and next(
                 f for f in dataclasses.fields(defaults) if f.name == name).metadata.get("model"):
