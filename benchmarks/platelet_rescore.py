@@ -30,9 +30,16 @@ from record import write_result
 
 from hemaseg.core.vocabulary import CATEGORIES
 from hemaseg.engine.predict import get_model
+from hemaseg.engine.task import params_from_card
 from hemaseg.io.images import read_image
 from hemaseg.metrics import box_iou, detection_ap
-from hemaseg.tasks.cells.infer import PLATELET_FEATURES, CellsParams, platelet_features, segment_cells
+from hemaseg.tasks.cells.infer import (
+    PLATELET_FEATURES,
+    CellsParams,
+    platelet_features,
+    rescore_platelets,
+    segment_cells,
+)
 
 HERE = Path(__file__).resolve().parent
 SOURCES = ("BCDD", "Raabin-WBC", "BCCD", "PBC")
@@ -51,7 +58,7 @@ def emit(line: str = "") -> None:
 
 def collect(model, root: Path, split: str, sources=SOURCES) -> list[dict]:
     """Per photo: source, boxed platelets, and each platelet call's box, features and network score."""
-    raw = CellsParams(**{**params_of(model), "platelet_rescore": None, "platelet_min_score": 0.0})
+    raw = params_from_card(CellsParams, model[1], "cells", platelet_rescore={}, platelet_min_score=0.0)
     rows = []
     for source in sources:
         for path, boxes in photos(root, source, split):
@@ -74,10 +81,6 @@ def collect(model, root: Path, split: str, sources=SOURCES) -> list[dict]:
             rows.append({"source": source, "gt": gt, "calls": calls})
         print(f"{split}: {source} done", flush=True)
     return rows
-
-
-def params_of(model) -> dict:
-    return dict(model[1].get("postprocess", {}))
 
 
 def per_source(rows: list[dict], score, min_score: float = 0.0) -> dict:
@@ -118,8 +121,6 @@ def fit(rows: list[dict], subset: tuple[str, ...], c: float) -> dict:
 
 
 def scorer(m: dict | None):
-    from hemaseg.tasks.cells.infer import rescore_platelets
-
     if m is None:
         return lambda f: float(f[0])
     return lambda f: float(rescore_platelets(np.asarray([f], np.float64), m)[0])

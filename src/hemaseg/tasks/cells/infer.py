@@ -290,11 +290,14 @@ def platelet_features(image: np.ndarray, instances: np.ndarray, owner: np.ndarra
     feats = np.zeros((len(ids), len(PLATELET_FEATURES)), np.float32)
     if not len(ids):
         return ids, feats
-    rgb = np.repeat(image[..., None], 3, -1) if image.ndim == 2 else image[..., :3]
-    lab = cv2.cvtColor(rgb.astype(np.float32) / 255, cv2.COLOR_RGB2LAB)
+
+    def to_lab(rgb: np.ndarray) -> np.ndarray:  # converted where read: a whole photo's float CIELAB is 12 bytes a pixel
+        rgb = np.repeat(rgb[..., None], 3, -1) if rgb.ndim == 2 else rgb[..., :3]
+        return cv2.cvtColor(rgb.astype(np.float32) / 255, cv2.COLOR_RGB2LAB)
+
     cls = owner[instances]
     step = max(1, int(np.sqrt(cls.size / 2 ** 21)))  # medians on at most ~2 Mpx
-    sub_lab, sub_cls = lab[::step, ::step], cls[::step, ::step]
+    sub_lab, sub_cls = to_lab(image[::step, ::step]), cls[::step, ::step]
 
     def median(sel: np.ndarray) -> np.ndarray:
         return np.median(sub_lab[sel] if sel.sum() > 50 else sub_lab.reshape(-1, 3), axis=0)
@@ -310,16 +313,16 @@ def platelet_features(image: np.ndarray, instances: np.ndarray, owner: np.ndarra
         y0, y1 = max(0, sl[0].start - 2), min(h, sl[0].stop + 2)
         x0, x1 = max(0, sl[1].start - 2), min(w, sl[1].stop + 2)
         m = instances[y0:y1, x0:x1] == k
-        px = lab[y0:y1, x0:x1][m]
+        lab = to_lab(image[y0:y1, x0:x1])
         ring = cv2.dilate(m.astype(np.uint8), ring_kernel).astype(bool) & ~m
         area = int(m.sum())
         ys, xs = np.nonzero(m)
         hh, ww = int(np.ptp(ys)) + 1, int(np.ptp(xs)) + 1
-        mean = px.mean(0)
+        mean = lab[m].mean(0)
         p = probs[:, y0:y1, x0:x1][:, m].mean(1) if probs.size else np.zeros(6)
-        feats[i] = (scores[k - 1], np.log(area / disc + 1e-3), *(mean - rbc), mean[0] - bg[0],
-                    lab[y0:y1, x0:x1][ring][:, 0].mean() - bg[0] if ring.any() else 0.0,
-                    (cls[y0:y1, x0:x1][ring] == 1).mean() if ring.any() else 0.0,
+        ring_l, ring_rbc = ((lab[ring][:, 0].mean() - bg[0], (cls[y0:y1, x0:x1][ring] == 1).mean()) if ring.any()
+                            else (0.0, 0.0))
+        feats[i] = (scores[k - 1], np.log(area / disc + 1e-3), *(mean - rbc), mean[0] - bg[0], ring_l, ring_rbc,
                     area / (hh * ww), max(hh, ww) / min(hh, ww), p[0], p[PLATELET])
     return ids, feats
 
@@ -409,15 +412,14 @@ def segment_cells(image: np.ndarray, model="cells", cell_diameter: float | None 
     drop_cut_by_frame(instances, owner, diameter, p)
     labels, owner, ids = visible(instances, owner)
     scores = scores[ids - 1]
-    if p.platelet_rescore or p.platelet_min_score > 0:
-        if p.platelet_rescore:
-            pids, feats = platelet_features(image, labels, owner, probs, scores, diameter)
-            scores[pids - 1] = rescore_platelets(feats, p.platelet_rescore)
-        low = np.zeros(len(owner), bool)
-        low[1:] = (owner[1:] == PLATELET) & (scores < p.platelet_min_score)
-        if low.any():
-            labels, owner, ids = visible(np.where(low[labels], 0, labels).astype(np.int32), owner)
-            scores = scores[ids - 1]
+    if p.platelet_rescore:
+        pids, feats = platelet_features(image, labels, owner, probs, scores, diameter)
+        scores[pids - 1] = rescore_platelets(feats, p.platelet_rescore)
+    low = np.zeros(len(owner), bool)
+    low[1:] = (owner[1:] == PLATELET) & (scores < p.platelet_min_score)
+    if low.any():
+        labels, owner, ids = visible(np.where(low[labels], 0, labels).astype(np.int32), owner)
+        scores = scores[ids - 1]
     return _result(labels, owner, scores, probs, diameter, factor, card.get("box_scale"))
 
 
