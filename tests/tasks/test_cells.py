@@ -469,3 +469,30 @@ def test_bundled_rescorer_prefers_a_blue_dark_dot_to_a_pale_disc_of_the_same_siz
     assert ids.tolist() == [7, 8, 9]
     p = rescore_platelets(f, model)
     assert p[0] > 0.5 and p[0] > p[1] and p[0] > p[2] and p[2] < 0.5
+
+
+def test_merged_red_cells_are_split_and_round_or_other_cells_left_whole():
+    from hemaseg.tasks.cells.infer import CellsParams, split_merged_red_cells
+
+    yy, xx = np.mgrid[:120, :200]
+    lab = np.zeros((120, 200), np.int32)
+    lab[np.hypot(yy - 30, xx - 30) < 14] = 1                                    # a round red cell
+    lab[((yy - 30) / 11) ** 2 + ((xx - 80) / 16) ** 2 < 1] = 2                  # an oval one (1.45:1)
+    lab[(np.hypot(yy - 85, xx - 30) < 14) | (np.hypot(yy - 85, xx - 52) < 14)] = 3   # two red cells run together
+    lab[(np.hypot(yy - 85, xx - 120) < 14) | (np.hypot(yy - 85, xx - 142) < 14)] = 4  # the same shape, a WBC
+    lab[(np.hypot(yy - 30, xx - 150) < 14) | (np.hypot(yy - 40, xx - 170) < 14) | (np.hypot(yy - 20, xx - 172) < 14)] = 5
+    owner, scores = np.array([0, 1, 1, 1, 2, 1]), np.array([0.9, 0.8, 0.7, 0.6, 0.5], np.float32)
+    before = lab.copy()
+    p = CellsParams(split_area=1.0, split_spacing=0.2, split_depth=0.15)
+    new_owner, new_scores = split_merged_red_cells(lab, owner, scores, 28.0, p)
+    assert (lab[before != lab] > 5).all() and ((lab > 0) == (before > 0)).all()  # pieces relabelled, none lost
+    for k in (1, 2, 4):
+        assert (lab[before == k] == k).all()                                     # round, oval, WBC: whole
+    assert len(np.unique(lab[before == 3])) == 2 and len(np.unique(lab[before == 5])) == 3
+    assert new_owner.tolist() == [0, 1, 1, 1, 2, 1, 1, 1, 1] and new_scores.tolist()[5:] == pytest.approx([0.7, 0.5, 0.5])
+    # each piece of the pair is about one disc
+    areas = np.bincount(lab[before == 3])
+    assert all(abs(a - np.pi * 14 ** 2) < 0.2 * np.pi * 14 ** 2 for a in areas[areas > 0])
+    untouched = before.copy()
+    assert split_merged_red_cells(untouched, owner, scores, 28.0, CellsParams(split_area=0))[0] is owner
+    assert (untouched == before).all()

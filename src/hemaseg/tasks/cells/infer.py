@@ -65,6 +65,17 @@ class CellsParams:
         shape and the network's own output (:func:`platelet_features`), as a detector's second
         stage re-scores its boxes. The bundled card holds one fitted on TXL-PBC's ``train`` fields
         (``benchmarks/platelet_rescore.py``); None or ``{}`` keeps the network's score.
+    split_area : U-Net backend: a red-cell object larger than this share of a red-cell disc (at
+        the measured red-cell diameter) is split where it holds the centres of several cells
+        (:func:`split_merged_red_cells`: overlapping red cells whose cores the network ran
+        together, TXL-PBC's most common lost red-cell box); 0: never split. Chosen with
+        ``split_spacing`` and ``split_depth`` on TXL-PBC's ``val`` fields (area 0.8-1.6, spacing
+        0.15-0.45, depth 0.1-0.25; the mean over the four sources of the red-cell AP@0.5): 1.0 / 0.15
+        / 0.1 raised it from 0.859 to 0.887, every source up (BCDD 0.766 -> 0.827), WBCs and
+        platelets unchanged.
+    split_spacing : two centres of one object are two cells when they lie at least this many
+        red-cell diameters apart.
+    split_depth : a centre lies at least this many red-cell diameters inside the object's outline.
     platelet_min_score : platelet calls whose score (re-scored when ``platelet_rescore`` is set)
         is under this are dropped; 0 keeps them all (the default: on TXL-PBC's ``val`` fields 0.3
         made platelet counts exact on more photos but cost platelet AP).
@@ -85,6 +96,9 @@ class CellsParams:
     frame_piece: float = 0.3
     platelet_rescore: dict | None = None
     platelet_min_score: float = 0.0
+    split_area: float = 1.0
+    split_spacing: float = 0.15
+    split_depth: float = 0.1
 
 
 DEFAULTS = CellsParams()
@@ -212,6 +226,58 @@ def drop_cut_by_frame(instances: np.ndarray, owner: np.ndarray, diameter: float,
     drop = cut_by_frame(instances, owner, diameter, p)
     if drop.any():
         instances[drop[instances]] = 0
+
+
+def split_merged_red_cells(instances: np.ndarray, owner: np.ndarray, scores: np.ndarray, diameter: float,
+                           p: CellsParams = DEFAULTS) -> tuple[np.ndarray, np.ndarray]:
+    """Split, in place in ``instances``, each red-cell object larger than ``p.split_area`` x a disc of
+    ``diameter`` px that holds two or more maxima of its distance to its outline, at least
+    ``p.split_spacing`` x ``diameter`` apart and ``p.split_depth`` x ``diameter`` deep: a watershed
+    of the distance from those maxima parts it into round cells, each keeping the object's score.
+    Returns (owner, scores) extended by the new labels (N + 1 + new,) and (N + new,).
+
+    >>> lab = np.zeros((40, 70), np.int32); yy, xx = np.mgrid[:40, :70]
+    >>> lab[(np.hypot(yy - 20, xx - 22) < 14) | (np.hypot(yy - 20, xx - 46) < 14)] = 1   # two discs run together
+    >>> owner, scores = split_merged_red_cells(lab, np.array([0, 1]), np.array([0.9]), 28.0, CellsParams(split_area=1.0))
+    >>> np.unique(lab).tolist(), owner.tolist(), scores.tolist()
+    ([0, 1, 2], [0, 1, 1], [0.9, 0.9])
+    """
+    from scipy import ndimage as ndi
+
+    if p.split_area <= 0 or not instances.any():
+        return owner, scores
+    from skimage.feature import peak_local_max
+    from skimage.segmentation import watershed
+
+    rbc = CATEGORIES.index("rbc") + 1
+    smallest = p.split_area * np.pi * (diameter / 2) ** 2
+    spacing, depth = max(1, int(round(p.split_spacing * diameter))), p.split_depth * diameter
+    new_owner, new_scores = [], []
+    nxt = len(owner)
+    for k, sl in enumerate(ndi.find_objects(instances), 1):
+        if sl is None or k >= len(owner) or owner[k] != rbc:
+            continue
+        cell = instances[sl] == k
+        if np.count_nonzero(cell) < smallest:
+            continue
+        dist = cv2.distanceTransform(np.pad(cell, 1).view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_5)[1:-1, 1:-1]
+        peaks = peak_local_max(dist, min_distance=spacing, threshold_abs=depth, labels=cell.view(np.uint8),
+                               exclude_border=False)
+        if len(peaks) < 2:
+            continue
+        markers = np.zeros(cell.shape, np.int32)
+        markers[peaks[:, 0], peaks[:, 1]] = np.arange(1, len(peaks) + 1)
+        parts = watershed(-dist, markers, mask=cell)
+        view = instances[sl]
+        for i in range(2, len(peaks) + 1):
+            view[parts == i] = nxt
+            nxt += 1
+            new_owner.append(rbc)
+            new_scores.append(scores[k - 1])
+    if not new_owner:
+        return owner, scores
+    return (np.concatenate([owner, np.array(new_owner, owner.dtype)]),
+            np.concatenate([scores, np.array(new_scores, scores.dtype)]))
 
 
 def merge_unparted(labels: np.ndarray, edge: np.ndarray, mergeable: np.ndarray, threshold: float = 0.5) -> np.ndarray:
@@ -409,6 +475,7 @@ def segment_cells(image: np.ndarray, model="cells", cell_diameter: float | None 
     h, w = image.shape[:2]
     instances = small if small.shape == (h, w) else cv2.resize(small, (w, h), interpolation=cv2.INTER_NEAREST)
     probs = resize_probs(probs, (h, w))
+    owner, scores = split_merged_red_cells(instances, owner, scores, diameter, p)
     drop_cut_by_frame(instances, owner, diameter, p)
     labels, owner, ids = visible(instances, owner)
     scores = scores[ids - 1]
