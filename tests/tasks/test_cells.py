@@ -480,16 +480,27 @@ def test_merged_red_cells_are_split_and_round_or_other_cells_left_whole():
     lab[((yy - 30) / 11) ** 2 + ((xx - 80) / 16) ** 2 < 1] = 2                  # an oval one (1.45:1)
     lab[(np.hypot(yy - 85, xx - 30) < 14) | (np.hypot(yy - 85, xx - 52) < 14)] = 3   # two red cells run together
     lab[(np.hypot(yy - 85, xx - 120) < 14) | (np.hypot(yy - 85, xx - 142) < 14)] = 4  # the same shape, a WBC
-    lab[(np.hypot(yy - 30, xx - 150) < 14) | (np.hypot(yy - 40, xx - 170) < 14) | (np.hypot(yy - 20, xx - 172) < 14)] = 5
-    owner, scores = np.array([0, 1, 1, 1, 2, 1]), np.array([0.9, 0.8, 0.7, 0.6, 0.5], np.float32)
+    lab[(np.hypot(yy - 30, xx - 148) < 14) | (np.hypot(yy - 42, xx - 172) < 14) | (np.hypot(yy - 16, xx - 172) < 14)] = 5
+    lab[((yy - 105) / 10) ** 2 + ((xx - 90) / 18) ** 2 < 1] = 6                 # an oval 1.8:1, over a disc
+    lab[(np.abs(yy - 105) < 11) & (np.abs(xx - 160) < 20)] = 7                   # a capsule (elliptocyte-like)
+    lab[(np.hypot(yy - 105, xx - 140) < 11) | (np.hypot(yy - 105, xx - 180) < 11)] = 7
+    owner, scores = np.array([0, 1, 1, 1, 2, 1, 1, 1]), np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3], np.float32)
     before = lab.copy()
-    p = CellsParams(split_area=1.0, split_spacing=0.2, split_depth=0.15)
-    new_owner, new_scores = split_merged_red_cells(lab, owner, scores, 28.0, p)
-    assert (lab[before != lab] > 5).all() and ((lab > 0) == (before > 0)).all()  # pieces relabelled, none lost
-    for k in (1, 2, 4):
-        assert (lab[before == k] == k).all()                                     # round, oval, WBC: whole
+    new_owner, new_scores = split_merged_red_cells(lab, owner, scores, 28.0, CellsParams())  # the defaults
+    assert (lab[before != lab] > 7).all() and ((lab > 0) == (before > 0)).all()  # pieces relabelled, none lost
+    for k in (1, 2, 4, 6):
+        assert (lab[before == k] == k).all()                                     # round, ovals, WBC: whole
     assert len(np.unique(lab[before == 3])) == 2 and len(np.unique(lab[before == 5])) == 3
-    assert new_owner.tolist() == [0, 1, 1, 1, 2, 1, 1, 1, 1] and new_scores.tolist()[5:] == pytest.approx([0.7, 0.5, 0.5])
+    assert lab.max() == len(new_owner) - 1 == len(new_scores)
+    assert new_owner[8:].tolist() == [1] * (len(new_owner) - 8) and new_scores.tolist()[7:10] == pytest.approx([0.7, 0.5, 0.5])
+    disc = np.pi * 14 ** 2                                                      # no piece under split_min_piece discs
+    assert min(np.bincount(lab[before > 0])[8:]) >= 0.4 * disc and len(np.unique(lab[before == 7])) == 3
+    cut = before.copy()                                                          # no smallest piece: the capsule in slivers
+    split_merged_red_cells(cut, owner, scores, 28.0, CellsParams(split_min_piece=0))
+    assert len(np.unique(cut[before == 7])) > 3
+    kept = before.copy()                                                         # a neck asked for: the capsule whole
+    split_merged_red_cells(kept, owner, scores, 28.0, CellsParams(split_neck=0.9))
+    assert (kept[before == 7] == 7).all() and len(np.unique(kept[before == 3])) == 2 and len(np.unique(kept[before == 5])) == 3
     # each piece of the pair is about one disc
     areas = np.bincount(lab[before == 3])
     assert all(abs(a - np.pi * 14 ** 2) < 0.2 * np.pi * 14 ** 2 for a in areas[areas > 0])
