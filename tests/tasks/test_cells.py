@@ -440,6 +440,29 @@ def test_platelet_calls_are_rescored_and_low_ones_dropped_leaving_other_cells():
         run(platelet_rescore={**zero, "features": ["score"], "intercept": 0.0})
 
 
+def test_wbc_calls_under_wbc_min_score_are_dropped_and_other_cells_kept():
+    from dataclasses import replace
+
+    import hemaseg
+    from hemaseg.engine.predict import get_model
+    from hemaseg.engine.task import params_from_card
+    from hemaseg.tasks.cells.infer import CellsParams, segment_cells
+
+    img = hemaseg.read_image(hemaseg.__path__[0] + "/samples/BloodImage_00000.jpg")[:352, 200:520]  # the neutrophil
+    base = params_from_card(CellsParams, get_model("cells")[1], "cells")
+
+    def run(t):
+        seg = segment_cells(img, "cells", params=replace(base, wbc_min_score=t))
+        return ([o["score"] for o in seg.objects if o["category"] == "wbc"],
+                sorted(tuple(o["bounding_box"].values()) for o in seg.objects if o["category"] != "wbc"))
+
+    wbcs, others = run(0.0)
+    assert len(wbcs) == 1 and wbcs[0] >= base.wbc_min_score > 0      # the sure neutrophil stays at the default
+    below, others_below = run(wbcs[0] + 1e-3)
+    at, others_at = run(wbcs[0] - 1e-3)
+    assert below == [] and at == wbcs and others_below == others == others_at
+
+
 def test_bundled_rescorer_prefers_a_blue_dark_dot_to_a_pale_disc_of_the_same_size():
     """The shipped coefficients (fitted on TXL-PBC) rank a stained platelet above a pale pink
     disc and a red cell's elongated piece the network called platelets with the same score and

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,7 +30,7 @@ from hemaseg.engine.evaluate import plain_table
 from hemaseg.engine.losses import ANY_FOREGROUND, IGNORE
 from hemaseg.engine.predict import card_range, get_model, predict_probs, predict_scaled
 from hemaseg.engine.runtime import as_runner
-from hemaseg.engine.task import Task
+from hemaseg.engine.task import Task, params_from_card
 from hemaseg.engine.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
 from hemaseg.engine.train import pair_data, read_split
 from hemaseg.errors import HemasegInputError
@@ -38,7 +38,7 @@ from hemaseg.io.annotations import find_yolo, read_yolo_labels, yolo_names
 from hemaseg.io.datasets import Pair, find_pairs, load_pair
 from hemaseg.io.images import read_image
 from hemaseg.metrics import wbc_scores
-from hemaseg.tasks.cells.infer import red_cell_labels, segment_cells
+from hemaseg.tasks.cells.infer import CellsParams, red_cell_labels, segment_cells
 from hemaseg.tasks.registry import register_task
 
 if TYPE_CHECKING:
@@ -750,7 +750,11 @@ def found_wbcs(image: np.ndarray, model="cells", device: str = "cpu") -> tuple[f
     >>> found_wbcs(np.full((96, 96, 3), 235, np.uint8))   # an empty field
     (None, None)
     """
-    seg = segment_cells(image, model, device=device)
+    card = get_model(model, device)[1]
+    # every WBC call, however unsure (the cells task's count drops those under wbc_min_score): a
+    # WBC must not lose its size or be cut away because the cells model doubted it
+    p = replace(params_from_card(CellsParams, card, "cells"), wbc_min_score=0.0)
+    seg = segment_cells(image, model, device=device, params=p)
     wbc = np.where(seg.classes == CATEGORIES.index("wbc") + 1, seg.instances, 0)
     if not wbc.any():
         return None, None
