@@ -454,13 +454,28 @@ def test_wbc_calls_under_wbc_min_score_are_dropped_and_other_cells_kept():
     def run(t):
         seg = segment_cells(img, "cells", params=replace(base, wbc_min_score=t))
         return ([o["score"] for o in seg.objects if o["category"] == "wbc"],
-                sorted(tuple(o["bounding_box"].values()) for o in seg.objects if o["category"] != "wbc"))
+                sorted((tuple(o["bounding_box"].values()), o["score"]) for o in seg.objects if o["category"] != "wbc"))
 
     wbcs, others = run(0.0)
     assert len(wbcs) == 1 and wbcs[0] >= base.wbc_min_score > 0      # the sure neutrophil stays at the default
     below, others_below = run(wbcs[0] + 1e-3)
     at, others_at = run(wbcs[0] - 1e-3)
     assert below == [] and at == wbcs and others_below == others == others_at
+
+
+def test_the_wbc_task_sees_every_wbc_call_of_the_cells_model(monkeypatch):
+    import hemaseg.tasks.wbc as wbc_task
+    from hemaseg.engine.predict import get_model
+    from hemaseg.engine.task import params_from_card
+    from hemaseg.tasks.cells.infer import CellsParams
+
+    seen = []
+    real = wbc_task.segment_cells
+    monkeypatch.setattr(wbc_task, "segment_cells", lambda *a, **kw: seen.append(kw.get("params")) or real(*a, **kw))
+    wbc_task.found_wbcs(np.full((64, 64, 3), 230, np.uint8))
+    card_params = params_from_card(CellsParams, get_model("cells")[1], "cells")
+    assert card_params.wbc_min_score > 0 and seen[0].wbc_min_score == 0
+    assert seen[0].platelet_rescore == card_params.platelet_rescore and seen[0].split_area == card_params.split_area
 
 
 def test_bundled_rescorer_prefers_a_blue_dark_dot_to_a_pale_disc_of_the_same_size():
@@ -517,7 +532,10 @@ def test_merged_red_cells_are_split_and_round_or_other_cells_left_whole():
     assert lab.max() == len(new_owner) - 1 == len(new_scores)
     assert new_owner[8:].tolist() == [1] * (len(new_owner) - 8) and new_scores.tolist()[7:10] == pytest.approx([0.7, 0.5, 0.5])
     disc = np.pi * 14 ** 2                                                      # no piece under split_min_piece discs
-    assert min(np.bincount(lab[before > 0])[8:]) >= 0.4 * disc and len(np.unique(lab[before == 7])) == 3
+    for k in (3, 5, 7):
+        sizes = np.bincount(lab[before == k])
+        assert sizes[sizes > 0].min() >= 0.4 * disc
+    assert len(np.unique(lab[before == 7])) == 2                                # the capsule: two discs' worth, two pieces
     cut = before.copy()                                                          # no smallest piece: the capsule in slivers
     split_merged_red_cells(cut, owner, scores, 28.0, CellsParams(split_min_piece=0))
     assert len(np.unique(cut[before == 7])) > 3
@@ -527,6 +545,11 @@ def test_merged_red_cells_are_split_and_round_or_other_cells_left_whole():
     # each piece of the pair is about one disc
     areas = np.bincount(lab[before == 3])
     assert all(abs(a - np.pi * 14 ** 2) < 0.2 * np.pi * 14 ** 2 for a in areas[areas > 0])
+    stray = before.copy()                                                        # a label past owner: class 0, score 0
+    stray[stray == 1] = 9
+    o9, s9 = split_merged_red_cells(stray, owner, scores, 28.0, CellsParams())
+    assert o9[8:10].tolist() == [0, 0] and s9[7:9].tolist() == [0, 0] and (stray[before == 1] == 9).all()
+    assert stray.max() == len(o9) - 1 == len(s9) and set(o9[10:].tolist()) == {1}
     untouched = before.copy()
     assert split_merged_red_cells(untouched, owner, scores, 28.0, CellsParams(split_area=0))[0] is owner
     assert (untouched == before).all()

@@ -744,8 +744,8 @@ def _estimate_scale(module: torch.nn.Module, card: dict, image: np.ndarray, pran
 def found_wbcs(image: np.ndarray, model="cells", device: str = "cpu") -> tuple[float | None, np.ndarray | None]:
     """(WBC diameter px, (H, W) bool mask of the WBCs) a cells model finds in ``image``: the
     area-weighted median equivalent diameter of its WBCs, those off the image's edge first
-    (:func:`hemaseg.tasks.cells.infer.segment_cells`, its own red-cell scale search); (None, None)
-    when it finds none.
+    (:func:`hemaseg.tasks.cells.infer.segment_cells`, its own red-cell scale search, every WBC call
+    kept, those under the card's ``wbc_min_score`` too); (None, None) when it finds none.
 
     >>> found_wbcs(np.full((96, 96, 3), 235, np.uint8))   # an empty field
     (None, None)

@@ -251,18 +251,19 @@ def drop_cut_by_frame(instances: np.ndarray, owner: np.ndarray, diameter: float,
 def join_shallow_parts(dist: np.ndarray, peaks: np.ndarray, mask: np.ndarray, neck: float,
                        min_area: float) -> np.ndarray:
     """Watershed of one object (``mask``) over its ``dist`` (distance to the outline) from the
-    maxima ``peaks`` ((K, 2) rows, cols), keeping only the maxima that are cells of their own:
-    while two touching pieces have no neck between them (the distance at their saddle, the largest
-    along their shared border, is at least ``neck`` x the smaller of their two peaks: an oval, a flat
-    ridge, the meeting point of three discs; ``neck`` 0: never), the lower maximum is dropped; then, while a piece is
-    under ``min_area`` px, its maximum is dropped; the object is flooded again after each drop.
-    Returns (H, W) int32 pieces 1..K' (0 outside ``mask``).
+    maxima ``peaks`` ((K, 2) rows, cols; those outside ``mask`` or repeated are ignored), keeping
+    only the maxima that are cells of their own. Each round floods the object from the maxima kept,
+    then drops, if ``neck`` > 0, the lower maximum of the two touching pieces with the least neck
+    between them when the distance at their saddle (the largest along their shared border) is at
+    least ``neck`` x the smaller of their two peaks (an oval, a flat ridge, the meeting point of
+    three discs); else every piece under ``min_area`` px (the largest piece stays when all are);
+    else it stops. Returns (H, W) int32 pieces 1..K' (0 outside ``mask``).
 
     >>> yy, xx = np.mgrid[:30, :60]
     >>> oval = ((yy - 15) / 10) ** 2 + ((xx - 30) / 20) ** 2 < 1
     >>> d = cv2.distanceTransform(oval.astype(np.uint8), cv2.DIST_L2, 5)
-    >>> int(join_shallow_parts(d, np.array([[15, 25], [15, 35]]), oval, neck=0.8, min_area=0).max())
-    1
+    >>> [int(join_shallow_parts(d, np.array([[15, 25], [15, 35]]), oval, neck=n, min_area=0).max()) for n in (0, 0.8)]
+    [2, 1]
     >>> pair = (np.hypot(yy - 15, xx - 19) < 12) | (np.hypot(yy - 15, xx - 41) < 12)   # two discs overlapping
     >>> d = cv2.distanceTransform(pair.astype(np.uint8), cv2.DIST_L2, 5)
     >>> int(join_shallow_parts(d, np.array([[15, 19], [15, 41]]), pair, 0.8, 0).max())
@@ -271,32 +272,40 @@ def join_shallow_parts(dist: np.ndarray, peaks: np.ndarray, mask: np.ndarray, ne
     from scipy import ndimage as ndi
     from skimage.segmentation import watershed
 
-    keep = list(range(len(peaks)))
+    peaks = np.asarray(peaks, np.intp).reshape(-1, 2)
+    peaks = peaks[mask[peaks[:, 0], peaks[:, 1]]]
+    peaks = peaks[np.sort(np.unique(peaks, axis=0, return_index=True)[1])]
+    keep = np.arange(len(peaks))
     while True:
         markers = np.zeros(mask.shape, np.int32)
         markers[peaks[keep, 0], peaks[keep, 1]] = np.arange(1, len(keep) + 1)
         parts = watershed(-dist, markers, mask=mask)
-        if len(keep) < 2:
+        n = len(keep)
+        if n < 2:
             return parts
-        ids = np.arange(1, len(keep) + 1)
-        peak = np.concatenate([[0.0], ndi.maximum(dist, parts, ids)])
-        area = np.bincount(parts.ravel(), minlength=len(keep) + 1)
-        saddle: dict = {}
-        for a, b, va, vb in ((parts[:, :-1], parts[:, 1:], dist[:, :-1], dist[:, 1:]),
-                             (parts[:-1], parts[1:], dist[:-1], dist[1:])):
-            sel = (a > 0) & (b > 0) & (a != b)
-            for i, j, v in zip(a[sel].tolist(), b[sel].tolist(), np.minimum(va[sel], vb[sel]).tolist()):
-                key = (min(i, j), max(i, j))
-                saddle[key] = max(saddle.get(key, 0.0), v)
-        ratio = {key: v / max(1e-6, min(peak[key[0]], peak[key[1]])) for key, v in saddle.items()}
-        worst = max(ratio, key=ratio.get) if ratio else None
-        if worst is not None and neck > 0 and ratio[worst] >= neck:
-            drop = min(worst, key=lambda i: peak[i])
-        elif area[1:].min() < min_area:
-            drop = int(np.argmin(area[1:])) + 1
-        else:
+        area = np.bincount(parts.ravel(), minlength=n + 1)
+        if neck > 0:
+            peak = np.asarray(ndi.maximum(dist, parts, np.arange(n + 1)))
+            saddle = np.zeros((n + 1) * (n + 1))
+            for a, b, va, vb in ((parts[:, :-1], parts[:, 1:], dist[:, :-1], dist[:, 1:]),
+                                 (parts[:-1], parts[1:], dist[:-1], dist[1:])):
+                sel = (a > 0) & (b > 0) & (a != b)
+                lo, hi = np.minimum(a[sel], b[sel]), np.maximum(a[sel], b[sel])
+                np.maximum.at(saddle, lo.astype(np.intp) * (n + 1) + hi, np.minimum(va[sel], vb[sel]))
+            pairs = np.flatnonzero(saddle)
+            if pairs.size:
+                lo, hi = np.divmod(pairs, n + 1)
+                ratio = saddle[pairs] / np.maximum(1e-6, np.minimum(peak[lo], peak[hi]))
+                w = int(np.argmax(ratio))
+                if ratio[w] >= neck:
+                    keep = np.delete(keep, (lo[w] if peak[lo[w]] <= peak[hi[w]] else hi[w]) - 1)
+                    continue
+        small = area[1:] < min_area
+        if not small.any():
             return parts
-        del keep[drop - 1]
+        if small.all():
+            small[int(np.argmax(area[1:]))] = False
+        keep = keep[~small]
 
 
 def split_merged_red_cells(instances: np.ndarray, owner: np.ndarray, scores: np.ndarray, diameter: float,
@@ -307,13 +316,15 @@ def split_merged_red_cells(instances: np.ndarray, owner: np.ndarray, scores: np.
     of the distance from those maxima parts it, maxima with no neck between them or whose piece is
     under ``p.split_min_piece`` x a disc dropped (:func:`join_shallow_parts`); each piece keeps the
     object's score.
-    Returns (owner, scores) extended by the new labels (N + 1 + new,) and (N + new,).
+    Returns (owner, scores) extended by the new labels (N + 1 + new,) and (N + new,); when a split
+    happens, labels of ``instances`` past ``owner`` first get class 0 and score 0 (``segment_cells``
+    makes none); with nothing split the arrays come back as given.
 
     >>> lab = np.zeros((40, 70), np.int32); yy, xx = np.mgrid[:40, :70]
     >>> lab[(np.hypot(yy - 20, xx - 22) < 14) | (np.hypot(yy - 20, xx - 46) < 14)] = 1   # two discs run together
-    >>> owner, scores = split_merged_red_cells(lab, np.array([0, 1]), np.array([0.9]), 28.0, CellsParams(split_area=1.0))
-    >>> np.unique(lab).tolist(), owner.tolist(), scores.tolist()
-    ([0, 1, 2], [0, 1, 1], [0.9, 0.9])
+    >>> owner, scores = split_merged_red_cells(lab, np.array([0, 1]), np.array([0.9]), 28.0)
+    >>> np.unique(lab).tolist(), owner.tolist(), scores.tolist(), [int(lab[20, 22]), int(lab[20, 46])]
+    ([0, 1, 2], [0, 1, 1], [0.9, 0.9], [1, 2])
     """
     from scipy import ndimage as ndi
 
@@ -330,7 +341,7 @@ def split_merged_red_cells(instances: np.ndarray, owner: np.ndarray, scores: np.
         owner = np.concatenate([owner, np.zeros(nxt - len(owner), owner.dtype)])
         scores = np.concatenate([scores, np.zeros(nxt - 1 - len(scores), scores.dtype)])
     for k, sl in enumerate(ndi.find_objects(instances), 1):
-        if sl is None or k >= len(owner) or owner[k] != rbc:
+        if sl is None or owner[k] != rbc:
             continue
         cell = instances[sl] == k
         if np.count_nonzero(cell) < smallest:
