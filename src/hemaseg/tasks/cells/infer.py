@@ -85,8 +85,8 @@ class CellsParams:
         A smear of elongated cells (elliptocytes) may want 0.9: ``--post split_neck=0.9``.
     split_min_piece : a piece under this share of a red-cell disc is not a cell: its centre is
         dropped and the object flooded again. 0.4 chosen on TXL-PBC's ``val`` fields among 0, 0.25,
-        0.4, 0.5 (the largest with red-cell AP within 0.005 of none: 0.887 both; 0.5: 0.882, BCDD
-        -0.029); it keeps a capsule two discs long to 3 pieces (10 with 0).
+        0.4, 0.5 (the largest with the mean red-cell AP within 0.005 of none: 0.886 against 0.887;
+        0.5: 0.882, BCDD -0.029); a capsule two discs long comes out in 2 pieces (10 with 0).
     platelet_min_score : platelet calls whose score (re-scored when ``platelet_rescore`` is set)
         is under this are dropped; 0 keeps them all (the default: on TXL-PBC's ``val`` fields 0.3
         made platelet counts exact on more photos but cost platelet AP).
