@@ -37,7 +37,7 @@ def test_the_wbc_size_comes_from_the_cells_models_wbcs_when_it_finds_one(monkeyp
 
     asked = []
 
-    def fake_cells(image, model="cells", cell_diameter=None, device="cpu"):
+    def fake_cells(image, model="cells", cell_diameter=None, device="cpu", params=None):
         asked.append(model)
         classes = np.zeros(image.shape[:2], np.uint8)
         if found:  # one WBC of 96 px across (class 2 of the cells task), one red cell
@@ -206,7 +206,7 @@ def test_cells_are_cut_to_the_wbcs_the_cells_model_found_unless_round(monkeypatc
     import hemaseg.tasks.wbc as wbc
     from hemaseg.core.result import Segmentation
 
-    def fake_cells(image, model="cells", cell_diameter=None, device="cpu"):
+    def fake_cells(image, model="cells", cell_diameter=None, device="cpu", params=None):
         yy, xx = np.mgrid[:image.shape[0], :image.shape[1]]
         classes = np.where((yy - 150) ** 2 + (xx - 150) ** 2 < 48 ** 2, 2, 0).astype(np.uint8)  # a WBC, 96 px
         return Segmentation(classes, (classes > 0).astype(np.int32), None, 40.0, 1.0, [])
