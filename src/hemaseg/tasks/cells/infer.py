@@ -333,7 +333,8 @@ def split_merged_red_cells(instances: np.ndarray, owner: np.ndarray, scores: np.
     from skimage.feature import peak_local_max
 
     rbc = CATEGORIES.index("rbc") + 1
-    smallest = p.split_area * np.pi * (diameter / 2) ** 2
+    disc = np.pi * (diameter / 2) ** 2
+    smallest, min_piece = p.split_area * disc, p.split_min_piece * disc
     spacing, depth = max(1, int(round(p.split_spacing * diameter))), p.split_depth * diameter
     new_owner, new_scores = [], []
     nxt = max(len(owner), int(instances.max()) + 1)
@@ -351,7 +352,7 @@ def split_merged_red_cells(instances: np.ndarray, owner: np.ndarray, scores: np.
                                exclude_border=False)
         if len(peaks) < 2:
             continue
-        parts = join_shallow_parts(dist, peaks, cell, p.split_neck, p.split_min_piece * np.pi * (diameter / 2) ** 2)
+        parts = join_shallow_parts(dist, peaks, cell, p.split_neck, min_piece)
         view = instances[sl]
         for i in range(2, int(parts.max()) + 1):
             view[parts == i] = nxt
@@ -567,9 +568,10 @@ def segment_cells(image: np.ndarray, model="cells", cell_diameter: float | None 
     if p.platelet_rescore:
         pids, feats = platelet_features(image, labels, owner, probs, scores, diameter)
         scores[pids - 1] = rescore_platelets(feats, p.platelet_rescore)
+    floor = np.zeros(len(CATEGORIES) + 1)              # lowest score kept per class (red cells: all)
+    floor[PLATELET], floor[WBC] = p.platelet_min_score, p.wbc_min_score
     low = np.zeros(len(owner), bool)
-    low[1:] = (((owner[1:] == PLATELET) & (scores < p.platelet_min_score))
-               | ((owner[1:] == WBC) & (scores < p.wbc_min_score)))
+    low[1:] = scores < floor[owner[1:]]
     if low.any():
         labels, owner, ids = visible(np.where(low[labels], 0, labels).astype(np.int32), owner)
         scores = scores[ids - 1]
