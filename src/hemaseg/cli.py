@@ -440,6 +440,9 @@ def train(
                                          "(default: a seeded split, written to the run)"),
     modality_transfer: Optional[float] = typer.Option(None, help="nuclei: share of the fluorescence training images "
                                                       "redrawn as brightfield or H&E (default 0: off)"),
+    depth_weight: Optional[float] = typer.Option(None, help="nuclei: learn each nucleus' depth (distance to its "
+                                                 "edge over its deepest pixel's) as one more output with this loss "
+                                                 "weight; its maxima then seed the watershed (default 0: off)"),
     modalities: Optional[List[str]] = typer.Option(None, help="nuclei: train on these modalities only "
                                                    "(fluorescence, brightfield, histology; repeat the option), "
                                                    "the checkpoint chosen on them: a specialist model"),
@@ -466,7 +469,7 @@ def train(
                           held_out=held_out, unboxed=unboxed, init=init, replay=replay, ruler=ruler,
                           looks=looks or None, leave_out=leave_out or None, paste_red_cells=paste_red_cells,
                           modality_transfer=modality_transfer, split=split, real_fields=real_fields,
-                          modalities=modalities or None, colour=colour, crop_padding=crop_padding_)
+                          modalities=modalities or None, depth_weight=depth_weight, colour=colour, crop_padding=crop_padding_)
             if out is not None and out.resolve() != resume.resolve():
                 raise HemasegUsageError("--out", "give --out RUN to start a run or --resume RUN to continue one, "
                                                  "not both")
@@ -486,7 +489,8 @@ def train(
                 target_images=str(Path(target_images).resolve()) if target_images else None, backbone=backbone,
                 normalise_cells=normalise_cells, leave_out=leave_out or None, paste_red_cells=paste_red_cells,
                 modality_transfer=modality_transfer, split=str(split.resolve()) if split else None,
-                real_fields=real_fields, modalities=modalities or None, colour=colour, crop_padding=crop_padding_)
+                real_fields=real_fields, modalities=modalities or None, colour=colour, crop_padding=crop_padding_,
+                depth_weight=depth_weight)
             prepare_run(out, overwrite=overwrite, extra_files=spec.run_files)
             state, run = spec.fit(cfg, out), out
     except HemasegUsageError as exc:

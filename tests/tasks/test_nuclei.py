@@ -12,7 +12,7 @@ from hemaseg.io.datasets import find_dsb, load_instances
 from hemaseg.io.images import read_image
 from hemaseg.io.rle import labels_to_rles, rle_decode, rle_encode, rles_to_labels
 from hemaseg.metrics import dsb_scores, instance_iou
-from hemaseg.tasks.nuclei import modality, nuclei_instances, nuclei_targets
+from hemaseg.tasks.nuclei import modality, nuclei_depth, nuclei_instances, nuclei_targets
 
 runner = CliRunner()
 
@@ -152,6 +152,26 @@ def test_watershed_splits_two_touching_discs():
     assert nuclei_instances(probs).max() == 1
 
 
+def test_depth_output_splits_touching_discs_the_classes_merge():
+    yy, xx = np.mgrid[:40, :60]
+    labels = np.zeros((40, 60), np.uint16)
+    labels[np.hypot(yy - 20, xx - 20) < 11] = 1
+    labels[(np.hypot(yy - 20, xx - 37) < 11) & (labels == 0)] = 2  # overlapping discs, cut along a chord
+    depth = nuclei_depth(labels)
+    assert depth.max() == 1 and depth[labels == 0].max() == 0
+    assert depth[20, 20] == 1 and depth[20, 38:42].max() == 1  # each centre at 1
+    assert depth[20, 30] < 0.15 and depth[20, 31] < 0.15  # either side of the cut shallow
+    # Foreground with no boundary between the discs: the classes give one object, the depth two.
+    probs = _disc_probs(labels)
+    probs[1] = np.maximum(probs[1], probs[2] * (labels > 0))
+    probs[2] = 0
+    assert nuclei_instances(probs).max() == 1
+    pred = nuclei_instances(np.concatenate([probs, depth[None]]))
+    assert pred.max() == 2 and dsb_scores(pred, labels)["dsb"] > 0.9
+    assert nuclei_instances(np.concatenate([probs, depth[None]]), depth_threshold=0.99).max() == 2
+    assert nuclei_instances(np.concatenate([probs, 0 * depth[None]])).max() == 1  # no seed: one object
+
+
 def test_tiny_nucleus_without_interior_is_kept():
     labels = np.zeros((20, 20), np.uint16)
     labels[5:8, 5:8] = 1  # all boundary, no interior
@@ -280,6 +300,31 @@ def test_train_and_evaluate_nuclei(tmp_path):
     assert ev["per_modality"]["brightfield"]["n_images"] == 1
     assert 0.0 <= ev["mean"]["dsb"] <= 1.0 and (tmp_path / "g.png").exists()
     assert "ALL" in res.output
+
+
+def test_train_with_a_depth_output_and_segment(tmp_path):
+    from hemaseg.engine.predict import get_model, predict_probs
+    from hemaseg.tasks.nuclei import segment_nuclei
+
+    root = make_dsb(tmp_path / "dsb", n=4)
+    run = tmp_path / "run"
+    res = runner.invoke(app, ["train", "nuclei", "--data", str(root), "--out", str(run), "--epochs", "1",
+                              "--crop", "32", "--batch-size", "2", "--samples-per-epoch", "2", "--depth-weight", "1"])
+    assert res.exit_code == 0, res.output
+    card = json.loads((run / "model.json").read_text())
+    assert card["aux_outputs"] == ["depth"] and card["architecture"]["kwargs"]["classes"] == 4
+    image, _ = load_instances(find_dsb(root)[0])
+    module, card = get_model(str(run))
+    probs = predict_probs(module, card, image)
+    assert probs.shape == (4, *image.shape[:2])
+    assert np.allclose(probs[:3].sum(0), 1, atol=1e-4) and 0 <= probs[3].min() and probs[3].max() <= 1
+    seg = segment_nuclei(image, str(run), cell_diameter=12.0)
+    assert seg.instances.shape == image.shape[:2]
+    flat = np.full_like(image, 128)
+    assert predict_probs(module, card, flat).shape[0] == 4 and segment_nuclei(flat, str(run)).instances.max() == 0
+    bad = runner.invoke(app, ["train", "nuclei", "--data", str(root), "--out", str(tmp_path / "r2"),
+                              "--depth-weight", "-1"])
+    assert bad.exit_code != 0 and "depth-weight" in bad.output
 
 
 # --- the modality rule and balanced sampling ----------------------------------------------------

@@ -103,7 +103,8 @@ def card_range(card: dict, image: np.ndarray, max_pixels: int = 1_000_000) -> np
 def predict_probs(module, card: dict, image: np.ndarray, factor: float = 1.0,
                   tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP, prange: np.ndarray | None = None,
                   invert: bool = False, tta: bool = False, check_content: bool = True) -> np.ndarray:
-    """Class probabilities of ``image`` (H, W, 3) uint8 resized by ``factor``, back at (K, H, W) float32.
+    """Class probabilities of ``image`` (H, W, 3) uint8 resized by ``factor``, back at (K, H, W) float32
+    (then one channel per extra output the card lists in ``"aux_outputs"``, a sigmoid in [0, 1]).
 
     ``invert`` flips the normalised intensities (bright-background images for the nuclei model);
     ``tta`` averages the predictions of the image and its three flips (4x the time). An image with
@@ -111,7 +112,7 @@ def predict_probs(module, card: dict, image: np.ndarray, factor: float = 1.0,
     a network asked about a flat or noise image answers with confident nonsense.
     ``check_content=False`` skips that check, for callers that made it once for several passes."""
     if check_content and card.get("classes") and featureless(image):
-        probs = np.zeros((len(card["classes"]), *image.shape[:2]), np.float32)
+        probs = np.zeros((len(card["classes"]) + len(card.get("aux_outputs", [])), *image.shape[:2]), np.float32)
         probs[0] = 1.0
         return probs
     if tta:
@@ -140,4 +141,5 @@ def predict_scaled(module, card: dict, image: np.ndarray, factor: float = 1.0,
     small = rescale(image, factor)
     stride = int(getattr(module, "stride", 32))
     return predict_tiled(module, small, tile=tile, overlap=overlap, stride=stride,
-                         preprocess=lambda t: normalize(t, prange=prange, invert=invert))
+                         preprocess=lambda t: normalize(t, prange=prange, invert=invert),
+                         softmax_channels=len(card["classes"]) if card.get("classes") else None)

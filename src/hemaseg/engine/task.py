@@ -174,6 +174,15 @@ class Task:
         mask by default; a task with weak labels keeps only its real cells)."""
         return mask
 
+    def aux_outputs(self, cfg) -> tuple[str, ...]:
+        """Names of the outputs a run of ``cfg`` learns beside the classes (sigmoid channels after
+        them, each taught by :meth:`aux_target`; listed as ``"aux_outputs"`` in the model card). None by default."""
+        return ()
+
+    def aux_target(self, mask: np.ndarray) -> np.ndarray:
+        """(R, H, W) float targets in [0, 1] of :meth:`aux_outputs` for an (augmented) loaded mask."""
+        raise NotImplementedError(f"task {self.name} has no extra outputs")
+
     def stratum(self, image: np.ndarray, mask: np.ndarray) -> str:
         """Name of the group a loaded sample belongs to (e.g. its imaging modality): the split keeps
         every group in validation and ``stratum_weights`` balances them in training. One group by default."""

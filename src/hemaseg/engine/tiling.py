@@ -59,8 +59,12 @@ def _pad_to(x: np.ndarray, h: int, w: int) -> np.ndarray:
 
 def predict_tiled(model, image: np.ndarray, tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP,
                   stride: int = 32, batch_size: int = 1, preprocess: Callable | None = None,
-                  progress: Callable[[int], None] | None = None) -> np.ndarray:
+                  progress: Callable[[int], None] | None = None, softmax_channels: int | None = None) -> np.ndarray:
     """Softmax probabilities of ``model`` on an (H, W, C) image: (K, H, W) float32.
+
+    ``softmax_channels``: the softmax runs over the first that many channels (the classes) and each
+    later channel (a model's extra output, e.g. the nuclei's depth) is a sigmoid; None: every channel
+    is a class.
 
     ``model`` is a torch module or a runner (:mod:`hemaseg.engine.runtime`: torch or ONNX
     Runtime); each batch of tiles goes through the same call either way. ``preprocess`` (e.g.
@@ -84,7 +88,11 @@ def predict_tiled(model, image: np.ndarray, tile: int = DEFAULT_TILE, overlap: i
         chunk = coords[i:i + batch_size]
         tiles = [padded[y:y + th, x:x + tw] for y, x in chunk]
         batch = np.stack([preprocess(t) if preprocess else t for t in tiles]).astype(np.float32, copy=False)
-        probs = softmax(run(batch), axis=1)
+        logits = run(batch)
+        k = logits.shape[1] if softmax_channels is None else softmax_channels
+        probs = softmax(logits[:, :k], axis=1)
+        if k < logits.shape[1]:
+            probs = np.concatenate([probs, 1 / (1 + np.exp(-logits[:, k:]))], axis=1).astype(np.float32)
         if acc is None:
             acc = np.zeros((probs.shape[1], ph, pw), np.float32)
         for (y, x), p in zip(chunk, probs):

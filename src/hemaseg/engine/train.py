@@ -100,6 +100,10 @@ class TrainConfig:
     # wbc, nuclei: a split JSON (a run's split.json or one of benchmarks/splits) whose "train" and "val"
     # lists decide the split by image file name; empty: a seeded split of the data
     split: str = ""
+    # nuclei: weight of the loss of one more output, each object's depth (its distance to its own edge
+    # over its deepest pixel's, 0 outside; a sigmoid channel beside the classes, binary cross-entropy;
+    # the task's ``aux_outputs``/``aux_target`` hooks); 0: no such output
+    depth_weight: float = 0.0
 
 
 def init_arch(model: str, task: str) -> tuple[str, dict]:
@@ -213,8 +217,10 @@ class SegDataset:
 
     def __init__(self, items: list[tuple[np.ndarray, np.ndarray]], transform, low: float, high: float,
                  length: int = 0, target=None, invert_bright: bool = False, weights=None,
-                 probs: np.ndarray | None = None, seed: int = 0) -> None:
+                 probs: np.ndarray | None = None, seed: int = 0, aux=None) -> None:
         self.items, self.transform, self.low, self.high = items, transform, low, high
+        # aux(mask) -> (R, H, W) float32: targets of the task's extra outputs, from the augmented mask.
+        self.aux = aux
         self.length = length or len(items)
         self.target, self.invert_bright, self.weights = target, invert_bright, weights
         # probs: each item's chance per draw (balanced strata); draw i of an epoch is seeded by
@@ -245,6 +251,8 @@ class SegDataset:
         if self.weights is not None:
             # Weights come from the augmented mask itself (instance labels for nuclei).
             sample += (torch.from_numpy(self.weights(out["mask"])),)
+        if self.aux is not None:
+            sample += (torch.from_numpy(self.aux(out["mask"]).astype(np.float32)),)
         return sample
 
 
@@ -280,7 +288,8 @@ def pair_data(task, cfg: TrainConfig, run: Path, state: dict) -> tuple:
     weights = partial(contact_weights, weight=cfg.contact_weight) if cfg.contact_weight > 0 else None
     dataset = SegDataset(train_items, transform, cfg.norm_low, cfg.norm_high, cfg.samples_per_epoch,
                          target=task.target, invert_bright=cfg.invert_bright,
-                         weights=weights, probs=sampling_probs(train_strata, cfg.stratum_weights), seed=cfg.seed)
+                         weights=weights, probs=sampling_probs(train_strata, cfg.stratum_weights), seed=cfg.seed,
+                         aux=task.aux_target if task.aux_outputs(cfg) else None)
     counts = {s: train_strata.count(s) for s in sorted(set(train_strata))}
     card = {
         "cell_diameter": diameter,
@@ -511,12 +520,26 @@ def finish_run(run: Path, state: dict, cfg, model, card: dict) -> None:
 
 
 def predict_native(model: torch.nn.Module, image: np.ndarray, low: float, high: float, stride: int,
-                   invert_bright: bool = False) -> np.ndarray:
+                   invert_bright: bool = False, softmax_channels: int | None = None) -> np.ndarray:
     """(K, H, W) probabilities of ``model`` on an image at its native scale, normalised as in training
-    (tiled with the engine's one default tile size)."""
+    (tiled with the engine's one default tile size); channels past ``softmax_channels`` are sigmoids."""
     prange = percentile_range(image, low, high)
     invert = invert_bright and is_bright_background(image, prange)
-    return predict_tiled(model, normalize(image, prange=prange, invert=invert), stride=stride)
+    return predict_tiled(model, normalize(image, prange=prange, invert=invert), stride=stride,
+                         softmax_channels=softmax_channels)
+
+
+def training_loss(task, cfg, logits, target, weight=None, aux=None):
+    """The task's loss on a batch: :func:`~hemaseg.engine.losses.dice_ce_loss` on the class channels,
+    plus ``cfg.depth_weight`` x binary cross-entropy of the extra outputs (``task.aux_outputs``)
+    against ``aux``, their (B, R, H, W) targets in [0, 1]."""
+    import torch.nn.functional as F
+
+    k = len(task.classes)
+    loss = dice_ce_loss(logits[:, :k], target, nested=task.nested_loss, weight=weight)
+    if aux is not None:
+        loss = loss + cfg.depth_weight * F.binary_cross_entropy_with_logits(logits[:, k:], aux)
+    return loss
 
 
 def fit(task, cfg: TrainConfig | None, run: str | Path, resume: bool = False, progress: bool = True,
@@ -535,7 +558,9 @@ def fit(task, cfg: TrainConfig | None, run: str | Path, resume: bool = False, pr
     dataset, val_items, data_card = task.train_data(cfg, run, state)
     _seed_all(cfg.seed)
     # channels-last: ~12 % faster convolutions on CPU (the weights are saved contiguous as always)
-    model = create_model(cfg.arch, classes=len(task.classes), **cfg.arch_kwargs).to(memory_format=torch.channels_last)
+    aux_outputs = list(task.aux_outputs(cfg))
+    n_out = len(task.classes) + len(aux_outputs)
+    model = create_model(cfg.arch, classes=n_out, **cfg.arch_kwargs).to(memory_format=torch.channels_last)
     stride = int(getattr(model, "stride", 32))
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.schedule == "step":  # seed 002: lr for the first 1/7 of the epochs (5 of 35), then lr / 10
@@ -553,7 +578,8 @@ def fit(task, cfg: TrainConfig | None, run: str | Path, resume: bool = False, pr
         "task": task.name,
         "classes": list(task.classes),
         "label_values": list(task.label_values),
-        "architecture": {"name": cfg.arch, "kwargs": {"classes": len(task.classes), **cfg.arch_kwargs}},
+        "architecture": {"name": cfg.arch, "kwargs": {"classes": n_out, **cfg.arch_kwargs}},
+        **({"aux_outputs": aux_outputs} if aux_outputs else {}),
         "normalization": {"type": "percentile", "low": cfg.norm_low, "high": cfg.norm_high, "per_channel": True,
                           "invert_bright": cfg.invert_bright},
         **data_card,
@@ -561,7 +587,7 @@ def fit(task, cfg: TrainConfig | None, run: str | Path, resume: bool = False, pr
     }
 
     def probs_of(image: np.ndarray) -> np.ndarray:
-        return predict_native(model, image, cfg.norm_low, cfg.norm_high, stride, cfg.invert_bright)
+        return predict_native(model, image, cfg.norm_low, cfg.norm_high, stride, cfg.invert_bright, len(task.classes))
 
     for epoch in epochs_to_run(state, cfg.epochs, max_epochs_this_call):
         t0 = time.time()
@@ -575,9 +601,10 @@ def fit(task, cfg: TrainConfig | None, run: str | Path, resume: bool = False, pr
         model.train()
         losses = []
         bar = track(loader, f"epoch {epoch}/{cfg.epochs}", leave=False) if progress else loader
-        for x, y, *w in bar:
+        for x, y, *extra in bar:
             x = x.contiguous(memory_format=torch.channels_last)
-            loss = dice_ce_loss(model(x), y, nested=task.nested_loss, weight=w[0] if w else None)
+            w = extra.pop(0) if dataset.weights is not None else None
+            loss = training_loss(task, cfg, model(x), y, w, extra[0] if aux_outputs else None)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -41,6 +41,9 @@ class NucleiParams:
         image's diameter.
     seed_threshold : interior probability above which a pixel seeds a nucleus.
     fg_threshold : interior + boundary probability above which a pixel is nucleus.
+    depth_threshold : a model with a ``depth`` output (``hemaseg train nuclei --depth-weight``): depth
+        (distance to the nucleus' edge over its deepest pixel's, 0-1) above which a pixel seeds a
+        nucleus; the watershed then floods the foreground down the depth.
     fallback_diameter : px, the trained nucleus diameter assumed when a card gives none.
     specialists : an image whose modality (:func:`modality`) the model card's ``"specialists"``
         names a model for (e.g. ``{"histology": "nuclei-tissue"}``) is segmented by that model,
@@ -55,6 +58,7 @@ class NucleiParams:
     min_nucleus_fraction: float = 0.04
     seed_threshold: float = 0.5
     fg_threshold: float = 0.5
+    depth_threshold: float = 0.5
     fallback_diameter: float = 20.0
     specialists: bool = True
 
@@ -84,8 +88,30 @@ def nuclei_targets(labels: np.ndarray) -> np.ndarray:
     return out
 
 
+def nuclei_depth(labels: np.ndarray) -> np.ndarray:
+    """Each nucleus' depth: a pixel's distance to its nucleus' edge (background or another nucleus)
+    over the deepest pixel's of that nucleus, 0 outside: (H, W) float32 in [0, 1], 1 at every centre.
+
+    >>> lab = np.zeros((5, 12), np.uint16); lab[:, :5] = 1; lab[:, 5:] = 2
+    >>> (3 * nuclei_depth(np.pad(lab, 1))[3]).round().astype(int).tolist()  # two touching nuclei, in thirds
+    [0, 1, 2, 3, 2, 1, 1, 2, 3, 3, 3, 2, 1, 0]
+    """
+    from scipy import ndimage as ndi
+    from skimage.segmentation import find_boundaries
+
+    labels = labels.astype(np.int32)
+    if not labels.any():
+        return np.zeros(labels.shape, np.float32)
+    inside = (labels > 0) & ~find_boundaries(labels, mode="inner")
+    depth = np.where(labels > 0, ndi.distance_transform_edt(inside) + 1, 0).astype(np.float32)
+    deepest = np.zeros(int(labels.max()) + 1, np.float32)
+    deepest[1:] = ndi.maximum(depth, labels, np.arange(1, len(deepest)))
+    return depth / np.maximum(deepest[labels], 1)
+
+
 def nuclei_instances(probs: np.ndarray, min_area: int = 8, diameter: float | None = None,
-                     seed_threshold: float = 0.5, fg_threshold: float = 0.5) -> np.ndarray:
+                     seed_threshold: float = 0.5, fg_threshold: float = 0.5,
+                     depth_threshold: float = 0.5) -> np.ndarray:
     """Nuclei instances from (3, H, W) background/interior/boundary probabilities: (H, W) int32 labels 1..N.
 
     Seeds are the connected interiors (the boundary class keeps touching nuclei apart).
@@ -96,6 +122,10 @@ def nuclei_instances(probs: np.ndarray, min_area: int = 8, diameter: float | Non
     watershed; foreground without a seed (a nucleus too small for an interior) is an
     instance of its own. Watershed runs only on components holding two or more seeds,
     so the cost follows the touching nuclei, not the image size.
+
+    A fourth channel is a model's predicted depth (:func:`nuclei_depth`): seeds are then the
+    connected regions deeper than ``depth_threshold`` and the foreground is flooded down the
+    depth (``diameter`` and ``seed_threshold`` unused).
 
     >>> p = np.zeros((3, 9, 16), np.float32); p[0] = 1
     >>> for x0 in (1, 8):
@@ -108,13 +138,14 @@ def nuclei_instances(probs: np.ndarray, min_area: int = 8, diameter: float | Non
     from skimage.segmentation import watershed
 
     fg = (probs[1] + probs[2]) > fg_threshold
-    interior = (probs[1] > seed_threshold) & fg
+    has_depth = probs.shape[0] > 3
+    interior = ((probs[3] > depth_threshold) if has_depth else (probs[1] > seed_threshold)) & fg
     n_fg, comps = cv2.connectedComponents(fg.astype(np.uint8), connectivity=4)
     if n_fg <= 1:
         return np.zeros(fg.shape, np.int32)
     n_int, markers = cv2.connectedComponents(interior.astype(np.uint8), connectivity=4)
-    relief = -probs[1]
-    if diameter is not None and n_int > 1:
+    relief = -probs[3] if has_depth else -probs[1]
+    if diameter is not None and n_int > 1 and not has_depth:
         dist = cv2.distanceTransform(interior.astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_5)
         dist = cv2.GaussianBlur(dist, (0, 0), max(0.5, diameter / 15))
         peaks = peak_local_max(dist, min_distance=max(2, int(diameter / 3)), threshold_abs=1.0, exclude_border=False)
@@ -364,7 +395,7 @@ def segment_nuclei(image: np.ndarray, model="nuclei", cell_diameter: float | Non
     if cell_diameter is None:
         first = predict_probs(module, card, image, factor, tile, overlap, prange, invert)
         instances = nuclei_instances(first, _min_area(trained, p), seed_threshold=p.seed_threshold,
-                                     fg_threshold=p.fg_threshold)
+                                     fg_threshold=p.fg_threshold, depth_threshold=p.depth_threshold)
         cell_diameter = measure_nuclei(instances, min_area=_min_area(trained, p))
         new = nuclei_factor(card, cell_diameter)
         if new == factor and not tta:
@@ -374,7 +405,7 @@ def segment_nuclei(image: np.ndarray, model="nuclei", cell_diameter: float | Non
         probs = predict_probs(module, card, image, factor, tile, overlap, prange, invert, tta=tta)
     diameter = float(cell_diameter or trained / factor)
     instances = nuclei_instances(probs, _min_area(diameter, p), diameter=diameter, seed_threshold=p.seed_threshold,
-                                 fg_threshold=p.fg_threshold)
+                                 fg_threshold=p.fg_threshold, depth_threshold=p.depth_threshold)
     classes = (instances > 0).astype(np.uint8)
     return Segmentation(classes, instances, probs, diameter, factor, instance_objects(instances, probs))
 
@@ -405,7 +436,7 @@ class NucleiTask(Task):
         "stratum_weights": {"fluorescence": 0.5, "histology": 0.25, "brightfield": 0.25},
     }
     mean_keys = ("dsb", "ap50", "ap75")
-    train_options = ("arch", "init", "workers", "split", "modality_transfer", "modalities")
+    train_options = ("arch", "init", "workers", "split", "modality_transfer", "modalities", "depth_weight")
 
     def segment(self, image, model, cell_diameter=None, device="cpu", tile=DEFAULT_TILE, overlap=DEFAULT_OVERLAP,
                 tta=None, params=None) -> Segmentation:
@@ -453,6 +484,13 @@ class NucleiTask(Task):
 
     def target(self, mask: np.ndarray) -> np.ndarray:
         return nuclei_targets(mask)
+
+    def aux_outputs(self, cfg) -> tuple[str, ...]:
+        """``depth`` (:func:`nuclei_depth`) when the run gives it a loss weight (``--depth-weight``)."""
+        return ("depth",) if getattr(cfg, "depth_weight", 0.0) > 0 else ()
+
+    def aux_target(self, mask: np.ndarray) -> np.ndarray:
+        return nuclei_depth(mask)[None]
 
     def stratum(self, image: np.ndarray, mask: np.ndarray) -> str:
         return modality(image)
