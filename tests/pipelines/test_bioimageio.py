@@ -102,6 +102,19 @@ def test_refuses_what_has_no_bioimageio_description(tmp_path):
     assert not (tmp_path / "c.zip").exists()
 
 
+def test_refuses_a_model_with_extra_outputs(tmp_path):
+    from hemaseg.models.registry import create_model, save_model
+
+    torch.manual_seed(0)
+    card = {"name": "depth", "task": "nuclei", "classes": ["background", "nucleus", "boundary"],
+            "aux_outputs": ["depth"], "architecture": {"name": "unet-dropout", "kwargs": {"classes": 4, **TINY}},
+            "normalization": {"type": "percentile", "low": 1.0, "high": 99.0}, "cell_diameter": 12.0}
+    st, _ = save_model(create_model("unet-dropout", classes=4, **TINY).eval(), tmp_path / "depth", card)
+    with pytest.raises(HemasegInputError, match="extra outputs depth"):
+        bio.export_bioimageio(st, tmp_path / "d.zip", scale=1.0)
+    assert not (tmp_path / "d.zip").exists()
+
+
 def test_cli_registers_the_format_and_refuses_a_classifier_in_one_line(tmp_path):
     from typer.testing import CliRunner
 

@@ -239,6 +239,9 @@ def export_bioimageio(model, out: str | Path, sample: str | Path | None = None, 
     arch = card["architecture"]["name"]
     if arch not in UNETS:
         raise HemasegInputError(model, f"a {arch}, not a U-Net ({', '.join(UNETS)}): not exported to bioimage.io")
+    if card.get("aux_outputs"):
+        raise HemasegInputError(model, f"extra outputs {', '.join(card['aux_outputs'])} beside the classes have no "
+                                       "bioimage.io description (one softmax over every channel)")
     norm = card.get("normalization", {})
     if norm.get("type", "percentile") != "percentile" or norm.get("invert_bright"):
         raise HemasegInputError(model, f"normalisation {norm} has no bioimage.io description (percentile only)")
