@@ -603,8 +603,9 @@ def fit(task, cfg: TrainConfig | None, run: str | Path, resume: bool = False, pr
         bar = track(loader, f"epoch {epoch}/{cfg.epochs}", leave=False) if progress else loader
         for x, y, *extra in bar:
             x = x.contiguous(memory_format=torch.channels_last)
-            w = extra.pop(0) if dataset.weights is not None else None
-            loss = training_loss(task, cfg, model(x), y, w, extra[0] if aux_outputs else None)
+            # extra: (per-pixel weights,) then (extra outputs' targets,), each when the dataset gives it
+            w = extra[0] if len(extra) > bool(aux_outputs) else None
+            loss = training_loss(task, cfg, model(x), y, w, extra[-1] if aux_outputs else None)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
