@@ -170,6 +170,14 @@ def test_depth_output_splits_touching_discs_the_classes_merge():
     assert pred.max() == 2 and dsb_scores(pred, labels)["dsb"] > 0.9
     assert nuclei_instances(np.concatenate([probs, depth[None]]), depth_threshold=0.99).max() == 2
     assert nuclei_instances(np.concatenate([probs, 0 * depth[None]])).max() == 1  # no seed: one object
+    # A network's depth seldom reaches 1: at 0.45 the regions above 0.5 seed nothing, the h-maxima both.
+    low = np.concatenate([probs, 0.45 * depth[None]])
+    assert nuclei_instances(low).max() == 1
+    pred = nuclei_instances(low, depth_threshold=0.2, depth_h=0.1)
+    assert pred.max() == 2 and dsb_scores(pred, labels)["dsb"] > 0.9
+    uneven = np.concatenate([probs, (np.where(labels == 2, 0.3, 0.45) * depth)[None]])
+    assert nuclei_instances(uneven, depth_threshold=0.2, depth_h=0.1).max() == 2
+    assert nuclei_instances(uneven, depth_threshold=0.2, depth_h=0.3).max() == 1  # the lower peak stands < h
 
 
 def test_tiny_nucleus_without_interior_is_kept():

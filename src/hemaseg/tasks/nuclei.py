@@ -42,8 +42,11 @@ class NucleiParams:
     seed_threshold : interior probability above which a pixel seeds a nucleus.
     fg_threshold : interior + boundary probability above which a pixel is nucleus.
     depth_threshold : a model with a ``depth`` output (``hemaseg train nuclei --depth-weight``): depth
-        (distance to the nucleus' edge over its deepest pixel's, 0-1) above which a pixel seeds a
+        (distance to the nucleus' edge over its deepest pixel's, 0-1) above which a pixel may seed a
         nucleus; the watershed then floods the foreground down the depth.
+    depth_h : such a model: seeds are the depth's maxima standing at least this high above the
+        saddle to a deeper one (h-maxima), so touching nuclei separated by a shallow dip are split
+        whatever height the predicted depth reaches; 0: seeds are the regions above ``depth_threshold``.
     fallback_diameter : px, the trained nucleus diameter assumed when a card gives none.
     specialists : an image whose modality (:func:`modality`) the model card's ``"specialists"``
         names a model for (e.g. ``{"histology": "nuclei-tissue"}``) is segmented by that model,
@@ -59,6 +62,7 @@ class NucleiParams:
     seed_threshold: float = 0.5
     fg_threshold: float = 0.5
     depth_threshold: float = 0.5
+    depth_h: float = 0.0
     fallback_diameter: float = 20.0
     specialists: bool = True
 
@@ -111,7 +115,7 @@ def nuclei_depth(labels: np.ndarray) -> np.ndarray:
 
 def nuclei_instances(probs: np.ndarray, min_area: int = 8, diameter: float | None = None,
                      seed_threshold: float = 0.5, fg_threshold: float = 0.5,
-                     depth_threshold: float = 0.5) -> np.ndarray:
+                     depth_threshold: float = 0.5, depth_h: float = 0.0) -> np.ndarray:
     """Nuclei instances from (3, H, W) background/interior/boundary probabilities: (H, W) int32 labels 1..N.
 
     Seeds are the connected interiors (the boundary class keeps touching nuclei apart).
@@ -124,8 +128,8 @@ def nuclei_instances(probs: np.ndarray, min_area: int = 8, diameter: float | Non
     so the cost follows the touching nuclei, not the image size.
 
     A fourth channel is a model's predicted depth (:func:`nuclei_depth`): seeds are then the
-    connected regions deeper than ``depth_threshold`` and the foreground is flooded down the
-    depth (``diameter`` and ``seed_threshold`` unused).
+    connected regions deeper than ``depth_threshold`` (with ``depth_h`` > 0, the depth's h-maxima
+    among them) and the foreground is flooded down the depth (``diameter`` and ``seed_threshold`` unused).
 
     >>> p = np.zeros((3, 9, 16), np.float32); p[0] = 1
     >>> for x0 in (1, 8):
@@ -143,6 +147,10 @@ def nuclei_instances(probs: np.ndarray, min_area: int = 8, diameter: float | Non
     n_fg, comps = cv2.connectedComponents(fg.astype(np.uint8), connectivity=4)
     if n_fg <= 1:
         return np.zeros(fg.shape, np.int32)
+    if has_depth and depth_h > 0:
+        from skimage.morphology import h_maxima
+
+        interior &= h_maxima(probs[3].astype(np.float32), depth_h).astype(bool)
     n_int, markers = cv2.connectedComponents(interior.astype(np.uint8), connectivity=4)
     relief = -probs[3] if has_depth else -probs[1]
     if diameter is not None and n_int > 1 and not has_depth:
@@ -395,7 +403,8 @@ def segment_nuclei(image: np.ndarray, model="nuclei", cell_diameter: float | Non
     if cell_diameter is None:
         first = predict_probs(module, card, image, factor, tile, overlap, prange, invert)
         instances = nuclei_instances(first, _min_area(trained, p), seed_threshold=p.seed_threshold,
-                                     fg_threshold=p.fg_threshold, depth_threshold=p.depth_threshold)
+                                     fg_threshold=p.fg_threshold, depth_threshold=p.depth_threshold,
+                                 depth_h=p.depth_h)
         cell_diameter = measure_nuclei(instances, min_area=_min_area(trained, p))
         new = nuclei_factor(card, cell_diameter)
         if new == factor and not tta:
@@ -405,7 +414,8 @@ def segment_nuclei(image: np.ndarray, model="nuclei", cell_diameter: float | Non
         probs = predict_probs(module, card, image, factor, tile, overlap, prange, invert, tta=tta)
     diameter = float(cell_diameter or trained / factor)
     instances = nuclei_instances(probs, _min_area(diameter, p), diameter=diameter, seed_threshold=p.seed_threshold,
-                                 fg_threshold=p.fg_threshold, depth_threshold=p.depth_threshold)
+                                 fg_threshold=p.fg_threshold, depth_threshold=p.depth_threshold,
+                                 depth_h=p.depth_h)
     classes = (instances > 0).astype(np.uint8)
     return Segmentation(classes, instances, probs, diameter, factor, instance_objects(instances, probs))
 
