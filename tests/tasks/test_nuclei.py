@@ -311,16 +311,25 @@ def test_train_and_evaluate_nuclei(tmp_path):
 
 
 def test_train_with_a_depth_output_and_segment(tmp_path):
+    from safetensors.numpy import load_file
+
     from hemaseg.engine.predict import get_model, predict_probs
     from hemaseg.tasks.nuclei import segment_nuclei
 
     root = make_dsb(tmp_path / "dsb", n=4)
-    run = tmp_path / "run"
-    res = runner.invoke(app, ["train", "nuclei", "--data", str(root), "--out", str(run), "--epochs", "1",
-                              "--crop", "32", "--batch-size", "2", "--samples-per-epoch", "2", "--depth-weight", "1"])
+    small = ["--epochs", "1", "--crop", "32", "--batch-size", "2", "--samples-per-epoch", "2"]
+    plain, run = tmp_path / "plain", tmp_path / "run"
+    res = runner.invoke(app, ["train", "nuclei", "--data", str(root), "--out", str(plain), *small])
+    assert res.exit_code == 0, res.output
+    # from a model without the output: its class channels kept, the depth channel learnt
+    res = runner.invoke(app, ["train", "nuclei", "--data", str(root), "--out", str(run), *small,
+                              "--depth-weight", "1", "--init", str(plain)])
     assert res.exit_code == 0, res.output
     card = json.loads((run / "model.json").read_text())
     assert card["aux_outputs"] == ["depth"] and card["architecture"]["kwargs"]["classes"] == 4
+    before, after = load_file(str(plain / "model.safetensors")), load_file(str(run / "model.safetensors"))
+    heads = [k for k, v in after.items() if v.shape[0] == 4 and before[k].shape[0] == 3]
+    assert heads and all(before[k].shape[1:] == after[k].shape[1:] for k in heads)
     image, _ = load_instances(find_dsb(root)[0])
     module, card = get_model(str(run))
     probs = predict_probs(module, card, image)

@@ -529,6 +529,26 @@ def predict_native(model: torch.nn.Module, image: np.ndarray, low: float, high: 
                          softmax_channels=softmax_channels)
 
 
+def grow_outputs(start: dict, own: dict, classes: int) -> dict:
+    """``start`` (an init model's state dict) fitted to a model with extra outputs after its ``classes``
+    output channels (``Task.aux_outputs``): each output tensor with ``classes`` rows where ``own`` has
+    more gets the start's rows first and ``own``'s fresh ones after; everything else as it is.
+
+    >>> import torch
+    >>> grown = grow_outputs({"head.bias": torch.ones(3)}, {"head.bias": torch.zeros(4)}, 3)
+    >>> grown["head.bias"].tolist()
+    [1.0, 1.0, 1.0, 0.0]
+    """
+    out = dict(start)
+    for k, v in start.items():
+        mine = own.get(k)
+        if mine is not None and v.shape[0] == classes < mine.shape[0] and v.shape[1:] == mine.shape[1:]:
+            grown = mine.clone()
+            grown[:classes] = v
+            out[k] = grown
+    return out
+
+
 def training_loss(task, cfg, logits, target, weight=None, aux=None):
     """The task's loss on a batch: :func:`~hemaseg.engine.losses.dice_ce_loss` on the class channels,
     plus ``cfg.depth_weight`` x binary cross-entropy of the extra outputs (``task.aux_outputs``)
@@ -571,7 +591,8 @@ def fit(task, cfg: TrainConfig | None, run: str | Path, resume: bool = False, pr
         load_last(run, model, optimizer, scheduler)
     elif cfg.init:  # a fresh run, or one killed before its first checkpoint: it starts from the init weights
         start, _ = load_model(cfg.init)
-        load_weights(model, start.state_dict(), cfg.init, f"{cfg.arch} {cfg.arch_kwargs}")
+        load_weights(model, grow_outputs(start.state_dict(), model.state_dict(), len(task.classes)), cfg.init,
+                     f"{cfg.arch} {cfg.arch_kwargs}")
 
     card = {
         "name": f"{task.name}-{cfg.arch}",

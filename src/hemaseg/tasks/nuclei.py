@@ -62,7 +62,7 @@ class NucleiParams:
     seed_threshold: float = 0.5
     fg_threshold: float = 0.5
     depth_threshold: float = 0.5
-    depth_h: float = 0.0
+    depth_h: float = 0.1
     fallback_diameter: float = 20.0
     specialists: bool = True
 
@@ -115,7 +115,7 @@ def nuclei_depth(labels: np.ndarray) -> np.ndarray:
 
 def nuclei_instances(probs: np.ndarray, min_area: int = 8, diameter: float | None = None,
                      seed_threshold: float = 0.5, fg_threshold: float = 0.5,
-                     depth_threshold: float = 0.5, depth_h: float = 0.0) -> np.ndarray:
+                     depth_threshold: float = 0.5, depth_h: float = 0.1) -> np.ndarray:
     """Nuclei instances from (3, H, W) background/interior/boundary probabilities: (H, W) int32 labels 1..N.
 
     Seeds are the connected interiors (the boundary class keeps touching nuclei apart).
