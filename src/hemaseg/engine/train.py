@@ -542,7 +542,8 @@ def grow_outputs(start: dict, own: dict, classes: int) -> dict:
     out = dict(start)
     for k, v in start.items():
         mine = own.get(k)
-        if mine is not None and v.shape[0] == classes < mine.shape[0] and v.shape[1:] == mine.shape[1:]:
+        if (mine is not None and v.dim() > 0 and v.dim() == mine.dim() and v.shape[0] == classes < mine.shape[0]
+                and v.shape[1:] == mine.shape[1:]):
             grown = mine.clone()
             grown[:classes] = v
             out[k] = grown
