@@ -92,7 +92,8 @@ def predict_tiled(model, image: np.ndarray, tile: int = DEFAULT_TILE, overlap: i
         k = logits.shape[1] if softmax_channels is None else softmax_channels
         probs = softmax(logits[:, :k], axis=1)
         if k < logits.shape[1]:
-            probs = np.concatenate([probs, 1 / (1 + np.exp(-logits[:, k:]))], axis=1).astype(np.float32)
+            sigmoid = 0.5 * (1 + np.tanh(0.5 * logits[:, k:]))  # no overflow for large logits
+            probs = np.concatenate([probs, sigmoid], axis=1).astype(np.float32)
         if acc is None:
             acc = np.zeros((probs.shape[1], ph, pw), np.float32)
         for (y, x), p in zip(chunk, probs):

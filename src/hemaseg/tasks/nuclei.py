@@ -398,13 +398,13 @@ def segment_nuclei(image: np.ndarray, model="nuclei", cell_diameter: float | Non
     prange = card_range(card, image)
     invert = bool(card.get("normalization", {}).get("invert_bright")) and is_bright_background(image, prange)
     trained = float(card.get("cell_diameter") or p.fallback_diameter)
+    find = partial(nuclei_instances, seed_threshold=p.seed_threshold, fg_threshold=p.fg_threshold,
+                   depth_threshold=p.depth_threshold, depth_h=p.depth_h)
     factor = 1.0 if cell_diameter is None else nuclei_factor(card, cell_diameter)
     probs = None
     if cell_diameter is None:
         first = predict_probs(module, card, image, factor, tile, overlap, prange, invert)
-        instances = nuclei_instances(first, _min_area(trained, p), seed_threshold=p.seed_threshold,
-                                     fg_threshold=p.fg_threshold, depth_threshold=p.depth_threshold,
-                                 depth_h=p.depth_h)
+        instances = find(first, _min_area(trained, p))
         cell_diameter = measure_nuclei(instances, min_area=_min_area(trained, p))
         new = nuclei_factor(card, cell_diameter)
         if new == factor and not tta:
@@ -413,9 +413,7 @@ def segment_nuclei(image: np.ndarray, model="nuclei", cell_diameter: float | Non
     if probs is None:
         probs = predict_probs(module, card, image, factor, tile, overlap, prange, invert, tta=tta)
     diameter = float(cell_diameter or trained / factor)
-    instances = nuclei_instances(probs, _min_area(diameter, p), diameter=diameter, seed_threshold=p.seed_threshold,
-                                 fg_threshold=p.fg_threshold, depth_threshold=p.depth_threshold,
-                                 depth_h=p.depth_h)
+    instances = find(probs, _min_area(diameter, p), diameter=diameter)
     classes = (instances > 0).astype(np.uint8)
     return Segmentation(classes, instances, probs, diameter, factor, instance_objects(instances, probs))
 
