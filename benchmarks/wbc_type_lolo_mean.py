@@ -1,10 +1,11 @@
-"""Leave-one-lab-out runs of two inputs averaged: each left-out lab's 5-class accuracy and the training labs'
-held-out crops, for each run alone and for the mean of their calibrated probabilities (a diagnostic).
+"""Leave-one-lab-out runs averaged (two inputs, or one recipe's seeds): each left-out lab's 5-class accuracy and
+the training labs' held-out crops, for each run alone and for the mean of their calibrated probabilities (a diagnostic).
 
-    python benchmarks/wbc_type_lolo_mean.py [--runs-a runs/lolo/grey --colour-a grey] [--runs-b runs/lolo/shape]
+    python benchmarks/wbc_type_lolo_mean.py --runs runs/lolo/grey runs/lolo/shape [--colours grey -]
                                             [--cache runs/lolo/crops4] [--data ../shared/data]
 
-Each RUNS folder holds without-LAB/ runs of benchmarks/wbc_type_lolo.py. Prints one line per left-out lab.
+Each RUNS folder holds without-LAB/ runs of benchmarks/wbc_type_lolo.py. Prints one line per left-out lab; the
+in-lab crops are the last run's validation crops (with runs of other seeds, the others may have trained on them).
 """
 from __future__ import annotations
 
@@ -20,9 +21,10 @@ HERE = Path(__file__).resolve().parent
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data")
-    ap.add_argument("--runs-a", type=Path, default=HERE.parent / "runs" / "lolo" / "grey")
-    ap.add_argument("--colour-a", default=None, help="the A runs' colour when their cards predate the option")
-    ap.add_argument("--runs-b", type=Path, default=HERE.parent / "runs" / "lolo" / "shape")
+    ap.add_argument("--runs", type=Path, nargs="+", default=[HERE.parent / "runs" / "lolo" / "grey",
+                                                              HERE.parent / "runs" / "lolo" / "shape"])
+    ap.add_argument("--colours", nargs="*", default=[], help="each run's colour when its cards predate the option "
+                                                             "(- : as its card says)")
     ap.add_argument("--cache", type=Path, default=HERE.parent / "runs" / "lolo" / "crops4")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
@@ -38,14 +40,15 @@ def main() -> None:
     labs = {"wbc-seg": "wbc-seg", "bccd": "bccd-wbc", "pbc": "pbc"}
     for lab, folder in labs.items():
         items = [(p, c) for p, c in find_labelled_cells(args.data / folder) if c in CLASSES]
-        split = json.loads((args.runs_b / f"without-{lab}" / "split.json").read_text())
+        split = json.loads((args.runs[-1] / f"without-{lab}" / "split.json").read_text())
         val = [(Path(p), c) for p, c in split["val"] if c in CLASSES]
         models = {}  # each run loaded once, its crops cut as its card says
-        for key, runs in (("a", args.runs_a), ("b", args.runs_b)):
+        for k, runs in enumerate(args.runs):
             m, card = load_model(runs / f"without-{lab}" / "model.safetensors")
-            if key == "a" and args.colour_a:
-                card.setdefault("normalization", {})["colour"] = args.colour_a
-            models[key] = (m, card)
+            colour = args.colours[k] if k < len(args.colours) else "-"
+            if colour != "-":
+                card.setdefault("normalization", {})["colour"] = colour
+            models[f"{k}:{runs.name}"] = (m, card)
         out = {}
         for name, its in (("left out", items), ("in-lab val", val)):
             qs = {}
@@ -56,7 +59,7 @@ def main() -> None:
                 names, q = group_probs(predict_as_trained(m, card, img, parts, ext), list(card["classes"]), 3)
                 qs[key] = q
             truth = np.array([names.index(c.upper()) for _, c in its])
-            qs["mean"] = (qs["a"] + qs["b"]) / 2
+            qs["mean"] = sum(qs.values()) / len(qs)
             out[name] = {k: round(float((q.argmax(1) == truth).mean()), 3) for k, q in qs.items()}
         print(lab, json.dumps(out), flush=True)
 
