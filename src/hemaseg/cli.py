@@ -469,7 +469,8 @@ def train(
                           held_out=held_out, unboxed=unboxed, init=init, replay=replay, ruler=ruler,
                           looks=looks or None, leave_out=leave_out or None, paste_red_cells=paste_red_cells,
                           modality_transfer=modality_transfer, split=split, real_fields=real_fields,
-                          modalities=modalities or None, depth_weight=depth_weight, colour=colour, crop_padding=crop_padding_)
+                          modalities=modalities or None, depth_weight=depth_weight, colour=colour,
+                          crop_padding=crop_padding_)
             if out is not None and out.resolve() != resume.resolve():
                 raise HemasegUsageError("--out", "give --out RUN to start a run or --resume RUN to continue one, "
                                                  "not both")

@@ -63,8 +63,8 @@ OPTION_RANGES: dict[str, Range] = {
     "reuse": Range(1, 1000, integer=True),
     "real_fields": Range(0, 1),  # smear10: share of the training draws that are real boxed fields
     "paste_red_cells": Range(0, 1),  # wbc: chance an annotated image gets real red cells pasted
-    "modality_transfer": Range(0, 1),
-    "depth_weight": Range(0, 100),  # nuclei: loss weight of the depth output (0: none)  # nuclei: chance a fluorescence image is redrawn as another modality
+    "modality_transfer": Range(0, 1),  # nuclei: chance a fluorescence image is redrawn as another modality
+    "depth_weight": Range(0, 100),  # nuclei: loss weight of the depth output (0: none)
     "margin": Range(0, 5),
     "n": Range(1, 10_000_000, integer=True),
     "size": Range(32, 16384, integer=True),

@@ -252,7 +252,7 @@ class SegDataset:
             # Weights come from the augmented mask itself (instance labels for nuclei).
             sample += (torch.from_numpy(self.weights(out["mask"])),)
         if self.aux is not None:
-            sample += (torch.from_numpy(self.aux(out["mask"]).astype(np.float32)),)
+            sample += (torch.from_numpy(self.aux(out["mask"]).astype(np.float32, copy=False)),)
         return sample
 
 
