@@ -121,6 +121,7 @@ def main() -> None:
                     help="where a crop's square leaves the image: reflect, or background (and tight cuts in training)")
     ap.add_argument("--seed", type=int, default=0, help="each run's seed (its labs' validation split and training draws); "
                                                         "the test lab is every crop of it whatever the seed")
+    ap.add_argument("--mixstyle", type=float, default=0.0, help="MixStyle's probability in training (0: none)")
     ap.add_argument("--table-only", action="store_true", help="no training: the tables from the runs' lolo.json")
     args = ap.parse_args()
 
@@ -145,7 +146,8 @@ def main() -> None:
         train_labs = [k for k in LABS if k != name]
         cfg = ClassifyConfig(data=[str(args.data / LABS[k]) for k in train_labs], epochs=args.epochs,
                              samples_per_epoch=args.samples_per_epoch, cache=str(cache), extras=not args.no_extras,
-                             colour=args.colour, crop_padding=args.crop_padding, seed=args.seed)
+                             colour=args.colour, crop_padding=args.crop_padding, seed=args.seed,
+                             mixstyle=args.mixstyle)
         if args.looks:
             cfg.looks = [str(d) for d in sorted(args.looks.iterdir()) if d.is_dir() and d.name != LOOK_SOURCE.get(name)]
             cfg.looks_share = args.looks_share
@@ -155,7 +157,7 @@ def main() -> None:
             cfg.target_images = [str(args.targets / s) for s in args.target_sources]
         if (run / "state.json").exists():  # resumed: it must be the run asked for, not another input's
             was = json.loads((run / "state.json").read_text())["config"]
-            for k in ("colour", "crop_padding", "extras", "looks", "target_images", "seed"):
+            for k in ("colour", "crop_padding", "extras", "looks", "target_images", "seed", "mixstyle"):
                 if was.get(k, getattr(ClassifyConfig(), k)) != getattr(cfg, k):
                     raise SystemExit(f"{run}: a run with {k}={was.get(k)!r}, not {getattr(cfg, k)!r}; give another --runs")
         t0 = time.time()

@@ -66,6 +66,35 @@ def make_backbone(name: str, norm: str = "group") -> nn.Module:
         raise ValueError(f"backbone {name!r} takes no norm_layer; use norm='batch' with it") from None
 
 
+def mix_style(x: torch.Tensor, p: float = 0.5, alpha: float = 0.1, eps: float = 1e-6) -> torch.Tensor:
+    """MixStyle (Zhou et al., ICLR 2021): with probability ``p``, each sample's per-channel feature
+    mean and standard deviation (its "style": a lab's stain and light, in early layers) mixed with
+    those of another sample of the batch, weights drawn from Beta(``alpha``, ``alpha``); the content
+    (the normalised features) is kept. For training only; the torch random generator decides, so a
+    seeded run is reproduced exactly.
+
+    >>> import torch
+    >>> x = torch.randn(4, 3, 5, 5)
+    >>> bool((mix_style(x, p=0.0) == x).all()), mix_style(x, p=1.0).shape
+    (True, torch.Size([4, 3, 5, 5]))
+    """
+    import torch
+
+    if p <= 0 or x.shape[0] < 2 or float(torch.rand(())) >= p:
+        return x
+    mu = x.mean((2, 3), keepdim=True).detach()
+    sig = (x.var((2, 3), keepdim=True) + eps).sqrt().detach()
+    lam = torch.distributions.Beta(alpha, alpha).sample((x.shape[0], 1, 1, 1)).to(x.dtype)
+    perm = torch.randperm(x.shape[0])
+    mu_mix = lam * mu + (1 - lam) * mu[perm]
+    sig_mix = lam * sig + (1 - lam) * sig[perm]
+    return (x - mu) / sig * sig_mix + mu_mix
+
+
+# Backbone stages after which :func:`mix_style` mixes (early layers carry the style, late ones the type).
+MIXSTYLE_STAGES = ("layer1", "layer2")
+
+
 @lru_cache(maxsize=None)
 def wbc_classifier_class() -> type:
     """The :class:`WbcClassifier` class, defined (and torch imported) on first use."""
@@ -74,10 +103,11 @@ def wbc_classifier_class() -> type:
 
     class WbcClassifier(nn.Module):
         """Backbone -> pooled features (+ ``extras`` scalar measurements of the cell) -> dropout ->
-        linear classes; ``domain`` head for DANN."""
+        linear classes; ``domain`` head for DANN; ``mixstyle`` > 0: :func:`mix_style` with that
+        probability after the backbone's :data:`MIXSTYLE_STAGES` while training."""
 
         def __init__(self, backbone: str = "resnet10-half", classes: int = 5, dropout: float = 0.2,
-                     domain_head: bool = True, norm: str = "group", extras: int = 0) -> None:
+                     domain_head: bool = True, norm: str = "group", extras: int = 0, mixstyle: float = 0.0) -> None:
             super().__init__()
             # GroupNorm by default: no running statistics to drift under heavy stain augmentation
             # on a few hundred crops (BatchNorm collapsed to one class in eval mode).
@@ -88,6 +118,16 @@ def wbc_classifier_class() -> type:
             self.extras = extras
             self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(nf + extras, classes))
             self.domain = nn.Sequential(nn.Linear(nf, 64), nn.ReLU(inplace=True), nn.Linear(64, 1)) if domain_head else None
+            self.mixstyle = float(mixstyle)
+            if self.mixstyle > 0:
+                stages = [getattr(self.backbone, name, None) for name in MIXSTYLE_STAGES]
+                if any(stage is None for stage in stages):
+                    raise ValueError(f"mixstyle needs a backbone with stages {MIXSTYLE_STAGES} (a ResNet); {backbone!r} has not")
+                for stage in stages:  # hooks hold no weights: the state dict is the same with or without
+                    stage.register_forward_hook(self._mix)
+
+        def _mix(self, module: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor:
+            return mix_style(output, self.mixstyle) if self.training else output
 
         def feature_map(self, x: torch.Tensor) -> torch.Tensor:
             """Last convolutional feature map (B, C, h, w): what Grad-CAM looks at."""
@@ -130,8 +170,9 @@ def __getattr__(name: str):
 
 @register_model("wbc-classifier")
 def wbc_classifier(backbone: str = "resnet10-half", classes: int = 5, dropout: float = 0.2,
-                   domain_head: bool = True, norm: str = "group", extras: int = 0) -> nn.Module:
+                   domain_head: bool = True, norm: str = "group", extras: int = 0, mixstyle: float = 0.0) -> nn.Module:
     """timm backbone built without downloaded weights (``norm="group"``: GroupNorm, for timm models
     that take a ``norm_layer``, e.g. the ResNet family; ``"batch"``: the model's own), linear head
-    over the pooled features and ``extras`` scalar inputs, gradient-reversal domain head."""
-    return wbc_classifier_class()(backbone, classes, dropout, domain_head, norm, extras)
+    over the pooled features and ``extras`` scalar inputs, gradient-reversal domain head, MixStyle
+    in training with probability ``mixstyle`` (0: none)."""
+    return wbc_classifier_class()(backbone, classes, dropout, domain_head, norm, extras, mixstyle)

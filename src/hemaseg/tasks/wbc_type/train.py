@@ -117,6 +117,9 @@ class ClassifyConfig:
     # ``tight_p`` of the draws tight around their cell (:func:`~hemaseg.data.transforms.cut_tight`)
     crop_padding: str = "reflect"
     tight_p: float = 0.3
+    # MixStyle's probability (:func:`hemaseg.models.classifier.mix_style`): crops' feature styles mixed in
+    # training after the backbone's first two stages; 0: none
+    mixstyle: float = 0.0
 
 
 def check_colour(colour: str) -> None:
@@ -453,7 +456,7 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
     _seed_all(cfg.seed)
     arch_kwargs = ({**start[1]["architecture"]["kwargs"]} if start is not None else
                    {"backbone": cfg.backbone, "classes": len(classes), "dropout": 0.2, "domain_head": True,
-                    "norm": cfg.norm, "extras": n_extras})
+                    "norm": cfg.norm, "extras": n_extras, **({"mixstyle": cfg.mixstyle} if cfg.mixstyle else {})})
     model = create_model("wbc-classifier", **arch_kwargs)
     restore = resume and has_checkpoint(run)
     if start is not None and not restore:  # fresh, or killed before its first checkpoint
