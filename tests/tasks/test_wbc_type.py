@@ -48,6 +48,30 @@ def test_gradient_reversal_negates_and_scales_the_gradient():
     assert torch.allclose(x.grad, -0.5 * torch.arange(4.0).expand(3, 4))
 
 
+def test_mixstyle_mixes_feature_statistics_in_training_only():
+    """Each sample's per-channel mean moves towards another sample's; the content stays; eval untouched."""
+    from hemaseg.models.classifier import mix_style
+    from hemaseg.models.registry import create_model
+
+    torch.manual_seed(0)
+    x = torch.randn(6, 4, 8, 8) * torch.arange(1, 7).view(6, 1, 1, 1) + torch.arange(6).view(6, 1, 1, 1) * 10
+    y = mix_style(x, p=1.0)
+    means = x.mean((2, 3))
+    assert not torch.allclose(y.mean((2, 3)), means)  # styles moved ...
+    lo, hi = means.min(0).values, means.max(0).values
+    assert ((y.mean((2, 3)) >= lo - 1e-4) & (y.mean((2, 3)) <= hi + 1e-4)).all()  # ... between the batch's own
+    norm = lambda t: (t - t.mean((2, 3), keepdim=True)) / t.std((2, 3), keepdim=True)  # noqa: E731
+    assert torch.allclose(norm(y), norm(x), atol=1e-3)  # the content is each sample's own
+    m = create_model("wbc-classifier", backbone="resnet10-quarter", classes=3, dropout=0.0, mixstyle=1.0)
+    plain = create_model("wbc-classifier", backbone="resnet10-quarter", classes=3, dropout=0.0)
+    plain.load_state_dict(m.state_dict())  # the same weights: no parameter of its own
+    img = torch.rand(4, 3, 48, 48)
+    m.eval(), plain.eval()
+    assert torch.allclose(m(img), plain(img))
+    m.train(), plain.train()  # no dropout: only MixStyle can tell them apart in training
+    assert torch.allclose(plain(img), plain(img)) and not torch.allclose(m(img), plain(img))
+
+
 def test_readers_imagefolder_and_wbcseg_csv(tmp_path):
     _crops(tmp_path / "folder")
     items = find_labelled_cells(tmp_path / "folder")
