@@ -7,6 +7,8 @@ The worst source comes first.
 
 - leak: the fraction of predicted cytoplasm pixels inside a red-cell box and outside every WBC box
   (pooled over the source's fields; the WBC's own box is never counted);
+- whole-cell leak: the same for every predicted WBC pixel, nucleus included (a red cell's dark rim
+  taken for a piece of nucleus counts here, not in the leak);
 - WBC recall: WBC boxes matched by a predicted WBC's box at IoU >= 0.5;
 - count exact: fields whose number of predicted WBCs equals the number of WBC boxes;
 - box IoU: each WBC box's best IoU with a predicted WBC's box, averaged (0 when none), a stand-in
@@ -69,8 +71,10 @@ def field_scores(seg, boxes: list[dict], shape: tuple[int, int]) -> dict:
             wbc[sl] = True
             truth.append(bb)
     cyto = seg.classes == 1
+    cell = seg.classes > 0
     pred = [o["bounding_box"] for o in seg.objects]
-    return {"leak": int((cyto & rbc & ~wbc).sum()), "cyto": int(cyto.sum()), "n_true": len(truth),
+    return {"leak": int((cyto & rbc & ~wbc).sum()), "cyto": int(cyto.sum()), "cell_leak": int((cell & rbc & ~wbc).sum()),
+            "cell": int(cell.sum()), "n_true": len(truth),
             "n_pred": len(pred), "matched": matched(truth, pred),
             "best_iou": [max((box_iou(t, p) for p in pred), default=0.0) for t in truth]}
 
@@ -98,11 +102,12 @@ def run(model: str | None, method: str | None, pairs: list, sources: dict[str, s
         per.setdefault(sources.get(image_path.name, "?"), []).append(row)
         if fields is not None:  # per-field rows, worst leak first in --fields-out
             fields.append({"image": image_path.name, "source": sources.get(image_path.name, "?"),
-                           "model": model or method, **{k: row[k] for k in ("leak", "cyto", "n_true", "n_pred")}})
+                           "model": model or method, **{k: row[k] for k in ("leak", "cyto", "cell_leak", "cell", "n_true", "n_pred")}})
     out = {}
     for src, rows in per.items():
         n_true = sum(r["n_true"] for r in rows)
         out[src] = {"fields": len(rows), "leak": sum(r["leak"] for r in rows) / max(1, sum(r["cyto"] for r in rows)),
+                    "cell_leak": sum(r["cell_leak"] for r in rows) / max(1, sum(r["cell"] for r in rows)),
                     "recall": sum(r["matched"] for r in rows) / max(1, n_true), "wbc_boxes": n_true,
                     "count_exact": float(np.mean([r["n_pred"] == r["n_true"] for r in rows])),
                     "box_iou": float(np.mean([v for r in rows for v in r["best_iou"]] or [0.0])),
@@ -140,8 +145,9 @@ def main() -> None:
             by_source.setdefault(sources.get(pair[0].name, "?"), []).append(pair)
         pairs = [p for group in by_source.values() for p in group[:args.limit]]
     lines = [f"### WBC outlines on TXL-PBC `{args.split}` fields, per source (worst leak first)\n",
-             "| model | source | fields | WBC boxes | cytoplasm leak into red cells | WBC recall (IoU ≥ 0.5) "
-             "| WBC box IoU | count exact | s / field |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| model | source | fields | WBC boxes | cytoplasm leak into red cells | whole-cell leak "
+             "| WBC recall (IoU ≥ 0.5) | WBC box IoU | count exact | s / field |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     runs = [(m, None) for m in args.models] + [(None, m) for m in args.method]
     dice = []
     fields: list | None = [] if args.fields_out else None
@@ -150,6 +156,7 @@ def main() -> None:
         res = run(model, method, pairs, sources, fields)
         for src, r in sorted(res.items(), key=lambda kv: -kv[1]["leak"]):
             lines.append(f"| {name} | {src} | {r['fields']} | {r['wbc_boxes']} | {r['leak'] * 100:.1f} % | "
+                         f"{r['cell_leak'] * 100:.1f} % | "
                          f"{r['recall']:.3f} | {r['box_iou']:.3f} | {r['count_exact'] * 100:.0f} % | "
                          f"{r['seconds']:.2f} |")
         print("\n".join(lines[-len(res):]), flush=True)
