@@ -73,8 +73,8 @@ def field_scores(seg, boxes: list[dict], shape: tuple[int, int]) -> dict:
     cyto = seg.classes == 1
     cell = seg.classes > 0
     pred = [o["bounding_box"] for o in seg.objects]
-    return {"leak": int((cyto & rbc & ~wbc).sum()), "cyto": int(cyto.sum()), "cell_leak": int((cell & rbc & ~wbc).sum()),
-            "cell": int(cell.sum()), "n_true": len(truth),
+    return {"leak": int((cyto & rbc & ~wbc).sum()), "cyto": int(cyto.sum()),
+            "cell_leak": int((cell & rbc & ~wbc).sum()), "cell": int(cell.sum()), "n_true": len(truth),
             "n_pred": len(pred), "matched": matched(truth, pred),
             "best_iou": [max((box_iou(t, p) for p in pred), default=0.0) for t in truth]}
 
@@ -102,11 +102,13 @@ def run(model: str | None, method: str | None, pairs: list, sources: dict[str, s
         per.setdefault(sources.get(image_path.name, "?"), []).append(row)
         if fields is not None:  # per-field rows, worst leak first in --fields-out
             fields.append({"image": image_path.name, "source": sources.get(image_path.name, "?"),
-                           "model": model or method, **{k: row[k] for k in ("leak", "cyto", "cell_leak", "cell", "n_true", "n_pred")}})
+                           "model": model or method,
+                           **{k: row[k] for k in ("leak", "cyto", "cell_leak", "cell", "n_true", "n_pred")}})
     out = {}
     for src, rows in per.items():
         n_true = sum(r["n_true"] for r in rows)
-        out[src] = {"fields": len(rows), "leak": sum(r["leak"] for r in rows) / max(1, sum(r["cyto"] for r in rows)),
+        out[src] = {"fields": len(rows),
+                    "leak": sum(r["leak"] for r in rows) / max(1, sum(r["cyto"] for r in rows)),
                     "cell_leak": sum(r["cell_leak"] for r in rows) / max(1, sum(r["cell"] for r in rows)),
                     "recall": sum(r["matched"] for r in rows) / max(1, n_true), "wbc_boxes": n_true,
                     "count_exact": float(np.mean([r["n_pred"] == r["n_true"] for r in rows])),

@@ -105,3 +105,28 @@ def test_unsure_wbcs_are_left_untyped_and_out_of_the_differential(monkeypatch):
     assert "pixel_size_um" not in b.entry
     with pytest.raises(HemasegUsageError, match="--min-confidence"):
         analyze_mod.analyze(np.full((60, 90, 3), 200, np.uint8), min_confidence=1.5)
+
+
+def test_each_wbc_label_is_drawn_on_its_own_cell_not_on_the_cell_above(monkeypatch):
+    _fake_models(monkeypatch, _one_hot("neutrophil", "lymphocyte", "monocyte"))
+    image = np.full((60, 90, 3), 200, np.uint8)
+    a = analyze_mod.analyze(image, "x.png")
+    out = analyze_mod.draw_overlay(image, a, thickness=1)
+    white = (out == 255).all(-1)
+    assert white.any()
+    assert not white[:20].any()  # nothing above the boxes (rows 20-40), where a neighbour would lie
+    for b in (m["bounding_box"] for m in a.entry["masks"]):
+        assert white[b["y1"]:b["y2"], b["x1"]:b["x2"]].any()  # each label inside its own box
+
+
+def test_gallery_crops_share_one_magnification_and_show_grey_beyond_the_photo():
+    image = np.full((200, 200, 3), 220, np.uint8)
+    image[0:30, 0:30] = (90, 40, 140)  # a WBC in the corner
+    small = analyze_mod.gallery_crop(image, {"x1": 0, "x2": 30, "y1": 0, "y2": 30}, rbc_diameter=40, size=60)
+    assert (small[:15, :15] == analyze_mod.GALLERY_FILL).all()  # beyond the corner: grey, no mirrored cell
+    assert (small[24:36, 24:36] == (90, 40, 140)).all()  # the cell itself at the centre
+    # Two WBCs of 30 and 60 px with red cells of 40 px: both crops span 120 px, so the larger shows larger.
+    image[100:160, 100:160] = (90, 40, 140)
+    big = analyze_mod.gallery_crop(image, {"x1": 100, "x2": 160, "y1": 100, "y2": 160}, rbc_diameter=40, size=60)
+    area = lambda c: int((np.abs(c.astype(int) - (90, 40, 140)).max(-1) < 30).sum())  # noqa: E731
+    assert area(big) == pytest.approx(4 * area(small), rel=0.15)  # twice as wide: four times the area

@@ -62,7 +62,7 @@ def test_counts_csv_has_the_interval_beside_each_percentage_and_a_pooled_row():
 
 def test_counts_csv_with_no_typed_wbc_and_no_image():
     row, pooled = _rows(counts_csv([_analysis("a.png", {})]))
-    assert [row[f"monocyte_pct{s}"] for s in ("", "_lo", "_hi")] == ["0.0", "0.0", "100.0"]  # nothing known
+    assert [row[f"monocyte_pct{s}"] for s in ("", "_lo", "_hi")] == ["", "0.0", "100.0"]  # nothing known: no share
     assert counts_csv([]).count("\n") == 1  # the header only
 
 

@@ -161,7 +161,7 @@ def test_found_red_cells_without_free_ones_to_compare_cut_nothing(monkeypatch):
 
 def test_a_found_red_cell_lying_partly_outside_the_wbc_is_cut_only_when_asked(monkeypatch):
     """No free red cell to learn the colours from: the vote cuts nothing; ``red_outside`` cuts a red
-    cell by its share outside the WBC (here about a third), whatever its colour."""
+    cell by its share outside the WBC (here about 0.3), whatever its colour."""
     import hemaseg.tasks.wbc as W
 
     img, classes, instances = _field_with_touching_red_cell(free_red_cells=False)
@@ -169,11 +169,11 @@ def test_a_found_red_cell_lying_partly_outside_the_wbc_is_cut_only_when_asked(mo
     monkeypatch.setattr(W, "red_cell_labels", _pink_cells)
     c2, i2 = W.reject_found_red_cells(img, classes, instances, diameter=60)
     assert (c2 == classes).all() and (i2 == instances).all()  # the default: off
-    c3, i3 = W.reject_found_red_cells(img, classes, instances, diameter=60, p=W.WbcParams(red_outside=0.3))
+    c3, i3 = W.reject_found_red_cells(img, classes, instances, diameter=60, p=W.WbcParams(red_outside=0.2))
     assert c3[100, 190] == 0 and i3[100, 190] == 0  # the red cell's near part is no longer cytoplasm
     assert c3[100, 170] == 1 and c3[100, 150] == 2 and i3[100, 150] == 1  # the WBC is whole
-    c4, _ = W.reject_found_red_cells(img, classes, instances, diameter=60, p=W.WbcParams(red_outside=0.6))
-    assert (c4 == classes).all()  # under 0.6 of it lies outside: it stays
+    c4, _ = W.reject_found_red_cells(img, classes, instances, diameter=60, p=W.WbcParams(red_outside=0.4))
+    assert (c4 == classes).all()  # under 0.4 of it lies outside: it stays
 
 
 def test_a_cell_whose_nucleus_is_a_found_red_cell_goes_but_not_for_an_oversized_one(monkeypatch):

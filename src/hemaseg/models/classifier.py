@@ -84,8 +84,9 @@ def mix_style(x: torch.Tensor, p: float = 0.5, alpha: float = 0.1, eps: float = 
         return x
     mu = x.mean((2, 3), keepdim=True).detach()
     sig = (x.var((2, 3), keepdim=True) + eps).sqrt().detach()
-    lam = torch.distributions.Beta(alpha, alpha).sample((x.shape[0], 1, 1, 1)).to(x.dtype)
-    perm = torch.randperm(x.shape[0])
+    # Drawn on the CPU (the seeded generator), used wherever the features are.
+    lam = torch.distributions.Beta(alpha, alpha).sample((x.shape[0], 1, 1, 1)).to(device=x.device, dtype=x.dtype)
+    perm = torch.randperm(x.shape[0]).to(x.device)
     mu_mix = lam * mu + (1 - lam) * mu[perm]
     sig_mix = lam * sig + (1 - lam) * sig[perm]
     return (x - mu) / sig * sig_mix + mu_mix
@@ -122,7 +123,8 @@ def wbc_classifier_class() -> type:
             if self.mixstyle > 0:
                 stages = [getattr(self.backbone, name, None) for name in MIXSTYLE_STAGES]
                 if any(stage is None for stage in stages):
-                    raise ValueError(f"mixstyle needs a backbone with stages {MIXSTYLE_STAGES} (a ResNet); {backbone!r} has not")
+                    raise ValueError(f"mixstyle needs a backbone with stages {MIXSTYLE_STAGES} (a ResNet); "
+                                     f"{backbone!r} has not")
                 for stage in stages:  # hooks hold no weights: the state dict is the same with or without
                     stage.register_forward_hook(self._mix)
 

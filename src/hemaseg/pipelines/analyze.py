@@ -93,7 +93,7 @@ class Analysis:
     counts: dict[str, int]  # rbc, wbc, platelet and one count per WBC type
     instances: np.ndarray  # (H, W) int32 labels; mask k of entry["masks"] is instances == k + 1
     cell_diameter: float  # red-cell diameter, px (given or measured)
-    wbc_crops: list[np.ndarray] = field(default_factory=list)  # one (S, S, 3) typed crop per WBC, in mask order
+    wbc_crops: list[np.ndarray] = field(default_factory=list)  # one (S, S, 3) gallery_crop per WBC, in mask order
     types: tuple[str, ...] = WBC_TYPES  # the types counted: the five, then any further the typer names
     models: dict[str, str] = field(default_factory=dict)  # {"cells": ..., "wbc-type": ...}: model_label of each
 
@@ -178,7 +178,8 @@ def analyze(image: np.ndarray, filename: str = "", cells_model="cells", type_mod
             if r["class_name"] in CATEGORIES:
                 r["category"] = r["class_name"]
         kept = [k for k, r in enumerate(wbcs) if r["category"] == "wbc"]
-        wbcs, crops = [wbcs[k] for k in kept], [crops[k] for k in kept]
+        wbcs = [wbcs[k] for k in kept]
+        crops = [gallery_crop(image, r["bounding_box"], seg.cell_diameter) for r in wbcs]
     # Instance ids in mask order, so entry["masks"][k] is instances == k + 1.
     lut = np.zeros(int(seg.instances.max()) + 1, np.int32)
     for k, r in enumerate(records, 1):
@@ -195,6 +196,37 @@ def analyze(image: np.ndarray, filename: str = "", cells_model="cells", type_mod
     entry["masks"] = records
     models = {"cells": model_label(cells_model, device), "wbc-type": model_label(type_model, device)}
     return Analysis(entry, counts, instances, seg.cell_diameter, crops, types, models)
+
+
+# A gallery crop spans this many red-cell diameters (more when its WBC is larger), so every cell of
+# a photo is shown at one magnification and a lymphocyte looks smaller than a monocyte beside it.
+GALLERY_RBC_SPAN = 3.0
+GALLERY_FILL = (128, 128, 128)  # beyond the photo's edge: grey, never a mirror image of the cell
+
+
+def gallery_crop(image: np.ndarray, box: dict, rbc_diameter: float, size: int = 96) -> np.ndarray:
+    """(size, size, 3) uint8: the photo around a WBC's ``box`` for a person to review, a square of
+    :data:`GALLERY_RBC_SPAN` red-cell diameters (or 1.3x the box's longer side when larger) centred
+    on the box, grey (:data:`GALLERY_FILL`) where it leaves the photo. Unlike the typer's own crop
+    (rescaled to its WBC, padded by reflection), sizes can be compared and nothing is mirrored.
+
+    >>> img = np.full((100, 100, 3), 200, np.uint8)
+    >>> c = gallery_crop(img, {"x1": 0, "x2": 20, "y1": 0, "y2": 20}, rbc_diameter=20, size=60)
+    >>> c.shape, c[0, 0].tolist(), c[-1, -1].tolist()
+    ((60, 60, 3), [128, 128, 128], [200, 200, 200])
+    """
+    x1, x2, y1, y2 = box["x1"], box["x2"], box["y1"], box["y2"]
+    side = max(GALLERY_RBC_SPAN * float(rbc_diameter), 1.3 * max(x2 - x1, y2 - y1), 8.0)
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    X1, Y1 = int(round(cx - side / 2)), int(round(cy - side / 2))
+    n = int(round(side))
+    h, w = image.shape[:2]
+    out = np.empty((n, n, 3), np.uint8)
+    out[:] = GALLERY_FILL
+    ys, xs = slice(max(0, Y1), min(h, Y1 + n)), slice(max(0, X1), min(w, X1 + n))
+    if ys.start < ys.stop and xs.start < xs.stop:
+        out[ys.start - Y1:ys.stop - Y1, xs.start - X1:xs.stop - X1] = image[ys, xs][..., :3]
+    return cv2.resize(out, (size, size), interpolation=cv2.INTER_AREA if n > size else cv2.INTER_LINEAR)
 
 
 def count_records(records: list[dict], types: tuple[str, ...]) -> dict[str, int]:
@@ -222,11 +254,14 @@ def draw_overlay(image: np.ndarray, analysis: Analysis, thickness: int | None = 
         if len(pts) >= 2:
             cv2.polylines(out, [pts], True, CATEGORY_COLOURS.get(r["category"], (255, 255, 255)), t, cv2.LINE_AA)
         if r["category"] == "wbc":
+            # On its own cell: centred on the box (above the box, the label lay on whichever red cell
+            # touched the WBC there).
             b = r["bounding_box"]
             scale = max(0.4, max(image.shape[:2]) / 1200)
             label = r["class_name"][:4].upper() + ("?" if r.get("unsure") else "")
-            cv2.putText(out, label, (b["x1"], max(12, b["y1"] - 4)), cv2.FONT_HERSHEY_SIMPLEX,
-                        scale, (20, 20, 20), t + 1, cv2.LINE_AA)
-            cv2.putText(out, label, (b["x1"], max(12, b["y1"] - 4)), cv2.FONT_HERSHEY_SIMPLEX,
-                        scale, (255, 255, 255), t, cv2.LINE_AA)
+            (tw, th), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, t + 1)
+            x = int(np.clip((b["x1"] + b["x2"] - tw) // 2, 0, max(0, out.shape[1] - tw)))
+            y = int(np.clip((b["y1"] + b["y2"] + th) // 2, th, out.shape[0] - 1))
+            cv2.putText(out, label, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (20, 20, 20), t + 1, cv2.LINE_AA)
+            cv2.putText(out, label, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), t, cv2.LINE_AA)
     return out

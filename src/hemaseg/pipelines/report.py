@@ -57,7 +57,8 @@ def counts_csv(analyses: list[Analysis]) -> str:
     """CSV text: one row per image, then one row (``filename`` :data:`BATCH_ROW`) for all of them
     pooled. DESIGN.md columns: counts, then each type's differential in percent with its exact
     binomial 95 % interval (``<type>_pct``, ``_pct_lo``, ``_pct_hi``); further types the typer
-    names (``ig``, ``erythroblast``, ...) are appended as columns the same way."""
+    names (``ig``, ``erythroblast``, ...) are appended as columns the same way. A row with no typed
+    WBC has no share (``_pct`` empty) and the interval 0-100: nothing is known, not "0 %"."""
     types = pooled_types(analyses)
     extra = [t for t in types if t not in WBC_TYPES]
     extra_pct = [t for t in extra if t not in NOT_IN_DIFFERENTIAL]
@@ -67,7 +68,12 @@ def counts_csv(analyses: list[Analysis]) -> str:
 
     def row(name: str, counts: dict[str, int], kinds: tuple[str, ...]) -> list:
         diff = differential(counts, kinds)
-        pct = lambda t: [f"{v:.1f}" for v in diff.get(t, (0.0, 0.0, 100.0))]  # noqa: E731
+        typed = differential_size(counts, kinds) > 0
+
+        def pct(t: str) -> list[str]:  # no typed WBC: no share (empty), an interval of 0-100
+            v = diff.get(t, (0.0, 0.0, 100.0))
+            return [f"{v[0]:.1f}" if typed else "", f"{v[1]:.1f}", f"{v[2]:.1f}"]
+
         return [name, *(counts.get(c, 0) for c in ("rbc", "wbc", "platelet")),
                 *(counts.get(t, 0) for t in WBC_TYPES), *(v for t in WBC_TYPES for v in pct(t)),
                 *(counts.get(t, 0) for t in extra), *(v for t in extra_pct for v in pct(t))]

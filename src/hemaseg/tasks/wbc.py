@@ -92,13 +92,14 @@ class WbcParams:
     red_cell_ratio : WBC diameter over red-cell diameter assumed to run that model at its red cells'
         size (TXL-PBC's boxes: 1.5-2.1 by lab).
     red_outside : a red cell found by ``red_cells`` that touches a WBC's cytoplasm is also cut from it,
-        whatever its colour, when at least this share of its pixels lies outside every WBC (a red cell
-        pressed against a WBC whose thin cytoplasm gives the colour vote nothing to compare with);
-        above 1: never (the default). TXL-PBC's validation fields, leak Raabin / PBC / BCDD / BCCD:
-        off 2.19 / 1.98 / 0.79 / 0.34 %; 0.5 and 0.7: 2.19 / **1.62** / 0.79 / 0.29 % (PBC 1.72 at 0.7),
-        WBC box IoU BCCD 0.773 -> 0.768, wbc-seg's validation cell Dice 0.9833 -> 0.9832; 0.3: Raabin
-        2.14 %, Dice 0.9826. Not the default: the rule written before the grid asked the worst
-        source's leak (Raabin, most of it one field whose WBC is boxed as a red cell) to fall.
+        whatever its colour (not in a grey image), when at least this share of its pixels lies
+        outside every WBC (a red cell pressed against a WBC whose thin cytoplasm gives the colour
+        vote nothing to compare with); above 1: never (the default). TXL-PBC's validation fields,
+        leak Raabin / PBC / BCDD / BCCD: off 2.19 / 1.98 / 0.79 / 0.34 %; 0.5 and 0.7: 2.19 /
+        **1.62** / 0.79 / 0.29 % (PBC 1.72 at 0.7), WBC box IoU BCCD 0.773 -> 0.768 (BCDD 0.670 ->
+        0.667), wbc-seg's validation cell Dice 0.9833 -> 0.9832; 0.3: Raabin 2.14 %, Dice 0.9826.
+        Not the default: the rule written before the grid asked the worst source's leak (Raabin,
+        most of it one field whose WBC is boxed as a red cell) to fall.
     red_cells_max_pixels : the cells models (``red_cells``, ``size_model``) are asked only about
         images of at most this many pixels (photos and crops, where other labs' red cells were
         taken for cytoplasm); the red-cell check costs about 30 ms a WBC (a second network around
@@ -570,10 +571,11 @@ def reject_found_red_cells(image: np.ndarray, classes: np.ndarray, instances: np
        is left holds a nucleus of a quarter of the smallest WBC kept (``p.min_cell_fraction``);
     2. a red cell touching a WBC's cytoplasm is cut from it when most of its pixels there are likelier
        (CIELAB Gaussians, :func:`~hemaseg.classical.likelier_first`) the colour of the window's free red
-       cells (touching no WBC) than that of the WBC's other cytoplasm; nothing is cut in a window with
-       no free red cell to learn from (a crop filled by its WBC), so a WBC's own cytoplasm, which the
-       model can mistake for a red cell, stays, nor in a grey window (:data:`MIN_CHROMA_SPREAD`);
-       also cut, whatever its colour, when at least ``p.red_outside`` of it lies outside every WBC;
+       cells (touching no WBC) than that of the WBC's other cytoplasm; the vote cuts nothing in a window
+       with no free red cell to learn from (a crop filled by its WBC), so a WBC's own cytoplasm, which
+       the model can mistake for a red cell, stays; nothing at all is cut in a grey window
+       (:data:`MIN_CHROMA_SPREAD`); a red cell is also cut, whatever its colour (except in a grey
+       window), when at least ``p.red_outside`` of it lies outside every WBC (off by default);
        then whatever of a cell no longer touches its nucleus goes.
 
     ``relabel_cells=False`` keeps the labels of the cells that stay.

@@ -456,7 +456,11 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
     _seed_all(cfg.seed)
     arch_kwargs = ({**start[1]["architecture"]["kwargs"]} if start is not None else
                    {"backbone": cfg.backbone, "classes": len(classes), "dropout": 0.2, "domain_head": True,
-                    "norm": cfg.norm, "extras": n_extras, **({"mixstyle": cfg.mixstyle} if cfg.mixstyle else {})})
+                    "norm": cfg.norm, "extras": n_extras})
+    # MixStyle is this run's training choice, not the start model's (a fine-tune decides for itself).
+    arch_kwargs.pop("mixstyle", None)
+    if cfg.mixstyle:
+        arch_kwargs["mixstyle"] = cfg.mixstyle
     model = create_model("wbc-classifier", **arch_kwargs)
     restore = resume and has_checkpoint(run)
     if start is not None and not restore:  # fresh, or killed before its first checkpoint
