@@ -37,7 +37,8 @@ def differential(counts: dict[str, int], types: tuple[str, ...], confidence: flo
                  ) -> dict[str, tuple[float, float, float]]:
     """Each leukocyte type's share of the typed leukocytes in ``counts``, in percent, with its exact
     binomial (Clopper-Pearson) interval: {type: (percent, low, high)}. Erythroblasts and platelets
-    are not leukocytes; with no typed leukocyte every share is 0 and every interval 0-100.
+    are not leukocytes; with no typed leukocyte every share is 0 and every interval 0-100 (callers
+    show no share then: :func:`differential_size` is 0).
 
     >>> d = differential({"neutrophil": 50, "lymphocyte": 50}, ("neutrophil", "lymphocyte"))
     >>> [round(v, 1) for v in d["neutrophil"]]
