@@ -168,7 +168,7 @@ def analyze(image: np.ndarray, filename: str = "", cells_model="cells", type_mod
     types = WBC_TYPES + tuple(c for c in get_model(type_model, device)[1]["classes"]
                               if c in EXTRA_TYPES and c not in CATEGORIES)
     if wbcs:
-        probs, crops, classes = type_wbcs(image, wbcs, type_model, device)
+        probs, _, classes = type_wbcs(image, wbcs, type_model, device)  # the gallery cuts its own crops
         for r, p in zip(wbcs, probs):
             r["type_probs"] = {c: round(float(v), 4) for c, v in zip(classes, p)}
             name, confidence = typed_as(r, p, classes, seg.cell_diameter)
