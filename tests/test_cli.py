@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -54,6 +55,16 @@ def test_bad_usage_exits_2(tmp_path):
     assert runner.invoke(app, ["segment", "x.png", "--task", "nope"]).exit_code == 2
     assert runner.invoke(app, ["segment", "x.png", "--device", "tpu"]).exit_code == 2
     assert runner.invoke(app, ["segment"]).exit_code == 2
+
+
+@pytest.mark.parametrize("args, names", [(["analyze", "--pixel-size", "abc"], "--pixel-size"),
+                                         (["analyze", "--no-such-option"], "--no-such-option"),
+                                         (["segment"], "images")])
+def test_errors_the_command_line_library_finds_are_one_line_naming_the_option(args, names):
+    res = runner.invoke(app, args, prog_name="hemaseg")
+    lines = res.output.strip().splitlines()
+    assert res.exit_code == 2 and len(lines) == 1, res.output  # no usage block, no boxed panel
+    assert lines[0].startswith(f"hemaseg {args[0]}: ") and names in lines[0]
 
 
 def test_evaluate_json_and_grid(tmp_path, wbc_folder, tiny_model_path):

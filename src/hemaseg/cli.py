@@ -11,6 +11,7 @@ from typing import List, Optional
 
 import numpy as np
 import typer
+from typer.core import TyperGroup
 
 from hemaseg.apps.web import DEFAULT_HOST, DEFAULT_PORT, MAX_UPLOAD_MB, check_address, require_flask
 from hemaseg.apps.web import serve as run_serve
@@ -50,7 +51,40 @@ from hemaseg.tasks.wbc_type.crops import (
 from hemaseg.tasks.wbc_type.explain import cam_overlay, features, grad_cam, gradcam_mask, tsne_plot
 from hemaseg.version import __version__
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+# The command-line library's own error classes, found from a public one (typer vendors click in
+# recent versions, so ``click``'s classes are not the ones raised).
+_USAGE_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+_CLI_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+class _OneLineErrors(TyperGroup):
+    """The command group: a usage error the command-line library finds itself (a number that is not
+    one, an unknown option, a missing argument) is one line on stderr naming the command and the
+    option, exit code 2, as hemaseg's own errors are, instead of a boxed panel."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _USAGE_ERROR as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError":  # no arguments: the help, as always
+                exc.show()
+            else:
+                command = exc.ctx.command_path if exc.ctx is not None else "hemaseg"
+                message = " ".join(exc.format_message().split())
+                typer.echo(f"{command}: {message} (see {command} --help)", err=True)
+            sys.exit(exc.exit_code)
+        except _CLI_ERROR as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            typer.echo("Aborted.", err=True)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+app = typer.Typer(cls=_OneLineErrors, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Blood-smear segmentation, counting and WBC typing on a CPU.")
 
 
