@@ -18,7 +18,7 @@ from hemaseg.errors import HemasegError
 from hemaseg.metrics import binomial_ci
 from hemaseg.models.registry import resolve_model_path
 from hemaseg.tasks import get_task
-from hemaseg.tasks.wbc_type.crops import type_wbcs
+from hemaseg.tasks.wbc_type.crops import square_at, type_wbcs
 
 CATEGORY_COLOURS = {"rbc": (230, 60, 60), "wbc": (40, 110, 255), "platelet": (250, 190, 0)}
 # A WBC whose most probable type has a calibrated probability under this is left untyped and listed
@@ -218,16 +218,8 @@ def gallery_crop(image: np.ndarray, box: dict, rbc_diameter: float, size: int = 
     """
     x1, x2, y1, y2 = box["x1"], box["x2"], box["y1"], box["y2"]
     side = max(GALLERY_RBC_SPAN * float(rbc_diameter), 1.3 * max(x2 - x1, y2 - y1), 8.0)
-    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
-    X1, Y1 = int(round(cx - side / 2)), int(round(cy - side / 2))
-    n = int(round(side))
-    h, w = image.shape[:2]
-    out = np.empty((n, n, 3), np.uint8)
-    out[:] = GALLERY_FILL
-    ys, xs = slice(max(0, Y1), min(h, Y1 + n)), slice(max(0, X1), min(w, X1 + n))
-    if ys.start < ys.stop and xs.start < xs.stop:
-        out[ys.start - Y1:ys.stop - Y1, xs.start - X1:xs.stop - X1] = image[ys, xs][..., :3]
-    return cv2.resize(out, (size, size), interpolation=cv2.INTER_AREA if n > size else cv2.INTER_LINEAR)
+    out, _ = square_at(image[..., :3], (y1 + y2) / 2, (x1 + x2) / 2, side, GALLERY_FILL)
+    return cv2.resize(out, (size, size), interpolation=cv2.INTER_AREA if out.shape[0] > size else cv2.INTER_LINEAR)
 
 
 def count_records(records: list[dict], types: tuple[str, ...]) -> dict[str, int]:

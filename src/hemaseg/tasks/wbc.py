@@ -631,9 +631,9 @@ def reject_found_red_cells(image: np.ndarray, classes: np.ndarray, instances: np
         labels = red[inside]
         redder = np.bincount(labels, weights=votes, minlength=len(touching)) >= 0.5 * np.bincount(
             labels, minlength=len(touching))
-        size = np.bincount(red.ravel(), minlength=len(touching))
-        apart = np.bincount(red[~cell], minlength=len(touching)) >= p.red_outside * size
-        redder |= apart
+        if p.red_outside <= 1:  # above 1 (the default) the rule is off: nothing to count
+            size = np.bincount(red.ravel(), minlength=len(touching))
+            redder |= np.bincount(red[~cell], minlength=len(touching)) >= p.red_outside * size
         redder[0] = False
         cut[win] |= inside & redder[red]
     classes[cut], instances[cut] = 0, 0

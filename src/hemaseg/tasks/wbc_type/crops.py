@@ -67,20 +67,28 @@ class CellCrop:
 CROP_PADDINGS = ("reflect", "background")
 
 
-def _square(image: np.ndarray, cy: float, cx: float, side: float, fill=None) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-    """Square of ``side`` px centred at (cy, cx): where it leaves the image, the image is reflected
-    (``fill`` None) or the square filled with the constant ``fill``."""
+def square_at(image: np.ndarray, cy: float, cx: float, side: float, fill=None
+              ) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """(square, its (x1, y1, x2, y2) in the image): the square of ``side`` px centred at (cy, cx); where
+    it leaves the image, the image is reflected (``fill`` None) or the square filled with the constant
+    ``fill`` (then only the square's own part of the image is copied)."""
     h, w = image.shape[:2]
     half = side / 2
     y0, x0 = int(round(cy - half)), int(round(cx - half))
     s = max(1, int(round(side)))
     pad = max(0, -y0, -x0, y0 + s - h, x0 + s - w)
+    box = (x0, y0, x0 + s, y0 + s)
     if pad and fill is not None:
-        image = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=fill)
-    elif pad:
+        ys, xs = slice(min(max(0, y0), h), max(min(h, y0 + s), 0)), slice(min(max(0, x0), w), max(min(w, x0 + s), 0))
+        out = np.empty((s, s) + image.shape[2:], image.dtype)
+        out[...] = fill
+        if ys.start < ys.stop and xs.start < xs.stop:
+            out[ys.start - y0:ys.stop - y0, xs.start - x0:xs.stop - x0] = image[ys, xs]
+        return out, box
+    if pad:
         mode = cv2.BORDER_REFLECT_101 if pad < min(h, w) else cv2.BORDER_REPLICATE
         image = cv2.copyMakeBorder(image, pad, pad, pad, pad, mode)
-    return image[y0 + pad:y0 + pad + s, x0 + pad:x0 + pad + s], (x0, y0, x0 + s, y0 + s)
+    return image[y0 + pad:y0 + pad + s, x0 + pad:x0 + pad + s], box
 
 
 def cell_crops(images: list[np.ndarray], size: int = 96, seg_model="wbc", fill: float = CELL_FILL,
@@ -142,12 +150,12 @@ def _centred(image: np.ndarray, classes: np.ndarray, instances: np.ndarray, scal
     else:
         cy, cx, side, diameter = h / 2, w / 2, float(min(h, w)), 0.0
     colour = slide_background(small, instances > 0) if padding == "background" else None
-    crop, _ = _square(image, cy, cx, side, colour)
+    crop, _ = square_at(image, cy, cx, side, colour)
     out = cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA if crop.shape[0] > size else cv2.INTER_LINEAR)
     m, n = np.zeros((size, size), bool), np.zeros((size, size), bool)
     if k:  # the cell's mask and nucleus, cut from the map the same way (smoothly upsampled: the map is
         # coarser); never mirrored: a reflected half-cell is not the cell
-        mcrop, _ = _square(sel.astype(np.uint8) + (sel & (classes == 2)), cy * scale, cx * scale, side * scale, 0)
+        mcrop, _ = square_at(sel.astype(np.uint8) + (sel & (classes == 2)), cy * scale, cx * scale, side * scale, 0)
         for level, dest in ((1, m), (2, n)):
             up = cv2.resize((mcrop >= level).astype(np.float32), (size, size), interpolation=cv2.INTER_LINEAR)
             dest[:] = up >= 0.5
