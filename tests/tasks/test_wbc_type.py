@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from helpers import toy_wbc
 from hemaseg.cli import app
+from hemaseg.errors import HemasegInputError, HemasegUsageError
 from hemaseg.io.datasets import find_labelled_cells
 from hemaseg.models.classifier import grad_reverse
 from hemaseg.models.registry import create_model, save_model
@@ -526,3 +527,93 @@ def test_a_crop_cut_tight_on_its_wbc_is_padded_with_the_slide_not_a_mirrored_cel
     res = runner.invoke(app, ["train", "wbc-type", "--init", str(tmp_path / "run"), "--data", str(data), "--epochs", "1",
                               "--crop-padding", "reflect", "--out", str(tmp_path / "tuned2")])
     assert res.exit_code == 2 and "--crop-padding" in res.output and not (tmp_path / "tuned2").exists()
+
+
+def test_an_ensemble_of_an_rgb_and_a_shape_typer_answers_as_one_model(tmp_path):
+    """``make_ensemble``: the mean of its members' calibrated probabilities, run by classify, exported to
+    ONNX, explained and fine-tuned (``--init``) as one model; members that disagree on their classes refuse."""
+    from hemaseg.engine.predict import get_model
+    from hemaseg.pipelines.export import export_onnx
+    from hemaseg.tasks.wbc_type.crops import crops_for, predict_crops
+    from hemaseg.tasks.wbc_type.train import make_ensemble
+
+    data = _crops(tmp_path / "a", per_class=4)
+    base = ["train", "wbc-type", "--data", str(data), "--backbone", TINY_BACKBONE, "--epochs", "1", "--batch-size", "4",
+            "--crop", "48", "--samples-per-epoch", "8", "--val-fraction", "0.25"]
+    for colour in ("rgb", "shape"):
+        res = runner.invoke(app, [*base, "--colour", colour, "--out", str(tmp_path / colour)])
+        assert res.exit_code == 0, res.output
+    assert (tmp_path / "rgb" / "split.json").read_text() == (tmp_path / "shape" / "split.json").read_text()
+    card = make_ensemble([tmp_path / "rgb", tmp_path / "shape"], tmp_path / "ens", split=tmp_path / "rgb" / "split.json",
+                         progress=False)
+    assert card["normalization"]["colour"] == "rgb+shape" and card["architecture"]["name"] == "wbc-ensemble"
+    assert card["temperature"] > 0 and 0 <= card["metrics"]["val"]["accuracy"] <= 1
+    cells = crops_for([np.asarray(Image.open(p)) for p in sorted(data.rglob("*.jpg"))[:4]], card)
+    images, parts = [c.image for c in cells], [c.parts for c in cells]
+    members = [predict_crops(images, tmp_path / c, parts=parts) for c in ("rgb", "shape")]
+    uncalibrated = {**card, "temperature": 1.0}
+    module, _ = get_model(tmp_path / "ens.safetensors", "cpu", "torch")
+    mean = predict_crops(images, (module, uncalibrated), parts=parts)
+    assert np.allclose(mean, (members[0] + members[1]) / 2, atol=1e-5)
+    assert not np.allclose(mean, members[0], atol=1e-3)  # both members count
+    entry = export_onnx(tmp_path / "ens.safetensors", tmp_path / "ens.onnx")
+    assert entry["max_abs_prob_diff"] <= 1e-4
+    onnx = predict_crops(images, get_model(tmp_path / "ens.safetensors", "cpu", "onnx"), parts=parts)
+    assert np.allclose(onnx, predict_crops(images, tmp_path / "ens.safetensors", parts=parts), atol=1e-4)
+    res = runner.invoke(app, ["classify", "-d", str(data), "--model", str(tmp_path / "ens.safetensors"),
+                              "-o", str(tmp_path / "e.csv")])
+    assert res.exit_code == 0, res.output
+    assert len((tmp_path / "e.csv").read_text().splitlines()) == 9
+    res = runner.invoke(app, ["explain", str(data / "Neutrophil"), "--out", str(tmp_path / "ex"),
+                              "--model", str(tmp_path / "ens.safetensors")])
+    assert res.exit_code == 0, res.output
+    assert len(list((tmp_path / "ex").glob("*_gradcam.png"))) == 4
+    res = runner.invoke(app, ["train", "wbc-type", "--init", str(tmp_path / "ens.safetensors"), "--data", str(data),
+                              "--epochs", "1", "--batch-size", "4", "--samples-per-epoch", "8", "--out", str(tmp_path / "ft")])
+    assert res.exit_code == 0, res.output
+    tuned = json.loads((tmp_path / "ft" / "model.json").read_text())
+    assert tuned["architecture"] == card["architecture"] and tuned["normalization"]["colour"] == "rgb+shape"
+    res = runner.invoke(app, ["train", "wbc-type", "--init", str(tmp_path / "ens.safetensors"), "--data", str(data),
+                              "--epochs", "1", "--target-images", str(data), "--out", str(tmp_path / "ft2")])
+    assert res.exit_code == 2 and "ensemble" in res.output
+    other = _crops(tmp_path / "b", per_class=4, classes=("Neutrophil", "Monocyte"))
+    res = runner.invoke(app, [*base[:3], str(other), *base[4:], "--out", str(tmp_path / "other")])
+    assert res.exit_code == 0, res.output
+    with pytest.raises(HemasegInputError, match="classes"):
+        make_ensemble([tmp_path / "rgb", tmp_path / "other"], tmp_path / "bad")
+
+
+def test_an_ensemble_sharing_some_classes_leaves_the_others_to_one_member(tmp_path):
+    """``shared``: member ``decides`` alone gives the other classes and the group's total; the group's
+    total is split as the members' mean splits it; the same on ONNX Runtime."""
+    from hemaseg.engine.predict import get_model
+    from hemaseg.pipelines.export import export_onnx
+    from hemaseg.tasks.wbc_type.crops import predict_crops
+    from hemaseg.tasks.wbc_type.train import make_ensemble
+
+    classes = ["neutrophil", "lymphocyte", "monocyte", "platelet"]
+    paths = []
+    for i, colour in enumerate(("rgb", "shape")):
+        torch.manual_seed(i)
+        kw = {"backbone": TINY_BACKBONE, "classes": 4}
+        card = {"name": colour, "task": "wbc-type", "classes": classes, "architecture": {"name": "wbc-classifier", "kwargs": kw},
+                "normalization": {"type": "percentile", "low": 1.0, "high": 99.0, "colour": colour}, "input_size": 32,
+                "cell_normalised": True, "crop_padding": "reflect", "temperature": 1.0 + i}
+        paths.append(save_model(create_model("wbc-classifier", **kw), tmp_path / colour, card)[0])
+    card = make_ensemble(paths, tmp_path / "ens", shared=classes[:3], decides=0, progress=False)
+    assert card["architecture"]["kwargs"]["shared"] == [0, 1, 2]
+    rng = np.random.default_rng(0)
+    crops = [rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for _ in range(5)]
+    parts = [np.pad(np.ones((16, 16), np.uint8), 8) for _ in crops]
+    a, b = (predict_crops(crops, p, parts=parts, tta=False) for p in paths)
+    p = predict_crops(crops, tmp_path / "ens.safetensors", parts=parts, tta=False)
+    mean = (a + b) / 2
+    assert np.allclose(p[:, 3], a[:, 3], atol=1e-5) and np.allclose(p.sum(1), 1, atol=1e-5)
+    assert np.allclose(p[:, :3], a[:, :3].sum(1, keepdims=True) * mean[:, :3] / mean[:, :3].sum(1, keepdims=True),
+                       atol=1e-5)
+    assert not np.allclose(p, mean, atol=1e-3)
+    export_onnx(tmp_path / "ens.safetensors", tmp_path / "ens.onnx")
+    onnx = predict_crops(crops, get_model(tmp_path / "ens.safetensors", "cpu", "onnx"), parts=parts, tta=False)
+    assert np.allclose(onnx, p, atol=1e-4)
+    with pytest.raises(HemasegUsageError, match="eosinophil"):
+        make_ensemble(paths, tmp_path / "bad", shared=["eosinophil"])

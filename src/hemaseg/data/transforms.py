@@ -105,8 +105,17 @@ def optics_augs() -> list:
     ]
 
 
-CROP_COLOURS = ("rgb", "grey", "stain", "shape", "shape-hue")
-NEEDS_PARTS = ("shape", "shape-hue")  # inputs drawn from the crop's cell parts as well as its pixels
+CROP_COLOURS = ("rgb", "grey", "stain", "shape", "shape-hue", "rgb+shape")
+NEEDS_PARTS = ("shape", "shape-hue", "rgb+shape")  # inputs drawn from the crop's cell parts as well as its pixels
+
+
+def input_channels(colour: str) -> int:
+    """Channels of the :func:`crop_input` ``colour``: 3 for each input it joins ("rgb+shape": 6).
+
+    >>> input_channels("rgb"), input_channels("rgb+shape")
+    (3, 6)
+    """
+    return 3 * len(colour.split("+"))
 # Reference optical densities of the two dyes (columns: the blue-purple one that stains nuclei and
 # granules, the pink one that stains red cells and cytoplasm) that :func:`stain_normalise` maps every
 # crop's own two dyes onto: Macenko et al.'s reference matrix (ISBI 2009).
@@ -179,7 +188,9 @@ def crop_input(image: np.ndarray, colour: str = "rgb", low: float = 1.0, high: f
     the cell are given, not read from a lab's colours; "shape-hue" keeps one colour cue beside them:
     the stretched luminance, the balance of the two dyes (red minus blue, stretched on the crop's own
     range: eosin-orange granules against azure-purple ones, whatever the lab's overall tint) and the
-    parts in one channel (0 outside, 0.5 cytoplasm, 1 nucleus).
+    parts in one channel (0 outside, 0.5 cytoplasm, 1 nucleus). "rgb+shape" is the "rgb" input beside
+    the "shape" input, (H, W, 6): what the two-member typer (:func:`hemaseg.models.classifier.wbc_ensemble`)
+    splits between its members.
 
     >>> crop = np.zeros((4, 4, 3), np.uint8); crop[..., 0] = np.arange(16).reshape(4, 4) * 10
     >>> x = crop_input(crop, "grey")
@@ -192,9 +203,13 @@ def crop_input(image: np.ndarray, colour: str = "rgb", low: float = 1.0, high: f
     >>> x = crop_input(crop, "shape-hue", parts=parts)
     >>> float(x[1, 1, 2]), float(x[1, 2, 2]), float(x[0, 0, 2])  # nucleus, cytoplasm, outside
     (1.0, 0.5, 0.0)
+    >>> crop_input(crop, "rgb+shape", parts=parts).shape
+    (4, 4, 6)
     """
     if colour not in CROP_COLOURS:
         raise ValueError(f"colour {colour!r}: one of {', '.join(CROP_COLOURS)}")
+    if "+" in colour:
+        return np.concatenate([crop_input(image, c, low, high, parts) for c in colour.split("+")], -1)
     if colour in NEEDS_PARTS:
         if parts is None or parts.shape != image.shape[:2] or parts.dtype == bool:
             raise ValueError(f"the {colour!r} input needs the crop's cell parts, an (H, W) 0/1/2 map of its size")

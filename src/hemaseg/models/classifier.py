@@ -45,9 +45,10 @@ SMALL_RESNETS = {
 }
 
 
-def make_backbone(name: str, norm: str = "group") -> nn.Module:
+def make_backbone(name: str, norm: str = "group", in_chans: int = 3) -> nn.Module:
     """A timm backbone without classifier (random init, never downloaded): a timm model name or
-    one of :data:`SMALL_RESNETS`. ``norm="group"`` swaps BatchNorm for GroupNorm (8 groups)."""
+    one of :data:`SMALL_RESNETS`. ``norm="group"`` swaps BatchNorm for GroupNorm (8 groups);
+    ``in_chans``: the input's channels."""
     import functools
 
     import timm
@@ -59,9 +60,9 @@ def make_backbone(name: str, norm: str = "group") -> nn.Module:
 
         layers, channels, stem = SMALL_RESNETS[name]
         return ResNet(BasicBlock, list(layers), num_classes=0, channels=channels, stem_width=stem, stem_type="deep",
-                      avg_down=True, **kw)
+                      avg_down=True, in_chans=in_chans, **kw)
     try:
-        return timm.create_model(name, pretrained=False, num_classes=0, **kw)
+        return timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_chans, **kw)
     except TypeError:
         raise ValueError(f"backbone {name!r} takes no norm_layer; use norm='batch' with it") from None
 
@@ -108,13 +109,14 @@ def wbc_classifier_class() -> type:
         probability after the backbone's :data:`MIXSTYLE_STAGES` while training."""
 
         def __init__(self, backbone: str = "resnet10-half", classes: int = 5, dropout: float = 0.2,
-                     domain_head: bool = True, norm: str = "group", extras: int = 0, mixstyle: float = 0.0) -> None:
+                     domain_head: bool = True, norm: str = "group", extras: int = 0, mixstyle: float = 0.0,
+                     in_chans: int = 3) -> None:
             super().__init__()
             # GroupNorm by default: no running statistics to drift under heavy stain augmentation
             # on a few hundred crops (BatchNorm collapsed to one class in eval mode).
-            self.backbone = make_backbone(backbone, norm)
+            self.backbone = make_backbone(backbone, norm, in_chans)
             with torch.no_grad():  # pooled feature width (some timm models widen it in their head)
-                nf = self.backbone.eval()(torch.zeros(1, 3, 64, 64)).shape[1]
+                nf = self.backbone.eval()(torch.zeros(1, in_chans, 64, 64)).shape[1]
             self.backbone.train()
             self.extras = extras
             self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(nf + extras, classes))
@@ -127,6 +129,10 @@ def wbc_classifier_class() -> type:
                                      f"{backbone!r} has not")
                 for stage in stages:  # hooks hold no weights: the state dict is the same with or without
                     stage.register_forward_hook(self._mix)
+
+        @property
+        def n_classes(self) -> int:
+            return self.head[-1].out_features
 
         def _mix(self, module: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor:
             return mix_style(output, self.mixstyle) if self.training else output
@@ -161,10 +167,90 @@ def wbc_classifier_class() -> type:
     return WbcClassifier
 
 
+@lru_cache(maxsize=None)
+def wbc_ensemble_class() -> type:
+    """The :class:`WbcEnsemble` class, defined (and torch imported) on first use."""
+    import math
+
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    class WbcEnsemble(nn.Module):
+        """Classifiers (:class:`WbcClassifier`, each of ``members`` its keyword arguments) that see their
+        own inputs, stacked along the channels (``channels`` each), and answer together: the logarithm
+        of the mean of their probabilities, each calibrated by its own temperature (``temperatures``).
+        A softmax of the output is that mean, so the rest of the typer treats it as one classifier's logits.
+        With ``shared`` (class indices) the members share only the split within those classes: member
+        ``decides`` alone gives each other class's probability and the group's total, the group's
+        total is divided as the members' mean divides it (the bundled typer: the five WBC types shared,
+        the rgb member alone telling them from PBC's ig, erythroblast and platelet).
+        No domain head: DANN trains a member, not the ensemble."""
+
+        def __init__(self, members: list[dict], temperatures: list[float] | None = None,
+                     channels: list[int] | None = None, shared: list[int] | None = None, decides: int = 0) -> None:
+            super().__init__()
+            if len(members) < 2:
+                raise ValueError("an ensemble needs at least two members")
+            if len({int(kw.get("classes", 5)) for kw in members}) != 1:
+                raise ValueError("the members of an ensemble must have the same classes")
+            self.members = nn.ModuleList([wbc_classifier_class()(**{**kw, "domain_head": False, "mixstyle": 0.0})
+                                          for kw in members])
+            self.channels = [int(c) for c in channels] if channels else [int(kw.get("in_chans", 3)) for kw in members]
+            temperatures = temperatures or [1.0] * len(members)
+            if len(temperatures) != len(members) or len(self.channels) != len(members):
+                raise ValueError("an ensemble needs one temperature and one channel count per member")
+            self.temperatures = [float(t) for t in temperatures]
+            self.extras = max(m.extras for m in self.members)
+            self.domain = None
+            k = self.members[0].n_classes
+            if shared is not None and (not shared or any(not 0 <= int(c) < k for c in shared)):
+                raise ValueError(f"shared: class indices in 0..{k - 1}, at least one")
+            if not 0 <= int(decides) < len(members):
+                raise ValueError(f"decides: a member index in 0..{len(members) - 1}")
+            self.decides = int(decides)
+            mask = torch.zeros(k, dtype=torch.bool)
+            mask[[int(c) for c in (shared if shared is not None else range(k))]] = True
+            self.register_buffer("shared", mask, persistent=False)
+
+        @property
+        def n_classes(self) -> int:
+            return self.members[0].n_classes
+
+        def inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            """Each member's part of the stacked input ``x`` (B, sum(channels), S, S)."""
+            if not torch.jit.is_tracing() and x.shape[1] != sum(self.channels):
+                raise ValueError(f"the ensemble takes {sum(self.channels)} channels, not {x.shape[1]}")
+            return torch.split(x, self.channels, dim=1)
+
+        def features(self, x: torch.Tensor) -> torch.Tensor:
+            """The members' pooled features side by side (B, sum of their widths)."""
+            return torch.cat([m.features(xi) for m, xi in zip(self.members, self.inputs(x))], 1)
+
+        def forward(self, x: torch.Tensor, extras: torch.Tensor | None = None) -> torch.Tensor:
+            logp = torch.stack([F.log_softmax(m(xi, extras if m.extras else None).float() / t, -1)
+                                for m, xi, t in zip(self.members, self.inputs(x), self.temperatures)])
+            mean = torch.logsumexp(logp, 0) - math.log(len(self.members))
+            if bool(self.shared.all()):
+                return mean
+            lone, none = logp[self.decides], torch.tensor(float("-inf"), dtype=mean.dtype)
+            within = torch.where(self.shared, mean, none)
+            within = within - torch.logsumexp(within, -1, keepdim=True)  # the mean's split of the group
+            total = torch.logsumexp(torch.where(self.shared, lone, none), -1, keepdim=True)
+            return torch.where(self.shared, total + within, lone)
+
+        def forward_dann(self, x, lambd, extras=None):
+            raise ValueError("an ensemble has no domain head: train its members with DANN one by one")
+
+    return WbcEnsemble
+
+
 def __getattr__(name: str):
     # ``from hemaseg.models.classifier import WbcClassifier`` still works; it imports torch then.
     if name == "WbcClassifier":
         return wbc_classifier_class()
+    if name == "WbcEnsemble":
+        return wbc_ensemble_class()
     if name == "GradReverse":
         return _grad_reverse_class()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -172,9 +258,30 @@ def __getattr__(name: str):
 
 @register_model("wbc-classifier")
 def wbc_classifier(backbone: str = "resnet10-half", classes: int = 5, dropout: float = 0.2,
-                   domain_head: bool = True, norm: str = "group", extras: int = 0, mixstyle: float = 0.0) -> nn.Module:
+                   domain_head: bool = True, norm: str = "group", extras: int = 0, mixstyle: float = 0.0,
+                   in_chans: int = 3) -> nn.Module:
     """timm backbone built without downloaded weights (``norm="group"``: GroupNorm, for timm models
     that take a ``norm_layer``, e.g. the ResNet family; ``"batch"``: the model's own), linear head
     over the pooled features and ``extras`` scalar inputs, gradient-reversal domain head, MixStyle
-    in training with probability ``mixstyle`` (0: none)."""
-    return wbc_classifier_class()(backbone, classes, dropout, domain_head, norm, extras, mixstyle)
+    in training with probability ``mixstyle`` (0: none), ``in_chans`` input channels."""
+    return wbc_classifier_class()(backbone, classes, dropout, domain_head, norm, extras, mixstyle, in_chans)
+
+
+@register_model("wbc-ensemble")
+def wbc_ensemble(members: list[dict], temperatures: list[float] | None = None,
+                 channels: list[int] | None = None, shared: list[int] | None = None, decides: int = 0) -> nn.Module:
+    """Classifiers that answer together (:class:`WbcEnsemble`): ``members`` are the keyword arguments of
+    each one's ``wbc-classifier``, ``temperatures`` their calibrations, ``channels`` the share of the
+    stacked input each sees (default: each one's ``in_chans``, 3); ``shared``: the classes (indices)
+    within which their mean decides, member ``decides`` deciding the rest (None: the mean decides all).
+    The bundled ``wbc-type``: a member that sees the crop's colours beside one that sees its
+    lightness and the cell's parts (input ``rgb+shape``), sharing the five WBC types.
+
+    >>> import torch
+    >>> tiny = {"backbone": "resnet10-quarter", "classes": 3}
+    >>> net = wbc_ensemble([tiny, tiny], temperatures=[1.0, 2.0]).eval()
+    >>> p = net(torch.zeros(2, 6, 32, 32)).softmax(-1)
+    >>> tuple(p.shape), bool(torch.allclose(p.sum(-1), torch.ones(2)))
+    ((2, 3), True)
+    """
+    return wbc_ensemble_class()(members, temperatures, channels, shared, decides)

@@ -33,8 +33,11 @@ DEFAULT_OPSET = 17
 DEFAULT_TOLERANCE = 1e-4
 
 
+CLASSIFIERS = ("wbc-classifier", "wbc-ensemble")  # architectures whose output is (N, K) class logits of a crop
+
+
 def _is_classifier(card: dict) -> bool:
-    return card["architecture"]["name"] == "wbc-classifier"
+    return card["architecture"]["name"] in CLASSIFIERS
 
 
 def _nhwc_wrapper(module, extras: int):

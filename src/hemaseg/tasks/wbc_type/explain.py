@@ -35,20 +35,35 @@ def grad_cam(module: torch.nn.Module, card: dict, crop: np.ndarray, class_index:
         parts = [cv2.resize(parts.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST)]
     x = to_tensor([cv2.resize(np.ascontiguousarray(crop[..., :3]), (size, size), interpolation=cv2.INTER_AREA)], card,
                   parts)
+    e = torch.from_numpy(np.asarray(extras, np.float32))[None] if extras is not None else None
     module.eval()
+    if hasattr(module, "members"):  # an ensemble: each member's map of the ensemble's class, each scaled to [0, 1], averaged
+        if class_index is None:
+            with torch.no_grad():
+                class_index = int(module(x, e).argmax(1))
+        maps = [_cam(m, xi, e if m.extras else None, class_index)[0] for m, xi in zip(module.members, module.inputs(x))]
+        cam, k = np.mean([c / c.max() if c.max() > 0 else c for c in maps], 0), int(class_index)
+    else:
+        cam, k = _cam(module, x, e, class_index)
+    cam = cv2.resize(cam, (w, h), interpolation=cv2.INTER_LINEAR)
+    top = float(cam.max())
+    return (cam / top if top > 0 else cam).astype(np.float32), k
+
+
+def _cam(module: torch.nn.Module, x: torch.Tensor, e: torch.Tensor | None, class_index: int | None
+         ) -> tuple[np.ndarray, int]:
+    """Grad-CAM of one classifier on its input ``x`` (1, C, S, S): ((s, s) map at its last feature map's size, class)."""
+    import torch
+
     with torch.enable_grad():
         fmap = module.feature_map(x)
         fmap.retain_grad()
-        e = torch.from_numpy(np.asarray(extras, np.float32))[None] if extras is not None else None
         logits = module.head(module.with_extras(module.pooled(fmap), e))
         k = int(logits.argmax(1)) if class_index is None else int(class_index)
         module.zero_grad(set_to_none=True)
         logits[0, k].backward()
     weights = fmap.grad.mean((2, 3), keepdim=True)
-    cam = torch.relu((weights * fmap).sum(1))[0].detach().numpy()
-    cam = cv2.resize(cam, (w, h), interpolation=cv2.INTER_LINEAR)
-    top = float(cam.max())
-    return (cam / top if top > 0 else cam).astype(np.float32), k
+    return torch.relu((weights * fmap).sum(1))[0].detach().numpy(), k
 
 
 def gradcam_mask(cam: np.ndarray, threshold: float | None = None) -> np.ndarray:

@@ -21,6 +21,7 @@ from hemaseg.data.transforms import (
     classify_transform,
     crop_input,
     cut_tight,
+    input_channels,
     look_stats,
     replace_background,
     transfer_look,
@@ -254,8 +255,8 @@ def predict(model: torch.nn.Module, images: np.ndarray, batch_size: int = 128, t
             lg = predict_logits(model, x, e, tta)
             out.append(lg.numpy() if logits else probs_from_logits(lg, temperature))
         if logits:
-            return np.concatenate(out, 1) if out else np.zeros((4 if tta else 1, 0, model.head[-1].out_features), np.float32)
-        return np.concatenate(out) if out else np.zeros((0, model.head[-1].out_features), np.float32)
+            return np.concatenate(out, 1) if out else np.zeros((4 if tta else 1, 0, model.n_classes), np.float32)
+        return np.concatenate(out) if out else np.zeros((0, model.n_classes), np.float32)
 
 
 def predict_as_trained(model: torch.nn.Module, card: dict, images: np.ndarray, parts: np.ndarray | None = None,
@@ -454,14 +455,20 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
         looks = crop_looks(l_img, l_mask)
 
     _seed_all(cfg.seed)
+    arch_name = start[1]["architecture"]["name"] if start is not None else "wbc-classifier"
     arch_kwargs = ({**start[1]["architecture"]["kwargs"]} if start is not None else
                    {"backbone": cfg.backbone, "classes": len(classes), "dropout": 0.2, "domain_head": True,
                     "norm": cfg.norm, "extras": n_extras})
+    if start is None and input_channels(cfg.colour) != 3:
+        arch_kwargs["in_chans"] = input_channels(cfg.colour)
     # MixStyle is this run's training choice, not the start model's (a fine-tune decides for itself).
     arch_kwargs.pop("mixstyle", None)
+    if arch_name == "wbc-ensemble" and (cfg.mixstyle or target is not None):
+        raise HemasegUsageError("--init", f"{cfg.init} is an ensemble: it is fine-tuned as a whole, without "
+                                          "MixStyle or DANN (--target-images); train a member for those")
     if cfg.mixstyle:
         arch_kwargs["mixstyle"] = cfg.mixstyle
-    model = create_model("wbc-classifier", **arch_kwargs)
+    model = create_model(arch_name, **arch_kwargs)
     restore = resume and has_checkpoint(run)
     if start is not None and not restore:  # fresh, or killed before its first checkpoint
         model.load_state_dict(start[0].state_dict())
@@ -487,10 +494,10 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
             w = 1.0 / np.maximum(c[tr_lab[part]], 0.1 * c.max())
             sample_w[part] = share * w / w.sum()
     card = {
-        "name": f"wbc-type-{arch_kwargs['backbone']}",
+        "name": start[1].get("name", "wbc-type") if start is not None else f"wbc-type-{arch_kwargs['backbone']}",
         "task": "wbc-type",
         "classes": classes,
-        "architecture": {"name": "wbc-classifier", "kwargs": arch_kwargs},
+        "architecture": {"name": arch_name, "kwargs": arch_kwargs},
         "normalization": {"type": "percentile", "low": 1.0, "high": 99.0, "per_channel": True, "colour": cfg.colour},
         "input_size": cfg.size,
         "cell_normalised": cfg.normalise_cells,
@@ -584,3 +591,103 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
         state["finished"] = True
         write_json(state_path, state)
     return state
+
+
+def make_ensemble(models: list, out: str | Path, split: str | Path | None = None, cache: str | Path | None = None,
+                  shared: list[str] | None = None, decides: int = 0, progress: bool = True) -> dict:
+    """One typer from trained ones that answer together (``wbc-ensemble``:
+    :func:`hemaseg.models.classifier.wbc_ensemble`): their probabilities, each calibrated by its own
+    temperature, averaged. Written as ``out``.safetensors and ``out``.json (the card names each member's
+    training); the ensemble then runs, is exported and fine-tuned (``--init``) as one model.
+
+    Parameters
+    ----------
+    models : the members (bundled names, weights files or run folders): ``wbc-classifier`` models of the
+        same classes, crop size, cell normalisation, padding and percentiles; each keeps its own input
+        (``normalization.colour``), the ensemble's being theirs joined by "+" ("rgb+shape").
+    out : where to write it (a path without suffix).
+    split : a split JSON (``{"val": [[crop, type], ...]}``, e.g. the members' own run's ``split.json``): its
+        ``val`` crops calibrate the ensemble (one temperature) and give the card's validation figures.
+        In-lab crops only: no member may have trained on them.
+    cache : where the normalised crops are cached (default ``out``'s folder / ``crops``).
+    shared, decides : the classes (names) within which the members' mean decides, member ``decides``
+        alone deciding the others and the group's total (None: the mean decides every class).
+
+    Returns
+    -------
+    The card written.
+    """
+    out = Path(out)
+    loaded = [load_model(m) for m in models]
+    if len(loaded) < 2:
+        raise HemasegUsageError("models", "an ensemble needs at least two members")
+    cards = [c for _, c in loaded]
+    for m, c in zip(models, cards):
+        if c.get("task") != "wbc-type" or c.get("architecture", {}).get("name") != "wbc-classifier":
+            raise HemasegInputError(m, "not a wbc-classifier typer (an ensemble's members are single classifiers)")
+
+    def same(what: str, value) -> None:
+        want = value(cards[0])
+        for m, c in zip(models[1:], cards[1:]):
+            if value(c) != want:
+                raise HemasegInputError(m, f"its {what} ({value(c)!r}) differs from the first member's ({want!r})")
+
+    same("classes", lambda c: list(c["classes"]))
+    same("input size", lambda c: int(c.get("input_size", 96)))
+    same("cell normalisation", lambda c: bool(c.get("cell_normalised", True)))
+    same("crop padding", crop_padding)
+    same("percentiles", lambda c: (c.get("normalization", {}).get("low", 1.0), c.get("normalization", {}).get("high", 99.0)))
+    colours = [c.get("normalization", {}).get("colour", "rgb") for c in cards]
+    members = []
+    for c in cards:
+        kw = {k: v for k, v in c["architecture"]["kwargs"].items() if k != "mixstyle"}
+        members.append({**kw, "domain_head": False})
+    kwargs = {"members": members, "temperatures": [float(c.get("temperature", 1.0)) for c in cards],
+              "channels": [input_channels(col) for col in colours]}
+    if shared is not None:
+        unknown = [c for c in shared if c not in cards[0]["classes"]]
+        if unknown:
+            raise HemasegUsageError("shared", f"{', '.join(unknown)}: not among the members' classes")
+        kwargs.update(shared=[cards[0]["classes"].index(c) for c in shared], decides=int(decides))
+    model = create_model("wbc-ensemble", **kwargs)
+    for member, (module, _) in zip(model.members, loaded):
+        member.load_state_dict({k: v for k, v in module.state_dict().items() if not k.startswith("domain.")})
+    first = cards[0]
+    norm = first.get("normalization", {})
+    card = {
+        "name": "wbc-type-ensemble",
+        "task": "wbc-type",
+        "classes": list(first["classes"]),
+        "architecture": {"name": "wbc-ensemble", "kwargs": kwargs},
+        "normalization": {"type": "percentile", "low": norm.get("low", 1.0), "high": norm.get("high", 99.0),
+                          "per_channel": True, "colour": "+".join(colours)},
+        "input_size": int(first.get("input_size", 96)),
+        "cell_normalised": bool(first.get("cell_normalised", True)),
+        "crop_padding": crop_padding(first),
+        "extras": max((c.get("extras", []) for c in cards), key=len),
+        "training": {"data": sorted({d for c in cards for d in (c.get("training") or {}).get("data", [])}),
+                     "members": [{"model": str(m), "name": c.get("name"), "colour": col, "training": c.get("training"),
+                                  "temperature": c.get("temperature", 1.0), "metrics": c.get("metrics")}
+                                 for m, c, col in zip(models, cards, colours)],
+                     "split": str(split) if split else None},
+        "versions": versions(),
+    }
+    temperature, val_scores = 1.0, {}
+    if split:
+        val = [(Path(p), c) for p, c in json.loads(Path(split).read_text())["val"]]
+        classes = card["classes"]
+        unknown = sorted({c for _, c in val} - set(classes))
+        if unknown:
+            raise HemasegInputError(split, f"holds {', '.join(unknown)}, which the members do not know")
+        img, parts, ext = prepare_crops([p for p, _ in val], card["input_size"], card["cell_normalised"],
+                                        Path(cache) if cache else out.parent / "crops", progress, card["crop_padding"])
+        ext = ext[:, :model.extras]
+        labels = np.array([classes.index(c) for _, c in val], int)
+        raw = predict(model, img, extras=ext, colour=card["normalization"]["colour"], parts=parts)
+        temperature = fit_temperature(predict(model, img, extras=ext, logits=True, colour=card["normalization"]["colour"],
+                                              parts=parts), labels)
+        probs = predict(model, img, extras=ext, temperature=temperature, colour=card["normalization"]["colour"], parts=parts)
+        val_scores = {**scores(probs, labels, classes), "ece_uncalibrated": expected_calibration_error(raw, labels)}
+    card = {**card, "temperature": temperature, "metrics": {"val": val_scores}}
+    save_model(model, out, card)
+    return card
