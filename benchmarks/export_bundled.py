@@ -15,12 +15,13 @@ import time
 import numpy as np
 
 from hemaseg import classify, read_image, segment
+from hemaseg.data.transforms import input_channels
 from hemaseg.engine.predict import get_model
 from hemaseg.engine.runtime import as_runner
 from hemaseg.errors import HemasegError
 from hemaseg.io.writers import write_text
 from hemaseg.models.registry import SAMPLE_PHOTO, WEIGHTS_DIR
-from hemaseg.pipelines.export import DEFAULT_OPSET, export_onnx
+from hemaseg.pipelines.export import CLASSIFIERS, DEFAULT_OPSET, export_onnx
 
 MAX_BYTES = 10 * 1024 * 1024  # each bundled ONNX file stays under 10 MB
 # Models ONNX cannot hold, and the bundled model their task runs instead in the light install.
@@ -44,12 +45,14 @@ def decide_auto(name: str, card: dict) -> dict:
     type and probabilities within 1e-3 for a classifier), and it is faster (median of 3 passes of the
     network on a 1024 x 1024 tile, this machine's threads), or not more than AUTO_MARGIN slower."""
     image = read_image(SAMPLE_PHOTO)
-    if card["architecture"]["name"] == "wbc-classifier":
+    if card["architecture"]["name"] in CLASSIFIERS:
         crops = [image[y:y + 160, x:x + 160] for y in (60, 200, 300) for x in (80, 260, 420)]
         p = {b: np.array([list(classify(c, model=name, backend=b).values()) for c in crops]) for b in ("torch", "onnx")}
         agrees = bool(np.abs(p["torch"] - p["onnx"]).max() <= 1e-3
                       and (p["torch"].argmax(1) == p["onnx"].argmax(1)).all())
-        batch = np.random.default_rng(0).normal(size=(64, card.get("input_size", 96), card.get("input_size", 96), 3))
+        size = card.get("input_size", 96)
+        channels = input_channels(card.get("normalization", {}).get("colour", "rgb"))
+        batch = np.random.default_rng(0).normal(size=(64, size, size, channels))
     else:
         seg = {b: segment(image, model=name, backend=b) for b in ("torch", "onnx")}
         agrees = bool((seg["torch"].classes == seg["onnx"].classes).all()

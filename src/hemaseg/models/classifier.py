@@ -233,7 +233,7 @@ def wbc_ensemble_class() -> type:
             mean = torch.logsumexp(logp, 0) - math.log(len(self.members))
             if bool(self.shared.all()):
                 return mean
-            lone, none = logp[self.decides], torch.tensor(float("-inf"), dtype=mean.dtype)
+            lone, none = logp[self.decides], mean.new_full((), float("-inf"))
             within = torch.where(self.shared, mean, none)
             within = within - torch.logsumexp(within, -1, keepdim=True)  # the mean's split of the group
             total = torch.logsumexp(torch.where(self.shared, lone, none), -1, keepdim=True)

@@ -37,11 +37,16 @@ def grad_cam(module: torch.nn.Module, card: dict, crop: np.ndarray, class_index:
                   parts)
     e = torch.from_numpy(np.asarray(extras, np.float32))[None] if extras is not None else None
     module.eval()
-    if hasattr(module, "members"):  # an ensemble: each member's map of the ensemble's class, each scaled to [0, 1], averaged
+    if hasattr(module, "members"):
+        # An ensemble: the map of each member that answers for the ensemble's class (every member within
+        # its shared classes, the deciding one alone outside them), each scaled to [0, 1], averaged.
         if class_index is None:
             with torch.no_grad():
                 class_index = int(module(x, e).argmax(1))
-        maps = [_cam(m, xi, e if m.extras else None, class_index)[0] for m, xi in zip(module.members, module.inputs(x))]
+        pairs = list(zip(module.members, module.inputs(x)))
+        if not bool(module.shared[class_index]):
+            pairs = [pairs[module.decides]]
+        maps = [_cam(m, xi, None, class_index)[0] for m, xi in pairs]
         cam, k = np.mean([c / c.max() if c.max() > 0 else c for c in maps], 0), int(class_index)
     else:
         cam, k = _cam(module, x, e, class_index)

@@ -414,6 +414,9 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
     if start is not None:
         if start[1].get("task") != "wbc-type":
             raise HemasegInputError(cfg.init, f"a {start[1].get('task')} model; --init needs a wbc-type model")
+        if start[1]["architecture"]["name"] == "wbc-ensemble" and (cfg.mixstyle or cfg.target_images):
+            raise HemasegUsageError("--init", f"{cfg.init} is an ensemble: it is fine-tuned as a whole, without "
+                                              "MixStyle or DANN (--target-images); train a member for those")
         classes = list(start[1]["classes"])
         # the start model's input: the same crop size and normalisation
         cfg.size, cfg.normalise_cells = int(start[1].get("input_size", cfg.size)), bool(start[1].get("cell_normalised", True))
@@ -463,9 +466,6 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
         arch_kwargs["in_chans"] = input_channels(cfg.colour)
     # MixStyle is this run's training choice, not the start model's (a fine-tune decides for itself).
     arch_kwargs.pop("mixstyle", None)
-    if arch_name == "wbc-ensemble" and (cfg.mixstyle or target is not None):
-        raise HemasegUsageError("--init", f"{cfg.init} is an ensemble: it is fine-tuned as a whole, without "
-                                          "MixStyle or DANN (--target-images); train a member for those")
     if cfg.mixstyle:
         arch_kwargs["mixstyle"] = cfg.mixstyle
     model = create_model(arch_name, **arch_kwargs)
@@ -494,7 +494,7 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
             w = 1.0 / np.maximum(c[tr_lab[part]], 0.1 * c.max())
             sample_w[part] = share * w / w.sum()
     card = {
-        "name": start[1].get("name", "wbc-type") if start is not None else f"wbc-type-{arch_kwargs['backbone']}",
+        "name": f"wbc-type-{arch_kwargs['backbone']}" if "backbone" in arch_kwargs else start[1].get("name", "wbc-type"),
         "task": "wbc-type",
         "classes": classes,
         "architecture": {"name": arch_name, "kwargs": arch_kwargs},
@@ -625,6 +625,8 @@ def make_ensemble(models: list, out: str | Path, split: str | Path | None = None
     for m, c in zip(models, cards):
         if c.get("task") != "wbc-type" or c.get("architecture", {}).get("name") != "wbc-classifier":
             raise HemasegInputError(m, "not a wbc-classifier typer (an ensemble's members are single classifiers)")
+        if c["architecture"].get("kwargs", {}).get("extras", 0):
+            raise HemasegInputError(m, "takes the ruler (extras); an ensemble's members take none")
 
     def same(what: str, value) -> None:
         want = value(cards[0])
@@ -638,6 +640,9 @@ def make_ensemble(models: list, out: str | Path, split: str | Path | None = None
     same("crop padding", crop_padding)
     same("percentiles", lambda c: (c.get("normalization", {}).get("low", 1.0), c.get("normalization", {}).get("high", 99.0)))
     colours = [c.get("normalization", {}).get("colour", "rgb") for c in cards]
+    if "+".join(colours) not in CROP_COLOURS:
+        raise HemasegInputError(models[-1], f"the members' inputs joined, {'+'.join(colours)!r}, are not one of "
+                                            f"{', '.join(CROP_COLOURS)}")
     members = []
     for c in cards:
         kw = {k: v for k, v in c["architecture"]["kwargs"].items() if k != "mixstyle"}
@@ -664,7 +669,7 @@ def make_ensemble(models: list, out: str | Path, split: str | Path | None = None
         "input_size": int(first.get("input_size", 96)),
         "cell_normalised": bool(first.get("cell_normalised", True)),
         "crop_padding": crop_padding(first),
-        "extras": max((c.get("extras", []) for c in cards), key=len),
+        "extras": [],
         "training": {"data": sorted({d for c in cards for d in (c.get("training") or {}).get("data", [])}),
                      "members": [{"model": str(m), "name": c.get("name"), "colour": col, "training": c.get("training"),
                                   "temperature": c.get("temperature", 1.0), "metrics": c.get("metrics")}
