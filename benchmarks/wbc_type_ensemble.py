@@ -5,7 +5,7 @@ PBC's ig, erythroblast and platelet.
 
     python benchmarks/wbc_type_ensemble.py --members RGB SHAPE [--out runs/wbc-type-ensemble/model]
         [--split benchmarks/splits/wbc-type-3labs.json] [--shared neutrophil eosinophil monocyte lymphocyte basophil]
-        [--decides 0] [--cache DIR]
+        [--decides 0] [--weights W1 W2] [--cache DIR]
 
 ``--split``'s ``val`` crops (in-lab: the crops the members chose their checkpoints on) calibrate the ensemble;
 run ``python benchmarks/wbc_type_labs.py --model OUT.safetensors`` for its per-lab table.
@@ -27,6 +27,7 @@ def main() -> None:
     ap.add_argument("--split", type=Path, default=HERE / "splits" / "wbc-type-3labs.json")
     ap.add_argument("--shared", nargs="*", default=FIVE, help="classes the members' mean splits (none: all)")
     ap.add_argument("--decides", type=int, default=0, help="the member deciding the other classes")
+    ap.add_argument("--weights", type=float, nargs="*", default=None, help="each member's share of the mean (default equal)")
     ap.add_argument("--cache", type=Path, default=HERE.parent / "runs" / "wbc-type-lolo" / "crops")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
@@ -37,7 +38,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     card = make_ensemble(args.members, args.out, args.split, args.cache, shared=args.shared or None,
-                         decides=args.decides)
+                         decides=args.decides, weights=args.weights)
     print(json.dumps({"out": str(args.out), "temperature": card["temperature"], "val": card["metrics"]["val"]}, indent=1))
 
 

@@ -615,5 +615,8 @@ def test_an_ensemble_sharing_some_classes_leaves_the_others_to_one_member(tmp_pa
     export_onnx(tmp_path / "ens.safetensors", tmp_path / "ens.onnx")
     onnx = predict_crops(crops, get_model(tmp_path / "ens.safetensors", "cpu", "onnx"), parts=parts, tta=False)
     assert np.allclose(onnx, p, atol=1e-4)
+    make_ensemble(paths, tmp_path / "w", weights=[3, 1], progress=False)  # no shared classes: the weighted mean
+    w = predict_crops(crops, tmp_path / "w.safetensors", parts=parts, tta=False)
+    assert np.allclose(w, 0.75 * a + 0.25 * b, atol=1e-5)
     with pytest.raises(HemasegUsageError, match="eosinophil"):
         make_ensemble(paths, tmp_path / "bad", shared=["eosinophil"])

@@ -179,7 +179,8 @@ def wbc_ensemble_class() -> type:
     class WbcEnsemble(nn.Module):
         """Classifiers (:class:`WbcClassifier`, each of ``members`` its keyword arguments) that see their
         own inputs, stacked along the channels (``channels`` each), and answer together: the logarithm
-        of the mean of their probabilities, each calibrated by its own temperature (``temperatures``).
+        of the mean of their probabilities, each calibrated by its own temperature (``temperatures``),
+        weighted by ``weights`` (default equal).
         A softmax of the output is that mean, so the rest of the typer treats it as one classifier's logits.
         With ``shared`` (class indices) the members share only the split within those classes: member
         ``decides`` alone gives each other class's probability and the group's total, the group's
@@ -188,7 +189,8 @@ def wbc_ensemble_class() -> type:
         No domain head: DANN trains a member, not the ensemble."""
 
         def __init__(self, members: list[dict], temperatures: list[float] | None = None,
-                     channels: list[int] | None = None, shared: list[int] | None = None, decides: int = 0) -> None:
+                     channels: list[int] | None = None, shared: list[int] | None = None, decides: int = 0,
+                     weights: list[float] | None = None) -> None:
             super().__init__()
             if len(members) < 2:
                 raise ValueError("an ensemble needs at least two members")
@@ -201,6 +203,10 @@ def wbc_ensemble_class() -> type:
             if len(temperatures) != len(members) or len(self.channels) != len(members):
                 raise ValueError("an ensemble needs one temperature and one channel count per member")
             self.temperatures = [float(t) for t in temperatures]
+            weights = weights or [1.0] * len(members)
+            if len(weights) != len(members) or min(weights) <= 0:
+                raise ValueError("an ensemble needs one positive weight per member")
+            self.log_weights = [math.log(w / sum(weights)) for w in weights]
             self.extras = max(m.extras for m in self.members)
             self.domain = None
             k = self.members[0].n_classes
@@ -228,9 +234,9 @@ def wbc_ensemble_class() -> type:
             return torch.cat([m.features(xi) for m, xi in zip(self.members, self.inputs(x))], 1)
 
         def forward(self, x: torch.Tensor, extras: torch.Tensor | None = None) -> torch.Tensor:
-            logp = torch.stack([F.log_softmax(m(xi, extras if m.extras else None).float() / t, -1)
-                                for m, xi, t in zip(self.members, self.inputs(x), self.temperatures)])
-            mean = torch.logsumexp(logp, 0) - math.log(len(self.members))
+            logp = [F.log_softmax(m(xi, extras if m.extras else None).float() / t, -1)
+                    for m, xi, t in zip(self.members, self.inputs(x), self.temperatures)]
+            mean = torch.logsumexp(torch.stack([lp + w for lp, w in zip(logp, self.log_weights)]), 0)
             if bool(self.shared.all()):
                 return mean
             lone, none = logp[self.decides], mean.new_full((), float("-inf"))
@@ -269,11 +275,13 @@ def wbc_classifier(backbone: str = "resnet10-half", classes: int = 5, dropout: f
 
 @register_model("wbc-ensemble")
 def wbc_ensemble(members: list[dict], temperatures: list[float] | None = None,
-                 channels: list[int] | None = None, shared: list[int] | None = None, decides: int = 0) -> nn.Module:
+                 channels: list[int] | None = None, shared: list[int] | None = None, decides: int = 0,
+                 weights: list[float] | None = None) -> nn.Module:
     """Classifiers that answer together (:class:`WbcEnsemble`): ``members`` are the keyword arguments of
     each one's ``wbc-classifier``, ``temperatures`` their calibrations, ``channels`` the share of the
     stacked input each sees (default: each one's ``in_chans``, 3); ``shared``: the classes (indices)
-    within which their mean decides, member ``decides`` deciding the rest (None: the mean decides all).
+    within which their mean decides, member ``decides`` deciding the rest (None: the mean decides all);
+    ``weights``: each member's share of the mean (default equal).
     The bundled ``wbc-type``: a member that sees the crop's colours beside one that sees its
     lightness and the cell's parts (input ``rgb+shape``), sharing the five WBC types.
 
@@ -284,4 +292,4 @@ def wbc_ensemble(members: list[dict], temperatures: list[float] | None = None,
     >>> tuple(p.shape), bool(torch.allclose(p.sum(-1), torch.ones(2)))
     ((2, 3), True)
     """
-    return wbc_ensemble_class()(members, temperatures, channels, shared, decides)
+    return wbc_ensemble_class()(members, temperatures, channels, shared, decides, weights)

@@ -594,7 +594,8 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
 
 
 def make_ensemble(models: list, out: str | Path, split: str | Path | None = None, cache: str | Path | None = None,
-                  shared: list[str] | None = None, decides: int = 0, progress: bool = True) -> dict:
+                  shared: list[str] | None = None, decides: int = 0, weights: list[float] | None = None,
+                  progress: bool = True) -> dict:
     """One typer from trained ones that answer together (``wbc-ensemble``:
     :func:`hemaseg.models.classifier.wbc_ensemble`): their probabilities, each calibrated by its own
     temperature, averaged. Written as ``out``.safetensors and ``out``.json (the card names each member's
@@ -612,6 +613,7 @@ def make_ensemble(models: list, out: str | Path, split: str | Path | None = None
     cache : where the normalised crops are cached (default ``out``'s folder / ``crops``).
     shared, decides : the classes (names) within which the members' mean decides, member ``decides``
         alone deciding the others and the group's total (None: the mean decides every class).
+    weights : each member's share of the mean (default equal).
 
     Returns
     -------
@@ -649,6 +651,10 @@ def make_ensemble(models: list, out: str | Path, split: str | Path | None = None
         members.append({**kw, "domain_head": False})
     kwargs = {"members": members, "temperatures": [float(c.get("temperature", 1.0)) for c in cards],
               "channels": [input_channels(col) for col in colours]}
+    if weights is not None:
+        if len(weights) != len(models) or min(weights) <= 0:
+            raise HemasegUsageError("weights", f"{weights}: one positive weight per member")
+        kwargs["weights"] = [float(w) for w in weights]
     if shared is not None:
         unknown = [c for c in shared if c not in cards[0]["classes"]]
         if unknown:
