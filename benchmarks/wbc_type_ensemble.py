@@ -1,7 +1,7 @@
 """Build a two-member WBC typer (``wbc-ensemble``) from trained typers and score it beside them on each
-lab's in-lab validation crops: the bundled ``wbc-type`` is an rgb member and a shape member (luminance
-beside the nucleus and cell masks) sharing the five WBC types, the rgb member alone telling them from
-PBC's ig, erythroblast and platelet.
+lab's in-lab validation crops. The default: an rgb member and a shape member (luminance beside the
+nucleus and cell masks) sharing the five WBC types, the first member (rgb) alone telling them from
+PBC's ig, erythroblast and platelet (stop 55: built, not bundled; docs/results.md).
 
     python benchmarks/wbc_type_ensemble.py --members RGB SHAPE [--out runs/wbc-type-ensemble/model]
         [--split benchmarks/splits/wbc-type-3labs.json] [--shared neutrophil eosinophil monocyte lymphocyte basophil]

@@ -184,8 +184,8 @@ def wbc_ensemble_class() -> type:
         A softmax of the output is that mean, so the rest of the typer treats it as one classifier's logits.
         With ``shared`` (class indices) the members share only the split within those classes: member
         ``decides`` alone gives each other class's probability and the group's total, the group's
-        total is divided as the members' mean divides it (the bundled typer: the five WBC types shared,
-        the rgb member alone telling them from PBC's ig, erythroblast and platelet).
+        total is divided as the members' mean divides it (e.g. the five WBC types shared,
+        an rgb member alone telling them from PBC's ig, erythroblast and platelet).
         No domain head: DANN trains a member, not the ensemble."""
 
         def __init__(self, members: list[dict], temperatures: list[float] | None = None,
@@ -218,6 +218,7 @@ def wbc_ensemble_class() -> type:
             mask = torch.zeros(k, dtype=torch.bool)
             mask[[int(c) for c in (shared if shared is not None else range(k))]] = True
             self.register_buffer("shared", mask, persistent=False)
+            self.all_shared = bool(mask.all())
 
         @property
         def n_classes(self) -> int:
@@ -237,7 +238,7 @@ def wbc_ensemble_class() -> type:
             logp = [F.log_softmax(m(xi, extras if m.extras else None).float() / t, -1)
                     for m, xi, t in zip(self.members, self.inputs(x), self.temperatures)]
             mean = torch.logsumexp(torch.stack([lp + w for lp, w in zip(logp, self.log_weights)]), 0)
-            if bool(self.shared.all()):
+            if self.all_shared:
                 return mean
             lone, none = logp[self.decides], mean.new_full((), float("-inf"))
             within = torch.where(self.shared, mean, none)
@@ -282,8 +283,8 @@ def wbc_ensemble(members: list[dict], temperatures: list[float] | None = None,
     stacked input each sees (default: each one's ``in_chans``, 3); ``shared``: the classes (indices)
     within which their mean decides, member ``decides`` deciding the rest (None: the mean decides all);
     ``weights``: each member's share of the mean (default equal).
-    The bundled ``wbc-type``: a member that sees the crop's colours beside one that sees its
-    lightness and the cell's parts (input ``rgb+shape``), sharing the five WBC types.
+    The typer tried in stop 55 (docs/results.md, not bundled): a member that sees the crop's colours
+    beside one that sees its lightness and the cell's parts (input ``rgb+shape``), sharing the five WBC types.
 
     >>> import torch
     >>> tiny = {"backbone": "resnet10-quarter", "classes": 3}
