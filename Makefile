@@ -21,7 +21,7 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	$(BIN)/hemaseg analyze $(SAMPLE) --out $(DEMO)
+	$(BIN)/hemaseg analyze $(SAMPLE) --out $(DEMO) --overwrite
 	@echo ""
 	@echo "Results are in $(DEMO)/:"
 	@echo "  $(DEMO)/report.html                   counts, WBC differential, overlay and a thumbnail per cell (open it in a browser)"

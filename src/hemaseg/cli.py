@@ -294,7 +294,7 @@ def analyze(
     if dask:  # reached before OUT is touched: an unreachable scheduler leaves no batch behind
         client, cluster = dask_client(dask)
     try:
-        prepare_batch(out, opts, resume=resume, overwrite=overwrite)
+        prepare_batch(out, opts, resume=resume, overwrite=overwrite, photos=paths)
         jobs = [(p, stems[p]) for p in paths]
         todo = [(p, s) for p, s in jobs if not (resume and is_done(out, s, p))]
         if len(todo) < len(jobs):
@@ -570,6 +570,9 @@ def classify(
         paths += sorted(p for p in d.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not paths:
         raise typer.BadParameter("give -f FILE and/or -d DIR with images")
+    check_output(output, "--output", folder=False)
+    if output.resolve() in {p.resolve() for p in paths}:
+        raise HemasegUsageError("--output", f"{output} is one of the crops; give another file")
     dev = _device(device)
     check_backend(backend)
     try:
@@ -634,8 +637,11 @@ def explain(
     tsne: bool = typer.Option(False, "--tsne", help="also a t-SNE map of all inputs' features, coloured by folder"),
     device: str = typer.Option("cpu", help="cpu, cuda or auto"),
 ) -> None:
-    """Grad-CAM heat maps and masks (OUT/<stem>_gradcam.png, _gradcam_mask.png) and a t-SNE map (OUT/tsne.png)."""
+    """Grad-CAM heat maps and masks (OUT/<stem>_gradcam.png, _gradcam_mask.png) of each crop as the classifier
+    sees it (centred on its WBC and rescaled to the model's input size) and a t-SNE map (OUT/tsne.png, 5 crops
+    or more). Needs torch: pip install 'hemaseg[train]'."""
     require_torch("hemaseg explain")  # gradients: torch only
+    check_output(out, "--out", folder=True)
     dev = _device(device)
     try:
         module, card = get_model(model or "wbc-type", dev, "torch")
@@ -648,14 +654,15 @@ def explain(
         raise typer.Exit(1)
     size = int(card.get("input_size", 96))
     crops, parts, labels = [], [], []
+    stems = _stems(paths, out, ["_gradcam.png", "_gradcam_mask.png"], fixed=[("--out", out / "tsne.png" if tsne else None)])
 
     def work(path):
         cell = cell_crop(read_image(path), size, ruler=takes_ruler(card), padding=crop_padding(card))
         crop = cell.image
         cam, _ = grad_cam(module, card, crop, extras=cell.extras if takes_ruler(card) else None, parts=cell.parts)
         mask = gradcam_mask(cam)
-        write_png(out / f"{path.stem}_gradcam.png", cam_overlay(crop, cam, mask))
-        write_png(out / f"{path.stem}_gradcam_mask.png", (mask * 255).astype(np.uint8))
+        write_png(out / f"{stems[path]}_gradcam.png", cam_overlay(crop, cam, mask))
+        write_png(out / f"{stems[path]}_gradcam_mask.png", (mask * 255).astype(np.uint8))
         crops.append(crop)
         parts.append(cell.parts)
         labels.append(path.parent.name)
@@ -663,6 +670,8 @@ def explain(
     failed = _for_each(paths, "explain", work)
     if tsne and len(crops) >= 5:
         tsne_plot(features(module, card, crops, parts=parts), labels, out / "tsne.png", f"t-SNE of {len(crops)} crops (colour: folder)")
+    elif tsne:
+        typer.echo(f"--tsne: a t-SNE map needs at least 5 explained crops, not {len(crops)}; no tsne.png written", err=True)
     typer.echo(f"{len(crops)}/{len(paths)} crops explained; results in {out}", err=True)
     raise typer.Exit(1 if failed else 0)
 

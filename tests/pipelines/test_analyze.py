@@ -59,7 +59,7 @@ def test_pbc_typer_types_are_counted_and_platelets_recategorised(monkeypatch):
     assert a.differential["ig"] == 50.0 and "erythroblast" not in a.differential
     assert len(a.wbc_crops) == 2 and [m["category"] for m in a.entry["masks"]] == ["wbc", "platelet", "wbc"]
     header, row, batch = counts_csv([a]).splitlines()
-    assert header.endswith("ig,erythroblast,ig_pct,ig_pct_lo,ig_pct_hi") and row.endswith("1,0,50.0,1.3,98.7")
+    assert header.endswith("ig,erythroblast,ig_pct,ig_pct_lo,ig_pct_hi,unsure") and row.endswith("1,0,50.0,1.3,98.7,0")
     assert batch == "(all images)," + row.split(",", 1)[1]  # one photo: the batch is that photo
 
 
@@ -98,6 +98,8 @@ def test_unsure_wbcs_are_left_untyped_and_out_of_the_differential(monkeypatch):
     assert a.n_differential == 2 and a.differential["neutrophil"] == 50.0
     assert [round(v, 1) for v in a.differential_ci["neutrophil"]] == [1.3, 98.7]
     assert a.entry["sample_id"] == "S-17" and a.entry["pixel_size_um"] == 0.25
+    header, row, batch = counts_csv([a]).splitlines()
+    assert header.endswith(",unsure") and row.endswith(",1") and batch.endswith(",1")  # wbc 3 = 1 + 1 + 1 unsure
     assert len(a.wbc_crops) == 3 and set(a.models) == {"cells", "wbc-type"}
     # With no threshold every WBC is typed; and the entry has no sample_id when none is given.
     b = analyze_mod.analyze(np.full((60, 90, 3), 200, np.uint8), "x.png", min_confidence=0.0)

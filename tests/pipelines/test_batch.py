@@ -78,6 +78,9 @@ def test_a_folder_holding_a_batch_needs_resume_or_overwrite(photos, tmp_path):
     assert res.exit_code == 2 and "--resume" in res.output and "min_confidence" in res.output
     res = _run(photos[1], "--out", out, "--resume", "--overwrite")
     assert res.exit_code == 2 and "--overwrite" in res.output
+    res = _run(photos[1], "--out", out, "--resume")  # a.png left out: resuming would drop its results
+    assert res.exit_code == 2 and "--resume" in res.output and "a.png" in res.output
+    assert len(json.loads((out / "results.json").read_text())["data"]) == 1 and (out / PARTS / "a.json").exists()
     res = _run(photos[1], "--out", out, "--overwrite")
     assert res.exit_code == 0, res.output
     assert not (out / "a_overlay.png").exists() and not (out / PARTS / "a.json").exists()

@@ -49,7 +49,7 @@ def test_counts_csv_has_the_interval_beside_each_percentage_and_a_pooled_row():
     assert header[:9] == ["filename", "rbc", "wbc", "platelet", *WBC_TYPES]
     assert header[9:15] == ["neutrophil_pct", "neutrophil_pct_lo", "neutrophil_pct_hi",
                             "lymphocyte_pct", "lymphocyte_pct_lo", "lymphocyte_pct_hi"]
-    assert len(header) == 9 + 3 * 5
+    assert len(header) == 9 + 3 * 5 + 1 and header[-1] == "unsure"
     first, second, pooled = _rows(text)
     assert [pooled[k] for k in ("filename", "rbc", "wbc", "neutrophil")] == [BATCH_ROW, "20", "120", "60"]
     # 60 of 120: 50 %, exact 95 % interval 40.7-59.3; 40 of 60: 66.7 %, 53.3-78.3.

@@ -132,6 +132,21 @@ def test_classify_single_file_keeps_the_path_as_given(tmp_path, tiny_classifier)
     res = runner.invoke(app, ["classify", "-f", str(f), "-o", str(out), "--model", str(tiny_classifier)])
     assert res.exit_code == 0, res.output
     assert list(csv.reader(out.open()))[1][0] == str(f)
+    for bad, why in ((tmp_path, "is a folder"), (f, "one of the crops"), (out / "x.csv", "is a file")):
+        res = runner.invoke(app, ["classify", "-f", str(f), "-o", str(bad), "--model", str(tiny_classifier)])
+        assert res.exit_code == 2 and why in res.output and len(res.output.strip().splitlines()) == 1, res.output
+
+
+def test_explain_names_same_named_crops_apart_and_refuses_a_file_as_out(tmp_path, tiny_classifier):
+    d = _crops(tmp_path / "c", per_class=1, classes=("Monocyte", "Lymphocyte"))
+    a, b = (next((d / c).iterdir()) for c in ("Monocyte", "Lymphocyte"))
+    b = b.rename(b.with_name(a.name))  # Monocyte/Mo_0.jpg and Lymphocyte/Mo_0.jpg
+    out = tmp_path / "ex"
+    res = runner.invoke(app, ["explain", str(a), str(b), "--out", str(out), "--model", str(tiny_classifier), "--tsne"])
+    assert res.exit_code == 0, res.output
+    assert len(list(out.glob("*_gradcam.png"))) == 2 and "no tsne.png" in res.output
+    res = runner.invoke(app, ["explain", str(a), "--out", str(a), "--model", str(tiny_classifier)])
+    assert res.exit_code == 2 and "--out" in res.output and len(res.output.strip().splitlines()) == 1, res.output
 
 
 def test_train_wbc_type_with_dann_resume_and_explain(tmp_path):

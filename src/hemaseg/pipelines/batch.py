@@ -123,12 +123,15 @@ def is_done(out: Path, stem: str, path: Path) -> bool:
         return False
 
 
-def prepare_batch(out: str | Path, opts: BatchOptions, resume: bool = False, overwrite: bool = False) -> bool:
+def prepare_batch(out: str | Path, opts: BatchOptions, resume: bool = False, overwrite: bool = False,
+                  photos: list[Path] | None = None) -> bool:
     """Check ``out`` before a batch, as ``hemaseg train`` checks its run folder: a new batch may not
     go into a folder holding one (:class:`HemasegUsageError` naming ``--out``) unless ``overwrite``,
     which deletes that batch's files (parts, overlays, results.json, counts.csv, report.html);
     ``resume`` continues it, with the options it was started with (a different one is refused,
-    naming ``--resume``); resuming where there is no batch yet starts one. Records the options.
+    naming ``--resume``, and so are ``photos`` that leave out some of the batch's: its results would lose
+    them; more photos may be added); resuming where there is no batch yet starts one. Records the options
+    and photos.
     Returns whether an earlier batch is being continued."""
     out = Path(out)
     if resume and overwrite:
@@ -142,12 +145,20 @@ def prepare_batch(out: str | Path, opts: BatchOptions, resume: bool = False, ove
         except (OSError, ValueError):
             before = None
         now = json.loads(json.dumps(opts.recorded(), default=_jsonable))
+        had = before.pop("photos", None) if isinstance(before, dict) else None
         if before != now:
             diff = [k for k in now if not before or before.get(k) != now[k]]
             raise HemasegUsageError("--resume", f"{out} was analysed with other options ("
                                     + ", ".join(f"{k} {before.get(k) if before else '?'!r}, now {now[k]!r}"
                                                 for k in diff)
                                     + "); give the same ones, or start afresh with --overwrite")
+        missing = sorted(set(had or []) - {str(p) for p in photos or []}) if photos is not None else []
+        if missing:
+            raise HemasegUsageError("--resume", f"{out} is a batch of other photos ({len(missing)} of its {len(had)} "
+                                    f"not given now, e.g. {missing[0]}): its results would lose them; give them "
+                                    "again (more may be added), or start afresh with --overwrite")
+        if photos is not None:
+            write_json(run_file, {**before, "photos": [str(p) for p in photos]})
         remove_temps(out)
         remove_temps(parts)
         return True
@@ -165,7 +176,7 @@ def prepare_batch(out: str | Path, opts: BatchOptions, resume: bool = False, ove
             (out / name).unlink(missing_ok=True)
         remove_temps(out)
     parts.mkdir(parents=True, exist_ok=True)
-    write_json(run_file, opts.recorded())
+    write_json(run_file, {**opts.recorded(), **({"photos": [str(p) for p in photos]} if photos is not None else {})})
     return False
 
 

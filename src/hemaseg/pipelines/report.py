@@ -57,14 +57,17 @@ def counts_csv(analyses: list[Analysis]) -> str:
     """CSV text: one row per image, then one row (``filename`` :data:`BATCH_ROW`) for all of them
     pooled. DESIGN.md columns: counts, then each type's differential in percent with its exact
     binomial 95 % interval (``<type>_pct``, ``_pct_lo``, ``_pct_hi``); further types the typer
-    names (``ig``, ``erythroblast``, ...) are appended as columns the same way. A row with no typed
-    WBC has no share (``_pct`` empty) and the interval 0-100: nothing is known, not "0 %"."""
+    names (``ig``, ``erythroblast``, ...) are appended as columns the same way; the last column,
+    ``unsure``, counts the WBCs in no type's count (their type left to a person), so that ``wbc`` is the
+    types' counts plus ``unsure``. A row with no typed WBC has no share (``_pct`` empty) and the
+    interval 0-100: nothing is known, not "0 %"."""
     types = pooled_types(analyses)
     extra = [t for t in types if t not in WBC_TYPES]
     extra_pct = [t for t in extra if t not in NOT_IN_DIFFERENTIAL]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(COUNT_COLUMNS + extra + [f"{t}{s}" for t in extra_pct for s in ("_pct", "_pct_lo", "_pct_hi")])
+    w.writerow(COUNT_COLUMNS + extra + [f"{t}{s}" for t in extra_pct for s in ("_pct", "_pct_lo", "_pct_hi")]
+               + ["unsure"])
 
     def row(name: str, counts: dict[str, int], kinds: tuple[str, ...]) -> list:
         diff = differential(counts, kinds)
@@ -76,7 +79,8 @@ def counts_csv(analyses: list[Analysis]) -> str:
 
         return [name, *(counts.get(c, 0) for c in ("rbc", "wbc", "platelet")),
                 *(counts.get(t, 0) for t in WBC_TYPES), *(v for t in WBC_TYPES for v in pct(t)),
-                *(counts.get(t, 0) for t in extra), *(v for t in extra_pct for v in pct(t))]
+                *(counts.get(t, 0) for t in extra), *(v for t in extra_pct for v in pct(t)),
+                counts.get("wbc", 0) - sum(counts.get(t, 0) for t in kinds)]
 
     for a in analyses:
         w.writerow(row(a.entry["filename"], a.counts, a.types))
