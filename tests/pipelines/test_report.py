@@ -121,3 +121,18 @@ def test_cli_analyze_sample_id_in_results_report_and_counts(tmp_path):
     assert bad.exit_code == 2 and "--sample-id" in bad.output
     bad = CliRunner().invoke(app, ["analyze", str(SAMPLE), "--out", str(out), "--min-confidence", "2"])
     assert bad.exit_code == 2 and "--min-confidence" in bad.output
+
+
+def test_report_shows_the_cells_outside_the_differential_in_each_images_row():
+    """An erythroblast a PBC typer names is a WBC found but no leukocyte: out of the differential, said so,
+    and in its own column of the per-image table, so that each row's types add up to its WBCs."""
+    full = {"rbc": 10, "platelet": 0, **{t: 0 for t in WBC_TYPES}, "neutrophil": 2, "erythroblast": 1, "ig": 0, "wbc": 3}
+    a = Analysis({"filename": "a.png", "height": 20, "width": 30, "masks": []}, full, np.zeros((20, 30), np.int32),
+                 8.0, [], WBC_TYPES + ("ig", "erythroblast"), {})
+    page = report_html([a], [np.zeros((20, 30, 3), np.uint8)])
+    assert "outside the differential, though among the WBCs found: erythroblast 1" in page
+    per_image = page.split("Counts per image</h2>")[1].split("</table>")[0]
+    assert "<th>erythroblast</th>" in per_image and "<td>a.png</td><td>10</td><td>3</td><td>0</td><td>2</td>" in per_image
+    row = per_image.split("<td>a.png</td>")[1].split("</tr>")[0]
+    cells = [int(c) for c in row.replace("</td>", "").split("<td>")[1:]]
+    assert cells[1] == sum(cells[3:])  # WBC = the types + erythroblast + unsure

@@ -217,16 +217,17 @@ def report_chunks(records: Iterable[dict], failed: list[tuple[str, str]] | None 
                    f"{diff[t][1]:.1f} - {diff[t][2]:.1f}" if n_diff else "-"] for t in kinds])
     beside = [t for t in types if t in NOT_IN_DIFFERENTIAL and counts.get(t, 0)]
     if beside:
-        yield "<p>Not leukocytes, so outside the differential: " + ", ".join(f"{t} {counts[t]}" for t in beside) + ".</p>"
+        yield ("<p>Not leukocytes, so outside the differential, though among the WBCs found: "
+               + ", ".join(f"{t} {counts[t]}" for t in beside) + ".</p>")
     yield ("<p>Interval: exact binomial (Clopper-Pearson), the interval Rümke's table gives; it covers "
            "counting chance only, not classifier errors.</p>")
 
     yield "<h2>Counts per image</h2>" + _table(
-        ["image", "RBC", "WBC", "platelets", *kinds, "unsure"],
+        ["image", "RBC", "WBC", "platelets", *kinds, *beside, "unsure"],
         [[a.entry["filename"], a.counts["rbc"], a.counts["wbc"], a.counts["platelet"],
-          *(a.counts.get(t, 0) for t in kinds), n] for a, n in zip(light, n_unsure)]
-        + [["all images", counts["rbc"], counts["wbc"], counts["platelet"], *(counts.get(t, 0) for t in kinds),
-            len(unsure)]])
+          *(a.counts.get(t, 0) for t in [*kinds, *beside]), n] for a, n in zip(light, n_unsure)]
+        + [["all images", counts["rbc"], counts["wbc"], counts["platelet"],
+            *(counts.get(t, 0) for t in [*kinds, *beside]), len(unsure)]])
     if failed:
         items = "".join(f"<li>{html.escape(p)}: {html.escape(r)}</li>" for p, r in failed)
         yield f"<h2 class=\"failed\">Not analysed</h2><ul class=\"failed\">{items}</ul>"
