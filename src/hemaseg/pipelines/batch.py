@@ -129,9 +129,9 @@ def prepare_batch(out: str | Path, opts: BatchOptions, resume: bool = False, ove
     go into a folder holding one (:class:`HemasegUsageError` naming ``--out``) unless ``overwrite``,
     which deletes that batch's files (parts, overlays, results.json, counts.csv, report.html);
     ``resume`` continues it, with the options it was started with (a different one is refused,
-    naming ``--resume``, and so are ``photos`` that leave out some of the batch's: its results would lose
-    them; more photos may be added); resuming where there is no batch yet starts one. Records the options
-    and photos.
+    naming ``--resume``, and so are ``photos`` that leave out one the batch has analysed: its results would
+    lose it; more photos may be added, and a photo that failed may be left out); resuming where there is no
+    batch yet starts one. Records the options.
     Returns whether an earlier batch is being continued."""
     out = Path(out)
     if resume and overwrite:
@@ -145,20 +145,23 @@ def prepare_batch(out: str | Path, opts: BatchOptions, resume: bool = False, ove
         except (OSError, ValueError):
             before = None
         now = json.loads(json.dumps(opts.recorded(), default=_jsonable))
-        had = before.pop("photos", None) if isinstance(before, dict) else None
         if before != now:
             diff = [k for k in now if not before or before.get(k) != now[k]]
             raise HemasegUsageError("--resume", f"{out} was analysed with other options ("
                                     + ", ".join(f"{k} {before.get(k) if before else '?'!r}, now {now[k]!r}"
                                                 for k in diff)
                                     + "); give the same ones, or start afresh with --overwrite")
-        missing = sorted(set(had or []) - {str(p) for p in photos or []}) if photos is not None else []
-        if missing:
-            raise HemasegUsageError("--resume", f"{out} is a batch of other photos ({len(missing)} of its {len(had)} "
-                                    f"not given now, e.g. {missing[0]}): its results would lose them; give them "
-                                    "again (more may be added), or start afresh with --overwrite")
-        if photos is not None:
-            write_json(run_file, {**before, "photos": [str(p) for p in photos]})
+        if photos is not None:  # a photo analysed before must be given again, or the results would lose it
+            given = {Path(p).resolve() for p in photos}
+            lost = []
+            for q in sorted(parts.glob("*.json")):
+                source = (read_part(out, q.stem) or {}).get("source") if q.name != RUN_FILE else None
+                if source and source.get("path") and Path(source["path"]).resolve() not in given:
+                    lost.append(source["path"])
+            if lost:
+                raise HemasegUsageError("--resume", f"{out} holds {len(lost)} analysed photo(s) not given now (e.g. "
+                                        f"{lost[0]}): the batch's results would lose them; give them again (more "
+                                        "may be added), or start afresh with --overwrite")
         remove_temps(out)
         remove_temps(parts)
         return True
@@ -176,7 +179,7 @@ def prepare_batch(out: str | Path, opts: BatchOptions, resume: bool = False, ove
             (out / name).unlink(missing_ok=True)
         remove_temps(out)
     parts.mkdir(parents=True, exist_ok=True)
-    write_json(run_file, {**opts.recorded(), **({"photos": [str(p) for p in photos]} if photos is not None else {})})
+    write_json(run_file, opts.recorded())
     return False
 
 

@@ -46,11 +46,11 @@ def grad_cam(module: torch.nn.Module, card: dict, crop: np.ndarray, class_index:
         pairs = list(zip(module.members, module.inputs(x)))
         if not bool(module.shared[class_index]):
             pairs = [pairs[module.decides]]
-        maps = [_cam(m, xi, None, class_index)[0] for m, xi in pairs]
+        maps = [cv2.resize(_cam(m, xi, None, class_index)[0], (w, h), interpolation=cv2.INTER_LINEAR) for m, xi in pairs]
         cam, k = np.mean([c / c.max() if c.max() > 0 else c for c in maps], 0), int(class_index)
     else:
         cam, k = _cam(module, x, e, class_index)
-    cam = cv2.resize(cam, (w, h), interpolation=cv2.INTER_LINEAR)
+        cam = cv2.resize(cam, (w, h), interpolation=cv2.INTER_LINEAR)
     top = float(cam.max())
     return (cam / top if top > 0 else cam).astype(np.float32), k
 
