@@ -52,3 +52,10 @@ def test_a_cell_on_a_plain_background_is_still_seen():
     assert featureless(image) is None
     sample = hemaseg.read_image(hemaseg.__path__[0] + "/samples/BloodImage_00000.jpg")
     assert featureless(sample) is None and featureless(sample[:120, :120]) is None
+
+
+@pytest.mark.parametrize("name", ["black", "grey", "white_speckle"])
+def test_the_python_typer_and_size_estimate_find_nothing_in_an_empty_image(name):
+    """The CLI says NO_WBC for such a crop; the Python functions said "lymphocyte 0.98" and "135 px"."""
+    assert hemaseg.classify(EMPTY[name]) == {}
+    assert hemaseg.estimate_diameter(EMPTY[name]) is None

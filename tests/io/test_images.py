@@ -136,3 +136,27 @@ def test_one_size_guard_for_every_format(tmp_path, monkeypatch, fmt):
     small = tmp_path / f"ok.{fmt}"
     (tifffile.imwrite(small, big[:40]) if fmt == "tif" else Image.fromarray(big[:40]).save(small))
     assert read_image(small).shape == (40, 50, 3)
+
+
+def test_the_public_functions_take_any_photo_array_or_path_and_refuse_the_rest_in_one_line(tmp_path):
+    """as_photo: what segment / classify / analyze / estimate_diameter take. A float photo in 0-1 is the
+    same photo as its uint8 (it gave no cell before); grey and RGBA are photos; channels-first, empty,
+    text and 4-D arrays are refused naming the argument; a path is read."""
+    import hemaseg
+    from hemaseg.io.images import as_photo
+
+    assert as_photo(RGB) is RGB  # no copy
+    assert np.array_equal(as_photo(RGB.astype(np.float32) / 255), RGB)
+    assert np.array_equal(as_photo(np.dstack([RGB, np.full((6, 7), 9, np.uint8)])), RGB)
+    assert np.array_equal(as_photo(RGB[..., 0]), np.repeat(RGB[..., :1], 3, 2))
+    Image.fromarray(RGB).save(tmp_path / "x.png")
+    assert np.array_equal(as_photo(tmp_path / "x.png"), RGB)
+    for bad, why in ((np.zeros((3, 40, 50)), "channels-first"), (np.zeros((0, 0, 3)), "empty"),
+                     (np.array([["a"]]), "values"), (np.zeros((2, 3, 4, 5)), "shape"), (tmp_path / "no.png", "no such")):
+        with pytest.raises(HemasegInputError, match=why):
+            as_photo(bad)
+    sample = hemaseg.read_image(Path(hemaseg.__file__).parent / "samples" / "BloodImage_00000.jpg")[100:400, 50:450]
+    a, b = hemaseg.segment(sample), hemaseg.segment(sample.astype(np.float32) / 255)
+    assert a.count == b.count >= 1 and np.array_equal(a.classes, b.classes)
+    with pytest.raises(HemasegInputError, match="channels-first"):
+        hemaseg.segment(np.moveaxis(sample, -1, 0))

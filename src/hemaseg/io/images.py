@@ -127,6 +127,49 @@ def to_uint8(arr: np.ndarray) -> np.ndarray:
     return out
 
 
+def as_photo(image, name: str = "image") -> np.ndarray:
+    """What the public functions (``segment``, ``classify``, ``analyze``, ``estimate_diameter``) take, as the
+    (H, W, 3) uint8 RGB photo they work on: a uint8 RGB array passes as it is; a file path is read
+    (:func:`read_image`); alpha is dropped; grey ((H, W) or (H, W, 1)) becomes three equal channels;
+    16-bit, float (0-1 taken as 0-255) and other numbers are rescaled as :func:`read_image` rescales
+    them (:func:`to_uint8`). Anything else, an empty image, or one that looks channels-first (3, H, W),
+    is a :class:`HemasegInputError` naming ``name``.
+
+    >>> as_photo(np.zeros((4, 5), np.float32)).shape
+    (4, 5, 3)
+    >>> as_photo(np.zeros((3, 40, 50)))
+    Traceback (most recent call last):
+    ...
+    hemaseg.errors.HemasegInputError: image: shape (3, 40, 50) looks channels-first; give (H, W, 3) (e.g. np.moveaxis(image, 0, -1))
+    """
+    if isinstance(image, (str, Path)):
+        return read_image(image)
+    if not isinstance(image, np.ndarray):
+        try:
+            image = np.asarray(image)
+        except Exception:  # noqa: BLE001 - anything numpy cannot take is the caller's mistake, said in one line
+            raise HemasegInputError(name, f"a {type(image).__name__}, not an image array or a file path") from None
+    if image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3 and image.size:
+        return image
+    if image.dtype.kind not in "biuf":
+        raise HemasegInputError(name, f"{image.dtype} values; give an (H, W, 3) uint8 RGB array")
+    if image.ndim == 3 and image.shape[0] in (1, 3, 4) and image.shape[2] not in (1, 3, 4):
+        raise HemasegInputError(name, f"shape {image.shape} looks channels-first; give (H, W, 3) "
+                                      "(e.g. np.moveaxis(image, 0, -1))")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[..., 0]
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (3, 4)):
+        raise HemasegInputError(name, f"shape {image.shape}; give (H, W, 3) RGB, (H, W, 4) RGBA or (H, W) grey")
+    if image.size == 0:
+        raise HemasegInputError(name, f"empty (shape {image.shape})")
+    if image.dtype == np.bool_:
+        image = image.astype(np.uint8) * 255
+    image = to_uint8(image if image.ndim == 2 else image[..., :3])
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=2)
+    return np.ascontiguousarray(image)
+
+
 def read_image(path: str | Path) -> np.ndarray:
     """Read an image file as an (H, W, 3) uint8 RGB array.
 

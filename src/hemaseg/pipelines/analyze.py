@@ -15,6 +15,7 @@ from hemaseg.core.vocabulary import CATEGORIES, EXTRA_TYPES, NOT_IN_DIFFERENTIAL
 from hemaseg.engine.predict import get_model, uses_backend
 from hemaseg.engine.tiling import DEFAULT_TILE
 from hemaseg.errors import HemasegError
+from hemaseg.io.images import as_photo
 from hemaseg.metrics import binomial_ci
 from hemaseg.models.registry import resolve_model_path
 from hemaseg.tasks import get_task
@@ -159,6 +160,7 @@ def analyze(image: np.ndarray, filename: str = "", cells_model="cells", type_mod
     without torch the Mask R-CNN cells model gives way to the cells U-Net: :mod:`hemaseg.engine.runtime`).
     """
     check_numbers(min_confidence=min_confidence, pixel_size=pixel_size)
+    image = as_photo(image)
     seg = get_task("cells").predict(image, cells_model, cell_diameter, device, tile=tile)
     records = [dict(r) for r in seg.objects]
     wbcs = [r for r in records if r["category"] == "wbc"]

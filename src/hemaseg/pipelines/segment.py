@@ -7,6 +7,7 @@ from hemaseg.core.options import OPTION_RANGES
 from hemaseg.core.result import Segmentation
 from hemaseg.engine.predict import get_model, uses_backend
 from hemaseg.engine.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
+from hemaseg.io.images import as_photo
 from hemaseg.tasks import get_task
 
 # The diameter each task's ``cell_diameter`` is of, in µm on a blood smear, to turn a known pixel size
@@ -56,7 +57,8 @@ def segment(image: np.ndarray, model="wbc", cell_diameter: float | None = None, 
     An image with nothing in it (flat, or noise) gives no object; a bad ``cell_diameter`` or
     ``tile`` raises :class:`hemaseg.errors.HemasegUsageError`. ``backend`` runs the network on
     ``torch``, ``onnx`` (ONNX Runtime) or ``auto`` (ONNX Runtime where the model has an ONNX file,
-    torch otherwise; :mod:`hemaseg.engine.runtime`).
+    torch otherwise; :mod:`hemaseg.engine.runtime`). ``image`` may also be grey, RGBA, 16-bit, float or
+    a file path (:func:`hemaseg.io.images.as_photo`; anything else raises :class:`HemasegInputError`).
 
     Examples
     --------
@@ -65,6 +67,7 @@ def segment(image: np.ndarray, model="wbc", cell_diameter: float | None = None, 
     >>> seg.classes.shape, seg.classes.dtype.name
     ((64, 64), 'uint8')
     """
+    image = as_photo(image)
     loaded = get_model(model, device)
     task = get_task(loaded[1].get("task", "wbc"))
     return task.predict(image, loaded, cell_diameter, device, tile, overlap, tta, params)

@@ -36,7 +36,7 @@ from hemaseg.engine.train import pair_data, read_split
 from hemaseg.errors import HemasegInputError
 from hemaseg.io.annotations import find_yolo, read_yolo_labels, yolo_names
 from hemaseg.io.datasets import Pair, find_pairs, load_pair
-from hemaseg.io.images import read_image
+from hemaseg.io.images import as_photo, read_image
 from hemaseg.metrics import wbc_scores
 from hemaseg.tasks.cells.infer import CellsParams, red_cell_labels, segment_cells
 from hemaseg.tasks.registry import register_task
@@ -871,7 +871,11 @@ def clip_to_found(classes: np.ndarray, instances: np.ndarray, found: np.ndarray,
 
 
 def estimate_diameter(image: np.ndarray, model="wbc", device: str = "cpu") -> float | None:
-    """Estimate the WBC diameter (px) in an (H, W, 3) image with the model itself, None if no cell."""
+    """Estimate the WBC diameter (px) in an (H, W, 3) image with the model itself, None if no cell
+    (an image with nothing in it: :func:`hemaseg.core.content.featureless`)."""
+    image = as_photo(image)
+    if featureless(image):
+        return None
     module, card = get_model(model, device)
     return _estimate_scale(module, card, image, card_range(card, image), p=WBC.params(card))[0]
 

@@ -14,6 +14,7 @@ from hemaseg.core.vocabulary import EXTRA_TYPES, MONONUCLEAR, POLYNUCLEAR
 from hemaseg.data.transforms import NEEDS_PARTS, crop_input, slide_background
 from hemaseg.engine.predict import get_model, uses_backend
 from hemaseg.engine.runtime import as_runner, softmax
+from hemaseg.io.images import as_photo
 from hemaseg.tasks.wbc import segment_wbc_crops
 
 if TYPE_CHECKING:
@@ -267,18 +268,23 @@ def predict_crops(crops: list[np.ndarray], model="wbc-type", device: str = "cpu"
 @uses_backend
 def classify(image: np.ndarray, model="wbc-type", device: str = "cpu", normalise: bool = True,
              backend: str = "auto") -> dict[str, float]:
-    """WBC type probabilities of a single-cell (H, W, 3) crop: {type: probability}, summing to 1.
+    """WBC type probabilities of a single-cell (H, W, 3) crop: {type: probability}, summing to 1;
+    ``{}`` when no WBC is found in it (the CLI's ``NO_WBC``; only when normalising).
 
     The crop is first centred on its WBC and rescaled (:func:`cell_crop`) unless
     ``normalise`` is False (the input is then resized as is). ``backend``: ``torch``, ``onnx``
-    or ``auto`` (:mod:`hemaseg.engine.runtime`).
+    or ``auto`` (:mod:`hemaseg.engine.runtime`). ``image`` may also be grey, RGBA, 16-bit, float or a
+    file path (:func:`hemaseg.io.images.as_photo`).
     """
+    image = as_photo(image)
     _, card = get_model(model, device)
     size = int(card.get("input_size", 96))
     if not normalise and takes_parts(card):
         raise ValueError("normalise=False: this model sees the cell's parts, found by normalising the crop")
     if normalise:
         c = cell_crop(image, size, ruler=takes_ruler(card), padding=crop_padding(card))
+        if not c.found:
+            return {}
     else:
         c = CellCrop(cv2.resize(np.ascontiguousarray(image[..., :3]), (size, size)), np.zeros((size, size), bool),
                      True, 0.0)
