@@ -118,3 +118,23 @@ def test_weights_of_another_architecture_are_one_line(photos, tmp_path, tiny_mod
     res = runner.invoke(app, ["segment", str(photos), "--out", str(tmp_path / "o"), "--model", str(wrong)])
     lines = [ln for ln in res.output.splitlines() if ln.strip()]
     assert res.exit_code == 2 and len(lines) == 1 and "do not fit" in lines[0], res.output
+
+
+def test_the_python_functions_refuse_a_model_of_another_task_and_take_params_as_a_dict():
+    """A U-Net given as the typer or the cells model failed deep inside (IndexError, TypeError); a dict of
+    post-processing parameters failed with an AttributeError."""
+    import numpy as np
+
+    import hemaseg
+    from hemaseg.errors import HemasegUsageError
+
+    blank = np.full((64, 64, 3), 230, np.uint8)
+    for call, what in ((lambda: hemaseg.analyze(blank, cells_model="wbc"), "cells_model: wbc is a wbc model"),
+                       (lambda: hemaseg.analyze(blank, type_model="nuclei"), "type_model: nuclei is a nuclei model"),
+                       (lambda: hemaseg.classify(blank, model="wbc"), "needs a wbc-type model"),
+                       (lambda: hemaseg.segment(blank, model="wbc-type"), "does not segment"),
+                       (lambda: hemaseg.segment(blank, params={"nope": 1}), "no post-processing parameter nope")):
+        with pytest.raises(HemasegUsageError, match=what):
+            call()
+    seg = hemaseg.segment(blank, params={"red_outside": 0.5})  # a known name: taken
+    assert seg.count == 0

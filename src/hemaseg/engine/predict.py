@@ -8,6 +8,7 @@ import inspect
 from contextlib import contextmanager
 from contextvars import ContextVar
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
@@ -91,6 +92,18 @@ def get_model(model, device: str = "cpu", backend: str | None = None):
     if isinstance(model, tuple):
         return model
     return _cached_model(str(model), device, check_backend(backend) if backend else current_backend())
+
+
+def model_of_task(model, task: str, device: str = "cpu", argument: str = "model"):
+    """:func:`get_model`, refusing a model of another task (its card's ``"task"``) with a
+    :class:`HemasegUsageError` naming ``argument``: a U-Net given as the typer, or a classifier as
+    the cells model, would otherwise fail deep inside with an unrelated error."""
+    loaded = get_model(model, device)
+    found = loaded[1].get("task")
+    if found is not None and found != task:
+        name = loaded[1].get("name") or (model if isinstance(model, (str, Path)) else "the model")
+        raise HemasegUsageError(argument, f"{name} is a {found} model; this needs a {task} model")
+    return loaded
 
 
 def card_range(card: dict, image: np.ndarray, max_pixels: int = 1_000_000) -> np.ndarray:

@@ -7,6 +7,7 @@ from hemaseg.core.options import OPTION_RANGES
 from hemaseg.core.result import Segmentation
 from hemaseg.engine.predict import get_model, uses_backend
 from hemaseg.engine.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
+from hemaseg.errors import HemasegUsageError
 from hemaseg.io.images import as_photo
 from hemaseg.tasks import get_task
 
@@ -53,7 +54,8 @@ def segment(image: np.ndarray, model="wbc", cell_diameter: float | None = None, 
     10-class map (``cell_diameter`` = red-cell diameter), ``cells`` every RBC, WBC and platelet.
     ``cell_diameter`` (px) rescales the image to the model's trained size; when None it is
     estimated from the image. ``tta`` (smear10) averages the final pass over the image's flips;
-    None: the model card's choice. ``params`` overrides the task's post-processing parameters.
+    None: the model card's choice. ``params`` overrides the task's post-processing parameters: a dict
+    of their names and values (as the CLI's ``--post NAME=VALUE``), or the task's ``Params`` object.
     An image with nothing in it (flat, or noise) gives no object; a bad ``cell_diameter`` or
     ``tile`` raises :class:`hemaseg.errors.HemasegUsageError`. ``backend`` runs the network on
     ``torch``, ``onnx`` (ONNX Runtime) or ``auto`` (ONNX Runtime where the model has an ONNX file,
@@ -70,4 +72,12 @@ def segment(image: np.ndarray, model="wbc", cell_diameter: float | None = None, 
     image = as_photo(image)
     loaded = get_model(model, device)
     task = get_task(loaded[1].get("task", "wbc"))
+    if not task.can_segment:
+        raise HemasegUsageError("model", f"{loaded[1].get('name', model)} is a {task.name} model, which does not "
+                                         "segment (hemaseg.classify types single-cell crops)")
+    if isinstance(params, dict):  # names -> values over the card's own ("postprocess") and the defaults
+        try:
+            params = task.params(loaded[1], **params)
+        except ValueError as exc:
+            raise HemasegUsageError("params", str(exc)) from None
     return task.predict(image, loaded, cell_diameter, device, tile, overlap, tta, params)
