@@ -274,3 +274,15 @@ def test_page_upload_counts_correct_download(live_server, browser):
         assert int(row[old]) == before[old] - 1
     n = sum(int(row[t]) for t in WBC_TYPES)
     assert float(row[f"{new}_pct"]) == pytest.approx(100 * int(row[new]) / n, abs=0.05)
+
+
+def test_the_same_photo_uploaded_twice_is_not_counted_twice(tmp_path):
+    from hemaseg.errors import HemasegInputError
+
+    session = Session(tmp_path / "work")
+    image, a = _analysis("smear.png")
+    session.add(image, a)
+    Image.fromarray(image).save(tmp_path / "again.png")
+    with pytest.raises(HemasegInputError, match="again.png: the same photo as smear.png"):
+        session.analyze_file(tmp_path / "again.png", "again.png")  # refused before any analysis
+    assert len(session.analyses) == 1 and session.state()["totals"]["wbc"] == 3

@@ -13,6 +13,7 @@ correction recounts the corrected records as the pipeline counts them.
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import secrets
 import shutil
@@ -79,6 +80,11 @@ def _png(image: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
+def _digest(image: np.ndarray) -> str:
+    """SHA-256 of a photo's shape and pixels."""
+    return hashlib.sha256(repr(image.shape).encode() + np.ascontiguousarray(image).tobytes()).hexdigest()
+
+
 class Session:
     """One user's photos, their analyses and corrections, and the files written from them.
 
@@ -100,6 +106,7 @@ class Session:
         self.tile, self.min_confidence, self.backend = tile, min_confidence, backend
         self.analyses: list[Analysis] = []
         self.images: list[np.ndarray] = []
+        self.digests: list[str] = []  # of each photo's pixels: the same photo is not counted twice
         self.failed: list[tuple[str, str]] = []
         self.revision = 0  # bumped on every change: the page's cache-buster for overlays and files
         self.lock = threading.RLock()
@@ -114,6 +121,11 @@ class Session:
         except HemasegInputError as exc:
             self.failed.append((filename, exc.reason))
             raise HemasegInputError(filename, exc.reason) from None
+        with self.lock:
+            if _digest(image) in self.digests:
+                first = self.analyses[self.digests.index(_digest(image))].entry["filename"]
+                raise HemasegInputError(filename, f"the same photo as {first}, already in this session: "
+                                                  "not counted twice")
         with lock or threading.Lock():
             analysis = analyze(image, filename, self.cells_model, self.type_model, device=self.device,
                                tile=self.tile, min_confidence=self.min_confidence, backend=self.backend)
@@ -123,6 +135,7 @@ class Session:
         """Add an analysed photo (its (H, W, 3) uint8 image and the analysis) and rewrite the files."""
         with self.lock:
             self.images.append(image)
+            self.digests.append(_digest(image))
             self.analyses.append(analysis)
             self._save(len(self.analyses) - 1)
         return analysis
