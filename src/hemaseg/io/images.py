@@ -132,8 +132,8 @@ def as_photo(image, name: str = "image") -> np.ndarray:
     (H, W, 3) uint8 RGB photo they work on: a uint8 RGB array passes as it is; a file path is read
     (:func:`read_image`); alpha is dropped; grey ((H, W) or (H, W, 1)) becomes three equal channels;
     16-bit, float (0-1 taken as 0-255) and other numbers are rescaled as :func:`read_image` rescales
-    them (:func:`to_uint8`). Anything else, an empty image, or one that looks channels-first (3, H, W),
-    is a :class:`HemasegInputError` naming ``name``.
+    them (:func:`to_uint8`); a :class:`LazyImage` passes as it is. Anything else, an empty image, or one
+    that looks channels-first (3, H, W), is a :class:`HemasegInputError` naming ``name``.
 
     >>> as_photo(np.zeros((4, 5), np.float32)).shape
     (4, 5, 3)
@@ -144,6 +144,8 @@ def as_photo(image, name: str = "image") -> np.ndarray:
     """
     if isinstance(image, (str, Path)):
         return read_image(image)
+    if isinstance(image, LazyImage):  # a large TIFF read region by region: never read whole here
+        return image
     if not isinstance(image, np.ndarray):
         try:
             image = np.asarray(image)
