@@ -51,3 +51,14 @@ def test_load_errors_name_the_file(tmp_path):
     (tmp_path / "bad.json").write_text('{"architecture": {"name": "unet-dropout", "kwargs": {}}}')
     with pytest.raises(HemasegInputError, match="bad.safetensors"):
         load_model(tmp_path / "bad.safetensors")
+
+
+def test_list_models_names_the_bundled_models_and_a_wrong_name_lists_them():
+    import hemaseg
+    from hemaseg.errors import HemasegInputError
+
+    bundled = hemaseg.list_models(bundled=True)
+    assert {"wbc", "nuclei", "smear10", "cells", "wbc-type"} <= set(bundled)
+    assert "unet-dropout" in hemaseg.list_models() and "unet-dropout" not in bundled
+    with pytest.raises(HemasegInputError, match="bundled: cells, "):
+        hemaseg.load_model("smp-unet")  # an architecture, not a model with weights

@@ -9,7 +9,7 @@ Public API (arrays in, arrays out)::
     smear = hemaseg.segment(image, model="smear10")  # 10-class map (seed 002 classes)
     probs = hemaseg.classify(crop)                   # {"neutrophil": 0.93, ...} for a single-WBC crop
     report = hemaseg.analyze(image)                  # every RBC/WBC/platelet, WBC types, counts
-    model, card = hemaseg.load_model("wbc")
+    model, card = hemaseg.load_model("wbc")           # hemaseg.list_models(bundled=True): the shipped names
     task = hemaseg.get_task("wbc")                   # a task's classes, parameters, hooks
 
 The layout (docs/ARCHITECTURE.md): ``core`` -> ``io``/``data``/``classical`` -> ``models`` ->

@@ -27,8 +27,16 @@ def register_model(name: str) -> Callable:
     return deco
 
 
-def list_models() -> list[str]:
-    """Names of the registered architectures."""
+def list_models(bundled: bool = False) -> list[str]:
+    """Names of the registered architectures (what :func:`create_model` builds); with ``bundled``, the
+    models shipped with weights (what :func:`load_model` loads by name), as timm's
+    ``list_models(pretrained=True)``.
+
+    >>> "wbc" in list_models(bundled=True)
+    True
+    """
+    if bundled:
+        return sorted(p.stem for p in WEIGHTS_DIR.glob("*.json") if p.with_suffix(".safetensors").exists())
     return sorted(_MODELS)
 
 
@@ -78,7 +86,8 @@ def resolve_model_path(name_or_path: str | Path) -> Path:
     bundled = WEIGHTS_DIR / f"{name_or_path}.safetensors"
     if bundled.exists():
         return bundled
-    raise HemasegInputError(p, "no such model file, run folder or bundled model")
+    raise HemasegInputError(p, "no such model file, run folder or bundled model (bundled: "
+                               + ", ".join(list_models(bundled=True)) + ")")
 
 
 def load_card(name_or_path: str | Path) -> tuple[Path, dict]:
