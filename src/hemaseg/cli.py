@@ -416,7 +416,7 @@ def train(
     epochs: Optional[int] = typer.Option(None, help="default: the task's (wbc 200, nuclei 100, smear10 130, cells 60, wbc-type 50)"),
     batch_size: Optional[int] = typer.Option(None, help="default: the task's (wbc 16, nuclei 8)"),
     lr: Optional[float] = typer.Option(None, help="peak learning rate (default 2e-3)"),
-    crop: Optional[int] = typer.Option(None, help="training crop size in px (wbc 160, nuclei 224; wbc-type input 96)"),
+    crop: Optional[int] = typer.Option(None, help="training crop size in px (wbc 160, nuclei 224; wbc-type input 80)"),
     samples_per_epoch: Optional[int] = typer.Option(None, help="augmented samples per epoch (0: one pass)"),
     patience: Optional[int] = typer.Option(None, help="early stop after this many epochs without improvement"),
     augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="scale and stain/colour augmentation "
@@ -639,7 +639,7 @@ def explain(
 ) -> None:
     """Grad-CAM heat maps and masks (OUT/<stem>_gradcam.png, _gradcam_mask.png) of each crop as the classifier
     sees it (centred on its WBC and rescaled to the model's input size) and a t-SNE map (OUT/tsne.png, 5 crops
-    or more). Needs torch: pip install 'hemaseg[train]'."""
+    or more). Needs torch: pip install 'hemaseg\\[train]'."""
     require_torch("hemaseg explain")  # gradients: torch only
     check_output(out, "--out", folder=True)
     dev = _device(device)
