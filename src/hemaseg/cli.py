@@ -88,6 +88,18 @@ app = typer.Typer(cls=_OneLineErrors, add_completion=False, no_args_is_help=True
                   help="Blood-smear segmentation, counting and WBC typing on a CPU.")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(__version__)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                       help="print the hemaseg version and exit")) -> None:
+    """Blood-smear segmentation, counting and WBC typing on a CPU."""
+
+
 BACKEND_HELP = (f"where the networks run: {', '.join(BACKENDS)} (auto: ONNX Runtime where the model has an ONNX file, "
                 "torch otherwise)")
 
@@ -823,6 +835,8 @@ def convert(
         raise typer.BadParameter(f"no conversion {src}->{dst}; known: {known}", param_hint="--from/--to")
     try:
         n = run_convert(src, dst, inp, out)
+    except HemasegUsageError:
+        raise  # OUT refused before any work: one line, exit 2 (_usage_errors)
     except HemasegError as exc:
         _fail_error(exc)
         raise typer.Exit(1) from None

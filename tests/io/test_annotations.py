@@ -96,3 +96,27 @@ def test_convert_cli_voc_to_coco_to_cvat_to_labels(tmp_path):
     assert json.loads((tmp_path / "labels" / "classes.json").read_text())["1"] == "platelet"
     bad = runner.invoke(app, ["convert", "--from", "cvat", "--to", "coco", str(tmp_path / "c.json"), str(tmp_path / "x")])
     assert bad.exit_code == 1
+
+
+def test_convert_never_replaces_its_input_and_a_malformed_file_is_one_line(tmp_path):
+    """`convert ... tx tx` replaced the photos by label maps and `coco c.json c.json` the input file; a CVAT
+    polygon with a word among its points was a 60-line traceback."""
+    xml = tmp_path / "in" / "a.xml"
+    xml.parent.mkdir()
+    xml.write_text("<annotation><filename>a.jpg</filename><size><width>64</width><height>48</height><depth>3</depth>"
+                   "</size><object><name>WBC</name><bndbox><xmin>5</xmin><ymin>6</ymin><xmax>30</xmax><ymax>28</ymax>"
+                   "</bndbox></object></annotation>")
+    before = xml.read_bytes()
+    (tmp_path / "in" / "old.json").write_text("{}")
+    for to, args, why in (("coco", [str(xml), str(xml)], "is the input"),
+                          ("labels", [str(xml.parent), str(xml.parent)], "is the input"),
+                          ("coco", [str(xml.parent), str(tmp_path / "in" / "old.json")], "would replace a file in the input"),
+                          ("coco", [str(xml), str(tmp_path)], "is a folder")):
+        res = runner.invoke(app, ["convert", "--from", "voc", "--to", to, *args])
+        assert res.exit_code == 2 and why in res.output and len(res.output.strip().splitlines()) == 1, res.output
+    assert xml.read_bytes() == before and (tmp_path / "in" / "old.json").read_text() == "{}"
+    bad = tmp_path / "bad.xml"
+    bad.write_text('<annotations><image id="0" name="a.png" width="10" height="10">'
+                   '<polygon label="rbc" points="1,1;abc"/></image></annotations>')
+    res = runner.invoke(app, ["convert", "--from", "cvat", "--to", "coco", str(bad), str(tmp_path / "b.json")])
+    assert res.exit_code == 1 and "bad.xml: malformed cvat" in res.output and len(res.output.strip().splitlines()) == 1

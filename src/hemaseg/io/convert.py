@@ -17,12 +17,12 @@ from typing import Callable
 
 import numpy as np
 
-from hemaseg.errors import HemasegInputError
+from hemaseg.errors import HemasegInputError, HemasegUsageError
 from hemaseg.io import annotations as A
 from hemaseg.io.datasets import find_dsb, read_dsb_masks
 from hemaseg.io.images import image_size, read_mask
 from hemaseg.io.rle import labels_to_rles, rles_to_labels
-from hemaseg.io.writers import write_json, write_png, write_text
+from hemaseg.io.writers import check_output, write_json, write_png, write_text
 
 CONVERTERS: dict[tuple[str, str], Callable[[Path, Path], int]] = {}
 RLE_HEADER = ["ImageId", "EncodedPixels", "Height", "Width"]
@@ -36,12 +36,33 @@ def converter(src: str, dst: str) -> Callable:
     return deco
 
 
+FOLDER_OUTPUTS = ("labels", "dsb", "yolo")  # formats written as a folder; the others as one file
+
+
+def check_convert_paths(dst: str, inp: Path, out: Path) -> None:
+    """Before any work: ``out`` can be written as ``dst`` is (a folder or a file:
+    :func:`~hemaseg.io.writers.check_output`) and replaces no input: it is not ``inp`` itself, and a file
+    written into the input folder replaces none of its files (:class:`HemasegUsageError` naming ``OUT``)."""
+    inp, out = Path(inp), Path(out)
+    check_output(out, "OUT", folder=dst in FOLDER_OUTPUTS)
+    if out.resolve() == inp.resolve():
+        raise HemasegUsageError("OUT", f"{out} is the input; write to another {'folder' if dst in FOLDER_OUTPUTS else 'file'}")
+    if dst not in FOLDER_OUTPUTS and inp.is_dir() and out.exists() and inp.resolve() in out.resolve().parents:
+        raise HemasegUsageError("OUT", f"{out} would replace a file in the input folder {inp}; give a new file")
+
+
 def convert(src: str, dst: str, inp: str | Path, out: str | Path) -> int:
-    """Convert ``inp`` in format ``src`` to ``out`` in format ``dst``; returns the number of images."""
+    """Convert ``inp`` in format ``src`` to ``out`` in format ``dst``; returns the number of images.
+    ``out`` is checked first (:func:`check_convert_paths`); a malformed input (a value that is no
+    number, a missing attribute) is a :class:`HemasegInputError` naming ``inp``."""
     if (src, dst) not in CONVERTERS:
         known = ", ".join(f"{a}->{b}" for a, b in sorted(CONVERTERS))
         raise HemasegInputError(f"{src}->{dst}", f"no such conversion; known: {known}")
-    return CONVERTERS[(src, dst)](Path(inp), Path(out))
+    check_convert_paths(dst, Path(inp), Path(out))
+    try:
+        return CONVERTERS[(src, dst)](Path(inp), Path(out))
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+        raise HemasegInputError(inp, f"malformed {src} ({type(exc).__name__}: {str(exc).strip()[:120]})") from None
 
 
 def _dsb_labels(root: Path) -> list[tuple[str, np.ndarray]]:
