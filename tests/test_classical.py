@@ -131,6 +131,8 @@ def test_cli_crop_and_evaluate_method(tmp_path, wbc_folder):
     assert rows[0] == "crop,source,x1,y1,x2,y2,class,method" and len(rows) >= 11
     first = rows[1].split(",")
     assert (out / first[0]).exists() and first[6] == "unknown"
+    again = runner.invoke(app, ["crop", str(wbc_folder), "--out", str(out)])  # the earlier crops would be orphaned
+    assert again.exit_code == 2 and "earlier run" in again.output and (out / "crops.csv").read_text().splitlines() == rows
     res = runner.invoke(app, ["evaluate", "wbc", "--data", str(wbc_folder), "--method", "hsv", "--json",
                               str(tmp_path / "e.json"), "--grid", str(tmp_path / "g.png")])
     assert res.exit_code == 0, res.output

@@ -744,6 +744,8 @@ def crop(
         raise typer.BadParameter("use hsv or model", param_hint="--method")
     check_numbers(margin=margin)
     check_output(out, "--out", folder=True)
+    if (out / "crops.csv").exists():  # its crops would stay beside a crops.csv that no longer lists them
+        raise HemasegUsageError("--out", f"{out} holds the crops of an earlier run (crops.csv); give another folder")
     wbc_task = get_task("wbc")
     if method == "model":
         loaded = get_model(wbc_task.default_model, _device(device))
