@@ -2,6 +2,7 @@ import json
 
 import cv2
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from hemaseg.cli import app
@@ -120,3 +121,23 @@ def test_convert_never_replaces_its_input_and_a_malformed_file_is_one_line(tmp_p
                    '<polygon label="rbc" points="1,1;abc"/></image></annotations>')
     res = runner.invoke(app, ["convert", "--from", "cvat", "--to", "coco", str(bad), str(tmp_path / "b.json")])
     assert res.exit_code == 1 and "bad.xml: malformed cvat" in res.output and len(res.output.strip().splitlines()) == 1
+
+
+def test_readers_refuse_what_they_used_to_take_silently(tmp_path):
+    """A CVAT file whose root is not <annotations> gave 0 images; a COCO category id nobody declared
+    became a class "7"; a YOLO box centred at 1.5 became a zero-width box."""
+    from hemaseg.errors import HemasegInputError
+    from hemaseg.io.annotations import read_coco, read_cvat, read_yolo_labels
+
+    (tmp_path / "a.xml").write_text("<foo><image id='0' name='a.png' width='4' height='4'/></foo>")
+    with pytest.raises(HemasegInputError, match="root is <foo>"):
+        read_cvat(tmp_path / "a.xml")
+    (tmp_path / "c.json").write_text(json.dumps({"images": [{"id": 1, "file_name": "a.png", "height": 4, "width": 4}],
+                                                 "categories": [{"id": 1, "name": "rbc"}],
+                                                 "annotations": [{"id": 5, "image_id": 1, "category_id": 7,
+                                                                  "bbox": [0, 0, 2, 2]}]}))
+    with pytest.raises(HemasegInputError, match="unknown category 7"):
+        read_coco(tmp_path / "c.json")
+    (tmp_path / "y.txt").write_text("0 1.5 0.5 0.2 0.2\n")
+    with pytest.raises(HemasegInputError, match="line 1: box 1.5"):
+        read_yolo_labels(tmp_path / "y.txt", ["rbc"], 100, 100)

@@ -116,6 +116,8 @@ def write_cvat(path: str | Path, entries: list[dict], labels: list[str] | None =
 def read_cvat(path: str | Path) -> list[dict]:
     """Entries of a CVAT for images 1.1 XML (polygons; boxes become 4-corner polygons)."""
     root = parse_xml(path, "CVAT XML")
+    if root.tag != "annotations":
+        raise HemasegInputError(path, f"not a CVAT for images XML (its root is <{root.tag}>, not <annotations>)")
     entries = []
     for img in root.iter("image"):
         masks = []
@@ -186,7 +188,9 @@ def read_coco(path: str | Path) -> list[dict]:
             raise HemasegInputError(path, f"annotation {a.get('id')} names unknown image {a.get('image_id')}")
         h, w = int(im["height"]), int(im["width"])
         seg = a.get("segmentation")
-        name = cats.get(a.get("category_id"), str(a.get("category_id")))
+        if a.get("category_id") not in cats:
+            raise HemasegInputError(path, f"annotation {a.get('id')} names unknown category {a.get('category_id')}")
+        name = cats[a["category_id"]]
         if isinstance(seg, dict):
             from pycocotools import mask as mask_utils
 
@@ -352,6 +356,9 @@ def read_yolo_labels(path: str | Path, names: list[str], height: int, width: int
         score = 1.0
         if len(vals) in (4, 5):
             cx, cy, bw, bh = vals[:4]
+            if not (0 <= cx <= 1 and 0 <= cy <= 1 and 0 < bw <= 1 and 0 < bh <= 1):
+                raise HemasegInputError(path, f"line {i}: box {cx:g} {cy:g} {bw:g} {bh:g}: centre and size are "
+                                              "fractions of the image (0-1, the size above 0)")
             score = vals[4] if len(vals) == 5 else 1.0
             x1, x2 = _px(cx - bw / 2, width), _px(cx + bw / 2, width)
             y1, y2 = _px(cy - bh / 2, height), _px(cy + bh / 2, height)
