@@ -112,7 +112,8 @@ def test_convert_never_replaces_its_input_and_a_malformed_file_is_one_line(tmp_p
     for to, args, why in (("coco", [str(xml), str(xml)], "is the input"),
                           ("labels", [str(xml.parent), str(xml.parent)], "is the input"),
                           ("coco", [str(xml.parent), str(tmp_path / "in" / "old.json")], "would replace a file in the input"),
-                          ("coco", [str(xml), str(tmp_path)], "is a folder")):
+                          ("coco", [str(xml), str(tmp_path)], "is a folder"),
+                          ("labels", [str(xml), str(xml.parent)], "is the input's folder")):
         res = runner.invoke(app, ["convert", "--from", "voc", "--to", to, *args])
         assert res.exit_code == 2 and why in res.output and len(res.output.strip().splitlines()) == 1, res.output
     assert xml.read_bytes() == before and (tmp_path / "in" / "old.json").read_text() == "{}"

@@ -42,13 +42,17 @@ FOLDER_OUTPUTS = ("labels", "dsb", "yolo")  # formats written as a folder; the o
 def check_convert_paths(dst: str, inp: Path, out: Path) -> None:
     """Before any work: ``out`` can be written as ``dst`` is (a folder or a file:
     :func:`~hemaseg.io.writers.check_output`) and replaces no input: it is not ``inp`` itself, and a file
-    written into the input folder replaces none of its files (:class:`HemasegUsageError` naming ``OUT``)."""
+    written into the input folder replaces none of its files, and a folder format is not written into the input
+    file's own folder (:class:`HemasegUsageError` naming ``OUT``)."""
     inp, out = Path(inp), Path(out)
     check_output(out, "OUT", folder=dst in FOLDER_OUTPUTS)
     if out.resolve() == inp.resolve():
         raise HemasegUsageError("OUT", f"{out} is the input; write to another {'folder' if dst in FOLDER_OUTPUTS else 'file'}")
     if dst not in FOLDER_OUTPUTS and inp.is_dir() and out.exists() and inp.resolve() in out.resolve().parents:
         raise HemasegUsageError("OUT", f"{out} would replace a file in the input folder {inp}; give a new file")
+    if dst in FOLDER_OUTPUTS and inp.is_file() and inp.resolve().parent == out.resolve():
+        # files named after the images, beside the input: they could replace the photos kept there
+        raise HemasegUsageError("OUT", f"{out} is the input's folder; write to another folder")
 
 
 def convert(src: str, dst: str, inp: str | Path, out: str | Path) -> int:
