@@ -15,7 +15,7 @@ from scipy import ndimage as ndi
 
 from hemaseg.core.vocabulary import CATEGORIES
 from hemaseg.errors import HemasegUsageError
-from hemaseg.io.images import read_image, to_uint8
+from hemaseg.io.images import as_photo, read_image
 from hemaseg.models.registry import SAMPLE_PHOTO
 from hemaseg.pipelines.analyze import CATEGORY_COLOURS, MIN_CONFIDENCE, analyze
 from hemaseg.pipelines.segment import segment
@@ -58,19 +58,15 @@ def _rgba(rgb) -> list[float]:
 def as_rgb(data: np.ndarray, name: str = "image") -> np.ndarray:
     """An image layer's data as the (H, W, 3) uint8 RGB photo hemaseg reads: grey becomes three
     equal channels, alpha is dropped, other dtypes are rescaled to their own range
-    (:func:`hemaseg.io.images.to_uint8`). Anything but one 2D photo is a :class:`HemasegUsageError`.
+    (:func:`hemaseg.io.images.as_photo`). Anything but one 2D photo is a :class:`HemasegUsageError`.
 
     >>> as_rgb(np.zeros((4, 5), np.float32)).shape
     (4, 5, 3)
     """
     arr = np.asarray(data)
-    if arr.ndim == 3 and arr.shape[-1] == 1:
-        arr = arr[..., 0]
-    if arr.ndim == 2:
-        return np.repeat(to_uint8(arr)[..., None], 3, axis=2)
-    if arr.ndim == 3 and arr.shape[-1] in (3, 4):
-        return np.ascontiguousarray(to_uint8(arr[..., :3]))
-    raise HemasegUsageError(name, f"hemaseg reads one 2D photo (H, W), (H, W, 3) or (H, W, 4); this layer is {arr.shape}")
+    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] in (1, 3, 4))):
+        raise HemasegUsageError(name, f"hemaseg reads one 2D photo (H, W), (H, W, 3) or (H, W, 4); this layer is {arr.shape}")
+    return as_photo(arr, name)
 
 
 def _centres(instances: np.ndarray, ids: list[int]) -> np.ndarray:

@@ -162,14 +162,14 @@ def analyze(image: np.ndarray, filename: str = "", cells_model="cells", type_mod
     check_numbers(min_confidence=min_confidence, pixel_size=pixel_size)
     image = as_photo(image)
     model_of_task(cells_model, "cells", device, "cells_model")
-    model_of_task(type_model, "wbc-type", device, "type_model")
+    type_card = model_of_task(type_model, "wbc-type", device, "type_model")[1]
     seg = get_task("cells").predict(image, cells_model, cell_diameter, device, tile=tile)
     records = [dict(r) for r in seg.objects]
     wbcs = [r for r in records if r["category"] == "wbc"]
     crops: list[np.ndarray] = []
     # The five types, then the further ones a PBC-trained typer names; a "WBC" it calls a platelet
     # is a platelet (counted as one), not a white cell.
-    types = WBC_TYPES + tuple(c for c in get_model(type_model, device)[1]["classes"]
+    types = WBC_TYPES + tuple(c for c in type_card["classes"]
                               if c in EXTRA_TYPES and c not in CATEGORIES)
     if wbcs:
         probs, _, classes = type_wbcs(image, wbcs, type_model, device)  # the gallery cuts its own crops

@@ -27,6 +27,7 @@ from hemaseg.data.transforms import (
     transfer_look,
 )
 from hemaseg.engine.plots import plot_confusion, plot_curves
+from hemaseg.engine.runtime import softmax
 from hemaseg.engine.train import (
     _seed_all,
     begin_epoch,
@@ -694,10 +695,10 @@ def make_ensemble(models: list, out: str | Path, split: str | Path | None = None
                                         Path(cache) if cache else out.parent / "crops", progress, card["crop_padding"])
         ext = ext[:, :model.extras]
         labels = np.array([classes.index(c) for _, c in val], int)
-        raw = predict(model, img, extras=ext, colour=card["normalization"]["colour"], parts=parts)
-        temperature = fit_temperature(predict(model, img, extras=ext, logits=True, colour=card["normalization"]["colour"],
-                                              parts=parts), labels)
-        probs = predict(model, img, extras=ext, temperature=temperature, colour=card["normalization"]["colour"], parts=parts)
+        # One pass (the four views' logits); the probabilities at any temperature follow from it (as predict's).
+        logits = predict(model, img, extras=ext, logits=True, colour=card["normalization"]["colour"], parts=parts)
+        temperature = fit_temperature(logits, labels)
+        raw, probs = (softmax(logits / t, axis=-1).mean(0) for t in (1.0, temperature))
         val_scores = {**scores(probs, labels, classes), "ece_uncalibrated": expected_calibration_error(raw, labels)}
     card = {**card, "temperature": temperature, "metrics": {"val": val_scores}}
     save_model(model, out, card)
