@@ -159,7 +159,7 @@ def test_found_red_cells_without_free_ones_to_compare_cut_nothing(monkeypatch):
     assert (c2 == classes).all() and (i2 == instances).all()
 
 
-def test_a_found_red_cell_lying_partly_outside_the_wbc_is_cut_only_when_asked(monkeypatch):
+def test_a_found_red_cell_lying_partly_outside_the_wbc_is_cut_by_its_share_outside(monkeypatch):
     """No free red cell to learn the colours from: the vote cuts nothing; ``red_outside`` cuts a red
     cell by its share outside the WBC (here about 0.3), whatever its colour."""
     import hemaseg.tasks.wbc as W
@@ -168,12 +168,14 @@ def test_a_found_red_cell_lying_partly_outside_the_wbc_is_cut_only_when_asked(mo
     classes[:, 196:], instances[:, 196:] = 0, 0  # the network took only the red cell's near part
     monkeypatch.setattr(W, "red_cell_labels", _pink_cells)
     c2, i2 = W.reject_found_red_cells(img, classes, instances, diameter=60)
-    assert (c2 == classes).all() and (i2 == instances).all()  # the default: off
+    assert (c2 == classes).all() and (i2 == instances).all()  # the default (0.5): about 0.3 lies outside
     c3, i3 = W.reject_found_red_cells(img, classes, instances, diameter=60, p=W.WbcParams(red_outside=0.2))
     assert c3[100, 190] == 0 and i3[100, 190] == 0  # the red cell's near part is no longer cytoplasm
     assert c3[100, 170] == 1 and c3[100, 150] == 2 and i3[100, 150] == 1  # the WBC is whole
     c4, _ = W.reject_found_red_cells(img, classes, instances, diameter=60, p=W.WbcParams(red_outside=0.4))
     assert (c4 == classes).all()  # under 0.4 of it lies outside: it stays
+    c5, _ = W.reject_found_red_cells(img, classes, instances, diameter=60, p=W.WbcParams(red_outside=1.01))
+    assert (c5 == classes).all()  # above 1: the rule is off
 
 
 def test_a_cell_whose_nucleus_is_a_found_red_cell_goes_but_not_for_an_oversized_one(monkeypatch):
