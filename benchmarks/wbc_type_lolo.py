@@ -122,6 +122,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="each run's seed (its labs' validation split and training draws); "
                                                         "the test lab is every crop of it whatever the seed")
     ap.add_argument("--mixstyle", type=float, default=0.0, help="MixStyle's probability in training (0: none)")
+    ap.add_argument("--lab-balance", type=int, default=0,
+                    help="within each type the training labs share its draws by min(their crops of it, N) (0: pooled)")
     ap.add_argument("--table-only", action="store_true", help="no training: the tables from the runs' lolo.json")
     args = ap.parse_args()
 
@@ -147,7 +149,7 @@ def main() -> None:
         cfg = ClassifyConfig(data=[str(args.data / LABS[k]) for k in train_labs], epochs=args.epochs,
                              samples_per_epoch=args.samples_per_epoch, cache=str(cache), extras=not args.no_extras,
                              colour=args.colour, crop_padding=args.crop_padding, seed=args.seed,
-                             mixstyle=args.mixstyle)
+                             mixstyle=args.mixstyle, lab_balance=args.lab_balance)
         if args.looks:
             cfg.looks = [str(d) for d in sorted(args.looks.iterdir()) if d.is_dir() and d.name != LOOK_SOURCE.get(name)]
             cfg.looks_share = args.looks_share
@@ -157,7 +159,7 @@ def main() -> None:
             cfg.target_images = [str(args.targets / s) for s in args.target_sources]
         if (run / "state.json").exists():  # resumed: it must be the run asked for, not another input's
             was = json.loads((run / "state.json").read_text())["config"]
-            for k in ("colour", "crop_padding", "extras", "looks", "target_images", "seed", "mixstyle"):
+            for k in ("colour", "crop_padding", "extras", "looks", "target_images", "seed", "mixstyle", "lab_balance"):
                 if was.get(k, getattr(ClassifyConfig(), k)) != getattr(cfg, k):
                     raise SystemExit(f"{run}: a run with {k}={was.get(k)!r}, not {getattr(cfg, k)!r}; give another --runs")
         t0 = time.time()

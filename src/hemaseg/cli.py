@@ -465,6 +465,9 @@ def train(
                                                      "image: reflect it, or background (the slide's own colour; "
                                                      "training then also cuts some crops tight around their cell, "
                                                      "as crops cut on a WBC's box are) (default reflect)"),
+    lab_balance: Optional[int] = typer.Option(None, help="wbc-type: within each type, the --data labs share its "
+                                              "draws in proportion to min(their crops of it, N), so a small lab is "
+                                              "not drowned by a large one (default 0: class-balanced over all crops)"),
     held_out: Optional[str] = typer.Option(None, help="smear10: split JSON whose 'val' crops stay out of training "
                                                       "(the WBC-type classifier's: benchmarks/splits/wbc-type-3labs.json)"),
     real_fields: Optional[float] = typer.Option(None, help="smear10: share of the training draws that are real "
@@ -516,7 +519,7 @@ def train(
                           looks=looks or None, leave_out=leave_out or None, paste_red_cells=paste_red_cells,
                           modality_transfer=modality_transfer, split=split, real_fields=real_fields,
                           modalities=modalities or None, depth_weight=depth_weight, colour=colour,
-                          crop_padding=crop_padding_)
+                          crop_padding=crop_padding_, lab_balance=lab_balance)
             if out is not None and out.resolve() != resume.resolve():
                 raise HemasegUsageError("--out", "give --out RUN to start a run or --resume RUN to continue one, "
                                                  "not both")
@@ -537,7 +540,7 @@ def train(
                 normalise_cells=normalise_cells, leave_out=leave_out or None, paste_red_cells=paste_red_cells,
                 modality_transfer=modality_transfer, split=str(split.resolve()) if split else None,
                 real_fields=real_fields, modalities=modalities or None, colour=colour, crop_padding=crop_padding_,
-                depth_weight=depth_weight)
+                depth_weight=depth_weight, lab_balance=lab_balance)
             prepare_run(out, overwrite=overwrite, extra_files=spec.run_files)
             state, run = spec.fit(cfg, out), out
     except HemasegUsageError as exc:

@@ -364,6 +364,30 @@ def test_train_takes_other_labs_looks_from_the_command_line(tmp_path):
     assert card["training"]["looks"] == {"from": [str(other.resolve())], "crops": 4, "share": 0.5}
 
 
+def test_lab_balance_gives_a_small_lab_its_share_of_each_type(tmp_path):
+    from hemaseg.tasks.wbc_type.train import draw_weights
+
+    # one type held by a big lab (90 crops) and a small one (10): pooled, the small lab gets 10 % of the
+    # type's draws; with lab_balance 50, min(90, 50) : min(10, 50) = 50 : 10, so 1/6 of them
+    labels, labs = np.zeros(100, int), np.r_[np.zeros(90, int), np.ones(10, int)]
+    assert np.isclose(draw_weights(labels, labs, 1)[labs == 1].sum(), 0.10)
+    assert np.isclose(draw_weights(labels, labs, 1, lab_balance=50)[labs == 1].sum(), 1 / 6)
+    assert np.isclose(draw_weights(labels, labs, 1, lab_balance=5)[labs == 1].sum(), 0.5)
+    # a type of one crop (a lab's only basophil) is still drawn less than the others, balanced or not
+    labels2, labs2 = np.r_[np.zeros(50, int), [1]], np.r_[np.zeros(50, int), [1]]
+    for n in (0, 50):
+        w = draw_weights(labels2, labs2, 2, lab_balance=n)
+        assert w[-1] < 0.5 * w[:-1].sum() and np.isclose(w.sum(), 1.0)
+    data, small = _crops(tmp_path / "a", per_class=4), _crops(tmp_path / "b", per_class=2, seed=5)
+    base = ["train", "wbc-type", "--data", str(data), "--data", str(small), "--backbone", TINY_BACKBONE, "--epochs",
+            "1", "--batch-size", "4", "--crop", "48", "--samples-per-epoch", "8", "--val-fraction", "0.25"]
+    res = runner.invoke(app, base + ["--out", str(tmp_path / "bad"), "--lab-balance", "-1"])
+    assert res.exit_code == 2 and "--lab-balance" in res.output and not (tmp_path / "bad").exists()
+    res = runner.invoke(app, base + ["--out", str(tmp_path / "run"), "--lab-balance", "2"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "run" / "model.json").read_text())["training"]["lab_balance"] == 2
+
+
 def test_train_takes_a_split_file_whatever_the_seed_and_refuses_a_wrong_one(tmp_path):
     data = _crops(tmp_path / "a", per_class=4)
     items = sorted((str(p), p.parent.name.lower()) for p in data.rglob("*.jpg"))

@@ -31,7 +31,7 @@ class WbcTypeTask(Task):
     depends = DEPENDS
 
     train_options = ("target_images", "backbone", "normalise_cells", "init", "replay", "ruler", "looks", "split", "colour",
-                     "crop_padding")
+                     "crop_padding", "lab_balance")
 
     def train_config(self, **options) -> ClassifyConfig:
         """A :class:`ClassifyConfig` from ``hemaseg train``'s options (None: the default; ``crop`` is
@@ -51,6 +51,8 @@ class WbcTypeTask(Task):
             given["extras"] = given.pop("ruler")
         check_colour(given.get("colour", "rgb"))
         check_crop_padding(given.get("crop_padding", "reflect"))
+        if given.get("lab_balance", 0) < 0:
+            raise HemasegUsageError("--lab-balance", f"{given['lab_balance']}: 0 (off) or a number of crops")
         for option in ("colour", "crop_padding"):
             if given.get("init") and option in given:
                 raise HemasegUsageError("--" + option.replace("_", "-"), "a fine-tune (--init) sees crops as its start "

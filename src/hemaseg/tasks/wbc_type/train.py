@@ -122,6 +122,11 @@ class ClassifyConfig:
     # MixStyle's probability (:func:`hemaseg.models.classifier.mix_style`): crops' feature styles mixed in
     # training after the backbone's first two stages; 0: none
     mixstyle: float = 0.0
+    # 0: the draws are class-balanced over the pooled crops, so a lab holding most crops of a type (PBC)
+    # gives most of that type's draws. N > 0: within each type the labs (the ``data`` folders) share its
+    # draws in proportion to min(their crops of it, N) (:func:`draw_weights`): a small lab is not drowned
+    # by a large one, and a lab's handful of crops of a type is not drawn as often as another's hundreds
+    lab_balance: int = 0
 
 
 def check_colour(colour: str) -> None:
@@ -335,6 +340,37 @@ def scores(probs: np.ndarray, labels: np.ndarray, classes: list[str] | None = No
     return out
 
 
+def draw_weights(labels: np.ndarray, labs: np.ndarray, n_classes: int, lab_balance: int = 0) -> np.ndarray:
+    """Each training crop's weight in the draws (they sum to 1).
+
+    Class-balanced: every type gets the same share of the draws, but a type of a handful of crops (one
+    basophil) is not drawn as often as the others (it would be memorised, not learned): its share is
+    scaled down to its crops over a tenth of the largest type's. With ``lab_balance`` N > 0, within a
+    type the labs (``labs``: each crop's lab index) share its draws in proportion to min(their crops of
+    it, N), so a lab of a few dozen crops is not drowned by a lab of hundreds.
+
+    Examples
+    --------
+    >>> labels, labs = np.array([0, 0, 0, 0, 1, 1]), np.array([0, 0, 0, 1, 0, 1])
+    >>> [round(float(w), 3) for w in draw_weights(labels, labs, 2)]
+    [0.125, 0.125, 0.125, 0.125, 0.25, 0.25]
+    >>> [round(float(w), 3) for w in draw_weights(labels, labs, 2, lab_balance=1)]  # each lab half of a type
+    [0.083, 0.083, 0.083, 0.25, 0.25, 0.25]
+    """
+    counts = np.bincount(labels, minlength=n_classes).astype(float)
+    floor = 0.1 * counts.max()
+    w = 1.0 / np.maximum(counts[labels], floor)  # a type's draws: its crops over max(its crops, the floor)
+    if lab_balance > 0:
+        for c in np.unique(labels):
+            in_c = labels == c
+            type_share = counts[c] / max(counts[c], floor)
+            lab_n = {k: int((labs[in_c] == k).sum()) for k in np.unique(labs[in_c])}
+            total = sum(min(n, lab_balance) for n in lab_n.values())
+            for k, n in lab_n.items():  # the type's draws split over its labs by min(crops, N), evenly within each
+                w[in_c & (labs == k)] = type_share * min(n, lab_balance) / total / n
+    return w / w.sum()
+
+
 def _under(path: Path, root: str) -> bool:
     """``path`` lies in the folder ``root``."""
     try:
@@ -484,9 +520,9 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
                           looks if cfg.augment else None, cfg.looks_share, cfg.colour,
                           cfg.tight_p if cfg.augment and cfg.crop_padding == "background" else 0.0)
     counts = np.bincount(tr_lab, minlength=len(classes)).astype(float)
-    # Class-balanced draws, but a class of a handful of crops (one basophil) is not drawn as
-    # often as the others: it would be memorised, not learned.
-    sample_w = 1.0 / np.maximum(counts[tr_lab], 0.1 * counts.max())
+    roots = [*cfg.data, *cfg.replay]
+    labs = np.array([next((k for k, r in enumerate(roots) if _under(p, r)), len(roots)) for p, _ in train])
+    sample_w = draw_weights(tr_lab, labs, len(classes), cfg.lab_balance)
     replayed = np.array([any(_under(p, r) for r in cfg.replay) for p, _ in train], bool)
     if replayed.any() and (~replayed).any():
         # The lab's own crops and the replayed labs' share the draws as asked, class-balanced within each.
@@ -508,6 +544,7 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
                      else f"{len(cfg.target_images)} images", "n_train": len(train), "n_val": len(val),
                      "class_counts": dict(zip(classes, counts.astype(int).tolist())), "seed": cfg.seed,
                      "augment": cfg.augment, "split": str(run / "split.json"), "init": cfg.init,
+                     "lab_balance": cfg.lab_balance,
                      "looks": {"from": cfg.looks, "crops": 0 if looks is None else len(looks), "share": cfg.looks_share}
                      if cfg.looks else None},
         "versions": versions(),
