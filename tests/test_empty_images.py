@@ -2,6 +2,7 @@
 7, 4 and 361 WBCs scored about 0.9."""
 import json
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -17,6 +18,15 @@ EMPTY = {
     "white_speckle": np.clip(235 + RNG.normal(0, 1.0, (64, 64, 3)), 0, 255).astype(np.uint8),
     "noise": RNG.integers(0, 256, (96, 128, 3), dtype=np.uint8),
 }
+_YY, _XX = np.mgrid[:96, :128]
+# A blank field under a lamp: a 4-level vignette, a 10-level gradient, smooth noise (gave 4 WBCs, 1 WBC, 92 cells)
+EMPTY.update({
+    "vignette": np.clip(np.array((232.0, 214, 222)) - 4 * (((_YY - 48) / 48) ** 2 + ((_XX - 64) / 64) ** 2)[..., None]
+                        / 2, 0, 255).round().astype(np.uint8),
+    "gradient": (np.array((232.0, 214, 222)) - 10 * (_XX / 128)[..., None]).round().astype(np.uint8),
+    "smooth_noise": np.clip(np.array((232.0, 214, 222)) + 3 * cv2.GaussianBlur(
+        RNG.uniform(-4, 4, (96, 128, 3)).astype(np.float32), (0, 0), 2), 0, 255).round().astype(np.uint8),
+})
 
 
 @pytest.mark.parametrize("model", ["wbc", "nuclei", "smear10", "cells"])
@@ -54,7 +64,7 @@ def test_a_cell_on_a_plain_background_is_still_seen():
     assert featureless(sample) is None and featureless(sample[:120, :120]) is None
 
 
-@pytest.mark.parametrize("name", ["black", "grey", "white_speckle"])
+@pytest.mark.parametrize("name", ["black", "grey", "white_speckle", "vignette", "gradient", "smooth_noise"])
 def test_the_python_typer_and_size_estimate_find_nothing_in_an_empty_image(name):
     """The CLI says NO_WBC for such a crop; the Python functions said "lymphocyte 0.98" and "135 px"."""
     assert hemaseg.classify(EMPTY[name]) == {}
