@@ -195,3 +195,31 @@ def test_red_cell_pieces_keeps_every_nucleus_of_a_grey_image():
     pieces[75:86, 90:101] = 1
     pieces[25:36, 25:36] = 2
     assert not C.red_cell_pieces(grey, pieces, 2).any()
+
+
+def test_the_public_functions_take_what_the_model_functions_take_and_find_nothing_in_noise(tmp_path):
+    """A path, a PIL image, grey, float and 16-bit arrays are taken as ``hemaseg.segment`` takes them (they
+    raised deep OpenCV errors); noise and a faint blank field give no cell (noise gave 12 WBCs, 2,252 cells)."""
+    from hemaseg.errors import HemasegInputError
+
+    img, _ = toy_wbc(np.random.default_rng(0), 64)
+    want = C.hsv_wbc_mask(img)[1].max()
+    assert want == 1
+    Image.fromarray(img).save(tmp_path / "cell.png")
+    for other in (tmp_path / "cell.png", str(tmp_path / "cell.png"), Image.fromarray(img), img / 255.0,
+                  img.astype(np.uint16) * 257):
+        assert C.hsv_wbc_mask(other)[1].max() == want
+    grey = img.mean(-1)
+    assert C.watershed_cells(grey).max() == C.watershed_cells(np.dstack([grey.round().astype(np.uint8)] * 3)).max()
+    assert C.blob_confidence_mask(grey[:40, :40]).shape == (40, 40)
+    with pytest.raises(HemasegInputError, match="image"):
+        C.hsv_wbc_mask([1, 2])
+    noise = np.clip(128 + np.random.default_rng(0).uniform(-5, 5, (120, 160, 1)), 0, 255).round().astype(np.uint8)
+    noise = noise.repeat(3, -1)
+    yy, xx = np.mgrid[:120, :160]
+    faint = (np.array((232.0, 214, 222)) - 4 * (((yy - 60) / 60) ** 2 + ((xx - 80) / 80) ** 2)[..., None]).astype(np.uint8)
+    for blank in (noise, faint):
+        assert C.hsv_wbc_mask(blank)[1].max() == 0 and C.watershed_wbc_mask(blank)[1].max() == 0
+        assert C.watershed_cells(blank).max() == 0 and not C.blob_confidence_mask(blank).any()
+        assert C.segment_classical(blank).count == 0
+        assert C.segment_classical(blank, task="nuclei", method="watershed").count == 0

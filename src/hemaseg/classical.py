@@ -14,11 +14,15 @@ stains and labs rather than on one data set.
 """
 from __future__ import annotations
 
+import functools
+
 import cv2
 import numpy as np
 
+from hemaseg.core.content import featureless
 from hemaseg.core.labels import drop_small, instance_objects, relabel, wbc_objects
 from hemaseg.core.result import Segmentation
+from hemaseg.io.images import as_photo
 
 # A WBC's nucleus is at least this share of the image's biggest: smaller ones are platelets or debris.
 SPECK_SHARE = 0.15
@@ -26,6 +30,26 @@ SPECK_SHARE = 0.15
 # Seed 003 Algorithm 1: OpenCV HSV bounds of "blue" (hue is 0-180 in OpenCV, so 300 saturates).
 SEED_HSV_LOWER = (100, 20, 20)
 SEED_HSV_UPPER = (180, 245, 245)
+
+
+def _takes_photo(empty=None):
+    """Decorator of the public functions: their first argument, ``image``, is taken as the model
+    functions take it (:func:`hemaseg.io.images.as_photo`: a path, grey, RGBA, 16-bit or float array,
+    or a one-line error naming it); with ``empty`` (the result of no cell, from the image's (H, W)),
+    an image with nothing in it (:func:`~hemaseg.core.content.featureless`) gives that result."""
+    def wrap(fn):
+        @functools.wraps(fn)
+        def inner(image, *args, **kwargs):
+            image = as_photo(image)
+            if empty is not None and featureless(image):
+                return empty(image.shape[:2])
+            return fn(image, *args, **kwargs)
+        return inner
+    return wrap
+
+
+def _no_wbc(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    return np.zeros(shape, np.uint8), np.zeros(shape, np.int32)
 
 
 def darkness(image: np.ndarray, sigma: float = 1.0) -> np.ndarray:
@@ -118,6 +142,7 @@ def object_polarity(grey: np.ndarray) -> bool:
     return bool((grey > t).mean() > 0.5)
 
 
+@_takes_photo(empty=lambda shape: np.zeros(shape, np.int32))
 def watershed_cells(image: np.ndarray, min_distance: int | None = None, open_iterations: int = 2,
                     min_area: int | None = None, dark_objects: bool | None = None) -> np.ndarray:
     """Cells or nuclei as instances by Otsu + opening + distance transform + watershed: (H, W) int32 labels.
@@ -169,6 +194,7 @@ def watershed_cells(image: np.ndarray, min_distance: int | None = None, open_ite
     return drop_small(labels, min_area)
 
 
+@_takes_photo()
 def nucleus_mask(image: np.ndarray, thresholds: str = "otsu", min_area: int = 20, split: bool = True,
                  channels: tuple[np.ndarray, np.ndarray] | None = None, colour: np.ndarray | None = None,
                  red_margin: float = 12.0) -> np.ndarray:
@@ -269,6 +295,7 @@ def group_lobes(nucleus: np.ndarray, gap: float = 0.5) -> np.ndarray:
 HSV_CELL_OPEN = 0.1
 
 
+@_takes_photo(empty=_no_wbc)
 def hsv_wbc_mask(image: np.ndarray, thresholds: str = "otsu", reach: float = 0.6,
                  min_nucleus_area: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """WBCs by colour: ((H, W) uint8 classes 0 background, 1 cytoplasm, 2 nucleus, (H, W) int32 instances).
@@ -280,12 +307,13 @@ def hsv_wbc_mask(image: np.ndarray, thresholds: str = "otsu", reach: float = 0.6
     and on stained objects farther than ``reach`` x its nucleus diameter (red cells), so a
     touching red cell stops at its edge.
 
-    >>> import sys; sys.path.insert(0, "tests")
-    >>> from helpers import toy_wbc
-    >>> img, mask = toy_wbc(np.random.default_rng(0), 64)
+    >>> yy, xx = np.mgrid[:64, :64]
+    >>> img = np.full((64, 64, 3), (235, 215, 215), np.uint8)          # a pink background
+    >>> img[(yy - 32) ** 2 + (xx - 32) ** 2 < 16 ** 2] = (180, 150, 215)  # a WBC's cytoplasm
+    >>> img[(yy - 35) ** 2 + (xx - 32) ** 2 < 9 ** 2] = (90, 40, 130)     # its nucleus
     >>> classes, inst = hsv_wbc_mask(img)
-    >>> int(inst.max()), bool(((classes > 0) == (mask > 0)).mean() > 0.9)
-    (1, True)
+    >>> int(inst.max()), int(classes[35, 32]), int(classes[19, 32]), int(classes[2, 2])
+    (1, 2, 1, 0)
     """
     from scipy import ndimage as ndi
 
@@ -426,6 +454,7 @@ def central_instance(instances: np.ndarray) -> int:
     return int(np.nanargmax(areas * (1 - off))) + 1
 
 
+@_takes_photo()
 def wbc_crops(image: np.ndarray, instances: np.ndarray, margin: float = 0.15, square: bool = True) -> list[dict]:
     """Square crops centred on each WBC instance (Algorithm 1's crop): [{"box": (x1, y1, x2, y2), "label"}].
 
@@ -450,6 +479,7 @@ def wbc_crops(image: np.ndarray, instances: np.ndarray, margin: float = 0.15, sq
     return out
 
 
+@_takes_photo(empty=lambda shape: np.zeros(shape, bool))
 def blob_confidence_mask(image: np.ndarray, max_sigma: float | None = None, threshold: float = 0.5,
                          erosion: int = 1, power: float = 1.5) -> np.ndarray:
     """Seed 003 Algorithm 2: LoG, DoG and DoH blobs stacked into a confidence map, thresholded
@@ -503,6 +533,7 @@ def blob_confidence_mask(image: np.ndarray, max_sigma: float | None = None, thre
     return mask
 
 
+@_takes_photo(empty=_no_wbc)
 def blob_wbc_mask(image: np.ndarray, thresholds: str = "otsu") -> tuple[np.ndarray, np.ndarray]:
     """WBCs from the blob confidence mask: blob regions holding a nucleus, hole-filled.
     Returns ((H, W) uint8 classes 0/1/2, (H, W) int32 instances)."""
@@ -517,6 +548,7 @@ def blob_wbc_mask(image: np.ndarray, thresholds: str = "otsu") -> tuple[np.ndarr
     return classes, instances
 
 
+@_takes_photo(empty=_no_wbc)
 def watershed_wbc_mask(image: np.ndarray, thresholds: str = "otsu") -> tuple[np.ndarray, np.ndarray]:
     """WBCs from :func:`watershed_cells`: the cells holding a nucleus (>= 10 % of their area).
     Returns ((H, W) uint8 classes 0/1/2, (H, W) int32 instances)."""
@@ -532,6 +564,7 @@ def watershed_wbc_mask(image: np.ndarray, thresholds: str = "otsu") -> tuple[np.
     return classes, instances
 
 
+@_takes_photo()
 def mask_in_box(image: np.ndarray, box: tuple[int, int, int, int], margin: float = 0.1,
                 kind: str | None = None) -> np.ndarray:
     """The cell inside a detection box as a mask (pseudo-masks from boxes): (y2-y1, x2-x1) bool.
@@ -654,6 +687,7 @@ WBC_METHODS = {"hsv": hsv_wbc_mask, "watershed": watershed_wbc_mask, "blobs": bl
 NUCLEI_METHODS = ("watershed", "blobs")
 
 
+@_takes_photo()
 def segment_classical(image: np.ndarray, task: str = "wbc", method: str = "hsv"):
     """Run a classical method as a drop-in for the model: returns a
     :class:`~hemaseg.core.result.Segmentation` (probabilities are the 0/1 class maps).
@@ -664,6 +698,12 @@ def segment_classical(image: np.ndarray, task: str = "wbc", method: str = "hsv")
     from scipy import ndimage as ndi
 
     image = image[..., :3]
+    if task not in ("wbc", "nuclei"):
+        raise ValueError(f"no classical method for task {task!r}")
+    if method not in (WBC_METHODS if task == "wbc" else NUCLEI_METHODS):
+        raise ValueError(f"{task} methods: {', '.join(WBC_METHODS if task == 'wbc' else NUCLEI_METHODS)}")
+    if featureless(image):  # nothing to find: no cell (the thresholds would split noise into cells)
+        return wbc_segmentation(*_no_wbc(image.shape[:2]))
     if task == "wbc":
         if method not in WBC_METHODS:
             raise ValueError(f"wbc methods: {', '.join(WBC_METHODS)}")
@@ -705,6 +745,7 @@ def stained(image: np.ndarray, where: np.ndarray | None = None) -> np.ndarray:
     return feat > _otsu(feat if where is None or not where.any() else feat[where])
 
 
+@_takes_photo()
 def red_cell_diameter(image: np.ndarray, exclude: np.ndarray | None = None, min_diameter: float = 6.0
                       ) -> float | None:
     """Typical red-cell diameter (px) in an (H, W, 3) image, from the stained pixels outside
