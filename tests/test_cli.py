@@ -150,3 +150,36 @@ def test_python_dash_m_runs_the_same_command_line():
     res = subprocess.run([sys.executable, "-m", "hemaseg", "segment", "--task", "nope", "x.png"], capture_output=True,
                          text=True, timeout=120)
     assert res.returncode == 2 and "nope" in res.stdout + res.stderr
+
+
+def test_evaluate_never_writes_over_its_data_or_one_output_over_the_other(tmp_path, wbc_folder):
+    """--grid onto a mask, --json onto an image, --json and --grid one file: refused before any work (the mask was
+    replaced by a picture grid, the image by JSON, the grid lost); a model of another task is refused too (it scored
+    0.0 everywhere, or failed deep inside)."""
+    mask, image = wbc_folder / "000.png", wbc_folder / "001.bmp"
+    before = mask.read_bytes(), image.read_bytes()
+    for args, says in ((["--grid", str(mask)], "--grid"), (["--json", str(image)], "--json"),
+                       (["--json", str(tmp_path / "x.out"), "--grid", str(tmp_path / "x.out")], "also --json"),
+                       (["--model", "nuclei"], "is a nuclei model, not a wbc model"),
+                       (["--model", "smear10"], "is a smear10 model, not a wbc model")):
+        res = runner.invoke(app, ["evaluate", "wbc", "--data", str(wbc_folder), *args])
+        assert res.exit_code == 2 and says in res.output, (args, res.output)
+    assert (mask.read_bytes(), image.read_bytes()) == before and not (tmp_path / "x.out").exists()
+
+
+def test_classify_refuses_a_segmentation_model_and_crop_an_input_where_its_crops_go(tmp_path):
+    from helpers import toy_wbc
+
+    img, _ = toy_wbc(np.random.default_rng(0), 96)
+    Image.fromarray(img).save(tmp_path / "cell.png")
+    for model in ("wbc", "smear10"):  # answered NO_WBC for every crop, or an IndexError
+        res = runner.invoke(app, ["classify", "-f", str(tmp_path / "cell.png"), "--model", model,
+                                  "-o", str(tmp_path / "p.csv")])
+        assert res.exit_code == 2 and f"is a {model} model, not a wbc-type model" in res.output
+    assert not (tmp_path / "p.csv").exists()
+    (tmp_path / "c" / "unknown").mkdir(parents=True)
+    later = tmp_path / "c" / "unknown" / "cell_1.png"
+    Image.fromarray(img).save(later)
+    before = later.read_bytes()
+    res = runner.invoke(app, ["crop", str(tmp_path / "cell.png"), str(later), "--out", str(tmp_path / "c")])
+    assert res.exit_code == 2 and "where the crops go" in res.output and later.read_bytes() == before

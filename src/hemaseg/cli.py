@@ -27,7 +27,7 @@ from hemaseg.io.convert import convert as run_convert
 from hemaseg.io.images import IMAGE_SUFFIXES, list_images, open_image, pixel_size_um, read_image
 from hemaseg.io.outputs import output_stems, write_segmentation
 from hemaseg.io.writers import check_output, write_json, write_png, write_text
-from hemaseg.models.registry import SAMPLE_PHOTO, WEIGHTS_DIR, card_figures, list_models
+from hemaseg.models.registry import SAMPLE_PHOTO, WEIGHTS_DIR, card_figures, list_models, load_card
 from hemaseg.pipelines.analyze import MIN_CONFIDENCE
 from hemaseg.pipelines.batch import BatchOptions, dask_client, is_done, prepare_batch, run_photos, write_batch_files
 from hemaseg.pipelines.export import EXPORTERS
@@ -592,10 +592,14 @@ def classify(
     check_backend(backend)
     try:
         loaded = get_model(model or "wbc-type", dev, backend)
-        group_probs(np.zeros((0, len(loaded[1]["classes"]))), list(loaded[1]["classes"]), mode)
     except HemasegError as exc:
         _fail_error(exc, model or "wbc-type")
         raise typer.Exit(2) from None
+    if loaded[1].get("task", "wbc-type") != "wbc-type":  # a segmentation model answered NO_WBC for every crop
+        _fail(model, f"is a {loaded[1].get('task')} model, not a wbc-type model")
+        raise typer.Exit(2)
+    try:
+        group_probs(np.zeros((0, len(loaded[1]["classes"]))), list(loaded[1]["classes"]), mode)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="-m") from None
     ok_paths, cells, pending = [], [], []
@@ -718,7 +722,19 @@ def evaluate(
     for option, path in (("--json", json_out), ("--grid", grid)):
         if path is not None:
             check_output(path, option, folder=False)
+            _not_an_input(path, option, data)
+    if json_out is not None and grid is not None and json_out.resolve() == grid.resolve():
+        raise HemasegUsageError("--grid", f"{grid} is also --json; give the picture another name")
     dev = _device(device)
+    if not method:
+        try:
+            card = load_card(model or spec.default_model)[1]
+        except HemasegError as exc:
+            _fail_error(exc, model or spec.default_model)
+            raise typer.Exit(2) from None
+        if card.get("task", spec.name) != spec.name:  # scored 0.0 everywhere, or failed deep inside
+            _fail(model, f"is a {card.get('task')} model, not a {spec.name} model")
+            raise typer.Exit(2)
     try:
         res = spec.evaluate(data, model or spec.default_model, split, cell_diameter, dev, grid, method)
     except HemasegError as exc:
@@ -728,6 +744,14 @@ def evaluate(
         typer.echo(line)
     if json_out:
         write_json(json_out, res)
+
+
+def _not_an_input(path: Path, option: str, folders: List[str]) -> None:
+    """Refuse an output file that is an existing file under one of the input ``folders`` (a mask, an
+    image or a label the run reads)."""
+    p = path.resolve()
+    if p.exists() and any(p.is_relative_to(Path(f).resolve()) for f in folders):
+        raise HemasegUsageError(option, f"{path} is a file of the data being scored; give another file")
 
 
 @app.command()
@@ -756,6 +780,10 @@ def crop(
     if not paths:
         _fail(" ".join(images), "no images found")
         raise typer.Exit(1)
+    inside = [p for p in paths if Path(p).resolve().is_relative_to((out / "unknown").resolve())]
+    if inside:  # a crop written there could replace it before it is read
+        raise HemasegUsageError("--out", f"{inside[0]} lies in {out / 'unknown'}, where the crops go; give another "
+                                         "--out")
     stems = _stems(paths, out / "unknown", ["_<k>.png"], fixed=[("--out", out / "crops.csv")])
     rows = []
 
@@ -900,6 +928,12 @@ def export(
     bioimage.io model package (TorchScript weights, test tensors, processing described), validated with the
     bioimage.io spec library and bioimageio.core before it is written."""
     check_output(out, "--out", folder=False)
+    card_out = out.with_suffix(".json")
+    if format == "onnx" and card_out.exists() and out.with_suffix(".safetensors").exists():
+        # the card beside PATH.onnx would replace the card of the model PATH.safetensors (another model's, or
+        # the one being exported): that model would no longer load
+        raise HemasegUsageError("--out", f"{card_out} is the card of {out.with_suffix('.safetensors')}; "
+                                         "give the ONNX file another name or folder")
     try:
         summary = run_export(model, format, out)
     except HemasegInputError as exc:

@@ -56,3 +56,16 @@ def test_a_format_registers_in_one_line(monkeypatch, tmp_path):
     calls = []
     monkeypatch.setitem(export_mod.EXPORTERS, "echo", lambda model, out: calls.append((model, out)) or {"ok": 1})
     assert export_mod.export("wbc", "echo", tmp_path / "x") == {"ok": 1} and calls == [("wbc", tmp_path / "x")]
+
+
+def test_export_never_replaces_the_card_of_a_model_beside_it(tiny_model_path, tmp_path):
+    """PATH.onnx's card is PATH.json: when PATH.safetensors is there, that is its model's card (was replaced by
+    another model's, which then no longer loaded)."""
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    for suffix in (".safetensors", ".json"):
+        (folder / f"wbc{suffix}").write_bytes(tiny_model_path.with_suffix(suffix).read_bytes())
+    before = (folder / "wbc.json").read_bytes()
+    res = runner.invoke(app, ["export", str(tiny_model_path), "--out", str(folder / "wbc.onnx")])
+    assert res.exit_code == 2 and "wbc.json is the card of" in res.output
+    assert (folder / "wbc.json").read_bytes() == before and not (folder / "wbc.onnx").exists()
