@@ -249,12 +249,14 @@ def test_group_probs_modes_for_an_eight_class_model():
 def test_classify_marks_crops_without_a_wbc_and_unsure_ones(tmp_path, tiny_classifier):
     d = _crops(tmp_path / "c", per_class=1, classes=("Monocyte",))
     Image.fromarray(np.full((48, 48, 3), 230, np.uint8)).save(d / "empty.png")  # plain background: no WBC
+    noise = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)  # enlarged, it looked smooth
+    Image.fromarray(noise).save(d / "tiny.png")
     out = tmp_path / "o.csv"
     res = runner.invoke(app, ["classify", "-d", str(d), "-o", str(out), "--model", str(tiny_classifier), "-m", "3",
                               "--min-confidence", "0.99"])
     assert res.exit_code == 0, res.output
     rows = {r[0]: r for r in list(csv.reader(out.open()))[1:]}
-    assert rows[str(d / "empty.png")][1] == "NO_WBC"
+    assert rows[str(d / "empty.png")][1] == "NO_WBC" and rows[str(d / "tiny.png")][1] == "NO_WBC"
     cell = next(r for k, r in rows.items() if k.endswith(".jpg"))
     assert cell[1] == "UNSURE" and abs(sum(map(float, cell[2:])) - 1) < 1e-4  # an untrained model is never 99 % sure
     res = runner.invoke(app, ["classify", "-d", str(d), "--model", str(tiny_classifier), "--min-confidence", "2"])

@@ -977,7 +977,9 @@ def segment_wbc_crops(images: list[np.ndarray], model="wbc", side: int = CROP_SI
                                        interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR))
     todo = []
     for i, small in enumerate(small_images):
-        if featureless(small[::2, ::2]):  # checked about the scale the network sees (every other pixel is enough)
+        # checked about the scale the network sees (every other pixel is enough), and a crop smaller than that
+        # as it is too (enlarged, 8 px of noise turn smooth and pass)
+        if featureless(small[::2, ::2]) or (small.shape[0] > images[i].shape[0] and featureless(images[i])):
             out[i] = (np.zeros(small.shape[:2], np.uint8), np.zeros(small.shape[:2], np.int32),
                       small.shape[1] / images[i].shape[1])
         else:
