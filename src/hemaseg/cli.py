@@ -837,8 +837,12 @@ def synth(
         cfg = synth_config(param or [], size=size)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--param") from None
+    for d in data or []:  # a folder that is not there gave procedural cells only, without a word
+        if not Path(d).is_dir():
+            raise HemasegUsageError("--data", f"{d}: not a folder")
+    held = held_out_crops(held_out)
     try:
-        bank = load_bank([str(d) for d in data or []], part, seed, held_out=held_out_crops(held_out))
+        bank = load_bank([str(d) for d in data or []], part, seed, held_out=held)
     except HemasegError as exc:
         _fail_error(exc)
         raise typer.Exit(1) from None

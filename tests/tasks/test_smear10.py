@@ -196,6 +196,16 @@ def test_synth_cli_writes_seed002_folders(tmp_path):
     assert dark[background].max(1).mean() < 140  # grey to black, not white/pink/yellow
     res = runner.invoke(app, ["synth", "--n", "1", "--out", str(out), "--param", "dark=1"])
     assert res.exit_code != 0 and "dark_background" in res.output
+    # values a parameter cannot take: one line naming it, exit 2, nothing written (they raised ValueError,
+    # cv2.error or TypeError deep inside, or were taken: a chance of 5, a size --size then replaced)
+    for bad in ("rbc_diameter=[60,40]", "rbc_diameter=[-5,0]", "rbc_diameter=[40,null]", "wbc_ratio=[0,0]",
+                "dark_background=5", "size=0", "thrombocytes=[3,1]", "wbc_counts=[0,0,0,0]"):
+        res = runner.invoke(app, ["synth", "--n", "1", "--out", str(tmp_path / "bad"), "--param", bad])
+        assert res.exit_code == 2 and bad.split("=")[0] in res.output, (bad, res.output)
+    for args in (["--held-out", str(tmp_path / "nosuch.json")], ["--data", str(tmp_path / "nosuch")]):
+        res = runner.invoke(app, ["synth", "--n", "1", "--out", str(tmp_path / "bad"), *args])
+        assert res.exit_code == 2 and "nosuch" in res.output, (args, res.output)
+    assert not (tmp_path / "bad" / "images").exists()
     (out / "labels" / "bad.json").write_text('{"0": {"className": "x"}}')
     with pytest.raises(Exception, match="bad.json"):
         read_smear_labels(out / "labels" / "bad.json")

@@ -93,13 +93,57 @@ def synth_config(params: list[str] | tuple[str, ...] = (), **fixed) -> SynthConf
             raise ValueError(f"synthesis parameter {key}: {text!r} is not a JSON value") from None
         default = getattr(base, key)
         if isinstance(default, tuple):
-            if not isinstance(value, list) or len(value) != len(default):
+            if not isinstance(value, list) or len(value) != len(default) or not all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
                 raise ValueError(f"synthesis parameter {key}: expected a list of {len(default)} numbers, got {text}")
             value = tuple(float(v) if isinstance(d, float) else v for v, d in zip(value, default))
-        elif isinstance(default, (int, float)) and not isinstance(value, (int, float)):
+        elif isinstance(default, (int, float)) and (isinstance(value, bool) or not isinstance(value, (int, float))):
             raise ValueError(f"synthesis parameter {key}: expected a number, got {text}")
+        _check_param(key, value, text)
         kw[key] = value
     return replace(base, **{**kw, **fixed})
+
+
+# What each parameter may hold (:func:`synth_config` checks a value given as KEY=VALUE against it).
+_CHANCES = {"clump_probability", "real_share", "dark_background", "real_infected", "overlap_darken", "refractile",
+            "twin_share", "seed_style"}  # one probability
+_SHARE_RANGES = {"rbc_coverage", "infected_share"}  # (low, high) within 0-1
+_RANGES = {"rbc_diameter": 2.0, "platelet_ratio": 1e-3, "thrombocytes": 0.0, "blur": 0.0}  # (low, high), low >= this
+_WEIGHTS = {"rbc_modes", "wbc_counts"}  # chances, none negative, not all 0
+_NON_NEGATIVE = {"overlap", "feather", "stain_jitter"}
+
+
+def _check_param(key: str, value, text: str) -> None:
+    """ValueError naming ``key`` when ``value`` is not a value that parameter can take.
+
+    >>> _check_param("rbc_diameter", (60.0, 40.0), "[60,40]")
+    Traceback (most recent call last):
+    ...
+    ValueError: synthesis parameter rbc_diameter: [60,40] is no range (low <= high, low >= 2.0)
+    """
+    def numbers(v) -> bool:
+        return all(isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x) for x in v)
+
+    if key == "size":
+        raise ValueError("synthesis parameter size: give --size instead")
+    if isinstance(value, tuple) and not numbers(value):
+        raise ValueError(f"synthesis parameter {key}: {text} holds something that is not a number")
+    if key in _CHANCES and not 0 <= value <= 1:
+        raise ValueError(f"synthesis parameter {key}: {text} is a chance; give a number from 0 to 1")
+    if key in _SHARE_RANGES and not 0 <= value[0] <= value[1] <= 1:
+        raise ValueError(f"synthesis parameter {key}: {text} is no range of shares (0 <= low <= high <= 1)")
+    if key in _RANGES and not _RANGES[key] <= value[0] <= value[1]:
+        raise ValueError(f"synthesis parameter {key}: {text} is no range (low <= high, low >= {_RANGES[key]})")
+    if key in _WEIGHTS and (min(value) < 0 or sum(value) <= 0):
+        raise ValueError(f"synthesis parameter {key}: {text}: chances must be >= 0, not all 0")
+    if key in _NON_NEGATIVE and value < 0:
+        raise ValueError(f"synthesis parameter {key}: {text} must be >= 0")
+    if key == "wbc_ratio":
+        types = set(SynthConfig().wbc_ratio)
+        if not isinstance(value, dict) or not value or not set(value) <= types or not all(
+                isinstance(r, list) and len(r) == 2 and numbers(r) and 0 < r[0] <= r[1] for r in value.values()):
+            raise ValueError(f"synthesis parameter wbc_ratio: {text}: expected {{TYPE: [low, high], ...}} with TYPE "
+                             f"among {', '.join(sorted(types))} and 0 < low <= high")
 
 
 @dataclass

@@ -13,7 +13,7 @@ from hemaseg.core.vocabulary import category_of
 from hemaseg.data.transforms import colour_augs, normalize, optics_augs, percentile_range
 from hemaseg.data.weights import class_balance_weights
 from hemaseg.engine.losses import IGNORE
-from hemaseg.errors import HemasegInputError
+from hemaseg.errors import HemasegInputError, HemasegUsageError
 from hemaseg.io.annotations import find_yolo, read_yolo_labels, yolo_names
 from hemaseg.io.datasets import read_smear_pairs
 from hemaseg.io.images import read_image
@@ -273,8 +273,13 @@ def held_out_crops(split_file: str | Path | None) -> set[str] | None:
         return None
     import json
 
-    d = json.loads(Path(split_file).read_text())
-    return {crop_key(e[0] if isinstance(e, list) else e) for e in d["val"]}
+    try:
+        d = json.loads(Path(split_file).read_text())
+        return {crop_key(e[0] if isinstance(e, list) else e) for e in d["val"]}
+    except FileNotFoundError:
+        raise HemasegUsageError("--held-out", f"{split_file}: no such file") from None
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        raise HemasegUsageError("--held-out", f"{split_file}: not a split JSON with a 'val' list") from None
 
 
 def load_bank(data: list[str], part: str, seed: int, cache: Path | None = None,
