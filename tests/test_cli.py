@@ -183,3 +183,18 @@ def test_classify_refuses_a_segmentation_model_and_crop_an_input_where_its_crops
     before = later.read_bytes()
     res = runner.invoke(app, ["crop", str(tmp_path / "cell.png"), str(later), "--out", str(tmp_path / "c")])
     assert res.exit_code == 2 and "where the crops go" in res.output and later.read_bytes() == before
+
+
+def test_evaluate_scores_the_good_pairs_beside_a_bad_one_and_says_which(tmp_path, wbc_folder):
+    """A corrupt mask, a mask of another size or a folder that is not there: one line each, the other pairs
+    scored and written, exit 1 (nothing was scored before); no pair at all: exit 1, no table."""
+    (wbc_folder / "003.png").write_bytes(b"junk")
+    Image.fromarray(np.zeros((50, 50), np.uint8)).save(wbc_folder / "004.png")
+    res = runner.invoke(app, ["evaluate", "wbc", "--data", str(wbc_folder), "--data", str(tmp_path / "nosuch"),
+                              "--json", str(tmp_path / "s.json"), "--grid", str(tmp_path / "g.png")])
+    assert res.exit_code == 1, res.output
+    assert "003.png: not an image" in res.output and "does not match" in res.output and "nosuch: not a folder" in res.output
+    out = json.loads((tmp_path / "s.json").read_text())
+    assert out["n_images"] == 8 and len(out["failed"]) == 3 and (tmp_path / "g.png").exists()
+    res = runner.invoke(app, ["evaluate", "wbc", "--data", str(tmp_path / "nosuch")])
+    assert res.exit_code == 1 and "nosuch" in res.output and "MEAN" not in res.output

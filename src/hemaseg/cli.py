@@ -744,6 +744,10 @@ def evaluate(
         typer.echo(line)
     if json_out:
         write_json(json_out, res)
+    for f in res.get("failed", []):  # each skipped image or folder: one line; the others were scored
+        _fail(f["image"], f["reason"])
+    if res.get("failed"):
+        raise typer.Exit(1)
 
 
 def _not_an_input(path: Path, option: str, folders: List[str]) -> None:

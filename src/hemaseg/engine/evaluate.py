@@ -6,6 +6,7 @@ import json
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from hemaseg.engine.predict import get_model
@@ -31,17 +32,43 @@ def select_split(pairs: list[Pair], split_file: str | Path, part: str = "val") -
     return chosen
 
 
-def _score_each(pairs: list[Pair], load, run, score) -> list[dict]:
-    """One row per pair: ``score(seg, target, image)`` plus the image, seconds, diameter and scale."""
+def _score_each(pairs: list[Pair], load, run, score, failed: list[dict] | None = None) -> list[dict]:
+    """One row per pair: ``score(seg, target, image)`` plus the image, seconds, diameter and scale. A pair
+    that cannot be read or scored (a corrupt file, a mask of another size) is skipped and listed in
+    ``failed`` ({"image", "reason"}) when given (else its error is raised): the others are still scored."""
     rows = []
     for pair in track(pairs, "evaluate"):
-        image, target = load(pair)
-        t0 = time.perf_counter()
-        seg = run(image)
-        seconds = time.perf_counter() - t0
-        rows.append({"image": str(pair.image), **score(seg, target, image), "seconds": seconds,
-                     "cell_diameter": seg.cell_diameter, "scale": seg.scale})
+        try:
+            image, target = load(pair)
+            t0 = time.perf_counter()
+            seg = run(image)
+            seconds = time.perf_counter() - t0
+            rows.append({"image": str(pair.image), **score(seg, target, image), "seconds": seconds,
+                         "cell_diameter": seg.cell_diameter, "scale": seg.scale, "_pair": pair})
+        except HemasegInputError as exc:
+            if failed is None:
+                raise
+            failed.append({"image": str(exc.path), "reason": exc.reason})
     return rows
+
+
+def find_each(data: list, find, failed: list[dict]) -> list:
+    """``find(folder)``'s samples of every folder in ``data``; a folder that is not there or holds none is
+    listed in ``failed`` and the others are used. :class:`HemasegInputError` when none holds any."""
+    out = []
+    for d in data:
+        try:
+            found = list(find(d))
+        except HemasegInputError as exc:
+            failed.append({"image": str(exc.path), "reason": exc.reason})
+            continue
+        if not found:
+            failed.append({"image": str(d), "reason": "no annotated images found"})
+        out += found
+    if not out:
+        raise HemasegInputError(", ".join(map(str, data)), "; ".join(f["reason"] for f in failed) or
+                                "no annotated images found")
+    return out
 
 
 def runner(task, model, cell_diameter: float | None = None, device: str = "cpu", method: str | None = None):
@@ -64,24 +91,28 @@ def evaluate_pairs(task, data: list, model=None, split: str | Path | None = None
     the task's ``find_samples`` (optionally only a split's val list), each scored by ``task.score``;
     ``grid`` is a PNG of the worst images. Returns {task, model, n_images, mean, per_image, ...}
     plus what ``task.summarise(rows)`` adds (e.g. means per modality)."""
-    pairs = [p for d in data for p in task.find_samples(d)]
-    if not pairs:
-        raise HemasegInputError(", ".join(map(str, data)), "no annotated images found")
+    failed: list[dict] = []
+    pairs = find_each(data, task.find_samples, failed)
     if split:
         pairs = select_split(pairs, split)
     run = runner(task, model, cell_diameter, device, method)
     rows = _score_each(pairs, task.load_sample, run,
-                       lambda seg, target, image: {**task.score(seg, target, image), "_pred": (seg.classes, seg.instances)})
+                       lambda seg, target, image: {**task.score(seg, target, image), "_pred": (seg.classes, seg.instances)},
+                       failed)
+    if not rows:
+        raise HemasegInputError(", ".join(map(str, data)), "no image could be scored: " +
+                                "; ".join(f"{f['image']}: {f['reason']}" for f in failed[:3]))
     keys = [k for k in (task.mean_keys or [k for k, v in rows[0].items() if isinstance(v, float)])]
     if "seconds" not in keys:
         keys.append("seconds")
     if grid is not None and rows:
-        for r, p in zip(rows, pairs):
-            r["_target"] = task.load_sample(p)[1]
-        worst_grid(task, rows, grid)
+        worst = sorted(rows, key=task.headline)[:6]
+        for r in worst:
+            r["_target"] = task.load_sample(r["_pair"])[1]
+        worst_grid(task, worst, grid)
     per_image = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
     res = {"task": task.name, "model": f"classical:{method}" if method else str(model or task.default_model),
-           "n_images": len(rows), "mean": means(rows, keys), "per_image": per_image}
+           "n_images": len(rows), "mean": means(rows, keys), "per_image": per_image, "failed": failed}
     res.update(task.summarise(rows, keys))
     return res
 
@@ -98,6 +129,9 @@ def worst_grid(task, rows: list[dict], path: Path, n: int = 6) -> Path:
     fig, axes = plt.subplots(len(worst), 3, figsize=(7.5, 2.5 * len(worst)), squeeze=False)
     for ax_row, r in zip(axes, worst):
         image = read_image(r["image"])
+        th, tw = r["_target"].shape[:2]
+        if image.shape[:2] != (th, tw):  # a sample scored at its own scale (TXL-PBC fields as weak labels)
+            image = cv2.resize(image, (tw, th), interpolation=cv2.INTER_AREA)
         panels = [image, *task.panels(image, r["_target"], r["_pred"])]
         titles = [Path(r["image"]).name[:24], "ground truth", task.row_title(r)]
         for ax, p, t in zip(ax_row, panels, titles):

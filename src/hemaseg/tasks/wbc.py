@@ -1437,7 +1437,13 @@ class WbcTask(Task):
         pairs = find_pairs(root)
         if pairs:
             return pairs
-        return [Pair(image, label) for image, label in find_yolo(root) if label is not None]
+        try:
+            return [Pair(image, label) for image, label in find_yolo(root) if label is not None]
+        except HemasegInputError:
+            if not Path(root).is_dir():
+                raise
+            raise HemasegInputError(root, "no image/mask pairs (x.bmp beside x.png, x.jpg beside x_mask.png, or "
+                                          "images/ + masks/) nor fields with YOLO boxes (x.txt beside x.png)") from None
 
     def load_sample(self, pair: Pair) -> tuple[np.ndarray, np.ndarray]:
         if pair.mask.suffix.lower() != ".txt":

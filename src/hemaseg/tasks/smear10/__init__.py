@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from hemaseg.core.result import Segmentation
-from hemaseg.engine.evaluate import runner
+from hemaseg.engine.evaluate import find_each, runner
 from hemaseg.engine.plots import plot_confusion
 from hemaseg.engine.task import Task
 from hemaseg.engine.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
@@ -98,14 +98,20 @@ class Smear10Task(Task):
             raise HemasegInputError(method, "smear10 has no classical methods")
         model = model or self.default_model
         k = len(CLASSES)
-        pairs = [p for d in data for p in find_smear_pairs(d)]
-        if not pairs:
-            raise HemasegInputError(", ".join(map(str, data)), "no images/ with segments/ (seed-002 layout) found")
+        failed: list[dict] = []
+        pairs = find_each(data, find_smear_pairs, failed)
         run = runner(self, model, cell_diameter, device)
         cm = np.zeros((k, k), np.int64)
         rows = []
         for image_path, label_path in track(pairs, "evaluate"):
-            image, target = read_image(image_path), read_smear_label(label_path, PALETTE)
+            try:  # a bad pair is listed and skipped: the others are still scored
+                image, target = read_image(image_path), read_smear_label(label_path, PALETTE)
+                if target.shape != image.shape[:2]:
+                    raise HemasegInputError(label_path, f"map size {target.shape[1]}x{target.shape[0]} does not "
+                                                        f"match image size {image.shape[1]}x{image.shape[0]}")
+            except HemasegInputError as exc:
+                failed.append({"image": str(exc.path), "reason": exc.reason})
+                continue
             t0 = time.perf_counter()
             seg = run(image)
             one = confusion_matrix(target.ravel(), seg.classes.ravel(), k)
@@ -113,12 +119,15 @@ class Smear10Task(Task):
             rows.append({"image": str(image_path), "seconds": time.perf_counter() - t0,
                          "pixel_accuracy": float(np.trace(one) / max(one.sum(), 1)),
                          "cell_diameter": seg.cell_diameter, "scale": seg.scale})
+        if not rows:
+            raise HemasegInputError(", ".join(map(str, data)), "no image could be scored: " +
+                                    "; ".join(f"{f['image']}: {f['reason']}" for f in failed[:3]))
         scores = semantic_scores(cm, list(CLASSES))
         if grid is not None:
             plot_confusion(cm, list(CLASSES), grid, f"smear10 pixels, row %: {len(rows)} images, pixel accuracy "
                            f"{scores['pixel_accuracy']:.3f}, mean IoU {scores['mean_iou']:.3f}", percent=True)
         return {"task": "smear10", "model": str(model), "n_images": len(rows), "mean": scores,
-                "confusion": cm.tolist(), "per_image": rows}
+                "confusion": cm.tolist(), "per_image": rows, "failed": failed}
 
     def table(self, res: dict) -> list[str]:
         m = res["mean"]
