@@ -5,6 +5,7 @@ import hemaseg
 from helpers import ThresholdNet, toy_wbc
 from hemaseg.core.labels import measure_diameter
 from hemaseg.tasks.wbc import WbcParams, scale_factor
+from hemaseg.errors import HemasegUsageError
 
 SCALE_DEADBAND = WbcParams().scale_deadband
 
@@ -223,3 +224,13 @@ def test_cells_are_cut_to_the_wbcs_the_cells_model_found_unless_round(monkeypatc
     cut = area(found_solidity=1.01)  # no cell counts as round: cut at 48 + 0.1 * 96 px from the centre
     assert cut < 0.95 * whole and cut == pytest.approx(np.pi * 57.6 ** 2, rel=0.05)
     assert area(found_solidity=1.01, found_agree=1.01) == whole  # no cell agrees enough: none cut
+
+
+def test_estimate_diameter_is_the_size_segment_works_at():
+    """It measured with the wbc model alone (281 px on the sample) where segment asks the cells model (199 px)."""
+    import hemaseg
+
+    image = hemaseg.read_image(hemaseg.__path__[0] + "/samples/BloodImage_00000.jpg")
+    assert hemaseg.estimate_diameter(image) == pytest.approx(hemaseg.segment(image).cell_diameter)
+    with pytest.raises(HemasegUsageError, match="nuclei model"):
+        hemaseg.estimate_diameter(image, model="nuclei")

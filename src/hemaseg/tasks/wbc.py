@@ -28,7 +28,7 @@ from hemaseg.data.transforms import normalize
 from hemaseg.engine.blocks import Block, centred_in_core, downscale, image_blocks, release_free_memory
 from hemaseg.engine.evaluate import plain_table
 from hemaseg.engine.losses import ANY_FOREGROUND, IGNORE
-from hemaseg.engine.predict import card_range, get_model, predict_probs, predict_scaled
+from hemaseg.engine.predict import card_range, get_model, model_of_task, predict_probs, predict_scaled
 from hemaseg.engine.runtime import as_runner
 from hemaseg.engine.task import Task, params_from_card
 from hemaseg.engine.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
@@ -870,13 +870,34 @@ def clip_to_found(classes: np.ndarray, instances: np.ndarray, found: np.ndarray,
 
 
 def estimate_diameter(image: np.ndarray, model="wbc", device: str = "cpu") -> float | None:
-    """Estimate the WBC diameter (px) in an (H, W, 3) image with the model itself, None if no cell
-    (an image with nothing in it: :func:`hemaseg.core.content.featureless`)."""
+    """The WBC diameter (px) :func:`segment_wbc` would work at in an (H, W, 3) image when none is given;
+    None if no cell is found (an image with nothing in it: :func:`hemaseg.core.content.featureless`).
+
+    As :func:`segment_wbc` decides it: from the WBCs the ``size_model`` finds (images up to
+    ``red_cells_max_pixels``), else by the ``wbc`` model's own scale search; an image longer than
+    ``block_size`` is measured on its central :data:`ESTIMATE_SIZE`-px square.
+
+    Examples
+    --------
+    >>> estimate_diameter(np.full((64, 64, 3), 230, np.uint8)) is None  # nothing in it
+    True
+    """
     image = as_photo(image)
     if featureless(image):
         return None
-    module, card = get_model(model, device)
-    return _estimate_scale(module, card, image, card_range(card, image), p=WBC.params(card))[0]
+    module, card = model_of_task(model, "wbc", device)
+    p = WBC.params(card)
+    if max(image.shape[:2]) > p.block_size:
+        h, w = image.shape[:2]
+        y0, x0 = max(0, (h - ESTIMATE_SIZE) // 2), max(0, (w - ESTIMATE_SIZE) // 2)
+        image = np.ascontiguousarray(image[y0:y0 + ESTIMATE_SIZE, x0:x0 + ESTIMATE_SIZE])
+        if featureless(image):
+            return None
+    elif asks_red_cells(image.shape, p, p.size_model):
+        found = found_wbcs(image, p.size_model)[0]
+        if found is not None:
+            return float(found)
+    return _estimate_scale(module, card, image, card_range(card, image), p=p)[0]
 
 
 def scale_factor(card: dict, cell_diameter: float | None, deadband: float = DEFAULTS.scale_deadband) -> float:
