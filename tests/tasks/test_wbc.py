@@ -4,8 +4,8 @@ import pytest
 import hemaseg
 from helpers import ThresholdNet, toy_wbc
 from hemaseg.core.labels import measure_diameter
-from hemaseg.tasks.wbc import WbcParams, scale_factor
 from hemaseg.errors import HemasegUsageError
+from hemaseg.tasks.wbc import WbcParams, scale_factor
 
 SCALE_DEADBAND = WbcParams().scale_deadband
 
