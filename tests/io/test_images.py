@@ -160,3 +160,19 @@ def test_the_public_functions_take_any_photo_array_or_path_and_refuse_the_rest_i
     assert a.count == b.count >= 1 and np.array_equal(a.classes, b.classes)
     with pytest.raises(HemasegInputError, match="channels-first"):
         hemaseg.segment(np.moveaxis(sample, -1, 0))
+
+
+def test_a_16_bit_colour_png_is_read_as_a_16_bit_tiff_is(tmp_path):
+    """PIL kept the high byte of a 16-bit RGB PNG (no stretch) where the same pixels in a TIFF were stretched to
+    their range: one sample typed neutrophil from one file and eosinophil from the other."""
+    import cv2
+    import tifffile
+
+    rng = np.random.default_rng(0)
+    rgb = (rng.integers(100, 200, (20, 30, 3)) * 257).astype(np.uint16)
+    cv2.imwrite(str(tmp_path / "c.png"), np.ascontiguousarray(rgb[..., ::-1]))
+    tifffile.imwrite(tmp_path / "c.tif", rgb)
+    png, tif = read_image(tmp_path / "c.png"), read_image(tmp_path / "c.tif")
+    assert (png == tif).all() and png.min() == 0 and png.max() == 255  # the TIFF is RGB: channel order kept too
+    cv2.imwrite(str(tmp_path / "a.png"), np.dstack([rgb[..., ::-1], np.full((20, 30), 65535, np.uint16)]))
+    assert (read_image(tmp_path / "a.png") == tif).all()

@@ -73,6 +73,13 @@ def _read_raw(path: Path) -> np.ndarray:
         raise HemasegInputError(path, "empty file (0 bytes)")
     if path.suffix.lower() in (".tif", ".tiff"):
         return _read_tiff(path)
+    if _png_16bit_colour(path):  # PIL keeps only the high byte of a 16-bit colour PNG: read all of it, as a TIFF's
+        import cv2
+
+        arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if arr is not None and arr.ndim == 3 and arr.shape[2] in (3, 4):
+            check_size(path, arr.shape[0], arr.shape[1])
+            return np.ascontiguousarray(arr[..., [2, 1, 0, 3][:arr.shape[2]]])
     try:
         with Image.open(path) as im:
             check_size(path, im.size[1], im.size[0])
@@ -88,6 +95,16 @@ def _read_raw(path: Path) -> np.ndarray:
         raise HemasegInputError(path, "not enough memory to decode this image") from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError) as exc:
         raise HemasegInputError(path, f"corrupt or truncated image ({exc})") from None
+
+
+def _png_16bit_colour(path: Path) -> bool:
+    """A PNG of 16-bit RGB or RGBA samples (its IHDR's bit depth and colour type)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(26)
+    except OSError:
+        return False
+    return head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) == 26 and head[24] == 16 and head[25] in (2, 6)
 
 
 def to_uint8(arr: np.ndarray) -> np.ndarray:
