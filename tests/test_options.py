@@ -138,3 +138,24 @@ def test_the_python_functions_refuse_a_model_of_another_task_and_take_params_as_
             call()
     seg = hemaseg.segment(blank, params={"red_outside": 0.5})  # a known name: taken
     assert seg.count == 0
+
+
+def test_the_python_functions_read_option_values_as_the_command_line_does():
+    """params values as --post reads them ("false" was taken as true, "0.2" failed nine frames deep, -1 was taken);
+    numpy numbers taken as numbers (np.float32(200) was refused); device "auto" and a missing GPU in one line
+    (torch's own error before)."""
+    import hemaseg
+    from hemaseg.errors import HemasegUsageError
+
+    image = hemaseg.read_image(hemaseg.__path__[0] + "/samples/BloodImage_00000.jpg")
+    off = hemaseg.segment(image, params={"red_cytoplasm": False}).objects[0]["area"]
+    assert hemaseg.segment(image, params={"red_cytoplasm": "false"}).objects[0]["area"] == off
+    assert off != hemaseg.segment(image).objects[0]["area"]
+    for bad, says in (({"red_ring": -1}, "must not be negative"), ({"red_ring": "abc"}, "takes a float"),
+                      ({"red_cytoplasm": 3}, "takes a bool")):
+        with pytest.raises(HemasegUsageError, match=says):
+            hemaseg.segment(image, params=bad)
+    assert hemaseg.segment(image, cell_diameter=np.float32(200), tile=np.int64(512)).cell_diameter == 200
+    assert hemaseg.segment(image, device="auto").count == 1
+    with pytest.raises(HemasegUsageError, match="not a device"):
+        hemaseg.segment(image, device="gpu")

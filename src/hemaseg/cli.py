@@ -19,6 +19,7 @@ from hemaseg.classical import hsv_wbc_mask, wbc_crops
 from hemaseg.core.options import NO_MODEL, check_numbers, refuse_unused
 from hemaseg.engine.predict import backend_scope, get_model, resolve_device
 from hemaseg.engine.runtime import BACKENDS, check_backend, require_torch
+from hemaseg.engine.task import param_value
 from hemaseg.engine.tiling import DEFAULT_TILE
 from hemaseg.engine.train import prepare_run
 from hemaseg.errors import HemasegError, HemasegInputError, HemasegUsageError
@@ -183,32 +184,11 @@ def post_params(spec, card: dict, items: list[str]):
         if not sep or not hasattr(defaults, name):
             known = ", ".join(f.name for f in dataclasses.fields(defaults))
             raise typer.BadParameter(f"{item!r}: give NAME=VALUE with NAME one of {known}", param_hint="--post")
-        default = getattr(defaults, name)
         try:
-            value = json.loads(text.strip().lower() if text.strip().lower() in ("true", "false") else text)
-        except json.JSONDecodeError:
-            value = text
-        number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if isinstance(default, bool):
-            ok = isinstance(value, bool)
-        elif isinstance(default, int):
-            ok = number and float(value).is_integer()
-            value = int(value) if ok else value
-        elif isinstance(default, float):
-            ok = number
-            value = float(value) if ok else value
-        elif isinstance(default, tuple):
-            ok = isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
-            value = tuple(value) if ok else value
-        else:
-            ok = default is None or isinstance(value, type(default))
-        if ok and any(v < 0 for v in (value if isinstance(value, tuple) else (value,)) if isinstance(v, (int, float))):
-            raise typer.BadParameter(f"{item!r}: {name} must not be negative", param_hint="--post")
-        if not ok:
-            shown = repr(default) if len(repr(default)) <= 60 else "the model card's"
-            raise typer.BadParameter(f"{item!r}: {name} takes a {type(default).__name__} (default {shown})",
-                                     param_hint="--post")
-        if ok and isinstance(value, str) and value not in NO_MODEL and next(
+            value = param_value(defaults, name, text)
+        except ValueError as exc:
+            raise typer.BadParameter(f"{item!r}: {exc}", param_hint="--post") from None
+        if isinstance(value, str) and value not in NO_MODEL and next(
                 f for f in dataclasses.fields(defaults) if f.name == name).metadata.get("model"):
             try:  # a parameter naming a model: it must load (not fail on every image later)
                 get_model(value)

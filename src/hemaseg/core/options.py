@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 from hemaseg.errors import HemasegUsageError
 
 # A parameter naming a model (field metadata {"model": True}) given one of these asks no model.
@@ -34,6 +36,8 @@ class Range:
         return f"{kind} {' and '.join(parts)}" if parts else kind
 
     def admits(self, value) -> bool:
+        if isinstance(value, (np.integer, np.floating)):  # np.float32(200) from an array is a number too
+            value = value.item()
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return False
         if not math.isfinite(value) or (self.integer and value != int(value)):

@@ -6,6 +6,7 @@ instance (:func:`hemaseg.tasks.register_task`); nothing outside its module compa
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -28,13 +29,60 @@ def params_from_card(params_class: type, card: dict | None = None, task_name: st
     """A post-processing parameters dataclass: its defaults, then the model card's ``"postprocess"``
     entry (as StarDist keeps thresholds beside the weights), then ``overrides`` (None values
     ignored). Unknown names raise :class:`ValueError` naming them and the known ones."""
-    given = {**(card or {}).get("postprocess", {}), **{k: v for k, v in overrides.items() if v is not None}}
+    own = (card or {}).get("postprocess", {})
+    overrides = {k: v for k, v in overrides.items() if v is not None}
     known = {f.name for f in dataclasses.fields(params_class)}
-    unknown = sorted(set(given) - known)
+    unknown = sorted((set(own) | set(overrides)) - known)
     if unknown:
         raise ValueError(f"{task_name or params_class.__name__} has no post-processing parameter "
                          f"{', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    return params_class(**given)
+    defaults = params_class(**own)
+    return dataclasses.replace(defaults, **{k: param_value(defaults, k, v) for k, v in overrides.items()})
+
+
+def param_value(defaults, name: str, value):
+    """``value`` as the post-processing parameter ``name`` of ``defaults`` (a parameters dataclass) takes
+    it, or :class:`ValueError` saying what it takes: text is read as ``--post NAME=VALUE`` reads it (JSON,
+    ``true`` / ``false``), numpy numbers as Python's, a list as a tuple; numbers must not be negative.
+
+    >>> from hemaseg.tasks.wbc import WbcParams
+    >>> param_value(WbcParams(), "red_ring", "0.2"), param_value(WbcParams(), "red_cytoplasm", "false")
+    (0.2, False)
+    >>> param_value(WbcParams(), "red_ring", -1)
+    Traceback (most recent call last):
+    ...
+    ValueError: red_ring must not be negative
+    """
+    default = getattr(defaults, name)
+    if isinstance(value, str) and not isinstance(default, str):
+        text = value.strip()
+        try:
+            value = json.loads(text.lower() if text.lower() in ("true", "false") else text)
+        except json.JSONDecodeError:
+            pass
+    if isinstance(value, np.generic):
+        value = value.item()
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = number and float(value).is_integer()
+        value = int(value) if ok else value
+    elif isinstance(default, float):
+        ok = number
+        value = float(value) if ok else value
+    elif isinstance(default, tuple):
+        ok = isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                      for v in value)
+        value = tuple(value) if ok else value
+    else:
+        ok = default is None or isinstance(value, type(default))
+    if ok and any(v < 0 for v in (value if isinstance(value, tuple) else (value,)) if isinstance(v, (int, float))):
+        raise ValueError(f"{name} must not be negative")
+    if not ok:
+        shown = repr(default) if len(repr(default)) <= 60 else "the model card's"
+        raise ValueError(f"{name} takes a {type(default).__name__} (default {shown})")
+    return value
 
 
 # Training options every trainable task takes (``hemaseg train``); tasks add theirs in ``train_options``.

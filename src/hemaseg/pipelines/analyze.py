@@ -12,7 +12,7 @@ import numpy as np
 
 from hemaseg.core.options import check_numbers
 from hemaseg.core.vocabulary import CATEGORIES, EXTRA_TYPES, NOT_IN_DIFFERENTIAL, WBC_TYPES
-from hemaseg.engine.predict import get_model, model_of_task, uses_backend
+from hemaseg.engine.predict import get_model, model_of_task, resolve_device, uses_backend
 from hemaseg.engine.tiling import DEFAULT_TILE
 from hemaseg.errors import HemasegError
 from hemaseg.io.images import as_photo
@@ -161,6 +161,7 @@ def analyze(image: np.ndarray, filename: str = "", cells_model="cells", type_mod
     """
     check_numbers(min_confidence=min_confidence, pixel_size=pixel_size)
     image = as_photo(image)
+    device = resolve_device(device)  # 'auto', or 'cuda' without a GPU: one line, not torch's error
     model_of_task(cells_model, "cells", device, "cells_model")
     type_card = model_of_task(type_model, "wbc-type", device, "type_model")[1]
     seg = get_task("cells").predict(image, cells_model, cell_diameter, device, tile=tile)

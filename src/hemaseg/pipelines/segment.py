@@ -5,7 +5,7 @@ import numpy as np
 
 from hemaseg.core.options import OPTION_RANGES
 from hemaseg.core.result import Segmentation
-from hemaseg.engine.predict import get_model, uses_backend
+from hemaseg.engine.predict import get_model, resolve_device, uses_backend
 from hemaseg.engine.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
 from hemaseg.errors import HemasegUsageError
 from hemaseg.io.images import as_photo
@@ -70,6 +70,7 @@ def segment(image: np.ndarray, model="wbc", cell_diameter: float | None = None, 
     ((64, 64), 'uint8')
     """
     image = as_photo(image)
+    device = resolve_device(device)  # 'auto', or 'cuda' without a GPU: one line, not torch's error
     loaded = get_model(model, device)
     task = get_task(loaded[1].get("task", "wbc"))
     if not task.can_segment:

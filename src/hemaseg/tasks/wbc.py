@@ -28,7 +28,7 @@ from hemaseg.data.transforms import normalize
 from hemaseg.engine.blocks import Block, centred_in_core, downscale, image_blocks, release_free_memory
 from hemaseg.engine.evaluate import plain_table
 from hemaseg.engine.losses import ANY_FOREGROUND, IGNORE
-from hemaseg.engine.predict import card_range, get_model, model_of_task, predict_probs, predict_scaled
+from hemaseg.engine.predict import card_range, get_model, model_of_task, predict_probs, predict_scaled, resolve_device
 from hemaseg.engine.runtime import as_runner
 from hemaseg.engine.task import Task, params_from_card
 from hemaseg.engine.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
@@ -883,6 +883,7 @@ def estimate_diameter(image: np.ndarray, model="wbc", device: str = "cpu") -> fl
     True
     """
     image = as_photo(image)
+    device = resolve_device(device)  # 'auto', or 'cuda' without a GPU: one line, not torch's error
     if featureless(image):
         return None
     module, card = model_of_task(model, "wbc", device)

@@ -12,7 +12,7 @@ import numpy as np
 from hemaseg.classical import central_instance, red_cell_diameter
 from hemaseg.core.vocabulary import EXTRA_TYPES, MONONUCLEAR, POLYNUCLEAR
 from hemaseg.data.transforms import NEEDS_PARTS, crop_input, slide_background
-from hemaseg.engine.predict import get_model, model_of_task, uses_backend
+from hemaseg.engine.predict import get_model, model_of_task, resolve_device, uses_backend
 from hemaseg.engine.runtime import as_runner, softmax
 from hemaseg.io.images import as_photo
 from hemaseg.tasks.wbc import segment_wbc_crops
@@ -277,6 +277,7 @@ def classify(image: np.ndarray, model="wbc-type", device: str = "cpu", normalise
     file path (:func:`hemaseg.io.images.as_photo`).
     """
     image = as_photo(image)
+    device = resolve_device(device)  # 'auto', or 'cuda' without a GPU: one line, not torch's error
     _, card = model_of_task(model, "wbc-type", device)
     size = int(card.get("input_size", 96))
     if not normalise and takes_parts(card):
