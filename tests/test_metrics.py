@@ -1,9 +1,10 @@
 """The exact binomial interval of a differential count, checked against values computed another way."""
 import math
 
+import numpy as np
 import pytest
 
-from hemaseg.metrics import binomial_ci
+from hemaseg.metrics import binomial_ci, dsb_scores
 
 
 def _binom_cdf(k: int, n: int, p: float) -> float:
@@ -50,3 +51,14 @@ def test_no_cell_counted_and_bad_arguments():
             binomial_ci(k, n)
     with pytest.raises(ValueError):
         binomial_ci(1, 2, confidence=1.0)
+
+
+def test_dsb_scores_refuses_labels_it_cannot_score():
+    """Shapes that differ, an RGB label image or negative labels: a ValueError saying so (numpy's broadcast
+    error, or the background counted as a nucleus: n_pred 3, dsb 0.667)."""
+    t = np.zeros((8, 8), int)
+    t[:4, :4] = 1
+    for pred, says in ((np.zeros((8, 9), int), "differ in shape"), (np.zeros((8, 8, 3), int), "label image"),
+                       (-t, "negative")):
+        with pytest.raises(ValueError, match=says):
+            dsb_scores(pred, t)

@@ -82,6 +82,14 @@ def dsb_scores(pred: np.ndarray, target: np.ndarray, thresholds=DSB_THRESHOLDS) 
     >>> dsb_scores(one_missing, t)["ap50"]
     0.5
     """
+    pred, target = np.asarray(pred), np.asarray(target)
+    for name, a in (("pred", pred), ("target", target)):
+        if a.ndim != 2 or a.dtype.kind not in "biu":
+            raise ValueError(f"dsb_scores: {name} must be an (H, W) integer label image, got {a.dtype} {a.shape}")
+        if a.size and a.min() < 0:
+            raise ValueError(f"dsb_scores: {name} holds negative labels (0 is background, 1..N the nuclei)")
+    if pred.shape != target.shape:
+        raise ValueError(f"dsb_scores: pred {pred.shape} and target {target.shape} differ in shape")
     m = instance_iou(pred, target)
     n_t, n_p = m.shape
     out = {"n_true": n_t, "n_pred": n_p}

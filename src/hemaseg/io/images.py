@@ -1,6 +1,7 @@
 """Read any microscope image (PNG/JPEG/BMP/TIFF, 8/16-bit, grey/RGB/RGBA) as RGB uint8."""
 from __future__ import annotations
 
+import os
 import struct
 from pathlib import Path
 
@@ -202,6 +203,9 @@ def read_image(path: str | Path) -> np.ndarray:
     >>> read_image(p).shape
     (4, 5, 3)
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise HemasegInputError("path", f"a {type(path).__name__}, not a file path (an array is already an image: "
+                                        "hemaseg.segment and the others take it as it is)")
     path = Path(path)
     arr = _read_raw(path)
     if arr.size == 0 or min(arr.shape[:2]) == 0:
