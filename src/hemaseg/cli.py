@@ -680,7 +680,8 @@ def explain(
 def evaluate(
     task: str = typer.Argument(..., help="wbc, nuclei, smear10 or any registered task with annotated data"),
     data: List[str] = typer.Option(..., help="folder(s) of image/mask pairs (nuclei: also the DSB layout; "
-                                             "smear10: images/ + segments/ colour maps)"),
+                                             "smear10: images/ + segments/ colour maps; wbc-type: labelled "
+                                             "crops, <type>/ folders or wbc-seg with its class CSV)"),
     model: Optional[str] = typer.Option(None, help="bundled name, .safetensors file or run folder"),
     split: Optional[Path] = typer.Option(None, help="split.json: score only its 'val' images"),
     cell_diameter: Optional[float] = typer.Option(None, help="WBC (or nucleus) diameter in px; default: estimated"),
@@ -691,7 +692,9 @@ def evaluate(
     method: Optional[str] = typer.Option(None, help="score a classical method instead of a model (see segment)"),
 ) -> None:
     """Score a model: wbc Dice/IoU of cell and nucleus; nuclei the DSB metric, AP@0.5/0.75, per modality;
-    smear10 pixel accuracy, per-class and mean IoU, confusion matrix."""
+    smear10 pixel accuracy, per-class and mean IoU, confusion matrix; wbc-type accuracy, macro-F1, recall
+    per type, calibration error, confusion matrix. A file or folder that cannot be scored is one line and
+    the rest is scored (exit 1)."""
     _setup_logging(False)
     spec = _task(task, "TASK")
     check_numbers(cell_diameter=cell_diameter)

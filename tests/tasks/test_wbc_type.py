@@ -661,3 +661,28 @@ def test_an_ensemble_sharing_some_classes_leaves_the_others_to_one_member(tmp_pa
     assert np.allclose(w, 0.75 * a + 0.25 * b, atol=1e-5)
     with pytest.raises(HemasegUsageError, match="eosinophil"):
         make_ensemble(paths, tmp_path / "bad", shared=["eosinophil"])
+
+
+def test_evaluate_scores_a_typer_on_labelled_crops(tmp_path, tiny_classifier):
+    """`hemaseg evaluate wbc-type` (it found no data: "no annotated images found"): accuracy from the crops' own
+    predictions, the confusion PNG, a crop of an unknown type or unreadable listed apart (exit 1), a split's val."""
+    d = _crops(tmp_path / "c", per_class=2, classes=("Neutrophil", "Lymphocyte", "Band"))
+    (d / "Lymphocyte" / "bad.jpg").write_bytes(b"junk")
+    out = tmp_path / "s.json"
+    res = runner.invoke(app, ["evaluate", "wbc-type", "--data", str(d), "--model", str(tiny_classifier),
+                              "--json", str(out), "--grid", str(tmp_path / "cm.png")])
+    assert res.exit_code == 1, res.output
+    assert "type band: not one of the model's" in res.output and "bad.jpg: not an image" in res.output
+    r = json.loads(out.read_text())
+    assert r["n_images"] == 4 and set(r["per_class"]) == {"neutrophil", "lymphocyte"}
+    right = sum(row["prediction"] == row["truth"] for row in r["per_image"])
+    assert r["mean"]["accuracy"] == pytest.approx(right / 4) and (tmp_path / "cm.png").exists()
+    assert f"({r['n_images']} crops)" in res.output
+    val = [[str(d / "Neutrophil" / "Ne_0.jpg"), "neutrophil"]]
+    (tmp_path / "split.json").write_text(json.dumps({"train": [], "val": val}))
+    res = runner.invoke(app, ["evaluate", "wbc-type", "--data", str(d), "--model", str(tiny_classifier),
+                              "--split", str(tmp_path / "split.json"), "--json", str(out)])
+    assert json.loads(out.read_text())["n_images"] == 1
+    res = runner.invoke(app, ["evaluate", "wbc-type", "--data", str(d), "--model", str(tiny_classifier),
+                              "--method", "hsv"])
+    assert res.exit_code == 2

@@ -8,14 +8,30 @@
 """
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 
+import numpy as np
+
+from hemaseg.engine.evaluate import find_each
+from hemaseg.engine.plots import plot_confusion
+from hemaseg.engine.predict import model_of_task
 from hemaseg.engine.task import COMMON_TRAIN_OPTIONS, Task, check_options
-from hemaseg.errors import HemasegUsageError
-from hemaseg.io.images import list_images
+from hemaseg.errors import HemasegInputError, HemasegUsageError
+from hemaseg.io.datasets import find_labelled_cells
+from hemaseg.io.images import list_images, read_image
+from hemaseg.metrics import classification_report
 from hemaseg.tasks.registry import register_task
-from hemaseg.tasks.wbc_type.crops import CLASSES
-from hemaseg.tasks.wbc_type.train import ClassifyConfig, check_colour, check_crop_padding, fit_classifier, given_split
+from hemaseg.tasks.wbc_type.crops import CLASSES, NO_WBC, crops_for, predict_crops
+from hemaseg.tasks.wbc_type.train import (
+    ClassifyConfig,
+    check_colour,
+    check_crop_padding,
+    expected_calibration_error,
+    fit_classifier,
+    given_split,
+)
 
 DEPENDS = ("wbc",)
 
@@ -65,6 +81,77 @@ class WbcTypeTask(Task):
     def fit(self, cfg, run: str | Path, resume: bool = False, progress: bool = True,
             max_epochs_this_call: int | None = None) -> dict:
         return fit_classifier(cfg, run, resume, progress, max_epochs_this_call)
+
+    def evaluate(self, data: list, model=None, split=None, cell_diameter: float | None = None,
+                 device: str = "cpu", grid: Path | None = None, method: str | None = None) -> dict:
+        """Score a typer on labelled single-cell crops (ImageFolder trees, or wbc-seg with its class CSV):
+        accuracy, macro-F1, per-type recall, the expected calibration error and the confusion matrix
+        (``grid``: its PNG), crops normalised and predicted as ``hemaseg classify`` does them. ``split``:
+        only the crops of its ``val`` list. A crop that cannot be read, or of a type the model does not
+        know, is listed in ``failed``; one in which no WBC is found counts as wrong (``NO_WBC``)."""
+        if method:
+            raise HemasegUsageError("--method", "wbc-type has no classical method")
+        if cell_diameter is not None:
+            raise HemasegUsageError("--cell-diameter", "not used by wbc-type: each crop is scaled to its own WBC")
+        model = model or self.default_model
+        _, card = model_of_task(model, self.name, device)
+        classes = [str(c) for c in card["classes"]]
+        failed: list[dict] = []
+        items = [(Path(p), t) for p, t in find_each(data, find_labelled_cells, failed)]
+        if split:
+            try:
+                listed = {Path(p).resolve() for p, _ in json.loads(Path(split).read_text())["val"]}
+            except (OSError, KeyError, TypeError, ValueError):
+                raise HemasegInputError(split, "not a split: a JSON file with a 'val' list of [crop, type]") from None
+            items = [(p, t) for p, t in items if p.resolve() in listed]
+        known = []
+        for p, t in items:
+            if t in classes:
+                known.append((p, t))
+            else:
+                failed.append({"image": str(p), "reason": f"type {t}: not one of the model's ({', '.join(classes)})"})
+        images, kept = [], []
+        for p, t in known:
+            try:
+                images.append(read_image(p))
+                kept.append((p, t))
+            except HemasegInputError as exc:
+                failed.append({"image": str(exc.path), "reason": exc.reason})
+        if not kept:
+            raise HemasegInputError(", ".join(map(str, data)), "no labelled crop of the model's types could be read" +
+                                    (": " + "; ".join(f"{f['image']}: {f['reason']}" for f in failed[:3]) if failed else ""))
+        t0 = time.perf_counter()
+        cells = crops_for(images, card)
+        probs = predict_crops([c.image for c in cells], model, device, extras=np.stack([c.extras for c in cells]),
+                              parts=[c.parts for c in cells])
+        seconds = time.perf_counter() - t0
+        truth = np.array([classes.index(t) for _, t in kept])
+        pred = probs.argmax(1)
+        found = np.array([c.found for c in cells])
+        present = sorted(set(truth.tolist()))
+        names = classes + [NO_WBC]  # a crop in which no WBC is found is its own (wrong) answer
+        rep = classification_report(truth, np.where(found, pred, len(classes)), names)
+        rep_present = {c: v for c, v in rep["per_class"].items() if names.index(c) in present}
+        rows = [{"image": str(p), "truth": t, "prediction": classes[k] if f else NO_WBC, "confidence": float(q.max())}
+                for (p, t), k, f, q in zip(kept, pred, found, probs)]
+        if grid is not None:
+            plot_confusion(np.asarray(rep["confusion"]), names, grid, f"wbc-type: {len(kept)} crops, accuracy "
+                           f"{rep['accuracy']:.3f}, rows = true type (%)", percent=True)
+        return {"task": self.name, "model": str(model), "n_images": len(kept),
+                "mean": {"accuracy": rep["accuracy"], "macro_f1": rep["macro_f1"],
+                         "ece": expected_calibration_error(probs, truth), "no_wbc": float(1 - found.mean()),
+                         "crops_per_s": len(kept) / max(seconds, 1e-9)},
+                "per_class": rep_present, "confusion": rep["confusion"], "classes": names,
+                "per_image": rows, "failed": failed}
+
+    def table(self, res: dict) -> list[str]:
+        m = res["mean"]
+        lines = [f"{'type':<14} {'crops':>6} {'recall':>7} {'precision':>9}"]
+        for name, v in res["per_class"].items():
+            lines.append(f"{name:<14} {v['support']:>6} {v['recall']:>7.3f} {v['precision']:>9.3f}")
+        lines.append(f"accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}, ECE {m['ece']:.4f}, no WBC found in "
+                     f"{m['no_wbc'] * 100:.1f} % ({res['n_images']} crops)")
+        return lines
 
 
 WBC_TYPE = register_task(WbcTypeTask())
