@@ -16,8 +16,6 @@ benchmarks/results/cells_sources.md (``--name`` for another file).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import time
 from pathlib import Path
 
@@ -27,7 +25,7 @@ from record import write_result
 
 from hemaseg.engine.predict import get_model
 from hemaseg.io.images import read_image
-from hemaseg.metrics import detection_ap
+from hemaseg.metrics import coco_box_map, detection_ap
 from hemaseg.tasks.cells.infer import CellsParams, segment_cells
 from hemaseg.tasks.cells.train import find_annotated_photos
 
@@ -49,38 +47,6 @@ def photos(root: Path, source: str, split: str) -> list[tuple[Path, list]]:
             b = [(m["category"], tuple(m["bounding_box"][k] for k in ("x1", "y1", "x2", "y2"))) for m in e["masks"]]
             out.append((path, [(c, box) for c, box in b if c in CATS]))
     return out
-
-
-def coco_map(preds: dict, truths: dict, sizes: dict) -> float:
-    """COCO mAP@[.5:.95] over the three categories (pycocotools, bbox)."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    images = [{"id": i, "width": w, "height": h} for i, (h, w) in sizes.items()]
-    anns, dets = [], []
-    for ci, c in enumerate(CATS, 1):
-        for i, boxes in truths[c].items():
-            for x1, y1, x2, y2 in boxes:
-                anns.append({"id": len(anns) + 1, "image_id": i, "category_id": ci, "bbox": [x1, y1, x2 - x1, y2 - y1],
-                             "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
-        for i, s, (x1, y1, x2, y2) in preds[c]:
-            dets.append({"image_id": i, "category_id": ci, "bbox": [x1, y1, x2 - x1, y2 - y1], "score": s})
-    if not dets:
-        return 0.0
-    gt = COCO()
-    gt.dataset = {"images": images, "annotations": anns, "categories": [{"id": i, "name": c} for i, c in enumerate(CATS, 1)]}
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt.createIndex()
-        dt = gt.loadRes(dets)
-        ev = COCOeval(gt, dt, "bbox")
-        ev.params.maxDets = [1, 10, 1000]  # a field holds up to ~100 red cells
-        ev.evaluate()
-        ev.accumulate()
-    # precision[iou, recall, category, area range, max dets]: all areas, up to 1000 detections; a
-    # category with no truth box (BCDD's fields hold no platelet) is -1 and left out, as COCO does.
-    prec = ev.eval["precision"][:, :, :, 0, -1]
-    per_cat = [prec[:, :, k][prec[:, :, k] > -1].mean() for k in range(prec.shape[2]) if (prec[:, :, k] > -1).any()]
-    return float(np.mean(per_cat)) if per_cat else float("nan")
 
 
 def score(model, items: list, zoom: float = 1.0, params: CellsParams | None = None) -> dict:
@@ -111,7 +77,7 @@ def score(model, items: list, zoom: float = 1.0, params: CellsParams | None = No
                 miss.append(f"{path.name} ({n_pred} found, {len(truths[c][i])} boxed)")
     ap = {c: detection_ap(preds[c], truths[c]) for c in CATS}
     finite = [v for v in ap.values() if np.isfinite(v)]  # a class no photo holds (BCDD: platelets) is left out
-    return {"ap": ap, "map50": float(np.mean(finite)) if finite else float("nan"), "coco": coco_map(preds, truths, sizes),
+    return {"ap": ap, "map50": float(np.mean(finite)) if finite else float("nan"), "coco": coco_box_map(preds, truths, sizes, CATS),
             "exact": {c: exact[c] / max(1, len(items)) for c in CATS}, "n": len(items),
             "seconds": float(np.median(secs)) if secs else 0.0, "wbc_miscounts": miss}
 

@@ -263,3 +263,47 @@ def binomial_ci(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]
     lo = 0.0 if k == 0 else float(beta.ppf(alpha / 2, k, n - k + 1))
     hi = 1.0 if k == n else float(beta.ppf(1 - alpha / 2, k + 1, n - k))
     return lo, hi
+
+
+def coco_box_map(preds: dict, truths: dict, sizes: dict, categories: tuple[str, ...]) -> float:
+    """COCO mAP@[.5:.95] of boxes (pycocotools' COCOeval, bbox, up to 1000 detections an image: a field
+    holds ~100 red cells). ``preds[c]``: (image id, score, (x1, y1, x2, y2)) of category ``c``;
+    ``truths[c]``: image id -> boxes; ``sizes``: image id -> (h, w). A category with no truth box is left
+    out, as COCO does.
+
+    >>> t = {"rbc": {0: [(0, 0, 10, 10)]}}
+    >>> round(coco_box_map({"rbc": [(0, 0.9, (0, 0, 10, 10))]}, t, {0: (20, 20)}, ("rbc",)), 6)
+    1.0
+    """
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    images = [{"id": i, "width": w, "height": h} for i, (h, w) in sizes.items()]
+    anns, dets = [], []
+    for ci, c in enumerate(categories, 1):
+        for i, boxes in truths[c].items():
+            for x1, y1, x2, y2 in boxes:
+                anns.append({"id": len(anns) + 1, "image_id": i, "category_id": ci, "bbox": [x1, y1, x2 - x1, y2 - y1],
+                             "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
+        for i, s, (x1, y1, x2, y2) in preds[c]:
+            dets.append({"image_id": i, "category_id": ci, "bbox": [x1, y1, x2 - x1, y2 - y1], "score": s})
+    if not dets:
+        return 0.0
+    gt = COCO()
+    gt.dataset = {"images": images, "annotations": anns,
+                  "categories": [{"id": i, "name": c} for i, c in enumerate(categories, 1)]}
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt.createIndex()
+        dt = gt.loadRes(dets)
+        ev = COCOeval(gt, dt, "bbox")
+        ev.params.maxDets = [1, 10, 1000]
+        ev.evaluate()
+        ev.accumulate()
+    # precision[iou, recall, category, area range, max dets]: all areas, up to 1000 detections; a
+    # category with no truth box is -1 and left out.
+    prec = ev.eval["precision"][:, :, :, 0, -1]
+    per_cat = [prec[:, :, k][prec[:, :, k] > -1].mean() for k in range(prec.shape[2]) if (prec[:, :, k] > -1).any()]
+    return float(np.mean(per_cat)) if per_cat else float("nan")

@@ -553,3 +553,34 @@ def test_merged_red_cells_are_split_and_round_or_other_cells_left_whole():
     untouched = before.copy()
     assert split_merged_red_cells(untouched, owner, scores, 28.0, CellsParams(split_area=0))[0] is owner
     assert (untouched == before).all()
+
+
+def test_evaluate_scores_a_cells_model_on_boxed_photos(tmp_path):
+    """`hemaseg evaluate cells` on a YOLO folder (it found no data): AP per category, count exact, COCO mAP, the
+    categories no photo boxes left out of the mean; an unreadable photo listed apart, exit 1."""
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from hemaseg.cli import app
+
+    root = tmp_path / "y"
+    (root / "images" / "val").mkdir(parents=True)
+    (root / "labels" / "val").mkdir(parents=True)
+    (root / "data.yaml").write_text("names: ['WBC', 'RBC', 'Platelet']\n")
+    yy, xx = np.mgrid[:256, :256]
+    for k in range(2):
+        img = np.full((256, 256, 3), (235, 215, 215), np.uint8)
+        lines = []
+        for cy, cx in ((60, 60), (60, 180), (180, 60 + 40 * k)):
+            img[(yy - cy) ** 2 + (xx - cx) ** 2 < 28 ** 2] = (200, 110, 120)
+            lines.append(f"1 {cx / 256:.4f} {cy / 256:.4f} {56 / 256:.4f} {56 / 256:.4f}")
+        Image.fromarray(img).save(root / "images" / "val" / f"f{k}.png")
+        (root / "labels" / "val" / f"f{k}.txt").write_text("\n".join(lines) + "\n")
+    res = CliRunner().invoke(app, ["evaluate", "cells", "--data", str(root), "--data", str(tmp_path / "nosuch"),
+                                   "--json", str(tmp_path / "s.json")])
+    assert res.exit_code == 1 and "nosuch" in res.output, res.output
+    r = json.loads((tmp_path / "s.json").read_text())
+    assert r["n_images"] == 2 and "ap50_rbc" in r["mean"] and "ap50_wbc" not in r["mean"]
+    assert r["mean"]["map50"] == r["mean"]["ap50_rbc"] and 0 <= r["mean"]["coco_map"] <= 1
+    exact = np.mean([row["rbc_true"] == row["rbc_found"] for row in r["per_image"]])
+    assert r["mean"]["count_exact_rbc"] == exact and "(2 photos)" in res.output

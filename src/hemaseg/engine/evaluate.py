@@ -66,8 +66,10 @@ def find_each(data: list, find, failed: list[dict]) -> list:
             failed.append({"image": str(d), "reason": "no annotated images found"})
         out += found
     if not out:
-        raise HemasegInputError(", ".join(map(str, data)), "; ".join(f["reason"] for f in failed) or
-                                "no annotated images found")
+        if len(failed) == 1:
+            raise HemasegInputError(failed[0]["image"], failed[0]["reason"])
+        raise HemasegInputError(", ".join(map(str, data)), "; ".join(f"{f['image']}: {f['reason']}" for f in failed)
+                                or "no annotated images found")
     return out
 
 

@@ -11,20 +11,26 @@ shared cell edge and each cell's core (watershed from the cores), and a small Ma
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from hemaseg.core.result import Segmentation
+from hemaseg.engine.evaluate import find_each
+from hemaseg.engine.predict import model_of_task
 from hemaseg.engine.task import ARCH_ALIASES, Task
 from hemaseg.engine.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
 from hemaseg.engine.train import TrainConfig, fit
-from hemaseg.errors import HemasegUsageError
-from hemaseg.tasks.cells.infer import CellsParams, cell_instances, segment_cells
+from hemaseg.errors import HemasegInputError, HemasegUsageError
+from hemaseg.io.images import read_image
+from hemaseg.metrics import coco_box_map, detection_ap
+from hemaseg.progress import track
+from hemaseg.tasks.cells.infer import CATEGORIES, CellsParams, cell_instances, segment_cells
 from hemaseg.tasks.cells.maskrcnn import fit_maskrcnn
 from hemaseg.tasks.cells.targets import CLASSES, LABEL_VALUES
-from hemaseg.tasks.cells.train import cells_data, score_instances
+from hemaseg.tasks.cells.train import cells_data, find_annotated_photos, score_instances
 from hemaseg.tasks.registry import register_task
 
 DEPENDS: tuple[str, ...] = ()
@@ -53,6 +59,71 @@ class CellsTask(Task):
     def segment(self, image, model, cell_diameter=None, device="cpu", tile=DEFAULT_TILE, overlap=DEFAULT_OVERLAP,
                 tta=None, params=None) -> Segmentation:
         return segment_cells(image, model, cell_diameter, device, tile, overlap, params)
+
+    def evaluate(self, data: list, model=None, split=None, cell_diameter: float | None = None,
+                 device: str = "cpu", grid: Path | None = None, method: str | None = None) -> dict:
+        """Score a cells model on annotated photos (a VOC root, a YOLO dataset with data.yaml, a COCO JSON):
+        VOC AP@0.5 per category, their mean, COCO mAP@[.5:.95] (pycocotools), each category's count exact
+        per photo, the whole pipeline as ``hemaseg analyze`` runs it. ``split``: only the photos its
+        ``val`` list names (paths or file names). A photo that cannot be read is listed in ``failed``."""
+        if method:
+            raise HemasegUsageError("--method", "cells has no classical method")
+        model = model or self.default_model
+        loaded = model_of_task(model, self.name, device)
+        failed: list[dict] = []
+        photos = find_each(data, find_annotated_photos, failed)
+        if split:
+            try:
+                val = json.loads(Path(split).read_text())["val"]
+                names = {Path(v[0] if isinstance(v, list) else v).name for v in val}
+            except (OSError, KeyError, TypeError, ValueError, IndexError):
+                raise HemasegInputError(split, "not a split: a JSON file with a 'val' list of photos") from None
+            photos = [(p, e) for p, e in photos if p.name in names]
+        cats = tuple(CATEGORIES)
+        preds: dict = {c: [] for c in cats}
+        truths: dict = {c: {} for c in cats}
+        sizes, rows = {}, []
+        for i, (path, entry) in enumerate(track(photos, "evaluate")):
+            try:
+                image = read_image(path)
+            except HemasegInputError as exc:
+                failed.append({"image": str(exc.path), "reason": exc.reason})
+                continue
+            t0 = time.perf_counter()
+            seg = segment_cells(image, loaded, cell_diameter=cell_diameter, device=device)
+            seconds = time.perf_counter() - t0
+            sizes[i] = image.shape[:2]
+            row = {"image": str(path), "seconds": seconds}
+            for c in cats:
+                truths[c][i] = [tuple(m["bounding_box"][k] for k in ("x1", "y1", "x2", "y2"))
+                                for m in entry["masks"] if m.get("category") == c]
+                mine = [o for o in seg.objects if o["category"] == c]
+                preds[c] += [(i, o["score"], tuple(o["bounding_box"][k] for k in ("x1", "y1", "x2", "y2")))
+                             for o in mine]
+                row[f"{c}_true"], row[f"{c}_found"] = len(truths[c][i]), len(mine)
+            rows.append(row)
+        if not rows:
+            raise HemasegInputError(", ".join(map(str, data)), "no photo could be scored" + (
+                ": " + "; ".join(f"{f['image']}: {f['reason']}" for f in failed[:3]) if failed else ""))
+        ap = {c: detection_ap(preds[c], truths[c]) for c in cats}
+        boxed = [c for c in cats if any(truths[c].values())]  # a category no photo boxes is left out
+        mean = {f"ap50_{c}": ap[c] for c in boxed}
+        mean["map50"] = float(np.mean([ap[c] for c in boxed])) if boxed else float("nan")
+        mean["coco_map"] = coco_box_map(preds, truths, sizes, cats)
+        for c in cats:
+            mean[f"count_exact_{c}"] = float(np.mean([r[f"{c}_true"] == r[f"{c}_found"] for r in rows]))
+        mean["seconds"] = float(np.mean([r["seconds"] for r in rows]))
+        return {"task": self.name, "model": str(model), "n_images": len(rows), "mean": mean, "per_image": rows,
+                "failed": failed}
+
+    def table(self, res: dict) -> list[str]:
+        m = res["mean"]
+        lines = [f"{'category':<10} {'AP@0.5':>7} {'count exact':>12}"]
+        for c in CATEGORIES:
+            ap = f"{m[f'ap50_{c}']:.4f}" if f"ap50_{c}" in m else "-"
+            lines.append(f"{c:<10} {ap:>7} {m[f'count_exact_{c}']:>12.3f}")
+        lines.append(f"mAP@0.5 {m['map50']:.4f}, COCO mAP@[.5:.95] {m['coco_map']:.4f} ({res['n_images']} photos)")
+        return lines
 
     def label_images(self, seg: Segmentation) -> dict[str, np.ndarray]:
         # Instances (0 background, 1..N, as nuclei) and the category of each pixel (1 rbc, 2 wbc, 3 platelet).
