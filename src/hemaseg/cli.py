@@ -564,7 +564,9 @@ def classify(
             raise typer.Exit(2)
         paths += sorted(p for p in d.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not paths:
-        raise typer.BadParameter("give -f FILE and/or -d DIR with images")
+        empty = ", ".join(str(d) for d in directory or [])
+        raise typer.BadParameter(f"{empty}: no images in it (sub-folders included)" if empty and not file else
+                                 "give -f FILE and/or -d DIR with images")
     check_output(output, "--output", folder=False)
     if output.resolve() in {p.resolve() for p in paths}:
         raise HemasegUsageError("--output", f"{output} is one of the crops; give another file")
@@ -706,6 +708,8 @@ def evaluate(
         if path is not None:
             check_output(path, option, folder=False)
             _not_an_input(path, option, data)
+    if split is not None and not split.is_file():
+        raise HemasegUsageError("--split", f"{split}: no such file")
     if json_out is not None and grid is not None and json_out.resolve() == grid.resolve():
         raise HemasegUsageError("--grid", f"{grid} is also --json; give the picture another name")
     dev = _device(device)
@@ -919,6 +923,11 @@ def export(
     bioimage.io model package (TorchScript weights, test tensors, processing described), validated with the
     bioimage.io spec library and bioimageio.core before it is written."""
     check_output(out, "--out", folder=False)
+    try:
+        load_card(model)
+    except HemasegError as exc:
+        _fail_error(exc, model)
+        raise typer.Exit(2) from None
     card_out = out.with_suffix(".json")
     if format == "onnx" and card_out.exists() and out.with_suffix(".safetensors").exists():
         # the card beside PATH.onnx would replace the card of the model PATH.safetensors (another model's, or
