@@ -158,6 +158,25 @@ def analyze(image: np.ndarray, filename: str = "", cells_model="cells", type_mod
     with nothing in it (flat, or noise) gives no cell. ``backend`` runs both networks on ``torch``,
     ``onnx`` (ONNX Runtime) or ``auto`` (ONNX Runtime where a model has an ONNX file, torch otherwise;
     without torch the Mask R-CNN cells model gives way to the cells U-Net: :mod:`hemaseg.engine.runtime`).
+
+    Parameters
+    ----------
+    image : (H, W, 3) uint8 photo, or grey / RGBA / 16-bit / float array or a file path.
+    filename : the photo's name in the entry (seed 003's results JSON).
+    cells_model, type_model : the cells model and the WBC typer (bundled names or paths).
+    cell_diameter, device, tile, min_confidence, sample_id, pixel_size, backend : as above.
+
+    Returns
+    -------
+    Analysis : ``counts`` (rbc, wbc, platelet and each type), ``differential`` (% of typed WBCs),
+        ``entry`` (seed 003's record: ``masks`` with category, class_name, score, box, outline).
+
+    Examples
+    --------
+    >>> import hemaseg
+    >>> res = hemaseg.analyze(hemaseg.__path__[0] + "/samples/BloodImage_00000.jpg")
+    >>> res.counts["wbc"], res.counts["neutrophil"]
+    (1, 1)
     """
     check_numbers(min_confidence=min_confidence, pixel_size=pixel_size)
     image = as_photo(image)

@@ -275,6 +275,16 @@ def classify(image: np.ndarray, model="wbc-type", device: str = "cpu", normalise
     ``normalise`` is False (the input is then resized as is). ``backend``: ``torch``, ``onnx``
     or ``auto`` (:mod:`hemaseg.engine.runtime`). ``image`` may also be grey, RGBA, 16-bit, float or a
     file path (:func:`hemaseg.io.images.as_photo`).
+
+    Examples
+    --------
+    >>> import hemaseg
+    >>> photo = hemaseg.read_image(hemaseg.__path__[0] + "/samples/BloodImage_00000.jpg")
+    >>> p = hemaseg.classify(photo)  # the sample holds one WBC: the crop is centred on it
+    >>> list(p)[:4], round(sum(p.values()), 6)
+    (['neutrophil', 'eosinophil', 'monocyte', 'lymphocyte'], 1.0)
+    >>> hemaseg.classify(np.full((64, 64, 3), 230, np.uint8))  # no WBC in it
+    {}
     """
     image = as_photo(image)
     device = resolve_device(device)  # 'auto', or 'cuda' without a GPU: one line, not torch's error
