@@ -152,7 +152,8 @@ def test_the_public_functions_take_any_photo_array_or_path_and_refuse_the_rest_i
     Image.fromarray(RGB).save(tmp_path / "x.png")
     assert np.array_equal(as_photo(tmp_path / "x.png"), RGB)
     for bad, why in ((np.zeros((3, 40, 50)), "channels-first"), (np.zeros((0, 0, 3)), "empty"),
-                     (np.array([["a"]]), "values"), (np.zeros((2, 3, 4, 5)), "shape"), (tmp_path / "no.png", "no such")):
+                     (np.array([["a"]]), "values"), (np.zeros((2, 3, 4, 5)), "shape"), (tmp_path / "no.png", "no such"),
+                     ([tmp_path / "x.png"] * 2, "list of 2 images or paths; give one image")):
         with pytest.raises(HemasegInputError, match=why):
             as_photo(bad)
     sample = hemaseg.read_image(Path(hemaseg.__file__).parent / "samples" / "BloodImage_00000.jpg")[100:400, 50:450]

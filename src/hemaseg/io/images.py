@@ -164,6 +164,9 @@ def as_photo(image, name: str = "image") -> np.ndarray:
         return read_image(image)
     if isinstance(image, LazyImage):  # a large TIFF read region by region: never read whole here
         return image
+    if isinstance(image, (list, tuple)) and image and all(isinstance(x, (str, Path, np.ndarray)) for x in image):
+        raise HemasegInputError(name, f"a {type(image).__name__} of {len(image)} images or paths; give one image "
+                                      "(call once per image, or use the command line for many)")
     if not isinstance(image, np.ndarray):
         try:
             image = np.asarray(image)
