@@ -96,15 +96,15 @@ def featureless(image: np.ndarray) -> str | None:
     corr = 1.0 - (float(dx.var()) + float(dy.var())) / (4.0 * var)
     if corr < MIN_NEIGHBOUR_CORRELATION:
         return "no spatial structure (noise)"
-    if faint_spread(grey if step == 1 else _grey(image)) < MIN_FAINT_SPREAD:
+    if faint_spread(grey if step == 1 else image) < MIN_FAINT_SPREAD:
         return "faint (nothing stands out from the shading)"
     return None
 
 
 def faint_spread(grey: np.ndarray) -> float:
-    """Grey levels spanned (0.1-99.9th percentile) by an (H, W) image once its smooth shading is taken
-    away: a least-squares plane, then a Gaussian of :data:`FAINT_TREND_SIGMA` px, on a copy of at most
-    :data:`FAINT_SIDE` px a side.
+    """Grey levels spanned (0.1-99.9th percentile) by an (H, W) or (H, W, C) image once its smooth shading is taken
+    away: a least-squares plane, then a Gaussian of :data:`FAINT_TREND_SIGMA` px (computed at 1/8 scale),
+    on a copy of at most :data:`FAINT_SIDE` px a side, every other pixel counted.
 
     >>> yy, xx = np.mgrid[:64, :64]
     >>> faint_spread(np.where((yy - 32) ** 2 + (xx - 32) ** 2 < 100, 100.0, 200.0)) > 80  # a dark disc
@@ -114,15 +114,22 @@ def faint_spread(grey: np.ndarray) -> float:
     """
     import cv2
 
-    g = grey.astype(np.float32, copy=False)
-    h, w = g.shape
+    h, w = grey.shape[:2]
     s = min(1.0, FAINT_SIDE / max(h, w))
-    if s < 1:
-        g = cv2.resize(g, (max(2, round(w * s)), max(2, round(h * s))), interpolation=cv2.INTER_AREA)
-    yy, xx = np.mgrid[:g.shape[0], :g.shape[1]].astype(np.float32)
-    design = np.stack([np.ones_like(xx).ravel(), xx.ravel(), yy.ravel()], 1)
-    plane = design @ np.linalg.lstsq(design, g.ravel(), rcond=None)[0]  # a lamp's gradient, also at the borders
-    g = g - plane.reshape(g.shape).astype(np.float32)
-    rest = g - cv2.GaussianBlur(g, (0, 0), FAINT_TREND_SIGMA, borderType=cv2.BORDER_REFLECT)
+    if s < 1:  # shrunk first (a large colour image is greyed at a sixteenth of its pixels)
+        grey = cv2.resize(np.ascontiguousarray(grey), (max(2, round(w * s)), max(2, round(h * s))),
+                          interpolation=cv2.INTER_AREA)
+    g = _grey(grey) if grey.ndim == 3 else grey.astype(np.float32, copy=False)
+    # The least-squares plane from the row and column means (the grid is regular: the two slopes separate).
+    rows, cols = g.mean(1), g.mean(0)
+    ys, xs = np.arange(len(rows), dtype=np.float32), np.arange(len(cols), dtype=np.float32)
+    ky = float(np.polyfit(ys, rows, 1)[0]) if len(rows) > 1 else 0.0
+    kx = float(np.polyfit(xs, cols, 1)[0]) if len(cols) > 1 else 0.0
+    g = g - (ky * (ys - ys.mean()))[:, None] - (kx * (xs - xs.mean()))[None, :]
+    # The Gaussian trend, computed on an 8x smaller copy (the same smooth surface, a fraction of the time).
+    small = cv2.resize(g, (max(1, g.shape[1] // 8), max(1, g.shape[0] // 8)), interpolation=cv2.INTER_AREA)
+    trend = cv2.resize(cv2.GaussianBlur(small, (0, 0), FAINT_TREND_SIGMA / 8, borderType=cv2.BORDER_REFLECT),
+                       (g.shape[1], g.shape[0]), interpolation=cv2.INTER_LINEAR)
+    rest = (g - trend)[::2, ::2] if min(g.shape) >= 64 else g - trend
     lo, hi = np.percentile(rest, (0.1, 99.9))
     return float(hi - lo)
