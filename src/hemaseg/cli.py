@@ -724,6 +724,8 @@ def evaluate(
             raise typer.Exit(2)
     try:
         res = spec.evaluate(data, model or spec.default_model, split, cell_diameter, dev, grid, method)
+    except HemasegUsageError:
+        raise  # an option the task does not take: exit 2, naming it
     except HemasegError as exc:
         _fail_error(exc)
         raise typer.Exit(1) from None
@@ -741,7 +743,9 @@ def _not_an_input(path: Path, option: str, folders: List[str]) -> None:
     """Refuse an output file that is an existing file under one of the input ``folders`` (a mask, an
     image or a label the run reads)."""
     p = path.resolve()
-    if p.exists() and any(p.is_relative_to(Path(f).resolve()) for f in folders):
+    data_file = p.suffix.lower() in IMAGE_SUFFIXES or p.suffix.lower() in (".txt", ".xml", ".csv", ".yaml", ".yml") \
+        or p.name == "annotations.json"  # what the task readers read (a scores.json of an earlier run is not)
+    if data_file and p.exists() and any(p.is_relative_to(Path(f).resolve()) for f in folders):
         raise HemasegUsageError(option, f"{path} is a file of the data being scored; give another file")
 
 

@@ -23,9 +23,11 @@ from hemaseg.errors import HemasegUsageError
 def resolve_device(device: str) -> str:
     """``cpu``, ``cuda`` or ``auto`` (cuda when torch sees a GPU) as a torch device name;
     :class:`HemasegUsageError` for another name or ``cuda`` without a GPU."""
-    if device not in ("cpu", "cuda", "auto"):
-        raise HemasegUsageError("--device", f"{device!r} is not a device; use cpu, cuda or auto")
-    if device == "cpu":
+    device = str(device)  # a torch.device too
+    base, _, index = device.partition(":")
+    if base not in ("cpu", "cuda", "auto") or (index and (base == "auto" or not index.isdigit())):
+        raise HemasegUsageError("--device", f"{device!r} is not a device; use cpu, cuda (cuda:N) or auto")
+    if base == "cpu":
         return device
     cuda = False
     if torch_available():

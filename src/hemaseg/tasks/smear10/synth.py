@@ -100,6 +100,8 @@ def synth_config(params: list[str] | tuple[str, ...] = (), **fixed) -> SynthConf
         elif isinstance(default, (int, float)) and (isinstance(value, bool) or not isinstance(value, (int, float))):
             raise ValueError(f"synthesis parameter {key}: expected a number, got {text}")
         _check_param(key, value, text)
+        if key == "wbc_ratio":  # the types not given keep their defaults (a type missing failed when drawn)
+            value = {**base.wbc_ratio, **{k: tuple(float(x) for x in v) for k, v in value.items()}}
         kw[key] = value
     return replace(base, **{**kw, **fixed})
 

@@ -34,6 +34,7 @@ from hemaseg.tasks.wbc_type.train import (
 )
 
 DEPENDS = ("wbc",)
+EVALUATE_CHUNK = 256  # crops read and normalised together by ``hemaseg evaluate wbc-type``
 
 
 class WbcTypeTask(Task):
@@ -110,24 +111,32 @@ class WbcTypeTask(Task):
                 known.append((p, t))
             else:
                 failed.append({"image": str(p), "reason": f"type {t}: not one of the model's ({', '.join(classes)})"})
-        images, kept = [], []
-        for p, t in known:
-            try:
-                images.append(read_image(p))
-                kept.append((p, t))
-            except HemasegInputError as exc:
-                failed.append({"image": str(exc.path), "reason": exc.reason})
+        # Read, normalised and predicted EVALUATE_CHUNK crops at a time (memory stays that of one chunk).
+        kept, probs_parts, found_parts, seconds = [], [], [], 0.0
+        for i in range(0, len(known), EVALUATE_CHUNK):
+            images, chunk = [], []
+            for p, t in known[i:i + EVALUATE_CHUNK]:
+                try:
+                    images.append(read_image(p))
+                    chunk.append((p, t))
+                except HemasegInputError as exc:
+                    failed.append({"image": str(exc.path), "reason": exc.reason})
+            if not chunk:
+                continue
+            t0 = time.perf_counter()
+            cells = crops_for(images, card)
+            probs_parts.append(predict_crops([c.image for c in cells], model, device,
+                                             extras=np.stack([c.extras for c in cells]), parts=[c.parts for c in cells]))
+            seconds += time.perf_counter() - t0
+            found_parts.append(np.array([c.found for c in cells]))
+            kept += chunk
         if not kept:
             raise HemasegInputError(", ".join(map(str, data)), "no labelled crop of the model's types could be read" +
                                     (": " + "; ".join(f"{f['image']}: {f['reason']}" for f in failed[:3]) if failed else ""))
-        t0 = time.perf_counter()
-        cells = crops_for(images, card)
-        probs = predict_crops([c.image for c in cells], model, device, extras=np.stack([c.extras for c in cells]),
-                              parts=[c.parts for c in cells])
-        seconds = time.perf_counter() - t0
+        probs, found_all = np.concatenate(probs_parts), np.concatenate(found_parts)
         truth = np.array([classes.index(t) for _, t in kept])
         pred = probs.argmax(1)
-        found = np.array([c.found for c in cells])
+        found = found_all
         present = sorted(set(truth.tolist()))
         names = classes + [NO_WBC]  # a crop in which no WBC is found is its own (wrong) answer
         rep = classification_report(truth, np.where(found, pred, len(classes)), names)

@@ -527,9 +527,7 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
     if replayed.any() and (~replayed).any():
         # The lab's own crops and the replayed labs' share the draws as asked, class-balanced within each.
         for part, share in ((replayed, cfg.replay_share), (~replayed, 1.0 - cfg.replay_share)):
-            c = np.bincount(tr_lab[part], minlength=len(classes)).astype(float)
-            w = 1.0 / np.maximum(c[tr_lab[part]], 0.1 * c.max())
-            sample_w[part] = share * w / w.sum()
+            sample_w[part] = share * draw_weights(tr_lab[part], labs[part], len(classes), cfg.lab_balance)
     card = {
         "name": f"wbc-type-{arch_kwargs['backbone']}" if "backbone" in arch_kwargs else start[1].get("name", "wbc-type"),
         "task": "wbc-type",
