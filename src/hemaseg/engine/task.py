@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +55,8 @@ def param_value(defaults, name: str, value):
     ValueError: red_ring must not be negative
     """
     default = getattr(defaults, name)
+    if isinstance(default, str) and isinstance(value, os.PathLike):  # a model given as a path
+        value = os.fspath(value)
     if isinstance(value, str) and not isinstance(default, str):
         text = value.strip()
         try:

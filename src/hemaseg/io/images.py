@@ -77,9 +77,11 @@ def _read_raw(path: Path) -> np.ndarray:
     if _png_16bit_colour(path):  # PIL keeps only the high byte of a 16-bit colour PNG: read all of it, as a TIFF's
         import cv2
 
+        with open(path, "rb") as f:
+            head = f.read(24)
+        check_size(path, int.from_bytes(head[20:24], "big"), int.from_bytes(head[16:20], "big"))  # before decoding
         arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         if arr is not None and arr.ndim == 3 and arr.shape[2] in (3, 4):
-            check_size(path, arr.shape[0], arr.shape[1])
             return np.ascontiguousarray(arr[..., [2, 1, 0, 3][:arr.shape[2]]])
     try:
         with Image.open(path) as im:

@@ -888,13 +888,18 @@ def estimate_diameter(image: np.ndarray, model="wbc", device: str = "cpu") -> fl
         return None
     module, card = model_of_task(model, "wbc", device)
     p = WBC.params(card)
-    if max(image.shape[:2]) > p.block_size:
+    if max(image.shape[:2]) > p.block_size:  # as _segment_blocks: the central square, else a shrunk copy
         h, w = image.shape[:2]
         y0, x0 = max(0, (h - ESTIMATE_SIZE) // 2), max(0, (w - ESTIMATE_SIZE) // 2)
-        image = np.ascontiguousarray(image[y0:y0 + ESTIMATE_SIZE, x0:x0 + ESTIMATE_SIZE])
-        if featureless(image):
-            return None
-    elif asks_red_cells(image.shape, p, p.size_model):
+        centre = np.ascontiguousarray(image[y0:y0 + ESTIMATE_SIZE, x0:x0 + ESTIMATE_SIZE])
+        prange = card_range(card, image)
+        estimate = None if featureless(centre) else _estimate_scale(module, card, centre, prange, p=p)[0]
+        if estimate is None:
+            shrink = min(1.0, ESTIMATE_SIZE / max(h, w))
+            estimate = _estimate_scale(module, card, downscale(image, shrink), prange, p=p)[0]
+            estimate = estimate / shrink if estimate else None
+        return None if estimate is None else float(estimate)
+    if asks_red_cells(image.shape, p, p.size_model):
         found = found_wbcs(image, p.size_model)[0]
         if found is not None:
             return float(found)
