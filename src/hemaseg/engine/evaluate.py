@@ -73,6 +73,12 @@ def find_each(data: list, find, failed: list[dict]) -> list:
     return out
 
 
+def nothing_scored(data: list, failed: list[dict], what: str = "no image could be scored") -> HemasegInputError:
+    """The error of an evaluation that scored nothing: ``what``, then the first three failures (``failed``)."""
+    why = "; ".join(f"{f['image']}: {f['reason']}" for f in failed[:3])
+    return HemasegInputError(", ".join(map(str, data)), what + (f": {why}" if why else ""))
+
+
 def runner(task, model, cell_diameter: float | None = None, device: str = "cpu", method: str | None = None):
     """image -> Segmentation of ``task``: by ``model`` (loaded once) or by a classical ``method``."""
     if method:
@@ -102,8 +108,7 @@ def evaluate_pairs(task, data: list, model=None, split: str | Path | None = None
                        lambda seg, target, image: {**task.score(seg, target, image), "_pred": (seg.classes, seg.instances)},
                        failed)
     if not rows:
-        raise HemasegInputError(", ".join(map(str, data)), "no image could be scored: " +
-                                "; ".join(f"{f['image']}: {f['reason']}" for f in failed[:3]))
+        raise nothing_scored(data, failed)
     keys = [k for k in (task.mean_keys or [k for k, v in rows[0].items() if isinstance(v, float)])]
     if "seconds" not in keys:
         keys.append("seconds")

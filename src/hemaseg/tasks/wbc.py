@@ -888,16 +888,8 @@ def estimate_diameter(image: np.ndarray, model="wbc", device: str = "cpu") -> fl
         return None
     module, card = model_of_task(model, "wbc", device)
     p = WBC.params(card)
-    if max(image.shape[:2]) > p.block_size:  # as _segment_blocks: the central square, else a shrunk copy
-        h, w = image.shape[:2]
-        y0, x0 = max(0, (h - ESTIMATE_SIZE) // 2), max(0, (w - ESTIMATE_SIZE) // 2)
-        centre = np.ascontiguousarray(image[y0:y0 + ESTIMATE_SIZE, x0:x0 + ESTIMATE_SIZE])
-        prange = card_range(card, image)
-        estimate = None if featureless(centre) else _estimate_scale(module, card, centre, prange, p=p)[0]
-        if estimate is None:
-            shrink = min(1.0, ESTIMATE_SIZE / max(h, w))
-            estimate = _estimate_scale(module, card, downscale(image, shrink), prange, p=p)[0]
-            estimate = estimate / shrink if estimate else None
+    if max(image.shape[:2]) > p.block_size:  # as _segment_blocks measures it
+        estimate = _estimate_large(module, card, image, card_range(card, image), DEFAULT_TILE, DEFAULT_OVERLAP, p)
         return None if estimate is None else float(estimate)
     if asks_red_cells(image.shape, p, p.size_model):
         found = found_wbcs(image, p.size_model)[0]
@@ -1093,6 +1085,26 @@ def _segment_wbc(image: np.ndarray, module: torch.nn.Module, card: dict, cell_di
     return Segmentation(classes, instances, probs, diameter, factor, objects)
 
 
+def _estimate_large(module: torch.nn.Module, card: dict, image: np.ndarray, prange: np.ndarray, tile: int,
+                    overlap: int, p: WbcParams) -> float | None:
+    """The WBC diameter of an image longer than ``p.block_size``: at full resolution on the central
+    ESTIMATE_SIZE-px square (on a copy of the whole image shrunk to that size the first pass saw small
+    WBCs at a quarter of the trained size and the estimate settled 4x off); on the shrunk copy only when
+    that square holds no cell. None when neither finds one."""
+    h, w = image.shape[:2]
+    y0, x0 = max(0, (h - ESTIMATE_SIZE) // 2), max(0, (w - ESTIMATE_SIZE) // 2)
+    centre = np.ascontiguousarray(image[y0:y0 + ESTIMATE_SIZE, x0:x0 + ESTIMATE_SIZE])
+    estimate = None if featureless(centre) else _estimate_scale(module, card, centre, prange, tile, overlap, p)[0]
+    del centre
+    if estimate is None:
+        shrink = min(1.0, ESTIMATE_SIZE / max(h, w))
+        small = downscale(image, shrink)  # a LazyImage (large TIFF) is never read whole
+        estimate = _estimate_scale(module, card, small, prange, tile, overlap, p)[0]
+        del small
+        estimate = estimate / shrink if estimate else None
+    return estimate
+
+
 def _segment_blocks(module: torch.nn.Module, card: dict, image: np.ndarray, prange: np.ndarray,
                     cell_diameter: float | None, tile: int, overlap: int, p: WbcParams) -> Segmentation:
     """:func:`segment_wbc` of an image longer than ``p.block_size``, region by region.
@@ -1111,20 +1123,7 @@ def _segment_blocks(module: torch.nn.Module, card: dict, image: np.ndarray, pran
     h, w = image.shape[:2]
     trained = float(card.get("cell_diameter") or 0)
     if cell_diameter is None:
-        # At full resolution on the central ESTIMATE_SIZE-px square: on a copy of the whole image
-        # shrunk to that size the first pass saw small WBCs at a quarter of the trained size and the
-        # estimate settled 4x off. The shrunk copy only when that square holds no cell.
-        y0, x0 = max(0, (h - ESTIMATE_SIZE) // 2), max(0, (w - ESTIMATE_SIZE) // 2)
-        centre = np.ascontiguousarray(image[y0:y0 + ESTIMATE_SIZE, x0:x0 + ESTIMATE_SIZE])
-        estimate = None if featureless(centre) else _estimate_scale(module, card, centre, prange, tile, overlap, p)[0]
-        del centre
-        if estimate is None:
-            shrink = min(1.0, ESTIMATE_SIZE / max(h, w))
-            small = downscale(image, shrink)  # a LazyImage (large TIFF) is never read whole
-            estimate = _estimate_scale(module, card, small, prange, tile, overlap, p)[0]
-            del small
-            estimate = estimate / shrink if estimate else None
-        cell_diameter = estimate
+        cell_diameter = _estimate_large(module, card, image, prange, tile, overlap, p)
     factor = scale_factor(card, cell_diameter, p.scale_deadband)
     diameter = float(cell_diameter or ((trained or p.fallback_diameter) / factor))
     margin = int(np.ceil(p.block_margin * diameter))

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from hemaseg.core.result import Segmentation
-from hemaseg.engine.evaluate import find_each
+from hemaseg.engine.evaluate import find_each, nothing_scored
 from hemaseg.engine.predict import model_of_task
 from hemaseg.engine.task import ARCH_ALIASES, Task
 from hemaseg.engine.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
@@ -103,8 +103,7 @@ class CellsTask(Task):
                 row[f"{c}_true"], row[f"{c}_found"] = len(truths[c][i]), len(mine)
             rows.append(row)
         if not rows:
-            raise HemasegInputError(", ".join(map(str, data)), "no photo could be scored" + (
-                ": " + "; ".join(f"{f['image']}: {f['reason']}" for f in failed[:3]) if failed else ""))
+            raise nothing_scored(data, failed, "no photo could be scored")
         ap = {c: detection_ap(preds[c], truths[c]) for c in cats}
         boxed = [c for c in cats if any(truths[c].values())]  # a category no photo boxes is left out
         mean = {f"ap50_{c}": ap[c] for c in boxed}

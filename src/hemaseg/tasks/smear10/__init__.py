@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from hemaseg.core.result import Segmentation
-from hemaseg.engine.evaluate import find_each, runner
+from hemaseg.engine.evaluate import find_each, nothing_scored, runner
 from hemaseg.engine.plots import plot_confusion
 from hemaseg.engine.task import Task
 from hemaseg.engine.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
@@ -120,8 +120,7 @@ class Smear10Task(Task):
                          "pixel_accuracy": float(np.trace(one) / max(one.sum(), 1)),
                          "cell_diameter": seg.cell_diameter, "scale": seg.scale})
         if not rows:
-            raise HemasegInputError(", ".join(map(str, data)), "no image could be scored: " +
-                                    "; ".join(f"{f['image']}: {f['reason']}" for f in failed[:3]))
+            raise nothing_scored(data, failed)
         scores = semantic_scores(cm, list(CLASSES))
         if grid is not None:
             plot_confusion(cm, list(CLASSES), grid, f"smear10 pixels, row %: {len(rows)} images, pixel accuracy "

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hemaseg.engine.evaluate import find_each
+from hemaseg.engine.evaluate import find_each, nothing_scored
 from hemaseg.engine.plots import plot_confusion
 from hemaseg.engine.predict import model_of_task
 from hemaseg.engine.task import COMMON_TRAIN_OPTIONS, Task, check_options
@@ -131,12 +131,10 @@ class WbcTypeTask(Task):
             found_parts.append(np.array([c.found for c in cells]))
             kept += chunk
         if not kept:
-            raise HemasegInputError(", ".join(map(str, data)), "no labelled crop of the model's types could be read" +
-                                    (": " + "; ".join(f"{f['image']}: {f['reason']}" for f in failed[:3]) if failed else ""))
-        probs, found_all = np.concatenate(probs_parts), np.concatenate(found_parts)
+            raise nothing_scored(data, failed, "no labelled crop of the model's types could be read")
+        probs, found = np.concatenate(probs_parts), np.concatenate(found_parts)
         truth = np.array([classes.index(t) for _, t in kept])
         pred = probs.argmax(1)
-        found = found_all
         present = sorted(set(truth.tolist()))
         names = classes + [NO_WBC]  # a crop in which no WBC is found is its own (wrong) answer
         rep = classification_report(truth, np.where(found, pred, len(classes)), names)
