@@ -5,6 +5,7 @@ import dataclasses
 import functools
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -541,8 +542,8 @@ CLASSIFY_BATCH_VALUES = 128 * 512 * 512 * 3  # ... or fewer, when they are large
 def classify(
     mode: int = typer.Option(2, "-m", "--mode", help="1: MONONUCLEAR/POLYNUCLEAR; 2: four types (seed 004); 3: five; "
                                                      "4: PBC's eight classes (a model trained on PBC)"),
-    file: Optional[List[Path]] = typer.Option(None, "-f", "--file", help="one crop of a single WBC (repeatable)"),
-    directory: Optional[List[Path]] = typer.Option(None, "-d", "--dir", help="folder of crops (sub-folders included)"),
+    file: Optional[List[str]] = typer.Option(None, "-f", "--file", help="one crop of a single WBC (repeatable)"),
+    directory: Optional[List[str]] = typer.Option(None, "-d", "--dir", help="folder of crops (sub-folders included)"),
     output: Path = typer.Option(Path("predictions.csv"), "-o", "--output", help="CSV to write"),
     model: Optional[str] = typer.Option(None, help="bundled name, .safetensors file or run folder"),
     min_confidence: float = typer.Option(0.0, "--min-confidence", min=0.0, max=1.0,
@@ -557,18 +558,21 @@ def classify(
 
     if mode not in (1, 2, 3, 4):
         raise typer.BadParameter("use 1, 2, 3 or 4", param_hint="-m")
-    paths: list[Path] = list(file or [])
+    # Each crop by its path as given (DESIGN.md: the CSV's filename): -f as typed, a -d folder's crops as
+    # the folder as typed joined with their path inside it ("./crops/a.jpg" stays so, not "crops/a.jpg").
+    paths: list[str] = list(file or [])
     for d in directory or []:
-        if not d.is_dir():
+        if not Path(d).is_dir():
             _fail(d, "not a folder")
             raise typer.Exit(2)
-        paths += sorted(p for p in d.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        paths += [os.path.join(d, str(p.relative_to(d))) for p in sorted(Path(d).rglob("*"))
+                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
     if not paths:
         empty = ", ".join(str(d) for d in directory or [])
         raise typer.BadParameter(f"{empty}: no images in it (sub-folders included)" if empty and not file else
                                  "give -f FILE and/or -d DIR with images")
     check_output(output, "--output", folder=False)
-    if output.resolve() in {p.resolve() for p in paths}:
+    if output.resolve() in {Path(p).resolve() for p in paths}:
         raise HemasegUsageError("--output", f"{output} is one of the crops; give another file")
     dev = _device(device)
     check_backend(backend)
@@ -623,7 +627,7 @@ def classify(
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["filename", "prediction", *names])
     for path, (label, q) in zip(ok_paths, rows):
-        w.writerow([str(path), label, *[f"{v:.6f}" for v in q]])
+        w.writerow([path, label, *[f"{v:.6f}" for v in q]])
     write_text(output, buf.getvalue())
     typer.echo(f"{len(ok_paths)}/{len(paths)} crops classified; {output}", err=True)
     raise typer.Exit(1 if failed else 0)

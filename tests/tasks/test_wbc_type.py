@@ -137,6 +137,17 @@ def test_classify_single_file_keeps_the_path_as_given(tmp_path, tiny_classifier)
         assert res.exit_code == 2 and why in res.output and len(res.output.strip().splitlines()) == 1, res.output
 
 
+def test_classify_keeps_relative_paths_as_typed(tmp_path, tiny_classifier, monkeypatch):
+    # DESIGN.md: the CSV's filename is the path as given; pathlib would print "./c/x.jpg" as "c/x.jpg".
+    d = _crops(tmp_path / "c", per_class=1, classes=("Monocyte",))
+    name = next((d / "Monocyte").iterdir()).name
+    monkeypatch.chdir(tmp_path)
+    res = runner.invoke(app, ["classify", "-f", f"./c/Monocyte/{name}", "-d", "./c/", "-o", "o.csv",
+                              "--model", str(tiny_classifier)])
+    assert res.exit_code == 0, res.output
+    assert [r[0] for r in list(csv.reader(open("o.csv")))[1:]] == [f"./c/Monocyte/{name}"] * 2
+
+
 def test_explain_names_same_named_crops_apart_and_refuses_a_file_as_out(tmp_path, tiny_classifier):
     d = _crops(tmp_path / "c", per_class=1, classes=("Monocyte", "Lymphocyte"))
     a, b = (next((d / c).iterdir()) for c in ("Monocyte", "Lymphocyte"))
