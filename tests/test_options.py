@@ -138,6 +138,10 @@ def test_the_python_functions_refuse_a_model_of_another_task_and_take_params_as_
             call()
     seg = hemaseg.segment(blank, params={"red_outside": 0.5})  # a known name: taken
     assert seg.count == 0
+    model, card = hemaseg.load_model("wbc")  # a card naming a task this hemaseg lacks: one error, no KeyError
+    with pytest.raises(hemaseg.HemasegInputError, match="names task 'rbcx'"):
+        hemaseg.segment(blank, model=(model, {**card, "task": "rbcx"}))
+    assert "HemasegUsageError" in hemaseg.__all__ and hemaseg.HemasegUsageError is HemasegUsageError
 
 
 def test_the_python_functions_read_option_values_as_the_command_line_does():

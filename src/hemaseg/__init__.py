@@ -18,7 +18,7 @@ The layout (docs/ARCHITECTURE.md): ``core`` -> ``io``/``data``/``classical`` -> 
 from __future__ import annotations
 
 from hemaseg.core.result import Segmentation
-from hemaseg.errors import HemasegError, HemasegInputError
+from hemaseg.errors import HemasegError, HemasegInputError, HemasegUsageError
 from hemaseg.io.images import read_image
 from hemaseg.models.registry import create_model, list_models, load_model
 from hemaseg.pipelines.analyze import analyze
@@ -28,5 +28,5 @@ from hemaseg.tasks.wbc import estimate_diameter
 from hemaseg.tasks.wbc_type.crops import classify
 from hemaseg.version import __version__
 
-__all__ = ["__version__", "HemasegError", "HemasegInputError", "Segmentation", "analyze", "classify", "create_model",
-           "estimate_diameter", "get_task", "list_models", "list_tasks", "load_model", "read_image", "segment"]
+__all__ = ["__version__", "HemasegError", "HemasegInputError", "HemasegUsageError", "Segmentation", "analyze", "classify",
+           "create_model", "estimate_diameter", "get_task", "list_models", "list_tasks", "load_model", "read_image", "segment"]

@@ -5,11 +5,63 @@ from pathlib import Path
 
 
 class HemasegError(Exception):
-    """Base class of hemaseg's own errors."""
+    """Base class of hemaseg's own errors: catch it to catch every one of them.
+
+    Never raised itself: the library raises its subclasses :class:`HemasegInputError` (an input
+    that cannot be used; ``path`` and ``reason``) and :class:`HemasegUsageError` (an argument or
+    option with a bad value, or one that does not apply, e.g. ``tile=7``, ``device="gpu"``, a
+    classifier given to :func:`hemaseg.segment`; ``option`` and ``reason``; importable from
+    :mod:`hemaseg.errors`). ``option`` is spelled as on the command line for numbers, ``device``
+    and ``backend`` (``"--tile"``), else it is the argument's name (``"model"``, ``"params"``).
+    The message is ``"<path or option>: <reason>"``: the command line prints it as one line,
+    goes on with the next input after an input error, and exits 2 on a usage error.
+
+    Examples
+    --------
+    >>> import numpy as np, hemaseg
+    >>> try:
+    ...     hemaseg.segment(np.zeros((64, 64, 3), np.uint8), device="gpu")
+    ... except hemaseg.HemasegError as exc:
+    ...     print(type(exc).__name__, "|", exc.reason)
+    HemasegUsageError | 'gpu' is not a device; use cpu, cuda (cuda:N) or auto
+    """
 
 
 class HemasegInputError(HemasegError):
-    """A file that cannot be used as input: unreadable, corrupt, empty, wrong size or kind."""
+    """An input that cannot be used: a file, model or array the library cannot work with.
+
+    Raised for an image file that does not exist, is a folder, is empty, corrupt, truncated, not
+    an image or too large (:func:`hemaseg.read_image`); an array given as an image that is not
+    one (channels-first, no numbers, empty, a list of images: :func:`hemaseg.io.images.as_photo`);
+    a model that is no bundled name and no readable model file or run folder, or whose card or
+    weights do not load (:func:`hemaseg.load_model`); and other unusable inputs (annotation
+    files, data folders, a training run to resume).
+
+    Parameters
+    ----------
+    path : str or Path
+        The file or model at fault; when the input is not a file, the name of what is at fault
+        (``"image"`` for an array given as an image, ``"path"`` for a non-path given to
+        :func:`hemaseg.read_image`, a task or method name).
+    reason : str
+        What is wrong with it.
+
+    Attributes
+    ----------
+    path : str
+        ``path`` as text.
+    reason : str
+        ``reason``. The message (``str(exc)``) is ``"<path>: <reason>"``.
+
+    Examples
+    --------
+    >>> import hemaseg
+    >>> try:
+    ...     hemaseg.read_image("no/such/image.png")
+    ... except hemaseg.HemasegInputError as exc:
+    ...     print(exc.path, "|", exc.reason, "|", isinstance(exc, hemaseg.HemasegError))
+    no/such/image.png | no such file | True
+    """
 
     def __init__(self, path: str | Path, reason: str) -> None:
         self.path = str(path)

@@ -198,15 +198,53 @@ def as_photo(image, name: str = "image") -> np.ndarray:
 def read_image(path: str | Path) -> np.ndarray:
     """Read an image file as an (H, W, 3) uint8 RGB array.
 
-    Grey becomes three equal channels, alpha is dropped, 16-bit and float data are
-    rescaled to the image's own range. Anything unusable raises HemasegInputError.
+    PNG, JPEG, BMP and the other formats Pillow opens; a ``.tif`` / ``.tiff`` file through
+    tifffile (its first page: planar RGB made channels-last, the first plane of a stack). Grey becomes three
+    equal channels and alpha is dropped (palette and other modes are converted to RGB first);
+    16-bit (a 16-bit colour PNG with all 16 bits), 32-bit and float data are rescaled to uint8
+    over the image's own range of finite values (:func:`to_uint8`: one range for all channels;
+    float data within 0-1 taken as 0-1); 8-bit data is kept as it is. An image is decoded whole:
+    one over :data:`MAX_PIXELS` (400 MP) is refused from its header, before decoding.
 
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The image file.
+
+    Returns
+    -------
+    (H, W, 3) uint8 ndarray
+        The RGB image, C-contiguous.
+
+    Raises
+    ------
+    HemasegInputError
+        ``path`` is not a str or path (an array is already an image: pass it to
+        :func:`hemaseg.segment` and the others as it is), names no file, a folder or an empty
+        file; the file is not an image, is corrupt or truncated, has zero size or an unsupported
+        shape, is over :data:`MAX_PIXELS`, or cannot be decoded in the memory there is. The error
+        carries the path and the reason.
+
+    Examples
+    --------
     >>> import tempfile, os
     >>> from PIL import Image
     >>> p = os.path.join(tempfile.mkdtemp(), "g.png")
     >>> Image.fromarray(np.zeros((4, 5), np.uint8)).save(p)
     >>> read_image(p).shape
     (4, 5, 3)
+
+    A 16-bit grey image is rescaled over its own range:
+
+    >>> Image.fromarray(np.array([[0, 500, 1000]], np.uint16)).save(p)
+    >>> img = read_image(p)
+    >>> img.dtype.name, img[0, :, 0].tolist()
+    ('uint8', [0, 128, 255])
+
+    >>> read_image("no/such/image.png")
+    Traceback (most recent call last):
+    ...
+    hemaseg.errors.HemasegInputError: no/such/image.png: no such file
     """
     if not isinstance(path, (str, os.PathLike)):
         raise HemasegInputError("path", f"a {type(path).__name__}, not a file path (an array is already an image: "

@@ -28,11 +28,34 @@ def register_model(name: str) -> Callable:
 
 
 def list_models(bundled: bool = False) -> list[str]:
-    """Names of the registered architectures (what :func:`create_model` builds); with ``bundled``, the
-    models shipped with weights (what :func:`load_model` loads by name), as timm's
-    ``list_models(pretrained=True)``.
+    """Names of the registered architectures, or with ``bundled`` of the models shipped with weights.
 
+    As timm's ``list_models`` and ``list_models(pretrained=True)``.
+
+    Parameters
+    ----------
+    bundled : bool, optional
+        False (default): the architectures :func:`create_model` builds (``unet-dropout``,
+        ``smp-unet``, ``maskrcnn-light``, ``wbc-classifier``, ``wbc-ensemble``). True: the models
+        shipped in the package's ``weights`` folder, each a ``.safetensors`` file with its model
+        card ``.json``, which :func:`load_model`, :func:`hemaseg.segment`, :func:`hemaseg.classify`
+        and :func:`hemaseg.analyze` take by name: the segmentation models ``wbc``, ``nuclei``,
+        ``smear10``, ``cells`` and ``cells-maskrcnn``, and the WBC-type classifiers ``wbc-type``
+        and ``smear10-type``.
+
+    Returns
+    -------
+    list of str
+        The names, sorted.
+
+    Examples
+    --------
     >>> "wbc" in list_models(bundled=True)
+    True
+    >>> import hemaseg
+    >>> {"cells", "nuclei", "smear10", "wbc", "wbc-type"} <= set(hemaseg.list_models(bundled=True))
+    True
+    >>> "unet-dropout" in hemaseg.list_models()
     True
     """
     if bundled:
@@ -41,7 +64,42 @@ def list_models(bundled: bool = False) -> list[str]:
 
 
 def create_model(name: str, **kwargs) -> nn.Module:
-    """Build the architecture ``name`` with ``kwargs`` (random initialisation)."""
+    """Build the architecture ``name`` with ``kwargs``, randomly initialised (a torch module).
+
+    Needs torch and the rest of the training stack (``pip install 'hemaseg[train]'``: timm for
+    the classifiers, torchvision for ``maskrcnn-light``, segmentation_models_pytorch for
+    ``smp-unet``). Nothing is downloaded: no pretrained weights.
+
+    Parameters
+    ----------
+    name : str
+        A registered architecture: one of :func:`list_models` (``unet-dropout``, ``smp-unet``,
+        ``maskrcnn-light``, ``wbc-classifier``, ``wbc-ensemble``). A model card names its own under
+        ``card["architecture"]["name"]``.
+    **kwargs
+        The architecture's constructor arguments, as a model card's ``card["architecture"]["kwargs"]``
+        holds them (e.g. ``classes`` and ``widths`` for ``unet-dropout``); those not given take the
+        constructor's defaults.
+
+    Returns
+    -------
+    torch.nn.Module
+        The network with random weights, in training mode, on the CPU.
+
+    Raises
+    ------
+    KeyError
+        ``name`` is not a registered architecture (the message lists the known ones).
+    TypeError
+        An argument the constructor does not take (a bad value raises the constructor's own error).
+
+    Examples
+    --------
+    >>> import torch, hemaseg
+    >>> net = hemaseg.create_model("unet-dropout", classes=3, widths=[8, 16, 32, 64, 128]).eval()
+    >>> net(torch.zeros(1, 3, 64, 64)).shape  # (N, classes, H, W) logits
+    torch.Size([1, 3, 64, 64])
+    """
     if name not in _MODELS:
         raise KeyError(f"unknown architecture {name!r}; known: {', '.join(sorted(_MODELS))}")
     return _MODELS[name](**kwargs)
@@ -78,7 +136,7 @@ def resolve_model_path(name_or_path: str | Path) -> Path:
         for cand in ("model.safetensors", "best.safetensors", "last.safetensors"):
             if (p / cand).exists():
                 return p / cand
-        raise HemasegInputError(p, "folder holds no model.safetensors / best.safetensors")
+        raise HemasegInputError(p, "folder holds no model.safetensors, best.safetensors or last.safetensors")
     if p.suffix == ".json" and p.with_suffix(".safetensors").exists():
         return p.with_suffix(".safetensors")
     if p.exists():
@@ -132,7 +190,56 @@ def load_weights(model: nn.Module, state: dict, source: str | Path, arch: str) -
 
 
 def load_model(name_or_path: str | Path, device: str = "cpu") -> tuple[nn.Module, dict]:
-    """Load a model and its card from a bundled name, a safetensors file or a run folder (torch)."""
+    """Load a model (torch) and its model card from a bundled name, a weights file or a run folder.
+
+    The weights are read with safetensors into the architecture the card names
+    (:func:`create_model`); the network is put in eval mode, in channels-last memory format.
+    Unlike the models :func:`hemaseg.segment` and the others load by name, nothing is cached and
+    ONNX Runtime is never used: this needs torch (``pip install 'hemaseg[train]'``).
+
+    Parameters
+    ----------
+    name_or_path : str or Path
+        A bundled name (``wbc``, ``nuclei``, ``smear10``, ``cells``, ``cells-maskrcnn``,
+        ``wbc-type``, ``smear10-type``: :func:`list_models` with ``bundled=True``); a ``.safetensors``
+        file, its card the ``.json`` of the same name beside it, else ``model.json`` in its
+        folder; a model card ``.json`` with its ``.safetensors`` beside it; or a training run
+        folder (``model.safetensors``, else ``best.safetensors``, else ``last.safetensors``).
+        An existing file or folder is taken before a bundled name.
+    device : str or torch.device, optional
+        Where the network is put, default ``"cpu"``; given to torch's ``Module.to`` as it is
+        (``"cuda"``, ``"cuda:1"``; ``"auto"`` is not understood here).
+
+    Returns
+    -------
+    model : torch.nn.Module
+        The network, in eval mode, on ``device``.
+    card : dict
+        The model card (the JSON training wrote): ``name``, ``task``, ``classes``,
+        ``architecture`` (``name`` and ``kwargs``), ``normalization``, a segmentation model's
+        trained ``cell_diameter`` (px), metrics and more. ``(model, card)`` may be given as the
+        ``model`` of :func:`hemaseg.segment` and the other functions that take one.
+
+    Raises
+    ------
+    HemasegInputError
+        No such file, run folder or bundled model (the message lists the bundled ones); a folder
+        with no weights; no model card beside the weights, or one that is not a hemaseg model
+        card; an ``.onnx`` file (it runs on ONNX Runtime: ``backend="onnx"`` of
+        :func:`hemaseg.segment`); an architecture the card names that cannot be built; weights
+        that are not a readable safetensors file or do not fit the architecture. The error
+        carries the path and the reason.
+
+    Examples
+    --------
+    >>> import numpy as np, hemaseg
+    >>> model, card = hemaseg.load_model("wbc")
+    >>> card["task"], card["classes"], model.training
+    ('wbc', ['background', 'cytoplasm', 'nucleus'], False)
+    >>> seg = hemaseg.segment(np.full((64, 64, 3), 230, np.uint8), model=(model, card), cell_diameter=40)
+    >>> seg.count
+    0
+    """
     import torch
     from safetensors.torch import load_file
 

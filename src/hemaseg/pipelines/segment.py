@@ -7,7 +7,7 @@ from hemaseg.core.options import OPTION_RANGES
 from hemaseg.core.result import Segmentation
 from hemaseg.engine.predict import get_model, resolve_device, uses_backend
 from hemaseg.engine.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
-from hemaseg.errors import HemasegUsageError
+from hemaseg.errors import HemasegInputError, HemasegUsageError
 from hemaseg.io.images import as_photo
 from hemaseg.tasks import get_task
 
@@ -47,20 +47,86 @@ def diameter_from_pixel_size(task: str, pixel_size: float | None) -> float | Non
 def segment(image: np.ndarray, model="wbc", cell_diameter: float | None = None, device: str = "cpu",
             tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP, tta: bool | None = None,
             params=None, backend: str = "auto") -> Segmentation:
-    """Segment an (H, W, 3) uint8 image with ``model`` (a bundled name, a path, or (module, card)).
+    """Segment a blood-smear image with a model; the model card's task decides what is found.
 
-    The model card's task decides what comes back: ``wbc`` (the default) WBCs with cytoplasm and
-    nucleus (:func:`hemaseg.tasks.wbc.segment_wbc`), ``nuclei`` nuclei instances, ``smear10`` the
-    10-class map (``cell_diameter`` = red-cell diameter), ``cells`` every RBC, WBC and platelet.
-    ``cell_diameter`` (px) rescales the image to the model's trained size; when None it is
-    estimated from the image. ``tta`` (smear10) averages the final pass over the image's flips;
-    None: the model card's choice. ``params`` overrides the task's post-processing parameters: a dict
-    of their names and values (as the CLI's ``--post NAME=VALUE``), or the task's ``Params`` object.
-    An image with nothing in it (flat, or noise) gives no object; a bad ``cell_diameter`` or
-    ``tile`` raises :class:`hemaseg.errors.HemasegUsageError`. ``backend`` runs the network on
-    ``torch``, ``onnx`` (ONNX Runtime) or ``auto`` (ONNX Runtime where the model has an ONNX file,
-    torch otherwise; :mod:`hemaseg.engine.runtime`). ``image`` may also be grey, RGBA, 16-bit, float or
-    a file path (:func:`hemaseg.io.images.as_photo`; anything else raises :class:`HemasegInputError`).
+    One entry point for every segmentation task: the task named in the model card's ``"task"``
+    (``"wbc"`` when the card names none) decides what comes back. ``wbc`` (the default):
+    WBCs with cytoplasm and nucleus (:func:`hemaseg.tasks.wbc.segment_wbc`); ``nuclei``: nuclei
+    instances; ``smear10``: the 10-class smear map; ``cells``: every RBC, WBC and platelet.
+    An image with nothing in it (flat, or noise: :func:`hemaseg.core.content.featureless`) gives
+    no object.
+
+    Parameters
+    ----------
+    image : (H, W, 3) uint8 ndarray, or str or Path
+        The RGB photo. Grey ((H, W) or (H, W, 1)), RGBA (alpha dropped), 16-bit, float (0-1 taken
+        as 0-255) and other numeric arrays are converted as :func:`hemaseg.io.images.as_photo`
+        converts them; a str or Path is read with :func:`hemaseg.read_image`.
+    model : str, Path or tuple, optional
+        The segmentation model, default ``"wbc"``. A bundled name: ``"wbc"``, ``"nuclei"``,
+        ``"smear10"``, ``"cells"`` or ``"cells-maskrcnn"`` (:func:`hemaseg.list_models` with
+        ``bundled=True`` lists them with the classifiers, which do not segment); a path to a
+        ``.safetensors`` file (its card JSON beside it), to a model card ``.json`` (its
+        ``.safetensors`` beside it), to an ``.onnx`` file (not on ``backend="torch"``), or to a
+        training run folder (``model.safetensors``, else ``best.safetensors``, else
+        ``last.safetensors``); or a ``(model, card)`` tuple as :func:`hemaseg.load_model`
+        returns it, used as it is.
+        Loaded models are cached.
+    cell_diameter : float, optional
+        The diameter, in px of the input image, of the cells the task sizes itself by: the whole
+        WBC (``wbc``), the nucleus (``nuclei``), the red cell (``smear10`` and ``cells``). The image
+        is rescaled so these cells reach the size the model was trained on. Allowed: 2 to 5000.
+        Default None: estimated from the image (for ``wbc`` with the card's ``params``, as
+        :func:`hemaseg.estimate_diameter` estimates it).
+    device : str, optional
+        ``"cpu"`` (default), ``"cuda"``, ``"cuda:N"`` or ``"auto"`` (``cuda`` when torch sees a
+        GPU, else ``cpu``); a ``torch.device`` is taken too.
+    tile : int, optional
+        The largest tile side, px at the model's scale, the image is cut into for the network:
+        an integer from 128 to 16384, default 1024. The Mask R-CNN model (``cells-maskrcnn``)
+        reads the whole image at once and uses neither ``tile`` nor ``overlap``.
+    overlap : int, optional
+        Px (at the model's scale) blended between neighbouring tiles: an integer from 0 to 512,
+        default 64.
+    tta : bool, optional
+        ``smear10`` and ``nuclei`` only (the other tasks ignore it): True averages the final pass
+        over the image and its three flips (4x that pass's time), False does not. Default None:
+        the model card's ``"tta"`` (on for the bundled ``smear10``, off for ``nuclei``).
+    params : dict or the task's Params object, optional
+        Overrides of the task's post-processing parameters (e.g. :class:`hemaseg.tasks.wbc.WbcParams`
+        for ``wbc``): a dict of names and values, applied over the model card's ``"postprocess"``
+        entry and the defaults (None values ignored; text is read as the CLI's ``--post NAME=VALUE``
+        reads it), or a complete Params object, used as it is. Default None: the card's, else
+        the defaults.
+    backend : {"auto", "torch", "onnx"}, optional
+        Where the networks run: ``"torch"``, ``"onnx"`` (ONNX Runtime, CPU only) or ``"auto"``
+        (default: ONNX Runtime on the CPU where the model has an ONNX file, onnxruntime is
+        installed and the card allows it, torch otherwise). Without torch, ``cells-maskrcnn``
+        gives way to the ``cells`` U-Net (:mod:`hemaseg.engine.runtime`).
+
+    Returns
+    -------
+    Segmentation
+        At the input's size: ``classes`` (H, W) uint8 class indices (``wbc``: 0 background,
+        1 cytoplasm, 2 nucleus), ``instances`` (H, W) int32 labels 1..N (0 background; uint16
+        for a large ``wbc`` image), ``probs`` (K, H, W) float32, ``cell_diameter`` (px, given or
+        estimated), ``scale`` and ``objects``, one record per instance (see
+        :class:`hemaseg.Segmentation`).
+
+    Raises
+    ------
+    HemasegInputError
+        ``image`` is not usable (a list of images, channels-first (3, H, W), no numbers, empty,
+        or a file :func:`hemaseg.read_image` cannot read), or ``model`` names no bundled model
+        and no readable model file or run folder.
+    hemaseg.errors.HemasegUsageError
+        (a :class:`HemasegError`) ``cell_diameter``, ``tile`` or ``overlap`` outside its range; an
+        unknown ``device`` or ``backend``, ``cuda`` without a GPU, or a ``device`` and ``backend``
+        that cannot run together (``onnx`` on ``cuda``, ``torch`` without torch installed); a
+        ``model`` whose task does not segment (``wbc-type``, ``smear10-type``); an unknown name
+        in ``params`` or a value it does not take (of another type, negative). For the numbers,
+        ``device`` and ``backend`` the message names the option as the command line spells it
+        (``--tile: ...``).
 
     Examples
     --------
@@ -68,11 +134,24 @@ def segment(image: np.ndarray, model="wbc", cell_diameter: float | None = None, 
     >>> seg = hemaseg.segment(np.full((64, 64, 3), 230, np.uint8), model="wbc", cell_diameter=40)
     >>> seg.classes.shape, seg.classes.dtype.name
     ((64, 64), 'uint8')
+    >>> seg.count, int(seg.instances.max()), seg.cell_diameter  # a flat image: no object
+    (0, 0, 40.0)
+
+    An array given channels-first is refused before any model is loaded:
+
+    >>> hemaseg.segment(np.zeros((3, 40, 50)))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    hemaseg.errors.HemasegInputError: image: shape (3, 40, 50) looks channels-first; give (H, W, 3) ...
     """
     image = as_photo(image)
     device = resolve_device(device)  # 'auto', or 'cuda' without a GPU: one line, not torch's error
     loaded = get_model(model, device)
-    task = get_task(loaded[1].get("task", "wbc"))
+    try:
+        task = get_task(loaded[1].get("task", "wbc"))
+    except KeyError as exc:  # a card written by another tool or a newer hemaseg
+        raise HemasegInputError(loaded[1].get("name", model) if isinstance(model, tuple) else model,
+                                f"its model card names {exc.args[0].removeprefix('unknown ')}") from None
     if not task.can_segment:
         raise HemasegUsageError("model", f"{loaded[1].get('name', model)} is a {task.name} model, which does not "
                                          "segment (hemaseg.classify types single-cell crops)")

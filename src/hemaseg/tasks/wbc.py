@@ -870,12 +870,47 @@ def clip_to_found(classes: np.ndarray, instances: np.ndarray, found: np.ndarray,
 
 
 def estimate_diameter(image: np.ndarray, model="wbc", device: str = "cpu") -> float | None:
-    """The WBC diameter (px) :func:`segment_wbc` would work at in an (H, W, 3) image when none is given;
-    None if no cell is found (an image with nothing in it: :func:`hemaseg.core.content.featureless`).
+    """The WBC diameter (px) :func:`segment_wbc` would work at in an image when none is given.
 
-    As :func:`segment_wbc` decides it: from the WBCs the ``size_model`` finds (images up to
-    ``red_cells_max_pixels``), else by the ``wbc`` model's own scale search; an image longer than
-    ``block_size`` is measured on its central :data:`ESTIMATE_SIZE`-px square.
+    As :func:`segment_wbc` decides it, with the model card's post-processing parameters
+    (:class:`WbcParams`): from the WBCs the ``size_model`` (default the bundled ``cells`` model)
+    finds in an image of at most ``red_cells_max_pixels`` (default 2,000,000) px, else by the
+    ``wbc`` model's own scale search; an image whose long side is over ``block_size`` (default
+    2048 px) is measured on its central :data:`ESTIMATE_SIZE`-px square (on a copy of the whole
+    image shrunk to that size when the square holds no cell). It is the estimate
+    ``hemaseg.segment(image, model="wbc")`` makes when given no ``cell_diameter`` and no ``params``.
+
+    Parameters
+    ----------
+    image : (H, W, 3) uint8 ndarray, or str or Path
+        The photo. Grey, RGBA (alpha dropped), 16-bit, float (0-1 taken as 0-255) and other
+        numeric arrays are converted as :func:`hemaseg.io.images.as_photo` converts them; a str
+        or Path is read with :func:`hemaseg.read_image`.
+    model : str, Path or tuple, optional
+        The WBC segmentation model (a model card whose ``"task"`` is ``"wbc"``), default the
+        bundled ``"wbc"``; also a path to a ``.safetensors`` file, a model card ``.json``, an
+        ``.onnx`` file or a training run folder, or a ``(model, card)`` tuple as
+        :func:`hemaseg.load_model` returns it.
+    device : str, optional
+        ``"cpu"`` (default), ``"cuda"``, ``"cuda:N"`` or ``"auto"`` (``cuda`` when torch sees a
+        GPU) for the ``wbc`` model; the ``size_model`` runs on the CPU. There is no ``backend``
+        argument: the networks run on torch when it is installed, else on ONNX Runtime.
+
+    Returns
+    -------
+    float or None
+        The area-weighted median equivalent diameter of the WBCs found, in px of the input
+        image; None if no cell is found, and for an image with nothing in it (flat, or noise:
+        :func:`hemaseg.core.content.featureless`), which is answered before any model is loaded.
+
+    Raises
+    ------
+    HemasegInputError
+        ``image`` is not usable (see :func:`hemaseg.io.images.as_photo`), or ``model`` names no
+        bundled model and no readable model file or run folder.
+    hemaseg.errors.HemasegUsageError
+        An unknown ``device`` or ``cuda`` without a GPU; a ``model`` that is not a ``wbc`` model
+        (checked only when the image has something in it).
 
     Examples
     --------

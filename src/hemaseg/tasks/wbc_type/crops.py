@@ -268,13 +268,57 @@ def predict_crops(crops: list[np.ndarray], model="wbc-type", device: str = "cpu"
 @uses_backend
 def classify(image: np.ndarray, model="wbc-type", device: str = "cpu", normalise: bool = True,
              backend: str = "auto") -> dict[str, float]:
-    """WBC type probabilities of a single-cell (H, W, 3) crop: {type: probability}, summing to 1;
-    ``{}`` when no WBC is found in it (the CLI's ``NO_WBC``; only when normalising).
+    """WBC type probabilities of a single-cell crop: ``{type: probability}``, or ``{}`` if no WBC is in it.
 
-    The crop is first centred on its WBC and rescaled (:func:`cell_crop`) unless
-    ``normalise`` is False (the input is then resized as is). ``backend``: ``torch``, ``onnx``
-    or ``auto`` (:mod:`hemaseg.engine.runtime`). ``image`` may also be grey, RGBA, 16-bit, float or a
-    file path (:func:`hemaseg.io.images.as_photo`).
+    The crop is first centred on its WBC and rescaled (:func:`cell_crop`: the WBC nearest the
+    centre, found by the bundled ``wbc`` segmentation model, spans :data:`CELL_FILL` of the
+    classifier's input square) unless ``normalise`` is False. The classifier then sees the crop
+    and its three 90° rotations; their probabilities, calibrated by the card's ``temperature``,
+    are averaged (:func:`predict_crops`).
+
+    Parameters
+    ----------
+    image : (H, W, 3) uint8 ndarray, or str or Path
+        A crop holding one WBC. Grey, RGBA (alpha dropped), 16-bit, float (0-1 taken as 0-255) and
+        other numeric arrays are converted as :func:`hemaseg.io.images.as_photo` converts them; a
+        str or Path is read with :func:`hemaseg.read_image`.
+    model : str, Path or tuple, optional
+        The WBC-type classifier (a model card whose ``"task"`` is ``"wbc-type"``), default
+        ``"wbc-type"``. Bundled: ``"wbc-type"`` (eight classes: neutrophil, eosinophil, monocyte,
+        lymphocyte, basophil, ig, erythroblast, platelet) and ``"smear10-type"`` (the first five).
+        Also a path to a ``.safetensors`` file, a model card ``.json``, an ``.onnx`` file or a
+        training run folder, or a ``(model, card)`` tuple as :func:`hemaseg.load_model` returns it.
+    device : str, optional
+        ``"cpu"`` (default), ``"cuda"``, ``"cuda:N"`` or ``"auto"`` (``cuda`` when torch sees a
+        GPU). The classifier runs there; the ``wbc`` model that finds the cell runs on the CPU.
+    normalise : bool, optional
+        True (default): centre and rescale the crop on its WBC as above; a crop in which no WBC is
+        found gives ``{}``. False: the whole input is resized to the classifier's input size
+        (the card's ``input_size``; 80 px for the bundled models) and taken to hold a WBC, so the
+        result is never ``{}``; refused (:class:`ValueError`) for a model that sees the cell's
+        parts (nucleus and cytoplasm masks), which only normalising finds.
+    backend : {"auto", "torch", "onnx"}, optional
+        Where the networks run: ``"torch"``, ``"onnx"`` (ONNX Runtime, CPU only) or ``"auto"``
+        (default: ONNX Runtime where the model has an ONNX file, torch otherwise;
+        :mod:`hemaseg.engine.runtime`).
+
+    Returns
+    -------
+    dict of str to float
+        Each class of the model card (in the card's order) and its calibrated probability; the
+        probabilities sum to 1. ``{}`` when normalising found no WBC in the crop (the CLI's
+        ``NO_WBC``).
+
+    Raises
+    ------
+    HemasegInputError
+        ``image`` is not usable (see :func:`hemaseg.io.images.as_photo`), or ``model`` names no
+        bundled model and no readable model file or run folder.
+    hemaseg.errors.HemasegUsageError
+        (a :class:`hemaseg.HemasegError`) ``model`` is not a ``wbc-type`` model (e.g. ``"wbc"``);
+        an unknown ``device`` or ``backend``, or ``cuda`` without a GPU.
+    ValueError
+        ``normalise=False`` with a model that sees the cell's parts.
 
     Examples
     --------
