@@ -53,7 +53,28 @@ def _no_wbc(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def darkness(image: np.ndarray, sigma: float = 1.0) -> np.ndarray:
-    """1 - mean(RGB)/255, lightly smoothed: (H, W) float32, high on stained cells."""
+    """Darkness of each pixel, ``1 - mean(channels) / 255``, lightly smoothed: high on stained cells.
+
+    Parameters
+    ----------
+    image : (H, W, C) ndarray
+        Image on a 0-255 scale, normally uint8 RGB; the mean is taken over all C channels (an alpha
+        channel would count too). A 2-D (H, W) array is not supported (the mean would run over its rows).
+    sigma : float, optional
+        Standard deviation, px, of the Gaussian blur applied to the result; 0 or less: no blur.
+        Default 1.0.
+
+    Returns
+    -------
+    darkness : (H, W) ndarray of float32
+        0 on white, 1 on black pixels.
+
+    Examples
+    --------
+    >>> img = np.array([[[0, 0, 0], [255, 255, 255], [51, 102, 153]]], np.uint8)
+    >>> [round(float(v), 2) for v in darkness(img, sigma=0)[0]]
+    [1.0, 0.0, 0.6]
+    """
     d = 1.0 - image.astype(np.float32).mean(-1) / 255.0
     return cv2.GaussianBlur(d, (0, 0), sigma) if sigma > 0 else d
 
@@ -61,13 +82,40 @@ def darkness(image: np.ndarray, sigma: float = 1.0) -> np.ndarray:
 def nucleus_stain(image: np.ndarray, lab: np.ndarray | None = None, sigma: float = 1.0) -> np.ndarray:
     """How much each pixel has of the nuclear stain's colour: (H, W) float32.
 
-    The stain's hue is found per image: the chroma (a*, b*) of the darkest 3 % of pixels
-    (nuclei) minus that of the brightest 40 % (background); each pixel is projected on that
-    direction. Any stain colour works (purple, blue, magenta); on a grey image there is no
-    chroma and the darkness is returned instead.
+    The stain's hue is found per image: the median chroma (a*, b*) of the darkest 3 % of pixels
+    (nuclei) minus that of the brightest 40 % (background), measured on a regular subsample of at
+    most about 250,000 pixels; each pixel's chroma, minus the background's, is projected on that
+    direction. Any stain colour works (purple, blue, magenta); on a grey image (the two chromas less
+    than 4 units apart) there is no chroma to follow and a darkness, ``(255 - L) / 255``, is returned
+    instead.
 
+    Parameters
+    ----------
+    image : (H, W, 3) ndarray of uint8
+        RGB image (only the first three channels are used). Not used when ``lab`` is given.
+    lab : (H, W, 3) ndarray of float32, optional
+        The image in CIELAB on OpenCV's 8-bit scale (``cv2.cvtColor`` of the uint8 RGB image with
+        ``cv2.COLOR_RGB2LAB``, as float32: L 0-255, a* and b* offset by 128), when the caller has it;
+        used as given. Default None: computed from ``image`` and blurred by ``sigma``.
+    sigma : float, optional
+        Standard deviation, px, of the Gaussian blur of the CIELAB image computed here; 0 or less: no
+        blur. Ignored when ``lab`` is given. Default 1.0.
+
+    Returns
+    -------
+    stain : (H, W) ndarray of float32
+        The projection, in CIELAB chroma units: about 0 on the background, high on nuclei, negative
+        for colours opposite the stain's. On a grey image, the darkness in [0, 1].
+
+    Examples
+    --------
     >>> img = np.full((20, 20, 3), (240, 230, 200), np.uint8); img[5:9, 5:9] = (60, 40, 140)
     >>> s = nucleus_stain(img, sigma=0); bool(s[6, 6] > s[15, 15])
+    True
+    >>> bool(abs(s[15, 15]) < 1), s.shape, s.dtype.name   # the background projects to about 0
+    (True, (20, 20), 'float32')
+    >>> grey = np.full((20, 20, 3), 220, np.uint8); grey[5:9, 5:9] = 60
+    >>> g = nucleus_stain(grey, sigma=0); bool(0 < g[15, 15] < g[6, 6] < 1)
     True
     """
     if lab is None:
@@ -136,8 +184,28 @@ def _fill(mask: np.ndarray) -> np.ndarray:
 
 
 def object_polarity(grey: np.ndarray) -> bool:
-    """True when objects are darker than the background (brightfield), False for bright objects
-    on dark (fluorescence): the background is the majority side of the Otsu threshold."""
+    """Whether objects are darker than the background (brightfield) rather than brighter (fluorescence).
+
+    The background is the majority side of the image's Otsu threshold (computed on 256 levels between
+    the image's minimum and maximum).
+
+    Parameters
+    ----------
+    grey : ndarray
+        Grey-level image, any shape and numeric dtype (typically (H, W) float32).
+
+    Returns
+    -------
+    dark_objects : bool
+        True when more than half of the pixels lie above the threshold (dark objects on a bright
+        background), False otherwise, and for a flat image (no threshold).
+
+    Examples
+    --------
+    >>> grey = np.full((20, 20), 220.0); grey[5:10, 5:10] = 40
+    >>> object_polarity(grey), object_polarity(255 - grey), object_polarity(np.zeros((5, 5)))
+    (True, False, False)
+    """
     t = _otsu(grey)
     return bool((grey > t).mean() > 0.5)
 
@@ -145,17 +213,50 @@ def object_polarity(grey: np.ndarray) -> bool:
 @_takes_photo(empty=lambda shape: np.zeros(shape, np.int32))
 def watershed_cells(image: np.ndarray, min_distance: int | None = None, open_iterations: int = 2,
                     min_area: int | None = None, dark_objects: bool | None = None) -> np.ndarray:
-    """Cells or nuclei as instances by Otsu + opening + distance transform + watershed: (H, W) int32 labels.
+    """Cells or nuclei as instances by Otsu + opening + distance transform + watershed.
 
-    Seed 003 Fig. 3.1: grey image, Otsu threshold, opening (``open_iterations`` of a 3x3
-    cross), distance transform, one marker per distance peak, watershed. The polarity
-    (dark cells on light, or bright nuclei on dark) is detected; ``min_distance`` between
-    markers defaults to a third of the median object diameter measured from the mask.
+    Seed 003 Fig. 3.1: grey image (the channels' mean, blurred by a Gaussian of 1 px), Otsu threshold,
+    binary opening, holes filled, distance transform (smoothed), one marker per distance peak,
+    watershed within the foreground. A foreground component that gets no marker (tiny, flat) keeps a
+    label of its own. The polarity (dark cells on light, or bright nuclei on dark) is detected unless
+    given. The typical object area is the median area of the foreground's components of at least
+    max(4, their 25th-percentile area) px; its equivalent diameter sets the defaults below and the
+    smoothing of the distance transform (sigma max(0.5, diameter / 20) px).
 
+    Parameters
+    ----------
+    image : (H, W, 3) ndarray of uint8 or str or Path
+        RGB photo. Anything :func:`hemaseg.io.images.as_photo` takes is converted to that first (a file
+        path, (H, W) grey, RGBA, 16-bit or float array); anything else raises HemasegInputError.
+        An image with nothing in it (:func:`~hemaseg.core.content.featureless`) gives all zeros.
+    min_distance : int, optional
+        Smallest distance, px, between two markers (``skimage.feature.peak_local_max``). Default None:
+        a third of the typical diameter, at least 2 px.
+    open_iterations : int, optional
+        Iterations of the binary opening with a 3x3 cross, which removes specks and thin bridges.
+        Must be at least 1: SciPy repeats an opening of 0 iterations until nothing changes, which
+        leaves no foreground. Default 2.
+    min_area : int, optional
+        Instances smaller than this many px are dropped. Default None: a tenth of the typical area, at
+        least 4 px.
+    dark_objects : bool, optional
+        True: objects darker than the background (below the threshold); False: brighter. Default
+        None: detected by :func:`object_polarity`.
+
+    Returns
+    -------
+    labels : (H, W) ndarray of int32
+        Instance labels 1..N, 0 background; all zero when no object is found.
+
+    Examples
+    --------
     >>> yy, xx = np.mgrid[:60, :100]
     >>> two = ((yy - 30) ** 2 + (xx - 30) ** 2 < 400) | ((yy - 30) ** 2 + (xx - 66) ** 2 < 400)
     >>> img = np.where(two, 60, 220).astype(np.uint8)[..., None].repeat(3, -1)
-    >>> int(watershed_cells(img).max())
+    >>> labels = watershed_cells(img)   # two touching dark discs
+    >>> int(labels.max()), labels.shape, labels.dtype.name
+    (2, (60, 100), 'int32')
+    >>> int(watershed_cells(255 - img).max())   # bright on dark: the polarity is detected
     2
     """
     from scipy import ndimage as ndi
@@ -198,16 +299,60 @@ def watershed_cells(image: np.ndarray, min_distance: int | None = None, open_ite
 def nucleus_mask(image: np.ndarray, thresholds: str = "otsu", min_area: int = 20, split: bool = True,
                  channels: tuple[np.ndarray, np.ndarray] | None = None, colour: np.ndarray | None = None,
                  red_margin: float = 12.0) -> np.ndarray:
-    """WBC nuclei (purple/blue, darker than anything else): (H, W) bool.
+    """WBC nuclei (purple/blue, darker than anything else) as a mask.
 
-    ``thresholds="otsu"``: pixels above the Otsu levels of the nuclear stain
-    (:func:`nucleus_stain`) and of darkness are the candidates; a second Otsu on the candidates' darkness keeps the
-    darker class, which separates the nucleus from granular or basophilic cytoplasm (a
-    plain nucleus loses only its faint rim); ``split=False`` skips that second step.
-    ``"seed"`` uses Algorithm 1's fixed HSV range. ``channels`` passes precomputed
-    (nuclear stain, darkness), ``colour`` the image in CIELAB (float32, OpenCV's scale). With
-    ``"otsu"``, pieces with the red cells' colour are dropped (:func:`red_cell_pieces`, its
-    ``margin`` = ``red_margin``; 0 keeps them).
+    With ``thresholds="otsu"``, pixels above the Otsu levels of both the nuclear stain
+    (:func:`nucleus_stain`) and the darkness (:func:`darkness`) are the candidates; a second Otsu
+    on the candidates' darkness keeps the darker class, which separates the nucleus from granular or
+    basophilic cytoplasm (a plain nucleus loses only its faint rim). With ``"seed"``, the candidates
+    are the pixels in Algorithm 1's fixed OpenCV HSV range (:data:`SEED_HSV_LOWER` to
+    :data:`SEED_HSV_UPPER`). The candidates are then opened by a disk of radius 1 px and their
+    4-connected pieces smaller than ``min_area`` dropped; with ``"otsu"``, so are the pieces with the
+    red cells' colour (:func:`red_cell_pieces`).
+
+    Parameters
+    ----------
+    image : (H, W, 3) ndarray of uint8 or str or Path
+        RGB photo. Anything :func:`hemaseg.io.images.as_photo` takes is converted to that first (a file
+        path, (H, W) grey, RGBA, 16-bit or float array); anything else raises HemasegInputError.
+    thresholds : {"otsu", "seed"}, optional
+        How candidates are found (above). Default "otsu".
+    min_area : int, optional
+        Smallest piece kept, px. Default 20.
+    split : bool, optional
+        ``"otsu"`` only: apply the second Otsu (done only when there are more than 50 candidate
+        pixels). False skips it and keeps the broad candidates. Default True.
+    channels : tuple of two (H, W) ndarray of float, optional
+        ``"otsu"`` only: the precomputed (nuclear stain, darkness) of the image. Default None:
+        computed here (``nucleus_stain(image)``, ``darkness(image)``).
+    colour : (H, W, 3) ndarray of float32, optional
+        ``"otsu"`` only: the image in CIELAB (OpenCV's 8-bit scale), passed to :func:`red_cell_pieces` as its ``lab``.
+        Default None: computed there.
+    red_margin : float, optional
+        ``"otsu"`` only: the ``margin`` (CIELAB chroma units) of :func:`red_cell_pieces`; 0 or less
+        keeps the red-coloured pieces. Default 12.0.
+
+    Returns
+    -------
+    mask : (H, W) ndarray of bool
+        True on nucleus pixels.
+
+    Raises
+    ------
+    ValueError
+        When ``thresholds`` is neither "otsu" nor "seed".
+
+    Examples
+    --------
+    >>> yy, xx = np.mgrid[:64, :64]
+    >>> img = np.full((64, 64, 3), (235, 215, 215), np.uint8)          # a pink background
+    >>> img[(yy - 32) ** 2 + (xx - 32) ** 2 < 16 ** 2] = (180, 150, 215)  # a WBC's cytoplasm
+    >>> img[(yy - 35) ** 2 + (xx - 32) ** 2 < 9 ** 2] = (90, 40, 130)     # its nucleus
+    >>> m = nucleus_mask(img)
+    >>> bool(m[35, 32]), bool(m[19, 32]), bool(m[2, 2])
+    (True, False, False)
+    >>> bool(nucleus_mask(img, "seed")[19, 32])   # the fixed HSV range takes this lilac cytoplasm too
+    True
     """
     from scipy import ndimage as ndi
 
@@ -235,17 +380,43 @@ def nucleus_mask(image: np.ndarray, thresholds: str = "otsu", min_area: int = 20
 
 def red_cell_pieces(image: np.ndarray, pieces: np.ndarray, n: int, lab: np.ndarray | None = None,
                     margin: float = 12.0, dark: np.ndarray | None = None) -> np.ndarray:
-    """(n + 1,) bool: which of the ``pieces`` (labels 1..n of nucleus candidates) have the colour of the
-    red cells, so are dark parts of red cells and no nucleus. Each piece's median CIELAB chroma
-    (a*, b*) is measured against that of the other stained pixels (the red cells, most of a smear's
-    stained area): a piece closer to it than :data:`RED_SHARE` of the farthest piece's distance is a
-    red cell's, and when no piece lies ``margin`` away, every piece is. Red cells are eosin-red and
-    nuclei azure-purple in Romanowsky stains: on TXL-PBC's fields of four labs the nuclei lie 36-64
-    chroma units from the red cells, the red cells' own dark rims and centres about 10. Nothing is
-    rejected in a grey image (no chroma) or when fewer than 50 other stained pixels are left to
-    measure the red cells by. ``lab`` and ``dark`` pass the image's CIELAB and :func:`darkness`
-    when the caller has them.
+    """Which nucleus candidates have the red cells' colour, so are dark parts of red cells and no nucleus.
 
+    Each piece's median CIELAB chroma (a*, b*) is measured against the median chroma of the other
+    stained pixels (the red cells, most of a smear's stained area): the pixels outside the pieces,
+    more than 2 px from any piece, whose darkness is above the Otsu level of the non-piece pixels. A
+    piece closer to it than :data:`RED_SHARE` of the farthest piece's distance is a red cell's, and
+    when no piece lies ``margin`` away, every piece is. Red cells are eosin-red and nuclei
+    azure-purple in Romanowsky stains: on TXL-PBC's fields of four labs the nuclei lie 36-64 chroma
+    units from the red cells, the red cells' own dark rims and centres about 10. Nothing is rejected
+    in a grey image (the other stained pixels' median chroma under 5 units) or when fewer than 50
+    other stained pixels are left to measure the red cells by.
+
+    Parameters
+    ----------
+    image : (H, W, 3) ndarray of uint8
+        RGB image (an array; it is not converted).
+    pieces : (H, W) ndarray of int
+        Labels of the nucleus candidates: 1..n, 0 elsewhere.
+    n : int
+        Number of pieces (labels 1..n). With 0 there is nothing to compare and, unless one of the
+        cases above returns early, ``max`` of an empty array raises ValueError.
+    lab : (H, W, 3) ndarray of float32, optional
+        The image in CIELAB on OpenCV's 8-bit scale (a* and b* offset by 128), when the caller has
+        it. Default None: computed from ``image``.
+    margin : float, optional
+        CIELAB chroma units: when no piece lies at least this far from the red cells' chroma, all are
+        red cells'. Default 12.0.
+    dark : (H, W) ndarray of float, optional
+        :func:`darkness` of the image, when the caller has it. Default None: computed here.
+
+    Returns
+    -------
+    red : (n + 1,) ndarray of bool
+        ``red[i]`` is True when piece i has the red cells' colour; ``red[0]`` (background) is False.
+
+    Examples
+    --------
     >>> img = np.full((40, 80, 3), 235, np.uint8)
     >>> img[5:35, 5:35] = (210, 120, 130); img[15:25, 15:25] = (150, 60, 80)  # a red cell, darker centre
     >>> img[5:35, 45:75] = (210, 120, 130); img[12:28, 52:68] = (80, 40, 150)  # a purple nucleus
@@ -278,8 +449,32 @@ RED_SHARE = 0.5
 
 
 def group_lobes(nucleus: np.ndarray, gap: float = 0.5) -> np.ndarray:
-    """Group nucleus pieces into cells: lobes closer than ``gap`` x the largest piece's diameter
-    belong to one WBC (a neutrophil's 3-5 lobes are one cell). (H, W) int32 group labels."""
+    """Group nucleus pieces into cells: a neutrophil's 3-5 lobes are one WBC.
+
+    Each 4-connected piece is dilated by a disk of radius max(1, ``gap`` x D / 2) px, D being the
+    equivalent diameter of the largest piece; pieces whose dilations touch are one group, so lobes
+    closer than about ``gap`` x D belong to one cell.
+
+    Parameters
+    ----------
+    nucleus : (H, W) ndarray of bool
+        Nucleus mask (nonzero pixels are nucleus).
+    gap : float, optional
+        Largest gap between lobes of one cell, in diameters of the largest piece. Default 0.5.
+
+    Returns
+    -------
+    groups : (H, W) ndarray of int32
+        Group labels 1..G on the nucleus pixels, 0 elsewhere.
+
+    Examples
+    --------
+    >>> nuc = np.zeros((20, 40), bool)
+    >>> nuc[5:10, 5:10] = True; nuc[5:10, 12:17] = True; nuc[5:10, 32:37] = True   # 2 px apart, then 15
+    >>> g = group_lobes(nuc)
+    >>> int(g[7, 7]), int(g[7, 14]), int(g[7, 34]), g.dtype.name
+    (1, 1, 2, 'int32')
+    """
     from scipy import ndimage as ndi
 
     lab, n = ndi.label(nucleus)
@@ -298,15 +493,46 @@ HSV_CELL_OPEN = 0.1
 @_takes_photo(empty=_no_wbc)
 def hsv_wbc_mask(image: np.ndarray, thresholds: str = "otsu", reach: float = 0.6,
                  min_nucleus_area: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """WBCs by colour: ((H, W) uint8 classes 0 background, 1 cytoplasm, 2 nucleus, (H, W) int32 instances).
+    """WBCs by colour: a class map (0 background, 1 cytoplasm, 2 nucleus) and the WBC instances.
 
     Seed 003 Algorithm 1 with per-image thresholds and marker-controlled watershed: nuclei
-    are the pixels of the nuclear stain's colour that are also dark (:func:`nucleus_mask`), lobes are grouped
-    into cells, and each cell grows from its nucleus over stained pixels (Otsu on the
-    darkness of the rest) on the colour gradient, competing with markers on the background
-    and on stained objects farther than ``reach`` x its nucleus diameter (red cells), so a
-    touching red cell stops at its edge.
+    are the pixels of the nuclear stain's colour that are also dark (:func:`nucleus_mask`), lobes are
+    grouped into cells (:func:`group_lobes`; a group under :data:`SPECK_SHARE` of the biggest one's
+    area is a platelet or debris and dropped), and each cell grows from its nucleus over stained pixels
+    (Otsu on the darkness of the rest) on the colour gradient, competing with markers on the background
+    and on stained objects farther than ``reach`` x its nucleus diameter (red cells), so a touching red
+    cell stops at its edge. Each cell is then opened by a disk of :data:`HSV_CELL_OPEN` of its nucleus
+    diameter (radius at least 1 px) and hole-filled.
 
+    Parameters
+    ----------
+    image : (H, W, 3) ndarray of uint8 or str or Path
+        RGB photo. Anything :func:`hemaseg.io.images.as_photo` takes is converted to that first (a file
+        path, (H, W) grey, RGBA, 16-bit or float array); anything else raises HemasegInputError.
+        An image with nothing in it (:func:`~hemaseg.core.content.featureless`) gives all zeros.
+    thresholds : {"otsu", "seed"}, optional
+        How nuclei are found, passed to :func:`nucleus_mask`. Default "otsu".
+    reach : float, optional
+        Farthest a cell reaches from its nucleus group, in that group's equivalent diameters.
+        Default 0.6.
+    min_nucleus_area : int, optional
+        Smallest nucleus piece kept, px (:func:`nucleus_mask`'s ``min_area``). Default None:
+        max(10, int(H * W * 2e-4)).
+
+    Returns
+    -------
+    classes : (H, W) ndarray of uint8
+        0 background, 1 cytoplasm, 2 nucleus.
+    instances : (H, W) ndarray of int32
+        WBC labels 1..N, 0 background.
+
+    Raises
+    ------
+    ValueError
+        When ``thresholds`` is neither "otsu" nor "seed".
+
+    Examples
+    --------
     >>> yy, xx = np.mgrid[:64, :64]
     >>> img = np.full((64, 64, 3), (235, 215, 215), np.uint8)          # a pink background
     >>> img[(yy - 32) ** 2 + (xx - 32) ** 2 < 16 ** 2] = (180, 150, 215)  # a WBC's cytoplasm
@@ -385,13 +611,36 @@ def hsv_wbc_mask(image: np.ndarray, thresholds: str = "otsu", reach: float = 0.6
 
 
 def likelier_first(first: np.ndarray, second: np.ndarray, values: np.ndarray, min_pixels: int = 50) -> np.ndarray:
-    """(N,) bool: which of the (N, D) ``values`` are likelier under a Gaussian fitted to the (M, D)
-    ``first`` sample than under one fitted to ``second`` (no fixed threshold); all False when either
-    sample has fewer than ``min_pixels`` rows.
+    """Which values are likelier under a Gaussian fitted to ``first`` than under one fitted to ``second``.
 
+    Each sample gets a Gaussian of its mean and covariance plus the identity (so a flat colour does
+    not collapse it); a value is compared by its two log-likelihoods, with no fixed threshold. Many
+    uint8 pairs (more than :data:`LUT_MIN_VALUES` values of dtype uint8 and D = 2, e.g. CIELAB a*b* of a
+    large image) are decided through a 256 x 256 table of all pairs, with the same result.
+
+    Parameters
+    ----------
+    first : (M, D) ndarray
+        The first sample (e.g. colours of the red cells).
+    second : (K, D) ndarray
+        The second sample, same D.
+    values : (N, D) ndarray
+        The values to decide.
+    min_pixels : int, optional
+        Fewest rows each sample needs; with fewer, every value gets False. Default 50.
+
+    Returns
+    -------
+    likelier : (N,) ndarray of bool
+        True where a value is strictly likelier under ``first``'s Gaussian.
+
+    Examples
+    --------
     >>> rng = np.random.default_rng(0)
     >>> likelier_first(rng.normal(10, 1, (60, 2)), rng.normal(0, 1, (60, 2)), np.array([[9.0, 9], [1, 1]])).tolist()
     [True, False]
+    >>> likelier_first(np.zeros((10, 2)), np.ones((10, 2)), np.zeros((3, 2))).tolist()   # under 50 rows
+    [False, False, False]
     """
     if len(first) < min_pixels or len(second) < min_pixels or not len(values):
         return np.zeros(len(values), bool)
@@ -417,10 +666,31 @@ LUT_MIN_VALUES = 65_536
 
 def red_like(lab: np.ndarray, red: np.ndarray, cytoplasm: np.ndarray, candidates: np.ndarray,
              min_pixels: int = 50) -> np.ndarray:
-    """(H, W) bool: the ``candidates`` whose colour is likelier that of the ``red`` pixels than that of
-    the ``cytoplasm`` pixels, each a Gaussian in CIELAB a*b* fitted on this image
-    (:func:`likelier_first`); nothing when either sample has fewer than ``min_pixels`` pixels.
+    """Which candidate pixels have a colour likelier that of the red pixels than that of the cytoplasm.
 
+    The ``red`` and ``cytoplasm`` pixels' colours (CIELAB a*, b*) are each fitted by a Gaussian on this
+    image, and each candidate is decided by :func:`likelier_first`.
+
+    Parameters
+    ----------
+    lab : (H, W, 3) ndarray
+        The image in CIELAB (channels 1 and 2, a* and b*, are used), e.g. float32 on OpenCV's scale.
+    red : (H, W) ndarray of bool
+        Pixels of the red cells.
+    cytoplasm : (H, W) ndarray of bool
+        Pixels of the cytoplasm.
+    candidates : (H, W) ndarray of bool
+        Pixels to decide.
+    min_pixels : int, optional
+        Fewest pixels ``red`` and ``cytoplasm`` each need; with fewer, nothing is red-like. Default 50.
+
+    Returns
+    -------
+    red_like : (H, W) ndarray of bool
+        True on the candidates likelier red; False elsewhere.
+
+    Examples
+    --------
     >>> lab = np.zeros((4, 4, 3), np.float32); lab[:2, ..., 1] = 170; lab[2:, ..., 1] = 135
     >>> lab += np.random.default_rng(0).normal(0, 2, lab.shape).astype(np.float32)
     >>> red = np.zeros((4, 4), bool); red[0] = True; cyto = np.zeros((4, 4), bool); cyto[3] = True
@@ -434,11 +704,28 @@ def red_like(lab: np.ndarray, red: np.ndarray, cytoplasm: np.ndarray, candidates
 
 
 def central_instance(instances: np.ndarray) -> int:
-    """Label of the largest instance nearest the image centre (Algorithm 1 keeps the central cell); 0 if none.
+    """Label of the largest instance nearest the image centre (Algorithm 1 keeps the central cell).
 
+    Each instance scores its area x (1 - d), where d is the distance from its centroid to the image
+    centre (H / 2, W / 2) over half the image diagonal; the best score wins.
+
+    Parameters
+    ----------
+    instances : (H, W) ndarray of int
+        Instance labels, 0 background (non-negative; ids need not be consecutive).
+
+    Returns
+    -------
+    label : int
+        The winning label; 0 when there is no instance.
+
+    Examples
+    --------
     >>> lab = np.zeros((20, 40), np.int32); lab[2:18, 2:10] = 1; lab[6:14, 16:24] = 2
-    >>> central_instance(lab)
+    >>> central_instance(lab)   # 2 is half the size of 1 but central
     2
+    >>> central_instance(np.zeros((5, 5), np.int32))
+    0
     """
     n = int(instances.max())
     if n == 0:
@@ -456,10 +743,38 @@ def central_instance(instances: np.ndarray) -> int:
 
 @_takes_photo()
 def wbc_crops(image: np.ndarray, instances: np.ndarray, margin: float = 0.15, square: bool = True) -> list[dict]:
-    """Square crops centred on each WBC instance (Algorithm 1's crop): [{"box": (x1, y1, x2, y2), "label"}].
+    """Square crops centred on each WBC instance (Algorithm 1's crop), as boxes.
 
-    The box is the cell's bounding box grown by ``margin`` of its size on every side and
-    clipped to the image.
+    Each box is the instance's bounding box grown by ``margin`` of its size on every side (with
+    ``square``, both sides take the larger size), rounded to whole px and clipped to the image, so a
+    crop at the border is neither square nor centred.
+
+    Parameters
+    ----------
+    image : (H, W, 3) ndarray of uint8 or str or Path
+        RGB photo. Anything :func:`hemaseg.io.images.as_photo` takes is converted to that first (a file
+        path, (H, W) grey, RGBA, 16-bit or float array); anything else raises HemasegInputError.
+        Only converted (a path is read): the boxes come from ``instances`` alone.
+    instances : (H, W) ndarray of int
+        WBC labels, 0 background.
+    margin : float, optional
+        Share of the bounding box's height (and width) added on each side. Default 0.15.
+    square : bool, optional
+        Give both sides the larger of the two. Default True.
+
+    Returns
+    -------
+    crops : list of dict
+        One ``{"label": int, "box": (x1, y1, x2, y2)}`` per label present, in label order; the box
+        in px, ints, x2 and y2 exclusive (slice ends).
+
+    Examples
+    --------
+    >>> inst = np.zeros((50, 60), np.int32); inst[10:30, 20:30] = 3    # 20 px high, 10 px wide
+    >>> wbc_crops(np.zeros((50, 60, 3), np.uint8), inst)
+    [{'label': 3, 'box': (12, 7, 38, 33)}]
+    >>> wbc_crops(np.zeros((50, 60, 3), np.uint8), inst, margin=0.1, square=False)[0]["box"]
+    (19, 8, 31, 32)
     """
     from scipy import ndimage as ndi
 
@@ -482,20 +797,45 @@ def wbc_crops(image: np.ndarray, instances: np.ndarray, margin: float = 0.15, sq
 @_takes_photo(empty=lambda shape: np.zeros(shape, bool))
 def blob_confidence_mask(image: np.ndarray, max_sigma: float | None = None, threshold: float = 0.5,
                          erosion: int = 1, power: float = 1.5) -> np.ndarray:
-    """Seed 003 Algorithm 2: LoG, DoG and DoH blobs stacked into a confidence map, thresholded
-    and eroded: (H, W) bool mask of blob-like cells.
+    """Seed 003 Algorithm 2: LoG, DoG and DoH blobs stacked into a thresholded confidence mask.
 
-    The image is inverted so that stained cells are bright; each blob adds a disc of its
-    radius weighted by (radius / largest radius) ** ``power``, so bigger cells gain more
-    confidence as in the seed. The three detectors' maps are normalised and averaged;
-    pixels above ``threshold`` of the maximum stay. Work runs on a copy at most 256 px
-    across, so the cost is flat.
+    Work runs on a copy at most 256 px across, so the cost is flat. The copy's darkness
+    (:func:`darkness`, lightly blurred and scaled to [0, 1]) makes stained cells bright; LoG, DoG and
+    DoH blobs (``skimage.feature``, smallest sigma 2 px of the copy) each paint a filled disc of their
+    radius (sigma x sqrt(2)) weighted by (radius / largest radius of that detector) ** ``power``, so
+    bigger cells gain more confidence as in the seed (within one detector, overlapping discs are
+    painted over, not added). The three detectors' maps are each divided by their maximum and summed;
+    pixels above ``threshold`` of the maximum stay, the mask is eroded and resized back.
 
+    Parameters
+    ----------
+    image : (H, W, 3) ndarray of uint8 or str or Path
+        RGB photo. Anything :func:`hemaseg.io.images.as_photo` takes is converted to that first (a file
+        path, (H, W) grey, RGBA, 16-bit or float array); anything else raises HemasegInputError.
+        An image with nothing in it (:func:`~hemaseg.core.content.featureless`), or a flat one, gives
+        an all-False mask.
+    max_sigma : float, optional
+        Largest blob sigma, px of the input image. Default None: max(H, W) / 6.
+    threshold : float, optional
+        Share of the confidence map's maximum a pixel must exceed. Default 0.5.
+    erosion : int, optional
+        Iterations of binary erosion (3x3 cross) of the mask, px of the working copy; 0 skips it.
+        Default 1.
+    power : float, optional
+        Exponent of the disc weights. Default 1.5.
+
+    Returns
+    -------
+    mask : (H, W) ndarray of bool
+        True on blob-like cells.
+
+    Examples
+    --------
     >>> yy, xx = np.mgrid[:80, :80]
     >>> img = np.where((yy - 40) ** 2 + (xx - 40) ** 2 < 225, 60, 230).astype(np.uint8)[..., None].repeat(3, -1)
     >>> m = blob_confidence_mask(img)
-    >>> bool(m[40, 40]), bool(m[5, 5])
-    (True, False)
+    >>> bool(m[40, 40]), bool(m[5, 5]), m.shape
+    (True, False, (80, 80))
     """
     from scipy import ndimage as ndi
     from skimage.feature import blob_dog, blob_doh, blob_log
@@ -535,8 +875,38 @@ def blob_confidence_mask(image: np.ndarray, max_sigma: float | None = None, thre
 
 @_takes_photo(empty=_no_wbc)
 def blob_wbc_mask(image: np.ndarray, thresholds: str = "otsu") -> tuple[np.ndarray, np.ndarray]:
-    """WBCs from the blob confidence mask: blob regions holding a nucleus, hole-filled.
-    Returns ((H, W) uint8 classes 0/1/2, (H, W) int32 instances)."""
+    """WBCs from the blob confidence mask: the blob regions holding a nucleus, hole-filled.
+
+    Nuclei come from :func:`nucleus_mask` (smallest piece max(10, int(H * W * 2e-4)) px); the union of
+    :func:`blob_confidence_mask` and the nuclei is hole-filled, and each of its 4-connected components
+    holding a nucleus pixel is a WBC.
+
+    Parameters
+    ----------
+    image : (H, W, 3) ndarray of uint8 or str or Path
+        RGB photo. Anything :func:`hemaseg.io.images.as_photo` takes is converted to that first (a file
+        path, (H, W) grey, RGBA, 16-bit or float array); anything else raises HemasegInputError.
+        An image with nothing in it (:func:`~hemaseg.core.content.featureless`) gives all zeros.
+    thresholds : {"otsu", "seed"}, optional
+        How nuclei are found, passed to :func:`nucleus_mask`. Default "otsu".
+
+    Returns
+    -------
+    classes : (H, W) ndarray of uint8
+        0 background, 1 cytoplasm (the rest of a WBC), 2 nucleus.
+    instances : (H, W) ndarray of int32
+        WBC labels 1..N, 0 background.
+
+    Examples
+    --------
+    >>> yy, xx = np.mgrid[:64, :64]
+    >>> img = np.full((64, 64, 3), (235, 215, 215), np.uint8)
+    >>> img[(yy - 32) ** 2 + (xx - 32) ** 2 < 16 ** 2] = (180, 150, 215)  # a WBC's cytoplasm
+    >>> img[(yy - 35) ** 2 + (xx - 32) ** 2 < 9 ** 2] = (90, 40, 130)     # its nucleus
+    >>> classes, inst = blob_wbc_mask(img)
+    >>> int(inst.max()), int(classes[35, 32]), int(classes[2, 2]), classes.dtype.name, inst.dtype.name
+    (1, 2, 0, 'uint8', 'int32')
+    """
     from scipy import ndimage as ndi
 
     h, w = image.shape[:2]
@@ -550,8 +920,39 @@ def blob_wbc_mask(image: np.ndarray, thresholds: str = "otsu") -> tuple[np.ndarr
 
 @_takes_photo(empty=_no_wbc)
 def watershed_wbc_mask(image: np.ndarray, thresholds: str = "otsu") -> tuple[np.ndarray, np.ndarray]:
-    """WBCs from :func:`watershed_cells`: the cells holding a nucleus (>= 10 % of their area).
-    Returns ((H, W) uint8 classes 0/1/2, (H, W) int32 instances)."""
+    """WBCs from :func:`watershed_cells`: the cells holding a nucleus.
+
+    Nuclei come from :func:`nucleus_mask` (smallest piece max(10, int(H * W * 2e-4)) px), cells from
+    ``watershed_cells(image, dark_objects=True)``. A cell is a WBC when its nucleus pixels are at least
+    10 % of its area and at least :data:`SPECK_SHARE` of the largest nucleus any cell holds (a far
+    smaller one is a platelet or debris).
+
+    Parameters
+    ----------
+    image : (H, W, 3) ndarray of uint8 or str or Path
+        RGB photo. Anything :func:`hemaseg.io.images.as_photo` takes is converted to that first (a file
+        path, (H, W) grey, RGBA, 16-bit or float array); anything else raises HemasegInputError.
+        An image with nothing in it (:func:`~hemaseg.core.content.featureless`) gives all zeros.
+    thresholds : {"otsu", "seed"}, optional
+        How nuclei are found, passed to :func:`nucleus_mask`. Default "otsu".
+
+    Returns
+    -------
+    classes : (H, W) ndarray of uint8
+        0 background, 1 cytoplasm (the rest of a WBC), 2 nucleus.
+    instances : (H, W) ndarray of int32
+        WBC labels 1..N, 0 background.
+
+    Examples
+    --------
+    >>> yy, xx = np.mgrid[:64, :64]
+    >>> img = np.full((64, 64, 3), (235, 215, 215), np.uint8)
+    >>> img[(yy - 32) ** 2 + (xx - 32) ** 2 < 16 ** 2] = (180, 150, 215)  # a WBC's cytoplasm
+    >>> img[(yy - 35) ** 2 + (xx - 32) ** 2 < 9 ** 2] = (90, 40, 130)     # its nucleus
+    >>> classes, inst = watershed_wbc_mask(img)
+    >>> int(inst.max()), int(classes[35, 32]), int(classes[2, 2])
+    (1, 2, 0)
+    """
     h, w = image.shape[:2]
     nucleus = nucleus_mask(image, thresholds, max(10, int(h * w * 2e-4)))
     cells = watershed_cells(image, dark_objects=True)
@@ -567,21 +968,46 @@ def watershed_wbc_mask(image: np.ndarray, thresholds: str = "otsu") -> tuple[np.
 @_takes_photo()
 def mask_in_box(image: np.ndarray, box: tuple[int, int, int, int], margin: float = 0.1,
                 kind: str | None = None) -> np.ndarray:
-    """The cell inside a detection box as a mask (pseudo-masks from boxes): (y2-y1, x2-x1) bool.
+    """The cell inside a detection box as a mask (pseudo-masks from boxes).
 
-    ``box`` is (x1, y1, x2, y2) in pixels. With ``kind="wbc"`` the WBC is taken from
-    :func:`hsv_wbc_mask` run on the box and its margin (the instance covering most of the
-    box centre), so the pale cytoplasm is included. Otherwise, inside the box grown by ``margin``, stained
-    pixels (Otsu on darkness + saturation, which separates red cells, WBCs and platelets
-    from the background) are filled and opened; the component covering most of the box
-    centre wins. When nothing plausible is found (under 15 % of the box, e.g. a faint
-    cell), the ellipse inscribed in the box is returned.
+    With ``kind="wbc"`` the WBC is taken from :func:`hsv_wbc_mask` run on the box and its margin
+    (smallest nucleus max(10, int(0.02 x box area)) px): the instance with the most pixels in the box
+    centre (the ellipse of half the box's width and height), hole-filled, so the pale cytoplasm is
+    included; when there is none, or it covers under 15 % of the box, the generic way below is used.
+    Otherwise, inside the box grown by ``margin``, stained pixels (Otsu on darkness + saturation, which
+    separates red cells, WBCs and platelets from the background) are filled and opened (disk of
+    max(1, int(0.05 x the box's shorter side)) px); the component covering most of the box centre
+    wins. When nothing plausible is found (no component there, or one under 15 % of the box, e.g. a
+    faint cell), the ellipse inscribed in the box is returned.
 
+    Parameters
+    ----------
+    image : (H, W, 3) ndarray of uint8 or str or Path
+        RGB photo. Anything :func:`hemaseg.io.images.as_photo` takes is converted to that first (a file
+        path, (H, W) grey, RGBA, 16-bit or float array); anything else raises HemasegInputError.
+    box : tuple of 4 float
+        (x1, y1, x2, y2), px; rounded to whole px and clipped to the image.
+    margin : float, optional
+        Share of the box's width (height) added on the left and right (top and bottom) as context for
+        the thresholds, clipped to the image. Default 0.1.
+    kind : {None, "wbc"}, optional
+        "wbc" for a WBC; any other value is treated as None (red cell, platelet). Default None.
+
+    Returns
+    -------
+    mask : (y2 - y1, x2 - x1) ndarray of bool
+        The cell in the rounded, clipped box; an empty (0-size) array when the box lies outside the
+        image.
+
+    Examples
+    --------
     >>> yy, xx = np.mgrid[:60, :60]
     >>> img = np.full((60, 60, 3), 235, np.uint8); img[(yy - 30) ** 2 + (xx - 30) ** 2 < 100] = (200, 90, 110)
     >>> m = mask_in_box(img, (15, 15, 45, 45))
     >>> m.shape, int(m.sum()) in range(250, 380)
     ((30, 30), True)
+    >>> mask_in_box(img, (50, 50, 80, 80)).shape, mask_in_box(img, (70, 70, 80, 80)).shape   # clipped, outside
+    ((10, 10), (0, 0))
     """
     from scipy import ndimage as ndi
 
@@ -626,11 +1052,33 @@ def mask_in_box(image: np.ndarray, box: tuple[int, int, int, int], margin: float
 
 
 def cut_rgba(image: np.ndarray, mask: np.ndarray, pad: int = 2) -> np.ndarray | None:
-    """RGBA crop of ``image`` around ``mask`` (the mask is the alpha), None under 12 px.
+    """RGBA crop of ``image`` around ``mask``, the mask as alpha; None under 12 px.
 
+    Parameters
+    ----------
+    image : (H, W, C) ndarray
+        Image with C >= 3 (the first three channels are used), normally uint8 RGB.
+    mask : (H, W) ndarray
+        The object: nonzero pixels.
+    pad : int, optional
+        Margin, px, around the mask's bounding box (clipped to the image). Default 2.
+
+    Returns
+    -------
+    rgba : (h, w, 4) ndarray or None
+        The crop of the padded bounding box: the RGB channels, then alpha 255 on the mask and 0
+        elsewhere (in ``image``'s dtype, uint8 for a uint8 image). None when the mask has fewer than 12
+        pixels.
+
+    Examples
+    --------
     >>> m = np.zeros((20, 20), bool); m[5:10, 6:12] = True
-    >>> cut_rgba(np.zeros((20, 20, 3), np.uint8), m).shape
-    (9, 10, 4)
+    >>> rgba = cut_rgba(np.zeros((20, 20, 3), np.uint8), m)
+    >>> rgba.shape, int(rgba[0, 0, 3]), int(rgba[2, 2, 3])
+    ((9, 10, 4), 0, 255)
+    >>> few = np.zeros((20, 20), bool); few[5:8, 5:8] = True   # 9 px
+    >>> cut_rgba(np.zeros((20, 20, 3), np.uint8), few) is None
+    True
     """
     ys, xs = np.nonzero(mask)
     if len(ys) < 12:
@@ -641,7 +1089,30 @@ def cut_rgba(image: np.ndarray, mask: np.ndarray, pad: int = 2) -> np.ndarray | 
 
 
 def solidity(mask: np.ndarray) -> float:
-    """Area / convex-hull area of a mask's largest outline (1 for a disc, low for crescents and fragments)."""
+    """Solidity of a mask: area over convex-hull area of its largest outline.
+
+    The outline is the largest external contour found by OpenCV (holes are not subtracted); both
+    areas are polygon areas through the boundary pixels' centres. 1 for a filled rectangle, close to 1
+    for a disc (0.95 at a radius of 10 px), low for crescents and fragments.
+
+    Parameters
+    ----------
+    mask : (H, W) ndarray
+        Mask, nonzero pixels are foreground.
+
+    Returns
+    -------
+    solidity : float
+        In [0, 1]; 0.0 for an empty mask or an outline with no area (a line, a single pixel).
+
+    Examples
+    --------
+    >>> solidity(np.ones((5, 5), bool)), solidity(np.zeros((5, 5), bool))
+    (1.0, 0.0)
+    >>> ell = np.zeros((10, 10), bool); ell[:, :3] = True; ell[-3:] = True
+    >>> round(solidity(ell), 3)
+    0.575
+    """
     contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     if not contours:
         return 0.0
@@ -652,8 +1123,37 @@ def solidity(mask: np.ndarray) -> float:
 
 def round_cell(mask: np.ndarray, min_solidity: float = 0.9, fill: tuple[float, float] = (0.55, 0.84),
                max_edge: float = 0.3) -> bool:
-    """A clean single-cell mask in its box: convex enough, filling the box like an ellipse does (0.785),
-    and not cut off by the box (a pseudo-mask clipped by its box runs along the box's sides)."""
+    """Whether a mask in its box is a clean, whole single cell.
+
+    It must have at least 12 px and sides of at least 4 px, be convex enough (:func:`solidity`), fill
+    its box like an ellipse does (an inscribed ellipse fills pi/4 = 0.785 of it), and not be cut off by
+    the box (a pseudo-mask clipped by its box runs along the box's sides).
+
+    Parameters
+    ----------
+    mask : (h, w) ndarray of bool
+        The mask, cropped to its box (the array's border is the box's).
+    min_solidity : float, optional
+        Smallest :func:`solidity`. Default 0.9.
+    fill : tuple of 2 float, optional
+        (low, high): allowed range, inclusive, of mask area / box area. Default (0.55, 0.84).
+    max_edge : float, optional
+        Largest share of the box's border pixels (its four sides; corners counted twice) in the mask.
+        Default 0.3.
+
+    Returns
+    -------
+    ok : bool
+        True when every test passes (a ``numpy.bool_`` False, not a Python bool, when the fill or the
+        edge test fails).
+
+    Examples
+    --------
+    >>> yy, xx = np.mgrid[:21, :21]
+    >>> disc = (yy - 10) ** 2 + (xx - 10) ** 2 <= 100
+    >>> bool(round_cell(disc)), bool(round_cell(np.ones((21, 21), bool)))   # a square fills its box
+    (True, False)
+    """
     if mask.size == 0 or mask.sum() < 12 or min(mask.shape) < 4:
         return False
     ratio = mask.sum() / mask.size
@@ -662,10 +1162,30 @@ def round_cell(mask: np.ndarray, min_solidity: float = 0.9, fill: tuple[float, f
 
 
 def box_cell(image: np.ndarray, box: tuple[int, int, int, int], platelet: bool = False) -> np.ndarray | None:
-    """The RGBA crop of the red cell (or platelet) in a detection box of a photo (:func:`mask_in_box`),
-    or None when the box touches the photo's border or the cell is not a clean, whole one
-    (:func:`round_cell`; platelets may be less round).
+    """The RGBA crop of the clean, whole red cell (or platelet) in a detection box, or None.
 
+    The cell's mask is :func:`mask_in_box`'s (default margin, no ``kind``); the crop is
+    :func:`cut_rgba`'s (the mask as alpha, 2 px padding).
+
+    Parameters
+    ----------
+    image : (H, W, 3) ndarray of uint8
+        RGB photo (an array; it is not converted).
+    box : tuple of 4 int
+        (x1, y1, x2, y2), px; integers (float coordinates raise TypeError).
+    platelet : bool, optional
+        Judge as a platelet, which may be less round: :func:`round_cell` with solidity >= 0.8, fill
+        0.2-0.84 and edge share <= 0.4 (instead of 0.9, 0.55-0.84 and 0.3). Default False.
+
+    Returns
+    -------
+    rgba : (h, w, 4) ndarray of uint8 or None
+        The crop around the cell; None when the box comes within 2 px of the image's border
+        (x1 <= 2, y1 <= 2, x2 >= W - 2 or y2 >= H - 2) or the mask is no clean, whole cell
+        (:func:`round_cell`).
+
+    Examples
+    --------
     >>> yy, xx = np.mgrid[:60, :60]
     >>> img = np.full((60, 60, 3), 235, np.uint8); img[(yy - 30) ** 2 + (xx - 30) ** 2 < 100] = (200, 90, 110)
     >>> box_cell(img, (19, 19, 41, 41)).shape[2], box_cell(img, (0, 19, 41, 41))
@@ -689,11 +1209,52 @@ NUCLEI_METHODS = ("watershed", "blobs")
 
 @_takes_photo()
 def segment_classical(image: np.ndarray, task: str = "wbc", method: str = "hsv"):
-    """Run a classical method as a drop-in for the model: returns a
-    :class:`~hemaseg.core.result.Segmentation` (probabilities are the 0/1 class maps).
+    """Run a classical method as a drop-in for the model: a :class:`~hemaseg.core.result.Segmentation`.
 
-    ``task="wbc"``: ``hsv``, ``watershed`` or ``blobs`` (classes 0/1/2 + instances);
-    ``task="nuclei"``: ``watershed`` or ``blobs`` (instances).
+    The probabilities are the one-hot class maps. ``task="wbc"``: ``method`` "hsv"
+    (:func:`hsv_wbc_mask`), "watershed" (:func:`watershed_wbc_mask`) or "blobs" (:func:`blob_wbc_mask`),
+    giving classes 0/1/2 and instances. ``task="nuclei"``: "watershed" (:func:`watershed_cells`, the
+    polarity detected) or "blobs" (the connected components of :func:`blob_confidence_mask`, the image
+    inverted first when objects are bright), giving classes 0/1 and instances.
+
+    Parameters
+    ----------
+    image : (H, W, 3) ndarray of uint8 or str or Path
+        RGB photo. Anything :func:`hemaseg.io.images.as_photo` takes is converted to that first (a file
+        path, (H, W) grey, RGBA, 16-bit or float array); anything else raises HemasegInputError.
+        An image with nothing in it (:func:`~hemaseg.core.content.featureless`) gives a result with
+        no object.
+    task : {"wbc", "nuclei"}, optional
+        What to segment. Default "wbc".
+    method : str, optional
+        The method of the task (above). Default "hsv" (a WBC method: give one for "nuclei").
+
+    Returns
+    -------
+    segmentation : Segmentation
+        ``classes`` (H, W) uint8; ``instances`` (H, W) int32, 1..N; ``probs`` (3, H, W) float32, the
+        class maps 0, 1, 2 as 0/1 (for nuclei the third is all zero); ``cell_diameter`` the median
+        equivalent diameter, px, of the objects (0.0 when none); ``scale`` 1.0; ``objects`` one record
+        per instance (:func:`~hemaseg.core.labels.wbc_objects` or
+        :func:`~hemaseg.core.labels.instance_objects`).
+
+    Raises
+    ------
+    ValueError
+        For an unknown task, or a method the task does not have.
+
+    Examples
+    --------
+    >>> yy, xx = np.mgrid[:60, :100]
+    >>> two = ((yy - 30) ** 2 + (xx - 30) ** 2 < 400) | ((yy - 30) ** 2 + (xx - 66) ** 2 < 400)
+    >>> img = np.where(two, 60, 220).astype(np.uint8)[..., None].repeat(3, -1)
+    >>> seg = segment_classical(img, "nuclei", "watershed")
+    >>> seg.count, seg.classes.shape, seg.probs.shape, seg.scale
+    (2, (60, 100), (3, 60, 100), 1.0)
+    >>> segment_classical(img, "nuclei", "hsv")
+    Traceback (most recent call last):
+    ...
+    ValueError: nuclei methods: watershed, blobs
     """
     from scipy import ndimage as ndi
 
@@ -728,8 +1289,29 @@ def segment_classical(image: np.ndarray, task: str = "wbc", method: str = "hsv")
 
 
 def wbc_segmentation(classes: np.ndarray, instances: np.ndarray) -> Segmentation:
-    """The :class:`~hemaseg.core.result.Segmentation` of a classical WBC mask: 0/1 class maps as
-    probabilities, the median cell diameter, scale 1."""
+    """The :class:`~hemaseg.core.result.Segmentation` of a classical WBC mask.
+
+    Parameters
+    ----------
+    classes : (H, W) ndarray of uint8
+        0 background, 1 cytoplasm, 2 nucleus.
+    instances : (H, W) ndarray of int32
+        WBC labels 1..N, 0 background.
+
+    Returns
+    -------
+    segmentation : Segmentation
+        ``classes`` and ``instances`` as given; ``probs`` (3, H, W) float32, the class maps 0, 1, 2 as
+        0/1; ``cell_diameter`` the median equivalent diameter, px, of the WBCs (0.0 when none);
+        ``scale`` 1.0; ``objects`` one record per WBC (:func:`~hemaseg.core.labels.wbc_objects`).
+
+    Examples
+    --------
+    >>> classes = np.zeros((30, 30), np.uint8); classes[5:25, 5:25] = 1; classes[10:20, 10:20] = 2
+    >>> seg = wbc_segmentation(classes, (classes > 0).astype(np.int32))
+    >>> seg.count, seg.probs.shape, round(seg.cell_diameter, 2), seg.objects[0]["nucleus_area"]
+    (1, (3, 30, 30), 22.57, 100)
+    """
     probs = np.stack([classes == k for k in range(3)]).astype(np.float32)
     objects = wbc_objects(classes, instances, probs)
     diameters = [o["diameter"] for o in objects]
@@ -737,9 +1319,31 @@ def wbc_segmentation(classes: np.ndarray, instances: np.ndarray) -> Segmentation
 
 
 def stained(image: np.ndarray, where: np.ndarray | None = None) -> np.ndarray:
-    """(H, W) bool: pixels darker or more saturated than the background (cells of any kind), the
-    threshold (Otsu) found on the pixels ``where`` is true (default all; leave a dark WBC out to
-    find pale red cells)."""
+    """Pixels darker or more saturated than the background: cells of any kind.
+
+    The feature is :func:`darkness` plus the HSV saturation / 255 (blurred by a Gaussian of 1 px); the
+    threshold is its Otsu level over the pixels ``where`` is True.
+
+    Parameters
+    ----------
+    image : (H, W, 3) ndarray of uint8
+        RGB image (an array; it is not converted).
+    where : (H, W) ndarray of bool, optional
+        Pixels to find the threshold on, e.g. all but a dark WBC so that pale red cells stand out.
+        Default None; None or an all-False mask: all pixels.
+
+    Returns
+    -------
+    mask : (H, W) ndarray of bool
+        True on stained pixels; all False on a flat image.
+
+    Examples
+    --------
+    >>> img = np.full((20, 20, 3), 235, np.uint8); img[5:15, 5:15] = (200, 120, 130)
+    >>> m = stained(img)
+    >>> bool(m[10, 10]), bool(m[0, 0]), bool(stained(np.zeros((8, 8, 3), np.uint8)).any())
+    (True, False, False)
+    """
     hsv = cv2.cvtColor(np.ascontiguousarray(image[..., :3]), cv2.COLOR_RGB2HSV).astype(np.float32)
     feat = darkness(image) + cv2.GaussianBlur(hsv[..., 1] / 255.0, (0, 0), 1.0)
     return feat > _otsu(feat if where is None or not where.any() else feat[where])
@@ -748,17 +1352,41 @@ def stained(image: np.ndarray, where: np.ndarray | None = None) -> np.ndarray:
 @_takes_photo()
 def red_cell_diameter(image: np.ndarray, exclude: np.ndarray | None = None, min_diameter: float = 6.0
                       ) -> float | None:
-    """Typical red-cell diameter (px) in an (H, W, 3) image, from the stained pixels outside
-    ``exclude`` (e.g. the WBC, dilated): holes (pale centres) filled, then twice the upper
-    quartile of the distance transform's local maxima (cells cut by the image border or
-    touching one another give smaller maxima, never larger ones). None when fewer than two
-    cells are seen: a crop filled by its WBC has no ruler.
+    """Typical red-cell diameter, px, or None when there is no ruler.
 
+    From the :func:`stained` pixels outside ``exclude`` (the threshold is found on those pixels, so a
+    dark WBC does not set it): opened (disk of 1 px), holes (pale centres) filled, then twice the upper
+    quartile of the distance transform's local maxima, plus 1 px (cells cut by the image border or
+    touching one another give smaller maxima, never larger ones).
+
+    Parameters
+    ----------
+    image : (H, W, 3) ndarray of uint8 or str or Path
+        RGB photo. Anything :func:`hemaseg.io.images.as_photo` takes is converted to that first (a file
+        path, (H, W) grey, RGBA, 16-bit or float array); anything else raises HemasegInputError.
+    exclude : (H, W) ndarray of bool, optional
+        Pixels to leave out, e.g. the WBC, dilated. Must be boolean (``~`` of an integer mask is not
+        its complement). Default None: none.
+    min_diameter : float, optional
+        Smallest red-cell diameter, px: maxima under ``min_diameter / 2`` are ignored and maxima are at
+        least max(2, int(min_diameter / 2)) px apart. Default 6.0.
+
+    Returns
+    -------
+    diameter : float or None
+        The diameter, px. None when fewer than 4 x ``min_diameter`` ** 2 pixels are left outside
+        ``exclude`` or fewer than two maxima are found (about: fewer than two cells seen; a crop filled
+        by its WBC has no ruler).
+
+    Examples
+    --------
     >>> yy, xx = np.mgrid[:120, :120]
     >>> img = np.full((120, 120, 3), 235, np.uint8)
     >>> for cy, cx in ((30, 30), (30, 80), (85, 40), (90, 95)):
     ...     img[(yy - cy) ** 2 + (xx - cx) ** 2 < 15 ** 2] = (200, 120, 130)
     >>> 27 <= red_cell_diameter(img) <= 33
+    True
+    >>> red_cell_diameter(img, exclude=np.ones((120, 120), bool)) is None
     True
     """
     from scipy import ndimage as ndi

@@ -6,11 +6,34 @@ import numpy as np
 
 
 def dice(pred: np.ndarray, target: np.ndarray) -> float:
-    """Dice coefficient 2|A∩B|/(|A|+|B|) of two boolean masks; 1.0 when both are empty.
+    """Dice coefficient of two binary masks, 1.0 when both are empty.
 
+    The Dice coefficient is ``2 |A ∩ B| / (|A| + |B|)``, where A and B are the foreground
+    (nonzero) pixels of the two masks.
+
+    Parameters
+    ----------
+    pred : ndarray
+        Predicted mask, any shape, any dtype: nonzero pixels are foreground. A NumPy array
+        (it is cast with ``pred.astype(bool)``; a list is not accepted).
+    target : ndarray
+        Ground-truth mask of the same shape.
+
+    Returns
+    -------
+    dice : float
+        The Dice coefficient, in [0, 1]; 1.0 when neither mask has a foreground pixel.
+
+    Examples
+    --------
     >>> a = np.zeros((4, 4), bool); a[:2] = True
     >>> dice(a, a), dice(a, ~a)
     (1.0, 0.0)
+    >>> b = np.zeros((4, 4), bool); b[:1] = True   # half of a: 2 * 4 / (8 + 4)
+    >>> round(dice(a, b), 3)
+    0.667
+    >>> dice(np.zeros((2, 2)), np.zeros((2, 2)))
+    1.0
     """
     pred = pred.astype(bool)
     target = target.astype(bool)
@@ -19,7 +42,29 @@ def dice(pred: np.ndarray, target: np.ndarray) -> float:
 
 
 def iou(pred: np.ndarray, target: np.ndarray) -> float:
-    """Intersection over union of two boolean masks; 1.0 when both are empty."""
+    """Intersection over union (Jaccard index) of two binary masks, 1.0 when both are empty.
+
+    Parameters
+    ----------
+    pred : ndarray
+        Predicted mask, any shape, any dtype: nonzero pixels are foreground. A NumPy array
+        (it is cast with ``pred.astype(bool)``; a list is not accepted).
+    target : ndarray
+        Ground-truth mask of the same shape.
+
+    Returns
+    -------
+    iou : float
+        ``|A ∩ B| / |A ∪ B|`` of the two foregrounds, in [0, 1]; 1.0 when neither mask has a
+        foreground pixel.
+
+    Examples
+    --------
+    >>> a = np.zeros((4, 4), bool); a[:2] = True
+    >>> b = np.zeros((4, 4), bool); b[:1] = True   # 4 shared pixels out of 8
+    >>> iou(a, b), iou(a, ~a), iou(a[:0], a[:0])
+    (0.5, 0.0, 1.0)
+    """
     pred = pred.astype(bool)
     target = target.astype(bool)
     union = np.logical_or(pred, target).sum()
@@ -27,7 +72,32 @@ def iou(pred: np.ndarray, target: np.ndarray) -> float:
 
 
 def wbc_scores(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
-    """Dice and IoU of the whole cell (class > 0) and the nucleus (class 2) of two (H, W) class maps."""
+    """Dice and IoU of the whole cell and of the nucleus between two WBC class maps.
+
+    The whole cell is every pixel of class > 0 (cytoplasm and nucleus), the nucleus every pixel of
+    class 2; each pair of masks is scored by :func:`dice` and :func:`iou`.
+
+    Parameters
+    ----------
+    pred : (H, W) ndarray of int
+        Predicted class map: 0 background, 1 cytoplasm, 2 nucleus.
+    target : (H, W) ndarray of int
+        Ground-truth class map of the same shape and classes.
+
+    Returns
+    -------
+    scores : dict of str to float
+        ``"dice_cell"``, ``"iou_cell"``, ``"dice_nucleus"`` and ``"iou_nucleus"``, each in [0, 1]
+        (1.0 for a region that is empty in both maps).
+
+    Examples
+    --------
+    >>> t = np.zeros((4, 4), np.uint8); t[1:3, 1:3] = 1; t[1, 1] = 2
+    >>> p = t.copy(); p[2, 2] = 2          # same cell, one cytoplasm pixel called nucleus
+    >>> s = wbc_scores(p, t)
+    >>> s["dice_cell"], round(s["dice_nucleus"], 3), s["iou_nucleus"]
+    (1.0, 0.667, 0.5)
+    """
     cell_p, cell_t = pred > 0, target > 0
     nuc_p, nuc_t = pred == 2, target == 2
     return {
@@ -42,9 +112,34 @@ DSB_THRESHOLDS = tuple(np.round(np.arange(0.5, 1.0, 0.05), 2))
 
 
 def instance_iou(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """IoU of every target instance with every predicted instance: (n_target, n_pred) float64.
+    """IoU of every ground-truth instance with every predicted instance.
 
-    Both inputs are (H, W) label images (0 background, instance ids need not be consecutive).
+    Both inputs are label images: 0 is background and every other value one instance; ids need not
+    be consecutive. Rows and columns follow the instances' ids in increasing order. Label 0 is treated
+    as background only when it is the image's smallest value: a label image with negative values has
+    0 counted as an instance (:func:`dsb_scores` rejects negative labels).
+
+    Parameters
+    ----------
+    pred : (H, W) ndarray of int
+        Predicted instance labels.
+    target : (H, W) ndarray of int
+        Ground-truth instance labels, same shape as ``pred``.
+
+    Returns
+    -------
+    iou : (n_target, n_pred) ndarray of float64
+        ``iou[i, j]`` is the IoU of the i-th target instance and the j-th predicted instance, in
+        [0, 1]. An image holding only background contributes no row (or column). A zero-size image
+        raises ValueError (NumPy's ``min`` of an empty array).
+
+    Examples
+    --------
+    >>> t = np.zeros((4, 4), int); t[:2, :2] = 1; t[2:, 2:] = 7
+    >>> p = np.zeros((4, 4), int); p[:2, :3] = 5   # covers target 1 (4 of its 6 pixels)
+    >>> m = instance_iou(p, t)
+    >>> m.shape, m.dtype.name, [round(float(v), 3) for v in m[:, 0]]
+    ((2, 1), 'float64', [0.667, 0.0])
     """
     _, t = np.unique(target, return_inverse=True)
     _, p = np.unique(pred, return_inverse=True)
@@ -60,9 +155,33 @@ def instance_iou(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
 
 
 def matching_counts(iou_matrix: np.ndarray, threshold: float) -> tuple[int, int, int]:
-    """(TP, FP, FN) at an IoU threshold: a pair matches when IoU > threshold.
+    """True positives, false positives and false negatives at one IoU threshold.
 
-    Above 0.5 each object has at most one partner, so no assignment problem arises.
+    A target and a prediction match when their IoU is strictly greater than ``threshold``. TP is the
+    number of targets with at least one match, FP the number of predictions minus TP, FN the number of
+    targets minus TP. This is exact for ``threshold >= 0.5`` and non-overlapping instances, where an
+    object can have at most one partner, so no assignment problem arises; below 0.5 a prediction that
+    matches two targets is counted twice (FP may even become negative).
+
+    Parameters
+    ----------
+    iou_matrix : (n_target, n_pred) ndarray of float
+        IoU of every target (rows) with every prediction (columns), as :func:`instance_iou` gives.
+    threshold : float
+        IoU a pair must exceed to match, e.g. 0.5.
+
+    Returns
+    -------
+    tp, fp, fn : tuple of int
+        The counts. With no target or no prediction TP is 0: ``(0, n_pred, n_target)``.
+
+    Examples
+    --------
+    >>> m = np.array([[0.9, 0.0], [0.0, 0.6], [0.1, 0.0]])   # 3 targets, 2 predictions
+    >>> matching_counts(m, 0.5), matching_counts(m, 0.75)
+    ((2, 0, 1), (1, 1, 2))
+    >>> matching_counts(np.zeros((0, 3)), 0.5)
+    (0, 3, 0)
     """
     n_t, n_p = iou_matrix.shape
     tp = int((iou_matrix > threshold).any(1).sum()) if n_t and n_p else 0
@@ -70,17 +189,48 @@ def matching_counts(iou_matrix: np.ndarray, threshold: float) -> tuple[int, int,
 
 
 def dsb_scores(pred: np.ndarray, target: np.ndarray, thresholds=DSB_THRESHOLDS) -> dict[str, float]:
-    """The 2018 Data Science Bowl score of one image and its AP at IoU 0.5 and 0.75.
+    """The 2018 Data Science Bowl score of one image, and its AP at IoU 0.5 and 0.75.
 
-    For each threshold t, precision(t) = TP/(TP+FP+FN); ``dsb`` is their mean over
-    t = 0.50, 0.55, ..., 0.95. An image with no nuclei and no predictions scores 1.
+    For each threshold t, precision(t) = TP/(TP+FP+FN), with TP, FP and FN counted by
+    :func:`matching_counts` on :func:`instance_iou` (a pair matches when IoU > t); ``dsb`` is their mean
+    over ``thresholds`` (t = 0.50, 0.55, ..., 0.95 by default). An image with no nuclei and no
+    predictions scores 1.
 
+    Parameters
+    ----------
+    pred : (H, W) ndarray of int or bool
+        Predicted instance labels: 0 background, positive ids the nuclei (need not be consecutive).
+        Any integer or bool dtype; array-likes are converted with ``np.asarray``.
+    target : (H, W) ndarray of int or bool
+        Ground-truth instance labels, same shape and convention.
+    thresholds : sequence of float, optional
+        IoU thresholds ``dsb`` averages over; default :data:`DSB_THRESHOLDS` (0.5 to 0.95 in steps of
+        0.05). They do not change ``ap50`` and ``ap75``. An empty sequence gives a ``dsb`` of nan.
+
+    Returns
+    -------
+    scores : dict
+        ``"n_true"`` and ``"n_pred"`` (int): the number of target and predicted instances;
+        ``"dsb"`` (float): the mean precision over ``thresholds``; ``"ap50"`` and ``"ap75"`` (float):
+        the precision at IoU 0.5 and 0.75. Each score is in [0, 1].
+
+    Raises
+    ------
+    ValueError
+        When an input is not a 2-D integer (or bool) array, holds negative labels, or the two shapes
+        differ; also for a zero-size image.
+
+    Examples
+    --------
     >>> t = np.zeros((8, 8), int); t[:4, :4] = 1; t[4:, 4:] = 2
     >>> dsb_scores(t, t)["dsb"]
     1.0
     >>> one_missing = np.where(t == 2, 0, t)
-    >>> dsb_scores(one_missing, t)["ap50"]
-    0.5
+    >>> s = dsb_scores(one_missing, t)
+    >>> s["n_true"], s["n_pred"], s["ap50"]
+    (2, 1, 0.5)
+    >>> dsb_scores(np.zeros((8, 8), int), np.zeros((8, 8), int))["dsb"]
+    1.0
     """
     pred, target = np.asarray(pred), np.asarray(target)
     for name, a in (("pred", pred), ("target", target)):
@@ -106,7 +256,31 @@ def dsb_scores(pred: np.ndarray, target: np.ndarray, thresholds=DSB_THRESHOLDS) 
 
 
 def confusion_matrix(y_true, y_pred, n_classes: int) -> np.ndarray:
-    """(K, K) int64 counts: rows true class, columns predicted class."""
+    """Confusion matrix of class indices: rows are the true class, columns the predicted class.
+
+    Parameters
+    ----------
+    y_true : array_like of int, shape (N,)
+        True class indices, 0 to ``n_classes - 1`` (converted with ``np.asarray(y_true, int)``).
+    y_pred : array_like of int, shape (N,)
+        Predicted class indices, same length and range.
+    n_classes : int
+        Number of classes K.
+
+    Returns
+    -------
+    cm : (K, K) ndarray of int64
+        ``cm[i, j]`` counts the samples of true class i predicted as j; all zero for empty inputs.
+        Indices are not checked: a negative index raises ValueError, and one of K or more either
+        raises ValueError or is counted in a wrong cell.
+
+    Examples
+    --------
+    >>> confusion_matrix([0, 0, 1, 2], [0, 1, 1, 2], 3).tolist()
+    [[1, 1, 0], [0, 1, 0], [0, 0, 1]]
+    >>> confusion_matrix([], [], 2).tolist()
+    [[0, 0], [0, 0]]
+    """
     t, p = np.asarray(y_true, int), np.asarray(y_pred, int)
     return np.bincount(t * n_classes + p, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
 
@@ -114,9 +288,34 @@ def confusion_matrix(y_true, y_pred, n_classes: int) -> np.ndarray:
 def classification_report(y_true, y_pred, classes: list[str]) -> dict:
     """Accuracy, macro-F1 over the classes present in ``y_true``, per-class precision/recall/F1, confusion.
 
+    A class never predicted has precision 0, a class absent from ``y_true`` recall 0 and support 0;
+    macro-F1 averages F1 over the classes with support > 0 only.
+
+    Parameters
+    ----------
+    y_true : array_like of int, shape (N,)
+        True class indices, 0 to ``len(classes) - 1``.
+    y_pred : array_like of int, shape (N,)
+        Predicted class indices, same length and range.
+    classes : list of str
+        Class names; ``classes[i]`` names class index i (K = ``len(classes)`` classes).
+
+    Returns
+    -------
+    report : dict
+        ``"n"`` (int): number of samples; ``"accuracy"`` (float): share of correct predictions, 0.0
+        when N is 0; ``"macro_f1"`` (float): mean F1 of the classes present in ``y_true``, 0.0 when
+        none is; ``"per_class"``: class name -> ``{"precision", "recall", "f1"}`` (floats rounded to 3
+        decimals) and ``"support"`` (int, true samples of the class); ``"confusion"``: the (K, K)
+        :func:`confusion_matrix` as a list of lists of int.
+
+    Examples
+    --------
     >>> r = classification_report([0, 0, 1, 1], [0, 1, 1, 1], ["a", "b"])
     >>> r["accuracy"], round(r["macro_f1"], 3), r["per_class"]["b"]["precision"]
     (0.75, 0.733, 0.667)
+    >>> r["per_class"]["a"], r["confusion"]
+    ({'precision': 1.0, 'recall': 0.5, 'f1': 0.667, 'support': 2}, [[1, 1], [0, 2]])
     """
     k = len(classes)
     cm = confusion_matrix(y_true, y_pred, k)
@@ -137,15 +336,35 @@ def classification_report(y_true, y_pred, classes: list[str]) -> dict:
 
 
 def semantic_scores(cm: np.ndarray, classes: list[str] | None = None) -> dict:
-    """Pixel accuracy, per-class IoU and mean IoU from a (K, K) pixel confusion matrix
-    (rows true, columns predicted; summed over a data set, as segmentation benchmarks do).
+    """Pixel accuracy, per-class IoU and mean IoU from a pixel confusion matrix.
 
-    Classes absent from both truth and prediction are left out of the mean.
+    The matrix is summed over a data set, as segmentation benchmarks do: rows are the true class,
+    columns the predicted class. The IoU of class k is ``cm[k, k] / (row k sum + column k sum -
+    cm[k, k])``. Classes absent from both truth and prediction are left out of the mean.
 
+    Parameters
+    ----------
+    cm : (K, K) array_like of int or float
+        Pixel counts, rows true class, columns predicted class (e.g. :func:`confusion_matrix` of the
+        flattened class maps).
+    classes : list of str, optional
+        Names of the K classes, used as the keys of ``"iou"``; default None: ``"0"``, ``"1"``, ...
+
+    Returns
+    -------
+    scores : dict
+        ``"pixel_accuracy"`` (float): trace over total, 0.0 for an all-zero matrix; ``"mean_iou"``
+        (float): mean IoU of the classes that occur, 0.0 when none does; ``"iou"``: class name -> IoU
+        (float), or None for a class absent from both truth and prediction.
+
+    Examples
+    --------
     >>> cm = np.array([[8, 2], [0, 10]])   # 2 background pixels called class 1
     >>> s = semantic_scores(cm, ["bg", "fg"])
     >>> s["pixel_accuracy"], s["iou"]["bg"], round(s["iou"]["fg"], 3), round(s["mean_iou"], 3)
     (0.9, 0.8, 0.833, 0.817)
+    >>> semantic_scores(np.array([[5, 0, 0], [0, 5, 0], [0, 0, 0]]))["iou"]   # class 2 never occurs
+    {'0': 1.0, '1': 1.0, '2': None}
     """
     cm = np.asarray(cm, np.float64)
     k = cm.shape[0]
@@ -161,7 +380,30 @@ def semantic_scores(cm: np.ndarray, classes: list[str] | None = None) -> dict:
 
 
 def box_iou(a, b) -> np.ndarray:
-    """(N, M) IoU of boxes (x1, y1, x2, y2)."""
+    """IoU of every box of ``a`` with every box of ``b``.
+
+    Boxes are (x1, y1, x2, y2) corners in continuous coordinates: a box's area is
+    ``(x2 - x1) * (y2 - y1)`` (no +1 pixel). Boxes are not checked: one with x2 < x1 or y2 < y1 gives
+    a meaningless value.
+
+    Parameters
+    ----------
+    a : array_like of float, shape (N, 4) or (4,)
+        Boxes (x1, y1, x2, y2), px; reshaped to (N, 4), so a single box may be given flat.
+    b : array_like of float, shape (M, 4) or (4,)
+        Boxes (x1, y1, x2, y2), px.
+
+    Returns
+    -------
+    iou : (N, M) ndarray of float64
+        ``iou[i, j]`` is the IoU of ``a[i]`` and ``b[j]``, in [0, 1]; 0 where the union has no area.
+
+    Examples
+    --------
+    >>> m = box_iou((0, 0, 2, 2), [(1, 0, 3, 2), (5, 5, 6, 6)])
+    >>> m.shape, [round(float(v), 3) for v in m[0]]
+    ((1, 2), [0.333, 0.0])
+    """
     a, b = np.asarray(a, float).reshape(-1, 4), np.asarray(b, float).reshape(-1, 4)
     x1 = np.maximum(a[:, None, 0], b[None, :, 0])
     y1 = np.maximum(a[:, None, 1], b[None, :, 1])
@@ -176,15 +418,40 @@ def box_iou(a, b) -> np.ndarray:
 def detection_ap(preds: list[tuple[str, float, tuple]], truths: dict[str, list[tuple]], iou: float = 0.5) -> float:
     """Pascal VOC average precision (all-point interpolation, VOC 2010+) of one class.
 
-    ``preds``: (image id, score, box) detections; ``truths``: image id -> ground-truth boxes.
-    A detection is a true positive when it overlaps a not yet matched truth box by IoU >= ``iou``
-    (highest scores matched first).
+    Detections are taken in order of decreasing score (ties keep their order in ``preds``). Each is
+    compared with the truth boxes of its image: it is a true positive when the truth box it overlaps
+    most (:func:`box_iou`) has IoU >= ``iou`` and is not yet matched, which then becomes matched;
+    otherwise (also when that best box is already matched, or the image has no truth box) it is a
+    false positive, as in the VOC devkit. AP is the area under the precision-recall curve made
+    monotonic (each precision replaced by the highest precision at equal or higher recall).
 
+    Parameters
+    ----------
+    preds : list of (image id, float, tuple)
+        Detections of the class: (image id, score, (x1, y1, x2, y2) box in px). Image ids are any
+        hashable keys matching those of ``truths``.
+    truths : dict of image id to list of tuple
+        Ground-truth boxes (x1, y1, x2, y2), px, of each image.
+    iou : float, optional
+        IoU a detection needs with a truth box to count as found. Default 0.5.
+
+    Returns
+    -------
+    ap : float
+        Average precision in [0, 1]; 0.0 when there are truth boxes but no detection; nan when there
+        is no truth box at all.
+
+    Examples
+    --------
     >>> truths = {"a": [(0, 0, 10, 10)], "b": [(0, 0, 10, 10)]}
     >>> detection_ap([("a", 0.9, (0, 0, 10, 10)), ("b", 0.8, (0, 0, 10, 9))], truths)
     1.0
     >>> detection_ap([("a", 0.9, (50, 50, 60, 60)), ("a", 0.8, (0, 0, 10, 10))], truths)
     0.25
+    >>> detection_ap([("a", 0.9, (0, 0, 10, 10)), ("a", 0.8, (0, 0, 10, 10))], truths)   # a duplicate is an FP
+    0.5
+    >>> detection_ap([], truths), detection_ap([], {})
+    (0.0, nan)
     """
     n_true = sum(len(v) for v in truths.values())
     if n_true == 0:
@@ -219,20 +486,27 @@ def binomial_ci(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]
     among ``n`` cells counted. It is the Beta-quantile form of the binomial test's inversion, so
     it never goes below 0 or above 1 and keeps at least ``confidence`` coverage for every true
     proportion (it is conservative). With no cell counted (``n == 0``) nothing is known: (0, 1).
+    SciPy (``scipy.stats``) is imported when ``n > 0``, not at module import.
 
     Parameters
     ----------
     k : int
-        Cells of the type, ``0 <= k <= n``.
+        Cells of the type, ``0 <= k <= n`` (a Python or NumPy integer).
     n : int
         Cells counted.
-    confidence : float
-        Two-sided confidence level, in (0, 1).
+    confidence : float, optional
+        Two-sided confidence level, in (0, 1). Default 0.95.
 
     Returns
     -------
-    tuple of float
-        The lower and upper bound of the proportion.
+    low, high : tuple of float
+        The lower and upper bound of the proportion; ``low`` is 0.0 when ``k == 0`` and ``high``
+        1.0 when ``k == n``.
+
+    Raises
+    ------
+    ValueError
+        When ``k`` or ``n`` is not an integer, ``k`` lies outside 0..n, or ``confidence`` outside (0, 1).
 
     Examples
     --------
@@ -266,14 +540,40 @@ def binomial_ci(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]
 
 
 def coco_box_map(preds: dict, truths: dict, sizes: dict, categories: tuple[str, ...]) -> float:
-    """COCO mAP@[.5:.95] of boxes (pycocotools' COCOeval, bbox, up to 1000 detections an image: a field
-    holds ~100 red cells). ``preds[c]``: (image id, score, (x1, y1, x2, y2)) of category ``c``;
-    ``truths[c]``: image id -> boxes; ``sizes``: image id -> (h, w). A category with no truth box is left
-    out, as COCO does.
+    """COCO mAP@[.5:.95] of boxes, computed by pycocotools' COCOeval.
 
+    The evaluation is COCO's ``bbox`` one with up to 1000 detections an image (a field holds ~100 red
+    cells) over all object sizes: for each category, precision is averaged over the IoU thresholds
+    0.50, 0.55, ..., 0.95 and COCO's 101 recall points; the result is the mean over the categories.
+    A category with no truth box is left out, as COCO does. pycocotools is imported at the call.
+
+    Parameters
+    ----------
+    preds : dict of str to list of (image id, float, tuple)
+        For every name in ``categories``, its detections: (image id, score, (x1, y1, x2, y2) box in
+        px). Each image id must be a key of ``sizes`` (pycocotools raises AssertionError otherwise).
+    truths : dict of str to dict of image id to list of tuple
+        For every name in ``categories``, image id -> its ground-truth boxes (x1, y1, x2, y2), px.
+        Boxes of images not in ``sizes`` are not evaluated.
+    sizes : dict of image id to (int, int)
+        The evaluated images: image id -> (height, width), px.
+    categories : tuple of str
+        The category names (COCO ids 1, 2, ... in this order).
+
+    Returns
+    -------
+    map : float
+        mAP in [0, 1]; 0.0 when there is no detection at all (in any category); nan when there are
+        detections but no category has a truth box.
+
+    Examples
+    --------
     >>> t = {"rbc": {0: [(0, 0, 10, 10)]}}
     >>> round(coco_box_map({"rbc": [(0, 0.9, (0, 0, 10, 10))]}, t, {0: (20, 20)}, ("rbc",)), 6)
     1.0
+    >>> t2 = {"rbc": {0: [(0, 0, 10, 10), (10, 10, 20, 20)]}}   # one of two cells found: 51 of 101 recall points
+    >>> round(coco_box_map({"rbc": [(0, 0.9, (0, 0, 10, 10))]}, t2, {0: (20, 20)}, ("rbc",)), 5)
+    0.50495
     """
     import contextlib
     import io
