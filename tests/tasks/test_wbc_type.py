@@ -148,6 +148,26 @@ def test_classify_keeps_relative_paths_as_typed(tmp_path, tiny_classifier, monke
     assert [r[0] for r in list(csv.reader(open("o.csv")))[1:]] == [f"./c/Monocyte/{name}"] * 2
 
 
+def test_modes_of_white_cells_only_call_a_platelet_or_erythroblast_crop_no_wbc(monkeypatch):
+    """-m 1/2/3 spread a PBC platelet crop's probability over the WBC types and called it a monocyte."""
+    from hemaseg.tasks.wbc_type import crops as C
+
+    classes = list(C.PBC_CLASSES)
+    probs = np.zeros((3, 8), np.float32)
+    for row, (a, b) in enumerate((("platelet", "lymphocyte"), ("lymphocyte", "platelet"), ("erythroblast", "ig"))):
+        probs[row, classes.index(a)], probs[row, classes.index(b)] = 0.95, 0.05
+    monkeypatch.setattr(C, "get_model", lambda model, device="cpu": (None, {"classes": classes}))
+    monkeypatch.setattr(C, "predict_crops", lambda *a, **k: probs)
+    cells = [C.CellCrop(np.zeros((8, 8, 3), np.uint8), np.ones((8, 8), bool), True, 40.0) for _ in range(3)]
+    for mode in (1, 2, 3):
+        labels = [label for label, _ in C.prediction_rows(cells, "m", mode=mode)[1]]
+        assert labels[0] == labels[2] == C.NO_WBC and labels[1] in ("LYMPHOCYTE", "MONONUCLEAR"), (mode, labels)
+    assert [label for label, _ in C.prediction_rows(cells, "m", mode=4)[1]] == ["PLATELET", "LYMPHOCYTE", "ERYTHROBLAST"]
+    probs[2] = 0.0  # a doubt between a lymphocyte and an erythroblast keeps the white cell
+    probs[2, classes.index("erythroblast")], probs[2, classes.index("lymphocyte")] = 0.55, 0.45
+    assert C.prediction_rows(cells, "m", mode=2)[1][2][0] == "LYMPHOCYTE"
+
+
 def test_explain_names_same_named_crops_apart_and_refuses_a_file_as_out(tmp_path, tiny_classifier):
     d = _crops(tmp_path / "c", per_class=1, classes=("Monocyte", "Lymphocyte"))
     a, b = (next((d / c).iterdir()) for c in ("Monocyte", "Lymphocyte"))

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 
 from hemaseg.classical import central_instance, red_cell_diameter
-from hemaseg.core.vocabulary import EXTRA_TYPES, MONONUCLEAR, POLYNUCLEAR
+from hemaseg.core.vocabulary import EXTRA_TYPES, MONONUCLEAR, NOT_IN_DIFFERENTIAL, POLYNUCLEAR
 from hemaseg.data.transforms import NEEDS_PARTS, crop_input, slide_background
 from hemaseg.engine.predict import get_model, model_of_task, resolve_device, uses_backend
 from hemaseg.engine.runtime import as_runner, softmax
@@ -349,6 +349,11 @@ def classify(image: np.ndarray, model="wbc-type", device: str = "cpu", normalise
 
 
 NO_WBC = "NO_WBC"  # classify's prediction for a crop in which no WBC was found
+# Modes 1-3 name white cells only: a crop is called NO_WBC there when the model puts at least this
+# share on platelet + erythroblast. PBC's platelet and erythroblast crops get >= 0.99 (24 of 24 among
+# 300 benchmark crops); a doubt between a lymphocyte and an erythroblast (one wbc-seg lymphocyte: 0.52)
+# keeps the white cell, as these modes take every crop for a WBC.
+NOT_A_WBC_SHARE = 0.9
 UNSURE = "UNSURE"  # ... and for one whose top probability is under --min-confidence: for a human to review
 
 
@@ -357,15 +362,19 @@ def prediction_rows(cells: list[CellCrop], model="wbc-type", device: str = "cpu"
     """Seed 004's CSV for single-cell crops: (column names of ``mode``, one (prediction, probabilities)
     per crop). The prediction is the most probable name, :data:`NO_WBC` when the crop holds no
     WBC, :data:`UNSURE` when the top probability is below ``min_confidence`` (the probabilities
-    are written either way). :class:`ValueError` for a ``mode`` the model cannot answer."""
+    are written either way). In modes 1-3, whose names are white cells only, a crop on which a
+    PBC-trained model puts at least :data:`NOT_A_WBC_SHARE` of its probability on platelet and
+    erythroblast (no leukocyte) is :data:`NO_WBC` too, not the likeliest white cell (mode 4 names
+    it). :class:`ValueError` for a ``mode`` the model cannot answer."""
     _, card = get_model(model, device)
     extras = np.stack([c.extras for c in cells]) if cells else None
     probs = predict_crops([c.image for c in cells], model, device, extras=extras, parts=[c.parts for c in cells])
     names, grouped = group_probs(probs, list(card["classes"]), mode)
+    not_leukocyte = [i for i, c in enumerate(card["classes"]) if c in NOT_IN_DIFFERENTIAL] if mode != 4 else []
     rows = []
-    for c, q in zip(cells, grouped):
+    for c, p, q in zip(cells, probs, grouped):
         label = names[int(np.argmax(q))] if len(q) else NO_WBC
-        if not c.found:
+        if not c.found or (not_leukocyte and float(p[not_leukocyte].sum()) >= NOT_A_WBC_SHARE):
             label = NO_WBC
         elif q.max(initial=0.0) < min_confidence:
             label = UNSURE
