@@ -733,6 +733,8 @@ def evaluate(
     except HemasegError as exc:
         _fail_error(exc)
         raise typer.Exit(1) from None
+    for note in res.get("notes", []):  # what was scored that the user may not expect (cells: every split)
+        typer.echo(note, err=True)
     for line in spec.table(res):
         typer.echo(line)
     if json_out:
@@ -744,12 +746,14 @@ def evaluate(
 
 
 def _not_an_input(path: Path, option: str, folders: List[str]) -> None:
-    """Refuse an output file that is an existing file under one of the input ``folders`` (a mask, an
-    image or a label the run reads)."""
+    """Refuse an output file that is one of the inputs (a COCO JSON given as --data) or an existing file
+    under one of the input ``folders`` or beside an input file (a mask, an image or a label the run reads)."""
     p = path.resolve()
     data_file = p.suffix.lower() in IMAGE_SUFFIXES or p.suffix.lower() in (".txt", ".xml", ".csv", ".yaml", ".yml") \
         or p.name == "annotations.json"  # what the task readers read (a scores.json of an earlier run is not)
-    if data_file and p.exists() and any(p.is_relative_to(Path(f).resolve()) for f in folders):
+    inputs = [Path(f).resolve() for f in folders]
+    roots = [f.parent if f.is_file() else f for f in inputs]  # a COCO JSON's photos lie beside it
+    if p in inputs or (data_file and p.exists() and any(p.is_relative_to(r) for r in roots)):
         raise HemasegUsageError(option, f"{path} is a file of the data being scored; give another file")
 
 

@@ -577,10 +577,122 @@ def test_evaluate_scores_a_cells_model_on_boxed_photos(tmp_path):
         Image.fromarray(img).save(root / "images" / "val" / f"f{k}.png")
         (root / "labels" / "val" / f"f{k}.txt").write_text("\n".join(lines) + "\n")
     res = CliRunner().invoke(app, ["evaluate", "cells", "--data", str(root), "--data", str(tmp_path / "nosuch"),
-                                   "--json", str(tmp_path / "s.json")])
+                                   "--json", str(tmp_path / "s.json"), "--grid", str(tmp_path / "worst.png")])
     assert res.exit_code == 1 and "nosuch" in res.output, res.output
     r = json.loads((tmp_path / "s.json").read_text())
     assert r["n_images"] == 2 and "ap50_rbc" in r["mean"] and "ap50_wbc" not in r["mean"]
     assert r["mean"]["map50"] == r["mean"]["ap50_rbc"] and 0 <= r["mean"]["coco_map"] <= 1
     exact = np.mean([row["rbc_true"] == row["rbc_found"] for row in r["per_image"]])
     assert r["mean"]["count_exact_rbc"] == exact and "(2 photos)" in res.output
+
+
+def _yolo_photos(root, photos):
+    """A YOLO dataset (data.yaml, images/<split>/, labels/<split>/) of 256 px photos: {"split/name": [(cy, cx, boxed)]},
+    a red cell (r 28) drawn at each place and boxed when ``boxed``; ``None`` instead of a list: a corrupt photo."""
+    from PIL import Image
+
+    (root / "data.yaml").parent.mkdir(parents=True, exist_ok=True)
+    (root / "data.yaml").write_text("names: ['WBC', 'RBC', 'Platelet']\n")
+    yy, xx = np.mgrid[:256, :256]
+    for key, cells in photos.items():
+        split, name = key.split("/")
+        for sub in ("images", "labels"):
+            (root / sub / split).mkdir(parents=True, exist_ok=True)
+        lines = []
+        img = np.full((256, 256, 3), (235, 215, 215), np.uint8)
+        for cy, cx, drawn in cells or [(128, 128, True)]:
+            if drawn:
+                img[(yy - cy) ** 2 + (xx - cx) ** 2 < 28 ** 2] = (200, 110, 120)
+            lines.append(f"1 {cx / 256:.4f} {cy / 256:.4f} {56 / 256:.4f} {56 / 256:.4f}")
+        if cells is None:
+            (root / "images" / split / f"{name}.png").write_bytes(b"not a photo")
+        else:
+            Image.fromarray(img).save(root / "images" / split / f"{name}.png")
+        (root / "labels" / split / f"{name}.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+GOOD = [(60, 60, True), (60, 180, True), (180, 100, True)]
+
+
+def test_evaluate_cells_scores_the_other_photos_beside_a_corrupt_one_and_says_which_splits(tmp_path):
+    """A corrupt photo in a YOLO folder stopped the whole folder ("no photo could be scored"): one line naming it,
+    the rest scored, exit 1. Without --split every split is scored, train included: one line says so."""
+    from typer.testing import CliRunner
+
+    from hemaseg.cli import app
+
+    root = _yolo_photos(tmp_path / "y", {"val/f0": GOOD, "val/bad": None, "val/f1": GOOD, "train/t0": GOOD})
+    res = CliRunner().invoke(app, ["evaluate", "cells", "--data", str(root), "--json", str(tmp_path / "s.json"),
+                                   "--grid", str(tmp_path / "worst.png")])
+    assert res.exit_code == 1, res.output
+    said = [line for line in res.output.splitlines() if "bad.png" in line]
+    assert len(said) == 1 and said[0].startswith(str(root / "images" / "val" / "bad.png") + ": "), res.output
+    r = json.loads((tmp_path / "s.json").read_text())
+    assert r["n_images"] == 3 and len(r["failed"]) == 1 and "(3 photos)" in res.output
+    note = [line for line in res.output.splitlines() if "--split" in line]
+    assert len(note) == 1 and "train 1" in note[0] and "val 2" in note[0], res.output
+    (tmp_path / "split.json").write_text(json.dumps({"train": ["t0.png"], "val": ["f0.png", "f1.png"]}))
+    res = CliRunner().invoke(app, ["evaluate", "cells", "--data", str(root), "--split", str(tmp_path / "split.json"),
+                                   "--json", str(tmp_path / "s.json"), "--grid", str(tmp_path / "worst.png")])
+    assert res.exit_code == 1 and "(2 photos)" in res.output and "bad.png" in res.output, res.output
+    assert not [line for line in res.output.splitlines() if "--split" in line], res.output
+
+
+def test_evaluate_cells_grid_draws_the_worst_photos_with_their_boxes(tmp_path, monkeypatch):
+    """--grid was accepted and ignored for cells: a PNG of the worst photos (lowest AP@0.5 of the photo), true and
+    found boxes drawn; refused (exit 2, nothing written) over a photo or a COCO JSON it reads, or over --json."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    import hemaseg.tasks.cells as cells_task
+    from hemaseg.cli import app
+    from hemaseg.io.annotations import read_yolo, write_coco
+    from hemaseg.tasks.cells import CELLS
+
+    def found(image, model, cell_diameter=None, device="cpu"):  # a red cell at each place GOOD draws
+        return SimpleNamespace(objects=[{"category": "rbc", "score": 0.9, "bounding_box": {
+            "x1": cx - 28, "y1": cy - 28, "x2": cx + 28, "y2": cy + 28}} for cy, cx, _ in GOOD])
+
+    monkeypatch.setattr(cells_task, "segment_cells", found)
+    drawn = []
+    monkeypatch.setattr(CELLS, "panels", lambda image, target, pred: drawn.append(target) or
+                        type(CELLS).panels(CELLS, image, target, pred))
+    # f1 boxes a cell where none is found (one of its three): AP 2/3; f2 boxes only such a cell: AP 0, the worst;
+    # f3 boxes none (no AP), its three found cells all wrong: after the photos with an AP under 1
+    root = _yolo_photos(tmp_path / "y", {"val/f0": GOOD, "val/f1": [*GOOD[:2], (200, 200, True)],
+                                         "val/f2": [(200, 200, True)], "val/f3": GOOD})
+    (root / "labels" / "val" / "f3.txt").unlink()
+    grid, js = tmp_path / "worst.png", tmp_path / "s.json"
+    res = CliRunner().invoke(app, ["evaluate", "cells", "--data", str(root), "--grid", str(grid), "--json", str(js)])
+    assert res.exit_code == 0, res.output
+    aps = {Path(r["image"]).stem: r["ap50"] for r in json.loads(js.read_text())["per_image"]}
+    assert aps["f0"] == 1.0 and 0.0 < aps["f1"] < 1.0 and aps["f2"] == 0.0 and aps["f3"] is None
+    assert [len(t) for t in drawn] == [1, 3, 0, 3] and drawn[0][0][0] == "rbc"  # the worst first: f2's one box
+    assert np.allclose(drawn[0][0][1], (172, 172, 228, 228), atol=1)
+    with Image.open(grid) as im:
+        assert im.format == "PNG" and im.size[1] > im.size[0]  # four rows: photo | true | found
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".worst.png.")]  # no temporary file left
+    monkeypatch.undo()
+    # the panels: each box outlined in its category's colour, truth on one, the found boxes on the other
+    image = np.full((100, 100, 3), 235, np.uint8)
+    truth, found = CELLS.panels(image, [("rbc", (10, 10, 40, 40))], [("wbc", 0.9, (50, 50, 90, 90))])
+    rbc, wbc = CELLS.colors[1], CELLS.colors[2]
+    assert tuple(truth[10, 25]) == rbc and tuple(truth[70, 50]) == (235, 235, 235)
+    assert tuple(found[50, 70]) == wbc and tuple(found[10, 25]) == (235, 235, 235)
+    # refused before any work: over a photo of the data, over the COCO JSON read, beside it, or over --json
+    coco = tmp_path / "c" / "cells.json"
+    entries = [{**e, "filename": Path(e["filename"]).name} for e in read_yolo(root)]
+    write_coco(coco, entries)
+    for e in entries:
+        (coco.parent / e["filename"]).write_bytes((root / "images" / "val" / e["filename"]).read_bytes())
+    photo = coco.parent / "f0.png"
+    before = {p: p.read_bytes() for p in (coco, photo, root / "images" / "val" / "f1.png")}
+    for data, args in ((root, ["--grid", str(root / "images" / "val" / "f1.png")]),
+                       (coco, ["--grid", str(photo)]), (coco, ["--json", str(coco)]),
+                       (root, ["--grid", str(js), "--json", str(js)])):
+        res = CliRunner().invoke(app, ["evaluate", "cells", "--data", str(data), *args])
+        assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1, (args, res.output)
+    assert {p: p.read_bytes() for p in before} == before

@@ -1,5 +1,6 @@
 """Nuclei: the DSB metric, RLE, the DSB reader and converter, post-processing, the whole task."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -308,6 +309,27 @@ def test_train_and_evaluate_nuclei(tmp_path):
     assert ev["per_modality"]["brightfield"]["n_images"] == 1
     assert 0.0 <= ev["mean"]["dsb"] <= 1.0 and (tmp_path / "g.png").exists()
     assert "ALL" in res.output
+
+
+def test_evaluate_nuclei_names_each_dsb_image_it_cannot_score(tmp_path, tiny_nuclei_model):
+    """A DSB id without masks/ (a test image) was skipped without a word: one line naming the image, the others
+    scored, exit 1. An empty masks/ is an image with no nucleus, scored like any other."""
+    import shutil
+
+    root = make_dsb(tmp_path / "dsb", n=4)
+    ids = sorted(p.name for p in root.iterdir())
+    shutil.rmtree(root / ids[0] / "masks")
+    for f in (root / ids[1] / "masks").iterdir():
+        f.unlink()
+    res = runner.invoke(app, ["evaluate", "nuclei", "--data", str(root), "--model", str(tiny_nuclei_model),
+                              "--json", str(tmp_path / "e.json"), "--grid", str(tmp_path / "g.png")])
+    assert res.exit_code == 1, res.output
+    named = [line for line in res.output.splitlines() if ": no masks (" in line]
+    assert len(named) == 1 and f"{ids[0]}.png" in named[0], res.output
+    ev = json.loads((tmp_path / "e.json").read_text())
+    assert ev["n_images"] == 3 and [Path(r["image"]).stem for r in ev["per_image"]] == ids[1:]
+    assert len(ev["failed"]) == 1 and (tmp_path / "g.png").exists()
+    assert [s.image.stem for s in find_dsb(root)] == ids[1:]  # training leaves the test image out too
 
 
 def test_train_with_a_depth_output_and_segment(tmp_path):

@@ -301,6 +301,32 @@ def test_smear10_training_segment_and_evaluate(smear_run, tmp_path):
     assert res.exit_code == 2 and "smear10" in res.output
 
 
+def test_evaluate_smear10_names_an_image_without_its_class_map(tmp_path):
+    """An image of a seed-002 folder with no map in classes/ or segments/ was skipped without a word: one line
+    naming it, the others scored, exit 1."""
+    import torch
+
+    from hemaseg.models.registry import create_model, save_model
+
+    torch.manual_seed(0)
+    arch = {"name": "unet-dropout", "kwargs": {"classes": 10, **TINY}}
+    card = {"name": "tiny-smear10", "task": "smear10", "classes": list(SMEAR10.classes), "architecture": arch,
+            "normalization": {"type": "percentile", "low": 1.0, "high": 99.0}, "cell_diameter": 32.0}
+    model = save_model(create_model("unet-dropout", **arch["kwargs"]).eval(), tmp_path / "tiny", card)[0]
+    for i, smear in enumerate(_smears(n=3, size=64)):
+        write_smear(tmp_path / "test", f"s{i}", smear)
+    for sub in ("classes", "segments"):
+        (tmp_path / "test" / sub / "s1.png").unlink()
+    res = runner.invoke(app, ["evaluate", "smear10", "--data", str(tmp_path / "test"), "--model", str(model),
+                              "--cell-diameter", "32", "--grid", str(tmp_path / "cm.png"),
+                              "--json", str(tmp_path / "r.json")])
+    assert res.exit_code == 1, res.output
+    said = [line for line in res.output.splitlines() if "s1.png" in line]
+    assert len(said) == 1 and said[0].startswith(str(tmp_path / "test" / "images" / "s1.png")), res.output
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert r["n_images"] == 2 and np.array(r["confusion"]).sum() == 2 * 64 * 64 and len(r["failed"]) == 1
+
+
 def test_a_fine_tune_draws_smears_its_start_model_never_saw(smear_run):
     from hemaseg.tasks.smear10.train import SynthDataset, smear_transform, training_stream
 

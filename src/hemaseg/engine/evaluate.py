@@ -100,7 +100,7 @@ def evaluate_pairs(task, data: list, model=None, split: str | Path | None = None
     ``grid`` is a PNG of the worst images. Returns {task, model, n_images, mean, per_image, ...}
     plus what ``task.summarise(rows)`` adds (e.g. means per modality)."""
     failed: list[dict] = []
-    pairs = find_each(data, task.find_samples, failed)
+    pairs = find_each(data, lambda d: task.find_scored(d, failed), failed)
     if split:
         pairs = select_split(pairs, split)
     run = runner(task, model, cell_diameter, device, method)
@@ -124,19 +124,20 @@ def evaluate_pairs(task, data: list, model=None, split: str | Path | None = None
     return res
 
 
-def worst_grid(task, rows: list[dict], path: Path, n: int = 6) -> Path:
-    """PNG grid of the ``n`` worst images (lowest ``task.headline``): input | ground truth |
-    prediction (``task.panels``), the scores in the title."""
+def worst_grid(task, rows: list[dict], path: Path, n: int = 6, key=None) -> Path:
+    """PNG grid of the ``n`` worst images (lowest ``key(row)``, by default ``task.headline``): input |
+    ground truth | prediction (``task.panels(image, row["_target"], row["_pred"])``), the scores in the
+    title; written atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    worst = sorted(rows, key=task.headline)[:n]
+    worst = sorted(rows, key=key or task.headline)[:n]
     fig, axes = plt.subplots(len(worst), 3, figsize=(7.5, 2.5 * len(worst)), squeeze=False)
     for ax_row, r in zip(axes, worst):
         image = read_image(r["image"])
-        th, tw = r["_target"].shape[:2]
+        th, tw = r["_target"].shape[:2] if isinstance(r["_target"], np.ndarray) else image.shape[:2]
         if image.shape[:2] != (th, tw):  # a sample scored at its own scale (TXL-PBC fields as weak labels)
             image = cv2.resize(image, (tw, th), interpolation=cv2.INTER_AREA)
         panels = [image, *task.panels(image, r["_target"], r["_pred"])]
@@ -161,6 +162,19 @@ def instance_panels(image: np.ndarray, target: np.ndarray, pred, colors: dict) -
     """Ground-truth and predicted instance labels as outlined overlays."""
     return [overlay(image, (target > 0).astype(np.uint8), colors, instances=target),
             overlay(image, (pred[1] > 0).astype(np.uint8), colors, instances=pred[1])]
+
+
+def box_panels(image: np.ndarray, target: list, pred: list, colors: dict) -> list[np.ndarray]:
+    """Ground-truth boxes ([(name, (x1, y1, x2, y2))], x2 and y2 exclusive) and predicted ones ([(name, score,
+    box)]) outlined on the image in their class's colour (``colors``: name -> RGB): two (H, W, 3) uint8 panels."""
+    t = max(1, round(max(image.shape[:2]) / 150))  # the grid shows a photo about 150 px wide
+    panels = []
+    for boxes in (target, [(name, box) for name, _, box in pred]):
+        panel = np.ascontiguousarray(image[..., :3]).copy()
+        for name, (x1, y1, x2, y2) in boxes:
+            cv2.rectangle(panel, (int(x1), int(y1)), (int(x2) - 1, int(y2) - 1), colors.get(name, (255, 255, 255)), t)
+        panels.append(panel)
+    return panels
 
 
 def plain_table(res: dict, columns: list[tuple[str, str]] | None = None) -> list[str]:

@@ -205,6 +205,12 @@ class Task:
         """Annotated (image, label) file pairs under ``root``."""
         return find_pairs(root)
 
+    def find_scored(self, root: str | Path, failed: list[dict]) -> list[Pair]:
+        """The pairs evaluation scores under ``root``: :meth:`find_samples`'s. A task whose reader leaves
+        out images it finds without labels lists each in ``failed`` ({"image", "reason"}) here, so that
+        ``hemaseg evaluate`` says so (one line each, exit 1) instead of scoring fewer images unsaid."""
+        return self.find_samples(root)
+
     def load_sample(self, pair: Pair) -> tuple[np.ndarray, np.ndarray]:
         """((H, W, 3) uint8 image, (H, W) target): label values mapped to class indices."""
         image = read_image(pair.image)

@@ -380,16 +380,24 @@ def read_yolo_labels(path: str | Path, names: list[str], height: int, width: int
     return masks
 
 
-def read_yolo(root: str | Path) -> list[dict]:
+def read_yolo(root: str | Path, failed: list[dict] | None = None) -> list[dict]:
     """Entries of a YOLO dataset folder (see :func:`find_yolo`); class names from :func:`yolo_names`,
-    in the project's spelling. ``filename`` is the image's path relative to ``root``."""
+    in the project's spelling. ``filename`` is the image's path relative to ``root``. An image (or its
+    label file) that cannot be read raises :class:`HemasegInputError`; with ``failed`` given, it is
+    listed there ({"image", "reason"}) and left out, and the others are read."""
     root = Path(root)
     pairs = find_yolo(root)
     names = yolo_names(root)
     entries = []
     for image, label in pairs:
-        h, w = image_size(image)
-        masks = read_yolo_labels(label, names, h, w) if label is not None else []
+        try:
+            h, w = image_size(image)
+            masks = read_yolo_labels(label, names, h, w) if label is not None else []
+        except HemasegInputError as exc:
+            if failed is None:
+                raise
+            failed.append({"image": str(exc.path), "reason": exc.reason})
+            continue
         entries.append({"filename": image.relative_to(root).as_posix(), "height": int(h), "width": int(w),
                         "masks": masks})
     return entries

@@ -114,23 +114,30 @@ def load_pair(pair: Pair) -> tuple[np.ndarray, np.ndarray]:
     return image, wbc_classes(mask, pair.mask)
 
 
-def find_dsb(root: str | Path) -> list[Pair]:
+def find_dsb(root: str | Path, failed: list[dict] | None = None) -> list[Pair]:
     """Find Data Science Bowl samples under ``root``: ``<id>/images/<id>.png`` with a ``<id>/masks/`` folder.
 
-    ``Pair.mask`` is the masks folder (one binary PNG per nucleus). Samples without a
-    masks folder (test images) are skipped; use :func:`~hemaseg.io.images.list_images` for those.
+    ``Pair.mask`` is the masks folder (one binary PNG per nucleus; an empty one: an image with no
+    nucleus, a sample like any other). An image without a masks folder (a test image) is no sample:
+    it is left out, and a DSB id's (``<id>/images/<id>.*``) is listed in ``failed`` ({"image",
+    "reason"}) when given (evaluation says so). Use :func:`~hemaseg.io.images.list_images` for
+    unlabelled images.
     """
     root = Path(root)
     if not root.is_dir():
         raise HemasegInputError(root, "not a folder")
     pairs = []
     for images in sorted(root.rglob("images")):
-        masks = images.parent / "masks"
-        if not (images.is_dir() and masks.is_dir()):
+        if not images.is_dir():
             continue
+        masks = images.parent / "masks"
         files = sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if files:
+        if files and masks.is_dir():
             pairs.append(Pair(files[0], masks))
+            continue
+        named = [p for p in files if p.stem == images.parent.name]  # a DSB id, not another layout's images/
+        if named and failed is not None:
+            failed.append({"image": str(named[0]), "reason": "no masks (no masks/ folder beside images/)"})
     return pairs
 
 
@@ -265,9 +272,10 @@ def read_colour_map(path: str | Path, palette: dict[int, tuple[int, int, int]]) 
     return idx[inverse.ravel()].reshape(img.shape[:2])
 
 
-def find_smear_pairs(root: str | Path) -> list[tuple[Path, Path]]:
+def find_smear_pairs(root: str | Path, failed: list[dict] | None = None) -> list[tuple[Path, Path]]:
     """(image, label) files of a seed-002 folder: ``images/<name>.*`` with ``segments/<name>.png``
-    (colour maps) or ``classes/<name>.png`` (index maps)."""
+    (colour maps) or ``classes/<name>.png`` (index maps). An image with neither is left out, and
+    listed in ``failed`` ({"image", "reason"}) when given."""
     root = Path(root)
     images = root / "images"
     if not images.is_dir():
@@ -279,6 +287,10 @@ def find_smear_pairs(root: str | Path) -> list[tuple[Path, Path]]:
             if cands:
                 out.append((img, cands[0]))
                 break
+        else:
+            if failed is not None:
+                failed.append({"image": str(img), "reason": f"no class map (classes/{img.stem}.png or "
+                                                            f"segments/{img.stem}.png)"})
     return out
 
 

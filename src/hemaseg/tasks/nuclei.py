@@ -462,6 +462,10 @@ class NucleiTask(Task):
     def find_samples(self, root: str | Path) -> list[Pair]:
         return find_dsb(root) or find_pairs(root)
 
+    def find_scored(self, root: str | Path, failed: list[dict]) -> list[Pair]:
+        # A DSB id without a masks/ folder (a test image) is named, not skipped unsaid.
+        return find_dsb(root, failed) or find_pairs(root)
+
     def train_config(self, **options) -> TrainConfig:
         """``modalities`` (a list of :data:`MODALITIES`): train on those only, the others drawn
         never (their weights 0), and choose the checkpoint on them (:meth:`validate`)."""

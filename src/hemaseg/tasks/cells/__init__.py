@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from hemaseg.core.result import Segmentation
-from hemaseg.engine.evaluate import find_each, nothing_scored
+from hemaseg.engine.evaluate import box_panels, find_each, nothing_scored, worst_grid
 from hemaseg.engine.predict import model_of_task
 from hemaseg.engine.task import ARCH_ALIASES, Task
 from hemaseg.engine.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
@@ -65,13 +66,15 @@ class CellsTask(Task):
         """Score a cells model on annotated photos (a VOC root, a YOLO dataset with data.yaml, a COCO JSON):
         VOC AP@0.5 per category, their mean, COCO mAP@[.5:.95] (pycocotools), each category's count exact
         per photo, the whole pipeline as ``hemaseg analyze`` runs it. ``split``: only the photos its
-        ``val`` list names (paths or file names). A photo that cannot be read is listed in ``failed``."""
+        ``val`` list names (paths or file names); without it a YOLO dataset's every split is scored, which
+        ``notes`` says. A photo that cannot be read is listed in ``failed``. ``grid``: a PNG of the photos
+        of lowest AP@0.5 (their own boxes), true and found boxes drawn."""
         if method:
             raise HemasegUsageError("--method", "cells has no classical method")
         model = model or self.default_model
         loaded = model_of_task(model, self.name, device)
         failed: list[dict] = []
-        photos = find_each(data, find_annotated_photos, failed)
+        photos = find_each(data, lambda d: find_annotated_photos(d, failed), failed)
         if split:
             try:
                 val = json.loads(Path(split).read_text())["val"]
@@ -79,6 +82,12 @@ class CellsTask(Task):
             except (OSError, KeyError, TypeError, ValueError, IndexError):
                 raise HemasegInputError(split, "not a split: a JSON file with a 'val' list of photos") from None
             photos = [(p, e) for p, e in photos if p.name in names]
+        splits = Counter(e["split"] for _, e in photos if e.get("split"))
+        notes = []
+        if not split and ("train" in splits or len(splits) > 1):  # a score of training photos flatters a model
+            notes.append(f"--split: none given, so all {len(photos)} photos of every split are scored "
+                         f"({', '.join(f'{k} {v}' for k, v in sorted(splits.items()))}), training photos "
+                         "included; --split FILE scores only the photos of a split.json's 'val' list")
         cats = tuple(CATEGORIES)
         preds: dict = {c: [] for c in cats}
         truths: dict = {c: {} for c in cats}
@@ -93,14 +102,19 @@ class CellsTask(Task):
             seg = segment_cells(image, loaded, cell_diameter=cell_diameter, device=device)
             seconds = time.perf_counter() - t0
             sizes[i] = image.shape[:2]
-            row = {"image": str(path), "seconds": seconds}
+            row = {"image": str(path), "seconds": seconds, "_target": [], "_pred": []}
             for c in cats:
                 truths[c][i] = [tuple(m["bounding_box"][k] for k in ("x1", "y1", "x2", "y2"))
                                 for m in entry["masks"] if m.get("category") == c]
-                mine = [o for o in seg.objects if o["category"] == c]
-                preds[c] += [(i, o["score"], tuple(o["bounding_box"][k] for k in ("x1", "y1", "x2", "y2")))
-                             for o in mine]
+                mine = [(o["score"], tuple(o["bounding_box"][k] for k in ("x1", "y1", "x2", "y2")))
+                        for o in seg.objects if o["category"] == c]
+                preds[c] += [(i, score, box) for score, box in mine]
                 row[f"{c}_true"], row[f"{c}_found"] = len(truths[c][i]), len(mine)
+                row["_target"] += [(c, box) for box in truths[c][i]]
+                row["_pred"] += [(c, score, box) for score, box in mine]
+            aps = [detection_ap([(0, score, box) for k, score, box in row["_pred"] if k == c], {0: truths[c][i]})
+                   for c in cats if truths[c][i]]
+            row["ap50"] = float(np.mean(aps)) if aps else None  # this photo's categories; None: it boxes none
             rows.append(row)
         if not rows:
             raise nothing_scored(data, failed, "no photo could be scored")
@@ -112,8 +126,20 @@ class CellsTask(Task):
         for c in cats:
             mean[f"count_exact_{c}"] = float(np.mean([r[f"{c}_true"] == r[f"{c}_found"] for r in rows]))
         mean["seconds"] = float(np.mean([r["seconds"] for r in rows]))
-        return {"task": self.name, "model": str(model), "n_images": len(rows), "mean": mean, "per_image": rows,
-                "failed": failed}
+        if grid is not None:
+            worst_grid(self, rows, grid, key=_worst_first)
+        per_image = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
+        return {"task": self.name, "model": str(model), "n_images": len(rows), "mean": mean, "per_image": per_image,
+                "failed": failed, "splits": dict(splits), "notes": notes}
+
+    def panels(self, image: np.ndarray, target: list, pred: list) -> list[np.ndarray]:
+        return box_panels(image, target, pred, {c: self.colors[k + 1] for k, c in enumerate(CATEGORIES)})
+
+    def row_title(self, row: dict) -> str:
+        true = sum(row[f"{c}_true"] for c in CATEGORIES)
+        found = sum(row[f"{c}_found"] for c in CATEGORIES)
+        ap = "-" if row["ap50"] is None else f"{row['ap50']:.2f}"
+        return f"found: AP50 {ap}, {found} boxes / {true} true"
 
     def table(self, res: dict) -> list[str]:
         m = res["mean"]
@@ -166,6 +192,13 @@ class CellsTask(Task):
         if arch.startswith("maskrcnn"):
             return fit_maskrcnn(cfg, run, resume, progress, max_epochs_this_call)
         return fit(self, cfg, run, resume, progress, max_epochs_this_call)
+
+
+def _worst_first(row: dict) -> tuple[float, int]:
+    """Sort key of the worst-case grid: lowest AP@0.5 first (a photo with no true box last), then the
+    largest count error."""
+    error = sum(abs(row[f"{c}_true"] - row[f"{c}_found"]) for c in CATEGORIES)
+    return (1.0 if row["ap50"] is None else row["ap50"], -error)
 
 
 def _saved_arch(run: Path) -> str:

@@ -69,16 +69,17 @@ def read_sources(root: Path) -> dict[str, dict]:
         return {row["image"]: row for row in csv.DictReader(fh) if row.get("image")}
 
 
-def find_annotated_photos(root: str | Path) -> list[tuple[Path, dict]]:
+def find_annotated_photos(root: str | Path, failed: list[dict] | None = None) -> list[tuple[Path, dict]]:
     """(image path, entry) of a VOC root (``Annotations/*.xml`` + ``JPEGImages/``; boxes), of a YOLO
     dataset (``images/<split>/`` + ``labels/<split>/`` + data.yaml; each entry carries its ``split``
     and, from ``sources.csv``, its ``source`` and ``original_name``) or of a COCO JSON (file, or a
-    folder holding ``annotations.json``; images beside it or in ``images/``)."""
+    folder holding ``annotations.json``; images beside it or in ``images/``). ``failed``: a YOLO
+    photo or label file that cannot be read is listed there and left out (else it raises)."""
     root = Path(root)
     if is_yolo_root(root):
         sources = read_sources(root)
         out = []
-        for e in read_yolo(root):
+        for e in read_yolo(root, failed):
             rel = Path(e["filename"])
             row = sources.get(rel.name, {})
             split = rel.parts[1] if len(rel.parts) > 2 and rel.parts[0] == "images" else ""

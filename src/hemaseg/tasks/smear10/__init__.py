@@ -99,7 +99,7 @@ class Smear10Task(Task):
         model = model or self.default_model
         k = len(CLASSES)
         failed: list[dict] = []
-        pairs = find_each(data, find_smear_pairs, failed)
+        pairs = find_each(data, lambda d: find_smear_pairs(d, failed), failed)  # an image without its map: listed
         run = runner(self, model, cell_diameter, device)
         cm = np.zeros((k, k), np.int64)
         rows = []
