@@ -67,3 +67,24 @@ def test_masks_off_the_convention_are_refused(tmp_path):
     # the generic reader of a task's label values (Task.load_sample) refuses the same way
     with pytest.raises(HemasegInputError, match="0, 50, 100"):
         Task.load_sample(get_task("wbc"), pair)
+
+
+def test_paired_images_and_masks_folders_are_no_dsb_id(tmp_path):
+    """images/a.png + masks/a.png (one label image per image) was read as one DSB id: the first image given
+    every label image as a nucleus, the others dropped. A DSB id (<id>/images/<id>.png) is still one."""
+    from hemaseg.io.datasets import find_dsb
+    from hemaseg.tasks import get_task
+
+    for name in ("images", "masks"):
+        (tmp_path / "paired" / name).mkdir(parents=True)
+        (tmp_path / "dsb" / "id1" / name).mkdir(parents=True)
+    for stem in ("a", "b"):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "paired" / "images" / f"{stem}.png")
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "paired" / "masks" / f"{stem}.png")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "dsb" / "id1" / "images" / "id1.png")
+    for k in range(2):
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "dsb" / "id1" / "masks" / f"n{k}.png")
+    assert find_dsb(tmp_path / "paired") == []
+    assert [(p.image.name, p.mask.name) for p in get_task("nuclei").find_samples(tmp_path / "paired")] == \
+        [("a.png", "a.png"), ("b.png", "b.png")]
+    assert [(p.image.name, p.mask.name) for p in find_dsb(tmp_path / "dsb")] == [("id1.png", "masks")]

@@ -132,10 +132,16 @@ def find_dsb(root: str | Path, failed: list[dict] | None = None) -> list[Pair]:
             continue
         masks = images.parent / "masks"
         files = sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if files and masks.is_dir():
-            pairs.append(Pair(files[0], masks))
-            continue
         named = [p for p in files if p.stem == images.parent.name]  # a DSB id, not another layout's images/
+        if masks.is_dir() and files and not named:
+            # images/X.* with masks/X.*: paired folders (find_pairs), one label image per image, not
+            # one id whose masks/ holds its nuclei (the first image was given every label as a nucleus)
+            stems = {p.stem for p in masks.iterdir()}
+            if len(files) > 1 or files[0].stem in stems:
+                continue
+        if files and masks.is_dir():
+            pairs.append(Pair((named or files)[0], masks))
+            continue
         if named and failed is not None:
             failed.append({"image": str(named[0]), "reason": "no masks (no masks/ folder beside images/)"})
     return pairs
