@@ -223,3 +223,71 @@ def test_the_public_functions_take_what_the_model_functions_take_and_find_nothin
         assert C.watershed_cells(blank).max() == 0 and not C.blob_confidence_mask(blank).any()
         assert C.segment_classical(blank).count == 0
         assert C.segment_classical(blank, task="nuclei", method="watershed").count == 0
+
+
+def test_darkness_of_a_grey_array_keeps_its_shape():
+    grey = np.full((4, 5), 51, np.uint8)  # the mean ran over its rows: (4,) or (1, 4)
+    for sigma in (0, 1.0):
+        d = C.darkness(grey, sigma=sigma)
+        assert d.shape == (4, 5) and d.dtype == np.float32
+    assert C.darkness(grey, sigma=0)[0, 0] == pytest.approx(0.8)
+
+
+def test_watershed_without_opening_keeps_the_cells():
+    """open_iterations=0: SciPy opened until nothing changed, so no cell was left."""
+    img, _ = _discs([(20, 15), (20, 45)], 8, size=(40, 60))
+    assert C.watershed_cells(img, open_iterations=0).max() == 2
+
+
+def test_red_cell_diameter_takes_an_integer_exclude_mask():
+    """A 0/1 uint8 mask: ``~`` made it 255/254 and the threshold's mask an index array (IndexError)."""
+    yy, xx = np.mgrid[:120, :120]
+    img = np.full((120, 120, 3), 235, np.uint8)
+    for cy, cx in ((30, 30), (30, 80), (85, 40), (90, 95)):
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 < 15 ** 2] = (200, 120, 130)
+    assert C.red_cell_diameter(img, np.zeros((120, 120), np.uint8)) == C.red_cell_diameter(img)
+    assert C.red_cell_diameter(img, np.ones((120, 120), np.uint8)) is None
+
+
+def test_box_cell_takes_float_boxes_paths_and_grey(tmp_path):
+    yy, xx = np.mgrid[:60, :60]
+    img = np.full((60, 60, 3), 235, np.uint8)
+    img[(yy - 30) ** 2 + (xx - 30) ** 2 < 100] = (200, 90, 110)
+    want = C.box_cell(img, (19, 19, 41, 41))
+    assert want is not None
+    np.testing.assert_array_equal(C.box_cell(img, (19.2, 18.6, 40.8, 41.4)), want)  # rounded as mask_in_box rounds
+    Image.fromarray(img).save(tmp_path / "cell.png")
+    np.testing.assert_array_equal(C.box_cell(tmp_path / "cell.png", (19, 19, 41, 41)), want)
+    grey = C.box_cell(img.mean(-1).astype(np.uint8), (19, 19, 41, 41))
+    assert grey is not None and grey.shape == want.shape
+
+
+def test_round_cell_is_a_python_bool():
+    yy, xx = np.mgrid[:21, :21]
+    disc = (yy - 10) ** 2 + (xx - 10) ** 2 <= 100
+    for mask in (disc, np.ones((21, 21), bool), np.zeros((0, 0), bool), disc[:, :3]):
+        assert type(C.round_cell(mask)) is bool
+
+
+def test_mask_in_box_refuses_an_unknown_kind():
+    img = np.full((40, 40, 3), 235, np.uint8)
+    with pytest.raises(ValueError, match="'wbc'"):
+        C.mask_in_box(img, (10, 10, 30, 30), kind="WBC")
+    assert C.mask_in_box(img, (10, 10, 30, 30), kind=None).shape == (20, 20)
+
+
+def test_wbc_crops_reads_no_image_but_checks_its_size(tmp_path, monkeypatch):
+    """The boxes come from ``instances`` alone: a path was read for nothing."""
+    import hemaseg.io.images
+
+    inst = np.zeros((50, 60), np.int32)
+    inst[10:30, 20:30] = 3
+    Image.fromarray(np.zeros((50, 60, 3), np.uint8)).save(tmp_path / "cell.png")
+
+    def no_read(path):
+        raise AssertionError(f"{path} was read")
+
+    monkeypatch.setattr(hemaseg.io.images, "read_image", no_read)
+    assert C.wbc_crops(tmp_path / "cell.png", inst) == C.wbc_crops(np.zeros((50, 60, 3), np.uint8), inst)
+    with pytest.raises(ValueError, match="size"):
+        C.wbc_crops(np.zeros((40, 60, 3), np.uint8), inst)

@@ -1,10 +1,19 @@
-"""The exact binomial interval of a differential count, checked against values computed another way."""
+"""Metrics checked against values computed another way, and the inputs they refuse (with a message saying why)."""
 import math
+import typing
 
 import numpy as np
 import pytest
 
-from hemaseg.metrics import binomial_ci, dsb_scores
+from hemaseg.metrics import (
+    binomial_ci,
+    classification_report,
+    coco_box_map,
+    confusion_matrix,
+    detection_ap,
+    dsb_scores,
+    matching_counts,
+)
 
 
 def _binom_cdf(k: int, n: int, p: float) -> float:
@@ -62,3 +71,50 @@ def test_dsb_scores_refuses_labels_it_cannot_score():
                        (-t, "negative")):
         with pytest.raises(ValueError, match=says):
             dsb_scores(pred, t)
+
+
+def test_matching_below_half_is_refused_not_counted_twice():
+    """Below IoU 0.5 one prediction may match two targets: FP went negative ((2, -1, 0)); dsb_scores took any
+    thresholds."""
+    with pytest.raises(ValueError, match="0.3"):
+        matching_counts(np.array([[0.4], [0.4]]), 0.3)
+    assert matching_counts(np.array([[0.6], [0.0]]), 0.5) == (1, 0, 1)
+    t = np.zeros((8, 8), int)
+    t[:4, :4] = 1
+    with pytest.raises(ValueError, match="0.3"):
+        dsb_scores(t, t, thresholds=(0.3, 0.5))
+    assert dsb_scores(t, t, thresholds=(0.5, 0.9))["dsb"] == 1.0
+
+
+def test_confusion_matrix_refuses_class_indices_out_of_range():
+    """An index of K or more, or a negative one, was counted in a wrong cell (or a bincount error)."""
+    with pytest.raises(ValueError, match=r"y_pred.*\b2\b.*2 classes"):
+        confusion_matrix([0], [2], 2)
+    with pytest.raises(ValueError, match=r"y_pred.*-1.*2 classes"):
+        confusion_matrix([1], [-1], 2)  # 1 * 2 - 1 = 1: was counted as (0, 1)
+    with pytest.raises(ValueError, match=r"y_true.*\b3\b.*2 classes"):
+        classification_report([3], [0], ["a", "b"])
+    assert confusion_matrix([1, 0], [1, 1], 2).tolist() == [[0, 1], [0, 1]]
+
+
+def test_dsb_scores_of_an_empty_image_says_so_and_counts_are_ints():
+    empty = np.zeros((0, 5), int)
+    with pytest.raises(ValueError, match="empty"):
+        dsb_scores(empty, empty)
+    ret = typing.get_type_hints(dsb_scores)["return"]
+    assert int in typing.get_args(typing.get_args(ret)[1])
+
+
+def test_coco_box_map_empty_cases_agree_with_detection_ap_and_unknown_images_are_named():
+    """No truth box: nan (it gave 0.0 with no detection, nan with some); a detection on an image not in
+    ``sizes``: pycocotools' bare AssertionError."""
+    det = {"rbc": [(0, 0.9, (0, 0, 10, 10))]}
+    none = {"rbc": []}
+    boxed, unboxed = {"rbc": {0: [(0, 0, 10, 10)]}}, {"rbc": {0: []}}
+    sizes = {0: (20, 20)}
+    assert math.isnan(detection_ap([], {})) and math.isnan(coco_box_map(none, unboxed, sizes, ("rbc",)))
+    assert math.isnan(coco_box_map(det, unboxed, sizes, ("rbc",)))
+    assert math.isnan(coco_box_map(none, {"rbc": {5: [(0, 0, 10, 10)]}}, sizes, ("rbc",)))  # image 5 not evaluated
+    assert coco_box_map(none, boxed, sizes, ("rbc",)) == 0.0 == detection_ap([], boxed["rbc"])
+    with pytest.raises(ValueError, match="image id 7"):
+        coco_box_map({"rbc": [(7, 0.9, (0, 0, 10, 10))]}, boxed, sizes, ("rbc",))

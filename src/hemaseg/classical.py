@@ -57,9 +57,9 @@ def darkness(image: np.ndarray, sigma: float = 1.0) -> np.ndarray:
 
     Parameters
     ----------
-    image : (H, W, C) ndarray
+    image : (H, W, C) or (H, W) ndarray
         Image on a 0-255 scale, normally uint8 RGB; the mean is taken over all C channels (an alpha
-        channel would count too). A 2-D (H, W) array is not supported (the mean would run over its rows).
+        channel would count too). A 2-D (H, W) array is a grey image, taken as it is.
     sigma : float, optional
         Standard deviation, px, of the Gaussian blur applied to the result; 0 or less: no blur.
         Default 1.0.
@@ -74,8 +74,10 @@ def darkness(image: np.ndarray, sigma: float = 1.0) -> np.ndarray:
     >>> img = np.array([[[0, 0, 0], [255, 255, 255], [51, 102, 153]]], np.uint8)
     >>> [round(float(v), 2) for v in darkness(img, sigma=0)[0]]
     [1.0, 0.0, 0.6]
+    >>> darkness(np.full((4, 5), 51, np.uint8)).shape   # grey
+    (4, 5)
     """
-    d = 1.0 - image.astype(np.float32).mean(-1) / 255.0
+    d = 1.0 - (image.astype(np.float32).mean(-1) if image.ndim == 3 else image.astype(np.float32)) / 255.0
     return cv2.GaussianBlur(d, (0, 0), sigma) if sigma > 0 else d
 
 
@@ -233,9 +235,8 @@ def watershed_cells(image: np.ndarray, min_distance: int | None = None, open_ite
         Smallest distance, px, between two markers (``skimage.feature.peak_local_max``). Default None:
         a third of the typical diameter, at least 2 px.
     open_iterations : int, optional
-        Iterations of the binary opening with a 3x3 cross, which removes specks and thin bridges.
-        Must be at least 1: SciPy repeats an opening of 0 iterations until nothing changes, which
-        leaves no foreground. Default 2.
+        Iterations of the binary opening with a 3x3 cross, which removes specks and thin bridges;
+        0 (or less): no opening. Default 2.
     min_area : int, optional
         Instances smaller than this many px are dropped. Default None: a tenth of the typical area, at
         least 4 px.
@@ -269,7 +270,8 @@ def watershed_cells(image: np.ndarray, min_distance: int | None = None, open_ite
         dark_objects = object_polarity(grey)
     t = _otsu(grey)
     fg = grey < t if dark_objects else grey > t
-    fg = ndi.binary_opening(fg, iterations=open_iterations)
+    if open_iterations > 0:  # SciPy repeats an opening of < 1 iterations until nothing is left
+        fg = ndi.binary_opening(fg, iterations=open_iterations)
     fg = _fill(fg)
     comps, n = ndi.label(fg)
     if n == 0:
@@ -741,7 +743,6 @@ def central_instance(instances: np.ndarray) -> int:
     return int(np.nanargmax(areas * (1 - off))) + 1
 
 
-@_takes_photo()
 def wbc_crops(image: np.ndarray, instances: np.ndarray, margin: float = 0.15, square: bool = True) -> list[dict]:
     """Square crops centred on each WBC instance (Algorithm 1's crop), as boxes.
 
@@ -752,9 +753,8 @@ def wbc_crops(image: np.ndarray, instances: np.ndarray, margin: float = 0.15, sq
     Parameters
     ----------
     image : (H, W, 3) ndarray of uint8 or str or Path
-        RGB photo. Anything :func:`hemaseg.io.images.as_photo` takes is converted to that first (a file
-        path, (H, W) grey, RGBA, 16-bit or float array); anything else raises HemasegInputError.
-        Only converted (a path is read): the boxes come from ``instances`` alone.
+        The photo the crops are for (an array, or a file path). It is not read: the boxes come from
+        ``instances`` alone; an array's (H, W) is only checked against that of ``instances``.
     instances : (H, W) ndarray of int
         WBC labels, 0 background.
     margin : float, optional
@@ -768,6 +768,11 @@ def wbc_crops(image: np.ndarray, instances: np.ndarray, margin: float = 0.15, sq
         One ``{"label": int, "box": (x1, y1, x2, y2)}`` per label present, in label order; the box
         in px, ints, x2 and y2 exclusive (slice ends).
 
+    Raises
+    ------
+    ValueError
+        When ``image`` is an array whose (H, W) differs from that of ``instances``.
+
     Examples
     --------
     >>> inst = np.zeros((50, 60), np.int32); inst[10:30, 20:30] = 3    # 20 px high, 10 px wide
@@ -779,6 +784,9 @@ def wbc_crops(image: np.ndarray, instances: np.ndarray, margin: float = 0.15, sq
     from scipy import ndimage as ndi
 
     h, w = instances.shape
+    shape = getattr(image, "shape", None)  # an array: cheap to check; a path is not read for nothing
+    if shape is not None and tuple(shape[:2]) != (h, w):
+        raise ValueError(f"wbc_crops: image {tuple(shape[:2])} and instances {(h, w)} differ in size")
     out = []
     for k, sl in enumerate(ndi.find_objects(instances), start=1):
         if sl is None:
@@ -991,13 +999,18 @@ def mask_in_box(image: np.ndarray, box: tuple[int, int, int, int], margin: float
         Share of the box's width (height) added on the left and right (top and bottom) as context for
         the thresholds, clipped to the image. Default 0.1.
     kind : {None, "wbc"}, optional
-        "wbc" for a WBC; any other value is treated as None (red cell, platelet). Default None.
+        "wbc" for a WBC, None for another cell (red cell, platelet). Default None.
 
     Returns
     -------
     mask : (y2 - y1, x2 - x1) ndarray of bool
         The cell in the rounded, clipped box; an empty (0-size) array when the box lies outside the
         image.
+
+    Raises
+    ------
+    ValueError
+        When ``kind`` is neither None nor "wbc".
 
     Examples
     --------
@@ -1011,6 +1024,8 @@ def mask_in_box(image: np.ndarray, box: tuple[int, int, int, int], margin: float
     """
     from scipy import ndimage as ndi
 
+    if kind not in (None, "wbc"):
+        raise ValueError(f"kind must be None or 'wbc', not {kind!r}")
     h, w = image.shape[:2]
     x1, y1, x2, y2 = [int(round(v)) for v in box]
     x1, y1, x2, y2 = max(0, x1), max(0, y1), min(w, x2), min(h, y2)
@@ -1144,24 +1159,24 @@ def round_cell(mask: np.ndarray, min_solidity: float = 0.9, fill: tuple[float, f
     Returns
     -------
     ok : bool
-        True when every test passes (a ``numpy.bool_`` False, not a Python bool, when the fill or the
-        edge test fails).
+        True when every test passes (a Python bool).
 
     Examples
     --------
     >>> yy, xx = np.mgrid[:21, :21]
     >>> disc = (yy - 10) ** 2 + (xx - 10) ** 2 <= 100
-    >>> bool(round_cell(disc)), bool(round_cell(np.ones((21, 21), bool)))   # a square fills its box
+    >>> round_cell(disc), round_cell(np.ones((21, 21), bool))   # a square fills its box
     (True, False)
     """
     if mask.size == 0 or mask.sum() < 12 or min(mask.shape) < 4:
         return False
     ratio = mask.sum() / mask.size
     edge = np.concatenate([mask[0], mask[-1], mask[:, 0], mask[:, -1]]).mean()
-    return fill[0] <= ratio <= fill[1] and edge <= max_edge and solidity(mask) >= min_solidity
+    return bool(fill[0] <= ratio <= fill[1] and edge <= max_edge and solidity(mask) >= min_solidity)
 
 
-def box_cell(image: np.ndarray, box: tuple[int, int, int, int], platelet: bool = False) -> np.ndarray | None:
+@_takes_photo()
+def box_cell(image: np.ndarray, box: tuple[float, float, float, float], platelet: bool = False) -> np.ndarray | None:
     """The RGBA crop of the clean, whole red cell (or platelet) in a detection box, or None.
 
     The cell's mask is :func:`mask_in_box`'s (default margin, no ``kind``); the crop is
@@ -1169,10 +1184,11 @@ def box_cell(image: np.ndarray, box: tuple[int, int, int, int], platelet: bool =
 
     Parameters
     ----------
-    image : (H, W, 3) ndarray of uint8
-        RGB photo (an array; it is not converted).
-    box : tuple of 4 int
-        (x1, y1, x2, y2), px; integers (float coordinates raise TypeError).
+    image : (H, W, 3) ndarray of uint8 or str or Path
+        RGB photo. Anything :func:`hemaseg.io.images.as_photo` takes is converted to that first (a file
+        path, (H, W) grey, RGBA, 16-bit or float array); anything else raises HemasegInputError.
+    box : tuple of 4 float
+        (x1, y1, x2, y2), px; rounded to whole px (as :func:`mask_in_box` rounds them).
     platelet : bool, optional
         Judge as a platelet, which may be less round: :func:`round_cell` with solidity >= 0.8, fill
         0.2-0.84 and edge share <= 0.4 (instead of 0.9, 0.55-0.84 and 0.3). Default False.
@@ -1180,7 +1196,7 @@ def box_cell(image: np.ndarray, box: tuple[int, int, int, int], platelet: bool =
     Returns
     -------
     rgba : (h, w, 4) ndarray of uint8 or None
-        The crop around the cell; None when the box comes within 2 px of the image's border
+        The crop around the cell; None when the rounded box comes within 2 px of the image's border
         (x1 <= 2, y1 <= 2, x2 >= W - 2 or y2 >= H - 2) or the mask is no clean, whole cell
         (:func:`round_cell`).
 
@@ -1192,10 +1208,10 @@ def box_cell(image: np.ndarray, box: tuple[int, int, int, int], platelet: bool =
     (4, None)
     """
     h, w = image.shape[:2]
-    x1, y1, x2, y2 = box
+    x1, y1, x2, y2 = [int(round(v)) for v in box]
     if x1 <= 2 or y1 <= 2 or x2 >= w - 2 or y2 >= h - 2:
         return None
-    m = mask_in_box(image, box)
+    m = mask_in_box(image, (x1, y1, x2, y2))
     if not (round_cell(m, 0.8, (0.2, 0.84), 0.4) if platelet else round_cell(m)):
         return None
     full = np.zeros((h, w), bool)
@@ -1364,9 +1380,9 @@ def red_cell_diameter(image: np.ndarray, exclude: np.ndarray | None = None, min_
     image : (H, W, 3) ndarray of uint8 or str or Path
         RGB photo. Anything :func:`hemaseg.io.images.as_photo` takes is converted to that first (a file
         path, (H, W) grey, RGBA, 16-bit or float array); anything else raises HemasegInputError.
-    exclude : (H, W) ndarray of bool, optional
-        Pixels to leave out, e.g. the WBC, dilated. Must be boolean (``~`` of an integer mask is not
-        its complement). Default None: none.
+    exclude : (H, W) ndarray, optional
+        Pixels to leave out, e.g. the WBC, dilated: its nonzero pixels (bool, or 0/1 of any dtype).
+        Default None: none.
     min_diameter : float, optional
         Smallest red-cell diameter, px: maxima under ``min_diameter / 2`` are ignored and maxima are at
         least max(2, int(min_diameter / 2)) px apart. Default 6.0.
@@ -1392,7 +1408,7 @@ def red_cell_diameter(image: np.ndarray, exclude: np.ndarray | None = None, min_
     from scipy import ndimage as ndi
     from skimage.feature import peak_local_max
 
-    keep = np.ones(image.shape[:2], bool) if exclude is None else ~exclude
+    keep = np.ones(image.shape[:2], bool) if exclude is None else np.asarray(exclude) == 0
     if keep.sum() < 4 * min_diameter ** 2:
         return None
     # The threshold is found on what is left once the WBC is out: a dark WBC would otherwise

@@ -160,20 +160,25 @@ def matching_counts(iou_matrix: np.ndarray, threshold: float) -> tuple[int, int,
     A target and a prediction match when their IoU is strictly greater than ``threshold``. TP is the
     number of targets with at least one match, FP the number of predictions minus TP, FN the number of
     targets minus TP. This is exact for ``threshold >= 0.5`` and non-overlapping instances, where an
-    object can have at most one partner, so no assignment problem arises; below 0.5 a prediction that
-    matches two targets is counted twice (FP may even become negative).
+    object can have at most one partner, so no assignment problem arises; below 0.5 a prediction could
+    match two targets (and be counted twice), so such a threshold is refused.
 
     Parameters
     ----------
     iou_matrix : (n_target, n_pred) ndarray of float
         IoU of every target (rows) with every prediction (columns), as :func:`instance_iou` gives.
     threshold : float
-        IoU a pair must exceed to match, e.g. 0.5.
+        IoU a pair must exceed to match, at least 0.5 (e.g. 0.5).
 
     Returns
     -------
     tp, fp, fn : tuple of int
         The counts. With no target or no prediction TP is 0: ``(0, n_pred, n_target)``.
+
+    Raises
+    ------
+    ValueError
+        When ``threshold`` is below 0.5 (or nan).
 
     Examples
     --------
@@ -183,12 +188,15 @@ def matching_counts(iou_matrix: np.ndarray, threshold: float) -> tuple[int, int,
     >>> matching_counts(np.zeros((0, 3)), 0.5)
     (0, 3, 0)
     """
+    if not threshold >= 0.5:
+        raise ValueError(f"matching_counts: IoU threshold {threshold} is below 0.5, where one prediction could "
+                         "match two targets; give 0.5 or more")
     n_t, n_p = iou_matrix.shape
     tp = int((iou_matrix > threshold).any(1).sum()) if n_t and n_p else 0
     return tp, n_p - tp, n_t - tp
 
 
-def dsb_scores(pred: np.ndarray, target: np.ndarray, thresholds=DSB_THRESHOLDS) -> dict[str, float]:
+def dsb_scores(pred: np.ndarray, target: np.ndarray, thresholds=DSB_THRESHOLDS) -> dict[str, int | float]:
     """The 2018 Data Science Bowl score of one image, and its AP at IoU 0.5 and 0.75.
 
     For each threshold t, precision(t) = TP/(TP+FP+FN), with TP, FP and FN counted by
@@ -204,8 +212,9 @@ def dsb_scores(pred: np.ndarray, target: np.ndarray, thresholds=DSB_THRESHOLDS) 
     target : (H, W) ndarray of int or bool
         Ground-truth instance labels, same shape and convention.
     thresholds : sequence of float, optional
-        IoU thresholds ``dsb`` averages over; default :data:`DSB_THRESHOLDS` (0.5 to 0.95 in steps of
-        0.05). They do not change ``ap50`` and ``ap75``. An empty sequence gives a ``dsb`` of nan.
+        IoU thresholds ``dsb`` averages over, each at least 0.5 (:func:`matching_counts`); default
+        :data:`DSB_THRESHOLDS` (0.5 to 0.95 in steps of 0.05). They do not change ``ap50`` and ``ap75``.
+        An empty sequence gives a ``dsb`` of nan.
 
     Returns
     -------
@@ -217,8 +226,8 @@ def dsb_scores(pred: np.ndarray, target: np.ndarray, thresholds=DSB_THRESHOLDS) 
     Raises
     ------
     ValueError
-        When an input is not a 2-D integer (or bool) array, holds negative labels, or the two shapes
-        differ; also for a zero-size image.
+        When an input is not a 2-D integer (or bool) array, is empty (zero pixels: the score is not
+        defined), holds negative labels, or the two shapes differ; also for a threshold below 0.5.
 
     Examples
     --------
@@ -236,10 +245,17 @@ def dsb_scores(pred: np.ndarray, target: np.ndarray, thresholds=DSB_THRESHOLDS) 
     for name, a in (("pred", pred), ("target", target)):
         if a.ndim != 2 or a.dtype.kind not in "biu":
             raise ValueError(f"dsb_scores: {name} must be an (H, W) integer label image, got {a.dtype} {a.shape}")
-        if a.size and a.min() < 0:
+        if a.size == 0:
+            raise ValueError(f"dsb_scores: {name} is an empty image {a.shape}: no pixel to score")
+        if a.min() < 0:
             raise ValueError(f"dsb_scores: {name} holds negative labels (0 is background, 1..N the nuclei)")
     if pred.shape != target.shape:
         raise ValueError(f"dsb_scores: pred {pred.shape} and target {target.shape} differ in shape")
+    thresholds = tuple(thresholds)
+    low = [th for th in thresholds if not th >= 0.5]
+    if low:
+        raise ValueError(f"dsb_scores: IoU threshold {low[0]} is below 0.5, where the DSB score is not defined "
+                         "(one prediction could match two nuclei)")
     m = instance_iou(pred, target)
     n_t, n_p = m.shape
     out = {"n_true": n_t, "n_pred": n_p}
@@ -271,8 +287,11 @@ def confusion_matrix(y_true, y_pred, n_classes: int) -> np.ndarray:
     -------
     cm : (K, K) ndarray of int64
         ``cm[i, j]`` counts the samples of true class i predicted as j; all zero for empty inputs.
-        Indices are not checked: a negative index raises ValueError, and one of K or more either
-        raises ValueError or is counted in a wrong cell.
+
+    Raises
+    ------
+    ValueError
+        When an index of ``y_true`` or ``y_pred`` lies outside 0 to ``n_classes - 1``.
 
     Examples
     --------
@@ -282,6 +301,11 @@ def confusion_matrix(y_true, y_pred, n_classes: int) -> np.ndarray:
     [[0, 0], [0, 0]]
     """
     t, p = np.asarray(y_true, int), np.asarray(y_pred, int)
+    for name, a in (("y_true", t), ("y_pred", p)):
+        bad = (a < 0) | (a >= n_classes)
+        if bad.any():
+            raise ValueError(f"confusion_matrix: {name} holds class index {int(a[bad][0])}, outside 0..{n_classes - 1} "
+                             f"({n_classes} classes)")
     return np.bincount(t * n_classes + p, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
 
 
@@ -294,7 +318,8 @@ def classification_report(y_true, y_pred, classes: list[str]) -> dict:
     Parameters
     ----------
     y_true : array_like of int, shape (N,)
-        True class indices, 0 to ``len(classes) - 1``.
+        True class indices, 0 to ``len(classes) - 1`` (another index raises ValueError,
+        :func:`confusion_matrix`).
     y_pred : array_like of int, shape (N,)
         Predicted class indices, same length and range.
     classes : list of str
@@ -545,13 +570,14 @@ def coco_box_map(preds: dict, truths: dict, sizes: dict, categories: tuple[str, 
     The evaluation is COCO's ``bbox`` one with up to 1000 detections an image (a field holds ~100 red
     cells) over all object sizes: for each category, precision is averaged over the IoU thresholds
     0.50, 0.55, ..., 0.95 and COCO's 101 recall points; the result is the mean over the categories.
-    A category with no truth box is left out, as COCO does. pycocotools is imported at the call.
+    A category with no truth box is left out, as COCO does (and :func:`detection_ap` gives it nan); a
+    category with truth boxes but no detection scores 0. pycocotools is imported at the call.
 
     Parameters
     ----------
     preds : dict of str to list of (image id, float, tuple)
         For every name in ``categories``, its detections: (image id, score, (x1, y1, x2, y2) box in
-        px). Each image id must be a key of ``sizes`` (pycocotools raises AssertionError otherwise).
+        px). Each image id must be a key of ``sizes`` (ValueError otherwise).
     truths : dict of str to dict of image id to list of tuple
         For every name in ``categories``, image id -> its ground-truth boxes (x1, y1, x2, y2), px.
         Boxes of images not in ``sizes`` are not evaluated.
@@ -563,8 +589,13 @@ def coco_box_map(preds: dict, truths: dict, sizes: dict, categories: tuple[str, 
     Returns
     -------
     map : float
-        mAP in [0, 1]; 0.0 when there is no detection at all (in any category); nan when there are
-        detections but no category has a truth box.
+        mAP in [0, 1]; nan when no category has a truth box on the images of ``sizes`` (with or without
+        detections), as :func:`detection_ap` gives for a class with no truth box.
+
+    Raises
+    ------
+    ValueError
+        For a detection on an image id that is not a key of ``sizes``.
 
     Examples
     --------
@@ -574,6 +605,9 @@ def coco_box_map(preds: dict, truths: dict, sizes: dict, categories: tuple[str, 
     >>> t2 = {"rbc": {0: [(0, 0, 10, 10), (10, 10, 20, 20)]}}   # one of two cells found: 51 of 101 recall points
     >>> round(coco_box_map({"rbc": [(0, 0.9, (0, 0, 10, 10))]}, t2, {0: (20, 20)}, ("rbc",)), 5)
     0.50495
+    >>> none = {"rbc": []}   # no detection: 0 with a truth box, nan without (as detection_ap)
+    >>> coco_box_map(none, t, {0: (20, 20)}, ("rbc",)), coco_box_map(none, {"rbc": {}}, {0: (20, 20)}, ("rbc",))
+    (0.0, nan)
     """
     import contextlib
     import io
@@ -589,9 +623,11 @@ def coco_box_map(preds: dict, truths: dict, sizes: dict, categories: tuple[str, 
                 anns.append({"id": len(anns) + 1, "image_id": i, "category_id": ci, "bbox": [x1, y1, x2 - x1, y2 - y1],
                              "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
         for i, s, (x1, y1, x2, y2) in preds[c]:
+            if i not in sizes:
+                raise ValueError(f"coco_box_map: a {c!r} detection is on image id {i!r}, which is not in sizes")
             dets.append({"image_id": i, "category_id": ci, "bbox": [x1, y1, x2 - x1, y2 - y1], "score": s})
-    if not dets:
-        return 0.0
+    if not dets:  # pycocotools cannot load no detection: each category with a truth box scores 0
+        return 0.0 if any(a["image_id"] in sizes for a in anns) else float("nan")
     gt = COCO()
     gt.dataset = {"images": images, "annotations": anns,
                   "categories": [{"id": i, "name": c} for i, c in enumerate(categories, 1)]}
