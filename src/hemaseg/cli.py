@@ -689,7 +689,8 @@ def evaluate(
                                              "smear10: images/ + segments/ colour maps; wbc-type: labelled "
                                              "crops, <type>/ folders or wbc-seg with its class CSV)"),
     model: Optional[str] = typer.Option(None, help="bundled name, .safetensors file or run folder"),
-    split: Optional[Path] = typer.Option(None, help="split.json: score only its 'val' images"),
+    split: Optional[Path] = typer.Option(None, help="split.json: score only its 'val' images (cells on a YOLO "
+                                                    "dataset: also a split's name, e.g. val or test)"),
     cell_diameter: Optional[float] = typer.Option(None, help="WBC (or nucleus) diameter in px; default: estimated"),
     device: str = typer.Option("cpu"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the full results as JSON"),
@@ -712,7 +713,8 @@ def evaluate(
         if path is not None:
             check_output(path, option, folder=False)
             _not_an_input(path, option, data)
-    if split is not None and not split.is_file():
+    named_split = spec.name == "cells" and split is not None and split.suffix == "" and len(split.parts) == 1
+    if split is not None and not split.is_file() and not named_split:  # cells: a YOLO split's name (val, test)
         raise HemasegUsageError("--split", f"{split}: no such file")
     if json_out is not None and grid is not None and json_out.resolve() == grid.resolve():
         raise HemasegUsageError("--grid", f"{grid} is also --json; give the picture another name")

@@ -637,6 +637,17 @@ def test_evaluate_cells_scores_the_other_photos_beside_a_corrupt_one_and_says_wh
                                    "--json", str(tmp_path / "s.json"), "--grid", str(tmp_path / "worst.png")])
     assert res.exit_code == 1 and "(2 photos)" in res.output and "bad.png" in res.output, res.output
     assert not [line for line in res.output.splitlines() if "--split" in line], res.output
+    # a YOLO split by its name (TXL-PBC's val, test); a name the data lacks: exit 2, naming the ones it holds
+    res = CliRunner().invoke(app, ["evaluate", "cells", "--data", str(root), "--split", "train",
+                                   "--json", str(tmp_path / "t.json"), "--grid", str(tmp_path / "worst.png")])
+    assert res.exit_code == 1 and json.loads((tmp_path / "t.json").read_text())["n_images"] == 1, res.output
+    res = CliRunner().invoke(app, ["evaluate", "cells", "--data", str(root), "--split", "test",
+                                   "--grid", str(tmp_path / "worst.png")])
+    lines = [line for line in res.output.splitlines() if line.strip() and "evaluate" not in line]
+    assert res.exit_code == 2 and lines[-1].startswith("--split: test: no photo of that split") \
+        and "train (1)" in lines[-1] and "val (2)" in lines[-1], res.output
+    res = CliRunner().invoke(app, ["evaluate", "wbc", "--data", str(root), "--split", "val"])
+    assert res.exit_code == 2 and "--split: val: no such file" in res.output, res.output
 
 
 def test_evaluate_cells_grid_draws_the_worst_photos_with_their_boxes(tmp_path, monkeypatch):

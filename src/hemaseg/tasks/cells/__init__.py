@@ -66,28 +66,37 @@ class CellsTask(Task):
         """Score a cells model on annotated photos (a VOC root, a YOLO dataset with data.yaml, a COCO JSON):
         VOC AP@0.5 per category, their mean, COCO mAP@[.5:.95] (pycocotools), each category's count exact
         per photo, the whole pipeline as ``hemaseg analyze`` runs it. ``split``: only the photos its
-        ``val`` list names (paths or file names); without it a YOLO dataset's every split is scored, which
-        ``notes`` says. A photo that cannot be read is listed in ``failed``. ``grid``: a PNG of the photos
-        of lowest AP@0.5 (their own boxes), true and found boxes drawn."""
+        ``val`` list names (paths or file names), or on a YOLO dataset a split's name (``val``, ``test``:
+        the photos of ``images/<name>/``); without it a YOLO dataset's every split is scored, which
+        ``notes`` says. A photo that cannot be read is listed in ``failed``. ``grid``: a PNG of the
+        photos of lowest AP@0.5 (their own boxes), true and found boxes drawn."""
         if method:
             raise HemasegUsageError("--method", "cells has no classical method")
         model = model or self.default_model
         loaded = model_of_task(model, self.name, device)
         failed: list[dict] = []
         photos = find_each(data, lambda d: find_annotated_photos(d, failed), failed)
-        if split:
+        splits = Counter(e["split"] for _, e in photos if e.get("split"))
+        if split and not Path(split).is_file() and Path(split).suffix == "" and len(Path(split).parts) == 1:
+            # a YOLO dataset's own split by name (images/<name>/): TXL-PBC's val or test
+            if str(split) not in splits:
+                held = ", ".join(f"{k} ({v})" for k, v in sorted(splits.items())) or "no named split"
+                raise HemasegUsageError("--split", f"{split}: no photo of that split; the data holds {held}")
+            photos = [(p, e) for p, e in photos if e.get("split") == str(split)]
+        elif split:
             try:
                 val = json.loads(Path(split).read_text())["val"]
                 names = {Path(v[0] if isinstance(v, list) else v).name for v in val}
             except (OSError, KeyError, TypeError, ValueError, IndexError):
                 raise HemasegInputError(split, "not a split: a JSON file with a 'val' list of photos") from None
             photos = [(p, e) for p, e in photos if p.name in names]
-        splits = Counter(e["split"] for _, e in photos if e.get("split"))
+        splits = Counter(e["split"] for _, e in photos if e.get("split"))  # of the photos scored
         notes = []
         if not split and ("train" in splits or len(splits) > 1):  # a score of training photos flatters a model
             notes.append(f"--split: none given, so all {len(photos)} photos of every split are scored "
                          f"({', '.join(f'{k} {v}' for k, v in sorted(splits.items()))}), training photos "
-                         "included; --split FILE scores only the photos of a split.json's 'val' list")
+                         "included; --split val (a split's name) or --split FILE (a split.json's 'val' list) "
+                         "scores only those")
         cats = tuple(CATEGORIES)
         preds: dict = {c: [] for c in cats}
         truths: dict = {c: {} for c in cats}
