@@ -142,6 +142,9 @@ def test_the_python_functions_refuse_a_model_of_another_task_and_take_params_as_
     with pytest.raises(hemaseg.HemasegInputError, match="names task 'rbcx'"):
         hemaseg.segment(blank, model=(model, {**card, "task": "rbcx"}))
     assert "HemasegUsageError" in hemaseg.__all__ and hemaseg.HemasegUsageError is HemasegUsageError
+    with pytest.raises(HemasegUsageError, match="nuclei is a nuclei model"):  # was None on an empty image
+        hemaseg.estimate_diameter(blank, model="nuclei")
+    assert str(next(hemaseg.load_model("wbc", device="auto")[0].parameters()).device) == "cpu"  # torch's error before
 
 
 def test_the_python_functions_read_option_values_as_the_command_line_does():

@@ -207,8 +207,9 @@ def load_model(name_or_path: str | Path, device: str = "cpu") -> tuple[nn.Module
         folder (``model.safetensors``, else ``best.safetensors``, else ``last.safetensors``).
         An existing file or folder is taken before a bundled name.
     device : str or torch.device, optional
-        Where the network is put, default ``"cpu"``; given to torch's ``Module.to`` as it is
-        (``"cuda"``, ``"cuda:1"``; ``"auto"`` is not understood here).
+        Where the network is put, default ``"cpu"``; ``"auto"``: ``"cuda"`` when torch sees a GPU,
+        else ``"cpu"``; anything else is given to torch's ``Module.to`` as it is (``"cuda"``,
+        ``"cuda:1"``).
 
     Returns
     -------
@@ -256,6 +257,8 @@ def load_model(name_or_path: str | Path, device: str = "cpu") -> tuple[nn.Module
     except Exception as exc:
         raise HemasegInputError(st, f"not a readable safetensors file ({_first_line(exc)})") from None
     load_weights(model, state, st, arch["name"])
+    if str(device) == "auto":  # as hemaseg.segment takes it: the GPU when torch sees one
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     # channels_last runs oneDNN's faster convolution kernels on CPUs (about 1.5x here).
     model.eval().to(device, memory_format=torch.channels_last)
     return model, card

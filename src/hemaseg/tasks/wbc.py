@@ -919,9 +919,9 @@ def estimate_diameter(image: np.ndarray, model="wbc", device: str = "cpu") -> fl
     """
     image = as_photo(image)
     device = resolve_device(device)  # 'auto', or 'cuda' without a GPU: one line, not torch's error
+    module, card = model_of_task(model, "wbc", device)  # a wrong model is refused, even on an empty image
     if featureless(image):
         return None
-    module, card = model_of_task(model, "wbc", device)
     p = WBC.params(card)
     if max(image.shape[:2]) > p.block_size:  # as _segment_blocks measures it
         estimate = _estimate_large(module, card, image, card_range(card, image), DEFAULT_TILE, DEFAULT_OVERLAP, p)
