@@ -144,7 +144,10 @@ def test_the_python_functions_refuse_a_model_of_another_task_and_take_params_as_
     assert "HemasegUsageError" in hemaseg.__all__ and hemaseg.HemasegUsageError is HemasegUsageError
     with pytest.raises(HemasegUsageError, match="nuclei is a nuclei model"):  # was None on an empty image
         hemaseg.estimate_diameter(blank, model="nuclei")
-    assert str(next(hemaseg.load_model("wbc", device="auto")[0].parameters()).device) == "cpu"  # torch's error before
+    import torch  # device="auto": torch's RuntimeError before
+
+    want = "cuda" if torch.cuda.is_available() else "cpu"
+    assert next(hemaseg.load_model("wbc", device="auto")[0].parameters()).device.type == want
 
 
 def test_the_python_functions_read_option_values_as_the_command_line_does():
