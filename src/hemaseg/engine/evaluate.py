@@ -17,16 +17,26 @@ from hemaseg.io.writers import atomic_path, overlay
 from hemaseg.progress import track
 
 
-def select_split(pairs: list[Pair], split_file: str | Path, part: str = "val") -> list[Pair]:
-    """Keep the pairs whose image file name is listed in ``part`` of a split.json."""
+def split_names(split_file: str | Path, part: str = "val") -> set[str]:
+    """The image file names listed in ``part`` of a split.json (entries are paths, or lists whose first
+    item is the image's path); :class:`HemasegInputError` naming the file when it is no such JSON."""
     try:
         d = json.loads(Path(split_file).read_text())
     except (OSError, ValueError) as exc:
         raise HemasegInputError(split_file, f"cannot read it as a split JSON ({type(exc).__name__})") from None
-    if not isinstance(d, dict) or part not in d:
+    if not isinstance(d, dict) or not isinstance(d.get(part), list):
         raise HemasegInputError(split_file, f"split file has no {part!r} list")
-    names = {Path(entry[0] if isinstance(entry, list) else entry).name for entry in d[part]}
-    chosen = [p for p in pairs if p.image.name in names]
+    try:
+        return {Path(entry[0] if isinstance(entry, list) else entry).name for entry in d[part]}
+    except (TypeError, IndexError):
+        raise HemasegInputError(split_file, f"its {part!r} list holds something that is no image path") from None
+
+
+def select_split(items: list, split_file: str | Path, part: str = "val", path=lambda p: p.image) -> list:
+    """Keep the items (pairs, or anything ``path`` gives an image path of) whose image file name is listed
+    in ``part`` of a split.json; :class:`HemasegInputError` when none is."""
+    names = split_names(split_file, part)
+    chosen = [p for p in items if Path(path(p)).name in names]
     if not chosen:
         raise HemasegInputError(split_file, f"none of its {part!r} images are in the data folder")
     return chosen

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from hemaseg.core.result import Segmentation
-from hemaseg.engine.evaluate import box_panels, find_each, nothing_scored, worst_grid
+from hemaseg.engine.evaluate import box_panels, find_each, nothing_scored, select_split, worst_grid
 from hemaseg.engine.predict import model_of_task
 from hemaseg.engine.task import ARCH_ALIASES, Task
 from hemaseg.engine.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
@@ -84,12 +84,7 @@ class CellsTask(Task):
                 raise HemasegUsageError("--split", f"{split}: no photo of that split; the data holds {held}")
             photos = [(p, e) for p, e in photos if e.get("split") == str(split)]
         elif split:
-            try:
-                val = json.loads(Path(split).read_text())["val"]
-                names = {Path(v[0] if isinstance(v, list) else v).name for v in val}
-            except (OSError, KeyError, TypeError, ValueError, IndexError):
-                raise HemasegInputError(split, "not a split: a JSON file with a 'val' list of photos") from None
-            photos = [(p, e) for p, e in photos if p.name in names]
+            photos = select_split(photos, split, path=lambda photo: photo[0])
         splits = Counter(e["split"] for _, e in photos if e.get("split"))  # of the photos scored
         notes = []
         if not split and ("train" in splits or len(splits) > 1):  # a score of training photos flatters a model
