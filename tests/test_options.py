@@ -49,9 +49,9 @@ def test_segment_refuses_bad_numbers_and_unused_options(photos, tmp_path, args, 
 def test_library_entry_points_check_the_same_ranges():
     import hemaseg
 
-    with pytest.raises(HemasegUsageError, match="--cell-diameter"):
+    with pytest.raises(HemasegUsageError, match="cell_diameter"):
         hemaseg.segment(np.zeros((8, 8, 3), np.uint8), cell_diameter=float("nan"))
-    with pytest.raises(HemasegUsageError, match="--tile"):
+    with pytest.raises(HemasegUsageError, match="tile"):
         check_numbers(tile=7)
     check_numbers(tile=128, cell_diameter=24.0, epochs=1)
 

@@ -1,7 +1,20 @@
 """Exception types; each names the file and the reason so the CLI can print one line."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
+
+_FLAG = re.compile(r"(?<![\w-])--([a-z][a-z0-9-]*)")
+
+
+def python_spelling(text: str) -> str:
+    """``text`` with each command-line flag written as the Python argument it is (``--cell-diameter`` ->
+    ``cell_diameter``): how a usage error reads outside the command line.
+
+    >>> python_spelling("--tile: use --backend onnx or auto")
+    'tile: use backend onnx or auto'
+    """
+    return _FLAG.sub(lambda m: m.group(1).replace("-", "_"), text)
 
 
 class HemasegError(Exception):
@@ -11,10 +24,10 @@ class HemasegError(Exception):
     that cannot be used; ``path`` and ``reason``) and :class:`HemasegUsageError` (an argument or
     option with a bad value, or one that does not apply, e.g. ``tile=7``, ``device="gpu"``, a
     classifier given to :func:`hemaseg.segment`; ``option`` and ``reason``; importable from
-    :mod:`hemaseg.errors`). ``option`` is spelled as on the command line for numbers, ``device``
-    and ``backend`` (``"--tile"``), else it is the argument's name (``"model"``, ``"params"``).
-    The message is ``"<path or option>: <reason>"``: the command line prints it as one line,
-    goes on with the next input after an input error, and exits 2 on a usage error.
+    :mod:`hemaseg.errors`). The message (``str(exc)``) is ``"<path or argument>: <reason>"`` with
+    arguments spelled as in Python (``"tile: 7 is not allowed; ..."``); the command line prints
+    ``path`` or ``option`` (its flag, ``"--tile"``) and ``reason`` as one line, goes on with the next
+    input after an input error, and exits 2 on a usage error.
 
     Examples
     --------
@@ -70,9 +83,21 @@ class HemasegInputError(HemasegError):
 
 
 class HemasegUsageError(HemasegError):
-    """An option that does not apply or has a bad value; the CLI exits 2 (bad usage) on it."""
+    """An option that does not apply or has a bad value; the CLI exits 2 (bad usage) on it.
+
+    ``option`` and ``reason`` keep the command line's spelling (``"--cell-diameter"``), which the CLI
+    prints; ``argument`` and the message (``str(exc)``) the Python one (``"cell_diameter"``), which a
+    caller of :func:`hemaseg.segment` and the other functions sees.
+
+    >>> exc = HemasegUsageError("--cell-diameter", "1 is not allowed; give --cell-diameter PX from 2 to 5000")
+    >>> exc.option, exc.argument
+    ('--cell-diameter', 'cell_diameter')
+    >>> str(exc)
+    'cell_diameter: 1 is not allowed; give cell_diameter PX from 2 to 5000'
+    """
 
     def __init__(self, option: str, reason: str) -> None:
         self.option = option
         self.reason = reason
-        super().__init__(f"{option}: {reason}")
+        self.argument = python_spelling(str(option))
+        super().__init__(f"{self.argument}: {python_spelling(str(reason))}")

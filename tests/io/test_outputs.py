@@ -40,8 +40,9 @@ def test_same_stems_are_disambiguated_and_said():
 def test_output_onto_an_input_is_refused(tmp_path):
     with pytest.raises(HemasegUsageError, match="would replace the input"):
         output_stems([tmp_path / "cell.png"], tmp_path, [".png", ".json"])
-    with pytest.raises(HemasegUsageError, match="--coco"):
+    with pytest.raises(HemasegUsageError, match="coco") as err:
         output_stems([tmp_path / "a.png"], tmp_path / "o", [".png"], fixed=[("--coco", tmp_path / "a.png")])
+    assert err.value.option == "--coco"  # the command line's flag, which the CLI prints
 
 
 def test_segment_into_the_input_folder_refuses_and_keeps_the_photo(tmp_path, tiny_model_path):

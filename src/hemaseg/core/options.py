@@ -93,7 +93,7 @@ def check_numbers(**values) -> None:
     >>> check_numbers(tile=7)
     Traceback (most recent call last):
     ...
-    hemaseg.errors.HemasegUsageError: --tile: 7 is not allowed; use an integer from 128 to 16384
+    hemaseg.errors.HemasegUsageError: tile: 7 is not allowed; use an integer from 128 to 16384
     """
     for name, value in values.items():
         if value is None:

@@ -124,9 +124,8 @@ def segment(image: np.ndarray, model="wbc", cell_diameter: float | None = None, 
         unknown ``device`` or ``backend``, ``cuda`` without a GPU, or a ``device`` and ``backend``
         that cannot run together (``onnx`` on ``cuda``, ``torch`` without torch installed); a
         ``model`` whose task does not segment (``wbc-type``, ``smear10-type``); an unknown name
-        in ``params`` or a value it does not take (of another type, negative). For the numbers,
-        ``device`` and ``backend`` the message names the option as the command line spells it
-        (``--tile: ...``).
+        in ``params`` or a value it does not take (of another type, negative). The message names
+        the argument (``tile: 7 is not allowed; ...``); ``exc.option`` holds the command line's flag.
 
     Examples
     --------
