@@ -747,15 +747,28 @@ def evaluate(
         raise typer.Exit(1)
 
 
+def _photos_named_by(coco: Path) -> set[Path]:
+    """The photos a COCO JSON names (``images[].file_name``, beside it or in ``images/``, as the cells
+    reader finds them); none when it is no such JSON."""
+    try:
+        names = [i.get("file_name") for i in json.loads(coco.read_text()).get("images", []) if isinstance(i, dict)]
+    except (OSError, ValueError, AttributeError):
+        return set()
+    return {(base / n).resolve() for n in names if isinstance(n, str) and n
+            for base in (coco.parent, coco.parent / "images")}
+
+
 def _not_an_input(path: Path, option: str, folders: List[str]) -> None:
-    """Refuse an output file that is one of the inputs (a COCO JSON given as --data) or an existing file
-    under one of the input ``folders`` or beside an input file (a mask, an image or a label the run reads)."""
+    """Refuse an output file that is one of the inputs (a COCO JSON given as --data), a photo such a JSON
+    names, or an existing file under one of the input ``folders`` (a mask, an image or a label the run reads)."""
     p = path.resolve()
     data_file = p.suffix.lower() in IMAGE_SUFFIXES or p.suffix.lower() in (".txt", ".xml", ".csv", ".yaml", ".yml") \
         or p.name == "annotations.json"  # what the task readers read (a scores.json of an earlier run is not)
     inputs = [Path(f).resolve() for f in folders]
-    roots = [f.parent if f.is_file() else f for f in inputs]  # a COCO JSON's photos lie beside it
-    if p in inputs or (data_file and p.exists() and any(p.is_relative_to(r) for r in roots)):
+    listed = set().union(*(_photos_named_by(f) for f in inputs if f.is_file() and f.suffix.lower() == ".json"))
+    # (not every image beside a COCO JSON: an earlier run's worst_cases.png there is no input)
+    in_folder = data_file and p.exists() and any(p.is_relative_to(f) for f in inputs if f.is_dir())
+    if p in inputs or p in listed or in_folder:
         raise HemasegUsageError(option, f"{path} is a file of the data being scored; give another file")
 
 

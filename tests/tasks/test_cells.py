@@ -632,7 +632,7 @@ def test_evaluate_cells_scores_the_other_photos_beside_a_corrupt_one_and_says_wh
     assert r["n_images"] == 3 and len(r["failed"]) == 1 and "(3 photos)" in res.output
     note = [line for line in res.output.splitlines() if "--split" in line]
     assert len(note) == 1 and "train 1" in note[0] and "val 2" in note[0], res.output
-    (tmp_path / "split.json").write_text(json.dumps({"train": ["t0.png"], "val": ["f0.png", "f1.png"]}))
+    (tmp_path / "split.json").write_text(json.dumps({"train": ["t0.png"], "val": ["f0.png", "f1.png", "bad.png"]}))
     res = CliRunner().invoke(app, ["evaluate", "cells", "--data", str(root), "--split", str(tmp_path / "split.json"),
                                    "--json", str(tmp_path / "s.json"), "--grid", str(tmp_path / "worst.png")])
     assert res.exit_code == 1 and "(2 photos)" in res.output and "bad.png" in res.output, res.output
@@ -640,7 +640,9 @@ def test_evaluate_cells_scores_the_other_photos_beside_a_corrupt_one_and_says_wh
     # a YOLO split by its name (TXL-PBC's val, test); a name the data lacks: exit 2, naming the ones it holds
     res = CliRunner().invoke(app, ["evaluate", "cells", "--data", str(root), "--split", "train",
                                    "--json", str(tmp_path / "t.json"), "--grid", str(tmp_path / "worst.png")])
-    assert res.exit_code == 1 and json.loads((tmp_path / "t.json").read_text())["n_images"] == 1, res.output
+    # the corrupt photo lies in val, which --split train leaves out: not this run's failure
+    assert res.exit_code == 0 and json.loads((tmp_path / "t.json").read_text())["n_images"] == 1, res.output
+    assert "bad.png" not in res.output, res.output
     res = CliRunner().invoke(app, ["evaluate", "cells", "--data", str(root), "--split", "test",
                                    "--grid", str(tmp_path / "worst.png")])
     lines = [line for line in res.output.splitlines() if line.strip() and "evaluate" not in line]
@@ -707,3 +709,25 @@ def test_evaluate_cells_grid_draws_the_worst_photos_with_their_boxes(tmp_path, m
         res = CliRunner().invoke(app, ["evaluate", "cells", "--data", str(data), *args])
         assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1, (args, res.output)
     assert {p: p.read_bytes() for p in before} == before
+
+
+def test_evaluate_cells_on_a_coco_json_runs_again_beside_its_own_grid(tmp_path, monkeypatch):
+    """The first run's worst_cases.png beside a COCO JSON was taken for a photo of its data: the second run was
+    refused (exit 2). Only the JSON and the photos it names are inputs."""
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from hemaseg.cli import app
+
+    Image.fromarray(np.full((120, 160, 3), 220, np.uint8)).save(tmp_path / "f0.png")
+    (tmp_path / "cells.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "f0.png", "height": 120, "width": 160}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 30, 30], "area": 900,
+                         "iscrowd": 0}],
+        "categories": [{"id": 1, "name": "rbc"}]}))
+    monkeypatch.chdir(tmp_path)
+    for _ in range(2):
+        res = CliRunner().invoke(app, ["evaluate", "cells", "--data", "cells.json"])
+        assert res.exit_code == 0 and (tmp_path / "worst_cases.png").exists(), res.output
+    res = CliRunner().invoke(app, ["evaluate", "cells", "--data", "cells.json", "--grid", "f0.png"])
+    assert res.exit_code == 2 and "f0.png is a file of the data" in res.output, res.output

@@ -330,6 +330,11 @@ def test_evaluate_nuclei_names_each_dsb_image_it_cannot_score(tmp_path, tiny_nuc
     assert ev["n_images"] == 3 and [Path(r["image"]).stem for r in ev["per_image"]] == ids[1:]
     assert len(ev["failed"]) == 1 and (tmp_path / "g.png").exists()
     assert [s.image.stem for s in find_dsb(root)] == ids[1:]  # training leaves the test image out too
+    # a split leaving the test image out: nothing to say about it (Kaggle's stage1_test beside stage1_train)
+    (tmp_path / "split.json").write_text(json.dumps({"train": [], "val": [f"{ids[2]}.png"]}))
+    res = runner.invoke(app, ["evaluate", "nuclei", "--data", str(root), "--model", str(tiny_nuclei_model),
+                              "--split", str(tmp_path / "split.json"), "--grid", str(tmp_path / "g.png")])
+    assert res.exit_code == 0 and "no masks" not in res.output, res.output
 
 
 def test_train_with_a_depth_output_and_segment(tmp_path):

@@ -325,6 +325,18 @@ def test_evaluate_smear10_names_an_image_without_its_class_map(tmp_path):
     assert len(said) == 1 and said[0].startswith(str(tmp_path / "test" / "images" / "s1.png")), res.output
     r = json.loads((tmp_path / "r.json").read_text())
     assert r["n_images"] == 2 and np.array(r["confusion"]).sum() == 2 * 64 * 64 and len(r["failed"]) == 1
+    # a class map holding an index beyond the ten: that image named, the others scored (a traceback before)
+    from PIL import Image
+
+    bad = np.array(Image.open(tmp_path / "test" / "classes" / "s2.png"))
+    bad[0, 0] = 12
+    Image.fromarray(bad).save(tmp_path / "test" / "classes" / "s2.png")
+    (tmp_path / "test" / "segments" / "s2.png").unlink(missing_ok=True)
+    res = runner.invoke(app, ["evaluate", "smear10", "--data", str(tmp_path / "test"), "--model", str(model),
+                              "--cell-diameter", "32", "--grid", str(tmp_path / "cm.png"),
+                              "--json", str(tmp_path / "r.json")])
+    assert res.exit_code == 1 and "s2.png: holds class 12" in res.output, res.output
+    assert json.loads((tmp_path / "r.json").read_text())["n_images"] == 1
 
 
 def test_a_fine_tune_draws_smears_its_start_model_never_saw(smear_run):

@@ -110,9 +110,13 @@ def evaluate_pairs(task, data: list, model=None, split: str | Path | None = None
     ``grid`` is a PNG of the worst images. Returns {task, model, n_images, mean, per_image, ...}
     plus what ``task.summarise(rows)`` adds (e.g. means per modality)."""
     failed: list[dict] = []
-    pairs = find_each(data, lambda d: task.find_scored(d, failed), failed)
+    unscorable: list[dict] = []  # images found without labels: said unless a split leaves them out anyway
+    pairs = find_each(data, lambda d: task.find_scored(d, unscorable), failed)
     if split:
         pairs = select_split(pairs, split)
+        names = split_names(split)
+        unscorable = [f for f in unscorable if Path(f["image"]).name in names]
+    failed += unscorable
     run = runner(task, model, cell_diameter, device, method)
     rows = _score_each(pairs, task.load_sample, run,
                        lambda seg, target, image: {**task.score(seg, target, image), "_pred": (seg.classes, seg.instances)},

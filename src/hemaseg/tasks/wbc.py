@@ -901,7 +901,7 @@ def estimate_diameter(image: np.ndarray, model="wbc", device: str = "cpu") -> fl
     float or None
         The area-weighted median equivalent diameter of the WBCs found, in px of the input
         image; None if no cell is found, and for an image with nothing in it (flat, or noise:
-        :func:`hemaseg.core.content.featureless`), which is answered before any model is loaded.
+        :func:`hemaseg.core.content.featureless`), which no network is run on.
 
     Raises
     ------
@@ -910,7 +910,7 @@ def estimate_diameter(image: np.ndarray, model="wbc", device: str = "cpu") -> fl
         bundled model and no readable model file or run folder.
     hemaseg.errors.HemasegUsageError
         An unknown ``device`` or ``cuda`` without a GPU; a ``model`` that is not a ``wbc`` model
-        (checked only when the image has something in it).
+        (on an empty image too).
 
     Examples
     --------

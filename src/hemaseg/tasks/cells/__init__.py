@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from hemaseg.core.result import Segmentation
-from hemaseg.engine.evaluate import box_panels, find_each, nothing_scored, select_split, worst_grid
+from hemaseg.engine.evaluate import box_panels, find_each, nothing_scored, select_split, split_names, worst_grid
 from hemaseg.engine.predict import model_of_task
 from hemaseg.engine.task import ARCH_ALIASES, Task
 from hemaseg.engine.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
@@ -75,20 +75,29 @@ class CellsTask(Task):
         model = model or self.default_model
         loaded = model_of_task(model, self.name, device)
         failed: list[dict] = []
-        photos = find_each(data, lambda d: find_annotated_photos(d, failed), failed)
+        unread: list[dict] = []  # photos that could not be read: said unless the split leaves them out anyway
+        photos = find_each(data, lambda d: find_annotated_photos(d, unread), failed)
         splits = Counter(e["split"] for _, e in photos if e.get("split"))
+        notes = []
         if split and not Path(split).is_file() and Path(split).suffix == "" and len(Path(split).parts) == 1:
             # a YOLO dataset's own split by name (images/<name>/): TXL-PBC's val or test
             if str(split) not in splits:
                 held = ", ".join(f"{k} ({v})" for k, v in sorted(splits.items())) or "no named split"
                 raise HemasegUsageError("--split", f"{split}: no photo of that split; the data holds {held}")
+            unsplit = sum(1 for _, e in photos if not e.get("split"))
+            if unsplit:
+                notes.append(f"note: {unsplit} photos without a split (VOC or COCO data) are left out by "
+                             f"--split {split}")
             photos = [(p, e) for p, e in photos if e.get("split") == str(split)]
+            unread = [f for f in unread if f"/images/{split}/" in Path(f["image"]).as_posix()]
         elif split:
             photos = select_split(photos, split, path=lambda photo: photo[0])
+            names = split_names(split)
+            unread = [f for f in unread if Path(f["image"]).name in names]
+        failed += unread
         splits = Counter(e["split"] for _, e in photos if e.get("split"))  # of the photos scored
-        notes = []
         if not split and ("train" in splits or len(splits) > 1):  # a score of training photos flatters a model
-            notes.append(f"--split: none given, so all {len(photos)} photos of every split are scored "
+            notes.append(f"note: no --split given, so all {len(photos)} photos of every split are scored "
                          f"({', '.join(f'{k} {v}' for k, v in sorted(splits.items()))}), training photos "
                          "included; --split val (a split's name) or --split FILE (a split.json's 'val' list) "
                          "scores only those")

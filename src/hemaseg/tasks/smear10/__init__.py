@@ -109,6 +109,9 @@ class Smear10Task(Task):
                 if target.shape != image.shape[:2]:
                     raise HemasegInputError(label_path, f"map size {target.shape[1]}x{target.shape[0]} does not "
                                                         f"match image size {image.shape[1]}x{image.shape[0]}")
+                if target.size and int(target.max()) >= k:
+                    raise HemasegInputError(label_path, f"holds class {int(target.max())}; the map has classes "
+                                                        f"0-{k - 1}")
             except HemasegInputError as exc:
                 failed.append({"image": str(exc.path), "reason": exc.reason})
                 continue
