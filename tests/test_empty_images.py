@@ -69,3 +69,18 @@ def test_the_python_typer_and_size_estimate_find_nothing_in_an_empty_image(name)
     """The CLI says NO_WBC for such a crop; the Python functions said "lymphocyte 0.98" and "135 px"."""
     assert hemaseg.classify(EMPTY[name]) == {}
     assert hemaseg.estimate_diameter(EMPTY[name]) is None
+
+
+def test_evaluate_scores_what_segment_gives_and_names_an_image_without_its_mask(tmp_path):
+    """evaluate ran the task's network on a blank field (4 'WBCs', Dice 0 against its empty mask) where `hemaseg
+    segment` gives none; and an image of images/ + masks/ without its mask was skipped unsaid."""
+    for sub in ("images", "masks"):
+        (tmp_path / "d" / sub).mkdir(parents=True)
+    for name in ("a", "b"):
+        Image.fromarray(np.full((64, 64, 3), 220, np.uint8)).save(tmp_path / "d" / "images" / f"{name}.png")
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(tmp_path / "d" / "masks" / "a.png")
+    res = CliRunner().invoke(app, ["evaluate", "wbc", "--data", str(tmp_path / "d"), "--json", str(tmp_path / "s.json"),
+                                   "--grid", str(tmp_path / "g.png")])
+    assert res.exit_code == 1 and "b.png: no mask (masks/b.* missing)" in res.output, res.output
+    row = json.loads((tmp_path / "s.json").read_text())["per_image"][0]
+    assert row["count"] == 0 and row["dice_cell"] == row["dice_nucleus"] == 1.0, row

@@ -90,11 +90,13 @@ def nothing_scored(data: list, failed: list[dict], what: str = "no image could b
 
 
 def runner(task, model, cell_diameter: float | None = None, device: str = "cpu", method: str | None = None):
-    """image -> Segmentation of ``task``: by ``model`` (loaded once) or by a classical ``method``."""
+    """image -> Segmentation of ``task``: by ``model`` (loaded once) or by a classical ``method``, through
+    :meth:`Task.predict` as ``hemaseg segment`` runs it (an image with nothing in it gives no object: scored
+    through ``task.segment`` it got cells the user never sees)."""
     if method:
-        return lambda image: task.segment_classical(image, method)
+        return lambda image: task.predict(image, method=method)
     loaded = get_model(model or task.default_model, device)
-    return lambda image: task.segment(image, loaded, cell_diameter=cell_diameter, device=device)
+    return lambda image: task.predict(image, loaded, cell_diameter=cell_diameter, device=device)
 
 
 def means(rows: list[dict], keys: list[str]) -> dict[str, float]:

@@ -206,10 +206,16 @@ class Task:
         return find_pairs(root)
 
     def find_scored(self, root: str | Path, failed: list[dict]) -> list[Pair]:
-        """The pairs evaluation scores under ``root``: :meth:`find_samples`'s. A task whose reader leaves
-        out images it finds without labels lists each in ``failed`` ({"image", "reason"}) here, so that
-        ``hemaseg evaluate`` says so (one line each, exit 1) instead of scoring fewer images unsaid."""
-        return self.find_samples(root)
+        """The pairs evaluation scores under ``root``: :meth:`find_samples`'s. Images found without labels
+        are listed in ``failed`` ({"image", "reason"}) here, so that ``hemaseg evaluate`` says so (one line
+        each, exit 1) instead of scoring fewer images unsaid: by default those of paired ``images/`` +
+        ``masks/`` folders (:func:`~hemaseg.io.datasets.find_pairs`) when the task reads that layout."""
+        pairs = self.find_samples(root)
+        listed: list[dict] = []
+        paired = find_pairs(root, listed) if Path(root).is_dir() else []
+        if paired and {p.image for p in paired} <= {p.image for p in pairs}:  # the task read those layouts
+            failed += listed
+        return pairs
 
     def load_sample(self, pair: Pair) -> tuple[np.ndarray, np.ndarray]:
         """((H, W, 3) uint8 image, (H, W) target): label values mapped to class indices."""

@@ -29,13 +29,16 @@ def _strip_mask_suffix(stem: str) -> str | None:
     return None
 
 
-def find_pairs(root: str | Path) -> list[Pair]:
+def find_pairs(root: str | Path, failed: list[dict] | None = None) -> list[Pair]:
     """Pair every image under ``root`` with its mask.
 
     Layouts understood, searched recursively:
     - wbc-seg: ``NNN.bmp`` (image) beside ``NNN.png`` (mask) in one folder;
     - ``X.jpg`` beside ``X_mask.png`` / ``X-mask.jpg`` (seed 000);
     - paired folders ``images/X.*`` and ``masks/X.*`` (also labels/, segments/, gt/).
+
+    ``failed``: an image of paired folders without its mask is listed there ({"image", "reason"}),
+    for evaluation to say so (in the other layouts a lone image may be no sample at all).
     """
     root = Path(root)
     if not root.is_dir():
@@ -49,6 +52,9 @@ def find_pairs(root: str | Path) -> list[Pair]:
                 if mfolder.is_dir():
                     masks = {p.stem: p for p in mfolder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
                     pairs += [Pair(f, masks[f.stem]) for f in sorted(files) if f.stem in masks]
+                    if failed is not None:
+                        failed += [{"image": str(f), "reason": f"no mask ({mdir}/{f.stem}.* missing)"}
+                                   for f in sorted(files) if f.stem not in masks]
                     break
             continue
         if folder.name.lower() in MASK_DIRS:

@@ -112,7 +112,7 @@ class CellsTask(Task):
                 failed.append({"image": str(exc.path), "reason": exc.reason})
                 continue
             t0 = time.perf_counter()
-            seg = segment_cells(image, loaded, cell_diameter=cell_diameter, device=device)
+            seg = self.predict(image, loaded, cell_diameter=cell_diameter, device=device)  # as analyze runs it
             seconds = time.perf_counter() - t0
             sizes[i] = image.shape[:2]
             row = {"image": str(path), "seconds": seconds, "_target": [], "_pred": []}
