@@ -291,3 +291,12 @@ def test_wbc_crops_reads_no_image_but_checks_its_size(tmp_path, monkeypatch):
     assert C.wbc_crops(tmp_path / "cell.png", inst) == C.wbc_crops(np.zeros((50, 60, 3), np.uint8), inst)
     with pytest.raises(ValueError, match="size"):
         C.wbc_crops(np.zeros((40, 60, 3), np.uint8), inst)
+
+
+def test_red_cell_pieces_of_no_piece_is_nothing():
+    """n=0 with red cells around raised ValueError (max of an empty array)."""
+    from hemaseg.classical import red_cell_pieces
+
+    image = np.full((80, 80, 3), 235, np.uint8)
+    image[10:70, 10:70] = (200, 90, 110)  # a large pink, stained area: red cells to compare with
+    assert red_cell_pieces(image, np.zeros((80, 80), np.int32), 0).tolist() == [False]

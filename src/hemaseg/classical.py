@@ -401,8 +401,7 @@ def red_cell_pieces(image: np.ndarray, pieces: np.ndarray, n: int, lab: np.ndarr
     pieces : (H, W) ndarray of int
         Labels of the nucleus candidates: 1..n, 0 elsewhere.
     n : int
-        Number of pieces (labels 1..n). With 0 there is nothing to compare and, unless one of the
-        cases above returns early, ``max`` of an empty array raises ValueError.
+        Number of pieces (labels 1..n). With 0 there is nothing to judge: ``[False]``.
     lab : (H, W, 3) ndarray of float32, optional
         The image in CIELAB on OpenCV's 8-bit scale (a* and b* offset by 128), when the caller has
         it. Default None: computed from ``image``.
@@ -429,6 +428,8 @@ def red_cell_pieces(image: np.ndarray, pieces: np.ndarray, n: int, lab: np.ndarr
     from scipy import ndimage as ndi
 
     out = np.zeros(n + 1, bool)
+    if n < 1:
+        return out  # no piece: nothing to judge
     if lab is None:
         lab = cv2.cvtColor(np.ascontiguousarray(image[..., :3]), cv2.COLOR_RGB2LAB).astype(np.float32)
     ab = lab[..., 1:3] - 128.0
