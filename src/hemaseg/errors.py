@@ -4,15 +4,15 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-_FLAG = re.compile(r"(?<![\w-])--([a-z][a-z0-9-]*)")
+_FLAG = re.compile(r"(?:^|(?<=[\s(]))--([a-z][a-z0-9-]*)")  # a flag, not "--x" inside a value or path
 
 
 def python_spelling(text: str) -> str:
     """``text`` with each command-line flag written as the Python argument it is (``--cell-diameter`` ->
     ``cell_diameter``): how a usage error reads outside the command line.
 
-    >>> python_spelling("--tile: use --backend onnx or auto")
-    'tile: use backend onnx or auto'
+    >>> python_spelling("--tile: use --backend onnx or auto (not '--onnx', /data/--x)")
+    "tile: use backend onnx or auto (not '--onnx', /data/--x)"
     """
     return _FLAG.sub(lambda m: m.group(1).replace("-", "_"), text)
 
@@ -81,6 +81,9 @@ class HemasegInputError(HemasegError):
         self.reason = reason
         super().__init__(f"{path}: {reason}")
 
+    def __reduce__(self):  # pickled whole (a Dask worker's error reaches the client as it was raised)
+        return type(self), (self.path, self.reason)
+
 
 class HemasegUsageError(HemasegError):
     """An option that does not apply or has a bad value; the CLI exits 2 (bad usage) on it.
@@ -101,3 +104,6 @@ class HemasegUsageError(HemasegError):
         self.reason = reason
         self.argument = python_spelling(str(option))
         super().__init__(f"{self.argument}: {python_spelling(str(reason))}")
+
+    def __reduce__(self):
+        return type(self), (self.option, self.reason)

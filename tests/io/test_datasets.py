@@ -88,3 +88,28 @@ def test_paired_images_and_masks_folders_are_no_dsb_id(tmp_path):
     assert [(p.image.name, p.mask.name) for p in get_task("nuclei").find_samples(tmp_path / "paired")] == \
         [("a.png", "a.png"), ("b.png", "b.png")]
     assert [(p.image.name, p.mask.name) for p in find_dsb(tmp_path / "dsb")] == [("id1.png", "masks")]
+
+
+def test_an_image_without_its_mask_is_named_by_wbc_and_nuclei_but_not_a_yolo_image(tmp_path):
+    """images/b.png without masks/b.png was skipped unsaid by `evaluate nuclei` (wbc named it); a YOLO image whose
+    label is labels/x.txt was named 'no mask' in a folder holding wbc-seg pairs too."""
+    from hemaseg.tasks import get_task
+
+    for name in ("images", "masks"):
+        (tmp_path / "p" / name).mkdir(parents=True)
+    for stem in ("a", "b"):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "p" / "images" / f"{stem}.png")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "p" / "masks" / "a.png")
+    for task in ("wbc", "nuclei"):
+        failed: list = []
+        pairs = get_task(task).find_scored(tmp_path / "p", failed)
+        assert [p.image.name for p in pairs] == ["a.png"] and [f["image"][-5:] for f in failed] == ["b.png"], task
+    (tmp_path / "m" / "images").mkdir(parents=True)
+    (tmp_path / "m" / "labels").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "m" / "001.bmp")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "m" / "001.png")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "m" / "images" / "x.png")
+    (tmp_path / "m" / "labels" / "x.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    failed = []
+    get_task("wbc").find_scored(tmp_path / "m", failed)
+    assert failed == []

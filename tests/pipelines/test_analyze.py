@@ -105,7 +105,7 @@ def test_unsure_wbcs_are_left_untyped_and_out_of_the_differential(monkeypatch):
     b = analyze_mod.analyze(np.full((60, 90, 3), 200, np.uint8), "x.png", min_confidence=0.0)
     assert b.unsure == [] and b.counts["lymphocyte"] == 2 and "sample_id" not in b.entry
     assert "pixel_size_um" not in b.entry
-    with pytest.raises(HemasegUsageError, match="min_confidence"):
+    with pytest.raises(HemasegUsageError, match="^min_confidence: "):
         analyze_mod.analyze(np.full((60, 90, 3), 200, np.uint8), min_confidence=1.5)
 
 

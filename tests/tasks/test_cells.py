@@ -650,6 +650,13 @@ def test_evaluate_cells_scores_the_other_photos_beside_a_corrupt_one_and_says_wh
         and "train (1)" in lines[-1] and "val (2)" in lines[-1], res.output
     res = CliRunner().invoke(app, ["evaluate", "wbc", "--data", str(root), "--split", "val"])
     assert res.exit_code == 2 and "--split: val: no such file" in res.output, res.output
+    # a bad label file of the split scored is said, whether the split is named or a split.json, and with a
+    # relative --data (the filter read "/images/val/" and the photo's name: both missed these before review)
+    (root / "labels" / "val" / "f1.txt").write_text("not numbers\n")
+    for how in (["--split", "val"], ["--split", str(tmp_path / "split.json")]):
+        res = CliRunner().invoke(app, ["evaluate", "cells", "--data", str(root), *how, "--grid",
+                                       str(tmp_path / "worst.png")])
+        assert res.exit_code == 1 and "f1.txt" in res.output and "bad.png" in res.output, (how, res.output)
 
 
 def test_evaluate_cells_grid_draws_the_worst_photos_with_their_boxes(tmp_path, monkeypatch):

@@ -52,9 +52,10 @@ def find_pairs(root: str | Path, failed: list[dict] | None = None) -> list[Pair]
                 if mfolder.is_dir():
                     masks = {p.stem: p for p in mfolder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
                     pairs += [Pair(f, masks[f.stem]) for f in sorted(files) if f.stem in masks]
-                    if failed is not None:
+                    if failed is not None:  # (a stem with another file there, e.g. a YOLO label, is no pair)
+                        stems = {p.stem for p in mfolder.iterdir()}
                         failed += [{"image": str(f), "reason": f"no mask ({mdir}/{f.stem}.* missing)"}
-                                   for f in sorted(files) if f.stem not in masks]
+                                   for f in sorted(files) if f.stem not in stems]
                     break
             continue
         if folder.name.lower() in MASK_DIRS:

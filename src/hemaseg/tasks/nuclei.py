@@ -463,8 +463,9 @@ class NucleiTask(Task):
         return find_dsb(root) or find_pairs(root)
 
     def find_scored(self, root: str | Path, failed: list[dict]) -> list[Pair]:
-        # A DSB id without a masks/ folder (a test image) is named, not skipped unsaid.
-        return find_dsb(root, failed) or find_pairs(root)
+        # A DSB id without a masks/ folder (a test image), or an image of images/ + masks/ without its mask, is
+        # named, not skipped unsaid.
+        return find_dsb(root, failed) or find_pairs(root, failed)
 
     def train_config(self, **options) -> TrainConfig:
         """``modalities`` (a list of :data:`MODALITIES`): train on those only, the others drawn

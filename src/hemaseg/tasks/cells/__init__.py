@@ -89,11 +89,11 @@ class CellsTask(Task):
                 notes.append(f"note: {unsplit} photos without a split (VOC or COCO data) are left out by "
                              f"--split {split}")
             photos = [(p, e) for p, e in photos if e.get("split") == str(split)]
-            unread = [f for f in unread if f"/images/{split}/" in Path(f["image"]).as_posix()]
+            unread = [f for f in unread if _of_split(f["image"], str(split))]
         elif split:
             photos = select_split(photos, split, path=lambda photo: photo[0])
-            names = split_names(split)
-            unread = [f for f in unread if Path(f["image"]).name in names]
+            stems = {Path(n).stem for n in split_names(split)}  # a bad label file x.txt is photo x.png's
+            unread = [f for f in unread if Path(f["image"]).stem in stems]
         failed += unread
         splits = Counter(e["split"] for _, e in photos if e.get("split"))  # of the photos scored
         if not split and ("train" in splits or len(splits) > 1):  # a score of training photos flatters a model
@@ -205,6 +205,12 @@ class CellsTask(Task):
         if arch.startswith("maskrcnn"):
             return fit_maskrcnn(cfg, run, resume, progress, max_epochs_this_call)
         return fit(self, cfg, run, resume, progress, max_epochs_this_call)
+
+
+def _of_split(path: str, name: str) -> bool:
+    """Whether a YOLO photo or label file lies in split ``name`` (``images/<name>/`` or ``labels/<name>/``)."""
+    parts = Path(path).parts
+    return any(a in ("images", "labels") and b == name for a, b in zip(parts, parts[1:]))
 
 
 def _worst_first(row: dict) -> tuple[float, int]:
