@@ -167,6 +167,17 @@ def test_evaluate_never_writes_over_its_data_or_one_output_over_the_other(tmp_pa
     assert (mask.read_bytes(), image.read_bytes()) == before and not (tmp_path / "x.out").exists()
 
 
+def test_evaluate_twice_in_its_data_folder(wbc_folder, tiny_model_path, monkeypatch):
+    """The first run's worst_cases.png in the data folder was taken for data: the second run was refused (exit 2).
+    Only the images and masks the task reads there are inputs."""
+    monkeypatch.chdir(wbc_folder)
+    for _ in range(2):
+        res = runner.invoke(app, ["evaluate", "wbc", "--data", ".", "--model", str(tiny_model_path)])
+        assert res.exit_code == 0 and (wbc_folder / "worst_cases.png").exists(), res.output
+    res = runner.invoke(app, ["evaluate", "wbc", "--data", ".", "--model", str(tiny_model_path), "--grid", "003.png"])
+    assert res.exit_code == 2 and "003.png is a file of the data" in res.output, res.output
+
+
 def test_classify_refuses_a_segmentation_model_and_crop_an_input_where_its_crops_go(tmp_path):
     from helpers import toy_wbc
 

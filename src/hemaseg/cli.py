@@ -20,12 +20,13 @@ from hemaseg.classical import hsv_wbc_mask, wbc_crops
 from hemaseg.core.options import NO_MODEL, check_numbers, refuse_unused
 from hemaseg.engine.predict import backend_scope, get_model, resolve_device
 from hemaseg.engine.runtime import BACKENDS, check_backend, require_torch
-from hemaseg.engine.task import param_value
+from hemaseg.engine.task import Task, param_value
 from hemaseg.engine.tiling import DEFAULT_TILE
 from hemaseg.engine.train import prepare_run
 from hemaseg.errors import HemasegError, HemasegInputError, HemasegUsageError
 from hemaseg.io.convert import CONVERTERS
 from hemaseg.io.convert import convert as run_convert
+from hemaseg.io.datasets import Pair
 from hemaseg.io.images import IMAGE_SUFFIXES, list_images, open_image, pixel_size_um, read_image
 from hemaseg.io.outputs import output_stems, write_segmentation
 from hemaseg.io.writers import check_output, write_json, write_png, write_text
@@ -712,7 +713,7 @@ def evaluate(
     for option, path in (("--json", json_out), ("--grid", grid)):
         if path is not None:
             check_output(path, option, folder=False)
-            _not_an_input(path, option, data)
+            _not_an_input(path, option, data, spec)
     named_split = spec.name == "cells" and split is not None and split.suffix == "" and len(split.parts) == 1
     if split is not None and not split.is_file() and not named_split:  # cells: a YOLO split's name (val, test)
         raise HemasegUsageError("--split", f"{split}: no such file")
@@ -758,16 +759,37 @@ def _photos_named_by(coco: Path) -> set[Path]:
             for base in (coco.parent, coco.parent / "images")}
 
 
-def _not_an_input(path: Path, option: str, folders: List[str]) -> None:
+def _read_by(spec, folder: Path, p: Path) -> bool:
+    """Whether ``p``, an existing file under ``folder``, is data ``spec`` reads there: for tasks scored on
+    image/mask pairs (the engine's evaluation), an image or mask of one (an earlier run's worst_cases.png beside
+    them is not); for the others (their own readers) any such file."""
+    if type(spec).evaluate is not Task.evaluate:
+        return True
+    try:
+        pairs = spec.find_scored(folder, [])
+    except Exception:  # not the task's layout: the evaluation says so; here, refuse to be safe
+        return True
+    if not pairs or not all(isinstance(x, Pair) for x in pairs):
+        return True
+    for x in pairs:
+        image, mask = Path(x.image).resolve(), Path(x.mask).resolve()
+        if p in (image, mask) or (mask.is_dir() and p.is_relative_to(mask)):  # a DSB id's masks/ folder
+            return True
+    return False
+
+
+def _not_an_input(path: Path, option: str, folders: List[str], spec=None) -> None:
     """Refuse an output file that is one of the inputs (a COCO JSON given as --data), a photo such a JSON
-    names, or an existing file under one of the input ``folders`` (a mask, an image or a label the run reads)."""
+    names, or an existing file under one of the input ``folders`` that the task reads there (a mask, an image
+    or a label)."""
     p = path.resolve()
     data_file = p.suffix.lower() in IMAGE_SUFFIXES or p.suffix.lower() in (".txt", ".xml", ".csv", ".yaml", ".yml") \
         or p.name == "annotations.json"  # what the task readers read (a scores.json of an earlier run is not)
     inputs = [Path(f).resolve() for f in folders]
     listed = set().union(*(_photos_named_by(f) for f in inputs if f.is_file() and f.suffix.lower() == ".json"))
-    # (not every image beside a COCO JSON: an earlier run's worst_cases.png there is no input)
-    in_folder = data_file and p.exists() and any(p.is_relative_to(f) for f in inputs if f.is_dir())
+    # (not every image beside a COCO JSON or image/mask pairs: an earlier run's worst_cases.png there is no input)
+    in_folder = data_file and p.exists() and any(p.is_relative_to(f) and (spec is None or _read_by(spec, f, p))
+                                                 for f in inputs if f.is_dir())
     if p in inputs or p in listed or in_folder:
         raise HemasegUsageError(option, f"{path} is a file of the data being scored; give another file")
 
