@@ -337,6 +337,12 @@ def test_evaluate_smear10_names_an_image_without_its_class_map(tmp_path):
                               "--json", str(tmp_path / "r.json")])
     assert res.exit_code == 1 and "s2.png: holds class 12" in res.output, res.output
     assert json.loads((tmp_path / "r.json").read_text())["n_images"] == 1
+    # --split: only its 'val' images (it was ignored); what it leaves out is no failure of this run
+    (tmp_path / "split.json").write_text(json.dumps({"train": [], "val": ["s0.png"]}))
+    res = runner.invoke(app, ["evaluate", "smear10", "--data", str(tmp_path / "test"), "--model", str(model),
+                              "--cell-diameter", "32", "--grid", str(tmp_path / "cm.png"),
+                              "--json", str(tmp_path / "r.json"), "--split", str(tmp_path / "split.json")])
+    assert res.exit_code == 0 and json.loads((tmp_path / "r.json").read_text())["n_images"] == 1, res.output
 
 
 def test_a_fine_tune_draws_smears_its_start_model_never_saw(smear_run):
