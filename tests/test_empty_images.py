@@ -84,3 +84,13 @@ def test_evaluate_scores_what_segment_gives_and_names_an_image_without_its_mask(
     assert res.exit_code == 1 and "b.png: no mask (masks/b.* missing)" in res.output, res.output
     row = json.loads((tmp_path / "s.json").read_text())["per_image"][0]
     assert row["count"] == 0 and row["dice_cell"] == row["dice_nucleus"] == 1.0, row
+
+
+def test_a_crop_of_a_few_pixels_is_no_wbc(tmp_path):
+    """A 2x2 noise crop was typed 'lymphocyte 0.92' (the noise test cannot judge so few pixels)."""
+    crop = np.random.default_rng(0).integers(0, 256, (2, 2, 3), dtype=np.uint8)
+    assert hemaseg.classify(crop) == {}
+    assert hemaseg.segment(crop).count == 0
+    Image.fromarray(crop).save(tmp_path / "tiny.png")
+    res = CliRunner().invoke(app, ["classify", "-f", str(tmp_path / "tiny.png"), "-o", str(tmp_path / "p.csv")])
+    assert res.exit_code == 0 and (tmp_path / "p.csv").read_text().splitlines()[1].split(",")[1] == "NO_WBC"

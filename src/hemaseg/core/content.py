@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
+# Too small: an image under this many px a side (a 2x2 noise crop was typed "lymphocyte 0.92": the
+# neighbour test below cannot tell noise from structure on so few pixels, and no cell is that small).
+MIN_SIDE = 4
 # Flat: the 1st-99th percentile spread of every channel under this many grey levels (of 255).
 MIN_SPREAD = 3.0
 # Structureless: the correlation of horizontally and vertically adjacent pixels under this. Cells
@@ -59,6 +62,8 @@ def featureless(image: np.ndarray) -> str | None:
 
     >>> featureless(np.zeros((32, 32, 3), np.uint8))
     'flat (no contrast)'
+    >>> featureless(np.random.default_rng(0).integers(0, 256, (2, 2, 3), dtype=np.uint8))
+    'too small (under 4 px a side)'
     >>> noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     >>> featureless(noise)
     'no spatial structure (noise)'
@@ -71,8 +76,8 @@ def featureless(image: np.ndarray) -> str | None:
     'faint (nothing stands out from the shading)'
     """
     h, w = image.shape[:2]
-    if h < 2 or w < 2:
-        return "flat (no contrast)"
+    if h < MIN_SIDE or w < MIN_SIDE:  # no cell is that small, and no structure can be told from noise there
+        return f"too small (under {MIN_SIDE} px a side)"
     step = max(1, (h * w) // _SAMPLE_PIXELS)
     rows = image[::step] if step > 1 else image
     grey = _grey(rows)
