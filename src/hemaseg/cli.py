@@ -42,15 +42,7 @@ from hemaseg.tasks.cells.infer import is_detector
 from hemaseg.tasks.smear10.synth import PARTS, compose, image_seed, synth_config, write_smear
 from hemaseg.tasks.smear10.synth import wbc_crops as cut_wbcs
 from hemaseg.tasks.smear10.train import held_out_crops, load_bank
-from hemaseg.tasks.wbc_type.crops import (
-    cell_crop,
-    crop_for,
-    crop_padding,
-    crops_for,
-    group_probs,
-    prediction_rows,
-    takes_ruler,
-)
+from hemaseg.tasks.wbc_type.crops import cell_crop, crop_padding, crops_each, group_probs, prediction_rows, takes_ruler
 from hemaseg.tasks.wbc_type.explain import cam_overlay, features, grad_cam, gradcam_mask, tsne_plot
 from hemaseg.version import __version__
 
@@ -595,19 +587,11 @@ def classify(
         # Crops are cell-normalised in batches (one pass of the WBC network for all); should a batch
         # fail, each of its crops is tried alone so that only the bad one is lost.
         failures = 0
-        try:
-            made = crops_for([im for _, im in pending], loaded[1])
-        except Exception:
-            made = []
-            for path, im in pending:
-                try:
-                    made.append(crop_for(im, loaded[1]))
-                except Exception as exc:
-                    failures += 1
-                    made.append(None)
-                    _fail(path, f"{exc.__class__.__name__}: {exc}")
-        for (path, _), cell in zip(pending, made):
-            if cell is not None:
+        for (path, _), cell in zip(pending, crops_each([im for _, im in pending], loaded[1])):
+            if isinstance(cell, Exception):
+                failures += 1
+                _fail(path, f"{cell.__class__.__name__}: {cell}")
+            else:
                 ok_paths.append(path)
                 cells.append(cell)
         pending.clear()

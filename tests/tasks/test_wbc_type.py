@@ -328,25 +328,30 @@ def test_crops_are_normalised_together_as_each_alone_and_free_of_zoom():
 def test_classify_batch_failure_loses_only_the_bad_crop(tmp_path, tiny_classifier, monkeypatch):
     """Crops are normalised a batch at a time; should a batch fail, each crop is tried alone and only
     the one that fails is reported (exit 1), the others written in order."""
-    import hemaseg.cli as cli
+    import hemaseg.tasks.wbc_type.crops as crops
 
     d = _crops(tmp_path / "c", per_class=2)
     bad = sorted(d.rglob("*.jpg"))[1]
-    real = cli.crop_for
+    real = crops.crops_for
 
-    def one(image, card):
-        if image.mean() == bad_mean:
-            raise RuntimeError("cannot normalise")
-        return real(image, card)
+    def batch_or_one(images, card):  # a batch holding the bad crop fails; alone, only the bad crop does
+        if any(image.mean() == bad_mean for image in images):
+            raise RuntimeError("cannot normalise" if len(images) == 1 else "batch")
+        return real(images, card)
 
     bad_mean = np.asarray(Image.open(bad).convert("RGB")).mean()
-    monkeypatch.setattr(cli, "crops_for", lambda images, card: (_ for _ in ()).throw(RuntimeError("batch")))
-    monkeypatch.setattr(cli, "crop_for", one)
+    monkeypatch.setattr(crops, "crops_for", batch_or_one)
     out = tmp_path / "o.csv"
     res = runner.invoke(app, ["classify", "-d", str(d), "-o", str(out), "--model", str(tiny_classifier)])
     assert res.exit_code == 1 and bad.name in res.output and "cannot normalise" in res.output
     rows = list(csv.reader(out.open()))[1:]
     assert [r[0] for r in rows] == [str(p) for p in sorted(d.rglob("*.jpg")) if p != bad]
+    # evaluate wbc-type the same way: the bad crop named, the others scored (its whole chunk raised before)
+    res = runner.invoke(app, ["evaluate", "wbc-type", "--data", str(d), "--model", str(tiny_classifier),
+                              "--json", str(tmp_path / "e.json"), "--grid", str(tmp_path / "cm.png")])
+    assert res.exit_code == 1 and f"{bad}: RuntimeError: cannot normalise" in res.output, res.output
+    e = json.loads((tmp_path / "e.json").read_text())
+    assert e["n_images"] == len(rows) and len(e["failed"]) == 1
 
 
 def test_crops_are_redrawn_in_other_labs_looks_measured_around_the_cell():

@@ -23,7 +23,7 @@ from hemaseg.io.datasets import find_labelled_cells
 from hemaseg.io.images import list_images, read_image
 from hemaseg.metrics import classification_report
 from hemaseg.tasks.registry import register_task
-from hemaseg.tasks.wbc_type.crops import CLASSES, NO_WBC, crops_for, predict_crops
+from hemaseg.tasks.wbc_type.crops import CLASSES, NO_WBC, crops_each, predict_crops
 from hemaseg.tasks.wbc_type.train import (
     ClassifyConfig,
     check_colour,
@@ -124,7 +124,16 @@ class WbcTypeTask(Task):
             if not chunk:
                 continue
             t0 = time.perf_counter()
-            cells = crops_for(images, card)
+            made = crops_each(images, card)  # a crop that cannot be normalised is lost alone, not its chunk
+            cells = []
+            for (p, t), cell in zip(list(chunk), made):
+                if isinstance(cell, Exception):
+                    failed.append({"image": str(p), "reason": f"{cell.__class__.__name__}: {cell}"})
+                    chunk.remove((p, t))
+                else:
+                    cells.append(cell)
+            if not cells:
+                continue
             probs_parts.append(predict_crops([c.image for c in cells], model, device,
                                              extras=np.stack([c.extras for c in cells]), parts=[c.parts for c in cells]))
             seconds += time.perf_counter() - t0

@@ -392,6 +392,22 @@ def crops_for(images: list[np.ndarray], card: dict) -> list[CellCrop]:
                      np.zeros((size, size), bool), True, 0.0) for im in images]
 
 
+def crops_each(images: list[np.ndarray], card: dict) -> list[CellCrop | Exception]:
+    """:func:`crops_for` of a batch; should the batch fail, each image alone, so that only a bad one is
+    lost (``hemaseg classify`` and ``hemaseg evaluate wbc-type``): per image its crop, or the exception its
+    normalisation raised."""
+    try:
+        return list(crops_for(images, card))
+    except Exception:
+        out: list[CellCrop | Exception] = []
+        for image in images:
+            try:
+                out.append(crop_for(image, card))
+            except Exception as exc:  # this image only
+                out.append(exc)
+        return out
+
+
 def crop_for(image: np.ndarray, card: dict) -> CellCrop:
     """:func:`crops_for` of one image."""
     return crops_for([image], card)[0]
