@@ -18,6 +18,7 @@ from hemaseg.apps.web import DEFAULT_HOST, DEFAULT_PORT, MAX_UPLOAD_MB, check_ad
 from hemaseg.apps.web import serve as run_serve
 from hemaseg.classical import hsv_wbc_mask, wbc_crops
 from hemaseg.core.options import NO_MODEL, check_numbers, refuse_unused
+from hemaseg.engine.evaluate import split_name
 from hemaseg.engine.predict import backend_scope, get_model, resolve_device
 from hemaseg.engine.runtime import BACKENDS, check_backend, require_torch
 from hemaseg.engine.task import Task, param_value
@@ -39,6 +40,7 @@ from hemaseg.pipelines.segment import REGION_TASKS, diameter_from_pixel_size
 from hemaseg.progress import track
 from hemaseg.tasks import get_task, list_tasks
 from hemaseg.tasks.cells.infer import is_detector
+from hemaseg.tasks.cells.train import coco_photo_folders
 from hemaseg.tasks.smear10.synth import PARTS, compose, image_seed, synth_config, write_smear
 from hemaseg.tasks.smear10.synth import wbc_crops as cut_wbcs
 from hemaseg.tasks.smear10.train import held_out_crops, load_bank
@@ -698,8 +700,8 @@ def evaluate(
         if path is not None:
             check_output(path, option, folder=False)
             _not_an_input(path, option, data, spec)
-    named_split = spec.name == "cells" and split is not None and split.suffix == "" and len(split.parts) == 1
-    if split is not None and not split.is_file() and not named_split:  # cells: a YOLO split's name (val, test)
+    named_split = spec.name == "cells" and split_name(split) is not None  # cells: a YOLO split's name (val, test)
+    if split is not None and not split.is_file() and not named_split:
         raise HemasegUsageError("--split", f"{split}: no such file")
     if json_out is not None and grid is not None and json_out.resolve() == grid.resolve():
         raise HemasegUsageError("--grid", f"{grid} is also --json; give the picture another name")
@@ -739,8 +741,7 @@ def _photos_named_by(coco: Path) -> set[Path]:
         names = [i.get("file_name") for i in json.loads(coco.read_text()).get("images", []) if isinstance(i, dict)]
     except (OSError, ValueError, AttributeError):
         return set()
-    return {(base / n).resolve() for n in names if isinstance(n, str) and n
-            for base in (coco.parent, coco.parent / "images")}
+    return {(base / n).resolve() for n in names if isinstance(n, str) and n for base in coco_photo_folders(coco)}
 
 
 def _read_by(spec, folder: Path, p: Path) -> bool:

@@ -32,10 +32,27 @@ def split_names(split_file: str | Path, part: str = "val") -> set[str]:
         raise HemasegInputError(split_file, f"its {part!r} list holds something that is no image path") from None
 
 
-def select_split(items: list, split_file: str | Path, part: str = "val", path=lambda p: p.image) -> list:
+def split_name(split: str | Path | None) -> str | None:
+    """``split`` as the name of a dataset's own split (``val``, ``test``: no such file, no suffix, no
+    folder part), else None (a split.json, or nothing given).
+
+    >>> split_name("test"), split_name("splits/a.json"), split_name(None)
+    ('test', None, None)
+    """
+    if split is None or Path(split).is_file() or Path(split).suffix or len(Path(split).parts) != 1:
+        return None
+    return str(split)
+
+
+def select_split(items: list, split_file: str | Path, part: str = "val", path=lambda p: p.image,
+                 failed: list[dict] | None = None) -> list:
     """Keep the items (pairs, or anything ``path`` gives an image path of) whose image file name is listed
-    in ``part`` of a split.json; :class:`HemasegInputError` when none is."""
+    in ``part`` of a split.json; :class:`HemasegInputError` when none is. ``failed``: entries ({"image",
+    ...}) of images found without labels; those the split does not list are taken out of it (in place):
+    they are no failure of a run that would not have scored them."""
     names = split_names(split_file, part)
+    if failed is not None:
+        failed[:] = [f for f in failed if Path(f["image"]).name in names]
     chosen = [p for p in items if Path(path(p)).name in names]
     if not chosen:
         raise HemasegInputError(split_file, f"none of its {part!r} images are in the data folder")
@@ -115,9 +132,7 @@ def evaluate_pairs(task, data: list, model=None, split: str | Path | None = None
     unscorable: list[dict] = []  # images found without labels: said unless a split leaves them out anyway
     pairs = find_each(data, lambda d: task.find_scored(d, unscorable), failed)
     if split:
-        pairs = select_split(pairs, split)
-        names = split_names(split)
-        unscorable = [f for f in unscorable if Path(f["image"]).name in names]
+        pairs = select_split(pairs, split, failed=unscorable)
     failed += unscorable
     run = runner(task, model, cell_diameter, device, method)
     rows = _score_each(pairs, task.load_sample, run,

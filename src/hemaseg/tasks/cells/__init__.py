@@ -19,7 +19,15 @@ from pathlib import Path
 import numpy as np
 
 from hemaseg.core.result import Segmentation
-from hemaseg.engine.evaluate import box_panels, find_each, nothing_scored, select_split, split_names, worst_grid
+from hemaseg.engine.evaluate import (
+    box_panels,
+    find_each,
+    nothing_scored,
+    select_split,
+    split_name,
+    split_names,
+    worst_grid,
+)
 from hemaseg.engine.predict import model_of_task
 from hemaseg.engine.task import ARCH_ALIASES, Task
 from hemaseg.engine.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
@@ -79,8 +87,7 @@ class CellsTask(Task):
         photos = find_each(data, lambda d: find_annotated_photos(d, unread), failed)
         splits = Counter(e["split"] for _, e in photos if e.get("split"))
         notes = []
-        if split and not Path(split).is_file() and Path(split).suffix == "" and len(Path(split).parts) == 1:
-            # a YOLO dataset's own split by name (images/<name>/): TXL-PBC's val or test
+        if split_name(split):  # a YOLO dataset's own split by name (images/<name>/): TXL-PBC's val or test
             if str(split) not in splits:
                 held = ", ".join(f"{k} ({v})" for k, v in sorted(splits.items())) or "no named split"
                 raise HemasegUsageError("--split", f"{split}: no photo of that split; the data holds {held}")

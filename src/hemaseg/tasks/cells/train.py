@@ -69,6 +69,11 @@ def read_sources(root: Path) -> dict[str, dict]:
         return {row["image"]: row for row in csv.DictReader(fh) if row.get("image")}
 
 
+def coco_photo_folders(coco: Path) -> tuple[Path, Path]:
+    """Where the photos a COCO JSON names are looked for, in order: beside it, then in ``images/``."""
+    return coco.parent, coco.parent / "images"
+
+
 def find_annotated_photos(root: str | Path, failed: list[dict] | None = None) -> list[tuple[Path, dict]]:
     """(image path, entry) of a VOC root (``Annotations/*.xml`` + ``JPEGImages/``; boxes), of a YOLO
     dataset (``images/<split>/`` + ``labels/<split>/`` + data.yaml; each entry carries its ``split``
@@ -91,7 +96,7 @@ def find_annotated_photos(root: str | Path, failed: list[dict] | None = None) ->
     if coco.is_file():
         out = []
         for e in read_coco(coco):
-            for base in (coco.parent, coco.parent / "images"):
+            for base in coco_photo_folders(coco):
                 if (base / e["filename"]).exists():
                     out.append((base / e["filename"], e))
                     break

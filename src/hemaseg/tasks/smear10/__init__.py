@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from hemaseg.core.result import Segmentation
-from hemaseg.engine.evaluate import find_each, nothing_scored, runner, select_split, split_names
+from hemaseg.engine.evaluate import find_each, nothing_scored, runner, select_split
 from hemaseg.engine.plots import plot_confusion
 from hemaseg.engine.task import Task
 from hemaseg.engine.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
@@ -102,9 +102,7 @@ class Smear10Task(Task):
         unscorable: list[dict] = []  # images without their map: said unless the split leaves them out anyway
         pairs = find_each(data, lambda d: find_smear_pairs(d, unscorable), failed)
         if split:  # only the images of the split.json's 'val' list (it was ignored)
-            pairs = select_split(pairs, split, path=lambda pair: pair[0])
-            names = split_names(split)
-            unscorable = [f for f in unscorable if Path(f["image"]).name in names]
+            pairs = select_split(pairs, split, path=lambda pair: pair[0], failed=unscorable)
         failed += unscorable
         run = runner(self, model, cell_diameter, device)
         cm = np.zeros((k, k), np.int64)

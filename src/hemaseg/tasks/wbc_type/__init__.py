@@ -125,13 +125,10 @@ class WbcTypeTask(Task):
                 continue
             t0 = time.perf_counter()
             made = crops_each(images, card)  # a crop that cannot be normalised is lost alone, not its chunk
-            cells = []
-            for (p, t), cell in zip(list(chunk), made):
-                if isinstance(cell, Exception):
-                    failed.append({"image": str(p), "reason": f"{cell.__class__.__name__}: {cell}"})
-                    chunk.remove((p, t))
-                else:
-                    cells.append(cell)
+            failed += [{"image": str(p), "reason": f"{c.__class__.__name__}: {c}"}
+                       for (p, _), c in zip(chunk, made) if isinstance(c, Exception)]
+            chunk = [item for item, c in zip(chunk, made) if not isinstance(c, Exception)]
+            cells = [c for c in made if not isinstance(c, Exception)]
             if not cells:
                 continue
             probs_parts.append(predict_crops([c.image for c in cells], model, device,
