@@ -113,3 +113,22 @@ def test_an_image_without_its_mask_is_named_by_wbc_and_nuclei_but_not_a_yolo_ima
     failed = []
     get_task("wbc").find_scored(tmp_path / "m", failed)
     assert failed == []
+
+
+def test_a_lone_image_in_a_wbcseg_folder_is_named(tmp_path):
+    """In the wbc-seg layout (NNN.bmp beside NNN.png) an image without its PNG mask was skipped unsaid; a lone PNG
+    there (a mask, or an earlier run's worst_cases.png) and the seed-000 pairs beside are no lone images."""
+    for stem in ("001", "002"):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / f"{stem}.bmp")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "001.png")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "worst_cases.png")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "x.jpg")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "x_mask.png")
+    failed: list = []
+    pairs = find_pairs(tmp_path, failed)
+    assert sorted(p.image.name for p in pairs) == ["001.bmp", "x.jpg"]
+    assert [(f["image"][-7:], f["reason"]) for f in failed] == [("002.bmp", "no mask (002.png missing)")]
+    (tmp_path / "001.png").unlink()  # no pair of that layout left: a lone image there may be no sample
+    failed = []
+    find_pairs(tmp_path, failed)
+    assert failed == []

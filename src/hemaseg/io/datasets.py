@@ -37,8 +37,9 @@ def find_pairs(root: str | Path, failed: list[dict] | None = None) -> list[Pair]
     - ``X.jpg`` beside ``X_mask.png`` / ``X-mask.jpg`` (seed 000);
     - paired folders ``images/X.*`` and ``masks/X.*`` (also labels/, segments/, gt/).
 
-    ``failed``: an image of paired folders without its mask is listed there ({"image", "reason"}),
-    for evaluation to say so (in the other layouts a lone image may be no sample at all).
+    ``failed``: an image without its mask is listed there ({"image", "reason"}), for evaluation to
+    say so: in paired folders, and in a wbc-seg folder (one where some ``X.bmp`` has its ``X.png``) a
+    non-PNG image alone by its name (a lone PNG may be a mask or an earlier run's picture: not listed).
     """
     root = Path(root)
     if not root.is_dir():
@@ -69,12 +70,19 @@ def find_pairs(root: str | Path, failed: list[dict] | None = None) -> list[Pair]
                 imgs = [p for p in by_stem[base] if p != f]
                 if imgs:
                     pairs.append(Pair(imgs[0], f))
+        paired = 0
         for stem, group in sorted(by_stem.items()):
             if len(group) == 2:
                 pngs = [p for p in group if p.suffix.lower() == ".png"]
                 others = [p for p in group if p.suffix.lower() != ".png"]
                 if len(pngs) == 1 and len(others) == 1:
                     pairs.append(Pair(others[0], pngs[0]))
+                    paired += 1
+        if failed is not None and paired:  # a wbc-seg folder: an image there without its PNG mask is a sample
+            named = {p.image for p in pairs} | {p.mask for p in pairs}
+            failed += [{"image": str(f), "reason": f"no mask ({f.stem}.png missing)"} for f in sorted(files)
+                       if f.suffix.lower() != ".png" and f not in named and len(by_stem[f.stem]) == 1
+                       and _strip_mask_suffix(f.stem) is None]
     return pairs
 
 
