@@ -209,3 +209,38 @@ def test_evaluate_scores_the_good_pairs_beside_a_bad_one_and_says_which(tmp_path
     assert out["n_images"] == 8 and len(out["failed"]) == 3 and (tmp_path / "g.png").exists()
     res = runner.invoke(app, ["evaluate", "wbc", "--data", str(tmp_path / "nosuch")])
     assert res.exit_code == 1 and "nosuch" in res.output and "MEAN" not in res.output
+
+
+def test_an_earlier_grid_at_the_root_of_a_smear10_wbctype_or_voc_folder_is_no_input(tmp_path):
+    """For the tasks with readers of their own (smear10, wbc-type, cells) any file under --data was taken for
+    data: a second `evaluate` run from inside the data folder refused its own earlier worst_cases.png. Now only
+    what the task scores, its label files and the images beside them are refused."""
+    import pytest
+
+    from hemaseg.cli import _not_an_input
+    from hemaseg.errors import HemasegUsageError
+    from hemaseg.tasks import get_task
+
+    def img(path, size=(16, 16, 3)):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full(size, 200, np.uint8)).save(path)
+
+    smear, crops, voc = tmp_path / "smear", tmp_path / "crops", tmp_path / "voc"
+    img(smear / "images" / "a.png")
+    img(smear / "segments" / "a.png")
+    img(crops / "neutrophil" / "n1.png")
+    img(crops / "neutrophil" / "stray.png")  # any image in a type folder is a crop
+    img(voc / "JPEGImages" / "p.jpg")
+    (voc / "Annotations").mkdir()
+    (voc / "Annotations" / "p.xml").write_text(
+        "<annotation><size><width>16</width><height>16</height></size><object><name>RBC</name><bndbox>"
+        "<xmin>1</xmin><ymin>1</ymin><xmax>8</xmax><ymax>8</ymax></bndbox></object></annotation>")
+    for task, root, inputs in (("smear10", smear, ["images/a.png", "segments/a.png"]),
+                               ("wbc-type", crops, ["neutrophil/n1.png", "neutrophil/stray.png"]),
+                               ("cells", voc, ["JPEGImages/p.jpg", "Annotations/p.xml"])):
+        spec = get_task(task)
+        img(root / "worst_cases.png")
+        _not_an_input(root / "worst_cases.png", "--grid", [str(root)], spec)  # an earlier run's grid: no input
+        for rel in inputs:
+            with pytest.raises(HemasegUsageError, match="is a file of the data"):
+                _not_an_input(root / rel, "--grid", [str(root)], spec)

@@ -27,7 +27,6 @@ from hemaseg.engine.train import prepare_run
 from hemaseg.errors import HemasegError, HemasegInputError, HemasegUsageError
 from hemaseg.io.convert import CONVERTERS
 from hemaseg.io.convert import convert as run_convert
-from hemaseg.io.datasets import Pair
 from hemaseg.io.images import IMAGE_SUFFIXES, list_images, open_image, pixel_size_um, read_image
 from hemaseg.io.outputs import output_stems, write_segmentation
 from hemaseg.io.writers import check_output, write_json, write_png, write_text
@@ -745,22 +744,21 @@ def _photos_named_by(coco: Path) -> set[Path]:
 
 
 def _read_by(spec, folder: Path, p: Path) -> bool:
-    """Whether ``p``, an existing file under ``folder``, is data ``spec`` reads there: for tasks scored on
-    image/mask pairs (the engine's evaluation), an image or mask of one (an earlier run's worst_cases.png beside
-    them is not); for the others (their own readers) any such file."""
-    if type(spec).evaluate is not Task.evaluate:
-        return True
+    """Whether ``p``, an existing file under ``folder``, is data ``spec`` reads there (or may be: refused to be
+    safe): a file the task scores (:meth:`~hemaseg.engine.task.Task.scored_files`: an image, a mask, a DSB id's
+    ``masks/``); for tasks with readers of their own also any label file (not an image) and any image beside
+    a scored one. An earlier run's worst_cases.png at the data's root, beside no scored file, is not read."""
     try:
-        pairs = spec.find_scored(folder, [])
+        files = [Path(f).resolve() for f in spec.scored_files(folder)]
     except Exception:  # not the task's layout: the evaluation says so; here, refuse to be safe
         return True
-    if not pairs or not all(isinstance(x, Pair) for x in pairs):
+    if not files:
         return True
-    for x in pairs:
-        image, mask = Path(x.image).resolve(), Path(x.mask).resolve()
-        if p in (image, mask) or (mask.is_dir() and p.is_relative_to(mask)):  # a DSB id's masks/ folder
-            return True
-    return False
+    if p in files or any(f.is_dir() and p.is_relative_to(f) for f in files):
+        return True
+    if type(spec).evaluate is Task.evaluate:  # image/mask pairs (the engine's evaluation): only those
+        return False
+    return p.suffix.lower() not in IMAGE_SUFFIXES or p.parent in {f.parent for f in files}
 
 
 def _not_an_input(path: Path, option: str, folders: List[str], spec=None) -> None:

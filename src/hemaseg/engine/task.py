@@ -217,6 +217,12 @@ class Task:
             failed += listed
         return pairs
 
+    def scored_files(self, root: str | Path) -> list[Path]:
+        """Every file (or a DSB id's ``masks/`` folder) ``hemaseg evaluate`` reads under ``root``: the images
+        and masks of :meth:`find_scored`'s pairs. Tasks with readers of their own name their images (and
+        maps) here; the CLI refuses to write an output over any of them."""
+        return [f for x in self.find_scored(root, []) for f in (Path(x.image), Path(x.mask))]
+
     def load_sample(self, pair: Pair) -> tuple[np.ndarray, np.ndarray]:
         """((H, W, 3) uint8 image, (H, W) target): label values mapped to class indices."""
         image = read_image(pair.image)

@@ -69,6 +69,11 @@ class CellsTask(Task):
                 tta=None, params=None) -> Segmentation:
         return segment_cells(image, model, cell_diameter, device, tile, overlap, params)
 
+    def scored_files(self, root: str | Path) -> list[Path]:
+        """The annotated photos of a VOC root, a YOLO dataset or a COCO folder (their label files are
+        not images: the CLI refuses any such file under ``--data`` anyway)."""
+        return [Path(p) for p, _ in find_annotated_photos(root, [])]
+
     def evaluate(self, data: list, model=None, split=None, cell_diameter: float | None = None,
                  device: str = "cpu", grid: Path | None = None, method: str | None = None) -> dict:
         """Score a cells model on annotated photos (a VOC root, a YOLO dataset with data.yaml, a COCO JSON):

@@ -89,6 +89,10 @@ class Smear10Task(Task):
             raise HemasegUsageError("--recipe", "known recipes: seed002")
         return super().train_config(**options)
 
+    def scored_files(self, root: str | Path) -> list[Path]:
+        """The images and maps of a seed-002 folder (``images/`` + ``segments/`` or ``classes/``)."""
+        return [f for pair in find_smear_pairs(root) for f in pair]
+
     def evaluate(self, data: list, model=None, split=None, cell_diameter: float | None = None,
                  device: str = "cpu", grid: Path | None = None, method: str | None = None) -> dict:
         """Pixel accuracy, per-class IoU and mean IoU (summed over all images) on seed-002 folders

@@ -83,6 +83,10 @@ class WbcTypeTask(Task):
             max_epochs_this_call: int | None = None) -> dict:
         return fit_classifier(cfg, run, resume, progress, max_epochs_this_call)
 
+    def scored_files(self, root: str | Path) -> list[Path]:
+        """The labelled crops under ``root`` (``<type>/`` folders, or wbc-seg with its class CSV)."""
+        return [Path(p) for p, _ in find_labelled_cells(root)]
+
     def evaluate(self, data: list, model=None, split=None, cell_diameter: float | None = None,
                  device: str = "cpu", grid: Path | None = None, method: str | None = None) -> dict:
         """Score a typer on labelled single-cell crops (ImageFolder trees, or wbc-seg with its class CSV):
