@@ -244,3 +244,22 @@ def test_an_earlier_grid_at_the_root_of_a_smear10_wbctype_or_voc_folder_is_no_in
         for rel in inputs:
             with pytest.raises(HemasegUsageError, match="is a file of the data"):
                 _not_an_input(root / rel, "--grid", [str(root)], spec)
+    # a second map of a smear (classes/ beside segments/), a YOLO photo whose label cannot be read, a YOLO
+    # class list, a wbc-seg image without its mask, TXL-PBC's data.yaml for the wbc task: user data all
+    img(smear / "classes" / "a.png", (16, 16))
+    yolo = tmp_path / "yolo"
+    img(yolo / "images" / "val" / "b.png")
+    (yolo / "labels" / "val").mkdir(parents=True)
+    (yolo / "labels" / "val" / "b.txt").write_text("7 0.5 0.5 0.2 0.2\n")
+    (yolo / "obj.names").write_text("wbc\nrbc\nplatelet\n")
+    (yolo / "data.yaml").write_text("names: [wbc, rbc, platelet]\n")
+    seg = tmp_path / "seg"
+    img(seg / "001.bmp")
+    img(seg / "001.png", (16, 16))
+    img(seg / "002.bmp")
+    (seg / "data.yaml").write_text("names: [wbc]\n")
+    for task, root, rel in (("smear10", smear, "segments/a.png"), ("smear10", smear, "classes/a.png"),
+                            ("cells", yolo, "images/val/b.png"), ("cells", yolo, "obj.names"),
+                            ("wbc", seg, "002.bmp"), ("wbc", seg, "data.yaml")):
+        with pytest.raises(HemasegUsageError, match="is a file of the data"):
+            _not_an_input(root / rel, "--json", [str(root)], get_task(task))

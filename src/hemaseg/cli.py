@@ -756,9 +756,10 @@ def _read_by(spec, folder: Path, p: Path) -> bool:
         return True
     if p in files or any(f.is_dir() and p.is_relative_to(f) for f in files):
         return True
-    if type(spec).evaluate is Task.evaluate:  # image/mask pairs (the engine's evaluation): only those
-        return False
-    return p.suffix.lower() not in IMAGE_SUFFIXES or p.parent in {f.parent for f in files}
+    if p.suffix.lower() not in IMAGE_SUFFIXES:  # a label file, data.yaml, a class CSV: refused to be safe
+        return True
+    # image/mask pairs (the engine's evaluation): only those; own readers: no image beside a scored one
+    return type(spec).evaluate is not Task.evaluate and p.parent in {f.parent for f in files}
 
 
 def _not_an_input(path: Path, option: str, folders: List[str], spec=None) -> None:
@@ -766,7 +767,7 @@ def _not_an_input(path: Path, option: str, folders: List[str], spec=None) -> Non
     names, or an existing file under one of the input ``folders`` that the task reads there (a mask, an image
     or a label)."""
     p = path.resolve()
-    data_file = p.suffix.lower() in IMAGE_SUFFIXES or p.suffix.lower() in (".txt", ".xml", ".csv", ".yaml", ".yml") \
+    data_file = p.suffix.lower() in IMAGE_SUFFIXES or p.suffix.lower() in (".txt", ".xml", ".csv", ".yaml", ".yml", ".names") \
         or p.name == "annotations.json"  # what the task readers read (a scores.json of an earlier run is not)
     inputs = [Path(f).resolve() for f in folders]
     listed = set().union(*(_photos_named_by(f) for f in inputs if f.is_file() and f.suffix.lower() == ".json"))

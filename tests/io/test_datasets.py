@@ -124,6 +124,8 @@ def test_a_lone_image_in_a_wbcseg_folder_is_named(tmp_path):
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "worst_cases.png")
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "x.jpg")
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "x_mask.png")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "field.jpg")  # a YOLO photo with its label
+    (tmp_path / "field.txt").write_text("0 0.5 0.5 0.2 0.2\n")
     failed: list = []
     pairs = find_pairs(tmp_path, failed)
     assert sorted(p.image.name for p in pairs) == ["001.bmp", "x.jpg"]

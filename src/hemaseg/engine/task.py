@@ -221,7 +221,9 @@ class Task:
         """Every file (or a DSB id's ``masks/`` folder) ``hemaseg evaluate`` reads under ``root``: the images
         and masks of :meth:`find_scored`'s pairs. Tasks with readers of their own name their images (and
         maps) here; the CLI refuses to write an output over any of them."""
-        return [f for x in self.find_scored(root, []) for f in (Path(x.image), Path(x.mask))]
+        failed: list[dict] = []  # images found without their mask are the user's data too
+        pairs = self.find_scored(root, failed)
+        return [f for x in pairs for f in (Path(x.image), Path(x.mask))] + [Path(f["image"]) for f in failed]
 
     def load_sample(self, pair: Pair) -> tuple[np.ndarray, np.ndarray]:
         """((H, W, 3) uint8 image, (H, W) target): label values mapped to class indices."""

@@ -1,6 +1,7 @@
 """Dataset readers: wbc-seg (NNN.bmp + NNN.png), paired image/mask folders, the DSB layout."""
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,8 +81,9 @@ def find_pairs(root: str | Path, failed: list[dict] | None = None) -> list[Pair]
                     paired += 1
         if failed is not None and paired:  # a wbc-seg folder: an image there without its PNG mask is a sample
             named = {p.image for p in pairs} | {p.mask for p in pairs}
+            stems = Counter(p.stem for p in folder.iterdir())  # a stem with another file (a YOLO label) is no pair
             failed += [{"image": str(f), "reason": f"no mask ({f.stem}.png missing)"} for f in sorted(files)
-                       if f.suffix.lower() != ".png" and f not in named and len(by_stem[f.stem]) == 1
+                       if f.suffix.lower() != ".png" and f not in named and stems[f.stem] == 1
                        and _strip_mask_suffix(f.stem) is None]
     return pairs
 

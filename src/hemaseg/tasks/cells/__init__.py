@@ -33,13 +33,14 @@ from hemaseg.engine.task import ARCH_ALIASES, Task
 from hemaseg.engine.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
 from hemaseg.engine.train import TrainConfig, fit
 from hemaseg.errors import HemasegInputError, HemasegUsageError
+from hemaseg.io.annotations import find_yolo
 from hemaseg.io.images import read_image
 from hemaseg.metrics import coco_box_map, detection_ap
 from hemaseg.progress import track
 from hemaseg.tasks.cells.infer import CATEGORIES, CellsParams, cell_instances, segment_cells
 from hemaseg.tasks.cells.maskrcnn import fit_maskrcnn
 from hemaseg.tasks.cells.targets import CLASSES, LABEL_VALUES
-from hemaseg.tasks.cells.train import cells_data, find_annotated_photos, score_instances
+from hemaseg.tasks.cells.train import cells_data, find_annotated_photos, is_yolo_root, score_instances
 from hemaseg.tasks.registry import register_task
 
 DEPENDS: tuple[str, ...] = ()
@@ -72,6 +73,8 @@ class CellsTask(Task):
     def scored_files(self, root: str | Path) -> list[Path]:
         """The annotated photos of a VOC root, a YOLO dataset or a COCO folder (their label files are
         not images: the CLI refuses any such file under ``--data`` anyway)."""
+        if is_yolo_root(Path(root)):  # every photo, those whose label cannot be read too
+            return [img for img, _ in find_yolo(root)]
         return [Path(p) for p, _ in find_annotated_photos(root, [])]
 
     def evaluate(self, data: list, model=None, split=None, cell_diameter: float | None = None,

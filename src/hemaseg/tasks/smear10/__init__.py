@@ -90,8 +90,10 @@ class Smear10Task(Task):
         return super().train_config(**options)
 
     def scored_files(self, root: str | Path) -> list[Path]:
-        """The images and maps of a seed-002 folder (``images/`` + ``segments/`` or ``classes/``)."""
-        return [f for pair in find_smear_pairs(root) for f in pair]
+        """The images of a seed-002 folder and every map of theirs (``segments/`` and ``classes/``)."""
+        images = [img for img, _ in find_smear_pairs(root)]
+        return images + [m for img in images for sub in ("classes", "segments")
+                         for m in (Path(root) / sub).glob(f"{img.stem}.*")]
 
     def evaluate(self, data: list, model=None, split=None, cell_diameter: float | None = None,
                  device: str = "cpu", grid: Path | None = None, method: str | None = None) -> dict:
