@@ -93,7 +93,14 @@ def test_convert_cli_voc_to_coco_to_cvat_to_labels(tmp_path):
         assert res.exit_code == 0, res.output
     inst = cv2.imread(str(tmp_path / "labels" / "BloodImage_00001.png"), cv2.IMREAD_UNCHANGED)
     assert inst.shape == (48, 64) and set(np.unique(inst)) == {0, 1, 2}
-    assert (inst[6:29, 5:31] == 1).all()  # the WBC box, corners included
+    # the WBC box: xmax / ymax are its edges (x2, y2 exclusive, as every box here), so the last pixels are 29 / 27
+    assert (inst[6:28, 5:30] == 1).all() and not inst[28, 5:30].any() and not inst[6:28, 30].any()
+    coco = json.loads((tmp_path / "c.json").read_text())["annotations"]
+    assert [a["bbox"] for a in coco] == [[5, 6, 25, 22], [40, 30, 6, 6]]
+    assert [a["area"] for a in coco] == [25 * 22, 6 * 6]  # the polygon's area is the box's (it was 26 x 23)
+    back = read_cvat(tmp_path / "a.xml")[0]["masks"]  # ... and a reader taking the box from the polygon agrees
+    assert [m["bounding_box"] for m in back] == [{"x1": 5, "x2": 30, "y1": 6, "y2": 28},
+                                                  {"x1": 40, "x2": 46, "y1": 30, "y2": 36}]
     assert json.loads((tmp_path / "labels" / "classes.json").read_text())["1"] == "platelet"
     bad = runner.invoke(app, ["convert", "--from", "cvat", "--to", "coco", str(tmp_path / "c.json"), str(tmp_path / "x")])
     assert bad.exit_code == 1
@@ -111,12 +118,17 @@ def test_convert_never_replaces_its_input_and_a_malformed_file_is_one_line(tmp_p
     (tmp_path / "in" / "old.json").write_text("{}")
     for to, args, why in (("coco", [str(xml), str(xml)], "is the input"),
                           ("labels", [str(xml.parent), str(xml.parent)], "is the input"),
-                          ("coco", [str(xml.parent), str(tmp_path / "in" / "old.json")], "would replace a file in the input"),
+                          ("coco", [str(xml.parent), str(tmp_path / "in" / "old.json")], "lies inside the input folder"),
+                          # a new file there is read back by the next conversion of that folder (an XML among
+                          # the VOC files); a folder format there can replace its photos (YOLO's images/)
+                          ("cvat", [str(xml.parent), str(tmp_path / "in" / "all.xml")], "lies inside the input folder"),
+                          ("labels", [str(xml.parent), str(tmp_path / "in" / "sub")], "lies inside the input folder"),
                           ("coco", [str(xml), str(tmp_path)], "is a folder"),
                           ("labels", [str(xml), str(xml.parent)], "is the input's folder")):
         res = runner.invoke(app, ["convert", "--from", "voc", "--to", to, *args])
         assert res.exit_code == 2 and why in res.output and len(res.output.strip().splitlines()) == 1, res.output
     assert xml.read_bytes() == before and (tmp_path / "in" / "old.json").read_text() == "{}"
+    assert sorted(p.name for p in (tmp_path / "in").iterdir()) == ["a.xml", "old.json"]
     bad = tmp_path / "bad.xml"
     bad.write_text('<annotations><image id="0" name="a.png" width="10" height="10">'
                    '<polygon label="rbc" points="1,1;abc"/></image></annotations>')
@@ -142,3 +154,38 @@ def test_readers_refuse_what_they_used_to_take_silently(tmp_path):
     (tmp_path / "y.txt").write_text("0 1.5 0.5 0.2 0.2\n")
     with pytest.raises(HemasegInputError, match="line 1: box 1.5"):
         read_yolo_labels(tmp_path / "y.txt", ["rbc"], 100, 100)
+
+
+def test_convert_refuses_before_writing_what_its_writers_would_get_wrong(tmp_path, caplog):
+    """Two images of one name (train/x.png, val/x.png) were written as two 'x.png' to CVAT / COCO; an image of
+    size 0 x 0 left label PNGs behind before failing; a COCO box became the extent of its outline; a VOC box
+    of zero size was written as a YOLO box of width 0 that no reader takes."""
+    import logging
+
+    box = [[10, 10], [19, 10], [19, 19], [10, 19]]
+    rec = {"class_name": "rbc", "category": "rbc", "score": 1.0,
+           "bounding_box": {"x1": 10, "x2": 20, "y1": 10, "y2": 20}, "vertices": box}
+    same = [{"filename": f"{d}/x.png", "height": 32, "width": 32, "masks": [rec]} for d in ("train", "val")]
+    write_results(tmp_path / "same.json", same)
+    for to, out in (("cvat", "s.xml"), ("coco", "s.json"), ("labels", "s")):
+        res = runner.invoke(app, ["convert", "--from", "results", "--to", to, str(tmp_path / "same.json"),
+                                  str(tmp_path / out)])
+        assert res.exit_code == 1 and "same file name as train/x.png" in res.output, res.output
+        assert not (tmp_path / out).exists()
+    write_results(tmp_path / "empty.json", [{"filename": "a.png", "height": 32, "width": 32, "masks": [rec]},
+                                            {"filename": "b.png", "height": 0, "width": 0, "masks": [rec]}])
+    res = runner.invoke(app, ["convert", "--from", "results", "--to", "labels", str(tmp_path / "empty.json"),
+                              str(tmp_path / "lab")])
+    assert res.exit_code == 1 and "b.png: no image size" in res.output and not (tmp_path / "lab").exists()
+    # a COCO annotation keeps its own box, not its outline's extent
+    wide = {**rec, "bounding_box": {"x1": 8, "x2": 22, "y1": 9, "y2": 21}}
+    write_coco(tmp_path / "w.json", [{"filename": "a.png", "height": 32, "width": 32, "masks": [wide]}])
+    assert read_coco(tmp_path / "w.json")[0]["masks"][0]["bounding_box"] == wide["bounding_box"]
+    xml = tmp_path / "v.xml"
+    xml.write_text("<annotation><filename>v.jpg</filename><size><width>64</width><height>48</height></size>"
+                   "<object><name>RBC</name><bndbox><xmin>5</xmin><ymin>6</ymin><xmax>5</xmax><ymax>6</ymax></bndbox>"
+                   "</object><object><name>RBC</name><bndbox><xmin>9</xmin><ymin>9</ymin><xmax>20</xmax><ymax>21"
+                   "</ymax></bndbox></object></annotation>")
+    with caplog.at_level(logging.WARNING):
+        masks = read_voc_entry(xml)["masks"]
+    assert [m["bounding_box"]["x1"] for m in masks] == [9] and "empty or inverted: left out" in caplog.text

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 from hemaseg.cli import app
 from hemaseg.errors import HemasegInputError
 from hemaseg.io.annotations import (
+    box_vertices,
     find_yolo,
     read_coco,
     read_voc_entry,
@@ -26,7 +27,7 @@ TXL = Path(__file__).resolve().parents[3] / "shared" / "data" / "txl-pbc"
 
 def _box_entry(name: str, h: int, w: int, boxes: list[tuple[str, int, int, int, int]]) -> dict:
     masks = [{"class_name": c, "category": c, "score": 1.0, "bounding_box": {"x1": x1, "x2": x2, "y1": y1, "y2": y2},
-              "vertices": [[x1, y1], [x2, y1], [x2, y2], [x1, y2]]} for c, x1, y1, x2, y2 in boxes]
+              "vertices": box_vertices(x1, y1, x2, y2)} for c, x1, y1, x2, y2 in boxes]
     return {"filename": name, "height": h, "width": w, "masks": masks}
 
 
@@ -62,13 +63,14 @@ def _convert(*args: str) -> None:
 def test_coco_to_yolo_and_back_keeps_the_boxes(tmp_path):
     entries = _entries()
     write_coco(tmp_path / "c.json", entries)
-    want = _boxes(read_coco(tmp_path / "c.json"))  # COCO takes each box from its polygon
+    want = _boxes(entries)  # COCO keeps each annotation's own box (it took the polygon's extent, 1 px wider)
+    assert _boxes(read_coco(tmp_path / "c.json")) == want
     _convert("--from", "coco", "--to", "yolo", str(tmp_path / "c.json"), str(tmp_path / "yolo"))
     # Class ids are TXL-PBC's: 0 wbc, 1 rbc, 2 platelet.
     assert (tmp_path / "yolo" / "classes.txt").read_text().split() == ["wbc", "rbc", "platelet"]
     first = (tmp_path / "yolo" / "a.txt").read_text().splitlines()
     assert [ln.split()[0] for ln in first] == ["1", "0", "2"]
-    assert first[0] == "1 0.126506 0.147541 0.253012 0.295082"  # (0+21)/2/83, (0+18)/2/61, 21/83, 18/61
+    assert first[0] == "1 0.120482 0.139344 0.240964 0.278689"  # (0+20)/2/83, (0+17)/2/61, 20/83, 17/61
     _images(tmp_path / "yolo", entries)  # YOLO coordinates are fractions: reading needs the images
     _convert("--from", "yolo", "--to", "coco", str(tmp_path / "yolo"), str(tmp_path / "back.json"))
     back = read_coco(tmp_path / "back.json")

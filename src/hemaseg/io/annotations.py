@@ -15,6 +15,7 @@ so rasterising them with :func:`rasterise` gives back the mask.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 import xml.etree.ElementTree as ET
@@ -29,6 +30,8 @@ from hemaseg.io.datasets import parse_xml, read_voc
 from hemaseg.io.images import IMAGE_SUFFIXES, image_size
 from hemaseg.io.writers import write_json, write_text
 
+log = logging.getLogger(__name__)
+
 
 def mask_record(mask: np.ndarray, class_name: str, score: float = 1.0, offset: tuple[int, int] = (0, 0)) -> dict | None:
     """One seed-003 mask record from a boolean mask (largest outline); None for an empty mask."""
@@ -42,6 +45,17 @@ def mask_record(mask: np.ndarray, class_name: str, score: float = 1.0, offset: t
             "bounding_box": {"x1": int(xs.min() + ox), "x2": int(xs.max() + 1 + ox),
                              "y1": int(ys.min() + oy), "y2": int(ys.max() + 1 + oy)},
             "vertices": [[int(x + ox), int(y + oy)] for x, y in c]}
+
+
+def box_vertices(x1: int, y1: int, x2: int, y2: int) -> list[list[int]]:
+    """The 4-corner polygon of a box (``x2``, ``y2`` exclusive) on its outermost pixels, :func:`mask_record`'s
+    convention: a reader that takes the box from the polygon (max + 1) gets the same box back.
+
+    >>> box_vertices(3, 4, 15, 9)
+    [[3, 4], [14, 4], [14, 8], [3, 8]]
+    """
+    xr, yb = max(x1, x2 - 1), max(y1, y2 - 1)
+    return [[x1, y1], [xr, y1], [xr, yb], [x1, yb]]
 
 
 def rasterise(vertices: list, shape: tuple[int, int]) -> np.ndarray:
@@ -124,9 +138,9 @@ def read_cvat(path: str | Path) -> list[dict]:
         for el in img:
             if el.tag == "polygon":
                 verts = [[float(v) for v in p.split(",")] for p in el.get("points", "").split(";") if p]
-            elif el.tag == "box":
-                x1, y1, x2, y2 = (float(el.get(k)) for k in ("xtl", "ytl", "xbr", "ybr"))
-                verts = [[x1, y1], [x2, y1], [x2, y2], [x1, y2]]
+            elif el.tag == "box":  # corners in pixel edges: xbr is the right edge, one past the last pixel
+                x1, y1, x2, y2 = (int(round(float(el.get(k)))) for k in ("xtl", "ytl", "xbr", "ybr"))
+                verts = box_vertices(x1, y1, x2, y2)
             else:
                 continue
             if not verts:
@@ -182,6 +196,7 @@ def read_coco(path: str | Path) -> list[dict]:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise HemasegInputError(path, f"not a COCO JSON with images and categories ({exc})") from None
     per: dict[int, list[dict]] = {i: [] for i in images}
+    parts_dropped = 0
     for a in d.get("annotations", []):
         im = images.get(a.get("image_id"))
         if im is None:
@@ -199,6 +214,7 @@ def read_coco(path: str | Path) -> list[dict]:
                 rle = {**rle, "counts": rle["counts"].encode("ascii")}
             rec = mask_record(mask_utils.decode(rle).astype(bool), name, a.get("score", 1.0))
         elif seg:
+            parts_dropped += len(seg) > 1
             poly = max(seg, key=len)
             verts = [[int(round(poly[j])), int(round(poly[j + 1]))] for j in range(0, len(poly) - 1, 2)]
             xs, ys = [v[0] for v in verts], [v[1] for v in verts]
@@ -206,31 +222,45 @@ def read_coco(path: str | Path) -> list[dict]:
                    "bounding_box": {"x1": min(xs), "x2": max(xs) + 1, "y1": min(ys), "y2": max(ys) + 1},
                    "vertices": verts}
         else:
-            x, y, bw, bh = a["bbox"]
-            verts = [[int(x), int(y)], [int(x + bw), int(y)], [int(x + bw), int(y + bh)], [int(x), int(y + bh)]]
+            x1, y1, x2, y2 = _coco_box(a["bbox"])
             rec = {"class_name": name, "category": category_of(name), "score": a.get("score", 1.0),
-                   "bounding_box": {"x1": int(x), "x2": int(x + bw), "y1": int(y), "y2": int(y + bh)},
-                   "vertices": verts}
+                   "bounding_box": {"x1": x1, "x2": x2, "y1": y1, "y2": y2}, "vertices": box_vertices(x1, y1, x2, y2)}
+        if rec is not None and seg and a.get("bbox"):  # the annotation's own box, not the outline's extent
+            x1, y1, x2, y2 = _coco_box(a["bbox"])
+            rec["bounding_box"] = {"x1": x1, "x2": x2, "y1": y1, "y2": y2}
         if rec is not None:
             per[im["id"]].append(rec)
+    if parts_dropped:
+        log.warning("%s: %d annotations have several polygon parts; only the largest part of each is kept",
+                    path, parts_dropped)
     return [{"filename": images[i]["file_name"], "height": int(images[i]["height"]),
              "width": int(images[i]["width"]), "masks": per[i]} for i in images]
 
 
+def _coco_box(bbox) -> tuple[int, int, int, int]:
+    """A COCO ``[x, y, w, h]`` (pixel edges, floats allowed) as whole-pixel (x1, y1, x2, y2), x2/y2 exclusive."""
+    x, y, bw, bh = (float(v) for v in bbox)
+    return int(round(x)), int(round(y)), int(round(x + bw)), int(round(y + bh))
+
+
 # ---------------------------------------------------------------- Pascal VOC
 def read_voc_entry(path: str | Path) -> dict:
-    """A Pascal VOC XML as an entry (boxes as 4-corner polygons; class names lower case, BCCD's
-    ``Platelets`` as ``platelet``)."""
+    """A Pascal VOC XML as an entry (boxes as 4-corner polygons on their outermost pixels; class names lower
+    case, BCCD's ``Platelets`` as ``platelet``). An empty or inverted box is left out, with a warning."""
     root = parse_xml(path, "VOC XML")
     size = root.find("size")
     h = int(size.findtext("height", "0")) if size is not None else 0
     w = int(size.findtext("width", "0")) if size is not None else 0
     masks = []
     for name, (x1, y1, x2, y2) in read_voc(path):
+        if x2 <= x1 or y2 <= y1:  # BCCD holds two (a point each): no object, and no box a writer could write
+            log.warning("%s: %r box (xmin %d, ymin %d, xmax %d, ymax %d) is empty or inverted: left out",
+                        path, name, x1, y1, x2, y2)
+            continue
         n = {"platelets": "platelet"}.get(name.lower(), name.lower())
         masks.append({"class_name": n, "category": category_of(n), "score": 1.0,
                       "bounding_box": {"x1": x1, "x2": x2, "y1": y1, "y2": y2},
-                      "vertices": [[x1, y1], [x2, y1], [x2, y2], [x1, y2]]})
+                      "vertices": box_vertices(x1, y1, x2, y2)})
     return {"filename": root.findtext("filename", Path(path).stem), "height": h, "width": w, "masks": masks}
 
 

@@ -6,7 +6,10 @@ one row per nucleus; Height/Width let it be decoded without the images); for obj
 classes: ``cvat`` (CVAT for images 1.1 XML), ``coco`` / ``coco-rle`` (COCO JSON with polygons or
 RLE), ``voc`` (a Pascal VOC XML or a folder of them; boxes), ``yolo`` (a folder of images with a
 ``class cx cy w h`` text file each and a class list; boxes), ``results`` (seed-003 results JSON);
-these convert to each other and to ``labels`` (instance PNG + ``_classes.png`` + classes.json).
+each of ``cvat``, ``coco``, ``voc``, ``yolo`` and ``results`` is read and written as ``cvat``, ``coco``,
+``coco-rle``, ``yolo`` or ``labels`` (instance PNG + ``_classes.png`` + classes.json); VOC and seed-003 results are
+not written, and an object keeps one outline (COCO's extra polygon parts and an RLE's holes and second pieces
+are dropped, with a warning for the polygon parts).
 """
 from __future__ import annotations
 
@@ -41,15 +44,17 @@ FOLDER_OUTPUTS = ("labels", "dsb", "yolo")  # formats written as a folder; the o
 
 def check_convert_paths(dst: str, inp: Path, out: Path) -> None:
     """Before any work: ``out`` can be written as ``dst`` is (a folder or a file:
-    :func:`~hemaseg.io.writers.check_output`) and replaces no input: it is not ``inp`` itself, and a file
-    written into the input folder replaces none of its files, and a folder format is not written into the input
-    file's own folder (:class:`HemasegUsageError` naming ``OUT``)."""
+    :func:`~hemaseg.io.writers.check_output`) and touches no input: it is not ``inp`` itself, it does not lie
+    inside an input folder, and a folder format is not written into the input file's own folder
+    (:class:`HemasegUsageError` naming ``OUT``)."""
     inp, out = Path(inp), Path(out)
     check_output(out, "OUT", folder=dst in FOLDER_OUTPUTS)
     if out.resolve() == inp.resolve():
         raise HemasegUsageError("OUT", f"{out} is the input; write to another {'folder' if dst in FOLDER_OUTPUTS else 'file'}")
-    if dst not in FOLDER_OUTPUTS and inp.is_dir() and out.exists() and inp.resolve() in out.resolve().parents:
-        raise HemasegUsageError("OUT", f"{out} would replace a file in the input folder {inp}; give a new file")
+    if inp.is_dir() and inp.resolve() in out.resolve().parents:
+        # a folder format there can replace the input's photos (YOLO's images/), and a new file is read back as
+        # input by the next conversion of that folder (an XML among the VOC files)
+        raise HemasegUsageError("OUT", f"{out} lies inside the input folder {inp}; write outside it")
     if dst in FOLDER_OUTPUTS and inp.is_file() and inp.resolve().parent == out.resolve():
         # files named after the images, beside the input: they could replace the photos kept there
         raise HemasegUsageError("OUT", f"{out} is the input's folder; write to another folder")
@@ -184,8 +189,23 @@ def _entries(fmt: str, inp: Path) -> list[dict]:
     raise HemasegInputError(fmt, "unknown annotation format")
 
 
-def _write_entries(fmt: str, entries: list[dict], out: Path) -> int:
+def _check_entries(fmt: str, entries: list[dict]) -> None:
+    """Refuse, before anything is written, what the writers would get wrong: an image without a size, and two
+    images of one name (the writers keep file names only, so ``train/x.png`` and ``val/x.png`` would collide)."""
+    seen: dict[str, str] = {}
+    for e in entries:
+        if int(e.get("height") or 0) < 1 or int(e.get("width") or 0) < 1:
+            raise HemasegInputError(e.get("filename") or "an image", f"no image size ({e.get('width')} x "
+                                                                      f"{e.get('height')}): cannot write {fmt}")
+        name = Path(e["filename"]).name if fmt != "labels" else Path(e["filename"]).stem
+        if name in seen and seen[name] != e["filename"]:
+            raise HemasegInputError(e["filename"], f"has the same file name as {seen[name]}; {fmt} keeps names "
+                                                   "only: rename one")
+        seen[name] = e["filename"]
 
+
+def _write_entries(fmt: str, entries: list[dict], out: Path) -> int:
+    _check_entries(fmt, entries)
     if fmt == "cvat":
         A.write_cvat(out, entries)
     elif fmt == "coco":
