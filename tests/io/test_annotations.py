@@ -172,6 +172,10 @@ def test_convert_refuses_before_writing_what_its_writers_would_get_wrong(tmp_pat
                                   str(tmp_path / out)])
         assert res.exit_code == 1 and "same file name as train/x.png" in res.output, res.output
         assert not (tmp_path / out).exists()
+    write_coco(tmp_path / "same_coco.json", same)  # a COCO keeps names only: both images are 'x.png' there
+    res = runner.invoke(app, ["convert", "--from", "coco", "--to", "labels", str(tmp_path / "same_coco.json"),
+                              str(tmp_path / "s2")])
+    assert res.exit_code == 1 and "same file name as x.png" in res.output and not (tmp_path / "s2").exists()
     write_results(tmp_path / "empty.json", [{"filename": "a.png", "height": 32, "width": 32, "masks": [rec]},
                                             {"filename": "b.png", "height": 0, "width": 0, "masks": [rec]}])
     res = runner.invoke(app, ["convert", "--from", "results", "--to", "labels", str(tmp_path / "empty.json"),

@@ -227,7 +227,8 @@ def read_coco(path: str | Path) -> list[dict]:
                    "bounding_box": {"x1": x1, "x2": x2, "y1": y1, "y2": y2}, "vertices": box_vertices(x1, y1, x2, y2)}
         if rec is not None and seg and a.get("bbox"):  # the annotation's own box, not the outline's extent
             x1, y1, x2, y2 = _coco_box(a["bbox"])
-            rec["bounding_box"] = {"x1": x1, "x2": x2, "y1": y1, "y2": y2}
+            if x2 > x1 and y2 > y1:  # (a sloppy exporter's [0, 0, 0, 0] is no box)
+                rec["bounding_box"] = {"x1": x1, "x2": x2, "y1": y1, "y2": y2}
         if rec is not None:
             per[im["id"]].append(rec)
     if parts_dropped:

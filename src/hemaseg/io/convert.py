@@ -198,7 +198,7 @@ def _check_entries(fmt: str, entries: list[dict]) -> None:
             raise HemasegInputError(e.get("filename") or "an image", f"no image size ({e.get('width')} x "
                                                                       f"{e.get('height')}): cannot write {fmt}")
         name = Path(e["filename"]).name if fmt != "labels" else Path(e["filename"]).stem
-        if name in seen and seen[name] != e["filename"]:
+        if name in seen:  # (two entries both named x.png too: a COCO of photos of one name in two folders)
             raise HemasegInputError(e["filename"], f"has the same file name as {seen[name]}; {fmt} keeps names "
                                                    "only: rename one")
         seen[name] = e["filename"]
