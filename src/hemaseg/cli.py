@@ -943,6 +943,17 @@ def serve(
               backend=backend, ready=lambda url: typer.echo(f"hemaseg serve: open {url} (Ctrl+C stops)", err=True))
 
 
+def _earlier_export_card(card: Path, onnx: Path) -> bool:
+    """Whether ``card`` is the card an earlier ``hemaseg export --format onnx --out ONNX`` wrote (it names that
+    file and no run's weights use it: a run folder's best/last/model.safetensors all read its model.json)."""
+    if card.name == "model.json" and any((card.parent / f"{w}.safetensors").exists() for w in ("model", "best", "last")):
+        return False
+    try:
+        return json.loads(card.read_text()).get("onnx", {}).get("file") == onnx.name
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 @app.command()
 @_usage_errors
 def export(
@@ -955,18 +966,24 @@ def export(
     The ONNX file runs with --model PATH.onnx --backend onnx, without torch too. bioimageio: a U-Net as a
     bioimage.io model package (TorchScript weights, test tensors, processing described), validated with the
     bioimage.io spec library and bioimageio.core before it is written."""
-    check_output(out, "--out", folder=False)
+    empty_folder = format == "bioimageio" and out.is_dir() and not any(out.iterdir())  # allowed, as --help says
+    check_output(out, "--out", folder=empty_folder)
     try:
         load_card(model)
     except HemasegError as exc:
         _fail_error(exc, model)
         raise typer.Exit(2) from None
     card_out = out.with_suffix(".json")
-    if format == "onnx" and card_out.exists() and out.with_suffix(".safetensors").exists():
-        # the card beside PATH.onnx would replace the card of the model PATH.safetensors (another model's, or
-        # the one being exported): that model would no longer load
-        raise HemasegUsageError("--out", f"{card_out} is the card of {out.with_suffix('.safetensors')}; "
-                                         "give the ONNX file another name or folder")
+    if format == "onnx" and card_out.exists():
+        check_output(card_out, "--out", folder=False)  # PATH.json a folder: one line, not a traceback
+        if out.with_suffix(".safetensors").exists():
+            # the card beside PATH.onnx would replace the card of the model PATH.safetensors (another model's, or
+            # the one being exported): that model would no longer load
+            raise HemasegUsageError("--out", f"{card_out} is the card of {out.with_suffix('.safetensors')}; "
+                                             "give the ONNX file another name or folder")
+        if not _earlier_export_card(card_out, out):  # a training run's model.json, a segment result, ...
+            raise HemasegUsageError("--out", f"{card_out} exists and is not the card of an earlier export to "
+                                             f"{out.name}; give the ONNX file another name or folder")
     try:
         summary = run_export(model, format, out)
     except HemasegInputError as exc:

@@ -126,3 +126,18 @@ def test_cli_registers_the_format_and_refuses_a_classifier_in_one_line(tmp_path)
     assert res.exit_code == 1
     assert "not a U-Net" in res.output and "Traceback" not in res.output
     assert not (tmp_path / "c.zip").exists()
+
+
+def test_the_package_readme_names_commands_that_run():
+    """The smear10 package told users to run `hemaseg segment --model smear10-unet-dropout` (its card's name, no
+    bundled model; and without --task, segment runs the wbc task): both commands now take the model as exported."""
+    import json
+
+    from hemaseg.models.registry import WEIGHTS_DIR
+    from hemaseg.pipelines.bioimageio import _readme
+    from hemaseg.tasks import get_task
+
+    card = json.loads((WEIGHTS_DIR / "smear10.json").read_text())
+    text = _readme(card, get_task("smear10"), 32, 128, 0.331, 1.0, 99.0, "smear10")
+    assert "`hemaseg segment --task smear10 --model smear10`" in text
+    assert "`hemaseg export smear10 --format bioimageio`" in text and "smear10-unet-dropout`" not in text

@@ -69,3 +69,51 @@ def test_export_never_replaces_the_card_of_a_model_beside_it(tiny_model_path, tm
     res = runner.invoke(app, ["export", str(tiny_model_path), "--out", str(folder / "wbc.onnx")])
     assert res.exit_code == 2 and "wbc.json is the card of" in res.output
     assert (folder / "wbc.json").read_bytes() == before and not (folder / "wbc.onnx").exists()
+
+
+def test_export_keeps_a_runs_card_and_any_other_json_and_writes_the_pair_or_nothing(tiny_model_path, tmp_path):
+    """--out run/model.onnx replaced a training run's model.json (which its best/last weights read: the run no
+    longer loaded), and --out x.onnx any x.json; a card that could not be written (x.json a folder) was a traceback
+    with x.onnx left behind without its card. An earlier export's own card is replaced, as before."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "best.safetensors").write_bytes(tiny_model_path.read_bytes())
+    (run / "model.json").write_bytes(tiny_model_path.with_suffix(".json").read_bytes())
+    (tmp_path / "seg.json").write_text('{"objects": []}')
+    (tmp_path / "dir.json").mkdir()
+    before = (run / "model.json").read_bytes()
+    for out, says in ((run / "model.onnx", "not the card of an earlier export"),
+                      (tmp_path / "seg.onnx", "not the card of an earlier export"),
+                      (tmp_path / "dir.onnx", "is a folder")):
+        res = runner.invoke(app, ["export", str(tiny_model_path), "--out", str(out)])
+        assert res.exit_code == 2 and says in res.output and len(res.output.strip().splitlines()) == 1, res.output
+        assert not out.exists()
+    assert (run / "model.json").read_bytes() == before and (tmp_path / "seg.json").read_text() == '{"objects": []}'
+    for _ in range(2):  # the second run replaces the first's ONNX file and card
+        res = runner.invoke(app, ["export", str(tiny_model_path), "--out", str(tmp_path / "m.onnx")])
+        assert res.exit_code == 0 and (tmp_path / "m.onnx").exists() and (tmp_path / "m.json").exists(), res.output
+
+
+def test_export_card_failure_leaves_no_onnx_file(tiny_model_path, tmp_path, monkeypatch):
+    import hemaseg.pipelines.export as ex
+
+    def no_card(path, data):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(ex, "write_json", no_card)
+    res = runner.invoke(app, ["export", str(tiny_model_path), "--out", str(tmp_path / "m.onnx")])
+    assert res.exit_code == 1 and "cannot write the card" in res.output and not (tmp_path / "m.onnx").exists()
+
+
+def test_bioimageio_export_takes_an_empty_folder_as_its_help_says(tiny_model_path, tmp_path, monkeypatch):
+    """--out EMPTY_FOLDER was refused ('is a folder; give a file name') though --help and the docs allow it."""
+    import hemaseg.cli as cli
+
+    calls = []
+    monkeypatch.setattr(cli, "run_export", lambda model, fmt, out: calls.append((fmt, out)) or {"ok": 1})
+    (tmp_path / "empty").mkdir()
+    res = runner.invoke(app, ["export", str(tiny_model_path), "--format", "bioimageio", "--out", str(tmp_path / "empty")])
+    assert res.exit_code == 0 and calls == [("bioimageio", tmp_path / "empty")], res.output
+    (tmp_path / "empty" / "x").write_text("")
+    res = runner.invoke(app, ["export", str(tiny_model_path), "--format", "bioimageio", "--out", str(tmp_path / "empty")])
+    assert res.exit_code == 2 and len(calls) == 1

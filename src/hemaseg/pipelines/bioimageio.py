@@ -82,9 +82,12 @@ def _cover(tile: np.ndarray, probs: np.ndarray, colours: dict) -> Image.Image:
     return cover.resize((cover.width * grow, cover.height * grow), Image.NEAREST) if grow > 1 else cover
 
 
-def _readme(card: dict, task, stride: int, side: int, scale: float, low: float, high: float) -> str:
-    """The package's documentation (Markdown)."""
+def _readme(card: dict, task, stride: int, side: int, scale: float, low: float, high: float,
+            source: str | None = None) -> str:
+    """The package's documentation (Markdown). ``source``: the model as it was named to the export (a bundled
+    name or a path), which the commands it shows take (a card's ``name`` may be no bundled name)."""
     name = card.get("name", "model")
+    source = source or name
     classes = card.get("classes", [])
     training = card.get("training", {})
     figures = card_figures(card)
@@ -92,7 +95,7 @@ def _readme(card: dict, task, stride: int, side: int, scale: float, low: float, 
         f"# hemaseg {name}: {card.get('description') or task.description}",
         "",
         f"A U-Net ({card['architecture']['name']}) exported from hemaseg {__version__} "
-        "(`hemaseg export {0} --format bioimageio`).".format(name),
+        "(`hemaseg export {0} --format bioimageio`).".format(source),
         "",
         "## Input and output",
         "",
@@ -111,7 +114,7 @@ def _readme(card: dict, task, stride: int, side: int, scale: float, low: float, 
         f"the photo before the network (the test input is the bundled sample resized by {scale:.3g}, "
         f"centre {side}x{side} px); resize your image the same way for the best result. hemaseg's "
         "post-processing (instances from the class map: watershed splitting, size filters, per-cell "
-        f"records) is not in this package: run `hemaseg segment --model {name}` for it.",
+        f"records) is not in this package: run `hemaseg segment --task {task.name} --model {source}` for it.",
         "",
         "## Training",
         "",
@@ -268,7 +271,7 @@ def export_bioimageio(model, out: str | Path, sample: str | Path | None = None, 
         Image.fromarray(tile).save(work / "sample_input.png")
         tifffile.imwrite(work / "sample_output.tif", probs[0])
         _cover(tile, probs[0], dict(task.colors)).save(work / "cover.png")
-        (work / "README.md").write_text(_readme(card, task, stride, tile.shape[0], scale, low, high))
+        (work / "README.md").write_text(_readme(card, task, stride, tile.shape[0], scale, low, high, str(model)))
         (work / "hemaseg_card.json").write_text(json.dumps(card, indent=2))
         with torch.no_grad():
             traced = torch.jit.trace(module, torch.from_numpy(x), check_trace=False)

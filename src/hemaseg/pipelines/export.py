@@ -150,14 +150,19 @@ def export_onnx(model, out: str | Path, opset: int = DEFAULT_OPSET, tolerance: f
             raise HemasegInputError(model, f"ONNX Runtime and torch differ by {diff:.2g} in a probability "
                                            f"(tolerance {tolerance:g}): not written")
         data = Path(tmp).read_bytes()
-    entry = {"file": out.name, "opset": opset, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
-             "inputs": names, "stride": stride, "max_abs_prob_diff": float(f"{diff:.3g}"), "tolerance": tolerance,
-             "checked_on": SAMPLE_PHOTO.name, "torch": torch.__version__, "onnx": onnx.__version__}
-    if write_card:
-        card = dict(card)
-        card["onnx"] = {**card.get("onnx", {}), **entry}
-        card["onnx"].pop("reason", None)
-        write_json(out.with_suffix(".json"), card)
+        entry = {"file": out.name, "opset": opset, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+                 "inputs": names, "stride": stride, "max_abs_prob_diff": float(f"{diff:.3g}"),
+                 "tolerance": tolerance, "checked_on": SAMPLE_PHOTO.name, "torch": torch.__version__,
+                 "onnx": onnx.__version__}
+        if write_card:  # before the ONNX file is put in place: a card that cannot be written leaves neither
+            card = dict(card)
+            card["onnx"] = {**card.get("onnx", {}), **entry}
+            card["onnx"].pop("reason", None)
+            try:
+                write_json(out.with_suffix(".json"), card)
+            except OSError as exc:
+                raise HemasegInputError(out.with_suffix(".json"), f"cannot write the card ({exc.strerror or exc})") \
+                    from None
     return entry
 
 
