@@ -263,7 +263,9 @@ def export_bioimageio(model, out: str | Path, sample: str | Path | None = None, 
         logits = module(torch.from_numpy(x)).numpy()
     probs = softmax(logits, axis=1).astype(np.float32)
 
-    with tempfile.TemporaryDirectory(prefix="hemaseg-bioimageio-") as tmp:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # staged beside the output, so that putting it in place is a rename on one file system (atomic), not a copy
+    with tempfile.TemporaryDirectory(prefix=".hemaseg-bioimageio-", dir=out.parent) as tmp:
         work = Path(tmp) / "files"
         work.mkdir()
         np.save(work / "test_input.npy", tile.transpose(2, 0, 1)[None].astype(np.float32))
@@ -294,7 +296,6 @@ def export_bioimageio(model, out: str | Path, sample: str | Path | None = None, 
             status, checks = validate_package(staged)
             if status != "passed":
                 raise HemasegInputError(model, f"the bioimage.io package fails its checks ({status}): not written")
-        out.parent.mkdir(parents=True, exist_ok=True)
         if out.is_dir():
             out.rmdir()  # the new or empty folder checked above
         shutil.move(str(staged), str(out))
