@@ -300,3 +300,18 @@ def test_red_cell_pieces_of_no_piece_is_nothing():
     image = np.full((80, 80, 3), 235, np.uint8)
     image[10:70, 10:70] = (200, 90, 110)  # a large pink, stained area: red cells to compare with
     assert red_cell_pieces(image, np.zeros((80, 80), np.int32), 0).tolist() == [False]
+
+
+def test_hsv_finds_no_wbc_in_a_grey_photo_and_says_why(caplog):
+    """A grey photo (no stain colour to find nuclei by) came out as one WBC covering 91 % of the frame."""
+    import logging
+
+    import hemaseg
+    from hemaseg.classical import hsv_wbc_mask
+
+    photo = hemaseg.read_image(hemaseg.__path__[0] + "/samples/BloodImage_00000.jpg")
+    grey = np.repeat(photo.mean(2, keepdims=True).astype(np.uint8), 3, axis=2)
+    with caplog.at_level(logging.WARNING):
+        classes, inst = hsv_wbc_mask(grey)
+    assert inst.max() == 0 and not classes.any() and "needs a colour photo" in caplog.text
+    assert hsv_wbc_mask(photo)[1].max() == 1  # the colour photo's one WBC is still found

@@ -263,3 +263,33 @@ def test_an_earlier_grid_at_the_root_of_a_smear10_wbctype_or_voc_folder_is_no_in
                             ("wbc", seg, "002.bmp"), ("wbc", seg, "data.yaml")):
         with pytest.raises(HemasegUsageError, match="is a file of the data"):
             _not_an_input(root / rel, "--json", [str(root)], get_task(task))
+
+
+def test_crop_and_synth_refuse_what_they_took_without_a_word(tmp_path, monkeypatch):
+    """`crop --method hsv --device banana` ran; `synth --seed -5` was a numpy traceback; a second `synth` into the
+    same folder replaced the first run's smears with others (another size) and kept the rest: a mixed set."""
+    from helpers import toy_wbc
+
+    img, _ = toy_wbc(np.random.default_rng(0), 96)
+    Image.fromarray(img).save(tmp_path / "cell.png")
+    res = runner.invoke(app, ["crop", str(tmp_path / "cell.png"), "--out", str(tmp_path / "c"), "--device", "banana"])
+    assert res.exit_code == 2 and "--device" in res.output and not (tmp_path / "c").exists()
+    res = runner.invoke(app, ["synth", "--n", "1", "--size", "64", "--out", str(tmp_path / "s"), "--seed", "-5"])
+    assert res.exit_code == 2 and "--seed" in res.output and not (tmp_path / "s").exists()
+    res = runner.invoke(app, ["synth", "--n", "2", "--size", "64", "--out", str(tmp_path / "s")])
+    assert res.exit_code == 0, res.output
+    before = (tmp_path / "s" / "images" / "test_00000.png").read_bytes()
+    res = runner.invoke(app, ["synth", "--n", "1", "--size", "96", "--out", str(tmp_path / "s")])
+    assert res.exit_code == 2 and "--first 2" in res.output, res.output
+    assert (tmp_path / "s" / "images" / "test_00000.png").read_bytes() == before
+
+
+def test_list_images_takes_a_file_named_like_a_pattern_and_each_file_once(tmp_path, monkeypatch):
+    from hemaseg.io.images import list_images
+
+    (tmp_path / "a").mkdir()
+    for name in ("img[1].jpg", "x.jpg"):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a" / name)
+    monkeypatch.chdir(tmp_path)
+    got = list_images(["a/img[1].jpg", "a/x.jpg", "a/../a/x.jpg", "./a/x.jpg"])
+    assert [p.name for p in got] == ["img[1].jpg", "x.jpg"]

@@ -15,6 +15,7 @@ stains and labs rather than on one data set.
 from __future__ import annotations
 
 import functools
+import logging
 
 import cv2
 import numpy as np
@@ -23,6 +24,8 @@ from hemaseg.core.content import featureless
 from hemaseg.core.labels import drop_small, instance_objects, relabel, wbc_objects
 from hemaseg.core.result import Segmentation
 from hemaseg.io.images import as_photo
+
+log = logging.getLogger(__name__)
 
 # A WBC's nucleus is at least this share of the image's biggest: smaller ones are platelets or debris.
 SPECK_SHARE = 0.15
@@ -493,6 +496,24 @@ def group_lobes(nucleus: np.ndarray, gap: float = 0.5) -> np.ndarray:
 HSV_CELL_OPEN = 0.1
 
 
+GREY_CHROMA = 4.0  # CIELAB chroma (OpenCV's 8-bit a*, b* units) under which nearly every pixel of a photo is grey
+
+
+def no_colour(lab: np.ndarray) -> bool:
+    """Whether an image, given as OpenCV's 8-bit-scaled CIELAB (float), holds no colour: 99 % of its pixels
+    within :data:`GREY_CHROMA` of grey (a grey photo saved as RGB, a brightfield picture).
+
+    >>> rgb = np.zeros((8, 8, 3), np.uint8); rgb[:] = 120
+    >>> no_colour(cv2.cvtColor(rgb, cv2.COLOR_RGB2LAB).astype(np.float32))
+    True
+    >>> rgb[:] = (200, 120, 180)
+    >>> no_colour(cv2.cvtColor(rgb, cv2.COLOR_RGB2LAB).astype(np.float32))
+    False
+    """
+    chroma = np.hypot(lab[..., 1] - 128, lab[..., 2] - 128)
+    return bool(np.percentile(chroma[::4, ::4], 99) < GREY_CHROMA)
+
+
 @_takes_photo(empty=_no_wbc)
 def hsv_wbc_mask(image: np.ndarray, thresholds: str = "otsu", reach: float = 0.6,
                  min_nucleus_area: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -552,6 +573,9 @@ def hsv_wbc_mask(image: np.ndarray, thresholds: str = "otsu", reach: float = 0.6
     # Cells are built around the broad nucleus candidates (dark granular cytoplasm
     # included); the nucleus class is the split, darker part.
     lab = cv2.cvtColor(np.ascontiguousarray(image[..., :3]), cv2.COLOR_RGB2LAB).astype(np.float32)
+    if no_colour(lab):  # the method finds nuclei by their stain's colour: on a grey photo the whole frame was one WBC
+        log.warning("the hsv method needs a colour photo (this one is grey): no WBC found; try --method watershed")
+        return np.zeros((h, w), np.uint8), np.zeros((h, w), np.int32)
     lab = cv2.GaussianBlur(lab, (0, 0), 1.0)
     d = darkness(image)
     channels = (nucleus_stain(image, lab), d)

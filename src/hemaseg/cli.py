@@ -794,6 +794,8 @@ def crop(
     if method not in ("hsv", "model"):
         raise typer.BadParameter("use hsv or model", param_hint="--method")
     check_numbers(margin=margin)
+    if method == "hsv":  # 'banana' was taken without a word
+        refuse_unused("not used by --method hsv, which has no model", device=None if device == "cpu" else device)
     check_output(out, "--out", folder=True)
     if (out / "crops.csv").exists():  # its crops would stay beside a crops.csv that no longer lists them
         raise HemasegUsageError("--out", f"{out} holds the crops of an earlier run (crops.csv); give another folder")
@@ -853,7 +855,7 @@ def synth(
     _setup_logging(False)
     if part not in PARTS:
         raise typer.BadParameter(f"one of {', '.join(PARTS)}", param_hint="--part")
-    check_numbers(n=n, size=size, first=first)
+    check_numbers(n=n, size=size, first=first, seed=seed)
     check_output(out, "--out", folder=True)
     if wbc_crops is not None:
         check_output(wbc_crops, "--wbc-crops", folder=True)
@@ -861,6 +863,12 @@ def synth(
         cfg = synth_config(param or [], size=size)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--param") from None
+    stems = {f"{part}_{i:05d}" for i in range(first, first + n)}
+    taken = sorted(p.stem for p in (out / "images").glob(f"{part}_*")) if (out / "images").is_dir() else []
+    clash = [s for s in taken if s in stems]
+    if clash:  # smears of another run (another size, seed or look) would be mixed into this set
+        raise HemasegUsageError("--out", f"{out} already holds {clash[0]} (and {len(clash) - 1} more) of an earlier "
+                                         f"run; give another folder, or --first {int(taken[-1][-5:]) + 1} to add to it")
     for d in data or []:  # a folder that is not there gave procedural cells only, without a word
         if not Path(d).is_dir():
             raise HemasegUsageError("--data", f"{d}: not a folder")
@@ -876,6 +884,9 @@ def synth(
         for k, (kind, crop) in enumerate(cut_wbcs(smear) if wbc_crops else []):
             write_png(wbc_crops / kind / f"{part}_{i:05d}_{k}.png", crop)
     real = ", ".join(f"{k} {v}" for k, v in bank.count().items()) or "none (procedural cells only)"
+    if data and not bank.count():
+        typer.echo(f"--data: no cells found in {', '.join(map(str, data))} (it reads wbc-seg, bccd-wbc, pbc, "
+                   "malaria-crops, txl-pbc and BCCD's Annotations/ folders)", err=True)
     typer.echo(f"{n} smears in {out}; real crops used ({part}): {real}", err=True)
 
 

@@ -593,3 +593,13 @@ def test_real_fields_teach_only_what_their_boxes_are_sure_of(tmp_path):
                               "--data", str(tmp_path / "data")])
     assert res.exit_code == 2 and "real-fields" in res.output
     assert not (tmp_path / "run").exists()  # refused before the run folder is made: a retry is not blocked
+
+
+def test_a_data_sets_own_folder_given_to_synth_is_searched(tmp_path):
+    """`synth --data ../shared/data/bccd-wbc` searched below that folder only and used no crop, without a word."""
+    from hemaseg.tasks.smear10.synth import _named
+
+    (tmp_path / "bccd-wbc" / "Neutrophil").mkdir(parents=True)
+    (tmp_path / "x" / "bccd-wbc").mkdir(parents=True)
+    assert _named(tmp_path / "bccd-wbc", "bccd-wbc") == [tmp_path / "bccd-wbc"]
+    assert _named(tmp_path, "bccd-wbc") == [tmp_path / "bccd-wbc", tmp_path / "x" / "bccd-wbc"]

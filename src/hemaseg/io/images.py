@@ -482,12 +482,12 @@ def list_images(inputs: list[str | Path] | str | Path, recursive: bool = False) 
         if p.is_dir():
             it = p.rglob("*") if recursive else p.iterdir()
             out += sorted(q for q in it if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
-        elif any(ch in str(item) for ch in "*?["):
+        elif any(ch in str(item) for ch in "*?[") and not p.is_file():  # a real file named img[1].jpg is a file
             out += sorted(Path(q) for q in glob.glob(str(item), recursive=True) if Path(q).is_file())
         else:
             out.append(p)
-    seen: set[Path] = set()
-    return [p for p in out if not (p in seen or seen.add(p))]
+    seen: set[str] = set()  # one entry per file however it was spelt (a/../a/x.jpg, ./a/x.jpg); links kept apart
+    return [p for p in out if not (os.path.abspath(p) in seen or seen.add(os.path.abspath(p)))]
 
 
 def image_size(path: str | Path) -> tuple[int, int]:

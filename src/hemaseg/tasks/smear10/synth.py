@@ -404,6 +404,13 @@ def healthy_twin(image: np.ndarray, cell: np.ndarray) -> np.ndarray:
     return cv2.inpaint(np.ascontiguousarray(image[..., :3]), spots.astype(np.uint8), 5, cv2.INPAINT_TELEA)
 
 
+def _named(root: Path, name: str) -> list[Path]:
+    """``root`` itself when it is the folder called ``name`` (``--data ../shared/data/pbc``), and every folder of
+    that name under it (``--data ../shared/data``): a data set's own folder given directly was searched below
+    only, and gave no cell without a word."""
+    return ([root] if root.name == name else []) + sorted(root.rglob(name))
+
+
 @dataclass
 class CellBank:
     """RGBA crops per smear10 class index (real cells), plus procedural cells on demand."""
@@ -441,7 +448,7 @@ class CellBank:
         root = Path(root)
         bank = cls()
         rng = np.random.default_rng(seed)
-        for folder in sorted(p for p in root.rglob("Dataset 1") if p.is_dir()):  # wbc-seg
+        for folder in sorted(p for p in _named(root, "Dataset 1") if p.is_dir()):  # wbc-seg
             for path, kind in find_labelled_cells(folder.parent):
                 mpath = path.with_suffix(".png")
                 if kind not in WBC_CLASSES or not mpath.exists() or _wbc_part(path, f"wbcseg/{path.stem}", seed,
@@ -450,7 +457,7 @@ class CellBank:
                 img, m = read_image(path), read_mask(mpath)
                 bank.add(WBC_CLASSES[kind], cut_rgba(img, m > 0))
                 bank.backgrounds.append(tuple(np.median(img[m == 0].reshape(-1, 3), 0)))
-        for folder in sorted(p for p in root.rglob("bccd-wbc") if p.is_dir()):
+        for folder in sorted(p for p in _named(root, "bccd-wbc") if p.is_dir()):
             for path, kind in find_labelled_cells(folder):
                 source = path.stem.rsplit("_", 1)[0]
                 if kind not in WBC_CLASSES or _wbc_part(path, f"bccd/{source}", seed, held_out) != part:
@@ -484,7 +491,7 @@ class CellBank:
     def _add_pbc(self, root: Path, part: str, seed: int, held_out: set[str] | None, max_per_class: int) -> None:
         """PBC (CellaVision) crops: the five WBC types and single platelets, each the central
         stained object of its crop (:func:`hemaseg.classical.hsv_wbc_mask`), kept when solid."""
-        for folder in sorted(p for p in root.rglob("pbc") if p.is_dir() and (p / "basophil").is_dir()):
+        for folder in sorted(p for p in _named(root, "pbc") if p.is_dir() and (p / "basophil").is_dir()):
             for kind in (*WBC_CLASSES, "platelet"):
                 target = WBC_CLASSES.get(kind, THROMBOCYTE)
                 paths = sorted((folder / kind).glob("*.jpg"))
@@ -511,7 +518,7 @@ class CellBank:
         """MP-IDB infected red cells (background masked black): the cell is the non-black region.
         Each also gives a healthy twin, its parasite painted out (:func:`healthy_twin`), so that
         infected and healthy cells of this lab differ only by the parasite."""
-        for folder in sorted(p for p in root.rglob("malaria-crops") if p.is_dir()):
+        for folder in sorted(p for p in _named(root, "malaria-crops") if p.is_dir()):
             for path in sorted(folder.glob("*/*.png"))[: 3 * max_per_class]:
                 photo = path.stem.rsplit("-", 1)[0]  # <photo>-<stage><k>
                 if _part_of(f"mpidb/{photo}", seed) != part:
@@ -526,7 +533,7 @@ class CellBank:
     def _add_txl(self, root: Path, part: str, seed: int, max_per_class: int, progress: bool) -> None:
         """TXL-PBC fields of four labs (PBC, Raabin, BCCD, BCDD): red cells and platelets cut from
         their boxes (:func:`hemaseg.classical.mask_in_box`). TXL's own split decides the part."""
-        for folder in sorted(p for p in root.rglob("txl-pbc") if p.is_dir() and (p / "images").is_dir()):
+        for folder in sorted(p for p in _named(root, "txl-pbc") if p.is_dir() and (p / "images").is_dir()):
             entries = [e for e in read_yolo(folder) if Path(e["filename"]).parts[1:2] == (part,)]
             np.random.default_rng(seed).shuffle(entries)
             taken = {HEALTHY: 0, THROMBOCYTE: 0}
