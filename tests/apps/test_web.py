@@ -286,3 +286,66 @@ def test_the_same_photo_uploaded_twice_is_not_counted_twice(tmp_path):
     with pytest.raises(HemasegInputError, match="again.png: the same photo as smear.png"):
         session.analyze_file(tmp_path / "again.png", "again.png")  # refused before any analysis
     assert len(session.analyses) == 1 and session.state()["totals"]["wbc"] == 3
+
+
+def test_uploads_side_by_side_keep_their_own_photos_names_and_count_once(tmp_path, monkeypatch):
+    """Six photos named alike uploaded at once were stored under one file name (some analysed twice, others lost);
+    the same photo uploaded three times at once counted three times; two photos named a.jpg gave COCO / CVAT
+    files with two images of one name."""
+    import hemaseg.apps.web as web
+
+    def slow_analyze(image, filename, *args, **kwargs):
+        time.sleep(0.2)
+        _, a = _analysis(filename)
+        a.entry["height"], a.entry["width"] = image.shape[:2]
+        return a
+
+    monkeypatch.setattr(web, "analyze", slow_analyze)
+    session = Session(tmp_path / "work")
+    assert len({session.next_upload() for _ in range(50)}) == 50
+    paths = []
+    for k in range(4):  # four different photos, all called same.jpg
+        Image.fromarray(np.full((64, 64, 3), 100 + k, np.uint8)).save(tmp_path / f"p{k}.png")
+        paths.append(tmp_path / f"p{k}.png")
+    Image.fromarray(np.full((64, 64, 3), 7, np.uint8)).save(tmp_path / "dup.png")
+    errors = []
+
+    def run(path, name):
+        try:
+            session.analyze_file(path, name)
+        except Exception as exc:  # noqa: BLE001 (collected, checked below)
+            errors.append(str(exc))
+
+    threads = [threading.Thread(target=run, args=(p, "same.jpg")) for p in paths]
+    threads += [threading.Thread(target=run, args=(tmp_path / "dup.png", "d.jpg")) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    names = sorted(a.entry["filename"] for a in session.analyses)
+    assert names == ["d.jpg", "same.jpg", "same~2.jpg", "same~3.jpg", "same~4.jpg"], names
+    assert len(errors) == 2 and all("the same photo as d.jpg" in e for e in errors), errors
+    assert len(session.failed) == 2
+    coco = json.loads((session.folder / "coco.json").read_text())
+    assert len({i["file_name"] for i in coco["images"]}) == 5
+
+
+def test_a_correction_body_that_is_no_json_object_is_a_400(client):
+    c, sid, session = client
+    image, a = _analysis()
+    session.add(image, a)
+    for body in ('["lymphocyte"]', '"lymphocyte"', '{"type":'):
+        res = c.post(f"/api/s/{sid}/cells/0/4", data=body, content_type="application/json")
+        assert res.status_code == 400 and "not a JSON object" in res.get_json()["error"], (body, res.data)
+
+
+def test_opening_the_page_many_times_drops_empty_sessions_not_a_users_work(tmp_path):
+    pytest.importorskip("flask")
+    app = create_app(tmp_path / "work", max_sessions=3)
+    c = app.test_client()
+    sid = c.get("/").headers["Location"].rstrip("/").split("/")[-1]
+    image, a = _analysis()
+    app.extensions["hemaseg"].get(sid).add(image, a)
+    for _ in range(10):  # a link prefetcher, a health check
+        c.get("/")
+    assert c.get(f"/api/s/{sid}/state").status_code == 200

@@ -58,7 +58,7 @@ HERE = Path(__file__).parent
 DEFAULT_PORT = 8765
 DEFAULT_HOST = "127.0.0.1"
 MAX_UPLOAD_MB = 50.0  # per request (one photo); Flask answers 413 above it
-MAX_SESSIONS = 32  # the oldest session (its folder too) is dropped beyond this
+MAX_SESSIONS = 32  # beyond this a session is dropped (its folder too): an empty one first, else the oldest
 # The files a session offers for download: name -> MIME type.
 DOWNLOADS = {"results.json": "application/json", "counts.csv": "text/csv",
              "coco.json": "application/json", "cvat.xml": "application/xml"}
@@ -110,6 +110,24 @@ class Session:
         self.failed: list[tuple[str, str]] = []
         self.revision = 0  # bumped on every change: the page's cache-buster for overlays and files
         self.lock = threading.RLock()
+        self.uploads = 0  # numbers each stored upload (taken under the lock: uploads run side by side)
+        self.pending: dict[str, str] = {}  # digest -> name of each photo being analysed now
+
+    def next_upload(self) -> int:
+        """A number no other upload of this session has (its stored file's prefix)."""
+        with self.lock:
+            self.uploads += 1
+            return self.uploads - 1
+
+    def _unique_name(self, filename: str) -> str:
+        """``filename``, or ``stem~k.suffix`` when a photo of this session (or one being analysed) has that
+        name: the downloads name photos by file name (COCO, CVAT, counts.csv rows)."""
+        taken = {a.entry["filename"] for a in self.analyses} | set(self.pending.values())
+        stem, suffix, k = Path(filename).stem, Path(filename).suffix, 2
+        name = filename
+        while name in taken:
+            name, k = f"{stem}~{k}{suffix}", k + 1
+        return name
 
     # ------------------------------------------------------------------ changes
     def analyze_file(self, path: str | Path, filename: str, lock: threading.Lock | None = None) -> Analysis:
@@ -119,17 +137,27 @@ class Session:
         try:
             image = read_image(path)
         except HemasegInputError as exc:
-            self.failed.append((filename, exc.reason))
+            with self.lock:
+                self.failed.append((filename, exc.reason))
             raise HemasegInputError(filename, exc.reason) from None
-        with self.lock:
-            if _digest(image) in self.digests:
-                first = self.analyses[self.digests.index(_digest(image))].entry["filename"]
-                raise HemasegInputError(filename, f"the same photo as {first}, already in this session: "
-                                                  "not counted twice")
-        with lock or threading.Lock():
-            analysis = analyze(image, filename, self.cells_model, self.type_model, device=self.device,
-                               tile=self.tile, min_confidence=self.min_confidence, backend=self.backend)
-        return self.add(image, analysis)
+        digest = _digest(image)
+        with self.lock:  # checked and reserved at once: the same photo uploaded twice side by side counts once
+            first = (self.analyses[self.digests.index(digest)].entry["filename"] if digest in self.digests
+                     else self.pending.get(digest))
+            if first is not None:
+                reason = f"the same photo as {first}, already in this session: not counted twice"
+                self.failed.append((filename, reason))
+                raise HemasegInputError(filename, reason)
+            name = self._unique_name(filename)
+            self.pending[digest] = name
+        try:
+            with lock or threading.Lock():
+                analysis = analyze(image, name, self.cells_model, self.type_model, device=self.device,
+                                   tile=self.tile, min_confidence=self.min_confidence, backend=self.backend)
+            return self.add(image, analysis)
+        finally:
+            with self.lock:
+                self.pending.pop(digest, None)
 
     def add(self, image: np.ndarray, analysis: Analysis) -> Analysis:
         """Add an analysed photo (its (H, W, 3) uint8 image and the analysis) and rewrite the files."""
@@ -243,7 +271,8 @@ class Session:
 
 class Sessions:
     """The server's sessions by id, each in its own folder under ``root``; beyond ``max_sessions``
-    the least recently used one is dropped with its folder."""
+    the least recently used one holding no photo is dropped with its folder (the least recently used of all
+    when every one holds photos)."""
 
     def __init__(self, root: str | Path, max_sessions: int = MAX_SESSIONS, **session_options) -> None:
         self.root = Path(root)
@@ -257,8 +286,12 @@ class Sessions:
         with self._lock:
             self._sessions[sid] = Session(self.root / sid, **self.options)
             while len(self._sessions) > self.max_sessions:
-                old, s = self._sessions.popitem(last=False)
-                shutil.rmtree(s.folder, ignore_errors=True)
+                # the least recently used session that holds nothing goes first: loading the page many times
+                # (a link prefetcher, a health check) must not cost a user the photos and corrections of theirs
+                empty = [k for k, v in self._sessions.items() if k != sid and not v.analyses and not v.failed
+                         and not v.pending]
+                old = empty[0] if empty else next(iter(self._sessions))
+                shutil.rmtree(self._sessions.pop(old).folder, ignore_errors=True)
         return sid, self._sessions[sid]
 
     def get(self, sid: str) -> Session | None:
@@ -293,7 +326,8 @@ def create_app(work_dir: str | Path | None = None, cells_model="cells", type_mod
     max_upload_mb
         Largest upload (one photo per request), in MB; a larger one gets a message and a 413.
     max_sessions
-        Sessions kept (one per page opened); the least recently used beyond this is dropped.
+        Sessions kept (one per page opened); beyond this the least recently used empty one is dropped
+        (else the least recently used).
     """
     require_flask()
     from flask import Flask, abort, jsonify, redirect, render_template, request, send_file, url_for
@@ -357,7 +391,7 @@ def create_app(work_dir: str | Path | None = None, cells_model="cells", type_mod
             s.failed.append((name, f"not an image file we read (give {', '.join(IMAGE_SUFFIXES)})"))
             return error(f"{name}: not an image file we read (give {', '.join(IMAGE_SUFFIXES)})", 400)
         safe = secure_filename(name) or f"image{suffix}"
-        dest = s.folder / "uploads" / f"{len(s.analyses) + len(s.failed):04d}_{safe}"
+        dest = s.folder / "uploads" / f"{s.next_upload():04d}_{safe}"  # its own name, whatever runs beside it
         with atomic_path(dest) as tmp:
             f.save(tmp)
         try:
@@ -373,7 +407,9 @@ def create_app(work_dir: str | Path | None = None, cells_model="cells", type_mod
     @app.post("/api/s/<sid>/cells/<int:image>/<int:cell>")
     def correct(sid: str, image: int, cell: int):
         s = session_or_404(sid)
-        body = request.get_json(silent=True) or {}
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict):  # unreadable JSON, a list or a bare string: 400, not a server error
+            return error('the body is not a JSON object such as {"type": "lymphocyte"}', 400)
         try:
             s.correct(image, cell, str(body.get("type", "")))
         except HemasegUsageError as exc:
