@@ -293,3 +293,19 @@ def test_list_images_takes_a_file_named_like_a_pattern_and_each_file_once(tmp_pa
     monkeypatch.chdir(tmp_path)
     got = list_images(["a/img[1].jpg", "a/x.jpg", "a/../a/x.jpg", "./a/x.jpg"])
     assert [p.name for p in got] == ["img[1].jpg", "x.jpg"]
+
+
+def test_a_train_refused_before_its_first_checkpoint_leaves_nothing_to_resume(tmp_path, wbc_folder):
+    """`train wbc --data /nonexist --out r` failed (exit 1) but left r/state.json, so the mended command was told
+    'r already holds a training run; continue it with --resume'; --crop 100 (not a multiple of the U-Net's stride)
+    was a traceback after training had started."""
+    out = tmp_path / "r"
+    res = runner.invoke(app, ["train", "wbc", "--data", str(tmp_path / "nonexist"), "--out", str(out)])
+    assert res.exit_code == 1 and "not a folder" in res.output and not out.exists(), res.output
+    res = runner.invoke(app, ["train", "wbc", "--data", str(wbc_folder), "--out", str(out), "--crop", "100",
+                              "--epochs", "1"])
+    assert res.exit_code == 2 and "--crop" in res.output and "stride" in res.output, res.output
+    assert not out.exists()
+    out.mkdir()  # an empty folder given as --out stays, and holds nothing after the refusal
+    res = runner.invoke(app, ["train", "smear10", "--data", str(tmp_path / "nonexist"), "--out", str(out)])
+    assert res.exit_code == 1 and "not a folder" in res.output and list(out.iterdir()) == [], res.output

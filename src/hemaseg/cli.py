@@ -6,6 +6,7 @@ import functools
 import json
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -23,7 +24,7 @@ from hemaseg.engine.predict import backend_scope, get_model, resolve_device
 from hemaseg.engine.runtime import BACKENDS, check_backend, require_torch
 from hemaseg.engine.task import Task, param_value
 from hemaseg.engine.tiling import DEFAULT_TILE
-from hemaseg.engine.train import prepare_run
+from hemaseg.engine.train import has_checkpoint, prepare_run
 from hemaseg.errors import HemasegError, HemasegInputError, HemasegUsageError
 from hemaseg.io.convert import CONVERTERS
 from hemaseg.io.convert import convert as run_convert
@@ -516,8 +517,20 @@ def train(
                 modality_transfer=modality_transfer, split=str(split.resolve()) if split else None,
                 real_fields=real_fields, modalities=modalities or None, colour=colour, crop_padding=crop_padding_,
                 depth_weight=depth_weight, lab_balance=lab_balance)
+            created = not out.exists()
             prepare_run(out, overwrite=overwrite, extra_files=spec.run_files)
-            state, run = spec.fit(cfg, out), out
+            try:
+                state, run = spec.fit(cfg, out), out
+            except HemasegError:
+                # refused before its first checkpoint: no run to --resume, so nothing of it is left to block
+                # the same command once mended (its state.json was, with "continue it with --resume")
+                if not has_checkpoint(out):
+                    if created:
+                        shutil.rmtree(out, ignore_errors=True)
+                    else:
+                        for name in ("state.json", "split.json"):
+                            (out / name).unlink(missing_ok=True)
+                raise
     except HemasegUsageError as exc:
         raise typer.BadParameter(exc.reason, param_hint=exc.option) from None
     except HemasegError as exc:

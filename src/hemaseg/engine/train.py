@@ -583,6 +583,9 @@ def fit(task, cfg: TrainConfig | None, run: str | Path, resume: bool = False, pr
     n_out = len(task.classes) + len(aux_outputs)
     model = create_model(cfg.arch, classes=n_out, **cfg.arch_kwargs).to(memory_format=torch.channels_last)
     stride = int(getattr(model, "stride", 32))
+    if cfg.crop % stride:  # the network halves the crop log2(stride) times: it was a traceback mid-epoch
+        raise HemasegUsageError("--crop", f"{cfg.crop}: not a multiple of the network's stride ({stride}); "
+                                          f"try {max(stride, cfg.crop // stride * stride)}")
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.schedule == "step":  # seed 002: lr for the first 1/7 of the epochs (5 of 35), then lr / 10
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[max(1, round(cfg.epochs / 7))], gamma=0.1)

@@ -316,7 +316,13 @@ def smear10_data(cfg, run: Path, state: dict) -> tuple:
     synth = SynthConfig(**{**asdict(SynthConfig()), **state.get("synth", {})})
     state["synth"] = asdict(synth)
     held_out = held_out_crops(cfg.held_out)
+    for d in cfg.data or []:  # a missing folder or a file gave an empty bank and trained on procedural cells unsaid
+        if not Path(d).is_dir():
+            raise HemasegInputError(d, "not a folder")
     train_bank = load_bank(cfg.data, "train", cfg.seed, run / "bank_train.npz", held_out)
+    if cfg.data and not train_bank.count():
+        raise HemasegInputError(", ".join(map(str, cfg.data)), "no cells found to compose smears from (read: wbc-seg, "
+                                "bccd-wbc, pbc, malaria-crops, txl-pbc and BCCD's Annotations/ folders)")
     val_dir = run / "val"
     if not (val_dir / "segments").exists():
         val_bank = load_bank(cfg.data, "val", cfg.seed, held_out=held_out)
