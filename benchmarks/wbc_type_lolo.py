@@ -3,6 +3,7 @@ and the in-lab figures.
 
     python benchmarks/wbc_type_lolo.py [--data ../shared/data] [--runs runs/wbc-type-lolo] [--threads 2]
                                        [--epochs 40] [--only bccd wbc-seg pbc all] [--zoom-n 120] [--seed 0]
+                                       [--init RUN_OR_MODEL_{lab}]
 
 For each lab L: a classifier is trained on the two other labs (each split on its own, seeded and
 stratified, 20 % held out for checkpoint choice and calibration: in-lab validation only) and
@@ -124,6 +125,9 @@ def main() -> None:
     ap.add_argument("--mixstyle", type=float, default=0.0, help="MixStyle's probability in training (0: none)")
     ap.add_argument("--lab-balance", type=int, default=0,
                     help="within each type the training labs share its draws by min(their crops of it, N) (0: pooled)")
+    ap.add_argument("--init", default="",
+                    help="each run starts from this wbc-type model (e.g. self-supervised features); '{lab}' in it is "
+                         "replaced by the left-out lab's name, so that no run starts from weights that saw its test lab")
     ap.add_argument("--table-only", action="store_true", help="no training: the tables from the runs' lolo.json")
     args = ap.parse_args()
 
@@ -149,7 +153,8 @@ def main() -> None:
         cfg = ClassifyConfig(data=[str(args.data / LABS[k]) for k in train_labs], epochs=args.epochs,
                              samples_per_epoch=args.samples_per_epoch, cache=str(cache), extras=not args.no_extras,
                              colour=args.colour, crop_padding=args.crop_padding, seed=args.seed,
-                             mixstyle=args.mixstyle, lab_balance=args.lab_balance)
+                             mixstyle=args.mixstyle, lab_balance=args.lab_balance,
+                             init=args.init.replace("{lab}", name))
         if args.looks:
             cfg.looks = [str(d) for d in sorted(args.looks.iterdir()) if d.is_dir() and d.name != LOOK_SOURCE.get(name)]
             cfg.looks_share = args.looks_share
@@ -159,7 +164,8 @@ def main() -> None:
             cfg.target_images = [str(args.targets / s) for s in args.target_sources]
         if (run / "state.json").exists():  # resumed: it must be the run asked for, not another input's
             was = json.loads((run / "state.json").read_text())["config"]
-            for k in ("colour", "crop_padding", "extras", "looks", "target_images", "seed", "mixstyle", "lab_balance"):
+            for k in ("colour", "crop_padding", "extras", "looks", "target_images", "seed", "mixstyle", "lab_balance",
+                      "init"):
                 if was.get(k, getattr(ClassifyConfig(), k)) != getattr(cfg, k):
                     raise SystemExit(f"{run}: a run with {k}={was.get(k)!r}, not {getattr(cfg, k)!r}; give another --runs")
         t0 = time.time()

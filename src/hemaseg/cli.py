@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import glob
 import json
 import logging
 import os
@@ -33,7 +34,16 @@ from hemaseg.io.outputs import output_stems, write_segmentation
 from hemaseg.io.writers import check_output, write_json, write_png, write_text
 from hemaseg.models.registry import SAMPLE_PHOTO, WEIGHTS_DIR, card_figures, list_models, load_card
 from hemaseg.pipelines.analyze import MIN_CONFIDENCE
-from hemaseg.pipelines.batch import BatchOptions, dask_client, is_done, prepare_batch, run_photos, write_batch_files
+from hemaseg.pipelines.batch import PARTS as BATCH_PARTS
+from hemaseg.pipelines.batch import (
+    RUN_FILE,
+    BatchOptions,
+    dask_client,
+    is_done,
+    prepare_batch,
+    run_photos,
+    write_batch_files,
+)
 from hemaseg.pipelines.export import EXPORTERS
 from hemaseg.pipelines.export import export as run_export
 from hemaseg.pipelines.segment import REGION_TASKS, diameter_from_pixel_size
@@ -125,9 +135,9 @@ def _usage_errors(command):
     return wrapper
 
 
-def _stems(paths, out: Path, endings, fixed=()) -> dict:
+def _stems(paths, out: Path, endings, fixed=(), reserved=()) -> dict:
     """Output stem of each input (hemaseg.io.outputs.output_stems); renamed groups said on stderr."""
-    stems, notes = output_stems(paths, out, endings, fixed=fixed)
+    stems, notes = output_stems(paths, out, endings, fixed=fixed, reserved=reserved)
     for note in notes:
         typer.echo(note, err=True)
     return stems
@@ -273,9 +283,13 @@ def analyze(
     if not paths:
         _fail(" ".join(images), "no images found")
         raise typer.Exit(1)
+    for option, path in (("--cvat", cvat), ("--coco", coco)):
+        if path is not None and (out / BATCH_PARTS).resolve() in Path(path).resolve().parents:
+            raise HemasegUsageError(option, f"{path} lies in {out / BATCH_PARTS}, where the batch keeps its parts; "
+                                            "give another file")
     stems = _stems(paths, out, ["_overlay.png"], fixed=[
         ("--out", out / "results.json"), ("--out", out / "counts.csv"), ("--out", out / "report.html"),
-        ("--cvat", cvat), ("--coco", coco)])
+        ("--cvat", cvat), ("--coco", coco)], reserved=[RUN_FILE.removesuffix(".json")])
     opts = BatchOptions(model, type_model, cell_diameter, dev, tile, min_confidence, sample_id, pixel_size,
                         backend=backend)
     client = cluster = None
@@ -554,27 +568,42 @@ def classify(
     output: Path = typer.Option(Path("predictions.csv"), "-o", "--output", help="CSV to write"),
     model: Optional[str] = typer.Option(None, help="bundled name, .safetensors file or run folder"),
     min_confidence: float = typer.Option(0.0, "--min-confidence", min=0.0, max=1.0,
-                                         help="below this top probability the prediction is UNSURE (for review)"),
+                                         help="below this probability of the type called (the model's own, "
+                                              "before -m 1/2/3 rescale their columns) the prediction is "
+                                              "UNSURE (for review)"),
     device: str = typer.Option("cpu", help="cpu, cuda or auto"),
     backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
 ) -> None:
     """WBC type of single-cell crops (seed 004's classify_WBC.py): CSV of filename, prediction, probabilities.
-    A crop with no WBC is predicted NO_WBC; one under --min-confidence UNSURE."""
+    A crop with no WBC is predicted NO_WBC; one under --min-confidence UNSURE, as is one that -m 1/2/3
+    have no column for (an immature granulocyte; in -m 2 a basophil) more likely than the type called."""
     import csv
     import io
 
     if mode not in (1, 2, 3, 4):
         raise typer.BadParameter("use 1, 2, 3 or 4", param_hint="-m")
-    # Each crop by its path as given (DESIGN.md: the CSV's filename): -f as typed, a -d folder's crops as
-    # the folder as typed joined with their path inside it ("./crops/a.jpg" stays so, not "crops/a.jpg").
-    paths: list[str] = list(file or [])
+    # Each crop by its path as given (DESIGN.md: the CSV's filename): -f as typed (a glob's matches as it
+    # spells them), a -d folder's crops as the folder as typed joined with their path inside it
+    # ("./crops/a.jpg" stays so, not "crops/a.jpg"). A -d that is no folder is one line, as a missing -f is.
+    paths: list[str] = []
+    bad_inputs = 0
+    for f in file or []:
+        if any(ch in f for ch in "*?[") and not Path(f).is_file():
+            paths += sorted(q for q in glob.glob(f, recursive=True) if Path(q).is_file()) or [f]
+        else:
+            paths.append(f)
     for d in directory or []:
         if not Path(d).is_dir():
             _fail(d, "not a folder")
-            raise typer.Exit(2)
+            bad_inputs += 1
+            continue
         paths += [os.path.join(d, str(p.relative_to(d))) for p in sorted(Path(d).rglob("*"))
                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    seen: set[str] = set()  # one row per crop however it was spelt (a.jpg, ./a.jpg)
+    paths = [p for p in paths if not (os.path.abspath(p) in seen or seen.add(os.path.abspath(p)))]
     if not paths:
+        if bad_inputs:
+            raise typer.Exit(1)
         empty = ", ".join(str(d) for d in directory or [])
         raise typer.BadParameter(f"{empty}: no images in it (sub-folders included)" if empty and not file else
                                  "give -f FILE and/or -d DIR with images")
@@ -620,7 +649,10 @@ def classify(
     late_failures = 0
     with backend_scope(backend):  # the WBC segmentation that normalises the crops too
         failed = _for_each(paths, "classify", work)
-        failed += late_failures + normalise_pending()
+        failed += late_failures + normalise_pending() + bad_inputs
+    if not cells:  # nothing classified: an earlier CSV at --output is left as it was
+        typer.echo(f"0/{len(paths)} crops classified; {output} not written", err=True)
+        raise typer.Exit(1)
     names, rows = prediction_rows(cells, loaded, dev, mode, min_confidence)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -647,11 +679,17 @@ def explain(
     require_torch("hemaseg explain")  # gradients: torch only
     check_output(out, "--out", folder=True)
     dev = _device(device)
+    if model is not None and Path(model).suffix.lower() == ".onnx":
+        raise HemasegUsageError("--model", f"{model} is an ONNX file; explain needs the gradients of the "
+                                           "safetensors model: give its .safetensors file or run folder")
     try:
         module, card = get_model(model or "wbc-type", dev, "torch")
     except HemasegError as exc:
         _fail_error(exc, model or "wbc-type")
         raise typer.Exit(2) from None
+    if card.get("task", "wbc-type") != "wbc-type":  # failed on every crop with an AttributeError
+        _fail(model, f"is a {card.get('task')} model, not a wbc-type model")
+        raise typer.Exit(2)
     paths = list_images(images, recursive=True)
     if not paths:
         _fail(" ".join(images), "no images found")
@@ -662,6 +700,8 @@ def explain(
 
     def work(path):
         cell = cell_crop(read_image(path), size, ruler=takes_ruler(card), padding=crop_padding(card))
+        if not cell.found:  # no heat map of a cell that is not there (classify calls it NO_WBC)
+            raise HemasegInputError(path, "no WBC found in it: nothing to explain")
         crop = cell.image
         cam, _ = grad_cam(module, card, crop, extras=cell.extras if takes_ruler(card) else None, parts=cell.parts)
         mask = gradcam_mask(cam)
@@ -669,14 +709,14 @@ def explain(
         write_png(out / f"{stems[path]}_gradcam_mask.png", (mask * 255).astype(np.uint8))
         crops.append(crop)
         parts.append(cell.parts)
-        labels.append(path.parent.name)
+        labels.append(path.resolve().parent.name)  # a crop named bare (x.jpg): its folder's name all the same
 
     failed = _for_each(paths, "explain", work)
     if tsne and len(crops) >= 5:
         tsne_plot(features(module, card, crops, parts=parts), labels, out / "tsne.png", f"t-SNE of {len(crops)} crops (colour: folder)")
     elif tsne:
         typer.echo(f"--tsne: a t-SNE map needs at least 5 explained crops, not {len(crops)}; no tsne.png written", err=True)
-    typer.echo(f"{len(crops)}/{len(paths)} crops explained; results in {out}", err=True)
+    typer.echo(f"{len(crops)}/{len(paths)} crops explained" + (f"; results in {out}" if crops else ""), err=True)
     raise typer.Exit(1 if failed else 0)
 
 

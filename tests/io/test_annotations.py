@@ -14,6 +14,8 @@ from hemaseg.io.annotations import (
     read_cvat,
     read_results,
     read_voc_entry,
+    to_coco,
+    to_cvat,
     write_coco,
     write_cvat,
     write_results,
@@ -167,15 +169,23 @@ def test_convert_refuses_before_writing_what_its_writers_would_get_wrong(tmp_pat
            "bounding_box": {"x1": 10, "x2": 20, "y1": 10, "y2": 20}, "vertices": box}
     same = [{"filename": f"{d}/x.png", "height": 32, "width": 32, "masks": [rec]} for d in ("train", "val")]
     write_results(tmp_path / "same.json", same)
-    for to, out in (("cvat", "s.xml"), ("coco", "s.json"), ("labels", "s")):
+    res = runner.invoke(app, ["convert", "--from", "results", "--to", "labels", str(tmp_path / "same.json"),
+                              str(tmp_path / "s")])
+    assert res.exit_code == 1 and "same file name as train/x.png" in res.output, res.output
+    assert not (tmp_path / "s").exists()
+    for to, out in (("cvat", "s.xml"), ("coco", "s.json")):  # these keep the folders that tell them apart
         res = runner.invoke(app, ["convert", "--from", "results", "--to", to, str(tmp_path / "same.json"),
                                   str(tmp_path / out)])
-        assert res.exit_code == 1 and "same file name as train/x.png" in res.output, res.output
-        assert not (tmp_path / out).exists()
-    write_coco(tmp_path / "same_coco.json", same)  # a COCO keeps names only: both images are 'x.png' there
+        assert res.exit_code == 0 and "train/x.png" in (tmp_path / out).read_text(), res.output
+    write_coco(tmp_path / "same_coco.json", same)  # the COCO names them train/x.png and val/x.png
     res = runner.invoke(app, ["convert", "--from", "coco", "--to", "labels", str(tmp_path / "same_coco.json"),
                               str(tmp_path / "s2")])
-    assert res.exit_code == 1 and "same file name as x.png" in res.output and not (tmp_path / "s2").exists()
+    assert res.exit_code == 1 and "same file name as train/x.png" in res.output and not (tmp_path / "s2").exists()
+    twice = [{**same[0], "filename": "x.png"}, {**same[1], "filename": "x.png"}]  # one whole name twice
+    write_results(tmp_path / "twice.json", twice)
+    res = runner.invoke(app, ["convert", "--from", "results", "--to", "coco", str(tmp_path / "twice.json"),
+                              str(tmp_path / "t.json")])
+    assert res.exit_code == 1 and "cannot be told apart" in res.output and not (tmp_path / "t.json").exists()
     write_results(tmp_path / "empty.json", [{"filename": "a.png", "height": 32, "width": 32, "masks": [rec]},
                                             {"filename": "b.png", "height": 0, "width": 0, "masks": [rec]}])
     res = runner.invoke(app, ["convert", "--from", "results", "--to", "labels", str(tmp_path / "empty.json"),
@@ -193,3 +203,15 @@ def test_convert_refuses_before_writing_what_its_writers_would_get_wrong(tmp_pat
     with caplog.at_level(logging.WARNING):
         masks = read_voc_entry(xml)["masks"]
     assert [m["bounding_box"]["x1"] for m in masks] == [9] and "empty or inverted: left out" in caplog.text
+
+
+def test_two_photos_of_one_name_keep_their_folders_in_cvat_and_coco():
+    """An analyze audit: dupA/x.jpg and dupB/x.jpg were both `x.jpg` in the COCO and CVAT files, so their
+    annotations could not be matched back to their photos."""
+    import xml.etree.ElementTree as ET
+
+    entries = [{"filename": f"in/{d}/x.jpg", "height": 4, "width": 4, "masks": []} for d in ("dupA", "dupB")]
+    entries.append({"filename": "in/dupA/y.jpg", "height": 4, "width": 4, "masks": []})
+    assert [im["file_name"] for im in to_coco(entries)["images"]] == ["dupA/x.jpg", "dupB/x.jpg", "y.jpg"]
+    names = [im.get("name") for im in ET.fromstring(to_cvat(entries).split("\n", 1)[1]).iter("image")]
+    assert names == ["dupA/x.jpg", "dupB/x.jpg", "y.jpg"]

@@ -177,3 +177,20 @@ def test_a_16_bit_colour_png_is_read_as_a_16_bit_tiff_is(tmp_path):
     assert (png == tif).all() and png.min() == 0 and png.max() == 255  # the TIFF is RGB: channel order kept too
     cv2.imwrite(str(tmp_path / "a.png"), np.dstack([rgb[..., ::-1], np.full((20, 30), 65535, np.uint16)]))
     assert (read_image(tmp_path / "a.png") == tif).all()
+
+
+def test_an_exif_rotated_photo_is_read_as_viewers_show_it(tmp_path):
+    """An analyze audit: a camera's portrait JPEG (EXIF orientation 6) was read as stored, sideways, so its
+    overlay and polygons did not match the photo a user sees."""
+    from hemaseg.io.images import image_size
+
+    stored = np.zeros((20, 40, 3), np.uint8)
+    stored[:, 20:] = 255  # left half black, right half white
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned a quarter clockwise: the black half on top
+    Image.fromarray(stored).save(tmp_path / "p.jpg", exif=exif, quality=95)
+    img = read_image(tmp_path / "p.jpg")
+    assert img.shape == (40, 20, 3) and image_size(tmp_path / "p.jpg") == (40, 20)
+    assert img[:15].mean() < 40 and img[-15:].mean() > 215
+    Image.fromarray(stored).save(tmp_path / "q.jpg", quality=95)  # no EXIF: as stored
+    assert read_image(tmp_path / "q.jpg").shape == (20, 40, 3) and image_size(tmp_path / "q.jpg") == (20, 40)

@@ -73,3 +73,32 @@ def test_two_inputs_of_one_name_keep_both_results(tmp_path, tiny_model_path):
     assert names == ["001_jpg.json", "001_png.json", "002_bmp.json", "002_png.json"]
     sources = {json.loads((out / n).read_text())["filename"] for n in names}
     assert len(sources) == 4
+
+
+def test_fixed_files_never_take_each_others_or_an_inputs_output(tmp_path):
+    """An analyze audit: `--coco x --cvat x` kept only the COCO file, `--coco OUT/a_overlay.png` replaced
+    the overlay, and `--coco OUT/results.json` the results (all exit 0)."""
+    o = tmp_path / "o"
+    with pytest.raises(HemasegUsageError) as err:
+        output_stems([tmp_path / "a.png"], o, ["_overlay.png"], fixed=[("--cvat", tmp_path / "same.json"),
+                                                                          ("--coco", tmp_path / "same.json")])
+    assert err.value.option == "--coco" and "written by --cvat too" in err.value.reason
+    with pytest.raises(HemasegUsageError, match="output of") as err:
+        output_stems([tmp_path / "a.png"], o, ["_overlay.png"], fixed=[("--coco", o / "a_overlay.png")])
+    assert err.value.option == "--coco"
+    with pytest.raises(HemasegUsageError, match="written by out too"):
+        output_stems([tmp_path / "a.png"], o, ["_overlay.png"], fixed=[("--out", o / "results.json"),
+                                                                          ("--coco", o / "results.json")])
+    stems, notes = output_stems([tmp_path / "a.png"], o, ["_overlay.png"], fixed=[("--coco", o / "all.json"),
+                                                                                    ("--cvat", None)])
+    assert stems == {tmp_path / "a.png": "a"} and notes == []
+
+
+def test_a_reserved_stem_is_renamed_and_said():
+    """An analyze audit: a photo named run.jpg wrote its part over the batch's parts/run.json."""
+    stems, notes = output_stems([Path("in/run.jpg"), Path("in/b.jpg")], Path("o"), ["_overlay.png"],
+                                reserved=["run"])
+    assert stems == {Path("in/run.jpg"): "run_jpg", Path("in/b.jpg"): "b"}
+    assert len(notes) == 1 and "kept for the run's own files" in notes[0] and "run_jpg.*" in notes[0]
+    stems, _ = output_stems([Path("in/RUN.png")], Path("o"), [".png"], reserved=["run"])
+    assert stems[Path("in/RUN.png")].lower() != "run"  # case-insensitive file systems

@@ -119,3 +119,33 @@ def test_dask_local_cluster_gives_the_serial_files(photos, tmp_path):
                 == np.asarray(Image.open(cluster / f"{p.stem}_overlay.png"))).all()
     res = _run(photos[0], "--out", tmp_path / "x", "--dask", "local:0")
     assert res.exit_code == 2 and "--dask" in res.output
+
+
+def test_a_photo_named_run_keeps_the_batch_options(photos, tmp_path):
+    """An analyze audit: a photo named run.png wrote its part over OUT/parts/run.json (the batch's options),
+    so --resume then refused the batch as 'analysed with other options'."""
+    d = tmp_path / "in"
+    d.mkdir()
+    (d / "run.png").write_bytes(photos[0].read_bytes())
+    out = tmp_path / "o"
+    res = _run(d / "run.png", "--out", out)
+    assert res.exit_code == 0, res.output
+    assert "run_png.*" in res.output
+    assert "model" in json.loads((out / PARTS / "run.json").read_text())  # still the options
+    assert (out / PARTS / "run_png.json").exists() and (out / "run_png_overlay.png").exists()
+    res = _run(d / "run.png", "--out", out, "--resume")
+    assert res.exit_code == 0 and "1 of 1 photos already done" in res.output, res.output
+
+
+@pytest.mark.parametrize("extra", [["--coco", "{out}/results.json"], ["--cvat", "{out}/counts.csv"],
+                                   ["--coco", "{out}/a_overlay.png"], ["--coco", "{out}/parts/x.json"],
+                                   ["--coco", "{tmp}/same.json", "--cvat", "{tmp}/same.json"]])
+def test_coco_and_cvat_never_replace_the_batch_files(photos, tmp_path, extra):
+    """An analyze audit: each of these exited 0 having replaced results.json, counts.csv, an overlay,
+    the batch's parts or the CVAT file."""
+    out = tmp_path / "o"
+    args = [a.format(out=out, tmp=tmp_path) for a in extra]
+    res = _run(photos[0], "--out", out, *args)
+    assert res.exit_code == 2, res.output
+    assert len(res.output.strip().splitlines()) == 1 and ("--coco" in res.output or "--cvat" in res.output)
+    assert not out.exists() or not any(out.iterdir())

@@ -19,6 +19,7 @@ import logging
 import math
 import re
 import xml.etree.ElementTree as ET
+from collections import defaultdict
 from pathlib import Path
 
 import cv2
@@ -100,6 +101,29 @@ def read_results(path: str | Path) -> list[dict]:
         raise HemasegInputError(path, f"not a results JSON with a 'data' object ({exc})") from None
 
 
+def image_names(entries: list[dict]) -> list[str]:
+    """The name each entry's image goes by in a CVAT or COCO file: its file name, or, where two entries'
+    file names are the same (``a/x.jpg``, ``b/x.jpg``), as many of its folders as tell them apart
+    (``a/x.jpg``, ``b/x.jpg``), so that every annotation can be matched back to its photo.
+
+    >>> image_names([{"filename": "in/a/x.jpg"}, {"filename": "in/b/x.jpg"}, {"filename": "in/a/y.jpg"}])
+    ['a/x.jpg', 'b/x.jpg', 'y.jpg']
+    """
+    parts = [Path(e["filename"]).parts or ("",) for e in entries]
+    depth = [1] * len(parts)
+    for _ in range(max((len(p) for p in parts), default=1)):
+        names = ["/".join(p[-d:]) for p, d in zip(parts, depth)]
+        owners: dict[str, list[int]] = defaultdict(list)
+        for i, n in enumerate(names):
+            owners[n].append(i)
+        clash = [i for group in owners.values() if len(group) > 1 for i in group]
+        if not clash:
+            break
+        for i in clash:
+            depth[i] = min(depth[i] + 1, len(parts[i]))
+    return ["/".join(p[-d:]) for p, d in zip(parts, depth)]
+
+
 # ---------------------------------------------------------------- CVAT for images 1.1
 def to_cvat(entries: list[dict], labels: list[str] | None = None) -> str:
     """CVAT for images 1.1 XML text: one <image> per entry, one <polygon> per mask."""
@@ -111,8 +135,8 @@ def to_cvat(entries: list[dict], labels: list[str] | None = None) -> str:
     lab_el = ET.SubElement(meta, "labels")
     for n in names:
         ET.SubElement(ET.SubElement(lab_el, "label"), "name").text = n
-    for i, e in enumerate(entries):
-        img = ET.SubElement(root, "image", id=str(i), name=Path(e["filename"]).name,
+    for i, (e, name) in enumerate(zip(entries, image_names(entries))):
+        img = ET.SubElement(root, "image", id=str(i), name=name,
                             width=str(e["width"]), height=str(e["height"]))
         for m in e["masks"]:
             pts = ";".join(f"{x:.2f},{y:.2f}" for x, y in m["vertices"])
@@ -163,9 +187,9 @@ def to_coco(entries: list[dict], rle: bool = False, labels: list[str] | None = N
     names = list(labels) if labels else sorted({m["class_name"] for e in entries for m in e["masks"]})
     cats = [{"id": i + 1, "name": n, "supercategory": category_of(n)} for i, n in enumerate(names)]
     images, anns = [], []
-    for i, e in enumerate(entries, 1):
+    for i, (e, name) in enumerate(zip(entries, image_names(entries)), 1):
         h, w = int(e["height"]), int(e["width"])
-        images.append({"id": i, "file_name": Path(e["filename"]).name, "height": h, "width": w})
+        images.append({"id": i, "file_name": name, "height": h, "width": w})
         for m in e["masks"]:
             mask = rasterise(m["vertices"], (h, w))
             bb = m["bounding_box"]

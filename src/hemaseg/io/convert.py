@@ -191,16 +191,21 @@ def _entries(fmt: str, inp: Path) -> list[dict]:
 
 def _check_entries(fmt: str, entries: list[dict]) -> None:
     """Refuse, before anything is written, what the writers would get wrong: an image without a size, and two
-    images of one name (the writers keep file names only, so ``train/x.png`` and ``val/x.png`` would collide)."""
+    images of one name (YOLO and label maps keep file names only, so ``train/x.png`` and ``val/x.png`` would
+    collide; CVAT and COCO keep as many folders as tell them apart (:func:`image_names`), so only two entries
+    of one whole name collide there)."""
     seen: dict[str, str] = {}
-    for e in entries:
+    keeps_folders = fmt in ("cvat", "coco", "coco-rle")
+    written = A.image_names(entries) if keeps_folders else [Path(e["filename"]).name if fmt != "labels"
+                                                            else Path(e["filename"]).stem for e in entries]
+    for e, name in zip(entries, written):
         if int(e.get("height") or 0) < 1 or int(e.get("width") or 0) < 1:
             raise HemasegInputError(e.get("filename") or "an image", f"no image size ({e.get('width')} x "
                                                                       f"{e.get('height')}): cannot write {fmt}")
-        name = Path(e["filename"]).name if fmt != "labels" else Path(e["filename"]).stem
         if name in seen:  # (two entries both named x.png too: a COCO of photos of one name in two folders)
-            raise HemasegInputError(e["filename"], f"has the same file name as {seen[name]}; {fmt} keeps names "
-                                                   "only: rename one")
+            raise HemasegInputError(e["filename"], f"has the same file name as {seen[name]}; "
+                                    + ("two images of one name cannot be told apart there: rename one" if keeps_folders
+                                       else f"{fmt} keeps names only: rename one"))
         seen[name] = e["filename"]
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from hemaseg.errors import HemasegInputError
 
@@ -87,6 +87,8 @@ def _read_raw(path: Path) -> np.ndarray:
         with Image.open(path) as im:
             check_size(path, im.size[1], im.size[0])
             im.load()
+            if _orientation(im) != 1:  # a camera's EXIF rotation: the image as every viewer shows it
+                im = ImageOps.exif_transpose(im)
             if im.mode in ("I;16", "I;16B", "I;16L", "I"):
                 return np.array(im).astype(np.uint16 if im.mode.startswith("I;16") else np.int32)
             if im.mode not in ("L", "RGB", "RGBA"):
@@ -98,6 +100,15 @@ def _read_raw(path: Path) -> np.ndarray:
         raise HemasegInputError(path, "not enough memory to decode this image") from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError) as exc:
         raise HemasegInputError(path, f"corrupt or truncated image ({exc})") from None
+
+
+def _orientation(im: Image.Image) -> int:
+    """The EXIF orientation of an opened image (1: as stored; 2-8: mirrored and/or rotated)."""
+    try:
+        value = int(im.getexif().get(0x0112, 1))
+    except Exception:  # a malformed EXIF block: the pixels as stored
+        return 1
+    return value if 1 <= value <= 8 else 1
 
 
 def _png_16bit_colour(path: Path) -> bool:
@@ -203,7 +214,9 @@ def read_image(path: str | Path) -> np.ndarray:
     equal channels and alpha is dropped (palette and other modes are converted to RGB first);
     16-bit (a 16-bit colour PNG with all 16 bits), 32-bit and float data are rescaled to uint8
     over the image's own range of finite values (:func:`to_uint8`: one range for all channels;
-    float data within 0-1 taken as 0-1); 8-bit data is kept as it is. An image is decoded whole:
+    float data within 0-1 taken as 0-1); 8-bit data is kept as it is. An EXIF orientation (a camera's
+    portrait shot) is applied, so the array is the image as viewers show it (not for TIFF files
+    read through tifffile, nor 16-bit colour PNGs). An image is decoded whole:
     one over :data:`MAX_PIXELS` (400 MP) is refused from its header, before decoding.
 
     Parameters
@@ -495,7 +508,8 @@ def image_size(path: str | Path) -> tuple[int, int]:
     path = Path(path)
     try:
         with Image.open(path) as im:
-            return im.size[1], im.size[0]
+            h, w = im.size[1], im.size[0]
+            return (w, h) if _orientation(im) >= 5 else (h, w)  # 5-8 turn the image a quarter
     except (OSError, UnidentifiedImageError):
         return read_image(path).shape[:2]
 

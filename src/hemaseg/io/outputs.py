@@ -31,7 +31,8 @@ def _candidates(path: Path, index: int) -> list[str]:
 
 
 def output_stems(inputs: list[Path], out: Path, endings: Iterable[str], option: str = "--out",
-                 fixed: Iterable[tuple[str, Path | None]] = ()) -> tuple[dict[Path, str], list[str]]:
+                 fixed: Iterable[tuple[str, Path | None]] = (), reserved: Iterable[str] = ()
+                 ) -> tuple[dict[Path, str], list[str]]:
     """The stem each input's outputs are named after: ``out/<stem><ending>`` for every ending
     (e.g. ``".png"``, ``".json"``, ``"_overlay.png"``).
 
@@ -40,7 +41,10 @@ def output_stems(inputs: list[Path], out: Path, endings: Iterable[str], option: 
     then ``<folder>_<stem>_<ext>``, then ``<stem>~<k>``. Returns ({input: stem}, one note per
     renamed group for the user). An output that would replace one of the inputs is refused:
     :class:`HemasegUsageError` naming ``option``; so is one of the ``fixed`` files ((option, path) pairs,
-    e.g. ``("--coco", Path("all.json"))``; a None path is not written).
+    e.g. ``("--coco", Path("all.json"))``; a None path is not written), and so is a fixed file that is
+    another fixed file or one of the inputs' outputs. ``reserved``: stems no input may take, whatever
+    its endings (the run names files of its own after them, e.g. ``hemaseg analyze``'s
+    ``parts/run.json`` beside its ``parts/<stem>.json``): such an input is renamed as a clash is.
 
     >>> s, notes = output_stems([Path("a/001.png"), Path("b/001.jpg"), Path("c/002.png")], Path("o"), [".png"])
     >>> [s[Path(p)] for p in ("a/001.png", "b/001.jpg", "c/002.png")], len(notes)
@@ -51,12 +55,14 @@ def output_stems(inputs: list[Path], out: Path, endings: Iterable[str], option: 
     index = {p: i for i, p in enumerate(inputs)}
     stem = {p: p.stem for p in inputs}
     renamed: list[list[Path]] = []
+    kept = {r.lower() for r in reserved}
     for _ in range(4):
         claims: dict[str, list[Path]] = defaultdict(list)
         for p in inputs:
             for e in endings:
                 claims[(stem[p] + e).lower()].append(p)  # case-insensitive file systems exist
         clash = {q for owners in claims.values() if len(set(owners)) > 1 for q in owners}
+        clash |= {p for p in inputs if stem[p].lower() in kept}
         if not clash:
             break
         renamed.append(sorted(clash, key=index.get))
@@ -64,10 +70,19 @@ def output_stems(inputs: list[Path], out: Path, endings: Iterable[str], option: 
             level[p] = min(level[p] + 1, 3)
             stem[p] = _candidates(p, index[p])[level[p]]
     sources = {p.resolve(): p for p in inputs}
+    written = {(out / (stem[p] + e)).resolve(): p for p in inputs for e in endings}
+    taken: dict[Path, str] = {}
     for opt, path in fixed:
-        if path is not None and Path(path).resolve() in sources:
-            raise HemasegUsageError(opt, f"{path} would replace the input {sources[Path(path).resolve()]}; "
-                                         "give another file")
+        if path is None:
+            continue
+        where = Path(path).resolve()
+        if where in sources:
+            raise HemasegUsageError(opt, f"{path} would replace the input {sources[where]}; give another file")
+        if where in taken:
+            raise HemasegUsageError(opt, f"{path} is written by {taken[where]} too; give another file")
+        if where in written:
+            raise HemasegUsageError(opt, f"{path} is the output of {written[where]}; give another file")
+        taken[where] = opt
     for p in inputs:
         for e in endings:
             target = (out / (stem[p] + e)).resolve()
@@ -80,7 +95,9 @@ def output_stems(inputs: list[Path], out: Path, endings: Iterable[str], option: 
         group = [p for p in group if p not in seen]
         seen.update(group)
         if group:
-            notes.append(f"{', '.join(str(p) for p in group)}: same output names; written as "
+            why = ("a name kept for the run's own files" if all(p.stem.lower() in kept for p in group)
+                   else "same output names")
+            notes.append(f"{', '.join(str(p) for p in group)}: {why}; written as "
                          + ", ".join(f"{stem[p]}.*" for p in group))
     return stem, notes
 

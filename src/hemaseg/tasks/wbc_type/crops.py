@@ -365,18 +365,29 @@ def prediction_rows(cells: list[CellCrop], model="wbc-type", device: str = "cpu"
     are written either way). In modes 1-3, whose names are white cells only, a crop on which a
     PBC-trained model puts at least :data:`NOT_A_WBC_SHARE` of its probability on platelet and
     erythroblast (no leukocyte) is :data:`NO_WBC` too, not the likeliest white cell (mode 4 names
-    it). :class:`ValueError` for a ``mode`` the model cannot answer."""
+    it). The columns of modes 1-3 are rescaled to sum to 1 over the types they name, so a crop the
+    model takes for a white cell they do not name (an immature granulocyte; in mode 2 a basophil) would
+    read as a confident call of another type: its confidence is the model's own probability of the type
+    called (before rescaling), and the crop is :data:`UNSURE` when that is under ``min_confidence`` or
+    under the probability of the white cells the mode does not name.
+    :class:`ValueError` for a ``mode`` the model cannot answer."""
     _, card = get_model(model, device)
     extras = np.stack([c.extras for c in cells]) if cells else None
     probs = predict_crops([c.image for c in cells], model, device, extras=extras, parts=[c.parts for c in cells])
     names, grouped = group_probs(probs, list(card["classes"]), mode)
-    not_leukocyte = [i for i, c in enumerate(card["classes"]) if c in NOT_IN_DIFFERENTIAL] if mode != 4 else []
+    classes = list(card["classes"])
+    not_leukocyte = [i for i, c in enumerate(classes) if c in NOT_IN_DIFFERENTIAL] if mode != 4 else []
+    named = {1: MONONUCLEAR + POLYNUCLEAR, 2: tuple(c for c in CLASSES if c != "basophil"), 3: CLASSES}.get(mode)
+    # white cells the mode has no column for (mode 4 names every class)
+    unnamed = [i for i, c in enumerate(classes) if c not in NOT_IN_DIFFERENTIAL and c not in named] if named else []
+    kept = [i for i, c in enumerate(classes) if c in named] if named else list(range(len(classes)))
     rows = []
     for c, p, q in zip(cells, probs, grouped):
         label = names[int(np.argmax(q))] if len(q) else NO_WBC
+        own = q.max(initial=0.0) * float(p[kept].sum())  # the model's own probability of the type called
         if not c.found or (not_leukocyte and float(p[not_leukocyte].sum()) >= NOT_A_WBC_SHARE):
             label = NO_WBC
-        elif q.max(initial=0.0) < min_confidence:
+        elif own < min_confidence or (unnamed and own < float(p[unnamed].sum())):
             label = UNSURE
         rows.append((label, q))
     return names, rows
