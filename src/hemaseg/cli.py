@@ -143,6 +143,19 @@ def _stems(paths, out: Path, endings, fixed=(), reserved=()) -> dict:
     return stems
 
 
+def _out_apart_from_inputs(images, out: Path, recursive: bool = False) -> None:
+    """Refuse an output folder that is an input folder (or lies inside one read ``recursive``ly): the
+    outputs written there would be read as images by the next run (an analyze audit: a second run into the
+    photos' folder took the overlays for photos)."""
+    o = out.resolve()
+    for item in images:
+        p = Path(item)
+        if p.is_dir() and (p.resolve() == o or (recursive and p.resolve() in o.parents)):
+            where = "the input folder" if p.resolve() == o else "inside the input folder"
+            raise HemasegUsageError("--out", f"{out} is {where} {item}: the next run would read what is written "
+                                             "there as images; write to another folder")
+
+
 def _fail(path, reason: str) -> None:
     typer.echo(f"{path}: {reason}", err=True)
 
@@ -268,17 +281,18 @@ def analyze(
             check_output(path, option, folder=False)
     dev = _device(device)
     check_backend(backend)
-    for name in (model, type_model):
+    for option, name in (("--model", model), ("--type-model", type_model)):
         try:
             get_model(name, dev, backend)
         except HemasegError as exc:
-            _fail_error(exc, name)
+            _fail_error(exc, f"{option} {name}")  # which of the two models it is
             raise typer.Exit(2) from None
     if tile is not None and is_detector(get_model(model, dev, backend)[1]):
         typer.echo(f"--tile: not used by {model}, a Mask R-CNN model (it reads each image whole)", err=True)
     tile = tile or DEFAULT_TILE
     if not images:
         images = [str(SAMPLE_PHOTO)]
+    _out_apart_from_inputs(images, out)
     paths = list_images(images)
     if not paths:
         _fail(" ".join(images), "no images found")
@@ -377,6 +391,7 @@ def segment(
             raise typer.Exit(2)
         if post:
             params = post_params(spec, loaded[1], post)
+    _out_apart_from_inputs(images, out)
     paths = list_images(images)
     if not paths:
         _fail(" ".join(images), "no images found")
@@ -690,6 +705,7 @@ def explain(
     if card.get("task", "wbc-type") != "wbc-type":  # failed on every crop with an AttributeError
         _fail(model, f"is a {card.get('task')} model, not a wbc-type model")
         raise typer.Exit(2)
+    _out_apart_from_inputs(images, out, recursive=True)
     paths = list_images(images, recursive=True)
     if not paths:
         _fail(" ".join(images), "no images found")

@@ -49,12 +49,27 @@ def test_segment_into_the_input_folder_refuses_and_keeps_the_photo(tmp_path, tin
     """Case 1: `segment d --out d` replaced d/cell.png with the label mask and exited 0."""
     d = tmp_path / "d"
     before = _photo(d / "cell.png")
-    res = runner.invoke(app, ["segment", str(d), "--out", str(d), "--model", str(tiny_model_path),
-                              "--cell-diameter", "24"])
-    assert res.exit_code == 2
-    assert len(res.output.strip().splitlines()) == 1 and "--out" in res.output and "cell.png" in res.output
-    assert np.array_equal(np.array(Image.open(d / "cell.png")), before)
-    assert sorted(p.name for p in d.iterdir()) == ["cell.png"]
+    for given, said in ((d, "the input folder"), (d / "cell.png", "cell.png")):
+        res = runner.invoke(app, ["segment", str(given), "--out", str(d), "--model", str(tiny_model_path),
+                                  "--cell-diameter", "24"])
+        assert res.exit_code == 2
+        assert len(res.output.strip().splitlines()) == 1 and "--out" in res.output and said in res.output
+        assert np.array_equal(np.array(Image.open(d / "cell.png")), before)
+        assert sorted(p.name for p in d.iterdir()) == ["cell.png"]
+
+
+def test_no_output_folder_is_an_input_folder(tmp_path, tiny_model_path):
+    """An analyze audit: `analyze d --out d` wrote its overlays among the photos; every later run (even
+    --overwrite or --resume) took an overlay for a photo. segment (its label PNGs) and explain (reading
+    sub-folders: an --out inside the input folder) likewise."""
+    d = tmp_path / "d"
+    _photo(d / "cell.jpg")
+    for args in (["analyze", str(d), "--out", str(d)],
+                 ["segment", str(d), "--out", str(d), "--model", str(tiny_model_path)],
+                 ["explain", str(d), "--out", str(d / "ex")]):
+        res = runner.invoke(app, args)
+        assert res.exit_code == 2 and "input folder" in res.output and len(res.output.strip().splitlines()) == 1, res.output
+        assert sorted(p.name for p in d.iterdir()) == ["cell.jpg"]
 
 
 def test_two_inputs_of_one_name_keep_both_results(tmp_path, tiny_model_path):

@@ -149,3 +149,10 @@ def test_coco_and_cvat_never_replace_the_batch_files(photos, tmp_path, extra):
     assert res.exit_code == 2, res.output
     assert len(res.output.strip().splitlines()) == 1 and ("--coco" in res.output or "--cvat" in res.output)
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_a_missing_model_is_named_by_its_option(photos, tmp_path):
+    """An analyze audit: --model nosuch and --type-model nosuch both said only 'nosuch: no such model file'."""
+    for option in ("--model", "--type-model"):
+        res = _run(photos[0], "--out", tmp_path / "o", option, "nosuch")
+        assert res.exit_code == 2 and res.output.startswith(f"{option} nosuch: no such model"), res.output
