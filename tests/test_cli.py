@@ -130,11 +130,18 @@ def test_segment_post_processing_parameters_by_name(tmp_path):
         return json.loads((out / "a.json").read_text())["count"]
 
     assert count() == 1
-    assert count("min_cell_fraction=20") == 0  # the smallest cell kept is now 20 cells' area
+    assert count("min_cell_fraction=4") == 0  # the smallest cell kept is now 4 cells' area
     assert count("red_cytoplasm=false", "first_pass_factors=[0.5, 1]") == 1
     assert count("red_cells=none") == 1
-    for bad, says in [("nope=1", "red_ring"), ("red_cytoplasm=0.5", "takes a bool"), ("red_ring=-1", "negative"),
-                      ("red_ring", "NAME=VALUE"), ("red_cells=no-such-model", "no such model")]:
+    # A segment audit: block_size=0 and open_radius=100 hung, cell_open=1e6 asked for 10 PiB, scale_deadband=0
+    # divided by zero, NaN passed, size_model=wbc-type failed on every image: each is one line before any work.
+    for bad, says in [("nope=1", "red_ring"), ("red_cytoplasm=0.5", "takes a bool"), ("red_ring=-1", "from 0.0"),
+                      ("red_ring", "NAME=VALUE"), ("red_cells=no-such-model", "no such model"),
+                      ("block_size=0", "at least 256"), ("open_radius=100", "from 0.0 to 0.5"),
+                      ("cell_open=1e6", "from 0.0 to 0.5"), ("scale_deadband=0", "from 1.0"),
+                      ("red_ring=NaN", "finite"), ("red_ring=Infinity", "finite"),
+                      ("first_pass_factors=[]", "at least one"), ("first_pass_factors=[0]", "numbers from"),
+                      ("size_model=wbc-type", "not a cells model"), ("red_cells=nuclei", "not a cells model")]:
         res = runner.invoke(app, ["segment", str(src), "--out", str(tmp_path / "x"), "--post", bad])
         assert res.exit_code == 2 and says in res.output, (bad, res.output)
     res = runner.invoke(app, ["segment", str(src), "--out", str(tmp_path / "y"), "--method", "hsv", "--post", "red_ring=0.2"])

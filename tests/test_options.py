@@ -161,7 +161,7 @@ def test_the_python_functions_read_option_values_as_the_command_line_does():
     off = hemaseg.segment(image, params={"red_cytoplasm": False}).objects[0]["area"]
     assert hemaseg.segment(image, params={"red_cytoplasm": "false"}).objects[0]["area"] == off
     assert off != hemaseg.segment(image).objects[0]["area"]
-    for bad, says in (({"red_ring": -1}, "must not be negative"), ({"red_ring": "abc"}, "takes a float"),
+    for bad, says in (({"red_ring": -1}, "from 0.0 to 10.0"), ({"red_ring": "abc"}, "takes a float"),
                       ({"red_cytoplasm": 3}, "takes a bool")):
         with pytest.raises(HemasegUsageError, match=says):
             hemaseg.segment(image, params=bad)
@@ -183,3 +183,19 @@ def test_errors_survive_pickling_and_keep_values_that_look_like_flags():
         assert type(back) is type(exc) and str(back) == str(exc) and back.reason == exc.reason
     exc = HemasegUsageError("--backend", "'--onnx' is not a backend; use --backend onnx")
     assert str(exc) == "backend: '--onnx' is not a backend; use backend onnx" and exc.option == "--backend"
+
+
+def test_segment_refuses_what_its_tasks_would_fail_on_inside():
+    """A segment audit: overlap = tile divided by zero in the tiling, params='red_ring=0.2' was an AttributeError,
+    tta='yes' was taken as True, block_size=0 in params hung."""
+    import hemaseg
+    from hemaseg.errors import HemasegUsageError
+
+    img = np.full((64, 64, 3), 230, np.uint8)
+    for kw, option in [({"model": "nuclei", "tile": 128, "overlap": 128}, "overlap"),
+                       ({"params": "red_ring=0.2"}, "params"), ({"tta": "yes"}, "tta"),
+                       ({"params": {"block_size": 0}}, "params"), ({"params": {"red_ring": float("nan")}}, "params")]:
+        with pytest.raises(HemasegUsageError) as err:
+            hemaseg.segment(img, cell_diameter=40, **{"model": "wbc", **kw})
+        assert err.value.argument == option, kw
+    assert hemaseg.segment(img, model="nuclei", cell_diameter=20, tile=128, overlap=64).count == 0

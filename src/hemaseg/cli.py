@@ -143,10 +143,12 @@ def _stems(paths, out: Path, endings, fixed=(), reserved=()) -> dict:
     return stems
 
 
-def _out_apart_from_inputs(images, out: Path, recursive: bool = False) -> None:
-    """Refuse an output folder that is an input folder (or lies inside one read ``recursive``ly): the
-    outputs written there would be read as images by the next run (an analyze audit: a second run into the
-    photos' folder took the overlays for photos)."""
+def _out_apart_from_inputs(images, out: Path, recursive: bool = False, paths=()) -> None:
+    """Refuse an output folder that is an input folder (or lies inside one read ``recursive``ly), or the
+    folder of one of the input files ``paths``: the outputs written there would be read as images by the
+    next run (an analyze audit: a second run into the photos' folder took the overlays for photos), or
+    replace the files beside the inputs (a segment audit: ``segment 'gt/*.bmp' --out gt`` replaced
+    wbc-seg's ground-truth NNN.png beside each NNN.bmp)."""
     o = out.resolve()
     for item in images:
         p = Path(item)
@@ -154,6 +156,10 @@ def _out_apart_from_inputs(images, out: Path, recursive: bool = False) -> None:
             where = "the input folder" if p.resolve() == o else "inside the input folder"
             raise HemasegUsageError("--out", f"{out} is {where} {item}: the next run would read what is written "
                                              "there as images; write to another folder")
+    beside = next((p for p in paths if Path(p).resolve().parent == o), None)
+    if beside is not None:
+        raise HemasegUsageError("--out", f"{out} is the folder of the input {beside}: what is written there would "
+                                         "lie among the inputs and the files beside them; write to another folder")
 
 
 def _fail(path, reason: str) -> None:
@@ -207,12 +213,15 @@ def post_params(spec, card: dict, items: list[str]):
             value = param_value(defaults, name, text)
         except ValueError as exc:
             raise typer.BadParameter(f"{item!r}: {exc}", param_hint="--post") from None
-        if isinstance(value, str) and value not in NO_MODEL and next(
-                f for f in dataclasses.fields(defaults) if f.name == name).metadata.get("model"):
+        wants = next(f for f in dataclasses.fields(defaults) if f.name == name).metadata.get("model")
+        if isinstance(value, str) and value not in NO_MODEL and wants:
             try:  # a parameter naming a model: it must load (not fail on every image later)
-                get_model(value)
+                task = get_model(value)[1].get("task")
             except HemasegError as exc:
                 raise typer.BadParameter(f"{item!r}: {getattr(exc, 'reason', exc)}", param_hint="--post") from None
+            if isinstance(wants, str) and task != wants:  # a wbc-type model here failed on every image
+                raise typer.BadParameter(f"{item!r}: {value} is a {task} model, not a {wants} model",
+                                         param_hint="--post")
         given[name] = value
     return dataclasses.replace(defaults, **given)
 
@@ -297,6 +306,7 @@ def analyze(
     if not paths:
         _fail(" ".join(images), "no images found")
         raise typer.Exit(1)
+    _out_apart_from_inputs(images, out, paths=paths)
     for option, path in (("--cvat", cvat), ("--coco", coco)):
         if path is not None and (out / BATCH_PARTS).resolve() in Path(path).resolve().parents:
             raise HemasegUsageError(option, f"{path} lies in {out / BATCH_PARTS}, where the batch keeps its parts; "
@@ -366,6 +376,8 @@ def segment(
     if not spec.can_segment:
         raise typer.BadParameter(f"task {task!r} has no segmentation model", param_hint="--task")
     check_numbers(cell_diameter=cell_diameter, tile=tile, pixel_size=pixel_size)
+    if pixel_size is not None and diameter_from_pixel_size(spec.name, 1.0) is None:  # help: 'nuclei: not used'
+        raise HemasegUsageError("--pixel-size", f"not used by --task {spec.name} (no typical cell size in µm)")
     check_output(out, "--out", folder=True)
     dev = _device(device)
     check_backend(backend)
@@ -396,6 +408,7 @@ def segment(
     if not paths:
         _fail(" ".join(images), "no images found")
         raise typer.Exit(1)
+    _out_apart_from_inputs(images, out, paths=paths)
     endings = [f"{s}.png" for s in spec.label_suffixes] + [".json"] + (["_overlay.png"] if overlay else [])
     stems = _stems(paths, out, endings)
     out.mkdir(parents=True, exist_ok=True)

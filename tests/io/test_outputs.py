@@ -117,3 +117,43 @@ def test_a_reserved_stem_is_renamed_and_said():
     assert len(notes) == 1 and "kept for the run's own files" in notes[0] and "run_jpg.*" in notes[0]
     stems, _ = output_stems([Path("in/RUN.png")], Path("o"), [".png"], reserved=["run"])
     assert stems[Path("in/RUN.png")].lower() != "run"  # case-insensitive file systems
+
+
+def test_a_chain_of_names_never_gives_two_inputs_one_output():
+    """A segment audit: a/x.png, b/x.png, c/a_x_png.png, d/a_x_png_png.png and e/c_a_x_png_png.png: after four
+    renaming rounds two inputs still wrote c_a_x_png_png.* ('5/5 segmented', four results); an input named
+    x~1.png took another's last-round name."""
+    chain = [Path("a/x.png"), Path("b/x.png"), Path("c/a_x_png.png"), Path("d/a_x_png_png.png"),
+             Path("e/c_a_x_png_png.png"), Path("f/x~1.png"), Path("g/x~1.png")]
+    stems, notes = output_stems(chain, Path("o"), [".png", ".json"])
+    files = [(stems[p] + e).lower() for p in chain for e in (".png", ".json")]
+    assert len(set(files)) == len(files) and notes
+
+
+def test_no_output_beside_an_input_file(tmp_path, tiny_model_path):
+    """A segment audit: `segment 'gt/*.bmp' --out gt` replaced wbc-seg's ground truth gt/001.png (beside
+    gt/001.bmp) with its own label map, exit 0."""
+    gt = tmp_path / "gt"
+    _photo(gt / "001.bmp")
+    Image.fromarray(toy_wbc(np.random.default_rng(0), 64)[1]).save(gt / "001.png")
+    truth = (gt / "001.png").read_bytes()
+    res = runner.invoke(app, ["segment", str(gt / "*.bmp"), "--out", str(gt), "--model", str(tiny_model_path),
+                              "--cell-diameter", "24"])
+    assert res.exit_code == 2 and "folder of the input" in res.output and len(res.output.strip().splitlines()) == 1
+    assert (gt / "001.png").read_bytes() == truth and sorted(p.name for p in gt.iterdir()) == ["001.bmp", "001.png"]
+
+
+def test_segment_reads_webp_in_a_folder_and_names_a_photo_given_as_model(tmp_path, tiny_model_path):
+    """A segment audit: a folder's .webp and .gif were skipped unsaid (named, they were read); a photo given as
+    --model said 'model card JSON not found beside the weights'; --pixel-size with nuclei was taken unsaid."""
+    d = tmp_path / "d"
+    d.mkdir()
+    Image.fromarray(toy_wbc(np.random.default_rng(0), 64)[0]).save(d / "a.webp", lossless=True)
+    out = tmp_path / "o"
+    res = runner.invoke(app, ["segment", str(d), "--out", str(out), "--model", str(tiny_model_path),
+                              "--cell-diameter", "24"])
+    assert res.exit_code == 0 and (out / "a.json").exists(), res.output
+    res = runner.invoke(app, ["segment", str(d), "--out", str(out), "--model", str(d / "a.webp")])
+    assert res.exit_code == 2 and "not a model" in res.output and len(res.output.strip().splitlines()) == 1
+    res = runner.invoke(app, ["segment", str(d), "--out", str(out), "--task", "nuclei", "--pixel-size", "0.25"])
+    assert res.exit_code == 2 and "--pixel-size" in res.output and len(res.output.strip().splitlines()) == 1

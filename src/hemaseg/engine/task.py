@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from pathlib import Path
 
@@ -44,7 +45,8 @@ def params_from_card(params_class: type, card: dict | None = None, task_name: st
 def param_value(defaults, name: str, value):
     """``value`` as the post-processing parameter ``name`` of ``defaults`` (a parameters dataclass) takes
     it, or :class:`ValueError` saying what it takes: text is read as ``--post NAME=VALUE`` reads it (JSON,
-    ``true`` / ``false``), numpy numbers as Python's, a list as a tuple; numbers must not be negative.
+    ``true`` / ``false``), numpy numbers as Python's, a list as a tuple; numbers must be finite and within
+    the range the parameters class gives the name (its ``RANGES``), else not negative.
 
     >>> from hemaseg.tasks.wbc import WbcParams
     >>> param_value(WbcParams(), "red_ring", "0.2"), param_value(WbcParams(), "red_cytoplasm", "false")
@@ -52,7 +54,11 @@ def param_value(defaults, name: str, value):
     >>> param_value(WbcParams(), "red_ring", -1)
     Traceback (most recent call last):
     ...
-    ValueError: red_ring must not be negative
+    ValueError: red_ring takes a number from 0.0 to 10.0
+    >>> param_value(WbcParams(), "block_size", 0)
+    Traceback (most recent call last):
+    ...
+    ValueError: block_size takes a number at least 256
     """
     default = getattr(defaults, name)
     if isinstance(default, str) and isinstance(value, os.PathLike):  # a model given as a path
@@ -80,11 +86,25 @@ def param_value(defaults, name: str, value):
         value = tuple(value) if ok else value
     else:
         ok = default is None or isinstance(value, type(default))
-    if ok and any(v < 0 for v in (value if isinstance(value, tuple) else (value,)) if isinstance(v, (int, float))):
-        raise ValueError(f"{name} must not be negative")
     if not ok:
         shown = repr(default) if len(repr(default)) <= 60 else "the model card's"
         raise ValueError(f"{name} takes a {type(default).__name__} (default {shown})")
+    numbers = [v for v in (value if isinstance(value, tuple) else (value,))
+               if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if any(not math.isfinite(v) for v in numbers):
+        raise ValueError(f"{name} must be a finite number")
+    bounds = getattr(type(defaults), "RANGES", {}).get(name)
+    if bounds is None:
+        if any(v < 0 for v in numbers):
+            raise ValueError(f"{name} must not be negative")
+        return value
+    lo, hi = bounds
+    if isinstance(value, tuple) and not value:
+        raise ValueError(f"{name} takes at least one number")
+    if any((lo is not None and v < lo) or (hi is not None and v > hi) for v in numbers):
+        span = f"from {lo} to {hi}" if lo is not None and hi is not None else f"at least {lo}" if lo is not None \
+            else f"at most {hi}"
+        raise ValueError(f"{name} takes {'numbers' if isinstance(value, tuple) else 'a number'} {span}")
     return value
 
 

@@ -11,7 +11,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from hemaseg.errors import HemasegInputError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 
 # The one size guard of every reader (PNG, JPEG, BMP, TIFF; images and masks): an image is decoded
 # whole, so one past this many pixels is refused from its header, before any decoding. (PIL's own

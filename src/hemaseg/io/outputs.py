@@ -22,12 +22,16 @@ from hemaseg.io.images import LazyImage
 from hemaseg.io.writers import atomic_path, overlay, write_json, write_png
 
 
-def _candidates(path: Path, index: int) -> list[str]:
-    """Output stems tried for ``path``, from plain to most specific; the last is unique by ``index``."""
+def _candidate(path: Path, index: int, level: int) -> str:
+    """Output stem tried for ``path`` at ``level``, from plain (0) to most specific: from level 3 on it
+    holds the input's ``index`` (and the level), so that a clash with another input's own name (one
+    called ``x~1.png``) is left behind by the next level."""
     ext = path.suffix.lstrip(".").lower()
     with_ext = f"{path.stem}_{ext}" if ext else path.stem
     parent = path.resolve().parent.name
-    return [path.stem, with_ext, f"{parent}_{with_ext}" if parent else with_ext, f"{path.stem}~{index + 1}"]
+    if level < 3:
+        return [path.stem, with_ext, f"{parent}_{with_ext}" if parent else with_ext][level]
+    return f"{path.stem}~{index + 1}" + (f"~{level - 2}" if level > 3 else "")
 
 
 def output_stems(inputs: list[Path], out: Path, endings: Iterable[str], option: str = "--out",
@@ -56,7 +60,7 @@ def output_stems(inputs: list[Path], out: Path, endings: Iterable[str], option: 
     stem = {p: p.stem for p in inputs}
     renamed: list[list[Path]] = []
     kept = {r.lower() for r in reserved}
-    for _ in range(4):
+    for _ in range(len(inputs) + 8):  # each round moves every clashing input on; a few rounds settle it
         claims: dict[str, list[Path]] = defaultdict(list)
         for p in inputs:
             for e in endings:
@@ -67,8 +71,10 @@ def output_stems(inputs: list[Path], out: Path, endings: Iterable[str], option: 
             break
         renamed.append(sorted(clash, key=index.get))
         for p in clash:
-            level[p] = min(level[p] + 1, 3)
-            stem[p] = _candidates(p, index[p])[level[p]]
+            level[p] += 1
+            stem[p] = _candidate(p, index[p], level[p])
+    else:  # never reached: the loop's last names hold each input's index
+        raise RuntimeError("output names could not be told apart")
     sources = {p.resolve(): p for p in inputs}
     written = {(out / (stem[p] + e)).resolve(): p for p in inputs for e in endings}
     taken: dict[Path, str] = {}

@@ -157,6 +157,9 @@ def load_card(name_or_path: str | Path) -> tuple[Path, dict]:
         # Checkpoints in a run folder share one card (model.json) written by training.
         card_path = st.parent / "model.json"
     if not card_path.exists():
+        if st.suffix.lower() not in (".safetensors", ".onnx", ".json"):  # a photo given as --model
+            raise HemasegInputError(st, "not a model: give a bundled name, a .safetensors (or .onnx) file with its "
+                                        "model card, or a training run folder")
         raise HemasegInputError(st, "model card JSON not found beside the weights")
     try:
         card = json.loads(card_path.read_text())

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hemaseg.core.options import OPTION_RANGES
+from hemaseg.core.options import OPTION_RANGES, check_numbers
 from hemaseg.core.result import Segmentation
 from hemaseg.engine.predict import get_model, resolve_device, uses_backend
 from hemaseg.engine.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
@@ -124,7 +124,8 @@ def segment(image: np.ndarray, model="wbc", cell_diameter: float | None = None, 
         unknown ``device`` or ``backend``, ``cuda`` without a GPU, or a ``device`` and ``backend``
         that cannot run together (``onnx`` on ``cuda``, ``torch`` without torch installed); a
         ``model`` whose task does not segment (``wbc-type``, ``smear10-type``); an unknown name
-        in ``params`` or a value it does not take (of another type, negative). The message names
+        in ``params`` or a value it does not take (of another type, out of its range), ``params`` neither
+        a dict nor the task's Params, ``tta`` not a bool, ``overlap`` not under ``tile``. The message names
         the argument (``tile: 7 is not allowed; ...``); ``exc.option`` holds the command line's flag.
 
     Examples
@@ -154,6 +155,17 @@ def segment(image: np.ndarray, model="wbc", cell_diameter: float | None = None, 
     if not task.can_segment:
         raise HemasegUsageError("model", f"{loaded[1].get('name', model)} is a {task.name} model, which does not "
                                          "segment (hemaseg.classify types single-cell crops)")
+    # What the tasks would fail on deep inside (a segment audit: overlap = tile divided by zero in the
+    # tiling, params="red_ring=0.2" an AttributeError, tta="yes" taken as True).
+    if tta is not None and not isinstance(tta, (bool, np.bool_)):
+        raise HemasegUsageError("tta", f"{tta!r}: give True, False or None (the model card's)")
+    check_numbers(tile=tile, overlap=overlap)  # each in its range first, then the two together
+    if int(overlap) >= int(tile):
+        raise HemasegUsageError("overlap", f"{overlap} px is not under the tile ({tile} px); give a smaller "
+                                           "overlap or a larger tile")
+    if params is not None and not isinstance(params, dict) and not (task.Params and isinstance(params, task.Params)):
+        raise HemasegUsageError("params", f"a {type(params).__name__}; give a dict of names and values"
+                                          + (f" or a {task.Params.__name__}" if task.Params else ""))
     if isinstance(params, dict):  # names -> values over the card's own ("postprocess") and the defaults
         try:
             params = task.params(loaded[1], **params)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import ClassVar
 
 import cv2
 import numpy as np
@@ -65,6 +66,11 @@ class NucleiParams:
     depth_h: float = 0.1
     fallback_diameter: float = 20.0
     specialists: bool = True
+
+    # Each number's allowed range (inclusive; None: open), checked by ``--post`` and ``params=``.
+    RANGES: ClassVar[dict] = {
+        "min_nucleus_fraction": (0.0, 4.0), "seed_threshold": (0.0, 1.0), "fg_threshold": (0.0, 1.0),
+        "depth_threshold": (0.0, 1.0), "depth_h": (0.0, 10.0), "fallback_diameter": (2.0, 5000.0)}
 
 
 DEFAULTS = NucleiParams()

@@ -12,7 +12,7 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import cv2
 import numpy as np
@@ -157,17 +157,29 @@ class WbcParams:
     red_ring: float = 0.12
     red_piece: float = 1 / 3
     red_nucleus: float = 0.5
-    red_cells: str = field(default="cells", metadata={"model": True})  # a model name: checked by the CLI
+    red_cells: str = field(default="cells", metadata={"model": "cells"})  # a cells model: checked by the CLI
     red_cell_ratio: float = 1.8
     red_outside: float = 0.5  # above 1: off
     red_cells_max_pixels: int = 2_000_000
-    size_model: str = field(default="cells", metadata={"model": True})  # a model name: checked by the CLI
+    size_model: str = field(default="cells", metadata={"model": "cells"})  # a cells model: checked by the CLI
     found_share: float = 0.3
     found_margin: float = 0.1
     found_agree: float = 0.8
     found_solidity: float = 0.9
     cell_open: float = 0.06
     nucleus_contact: float = 0.1
+
+    # Each number's allowed range (inclusive; None: open), checked by ``--post`` and ``params=``: values
+    # outside them hung a run (block_size 0, open_radius 100), asked for petabytes (cell_open 1e6) or divided
+    # by zero (scale_deadband 0, red_cell_ratio 0). Tuples: each element, at least one.
+    RANGES: ClassVar[dict] = {
+        "min_cell_fraction": (0.0, 4.0), "max_reach": (0.05, 10.0), "open_radius": (0.0, 0.5),
+        "scale_deadband": (1.0, 10.0), "first_pass_factors": (0.05, 8.0), "fallback_diameter": (2.0, 5000.0),
+        "block_size": (256, None), "block_margin": (0.0, 10.0), "red_ring": (0.0, 10.0), "red_piece": (0.0, 10.0),
+        "red_nucleus": (0.0, 2.0), "red_cell_ratio": (0.5, 10.0), "red_outside": (0.0, 2.0),
+        "red_cells_max_pixels": (0, None), "found_share": (0.0, 1.0), "found_margin": (-1.0, 10.0),
+        "found_agree": (0.0, 1.0), "found_solidity": (0.0, 2.0), "cell_open": (0.0, 0.5),
+        "nucleus_contact": (0.0, 10.0)}
 
 
 DEFAULTS = WbcParams()

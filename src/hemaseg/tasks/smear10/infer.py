@@ -3,6 +3,7 @@ one type per white cell and per platelet object."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 
@@ -255,10 +256,18 @@ class SmearParams:
     rbc_vote: bool = True
     infected_share: float = 0.5
     min_cell_fraction: float = 0.05
-    size_model: str = field(default="none", metadata={"model": True})  # a model name: checked by the CLI
+    size_model: str = field(default="none", metadata={"model": "cells"})  # a cells model: checked by the CLI
     size_min_cells: int = 5
     size_check: float = 0.7
     rbc_quantile: float = RBC_QUANTILE
+
+    # Each number's allowed range (inclusive; None: open), checked by ``--post`` and ``params=``: agreement
+    # and in_range 1 or under divided by zero, an rbc_quantile of 500 failed on every image.
+    RANGES: ClassVar[dict] = {
+        "downscales": (0.05, 1.0), "min_side": (16, None), "fallback_diameter": (2.0, 5000.0),
+        "agreement": (1.01, 10.0), "in_range": (1.01, 10.0), "clump_ratio": (0.1, 100.0),
+        "infected_share": (0.0, 1.0), "min_cell_fraction": (0.0, 4.0), "size_min_cells": (1, None),
+        "size_check": (0.0, 1.0), "rbc_quantile": (0.0, 100.0)}
 
 
 THROMBOCYTE, CLUMP = CLASSES.index("thrombocyte"), CLASSES.index("platelet clump")
