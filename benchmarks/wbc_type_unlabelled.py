@@ -28,7 +28,7 @@ def shares(model: str, folder: Path) -> tuple[int, dict[str, float]]:
     """(number of crops, {class: share of the crops called it}) of ``model`` on the crops in ``folder``."""
     from hemaseg.engine.predict import get_model
     from hemaseg.io.images import list_images, read_image
-    from hemaseg.tasks.wbc_type.crops import NO_WBC, crops_for, prediction_rows
+    from hemaseg.tasks.wbc_type.crops import NO_WBC, UNSURE, crops_for, prediction_rows
 
     card = get_model(model)[1]
     files = list_images(folder)
@@ -38,6 +38,8 @@ def shares(model: str, folder: Path) -> tuple[int, dict[str, float]]:
     calls = [label.lower() for label, _ in rows]
     out = {n.lower(): calls.count(n.lower()) / max(1, len(calls)) for n in names}
     out["no WBC found"] = calls.count(NO_WBC.lower()) / max(1, len(calls))
+    if UNSURE.lower() in calls:  # -m 3: a crop likelier a type it has no column for (ig)
+        out["unsure"] = calls.count(UNSURE.lower()) / max(1, len(calls))
     return len(files), out
 
 

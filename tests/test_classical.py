@@ -315,3 +315,18 @@ def test_hsv_finds_no_wbc_in_a_grey_photo_and_says_why(caplog):
         classes, inst = hsv_wbc_mask(grey)
     assert inst.max() == 0 and not classes.any() and "needs a colour photo" in caplog.text
     assert hsv_wbc_mask(photo)[1].max() == 1  # the colour photo's one WBC is still found
+
+
+def test_a_batch_warning_names_its_photo(tmp_path, caplog):
+    """A segment audit: `segment --method hsv grey.png la.png colour.bmp` said "the hsv method needs a colour
+    photo" twice, naming neither photo."""
+    from typer.testing import CliRunner
+
+    from helpers import toy_wbc
+    from hemaseg.cli import app
+
+    Image.fromarray(toy_wbc(np.random.default_rng(0), 96)[0]).convert("L").save(tmp_path / "grey.png")
+    res = CliRunner().invoke(app, ["segment", "--method", "hsv", str(tmp_path / "grey.png"), "--out",
+                                   str(tmp_path / "o")])
+    assert res.exit_code == 0, res.output
+    assert f"{tmp_path / 'grey.png'}: the hsv method needs a colour photo" in caplog.text + res.output

@@ -140,7 +140,7 @@ def test_segment_post_processing_parameters_by_name(tmp_path):
                       ("block_size=0", "at least 256"), ("open_radius=100", "from 0.0 to 0.5"),
                       ("cell_open=1e6", "from 0.0 to 0.5"), ("scale_deadband=0", "from 1.0"),
                       ("red_ring=NaN", "finite"), ("red_ring=Infinity", "finite"),
-                      ("first_pass_factors=[]", "at least one"), ("first_pass_factors=[0]", "numbers from"),
+                      ("first_pass_factors=[]", "at least 1 number"), ("first_pass_factors=[0]", "numbers from"),
                       ("size_model=wbc-type", "not a cells model"), ("red_cells=nuclei", "not a cells model")]:
         res = runner.invoke(app, ["segment", str(src), "--out", str(tmp_path / "x"), "--post", bad])
         assert res.exit_code == 2 and says in res.output, (bad, res.output)

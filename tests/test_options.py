@@ -199,3 +199,19 @@ def test_segment_refuses_what_its_tasks_would_fail_on_inside():
             hemaseg.segment(img, cell_diameter=40, **{"model": "wbc", **kw})
         assert err.value.argument == option, kw
     assert hemaseg.segment(img, model="nuclei", cell_diameter=20, tile=128, overlap=64).count == 0
+    assert hemaseg.segment(img, cell_diameter=40, tile=None, overlap=None).count == 0  # None: the defaults
+
+
+def test_post_ranges_keep_the_documented_values():
+    """A review of the ranges: rescale_tolerance 0 ('the older rule'), downscales [] (only the 1x reading),
+    in_range 1 and clump_ratio 0 (off) are documented values and must pass; first_pass_factors [] must not."""
+    from hemaseg.engine.task import param_value
+    from hemaseg.tasks.cells.infer import CellsParams
+    from hemaseg.tasks.smear10.infer import SmearParams
+    from hemaseg.tasks.wbc import WbcParams
+
+    assert param_value(CellsParams(), "rescale_tolerance", "0") == 0.0
+    assert param_value(SmearParams(), "downscales", "[]") == ()
+    assert param_value(SmearParams(), "in_range", "1.0") == 1.0 and param_value(SmearParams(), "clump_ratio", 0) == 0
+    with pytest.raises(ValueError, match="at least 1 number"):
+        param_value(WbcParams(), "first_pass_factors", "[]")

@@ -171,11 +171,27 @@ def _fail_error(exc: HemasegError, path=None) -> None:
     _fail(path if path is not None else getattr(exc, "path", ""), getattr(exc, "reason", str(exc)))
 
 
+class _InputNamed(logging.Filter):
+    """Prefixes a warning logged while one input is worked on with that input's path (a segment audit:
+    "the hsv method needs a colour photo ..." came twice in a batch, naming neither photo)."""
+
+    path: object = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.path is not None and record.levelno >= logging.WARNING:
+            record.msg, record.args = f"{self.path}: {record.getMessage()}", ()
+        return True
+
+
+INPUT_NAMED = _InputNamed()
+
+
 def _for_each(paths, label: str, work) -> int:
     """Run ``work(path)`` on every path with a progress bar; a failing input is reported as one
-    line and the batch goes on. Returns the number of failures."""
+    line and the batch goes on, and what is logged meanwhile names it. Returns the number of failures."""
     failed = 0
     for path in track(paths, label):
+        INPUT_NAMED.path = path
         try:
             work(path)
         except HemasegError as exc:
@@ -184,6 +200,8 @@ def _for_each(paths, label: str, work) -> int:
         except Exception as exc:  # one bad image must not stop the batch
             failed += 1
             _fail(path, f"{exc.__class__.__name__}: {exc}")
+        finally:
+            INPUT_NAMED.path = None
     return failed
 
 
@@ -216,7 +234,7 @@ def post_params(spec, card: dict, items: list[str]):
         wants = next(f for f in dataclasses.fields(defaults) if f.name == name).metadata.get("model")
         if isinstance(value, str) and value not in NO_MODEL and wants:
             try:  # a parameter naming a model: it must load (not fail on every image later)
-                task = get_model(value)[1].get("task")
+                task = get_model(value)[1].get("task", "wbc")
             except HemasegError as exc:
                 raise typer.BadParameter(f"{item!r}: {getattr(exc, 'reason', exc)}", param_hint="--post") from None
             if isinstance(wants, str) and task != wants:  # a wbc-type model here failed on every image
@@ -234,6 +252,9 @@ def _check_method(spec, method: str) -> None:
 
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s", stream=sys.stderr)
+    for handler in logging.getLogger().handlers:  # a warning about one input of a batch names it
+        if INPUT_NAMED not in handler.filters:
+            handler.addFilter(INPUT_NAMED)
 
 
 @app.command()
@@ -308,7 +329,9 @@ def analyze(
         raise typer.Exit(1)
     _out_apart_from_inputs(images, out, paths=paths)
     for option, path in (("--cvat", cvat), ("--coco", coco)):
-        if path is not None and (out / BATCH_PARTS).resolve() in Path(path).resolve().parents:
+        where = Path(path).resolve() if path is not None else None
+        if where is not None and (where == out.resolve() or where == (out / BATCH_PARTS).resolve()
+                                  or (out / BATCH_PARTS).resolve() in where.parents):
             raise HemasegUsageError(option, f"{path} lies in {out / BATCH_PARTS}, where the batch keeps its parts; "
                                             "give another file")
     stems = _stems(paths, out, ["_overlay.png"], fixed=[
@@ -617,7 +640,8 @@ def classify(
     bad_inputs = 0
     for f in file or []:
         if any(ch in f for ch in "*?[") and not Path(f).is_file():
-            paths += sorted(q for q in glob.glob(f, recursive=True) if Path(q).is_file()) or [f]
+            paths += sorted(q for q in glob.glob(f, recursive=True)
+                            if Path(q).is_file() and Path(q).suffix.lower() in IMAGE_SUFFIXES) or [f]
         else:
             paths.append(f)
     for d in directory or []:
@@ -738,7 +762,7 @@ def explain(
         write_png(out / f"{stems[path]}_gradcam_mask.png", (mask * 255).astype(np.uint8))
         crops.append(crop)
         parts.append(cell.parts)
-        labels.append(path.resolve().parent.name)  # a crop named bare (x.jpg): its folder's name all the same
+        labels.append(Path(os.path.abspath(path)).parent.name)  # a crop named bare (x.jpg): its folder's all the same
 
     failed = _for_each(paths, "explain", work)
     if tsne and len(crops) >= 5:

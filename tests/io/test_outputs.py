@@ -157,3 +157,12 @@ def test_segment_reads_webp_in_a_folder_and_names_a_photo_given_as_model(tmp_pat
     assert res.exit_code == 2 and "not a model" in res.output and len(res.output.strip().splitlines()) == 1
     res = runner.invoke(app, ["segment", str(d), "--out", str(out), "--task", "nuclei", "--pixel-size", "0.25"])
     assert res.exit_code == 2 and "--pixel-size" in res.output and len(res.output.strip().splitlines()) == 1
+
+
+def test_a_fixed_file_is_no_folder_the_outputs_go_into(tmp_path):
+    """A review: `analyze p.jpg --out o --coco o` ran the whole batch, then a traceback (IsADirectoryError)."""
+    o = tmp_path / "o"
+    for target in (o, o / "a"):  # the output folder, a folder an output goes into (o/a/x.png)
+        with pytest.raises(HemasegUsageError) as err:
+            output_stems([tmp_path / "a.png"], o, ["_overlay.png", "/x.png"], fixed=[("--coco", target)])
+        assert err.value.option == "--coco" and "folder" in err.value.reason

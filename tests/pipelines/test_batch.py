@@ -139,6 +139,7 @@ def test_a_photo_named_run_keeps_the_batch_options(photos, tmp_path):
 
 @pytest.mark.parametrize("extra", [["--coco", "{out}/results.json"], ["--cvat", "{out}/counts.csv"],
                                    ["--coco", "{out}/a_overlay.png"], ["--coco", "{out}/parts/x.json"],
+                                   ["--coco", "{out}"], ["--cvat", "{out}/parts"],
                                    ["--coco", "{tmp}/same.json", "--cvat", "{tmp}/same.json"]])
 def test_coco_and_cvat_never_replace_the_batch_files(photos, tmp_path, extra):
     """An analyze audit: each of these exited 0 having replaced results.json, counts.csv, an overlay,

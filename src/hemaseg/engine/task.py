@@ -98,9 +98,9 @@ def param_value(defaults, name: str, value):
         if any(v < 0 for v in numbers):
             raise ValueError(f"{name} must not be negative")
         return value
-    lo, hi = bounds
-    if isinstance(value, tuple) and not value:
-        raise ValueError(f"{name} takes at least one number")
+    lo, hi = bounds[:2]
+    if isinstance(value, tuple) and len(value) < (bounds[2] if len(bounds) > 2 else 0):
+        raise ValueError(f"{name} takes at least {bounds[2]} number{'s' if bounds[2] > 1 else ''}")
     if any((lo is not None and v < lo) or (hi is not None and v > hi) for v in numbers):
         span = f"from {lo} to {hi}" if lo is not None and hi is not None else f"at least {lo}" if lo is not None \
             else f"at most {hi}"

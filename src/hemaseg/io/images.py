@@ -509,7 +509,8 @@ def image_size(path: str | Path) -> tuple[int, int]:
     try:
         with Image.open(path) as im:
             h, w = im.size[1], im.size[0]
-            return (w, h) if _orientation(im) >= 5 else (h, w)  # 5-8 turn the image a quarter
+            turned = _orientation(im) >= 5 and not _png_16bit_colour(path)  # 5-8 turn it a quarter (read_image)
+            return (w, h) if turned else (h, w)
     except (OSError, UnidentifiedImageError):
         return read_image(path).shape[:2]
 

@@ -88,6 +88,8 @@ def output_stems(inputs: list[Path], out: Path, endings: Iterable[str], option: 
             raise HemasegUsageError(opt, f"{path} is written by {taken[where]} too; give another file")
         if where in written:
             raise HemasegUsageError(opt, f"{path} is the output of {written[where]}; give another file")
+        if where == out.resolve() or any(where in w.parents for w in written):
+            raise HemasegUsageError(opt, f"{path} is the folder the outputs go into; give a file")
         taken[where] = opt
     for p in inputs:
         for e in endings:

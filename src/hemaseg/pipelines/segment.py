@@ -160,7 +160,7 @@ def segment(image: np.ndarray, model="wbc", cell_diameter: float | None = None, 
     if tta is not None and not isinstance(tta, (bool, np.bool_)):
         raise HemasegUsageError("tta", f"{tta!r}: give True, False or None (the model card's)")
     check_numbers(tile=tile, overlap=overlap)  # each in its range first, then the two together
-    if int(overlap) >= int(tile):
+    if tile is not None and overlap is not None and int(overlap) >= int(tile):
         raise HemasegUsageError("overlap", f"{overlap} px is not under the tile ({tile} px); give a smaller "
                                            "overlap or a larger tile")
     if params is not None and not isinstance(params, dict) and not (task.Params and isinstance(params, task.Params)):

@@ -171,10 +171,10 @@ class WbcParams:
 
     # Each number's allowed range (inclusive; None: open), checked by ``--post`` and ``params=``: values
     # outside them hung a run (block_size 0, open_radius 100), asked for petabytes (cell_open 1e6) or divided
-    # by zero (scale_deadband 0, red_cell_ratio 0). Tuples: each element, at least one.
+    # by zero (scale_deadband 0, red_cell_ratio 0). Tuples: each element; a third number: the fewest elements.
     RANGES: ClassVar[dict] = {
         "min_cell_fraction": (0.0, 4.0), "max_reach": (0.05, 10.0), "open_radius": (0.0, 0.5),
-        "scale_deadband": (1.0, 10.0), "first_pass_factors": (0.05, 8.0), "fallback_diameter": (2.0, 5000.0),
+        "scale_deadband": (1.0, 10.0), "first_pass_factors": (0.05, 8.0, 1), "fallback_diameter": (2.0, 5000.0),
         "block_size": (256, None), "block_margin": (0.0, 10.0), "red_ring": (0.0, 10.0), "red_piece": (0.0, 10.0),
         "red_nucleus": (0.0, 2.0), "red_cell_ratio": (0.5, 10.0), "red_outside": (0.0, 2.0),
         "red_cells_max_pixels": (0, None), "found_share": (0.0, 1.0), "found_margin": (-1.0, 10.0),

@@ -123,7 +123,7 @@ class CellsParams:
     # Each number's allowed range (inclusive; None: open), checked by ``--post`` and ``params=``.
     RANGES: ClassVar[dict] = {
         "min_area_fraction": (0.0, 4.0), "fallback_diameter": (2.0, 5000.0), "score_threshold": (0.0, 1.0),
-        "overlap": (0.0, 1.0), "rescale_tolerance": (1.0, 10.0), "frame_sliver": (0.0, 1.0),
+        "overlap": (0.0, 1.0), "rescale_tolerance": (0.0, 10.0), "frame_sliver": (0.0, 1.0),
         "frame_piece": (0.0, 1.0), "platelet_min_score": (0.0, 1.0), "wbc_min_score": (0.0, 1.0),
         "split_area": (0.0, 100.0), "split_spacing": (0.0, 10.0), "split_depth": (0.0, 10.0),
         "split_neck": (0.0, 10.0), "split_min_piece": (0.0, 10.0)}

@@ -262,10 +262,10 @@ class SmearParams:
     rbc_quantile: float = RBC_QUANTILE
 
     # Each number's allowed range (inclusive; None: open), checked by ``--post`` and ``params=``: agreement
-    # and in_range 1 or under divided by zero, an rbc_quantile of 500 failed on every image.
+    # 1 or under and in_range 0 divided by zero, an rbc_quantile of 500 failed on every image.
     RANGES: ClassVar[dict] = {
         "downscales": (0.05, 1.0), "min_side": (16, None), "fallback_diameter": (2.0, 5000.0),
-        "agreement": (1.01, 10.0), "in_range": (1.01, 10.0), "clump_ratio": (0.1, 100.0),
+        "agreement": (1.01, 10.0), "in_range": (1.0, 10.0), "clump_ratio": (0.0, 100.0),
         "infected_share": (0.0, 1.0), "min_cell_fraction": (0.0, 4.0), "size_min_cells": (1, None),
         "size_check": (0.0, 1.0), "rbc_quantile": (0.0, 100.0)}
 
