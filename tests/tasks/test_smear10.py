@@ -603,3 +603,17 @@ def test_a_data_sets_own_folder_given_to_synth_is_searched(tmp_path):
     (tmp_path / "x" / "bccd-wbc").mkdir(parents=True)
     assert _named(tmp_path / "bccd-wbc", "bccd-wbc") == [tmp_path / "bccd-wbc"]
     assert _named(tmp_path, "bccd-wbc") == [tmp_path / "bccd-wbc", tmp_path / "x" / "bccd-wbc"]
+
+
+def test_a_typed_wbc_is_scored_by_the_maps_wbc_probability():
+    """A segment audit: a WBC the typer named a monocyte, which the map had called a lymphocyte, scored 0.0."""
+    from hemaseg.tasks.smear10.infer import GROUPS, smear_objects
+
+    classes = np.zeros((20, 20), np.uint8)
+    mono, lymph = GROUPS["wbc"][:2]
+    classes[5:15, 5:15] = mono
+    probs = np.zeros((10, 20, 20), np.float32)
+    probs[0] = 1.0
+    probs[0, 5:15, 5:15], probs[lymph, 5:15, 5:15] = 0.1, 0.9  # the map: a lymphocyte; the typer: mono
+    assert smear_objects(classes, probs)[1][0]["score"] == 0.0
+    assert smear_objects(classes, probs, typed_wbcs=True)[1][0]["score"] == pytest.approx(0.9)

@@ -159,9 +159,12 @@ def type_wbc_objects(image: np.ndarray, classes: np.ndarray, type_model="wbc-typ
     return out
 
 
-def smear_objects(classes: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, list[dict]]:
+def smear_objects(classes: np.ndarray, probs: np.ndarray, typed_wbcs: bool = False) -> tuple[np.ndarray, list[dict]]:
     """(H, W) int32 instances (connected objects of one class) and one record per object with
-    ``class_name`` and ``category`` (rbc / wbc / platelet)."""
+    ``class_name``, ``category`` (rbc / wbc / platelet) and ``score``, the map's mean probability of the
+    object's class over its pixels; with ``typed_wbcs`` (the WBCs' types given by the typer, not the
+    map) a WBC's score is the map's probability of any WBC type (a monocyte the map had called a
+    lymphocyte scored 0.0)."""
     from scipy import ndimage as ndi
 
     instances = np.zeros(classes.shape, np.int32)
@@ -176,7 +179,9 @@ def smear_objects(classes: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, l
         for r in recs:
             y1, y2, x1, x2 = (r["bounding_box"][c] for c in ("y1", "y2", "x1", "x2"))
             sel = instances[y1:y2, x1:x2] == r["id"]
-            r["score"] = round(float(probs[k, y1:y2, x1:x2][sel].mean()), 4)
+            p = probs[list(GROUPS["wbc"]), y1:y2, x1:x2].sum(0) if typed_wbcs and k in GROUPS["wbc"] \
+                else probs[k, y1:y2, x1:x2]
+            r["score"] = round(float(p[sel].mean()), 4)
             r["category"] = GROUP_OF[k]
         objects += recs
     return instances, objects
@@ -459,5 +464,5 @@ def segment_smear(image: np.ndarray, model="smear10", cell_diameter: float | Non
         classes = platelets_by_size(classes, diameter, sp.clump_ratio)
     if card.get("wbc_typing"):
         classes = type_wbc_objects(image, classes, card["wbc_typing"], device)
-    instances, objects = smear_objects(classes, probs)
+    instances, objects = smear_objects(classes, probs, typed_wbcs=bool(card.get("wbc_typing")))
     return Segmentation(classes, instances, probs, diameter, factor, objects)
