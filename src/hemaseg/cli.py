@@ -162,6 +162,14 @@ def _out_apart_from_inputs(images, out: Path, recursive: bool = False, paths=())
                                          "lie among the inputs and the files beside them; write to another folder")
 
 
+def _refuse_other_task(card: dict, model, task: str) -> None:
+    """Exit 2 in one line when ``model``'s card is of another task than ``task`` (a card naming none is taken
+    as ``task``'s)."""
+    if card.get("task", task) != task:
+        _fail(model, f"is a {card.get('task')} model, not a {task} model")
+        raise typer.Exit(2)
+
+
 def _fail(path, reason: str) -> None:
     typer.echo(f"{path}: {reason}", err=True)
 
@@ -322,16 +330,14 @@ def analyze(
     tile = tile or DEFAULT_TILE
     if not images:
         images = [str(SAMPLE_PHOTO)]
-    _out_apart_from_inputs(images, out)
     paths = list_images(images)
+    _out_apart_from_inputs(images, out, paths=paths)
     if not paths:
         _fail(" ".join(images), "no images found")
         raise typer.Exit(1)
-    _out_apart_from_inputs(images, out, paths=paths)
     for option, path in (("--cvat", cvat), ("--coco", coco)):
-        where = Path(path).resolve() if path is not None else None
-        if where is not None and (where == out.resolve() or where == (out / BATCH_PARTS).resolve()
-                                  or (out / BATCH_PARTS).resolve() in where.parents):
+        where = Path(path).resolve() if path is not None else None  # OUT itself: output_stems refuses it
+        if where is not None and (where == (out / BATCH_PARTS).resolve() or (out / BATCH_PARTS).resolve() in where.parents):
             raise HemasegUsageError(option, f"{path} lies in {out / BATCH_PARTS}, where the batch keeps its parts; "
                                             "give another file")
     stems = _stems(paths, out, ["_overlay.png"], fixed=[
@@ -421,17 +427,14 @@ def segment(
         except HemasegError as exc:
             _fail_error(exc, model_name)
             raise typer.Exit(2) from None
-        if loaded[1].get("task", spec.name) != spec.name:
-            _fail(model_name, f"is a {loaded[1].get('task')} model, not a {spec.name} model")
-            raise typer.Exit(2)
+        _refuse_other_task(loaded[1], model_name, spec.name)
         if post:
             params = post_params(spec, loaded[1], post)
-    _out_apart_from_inputs(images, out)
     paths = list_images(images)
+    _out_apart_from_inputs(images, out, paths=paths)
     if not paths:
         _fail(" ".join(images), "no images found")
         raise typer.Exit(1)
-    _out_apart_from_inputs(images, out, paths=paths)
     endings = [f"{s}.png" for s in spec.label_suffixes] + [".json"] + (["_overlay.png"] if overlay else [])
     stems = _stems(paths, out, endings)
     out.mkdir(parents=True, exist_ok=True)
@@ -669,9 +672,7 @@ def classify(
     except HemasegError as exc:
         _fail_error(exc, model or "wbc-type")
         raise typer.Exit(2) from None
-    if loaded[1].get("task", "wbc-type") != "wbc-type":  # a segmentation model answered NO_WBC for every crop
-        _fail(model, f"is a {loaded[1].get('task')} model, not a wbc-type model")
-        raise typer.Exit(2)
+    _refuse_other_task(loaded[1], model, "wbc-type")  # a segmentation model answered NO_WBC for every crop
     try:
         group_probs(np.zeros((0, len(loaded[1]["classes"]))), list(loaded[1]["classes"]), mode)
     except ValueError as exc:
@@ -739,9 +740,7 @@ def explain(
     except HemasegError as exc:
         _fail_error(exc, model or "wbc-type")
         raise typer.Exit(2) from None
-    if card.get("task", "wbc-type") != "wbc-type":  # failed on every crop with an AttributeError
-        _fail(model, f"is a {card.get('task')} model, not a wbc-type model")
-        raise typer.Exit(2)
+    _refuse_other_task(card, model, "wbc-type")  # failed on every crop with an AttributeError
     _out_apart_from_inputs(images, out, recursive=True)
     paths = list_images(images, recursive=True)
     if not paths:
@@ -817,9 +816,7 @@ def evaluate(
         except HemasegError as exc:
             _fail_error(exc, model or spec.default_model)
             raise typer.Exit(2) from None
-        if card.get("task", spec.name) != spec.name:  # scored 0.0 everywhere, or failed deep inside
-            _fail(model, f"is a {card.get('task')} model, not a {spec.name} model")
-            raise typer.Exit(2)
+        _refuse_other_task(card, model, spec.name)  # scored 0.0 everywhere, or failed deep inside
     try:
         res = spec.evaluate(data, model or spec.default_model, split, cell_diameter, dev, grid, method)
     except HemasegUsageError:
