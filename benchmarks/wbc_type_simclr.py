@@ -2,7 +2,8 @@
 
     python benchmarks/wbc_type_simclr.py --leave LAB --out runs/ssl-LAB --steps 600
 
-LAB (bccd, wbc-seg or pbc) is the lab left out: its crops are not seen. Then
+LAB (bccd, wbc-seg or pbc) is the lab left out: its crops are not seen (``none``: every lab, the start of the
+bundled model: ``wbc_type_lolo.py --only all --init runs/ssl-none/model.safetensors``). Then
     python benchmarks/wbc_type_lolo.py --no-extras --epochs 30 --init "runs/ssl-{lab}/model.safetensors"
 Seeded; the crops are read from the TXL-PBC WBC crops of benchmarks/txl_wbc_crops.py --per-source 5000.
 """
@@ -32,13 +33,14 @@ def groups(leave: str) -> dict[str, list[Path]]:
         "bcdd": list(list_images(TXL / "BCDD")),
         "wbc-seg": [p for p in list_images(DATA / "wbc-seg", recursive=True) if p.suffix.lower() == ".bmp"],
     }
-    drop = {"wbc-seg": "wbc-seg", "bccd": "bccd", "pbc": "cellavision"}[leave]
+    drop = {"wbc-seg": "wbc-seg", "bccd": "bccd", "pbc": "cellavision", "none": None}[leave]
     return {k: v for k, v in g.items() if k != drop}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--leave", required=True)
+    ap.add_argument("--leave", required=True, choices=["bccd", "wbc-seg", "pbc", "none"],
+                    help="the lab whose crops are not seen; none: every lab (the bundled model's start)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--batch", type=int, default=128)
@@ -72,7 +74,7 @@ def main() -> None:
     looks = crop_looks(img, masks)
     ds = CropDataset(img, masks, -np.ones(len(img), int), classify_transform(True), 0.3, None, looks, 0.5, "rgb")
     w = np.array([1.0 / (gid == k).sum() for k in gid])
-    classes = [c for c in ALL_CLASSES if c in ({"wbc-seg": ALL_CLASSES, "bccd": ALL_CLASSES}.get(args.leave)
+    classes = [c for c in ALL_CLASSES if c in ({"wbc-seg": ALL_CLASSES, "bccd": ALL_CLASSES, "none": ALL_CLASSES}.get(args.leave)
                                               or ["neutrophil", "eosinophil", "basophil", "lymphocyte", "monocyte"])]
     kw = {"backbone": "resnet10-half", "classes": len(classes), "dropout": 0.2, "domain_head": True, "norm": "group",
           "extras": 0}
