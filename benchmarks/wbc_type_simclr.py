@@ -61,7 +61,7 @@ def main() -> None:
     from hemaseg.tasks.wbc_type.crops import ALL_CLASSES
     from hemaseg.tasks.wbc_type.train import CropDataset, crop_looks, prepare_crops
 
-    g = groups(args.leave)  # noqa: the module's paths as given
+    g = groups(args.leave)  # the module's paths as given
     paths, gid = [], []
     for k, (name, ps) in enumerate(g.items()):
         paths += ps

@@ -187,19 +187,22 @@ def test_errors_survive_pickling_and_keep_values_that_look_like_flags():
 
 def test_segment_refuses_what_its_tasks_would_fail_on_inside():
     """A segment audit: overlap = tile divided by zero in the tiling, params='red_ring=0.2' was an AttributeError,
-    tta='yes' was taken as True, block_size=0 in params hung."""
+    tta='yes' was taken as True, block_size=0 in params hung; a complete WbcParams was used unchecked (stop 60)."""
     import hemaseg
     from hemaseg.errors import HemasegUsageError
+    from hemaseg.tasks.wbc import WbcParams
 
     img = np.full((64, 64, 3), 230, np.uint8)
     for kw, option in [({"model": "nuclei", "tile": 128, "overlap": 128}, "overlap"),
                        ({"params": "red_ring=0.2"}, "params"), ({"tta": "yes"}, "tta"),
-                       ({"params": {"block_size": 0}}, "params"), ({"params": {"red_ring": float("nan")}}, "params")]:
+                       ({"params": {"block_size": 0}}, "params"), ({"params": {"red_ring": float("nan")}}, "params"),
+                       ({"params": WbcParams(block_size=0)}, "params"), ({"params": WbcParams(red_ring=-1.0)}, "params")]:
         with pytest.raises(HemasegUsageError) as err:
             hemaseg.segment(img, cell_diameter=40, **{"model": "wbc", **kw})
         assert err.value.argument == option, kw
     assert hemaseg.segment(img, model="nuclei", cell_diameter=20, tile=128, overlap=64).count == 0
     assert hemaseg.segment(img, cell_diameter=40, tile=None, overlap=None).count == 0  # None: the defaults
+    assert hemaseg.segment(img, cell_diameter=40, params=WbcParams(red_ring=0.2)).count == 0  # a good object passes
 
 
 def test_post_ranges_keep_the_documented_values():

@@ -42,6 +42,23 @@ def params_from_card(params_class: type, card: dict | None = None, task_name: st
     return dataclasses.replace(defaults, **{k: param_value(defaults, k, v) for k, v in overrides.items()})
 
 
+def checked_params(params):
+    """A complete post-processing parameters object with each field checked as :func:`param_value` checks
+    a ``--post`` value (against the class's defaults), or :class:`ValueError` naming the first bad one.
+
+    >>> from hemaseg.tasks.wbc import WbcParams
+    >>> checked_params(WbcParams(red_ring=0.2)).red_ring
+    0.2
+    >>> checked_params(WbcParams(block_size=0))
+    Traceback (most recent call last):
+    ...
+    ValueError: block_size takes a number at least 256
+    """
+    defaults = type(params)()
+    return dataclasses.replace(params, **{f.name: param_value(defaults, f.name, getattr(params, f.name))
+                                          for f in dataclasses.fields(params) if f.init})
+
+
 def param_value(defaults, name: str, value):
     """``value`` as the post-processing parameter ``name`` of ``defaults`` (a parameters dataclass) takes
     it, or :class:`ValueError` saying what it takes: text is read as ``--post NAME=VALUE`` reads it (JSON,

@@ -6,6 +6,7 @@ import numpy as np
 from hemaseg.core.options import OPTION_RANGES, check_numbers
 from hemaseg.core.result import Segmentation
 from hemaseg.engine.predict import get_model, resolve_device, uses_backend
+from hemaseg.engine.task import checked_params
 from hemaseg.engine.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
 from hemaseg.errors import HemasegInputError, HemasegUsageError
 from hemaseg.io.images import as_photo
@@ -96,8 +97,8 @@ def segment(image: np.ndarray, model="wbc", cell_diameter: float | None = None, 
         Overrides of the task's post-processing parameters (e.g. :class:`hemaseg.tasks.wbc.WbcParams`
         for ``wbc``): a dict of names and values, applied over the model card's ``"postprocess"``
         entry and the defaults (None values ignored; text is read as the CLI's ``--post NAME=VALUE``
-        reads it), or a complete Params object, used as it is. Default None: the card's, else
-        the defaults.
+        reads it), or a complete Params object, each field checked as a ``--post`` value is.
+        Default None: the card's, else the defaults.
     backend : {"auto", "torch", "onnx"}, optional
         Where the networks run: ``"torch"``, ``"onnx"`` (ONNX Runtime, CPU only) or ``"auto"``
         (default: ONNX Runtime on the CPU where the model has an ONNX file, onnxruntime is
@@ -166,9 +167,11 @@ def segment(image: np.ndarray, model="wbc", cell_diameter: float | None = None, 
     if params is not None and not isinstance(params, dict) and not (task.Params and isinstance(params, task.Params)):
         raise HemasegUsageError("params", f"a {type(params).__name__}; give a dict of names and values"
                                           + (f" or a {task.Params.__name__}" if task.Params else ""))
-    if isinstance(params, dict):  # names -> values over the card's own ("postprocess") and the defaults
-        try:
+    try:
+        if isinstance(params, dict):  # names -> values over the card's own ("postprocess") and the defaults
             params = task.params(loaded[1], **params)
-        except ValueError as exc:
-            raise HemasegUsageError("params", str(exc)) from None
+        elif params is not None:  # a complete object: each field as a --post value is checked
+            params = checked_params(params)
+    except ValueError as exc:
+        raise HemasegUsageError("params", str(exc)) from None
     return task.predict(image, loaded, cell_diameter, device, tile, overlap, tta, params)
