@@ -302,6 +302,20 @@ def test_list_images_takes_a_file_named_like_a_pattern_and_each_file_once(tmp_pa
     assert [p.name for p in got] == ["img[1].jpg", "x.jpg"]
 
 
+def test_a_glob_lists_its_images_and_one_matching_none_is_named(tmp_path, monkeypatch):
+    """segment's glob listed a notes.txt it matched as a failed image (exit 1) where classify skipped it, and a
+    glob matching nothing vanished unsaid; both commands now list inputs with io.images.expand_inputs (stop 60)."""
+    (tmp_path / "in").mkdir()
+    Image.fromarray(np.full((64, 64, 3), 230, np.uint8)).save(tmp_path / "in" / "a.png")
+    (tmp_path / "in" / "notes.txt").write_text("x")
+    monkeypatch.chdir(tmp_path)
+    res = runner.invoke(app, ["segment", "in/*", "--out", "o1", "--method", "hsv"])
+    assert res.exit_code == 0 and "notes.txt" not in res.output, res.output
+    res = runner.invoke(app, ["segment", "in/*.bmp", "in/a.png", "--out", "o2", "--method", "hsv"])
+    assert res.exit_code == 1 and "in/*.bmp: no image matches it" in res.output, res.output
+    assert (tmp_path / "o2" / "a.png").exists()  # the other input still segmented
+
+
 def test_a_train_refused_before_its_first_checkpoint_leaves_nothing_to_resume(tmp_path, wbc_folder):
     """`train wbc --data /nonexist --out r` failed (exit 1) but left r/state.json, so the mended command was told
     'r already holds a training run; continue it with --resume'; --crop 100 (not a multiple of the U-Net's stride)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import glob
 import json
 import logging
 import os
@@ -29,7 +28,7 @@ from hemaseg.engine.train import has_checkpoint, prepare_run
 from hemaseg.errors import HemasegError, HemasegInputError, HemasegUsageError
 from hemaseg.io.convert import CONVERTERS
 from hemaseg.io.convert import convert as run_convert
-from hemaseg.io.images import IMAGE_SUFFIXES, list_images, open_image, pixel_size_um, read_image
+from hemaseg.io.images import IMAGE_SUFFIXES, expand_inputs, list_images, open_image, pixel_size_um, read_image
 from hemaseg.io.outputs import output_stems, write_segmentation
 from hemaseg.io.writers import check_output, write_json, write_png, write_text
 from hemaseg.models.registry import SAMPLE_PHOTO, WEIGHTS_DIR, card_figures, list_models, load_card
@@ -642,19 +641,14 @@ def classify(
     paths: list[str] = []
     bad_inputs = 0
     for f in file or []:
-        if any(ch in f for ch in "*?[") and not Path(f).is_file():
-            paths += sorted(q for q in glob.glob(f, recursive=True)
-                            if Path(q).is_file() and Path(q).suffix.lower() in IMAGE_SUFFIXES) or [f]
-        else:
-            paths.append(f)
+        paths += [f] if Path(f).is_dir() else expand_inputs(f)  # a folder given to -f is reported, not listed
     for d in directory or []:
         if not Path(d).is_dir():
             _fail(d, "not a folder")
             bad_inputs += 1
             continue
-        paths += [os.path.join(d, str(p.relative_to(d))) for p in sorted(Path(d).rglob("*"))
-                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
-    seen: set[str] = set()  # one row per crop however it was spelt (a.jpg, ./a.jpg)
+        paths += expand_inputs(d, recursive=True)
+    seen: set[str] = set()  # one row per crop however it was spelt (a.jpg, ./a.jpg), between -f and -d too
     paths = [p for p in paths if not (os.path.abspath(p) in seen or seen.add(os.path.abspath(p)))]
     if not paths:
         if bad_inputs:

@@ -67,7 +67,7 @@ def _pil_array(im: Image.Image, band_pixels: int = 1 << 22) -> np.ndarray:
 
 def _read_raw(path: Path) -> np.ndarray:
     if not path.exists():
-        raise HemasegInputError(path, "no such file")
+        raise HemasegInputError(path, "no image matches it" if any(ch in str(path) for ch in "*?[") else "no such file")
     if path.is_dir():
         raise HemasegInputError(path, "is a folder, not an image")
     if path.stat().st_size == 0:
@@ -479,28 +479,50 @@ def describe_values(values: np.ndarray, limit: int = 8) -> str:
     return ", ".join(map(str, values[:limit - 1])) + f", ..., {values[-1]} ({len(values)} values)"
 
 
-def list_images(inputs: list[str | Path] | str | Path, recursive: bool = False) -> list[Path]:
-    """Expand files, folders and glob patterns into a sorted list of image paths.
+def expand_inputs(inputs: list[str | Path] | str | Path, recursive: bool = False) -> list[str]:
+    """Files, folders and glob patterns as the image paths they name, each spelt as the user spelt it:
+    a file as typed, whatever its suffix (so that a bad one is reported, not skipped); a folder's
+    images (:data:`IMAGE_SUFFIXES`; sub-folders too when ``recursive``) as the folder as typed joined
+    with their path inside it (``./crops/a.jpg`` stays so); a glob's image matches as the glob spells
+    them, sorted, or the pattern itself when it matches none (so that it is reported). One entry per
+    file however it was spelt (``a/../a/x.jpg``, ``./a/x.jpg``); links are kept apart.
 
-    Files given explicitly are kept whatever their suffix so that a bad one is reported,
-    not silently skipped.
+    >>> import tempfile
+    >>> d = tempfile.mkdtemp()
+    >>> for n in ("b.jpg", "a.png", "notes.txt"):
+    ...     _ = open(os.path.join(d, n), "w").write("x")
+    >>> [os.path.basename(p) for p in expand_inputs([d, os.path.join(d, "*"), os.path.join(d, "notes.txt")])]
+    ['a.png', 'b.jpg', 'notes.txt']
+    >>> expand_inputs(os.path.join(d, "*.bmp")) == [os.path.join(d, "*.bmp")]
+    True
     """
     import glob
 
-    if isinstance(inputs, (str, Path)):
+    if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
-    out: list[Path] = []
-    for item in inputs:
+    out: list[str] = []
+    for item in map(os.fspath, inputs):
         p = Path(item)
         if p.is_dir():
             it = p.rglob("*") if recursive else p.iterdir()
-            out += sorted(q for q in it if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
-        elif any(ch in str(item) for ch in "*?[") and not p.is_file():  # a real file named img[1].jpg is a file
-            out += sorted(Path(q) for q in glob.glob(str(item), recursive=True) if Path(q).is_file())
+            out += [os.path.join(item, str(q.relative_to(p))) for q in sorted(it)
+                    if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES]
+        elif any(ch in item for ch in "*?[") and not p.is_file():  # a real file named img[1].jpg is a file
+            out += sorted(q for q in glob.glob(item, recursive=True)
+                          if Path(q).is_file() and Path(q).suffix.lower() in IMAGE_SUFFIXES) or [item]
         else:
-            out.append(p)
-    seen: set[str] = set()  # one entry per file however it was spelt (a/../a/x.jpg, ./a/x.jpg); links kept apart
+            out.append(item)
+    seen: set[str] = set()
     return [p for p in out if not (os.path.abspath(p) in seen or seen.add(os.path.abspath(p)))]
+
+
+def list_images(inputs: list[str | Path] | str | Path, recursive: bool = False) -> list[Path]:
+    """Expand files, folders and glob patterns into image paths (:func:`expand_inputs`, as Paths).
+
+    Files given explicitly are kept whatever their suffix so that a bad one is reported,
+    not silently skipped; a glob that matches no image is kept as given, for the same reason.
+    """
+    return [Path(p) for p in expand_inputs(inputs, recursive)]
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
