@@ -56,7 +56,7 @@ def main() -> None:
     torch.set_num_threads(2)
     torch.manual_seed(args.seed)
 
-    from hemaseg.data.transforms import classify_transform
+    from hemaseg.data.transforms import classify_transform, seed_transform
     from hemaseg.models.registry import create_model, save_model
     from hemaseg.tasks.wbc_type.crops import ALL_CLASSES
     from hemaseg.tasks.wbc_type.train import CropDataset, crop_looks, prepare_crops
@@ -85,7 +85,7 @@ def main() -> None:
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.05)
     gen = torch.Generator().manual_seed(args.seed)
-    ds.transform.set_random_seed(args.seed)
+    seed_transform(ds.transform, args.seed)
     sampler = torch.utils.data.WeightedRandomSampler(w, args.steps * args.batch, replacement=True, generator=gen)
 
     def collate(batch):

@@ -31,7 +31,7 @@ from hemaseg.io.convert import convert as run_convert
 from hemaseg.io.images import IMAGE_SUFFIXES, expand_inputs, list_images, open_image, pixel_size_um, read_image
 from hemaseg.io.outputs import output_stems, write_segmentation
 from hemaseg.io.writers import check_output, write_json, write_png, write_text
-from hemaseg.models.registry import SAMPLE_PHOTO, WEIGHTS_DIR, card_figures, list_models, load_card
+from hemaseg.models.registry import SAMPLE_PHOTO, WEIGHTS_DIR, card_figures, list_models, load_card, resolve_model_path
 from hemaseg.pipelines.analyze import MIN_CONFIDENCE
 from hemaseg.pipelines.batch import PARTS as BATCH_PARTS
 from hemaseg.pipelines.batch import (
@@ -572,6 +572,15 @@ def train(
             if out is None:
                 raise typer.BadParameter("give --data DIR and --out RUN (or --resume RUN)")
             check_output(out, "--out", folder=True)
+            if init and Path(init).exists():  # a path: absolute (a resume from elsewhere finds it), never in --out
+                init = str(Path(init).resolve())
+                try:
+                    start = resolve_model_path(init).resolve()
+                except HemasegError:
+                    start = Path(init)
+                if start == out.resolve() or out.resolve() in start.parents:
+                    raise HemasegUsageError("--init", f"{init} lies in --out {out}, which the run writes (and "
+                                                      "--overwrite clears); give another --out")
             cfg = spec.train_config(
                 data=[str(Path(d).resolve()) for d in data] if data else None, arch=arch, epochs=epochs,
                 batch_size=batch_size, lr=lr, crop=crop, samples_per_epoch=samples_per_epoch, patience=patience,

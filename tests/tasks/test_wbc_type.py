@@ -225,6 +225,14 @@ def test_trained_model_takes_the_ruler_and_is_calibrated(tmp_path):
     assert res.exit_code == 0, res.output
     tuned = json.loads((tmp_path / "ft" / "model.json").read_text())
     assert tuned["classes"] == card["classes"] and tuned["input_size"] == 48 and tuned["training"]["init"] == str(run)
+    assert not (tmp_path / "ft" / ".pending").exists()  # each epoch committed as one unit (commit_checkpoint)
+    # the start model is never the run's output: --overwrite deleted it, or the finished run overwrote it
+    before = (run / "model.safetensors").read_bytes()
+    for extra in (["--overwrite"], []):
+        res = runner.invoke(app, ["train", "wbc-type", "--init", str(run / "model.safetensors"), "--data", str(mine),
+                                  "--out", str(run), "--epochs", "1", *extra])
+        assert res.exit_code == 2 and "--init" in res.output and "lies in --out" in res.output, res.output
+    assert (run / "model.safetensors").read_bytes() == before
     # a fine-tune killed before its first checkpoint starts again from the start model, not from random weights
     from safetensors.torch import load_file
 
@@ -491,7 +499,7 @@ def test_a_shape_typer_sees_the_nucleus_and_cell_masks_moved_with_the_crop(tmp_p
     """``--colour shape``: luminance beside the segmented nucleus and cell masks. The masks follow the
     crop through the training augmentation's geometry, the card says what the model needs, and a model
     that sees parts refuses crops without them instead of guessing."""
-    from hemaseg.data.transforms import classify_transform
+    from hemaseg.data.transforms import classify_transform, seed_transform
     from hemaseg.tasks.wbc_type.crops import crops_for, predict_crops
     from hemaseg.tasks.wbc_type.train import CropDataset
 
@@ -500,7 +508,7 @@ def test_a_shape_typer_sees_the_nucleus_and_cell_masks_moved_with_the_crop(tmp_p
     parts = ((np.hypot(yy - 24, xx - 24) < 16).astype(np.uint8) + (np.hypot(yy - 18, xx - 30) < 7)).astype(np.uint8)
     image = np.choose(parts, [230, 170, 60]).astype(np.uint8)[..., None].repeat(3, -1)
     transform = classify_transform(True)
-    transform.set_random_seed(0)
+    seed_transform(transform, 0)
     ds = CropDataset(image[None], parts[None], np.zeros(1, int), transform, 0.0, colour="shape")
     torch.manual_seed(0)
     for _ in range(8):  # flips, rotations, affine: the nucleus channel stays on the dark pixels
@@ -530,7 +538,7 @@ def test_a_shape_hue_typer_sees_the_dyes_balance_not_the_labs_tint():
     """``--colour shape-hue``: luminance, the red-blue balance of the dyes stretched on the crop's own
     range (orange granules stay apart from purple ones of the same lightness under any lab's tint) and
     the cell's parts in one channel, moved with the crop by the augmentation."""
-    from hemaseg.data.transforms import classify_transform, crop_input
+    from hemaseg.data.transforms import classify_transform, crop_input, seed_transform
     from hemaseg.tasks.wbc_type.train import CropDataset
 
     yy, xx = np.mgrid[:48, :48]
@@ -553,7 +561,7 @@ def test_a_shape_hue_typer_sees_the_dyes_balance_not_the_labs_tint():
     with pytest.raises(ValueError, match="parts"):
         crop_input(crop, "shape-hue")
     transform = classify_transform(True)
-    transform.set_random_seed(0)
+    seed_transform(transform, 0)
     ds = CropDataset(crop[None], parts[None], np.zeros(1, int), transform, 0.0, colour="shape-hue")
     torch.manual_seed(0)
     for _ in range(6):  # the parts channel follows the geometry: still 0 / 0.5 / 1, the nucleus still dark

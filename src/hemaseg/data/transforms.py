@@ -55,6 +55,27 @@ def normalize(image: np.ndarray, low: float = 1.0, high: float = 99.0, prange: n
     return 1.0 - x if invert else x
 
 
+def seed_transform(transform, seed: int) -> None:
+    """Seed an albumentations pipeline with ONE numpy and one Python stream that its transforms share.
+
+    ``Compose.set_random_seed(s)`` gives every child transform its own generator seeded ``s``, so the
+    children draw the same numbers: a horizontal and a vertical flip of equal ``p`` fire together (a
+    180 degree turn, never a mirror) and every other pair of equal ``p`` moves in step. Shared streams
+    draw each transform's chance apart, and are as reproducible.
+
+    >>> import albumentations as A
+    >>> t = A.Compose([A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)])
+    >>> seed_transform(t, 123)
+    >>> img = np.arange(16, dtype=np.uint8).reshape(4, 4)
+    >>> flips = {(bool(o[0, 0] in (3, 15)), bool(o[0, 0] in (12, 15))) for o in (t(image=img)["image"] for _ in range(40))}
+    >>> len(flips)  # all four combinations of the two flips, not only both or neither
+    4
+    """
+    import random
+
+    transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
+
+
 def train_transform(crop: int, augment: bool = True, scale: tuple[float, float] = (0.5, 2.0)):
     """Training pipeline on uint8 RGB + label mask: geometry, scale, stain/colour, optics.
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from hemaseg.data.transforms import is_bright_background, normalize, percentile_range, train_transform
+from hemaseg.data.transforms import is_bright_background, normalize, percentile_range, seed_transform, train_transform
 from hemaseg.data.weights import contact_weights
 from hemaseg.engine.evaluate import select_split
 from hemaseg.engine.losses import dice_ce_loss
@@ -355,7 +355,7 @@ def begin_epoch(seed: int, epoch: int, transform) -> int:
     returns the epoch's seed."""
     epoch_seed = seed * 100_003 + epoch
     _seed_all(epoch_seed)
-    transform.set_random_seed(epoch_seed)
+    seed_transform(transform, epoch_seed)  # shared streams: each transform's chance drawn apart
     return epoch_seed
 
 
@@ -487,7 +487,7 @@ def end_epoch(run: Path, state: dict, cfg, epoch: int, lr: float, losses: list[f
     state["lr"] = optimizer.param_groups[0]["lr"]
     card_now = {**card, "metrics": {"val": val, "epoch": epoch}}
     models = {}
-    if metric > state["best_metric"]:
+    if state["best_epoch"] == 0 or metric > state["best_metric"]:  # the first epoch is best whatever its score (a -loss)
         state["best_metric"], state["best_epoch"] = metric, epoch
         models["best"] = (model, card_now)
     if epoch - state["best_epoch"] >= cfg.patience:

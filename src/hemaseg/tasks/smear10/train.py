@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 
 from hemaseg.core.vocabulary import category_of
-from hemaseg.data.transforms import colour_augs, normalize, optics_augs, percentile_range
+from hemaseg.data.transforms import colour_augs, normalize, optics_augs, percentile_range, seed_transform
 from hemaseg.data.weights import class_balance_weights
 from hemaseg.engine.losses import IGNORE
 from hemaseg.errors import HemasegInputError, HemasegUsageError
@@ -101,7 +101,7 @@ class SynthDataset:
             rng = self._rng(i, self.epoch)
             smear = compose(self.bank, self.synth, rng)
             image, classes = smear.image, smear.classes
-        self.transform.set_random_seed(int(rng.integers(2**31)))
+        seed_transform(self.transform, int(rng.integers(2**31)))
         classes = merge_wbc_types(classes) if self.merge_wbc else classes  # real fields' are merged already
         out = self.transform(image=image, mask=classes)
         x = normalize(out["image"], prange=percentile_range(out["image"], self.low, self.high))

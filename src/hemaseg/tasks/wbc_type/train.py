@@ -31,6 +31,7 @@ from hemaseg.engine.runtime import softmax
 from hemaseg.engine.train import (
     _seed_all,
     begin_epoch,
+    commit_checkpoint,
     epochs_to_run,
     has_checkpoint,
     load_last,
@@ -440,7 +441,6 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
     from safetensors.torch import load_file
 
     run = Path(run)
-    state_path = run / "state.json"
     cfg, state = start_or_resume(cfg, ClassifyConfig, run, resume)
     check_colour(cfg.colour)
     check_crop_padding(cfg.crop_padding)
@@ -590,16 +590,15 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
         state["history"].append(entry)
         state["epoch"] = epoch
         card_now = {**card, "metrics": {"val": val_scores, "epoch": epoch}}
-        if metric > state["best_metric"]:
+        models = {"last": (model, card_now)}
+        if state["best_epoch"] == 0 or metric > state["best_metric"]:  # the first epoch is best whatever its score
             state["best_metric"], state["best_epoch"] = metric, epoch
-            save_model(model, run / "best", card_now)
+            models["best"] = (model, card_now)
         if epoch - state["best_epoch"] >= cfg.patience:
             state["stopped_early"] = True
-        save_model(model, run / "last", card_now)
-        with atomic_path(run / "last.optim.pt") as tmp:
-            torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp)
         state["versions"] = versions()
-        write_json(state_path, state)
+        # One unit: the weights, the optimizer and the state of this epoch, or (killed) the last epoch's.
+        commit_checkpoint(run, state, models, {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()})
         plot_curves(state["history"], run / "curves.png")
         log.info(f"epoch {epoch}/{cfg.epochs} loss {entry['train_loss']:.4f} "
                  + " ".join(f"{k} {v:.3f}" for k, v in val_scores.items()) + f" lr {lr:.2e} {entry['seconds']:.0f}s")
@@ -622,10 +621,9 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
                            f"validation, epoch {state['best_epoch']}: acc {rep['accuracy']:.3f}, "
                            f"macro-F1 {rep['macro_f1']:.3f}")
             state["val_report"] = rep
-        save_model(model, run / "model", {**card, "temperature": temperature,
-                                          "metrics": {"val": val_scores, "epoch": state["best_epoch"]}})
         state["finished"] = True
-        write_json(state_path, state)
+        commit_checkpoint(run, state, {"model": (model, {**card, "temperature": temperature,
+                                                          "metrics": {"val": val_scores, "epoch": state["best_epoch"]}})})
     return state
 
 
