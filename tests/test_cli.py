@@ -137,7 +137,7 @@ def test_segment_post_processing_parameters_by_name(tmp_path):
     # divided by zero, NaN passed, size_model=wbc-type failed on every image: each is one line before any work.
     for bad, says in [("nope=1", "red_ring"), ("red_cytoplasm=0.5", "takes a bool"), ("red_ring=-1", "from 0.0"),
                       ("red_ring", "NAME=VALUE"), ("red_cells=no-such-model", "no such model"),
-                      ("block_size=0", "at least 256"), ("open_radius=100", "from 0.0 to 0.5"),
+                      ("block_size=0", "at least 64"), ("open_radius=100", "from 0.0 to 0.5"),
                       ("cell_open=1e6", "from 0.0 to 0.5"), ("scale_deadband=0", "from 1.0"),
                       ("red_ring=NaN", "finite"), ("red_ring=Infinity", "finite"),
                       ("first_pass_factors=[]", "at least 1 number"), ("first_pass_factors=[0]", "numbers from"),

@@ -52,7 +52,7 @@ def checked_params(params):
     >>> checked_params(WbcParams(block_size=0))
     Traceback (most recent call last):
     ...
-    ValueError: block_size takes a number at least 256
+    ValueError: block_size takes a number at least 64
     """
     defaults = type(params)()
     return dataclasses.replace(params, **{f.name: param_value(defaults, f.name, getattr(params, f.name))
@@ -75,7 +75,7 @@ def param_value(defaults, name: str, value):
     >>> param_value(WbcParams(), "block_size", 0)
     Traceback (most recent call last):
     ...
-    ValueError: block_size takes a number at least 256
+    ValueError: block_size takes a number at least 64
     """
     default = getattr(defaults, name)
     if isinstance(default, str) and isinstance(value, os.PathLike):  # a model given as a path

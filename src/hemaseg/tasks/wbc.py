@@ -119,7 +119,7 @@ class WbcParams:
         its nucleus), then the pieces cut off from a cell's nucleus go; negative: nothing is cut.
         Chosen on TXL-PBC's validation fields (0, 0.05, 0.1, 0.15, 0.2, 0.3 tried): 0.1.
     found_agree : a cell is cut by ``found_margin`` only when at least this share of its nucleus
-        lies within reach of a found WBC (0, 0.8, 0.9, 0.95 tried).
+        lies within reach of a found WBC (0, 0.8, 0.9, 0.95 tried); above 1: no cell is cut.
     found_solidity : a cell whose solidity is at least this is round already and is not cut: on
         wbc-seg's validation crops magnified 2.5x the ``cells`` model found only a part of the WBC
         (the rest taken for a red cell), and cutting to it cost 0.021 Dice (0.9797 -> 0.9588);
@@ -175,10 +175,10 @@ class WbcParams:
     RANGES: ClassVar[dict] = {
         "min_cell_fraction": (0.0, 4.0), "max_reach": (0.05, 10.0), "open_radius": (0.0, 0.5),
         "scale_deadband": (1.0, 10.0), "first_pass_factors": (0.05, 8.0, 1), "fallback_diameter": (2.0, 5000.0),
-        "block_size": (256, None), "block_margin": (0.0, 10.0), "red_ring": (0.0, 10.0), "red_piece": (0.0, 10.0),
+        "block_size": (64, None), "block_margin": (0.0, 10.0), "red_ring": (0.0, 10.0), "red_piece": (0.0, 10.0),
         "red_nucleus": (0.0, 2.0), "red_cell_ratio": (0.5, 10.0), "red_outside": (0.0, 2.0),
         "red_cells_max_pixels": (0, None), "found_share": (0.0, 1.0), "found_margin": (-1.0, 10.0),
-        "found_agree": (0.0, 1.0), "found_solidity": (0.0, 2.0), "cell_open": (0.0, 0.5),
+        "found_agree": (0.0, 2.0), "found_solidity": (0.0, 2.0), "cell_open": (0.0, 0.5),
         "nucleus_contact": (0.0, 10.0)}
 
 
