@@ -330,3 +330,33 @@ def test_a_train_refused_before_its_first_checkpoint_leaves_nothing_to_resume(tm
     out.mkdir()  # an empty folder given as --out stays, and holds nothing after the refusal
     res = runner.invoke(app, ["train", "smear10", "--data", str(tmp_path / "nonexist"), "--out", str(out)])
     assert res.exit_code == 1 and "not a folder" in res.output and list(out.iterdir()) == [], res.output
+
+
+def test_train_refuses_an_architecture_its_task_does_not_train_and_inputs_inside_out(tmp_path, wbc_folder):
+    """A training-loop review (stop 60): --arch wbc-ensemble / maskrcnn for wbc was a TypeError or a failure on the
+    first batch (leaving state.json behind), and --overwrite deleted a --split lying in --out before reading it."""
+    out = tmp_path / "r"
+    for arch in ("wbc-ensemble", "maskrcnn", "nosuch"):
+        res = runner.invoke(app, ["train", "wbc", "--data", str(wbc_folder), "--out", str(out), "--arch", arch])
+        assert res.exit_code == 2 and "--arch" in res.output and "unet-dropout" in res.output, res.output
+        assert not out.exists()
+    out.mkdir()
+    split = out / "split.json"
+    split.write_text('{"train": [], "val": []}')
+    res = runner.invoke(app, ["train", "wbc", "--data", str(wbc_folder), "--out", str(out), "--split", str(split),
+                              "--overwrite"])
+    assert res.exit_code == 2 and "--split" in res.output and "lies in --out" in res.output, res.output
+    assert split.exists()
+
+
+def test_batchnorm_recalibration_takes_batches_with_weights():
+    """It unpacked (image, target) only: a BatchNorm network (--arch smp-unet) trained with per-pixel weights
+    (nuclei's contact weights, smear10's and cells' class balance) failed after its first epoch."""
+    import torch
+
+    from hemaseg.engine.train import recalibrate_batchnorm
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    x = torch.randn(4, 3, 8, 8) * 3 + 2
+    recalibrate_batchnorm(model, [(x, torch.zeros(4), torch.ones(4))])
+    assert torch.allclose(model[1].running_mean, model[0](x).mean((0, 2, 3)), atol=1e-4)

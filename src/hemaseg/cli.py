@@ -24,7 +24,7 @@ from hemaseg.engine.predict import backend_scope, get_model, resolve_device
 from hemaseg.engine.runtime import BACKENDS, check_backend, require_torch
 from hemaseg.engine.task import Task, param_value
 from hemaseg.engine.tiling import DEFAULT_TILE
-from hemaseg.engine.train import has_checkpoint, prepare_run
+from hemaseg.engine.train import RUN_FILES, has_checkpoint, prepare_run
 from hemaseg.errors import HemasegError, HemasegInputError, HemasegUsageError
 from hemaseg.io.convert import CONVERTERS
 from hemaseg.io.convert import convert as run_convert
@@ -572,15 +572,21 @@ def train(
             if out is None:
                 raise typer.BadParameter("give --data DIR and --out RUN (or --resume RUN)")
             check_output(out, "--out", folder=True)
+            inputs = {"--data": data, "--replay": replay, "--looks": looks, "--held-out": [held_out] if held_out else [],
+                      "--target-images": [target_images] if target_images else [], "--split": [split] if split else []}
             if init and Path(init).exists():  # a path: absolute (a resume from elsewhere finds it), never in --out
                 init = str(Path(init).resolve())
                 try:
-                    start = resolve_model_path(init).resolve()
+                    inputs["--init"] = [resolve_model_path(init)]
                 except HemasegError:
-                    start = Path(init)
-                if start == out.resolve() or out.resolve() in start.parents:
-                    raise HemasegUsageError("--init", f"{init} lies in --out {out}, which the run writes (and "
-                                                      "--overwrite clears); give another --out")
+                    inputs["--init"] = [init]
+            here = out.resolve()
+            for option, paths in inputs.items():  # the run writes into --out and --overwrite clears it
+                for p in paths or []:
+                    q = Path(p).resolve()
+                    if q == here or here in q.parents:
+                        raise HemasegUsageError(option, f"{p} lies in --out {out}, which the run writes (and "
+                                                        "--overwrite clears); give another --out")
             cfg = spec.train_config(
                 data=[str(Path(d).resolve()) for d in data] if data else None, arch=arch, epochs=epochs,
                 batch_size=batch_size, lr=lr, crop=crop, samples_per_epoch=samples_per_epoch, patience=patience,
@@ -595,6 +601,7 @@ def train(
                 depth_weight=depth_weight, lab_balance=lab_balance)
             created = not out.exists()
             prepare_run(out, overwrite=overwrite, extra_files=spec.run_files)
+            before = {n for n in RUN_FILES + tuple(spec.run_files) if (out / n).exists()}
             try:
                 state, run = spec.fit(cfg, out), out
             except HemasegError:
@@ -603,9 +610,13 @@ def train(
                 if not has_checkpoint(out):
                     if created:
                         shutil.rmtree(out, ignore_errors=True)
-                    else:
-                        for name in ("state.json", "split.json"):
-                            (out / name).unlink(missing_ok=True)
+                    else:  # what this attempt wrote (a smear10 bank or validation set too: reused unsaid)
+                        for name in set(RUN_FILES + tuple(spec.run_files)) - before:
+                            target = out / name
+                            if target.is_dir():
+                                shutil.rmtree(target, ignore_errors=True)
+                            else:
+                                target.unlink(missing_ok=True)
                 raise
     except HemasegUsageError as exc:
         raise typer.BadParameter(exc.reason, param_hint=exc.option) from None

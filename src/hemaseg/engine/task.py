@@ -157,6 +157,7 @@ class Task:
         are overridden by the model card's ``"postprocess"`` entry, then by the caller.
     train_defaults : :class:`hemaseg.engine.train.TrainConfig` fields that differ for this task.
     train_options : ``hemaseg train`` options this task takes besides :data:`COMMON_TRAIN_OPTIONS`.
+    train_archs : the registry architectures ``hemaseg train --arch`` may name for this task.
     needs_data : training needs ``--data`` (a task that composes its own images does not).
     supports_tta : ``segment --tta`` (test-time flips) means something for this task's models.
     label_suffixes : file-name endings of :meth:`label_images` ("" is ``<stem>.png``), known before any
@@ -176,6 +177,7 @@ class Task:
     Params: type | None = None
     train_defaults: dict = {}
     train_options: tuple[str, ...] = ("arch", "init", "workers")
+    train_archs: tuple[str, ...] = ("unet-dropout", "smp-unet")  # what --arch may name (the U-Net loop's networks)
     needs_data: bool = True
     supports_tta: bool = False
     label_suffixes: tuple[str, ...] = ("",)
@@ -317,8 +319,10 @@ class Task:
             raise HemasegUsageError("--data", f"task {self.name} trains on annotated images: give --data DIR")
         arch = given.pop("arch", "unet-dropout")
         arch = ARCH_ALIASES.get(arch, arch)
-        if arch not in list_models():
-            raise HemasegUsageError("--arch", f"unknown architecture; known: {', '.join(list_models())}")
+        trainable = [a for a in self.train_archs if a in list_models()]
+        if arch not in trainable:
+            known = f"an architecture task {self.name} does not train" if arch in list_models() else "unknown architecture"
+            raise HemasegUsageError("--arch", f"{arch}: {known}; give one of {', '.join(trainable)}")
         arch_kwargs = None if arch == "unet-dropout" else {}
         if given.get("init"):
             arch, arch_kwargs = init_arch(given["init"], self.name)

@@ -332,7 +332,7 @@ def recalibrate_batchnorm(model: torch.nn.Module, loader) -> None:
         for m in model.modules():
             if isinstance(m, torch.nn.modules.dropout._DropoutNd):
                 m.eval()
-        for x, _ in loader:
+        for x, *_ in loader:  # (image, target) or (image, target, weights)
             model(x)
         for m, mom in zip(bns, momenta):
             m.momentum = mom
@@ -348,6 +348,21 @@ def epochs_to_run(state: dict, total: int, max_this_call: int | None = None):
             return
         yield epoch
         done += 1
+
+
+def seed_worker(worker_id: int) -> None:
+    """A DataLoader worker's ``worker_init_fn``: python, numpy and the dataset's augmentation reseeded from
+    the worker's own torch seed (the epoch's base seed + its id, so as reproducible as the main process);
+    else every worker inherited the same augmentation stream and drew the same augmentations."""
+    import torch
+
+    s = torch.initial_seed() % 2**32
+    random.seed(s)
+    np.random.seed(s)
+    info = torch.utils.data.get_worker_info()
+    transform = getattr(info.dataset, "transform", None) if info is not None else None
+    if transform is not None:
+        seed_transform(transform, s)
 
 
 def begin_epoch(seed: int, epoch: int, transform) -> int:
@@ -622,7 +637,7 @@ def fit(task, cfg: TrainConfig | None, run: str | Path, resume: bool = False, pr
             dataset.prepare(cfg.workers + 1 if cfg.workers else 0)  # smear10 with reuse: compose a block's smears once
         loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True,
                                              drop_last=len(dataset) > cfg.batch_size, num_workers=cfg.workers,
-                                             persistent_workers=False)
+                                             persistent_workers=False, worker_init_fn=seed_worker)
         model.train()
         losses = []
         bar = track(loader, f"epoch {epoch}/{cfg.epochs}", leave=False) if progress else loader

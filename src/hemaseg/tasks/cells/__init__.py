@@ -56,6 +56,7 @@ class CellsTask(Task):
     default_model = "cells"
     label_suffixes = ("", "_classes")
     run_files = ("pseudo_masks.coco.json",)
+    train_archs = ("unet-dropout", "smp-unet", "maskrcnn-light")  # maskrcnn-light trains in the detector's loop
     description = "RBC, WBC and platelet instances of whole smear photos (BCCD pseudo-masks)"
     depends = DEPENDS
     Params = CellsParams

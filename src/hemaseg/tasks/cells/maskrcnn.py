@@ -21,6 +21,7 @@ from hemaseg.engine.train import (
     has_checkpoint,
     load_last,
     object_diameters,
+    seed_worker,
     start_or_resume,
     versions,
 )
@@ -72,6 +73,11 @@ class DetectionDataset(SegDataset):
         return to_input(out["image"]), to_target(out["mask"])
 
 
+def _as_lists(batch: list) -> tuple:
+    """A batch of (image, target) pairs as (images, targets): torchvision's detection models take lists."""
+    return tuple(zip(*batch))
+
+
 def fit_maskrcnn(cfg, run: str | Path, resume: bool = False, progress: bool = True,
                  max_epochs_this_call: int | None = None) -> dict:
     """Train (or resume) the Mask R-CNN backend in ``run``; the same files as :func:`hemaseg.engine.train.fit`."""
@@ -121,7 +127,7 @@ def fit_maskrcnn(cfg, run: str | Path, resume: bool = False, progress: bool = Tr
         t0 = time.time()
         begin_epoch(cfg.seed, epoch, transform)
         loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True,
-                                             collate_fn=lambda b: tuple(zip(*b)))
+                                             collate_fn=_as_lists, num_workers=cfg.workers, worker_init_fn=seed_worker)
         model.train()
         losses = []
         bar = track(loader, f"epoch {epoch}/{cfg.epochs}", leave=False) if progress else loader

@@ -52,7 +52,7 @@ class Smear10Task(Task):
     nested_loss = False  # ten disjoint classes, no nesting
     supports_tta = True
     label_suffixes = ("", "_color")
-    run_files = ("bank_train.npz", "val")
+    run_files = ("bank_train.npz", "val", "val.partial")
     needs_data = False  # smears are composed; --data only adds real cells to cut
     train_options = ("arch", "init", "workers", "reuse", "held_out", "recipe", "real_fields")
     groups = GROUPS

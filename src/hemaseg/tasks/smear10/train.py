@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -85,7 +87,10 @@ class SynthDataset:
         if self.reuse == 1 or block == self.pool_block:
             return
         self.pool = []  # the old block's smears are not copied into the composing workers
-        loader = torch.utils.data.DataLoader(_Composer(self), batch_size=None, num_workers=workers, collate_fn=_keep)
+        # its own generator: an iterator draws its workers' base seed from it, and from the global torch stream
+        # that would shift the epoch's shuffle and dropout in a run resumed mid-block (which composes again)
+        loader = torch.utils.data.DataLoader(_Composer(self), batch_size=None, num_workers=workers, collate_fn=_keep,
+                                             generator=torch.Generator().manual_seed(block))
         self.pool, self.pool_block = list(loader), block
 
     def __getitem__(self, i: int):
@@ -324,10 +329,13 @@ def smear10_data(cfg, run: Path, state: dict) -> tuple:
         raise HemasegInputError(", ".join(map(str, cfg.data)), "no cells found to compose smears from (read: wbc-seg, "
                                 "bccd-wbc, pbc, malaria-crops, txl-pbc and BCCD's Annotations/ folders)")
     val_dir = run / "val"
-    if not (val_dir / "segments").exists():
+    if not val_dir.is_dir():  # written whole, then moved into place: a kill half-way leaves no partial set
         val_bank = load_bank(cfg.data, "val", cfg.seed, held_out=held_out)
+        partial = run / "val.partial"
+        shutil.rmtree(partial, ignore_errors=True)
         for i in range(N_VAL):
-            write_smear(val_dir, f"val_{i:04d}", compose(val_bank, synth, image_seed(cfg.seed, "val", i)))
+            write_smear(partial, f"val_{i:04d}", compose(val_bank, synth, image_seed(cfg.seed, "val", i)))
+        os.replace(partial, val_dir)
     val_items = read_smear_pairs(val_dir, PALETTE)
     if cfg.merge_wbc:
         val_items = [(img, merge_wbc_types(c)) for img, c in val_items]
