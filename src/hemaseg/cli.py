@@ -30,7 +30,7 @@ from hemaseg.io.convert import CONVERTERS
 from hemaseg.io.convert import convert as run_convert
 from hemaseg.io.images import IMAGE_SUFFIXES, expand_inputs, list_images, open_image, pixel_size_um, read_image
 from hemaseg.io.outputs import output_stems, write_segmentation
-from hemaseg.io.writers import check_output, write_json, write_png, write_text
+from hemaseg.io.writers import check_output, nan_as_null, write_json, write_png, write_text
 from hemaseg.models.registry import SAMPLE_PHOTO, WEIGHTS_DIR, card_figures, list_models, load_card, resolve_model_path
 from hemaseg.pipelines.analyze import MIN_CONFIDENCE
 from hemaseg.pipelines.batch import PARTS as BATCH_PARTS
@@ -843,7 +843,7 @@ def evaluate(
     for line in spec.table(res):
         typer.echo(line)
     if json_out:
-        write_json(json_out, res)
+        write_json(json_out, nan_as_null(res))  # standard JSON: a score with nothing to score is null
     for f in res.get("failed", []):  # each skipped image or folder: one line; the others were scored
         _fail(f["image"], f["reason"])
     if res.get("failed"):

@@ -215,3 +215,50 @@ def test_two_photos_of_one_name_keep_their_folders_in_cvat_and_coco():
     assert [im["file_name"] for im in to_coco(entries)["images"]] == ["dupA/x.jpg", "dupB/x.jpg", "y.jpg"]
     names = [im.get("name") for im in ET.fromstring(to_cvat(entries).split("\n", 1)[1]).iter("image")]
     assert names == ["dupA/x.jpg", "dupB/x.jpg", "y.jpg"]
+
+
+def test_conversion_and_scoring_edges_of_a_review(tmp_path, caplog):
+    """An evaluate/convert review (stop 60): an RLE ImageId '../in/victim' wrote outside OUT over an input; images
+    a.png and a_classes.png wrote one a_classes.png; CVAT ellipses and COCO zero-area boxes went unsaid (the box
+    became a 1-px object); a JPEG nucleus mask made every grey level a nucleus; "White Blood Cell" was no WBC."""
+    import logging
+
+    from hemaseg.core.vocabulary import category_of
+    from hemaseg.io.datasets import Pair, load_instances
+
+    (tmp_path / "in").mkdir()
+    victim = tmp_path / "in" / "victim.png"
+    victim.write_bytes(b"keep")
+    csv_path = tmp_path / "in" / "r.csv"
+    csv_path.write_text("ImageId,EncodedPixels,Height,Width\n../in/victim,1 3,4,4\nok,1 2,4,4\n")
+    res = runner.invoke(app, ["convert", "--from", "rle", "--to", "labels", str(csv_path), str(tmp_path / "out")])
+    assert res.exit_code == 1 and "ImageId" in res.output and victim.read_bytes() == b"keep", res.output
+    assert not (tmp_path / "out" / "ok.png").exists()  # nothing written
+
+    entries = [{"filename": n, "height": 8, "width": 8, "masks": []} for n in ("a.png", "a_classes.png")]
+    write_coco(tmp_path / "two.json", entries)
+    res = runner.invoke(app, ["convert", "--from", "coco", "--to", "labels", str(tmp_path / "two.json"),
+                              str(tmp_path / "lab")])
+    assert res.exit_code == 1 and "same file name" in res.output, res.output
+
+    cvat = tmp_path / "e.xml"
+    cvat.write_text('<annotations><image id="0" name="x.png" width="20" height="20">'
+                    '<box label="WBC" xtl="1" ytl="1" xbr="9" ybr="9"/><ellipse label="WBC" cx="5" cy="5" rx="2" ry="2"/>'
+                    '<tag label="good"/></image></annotations>')
+    with caplog.at_level(logging.WARNING):
+        assert len(read_cvat(cvat)[0]["masks"]) == 1
+    assert "1 <ellipse> left out" in caplog.text and "<tag>" not in caplog.text
+    coco = {"images": [{"id": 1, "file_name": "x.png", "height": 20, "width": 20}],
+            "categories": [{"id": 1, "name": "White Blood Cell"}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [4, 4, 0, 0]},
+                            {"id": 2, "image_id": 1, "category_id": 1, "bbox": [4, 4, 6, 6]}]}
+    (tmp_path / "z.json").write_text(json.dumps(coco))
+    masks = read_coco(tmp_path / "z.json")[0]["masks"]
+    assert len(masks) == 1 and masks[0]["category"] == "wbc" and category_of("Neutrophils") == "wbc"
+
+    yy, xx = np.mgrid[:40, :40]
+    two = (((yy - 10) ** 2 + (xx - 10) ** 2 < 30) | ((yy - 28) ** 2 + (xx - 28) ** 2 < 30)).astype(np.uint8) * 255
+    cv2.imwrite(str(tmp_path / "m.png"), np.zeros((40, 40, 3), np.uint8))
+    cv2.imwrite(str(tmp_path / "m_mask.jpg"), cv2.GaussianBlur(two, (3, 3), 0), [cv2.IMWRITE_JPEG_QUALITY, 60])
+    _, labels = load_instances(Pair(tmp_path / "m.png", tmp_path / "m_mask.jpg"))
+    assert labels.max() == 2

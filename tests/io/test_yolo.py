@@ -175,3 +175,13 @@ def test_reads_txl_pbc_and_writes_its_files_back(tmp_path):
         assert (ours[:, 0] == theirs[:, 0]).all()
         size = np.array([e["width"], e["height"]] * 2)
         assert (np.abs(ours[:, 1:] - theirs[:, 1:]) * size).max() <= 1.0
+
+
+def test_evaluate_wbc_refuses_boxes_for_masks(tmp_path):
+    """`evaluate wbc` on a YOLO folder scored Dice against its boxes (red-cell boxes and ignored pixels as the
+    WBC's outline): now one line, exit 1, pointing at the benchmark that scores boxed fields (stop 60)."""
+    write_yolo(tmp_path / "y", _entries())
+    for e in _entries():
+        Image.fromarray(np.full((e["height"], e["width"], 3), 200, np.uint8)).save(tmp_path / "y" / e["filename"])
+    res = runner.invoke(app, ["evaluate", "wbc", "--data", str(tmp_path / "y")])
+    assert res.exit_code == 1 and "YOLO boxes, no pixel masks" in res.output, res.output

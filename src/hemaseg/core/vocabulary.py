@@ -23,10 +23,17 @@ CATEGORY_OF = {**{t: "wbc" for t in WBC_TYPES}, "wbc": "wbc", "rbc": "rbc", "hea
 def category_of(class_name: str) -> str:
     """Group (``rbc``, ``wbc``, ``platelet``) of a class name; unknown names are their own group.
 
+    Other spellings are read as :func:`canonical_name` reads them (a COCO or CVAT file's "White Blood
+    Cell" or "Neutrophils" is a WBC, not a group of its own that scoring then passes over).
+
     >>> category_of("Neutrophil"), category_of("platelet clump"), category_of("ghost")
     ('wbc', 'platelet', 'ghost')
+    >>> category_of("White Blood Cell (WBC)"), category_of("Neutrophils"), category_of("Platelets")
+    ('wbc', 'wbc', 'platelet')
     """
     n = class_name.strip().lower()
+    if n not in CATEGORY_OF:
+        n = canonical_name(class_name)
     return CATEGORY_OF.get(n, n)
 
 

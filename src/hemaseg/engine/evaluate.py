@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 
 from hemaseg.engine.predict import get_model
-from hemaseg.errors import HemasegInputError
+from hemaseg.errors import HemasegInputError, HemasegUsageError
 from hemaseg.io.datasets import Pair
 from hemaseg.io.images import read_image
 from hemaseg.io.writers import atomic_path, overlay
@@ -76,6 +76,12 @@ def _score_each(pairs: list[Pair], load, run, score, failed: list[dict] | None =
             if failed is None:
                 raise
             failed.append({"image": str(exc.path), "reason": exc.reason})
+        except (HemasegUsageError, KeyboardInterrupt, MemoryError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - one image's unexpected failure costs that image, not the table
+            if failed is None:
+                raise
+            failed.append({"image": str(pair.image), "reason": f"{type(exc).__name__}: {str(exc).strip()[:160]}"})
     return rows
 
 

@@ -157,15 +157,19 @@ def read_cvat(path: str | Path) -> list[dict]:
     if root.tag != "annotations":
         raise HemasegInputError(path, f"not a CVAT for images XML (its root is <{root.tag}>, not <annotations>)")
     entries = []
+    skipped: dict[str, int] = {}
     for img in root.iter("image"):
         masks = []
         for el in img:
+            if el.tag == "tag":  # an image-level tag is no object
+                continue
             if el.tag == "polygon":
                 verts = [[float(v) for v in p.split(",")] for p in el.get("points", "").split(";") if p]
             elif el.tag == "box":  # corners in pixel edges: xbr is the right edge, one past the last pixel
                 x1, y1, x2, y2 = (int(round(float(el.get(k)))) for k in ("xtl", "ytl", "xbr", "ybr"))
                 verts = box_vertices(x1, y1, x2, y2)
-            else:
+            else:  # ellipse, mask, polyline, points, cuboid: not read, and said so below
+                skipped[el.tag] = skipped.get(el.tag, 0) + 1
                 continue
             if not verts:
                 continue
@@ -178,6 +182,9 @@ def read_cvat(path: str | Path) -> list[dict]:
                           "vertices": verts})
         entries.append({"filename": img.get("name", ""), "height": int(img.get("height", 0)),
                         "width": int(img.get("width", 0)), "masks": masks})
+    if skipped:
+        log.warning("%s: %s left out (only polygons and boxes are read)", path,
+                    ", ".join(f"{n} <{tag}>" for tag, n in sorted(skipped.items())))
     return entries
 
 
@@ -220,7 +227,7 @@ def read_coco(path: str | Path) -> list[dict]:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise HemasegInputError(path, f"not a COCO JSON with images and categories ({exc})") from None
     per: dict[int, list[dict]] = {i: [] for i in images}
-    parts_dropped = 0
+    parts_dropped = empty = 0
     for a in d.get("annotations", []):
         im = images.get(a.get("image_id"))
         if im is None:
@@ -247,6 +254,9 @@ def read_coco(path: str | Path) -> list[dict]:
                    "vertices": verts}
         else:
             x1, y1, x2, y2 = _coco_box(a["bbox"])
+            if x2 <= x1 or y2 <= y1:  # an empty box is no object (as VOC's empty boxes): left out, said below
+                empty += 1
+                continue
             rec = {"class_name": name, "category": category_of(name), "score": a.get("score", 1.0),
                    "bounding_box": {"x1": x1, "x2": x2, "y1": y1, "y2": y2}, "vertices": box_vertices(x1, y1, x2, y2)}
         if rec is not None and seg and a.get("bbox"):  # the annotation's own box, not the outline's extent
@@ -258,6 +268,8 @@ def read_coco(path: str | Path) -> list[dict]:
     if parts_dropped:
         log.warning("%s: %d annotations have several polygon parts; only the largest part of each is kept",
                     path, parts_dropped)
+    if empty:
+        log.warning("%s: %d annotations with an empty box and no outline left out", path, empty)
     return [{"filename": images[i]["file_name"], "height": int(images[i]["height"]),
              "width": int(images[i]["width"]), "masks": per[i]} for i in images]
 

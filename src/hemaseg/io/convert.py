@@ -79,11 +79,19 @@ def _dsb_labels(root: Path) -> list[tuple[str, np.ndarray]]:
     if not samples:
         raise HemasegInputError(root, "no DSB samples (<id>/images/<id>.png with <id>/masks/)")
 
+    names: dict[str, Path] = {}
+    for p in samples:  # one output per image id: two ids of one image name would be merged into one
+        if p.image.stem in names:
+            raise HemasegInputError(p.image, f"has the same image name as {names[p.image.stem]}: rename one")
+        names[p.image.stem] = p.image
     return [(p.image.stem, read_dsb_masks(p.mask, image_size(p.image))) for p in samples]
 
 
 def _label_files(inp: Path) -> list[Path]:
-    files = sorted(inp.glob("*.png")) if inp.is_dir() else [inp]
+    # hemaseg's own <stem>_classes.png (class indices beside <stem>.png) is no instance map
+    files = sorted(f for f in inp.glob("*.png") if not (f.stem.endswith("_classes") and
+                                                         (f.parent / (f.stem[:-len("_classes")] + ".png")).exists())) \
+        if inp.is_dir() else [inp]
     if not files or not files[0].exists():
         raise HemasegInputError(inp, "no label PNGs found")
     return files
@@ -154,6 +162,9 @@ def labels_to_rle(inp: Path, out: Path) -> int:
 def rle_to_labels(inp: Path, out: Path) -> int:
     """Kaggle RLE CSV -> OUT/<ImageId>.png uint16 instance labels."""
     items = read_rle_csv(inp)
+    for image_id in items:  # each a plain file name in OUT: '../x' or 'a/b' would write outside it
+        if not image_id or Path(image_id).name != image_id or image_id in (".", ".."):
+            raise HemasegInputError(inp, f"ImageId {image_id!r} is no plain file name; nothing written")
     for image_id, labels in items.items():
         write_png(out / f"{image_id}.png", labels.astype(np.uint16))
     return len(items)
@@ -165,6 +176,7 @@ def labels_to_dsb(inp: Path, out: Path) -> int:
     files = _label_files(inp)
     for f in files:
         labels = read_mask(f)
+        (out / f.stem / "masks").mkdir(parents=True, exist_ok=True)  # an image with no object: an empty masks/
         for k in np.unique(labels[labels > 0]):
             write_png(out / f.stem / "masks" / f"{f.stem}_{int(k)}.png", ((labels == k) * 255).astype(np.uint8))
     return len(files)
@@ -202,11 +214,13 @@ def _check_entries(fmt: str, entries: list[dict]) -> None:
         if int(e.get("height") or 0) < 1 or int(e.get("width") or 0) < 1:
             raise HemasegInputError(e.get("filename") or "an image", f"no image size ({e.get('width')} x "
                                                                       f"{e.get('height')}): cannot write {fmt}")
-        if name in seen:  # (two entries both named x.png too: a COCO of photos of one name in two folders)
+        if name in seen or (fmt == "labels" and name + "_classes" in seen):  # (two entries both named x.png too)
             raise HemasegInputError(e["filename"], f"has the same file name as {seen[name]}; "
                                     + ("two images of one name cannot be told apart there: rename one" if keeps_folders
                                        else f"{fmt} keeps names only: rename one"))
         seen[name] = e["filename"]
+        if fmt == "labels":  # <stem>_classes.png too: an image named a_classes would replace a's class map
+            seen[name + "_classes"] = e["filename"]
 
 
 def _write_entries(fmt: str, entries: list[dict], out: Path) -> int:

@@ -97,6 +97,26 @@ def write_json(path: str | Path, obj: Any) -> Path:
     return Path(path)
 
 
+def nan_as_null(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite float replaced by None, so that its JSON is standard (``null``,
+    not ``NaN``: what other tools' JSON parsers read).
+
+    >>> nan_as_null({"map50": float("nan"), "n": [1.0, float("inf")]})
+    {'map50': None, 'n': [1.0, None]}
+    """
+    import math
+
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, np.floating):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: nan_as_null(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [nan_as_null(v) for v in obj]
+    return obj
+
+
 def write_text(path: str | Path, text: str) -> Path:
     """Write a text file atomically."""
     with atomic_path(path) as tmp:

@@ -1518,6 +1518,16 @@ class WbcTask(Task):
             raise HemasegInputError(root, "no image/mask pairs (x.bmp beside x.png, x.jpg beside x_mask.png, or "
                                           "images/ + masks/) nor fields with YOLO boxes (x.txt beside x.png)") from None
 
+    def find_scored(self, root: str | Path, failed: list[dict]) -> list[Pair]:
+        """Only pixel masks are scored: a YOLO field's boxes (weak labels, red cells and ignored pixels in
+        them) would be taken as the WBC's outline by Dice; benchmarks/wbc_labs.py measures those fields."""
+        pairs = super().find_scored(root, failed)
+        weak = [p for p in pairs if p.mask.suffix.lower() == ".txt"]
+        if weak and len(weak) == len(pairs):
+            raise HemasegInputError(root, "YOLO boxes, no pixel masks: Dice needs masks (x.bmp beside x.png, "
+                                          "images/ + masks/); python benchmarks/wbc_labs.py scores boxed fields")
+        return [p for p in pairs if p.mask.suffix.lower() != ".txt"]
+
     def load_sample(self, pair: Pair) -> tuple[np.ndarray, np.ndarray]:
         if pair.mask.suffix.lower() != ".txt":
             return load_pair(pair)

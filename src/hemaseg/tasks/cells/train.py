@@ -100,6 +100,10 @@ def find_annotated_photos(root: str | Path, failed: list[dict] | None = None) ->
                 if (base / e["filename"]).exists():
                     out.append((base / e["filename"], e))
                     break
+            else:  # an annotated photo that is not there: said where scoring lists what it left out
+                if failed is not None:
+                    failed.append({"image": str(coco.parent / e["filename"]), "reason": "annotated in "
+                                   f"{coco.name}, but no such photo beside it or in images/"})
         return out
     ann = root / "Annotations" if (root / "Annotations").is_dir() else None
     if ann is None:
@@ -109,6 +113,8 @@ def find_annotated_photos(root: str | Path, failed: list[dict] | None = None) ->
         jpg = next((p for p in (root / "JPEGImages").glob(f"{xml.stem}.*")), None)
         if jpg is not None:
             out.append((jpg, read_voc_entry(xml)))
+        elif failed is not None:
+            failed.append({"image": str(xml), "reason": f"no photo {xml.stem}.* in JPEGImages/"})
     return out
 
 
