@@ -134,3 +134,20 @@ def test_a_lone_image_in_a_wbcseg_folder_is_named(tmp_path):
     failed = []
     find_pairs(tmp_path, failed)
     assert failed == []
+
+
+def test_class_csv_rows_left_out_are_said(tmp_path, caplog):
+    """find_labelled_cells skipped a row naming no image or an unknown class number unsaid, so evaluate wbc-type
+    scored fewer crops than the CSV lists with exit 0 (an evaluate review, stop 60)."""
+    import logging
+
+    import cv2
+
+    from hemaseg.io.datasets import find_labelled_cells
+
+    for n in (1, 2):
+        cv2.imwrite(str(tmp_path / f"{n:03d}.bmp"), np.zeros((8, 8, 3), np.uint8))
+    (tmp_path / "Class Labels of Dataset 1.csv").write_text("Image ID,class label\n1,1\n2,9\n3,2\n")
+    with caplog.at_level(logging.WARNING):
+        assert [c for _, c in find_labelled_cells(tmp_path)] == ["neutrophil"]
+    assert "1 name no image here (3)" in caplog.text and "1 a class number other than 1-5 (2)" in caplog.text

@@ -1,6 +1,7 @@
 """Dataset readers: wbc-seg (NNN.bmp + NNN.png), paired image/mask folders, the DSB layout."""
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -236,6 +237,8 @@ def find_labelled_cells(root: str | Path) -> list[tuple[Path, str]]:
         if not rows or [c.strip().lower() for c in rows[0][:2]] != ["image id", "class label"]:
             continue
         images: dict[str, list[Path]] = {}
+        missing: list[str] = []
+        unknown: list[str] = []
         for p in sorted(table.parent.rglob("*")):
             if p.suffix.lower() in IMAGE_SUFFIXES and not p.stem.endswith(MASK_SUFFIXES):
                 images.setdefault(p.stem, []).append(p)
@@ -250,6 +253,15 @@ def find_labelled_cells(root: str | Path) -> list[tuple[Path, str]]:
             cand = [p for p in group if p.suffix.lower() != ".png"] or group
             if cand and lab in WBCSEG_TYPES:
                 out.append((cand[0], WBCSEG_TYPES[lab]))
+            else:  # said, not scored or trained on unsaid
+                (unknown if cand else missing).append(str(num))
+        if missing or unknown:
+            logging.getLogger(__name__).warning(
+                "%s: rows left out: %s", table, "; ".join(
+                    part for part in (f"{len(missing)} name no image here ({', '.join(missing[:5])}"
+                                      f"{', ...' if len(missing) > 5 else ''})" if missing else "",
+                                      f"{len(unknown)} a class number other than 1-5 ({', '.join(unknown[:5])})"
+                                      if unknown else "") if part))
     if out:
         return out
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
