@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -347,6 +348,11 @@ def test_train_refuses_an_architecture_its_task_does_not_train_and_inputs_inside
                               "--overwrite"])
     assert res.exit_code == 2 and "--split" in res.output and "lies in --out" in res.output, res.output
     assert split.exists()
+    # ... but data of one's own inside --out, under a name the run does not write, is no clash (a review)
+    own = tmp_path / "r2"
+    shutil.copytree(wbc_folder, own / "mine")
+    res = runner.invoke(app, ["train", "wbc", "--data", str(own / "mine"), "--out", str(own), "--crop", "100"])
+    assert res.exit_code == 2 and "--crop" in res.output and "lies in --out" not in res.output, res.output
 
 
 def test_batchnorm_recalibration_takes_batches_with_weights():

@@ -581,10 +581,11 @@ def train(
                 except HemasegError:
                     inputs["--init"] = [init]
             here = out.resolve()
-            for option, paths in inputs.items():  # the run writes into --out and --overwrite clears it
+            written = set(RUN_FILES) | set(spec.run_files) | {"crops", ".pending"}  # what the run writes in --out
+            for option, paths in inputs.items():  # ... and --overwrite clears: no input may be one of them
                 for p in paths or []:
                     q = Path(p).resolve()
-                    if q == here or here in q.parents:
+                    if q == here or (here in q.parents and q.relative_to(here).parts[0] in written):
                         raise HemasegUsageError(option, f"{p} lies in --out {out}, which the run writes (and "
                                                         "--overwrite clears); give another --out")
             cfg = spec.train_config(

@@ -235,11 +235,12 @@ def test_conversion_and_scoring_edges_of_a_review(tmp_path, caplog):
     assert res.exit_code == 1 and "ImageId" in res.output and victim.read_bytes() == b"keep", res.output
     assert not (tmp_path / "out" / "ok.png").exists()  # nothing written
 
-    entries = [{"filename": n, "height": 8, "width": 8, "masks": []} for n in ("a.png", "a_classes.png")]
-    write_coco(tmp_path / "two.json", entries)
-    res = runner.invoke(app, ["convert", "--from", "coco", "--to", "labels", str(tmp_path / "two.json"),
-                              str(tmp_path / "lab")])
-    assert res.exit_code == 1 and "same file name" in res.output, res.output
+    for names in (("a.png", "a_classes.png"), ("a_classes.png", "a.png")):  # either order (a review's KeyError)
+        entries = [{"filename": n, "height": 8, "width": 8, "masks": []} for n in names]
+        write_coco(tmp_path / "two.json", entries)
+        res = runner.invoke(app, ["convert", "--from", "coco", "--to", "labels", str(tmp_path / "two.json"),
+                                  str(tmp_path / "lab")])
+        assert res.exit_code == 1 and "same file name" in res.output, res.output
 
     cvat = tmp_path / "e.xml"
     cvat.write_text('<annotations><image id="0" name="x.png" width="20" height="20">'
@@ -251,10 +252,12 @@ def test_conversion_and_scoring_edges_of_a_review(tmp_path, caplog):
     coco = {"images": [{"id": 1, "file_name": "x.png", "height": 20, "width": 20}],
             "categories": [{"id": 1, "name": "White Blood Cell"}],
             "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [4, 4, 0, 0]},
-                            {"id": 2, "image_id": 1, "category_id": 1, "bbox": [4, 4, 6, 6]}]}
+                            {"id": 2, "image_id": 1, "category_id": 1, "bbox": [4, 4, 6, 6]},
+                            {"id": 3, "image_id": 1, "category_id": 1, "bbox": [10.6, 10, 0.8, 5]}]}
     (tmp_path / "z.json").write_text(json.dumps(coco))
     masks = read_coco(tmp_path / "z.json")[0]["masks"]
-    assert len(masks) == 1 and masks[0]["category"] == "wbc" and category_of("Neutrophils") == "wbc"
+    assert len(masks) == 2 and masks[0]["category"] == "wbc" and category_of("Neutrophils") == "wbc"
+    assert masks[1]["bounding_box"]["x2"] - masks[1]["bounding_box"]["x1"] == 1  # a sub-pixel box keeps its pixel
 
     yy, xx = np.mgrid[:40, :40]
     two = (((yy - 10) ** 2 + (xx - 10) ** 2 < 30) | ((yy - 28) ** 2 + (xx - 28) ** 2 < 30)).astype(np.uint8) * 255

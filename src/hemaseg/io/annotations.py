@@ -253,10 +253,11 @@ def read_coco(path: str | Path) -> list[dict]:
                    "bounding_box": {"x1": min(xs), "x2": max(xs) + 1, "y1": min(ys), "y2": max(ys) + 1},
                    "vertices": verts}
         else:
-            x1, y1, x2, y2 = _coco_box(a["bbox"])
-            if x2 <= x1 or y2 <= y1:  # an empty box is no object (as VOC's empty boxes): left out, said below
+            if float(a["bbox"][2]) <= 0 or float(a["bbox"][3]) <= 0:  # an empty box is no object: left out, said
                 empty += 1
                 continue
+            x1, y1, x2, y2 = _coco_box(a["bbox"])
+            x2, y2 = max(x2, x1 + 1), max(y2, y1 + 1)  # a sub-pixel box keeps its pixel
             rec = {"class_name": name, "category": category_of(name), "score": a.get("score", 1.0),
                    "bounding_box": {"x1": x1, "x2": x2, "y1": y1, "y2": y2}, "vertices": box_vertices(x1, y1, x2, y2)}
         if rec is not None and seg and a.get("bbox"):  # the annotation's own box, not the outline's extent

@@ -215,7 +215,8 @@ def _check_entries(fmt: str, entries: list[dict]) -> None:
             raise HemasegInputError(e.get("filename") or "an image", f"no image size ({e.get('width')} x "
                                                                       f"{e.get('height')}): cannot write {fmt}")
         if name in seen or (fmt == "labels" and name + "_classes" in seen):  # (two entries both named x.png too)
-            raise HemasegInputError(e["filename"], f"has the same file name as {seen[name]}; "
+            other = seen.get(name) or seen[name + "_classes"]
+            raise HemasegInputError(e["filename"], f"has the same file name as {other}; "
                                     + ("two images of one name cannot be told apart there: rename one" if keeps_folders
                                        else f"{fmt} keeps names only: rename one"))
         seen[name] = e["filename"]

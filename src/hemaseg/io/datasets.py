@@ -195,13 +195,13 @@ def load_instances(pair: Pair) -> tuple[np.ndarray, np.ndarray]:
     if Path(pair.mask).is_dir():
         return image, read_dsb_masks(pair.mask, image.shape[:2])
     labels = read_mask(pair.mask, image.shape[:2])
-    lossy = Path(pair.mask).suffix.lower() in (".jpg", ".jpeg", ".webp")
+    lossy = Path(pair.mask).suffix.lower() in (".jpg", ".jpeg")
     if lossy or (labels.dtype == np.uint8 and set(np.unique(labels).tolist()) <= {0, 255}):
         from skimage.measure import label
 
         # a binary mask: instances are its connected components (a JPEG's compression noise would make each
-        # grey level a nucleus, so a lossy mask is read as binary, at half its range)
-        labels = label(labels > (127 if lossy else 0))
+        # grey level a nucleus, so a JPEG mask is read as binary, at half its brightest value)
+        labels = label(labels > (labels.max() / 2 if lossy else 0))
     return image, labels.astype(np.uint16)
 
 

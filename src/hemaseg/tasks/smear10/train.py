@@ -329,6 +329,8 @@ def smear10_data(cfg, run: Path, state: dict) -> tuple:
         raise HemasegInputError(", ".join(map(str, cfg.data)), "no cells found to compose smears from (read: wbc-seg, "
                                 "bccd-wbc, pbc, malaria-crops, txl-pbc and BCCD's Annotations/ folders)")
     val_dir = run / "val"
+    if val_dir.is_dir() and len(list((val_dir / "segments").glob("*.png"))) < N_VAL:  # an older run's half-set
+        shutil.rmtree(val_dir)
     if not val_dir.is_dir():  # written whole, then moved into place: a kill half-way leaves no partial set
         val_bank = load_bank(cfg.data, "val", cfg.seed, held_out=held_out)
         partial = run / "val.partial"
