@@ -24,7 +24,7 @@ from hemaseg.engine.predict import backend_scope, get_model, resolve_device
 from hemaseg.engine.runtime import BACKENDS, check_backend, require_torch
 from hemaseg.engine.task import Task, param_value
 from hemaseg.engine.tiling import DEFAULT_TILE
-from hemaseg.engine.train import RUN_FILES, has_checkpoint, prepare_run
+from hemaseg.engine.train import RUN_FILES, has_checkpoint, prepare_run, remove_run_files
 from hemaseg.errors import HemasegError, HemasegInputError, HemasegUsageError
 from hemaseg.io.convert import CONVERTERS
 from hemaseg.io.convert import convert as run_convert
@@ -612,12 +612,7 @@ def train(
                     if created:
                         shutil.rmtree(out, ignore_errors=True)
                     else:  # what this attempt wrote (a smear10 bank or validation set too: reused unsaid)
-                        for name in set(RUN_FILES + tuple(spec.run_files)) - before:
-                            target = out / name
-                            if target.is_dir():
-                                shutil.rmtree(target, ignore_errors=True)
-                            else:
-                                target.unlink(missing_ok=True)
+                        remove_run_files(out, set(RUN_FILES + tuple(spec.run_files)) - before)
                 raise
     except HemasegUsageError as exc:
         raise typer.BadParameter(exc.reason, param_hint=exc.option) from None

@@ -400,15 +400,20 @@ def prepare_run(run: str | Path, resume: bool = False, overwrite: bool = False, 
         if not overwrite:
             raise HemasegUsageError("--out", f"{run} already holds a training run; continue it with --resume {run} "
                                              "or start afresh with --overwrite")
-        for name in RUN_FILES + tuple(extra_files):
-            target = run / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
+        remove_run_files(run, RUN_FILES + tuple(extra_files))
         shutil.rmtree(run / PENDING, ignore_errors=True)
         remove_temps(run)
     return run
+
+
+def remove_run_files(run: Path, names) -> None:
+    """Delete the files and folders ``names`` of a run folder that exist (``--overwrite``, a refused run)."""
+    for name in names:
+        target = run / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
 
 
 def recover(run: Path) -> None:
