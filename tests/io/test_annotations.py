@@ -265,3 +265,29 @@ def test_conversion_and_scoring_edges_of_a_review(tmp_path, caplog):
     cv2.imwrite(str(tmp_path / "m_mask.jpg"), cv2.GaussianBlur(two, (3, 3), 0), [cv2.IMWRITE_JPEG_QUALITY, 60])
     _, labels = load_instances(Pair(tmp_path / "m.png", tmp_path / "m_mask.jpg"))
     assert labels.max() == 2
+
+
+def test_coco_polygons_are_on_pixel_edges_both_ways(tmp_path, caplog):
+    """COCO's polygons lie on pixel edges (pycocotools' rasteriser): another tool's 7 x 7 square is 49 pixels,
+    not 64 (it was read on inclusive corners), and hemaseg's own polygons give pycocotools the mask back
+    (they were written on pixel centres, 1 px small on the right and bottom)."""
+    from pycocotools import mask as mask_utils
+
+    other = {"images": [{"id": 1, "file_name": "a.png", "height": 20, "width": 20}],
+             "categories": [{"id": 1, "name": "platelet"}],
+             "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": [[2, 3, 9, 3, 9, 10, 2, 10]]},
+                             {"id": 2, "image_id": 1, "category_id": 1, "segmentation": [[4, 4, 4, 4, 4, 4]]}]}
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    masks = read_coco(tmp_path / "other.json")[0]["masks"]
+    assert len(masks) == 1 and "1 annotations that cover no pixel left out" in caplog.text
+    assert masks[0]["bounding_box"] == {"x1": 2, "x2": 9, "y1": 3, "y2": 10}
+    assert int(rasterise(masks[0]["vertices"], (20, 20)).sum()) == 49
+    yy, xx = np.mgrid[:40, :40]
+    blob = ((yy - 20) ** 2 / 120 + (xx - 17) ** 2 / 40) <= 1
+    entry = {"filename": "b.png", "height": 40, "width": 40, "masks": [mask_record(blob, "wbc")]}
+    coco = to_coco([entry])
+    ann = coco["annotations"][0]
+    theirs = mask_utils.decode(mask_utils.frPyObjects(ann["segmentation"], 40, 40))[:, :, 0].astype(bool)
+    assert (theirs == blob).all() and ann["area"] == int(blob.sum())
+    write_coco(tmp_path / "b.json", [entry])
+    assert (rasterise(read_coco(tmp_path / "b.json")[0]["masks"][0]["vertices"], (40, 40)) == blob).all()

@@ -72,6 +72,48 @@ def rasterise(vertices: list, shape: tuple[int, int]) -> np.ndarray:
     return out.astype(bool)
 
 
+def edge_polygon(mask: np.ndarray) -> list[float]:
+    """A mask's outline as a COCO polygon ``[x1, y1, x2, y2, ...]`` on pixel edges (COCO's convention: the
+    pixel (0, 0) is the square from (0, 0) to (1, 1)), so that pycocotools' rasteriser gives the mask back.
+    Only the largest outline is kept, as in :func:`mask_record`.
+
+    The outline is the marching-squares contour at 0.5 (:func:`skimage.measure.find_contours`) with its
+    collinear points dropped.
+
+    >>> m = np.zeros((10, 10), bool); m[2:5, 3:9] = True
+    >>> bool((polygon_mask(edge_polygon(m), 10, 10) == m).all())
+    True
+    """
+    from skimage.measure import approximate_polygon, find_contours
+
+    contours = find_contours(np.pad(mask.astype(np.float32), 1), 0.5)
+    if not contours:
+        return []
+    outline = approximate_polygon(max(contours, key=len), tolerance=0.01)
+    # padded pixel-centre (row, col) -> unpadded pixel-edge (x, y): minus 1 for the pad, plus 0.5 for the edge
+    return [round(float(v) - 0.5, 3) for y, x in outline for v in (x, y)]
+
+
+def polygon_mask(polygon: list, height: int, width: int) -> np.ndarray:
+    """(H, W) bool mask of a COCO polygon ``[x1, y1, x2, y2, ...]`` on pixel edges, by pycocotools' own
+    rasteriser (so a COCO square from (0, 0) to (7, 7) covers 7 x 7 = 49 pixels, as COCO's tools count it).
+
+    >>> int(polygon_mask([0, 0, 7, 0, 7, 7, 0, 7], 10, 10).sum())
+    49
+    """
+    from pycocotools import mask as mask_utils
+
+    if len(polygon) < 6:  # fewer than three points: pycocotools cannot read it; its pixels are those it names
+        out = np.zeros((height, width), bool)
+        for j in range(0, len(polygon) - 1, 2):
+            x, y = int(np.floor(polygon[j])), int(np.floor(polygon[j + 1]))
+            if 0 <= y < height and 0 <= x < width:
+                out[y, x] = True
+        return out
+    rle = mask_utils.frPyObjects([[float(v) for v in polygon]], height, width)
+    return mask_utils.decode(rle)[:, :, 0].astype(bool)
+
+
 def entry_labels(entry: dict, classes: list[str] | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(instances (H, W) uint16 1..N in record order, class indices (H, W) uint8, class names)."""
     h, w = int(entry["height"]), int(entry["width"])
@@ -209,7 +251,7 @@ def to_coco(entries: list[dict], rle: bool = False, labels: list[str] | None = N
                 enc = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
                 ann["segmentation"] = {"size": [h, w], "counts": enc["counts"].decode("ascii")}
             else:
-                ann["segmentation"] = [[float(c) for v in m["vertices"] for c in v]]
+                ann["segmentation"] = [edge_polygon(mask)] if mask.any() else []
             anns.append(ann)
     return {"info": {"description": "hemaseg"}, "images": images, "annotations": anns, "categories": cats}
 
@@ -246,12 +288,7 @@ def read_coco(path: str | Path) -> list[dict]:
             rec = mask_record(mask_utils.decode(rle).astype(bool), name, a.get("score", 1.0))
         elif seg:
             parts_dropped += len(seg) > 1
-            poly = max(seg, key=len)
-            verts = [[int(round(poly[j])), int(round(poly[j + 1]))] for j in range(0, len(poly) - 1, 2)]
-            xs, ys = [v[0] for v in verts], [v[1] for v in verts]
-            rec = {"class_name": name, "category": category_of(name), "score": a.get("score", 1.0),
-                   "bounding_box": {"x1": min(xs), "x2": max(xs) + 1, "y1": min(ys), "y2": max(ys) + 1},
-                   "vertices": verts}
+            rec = mask_record(polygon_mask(max(seg, key=len), h, w), name, a.get("score", 1.0))
         else:
             if float(a["bbox"][2]) <= 0 or float(a["bbox"][3]) <= 0:  # an empty box is no object: left out, said
                 empty += 1
@@ -266,11 +303,13 @@ def read_coco(path: str | Path) -> list[dict]:
                 rec["bounding_box"] = {"x1": x1, "x2": x2, "y1": y1, "y2": y2}
         if rec is not None:
             per[im["id"]].append(rec)
+        else:
+            empty += 1
     if parts_dropped:
         log.warning("%s: %d annotations have several polygon parts; only the largest part of each is kept",
                     path, parts_dropped)
     if empty:
-        log.warning("%s: %d annotations with an empty box and no outline left out", path, empty)
+        log.warning("%s: %d annotations that cover no pixel left out", path, empty)
     return [{"filename": images[i]["file_name"], "height": int(images[i]["height"]),
              "width": int(images[i]["width"]), "masks": per[i]} for i in images]
 
