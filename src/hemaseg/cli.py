@@ -1018,14 +1018,22 @@ def convert(
     if (src, dst) not in CONVERTERS:
         known = ", ".join(f"{a}->{b}" for a, b in sorted(CONVERTERS))
         raise typer.BadParameter(f"no conversion {src}->{dst}; known: {known}", param_hint="--from/--to")
+    failed: list[dict] = []
     try:
-        n = run_convert(src, dst, inp, out)
+        n = run_convert(src, dst, inp, out, failed)
     except HemasegUsageError:
         raise  # OUT refused before any work: one line, exit 2 (_usage_errors)
     except HemasegError as exc:
         _fail_error(exc)
         raise typer.Exit(1) from None
-    typer.echo(f"{n} images converted {src} -> {dst}: {out}", err=True)
+    for f in failed:  # each file that could not be read: one line; the others were converted
+        _fail(f["image"], f["reason"])
+    if failed and not n:
+        typer.echo(f"nothing converted {src} -> {dst}: no input file could be read; {out} not written", err=True)
+    else:
+        typer.echo(f"{n} images converted {src} -> {dst}: {out}" + (f"; {len(failed)} left out" if failed else ""),
+                   err=True)
+    raise typer.Exit(1 if failed else 0)
 
 
 @app.command()

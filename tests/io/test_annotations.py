@@ -291,3 +291,64 @@ def test_coco_polygons_are_on_pixel_edges_both_ways(tmp_path, caplog):
     assert (theirs == blob).all() and ann["area"] == int(blob.sum())
     write_coco(tmp_path / "b.json", [entry])
     assert (rasterise(read_coco(tmp_path / "b.json")[0]["masks"][0]["vertices"], (40, 40)) == blob).all()
+
+
+def test_convert_one_bad_file_costs_only_itself(tmp_path):
+    """A folder input with one unreadable file (a VOC XML cut short, a YOLO label of words, a corrupt DSB mask
+    or label PNG) converts the others, names the bad file on one line and exits 1; when no file can be read,
+    nothing is written (conversion was all-or-nothing: one bad file aborted the folder)."""
+    voc = tmp_path / "voc"
+    voc.mkdir()
+    good = ("<annotation><filename>{}.jpg</filename><size><width>64</width><height>48</height></size><object>"
+            "<name>WBC</name><bndbox><xmin>5</xmin><ymin>6</ymin><xmax>30</xmax><ymax>28</ymax></bndbox></object>"
+            "</annotation>")
+    (voc / "a.xml").write_text(good.format("a"))
+    (voc / "b.xml").write_text("<annotation><filename>b.jpg</filename><size>")
+    (voc / "c.xml").write_text(good.format("c"))
+    res = runner.invoke(app, ["convert", "--from", "voc", "--to", "coco", str(voc), str(tmp_path / "v.json")])
+    assert res.exit_code == 1 and "b.xml" in res.output and "2 images converted" in res.output, res.output
+    assert [im["file_name"] for im in json.loads((tmp_path / "v.json").read_text())["images"]] == ["a.jpg", "c.jpg"]
+
+    lab = tmp_path / "lab"
+    lab.mkdir()
+    two = np.zeros((8, 8), np.uint16)
+    two[1:3, 1:3], two[5:7, 4:7] = 1, 2
+    cv2.imwrite(str(lab / "x.png"), two)
+    (lab / "y.png").write_bytes(b"\x89PNG\r\n\x1a\n not a png")
+    res = runner.invoke(app, ["convert", "--from", "labels", "--to", "rle", str(lab), str(tmp_path / "r.csv")])
+    assert res.exit_code == 1 and "y.png" in res.output, res.output
+    rows = (tmp_path / "r.csv").read_text().splitlines()
+    assert len(rows) == 3 and all(r.startswith("x,") for r in rows[1:])
+    res = runner.invoke(app, ["convert", "--from", "labels", "--to", "dsb", str(lab), str(tmp_path / "d")])
+    assert res.exit_code == 1 and sorted(p.name for p in (tmp_path / "d" / "x" / "masks").iterdir()) == ["x_1.png", "x_2.png"]
+    assert not (tmp_path / "d" / "y").exists()
+
+    (lab / "x.png").write_bytes(b"broken too")
+    res = runner.invoke(app, ["convert", "--from", "labels", "--to", "rle", str(lab), str(tmp_path / "none.csv")])
+    assert res.exit_code == 1 and "nothing converted" in res.output and not (tmp_path / "none.csv").exists()
+
+
+def test_convert_dsb_and_yolo_folders_keep_their_good_samples(tmp_path):
+    """The DSB and YOLO readers list a sample they cannot read and convert the rest (exit 1)."""
+    dsb = tmp_path / "dsb"
+    for sid in ("s1", "s2"):
+        (dsb / sid / "images").mkdir(parents=True)
+        (dsb / sid / "masks").mkdir()
+        cv2.imwrite(str(dsb / sid / "images" / f"{sid}.png"), np.zeros((10, 12, 3), np.uint8))
+        m = np.zeros((10, 12), np.uint8)
+        m[2:5, 3:7] = 255
+        cv2.imwrite(str(dsb / sid / "masks" / "n1.png"), m)
+    (dsb / "s2" / "masks" / "n2.png").write_bytes(b"corrupt")
+    res = runner.invoke(app, ["convert", "--from", "dsb", "--to", "labels", str(dsb), str(tmp_path / "out")])
+    assert res.exit_code == 1 and "n2.png" in res.output, res.output
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["s1.png"]
+
+    yolo = tmp_path / "yolo"
+    yolo.mkdir()
+    (yolo / "classes.txt").write_text("WBC\nRBC\nPlatelets\n")
+    for stem, label in (("p", "0 0.5 0.5 0.2 0.2\n"), ("q", "zero half half\n")):
+        cv2.imwrite(str(yolo / f"{stem}.jpg"), np.zeros((20, 20, 3), np.uint8))
+        (yolo / f"{stem}.txt").write_text(label)
+    res = runner.invoke(app, ["convert", "--from", "yolo", "--to", "coco", str(yolo), str(tmp_path / "y.json")])
+    assert res.exit_code == 1 and "q.txt" in res.output, res.output
+    assert [im["file_name"] for im in json.loads((tmp_path / "y.json").read_text())["images"]] == ["p.jpg"]

@@ -27,13 +27,13 @@ from hemaseg.io.images import image_size, read_mask
 from hemaseg.io.rle import labels_to_rles, rles_to_labels
 from hemaseg.io.writers import check_output, write_json, write_png, write_text
 
-CONVERTERS: dict[tuple[str, str], Callable[[Path, Path], int]] = {}
+CONVERTERS: dict[tuple[str, str], Callable[[Path, Path, list | None], int]] = {}
 RLE_HEADER = ["ImageId", "EncodedPixels", "Height", "Width"]
 
 
 def converter(src: str, dst: str) -> Callable:
     """Register a conversion ``src`` -> ``dst``."""
-    def deco(fn: Callable[[Path, Path], int]) -> Callable[[Path, Path], int]:
+    def deco(fn: Callable[[Path, Path, list | None], int]) -> Callable[[Path, Path, list | None], int]:
         CONVERTERS[(src, dst)] = fn
         return fn
     return deco
@@ -60,21 +60,44 @@ def check_convert_paths(dst: str, inp: Path, out: Path) -> None:
         raise HemasegUsageError("OUT", f"{out} is the input's folder; write to another folder")
 
 
-def convert(src: str, dst: str, inp: str | Path, out: str | Path) -> int:
-    """Convert ``inp`` in format ``src`` to ``out`` in format ``dst``; returns the number of images.
+def convert(src: str, dst: str, inp: str | Path, out: str | Path, failed: list[dict] | None = None) -> int:
+    """Convert ``inp`` in format ``src`` to ``out`` in format ``dst``; returns the number of images written.
     ``out`` is checked first (:func:`check_convert_paths`); a malformed input (a value that is no
-    number, a missing attribute) is a :class:`HemasegInputError` naming ``inp``."""
+    number, a missing attribute) is a :class:`HemasegInputError` naming ``inp``.
+
+    With ``failed`` given, an input made of many files (a DSB, label, VOC or YOLO folder) loses only the
+    files that cannot be read: each is listed there ({"image", "reason"}) and the others are converted;
+    when none can be read, nothing is written. Without it the first bad file raises."""
     if (src, dst) not in CONVERTERS:
         known = ", ".join(f"{a}->{b}" for a, b in sorted(CONVERTERS))
         raise HemasegInputError(f"{src}->{dst}", f"no such conversion; known: {known}")
     check_convert_paths(dst, Path(inp), Path(out))
     try:
-        return CONVERTERS[(src, dst)](Path(inp), Path(out))
+        return CONVERTERS[(src, dst)](Path(inp), Path(out), failed)
     except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
         raise HemasegInputError(inp, f"malformed {src} ({type(exc).__name__}: {str(exc).strip()[:120]})") from None
 
 
-def _dsb_labels(root: Path) -> list[tuple[str, np.ndarray]]:
+def _read_each(paths: list, read: Callable, failed: list[dict] | None) -> list:
+    """``read(p)`` for each path; one that raises an input error (or a malformed value) is listed in ``failed``
+    and left out, or, with ``failed`` None, the error is raised."""
+    out = []
+    for p in paths:
+        try:
+            out.append(read(p))
+        except HemasegInputError as exc:
+            if failed is None:
+                raise
+            failed.append({"image": str(exc.path), "reason": exc.reason})
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+            if failed is None:
+                raise
+            failed.append({"image": str(getattr(p, "image", p)),
+                           "reason": f"malformed ({type(exc).__name__}: {str(exc).strip()[:120]})"})
+    return out
+
+
+def _dsb_labels(root: Path, failed: list[dict] | None = None) -> list[tuple[str, np.ndarray]]:
     samples = find_dsb(root)
     if not samples:
         raise HemasegInputError(root, "no DSB samples (<id>/images/<id>.png with <id>/masks/)")
@@ -84,7 +107,7 @@ def _dsb_labels(root: Path) -> list[tuple[str, np.ndarray]]:
         if p.image.stem in names:
             raise HemasegInputError(p.image, f"has the same image name as {names[p.image.stem]}: rename one")
         names[p.image.stem] = p.image
-    return [(p.image.stem, read_dsb_masks(p.mask, image_size(p.image))) for p in samples]
+    return _read_each(samples, lambda p: (p.image.stem, read_dsb_masks(p.mask, image_size(p.image))), failed)
 
 
 def _label_files(inp: Path) -> list[Path]:
@@ -134,32 +157,34 @@ def read_rle_csv(path: Path) -> dict[str, np.ndarray]:
 
 
 @converter("dsb", "labels")
-def dsb_to_labels(inp: Path, out: Path) -> int:
+def dsb_to_labels(inp: Path, out: Path, failed: list[dict] | None = None) -> int:
     """DSB folders -> OUT/<id>.png uint16 instance labels."""
-    items = _dsb_labels(inp)
+    items = _dsb_labels(inp, failed)
     for image_id, labels in items:
         write_png(out / f"{image_id}.png", labels)
     return len(items)
 
 
 @converter("dsb", "rle")
-def dsb_to_rle(inp: Path, out: Path) -> int:
+def dsb_to_rle(inp: Path, out: Path, failed: list[dict] | None = None) -> int:
     """DSB folders -> one Kaggle RLE CSV."""
-    items = _dsb_labels(inp)
-    write_rle_csv(out, items)
+    items = _dsb_labels(inp, failed)
+    if items:
+        write_rle_csv(out, items)
     return len(items)
 
 
 @converter("labels", "rle")
-def labels_to_rle(inp: Path, out: Path) -> int:
+def labels_to_rle(inp: Path, out: Path, failed: list[dict] | None = None) -> int:
     """Label PNGs (a folder or one file) -> one Kaggle RLE CSV, ImageId = file stem."""
-    items = [(f.stem, read_mask(f)) for f in _label_files(inp)]
-    write_rle_csv(out, items)
+    items = _read_each(_label_files(inp), lambda f: (f.stem, read_mask(f)), failed)
+    if items:
+        write_rle_csv(out, items)
     return len(items)
 
 
 @converter("rle", "labels")
-def rle_to_labels(inp: Path, out: Path) -> int:
+def rle_to_labels(inp: Path, out: Path, failed: list[dict] | None = None) -> int:
     """Kaggle RLE CSV -> OUT/<ImageId>.png uint16 instance labels."""
     items = read_rle_csv(inp)
     for image_id in items:  # each a plain file name in OUT: '../x' or 'a/b' would write outside it
@@ -171,19 +196,18 @@ def rle_to_labels(inp: Path, out: Path) -> int:
 
 
 @converter("labels", "dsb")
-def labels_to_dsb(inp: Path, out: Path) -> int:
+def labels_to_dsb(inp: Path, out: Path, failed: list[dict] | None = None) -> int:
     """Label PNGs -> DSB masks folders OUT/<stem>/masks/<stem>_<k>.png (images are not copied)."""
-    files = _label_files(inp)
-    for f in files:
-        labels = read_mask(f)
+    items = _read_each(_label_files(inp), lambda f: (f, read_mask(f)), failed)
+    for f, labels in items:
         (out / f.stem / "masks").mkdir(parents=True, exist_ok=True)  # an image with no object: an empty masks/
         for k in np.unique(labels[labels > 0]):
             write_png(out / f.stem / "masks" / f"{f.stem}_{int(k)}.png", ((labels == k) * 255).astype(np.uint8))
-    return len(files)
+    return len(items)
 
 
 # ---------------------------------------------------------------- object annotations (CVAT, COCO, VOC, results)
-def _entries(fmt: str, inp: Path) -> list[dict]:
+def _entries(fmt: str, inp: Path, failed: list[dict] | None = None) -> list[dict]:
 
     if fmt == "cvat":
         return A.read_cvat(inp)
@@ -192,12 +216,12 @@ def _entries(fmt: str, inp: Path) -> list[dict]:
     if fmt == "results":
         return A.read_results(inp)
     if fmt == "yolo":
-        return A.read_yolo(inp)
+        return A.read_yolo(inp, failed)
     if fmt == "voc":
         files = sorted(inp.glob("*.xml")) if inp.is_dir() else [inp]
         if not files or not files[0].exists():
             raise HemasegInputError(inp, "no VOC XML files found")
-        return [A.read_voc_entry(f) for f in files]
+        return _read_each(files, A.read_voc_entry, failed)
     raise HemasegInputError(fmt, "unknown annotation format")
 
 
@@ -225,6 +249,8 @@ def _check_entries(fmt: str, entries: list[dict]) -> None:
 
 
 def _write_entries(fmt: str, entries: list[dict], out: Path) -> int:
+    if not entries:  # every file of the input failed (listed); nothing to write
+        return 0
     _check_entries(fmt, entries)
     if fmt == "cvat":
         A.write_cvat(out, entries)
@@ -253,8 +279,8 @@ def _register_annotation_converters() -> None:
     for src in ("cvat", "coco", "voc", "yolo", "results"):
         for dst in ("cvat", "coco", "coco-rle", "yolo", "labels"):
             if src != dst:
-                def fn(inp: Path, out: Path, _s=src, _d=dst) -> int:
-                    return _write_entries(_d, _entries(_s, inp), out)
+                def fn(inp: Path, out: Path, failed: list[dict] | None = None, _s=src, _d=dst) -> int:
+                    return _write_entries(_d, _entries(_s, inp, failed), out)
                 fn.__doc__ = f"{src} -> {dst} (polygons and labels kept)"
                 CONVERTERS[(src, dst)] = fn
 
