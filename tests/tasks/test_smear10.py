@@ -617,3 +617,24 @@ def test_a_typed_wbc_is_scored_by_the_maps_wbc_probability():
     probs[0, 5:15, 5:15], probs[lymph, 5:15, 5:15] = 0.1, 0.9  # the map: a lymphocyte; the typer: mono
     assert smear_objects(classes, probs)[1][0]["score"] == 0.0
     assert smear_objects(classes, probs, typed_wbcs=True)[1][0]["score"] == pytest.approx(0.9)
+
+
+def test_touching_red_cells_are_counted_one_by_one(monkeypatch):
+    """smear10's objects were connected pieces of one class: two touching red cells were one object (a crowded
+    field's red cells one object of 25,302 px). Each red cell is now its own object, through segment_smear."""
+    from hemaseg.tasks.smear10 import infer
+    from hemaseg.tasks.smear10.classes import CLASSES
+
+    healthy = CLASSES.index("healthy rbc")
+    yy, xx = np.mgrid[:80, :140]
+    cells = [((yy - 40) ** 2 + (xx - 30 - 36 * i) ** 2 < 20 ** 2) for i in range(3)]  # a row of three, touching
+    probs = np.zeros((len(CLASSES), 80, 140), np.float32)
+    probs[0] = 1.0
+    for c in cells:
+        probs[0, c], probs[healthy, c] = 0.0, 1.0
+    monkeypatch.setattr(infer, "predict_probs", lambda *a, **k: probs)
+    monkeypatch.setattr(infer, "get_model", lambda *a, **k: (None, {"cell_diameter": 40.0, "classes": list(CLASSES)}))
+    seg = infer.segment_smear(np.full((80, 140, 3), 200, np.uint8), cell_diameter=40.0)
+    rbcs = [o for o in seg.objects if o["class_name"] == "healthy rbc"]
+    assert len(rbcs) == 3 and len(np.unique(seg.instances[seg.instances > 0])) == 3
+    assert sum(o["area"] for o in rbcs) == int(np.logical_or.reduce(cells).sum())

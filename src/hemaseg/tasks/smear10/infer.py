@@ -159,18 +159,59 @@ def type_wbc_objects(image: np.ndarray, classes: np.ndarray, type_model="wbc-typ
     return out
 
 
-def smear_objects(classes: np.ndarray, probs: np.ndarray, typed_wbcs: bool = False) -> tuple[np.ndarray, list[dict]]:
+def carry_labels(labels: np.ndarray, mask: np.ndarray, max_distance: float) -> np.ndarray:
+    """``labels`` kept on ``mask`` only, a ``mask`` pixel without a label given its nearest label within
+    ``max_distance`` px (a sliver re-classed after the split joins the cell around it); farther ones stay 0.
+
+    >>> lab = np.array([[1, 1, 0, 0, 2, 0, 0, 0, 0]])
+    >>> carry_labels(lab, np.array([[1, 1, 1, 0, 1, 1, 0, 0, 1]], bool), 2).tolist()
+    [[1, 1, 1, 0, 2, 2, 0, 0, 0]]
+    """
+    from scipy import ndimage as ndi
+
+    out = np.where(mask, labels, 0)
+    missing = mask & (out == 0)
+    if not missing.any() or not out.any():
+        return out
+    dist, (iy, ix) = ndi.distance_transform_edt(out == 0, return_indices=True)
+    take = missing & (dist <= max_distance)
+    out[take] = out[iy[take], ix[take]]
+    return out
+
+
+def smear_objects(classes: np.ndarray, probs: np.ndarray, typed_wbcs: bool = False,
+                  rbc_cells: np.ndarray | None = None) -> tuple[np.ndarray, list[dict]]:
     """(H, W) int32 instances (connected objects of one class) and one record per object with
     ``class_name``, ``category`` (rbc / wbc / platelet) and ``score``, the map's mean probability of the
     object's class over its pixels; with ``typed_wbcs`` (the WBCs' types given by the typer, not the
     map) a WBC's score is the map's probability of any WBC type (a monocyte the map had called a
-    lymphocyte scored 0.0)."""
+    lymphocyte scored 0.0). ``rbc_cells`` ((H, W) labels of the red-cell pixels split into round cells,
+    :func:`~hemaseg.core.labels.split_instances`) makes each red cell one object, so touching red cells
+    are counted one by one; without it they are one connected object.
+
+    >>> from hemaseg.core.labels import split_instances
+    >>> yy, xx = np.mgrid[:60, :100]
+    >>> two = ((yy - 30) ** 2 + (xx - 30) ** 2 < 400) | ((yy - 30) ** 2 + (xx - 66) ** 2 < 400)
+    >>> classes = np.where(two, GROUPS["rbc"][0], 0).astype(np.uint8)
+    >>> probs = np.eye(len(CLASSES), dtype=np.float32)[classes].transpose(2, 0, 1)
+    >>> len(smear_objects(classes, probs)[1]), len(smear_objects(classes, probs, rbc_cells=split_instances(two, 40))[1])
+    (1, 2)
+    """
     from scipy import ndimage as ndi
+    from skimage.segmentation import relabel_sequential
 
     instances = np.zeros(classes.shape, np.int32)
     objects: list[dict] = []
     for k in range(1, len(CLASSES)):
-        lab, n = ndi.label(classes == k)
+        if rbc_cells is not None and k in GROUPS["rbc"]:
+            # each split cell's pixels of this class, a piece the split left without a cell label its own object
+            lab = np.where(classes == k, rbc_cells, 0).astype(np.int64)
+            loose, _ = ndi.label((classes == k) & (lab == 0))
+            lab[loose > 0] = loose[loose > 0] + int(lab.max())
+            lab, _, _ = relabel_sequential(lab)
+            n = int(lab.max())
+        else:
+            lab, n = ndi.label(classes == k)
         if n == 0:
             continue
         offset = int(instances.max())
@@ -451,8 +492,8 @@ def segment_smear(image: np.ndarray, model="smear10", cell_diameter: float | Non
     for group in ("wbc", "platelet"):
         classes = vote_per_object(classes, probs, GROUPS[group])
     diameter = float(cell_diameter or float(card.get("cell_diameter") or sp.fallback_diameter) / factor)
+    cells = split_instances(np.isin(classes, GROUPS["rbc"]), diameter)
     if sp.rbc_vote:
-        cells = split_instances(np.isin(classes, GROUPS["rbc"]), diameter)
         infected = CLASSES.index("infected rbc")
         # Infected when s_infected / (s_infected + s_healthy) >= t, i.e. s_infected (1 - t) >= s_healthy t.
         weights = tuple(1 - sp.infected_share if k == infected else sp.infected_share for k in GROUPS["rbc"])
@@ -464,5 +505,7 @@ def segment_smear(image: np.ndarray, model="smear10", cell_diameter: float | Non
         classes = platelets_by_size(classes, diameter, sp.clump_ratio)
     if card.get("wbc_typing"):
         classes = type_wbc_objects(image, classes, card["wbc_typing"], device)
-    instances, objects = smear_objects(classes, probs, typed_wbcs=bool(card.get("wbc_typing")))
+    # each red cell one object; a sliver absorb_fragments made red joins the cell around it
+    cells = carry_labels(cells, np.isin(classes, GROUPS["rbc"]), diameter / 2)
+    instances, objects = smear_objects(classes, probs, typed_wbcs=bool(card.get("wbc_typing")), rbc_cells=cells)
     return Segmentation(classes, instances, probs, diameter, factor, objects)
