@@ -1024,6 +1024,8 @@ def convert(
     except HemasegUsageError:
         raise  # OUT refused before any work: one line, exit 2 (_usage_errors)
     except HemasegError as exc:
+        for f in failed:  # the files left out before the error stopped the conversion
+            _fail(f["image"], f["reason"])
         _fail_error(exc)
         raise typer.Exit(1) from None
     for f in failed:  # each file that could not be read: one line; the others were converted

@@ -352,3 +352,52 @@ def test_convert_dsb_and_yolo_folders_keep_their_good_samples(tmp_path):
     res = runner.invoke(app, ["convert", "--from", "yolo", "--to", "coco", str(yolo), str(tmp_path / "y.json")])
     assert res.exit_code == 1 and "q.txt" in res.output, res.output
     assert [im["file_name"] for im in json.loads((tmp_path / "y.json").read_text())["images"]] == ["p.jpg"]
+
+
+def test_cvat_and_coco_read_the_same_numbers_as_the_same_object(tmp_path, caplog):
+    """CVAT's polygons lie on pixel edges as its boxes and COCO's do (a review: CVAT's 2,3;9,3;9,10;2,10 was 64 px
+    where the same numbers in COCO are 49); an empty file converts to an empty one; an object outside its image
+    is left out of a COCO file, said; a COCO image without a size keeps its polygons; hemaseg's COCO files
+    written before the change (no "polygons" note) are read as they were written."""
+    xml = tmp_path / "a.xml"
+    xml.write_text('<annotations><image id="0" name="a.png" width="20" height="20">'
+                   '<polygon label="rbc" points="2,3;9,3;9,10;2,10"/></image></annotations>')
+    m = read_cvat(xml)[0]["masks"][0]
+    assert int(rasterise(m["vertices"], (20, 20)).sum()) == 49 and m["bounding_box"] == {"x1": 2, "x2": 9, "y1": 3, "y2": 10}
+    res = runner.invoke(app, ["convert", "--from", "cvat", "--to", "coco", str(xml), str(tmp_path / "a.json")])
+    assert res.exit_code == 0, res.output
+    ann = json.loads((tmp_path / "a.json").read_text())["annotations"][0]
+    assert ann["area"] == 49 and ann["bbox"] == [2, 3, 7, 7]
+    write_cvat(tmp_path / "b.xml", read_coco(tmp_path / "a.json"))
+    assert read_cvat(tmp_path / "b.xml")[0]["masks"][0]["bounding_box"] == m["bounding_box"]  # a round trip keeps it
+
+    (tmp_path / "empty.xml").write_text("<annotations></annotations>")
+    res = runner.invoke(app, ["convert", "--from", "cvat", "--to", "coco", str(tmp_path / "empty.xml"),
+                              str(tmp_path / "e.json")])
+    assert res.exit_code == 0 and json.loads((tmp_path / "e.json").read_text())["images"] == []
+
+    outside = {**m, "vertices": [[30, 30], [35, 30], [35, 35]]}
+    coco = to_coco([{"filename": "a.png", "height": 20, "width": 20, "masks": [m, outside]}])
+    assert len(coco["annotations"]) == 1 and "1 objects cover no pixel" in caplog.text
+
+    sizeless = {"images": [{"id": 1, "file_name": "a.png", "height": 0, "width": 0}], "categories": [{"id": 1, "name": "rbc"}],
+                "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": [[2, 3, 9, 3, 9, 10, 2, 10]]}]}
+    (tmp_path / "s.json").write_text(json.dumps(sizeless))
+    assert read_coco(tmp_path / "s.json")[0]["masks"][0]["bounding_box"] == m["bounding_box"]
+
+    old = {**sizeless, "info": {"description": "hemaseg"}, "images": [{"id": 1, "file_name": "a.png", "height": 20, "width": 20}],
+           "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": [[2, 3, 8, 3, 8, 9, 2, 9]]}]}
+    (tmp_path / "old.json").write_text(json.dumps(old))  # pixel centres 2..8: the same 7 x 7 object
+    assert read_coco(tmp_path / "old.json")[0]["masks"][0]["bounding_box"] == m["bounding_box"]
+
+
+def test_convert_names_the_files_left_out_before_an_error_stops_it(tmp_path):
+    voc = tmp_path / "voc"
+    voc.mkdir()
+    one = ("<annotation><filename>{}</filename><size><width>64</width><height>48</height></size><object><name>WBC"
+           "</name><bndbox><xmin>5</xmin><ymin>6</ymin><xmax>30</xmax><ymax>28</ymax></bndbox></object></annotation>")
+    (voc / "a.xml").write_text(one.format("x/same.jpg"))
+    (voc / "b.xml").write_text(one.format("y/same.jpg"))  # two photos of one name: YOLO cannot tell them apart
+    (voc / "c.xml").write_text("<annotation>")
+    res = runner.invoke(app, ["convert", "--from", "voc", "--to", "yolo", str(voc), str(tmp_path / "y")])
+    assert res.exit_code == 1 and "c.xml" in res.output and "same file name" in res.output, res.output

@@ -77,16 +77,18 @@ def edge_polygon(mask: np.ndarray) -> list[float]:
     pixel (0, 0) is the square from (0, 0) to (1, 1)), so that pycocotools' rasteriser gives the mask back.
     Only the largest outline is kept, as in :func:`mask_record`.
 
-    The outline is the marching-squares contour at 0.5 (:func:`skimage.measure.find_contours`) with its
-    collinear points dropped.
+    The outline is the marching-squares contour at 0.5 (:func:`skimage.measure.find_contours`, pixels
+    that touch at a corner joined, as :func:`mask_record` joins them) with its collinear points dropped.
 
     >>> m = np.zeros((10, 10), bool); m[2:5, 3:9] = True
     >>> bool((polygon_mask(edge_polygon(m), 10, 10) == m).all())
     True
+    >>> bool((polygon_mask(edge_polygon(np.eye(6, dtype=bool)), 6, 6) == np.eye(6)).all())  # a diagonal line
+    True
     """
     from skimage.measure import approximate_polygon, find_contours
 
-    contours = find_contours(np.pad(mask.astype(np.float32), 1), 0.5)
+    contours = find_contours(np.pad(mask.astype(np.float32), 1), 0.5, fully_connected="high")
     if not contours:
         return []
     outline = approximate_polygon(max(contours, key=len), tolerance=0.01)
@@ -97,21 +99,36 @@ def edge_polygon(mask: np.ndarray) -> list[float]:
 def polygon_mask(polygon: list, height: int, width: int) -> np.ndarray:
     """(H, W) bool mask of a COCO polygon ``[x1, y1, x2, y2, ...]`` on pixel edges, by pycocotools' own
     rasteriser (so a COCO square from (0, 0) to (7, 7) covers 7 x 7 = 49 pixels, as COCO's tools count it).
+    A list of such polygons (an object's parts) gives their union. A polygon of fewer than three points
+    covers the pixels it names.
 
     >>> int(polygon_mask([0, 0, 7, 0, 7, 7, 0, 7], 10, 10).sum())
     49
+    >>> int(polygon_mask([[0, 0, 2, 0, 2, 2, 0, 2], [5, 5, 7, 5, 7, 7, 5, 7]], 10, 10).sum())
+    8
     """
     from pycocotools import mask as mask_utils
 
-    if len(polygon) < 6:  # fewer than three points: pycocotools cannot read it; its pixels are those it names
-        out = np.zeros((height, width), bool)
-        for j in range(0, len(polygon) - 1, 2):
-            x, y = int(np.floor(polygon[j])), int(np.floor(polygon[j + 1]))
-            if 0 <= y < height and 0 <= x < width:
-                out[y, x] = True
-        return out
-    rle = mask_utils.frPyObjects([[float(v) for v in polygon]], height, width)
-    return mask_utils.decode(rle)[:, :, 0].astype(bool)
+    parts = polygon if polygon and isinstance(polygon[0], (list, tuple)) else [polygon]
+    out = np.zeros((height, width), bool)
+    full = [[float(v) for v in p] for p in parts if len(p) >= 6]
+    if full and height > 0 and width > 0:
+        out |= mask_utils.decode(mask_utils.frPyObjects(full, height, width)).any(-1).astype(bool)
+    for p in parts:
+        if len(p) < 6:  # pycocotools cannot read it
+            for j in range(0, len(p) - 1, 2):
+                x, y = int(np.floor(p[j])), int(np.floor(p[j + 1]))
+                if 0 <= y < height and 0 <= x < width:
+                    out[y, x] = True
+    return out
+
+
+def polygon_extent(polygons: list) -> tuple[int, int]:
+    """(height, width) of the smallest image that holds every point of ``polygons`` (flat COCO lists): the
+    size a polygon is drawn at when its image's is not given."""
+    xs = [float(v) for p in polygons for v in p[0::2]] or [0.0]
+    ys = [float(v) for p in polygons for v in p[1::2]] or [0.0]
+    return int(np.ceil(max(ys))) + 1, int(np.ceil(max(xs))) + 1
 
 
 def entry_labels(entry: dict, classes: list[str] | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -180,8 +197,15 @@ def to_cvat(entries: list[dict], labels: list[str] | None = None) -> str:
     for i, (e, name) in enumerate(zip(entries, image_names(entries))):
         img = ET.SubElement(root, "image", id=str(i), name=name,
                             width=str(e["width"]), height=str(e["height"]))
+        h, w = int(e["height"]), int(e["width"])
         for m in e["masks"]:
-            pts = ";".join(f"{x:.2f},{y:.2f}" for x, y in m["vertices"])
+            # pixel edges, as CVAT's boxes and its COCO export take them (a mask's outline, not its pixel centres)
+            mask = rasterise(m["vertices"], (h, w)) if h > 0 and w > 0 else np.zeros((0, 0), bool)
+            if mask.any():
+                poly = edge_polygon(mask)
+                pts = ";".join(f"{x:.2f},{y:.2f}" for x, y in zip(poly[0::2], poly[1::2]))
+            else:  # no image size (or outside it): the vertices as they are
+                pts = ";".join(f"{x:.2f},{y:.2f}" for x, y in m["vertices"])
             poly = ET.SubElement(img, "polygon", label=m["class_name"], source="auto", occluded="0",
                                  points=pts, z_order="0")
             ET.SubElement(poly, "attribute", name="score").text = f"{m.get('score', 1.0):.4f}"
@@ -194,19 +218,28 @@ def write_cvat(path: str | Path, entries: list[dict], labels: list[str] | None =
 
 
 def read_cvat(path: str | Path) -> list[dict]:
-    """Entries of a CVAT for images 1.1 XML (polygons; boxes become 4-corner polygons)."""
+    """Entries of a CVAT for images 1.1 XML (polygons; boxes become 4-corner polygons). Points are on pixel
+    edges, as CVAT's boxes are: a polygon covers the pixels pycocotools' rasteriser gives it (:func:`polygon_mask`)."""
     root = parse_xml(path, "CVAT XML")
     if root.tag != "annotations":
         raise HemasegInputError(path, f"not a CVAT for images XML (its root is <{root.tag}>, not <annotations>)")
     entries = []
     skipped: dict[str, int] = {}
+    no_pixel = 0
     for img in root.iter("image"):
         masks = []
         for el in img:
             if el.tag == "tag":  # an image-level tag is no object
                 continue
             if el.tag == "polygon":
-                verts = [[float(v) for v in p.split(",")] for p in el.get("points", "").split(";") if p]
+                pts = [float(v) for p in el.get("points", "").split(";") if p for v in p.split(",")]
+                h, w = int(img.get("height", 0)), int(img.get("width", 0))
+                h, w = (h, w) if h > 0 and w > 0 else polygon_extent([pts])
+                rec = mask_record(polygon_mask(pts, h, w), el.get("label", ""))
+                if rec is None:
+                    no_pixel += 1
+                    continue
+                verts = rec["vertices"]
             elif el.tag == "box":  # corners in pixel edges: xbr is the right edge, one past the last pixel
                 x1, y1, x2, y2 = (int(round(float(el.get(k)))) for k in ("xtl", "ytl", "xbr", "ybr"))
                 verts = box_vertices(x1, y1, x2, y2)
@@ -227,6 +260,8 @@ def read_cvat(path: str | Path) -> list[dict]:
     if skipped:
         log.warning("%s: %s left out (only polygons and boxes are read)", path,
                     ", ".join(f"{n} <{tag}>" for tag, n in sorted(skipped.items())))
+    if no_pixel:
+        log.warning("%s: %d polygons that cover no pixel left out", path, no_pixel)
     return entries
 
 
@@ -236,11 +271,15 @@ def to_coco(entries: list[dict], rle: bool = False, labels: list[str] | None = N
     names = list(labels) if labels else sorted({m["class_name"] for e in entries for m in e["masks"]})
     cats = [{"id": i + 1, "name": n, "supercategory": category_of(n)} for i, n in enumerate(names)]
     images, anns = [], []
+    outside = 0
     for i, (e, name) in enumerate(zip(entries, image_names(entries)), 1):
         h, w = int(e["height"]), int(e["width"])
         images.append({"id": i, "file_name": name, "height": h, "width": w})
         for m in e["masks"]:
             mask = rasterise(m["vertices"], (h, w))
+            if not mask.any():  # outside the image: no pixel to write (pycocotools cannot read an empty polygon)
+                outside += 1
+                continue
             bb = m["bounding_box"]
             ann = {"id": len(anns) + 1, "image_id": i, "category_id": names.index(m["class_name"]) + 1,
                    "bbox": [bb["x1"], bb["y1"], bb["x2"] - bb["x1"], bb["y2"] - bb["y1"]],
@@ -251,9 +290,12 @@ def to_coco(entries: list[dict], rle: bool = False, labels: list[str] | None = N
                 enc = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
                 ann["segmentation"] = {"size": [h, w], "counts": enc["counts"].decode("ascii")}
             else:
-                ann["segmentation"] = [edge_polygon(mask)] if mask.any() else []
+                ann["segmentation"] = [edge_polygon(mask)]
             anns.append(ann)
-    return {"info": {"description": "hemaseg"}, "images": images, "annotations": anns, "categories": cats}
+    if outside:
+        log.warning("%d objects cover no pixel of their image: left out of the COCO file", outside)
+    return {"info": {"description": "hemaseg", "polygons": "pixel edges"}, "images": images, "annotations": anns,
+            "categories": cats}
 
 
 def write_coco(path: str | Path, entries: list[dict], rle: bool = False, labels: list[str] | None = None) -> Path:
@@ -270,6 +312,8 @@ def read_coco(path: str | Path) -> list[dict]:
         raise HemasegInputError(path, f"not a COCO JSON with images and categories ({exc})") from None
     per: dict[int, list[dict]] = {i: [] for i in images}
     parts_dropped = empty = 0
+    # hemaseg's COCO files before 4 December 2026 put polygons on pixel centres (no "polygons" note in info)
+    centres = (d.get("info") or {}).get("description") == "hemaseg" and "polygons" not in (d.get("info") or {})
     for a in d.get("annotations", []):
         im = images.get(a.get("image_id"))
         if im is None:
@@ -286,9 +330,15 @@ def read_coco(path: str | Path) -> list[dict]:
             if isinstance(rle.get("counts"), str):
                 rle = {**rle, "counts": rle["counts"].encode("ascii")}
             rec = mask_record(mask_utils.decode(rle).astype(bool), name, a.get("score", 1.0))
+        elif seg and centres:
+            parts_dropped += len(seg) > 1
+            verts = [[int(round(v)) for v in xy] for xy in zip(max(seg, key=len)[0::2], max(seg, key=len)[1::2])]
+            ph, pw = (h, w) if h > 0 and w > 0 else polygon_extent([[c for v in verts for c in v]])
+            rec = mask_record(rasterise(verts, (ph, pw)), name, a.get("score", 1.0))
         elif seg:
             parts_dropped += len(seg) > 1
-            rec = mask_record(polygon_mask(max(seg, key=len), h, w), name, a.get("score", 1.0))
+            ph, pw = (h, w) if h > 0 and w > 0 else polygon_extent(seg)  # no image size: drawn where it lies
+            rec = mask_record(polygon_mask(seg, ph, pw), name, a.get("score", 1.0))
         else:
             if float(a["bbox"][2]) <= 0 or float(a["bbox"][3]) <= 0:  # an empty box is no object: left out, said
                 empty += 1

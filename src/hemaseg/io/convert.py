@@ -169,7 +169,7 @@ def dsb_to_labels(inp: Path, out: Path, failed: list[dict] | None = None) -> int
 def dsb_to_rle(inp: Path, out: Path, failed: list[dict] | None = None) -> int:
     """DSB folders -> one Kaggle RLE CSV."""
     items = _dsb_labels(inp, failed)
-    if items:
+    if items or not failed:
         write_rle_csv(out, items)
     return len(items)
 
@@ -178,7 +178,7 @@ def dsb_to_rle(inp: Path, out: Path, failed: list[dict] | None = None) -> int:
 def labels_to_rle(inp: Path, out: Path, failed: list[dict] | None = None) -> int:
     """Label PNGs (a folder or one file) -> one Kaggle RLE CSV, ImageId = file stem."""
     items = _read_each(_label_files(inp), lambda f: (f.stem, read_mask(f)), failed)
-    if items:
+    if items or not failed:
         write_rle_csv(out, items)
     return len(items)
 
@@ -248,8 +248,8 @@ def _check_entries(fmt: str, entries: list[dict]) -> None:
             seen[name + "_classes"] = e["filename"]
 
 
-def _write_entries(fmt: str, entries: list[dict], out: Path) -> int:
-    if not entries:  # every file of the input failed (listed); nothing to write
+def _write_entries(fmt: str, entries: list[dict], out: Path, failed: list[dict] | None = None) -> int:
+    if not entries and failed:  # every file of the input failed (listed): nothing to write
         return 0
     _check_entries(fmt, entries)
     if fmt == "cvat":
@@ -280,7 +280,7 @@ def _register_annotation_converters() -> None:
         for dst in ("cvat", "coco", "coco-rle", "yolo", "labels"):
             if src != dst:
                 def fn(inp: Path, out: Path, failed: list[dict] | None = None, _s=src, _d=dst) -> int:
-                    return _write_entries(_d, _entries(_s, inp, failed), out)
+                    return _write_entries(_d, _entries(_s, inp, failed), out, failed)
                 fn.__doc__ = f"{src} -> {dst} (polygons and labels kept)"
                 CONVERTERS[(src, dst)] = fn
 

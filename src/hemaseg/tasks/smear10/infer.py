@@ -159,23 +159,29 @@ def type_wbc_objects(image: np.ndarray, classes: np.ndarray, type_model="wbc-typ
     return out
 
 
-def carry_labels(labels: np.ndarray, mask: np.ndarray, max_distance: float) -> np.ndarray:
-    """``labels`` kept on ``mask`` only, a ``mask`` pixel without a label given its nearest label within
-    ``max_distance`` px (a sliver re-classed after the split joins the cell around it); farther ones stay 0.
+def carry_labels(labels: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``labels`` kept on ``mask`` only, a ``mask`` pixel without a label given the label that reaches it
+    first through ``mask`` (a sliver re-classed after the split joins the cell around it); a piece of
+    ``mask`` that no label touches stays 0 (its own object for :func:`smear_objects`).
 
     >>> lab = np.array([[1, 1, 0, 0, 2, 0, 0, 0, 0]])
-    >>> carry_labels(lab, np.array([[1, 1, 1, 0, 1, 1, 0, 0, 1]], bool), 2).tolist()
+    >>> carry_labels(lab, np.array([[1, 1, 1, 0, 1, 1, 0, 1, 0]], bool)).tolist()
     [[1, 1, 1, 0, 2, 2, 0, 0, 0]]
     """
     from scipy import ndimage as ndi
+    from skimage.segmentation import watershed
 
     out = np.where(mask, labels, 0)
     missing = mask & (out == 0)
     if not missing.any() or not out.any():
         return out
-    dist, (iy, ix) = ndi.distance_transform_edt(out == 0, return_indices=True)
-    take = missing & (dist <= max_distance)
-    out[take] = out[iy[take], ix[take]]
+    pieces, _ = ndi.label(mask, np.ones((3, 3)))
+    boxes = ndi.find_objects(pieces)
+    for k in np.unique(pieces[missing]):  # only the pieces holding an unlabelled pixel
+        sl = boxes[k - 1]
+        inside = pieces[sl] == k
+        grown = watershed(np.zeros(inside.shape, np.float32), out[sl] * inside, mask=inside)
+        out[sl] = np.where(inside & (out[sl] == 0), grown, out[sl])
     return out
 
 
@@ -506,6 +512,6 @@ def segment_smear(image: np.ndarray, model="smear10", cell_diameter: float | Non
     if card.get("wbc_typing"):
         classes = type_wbc_objects(image, classes, card["wbc_typing"], device)
     # each red cell one object; a sliver absorb_fragments made red joins the cell around it
-    cells = carry_labels(cells, np.isin(classes, GROUPS["rbc"]), diameter / 2)
+    cells = carry_labels(cells, np.isin(classes, GROUPS["rbc"]))
     instances, objects = smear_objects(classes, probs, typed_wbcs=bool(card.get("wbc_typing")), rbc_cells=cells)
     return Segmentation(classes, instances, probs, diameter, factor, objects)
