@@ -207,6 +207,40 @@ def test_train_wbc_type_with_dann_resume_and_explain(tmp_path):
     assert mask.shape == (48, 48) and set(np.unique(mask)) <= {0, 255}
 
 
+def test_a_fine_tune_resumes_without_its_start_model(tmp_path):
+    """A fine-tune read its --init model again on --resume: with that file changed or gone since, it changed its
+    classes and input or stopped, though its weights come from the checkpoint."""
+    import shutil
+
+    from hemaseg.tasks.wbc_type.train import fit_classifier
+
+    data = _crops(tmp_path / "a", per_class=4)
+    base = tmp_path / "base"
+    res = runner.invoke(app, ["train", "wbc-type", "--data", str(data), "--out", str(base), "--backbone", TINY_BACKBONE,
+                              "--epochs", "1", "--batch-size", "4", "--crop", "48", "--samples-per-epoch", "8",
+                              "--val-fraction", "0.25"])
+    assert res.exit_code == 0, res.output
+    init = tmp_path / "init"
+    shutil.copytree(base, init)
+    mine = _crops(tmp_path / "mine", per_class=2, seed=7)
+    args = ["train", "wbc-type", "--init", str(init), "--data", str(mine), "--epochs", "2", "--batch-size", "2",
+            "--samples-per-epoch", "4", "--val-fraction", "0.5"]
+    assert runner.invoke(app, [*args, "--out", str(tmp_path / "whole")]).exit_code == 0
+    state = json.loads((tmp_path / "whole" / "state.json").read_text())
+    from hemaseg.tasks.wbc_type.train import ClassifyConfig
+
+    fit_classifier(ClassifyConfig(**state["config"]), tmp_path / "cut", progress=False, max_epochs_this_call=1)
+    shutil.rmtree(init)  # the start model is gone: the run goes on from its checkpoint
+    res = runner.invoke(app, ["train", "wbc-type", "--resume", str(tmp_path / "cut")])
+    assert res.exit_code == 0, res.output
+    whole, cut = (json.loads((tmp_path / r / "model.json").read_text()) for r in ("whole", "cut"))
+    assert cut["classes"] == whole["classes"] and cut["input_size"] == whole["input_size"] == 48
+    from safetensors.torch import load_file
+
+    a, b = (load_file(str(tmp_path / r / "model.safetensors")) for r in ("whole", "cut"))
+    assert all(np.allclose(a[k].numpy(), b[k].numpy(), atol=1e-5) for k in a)
+
+
 def test_trained_model_takes_the_ruler_and_is_calibrated(tmp_path):
     data = _crops(tmp_path / "a", per_class=4)
     run = tmp_path / "run"

@@ -447,7 +447,15 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
     if cfg.colour in NEEDS_PARTS and not cfg.normalise_cells:
         raise HemasegUsageError("--colour", f"{cfg.colour} needs the cells normalised (its masks come from that)")
     train, val = load_split(cfg, run)
-    start = load_model(cfg.init) if cfg.init else None
+    restore = resume and has_checkpoint(run)
+    start = None
+    if cfg.init and restore and "init_card" in state:
+        # resumed after its first checkpoint: the weights are the checkpoint's and the start model's card is the
+        # one it had when the run began (the --init file may since have changed or gone)
+        start = (None, state["init_card"])
+    elif cfg.init:
+        start = load_model(cfg.init)
+        state["init_card"] = start[1]
     if start is not None:
         if start[1].get("task") != "wbc-type":
             raise HemasegInputError(cfg.init, f"a {start[1].get('task')} model; --init needs a wbc-type model")
@@ -506,7 +514,6 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
     if cfg.mixstyle:
         arch_kwargs["mixstyle"] = cfg.mixstyle
     model = create_model(arch_name, **arch_kwargs)
-    restore = resume and has_checkpoint(run)
     if start is not None and not restore:  # fresh, or killed before its first checkpoint
         model.load_state_dict(start[0].state_dict())
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
