@@ -218,3 +218,27 @@ def test_post_ranges_keep_the_documented_values():
     assert param_value(SmearParams(), "in_range", "1.0") == 1.0 and param_value(SmearParams(), "clump_ratio", 0) == 0
     with pytest.raises(ValueError, match="at least 1 number"):
         param_value(WbcParams(), "first_pass_factors", "[]")
+
+
+@pytest.mark.parametrize("option,model", [("--model", "wbc"), ("--type-model", "cells")])
+def test_analyze_refuses_a_model_of_another_task_before_any_photo(photos, tmp_path, option, model):
+    """A walkthrough: `analyze --model wbc` failed each photo on it (exit 1) and left an empty batch in --out, so the
+    corrected run was then refused as a batch to --resume."""
+    out = tmp_path / "o"
+    line = _one_line_usage(runner.invoke(app, ["analyze", str(photos), "--out", str(out), option, model]), option)
+    assert "model, not a" in line and not out.exists()
+
+
+def test_an_output_file_never_replaces_a_photo(photos, tmp_path):
+    """A walkthrough: `classify -o smear.jpg`, `analyze --coco smear.jpg` and `convert ... smear.jpg` replaced the
+    photo by CSV or JSON text, exit 0."""
+    victim = tmp_path / "victim.jpg"
+    Image.new("RGB", (8, 8)).save(victim)
+    before = victim.read_bytes()
+    cases = [(["classify", "-f", str(photos / "a.png"), "-o", str(victim)], "--output"),
+             (["analyze", str(photos), "--out", str(tmp_path / "o"), "--coco", str(victim)], "--coco"),
+             (["convert", "--from", "cvat", "--to", "coco", str(tmp_path / "none.xml"), str(victim)], "OUT")]
+    for args, option in cases:
+        line = _one_line_usage(runner.invoke(app, args), option)
+        assert "is an image" in line
+    assert victim.read_bytes() == before

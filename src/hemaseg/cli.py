@@ -318,12 +318,13 @@ def analyze(
             check_output(path, option, folder=False)
     dev = _device(device)
     check_backend(backend)
-    for option, name in (("--model", model), ("--type-model", type_model)):
+    for option, name, task in (("--model", model, "cells"), ("--type-model", type_model, "wbc-type")):
         try:
-            get_model(name, dev, backend)
+            card = get_model(name, dev, backend)[1]
         except HemasegError as exc:
             _fail_error(exc, f"{option} {name}")  # which of the two models it is
             raise typer.Exit(2) from None
+        _refuse_other_task(card, f"{option} {name}", task)  # before any photo (each photo failed on it, exit 1)
     if tile is not None and is_detector(get_model(model, dev, backend)[1]):
         typer.echo(f"--tile: not used by {model}, a Mask R-CNN model (it reads each image whole)", err=True)
     tile = tile or DEFAULT_TILE
@@ -812,7 +813,7 @@ def evaluate(
                       model=model, cell_diameter=cell_diameter)
     for option, path in (("--json", json_out), ("--grid", grid)):
         if path is not None:
-            check_output(path, option, folder=False)
+            check_output(path, option, folder=False, image=option == "--grid")
             _not_an_input(path, option, data, spec)
     named_split = spec.name == "cells" and split_name(split) is not None  # cells: a YOLO split's name (val, test)
     if split is not None and not split.is_file() and not named_split:

@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from hemaseg.errors import HemasegUsageError
+from hemaseg.io.images import IMAGE_SUFFIXES
 
 
 def _read_umask() -> int:
@@ -56,16 +57,20 @@ def remove_temps(folder: str | Path) -> list[Path]:
     return stale
 
 
-def check_output(path: str | Path, option: str, folder: bool) -> Path:
+def check_output(path: str | Path, option: str, folder: bool, image: bool = False) -> Path:
     """Check, before any work, that ``path`` can be written: a folder (``folder``) that exists or can
     be created, or a file whose folder can; :class:`HemasegUsageError` naming ``option`` otherwise.
-    Creates nothing that stays (a probe file is written and removed in the nearest existing folder)."""
+    An existing image file is refused as a file output unless the output is itself an image (``image``:
+    a PNG grid written again). Creates nothing that stays (a probe file is written and removed in the
+    nearest existing folder)."""
     path = Path(path)
     if path.exists():
         if folder and not path.is_dir():
             raise HemasegUsageError(option, f"{path} is a file, not a folder")
         if not folder and path.is_dir():
             raise HemasegUsageError(option, f"{path} is a folder; give a file name")
+        if not folder and not image and path.suffix.lower() in IMAGE_SUFFIXES:  # classify -o smear.jpg replaced it
+            raise HemasegUsageError(option, f"{path} is an image: it would be replaced; give another file name")
     target = path if folder else path.parent
     probe = target
     while not probe.exists() and probe.parent != probe:
