@@ -366,3 +366,20 @@ def test_batchnorm_recalibration_takes_batches_with_weights():
     x = torch.randn(4, 3, 8, 8) * 3 + 2
     recalibrate_batchnorm(model, [(x, torch.zeros(4), torch.ones(4))])
     assert torch.allclose(model[1].running_mean, model[0](x).mean((0, 2, 3)), atol=1e-4)
+
+
+def test_crop_writes_apart_from_its_photos_and_names_a_grey_one(tmp_path, caplog):
+    """A walkthrough: `crop in/a.jpg --out in` wrote crops.csv and unknown/ among the photos (exit 0); on a grey
+    photo it said, naming no photo, to try a --method crop does not have."""
+    from helpers import toy_wbc
+
+    img, _ = toy_wbc(np.random.default_rng(0), 96)
+    (tmp_path / "in").mkdir()
+    Image.fromarray(img).save(tmp_path / "in" / "cell.png")
+    res = runner.invoke(app, ["crop", str(tmp_path / "in" / "cell.png"), "--out", str(tmp_path / "in")])
+    assert res.exit_code == 2 and res.output.startswith("--out") and [p.name for p in (tmp_path / "in").iterdir()] == ["cell.png"]
+    Image.fromarray(img.mean(2).astype(np.uint8)).save(tmp_path / "grey.png")
+    res = runner.invoke(app, ["crop", str(tmp_path / "grey.png"), "--out", str(tmp_path / "c")])
+    said = caplog.text + res.output
+    assert res.exit_code == 0 and f"{tmp_path / 'grey.png'}: the hsv method needs a colour photo" in said
+    assert said.count(str(tmp_path / "grey.png")) == 1 and "use the model" in said, said

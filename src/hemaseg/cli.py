@@ -185,8 +185,9 @@ class _InputNamed(logging.Filter):
     path: object = None
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if self.path is not None and record.levelno >= logging.WARNING:
-            record.msg, record.args = f"{self.path}: {record.getMessage()}", ()
+        if self.path is not None and record.levelno >= logging.WARNING and not getattr(record, "input_named", False):
+            # once, though each handler filters the same record (pytest's add theirs: the path came three times)
+            record.msg, record.args, record.input_named = f"{self.path}: {record.getMessage()}", (), True
         return True
 
 
@@ -907,6 +908,7 @@ def crop(
 
     if method not in ("hsv", "model"):
         raise typer.BadParameter("use hsv or model", param_hint="--method")
+    _setup_logging(False)  # a warning about one photo names it
     check_numbers(margin=margin)
     if method == "hsv":  # 'banana' was taken without a word
         refuse_unused("not used by --method hsv, which has no model", device=None if device == "cpu" else device)
@@ -920,6 +922,7 @@ def crop(
     if not paths:
         _fail(" ".join(images), "no images found")
         raise typer.Exit(1)
+    _out_apart_from_inputs(images, out, paths=paths)  # crops and crops.csv would lie among the photos
     inside = [p for p in paths if Path(p).resolve().is_relative_to((out / "unknown").resolve())]
     if inside:  # a crop written there could replace it before it is read
         raise HemasegUsageError("--out", f"{inside[0]} lies in {out / 'unknown'}, where the crops go; give another "
