@@ -131,11 +131,50 @@ def test_convert_never_replaces_its_input_and_a_malformed_file_is_one_line(tmp_p
         assert res.exit_code == 2 and why in res.output and len(res.output.strip().splitlines()) == 1, res.output
     assert xml.read_bytes() == before and (tmp_path / "in" / "old.json").read_text() == "{}"
     assert sorted(p.name for p in (tmp_path / "in").iterdir()) == ["a.xml", "old.json"]
-    bad = tmp_path / "bad.xml"
+    bad = tmp_path / "bad.xml"  # a word among a polygon's points: that polygon left out, named, the rest converted
     bad.write_text('<annotations><image id="0" name="a.png" width="10" height="10">'
-                   '<polygon label="rbc" points="1,1;abc"/></image></annotations>')
+                   '<polygon label="rbc" points="1,1;abc"/><box label="wbc" xtl="2" ytl="2" xbr="6" ybr="6"/>'
+                   '</image></annotations>')
     res = runner.invoke(app, ["convert", "--from", "cvat", "--to", "coco", str(bad), str(tmp_path / "b.json")])
-    assert res.exit_code == 1 and "bad.xml: malformed cvat" in res.output and len(res.output.strip().splitlines()) == 1
+    lines = res.output.strip().splitlines()
+    assert res.exit_code == 1 and lines[0].startswith(f"{bad}: image a.png, <polygon> 1 (rbc): a coordinate"), lines
+    assert len(lines) == 2 and "1 left out" in lines[1], lines
+    assert [a["bbox"] for a in json.loads((tmp_path / "b.json").read_text())["annotations"]] == [[2, 2, 4, 4]]
+
+
+def test_a_bad_object_costs_only_itself_and_a_round_trip_keeps_every_label(tmp_path):
+    """A walkthrough: one bad polygon threw away the whole multi-image file; a two-point COCO polygon became a
+    one-pixel object keeping its old box, and "x" passed as a coordinate (exit 0); cvat -> coco -> cvat dropped the
+    WBC types no object had from CVAT's labels, and convert numbered COCO's categories otherwise than analyze."""
+    from hemaseg.core.vocabulary import EXPORT_LABELS
+    from hemaseg.errors import HemasegInputError
+    from hemaseg.io.annotations import coco_labels, cvat_labels
+
+    square = [0, 0, 8, 0, 8, 8, 0, 8]
+    anns = [{"id": k + 1, "image_id": 1 + k % 2, "category_id": 1, "segmentation": [seg], "bbox": [0, 0, 8, 8]}
+            for k, seg in enumerate([square, [10, 10, 20, 20], [1, 2, "x", 4, 5, 6], [1, 2, 3], square])]
+    (tmp_path / "c.json").write_text(json.dumps({
+        "images": [{"id": i, "file_name": f"{i}.png", "height": 30, "width": 30} for i in (1, 2)],
+        "categories": [{"id": 1, "name": "rbc"}, {"id": 2, "name": "monocyte"}], "annotations": anns}))
+    res = runner.invoke(app, ["convert", "--from", "coco", "--to", "cvat", str(tmp_path / "c.json"), str(tmp_path / "x.xml")])
+    lines = res.output.strip().splitlines()
+    assert res.exit_code == 1 and len(lines) == 4 and "3 left out" in lines[-1], lines
+    assert "image 2.png, annotation 2 (rbc): 2 points: a polygon needs three" in lines[0]
+    assert "annotation 3 (rbc): a coordinate is not a number" in lines[1] and "annotation 4 (rbc): 3 numbers" in lines[2]
+    entries = read_cvat(tmp_path / "x.xml")
+    assert [len(e["masks"]) for e in entries] == [2, 0] and cvat_labels(tmp_path / "x.xml") == ["rbc", "monocyte"]
+    with pytest.raises(HemasegInputError, match="annotation 2"):  # the API without a list of failures: an error
+        read_coco(tmp_path / "c.json")
+    # analyze's labels survive cvat -> coco -> cvat, and results -> coco numbers them as analyze does
+    write_results(tmp_path / "r.json", _entries())
+    res = runner.invoke(app, ["convert", "--from", "results", "--to", "coco", str(tmp_path / "r.json"), str(tmp_path / "r.coco")])
+    assert res.exit_code == 0, res.output
+    assert coco_labels(tmp_path / "r.coco")[:len(EXPORT_LABELS)] == list(EXPORT_LABELS)
+    write_cvat(tmp_path / "a.xml", _entries(), list(EXPORT_LABELS))
+    runner.invoke(app, ["convert", "--from", "cvat", "--to", "coco", str(tmp_path / "a.xml"), str(tmp_path / "a.json")])
+    runner.invoke(app, ["convert", "--from", "coco", "--to", "cvat", str(tmp_path / "a.json"), str(tmp_path / "b.xml")])
+    assert cvat_labels(tmp_path / "b.xml") == cvat_labels(tmp_path / "a.xml") == list(EXPORT_LABELS)
+    assert [len(e["masks"]) for e in read_cvat(tmp_path / "b.xml")] == [len(e["masks"]) for e in _entries()]
 
 
 def test_readers_refuse_what_they_used_to_take_silently(tmp_path):

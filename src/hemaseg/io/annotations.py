@@ -123,6 +123,51 @@ def polygon_mask(polygon: list, height: int, width: int) -> np.ndarray:
     return out
 
 
+def polygon_values(values) -> list[float]:
+    """The numbers of one polygon read from a file, ``[x1, y1, x2, y2, ...]``; :class:`ValueError` saying why
+    when one is no finite number, they are no x, y pairs, or they make fewer than three points (a file's
+    polygon of two points became a one-pixel object with its old box).
+
+    >>> polygon_values(["0", 0, 7, 0, 7.5, 7])
+    [0.0, 0.0, 7.0, 0.0, 7.5, 7.0]
+    >>> polygon_values([10, 10, 20, 20])
+    Traceback (most recent call last):
+    ValueError: 2 points: a polygon needs three
+    """
+    try:
+        out = [float(v) for v in values]
+    except (TypeError, ValueError):
+        raise ValueError(f"a coordinate is not a number ({', '.join(map(repr, values))[:60]})") from None
+    if not all(np.isfinite(out)):
+        raise ValueError("a coordinate is not finite")
+    if len(out) % 2:
+        raise ValueError(f"{len(out)} numbers: not x, y pairs")
+    if len(out) < 6:
+        raise ValueError(f"{len(out) // 2} points: a polygon needs three")
+    return out
+
+
+def label_order(entries: list[dict], declared=()) -> list[str]:
+    """Class names of ``entries`` for a file's label list and category ids: ``declared`` in its order (a CVAT
+    file's labels, a COCO file's categories, :data:`~hemaseg.core.vocabulary.EXPORT_LABELS`), then any other
+    name present, sorted.
+
+    >>> label_order([{"masks": [{"class_name": "wbc"}, {"class_name": "rbc"}]}], ["rbc", "platelet"])
+    ['rbc', 'platelet', 'wbc']
+    """
+    declared = list(dict.fromkeys(declared))
+    return [*declared, *sorted({m["class_name"] for e in entries for m in e["masks"]} - set(declared))]
+
+
+def _left_out(failed: list[dict] | None, path, where: str, exc: Exception) -> None:
+    """One object of an annotation file that cannot be read: listed in ``failed`` ({"image", "reason"}) and
+    left out, the rest of the file read; without ``failed``, :class:`HemasegInputError` naming it."""
+    reason = f"{where}: {exc}; left out"
+    if failed is None:
+        raise HemasegInputError(path, reason)
+    failed.append({"image": str(path), "reason": reason})
+
+
 def polygon_extent(polygons: list) -> tuple[int, int]:
     """(height, width) of the smallest image that holds every point of ``polygons`` (flat COCO lists): the
     size a polygon is drawn at when its image's is not given."""
@@ -185,8 +230,9 @@ def image_names(entries: list[dict]) -> list[str]:
 
 # ---------------------------------------------------------------- CVAT for images 1.1
 def to_cvat(entries: list[dict], labels: list[str] | None = None) -> str:
-    """CVAT for images 1.1 XML text: one <image> per entry, one <polygon> per mask."""
-    names = list(labels) if labels else sorted({m["class_name"] for e in entries for m in e["masks"]})
+    """CVAT for images 1.1 XML text: one <image> per entry, one <polygon> per mask; its label list is ``labels``
+    (in that order), then any other class name present (:func:`label_order`)."""
+    names = label_order(entries, labels or ())
     root = ET.Element("annotations")
     ET.SubElement(root, "version").text = "1.1"
     meta = ET.SubElement(ET.SubElement(root, "meta"), "task")
@@ -217,9 +263,19 @@ def write_cvat(path: str | Path, entries: list[dict], labels: list[str] | None =
     return write_text(path, to_cvat(entries, labels))
 
 
-def read_cvat(path: str | Path) -> list[dict]:
+def cvat_labels(path: str | Path) -> list[str]:
+    """The label names a CVAT for images XML declares (its task's or project's ``<labels>``), in order: a WBC type
+    no object has yet stays choosable in CVAT after a conversion."""
+    root = parse_xml(path, "CVAT XML")
+    return [el.findtext("name") for meta in root.iter("meta") for el in meta.iter("label") if el.findtext("name")]
+
+
+def read_cvat(path: str | Path, failed: list[dict] | None = None) -> list[dict]:
     """Entries of a CVAT for images 1.1 XML (polygons; boxes become 4-corner polygons). Points are on pixel
-    edges, as CVAT's boxes are: a polygon covers the pixels pycocotools' rasteriser gives it (:func:`polygon_mask`)."""
+    edges, as CVAT's boxes are: a polygon covers the pixels pycocotools' rasteriser gives it (:func:`polygon_mask`).
+    A polygon or box that cannot be read (a coordinate that is no number, fewer than three points) raises
+    :class:`HemasegInputError` naming its image and place; with ``failed`` given, it is listed there and left
+    out, and the rest of the file is read."""
     root = parse_xml(path, "CVAT XML")
     if root.tag != "annotations":
         raise HemasegInputError(path, f"not a CVAT for images XML (its root is <{root.tag}>, not <annotations>)")
@@ -228,11 +284,21 @@ def read_cvat(path: str | Path) -> list[dict]:
     no_pixel = 0
     for img in root.iter("image"):
         masks = []
-        for el in img:
+        for k, el in enumerate(img):
             if el.tag == "tag":  # an image-level tag is no object
                 continue
+            try:
+                if el.tag == "polygon":
+                    pts = polygon_values([v for p in el.get("points", "").split(";") if p for v in p.split(",")])
+                elif el.tag == "box":
+                    corners = [float(el.get(c)) for c in ("xtl", "ytl", "xbr", "ybr")]
+                    if not all(np.isfinite(corners)):
+                        raise ValueError("a corner is not finite")
+            except (TypeError, ValueError) as exc:
+                what = "no coordinates" if isinstance(exc, TypeError) else exc
+                _left_out(failed, path, f"image {img.get('name', '')}, <{el.tag}> {k + 1} ({el.get('label', '')})", what)
+                continue
             if el.tag == "polygon":
-                pts = [float(v) for p in el.get("points", "").split(";") if p for v in p.split(",")]
                 h, w = int(img.get("height", 0)), int(img.get("width", 0))
                 h, w = (h, w) if h > 0 and w > 0 else polygon_extent([pts])
                 rec = mask_record(polygon_mask(pts, h, w), el.get("label", ""))
@@ -241,7 +307,7 @@ def read_cvat(path: str | Path) -> list[dict]:
                     continue
                 verts = rec["vertices"]
             elif el.tag == "box":  # corners in pixel edges: xbr is the right edge, one past the last pixel
-                x1, y1, x2, y2 = (int(round(float(el.get(k)))) for k in ("xtl", "ytl", "xbr", "ybr"))
+                x1, y1, x2, y2 = (int(round(v)) for v in corners)
                 verts = box_vertices(x1, y1, x2, y2)
             else:  # ellipse, mask, polyline, points, cuboid: not read, and said so below
                 skipped[el.tag] = skipped.get(el.tag, 0) + 1
@@ -267,8 +333,9 @@ def read_cvat(path: str | Path) -> list[dict]:
 
 # ---------------------------------------------------------------- COCO
 def to_coco(entries: list[dict], rle: bool = False, labels: list[str] | None = None) -> dict:
-    """COCO instance-segmentation dict: polygons, or compressed RLE (``rle=True``, via pycocotools)."""
-    names = list(labels) if labels else sorted({m["class_name"] for e in entries for m in e["masks"]})
+    """COCO instance-segmentation dict: polygons, or compressed RLE (``rle=True``, via pycocotools); category
+    ids 1, 2, ... in the order of ``labels``, then of any other class name present (:func:`label_order`)."""
+    names = label_order(entries, labels or ())
     cats = [{"id": i + 1, "name": n, "supercategory": category_of(n)} for i, n in enumerate(names)]
     images, anns = [], []
     outside = 0
@@ -302,8 +369,20 @@ def write_coco(path: str | Path, entries: list[dict], rle: bool = False, labels:
     return write_json(path, to_coco(entries, rle, labels))
 
 
-def read_coco(path: str | Path) -> list[dict]:
-    """Entries of a COCO JSON (polygon or RLE segmentations; box-only annotations become rectangles)."""
+def coco_labels(path: str | Path) -> list[str]:
+    """The category names of a COCO JSON, by id (what :func:`to_coco` keeps as the categories when converting)."""
+    try:
+        cats = json.loads(Path(path).read_text())["categories"]
+        return [str(c["name"]) for c in sorted(cats, key=lambda c: c["id"])]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise HemasegInputError(path, f"not a COCO JSON with images and categories ({exc})") from None
+
+
+def read_coco(path: str | Path, failed: list[dict] | None = None) -> list[dict]:
+    """Entries of a COCO JSON (polygon or RLE segmentations; box-only annotations become rectangles). An
+    annotation that cannot be read (a polygon coordinate that is no number, fewer than three points, a
+    box that is no four numbers) raises :class:`HemasegInputError` naming its image and id; with ``failed``
+    given, it is listed there and left out, and the rest of the file is read."""
     try:
         d = json.loads(Path(path).read_text())
         cats = {c["id"]: c["name"] for c in d["categories"]}
@@ -323,6 +402,19 @@ def read_coco(path: str | Path) -> list[dict]:
         if a.get("category_id") not in cats:
             raise HemasegInputError(path, f"annotation {a.get('id')} names unknown category {a.get('category_id')}")
         name = cats[a["category_id"]]
+        try:
+            if not seg and a.get("bbox") is None:
+                raise ValueError("no segmentation and no bbox")
+            if isinstance(seg, list) and seg and not centres:
+                parts = seg if isinstance(seg[0], (list, tuple)) else [seg]
+                seg = [polygon_values(p) for p in parts]
+            if a.get("bbox") is not None:
+                bbox = [float(v) for v in a["bbox"]]
+                if len(bbox) != 4 or not all(np.isfinite(bbox)):
+                    raise ValueError(f"bbox {a['bbox']!r} is not four numbers")
+        except (TypeError, ValueError) as exc:
+            _left_out(failed, path, f"image {im.get('file_name', '')}, annotation {a.get('id')} ({name})", exc)
+            continue
         if isinstance(seg, dict):
             from pycocotools import mask as mask_utils
 

@@ -20,6 +20,7 @@ from typing import Callable
 
 import numpy as np
 
+from hemaseg.core.vocabulary import EXPORT_LABELS
 from hemaseg.errors import HemasegInputError, HemasegUsageError
 from hemaseg.io import annotations as A
 from hemaseg.io.datasets import find_dsb, read_dsb_masks
@@ -210,9 +211,9 @@ def labels_to_dsb(inp: Path, out: Path, failed: list[dict] | None = None) -> int
 def _entries(fmt: str, inp: Path, failed: list[dict] | None = None) -> list[dict]:
 
     if fmt == "cvat":
-        return A.read_cvat(inp)
+        return A.read_cvat(inp, failed)
     if fmt == "coco":
-        return A.read_coco(inp)
+        return A.read_coco(inp, failed)
     if fmt == "results":
         return A.read_results(inp)
     if fmt == "yolo":
@@ -248,16 +249,32 @@ def _check_entries(fmt: str, entries: list[dict]) -> None:
             seen[name + "_classes"] = e["filename"]
 
 
-def _write_entries(fmt: str, entries: list[dict], out: Path, failed: list[dict] | None = None) -> int:
+def _declared_labels(fmt: str, inp: Path) -> list[str]:
+    """The class names the input declares, in its order (a CVAT file's labels, a COCO file's categories by id, a
+    YOLO folder's class ids; hemaseg's results: the labels ``analyze`` exports): a CVAT or COCO output keeps
+    them, so a round trip keeps every label (a WBC type no object had was dropped) and analyze's category ids."""
+    if fmt == "cvat":
+        return A.cvat_labels(inp)
+    if fmt == "coco":
+        return A.coco_labels(inp)
+    if fmt == "yolo":
+        return A.yolo_names(inp)
+    if fmt == "results":
+        return list(EXPORT_LABELS)
+    return []
+
+
+def _write_entries(fmt: str, entries: list[dict], out: Path, failed: list[dict] | None = None,
+                   labels=()) -> int:
     if not entries and failed:  # every file of the input failed (listed): nothing to write
         return 0
     _check_entries(fmt, entries)
     if fmt == "cvat":
-        A.write_cvat(out, entries)
+        A.write_cvat(out, entries, list(labels))
     elif fmt == "coco":
-        A.write_coco(out, entries, rle=False)
+        A.write_coco(out, entries, rle=False, labels=list(labels))
     elif fmt == "coco-rle":
-        A.write_coco(out, entries, rle=True)
+        A.write_coco(out, entries, rle=True, labels=list(labels))
     elif fmt == "yolo":
         A.write_yolo(out, entries)
     elif fmt == "labels":
@@ -280,7 +297,8 @@ def _register_annotation_converters() -> None:
         for dst in ("cvat", "coco", "coco-rle", "yolo", "labels"):
             if src != dst:
                 def fn(inp: Path, out: Path, failed: list[dict] | None = None, _s=src, _d=dst) -> int:
-                    return _write_entries(_d, _entries(_s, inp, failed), out, failed)
+                    entries = _entries(_s, inp, failed)
+                    return _write_entries(_d, entries, out, failed, _declared_labels(_s, inp) if entries else ())
                 fn.__doc__ = f"{src} -> {dst} (polygons and labels kept)"
                 CONVERTERS[(src, dst)] = fn
 

@@ -13,13 +13,10 @@ from typing import Iterable, Iterator
 import cv2
 import numpy as np
 
-from hemaseg.core.vocabulary import CATEGORIES, NOT_IN_DIFFERENTIAL, WBC_TYPES
+from hemaseg.core.vocabulary import CATEGORIES, EXPORT_LABELS, NOT_IN_DIFFERENTIAL, WBC_TYPES
 from hemaseg.io.writers import atomic_path, write_text
 from hemaseg.pipelines.analyze import Analysis, differential, differential_size
 from hemaseg.version import __version__
-
-# The labels of the CVAT/COCO exports: red cells, platelets and every WBC type, in this order.
-EXPORT_LABELS = ("rbc", "platelet", *WBC_TYPES)
 
 
 def export_labels(entries: list[dict]) -> list[str]:
