@@ -381,6 +381,13 @@ def test_convert_dsb_and_yolo_folders_keep_their_good_samples(tmp_path):
     res = runner.invoke(app, ["convert", "--from", "dsb", "--to", "labels", str(dsb), str(tmp_path / "out")])
     assert res.exit_code == 1 and "n2.png" in res.output, res.output
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["s1.png"]
+    # labels -> dsb -> labels: the masks folders `--to dsb` writes (no image: label PNGs carry none) read back
+    res = runner.invoke(app, ["convert", "--from", "labels", "--to", "dsb", str(tmp_path / "out"), str(tmp_path / "d2")])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["convert", "--from", "dsb", "--to", "labels", str(tmp_path / "d2"), str(tmp_path / "l2")])
+    assert res.exit_code == 0, res.output
+    assert (cv2.imread(str(tmp_path / "l2" / "s1.png"), cv2.IMREAD_UNCHANGED) ==
+            cv2.imread(str(tmp_path / "out" / "s1.png"), cv2.IMREAD_UNCHANGED)).all()
 
     yolo = tmp_path / "yolo"
     yolo.mkdir()

@@ -100,6 +100,12 @@ def _read_each(paths: list, read: Callable, failed: list[dict] | None) -> list:
 
 def _dsb_labels(root: Path, failed: list[dict] | None = None) -> list[tuple[str, np.ndarray]]:
     samples = find_dsb(root)
+    if not samples and root.is_dir():
+        # what `convert --to dsb` writes: <id>/masks/ without the image (label PNGs carry none), the size from a mask;
+        # it could not be read back
+        bare = sorted(m for m in root.glob("*/masks") if m.is_dir() and not (m.parent / "images").exists())
+        if bare:
+            return _read_each(bare, lambda m: (m.parent.name, read_dsb_masks(m)), failed)
     if not samples:
         raise HemasegInputError(root, "no DSB samples (<id>/images/<id>.png with <id>/masks/)")
 
