@@ -185,3 +185,16 @@ def test_evaluate_wbc_refuses_boxes_for_masks(tmp_path):
         Image.fromarray(np.full((e["height"], e["width"], 3), 200, np.uint8)).save(tmp_path / "y" / e["filename"])
     res = runner.invoke(app, ["evaluate", "wbc", "--data", str(tmp_path / "y")])
     assert res.exit_code == 1 and "YOLO boxes, no pixel masks" in res.output, res.output
+
+
+def test_evaluate_cells_reads_the_flat_folder_convert_writes(tmp_path):
+    """A walkthrough: `evaluate cells` refused the folder `convert --to yolo` writes (photos put beside its .txt files)
+    as "neither a VOC root nor a COCO annotations.json", though usage says it takes YOLO boxes."""
+    from hemaseg.tasks.cells.train import find_annotated_photos, is_yolo_root
+
+    write_yolo(tmp_path / "y", _entries())
+    _images(tmp_path / "y", _entries())
+    assert is_yolo_root(tmp_path / "y") and not is_yolo_root(tmp_path)
+    found = find_annotated_photos(tmp_path / "y")
+    assert sorted(p.name for p, _ in found) == ["a.png", "b.jpg"]
+    _within_a_pixel(_boxes([e for _, e in found]), _boxes(_entries()))

@@ -19,7 +19,7 @@ from hemaseg.engine.tiling import predict_tiled
 from hemaseg.engine.train import SegDataset, object_diameters, sampling_probs
 from hemaseg.errors import HemasegInputError
 from hemaseg.io.annotations import YOLO_NAME_FILES, category_of, read_coco, read_voc_entry, read_yolo, write_coco
-from hemaseg.io.images import read_image
+from hemaseg.io.images import IMAGE_SUFFIXES, read_image
 from hemaseg.io.writers import write_json
 from hemaseg.metrics import box_iou, detection_ap
 from hemaseg.progress import track
@@ -56,8 +56,14 @@ def photo_scale(entry: dict, target: float = TARGET_RBC_BOX, default: float = IN
 
 
 def is_yolo_root(root: Path) -> bool:
-    """A YOLO dataset folder: an ``images/`` folder and a file naming the classes (data.yaml, ...)."""
-    return root.is_dir() and (root / "images").is_dir() and any((root / f).is_file() for f in YOLO_NAME_FILES)
+    """A YOLO dataset folder: a file naming the classes (data.yaml, classes.txt, obj.names) and an ``images/``
+    folder, or photos with their ``.txt`` label files beside them (what ``convert --to yolo`` writes once the
+    photos are put beside its files; such a folder was refused as neither VOC nor COCO)."""
+    root = Path(root)
+    if not root.is_dir() or not any((root / f).is_file() for f in YOLO_NAME_FILES):
+        return False
+    return (root / "images").is_dir() or any(p.suffix.lower() in IMAGE_SUFFIXES and p.with_suffix(".txt").is_file()
+                                             for p in root.iterdir())
 
 
 def read_sources(root: Path) -> dict[str, dict]:
