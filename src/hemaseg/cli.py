@@ -300,6 +300,9 @@ def analyze(
                                                             "address (tcp://host:8786) or scheduler file, or "
                                                             "local:N for N local worker processes"),
     backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
+    post: Optional[List[str]] = typer.Option(None, "--post", help="cells post-processing parameter NAME=VALUE "
+                                             "(repeatable; the names of `segment --task cells --post`), e.g. "
+                                             "split_neck=0.9"),
 ) -> None:
     """Whole smear: every RBC, WBC and platelet outlined, WBCs typed, counts and differential.
 
@@ -326,6 +329,11 @@ def analyze(
             _fail_error(exc, f"{option} {name}")  # which of the two models it is
             raise typer.Exit(2) from None
         _refuse_other_task(card, f"{option} {name}", task)  # before any photo (each photo failed on it, exit 1)
+    overrides: tuple = ()
+    if post:  # checked against the cells model's card now, not on each photo
+        chosen = post_params(get_task("cells"), get_model(model, dev, backend)[1], post)
+        names = dict.fromkeys(item.partition("=")[0].strip().replace("-", "_") for item in post)
+        overrides = tuple((n, getattr(chosen, n)) for n in names)
     if tile is not None and is_detector(get_model(model, dev, backend)[1]):
         typer.echo(f"--tile: not used by {model}, a Mask R-CNN model (it reads each image whole)", err=True)
     tile = tile or DEFAULT_TILE
@@ -345,7 +353,7 @@ def analyze(
         ("--out", out / "results.json"), ("--out", out / "counts.csv"), ("--out", out / "report.html"),
         ("--cvat", cvat), ("--coco", coco)], reserved=[RUN_FILE.removesuffix(".json")])
     opts = BatchOptions(model, type_model, cell_diameter, dev, tile, min_confidence, sample_id, pixel_size,
-                        backend=backend)
+                        backend=backend, post=overrides)
     client = cluster = None
     if dask:  # reached before OUT is touched: an unreachable scheduler leaves no batch behind
         client, cluster = dask_client(dask)

@@ -12,7 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from hemaseg.cli import app
-from hemaseg.io.annotations import write_results
+from hemaseg.io.annotations import read_results, write_results
 from hemaseg.io.images import read_image
 from hemaseg.pipelines.batch import PARTS, write_results_stream
 
@@ -157,3 +157,21 @@ def test_a_missing_model_is_named_by_its_option(photos, tmp_path):
     for option in ("--model", "--type-model"):
         res = _run(photos[0], "--out", tmp_path / "o", option, "nosuch")
         assert res.exit_code == 2 and res.output.startswith(f"{option} nosuch: no such model"), res.output
+
+
+def test_analyze_takes_the_cells_post_processing_knobs(photos, tmp_path):
+    """A walkthrough: `analyze --post split_neck=0.9` was 'No such option' though CellsParams recommends it; only
+    `segment --task cells` took the knobs."""
+    counts = {}
+    for name, extra in (("default", []), ("strict", ["--post", "wbc_min_score=1.0", "--post", "platelet_min_score=1.0"])):
+        res = _run(photos[1], "--out", tmp_path / name, *extra)
+        assert res.exit_code == 0, res.output
+        counts[name] = read_results(tmp_path / name / "results.json")[0]
+    kinds = {k: {m["category"] for m in e["masks"]} for k, e in counts.items()}
+    assert "rbc" in kinds["strict"] and not kinds["strict"] & {"wbc", "platelet"} and kinds["default"] - kinds["strict"]
+    run = json.loads((tmp_path / "strict" / PARTS / "run.json").read_text())
+    assert run["post"] == [["wbc_min_score", 1.0], ["platelet_min_score", 1.0]]
+    res = _run(photos[1], "--out", tmp_path / "strict", "--resume")  # other knobs: refused, named
+    assert res.exit_code == 2 and "post" in res.output
+    res = _run(photos[1], "--out", tmp_path / "bad", "--post", "no_such=1")
+    assert res.exit_code == 2 and "--post" in res.output and not (tmp_path / "bad").exists()

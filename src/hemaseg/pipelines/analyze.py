@@ -146,7 +146,7 @@ def typed_as(record: dict, probs: np.ndarray, classes: list[str], rbc_diameter: 
 def analyze(image: np.ndarray, filename: str = "", cells_model="cells", type_model="wbc-type",
             cell_diameter: float | None = None, device: str = "cpu", tile: int = DEFAULT_TILE,
             min_confidence: float = MIN_CONFIDENCE, sample_id: str | None = None,
-            pixel_size: float | None = None, backend: str = "auto") -> Analysis:
+            pixel_size: float | None = None, backend: str = "auto", params=None) -> Analysis:
     """Find, outline, type and count every RBC, WBC and platelet of an (H, W, 3) uint8 smear photo.
 
     ``cell_diameter`` is the red-cell diameter in px (estimated when None). Each WBC's
@@ -158,13 +158,15 @@ def analyze(image: np.ndarray, filename: str = "", cells_model="cells", type_mod
     with nothing in it (flat, or noise) gives no cell. ``backend`` runs both networks on ``torch``,
     ``onnx`` (ONNX Runtime) or ``auto`` (ONNX Runtime where a model has an ONNX file, torch otherwise;
     without torch the Mask R-CNN cells model gives way to the cells U-Net: :mod:`hemaseg.engine.runtime`).
+    ``params`` (a :class:`hemaseg.tasks.cells.CellsParams`) replaces the cells model card's post-processing
+    parameters (``hemaseg analyze --post NAME=VALUE``, the names of ``hemaseg segment --task cells``).
 
     Parameters
     ----------
     image : (H, W, 3) uint8 photo, or grey / RGBA / 16-bit / float array or a file path.
     filename : the photo's name in the entry (seed 003's results JSON).
     cells_model, type_model : the cells model and the WBC typer (bundled names or paths).
-    cell_diameter, device, tile, min_confidence, sample_id, pixel_size, backend : as above.
+    cell_diameter, device, tile, min_confidence, sample_id, pixel_size, backend, params : as above.
 
     Returns
     -------
@@ -183,7 +185,7 @@ def analyze(image: np.ndarray, filename: str = "", cells_model="cells", type_mod
     device = resolve_device(device)  # 'auto', or 'cuda' without a GPU: one line, not torch's error
     model_of_task(cells_model, "cells", device, "cells_model")
     type_card = model_of_task(type_model, "wbc-type", device, "type_model")[1]
-    seg = get_task("cells").predict(image, cells_model, cell_diameter, device, tile=tile)
+    seg = get_task("cells").predict(image, cells_model, cell_diameter, device, tile=tile, params=params)
     records = [dict(r) for r in seg.objects]
     wbcs = [r for r in records if r["category"] == "wbc"]
     crops: list[np.ndarray] = []

@@ -16,11 +16,12 @@ import json
 import logging
 import os
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from hemaseg.core.vocabulary import CATEGORIES
+from hemaseg.engine.predict import get_model
 from hemaseg.errors import HemasegError, HemasegUsageError
 from hemaseg.io.annotations import write_coco, write_cvat
 from hemaseg.io.images import pixel_size_um, read_image
@@ -29,6 +30,7 @@ from hemaseg.pipelines.analyze import MIN_CONFIDENCE, analyze, draw_overlay
 from hemaseg.pipelines.report import counts_csv, export_labels, image_record, light_analysis, write_report_records
 from hemaseg.pipelines.segment import diameter_from_pixel_size
 from hemaseg.progress import track
+from hemaseg.tasks import get_task
 
 PARTS = "parts"  # OUT/parts/<stem>.json: one per photo done; OUT/parts/run.json: the options of the batch
 RUN_FILE = "run.json"
@@ -51,6 +53,7 @@ class BatchOptions:
     sample_id : the sample the photos are of, recorded in each entry when given.
     pixel_size : µm per px of every photo; None: each file's own resolution tags, when given.
     backend : where the networks run: torch, onnx or auto (:mod:`hemaseg.engine.runtime`).
+    post : the cells post-processing parameters given (``--post``), as ((name, value), ...) over the model card's.
     """
 
     model: str = "cells"
@@ -62,13 +65,23 @@ class BatchOptions:
     sample_id: str | None = None
     pixel_size: float | None = None
     backend: str = "auto"
+    post: tuple = ()
 
     def recorded(self) -> dict:
         """The options that shape the results (not the device or backend), as kept in ``OUT/parts/run.json``."""
         d = asdict(self)
         d.pop("device")
         d.pop("backend")  # torch and ONNX Runtime agree within a stated tolerance: a resume may switch
+        if not d["post"]:
+            d.pop("post")  # as batches begun before --post recorded them: they resume
         return d
+
+    def params(self):
+        """The cells post-processing parameters of ``post`` over the model card's; None when none was given."""
+        if not self.post:
+            return None
+        card = get_model(self.model, self.device, self.backend)[1]
+        return replace(get_task("cells").params(card), **dict(self.post))
 
 
 def part_path(out: Path, stem: str) -> Path:
@@ -91,7 +104,7 @@ def analyze_photo(path: str | Path, stem: str, out: str | Path, opts: BatchOptio
         diameter = opts.cell_diameter or diameter_from_pixel_size("cells", pixel_size)
         a = analyze(image, str(path), opts.model, opts.type_model, diameter, opts.device, opts.tile,
                     min_confidence=opts.min_confidence, sample_id=opts.sample_id, pixel_size=pixel_size,
-                    backend=opts.backend)
+                    backend=opts.backend, params=opts.params())
         overlay = draw_overlay(image, a)
         del image
         write_png(out / f"{stem}_overlay.png", overlay)
@@ -146,9 +159,9 @@ def prepare_batch(out: str | Path, opts: BatchOptions, resume: bool = False, ove
             before = None
         now = json.loads(json.dumps(opts.recorded(), default=_jsonable))
         if before != now:
-            diff = [k for k in now if not before or before.get(k) != now[k]]
+            diff = [k for k in dict.fromkeys([*now, *(before or {})]) if not before or before.get(k) != now.get(k)]
             raise HemasegUsageError("--resume", f"{out} was analysed with other options ("
-                                    + ", ".join(f"{k} {before.get(k) if before else '?'!r}, now {now[k]!r}"
+                                    + ", ".join(f"{k} {before.get(k) if before else '?'!r}, now {now.get(k)!r}"
                                                 for k in diff)
                                     + "); give the same ones, or start afresh with --overwrite")
         if photos is not None:  # a photo analysed before must be given again, or the results would lose it
