@@ -26,6 +26,11 @@ from hemaseg.pipelines.analyze import draw_overlay
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 TOL = 1e-3  # absolute, for floats: noise across CPUs
+# Cases whose outlines break near-ties by float noise that differs across CPUs: smear10's red-cell split on the
+# sample photo (a watershed between touching red cells) gave 6 of 307,200 pixels to the neighbour on an AVX-512
+# EPYC but not on the machine that made the goldens. Their label maps may differ on this share of the pixels,
+# and their objects' outlines as far as those pixels move them (see same_objects).
+NOISY = {"smear10_sample": 1e-4}
 
 
 def _load(name: str):
@@ -85,12 +90,13 @@ def assert_matches(actual, expected, where: str) -> None:
     assert not diffs, f"{len(diffs)} differences from the golden:\n" + "\n".join(diffs[:25])
 
 
-def assert_same_labels(actual: np.ndarray, expected: np.ndarray, where: str) -> None:
+def assert_same_labels(actual: np.ndarray, expected: np.ndarray, where: str, share: float = 0.0) -> None:
+    """The label maps are the same, but for at most ``share`` of the pixels (a NOISY case)."""
     actual = np.asarray(actual)
     assert actual.shape == expected.shape, f"{where}: shape {actual.shape} != golden {expected.shape}"
     assert actual.dtype == expected.dtype, f"{where}: dtype {actual.dtype} != golden {expected.dtype}"
     diff = actual != expected
-    if diff.any():
+    if diff.sum() > share * diff.size:
         y, x = np.argwhere(diff)[0]
         pytest.fail(f"{where}: {int(diff.sum())} of {diff.size} pixels differ from the golden "
                     f"(first at y={y}, x={x}: {actual[y, x]} != {expected[y, x]})")
@@ -125,11 +131,31 @@ def test_inputs_are_the_recorded_ones(name):
 def test_segment(case, labels):
     g = SEGMENT["cases"][case]
     seg = hemaseg.segment(build_input(INPUTS[g["input"]]), model=g["model"], cell_diameter=g["cell_diameter_arg"])
-    assert_same_labels(seg.classes, labels[f"{case}.classes"], f"{case}.classes")
-    assert_same_labels(seg.instances, labels[f"{case}.instances"], f"{case}.instances")
+    share = NOISY.get(case, 0.0)
+    assert_same_labels(seg.classes, labels[f"{case}.classes"], f"{case}.classes", share)
+    assert_same_labels(seg.instances, labels[f"{case}.instances"], f"{case}.instances", share)
+    objects, golden = plain(seg.objects), g["objects"]
+    if share:
+        objects, golden = same_objects(objects, golden, share * seg.instances.size, case)
     assert_matches({"cell_diameter": float(seg.cell_diameter), "scale": float(seg.scale),
-                    "count": len(seg.objects), "objects": seg.objects},
-                   {k: g[k] for k in ("cell_diameter", "scale", "count", "objects")}, case)
+                    "count": len(seg.objects), "objects": objects},
+                   {k: g[k] for k in ("cell_diameter", "scale", "count")} | {"objects": golden}, case)
+
+
+def same_objects(objects: list[dict], golden: list[dict], pixels: float, where: str) -> tuple[list, list]:
+    """A NOISY case's objects without what a few pixels move (outline, area, diameter, box), after checking those
+    moved by at most ``pixels`` (area), 2 px (box) and 1 % (diameter); the rest is compared as usual."""
+    moved = ("vertices", "area", "diameter", "bounding_box")
+    for k, (a, e) in enumerate(zip(objects, golden)):
+        if "area" in e:
+            assert abs(a["area"] - e["area"]) <= pixels, f"{where}.objects[{k}].area: {a['area']} != golden {e['area']}"
+        if "diameter" in e:
+            assert abs(a["diameter"] - e["diameter"]) <= 0.01 * e["diameter"], f"{where}.objects[{k}].diameter"
+        if "bounding_box" in e:
+            assert all(abs(a["bounding_box"][c] - e["bounding_box"][c]) <= 2 for c in e["bounding_box"]), \
+                f"{where}.objects[{k}].bounding_box: {a['bounding_box']} != golden {e['bounding_box']}"
+    strip = lambda objs: [{c: v for c, v in o.items() if c not in moved} for o in objs]  # noqa: E731
+    return strip(objects), strip(golden)
 
 
 def test_analyze(labels):
