@@ -682,9 +682,9 @@ def classify(
         empty = ", ".join(str(d) for d in directory or [])
         raise typer.BadParameter(f"{empty}: no images in it (sub-folders included)" if empty and not file else
                                  "give -f FILE and/or -d DIR with images")
-    check_output(output, "--output", folder=False)
-    if output.resolve() in {Path(p).resolve() for p in paths}:
+    if output.resolve() in {Path(p).resolve() for p in paths}:  # said before "is an image": the likelier slip
         raise HemasegUsageError("--output", f"{output} is one of the crops; give another file")
+    check_output(output, "--output", folder=False)
     dev = _device(device)
     check_backend(backend)
     try:
