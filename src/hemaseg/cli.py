@@ -333,7 +333,7 @@ def analyze(
     if post:  # checked against the cells model's card now, not on each photo
         chosen = post_params(get_task("cells"), get_model(model, dev, backend)[1], post)
         names = dict.fromkeys(item.partition("=")[0].strip().replace("-", "_") for item in post)
-        overrides = tuple((n, getattr(chosen, n)) for n in names)
+        overrides = tuple(sorted((n, getattr(chosen, n)) for n in names))  # --resume: the same in any order
     if tile is not None and is_detector(get_model(model, dev, backend)[1]):
         typer.echo(f"--tile: not used by {model}, a Mask R-CNN model (it reads each image whole)", err=True)
     tile = tile or DEFAULT_TILE

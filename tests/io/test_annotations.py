@@ -447,3 +447,51 @@ def test_convert_names_the_files_left_out_before_an_error_stops_it(tmp_path):
     (voc / "c.xml").write_text("<annotation>")
     res = runner.invoke(app, ["convert", "--from", "voc", "--to", "yolo", str(voc), str(tmp_path / "y")])
     assert res.exit_code == 1 and "c.xml" in res.output and "same file name" in res.output, res.output
+
+
+def test_coco_objects_a_review_found_refused_are_read_again(tmp_path, caplog):
+    """A review of the change above: a stray 2-point part beside a whole outline lost the object, a polygon beside
+    an exporter's "bbox": [] was refused, [[]] with a box too; an RLE without counts cost the whole file; COCO ids
+    of mixed kinds stopped the label list; training and scoring refused a whole COCO file for one bad object."""
+    from hemaseg.io.annotations import coco_labels
+    from hemaseg.tasks.cells.train import find_annotated_photos
+
+    square = [10, 10, 30, 10, 30, 30, 10, 30]
+    anns = [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": [square, [40, 40, 41, 41]], "bbox": [10, 10, 20, 20]},
+            {"id": 2, "image_id": 1, "category_id": 1, "segmentation": [square], "bbox": []},
+            {"id": 3, "image_id": 1, "category_id": "b", "segmentation": [[]], "bbox": [0, 0, 5, 5]},
+            {"id": 4, "image_id": 1, "category_id": 1, "segmentation": {"size": [50, 50]}, "bbox": [0, 0, 5, 5]}]
+    (tmp_path / "annotations.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "a.png", "height": 50, "width": 50}],
+        "categories": [{"id": "b", "name": "platelet"}, {"id": 1, "name": "rbc"}], "annotations": anns}))
+    failed = []
+    entries = read_coco(tmp_path / "annotations.json", failed)
+    areas = [int(rasterise(m["vertices"], (50, 50)).sum()) for m in entries[0]["masks"]]
+    assert areas == [400, 400, 25] and len(failed) == 1 and "annotation 4" in failed[0]["reason"]
+    assert "parts of fewer than three points" in caplog.text
+    assert coco_labels(tmp_path / "annotations.json") == ["rbc", "platelet"]
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((50, 50, 3), np.uint8))
+    failed = []
+    assert len(find_annotated_photos(tmp_path, failed)) == 1 and "annotation 4" in failed[0]["reason"]
+
+
+def test_dsb_round_trip_keeps_an_empty_image_and_takes_no_paired_layout(tmp_path):
+    cv2.imwrite(str(tmp_path / "lab.png"), np.zeros((6, 9), np.uint16))
+    (tmp_path / "labs").mkdir()
+    cv2.imwrite(str(tmp_path / "labs" / "empty.png"), np.zeros((6, 9), np.uint16))
+    one = np.zeros((6, 9), np.uint16)
+    one[1:3, 2:5] = 1
+    cv2.imwrite(str(tmp_path / "labs" / "one.png"), one)
+    for args in (["--from", "labels", "--to", "dsb", str(tmp_path / "labs"), str(tmp_path / "d")],
+                 ["--from", "dsb", "--to", "labels", str(tmp_path / "d"), str(tmp_path / "back")]):
+        res = runner.invoke(app, ["convert", *args])
+        assert res.exit_code == 0, res.output
+    for name in ("empty.png", "one.png"):
+        assert (cv2.imread(str(tmp_path / "back" / name), cv2.IMREAD_UNCHANGED) ==
+                cv2.imread(str(tmp_path / "labs" / name), cv2.IMREAD_UNCHANGED)).all()
+    for split in ("train", "val"):  # a paired layout (imgs/ and masks/ per split) is no DSB folder
+        (tmp_path / "ds" / split / "imgs").mkdir(parents=True)
+        (tmp_path / "ds" / split / "masks").mkdir()
+        cv2.imwrite(str(tmp_path / "ds" / split / "masks" / "x.png"), np.zeros((6, 9), np.uint8))
+    res = runner.invoke(app, ["convert", "--from", "dsb", "--to", "labels", str(tmp_path / "ds"), str(tmp_path / "o")])
+    assert res.exit_code == 1 and "no DSB samples" in res.output

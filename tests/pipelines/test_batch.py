@@ -170,7 +170,7 @@ def test_analyze_takes_the_cells_post_processing_knobs(photos, tmp_path):
     kinds = {k: {m["category"] for m in e["masks"]} for k, e in counts.items()}
     assert "rbc" in kinds["strict"] and not kinds["strict"] & {"wbc", "platelet"} and kinds["default"] - kinds["strict"]
     run = json.loads((tmp_path / "strict" / PARTS / "run.json").read_text())
-    assert run["post"] == [["wbc_min_score", 1.0], ["platelet_min_score", 1.0]]
+    assert run["post"] == [["platelet_min_score", 1.0], ["wbc_min_score", 1.0]]  # sorted: --resume takes any order
     res = _run(photos[1], "--out", tmp_path / "strict", "--resume")  # other knobs: refused, named
     assert res.exit_code == 2 and "post" in res.output
     res = _run(photos[1], "--out", tmp_path / "bad", "--post", "no_such=1")

@@ -162,10 +162,9 @@ def label_order(entries: list[dict], declared=()) -> list[str]:
 def _left_out(failed: list[dict] | None, path, where: str, exc: Exception) -> None:
     """One object of an annotation file that cannot be read: listed in ``failed`` ({"image", "reason"}) and
     left out, the rest of the file read; without ``failed``, :class:`HemasegInputError` naming it."""
-    reason = f"{where}: {exc}; left out"
     if failed is None:
-        raise HemasegInputError(path, reason)
-    failed.append({"image": str(path), "reason": reason})
+        raise HemasegInputError(path, f"{where}: {exc}")
+    failed.append({"image": str(path), "reason": f"{where}: {exc}; left out"})
 
 
 def polygon_extent(polygons: list) -> tuple[int, int]:
@@ -294,6 +293,7 @@ def read_cvat(path: str | Path, failed: list[dict] | None = None) -> list[dict]:
                     corners = [float(el.get(c)) for c in ("xtl", "ytl", "xbr", "ybr")]
                     if not all(np.isfinite(corners)):
                         raise ValueError("a corner is not finite")
+                score = next((float(a.text) for a in el.iter("attribute") if a.get("name") == "score" and a.text), 1.0)
             except (TypeError, ValueError) as exc:
                 what = "no coordinates" if isinstance(exc, TypeError) else exc
                 _left_out(failed, path, f"image {img.get('name', '')}, <{el.tag}> {k + 1} ({el.get('label', '')})", what)
@@ -316,7 +316,6 @@ def read_cvat(path: str | Path, failed: list[dict] | None = None) -> list[dict]:
                 continue
             verts = [[int(round(x)), int(round(y))] for x, y in verts]
             xs, ys = [v[0] for v in verts], [v[1] for v in verts]
-            score = next((float(a.text) for a in el.iter("attribute") if a.get("name") == "score" and a.text), 1.0)
             label = el.get("label", "")
             masks.append({"class_name": label, "category": category_of(label), "score": score,
                           "bounding_box": {"x1": min(xs), "x2": max(xs) + 1, "y1": min(ys), "y2": max(ys) + 1},
@@ -369,11 +368,16 @@ def write_coco(path: str | Path, entries: list[dict], rle: bool = False, labels:
     return write_json(path, to_coco(entries, rle, labels))
 
 
+def _id_text(v) -> bool:
+    """A COCO id that is not a number (sorted after the numbers, as text)."""
+    return isinstance(v, bool) or not isinstance(v, (int, float))
+
+
 def coco_labels(path: str | Path) -> list[str]:
     """The category names of a COCO JSON, by id (what :func:`to_coco` keeps as the categories when converting)."""
     try:
         cats = json.loads(Path(path).read_text())["categories"]
-        return [str(c["name"]) for c in sorted(cats, key=lambda c: c["id"])]
+        return [c["name"] for c in sorted(cats, key=lambda c: (1, str(c["id"])) if _id_text(c["id"]) else (0, c["id"]))]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise HemasegInputError(path, f"not a COCO JSON with images and categories ({exc})") from None
 
@@ -390,7 +394,7 @@ def read_coco(path: str | Path, failed: list[dict] | None = None) -> list[dict]:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise HemasegInputError(path, f"not a COCO JSON with images and categories ({exc})") from None
     per: dict[int, list[dict]] = {i: [] for i in images}
-    parts_dropped = empty = 0
+    parts_dropped = empty = degenerate = 0
     # hemaseg's COCO files before 4 December 2026 put polygons on pixel centres (no "polygons" note in info)
     centres = (d.get("info") or {}).get("description") == "hemaseg" and "polygons" not in (d.get("info") or {})
     for a in d.get("annotations", []):
@@ -403,15 +407,28 @@ def read_coco(path: str | Path, failed: list[dict] | None = None) -> list[dict]:
             raise HemasegInputError(path, f"annotation {a.get('id')} names unknown category {a.get('category_id')}")
         name = cats[a["category_id"]]
         try:
-            if not seg and a.get("bbox") is None:
-                raise ValueError("no segmentation and no bbox")
-            if isinstance(seg, list) and seg and not centres:
+            box_ok = _usable_box(a.get("bbox"))
+            if isinstance(seg, dict):
+                if not isinstance(seg.get("size"), (list, tuple)) or "counts" not in seg:
+                    raise ValueError("an RLE segmentation needs 'size' and 'counts'")
+            elif isinstance(seg, list) and seg and not centres:
                 parts = seg if isinstance(seg[0], (list, tuple)) else [seg]
-                seg = [polygon_values(p) for p in parts]
-            if a.get("bbox") is not None:
-                bbox = [float(v) for v in a["bbox"]]
-                if len(bbox) != 4 or not all(np.isfinite(bbox)):
-                    raise ValueError(f"bbox {a['bbox']!r} is not four numbers")
+                parts = [p for p in parts if len(p)]  # [[]]: no outline, the box is the object (as before)
+                seg = parts or None
+            if isinstance(seg, list) and seg and not centres:
+                good, why = [], None
+                for part in seg:  # a stray part of one or two points beside the outline is dropped, said below
+                    try:
+                        good.append(polygon_values(part))
+                    except ValueError as exc:
+                        why = exc
+                if not good:
+                    raise why
+                degenerate += len(seg) - len(good)
+                seg = good
+            elif not seg and not box_ok:  # the box is the object's only geometry
+                raise ValueError("no segmentation and no bbox" if a.get("bbox") is None
+                                 else f"bbox {a['bbox']!r} is not four numbers")
         except (TypeError, ValueError) as exc:
             _left_out(failed, path, f"image {im.get('file_name', '')}, annotation {a.get('id')} ({name})", exc)
             continue
@@ -439,7 +456,7 @@ def read_coco(path: str | Path, failed: list[dict] | None = None) -> list[dict]:
             x2, y2 = max(x2, x1 + 1), max(y2, y1 + 1)  # a sub-pixel box keeps its pixel
             rec = {"class_name": name, "category": category_of(name), "score": a.get("score", 1.0),
                    "bounding_box": {"x1": x1, "x2": x2, "y1": y1, "y2": y2}, "vertices": box_vertices(x1, y1, x2, y2)}
-        if rec is not None and seg and a.get("bbox"):  # the annotation's own box, not the outline's extent
+        if rec is not None and seg and box_ok:  # the annotation's own box, not the outline's extent
             x1, y1, x2, y2 = _coco_box(a["bbox"])
             if x2 > x1 and y2 > y1:  # (a sloppy exporter's [0, 0, 0, 0] is no box)
                 rec["bounding_box"] = {"x1": x1, "x2": x2, "y1": y1, "y2": y2}
@@ -447,6 +464,8 @@ def read_coco(path: str | Path, failed: list[dict] | None = None) -> list[dict]:
             per[im["id"]].append(rec)
         else:
             empty += 1
+    if degenerate:
+        log.warning("%s: %d polygon parts of fewer than three points (beside a whole outline) dropped", path, degenerate)
     if parts_dropped:
         log.warning("%s: %d annotations have several polygon parts; only the largest part of each is kept",
                     path, parts_dropped)
@@ -454,6 +473,14 @@ def read_coco(path: str | Path, failed: list[dict] | None = None) -> list[dict]:
         log.warning("%s: %d annotations that cover no pixel left out", path, empty)
     return [{"filename": images[i]["file_name"], "height": int(images[i]["height"]),
              "width": int(images[i]["width"]), "masks": per[i]} for i in images]
+
+
+def _usable_box(bbox) -> bool:
+    """Whether a COCO ``bbox`` is four finite numbers (an exporter's ``[]`` or a word is no box)."""
+    try:
+        return bbox is not None and len(bbox) == 4 and all(np.isfinite([float(v) for v in bbox]))
+    except (TypeError, ValueError):
+        return False
 
 
 def _coco_box(bbox) -> tuple[int, int, int, int]:

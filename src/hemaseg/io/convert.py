@@ -98,12 +98,22 @@ def _read_each(paths: list, read: Callable, failed: list[dict] | None) -> list:
     return out
 
 
+def _written_dsb(masks: Path) -> bool:
+    """A ``<id>/masks/`` folder as :func:`labels_to_dsb` writes it: alone in ``<id>/``, its files ``<id>_<k>.png``
+    (a paired layout's ``train/masks/`` is not one image's nuclei)."""
+    if not masks.is_dir() or any(p.name != "masks" for p in masks.parent.iterdir()):
+        return False
+    files = list(masks.iterdir())
+    return bool(files) and all(p.stem.startswith(masks.parent.name + "_") and p.stem.rsplit("_", 1)[1].isdigit()
+                               and p.suffix.lower() == ".png" for p in files)
+
+
 def _dsb_labels(root: Path, failed: list[dict] | None = None) -> list[tuple[str, np.ndarray]]:
     samples = find_dsb(root)
     if not samples and root.is_dir():
         # what `convert --to dsb` writes: <id>/masks/ without the image (label PNGs carry none), the size from a mask;
         # it could not be read back
-        bare = sorted(m for m in root.glob("*/masks") if m.is_dir() and not (m.parent / "images").exists())
+        bare = sorted(m for m in root.glob("*/masks") if _written_dsb(m))
         if bare:
             return _read_each(bare, lambda m: (m.parent.name, read_dsb_masks(m)), failed)
     if not samples:
@@ -204,10 +214,13 @@ def rle_to_labels(inp: Path, out: Path, failed: list[dict] | None = None) -> int
 
 @converter("labels", "dsb")
 def labels_to_dsb(inp: Path, out: Path, failed: list[dict] | None = None) -> int:
-    """Label PNGs -> DSB masks folders OUT/<stem>/masks/<stem>_<k>.png (images are not copied)."""
+    """Label PNGs -> DSB masks folders OUT/<stem>/masks/<stem>_<k>.png (images are not copied; an image with no
+    object gets one empty mask, <stem>_0.png, which keeps its size: ``--from dsb`` reads it back as no nucleus)."""
     items = _read_each(_label_files(inp), lambda f: (f, read_mask(f)), failed)
     for f, labels in items:
-        (out / f.stem / "masks").mkdir(parents=True, exist_ok=True)  # an image with no object: an empty masks/
+        (out / f.stem / "masks").mkdir(parents=True, exist_ok=True)
+        if not labels.any():
+            write_png(out / f.stem / "masks" / f"{f.stem}_0.png", np.zeros(labels.shape, np.uint8))
         for k in np.unique(labels[labels > 0]):
             write_png(out / f.stem / "masks" / f"{f.stem}_{int(k)}.png", ((labels == k) * 255).astype(np.uint8))
     return len(items)

@@ -101,7 +101,7 @@ def find_annotated_photos(root: str | Path, failed: list[dict] | None = None) ->
     coco = root if root.suffix == ".json" else root / "annotations.json"
     if coco.is_file():
         out = []
-        for e in read_coco(coco):
+        for e in read_coco(coco, failed):  # an object it cannot read is listed and left out, the rest scored
             for base in coco_photo_folders(coco):
                 if (base / e["filename"]).exists():
                     out.append((base / e["filename"], e))
