@@ -4,6 +4,7 @@ recovered and whether the WBC count is exact; plus the Dice on wbc-seg's validat
 The worst source comes first.
 
     python benchmarks/wbc_labs.py [--models wbc runs/wbc-weak] [--split test] [--method hsv] [--fields-out F.json]
+        [--post red_chroma=0] [--no-free] [--no-dice] [--name wbc_labs]
 
 - leak: the fraction of predicted cytoplasm pixels inside a red-cell box and outside every WBC box
   (pooled over the source's fields; the WBC's own box is never counted);
@@ -12,7 +13,11 @@ The worst source comes first.
 - WBC recall: WBC boxes matched by a predicted WBC's box at IoU >= 0.5;
 - count exact: fields whose number of predicted WBCs equals the number of WBC boxes;
 - box IoU: each WBC box's best IoU with a predicted WBC's box, averaged (0 when none), a stand-in
-  for the whole-cell Dice where no mask exists: a cell that swallows its red cells grows its box.
+  for the whole-cell Dice where no mask exists: a cell that swallows its red cells grows its box;
+- WBC-free windows: up to two squares per field (1-1.5 WBC sides) clear of every WBC box and of every
+  WBC the bundled ``cells`` model finds (``benchmarks/wbc_negatives.py``'s, at the field's own scale),
+  each segmented alone: the share of them given a WBC, and the WBCs invented (a user's crop of
+  red cells, a smear's WBC-free strip: there is none to find).
 
 The TXL ``test`` fields are used by default: a model trained with ``--data .../txl-pbc/images/train``
 never saw them. The diameter is estimated per field (the default a user gets). Prints Markdown,
@@ -79,8 +84,27 @@ def field_scores(seg, boxes: list[dict], shape: tuple[int, int]) -> dict:
             "best_iou": [max((box_iou(t, p) for p in pred), default=0.0) for t in truth]}
 
 
+def free_windows_of(pairs: list) -> dict[str, list]:
+    """Each field's WBC-free windows (``benchmarks/wbc_negatives.py``), by image file name."""
+    from wbc_negatives import pick_windows
+
+    import hemaseg
+    from hemaseg.core.vocabulary import category_of
+    from hemaseg.io.annotations import read_yolo_labels, yolo_names
+
+    out = {}
+    for image_path, label in pairs:
+        image = hemaseg.read_image(image_path)
+        boxes = [{**m, "category": category_of(m["class_name"])}
+                 for m in read_yolo_labels(label, yolo_names(label.parent), *image.shape[:2])]
+        out[image_path.name] = pick_windows(image, boxes, 2, image_path.name)
+    return out
+
+
 def run(model: str | None, method: str | None, pairs: list, sources: dict[str, str],
-        fields: list | None = None) -> dict[str, dict]:
+        fields: list | None = None, windows: dict[str, list] | None = None, post: dict | None = None) -> dict[str, dict]:
+    from dataclasses import replace
+
     import hemaseg
     from hemaseg.core.vocabulary import category_of
     from hemaseg.engine.predict import get_model
@@ -89,6 +113,7 @@ def run(model: str | None, method: str | None, pairs: list, sources: dict[str, s
 
     task = get_task("wbc")
     loaded = get_model(model) if model else None
+    params = replace(task.params(loaded[1]), **post) if post and loaded else None
     per: dict[str, list[dict]] = {}
     for image_path, label in pairs:
         image = hemaseg.read_image(image_path)
@@ -96,14 +121,19 @@ def run(model: str | None, method: str | None, pairs: list, sources: dict[str, s
         boxes = [{**m, "category": category_of(m["class_name"])}
                  for m in read_yolo_labels(label, names, *image.shape[:2])]
         t0 = time.perf_counter()
-        seg = task.predict(image, loaded, method=method) if method else task.predict(image, loaded)
+        seg = task.predict(image, loaded, method=method) if method else task.predict(image, loaded, params=params)
         row = field_scores(seg, boxes, image.shape[:2])
         row["seconds"] = time.perf_counter() - t0
+        row["free"] = []
+        for y0, x0, side in (windows.get(image_path.name) if windows is not None else []):
+            crop = np.ascontiguousarray(image[y0:y0 + side, x0:x0 + side])
+            seg = task.predict(crop, loaded, method=method) if method else task.predict(crop, loaded, params=params)
+            row["free"].append(len(seg.objects))
         per.setdefault(sources.get(image_path.name, "?"), []).append(row)
         if fields is not None:  # per-field rows, worst leak first in --fields-out
             fields.append({"image": image_path.name, "source": sources.get(image_path.name, "?"),
                            "model": model or method,
-                           **{k: row[k] for k in ("leak", "cyto", "cell_leak", "cell", "n_true", "n_pred")}})
+                           **{k: row[k] for k in ("leak", "cyto", "cell_leak", "cell", "n_true", "n_pred", "free")}})
     out = {}
     for src, rows in per.items():
         n_true = sum(r["n_true"] for r in rows)
@@ -113,6 +143,9 @@ def run(model: str | None, method: str | None, pairs: list, sources: dict[str, s
                     "recall": sum(r["matched"] for r in rows) / max(1, n_true), "wbc_boxes": n_true,
                     "count_exact": float(np.mean([r["n_pred"] == r["n_true"] for r in rows])),
                     "box_iou": float(np.mean([v for r in rows for v in r["best_iou"]] or [0.0])),
+                    "free": sum(len(r["free"]) for r in rows),
+                    "free_with_wbc": sum(n > 0 for r in rows for n in r["free"]),
+                    "free_wbcs": sum(n for r in rows for n in r["free"]),
                     "seconds": float(np.mean([r["seconds"] for r in rows]))}
     return out
 
@@ -132,6 +165,11 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data")
     ap.add_argument("--split", default="test", help="TXL-PBC split folder: test, val or train")
     ap.add_argument("--limit", type=int, default=0, help="at most this many fields per source (0: all)")
+    ap.add_argument("--post", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="WbcParams for the models (e.g. red_chroma=0: that rule off); the Dice is the default's")
+    ap.add_argument("--name", default="wbc_labs", help="results file name under benchmarks/results/")
+    ap.add_argument("--no-free", action="store_true", help="skip the WBC-free windows")
+    ap.add_argument("--no-dice", action="store_true", help="skip wbc-seg's validation Dice")
     ap.add_argument("--fields-out", type=Path, default=None,
                     help="also write every field's leak, cytoplasm and counts to this JSON, worst leak first")
     args = ap.parse_args()
@@ -148,25 +186,30 @@ def main() -> None:
         pairs = [p for group in by_source.values() for p in group[:args.limit]]
     lines = [f"### WBC outlines on TXL-PBC `{args.split}` fields, per source (worst leak first)\n",
              "| model | source | fields | WBC boxes | cytoplasm leak into red cells | whole-cell leak "
-             "| WBC recall (IoU ≥ 0.5) | WBC box IoU | count exact | s / field |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| WBC recall (IoU ≥ 0.5) | WBC box IoU | count exact | WBC-free windows given a WBC (WBCs) "
+             "| s / field |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     runs = [(m, None) for m in args.models] + [(None, m) for m in args.method]
     dice = []
     fields: list | None = [] if args.fields_out else None
+    windows = None if args.no_free else free_windows_of(pairs)
+    post = {k: type(getattr(__import__("hemaseg.tasks.wbc", fromlist=["DEFAULTS"]).DEFAULTS, k))(v)
+            for k, v in (item.split("=", 1) for item in args.post)}
     for model, method in runs:
         name = f"`{model}`" if model else f"classical `{method}`"
-        res = run(model, method, pairs, sources, fields)
+        res = run(model, method, pairs, sources, fields, windows, post)
         for src, r in sorted(res.items(), key=lambda kv: -kv[1]["leak"]):
             lines.append(f"| {name} | {src} | {r['fields']} | {r['wbc_boxes']} | {r['leak'] * 100:.1f} % | "
                          f"{r['cell_leak'] * 100:.1f} % | "
                          f"{r['recall']:.3f} | {r['box_iou']:.3f} | {r['count_exact'] * 100:.0f} % | "
-                         f"{r['seconds']:.2f} |")
+                         f"{r['free_with_wbc']} of {r['free']} ({r['free_wbcs']}) | {r['seconds']:.2f} |")
         print("\n".join(lines[-len(res):]), flush=True)
-        dice.append((name, *wbc_seg_dice(model, method, args.data)))
+        if not args.no_dice:
+            dice.append((name, *wbc_seg_dice(model, method, args.data)))
     lines += ["", "| model | wbc-seg validation Dice, cell | nucleus |", "| --- | --- | --- |"]
     lines += [f"| {n} | {c:.4f} | {nu:.4f} |" for n, c, nu in dice]
     print("\n".join(lines))
-    write_result("wbc_labs", lines)
+    write_result(args.name, lines)
     if args.fields_out:
         args.fields_out.write_text(json.dumps(sorted(fields, key=lambda r: -r["leak"]), indent=0))
 

@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -76,6 +78,58 @@ def test_the_wbc_size_comes_from_the_cells_models_wbcs_when_it_finds_one(monkeyp
     for params in (WbcParams(red_cells="none", size_model="none"), WbcParams(red_cells="none", red_cells_max_pixels=300 * 299)):
         hemaseg.segment(image, (ThresholdNet(), CARD), params=params)
         assert asked == []
+
+
+def test_red_cells_the_network_takes_for_a_wbc_go_when_the_cells_model_finds_none(monkeypatch):
+    """A crop of red cells alone: the network calls some of them nucleated cells, the cells model finds
+    red cells and no WBC. A "nucleus" of the red cells' own colour is no WBC (red_chroma; off at 0);
+    a purple nucleus among them stays; a grey copy of the crop is left alone."""
+    import torch
+    from scipy import ndimage as ndi
+
+    import hemaseg.tasks.wbc as wbc
+    from hemaseg.core.result import Segmentation
+
+    class LeftNet(torch.nn.Module):  # calls every dark thing in the left half a nucleus, nothing else
+        stride = 1
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):
+            m = x.mean(1, keepdim=True)
+            left = (torch.arange(x.shape[3]) < x.shape[3] // 2).view(1, 1, 1, -1).float()
+            nucleus = 50.0 * (0.5 - m) * left - 50.0 * (1 - left)
+            return torch.cat([torch.zeros_like(m), torch.full_like(m, -50.0), nucleus], 1)
+
+    yy, xx = np.mgrid[:200, :200]
+    image = np.full((200, 200, 3), (235, 228, 230), np.uint8)
+    red = np.zeros((200, 200), bool)
+    for cy in (40, 100, 160):
+        for cx in (40, 160):
+            red |= (yy - cy) ** 2 + (xx - cx) ** 2 < 22 ** 2
+    image[red] = (200, 105, 120)
+    rng = np.random.default_rng(0)
+    image = np.clip(image + rng.normal(0, 2, image.shape), 0, 255).astype(np.uint8)
+
+    def fake_cells(img, model="cells", cell_diameter=None, device="cpu", params=None):
+        classes = np.zeros(img.shape[:2], np.uint8)
+        classes[red[:img.shape[0], :img.shape[1]]] = 1  # every red cell, no WBC
+        return Segmentation(classes, ndi.label(classes > 0)[0], None, 44.0, 1.0, [])
+
+    monkeypatch.setattr(wbc, "segment_cells", fake_cells)
+    card = {"cell_diameter": 44.0, "normalization": {"low": 1.0, "high": 99.0}}
+    base = WbcParams(red_cells="none", red_nucleus=2.0, red_cytoplasm=False)
+    off = hemaseg.segment(image, (LeftNet(), card), cell_diameter=None, params=replace(base, red_chroma=0))
+    assert off.count == 3  # the three red cells on the left, taken for WBCs
+    assert hemaseg.segment(image, (LeftNet(), card), params=base).count == 0
+    purple = image.copy()
+    purple[(yy - 100) ** 2 + (xx - 80) ** 2 < 12 ** 2] = (95, 45, 140)  # a WBC's nucleus among them
+    seg = hemaseg.segment(purple, (LeftNet(), card), params=base)
+    assert seg.count == 1 and seg.instances[100, 80] > 0
+    grey = np.repeat(image.mean(2, keepdims=True), 3, 2).astype(np.uint8)
+    assert hemaseg.segment(grey, (LeftNet(), card), params=base).count == 3
 
 
 def test_given_diameter_is_used_and_no_estimate_needed():
@@ -174,6 +228,44 @@ def test_train_on_masks_and_boxes_together(tmp_path, wbc_folder):
     assert 0.0 <= history["leak"] <= 1.0
     assert history["metric"] == pytest.approx((history["dice_cell"] + history["dice_nucleus"]) / 2
                                               * (1 - history["leak"]))
+
+
+def test_images_without_a_wbc_train_as_negatives(tmp_path, wbc_folder):
+    """An image whose mask holds no cell (red cells alone, benchmarks/wbc_negatives.py) is its own
+    stratum, drawn at the task's default share; validation reports the share of its pixels called
+    cell (false_cell), kept out of the Dice and of the checkpoint's metric."""
+    import json
+
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from hemaseg.cli import app
+    from hemaseg.tasks.wbc import WBC
+
+    neg = tmp_path / "neg"
+    (neg / "images").mkdir(parents=True)
+    (neg / "masks").mkdir()
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[:48, :48]
+    for i in range(4):
+        img = np.full((48, 48, 3), 235, np.uint8)
+        for cy, cx in rng.integers(8, 40, (3, 2)):
+            img[(yy - cy) ** 2 + (xx - cx) ** 2 < 49] = (200, 95, 110)  # red cells, no WBC
+        Image.fromarray(img).save(neg / "images" / f"n{i}.png")
+        Image.fromarray(np.zeros((48, 48), np.uint8)).save(neg / "masks" / f"n{i}.png")
+    image, mask = WBC.load_sample(WBC.find_samples(neg)[0])
+    assert WBC.stratum(image, mask) == "empty" and WBC.stratum(image, np.full_like(mask, 2)) == "masks"
+    run = tmp_path / "run"
+    res = CliRunner().invoke(app, ["train", "wbc", "--data", str(wbc_folder), "--data", str(neg), "--out", str(run),
+                                   "--epochs", "1", "--crop", "32", "--batch-size", "4", "--samples-per-epoch", "8",
+                                   "--val-fraction", "0.5"])
+    assert res.exit_code == 0, res.output
+    card = json.loads((run / "model.json").read_text())
+    assert card["training"]["strata"] == {"empty": 2, "masks": 5}
+    assert card["training"]["stratum_weights"]["empty"] == pytest.approx(0.7 * 0.15 / 0.85)
+    history = json.loads((run / "state.json").read_text())["history"][0]
+    assert 0.0 <= history["false_cell"] <= 1.0 and "leak" not in history
+    assert history["metric"] == pytest.approx((history["dice_cell"] + history["dice_nucleus"]) / 2)
 
 
 def test_red_cells_of_boxed_fields_are_pasted_against_wbcs(tmp_path, wbc_folder):
