@@ -102,10 +102,10 @@ def free_windows_of(pairs: list) -> dict[str, list]:
 
 
 def run(model: str | None, method: str | None, pairs: list, sources: dict[str, str],
-        fields: list | None = None, windows: dict[str, list] | None = None, post: dict | None = None) -> dict[str, dict]:
-    from dataclasses import replace
-
+        fields: list | None = None, windows: dict[str, list] | None = None,
+        post: list[str] | None = None) -> dict[str, dict]:
     import hemaseg
+    from hemaseg.cli import post_params
     from hemaseg.core.vocabulary import category_of
     from hemaseg.engine.predict import get_model
     from hemaseg.io.annotations import read_yolo_labels, yolo_names
@@ -113,7 +113,7 @@ def run(model: str | None, method: str | None, pairs: list, sources: dict[str, s
 
     task = get_task("wbc")
     loaded = get_model(model) if model else None
-    params = replace(task.params(loaded[1]), **post) if post and loaded else None
+    params = post_params(task, loaded[1], post) if post and loaded else None
     per: dict[str, list[dict]] = {}
     for image_path, label in pairs:
         image = hemaseg.read_image(image_path)
@@ -193,11 +193,11 @@ def main() -> None:
     dice = []
     fields: list | None = [] if args.fields_out else None
     windows = None if args.no_free else free_windows_of(pairs)
-    post = {k: type(getattr(__import__("hemaseg.tasks.wbc", fromlist=["DEFAULTS"]).DEFAULTS, k))(v)
-            for k, v in (item.split("=", 1) for item in args.post)}
+    if args.post and args.method:
+        ap.error("--post sets the models' WbcParams; the classical methods (--method) take none")
     for model, method in runs:
         name = f"`{model}`" if model else f"classical `{method}`"
-        res = run(model, method, pairs, sources, fields, windows, post)
+        res = run(model, method, pairs, sources, fields, windows, args.post)
         for src, r in sorted(res.items(), key=lambda kv: -kv[1]["leak"]):
             lines.append(f"| {name} | {src} | {r['fields']} | {r['wbc_boxes']} | {r['leak'] * 100:.1f} % | "
                          f"{r['cell_leak'] * 100:.1f} % | "
@@ -206,8 +206,9 @@ def main() -> None:
         print("\n".join(lines[-len(res):]), flush=True)
         if not args.no_dice:
             dice.append((name, *wbc_seg_dice(model, method, args.data)))
-    lines += ["", "| model | wbc-seg validation Dice, cell | nucleus |", "| --- | --- | --- |"]
-    lines += [f"| {n} | {c:.4f} | {nu:.4f} |" for n, c, nu in dice]
+    if dice:
+        lines += ["", "| model | wbc-seg validation Dice, cell | nucleus |", "| --- | --- | --- |"]
+        lines += [f"| {n} | {c:.4f} | {nu:.4f} |" for n, c, nu in dice]
     print("\n".join(lines))
     write_result(args.name, lines)
     if args.fields_out:

@@ -36,14 +36,13 @@ import cv2
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-WBC_SIDE = 75.0  # px a field is rescaled to for its median WBC box side (weak_wbc_sample's)
-WBC_PER_RBC = 1.8  # a WBC's side in red-cell sides, for a field boxed without a WBC
 MARGIN = 0.2  # share of a WBC box's side kept clear around it (a loose cytoplasm, a tight box)
 EDGE = 0.1  # WBC sides from the field's edge a window must keep (an unboxed WBC cut by the edge)
 WINDOWS = (1.5, 1.2, 1.0)  # window sides tried, in WBC sides, largest first
 
 
 def sides(boxes: list[dict], cat: str) -> list[float]:
+    """The sides (mean of width and height, px) of a field's boxes of category ``cat``."""
     return [((b["bounding_box"]["x2"] - b["bounding_box"]["x1"]) + (b["bounding_box"]["y2"] - b["bounding_box"]["y1"]))
             / 2 for b in boxes if b["category"] == cat]
 
@@ -79,6 +78,8 @@ def free_windows(shape: tuple[int, int], boxes: list[dict], side: float) -> list
 
 def field_wbc_side(boxes: list[dict]) -> float | None:
     """A field's WBC side (px): its median WBC box side, else 1.8 red-cell sides; None without either."""
+    from hemaseg.tasks.wbc import WBC_PER_RBC
+
     wbc, rbc = sides(boxes, "wbc"), sides(boxes, "rbc")
     return float(np.median(wbc)) if wbc else (WBC_PER_RBC * float(np.median(rbc)) if rbc else None)
 
@@ -88,7 +89,6 @@ def pick_windows(image: np.ndarray, boxes: list[dict], most: int, name: str) -> 
     a WBC the bundled ``cells`` model finds there, drawn with a seed of the field's file ``name``;
     [] for a field with no red-cell box."""
     from hemaseg.tasks.wbc import found_wbcs
-
 
     if not sides(boxes, "rbc"):
         return []  # no red cell: nothing a negative is for
@@ -117,6 +117,7 @@ def main() -> None:
     import hemaseg
     from hemaseg.core.vocabulary import category_of
     from hemaseg.io.annotations import find_yolo, read_yolo_labels, yolo_names
+    from hemaseg.tasks.wbc import WEAK_WBC_SIDE
 
     (args.out / "images").mkdir(parents=True, exist_ok=True)
     (args.out / "masks").mkdir(parents=True, exist_ok=True)
@@ -138,7 +139,7 @@ def main() -> None:
             if not picked:
                 continue
             size = field_wbc_side(boxes)
-            f = float(np.clip(WBC_SIDE / max(size, 1.0), 0.25, 4.0))
+            f = float(np.clip(WEAK_WBC_SIDE / max(size, 1.0), 0.25, 4.0))
             n_fields += 1
             for k, (y0, x0, s) in enumerate(picked):
                 crop = image[y0:y0 + s, x0:x0 + s]

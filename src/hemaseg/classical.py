@@ -33,6 +33,11 @@ SPECK_SHARE = 0.15
 # Seed 003 Algorithm 1: OpenCV HSV bounds of "blue" (hue is 0-180 in OpenCV, so 300 saturates).
 SEED_HSV_LOWER = (100, 20, 20)
 SEED_HSV_UPPER = (180, 245, 245)
+# CIELAB chroma units (OpenCV's 8-bit a*, b*) a nucleus lies at least this far from the red cells' colour:
+# Romanowsky stains colour nuclei azure-purple and red cells eosin-pink; on TXL-PBC's fields of four labs
+# nuclei lie 36-64 units from the red cells, the red cells' own dark rims and centres about 10
+# (red_cell_pieces; the wbc task's WbcParams.red_chroma takes the same number).
+RED_MARGIN = 12.0
 
 
 def _takes_photo(empty=None):
@@ -303,7 +308,7 @@ def watershed_cells(image: np.ndarray, min_distance: int | None = None, open_ite
 @_takes_photo()
 def nucleus_mask(image: np.ndarray, thresholds: str = "otsu", min_area: int = 20, split: bool = True,
                  channels: tuple[np.ndarray, np.ndarray] | None = None, colour: np.ndarray | None = None,
-                 red_margin: float = 12.0) -> np.ndarray:
+                 red_margin: float = RED_MARGIN) -> np.ndarray:
     """WBC nuclei (purple/blue, darker than anything else) as a mask.
 
     With ``thresholds="otsu"``, pixels above the Otsu levels of both the nuclear stain
@@ -384,7 +389,7 @@ def nucleus_mask(image: np.ndarray, thresholds: str = "otsu", min_area: int = 20
 
 
 def red_cell_pieces(image: np.ndarray, pieces: np.ndarray, n: int, lab: np.ndarray | None = None,
-                    margin: float = 12.0, dark: np.ndarray | None = None) -> np.ndarray:
+                    margin: float = RED_MARGIN, dark: np.ndarray | None = None) -> np.ndarray:
     """Which nucleus candidates have the red cells' colour, so are dark parts of red cells and no nucleus.
 
     Each piece's median CIELAB chroma (a*, b*) is measured against the median chroma of the other

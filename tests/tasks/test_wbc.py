@@ -130,6 +130,35 @@ def test_red_cells_the_network_takes_for_a_wbc_go_when_the_cells_model_finds_non
     assert seg.count == 1 and seg.instances[100, 80] > 0
     grey = np.repeat(image.mean(2, keepdims=True), 3, 2).astype(np.uint8)
     assert hemaseg.segment(grey, (LeftNet(), card), params=base).count == 3
+    # the cells model calls the left red cells WBCs: its own WBC rules decide, not this one
+    wbc_found = red & (xx < 100)
+    monkeypatch.setattr(wbc, "found_cells",
+                        lambda img, model="cells", device="cpu": (44.0, wbc_found, red & ~wbc_found))
+    assert hemaseg.segment(image, (LeftNet(), card), params=replace(base, found_margin=-1)).count == 3
+
+
+def test_reject_red_coloured_keeps_cells_without_a_nucleus_and_abstains_without_red_cells():
+    """reject_red_coloured alone: a cell with no nucleus pixel is kept (scipy's median of a missing label
+    is no NaN), and too few red-cell pixels outside the cells leave every cell alone."""
+    from hemaseg.tasks.wbc import RED_CHROMA_MIN_PIXELS, reject_red_coloured
+
+    yy, xx = np.mgrid[:80, :160]
+    disc = lambda cy, cx, r: (yy - cy) ** 2 + (xx - cx) ** 2 < r * r  # noqa: E731
+    img = np.full((80, 160, 3), 235, np.uint8)
+    red = disc(40, 20, 15) | disc(40, 60, 15) | disc(40, 100, 15)
+    img[red] = (205, 110, 120)
+    inst = np.zeros((80, 160), np.uint16)
+    inst[disc(40, 60, 15)] = 1  # a red cell called a cell, its nucleus the red cell's colour
+    inst[disc(40, 140, 12)] = 2  # a cell with cytoplasm only
+    cls = np.where(inst > 0, 1, 0).astype(np.uint8)
+    cls[disc(40, 60, 8)] = 2
+    c2, i2 = reject_red_coloured(img, cls, inst, red)
+    assert int(i2.max()) == 1 and i2[40, 140] == 1 and c2[40, 60] == 0
+    few = np.zeros_like(red)
+    few[40, 20:20 + RED_CHROMA_MIN_PIXELS - 1] = True  # fewer red-cell pixels outside the cells than needed
+    c3, i3 = reject_red_coloured(img, cls, inst, few | disc(40, 60, 15))
+    assert i3 is inst and c3 is cls
+    assert reject_red_coloured(img, cls, inst, red, margin=0)[1] is inst
 
 
 def test_given_diameter_is_used_and_no_estimate_needed():
@@ -266,6 +295,22 @@ def test_images_without_a_wbc_train_as_negatives(tmp_path, wbc_folder):
     history = json.loads((run / "state.json").read_text())["history"][0]
     assert 0.0 <= history["false_cell"] <= 1.0 and "leak" not in history
     assert history["metric"] == pytest.approx((history["dice_cell"] + history["dice_nucleus"]) / 2)
+
+
+def test_validation_keeps_negatives_out_of_the_dice():
+    """A model calling everything background: Dice 0 on the WBC image, no false cell on the negative (were
+    the negative scored by Dice, its perfect empty match would lift the mean)."""
+    from hemaseg.tasks.wbc import WBC
+
+    image = np.zeros((16, 16, 3), np.uint8)
+    full = np.zeros((16, 16), np.uint8)
+    full[4:12, 4:12] = 1
+    full[6:10, 6:10] = 2
+    background = lambda img: np.stack([np.ones((16, 16)), np.zeros((16, 16)), np.zeros((16, 16))])  # noqa: E731
+    val = WBC.validate(background, [(image, full), (image, np.zeros((16, 16), np.uint8))], None, {})
+    assert val["dice_cell"] == pytest.approx(0.0, abs=1e-6) and val["false_cell"] == 0.0
+    cell = lambda img: np.stack([np.zeros((16, 16)), np.ones((16, 16)), np.zeros((16, 16))])  # noqa: E731
+    assert WBC.validate(cell, [(image, full), (image, np.zeros((16, 16), np.uint8))], None, {})["false_cell"] == 1.0
 
 
 def test_red_cells_of_boxed_fields_are_pasted_against_wbcs(tmp_path, wbc_folder):

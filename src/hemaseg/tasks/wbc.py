@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from hemaseg.classical import (
+    RED_MARGIN,
     WBC_METHODS,
     box_cell,
     likelier_first,
@@ -115,8 +116,8 @@ class WbcParams:
     size_model : a cells model (bundled name or path) whose WBCs give the WBC diameter when none
         is given (:func:`found_wbcs`); when it finds no WBC, on images over
         ``red_cells_max_pixels``, or with ``""`` or ``"none"``, the ``wbc`` model's own scale
-        search decides. On TXL-PBC's validation fields the own
-        search was off by more than 1.5x on 18 of 244 fields (BCDD's 256-px fields up to 3x, the
+        search decides (and, when it was asked and found none, ``red_chroma`` applies). On TXL-PBC's
+        validation fields the own search was off by more than 1.5x on 18 of 244 fields (BCDD's 256-px fields up to 3x, the
         whole field then taken for cytoplasm), the bundled ``cells`` model's WBCs on 6.
     found_share : when the ``size_model`` found WBCs, a cell less than this share of whose nucleus
         lies in one of them is dropped (:func:`keep_found_wbcs`: dark red cells taken for nuclei
@@ -146,15 +147,15 @@ class WbcParams:
         0: never joined. TXL-PBC validation fields (0.05, 0.1, 0.2 gave the same): BCDD WBC recall
         0.875 -> 0.938, count exact 81 -> 88 %, leak 0.9 -> 0.8 %; Raabin count exact 93 -> 96 %,
         leak 2.6 -> 2.5 %; PBC, BCCD and wbc-seg's validation Dice unchanged.
-
     red_chroma : when the ``size_model`` was asked and found no WBC, a cell whose nucleus' median
         CIELAB a*b* lies within this many units (OpenCV's 8-bit scale) of the median a*b* of the red
         cells that model found outside every cell is a red cell taken for a WBC and goes
         (:func:`reject_red_coloured`: a crop of red cells alone, which the scale search blows up to
         a WBC's size); nothing goes in a grey image or with fewer than
         :data:`RED_CHROMA_MIN_PIXELS` such red-cell pixels; 0: never. Not tuned: 12 is the margin of
-        the classical methods' :func:`~hemaseg.classical.red_cell_pieces` (on TXL-PBC's fields of four
-        labs nuclei lie 36-64 units from the red cells, the red cells' own dark parts about 10).
+        the classical methods' :func:`~hemaseg.classical.red_cell_pieces` (:data:`hemaseg.classical.RED_MARGIN`;
+        on TXL-PBC's fields of four labs nuclei lie 36-64 units from the red cells, the red cells' own
+        dark parts about 10; on wbc-seg's validation crops where the cells model finds no WBC, 26-76).
 
     Examples
     --------
@@ -185,7 +186,7 @@ class WbcParams:
     found_solidity: float = 0.9
     cell_open: float = 0.06
     nucleus_contact: float = 0.1
-    red_chroma: float = 12.0
+    red_chroma: float = RED_MARGIN
 
     # Each number's allowed range (inclusive; None: open), checked by ``--post`` and ``params=``: values
     # outside them hung a run (block_size 0, open_radius 100), asked for petabytes (cell_open 1e6) or divided
@@ -1354,6 +1355,7 @@ WBC_CORE = 0.8  # the ellipse inscribed in a WBC box, shrunk to this share: sure
 PSEUDO_CONFIDENCE = 0.9  # a pseudo-label is kept where the labelling model is at least this sure
 WEAK_VAL_ITEMS = 48  # weakly labelled fields scored per validation (evenly spaced), to keep epochs short
 RED_CELLS_PER_FIELD = 8  # red cells cut from each boxed field for pasting (paste_red_cells)
+NEGATIVE_SHARE = 0.15  # of the draws of pixel masks and negatives (masks with no cell) together, the negatives'
 
 
 def is_weak(mask: np.ndarray) -> bool:
@@ -1556,10 +1558,12 @@ class WbcTask(Task):
     depends = DEPENDS
     classical_methods = tuple(WBC_METHODS)
     Params = WbcParams
-    # TrainConfig's defaults are this task's; with weakly labelled fields among the data, 30 % of
-    # each epoch's draws come from them (at 40 % the in-lab Dice fell 0.003 / 0.008); with images
-    # that hold no WBC (benchmarks/wbc_negatives.py), 15 % of the pixel-annotated images' share.
-    train_defaults: dict = {"stratum_weights": {"masks": 0.7, "boxes": 0.3, "empty": 0.7 * 0.15 / 0.85}}
+    # TrainConfig's defaults are this task's: pixel masks 0.7, weakly labelled fields 0.3 (at 0.4 the
+    # in-lab Dice fell 0.003 / 0.008), images with no cell (negatives: benchmarks/wbc_negatives.py) a
+    # NEGATIVE_SHARE of what masks and negatives draw together; shares of the strata present, normalised
+    # (masks and boxes alone: 70 / 30 %; with negatives too: 62 / 27 / 11 %).
+    train_defaults: dict = {"stratum_weights": {"masks": 0.7, "boxes": 0.3,
+                                                "empty": 0.7 * NEGATIVE_SHARE / (1 - NEGATIVE_SHARE)}}
     mean_keys = ("dice_cell", "iou_cell", "dice_nucleus", "iou_nucleus")
     train_options = ("arch", "init", "workers", "split", "paste_red_cells")
     _labeller = None  # pseudo-labels inside the WBC boxes of weakly labelled fields (made on first use)
