@@ -235,25 +235,27 @@ def test_boxed_fields_load_as_weak_labels(tmp_path):
     assert WBC.measure_mask(mask).max() == 0  # weak fields do not measure the card's cell diameter
 
 
-def test_train_on_masks_and_boxes_together(tmp_path, wbc_folder):
+def _train_one_epoch(wbc_folder, extra, run) -> tuple[dict, dict]:
+    """``hemaseg train wbc`` for one tiny epoch on wbc_folder and ``extra``: (model card, first history entry)."""
     import json
 
     from typer.testing import CliRunner
 
     from hemaseg.cli import app
 
-    yolo = _yolo_fields(tmp_path / "yolo")
-    run = tmp_path / "run"
-    res = CliRunner().invoke(app, ["train", "wbc", "--data", str(wbc_folder), "--data", str(yolo), "--out", str(run),
+    res = CliRunner().invoke(app, ["train", "wbc", "--data", str(wbc_folder), "--data", str(extra), "--out", str(run),
                                    "--epochs", "1", "--crop", "32", "--batch-size", "4", "--samples-per-epoch", "8",
                                    "--val-fraction", "0.5"])
     assert res.exit_code == 0, res.output
-    card = json.loads((run / "model.json").read_text())
+    return json.loads((run / "model.json").read_text()), json.loads((run / "state.json").read_text())["history"][0]
+
+
+def test_train_on_masks_and_boxes_together(tmp_path, wbc_folder):
+    card, history = _train_one_epoch(wbc_folder, _yolo_fields(tmp_path / "yolo"), tmp_path / "run")
     assert card["training"]["strata"] == {"boxes": 2, "masks": 5}
     # the WBC diameter comes from the pixel masks only (toy WBCs: 48 px images, radius 10-14 px)
     assert 15 < card["cell_diameter"] < 32
     assert "paste_red_cells" not in card["training"]  # off by default
-    history = json.loads((run / "state.json").read_text())["history"][0]
     assert 0.0 <= history["leak"] <= 1.0
     assert history["metric"] == pytest.approx((history["dice_cell"] + history["dice_nucleus"]) / 2
                                               * (1 - history["leak"]))
@@ -263,12 +265,9 @@ def test_images_without_a_wbc_train_as_negatives(tmp_path, wbc_folder):
     """An image whose mask holds no cell (red cells alone, benchmarks/wbc_negatives.py) is its own
     stratum, drawn at the task's default share; validation reports the share of its pixels called
     cell (false_cell), kept out of the Dice and of the checkpoint's metric."""
-    import json
 
     from PIL import Image
-    from typer.testing import CliRunner
 
-    from hemaseg.cli import app
     from hemaseg.tasks.wbc import WBC
 
     neg = tmp_path / "neg"
@@ -284,15 +283,9 @@ def test_images_without_a_wbc_train_as_negatives(tmp_path, wbc_folder):
         Image.fromarray(np.zeros((48, 48), np.uint8)).save(neg / "masks" / f"n{i}.png")
     image, mask = WBC.load_sample(WBC.find_samples(neg)[0])
     assert WBC.stratum(image, mask) == "empty" and WBC.stratum(image, np.full_like(mask, 2)) == "masks"
-    run = tmp_path / "run"
-    res = CliRunner().invoke(app, ["train", "wbc", "--data", str(wbc_folder), "--data", str(neg), "--out", str(run),
-                                   "--epochs", "1", "--crop", "32", "--batch-size", "4", "--samples-per-epoch", "8",
-                                   "--val-fraction", "0.5"])
-    assert res.exit_code == 0, res.output
-    card = json.loads((run / "model.json").read_text())
+    card, history = _train_one_epoch(wbc_folder, neg, tmp_path / "run")
     assert card["training"]["strata"] == {"empty": 2, "masks": 5}
     assert card["training"]["stratum_weights"]["empty"] == pytest.approx(0.7 * 0.15 / 0.85)
-    history = json.loads((run / "state.json").read_text())["history"][0]
     assert 0.0 <= history["false_cell"] <= 1.0 and "leak" not in history
     assert history["metric"] == pytest.approx((history["dice_cell"] + history["dice_nucleus"]) / 2)
 
