@@ -355,6 +355,57 @@ def test_train_refuses_an_architecture_its_task_does_not_train_and_inputs_inside
     assert res.exit_code == 2 and "--crop" in res.output and "lies in --out" not in res.output, res.output
 
 
+def test_train_refuses_an_out_folder_holding_a_model_it_would_replace(tmp_path, wbc_folder):
+    """A walkthrough (stop 63): `train --out mymodel`, a folder holding model.safetensors and model.json that
+    --model takes, replaced both without a word (only a state, split or checkpoint counted as a run)."""
+    from hemaseg.engine.train import prepare_run
+
+    out = tmp_path / "mymodel"
+    out.mkdir()
+    (out / "model.json").write_text("{}")
+    (out / "model.safetensors").write_bytes(b"weights")
+    (out / "notes.txt").write_text("mine")
+    res = runner.invoke(app, ["train", "wbc", "--data", str(wbc_folder), "--out", str(out), "--epochs", "1"])
+    assert res.exit_code == 2 and "model.safetensors, model.json" in res.output and "--overwrite" in res.output
+    assert (out / "model.safetensors").read_bytes() == b"weights"
+    assert prepare_run(out, overwrite=True) == out  # --overwrite replaces them: the run's files go, the rest stays
+    assert not (out / "model.json").exists() and (out / "notes.txt").read_text() == "mine"
+
+
+def test_a_data_folder_given_twice_counts_once_and_one_inside_another_is_refused(tmp_path, wbc_folder, monkeypatch):
+    """A walkthrough (stop 63): `--data ds --data ./ds` made evaluate score 24 of 12 images and train split 19/5
+    with every validation image also trained on."""
+    monkeypatch.chdir(wbc_folder.parent)
+    name = wbc_folder.name
+    res = runner.invoke(app, ["evaluate", "wbc", "--data", name, "--data", f"./{name}", "--method", "hsv",
+                              "--grid", str(tmp_path / "g.png")])
+    assert res.exit_code == 0 and "MEAN (10 images)" in res.output, res.output
+    (wbc_folder / "sub").mkdir()
+    res = runner.invoke(app, ["evaluate", "wbc", "--data", name, "--data", f"{name}/sub", "--method", "hsv"])
+    assert res.exit_code == 2 and f"{name}/sub lies inside {name}" in res.output, res.output
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["train", "wbc", "--data", name, "--data", f"{name}/sub", "--out", str(out)])
+    assert res.exit_code == 2 and "lies inside" in res.output and not out.exists(), res.output
+
+
+def test_evaluate_grid_replaces_only_its_own_picture_and_is_a_png(tmp_path, wbc_folder):
+    """A walkthrough (stop 63): `evaluate --grid photo_keep.png` replaced a photo, and `--grid x.jpg` wrote PNG
+    bytes under a JPEG name."""
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.full((8, 8, 3), 200, np.uint8)).save(photo)
+    base = ["evaluate", "wbc", "--data", str(wbc_folder), "--method", "hsv"]
+    res = runner.invoke(app, base + ["--grid", str(photo)])
+    assert res.exit_code == 2 and "no picture hemaseg wrote" in res.output, res.output
+    assert Image.open(photo).size == (8, 8)
+    res = runner.invoke(app, base + ["--grid", str(tmp_path / "g.jpg")])
+    assert res.exit_code == 2 and "ending in .png" in res.output and not (tmp_path / "g.jpg").exists(), res.output
+    grid = tmp_path / "g.png"
+    for _ in range(2):  # the second run replaces the first run's picture
+        res = runner.invoke(app, base + ["--grid", str(grid)])
+        assert res.exit_code == 0, res.output
+    assert Image.open(grid).info.get("Software") == "hemaseg evaluate"
+
+
 def test_batchnorm_recalibration_takes_batches_with_weights():
     """It unpacked (image, target) only: a BatchNorm network (--arch smp-unet) trained with per-pixel weights
     (nuclei's contact weights, smear10's and cells' class balance) failed after its first epoch."""

@@ -252,6 +252,21 @@ def post_params(spec, card: dict, items: list[str]):
     return dataclasses.replace(defaults, **given)
 
 
+def _distinct_data(data: list[str] | None, option: str = "--data") -> list[str] | None:
+    """The ``--data`` folders, each once (a folder given twice counted its images twice, and a run then
+    validated on images it trained on); one lying inside another is a usage error naming both."""
+    if not data:
+        return data
+    seen: dict[Path, str] = {}
+    for d in data:
+        seen.setdefault(Path(d).resolve(), d)
+    for q, d in seen.items():
+        for r, e in seen.items():
+            if r != q and r in q.parents:
+                raise HemasegUsageError(option, f"{d} lies inside {e}: its images would count twice; give one of them")
+    return list(seen.values())
+
+
 def _check_method(spec, method: str) -> None:
     if method not in spec.classical_methods:
         raise typer.BadParameter(f"task {spec.name} has classical methods: {', '.join(spec.classical_methods) or 'none'}",
@@ -582,6 +597,7 @@ def train(
             if out is None:
                 raise typer.BadParameter("give --data DIR and --out RUN (or --resume RUN)")
             check_output(out, "--out", folder=True)
+            data = _distinct_data(data)
             inputs = {"--data": data, "--replay": replay, "--looks": looks, "--held-out": [held_out] if held_out else [],
                       "--target-images": [target_images] if target_images else [], "--split": [split] if split else []}
             if init and Path(init).exists():  # a path: absolute (a resume from elsewhere finds it), never in --out
@@ -816,19 +832,20 @@ def evaluate(
     _setup_logging(False)
     spec = _task(task, "TASK")
     check_numbers(cell_diameter=cell_diameter)
+    data = _distinct_data(data)
     if method:
         _check_method(spec, method)
         refuse_unused(f"not used by --method {method} (a classical method: no model, no rescaling)",
                       model=model, cell_diameter=cell_diameter)
+    if json_out is not None and grid is not None and json_out.resolve() == grid.resolve():
+        raise HemasegUsageError("--grid", f"{grid} is also --json; give the picture another name")
     for option, path in (("--json", json_out), ("--grid", grid)):
         if path is not None:
-            check_output(path, option, folder=False, image=option == "--grid")
             _not_an_input(path, option, data, spec)
+            check_output(path, option, folder=False, image=option == "--grid")
     named_split = spec.name == "cells" and split_name(split) is not None  # cells: a YOLO split's name (val, test)
     if split is not None and not split.is_file() and not named_split:
         raise HemasegUsageError("--split", f"{split}: no such file")
-    if json_out is not None and grid is not None and json_out.resolve() == grid.resolve():
-        raise HemasegUsageError("--grid", f"{grid} is also --json; give the picture another name")
     dev = _device(device)
     if not method:
         try:

@@ -13,7 +13,7 @@ from hemaseg.engine.predict import get_model
 from hemaseg.errors import HemasegInputError, HemasegUsageError
 from hemaseg.io.datasets import Pair
 from hemaseg.io.images import read_image
-from hemaseg.io.writers import atomic_path, overlay
+from hemaseg.io.writers import GRID_MARK, atomic_path, overlay
 from hemaseg.progress import track
 
 
@@ -185,7 +185,7 @@ def worst_grid(task, rows: list[dict], path: Path, n: int = 6, key=None) -> Path
             ax.axis("off")
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=60)
+        fig.savefig(tmp, format="png", dpi=60, metadata={"Software": GRID_MARK})
     plt.close(fig)
     return path
 

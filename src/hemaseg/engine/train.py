@@ -388,7 +388,8 @@ def holds_run(run: Path) -> bool:
 def prepare_run(run: str | Path, resume: bool = False, overwrite: bool = False, extra_files=()) -> Path:
     """Check the run folder before training: a new run may not go into a folder holding one
     (:class:`HemasegUsageError` naming ``--out``) unless ``overwrite``, which deletes that run's files
-    (:data:`RUN_FILES` and ``extra_files``); resuming needs a run. Returns the folder."""
+    (:data:`RUN_FILES` and ``extra_files``), nor into one holding any of those files without a run (a
+    model folder) unless ``overwrite``, which deletes them; resuming needs a run. Returns the folder."""
     run = Path(run)
     if resume:
         if overwrite:
@@ -403,6 +404,15 @@ def prepare_run(run: str | Path, resume: bool = False, overwrite: bool = False, 
         remove_run_files(run, RUN_FILES + tuple(extra_files))
         shutil.rmtree(run / PENDING, ignore_errors=True)
         remove_temps(run)
+        return run
+    # No run, but files a run writes (a model folder --model takes, a user's model.json or curves.png):
+    # a new run would replace them without a word.
+    present = [name for name in RUN_FILES + tuple(extra_files) if run.is_dir() and (run / name).exists()]
+    if present:
+        if not overwrite:
+            raise HemasegUsageError("--out", f"{run} holds {', '.join(present)}, which a training run writes; give "
+                                             "a new or empty folder, or --overwrite to replace them")
+        remove_run_files(run, present)
     return run
 
 

@@ -57,11 +57,25 @@ def remove_temps(folder: str | Path) -> list[Path]:
     return stale
 
 
+GRID_MARK = "hemaseg evaluate"  # the PNG "Software" text of the pictures evaluate writes (worst_grid)
+
+
+def written_grid(path: str | Path) -> bool:
+    """``path`` is a PNG whose "Software" text is :data:`GRID_MARK` (a picture hemaseg wrote, which a
+    new one may replace), or Matplotlib's (the grids of versions before the mark)."""
+    try:
+        with Image.open(path) as im:
+            software = str(im.info.get("Software", ""))
+            return im.format == "PNG" and (software == GRID_MARK or software.startswith("Matplotlib"))
+    except (OSError, ValueError):
+        return False
+
+
 def check_output(path: str | Path, option: str, folder: bool, image: bool = False) -> Path:
     """Check, before any work, that ``path`` can be written: a folder (``folder``) that exists or can
     be created, or a file whose folder can; :class:`HemasegUsageError` naming ``option`` otherwise.
-    An existing image file is refused as a file output unless the output is itself an image (``image``:
-    a PNG grid written again). Creates nothing that stays (a probe file is written and removed in the
+    An existing image file is refused as a file output; an image output (``image``: a PNG grid) must end
+    in ``.png`` and may replace only a picture hemaseg wrote (:func:`written_grid`). Creates nothing that stays (a probe file is written and removed in the
     nearest existing folder)."""
     path = Path(path)
     if path.exists():
@@ -71,6 +85,11 @@ def check_output(path: str | Path, option: str, folder: bool, image: bool = Fals
             raise HemasegUsageError(option, f"{path} is a folder; give a file name")
         if not folder and not image and path.suffix.lower() in IMAGE_SUFFIXES:  # classify -o smear.jpg replaced it
             raise HemasegUsageError(option, f"{path} is an image: it would be replaced; give another file name")
+        if image and path.is_file() and not written_grid(path):  # evaluate --grid photo.png replaced the photo
+            raise HemasegUsageError(option, f"{path} exists and is no picture hemaseg wrote: it would be replaced; "
+                                            "give another file name")
+    if image and path.suffix.lower() != ".png":
+        raise HemasegUsageError(option, f"{path}: the picture is a PNG; give a name ending in .png")
     target = path if folder else path.parent
     probe = target
     while not probe.exists() and probe.parent != probe:
