@@ -133,6 +133,7 @@ def test_segment_post_processing_parameters_by_name(tmp_path):
     assert count() == 1
     assert count("min_cell_fraction=4") == 0  # the smallest cell kept is now 4 cells' area
     assert count("red_cytoplasm=false", "first_pass_factors=[0.5, 1]") == 1
+    assert count("first_pass_factors=0.5,1") == 1  # the form its error message shows (stop 63)
     assert count("red_cells=none") == 1
     # A segment audit: block_size=0 and open_radius=100 hung, cell_open=1e6 asked for 10 PiB, scale_deadband=0
     # divided by zero, NaN passed, size_model=wbc-type failed on every image: each is one line before any work.
@@ -142,6 +143,7 @@ def test_segment_post_processing_parameters_by_name(tmp_path):
                       ("cell_open=1e6", "from 0.0 to 0.5"), ("scale_deadband=0", "from 1.0"),
                       ("red_ring=NaN", "finite"), ("red_ring=Infinity", "finite"),
                       ("first_pass_factors=[]", "at least 1 number"), ("first_pass_factors=[0]", "numbers from"),
+                      ("first_pass_factors=a,b", "numbers separated by commas (default 0.5,1.0,2.0)"),
                       ("size_model=wbc-type", "not a cells model"), ("red_cells=nuclei", "not a cells model")]:
         res = runner.invoke(app, ["segment", str(src), "--out", str(tmp_path / "x"), "--post", bad])
         assert res.exit_code == 2 and says in res.output, (bad, res.output)

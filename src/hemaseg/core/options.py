@@ -60,7 +60,7 @@ OPTION_RANGES: dict[str, Range] = {
     "crop": Range(32, 4096, integer=True),
     "samples_per_epoch": Range(0, 10_000_000, integer=True),
     "patience": Range(1, 100_000, integer=True),
-    "val_fraction": Range(0, 0.9),
+    "val_fraction": Range(0, 0.9, lo_open=True),  # a run chooses its checkpoint on validation: never none
     "seed": Range(0, 2**32 - 1, integer=True),
     "threads": Range(0, 1024, integer=True),
     "workers": Range(0, 256, integer=True),

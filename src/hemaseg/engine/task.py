@@ -62,12 +62,15 @@ def checked_params(params):
 def param_value(defaults, name: str, value):
     """``value`` as the post-processing parameter ``name`` of ``defaults`` (a parameters dataclass) takes
     it, or :class:`ValueError` saying what it takes: text is read as ``--post NAME=VALUE`` reads it (JSON,
-    ``true`` / ``false``), numpy numbers as Python's, a list as a tuple; numbers must be finite and within
+    ``true`` / ``false``; a tuple's numbers also as ``0.5,1,2`` or ``(0.5, 1)``), numpy numbers as Python's,
+    a list as a tuple; numbers must be finite and within
     the range the parameters class gives the name (its ``RANGES``), else not negative.
 
     >>> from hemaseg.tasks.wbc import WbcParams
     >>> param_value(WbcParams(), "red_ring", "0.2"), param_value(WbcParams(), "red_cytoplasm", "false")
     (0.2, False)
+    >>> [param_value(WbcParams(), "first_pass_factors", t) for t in ("0.5,1", "(0.5, 1.0)", "[0.5, 1]", "2")]
+    [(0.5, 1.0), (0.5, 1.0), (0.5, 1), (2.0,)]
     >>> param_value(WbcParams(), "red_ring", -1)
     Traceback (most recent call last):
     ...
@@ -86,6 +89,11 @@ def param_value(defaults, name: str, value):
             value = json.loads(text.lower() if text.lower() in ("true", "false") else text)
         except json.JSONDecodeError:
             pass
+        if isinstance(default, tuple) and not isinstance(value, list):  # 0.5,1,2 or (0.5, 1) or one number
+            try:
+                value = [float(v) for v in text.strip("()[] ").split(",") if v.strip()]
+            except ValueError:
+                pass
     if isinstance(value, np.generic):
         value = value.item()
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -104,6 +112,8 @@ def param_value(defaults, name: str, value):
     else:
         ok = default is None or isinstance(value, type(default))
     if not ok:
+        if isinstance(default, tuple):
+            raise ValueError(f"{name} takes numbers separated by commas (default {','.join(map(str, default))})")
         shown = repr(default) if len(repr(default)) <= 60 else "the model card's"
         raise ValueError(f"{name} takes a {type(default).__name__} (default {shown})")
     numbers = [v for v in (value if isinstance(value, tuple) else (value,))
