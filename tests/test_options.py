@@ -59,7 +59,8 @@ def test_library_entry_points_check_the_same_ranges():
 def test_train_refuses_zero_epochs_and_batch(wbc_folder, tmp_path):
     for args, option in ((["--epochs", "0"], "--epochs"), (["--batch-size", "0"], "--batch-size"),
                          (["--lr", "0"], "--lr"), (["--val-fraction", "1.5"], "--val-fraction"),
-                         (["--val-fraction", "0"], "--val-fraction")):  # 0 still held one image out (stop 63)
+                         (["--val-fraction", "0"], "--val-fraction"),  # 0 still held one image out (stop 63)
+                         (["--init", "nosuch"], "--init")):  # exit 1 before, where --model nosuch is 2
         res = runner.invoke(app, ["train", "wbc", "--data", str(wbc_folder), "--out", str(tmp_path / "r"), *args])
         _one_line_usage(res, option)
         assert not (tmp_path / "r").exists()

@@ -600,6 +600,11 @@ def train(
             data = _distinct_data(data)
             inputs = {"--data": data, "--replay": replay, "--looks": looks, "--held-out": [held_out] if held_out else [],
                       "--target-images": [target_images] if target_images else [], "--split": [split] if split else []}
+            if init:  # a model that does not load is a wrong option, as --model is (exit 2), before any work
+                try:
+                    load_card(init)
+                except HemasegError as exc:
+                    raise HemasegUsageError("--init", f"{init}: {getattr(exc, 'reason', exc)}") from None
             if init and Path(init).exists():  # a path: absolute (a resume from elsewhere finds it), never in --out
                 init = str(Path(init).resolve())
                 try:
