@@ -244,3 +244,16 @@ def test_an_output_file_never_replaces_a_photo(photos, tmp_path):
         line = _one_line_usage(runner.invoke(app, args), option)
         assert "is an image" in line
     assert victim.read_bytes() == before
+
+
+def test_analyze_takes_params_as_a_dict_as_segment_does():
+    """A docstring audit (stop 63): hemaseg.analyze(params={...}) was an AttributeError deep inside."""
+    import hemaseg
+    from hemaseg.errors import HemasegUsageError
+
+    photo = hemaseg.__path__[0] + "/samples/BloodImage_00000.jpg"
+    assert hemaseg.analyze(photo, params={"min_area_fraction": 0.2}).counts["wbc"] == 1
+    with pytest.raises(HemasegUsageError, match="params: a str"):
+        hemaseg.analyze(photo, params="relative_size=0.5")
+    with pytest.raises(HemasegUsageError, match="params"):
+        hemaseg.analyze(photo, params={"nosuch": 1})

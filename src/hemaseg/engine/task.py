@@ -59,6 +59,34 @@ def checked_params(params):
                                           for f in dataclasses.fields(params) if f.init})
 
 
+def given_params(task, card: dict | None, params):
+    """The post-processing parameters a caller gave ``task`` (``params=`` of :func:`hemaseg.segment` and
+    :func:`hemaseg.analyze`): None stays None (the card's and the defaults); a dict of names and values
+    goes over the model ``card``'s own (``"postprocess"``) and the defaults; a complete ``task.Params``
+    object has each field checked as a ``--post`` value is. :class:`HemasegUsageError` (``params``)
+    for anything else, an unknown name or a value the field does not take.
+
+    >>> from hemaseg.tasks import get_task
+    >>> given_params(get_task("wbc"), {}, {"red_ring": 0.2}).red_ring
+    0.2
+    >>> given_params(get_task("wbc"), {}, "red_ring=0.2")
+    Traceback (most recent call last):
+    ...
+    hemaseg.errors.HemasegUsageError: params: a str; give a dict of names and values or a WbcParams
+    """
+    if params is None:
+        return None
+    if not isinstance(params, dict) and not (task.Params and isinstance(params, task.Params)):
+        raise HemasegUsageError("params", f"a {type(params).__name__}; give a dict of names and values"
+                                          + (f" or a {task.Params.__name__}" if task.Params else ""))
+    try:
+        if isinstance(params, dict):  # names -> values over the card's own ("postprocess") and the defaults
+            return task.params(card, **params)
+        return checked_params(params)  # a complete object: each field as a --post value is checked
+    except ValueError as exc:
+        raise HemasegUsageError("params", str(exc)) from None
+
+
 def param_value(defaults, name: str, value):
     """``value`` as the post-processing parameter ``name`` of ``defaults`` (a parameters dataclass) takes
     it, or :class:`ValueError` saying what it takes: text is read as ``--post NAME=VALUE`` reads it (JSON,

@@ -13,6 +13,7 @@ import numpy as np
 from hemaseg.core.options import check_numbers
 from hemaseg.core.vocabulary import CATEGORIES, EXTRA_TYPES, NOT_IN_DIFFERENTIAL, WBC_TYPES
 from hemaseg.engine.predict import get_model, model_of_task, resolve_device, uses_backend
+from hemaseg.engine.task import given_params
 from hemaseg.engine.tiling import DEFAULT_TILE
 from hemaseg.errors import HemasegError
 from hemaseg.io.images import as_photo
@@ -158,8 +159,9 @@ def analyze(image: np.ndarray, filename: str = "", cells_model="cells", type_mod
     with nothing in it (flat, or noise) gives no cell. ``backend`` runs both networks on ``torch``,
     ``onnx`` (ONNX Runtime) or ``auto`` (ONNX Runtime where a model has an ONNX file, torch otherwise;
     without torch the Mask R-CNN cells model gives way to the cells U-Net: :mod:`hemaseg.engine.runtime`).
-    ``params`` (a :class:`hemaseg.tasks.cells.CellsParams`) replaces the cells model card's post-processing
-    parameters (``hemaseg analyze --post NAME=VALUE``, the names of ``hemaseg segment --task cells``).
+    ``params`` (a dict of names and values, or a :class:`hemaseg.tasks.cells.CellsParams`) replaces the cells
+    model card's post-processing parameters (``hemaseg analyze --post NAME=VALUE``, the names of ``hemaseg
+    segment --task cells``), each checked as ``hemaseg.segment`` checks its ``params``.
 
     Parameters
     ----------
@@ -173,6 +175,12 @@ def analyze(image: np.ndarray, filename: str = "", cells_model="cells", type_mod
     Analysis : ``counts`` (rbc, wbc, platelet and each type), ``differential`` (% of typed WBCs),
         ``entry`` (seed 003's record: ``masks`` with category, class_name, score, box, outline).
 
+    Raises
+    ------
+    HemasegInputError : ``image`` not usable, or a model that names no bundled model and no readable file.
+    hemaseg.errors.HemasegUsageError : ``min_confidence`` or ``pixel_size`` out of range, a model of
+        another task, ``params`` neither a dict nor a ``CellsParams``, or a name or value it does not take.
+
     Examples
     --------
     >>> import hemaseg
@@ -183,8 +191,9 @@ def analyze(image: np.ndarray, filename: str = "", cells_model="cells", type_mod
     check_numbers(min_confidence=min_confidence, pixel_size=pixel_size)
     image = as_photo(image)
     device = resolve_device(device)  # 'auto', or 'cuda' without a GPU: one line, not torch's error
-    model_of_task(cells_model, "cells", device, "cells_model")
+    cells_card = model_of_task(cells_model, "cells", device, "cells_model")[1]
     type_card = model_of_task(type_model, "wbc-type", device, "type_model")[1]
+    params = given_params(get_task("cells"), cells_card, params)  # a dict too, as hemaseg.segment takes
     seg = get_task("cells").predict(image, cells_model, cell_diameter, device, tile=tile, params=params)
     records = [dict(r) for r in seg.objects]
     wbcs = [r for r in records if r["category"] == "wbc"]

@@ -6,7 +6,7 @@ import numpy as np
 from hemaseg.core.options import OPTION_RANGES, check_numbers
 from hemaseg.core.result import Segmentation
 from hemaseg.engine.predict import get_model, resolve_device, uses_backend
-from hemaseg.engine.task import checked_params
+from hemaseg.engine.task import given_params
 from hemaseg.engine.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
 from hemaseg.errors import HemasegInputError, HemasegUsageError
 from hemaseg.io.images import as_photo
@@ -126,7 +126,8 @@ def segment(image: np.ndarray, model="wbc", cell_diameter: float | None = None, 
         that cannot run together (``onnx`` on ``cuda``, ``torch`` without torch installed); a
         ``model`` whose task does not segment (``wbc-type``, ``smear10-type``); an unknown name
         in ``params`` or a value it does not take (of another type, out of its range), ``params`` neither
-        a dict nor the task's Params, ``tta`` not a bool, ``overlap`` not under ``tile``. The message names
+        a dict nor the task's Params, ``tta`` not a bool, ``overlap`` not under ``tile``, an ``.onnx``
+        ``model`` with ``backend="torch"``. The message names
         the argument (``tile: 7 is not allowed; ...``); ``exc.option`` holds the command line's flag.
 
     Examples
@@ -164,14 +165,5 @@ def segment(image: np.ndarray, model="wbc", cell_diameter: float | None = None, 
     if tile is not None and overlap is not None and int(overlap) >= int(tile):
         raise HemasegUsageError("overlap", f"{overlap} px is not under the tile ({tile} px); give a smaller "
                                            "overlap or a larger tile")
-    if params is not None and not isinstance(params, dict) and not (task.Params and isinstance(params, task.Params)):
-        raise HemasegUsageError("params", f"a {type(params).__name__}; give a dict of names and values"
-                                          + (f" or a {task.Params.__name__}" if task.Params else ""))
-    try:
-        if isinstance(params, dict):  # names -> values over the card's own ("postprocess") and the defaults
-            params = task.params(loaded[1], **params)
-        elif params is not None:  # a complete object: each field as a --post value is checked
-            params = checked_params(params)
-    except ValueError as exc:
-        raise HemasegUsageError("params", str(exc)) from None
+    params = given_params(task, loaded[1], params)
     return task.predict(image, loaded, cell_diameter, device, tile, overlap, tta, params)

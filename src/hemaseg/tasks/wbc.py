@@ -1,10 +1,12 @@
 """The ``wbc`` task (seed 000): the outline of every white blood cell and its nucleus.
 
 Labels on disk follow wbc-seg: 0 background, 128 cytoplasm, 255 nucleus. Inference scales the
-image so its WBCs have the model's trained diameter (estimated with the model itself when not
-given, as Cellpose does), predicts tiled, then post-processes: opening, small specks dropped,
-touching cells split by watershed, cells without a nucleus dropped (red cells), cytoplasm
-clipped to a reach from the nucleus. Every knob is a field of :class:`WbcParams`.
+image so its WBCs have the model's trained diameter (from the WBCs the ``cells`` model finds, else
+estimated with the model itself, as Cellpose does), predicts tiled, then post-processes: opening,
+small specks dropped, touching cells split by watershed, cells without a nucleus dropped (red
+cells), cytoplasm clipped to a reach from the nucleus; then the red-cell rules (colour, the
+``cells`` model's red cells, ``red_chroma``), the cut to the WBCs the ``cells`` model found, the
+join of cut nuclei and each cell's opening. Every knob is a field of :class:`WbcParams`.
 """
 from __future__ import annotations
 
