@@ -16,12 +16,11 @@ import json
 import logging
 import os
 import shutil
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from hemaseg.core.vocabulary import CATEGORIES
-from hemaseg.engine.predict import get_model
 from hemaseg.errors import HemasegError, HemasegUsageError
 from hemaseg.io.annotations import write_coco, write_cvat
 from hemaseg.io.images import pixel_size_um, read_image
@@ -30,7 +29,6 @@ from hemaseg.pipelines.analyze import MIN_CONFIDENCE, analyze, draw_overlay
 from hemaseg.pipelines.report import counts_csv, export_labels, image_record, light_analysis, write_report_records
 from hemaseg.pipelines.segment import diameter_from_pixel_size
 from hemaseg.progress import track
-from hemaseg.tasks import get_task
 
 PARTS = "parts"  # OUT/parts/<stem>.json: one per photo done; OUT/parts/run.json: the options of the batch
 RUN_FILE = "run.json"
@@ -76,12 +74,10 @@ class BatchOptions:
             d.pop("post")  # as batches begun before --post recorded them: they resume
         return d
 
-    def params(self):
-        """The cells post-processing parameters of ``post`` over the model card's; None when none was given."""
-        if not self.post:
-            return None
-        card = get_model(self.model, self.device, self.backend)[1]
-        return replace(get_task("cells").params(card), **dict(self.post))
+    def params(self) -> dict | None:
+        """The cells post-processing parameters given (``post``) as names and values, which
+        :func:`hemaseg.analyze` sets over the model card's; None when none was given."""
+        return dict(self.post) or None
 
 
 def part_path(out: Path, stem: str) -> Path:
