@@ -41,12 +41,6 @@ EDGE = 0.1  # WBC sides from the field's edge a window must keep (an unboxed WBC
 WINDOWS = (1.5, 1.2, 1.0)  # window sides tried, in WBC sides, largest first
 
 
-def sides(boxes: list[dict], cat: str) -> list[float]:
-    """The sides (mean of width and height, px) of a field's boxes of category ``cat``."""
-    return [((b["bounding_box"]["x2"] - b["bounding_box"]["x1"]) + (b["bounding_box"]["y2"] - b["bounding_box"]["y1"]))
-            / 2 for b in boxes if b["category"] == cat]
-
-
 def free_windows(shape: tuple[int, int], boxes: list[dict], side: float) -> list[tuple[int, int, int]]:
     """(y0, x0, S) squares of the largest of :data:`WINDOWS` that fits, clear of every grown WBC box
     and of the field's edge band, on a grid of S / 2; [] when none fits."""
@@ -76,21 +70,13 @@ def free_windows(shape: tuple[int, int], boxes: list[dict], side: float) -> list
     return []
 
 
-def field_wbc_side(boxes: list[dict]) -> float | None:
-    """A field's WBC side (px): its median WBC box side, else 1.8 red-cell sides; None without either."""
-    from hemaseg.tasks.wbc import WBC_PER_RBC
-
-    wbc, rbc = sides(boxes, "wbc"), sides(boxes, "rbc")
-    return float(np.median(wbc)) if wbc else (WBC_PER_RBC * float(np.median(rbc)) if rbc else None)
-
-
 def pick_windows(image: np.ndarray, boxes: list[dict], most: int, name: str) -> list[tuple[int, int, int]]:
     """Up to ``most`` WBC-free (y0, x0, S) windows of a boxed field (:func:`free_windows`), none touching
     a WBC the bundled ``cells`` model finds there, drawn with a seed of the field's file ``name``;
     [] for a field with no red-cell box."""
-    from hemaseg.tasks.wbc import found_wbcs
+    from hemaseg.tasks.wbc import box_sides, field_wbc_side, found_wbcs
 
-    if not sides(boxes, "rbc"):
+    if not box_sides(boxes, "rbc"):
         return []  # no red cell: nothing a negative is for
     windows = free_windows(image.shape[:2], boxes, field_wbc_side(boxes))
     if windows:
@@ -117,7 +103,7 @@ def main() -> None:
     import hemaseg
     from hemaseg.core.vocabulary import category_of
     from hemaseg.io.annotations import find_yolo, read_yolo_labels, yolo_names
-    from hemaseg.tasks.wbc import WEAK_WBC_SIDE
+    from hemaseg.tasks.wbc import weak_factor
 
     (args.out / "images").mkdir(parents=True, exist_ok=True)
     (args.out / "masks").mkdir(parents=True, exist_ok=True)
@@ -138,8 +124,7 @@ def main() -> None:
             picked = pick_windows(image, boxes, args.per_field, image_path.name)
             if not picked:
                 continue
-            size = field_wbc_side(boxes)
-            f = float(np.clip(WEAK_WBC_SIDE / max(size, 1.0), 0.25, 4.0))
+            f = weak_factor(boxes)
             n_fields += 1
             for k, (y0, x0, s) in enumerate(picked):
                 crop = image[y0:y0 + s, x0:x0 + s]

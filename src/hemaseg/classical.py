@@ -388,6 +388,21 @@ def nucleus_mask(image: np.ndarray, thresholds: str = "otsu", min_area: int = 20
     return keep[lab]
 
 
+def label_medians(values: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
+    """(n, C) float64: the median of each channel of (H, W, C) ``values`` over each label 1..n of
+    ``labels`` (a label with no pixel gets no meaningful value: callers skip it).
+
+    >>> v = np.dstack([np.arange(16.0).reshape(4, 4)] * 2); lab = np.zeros((4, 4), int); lab[:, 2:] = 1
+    >>> label_medians(v, lab, 1).tolist()
+    [[8.5, 8.5]]
+    """
+    from scipy import ndimage as ndi
+
+    ids = np.arange(1, n + 1)
+    return np.stack([np.asarray(ndi.median(values[..., c], labels, ids), np.float64).reshape(-1)
+                     for c in range(values.shape[-1])], 1)
+
+
 def red_cell_pieces(image: np.ndarray, pieces: np.ndarray, n: int, lab: np.ndarray | None = None,
                     margin: float = RED_MARGIN, dark: np.ndarray | None = None) -> np.ndarray:
     """Which nucleus candidates have the red cells' colour, so are dark parts of red cells and no nucleus.
@@ -433,8 +448,6 @@ def red_cell_pieces(image: np.ndarray, pieces: np.ndarray, n: int, lab: np.ndarr
     >>> red_cell_pieces(img, pieces, 2).tolist()
     [False, True, False]
     """
-    from scipy import ndimage as ndi
-
     out = np.zeros(n + 1, bool)
     if n < 1:
         return out  # no piece: nothing to judge
@@ -447,8 +460,7 @@ def red_cell_pieces(image: np.ndarray, pieces: np.ndarray, n: int, lab: np.ndarr
     if stained_others.sum() < 50 or np.median(np.hypot(*ab[stained_others].T)) < 5.0:
         return out  # grey, or no red cells to compare with
     ref = np.median(ab[stained_others], 0)
-    ids = np.arange(1, n + 1)
-    med = np.stack([np.asarray(ndi.median(ab[..., c], pieces, ids), np.float64).reshape(-1) for c in (0, 1)], 1)
+    med = label_medians(ab, pieces, n)
     dist = np.hypot(*(med - ref).T)
     out[1:] = (dist < RED_SHARE * dist.max()) | (dist.max() < margin)
     return out

@@ -23,6 +23,7 @@ from hemaseg.classical import (
     RED_MARGIN,
     WBC_METHODS,
     box_cell,
+    label_medians,
     likelier_first,
     no_colour,
     segment_classical,
@@ -119,8 +120,9 @@ class WbcParams:
         is given (:func:`found_wbcs`); when it finds no WBC, on images over
         ``red_cells_max_pixels``, or with ``""`` or ``"none"``, the ``wbc`` model's own scale
         search decides (and, when it was asked and found none, ``red_chroma`` applies). On TXL-PBC's
-        validation fields the own search was off by more than 1.5x on 18 of 244 fields (BCDD's 256-px fields up to 3x, the
-        whole field then taken for cytoplasm), the bundled ``cells`` model's WBCs on 6.
+        validation fields the own search was off by more than 1.5x on 18 of 244 fields (BCDD's
+        256-px fields up to 3x, the whole field then taken for cytoplasm), the bundled ``cells``
+        model's WBCs on 6.
     found_share : when the ``size_model`` found WBCs, a cell less than this share of whose nucleus
         lies in one of them is dropped (:func:`keep_found_wbcs`: dark red cells taken for nuclei
         beside a pale WBC); 0: none is.
@@ -846,8 +848,6 @@ def reject_red_coloured(image: np.ndarray, classes: np.ndarray, instances: np.nd
     >>> int(i2.max()), int(i2[40, 140]), int(c2[40, 60])
     (1, 1, 0)
     """
-    from scipy import ndimage as ndi
-
     n = int(instances.max())
     outside = red & (instances == 0)
     if n == 0 or margin <= 0 or outside.sum() < RED_CHROMA_MIN_PIXELS:
@@ -858,9 +858,8 @@ def reject_red_coloured(image: np.ndarray, classes: np.ndarray, instances: np.nd
     ab = lab[..., 1:].astype(np.float32) - 128.0
     ref = np.median(ab[outside], 0)
     nucleus = np.where((classes == 2) & (instances > 0), instances, 0)
-    ids = np.arange(1, n + 1)
     has = np.bincount(nucleus.ravel(), minlength=n + 1)[1:] > 0
-    med = np.stack([np.asarray(ndi.median(ab[..., c], nucleus, ids), np.float64).reshape(-1) for c in (0, 1)], 1)
+    med = label_medians(ab, nucleus, n)
     keep = np.ones(n + 1, bool)
     keep[1:] = ~has | (np.hypot(*(med - ref).T) >= margin)
     if keep.all():
@@ -1365,6 +1364,25 @@ def is_weak(mask: np.ndarray) -> bool:
     return bool(((mask == IGNORE) | (mask == RED_CELL)).any())
 
 
+def box_sides(boxes: list[dict], category: str) -> list[float]:
+    """The sides (mean of width and height, px) of the annotation records ``boxes`` of ``category``."""
+    return [((b["bounding_box"]["x2"] - b["bounding_box"]["x1"]) + (b["bounding_box"]["y2"] - b["bounding_box"]["y1"]))
+            / 2 for b in boxes if b.get("category") == category]
+
+
+def field_wbc_side(boxes: list[dict]) -> float | None:
+    """A boxed field's WBC side (px): its median WBC box side, else :data:`WBC_PER_RBC` red-cell sides;
+    None with neither box."""
+    wbc, rbc = box_sides(boxes, "wbc"), box_sides(boxes, "rbc")
+    return float(np.median(wbc)) if wbc else (WBC_PER_RBC * float(np.median(rbc)) if rbc else None)
+
+
+def weak_factor(boxes: list[dict]) -> float:
+    """The factor :func:`weak_wbc_sample` rescales a boxed field by: its WBC side to :data:`WEAK_WBC_SIDE`
+    px (0.25-4x; 1 without a WBC or red-cell box)."""
+    return float(np.clip(WEAK_WBC_SIDE / max(field_wbc_side(boxes) or WEAK_WBC_SIDE, 1.0), 0.25, 4.0))
+
+
 def weak_wbc_sample(image: np.ndarray, boxes: list[dict], labeller=None) -> tuple[np.ndarray, np.ndarray]:
     """(image, mask) of a field with complete boxes, rescaled so its WBCs are ~:data:`WEAK_WBC_SIDE` px.
 
@@ -1381,13 +1399,7 @@ def weak_wbc_sample(image: np.ndarray, boxes: list[dict], labeller=None) -> tupl
     >>> im.shape, int(m[50, 50]), int(m[2, 198]), int(m[198, 2]), int(m[150, 150])
     ((200, 200, 3), 255, 3, 255, 0)
     """
-    def sides(cat: str) -> list[float]:
-        return [((b["bounding_box"]["x2"] - b["bounding_box"]["x1"]) + (b["bounding_box"]["y2"] - b["bounding_box"]["y1"]))
-                / 2 for b in boxes if b.get("category") == cat]
-
-    wbc, rbc = sides("wbc"), sides("rbc")
-    size = float(np.median(wbc)) if wbc else (WBC_PER_RBC * float(np.median(rbc)) if rbc else WEAK_WBC_SIDE)
-    f = float(np.clip(WEAK_WBC_SIDE / max(size, 1.0), 0.25, 4.0))
+    f = weak_factor(boxes)
     h, w = image.shape[:2]
     nh, nw = max(1, round(h * f)), max(1, round(w * f))
     if (nh, nw) != (h, w):
@@ -1669,10 +1681,9 @@ class WbcTask(Task):
         """Dice / IoU on the pixel-annotated items with a cell; on those with none (negatives)
         ``false_cell``, the share of their pixels predicted cell; on weakly labelled ones ``leak``,
         the fraction of predicted cytoplasm lying in red-cell boxes outside every WBC box."""
-        flags = [is_weak(t) for _, t in items]
-        weak = [item for item, w in zip(items, flags) if w]
-        full = [item for item, w in zip(items, flags) if not w and item[1].any()]
-        empty = [item for item, w in zip(items, flags) if not w and not item[1].any()]
+        kinds = [self.stratum(image, target) for image, target in items]
+        weak, full, empty = ([item for item, k in zip(items, kinds) if k == kind]
+                             for kind in ("boxes", "masks", "empty"))
         scores = [wbc_scores(probs_of(image).argmax(0), target) for image, target in full]
         out = {k: float(np.mean([s[k] for s in scores])) for k in scores[0]} if scores else {}
         if empty:
