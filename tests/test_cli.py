@@ -89,6 +89,12 @@ def test_train_cli_and_resume(tmp_path, wbc_folder):
     res = runner.invoke(app, ["train", "wbc", "--resume", str(run)])
     assert res.exit_code == 0, res.output
     assert json.loads((run / "state.json").read_text())["epoch"] == 1
+    before = (run / "state.json").read_bytes()
+    for task in ("nuclei", "wbc-type", "cells"):  # another task's run: a usage error naming --resume (was exit 1)
+        res = runner.invoke(app, ["train", task, "--resume", str(run)])
+        assert res.exit_code == 2 and "--resume" in res.output and f"a wbc run, not a {task} run" in res.output, \
+            (task, res.output)
+    assert (run / "state.json").read_bytes() == before
 
 
 def test_bundled_model_on_sample_photo(tmp_path):
@@ -175,6 +181,18 @@ def test_evaluate_never_writes_over_its_data_or_one_output_over_the_other(tmp_pa
         res = runner.invoke(app, ["evaluate", "wbc", "--data", str(wbc_folder), *args])
         assert res.exit_code == 2 and says in res.output, (args, res.output)
     assert (mask.read_bytes(), image.read_bytes()) == before and not (tmp_path / "x.out").exists()
+
+
+def test_evaluate_split_that_is_no_split_json_is_a_usage_error(tmp_path, wbc_folder):
+    """--split naming a file that is not JSON, or JSON but no object: one line naming --split, exit 2, as a missing
+    file is (it was exit 1, as if an image had failed)."""
+    for name, text, says in (("bad.json", "{val", "cannot read it as a split JSON"), ("list.json", "[1]", "object"),
+                             ("gone.json", None, "no such file")):
+        split = tmp_path / name
+        if text is not None:
+            split.write_text(text)
+        res = runner.invoke(app, ["evaluate", "wbc", "--data", str(wbc_folder), "--split", str(split)])
+        assert res.exit_code == 2 and "--split" in res.output and says in res.output, (name, res.output)
 
 
 def test_evaluate_twice_in_its_data_folder(wbc_folder, tiny_model_path, monkeypatch):

@@ -851,6 +851,8 @@ def evaluate(
     named_split = spec.name == "cells" and split_name(split) is not None  # cells: a YOLO split's name (val, test)
     if split is not None and not split.is_file() and not named_split:
         raise HemasegUsageError("--split", f"{split}: no such file")
+    if split is not None and split.is_file():
+        _check_split_json(split)
     dev = _device(device)
     if not method:
         try:
@@ -905,6 +907,16 @@ def _read_by(spec, folder: Path, p: Path) -> bool:
         return True
     # image/mask pairs (the engine's evaluation): only those; own readers: no image beside a scored one
     return type(spec).evaluate is not Task.evaluate and p.parent in {f.parent for f in files}
+
+
+def _check_split_json(split: Path) -> None:
+    """A ``--split`` file that is no JSON object: a usage error (exit 2), as a missing one is."""
+    try:
+        ok = isinstance(json.loads(split.read_text()), dict)
+    except (OSError, ValueError) as exc:
+        raise HemasegUsageError("--split", f"{split}: cannot read it as a split JSON ({type(exc).__name__})") from None
+    if not ok:
+        raise HemasegUsageError("--split", f"{split}: a split JSON holds an object of lists, e.g. {{\"val\": [...]}}")
 
 
 def _not_an_input(path: Path, option: str, folders: List[str], spec=None) -> None:

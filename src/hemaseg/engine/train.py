@@ -468,15 +468,19 @@ def commit_checkpoint(run: Path, state: dict, models: dict[str, tuple], optim: d
     _roll_forward(run)
 
 
-def start_or_resume(cfg, config_class, run: Path, resume: bool) -> tuple:
+def start_or_resume(cfg, config_class, run: Path, resume: bool, task: str | None = None) -> tuple:
     """(config, state) of a run: read back from ``run/state.json`` when resuming (after
-    :func:`recover`), else fresh: a folder already holding a run is refused (:func:`prepare_run`)."""
+    :func:`recover`), else fresh: a folder already holding a run is refused (:func:`prepare_run`).
+    ``task``: the task resuming it; a run of another task is a usage error on ``--resume``."""
     state_path = run / "state.json"
     if resume:
         recover(run)
         if not state_path.exists():
             raise HemasegInputError(state_path, "no state.json: nothing to resume")
         state = json.loads(state_path.read_text())
+        run_task = state["config"].get("task", "wbc-type")  # a classifier's config names no task
+        if task is not None and run_task != task:
+            raise HemasegUsageError("--resume", f"{run}: a {run_task} run, not a {task} run")
         return config_class(**state["config"]), state
     assert cfg is not None
     prepare_run(run)
@@ -603,8 +607,8 @@ def fit(task, cfg: TrainConfig | None, run: str | Path, resume: bool = False, pr
     import torch
 
     run = Path(run)
-    cfg, state = start_or_resume(cfg, TrainConfig, run, resume)
-    if cfg.task != task.name:
+    cfg, state = start_or_resume(cfg, TrainConfig, run, resume, task.name)
+    if cfg.task != task.name:  # a fresh run's config names its task
         raise HemasegInputError(run, f"a {cfg.task} run, not a {task.name} run")
     dataset, val_items, data_card = task.train_data(cfg, run, state)
     _seed_all(cfg.seed)

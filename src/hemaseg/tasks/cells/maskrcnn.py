@@ -86,7 +86,7 @@ def fit_maskrcnn(cfg, run: str | Path, resume: bool = False, progress: bool = Tr
     import torch
 
     run = Path(run)
-    cfg, state = start_or_resume(cfg, TrainConfig, run, resume)
+    cfg, state = start_or_resume(cfg, TrainConfig, run, resume, "cells")
     train, val = prepare(cfg.data, run, cfg.seed, cfg.val_fraction, tuple(cfg.leave_out))
     boxes = box_annotations(cfg.data)
     train_items, input_scale = training_photos(train, boxes, mark_unknown=False)

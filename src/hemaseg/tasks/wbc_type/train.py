@@ -441,7 +441,7 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
     from safetensors.torch import load_file
 
     run = Path(run)
-    cfg, state = start_or_resume(cfg, ClassifyConfig, run, resume)
+    cfg, state = start_or_resume(cfg, ClassifyConfig, run, resume, "wbc-type")
     check_colour(cfg.colour)
     check_crop_padding(cfg.crop_padding)
     if cfg.colour in NEEDS_PARTS and not cfg.normalise_cells:
