@@ -231,6 +231,15 @@ def test_analyze_refuses_a_model_of_another_task_before_any_photo(photos, tmp_pa
     assert "model, not a" in line and not out.exists()
 
 
+@pytest.mark.parametrize("command", [["segment", "--task", "nuclei"], ["classify", "-f"], ["analyze", "--out", "OUT"]])
+def test_a_model_that_does_not_load_is_one_line_naming_model(photos, tmp_path, command):
+    """A walkthrough: `segment --model nope` said "nope: no such model file ..." without naming the option, as every
+    other usage error does (and analyze said "--model nope: ...")."""
+    args = [a if a != "OUT" else str(tmp_path / "o") for a in command] + [str(photos / "a.png"), "--model", "nope"]
+    line = _one_line_usage(runner.invoke(app, args), "--model")
+    assert line.startswith("--model: nope: no such model file")
+
+
 def test_an_output_file_never_replaces_a_photo(photos, tmp_path):
     """A walkthrough: `classify -o smear.jpg`, `analyze --coco smear.jpg` and `convert ... smear.jpg` replaced the
     photo by CSV or JSON text, exit 0."""

@@ -592,7 +592,7 @@ def hsv_wbc_mask(image: np.ndarray, thresholds: str = "otsu", reach: float = 0.6
     lab = cv2.cvtColor(np.ascontiguousarray(image[..., :3]), cv2.COLOR_RGB2LAB).astype(np.float32)
     if no_colour(lab):  # the method finds nuclei by their stain's colour: on a grey photo the whole frame was one WBC
         log.warning("the hsv method needs a colour photo (this one is grey): no WBC found; use the model "
-                    "(segment: or --method watershed)")
+                    "(crop --method model; segment's default) or segment --method watershed")
         return np.zeros((h, w), np.uint8), np.zeros((h, w), np.int32)
     lab = cv2.GaussianBlur(lab, (0, 0), 1.0)
     d = darkness(image)

@@ -161,12 +161,17 @@ def _out_apart_from_inputs(images, out: Path, recursive: bool = False, paths=())
                                          "lie among the inputs and the files beside them; write to another folder")
 
 
-def _refuse_other_task(card: dict, model, task: str) -> None:
+def _refuse_other_task(card: dict, model, task: str, option: str = "--model") -> None:
     """Exit 2 in one line when ``model``'s card is of another task than ``task`` (a card naming none is taken
     as ``task``'s)."""
     if card.get("task", task) != task:
-        _fail(model, f"is a {card.get('task')} model, not a {task} model")
+        _fail(option, f"{model} is a {card.get('task')} model, not a {task} model")
         raise typer.Exit(2)
+
+
+def _fail_model(exc: HemasegError, model, option: str = "--model") -> None:
+    """One line for a ``--model`` that does not load, naming the option (as every usage error does)."""
+    _fail(option, f"{model}: {getattr(exc, 'reason', str(exc))}")
 
 
 def _fail(path, reason: str) -> None:
@@ -341,9 +346,9 @@ def analyze(
         try:
             card = get_model(name, dev, backend)[1]
         except HemasegError as exc:
-            _fail_error(exc, f"{option} {name}")  # which of the two models it is
+            _fail_model(exc, name, option)  # which of the two models it is
             raise typer.Exit(2) from None
-        _refuse_other_task(card, f"{option} {name}", task)  # before any photo (each photo failed on it, exit 1)
+        _refuse_other_task(card, name, task, option)  # before any photo (each photo failed on it, exit 1)
     overrides: tuple = ()
     if post:  # checked against the cells model's card now, not on each photo
         chosen = post_params(get_task("cells"), get_model(model, dev, backend)[1], post)
@@ -449,7 +454,7 @@ def segment(
         try:
             loaded = get_model(model_name, dev, backend)
         except HemasegError as exc:
-            _fail_error(exc, model_name)
+            _fail_model(exc, model_name)
             raise typer.Exit(2) from None
         _refuse_other_task(loaded[1], model_name, spec.name)
         if post:
@@ -711,7 +716,7 @@ def classify(
     try:
         loaded = get_model(model or "wbc-type", dev, backend)
     except HemasegError as exc:
-        _fail_error(exc, model or "wbc-type")
+        _fail_model(exc, model or "wbc-type")
         raise typer.Exit(2) from None
     _refuse_other_task(loaded[1], model, "wbc-type")  # a segmentation model answered NO_WBC for every crop
     try:
@@ -779,7 +784,7 @@ def explain(
     try:
         module, card = get_model(model or "wbc-type", dev, "torch")
     except HemasegError as exc:
-        _fail_error(exc, model or "wbc-type")
+        _fail_model(exc, model or "wbc-type")
         raise typer.Exit(2) from None
     _refuse_other_task(card, model, "wbc-type")  # failed on every crop with an AttributeError
     _out_apart_from_inputs(images, out, recursive=True)
@@ -858,7 +863,7 @@ def evaluate(
         try:
             card = load_card(model or spec.default_model)[1]
         except HemasegError as exc:
-            _fail_error(exc, model or spec.default_model)
+            _fail_model(exc, model or spec.default_model)
             raise typer.Exit(2) from None
         _refuse_other_task(card, model, spec.name)  # scored 0.0 everywhere, or failed deep inside
     try:

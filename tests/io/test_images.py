@@ -88,6 +88,20 @@ def test_mask_of_wrong_size(tmp_path):
     assert read_mask(tmp_path / "m.png", (5, 5)).shape == (5, 5)
 
 
+def test_mask_in_colour_is_refused_grey_saved_as_rgb_is_read(tmp_path):
+    """A photo given as a label image was read by its red channel (one "nucleus" per red value): refused now;
+    a grey mask saved as RGB or RGBA is still read."""
+    grey = np.array([[0, 1], [2, 2]], np.uint8)
+    Image.fromarray(np.dstack([grey] * 3)).save(tmp_path / "rgb.png")
+    Image.fromarray(np.dstack([grey] * 3 + [np.full_like(grey, 255)])).save(tmp_path / "rgba.png")
+    for name in ("rgb.png", "rgba.png"):
+        assert read_mask(tmp_path / name).tolist() == grey.tolist()
+    photo = np.dstack([grey * 100, grey * 50 + 3, grey]).astype(np.uint8)
+    Image.fromarray(photo).save(tmp_path / "photo.png")
+    with pytest.raises(HemasegInputError, match="colour channels differ"):
+        read_mask(tmp_path / "photo.png")
+
+
 def test_list_images_files_folders_globs(tmp_path):
     for n in ("a.png", "b.jpg", "c.txt"):
         (tmp_path / n).write_bytes(b"x")

@@ -449,7 +449,11 @@ def read_mask(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndar
     if arr.size == 0 or min(arr.shape[:2]) == 0:
         raise HemasegInputError(path, "mask has zero size")
     if arr.ndim == 3:
-        # A grey mask saved as RGB: all channels equal; take the first.
+        # A grey mask saved as RGB(A): all colour channels equal; take the first. A photo or a
+        # colour-coded mask read by its first channel would give labels that mean nothing.
+        if arr.shape[2] > 1 and not all(np.array_equal(arr[..., 0], arr[..., c]) for c in range(1, min(3, arr.shape[2]))):
+            raise HemasegInputError(path, "a colour image, not a label or mask image (its colour channels differ; "
+                                          "labels are one grey value per class or instance)")
         arr = arr[..., 0]
     if shape is not None and tuple(arr.shape[:2]) != tuple(shape[:2]):
         raise HemasegInputError(path, f"mask size {arr.shape[1]}x{arr.shape[0]} does not match image size {shape[1]}x{shape[0]}")
