@@ -133,6 +133,14 @@ def test_cli_crop_and_evaluate_method(tmp_path, wbc_folder):
     assert (out / first[0]).exists() and first[6] == "unknown"
     again = runner.invoke(app, ["crop", str(wbc_folder), "--out", str(out)])  # the earlier crops would be orphaned
     assert again.exit_code == 2 and "earlier run" in again.output and (out / "crops.csv").read_text().splitlines() == rows
+    # a run that cut nothing (its one photo unreadable) leaves a header alone: the folder serves the next run
+    bad, empty_out = tmp_path / "bad", tmp_path / "none"
+    bad.mkdir()
+    (bad / "x.png").write_bytes(b"not a png")
+    first_try = runner.invoke(app, ["crop", str(bad), "--out", str(empty_out)])
+    assert first_try.exit_code == 1 and len((empty_out / "crops.csv").read_text().splitlines()) == 1
+    res = runner.invoke(app, ["crop", str(wbc_folder), "--out", str(empty_out)])
+    assert res.exit_code == 0 and len((empty_out / "crops.csv").read_text().splitlines()) == len(rows), res.output
     res = runner.invoke(app, ["evaluate", "wbc", "--data", str(wbc_folder), "--method", "hsv", "--json",
                               str(tmp_path / "e.json"), "--grid", str(tmp_path / "g.png")])
     assert res.exit_code == 0, res.output

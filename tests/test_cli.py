@@ -454,3 +454,20 @@ def test_crop_writes_apart_from_its_photos_and_names_a_grey_one(tmp_path, caplog
     said = caplog.text + res.output
     assert res.exit_code == 0 and f"{tmp_path / 'grey.png'}: the hsv method needs a colour photo" in said
     assert said.count(str(tmp_path / "grey.png")) == 1 and "use the model" in said, said
+
+
+def test_crop_takes_the_model_and_the_cell_diameter_as_every_command_does(tmp_path):
+    """A walkthrough: `crop` had no --model nor --cell-diameter (DESIGN.md: every command takes both), so a lab's
+    own WBC model could not cut its crops."""
+    from pathlib import Path
+
+    import hemaseg
+
+    sample = Path(hemaseg.__file__).parent / "samples" / "BloodImage_00000.jpg"
+    res = runner.invoke(app, ["crop", str(sample), "--out", str(tmp_path / "m"), "--method", "model", "--model", "wbc",
+                              "--cell-diameter", "150"])
+    assert res.exit_code == 0 and len((tmp_path / "m" / "crops.csv").read_text().splitlines()) == 2, res.output
+    for args, option in ((["--model", "wbc"], "--model"), (["--cell-diameter", "80"], "--cell-diameter"),
+                         (["--method", "model", "--model", "nuclei"], "--model")):
+        res = runner.invoke(app, ["crop", str(sample), "--out", str(tmp_path / "x"), *args])
+        assert res.exit_code == 2 and res.output.startswith(option) and not (tmp_path / "x").exists(), (args, res.output)

@@ -945,9 +945,13 @@ def _not_an_input(path: Path, option: str, folders: List[str], spec=None) -> Non
 def crop(
     images: List[str] = typer.Argument(..., help="image files, folders or globs"),
     out: Path = typer.Option(Path("hemaseg-crops"), help="output folder: OUT/<class>/<stem>_<k>.png + crops.csv"),
-    method: str = typer.Option("hsv", help="hsv (seed 003 Algorithm 1, no model) or model (the bundled WBC model)"),
+    method: str = typer.Option("hsv", help="hsv (seed 003 Algorithm 1, no model) or model (a WBC model: --model)"),
     margin: float = typer.Option(0.15, help="context around the cell, as a fraction of its size"),
     device: str = typer.Option("cpu", help="cpu, cuda or auto (method model)"),
+    model: Optional[str] = typer.Option(None, help="--method model: bundled name, weights file or run folder of a "
+                                                   "wbc model (default: the bundled wbc)"),
+    cell_diameter: Optional[float] = typer.Option(None, help="--method model: WBC diameter in px; default: "
+                                                             "estimated per image"),
 ) -> None:
     """Cut every WBC out of whole images into an ImageFolder tree (class 'unknown' until typed)."""
     import csv
@@ -956,15 +960,21 @@ def crop(
     if method not in ("hsv", "model"):
         raise typer.BadParameter("use hsv or model", param_hint="--method")
     _setup_logging(False)  # a warning about one photo names it
-    check_numbers(margin=margin)
+    check_numbers(margin=margin, cell_diameter=cell_diameter)
     if method == "hsv":  # 'banana' was taken without a word
-        refuse_unused("not used by --method hsv, which has no model", device=None if device == "cpu" else device)
+        refuse_unused("not used by --method hsv, which has no model", device=None if device == "cpu" else device,
+                      model=model, cell_diameter=cell_diameter)
     check_output(out, "--out", folder=True)
-    if (out / "crops.csv").exists():  # its crops would stay beside a crops.csv that no longer lists them
+    if _holds_crops(out):  # its crops would stay beside a crops.csv that no longer lists them
         raise HemasegUsageError("--out", f"{out} holds the crops of an earlier run (crops.csv); give another folder")
     wbc_task = get_task("wbc")
     if method == "model":
-        loaded = get_model(wbc_task.default_model, _device(device))
+        try:
+            loaded = get_model(model or wbc_task.default_model, _device(device))
+        except HemasegError as exc:
+            _fail_model(exc, model)
+            raise typer.Exit(2) from None
+        _refuse_other_task(loaded[1], model, "wbc")
     paths = list_images(images)
     if not paths:
         _fail(" ".join(images), "no images found")
@@ -979,7 +989,8 @@ def crop(
 
     def work(path):
         image = read_image(path)
-        instances = hsv_wbc_mask(image)[1] if method == "hsv" else wbc_task.predict(image, loaded).instances
+        instances = hsv_wbc_mask(image)[1] if method == "hsv" else \
+            wbc_task.predict(image, loaded, cell_diameter=cell_diameter).instances
         for k, c in enumerate(wbc_crops(image, instances, margin), start=1):
             x1, y1, x2, y2 = c["box"]
             name = f"{stems[path]}_{k}.png"
@@ -994,6 +1005,21 @@ def crop(
     write_text(out / "crops.csv", buf.getvalue())
     typer.echo(f"{len(rows)} WBC crops from {len(paths) - failed}/{len(paths)} images in {out}", err=True)
     raise typer.Exit(1 if failed else 0)
+
+
+def _holds_crops(out: Path) -> bool:
+    """``out`` holds an earlier ``crop`` run's crops: its crops.csv lists one, or its unknown/ folder holds a file
+    (a run that cut nothing, every photo failed or none held a WBC, leaves a crops.csv of its header alone:
+    that folder may be used again)."""
+    csv_file = out / "crops.csv"
+    if not csv_file.exists():
+        return False
+    try:
+        lines = [ln for ln in csv_file.read_text().splitlines() if ln.strip()]
+    except (OSError, UnicodeDecodeError):
+        return True
+    unknown = out / "unknown"
+    return len(lines) > 1 or (unknown.is_dir() and any(unknown.iterdir()))
 
 
 @app.command()
