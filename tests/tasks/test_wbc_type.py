@@ -825,3 +825,12 @@ def test_explain_refuses_other_tasks_models_and_explains_no_empty_crop(tmp_path,
     assert res.exit_code == 2 and "not a wbc-type model" in res.output and len(res.output.strip().splitlines()) == 1
     res = runner.invoke(app, ["explain", str(d), "--out", str(tmp_path / "ex3"), "--model", str(tmp_path / "m.onnx")])
     assert res.exit_code == 2 and "safetensors" in res.output and "--backend" not in res.output
+
+
+def test_classify_takes_normalise_as_a_bool_only():
+    """A walkthrough: hemaseg.classify(crop, normalise="no") was taken as True, where segment(tta="yes") is refused."""
+    import hemaseg
+    from hemaseg.errors import HemasegUsageError
+
+    with pytest.raises(HemasegUsageError, match="normalise"):
+        hemaseg.classify(np.full((40, 40, 3), 200, np.uint8), normalise="no")

@@ -149,8 +149,24 @@ def write_rle_csv(path: Path, items: list[tuple[str, np.ndarray]]) -> None:
     write_text(path, buf.getvalue())
 
 
+def image_beside(csv_path: Path, image_id: str) -> Path | None:
+    """The image ``image_id`` where a DSB download keeps it beside its RLE CSV (``stage1_train/<id>/images/<id>.png``,
+    ``<id>/images/<id>.png``, ``images/<id>.png`` or ``<id>.png`` in the CSV's folder), or None: a Kaggle CSV
+    (ImageId,EncodedPixels) says no image's size, which decoding its run lengths needs."""
+    if not image_id or Path(image_id).name != image_id or image_id in (".", ".."):
+        return None
+    root = csv_path.parent
+    for cand in (root / "stage1_train" / image_id / "images", root / image_id / "images", root / "images", root):
+        for suffix in (".png", ".tif", ".tiff", ".jpg"):
+            if (cand / f"{image_id}{suffix}").is_file():
+                return cand / f"{image_id}{suffix}"
+    return None
+
+
 def read_rle_csv(path: Path) -> dict[str, np.ndarray]:
-    """Read a Kaggle RLE CSV with Height/Width columns into {ImageId: (H, W) uint16 labels}."""
+    """Read a Kaggle RLE CSV into {ImageId: (H, W) uint16 labels}. Each image's size comes from its
+    Height/Width columns (as hemaseg writes them), else from the image file beside the CSV
+    (:func:`image_beside`: the Kaggle submission format and DSB's ``stage1_train_labels.csv`` carry none)."""
     if not path.is_file():
         raise HemasegInputError(path, "RLE CSV not found")
     with open(path, newline="") as f:
@@ -165,7 +181,12 @@ def read_rle_csv(path: Path) -> dict[str, np.ndarray]:
         try:
             shape = (int(rs[0]["Height"]), int(rs[0]["Width"]))
         except (KeyError, TypeError, ValueError):
-            raise HemasegInputError(path, f"image {image_id}: no Height/Width columns to decode its masks") from None
+            beside = image_beside(path, image_id)
+            if beside is None:
+                raise HemasegInputError(path, f"image {image_id}: no Height/Width columns to decode its masks, and no "
+                                              f"image {image_id}.png beside the CSV (DSB layout) to take its size from"
+                                        ) from None
+            shape = image_size(beside)
         try:
             out[image_id] = rles_to_labels([r["EncodedPixels"] for r in rs if r["EncodedPixels"].strip()], shape)
         except ValueError as exc:

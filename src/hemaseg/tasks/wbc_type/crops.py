@@ -14,6 +14,7 @@ from hemaseg.core.vocabulary import EXTRA_TYPES, MONONUCLEAR, NOT_IN_DIFFERENTIA
 from hemaseg.data.transforms import NEEDS_PARTS, crop_input, slide_background
 from hemaseg.engine.predict import get_model, model_of_task, resolve_device, uses_backend
 from hemaseg.engine.runtime import as_runner, softmax
+from hemaseg.errors import HemasegUsageError
 from hemaseg.io.images import as_photo
 from hemaseg.tasks.wbc import segment_wbc_crops
 
@@ -316,13 +317,13 @@ def classify(image: np.ndarray, model="wbc-type", device: str = "cpu", normalise
         bundled model and no readable model file or run folder.
     hemaseg.errors.HemasegUsageError
         (a :class:`hemaseg.HemasegError`) ``model`` is not a ``wbc-type`` model (e.g. ``"wbc"``);
-        an unknown ``device`` or ``backend``, or ``cuda`` without a GPU.
+        an unknown ``device`` or ``backend``, or ``cuda`` without a GPU; ``normalise`` not a bool.
     ValueError
         ``normalise=False`` with a model that sees the cell's parts.
 
     Examples
     --------
-    >>> import hemaseg
+    >>> import numpy as np, hemaseg
     >>> photo = hemaseg.read_image(hemaseg.__path__[0] + "/samples/BloodImage_00000.jpg")
     >>> p = hemaseg.classify(photo)  # the sample holds one WBC: the crop is centred on it
     >>> list(p)[:4], round(sum(p.values()), 6)
@@ -330,6 +331,8 @@ def classify(image: np.ndarray, model="wbc-type", device: str = "cpu", normalise
     >>> hemaseg.classify(np.full((64, 64, 3), 230, np.uint8))  # no WBC in it
     {}
     """
+    if not isinstance(normalise, (bool, np.bool_)):  # "no" was taken as True
+        raise HemasegUsageError("normalise", f"{normalise!r}: give True or False")
     image = as_photo(image)
     device = resolve_device(device)  # 'auto', or 'cuda' without a GPU: one line, not torch's error
     _, card = model_of_task(model, "wbc-type", device)
