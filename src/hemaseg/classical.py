@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 
 # A WBC's nucleus is at least this share of the image's biggest: smaller ones are platelets or debris.
 SPECK_SHARE = 0.15
+# ... and at least this share of a red cell's area (a red cell 7.5 um across; the smallest WBC nucleus, a
+# small lymphocyte's, about 5.5 um: 0.54; a platelet 2-3 um: 0.07-0.16). Not tuned on any data set.
+NUCLEUS_MIN_RBC = 0.25
 
 # Seed 003 Algorithm 1: OpenCV HSV bounds of "blue" (hue is 0-180 in OpenCV, so 300 saturates).
 SEED_HSV_LOWER = (100, 20, 20)
@@ -612,6 +615,15 @@ def hsv_wbc_mask(image: np.ndarray, thresholds: str = "otsu", reach: float = 0.6
     sizes = np.bincount(groups.ravel())
     sizes[0] = 0
     groups = relabel(groups, sizes >= SPECK_SHARE * sizes.max())
+    # ... nor is one under NUCLEUS_MIN_RBC of a red cell's area, however small the others: the share above
+    # judges against the biggest only, so in a field with no WBC its largest speck stayed one.
+    rbc_d = red_cell_diameter(image, _dilate(broad, 3.0))
+    if rbc_d:
+        sizes = np.bincount(groups.ravel())
+        sizes[0] = 0
+        groups = relabel(groups, sizes >= NUCLEUS_MIN_RBC * np.pi * (rbc_d / 2) ** 2)
+        if groups.max() == 0:
+            return classes, np.zeros((h, w), np.int32)
     broad &= groups > 0
     nucleus = _fill(strict & broad)
     stained = _fill(d > _otsu(d[~broad])) | broad
