@@ -123,6 +123,20 @@ def test_convert_dsb_rle_labels_round_trip(tmp_path):
     assert len(list((tmp_path / "d2" / s0.image.stem / "masks").glob("*.png"))) == len(list(s0.mask.glob("*.png")))
 
 
+def test_convert_reads_a_kaggle_csv_without_sizes_from_the_images_beside_it(tmp_path):
+    """A walkthrough: a Kaggle RLE CSV (ImageId,EncodedPixels, as DSB's stage1_train_labels.csv) could not be read:
+    it says no image's size. The sizes now come from the DSB images beside the CSV."""
+    root = make_dsb(tmp_path / "stage1_train", n=2)
+    full = tmp_path / "full.csv"
+    assert runner.invoke(app, ["convert", "--from", "dsb", "--to", "rle", str(root), str(full)]).exit_code == 0
+    kaggle = tmp_path / "stage1_train_labels.csv"  # beside stage1_train/, as the download lays it out
+    kaggle.write_text("\n".join(",".join(line.split(",")[:2]) for line in full.read_text().splitlines()) + "\n")
+    res = runner.invoke(app, ["convert", "--from", "rle", "--to", "labels", str(kaggle), str(tmp_path / "lab")])
+    assert res.exit_code == 0, res.output
+    for s in find_dsb(root):
+        assert np.array_equal(np.array(Image.open(tmp_path / "lab" / f"{s.image.stem}.png")), load_instances(s)[1])
+
+
 def test_convert_bad_csv_is_one_line_error(tmp_path):
     csv = tmp_path / "bad.csv"
     csv.write_text("ImageId,EncodedPixels\nabc,1 3\n")
@@ -459,3 +473,37 @@ def test_modality_transfer_redraws_fluorescence_only_and_keeps_the_labels(tmp_pa
     assert json.loads((tmp_path / "run" / "model.json").read_text())["training"]["modality_transfer"] == 0.5
     res = runner.invoke(app, ["train", "wbc", "--data", str(root), "--out", str(tmp_path / "w"), "--modality-transfer", "0.5"])
     assert res.exit_code == 2 and "modality" in res.output
+
+
+def test_nuclei_enlarged_past_the_trained_sizes_are_measured_whole_not_by_their_pieces(monkeypatch):
+    """A walkthrough: a histology crop enlarged 6x gave 42 pieces where 1x gave 19 nuclei: the native pass
+    split each nucleus into lobes measured at 60 px, inside the scale augmentation's reach, so no second
+    pass ran. A network stand-in that sees pieces at native scale and whole nuclei at the checked scale: the
+    size comes from the check, and the final pass finds one nucleus per nucleus."""
+    import hemaseg.tasks.nuclei as N
+
+    card = {"task": "nuclei", "classes": ["background", "nucleus", "boundary"], "cell_diameter": 18.0,
+            "diameter_range": [10.0, 49.0], "training": {"scale_range": [0.5, 2.0]}}
+    yy, xx = np.mgrid[:600, :600]
+    centres, radius = ((170, 170), (420, 400)), 120  # nuclei 240 px across
+
+    def fake_probs(module, card, image, factor=1.0, *args, **kwargs):
+        probs = np.zeros((3, 600, 600), np.float32)
+        probs[0] = 1
+        for cy, cx in centres:
+            if abs(factor - 1) < 1e-3:  # native: four lobes of 60 px per nucleus
+                parts = [(cy + dy, cx + dx, 30) for dy in (-45, 45) for dx in (-45, 45)]
+            else:
+                parts = [(cy, cx, radius)]
+            for py, px, r in parts:
+                d = np.hypot(yy - py, xx - px)
+                for mask, value in ((d < r, (0, 0, 1)), (d < r - max(2, 4 / factor), (0, 1, 0))):  # ring, inside
+                    probs[:, mask] = np.array(value, np.float32)[:, None]
+        return probs
+
+    monkeypatch.setattr(N, "predict_probs", fake_probs)
+    image = np.full((600, 600, 3), 200, np.uint8)
+    seg = N.segment_nuclei(image, (object(), card))
+    assert int(seg.instances.max()) == 2 and 200 < seg.cell_diameter < 260, (seg.instances.max(), seg.cell_diameter)
+    monkeypatch.setattr(N, "FRAGMENT_RATIO", 1e9)  # the check never believed: the pieces, as before
+    assert int(N.segment_nuclei(image, (object(), card)).instances.max()) == 8

@@ -378,6 +378,30 @@ def nuclei_factor(card: dict, diameter: float | None) -> float:
     return clamp_factor(trained / diameter)
 
 
+# A first pass that measures nuclei above the trained sizes (inside what the scale augmentation covered,
+# so it is taken at native scale) may have measured the pieces of larger nuclei: an image enlarged
+# beyond the trained range splits each nucleus into lobes of about the largest trained size. A check
+# pass at the scale that brings the measured size to the trained median decides: when it measures the
+# nuclei more than this many times larger (in the image's px), they were pieces, and the image is taken
+# at the size it measured.
+FRAGMENT_RATIO = 1.5
+
+
+def fragments_check_needed(card: dict, diameter: float | None) -> bool:
+    """The nuclei measured at native scale lie above the trained sizes (the card's ``diameter_range``,
+    the 5th-95th percentile of training nuclei) but inside what the scale augmentation covered, so
+    :func:`nuclei_factor` keeps the native scale: they may be the pieces of larger nuclei.
+
+    >>> card = {"cell_diameter": 18.0, "diameter_range": [10.0, 49.0], "training": {"scale_range": [0.5, 2.0]}}
+    >>> [fragments_check_needed(card, d) for d in (30.0, 60.0, 120.0, None)]
+    [False, True, False, False]
+    """
+    trained = float(card.get("cell_diameter") or 0)
+    if not diameter or trained <= 0 or not card.get("diameter_range"):
+        return False
+    return card["diameter_range"][1] < diameter and nuclei_factor(card, diameter) == 1.0
+
+
 def segment_nuclei(image: np.ndarray, model="nuclei", cell_diameter: float | None = None, device: str = "cpu",
                    tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP, params: NucleiParams | None = None,
                    tta: bool | None = None) -> Segmentation:
@@ -386,7 +410,11 @@ def segment_nuclei(image: np.ndarray, model="nuclei", cell_diameter: float | Non
     Bright-background images are inverted (if the model was trained so). With no
     ``cell_diameter`` (nucleus diameter, px) one pass at native scale measures the
     nuclei; if they lie outside the trained size range, a second pass runs at the scale
-    that brings them to the trained median. Returns a :class:`Segmentation` whose
+    that brings them to the trained median. Nuclei measured above the trained sizes but
+    within the scale augmentation's reach are checked by a pass at that scale: when it
+    measures them over :data:`FRAGMENT_RATIO` times larger, the first pass saw pieces of an
+    enlarged image's nuclei, and the image is brought from the size the check measured to the
+    trained median. Returns a :class:`Segmentation` whose
     ``instances`` are (H, W) int32 labels 1..N and ``classes`` the (H, W) uint8 nucleus mask.
     ``tta`` averages the final pass over the image and its three flips (4x its time); None: as the
     model card's ``tta`` says. A card may name a specialist model per modality
@@ -413,6 +441,13 @@ def segment_nuclei(image: np.ndarray, model="nuclei", cell_diameter: float | Non
         instances = find(first, _min_area(trained, p))
         cell_diameter = measure_nuclei(instances, min_area=_min_area(trained, p))
         new = nuclei_factor(card, cell_diameter)
+        if fragments_check_needed(card, cell_diameter):
+            check = clamp_factor(trained / cell_diameter)
+            pieces = find(predict_probs(module, card, image, check, tile, overlap, prange, invert), _min_area(trained, p))
+            whole = measure_nuclei(pieces, min_area=_min_area(trained, p))  # the image's px, as the first pass's
+            if whole and whole > FRAGMENT_RATIO * cell_diameter:
+                cell_diameter = whole
+                new = clamp_factor(trained / cell_diameter)  # to the trained median, as the check saw them whole
         if new == factor and not tta:
             probs = first
         factor = new
