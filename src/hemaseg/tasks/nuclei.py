@@ -384,7 +384,7 @@ def nuclei_factor(card: dict, diameter: float | None) -> float:
 # pass at the scale that brings the measured size to the trained median decides: when it measures the
 # nuclei more than this many times larger (in the image's px), they were pieces, and the image is taken
 # at the size it measured.
-FRAGMENT_RATIO = 1.5
+FRAGMENT_RATIO = 1.25
 
 
 def fragments_check_needed(card: dict, diameter: float | None) -> bool:
