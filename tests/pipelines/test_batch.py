@@ -156,7 +156,7 @@ def test_a_missing_model_is_named_by_its_option(photos, tmp_path):
     """An analyze audit: --model nosuch and --type-model nosuch both said only 'nosuch: no such model file'."""
     for option in ("--model", "--type-model"):
         res = _run(photos[0], "--out", tmp_path / "o", option, "nosuch")
-        assert res.exit_code == 2 and res.output.startswith(f"{option} nosuch: no such model"), res.output
+        assert res.exit_code == 2 and res.output.startswith(f"{option}: nosuch: no such model"), res.output
 
 
 def test_analyze_takes_the_cells_post_processing_knobs(photos, tmp_path):
