@@ -153,10 +153,10 @@ class WbcParams:
         leak 2.6 -> 2.5 %; PBC, BCCD and wbc-seg's validation Dice unchanged.
     red_chroma : when the ``size_model`` was asked and found no WBC, a cell whose nucleus' median
         CIELAB a*b* lies within this many units (OpenCV's 8-bit scale) of the median a*b* of the red
-        cells that model found outside every cell (outside every nucleus when the cells cover them)
-        is a red cell taken for a WBC and goes (:func:`reject_red_coloured`: a crop of red cells
-        alone, which the scale search blows up to a WBC's size); nothing goes in a grey image or with
-        fewer than :data:`RED_CHROMA_MIN_PIXELS` such red-cell pixels; 0: never. Not tuned: 12 is the margin of
+        cells that model found outside every cell is a red cell taken for a WBC and goes
+        (:func:`reject_red_coloured`: a crop of red cells alone, which the scale search blows up to
+        a WBC's size); nothing goes in a grey image or with fewer than
+        :data:`RED_CHROMA_MIN_PIXELS` such red-cell pixels; 0: never. Not tuned: 12 is the margin of
         the classical methods' :func:`~hemaseg.classical.red_cell_pieces` (:data:`hemaseg.classical.RED_MARGIN`;
         on TXL-PBC's fields of four labs nuclei lie 36-64 units from the red cells, the red cells' own
         dark parts about 10; on wbc-seg's validation crops where the cells model finds no WBC, 26-76).
@@ -833,11 +833,9 @@ def reject_red_coloured(image: np.ndarray, classes: np.ndarray, instances: np.nd
     ``red`` is the (H, W) bool mask of the red cells a cells model found (:func:`found_cells`). Their
     pixels outside every cell give the red cells' median CIELAB a*b*; a cell whose nucleus pixels'
     median lies within ``margin`` of it is a red cell (or a clump of them) the network took for a
-    nucleated cell: Romanowsky stains colour nuclei azure-purple and red cells eosin-pink. Where the
-    cells cover the red cells (fewer than :data:`RED_CHROMA_MIN_PIXELS` of their pixels outside every
-    cell: a crop of red cells that the network took whole), their pixels outside every nucleus are
-    measured instead. Nothing goes in a grey image (:func:`hemaseg.classical.no_colour`) or when
-    fewer than :data:`RED_CHROMA_MIN_PIXELS` red-cell pixels lie outside the nuclei either.
+    nucleated cell: Romanowsky stains colour nuclei azure-purple and red cells eosin-pink. Nothing
+    goes in a grey image (:func:`hemaseg.classical.no_colour`) or when fewer than
+    :data:`RED_CHROMA_MIN_PIXELS` red-cell pixels lie outside the cells (a crop filled by its WBC).
 
     >>> yy, xx = np.mgrid[:80, :160]
     >>> img = np.full((80, 160, 3), 235, np.uint8); red = np.zeros((80, 160), bool)
@@ -849,26 +847,17 @@ def reject_red_coloured(image: np.ndarray, classes: np.ndarray, instances: np.nd
     >>> c2, i2 = reject_red_coloured(img, cls, inst, red)
     >>> int(i2.max()), int(i2[40, 140]), int(c2[40, 60])
     (1, 1, 0)
-    >>> every = np.zeros((80, 160), np.int32); core = np.zeros((80, 160), bool)
-    >>> for k, cx in enumerate((20, 60, 100), 1):   # every red cell a "cell", its centre a "nucleus"
-    ...     every[(yy - 40) ** 2 + (xx - cx) ** 2 < 15 ** 2] = k; core |= (yy - 40) ** 2 + (xx - cx) ** 2 < 8 ** 2
-    >>> int(reject_red_coloured(img, np.where(core, 2, every > 0).astype(np.uint8), every, red)[1].max())
-    0
     """
     n = int(instances.max())
-    if n == 0 or margin <= 0:
-        return classes, instances
-    nucleus = np.where((classes == 2) & (instances > 0), instances, 0)
     outside = red & (instances == 0)
-    if outside.sum() < RED_CHROMA_MIN_PIXELS:  # the cells cover the red cells: their nuclei must not
-        outside = red & (nucleus == 0)
-    if outside.sum() < RED_CHROMA_MIN_PIXELS:
+    if n == 0 or margin <= 0 or outside.sum() < RED_CHROMA_MIN_PIXELS:
         return classes, instances
     lab = cv2.cvtColor(np.ascontiguousarray(image[..., :3]), cv2.COLOR_RGB2LAB)
     if no_colour(lab.astype(np.float32)):
         return classes, instances
     ab = lab[..., 1:].astype(np.float32) - 128.0
     ref = np.median(ab[outside], 0)
+    nucleus = np.where((classes == 2) & (instances > 0), instances, 0)
     has = np.bincount(nucleus.ravel(), minlength=n + 1)[1:] > 0
     med = label_medians(ab, nucleus, n)
     keep = np.ones(n + 1, bool)
