@@ -279,7 +279,8 @@ def test_conversion_and_scoring_edges_of_a_review(tmp_path, caplog):
         write_coco(tmp_path / "two.json", entries)
         res = runner.invoke(app, ["convert", "--from", "coco", "--to", "labels", str(tmp_path / "two.json"),
                                   str(tmp_path / "lab")])
-        assert res.exit_code == 1 and "same file name" in res.output, res.output
+        # a walkthrough: it said "a_classes.png: has the same file name as a.png", names that differ
+        assert res.exit_code == 1 and "class map (<stem>_classes.png) would be one file" in res.output, res.output
 
     cvat = tmp_path / "e.xml"
     cvat.write_text('<annotations><image id="0" name="x.png" width="20" height="20">'
@@ -495,3 +496,16 @@ def test_dsb_round_trip_keeps_an_empty_image_and_takes_no_paired_layout(tmp_path
         cv2.imwrite(str(tmp_path / "ds" / split / "masks" / "x.png"), np.zeros((6, 9), np.uint8))
     res = runner.invoke(app, ["convert", "--from", "dsb", "--to", "labels", str(tmp_path / "ds"), str(tmp_path / "o")])
     assert res.exit_code == 1 and "no DSB samples" in res.output
+
+
+def test_two_voc_files_of_one_image_are_named_as_such(tmp_path):
+    """A walkthrough: two VOC XMLs naming one photo said "x.jpg: has the same file name as x.jpg"."""
+    voc = tmp_path / "voc"
+    voc.mkdir()
+    one = ("<annotation><filename>x.jpg</filename><size><width>64</width><height>48</height></size><object><name>WBC"
+           "</name><bndbox><xmin>5</xmin><ymin>6</ymin><xmax>30</xmax><ymax>28</ymax></bndbox></object></annotation>")
+    for name in ("a.xml", "b.xml"):
+        (voc / name).write_text(one)
+    res = runner.invoke(app, ["convert", "--from", "voc", "--to", "coco", str(voc), str(tmp_path / "c.json")])
+    assert res.exit_code == 1 and "named by two entries of the input" in res.output, res.output
+    assert not (tmp_path / "c.json").exists()

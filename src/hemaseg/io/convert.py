@@ -271,7 +271,8 @@ def _check_entries(fmt: str, entries: list[dict]) -> None:
     images of one name (YOLO and label maps keep file names only, so ``train/x.png`` and ``val/x.png`` would
     collide; CVAT and COCO keep as many folders as tell them apart (:func:`image_names`), so only two entries
     of one whole name collide there)."""
-    seen: dict[str, str] = {}
+    seen: dict[str, str] = {}  # output name -> the image it is written for
+    classes_of: dict[str, str] = {}  # labels: <stem>_classes -> the image whose class map it is
     keeps_folders = fmt in ("cvat", "coco", "coco-rle")
     written = A.image_names(entries) if keeps_folders else [Path(e["filename"]).name if fmt != "labels"
                                                             else Path(e["filename"]).stem for e in entries]
@@ -279,14 +280,21 @@ def _check_entries(fmt: str, entries: list[dict]) -> None:
         if int(e.get("height") or 0) < 1 or int(e.get("width") or 0) < 1:
             raise HemasegInputError(e.get("filename") or "an image", f"no image size ({e.get('width')} x "
                                                                       f"{e.get('height')}): cannot write {fmt}")
-        if name in seen or (fmt == "labels" and name + "_classes" in seen):  # (two entries both named x.png too)
-            other = seen.get(name) or seen[name + "_classes"]
-            raise HemasegInputError(e["filename"], f"has the same file name as {other}; "
+        if name in seen and seen[name] == e["filename"]:  # two annotation files (VOC XMLs) of one image
+            raise HemasegInputError(e["filename"], f"is named by two entries of the input (two annotation files of "
+                                                   f"one image, or two images that cannot be told apart there); "
+                                                   f"{fmt} would keep one: remove or rename the other")
+        if name in seen:  # two images of one name
+            raise HemasegInputError(e["filename"], f"has the same file name as {seen[name]}; "
                                     + ("two images of one name cannot be told apart there: rename one" if keeps_folders
                                        else f"{fmt} keeps names only: rename one"))
+        clash = classes_of.get(name) or (seen.get(name + "_classes") if fmt == "labels" else None)
+        if fmt == "labels" and clash:  # x_classes.jpg beside x.jpg: x's class map is x_classes.png
+            raise HemasegInputError(e["filename"], f"{name}.png and {clash}'s class map (<stem>_classes.png) would "
+                                                   f"be one file: rename one")
         seen[name] = e["filename"]
         if fmt == "labels":  # <stem>_classes.png too: an image named a_classes would replace a's class map
-            seen[name + "_classes"] = e["filename"]
+            classes_of[name + "_classes"] = e["filename"]
 
 
 def _declared_labels(fmt: str, inp: Path) -> list[str]:
