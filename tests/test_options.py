@@ -266,3 +266,26 @@ def test_analyze_takes_params_as_a_dict_as_segment_does():
         hemaseg.analyze(photo, params="relative_size=0.5")
     with pytest.raises(HemasegUsageError, match="params"):
         hemaseg.analyze(photo, params={"nosuch": 1})
+
+
+@pytest.mark.parametrize("command", [["segment", "--method", "hsv", "--out", "OUT"], ["crop", "--out", "OUT"],
+                                     ["classify", "-o", "OUT.csv", "-f"]])
+def test_an_empty_folder_beside_a_photo_is_a_failed_input(photos, tmp_path, command):
+    """A walkthrough: `analyze x/s.jpg empty --out o` (and classify, explain) gave exit 0 without a word, where the
+    same empty folder alone gives "no images found", exit 1. Now one line naming it; the photo is still done."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    args = [a.replace("OUT", str(tmp_path / "o")) for a in command] + [str(photos / "a.png")]
+    args += ["-d", str(empty)] if command[0] == "classify" else [str(empty)]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 1 and f"{empty}: no images" in res.output, res.output
+    assert (tmp_path / "o").exists() or (tmp_path / "o.csv").exists()
+
+
+def test_explain_out_beside_an_input_file_and_a_classify_csv_named_as_an_image_are_refused(photos, tmp_path):
+    """A walkthrough: `explain crops/x.jpg --out crops` wrote Grad-CAM PNGs among the crops (then classified as
+    crops), and `classify -o crops/x.png` wrote a CSV named as an image there."""
+    _one_line_usage(runner.invoke(app, ["explain", str(photos / "a.png"), "--out", str(photos)]), "--out")
+    _one_line_usage(runner.invoke(app, ["classify", "-f", str(photos / "a.png"), "-o", str(tmp_path / "p.png")]),
+                    "--output")
+    assert sorted(p.name for p in photos.iterdir()) == ["a.png"] and not (tmp_path / "p.png").exists()

@@ -161,6 +161,15 @@ def _out_apart_from_inputs(images, out: Path, recursive: bool = False, paths=())
                                          "lie among the inputs and the files beside them; write to another folder")
 
 
+def _empty_folders(images, recursive: bool = False) -> int:
+    """One line for each folder among ``images`` that holds no image (a failed input, as a glob matching
+    nothing is: a walkthrough's empty folder beside a photo gave exit 0 without a word); their number."""
+    empty = [item for item in images if Path(item).is_dir() and not expand_inputs([item], recursive)]
+    for item in empty:
+        _fail(item, "no images found in this folder" + (" (sub-folders included)" if recursive else ""))
+    return len(empty)
+
+
 def _refuse_other_task(card: dict, model, task: str, option: str = "--model") -> None:
     """Exit 2 in one line when ``model``'s card is of another task than ``task`` (a card naming none is taken
     as ``task``'s)."""
@@ -389,7 +398,7 @@ def analyze(
             client.close()
         if cluster is not None:
             cluster.close()
-    n_failed = len(failures)
+    n_failed = len(failures) + _empty_folders(images)
     failed = [(str(p), reason) for p, reason in failures]
     n, cells = write_batch_files(out, jobs, failed, cvat=cvat, coco=coco, coco_rle=coco_rle)
     typer.echo(f"{n}/{len(paths)} images analysed, {cells} cells; results in {out} "
@@ -481,8 +490,9 @@ def segment(
                            spec.colors if overlay else None)
 
     failed = _for_each(paths, "segment", work)
+    empty = _empty_folders(images)
     typer.echo(f"{len(paths) - failed}/{len(paths)} images segmented; results in {out}", err=True)
-    raise typer.Exit(1 if failed else 0)
+    raise typer.Exit(1 if failed or empty else 0)
 
 
 @app.command()
@@ -698,6 +708,9 @@ def classify(
         if not Path(d).is_dir():
             _fail(d, "not a folder")
             bad_inputs += 1
+        elif not expand_inputs(d, recursive=True) and (file or len(directory) > 1):  # alone: the line below
+            _fail(d, "no images in it (sub-folders included)")
+            bad_inputs += 1
             continue
         paths += expand_inputs(d, recursive=True)
     seen: set[str] = set()  # one row per crop however it was spelt (a.jpg, ./a.jpg), between -f and -d too
@@ -711,6 +724,9 @@ def classify(
     if output.resolve() in {Path(p).resolve() for p in paths}:  # said before "is an image": the likelier slip
         raise HemasegUsageError("--output", f"{output} is one of the crops; give another file")
     check_output(output, "--output", folder=False)
+    if output.suffix.lower() in IMAGE_SUFFIXES:  # a CSV named x.png among crops failed the next classify -d
+        raise HemasegUsageError("--output", f"{output}: the CSV would be named as an image and read as one; "
+                                            "give a name ending in .csv")
     dev = _device(device)
     check_backend(backend)
     try:
@@ -787,8 +803,9 @@ def explain(
         _fail_model(exc, model or "wbc-type")
         raise typer.Exit(2) from None
     _refuse_other_task(card, model, "wbc-type")  # failed on every crop with an AttributeError
-    _out_apart_from_inputs(images, out, recursive=True)
     paths = list_images(images, recursive=True)
+    # nor the folder of an input file: the Grad-CAM PNGs were written among the crops, then classified as crops
+    _out_apart_from_inputs(images, out, recursive=True, paths=paths)
     if not paths:
         _fail(" ".join(images), "no images found")
         raise typer.Exit(1)
@@ -809,7 +826,7 @@ def explain(
         parts.append(cell.parts)
         labels.append(Path(os.path.abspath(path)).parent.name)  # a crop named bare (x.jpg): its folder's all the same
 
-    failed = _for_each(paths, "explain", work)
+    failed = _for_each(paths, "explain", work) + _empty_folders(images, recursive=True)
     if tsne and len(crops) >= 5:
         tsne_plot(features(module, card, crops, parts=parts), labels, out / "tsne.png", f"t-SNE of {len(crops)} crops (colour: folder)")
     elif tsne:
@@ -998,13 +1015,14 @@ def crop(
             rows.append([f"unknown/{name}", str(path), x1, y1, x2, y2, "unknown", method])
 
     failed = _for_each(paths, "crop", work)
+    empty = _empty_folders(images)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["crop", "source", "x1", "y1", "x2", "y2", "class", "method"])
     writer.writerows(rows)
     write_text(out / "crops.csv", buf.getvalue())
     typer.echo(f"{len(rows)} WBC crops from {len(paths) - failed}/{len(paths)} images in {out}", err=True)
-    raise typer.Exit(1 if failed else 0)
+    raise typer.Exit(1 if failed or empty else 0)
 
 
 def _holds_crops(out: Path) -> bool:

@@ -175,3 +175,40 @@ def test_analyze_takes_the_cells_post_processing_knobs(photos, tmp_path):
     assert res.exit_code == 2 and "post" in res.output
     res = _run(photos[1], "--out", tmp_path / "bad", "--post", "no_such=1")
     assert res.exit_code == 2 and "--post" in res.output and not (tmp_path / "bad").exists()
+
+
+def test_a_batch_resumes_from_another_working_folder(photos, tmp_path, monkeypatch):
+    """A walkthrough: a batch started with relative paths could not be resumed from another folder (a cluster job's),
+    even with the same photos given by absolute paths: "holds 1 analysed photo(s) not given now"."""
+    monkeypatch.chdir(photos[0].parent)
+    out = tmp_path / "o"
+    assert _run(photos[0].name, "--out", out).exit_code == 0
+    part = next(p for p in (out / "parts").glob("*.json") if p.name != "run.json")
+    before = part.read_bytes()
+    monkeypatch.chdir(tmp_path)
+    res = _run(photos[0], photos[1], "--out", out, "--resume")
+    assert res.exit_code == 0 and "1 of 2 photos already done" in res.output, res.output
+    assert part.read_bytes() == before  # not analysed again
+
+
+def test_a_batch_is_not_continued_with_a_model_changed_under_its_name(photos, tmp_path):
+    """A walkthrough: the model's weights or card's thresholds changed under the same file name, and `--resume`
+    mixed the two models' results in one batch (exit 0). Now refused, naming --resume."""
+    import json
+    import shutil
+
+    from hemaseg.models.registry import resolve_model_path
+
+    bundled = resolve_model_path("cells")
+    mine = tmp_path / "m" / "my.safetensors"
+    mine.parent.mkdir()
+    for suffix in (".safetensors", ".json", ".onnx"):
+        if bundled.with_suffix(suffix).exists():
+            shutil.copy(bundled.with_suffix(suffix), mine.with_suffix(suffix))
+    out = tmp_path / "o"
+    assert _run(photos[0], "--out", out, "--model", mine).exit_code == 0
+    card = json.loads(mine.with_suffix(".json").read_text())
+    card.setdefault("postprocess", {})["min_area_fraction"] = 2.0
+    mine.with_suffix(".json").write_text(json.dumps(card))
+    res = _run(photos[0], photos[1], "--out", out, "--model", mine, "--resume")
+    assert res.exit_code == 2 and res.output.startswith("--resume") and "fingerprints" in res.output, res.output

@@ -91,6 +91,20 @@ def model_label(model, device: str = "cpu") -> str:
     return ", ".join(parts)
 
 
+def model_fingerprint(model, device: str = "cpu") -> str:
+    """:func:`model_label` and the first 12 hex digits of the SHA-256 of its card file (post-processing
+    thresholds included): what a batch must find unchanged to be continued (a model retrained, or its card's
+    thresholds edited, under the same name mixed two models' results in one batch)."""
+    label = model_label(model, device)
+    if not isinstance(model, (str, Path)):
+        return label
+    try:  # the card file as written (the same whichever backend loads the weights)
+        card = resolve_model_path(model).with_suffix(".json").read_bytes()
+    except (HemasegError, OSError):
+        return label
+    return f"{label}, card {hashlib.sha256(card).hexdigest()[:12]}"
+
+
 @dataclass
 class Analysis:
     """Result of :func:`analyze` for one image."""

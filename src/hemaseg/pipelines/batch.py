@@ -25,7 +25,7 @@ from hemaseg.errors import HemasegError, HemasegUsageError
 from hemaseg.io.annotations import write_coco, write_cvat
 from hemaseg.io.images import pixel_size_um, read_image
 from hemaseg.io.writers import _jsonable, atomic_path, remove_temps, write_json, write_png, write_text
-from hemaseg.pipelines.analyze import MIN_CONFIDENCE, analyze, draw_overlay
+from hemaseg.pipelines.analyze import MIN_CONFIDENCE, analyze, draw_overlay, model_fingerprint
 from hemaseg.pipelines.report import counts_csv, export_labels, image_record, light_analysis, write_report_records
 from hemaseg.pipelines.segment import diameter_from_pixel_size
 from hemaseg.progress import track
@@ -72,6 +72,8 @@ class BatchOptions:
         d.pop("backend")  # torch and ONNX Runtime agree within a stated tolerance: a resume may switch
         if not d["post"]:
             d.pop("post")  # as batches begun before --post recorded them: they resume
+        # the models' weights and cards, not only their names: one retrained under the same name is another model
+        d["fingerprints"] = {"model": model_fingerprint(self.model), "type_model": model_fingerprint(self.type_model)}
         return d
 
     def params(self) -> dict | None:
@@ -86,7 +88,22 @@ def part_path(out: Path, stem: str) -> Path:
 
 def _source(path: Path) -> dict:
     st = Path(path).stat()
-    return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return {"path": str(path), "abspath": str(Path(path).resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _source_file(source: dict) -> Path:
+    """The photo a part's ``source`` names, absolute: a batch resumed from another working folder (a cluster
+    job's) gives the same photos by other spellings. Parts written before ``abspath`` was kept: as typed then."""
+    return Path(source.get("abspath") or Path(source["path"]).resolve())
+
+
+def _same_source(source: dict | None, path: Path) -> bool:
+    """``source`` (a part's) names ``path``, unchanged since (size and modification time)."""
+    if not source or not source.get("path"):
+        return False
+    st = Path(path).stat()
+    return (_source_file(source) == Path(path).resolve() and source.get("size") == st.st_size
+            and source.get("mtime_ns") == st.st_mtime_ns)
 
 
 def analyze_photo(path: str | Path, stem: str, out: str | Path, opts: BatchOptions) -> str | None:
@@ -127,7 +144,7 @@ def is_done(out: Path, stem: str, path: Path) -> bool:
     """``path`` was analysed into ``out`` as ``stem``, and has not changed since."""
     part = read_part(out, stem)
     try:
-        return bool(part) and part.get("format") == PART_FORMAT and part.get("source") == _source(path)
+        return bool(part) and part.get("format") == PART_FORMAT and _same_source(part.get("source"), path)
     except OSError:
         return False
 
@@ -154,6 +171,8 @@ def prepare_batch(out: str | Path, opts: BatchOptions, resume: bool = False, ove
         except (OSError, ValueError):
             before = None
         now = json.loads(json.dumps(opts.recorded(), default=_jsonable))
+        if isinstance(before, dict) and "fingerprints" not in before:
+            now.pop("fingerprints")  # a batch begun before they were recorded: its models' names alone
         if before != now:
             diff = [k for k in dict.fromkeys([*now, *(before or {})]) if not before or before.get(k) != now.get(k)]
             raise HemasegUsageError("--resume", f"{out} was analysed with other options ("
@@ -165,7 +184,7 @@ def prepare_batch(out: str | Path, opts: BatchOptions, resume: bool = False, ove
             lost = []
             for q in sorted(parts.glob("*.json")):
                 source = (read_part(out, q.stem) or {}).get("source") if q.name != RUN_FILE else None
-                if source and source.get("path") and Path(source["path"]).resolve() not in given:
+                if source and source.get("path") and _source_file(source) not in given:
                     lost.append(source["path"])
             if lost:
                 raise HemasegUsageError("--resume", f"{out} holds {len(lost)} analysed photo(s) not given now (e.g. "
