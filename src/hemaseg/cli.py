@@ -373,6 +373,10 @@ def analyze(
     if not paths:
         _fail(" ".join(images), "no images found")
         raise typer.Exit(1)
+    in_parts = next((p for p in paths if (out / BATCH_PARTS).resolve() in Path(p).resolve().parents), None)
+    if in_parts is not None:  # --overwrite deleted it with the batch's parts
+        raise HemasegUsageError("--out", f"the photo {in_parts} lies in {out / BATCH_PARTS}, where the batch keeps "
+                                         "its parts; move it out or give another --out")
     for option, path in (("--cvat", cvat), ("--coco", coco)):
         where = Path(path).resolve() if path is not None else None  # OUT itself: output_stems refuses it
         if where is not None and (where == (out / BATCH_PARTS).resolve() or (out / BATCH_PARTS).resolve() in where.parents):

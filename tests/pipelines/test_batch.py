@@ -212,3 +212,21 @@ def test_a_batch_is_not_continued_with_a_model_changed_under_its_name(photos, tm
     mine.with_suffix(".json").write_text(json.dumps(card))
     res = _run(photos[0], photos[1], "--out", out, "--model", mine, "--resume")
     assert res.exit_code == 2 and res.output.startswith("--resume") and "fingerprints" in res.output, res.output
+
+
+def test_a_photo_in_the_parts_folder_and_an_unreadable_run_file_are_refused(photos, tmp_path):
+    """A walkthrough: `analyze out/parts/p.jpg --out out --overwrite` deleted the photo with the batch's parts, and a
+    corrupt run.json read as "analysed with other options (model '?', ...)"."""
+    import shutil
+
+    out = tmp_path / "o"
+    (out / "parts").mkdir(parents=True)
+    inside = out / "parts" / "p.png"
+    shutil.copy(photos[0], inside)
+    res = _run(inside, "--out", out, "--overwrite")
+    assert res.exit_code == 2 and res.output.startswith("--out") and inside.exists(), res.output
+    inside.unlink()
+    assert _run(photos[0], "--out", out).exit_code == 0
+    (out / "parts" / "run.json").write_text("{broken")
+    res = _run(photos[0], "--out", out, "--resume")
+    assert res.exit_code == 2 and "cannot be read" in res.output, res.output

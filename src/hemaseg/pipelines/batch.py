@@ -171,7 +171,10 @@ def prepare_batch(out: str | Path, opts: BatchOptions, resume: bool = False, ove
         except (OSError, ValueError):
             before = None
         now = json.loads(json.dumps(opts.recorded(), default=_jsonable))
-        if isinstance(before, dict) and "fingerprints" not in before:
+        if not isinstance(before, dict):  # said "analysed with other options (model '?', ...)"
+            raise HemasegUsageError("--resume", f"{run_file} cannot be read, so the batch's options are unknown; "
+                                                "start afresh with --overwrite")
+        if "fingerprints" not in before:
             now.pop("fingerprints")  # a batch begun before they were recorded: its models' names alone
         if before != now:
             diff = [k for k in dict.fromkeys([*now, *(before or {})]) if not before or before.get(k) != now.get(k)]
