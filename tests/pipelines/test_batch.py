@@ -230,3 +230,25 @@ def test_a_photo_in_the_parts_folder_and_an_unreadable_run_file_are_refused(phot
     (out / "parts" / "run.json").write_text("{broken")
     res = _run(photos[0], "--out", out, "--resume")
     assert res.exit_code == 2 and "cannot be read" in res.output, res.output
+
+
+def test_out_holds_only_this_batchs_parts_and_overlays_after_a_resume(photos, tmp_path):
+    """A walkthrough: after `--resume` with a second photo of the same name (both renamed apart) the old
+    s_overlay.png and parts/s.json stayed in OUT; so did those of a photo that changed and then failed."""
+    import shutil
+
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        shutil.copy(photos[0] if sub == "a" else photos[1], tmp_path / sub / "s.png")
+    out = tmp_path / "o"
+    assert _run(tmp_path / "a" / "s.png", "--out", out).exit_code == 0
+    assert (out / "s_overlay.png").exists() and (out / "parts" / "s.json").exists()
+    res = _run(tmp_path / "a" / "s.png", tmp_path / "b" / "s.png", "--out", out, "--resume")
+    assert res.exit_code == 0, res.output
+    names = sorted(p.name for p in out.glob("*_overlay.png"))
+    assert len(names) == 2 and "s_overlay.png" not in names and not (out / "parts" / "s.json").exists(), names
+    broken = tmp_path / "b" / "s.png"
+    broken.write_bytes(broken.read_bytes()[:200])  # changed, and now truncated: it fails
+    res = _run(tmp_path / "a" / "s.png", broken, "--out", out, "--resume")
+    assert res.exit_code == 1, res.output
+    assert len(list(out.glob("*_overlay.png"))) == 1 and len(list((out / "parts").glob("*.json"))) == 2  # + run.json

@@ -264,6 +264,27 @@ class Parts:
                 yield part
 
 
+def drop_stale_parts(out: str | Path, jobs: list[tuple[Path, str]]) -> int:
+    """Delete the parts in ``OUT/parts`` (and their overlays) that describe no photo of ``jobs`` as it is now: a
+    photo analysed under another output name before (``s.jpg``, then ``a/s.jpg`` and ``b/s.jpg`` named apart), or
+    one that changed and failed this time. Called after a batch, before its files are rebuilt. Returns how many."""
+    out = Path(out)
+    current = {stem for path, stem in jobs if is_done(out, stem, path)}
+    dropped = 0
+    for q in sorted((out / PARTS).glob("*.json")):
+        if q.name == RUN_FILE or q.stem in current:
+            continue
+        part = read_part(out, q.stem)
+        if part is None or part.get("format") != PART_FORMAT:  # not one of ours: left alone
+            continue
+        overlay = part.get("overlay_file")
+        if overlay and Path(overlay).name == overlay:
+            (out / overlay).unlink(missing_ok=True)
+        q.unlink(missing_ok=True)
+        dropped += 1
+    return dropped
+
+
 def write_results_stream(path: str | Path, entries: Iterable[dict]) -> Path:
     """``results.json`` (seed 003's ``{"data": {"0": entry, ...}}``) written one entry at a time:
     byte for byte what :func:`hemaseg.io.annotations.write_results` writes of the same entries."""
