@@ -102,6 +102,14 @@ def test_report_without_warning_sample_or_scale():
     assert 'class="warning"' not in page and "For review" not in page
     assert "not given (hemaseg analyze --sample-id ID)" in page and "pixel scale</th><td>not known" in page
     assert "<td>neutrophil</td><td>60</td><td>60.0</td><td>49.7 - 69.7</td>" in page
+    assert "red-cell diameter 8.0 px; RBC 10" in page
+
+
+def test_report_says_a_diameter_no_red_cell_measured():
+    """A walkthrough: a blank image's section read "red-cell diameter 44.9 px" (the model's trained size), as if
+    measured."""
+    page = report_html([_analysis("blank.png", {"rbc": 0})], [np.zeros((20, 30, 3), np.uint8)])
+    assert "red-cell diameter 8.0 px (no red cell found to measure it by); RBC 0" in page
 
 
 def test_cli_analyze_sample_id_in_results_report_and_counts(tmp_path):

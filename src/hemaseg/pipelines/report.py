@@ -242,8 +242,11 @@ def report_chunks(records: Iterable[dict], failed: list[tuple[str, str]] | None 
         name = html.escape(e["filename"])
         scale = f", {e['pixel_size_um']:g} µm/px" if e.get("pixel_size_um") else ""
         c = rec["counts"]
+        # with no red cell found the diameter is the one given, or the model's trained one: nothing measured it
+        unmeasured = " (no red cell found to measure it by)" if not c.get("rbc") else ""
         yield (f"<h2>{name}</h2><p>{e['width']}x{e['height']} px{scale}, red-cell diameter "
-               f"{float(rec['cell_diameter']):.1f} px; RBC {c['rbc']}, WBC {c['wbc']}, platelets {c['platelet']}</p>")
+               f"{float(rec['cell_diameter']):.1f} px{unmeasured}; RBC {c['rbc']}, WBC {c['wbc']}, "
+               f"platelets {c['platelet']}</p>")
         yield f"<img class=\"overlay\" alt=\"overlay of {name}\" src=\"{rec['overlay']}\">"
         wbcs = [r for r in e["masks"] if r["category"] == "wbc"]
         typed = sorted(((r, u) for r, u in zip(wbcs, rec["crops"]) if not r.get("unsure")),
