@@ -275,6 +275,16 @@ def test_page_upload_counts_correct_download(live_server, browser):
     n = sum(int(row[t]) for t in WBC_TYPES)
     assert float(row[f"{new}_pct"]) == pytest.approx(100 * int(row[new]) / n, abs=0.05)
 
+    # A walkthrough: a failed upload was said at upload time only; a reload showed the results but not the failure.
+    bad = downloads.parent / "notes.txt"
+    bad.write_text("not a photo")
+    driver.find_element(By.ID, "files").send_keys(str(bad))
+    wait.until(lambda d: any("notes.txt" in li.text for li in d.find_elements(By.CSS_SELECTOR, "#messages li")))
+    driver.refresh()
+    wait.until(lambda d: d.find_elements(By.ID, "count-wbc"))
+    said = [li.text for li in wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#messages li"))]
+    assert len(said) == 1 and said[0].startswith("notes.txt: "), said
+
 
 def test_the_same_photo_uploaded_twice_is_not_counted_twice(tmp_path):
     from hemaseg.errors import HemasegInputError

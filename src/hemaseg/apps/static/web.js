@@ -173,4 +173,8 @@ drop.addEventListener("dragleave", () => drop.classList.remove("over"));
 drop.addEventListener("drop", (ev) => { ev.preventDefault(); drop.classList.remove("over"); enqueue(ev.dataTransfer.files); });
 $("#files").addEventListener("change", (ev) => { enqueue(ev.target.files); ev.target.value = ""; });
 
-fetch(api("state")).then((r) => r.json()).then((s) => { if (s.images) render(s); });
+// A reload shows what the session holds: its results, and the photos that failed (said once, as at upload).
+fetch(api("state")).then((r) => r.json()).then((s) => {
+  if (s.images) render(s);
+  for (const f of s.failed || []) message(`${f.filename}: ${f.reason}`, "error");
+});
