@@ -130,11 +130,12 @@ def tsne_plot(feats: np.ndarray, labels: list[str], path: str | Path, title: str
     x = PCA(n_components=min(50, n, feats.shape[1]), random_state=seed).fit_transform(feats) if n > 3 else feats
     perplexity = float(min(30, max(2, (n - 1) / 3)))
     emb = TSNE(n_components=2, perplexity=perplexity, random_state=seed, init="pca").fit_transform(x)
-    fig, ax = plt.subplots(figsize=(6, 5))
+    fig, ax = plt.subplots(figsize=(7.5, 5))
     for name in sorted(set(labels)):
         sel = np.array([lab == name for lab in labels])
         ax.scatter(emb[sel, 0], emb[sel, 1], s=12, label=f"{name} ({sel.sum()})")
-    ax.legend(fontsize=8)
+    # beside the map, never over a point (inside it, "best" still hid one)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     ax.set_title(title or f"t-SNE of {n} crops", fontsize=9)
     ax.set_xticks([])
     ax.set_yticks([])
