@@ -62,3 +62,18 @@ def test_list_models_names_the_bundled_models_and_a_wrong_name_lists_them():
     assert "unet-dropout" in hemaseg.list_models() and "unet-dropout" not in bundled
     with pytest.raises(HemasegInputError, match="bundled: cells, "):
         hemaseg.load_model("smp-unet")  # an architecture, not a model with weights
+
+
+def test_a_folder_named_like_a_bundled_model_does_not_replace_it(tmp_path, monkeypatch):
+    """A walkthrough: `segment --task wbc photos/ --out wbc` left a folder ./wbc, and every later command's default
+    model resolved to it ("--model: wbc: folder holds no model.safetensors"); `./wbc` still names the folder."""
+    import pytest
+
+    from hemaseg.errors import HemasegInputError
+    from hemaseg.models.registry import WEIGHTS_DIR, resolve_model_path
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "wbc").mkdir()
+    assert resolve_model_path("wbc") == WEIGHTS_DIR / "wbc.safetensors"
+    with pytest.raises(HemasegInputError, match="folder holds no model"):
+        resolve_model_path("./wbc")

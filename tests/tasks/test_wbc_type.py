@@ -834,3 +834,22 @@ def test_classify_takes_normalise_as_a_bool_only():
 
     with pytest.raises(HemasegUsageError, match="normalise"):
         hemaseg.classify(np.full((40, 40, 3), 200, np.uint8), normalise="no")
+
+
+def test_the_classifier_schedule_trains_every_epoch_asked_and_never_divides_by_zero():
+    """A walkthrough: `train wbc-type --init wbc-type --epochs 10` (docs/usage.md's few-shot command) crashed in
+    torch's OneCycleLR (ZeroDivisionError), and the last epoch of every run trained at ~1e-8 (a 1-epoch fine-tune
+    changed no weight)."""
+    import torch
+
+    from hemaseg.tasks.wbc_type.train import one_cycle
+
+    for epochs in range(1, 31):
+        opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+        schedule = one_cycle(opt, 5e-4, epochs)
+        lrs = []
+        for _ in range(epochs):
+            lrs.append(opt.param_groups[0]["lr"])
+            opt.step()
+            schedule.step()
+        assert min(lrs) > 1e-6 and max(lrs) <= 5e-4 + 1e-12, (epochs, lrs)

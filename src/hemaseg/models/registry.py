@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -130,7 +131,15 @@ def save_model(model: nn.Module, path: str | Path, card: dict) -> tuple[Path, Pa
 
 
 def resolve_model_path(name_or_path: str | Path) -> Path:
-    """Find a model's safetensors file: a bundled name (``wbc``), a file, or a training run folder."""
+    """Find a model's safetensors file: a bundled name (``wbc``), a file, or a training run folder.
+
+    A bare bundled name (a str without a folder part) is the bundled model even when the working folder
+    holds a folder of that name (``segment --task wbc photos/ --out wbc`` made the next command's default
+    model that output folder); write ``./wbc`` for a run folder named so."""
+    if isinstance(name_or_path, str) and "/" not in name_or_path and os.sep not in name_or_path:
+        bundled = WEIGHTS_DIR / f"{name_or_path}.safetensors"
+        if name_or_path and bundled.exists():
+            return bundled
     p = Path(name_or_path)
     if p.is_dir():
         for cand in ("model.safetensors", "best.safetensors", "last.safetensors"):

@@ -433,6 +433,27 @@ def load_split(cfg: ClassifyConfig, run: Path) -> tuple[list, list]:
     return train, val
 
 
+def one_cycle(optimizer, lr: float, epochs: int):
+    """The classifier's learning-rate schedule, stepped once an epoch: one cycle (a tenth warming up, then
+    cosine annealing) over ``epochs`` + 1 steps, so the last epoch still learns (over ``epochs`` steps it ran at
+    lr / 1e5 and a 1-epoch fine-tune changed nothing); the warm-up share nudged where torch's phase boundary
+    would fall on step 0 (``--epochs 10`` over 10 steps divided by zero).
+
+    >>> import torch
+    >>> opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    >>> _ = one_cycle(opt, 1.0, 1)
+    >>> opt.param_groups[0]["lr"] > 0.01
+    True
+    """
+    import torch
+
+    steps = int(epochs) + 1
+    pct = 0.1
+    if abs(pct * steps - 1.0) < 1e-6:
+        pct = 0.11
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=pct)
+
+
 def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = False, progress: bool = True,
                    max_epochs_this_call: int | None = None) -> dict:
     """Train (or resume) a WBC type classifier in folder ``run``; returns the final state."""
@@ -517,7 +538,7 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
     if start is not None and not restore:  # fresh, or killed before its first checkpoint
         model.load_state_dict(start[0].state_dict())
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=cfg.epochs, pct_start=0.1)
+    scheduler = one_cycle(optimizer, cfg.lr, cfg.epochs)
     if restore:
         load_last(run, model, optimizer, scheduler)
     transform = classify_transform(cfg.augment)
