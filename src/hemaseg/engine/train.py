@@ -264,7 +264,10 @@ def pair_data(task, cfg: TrainConfig, run: Path, state: dict) -> tuple:
         train_pairs, val_pairs = read_split(split_path, cfg.data)
         pairs = train_pairs + val_pairs
     else:
-        pairs = [p for d in cfg.data for p in task.find_samples(d)]
+        unlabelled: list[dict] = []  # images found without their labels: said, as evaluate says them
+        pairs = [p for d in cfg.data for p in task.find_scored(d, unlabelled)]
+        for f in unlabelled:
+            log.warning("%s: left out of training: %s", f["image"], f["reason"])
         if not pairs:
             raise HemasegInputError(", ".join(cfg.data), "no image/mask pairs found")
     loaded = dict(zip(pairs, (task.load_sample(p) for p in track(pairs, "read training data", leave=False))))
