@@ -738,3 +738,16 @@ def test_evaluate_cells_on_a_coco_json_runs_again_beside_its_own_grid(tmp_path, 
         assert res.exit_code == 0 and (tmp_path / "worst_cases.png").exists(), res.output
     res = CliRunner().invoke(app, ["evaluate", "cells", "--data", "cells.json", "--grid", "f0.png"])
     assert res.exit_code == 2 and "f0.png is a file of the data" in res.output, res.output
+
+
+def test_one_unreadable_voc_xml_is_one_failed_photo_and_the_rest_are_found(tmp_path):
+    """A walkthrough: one broken Annotations/*.xml stopped `evaluate cells` altogether (only its line printed, nothing
+    scored), where evaluate's help promises one line for it and the rest scored."""
+    from hemaseg.tasks.cells.train import find_annotated_photos
+
+    root = _voc(tmp_path / "voc", n=3)
+    (root / "Annotations" / "B_1.xml").write_text("<annotation><broken")
+    failed: list[dict] = []
+    found = find_annotated_photos(root, failed)
+    assert sorted(p.name for p, _ in found) == ["B_0.jpg", "B_2.jpg"]
+    assert len(failed) == 1 and failed[0]["image"].endswith("B_1.xml"), failed

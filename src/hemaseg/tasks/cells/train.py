@@ -118,7 +118,12 @@ def find_annotated_photos(root: str | Path, failed: list[dict] | None = None) ->
     for xml in sorted(ann.glob("*.xml")):
         jpg = next((p for p in (root / "JPEGImages").glob(f"{xml.stem}.*")), None)
         if jpg is not None:
-            out.append((jpg, read_voc_entry(xml)))
+            try:
+                out.append((jpg, read_voc_entry(xml)))
+            except (HemasegInputError, ValueError) as exc:  # one unreadable XML: that photo only (it stopped
+                if failed is None:                             # the whole run)
+                    raise
+                failed.append({"image": str(xml), "reason": getattr(exc, "reason", f"malformed ({exc})")})
         elif failed is not None:
             failed.append({"image": str(xml), "reason": f"no photo {xml.stem}.* in JPEGImages/"})
     return out
