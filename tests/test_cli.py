@@ -486,3 +486,11 @@ def test_train_says_each_image_it_leaves_out_for_want_of_its_label(tmp_path, wbc
     assert any("003.bmp: left out of training: no mask" in r.getMessage() for r in caplog.records), caplog.text
     split = json.loads((run / "split.json").read_text())
     assert not any("003" in str(e) for part in ("train", "val") for e in split[part])
+
+
+def test_resume_of_a_folder_holding_no_run_is_a_usage_error(tmp_path):
+    """A walkthrough: `train smear10 --resume runs/nonexist` exited 1, as if an input had failed."""
+    for target in (tmp_path / "nonexist", tmp_path):
+        res = runner.invoke(app, ["train", "smear10", "--resume", str(target)])
+        assert res.exit_code == 2 and res.output.startswith("--resume") and "nothing to resume" in res.output, \
+            res.output

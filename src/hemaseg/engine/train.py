@@ -479,7 +479,7 @@ def start_or_resume(cfg, config_class, run: Path, resume: bool, task: str | None
     if resume:
         recover(run)
         if not state_path.exists():
-            raise HemasegInputError(state_path, "no state.json: nothing to resume")
+            raise HemasegUsageError("--resume", f"{run}: no training run there (no state.json): nothing to resume")
         state = json.loads(state_path.read_text())
         run_task = state["config"].get("task", "wbc-type")  # a classifier's config names no task
         if task is not None and run_task != task:

@@ -11,7 +11,7 @@ from pathlib import Path
 from hemaseg.engine.task import Task
 from hemaseg.engine.train import TrainConfig
 from hemaseg.engine.train import task_config as _task_config
-from hemaseg.errors import HemasegInputError
+from hemaseg.errors import HemasegUsageError
 from hemaseg.tasks import cells, nuclei, smear10, wbc, wbc_type  # noqa: F401  (each registers its task)
 from hemaseg.tasks.registry import TASKS, get_task, list_tasks, register_task
 
@@ -30,7 +30,7 @@ def fit(cfg: TrainConfig | None, run: str | Path, resume: bool = False, progress
     if cfg is None:
         state = Path(run) / "state.json"
         if not state.exists():
-            raise HemasegInputError(state, "no state.json: nothing to resume")
+            raise HemasegUsageError("--resume", f"{run}: no training run there (no state.json): nothing to resume")
         name = json.loads(state.read_text()).get("config", {}).get("task", "wbc")
     else:
         name = cfg.task
