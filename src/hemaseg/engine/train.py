@@ -27,7 +27,7 @@ from hemaseg.engine.evaluate import select_split
 from hemaseg.engine.losses import dice_ce_loss
 from hemaseg.engine.plots import plot_curves
 from hemaseg.engine.tiling import predict_tiled
-from hemaseg.errors import HemasegInputError, HemasegUsageError
+from hemaseg.errors import HemasegError, HemasegInputError, HemasegUsageError
 from hemaseg.io.datasets import Pair
 from hemaseg.io.writers import atomic_path, remove_temps, write_json
 from hemaseg.models.registry import create_model, load_card, load_model, load_weights, save_model
@@ -256,6 +256,19 @@ class SegDataset:
         return sample
 
 
+def _unlabelled(task, roots: list[str]) -> list[dict]:
+    """The images under ``roots`` found without their labels, as ``hemaseg evaluate`` names them
+    (:meth:`Task.find_scored`); a folder evaluation cannot score (boxes only, for the wbc task's weak
+    labels) names none."""
+    out: list[dict] = []
+    for root in roots:
+        try:
+            task.find_scored(root, out)
+        except HemasegError:
+            pass
+    return out
+
+
 def pair_data(task, cfg: TrainConfig, run: Path, state: dict) -> tuple:
     """Training dataset, validation items and model-card fields of an image/label-pair task: the
     task's ``find_samples`` / ``load_sample`` / ``target`` hooks, a seeded split kept in ``run/split.json``."""
@@ -264,9 +277,8 @@ def pair_data(task, cfg: TrainConfig, run: Path, state: dict) -> tuple:
         train_pairs, val_pairs = read_split(split_path, cfg.data)
         pairs = train_pairs + val_pairs
     else:
-        unlabelled: list[dict] = []  # images found without their labels: said, as evaluate says them
-        pairs = [p for d in cfg.data for p in task.find_scored(d, unlabelled)]
-        for f in unlabelled:
+        pairs = [p for d in cfg.data for p in task.find_samples(d)]
+        for f in _unlabelled(task, cfg.data):
             log.warning("%s: left out of training: %s", f["image"], f["reason"])
         if not pairs:
             raise HemasegInputError(", ".join(cfg.data), "no image/mask pairs found")
