@@ -60,7 +60,8 @@ def test_train_refuses_zero_epochs_and_batch(wbc_folder, tmp_path):
     for args, option in ((["--epochs", "0"], "--epochs"), (["--batch-size", "0"], "--batch-size"),
                          (["--lr", "0"], "--lr"), (["--val-fraction", "1.5"], "--val-fraction"),
                          (["--val-fraction", "0"], "--val-fraction"),  # 0 still held one image out (stop 63)
-                         (["--init", "nosuch"], "--init")):  # exit 1 before, where --model nosuch is 2
+                         (["--init", "nosuch"], "--init"),  # exit 1 before, where --model nosuch is 2
+                         (["--init", "nuclei"], "--init")):  # another task's model: exit 1 before (stop 64)
         res = runner.invoke(app, ["train", "wbc", "--data", str(wbc_folder), "--out", str(tmp_path / "r"), *args])
         _one_line_usage(res, option)
         assert not (tmp_path / "r").exists()

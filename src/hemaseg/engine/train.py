@@ -108,10 +108,10 @@ class TrainConfig:
 
 def init_arch(model: str, task: str) -> tuple[str, dict]:
     """(architecture name, kwargs without ``classes``) of the model to start from, which must be a
-    ``task`` model (:class:`HemasegInputError` otherwise)."""
+    ``task`` model (a usage error naming ``--init`` otherwise, as another task's ``--model`` is)."""
     _, card = load_card(model)
     if card.get("task") != task:
-        raise HemasegInputError(model, f"a {card.get('task')} model; --init needs a {task} model")
+        raise HemasegUsageError("--init", f"{model} is a {card.get('task')} model; --init needs a {task} model")
     kwargs = {k: v for k, v in card["architecture"].get("kwargs", {}).items() if k != "classes"}
     return card["architecture"]["name"], kwargs
 

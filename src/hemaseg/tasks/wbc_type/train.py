@@ -479,7 +479,8 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
         state["init_card"] = start[1]
     if start is not None:
         if start[1].get("task") != "wbc-type":
-            raise HemasegInputError(cfg.init, f"a {start[1].get('task')} model; --init needs a wbc-type model")
+            raise HemasegUsageError("--init", f"{cfg.init} is a {start[1].get('task')} model; --init needs a "
+                                              "wbc-type model")
         if start[1]["architecture"]["name"] == "wbc-ensemble" and (cfg.mixstyle or cfg.target_images):
             raise HemasegUsageError("--init", f"{cfg.init} is an ensemble: it is fine-tuned as a whole, without "
                                               "MixStyle or DANN (--target-images); train a member for those")
