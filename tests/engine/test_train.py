@@ -62,7 +62,7 @@ def test_init_starts_from_a_models_weights(wbc_folder, tmp_path):
     import pytest
 
     from hemaseg.engine.train import init_arch
-    from hemaseg.errors import HemasegInputError
+    from hemaseg.errors import HemasegUsageError
 
     first = tmp_path / "first"
     fit(_cfg(wbc_folder), first, progress=False)
@@ -79,7 +79,7 @@ def test_init_starts_from_a_models_weights(wbc_folder, tmp_path):
     cfg.init = ""
     fresh = fit(cfg, tmp_path / "fresh", progress=False) and load_file(str(tmp_path / "fresh" / "last.safetensors"))
     assert not all(np.allclose(fresh[k].numpy(), ref[k].numpy()) for k in ref)
-    with pytest.raises(HemasegInputError, match="smear10"):
+    with pytest.raises(HemasegUsageError, match="init needs a smear10 model"):  # a usage error since stop 64
         init_arch(str(first), "smear10")
 
 
