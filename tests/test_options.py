@@ -290,3 +290,12 @@ def test_explain_out_beside_an_input_file_and_a_classify_csv_named_as_an_image_a
     _one_line_usage(runner.invoke(app, ["classify", "-f", str(photos / "a.png"), "-o", str(tmp_path / "p.png")]),
                     "--output")
     assert sorted(p.name for p in photos.iterdir()) == ["a.png"] and not (tmp_path / "p.png").exists()
+
+
+def test_a_missing_classify_folder_is_one_failed_input_not_also_a_crop(photos, tmp_path):
+    """Stop 64's empty-folder line had left a missing -d falling through to the crop list: said twice ("not a
+    folder", then "no such file") and counted as a crop that failed."""
+    missing = tmp_path / "nope"
+    res = runner.invoke(app, ["classify", "-f", str(photos / "a.png"), "-d", str(missing), "-o", str(tmp_path / "p.csv")])
+    assert res.exit_code == 1 and res.output.count(str(missing)) == 1 and "1/1 crops classified" in res.output, \
+        res.output

@@ -711,14 +711,15 @@ def classify(
     for f in file or []:
         paths += [f] if Path(f).is_dir() else expand_inputs(f)  # a folder given to -f is reported, not listed
     for d in directory or []:
-        if not Path(d).is_dir():
+        found = expand_inputs(d, recursive=True) if Path(d).is_dir() else None
+        if found is None:
             _fail(d, "not a folder")
             bad_inputs += 1
-        elif not expand_inputs(d, recursive=True) and (file or len(directory) > 1):  # alone: the line below
+        elif not found and (file or len(directory) > 1):  # alone: the line below says it
             _fail(d, "no images in it (sub-folders included)")
             bad_inputs += 1
-            continue
-        paths += expand_inputs(d, recursive=True)
+        else:
+            paths += found
     seen: set[str] = set()  # one row per crop however it was spelt (a.jpg, ./a.jpg), between -f and -d too
     paths = [p for p in paths if not (os.path.abspath(p) in seen or seen.add(os.path.abspath(p)))]
     if not paths:
