@@ -38,7 +38,6 @@ from hemaseg.pipelines.batch import (
     RUN_FILE,
     BatchOptions,
     dask_client,
-    drop_stale_parts,
     is_done,
     prepare_batch,
     run_photos,
@@ -405,7 +404,6 @@ def analyze(
             cluster.close()
     n_failed = len(failures) + _empty_folders(images)
     failed = [(str(p), reason) for p, reason in failures]
-    drop_stale_parts(out, jobs)  # a renamed or failed photo's old part and overlay: not this batch's any more
     n, cells = write_batch_files(out, jobs, failed, cvat=cvat, coco=coco, coco_rle=coco_rle)
     typer.echo(f"{n}/{len(paths)} images analysed, {cells} cells; results in {out} "
                f"(report.html, results.json, counts.csv)", err=True)

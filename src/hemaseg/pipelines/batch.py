@@ -73,7 +73,8 @@ class BatchOptions:
         if not d["post"]:
             d.pop("post")  # as batches begun before --post recorded them: they resume
         # the models' weights and cards, not only their names: one retrained under the same name is another model
-        d["fingerprints"] = {"model": model_fingerprint(self.model), "type_model": model_fingerprint(self.type_model)}
+        d["fingerprints"] = {"model": model_fingerprint(self.model, self.device),
+                             "type_model": model_fingerprint(self.type_model, self.device)}
         return d
 
     def params(self) -> dict | None:
@@ -264,12 +265,11 @@ class Parts:
                 yield part
 
 
-def drop_stale_parts(out: str | Path, jobs: list[tuple[Path, str]]) -> int:
-    """Delete the parts in ``OUT/parts`` (and their overlays) that describe no photo of ``jobs`` as it is now: a
-    photo analysed under another output name before (``s.jpg``, then ``a/s.jpg`` and ``b/s.jpg`` named apart), or
-    one that changed and failed this time. Called after a batch, before its files are rebuilt. Returns how many."""
+def drop_stale_parts(out: str | Path, current: set[str]) -> int:
+    """Delete the parts in ``OUT/parts`` (and their overlays) whose stem is not in ``current`` (the stems of the
+    batch's photos done as they are now): a photo analysed under another output name before (``s.jpg``, then
+    ``a/s.jpg`` and ``b/s.jpg`` named apart), or one that changed and failed this time. Returns how many."""
     out = Path(out)
-    current = {stem for path, stem in jobs if is_done(out, stem, path)}
     dropped = 0
     for q in sorted((out / PARTS).glob("*.json")):
         if q.name == RUN_FILE or q.stem in current:
@@ -304,9 +304,11 @@ def write_batch_files(out: str | Path, jobs: list[tuple[Path, str]], failed: lis
                       date: str | None = None) -> tuple[int, int]:
     """Rebuild ``OUT/results.json``, ``OUT/counts.csv`` and ``OUT/report.html`` (and the ``cvat`` /
     ``coco`` files) from the parts on disk of ``jobs`` ((path, stem), in input order), holding one
-    photo's part at a time (the CVAT and COCO files are built whole). Returns (photos, cells)."""
+    photo's part at a time (the CVAT and COCO files are built whole), after deleting the parts and
+    overlays of no such photo (:func:`drop_stale_parts`). Returns (photos, cells)."""
     out = Path(out)
     parts = Parts(out, jobs)
+    drop_stale_parts(out, {stem for _, stem in parts.jobs})  # a renamed or failed photo's old part: not this batch's
     write_results_stream(out / "results.json", (p["entry"] for p in parts))
     light = [light_analysis(p) for p in parts]
     write_text(out / "counts.csv", counts_csv(light))
