@@ -42,6 +42,12 @@ def test_save_load_round_trip(tmp_path):
     with torch.no_grad():
         assert torch.allclose(model(x), loaded(x), atol=1e-5)  # channels_last may reorder sums
     assert card2 == card
+    # a score with nothing to score (NaN) is standard JSON's null, not a bare NaN other parsers refuse
+    import json
+
+    save_model(model, tmp_path / "n", {**card, "metrics": {"val": {"dice": float("nan"), "iou": 0.5}}})
+    text = (tmp_path / "n.json").read_text()
+    assert "NaN" not in text and json.loads(text)["metrics"]["val"] == {"dice": None, "iou": 0.5}
 
 
 def test_load_errors_name_the_file(tmp_path):

@@ -888,6 +888,7 @@ def evaluate(
             _fail_model(exc, model or spec.default_model)
             raise typer.Exit(2) from None
         _refuse_other_task(card, model, spec.name)  # scored 0.0 everywhere, or failed deep inside
+    grid_before = _stamp(grid)
     try:
         res = spec.evaluate(data, model or spec.default_model, split, cell_diameter, dev, grid, method)
     except HemasegUsageError:
@@ -901,10 +902,21 @@ def evaluate(
         typer.echo(line)
     if json_out:
         write_json(json_out, nan_as_null(res))  # standard JSON: a score with nothing to score is null
+    if grid is not None and _stamp(grid) not in (None, grid_before):  # the default writes one unasked: say where
+        typer.echo(f"{'confusion matrix' if spec.name == 'smear10' else 'worst cases'}: {grid}", err=True)
     for f in res.get("failed", []):  # each skipped image or folder: one line; the others were scored
         _fail(f["image"], f["reason"])
     if res.get("failed"):
         raise typer.Exit(1)
+
+
+def _stamp(path: Optional[Path]) -> Optional[tuple[int, int]]:
+    """(inode, modification time in ns) of a file, None when there is none: whether a run wrote it."""
+    try:
+        st = path.stat() if path is not None else None
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns) if st is not None else None
 
 
 def _photos_named_by(coco: Path) -> set[Path]:

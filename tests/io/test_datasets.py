@@ -151,3 +151,25 @@ def test_class_csv_rows_left_out_are_said(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         assert [c for _, c in find_labelled_cells(tmp_path)] == ["neutrophil"]
     assert "1 name no image here (3)" in caplog.text and "1 a class number other than 1-5 (2)" in caplog.text
+
+
+def test_a_wbc_class_mask_is_no_nucleus_instance_map(tmp_path):
+    """A walkthrough (stop 64): `evaluate nuclei` / `train nuclei` on a wbc-seg folder read each 0/128/255 mask as two
+    "nuclei" (the cytoplasm and the nucleus) and scored or trained on them; refused, naming the mask. Instance maps
+    (1..N, also with 255 nuclei) and binary 0/255 masks are read as before."""
+    from hemaseg.io.datasets import Pair, load_instances
+
+    Image.fromarray(np.full((8, 8, 3), 200, np.uint8)).save(tmp_path / "a.png")
+    mask = np.zeros((8, 8), np.uint8)
+    mask[1:7, 1:7], mask[3:5, 3:5] = 128, 255
+    Image.fromarray(mask).save(tmp_path / "wbc.png")
+    with pytest.raises(HemasegInputError, match="WBC class mask") as e:
+        load_instances(Pair(tmp_path / "a.png", tmp_path / "wbc.png"))
+    assert "wbc.png" in str(e.value)
+    labels = np.arange(64, dtype=np.uint8).reshape(8, 8) * 4  # 0, 4, ..., 252: instances
+    Image.fromarray(labels).save(tmp_path / "inst.png")
+    assert len(np.unique(load_instances(Pair(tmp_path / "a.png", tmp_path / "inst.png"))[1])) == 64
+    binary = np.zeros((8, 8), np.uint8)
+    binary[1:3, 1:3] = binary[5:7, 5:7] = 255
+    Image.fromarray(binary).save(tmp_path / "bin.png")
+    assert load_instances(Pair(tmp_path / "a.png", tmp_path / "bin.png"))[1].max() == 2  # components

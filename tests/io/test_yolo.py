@@ -124,6 +124,22 @@ def test_reads_split_layout_with_numbered_class_list_polygons_scores_and_backgro
     assert [e["filename"] for e in read_yolo(root / "images" / "val")] == ["empty.png", "val0.png"]
 
 
+def test_images_without_a_label_file_are_said_once(tmp_path, caplog):
+    """A walkthrough (stop 64): an image without its label file is a field with no cell (YOLO's background
+    images), so a label folder misplaced reads as empty fields; a warning counts them and names the first, once
+    per root however often it is read."""
+    import logging
+
+    _images(tmp_path, [{"filename": n, "height": 20, "width": 20} for n in ("a.png", "b.png", "c.png")])
+    (tmp_path / "a.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    (tmp_path / "classes.txt").write_text("wbc\nrbc\nplatelet\n")
+    with caplog.at_level(logging.WARNING):
+        for _ in range(2):
+            assert [len(e["masks"]) for e in read_yolo(tmp_path)] == [1, 0, 0]
+    said = [r.getMessage() for r in caplog.records if "without a YOLO label file" in r.getMessage()]
+    assert len(said) == 1 and "2 image(s)" in said[0] and "b.png" in said[0], said
+
+
 @pytest.mark.parametrize("text, reason", [("3 0.5 0.5 0.1 0.1\n", "class 3"), ("0 0.5 0.5 0.1\n", "3 numbers"),
                                           ("wbc 0.5 0.5 0.1 0.1\n", "expected numbers"),
                                           ("0 0.5 nan 0.1 0.1\n", "finite")])

@@ -736,6 +736,7 @@ def test_evaluate_cells_on_a_coco_json_runs_again_beside_its_own_grid(tmp_path, 
     for _ in range(2):
         res = CliRunner().invoke(app, ["evaluate", "cells", "--data", "cells.json"])
         assert res.exit_code == 0 and (tmp_path / "worst_cases.png").exists(), res.output
+        assert "worst cases: worst_cases.png" in res.output  # written unasked: said where
     res = CliRunner().invoke(app, ["evaluate", "cells", "--data", "cells.json", "--grid", "f0.png"])
     assert res.exit_code == 2 and "f0.png is a file of the data" in res.output, res.output
 
@@ -751,3 +752,22 @@ def test_one_unreadable_voc_xml_is_one_failed_photo_and_the_rest_are_found(tmp_p
     found = find_annotated_photos(root, failed)
     assert sorted(p.name for p, _ in found) == ["B_0.jpg", "B_2.jpg"]
     assert len(failed) == 1 and failed[0]["image"].endswith("B_1.xml"), failed
+
+
+def test_objects_of_an_unknown_class_are_said_once(tmp_path, caplog):
+    """A walkthrough (stop 64): a VOC object of a class the cells task does not know ("Ghost") was dropped from
+    training and scoring without a word; one warning names the class and its count, once per data root."""
+    import logging
+
+    from hemaseg.tasks.cells.train import find_annotated_photos
+
+    root = _voc(tmp_path / "voc", n=2)
+    xml = root / "Annotations" / "B_1.xml"
+    xml.write_text(xml.read_text().replace("<name>RBC</name>", "<name>Ghost</name>", 1))
+    assert "Ghost" in xml.read_text()
+    with caplog.at_level(logging.WARNING):
+        for _ in range(2):
+            found = find_annotated_photos(root)
+    said = [r.getMessage() for r in caplog.records if "does not know" in r.getMessage()]
+    assert len(said) == 1 and "'ghost' 1" in said[0], said
+    assert sum(m["class_name"] == "ghost" for _, e in found for m in e["masks"]) == 1  # read, left to the tasks

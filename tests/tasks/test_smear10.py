@@ -638,3 +638,16 @@ def test_touching_red_cells_are_counted_one_by_one(monkeypatch):
     rbcs = [o for o in seg.objects if o["class_name"] == "healthy rbc"]
     assert len(rbcs) == 3 and len(np.unique(seg.instances[seg.instances > 0])) == 3
     assert sum(o["area"] for o in rbcs) == int(np.logical_or.reduce(cells).sum())
+
+
+def test_train_smear10_refuses_crop(tmp_path):
+    """A walkthrough (stop 64): `train smear10 --crop 320` was recorded in the run's config while the smears stayed
+    224 px; a usage error naming --crop, before anything is written."""
+    from typer.testing import CliRunner
+
+    from hemaseg.cli import app
+
+    res = CliRunner().invoke(app, ["train", "smear10", "--data", str(tmp_path), "--out", str(tmp_path / "run"),
+                                   "--crop", "320"])
+    assert res.exit_code == 2 and "--crop" in res.output and "224 px" in res.output, res.output
+    assert not (tmp_path / "run").exists()

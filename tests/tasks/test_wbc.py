@@ -364,3 +364,18 @@ def test_estimate_diameter_is_the_size_segment_works_at():
     assert hemaseg.estimate_diameter(image) == pytest.approx(hemaseg.segment(image).cell_diameter)
     with pytest.raises(HemasegUsageError, match="nuclei model"):
         hemaseg.estimate_diameter(image, model="nuclei")
+
+
+def test_train_on_boxes_alone_is_refused_and_leaves_no_run(tmp_path):
+    """A walkthrough (stop 64): `train wbc` on boxed fields alone trained with a WBC size of 0 and a NaN Dice to
+    choose its checkpoint on; it is one line naming the data, exit 1, and no run folder is left behind."""
+    from typer.testing import CliRunner
+
+    from hemaseg.cli import app
+
+    yolo = _yolo_fields(tmp_path / "yolo")
+    res = CliRunner().invoke(app, ["train", "wbc", "--data", str(yolo), "--out", str(tmp_path / "run"), "--epochs",
+                                   "1", "--crop", "32", "--batch-size", "4", "--samples-per-epoch", "8"])
+    assert res.exit_code == 1, res.output
+    assert "no pixel-annotated WBC in the training split" in res.output and str(yolo) in res.output
+    assert not (tmp_path / "run").exists()

@@ -656,6 +656,9 @@ def read_yolo_labels(path: str | Path, names: list[str], height: int, width: int
     return masks
 
 
+_SAID: set[tuple[str, int]] = set()  # (root, images without labels) already warned of
+
+
 def read_yolo(root: str | Path, failed: list[dict] | None = None) -> list[dict]:
     """Entries of a YOLO dataset folder (see :func:`find_yolo`); class names from :func:`yolo_names`,
     in the project's spelling. ``filename`` is the image's path relative to ``root``. An image (or its
@@ -664,6 +667,12 @@ def read_yolo(root: str | Path, failed: list[dict] | None = None) -> list[dict]:
     root = Path(root)
     pairs = find_yolo(root)
     names = yolo_names(root)
+    bare = [image for image, label in pairs if label is None]
+    if bare and (str(root), len(bare)) not in _SAID:  # (a root is read more than once a run: said once)
+        _SAID.add((str(root), len(bare)))
+        log.warning("%s: %d image(s) without a YOLO label file (%s%s) read as fields with no cell (YOLO's "
+                    "background images)", root, len(bare), bare[0].relative_to(root).as_posix(),
+                    ", ..." if len(bare) > 1 else "")
     entries = []
     for image, label in pairs:
         try:

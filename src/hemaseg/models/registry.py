@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from hemaseg.errors import HemasegInputError
-from hemaseg.io.writers import atomic_path, write_json
+from hemaseg.io.writers import atomic_path, nan_as_null, write_json
 
 if TYPE_CHECKING:
     from torch import nn
@@ -121,12 +121,12 @@ def save_file(tensors: dict, filename: str) -> None:
 
 
 def save_model(model: nn.Module, path: str | Path, card: dict) -> tuple[Path, Path]:
-    """Write ``path``.safetensors and ``path``.json (the model card), atomically."""
+    """Write ``path``.safetensors and ``path``.json (the model card, NaN written as null), atomically."""
     path = Path(path)
     st = path.with_suffix(".safetensors")
     with atomic_path(st) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp))
-    js = write_json(path.with_suffix(".json"), card)
+    js = write_json(path.with_suffix(".json"), nan_as_null(card))  # standard JSON: a score of nothing is null
     return st, js
 
 

@@ -1647,6 +1647,13 @@ class WbcTask(Task):
         pixel-annotated draws gets real red cells of the training split's boxed fields pressed
         against its WBCs (:func:`paste_red_cells`)."""
         dataset, val_items, card = pair_data(self, cfg, run, state)
+        # Boxed fields teach where a WBC is not; the WBC size and the Dice that chooses the checkpoint need pixel masks
+        for part, has_masks in (("training", card["cell_diameter"] > 0),
+                                ("validation", any(self.stratum(*item) == "masks" for item in val_items))):
+            if not has_masks:
+                raise HemasegInputError(", ".join(cfg.data), f"no pixel-annotated WBC in the {part} split (boxed "
+                                                             "fields alone give no WBC size nor Dice to choose the "
+                                                             "checkpoint on): add image/mask pairs such as wbc-seg's")
         chance = float(getattr(cfg, "paste_red_cells", 0.0))
         if chance > 0:
             train_pairs, _ = read_split(run / "split.json", cfg.data)

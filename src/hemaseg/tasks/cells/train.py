@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+from collections import Counter
 from pathlib import Path
 
 import cv2
@@ -80,13 +81,32 @@ def coco_photo_folders(coco: Path) -> tuple[Path, Path]:
     return coco.parent, coco.parent / "images"
 
 
+_SAID: set[tuple[str, str]] = set()  # (data root, warning) already logged: a root is read more than once a run
+
+
 def find_annotated_photos(root: str | Path, failed: list[dict] | None = None) -> list[tuple[Path, dict]]:
     """(image path, entry) of a VOC root (``Annotations/*.xml`` + ``JPEGImages/``; boxes), of a YOLO
     dataset (``images/<split>/`` + ``labels/<split>/`` + data.yaml; each entry carries its ``split``
     and, from ``sources.csv``, its ``source`` and ``original_name``) or of a COCO JSON (file, or a
     folder holding ``annotations.json``; images beside it or in ``images/``). ``failed``: a YOLO
-    photo or label file that cannot be read is listed there and left out (else it raises)."""
-    root = Path(root)
+    photo or label file that cannot be read is listed there and left out (else it raises).
+
+    Objects of a class that is no red cell, WBC (or WBC type) nor platelet are neither trained on nor
+    scored: a warning names those classes and their counts (once per root)."""
+    photos = _annotated_photos(Path(root), failed)
+    other = Counter(m["class_name"] for _, e in photos for m in e["masks"] if category_of(m["class_name"])
+                    not in CATEGORIES)
+    if other:
+        said = ', '.join(f'{n!r} {k}' for n, k in sorted(other.items()))
+        if (str(root), said) not in _SAID:
+            _SAID.add((str(root), said))
+            log.warning("%s: %d object(s) of classes the cells task does not know are left out (%s); it knows "
+                        "%s, the WBC types and their usual spellings", root, sum(other.values()), said,
+                        ", ".join(CATEGORIES))
+    return photos
+
+
+def _annotated_photos(root: Path, failed: list[dict] | None) -> list[tuple[Path, dict]]:
     if is_yolo_root(root):
         sources = read_sources(root)
         out = []

@@ -29,7 +29,7 @@ from hemaseg.progress import track
 from hemaseg.tasks.registry import register_task
 from hemaseg.tasks.smear10.classes import CLASSES, GROUP_OF, GROUPS, PALETTE
 from hemaseg.tasks.smear10.infer import SmearParams, segment_smear
-from hemaseg.tasks.smear10.synth import colour_map
+from hemaseg.tasks.smear10.synth import SynthConfig, colour_map
 from hemaseg.tasks.smear10.train import smear10_data
 
 DEPENDS = ("wbc_type", "cells")
@@ -81,7 +81,11 @@ class Smear10Task(Task):
 
     def train_config(self, recipe: str | None = None, **options) -> TrainConfig:
         """As :meth:`Task.train_config`; ``recipe="seed002"`` is the seed's recipe (lr 1e-3, then 1e-4
-        after 5 of 35 epochs)."""
+        after 5 of 35 epochs). ``crop`` is refused: the smears are composed at seed 002's size
+        (:class:`~hemaseg.tasks.smear10.synth.SynthConfig`'s ``size``, 224 px) whatever it says."""
+        if options.get("crop") is not None:
+            raise HemasegUsageError("--crop", f"smear10 composes its training smears at {SynthConfig().size} px "
+                                              "(seed 002's size); --crop is not used")
         if recipe == "seed002":
             options = {**options, "lr": options.get("lr") or 1e-3, "epochs": options.get("epochs") or 35}
             return replace(super().train_config(**options), schedule="step")
