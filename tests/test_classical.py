@@ -338,3 +338,11 @@ def test_a_batch_warning_names_its_photo(tmp_path, caplog):
                                    str(tmp_path / "o")])
     assert res.exit_code == 0, res.output
     assert f"{tmp_path / 'grey.png'}: the hsv method needs a colour photo" in caplog.text + res.output
+    # a warning that names its photo already (a stack's first plane read) names it once, not twice
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "stack.tif", np.stack([toy_wbc(np.random.default_rng(1), 96)[0]] * 2))
+    res = CliRunner().invoke(app, ["segment", "--method", "hsv", str(tmp_path / "stack.tif"), "--out",
+                                   str(tmp_path / "o2")])
+    said = [ln for ln in (caplog.text + res.output).splitlines() if "only the first is read" in ln]
+    assert res.exit_code == 0 and said and all(ln.count("stack.tif") == 1 for ln in said), said

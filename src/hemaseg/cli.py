@@ -200,8 +200,11 @@ class _InputNamed(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if self.path is not None and record.levelno >= logging.WARNING and not getattr(record, "input_named", False):
-            # once, though each handler filters the same record (pytest's add theirs: the path came three times)
-            record.msg, record.args, record.input_named = f"{self.path}: {record.getMessage()}", (), True
+            # once, though each handler filters the same record (pytest's add theirs: the path came three times),
+            # and not when the message names it already (an image reader's warning)
+            message = record.getMessage()
+            named = message.startswith(f"{self.path}: ")
+            record.msg, record.args, record.input_named = message if named else f"{self.path}: {message}", (), True
         return True
 
 

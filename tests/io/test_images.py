@@ -36,13 +36,26 @@ def test_reads_16bit_png_and_tiff(tmp_path):
         assert out.min() == 0 and out.max() == 255  # rescaled to the image's own range
 
 
-def test_reads_multipage_tiff_first_plane(tmp_path):
+def test_reads_multipage_tiff_first_plane(tmp_path, caplog):
+    """The first plane of a stack, saying so once (the other planes were dropped without a word); a pyramid's
+    smaller levels are no planes."""
+    import logging
+
     stack = np.zeros((3, 10, 12), np.uint8)
     stack[0] = 7
     tifffile.imwrite(tmp_path / "s.tif", stack, photometric="minisblack")
-    out = read_image(tmp_path / "s.tif")
-    assert out.shape == (10, 12, 3)
-    assert (out == 7).all()
+    with tifffile.TiffWriter(tmp_path / "p.tif") as tif:  # pages of one shape: a series of fields
+        for v in (7, 8):
+            tif.write(np.full((10, 12), v, np.uint8))
+    with tifffile.TiffWriter(tmp_path / "pyramid.tif") as tif:
+        tif.write(np.full((20, 24), 7, np.uint8))
+        tif.write(np.full((10, 12), 7, np.uint8))
+    with caplog.at_level(logging.WARNING):
+        for name in ("s.tif", "s.tif", "p.tif", "pyramid.tif"):
+            out = read_image(tmp_path / name)
+            assert out.shape[2] == 3 and (out == 7).all()
+    said = [r.getMessage() for r in caplog.records if "only the first" in r.getMessage()]
+    assert len(said) == 2 and "s.tif: 3 planes" in said[0] and "p.tif: 2 planes" in said[1], said
 
 
 @pytest.mark.parametrize("name,content,reason", [

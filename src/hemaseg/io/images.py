@@ -1,6 +1,7 @@
 """Read any microscope image (PNG/JPEG/BMP/TIFF, 8/16-bit, grey/RGB/RGBA) as RGB uint8."""
 from __future__ import annotations
 
+import logging
 import os
 import struct
 from pathlib import Path
@@ -10,6 +11,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from hemaseg.errors import HemasegInputError
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 
@@ -36,6 +39,9 @@ def _read_tiff(path: Path) -> np.ndarray:
             page = tif.pages[0]
             check_size(path, int(page.imagelength), int(page.imagewidth))
             arr, axes = page.asarray(), page.axes
+            # other pages of the first page's shape are more planes (a z-stack, a time series, more fields),
+            # not a pyramid's smaller levels: only the first is read, which is said
+            planes = sum(1 for p in tif.pages[1:64] if getattr(p, "shape", None) == page.shape)
     except HemasegInputError:
         raise
     except Exception as exc:  # tifffile raises many kinds on corrupt files
@@ -46,8 +52,21 @@ def _read_tiff(path: Path) -> np.ndarray:
         arr = np.moveaxis(arr, axes.index("S"), -1)  # planar RGB: (3, H, W) -> (H, W, 3)
     # Volumes or other leading axes in one page: take the first plane, keep channels last.
     while arr.ndim > 3 or (arr.ndim == 3 and arr.shape[-1] not in (1, 3, 4)):
+        planes += arr.shape[0] - 1
         arr = arr[0]
+    if planes:
+        _say_once(path, f"{planes + 1}{'+' if planes >= 63 else ''} planes (a stack or series); only the first "
+                        "is read: save each plane as its own image to have them all")
     return arr
+
+
+_SAID: set[tuple[str, str]] = set()  # (file, warning) already logged: an image is read more than once a run
+
+
+def _say_once(path: Path, warning: str) -> None:
+    if (str(path), warning) not in _SAID:
+        _SAID.add((str(path), warning))
+        log.warning("%s: %s", path, warning)
 
 
 def _pil_array(im: Image.Image, band_pixels: int = 1 << 22) -> np.ndarray:
