@@ -60,7 +60,10 @@ def test_bad_usage_exits_2(tmp_path):
 
 @pytest.mark.parametrize("args, names", [(["analyze", "--pixel-size", "abc"], "--pixel-size"),
                                          (["analyze", "--no-such-option"], "--no-such-option"),
-                                         (["segment"], "images")])
+                                         (["segment"], "images"),
+                                         # an option's value missing at the end named `hemaseg` (stop 65)
+                                         (["export", "wbc", "--out", "x.onnx", "--format"], "--format"),
+                                         (["serve", "--port"], "--port")])
 def test_errors_the_command_line_library_finds_are_one_line_naming_the_option(args, names):
     res = runner.invoke(app, args, prog_name="hemaseg")
     lines = res.output.strip().splitlines()

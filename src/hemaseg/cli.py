@@ -78,6 +78,9 @@ class _OneLineErrors(TyperGroup):
                 exc.show()
             else:
                 command = exc.ctx.command_path if exc.ctx is not None else "hemaseg"
+                given = list(sys.argv[1:] if args is None else args)
+                if (exc.ctx is None or exc.ctx.command is self) and given and given[0] in self.commands:
+                    command = f"{command} {given[0]}"  # an option's value missing at the end: still the command's
                 message = " ".join(exc.format_message().split())
                 typer.echo(f"{command}: {message} (see {command} --help)", err=True)
             sys.exit(exc.exit_code)
@@ -1179,12 +1182,13 @@ def serve(
     require_flask()
     check_address(host, port)
     dev = _device(device)
-    for name in (model, type_model):
+    for option, name, task in (("--model", model, "cells"), ("--type-model", type_model, "wbc-type")):
         try:
-            get_model(name, dev, backend)  # loaded now: the first photo is not slow, a bad name fails here
+            card = get_model(name, dev, backend)[1]  # loaded now: the first photo is not slow, a bad name fails here
         except HemasegError as exc:
-            _fail_error(exc, name)
+            _fail_model(exc, name, option)
             raise typer.Exit(2) from None
+        _refuse_other_task(card, name, task, option)  # (as analyze: else every photo failed, blamed for it)
     if host not in ("127.0.0.1", "localhost", "::1"):
         typer.echo(f"--host {host}: anyone who can reach this address can upload photos and read the results",
                    err=True)
@@ -1215,6 +1219,10 @@ def export(
     The ONNX file runs with --model PATH.onnx --backend onnx, without torch too. bioimageio: a U-Net as a
     bioimage.io model package (TorchScript weights, test tensors, processing described), validated with the
     bioimage.io spec library and bioimageio.core before it is written."""
+    if format == "bioimageio" and out.suffix.lower() != ".zip" and (out.suffix or out.is_file() or
+                                                                   (out.is_dir() and any(out.iterdir()))):
+        # (foo.onnx became a folder of that name; a folder with files in it was "a folder; give a file name")
+        raise HemasegUsageError("--out", f"{out}: a bioimage.io package is PATH.zip or a new (or empty) folder")
     empty_folder = format == "bioimageio" and out.is_dir() and not any(out.iterdir())  # allowed, as --help says
     check_output(out, "--out", folder=empty_folder)
     try:

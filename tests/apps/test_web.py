@@ -82,7 +82,11 @@ def test_bad_uploads_get_a_message_and_the_server_goes_on(client, tmp_path):
              ({"image": (io.BytesIO(b"counts"), "notes.txt")}, 400, "notes.txt: not an image file"),
              ({"image": (io.BytesIO(b""), "empty.jpg")}, 400, "empty.jpg: empty file"),
              ({"image": (io.BytesIO(os.urandom(80_000)), "huge.jpg")}, 413, "file too large"),
-             ({}, 400, "no file in the upload")]
+             ({}, 400, "no file in the upload"),
+             # the limit is the photo's (52,428 bytes here), not the request's with its multipart headers
+             ({"image": (io.BytesIO(os.urandom(52_400)), "just.jpg")}, 400, "just.jpg: not an image"),
+             # a second photo in one request was dropped without a word
+             ({"image": [(io.BytesIO(b"a"), "one.jpg"), (io.BytesIO(b"b"), "two.jpg")]}, 400, "2 files in one upload")]
     for data, status, text in cases:
         res = c.post(f"/api/s/{sid}/images", data=data, content_type="multipart/form-data")
         assert res.status_code == status, (text, res.get_json())
@@ -91,7 +95,7 @@ def test_bad_uploads_get_a_message_and_the_server_goes_on(client, tmp_path):
     assert c.get(f"/s/{sid}").status_code == 200
     state = c.get(f"/api/s/{sid}/state").get_json()
     assert state["images"] == [] and state["totals"] == {"rbc": 0, "wbc": 0, "platelet": 0}
-    assert [f["filename"] for f in state["failed"]] == ["broken.png", "notes.txt", "empty.jpg"]
+    assert [f["filename"] for f in state["failed"]] == ["broken.png", "notes.txt", "empty.jpg", "just.jpg"]
     assert c.get(f"/api/s/{sid}/download/counts.csv").status_code == 404  # nothing to download yet
     assert c.get("/api/s/no-such-session/state").status_code == 404
     assert c.get(f"/api/s/{sid}/download/..%2Fsecret").status_code == 404
@@ -164,7 +168,10 @@ def test_serve_refuses_a_bad_port_or_host_in_one_line_before_loading_models():
         taken = busy.getsockname()[1]
         for args, option in ((["--port", "70000"], "--port"), (["--port", str(taken)], "--port"),
                              (["--host", "192.0.2.1"], "--host"), (["--max-upload-mb", "0"], "--max-upload-mb"), (["--backend", "gpu"], "--backend"),
-                             (["--port", "0", "--model", "no-such-model"], "no-such-model")):
+                             (["--port", "0", "--model", "no-such-model"], "--model: no-such-model"),
+                             # a model of another task: every photo failed, blamed for it (a walkthrough, stop 65)
+                             (["--port", "0", "--model", "wbc"], "--model: wbc is a wbc model"),
+                             (["--port", "0", "--type-model", "cells"], "--type-model: cells is a cells model")):
             res = CliRunner().invoke(app, ["serve", *args])
             lines = [ln for ln in res.output.splitlines() if ln.strip()]
             assert res.exit_code == 2 and len(lines) == 1 and lines[0].startswith(option), (args, res.output)

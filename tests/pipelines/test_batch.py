@@ -252,3 +252,27 @@ def test_out_holds_only_this_batchs_parts_and_overlays_after_a_resume(photos, tm
     res = _run(tmp_path / "a" / "s.png", broken, "--out", out, "--resume")
     assert res.exit_code == 1, res.output
     assert len(list(out.glob("*_overlay.png"))) == 1 and len(list((out / "parts").glob("*.json"))) == 2  # + run.json
+
+
+def test_analyze_runs_exported_onnx_files_with_backend_onnx(tmp_path):
+    """A walkthrough (stop 65): `analyze --model x.onnx --backend onnx` was refused ("torch: x.onnx is an ONNX
+    file; use --backend onnx or auto") wherever torch was installed: the batch's model fingerprints loaded both
+    models on torch, whatever --backend said."""
+    pytest.importorskip("onnxruntime", reason="the ONNX backend needs onnxruntime")
+    import hashlib
+    import shutil
+
+    from hemaseg.models.registry import WEIGHTS_DIR
+
+    for name in ("cells", "wbc-type"):
+        for suffix in (".onnx", ".json"):
+            shutil.copy(WEIGHTS_DIR / f"{name}{suffix}", tmp_path / f"mine-{name}{suffix}")
+    photo = tmp_path / "p.png"
+    Image.fromarray(np.full((96, 128, 3), 230, np.uint8)).save(photo)
+    res = CliRunner().invoke(app, ["analyze", str(photo), "--out", str(tmp_path / "out"), "--backend", "onnx",
+                                   "--model", str(tmp_path / "mine-cells.onnx"),
+                                   "--type-model", str(tmp_path / "mine-wbc-type.onnx")])
+    assert res.exit_code == 0, res.output
+    run = json.loads((tmp_path / "out" / PARTS / "run.json").read_text())
+    onnx_digest = hashlib.sha256((tmp_path / "mine-cells.onnx").read_bytes()).hexdigest()[:12]
+    assert f"sha256 {onnx_digest}" in run["fingerprints"]["model"], run  # the file run, not a torch copy

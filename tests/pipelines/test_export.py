@@ -116,4 +116,34 @@ def test_bioimageio_export_takes_an_empty_folder_as_its_help_says(tiny_model_pat
     assert res.exit_code == 0 and calls == [("bioimageio", tmp_path / "empty")], res.output
     (tmp_path / "empty" / "x").write_text("")
     res = runner.invoke(app, ["export", str(tiny_model_path), "--format", "bioimageio", "--out", str(tmp_path / "empty")])
-    assert res.exit_code == 2 and len(calls) == 1
+    assert res.exit_code == 2 and len(calls) == 1 and "PATH.zip or a new (or empty) folder" in res.output, res.output
+    # a file name of another kind became a folder of that name (a walkthrough, stop 65)
+    res = runner.invoke(app, ["export", str(tiny_model_path), "--format", "bioimageio", "--out", str(tmp_path / "m.onnx")])
+    assert res.exit_code == 2 and len(calls) == 1 and not (tmp_path / "m.onnx").exists(), res.output
+    res = runner.invoke(app, ["export", str(tiny_model_path), "--format", "bioimageio", "--out", str(tmp_path / "m.zip")])
+    assert res.exit_code == 0 and calls[-1] == ("bioimageio", tmp_path / "m.zip"), res.output
+
+
+def test_an_exported_file_runs_where_no_backend_is_named_and_a_card_of_another_file_is_refused(
+        tiny_model_path, tmp_path, wbc_folder):
+    """A walkthrough (stop 65): `evaluate --model x.onnx` (evaluate has no --backend) was refused with "use --backend
+    onnx or auto"; and an ONNX file beside another model's card ran silently with the wrong classes (nuclei weights
+    under a wbc card: no WBC found)."""
+    out = tmp_path / "exported" / "tiny.onnx"
+    res = runner.invoke(app, ["export", str(tiny_model_path), "--format", "onnx", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["evaluate", "wbc", "--data", str(wbc_folder), "--model", str(out), "--cell-diameter",
+                              "24", "--grid", str(tmp_path / "g.png")])
+    assert res.exit_code == 0 and "MEAN" in res.output, res.output
+    card = json.loads(out.with_suffix(".json").read_text())
+    src = tmp_path / "cell.png"
+    Image.fromarray(toy_wbc(np.random.default_rng(0), 96)[0]).save(src)
+    for name, edit, said in (("classes", {"classes": ["background", "nucleus", "boundary"]}, "its classes"),
+                             ("hash", {"onnx": {**card["onnx"], "sha256": "0" * 64}}, "SHA-256 differs")):
+        other = tmp_path / f"{name}.onnx"
+        other.write_bytes(out.read_bytes())
+        other.with_suffix(".json").write_text(json.dumps({**card, **edit}))
+        res = runner.invoke(app, ["segment", str(src), "--out", str(tmp_path / name), "--model", str(other),
+                                  "--backend", "onnx", "--cell-diameter", "24"])
+        assert res.exit_code == 2 and said in res.output and f"{name}.onnx" in res.output, res.output
+        assert not (tmp_path / name / "cell.png").exists()

@@ -761,7 +761,8 @@ def test_evaluate_scores_a_typer_on_labelled_crops(tmp_path, tiny_classifier):
     val = [[str(d / "Neutrophil" / "Ne_0.jpg"), "neutrophil"]]
     (tmp_path / "split.json").write_text(json.dumps({"train": [], "val": val}))
     res = runner.invoke(app, ["evaluate", "wbc-type", "--data", str(d), "--model", str(tiny_classifier),
-                              "--split", str(tmp_path / "split.json"), "--json", str(out)])
+                              "--split", str(tmp_path / "split.json"), "--json", str(out), "--grid",
+                              str(tmp_path / "cm1.png")])  # (the default grid went to the repository's root)
     assert json.loads(out.read_text())["n_images"] == 1
     res = runner.invoke(app, ["evaluate", "wbc-type", "--data", str(d), "--model", str(tiny_classifier),
                               "--method", "hsv"])

@@ -137,7 +137,7 @@ def cell_layers(image: np.ndarray, run: str = "analyze", cell_diameter: float | 
         indices; for ``analyze`` the category, 1 rbc, 2 wbc, 3 platelet), ``outlines`` (one polygon per
         cell) and ``cells`` (one point per cell at its centre, coloured by type: the WBC type for
         ``analyze``, the class otherwise).
-    summary : counts as one line, e.g. ``analyze: 28 rbc, 1 wbc, 0 platelet; neutrophil 1``.
+    summary : counts as one line, e.g. ``analyze: 34 rbc, 1 wbc, 0 platelet; neutrophil 1``.
     """
     if run not in RUNS:
         raise HemasegUsageError("run", f"{run!r} is none of {', '.join(RUNS)}")

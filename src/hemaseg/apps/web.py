@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import logging
+import os
 import secrets
 import shutil
 import signal
@@ -58,6 +59,7 @@ HERE = Path(__file__).parent
 DEFAULT_PORT = 8765
 DEFAULT_HOST = "127.0.0.1"
 MAX_UPLOAD_MB = 50.0  # per request (one photo); Flask answers 413 above it
+MULTIPART_ROOM = 64 * 1024  # bytes a request may hold beyond the photo: its multipart headers and boundaries
 MAX_SESSIONS = 32  # beyond this a session is dropped (its folder too): an empty one first, else the oldest
 # The files a session offers for download: name -> MIME type.
 DOWNLOADS = {"results.json": "application/json", "counts.csv": "text/csv",
@@ -337,7 +339,8 @@ def create_app(work_dir: str | Path | None = None, cells_model="cells", type_mod
     root = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="hemaseg-serve-"))
     root.mkdir(parents=True, exist_ok=True)
     app = Flask(__name__, template_folder=str(HERE / "templates"), static_folder=str(HERE / "static"))
-    app.config.update(MAX_CONTENT_LENGTH=int(max_upload_mb * 1024 * 1024), HEMASEG_WORK_DIR=root)
+    # the limit is the photo's: the request's multipart headers and boundaries (well under 64 KB) come on top
+    app.config.update(MAX_CONTENT_LENGTH=int(max_upload_mb * 1024 * 1024) + MULTIPART_ROOM, HEMASEG_WORK_DIR=root)
     app.json.sort_keys = False
     sessions = Sessions(root, max_sessions, cells_model=cells_model, type_model=type_model, device=device,
                         tile=tile, min_confidence=min_confidence, backend=backend)
@@ -382,14 +385,21 @@ def create_app(work_dir: str | Path | None = None, cells_model="cells", type_mod
     @app.post("/api/s/<sid>/images")
     def upload(sid: str):
         s = session_or_404(sid)
-        f = request.files.get("image")
-        if f is None or not f.filename:
+        files = [f for f in request.files.getlist("image") if f.filename]
+        if len(files) > 1:  # the page sends one photo a request; a second one was dropped without a word
+            return error(f"{len(files)} files in one upload: send one photo per request (form field 'image')", 400)
+        f = files[0] if files else None
+        if f is None:
             return error("no file in the upload (form field 'image')", 400)
         name = Path(f.filename.replace("\\", "/")).name
         suffix = Path(name).suffix.lower()
         if suffix not in IMAGE_SUFFIXES:
             s.failed.append((name, f"not an image file we read (give {', '.join(IMAGE_SUFFIXES)})"))
             return error(f"{name}: not an image file we read (give {', '.join(IMAGE_SUFFIXES)})", 400)
+        f.stream.seek(0, os.SEEK_END)  # the photo's own size against the limit (the request's holds headers too)
+        if f.stream.tell() > max_upload_mb * 1024 * 1024:
+            return too_large(None)
+        f.stream.seek(0)
         safe = secure_filename(name) or f"image{suffix}"
         dest = s.folder / "uploads" / f"{s.next_upload():04d}_{safe}"  # its own name, whatever runs beside it
         with atomic_path(dest) as tmp:

@@ -90,9 +90,12 @@ def get_model(model, device: str = "cpu", backend: str | None = None):
 
     ``backend``: ``torch`` (the torch module), ``onnx`` (an ONNX Runtime runner), ``auto`` (ONNX
     Runtime where the model has an ONNX file, torch otherwise; :mod:`hemaseg.engine.runtime`);
-    None: the enclosing call's (:func:`backend_scope`), else torch when installed, else auto."""
+    None: the enclosing call's (:func:`backend_scope`), else torch when installed, else auto (an ``.onnx``
+    file: auto)."""
     if isinstance(model, tuple):
         return model
+    if backend is None and _BACKEND.get() is None and str(model).lower().endswith(".onnx"):
+        backend = "auto"  # an exported file names its runtime (evaluate and crop have no --backend to say it)
     return _cached_model(str(model), device, check_backend(backend) if backend else current_backend())
 
 

@@ -24,6 +24,7 @@ hemaseg imports neither.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib
 import logging
 from functools import lru_cache
@@ -177,6 +178,28 @@ def onnx_file(name_or_path: str | Path) -> Path | None:
     return cand if cand.exists() else None
 
 
+def _check_pair(runner: OnnxRunner, card: dict) -> None:
+    """Refuse an ONNX file with a card written for another one: a card copied beside another model's export
+    ran silently with the wrong classes or thresholds (a walkthrough: nuclei weights under a wbc card found no
+    WBC). The classes in the file's metadata must be the card's, and the file the one the card's ``onnx``
+    entry hashed when it was exported."""
+    meta = runner.session.get_modelmeta().custom_metadata_map
+    classes = card.get("classes")
+    if meta.get("classes") and classes and meta["classes"] != ",".join(map(str, classes)):
+        raise HemasegInputError(runner.path, f"its classes ({meta['classes']}) are not its card's "
+                                             f"({','.join(map(str, classes))}): the card beside it is another model's")
+    digest = card.get("onnx", {}).get("sha256")
+    if digest:
+        h = hashlib.sha256()
+        with open(runner.path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        if h.hexdigest() != digest:
+            raise HemasegInputError(runner.path, "is not the ONNX file its card was written for (SHA-256 differs): "
+                                                 "export the model again (hemaseg export), or give the card that "
+                                                 "came with this file")
+
+
 def load_runner(name_or_path: str | Path, device: str = "cpu", backend: str = "auto", threads: int = 0):
     """(model, card) of a bundled name, weights file, ``.onnx`` file or run folder on ``backend``:
     the torch module for ``torch``, an :class:`OnnxRunner` for ``onnx`` (see the module's text for
@@ -201,7 +224,9 @@ def load_runner(name_or_path: str | Path, device: str = "cpu", backend: str = "a
     if not onnxruntime_available():
         raise HemasegUsageError("--backend", "onnx: onnxruntime is not installed (pip install onnxruntime)")
     if onnx is not None:
-        return OnnxRunner(onnx, threads), card
+        runner = OnnxRunner(onnx, threads)
+        _check_pair(runner, card)
+        return runner, card
     why = card.get("onnx", {}).get("reason", "no ONNX file beside its weights")
     if torch_available():
         log.warning("%s: cannot run on ONNX Runtime (%s); running it on torch", name, why)

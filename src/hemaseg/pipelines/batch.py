@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from hemaseg.core.vocabulary import CATEGORIES
+from hemaseg.engine.predict import backend_scope
 from hemaseg.errors import HemasegError, HemasegUsageError
 from hemaseg.io.annotations import write_coco, write_cvat
 from hemaseg.io.images import pixel_size_um, read_image
@@ -73,8 +74,10 @@ class BatchOptions:
         if not d["post"]:
             d.pop("post")  # as batches begun before --post recorded them: they resume
         # the models' weights and cards, not only their names: one retrained under the same name is another model
-        d["fingerprints"] = {"model": model_fingerprint(self.model, self.device),
-                             "type_model": model_fingerprint(self.type_model, self.device)}
+        # (loaded as the batch runs them: an exported .onnx under --backend onnx, without torch where it is)
+        with backend_scope(self.backend):
+            d["fingerprints"] = {"model": model_fingerprint(self.model, self.device),
+                                 "type_model": model_fingerprint(self.type_model, self.device)}
         return d
 
     def params(self) -> dict | None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -229,6 +230,16 @@ def export_bioimageio(model, out: str | Path, sample: str | Path | None = None, 
     Summary: file, format_version, weights, test input shape, stride, classes, the validation status
     (``passed`` when tested, else ``not tested``) and the checks run (:func:`validate_package`).
     """
+    with warnings.catch_warnings():
+        # bioimage.io's torchscript weights format is TorchScript, which torch now calls deprecated at each of
+        # trace, save and load (five warnings a package): nothing the user can act on
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.", category=FutureWarning)
+        return _export_bioimageio(model, out, sample, scale, test_size, test)
+
+
+def _export_bioimageio(model, out: str | Path, sample: str | Path | None = None, scale: float | None = None,
+                       test_size: int = DEFAULT_TEST_SIZE, test: bool = True) -> dict:
+    """:func:`export_bioimageio`'s work."""
     require_torch("hemaseg export --format bioimageio")
     import torch
 
