@@ -366,3 +366,29 @@ def test_opening_the_page_many_times_drops_empty_sessions_not_a_users_work(tmp_p
     for _ in range(10):  # a link prefetcher, a health check
         c.get("/")
     assert c.get(f"/api/s/{sid}/state").status_code == 200
+
+
+def test_a_photos_reading_warnings_are_shown_with_it(client, tmp_path, monkeypatch):
+    """A walkthrough (stop 65): a multi-page TIFF was analysed on its first plane without a word on the page,
+    where the CLI says so. Its warnings come with the upload's answer and stay in the state (a reload shows them),
+    named by the uploaded name, not the stored file's path; another photo's are not its."""
+    import tifffile
+
+    import hemaseg.apps.web as web
+
+    def fake_analyze(image, filename, *args, **kwargs):
+        _, a = _analysis(filename)
+        a.entry["height"], a.entry["width"] = image.shape[:2]
+        return a
+
+    monkeypatch.setattr(web, "analyze", fake_analyze)
+    c, sid, session = client
+    tifffile.imwrite(tmp_path / "c5.tif", np.full((2, 40, 50, 3), 180, np.uint8))  # two fields in one file
+    Image.fromarray(np.full((40, 50, 3), 90, np.uint8)).save(tmp_path / "plain.png")
+    answers = [c.post(f"/api/s/{sid}/images", data={"image": (io.BytesIO((tmp_path / n).read_bytes()), n)},
+                      content_type="multipart/form-data") for n in ("c5.tif", "plain.png")]
+    assert [r.status_code for r in answers] == [200, 200], [r.get_json() for r in answers]
+    notes = answers[0].get_json()["notes"]
+    assert len(notes) == 1 and notes[0].startswith("c5.tif: 2 planes") and "uploads" not in notes[0], notes
+    assert answers[1].get_json()["notes"] == []
+    assert [im["notes"] for im in c.get(f"/api/s/{sid}/state").get_json()["images"]] == [notes, []]

@@ -23,6 +23,7 @@ import socket
 import tempfile
 import threading
 from collections import OrderedDict
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
@@ -110,6 +111,7 @@ class Session:
         self.images: list[np.ndarray] = []
         self.digests: list[str] = []  # of each photo's pixels: the same photo is not counted twice
         self.failed: list[tuple[str, str]] = []
+        self.notes: list[list[str]] = []  # per photo: what reading or analysing it warned of (the CLI prints it)
         self.revision = 0  # bumped on every change: the page's cache-buster for overlays and files
         self.lock = threading.RLock()
         self.uploads = 0  # numbers each stored upload (taken under the lock: uploads run side by side)
@@ -136,8 +138,10 @@ class Session:
         """Read ``path`` (:func:`~hemaseg.io.images.read_image`; a bad file raises
         :class:`~hemaseg.errors.HemasegInputError`), analyse it as ``filename`` and add it.
         ``lock`` serialises analyses across sessions (the CPU is shared)."""
+        notes: list[str] = []
         try:
-            image = read_image(path)
+            with _warnings_of_this_thread(notes, {str(path): filename}):
+                image = read_image(path)
         except HemasegInputError as exc:
             with self.lock:
                 self.failed.append((filename, exc.reason))
@@ -153,17 +157,19 @@ class Session:
             name = self._unique_name(filename)
             self.pending[digest] = name
         try:
-            with lock or threading.Lock():
+            with lock or threading.Lock(), _warnings_of_this_thread(notes, {str(path): filename}):
                 analysis = analyze(image, name, self.cells_model, self.type_model, device=self.device,
                                    tile=self.tile, min_confidence=self.min_confidence, backend=self.backend)
-            return self.add(image, analysis)
+            return self.add(image, analysis, notes)
         finally:
             with self.lock:
                 self.pending.pop(digest, None)
 
-    def add(self, image: np.ndarray, analysis: Analysis) -> Analysis:
-        """Add an analysed photo (its (H, W, 3) uint8 image and the analysis) and rewrite the files."""
+    def add(self, image: np.ndarray, analysis: Analysis, notes: list[str] = ()) -> Analysis:
+        """Add an analysed photo (its (H, W, 3) uint8 image, the analysis and the warnings its reading and
+        analysis gave, shown beside it) and rewrite the files."""
         with self.lock:
+            self.notes.append(list(notes))
             self.images.append(image)
             self.digests.append(_digest(image))
             self.analyses.append(analysis)
@@ -255,7 +261,8 @@ class Session:
                 "images": [{"index": i, "filename": a.entry["filename"], "width": a.entry["width"],
                             "height": a.entry["height"], "cell_diameter": round(a.cell_diameter, 1),
                             "counts": {c: a.counts.get(c, 0) for c in CATEGORIES},
-                            "unsure": sum(1 for r in a.entry["masks"] if r.get("unsure") and r["category"] == "wbc")}
+                            "unsure": sum(1 for r in a.entry["masks"] if r.get("unsure") and r["category"] == "wbc"),
+                            "notes": self.notes[i]}
                            for i, a in enumerate(self.analyses)],
                 "totals": {c: counts.get(c, 0) for c in CATEGORIES},
                 "differential": [{"type": t, "count": counts.get(t, 0), "pct": round(v[0], 1),
@@ -269,6 +276,30 @@ class Session:
                 "failed": [{"filename": f, "reason": why} for f, why in self.failed],
                 "models": self.analyses[-1].models if self.analyses else {},
             }
+
+
+@contextmanager
+def _warnings_of_this_thread(into: list[str], names: dict[str, str]):
+    """Collect into ``into`` the warnings logged by this thread in the block (uploads run side by side: another's
+    are not this photo's), each stored file's path in them replaced by the name it was uploaded as."""
+    me = threading.get_ident()
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.thread == me and record.levelno >= logging.WARNING:
+                text = record.getMessage()
+                for stored, name in names.items():
+                    text = text.replace(stored, name)
+                if text not in into:
+                    into.append(text)
+
+    handler = Collect()
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
 
 
 class Sessions:
@@ -405,14 +436,16 @@ def create_app(work_dir: str | Path | None = None, cells_model="cells", type_mod
         with atomic_path(dest) as tmp:
             f.save(tmp)
         try:
-            s.analyze_file(dest, name, analysis_lock)
+            analysis = s.analyze_file(dest, name, analysis_lock)
         except HemasegError as exc:
             return error(f"{name}: {getattr(exc, 'reason', exc)}", 400)
         except Exception as exc:  # one bad photo must not stop the server
             log.exception("analysis of %s failed", name)
             s.failed.append((name, f"{exc.__class__.__name__}: {exc}"))
             return error(f"{name}: analysis failed ({exc.__class__.__name__}: {exc})", 500)
-        return jsonify(s.state())
+        with s.lock:  # this photo's warnings (a stack's first plane read ...), said once as its upload ends
+            notes = next((n for a, n in zip(s.analyses, s.notes) if a is analysis), [])
+        return jsonify({**s.state(), "notes": notes})
 
     @app.post("/api/s/<sid>/cells/<int:image>/<int:cell>")
     def correct(sid: str, image: int, cell: int):

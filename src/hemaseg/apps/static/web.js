@@ -61,6 +61,7 @@ function next() {
     if (xhr.status === 200 && xhr.response) {
       render(xhr.response);
       message(`${file.name}: analysed`, "ok");
+      for (const note of xhr.response.notes || []) message(note, "note");
     } else {
       const why = xhr.response && xhr.response.error ? xhr.response.error : `${file.name}: failed (HTTP ${xhr.status})`;
       message(why, "error");
@@ -177,4 +178,5 @@ $("#files").addEventListener("change", (ev) => { enqueue(ev.target.files); ev.ta
 fetch(api("state")).then((r) => r.json()).then((s) => {
   if (s.images) render(s);
   for (const f of s.failed || []) message(`${f.filename}: ${f.reason}`, "error");
+  for (const im of s.images || []) for (const note of im.notes || []) message(note, "note");
 });
