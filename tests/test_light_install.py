@@ -81,3 +81,13 @@ def test_light_segment_and_analyze_match_torch(tmp_path):
     a, b = (json.loads((tmp_path / k / "results.json").read_text())["data"]["0"]["masks"] for k in ("light_a", "torch_a"))
     assert [r["class_name"] for r in a] == [r["class_name"] for r in b] and len(a) > 10
     assert [r["bounding_box"] for r in a] == [r["bounding_box"] for r in b]
+
+
+def test_light_evaluate_of_a_model_it_cannot_run_is_a_usage_error_as_segment_says_it(tmp_path, tiny_model_path,
+                                                                                      wbc_folder):
+    """A walkthrough (stop 65): without torch, a run folder with no ONNX file was exit 2 for segment (naming
+    --model) and exit 1 for evaluate (a failed evaluation)."""
+    for args in (["segment", str(SAMPLE), "--out", str(tmp_path / "s")],
+                 ["evaluate", "wbc", "--data", str(wbc_folder), "--grid", str(tmp_path / "g.png")]):
+        res = _light([*args, "--model", str(tiny_model_path)], tmp_path)
+        assert res.returncode == 2 and "--model" in res.stderr and "without torch" in res.stderr, (args, res.stderr)

@@ -889,7 +889,9 @@ def evaluate(
     dev = _device(device)
     if not method:
         try:
-            card = load_card(model or spec.default_model)[1]
+            # loaded now (cached for the scoring): a model that cannot run here (no torch, no ONNX file) is a
+            # usage error, exit 2, as segment says it, not a failed evaluation
+            card = get_model(model or spec.default_model, dev)[1]
         except HemasegError as exc:
             _fail_model(exc, model or spec.default_model)
             raise typer.Exit(2) from None
