@@ -860,7 +860,7 @@ def evaluate(
     device: str = typer.Option("cpu"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the full results as JSON"),
     grid: Optional[Path] = typer.Option(Path("worst_cases.png"), help="PNG grid of the worst images "
-                                                                      "(smear10: the confusion matrix)"),
+                                                                      "(smear10, wbc-type: the confusion matrix)"),
     method: Optional[str] = typer.Option(None, help="score a classical method instead of a model (see segment)"),
 ) -> None:
     """Score a model: wbc Dice/IoU of cell and nucleus; nuclei the DSB metric, AP@0.5/0.75, per modality;
@@ -910,8 +910,8 @@ def evaluate(
         typer.echo(line)
     if json_out:
         write_json(json_out, nan_as_null(res))  # standard JSON: a score with nothing to score is null
-    if grid is not None and _stamp(grid) not in (None, grid_before):  # the default writes one unasked: say where
-        typer.echo(f"{'confusion matrix' if spec.name == 'smear10' else 'worst cases'}: {grid}", err=True)
+    if grid is not None and _stamp(grid) not in (None, grid_before):  # (the default writes one unasked): say where
+        typer.echo(f"{spec.grid_title}: {grid}", err=True)
     for f in res.get("failed", []):  # each skipped image or folder: one line; the others were scored
         _fail(f["image"], f["reason"])
     if res.get("failed"):
@@ -1198,6 +1198,11 @@ def serve(
               backend=backend, ready=lambda url: typer.echo(f"hemaseg serve: open {url} (Ctrl+C stops)", err=True))
 
 
+# Suffixes of files, not folders: a bioimage.io --out named so would become a folder of that name (pkg.v1 may be one)
+FILE_SUFFIXES = (".onnx", ".json", ".safetensors", ".pt", ".pth", ".yaml", ".yml", ".tar", ".gz", ".tgz", ".7z",
+                 ".npy", ".npz", ".h5", ".tif", ".tiff", ".png", ".jpg", ".txt")
+
+
 def _earlier_export_card(card: Path, onnx: Path) -> bool:
     """Whether ``card`` is the card an earlier ``hemaseg export --format onnx --out ONNX`` wrote (it names that
     file and no run's weights use it: a run folder's best/last/model.safetensors all read its model.json)."""
@@ -1221,11 +1226,11 @@ def export(
     The ONNX file runs with --model PATH.onnx --backend onnx, without torch too. bioimageio: a U-Net as a
     bioimage.io model package (TorchScript weights, test tensors, processing described), validated with the
     bioimage.io spec library and bioimageio.core before it is written."""
-    if format == "bioimageio" and out.suffix.lower() != ".zip" and (out.suffix or out.is_file() or
-                                                                   (out.is_dir() and any(out.iterdir()))):
+    empty_folder = format == "bioimageio" and out.is_dir() and not any(out.iterdir())  # allowed, as --help says
+    if format == "bioimageio" and not empty_folder and out.suffix.lower() != ".zip" and (
+            out.is_file() or out.is_dir() or out.suffix.lower() in FILE_SUFFIXES):
         # (foo.onnx became a folder of that name; a folder with files in it was "a folder; give a file name")
         raise HemasegUsageError("--out", f"{out}: a bioimage.io package is PATH.zip or a new (or empty) folder")
-    empty_folder = format == "bioimageio" and out.is_dir() and not any(out.iterdir())  # allowed, as --help says
     check_output(out, "--out", folder=empty_folder)
     try:
         load_card(model)

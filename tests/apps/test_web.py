@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import os
 import shutil
 import socket
@@ -392,3 +393,25 @@ def test_a_photos_reading_warnings_are_shown_with_it(client, tmp_path, monkeypat
     assert len(notes) == 1 and notes[0].startswith("c5.tif: 2 planes") and "uploads" not in notes[0], notes
     assert answers[1].get_json()["notes"] == []
     assert [im["notes"] for im in c.get(f"/api/s/{sid}/state").get_json()["images"]] == [notes, []]
+
+    # side by side (uploads run in threads): each photo gets its own warnings, every one of them
+    log = logging.getLogger("hemaseg.pipelines.analyze")
+
+    def warning_analyze(image, filename, *args, **kwargs):
+        for k in range(20):
+            log.warning("%s: warning %d", filename, k)
+            time.sleep(0.002)
+        return fake_analyze(image, filename)
+
+    monkeypatch.setattr(web, "analyze", warning_analyze)
+    session2 = Session(tmp_path / "work2")
+    for k in range(4):
+        Image.fromarray(np.full((40, 50, 3), 10 + k, np.uint8)).save(tmp_path / f"t{k}.png")
+    threads = [threading.Thread(target=session2.analyze_file, args=(tmp_path / f"t{k}.png", f"t{k}.png"))
+               for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    got = {im["filename"]: im["notes"] for im in session2.state()["images"]}
+    assert got == {f"t{k}.png": [f"t{k}.png: warning {j}" for j in range(20)] for k in range(4)}, got

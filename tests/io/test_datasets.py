@@ -163,10 +163,11 @@ def test_a_wbc_class_mask_is_no_nucleus_instance_map(tmp_path):
     mask = np.zeros((8, 8), np.uint8)
     mask[1:7, 1:7], mask[3:5, 3:5] = 128, 255
     Image.fromarray(mask).save(tmp_path / "wbc.png")
-    with pytest.raises(HemasegInputError, match="WBC class mask") as e:
+    with pytest.raises(HemasegInputError, match="0/128/255 are a class mask") as e:
         load_instances(Pair(tmp_path / "a.png", tmp_path / "wbc.png"))
     assert "wbc.png" in str(e.value)
-    labels = np.arange(64, dtype=np.uint8).reshape(8, 8) * 4  # 0, 4, ..., 252: instances
+    labels = np.arange(64, dtype=np.uint8).reshape(8, 8) * 4 + 3  # 3, 7, ..., 255: instances
+    labels[0, 0] = 0
     Image.fromarray(labels).save(tmp_path / "inst.png")
     assert len(np.unique(load_instances(Pair(tmp_path / "a.png", tmp_path / "inst.png"))[1])) == 64
     binary = np.zeros((8, 8), np.uint8)

@@ -56,6 +56,13 @@ def test_reads_multipage_tiff_first_plane(tmp_path, caplog):
             assert out.shape[2] == 3 and (out == 7).all()
     said = [r.getMessage() for r in caplog.records if "only the first" in r.getMessage()]
     assert len(said) == 2 and "s.tif: 3 planes" in said[0] and "p.tif: 2 planes" in said[1], said
+    # grey + alpha (2 samples a pixel) is one image, not 40 planes of 50 x 2 px (a review, stop 65)
+    grey = np.tile(np.arange(50, dtype=np.uint8) * 5, (40, 1))
+    tifffile.imwrite(tmp_path / "la.tif", np.dstack([grey, np.full_like(grey, 255)]), photometric="minisblack",
+                     extrasamples=["unassalpha"])
+    out = read_image(tmp_path / "la.tif")
+    assert out.shape == (40, 50, 3) and (out[..., 0] == grey).all()
+    assert not [r for r in caplog.records if "la.tif" in r.getMessage()]
 
 
 @pytest.mark.parametrize("name,content,reason", [

@@ -122,6 +122,10 @@ def test_bioimageio_export_takes_an_empty_folder_as_its_help_says(tiny_model_pat
     assert res.exit_code == 2 and len(calls) == 1 and not (tmp_path / "m.onnx").exists(), res.output
     res = runner.invoke(app, ["export", str(tiny_model_path), "--format", "bioimageio", "--out", str(tmp_path / "m.zip")])
     assert res.exit_code == 0 and calls[-1] == ("bioimageio", tmp_path / "m.zip"), res.output
+    (tmp_path / "pkg.v1").mkdir()  # a folder whose name has a dot, empty or new, is a folder (a review, stop 65)
+    for out in (tmp_path / "pkg.v1", tmp_path / "wbc-1.0"):
+        res = runner.invoke(app, ["export", str(tiny_model_path), "--format", "bioimageio", "--out", str(out)])
+        assert res.exit_code == 0 and calls[-1] == ("bioimageio", out), res.output
 
 
 def test_an_exported_file_runs_where_no_backend_is_named_and_a_card_of_another_file_is_refused(
@@ -147,3 +151,10 @@ def test_an_exported_file_runs_where_no_backend_is_named_and_a_card_of_another_f
                                   "--backend", "onnx", "--cell-diameter", "24"])
         assert res.exit_code == 2 and said in res.output and f"{name}.onnx" in res.output, res.output
         assert not (tmp_path / name / "cell.png").exists()
+    # a card with no SHA-256 (written before exports hashed their file, or by hand) still loads
+    old = tmp_path / "old.onnx"
+    old.write_bytes(out.read_bytes())
+    old.with_suffix(".json").write_text(json.dumps({**card, "onnx": {"file": "old.onnx"}}))
+    res = runner.invoke(app, ["segment", str(src), "--out", str(tmp_path / "old"), "--model", str(old), "--backend",
+                              "onnx", "--cell-diameter", "24"])
+    assert res.exit_code == 0 and (tmp_path / "old" / "cell.png").exists(), res.output

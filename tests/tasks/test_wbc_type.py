@@ -757,6 +757,7 @@ def test_evaluate_scores_a_typer_on_labelled_crops(tmp_path, tiny_classifier):
     assert r["n_images"] == 4 and set(r["per_class"]) == {"neutrophil", "lymphocyte"}
     right = sum(row["prediction"] == row["truth"] for row in r["per_image"])
     assert r["mean"]["accuracy"] == pytest.approx(right / 4) and (tmp_path / "cm.png").exists()
+    assert f"confusion matrix: {tmp_path / 'cm.png'}" in res.output  # what it drew, said with where
     assert f"({r['n_images']} crops)" in res.output
     val = [[str(d / "Neutrophil" / "Ne_0.jpg"), "neutrophil"]]
     (tmp_path / "split.json").write_text(json.dumps({"train": [], "val": val}))

@@ -278,28 +278,42 @@ class Session:
             }
 
 
+class _Notes(logging.Handler):
+    """The one handler that hands each thread's warnings to the note list that thread is collecting into
+    (:func:`_warnings_of_this_thread`); installed once on the ``hemaseg`` logger. Handlers added and removed per
+    upload raced: a removal while another thread walked the logger's handlers skipped that thread's own."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.sinks: dict[int, tuple[list[str], dict[str, str]]] = {}  # thread id -> (notes, {stored path: name})
+
+    def emit(self, record: logging.LogRecord) -> None:
+        sink = self.sinks.get(record.thread)
+        if sink is not None:
+            text = record.getMessage()
+            for stored, name in sink[1].items():
+                text = text.replace(stored, name)
+            if text not in sink[0]:
+                sink[0].append(text)
+        if not logging.getLogger().handlers:  # logging never set up: still said on stderr, as Python's last resort
+            logging.lastResort.handle(record)
+
+
+_NOTES = _Notes()
+logging.getLogger("hemaseg").addHandler(_NOTES)
+
+
 @contextmanager
 def _warnings_of_this_thread(into: list[str], names: dict[str, str]):
-    """Collect into ``into`` the warnings logged by this thread in the block (uploads run side by side: another's
-    are not this photo's), each stored file's path in them replaced by the name it was uploaded as."""
+    """Collect into ``into`` the warnings hemaseg logs in this thread during the block (uploads run side by side:
+    another's are not this photo's), each stored file's path in them replaced by the name it was uploaded as.
+    (Warnings of worker threads the analysis starts are not collected.)"""
     me = threading.get_ident()
-
-    class Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            if record.thread == me and record.levelno >= logging.WARNING:
-                text = record.getMessage()
-                for stored, name in names.items():
-                    text = text.replace(stored, name)
-                if text not in into:
-                    into.append(text)
-
-    handler = Collect()
-    root = logging.getLogger()
-    root.addHandler(handler)
+    _NOTES.sinks[me] = (into, names)
     try:
         yield
     finally:
-        root.removeHandler(handler)
+        _NOTES.sinks.pop(me, None)
 
 
 class Sessions:

@@ -195,9 +195,10 @@ def _check_pair(runner: OnnxRunner, card: dict) -> None:
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
         if h.hexdigest() != digest:
-            raise HemasegInputError(runner.path, "is not the ONNX file its card was written for (SHA-256 differs): "
-                                                 "export the model again (hemaseg export), or give the card that "
-                                                 "came with this file")
+            raise HemasegInputError(runner.path, "is not the ONNX file its card was written for (SHA-256 differs: "
+                                                 "another model's card, or the file changed since it was exported, "
+                                                 "e.g. simplified or quantised): export the model again (hemaseg "
+                                                 "export), or give the card that came with this file")
 
 
 def load_runner(name_or_path: str | Path, device: str = "cpu", backend: str = "auto", threads: int = 0):

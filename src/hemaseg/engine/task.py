@@ -202,6 +202,7 @@ class Task:
         image is segmented so output names are checked up front.
     run_files : files and folders of a training run besides the engine's (removed by ``train --overwrite``).
     nested_loss : the Dice term treats classes as nested regions (cell contains nucleus).
+    grid_title : what ``evaluate --grid`` draws for this task (said with the file's name).
     """
 
     name: str = ""
@@ -222,6 +223,7 @@ class Task:
     run_files: tuple[str, ...] = ()
     nested_loss: bool = True
     mean_keys: tuple[str, ...] = ()  # evaluation scores averaged over images (default: every float score)
+    grid_title: str = "worst cases"
 
     # ---- post-processing parameters -------------------------------------------------------
 

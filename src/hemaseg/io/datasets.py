@@ -195,11 +195,11 @@ def load_instances(pair: Pair) -> tuple[np.ndarray, np.ndarray]:
     if Path(pair.mask).is_dir():
         return image, read_dsb_masks(pair.mask, image.shape[:2])
     labels = read_mask(pair.mask, image.shape[:2])
-    values = set(np.unique(labels).tolist())
-    if labels.dtype == np.uint8 and {128, 255} <= values <= {0, 128, 255}:
-        # a WBC class map (wbc-seg): read as instances it is two "nuclei", the cytoplasm and the nucleus
-        raise HemasegInputError(pair.mask, "values 0/128/255 are a WBC class mask (background / cytoplasm / "
-                                           "nucleus, wbc-seg), not nucleus instance labels (0 background, 1..N "
+    values = set(np.unique(labels).tolist()) if labels.dtype == np.uint8 else set()
+    if {128, 255} <= values <= {0, 128, 255}:
+        # a class map (wbc-seg's): read as instances it is two "nuclei", the cytoplasm and the nucleus
+        raise HemasegInputError(pair.mask, "values 0/128/255 are a class mask (such as wbc-seg's background / "
+                                           "cytoplasm / nucleus), not nucleus instance labels (0 background, 1..N "
                                            "one per nucleus)")
     lossy = Path(pair.mask).suffix.lower() in (".jpg", ".jpeg")
     if lossy or (labels.dtype == np.uint8 and values <= {0, 255}):

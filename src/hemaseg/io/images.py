@@ -41,7 +41,8 @@ def _read_tiff(path: Path) -> np.ndarray:
             arr, axes = page.asarray(), page.axes
             # other pages of the first page's shape are more planes (a z-stack, a time series, more fields),
             # not a pyramid's smaller levels: only the first is read, which is said
-            planes = sum(1 for p in tif.pages[1:64] if getattr(p, "shape", None) == page.shape)
+            more = sum(1 for p in tif.pages[1:64] if getattr(p, "shape", None) == page.shape)
+            planes, capped = more, more == 63  # (pages past the 64th not looked at)
     except HemasegInputError:
         raise
     except Exception as exc:  # tifffile raises many kinds on corrupt files
@@ -50,12 +51,13 @@ def _read_tiff(path: Path) -> np.ndarray:
         raise HemasegInputError(path, "not a readable TIFF (no image data, zero size)")
     if len(axes) == arr.ndim and "S" in axes and arr.ndim >= 3:
         arr = np.moveaxis(arr, axes.index("S"), -1)  # planar RGB: (3, H, W) -> (H, W, 3)
-    # Volumes or other leading axes in one page: take the first plane, keep channels last.
-    while arr.ndim > 3 or (arr.ndim == 3 and arr.shape[-1] not in (1, 3, 4)):
+    # Volumes or other leading axes in one page: take the first plane, keep channels last (1-4: grey, grey +
+    # alpha, RGB, RGBA).
+    while arr.ndim > 3 or (arr.ndim == 3 and arr.shape[-1] not in (1, 2, 3, 4)):
         planes += arr.shape[0] - 1
         arr = arr[0]
     if planes:
-        _say_once(path, f"{planes + 1}{'+' if planes >= 63 else ''} planes (a stack or series); only the first "
+        _say_once(path, f"{planes + 1}{'+' if capped else ''} planes (a stack or series); only the first "
                         "is read: save each plane as its own image to have them all")
     return arr
 
@@ -285,7 +287,7 @@ def read_image(path: str | Path) -> np.ndarray:
     arr = _read_raw(path)
     if arr.size == 0 or min(arr.shape[:2]) == 0:
         raise HemasegInputError(path, "image has zero size")
-    if arr.ndim == 3 and arr.shape[-1] == 1:
+    if arr.ndim == 3 and arr.shape[-1] in (1, 2):  # grey, or grey + alpha: the grey
         arr = arr[..., 0]
     if arr.ndim == 2:
         arr = np.repeat(to_uint8(arr)[..., None], 3, axis=2)

@@ -233,7 +233,7 @@ def export_bioimageio(model, out: str | Path, sample: str | Path | None = None, 
     with warnings.catch_warnings():
         # bioimage.io's torchscript weights format is TorchScript, which torch now calls deprecated at each of
         # trace, save and load (five warnings a package): nothing the user can act on
-        warnings.filterwarnings("ignore", message=r"`torch\.jit\.", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=FutureWarning)
         return _export_bioimageio(model, out, sample, scale, test_size, test)
 
 

@@ -1653,7 +1653,9 @@ class WbcTask(Task):
             if not has_masks:
                 raise HemasegInputError(", ".join(cfg.data), f"no pixel-annotated WBC in the {part} split (boxed "
                                                              "fields alone give no WBC size nor Dice to choose the "
-                                                             "checkpoint on): add image/mask pairs such as wbc-seg's")
+                                                             "checkpoint on): add image/mask pairs such as wbc-seg's, "
+                                                             "at least two (one is kept for validation), or name "
+                                                             "the split with --split")
         chance = float(getattr(cfg, "paste_red_cells", 0.0))
         if chance > 0:
             train_pairs, _ = read_split(run / "split.json", cfg.data)

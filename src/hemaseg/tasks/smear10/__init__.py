@@ -46,6 +46,7 @@ class Smear10Task(Task):
     label_values = tuple(range(len(CLASSES)))
     colors = PALETTE
     default_model = "smear10"
+    grid_title = "confusion matrix"  # evaluate --grid
     description = "10-class smear map (seed 002): 5 WBC types, thrombocyte, platelet clump, infected/healthy RBC"
     depends = DEPENDS
     Params = SmearParams

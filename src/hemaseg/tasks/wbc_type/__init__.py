@@ -44,6 +44,7 @@ class WbcTypeTask(Task):
     classes = CLASSES
     label_values = tuple(range(len(CLASSES)))
     default_model = "wbc-type"
+    grid_title = "confusion matrix"  # evaluate --grid
     description = "WBC type of a single-cell crop"
     depends = DEPENDS
 
