@@ -153,11 +153,55 @@ def test_segment_post_processing_parameters_by_name(tmp_path):
                       ("red_ring=NaN", "finite"), ("red_ring=Infinity", "finite"),
                       ("first_pass_factors=[]", "at least 1 number"), ("first_pass_factors=[0]", "numbers from"),
                       ("first_pass_factors=a,b", "numbers separated by commas (default 0.5,1.0,2.0)"),
-                      ("size_model=wbc-type", "not a cells model"), ("red_cells=nuclei", "not a cells model")]:
+                      ("size_model=wbc-type", "not a cells model"), ("red_cells=nuclei", "not a cells model"),
+                      # a post-processing audit (stop 65): no field of WbcParams (a traceback), no margin (garbage)
+                      ("RANGES={}", "NAME one of"), ("__doc__=x", "NAME one of"),
+                      ("block_margin=0", "from 0.6")]:
         res = runner.invoke(app, ["segment", str(src), "--out", str(tmp_path / "x"), "--post", bad])
         assert res.exit_code == 2 and says in res.output, (bad, res.output)
     res = runner.invoke(app, ["segment", str(src), "--out", str(tmp_path / "y"), "--method", "hsv", "--post", "red_ring=0.2"])
     assert res.exit_code == 2 and "--post" in res.output
+
+
+def test_a_cards_postprocess_is_checked_and_read_as_post_reads_it(tmp_path):
+    """A post-processing audit (stop 65): a card's "postprocess" was used unchecked: an int for a float knob made
+    `--post max_reach=1.2` "takes a int", a negative value ran silently, an unknown name failed on every image (with
+    --post, a traceback). Each is now read as --post reads it, or one line naming --model, exit 2."""
+    import shutil
+
+    from helpers import toy_wbc
+    from hemaseg.models.registry import WEIGHTS_DIR
+
+    src = tmp_path / "a.png"
+    Image.fromarray(toy_wbc(np.random.default_rng(0), 120, radius=30)[0]).save(src)
+    card = json.loads((WEIGHTS_DIR / "wbc.json").read_text())
+    for name, post in (("int", {"max_reach": 1}), ("bogus", {"bogus": 1}), ("neg", {"red_ring": -5})):
+        (tmp_path / name).mkdir()
+        shutil.copy(WEIGHTS_DIR / "wbc.safetensors", tmp_path / name / "wbc.safetensors")
+        (tmp_path / name / "wbc.json").write_text(json.dumps({**card, "postprocess": post}))
+    res = runner.invoke(app, ["segment", str(src), "--out", str(tmp_path / "o1"), "--cell-diameter", "60",
+                              "--model", str(tmp_path / "int" / "wbc.safetensors"), "--post", "max_reach=1.2"])
+    assert res.exit_code == 0, res.output
+    for name, says in (("bogus", "names no post-processing parameter 'bogus'"), ("neg", "red_ring takes a number")):
+        for post in ([], ["--post", "red_ring=0.2"]):
+            res = runner.invoke(app, ["segment", str(src), "--out", str(tmp_path / f"o-{name}"), "--model",
+                                      str(tmp_path / name / "wbc.safetensors"), *post])
+            lines = res.output.strip().splitlines()
+            assert res.exit_code == 2 and len(lines) == 1 and lines[0].startswith("--model") and says in lines[0], \
+                res.output
+    # knobs whose default is a dict of numbers or None: checked too (each image failed on them, or NaN gave garbage)
+    from hemaseg.engine.task import param_value
+    from hemaseg.tasks.cells.infer import CellsParams
+    from hemaseg.tasks.smear10.infer import SmearParams
+
+    assert param_value(CellsParams(), "relative_size", '{"rbc": 1, "wbc": 1.7, "platelet": 0.3}')["wbc"] == 1.7
+    for bad in ('{"wbc": 2.0}', '{"rbc": NaN, "wbc": 1.6, "platelet": 0.35}', '{"rbc": -1, "wbc": 1.6, "platelet": 1}'):
+        with pytest.raises(ValueError, match="relative_size"):
+            param_value(CellsParams(), "relative_size", bad)
+    assert param_value(SmearParams(), "clump_ratio", "2.5") == 2.5 and param_value(SmearParams(), "clump_ratio",
+                                                                                    "null") is None
+    with pytest.raises(ValueError, match="clump_ratio takes a number, or null"):
+        param_value(SmearParams(), "clump_ratio", "abc")
 
 
 def test_python_dash_m_runs_the_same_command_line():

@@ -175,10 +175,17 @@ def _empty_folders(images, recursive: bool = False) -> int:
 
 def _refuse_other_task(card: dict, model, task: str, option: str = "--model") -> None:
     """Exit 2 in one line when ``model``'s card is of another task than ``task`` (a card naming none is taken
-    as ``task``'s)."""
+    as ``task``'s), or its ``"postprocess"`` names or sets a parameter the task's does not take."""
     if card.get("task", task) != task:
         _fail(option, f"{model} is a {card.get('task')} model, not a {task} model")
         raise typer.Exit(2)
+    spec = get_task(task)
+    if spec.Params is not None:  # its card's thresholds must be the task's (each image failed on them, or --post)
+        try:
+            spec.params(card)
+        except HemasegError as exc:
+            _fail(option, f"{model}: {getattr(exc, 'reason', exc)}")
+            raise typer.Exit(2) from None
 
 
 def _fail_model(exc: HemasegError, model, option: str = "--model") -> None:
@@ -252,8 +259,9 @@ def post_params(spec, card: dict, items: list[str]):
     for item in items:
         name, sep, text = item.partition("=")
         name = name.strip().replace("-", "_")
-        if not sep or not hasattr(defaults, name):
-            known = ", ".join(f.name for f in dataclasses.fields(defaults))
+        known_names = [f.name for f in dataclasses.fields(defaults) if f.init]  # (not RANGES, __doc__, ...)
+        if not sep or name not in known_names:
+            known = ", ".join(known_names)
             raise typer.BadParameter(f"{item!r}: give NAME=VALUE with NAME one of {known}", param_hint="--post")
         try:
             value = param_value(defaults, name, text)

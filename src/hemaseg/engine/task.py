@@ -33,13 +33,23 @@ def params_from_card(params_class: type, card: dict | None = None, task_name: st
     ignored). Unknown names raise :class:`ValueError` naming them and the known ones."""
     own = (card or {}).get("postprocess", {})
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    known = {f.name for f in dataclasses.fields(params_class)}
-    unknown = sorted((set(own) | set(overrides)) - known)
+    known = {f.name for f in dataclasses.fields(params_class) if f.init}
+    if not isinstance(own, dict) or set(own) - known:  # a card that would fail on every image, or late
+        raise HemasegInputError((card or {}).get("name") or "model card",
+                                f"its card's 'postprocess' names no post-processing parameter "
+                                f"{', '.join(sorted(set(own) - known)) if isinstance(own, dict) else own!r} of "
+                                f"{task_name or params_class.__name__}; known: {', '.join(sorted(known))}")
+    unknown = sorted(set(overrides) - known)
     if unknown:
         raise ValueError(f"{task_name or params_class.__name__} has no post-processing parameter "
                          f"{', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    pristine = params_class()
+    try:  # the card's values checked and converted as --post's are (an int for a float, a list for a tuple)
+        own = {k: param_value(pristine, k, v) for k, v in own.items()}
+    except ValueError as exc:
+        raise HemasegInputError((card or {}).get("name") or "model card", f"its card's 'postprocess': {exc}") from None
     defaults = params_class(**own)
-    return dataclasses.replace(defaults, **{k: param_value(defaults, k, v) for k, v in overrides.items()})
+    return dataclasses.replace(defaults, **{k: param_value(pristine, k, v) for k, v in overrides.items()})
 
 
 def checked_params(params):
@@ -108,7 +118,8 @@ def param_value(defaults, name: str, value):
     ...
     ValueError: block_size takes a number at least 64
     """
-    default = getattr(defaults, name)
+    default = getattr(type(defaults)(), name)  # the class's own: a card's value does not change what it takes
+    field = next(f for f in dataclasses.fields(defaults) if f.name == name)
     if isinstance(default, str) and isinstance(value, os.PathLike):  # a model given as a path
         value = os.fspath(value)
     if isinstance(value, str) and not isinstance(default, str):
@@ -137,14 +148,27 @@ def param_value(defaults, name: str, value):
         ok = isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
                                                       for v in value)
         value = tuple(value) if ok else value
+    elif isinstance(default, dict) and default and all(isinstance(v, (int, float)) for v in default.values()):
+        # a number per key (cells' relative_size): the same keys, each a number
+        ok = isinstance(value, dict) and set(value) == set(default) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value.values())
+        if not ok:
+            raise ValueError(f"{name} takes a number for each of {', '.join(default)} (default "
+                             f"{json.dumps(default)})")
+    elif default is None and value is not None and {"float", "int"} & set(str(field.type).replace("|", " ").split()):
+        ok = number  # a number or None (off): smear10's clump_ratio
+        if not ok:
+            raise ValueError(f"{name} takes a number, or null for none (default null)")
     else:
         ok = default is None or isinstance(value, type(default))
     if not ok:
         if isinstance(default, tuple):
             raise ValueError(f"{name} takes numbers separated by commas (default {','.join(map(str, default))})")
         shown = repr(default) if len(repr(default)) <= 60 else "the model card's"
-        raise ValueError(f"{name} takes a {type(default).__name__} (default {shown})")
-    numbers = [v for v in (value if isinstance(value, tuple) else (value,))
+        kind = type(default).__name__
+        raise ValueError(f"{name} takes {'an' if kind[0] in 'aeiou' else 'a'} {kind} (default {shown})")
+    numbers = [v for v in (value.values() if isinstance(value, dict) and isinstance(default, dict) and default
+                           else value if isinstance(value, tuple) else (value,))
                if isinstance(v, (int, float)) and not isinstance(v, bool)]
     if any(not math.isfinite(v) for v in numbers):
         raise ValueError(f"{name} must be a finite number")

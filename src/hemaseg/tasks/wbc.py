@@ -87,7 +87,8 @@ class WbcParams:
         summary downsampled to :data:`PROBS_SUMMARY_SIZE` px on the long side, and an unknown
         cell diameter is estimated at full resolution on the central 2048-px square.
     block_margin : cell diameters of context around each block's core (a WBC whose centroid is in
-        the core lies whole in the block, and its neighbours are seen as they are in the image).
+        the core lies whole in the block, and its neighbours are seen as they are in the image);
+        default 1.5, at least 0.6 (with none, cells cut by the blocks' edges came out as pieces).
     red_cytoplasm : drop "cytoplasm" whose colour is likelier this image's red cells' than that of
         the cytoplasm hugging the nuclei (:func:`reject_red_cytoplasm`; no fixed threshold).
     red_ring : cell diameters around the nucleus whose cytoplasm is the cytoplasm colour sample
@@ -198,7 +199,7 @@ class WbcParams:
     RANGES: ClassVar[dict] = {
         "min_cell_fraction": (0.0, 4.0), "max_reach": (0.05, 10.0), "open_radius": (0.0, 0.5),
         "scale_deadband": (1.0, 10.0), "first_pass_factors": (0.05, 8.0, 1), "fallback_diameter": (2.0, 5000.0),
-        "block_size": (64, None), "block_margin": (0.0, 10.0), "red_ring": (0.0, 10.0), "red_piece": (0.0, 10.0),
+        "block_size": (64, None), "block_margin": (0.6, 10.0), "red_ring": (0.0, 10.0), "red_piece": (0.0, 10.0),
         "red_nucleus": (0.0, 2.0), "red_cell_ratio": (0.5, 10.0), "red_outside": (0.0, 2.0),
         "red_cells_max_pixels": (0, None), "found_share": (0.0, 1.0), "found_margin": (-1.0, 10.0),
         "found_agree": (0.0, 2.0), "found_solidity": (0.0, 2.0), "cell_open": (0.0, 0.5),
