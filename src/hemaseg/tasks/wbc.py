@@ -119,7 +119,9 @@ class WbcParams:
         size 2.6 s more there. 0: every image.
     size_model : a cells model (bundled name or path) whose WBCs give the WBC diameter when none
         is given (:func:`found_wbcs`); when it finds no WBC, on images over
-        ``red_cells_max_pixels``, or with ``""`` or ``"none"``, the ``wbc`` model's own scale
+        ``red_cells_max_pixels`` or longer than ``block_size`` (processed in blocks: there the
+        ``found_*`` and ``red_chroma`` rules do not run either), or with ``""`` or ``"none"``, the
+        ``wbc`` model's own scale
         search decides (and, when it was asked and found none, ``red_chroma`` applies). On TXL-PBC's
         validation fields the own search was off by more than 1.5x on 18 of 244 fields (BCDD's
         256-px fields up to 3x, the whole field then taken for cytoplasm), the bundled ``cells``
