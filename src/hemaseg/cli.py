@@ -22,7 +22,7 @@ from hemaseg.core.options import NO_MODEL, check_numbers, refuse_unused
 from hemaseg.engine.evaluate import split_name
 from hemaseg.engine.predict import backend_scope, get_model, resolve_device
 from hemaseg.engine.runtime import BACKENDS, check_backend, require_torch
-from hemaseg.engine.task import Task, param_value
+from hemaseg.engine.task import Task, param_value, params_help
 from hemaseg.engine.tiling import DEFAULT_TILE
 from hemaseg.engine.train import RUN_FILES, has_checkpoint, prepare_run, remove_run_files
 from hemaseg.errors import HemasegError, HemasegInputError, HemasegUsageError
@@ -255,6 +255,10 @@ def post_params(spec, card: dict, items: list[str]):
     if spec.Params is None:
         raise typer.BadParameter(f"task {spec.name} has no post-processing parameters", param_hint="--post")
     defaults = spec.params(card)
+    if [i.strip().lower() for i in items] == ["help"]:  # what there is to set, with this model's values
+        for line in params_help(defaults, spec.name):
+            typer.echo(line)
+        raise typer.Exit(0)
     given = {}
     for item in items:
         name, sep, text = item.partition("=")
@@ -345,7 +349,7 @@ def analyze(
     backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
     post: Optional[List[str]] = typer.Option(None, "--post", help="cells post-processing parameter NAME=VALUE "
                                              "(repeatable; the names of `segment --task cells --post`), e.g. "
-                                             "split_neck=0.9"),
+                                             "split_neck=0.9; --post help lists them with this model's values)"),
 ) -> None:
     """Whole smear: every RBC, WBC and platelet outlined, WBCs typed, counts and differential.
 
@@ -450,7 +454,8 @@ def segment(
     post: Optional[List[str]] = typer.Option(None, "--post", help="post-processing parameter NAME=VALUE (repeatable; "
                                                                   "the names of the task's parameters, e.g. wbc "
                                                                   "red_ring=0.2, min_cell_fraction=0.3; default: "
-                                                                  "the model card's, else the task's)"),
+                                                                  "the model card's, else the task's; --post help "
+                                                                  "lists them with the model's values)"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
     backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
 ) -> None:

@@ -52,6 +52,53 @@ def params_from_card(params_class: type, card: dict | None = None, task_name: st
     return dataclasses.replace(defaults, **{k: param_value(pristine, k, v) for k, v in overrides.items()})
 
 
+def param_docs(params_class: type) -> dict[str, str]:
+    """Each field's description from a parameters dataclass's numpydoc ``Parameters`` section (``name : text``,
+    continued on deeper-indented lines), as one line of text.
+
+    >>> from hemaseg.tasks.nuclei import NucleiParams
+    >>> param_docs(NucleiParams)["seed_threshold"]
+    'interior probability above which a pixel seeds a nucleus.'
+    """
+    import re
+
+    docs: dict[str, list[str]] = {}
+    current = None
+    for line in (params_class.__doc__ or "").splitlines():
+        m = re.match(r"^    (\w+) : (.*)$", line)
+        if m and m.group(1) in {f.name for f in dataclasses.fields(params_class)}:
+            current = m.group(1)
+            docs[current] = [m.group(2).strip()]
+        elif current and line.startswith("        ") and line.strip():
+            docs[current].append(line.strip())
+        else:
+            current = None
+    return {k: " ".join(v) for k, v in docs.items()}
+
+
+def params_help(params, task_name: str = "") -> list[str]:
+    """Lines listing each post-processing parameter of ``params`` (a parameters object, the model card's
+    values applied): its name, its value, the class default when the card changed it, what it does (the
+    first sentence of its description)."""
+    docs, pristine = param_docs(type(params)), type(params)()
+    lines = [f"post-processing parameters{f' of {task_name}' if task_name else ''} (--post NAME=VALUE; value "
+             "for this model, [the default where its card sets another]):"]
+    for f in dataclasses.fields(params):
+        if not f.init:
+            continue
+        value, default = getattr(params, f.name), getattr(pristine, f.name)
+        shown = json.dumps(value) if isinstance(value, (dict, list, tuple, bool)) or value is None else str(value)
+        if isinstance(value, dict) and len(shown) > 60:
+            shown = "{...}"
+        if value != default:
+            plain = not (isinstance(default, (dict, tuple, bool)) or default is None)
+            shown += f" [{default if plain else json.dumps(default)}]"
+        text = docs.get(f.name, "")
+        first = text.split(". ")[0].rstrip(".")
+        lines.append(f"  {f.name} = {shown}: {first[:110]}{'...' if len(first) > 110 else ''}")
+    return lines
+
+
 def checked_params(params):
     """A complete post-processing parameters object with each field checked as :func:`param_value` checks
     a ``--post`` value (against the class's defaults), or :class:`ValueError` naming the first bad one.

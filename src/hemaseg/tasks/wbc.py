@@ -69,7 +69,7 @@ class WbcParams:
     ----------
     min_cell_fraction : smallest WBC kept, as a fraction of the area of a cell of the estimated
         diameter: small lymphocytes (~0.5x the diameter of a monocyte) stay, platelets (<0.25x) go.
-    max_reach : farthest cytoplasm from the nucleus, in nucleus diameters (wbc-seg annotations: max 1.03).
+    max_reach : farthest cytoplasm from the nucleus, in nucleus diameters (default 1.0; wbc-seg annotations: max 1.03).
     open_radius : opening radius as a fraction of the cell diameter: removes arms thinner than ~1/8 of a cell.
     scale_deadband : rescaling is skipped when the estimated scale is within this factor of 1 (the
         model was trained over 0.5-2x, and resampling costs time and sharpness).

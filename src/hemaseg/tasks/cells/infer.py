@@ -37,8 +37,8 @@ class CellsParams:
 
     Parameters
     ----------
-    relative_size : typical diameter of each category relative to a red cell (BCCD boxes: WBC
-        ~1.9, platelet ~0.4); sets the smallest object kept.
+    relative_size : typical diameter of each category relative to a red cell (default WBC 1.6, platelet
+        0.35; BCCD's boxes, drawn loose, measure ~1.9 and ~0.4); sets the smallest object kept.
     min_area_fraction : smallest object kept, as a fraction of the area of a typical object of
         its category.
     fallback_diameter : px at the model's input, the trained red-cell diameter assumed when a
