@@ -296,6 +296,27 @@ def test_a_card_routes_each_modality_to_its_specialist(tmp_path, tiny_nuclei_mod
     assert np.allclose(probs(bright, general, params=NucleiParams(specialists=False)), probs(bright, str(tiny_nuclei_model)))
 
 
+def test_a_specialist_keeps_its_own_thresholds_under_the_callers_changes(tmp_path, tiny_nuclei_model, monkeypatch):
+    """A post-processing audit (stop 65): with any --post (or params=), the specialist ran with the general card's
+    thresholds plus the caller's, not its own card's as documented."""
+    import hemaseg.tasks.nuclei as nuc
+    from hemaseg.engine.predict import get_model
+    from hemaseg.models.registry import save_model
+
+    module, card = get_model(str(tiny_nuclei_model))
+    special = save_model(module, tmp_path / "tissue", {**card, "name": "tiny-tissue",
+                                                       "postprocess": {"min_nucleus_fraction": 0.5}})[0]
+    general = module, {**card, "specialists": {"brightfield": str(special)}}
+    seen = []
+    real = nuc.nuclei_instances
+    monkeypatch.setattr(nuc, "nuclei_instances", lambda probs, min_area=8, **kw: seen.append((min_area, kw.get(
+        "seed_threshold"))) or real(probs, min_area, **kw))
+    bright, _ = toy_nuclei(np.random.default_rng(4), 48, brightfield=True)
+    nuc.segment_nuclei(bright, general, cell_diameter=12.0, params=nuc.NUCLEI.params(general[1], seed_threshold=0.45))
+    own = nuc.NUCLEI.params(get_model(str(special))[1], seed_threshold=0.45)
+    assert seen == [(nuc._min_area(12.0, own), 0.45)], seen  # the specialist's smallest nucleus, the caller's seed
+
+
 def test_train_and_evaluate_nuclei(tmp_path):
     root = make_dsb(tmp_path / "dsb", n=6)
     run = tmp_path / "run"

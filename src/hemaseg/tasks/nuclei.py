@@ -6,6 +6,7 @@ when the model was trained so. Knobs: :class:`NucleiParams`.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -424,9 +425,12 @@ def segment_nuclei(image: np.ndarray, model="nuclei", cell_diameter: float | Non
     p = params or NUCLEI.params(card)
     specialists = card.get("specialists") if p.specialists else None
     special = specialists.get(modality(image)) if specialists else None
-    if special:
+    if special:  # its own card's post-processing, with what the caller changed from the general card's on top
+        changed = {} if params is None else {
+            f.name: getattr(params, f.name) for f in dataclasses.fields(params)
+            if f.init and getattr(params, f.name) != getattr(NUCLEI.params(card), f.name)}
         module, card = get_model(special, device)
-        p = params or NUCLEI.params(card)
+        p = dataclasses.replace(NUCLEI.params(card), **changed)
     if tta is None:
         tta = bool(card.get("tta", False))
     prange = card_range(card, image)
