@@ -57,6 +57,22 @@ def test_lazy_regions_equal_the_whole_image(sample, tmp_path):
     assert np.array_equal(g[20:40, 8:16], read_image(tmp_path / "g.tif")[20:40, 8:16])
 
 
+def test_a_lazy_stack_reads_its_first_plane_and_says_so(tmp_path, caplog):
+    """A review (stop 65): a large TIFF read region by region dropped a stack's other planes without a word, where
+    read_image says so; a pyramid (its levels) and RGB samples are no planes."""
+    import logging
+
+    stack = np.stack([np.full((64, 80), v, np.uint8) for v in (10, 20, 30)])
+    tifffile.imwrite(tmp_path / "z.tif", stack, tile=(16, 16), photometric="minisblack", metadata={"axes": "ZYX"})
+    with caplog.at_level(logging.WARNING):
+        z = LazyImage(tmp_path / "z.tif")
+        _pyramid(tmp_path / "p.tif", np.full((64, 80, 3), 90, np.uint8))
+        LazyImage(tmp_path / "p.tif")
+    assert z.shape == (64, 80, 3) and (z[:, :] == 10).all()
+    said = [r.getMessage() for r in caplog.records if "only the first is read" in r.getMessage()]
+    assert len(said) == 1 and "z.tif: 3 planes" in said[0], said
+
+
 def test_open_image_is_lazy_over_the_threshold_only(sample, tmp_path, monkeypatch):
     path = _pyramid(tmp_path / "s.tif", sample)
     assert isinstance(open_image(path), np.ndarray)

@@ -342,6 +342,12 @@ class LazyImage:
             raise HemasegInputError(self.path, f"no image plane in this TIFF (axes {series.axes})")
         shape = dict(zip(self.axes, self._levels[0].shape))
         self.shape = (int(shape["Y"]), int(shape["X"]), 3)
+        # the first plane of any other axis is read (:meth:`_raw`), as read_image reads a stack's first: said
+        planes = int(np.prod([n for ax, n in shape.items() if ax not in "YX" and not (ax in "SC" and n in (2, 3, 4))]))
+        planes += sum(1 for s in self._tif.series[1:] if tuple(s.shape) == tuple(series.shape))
+        if planes > 1:
+            _say_once(self.path, f"{planes} planes (a stack or series); only the first is read: save each plane as "
+                                 "its own image to have them all")
         if self.shape[0] * self.shape[1] > MAX_LAZY_PIXELS:
             raise HemasegInputError(self.path, f"{self.shape[1]}x{self.shape[0]} px is over the "
                                                f"{MAX_LAZY_PIXELS / 1e6:.0f} MP limit")
