@@ -1,6 +1,7 @@
 """Every numeric option validated up front, options that do not apply refused, output locations
 checked before any work (issue 20, cases 5, 9 and 11): one line naming the option, exit 2."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -61,7 +62,9 @@ def test_train_refuses_zero_epochs_and_batch(wbc_folder, tmp_path):
                          (["--lr", "0"], "--lr"), (["--val-fraction", "1.5"], "--val-fraction"),
                          (["--val-fraction", "0"], "--val-fraction"),  # 0 still held one image out (stop 63)
                          (["--init", "nosuch"], "--init"),  # exit 1 before, where --model nosuch is 2
-                         (["--init", "nuclei"], "--init")):  # another task's model: exit 1 before (stop 64)
+                         (["--init", "nuclei"], "--init"),  # another task's model: exit 1 before (stop 64)
+                         # an exported ONNX file (no weights to train): exit 1 before (stop 65)
+                         (["--init", str(Path(__file__).parents[1] / "src/hemaseg/weights/wbc.onnx")], "--init")):
         res = runner.invoke(app, ["train", "wbc", "--data", str(wbc_folder), "--out", str(tmp_path / "r"), *args])
         _one_line_usage(res, option)
         assert not (tmp_path / "r").exists()

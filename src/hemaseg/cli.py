@@ -640,9 +640,12 @@ def train(
                       "--target-images": [target_images] if target_images else [], "--split": [split] if split else []}
             if init:  # a model that does not load is a wrong option, as --model is (exit 2), before any work
                 try:
-                    load_card(init)
+                    weights = load_card(init)[0]
                 except HemasegError as exc:
                     raise HemasegUsageError("--init", f"{init}: {getattr(exc, 'reason', exc)}") from None
+                if weights.suffix.lower() == ".onnx":  # (failed later, exit 1, as an input)
+                    raise HemasegUsageError("--init", f"{init}: an ONNX file holds no weights to train on; give its "
+                                                      ".safetensors, a run folder or a bundled name")
             if init and Path(init).exists():  # a path: absolute (a resume from elsewhere finds it), never in --out
                 init = str(Path(init).resolve())
                 try:
