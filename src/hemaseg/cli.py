@@ -630,6 +630,7 @@ def train(
                 raise HemasegUsageError("--out", "give --out RUN to start a run or --resume RUN to continue one, "
                                                  "not both")
             prepare_run(resume, resume=True, overwrite=overwrite)
+            _resume_threads(resume, threads)
             state, run = spec.fit(None, resume, resume=True), resume
         else:
             if out is None:
@@ -693,6 +694,24 @@ def train(
         raise typer.Exit(1) from None
     typer.echo(f"run {run}: epoch {state['epoch']}, best {state['best_metric']:.4f} at epoch {state['best_epoch']}",
                err=True)
+
+
+def _resume_threads(run: Path, threads: int) -> None:
+    """A resumed run goes on with the torch threads it began with (``state.json``'s ``threads``), so that it ends
+    bit-identical to an unbroken run; a ``--threads`` that differs is used, with a warning."""
+    import torch
+
+    try:
+        began = json.loads((run / "state.json").read_text()).get("threads")
+    except (OSError, ValueError, AttributeError):
+        return  # said by the resume itself
+    if not began:
+        return  # a run of an earlier version: its threads were not recorded
+    if threads and threads != began:
+        typer.echo(f"--threads {threads}: the run began on {began}; the resumed run will differ slightly from an "
+                   f"unbroken one (sums in another order)", err=True)
+    elif not threads and torch.get_num_threads() != began:
+        torch.set_num_threads(int(began))
 
 
 CLASSIFY_BATCH = 256  # crops read, then cell-normalised together

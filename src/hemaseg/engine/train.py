@@ -451,8 +451,9 @@ def recover(run: Path) -> None:
             _roll_forward(run)
         else:
             shutil.rmtree(pending)
-    if run.is_dir():
-        remove_temps(run)
+    if run.is_dir():  # the run's own caches too (wbc-type's crops/: a killed cache write left its temp there)
+        for folder in (run, *(d for d in run.iterdir() if d.is_dir())):
+            remove_temps(folder)
 
 
 def _roll_forward(run: Path) -> None:
@@ -500,8 +501,12 @@ def start_or_resume(cfg, config_class, run: Path, resume: bool, task: str | None
     assert cfg is not None
     prepare_run(run)
     run.mkdir(parents=True, exist_ok=True)
+    import torch
+
+    # the threads it runs on: a resume on others gives another model (sums in another order), so --resume
+    # takes these unless told otherwise
     state = {"config": asdict(cfg), "epoch": 0, "history": [], "best_metric": -1.0, "best_epoch": 0,
-             "stopped_early": False}
+             "stopped_early": False, "threads": torch.get_num_threads()}
     # Committed at once: a run killed before its first checkpoint resumes from epoch 0.
     write_json(state_path, state)
     return cfg, state
