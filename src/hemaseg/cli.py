@@ -422,7 +422,8 @@ def analyze(
             cluster.close()
     n_failed = len(failures) + _empty_folders(images)
     failed = [(str(p), reason) for p, reason in failures]
-    n, cells = write_batch_files(out, jobs, failed, cvat=cvat, coco=coco, coco_rle=coco_rle)
+    n, cells = write_batch_files(out, jobs, failed, cvat=cvat, coco=coco, coco_rle=coco_rle,
+                                 min_confidence=opts.min_confidence)
     typer.echo(f"{n}/{len(paths)} images analysed, {cells} cells; results in {out} "
                f"(report.html, results.json, counts.csv)", err=True)
     raise typer.Exit(1 if n_failed else 0)

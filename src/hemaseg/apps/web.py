@@ -39,6 +39,7 @@ from hemaseg.pipelines.analyze import (
     MIN_CONFIDENCE,
     Analysis,
     analyze,
+    call_of,
     count_records,
     differential,
     differential_size,
@@ -70,10 +71,10 @@ DOWNLOADS = {"results.json": "application/json", "counts.csv": "text/csv",
 UNTYPED = "wbc"  # the class name of a WBC whose type is left for a person to decide
 
 
-def confidence(record: dict) -> float:
-    """The typer's calibrated probability of a WBC's most probable type (1.0 when it has none)."""
-    probs = record.get("type_probs") or {"": 1.0}
-    return float(max(probs.values()))
+def confidence(record: dict, rbc_diameter: float | None = None) -> float:
+    """The typer's calibrated probability of the type it called a WBC (:func:`call_of`: not a platelet call ruled
+    out for the cell's size; 1.0 when it has none)."""
+    return call_of(record, rbc_diameter)[1]
 
 
 def _png(image: np.ndarray) -> bytes:
@@ -252,7 +253,8 @@ class Session:
                         continue
                     probs = sorted((r.get("type_probs") or {}).items(), key=lambda kv: -kv[1])
                     gallery.append({"image": i, "cell": k, "filename": a.entry["filename"],
-                                    "class_name": r["class_name"], "confidence": round(confidence(r), 4),
+                                    "class_name": r["class_name"],
+                                    "confidence": round(confidence(r, a.cell_diameter), 4),
                                     "unsure": bool(r.get("unsure")), "corrected_from": r.get("corrected_from"),
                                     "probs": [[t, round(float(p), 4)] for t, p in probs[:3]], "choices": choices})
             gallery.sort(key=lambda g: (g["confidence"], g["image"], g["cell"]))

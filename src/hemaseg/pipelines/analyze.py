@@ -160,6 +160,23 @@ def typed_as(record: dict, probs: np.ndarray, classes: list[str], rbc_diameter: 
     return classes[best], float(probs[best])
 
 
+def call_of(record: dict, rbc_diameter: float | None) -> tuple[str, float]:
+    """(type, calibrated probability) of a found WBC record as :func:`analyze` called it from its ``type_probs``
+    (:func:`typed_as`: a platelet ruled out for a cell too big to be one, the others' probabilities renormalised);
+    ("wbc", 1.0) for a record the typer did not see. What a gallery labels and sorts by, and what the
+    ``min_confidence`` of an unsure record was compared with.
+
+    >>> r = {"diameter": 120.0, "type_probs": {"neutrophil": 0.2, "lymphocyte": 0.1, "platelet": 0.7}}
+    >>> [(c, round(v, 2)) for c, v in (call_of(r, 80.0), call_of(r, 200.0))]
+    [('neutrophil', 0.67), ('platelet', 0.7)]
+    """
+    probs = record.get("type_probs")
+    if not probs:
+        return record.get("class_name", "wbc"), 1.0
+    names = list(probs)
+    return typed_as(record, np.array([probs[n] for n in names], np.float64), names, rbc_diameter)
+
+
 @uses_backend
 def analyze(image: np.ndarray, filename: str = "", cells_model="cells", type_model="wbc-type",
             cell_diameter: float | None = None, device: str = "cpu", tile: int = DEFAULT_TILE,

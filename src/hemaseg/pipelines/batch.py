@@ -304,7 +304,7 @@ def write_results_stream(path: str | Path, entries: Iterable[dict]) -> Path:
 
 def write_batch_files(out: str | Path, jobs: list[tuple[Path, str]], failed: list[tuple[str, str]] | None = None,
                       cvat: Path | None = None, coco: Path | None = None, coco_rle: bool = False,
-                      date: str | None = None) -> tuple[int, int]:
+                      date: str | None = None, min_confidence: float | None = None) -> tuple[int, int]:
     """Rebuild ``OUT/results.json``, ``OUT/counts.csv`` and ``OUT/report.html`` (and the ``cvat`` /
     ``coco`` files) from the parts on disk of ``jobs`` ((path, stem), in input order), holding one
     photo's part at a time (the CVAT and COCO files are built whole), after deleting the parts and
@@ -315,7 +315,7 @@ def write_batch_files(out: str | Path, jobs: list[tuple[Path, str]], failed: lis
     write_results_stream(out / "results.json", (p["entry"] for p in parts))
     light = [light_analysis(p) for p in parts]
     write_text(out / "counts.csv", counts_csv(light))
-    write_report_records(out / "report.html", parts, failed, date=date)
+    write_report_records(out / "report.html", parts, failed, date=date, min_confidence=min_confidence)
     if cvat or coco:
         entries = [p["entry"] for p in parts]
         labels = export_labels(entries)

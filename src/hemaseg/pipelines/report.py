@@ -15,7 +15,8 @@ import numpy as np
 
 from hemaseg.core.vocabulary import CATEGORIES, EXPORT_LABELS, NOT_IN_DIFFERENTIAL, WBC_TYPES
 from hemaseg.io.writers import atomic_path, write_text
-from hemaseg.pipelines.analyze import Analysis, differential, differential_size
+from hemaseg.pipelines.analyze import Analysis, call_of, differential, differential_size
+from hemaseg.pipelines.segment import RED_CELL_UM
 from hemaseg.version import __version__
 
 
@@ -111,15 +112,21 @@ table.meta td,table.meta th{text-align:left}.ruo{font-weight:bold}
 .review figure{border:2px solid #c60;padding:2px}img.overlay{max-width:100%;border:1px solid #ccc}.failed{color:#a00}"""
 
 
-def _confidence(record: dict) -> float:
-    """The calibrated probability of a WBC's most probable type (1.0 for an untyped record)."""
-    probs = record.get("type_probs") or {"": 1.0}
-    return float(max(probs.values()))
+def _confidence(record: dict, rbc_diameter: float | None) -> float:
+    """The calibrated probability of the type the typer called a WBC (:func:`call_of`: a platelet call ruled out
+    for a cell too big is no confidence; 1.0 for an untyped record)."""
+    return call_of(record, rbc_diameter)[1]
 
 
-def _top_types(record: dict, k: int = 2) -> str:
-    probs = sorted((record.get("type_probs") or {}).items(), key=lambda kv: -kv[1])[:k]
-    return " / ".join(f"{t} {p:.2f}" for t, p in probs)
+def _top_types(record: dict, rbc_diameter: float | None, k: int = 2) -> str:
+    """The ``k`` most probable types of a WBC, without a platelet call ruled out for its size (the others
+    renormalised, as :func:`call_of`)."""
+    probs = dict(record.get("type_probs") or {})
+    top = max(probs, key=probs.get) if probs else None
+    if top is not None and call_of(record, rbc_diameter)[0] != top:  # the call ruled the top one out
+        rest = 1.0 - probs.pop(top)
+        probs = {t: p / max(rest, 1e-12) for t, p in probs.items()}
+    return " / ".join(f"{t} {p:.2f}" for t, p in sorted(probs.items(), key=lambda kv: -kv[1])[:k])
 
 
 def _pixel_scale(entries: list[dict]) -> str:
@@ -156,19 +163,22 @@ def light_analysis(record: dict) -> Analysis:
 
 
 def report_chunks(records: Iterable[dict], failed: list[tuple[str, str]] | None = None,
-                  title: str = "hemaseg smear report", date: str | None = None) -> Iterator[str]:
+                  title: str = "hemaseg smear report", date: str | None = None,
+                  min_confidence: float | None = None) -> Iterator[str]:
     """The parts of :func:`report_html`, from :func:`image_record` records, one after another.
     ``records`` is iterated twice (totals first, then the images), so it may read them from disk
-    one at a time: only the counts and the unsure cells' thumbnails are held."""
+    one at a time: only the counts and the unsure cells' thumbnails are held. ``min_confidence``, when given,
+    is said as the rule that made a WBC's type unsure."""
     date = date or datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %z")
     light: list[Analysis] = []
-    unsure: list[tuple[str, dict, str]] = []
+    unsure: list[tuple[str, dict, str, float]] = []
     n_unsure: list[int] = []
     any_crops = False
     for rec in records:
         light.append(light_analysis(rec))
         wbcs = [m for m in rec["entry"]["masks"] if m["category"] == "wbc"]
-        mine = [(rec["entry"]["filename"], r, c) for r, c in zip(wbcs, rec["crops"]) if r.get("unsure")]
+        rbc_d = float(rec["cell_diameter"])
+        mine = [(rec["entry"]["filename"], r, c, rbc_d) for r, c in zip(wbcs, rec["crops"]) if r.get("unsure")]
         unsure += mine
         n_unsure.append(len(mine))
         any_crops = any_crops or bool(rec["crops"])
@@ -192,6 +202,9 @@ def report_chunks(records: Iterable[dict], failed: list[tuple[str, str]] | None 
             ["date of analysis", date], ["software", f"hemaseg {__version__}"],
             *([f"{role} model", "; ".join(labels)] for role, labels in models.items()),
             ["pixel scale", _pixel_scale(entries)],
+            *([["unsure type", f"a WBC whose most probable type has a calibrated probability under "
+                               f"{min_confidence:g} (--min-confidence) is listed for review, counted in no type"]]
+              if min_confidence is not None else []),
             ["images", f"{len(light)} analysed" + (f", {len(failed)} not analysed" if failed else "")]]
     yield "<table class=\"meta\"><tbody>" + "".join(
         f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in meta) + "</tbody></table>"
@@ -230,10 +243,12 @@ def report_chunks(records: Iterable[dict], failed: list[tuple[str, str]] | None 
         yield f"<h2 class=\"failed\">Not analysed</h2><ul class=\"failed\">{items}</ul>"
 
     if unsure:
-        unsure.sort(key=lambda frc: _confidence(frc[1]))
-        yield (f"<h2>For review: {len(unsure)} white cell(s) of unsure type</h2><p>Most probable types "
-               "with their calibrated probabilities, least sure first. Not counted in the differential.</p>")
-        yield _thumbs([(r, c, f"{Path(f).name}: {_top_types(r)}") for f, r, c in unsure], "review")
+        unsure.sort(key=lambda frcd: _confidence(frcd[1], frcd[3]))
+        rule = (f" (the most probable type's calibrated probability under {min_confidence:g}, "
+                "hemaseg analyze --min-confidence)" if min_confidence is not None else "")
+        yield (f"<h2>For review: {len(unsure)} white cell(s) of unsure type</h2><p>Unsure{rule}. Most probable "
+               "types with their calibrated probabilities, least sure first. Not counted in the differential.</p>")
+        yield _thumbs([(r, c, f"{f}: {_top_types(r, d)}") for f, r, c, d in unsure], "review")
     del unsure, light
     if any_crops:
         yield f"<p>{CONFIDENCE_NOTE}</p>"
@@ -244,27 +259,33 @@ def report_chunks(records: Iterable[dict], failed: list[tuple[str, str]] | None 
         c = rec["counts"]
         # with no red cell found the diameter is the one given, or the model's trained one: nothing measured it
         unmeasured = " (no red cell found to measure it by)" if not c.get("rbc") else ""
+        if e.get("pixel_size_um") and abs(float(rec["cell_diameter"]) * e["pixel_size_um"] - RED_CELL_UM) < 1e-3:
+            unmeasured = f" ({RED_CELL_UM:g} µm at the pixel scale, not measured)"
+        if not (c.get("rbc") or c.get("wbc") or c.get("platelet")):
+            unmeasured += "; no cell found: a blank or unusable field?"
         yield (f"<h2>{name}</h2><p>{e['width']}x{e['height']} px{scale}, red-cell diameter "
                f"{float(rec['cell_diameter']):.1f} px{unmeasured}; RBC {c['rbc']}, WBC {c['wbc']}, "
                f"platelets {c['platelet']}</p>")
         yield f"<img class=\"overlay\" alt=\"overlay of {name}\" src=\"{rec['overlay']}\">"
         wbcs = [r for r in e["masks"] if r["category"] == "wbc"]
+        rbc_d = float(rec["cell_diameter"])
         typed = sorted(((r, u) for r, u in zip(wbcs, rec["crops"]) if not r.get("unsure")),
-                       key=lambda ru: _confidence(ru[0]))
+                       key=lambda ru: _confidence(ru[0], rbc_d))
         if typed:
-            yield _thumbs([(r, u, f"{r['class_name']} {_confidence(r):.2f}") for r, u in typed])
+            yield _thumbs([(r, u, f"{r['class_name']} {_confidence(r, rbc_d):.2f}") for r, u in typed])
     yield f"<p class=\"ruo\">{RESEARCH_ONLY}</p>"
     yield "</body>\n</html>\n"
 
 
 def report_html(analyses: list[Analysis], overlays: list[np.ndarray], failed: list[tuple[str, str]] | None = None,
-                title: str = "hemaseg smear report", date: str | None = None) -> str:
+                title: str = "hemaseg smear report", date: str | None = None,
+                min_confidence: float | None = None) -> str:
     """One HTML page: sample, date, versions; totals and the differential with its 95 % intervals
     and the number of WBCs it rests on (a warning under :data:`MIN_DIFFERENTIAL`); the cells whose
     type is unsure, for review; then per image its counts, overlay and WBC gallery (least sure first).
     ``date`` defaults to now."""
     records = [image_record(a, ov) for a, ov in zip(analyses, overlays)]
-    return "\n".join(report_chunks(records, failed, title, date))
+    return "\n".join(report_chunks(records, failed, title, date, min_confidence))
 
 
 def write_report(path: str | Path, analyses: list[Analysis], overlays: list[np.ndarray],
@@ -273,10 +294,11 @@ def write_report(path: str | Path, analyses: list[Analysis], overlays: list[np.n
 
 
 def write_report_records(path: str | Path, records: Iterable[dict], failed: list[tuple[str, str]] | None = None,
-                         title: str = "hemaseg smear report", date: str | None = None) -> Path:
+                         title: str = "hemaseg smear report", date: str | None = None,
+                         min_confidence: float | None = None) -> Path:
     """:func:`report_html` of :func:`image_record` records (iterated twice), written as it is made,
     atomically: the page is never one string in memory."""
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        for k, chunk in enumerate(report_chunks(records, failed, title, date)):
+        for k, chunk in enumerate(report_chunks(records, failed, title, date, min_confidence)):
             f.write(("\n" if k else "") + chunk)
     return Path(path)
