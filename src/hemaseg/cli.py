@@ -731,13 +731,16 @@ def classify(
     min_confidence: float = typer.Option(0.0, "--min-confidence", min=0.0, max=1.0,
                                          help="below this probability of the type called (the model's own, "
                                               "before -m 1/2/3 rescale their columns) the prediction is "
-                                              "UNSURE (for review)"),
+                                              "UNSURE (for review), as it is, with -m 1/2/3, when a white cell "
+                                              "they have no column for is more likely; 0 (the default): always "
+                                              "a type"),
     device: str = typer.Option("cpu", help="cpu, cuda or auto"),
     backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
 ) -> None:
     """WBC type of single-cell crops (seed 004's classify_WBC.py): CSV of filename, prediction, probabilities.
-    A crop with no WBC is predicted NO_WBC; one under --min-confidence UNSURE, as is one that -m 1/2/3
-    have no column for (an immature granulocyte; in -m 2 a basophil) more likely than the type called."""
+    A crop with no WBC is predicted NO_WBC; with --min-confidence above 0, one under it UNSURE, as is one
+    that -m 1/2/3 have no column for (an immature granulocyte; in -m 2 a basophil) more likely than the type
+    called."""
     import csv
     import io
 
