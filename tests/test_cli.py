@@ -111,7 +111,8 @@ def test_a_resume_goes_on_with_the_threads_the_run_began_on(tmp_path, wbc_folder
     run = tmp_path / "run"
     try:
         res = runner.invoke(app, ["train", "wbc", "--data", str(wbc_folder), "--out", str(run), "--epochs", "1",
-                                  "--crop", "32", "--batch-size", "4", "--samples-per-epoch", "4", "--threads", "1"])
+                                  "--crop", "32", "--batch-size", "4", "--samples-per-epoch", "4", "--threads", "1",
+                                  "--device", "auto"])
         assert res.exit_code == 0 and json.loads((run / "state.json").read_text())["threads"] == 1, res.output
         torch.set_num_threads(2)
         res = runner.invoke(app, ["train", "wbc", "--resume", str(run)])

@@ -64,7 +64,8 @@ def test_train_refuses_zero_epochs_and_batch(wbc_folder, tmp_path):
                          (["--init", "nosuch"], "--init"),  # exit 1 before, where --model nosuch is 2
                          (["--init", "nuclei"], "--init"),  # another task's model: exit 1 before (stop 64)
                          # an exported ONNX file (no weights to train): exit 1 before (stop 65)
-                         (["--init", str(Path(__file__).parents[1] / "src/hemaseg/weights/wbc.onnx")], "--init")):
+                         (["--init", str(Path(__file__).parents[1] / "src/hemaseg/weights/wbc.onnx")], "--init"),
+                         (["--device", "cuda"], "--device")):  # train had no --device (DESIGN.md: all commands)
         res = runner.invoke(app, ["train", "wbc", "--data", str(wbc_folder), "--out", str(tmp_path / "r"), *args])
         _one_line_usage(res, option)
         assert not (tmp_path / "r").exists()

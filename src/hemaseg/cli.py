@@ -543,6 +543,8 @@ def train(
     val_fraction: Optional[float] = typer.Option(None, help="validation share (wbc 0.2, nuclei 0.1)"),
     seed: Optional[int] = typer.Option(None, help="random seed of the split, augmentation and initialisation (default 0)"),
     threads: int = typer.Option(0, help="torch CPU threads (0: torch's default)"),
+    device: str = typer.Option("cpu", help="cpu or auto (auto: cpu): training runs on the CPU, where every "
+                                           "recipe was made and checked"),
     target_images: Optional[str] = typer.Option(None, help="wbc-type: unlabelled images of the lab to adapt to (DANN)"),
     backbone: Optional[str] = typer.Option(None, help="wbc-type: backbone (default resnet10-half, or a timm name; "
                                                     "never downloaded)"),
@@ -613,6 +615,9 @@ def train(
     _setup_logging(True)
     spec = _task(task, "TASK")
     check_numbers(threads=threads)
+    if device not in ("cpu", "auto"):  # (DESIGN.md: every command takes --device)
+        raise typer.BadParameter(f"{device}: training runs on the CPU (its recipes were made and checked there); "
+                                 "use cpu or auto", param_hint="--device")
     if threads:
         torch.set_num_threads(threads)
     try:
