@@ -97,6 +97,11 @@ def test_convert_cli_voc_to_coco_to_cvat_to_labels(tmp_path):
     assert inst.shape == (48, 64) and set(np.unique(inst)) == {0, 1, 2}
     # the WBC box: xmax / ymax are its edges (x2, y2 exclusive, as every box here), so the last pixels are 29 / 27
     assert (inst[6:28, 5:30] == 1).all() and not inst[28, 5:30].any() and not inst[6:28, 30].any()
+    # a VOC root (Annotations/, JPEGImages/), as BCCD ships, is read too (was "no VOC XML files found"; stop 65)
+    (tmp_path / "root" / "Annotations").mkdir(parents=True)
+    xml.rename(tmp_path / "root" / "Annotations" / xml.name)
+    res = runner.invoke(app, ["convert", "--from", "voc", "--to", "coco", str(tmp_path / "root"), str(tmp_path / "r.json")])
+    assert res.exit_code == 0 and len(json.loads((tmp_path / "r.json").read_text())["annotations"]) == 2, res.output
     coco = json.loads((tmp_path / "c.json").read_text())["annotations"]
     assert [a["bbox"] for a in coco] == [[5, 6, 25, 22], [40, 30, 6, 6]]
     assert [a["area"] for a in coco] == [25 * 22, 6 * 6]  # the polygon's area is the box's (it was 26 x 23)

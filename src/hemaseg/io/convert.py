@@ -259,6 +259,8 @@ def _entries(fmt: str, inp: Path, failed: list[dict] | None = None) -> list[dict
     if fmt == "yolo":
         return A.read_yolo(inp, failed)
     if fmt == "voc":
+        if inp.is_dir() and not any(inp.glob("*.xml")) and (inp / "Annotations").is_dir():
+            inp = inp / "Annotations"  # a VOC root (Annotations/, JPEGImages/, ImageSets/), as BCCD's
         files = sorted(inp.glob("*.xml")) if inp.is_dir() else [inp]
         if not files or not files[0].exists():
             raise HemasegInputError(inp, "no VOC XML files found")
