@@ -492,7 +492,9 @@ def start_or_resume(cfg, config_class, run: Path, resume: bool, task: str | None
     if resume:
         recover(run)
         if not state_path.exists():
-            raise HemasegUsageError("--resume", f"{run}: no training run there (no state.json): nothing to resume")
+            raise HemasegUsageError("--resume", f"{run}: no training run there (no state.json): nothing to resume "
+                                                 "(a run killed in its first seconds, before it wrote one, is begun "
+                                                 "again by its own command)")
         state = json.loads(state_path.read_text())
         run_task = state["config"].get("task", "wbc-type")  # a classifier's config names no task
         if task is not None and run_task != task:

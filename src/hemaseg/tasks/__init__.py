@@ -30,7 +30,9 @@ def fit(cfg: TrainConfig | None, run: str | Path, resume: bool = False, progress
     if cfg is None:
         state = Path(run) / "state.json"
         if not state.exists():
-            raise HemasegUsageError("--resume", f"{run}: no training run there (no state.json): nothing to resume")
+            raise HemasegUsageError("--resume", f"{run}: no training run there (no state.json): nothing to resume "
+                                                 "(a run killed in its first seconds, before it wrote one, is begun "
+                                                 "again by its own command)")
         name = json.loads(state.read_text()).get("config", {}).get("task", "wbc")
     else:
         name = cfg.task
