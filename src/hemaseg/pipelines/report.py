@@ -145,12 +145,16 @@ def _thumbs(cells: list[tuple[dict, str, str]], cls: str = "") -> str:
     return f"<div class=\"thumbs{' ' + cls if cls else ''}\">{figs}</div>"
 
 
+def _now() -> str:
+    return datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %z")
+
+
 def image_record(analysis: Analysis, overlay: np.ndarray) -> dict:
     """What the batch files need of one photo, JSON-ready: its results ``entry``, ``counts``,
     ``types``, ``cell_diameter``, ``models``, the report's downscaled ``overlay`` (a JPEG data URI)
-    and one ``crops`` thumbnail (PNG data URI) per WBC of ``entry["masks"]``, in mask order."""
+    and one ``crops`` thumbnail (PNG data URI) per WBC of ``entry["masks"]``, in mask order; ``analysed``, when."""
     return {"entry": analysis.entry, "counts": dict(analysis.counts), "types": list(analysis.types),
-            "cell_diameter": float(analysis.cell_diameter), "models": dict(analysis.models),
+            "cell_diameter": float(analysis.cell_diameter), "models": dict(analysis.models), "analysed": _now(),
             "overlay": _data_uri(overlay), "crops": [_data_uri(c, 96, ".png") for c in analysis.wbc_crops]}
 
 
@@ -169,13 +173,16 @@ def report_chunks(records: Iterable[dict], failed: list[tuple[str, str]] | None 
     ``records`` is iterated twice (totals first, then the images), so it may read them from disk
     one at a time: only the counts and the unsure cells' thumbnails are held. ``min_confidence``, when given,
     is said as the rule that made a WBC's type unsure."""
-    date = date or datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %z")
+    date = date or _now()
+    times: list[str] = []  # when each photo was analysed (a batch resumed: earlier than the report)
     light: list[Analysis] = []
     unsure: list[tuple[str, dict, str, float]] = []
     n_unsure: list[int] = []
     any_crops = False
     for rec in records:
         light.append(light_analysis(rec))
+        if rec.get("analysed"):
+            times.append(str(rec["analysed"]))
         wbcs = [m for m in rec["entry"]["masks"] if m["category"] == "wbc"]
         rbc_d = float(rec["cell_diameter"])
         mine = [(rec["entry"]["filename"], r, c, rbc_d) for r, c in zip(wbcs, rec["crops"]) if r.get("unsure")]
@@ -199,7 +206,10 @@ def report_chunks(records: Iterable[dict], failed: list[tuple[str, str]] | None 
            f"<title>{html.escape(title)}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n<h1>{html.escape(title)}</h1>")
     yield f"<p class=\"ruo\">{RESEARCH_ONLY}</p>"
     meta = [["sample", ", ".join(samples) if samples else "not given (hemaseg analyze --sample-id ID)"],
-            ["date of analysis", date], ["software", f"hemaseg {__version__}"],
+            *([["date of analysis", min(times) if min(times) == max(times) else f"{min(times)} to {max(times)}"],
+               ["report written", date]] if times and (min(times) != date or max(times) != date)
+              else [["date of analysis", date]]),
+            ["software", f"hemaseg {__version__}"],
             *([f"{role} model", "; ".join(labels)] for role, labels in models.items()),
             ["pixel scale", _pixel_scale(entries)],
             *([["unsure type", f"a WBC whose most probable type has a calibrated probability under "
