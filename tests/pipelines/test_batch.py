@@ -291,3 +291,11 @@ def test_a_resumed_batchs_report_dates_the_analysis_and_the_report_apart(photos,
     page = (out / "report.html").read_text()
     assert ("<th>date of analysis</th><td>2026-01-01 10:00:00 +0000 to 2026-01-02 11:00:00 +0000</td>" in page
             and "<th>report written</th><td>2026-01-02 11:00:00 +0000</td>" in page), page[:3000]
+
+
+def test_a_photo_with_no_cell_is_said(tmp_path, caplog):
+    """A report audit (stop 65): a white frame was "analysed, 0 cells", exit 0, without a word on the console."""
+    white = tmp_path / "white.png"
+    Image.fromarray(np.full((64, 96, 3), 255, np.uint8)).save(white)
+    res = _run(white, "--out", tmp_path / "o")
+    assert res.exit_code == 0 and "no cell found: a blank or unusable field?" in caplog.text + res.output, res.output

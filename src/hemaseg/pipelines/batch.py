@@ -31,6 +31,8 @@ from hemaseg.pipelines.report import counts_csv, export_labels, image_record, li
 from hemaseg.pipelines.segment import diameter_from_pixel_size
 from hemaseg.progress import track
 
+log = logging.getLogger(__name__)
+
 PARTS = "parts"  # OUT/parts/<stem>.json: one per photo done; OUT/parts/run.json: the options of the batch
 RUN_FILE = "run.json"
 BATCH_FILES = ("results.json", "counts.csv", "report.html")
@@ -122,6 +124,8 @@ def analyze_photo(path: str | Path, stem: str, out: str | Path, opts: BatchOptio
         a = analyze(image, str(path), opts.model, opts.type_model, diameter, opts.device, opts.tile,
                     min_confidence=opts.min_confidence, sample_id=opts.sample_id, pixel_size=pixel_size,
                     backend=opts.backend, params=opts.params())
+        if not any(a.counts.get(c, 0) for c in CATEGORIES):  # analysed, but nothing a lab counts: said
+            log.warning("%s: no cell found: a blank or unusable field?", path)
         overlay = draw_overlay(image, a)
         del image
         write_png(out / f"{stem}_overlay.png", overlay)
