@@ -151,6 +151,13 @@ def test_an_exported_file_runs_where_no_backend_is_named_and_a_card_of_another_f
                                   "--backend", "onnx", "--cell-diameter", "24"])
         assert res.exit_code == 2 and said in res.output and f"{name}.onnx" in res.output, res.output
         assert not (tmp_path / name / "cell.png").exists()
+    # an upper-case suffix is an ONNX file too (it was taken for torch weights; a review, stop 65)
+    upper = tmp_path / "UP.ONNX"
+    upper.write_bytes(out.read_bytes())
+    upper.with_suffix(".json").write_text(json.dumps(card))
+    res = runner.invoke(app, ["segment", str(src), "--out", str(tmp_path / "up"), "--model", str(upper),
+                              "--cell-diameter", "24"])
+    assert res.exit_code == 0 and (tmp_path / "up" / "cell.png").exists(), res.output
     # a card with no SHA-256 (written before exports hashed their file, or by hand) still loads
     old = tmp_path / "old.onnx"
     old.write_bytes(out.read_bytes())

@@ -168,13 +168,13 @@ def as_runner(model):
 def onnx_file(name_or_path: str | Path) -> Path | None:
     """The ONNX file of a model (an ``.onnx`` path, or ``<weights>.onnx`` beside its safetensors), or None."""
     p = Path(name_or_path)
-    if p.suffix == ".onnx":
+    if p.suffix.lower() == ".onnx":
         return p if p.exists() else None
     try:
         st = resolve_model_path(name_or_path)
     except HemasegInputError:
         return None
-    cand = st if st.suffix == ".onnx" else st.with_suffix(".onnx")
+    cand = st if st.suffix.lower() == ".onnx" else st.with_suffix(".onnx")
     return cand if cand.exists() else None
 
 
@@ -209,14 +209,14 @@ def load_runner(name_or_path: str | Path, device: str = "cpu", backend: str = "a
     src, card = load_card(name_or_path)
     onnx = onnx_file(name_or_path)
     name = card.get("name") or str(name_or_path)
-    if backend == "torch" and src.suffix == ".onnx":
+    if backend == "torch" and src.suffix.lower() == ".onnx":
         raise HemasegUsageError("--backend", f"torch: {src.name} is an ONNX file; use --backend onnx or auto")
     # auto: torch on a GPU, for a model without an ONNX file, or for one whose card says ONNX Runtime
     # was not both faster and in agreement through the pipeline (benchmarks/export_bundled.py).
     prefer_torch = device != "cpu" or onnx is None or not onnxruntime_available() or \
         not card.get("onnx", {}).get("auto", True)
     if backend == "torch" or (backend == "auto" and prefer_torch):
-        if torch_available() and src.suffix != ".onnx":
+        if torch_available() and src.suffix.lower() != ".onnx":
             return load_model(name_or_path, device)
         if backend == "torch":
             raise HemasegUsageError("--backend", f"torch: not installed ({TRAIN_EXTRA}); use --backend onnx or auto")

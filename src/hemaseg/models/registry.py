@@ -257,7 +257,7 @@ def load_model(name_or_path: str | Path, device: str = "cpu") -> tuple[nn.Module
     from safetensors.torch import load_file
 
     st, card = load_card(name_or_path)
-    if st.suffix == ".onnx":
+    if st.suffix.lower() == ".onnx":
         raise HemasegInputError(st, "an ONNX file: it runs on ONNX Runtime (backend onnx), not torch")
     arch = card["architecture"]
     try:
