@@ -230,6 +230,16 @@ def test_a_cards_postprocess_is_checked_and_read_as_post_reads_it(tmp_path):
                                                                                     "null") is None
     with pytest.raises(ValueError, match="clump_ratio takes a number, or null"):
         param_value(SmearParams(), "clump_ratio", "abc")
+    # a None-default dict knob (the platelet re-scorer): a re-scorer this version can run, {} or null (a review:
+    # 1, "abc", [1, 2] or {"a": 1} were taken and failed on every image)
+    card = json.loads((WEIGHTS_DIR / "cells.json").read_text())
+    good = card["postprocess"]["platelet_rescore"]
+    assert param_value(CellsParams(), "platelet_rescore", good) == good
+    assert param_value(CellsParams(), "platelet_rescore", "null") is None
+    assert param_value(CellsParams(), "platelet_rescore", {}) == {}
+    for bad in ("1", "abc", "[1, 2]", '{"a": 1}', {**good, "coef": good["coef"][:-1]}, {**good, "scale": [0] * 12}):
+        with pytest.raises(ValueError, match="platelet_rescore takes"):
+            param_value(CellsParams(), "platelet_rescore", bad)
 
 
 def test_python_dash_m_runs_the_same_command_line():

@@ -717,7 +717,11 @@ def _resume_threads(run: Path, threads: int) -> None:
         typer.echo(f"--threads {threads}: the run began on {began}; the resumed run will differ slightly from an "
                    f"unbroken one (sums in another order)", err=True)
     elif not threads and torch.get_num_threads() != began:
-        torch.set_num_threads(int(began))
+        n = min(int(began), os.cpu_count() or int(began))  # (not more threads than this machine has cores)
+        torch.set_num_threads(n)
+        typer.echo(f"--resume: going on with {n} torch thread(s), as the run began"
+                   + (f" (it began on {began}; this machine has {n} cores: it will differ slightly)" if n != began
+                      else ""), err=True)
 
 
 CLASSIFY_BATCH = 256  # crops read, then cell-normalised together
@@ -737,8 +741,8 @@ def classify(
                                          help="below this probability of the type called (the model's own, "
                                               "before -m 1/2/3 rescale their columns) the prediction is "
                                               "UNSURE (for review), as it is, with -m 1/2/3, when a white cell "
-                                              "they have no column for is more likely; 0 (the default): always "
-                                              "a type"),
+                                              "they have no column for is more likely (1e-9: that rule alone); "
+                                              "0 (the default): always a type"),
     device: str = typer.Option("cpu", help="cpu, cuda or auto"),
     backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
 ) -> None:

@@ -281,13 +281,15 @@ def test_analyze_runs_exported_onnx_files_with_backend_onnx(tmp_path):
 def test_a_resumed_batchs_report_dates_the_analysis_and_the_report_apart(photos, tmp_path, monkeypatch):
     """A report audit (stop 65): after --resume the "date of analysis" was the report's rebuild time, not when the
     photos were analysed."""
+    import hemaseg.pipelines.batch as batch
     import hemaseg.pipelines.report as report
 
     out = tmp_path / "o"
-    monkeypatch.setattr(report, "_now", lambda: "2026-01-01 10:00:00 +0000")
-    assert _run(photos[0], "--out", out).exit_code == 0
-    monkeypatch.setattr(report, "_now", lambda: "2026-01-02 11:00:00 +0000")
-    assert _run(*photos, "--out", out, "--resume").exit_code == 0
+    for when in ("2026-01-01 10:00:00 +0000", "2026-01-02 11:00:00 +0000"):  # the parts' stamps, the report's
+        monkeypatch.setattr(report, "timestamp", lambda: when)
+        monkeypatch.setattr(batch, "timestamp", lambda: when)
+        assert _run(*(photos[:1] if when.startswith("2026-01-01") else photos), "--out", out,
+                    *([] if when.startswith("2026-01-01") else ["--resume"])).exit_code == 0
     page = (out / "report.html").read_text()
     assert ("<th>date of analysis</th><td>2026-01-01 10:00:00 +0000 to 2026-01-02 11:00:00 +0000</td>" in page
             and "<th>report written</th><td>2026-01-02 11:00:00 +0000</td>" in page), page[:3000]

@@ -128,6 +128,14 @@ def test_report_labels_a_wbc_by_the_call_made_and_says_its_rules(tmp_path):
     assert "s1/x.jpg: monocyte 0.50 / lymphocyte 0.50" in page and "platelet 0.60" not in page
     assert "calibrated probability under 0.5" in page and "unsure type</th>" in page
     assert "(7.5 µm at the pixel scale, not measured)" in page and "no cell found: a blank or unusable field?" in page
+    # the report_html date is the analysis's (no record there says when it was analysed: no "report written")
+    page = report_html([a], [np.zeros((20, 30, 3), np.uint8)], date="2025-01-02 03:04:05 +0000")
+    assert "<th>date of analysis</th><td>2025-01-02 03:04:05 +0000</td>" in page and "report written" not in page
+    # dates of other offsets (a Dask worker's, a clock change) in time order, not as text
+    from hemaseg.pipelines.report import _span
+
+    assert _span(["2026-10-25 02:30:00 +0200", "2026-10-25 02:10:00 +0100"]) == \
+        "2026-10-25 02:30:00 +0200 to 2026-10-25 02:10:00 +0100"
 
 
 def test_cli_analyze_sample_id_in_results_report_and_counts(tmp_path):

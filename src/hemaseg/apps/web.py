@@ -40,6 +40,7 @@ from hemaseg.pipelines.analyze import (
     Analysis,
     analyze,
     call_of,
+    call_probs,
     count_records,
     differential,
     differential_size,
@@ -251,7 +252,7 @@ class Session:
                 for k, r in enumerate(a.entry["masks"]):
                     if r["category"] != "wbc":
                         continue
-                    probs = sorted((r.get("type_probs") or {}).items(), key=lambda kv: -kv[1])
+                    probs = call_probs(r, a.cell_diameter)  # without a platelet call ruled out for its size
                     gallery.append({"image": i, "cell": k, "filename": a.entry["filename"],
                                     "class_name": r["class_name"],
                                     "confidence": round(confidence(r, a.cell_diameter), 4),

@@ -9,6 +9,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,7 @@ def params_from_card(params_class: type, card: dict | None = None, task_name: st
     """A post-processing parameters dataclass: its defaults, then the model card's ``"postprocess"``
     entry (as StarDist keeps thresholds beside the weights), then ``overrides`` (None values
     ignored). Unknown names raise :class:`ValueError` naming them and the known ones."""
-    own = (card or {}).get("postprocess", {})
+    own = (card or {}).get("postprocess") or {}
     overrides = {k: v for k, v in overrides.items() if v is not None}
     known = {f.name for f in dataclasses.fields(params_class) if f.init}
     if not isinstance(own, dict) or set(own) - known:  # a card that would fail on every image, or late
@@ -60,8 +61,6 @@ def param_docs(params_class: type) -> dict[str, str]:
     >>> param_docs(NucleiParams)["seed_threshold"]
     'interior probability above which a pixel seeds a nucleus.'
     """
-    import re
-
     docs: dict[str, list[str]] = {}
     current = None
     for line in (params_class.__doc__ or "").splitlines():
@@ -94,7 +93,7 @@ def params_help(params, task_name: str = "") -> list[str]:
             plain = not (isinstance(default, (dict, tuple, bool)) or default is None)
             shown += f" [{default if plain else json.dumps(default)}]"
         text = docs.get(f.name, "")
-        first = text.split(". ")[0].rstrip(".")
+        first = re.split(r"\.\s+(?=[A-Z])", text)[0].rstrip(".")  # (not at "e.g. " or "i.e. ")
         lines.append(f"  {f.name} = {shown}: {first[:110]}{'...' if len(first) > 110 else ''}")
     return lines
 
@@ -197,6 +196,8 @@ def param_value(defaults, name: str, value):
         value = tuple(value) if ok else value
     elif isinstance(default, dict) and default and all(isinstance(v, (int, float)) for v in default.values()):
         # a number per key (cells' relative_size): the same keys, each a number
+        if isinstance(value, dict):
+            value = {k: v.item() if isinstance(v, np.generic) else v for k, v in value.items()}
         ok = isinstance(value, dict) and set(value) == set(default) and all(
             isinstance(v, (int, float)) and not isinstance(v, bool) for v in value.values())
         if not ok:
@@ -206,6 +207,10 @@ def param_value(defaults, name: str, value):
         ok = number  # a number or None (off): smear10's clump_ratio
         if not ok:
             raise ValueError(f"{name} takes a number, or null for none (default null)")
+    elif default is None and value is not None and "dict" in str(field.type):
+        ok = isinstance(value, dict)  # a dict or None (cells' platelet_rescore; its contents: CHECKS below)
+        if not ok:
+            raise ValueError(f"{name} takes a JSON object, or null for none (default null)")
     else:
         ok = default is None or isinstance(value, type(default))
     if not ok:
@@ -214,6 +219,9 @@ def param_value(defaults, name: str, value):
         shown = repr(default) if len(repr(default)) <= 60 else "the model card's"
         kind = type(default).__name__
         raise ValueError(f"{name} takes {'an' if kind[0] in 'aeiou' else 'a'} {kind} (default {shown})")
+    check = getattr(type(defaults), "CHECKS", {}).get(name)  # what a type cannot say (a re-scorer's fields)
+    if check is not None:
+        check(value)
     numbers = [v for v in (value.values() if isinstance(value, dict) and isinstance(default, dict) and default
                            else value if isinstance(value, tuple) else (value,))
                if isinstance(v, (int, float)) and not isinstance(v, bool)]

@@ -441,6 +441,9 @@ def remove_run_files(run: Path, names) -> None:
             target.unlink()
 
 
+RUN_CACHES = ("crops", "val")  # sub-folders a run writes itself (wbc-type's crop cache, smear10's validation set)
+
+
 def recover(run: Path) -> None:
     """Bring a run folder to its last committed checkpoint after a kill: finish a commit whose
     state was written (roll forward), drop one whose state was not (roll back), delete the
@@ -452,8 +455,9 @@ def recover(run: Path) -> None:
         else:
             shutil.rmtree(pending)
     if run.is_dir():  # the run's own caches too (wbc-type's crops/: a killed cache write left its temp there)
-        for folder in (run, *(d for d in run.iterdir() if d.is_dir())):
-            remove_temps(folder)
+        for folder in (run, *(run / d for d in RUN_CACHES)):
+            if folder == run or (folder.is_dir() and not folder.is_symlink()):
+                remove_temps(folder)
 
 
 def _roll_forward(run: Path) -> None:

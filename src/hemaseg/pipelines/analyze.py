@@ -177,6 +177,22 @@ def call_of(record: dict, rbc_diameter: float | None) -> tuple[str, float]:
     return typed_as(record, np.array([probs[n] for n in names], np.float64), names, rbc_diameter)
 
 
+def call_probs(record: dict, rbc_diameter: float | None) -> list[tuple[str, float]]:
+    """A WBC record's types by probability, most probable first, without a platelet call :func:`call_of` rules
+    out for the cell's size (the others renormalised, as there): what a gallery lists beside the call.
+
+    >>> r = {"diameter": 120.0, "type_probs": {"neutrophil": 0.2, "lymphocyte": 0.1, "platelet": 0.7}}
+    >>> [(t, round(p, 2)) for t, p in call_probs(r, 80.0)]
+    [('neutrophil', 0.67), ('lymphocyte', 0.33)]
+    """
+    probs = dict(record.get("type_probs") or {})
+    top = max(probs, key=probs.get) if probs else None
+    if top is not None and call_of(record, rbc_diameter)[0] != top:  # the call ruled the top one out
+        rest = 1.0 - probs.pop(top)
+        probs = {t: p / max(rest, 1e-12) for t, p in probs.items()}
+    return sorted(probs.items(), key=lambda kv: -kv[1])
+
+
 @uses_backend
 def analyze(image: np.ndarray, filename: str = "", cells_model="cells", type_model="wbc-type",
             cell_diameter: float | None = None, device: str = "cpu", tile: int = DEFAULT_TILE,

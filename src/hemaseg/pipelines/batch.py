@@ -27,7 +27,14 @@ from hemaseg.io.annotations import write_coco, write_cvat
 from hemaseg.io.images import pixel_size_um, read_image
 from hemaseg.io.writers import _jsonable, atomic_path, remove_temps, write_json, write_png, write_text
 from hemaseg.pipelines.analyze import MIN_CONFIDENCE, analyze, draw_overlay, model_fingerprint
-from hemaseg.pipelines.report import counts_csv, export_labels, image_record, light_analysis, write_report_records
+from hemaseg.pipelines.report import (
+    counts_csv,
+    export_labels,
+    image_record,
+    light_analysis,
+    timestamp,
+    write_report_records,
+)
 from hemaseg.pipelines.segment import diameter_from_pixel_size
 from hemaseg.progress import track
 
@@ -129,7 +136,7 @@ def analyze_photo(path: str | Path, stem: str, out: str | Path, opts: BatchOptio
         overlay = draw_overlay(image, a)
         del image
         write_png(out / f"{stem}_overlay.png", overlay)
-        record = image_record(a, overlay)
+        record = image_record(a, overlay, analysed=timestamp())
         del a, overlay
         record.update(format=PART_FORMAT, source=_source(path), overlay_file=f"{stem}_overlay.png")
         write_json(part_path(out, stem), record)  # last: the photo is done

@@ -15,8 +15,8 @@ import numpy as np
 
 from hemaseg.core.vocabulary import CATEGORIES, EXPORT_LABELS, NOT_IN_DIFFERENTIAL, WBC_TYPES
 from hemaseg.io.writers import atomic_path, write_text
-from hemaseg.pipelines.analyze import Analysis, call_of, differential, differential_size
-from hemaseg.pipelines.segment import RED_CELL_UM
+from hemaseg.pipelines.analyze import Analysis, call_of, call_probs, differential, differential_size
+from hemaseg.pipelines.segment import RED_CELL_UM, diameter_from_pixel_size
 from hemaseg.version import __version__
 
 
@@ -121,12 +121,7 @@ def _confidence(record: dict, rbc_diameter: float | None) -> float:
 def _top_types(record: dict, rbc_diameter: float | None, k: int = 2) -> str:
     """The ``k`` most probable types of a WBC, without a platelet call ruled out for its size (the others
     renormalised, as :func:`call_of`)."""
-    probs = dict(record.get("type_probs") or {})
-    top = max(probs, key=probs.get) if probs else None
-    if top is not None and call_of(record, rbc_diameter)[0] != top:  # the call ruled the top one out
-        rest = 1.0 - probs.pop(top)
-        probs = {t: p / max(rest, 1e-12) for t, p in probs.items()}
-    return " / ".join(f"{t} {p:.2f}" for t, p in sorted(probs.items(), key=lambda kv: -kv[1])[:k])
+    return " / ".join(f"{t} {p:.2f}" for t, p in call_probs(record, rbc_diameter)[:k])
 
 
 def _pixel_scale(entries: list[dict]) -> str:
@@ -145,17 +140,30 @@ def _thumbs(cells: list[tuple[dict, str, str]], cls: str = "") -> str:
     return f"<div class=\"thumbs{' ' + cls if cls else ''}\">{figs}</div>"
 
 
-def _now() -> str:
-    return datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %z")
+STAMP = "%Y-%m-%d %H:%M:%S %z"  # the report's dates: local time with its offset
 
 
-def image_record(analysis: Analysis, overlay: np.ndarray) -> dict:
+def timestamp() -> str:
+    """Now, as the report writes dates (:data:`STAMP`)."""
+    return datetime.now().astimezone().strftime(STAMP)
+
+
+def _span(times: list[str]) -> str:
+    """The first and last of ``times`` (:data:`STAMP` strings, perhaps of other offsets: a Dask worker's, a
+    clock change), compared as instants."""
+    order = sorted(times, key=lambda t: datetime.strptime(t, STAMP))
+    return order[0] if order[0] == order[-1] else f"{order[0]} to {order[-1]}"
+
+
+def image_record(analysis: Analysis, overlay: np.ndarray, analysed: str | None = None) -> dict:
     """What the batch files need of one photo, JSON-ready: its results ``entry``, ``counts``,
     ``types``, ``cell_diameter``, ``models``, the report's downscaled ``overlay`` (a JPEG data URI)
-    and one ``crops`` thumbnail (PNG data URI) per WBC of ``entry["masks"]``, in mask order; ``analysed``, when."""
+    and one ``crops`` thumbnail (PNG data URI) per WBC of ``entry["masks"]``, in mask order; ``analysed``: when
+    the photo was analysed (a batch's parts keep it; the report dates the analysis by it)."""
     return {"entry": analysis.entry, "counts": dict(analysis.counts), "types": list(analysis.types),
-            "cell_diameter": float(analysis.cell_diameter), "models": dict(analysis.models), "analysed": _now(),
-            "overlay": _data_uri(overlay), "crops": [_data_uri(c, 96, ".png") for c in analysis.wbc_crops]}
+            "cell_diameter": float(analysis.cell_diameter), "models": dict(analysis.models),
+            "overlay": _data_uri(overlay), "crops": [_data_uri(c, 96, ".png") for c in analysis.wbc_crops],
+            **({"analysed": analysed} if analysed else {})}
 
 
 def light_analysis(record: dict) -> Analysis:
@@ -173,8 +181,9 @@ def report_chunks(records: Iterable[dict], failed: list[tuple[str, str]] | None 
     ``records`` is iterated twice (totals first, then the images), so it may read them from disk
     one at a time: only the counts and the unsure cells' thumbnails are held. ``min_confidence``, when given,
     is said as the rule that made a WBC's type unsure."""
-    date = date or _now()
+    date = date or timestamp()
     times: list[str] = []  # when each photo was analysed (a batch resumed: earlier than the report)
+    undated = 0  # photos whose record says not (parts of a batch begun before they did)
     light: list[Analysis] = []
     unsure: list[tuple[str, dict, str, float]] = []
     n_unsure: list[int] = []
@@ -183,6 +192,8 @@ def report_chunks(records: Iterable[dict], failed: list[tuple[str, str]] | None 
         light.append(light_analysis(rec))
         if rec.get("analysed"):
             times.append(str(rec["analysed"]))
+        else:
+            undated += 1
         wbcs = [m for m in rec["entry"]["masks"] if m["category"] == "wbc"]
         rbc_d = float(rec["cell_diameter"])
         mine = [(rec["entry"]["filename"], r, c, rbc_d) for r, c in zip(wbcs, rec["crops"]) if r.get("unsure")]
@@ -206,14 +217,14 @@ def report_chunks(records: Iterable[dict], failed: list[tuple[str, str]] | None 
            f"<title>{html.escape(title)}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n<h1>{html.escape(title)}</h1>")
     yield f"<p class=\"ruo\">{RESEARCH_ONLY}</p>"
     meta = [["sample", ", ".join(samples) if samples else "not given (hemaseg analyze --sample-id ID)"],
-            *([["date of analysis", min(times) if min(times) == max(times) else f"{min(times)} to {max(times)}"],
-               ["report written", date]] if times and (min(times) != date or max(times) != date)
-              else [["date of analysis", date]]),
+            *([["date of analysis", _span(times) + (f" ({undated} photo(s): not recorded)" if undated else "")],
+               ["report written", date]] if times else [["date of analysis", date]]),
             ["software", f"hemaseg {__version__}"],
             *([f"{role} model", "; ".join(labels)] for role, labels in models.items()),
             ["pixel scale", _pixel_scale(entries)],
-            *([["unsure type", f"a WBC whose most probable type has a calibrated probability under "
-                               f"{min_confidence:g} (--min-confidence) is listed for review, counted in no type"]]
+            *([["unsure type", f"a WBC whose type's calibrated probability is under {min_confidence:g} "
+                               "(--min-confidence) is listed for review, counted in no type" if min_confidence
+                               else "none: every WBC typed (--min-confidence 0)"]]
               if min_confidence is not None else []),
             ["images", f"{len(light)} analysed" + (f", {len(failed)} not analysed" if failed else "")]]
     yield "<table class=\"meta\"><tbody>" + "".join(
@@ -254,8 +265,8 @@ def report_chunks(records: Iterable[dict], failed: list[tuple[str, str]] | None 
 
     if unsure:
         unsure.sort(key=lambda frcd: _confidence(frcd[1], frcd[3]))
-        rule = (f" (the most probable type's calibrated probability under {min_confidence:g}, "
-                "hemaseg analyze --min-confidence)" if min_confidence is not None else "")
+        rule = (f" (the type's calibrated probability under {min_confidence:g}, hemaseg analyze "
+                "--min-confidence)" if min_confidence else "")
         yield (f"<h2>For review: {len(unsure)} white cell(s) of unsure type</h2><p>Unsure{rule}. Most probable "
                "types with their calibrated probabilities, least sure first. Not counted in the differential.</p>")
         yield _thumbs([(r, c, f"{f}: {_top_types(r, d)}") for f, r, c, d in unsure], "review")
@@ -269,7 +280,7 @@ def report_chunks(records: Iterable[dict], failed: list[tuple[str, str]] | None 
         c = rec["counts"]
         # with no red cell found the diameter is the one given, or the model's trained one: nothing measured it
         unmeasured = " (no red cell found to measure it by)" if not c.get("rbc") else ""
-        if e.get("pixel_size_um") and abs(float(rec["cell_diameter"]) * e["pixel_size_um"] - RED_CELL_UM) < 1e-3:
+        if e.get("pixel_size_um") and float(rec["cell_diameter"]) == diameter_from_pixel_size("cells", e["pixel_size_um"]):
             unmeasured = f" ({RED_CELL_UM:g} µm at the pixel scale, not measured)"
         if not (c.get("rbc") or c.get("wbc") or c.get("platelet")):
             unmeasured += "; no cell found: a blank or unusable field?"

@@ -121,12 +121,13 @@ class CellsParams:
     split_min_piece: float = 0.4
 
     # Each number's allowed range (inclusive; None: open), checked by ``--post`` and ``params=``.
+    CHECKS: ClassVar[dict] = {"platelet_rescore": lambda v: check_rescore(v)}  # knobs checked beyond their type
     RANGES: ClassVar[dict] = {
         "min_area_fraction": (0.0, 4.0), "fallback_diameter": (2.0, 5000.0), "score_threshold": (0.0, 1.0),
         "overlap": (0.0, 1.0), "rescale_tolerance": (0.0, 10.0), "frame_sliver": (0.0, 1.0),
         "frame_piece": (0.0, 1.0), "platelet_min_score": (0.0, 1.0), "wbc_min_score": (0.0, 1.0),
         "split_area": (0.0, 100.0), "split_spacing": (0.0, 10.0), "split_depth": (0.0, 10.0),
-        "split_neck": (0.0, 10.0), "split_min_piece": (0.0, 10.0)}
+        "split_neck": (0.0, 10.0), "split_min_piece": (0.0, 10.0), "relative_size": (0.01, 10.0)}
 
 
 DEFAULTS = CellsParams()
@@ -485,6 +486,31 @@ def platelet_features(image: np.ndarray, instances: np.ndarray, owner: np.ndarra
         feats[i] = (scores[k - 1], np.log(area / disc + 1e-3), *(mean - rbc), mean[0] - bg[0], ring_l, ring_rbc,
                     area / (hh * ww), max(hh, ww) / min(hh, ww), p[0], p[PLATELET])
     return ids, feats
+
+
+def check_rescore(model) -> None:
+    """:class:`ValueError` unless ``model`` is None, ``{}`` or a platelet re-scorer :func:`rescore_platelets` can
+    run: ``features`` naming :data:`PLATELET_FEATURES` in order, ``mean``, ``scale`` and ``coef`` one finite number
+    each (``scale`` not 0), a finite ``intercept``.
+
+    >>> check_rescore({"features": ["score"], "mean": [0], "scale": [1], "coef": [1], "intercept": 0})
+    Traceback (most recent call last):
+    ...
+    ValueError: platelet_rescore takes a re-scorer of the features score, larea, dL, da, db, bgL, ringL, touch, fill, aspect, p0, p3 (its features, mean, scale, coef and intercept), or null
+    """
+    if model is None or model == {}:
+        return
+    n = len(PLATELET_FEATURES)
+    try:
+        ok = (isinstance(model, dict) and list(model["features"]) == list(PLATELET_FEATURES)
+              and all(len(model[k]) == n and np.isfinite(np.asarray(model[k], np.float64)).all()
+                      for k in ("mean", "scale", "coef"))
+              and np.all(np.asarray(model["scale"], np.float64) != 0) and np.isfinite(float(model["intercept"])))
+    except (KeyError, TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"platelet_rescore takes a re-scorer of the features {', '.join(PLATELET_FEATURES)} (its "
+                         "features, mean, scale, coef and intercept), or null")
 
 
 def rescore_platelets(features: np.ndarray, model: dict) -> np.ndarray:
