@@ -10,7 +10,6 @@ source. Writes benchmarks/results/analyze_txl_counts.md.
 from __future__ import annotations
 
 import argparse
-import csv
 from pathlib import Path
 
 from record import write_result
@@ -19,6 +18,7 @@ import hemaseg
 import hemaseg.pipelines.analyze as A
 from hemaseg.core.vocabulary import category_of
 from hemaseg.io.annotations import find_yolo, read_yolo_labels, yolo_names
+from hemaseg.tasks.cells.train import read_sources
 
 HERE = Path(__file__).resolve().parent
 
@@ -31,8 +31,7 @@ def main() -> None:
     ap.add_argument("--name", default="analyze_txl_counts")
     args = ap.parse_args()
     txl = args.data / "txl-pbc"
-    with open(txl / "sources.csv", newline="") as f:
-        sources = {r["image"]: r["source_dataset"] for r in csv.DictReader(f)}
+    sources = {name: row["source_dataset"] for name, row in read_sources(txl).items()}
     fields = []
     for image_path, label in find_yolo(txl / "images" / args.split):
         if label is None:

@@ -260,10 +260,10 @@ def post_params(spec, card: dict, items: list[str]):
             typer.echo(line)
         raise typer.Exit(0)
     given = {}
+    known_names = [f.name for f in dataclasses.fields(defaults) if f.init]  # (not RANGES, __doc__, ...)
     for item in items:
         name, sep, text = item.partition("=")
         name = name.strip().replace("-", "_")
-        known_names = [f.name for f in dataclasses.fields(defaults) if f.init]  # (not RANGES, __doc__, ...)
         if not sep or name not in known_names:
             known = ", ".join(known_names)
             raise typer.BadParameter(f"{item!r}: give NAME=VALUE with NAME one of {known}", param_hint="--post")

@@ -178,6 +178,15 @@ def onnx_file(name_or_path: str | Path) -> Path | None:
     return cand if cand.exists() else None
 
 
+def file_sha256(path: str | Path) -> str:
+    """The hex SHA-256 of a file's bytes, read a MB at a time."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def _check_pair(runner: OnnxRunner, card: dict) -> None:
     """Refuse an ONNX file with a card written for another one: a card copied beside another model's export
     ran silently with the wrong classes or thresholds (a walkthrough: nuclei weights under a wbc card found no
@@ -190,11 +199,7 @@ def _check_pair(runner: OnnxRunner, card: dict) -> None:
                                              f"({','.join(map(str, classes))}): the card beside it is another model's")
     digest = card.get("onnx", {}).get("sha256")
     if digest:
-        h = hashlib.sha256()
-        with open(runner.path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        if h.hexdigest() != digest:
+        if file_sha256(runner.path) != digest:
             raise HemasegInputError(runner.path, "is not the ONNX file its card was written for (SHA-256 differs: "
                                                  "another model's card, or the file changed since it was exported, "
                                                  "e.g. simplified or quantised): export the model again (hemaseg "

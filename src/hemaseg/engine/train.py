@@ -488,6 +488,13 @@ def commit_checkpoint(run: Path, state: dict, models: dict[str, tuple], optim: d
     _roll_forward(run)
 
 
+def nothing_to_resume(run: Path) -> HemasegUsageError:
+    """The usage error of ``--resume`` on a folder with no ``state.json``."""
+    return HemasegUsageError("--resume", f"{run}: no training run there (no state.json): nothing to resume (a run "
+                                         "killed in its first seconds, before it wrote one, is begun again by its "
+                                         "own command)")
+
+
 def start_or_resume(cfg, config_class, run: Path, resume: bool, task: str | None = None) -> tuple:
     """(config, state) of a run: read back from ``run/state.json`` when resuming (after
     :func:`recover`), else fresh: a folder already holding a run is refused (:func:`prepare_run`).
@@ -496,9 +503,7 @@ def start_or_resume(cfg, config_class, run: Path, resume: bool, task: str | None
     if resume:
         recover(run)
         if not state_path.exists():
-            raise HemasegUsageError("--resume", f"{run}: no training run there (no state.json): nothing to resume "
-                                                 "(a run killed in its first seconds, before it wrote one, is begun "
-                                                 "again by its own command)")
+            raise nothing_to_resume(run)
         state = json.loads(state_path.read_text())
         run_task = state["config"].get("task", "wbc-type")  # a classifier's config names no task
         if task is not None and run_task != task:

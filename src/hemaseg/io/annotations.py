@@ -30,6 +30,7 @@ from hemaseg.errors import HemasegInputError
 from hemaseg.io.datasets import parse_xml, read_voc
 from hemaseg.io.images import IMAGE_SUFFIXES, image_size
 from hemaseg.io.writers import write_json, write_text
+from hemaseg.progress import warn_once
 
 log = logging.getLogger(__name__)
 
@@ -656,9 +657,6 @@ def read_yolo_labels(path: str | Path, names: list[str], height: int, width: int
     return masks
 
 
-_SAID: set[tuple[str, int]] = set()  # (root, images without labels) already warned of
-
-
 def read_yolo(root: str | Path, failed: list[dict] | None = None) -> list[dict]:
     """Entries of a YOLO dataset folder (see :func:`find_yolo`); class names from :func:`yolo_names`,
     in the project's spelling. ``filename`` is the image's path relative to ``root``. An image (or its
@@ -668,11 +666,10 @@ def read_yolo(root: str | Path, failed: list[dict] | None = None) -> list[dict]:
     pairs = find_yolo(root)
     names = yolo_names(root)
     bare = [image for image, label in pairs if label is None]
-    if bare and (str(root), len(bare)) not in _SAID:  # (a root is read more than once a run: said once)
-        _SAID.add((str(root), len(bare)))
-        log.warning("%s: %d image(s) without a YOLO label file (%s%s) read as fields with no cell (YOLO's "
-                    "background images)", root, len(bare), bare[0].relative_to(root).as_posix(),
-                    ", ..." if len(bare) > 1 else "")
+    if bare:  # (a root is read more than once a run: said once)
+        warn_once(log, (str(root), "unlabelled", len(bare)), "%s: %d image(s) without a YOLO label file (%s%s) read "
+                  "as fields with no cell (YOLO's background images)", root, len(bare),
+                  bare[0].relative_to(root).as_posix(), ", ..." if len(bare) > 1 else "")
     entries = []
     for image, label in pairs:
         try:

@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from hemaseg.errors import HemasegInputError
+from hemaseg.progress import warn_once
 
 log = logging.getLogger(__name__)
 
@@ -57,18 +58,10 @@ def _read_tiff(path: Path) -> np.ndarray:
         planes += arr.shape[0] - 1
         arr = arr[0]
     if planes:
-        _say_once(path, f"{planes + 1}{'+' if capped else ''} planes (a stack or series); only the first "
-                        "is read: save each plane as its own image to have them all")
+        said = (f"{planes + 1}{'+' if capped else ''} planes (a stack or series); only the first is read: save each "
+                "plane as its own image to have them all")
+        warn_once(log, (str(path), said), "%s: %s", path, said)
     return arr
-
-
-_SAID: set[tuple[str, str]] = set()  # (file, warning) already logged: an image is read more than once a run
-
-
-def _say_once(path: Path, warning: str) -> None:
-    if (str(path), warning) not in _SAID:
-        _SAID.add((str(path), warning))
-        log.warning("%s: %s", path, warning)
 
 
 def _pil_array(im: Image.Image, band_pixels: int = 1 << 22) -> np.ndarray:
@@ -346,8 +339,9 @@ class LazyImage:
         planes = int(np.prod([n for ax, n in shape.items() if ax not in "YX" and not (ax in "SC" and n in (2, 3, 4))]))
         planes += sum(1 for s in self._tif.series[1:] if tuple(s.shape) == tuple(series.shape))
         if planes > 1:
-            _say_once(self.path, f"{planes} planes (a stack or series); only the first is read: save each plane as "
-                                 "its own image to have them all")
+            said = f"{planes} planes (a stack or series); only the first is read: save each plane as its own image to " \
+                   "have them all"
+            warn_once(log, (str(self.path), said), "%s: %s", self.path, said)
         if self.shape[0] * self.shape[1] > MAX_LAZY_PIXELS:
             raise HemasegInputError(self.path, f"{self.shape[1]}x{self.shape[0]} px is over the "
                                                f"{MAX_LAZY_PIXELS / 1e6:.0f} MP limit")

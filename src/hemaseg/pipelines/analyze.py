@@ -13,6 +13,7 @@ import numpy as np
 from hemaseg.core.options import check_numbers
 from hemaseg.core.vocabulary import CATEGORIES, EXTRA_TYPES, NOT_IN_DIFFERENTIAL, WBC_TYPES
 from hemaseg.engine.predict import get_model, model_of_task, resolve_device, uses_backend
+from hemaseg.engine.runtime import file_sha256
 from hemaseg.engine.task import given_params
 from hemaseg.engine.tiling import DEFAULT_TILE
 from hemaseg.errors import HemasegError
@@ -65,11 +66,7 @@ def differential_size(counts: dict[str, int], types: tuple[str, ...]) -> int:
 
 @lru_cache(maxsize=16)
 def _file_digest(path: str, mtime: float) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:12]
+    return file_sha256(path)[:12]
 
 
 def model_label(model, device: str = "cpu") -> str:

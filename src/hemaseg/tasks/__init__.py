@@ -9,9 +9,8 @@ import json
 from pathlib import Path
 
 from hemaseg.engine.task import Task
-from hemaseg.engine.train import TrainConfig
+from hemaseg.engine.train import TrainConfig, nothing_to_resume
 from hemaseg.engine.train import task_config as _task_config
-from hemaseg.errors import HemasegUsageError
 from hemaseg.tasks import cells, nuclei, smear10, wbc, wbc_type  # noqa: F401  (each registers its task)
 from hemaseg.tasks.registry import TASKS, get_task, list_tasks, register_task
 
@@ -30,9 +29,7 @@ def fit(cfg: TrainConfig | None, run: str | Path, resume: bool = False, progress
     if cfg is None:
         state = Path(run) / "state.json"
         if not state.exists():
-            raise HemasegUsageError("--resume", f"{run}: no training run there (no state.json): nothing to resume "
-                                                 "(a run killed in its first seconds, before it wrote one, is begun "
-                                                 "again by its own command)")
+            raise nothing_to_resume(Path(run))
         name = json.loads(state.read_text()).get("config", {}).get("task", "wbc")
     else:
         name = cfg.task

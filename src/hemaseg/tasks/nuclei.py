@@ -422,13 +422,13 @@ def segment_nuclei(image: np.ndarray, model="nuclei", cell_diameter: float | Non
     (``NucleiParams.specialists``).
     """
     module, card = get_model(model, device)
-    p = params or NUCLEI.params(card)
+    general = NUCLEI.params(card)
+    p = params or general
     specialists = card.get("specialists") if p.specialists else None
     special = specialists.get(modality(image)) if specialists else None
     if special:  # its own card's post-processing, with what the caller changed from the general card's on top
-        changed = {} if params is None else {
-            f.name: getattr(params, f.name) for f in dataclasses.fields(params)
-            if f.init and getattr(params, f.name) != getattr(NUCLEI.params(card), f.name)}
+        changed = {} if params is None else {f.name: getattr(params, f.name) for f in dataclasses.fields(params)
+                                             if f.init and getattr(params, f.name) != getattr(general, f.name)}
         module, card = get_model(special, device)
         p = dataclasses.replace(NUCLEI.params(card), **changed)
     if tta is None:

@@ -23,7 +23,7 @@ from hemaseg.io.annotations import YOLO_NAME_FILES, category_of, read_coco, read
 from hemaseg.io.images import IMAGE_SUFFIXES, read_image
 from hemaseg.io.writers import write_json
 from hemaseg.metrics import box_iou, detection_ap
-from hemaseg.progress import track
+from hemaseg.progress import track, warn_once
 from hemaseg.tasks.cells.infer import cell_instances, grow_box
 from hemaseg.tasks.cells.targets import CENTRE, cell_targets, encode_instances, pseudo_masks
 
@@ -81,9 +81,6 @@ def coco_photo_folders(coco: Path) -> tuple[Path, Path]:
     return coco.parent, coco.parent / "images"
 
 
-_SAID: set[tuple[str, str]] = set()  # (data root, warning) already logged: a root is read more than once a run
-
-
 def find_annotated_photos(root: str | Path, failed: list[dict] | None = None) -> list[tuple[Path, dict]]:
     """(image path, entry) of a VOC root (``Annotations/*.xml`` + ``JPEGImages/``; boxes), of a YOLO
     dataset (``images/<split>/`` + ``labels/<split>/`` + data.yaml; each entry carries its ``split``
@@ -98,11 +95,9 @@ def find_annotated_photos(root: str | Path, failed: list[dict] | None = None) ->
                     not in CATEGORIES)
     if other:
         said = ', '.join(f'{n!r} {k}' for n, k in sorted(other.items()))
-        if (str(root), said) not in _SAID:
-            _SAID.add((str(root), said))
-            log.warning("%s: %d object(s) of classes the cells task does not know are left out (%s); it knows "
-                        "%s, the WBC types and their usual spellings", root, sum(other.values()), said,
-                        ", ".join(CATEGORIES))
+        warn_once(log, (str(root), "unknown classes", said), "%s: %d object(s) of classes the cells task does not "
+                  "know are left out (%s); it knows %s, the WBC types and their usual spellings", root,
+                  sum(other.values()), said, ", ".join(CATEGORIES))
     return photos
 
 
