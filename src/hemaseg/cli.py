@@ -1175,14 +1175,14 @@ def synth(
 @_usage_errors
 def convert(
     inp: Path = typer.Argument(..., metavar="IN", help="input folder or file"),
-    out: Path = typer.Argument(..., metavar="OUT", help="output folder (labels, dsb, yolo) or file (rle, cvat, coco)"),
+    out: Path = typer.Argument(..., metavar="OUT", help="output folder (labels, dsb, yolo, voc) or file (rle, cvat, coco)"),
     src: str = typer.Option(..., "--from", help="dsb, labels, rle, cvat, coco, voc, yolo or results"),
-    dst: str = typer.Option(..., "--to", help="labels, rle, dsb, cvat, coco, coco-rle or yolo"),
+    dst: str = typer.Option(..., "--to", help="labels, rle, dsb, cvat, coco, coco-rle, yolo or voc"),
 ) -> None:
     """Convert annotations between formats: DSB folders, uint16 label PNGs, Kaggle RLE CSV, CVAT for
     images 1.1 XML, COCO JSON (polygons or RLE), Pascal VOC XML, YOLO (a folder: images with a
     `class cx cy w h` .txt each, classes in data.yaml or classes.txt; written: OUT/<stem>.txt and
-    OUT/classes.txt, images not copied), seed-003 results JSON."""
+    OUT/classes.txt, images not copied), seed-003 results JSON; VOC written as OUT/<stem>.xml, one per image."""
     if (src, dst) not in CONVERTERS:
         known = ", ".join(f"{a}->{b}" for a, b in sorted(CONVERTERS))
         raise typer.BadParameter(f"no conversion {src}->{dst}; known: {known}", param_hint="--from/--to")

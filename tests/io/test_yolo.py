@@ -99,6 +99,38 @@ def test_voc_to_yolo_and_back_keeps_the_boxes(tmp_path):
     _convert("--from", "yolo", "--to", "cvat", str(tmp_path / "ds"), str(tmp_path / "a.xml"))
 
 
+def test_coco_to_voc_and_back_keeps_every_box_exactly(tmp_path):
+    import xml.etree.ElementTree as ET
+
+    entries = _entries()
+    entries[0]["masks"][1]["score"] = 0.87
+    entries[0]["masks"].append({**entries[0]["masks"][0], "bounding_box": {"x1": 90, "x2": 99, "y1": 1, "y2": 5}})
+    write_coco(tmp_path / "c.json", entries)
+    _convert("--from", "coco", "--to", "voc", str(tmp_path / "c.json"), str(tmp_path / "voc"))
+    assert sorted(p.name for p in (tmp_path / "voc").iterdir()) == ["a.xml", "b.xml"]
+    root = ET.parse(tmp_path / "voc" / "a.xml").getroot()  # the layout labelImg and BCCD write
+    assert (root.findtext("filename"), root.findtext("size/width"), root.findtext("size/height")) == ("a.png", "83", "61")
+    assert [o.findtext("name") for o in root.iter("object")] == ["rbc", "wbc", "platelet"]  # the box past the image left out
+    assert [o.findtext("truncated") for o in root.iter("object")] == ["1", "0", "1"]
+    assert [o.findtext("score") for o in root.iter("object")] == [None, "0.8700", None]  # a score under 1 kept
+    back = [read_voc_entry(tmp_path / "voc" / n) for n in ("a.xml", "b.xml")]
+    assert _boxes(back) == _boxes(_entries())  # exact: xmax/ymax exclusive both ways
+    _convert("--from", "voc", "--to", "coco", str(tmp_path / "voc"), str(tmp_path / "back.json"))
+    assert _boxes(read_coco(tmp_path / "back.json")) == _boxes(_entries())
+
+
+def test_voc_writer_refuses_two_images_of_one_name_before_writing(tmp_path):
+    from hemaseg.io.annotations import write_voc
+
+    entries = [_box_entry("x/a.png", 10, 10, []), _box_entry("y/A.jpg", 10, 10, [])]
+    with pytest.raises(HemasegInputError, match="collide"):
+        write_voc(tmp_path / "out", entries)
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(HemasegInputError, match="no image size"):
+        write_voc(tmp_path / "out", [_box_entry("a.png", 0, 0, [])])
+    assert not (tmp_path / "out").exists()
+
+
 def test_reads_split_layout_with_numbered_class_list_polygons_scores_and_background(tmp_path):
     root = tmp_path / "txl"
     for split in ("train", "val"):

@@ -511,6 +511,64 @@ def read_voc_entry(path: str | Path) -> dict:
     return {"filename": root.findtext("filename", Path(path).stem), "height": h, "width": w, "masks": masks}
 
 
+def to_voc(entry: dict) -> str:
+    """Pascal VOC XML text of one entry: its file name, size and one ``<object>`` per mask (class name,
+    bounding box clipped to the image, ``xmax``/``ymax`` exclusive as :func:`read_voc_entry` reads them, so a
+    round trip keeps every box; a score under 1 is kept as ``<score>``, which VOC readers ignore).
+
+    >>> e = {"filename": "a.jpg", "height": 40, "width": 60, "masks": [{"class_name": "rbc", "score": 1.0,
+    ...      "bounding_box": {"x1": 3, "x2": 15, "y1": 4, "y2": 9}}]}
+    >>> "<xmin>3</xmin>" in to_voc(e) and "<height>40</height>" in to_voc(e)
+    True
+    """
+    h, w = int(entry.get("height") or 0), int(entry.get("width") or 0)
+    if h <= 0 or w <= 0:
+        raise HemasegInputError(entry.get("filename", ""), "no image size; a VOC file records it")
+    root = ET.Element("annotation")
+    ET.SubElement(root, "filename").text = Path(entry["filename"]).name
+    size = ET.SubElement(root, "size")
+    for k, v in (("width", w), ("height", h), ("depth", 3)):
+        ET.SubElement(size, k).text = str(v)
+    ET.SubElement(root, "segmented").text = "0"
+    for m in entry["masks"]:
+        bb = m["bounding_box"]
+        x1, x2 = min(max(int(bb["x1"]), 0), w), min(max(int(bb["x2"]), 0), w)
+        y1, y2 = min(max(int(bb["y1"]), 0), h), min(max(int(bb["y2"]), 0), h)
+        if x2 <= x1 or y2 <= y1:  # outside the image: no box a reader could take back
+            log.warning("%s: %r box outside the %d x %d image: left out", entry["filename"], m["class_name"], w, h)
+            continue
+        obj = ET.SubElement(root, "object")
+        ET.SubElement(obj, "name").text = m["class_name"]
+        ET.SubElement(obj, "pose").text = "Unspecified"
+        ET.SubElement(obj, "truncated").text = str(int(x1 == 0 or y1 == 0 or x2 == w or y2 == h))
+        ET.SubElement(obj, "difficult").text = "0"
+        if float(m.get("score", 1.0)) < 1.0:
+            ET.SubElement(obj, "score").text = f"{float(m['score']):.4f}"
+        box = ET.SubElement(obj, "bndbox")
+        for k, v in (("xmin", x1), ("ymin", y1), ("xmax", x2), ("ymax", y2)):
+            ET.SubElement(box, k).text = str(v)
+    ET.indent(root)
+    return ET.tostring(root, encoding="unicode") + "\n"
+
+
+def write_voc(out: str | Path, entries: list[dict]) -> Path:
+    """``OUT/<stem>.xml`` per entry (:func:`to_voc`), as labelImg and BCCD keep them; images are not copied."""
+    out = Path(out)
+    stems: dict[str, str] = {}
+    for e in entries:  # every name checked before anything is written
+        stem = Path(e["filename"]).stem
+        if not stem:
+            raise HemasegInputError(out, "an image without a file name; VOC names each XML after its image")
+        if stem.lower() in stems:
+            raise HemasegInputError(out, f"two images named {stem} ({stems[stem.lower()]}, {e['filename']}): "
+                                         "their XML files would collide")
+        stems[stem.lower()] = e["filename"]
+    texts = [(Path(e["filename"]).stem, to_voc(e)) for e in entries]  # every size checked first
+    for stem, text in texts:
+        write_text(out / f"{stem}.xml", text)
+    return out
+
+
 # ---------------------------------------------------------------- YOLO
 # Written class ids start with TXL-PBC's (0 WBC, 1 RBC, 2 platelet), so boxes converted from BCCD
 # (or any other source) train together with TXL-PBC's; further names follow, sorted.

@@ -7,8 +7,8 @@ classes: ``cvat`` (CVAT for images 1.1 XML), ``coco`` / ``coco-rle`` (COCO JSON 
 RLE), ``voc`` (a Pascal VOC XML or a folder of them; boxes), ``yolo`` (a folder of images with a
 ``class cx cy w h`` text file each and a class list; boxes), ``results`` (seed-003 results JSON);
 each of ``cvat``, ``coco``, ``voc``, ``yolo`` and ``results`` is read and written as ``cvat``, ``coco``,
-``coco-rle``, ``yolo`` or ``labels`` (instance PNG + ``_classes.png`` + classes.json); VOC and seed-003 results are
-not written, and an object keeps one outline (COCO's extra polygon parts and an RLE's holes and second pieces
+``coco-rle``, ``yolo``, ``voc`` (a folder of ``<stem>.xml``; boxes) or ``labels`` (instance PNG + ``_classes.png`` +
+classes.json); seed-003 results are not written (``hemaseg analyze`` writes them), and an object keeps one outline (COCO's extra polygon parts and an RLE's holes and second pieces
 are dropped, with a warning for the polygon parts).
 """
 from __future__ import annotations
@@ -40,7 +40,7 @@ def converter(src: str, dst: str) -> Callable:
     return deco
 
 
-FOLDER_OUTPUTS = ("labels", "dsb", "yolo")  # formats written as a folder; the others as one file
+FOLDER_OUTPUTS = ("labels", "dsb", "yolo", "voc")  # formats written as a folder; the others as one file
 
 
 def check_convert_paths(dst: str, inp: Path, out: Path) -> None:
@@ -327,6 +327,8 @@ def _write_entries(fmt: str, entries: list[dict], out: Path, failed: list[dict] 
         A.write_coco(out, entries, rle=True, labels=list(labels))
     elif fmt == "yolo":
         A.write_yolo(out, entries)
+    elif fmt == "voc":
+        A.write_voc(out, entries)
     elif fmt == "labels":
         # OUT/<stem>.png uint16 instances, OUT/<stem>_classes.png uint8 class indices, OUT/classes.json names.
         names = sorted({m["class_name"] for e in entries for m in e["masks"]})
@@ -344,7 +346,7 @@ def _write_entries(fmt: str, entries: list[dict], out: Path, failed: list[dict] 
 
 def _register_annotation_converters() -> None:
     for src in ("cvat", "coco", "voc", "yolo", "results"):
-        for dst in ("cvat", "coco", "coco-rle", "yolo", "labels"):
+        for dst in ("cvat", "coco", "coco-rle", "yolo", "voc", "labels"):
             if src != dst:
                 def fn(inp: Path, out: Path, failed: list[dict] | None = None, _s=src, _d=dst) -> int:
                     entries = _entries(_s, inp, failed)
