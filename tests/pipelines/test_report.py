@@ -170,3 +170,26 @@ def test_report_shows_the_cells_outside_the_differential_in_each_images_row():
     row = per_image.split("<td>a.png</td>")[1].split("</tr>")[0]
     cells = [int(c) for c in row.replace("</td>", "").split("<td>")[1:]]
     assert cells[1] == sum(cells[3:])  # WBC = the types + erythroblast + unsure
+
+
+def test_a_batch_report_shows_its_cells_by_type_least_sure_first_and_at_most_a_page_of_each(monkeypatch):
+    """Issue 24: the gallery sorted by confidence; for a batch, a CellaVision-like screen of every photo's cells
+    grouped by type (each photo's own gallery stayed sorted within that photo only)."""
+    import hemaseg.pipelines.report as report
+
+    monkeypatch.setattr(report, "BY_TYPE_SHOWN", 2)
+    a = _analysis("a.png", {"neutrophil": 2}, [_wbc("neutrophil", {"neutrophil": 0.9, "lymphocyte": 0.1}),
+                                               _wbc("neutrophil", {"neutrophil": 0.6, "lymphocyte": 0.4})])
+    b = _analysis("b.png", {"neutrophil": 1, "lymphocyte": 1},
+                  [_wbc("lymphocyte", {"lymphocyte": 0.8, "neutrophil": 0.2}),
+                   _wbc("neutrophil", {"neutrophil": 0.7, "lymphocyte": 0.3}),
+                   _wbc("", {"neutrophil": 0.5, "lymphocyte": 0.5}, unsure=True)])
+    page = report_html([a, b], [np.zeros((20, 30, 3), np.uint8)] * 2)
+    section = page.split("White cells by type</h2>")[1].split("<h2>")[0]
+    assert "<h3>neutrophil: 3 cell(s), the 2 least sure shown</h3>" in section
+    assert "<h3>lymphocyte: 1 cell(s)</h3>" in section and section.index("neutrophil:") < section.index("lymphocyte:")
+    neutrophils = section.split("<h3>lymphocyte")[0]
+    assert neutrophils.index("a.png: 0.60") < neutrophils.index("b.png: 0.70") and "0.90" not in neutrophils
+    assert "0.50" not in section  # the unsure cell is in the review list, not under a type
+    # one photo: its own gallery is the same screen, not repeated
+    assert "White cells by type" not in report_html([a], [np.zeros((20, 30, 3), np.uint8)])

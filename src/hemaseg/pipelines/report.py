@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import heapq
 import html
 import io
 from datetime import datetime
@@ -35,6 +36,7 @@ COUNT_COLUMNS = ["filename", "rbc", "wbc", "platelet", *WBC_TYPES,
 BATCH_ROW = "(all images)"  # counts.csv's last row: every photo of the batch pooled
 MIN_DIFFERENTIAL = 100  # WBCs: a manual differential counts at least this many (CLSI H20)
 RESEARCH_ONLY = "Research use only, not for diagnosis."
+BY_TYPE_SHOWN = 40  # a batch's gallery by type: the least sure cells of each type shown (memory flat in the photos)
 CONFIDENCE_NOTE = ("The number under each cell is the classifier confidence, calibrated: the typer's probability "
                    "for the type shown, temperature-scaled on held-out cells so that it matches how often such "
                    "calls were right there (e.g. about 8 in 10 at 0.80). On another lab's photos it may be too high.")
@@ -188,6 +190,8 @@ def report_chunks(records: Iterable[dict], failed: list[tuple[str, str]] | None 
     unsure: list[tuple[str, dict, str, float]] = []
     n_unsure: list[int] = []
     any_crops = False
+    by_type: dict[str, list] = {}  # type -> heap of (-confidence, order, label, crop): its least sure cells
+    n_typed: dict[str, int] = {}
     for rec in records:
         light.append(light_analysis(rec))
         if rec.get("analysed"):
@@ -200,6 +204,14 @@ def report_chunks(records: Iterable[dict], failed: list[tuple[str, str]] | None 
         unsure += mine
         n_unsure.append(len(mine))
         any_crops = any_crops or bool(rec["crops"])
+        for r, c in zip(wbcs, rec["crops"]):
+            if r.get("unsure") or r["class_name"] == "wbc":  # listed for review, or no typer asked
+                continue
+            conf = _confidence(r, rbc_d)
+            n_typed[r["class_name"]] = n_typed.get(r["class_name"], 0) + 1
+            heap = by_type.setdefault(r["class_name"], [])
+            item = (-conf, sum(n_typed.values()), f"{rec['entry']['filename']}: {conf:.2f}", c)
+            (heapq.heappush if len(heap) < BY_TYPE_SHOWN else heapq.heappushpop)(heap, item)
     entries = [a.entry for a in light]
     counts = pooled_counts(light)
     types = pooled_types(light)
@@ -270,9 +282,18 @@ def report_chunks(records: Iterable[dict], failed: list[tuple[str, str]] | None 
         yield (f"<h2>For review: {len(unsure)} white cell(s) of unsure type</h2><p>Unsure{rule}. Most probable "
                "types with their calibrated probabilities, least sure first. Not counted in the differential.</p>")
         yield _thumbs([(r, c, f"{f}: {_top_types(r, d)}") for f, r, c, d in unsure], "review")
-    del unsure, light
+    del unsure
     if any_crops:
         yield f"<p>{CONFIDENCE_NOTE}</p>"
+    if len(light) > 1 and by_type:  # as a CellaVision review screen: the batch's cells by type, least sure first
+        yield ("<h2>White cells by type</h2><p>The typed white cells of every photo, by type, least sure first "
+               f"(at most {BY_TYPE_SHOWN} a type; each photo's own cells are under it below).</p>")
+        for t in [*[t for t in types if t in by_type], *sorted(set(by_type) - set(types))]:
+            cells = sorted(by_type[t], key=lambda item: (-item[0], item[1]))
+            shown = f", the {len(cells)} least sure shown" if n_typed[t] > len(cells) else ""
+            yield f"<h3>{html.escape(t)}: {n_typed[t]} cell(s){shown}</h3>"
+            yield _thumbs([(None, c, label) for _, _, label, c in cells])
+    del by_type, light
     for rec in records:
         e = rec["entry"]
         name = html.escape(e["filename"])
