@@ -1055,8 +1055,10 @@ def crop(
         refuse_unused("not used by --method hsv, which has no model", device=None if device == "cpu" else device,
                       model=model, cell_diameter=cell_diameter)
     check_output(out, "--out", folder=True)
-    if _holds_crops(out):  # its crops would stay beside a crops.csv that no longer lists them
-        raise HemasegUsageError("--out", f"{out} holds the crops of an earlier run (crops.csv); give another folder")
+    # its crops would stay beside a crops.csv that no longer lists them, or a photo kept among them be replaced
+    if _holds_crops(out):
+        raise HemasegUsageError("--out", f"{out} holds the crops of an earlier run (in unknown/ or crops.csv); give "
+                                         "another folder")
     wbc_task = get_task("wbc")
     if method == "model":
         try:
@@ -1070,10 +1072,6 @@ def crop(
         _fail(" ".join(images), "no images found")
         raise typer.Exit(1)
     _out_apart_from_inputs(images, out, paths=paths)  # crops and crops.csv would lie among the photos
-    inside = [p for p in paths if Path(p).resolve().is_relative_to((out / "unknown").resolve())]
-    if inside:  # a crop written there could replace it before it is read
-        raise HemasegUsageError("--out", f"{inside[0]} lies in {out / 'unknown'}, where the crops go; give another "
-                                         "--out")
     stems = _stems(paths, out / "unknown", ["_<k>.png"], fixed=[("--out", out / "crops.csv")])
     rows = []
 
@@ -1099,17 +1097,17 @@ def crop(
 
 
 def _holds_crops(out: Path) -> bool:
-    """``out`` holds an earlier ``crop`` run's crops: its crops.csv lists one, or its unknown/ folder holds a file
-    (a run that cut nothing, every photo failed or none held a WBC, leaves a crops.csv of its header alone:
-    that folder may be used again)."""
+    """``out`` holds an earlier ``crop`` run's crops: its crops.csv lists one, or its unknown/ folder holds a file,
+    with or without a crops.csv (a run stopped before writing it, or the file deleted); a run that cut nothing
+    (every photo failed or none held a WBC) leaves a crops.csv of its header alone: that folder may be used again."""
     csv_file = out / "crops.csv"
+    unknown = out / "unknown"
     if not csv_file.exists():
-        return False
+        return unknown.is_dir() and any(unknown.iterdir())
     try:
         lines = [ln for ln in csv_file.read_text().splitlines() if ln.strip()]
     except (OSError, UnicodeDecodeError):
         return True
-    unknown = out / "unknown"
     return len(lines) > 1 or (unknown.is_dir() and any(unknown.iterdir()))
 
 

@@ -104,13 +104,12 @@ def test_coco_to_voc_and_back_keeps_every_box_exactly(tmp_path):
 
     entries = _entries()
     entries[0]["masks"][1]["score"] = 0.87
-    entries[0]["masks"].append({**entries[0]["masks"][0], "bounding_box": {"x1": 90, "x2": 99, "y1": 1, "y2": 5}})
     write_coco(tmp_path / "c.json", entries)
     _convert("--from", "coco", "--to", "voc", str(tmp_path / "c.json"), str(tmp_path / "voc"))
     assert sorted(p.name for p in (tmp_path / "voc").iterdir()) == ["a.xml", "b.xml"]
     root = ET.parse(tmp_path / "voc" / "a.xml").getroot()  # the layout labelImg and BCCD write
     assert (root.findtext("filename"), root.findtext("size/width"), root.findtext("size/height")) == ("a.png", "83", "61")
-    assert [o.findtext("name") for o in root.iter("object")] == ["rbc", "wbc", "platelet"]  # the box past the image left out
+    assert [o.findtext("name") for o in root.iter("object")] == ["rbc", "wbc", "platelet"]
     assert [o.findtext("truncated") for o in root.iter("object")] == ["1", "0", "1"]
     assert [o.findtext("score") for o in root.iter("object")] == [None, "0.8700", None]  # a score under 1 kept
     back = [read_voc_entry(tmp_path / "voc" / n) for n in ("a.xml", "b.xml")]
@@ -129,6 +128,8 @@ def test_voc_writer_refuses_two_images_of_one_name_before_writing(tmp_path):
     with pytest.raises(HemasegInputError, match="no image size"):
         write_voc(tmp_path / "out", [_box_entry("a.png", 0, 0, [])])
     assert not (tmp_path / "out").exists()
+    write_voc(tmp_path / "out", [_box_entry("a.png", 10, 10, [("rbc", 12, 1, 19, 5), ("wbc", 2, 2, 6, 6)])])
+    assert [m["class_name"] for m in read_voc_entry(tmp_path / "out" / "a.xml")["masks"]] == ["wbc"]  # past the edge: out
 
 
 def test_reads_split_layout_with_numbered_class_list_polygons_scores_and_background(tmp_path):

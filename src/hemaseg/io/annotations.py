@@ -14,6 +14,7 @@ so rasterising them with :func:`rasterise` gives back the mask.
 """
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import math
@@ -25,10 +26,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from hemaseg.core.vocabulary import canonical_name, category_of
+from hemaseg.core.vocabulary import KNOWN_NAMES, canonical_name, category_of
 from hemaseg.errors import HemasegInputError
 from hemaseg.io.datasets import parse_xml, read_voc
-from hemaseg.io.images import IMAGE_SUFFIXES, image_size
+from hemaseg.io.images import IMAGE_SUFFIXES, MAX_PIXELS, image_size
 from hemaseg.io.writers import write_json, write_text
 from hemaseg.progress import warn_once
 
@@ -36,13 +37,14 @@ log = logging.getLogger(__name__)
 
 
 def mask_record(mask: np.ndarray, class_name: str, score: float = 1.0, offset: tuple[int, int] = (0, 0)) -> dict | None:
-    """One seed-003 mask record from a boolean mask (largest outline); None for an empty mask."""
+    """One seed-003 mask record from a boolean mask: its largest outline and that outline's box (a second piece
+    is dropped from both, so that a box and its outline describe one object); None for an empty mask."""
     contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     if not contours:
         return None
     c = max(contours, key=cv2.contourArea)[:, 0, :]
     ox, oy = offset
-    ys, xs = np.nonzero(mask)
+    xs, ys = c[:, 0], c[:, 1]  # an outer outline runs through its region's extreme pixels
     return {"class_name": class_name, "category": category_of(class_name), "score": round(float(score), 4),
             "bounding_box": {"x1": int(xs.min() + ox), "x2": int(xs.max() + 1 + ox),
                              "y1": int(ys.min() + oy), "y2": int(ys.max() + 1 + oy)},
@@ -69,8 +71,16 @@ def rasterise(vertices: list, shape: tuple[int, int]) -> np.ndarray:
     """
     out = np.zeros(shape, np.uint8)
     if len(vertices) >= 1:
-        cv2.fillPoly(out, [np.asarray(vertices, np.int32).reshape(-1, 1, 2)], 1)
+        cv2.fillPoly(out, [_clamped(np.asarray(vertices, np.float64).reshape(-1, 2), *shape).astype(np.int32)
+                           .reshape(-1, 1, 2)], 1)
     return out.astype(bool)
+
+
+def _clamped(xy: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(N, 2) x, y points held within one image size beyond each edge: a file's point at 1e308 (or 1e9) made
+    the rasterisers allocate gigabytes, or overflow int32; the part of a polygon inside the image is unchanged
+    unless its edges reach that far out."""
+    return np.stack([np.clip(xy[:, 0], -width - 1, 2 * width + 1), np.clip(xy[:, 1], -height - 1, 2 * height + 1)], 1)
 
 
 def edge_polygon(mask: np.ndarray) -> list[float]:
@@ -112,7 +122,8 @@ def polygon_mask(polygon: list, height: int, width: int) -> np.ndarray:
 
     parts = polygon if polygon and isinstance(polygon[0], (list, tuple)) else [polygon]
     out = np.zeros((height, width), bool)
-    full = [[float(v) for v in p] for p in parts if len(p) >= 6]
+    full = [_clamped(np.asarray(p, np.float64).reshape(-1, 2), height, width).ravel().tolist()
+            for p in parts if len(p) >= 6]
     if full and height > 0 and width > 0:
         out |= mask_utils.decode(mask_utils.frPyObjects(full, height, width)).any(-1).astype(bool)
     for p in parts:
@@ -173,6 +184,8 @@ def polygon_extent(polygons: list) -> tuple[int, int]:
     size a polygon is drawn at when its image's is not given."""
     xs = [float(v) for p in polygons for v in p[0::2]] or [0.0]
     ys = [float(v) for p in polygons for v in p[1::2]] or [0.0]
+    if (max(ys) + 1) * (max(xs) + 1) > MAX_PIXELS:  # ValueError: a malformed annotation, left out by the readers
+        raise ValueError(f"a point at ({max(xs):g}, {max(ys):g}) with no image size given: far outside any image")
     return int(np.ceil(max(ys))) + 1, int(np.ceil(max(xs))) + 1
 
 
@@ -290,6 +303,8 @@ def read_cvat(path: str | Path, failed: list[dict] | None = None) -> list[dict]:
             try:
                 if el.tag == "polygon":
                     pts = polygon_values([v for p in el.get("points", "").split(";") if p for v in p.split(",")])
+                    h, w = int(img.get("height", 0)), int(img.get("width", 0))
+                    h, w = (h, w) if h > 0 and w > 0 else polygon_extent([pts])
                 elif el.tag == "box":
                     corners = [float(el.get(c)) for c in ("xtl", "ytl", "xbr", "ybr")]
                     if not all(np.isfinite(corners)):
@@ -300,8 +315,6 @@ def read_cvat(path: str | Path, failed: list[dict] | None = None) -> list[dict]:
                 _left_out(failed, path, f"image {img.get('name', '')}, <{el.tag}> {k + 1} ({el.get('label', '')})", what)
                 continue
             if el.tag == "polygon":
-                h, w = int(img.get("height", 0)), int(img.get("width", 0))
-                h, w = (h, w) if h > 0 and w > 0 else polygon_extent([pts])
                 rec = mask_record(polygon_mask(pts, h, w), el.get("label", ""))
                 if rec is None:
                     no_pixel += 1
@@ -323,9 +336,13 @@ def read_cvat(path: str | Path, failed: list[dict] | None = None) -> list[dict]:
                           "vertices": verts})
         entries.append({"filename": img.get("name", ""), "height": int(img.get("height", 0)),
                         "width": int(img.get("width", 0)), "masks": masks})
-    if skipped:
-        log.warning("%s: %s left out (only polygons and boxes are read)", path,
-                    ", ".join(f"{n} <{tag}>" for tag, n in sorted(skipped.items())))
+    if skipped:  # a brush <mask> or an <ellipse> is a cell someone drew: listed as left out (exit 1), not only logged
+        what = ", ".join(f"{n} <{tag}>" for tag, n in sorted(skipped.items()))
+        if failed is None:
+            log.warning("%s: %s left out (only polygons and boxes are read)", path, what)
+        else:
+            failed.append({"image": str(path), "reason": f"{what} left out: only polygons and boxes are read "
+                                                         "(in CVAT, convert them to polygons first)"})
     if no_pixel:
         log.warning("%s: %d polygons that cover no pixel left out", path, no_pixel)
     return entries
@@ -347,9 +364,11 @@ def to_coco(entries: list[dict], rle: bool = False, labels: list[str] | None = N
             if not mask.any():  # outside the image: no pixel to write (pycocotools cannot read an empty polygon)
                 outside += 1
                 continue
-            bb = m["bounding_box"]
+            bb = m["bounding_box"]  # clipped to the image, as the mask and its area are
+            x1, x2 = min(max(bb["x1"], 0), w), min(max(bb["x2"], 0), w)
+            y1, y2 = min(max(bb["y1"], 0), h), min(max(bb["y2"], 0), h)
             ann = {"id": len(anns) + 1, "image_id": i, "category_id": names.index(m["class_name"]) + 1,
-                   "bbox": [bb["x1"], bb["y1"], bb["x2"] - bb["x1"], bb["y2"] - bb["y1"]],
+                   "bbox": [x1, y1, x2 - x1, y2 - y1],
                    "area": int(mask.sum()), "iscrowd": 0, "score": m.get("score", 1.0)}
             if rle:
                 from pycocotools import mask as mask_utils
@@ -395,7 +414,7 @@ def read_coco(path: str | Path, failed: list[dict] | None = None) -> list[dict]:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise HemasegInputError(path, f"not a COCO JSON with images and categories ({exc})") from None
     per: dict[int, list[dict]] = {i: [] for i in images}
-    parts_dropped = empty = degenerate = 0
+    parts_dropped = empty = degenerate = rle_pieces = 0
     # hemaseg's COCO files before 4 December 2026 put polygons on pixel centres (no "polygons" note in info)
     centres = (d.get("info") or {}).get("description") == "hemaseg" and "polygons" not in (d.get("info") or {})
     for a in d.get("annotations", []):
@@ -407,6 +426,7 @@ def read_coco(path: str | Path, failed: list[dict] | None = None) -> list[dict]:
         if a.get("category_id") not in cats:
             raise HemasegInputError(path, f"annotation {a.get('id')} names unknown category {a.get('category_id')}")
         name = cats[a["category_id"]]
+        pieces_dropped = False
         try:
             box_ok = _usable_box(a.get("bbox"))
             if isinstance(seg, dict):
@@ -430,6 +450,8 @@ def read_coco(path: str | Path, failed: list[dict] | None = None) -> list[dict]:
             elif not seg and not box_ok:  # the box is the object's only geometry
                 raise ValueError("no segmentation and no bbox" if a.get("bbox") is None
                                  else f"bbox {a['bbox']!r} is not four numbers")
+            if isinstance(seg, list) and seg and not (h > 0 and w > 0):  # drawn where it lies: not too far out
+                polygon_extent(seg if isinstance(seg[0], (list, tuple)) else [seg])
         except (TypeError, ValueError) as exc:
             _left_out(failed, path, f"image {im.get('file_name', '')}, annotation {a.get('id')} ({name})", exc)
             continue
@@ -439,13 +461,18 @@ def read_coco(path: str | Path, failed: list[dict] | None = None) -> list[dict]:
             rle = seg if isinstance(seg["counts"], (str, bytes)) else mask_utils.frPyObjects(seg, h, w)
             if isinstance(rle.get("counts"), str):
                 rle = {**rle, "counts": rle["counts"].encode("ascii")}
-            rec = mask_record(mask_utils.decode(rle).astype(bool), name, a.get("score", 1.0))
+            full = mask_utils.decode(rle).astype(np.uint8)
+            rec = mask_record(full.astype(bool), name, a.get("score", 1.0))
+            pieces_dropped = cv2.connectedComponents(full, connectivity=8)[0] > 2  # background + one piece
+            rle_pieces += pieces_dropped
         elif seg and centres:
+            pieces_dropped = len(seg) > 1
             parts_dropped += len(seg) > 1
             verts = [[int(round(v)) for v in xy] for xy in zip(max(seg, key=len)[0::2], max(seg, key=len)[1::2])]
             ph, pw = (h, w) if h > 0 and w > 0 else polygon_extent([[c for v in verts for c in v]])
             rec = mask_record(rasterise(verts, (ph, pw)), name, a.get("score", 1.0))
         elif seg:
+            pieces_dropped = len(seg) > 1
             parts_dropped += len(seg) > 1
             ph, pw = (h, w) if h > 0 and w > 0 else polygon_extent(seg)  # no image size: drawn where it lies
             rec = mask_record(polygon_mask(seg, ph, pw), name, a.get("score", 1.0))
@@ -457,9 +484,11 @@ def read_coco(path: str | Path, failed: list[dict] | None = None) -> list[dict]:
             x2, y2 = max(x2, x1 + 1), max(y2, y1 + 1)  # a sub-pixel box keeps its pixel
             rec = {"class_name": name, "category": category_of(name), "score": a.get("score", 1.0),
                    "bounding_box": {"x1": x1, "x2": x2, "y1": y1, "y2": y2}, "vertices": box_vertices(x1, y1, x2, y2)}
-        if rec is not None and seg and box_ok:  # the annotation's own box, not the outline's extent
+        # the annotation's own box, not the outline's extent, unless it is no box ([0, 0, 0, 0]) or an outline
+        # part was dropped (its box bounds the parts: YOLO / VOC would keep the whole object, CVAT / labels one part)
+        if rec is not None and seg and box_ok and not pieces_dropped:
             x1, y1, x2, y2 = _coco_box(a["bbox"])
-            if x2 > x1 and y2 > y1:  # (a sloppy exporter's [0, 0, 0, 0] is no box)
+            if x2 > x1 and y2 > y1:
                 rec["bounding_box"] = {"x1": x1, "x2": x2, "y1": y1, "y2": y2}
         if rec is not None:
             per[im["id"]].append(rec)
@@ -470,6 +499,9 @@ def read_coco(path: str | Path, failed: list[dict] | None = None) -> list[dict]:
     if parts_dropped:
         log.warning("%s: %d annotations have several polygon parts; only the largest part of each is kept",
                     path, parts_dropped)
+    if rle_pieces:  # an iscrowd RLE of several cells became its largest piece without a word
+        log.warning("%s: %d RLE annotations have several separate pieces; only the largest piece of each is kept",
+                    path, rle_pieces)
     if empty:
         log.warning("%s: %d annotations that cover no pixel left out", path, empty)
     return [{"filename": images[i]["file_name"], "height": int(images[i]["height"]),
@@ -498,6 +530,15 @@ def read_voc_entry(path: str | Path) -> dict:
     size = root.find("size")
     h = int(size.findtext("height", "0")) if size is not None else 0
     w = int(size.findtext("width", "0")) if size is not None else 0
+    if h <= 0 or w <= 0:  # no <size> (some exporters): the image's own, beside the XML or in a VOC root's JPEGImages/
+        path = Path(path)
+        stem = Path(root.findtext("filename") or path.stem).stem
+        image = next((p for folder in (path.parent, path.parent.parent / "JPEGImages") if folder.is_dir()
+                      for p in sorted(folder.glob(f"{glob.escape(stem)}.*")) if p.suffix.lower() in IMAGE_SUFFIXES), None)
+        if image is None:
+            raise HemasegInputError(path, f"no <size> and no image {stem}.* beside it or in ../JPEGImages to take "
+                                          "the size from")
+        h, w = image_size(image)
     masks = []
     for name, (x1, y1, x2, y2) in read_voc(path):
         if x2 <= x1 or y2 <= y1:  # BCCD holds two (a point each): no object, and no box a writer could write
@@ -624,11 +665,12 @@ def yolo_names(root: str | Path) -> list[str]:
 def _label_candidates(image: Path) -> list[Path]:
     """Where an image's YOLO label file may be: beside it, or in the ``labels`` folder that mirrors
     its ``images`` folder (the Ultralytics layout: images/train/x.png -> labels/train/x.txt)."""
-    out = [image.with_suffix(".txt")]
+    out = [image.with_suffix(".txt"), image.with_suffix(".TXT")]  # x.TXT (a Windows tool's) was read as no label
     parts = image.parts
     for i in range(len(parts) - 2, -1, -1):
         if parts[i].lower() == "images":
-            out.append(Path(*parts[:i], "labels", *parts[i + 1:]).with_suffix(".txt"))
+            mirror = Path(*parts[:i], "labels", *parts[i + 1:])
+            out += [mirror.with_suffix(".txt"), mirror.with_suffix(".TXT")]
             break
     return out
 
@@ -648,7 +690,7 @@ def find_yolo(root: str | Path) -> list[tuple[Path, Path | None]]:
                                       "mirroring images/)")
     # A label file no image claims would be dropped without a word; refuse it (text files that hold
     # no YOLO line, such as a README, are not label files).
-    for txt in sorted(root.rglob("*.txt")):
+    for txt in sorted(p for p in root.rglob("*") if p.suffix.lower() == ".txt" and p.is_file()):
         if txt.name in YOLO_NAME_FILES or txt.resolve() in used:
             continue
         first = next((ln for ln in txt.read_text(errors="replace").splitlines() if ln.strip()), "")
@@ -743,10 +785,22 @@ def read_yolo(root: str | Path, failed: list[dict] | None = None) -> list[dict]:
     return entries
 
 
+def yolo_name(name: str) -> str:
+    """The name a class is written under in YOLO: the project's spelling of a name it knows (``WBC``,
+    ``Platelets`` -> ``wbc``, ``platelet``: TXL-PBC's ids whatever a CVAT or COCO file called them), else
+    the name as given.
+
+    >>> yolo_name("Platelets"), yolo_name("Ghost")
+    ('platelet', 'Ghost')
+    """
+    c = canonical_name(name)
+    return c if c in KNOWN_NAMES else name
+
+
 def yolo_class_order(entries: list[dict]) -> list[str]:
     """Class names by YOLO class id for ``entries``: wbc, rbc, platelet (TXL-PBC's ids), then the
-    others present, sorted."""
-    present = {m["class_name"] for e in entries for m in e["masks"]}
+    others present (:func:`yolo_name`), sorted."""
+    present = {yolo_name(m["class_name"]) for e in entries for m in e["masks"]}
     return [*YOLO_ORDER, *sorted(present - set(YOLO_ORDER))]
 
 
@@ -761,7 +815,7 @@ def to_yolo(entry: dict, names: list[str]) -> str:
         bb = m["bounding_box"]
         x1, x2 = min(max(bb["x1"], 0), w), min(max(bb["x2"], 0), w)
         y1, y2 = min(max(bb["y1"], 0), h), min(max(bb["y2"], 0), h)
-        k = names.index(m["class_name"])
+        k = names.index(m["class_name"] if m["class_name"] in names else yolo_name(m["class_name"]))
         lines.append(f"{k} {(x1 + x2) / 2 / w:.6f} {(y1 + y2) / 2 / h:.6f} {(x2 - x1) / w:.6f} {(y2 - y1) / h:.6f}")
     return "".join(f"{ln}\n" for ln in lines)
 
@@ -771,6 +825,9 @@ def write_yolo(out: str | Path, entries: list[dict], names: list[str] | None = N
     per line, class 0 first). Images are not copied: put them beside the .txt files to read it back."""
     out = Path(out)
     names = list(names) if names else yolo_class_order(entries)
+    bad = next((n for n in names if not n.strip() or "\n" in n or "\r" in n), None)
+    if bad is not None:  # classes.txt holds one name a line: an empty one is dropped when read back
+        raise HemasegInputError(out, f"a class named {bad!r}: YOLO's class list holds one name a line; name it")
     stems: dict[str, str] = {}
     for e in entries:
         stem = Path(e["filename"]).stem

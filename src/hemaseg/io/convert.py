@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -28,6 +29,7 @@ from hemaseg.io.images import image_size, read_mask
 from hemaseg.io.rle import labels_to_rles, rles_to_labels
 from hemaseg.io.writers import check_output, write_json, write_png, write_text
 
+log = logging.getLogger(__name__)
 CONVERTERS: dict[tuple[str, str], Callable[[Path, Path, list | None], int]] = {}
 RLE_HEADER = ["ImageId", "EncodedPixels", "Height", "Width"]
 
@@ -59,6 +61,20 @@ def check_convert_paths(dst: str, inp: Path, out: Path) -> None:
     if dst in FOLDER_OUTPUTS and inp.is_file() and inp.resolve().parent == out.resolve():
         # files named after the images, beside the input: they could replace the photos kept there
         raise HemasegUsageError("OUT", f"{out} is the input's folder; write to another folder")
+
+
+def refuse_existing(out: Path, names: Iterable[str]) -> None:
+    """:class:`HemasegUsageError` naming ``OUT`` when a file (or folder) ``out / name`` this conversion would
+    write exists already: a photo of the same stem (``--to labels`` into a YOLO images folder), an earlier
+    conversion's masks (DSB's ``<id>/masks/`` would mix two runs) or another dataset's XMLs are never
+    replaced or mixed with. Checked before anything is written."""
+    if not out.is_dir():
+        return
+    there = [n for n in dict.fromkeys(names) if (out / n).exists()]
+    if there:
+        more = f" and {len(there) - 1} more this conversion would write" if len(there) > 1 else ""
+        raise HemasegUsageError("OUT", f"{out} already holds {there[0]}{more}; write to a new or empty folder "
+                                       "(nothing written)")
 
 
 def convert(src: str, dst: str, inp: str | Path, out: str | Path, failed: list[dict] | None = None) -> int:
@@ -129,8 +145,9 @@ def _dsb_labels(root: Path, failed: list[dict] | None = None) -> list[tuple[str,
 
 def _label_files(inp: Path) -> list[Path]:
     # hemaseg's own <stem>_classes.png (class indices beside <stem>.png) is no instance map
-    files = sorted(f for f in inp.glob("*.png") if not (f.stem.endswith("_classes") and
-                                                         (f.parent / (f.stem[:-len("_classes")] + ".png")).exists())) \
+    files = sorted(f for f in inp.iterdir() if f.suffix.lower() == ".png" and f.is_file()  # x.PNG too
+                   and not (f.stem.endswith("_classes") and any((f.parent / (f.stem[:-len("_classes")] + x)).exists()
+                                                                for x in (".png", ".PNG")))) \
         if inp.is_dir() else [inp]
     if not files or not files[0].exists():
         raise HemasegInputError(inp, "no label PNGs found")
@@ -198,6 +215,7 @@ def read_rle_csv(path: Path) -> dict[str, np.ndarray]:
 def dsb_to_labels(inp: Path, out: Path, failed: list[dict] | None = None) -> int:
     """DSB folders -> OUT/<id>.png uint16 instance labels."""
     items = _dsb_labels(inp, failed)
+    refuse_existing(out, (f"{image_id}.png" for image_id, _ in items))
     for image_id, labels in items:
         write_png(out / f"{image_id}.png", labels)
     return len(items)
@@ -228,6 +246,7 @@ def rle_to_labels(inp: Path, out: Path, failed: list[dict] | None = None) -> int
     for image_id in items:  # each a plain file name in OUT: '../x' or 'a/b' would write outside it
         if not image_id or Path(image_id).name != image_id or image_id in (".", ".."):
             raise HemasegInputError(inp, f"ImageId {image_id!r} is no plain file name; nothing written")
+    refuse_existing(out, (f"{image_id}.png" for image_id in items))
     for image_id, labels in items.items():
         write_png(out / f"{image_id}.png", labels.astype(np.uint16))
     return len(items)
@@ -238,6 +257,7 @@ def labels_to_dsb(inp: Path, out: Path, failed: list[dict] | None = None) -> int
     """Label PNGs -> DSB masks folders OUT/<stem>/masks/<stem>_<k>.png (images are not copied; an image with no
     object gets one empty mask, <stem>_0.png, which keeps its size: ``--from dsb`` reads it back as no nucleus)."""
     items = _read_each(_label_files(inp), lambda f: (f, read_mask(f)), failed)
+    refuse_existing(out, (f.stem for f, _ in items))  # an <id>/ there: its masks would mix with these
     for f, labels in items:
         (out / f.stem / "masks").mkdir(parents=True, exist_ok=True)
         if not labels.any():
@@ -259,9 +279,12 @@ def _entries(fmt: str, inp: Path, failed: list[dict] | None = None) -> list[dict
     if fmt == "yolo":
         return A.read_yolo(inp, failed)
     if fmt == "voc":
-        if inp.is_dir() and not any(inp.glob("*.xml")) and (inp / "Annotations").is_dir():
+        def xmls(folder: Path) -> list[Path]:  # x.XML too
+            return sorted(f for f in folder.iterdir() if f.suffix.lower() == ".xml" and f.is_file())
+
+        if inp.is_dir() and not xmls(inp) and (inp / "Annotations").is_dir():
             inp = inp / "Annotations"  # a VOC root (Annotations/, JPEGImages/, ImageSets/), as BCCD's
-        files = sorted(inp.glob("*.xml")) if inp.is_dir() else [inp]
+        files = xmls(inp) if inp.is_dir() else [inp]
         if not files or not files[0].exists():
             raise HemasegInputError(inp, "no VOC XML files found")
         return _read_each(files, A.read_voc_entry, failed)
@@ -319,6 +342,11 @@ def _write_entries(fmt: str, entries: list[dict], out: Path, failed: list[dict] 
     if not entries and failed:  # every file of the input failed (listed): nothing to write
         return 0
     _check_entries(fmt, entries)
+    stems = [Path(e["filename"]).stem for e in entries]
+    if fmt in FOLDER_OUTPUTS:
+        refuse_existing(out, {"yolo": [*(f"{t}.txt" for t in stems), "classes.txt"],
+                              "voc": [f"{t}.xml" for t in stems],
+                              "labels": [*(f"{t}{x}.png" for t in stems for x in ("", "_classes")), "classes.json"]}[fmt])
     if fmt == "cvat":
         A.write_cvat(out, entries, list(labels))
     elif fmt == "coco":
@@ -332,11 +360,19 @@ def _write_entries(fmt: str, entries: list[dict], out: Path, failed: list[dict] 
     elif fmt == "labels":
         # OUT/<stem>.png uint16 instances, OUT/<stem>_classes.png uint8 class indices, OUT/classes.json names.
         names = sorted({m["class_name"] for e in entries for m in e["masks"]})
+        hidden: list[tuple[str, int]] = []
         for e in entries:
             inst, cls, _ = A.entry_labels(e, names)
             stem = Path(e["filename"]).stem
             write_png(out / f"{stem}.png", inst)
             write_png(out / f"{stem}_classes.png", cls)
+            # one label a pixel: an object drawn over whole by a later one (a platelet inside a WBC's box) is lost
+            gone = len(e["masks"]) - len(np.setdiff1d(np.unique(inst), [0]))
+            hidden += [(e["filename"], gone)] if gone else []
+        if hidden:
+            log.warning("--to labels: %d object(s) wholly covered by later ones are not in the label maps (one label "
+                        "a pixel; COCO, CVAT, YOLO and VOC keep them): %s", sum(n for _, n in hidden),
+                        ", ".join(f"{f} ({n})" for f, n in hidden[:5]) + (" ..." if len(hidden) > 5 else ""))
 
         write_json(out / "classes.json", {"0": "background", **{str(i + 1): n for i, n in enumerate(names)}})
     else:

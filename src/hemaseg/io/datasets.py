@@ -168,11 +168,14 @@ def find_dsb(root: str | Path, failed: list[dict] | None = None) -> list[Pair]:
 def read_dsb_masks(masks: str | Path, shape: tuple[int, int] | None = None) -> np.ndarray:
     """Read a DSB ``masks/`` folder (one binary PNG per nucleus) as (H, W) uint16 labels 1..N.
 
-    Nuclei are numbered in file-name order; a pixel claimed by two masks (never in the
-    fixed DSB data) goes to the later one.
+    Nuclei are numbered in file-name order (numbered names ``<id>_<k>.png``, as ``hemaseg convert --to dsb``
+    writes them, in the order of ``k``: 2 before 10, so a label map comes back with its own numbers); a pixel
+    claimed by two masks (never in the fixed DSB data) goes to the later one.
     """
     masks = Path(masks)
     files = sorted(p for p in masks.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if masks.is_dir() else []
+    if files and all(p.stem.rpartition("_")[2].isdigit() for p in files):
+        files.sort(key=lambda p: (p.stem.rpartition("_")[0], int(p.stem.rpartition("_")[2])))
     if not files and not masks.is_dir():
         raise HemasegInputError(masks, "masks folder not found")
     labels = None if shape is None else np.zeros(shape, np.uint16)
@@ -290,15 +293,20 @@ def read_voc(xml: str | Path) -> list[tuple[str, tuple[int, int, int, int]]]:
     """Pascal VOC annotation -> [(name, (x1, y1, x2, y2)), ...] in pixels (BCCD: RBC, WBC, Platelets)."""
     root = parse_xml(xml, "VOC XML")
     out = []
+    incomplete = 0
     for obj in root.iter("object"):
         name, box = obj.findtext("name"), obj.find("bndbox")
-        if name is None or box is None:
+        if name is None or box is None:  # no class or no box: nothing to read, but said (it was dropped silently)
+            incomplete += 1
             continue
         try:
             coords = tuple(int(float(box.findtext(k))) for k in ("xmin", "ymin", "xmax", "ymax"))
         except (TypeError, ValueError):
             raise HemasegInputError(xml, f"bad bndbox for {name!r}") from None
         out.append((name.strip(), coords))
+    if incomplete:
+        logging.getLogger(__name__).warning("%s: %d <object>(s) without a <name> or a <bndbox> left out", xml,
+                                            incomplete)
     return out
 
 
