@@ -144,3 +144,18 @@ def test_a_coordinate_far_outside_the_image_costs_no_memory_and_boxes_are_the_ob
         {"class_name": "wbc", "score": 1.0, "bounding_box": {"x1": 15, "x2": 30, "y1": 5, "y2": 9},
          "vertices": [[15, 5], [29, 5], [29, 8], [15, 8]]}]}])
     assert json.loads((tmp_path / "w.json").read_text())["annotations"][0]["bbox"] == [15, 5, 5, 4]
+
+
+def test_rle_and_results_inputs_that_said_nothing_or_chose_silently_are_refused(tmp_path):
+    cases = {"": "needs columns ImageId,EncodedPixels",  # an empty file: "0 images converted", exit 0
+             "ImageId,EncodedPixels,Height,Width\na,1 2,5,5\na,3 2,6,6\n": "rows of different sizes",
+             "ImageId,EncodedPixels,Height,Width\na,1 2,five,5\n": "are no whole numbers"}
+    for k, (text, why) in enumerate(cases.items()):
+        (tmp_path / f"{k}.csv").write_text(text)
+        res = runner.invoke(app, ["convert", "--from", "rle", "--to", "labels", str(tmp_path / f"{k}.csv"),
+                                  str(tmp_path / f"o{k}")])
+        assert res.exit_code == 1 and why in res.output and not (tmp_path / f"o{k}").exists(), res.output
+    (tmp_path / "r.json").write_text('{"data": []}')
+    res = runner.invoke(app, ["convert", "--from", "results", "--to", "coco", str(tmp_path / "r.json"),
+                              str(tmp_path / "c.json")])
+    assert res.exit_code == 1 and "'data' is a list" in res.output and not (tmp_path / "c.json").exists()

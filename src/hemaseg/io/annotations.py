@@ -213,6 +213,8 @@ def read_results(path: str | Path) -> list[dict]:
     """Entries of a seed-003 results JSON."""
     try:
         d = json.loads(Path(path).read_text())
+        if not isinstance(d["data"], dict):  # {"data": []} was read as no image
+            raise TypeError(f"'data' is a {type(d['data']).__name__}")
         return [d["data"][k] for k in sorted(d["data"], key=int)]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise HemasegInputError(path, f"not a results JSON with a 'data' object ({exc})") from None

@@ -187,22 +187,30 @@ def read_rle_csv(path: Path) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise HemasegInputError(path, "RLE CSV not found")
     with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if rows and not {"ImageId", "EncodedPixels"} <= set(rows[0]):
+        reader = csv.DictReader(f)
+        rows = list(reader)
+        columns = set(reader.fieldnames or ())
+    if not {"ImageId", "EncodedPixels"} <= columns:  # an empty file too: "0 images converted" said nothing
         raise HemasegInputError(path, "needs columns ImageId,EncodedPixels (and Height,Width)")
     groups: dict[str, list[dict]] = {}
     for r in rows:
         groups.setdefault(r["ImageId"], []).append(r)
     out = {}
     for image_id, rs in groups.items():
-        try:
-            shape = (int(rs[0]["Height"]), int(rs[0]["Width"]))
-        except (KeyError, TypeError, ValueError):
+        if {"Height", "Width"} <= columns:
+            sizes = {(r["Height"], r["Width"]) for r in rs}
+            if len(sizes) > 1:  # the first row's was taken without a word
+                raise HemasegInputError(path, f"image {image_id}: rows of different sizes {sorted(sizes)}")
+            try:
+                shape = (int(rs[0]["Height"]), int(rs[0]["Width"]))
+            except (TypeError, ValueError):
+                raise HemasegInputError(path, f"image {image_id}: Height/Width {rs[0]['Height']!r}, "
+                                              f"{rs[0]['Width']!r} are no whole numbers") from None
+        else:
             beside = image_beside(path, image_id)
             if beside is None:
                 raise HemasegInputError(path, f"image {image_id}: no Height/Width columns to decode its masks, and no "
-                                              f"image {image_id}.png beside the CSV (DSB layout) to take its size from"
-                                        ) from None
+                                              f"image {image_id}.png beside the CSV (DSB layout) to take its size from")
             shape = image_size(beside)
         try:
             out[image_id] = rles_to_labels([r["EncodedPixels"] for r in rs if r["EncodedPixels"].strip()], shape)
