@@ -306,7 +306,7 @@ def test_classify_refuses_a_segmentation_model_and_crop_an_input_where_its_crops
     Image.fromarray(img).save(later)
     before = later.read_bytes()
     res = runner.invoke(app, ["crop", str(tmp_path / "cell.png"), str(later), "--out", str(tmp_path / "c")])
-    assert res.exit_code == 2 and "holds the crops of an earlier run" in res.output and later.read_bytes() == before
+    assert res.exit_code == 2 and "where the crops go" in res.output and later.read_bytes() == before
     # a run stopped before its crops.csv (or the file deleted): its crops are still there, and refused the same way
     res = runner.invoke(app, ["crop", str(tmp_path / "cell.png"), "--out", str(tmp_path / "c")])
     assert res.exit_code == 2 and "holds the crops of an earlier run" in res.output and not (tmp_path / "c" / "crops.csv").exists()

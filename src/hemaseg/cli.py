@@ -1055,10 +1055,6 @@ def crop(
         refuse_unused("not used by --method hsv, which has no model", device=None if device == "cpu" else device,
                       model=model, cell_diameter=cell_diameter)
     check_output(out, "--out", folder=True)
-    # its crops would stay beside a crops.csv that no longer lists them, or a photo kept among them be replaced
-    if _holds_crops(out):
-        raise HemasegUsageError("--out", f"{out} holds the crops of an earlier run (in unknown/ or crops.csv); give "
-                                         "another folder")
     wbc_task = get_task("wbc")
     if method == "model":
         try:
@@ -1072,6 +1068,13 @@ def crop(
         _fail(" ".join(images), "no images found")
         raise typer.Exit(1)
     _out_apart_from_inputs(images, out, paths=paths)  # crops and crops.csv would lie among the photos
+    inside = [p for p in paths if Path(p).resolve().is_relative_to((out / "unknown").resolve())]
+    if inside:  # a crop written there could replace it before it is read
+        raise HemasegUsageError("--out", f"{inside[0]} lies in {out / 'unknown'}, where the crops go; give another "
+                                         "--out")
+    if _holds_crops(out):  # its crops would stay beside a crops.csv that no longer lists them
+        raise HemasegUsageError("--out", f"{out} holds the crops of an earlier run (in unknown/ or crops.csv); give "
+                                         "another folder")
     stems = _stems(paths, out / "unknown", ["_<k>.png"], fixed=[("--out", out / "crops.csv")])
     rows = []
 
@@ -1102,13 +1105,14 @@ def _holds_crops(out: Path) -> bool:
     (every photo failed or none held a WBC) leaves a crops.csv of its header alone: that folder may be used again."""
     csv_file = out / "crops.csv"
     unknown = out / "unknown"
+    crops = unknown.is_dir() and any(p.suffix.lower() == ".png" for p in unknown.iterdir())  # not a .DS_Store
     if not csv_file.exists():
-        return unknown.is_dir() and any(unknown.iterdir())
+        return crops
     try:
         lines = [ln for ln in csv_file.read_text().splitlines() if ln.strip()]
     except (OSError, UnicodeDecodeError):
         return True
-    return len(lines) > 1 or (unknown.is_dir() and any(unknown.iterdir()))
+    return len(lines) > 1 or crops
 
 
 @app.command()

@@ -39,8 +39,8 @@ def test_folder_outputs_never_replace_or_mix_with_files_already_there(tmp_path):
     res = runner.invoke(app, ["convert", "--from", "coco", "--to", "labels", str(coco), str(photos)])
     assert res.exit_code == 2 and "already holds a.png" in res.output and "nothing written" in res.output
     assert (photos / "a.png").read_bytes() == before and sorted(p.name for p in photos.iterdir()) == ["a.png"]
-    for to, there in (("voc", "a.xml"), ("yolo", "classes.txt")):
-        out = tmp_path / to
+    for to, there in (("voc", "a.XML"), ("yolo", "classes.txt"), ("yolo", "A.TXT")):
+        out = tmp_path / f"{to}_{there}"
         out.mkdir()
         (out / there).write_text("someone else's")
         res = runner.invoke(app, ["convert", "--from", "coco", "--to", to, str(coco), str(out)])
@@ -106,11 +106,16 @@ def test_objects_left_out_are_said_and_a_voc_without_size_takes_its_images(tmp_p
                                "<name>WBC</name><bndbox><xmin>1</xmin><ymin>2</ymin><xmax>9</xmax><ymax>8</ymax>"
                                "</bndbox></object></annotation>")
     (voc / "b.xml").write_text("<annotation><filename>b.jpg</filename></annotation>")  # no size, no image
+    Image.fromarray(np.full((300, 400, 3), 200, np.uint8)).save(tmp_path / "BCCD" / "JPEGImages" / "a.b.jpg")
     entry = read_voc_entry(voc / "a.xml")
-    assert (entry["height"], entry["width"], len(entry["masks"])) == (30, 40, 1)
+    assert (entry["height"], entry["width"], len(entry["masks"])) == (30, 40, 1)  # a.jpg's, never a.b.jpg's
+    (voc / "c.xml").write_text("<annotation><filename>IMG_0001.jpg</filename></annotation>")  # a stale name
+    Image.fromarray(np.full((7, 9, 3), 200, np.uint8)).save(tmp_path / "BCCD" / "JPEGImages" / "c.png")
+    assert (read_voc_entry(voc / "c.xml")["height"], read_voc_entry(voc / "c.xml")["width"]) == (7, 9)
+    (voc / "c.xml").unlink()
     assert "1 <object>(s) without a <name> or a <bndbox> left out" in caplog.text
     res = runner.invoke(app, ["convert", "--from", "voc", "--to", "coco", str(voc), str(tmp_path / "v.json")])
-    assert res.exit_code == 1 and "b.xml: no <size> and no image b.*" in res.output and "1 images converted" in res.output
+    assert res.exit_code == 1 and "b.xml: no <size> and no image b.jpg" in res.output and "1 images converted" in res.output
     # CVAT: a brush mask or an ellipse is a cell someone drew: named, exit 1 (it was a log line and exit 0)
     (tmp_path / "c.xml").write_text('<annotations><image id="0" name="a.png" width="20" height="20">'
                                     '<box label="wbc" xtl="1" ytl="1" xbr="9" ybr="9"/><ellipse label="rbc" cx="5" '
@@ -123,22 +128,48 @@ def test_objects_left_out_are_said_and_a_voc_without_size_takes_its_images(tmp_p
     caplog.clear()
     assert runner.invoke(app, ["convert", "--from", "coco", "--to", "labels", str(coco), str(tmp_path / "l")]).exit_code == 0
     assert "1 object(s) wholly covered by later ones" in caplog.text
+    caplog.clear()  # an object outside its image is said as such, not as covered
+    write_coco(tmp_path / "o.json", [{"filename": "o.png", "height": 20, "width": 20, "masks": [
+        {"class_name": "wbc", "score": 1.0, "bounding_box": {"x1": 2, "x2": 6, "y1": 2, "y2": 6},
+         "vertices": [[2, 2], [5, 2], [5, 5], [2, 5]]}]}])
+    (tmp_path / "o.xml").write_text('<annotations><image id="0" name="o.png" width="20" height="20">'
+                                    '<box label="rbc" xtl="30" ytl="30" xbr="40" ybr="40"/>'
+                                    '<box label="wbc" xtl="1" ytl="1" xbr="9" ybr="9"/></image></annotations>')
+    assert runner.invoke(app, ["convert", "--from", "cvat", "--to", "labels", str(tmp_path / "o.xml"),
+                               str(tmp_path / "ol")]).exit_code == 0
+    assert "1 object(s) outside their image" in caplog.text and "covered" not in caplog.text
+    # YOLO: such a box is left out, not written as a box of no size that no reader takes back
+    assert runner.invoke(app, ["convert", "--from", "cvat", "--to", "yolo", str(tmp_path / "o.xml"),
+                               str(tmp_path / "oy")]).exit_code == 0
+    assert (tmp_path / "oy" / "o.txt").read_text().splitlines() == ["0 0.250000 0.250000 0.400000 0.400000"]
 
 
 def test_a_coordinate_far_outside_the_image_costs_no_memory_and_boxes_are_the_objects_written(tmp_path):
     """A coordinate of 1e308 made pycocotools allocate ~24 GB (the walkthrough's machine ran out of memory)."""
     coco = _coco(tmp_path / "c.json", ["wbc", "rbc"], [[[1e308, 1, 5, 5, 9, 9]], [[1e9, 1e9, -1e9, 5, 9, 9]]])
+    d = json.loads(coco.read_text())
+    for a in d["annotations"]:
+        del a["bbox"]  # the boxes are the masks' drawn in the image
+    coco.write_text(json.dumps(d))
     entries = read_coco(coco)
     assert len(entries[0]["masks"]) == 2
     for m in entries[0]["masks"]:
         bb = m["bounding_box"]
         assert 0 <= bb["x1"] < bb["x2"] <= 60 and 0 <= bb["y1"] < bb["y2"] <= 50
-    # two polygon parts, one kept: the box is the kept part's, not the annotation's box around both
+    # a polygon within two image sizes (+ 64 px) of the image is drawn as given; only points beyond are moved
+    from hemaseg.io.annotations import _clamped, polygon_mask
+
+    near = np.array([[10, 10], [14, 10], [100, 75], [-140, -150]], float)  # a 40 x 50 image
+    assert (_clamped(near, 50, 40) == near).all()
+    assert _clamped(np.array([[1e308, -1e9]]), 50, 40).tolist() == [[40 + 144, -164]]
+    sliver = [10, 10, 14, 10, 100, 75]
+    assert polygon_mask(sliver, 50, 40).sum() == 70  # as before the clamp
+    # two polygon parts, one outline kept: the box stays the annotation's, the whole object (box outputs, scoring)
     coco = _coco(tmp_path / "p.json", ["wbc"], [[*_square(2, 2, 10), *_square(40, 30, 4)]])
     coco_dict = json.loads(coco.read_text())
     coco_dict["annotations"][0]["bbox"] = [2, 2, 42, 32]
     coco.write_text(json.dumps(coco_dict))
-    assert read_coco(coco)[0]["masks"][0]["bounding_box"] == {"x1": 2, "x2": 12, "y1": 2, "y2": 12}
+    assert read_coco(coco)[0]["masks"][0]["bounding_box"] == {"x1": 2, "x2": 44, "y1": 2, "y2": 34}
     # a box past the image's edge is written clipped, as its mask and area are
     write_coco(tmp_path / "w.json", [{"filename": "a.png", "height": 20, "width": 20, "masks": [
         {"class_name": "wbc", "score": 1.0, "bounding_box": {"x1": 15, "x2": 30, "y1": 5, "y2": 9},

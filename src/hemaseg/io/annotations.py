@@ -37,14 +37,14 @@ log = logging.getLogger(__name__)
 
 
 def mask_record(mask: np.ndarray, class_name: str, score: float = 1.0, offset: tuple[int, int] = (0, 0)) -> dict | None:
-    """One seed-003 mask record from a boolean mask: its largest outline and that outline's box (a second piece
-    is dropped from both, so that a box and its outline describe one object); None for an empty mask."""
+    """One seed-003 mask record from a boolean mask (largest outline; the box bounds the whole mask, every piece
+    of the object); None for an empty mask."""
     contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     if not contours:
         return None
     c = max(contours, key=cv2.contourArea)[:, 0, :]
     ox, oy = offset
-    xs, ys = c[:, 0], c[:, 1]  # an outer outline runs through its region's extreme pixels
+    ys, xs = np.nonzero(mask)
     return {"class_name": class_name, "category": category_of(class_name), "score": round(float(score), 4),
             "bounding_box": {"x1": int(xs.min() + ox), "x2": int(xs.max() + 1 + ox),
                              "y1": int(ys.min() + oy), "y2": int(ys.max() + 1 + oy)},
@@ -77,10 +77,11 @@ def rasterise(vertices: list, shape: tuple[int, int]) -> np.ndarray:
 
 
 def _clamped(xy: np.ndarray, height: int, width: int) -> np.ndarray:
-    """(N, 2) x, y points held within one image size beyond each edge: a file's point at 1e308 (or 1e9) made
-    the rasterisers allocate gigabytes, or overflow int32; the part of a polygon inside the image is unchanged
-    unless its edges reach that far out."""
-    return np.stack([np.clip(xy[:, 0], -width - 1, 2 * width + 1), np.clip(xy[:, 1], -height - 1, 2 * height + 1)], 1)
+    """(N, 2) x, y points, those more than two image sizes (+ 64 px) beyond an edge moved to that distance: a
+    file's point at 1e308 (or 1e9) made the rasterisers allocate gigabytes, or overflow int32. A polygon within
+    that reach is drawn exactly; one beyond it is broken (its edges inside the image may change)."""
+    mx, my = 2 * width + 64, 2 * height + 64
+    return np.stack([np.clip(xy[:, 0], -mx, width + mx), np.clip(xy[:, 1], -my, height + my)], 1)
 
 
 def edge_polygon(mask: np.ndarray) -> list[float]:
@@ -344,7 +345,7 @@ def read_cvat(path: str | Path, failed: list[dict] | None = None) -> list[dict]:
             log.warning("%s: %s left out (only polygons and boxes are read)", path, what)
         else:
             failed.append({"image": str(path), "reason": f"{what} left out: only polygons and boxes are read "
-                                                         "(in CVAT, convert them to polygons first)"})
+                                                         "(in CVAT, a mask or an ellipse can be redrawn as a polygon)"})
     if no_pixel:
         log.warning("%s: %d polygons that cover no pixel left out", path, no_pixel)
     return entries
@@ -428,7 +429,6 @@ def read_coco(path: str | Path, failed: list[dict] | None = None) -> list[dict]:
         if a.get("category_id") not in cats:
             raise HemasegInputError(path, f"annotation {a.get('id')} names unknown category {a.get('category_id')}")
         name = cats[a["category_id"]]
-        pieces_dropped = False
         try:
             box_ok = _usable_box(a.get("bbox"))
             if isinstance(seg, dict):
@@ -465,16 +465,13 @@ def read_coco(path: str | Path, failed: list[dict] | None = None) -> list[dict]:
                 rle = {**rle, "counts": rle["counts"].encode("ascii")}
             full = mask_utils.decode(rle).astype(np.uint8)
             rec = mask_record(full.astype(bool), name, a.get("score", 1.0))
-            pieces_dropped = cv2.connectedComponents(full, connectivity=8)[0] > 2  # background + one piece
-            rle_pieces += pieces_dropped
+            rle_pieces += cv2.connectedComponents(full, connectivity=8)[0] > 2  # background + one piece
         elif seg and centres:
-            pieces_dropped = len(seg) > 1
             parts_dropped += len(seg) > 1
             verts = [[int(round(v)) for v in xy] for xy in zip(max(seg, key=len)[0::2], max(seg, key=len)[1::2])]
             ph, pw = (h, w) if h > 0 and w > 0 else polygon_extent([[c for v in verts for c in v]])
             rec = mask_record(rasterise(verts, (ph, pw)), name, a.get("score", 1.0))
         elif seg:
-            pieces_dropped = len(seg) > 1
             parts_dropped += len(seg) > 1
             ph, pw = (h, w) if h > 0 and w > 0 else polygon_extent(seg)  # no image size: drawn where it lies
             rec = mask_record(polygon_mask(seg, ph, pw), name, a.get("score", 1.0))
@@ -486,9 +483,9 @@ def read_coco(path: str | Path, failed: list[dict] | None = None) -> list[dict]:
             x2, y2 = max(x2, x1 + 1), max(y2, y1 + 1)  # a sub-pixel box keeps its pixel
             rec = {"class_name": name, "category": category_of(name), "score": a.get("score", 1.0),
                    "bounding_box": {"x1": x1, "x2": x2, "y1": y1, "y2": y2}, "vertices": box_vertices(x1, y1, x2, y2)}
-        # the annotation's own box, not the outline's extent, unless it is no box ([0, 0, 0, 0]) or an outline
-        # part was dropped (its box bounds the parts: YOLO / VOC would keep the whole object, CVAT / labels one part)
-        if rec is not None and seg and box_ok and not pieces_dropped:
+        # the annotation's own box (the whole object, every part: a box output and cells' scoring keep it), not the
+        # outline's extent, unless it is no box ([0, 0, 0, 0])
+        if rec is not None and seg and box_ok:
             x1, y1, x2, y2 = _coco_box(a["bbox"])
             if x2 > x1 and y2 > y1:
                 rec["bounding_box"] = {"x1": x1, "x2": x2, "y1": y1, "y2": y2}
@@ -534,12 +531,17 @@ def read_voc_entry(path: str | Path) -> dict:
     w = int(size.findtext("width", "0")) if size is not None else 0
     if h <= 0 or w <= 0:  # no <size> (some exporters): the image's own, beside the XML or in a VOC root's JPEGImages/
         path = Path(path)
-        stem = Path(root.findtext("filename") or path.stem).stem
-        image = next((p for folder in (path.parent, path.parent.parent / "JPEGImages") if folder.is_dir()
-                      for p in sorted(folder.glob(f"{glob.escape(stem)}.*")) if p.suffix.lower() in IMAGE_SUFFIXES), None)
+        named = Path(root.findtext("filename") or path.stem).name
+        folders = [f for f in (path.parent, path.parent.parent / "JPEGImages") if f.is_dir()]
+        # the file it names, else an image of its stem or of the XML's own (a VOC root pairs them by stem: a stale
+        # <filename> is common); never a.b.png for a.png
+        image = next((f / named for f in folders if (f / named).is_file()), None) or next(
+            (p for stem in dict.fromkeys((Path(named).stem, path.stem)) for f in folders
+             for p in sorted(f.glob(f"{glob.escape(stem)}.*")) if p.stem == stem and p.suffix.lower() in IMAGE_SUFFIXES),
+            None)
         if image is None:
-            raise HemasegInputError(path, f"no <size> and no image {stem}.* beside it or in ../JPEGImages to take "
-                                          "the size from")
+            raise HemasegInputError(path, f"no <size> and no image {named} (or {path.stem}.*) beside it or in "
+                                          "../JPEGImages to take the size from")
         h, w = image_size(image)
     masks = []
     for name, (x1, y1, x2, y2) in read_voc(path):
@@ -686,14 +688,15 @@ def find_yolo(root: str | Path) -> list[tuple[Path, Path | None]]:
         raise HemasegInputError(root, "not a folder (a YOLO dataset is a folder of images and .txt labels)")
     images = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     pairs = [(img, next((c for c in _label_candidates(img) if c.is_file()), None)) for img in images]
-    used = {lab.resolve() for _, lab in pairs if lab is not None}
+    # claimed files by identity: on a case-insensitive disk x.txt names the file x.TXT (and resolve() keeps the case asked)
+    used = {(st.st_dev, st.st_ino) for st in (lab.stat() for _, lab in pairs if lab is not None)}
     if not used:
         raise HemasegInputError(root, "no image with a YOLO label file (x.txt beside x.png, or labels/ "
                                       "mirroring images/)")
     # A label file no image claims would be dropped without a word; refuse it (text files that hold
     # no YOLO line, such as a README, are not label files).
     for txt in sorted(p for p in root.rglob("*") if p.suffix.lower() == ".txt" and p.is_file()):
-        if txt.name in YOLO_NAME_FILES or txt.resolve() in used:
+        if txt.name in YOLO_NAME_FILES or (txt.stat().st_dev, txt.stat().st_ino) in used:
             continue
         first = next((ln for ln in txt.read_text(errors="replace").splitlines() if ln.strip()), "")
         if _YOLO_LINE.match(first):
@@ -817,6 +820,10 @@ def to_yolo(entry: dict, names: list[str]) -> str:
         bb = m["bounding_box"]
         x1, x2 = min(max(bb["x1"], 0), w), min(max(bb["x2"], 0), w)
         y1, y2 = min(max(bb["y1"], 0), h), min(max(bb["y2"], 0), h)
+        if x2 <= x1 or y2 <= y1:  # outside the image: a box of no size, which no YOLO reader takes back
+            log.warning("%s: %r box outside the %d x %d image: left out", entry.get("filename", ""),
+                        m["class_name"], w, h)
+            continue
         k = names.index(m["class_name"] if m["class_name"] in names else yolo_name(m["class_name"]))
         lines.append(f"{k} {(x1 + x2) / 2 / w:.6f} {(y1 + y2) / 2 / h:.6f} {(x2 - x1) / w:.6f} {(y2 - y1) / h:.6f}")
     return "".join(f"{ln}\n" for ln in lines)

@@ -8,8 +8,9 @@ RLE), ``voc`` (a Pascal VOC XML or a folder of them; boxes), ``yolo`` (a folder 
 ``class cx cy w h`` text file each and a class list; boxes), ``results`` (seed-003 results JSON);
 each of ``cvat``, ``coco``, ``voc``, ``yolo`` and ``results`` is read and written as ``cvat``, ``coco``,
 ``coco-rle``, ``yolo``, ``voc`` (a folder of ``<stem>.xml``; boxes) or ``labels`` (instance PNG + ``_classes.png`` +
-classes.json); seed-003 results are not written (``hemaseg analyze`` writes them), and an object keeps one outline (COCO's extra polygon parts and an RLE's holes and second pieces
-are dropped, with a warning for the polygon parts).
+classes.json); seed-003 results are not written (``hemaseg analyze`` writes them), and an object keeps one outline
+(COCO's extra polygon parts and an RLE's holes and second pieces are dropped, with a warning for the parts and pieces)
+and its COCO box (the whole object). A folder output never replaces a file already there (:func:`refuse_existing`).
 """
 from __future__ import annotations
 
@@ -65,12 +66,14 @@ def check_convert_paths(dst: str, inp: Path, out: Path) -> None:
 
 def refuse_existing(out: Path, names: Iterable[str]) -> None:
     """:class:`HemasegUsageError` naming ``OUT`` when a file (or folder) ``out / name`` this conversion would
-    write exists already: a photo of the same stem (``--to labels`` into a YOLO images folder), an earlier
-    conversion's masks (DSB's ``<id>/masks/`` would mix two runs) or another dataset's XMLs are never
-    replaced or mixed with. Checked before anything is written."""
+    write exists already, in any case (``a.XML`` for ``a.xml``: the readers take both): a photo of the same stem
+    (``--to labels`` into a YOLO images folder), an earlier conversion's masks (DSB's ``<id>/masks/`` would mix
+    two runs) or an XML of the same image is never replaced or doubled. Files of other names may stay beside
+    the new ones. Checked before anything is written."""
     if not out.is_dir():
         return
-    there = [n for n in dict.fromkeys(names) if (out / n).exists()]
+    present = {p.name.lower(): p.name for p in out.iterdir()}
+    there = [present[n.lower()] for n in dict.fromkeys(names) if n.lower() in present]
     if there:
         more = f" and {len(there) - 1} more this conversion would write" if len(there) > 1 else ""
         raise HemasegUsageError("OUT", f"{out} already holds {there[0]}{more}; write to a new or empty folder "
@@ -369,18 +372,24 @@ def _write_entries(fmt: str, entries: list[dict], out: Path, failed: list[dict] 
         # OUT/<stem>.png uint16 instances, OUT/<stem>_classes.png uint8 class indices, OUT/classes.json names.
         names = sorted({m["class_name"] for e in entries for m in e["masks"]})
         hidden: list[tuple[str, int]] = []
+        off = 0
         for e in entries:
             inst, cls, _ = A.entry_labels(e, names)
             stem = Path(e["filename"]).stem
             write_png(out / f"{stem}.png", inst)
             write_png(out / f"{stem}_classes.png", cls)
             # one label a pixel: an object drawn over whole by a later one (a platelet inside a WBC's box) is lost
-            gone = len(e["masks"]) - len(np.setdiff1d(np.unique(inst), [0]))
+            h, w = inst.shape
+            outside = sum(not A.rasterise(m["vertices"], (h, w)).any() for m in e["masks"])
+            gone = len(e["masks"]) - len(np.setdiff1d(np.unique(inst), [0])) - outside
             hidden += [(e["filename"], gone)] if gone else []
+            off += outside
         if hidden:
             log.warning("--to labels: %d object(s) wholly covered by later ones are not in the label maps (one label "
                         "a pixel; COCO, CVAT, YOLO and VOC keep them): %s", sum(n for _, n in hidden),
                         ", ".join(f"{f} ({n})" for f, n in hidden[:5]) + (" ..." if len(hidden) > 5 else ""))
+        if off:
+            log.warning("--to labels: %d object(s) outside their image: not in the label maps", off)
 
         write_json(out / "classes.json", {"0": "background", **{str(i + 1): n for i, n in enumerate(names)}})
     else:

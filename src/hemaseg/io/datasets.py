@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,7 +175,7 @@ def read_dsb_masks(masks: str | Path, shape: tuple[int, int] | None = None) -> n
     """
     masks = Path(masks)
     files = sorted(p for p in masks.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if masks.is_dir() else []
-    if files and all(p.stem.rpartition("_")[2].isdigit() for p in files):
+    if files and all(re.fullmatch(r"[0-9]+", p.stem.rpartition("_")[2]) for p in files):
         files.sort(key=lambda p: (p.stem.rpartition("_")[0], int(p.stem.rpartition("_")[2])))
     if not files and not masks.is_dir():
         raise HemasegInputError(masks, "masks folder not found")
