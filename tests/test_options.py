@@ -303,3 +303,16 @@ def test_a_missing_classify_folder_is_one_failed_input_not_also_a_crop(photos, t
     res = runner.invoke(app, ["classify", "-f", str(photos / "a.png"), "-d", str(missing), "-o", str(tmp_path / "p.csv")])
     assert res.exit_code == 1 and res.output.count(str(missing)) == 1 and "1/1 crops classified" in res.output, \
         res.output
+
+
+def test_train_init_by_a_bundled_name_beside_a_folder_of_that_name(wbc_folder, tmp_path, monkeypatch):
+    """A docs audit (stop 66): README's `segment --task wbc photos/ --out wbc` made the next line's
+    `train wbc --init wbc` take that output folder for the model ("folder holds no model.safetensors", exit 1),
+    where `--model wbc` meant the bundled model."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "wbc").mkdir()
+    (tmp_path / "wbc" / "a.png").write_bytes(b"not a model")
+    res = runner.invoke(app, ["train", "wbc", "--init", "wbc", "--data", str(wbc_folder), "--out", "run", "--epochs", "1",
+                              "--batch-size", "2", "--crop", "64", "--samples-per-epoch", "2"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "run" / "state.json").read_text())["config"]["init"] == "wbc"

@@ -653,7 +653,8 @@ def train(
                 if weights.suffix.lower() == ".onnx":  # (failed later, exit 1, as an input)
                     raise HemasegUsageError("--init", f"{init}: an ONNX file holds no weights to train on; give its "
                                                       ".safetensors, a run folder or a bundled name")
-            if init and Path(init).exists():  # a path: absolute (a resume from elsewhere finds it), never in --out
+            bundled = init and resolve_model_path(init).parent == WEIGHTS_DIR  # a bare name (even beside ./wbc/)
+            if init and not bundled and Path(init).exists():  # a path: absolute (a resume from elsewhere finds it)
                 init = str(Path(init).resolve())
                 try:
                     inputs["--init"] = [resolve_model_path(init)]

@@ -176,6 +176,12 @@ def test_yolo_sources_split_and_leave_out(tmp_path):
     other.mkdir()
     with pytest.raises(HemasegInputError, match="LabC"):
         prepare([str(root)], other, 0, 0.2, ("LabC",))
+    # one usable photo goes to validation and leaves none to train on: said plainly (a docs audit, stop 66: the
+    # sampler's "gives no weight to the training data's strata []")
+    one = _yolo(tmp_path / "one", {"LabA": ["train"]})
+    with pytest.raises(HemasegInputError, match="1 annotated photo.*at least two"):
+        prepare([str(one)], other, 0, 0.2)
+    assert not (other / "split.json").exists()
 
 
 def test_photo_scale_follows_the_red_cells():

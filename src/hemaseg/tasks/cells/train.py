@@ -215,6 +215,10 @@ def prepare(data: list[str], run: Path, seed: int, val_fraction: float, leave_ou
         rng = np.random.default_rng(seed)
         order = rng.permutation(len(items))
         val_set = {str(items[i][0]) for i in order[:max(1, int(round(val_fraction * len(items))))]}
+    # one photo went to validation and left none to train on: the sampler said "no weight to the strata []"
+    if not val_set or all(str(p) in val_set for p, _ in items):
+        raise HemasegInputError(", ".join(data), f"{len(items)} annotated photo(s) usable here: at least two are "
+                                "needed, one kept for validation (or a dataset's own train and val splits)")
     write_coco(cache, [e for _, e in items])
     write_json(split_path, {"seed": seed, "val_source": " + ".join(sorted(val_sources)) or "seeded",
                             "leave_out": list(leave_out),
