@@ -24,7 +24,7 @@ from hemaseg.engine.predict import backend_scope, get_model, resolve_device
 from hemaseg.engine.runtime import BACKENDS, check_backend, require_torch
 from hemaseg.engine.task import Task, param_value, params_help
 from hemaseg.engine.tiling import DEFAULT_TILE
-from hemaseg.engine.train import RUN_FILES, has_checkpoint, prepare_run, remove_run_files
+from hemaseg.engine.train import LOCK, RUN_FILES, has_checkpoint, prepare_run, remove_run_files
 from hemaseg.errors import HemasegError, HemasegInputError, HemasegUsageError
 from hemaseg.io.convert import CONVERTERS
 from hemaseg.io.convert import convert as run_convert
@@ -533,10 +533,14 @@ def train(
     arch: Optional[str] = typer.Option(None, help="architecture name (see `hemaseg models`; default unet-dropout); "
                                                  "cells: also maskrcnn"),
     epochs: Optional[int] = typer.Option(None, help="default: the task's (wbc 200, nuclei 100, smear10 130, cells 60, wbc-type 50)"),
-    batch_size: Optional[int] = typer.Option(None, help="default: the task's (wbc 16, nuclei 8)"),
-    lr: Optional[float] = typer.Option(None, help="peak learning rate (default 2e-3)"),
+    batch_size: Optional[int] = typer.Option(None, help="default: the task's (wbc 16, nuclei 8, smear10 16, cells 8, "
+                                                        "wbc-type 32)"),
+    lr: Optional[float] = typer.Option(None, help="peak learning rate (default: the task's; wbc-type 3e-3, the "
+                                                  "others 2e-3)"),
     crop: Optional[int] = typer.Option(None, help="training crop size in px (wbc 160, nuclei 224; wbc-type input 80)"),
-    samples_per_epoch: Optional[int] = typer.Option(None, help="augmented samples per epoch (0: one pass)"),
+    samples_per_epoch: Optional[int] = typer.Option(None, help="augmented samples per epoch (0: one pass; default: "
+                                                               "the task's, e.g. nuclei 400, smear10 960, cells 400, "
+                                                               "wbc-type 1536)"),
     patience: Optional[int] = typer.Option(None, help="early stop after this many epochs without improvement"),
     augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="scale and stain/colour augmentation "
                                                                             "(default: on)"),
@@ -692,7 +696,7 @@ def train(
                     if created:
                         shutil.rmtree(out, ignore_errors=True)
                     else:  # what this attempt wrote (a smear10 bank or validation set too: reused unsaid)
-                        remove_run_files(out, set(RUN_FILES + tuple(spec.run_files)) - before)
+                        remove_run_files(out, set(RUN_FILES + tuple(spec.run_files) + (LOCK,)) - before)
                 raise
     except HemasegUsageError as exc:
         raise typer.BadParameter(exc.reason, param_hint=exc.option) from None

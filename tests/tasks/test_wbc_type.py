@@ -859,3 +859,74 @@ def test_the_classifier_schedule_trains_every_epoch_asked_and_never_divides_by_z
             opt.step()
             schedule.step()
         assert min(lrs) > 1e-6 and max(lrs) <= 5e-4 + 1e-12, (epochs, lrs)
+
+
+def test_a_lab_fine_tune_says_what_it_cannot_use_and_its_card_says_how_it_was_made(tmp_path, caplog):
+    """A few-shot walkthrough (stop 66): options a fine-tune ignored were taken without a word, crops at the
+    top of the folder and empty type folders dropped silently, one unreadable crop named per run, a resume after
+    a crop was deleted a traceback, 3 validation crops calibrated the model to its 0.25 floor, the card had no
+    epochs / lr / replay and the start model's name, a run not finished used without a word."""
+    import shutil
+
+    data = _crops(tmp_path / "a", per_class=4)
+    run = tmp_path / "run"
+    base = ["--epochs", "1", "--batch-size", "2", "--samples-per-epoch", "4", "--val-fraction", "0.5"]
+    assert runner.invoke(app, ["train", "wbc-type", "--data", str(data), "--out", str(run), "--backbone", TINY_BACKBONE,
+                               "--crop", "48", *base]).exit_code == 0
+    mine = _crops(tmp_path / "mine", per_class=3, classes=("Lymphocytes", "Neutrophils"), seed=7)
+    for args, option in ((["--crop", "64"], "--crop"), (["--backbone", "resnet18"], "--backbone"),
+                         (["--ruler"], "--ruler"), (["--no-normalise-cells"], "--normalise-cells"),
+                         (["--replay", str(mine)], "--replay")):
+        res = runner.invoke(app, ["train", "wbc-type", "--init", str(run), "--data", str(mine), "--out",
+                                  str(tmp_path / "x"), *args])
+        assert res.exit_code == 2 and option in res.output and not (tmp_path / "x").exists(), res.output
+    res = runner.invoke(app, ["train", "wbc-type", "--data", str(mine), "--replay", str(data), "--out", str(tmp_path / "x")])
+    assert res.exit_code == 2 and "with --init" in res.output
+    # crops at the top and an empty type folder are said; a type of two crops gets no validation crop, said
+    Image.open(next((mine / "Lymphocytes").iterdir())).save(mine / "loose.jpg")
+    (mine / "Monocyte").mkdir()
+    (mine / "Platelets").mkdir()
+    for i in range(2):
+        shutil.copy(next((mine / "Neutrophils").iterdir()), mine / "Platelets" / f"p{i}.jpg")
+    assert {c for _, c in find_labelled_cells(mine)} == {"lymphocyte", "neutrophil", "platelet"}  # plurals read
+    assert "1 image(s) at the top" in caplog.text and "holding no image: Monocyte" in caplog.text
+    (mine / "Platelets" / "p0.jpg").unlink()
+    shutil.rmtree(mine / "Platelets")
+    (mine / "loose.jpg").unlink()
+    caplog.clear()
+    ft = tmp_path / "ft"
+    res = runner.invoke(app, ["train", "wbc-type", "--init", str(run), "--data", str(mine), "--out", str(ft),
+                              "--replay", str(data), *base])
+    assert res.exit_code == 0, res.output
+    card = json.loads((ft / "model.json").read_text())
+    t = card["training"]
+    assert (t["epochs"], t["lr"], t["samples_per_epoch"], t["replay"], t["replay_share"]) == (1, 3e-3, 4, [str(data)], 0.5)
+    assert t["n_val_data"] == 4 and Path(t["split"]).is_absolute()
+    assert card["metrics"]["val"]["data_only"]["n"] == 4  # the lab's own validation crops apart from the replayed
+    start = json.loads((run / "model.json").read_text())
+    assert card["name"] == f"{start['name']} fine-tuned (ft)" and card["temperature"] == start["temperature"]
+    assert "fewer than 30: not calibrated on them" in caplog.text
+    # a run not finished is used, and said
+    (ft / "model.safetensors").unlink()
+    caplog.clear()
+    from hemaseg.models.registry import resolve_model_path
+
+    assert resolve_model_path(ft).name == "best.safetensors" and "no model.safetensors" in caplog.text
+    # every unreadable crop named in one run; a resume after a crop went: one line, no traceback
+    bad = _crops(tmp_path / "bad", per_class=3, seed=3)
+    (bad / "Neutrophil" / "x.jpg").write_bytes(b"not a jpeg")
+    (bad / "Lymphocyte" / "y.jpg").write_bytes(b"\xff\xd8\xff")
+    res = runner.invoke(app, ["train", "wbc-type", "--init", str(run), "--data", str(bad), "--out", str(tmp_path / "b"), *base])
+    assert res.exit_code == 1 and "2 crop(s) unreadable" in res.output and "x.jpg" in caplog.text and "y.jpg" in caplog.text
+    state = json.loads((tmp_path / "b" / "state.json").read_text()) if (tmp_path / "b").exists() else None
+    assert state is None or state["epoch"] == 0
+    cut = tmp_path / "cut"
+    from hemaseg.tasks.wbc_type.train import ClassifyConfig, fit_classifier
+
+    cfg = ClassifyConfig(data=[str(data)], backbone=TINY_BACKBONE, size=48, epochs=2, batch_size=2, samples_per_epoch=4,
+                         val_fraction=0.5)
+    fit_classifier(cfg, cut, progress=False, max_epochs_this_call=1)
+    gone = Path(json.loads((cut / "split.json").read_text())["train"][0][0])
+    gone.unlink()
+    res = runner.invoke(app, ["train", "wbc-type", "--resume", str(cut)])
+    assert res.exit_code == 1 and "but gone (1 crop(s)" in res.output and "Traceback" not in res.output, res.output

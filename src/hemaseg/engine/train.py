@@ -495,12 +495,40 @@ def nothing_to_resume(run: Path) -> HemasegUsageError:
                                          "own command)")
 
 
+LOCK = ".lock"  # held (flock) by the process training a run folder
+_LOCKS: dict[str, object] = {}  # run folder -> its open lock file, held until the process ends
+
+
+def hold_run(run: Path, option: str) -> None:
+    """Take the run folder's lock for this process: a second trainer (``--resume`` of a run still training,
+    which the refusal of its ``--out`` invited) would clear the live run's pending checkpoint and commit through
+    it (:class:`HemasegUsageError` naming ``option``). Held until the process ends; a killed process's lock goes
+    with it. Where ``fcntl`` is missing (Windows) nothing is locked."""
+    try:
+        import fcntl
+    except ImportError:
+        return
+    key = str(Path(run).resolve())
+    if key in _LOCKS:
+        return
+    fh = open(Path(run) / LOCK, "a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.close()
+        raise HemasegUsageError(option, f"{run} is being trained by another process now; wait for it to end (or "
+                                        "stop it), then --resume it") from None
+    _LOCKS[key] = fh
+
+
 def start_or_resume(cfg, config_class, run: Path, resume: bool, task: str | None = None) -> tuple:
     """(config, state) of a run: read back from ``run/state.json`` when resuming (after
     :func:`recover`), else fresh: a folder already holding a run is refused (:func:`prepare_run`).
     ``task``: the task resuming it; a run of another task is a usage error on ``--resume``."""
     state_path = run / "state.json"
     if resume:
+        if run.is_dir():
+            hold_run(run, "--resume")  # before recover(), which clears what a live run is writing
         recover(run)
         if not state_path.exists():
             raise nothing_to_resume(run)
@@ -512,6 +540,7 @@ def start_or_resume(cfg, config_class, run: Path, resume: bool, task: str | None
     assert cfg is not None
     prepare_run(run)
     run.mkdir(parents=True, exist_ok=True)
+    hold_run(run, "--out")
     import torch
 
     # the threads it runs on: a resume on others gives another model (sums in another order), so --resume

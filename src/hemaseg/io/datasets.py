@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hemaseg.core.vocabulary import KNOWN_NAMES, canonical_name
 from hemaseg.errors import HemasegInputError
 from hemaseg.io.images import IMAGE_SUFFIXES, describe_values, read_image, read_mask
 
@@ -223,9 +224,19 @@ TYPE_ALIASES = {"neutrophils": "neutrophil", "eosinophils": "eosinophil", "monoc
 
 
 def canonical_type(name: str) -> str:
-    """Folder/class name -> canonical lower-case WBC type ('Neutrophils' -> 'neutrophil')."""
+    """Folder/class name -> canonical lower-case cell type ('Neutrophils' -> 'neutrophil'; 'Platelets',
+    'Erythroblasts' as the project spells them, :func:`~hemaseg.core.vocabulary.canonical_name`).
+
+    >>> canonical_type("Lymphocytes"), canonical_type("Erythroblasts"), canonical_type("Smudge")
+    ('lymphocyte', 'erythroblast', 'smudge')
+    """
     n = name.strip().lower()
-    return TYPE_ALIASES.get(n, n)
+    if n in TYPE_ALIASES:
+        return TYPE_ALIASES[n]
+    for c in (canonical_name(name), n[:-1] if n.endswith("s") else n):
+        if c in KNOWN_NAMES:
+            return c
+    return n
 
 
 def find_labelled_cells(root: str | Path) -> list[tuple[Path, str]]:
@@ -274,9 +285,17 @@ def find_labelled_cells(root: str | Path) -> list[tuple[Path, str]]:
                                       if unknown else "") if part))
     if out:
         return out
+    empty = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
         files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         out += [(p, canonical_type(folder.name)) for p in files]
+        empty += [] if files else [folder.name]
+    loose = [p.name for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    if out and (loose or empty):  # dropped without a word before; a folder of crops alone is no labelled set
+        logging.getLogger(__name__).warning(
+            "%s: %s", root, "; ".join(part for part in (
+                f"{len(loose)} image(s) at the top, in no <type>/ folder, left out (first: {sorted(loose)[0]})"
+                if loose else "", f"type folder(s) holding no image: {', '.join(empty)}" if empty else "") if part))
     return out
 
 

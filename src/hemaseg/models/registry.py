@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from hemaseg.errors import HemasegInputError
 from hemaseg.io.writers import atomic_path, nan_as_null, write_json
+from hemaseg.progress import warn_once
 
 if TYPE_CHECKING:
     from torch import nn
@@ -144,6 +146,10 @@ def resolve_model_path(name_or_path: str | Path) -> Path:
     if p.is_dir():
         for cand in ("model.safetensors", "best.safetensors", "last.safetensors"):
             if (p / cand).exists():
+                if cand != "model.safetensors":  # a run not finished (killed, or training): used, but said
+                    warn_once(logging.getLogger(__name__), ("unfinished run", str(p.resolve())),
+                              "%s: no model.safetensors (the run has not finished): its %s is used, without the "
+                              "final model's calibration; --resume the run to finish it", p, cand)
                 return p / cand
         raise HemasegInputError(p, "folder holds no model.safetensors, best.safetensors or last.safetensors")
     if p.suffix == ".json" and p.with_suffix(".safetensors").exists():

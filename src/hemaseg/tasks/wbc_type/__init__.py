@@ -58,6 +58,20 @@ class WbcTypeTask(Task):
         check_options(self.name, given, COMMON_TRAIN_OPTIONS + self.train_options)
         if not given.get("data"):
             raise HemasegUsageError("--data", "give --data DIR (ImageFolder trees or wbc-seg + class CSV)")
+        if given.get("init"):  # taken from the start model: a value here was recorded in state.json and not used
+            for option in ("crop", "backbone", "ruler", "normalise_cells"):
+                if option in given:
+                    raise HemasegUsageError("--" + option.replace("_", "-"), "a fine-tune (--init) keeps its start "
+                                                                             "model's network and input; leave this "
+                                                                             "option out")
+        elif given.get("replay"):  # trained from scratch beside the replayed labs: what --data does already
+            raise HemasegUsageError("--replay", "replays the labs a fine-tune must not forget: give it with --init, "
+                                                "or give those labs as --data")
+        for r in given.get("replay") or ():
+            same = [d for d in given["data"] if Path(d).resolve() == Path(r).resolve()
+                    or Path(r).resolve() in Path(d).resolve().parents or Path(d).resolve() in Path(r).resolve().parents]
+            if same:  # every crop drawn twice, its validation crops doubled
+                raise HemasegUsageError("--replay", f"{r} is (or holds, or lies in) --data {same[0]}: give each lab once")
         if "crop" in given:
             given["size"] = given.pop("crop")
         for d in given.get("looks") or ():  # checked before the run folder is made

@@ -146,6 +146,9 @@ def split_labelled(items: list[tuple[Path, str]], val_fraction: float, seed: int
     """Seeded split stratified by class: (train, val) lists of (path, class)."""
     rng = np.random.default_rng(seed)
     train, val = [], []
+    few = sorted(c for c in {c for _, c in items} if sum(k == c for _, k in items) <= 2)
+    if few:  # their calls are never checked, and weigh in no checkpoint's choice nor the calibration
+        log.warning(f"type(s) with 2 crops or fewer, none kept for validation: {', '.join(few)}")
     for c in sorted({c for _, c in items}):
         group = sorted((p for p, k in items if k == c), key=str)
         order = rng.permutation(len(group))
@@ -162,6 +165,7 @@ def _cache_key(path: Path, size: int, normalise: bool, padding: str) -> str:
 
 
 PREPARE_CHUNK = 64  # crops normalised together (one batch through the WBC network)
+MIN_CALIBRATION_CROPS = 30  # fewer validation crops fit no temperature (it is kept: the start model's, or 1)
 
 
 def prepare_crops(paths: list[Path], size: int, normalise: bool, cache: Path, progress: bool = True,
@@ -173,8 +177,18 @@ def prepare_crops(paths: list[Path], size: int, normalise: bool, cache: Path, pr
     files = [cache / f"{_cache_key(Path(p), size, normalise, padding)}.npz" for p in paths]
     missing = [i for i, f in enumerate(files) if not f.exists()]
     chunks = [missing[i:i + PREPARE_CHUNK] for i in range(0, len(missing), PREPARE_CHUNK)]
+    bad: list[HemasegInputError] = []
     for chunk in (track(chunks, "normalise crops", leave=False) if progress and chunks else chunks):
-        images = [read_image(paths[i]) for i in chunk]
+        images = []
+        for i in list(chunk):  # every unreadable crop is named, not the first alone (each run showed one more)
+            try:
+                images.append(read_image(paths[i]))
+            except HemasegInputError as exc:
+                bad.append(exc)
+                log.warning(f"{exc.path}: {exc.reason}")
+                chunk.remove(i)
+        if not chunk:
+            continue
         if normalise:
             made = [(c.image, c.parts, c.extras) for c in cell_crops(images, size, padding=padding)]
         else:
@@ -184,6 +198,9 @@ def prepare_crops(paths: list[Path], size: int, normalise: bool, cache: Path, pr
             with atomic_path(files[i]) as tmp:
                 with open(tmp, "wb") as fh:
                     np.savez(fh, image=im, mask=m, extras=e)
+    if bad:  # the readable ones are cached: a run after the bad ones are mended or removed starts from them
+        raise HemasegInputError(bad[0].path, f"{bad[0].reason} ({len(bad)} crop(s) unreadable in all, each named "
+                                             "above): mend or remove them")
     if not files:
         return (np.zeros((0, size, size, 3), np.uint8), np.zeros((0, size, size), np.uint8),
                 np.zeros((0, N_EXTRAS), np.float32))
@@ -416,7 +433,12 @@ def load_split(cfg: ClassifyConfig, run: Path) -> tuple[list, list]:
     path = run / "split.json"
     if path.exists():
         d = json.loads(path.read_text())
-        return [(Path(p), c) for p, c in d["train"]], [(Path(p), c) for p, c in d["val"]]
+        train, val = [(Path(p), c) for p, c in d["train"]], [(Path(p), c) for p, c in d["val"]]
+        gone = [p for p, _ in train + val if not p.exists()]
+        if gone:  # a resume after a crop was moved or deleted: a traceback before
+            raise HemasegInputError(gone[0], f"listed in {path} but gone ({len(gone)} crop(s) of the run's split "
+                                             "missing): put them back to resume, or start a new run")
+        return train, val
     if cfg.split:
         (train, val), origin = given_split(cfg), {"from": str(cfg.split)}
     else:
@@ -499,9 +521,13 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
     def crops_of(paths):  # this run's crops: its size, normalisation and padding
         return prepare_crops(paths, cfg.size, cfg.normalise_cells, cache, progress, cfg.crop_padding)
 
-    tr_img, tr_mask, tr_ext = crops_of([p for p, _ in train])
+    # one pass over both parts, so that every unreadable crop is named in one run (prepare_crops)
+    all_img, all_mask, all_ext = crops_of([p for p, _ in train + val])
+    n_tr = len(train)
+    tr_img, tr_mask, tr_ext = all_img[:n_tr], all_mask[:n_tr], all_ext[:n_tr]
     tr_lab = np.array([classes.index(c) for _, c in train])
-    va_img, va_parts, va_ext = crops_of([p for p, _ in val])
+    va_img, va_parts, va_ext = all_img[n_tr:], all_mask[n_tr:], all_ext[n_tr:]
+    del all_img, all_mask, all_ext
     va_lab = np.array([classes.index(c) for _, c in val], int)
     n_extras = (int(start[1]["architecture"]["kwargs"].get("extras", 0)) if start is not None
                 else N_EXTRAS if cfg.extras else 0)
@@ -558,7 +584,9 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
         for part, share in ((replayed, cfg.replay_share), (~replayed, 1.0 - cfg.replay_share)):
             sample_w[part] = share * draw_weights(tr_lab[part], labs[part], len(classes), cfg.lab_balance)
     card = {
-        "name": f"wbc-type-{arch_kwargs['backbone']}" if "backbone" in arch_kwargs else start[1].get("name", "wbc-type"),
+        # a fine-tune is named after its run, so a report or a card tells it from its start model
+        "name": (f"{start[1].get('name', 'wbc-type')} fine-tuned ({run.resolve().name})" if start is not None else
+                 f"wbc-type-{arch_kwargs['backbone']}" if "backbone" in arch_kwargs else "wbc-type"),
         "task": "wbc-type",
         "classes": classes,
         "architecture": {"name": arch_name, "kwargs": arch_kwargs},
@@ -570,7 +598,12 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
         "training": {"data": cfg.data, "target_images": cfg.target_images if not isinstance(cfg.target_images, list)
                      else f"{len(cfg.target_images)} images", "n_train": len(train), "n_val": len(val),
                      "class_counts": dict(zip(classes, counts.astype(int).tolist())), "seed": cfg.seed,
-                     "augment": cfg.augment, "split": str(run / "split.json"), "init": cfg.init,
+                     "augment": cfg.augment, "split": str((run / "split.json").resolve()), "init": cfg.init,
+                     "epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size,
+                     "samples_per_epoch": cfg.samples_per_epoch, "replay": cfg.replay or None,
+                     "replay_share": cfg.replay_share if cfg.replay else None,
+                     "n_train_data": int((~replayed).sum()), "n_val_data": int(sum(not any(_under(p, r) for r in
+                                                                                         cfg.replay) for p, _ in val)),
                      "lab_balance": cfg.lab_balance,
                      "looks": {"from": cfg.looks, "crops": 0 if looks is None else len(looks), "share": cfg.looks_share}
                      if cfg.looks else None},
@@ -637,14 +670,24 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
         best = next(h for h in state["history"] if h["epoch"] == state["best_epoch"])
         val_scores = {k: best[k] for k in ("accuracy", "macro_f1", "accuracy_5", "accuracy_4", "accuracy_2", "ece")
                       if k in best}
-        temperature = 1.0
-        if len(va_lab):
+        # too few validation crops cannot calibrate: 3-5 crops all right took the temperature to its 0.25 floor, a
+        # 16-px crop then "LYMPHOCYTE 1.000"; the start model's temperature (or none) is kept, and said
+        temperature = float(start[1].get("temperature", 1.0)) if start is not None else 1.0
+        if 0 < len(va_lab) < MIN_CALIBRATION_CROPS:
+            log.warning(f"{len(va_lab)} validation crops, fewer than {MIN_CALIBRATION_CROPS}: not calibrated on "
+                        f"them; temperature {temperature:g} kept" + (" from the start model" if start is not None
+                                                                    else ""))
+        if len(va_lab) >= MIN_CALIBRATION_CROPS:
             # Calibration on the validation crops (the checkpoint was chosen on them too): one
             # temperature for all classes, so the ranking, hence the accuracy, is unchanged.
             temperature = fit_temperature(predict(model, va_img, extras=va_ext, logits=True, colour=cfg.colour, parts=va_parts), va_lab)
+        if len(va_lab):
             probs = predict(model, va_img, extras=va_ext, temperature=temperature, colour=cfg.colour, parts=va_parts)
             val_scores["ece_uncalibrated"] = val_scores.get("ece", 0.0)
             val_scores["ece"] = expected_calibration_error(probs, va_lab)
+            own = np.array([not any(_under(p, r) for r in cfg.replay) for p, _ in val], bool)
+            if cfg.replay and own.any():  # the pooled figures are mostly the replayed labs': the lab's own apart
+                val_scores["data_only"] = {**scores(probs[own], va_lab[own], classes), "n": int(own.sum())}
             rep = classification_report(va_lab, probs.argmax(1), classes)
             plot_confusion(np.array(rep["confusion"]), classes, run / "confusion.png",
                            f"validation, epoch {state['best_epoch']}: acc {rep['accuracy']:.3f}, "
