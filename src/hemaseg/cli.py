@@ -24,7 +24,7 @@ from hemaseg.engine.predict import backend_scope, get_model, resolve_device
 from hemaseg.engine.runtime import BACKENDS, check_backend, require_torch
 from hemaseg.engine.task import Task, param_value, params_help
 from hemaseg.engine.tiling import DEFAULT_TILE
-from hemaseg.engine.train import LOCK, RUN_FILES, has_checkpoint, prepare_run, remove_run_files
+from hemaseg.engine.train import RUN_FILES, has_checkpoint, prepare_run, remove_run_files
 from hemaseg.errors import HemasegError, HemasegInputError, HemasegUsageError
 from hemaseg.io.convert import CONVERTERS
 from hemaseg.io.convert import convert as run_convert
@@ -696,7 +696,7 @@ def train(
                     if created:
                         shutil.rmtree(out, ignore_errors=True)
                     else:  # what this attempt wrote (a smear10 bank or validation set too: reused unsaid)
-                        remove_run_files(out, set(RUN_FILES + tuple(spec.run_files) + (LOCK,)) - before)
+                        remove_run_files(out, set(RUN_FILES + tuple(spec.run_files)) - before)
                 raise
     except HemasegUsageError as exc:
         raise typer.BadParameter(exc.reason, param_hint=exc.option) from None

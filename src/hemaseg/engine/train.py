@@ -495,15 +495,15 @@ def nothing_to_resume(run: Path) -> HemasegUsageError:
                                          "own command)")
 
 
-LOCK = ".lock"  # held (flock) by the process training a run folder
-_LOCKS: dict[str, object] = {}  # run folder -> its open lock file, held until the process ends
+_LOCKS: dict[str, int] = {}  # run folder -> the descriptor its lock is held on, until the process ends
 
 
 def hold_run(run: Path, option: str) -> None:
     """Take the run folder's lock for this process: a second trainer (``--resume`` of a run still training,
     which the refusal of its ``--out`` invited) would clear the live run's pending checkpoint and commit through
-    it (:class:`HemasegUsageError` naming ``option``). Held until the process ends; a killed process's lock goes
-    with it. Where ``fcntl`` is missing (Windows) nothing is locked."""
+    it (:class:`HemasegUsageError` naming ``option``). An flock on the folder itself (no file is left in it), held
+    until the process ends; a killed process's lock goes with it. Where ``fcntl`` is missing (Windows) nothing is
+    locked."""
     try:
         import fcntl
     except ImportError:
@@ -511,14 +511,14 @@ def hold_run(run: Path, option: str) -> None:
     key = str(Path(run).resolve())
     if key in _LOCKS:
         return
-    fh = open(Path(run) / LOCK, "a+")
+    fd = os.open(key, os.O_RDONLY)
     try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
-        fh.close()
+        os.close(fd)
         raise HemasegUsageError(option, f"{run} is being trained by another process now; wait for it to end (or "
                                         "stop it), then --resume it") from None
-    _LOCKS[key] = fh
+    _LOCKS[key] = fd
 
 
 def start_or_resume(cfg, config_class, run: Path, resume: bool, task: str | None = None) -> tuple:
