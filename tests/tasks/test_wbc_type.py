@@ -893,6 +893,7 @@ def test_a_lab_fine_tune_says_what_it_cannot_use_and_its_card_says_how_it_was_ma
     (mine / "Platelets" / "p0.jpg").unlink()
     shutil.rmtree(mine / "Platelets")
     (mine / "loose.jpg").unlink()
+    Image.fromarray(np.full((72, 72, 3), 235, np.uint8)).save(mine / "Neutrophils" / "blank.jpg")  # no cell at all
     caplog.clear()
     ft = tmp_path / "ft"
     res = runner.invoke(app, ["train", "wbc-type", "--init", str(run), "--data", str(mine), "--out", str(ft),
@@ -906,6 +907,7 @@ def test_a_lab_fine_tune_says_what_it_cannot_use_and_its_card_says_how_it_was_ma
     start = json.loads((run / "model.json").read_text())
     assert card["name"] == f"{start['name']} fine-tuned (ft)" and card["temperature"] == start["temperature"]
     assert "fewer than 30: not calibrated on them" in caplog.text
+    assert "1 crop(s) of a white-cell type where no WBC is found" in caplog.text and "blank.jpg" in caplog.text
     # a run not finished is used, and said
     (ft / "model.safetensors").unlink()
     caplog.clear()

@@ -165,6 +165,7 @@ def _cache_key(path: Path, size: int, normalise: bool, padding: str) -> str:
 
 
 PREPARE_CHUNK = 64  # crops normalised together (one batch through the WBC network)
+WHITE_CELLS = (*TYPES, "ig")  # types whose crops hold a WBC the segmentation should find (not platelets)
 MIN_CALIBRATION_CROPS = 30  # fewer validation crops fit no temperature (it is kept: the start model's, or 1)
 
 
@@ -527,6 +528,11 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
     tr_img, tr_mask, tr_ext = all_img[:n_tr], all_mask[:n_tr], all_ext[:n_tr]
     tr_lab = np.array([classes.index(c) for _, c in train])
     va_img, va_parts, va_ext = all_img[n_tr:], all_mask[n_tr:], all_ext[n_tr:]
+    if cfg.normalise_cells:  # classify calls such a crop NO_WBC; here it would be learnt as its folder's white cell
+        blank = [p for (p, c), m in zip(train + val, all_mask) if c in WHITE_CELLS and not m.any()]
+        if blank:
+            log.warning(f"{len(blank)} crop(s) of a white-cell type where no WBC is found, used as labelled (first: "
+                        f"{blank[0]}); remove those that hold none")
     del all_img, all_mask, all_ext
     va_lab = np.array([classes.index(c) for _, c in val], int)
     n_extras = (int(start[1]["architecture"]["kwargs"].get("extras", 0)) if start is not None
