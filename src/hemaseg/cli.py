@@ -24,7 +24,7 @@ from hemaseg.engine.predict import backend_scope, get_model, resolve_device
 from hemaseg.engine.runtime import BACKENDS, check_backend, require_torch
 from hemaseg.engine.task import Task, param_value, params_help
 from hemaseg.engine.tiling import DEFAULT_TILE
-from hemaseg.engine.train import RUN_FILES, has_checkpoint, prepare_run, remove_run_files
+from hemaseg.engine.train import RUN_FILES, has_checkpoint, hold_run, prepare_run, remove_run_files
 from hemaseg.errors import HemasegError, HemasegInputError, HemasegUsageError
 from hemaseg.io.convert import CONVERTERS
 from hemaseg.io.convert import convert as run_convert
@@ -533,8 +533,8 @@ def train(
     arch: Optional[str] = typer.Option(None, help="architecture name (see `hemaseg models`; default unet-dropout); "
                                                  "cells: also maskrcnn"),
     epochs: Optional[int] = typer.Option(None, help="default: the task's (wbc 200, nuclei 100, smear10 130, cells 60, wbc-type 50)"),
-    batch_size: Optional[int] = typer.Option(None, help="default: the task's (wbc 16, nuclei 8, smear10 16, cells 8, "
-                                                        "wbc-type 32)"),
+    batch_size: Optional[int] = typer.Option(None, help="default: the task's (wbc 16, nuclei 8, smear10 16, cells 8 "
+                                                        "(maskrcnn 4), wbc-type 32)"),
     lr: Optional[float] = typer.Option(None, help="peak learning rate (default: the task's; wbc-type 3e-3, the "
                                                   "others 2e-3)"),
     crop: Optional[int] = typer.Option(None, help="training crop size in px (wbc 160, nuclei 224; wbc-type input 80)"),
@@ -685,6 +685,8 @@ def train(
                 real_fields=real_fields, modalities=modalities or None, colour=colour, crop_padding=crop_padding_,
                 depth_weight=depth_weight, lab_balance=lab_balance)
             created = not out.exists()
+            if out.is_dir():  # before --overwrite deletes anything: a run another process trains is left alone
+                hold_run(out, "--out")
             prepare_run(out, overwrite=overwrite, extra_files=spec.run_files)
             before = {n for n in RUN_FILES + tuple(spec.run_files) if (out / n).exists()}
             try:

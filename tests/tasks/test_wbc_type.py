@@ -895,6 +895,8 @@ def test_a_lab_fine_tune_says_what_it_cannot_use_and_its_card_says_how_it_was_ma
     (mine / "loose.jpg").unlink()
     Image.fromarray(np.full((72, 72, 3), 235, np.uint8)).save(mine / "Neutrophils" / "blank.jpg")  # no cell at all
     caplog.clear()
+    start = json.loads((run / "model.json").read_text())
+    (run / "model.json").write_text(json.dumps({**start, "temperature": 0.7}))  # kept, not 1.0 by default
     ft = tmp_path / "ft"
     res = runner.invoke(app, ["train", "wbc-type", "--init", str(run), "--data", str(mine), "--out", str(ft),
                               "--replay", str(data), *base])
@@ -904,8 +906,7 @@ def test_a_lab_fine_tune_says_what_it_cannot_use_and_its_card_says_how_it_was_ma
     assert (t["epochs"], t["lr"], t["samples_per_epoch"], t["replay"], t["replay_share"]) == (1, 3e-3, 4, [str(data)], 0.5)
     assert t["n_val_data"] == 4 and Path(t["split"]).is_absolute()
     assert card["metrics"]["val"]["data_only"]["n"] == 4  # the lab's own validation crops apart from the replayed
-    start = json.loads((run / "model.json").read_text())
-    assert card["name"] == f"{start['name']} fine-tuned (ft)" and card["temperature"] == start["temperature"]
+    assert card["name"] == f"{start['name']} fine-tuned (ft)" and card["temperature"] == 0.7
     assert "fewer than 30: not calibrated on them" in caplog.text
     assert "1 crop(s) of a white-cell type where no WBC is found" in caplog.text and "blank.jpg" in caplog.text
     # a run not finished is used, and said

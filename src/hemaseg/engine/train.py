@@ -495,7 +495,22 @@ def nothing_to_resume(run: Path) -> HemasegUsageError:
                                          "own command)")
 
 
-_LOCKS: dict[str, int] = {}  # run folder -> the descriptor its lock is held on, until the process ends
+_LOCKS: dict[tuple[int, int], int] = {}  # run folder (device, inode) -> the descriptor its lock is held on
+
+
+def _drop_locks_in_child() -> None:
+    """A forked child (a data-loader worker) closes its copies of the lock descriptors: an flock lives while
+    any copy is open, so an orphaned worker kept a killed trainer's run locked for seconds."""
+    for fd in _LOCKS.values():
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _LOCKS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_locks_in_child)
 
 
 def hold_run(run: Path, option: str) -> None:
@@ -508,16 +523,18 @@ def hold_run(run: Path, option: str) -> None:
         import fcntl
     except ImportError:
         return
-    key = str(Path(run).resolve())
+    fd = os.open(Path(run), os.O_RDONLY)
+    st = os.fstat(fd)
+    key = (st.st_dev, st.st_ino)  # by identity: a folder deleted and made again is another folder, unlocked
     if key in _LOCKS:
+        os.close(fd)
         return
-    fd = os.open(key, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         os.close(fd)
         raise HemasegUsageError(option, f"{run} is being trained by another process now; wait for it to end (or "
-                                        "stop it), then --resume it") from None
+                                        "stop it), then --resume it; nothing was changed") from None
     _LOCKS[key] = fd
 
 

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
-from hemaseg.core.vocabulary import KNOWN_NAMES, canonical_name
+from hemaseg.core.vocabulary import KNOWN_NAMES
 from hemaseg.errors import HemasegInputError
 from hemaseg.io.images import IMAGE_SUFFIXES, describe_values, read_image, read_mask
+from hemaseg.io.writers import written_grid
+from hemaseg.progress import warn_once
 
 MASK_DIRS = ("masks", "mask", "labels", "label", "segments", "gt")
 IMAGE_DIRS = ("images", "image", "imgs")
@@ -225,18 +227,17 @@ TYPE_ALIASES = {"neutrophils": "neutrophil", "eosinophils": "eosinophil", "monoc
 
 def canonical_type(name: str) -> str:
     """Folder/class name -> canonical lower-case cell type ('Neutrophils' -> 'neutrophil'; 'Platelets',
-    'Erythroblasts' as the project spells them, :func:`~hemaseg.core.vocabulary.canonical_name`).
+    'Erythroblasts': the plural of a name the project knows).
 
-    >>> canonical_type("Lymphocytes"), canonical_type("Erythroblasts"), canonical_type("Smudge")
-    ('lymphocyte', 'erythroblast', 'smudge')
+    >>> canonical_type("Lymphocytes"), canonical_type("Erythroblasts"), canonical_type("Smudge (lymphocyte)")
+    ('lymphocyte', 'erythroblast', 'smudge (lymphocyte)')
     """
     n = name.strip().lower()
     if n in TYPE_ALIASES:
         return TYPE_ALIASES[n]
-    for c in (canonical_name(name), n[:-1] if n.endswith("s") else n):
-        if c in KNOWN_NAMES:
-            return c
-    return n
+    # the plural of a name the project knows, and nothing more: "Smudge (lymphocyte)" stays unknown, refused or
+    # said, never read as lymphocytes
+    return n[:-1] if n.endswith("s") and n[:-1] in KNOWN_NAMES else n
 
 
 def find_labelled_cells(root: str | Path) -> list[tuple[Path, str]]:
@@ -290,9 +291,10 @@ def find_labelled_cells(root: str | Path) -> list[tuple[Path, str]]:
         files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         out += [(p, canonical_type(folder.name)) for p in files]
         empty += [] if files else [folder.name]
-    loose = [p.name for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    loose = [p.name for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+             and not written_grid(p)]  # evaluate's own confusion.png there is no crop
     if out and (loose or empty):  # dropped without a word before; a folder of crops alone is no labelled set
-        logging.getLogger(__name__).warning(
+        warn_once(logging.getLogger(__name__), ("labelled cells", str(root.resolve())),
             "%s: %s", root, "; ".join(part for part in (
                 f"{len(loose)} image(s) at the top, in no <type>/ folder, left out (first: {sorted(loose)[0]})"
                 if loose else "", f"type folder(s) holding no image: {', '.join(empty)}" if empty else "") if part))

@@ -148,8 +148,8 @@ def resolve_model_path(name_or_path: str | Path) -> Path:
             if (p / cand).exists():
                 if cand != "model.safetensors":  # a run not finished (killed, or training): used, but said
                     warn_once(logging.getLogger(__name__), ("unfinished run", str(p.resolve())),
-                              "%s: no model.safetensors (the run has not finished): its %s is used, without the "
-                              "final model's calibration; --resume the run to finish it", p, cand)
+                              "%s: no model.safetensors (the run is still training, or was stopped): its %s is "
+                              "used, not a finished run's model", p, cand)
                 return p / cand
         raise HemasegInputError(p, "folder holds no model.safetensors, best.safetensors or last.safetensors")
     if p.suffix == ".json" and p.with_suffix(".safetensors").exists():

@@ -218,7 +218,9 @@ def prepare(data: list[str], run: Path, seed: int, val_fraction: float, leave_ou
     # one photo went to validation and left none to train on: the sampler said "no weight to the strata []"
     if not val_set or all(str(p) in val_set for p, _ in items):
         raise HemasegInputError(", ".join(data), f"{len(items)} annotated photo(s) usable here: at least two are "
-                                "needed, one kept for validation (or a dataset's own train and val splits)")
+                                "needed, one kept for validation (or a dataset's own train and val splits)"
+                                if len(items) < 2 else f"all {len(items)} annotated photos are in the data's own "
+                                "validation split (val/, val.txt): none is left to train on")
     write_coco(cache, [e for _, e in items])
     write_json(split_path, {"seed": seed, "val_source": " + ".join(sorted(val_sources)) or "seeded",
                             "leave_out": list(leave_out),

@@ -146,15 +146,16 @@ def split_labelled(items: list[tuple[Path, str]], val_fraction: float, seed: int
     """Seeded split stratified by class: (train, val) lists of (path, class)."""
     rng = np.random.default_rng(seed)
     train, val = [], []
-    few = sorted(c for c in {c for _, c in items} if sum(k == c for _, k in items) <= 2)
-    if few:  # their calls are never checked, and weigh in no checkpoint's choice nor the calibration
-        log.warning(f"type(s) with 2 crops or fewer, none kept for validation: {', '.join(few)}")
+    none = []
     for c in sorted({c for _, c in items}):
         group = sorted((p for p, k in items if k == c), key=str)
         order = rng.permutation(len(group))
         n_val = int(round(len(group) * val_fraction)) if len(group) > 2 else 0
+        none += [f"{c} ({len(group)})"] if n_val == 0 and val_fraction > 0 else []
         val += [(group[i], c) for i in order[:n_val]]
         train += [(group[i], c) for i in order[n_val:]]
+    if none:  # their calls are never checked, and weigh in no checkpoint's choice nor the calibration
+        log.warning(f"type(s) too small for a validation crop at --val-fraction {val_fraction:g}: {', '.join(none)}")
     return sorted(train, key=lambda t: str(t[0])), sorted(val, key=lambda t: str(t[0]))
 
 
@@ -591,7 +592,8 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
             sample_w[part] = share * draw_weights(tr_lab[part], labs[part], len(classes), cfg.lab_balance)
     card = {
         # a fine-tune is named after its run, so a report or a card tells it from its start model
-        "name": (f"{start[1].get('name', 'wbc-type')} fine-tuned ({run.resolve().name})" if start is not None else
+        "name": (f"{start[1].get('name', 'wbc-type').split(' fine-tuned (')[0]} fine-tuned ({run.resolve().name})"
+                 if start is not None else
                  f"wbc-type-{arch_kwargs['backbone']}" if "backbone" in arch_kwargs else "wbc-type"),
         "task": "wbc-type",
         "classes": classes,
