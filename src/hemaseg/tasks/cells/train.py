@@ -179,9 +179,13 @@ def prepare(data: list[str], run: Path, seed: int, val_fraction: float, leave_ou
         return [i for i in items if str(i[0]) not in val], [i for i in items if str(i[0]) in val]
     found_by_root = []
     for root in data:
-        found = find_annotated_photos(root)
+        failed: list[dict] = []
+        found = find_annotated_photos(root, failed)
+        for f in failed:  # a photo the annotations name but that is not there was left out without a word
+            log.warning("%s: %s; left out of training", f["image"], f["reason"])
         if not found:
-            raise HemasegInputError(root, "no annotated photos found")
+            raise HemasegInputError(root, "no annotated photos found" + (f" ({len(failed)} annotated, none usable: "
+                                                                         "each named above)" if failed else ""))
         found_by_root.append((root, found))
     sources_seen = {e.get("source") for _, found in found_by_root for _, e in found if e.get("source")}
     unknown = sorted(set(leave_out) - sources_seen)
@@ -215,6 +219,12 @@ def prepare(data: list[str], run: Path, seed: int, val_fraction: float, leave_ou
         rng = np.random.default_rng(seed)
         order = rng.permutation(len(items))
         val_set = {str(items[i][0]) for i in order[:max(1, int(round(val_fraction * len(items))))]}
+    by_name: dict[str, Path] = {}
+    for path, _ in items:  # the run keeps its photos by file name (the cache, a resume): two of one name would swap
+        if path.name in by_name:
+            raise HemasegInputError(path, f"has the same file name as {by_name[path.name]}; a training run keeps its "
+                                          "photos by file name: rename one")
+        by_name[path.name] = path
     # one photo went to validation and left none to train on: the sampler said "no weight to the strata []"
     if not val_set or all(str(p) in val_set for p, _ in items):
         raise HemasegInputError(", ".join(data), f"{len(items)} annotated photo(s) usable here: at least two are "
