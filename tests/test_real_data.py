@@ -103,3 +103,29 @@ def test_classifier_on_bccd_held_out_crops():
         assert abs(sum(probs.values()) - 1) < 1e-4
         right += max(probs, key=probs.get) == c
     assert len(val) == 56 and right >= 44
+
+
+@pytest.mark.skipif(not (DATA / "bccd").is_dir(), reason="../shared/data/bccd not present")
+def test_analyzes_own_outlines_read_back_from_cvat_score_one(tmp_path):
+    """The analyze -> CVAT -> evaluate loop (stop 66): CVAT keeps outlines only, whose tight boxes the found cells'
+    grown boxes (box_scale: platelets x1.57) never met: platelet AP 0.0 on analyze's own unedited pre-annotations."""
+    from typer.testing import CliRunner
+
+    from hemaseg.cli import app
+
+    runner = CliRunner()
+    photos = tmp_path / "ds" / "images"
+    photos.mkdir(parents=True)
+    for n in ("BloodImage_00001.jpg", "BloodImage_00002.jpg"):  # a platelet each
+        (photos / n).write_bytes((DATA / "bccd" / "BCCD" / "JPEGImages" / n).read_bytes())
+    assert runner.invoke(app, ["analyze", str(photos), "--out", str(tmp_path / "an"), "--cvat",
+                               str(tmp_path / "c.xml")]).exit_code == 0
+    assert runner.invoke(app, ["convert", "--from", "cvat", "--to", "coco", str(tmp_path / "c.xml"),
+                               str(tmp_path / "ds" / "annotations.json")]).exit_code == 0
+    res = runner.invoke(app, ["evaluate", "cells", "--data", str(tmp_path / "ds"), "--json", str(tmp_path / "e.json"),
+                              "--grid", str(tmp_path / "g.png")])
+    assert res.exit_code == 0, res.output
+    import json
+
+    mean = json.loads((tmp_path / "e.json").read_text())["mean"]
+    assert mean["ap50_platelet"] == 1.0 and mean["map50"] == 1.0
