@@ -605,3 +605,13 @@ def test_post_help_lists_every_knob_with_the_models_value_and_what_it_does():
         assert [ln.split(" = ")[0].strip() for ln in lines[1:]] == names
     res = runner.invoke(app, ["segment", "x.png", "--task", "nuclei", "--post", "help"])
     assert "seed_threshold = 0.4 [0.5]: interior probability" in res.output  # the card's value, the class default
+
+
+def test_a_folder_of_sub_folders_is_said_to_be_searched_no_deeper(tmp_path):
+    """A walkthrough (stop 66): `analyze photos` with photos only in sub-folders said "no images found", exit 1,
+    and not that sub-folders are not searched (a quoted glob reaches them)."""
+    (tmp_path / "photos" / "day1").mkdir(parents=True)
+    Image.fromarray(np.full((40, 40, 3), 200, np.uint8)).save(tmp_path / "photos" / "day1" / "a.png")
+    for cmd in (["analyze"], ["segment"]):
+        res = runner.invoke(app, [*cmd, str(tmp_path / "photos"), "--out", str(tmp_path / "o")])
+        assert res.exit_code == 1 and "sub-folders are not searched" in res.output and "**" in res.output, res.output

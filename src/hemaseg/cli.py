@@ -164,6 +164,14 @@ def _out_apart_from_inputs(images, out: Path, recursive: bool = False, paths=())
                                          "lie among the inputs and the files beside them; write to another folder")
 
 
+def _none_found(images) -> str:
+    """What to say when ``images`` hold no image: "no images found", and where a folder's sub-folders hold some,
+    that they are not searched (a folder of sub-folders said "no images found" alone)."""
+    deeper = next((item for item in images if Path(item).is_dir() and expand_inputs([item], True)), None)
+    return "no images found" + (f" ({deeper}'s sub-folders are not searched: give them, or quote a glob such as "
+                                f"'{Path(deeper) / '**' / '*.jpg'}')" if deeper else "")
+
+
 def _empty_folders(images, recursive: bool = False) -> int:
     """One line for each folder among ``images`` that holds no image (a failed input, as a glob matching
     nothing is: a walkthrough's empty folder beside a photo gave exit 0 without a word); their number."""
@@ -389,7 +397,7 @@ def analyze(
     paths = list_images(images)
     _out_apart_from_inputs(images, out, paths=paths)
     if not paths:
-        _fail(" ".join(images), "no images found")
+        _fail(" ".join(images), _none_found(images))
         raise typer.Exit(1)
     in_parts = next((p for p in paths if (out / BATCH_PARTS).resolve() in Path(p).resolve().parents), None)
     if in_parts is not None:  # --overwrite deleted it with the batch's parts
@@ -495,7 +503,7 @@ def segment(
     paths = list_images(images)
     _out_apart_from_inputs(images, out, paths=paths)
     if not paths:
-        _fail(" ".join(images), "no images found")
+        _fail(" ".join(images), _none_found(images))
         raise typer.Exit(1)
     endings = [f"{s}.png" for s in spec.label_suffixes] + [".json"] + (["_overlay.png"] if overlay else [])
     stems = _stems(paths, out, endings)
@@ -873,7 +881,7 @@ def explain(
     # nor the folder of an input file: the Grad-CAM PNGs were written among the crops, then classified as crops
     _out_apart_from_inputs(images, out, recursive=True, paths=paths)
     if not paths:
-        _fail(" ".join(images), "no images found")
+        _fail(" ".join(images), _none_found(images))
         raise typer.Exit(1)
     size = int(card.get("input_size", 96))
     crops, parts, labels = [], [], []
@@ -1072,7 +1080,7 @@ def crop(
         _refuse_other_task(loaded[1], model, "wbc")
     paths = list_images(images)
     if not paths:
-        _fail(" ".join(images), "no images found")
+        _fail(" ".join(images), _none_found(images))
         raise typer.Exit(1)
     _out_apart_from_inputs(images, out, paths=paths)  # crops and crops.csv would lie among the photos
     inside = [p for p in paths if Path(p).resolve().is_relative_to((out / "unknown").resolve())]

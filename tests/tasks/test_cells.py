@@ -816,3 +816,28 @@ def test_training_says_which_annotated_photos_are_missing_and_refuses_two_of_one
     # beside the file, and now said (still left: the name does not keep its folder)
     assert len(train) + len(val) == 3 and "x.png: annotated in annotations.json, but no such photo" in caplog.text
     assert all(sum(m["category"] == "wbc" for m in e["masks"]) == 1 for _, e in train + val)  # the ig is a WBC
+    # a box drawn among outlines is cut to the cell inside it, not trained as a filled rectangle
+    import cv2 as _cv2
+
+    from hemaseg.io.annotations import mask_record
+
+    img, _ = _photo(rng)
+    Image.fromarray(img).save(root / "mixed.png")
+    disc = np.zeros((120, 160), np.uint8)
+    _cv2.circle(disc, (25, 25), 11, 1, -1)
+    outline = mask_record(disc.astype(bool), "rbc")
+    box = {"class_name": "rbc", "score": 1.0, "bounding_box": {"x1": 88, "x2": 113, "y1": 17, "y2": 43},
+           "vertices": box_vertices(88, 17, 113, 43)}
+    (tmp_path / "m").mkdir()
+    for n in ("mixed.png", "mixed2.png"):
+        (tmp_path / "m" / n).write_bytes((root / "mixed.png").read_bytes())
+    write_coco(tmp_path / "m" / "annotations.json", [{"filename": n, "height": 120, "width": 160,
+                                                      "masks": [outline, box]} for n in ("mixed.png", "mixed2.png")])
+    (tmp_path / "run2").mkdir()
+    from hemaseg.io.annotations import rasterise
+
+    train, val = prepare([str(tmp_path / "m")], tmp_path / "run2", 0, 0.3)
+    for _, e in train + val:
+        boxed = [m for m in e["masks"] if m["bounding_box"]["x1"] >= 85]
+        assert len(e["masks"]) == 2 and len(boxed) == 1
+        assert rasterise(boxed[0]["vertices"], (120, 160)).sum() < 0.9 * 25 * 26  # the cell inside, not its box

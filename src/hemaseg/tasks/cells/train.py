@@ -144,13 +144,15 @@ def _annotated_photos(root: Path, failed: list[dict] | None) -> list[tuple[Path,
     return out
 
 
+def is_box(record: dict) -> bool:
+    """The object is a 4-corner axis-aligned rectangle (a VOC box, a CVAT <box>), not an outline."""
+    v = record["vertices"]
+    return len(v) == 4 and len({x for x, _ in v}) <= 2 and len({y for _, y in v}) <= 2
+
+
 def is_box_only(entry: dict) -> bool:
     """True when every object is a 4-corner axis-aligned rectangle (VOC boxes, CVAT <box>)."""
-    for m in entry["masks"]:
-        v = m["vertices"]
-        if len(v) != 4 or len({x for x, _ in v}) > 2 or len({y for _, y in v}) > 2:
-            return False
-    return True
+    return all(is_box(m) for m in entry["masks"])
 
 
 def val_names(root: str | Path) -> set[str] | None:
@@ -211,6 +213,11 @@ def prepare(data: list[str], run: Path, seed: int, val_fraction: float, leave_ou
                 continue
             if is_box_only(entry):
                 entry = pseudo_masks(read_image(path), entry)
+            elif any(is_box(m) for m in entry["masks"]):
+                # a box drawn among outlines (a CVAT <box> beside polygons) is cut as a box-only photo's are, not
+                # trained as a filled rectangle with its background corners
+                cut = pseudo_masks(read_image(path), {**entry, "masks": [m for m in entry["masks"] if is_box(m)]})
+                entry = {**entry, "masks": [m for m in entry["masks"] if not is_box(m)] + cut["masks"]}
             items.append((path, {**entry, "filename": path.name}))
             if (names is not None and path.stem in names) or entry.get("split") == "val":
                 val_set.add(str(path))
