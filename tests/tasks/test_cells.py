@@ -130,6 +130,12 @@ def test_cells_training_run(cells_run):
     assert card["input_scale"] == pytest.approx(TARGET_RBC_BOX / 24, abs=1e-3)
     # photos with a platelet are drawn half the time (every synthetic photo holds two)
     assert card["training"]["strata"] == {"platelets": 3} and card["training"]["stratum_weights"]["platelets"] == 0.5
+    # scored on its own VOC folder, evaluate says 3 of the 4 photos are the run's training photos (a walkthrough,
+    # stop 66: a COCO or VOC folder has no split of its own to say so)
+    from hemaseg.tasks import get_task
+
+    res = get_task("cells").evaluate([str(run.parent / "voc")], model=str(run))
+    assert any("3 of the 4 photos scored are this model's own training photos" in n for n in res["notes"])
 
 
 def _yolo(root, sources: dict[str, list[str]], seed=0):

@@ -46,6 +46,19 @@ from hemaseg.tasks.registry import register_task
 DEPENDS: tuple[str, ...] = ()
 
 
+def _trained_on(model, card: dict) -> set[str]:
+    """Resolved paths of the photos a run trained on, from its split.json (beside the model, or where its card says);
+    empty when neither is on this machine (the bundled model's)."""
+    for f in ([Path(model) / "split.json"] if isinstance(model, (str, Path)) and Path(model).is_dir() else []) + \
+            [Path(str((card.get("training") or {}).get("split") or "")), ]:
+        if f.name == "split.json" and f.is_file():
+            try:
+                return {str(Path(p).resolve()) for p in json.loads(f.read_text()).get("train", [])}
+            except (OSError, ValueError, AttributeError):
+                return set()
+    return set()
+
+
 def _extent(vertices: list) -> tuple[int, int, int, int]:
     """(x1, y1, x2, y2) of an outline on its outermost pixels (x2, y2 exclusive), as a record's box is written."""
     xs, ys = [int(v[0]) for v in vertices], [int(v[1]) for v in vertices]
@@ -123,6 +136,11 @@ class CellsTask(Task):
                          f"({', '.join(f'{k} {v}' for k, v in sorted(splits.items()))}), training photos "
                          "included; --split val (a split's name) or --split FILE (a split.json's 'val' list) "
                          "scores only those")
+        seen = _trained_on(model, loaded[1])
+        own = sum(1 for p, _ in photos if str(Path(p).resolve()) in seen)
+        if own:  # a run scored on its own training photos (a COCO or VOC folder has no split to say so)
+            notes.append(f"note: {own} of the {len(photos)} photos scored are this model's own training photos (its "
+                         "split.json): their scores flatter it; --split RUN/split.json scores its validation photos")
         cats = tuple(CATEGORIES)
         preds: dict = {c: [] for c in cats}
         truths: dict = {c: {} for c in cats}
