@@ -31,7 +31,7 @@ from hemaseg.io.convert import convert as run_convert
 from hemaseg.io.images import IMAGE_SUFFIXES, expand_inputs, list_images, open_image, pixel_size_um, read_image
 from hemaseg.io.outputs import output_stems, write_segmentation
 from hemaseg.io.writers import check_output, nan_as_null, write_json, write_png, write_text
-from hemaseg.models.registry import SAMPLE_PHOTO, WEIGHTS_DIR, card_figures, list_models, load_card, resolve_model_path
+from hemaseg.models.registry import SAMPLE_PHOTO, WEIGHTS_DIR, card_figures, list_models, load_card
 from hemaseg.pipelines.analyze import MIN_CONFIDENCE
 from hemaseg.pipelines.batch import PARTS as BATCH_PARTS
 from hemaseg.pipelines.batch import (
@@ -657,6 +657,7 @@ def train(
             data = _distinct_data(data)
             inputs = {"--data": data, "--replay": replay, "--looks": looks, "--held-out": [held_out] if held_out else [],
                       "--target-images": [target_images] if target_images else [], "--split": [split] if split else []}
+            weights = None
             if init:  # a model that does not load is a wrong option, as --model is (exit 2), before any work
                 try:
                     weights = load_card(init)[0]
@@ -665,13 +666,11 @@ def train(
                 if weights.suffix.lower() == ".onnx":  # (failed later, exit 1, as an input)
                     raise HemasegUsageError("--init", f"{init}: an ONNX file holds no weights to train on; give its "
                                                       ".safetensors, a run folder or a bundled name")
-            bundled = init and resolve_model_path(init).parent == WEIGHTS_DIR  # a bare name (even beside ./wbc/)
-            if init and not bundled and Path(init).exists():  # a path: absolute (a resume from elsewhere finds it)
+            # a path (not a bare bundled name, even beside a folder ./wbc/): absolute (a resume from elsewhere
+            # finds it), never in --out
+            if weights is not None and weights.parent != WEIGHTS_DIR and Path(init).exists():
                 init = str(Path(init).resolve())
-                try:
-                    inputs["--init"] = [resolve_model_path(init)]
-                except HemasegError:
-                    inputs["--init"] = [init]
+                inputs["--init"] = [weights.resolve()]
             here = out.resolve()
             written = set(RUN_FILES) | set(spec.run_files) | {"crops", ".pending"}  # what the run writes in --out
             for option, paths in inputs.items():  # ... and --overwrite clears: no input may be one of them

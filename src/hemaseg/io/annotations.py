@@ -62,6 +62,23 @@ def box_vertices(x1: int, y1: int, x2: int, y2: int) -> list[list[int]]:
     return [[x1, y1], [xr, y1], [xr, yb], [x1, yb]]
 
 
+def outline_box(vertices: list) -> dict:
+    """A record's ``bounding_box`` (x2, y2 exclusive) of an outline on its outermost pixels.
+
+    >>> outline_box([[3, 4], [14, 4], [14, 8]])
+    {'x1': 3, 'x2': 15, 'y1': 4, 'y2': 9}
+    """
+    xs, ys = [int(v[0]) for v in vertices], [int(v[1]) for v in vertices]
+    return {"x1": min(xs), "x2": max(xs) + 1, "y1": min(ys), "y2": max(ys) + 1}
+
+
+def clipped_box(bb: dict, height: int, width: int) -> tuple:
+    """(x1, y1, x2, y2) of a record's box clipped to an image of ``height`` x ``width``: empty (x2 <= x1 or
+    y2 <= y1) when the box lies outside it, as the writers that keep boxes (COCO, VOC, YOLO) take them."""
+    return (min(max(bb["x1"], 0), width), min(max(bb["y1"], 0), height),
+            min(max(bb["x2"], 0), width), min(max(bb["y2"], 0), height))
+
+
 def rasterise(vertices: list, shape: tuple[int, int]) -> np.ndarray:
     """(H, W) bool mask of a polygon given as [[x, y], ...] (the inverse of :func:`mask_record`).
 
@@ -332,11 +349,9 @@ def read_cvat(path: str | Path, failed: list[dict] | None = None) -> list[dict]:
             if not verts:
                 continue
             verts = [[int(round(x)), int(round(y))] for x, y in verts]
-            xs, ys = [v[0] for v in verts], [v[1] for v in verts]
             label = el.get("label", "")
             masks.append({"class_name": label, "category": category_of(label), "score": score,
-                          "bounding_box": {"x1": min(xs), "x2": max(xs) + 1, "y1": min(ys), "y2": max(ys) + 1},
-                          "vertices": verts})
+                          "bounding_box": outline_box(verts), "vertices": verts})
         entries.append({"filename": img.get("name", ""), "height": int(img.get("height", 0)),
                         "width": int(img.get("width", 0)), "masks": masks})
     if skipped:  # a brush <mask> or an <ellipse> is a cell someone drew: listed as left out (exit 1), not only logged
@@ -367,9 +382,7 @@ def to_coco(entries: list[dict], rle: bool = False, labels: list[str] | None = N
             if not mask.any():  # outside the image: no pixel to write (pycocotools cannot read an empty polygon)
                 outside += 1
                 continue
-            bb = m["bounding_box"]  # clipped to the image, as the mask and its area are
-            x1, x2 = min(max(bb["x1"], 0), w), min(max(bb["x2"], 0), w)
-            y1, y2 = min(max(bb["y1"], 0), h), min(max(bb["y2"], 0), h)
+            x1, y1, x2, y2 = clipped_box(m["bounding_box"], h, w)  # as the mask and its area are
             ann = {"id": len(anns) + 1, "image_id": i, "category_id": names.index(m["class_name"]) + 1,
                    "bbox": [x1, y1, x2 - x1, y2 - y1],
                    "area": int(mask.sum()), "iscrowd": 0, "score": m.get("score", 1.0)}
@@ -576,9 +589,7 @@ def to_voc(entry: dict) -> str:
         ET.SubElement(size, k).text = str(v)
     ET.SubElement(root, "segmented").text = "0"
     for m in entry["masks"]:
-        bb = m["bounding_box"]
-        x1, x2 = min(max(int(bb["x1"]), 0), w), min(max(int(bb["x2"]), 0), w)
-        y1, y2 = min(max(int(bb["y1"]), 0), h), min(max(int(bb["y2"]), 0), h)
+        x1, y1, x2, y2 = (int(v) for v in clipped_box(m["bounding_box"], h, w))
         if x2 <= x1 or y2 <= y1:  # outside the image: no box a reader could take back
             log.warning("%s: %r box outside the %d x %d image: left out", entry["filename"], m["class_name"], w, h)
             continue
@@ -599,18 +610,7 @@ def to_voc(entry: dict) -> str:
 def write_voc(out: str | Path, entries: list[dict]) -> Path:
     """``OUT/<stem>.xml`` per entry (:func:`to_voc`), as labelImg and BCCD keep them; images are not copied."""
     out = Path(out)
-    stems: dict[str, str] = {}
-    for e in entries:  # every name checked before anything is written
-        stem = Path(e["filename"]).stem
-        if not stem:
-            raise HemasegInputError(out, "an image without a file name; VOC names each XML after its image")
-        if stem.lower() in stems:
-            raise HemasegInputError(out, f"two images named {stem} ({stems[stem.lower()]}, {e['filename']}): "
-                                         "their XML files would collide")
-        stems[stem.lower()] = e["filename"]
-    texts = [(Path(e["filename"]).stem, to_voc(e)) for e in entries]  # every size checked first
-    for stem, text in texts:
-        write_text(out / f"{stem}.xml", text)
+    _write_per_image(out, entries, ".xml", to_voc, "VOC", "XML file")
     return out
 
 
@@ -696,7 +696,8 @@ def find_yolo(root: str | Path) -> list[tuple[Path, Path | None]]:
     # A label file no image claims would be dropped without a word; refuse it (text files that hold
     # no YOLO line, such as a README, are not label files).
     for txt in sorted(p for p in root.rglob("*") if p.suffix.lower() == ".txt" and p.is_file()):
-        if txt.name in YOLO_NAME_FILES or (txt.stat().st_dev, txt.stat().st_ino) in used:
+        st = txt.stat()
+        if txt.name in YOLO_NAME_FILES or (st.st_dev, st.st_ino) in used:
             continue
         first = next((ln for ln in txt.read_text(errors="replace").splitlines() if ln.strip()), "")
         if _YOLO_LINE.match(first):
@@ -751,8 +752,7 @@ def read_yolo_labels(path: str | Path, names: list[str], height: int, width: int
             box = {"x1": x1, "x2": x2, "y1": y1, "y2": y2}
         elif len(vals) >= 6 and len(vals) % 2 == 0:
             verts = [[_px(vals[j], width), _px(vals[j + 1], height)] for j in range(0, len(vals), 2)]
-            xs, ys = [v[0] for v in verts], [v[1] for v in verts]
-            box = {"x1": min(xs), "x2": max(xs) + 1, "y1": min(ys), "y2": max(ys) + 1}
+            box = outline_box(verts)
         else:
             raise HemasegInputError(path, f"line {i}: {len(vals)} numbers after the class; a box has 4 "
                                           "(cx cy w h), a polygon an even number from 6")
@@ -817,9 +817,7 @@ def to_yolo(entry: dict, names: list[str]) -> str:
         raise HemasegInputError(entry.get("filename", ""), "no image size; YOLO coordinates are fractions of it")
     lines = []
     for m in entry["masks"]:
-        bb = m["bounding_box"]
-        x1, x2 = min(max(bb["x1"], 0), w), min(max(bb["x2"], 0), w)
-        y1, y2 = min(max(bb["y1"], 0), h), min(max(bb["y2"], 0), h)
+        x1, y1, x2, y2 = clipped_box(m["bounding_box"], h, w)
         if x2 <= x1 or y2 <= y1:  # outside the image: a box of no size, which no YOLO reader takes back
             log.warning("%s: %r box outside the %d x %d image: left out", entry.get("filename", ""),
                         m["class_name"], w, h)
@@ -837,19 +835,26 @@ def write_yolo(out: str | Path, entries: list[dict], names: list[str] | None = N
     bad = next((n for n in names if not n.strip() or "\n" in n or "\r" in n), None)
     if bad is not None:  # classes.txt holds one name a line: an empty one is dropped when read back
         raise HemasegInputError(out, f"a class named {bad!r}: YOLO's class list holds one name a line; name it")
+    for e in entries:
+        if Path(e["filename"]).stem.lower() == "classes":
+            raise HemasegInputError(out, f"image {e['filename']}: its label file would be classes.txt, the class list")
+    _write_per_image(out, entries, ".txt", lambda e: to_yolo(e, names), "YOLO", "label file")
+    write_text(out / "classes.txt", "".join(f"{n}\n" for n in names))
+    return out
+
+
+def _write_per_image(out: Path, entries: list[dict], suffix: str, text_of, fmt: str, kind: str) -> None:
+    """``OUT/<stem><suffix>`` per entry, the text ``text_of(entry)``: every name and every text made (each image
+    size checked) before anything is written; two images of one stem (in any case) or none refused."""
     stems: dict[str, str] = {}
     for e in entries:
         stem = Path(e["filename"]).stem
         if not stem:
-            raise HemasegInputError(out, "an image without a file name; YOLO names each label file after its image")
-        if stem.lower() == "classes":
-            raise HemasegInputError(out, f"image {e['filename']}: its label file would be classes.txt, the class list")
+            raise HemasegInputError(out, f"an image without a file name; {fmt} names each {kind} after its image")
         if stem.lower() in stems:
             raise HemasegInputError(out, f"two images named {stem} ({stems[stem.lower()]}, {e['filename']}): "
-                                         "their label files would collide")
+                                         f"their {kind}s would collide")
         stems[stem.lower()] = e["filename"]
-    texts = [(Path(e["filename"]).stem, to_yolo(e, names)) for e in entries]  # every size checked first
+    texts = [(Path(e["filename"]).stem, text_of(e)) for e in entries]
     for stem, text in texts:
-        write_text(out / f"{stem}.txt", text)
-    write_text(out / "classes.txt", "".join(f"{n}\n" for n in names))
-    return out
+        write_text(out / f"{stem}{suffix}", text)

@@ -378,10 +378,11 @@ def _write_entries(fmt: str, entries: list[dict], out: Path, failed: list[dict] 
             stem = Path(e["filename"]).stem
             write_png(out / f"{stem}.png", inst)
             write_png(out / f"{stem}_classes.png", cls)
-            # one label a pixel: an object drawn over whole by a later one (a platelet inside a WBC's box) is lost
-            h, w = inst.shape
-            outside = sum(not A.rasterise(m["vertices"], (h, w)).any() for m in e["masks"])
-            gone = len(e["masks"]) - len(np.setdiff1d(np.unique(inst), [0])) - outside
+            # one label a pixel: an object drawn over whole by a later one (a platelet inside a WBC's box) is lost;
+            # of the labels missing from the map, those drawing no pixel at all lie outside the image
+            missing = np.setdiff1d(np.arange(1, len(e["masks"]) + 1), np.unique(inst))
+            outside = sum(not A.rasterise(e["masks"][k - 1]["vertices"], inst.shape).any() for k in missing)
+            gone = len(missing) - outside
             hidden += [(e["filename"], gone)] if gone else []
             off += outside
         if hidden:

@@ -33,7 +33,7 @@ from hemaseg.engine.task import ARCH_ALIASES, Task
 from hemaseg.engine.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
 from hemaseg.engine.train import TrainConfig, fit
 from hemaseg.errors import HemasegInputError, HemasegUsageError
-from hemaseg.io.annotations import find_yolo
+from hemaseg.io.annotations import find_yolo, outline_box
 from hemaseg.io.images import read_image
 from hemaseg.metrics import coco_box_map, detection_ap
 from hemaseg.progress import track
@@ -49,8 +49,7 @@ DEPENDS: tuple[str, ...] = ()
 def _trained_on(model, card: dict) -> set[str]:
     """Resolved paths of the photos a run trained on, from its split.json (beside the model, or where its card says);
     empty when neither is on this machine (the bundled model's)."""
-    for f in ([Path(model) / "split.json"] if isinstance(model, (str, Path)) and Path(model).is_dir() else []) + \
-            [Path(str((card.get("training") or {}).get("split") or "")), ]:
+    for f in (Path(str(model)) / "split.json", Path(str((card.get("training") or {}).get("split") or ""))):
         if f.name == "split.json" and f.is_file():
             try:
                 return {str(Path(p).resolve()) for p in json.loads(f.read_text()).get("train", [])}
@@ -59,10 +58,10 @@ def _trained_on(model, card: dict) -> set[str]:
     return set()
 
 
-def _extent(vertices: list) -> tuple[int, int, int, int]:
-    """(x1, y1, x2, y2) of an outline on its outermost pixels (x2, y2 exclusive), as a record's box is written."""
-    xs, ys = [int(v[0]) for v in vertices], [int(v[1]) for v in vertices]
-    return min(xs), min(ys), max(xs) + 1, max(ys) + 1
+def _box(record: dict, outline: bool) -> tuple[int, int, int, int]:
+    """(x1, y1, x2, y2) of a record: its outline's extent (``outline``, where it has one), else its box."""
+    b = outline_box(record["vertices"]) if outline and record.get("vertices") else record["bounding_box"]
+    return b["x1"], b["y1"], b["x2"], b["y2"]
 
 
 class CellsTask(Task):
@@ -161,12 +160,8 @@ class CellsTask(Task):
             # meets (platelet AP 0 on analyze's own pre-annotations read back from CVAT)
             outlines = not is_box_only(entry)
             for c in cats:
-                truths[c][i] = [_extent(m["vertices"]) if outlines and m.get("vertices") else
-                                tuple(m["bounding_box"][k] for k in ("x1", "y1", "x2", "y2"))
-                                for m in entry["masks"] if m.get("category") == c]
-                mine = [(o["score"], _extent(o["vertices"]) if outlines and o.get("vertices") else
-                         tuple(o["bounding_box"][k] for k in ("x1", "y1", "x2", "y2")))
-                        for o in seg.objects if o["category"] == c]
+                truths[c][i] = [_box(m, outlines) for m in entry["masks"] if m.get("category") == c]
+                mine = [(o["score"], _box(o, outlines)) for o in seg.objects if o["category"] == c]
                 preds[c] += [(i, score, box) for score, box in mine]
                 row[f"{c}_true"], row[f"{c}_found"] = len(truths[c][i]), len(mine)
                 row["_target"] += [(c, box) for box in truths[c][i]]

@@ -211,13 +211,11 @@ def prepare(data: list[str], run: Path, seed: int, val_fraction: float, leave_ou
             if not entry.get("split") and path.stem in also_in_yolo:
                 duplicates.append(str(path))
                 continue
-            if is_box_only(entry):
-                entry = pseudo_masks(read_image(path), entry)
-            elif any(is_box(m) for m in entry["masks"]):
-                # a box drawn among outlines (a CVAT <box> beside polygons) is cut as a box-only photo's are, not
-                # trained as a filled rectangle with its background corners
-                cut = pseudo_masks(read_image(path), {**entry, "masks": [m for m in entry["masks"] if is_box(m)]})
-                entry = {**entry, "masks": [m for m in entry["masks"] if not is_box(m)] + cut["masks"]}
+            boxes = [m for m in entry["masks"] if is_box(m)]
+            if boxes:  # each box is cut to the cell inside it (BCCD's photos, or a CVAT <box> beside polygons: it
+                # was trained as a filled rectangle with its background corners); outlines are kept as drawn
+                cut = pseudo_masks(read_image(path), {**entry, "masks": boxes})
+                entry = {**cut, "masks": [m for m in entry["masks"] if not is_box(m)] + cut["masks"]}
             items.append((path, {**entry, "filename": path.name}))
             if (names is not None and path.stem in names) or entry.get("split") == "val":
                 val_set.add(str(path))

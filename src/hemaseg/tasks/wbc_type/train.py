@@ -586,6 +586,7 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
     labs = np.array([next((k for k, r in enumerate(roots) if _under(p, r)), len(roots)) for p, _ in train])
     sample_w = draw_weights(tr_lab, labs, len(classes), cfg.lab_balance)
     replayed = np.array([any(_under(p, r) for r in cfg.replay) for p, _ in train], bool)
+    val_own = np.array([not any(_under(p, r) for r in cfg.replay) for p, _ in val], bool)  # the lab's own crops
     if replayed.any() and (~replayed).any():
         # The lab's own crops and the replayed labs' share the draws as asked, class-balanced within each.
         for part, share in ((replayed, cfg.replay_share), (~replayed, 1.0 - cfg.replay_share)):
@@ -610,8 +611,7 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
                      "epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size,
                      "samples_per_epoch": cfg.samples_per_epoch, "replay": cfg.replay or None,
                      "replay_share": cfg.replay_share if cfg.replay else None,
-                     "n_train_data": int((~replayed).sum()), "n_val_data": int(sum(not any(_under(p, r) for r in
-                                                                                         cfg.replay) for p, _ in val)),
+                     "n_train_data": int((~replayed).sum()), "n_val_data": int(val_own.sum()),
                      "lab_balance": cfg.lab_balance,
                      "looks": {"from": cfg.looks, "crops": 0 if looks is None else len(looks), "share": cfg.looks_share}
                      if cfg.looks else None},
@@ -681,21 +681,20 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
         # too few validation crops cannot calibrate: 3-5 crops all right took the temperature to its 0.25 floor, a
         # 16-px crop then "LYMPHOCYTE 1.000"; the start model's temperature (or none) is kept, and said
         temperature = float(start[1].get("temperature", 1.0)) if start is not None else 1.0
-        if 0 < len(va_lab) < MIN_CALIBRATION_CROPS:
-            log.warning(f"{len(va_lab)} validation crops, fewer than {MIN_CALIBRATION_CROPS}: not calibrated on "
-                        f"them; temperature {temperature:g} kept" + (" from the start model" if start is not None
-                                                                    else ""))
         if len(va_lab) >= MIN_CALIBRATION_CROPS:
             # Calibration on the validation crops (the checkpoint was chosen on them too): one
             # temperature for all classes, so the ranking, hence the accuracy, is unchanged.
             temperature = fit_temperature(predict(model, va_img, extras=va_ext, logits=True, colour=cfg.colour, parts=va_parts), va_lab)
+        elif len(va_lab):
+            log.warning(f"{len(va_lab)} validation crops, fewer than {MIN_CALIBRATION_CROPS}: not calibrated on "
+                        f"them; temperature {temperature:g} kept" + (" from the start model" if start is not None
+                                                                    else ""))
         if len(va_lab):
             probs = predict(model, va_img, extras=va_ext, temperature=temperature, colour=cfg.colour, parts=va_parts)
             val_scores["ece_uncalibrated"] = val_scores.get("ece", 0.0)
             val_scores["ece"] = expected_calibration_error(probs, va_lab)
-            own = np.array([not any(_under(p, r) for r in cfg.replay) for p, _ in val], bool)
-            if cfg.replay and own.any():  # the pooled figures are mostly the replayed labs': the lab's own apart
-                val_scores["data_only"] = {**scores(probs[own], va_lab[own], classes), "n": int(own.sum())}
+            if cfg.replay and val_own.any():  # the pooled figures are mostly the replayed labs': the lab's own apart
+                val_scores["data_only"] = {**scores(probs[val_own], va_lab[val_own], classes), "n": int(val_own.sum())}
             rep = classification_report(va_lab, probs.argmax(1), classes)
             plot_confusion(np.array(rep["confusion"]), classes, run / "confusion.png",
                            f"validation, epoch {state['best_epoch']}: acc {rep['accuracy']:.3f}, "
