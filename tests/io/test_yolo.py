@@ -157,6 +157,28 @@ def test_reads_split_layout_with_numbered_class_list_polygons_scores_and_backgro
     assert [e["filename"] for e in read_yolo(root / "images" / "val")] == ["empty.png", "val0.png"]
 
 
+def test_yolo_to_coco_keeps_each_image_path_below_the_root(tmp_path):
+    """The Left list of stop 66: yolo -> coco of a split layout (TXL-PBC's images/{train,val}/) named each image by
+    its file name alone (`x.png`), which a COCO loader with one image root, `train cells` among them, cannot find;
+    the COCO and CVAT files now keep `images/train/x.png`. hemaseg's own results keep their shortest names."""
+    from hemaseg.tasks.cells.train import find_annotated_photos
+
+    root = tmp_path / "txl"
+    for split in ("train", "val"):
+        _images(root / "images" / split, [{"filename": f"{split}0.png", "height": 40, "width": 50}])
+        (root / "labels" / split).mkdir(parents=True)
+        (root / "labels" / split / f"{split}0.txt").write_text("1 0.5 0.5 0.2 0.25\n")
+    (root / "classes.txt").write_text("wbc\nrbc\nplatelet\n")
+    _convert("--from", "yolo", "--to", "coco", str(root), str(tmp_path / "coco.json"))  # (OUT never inside IN)
+    (tmp_path / "coco.json").rename(root / "annotations.json")  # the dataset's root is the COCO's image root
+    coco = read_coco(root / "annotations.json")
+    assert [e["filename"] for e in coco] == ["images/train/train0.png", "images/val/val0.png"]
+    assert sorted(p.relative_to(root).as_posix() for p, _ in find_annotated_photos(root / "annotations.json")) == [
+        "images/train/train0.png", "images/val/val0.png"]
+    _convert("--from", "yolo", "--to", "cvat", str(root), str(tmp_path / "c.xml"))
+    assert 'name="images/val/val0.png"' in (tmp_path / "c.xml").read_text()
+
+
 def test_images_without_a_label_file_are_said_once(tmp_path, caplog):
     """A walkthrough (stop 64): an image without its label file is a field with no cell (YOLO's background
     images), so a label folder misplaced reads as empty fields; a warning counts them and names the first, once

@@ -238,14 +238,20 @@ def read_results(path: str | Path) -> list[dict]:
         raise HemasegInputError(path, f"not a results JSON with a 'data' object ({exc})") from None
 
 
-def image_names(entries: list[dict]) -> list[str]:
+def image_names(entries: list[dict], keep: bool = False) -> list[str]:
     """The name each entry's image goes by in a CVAT or COCO file: its file name, or, where two entries'
     file names are the same (``a/x.jpg``, ``b/x.jpg``), as many of its folders as tell them apart
-    (``a/x.jpg``, ``b/x.jpg``), so that every annotation can be matched back to its photo.
+    (``a/x.jpg``, ``b/x.jpg``), so that every annotation can be matched back to its photo. ``keep``: each
+    entry's ``filename`` as it is (``convert``: a dataset's own names, such as a YOLO folder's
+    ``images/train/x.png``, which a COCO loader finds from the dataset's root).
 
     >>> image_names([{"filename": "in/a/x.jpg"}, {"filename": "in/b/x.jpg"}, {"filename": "in/a/y.jpg"}])
     ['a/x.jpg', 'b/x.jpg', 'y.jpg']
+    >>> image_names([{"filename": "images/train/x.png"}, {"filename": "images/val/y.png"}], keep=True)
+    ['images/train/x.png', 'images/val/y.png']
     """
+    if keep:
+        return [str(e["filename"]).replace("\\", "/") for e in entries]
     parts = [Path(e["filename"]).parts or ("",) for e in entries]
     depth = [1] * len(parts)
     for _ in range(max((len(p) for p in parts), default=1)):
@@ -262,9 +268,10 @@ def image_names(entries: list[dict]) -> list[str]:
 
 
 # ---------------------------------------------------------------- CVAT for images 1.1
-def to_cvat(entries: list[dict], labels: list[str] | None = None) -> str:
+def to_cvat(entries: list[dict], labels: list[str] | None = None, keep_names: bool = False) -> str:
     """CVAT for images 1.1 XML text: one <image> per entry, one <polygon> per mask; its label list is ``labels``
-    (in that order), then any other class name present (:func:`label_order`)."""
+    (in that order), then any other class name present (:func:`label_order`); image names by
+    :func:`image_names` (``keep_names``: the entries' own)."""
     names = label_order(entries, labels or ())
     root = ET.Element("annotations")
     ET.SubElement(root, "version").text = "1.1"
@@ -273,7 +280,7 @@ def to_cvat(entries: list[dict], labels: list[str] | None = None) -> str:
     lab_el = ET.SubElement(meta, "labels")
     for n in names:
         ET.SubElement(ET.SubElement(lab_el, "label"), "name").text = n
-    for i, (e, name) in enumerate(zip(entries, image_names(entries))):
+    for i, (e, name) in enumerate(zip(entries, image_names(entries, keep_names))):
         img = ET.SubElement(root, "image", id=str(i), name=name,
                             width=str(e["width"]), height=str(e["height"]))
         h, w = int(e["height"]), int(e["width"])
@@ -292,8 +299,9 @@ def to_cvat(entries: list[dict], labels: list[str] | None = None) -> str:
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
 
 
-def write_cvat(path: str | Path, entries: list[dict], labels: list[str] | None = None) -> Path:
-    return write_text(path, to_cvat(entries, labels))
+def write_cvat(path: str | Path, entries: list[dict], labels: list[str] | None = None,
+               keep_names: bool = False) -> Path:
+    return write_text(path, to_cvat(entries, labels, keep_names))
 
 
 def cvat_labels(path: str | Path) -> list[str]:
@@ -367,14 +375,15 @@ def read_cvat(path: str | Path, failed: list[dict] | None = None) -> list[dict]:
 
 
 # ---------------------------------------------------------------- COCO
-def to_coco(entries: list[dict], rle: bool = False, labels: list[str] | None = None) -> dict:
+def to_coco(entries: list[dict], rle: bool = False, labels: list[str] | None = None, keep_names: bool = False) -> dict:
     """COCO instance-segmentation dict: polygons, or compressed RLE (``rle=True``, via pycocotools); category
-    ids 1, 2, ... in the order of ``labels``, then of any other class name present (:func:`label_order`)."""
+    ids 1, 2, ... in the order of ``labels``, then of any other class name present (:func:`label_order`);
+    ``file_name`` by :func:`image_names` (``keep_names``: the entries' own)."""
     names = label_order(entries, labels or ())
     cats = [{"id": i + 1, "name": n, "supercategory": category_of(n)} for i, n in enumerate(names)]
     images, anns = [], []
     outside = 0
-    for i, (e, name) in enumerate(zip(entries, image_names(entries)), 1):
+    for i, (e, name) in enumerate(zip(entries, image_names(entries, keep_names)), 1):
         h, w = int(e["height"]), int(e["width"])
         images.append({"id": i, "file_name": name, "height": h, "width": w})
         for m in e["masks"]:
@@ -400,8 +409,9 @@ def to_coco(entries: list[dict], rle: bool = False, labels: list[str] | None = N
             "categories": cats}
 
 
-def write_coco(path: str | Path, entries: list[dict], rle: bool = False, labels: list[str] | None = None) -> Path:
-    return write_json(path, to_coco(entries, rle, labels))
+def write_coco(path: str | Path, entries: list[dict], rle: bool = False, labels: list[str] | None = None,
+               keep_names: bool = False) -> Path:
+    return write_json(path, to_coco(entries, rle, labels, keep_names))
 
 
 def _id_text(v) -> bool:

@@ -302,15 +302,15 @@ def _entries(fmt: str, inp: Path, failed: list[dict] | None = None) -> list[dict
     raise HemasegInputError(fmt, "unknown annotation format")
 
 
-def _check_entries(fmt: str, entries: list[dict]) -> None:
+def _check_entries(fmt: str, entries: list[dict], keep_names: bool = False) -> None:
     """Refuse, before anything is written, what the writers would get wrong: an image without a size, and two
     images of one name (YOLO and label maps keep file names only, so ``train/x.png`` and ``val/x.png`` would
-    collide; CVAT and COCO keep as many folders as tell them apart (:func:`image_names`), so only two entries
-    of one whole name collide there)."""
+    collide; CVAT and COCO keep the input's names (``keep_names``) or as many folders as tell them apart
+    (:func:`image_names`), so only two entries of one whole name collide there)."""
     seen: dict[str, str] = {}  # output name -> the image it is written for
     classes_of: dict[str, str] = {}  # labels: <stem>_classes -> the image whose class map it is
     keeps_folders = fmt in ("cvat", "coco", "coco-rle")
-    written = A.image_names(entries) if keeps_folders else [Path(e["filename"]).name if fmt != "labels"
+    written = A.image_names(entries, keep_names) if keeps_folders else [Path(e["filename"]).name if fmt != "labels"
                                                             else Path(e["filename"]).stem for e in entries]
     for e, name in zip(entries, written):
         if int(e.get("height") or 0) < 1 or int(e.get("width") or 0) < 1:
@@ -349,21 +349,25 @@ def _declared_labels(fmt: str, inp: Path) -> list[str]:
 
 
 def _write_entries(fmt: str, entries: list[dict], out: Path, failed: list[dict] | None = None,
-                   labels=()) -> int:
+                   labels=(), keep_names: bool = False) -> int:
+    """Write ``entries`` as ``fmt`` to ``out``. ``keep_names``: CVAT and COCO name each image by its entry's
+    ``filename`` as it is (a dataset's own names: a YOLO folder's ``images/train/x.png``, found from its root),
+    not by the fewest folders that tell the images apart (hemaseg's results, whose names are the paths the photos
+    were given by)."""
     if not entries and failed:  # every file of the input failed (listed): nothing to write
         return 0
-    _check_entries(fmt, entries)
+    _check_entries(fmt, entries, keep_names)
     stems = [Path(e["filename"]).stem for e in entries]
     if fmt in FOLDER_OUTPUTS:
         refuse_existing(out, {"yolo": [*(f"{t}.txt" for t in stems), "classes.txt"],
                               "voc": [f"{t}.xml" for t in stems],
                               "labels": [*(f"{t}{x}.png" for t in stems for x in ("", "_classes")), "classes.json"]}[fmt])
     if fmt == "cvat":
-        A.write_cvat(out, entries, list(labels))
+        A.write_cvat(out, entries, list(labels), keep_names)
     elif fmt == "coco":
-        A.write_coco(out, entries, rle=False, labels=list(labels))
+        A.write_coco(out, entries, rle=False, labels=list(labels), keep_names=keep_names)
     elif fmt == "coco-rle":
-        A.write_coco(out, entries, rle=True, labels=list(labels))
+        A.write_coco(out, entries, rle=True, labels=list(labels), keep_names=keep_names)
     elif fmt == "yolo":
         A.write_yolo(out, entries)
     elif fmt == "voc":
@@ -404,7 +408,8 @@ def _register_annotation_converters() -> None:
             if src != dst:
                 def fn(inp: Path, out: Path, failed: list[dict] | None = None, _s=src, _d=dst) -> int:
                     entries = _entries(_s, inp, failed)
-                    return _write_entries(_d, entries, out, failed, _declared_labels(_s, inp) if entries else ())
+                    return _write_entries(_d, entries, out, failed, _declared_labels(_s, inp) if entries else (),
+                                          keep_names=_s != "results")
                 fn.__doc__ = f"{src} -> {dst} (polygons and labels kept)"
                 CONVERTERS[(src, dst)] = fn
 
