@@ -109,7 +109,7 @@ def test_convert_cli_voc_to_coco_to_cvat_to_labels(tmp_path):
     assert [m["bounding_box"] for m in back] == [{"x1": 5, "x2": 30, "y1": 6, "y2": 28},
                                                   {"x1": 40, "x2": 46, "y1": 30, "y2": 36}]
     assert json.loads((tmp_path / "labels" / "classes.json").read_text())["1"] == "platelet"
-    bad = runner.invoke(app, ["convert", "--from", "cvat", "--to", "coco", str(tmp_path / "c.json"), str(tmp_path / "x")])
+    bad = runner.invoke(app, ["convert", "--from", "cvat", "--to", "coco", str(tmp_path / "c.json"), str(tmp_path / "x.json")])
     assert bad.exit_code == 1
 
 
@@ -172,9 +172,9 @@ def test_a_bad_object_costs_only_itself_and_a_round_trip_keeps_every_label(tmp_p
         read_coco(tmp_path / "c.json")
     # analyze's labels survive cvat -> coco -> cvat, and results -> coco numbers them as analyze does
     write_results(tmp_path / "r.json", _entries())
-    res = runner.invoke(app, ["convert", "--from", "results", "--to", "coco", str(tmp_path / "r.json"), str(tmp_path / "r.coco")])
+    res = runner.invoke(app, ["convert", "--from", "results", "--to", "coco", str(tmp_path / "r.json"), str(tmp_path / "r_coco.json")])
     assert res.exit_code == 0, res.output
-    assert coco_labels(tmp_path / "r.coco")[:len(EXPORT_LABELS)] == list(EXPORT_LABELS)
+    assert coco_labels(tmp_path / "r_coco.json")[:len(EXPORT_LABELS)] == list(EXPORT_LABELS)
     write_cvat(tmp_path / "a.xml", _entries(), list(EXPORT_LABELS))
     runner.invoke(app, ["convert", "--from", "cvat", "--to", "coco", str(tmp_path / "a.xml"), str(tmp_path / "a.json")])
     runner.invoke(app, ["convert", "--from", "coco", "--to", "cvat", str(tmp_path / "a.json"), str(tmp_path / "b.xml")])

@@ -190,3 +190,17 @@ def test_rle_and_results_inputs_that_said_nothing_or_chose_silently_are_refused(
     res = runner.invoke(app, ["convert", "--from", "results", "--to", "coco", str(tmp_path / "r.json"),
                               str(tmp_path / "c.json")])
     assert res.exit_code == 1 and "'data' is a list" in res.output and not (tmp_path / "c.json").exists()
+
+
+def test_a_one_file_output_must_carry_its_formats_suffix(tmp_path):
+    """The Left list of stop 66: `--to coco out/x` wrote JSON named x, and `--to cvat out/` (a folder meant) a file
+    named `out`: now one line naming OUT and the suffix, exit 2, nothing written; x.XML is taken."""
+    coco = _coco(tmp_path / "c.json", ["rbc"], [_square(5, 5)])
+    res = runner.invoke(app, ["convert", "--from", "coco", "--to", "cvat", str(coco), str(tmp_path / "x.XML")])
+    assert res.exit_code == 0 and (tmp_path / "x.XML").is_file(), res.output
+    for src, inp, to, out, want in (("cvat", "x.XML", "coco", "x", ".json"), ("coco", "c.json", "cvat", "out", ".xml"),
+                                    ("coco", "c.json", "coco-rle", "x.xml", ".json"),
+                                    ("labels", "lab", "rle", "r.txt", ".csv")):
+        res = runner.invoke(app, ["convert", "--from", src, "--to", to, str(tmp_path / inp), str(tmp_path / out)])
+        assert res.exit_code == 2 and "OUT" in res.output and f"ending in {want}" in res.output, res.output
+        assert not (tmp_path / out).exists()

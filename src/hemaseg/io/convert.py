@@ -44,11 +44,13 @@ def converter(src: str, dst: str) -> Callable:
 
 
 FOLDER_OUTPUTS = ("labels", "dsb", "yolo", "voc")  # formats written as a folder; the others as one file
+FILE_SUFFIX = {"cvat": ".xml", "coco": ".json", "coco-rle": ".json", "rle": ".csv"}  # what a one-file output is
 
 
 def check_convert_paths(dst: str, inp: Path, out: Path) -> None:
     """Before any work: ``out`` can be written as ``dst`` is (a folder or a file:
-    :func:`~hemaseg.io.writers.check_output`) and touches no input: it is not ``inp`` itself, it does not lie
+    :func:`~hemaseg.io.writers.check_output`; a one-file format's name ends in its suffix, ``FILE_SUFFIX``)
+    and touches no input: it is not ``inp`` itself, it does not lie
     inside an input folder, and a folder format is not written into the input file's own folder
     (:class:`HemasegUsageError` naming ``OUT``)."""
     inp, out = Path(inp), Path(out)
@@ -62,6 +64,9 @@ def check_convert_paths(dst: str, inp: Path, out: Path) -> None:
     if dst in FOLDER_OUTPUTS and inp.is_file() and inp.resolve().parent == out.resolve():
         # files named after the images, beside the input: they could replace the photos kept there
         raise HemasegUsageError("OUT", f"{out} is the input's folder; write to another folder")
+    want = FILE_SUFFIX.get(dst)
+    if want and out.suffix.lower() != want:  # `--to coco out/x` wrote JSON named x; `--to cvat out/` a file `out`
+        raise HemasegUsageError("OUT", f"{out}: {dst} is one {want[1:].upper()} file; give a name ending in {want}")
 
 
 def refuse_existing(out: Path, names: Iterable[str]) -> None:
