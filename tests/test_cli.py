@@ -541,7 +541,12 @@ def test_crop_writes_apart_from_its_photos_and_names_a_grey_one(tmp_path, caplog
     res = runner.invoke(app, ["crop", str(tmp_path / "grey.png"), "--out", str(tmp_path / "c")])
     said = caplog.text + res.output
     assert res.exit_code == 0 and f"{tmp_path / 'grey.png'}: the hsv method needs a colour photo" in said
-    assert said.count(str(tmp_path / "grey.png")) == 1 and "use the model" in said, said
+    assert said.count(f"{tmp_path / 'grey.png'}: the hsv") == 1 and "use the model" in said, said
+    # the summary names the photos in which no WBC was found (stop 66's Left list: it gave a count of crops alone)
+    assert f"no WBC found in 1 image(s): {tmp_path / 'grey.png'}" in res.output, res.output
+    Image.fromarray(img).save(tmp_path / "cell.png")
+    res = runner.invoke(app, ["crop", str(tmp_path / "cell.png"), "--out", str(tmp_path / "c2")])
+    assert res.exit_code == 0 and "no WBC found" not in res.output and (tmp_path / "c2" / "unknown").is_dir(), res.output
 
 
 def test_crop_takes_the_model_and_the_cell_diameter_as_every_command_does(tmp_path):

@@ -1091,12 +1091,16 @@ def crop(
                                          "another folder")
     stems = _stems(paths, out / "unknown", ["_<k>.png"], fixed=[("--out", out / "crops.csv")])
     rows = []
+    none_found = []  # read, but no WBC in them: named in the summary (a lab checks those photos)
 
     def work(path):
         image = read_image(path)
         instances = hsv_wbc_mask(image)[1] if method == "hsv" else \
             wbc_task.predict(image, loaded, cell_diameter=cell_diameter).instances
-        for k, c in enumerate(wbc_crops(image, instances, margin), start=1):
+        crops = wbc_crops(image, instances, margin)
+        if not crops:
+            none_found.append(str(path))
+        for k, c in enumerate(crops, start=1):
             x1, y1, x2, y2 = c["box"]
             name = f"{stems[path]}_{k}.png"
             write_png(out / "unknown" / name, np.ascontiguousarray(image[y1:y2, x1:x2]))
@@ -1110,6 +1114,9 @@ def crop(
     writer.writerows(rows)
     write_text(out / "crops.csv", buf.getvalue())
     typer.echo(f"{len(rows)} WBC crops from {len(paths) - failed}/{len(paths)} images in {out}", err=True)
+    if none_found:
+        typer.echo(f"no WBC found in {len(none_found)} image(s): {', '.join(none_found[:5])}"
+                   + (f" and {len(none_found) - 5} more" if len(none_found) > 5 else ""), err=True)
     raise typer.Exit(1 if failed or empty else 0)
 
 
