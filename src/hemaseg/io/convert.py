@@ -25,8 +25,8 @@ import numpy as np
 from hemaseg.core.vocabulary import EXPORT_LABELS
 from hemaseg.errors import HemasegInputError, HemasegUsageError
 from hemaseg.io import annotations as A
-from hemaseg.io.datasets import find_dsb, read_dsb_masks
-from hemaseg.io.images import image_size, read_mask
+from hemaseg.io.datasets import find_dsb, read_dsb_masks, read_instances
+from hemaseg.io.images import image_size
 from hemaseg.io.rle import labels_to_rles, rles_to_labels
 from hemaseg.io.writers import check_output, write_json, write_png, write_text
 
@@ -152,13 +152,19 @@ def _dsb_labels(root: Path, failed: list[dict] | None = None) -> list[tuple[str,
 
 
 def _label_files(inp: Path) -> list[Path]:
-    # hemaseg's own <stem>_classes.png (class indices beside <stem>.png) is no instance map
-    files = sorted(f for f in inp.iterdir() if f.suffix.lower() == ".png" and f.is_file()  # x.PNG too
+    # hemaseg's own <stem>_classes.png (class indices beside <stem>.png) is no instance map; TIFF label maps are
+    # read as evaluate and train read them (a folder of them was skipped without a word)
+    files = sorted(f for f in inp.iterdir() if f.suffix.lower() in (".png", ".tif", ".tiff") and f.is_file()
                    and not (f.stem.endswith("_classes") and any((f.parent / (f.stem[:-len("_classes")] + x)).exists()
                                                                 for x in (".png", ".PNG")))) \
         if inp.is_dir() else [inp]
     if not files or not files[0].exists():
-        raise HemasegInputError(inp, "no label PNGs found")
+        raise HemasegInputError(inp, "no label PNGs or TIFFs found")
+    stems: dict[str, Path] = {}
+    for f in files:  # a.png and a.tif: one ImageId, one <id>/ folder
+        if f.stem in stems:
+            raise HemasegInputError(f, f"has the same name as {stems[f.stem].name} but its suffix: rename one")
+        stems[f.stem] = f
     return files
 
 
@@ -249,7 +255,7 @@ def dsb_to_rle(inp: Path, out: Path, failed: list[dict] | None = None) -> int:
 @converter("labels", "rle")
 def labels_to_rle(inp: Path, out: Path, failed: list[dict] | None = None) -> int:
     """Label PNGs (a folder or one file) -> one Kaggle RLE CSV, ImageId = file stem."""
-    items = _read_each(_label_files(inp), lambda f: (f.stem, read_mask(f)), failed)
+    items = _read_each(_label_files(inp), lambda f: (f.stem, read_instances(f)), failed)
     if items or not failed:
         write_rle_csv(out, items)
     return len(items)
@@ -272,7 +278,7 @@ def rle_to_labels(inp: Path, out: Path, failed: list[dict] | None = None) -> int
 def labels_to_dsb(inp: Path, out: Path, failed: list[dict] | None = None) -> int:
     """Label PNGs -> DSB masks folders OUT/<stem>/masks/<stem>_<k>.png (images are not copied; an image with no
     object gets one empty mask, <stem>_0.png, which keeps its size: ``--from dsb`` reads it back as no nucleus)."""
-    items = _read_each(_label_files(inp), lambda f: (f, read_mask(f)), failed)
+    items = _read_each(_label_files(inp), lambda f: (f, read_instances(f)), failed)
     refuse_existing(out, (f.stem for f, _ in items))  # an <id>/ there: its masks would mix with these
     for f, labels in items:
         (out / f.stem / "masks").mkdir(parents=True, exist_ok=True)

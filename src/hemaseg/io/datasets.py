@@ -196,26 +196,55 @@ def read_dsb_masks(masks: str | Path, shape: tuple[int, int] | None = None) -> n
 def load_instances(pair: Pair) -> tuple[np.ndarray, np.ndarray]:
     """Read an image and its instance labels: ((H, W, 3) uint8, (H, W) uint16).
 
-    The mask is a DSB masks folder or a label PNG (0 background, 1..N nuclei).
+    The mask is a DSB masks folder or a label image read by :func:`read_instances`.
     """
     image = read_image(pair.image)
     if Path(pair.mask).is_dir():
         return image, read_dsb_masks(pair.mask, image.shape[:2])
-    labels = read_mask(pair.mask, image.shape[:2])
-    values = set(np.unique(labels).tolist()) if labels.dtype == np.uint8 else set()
-    if {128, 255} <= values <= {0, 128, 255}:
-        # a class map (wbc-seg's): read as instances it is two "nuclei", the cytoplasm and the nucleus
-        raise HemasegInputError(pair.mask, "values 0/128/255 are a class mask (such as wbc-seg's background / "
-                                           "cytoplasm / nucleus), not nucleus instance labels (0 background, 1..N "
-                                           "one per nucleus)")
-    lossy = Path(pair.mask).suffix.lower() in (".jpg", ".jpeg")
-    if lossy or (labels.dtype == np.uint8 and values <= {0, 255}):
-        from skimage.measure import label
+    return image, read_instances(pair.mask, image.shape[:2])
 
+
+MAX_INSTANCES = 65535  # a uint16 label map's ids
+
+
+def read_instances(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """(H, W) uint16 instance labels (0 background, 1..N) of a label image (PNG, TIFF, ...; ``shape`` checked
+    as :func:`~hemaseg.io.images.read_mask` does). A binary mask (one value besides 0: 0/1, 0/255, 0/65535) or
+    a JPEG is read as its connected components; ids above 65535 (int32 label maps) are renumbered 1..N; a
+    class map of 0/128/255 (wbc-seg's) and negative ids are refused (:class:`HemasegInputError`).
+
+    >>> import tempfile, os
+    >>> from PIL import Image
+    >>> p = os.path.join(tempfile.mkdtemp(), "m.png")
+    >>> m = np.zeros((8, 8), np.uint8); m[1:3, 1:3] = 1; m[5:7, 5:7] = 1  # two nuclei, both labelled 1
+    >>> Image.fromarray(m).save(p)
+    >>> np.unique(read_instances(p)).tolist()
+    [0, 1, 2]
+    """
+    from skimage.measure import label
+    from skimage.segmentation import relabel_sequential
+
+    labels = read_mask(path, shape)
+    values = np.unique(labels)
+    if labels.dtype == np.uint8 and {128, 255} <= set(values.tolist()) <= {0, 128, 255}:
+        # a class map (wbc-seg's): read as instances it is two "nuclei", the cytoplasm and the nucleus
+        raise HemasegInputError(path, "values 0/128/255 are a class mask (such as wbc-seg's background / "
+                                      "cytoplasm / nucleus), not nucleus instance labels (0 background, 1..N "
+                                      "one per nucleus)")
+    if values.size and values[0] < 0:
+        raise HemasegInputError(path, f"negative label values ({values[0]}): labels are 0 background, 1..N one per "
+                                      "object")
+    lossy = Path(path).suffix.lower() in (".jpg", ".jpeg")
+    if lossy or np.count_nonzero(values) == 1:
         # a binary mask: instances are its connected components (a JPEG's compression noise would make each
         # grey level a nucleus, so a JPEG mask is read as binary, at half its brightest value)
         labels = label(labels > (labels.max() / 2 if lossy else 0))
-    return image, labels.astype(np.uint16)
+    elif values.size and values[-1] > MAX_INSTANCES:  # an int32 map: ids renumbered, never wrapped
+        labels = relabel_sequential(labels.astype(np.int64))[0]
+    if labels.max() > MAX_INSTANCES:
+        raise HemasegInputError(path, f"{int(labels.max())} objects: more than the {MAX_INSTANCES} a uint16 label "
+                                      "map holds; cut the image into tiles")
+    return labels.astype(np.uint16)
 
 
 # wbc-seg's "Class Labels of Dataset 1.csv": image number -> type.

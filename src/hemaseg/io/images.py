@@ -40,6 +40,7 @@ def _read_tiff(path: Path) -> np.ndarray:
             page = tif.pages[0]
             check_size(path, int(page.imagelength), int(page.imagewidth))
             arr, axes = page.asarray(), page.axes
+            alpha = any(int(e) in (1, 2) for e in (getattr(page, "extrasamples", ()) or ()))  # ASSOC/UNASSALPHA
             # other pages of the first page's shape are more planes (a z-stack, a time series, more fields),
             # not a pyramid's smaller levels: only the first is read, which is said
             more = sum(1 for p in tif.pages[1:64] if getattr(p, "shape", None) == page.shape)
@@ -61,6 +62,13 @@ def _read_tiff(path: Path) -> np.ndarray:
         said = (f"{planes + 1}{'+' if capped else ''} planes (a stack or series); only the first is read: save each "
                 "plane as its own image to have them all")
         warn_once(log, (str(path), said), "%s: %s", path, said)
+    if arr.ndim == 3 and arr.shape[-1] == 2 and not alpha:
+        # two channels (two stains of a fluorescence image), not grey + alpha: the second was dropped as alpha
+        # without a word, and an image whose first channel is empty gave nothing
+        said = ("2 channels (its second sample is no alpha); only the first is read: save the channel to analyse "
+                "as its own image")
+        warn_once(log, (str(path), said), "%s: %s", path, said)
+        arr = arr[..., :1]
     return arr
 
 
@@ -135,12 +143,38 @@ def _png_16bit_colour(path: Path) -> bool:
     return head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) == 26 and head[24] == 16 and head[25] in (2, 6)
 
 
+def _outlier_free_range(arr: np.ndarray, block: int = 4) -> tuple[float, float] | None:
+    """(low, high) of ``arr``'s values without specks smaller than ``block`` px a side: the smallest of
+    the ``block`` x ``block`` tiles' largest values and the largest of their smallest (a speck of up
+    to ``block`` - 1 px a side never fills a tile; anything of 2 x ``block`` - 1 px or more fills one).
+    A camera's hot pixel or a saturated speck of a few px is no image content; scaled by min..max, one
+    65535 px among nuclei of 0-4000 left them 3-5 grey levels and 0 nuclei found. None when the image
+    is smaller than a tile."""
+    h, w = arr.shape[:2]
+    h, w = h - h % block, w - w % block
+    if h == 0 or w == 0:
+        return None
+    a = arr[:h, :w]
+    if a.ndim == 3:  # one tile value for every channel together: colours keep their balance
+        tiles = a.reshape(h // block, block, w // block, block, a.shape[2])
+        lo, hi = tiles.max(axis=(1, 3)).min(), tiles.min(axis=(1, 3)).max()
+    else:
+        tiles = a.reshape(h // block, block, w // block, block)
+        lo, hi = tiles.max(axis=(1, 3)).min(), tiles.min(axis=(1, 3)).max()
+    return float(lo), float(hi)
+
+
 def to_uint8(arr: np.ndarray) -> np.ndarray:
-    """Scale 16-bit/int/float intensities to uint8 (min..max of the image's finite values), leave
-    uint8 alone. NaN and -inf become 0, +inf 255.
+    """Scale 16-bit/int/float intensities to uint8, leave uint8 alone: over the min..max of the image's
+    finite values, but an end reached only by specks of up to 3 x 3 px (hot or dead camera pixels,
+    saturated dust: :func:`_outlier_free_range`) lying further out than the rest of the image spans
+    is clipped to the rest; a float image within 0..1 over 0..1. NaN and -inf become 0, +inf 255.
 
     >>> to_uint8(np.array([[0.0, np.nan], [2.0, np.inf]])).tolist()
     [[0, 0], [255, 255]]
+    >>> img = np.zeros((30, 30), np.uint16); img[10:20, 10:20] = 4000; img[2, 2] = 65535  # a hot pixel
+    >>> int(to_uint8(img)[15, 15]), int(to_uint8(img)[2, 2])
+    (255, 255)
     """
     if arr.dtype == np.uint8:
         return arr
@@ -159,6 +193,14 @@ def to_uint8(arr: np.ndarray) -> np.ndarray:
     del vals
     if arr.dtype.kind == "f" and lo >= 0.0 and hi <= 1.0:
         lo, hi = 0.0, 1.0
+    elif all_finite:
+        inner = _outlier_free_range(arr)
+        if inner is not None and inner[1] > inner[0]:  # (a flat image with specks keeps its whole range)
+            i_lo, i_hi = float(np.float32(inner[0])), float(np.float32(inner[1]))
+            # an end moves only where its specks reach further than the whole content spans (they would
+            # take over half the grey levels): an ordinary image keeps its min..max
+            lo = i_lo if i_lo - lo > i_hi - i_lo else lo
+            hi = i_hi if hi - i_hi > i_hi - i_lo else hi
     scale = 255.0 / (hi - lo) if hi > lo else 0.0
     # A band of rows at a time: the float copy is of one band, not of the whole image.
     out = np.empty(arr.shape, np.uint8)
