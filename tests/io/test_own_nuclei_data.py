@@ -2,7 +2,6 @@
 maps as labs save them (binary 0/1, int32 ids past 65535, TIFF folders), read alike by evaluate, train and convert."""
 import csv
 import logging
-from pathlib import Path
 
 import numpy as np
 import pytest
