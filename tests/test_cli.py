@@ -581,6 +581,28 @@ def test_train_says_each_image_it_leaves_out_for_want_of_its_label(tmp_path, wbc
     assert not any("003" in str(e) for part in ("train", "val") for e in split[part])
 
 
+def test_train_names_every_unreadable_pair_and_trains_on_the_others(tmp_path, wbc_folder, caplog):
+    """A nuclei walkthrough (stop 67): `train` stopped at the first unreadable pair and named it alone (fix, rerun, the
+    next); `evaluate` named all. Each is named now and left out; a resumed run whose pair became unreadable stops."""
+    import json
+
+    (wbc_folder / "002.bmp").write_bytes(b"not an image")
+    (wbc_folder / "005.png").write_bytes(b"\x89PNG broken")
+    run = tmp_path / "run"
+    small = ["--epochs", "1", "--crop", "32", "--batch-size", "4", "--samples-per-epoch", "4"]
+    res = runner.invoke(app, ["train", "wbc", "--data", str(wbc_folder), "--out", str(run), *small])
+    assert res.exit_code == 0, res.output
+    said = [r.getMessage() for r in caplog.records if "left out of training" in r.getMessage()]
+    assert len(said) == 2 and "002.bmp" in said[0] and "005.png" in said[1], said
+    split = json.loads((run / "split.json").read_text())
+    kept = [Path(e).stem if isinstance(e, str) else e for part in ("train", "val") for e in split[part]]
+    assert len(kept) == 8 and not any("002" in str(e) or "005" in str(e) for e in kept), kept
+    (wbc_folder / "007.png").write_bytes(b"broken too")
+    (run / "state.json").write_text(json.dumps({**json.loads((run / "state.json").read_text()), "done": False}))
+    res = runner.invoke(app, ["train", "wbc", "--resume", str(run)])
+    assert res.exit_code == 1 and "restore them to resume" in res.output, res.output
+
+
 def test_resume_of_a_folder_holding_no_run_is_a_usage_error(tmp_path):
     """A walkthrough: `train smear10 --resume runs/nonexist` exited 1, as if an input had failed."""
     for target in (tmp_path / "nonexist", tmp_path):

@@ -282,7 +282,19 @@ def pair_data(task, cfg: TrainConfig, run: Path, state: dict) -> tuple:
             log.warning("%s: left out of training: %s", f["image"], f["reason"])
         if not pairs:
             raise HemasegInputError(", ".join(cfg.data), "no image/mask pairs found")
-    loaded = dict(zip(pairs, (task.load_sample(p) for p in track(pairs, "read training data", leave=False))))
+    loaded, unreadable = {}, []
+    for pair in track(pairs, "read training data", leave=False):
+        try:
+            loaded[pair] = task.load_sample(pair)
+        except HemasegInputError as exc:  # each named; the first one stopped the run, naming it alone
+            log.warning("%s: left out of training: %s", exc.path, exc.reason)
+            unreadable.append(pair)
+    if unreadable and split_path.exists():  # a resumed run trains on the pairs it started with, or not at all
+        raise HemasegInputError(run, f"{len(unreadable)} image/label pair(s) of its split cannot be read now (each "
+                                     "named above): restore them to resume")
+    pairs = [p for p in pairs if p in loaded]
+    if not pairs:
+        raise HemasegInputError(", ".join(cfg.data), "no image/label pair could be read (each named above)")
     stratum = {p: task.stratum(*loaded[p]) for p in pairs}
     if not split_path.exists():
         if cfg.split:
