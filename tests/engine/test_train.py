@@ -83,6 +83,27 @@ def test_init_starts_from_a_models_weights(wbc_folder, tmp_path):
         init_arch(str(first), "smear10")
 
 
+def test_a_fine_tune_keeps_its_starts_thresholds_not_what_was_fitted_to_it(wbc_folder, tmp_path):
+    """A nuclei walkthrough (stop 67): `train nuclei --init nuclei` wrote a card without the bundled card's
+    thresholds (seed 0.4, smallest nucleus 0.08), so the fine-tuned model ran with 0.5 / 0.04; the card did not say
+    where it started either. A fitted step (a dict: the cells card's platelet re-scorer) is the start's own."""
+    import json
+
+    first = tmp_path / "first"
+    fit(_cfg(wbc_folder), first, progress=False)
+    card = json.loads((first / "model.json").read_text())
+    card["postprocess"] = {"max_reach": 0.8, "fitted": {"coef": [1.0]}}
+    (first / "model.json").write_text(json.dumps(card))
+    cfg = _cfg(wbc_folder)
+    cfg.epochs, cfg.init = 1, str(first)
+    fit(cfg, tmp_path / "tuned", progress=False)
+    tuned = json.loads((tmp_path / "tuned" / "model.json").read_text())
+    assert tuned["postprocess"] == {"max_reach": 0.8}
+    assert tuned["training"]["init"] == tuned["training"]["postprocess_from"] == str(first)
+    fit(_cfg(wbc_folder), tmp_path / "fresh", progress=False)
+    assert "postprocess" not in json.loads((tmp_path / "fresh" / "model.json").read_text())
+
+
 # ---- issue 20: one atomic commit point, exact resume whatever the moment of the kill (case 6),
 # ---- no silent reuse of another run's split (case 4)
 class Killed(BaseException):

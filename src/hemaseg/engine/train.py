@@ -733,6 +733,17 @@ def fit(task, cfg: TrainConfig | None, run: str | Path, resume: bool = False, pr
         **data_card,
         "versions": versions(),
     }
+    if cfg.init:  # a fine-tune keeps its start's thresholds (the bundled nuclei card's seed 0.4 fell back to 0.5),
+        # not what was fitted to the start's own outputs (the cells card's platelet re-scorer): refit that
+        try:
+            init_card = load_card(cfg.init)[1]
+        except HemasegError:  # resumed after its start model was moved: its weights are in the checkpoint
+            init_card = {}
+        card["training"]["init"] = str(cfg.init)
+        kept = {k: v for k, v in (init_card.get("postprocess") or {}).items() if not isinstance(v, dict)}
+        if kept:
+            card["postprocess"] = kept
+            card["training"]["postprocess_from"] = str(cfg.init)
 
     def probs_of(image: np.ndarray) -> np.ndarray:
         return predict_native(model, image, cfg.norm_low, cfg.norm_high, stride, cfg.invert_bright, len(task.classes))
