@@ -632,6 +632,11 @@ def test_post_help_lists_every_knob_with_the_models_value_and_what_it_does():
         assert [ln.split(" = ")[0].strip() for ln in lines[1:]] == names
     res = runner.invoke(app, ["segment", "x.png", "--task", "nuclei", "--post", "help"])
     assert "seed_threshold = 0.4 [0.5]: interior probability" in res.output  # the card's value, the class default
+    # the README's `--post help` with no image (a nuclei walkthrough, stop 67: "Missing argument 'images'", exit 2)
+    res = runner.invoke(app, ["segment", "--task", "nuclei", "--post", "help"])
+    assert res.exit_code == 0 and "seed_threshold = 0.4" in res.output, res.output
+    res = runner.invoke(app, ["segment", "--task", "nuclei", "--post", "seed_threshold=0.3"])
+    assert res.exit_code == 2 and res.output.startswith("IMAGES: missing"), res.output
 
 
 def test_a_folder_of_sub_folders_is_said_to_be_searched_no_deeper(tmp_path):

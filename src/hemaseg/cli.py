@@ -440,7 +440,7 @@ def analyze(
 @app.command()
 @_usage_errors
 def segment(
-    images: List[str] = typer.Argument(..., help="image files, folders or globs"),
+    images: Optional[List[str]] = typer.Argument(None, help="image files, folders or globs (none with --post help)"),
     task: str = typer.Option("wbc", help="wbc (cell + nucleus), nuclei (instances), smear10 (10-class map) or "
                                           "cells (RBC/WBC/platelet instances)"),
     out: Path = typer.Option(Path("hemaseg-out"), help="output folder (created)"),
@@ -474,6 +474,10 @@ def segment(
     spec = _task(task)
     if not spec.can_segment:
         raise typer.BadParameter(f"task {task!r} has no segmentation model", param_hint="--task")
+    asks_help = [i.strip().lower() for i in post or []] == ["help"]  # the README's `--post help` needs no image
+    if not images and not asks_help:
+        raise HemasegUsageError("IMAGES", "missing: give image files, folders or globs")
+    images = images or []
     check_numbers(cell_diameter=cell_diameter, tile=tile, pixel_size=pixel_size)
     if pixel_size is not None and diameter_from_pixel_size(spec.name, 1.0) is None:  # help: 'nuclei: not used'
         raise HemasegUsageError("--pixel-size", f"not used by --task {spec.name} (no typical cell size in µm)")
