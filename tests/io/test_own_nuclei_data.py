@@ -90,3 +90,20 @@ def test_label_maps_as_labs_save_them_are_read_alike_everywhere(tmp_path):
     (labels / "big.png").write_bytes((tmp_path / "b01.png").read_bytes())  # big.png beside big.tif: one ImageId
     res = runner.invoke(app, ["convert", "--from", "labels", "--to", "dsb", str(labels), str(tmp_path / "d")])
     assert res.exit_code == 1 and "same name as big" in res.output and not (tmp_path / "d").exists(), res.output
+
+
+def test_pairs_beside_dsb_samples_are_said_to_be_left_out(tmp_path, caplog):
+    """A walkthrough: a folder holding DSB samples and image/mask pairs scored the DSB samples alone (5 of 8), without
+    a word."""
+    from helpers import make_dsb
+
+    from hemaseg.tasks import get_task
+
+    make_dsb(tmp_path / "mix", n=3)
+    img = np.zeros((32, 32, 3), np.uint8)
+    img[8:16, 8:16] = 200
+    Image.fromarray(img).save(tmp_path / "mix" / "c1.png")
+    Image.fromarray((img[..., 0] > 0).astype(np.uint8)).save(tmp_path / "mix" / "c1_mask.png")
+    with caplog.at_level(logging.WARNING):
+        found = get_task("nuclei").find_scored(tmp_path / "mix", [])
+    assert len(found) == 3 and "1 image/label pair(s) beside its DSB samples are not read" in caplog.text, caplog.text

@@ -7,6 +7,7 @@ when the model was trained so. Knobs: :class:`NucleiParams`.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -28,7 +29,10 @@ from hemaseg.engine.train import TrainConfig, pair_data
 from hemaseg.errors import HemasegUsageError
 from hemaseg.io.datasets import Pair, find_dsb, find_pairs, load_instances
 from hemaseg.metrics import dsb_scores
+from hemaseg.progress import warn_once
 from hemaseg.tasks.registry import register_task
+
+log = logging.getLogger(__name__)
 
 DEPENDS: tuple[str, ...] = ()
 
@@ -335,6 +339,20 @@ def modality_transfer(image: np.ndarray, labels: np.ndarray, rng: np.random.Gene
     return redraw(image, labels, rng), labels
 
 
+def _dsb_or_pairs(root: str | Path, failed: list[dict] | None = None) -> list[Pair]:
+    """A folder's DSB samples, else its image/label pairs (:func:`~hemaseg.io.datasets.find_pairs`); pairs
+    beside DSB samples are said to be left out (they were scored and trained on never, without a word)."""
+    dsb = find_dsb(root, failed)
+    if not dsb:
+        return find_pairs(root, failed)
+    beside = find_pairs(root)
+    if beside:
+        warn_once(log, (str(root), "pairs beside DSB"), "%s: %d image/label pair(s) beside its DSB samples are not "
+                  "read (%s, ...): give them in a folder of their own, a second --data", root, len(beside),
+                  beside[0].image)
+    return dsb
+
+
 def measure_nuclei(instances: np.ndarray, min_area: int = 30, merged: float = 3.0) -> float | None:
     """:func:`~hemaseg.core.labels.measure_diameter` of nuclei instances without the blobs over
     ``merged`` x the median nucleus diameter: clumps a first pass could not split (tissue) would
@@ -505,12 +523,12 @@ class NucleiTask(Task):
         return {"": seg.instances.astype(np.uint16)}
 
     def find_samples(self, root: str | Path) -> list[Pair]:
-        return find_dsb(root) or find_pairs(root)
+        return _dsb_or_pairs(root)
 
     def find_scored(self, root: str | Path, failed: list[dict]) -> list[Pair]:
         # A DSB id without a masks/ folder (a test image), or an image of images/ + masks/ without its mask, is
         # named, not skipped unsaid.
-        return find_dsb(root, failed) or find_pairs(root, failed)
+        return _dsb_or_pairs(root, failed)
 
     def train_config(self, **options) -> TrainConfig:
         """``modalities`` (a list of :data:`MODALITIES`): train on those only, the others drawn
