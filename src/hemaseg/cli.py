@@ -917,12 +917,13 @@ def explain(
 def evaluate(
     task: str = typer.Argument(..., help="wbc, nuclei, smear10 or any registered task with annotated data"),
     data: List[str] = typer.Option(..., help="folder(s) of image/mask pairs (nuclei: also the DSB layout; "
-                                             "smear10: images/ + segments/ colour maps; wbc-type: labelled "
+                                             "smear10: images/ + segments/ colour maps or classes/ 0-9 index maps; wbc-type: labelled "
                                              "crops, <type>/ folders or wbc-seg with its class CSV)"),
     model: Optional[str] = typer.Option(None, help="bundled name, .safetensors file or run folder"),
     split: Optional[Path] = typer.Option(None, help="split.json: score only its 'val' images (cells on a YOLO "
                                                     "dataset: also a split's name, e.g. val or test)"),
-    cell_diameter: Optional[float] = typer.Option(None, help="WBC (or nucleus) diameter in px; default: estimated"),
+    cell_diameter: Optional[float] = typer.Option(None, help="WBC (nuclei: nucleus; smear10 and cells: red cell) "
+                                                             "diameter in px, as segment takes it; default: estimated"),
     device: str = typer.Option("cpu"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the full results as JSON"),
     grid: Optional[Path] = typer.Option(Path("worst_cases.png"), help="PNG grid of the worst images "

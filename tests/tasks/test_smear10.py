@@ -76,6 +76,23 @@ def test_every_palette_class_round_trips_through_the_colour_map_reader(tmp_path)
     assert (read_colour_map(tmp_path / "noisy.png", SMEAR10.colors) == classes).all()
 
 
+def test_an_index_map_in_segments_is_read_as_indices_and_other_grey_maps_are_refused(tmp_path):
+    """A smear10 walkthrough (stop 67): the 0-9 index maps `segment` writes, put in segments/, were read as colour maps,
+    every pixel nearest black: background, pixel accuracy 0.33, exit 0."""
+    from hemaseg.errors import HemasegInputError
+    from hemaseg.io.datasets import read_smear_label
+
+    classes = np.repeat(np.arange(10, dtype=np.uint8), 4).reshape(1, -1).repeat(3, 0)
+    (tmp_path / "segments").mkdir()
+    write_png(tmp_path / "segments" / "idx.png", classes)
+    assert (read_smear_label(tmp_path / "segments" / "idx.png", SMEAR10.colors) == classes).all()
+    write_png(tmp_path / "segments" / "col.png", colour_map(classes))  # a colour map still reads as one
+    assert (read_smear_label(tmp_path / "segments" / "col.png", SMEAR10.colors) == classes).all()
+    write_png(tmp_path / "segments" / "grey.png", (classes * 20).astype(np.uint8))
+    with pytest.raises(HemasegInputError, match="neither class indices"):
+        read_smear_label(tmp_path / "segments" / "grey.png", SMEAR10.colors)
+
+
 def test_class_balance_weights_balance_classes():
     t = np.zeros((100, 100), np.uint8)
     t[:5] = 3  # 5 % of pixels

@@ -364,7 +364,11 @@ def read_voc(xml: str | Path) -> list[tuple[str, tuple[int, int, int, int]]]:
 def read_colour_map(path: str | Path, palette: dict[int, tuple[int, int, int]]) -> np.ndarray:
     """Colour map PNG -> (H, W) uint8 class indices by the nearest palette colour (anti-aliased
     edges and near-colours such as (255, 225, 0) for (255, 255, 0) fall to the closest class)."""
-    img = read_image(path).astype(np.int32)
+    return _nearest_colour(read_image(path), palette)
+
+
+def _nearest_colour(img: np.ndarray, palette: dict[int, tuple[int, int, int]]) -> np.ndarray:
+    img = img.astype(np.int32)
     keys = sorted(palette)
     cols = np.array([palette[k] for k in keys], np.int32)
     flat = img.reshape(-1, 3)
@@ -399,11 +403,20 @@ def find_smear_pairs(root: str | Path, failed: list[dict] | None = None) -> list
 
 def read_smear_label(path: str | Path, palette: dict[int, tuple[int, int, int]]) -> np.ndarray:
     """A seed-002 label file -> (H, W) uint8 class indices (``classes/`` index PNG, or a colour map
-    read with ``palette``, class index -> RGB)."""
+    read with ``palette``, class index -> RGB). A grey file of values 0..9 is an index map wherever it
+    lies (``segment --task smear10`` writes them: in ``segments/`` each was read as black, background,
+    and scored 0.33 without a word); a grey file of other values is neither, refused."""
     path = Path(path)
     if path.parent.name == "classes":
         return read_mask(path).astype(np.uint8)
-    return read_colour_map(path, palette)
+    img = read_image(path)
+    if not ((img[..., 0] == img[..., 1]).all() and (img[..., 1] == img[..., 2]).all()):
+        return _nearest_colour(img, palette)
+    grey = img[..., 0]
+    if grey.max() <= max(palette):
+        return grey
+    raise HemasegInputError(path, f"a grey map with values up to {int(grey.max())}: neither class indices "
+                                  f"(0-{max(palette)}) nor a colour map of the seed-002 palette")
 
 
 def read_smear_pairs(root: str | Path, palette: dict[int, tuple[int, int, int]]) -> list[tuple[np.ndarray, np.ndarray]]:
