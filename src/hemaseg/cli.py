@@ -476,7 +476,7 @@ def segment(
         raise typer.BadParameter(f"task {task!r} has no segmentation model", param_hint="--task")
     asks_help = [i.strip().lower() for i in post or []] == ["help"]  # the README's `--post help` needs no image
     if not images and not asks_help:
-        raise HemasegUsageError("IMAGES", "missing: give image files, folders or globs")
+        raise _USAGE_ERROR("Missing argument 'images'.")  # as the command line library said it
     images = images or []
     check_numbers(cell_diameter=cell_diameter, tile=tile, pixel_size=pixel_size)
     if pixel_size is not None and diameter_from_pixel_size(spec.name, 1.0) is None:  # help: 'nuclei: not used'
