@@ -96,7 +96,6 @@ def test_pairs_beside_dsb_samples_are_said_to_be_left_out(tmp_path, caplog):
     """A walkthrough: a folder holding DSB samples and image/mask pairs scored the DSB samples alone (5 of 8), without
     a word."""
     from helpers import make_dsb
-
     from hemaseg.tasks import get_task
 
     make_dsb(tmp_path / "mix", n=3)
