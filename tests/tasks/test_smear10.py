@@ -182,6 +182,36 @@ def test_bank_from_data_cuts_real_cells(tmp_path):
     assert (s.classes == HEALTHY).any()
 
 
+def test_a_labs_own_folders_feed_the_bank_under_any_name(tmp_path):
+    """A smear10 walkthrough (stop 67): `train smear10 --data lab` refused a lab's typed crops and its YOLO boxed fields
+    ("no cells found to compose smears from") unless their folders bore a public set's name (bccd-wbc, txl-pbc)."""
+    rng = np.random.default_rng(0)
+    for k in range(8):
+        img = np.full((60, 60, 3), 230, np.uint8)
+        cv2.circle(img, (30, 30), 18, (190, 160, 220), -1)
+        cv2.circle(img, (30, 30), 9, (90, 40, 130), -1)
+        (tmp_path / "mylab" / "Neutrophils").mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(tmp_path / "mylab" / "Neutrophils" / f"c{k}.png"),
+                    np.clip(img + rng.normal(0, 2, img.shape), 0, 255).astype(np.uint8)[..., ::-1])
+    fields = tmp_path / "myfields"
+    fields.mkdir()
+    (fields / "classes.txt").write_text("wbc\nrbc\nplatelet\n")
+    for k in range(6):
+        photo = np.full((120, 160, 3), 235, np.uint8)
+        lines = []
+        for cx, cy in [(30, 30), (80, 40), (120, 80), (40, 90)]:
+            cv2.circle(photo, (cx, cy), 12, (210, 120, 130), -1)
+            lines.append(f"1 {cx / 160:.5f} {cy / 120:.5f} {28 / 160:.5f} {28 / 120:.5f}")
+        photo = np.clip(photo + rng.normal(0, 2, photo.shape), 0, 255).astype(np.uint8)
+        cv2.imwrite(str(fields / f"f{k}.png"), photo[..., ::-1])
+        (fields / f"f{k}.txt").write_text("\n".join(lines) + "\n")
+    crops = [CellBank.from_data(tmp_path / "mylab", part).count() for part in ("train", "val", "test")]
+    assert sum(c.get("neutrophil", 0) for c in crops) >= 6 and crops[0].get("neutrophil"), crops
+    boxed = [CellBank.from_data(fields, part).count() for part in ("train", "val", "test")]
+    assert sum(c.get("healthy rbc", 0) for c in boxed) == 24 and boxed[0].get("healthy rbc"), boxed
+    assert not CellBank.from_data(tmp_path / "mylab" / "Neutrophils", "train").count()  # loose crops: no type
+
+
 def test_synth_cli_writes_seed002_folders(tmp_path):
     out = tmp_path / "syn"
     res = runner.invoke(app, ["synth", "--n", "2", "--out", str(out), "--size", "96", "--seed", "4",

@@ -21,8 +21,8 @@ import cv2
 import numpy as np
 
 from hemaseg.classical import box_cell, central_instance, cut_rgba, hsv_wbc_mask, solidity
-from hemaseg.io.annotations import read_yolo
-from hemaseg.io.datasets import find_labelled_cells, read_voc
+from hemaseg.io.annotations import YOLO_NAME_FILES, read_yolo
+from hemaseg.io.datasets import canonical_type, find_labelled_cells, read_voc
 from hemaseg.io.images import read_image, read_mask
 from hemaseg.io.writers import write_json, write_png
 from hemaseg.progress import track
@@ -404,6 +404,23 @@ def healthy_twin(image: np.ndarray, cell: np.ndarray) -> np.ndarray:
     return cv2.inpaint(np.ascontiguousarray(image[..., :3]), spots.astype(np.uint8), 5, cv2.INPAINT_TELEA)
 
 
+# the folders the public sets' rules read by name; any other --data folder may be a lab's own (CellBank._add_own)
+PUBLIC_FOLDERS = ("Dataset 1", "bccd-wbc", "pbc", "malaria-crops", "txl-pbc")
+
+
+def central_cell(img: np.ndarray, target: int) -> np.ndarray | None:
+    """The RGBA cut of the stained object at the centre of a single-cell crop (:func:`hemaseg.classical.hsv_wbc_mask`),
+    when it is solid and of a WBC's (or, for ``THROMBOCYTE``, a platelet's) share of the crop; else None."""
+    _, inst = hsv_wbc_mask(img)
+    k = central_instance(inst)
+    if not k:
+        return None
+    m = inst == k
+    share = m.mean()
+    ok = 0.005 < share < 0.05 if target == THROMBOCYTE else 0.04 < share < 0.6
+    return cut_rgba(img, m) if ok and solidity(m) >= (0.8 if target == THROMBOCYTE else 0.85) else None
+
+
 def _named(root: Path, name: str) -> list[Path]:
     """``root`` itself when it is the folder called ``name`` (``--data ../shared/data/pbc``), and every folder of
     that name under it (``--data ../shared/data``): a data set's own folder given directly was searched below
@@ -471,6 +488,8 @@ class CellBank:
         bank._add_malaria(root, part, seed, max_per_class)
         bank._add_txl(root, part, seed, max_per_class, progress)
         xmls = sorted(p for p in root.rglob("Annotations/*.xml"))
+        if not xmls and not bank.crops and not bank.backgrounds and root.name not in PUBLIC_FOLDERS:
+            bank._add_own(root, part, seed, held_out, max_per_class, progress)
         rng.shuffle(xmls)
         for xml in track(xmls, "cut BCCD cells", leave=False) if progress else xmls:
             if _part_of(f"bccd/{xml.stem}", seed) != part:
@@ -502,16 +521,9 @@ class CellBank:
                     key = f"pbc/{path.stem}"
                     if (_wbc_part(path, key, seed, held_out) if target != THROMBOCYTE else _part_of(key, seed)) != part:
                         continue
-                    img = read_image(path)
-                    _, inst = hsv_wbc_mask(img)
-                    k = central_instance(inst)
-                    if not k:
-                        continue
-                    m = inst == k
-                    share = m.mean()
-                    ok = 0.005 < share < 0.05 if target == THROMBOCYTE else 0.04 < share < 0.6
-                    if ok and solidity(m) >= (0.8 if target == THROMBOCYTE else 0.85):
-                        self.add(target, cut_rgba(img, m))
+                    crop = central_cell(read_image(path), target)
+                    if crop is not None:
+                        self.add(target, crop)
                         taken += 1
 
     def _add_malaria(self, root: Path, part: str, seed: int, max_per_class: int) -> None:
@@ -535,22 +547,58 @@ class CellBank:
         their boxes (:func:`hemaseg.classical.mask_in_box`). TXL's own split decides the part."""
         for folder in sorted(p for p in _named(root, "txl-pbc") if p.is_dir() and (p / "images").is_dir()):
             entries = [e for e in read_yolo(folder) if Path(e["filename"]).parts[1:2] == (part,)]
-            np.random.default_rng(seed).shuffle(entries)
-            taken = {HEALTHY: 0, THROMBOCYTE: 0}
-            for e in track(entries, "cut TXL-PBC cells", leave=False) if progress else entries:
-                if taken[HEALTHY] >= max_per_class and taken[THROMBOCYTE] >= max_per_class // 3:
-                    break
-                img = read_image(folder / e["filename"])
-                for rec in e["masks"]:
-                    target = {"rbc": HEALTHY, "platelet": THROMBOCYTE}.get(rec["category"])
-                    if target is None or taken[target] >= (max_per_class if target == HEALTHY else max_per_class // 3):
-                        continue
-                    b = rec["bounding_box"]
+            self._add_fields(folder, entries, seed, max_per_class, progress, "cut TXL-PBC cells")
+
+    def _add_fields(self, folder: Path, entries: list[dict], seed: int, max_per_class: int, progress: bool,
+                    what: str) -> None:
+        """Red cells and platelets cut from boxed fields (:func:`hemaseg.classical.box_cell`), and WBCs whose box
+        names their type (a lab's own fields: the stained cell at the box's centre, :func:`central_cell`)."""
+        entries = list(entries)
+        np.random.default_rng(seed).shuffle(entries)
+        taken: dict[int, int] = {}
+        for e in track(entries, what, leave=False) if progress else entries:
+            if taken.get(HEALTHY, 0) >= max_per_class and taken.get(THROMBOCYTE, 0) >= max_per_class // 3:
+                break
+            img = read_image(folder / e["filename"])
+            for rec in e["masks"]:
+                kind = canonical_type(rec["class_name"])
+                target = WBC_CLASSES.get(kind, {"rbc": HEALTHY, "platelet": THROMBOCYTE}.get(rec["category"]))
+                if target is None or taken.get(target, 0) >= (max_per_class if target != THROMBOCYTE
+                                                               else max_per_class // 3):
+                    continue
+                b = rec["bounding_box"]
+                if target in WBC_CLASSES.values():  # the box and a margin: the cell is found in it, as in a crop
+                    crop = central_cell(square_crop(img, b, CROP_MARGIN), target)
+                else:
                     crop = box_cell(img, (b["x1"], b["y1"], b["x2"], b["y2"]), platelet=target == THROMBOCYTE)
-                    if crop is not None:
-                        self.add(target, crop)
-                        taken[target] += 1
-                self.backgrounds.append(tuple(np.percentile(img.reshape(-1, 3), 90, axis=0)))
+                if crop is not None:
+                    self.add(target, crop)
+                    taken[target] = taken.get(target, 0) + 1
+            self.backgrounds.append(tuple(np.percentile(img.reshape(-1, 3), 90, axis=0)))
+
+    def _add_own(self, root: Path, part: str, seed: int, held_out: set[str] | None, max_per_class: int,
+                 progress: bool) -> None:
+        """A lab's own folder under any name (the public sets are known by theirs): typed single-cell crops
+        (``<type>/`` sub-folders, as ``train wbc-type`` reads them; each cut as PBC's are, :func:`central_cell`)
+        or a YOLO folder of boxed fields (red cells, platelets, WBCs whose box names their type). Crops are
+        split into parts by file, fields by their ``images/<split>/`` folder, else by file."""
+        if any((root / f).is_file() for f in YOLO_NAME_FILES):
+            entries = read_yolo(root)
+            splits = {Path(e["filename"]).parts[1] for e in entries if Path(e["filename"]).parts[:1] == ("images",)
+                      and len(Path(e["filename"]).parts) > 2}
+            mine = [e for e in entries if (Path(e["filename"]).parts[1:2] == (part,) if splits & set(PARTS)
+                                           else _part_of(f"own/{e['filename']}", seed) == part)]
+            self._add_fields(root, mine, seed, max_per_class, progress, f"cut cells of {root.name}")
+            return
+        for path, kind in find_labelled_cells(root):
+            target = WBC_CLASSES.get(kind, THROMBOCYTE if kind == "platelet" else None)
+            key = f"own/{path.parent.name}/{path.stem}"
+            if target is None or len(self.crops.get(target, [])) >= max_per_class or (
+                    _wbc_part(path, key, seed, held_out) if target != THROMBOCYTE else _part_of(key, seed)) != part:
+                continue
+            crop = central_cell(read_image(path), target)
+            if crop is not None:
+                self.add(target, crop)
 
     def save(self, path: str | Path) -> Path:
         """Cache as one .npz (crops are ragged: stored as flat arrays + shapes)."""

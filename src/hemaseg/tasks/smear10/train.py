@@ -327,7 +327,8 @@ def smear10_data(cfg, run: Path, state: dict) -> tuple:
     train_bank = load_bank(cfg.data, "train", cfg.seed, run / "bank_train.npz", held_out)
     if cfg.data and not train_bank.count():
         raise HemasegInputError(", ".join(map(str, cfg.data)), "no cells found to compose smears from (read: wbc-seg, "
-                                "bccd-wbc, pbc, malaria-crops, txl-pbc and BCCD's Annotations/ folders)")
+                                "bccd-wbc, pbc, malaria-crops, txl-pbc and BCCD's Annotations/ folders; a lab's own "
+                                "folder of typed crops in <type>/ sub-folders, or of YOLO boxed fields)")
     val_dir = run / "val"
     if val_dir.is_dir() and len(list((val_dir / "segments").glob("*.png"))) < N_VAL:  # an older run's half-set
         shutil.rmtree(val_dir)
