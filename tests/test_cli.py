@@ -98,6 +98,11 @@ def test_train_cli_and_resume(tmp_path, wbc_folder):
         assert res.exit_code == 2 and "--resume" in res.output and f"a wbc run, not a {task} run" in res.output, \
             (task, res.output)
     assert (run / "state.json").read_bytes() == before
+    import torch  # a smear10 walkthrough (stop 67): "going on with N torch thread(s)" was said before the refusal
+
+    (run / "state.json").write_text(json.dumps({**json.loads(before), "threads": torch.get_num_threads() + 1}))
+    res = runner.invoke(app, ["train", "nuclei", "--resume", str(run)])
+    assert res.exit_code == 2 and "thread" not in res.output, res.output
 
 
 def test_a_resume_goes_on_with_the_threads_the_run_began_on(tmp_path, wbc_folder):

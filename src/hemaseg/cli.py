@@ -652,7 +652,7 @@ def train(
                 raise HemasegUsageError("--out", "give --out RUN to start a run or --resume RUN to continue one, "
                                                  "not both")
             prepare_run(resume, resume=True, overwrite=overwrite)
-            _resume_threads(resume, threads)
+            _resume_threads(resume, threads, spec.name)
             state, run = spec.fit(None, resume, resume=True), resume
         else:
             if out is None:
@@ -720,14 +720,17 @@ def train(
                err=True)
 
 
-def _resume_threads(run: Path, threads: int) -> None:
+def _resume_threads(run: Path, threads: int, task: str | None = None) -> None:
     """A resumed run goes on with the torch threads it began with (``state.json``'s ``threads``), so that it ends
     bit-identical to an unbroken run; a ``--threads`` that differs is used, with a warning."""
     import torch
 
     try:
-        began = json.loads((run / "state.json").read_text()).get("threads")
-    except (OSError, ValueError, AttributeError):
+        state = json.loads((run / "state.json").read_text())
+        began = state.get("threads")
+        if task is not None and state["config"].get("task", "wbc-type") != task:
+            return  # another task's run: refused by the resume itself, with nothing said about threads first
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
         return  # said by the resume itself
     if not began:
         return  # a run of an earlier version: its threads were not recorded
