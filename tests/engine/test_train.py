@@ -279,3 +279,31 @@ def test_a_given_split_decides_train_and_val_by_file_name(wbc_folder, tmp_path):
     cfg.split = str(tmp_path / "missing.json")
     with pytest.raises(HemasegInputError, match="missing.json"):
         fit(cfg, tmp_path / "missing", progress=False)
+
+
+def test_a_fine_tune_never_ends_worse_than_its_start(wbc_folder, tmp_path, caplog):
+    """A smear10 walkthrough (stop 67): a lab's fine-tune at too high a rate ended below the model it began from
+    (mean IoU 0.73 -> 0.52), and the run shipped its best epoch, the start never scored. The start is scored on the
+    same validation items at the end, and shipped when no epoch beat it, said in the card and the log."""
+    import logging
+
+    import torch
+    from safetensors.torch import load_file
+
+    first = tmp_path / "first"
+    cfg = _cfg(wbc_folder)
+    cfg.epochs, cfg.samples_per_epoch, cfg.batch_size, cfg.lr, cfg.augment = 6, 64, 8, 1e-2, False
+    fit(cfg, first, progress=False)
+    cfg = _cfg(wbc_folder)
+    cfg.epochs, cfg.lr, cfg.init, cfg.augment = 1, 5.0, str(first), False  # a rate that wrecks it
+    with caplog.at_level(logging.WARNING):
+        state = fit(cfg, tmp_path / "tuned", progress=False)
+    card = json.loads((tmp_path / "tuned" / "model.json").read_text())
+    assert state["finished"] and card["metrics"]["epoch"] == 0 and "the start model" in card["training"]["shipped"]
+    assert "no epoch beat the start" in caplog.text, caplog.text
+    shipped = load_file(str(tmp_path / "tuned" / "model.safetensors"))
+    start, _ = load_model(first)
+    assert all(torch.equal(shipped[k], v) for k, v in start.state_dict().items())
+    again = fit(None, tmp_path / "tuned", resume=True, progress=False)  # a finished run resumed: shipped as it was
+    assert again["finished"] and load_file(str(tmp_path / "tuned" / "model.safetensors")).keys() == shipped.keys()
+    assert all(torch.equal(load_file(str(tmp_path / "tuned" / "model.safetensors"))[k], v) for k, v in shipped.items())

@@ -241,6 +241,33 @@ def test_a_fine_tune_resumes_without_its_start_model(tmp_path):
     assert all(np.allclose(a[k].numpy(), b[k].numpy(), atol=1e-5) for k in a)
 
 
+def test_a_fine_tune_of_the_typer_never_ends_worse_than_its_start(tmp_path):
+    """A smear10 walkthrough (stop 67) found fine-tunes ending below their start (the start never scored); the typer's
+    own loop scores its start on the same validation crops and ships it when no epoch beat it."""
+    rng = np.random.default_rng(0)
+    data = tmp_path / "a"
+    for c in ("Neutrophil", "Eosinophil"):  # told apart by colour, which cell normalisation keeps (not by size)
+        (data / c).mkdir(parents=True)
+        for i in range(12):
+            img, mask = toy_wbc(rng, 72)
+            if c == "Eosinophil":
+                img[mask == 128] = (235, 120, 60)
+            Image.fromarray(img).save(data / c / f"{c[:2]}_{i}.png")
+    run = tmp_path / "run"
+    res = runner.invoke(app, ["train", "wbc-type", "--data", str(data), "--out", str(run), "--backbone", TINY_BACKBONE,
+                              "--epochs", "6", "--batch-size", "4", "--crop", "48", "--samples-per-epoch", "32",
+                              "--val-fraction", "0.25"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["train", "wbc-type", "--init", str(run), "--data", str(data), "--out", str(tmp_path / "ft"),
+                              "--epochs", "1", "--batch-size", "4", "--samples-per-epoch", "16", "--val-fraction", "0.25",
+                              "--lr", "10"])
+    assert res.exit_code == 0, res.output
+    tuned = json.loads((tmp_path / "ft" / "model.json").read_text())
+    val = tuned["metrics"]["val"]
+    assert (val["accuracy"] + val["macro_f1"]) / 2 >= tuned["training"]["start_metric"] - 1e-4, tuned
+    assert "the start model" in tuned["training"]["shipped"] and tuned["metrics"]["epoch"] == 0, tuned["training"]
+
+
 def test_trained_model_takes_the_ruler_and_is_calibrated(tmp_path):
     data = _crops(tmp_path / "a", per_class=4)
     run = tmp_path / "run"

@@ -627,19 +627,38 @@ def end_epoch(run: Path, state: dict, cfg, epoch: int, lr: float, losses: list[f
 SCORE_PREFIXES = ("dice", "iou", "dsb", "ap", "pixel", "mean_iou", "map")  # validation keys kept in the model card
 
 
-def finish_run(run: Path, state: dict, cfg, model, card: dict) -> None:
+def run_over(state: dict, cfg) -> bool:
+    """All epochs run, or stopped early."""
+    return state["epoch"] >= cfg.epochs or bool(state.get("stopped_early"))
+
+
+def finish_run(run: Path, state: dict, cfg, model, card: dict, start: tuple | None = None) -> None:
     """When the run is over (all epochs, or stopped early): the shipped model = best weights + card
-    with that epoch's validation figures and the training time; ``state["finished"]``."""
+    with that epoch's validation figures and the training time; ``state["finished"]``.
+
+    ``start``: (state dict, validation figures, headline) of a fine-tune's start model (``--init``) on
+    the same validation items: when no epoch beat it, the start is shipped, and the card says so (a lab's
+    small fine-tune at too high a rate could end worse than the model it began from)."""
     from safetensors.torch import load_file
 
-    if not (state["epoch"] >= cfg.epochs or state["stopped_early"]):
+    if not run_over(state, cfg) or state.get("finished"):  # (a finished run resumed: its model stays as shipped)
         return
-    model.load_state_dict(load_file(str(run / "best.safetensors")))
     best = next(h for h in state["history"] if h["epoch"] == state["best_epoch"])
+    metrics = {"val": {k: best[k] for k in best if k.startswith(SCORE_PREFIXES)}, "epoch": state["best_epoch"]}
+    if start is not None:
+        card["training"]["start_metric"] = round(float(start[2]), 4)  # the task's headline, as each epoch's
+    if start is not None and start[2] > state["best_metric"]:
+        model.load_state_dict(start[0])
+        metrics = {"val": {k: v for k, v in start[1].items() if k.startswith(SCORE_PREFIXES)}, "epoch": 0}
+        card["training"]["shipped"] = (f"the start model ({cfg.init}): no epoch beat its validation score "
+                                       f"{start[2]:.4f} (best epoch {state['best_epoch']}: {state['best_metric']:.4f})")
+        log.warning("no epoch beat the start model's validation score (%.4f against the best epoch's %.4f): the "
+                    "run's model is its start, %s; try a lower --lr", start[2], state["best_metric"], cfg.init)
+    else:
+        model.load_state_dict(load_file(str(run / "best.safetensors")))
     card["training"]["minutes"] = round(sum(h["seconds"] for h in state["history"]) / 60, 1)
     state["finished"] = True
-    commit_checkpoint(run, state, {"model": (model, {**card, "metrics": {
-        "val": {k: best[k] for k in best if k.startswith(SCORE_PREFIXES)}, "epoch": state["best_epoch"]}})})
+    commit_checkpoint(run, state, {"model": (model, {**card, "metrics": metrics})})
 
 
 def predict_native(model: torch.nn.Module, image: np.ndarray, low: float, high: float, stride: int,
@@ -779,5 +798,22 @@ def fit(task, cfg: TrainConfig | None, run: str | Path, resume: bool = False, pr
         metric = task.headline(val) if val else -float(np.mean(losses))
         end_epoch(run, state, cfg, epoch, lr, losses, val, metric, time.time() - t0, model, optimizer, scheduler, card)
 
-    finish_run(run, state, cfg, model, card)
+    start = None
+    if cfg.init and val_items and run_over(state, cfg) and not state.get("finished"):
+        # the start model scored on the same validation items, as each epoch is (the run's model is never worse)
+        try:
+            first, _ = load_model(cfg.init)
+        except HemasegError as exc:  # moved since the run began: the best epoch is shipped, as before
+            log.warning("%s: the start model could not be scored against the run's best epoch (%s)", cfg.init,
+                        getattr(exc, "reason", exc))
+            finish_run(run, state, cfg, model, card)
+            return state
+        weights = grow_outputs(first.state_dict(), model.state_dict(), len(task.classes))
+        trained = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        load_weights(model, weights, cfg.init, f"{cfg.arch} {cfg.arch_kwargs}")
+        model.eval()
+        val = task.validate(probs_of, val_items, cfg, data_card)
+        start = ({k: v.detach().clone() for k, v in model.state_dict().items()}, val, task.headline(val))
+        model.load_state_dict(trained)
+    finish_run(run, state, cfg, model, card, start)
     return state

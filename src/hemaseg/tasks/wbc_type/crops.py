@@ -209,6 +209,8 @@ def group_probs(probs: np.ndarray, classes: list[str], mode: int) -> tuple[list[
     >>> names, q = group_probs(p, ["neutrophil", "eosinophil", "monocyte", "lymphocyte", "basophil"], 1)
     >>> names, q.round(2).tolist()
     (['MONONUCLEAR', 'POLYNUCLEAR'], [[0.3, 0.7]])
+    >>> group_probs(np.array([[0.8, 0.2]]), ["neutrophil", "eosinophil"], 1)[1].tolist()  # no mononuclear type
+    [[0.0, 1.0]]
     """
     idx = {c: i for i, c in enumerate(classes)}
     if mode == 4:
@@ -217,8 +219,9 @@ def group_probs(probs: np.ndarray, classes: list[str], mode: int) -> tuple[list[
             raise ValueError(f"-m 4 needs a model with PBC's eight classes; this one lacks {', '.join(missing)}")
         return [c.upper() for c in PBC_CLASSES], probs[:, [idx[c] for c in PBC_CLASSES]]
     if mode == 1:
-        mono = sum(probs[:, idx[c]] for c in MONONUCLEAR if c in idx)
-        poly = sum(probs[:, idx[c]] for c in POLYNUCLEAR if c in idx)
+        # (a model of polynuclear types alone has no mononuclear column: a zero one, not the number 0)
+        mono = sum((probs[:, idx[c]] for c in MONONUCLEAR if c in idx), np.zeros(len(probs)))
+        poly = sum((probs[:, idx[c]] for c in POLYNUCLEAR if c in idx), np.zeros(len(probs)))
         q = np.stack([mono, poly], 1)
         return ["MONONUCLEAR", "POLYNUCLEAR"], q / np.maximum(q.sum(1, keepdims=True), 1e-12)
     if mode not in (2, 3):

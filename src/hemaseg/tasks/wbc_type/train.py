@@ -38,7 +38,7 @@ from hemaseg.engine.train import (
     start_or_resume,
     versions,
 )
-from hemaseg.errors import HemasegInputError, HemasegUsageError
+from hemaseg.errors import HemasegError, HemasegInputError, HemasegUsageError
 from hemaseg.io.datasets import find_labelled_cells
 from hemaseg.io.images import list_images, read_image
 from hemaseg.io.writers import atomic_path, write_json
@@ -673,9 +673,34 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
         log.info(f"epoch {epoch}/{cfg.epochs} loss {entry['train_loss']:.4f} "
                  + " ".join(f"{k} {v:.3f}" for k, v in val_scores.items()) + f" lr {lr:.2e} {entry['seconds']:.0f}s")
 
-    if state["epoch"] >= cfg.epochs or state["stopped_early"]:
+    # (a finished run resumed: its model stays as shipped)
+    if (state["epoch"] >= cfg.epochs or state["stopped_early"]) and not state.get("finished"):
         model.load_state_dict(load_file(str(run / "best.safetensors")))
         best = next(h for h in state["history"] if h["epoch"] == state["best_epoch"])
+        shipped_epoch = state["best_epoch"]
+        if cfg.init and len(va_lab):
+            # the start scored on the same validation crops as each epoch: a fine-tune never ends worse than it began
+            try:
+                first = create_model(arch_name, **arch_kwargs)
+                first.load_state_dict((start[0] if start[0] is not None else load_model(cfg.init)[0]).state_dict())
+            except HemasegError as exc:
+                log.warning("%s: the start model could not be scored against the run's best epoch (%s)", cfg.init,
+                            getattr(exc, "reason", exc))
+                first = None
+            if first is not None:
+                first_scores = scores(predict(first, va_img, extras=va_ext, colour=cfg.colour, parts=va_parts),
+                                      va_lab, classes)
+                first_metric = (first_scores["accuracy"] + first_scores["macro_f1"]) / 2
+                card["training"]["start_metric"] = round(first_metric, 4)  # (accuracy + macro-F1) / 2, as each epoch's
+                if first_metric > state["best_metric"]:
+                    model.load_state_dict(first.state_dict())
+                    best, shipped_epoch = first_scores, 0
+                    card["training"]["shipped"] = (f"the start model ({cfg.init}): no epoch beat its validation "
+                                                   f"score {first_metric:.4f} (best epoch {state['best_epoch']}: "
+                                                   f"{state['best_metric']:.4f})")
+                    log.warning("no epoch beat the start model's validation score (%.4f against the best epoch's "
+                                "%.4f): the run's model is its start, %s; try a lower --lr", first_metric,
+                                state["best_metric"], cfg.init)
         val_scores = {k: best[k] for k in ("accuracy", "macro_f1", "accuracy_5", "accuracy_4", "accuracy_2", "ece")
                       if k in best}
         # too few validation crops cannot calibrate: 3-5 crops all right took the temperature to its 0.25 floor, a
@@ -697,12 +722,12 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
                 val_scores["data_only"] = {**scores(probs[val_own], va_lab[val_own], classes), "n": int(val_own.sum())}
             rep = classification_report(va_lab, probs.argmax(1), classes)
             plot_confusion(np.array(rep["confusion"]), classes, run / "confusion.png",
-                           f"validation, epoch {state['best_epoch']}: acc {rep['accuracy']:.3f}, "
+                           f"validation, epoch {shipped_epoch}: acc {rep['accuracy']:.3f}, "
                            f"macro-F1 {rep['macro_f1']:.3f}")
             state["val_report"] = rep
         state["finished"] = True
         commit_checkpoint(run, state, {"model": (model, {**card, "temperature": temperature,
-                                                          "metrics": {"val": val_scores, "epoch": state["best_epoch"]}})})
+                                                          "metrics": {"val": val_scores, "epoch": shipped_epoch}})})
     return state
 
 
