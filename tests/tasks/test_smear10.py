@@ -210,6 +210,11 @@ def test_a_labs_own_folders_feed_the_bank_under_any_name(tmp_path):
     boxed = [CellBank.from_data(fields, part).count() for part in ("train", "val", "test")]
     assert sum(c.get("healthy rbc", 0) for c in boxed) == 24 and boxed[0].get("healthy rbc"), boxed
     assert not CellBank.from_data(tmp_path / "mylab" / "Neutrophils", "train").count()  # loose crops: no type
+    # --real-fields without TXL-PBC-like fields: refused before the banks and the validation set were built
+    res = runner.invoke(app, ["train", "smear10", "--data", str(tmp_path / "mylab"), "--out", str(tmp_path / "r"),
+                              "--real-fields", "0.4", "--epochs", "1"])
+    assert res.exit_code == 1 and "real_fields needs boxed fields" in res.output, res.output
+    assert not (tmp_path / "r").exists()
 
 
 def test_synth_cli_writes_seed002_folders(tmp_path):

@@ -324,6 +324,10 @@ def smear10_data(cfg, run: Path, state: dict) -> tuple:
     for d in cfg.data or []:  # a missing folder or a file gave an empty bank and trained on procedural cells unsaid
         if not Path(d).is_dir():
             raise HemasegInputError(d, "not a folder")
+    fields = boxed_fields(cfg.data or []) if cfg.real_fields > 0 else []
+    if cfg.real_fields > 0 and not fields:  # before the banks and the validation set are built (minutes of work)
+        raise HemasegInputError(", ".join(cfg.data or []) or "--data", "real_fields needs boxed fields with a "
+                                "sources.csv (TXL-PBC) among the data folders")
     train_bank = load_bank(cfg.data, "train", cfg.seed, run / "bank_train.npz", held_out)
     if cfg.data and not train_bank.count():
         raise HemasegInputError(", ".join(map(str, cfg.data)), "no cells found to compose smears from (read: wbc-seg, "
@@ -347,10 +351,6 @@ def smear10_data(cfg, run: Path, state: dict) -> tuple:
         state["stream"] = training_stream(cfg.init)
     real = None
     if cfg.real_fields > 0:
-        fields = boxed_fields(cfg.data)
-        if not fields:
-            raise HemasegInputError(", ".join(cfg.data) or "--data", "real_fields needs boxed fields with a "
-                                    "sources.csv (TXL-PBC) among the data folders")
         real = RealFields(fields, synth.rbc_diameter, synth.size, cfg.merge_wbc)
     dataset = SynthDataset(train_bank, synth, cfg.samples_per_epoch or 512, cfg.seed, transform, cfg.norm_low,
                            cfg.norm_high, balance=cfg.class_balance, merge_wbc=cfg.merge_wbc, stream=state["stream"],
