@@ -55,6 +55,12 @@ def test_lazy_regions_equal_the_whole_image(sample, tmp_path):
     tifffile.imwrite(tmp_path / "g.tif", grey, tile=(16, 16))
     g = LazyImage(tmp_path / "g.tif")
     assert np.array_equal(g[20:40, 8:16], read_image(tmp_path / "g.tif")[20:40, 8:16])
+    # ... and a hot pixel is clipped as whole-image reading clips it (stop 67: one range rule for both)
+    hot = grey // 10  # 0-3583, and one pixel at 65535
+    hot[5, 5] = 65535
+    tifffile.imwrite(tmp_path / "h.tif", hot, tile=(16, 16))
+    h = LazyImage(tmp_path / "h.tif")
+    assert np.array_equal(np.asarray(h), read_image(tmp_path / "h.tif")) and np.asarray(h)[60, 70, 0] > 200
 
 
 def test_a_lazy_stack_reads_its_first_plane_and_says_so(tmp_path, caplog):

@@ -164,6 +164,35 @@ def _outlier_free_range(arr: np.ndarray, block: int = 4) -> tuple[float, float] 
     return float(lo), float(hi)
 
 
+def value_range(arr: np.ndarray) -> tuple[float, float] | None:
+    """(low, high) that :func:`to_uint8` scales ``arr`` over (None: no finite value): min..max of the
+    finite values; a float image within 0..1, 0..1; an end reached only by specks of up to 3 x 3 px
+    lying further out than the rest of the image spans, the rest's (:func:`_outlier_free_range`).
+    A whole-slide image takes it from a small level (:class:`LazyImage`)."""
+    if arr.dtype.kind == "f":
+        finite = np.isfinite(arr)
+        all_finite = bool(finite.all())
+        vals = arr if all_finite else arr[finite]
+        del finite
+    else:
+        all_finite, vals = True, arr
+    if vals.size == 0:
+        return None
+    lo, hi = float(np.float32(vals.min())), float(np.float32(vals.max()))
+    del vals
+    if arr.dtype.kind == "f" and lo >= 0.0 and hi <= 1.0:
+        return 0.0, 1.0
+    if all_finite:
+        inner = _outlier_free_range(arr)
+        if inner is not None and inner[1] > inner[0]:  # (a flat image with specks keeps its whole range)
+            i_lo, i_hi = float(np.float32(inner[0])), float(np.float32(inner[1]))
+            # an end moves only where its specks reach further than the whole content spans (they would
+            # take over half the grey levels): an ordinary image keeps its min..max
+            lo = i_lo if i_lo - lo > i_hi - i_lo else lo
+            hi = i_hi if hi - i_hi > i_hi - i_lo else hi
+    return lo, hi
+
+
 def to_uint8(arr: np.ndarray) -> np.ndarray:
     """Scale 16-bit/int/float intensities to uint8, leave uint8 alone: over the min..max of the image's
     finite values, but an end reached only by specks of up to 3 x 3 px (hot or dead camera pixels,
@@ -180,27 +209,11 @@ def to_uint8(arr: np.ndarray) -> np.ndarray:
         return arr
     if arr.dtype.kind == "f" and arr.dtype.itemsize > 4:
         arr = arr.astype(np.float32)  # values past float32's range become inf, as they always have
-    if arr.dtype.kind == "f":
-        finite = np.isfinite(arr)
-        all_finite = bool(finite.all())
-        vals = arr if all_finite else arr[finite]
-        del finite
-    else:
-        all_finite, vals = True, arr
-    if vals.size == 0:
+    found = value_range(arr)
+    if found is None:
         return np.where(arr == np.inf, 255, 0).astype(np.uint8)
-    lo, hi = float(np.float32(vals.min())), float(np.float32(vals.max()))
-    del vals
-    if arr.dtype.kind == "f" and lo >= 0.0 and hi <= 1.0:
-        lo, hi = 0.0, 1.0
-    elif all_finite:
-        inner = _outlier_free_range(arr)
-        if inner is not None and inner[1] > inner[0]:  # (a flat image with specks keeps its whole range)
-            i_lo, i_hi = float(np.float32(inner[0])), float(np.float32(inner[1]))
-            # an end moves only where its specks reach further than the whole content spans (they would
-            # take over half the grey levels): an ordinary image keeps its min..max
-            lo = i_lo if i_lo - lo > i_hi - i_lo else lo
-            hi = i_hi if hi - i_hi > i_hi - i_lo else hi
+    lo, hi = found
+    all_finite = arr.dtype.kind != "f" or bool(np.isfinite(arr).all())
     scale = 255.0 / (hi - lo) if hi > lo else 0.0
     # A band of rows at a time: the float copy is of one band, not of the whole image.
     out = np.empty(arr.shape, np.uint8)
@@ -392,8 +405,7 @@ class LazyImage:
             small = self._raw(self._levels[-1], slice(None, None, max(1, self._levels[-1].shape[
                 self.axes.index("Y")] // 2048)), slice(None, None, max(1, self._levels[-1].shape[
                     self.axes.index("X")] // 2048)))
-            finite = small[np.isfinite(small)] if small.dtype.kind == "f" else small
-            self._range = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+            self._range = value_range(small) or (0.0, 1.0)
 
     def close(self) -> None:
         self._tif.close()
