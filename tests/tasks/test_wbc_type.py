@@ -348,6 +348,29 @@ def test_group_probs_modes_for_an_eight_class_model():
         group_probs(p[:, :5], TYPES, 4)
 
 
+def test_a_file_name_that_is_no_utf8_costs_no_batch(tmp_path, tiny_classifier):
+    """A classify walkthrough (stop 67): a crop named b'bad\\xff.jpg' ended the batch in a UnicodeEncodeError (no CSV;
+    analyze left no counts.csv nor report.html). Its row names it by its own bytes now."""
+    import os
+
+    d = _crops(tmp_path / "c", per_class=1, classes=("Monocyte",))
+    odd = Path(os.fsdecode(bytes(d) + b"/bad\xff.jpg"))
+    odd.write_bytes(next(d.rglob("*.jpg")).read_bytes())
+    out = tmp_path / "o.csv"
+    res = runner.invoke(app, ["classify", "-d", str(d), "-o", str(out), "--model", str(tiny_classifier)])
+    assert res.exit_code == 0, res.output
+    rows = out.read_bytes().splitlines()
+    assert len(rows) == 3 and any(r.startswith(bytes(d) + b"/bad\xff.jpg,") for r in rows), rows
+    import hemaseg
+
+    photo = Path(os.fsdecode(bytes(tmp_path) + b"/photo\xff.jpg"))
+    photo.write_bytes((Path(hemaseg.__file__).parent / "samples" / "BloodImage_00000.jpg").read_bytes())
+    res = runner.invoke(app, ["analyze", str(photo), "--out", str(tmp_path / "an")])
+    assert res.exit_code == 0, res.output
+    assert b"photo\xff.jpg" in (tmp_path / "an" / "counts.csv").read_bytes()
+    assert (tmp_path / "an" / "report.html").is_file()
+
+
 def test_classify_marks_crops_without_a_wbc_and_unsure_ones(tmp_path, tiny_classifier):
     d = _crops(tmp_path / "c", per_class=1, classes=("Monocyte",))
     Image.fromarray(np.full((48, 48, 3), 230, np.uint8)).save(d / "empty.png")  # plain background: no WBC

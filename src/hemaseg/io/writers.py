@@ -142,9 +142,11 @@ def nan_as_null(obj: Any) -> Any:
 
 
 def write_text(path: str | Path, text: str) -> Path:
-    """Write a text file atomically."""
+    """Write a text file atomically, UTF-8. A file name that is no UTF-8 (bytes a camera or another system wrote,
+    which Python holds as surrogates) is written back as its own bytes: a CSV row names the file as it is on disk
+    (it failed the whole batch, no CSV written)."""
     with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+        tmp.write_text(text, encoding="utf-8", errors="surrogateescape")
     return Path(path)
 
 

@@ -340,7 +340,7 @@ def write_report_records(path: str | Path, records: Iterable[dict], failed: list
                          min_confidence: float | None = None) -> Path:
     """:func:`report_html` of :func:`image_record` records (iterated twice), written as it is made,
     atomically: the page is never one string in memory."""
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", errors="surrogateescape") as f:  # (write_text)
         for k, chunk in enumerate(report_chunks(records, failed, title, date, min_confidence)):
             f.write(("\n" if k else "") + chunk)
     return Path(path)
