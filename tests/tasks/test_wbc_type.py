@@ -371,6 +371,17 @@ def test_a_file_name_that_is_no_utf8_costs_no_batch(tmp_path, tiny_classifier):
     assert (tmp_path / "an" / "report.html").is_file()
 
 
+def test_a_broken_link_among_the_crops_is_one_failed_line(tmp_path, tiny_classifier):
+    """A classify walkthrough (stop 67): a dangling symlink in a -d folder was skipped without a word, exit 0 (given
+    with -f it failed, exit 1)."""
+    d = _crops(tmp_path / "c", per_class=1, classes=("Monocyte",))
+    (d / "Monocyte" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    out = tmp_path / "o.csv"
+    res = runner.invoke(app, ["classify", "-d", str(d), "-o", str(out), "--model", str(tiny_classifier)])
+    assert res.exit_code == 1 and "gone.jpg: a link to a file that is not there" in res.output, res.output
+    assert len(out.read_text().splitlines()) == 2  # the header and the crop that is there
+
+
 def test_classify_marks_crops_without_a_wbc_and_unsure_ones(tmp_path, tiny_classifier):
     d = _crops(tmp_path / "c", per_class=1, classes=("Monocyte",))
     Image.fromarray(np.full((48, 48, 3), 230, np.uint8)).save(d / "empty.png")  # plain background: no WBC

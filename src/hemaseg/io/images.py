@@ -89,7 +89,8 @@ def _pil_array(im: Image.Image, band_pixels: int = 1 << 22) -> np.ndarray:
 
 def _read_raw(path: Path) -> np.ndarray:
     if not path.exists():
-        raise HemasegInputError(path, "no image matches it" if any(ch in str(path) for ch in "*?[") else "no such file")
+        raise HemasegInputError(path, "a link to a file that is not there" if path.is_symlink() else
+                                "no image matches it" if any(ch in str(path) for ch in "*?[") else "no such file")
     if path.is_dir():
         raise HemasegInputError(path, "is a folder, not an image")
     if path.stat().st_size == 0:
@@ -584,8 +585,9 @@ def expand_inputs(inputs: list[str | Path] | str | Path, recursive: bool = False
         p = Path(item)
         if p.is_dir():
             it = p.rglob("*") if recursive else p.iterdir()
+            # a broken link among the images is listed, to fail as one line (it was skipped without a word)
             out += [os.path.join(item, str(q.relative_to(p))) for q in sorted(it)
-                    if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES]
+                    if (q.is_file() or (q.is_symlink() and not q.exists())) and q.suffix.lower() in IMAGE_SUFFIXES]
         elif any(ch in item for ch in "*?[") and not p.is_file():  # a real file named img[1].jpg is a file
             out += sorted(q for q in glob.glob(item, recursive=True)
                           if Path(q).is_file() and Path(q).suffix.lower() in IMAGE_SUFFIXES) or [item]
