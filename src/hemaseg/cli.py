@@ -788,7 +788,7 @@ def classify(
         if found is None:
             _fail(d, "not a folder")
             bad_inputs += 1
-        elif not found and (file or len(directory) > 1):  # alone: the line below says it
+        elif not found:  # a failed input (exit 1) alone or beside others, as analyze's empty folder is
             _fail(d, "no images in it (sub-folders included)")
             bad_inputs += 1
         else:
@@ -798,9 +798,7 @@ def classify(
     if not paths:
         if bad_inputs:
             raise typer.Exit(1)
-        empty = ", ".join(str(d) for d in directory or [])
-        raise typer.BadParameter(f"{empty}: no images in it (sub-folders included)" if empty and not file else
-                                 "give -f FILE and/or -d DIR with images")
+        raise typer.BadParameter("give -f FILE and/or -d DIR with images")
     if output.resolve() in {Path(p).resolve() for p in paths}:  # said before "is an image": the likelier slip
         raise HemasegUsageError("--output", f"{output} is one of the crops; give another file")
     check_output(output, "--output", folder=False)
@@ -855,7 +853,8 @@ def classify(
     for path, (label, q) in zip(ok_paths, rows):
         w.writerow([path, label, *[f"{v:.6f}" for v in q]])
     write_text(output, buf.getvalue())
-    typer.echo(f"{len(ok_paths)}/{len(paths)} crops classified; {output}", err=True)
+    typer.echo(f"{len(ok_paths)}/{len(paths)} crops classified; {output}"
+               + (f"; {bad_inputs} -d folder(s) failed (above)" if bad_inputs else ""), err=True)
     raise typer.Exit(1 if failed else 0)
 
 

@@ -380,6 +380,16 @@ def test_a_broken_link_among_the_crops_is_one_failed_line(tmp_path, tiny_classif
     res = runner.invoke(app, ["classify", "-d", str(d), "-o", str(out), "--model", str(tiny_classifier)])
     assert res.exit_code == 1 and "gone.jpg: a link to a file that is not there" in res.output, res.output
     assert len(out.read_text().splitlines()) == 2  # the header and the crop that is there
+    # an empty -d folder is a failed input alone or beside others (alone it was a usage error, exit 2), and the summary
+    # says a -d failed ("1/1 crops classified" beside exit 1)
+    (tmp_path / "empty").mkdir()
+    for extra in ([], ["-d", str(tmp_path / "empty")]):
+        res = runner.invoke(app, ["classify", "-d", str(tmp_path / "empty"), *extra, "-o", str(tmp_path / "e.csv")])
+        assert res.exit_code == 1 and "empty: no images in it" in res.output, res.output
+    crop = next((d / "Monocyte").glob("*.jpg"))
+    res = runner.invoke(app, ["classify", "-d", str(tmp_path / "nodir"), "-f", str(crop), "-o", str(out), "--model",
+                              str(tiny_classifier)])
+    assert res.exit_code == 1 and "nodir: not a folder" in res.output and "1 -d folder(s) failed" in res.output
 
 
 def test_classify_marks_crops_without_a_wbc_and_unsure_ones(tmp_path, tiny_classifier):
