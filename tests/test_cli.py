@@ -642,6 +642,9 @@ def test_post_help_lists_every_knob_with_the_models_value_and_what_it_does():
     assert res.exit_code == 0 and "seed_threshold = 0.4" in res.output, res.output
     res = runner.invoke(app, ["segment", "--task", "nuclei", "--post", "seed_threshold=0.3"])
     assert res.exit_code == 2 and "Missing argument 'images'" in res.output, res.output
+    # a wrong value names the model's own value, not the class default (a walkthrough: "(default 0.5)" for 0.4)
+    res = runner.invoke(app, ["segment", "x.png", "--task", "nuclei", "--post", "seed_threshold=abc"])
+    assert res.exit_code == 2 and "takes a float (this model's: 0.4)" in res.output, res.output
 
 
 def test_a_folder_of_sub_folders_is_said_to_be_searched_no_deeper(tmp_path):

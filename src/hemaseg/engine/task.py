@@ -216,9 +216,10 @@ def param_value(defaults, name: str, value):
     if not ok:
         if isinstance(default, tuple):
             raise ValueError(f"{name} takes numbers separated by commas (default {','.join(map(str, default))})")
-        shown = repr(default) if len(repr(default)) <= 60 else "the model card's"
+        own = getattr(defaults, name, default)  # the model's value, where its card sets one (nuclei: seed 0.4, not 0.5)
+        shown = repr(own) if len(repr(own)) <= 60 else "the model card's"
         kind = type(default).__name__
-        raise ValueError(f"{name} takes {'an' if kind[0] in 'aeiou' else 'a'} {kind} (default {shown})")
+        raise ValueError(f"{name} takes {'an' if kind[0] in 'aeiou' else 'a'} {kind} (this model's: {shown})")
     check = getattr(type(defaults), "CHECKS", {}).get(name)  # what a type cannot say (a re-scorer's fields)
     if check is not None:
         check(value)
