@@ -608,6 +608,22 @@ def test_train_names_every_unreadable_pair_and_trains_on_the_others(tmp_path, wb
     assert res.exit_code == 1 and "restore them to resume" in res.output, res.output
 
 
+def test_evaluate_says_when_a_run_is_scored_on_its_own_training_images(tmp_path, wbc_folder):
+    """A nuclei walkthrough (stop 67): `evaluate nuclei --model RUN --data <its training folder>` scored the run on its
+    own training images without a word (cells said so since stop 66); now every pair task does."""
+    run = tmp_path / "run"
+    res = runner.invoke(app, ["train", "wbc", "--data", str(wbc_folder), "--out", str(run), "--epochs", "1",
+                              "--crop", "32", "--batch-size", "4", "--samples-per-epoch", "4"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["evaluate", "wbc", "--data", str(wbc_folder), "--model", str(run), "--grid",
+                              str(tmp_path / "g.png")])
+    assert res.exit_code == 0 and "8 of the 10 images scored are this model's own training images" in res.output, \
+        res.output
+    res = runner.invoke(app, ["evaluate", "wbc", "--data", str(wbc_folder), "--model", str(run), "--split",
+                              str(run / "split.json"), "--grid", str(tmp_path / "g2.png")])
+    assert res.exit_code == 0 and "own training" not in res.output, res.output
+
+
 def test_resume_of_a_folder_holding_no_run_is_a_usage_error(tmp_path):
     """A walkthrough: `train smear10 --resume runs/nonexist` exited 1, as if an input had failed."""
     for target in (tmp_path / "nonexist", tmp_path):

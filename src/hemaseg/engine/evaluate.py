@@ -127,6 +127,28 @@ def means(rows: list[dict], keys: list[str]) -> dict[str, float]:
     return {k: float(np.mean([r[k] for r in rows])) for k in keys} if rows else {}
 
 
+def trained_on(model, card: dict) -> set[str]:
+    """Resolved paths of the images a run trained on, from its split.json (beside the model, or where its card
+    says; entries are paths, or [image, label] lists); empty when neither is on this machine."""
+    for f in (Path(str(model)) / "split.json", Path(str((card.get("training") or {}).get("split") or ""))):
+        if f.name == "split.json" and f.is_file():
+            try:
+                return {str(Path(e[0] if isinstance(e, list) else e).resolve())
+                        for e in json.loads(f.read_text()).get("train", [])}
+            except (OSError, ValueError, AttributeError, TypeError, IndexError):
+                return set()
+    return set()
+
+
+def own_training_note(model, card: dict, images: list, what: str = "images") -> list[str]:
+    """A note when some of the ``images`` scored are the run's own training images (:func:`trained_on`): their
+    scores flatter it."""
+    seen = trained_on(model, card)
+    own = sum(1 for p in images if str(Path(p).resolve()) in seen)
+    return [f"note: {own} of the {len(images)} {what} scored are this model's own training {what} (its "
+            f"split.json): their scores flatter it; --split RUN/split.json scores its validation {what}"] if own else []
+
+
 def evaluate_pairs(task, data: list, model=None, split: str | Path | None = None,
                    cell_diameter: float | None = None, device: str = "cpu", grid: Path | None = None,
                    method: str | None = None) -> dict:
@@ -157,6 +179,11 @@ def evaluate_pairs(task, data: list, model=None, split: str | Path | None = None
     per_image = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
     res = {"task": task.name, "model": f"classical:{method}" if method else str(model or task.default_model),
            "n_images": len(rows), "mean": means(rows, keys), "per_image": per_image, "failed": failed}
+    if not method and not split:  # a run scored on its own training images (cells says so too)
+        notes = own_training_note(model or task.default_model, get_model(model or task.default_model)[1],
+                                  [r["image"] for r in rows])
+        if notes:
+            res["notes"] = notes
     res.update(task.summarise(rows, keys))
     return res
 

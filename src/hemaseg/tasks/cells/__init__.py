@@ -23,6 +23,7 @@ from hemaseg.engine.evaluate import (
     box_panels,
     find_each,
     nothing_scored,
+    own_training_note,
     select_split,
     split_name,
     split_names,
@@ -44,18 +45,6 @@ from hemaseg.tasks.cells.train import cells_data, find_annotated_photos, is_box_
 from hemaseg.tasks.registry import register_task
 
 DEPENDS: tuple[str, ...] = ()
-
-
-def _trained_on(model, card: dict) -> set[str]:
-    """Resolved paths of the photos a run trained on, from its split.json (beside the model, or where its card says);
-    empty when neither is on this machine (the bundled model's)."""
-    for f in (Path(str(model)) / "split.json", Path(str((card.get("training") or {}).get("split") or ""))):
-        if f.name == "split.json" and f.is_file():
-            try:
-                return {str(Path(p).resolve()) for p in json.loads(f.read_text()).get("train", [])}
-            except (OSError, ValueError, AttributeError):
-                return set()
-    return set()
 
 
 def _box(record: dict, outline: bool) -> tuple[int, int, int, int]:
@@ -135,11 +124,8 @@ class CellsTask(Task):
                          f"({', '.join(f'{k} {v}' for k, v in sorted(splits.items()))}), training photos "
                          "included; --split val (a split's name) or --split FILE (a split.json's 'val' list) "
                          "scores only those")
-        seen = _trained_on(model, loaded[1])
-        own = sum(1 for p, _ in photos if str(Path(p).resolve()) in seen)
-        if own:  # a run scored on its own training photos (a COCO or VOC folder has no split to say so)
-            notes.append(f"note: {own} of the {len(photos)} photos scored are this model's own training photos (its "
-                         "split.json): their scores flatter it; --split RUN/split.json scores its validation photos")
+        # a run scored on its own training photos (a COCO or VOC folder has no split to say so)
+        notes += own_training_note(model, loaded[1], [p for p, _ in photos], "photos")
         cats = tuple(CATEGORIES)
         preds: dict = {c: [] for c in cats}
         truths: dict = {c: {} for c in cats}
