@@ -132,6 +132,11 @@ def _usage_errors(command):
         except typer.BadParameter as exc:
             hint = exc.param_hint if isinstance(exc.param_hint, str) else "/".join(exc.param_hint or [])
             typer.echo(f"{hint + ': ' if hint else ''}{exc.message}", err=True)
+        except RuntimeError as exc:  # Path.resolve() on a link that leads back to itself: a failed input, not a trace
+            if not str(exc).startswith("Symlink loop from "):
+                raise
+            typer.echo(f"{str(exc)[len('Symlink loop from '):].strip(chr(39))}: a loop of links, no file", err=True)
+            raise typer.Exit(1) from None
         raise typer.Exit(2)
 
     return wrapper

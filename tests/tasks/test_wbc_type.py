@@ -376,6 +376,7 @@ def test_a_broken_link_among_the_crops_is_one_failed_line(tmp_path, tiny_classif
     with -f it failed, exit 1)."""
     d = _crops(tmp_path / "c", per_class=1, classes=("Monocyte",))
     (d / "Monocyte" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    (d / "Monocyte" / "loop.jpg").symlink_to(d / "Monocyte" / "loop.jpg")  # a loop: left out as before, no traceback
     out = tmp_path / "o.csv"
     res = runner.invoke(app, ["classify", "-d", str(d), "-o", str(out), "--model", str(tiny_classifier)])
     assert res.exit_code == 1 and "gone.jpg: a link to a file that is not there" in res.output, res.output
@@ -386,10 +387,12 @@ def test_a_broken_link_among_the_crops_is_one_failed_line(tmp_path, tiny_classif
     for extra in ([], ["-d", str(tmp_path / "empty")]):
         res = runner.invoke(app, ["classify", "-d", str(tmp_path / "empty"), *extra, "-o", str(tmp_path / "e.csv")])
         assert res.exit_code == 1 and "empty: no images in it" in res.output, res.output
-    crop = next((d / "Monocyte").glob("*.jpg"))
+    crop = next(p for p in (d / "Monocyte").glob("*.jpg") if not p.is_symlink())
     res = runner.invoke(app, ["classify", "-d", str(tmp_path / "nodir"), "-f", str(crop), "-o", str(out), "--model",
                               str(tiny_classifier)])
     assert res.exit_code == 1 and "nodir: not a folder" in res.output and "1 -d folder(s) failed" in res.output
+    res = runner.invoke(app, ["classify", "-f", str(d / "Monocyte" / "loop.jpg"), "-o", str(out)])  # a review
+    assert res.exit_code == 1 and "loop.jpg: a loop of links, no file" in res.output, res.output
 
 
 def test_classify_marks_crops_without_a_wbc_and_unsure_ones(tmp_path, tiny_classifier):

@@ -165,11 +165,12 @@ def _outlier_free_range(arr: np.ndarray, block: int = 4) -> tuple[float, float] 
     return float(lo), float(hi)
 
 
-def value_range(arr: np.ndarray) -> tuple[float, float] | None:
+def value_range(arr: np.ndarray, specks: bool = True) -> tuple[float, float] | None:
     """(low, high) that :func:`to_uint8` scales ``arr`` over (None: no finite value): min..max of the
-    finite values; a float image within 0..1, 0..1; an end reached only by specks of up to 3 x 3 px
-    lying further out than the rest of the image spans, the rest's (:func:`_outlier_free_range`).
-    A whole-slide image takes it from a small level (:class:`LazyImage`)."""
+    finite values; a float image within 0..1, 0..1; with ``specks``, an end reached only by specks of up
+    to 3 x 3 px lying further out than the rest of the image spans, the rest's
+    (:func:`_outlier_free_range`). A whole-slide image takes it from a small level (:class:`LazyImage`),
+    where cells are specks: the speck rule only where that level is the image itself."""
     if arr.dtype.kind == "f":
         finite = np.isfinite(arr)
         all_finite = bool(finite.all())
@@ -183,7 +184,7 @@ def value_range(arr: np.ndarray) -> tuple[float, float] | None:
     del vals
     if arr.dtype.kind == "f" and lo >= 0.0 and hi <= 1.0:
         return 0.0, 1.0
-    if all_finite:
+    if all_finite and specks:
         inner = _outlier_free_range(arr)
         if inner is not None and inner[1] > inner[0]:  # (a flat image with specks keeps its whole range)
             i_lo, i_hi = float(np.float32(inner[0])), float(np.float32(inner[1]))
@@ -403,10 +404,12 @@ class LazyImage:
                                                f"{MAX_LAZY_PIXELS / 1e6:.0f} MP limit")
         self._range: tuple[float, float] | None = None
         if self._levels[0].dtype != np.uint8:
-            small = self._raw(self._levels[-1], slice(None, None, max(1, self._levels[-1].shape[
-                self.axes.index("Y")] // 2048)), slice(None, None, max(1, self._levels[-1].shape[
-                    self.axes.index("X")] // 2048)))
-            self._range = value_range(small) or (0.0, 1.0)
+            sy, sx = (max(1, self._levels[-1].shape[self.axes.index(a)] // 2048) for a in "YX")
+            small = self._raw(self._levels[-1], slice(None, None, sy), slice(None, None, sx))
+            # on a reduced level (or a sample of one) cells are a few px: taken for specks, the range would be the
+            # background's; the speck rule only where the level read is the image itself, as read_image reads it
+            whole = len(self._levels) == 1 and sy == sx == 1
+            self._range = value_range(small, specks=whole) or (0.0, 1.0)
 
     def close(self) -> None:
         self._tif.close()
@@ -559,6 +562,17 @@ def describe_values(values: np.ndarray, limit: int = 8) -> str:
     return ", ".join(map(str, values[:limit - 1])) + f", ..., {values[-1]} ({len(values)} values)"
 
 
+def _dangling(q: Path) -> bool:
+    """A link to a file that is not there (not a loop of links, which every ``resolve`` would fail on)."""
+    if not q.is_symlink() or q.exists():
+        return False
+    try:
+        q.resolve()
+    except (RuntimeError, OSError):
+        return False
+    return True
+
+
 def expand_inputs(inputs: list[str | Path] | str | Path, recursive: bool = False) -> list[str]:
     """Files, folders and glob patterns as the image paths they name, each spelt as the user spelt it:
     a file as typed, whatever its suffix (so that a bad one is reported, not skipped); a folder's
@@ -587,7 +601,7 @@ def expand_inputs(inputs: list[str | Path] | str | Path, recursive: bool = False
             it = p.rglob("*") if recursive else p.iterdir()
             # a broken link among the images is listed, to fail as one line (it was skipped without a word)
             out += [os.path.join(item, str(q.relative_to(p))) for q in sorted(it)
-                    if (q.is_file() or (q.is_symlink() and not q.exists())) and q.suffix.lower() in IMAGE_SUFFIXES]
+                    if (q.is_file() or _dangling(q)) and q.suffix.lower() in IMAGE_SUFFIXES]
         elif any(ch in item for ch in "*?[") and not p.is_file():  # a real file named img[1].jpg is a file
             out += sorted(q for q in glob.glob(item, recursive=True)
                           if Path(q).is_file() and Path(q).suffix.lower() in IMAGE_SUFFIXES) or [item]
