@@ -179,6 +179,23 @@ def test_yolo_to_coco_keeps_each_image_path_below_the_root(tmp_path):
     assert 'name="images/val/val0.png"' in (tmp_path / "c.xml").read_text()
 
 
+def test_an_image_name_that_is_no_utf8_is_refused_by_the_xml_writers(tmp_path):
+    """A review (stop 67): once text outputs kept such names as their bytes, --to cvat / --to voc wrote XML no reader
+    (CVAT, hemaseg itself) could parse, exit 0. One line naming the file, exit 1, nothing written; COCO keeps it."""
+    import os
+
+    root = tmp_path / "y"
+    _images(root, [{"filename": "a.png", "height": 40, "width": 50}])
+    os.rename(root / "a.png", os.fsdecode(bytes(root) + b"/caf\xe9.png"))
+    (root / os.fsdecode(b"caf\xe9.txt")).write_text("1 0.5 0.5 0.2 0.25\n")
+    (root / "classes.txt").write_text("wbc\nrbc\nplatelet\n")
+    for to, out in (("cvat", "c.xml"), ("voc", "v")):
+        res = runner.invoke(app, ["convert", "--from", "yolo", "--to", to, str(root), str(tmp_path / out)])
+        assert res.exit_code == 1 and "no UTF-8" in res.output and not (tmp_path / out).exists(), res.output
+    _convert("--from", "yolo", "--to", "coco", str(root), str(tmp_path / "c.json"))
+    assert read_coco(tmp_path / "c.json")[0]["filename"] == os.fsdecode(b"caf\xe9.png")
+
+
 def test_images_without_a_label_file_are_said_once(tmp_path, caplog):
     """A walkthrough (stop 64): an image without its label file is a field with no cell (YOLO's background
     images), so a label folder misplaced reads as empty fields; a warning counts them and names the first, once

@@ -18,6 +18,7 @@ import glob
 import json
 import logging
 import math
+import os
 import re
 import xml.etree.ElementTree as ET
 from collections import defaultdict
@@ -268,6 +269,21 @@ def image_names(entries: list[dict], keep: bool = False) -> list[str]:
 
 
 # ---------------------------------------------------------------- CVAT for images 1.1
+def xml_name(name: str) -> str:
+    """``name`` as an XML file can hold it: a file name that is no UTF-8 (its bytes kept as surrogates) cannot be,
+    and is refused (:class:`HemasegInputError`: rename the file) rather than written as an XML no reader takes.
+
+    >>> xml_name("a.jpg")
+    'a.jpg'
+    """
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise HemasegInputError(os.fsencode(name).decode("utf-8", "backslashreplace"),
+                                "a file name that is no UTF-8, which an XML file cannot hold: rename the file") from None
+    return name
+
+
 def to_cvat(entries: list[dict], labels: list[str] | None = None, keep_names: bool = False) -> str:
     """CVAT for images 1.1 XML text: one <image> per entry, one <polygon> per mask; its label list is ``labels``
     (in that order), then any other class name present (:func:`label_order`); image names by
@@ -281,7 +297,7 @@ def to_cvat(entries: list[dict], labels: list[str] | None = None, keep_names: bo
     for n in names:
         ET.SubElement(ET.SubElement(lab_el, "label"), "name").text = n
     for i, (e, name) in enumerate(zip(entries, image_names(entries, keep_names))):
-        img = ET.SubElement(root, "image", id=str(i), name=name,
+        img = ET.SubElement(root, "image", id=str(i), name=xml_name(name),
                             width=str(e["width"]), height=str(e["height"]))
         h, w = int(e["height"]), int(e["width"])
         for m in e["masks"]:
@@ -593,7 +609,7 @@ def to_voc(entry: dict) -> str:
     if h <= 0 or w <= 0:
         raise HemasegInputError(entry.get("filename", ""), "no image size; a VOC file records it")
     root = ET.Element("annotation")
-    ET.SubElement(root, "filename").text = Path(entry["filename"]).name
+    ET.SubElement(root, "filename").text = xml_name(Path(entry["filename"]).name)
     size = ET.SubElement(root, "size")
     for k, v in (("width", w), ("height", h), ("depth", 3)):
         ET.SubElement(size, k).text = str(v)
