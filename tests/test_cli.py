@@ -661,6 +661,10 @@ def test_post_help_lists_every_knob_with_the_models_value_and_what_it_does():
     # a wrong value names the model's own value, not the class default (a walkthrough: "(default 0.5)" for 0.4)
     res = runner.invoke(app, ["segment", "x.png", "--task", "nuclei", "--post", "seed_threshold=abc"])
     assert res.exit_code == 2 and "takes a float (this model's: 0.4)" in res.output, res.output
+    import hemaseg  # the Python API checks against the class's own values: it says "default", as it is (a review)
+
+    with pytest.raises(Exception, match=r"takes a float \(default 0.5\)"):
+        hemaseg.segment(np.zeros((64, 64, 3), np.uint8), model="nuclei", params={"seed_threshold": "abc"})
 
 
 def test_a_folder_of_sub_folders_is_said_to_be_searched_no_deeper(tmp_path):

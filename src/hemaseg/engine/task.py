@@ -219,7 +219,8 @@ def param_value(defaults, name: str, value):
         own = getattr(defaults, name, default)  # the model's value, where its card sets one (nuclei: seed 0.4, not 0.5)
         shown = repr(own) if len(repr(own)) <= 60 else "the model card's"
         kind = type(default).__name__
-        raise ValueError(f"{name} takes {'an' if kind[0] in 'aeiou' else 'a'} {kind} (this model's: {shown})")
+        whose = "this model's:" if own != default else "default"  # (the Python API checks against the class's)
+        raise ValueError(f"{name} takes {'an' if kind[0] in 'aeiou' else 'a'} {kind} ({whose} {shown})")
     check = getattr(type(defaults), "CHECKS", {}).get(name)  # what a type cannot say (a re-scorer's fields)
     if check is not None:
         check(value)
