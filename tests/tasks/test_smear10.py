@@ -210,6 +210,17 @@ def test_a_labs_own_folders_feed_the_bank_under_any_name(tmp_path):
     boxed = [CellBank.from_data(fields, part).count() for part in ("train", "val", "test")]
     assert sum(c.get("healthy rbc", 0) for c in boxed) == 24 and boxed[0].get("healthy rbc"), boxed
     assert not CellBank.from_data(tmp_path / "mylab" / "Neutrophils", "train").count()  # loose crops: no type
+    # a split layout without a test part (Roboflow's images/train + images/valid) is split by file, every part fed
+    split = tmp_path / "roboflow"
+    for k, f in enumerate(sorted(fields.glob("f*.png"))):
+        sub = "train" if k % 2 else "valid"
+        (split / "images" / sub).mkdir(parents=True, exist_ok=True)
+        (split / "labels" / sub).mkdir(parents=True, exist_ok=True)
+        (split / "images" / sub / f.name).write_bytes(f.read_bytes())
+        (split / "labels" / sub / f.with_suffix(".txt").name).write_bytes(f.with_suffix(".txt").read_bytes())
+    (split / "data.yaml").write_text("names: [wbc, rbc, platelet]\n")
+    got = [CellBank.from_data(split, part).count().get("healthy rbc", 0) for part in ("train", "val", "test")]
+    assert sum(got) == 24 and got[0] < 24, got  # every field in some part, not train alone (valid/ was unused)
     # --real-fields without TXL-PBC-like fields: refused before the banks and the validation set were built
     res = runner.invoke(app, ["train", "smear10", "--data", str(tmp_path / "mylab"), "--out", str(tmp_path / "r"),
                               "--real-fields", "0.4", "--epochs", "1"])

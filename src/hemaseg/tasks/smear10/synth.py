@@ -584,9 +584,15 @@ class CellBank:
         split into parts by file, fields by their ``images/<split>/`` folder, else by file."""
         if any((root / f).is_file() for f in YOLO_NAME_FILES):
             entries = read_yolo(root)
-            splits = {Path(e["filename"]).parts[1] for e in entries if Path(e["filename"]).parts[:1] == ("images",)
-                      and len(Path(e["filename"]).parts) > 2}
-            mine = [e for e in entries if (Path(e["filename"]).parts[1:2] == (part,) if splits & set(PARTS)
+
+            def split_of(e: dict) -> str | None:  # images/<split>/x.png; Roboflow calls val "valid"
+                parts = Path(e["filename"]).parts
+                name = parts[1] if len(parts) > 2 and parts[0] == "images" else None
+                return {"valid": "val", "validation": "val"}.get(name, name)
+
+            # its own split where it has all three parts; else (train/ alone, train/ + valid/) by file
+            by_folder = set(PARTS) <= {split_of(e) for e in entries}
+            mine = [e for e in entries if (split_of(e) == part if by_folder
                                            else _part_of(f"own/{e['filename']}", seed) == part)]
             self._add_fields(root, mine, seed, max_per_class, progress, f"cut cells of {root.name}")
             return
