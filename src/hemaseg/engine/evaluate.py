@@ -14,6 +14,7 @@ from hemaseg.errors import HemasegInputError, HemasegUsageError
 from hemaseg.io.datasets import Pair
 from hemaseg.io.images import read_image
 from hemaseg.io.writers import GRID_MARK, atomic_path, overlay
+from hemaseg.models.registry import load_card
 from hemaseg.progress import track
 
 
@@ -180,8 +181,8 @@ def evaluate_pairs(task, data: list, model=None, split: str | Path | None = None
     res = {"task": task.name, "model": f"classical:{method}" if method else str(model or task.default_model),
            "n_images": len(rows), "mean": means(rows, keys), "per_image": per_image, "failed": failed}
     if not method and not split:  # a run scored on its own training images (cells says so too)
-        notes = own_training_note(model or task.default_model, get_model(model or task.default_model)[1],
-                                  [r["image"] for r in rows])
+        notes = own_training_note(model or task.default_model, load_card(model or task.default_model)[1],
+                                  [r["image"] for r in rows])  # (the card alone: the model is loaded once)
         if notes:
             res["notes"] = notes
     res.update(task.summarise(rows, keys))
