@@ -721,7 +721,8 @@ def train(
     except HemasegError as exc:
         _fail_error(exc)
         raise typer.Exit(1) from None
-    typer.echo(f"run {run}: epoch {state['epoch']}, best {state['best_metric']:.4f} at epoch {state['best_epoch']}",
+    typer.echo(f"run {run}: epoch {state['epoch']}, best {state['best_metric']:.4f} at epoch {state['best_epoch']}"
+               + ("; its model is the start model (no epoch beat it)" if state.get("shipped") == "start" else ""),
                err=True)
 
 

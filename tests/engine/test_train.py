@@ -294,6 +294,8 @@ def test_a_fine_tune_never_ends_worse_than_its_start(wbc_folder, tmp_path, caplo
     cfg = _cfg(wbc_folder)
     cfg.epochs, cfg.samples_per_epoch, cfg.batch_size, cfg.lr, cfg.augment = 6, 64, 8, 1e-2, False
     fit(cfg, first, progress=False)
+    first_card = json.loads((first / "model.json").read_text())
+    (first / "model.json").write_text(json.dumps({**first_card, "postprocess": {"max_reach": 0.8}}))
     cfg = _cfg(wbc_folder)
     cfg.epochs, cfg.lr, cfg.init, cfg.augment = 1, 5.0, str(first), False  # a rate that wrecks it
     with caplog.at_level(logging.WARNING):
@@ -301,9 +303,22 @@ def test_a_fine_tune_never_ends_worse_than_its_start(wbc_folder, tmp_path, caplo
     card = json.loads((tmp_path / "tuned" / "model.json").read_text())
     assert state["finished"] and card["metrics"]["epoch"] == 0 and "the start model" in card["training"]["shipped"]
     assert "no epoch beat the start" in caplog.text, caplog.text
+    assert card["cell_diameter"] == first_card["cell_diameter"]  # shipped with its own working scale (a review)
     shipped = load_file(str(tmp_path / "tuned" / "model.safetensors"))
     start, _ = load_model(first)
     assert all(torch.equal(shipped[k], v) for k, v in start.state_dict().items())
+    # killed after epoch 1 of 2 and resumed after its --init folder moved: it ends as the unbroken run (a review)
+    cfg.epochs = 2
+    unbroken = fit(cfg, tmp_path / "u", progress=False)
+    fit(cfg, tmp_path / "k", progress=False, max_epochs_this_call=1)
+    first.rename(tmp_path / "moved")
+    resumed = fit(None, tmp_path / "k", resume=True, progress=False)
+    assert unbroken.get("shipped") == resumed.get("shipped") == "start"
+    a, b = (load_file(str(tmp_path / r / "model.safetensors")) for r in ("u", "k"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((tmp_path / "k" / "model.json").read_text())["postprocess"] == \
+        json.loads((tmp_path / "u" / "model.json").read_text())["postprocess"]
+    (tmp_path / "moved").rename(first)
     again = fit(None, tmp_path / "tuned", resume=True, progress=False)  # a finished run resumed: shipped as it was
     assert again["finished"] and load_file(str(tmp_path / "tuned" / "model.safetensors")).keys() == shipped.keys()
     assert all(torch.equal(load_file(str(tmp_path / "tuned" / "model.safetensors"))[k], v) for k, v in shipped.items())

@@ -266,6 +266,11 @@ def test_a_fine_tune_of_the_typer_never_ends_worse_than_its_start(tmp_path):
     val = tuned["metrics"]["val"]
     assert (val["accuracy"] + val["macro_f1"]) / 2 >= tuned["training"]["start_metric"] - 1e-4, tuned
     assert "the start model" in tuned["training"]["shipped"] and tuned["metrics"]["epoch"] == 0, tuned["training"]
+    # the start was scored and kept when the run began (a review: re-read from --init at the end, a run resumed after
+    # the start model moved shipped its best epoch where the unbroken run shipped the start)
+    state = json.loads((tmp_path / "ft" / "state.json").read_text())
+    assert state["start"]["metric"] == pytest.approx(tuned["training"]["start_metric"], abs=1e-4)
+    assert (tmp_path / "ft" / "start.safetensors").is_file() and state["shipped"] == "start"
 
 
 def test_trained_model_takes_the_ruler_and_is_calibrated(tmp_path):

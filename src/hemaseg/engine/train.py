@@ -403,7 +403,8 @@ def begin_epoch(seed: int, epoch: int, transform) -> int:
 
 # Files a training run writes (tasks add theirs in Task.run_files); --overwrite removes them.
 RUN_FILES = ("state.json", "split.json", "curves.png", "confusion.png", "last.safetensors", "last.json",
-             "last.optim.pt", "best.safetensors", "best.json", "model.safetensors", "model.json")
+             "last.optim.pt", "best.safetensors", "best.json", "model.safetensors", "model.json", "start.safetensors",
+             "start.json")
 PENDING = ".pending"  # a checkpoint being committed (see commit_checkpoint)
 
 
@@ -627,6 +628,36 @@ def end_epoch(run: Path, state: dict, cfg, epoch: int, lr: float, losses: list[f
 SCORE_PREFIXES = ("dice", "iou", "dsb", "ap", "pixel", "mean_iou", "map")  # validation keys kept in the model card
 
 
+START_WEIGHTS = "start.safetensors"  # a fine-tune's start model, kept in the run: shipped if no epoch beats it
+
+
+def start_record(task, cfg, run: Path, model, card: dict, probs_of, val_items: list, data_card: dict) -> dict:
+    """What a fine-tune keeps of its start (``--init``), taken when it begins (``model`` holds the start's
+    weights): its post-processing thresholds (not what was fitted to its outputs: a dict), the fields that set
+    its working scale, and its validation figures on the run's own items with its weights (``run/start.*``),
+    so that the end compares the best epoch with it, a resumed run as an unbroken one, whatever becomes of
+    the ``--init`` file. The random state is left as it was."""
+    import torch
+
+    try:
+        init_card = load_card(cfg.init)[1]
+    except HemasegError:
+        init_card = {}
+    record = {"postprocess": {k: v for k, v in (init_card.get("postprocess") or {}).items() if not isinstance(v, dict)},
+              "card": {k: init_card[k] for k in ("cell_diameter", "diameter_range") if k in init_card},
+              "metric": None, "val": {}}
+    if val_items:
+        states = (torch.get_rng_state(), np.random.get_state(), random.getstate())
+        model.eval()
+        val = task.validate(probs_of, val_items, cfg, data_card)
+        torch.set_rng_state(states[0])
+        np.random.set_state(states[1])
+        random.setstate(states[2])
+        record.update(metric=float(task.headline(val)), val=val)
+        save_model(model, run / Path(START_WEIGHTS).stem, card)
+    return record
+
+
 def run_over(state: dict, cfg) -> bool:
     """All epochs run, or stopped early."""
     return state["epoch"] >= cfg.epochs or bool(state.get("stopped_early"))
@@ -636,9 +667,10 @@ def finish_run(run: Path, state: dict, cfg, model, card: dict, start: tuple | No
     """When the run is over (all epochs, or stopped early): the shipped model = best weights + card
     with that epoch's validation figures and the training time; ``state["finished"]``.
 
-    ``start``: (state dict, validation figures, headline) of a fine-tune's start model (``--init``) on
-    the same validation items: when no epoch beat it, the start is shipped, and the card says so (a lab's
-    small fine-tune at too high a rate could end worse than the model it began from)."""
+    ``start``: (state dict, validation figures, headline, card fields) of a fine-tune's start model
+    (``--init``, :func:`start_record`) on the same validation items: when no epoch beat it, the start is
+    shipped with its own working scale, and the card and ``state["shipped"]`` say so (a lab's small
+    fine-tune at too high a rate could end worse than the model it began from)."""
     from safetensors.torch import load_file
 
     if not run_over(state, cfg) or state.get("finished"):  # (a finished run resumed: its model stays as shipped)
@@ -650,10 +682,12 @@ def finish_run(run: Path, state: dict, cfg, model, card: dict, start: tuple | No
     if start is not None and start[2] > state["best_metric"]:
         model.load_state_dict(start[0])
         metrics = {"val": {k: v for k, v in start[1].items() if k.startswith(SCORE_PREFIXES)}, "epoch": 0}
+        card = {**card, **(start[3] if len(start) > 3 else {})}  # the start's working scale, not this data's
         card["training"]["shipped"] = (f"the start model ({cfg.init}): no epoch beat its validation score "
                                        f"{start[2]:.4f} (best epoch {state['best_epoch']}: {state['best_metric']:.4f})")
         log.warning("no epoch beat the start model's validation score (%.4f against the best epoch's %.4f): the "
                     "run's model is its start, %s; try a lower --lr", start[2], state["best_metric"], cfg.init)
+        state["shipped"] = "start"
     else:
         model.load_state_dict(load_file(str(run / "best.safetensors")))
     card["training"]["minutes"] = round(sum(h["seconds"] for h in state["history"]) / 60, 1)
@@ -752,20 +786,18 @@ def fit(task, cfg: TrainConfig | None, run: str | Path, resume: bool = False, pr
         **data_card,
         "versions": versions(),
     }
+    def probs_of(image: np.ndarray) -> np.ndarray:
+        return predict_native(model, image, cfg.norm_low, cfg.norm_high, stride, cfg.invert_bright, len(task.classes))
+
+    if cfg.init and "start" not in state:  # a fresh run (or one killed before its first checkpoint): the start's
+        state["start"] = start_record(task, cfg, run, model, card, probs_of, val_items, data_card)
     if cfg.init:  # a fine-tune keeps its start's thresholds (the bundled nuclei card's seed 0.4 fell back to 0.5),
         # not what was fitted to the start's own outputs (the cells card's platelet re-scorer): refit that
-        try:
-            init_card = load_card(cfg.init)[1]
-        except HemasegError:  # resumed after its start model was moved: its weights are in the checkpoint
-            init_card = {}
         card["training"]["init"] = str(cfg.init)
-        kept = {k: v for k, v in (init_card.get("postprocess") or {}).items() if not isinstance(v, dict)}
+        kept = state["start"].get("postprocess") or {}
         if kept:
             card["postprocess"] = kept
             card["training"]["postprocess_from"] = str(cfg.init)
-
-    def probs_of(image: np.ndarray) -> np.ndarray:
-        return predict_native(model, image, cfg.norm_low, cfg.norm_high, stride, cfg.invert_bright, len(task.classes))
 
     for epoch in epochs_to_run(state, cfg.epochs, max_epochs_this_call):
         t0 = time.time()
@@ -799,21 +831,10 @@ def fit(task, cfg: TrainConfig | None, run: str | Path, resume: bool = False, pr
         end_epoch(run, state, cfg, epoch, lr, losses, val, metric, time.time() - t0, model, optimizer, scheduler, card)
 
     start = None
-    if cfg.init and val_items and run_over(state, cfg) and not state.get("finished"):
-        # the start model scored on the same validation items, as each epoch is (the run's model is never worse)
-        try:
-            first, _ = load_model(cfg.init)
-        except HemasegError as exc:  # moved since the run began: the best epoch is shipped, as before
-            log.warning("%s: the start model could not be scored against the run's best epoch (%s)", cfg.init,
-                        getattr(exc, "reason", exc))
-            finish_run(run, state, cfg, model, card)
-            return state
-        weights = grow_outputs(first.state_dict(), model.state_dict(), len(task.classes))
-        trained = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        load_weights(model, weights, cfg.init, f"{cfg.arch} {cfg.arch_kwargs}")
-        model.eval()
-        val = task.validate(probs_of, val_items, cfg, data_card)
-        start = ({k: v.detach().clone() for k, v in model.state_dict().items()}, val, task.headline(val))
-        model.load_state_dict(trained)
+    record = state.get("start") or {}
+    if record.get("metric") is not None and run_over(state, cfg) and not state.get("finished"):
+        from safetensors.torch import load_file
+
+        start = (load_file(str(run / START_WEIGHTS)), record["val"], record["metric"], record.get("card") or {})
     finish_run(run, state, cfg, model, card, start)
     return state

@@ -38,7 +38,7 @@ from hemaseg.engine.train import (
     start_or_resume,
     versions,
 )
-from hemaseg.errors import HemasegError, HemasegInputError, HemasegUsageError
+from hemaseg.errors import HemasegInputError, HemasegUsageError
 from hemaseg.io.datasets import find_labelled_cells
 from hemaseg.io.images import list_images, read_image
 from hemaseg.io.writers import atomic_path, write_json
@@ -571,6 +571,14 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
     model = create_model(arch_name, **arch_kwargs)
     if start is not None and not restore:  # fresh, or killed before its first checkpoint
         model.load_state_dict(start[0].state_dict())
+        if cfg.init and len(va_lab) and "start" not in state:
+            # the start scored on the run's validation crops and kept in the run when it begins: the end compares the
+            # best epoch with it, a resumed run as an unbroken one, whatever becomes of the --init file
+            first_scores = scores(predict(model, va_img, extras=va_ext, colour=cfg.colour, parts=va_parts), va_lab,
+                                  classes)
+            state["start"] = {"metric": (first_scores["accuracy"] + first_scores["macro_f1"]) / 2,
+                              "scores": first_scores}
+            save_model(model, run / "start", start[1])
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = one_cycle(optimizer, cfg.lr, cfg.epochs)
     if restore:
@@ -678,29 +686,19 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
         model.load_state_dict(load_file(str(run / "best.safetensors")))
         best = next(h for h in state["history"] if h["epoch"] == state["best_epoch"])
         shipped_epoch = state["best_epoch"]
-        if cfg.init and len(va_lab):
-            # the start scored on the same validation crops as each epoch: a fine-tune never ends worse than it began
-            try:
-                first = create_model(arch_name, **arch_kwargs)
-                first.load_state_dict((start[0] if start[0] is not None else load_model(cfg.init)[0]).state_dict())
-            except HemasegError as exc:
-                log.warning("%s: the start model could not be scored against the run's best epoch (%s)", cfg.init,
-                            getattr(exc, "reason", exc))
-                first = None
-            if first is not None:
-                first_scores = scores(predict(first, va_img, extras=va_ext, colour=cfg.colour, parts=va_parts),
-                                      va_lab, classes)
-                first_metric = (first_scores["accuracy"] + first_scores["macro_f1"]) / 2
-                card["training"]["start_metric"] = round(first_metric, 4)  # (accuracy + macro-F1) / 2, as each epoch's
-                if first_metric > state["best_metric"]:
-                    model.load_state_dict(first.state_dict())
-                    best, shipped_epoch = first_scores, 0
-                    card["training"]["shipped"] = (f"the start model ({cfg.init}): no epoch beat its validation "
-                                                   f"score {first_metric:.4f} (best epoch {state['best_epoch']}: "
-                                                   f"{state['best_metric']:.4f})")
-                    log.warning("no epoch beat the start model's validation score (%.4f against the best epoch's "
-                                "%.4f): the run's model is its start, %s; try a lower --lr", first_metric,
-                                state["best_metric"], cfg.init)
+        record = state.get("start")
+        if record:  # the start, scored when the run began on the same validation crops as each epoch
+            card["training"]["start_metric"] = round(record["metric"], 4)  # (accuracy + macro-F1) / 2, as each epoch's
+            if record["metric"] > state["best_metric"]:
+                model.load_state_dict(load_file(str(run / "start.safetensors")))
+                best, shipped_epoch = record["scores"], 0
+                card["training"]["shipped"] = (f"the start model ({cfg.init}): no epoch beat its validation "
+                                               f"score {record['metric']:.4f} (best epoch {state['best_epoch']}: "
+                                               f"{state['best_metric']:.4f})")
+                log.warning("no epoch beat the start model's validation score (%.4f against the best epoch's "
+                            "%.4f): the run's model is its start, %s; try a lower --lr", record["metric"],
+                            state["best_metric"], cfg.init)
+                state["shipped"] = "start"
         val_scores = {k: best[k] for k in ("accuracy", "macro_f1", "accuracy_5", "accuracy_4", "accuracy_2", "ece")
                       if k in best}
         # too few validation crops cannot calibrate: 3-5 crops all right took the temperature to its 0.25 floor, a
