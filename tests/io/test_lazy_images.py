@@ -133,6 +133,21 @@ def test_pixel_size_from_tiff_tags_and_ome_sets_the_diameter(sample, tmp_path):
     assert res.exit_code == 2 and "--pixel-size" in res.output
 
 
+
+def test_ome_units_of_length_are_read_and_an_unknown_one_is_said(tmp_path, caplog):
+    """A whole-slide walkthrough (stop 67): PhysicalSizeXUnit Å and in were taken as no pixel size, without a word."""
+    import logging
+
+    img = np.zeros((32, 32, 3), np.uint8)
+    for name, size, unit, want in (("a", 750, "Å", 0.075), ("i", 3e-6, "in", 0.0762), ("n", 200, "nm", 0.2),
+                                   ("f", 1, "furlong", None)):
+        tifffile.imwrite(tmp_path / f"{name}.ome.tif", img, photometric="rgb",
+                         metadata={"axes": "YXS", "PhysicalSizeX": size, "PhysicalSizeXUnit": unit})
+        with caplog.at_level(logging.WARNING):
+            assert pixel_size_um(tmp_path / f"{name}.ome.tif") == want, unit
+    assert "PhysicalSizeXUnit 'furlong' is no unit of length" in caplog.text
+
+
 def test_label_pngs_written_band_by_band_equal_whole_ones(tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
     classes = rng.integers(0, 3, (700, 230), dtype=np.uint8)

@@ -637,7 +637,9 @@ def image_size(path: str | Path) -> tuple[int, int]:
 MAX_PIXEL_SIZE_UM = 10.0
 
 
-_UNIT_UM = {"pm": 1e-6, "nm": 1e-3, "µm": 1.0, "um": 1.0, "\u03bcm": 1.0, "mm": 1e3, "cm": 1e4, "m": 1e6}
+# OME's UnitsLength (the metric and imperial ones a microscope's pixel could be given in)
+_UNIT_UM = {"pm": 1e-6, "Å": 1e-4, "\u212b": 1e-4, "nm": 1e-3, "µm": 1.0, "um": 1.0, "\u03bcm": 1.0, "mm": 1e3,
+            "cm": 1e4, "dm": 1e5, "m": 1e6, "thou": 25.4, "mil": 25.4, "in": 25400.0, "ft": 304800.0}
 
 
 def _ome_pixel_size(path: str | Path) -> float | None:
@@ -653,7 +655,12 @@ def _ome_pixel_size(path: str | Path) -> float | None:
             return None
         for el in ET.fromstring(xml).iter():
             if el.tag.rsplit("}", 1)[-1] == "Pixels" and el.get("PhysicalSizeX"):
-                return float(el.get("PhysicalSizeX")) * _UNIT_UM.get(el.get("PhysicalSizeXUnit", "µm"), 0.0)
+                unit = el.get("PhysicalSizeXUnit", "µm")
+                if unit not in _UNIT_UM:  # (it was taken as no pixel size without a word)
+                    warn_once(log, (str(path), "unit", unit), "%s: OME PhysicalSizeXUnit %r is no unit of length "
+                              "hemaseg knows: the pixel size is not read from it (give --pixel-size)", path, unit)
+                    return None
+                return float(el.get("PhysicalSizeX")) * _UNIT_UM[unit]
     except Exception:  # no OME, or OME that cannot be read: the resolution tags may still tell
         return None
     return None
