@@ -28,7 +28,15 @@ from hemaseg.engine.train import RUN_FILES, has_checkpoint, hold_run, prepare_ru
 from hemaseg.errors import HemasegError, HemasegInputError, HemasegUsageError
 from hemaseg.io.convert import CONVERTERS
 from hemaseg.io.convert import convert as run_convert
-from hemaseg.io.images import IMAGE_SUFFIXES, expand_inputs, list_images, open_image, pixel_size_um, read_image
+from hemaseg.io.images import (
+    IMAGE_SUFFIXES,
+    LazyImage,
+    expand_inputs,
+    list_images,
+    open_image,
+    pixel_size_um,
+    read_image,
+)
 from hemaseg.io.outputs import output_stems, write_segmentation
 from hemaseg.io.writers import check_output, nan_as_null, write_json, write_png, write_text
 from hemaseg.models.registry import SAMPLE_PHOTO, WEIGHTS_DIR, card_figures, list_models, load_card
@@ -521,6 +529,10 @@ def segment(
     def work(path):
         # A large TIFF is read region by region by the tasks that work so (wbc), else whole.
         image = open_image(path, lazy=spec.name in REGION_TASKS and method is None)
+        if overlay and isinstance(image, LazyImage):  # refused before the work (it was refused after minutes of it,
+            h, w = image.shape[:2]                   # its label PNG and JSON written, and counted failed)
+            raise HemasegInputError(path, f"{w}x{h} px, read region by region: no overlay is drawn of an image this "
+                                          "large (leave --overlay out)")
         diameter = cell_diameter
         if diameter is None and method is None:
             diameter = diameter_from_pixel_size(spec.name, pixel_size if pixel_size is not None else pixel_size_um(path))

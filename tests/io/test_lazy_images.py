@@ -100,6 +100,11 @@ def test_open_image_is_lazy_over_the_threshold_only(sample, tmp_path, monkeypatc
     monkeypatch.setattr("hemaseg.io.images.LAZY_PIXELS", 1000)
     assert isinstance(open_image(path), LazyImage) and isinstance(open_image(path, lazy=False), np.ndarray)
     assert isinstance(open_image(SAMPLE), np.ndarray)  # JPEGs are read whole
+    # --overlay of a slide read region by region is refused before the work (a walkthrough, stop 67: after 72 s of
+    # it, its label PNG and JSON written, the slide counted failed)
+    out = tmp_path / "o"
+    res = CliRunner().invoke(app, ["segment", "--task", "wbc", str(path), "--out", str(out), "--overlay"])
+    assert res.exit_code == 1 and "no overlay is drawn" in res.output and not list(out.glob("s*")), res.output
 
 
 def test_wbc_region_by_region_on_a_lazy_image_equals_the_array(sample, tmp_path):
