@@ -140,3 +140,22 @@ def test_the_first_pass_sees_the_centre_of_a_large_image_first(monkeypatch, cent
     given = segment_wbc(image, (ThresholdNet(), CARD), cell_diameter=28.0, params=p)
     assert seg.cell_diameter == pytest.approx(2 * RADIUS, rel=0.15)
     assert seg.count == given.count == len(CENTRES) + centre_cell
+
+
+def test_a_large_image_shows_progress_block_by_block(monkeypatch):
+    """A whole-slide walkthrough (stop 67): the batch's bar stood at 0/1 for the minutes a slide took; its blocks have a
+    bar of their own (an image of one block, none)."""
+    import hemaseg.tasks.wbc as wbc_module
+
+    seen = []
+
+    def track(items, desc, **kw):
+        seen.append((desc, len(items)))
+        return items
+
+    monkeypatch.setattr(wbc_module, "track", track)
+    segment_wbc(smear(CENTRES), (ThresholdNet(), CARD), cell_diameter=28.0, params=BLOCKS)
+    assert seen == [("blocks", 16)], seen
+    seen.clear()
+    segment_wbc(smear(CENTRES), (ThresholdNet(), CARD), cell_diameter=28.0)
+    assert seen == []
