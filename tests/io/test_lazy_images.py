@@ -78,6 +78,15 @@ def test_lazy_regions_equal_the_whole_image(sample, tmp_path):
     assert px[5, 5, 0] == 255 and px[25, 25, 0] < 20 and pyr._range[1] == 4000, (px[5, 5], px[25, 25], pyr._range)
 
 
+def test_an_ome_image_of_three_channel_pages_reads_as_one_colour_image_whatever_its_size(tmp_path):
+    """A whole-slide walkthrough (stop 67): a CYX OME-TIFF of 3 channels read whole was its first channel ("3 planes
+    ... only the first is read"), read region by region (over 8192^2 px) all three, as RGB."""
+    cyx = np.stack([np.full((40, 50), v, np.uint16) for v in (4000, 2000, 1000)])
+    tifffile.imwrite(tmp_path / "cyx.ome.tif", cyx, photometric="minisblack", metadata={"axes": "CYX"})
+    whole, lazy = read_image(tmp_path / "cyx.ome.tif"), np.asarray(LazyImage(tmp_path / "cyx.ome.tif"))
+    assert np.array_equal(whole, lazy) and whole[0, 0].tolist() == [255, 85, 0], whole[0, 0]  # one range: 1000-4000
+
+
 def test_a_lazy_stack_reads_its_first_plane_and_says_so(tmp_path, caplog):
     """A review (stop 65): a large TIFF read region by region dropped a stack's other planes without a word, where
     read_image says so; a pyramid (its levels) and RGB samples are no planes."""

@@ -45,6 +45,11 @@ def _read_tiff(path: Path) -> np.ndarray:
             # not a pyramid's smaller levels: only the first is read, which is said
             more = sum(1 for p in tif.pages[1:64] if getattr(p, "shape", None) == page.shape)
             planes, capped = more, more == 63  # (pages past the 64th not looked at)
+            series = tif.series[0] if tif.series else None
+            if series is not None and series.axes == "CYX" and series.shape[0] in (3, 4) and arr.ndim == 2:
+                # three or four channel pages (an OME-TIFF's C axis): one colour image, as LazyImage reads it (a
+                # large one was colour, a small one its first channel)
+                arr, axes, planes = np.moveaxis(series.asarray(), 0, -1), "YXS", more - (series.shape[0] - 1)
     except HemasegInputError:
         raise
     except Exception as exc:  # tifffile raises many kinds on corrupt files
