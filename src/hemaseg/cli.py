@@ -18,7 +18,7 @@ from typer.core import TyperGroup
 from hemaseg.apps.web import DEFAULT_HOST, DEFAULT_PORT, MAX_UPLOAD_MB, check_address, require_flask
 from hemaseg.apps.web import serve as run_serve
 from hemaseg.classical import hsv_wbc_mask, wbc_crops
-from hemaseg.core.options import NO_MODEL, check_numbers, refuse_unused
+from hemaseg.core.options import NO_MODEL, OPTION_RANGES, check_numbers, refuse_unused
 from hemaseg.engine.evaluate import split_name
 from hemaseg.engine.predict import backend_scope, get_model, resolve_device
 from hemaseg.engine.runtime import BACKENDS, check_backend, require_torch
@@ -53,7 +53,7 @@ from hemaseg.pipelines.batch import (
 )
 from hemaseg.pipelines.export import EXPORTERS
 from hemaseg.pipelines.export import export as run_export
-from hemaseg.pipelines.segment import REGION_TASKS, diameter_from_pixel_size
+from hemaseg.pipelines.segment import CELL_DIAMETER_UM, REGION_TASKS, diameter_from_pixel_size
 from hemaseg.progress import track
 from hemaseg.tasks import get_task, list_tasks
 from hemaseg.tasks.cells.infer import is_detector
@@ -126,6 +126,19 @@ def _device(device: str) -> str:
         return resolve_device(device)
     except HemasegUsageError as exc:
         raise typer.BadParameter(exc.reason, param_hint=exc.option) from None
+
+
+def _check_pixel_size(task: str, pixel_size: float | None) -> None:
+    """A ``--pixel-size`` that gives ``task`` a cell diameter outside the diameters it works at is a usage error
+    naming the diameter (it was dropped without a word and the size estimated)."""
+    if pixel_size is None or diameter_from_pixel_size(task, 1.0) is None:
+        return
+    if diameter_from_pixel_size(task, pixel_size) is None:
+        r = OPTION_RANGES["cell_diameter"]
+        cell = "white cell" if task == "wbc" else "red cell"  # (the size each task's diameter is of)
+        raise HemasegUsageError("--pixel-size", f"{pixel_size:g} µm per px gives a {cell} of "
+                                                f"{CELL_DIAMETER_UM[task] / pixel_size:.3g} px, outside the {r.lo:g}-"
+                                                f"{r.hi:g} px hemaseg works at; is it in µm per px?")
 
 
 def _usage_errors(command):
@@ -380,6 +393,7 @@ def analyze(
     """
     _setup_logging(False)
     check_numbers(cell_diameter=cell_diameter, tile=tile, min_confidence=min_confidence, pixel_size=pixel_size)
+    _check_pixel_size("cells", pixel_size)
     if sample_id is not None and not sample_id.strip():
         raise HemasegUsageError("--sample-id", "empty; give the sample's identifier, or leave the option out")
     if not coco:
@@ -494,6 +508,7 @@ def segment(
     check_numbers(cell_diameter=cell_diameter, tile=tile, pixel_size=pixel_size)
     if pixel_size is not None and diameter_from_pixel_size(spec.name, 1.0) is None:  # help: 'nuclei: not used'
         raise HemasegUsageError("--pixel-size", f"not used by --task {spec.name} (no typical cell size in µm)")
+    _check_pixel_size(spec.name, pixel_size)
     check_output(out, "--out", folder=True)
     dev = _device(device)
     check_backend(backend)

@@ -145,6 +145,10 @@ def test_pixel_size_from_tiff_tags_and_ome_sets_the_diameter(sample, tmp_path):
     assert res.exit_code == 0 and json.loads((out / "tags.json").read_text())["cell_diameter"] == 30.0
     res = CliRunner().invoke(app, ["segment", "--task", "wbc", str(tags), "--out", str(out), "--pixel-size", "-1"])
     assert res.exit_code == 2 and "--pixel-size" in res.output
+    # a pixel size giving a cell outside the diameters hemaseg works at was dropped without a word (a walkthrough)
+    for cmd in (["segment", "--task", "wbc", str(tags)], ["analyze", str(tags)]):
+        res = CliRunner().invoke(app, [*cmd, "--out", str(tmp_path / "px"), "--pixel-size", "10"])
+        assert res.exit_code == 2 and "is it in µm per px?" in res.output and not (tmp_path / "px").exists(), res.output
 
 
 
