@@ -319,6 +319,18 @@ def test_a_fine_tune_never_ends_worse_than_its_start(wbc_folder, tmp_path, caplo
     assert json.loads((tmp_path / "k" / "model.json").read_text())["postprocess"] == \
         json.loads((tmp_path / "u" / "model.json").read_text())["postprocess"]
     (tmp_path / "moved").rename(first)
+    # a run begun before the start was kept in it (state.json without "start"), resumed: --init is scored at the end
+    # as it was then, never the checkpoint taken for the start (a review)
+    fit(cfg, tmp_path / "old", progress=False, max_epochs_this_call=1)
+    st = json.loads((tmp_path / "old" / "state.json").read_text())
+    st.pop("start")
+    (tmp_path / "old" / "state.json").write_text(json.dumps(st))
+    for f in ("start.safetensors", "start.json"):
+        (tmp_path / "old" / f).unlink()
+    old = fit(None, tmp_path / "old", resume=True, progress=False)
+    assert old.get("shipped") == "start" and not (tmp_path / "old" / "start.safetensors").exists()
+    a = load_file(str(tmp_path / "old" / "model.safetensors"))
+    assert all(torch.equal(a[k], v) for k, v in start.state_dict().items())
     again = fit(None, tmp_path / "tuned", resume=True, progress=False)  # a finished run resumed: shipped as it was
     assert again["finished"] and load_file(str(tmp_path / "tuned" / "model.safetensors")).keys() == shipped.keys()
     assert all(torch.equal(load_file(str(tmp_path / "tuned" / "model.safetensors"))[k], v) for k, v in shipped.items())

@@ -271,6 +271,19 @@ def test_a_fine_tune_of_the_typer_never_ends_worse_than_its_start(tmp_path):
     state = json.loads((tmp_path / "ft" / "state.json").read_text())
     assert state["start"]["metric"] == pytest.approx(tuned["training"]["start_metric"], abs=1e-4)
     assert (tmp_path / "ft" / "start.safetensors").is_file() and state["shipped"] == "start"
+    # a fine-tune begun before the start was kept in the run (state.json without "start"), killed and resumed: --init
+    # is scored at the end as it was then (a review: the comparison was skipped and the wrecked epoch shipped)
+    from hemaseg.tasks.wbc_type.train import ClassifyConfig, fit_classifier
+
+    cfg = ClassifyConfig(data=[str(data)], backbone=TINY_BACKBONE, size=48, batch_size=4, val_fraction=0.25, epochs=2,
+                         samples_per_epoch=16, lr=10.0, init=str(run))
+    fit_classifier(cfg, tmp_path / "k", progress=False, max_epochs_this_call=1)
+    st = json.loads((tmp_path / "k" / "state.json").read_text())
+    st.pop("start")
+    (tmp_path / "k" / "state.json").write_text(json.dumps(st))
+    for f in ("start.safetensors", "start.json"):
+        (tmp_path / "k" / f).unlink()
+    assert fit_classifier(None, tmp_path / "k", resume=True, progress=False)["shipped"] == "start"
 
 
 def test_trained_model_takes_the_ruler_and_is_calibrated(tmp_path):

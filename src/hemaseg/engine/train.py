@@ -767,9 +767,11 @@ def fit(task, cfg: TrainConfig | None, run: str | Path, resume: bool = False, pr
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[max(1, round(cfg.epochs / 7))], gamma=0.1)
     else:
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs, eta_min=cfg.lr * 0.01)
+    holds_init = False  # the model holds the --init weights (not a checkpoint's)
     if resume and has_checkpoint(run):
         load_last(run, model, optimizer, scheduler)
     elif cfg.init:  # a fresh run, or one killed before its first checkpoint: it starts from the init weights
+        holds_init = True
         start, _ = load_model(cfg.init)
         load_weights(model, grow_outputs(start.state_dict(), model.state_dict(), len(task.classes)), cfg.init,
                      f"{cfg.arch} {cfg.arch_kwargs}")
@@ -789,12 +791,12 @@ def fit(task, cfg: TrainConfig | None, run: str | Path, resume: bool = False, pr
     def probs_of(image: np.ndarray) -> np.ndarray:
         return predict_native(model, image, cfg.norm_low, cfg.norm_high, stride, cfg.invert_bright, len(task.classes))
 
-    if cfg.init and "start" not in state:  # a fresh run (or one killed before its first checkpoint): the start's
+    if holds_init and "start" not in state:  # a fresh run (or one killed before its first checkpoint): the start's
         state["start"] = start_record(task, cfg, run, model, card, probs_of, val_items, data_card)
     if cfg.init:  # a fine-tune keeps its start's thresholds (the bundled nuclei card's seed 0.4 fell back to 0.5),
         # not what was fitted to the start's own outputs (the cells card's platelet re-scorer): refit that
         card["training"]["init"] = str(cfg.init)
-        kept = state["start"].get("postprocess") or {}
+        kept = (state.get("start") or {}).get("postprocess") or {}  # (none kept: a run begun before stop 67)
         if kept:
             card["postprocess"] = kept
             card["training"]["postprocess_from"] = str(cfg.init)
@@ -832,9 +834,38 @@ def fit(task, cfg: TrainConfig | None, run: str | Path, resume: bool = False, pr
 
     start = None
     record = state.get("start") or {}
-    if record.get("metric") is not None and run_over(state, cfg) and not state.get("finished"):
-        from safetensors.torch import load_file
-
-        start = (load_file(str(run / START_WEIGHTS)), record["val"], record["metric"], record.get("card") or {})
+    if run_over(state, cfg) and not state.get("finished"):
+        start = _start_at_the_end(task, cfg, run, model, record, probs_of, val_items, data_card)
     finish_run(run, state, cfg, model, card, start)
     return state
+
+
+def _start_at_the_end(task, cfg, run: Path, model, record: dict, probs_of, val_items: list, data_card: dict):
+    """(weights, validation figures, headline, card fields) of a fine-tune's start for :func:`finish_run`, from the
+    run's own copy (:func:`start_record`); a run begun before it was kept (stop 67) scores its ``--init`` now, as it
+    did then; None when there is no start to compare with (said when it cannot be read)."""
+    from safetensors.torch import load_file
+
+    if record.get("metric") is not None:
+        try:
+            return load_file(str(run / START_WEIGHTS)), record["val"], record["metric"], record.get("card") or {}
+        except (OSError, RuntimeError) as exc:  # deleted from the run: the best epoch is shipped, said
+            log.warning("%s: the start model kept in the run cannot be read (%s): the best epoch is shipped",
+                        run / START_WEIGHTS, exc)
+            return None
+    if not cfg.init or not val_items or record:  # (a record without a metric: no validation items when it began)
+        return None
+    try:  # a run begun before the start was kept in it
+        first, _ = load_model(cfg.init)
+    except HemasegError as exc:
+        log.warning("%s: the start model could not be scored against the run's best epoch (%s)", cfg.init,
+                    getattr(exc, "reason", exc))
+        return None
+    trained = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    load_weights(model, grow_outputs(first.state_dict(), model.state_dict(), len(task.classes)), cfg.init,
+                 f"{cfg.arch} {cfg.arch_kwargs}")
+    model.eval()
+    val = task.validate(probs_of, val_items, cfg, data_card)
+    weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(trained)
+    return weights, val, float(task.headline(val)), {}

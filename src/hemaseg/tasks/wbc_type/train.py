@@ -38,7 +38,7 @@ from hemaseg.engine.train import (
     start_or_resume,
     versions,
 )
-from hemaseg.errors import HemasegInputError, HemasegUsageError
+from hemaseg.errors import HemasegError, HemasegInputError, HemasegUsageError
 from hemaseg.io.datasets import find_labelled_cells
 from hemaseg.io.images import list_images, read_image
 from hemaseg.io.writers import atomic_path, write_json
@@ -687,9 +687,20 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
         best = next(h for h in state["history"] if h["epoch"] == state["best_epoch"])
         shipped_epoch = state["best_epoch"]
         record = state.get("start")
+        if not record and cfg.init and len(va_lab):  # a run begun before the start was kept in it: --init scored now
+            try:
+                first = create_model(arch_name, **arch_kwargs)
+                first.load_state_dict(load_model(cfg.init)[0].state_dict())
+                first_scores = scores(predict(first, va_img, extras=va_ext, colour=cfg.colour, parts=va_parts), va_lab,
+                                      classes)
+                save_model(first, run / "start", start[1])
+                record = {"metric": (first_scores["accuracy"] + first_scores["macro_f1"]) / 2, "scores": first_scores}
+            except HemasegError as exc:
+                log.warning("%s: the start model could not be scored against the run's best epoch (%s)", cfg.init,
+                            getattr(exc, "reason", exc))
         if record:  # the start, scored when the run began on the same validation crops as each epoch
             card["training"]["start_metric"] = round(record["metric"], 4)  # (accuracy + macro-F1) / 2, as each epoch's
-            if record["metric"] > state["best_metric"]:
+            if record["metric"] > state["best_metric"] and (run / "start.safetensors").is_file():
                 model.load_state_dict(load_file(str(run / "start.safetensors")))
                 best, shipped_epoch = record["scores"], 0
                 card["training"]["shipped"] = (f"the start model ({cfg.init}): no epoch beat its validation "
