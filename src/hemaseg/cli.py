@@ -457,8 +457,12 @@ def analyze(
             cluster.close()
     n_failed = len(failures) + _empty_folders(images)
     failed = [(str(p), reason) for p, reason in failures]
-    n, cells = write_batch_files(out, jobs, failed, cvat=cvat, coco=coco, coco_rle=coco_rle,
-                                 min_confidence=opts.min_confidence)
+    try:
+        n, cells = write_batch_files(out, jobs, failed, cvat=cvat, coco=coco, coco_rle=coco_rle,
+                                     min_confidence=opts.min_confidence)
+    except HemasegInputError as exc:  # the CVAT file refused a photo's name: one line, the rest written (a review)
+        _fail(exc.path, f"{exc.reason}; {cvat} not written")
+        raise typer.Exit(1) from None
     typer.echo(f"{n}/{len(paths)} images analysed, {cells} cells; results in {out} "
                f"(report.html, results.json, counts.csv)", err=True)
     raise typer.Exit(1 if n_failed else 0)

@@ -387,6 +387,13 @@ def test_a_file_name_that_is_no_utf8_costs_no_batch(tmp_path, tiny_classifier):
     assert res.exit_code == 0, res.output
     assert b"photo\xff.jpg" in (tmp_path / "an" / "counts.csv").read_bytes()
     assert (tmp_path / "an" / "report.html").is_file()
+    # --cvat refuses the name (XML cannot hold it): one line, exit 1, the COCO file and the rest written (a review: a
+    # traceback after all the work, the COCO file lost)
+    res = runner.invoke(app, ["analyze", str(photo), "--out", str(tmp_path / "an2"), "--cvat", str(tmp_path / "c.xml"),
+                              "--coco", str(tmp_path / "c.json")])
+    assert res.exit_code == 1 and "no UTF-8" in res.output and "c.xml not written" in res.output, res.output
+    assert (tmp_path / "c.json").is_file() and not (tmp_path / "c.xml").exists()
+    assert (tmp_path / "an2" / "counts.csv").is_file()
 
 
 def test_a_broken_link_among_the_crops_is_one_failed_line(tmp_path, tiny_classifier):

@@ -330,10 +330,10 @@ def write_batch_files(out: str | Path, jobs: list[tuple[Path, str]], failed: lis
     if cvat or coco:
         entries = [p["entry"] for p in parts]
         labels = export_labels(entries)
+        if coco:  # first: a CVAT file can be refused (a photo name that is no UTF-8), a COCO one holds any name
+            write_coco(coco, entries, rle=coco_rle, labels=labels)
         if cvat:
             write_cvat(cvat, entries, labels)
-        if coco:
-            write_coco(coco, entries, rle=coco_rle, labels=labels)
     return len(parts), sum(a.counts.get(c, 0) for a in light for c in CATEGORIES)
 
 
