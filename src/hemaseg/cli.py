@@ -133,11 +133,11 @@ def _check_pixel_size(task: str, pixel_size: float | None) -> None:
     naming the diameter (it was dropped without a word and the size estimated)."""
     if pixel_size is None or diameter_from_pixel_size(task, 1.0) is None:
         return
-    if diameter_from_pixel_size(task, pixel_size) is None:
+    if diameter_from_pixel_size(task, pixel_size) is None:  # (with --cell-diameter it is not used: refused there)
         r = OPTION_RANGES["cell_diameter"]
         cell = "white cell" if task == "wbc" else "red cell"  # (the size each task's diameter is of)
         raise HemasegUsageError("--pixel-size", f"{pixel_size:g} µm per px gives a {cell} of "
-                                                f"{CELL_DIAMETER_UM[task] / pixel_size:.3g} px, outside the {r.lo:g}-"
+                                                f"{CELL_DIAMETER_UM[task] / pixel_size:.4g} px, outside the {r.lo:g}-"
                                                 f"{r.hi:g} px hemaseg works at; is it in µm per px?")
 
 
@@ -393,7 +393,8 @@ def analyze(
     """
     _setup_logging(False)
     check_numbers(cell_diameter=cell_diameter, tile=tile, min_confidence=min_confidence, pixel_size=pixel_size)
-    _check_pixel_size("cells", pixel_size)
+    if cell_diameter is None:  # (beside --cell-diameter the pixel size is not used)
+        _check_pixel_size("cells", pixel_size)
     if sample_id is not None and not sample_id.strip():
         raise HemasegUsageError("--sample-id", "empty; give the sample's identifier, or leave the option out")
     if not coco:
@@ -512,7 +513,8 @@ def segment(
     check_numbers(cell_diameter=cell_diameter, tile=tile, pixel_size=pixel_size)
     if pixel_size is not None and diameter_from_pixel_size(spec.name, 1.0) is None:  # help: 'nuclei: not used'
         raise HemasegUsageError("--pixel-size", f"not used by --task {spec.name} (no typical cell size in µm)")
-    _check_pixel_size(spec.name, pixel_size)
+    if cell_diameter is None and method is None:  # (not used beside --cell-diameter; --method refuses it below)
+        _check_pixel_size(spec.name, pixel_size)
     check_output(out, "--out", folder=True)
     dev = _device(device)
     check_backend(backend)

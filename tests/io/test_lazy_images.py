@@ -85,6 +85,9 @@ def test_an_ome_image_of_three_channel_pages_reads_as_one_colour_image_whatever_
     tifffile.imwrite(tmp_path / "cyx.ome.tif", cyx, photometric="minisblack", metadata={"axes": "CYX"})
     whole, lazy = read_image(tmp_path / "cyx.ome.tif"), np.asarray(LazyImage(tmp_path / "cyx.ome.tif"))
     assert np.array_equal(whole, lazy) and whole[0, 0].tolist() == [255, 85, 0], whole[0, 0]  # one range: 1000-4000
+    c4 = np.concatenate([cyx, cyx[:1]])  # four channels: planes, the first read and said (a fourth is no alpha)
+    tifffile.imwrite(tmp_path / "c4.ome.tif", c4, photometric="minisblack", metadata={"axes": "CYX"})
+    assert (read_image(tmp_path / "c4.ome.tif") == read_image(tmp_path / "c4.ome.tif")[..., :1]).all()
 
 
 def test_a_lazy_stack_reads_its_first_plane_and_says_so(tmp_path, caplog):

@@ -46,9 +46,9 @@ def _read_tiff(path: Path) -> np.ndarray:
             more = sum(1 for p in tif.pages[1:64] if getattr(p, "shape", None) == page.shape)
             planes, capped = more, more == 63  # (pages past the 64th not looked at)
             series = tif.series[0] if tif.series else None
-            if series is not None and series.axes == "CYX" and series.shape[0] in (3, 4) and arr.ndim == 2:
-                # three or four channel pages (an OME-TIFF's C axis): one colour image, as LazyImage reads it (a
-                # large one was colour, a small one its first channel)
+            if series is not None and series.axes == "CYX" and series.shape[0] == 3 and arr.ndim == 2:
+                # three channel pages (an OME-TIFF's C axis): one colour image, as LazyImage reads it (a large one
+                # was colour, a small one its first channel); four stay planes, said (a fourth is no alpha there)
                 arr, axes, planes = np.moveaxis(series.asarray(), 0, -1), "YXS", more - (series.shape[0] - 1)
     except HemasegInputError:
         raise
@@ -411,8 +411,9 @@ class LazyImage:
         if self._levels[0].dtype != np.uint8:
             sy, sx = (max(1, self._levels[-1].shape[self.axes.index(a)] // 2048) for a in "YX")
             small = self._raw(self._levels[-1], slice(None, None, sy), slice(None, None, sx))
-            # on a reduced level (or a sample of one) cells are a few px: taken for specks, the range would be the
+            # on a reduced level (or a strided sample) cells are a few px: taken for specks, the range would be the
             # background's; the speck rule only where the level read is the image itself, as read_image reads it
+            # (so not for an image read this way by the CLI, over 8192^2 px: its min..max, as before stop 67)
             whole = len(self._levels) == 1 and sy == sx == 1
             self._range = value_range(small, specks=whole) or (0.0, 1.0)
 
