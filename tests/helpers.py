@@ -101,3 +101,16 @@ def make_dsb(root, n: int = 6, size: int = 64, seed: int = 0):
         for k in range(1, int(labels.max()) + 1):
             Image.fromarray(((labels == k) * 255).astype(np.uint8)).save(root / sid / "masks" / f"{sid}_{k:03d}.png")
     return root
+
+
+def as_begun_before_the_start_was_kept(run) -> None:
+    """Make a fine-tune's run folder look like one begun before stop 67: no "start" in state.json, no start copy."""
+    import json
+    from pathlib import Path
+
+    run = Path(run)
+    state = json.loads((run / "state.json").read_text())
+    state.pop("start")
+    (run / "state.json").write_text(json.dumps(state))
+    for f in ("start.safetensors", "start.json"):
+        (run / f).unlink()

@@ -322,11 +322,9 @@ def test_a_fine_tune_never_ends_worse_than_its_start(wbc_folder, tmp_path, caplo
     # a run begun before the start was kept in it (state.json without "start"), resumed: --init is scored at the end
     # as it was then, never the checkpoint taken for the start (a review)
     fit(cfg, tmp_path / "old", progress=False, max_epochs_this_call=1)
-    st = json.loads((tmp_path / "old" / "state.json").read_text())
-    st.pop("start")
-    (tmp_path / "old" / "state.json").write_text(json.dumps(st))
-    for f in ("start.safetensors", "start.json"):
-        (tmp_path / "old" / f).unlink()
+    from helpers import as_begun_before_the_start_was_kept
+
+    as_begun_before_the_start_was_kept(tmp_path / "old")
     old = fit(None, tmp_path / "old", resume=True, progress=False)
     assert old.get("shipped") == "start" and not (tmp_path / "old" / "start.safetensors").exists()
     a = load_file(str(tmp_path / "old" / "model.safetensors"))
