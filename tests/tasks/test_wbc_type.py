@@ -404,6 +404,9 @@ def test_a_broken_link_among_the_crops_is_one_failed_line(tmp_path, tiny_classif
     res = runner.invoke(app, ["classify", "-d", str(d), "-o", str(out), "--model", str(tiny_classifier)])
     assert res.exit_code == 1 and "gone.jpg: a link to a file that is not there" in res.output, res.output
     assert len(out.read_text().splitlines()) == 2  # the header and the crop that is there
+    res = runner.invoke(app, ["classify", "-f", str(d / "Monocyte" / "*.jpg"), "-o", str(tmp_path / "g.csv"), "--model",
+                              str(tiny_classifier)])  # a glob's match too (a review: still dropped there)
+    assert res.exit_code == 1 and "gone.jpg: a link to a file that is not there" in res.output, res.output
     # an empty -d folder is a failed input alone or beside others (alone it was a usage error, exit 2), and the summary
     # says a -d failed ("1/1 crops classified" beside exit 1)
     (tmp_path / "empty").mkdir()

@@ -609,8 +609,9 @@ def expand_inputs(inputs: list[str | Path] | str | Path, recursive: bool = False
             out += [os.path.join(item, str(q.relative_to(p))) for q in sorted(it)
                     if (q.is_file() or _dangling(q)) and q.suffix.lower() in IMAGE_SUFFIXES]
         elif any(ch in item for ch in "*?[") and not p.is_file():  # a real file named img[1].jpg is a file
-            out += sorted(q for q in glob.glob(item, recursive=True)
-                          if Path(q).is_file() and Path(q).suffix.lower() in IMAGE_SUFFIXES) or [item]
+            out += sorted(q for q in glob.glob(item, recursive=True)  # a broken link too, as in a folder
+                          if (Path(q).is_file() or _dangling(Path(q))) and Path(q).suffix.lower() in IMAGE_SUFFIXES) \
+                or [item]
         else:
             out.append(item)
     seen: set[str] = set()
