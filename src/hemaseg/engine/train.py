@@ -772,9 +772,7 @@ def fit(task, cfg: TrainConfig | None, run: str | Path, resume: bool = False, pr
         load_last(run, model, optimizer, scheduler)
     elif cfg.init:  # a fresh run, or one killed before its first checkpoint: it starts from the init weights
         holds_init = True
-        start, _ = load_model(cfg.init)
-        load_weights(model, grow_outputs(start.state_dict(), model.state_dict(), len(task.classes)), cfg.init,
-                     f"{cfg.arch} {cfg.arch_kwargs}")
+        load_init(model, cfg, task)
 
     card = {
         "name": f"{task.name}-{cfg.arch}",
@@ -840,6 +838,13 @@ def fit(task, cfg: TrainConfig | None, run: str | Path, resume: bool = False, pr
     return state
 
 
+def load_init(model, cfg, task) -> None:
+    """Put the ``--init`` model's weights into ``model`` (:func:`grow_outputs` for the task's extra outputs)."""
+    first, _ = load_model(cfg.init)
+    load_weights(model, grow_outputs(first.state_dict(), model.state_dict(), len(task.classes)), cfg.init,
+                 f"{cfg.arch} {cfg.arch_kwargs}")
+
+
 def _start_at_the_end(task, cfg, run: Path, model, record: dict, probs_of, val_items: list, data_card: dict):
     """(weights, validation figures, headline, card fields) of a fine-tune's start for :func:`finish_run`, from the
     run's own copy (:func:`start_record`); a run begun before it was kept (stop 67) scores its ``--init`` now, as it
@@ -855,15 +860,14 @@ def _start_at_the_end(task, cfg, run: Path, model, record: dict, probs_of, val_i
             return None
     if not cfg.init or not val_items or record:  # (a record without a metric: no validation items when it began)
         return None
+    trained = {k: v.detach().clone() for k, v in model.state_dict().items()}
     try:  # a run begun before the start was kept in it
-        first, _ = load_model(cfg.init)
+        load_init(model, cfg, task)
     except HemasegError as exc:
+        model.load_state_dict(trained)
         log.warning("%s: the start model could not be scored against the run's best epoch (%s)", cfg.init,
                     getattr(exc, "reason", exc))
         return None
-    trained = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    load_weights(model, grow_outputs(first.state_dict(), model.state_dict(), len(task.classes)), cfg.init,
-                 f"{cfg.arch} {cfg.arch_kwargs}")
     model.eval()
     val = task.validate(probs_of, val_items, cfg, data_card)
     weights = {k: v.detach().clone() for k, v in model.state_dict().items()}

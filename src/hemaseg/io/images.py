@@ -176,6 +176,12 @@ def value_range(arr: np.ndarray, specks: bool = True) -> tuple[float, float] | N
     to 3 x 3 px lying further out than the rest of the image spans, the rest's
     (:func:`_outlier_free_range`). A whole-slide image takes it from a small level (:class:`LazyImage`),
     where cells are specks: the speck rule only where that level is the image itself."""
+    found = _range_and_finite(arr, specks)
+    return None if found is None else found[:2]
+
+
+def _range_and_finite(arr: np.ndarray, specks: bool = True) -> tuple[float, float, bool] | None:
+    """:func:`value_range` and whether every value is finite (one pass over the image for both)."""
     if arr.dtype.kind == "f":
         finite = np.isfinite(arr)
         all_finite = bool(finite.all())
@@ -188,7 +194,7 @@ def value_range(arr: np.ndarray, specks: bool = True) -> tuple[float, float] | N
     lo, hi = float(np.float32(vals.min())), float(np.float32(vals.max()))
     del vals
     if arr.dtype.kind == "f" and lo >= 0.0 and hi <= 1.0:
-        return 0.0, 1.0
+        return 0.0, 1.0, all_finite
     if all_finite and specks:
         inner = _outlier_free_range(arr)
         if inner is not None and inner[1] > inner[0]:  # (a flat image with specks keeps its whole range)
@@ -197,7 +203,7 @@ def value_range(arr: np.ndarray, specks: bool = True) -> tuple[float, float] | N
             # take over half the grey levels): an ordinary image keeps its min..max
             lo = i_lo if i_lo - lo > i_hi - i_lo else lo
             hi = i_hi if hi - i_hi > i_hi - i_lo else hi
-    return lo, hi
+    return lo, hi, all_finite
 
 
 def to_uint8(arr: np.ndarray) -> np.ndarray:
@@ -216,11 +222,10 @@ def to_uint8(arr: np.ndarray) -> np.ndarray:
         return arr
     if arr.dtype.kind == "f" and arr.dtype.itemsize > 4:
         arr = arr.astype(np.float32)  # values past float32's range become inf, as they always have
-    found = value_range(arr)
+    found = _range_and_finite(arr)
     if found is None:
         return np.where(arr == np.inf, 255, 0).astype(np.uint8)
-    lo, hi = found
-    all_finite = arr.dtype.kind != "f" or bool(np.isfinite(arr).all())
+    lo, hi, all_finite = found
     scale = 255.0 / (hi - lo) if hi > lo else 0.0
     # A band of rows at a time: the float copy is of one band, not of the whole image.
     out = np.empty(arr.shape, np.uint8)
@@ -568,8 +573,14 @@ def describe_values(values: np.ndarray, limit: int = 8) -> str:
     return ", ".join(map(str, values[:limit - 1])) + f", ..., {values[-1]} ({len(values)} values)"
 
 
-def _dangling(q: Path) -> bool:
-    """A link to a file that is not there (not a loop of links, which every ``resolve`` would fail on)."""
+def _listed_image(q: Path) -> bool:
+    """A folder's or a glob's entry listed as an image: a file of an image suffix, or a link to one that is not
+    there, listed to fail as one line (it was skipped without a word); not a loop of links, which every
+    ``resolve`` would fail on."""
+    if q.suffix.lower() not in IMAGE_SUFFIXES:
+        return False
+    if q.is_file():
+        return True
     if not q.is_symlink() or q.exists():
         return False
     try:
@@ -605,13 +616,9 @@ def expand_inputs(inputs: list[str | Path] | str | Path, recursive: bool = False
         p = Path(item)
         if p.is_dir():
             it = p.rglob("*") if recursive else p.iterdir()
-            # a broken link among the images is listed, to fail as one line (it was skipped without a word)
-            out += [os.path.join(item, str(q.relative_to(p))) for q in sorted(it)
-                    if (q.is_file() or _dangling(q)) and q.suffix.lower() in IMAGE_SUFFIXES]
+            out += [os.path.join(item, str(q.relative_to(p))) for q in sorted(it) if _listed_image(q)]
         elif any(ch in item for ch in "*?[") and not p.is_file():  # a real file named img[1].jpg is a file
-            out += sorted(q for q in glob.glob(item, recursive=True)  # a broken link too, as in a folder
-                          if (Path(q).is_file() or _dangling(Path(q))) and Path(q).suffix.lower() in IMAGE_SUFFIXES) \
-                or [item]
+            out += sorted(q for q in glob.glob(item, recursive=True) if _listed_image(Path(q))) or [item]
         else:
             out.append(item)
     seen: set[str] = set()

@@ -478,6 +478,12 @@ def one_cycle(optimizer, lr: float, epochs: int):
     return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=pct)
 
 
+def headline(val_scores: dict) -> float:
+    """The typer's validation headline, which chooses the checkpoint (and weighs a fine-tune's start against it):
+    (accuracy + macro-F1) / 2."""
+    return (val_scores["accuracy"] + val_scores["macro_f1"]) / 2
+
+
 def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = False, progress: bool = True,
                    max_epochs_this_call: int | None = None) -> dict:
     """Train (or resume) a WBC type classifier in folder ``run``; returns the final state."""
@@ -568,17 +574,19 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
     arch_kwargs.pop("mixstyle", None)
     if cfg.mixstyle:
         arch_kwargs["mixstyle"] = cfg.mixstyle
+    def keep_start(first) -> dict:
+        """The start's validation figures, as each epoch's; its weights kept in the run (``run/start.*``)."""
+        first_scores = scores(predict(first, va_img, extras=va_ext, colour=cfg.colour, parts=va_parts), va_lab, classes)
+        save_model(first, run / "start", start[1])
+        return {"metric": headline(first_scores), "scores": first_scores}
+
     model = create_model(arch_name, **arch_kwargs)
     if start is not None and not restore:  # fresh, or killed before its first checkpoint
         model.load_state_dict(start[0].state_dict())
         if cfg.init and len(va_lab) and "start" not in state:
             # the start scored on the run's validation crops and kept in the run when it begins: the end compares the
             # best epoch with it, a resumed run as an unbroken one, whatever becomes of the --init file
-            first_scores = scores(predict(model, va_img, extras=va_ext, colour=cfg.colour, parts=va_parts), va_lab,
-                                  classes)
-            state["start"] = {"metric": (first_scores["accuracy"] + first_scores["macro_f1"]) / 2,
-                              "scores": first_scores}
-            save_model(model, run / "start", start[1])
+            state["start"] = keep_start(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = one_cycle(optimizer, cfg.lr, cfg.epochs)
     if restore:
@@ -660,7 +668,7 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
         val_scores = scores(predict(model, va_img, extras=va_ext, colour=cfg.colour, parts=va_parts), va_lab, classes) if len(va_lab) else {}
-        metric = (val_scores["accuracy"] + val_scores["macro_f1"]) / 2 if val_scores else -float(np.mean(losses))
+        metric = headline(val_scores) if val_scores else -float(np.mean(losses))
         entry = {"epoch": epoch, "lr": lr, "train_loss": float(np.mean(losses)), **val_scores, "metric": metric,
                  "seconds": round(time.time() - t0, 2)}
         if dlosses:
@@ -691,10 +699,7 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
             try:
                 first = create_model(arch_name, **arch_kwargs)
                 first.load_state_dict(load_model(cfg.init)[0].state_dict())
-                first_scores = scores(predict(first, va_img, extras=va_ext, colour=cfg.colour, parts=va_parts), va_lab,
-                                      classes)
-                save_model(first, run / "start", start[1])
-                record = {"metric": (first_scores["accuracy"] + first_scores["macro_f1"]) / 2, "scores": first_scores}
+                record = keep_start(first)
             except HemasegError as exc:
                 log.warning("%s: the start model could not be scored against the run's best epoch (%s)", cfg.init,
                             getattr(exc, "reason", exc))
