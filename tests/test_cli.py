@@ -52,6 +52,23 @@ def test_batch_with_corrupt_file_finishes_and_exits_1(tmp_path, tiny_model_path)
     assert sorted(p.name for p in out.glob("*.png")) == ["img0.png", "img1.png", "img2.png"]
 
 
+def test_a_loop_of_links_is_one_failed_input_and_costs_no_other(tmp_path, tiny_model_path):
+    """Stop 68 (stop 67's list): a link leading back to itself given by name ended the whole command with exit 1 and
+    nothing written (``Path.resolve`` raised); in a folder it was left out without a word."""
+    src = _images(tmp_path, n=2)
+    (tmp_path / "loop.png").symlink_to(tmp_path / "loop.png")
+    (src / "inner.png").symlink_to(src / "inner.png")
+    for args in (["segment", "--task", "wbc", "--model", str(tiny_model_path), "--cell-diameter", "24"],
+                 ["crop"]):
+        out = tmp_path / f"out_{args[0]}"
+        res = runner.invoke(app, [*args, str(src / "img0.png"), str(tmp_path / "loop.png"), str(src), "--out", str(out)])
+        assert res.exit_code == 1, res.output
+        for name in ("loop.png", "inner.png"):
+            assert [ln for ln in res.output.splitlines() if ln.endswith(f"{name}: a loop of links, no file")], res.output
+        if args[0] == "segment":
+            assert sorted(p.name for p in out.glob("*.png")) == ["img0.png", "img1.png"]
+
+
 def test_bad_usage_exits_2(tmp_path):
     assert runner.invoke(app, ["segment", "x.png", "--task", "nope"]).exit_code == 2
     assert runner.invoke(app, ["segment", "x.png", "--device", "tpu"]).exit_code == 2

@@ -36,6 +36,7 @@ from hemaseg.io.images import (
     open_image,
     pixel_size_um,
     read_image,
+    real_path,
 )
 from hemaseg.io.outputs import output_stems, write_segmentation
 from hemaseg.io.writers import check_output, nan_as_null, write_json, write_png, write_text
@@ -180,11 +181,11 @@ def _out_apart_from_inputs(images, out: Path, recursive: bool = False, paths=())
     o = out.resolve()
     for item in images:
         p = Path(item)
-        if p.is_dir() and (p.resolve() == o or (recursive and p.resolve() in o.parents)):
-            where = "the input folder" if p.resolve() == o else "inside the input folder"
+        if p.is_dir() and (real_path(p) == o or (recursive and real_path(p) in o.parents)):
+            where = "the input folder" if real_path(p) == o else "inside the input folder"
             raise HemasegUsageError("--out", f"{out} is {where} {item}: the next run would read what is written "
                                              "there as images; write to another folder")
-    beside = next((p for p in paths if Path(p).resolve().parent == o), None)
+    beside = next((p for p in paths if real_path(p).parent == o), None)
     if beside is not None:
         raise HemasegUsageError("--out", f"{out} is the folder of the input {beside}: what is written there would "
                                          "lie among the inputs and the files beside them; write to another folder")
@@ -427,12 +428,12 @@ def analyze(
     if not paths:
         _fail(" ".join(images), _none_found(images))
         raise typer.Exit(1)
-    in_parts = next((p for p in paths if (out / BATCH_PARTS).resolve() in Path(p).resolve().parents), None)
+    in_parts = next((p for p in paths if (out / BATCH_PARTS).resolve() in real_path(p).parents), None)
     if in_parts is not None:  # --overwrite deleted it with the batch's parts
         raise HemasegUsageError("--out", f"the photo {in_parts} lies in {out / BATCH_PARTS}, where the batch keeps "
                                          "its parts; move it out or give another --out")
     for option, path in (("--cvat", cvat), ("--coco", coco)):
-        where = Path(path).resolve() if path is not None else None  # OUT itself: output_stems refuses it
+        where = real_path(path) if path is not None else None  # OUT itself: output_stems refuses it
         if where is not None and (where == (out / BATCH_PARTS).resolve() or (out / BATCH_PARTS).resolve() in where.parents):
             raise HemasegUsageError(option, f"{path} lies in {out / BATCH_PARTS}, where the batch keeps its parts; "
                                             "give another file")
@@ -838,7 +839,7 @@ def classify(
         if bad_inputs:
             raise typer.Exit(1)
         raise typer.BadParameter("give -f FILE and/or -d DIR with images")
-    if output.resolve() in {Path(p).resolve() for p in paths}:  # said before "is an image": the likelier slip
+    if output.resolve() in {real_path(p) for p in paths}:  # said before "is an image": the likelier slip
         raise HemasegUsageError("--output", f"{output} is one of the crops; give another file")
     check_output(output, "--output", folder=False)
     if output.suffix.lower() in IMAGE_SUFFIXES:  # a CSV named x.png among crops failed the next classify -d
@@ -1128,7 +1129,7 @@ def crop(
         _fail(" ".join(images), _none_found(images))
         raise typer.Exit(1)
     _out_apart_from_inputs(images, out, paths=paths)  # crops and crops.csv would lie among the photos
-    inside = [p for p in paths if Path(p).resolve().is_relative_to((out / "unknown").resolve())]
+    inside = [p for p in paths if real_path(p).is_relative_to((out / "unknown").resolve())]
     if inside:  # a crop written there could replace it before it is read
         raise HemasegUsageError("--out", f"{inside[0]} lies in {out / 'unknown'}, where the crops go; give another "
                                          "--out")

@@ -399,10 +399,11 @@ def test_a_broken_link_among_the_crops_is_one_failed_line(tmp_path, tiny_classif
     with -f it failed, exit 1)."""
     d = _crops(tmp_path / "c", per_class=1, classes=("Monocyte",))
     (d / "Monocyte" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
-    (d / "Monocyte" / "loop.jpg").symlink_to(d / "Monocyte" / "loop.jpg")  # a loop: left out as before, no traceback
+    (d / "Monocyte" / "loop.jpg").symlink_to(d / "Monocyte" / "loop.jpg")  # a loop: one failed line too (stop 68)
     out = tmp_path / "o.csv"
     res = runner.invoke(app, ["classify", "-d", str(d), "-o", str(out), "--model", str(tiny_classifier)])
     assert res.exit_code == 1 and "gone.jpg: a link to a file that is not there" in res.output, res.output
+    assert "loop.jpg: a loop of links, no file" in res.output, res.output
     assert len(out.read_text().splitlines()) == 2  # the header and the crop that is there
     res = runner.invoke(app, ["classify", "-f", str(d / "Monocyte" / "*.jpg"), "-o", str(tmp_path / "g.csv"), "--model",
                               str(tiny_classifier)])  # a glob's match too (a review: still dropped there)

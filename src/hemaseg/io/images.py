@@ -1,6 +1,7 @@
 """Read any microscope image (PNG/JPEG/BMP/TIFF, 8/16-bit, grey/RGB/RGBA) as RGB uint8."""
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import struct
@@ -94,7 +95,7 @@ def _pil_array(im: Image.Image, band_pixels: int = 1 << 22) -> np.ndarray:
 
 def _read_raw(path: Path) -> np.ndarray:
     if not path.exists():
-        raise HemasegInputError(path, "a link to a file that is not there" if path.is_symlink() else
+        raise HemasegInputError(path, _missing_link(path) if path.is_symlink() else
                                 "no image matches it" if any(ch in str(path) for ch in "*?[") else "no such file")
     if path.is_dir():
         raise HemasegInputError(path, "is a folder, not an image")
@@ -573,21 +574,35 @@ def describe_values(values: np.ndarray, limit: int = 8) -> str:
     return ", ".join(map(str, values[:limit - 1])) + f", ..., {values[-1]} ({len(values)} values)"
 
 
+def real_path(path: str | os.PathLike) -> Path:
+    """``path`` made absolute with its links followed, as ``Path.resolve()`` makes it, but a loop of links
+    (``a.jpg -> a.jpg``) is returned as far as it resolves instead of raising: an input that is a loop fails
+    as one line when it is read, and costs no other input (``Path.resolve`` raised and ended the command).
+
+    >>> real_path("x/../y.png") == Path("y.png").absolute()
+    True
+    """
+    return Path(os.path.realpath(path))
+
+
+def _missing_link(path: Path) -> str:
+    """Why a link ``path`` that ``exists()`` denies cannot be read."""
+    try:
+        path.resolve()
+    except RuntimeError:  # Python 3.11's "Symlink loop from ..."
+        return "a loop of links, no file"
+    except OSError as exc:  # later Pythons raise OSError(ELOOP)
+        if exc.errno == errno.ELOOP:
+            return "a loop of links, no file"
+    return "a link to a file that is not there"
+
+
 def _listed_image(q: Path) -> bool:
     """A folder's or a glob's entry listed as an image: a file of an image suffix, or a link to one that is not
-    there, listed to fail as one line (it was skipped without a word); not a loop of links, which every
-    ``resolve`` would fail on."""
+    there or a loop of links, listed to fail as one line (it was skipped without a word)."""
     if q.suffix.lower() not in IMAGE_SUFFIXES:
         return False
-    if q.is_file():
-        return True
-    if not q.is_symlink() or q.exists():
-        return False
-    try:
-        q.resolve()
-    except (RuntimeError, OSError):
-        return False
-    return True
+    return q.is_file() or (q.is_symlink() and not q.exists())
 
 
 def expand_inputs(inputs: list[str | Path] | str | Path, recursive: bool = False) -> list[str]:

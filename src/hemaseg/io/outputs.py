@@ -18,7 +18,7 @@ import numpy as np
 
 from hemaseg.core.result import Segmentation
 from hemaseg.errors import HemasegInputError, HemasegUsageError
-from hemaseg.io.images import LazyImage
+from hemaseg.io.images import LazyImage, real_path
 from hemaseg.io.writers import atomic_path, overlay, write_json, write_png
 
 
@@ -28,7 +28,7 @@ def _candidate(path: Path, index: int, level: int) -> str:
     called ``x~1.png``) is left behind by the next level."""
     ext = path.suffix.lstrip(".").lower()
     with_ext = f"{path.stem}_{ext}" if ext else path.stem
-    parent = path.resolve().parent.name
+    parent = real_path(path).parent.name
     if level < 3:
         return [path.stem, with_ext, f"{parent}_{with_ext}" if parent else with_ext][level]
     return f"{path.stem}~{index + 1}" + (f"~{level - 2}" if level > 3 else "")
@@ -75,13 +75,13 @@ def output_stems(inputs: list[Path], out: Path, endings: Iterable[str], option: 
             stem[p] = _candidate(p, index[p], level[p])
     else:  # never reached: the loop's last names hold each input's index
         raise RuntimeError("output names could not be told apart")
-    sources = {p.resolve(): p for p in inputs}
-    written = {(out / (stem[p] + e)).resolve(): p for p in inputs for e in endings}
+    sources = {real_path(p): p for p in inputs}
+    written = {real_path(out / (stem[p] + e)): p for p in inputs for e in endings}
     taken: dict[Path, str] = {}
     for opt, path in fixed:
         if path is None:
             continue
-        where = Path(path).resolve()
+        where = real_path(path)
         if where in sources:
             raise HemasegUsageError(opt, f"{path} would replace the input {sources[where]}; give another file")
         if where in taken:
@@ -93,7 +93,7 @@ def output_stems(inputs: list[Path], out: Path, endings: Iterable[str], option: 
         taken[where] = opt
     for p in inputs:
         for e in endings:
-            target = (out / (stem[p] + e)).resolve()
+            target = real_path(out / (stem[p] + e))
             if target in sources:
                 raise HemasegUsageError(option, f"{out / (stem[p] + e)} would replace the input "
                                                 f"{sources[target]}; write to another folder")
