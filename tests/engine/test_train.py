@@ -100,6 +100,8 @@ def test_a_fine_tune_keeps_its_starts_thresholds_not_what_was_fitted_to_it(wbc_f
     tuned = json.loads((tmp_path / "tuned" / "model.json").read_text())
     assert tuned["postprocess"] == {"max_reach": 0.8}
     assert tuned["training"]["init"] == tuned["training"]["postprocess_from"] == str(first)
+    # ... and says what it did not keep (a cells walkthrough, stop 68: the re-scorer went without a word)
+    assert list(tuned["training"]["postprocess_not_kept"]) == ["fitted"]
     fit(_cfg(wbc_folder), tmp_path / "fresh", progress=False)
     assert "postprocess" not in json.loads((tmp_path / "fresh" / "model.json").read_text())
 
@@ -295,7 +297,11 @@ def test_a_fine_tune_never_ends_worse_than_its_start(wbc_folder, tmp_path, caplo
     cfg.epochs, cfg.samples_per_epoch, cfg.batch_size, cfg.lr, cfg.augment = 6, 64, 8, 1e-2, False
     fit(cfg, first, progress=False)
     first_card = json.loads((first / "model.json").read_text())
-    (first / "model.json").write_text(json.dumps({**first_card, "postprocess": {"max_reach": 0.8}}))
+    # the start's card as a lab's start has it: a working scale of its own (cells: input_scale, box_scale) and a step
+    # fitted to its outputs (the platelet re-scorer)
+    first_card.update(postprocess={"max_reach": 0.8, "fitted": {"coef": [1.0]}}, input_scale=0.5056,
+                      box_scale={"wbc": 1.068})
+    (first / "model.json").write_text(json.dumps(first_card))
     cfg = _cfg(wbc_folder)
     cfg.epochs, cfg.lr, cfg.init, cfg.augment = 1, 5.0, str(first), False  # a rate that wrecks it
     with caplog.at_level(logging.WARNING):
@@ -304,6 +310,11 @@ def test_a_fine_tune_never_ends_worse_than_its_start(wbc_folder, tmp_path, caplo
     assert state["finished"] and card["metrics"]["epoch"] == 0 and "the start model" in card["training"]["shipped"]
     assert "no epoch beat the start" in caplog.text, caplog.text
     assert card["cell_diameter"] == first_card["cell_diameter"]  # shipped with its own working scale (a review)
+    # ... all of it, and what was fitted to it (a cells walkthrough, stop 68: the lab data's input_scale and box_scale
+    # went with the start's weights, 31 red cells counted where the start counts 26, and the re-scorer was dropped)
+    assert card["input_scale"] == 0.5056 and card["box_scale"] == {"wbc": 1.068}
+    assert card["postprocess"] == first_card["postprocess"] and "postprocess_not_kept" not in card["training"]
+    assert card["diameter_range"] == first_card["diameter_range"]
     shipped = load_file(str(tmp_path / "tuned" / "model.safetensors"))
     start, _ = load_model(first)
     assert all(torch.equal(shipped[k], v) for k, v in start.state_dict().items())

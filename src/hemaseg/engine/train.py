@@ -629,6 +629,9 @@ SCORE_PREFIXES = ("dice", "iou", "dsb", "ap", "pixel", "mean_iou", "map")  # val
 
 
 START_WEIGHTS = "start.safetensors"  # a fine-tune's start model, kept in the run: shipped if no epoch beats it
+# fields of the start's card that a shipped start takes from the run instead (its weights are the start's either way)
+START_CARD_NOT_KEPT = ("name", "task", "classes", "label_values", "architecture", "aux_outputs", "training",
+                       "metrics", "versions", "onnx")
 
 
 def start_record(task, cfg, run: Path, model, card: dict, probs_of, val_items: list, data_card: dict) -> dict:
@@ -643,8 +646,12 @@ def start_record(task, cfg, run: Path, model, card: dict, probs_of, val_items: l
         init_card = load_card(cfg.init)[1]
     except HemasegError:
         init_card = {}
-    record = {"postprocess": {k: v for k, v in (init_card.get("postprocess") or {}).items() if not isinstance(v, dict)},
-              "card": {k: init_card[k] for k in ("cell_diameter", "diameter_range") if k in init_card},
+    post = init_card.get("postprocess") or {}
+    record = {"postprocess": {k: v for k, v in post.items() if not isinstance(v, dict)},
+              "not_kept": sorted(k for k, v in post.items() if isinstance(v, dict)),
+              # shipped as it is should no epoch beat it: its working scale (cells: input_scale, box_scale), its
+              # thresholds and what was fitted to its outputs (the platelet re-scorer), not this data's
+              "card": {k: v for k, v in init_card.items() if k not in START_CARD_NOT_KEPT},
               "metric": None, "val": {}}
     if val_items:
         states = (torch.get_rng_state(), np.random.get_state(), random.getstate())
@@ -682,7 +689,8 @@ def finish_run(run: Path, state: dict, cfg, model, card: dict, start: tuple | No
     if start is not None and start[2] > state["best_metric"]:
         model.load_state_dict(start[0])
         metrics = {"val": {k: v for k, v in start[1].items() if k.startswith(SCORE_PREFIXES)}, "epoch": 0}
-        card = {**card, **(start[3] if len(start) > 3 else {})}  # the start's working scale, not this data's
+        card = {**card, **(start[3] if len(start) > 3 else {})}  # the start's card as it was, not this data's
+        card["training"].pop("postprocess_not_kept", None)  # the start keeps what was fitted to its outputs
         card["training"]["shipped"] = (f"the start model ({cfg.init}): no epoch beat its validation score "
                                        f"{start[2]:.4f} (best epoch {state['best_epoch']}: {state['best_metric']:.4f})")
         log.warning("no epoch beat the start model's validation score (%.4f against the best epoch's %.4f): the "
@@ -798,6 +806,9 @@ def fit(task, cfg: TrainConfig | None, run: str | Path, resume: bool = False, pr
         if kept:
             card["postprocess"] = kept
             card["training"]["postprocess_from"] = str(cfg.init)
+        if (state.get("start") or {}).get("not_kept"):  # said in the card, not dropped without a word
+            card["training"]["postprocess_not_kept"] = {k: f"fitted to the outputs of {cfg.init}, not this model's"
+                                                        for k in state["start"]["not_kept"]}
 
     for epoch in epochs_to_run(state, cfg.epochs, max_epochs_this_call):
         t0 = time.time()
