@@ -8,6 +8,7 @@ import torch
 
 from helpers import TINY
 from hemaseg.engine.losses import IGNORE, dice_ce_loss
+from hemaseg.errors import HemasegInputError
 from hemaseg.io.annotations import read_voc_entry
 from hemaseg.tasks.cells.infer import cell_instances
 from hemaseg.tasks.cells.targets import UNKNOWN, cell_targets, encode_instances, pseudo_masks
@@ -764,6 +765,63 @@ def test_one_unreadable_voc_xml_is_one_failed_photo_and_the_rest_are_found(tmp_p
     found = find_annotated_photos(root, failed)
     assert sorted(p.name for p, _ in found) == ["B_0.jpg", "B_2.jpg"]
     assert len(failed) == 1 and failed[0]["image"].endswith("B_1.xml"), failed
+
+
+def test_a_labs_own_boxes_are_laid_on_their_photos_or_the_photo_is_named(tmp_path, caplog):
+    """A walkthrough of a lab's own boxes (stop 68): photos resized after annotating were scored against boxes for
+    another size (AP 0, exit 0); boxes outside the photo counted as cells; a photo with no XML and the XMLs beside
+    their photos (labelImg, `convert --to voc`) went without a word; one COCO annotation of an unknown category lost
+    every photo of the file; one unreadable XML stopped `train cells` (box_annotations)."""
+    import logging
+    import shutil
+
+    from hemaseg.io.annotations import read_coco, write_coco
+    from hemaseg.tasks.cells.train import box_annotations, find_annotated_photos
+
+    root = _voc(tmp_path / "voc", n=4)
+    xml = root / "Annotations" / "B_1.xml"
+    xml.write_text(xml.read_text().replace("<width>160</width><height>120</height>", "<width>320</width><height>240"
+                                                                                      "</height>"))
+    xml = root / "Annotations" / "B_2.xml"
+    extra = ("<object><name>RBC</name><bndbox><xmin>150</xmin><ymin>10</ymin><xmax>175</xmax><ymax>30</ymax></bndbox>"
+             "</object><object><name>RBC</name><bndbox><xmin>200</xmin><ymin>10</ymin><xmax>230</xmax><ymax>30</ymax>"
+             "</bndbox></object>")
+    xml.write_text(xml.read_text().replace("</annotation>", extra + "</annotation>"))
+    shutil.copy(root / "JPEGImages" / "B_0.jpg", root / "JPEGImages" / "B_9.jpg")
+    failed: list[dict] = []
+    with caplog.at_level(logging.WARNING):
+        found = dict(find_annotated_photos(root, failed))
+    assert sorted(p.name for p in found) == ["B_0.jpg", "B_2.jpg", "B_3.jpg"], failed
+    reasons = {Path(f["image"]).name: f["reason"] for f in failed}
+    assert "annotated as 320 x 240 px, but the photo is 160 x 120" in reasons["B_1.jpg"], reasons
+    assert "no B_9.xml in Annotations/" in reasons["B_9.jpg"], reasons
+    boxes = [m["bounding_box"] for m in found[root / "JPEGImages" / "B_2.jpg"]["masks"]]
+    assert len(boxes) == 8 and {"x1": 150, "y1": 10, "x2": 160, "y2": 30} in boxes  # 7 + the clipped one
+    assert "1 box(es) wholly outside their photo left out, 1 partly outside clipped" in caplog.text
+    with pytest.raises(HemasegInputError, match="annotated as 320 x 240"):
+        find_annotated_photos(root)
+    # the XMLs beside their photos
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for name in ("B_0", "B_3"):
+        shutil.copy(root / "JPEGImages" / f"{name}.jpg", flat)
+        shutil.copy(root / "Annotations" / f"{name}.xml", flat)
+    assert sorted(p.name for p, _ in find_annotated_photos(flat, [])) == ["B_0.jpg", "B_3.jpg"]
+    (tmp_path / "nothing").mkdir()
+    with pytest.raises(HemasegInputError, match="YOLO folder"):
+        find_annotated_photos(tmp_path / "nothing", [])
+    # box_annotations (train cells) leaves out what it cannot read: prepare said it
+    (root / "Annotations" / "B_3.xml").write_text("<annotation><broken")
+    assert sorted(box_annotations([str(root)])) == ["B_0.jpg", "B_2.jpg"]
+    # one COCO annotation of an unknown category: it alone
+    entries = [{**find_annotated_photos(flat, [])[0][1], "filename": "B_0.jpg"}]
+    write_coco(flat / "annotations.json", entries)
+    d = json.loads((flat / "annotations.json").read_text())
+    d["annotations"][0]["category_id"] = 99
+    (flat / "annotations.json").write_text(json.dumps(d))
+    failed = []
+    read = read_coco(flat / "annotations.json", failed)
+    assert len(read[0]["masks"]) == len(entries[0]["masks"]) - 1 and "unknown category 99" in failed[0]["reason"]
 
 
 def test_objects_of_an_unknown_class_are_said_once(tmp_path, caplog):

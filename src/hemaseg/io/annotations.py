@@ -447,8 +447,8 @@ def coco_labels(path: str | Path) -> list[str]:
 def read_coco(path: str | Path, failed: list[dict] | None = None) -> list[dict]:
     """Entries of a COCO JSON (polygon or RLE segmentations; box-only annotations become rectangles). An
     annotation that cannot be read (a polygon coordinate that is no number, fewer than three points, a
-    box that is no four numbers) raises :class:`HemasegInputError` naming its image and id; with ``failed``
-    given, it is listed there and left out, and the rest of the file is read."""
+    box that is no four numbers, an unknown image or category id) raises :class:`HemasegInputError` naming its image
+    and id; with ``failed`` given, it is listed there and left out, and the rest of the file is read."""
     try:
         d = json.loads(Path(path).read_text())
         cats = {c["id"]: c["name"] for c in d["categories"]}
@@ -461,12 +461,15 @@ def read_coco(path: str | Path, failed: list[dict] | None = None) -> list[dict]:
     centres = (d.get("info") or {}).get("description") == "hemaseg" and "polygons" not in (d.get("info") or {})
     for a in d.get("annotations", []):
         im = images.get(a.get("image_id"))
-        if im is None:
-            raise HemasegInputError(path, f"annotation {a.get('id')} names unknown image {a.get('image_id')}")
+        if im is None:  # one annotation's slip: it alone is left out (every photo of the file was lost)
+            _left_out(failed, path, f"annotation {a.get('id')}", ValueError(f"names unknown image {a.get('image_id')}"))
+            continue
         h, w = int(im["height"]), int(im["width"])
         seg = a.get("segmentation")
         if a.get("category_id") not in cats:
-            raise HemasegInputError(path, f"annotation {a.get('id')} names unknown category {a.get('category_id')}")
+            _left_out(failed, path, f"image {im.get('file_name', '')}, annotation {a.get('id')}",
+                      ValueError(f"names unknown category {a.get('category_id')}"))
+            continue
         name = cats[a["category_id"]]
         try:
             box_ok = _usable_box(a.get("bbox"))

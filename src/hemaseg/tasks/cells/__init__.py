@@ -100,7 +100,17 @@ class CellsTask(Task):
         loaded = model_of_task(model, self.name, device)
         failed: list[dict] = []
         unread: list[dict] = []  # photos that could not be read: said unless the split leaves them out anyway
-        photos = find_each(data, lambda d: find_annotated_photos(d, unread), failed)
+        def find(folder):
+            before = len(unread)
+            found = find_annotated_photos(folder, unread)
+            if not found and len(unread) > before:  # each reason, not "no annotated images found" alone
+                why = "; ".join(f"{Path(f['image']).name}: {f['reason']}" for f in unread[before:before + 3])
+                more = len(unread) - before - 3
+                raise HemasegInputError(folder, f"no usable annotated photo ({why}" + (f"; {more} more" if more > 0
+                                                                                       else "") + ")")
+            return found
+
+        photos = find_each(data, find, failed)
         splits = Counter(e["split"] for _, e in photos if e.get("split"))
         notes = []
         if split_name(split):  # a YOLO dataset's own split by name (images/<name>/): TXL-PBC's val or test

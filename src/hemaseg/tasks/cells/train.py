@@ -4,6 +4,7 @@ scale (each photo rescaled so its red cells have one size) with encoded instance
 from __future__ import annotations
 
 import csv
+import glob
 import json
 import logging
 from collections import Counter
@@ -19,8 +20,17 @@ from hemaseg.engine.losses import IGNORE
 from hemaseg.engine.tiling import predict_tiled
 from hemaseg.engine.train import SegDataset, object_diameters, sampling_probs
 from hemaseg.errors import HemasegInputError
-from hemaseg.io.annotations import YOLO_NAME_FILES, category_of, read_coco, read_voc_entry, read_yolo, write_coco
-from hemaseg.io.images import IMAGE_SUFFIXES, read_image
+from hemaseg.io.annotations import (
+    YOLO_NAME_FILES,
+    box_vertices,
+    category_of,
+    clipped_box,
+    read_coco,
+    read_voc_entry,
+    read_yolo,
+    write_coco,
+)
+from hemaseg.io.images import IMAGE_SUFFIXES, image_size, read_image
 from hemaseg.io.writers import write_json
 from hemaseg.metrics import box_iou, detection_ap
 from hemaseg.progress import track, warn_once
@@ -125,14 +135,21 @@ def _annotated_photos(root: Path, failed: list[dict] | None) -> list[tuple[Path,
                 if failed is not None:
                     failed.append({"image": str(coco.parent / e["filename"]), "reason": "annotated in "
                                    f"{coco.name}, but no such photo beside it or in images/"})
-        return out
-    ann = root / "Annotations" if (root / "Annotations").is_dir() else None
-    if ann is None:
-        raise HemasegInputError(root, "neither a VOC root (Annotations/, JPEGImages/) nor a COCO annotations.json")
-    out = []
-    for xml in sorted(ann.glob("*.xml")):
-        jpg = next((p for p in (root / "JPEGImages").glob(f"{xml.stem}.*")), None)
+        return _on_their_photos(out, failed, root)
+    # a VOC root (Annotations/ + JPEGImages/), or the XMLs beside their photos (labelImg; `convert --to voc` + photos)
+    ann, photos = (root / "Annotations", root / "JPEGImages") if (root / "Annotations").is_dir() else (root, root)
+    xmls = sorted(ann.glob("*.xml")) if ann.is_dir() else []
+    if ann == root and not xmls:
+        raise HemasegInputError(root, "not a folder" if not root.is_dir() else
+                                "no box annotations found: a VOC root (Annotations/, JPEGImages/), Pascal VOC XMLs "
+                                "beside their photos, a COCO annotations.json, or a YOLO folder (photos and .txt "
+                                "label files, with classes.txt or data.yaml naming the classes)")
+    out, paired = [], set()
+    for xml in xmls:
+        jpg = next((p for p in sorted(photos.glob(f"{glob.escape(xml.stem)}.*"))
+                    if p.suffix.lower() in IMAGE_SUFFIXES and p.stem == xml.stem), None)
         if jpg is not None:
+            paired.add(jpg.name)
             try:
                 out.append((jpg, read_voc_entry(xml)))
             except (HemasegInputError, ValueError) as exc:  # one unreadable XML: that photo only (it stopped
@@ -140,8 +157,54 @@ def _annotated_photos(root: Path, failed: list[dict] | None) -> list[tuple[Path,
                     raise
                 failed.append({"image": str(xml), "reason": getattr(exc, "reason", f"malformed ({exc})")})
         elif failed is not None:
-            failed.append({"image": str(xml), "reason": f"no photo {xml.stem}.* in JPEGImages/"})
-    return out
+            failed.append({"image": str(xml), "reason": f"no photo {xml.stem}.* "
+                           + ("in JPEGImages/" if photos != root else "beside it")})
+    if failed is not None and photos.is_dir():  # a photo with no XML was neither scored nor trained on without a word
+        failed += [{"image": str(p), "reason": f"no {p.stem}.xml " + ("in Annotations/" if photos != root else
+                                                                      "beside it") + ": no boxes to score or train on"}
+                   for p in sorted(photos.iterdir())
+                   if p.suffix.lower() in IMAGE_SUFFIXES and p.name not in paired and p.is_file()]
+    return _on_their_photos(out, failed, root)
+
+
+def _on_their_photos(pairs: list[tuple[Path, dict]], failed: list[dict] | None, root: Path
+                     ) -> list[tuple[Path, dict]]:
+    """VOC/COCO boxes laid on the photos they annotate: a photo whose size is not the one its annotations give
+    (resized after annotating: every box would lie elsewhere; it scored AP 0 without a word) is listed in ``failed``
+    and left out (without ``failed``: raised); a box partly outside the photo is clipped to it, one wholly outside
+    left out (both counted as cells, and said, before)."""
+    kept, clipped, outside = [], 0, 0
+    for path, e in pairs:
+        try:
+            h, w = image_size(path)
+        except (HemasegInputError, OSError):  # unreadable: reading the photo says so where it is read
+            kept.append((path, e))
+            continue
+        eh, ew = int(e.get("height") or 0), int(e.get("width") or 0)
+        if eh > 0 and ew > 0 and (eh, ew) != (h, w):
+            reason = (f"annotated as {ew} x {eh} px, but the photo is {w} x {h} px: its boxes would lie in the wrong "
+                      "places (was it resized after annotating?)")
+            if failed is None:
+                raise HemasegInputError(path, reason)
+            failed.append({"image": str(path), "reason": reason + "; left out"})
+            continue
+        masks = []
+        for m in e["masks"]:
+            bb = m["bounding_box"]
+            x1, y1, x2, y2 = clipped_box(bb, h, w)
+            if x2 <= x1 or y2 <= y1:
+                outside += 1
+                continue
+            if (x1, y1, x2, y2) != (bb["x1"], bb["y1"], bb["x2"], bb["y2"]):
+                clipped += 1
+                m = {**m, "bounding_box": {"x1": x1, "y1": y1, "x2": x2, "y2": y2},
+                     **({"vertices": box_vertices(x1, y1, x2, y2)} if is_box(m) else {})}
+            masks.append(m)
+        kept.append((path, {**e, "height": h, "width": w, "masks": masks}))
+    if clipped or outside:
+        warn_once(log, (str(root), "boxes outside"), "%s: %d box(es) wholly outside their photo left out, %d partly "
+                  "outside clipped to it", root, outside, clipped)
+    return kept
 
 
 def is_box(record: dict) -> bool:
@@ -250,7 +313,8 @@ def box_annotations(data: list[str]) -> dict[str, dict]:
     """Photo file name -> its entry as annotated, for the box-only ones (before pseudo-masking)."""
     out = {}
     for root in data:
-        out.update({p.name: e for p, e in find_annotated_photos(root) if is_box_only(e)})
+        # (a photo whose annotations cannot be read was left out of the run and said by `prepare`; it stopped here)
+        out.update({p.name: e for p, e in find_annotated_photos(root, []) if is_box_only(e)})
     return out
 
 
