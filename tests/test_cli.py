@@ -69,6 +69,27 @@ def test_a_loop_of_links_is_one_failed_input_and_costs_no_other(tmp_path, tiny_m
             assert sorted(p.name for p in out.glob("*.png")) == ["img0.png", "img1.png"]
 
 
+def test_segment_never_writes_over_the_masks_paired_with_its_input_images(tmp_path, tiny_model_path):
+    """A wbc fine-tune walkthrough (stop 68): `segment data/images --out data/masks` replaced a lab's ground-truth
+    masks with predictions, exit 0 (the next `train` learnt from them)."""
+    src = _images(tmp_path, n=2)
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.move(str(src), data / "images")
+    (data / "masks").mkdir()
+    for f in (data / "images").iterdir():
+        Image.fromarray(np.zeros((64, 64), np.uint8)).save(data / "masks" / f.name)
+    before = {f.name: f.read_bytes() for f in (data / "masks").iterdir()}
+    for given in ([str(data / "images")], [str(data / "images" / "img0.png")]):
+        res = runner.invoke(app, ["segment", "--task", "wbc", *given, "--out", str(data / "masks"), "--model",
+                                  str(tiny_model_path), "--cell-diameter", "24"])
+        assert res.exit_code == 2 and "holds the masks paired with the images" in res.output, res.output
+    assert {f.name: f.read_bytes() for f in (data / "masks").iterdir()} == before
+    res = runner.invoke(app, ["segment", "--task", "wbc", str(data / "images"), "--out", str(data / "predicted"),
+                              "--model", str(tiny_model_path), "--cell-diameter", "24"])
+    assert res.exit_code == 0, res.output
+
+
 def test_bad_usage_exits_2(tmp_path):
     assert runner.invoke(app, ["segment", "x.png", "--task", "nope"]).exit_code == 2
     assert runner.invoke(app, ["segment", "x.png", "--device", "tpu"]).exit_code == 2

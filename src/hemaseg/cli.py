@@ -28,6 +28,7 @@ from hemaseg.engine.train import RUN_FILES, has_checkpoint, hold_run, prepare_ru
 from hemaseg.errors import HemasegError, HemasegInputError, HemasegUsageError
 from hemaseg.io.convert import CONVERTERS
 from hemaseg.io.convert import convert as run_convert
+from hemaseg.io.datasets import IMAGE_DIRS, MASK_DIRS
 from hemaseg.io.images import (
     IMAGE_SUFFIXES,
     LazyImage,
@@ -189,6 +190,14 @@ def _out_apart_from_inputs(images, out: Path, recursive: bool = False, paths=())
     if beside is not None:
         raise HemasegUsageError("--out", f"{out} is the folder of the input {beside}: what is written there would "
                                          "lie among the inputs and the files beside them; write to another folder")
+    # the masks paired with an images/ input (a lab's ground truth: `segment data/images --out data/masks` replaced
+    # every mask with a prediction, exit 0, and the next `train` learnt from them)
+    folders = {real_path(p) for p in images if Path(p).is_dir()} | {real_path(p).parent for p in paths}
+    paired = next((f for f in folders if f.name.lower() in IMAGE_DIRS and o.parent == f.parent
+                   and o.name.lower() in MASK_DIRS), None)
+    if paired is not None and o.is_dir():
+        raise HemasegUsageError("--out", f"{out} holds the masks paired with the images in {paired}: the outputs would "
+                                         "replace them; write to another folder")
 
 
 def _none_found(images) -> str:

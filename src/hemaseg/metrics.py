@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from hemaseg.core.labels import ANY_FOREGROUND
+
 
 def dice(pred: np.ndarray, target: np.ndarray) -> float:
     """Dice coefficient of two binary masks, 1.0 when both are empty.
@@ -82,13 +84,15 @@ def wbc_scores(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
     pred : (H, W) ndarray of int
         Predicted class map: 0 background, 1 cytoplasm, 2 nucleus.
     target : (H, W) ndarray of int
-        Ground-truth class map of the same shape and classes.
+        Ground-truth class map of the same shape and classes; cells of a binary mask may be 254
+        (``ANY_FOREGROUND``: whole cell, parts unknown).
 
     Returns
     -------
     scores : dict of str to float
         ``"dice_cell"``, ``"iou_cell"``, ``"dice_nucleus"`` and ``"iou_nucleus"``, each in [0, 1]
-        (1.0 for a region that is empty in both maps).
+        (1.0 for a region that is empty in both maps); the nucleus ones NaN when ``target`` holds
+        ``ANY_FOREGROUND`` (no nucleus annotated to score against).
 
     Examples
     --------
@@ -100,11 +104,14 @@ def wbc_scores(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
     """
     cell_p, cell_t = pred > 0, target > 0
     nuc_p, nuc_t = pred == 2, target == 2
+    # a binary cell mask's cells (ANY_FOREGROUND: no part known) score the whole cell, not the nucleus: NaN, which
+    # the means leave out (the nucleus scored 0 against a correct model)
+    parts_known = not (target == ANY_FOREGROUND).any()
     return {
         "dice_cell": dice(cell_p, cell_t),
         "iou_cell": iou(cell_p, cell_t),
-        "dice_nucleus": dice(nuc_p, nuc_t),
-        "iou_nucleus": iou(nuc_p, nuc_t),
+        "dice_nucleus": dice(nuc_p, nuc_t) if parts_known else float("nan"),
+        "iou_nucleus": iou(nuc_p, nuc_t) if parts_known else float("nan"),
     }
 
 

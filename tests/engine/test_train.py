@@ -343,3 +343,33 @@ def test_a_fine_tune_never_ends_worse_than_its_start(wbc_folder, tmp_path, caplo
     again = fit(None, tmp_path / "tuned", resume=True, progress=False)  # a finished run resumed: shipped as it was
     assert again["finished"] and load_file(str(tmp_path / "tuned" / "model.safetensors")).keys() == shipped.keys()
     assert all(torch.equal(load_file(str(tmp_path / "tuned" / "model.safetensors"))[k], v) for k, v in shipped.items())
+
+
+def test_binary_cell_masks_teach_and_score_the_whole_cell_not_the_nucleus(wbc_folder, tmp_path):
+    """A wbc fine-tune walkthrough (stop 68): a lab's binary 0/255 WBC masks were read as all cytoplasm, so training
+    taught the nucleus as cytoplasm and a correct model scored nucleus Dice 0 (evaluate, and the validation that
+    chooses the checkpoint). Their cells are now "cell, parts unknown": taught as cell, the nucleus left unscored."""
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from hemaseg.cli import app
+
+    binary = tmp_path / "binary"
+    binary.mkdir()
+    for f in sorted(wbc_folder.iterdir()):
+        if f.suffix == ".png":
+            Image.fromarray(np.where(np.array(Image.open(f)) > 0, 255, 0).astype(np.uint8)).save(binary / f.name)
+        else:
+            (binary / f.name).write_bytes(f.read_bytes())
+    state = fit(_cfg(binary), tmp_path / "run", progress=False)
+    val = state["history"][-1]
+    assert np.isnan(val["dice_nucleus"]) and 0 <= val["dice_cell"] <= 1 and np.isfinite(state["best_metric"]), val
+    # scored beside a 0/128/255 folder: the nucleus mean is the parts-annotated images' alone
+    res = CliRunner().invoke(app, ["evaluate", "wbc", "--data", str(binary), "--data", str(wbc_folder), "--model",
+                                   str(tmp_path / "run"), "--json", str(tmp_path / "e.json")])
+    assert res.exit_code == 0, res.output
+    out = json.loads((tmp_path / "e.json").read_text())
+    rows = out["per_image"]
+    parts = [r["dice_nucleus"] for r in rows if r["dice_nucleus"] is not None]
+    assert len(parts) == 10 and sum(r["dice_nucleus"] is None for r in rows) == 10, rows
+    assert out["mean"]["dice_nucleus"] == pytest.approx(np.mean(parts))

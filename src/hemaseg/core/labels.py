@@ -5,6 +5,12 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+# Label values beside a task's classes, in training targets and label maps read from disk: IGNORE (unannotated: neither
+# taught nor scored) and ANY_FOREGROUND (an object whose parts are not known: a WBC box's core, a binary WBC mask;
+# the loss asks only that the foreground classes together be likely). hemaseg.engine.losses uses them.
+IGNORE = 255
+ANY_FOREGROUND = 254
+
 # Cell diameter (px) at which touching cells are separated; larger cells are split on a
 # downsampled copy, which is as good for round cells and much faster.
 SPLIT_DIAMETER = 40.0

@@ -124,8 +124,13 @@ def runner(task, model, cell_diameter: float | None = None, device: str = "cpu",
 
 
 def means(rows: list[dict], keys: list[str]) -> dict[str, float]:
-    """Mean of each of ``keys`` over ``rows`` (empty when there are no rows)."""
-    return {k: float(np.mean([r[k] for r in rows])) for k in keys} if rows else {}
+    """Mean of each of ``keys`` over the ``rows`` that score it (a NaN is no score: a binary WBC mask's nucleus);
+    NaN when none does; empty when there are no rows."""
+    def mean(values: list[float]) -> float:
+        scored = [v for v in values if not np.isnan(v)]
+        return float(np.mean(scored)) if scored else float("nan")
+
+    return {k: mean([float(r[k]) for r in rows]) for k in keys} if rows else {}
 
 
 def trained_on(model, card: dict) -> set[str]:
@@ -242,13 +247,18 @@ def box_panels(image: np.ndarray, target: list, pred: list, colors: dict) -> lis
     return panels
 
 
+def _cell(v: float) -> str:
+    """A table's score: "-" for none (NaN)."""
+    return f"{'-':>9}" if np.isnan(v) else f"{v:9.4f}"
+
+
 def plain_table(res: dict, columns: list[tuple[str, str]] | None = None) -> list[str]:
     """Lines of a per-image table, then the mean row; ``columns`` are (score key, header) pairs
     (default: every mean key but seconds, headed by its first 9 letters)."""
     columns = columns or [(k, k[:9]) for k in res["mean"] if k != "seconds"]
     lines = [f"{'image':<40} " + " ".join(f"{h:>9}" for _, h in columns)]
     for r in res["per_image"]:
-        lines.append(f"{Path(r['image']).name[:40]:<40} " + " ".join(f"{r[k]:9.4f}" for k, _ in columns))
+        lines.append(f"{Path(r['image']).name[:40]:<40} " + " ".join(_cell(r[k]) for k, _ in columns))
     lines.append(f"{'MEAN (' + str(res['n_images']) + ' images)':<40} "
-                 + " ".join(f"{res['mean'][k]:9.4f}" for k, _ in columns))
+                 + " ".join(_cell(res['mean'][k]) for k, _ in columns))
     return lines

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from hemaseg.core.labels import ANY_FOREGROUND, IGNORE  # noqa: F401  (defined in core: io reads masks into them)
+
 if TYPE_CHECKING:
     import torch
 
 # torch is imported inside the functions that need it: importing hemaseg does not import it.
-
-
-IGNORE = 255
-ANY_FOREGROUND = 254
 
 
 def _onehot(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

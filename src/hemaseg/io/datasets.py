@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hemaseg.core.labels import ANY_FOREGROUND
 from hemaseg.core.vocabulary import KNOWN_NAMES
 from hemaseg.errors import HemasegInputError
 from hemaseg.io.images import IMAGE_SUFFIXES, describe_values, read_image, read_mask
@@ -99,30 +100,40 @@ WBC_CONVENTION = "0/128/255 background/cytoplasm/nucleus, 0/1/2, or a binary 0/2
 def wbc_classes(mask: np.ndarray, path: str | Path = "") -> np.ndarray:
     """Map a WBC mask to class indices 0 background, 1 cytoplasm, 2 nucleus: (H, W) uint8.
 
-    Accepts the wbc-seg convention (0/128/255) and index masks (0/1/2); a binary
-    0/255 or 0/1 mask is read as whole cell without nucleus. JPEG-saved masks are snapped
-    to the nearest of 0/128/255 when nearly all their pixels lie close to one. Any other value
-    set is refused (:class:`HemasegInputError` naming the values found): read as one of these,
-    it would teach wrong classes.
+    Accepts the wbc-seg convention (0/128/255) and index masks (0/1/2). A binary 0/255 or 0/1 mask
+    outlines whole cells without saying which part is nucleus: its cells are
+    :data:`~hemaseg.engine.losses.ANY_FOREGROUND` (254; training teaches "cell" there, scoring takes
+    the whole cell and leaves the nucleus unscored; they were cytoplasm, which taught the nucleus as
+    cytoplasm). JPEG-saved masks are snapped to the nearest of 0/128/255 (or of 0/1/2 for a dark index
+    mask) when nearly all their pixels lie close to one. Any other value set is refused
+    (:class:`HemasegInputError` naming the values found): read as one of these, it would teach wrong
+    classes.
 
     >>> wbc_classes(np.array([[0, 128], [255, 255]])).tolist()
     [[0, 1], [2, 2]]
+    >>> wbc_classes(np.array([[0, 255], [255, 255]])).tolist()
+    [[0, 254], [254, 254]]
     """
     values = np.unique(mask)
     vset = set(values.tolist())
     if vset <= {0, 1, 2} and 2 in vset:
         return mask.astype(np.uint8)
     if vset <= {0, 1} or vset <= {0, 255}:
-        return (mask > 0).astype(np.uint8)
+        return np.where(mask > 0, ANY_FOREGROUND, 0).astype(np.uint8)
     m = mask.astype(np.int32)
+    jpeg = str(path).lower().endswith((".jpg", ".jpeg"))
+    if jpeg and m.max(initial=0) <= 12:  # a 0/1/2 index mask saved as JPEG (it was read as all background)
+        out = np.clip(np.rint(m), 0, 2).astype(np.uint8)
+        return out if (out == 2).any() else np.where(out > 0, ANY_FOREGROUND, 0).astype(np.uint8)
     if not vset <= {0, 128, 255}:
         # wbc-seg maps are clean 0/128/255, but JPEG-saved masks are not: snap those to the nearest
         # when 99 % of the pixels are within 40 of a label value (edges ring; wrong labels do not).
-        jpeg = str(path).lower().endswith((".jpg", ".jpeg"))
         near = np.min(np.abs(m[..., None] - np.array([0, 128, 255])), axis=-1) <= 40
         if not jpeg or near.mean() < 0.99:
             raise HemasegInputError(path, f"mask values {describe_values(values)} do not follow the labels of "
                                           f"this task ({WBC_CONVENTION})")
+        if not (np.abs(m - 128) <= 40).any():  # a binary 0/255 JPEG (its cells were read as nucleus)
+            return np.where(m >= 128, ANY_FOREGROUND, 0).astype(np.uint8)
     out = np.zeros(mask.shape, np.uint8)
     out[m >= 64] = 1
     out[m >= 192] = 2

@@ -38,7 +38,7 @@ from hemaseg.core.result import Segmentation
 from hemaseg.core.vocabulary import CATEGORIES, category_of
 from hemaseg.data.transforms import normalize
 from hemaseg.engine.blocks import Block, centred_in_core, downscale, image_blocks, release_free_memory
-from hemaseg.engine.evaluate import plain_table
+from hemaseg.engine.evaluate import means, plain_table
 from hemaseg.engine.losses import ANY_FOREGROUND, IGNORE
 from hemaseg.engine.predict import card_range, get_model, model_of_task, predict_probs, predict_scaled, resolve_device
 from hemaseg.engine.runtime import as_runner
@@ -1700,7 +1700,7 @@ class WbcTask(Task):
         weak, full, empty = ([item for item, k in zip(items, kinds) if k == kind]
                              for kind in ("boxes", "masks", "empty"))
         scores = [wbc_scores(probs_of(image).argmax(0), target) for image, target in full]
-        out = {k: float(np.mean([s[k] for s in scores])) for k in scores[0]} if scores else {}
+        out = means(scores, list(scores[0])) if scores else {}  # (a binary mask's nucleus: NaN, not scored)
         if empty:
             out["false_cell"] = float(np.mean([(probs_of(image).argmax(0) > 0).mean() for image, _ in empty]))
         if weak:
@@ -1714,10 +1714,12 @@ class WbcTask(Task):
         return out
 
     def headline(self, val: dict[str, float]) -> float:
-        """Mean of cell and nucleus Dice, times (1 - leak) when weakly labelled fields are validated."""
+        """Mean of cell and nucleus Dice (the cell alone when no nucleus is annotated), times (1 - leak) when weakly labelled fields are validated."""
         if not val or "dice_cell" not in val:
             return float("nan")
-        return (val["dice_cell"] + val["dice_nucleus"]) / 2 * (1.0 - val.get("leak", 0.0))
+        nucleus = val["dice_nucleus"]  # NaN when the validation masks are binary (no nucleus drawn): the cell alone
+        both = val["dice_cell"] if np.isnan(nucleus) else (val["dice_cell"] + nucleus) / 2
+        return both * (1.0 - val.get("leak", 0.0))
 
     def score(self, seg: Segmentation, target: np.ndarray, image: np.ndarray) -> dict:
         return {**wbc_scores(seg.classes, target), "count": seg.count}
