@@ -767,6 +767,11 @@ def train(
     typer.echo(f"run {run}: epoch {state['epoch']}, best {state['best_metric']:.4f} at epoch {state['best_epoch']}"
                + ("; its model is the start model (no epoch beat it)" if state.get("shipped") == "start" else ""),
                err=True)
+    left = state.get("left_out") or []
+    if left:  # trained on the rest, but some inputs could not be used: exit 1, as any batch with a bad file
+        typer.echo(f"{len(left)} input(s) left out of training, each named when the run began (state.json's "
+                   "left_out); the model learnt from the rest", err=True)
+        raise typer.Exit(1)
 
 
 def _resume_threads(run: Path, threads: int, task: str | None = None) -> None:

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -148,7 +150,12 @@ def test_a_lone_image_in_a_wbcseg_folder_is_named(tmp_path):
     pairs = find_pairs(tmp_path, failed)
     assert sorted(p.image.name for p in pairs) == ["001.bmp", "x.jpg"]
     assert [(f["image"][-7:], f["reason"]) for f in failed] == [("002.bmp", "no mask (002.png missing)")]
-    (tmp_path / "001.png").unlink()  # no pair of that layout left: a lone image there may be no sample
+    (tmp_path / "001.png").unlink()  # no wbc-seg pair left: beside x.jpg + x_mask.png the lone images lack X_mask
+    failed = []
+    find_pairs(tmp_path, failed)
+    assert [(f["image"][-7:], f["reason"]) for f in failed] == [("001.bmp", "no mask (001_mask.* missing)"),
+                                                                ("002.bmp", "no mask (002_mask.* missing)")]
+    (tmp_path / "x_mask.png").unlink()  # no pair of any layout left: a lone image there may be no sample
     failed = []
     find_pairs(tmp_path, failed)
     assert failed == []
@@ -192,3 +199,14 @@ def test_a_wbc_class_mask_is_no_nucleus_instance_map(tmp_path):
     binary[1:3, 1:3] = binary[5:7, 5:7] = 255
     Image.fromarray(binary).save(tmp_path / "bin.png")
     assert load_instances(Pair(tmp_path / "a.png", tmp_path / "bin.png"))[1].max() == 2  # components
+
+
+def test_an_image_without_its_x_mask_is_named(tmp_path):
+    """A wbc fine-tune walkthrough (stop 68): in the X.jpg + X_mask.png layout an image without its mask was neither
+    trained on nor scored, without a word (paired folders and wbc-seg folders named it)."""
+    for name in ("a.jpg", "a_mask.png", "b.jpg", "c.png", "c_mask.png"):
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / name)
+    failed: list[dict] = []
+    pairs = find_pairs(tmp_path, failed)
+    assert sorted(p.image.name for p in pairs) == ["a.jpg", "c.png"]
+    assert [(Path(f["image"]).name, f["reason"]) for f in failed] == [("b.jpg", "no mask (b_mask.* missing)")]

@@ -875,7 +875,9 @@ def test_training_says_which_annotated_photos_are_missing_and_refuses_two_of_one
     (root / "b" / "x.png").unlink()
     write_coco(root / "annotations.json", [entry(n) for n in names if n != "b/x.png"])
     caplog.clear()
-    train, val = prepare([str(root)], tmp_path / "run", 0, 0.3)
+    unusable: list[dict] = []
+    train, val = prepare([str(root)], tmp_path / "run", 0, 0.3, unusable=unusable)
+    assert [Path(f["image"]).name for f in unusable] == ["x.png", "gone.png"]  # (`train` ends with exit 1: stop 68)
     # a/x.png alone of its name is written "x.png" (COCO keeps as many folders as tell photos apart): not found
     # beside the file, and now said (still left: the name does not keep its folder)
     assert len(train) + len(val) == 3 and "x.png: annotated in annotations.json, but no such photo" in caplog.text

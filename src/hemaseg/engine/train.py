@@ -280,6 +280,7 @@ def pair_data(task, cfg: TrainConfig, run: Path, state: dict) -> tuple:
         pairs = [p for d in cfg.data for p in task.find_samples(d)]
         for f in _unlabelled(task, cfg.data):
             log.warning("%s: left out of training: %s", f["image"], f["reason"])
+            state.setdefault("left_out", []).append(f)  # `hemaseg train` ends with exit 1, as a batch with a bad file
         if not pairs:
             raise HemasegInputError(", ".join(cfg.data), "no image/mask pairs found")
     loaded, unreadable = {}, []
@@ -289,6 +290,8 @@ def pair_data(task, cfg: TrainConfig, run: Path, state: dict) -> tuple:
         except HemasegInputError as exc:  # each named; the first one stopped the run, naming it alone
             log.warning("%s: left out of training: %s", exc.path, exc.reason)
             unreadable.append(pair)
+            if not split_path.exists():
+                state.setdefault("left_out", []).append({"image": str(exc.path), "reason": exc.reason})
     if unreadable and split_path.exists():  # a resumed run trains on the pairs it started with, or not at all
         raise HemasegInputError(run, f"{len(unreadable)} image/label pair(s) of its split cannot be read now (each "
                                      "named above): restore them to resume")
@@ -323,7 +326,7 @@ def pair_data(task, cfg: TrainConfig, run: Path, state: dict) -> tuple:
         "diameter_range": diameter_range,
         "training": {"data": cfg.data, "n_train": len(train_items), "n_val": len(val_items), "seed": cfg.seed,
                      "augment": cfg.augment, "scale_range": [cfg.scale_min, cfg.scale_max],
-                     "split": cfg.split or str(split_path),
+                     "split": cfg.split or str(split_path.resolve()),  # (evaluate finds it from anywhere)
                      **({"strata": counts, "stratum_weights": cfg.stratum_weights} if len(counts) > 1 else {})},
     }
     return dataset, val_items, card

@@ -44,9 +44,10 @@ def find_pairs(root: str | Path, failed: list[dict] | None = None) -> list[Pair]
     - ``X.jpg`` beside ``X_mask.png`` / ``X-mask.jpg`` (seed 000);
     - paired folders ``images/X.*`` and ``masks/X.*`` (also labels/, segments/, gt/).
 
-    ``failed``: an image without its mask is listed there ({"image", "reason"}), for evaluation to
-    say so: in paired folders, and in a wbc-seg folder (one where some ``X.bmp`` has its ``X.png``) a
-    non-PNG image alone by its name (a lone PNG may be a mask or an earlier run's picture: not listed).
+    ``failed``: an image without its mask is listed there ({"image", "reason"}), for evaluation and
+    training to say so: in paired folders, in a folder of ``X`` + ``X_mask`` pairs, and in a wbc-seg
+    folder (one where some ``X.bmp`` has its ``X.png``) a non-PNG image alone by its name (a lone PNG
+    may be a mask or an earlier run's picture: not listed).
     """
     root = Path(root)
     if not root.is_dir():
@@ -71,12 +72,14 @@ def find_pairs(root: str | Path, failed: list[dict] | None = None) -> list[Pair]
         by_stem: dict[str, list[Path]] = {}
         for f in files:
             by_stem.setdefault(f.stem, []).append(f)
+        suffixed = 0
         for f in sorted(files):
             base = _strip_mask_suffix(f.stem)
             if base is not None and base in by_stem:
                 imgs = [p for p in by_stem[base] if p != f]
                 if imgs:
                     pairs.append(Pair(imgs[0], f))
+                    suffixed += 1
         paired = 0
         for stem, group in sorted(by_stem.items()):
             if len(group) == 2:
@@ -85,12 +88,15 @@ def find_pairs(root: str | Path, failed: list[dict] | None = None) -> list[Pair]
                 if len(pngs) == 1 and len(others) == 1:
                     pairs.append(Pair(others[0], pngs[0]))
                     paired += 1
-        if failed is not None and paired:  # a wbc-seg folder: an image there without its PNG mask is a sample
+        if failed is not None and (paired or suffixed):
+            # a wbc-seg folder: an image there without its PNG mask is a sample; a folder of X + X_mask pairs: any
+            # image without its mask (it went unsaid there)
             named = {p.image for p in pairs} | {p.mask for p in pairs}
             stems = Counter(p.stem for p in folder.iterdir())  # a stem with another file (a YOLO label) is no pair
-            failed += [{"image": str(f), "reason": f"no mask ({f.stem}.png missing)"} for f in sorted(files)
-                       if f.suffix.lower() != ".png" and f not in named and stems[f.stem] == 1
-                       and _strip_mask_suffix(f.stem) is None]
+            failed += [{"image": str(f), "reason": f"no mask ({f.stem}.png missing)" if paired else
+                        f"no mask ({f.stem}_mask.* missing)"} for f in sorted(files)
+                       if (f.suffix.lower() != ".png" or not paired) and f not in named and stems[f.stem] == 1
+                       and _strip_mask_suffix(f.stem) is None and f.name != "worst_cases.png"]  # (evaluate's grid)
     return pairs
 
 

@@ -224,8 +224,8 @@ def val_names(root: str | Path) -> set[str] | None:
     return {line.strip() for line in f.read_text().split() if line.strip()} if f.is_file() else None
 
 
-def prepare(data: list[str], run: Path, seed: int, val_fraction: float, leave_out: tuple[str, ...] = ()
-            ) -> tuple[list, list]:
+def prepare(data: list[str], run: Path, seed: int, val_fraction: float, leave_out: tuple[str, ...] = (),
+            unusable: list[dict] | None = None) -> tuple[list, list]:
     """Train/val lists of (image path, entry with masks), pseudo-masking box-only entries once
     (cached as COCO in ``run/pseudo_masks.coco.json``) and writing ``run/split.json``.
 
@@ -248,6 +248,8 @@ def prepare(data: list[str], run: Path, seed: int, val_fraction: float, leave_ou
         found = find_annotated_photos(root, failed)
         for f in failed:  # a photo the annotations name but that is not there was left out without a word
             log.warning("%s: %s; left out of training", f["image"], f["reason"])
+        if unusable is not None:
+            unusable += failed
         if not found:
             raise HemasegInputError(root, "no annotated photos found" + (f" ({len(failed)} annotated, none usable: "
                                                                          "each named above)" if failed else ""))
@@ -399,7 +401,10 @@ def balanced_weights(encoded: np.ndarray) -> np.ndarray:
 
 def cells_data(cfg, run: Path, state: dict) -> tuple:
     """Training dataset, validation items (image, truth boxes) and model-card fields for ``cells``."""
-    train, val = prepare(cfg.data, run, cfg.seed, cfg.val_fraction, tuple(cfg.leave_out))
+    unusable: list[dict] = []
+    train, val = prepare(cfg.data, run, cfg.seed, cfg.val_fraction, tuple(cfg.leave_out), unusable)
+    if unusable:  # `hemaseg train` ends with exit 1, as a batch with a bad file (a resume: prepared before, kept)
+        state["left_out"] = unusable
     boxes = box_annotations(cfg.data)
     scales = box_scales(boxes, train)
     train_items, input_scale = training_photos(train, boxes, cfg.ignore_unboxed)
