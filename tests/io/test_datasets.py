@@ -210,3 +210,20 @@ def test_an_image_without_its_x_mask_is_named(tmp_path):
     pairs = find_pairs(tmp_path, failed)
     assert sorted(p.image.name for p in pairs) == ["a.jpg", "c.png"]
     assert [(Path(f["image"]).name, f["reason"]) for f in failed] == [("b.jpg", "no mask (b_mask.* missing)")]
+
+
+def test_a_palette_index_mask_is_read_by_its_indices(tmp_path):
+    """A wbc fine-tune walkthrough (stop 68): a VOC/CVAT-style palette PNG (0/1/2 drawn black/red/green) was refused as
+    "a colour image"; a palette of grey levels keeps its grey values."""
+    from hemaseg.io.images import read_mask
+
+    idx = np.array([[0, 1, 2, 2]], np.uint8)
+    im = Image.fromarray(idx, mode="P")
+    im.putpalette([0, 0, 0, 200, 0, 0, 0, 200, 0] + [0] * (253 * 3))
+    im.save(tmp_path / "voc.png")
+    assert read_mask(tmp_path / "voc.png").tolist() == [[0, 1, 2, 2]]
+    assert wbc_classes(read_mask(tmp_path / "voc.png")).tolist() == [[0, 1, 2, 2]]
+    grey = Image.fromarray(idx, mode="P")
+    grey.putpalette([0, 0, 0, 128, 128, 128, 255, 255, 255] + [0] * (253 * 3))
+    grey.save(tmp_path / "grey.png")
+    assert read_mask(tmp_path / "grey.png").tolist() == [[0, 128, 255, 255]]

@@ -536,7 +536,8 @@ def open_image(path: str | Path, lazy: bool = True) -> np.ndarray | LazyImage:
 def read_mask(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndarray:
     """Read a label/mask image as an (H, W) integer array; check it matches ``shape`` if given."""
     path = Path(path)
-    arr = _read_raw(path)
+    arr = _palette_indices(path)
+    arr = _read_raw(path) if arr is None else arr
     if arr.size == 0 or min(arr.shape[:2]) == 0:
         raise HemasegInputError(path, "mask has zero size")
     if arr.ndim == 3:
@@ -549,6 +550,24 @@ def read_mask(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndar
     if shape is not None and tuple(arr.shape[:2]) != tuple(shape[:2]):
         raise HemasegInputError(path, f"mask size {arr.shape[1]}x{arr.shape[0]} does not match image size {shape[1]}x{shape[0]}")
     return arr
+
+
+def _palette_indices(path: Path) -> np.ndarray | None:
+    """A palette PNG whose colours are not grey (the VOC / CVAT export of an index mask: class 1 drawn red) as its
+    indices, which are the labels (it was refused as "a colour image"); None for any other file, and for a palette
+    of grey levels, whose grey values are the labels (read as any grey image)."""
+    if path.suffix.lower() != ".png" or not path.is_file():
+        return None
+    try:
+        with Image.open(path) as im:
+            if im.mode != "P":
+                return None
+            idx = np.asarray(im)
+            pal = np.asarray(im.getpalette() or [], np.int32).reshape(-1, 3)
+    except (OSError, UnidentifiedImageError, ValueError):
+        return None  # said by the reader
+    used = pal[np.unique(idx)[np.unique(idx) < len(pal)]]
+    return None if (used[:, 0] == used[:, 1]).all() and (used[:, 1] == used[:, 2]).all() else idx.copy()
 
 
 def check_mask_values(path: str | Path, mask: np.ndarray, allowed, convention: str) -> None:
