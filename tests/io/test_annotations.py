@@ -431,6 +431,7 @@ def test_cvat_and_coco_read_the_same_numbers_as_the_same_object(tmp_path, caplog
     outside = {**m, "vertices": [[30, 30], [35, 30], [35, 35]]}
     coco = to_coco([{"filename": "a.png", "height": 20, "width": 20, "masks": [m, outside]}])
     assert len(coco["annotations"]) == 1 and "1 objects cover no pixel" in caplog.text
+    assert f"(a.png {m['class_name']!r} x1)" in caplog.text  # which image and class (a walkthrough, stop 68)
 
     sizeless = {"images": [{"id": 1, "file_name": "a.png", "height": 0, "width": 0}], "categories": [{"id": 1, "name": "rbc"}],
                 "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": [[2, 3, 9, 3, 9, 10, 2, 10]]}]}

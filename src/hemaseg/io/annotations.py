@@ -21,7 +21,7 @@ import math
 import os
 import re
 import xml.etree.ElementTree as ET
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import cv2
@@ -398,14 +398,14 @@ def to_coco(entries: list[dict], rle: bool = False, labels: list[str] | None = N
     names = label_order(entries, labels or ())
     cats = [{"id": i + 1, "name": n, "supercategory": category_of(n)} for i, n in enumerate(names)]
     images, anns = [], []
-    outside = 0
+    outside: Counter = Counter()  # (image, class) of each object left out
     for i, (e, name) in enumerate(zip(entries, image_names(entries, keep_names)), 1):
         h, w = int(e["height"]), int(e["width"])
         images.append({"id": i, "file_name": name, "height": h, "width": w})
         for m in e["masks"]:
             mask = rasterise(m["vertices"], (h, w))
             if not mask.any():  # outside the image: no pixel to write (pycocotools cannot read an empty polygon)
-                outside += 1
+                outside[(name, m["class_name"])] += 1
                 continue
             x1, y1, x2, y2 = clipped_box(m["bounding_box"], h, w)  # as the mask and its area are
             ann = {"id": len(anns) + 1, "image_id": i, "category_id": names.index(m["class_name"]) + 1,
@@ -419,8 +419,10 @@ def to_coco(entries: list[dict], rle: bool = False, labels: list[str] | None = N
             else:
                 ann["segmentation"] = [edge_polygon(mask)]
             anns.append(ann)
-    if outside:
-        log.warning("%d objects cover no pixel of their image: left out of the COCO file", outside)
+    if outside:  # which image and class (the count alone named neither)
+        said = ", ".join(f"{n} {c!r} x{k}" for (n, c), k in list(outside.items())[:5])
+        log.warning("%d objects cover no pixel of their image: left out of the COCO file (%s%s)", sum(outside.values()),
+                    said, ", ..." if len(outside) > 5 else "")
     return {"info": {"description": "hemaseg", "polygons": "pixel edges"}, "images": images, "annotations": anns,
             "categories": cats}
 
