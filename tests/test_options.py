@@ -316,3 +316,16 @@ def test_train_init_by_a_bundled_name_beside_a_folder_of_that_name(wbc_folder, t
                               "--batch-size", "2", "--crop", "64", "--samples-per-epoch", "2"])
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "run" / "state.json").read_text())["config"]["init"] == "wbc"
+
+
+def test_an_arch_other_than_the_init_models_is_refused_not_dropped():
+    """A wbc fine-tune walkthrough (stop 68): `train wbc --arch smp-unet --init wbc` trained the start's unet-dropout
+    without a word; the same architecture named, or none, is the fine-tune as before."""
+    from hemaseg.errors import HemasegUsageError
+    from hemaseg.tasks import get_task
+
+    task = get_task("wbc")
+    with pytest.raises(HemasegUsageError, match="smp-unet: init wbc is a unet-dropout"):
+        task.train_config(arch="smp-unet", init="wbc", data=["x"])
+    assert task.train_config(arch="unet-dropout", init="wbc", data=["x"]).arch == "unet-dropout"
+    assert task.train_config(init="wbc", data=["x"]).arch == "unet-dropout"

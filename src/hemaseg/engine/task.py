@@ -438,15 +438,19 @@ class Task:
         check_options(self.name, given, COMMON_TRAIN_OPTIONS + self.train_options)
         if self.needs_data and not given.get("data"):
             raise HemasegUsageError("--data", f"task {self.name} trains on annotated images: give --data DIR")
-        arch = given.pop("arch", "unet-dropout")
-        arch = ARCH_ALIASES.get(arch, arch)
+        asked = given.pop("arch", None)
+        arch = ARCH_ALIASES.get(asked or "unet-dropout", asked or "unet-dropout")
         trainable = [a for a in self.train_archs if a in list_models()]
         if arch not in trainable:
             known = f"an architecture task {self.name} does not train" if arch in list_models() else "unknown architecture"
             raise HemasegUsageError("--arch", f"{arch}: {known}; give one of {', '.join(trainable)}")
         arch_kwargs = None if arch == "unet-dropout" else {}
         if given.get("init"):
-            arch, arch_kwargs = init_arch(given["init"], self.name)
+            start = init_arch(given["init"], self.name)
+            if asked is not None and start[0] != arch:  # the run takes its start's architecture: it was dropped unsaid
+                raise HemasegUsageError("--arch", f"{asked}: --init {given['init']} is a {start[0]}, whose "
+                                                  "architecture the run takes; leave --arch out")
+            arch, arch_kwargs = start
         fields = set(TrainConfig.__dataclass_fields__)
         return task_config(self, arch=arch, arch_kwargs=arch_kwargs, **{k: v for k, v in given.items() if k in fields})
 
