@@ -715,3 +715,19 @@ def test_a_folder_of_sub_folders_is_said_to_be_searched_no_deeper(tmp_path):
     for cmd in (["analyze"], ["segment"]):
         res = runner.invoke(app, [*cmd, str(tmp_path / "photos"), "--out", str(tmp_path / "o")])
         assert res.exit_code == 1 and "sub-folders are not searched" in res.output and "**" in res.output, res.output
+
+
+def test_evaluate_scores_the_post_processing_a_lab_runs(tmp_path, wbc_folder):
+    """A wbc fine-tune walkthrough (stop 68): segment takes --post, evaluate did not, so a lab could not score the
+    settings it runs. The same names and values; a bad one is exit 2 naming it."""
+    base = ["evaluate", "wbc", "--data", str(wbc_folder), "--cell-diameter", "24"]  # the bundled model
+    runs = {}
+    for name, post in (("card", []), ("strict", ["--post", "min_cell_fraction=0.9"])):
+        res = runner.invoke(app, [*base, *post, "--json", str(tmp_path / f"{name}.json")])
+        assert res.exit_code == 0, res.output
+        runs[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    assert runs["strict"]["post"] == ["min_cell_fraction=0.9"] and "post" not in runs["card"]
+    dice = {k: [r["dice_cell"] for r in v["per_image"]] for k, v in runs.items()}
+    assert dice["strict"] != dice["card"], dice  # the setting reached the scoring
+    res = runner.invoke(app, [*base, "--post", "no_such=1"])
+    assert res.exit_code == 2 and "--post" in res.output, res.output

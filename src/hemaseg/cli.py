@@ -985,6 +985,10 @@ def evaluate(
     grid: Optional[Path] = typer.Option(Path("worst_cases.png"), help="PNG grid of the worst images "
                                                                       "(smear10, wbc-type: the confusion matrix)"),
     method: Optional[str] = typer.Option(None, help="score a classical method instead of a model (see segment)"),
+    post: Optional[List[str]] = typer.Option(None, "--post", help="post-processing parameter NAME=VALUE, as segment "
+                                                                  "and analyze take it (repeatable; `hemaseg segment "
+                                                                  "--task TASK --post help` lists them with the "
+                                                                  "model's values): score the settings you run"),
 ) -> None:
     """Score a model: wbc Dice/IoU of cell and nucleus; nuclei the DSB metric, AP@0.5/0.75, per modality;
     smear10 pixel accuracy, per-class and mean IoU, confusion matrix; wbc-type accuracy, macro-F1, recall
@@ -997,7 +1001,7 @@ def evaluate(
     if method:
         _check_method(spec, method)
         refuse_unused(f"not used by --method {method} (a classical method: no model, no rescaling)",
-                      model=model, cell_diameter=cell_diameter)
+                      model=model, cell_diameter=cell_diameter, post=post or None)
     if json_out is not None and grid is not None and json_out.resolve() == grid.resolve():
         raise HemasegUsageError("--grid", f"{grid} is also --json; give the picture another name")
     for option, path in (("--json", json_out), ("--grid", grid)):
@@ -1019,9 +1023,12 @@ def evaluate(
             _fail_model(exc, model or spec.default_model)
             raise typer.Exit(2) from None
         _refuse_other_task(card, model, spec.name)  # scored 0.0 everywhere, or failed deep inside
+    params = post_params(spec, card, post) if post else None  # (a lab could not score the settings it ran)
     grid_before = _stamp(grid)
     try:
-        res = spec.evaluate(data, model or spec.default_model, split, cell_diameter, dev, grid, method)
+        res = spec.evaluate(data, model or spec.default_model, split, cell_diameter, dev, grid, method, params)
+        if post:
+            res["post"] = list(post)  # what was scored: not the card's settings
     except HemasegUsageError:
         raise  # an option the task does not take: exit 2, naming it
     except HemasegError as exc:

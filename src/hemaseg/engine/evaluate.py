@@ -113,14 +113,16 @@ def nothing_scored(data: list, failed: list[dict], what: str = "no image could b
     return HemasegInputError(", ".join(map(str, data)), what + (f": {why}" if why else ""))
 
 
-def runner(task, model, cell_diameter: float | None = None, device: str = "cpu", method: str | None = None):
+def runner(task, model, cell_diameter: float | None = None, device: str = "cpu", method: str | None = None,
+           params=None):
     """image -> Segmentation of ``task``: by ``model`` (loaded once) or by a classical ``method``, through
     :meth:`Task.predict` as ``hemaseg segment`` runs it (an image with nothing in it gives no object: scored
-    through ``task.segment`` it got cells the user never sees)."""
+    through ``task.segment`` it got cells the user never sees); ``params``: the post-processing parameters (the
+    task's ``Params``, as ``--post`` sets them; default the model card's)."""
     if method:
         return lambda image: task.predict(image, method=method)
     loaded = get_model(model or task.default_model, device)
-    return lambda image: task.predict(image, loaded, cell_diameter=cell_diameter, device=device)
+    return lambda image: task.predict(image, loaded, cell_diameter=cell_diameter, device=device, params=params)
 
 
 def means(rows: list[dict], keys: list[str]) -> dict[str, float]:
@@ -157,10 +159,10 @@ def own_training_note(model, card: dict, images: list, what: str = "images") -> 
 
 def evaluate_pairs(task, data: list, model=None, split: str | Path | None = None,
                    cell_diameter: float | None = None, device: str = "cpu", grid: Path | None = None,
-                   method: str | None = None) -> dict:
+                   method: str | None = None, params=None) -> dict:
     """Evaluate ``model`` (or a classical ``method``) on the annotated pairs under ``data`` found by
     the task's ``find_samples`` (optionally only a split's val list), each scored by ``task.score``;
-    ``grid`` is a PNG of the worst images. Returns {task, model, n_images, mean, per_image, ...}
+    ``grid`` is a PNG of the worst images; ``params`` the post-processing parameters (:func:`runner`). Returns {task, model, n_images, mean, per_image, ...}
     plus what ``task.summarise(rows)`` adds (e.g. means per modality)."""
     failed: list[dict] = []
     unscorable: list[dict] = []  # images found without labels: said unless a split leaves them out anyway
@@ -168,7 +170,7 @@ def evaluate_pairs(task, data: list, model=None, split: str | Path | None = None
     if split:
         pairs = select_split(pairs, split, failed=unscorable)
     failed += unscorable
-    run = runner(task, model, cell_diameter, device, method)
+    run = runner(task, model, cell_diameter, device, method, params)
     rows = _score_each(pairs, task.load_sample, run,
                        lambda seg, target, image: {**task.score(seg, target, image), "_pred": (seg.classes, seg.instances)},
                        failed)

@@ -477,9 +477,9 @@ class Task:
         return {"pixel_accuracy": s["pixel_accuracy"], "mean_iou": s["mean_iou"]}
 
     def evaluate(self, data: list, model=None, split=None, cell_diameter: float | None = None,
-                 device: str = "cpu", grid: Path | None = None, method: str | None = None) -> dict:
+                 device: str = "cpu", grid: Path | None = None, method: str | None = None, params=None) -> dict:
         """Score ``model`` (or a classical ``method``) on the annotated images under ``data``."""
-        return evaluate_pairs(self, data, model, split, cell_diameter, device, grid, method)
+        return evaluate_pairs(self, data, model, split, cell_diameter, device, grid, method, params)
 
     def summarise(self, rows: list[dict], keys: list[str]) -> dict:
         """Extra entries of the evaluation result computed from the per-image rows (e.g. per modality)."""

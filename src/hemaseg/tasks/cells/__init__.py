@@ -86,7 +86,7 @@ class CellsTask(Task):
         return [Path(p) for p, _ in find_annotated_photos(root, [])]
 
     def evaluate(self, data: list, model=None, split=None, cell_diameter: float | None = None,
-                 device: str = "cpu", grid: Path | None = None, method: str | None = None) -> dict:
+                 device: str = "cpu", grid: Path | None = None, method: str | None = None, params=None) -> dict:
         """Score a cells model on annotated photos (a VOC root, a YOLO dataset with data.yaml, a COCO JSON):
         VOC AP@0.5 per category, their mean, COCO mAP@[.5:.95] (pycocotools), each category's count exact
         per photo, the whole pipeline as ``hemaseg analyze`` runs it. ``split``: only the photos its
@@ -147,7 +147,8 @@ class CellsTask(Task):
                 failed.append({"image": str(exc.path), "reason": exc.reason})
                 continue
             t0 = time.perf_counter()
-            seg = self.predict(image, loaded, cell_diameter=cell_diameter, device=device)  # as analyze runs it
+            seg = self.predict(image, loaded, cell_diameter=cell_diameter, device=device,  # as analyze runs it
+                               params=params)
             seconds = time.perf_counter() - t0
             sizes[i] = image.shape[:2]
             row = {"image": str(path), "seconds": seconds, "_target": [], "_pred": []}

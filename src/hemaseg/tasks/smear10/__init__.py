@@ -101,7 +101,7 @@ class Smear10Task(Task):
                          for m in (Path(root) / sub).glob(f"{img.stem}.*")]
 
     def evaluate(self, data: list, model=None, split=None, cell_diameter: float | None = None,
-                 device: str = "cpu", grid: Path | None = None, method: str | None = None) -> dict:
+                 device: str = "cpu", grid: Path | None = None, method: str | None = None, params=None) -> dict:
         """Pixel accuracy, per-class IoU and mean IoU (summed over all images) on seed-002 folders
         (``images/`` + ``segments/`` colour maps or ``classes/`` index maps); ``grid``: the
         confusion matrix PNG."""
@@ -115,7 +115,7 @@ class Smear10Task(Task):
         if split:  # only the images of the split.json's 'val' list (it was ignored)
             pairs = select_split(pairs, split, path=lambda pair: pair[0], failed=unscorable)
         failed += unscorable
-        run = runner(self, model, cell_diameter, device)
+        run = runner(self, model, cell_diameter, device, params=params)
         cm = np.zeros((k, k), np.int64)
         rows = []
         for image_path, label_path in track(pairs, "evaluate"):

@@ -103,7 +103,7 @@ class WbcTypeTask(Task):
         return [Path(p) for p, _ in find_labelled_cells(root)]
 
     def evaluate(self, data: list, model=None, split=None, cell_diameter: float | None = None,
-                 device: str = "cpu", grid: Path | None = None, method: str | None = None) -> dict:
+                 device: str = "cpu", grid: Path | None = None, method: str | None = None, params=None) -> dict:
         """Score a typer on labelled single-cell crops (ImageFolder trees, or wbc-seg with its class CSV):
         accuracy, macro-F1, per-type recall, the expected calibration error and the confusion matrix
         (``grid``: its PNG), crops normalised and predicted as ``hemaseg classify`` does them. ``split``:
