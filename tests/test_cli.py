@@ -723,11 +723,12 @@ def test_evaluate_scores_the_post_processing_a_lab_runs(tmp_path, wbc_folder):
     base = ["evaluate", "wbc", "--data", str(wbc_folder), "--cell-diameter", "24"]  # the bundled model
     runs = {}
     for name, post in (("card", []), ("strict", ["--post", "min_cell_fraction=0.9"])):
-        res = runner.invoke(app, [*base, *post, "--json", str(tmp_path / f"{name}.json")])
+        res = runner.invoke(app, [*base, *post, "--json", str(tmp_path / f"{name}.json"), "--grid",
+                                  str(tmp_path / "g.png")])
         assert res.exit_code == 0, res.output
         runs[name] = json.loads((tmp_path / f"{name}.json").read_text())
     assert runs["strict"]["post"] == ["min_cell_fraction=0.9"] and "post" not in runs["card"]
     dice = {k: [r["dice_cell"] for r in v["per_image"]] for k, v in runs.items()}
     assert dice["strict"] != dice["card"], dice  # the setting reached the scoring
-    res = runner.invoke(app, [*base, "--post", "no_such=1"])
+    res = runner.invoke(app, [*base, "--post", "no_such=1", "--grid", str(tmp_path / "g.png")])
     assert res.exit_code == 2 and "--post" in res.output, res.output

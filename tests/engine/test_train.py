@@ -366,7 +366,8 @@ def test_binary_cell_masks_teach_and_score_the_whole_cell_not_the_nucleus(wbc_fo
     assert np.isnan(val["dice_nucleus"]) and 0 <= val["dice_cell"] <= 1 and np.isfinite(state["best_metric"]), val
     # scored beside a 0/128/255 folder: the nucleus mean is the parts-annotated images' alone
     res = CliRunner().invoke(app, ["evaluate", "wbc", "--data", str(binary), "--data", str(wbc_folder), "--model",
-                                   str(tmp_path / "run"), "--json", str(tmp_path / "e.json")])
+                                   str(tmp_path / "run"), "--json", str(tmp_path / "e.json"), "--grid",
+                                   str(tmp_path / "g.png")])  # (the grid draws those cells, titled "nuc -")
     assert res.exit_code == 0, res.output
     out = json.loads((tmp_path / "e.json").read_text())
     rows = out["per_image"]

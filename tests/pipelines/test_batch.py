@@ -44,6 +44,22 @@ def test_results_stream_is_write_results_byte_for_byte(tmp_path):
         assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
 
 
+def test_a_loop_of_links_among_the_photos_of_a_resumed_batch_is_one_failed_photo(photos, tmp_path):
+    """A review (stop 68): once a folder listed its loops of links to fail as one line each, `analyze --resume` of it
+    ended at the loop (exit 1) with the new photos never analysed (Path.resolve raised while matching the parts)."""
+    import shutil
+
+    folder, out = tmp_path / "photos", tmp_path / "out"
+    folder.mkdir()
+    shutil.copy(photos[0], folder / "a.png")
+    assert _run(folder, "--out", out).exit_code == 0
+    shutil.copy(photos[2], folder / "c.png")
+    (folder / "loop.png").symlink_to(folder / "loop.png")
+    res = _run(folder, "--out", out, "--resume")
+    assert res.exit_code == 1 and "loop.png: a loop of links, no file" in res.output, res.output
+    assert sorted(p.name for p in (out / PARTS).glob("*.json")) == ["a.json", "c.json", "run.json"]
+
+
 def test_resume_after_a_kill_gives_the_same_files(photos, tmp_path):
     whole, resumed = tmp_path / "whole", tmp_path / "resumed"
     assert _run(*photos, "--out", whole).exit_code == 0

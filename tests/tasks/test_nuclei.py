@@ -317,12 +317,18 @@ def test_a_specialist_keeps_its_own_thresholds_under_the_callers_changes(tmp_pat
     assert seen == [(nuc._min_area(12.0, own), 0.45)], seen  # the specialist's smallest nucleus, the caller's seed
 
 
-def test_train_and_evaluate_nuclei(tmp_path):
+def test_train_and_evaluate_nuclei(tmp_path, caplog):
+    import shutil
+
     root = make_dsb(tmp_path / "dsb", n=6)
+    first = next(p for p in sorted(root.iterdir()) if p.is_dir())
+    (root / "testid" / "images").mkdir(parents=True)  # a Kaggle test image (stage1_test/): published without masks
+    shutil.copy(next((first / "images").iterdir()), root / "testid" / "images" / "testid.png")
     run = tmp_path / "run"
     res = runner.invoke(app, ["train", "nuclei", "--data", str(root), "--out", str(run), "--epochs", "1",
                               "--crop", "32", "--batch-size", "4", "--samples-per-epoch", "4", "--val-fraction", "0.34"])
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == 0, res.output  # the test image is said, but it is no input that failed (a review, stop 68)
+    assert "testid.png: left out of training" in caplog.text and "left out of training, each" not in res.output
     card = json.loads((run / "model.json").read_text())
     assert card["task"] == "nuclei" and card["normalization"]["invert_bright"] is False
     assert 6 < card["cell_diameter"] < 18 and len(card["diameter_range"]) == 2

@@ -280,7 +280,8 @@ def pair_data(task, cfg: TrainConfig, run: Path, state: dict) -> tuple:
         pairs = [p for d in cfg.data for p in task.find_samples(d)]
         for f in _unlabelled(task, cfg.data):
             log.warning("%s: left out of training: %s", f["image"], f["reason"])
-            state.setdefault("left_out", []).append(f)  # `hemaseg train` ends with exit 1, as a batch with a bad file
+            if not f.get("unlabelled"):  # `hemaseg train` ends with exit 1, as a batch with a bad file (not for
+                state.setdefault("left_out", []).append(f)  # a DSB test image: Kaggle's stage1_test/)
         if not pairs:
             raise HemasegInputError(", ".join(cfg.data), "no image/mask pairs found")
     loaded, unreadable = {}, []

@@ -24,7 +24,7 @@ from hemaseg.core.vocabulary import CATEGORIES
 from hemaseg.engine.predict import backend_scope
 from hemaseg.errors import HemasegError, HemasegUsageError
 from hemaseg.io.annotations import write_coco, write_cvat
-from hemaseg.io.images import pixel_size_um, read_image
+from hemaseg.io.images import pixel_size_um, read_image, real_path
 from hemaseg.io.writers import _jsonable, atomic_path, remove_temps, write_json, write_png, write_text
 from hemaseg.pipelines.analyze import MIN_CONFIDENCE, analyze, draw_overlay, model_fingerprint
 from hemaseg.pipelines.report import (
@@ -101,13 +101,13 @@ def part_path(out: Path, stem: str) -> Path:
 
 def _source(path: Path) -> dict:
     st = Path(path).stat()
-    return {"path": str(path), "abspath": str(Path(path).resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return {"path": str(path), "abspath": str(real_path(path)), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
 def _source_file(source: dict) -> Path:
     """The photo a part's ``source`` names, absolute: a batch resumed from another working folder (a cluster
     job's) gives the same photos by other spellings. Parts written before ``abspath`` was kept: as typed then."""
-    return Path(source.get("abspath") or Path(source["path"]).resolve())
+    return Path(source.get("abspath") or real_path(source["path"]))
 
 
 def _same_source(source: dict | None, path: Path) -> bool:
@@ -115,7 +115,7 @@ def _same_source(source: dict | None, path: Path) -> bool:
     if not source or not source.get("path"):
         return False
     st = Path(path).stat()
-    return (_source_file(source) == Path(path).resolve() and source.get("size") == st.st_size
+    return (_source_file(source) == real_path(path) and source.get("size") == st.st_size
             and source.get("mtime_ns") == st.st_mtime_ns)
 
 
@@ -198,7 +198,7 @@ def prepare_batch(out: str | Path, opts: BatchOptions, resume: bool = False, ove
                                                 for k in diff)
                                     + "); give the same ones, or start afresh with --overwrite")
         if photos is not None:  # a photo analysed before must be given again, or the results would lose it
-            given = {Path(p).resolve() for p in photos}
+            given = {real_path(p) for p in photos}  # (a loop of links among them: one failed photo, later)
             lost = []
             for q in sorted(parts.glob("*.json")):
                 source = (read_part(out, q.stem) or {}).get("source") if q.name != RUN_FILE else None

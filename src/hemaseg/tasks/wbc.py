@@ -1725,7 +1725,12 @@ class WbcTask(Task):
         return {**wbc_scores(seg.classes, target), "count": seg.count}
 
     def row_title(self, row: dict) -> str:
-        return f"pred: cell {row['dice_cell']:.3f} nuc {row['dice_nucleus']:.3f}"
+        nuc = "-" if np.isnan(row["dice_nucleus"]) else f"{row['dice_nucleus']:.3f}"  # a binary mask: not scored
+        return f"pred: cell {row['dice_cell']:.3f} nuc {nuc}"
+
+    def panels(self, image: np.ndarray, target: np.ndarray, pred: tuple) -> list[np.ndarray]:
+        # a binary mask's cells (ANY_FOREGROUND, parts unknown) drawn as cell: the panel was blank there
+        return super().panels(image, np.where(target == ANY_FOREGROUND, 1, target), pred)
 
     def table(self, res: dict) -> list[str]:
         return plain_table(res, [("dice_cell", "dice_cell"), ("dice_nucleus", "dice_nuc"), ("iou_cell", "iou_cell"),

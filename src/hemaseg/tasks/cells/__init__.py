@@ -106,6 +106,7 @@ class CellsTask(Task):
             if not found and len(unread) > before:  # each reason, not "no annotated images found" alone
                 why = "; ".join(f"{Path(f['image']).name}: {f['reason']}" for f in unread[before:before + 3])
                 more = len(unread) - before - 3
+                del unread[before:]  # said in this line (each photo was said twice)
                 raise HemasegInputError(folder, f"no usable annotated photo ({why}" + (f"; {more} more" if more > 0
                                                                                        else "") + ")")
             return found

@@ -87,7 +87,10 @@ def fit_maskrcnn(cfg, run: str | Path, resume: bool = False, progress: bool = Tr
 
     run = Path(run)
     cfg, state = start_or_resume(cfg, TrainConfig, run, resume, "cells")
-    train, val = prepare(cfg.data, run, cfg.seed, cfg.val_fraction, tuple(cfg.leave_out))
+    unusable: list[dict] = []
+    train, val = prepare(cfg.data, run, cfg.seed, cfg.val_fraction, tuple(cfg.leave_out), unusable)
+    if unusable:  # `hemaseg train` ends with exit 1, as the U-Net's run does
+        state["left_out"] = unusable
     boxes = box_annotations(cfg.data)
     train_items, input_scale = training_photos(train, boxes, mark_unknown=False)
     val_set = val_items(boxes, val)
@@ -120,7 +123,7 @@ def fit_maskrcnn(cfg, run: str | Path, resume: bool = False, progress: bool = Tr
         "box_scale": box_scales(boxes, train),
         "training": {"data": cfg.data, "n_train": len(train_items), "n_val": len(val_set), "seed": cfg.seed,
                      "augment": cfg.augment, "scale_range": [cfg.scale_min, cfg.scale_max],
-                     "pseudo_masks": str(run / "pseudo_masks.coco.json"), "split": str(run / "split.json")},
+                     "pseudo_masks": str(run / "pseudo_masks.coco.json"), "split": str((run / "split.json").resolve())},
         "versions": versions(),
     }
     for epoch in epochs_to_run(state, cfg.epochs, max_epochs_this_call):

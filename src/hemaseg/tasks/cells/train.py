@@ -430,7 +430,7 @@ def cells_data(cfg, run: Path, state: dict) -> tuple:
                      "leave_out": list(cfg.leave_out), "target_rbc_box": TARGET_RBC_BOX,
                      "strata": {k: strata.count(k) for k in sorted(set(strata))}, "stratum_weights": share,
                      "augment": cfg.augment, "scale_range": [cfg.scale_min, cfg.scale_max],
-                     "pseudo_masks": str(run / "pseudo_masks.coco.json"), "split": str(run / "split.json"),
+                     "pseudo_masks": str(run / "pseudo_masks.coco.json"), "split": str((run / "split.json").resolve()),
                      "ignore_unboxed": cfg.ignore_unboxed},
     }
     return dataset, val_set, card
