@@ -1034,3 +1034,20 @@ def test_a_lab_fine_tune_says_what_it_cannot_use_and_its_card_says_how_it_was_ma
     gone.unlink()
     res = runner.invoke(app, ["train", "wbc-type", "--resume", str(cut)])
     assert res.exit_code == 1 and "but gone (1 crop(s)" in res.output and "Traceback" not in res.output, res.output
+
+
+def test_unlabelled_images_that_are_no_files_are_left_out_and_said(tmp_path, caplog):
+    """A review (stop 68): a link to nothing, or a loop of links, among --target-images / --looks ended the run with a
+    traceback (its stat); each is said and left out."""
+    import logging
+
+    from hemaseg.io.images import list_images
+    from hemaseg.tasks.wbc_type.train import _files_only
+
+    (tmp_path / "a.png").write_bytes(b"x")
+    (tmp_path / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    (tmp_path / "loop.png").symlink_to(tmp_path / "loop.png")
+    with caplog.at_level(logging.WARNING):
+        kept = _files_only(list_images(tmp_path, recursive=True))
+    assert [p.name for p in kept] == ["a.png"]
+    assert "gone.png: a link to no file" in caplog.text and "loop.png: a link to no file" in caplog.text

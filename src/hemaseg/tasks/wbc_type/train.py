@@ -159,6 +159,15 @@ def split_labelled(items: list[tuple[Path, str]], val_fraction: float, seed: int
     return sorted(train, key=lambda t: str(t[0])), sorted(val, key=lambda t: str(t[0]))
 
 
+def _files_only(paths: list[Path]) -> list[Path]:
+    """The unlabelled images of --target-images / --looks that are files: a link to nothing or a loop of links is
+    said and left out (its ``stat`` ended the run with a traceback)."""
+    for p in paths:
+        if not Path(p).is_file():
+            log.warning("%s: a link to no file; left out", p)
+    return [p for p in paths if Path(p).is_file()]
+
+
 def _cache_key(path: Path, size: int, normalise: bool, padding: str) -> str:
     st = path.stat()
     return hashlib.sha1(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{size}|{normalise}|{padding}|v4".encode()
@@ -548,7 +557,7 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
         tr_ext, va_ext = tr_ext[:, :0], va_ext[:, :0]
     target = None
     if cfg.target_images:
-        tpaths = list_images(cfg.target_images, recursive=True)
+        tpaths = _files_only(list_images(cfg.target_images, recursive=True))
         if not tpaths:
             raise HemasegInputError(cfg.target_images, "no target images")
         t_img, t_mask, t_ext = crops_of(tpaths)
@@ -557,7 +566,7 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
 
     looks = None
     if cfg.looks:
-        lpaths = [p for root in cfg.looks for p in list_images(root, recursive=True)]
+        lpaths = _files_only([p for root in cfg.looks for p in list_images(root, recursive=True)])
         if not lpaths:
             raise HemasegInputError(", ".join(cfg.looks), "no images to take looks from")
         l_img, l_mask, _ = crops_of(lpaths)
