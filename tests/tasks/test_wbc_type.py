@@ -1047,7 +1047,9 @@ def test_unlabelled_images_that_are_no_files_are_left_out_and_said(tmp_path, cap
     (tmp_path / "a.png").write_bytes(b"x")
     (tmp_path / "gone.png").symlink_to(tmp_path / "nowhere.png")
     (tmp_path / "loop.png").symlink_to(tmp_path / "loop.png")
+    state: dict = {}
     with caplog.at_level(logging.WARNING):
-        kept = _files_only(list_images(tmp_path, recursive=True))
+        kept = _files_only(list_images(tmp_path, recursive=True), state)
     assert [p.name for p in kept] == ["a.png"]
     assert "gone.png: a link to no file" in caplog.text and "loop.png: a link to no file" in caplog.text
+    assert sorted(Path(f["image"]).name for f in state["left_out"]) == ["gone.png", "loop.png"]  # train: exit 1

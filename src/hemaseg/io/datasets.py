@@ -7,6 +7,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from hemaseg.core.labels import ANY_FOREGROUND
@@ -100,8 +101,14 @@ def find_pairs(root: str | Path, failed: list[dict] | None = None) -> list[Pair]
     return pairs
 
 
-# a JPEG mask whose nucleus (0/1/2) or cytoplasm (0/128/255) holds under this share of its cells is binary
+# a JPEG mask whose nucleus (0/1/2) or cytoplasm (0/128/255) has a plateau (what is left one pixel in from its edges)
+# under this share of its cells is binary
 BINARY_SHARE = 0.02
+
+
+def _plateau(region: np.ndarray) -> int:
+    """Pixels of ``region`` a pixel in from its edges (a 3 x 3 erosion): none for a band at most two pixels wide."""
+    return int(cv2.erode(region.astype(np.uint8), np.ones((3, 3), np.uint8)).sum())
 WBC_CONVENTION = "0/128/255 background/cytoplasm/nucleus, 0/1/2, or a binary 0/255 or 0/1 cell mask"
 
 
@@ -132,8 +139,8 @@ def wbc_classes(mask: np.ndarray, path: str | Path = "") -> np.ndarray:
         return np.where(mask > 0, ANY_FOREGROUND, 0).astype(np.uint8)
     if jpeg and m.max(initial=0) <= 12:  # a 0/1/2 index mask saved as JPEG (it was read as all background)
         out = np.clip(np.rint(m), 0, 2).astype(np.uint8)
-        # a binary 0/1 one rings into a few 2s at its edges: no nucleus holds under 2 % of a cell
-        return out if (out == 2).sum() >= BINARY_SHARE * (out > 0).sum() else np.where(
+        # a binary 0/1 one rings into a few 2s at its edges, never a nucleus' plateau
+        return out if _plateau(out == 2) >= BINARY_SHARE * (out > 0).sum() else np.where(
             out > 0, ANY_FOREGROUND, 0).astype(np.uint8)
     if not vset <= {0, 128, 255}:
         # wbc-seg maps are clean 0/128/255, but JPEG-saved masks are not: snap those to the nearest
@@ -143,8 +150,8 @@ def wbc_classes(mask: np.ndarray, path: str | Path = "") -> np.ndarray:
             raise HemasegInputError(path, f"mask values {describe_values(values)} do not follow the labels of "
                                           f"this task ({WBC_CONVENTION})")
         # a binary 0/255 JPEG (its cells were read as nucleus): its edges ring, or are smoothed, through the middle
-        # values, but no cytoplasm holds under 2 % of a cell
-        if (np.abs(m - 128) <= 40).sum() < BINARY_SHARE * (m >= 128).sum():
+        # values in a band a pixel or two wide, never the plateau of a cytoplasm
+        if _plateau(np.abs(m - 128) <= 40) < BINARY_SHARE * (m >= 128).sum():
             return np.where(m >= 128, ANY_FOREGROUND, 0).astype(np.uint8)
     out = np.zeros(mask.shape, np.uint8)
     out[m >= 64] = 1

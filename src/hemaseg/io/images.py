@@ -552,22 +552,44 @@ def read_mask(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndar
     return arr
 
 
+def _voc_colour(i: int) -> tuple[int, int, int]:
+    """Index ``i``'s colour in the standard Pascal VOC colour map (what VOC-style index masks are drawn with).
+
+    >>> _voc_colour(1), _voc_colour(2), _voc_colour(15)
+    ((128, 0, 0), (0, 128, 0), (192, 128, 128))
+    """
+    r = g = b = 0
+    for j in range(8):
+        r |= ((i >> (3 * j)) & 1) << (7 - j)
+        g |= ((i >> (3 * j + 1)) & 1) << (7 - j)
+        b |= ((i >> (3 * j + 2)) & 1) << (7 - j)
+    return r, g, b
+
+
 def _palette_indices(path: Path) -> np.ndarray | None:
-    """A palette PNG whose colours are not grey (the VOC / CVAT export of an index mask: class 1 drawn red) as its
-    indices, which are the labels (it was refused as "a colour image"); None for any other file, and for a palette
-    of grey levels, whose grey values are the labels (read as any grey image)."""
+    """A Pascal VOC-style index mask (a palette PNG in the standard VOC colour map: class 1 drawn dark red, 2 dark
+    green) as its indices, which are the labels (it was refused as "a colour image"); None for any other file,
+    which is read as before (a palette of grey levels by its grey values; one of other colours refused as a colour
+    image: its indices need not mean classes). VOC's "void" border (index 255) is refused: neither class nor
+    object, it was read as one."""
     if path.suffix.lower() != ".png" or not path.is_file():
         return None
     try:
         with Image.open(path) as im:
             if im.mode != "P":
                 return None
-            idx = np.asarray(im)
+            check_size(path, im.size[1], im.size[0])
+            idx = np.asarray(ImageOps.exif_transpose(im))
             pal = np.asarray(im.getpalette() or [], np.int32).reshape(-1, 3)
     except (OSError, UnidentifiedImageError, ValueError):
         return None  # said by the reader
-    used = pal[np.unique(idx)[np.unique(idx) < len(pal)]]
-    return None if (used[:, 0] == used[:, 1]).all() and (used[:, 1] == used[:, 2]).all() else idx.copy()
+    used = [int(i) for i in np.unique(idx) if i < len(pal)]
+    if all(tuple(pal[i]) == _voc_colour(i) for i in used if i != 255):
+        if 255 in used:
+            raise HemasegInputError(path, "a VOC index mask with 'void' (index 255) pixels: neither class nor object "
+                                          "here; export it without the void border")
+        return idx.copy()
+    return None
 
 
 def check_mask_values(path: str | Path, mask: np.ndarray, allowed, convention: str) -> None:

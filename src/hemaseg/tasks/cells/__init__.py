@@ -104,11 +104,9 @@ class CellsTask(Task):
             before = len(unread)
             found = find_annotated_photos(folder, unread)
             if not found and len(unread) > before:  # each reason, not "no annotated images found" alone
-                why = "; ".join(f"{Path(f['image']).name}: {f['reason']}" for f in unread[before:before + 3])
-                more = len(unread) - before - 3
-                del unread[before:]  # said in this line (each photo was said twice)
-                raise HemasegInputError(folder, f"no usable annotated photo ({why}" + (f"; {more} more" if more > 0
-                                                                                       else "") + ")")
+                why = "; ".join(f"{Path(f['image']).name}: {f['reason']}" for f in unread[before:])
+                del unread[before:]  # each said in this line, every one (each was said twice)
+                raise HemasegInputError(folder, f"no usable annotated photo ({why})")
             return found
 
         photos = find_each(data, find, failed)

@@ -159,12 +159,16 @@ def split_labelled(items: list[tuple[Path, str]], val_fraction: float, seed: int
     return sorted(train, key=lambda t: str(t[0])), sorted(val, key=lambda t: str(t[0]))
 
 
-def _files_only(paths: list[Path]) -> list[Path]:
-    """The unlabelled images of --target-images / --looks that are files: a link to nothing or a loop of links is
-    said and left out (its ``stat`` ended the run with a traceback)."""
+def _files_only(paths: list[Path], state: dict | None = None) -> list[Path]:
+    """The unlabelled images of --target-images / --looks that are files: a link to nothing, a loop of links or a
+    name that is no file is said and left out (its ``stat`` ended the run with a traceback), and kept in ``state``'s
+    ``left_out`` (`hemaseg train` ends with exit 1, as for any input left out)."""
     for p in paths:
         if not Path(p).is_file():
-            log.warning("%s: a link to no file; left out", p)
+            reason = "a link to no file" if Path(p).is_symlink() else "no such file"
+            log.warning("%s: %s; left out", p, reason)
+            if state is not None and not any(f["image"] == str(p) for f in state.get("left_out", [])):
+                state.setdefault("left_out", []).append({"image": str(p), "reason": reason})
     return [p for p in paths if Path(p).is_file()]
 
 
@@ -557,7 +561,7 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
         tr_ext, va_ext = tr_ext[:, :0], va_ext[:, :0]
     target = None
     if cfg.target_images:
-        tpaths = _files_only(list_images(cfg.target_images, recursive=True))
+        tpaths = _files_only(list_images(cfg.target_images, recursive=True), state)
         if not tpaths:
             raise HemasegInputError(cfg.target_images, "no target images")
         t_img, t_mask, t_ext = crops_of(tpaths)
@@ -566,7 +570,7 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
 
     looks = None
     if cfg.looks:
-        lpaths = _files_only([p for root in cfg.looks for p in list_images(root, recursive=True)])
+        lpaths = _files_only([p for root in cfg.looks for p in list_images(root, recursive=True)], state)
         if not lpaths:
             raise HemasegInputError(", ".join(cfg.looks), "no images to take looks from")
         l_img, l_mask, _ = crops_of(lpaths)
