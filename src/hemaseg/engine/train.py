@@ -690,7 +690,7 @@ def finish_run(run: Path, state: dict, cfg, model, card: dict, start: tuple | No
     metrics = {"val": {k: best[k] for k in best if k.startswith(SCORE_PREFIXES)}, "epoch": state["best_epoch"]}
     if start is not None:
         card["training"]["start_metric"] = round(float(start[2]), 4)  # the task's headline, as each epoch's
-    if start is not None and start[2] > state["best_metric"]:
+    if start is not None and start[2] >= state["best_metric"]:  # no epoch beat it (a tie too: the docs' word)
         model.load_state_dict(start[0])
         metrics = {"val": {k: v for k, v in start[1].items() if k.startswith(SCORE_PREFIXES)}, "epoch": 0}
         card = {**card, **(start[3] if len(start) > 3 else {})}  # the start's card as it was, not this data's

@@ -434,6 +434,9 @@ def given_split(cfg: ClassifyConfig) -> tuple[list, list]:
     return train, val
 
 
+UNTYPED = "unknown"  # the folder `hemaseg crop` puts every crop in until a person sorts it
+
+
 def check_types(where: str, items: list[tuple[Path, str]]) -> None:
     """:class:`HemasegInputError` naming ``where`` when a (path, type) item's type is not a known cell type."""
     unknown = sorted({c for _, c in items} - set(ALL_CLASSES))
@@ -460,8 +463,14 @@ def load_split(cfg: ClassifyConfig, run: Path) -> tuple[list, list]:
         train, val, origin = [], [], {"seed": cfg.seed}
         for root in [*cfg.data, *cfg.replay]:
             items = find_labelled_cells(root)
+            untyped = [p for p, c in items if c == UNTYPED]
+            if untyped:  # `hemaseg crop`'s folder of crops not yet sorted: no type to learn (it refused the run)
+                log.warning("%s: %d crop(s) in %s/ have no type yet (hemaseg crop's folder): left out of training",
+                            root, len(untyped), UNTYPED)
+                items = [(p, c) for p, c in items if c != UNTYPED]
             if not items:
-                raise HemasegInputError(root, "no labelled cell images (ImageFolder tree or wbc-seg class CSV)")
+                raise HemasegInputError(root, "no labelled cell images (ImageFolder tree or wbc-seg class CSV)"
+                                        + (f"; only {UNTYPED}/ crops, which have no type yet" if untyped else ""))
             check_types(root, items)
             tr, va = split_labelled(items, cfg.val_fraction, cfg.seed)
             train += tr
@@ -718,7 +727,8 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
                             getattr(exc, "reason", exc))
         if record:  # the start, scored when the run began on the same validation crops as each epoch
             card["training"]["start_metric"] = round(record["metric"], 4)  # (accuracy + macro-F1) / 2, as each epoch's
-            if record["metric"] > state["best_metric"] and (run / "start.safetensors").is_file():
+            # no epoch beat it: a tie ships the start too (as the docs say; the fine-tuned epoch was shipped)
+            if record["metric"] >= state["best_metric"] and (run / "start.safetensors").is_file():
                 model.load_state_dict(load_file(str(run / "start.safetensors")))
                 best, shipped_epoch = record["scores"], 0
                 card["training"]["shipped"] = (f"the start model ({cfg.init}): no epoch beat its validation "
