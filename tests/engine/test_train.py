@@ -374,3 +374,18 @@ def test_binary_cell_masks_teach_and_score_the_whole_cell_not_the_nucleus(wbc_fo
     parts = [r["dice_nucleus"] for r in rows if r["dice_nucleus"] is not None]
     assert len(parts) == 10 and sum(r["dice_nucleus"] is None for r in rows) == 10, rows
     assert out["mean"]["dice_nucleus"] == pytest.approx(np.mean(parts))
+
+
+def test_a_fine_tune_that_only_ties_its_start_ships_the_start(wbc_folder, tmp_path, monkeypatch):
+    """A typer walkthrough (stop 68): a tie with the start shipped the tied epoch, where the docs say the start is
+    shipped "when no epoch beat it"; the engine's loop decides as the typer's does."""
+    from hemaseg.tasks.wbc import WbcTask
+
+    first = tmp_path / "first"
+    fit(_cfg(wbc_folder), first, progress=False)
+    monkeypatch.setattr(WbcTask, "validate", lambda self, *a, **k: {"dice_cell": 0.5, "dice_nucleus": 0.5})
+    cfg = _cfg(wbc_folder)
+    cfg.epochs, cfg.init = 1, str(first)
+    state = fit(cfg, tmp_path / "tuned", progress=False)
+    card = json.loads((tmp_path / "tuned" / "model.json").read_text())
+    assert state.get("shipped") == "start" and "the start model" in card["training"]["shipped"], card["training"]
