@@ -1071,3 +1071,15 @@ def test_unlabelled_images_that_are_no_files_are_left_out_and_said(tmp_path, cap
     assert [p.name for p in kept] == ["a.png"]
     assert "gone.png: a link to no file" in caplog.text and "loop.png: a link to no file" in caplog.text
     assert sorted(Path(f["image"]).name for f in state["left_out"]) == ["gone.png", "loop.png"]  # train: exit 1
+
+
+def test_a_run_without_validation_crops_says_nothing_checked_it(tmp_path):
+    """A typer walkthrough (stop 68): with one crop per type no crop is left for validation; the run ended with
+    "best -1.8439" (minus its training loss) and nothing said the model went unchecked."""
+    data = _crops(tmp_path / "a", per_class=1)
+    res = runner.invoke(app, ["train", "wbc-type", "--data", str(data), "--out", str(tmp_path / "run"), "--backbone",
+                              TINY_BACKBONE, "--epochs", "1", "--batch-size", "2", "--crop", "48", "--samples-per-epoch",
+                              "4"])
+    assert res.exit_code == 0, res.output
+    assert "no validation images: the epoch kept is the one of lowest training loss" in res.output, res.output
+    assert (tmp_path / "run" / "curves.png").is_file()
