@@ -1040,6 +1040,7 @@ def test_a_lab_fine_tune_says_what_it_cannot_use_and_its_card_says_how_it_was_ma
     (bad / "Lymphocyte" / "y.jpg").write_bytes(b"\xff\xd8\xff")
     res = runner.invoke(app, ["train", "wbc-type", "--init", str(run), "--data", str(bad), "--out", str(tmp_path / "b"), *base])
     assert res.exit_code == 1 and "2 crop(s) unreadable" in res.output and "x.jpg" in caplog.text and "y.jpg" in caplog.text
+    assert "x.jpg" not in res.output and "y.jpg" not in res.output  # each named once (the first was named twice)
     state = json.loads((tmp_path / "b" / "state.json").read_text()) if (tmp_path / "b").exists() else None
     assert state is None or state["epoch"] == 0
     cut = tmp_path / "cut"

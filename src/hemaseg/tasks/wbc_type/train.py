@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -214,8 +215,9 @@ def prepare_crops(paths: list[Path], size: int, normalise: bool, cache: Path, pr
                 with open(tmp, "wb") as fh:
                     np.savez(fh, image=im, mask=m, extras=e)
     if bad:  # the readable ones are cached: a run after the bad ones are mended or removed starts from them
-        raise HemasegInputError(bad[0].path, f"{bad[0].reason} ({len(bad)} crop(s) unreadable in all, each named "
-                                             "above): mend or remove them")
+        where = os.path.commonpath([os.path.abspath(e.path) for e in bad])  # (the first crop was named twice)
+        raise HemasegInputError(where if len(bad) > 1 else Path(where).parent, f"{len(bad)} crop(s) unreadable, each "
+                                "named above: mend or remove them")
     if not files:
         return (np.zeros((0, size, size, 3), np.uint8), np.zeros((0, size, size), np.uint8),
                 np.zeros((0, N_EXTRAS), np.float32))
