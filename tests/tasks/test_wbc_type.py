@@ -1084,3 +1084,20 @@ def test_a_run_without_validation_crops_says_nothing_checked_it(tmp_path):
     assert res.exit_code == 0, res.output
     assert "no validation images: the epoch kept is the one of lowest training loss" in res.output, res.output
     assert (tmp_path / "run" / "curves.png").is_file()
+
+
+def test_a_resumed_run_says_it_does_not_use_crops_added_since(tmp_path, caplog):
+    """A typer walkthrough (stop 68): crops added under --data (a new type folder too) after the run began were
+    ignored by --resume without a word (the split is frozen when the run begins)."""
+    import logging
+
+    from hemaseg.tasks.wbc_type.train import ClassifyConfig, fit_classifier
+
+    data = _crops(tmp_path / "a", per_class=3)
+    cfg = ClassifyConfig(data=[str(data)], backbone=TINY_BACKBONE, size=48, batch_size=2, val_fraction=0.34, epochs=2,
+                         samples_per_epoch=4)
+    fit_classifier(cfg, tmp_path / "run", progress=False, max_epochs_this_call=1)
+    _crops(data, per_class=1, classes=("Monocyte",), seed=5)
+    with caplog.at_level(logging.WARNING):
+        state = fit_classifier(None, tmp_path / "run", resume=True, progress=False)
+    assert state["epoch"] == 2 and "1 crop(s) under --data were added since the run began" in caplog.text, caplog.text

@@ -454,6 +454,16 @@ def load_split(cfg: ClassifyConfig, run: Path) -> tuple[list, list]:
     if path.exists():
         d = json.loads(path.read_text())
         train, val = [(Path(p), c) for p, c in d["train"]], [(Path(p), c) for p, c in d["val"]]
+        if not cfg.split:  # crops added under --data since the run began: not used by a resumed run, and said
+            listed = {str(p.resolve()) for p, _ in train + val}
+            try:
+                added = [p for root in [*cfg.data, *cfg.replay] if Path(root).is_dir()
+                         for p, c in find_labelled_cells(root) if c != UNTYPED and str(Path(p).resolve()) not in listed]
+            except HemasegError:
+                added = []  # (what cannot be listed now is said where it is used)
+            if added:
+                log.warning("%d crop(s) under --data were added since the run began (e.g. %s): a resumed run trains "
+                            "on the crops it began with; start a new run to use them", len(added), added[0])
         gone = [p for p, _ in train + val if not p.exists()]
         if gone:  # a resume after a crop was moved or deleted: a traceback before
             raise HemasegInputError(gone[0], f"listed in {path} but gone ({len(gone)} crop(s) of the run's split "
