@@ -1084,6 +1084,12 @@ def test_a_run_without_validation_crops_says_nothing_checked_it(tmp_path):
     assert res.exit_code == 0, res.output
     assert "no validation images: the epoch kept is the one of lowest training loss" in res.output, res.output
     assert (tmp_path / "run" / "curves.png").is_file()
+    # its temperature was fitted to nothing: the card and a report's model label say so (they said "calibrated")
+    from hemaseg.pipelines.analyze import model_label
+
+    card = json.loads((tmp_path / "run" / "model.json").read_text())
+    assert card["training"]["temperature_not_fitted"].startswith("0 validation crops"), card["training"]
+    assert "not fitted to it" in model_label(tmp_path / "run") and "calibrated" not in model_label(tmp_path / "run")
 
 
 def test_a_resumed_run_says_it_does_not_use_crops_added_since(tmp_path, caplog):

@@ -77,8 +77,10 @@ def model_label(model, device: str = "cpu") -> str:
     trained = card.get("versions", {}).get("hemaseg")
     if trained:
         parts.append(f"trained with hemaseg {trained}")
-    if "temperature" in card:
-        parts.append(f"calibrated (temperature {float(card['temperature']):.3g})")
+    if "temperature" in card:  # (a fine-tune on too few crops keeps its start's: not calibrated on its lab's crops)
+        kept = (card.get("training") or {}).get("temperature_not_fitted")
+        parts.append(f"temperature {float(card['temperature']):.3g} not fitted to it" if kept else
+                     f"calibrated (temperature {float(card['temperature']):.3g})")
     if isinstance(model, (str, Path)):
         try:
             path = resolve_model_path(model)

@@ -763,6 +763,10 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
             log.warning(f"{len(va_lab)} validation crops, fewer than {MIN_CALIBRATION_CROPS}: not calibrated on "
                         f"them; temperature {temperature:g} kept" + (" from the start model" if start is not None
                                                                     else ""))
+        if len(va_lab) < MIN_CALIBRATION_CROPS:  # said in the card too (a report called it "calibrated")
+            card["training"]["temperature_not_fitted"] = (
+                f"{len(va_lab)} validation crops, fewer than {MIN_CALIBRATION_CROPS}: "
+                + ("the start model's temperature, kept" if start is not None else "none fitted"))
         if len(va_lab):
             probs = predict(model, va_img, extras=va_ext, temperature=temperature, colour=cfg.colour, parts=va_parts)
             val_scores["ece_uncalibrated"] = val_scores.get("ece", 0.0)
