@@ -620,6 +620,7 @@ def test_train_says_each_image_it_leaves_out_for_want_of_its_label(tmp_path, wbc
                               "--crop", "32", "--batch-size", "4", "--samples-per-epoch", "4"])
     # trained on the rest, exit 1 as any batch with a bad file (a walkthrough, stop 68: exit 0)
     assert res.exit_code == 1 and "1 input(s) left out of training" in res.output, res.output
+    assert "no validation images" not in res.output  # (validated: the line is for runs that were not)
     assert (run / "model.safetensors").is_file() and json.loads((run / "state.json").read_text())["finished"]
     assert any("003.bmp: left out of training: no mask" in r.getMessage() for r in caplog.records), caplog.text
     split = json.loads((run / "split.json").read_text())

@@ -24,7 +24,7 @@ from hemaseg.engine.predict import backend_scope, get_model, resolve_device
 from hemaseg.engine.runtime import BACKENDS, check_backend, require_torch
 from hemaseg.engine.task import Task, param_value, params_help
 from hemaseg.engine.tiling import DEFAULT_TILE
-from hemaseg.engine.train import RUN_FILES, SCORE_PREFIXES, has_checkpoint, hold_run, prepare_run, remove_run_files
+from hemaseg.engine.train import RUN_FILES, has_checkpoint, hold_run, prepare_run, remove_run_files
 from hemaseg.errors import HemasegError, HemasegInputError, HemasegUsageError
 from hemaseg.io.convert import CONVERTERS
 from hemaseg.io.convert import convert as run_convert
@@ -767,8 +767,7 @@ def train(
     typer.echo(f"run {run}: epoch {state['epoch']}, best {state['best_metric']:.4f} at epoch {state['best_epoch']}"
                + ("; its model is the start model (no epoch beat it)" if state.get("shipped") == "start" else ""),
                err=True)
-    if not any(k.startswith((*SCORE_PREFIXES, "accuracy", "macro_f1")) for h in state.get("history", []) for k in h):
-        # (its "best" is minus the training loss)
+    if not any(set(h) - NOT_VALIDATION for h in state.get("history", [])):  # (its "best" is minus the training loss)
         typer.echo("no validation images: the epoch kept is the one of lowest training loss, and nothing checked the "
                    "model (give more images per type or class, or a --val-fraction that leaves some)", err=True)
     left = state.get("left_out") or []
@@ -776,6 +775,10 @@ def train(
         typer.echo(f"{len(left)} input(s) left out of training, each named when the run began (state.json's "
                    "left_out); the model learnt from the rest", err=True)
         raise typer.Exit(1)
+
+
+# what an epoch's history entry holds besides its validation figures (wbc's leak / false_cell are validation too)
+NOT_VALIDATION = {"epoch", "lr", "train_loss", "domain_loss", "metric", "seconds"}
 
 
 def _resume_threads(run: Path, threads: int, task: str | None = None) -> None:

@@ -283,6 +283,11 @@ def test_a_fine_tune_of_the_typer_never_ends_worse_than_its_start(tmp_path):
     assert res.exit_code == 0, res.output
     tie = json.loads((tmp_path / "tie" / "model.json").read_text())
     assert "the start model" in tie["training"]["shipped"], tie["training"]
+    # the start's weights with the temperature fitted to them: not "not fitted" (a review)
+    assert "temperature_not_fitted" not in tie["training"], tie["training"]
+    res = runner.invoke(app, ["evaluate", "wbc-type", "--data", str(data), "--model", str(tmp_path / "tie"), "--grid",
+                              str(tmp_path / "g.png")])
+    assert "own training crops" not in res.output, res.output  # its weights never trained on them (a review)
     split = json.loads((tmp_path / "tie" / "split.json").read_text())
     assert not any("unknown" in p for p, _ in split["train"] + split["val"])
     # evaluate of a run on its own training crops says so (as wbc, nuclei and cells did)
@@ -1107,3 +1112,8 @@ def test_a_resumed_run_says_it_does_not_use_crops_added_since(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         state = fit_classifier(None, tmp_path / "run", resume=True, progress=False)
     assert state["epoch"] == 2 and "1 crop(s) under --data were added since the run began" in caplog.text, caplog.text
+    # a file added since that cannot be listed: the note is left out, the resume goes on (a review: a traceback)
+    from hemaseg.tasks.wbc_type.train import load_split
+
+    (data / "notes.csv").write_bytes(b"caf\xe9;1\n")
+    assert len(load_split(cfg, tmp_path / "run")[0]) == 4

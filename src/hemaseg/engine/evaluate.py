@@ -150,7 +150,10 @@ def trained_on(model, card: dict) -> set[str]:
 
 def own_training_note(model, card: dict, images: list, what: str = "images") -> list[str]:
     """A note when some of the ``images`` scored are the run's own training images (:func:`trained_on`): their
-    scores flatter it."""
+    scores flatter it. None for a run that shipped its start model (no epoch beat it): those weights never trained
+    on them."""
+    if (card.get("training") or {}).get("shipped"):
+        return []
     seen = trained_on(model, card)
     own = sum(1 for p in images if str(Path(p).resolve()) in seen)
     return [f"note: {own} of the {len(images)} {what} scored are this model's own training {what} (its "

@@ -26,10 +26,8 @@ def plot_curves(history: list[dict], path: Path) -> None:
         if k in history[0]:
             ax[1].plot(ep, [h[k] for h in history], label=f"val {k}")
     ax[1].set_xlabel("epoch"); ax[1].set_ylabel("score"); ax[1].grid(alpha=0.3)
-    if ax[1].lines:  # (no validation images: no score to draw, and no legend warning)
+    if ax[1].lines:  # (no score drawn: no legend, which matplotlib warned of)
         ax[1].legend()
-    else:
-        ax[1].set_title("no validation images", fontsize=9)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)

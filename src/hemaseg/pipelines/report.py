@@ -284,7 +284,10 @@ def report_chunks(records: Iterable[dict], failed: list[tuple[str, str]] | None 
         yield _thumbs([(r, c, f"{f}: {_top_types(r, d)}") for f, r, c, d in unsure], "review")
     del unsure
     if any_crops:
-        yield f"<p>{CONFIDENCE_NOTE}</p>"
+        unfitted = any("not fitted to it" in label for labels in models.values() for label in labels)
+        yield f"<p>{CONFIDENCE_NOTE}" + (" Here the typer's temperature was not fitted to its own held-out cells "
+                                         "(too few of them; its model line says so): its confidences are "
+                                         "uncalibrated." if unfitted else "") + "</p>"
     if len(light) > 1 and by_type:  # as a CellaVision review screen: the batch's cells by type, least sure first
         yield ("<h2>White cells by type</h2><p>The typed white cells of every photo, by type, least sure first "
                f"(at most {BY_TYPE_SHOWN} a type; each photo's own cells are under it below).</p>")

@@ -459,8 +459,8 @@ def load_split(cfg: ClassifyConfig, run: Path) -> tuple[list, list]:
             try:
                 added = [p for root in [*cfg.data, *cfg.replay] if Path(root).is_dir()
                          for p, c in find_labelled_cells(root) if c != UNTYPED and str(Path(p).resolve()) not in listed]
-            except HemasegError:
-                added = []  # (what cannot be listed now is said where it is used)
+            except (HemasegError, OSError, ValueError):
+                added = []  # (a note only: a CSV or folder added since that cannot be read does not stop the resume)
             if added:
                 log.warning("%d crop(s) under --data were added since the run began (e.g. %s): a resumed run trains "
                             "on the crops it began with; start a new run to use them", len(added), added[0])
@@ -763,7 +763,8 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
             log.warning(f"{len(va_lab)} validation crops, fewer than {MIN_CALIBRATION_CROPS}: not calibrated on "
                         f"them; temperature {temperature:g} kept" + (" from the start model" if start is not None
                                                                     else ""))
-        if len(va_lab) < MIN_CALIBRATION_CROPS:  # said in the card too (a report called it "calibrated")
+        if len(va_lab) < MIN_CALIBRATION_CROPS and state.get("shipped") != "start":  # said in the card too (a report
+            # called it "calibrated"; a start shipped keeps the temperature fitted to its own weights)
             card["training"]["temperature_not_fitted"] = (
                 f"{len(va_lab)} validation crops, fewer than {MIN_CALIBRATION_CROPS}: "
                 + ("the start model's temperature, kept" if start is not None else "none fitted"))
