@@ -389,3 +389,20 @@ def test_a_fine_tune_that_only_ties_its_start_ships_the_start(wbc_folder, tmp_pa
     state = fit(cfg, tmp_path / "tuned", progress=False)
     card = json.loads((tmp_path / "tuned" / "model.json").read_text())
     assert state.get("shipped") == "start" and "the start model" in card["training"]["shipped"], card["training"]
+
+
+def test_what_a_run_left_out_is_said_after_a_kill_before_its_first_checkpoint(wbc_folder, tmp_path):
+    """A review (stop 68): the inputs a run left out were kept in state.json only, written at the first checkpoint; a
+    run killed before it and resumed ended with exit 0. They are kept with the split, written first."""
+    from hemaseg.engine.train import pair_data
+    from hemaseg.tasks import get_task
+
+    (wbc_folder / "004.png").write_bytes(b"\x89PNG broken")
+    run = tmp_path / "run"
+    run.mkdir()
+    first: dict = {}
+    pair_data(get_task("wbc"), _cfg(wbc_folder), run, first)
+    assert [Path(f["image"]).name for f in first["left_out"]] == ["004.png"]
+    again: dict = {}  # the resumed process: the split is on disk, state.json is not
+    pair_data(get_task("wbc"), _cfg(wbc_folder), run, again)
+    assert again["left_out"] == first["left_out"]

@@ -878,6 +878,9 @@ def test_training_says_which_annotated_photos_are_missing_and_refuses_two_of_one
     unusable: list[dict] = []
     train, val = prepare([str(root)], tmp_path / "run", 0, 0.3, unusable=unusable)
     assert [Path(f["image"]).name for f in unusable] == ["x.png", "gone.png"]  # (`train` ends with exit 1: stop 68)
+    again: list[dict] = []  # a run killed before its first checkpoint: prepared from its cache, still said
+    prepare([str(root)], tmp_path / "run", 0, 0.3, unusable=again)
+    assert again == unusable
     # a/x.png alone of its name is written "x.png" (COCO keeps as many folders as tell photos apart): not found
     # beside the file, and now said (still left: the name does not keep its folder)
     assert len(train) + len(val) == 3 and "x.png: annotated in annotations.json, but no such photo" in caplog.text

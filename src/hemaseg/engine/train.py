@@ -188,10 +188,11 @@ def read_split(path: Path, data: list[str] | None = None) -> tuple[list[Pair], l
     return train, val
 
 
-def write_split(path: Path, train: list[Pair], val: list[Pair], seed: int) -> None:
-    """Write the split as lists of [image, mask] paths."""
+def write_split(path: Path, train: list[Pair], val: list[Pair], seed: int, left_out: list[dict] | None = None) -> None:
+    """Write the split as lists of [image, mask] paths; ``left_out``: the inputs the run could not use
+    ({"image", "reason"}), kept with it so that a run killed before its first checkpoint still says them."""
     write_json(path, {"seed": seed, "train": [[str(p.image), str(p.mask)] for p in train],
-                      "val": [[str(p.image), str(p.mask)] for p in val]})
+                      "val": [[str(p.image), str(p.mask)] for p in val], **({"left_out": left_out} if left_out else {})})
 
 
 def object_diameters(masks: list[np.ndarray], min_area: int = 20) -> np.ndarray:
@@ -276,6 +277,10 @@ def pair_data(task, cfg: TrainConfig, run: Path, state: dict) -> tuple:
     if split_path.exists():
         train_pairs, val_pairs = read_split(split_path, cfg.data)
         pairs = train_pairs + val_pairs
+        if "left_out" not in state:  # a run killed before its first checkpoint: what it left out, from its split
+            left = json.loads(split_path.read_text()).get("left_out")
+            if left:
+                state["left_out"] = left
     else:
         pairs = [p for d in cfg.data for p in task.find_samples(d)]
         for f in _unlabelled(task, cfg.data):
@@ -307,7 +312,7 @@ def pair_data(task, cfg: TrainConfig, run: Path, state: dict) -> tuple:
                 raise HemasegInputError(cfg.split, "lists an image in both 'train' and 'val'")
         else:
             train_pairs, val_pairs = split_pairs(pairs, cfg.val_fraction, cfg.seed, [stratum[p] for p in pairs])
-        write_split(split_path, train_pairs, val_pairs, cfg.seed)
+        write_split(split_path, train_pairs, val_pairs, cfg.seed, state.get("left_out"))
     train_items, val_items = [loaded[p] for p in train_pairs], [loaded[p] for p in val_pairs]
     train_strata = [stratum[p] for p in train_pairs]
     diams = object_diameters([task.measure_mask(m) for _, m in train_items])

@@ -237,6 +237,8 @@ def prepare(data: list[str], run: Path, seed: int, val_fraction: float, leave_ou
     cache, split_path = run / "pseudo_masks.coco.json", run / "split.json"
     if cache.exists() and split_path.exists():
         split = json.loads(split_path.read_text())
+        if unusable is not None:  # a run killed before its first checkpoint still says what it left out
+            unusable += split.get("left_out", [])
         entries = read_coco(cache)
         paths = {Path(p).name: Path(p) for p in split["train"] + split["val"]}
         items = [(paths[e["filename"]], e) for e in entries]
@@ -307,7 +309,8 @@ def prepare(data: list[str], run: Path, seed: int, val_fraction: float, leave_ou
                             "train": [str(p) for p, _ in items if str(p) not in val_set],
                             "val": [str(p) for p, _ in items if str(p) in val_set],
                             "not_used": {"test_split": test, "left_out_sources": left_out,
-                                         "also_in_a_yolo_dataset": duplicates}})
+                                         "also_in_a_yolo_dataset": duplicates},
+                            **({"left_out": unusable} if unusable else {})})
     return [i for i in items if str(i[0]) not in val_set], [i for i in items if str(i[0]) in val_set]
 
 
