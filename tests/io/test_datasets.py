@@ -271,3 +271,16 @@ def test_a_palette_index_mask_is_read_by_its_indices(tmp_path):
     grey.putpalette([0, 0, 0, 128, 128, 128, 255, 255, 255] + [0] * (253 * 3))
     grey.save(tmp_path / "grey.png")
     assert read_mask(tmp_path / "grey.png").tolist() == [[0, 128, 255, 255]]
+
+
+def test_a_binary_mask_saved_as_a_grey_palette_png_is_read_by_its_grey_values(tmp_path):
+    """A docs check (stop 68): a 0/255 mask converted to a palette PNG (black and white) was taken for a VOC index
+    mask and refused for its 'void' 255."""
+    from hemaseg.io.images import read_mask
+
+    a = np.zeros((8, 8), np.uint8)
+    a[2:6, 2:6] = 255
+    Image.fromarray(a, "L").convert("P").save(tmp_path / "m.png")
+    assert Image.open(tmp_path / "m.png").mode == "P"
+    assert (read_mask(tmp_path / "m.png") == a).all()
+    assert set(np.unique(wbc_classes(read_mask(tmp_path / "m.png"))).tolist()) == {0, 254}

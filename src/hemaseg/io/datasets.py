@@ -119,8 +119,9 @@ def wbc_classes(mask: np.ndarray, path: str | Path = "") -> np.ndarray:
     outlines whole cells without saying which part is nucleus: its cells are
     :data:`~hemaseg.engine.losses.ANY_FOREGROUND` (254; training teaches "cell" there, scoring takes
     the whole cell and leaves the nucleus unscored; they were cytoplasm, which taught the nucleus as
-    cytoplasm). JPEG-saved masks are snapped to the nearest of 0/128/255 (or of 0/1/2 for a dark index
-    mask) when nearly all their pixels lie close to one. Any other value set is refused
+    cytoplasm). JPEG-saved masks are snapped to the nearest of 0/128/255 when nearly all their pixels
+    lie close to one; a dark JPEG (no value above 12) is taken for a 0/1/2 index mask and rounded to
+    it. Any other value set is refused
     (:class:`HemasegInputError` naming the values found): read as one of these, it would teach wrong
     classes.
 

@@ -584,6 +584,8 @@ def _palette_indices(path: Path) -> np.ndarray | None:
     except (OSError, UnidentifiedImageError, ValueError):
         return None  # said by the reader
     used = [int(i) for i in np.unique(idx) if i < len(pal)]
+    if all(pal[i][0] == pal[i][1] == pal[i][2] for i in used):
+        return None  # grey levels (a binary 0/255 mask saved as a palette PNG too): read by its grey values
     if all(tuple(pal[i]) == _voc_colour(i) for i in used if i != 255):
         if 255 in used:
             raise HemasegInputError(path, "a VOC index mask with 'void' (index 255) pixels: neither class nor object "

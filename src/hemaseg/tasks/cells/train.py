@@ -92,11 +92,13 @@ def coco_photo_folders(coco: Path) -> tuple[Path, Path]:
 
 
 def find_annotated_photos(root: str | Path, failed: list[dict] | None = None) -> list[tuple[Path, dict]]:
-    """(image path, entry) of a VOC root (``Annotations/*.xml`` + ``JPEGImages/``; boxes), of a YOLO
-    dataset (``images/<split>/`` + ``labels/<split>/`` + data.yaml; each entry carries its ``split``
-    and, from ``sources.csv``, its ``source`` and ``original_name``) or of a COCO JSON (file, or a
-    folder holding ``annotations.json``; images beside it or in ``images/``). ``failed``: a YOLO
-    photo or label file that cannot be read is listed there and left out (else it raises).
+    """(image path, entry) of a VOC root (``Annotations/*.xml`` + ``JPEGImages/``, or each ``x.xml`` beside
+    its photo; boxes), of a YOLO dataset (``images/<split>/`` + ``labels/<split>/`` + data.yaml; each entry
+    carries its ``split`` and, from ``sources.csv``, its ``source`` and ``original_name``) or of a COCO JSON
+    (file, or a folder holding ``annotations.json``; images beside it or in ``images/``). ``failed``: a
+    photo or annotation file that cannot be read, a VOC photo without its XML, a VOC or COCO photo whose size
+    is not its annotations' is listed there and left out (else it raises); VOC and COCO boxes partly outside
+    their photo are clipped, those wholly outside left out (said).
 
     Objects of a class that is no red cell, WBC (or WBC type) nor platelet are neither trained on nor
     scored: a warning names those classes and their counts (once per root)."""
