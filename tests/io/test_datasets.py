@@ -284,3 +284,21 @@ def test_a_binary_mask_saved_as_a_grey_palette_png_is_read_by_its_grey_values(tm
     assert Image.open(tmp_path / "m.png").mode == "P"
     assert (read_mask(tmp_path / "m.png") == a).all()
     assert set(np.unique(wbc_classes(read_mask(tmp_path / "m.png"))).tolist()) == {0, 254}
+
+
+def test_a_colour_png_beside_its_grey_tiff_label_is_the_image(tmp_path):
+    """A wbc fine-tune walkthrough (stop 68): X.png (the photo) beside X.tif (its 0/128/255 mask) was paired the wbc-seg
+    way, the PNG taken for the mask (refused as "a colour image"); a grey PNG beside a TIFF photo stays the mask."""
+    import tifffile
+
+    Image.fromarray(np.full((8, 8, 3), 200, np.uint8)).save(tmp_path / "x.png")
+    tifffile.imwrite(tmp_path / "x.tif", np.array([0, 128, 255], np.uint8)[np.arange(64).reshape(8, 8) % 3])
+    (pair,) = find_pairs(tmp_path)
+    assert (pair.image.name, pair.mask.name) == ("x.png", "x.tif")
+    assert set(np.unique(load_pair(pair)[1]).tolist()) == {0, 1, 2}
+    other = tmp_path / "o"
+    other.mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(other / "y.png")
+    tifffile.imwrite(other / "y.tif", np.full((8, 8, 3), 200, np.uint8))
+    (pair,) = find_pairs(other)
+    assert (pair.image.name, pair.mask.name) == ("y.tif", "y.png")

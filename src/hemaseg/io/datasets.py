@@ -9,6 +9,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from hemaseg.core.labels import ANY_FOREGROUND
 from hemaseg.core.vocabulary import KNOWN_NAMES
@@ -28,6 +29,15 @@ class Pair:
 
     image: Path
     mask: Path
+
+
+def _is_colour(path: Path) -> bool:
+    """Whether an image file holds colour (RGB or RGBA), from its header; False when it cannot be told."""
+    try:
+        with Image.open(path) as im:
+            return im.mode in ("RGB", "RGBA", "CMYK", "YCbCr")
+    except (OSError, ValueError):
+        return False
 
 
 def _strip_mask_suffix(stem: str) -> str | None:
@@ -87,7 +97,11 @@ def find_pairs(root: str | Path, failed: list[dict] | None = None) -> list[Pair]
                 pngs = [p for p in group if p.suffix.lower() == ".png"]
                 others = [p for p in group if p.suffix.lower() != ".png"]
                 if len(pngs) == 1 and len(others) == 1:
-                    pairs.append(Pair(others[0], pngs[0]))
+                    # wbc-seg's rule, the PNG is the mask; but a colour PNG beside a grey TIFF is the photo beside its
+                    # label map (it was read as a mask: "a colour image" or "mask values 62...254")
+                    swap = others[0].suffix.lower() in (".tif", ".tiff") and _is_colour(pngs[0]) \
+                        and not _is_colour(others[0])
+                    pairs.append(Pair(pngs[0], others[0]) if swap else Pair(others[0], pngs[0]))
                     paired += 1
         if failed is not None and (paired or suffixed):
             # a wbc-seg folder: an image there without its PNG mask is a sample; a folder of X + X_mask pairs: any
