@@ -679,6 +679,17 @@ def run_over(state: dict, cfg) -> bool:
     return state["epoch"] >= cfg.epochs or bool(state.get("stopped_early"))
 
 
+def say_start_shipped(card: dict, state: dict, init: str, start_metric: float) -> None:
+    """A fine-tune ships its start (no epoch beat its validation score ``start_metric``): said in the card
+    (``training.shipped``), in ``state["shipped"]`` and as a warning naming ``--lr`` (the engine's loop and the
+    typer's)."""
+    card["training"]["shipped"] = (f"the start model ({init}): no epoch beat its validation score "
+                                   f"{start_metric:.4f} (best epoch {state['best_epoch']}: {state['best_metric']:.4f})")
+    log.warning("no epoch beat the start model's validation score (%.4f against the best epoch's %.4f): the run's "
+                "model is its start, %s; try a lower --lr", start_metric, state["best_metric"], init)
+    state["shipped"] = "start"
+
+
 def finish_run(run: Path, state: dict, cfg, model, card: dict, start: tuple | None = None) -> None:
     """When the run is over (all epochs, or stopped early): the shipped model = best weights + card
     with that epoch's validation figures and the training time; ``state["finished"]``.
@@ -698,13 +709,9 @@ def finish_run(run: Path, state: dict, cfg, model, card: dict, start: tuple | No
     if start is not None and start[2] >= state["best_metric"]:  # no epoch beat it (a tie too: the docs' word)
         model.load_state_dict(start[0])
         metrics = {"val": {k: v for k, v in start[1].items() if k.startswith(SCORE_PREFIXES)}, "epoch": 0}
-        card = {**card, **(start[3] if len(start) > 3 else {})}  # the start's card as it was, not this data's
+        card = {**card, **start[3]}  # the start's card as it was, not this data's
         card["training"].pop("postprocess_not_kept", None)  # the start keeps what was fitted to its outputs
-        card["training"]["shipped"] = (f"the start model ({cfg.init}): no epoch beat its validation score "
-                                       f"{start[2]:.4f} (best epoch {state['best_epoch']}: {state['best_metric']:.4f})")
-        log.warning("no epoch beat the start model's validation score (%.4f against the best epoch's %.4f): the "
-                    "run's model is its start, %s; try a lower --lr", start[2], state["best_metric"], cfg.init)
-        state["shipped"] = "start"
+        say_start_shipped(card, state, cfg.init, start[2])
     else:
         model.load_state_dict(load_file(str(run / "best.safetensors")))
     card["training"]["minutes"] = round(sum(h["seconds"] for h in state["history"]) / 60, 1)

@@ -146,12 +146,12 @@ def wbc_classes(mask: np.ndarray, path: str | Path = "") -> np.ndarray:
     """
     values = np.unique(mask)
     vset = set(values.tolist())
-    m = mask.astype(np.int32)
     jpeg = str(path).lower().endswith((".jpg", ".jpeg"))
     if vset <= {0, 1, 2} and 2 in vset and not jpeg:
         return mask.astype(np.uint8)
     if vset <= {0, 1} or vset <= {0, 255}:
         return np.where(mask > 0, ANY_FOREGROUND, 0).astype(np.uint8)
+    m = mask.astype(np.int32)
     if jpeg and m.max(initial=0) <= 12:  # a 0/1/2 index mask saved as JPEG (it was read as all background)
         out = np.clip(np.rint(m), 0, 2).astype(np.uint8)
         # a binary 0/1 one rings into a few 2s at its edges, never a nucleus' plateau

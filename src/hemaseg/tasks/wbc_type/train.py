@@ -36,12 +36,13 @@ from hemaseg.engine.train import (
     epochs_to_run,
     has_checkpoint,
     load_last,
+    say_start_shipped,
     start_or_resume,
     versions,
 )
 from hemaseg.errors import HemasegError, HemasegInputError, HemasegUsageError
 from hemaseg.io.datasets import find_labelled_cells
-from hemaseg.io.images import list_images, read_image
+from hemaseg.io.images import list_images, read_image, real_path
 from hemaseg.io.writers import atomic_path, write_json
 from hemaseg.metrics import classification_report
 from hemaseg.models.registry import create_model, load_model, save_model
@@ -164,13 +165,16 @@ def _files_only(paths: list[Path], state: dict | None = None) -> list[Path]:
     """The unlabelled images of --target-images / --looks that are files: a link to nothing, a loop of links or a
     name that is no file is said and left out (its ``stat`` ended the run with a traceback), and kept in ``state``'s
     ``left_out`` (`hemaseg train` ends with exit 1, as for any input left out)."""
+    kept = []
     for p in paths:
-        if not Path(p).is_file():
-            reason = "a link to no file" if Path(p).is_symlink() else "no such file"
-            log.warning("%s: %s; left out", p, reason)
-            if state is not None and not any(f["image"] == str(p) for f in state.get("left_out", [])):
-                state.setdefault("left_out", []).append({"image": str(p), "reason": reason})
-    return [p for p in paths if Path(p).is_file()]
+        if Path(p).is_file():
+            kept.append(p)
+            continue
+        reason = "a link to no file" if Path(p).is_symlink() else "no such file"
+        log.warning("%s: %s; left out", p, reason)
+        if state is not None and not any(f["image"] == str(p) for f in state.get("left_out", [])):
+            state.setdefault("left_out", []).append({"image": str(p), "reason": reason})
+    return kept
 
 
 def _cache_key(path: Path, size: int, normalise: bool, padding: str) -> str:
@@ -455,10 +459,10 @@ def load_split(cfg: ClassifyConfig, run: Path) -> tuple[list, list]:
         d = json.loads(path.read_text())
         train, val = [(Path(p), c) for p, c in d["train"]], [(Path(p), c) for p, c in d["val"]]
         if not cfg.split:  # crops added under --data since the run began: not used by a resumed run, and said
-            listed = {str(p.resolve()) for p, _ in train + val}
+            listed = {real_path(p) for p, _ in train + val}  # (a loop of links among them: no RuntimeError)
             try:
                 added = [p for root in [*cfg.data, *cfg.replay] if Path(root).is_dir()
-                         for p, c in find_labelled_cells(root) if c != UNTYPED and str(Path(p).resolve()) not in listed]
+                         for p, c in find_labelled_cells(root) if c != UNTYPED and real_path(p) not in listed]
             except (HemasegError, OSError, ValueError):
                 added = []  # (a note only: a CSV or folder added since that cannot be read does not stop the resume)
             if added:
@@ -743,13 +747,7 @@ def fit_classifier(cfg: ClassifyConfig | None, run: str | Path, resume: bool = F
             if record["metric"] >= state["best_metric"] and (run / "start.safetensors").is_file():
                 model.load_state_dict(load_file(str(run / "start.safetensors")))
                 best, shipped_epoch = record["scores"], 0
-                card["training"]["shipped"] = (f"the start model ({cfg.init}): no epoch beat its validation "
-                                               f"score {record['metric']:.4f} (best epoch {state['best_epoch']}: "
-                                               f"{state['best_metric']:.4f})")
-                log.warning("no epoch beat the start model's validation score (%.4f against the best epoch's "
-                            "%.4f): the run's model is its start, %s; try a lower --lr", record["metric"],
-                            state["best_metric"], cfg.init)
-                state["shipped"] = "start"
+                say_start_shipped(card, state, cfg.init, record["metric"])
         val_scores = {k: best[k] for k in ("accuracy", "macro_f1", "accuracy_5", "accuracy_4", "accuracy_2", "ece")
                       if k in best}
         # too few validation crops cannot calibrate: 3-5 crops all right took the temperature to its 0.25 floor, a
