@@ -733,3 +733,63 @@ def test_evaluate_scores_the_post_processing_a_lab_runs(tmp_path, wbc_folder):
     assert dice["strict"] != dice["card"], dice  # the setting reached the scoring
     res = runner.invoke(app, [*base, "--post", "no_such=1", "--grid", str(tmp_path / "g.png")])
     assert res.exit_code == 2 and "--post" in res.output, res.output
+
+
+def test_crop_types_cuts_the_wbcs_a_results_file_lists_into_their_types_folders(tmp_path):
+    """Stop 67's Left list: the types a lab corrects in `hemaseg serve` (its results.json) or CVAT did not become
+    crops for `train wbc-type`. `crop --types FILE` cuts each WBC the file lists into OUT/<its type>/, unsure
+    and untyped ones into unknown/; photos the file does not list, entries no photo matches and a photo of
+    another size are named."""
+    from hemaseg.io.annotations import box_vertices, write_results
+    from hemaseg.io.datasets import find_labelled_cells
+
+    rng = np.random.default_rng(0)
+    photos = {}
+    for rel in ("a/x.png", "b/y.png", "c/w.png"):
+        p = tmp_path / "photos" / rel
+        p.parent.mkdir(parents=True)
+        photos[rel] = rng.integers(0, 255, (60, 80, 3), np.uint8)
+        Image.fromarray(photos[rel]).save(p)
+
+    def rec(name, box, **extra):
+        x1, y1, x2, y2 = box
+        return {"class_name": name, "bounding_box": {"x1": x1, "y1": y1, "x2": x2, "y2": y2},
+                "vertices": box_vertices(*box), **extra}
+
+    entries = [{"filename": "x.png", "height": 60, "width": 80,
+                "masks": [rec("neutrophil", (10, 10, 30, 30), category="wbc", corrected_from="monocyte"),
+                          rec("wbc", (40, 20, 60, 40), category="wbc", unsure=True),
+                          rec("rbc", (0, 0, 10, 10), category="rbc")]},
+               {"filename": "photos/b/y.png", "height": 60, "width": 80,
+                "masks": [rec("Lymphocytes", (50, 30, 70, 50))]},  # a file's own spelling, no category
+               {"filename": "z.png", "height": 60, "width": 80, "masks": [rec("monocyte", (1, 1, 9, 9))]}]
+    write_results(tmp_path / "results.json", entries)
+    out = tmp_path / "crops"
+    res = runner.invoke(app, ["crop", str(tmp_path / "photos" / "*" / "*.png"), "--types",
+                              str(tmp_path / "results.json"), "--out", str(out)])
+    assert res.exit_code == 1 and f"{tmp_path / 'results.json'}: z.png: not among the photos given" in res.output
+    assert f"not in {tmp_path / 'results.json'}: 1 photo(s): {tmp_path / 'photos' / 'c' / 'w.png'}" in res.output
+    assert "3 WBC crops from 2/2 photos" in res.output, res.output
+    found = sorted((p.relative_to(out).as_posix(), c) for p, c in find_labelled_cells(out))
+    assert found == [("lymphocyte/y_1.png", "lymphocyte"), ("neutrophil/x_1.png", "neutrophil"),
+                     ("unknown/x_2.png", "unknown")], found
+    # the box grown by --margin (0.15 of 20 px = 3 px a side), cut from the photo's own pixels
+    assert np.array_equal(np.asarray(Image.open(out / "neutrophil" / "x_1.png")), photos["a/x.png"][7:33, 7:33])
+    rows = (out / "crops.csv").read_text().splitlines()
+    assert rows[1] == f"neutrophil/x_1.png,{tmp_path / 'photos' / 'a' / 'x.png'},7,7,33,33,neutrophil,results"
+    # a photo of another size than the file says: named, not cut in the wrong place; a type the typer does not know:
+    # refused before anything is written
+    entries[1]["height"] = 120
+    entries[2]["masks"][0]["class_name"] = "Monocytes"
+    write_results(tmp_path / "r2.json", entries[:2])
+    res = runner.invoke(app, ["crop", str(tmp_path / "photos" / "b"), "--types", str(tmp_path / "r2.json"),
+                              "--out", str(tmp_path / "c2")])
+    assert res.exit_code == 1 and "y.png: is 80x60 px" in res.output and "says 80x120" in res.output, res.output
+    assert not (tmp_path / "c2" / "lymphocyte").exists()
+    entries[0]["masks"][0]["class_name"] = "ghost"
+    entries[0]["masks"][0]["category"] = "wbc"
+    write_results(tmp_path / "r3.json", entries[:1])
+    res = runner.invoke(app, ["crop", str(tmp_path / "photos" / "a"), "--types", str(tmp_path / "r3.json"),
+                              "--out", str(tmp_path / "c3")])
+    assert res.exit_code == 2 and res.output.startswith("--types:") and "ghost" in res.output, res.output
+    assert not (tmp_path / "c3").exists()

@@ -846,15 +846,45 @@ def wbc_crops(image: np.ndarray, instances: np.ndarray, margin: float = 0.15, sq
     for k, sl in enumerate(ndi.find_objects(instances), start=1):
         if sl is None:
             continue
-        y0, y1, x0, x1 = sl[0].start, sl[0].stop, sl[1].start, sl[1].stop
-        cy, cx = (y0 + y1) / 2, (x0 + x1) / 2
-        hh, ww = (y1 - y0) * (1 + 2 * margin), (x1 - x0) * (1 + 2 * margin)
-        if square:
-            hh = ww = max(hh, ww)
-        box = (max(0, int(round(cx - ww / 2))), max(0, int(round(cy - hh / 2))),
-               min(w, int(round(cx + ww / 2))), min(h, int(round(cy + hh / 2))))
-        out.append({"label": k, "box": box})
+        box = (sl[1].start, sl[0].start, sl[1].stop, sl[0].stop)
+        out.append({"label": k, "box": grown_box(box, (h, w), margin, square)})
     return out
+
+
+def grown_box(box: tuple, shape: tuple, margin: float = 0.15, square: bool = True) -> tuple[int, int, int, int]:
+    """A cell's box grown into its crop, as :func:`wbc_crops` cuts it: ``margin`` of the box's size added on
+    each side (with ``square``, both sides take the larger size), rounded to whole px and clipped to an
+    image of ``shape`` (H, W).
+
+    Parameters
+    ----------
+    box : tuple of int
+        (x1, y1, x2, y2) in px, x2 and y2 exclusive.
+    shape : tuple of int
+        (H, W) of the image, or any shape starting with them.
+    margin, square
+        As in :func:`wbc_crops`.
+
+    Returns
+    -------
+    box : tuple of int
+        (x1, y1, x2, y2) of the crop, x2 and y2 exclusive; empty (x2 <= x1) when ``box`` lies outside.
+
+    Examples
+    --------
+    >>> grown_box((20, 10, 30, 30), (50, 60))
+    (12, 7, 38, 33)
+    >>> grown_box((0, 0, 10, 10), (50, 60), margin=0.5)    # clipped at the image's corner
+    (0, 0, 15, 15)
+    """
+    h, w = shape[:2]
+    x0, y0, x1, y1 = box
+    cy, cx = (y0 + y1) / 2, (x0 + x1) / 2
+    hh, ww = (y1 - y0) * (1 + 2 * margin), (x1 - x0) * (1 + 2 * margin)
+    if square:
+        hh = ww = max(hh, ww)
+    return (max(0, int(round(cx - ww / 2))), max(0, int(round(cy - hh / 2))),
+            min(w, int(round(cx + ww / 2))), min(h, int(round(cy + hh / 2))))
 
 
 @_takes_photo(empty=lambda shape: np.zeros(shape, bool))

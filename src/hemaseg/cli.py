@@ -8,6 +8,7 @@ import logging
 import os
 import shutil
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import List, Optional
 
@@ -17,8 +18,9 @@ from typer.core import TyperGroup
 
 from hemaseg.apps.web import DEFAULT_HOST, DEFAULT_PORT, MAX_UPLOAD_MB, check_address, require_flask
 from hemaseg.apps.web import serve as run_serve
-from hemaseg.classical import hsv_wbc_mask, wbc_crops
+from hemaseg.classical import grown_box, hsv_wbc_mask, wbc_crops
 from hemaseg.core.options import NO_MODEL, OPTION_RANGES, check_numbers, refuse_unused
+from hemaseg.core.vocabulary import UNTYPED, canonical_name, category_of
 from hemaseg.engine.evaluate import split_name
 from hemaseg.engine.predict import backend_scope, get_model, resolve_device
 from hemaseg.engine.runtime import BACKENDS, check_backend, require_torch
@@ -26,7 +28,8 @@ from hemaseg.engine.task import Task, param_value, params_help
 from hemaseg.engine.tiling import DEFAULT_TILE
 from hemaseg.engine.train import RUN_FILES, has_checkpoint, hold_run, prepare_run, remove_run_files
 from hemaseg.errors import HemasegError, HemasegInputError, HemasegUsageError
-from hemaseg.io.convert import CONVERTERS
+from hemaseg.io.annotations import entries_on_photos
+from hemaseg.io.convert import CONVERTERS, read_annotations
 from hemaseg.io.convert import convert as run_convert
 from hemaseg.io.datasets import IMAGE_DIRS, MASK_DIRS
 from hemaseg.io.images import (
@@ -63,7 +66,15 @@ from hemaseg.tasks.cells.train import coco_photo_folders
 from hemaseg.tasks.smear10.synth import PARTS, compose, image_seed, synth_config, write_smear
 from hemaseg.tasks.smear10.synth import wbc_crops as cut_wbcs
 from hemaseg.tasks.smear10.train import held_out_crops, load_bank
-from hemaseg.tasks.wbc_type.crops import cell_crop, crop_padding, crops_each, group_probs, prediction_rows, takes_ruler
+from hemaseg.tasks.wbc_type.crops import (
+    ALL_CLASSES,
+    cell_crop,
+    crop_padding,
+    crops_each,
+    group_probs,
+    prediction_rows,
+    takes_ruler,
+)
 from hemaseg.tasks.wbc_type.explain import cam_overlay, features, grad_cam, gradcam_mask, tsne_plot
 from hemaseg.version import __version__
 
@@ -1124,22 +1135,34 @@ def _not_an_input(path: Path, option: str, folders: List[str], spec=None) -> Non
 def crop(
     images: List[str] = typer.Argument(..., help="image files, folders or globs"),
     out: Path = typer.Option(Path("hemaseg-crops"), help="output folder: OUT/<class>/<stem>_<k>.png + crops.csv"),
-    method: str = typer.Option("hsv", help="hsv (seed 003 Algorithm 1, no model) or model (a WBC model: --model)"),
+    method: Optional[str] = typer.Option(None, help="hsv (seed 003 Algorithm 1, no model) or model (a WBC model: "
+                                                    "--model) (default hsv)"),
     margin: float = typer.Option(0.15, help="context around the cell, as a fraction of its size"),
+    types: Optional[Path] = typer.Option(None, help="no detection: the WBCs and their types from a results.json "
+                                                    "of analyze or serve (types corrected there), a COCO or CVAT "
+                                                    "file, VOC XML(s) or a YOLO folder; each WBC cut into "
+                                                    "OUT/<its type>/ (untyped or unsure: unknown/), ready for "
+                                                    "`train wbc-type`"),
     device: str = typer.Option("cpu", help="cpu, cuda or auto (method model)"),
     model: Optional[str] = typer.Option(None, help="--method model: bundled name, weights file or run folder of a "
                                                    "wbc model (default: the bundled wbc)"),
     cell_diameter: Optional[float] = typer.Option(None, help="--method model: WBC diameter in px; default: "
                                                              "estimated per image"),
 ) -> None:
-    """Cut every WBC out of whole images into an ImageFolder tree (class 'unknown' until typed)."""
+    """Cut every WBC out of whole images into an ImageFolder tree (class 'unknown' until typed); with --types,
+    the WBCs an annotation file lists, each into its type's folder."""
     import csv
     import io
 
-    if method not in ("hsv", "model"):
+    if method not in (None, "hsv", "model"):
         raise typer.BadParameter("use hsv or model", param_hint="--method")
     _setup_logging(False)  # a warning about one photo names it
     check_numbers(margin=margin, cell_diameter=cell_diameter)
+    if types is not None:  # the file says where the WBCs are: no method, no model
+        refuse_unused("not used with --types, whose file gives the WBCs", method=method,
+                      device=None if device == "cpu" else device, model=model, cell_diameter=cell_diameter)
+        return _crop_typed(images, types, out, margin)
+    method = method or "hsv"
     if method == "hsv":  # 'banana' was taken without a word
         refuse_unused("not used by --method hsv, which has no model", device=None if device == "cpu" else device,
                       model=model, cell_diameter=cell_diameter)
@@ -1193,6 +1216,89 @@ def crop(
         typer.echo(f"no WBC found in {len(none_found)} image(s): {', '.join(none_found[:5])}"
                    + (f" and {len(none_found) - 5} more" if len(none_found) > 5 else ""), err=True)
     raise typer.Exit(1 if failed or empty else 0)
+
+
+def _crop_typed(images: List[str], types: Path, out: Path, margin: float) -> None:
+    """``crop --types``: each WBC ``types`` lists cut from its photo (its box grown as ``crop`` grows a found
+    cell's) into OUT/<its type>/<stem>_<k>.png, untyped and unsure ones into unknown/; crops.csv as ``crop``
+    writes it, ``method`` the file's format. A photo whose size differs from the file's, an entry whose photo
+    is not given (or given twice) and a WBC type the typer does not know are each named; exit 1 when any was."""
+    import csv
+    import io
+
+    check_output(out, "--out", folder=True)
+    unread: list[dict] = []
+    try:
+        fmt, entries = read_annotations(types, unread)
+    except HemasegError as exc:  # nothing to cut: the option is unusable
+        raise HemasegUsageError("--types", f"{types}: {getattr(exc, 'reason', exc)}") from None
+    for item in unread:  # an object the file cannot give: named, the rest cut
+        _fail(item["image"], item["reason"])
+    paths = list_images(images)
+    if not paths:
+        _fail(" ".join(images), _none_found(images))
+        raise typer.Exit(1)
+    _out_apart_from_inputs(images, out, paths=paths)
+    matched, unmatched = entries_on_photos(entries, paths)
+    for name, reason in unmatched:  # its WBCs would be lost unsaid
+        _fail(f"{types}: {name}", reason)
+
+    def folder_of(record: dict) -> str | None:
+        """The crop folder of a WBC record (None: not a WBC)."""
+        name = str(record.get("class_name") or "")
+        if (record.get("category") or category_of(name)) != "wbc":
+            return None
+        kind = canonical_name(name)
+        return UNTYPED if record.get("unsure") or kind == "wbc" else kind
+
+    wbcs = {p: [r for e in es for r in e.get("masks", []) if folder_of(r)] for p, es in matched.items()}
+    strange = sorted({folder_of(r) for rs in wbcs.values() for r in rs} - {*ALL_CLASSES, UNTYPED})
+    if strange:  # `train wbc-type` would refuse the whole tree for one such folder
+        raise HemasegUsageError("--types", f"{types} names WBC types the typer does not know: {', '.join(strange)}; known: "
+                                       f"{', '.join(ALL_CLASSES)} (rename them in the file)")
+    folders = sorted({folder_of(r) for rs in wbcs.values() for r in rs} | {UNTYPED})
+    taken = [out / f for f in folders if (out / f).is_dir() and any((out / f).iterdir())]
+    if taken or _holds_crops(out):  # crops there would stay beside a crops.csv that does not list them
+        raise HemasegUsageError("--out", f"{taken[0] if taken else out} holds crops of an earlier run; give another "
+                                         "folder")
+    given = [p for p in paths if p in matched]
+    stems = _stems(given, out / UNTYPED, ["_<k>.png"], fixed=[("--out", out / "crops.csv")])
+    rows, none_found = [], []
+
+    def work(path):
+        image = read_image(path)
+        h, w = image.shape[:2]
+        for e in matched[path]:
+            if e.get("height") and e.get("width") and (int(e["height"]), int(e["width"])) != (h, w):
+                raise HemasegInputError(path, f"is {w}x{h} px, {types} says {e['width']}x{e['height']}: its boxes "
+                                              "would cut the wrong place")
+        if not wbcs[path]:
+            none_found.append(str(path))
+        for k, r in enumerate(wbcs[path], start=1):
+            bb = r["bounding_box"]
+            x1, y1, x2, y2 = grown_box((bb["x1"], bb["y1"], bb["x2"], bb["y2"]), (h, w), margin)
+            if x2 <= x1 or y2 <= y1:
+                raise HemasegInputError(path, f"WBC {k} of {types} lies outside the photo")
+            kind = folder_of(r)
+            name = f"{stems[path]}_{k}.png"
+            write_png(out / kind / name, np.ascontiguousarray(image[y1:y2, x1:x2]))
+            rows.append([f"{kind}/{name}", str(path), x1, y1, x2, y2, kind, fmt])
+
+    failed = _for_each(given, "crop", work)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["crop", "source", "x1", "y1", "x2", "y2", "class", "method"])
+    writer.writerows(rows)
+    write_text(out / "crops.csv", buf.getvalue())
+    counts = Counter(row[6] for row in rows)
+    typer.echo(f"{len(rows)} WBC crops from {len(given) - failed}/{len(given)} photos in {out}"
+               + (f" ({', '.join(f'{k} {n}' for k, n in sorted(counts.items()))})" if counts else ""), err=True)
+    not_listed = [str(p) for p in paths if p not in matched]
+    for label, names in (("not in " + str(types), not_listed), ("no WBC listed", none_found)):
+        if names:
+            typer.echo(f"{label}: {len(names)} photo(s): {', '.join(names[:5])}"
+                       + (f" and {len(names) - 5} more" if len(names) > 5 else ""), err=True)
+    raise typer.Exit(1 if failed or unmatched or unread else 0)
 
 
 def _holds_crops(out: Path) -> bool:

@@ -12,6 +12,7 @@ WBC_TYPES = ("neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil")
 # differential as a leukocyte, erythroblasts and platelets are reported beside it).
 EXTRA_TYPES = ("ig", "erythroblast", "platelet")
 NOT_IN_DIFFERENTIAL = ("erythroblast", "platelet")
+UNTYPED = "unknown"  # the crop folder of a WBC of no type yet (`hemaseg crop`); `train wbc-type` leaves it out
 # The labels hemaseg's CVAT and COCO files declare, in this order (COCO category ids 1, 2, ...): a WBC type no
 # object has yet stays choosable when correcting one in CVAT.
 EXPORT_LABELS = ("rbc", "platelet", *WBC_TYPES)

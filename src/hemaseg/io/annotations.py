@@ -30,7 +30,7 @@ import numpy as np
 from hemaseg.core.vocabulary import KNOWN_NAMES, canonical_name, category_of
 from hemaseg.errors import HemasegInputError
 from hemaseg.io.datasets import parse_xml, read_voc
-from hemaseg.io.images import IMAGE_SUFFIXES, MAX_PIXELS, image_size
+from hemaseg.io.images import IMAGE_SUFFIXES, MAX_PIXELS, image_size, real_path
 from hemaseg.io.writers import write_json, write_text
 from hemaseg.progress import warn_once
 
@@ -266,6 +266,40 @@ def image_names(entries: list[dict], keep: bool = False) -> list[str]:
         for i in clash:
             depth[i] = min(depth[i] + 1, len(parts[i]))
     return ["/".join(p[-d:]) for p, d in zip(parts, depth)]
+
+
+def entries_on_photos(entries: list[dict], photos: list) -> tuple[dict, list[tuple[str, str]]]:
+    """Each annotation entry matched to the photo it describes among ``photos`` (paths): the photo at the
+    entry's ``filename`` itself, else the one photo whose path ends with that name's parts (``x.jpg``,
+    ``a/x.jpg``: a name as ``hemaseg serve`` or a CVAT/COCO file keeps it, :func:`image_names`).
+
+    Returns ``(matched, unmatched)``: ``matched`` maps a photo to its entries in file order (two entries of
+    one photo, as two VOC files of it, both kept); ``unmatched`` lists ``(filename, reason)`` for an entry
+    no photo or more than one photo ends with.
+
+    >>> m, u = entries_on_photos([{"filename": "x.jpg"}, {"filename": "y.jpg"}, {"filename": "z.jpg"}],
+    ...                          [Path("/d/a/x.jpg"), Path("/d/b/y.jpg"), Path("/d/c/y.jpg")])
+    >>> [str(p) for p in m], u[0][0], u[1][0]
+    (['/d/a/x.jpg'], 'y.jpg', 'z.jpg')
+    """
+    by_real = {real_path(p): p for p in photos}
+    parts_of = {p: real_path(p).parts for p in photos}
+    matched: dict = {}
+    unmatched: list[tuple[str, str]] = []
+    for e in entries:
+        name = str(e.get("filename") or "")
+        want = tuple(x for x in name.replace("\\", "/").split("/") if x not in ("", "."))
+        same = by_real.get(real_path(name)) if name else None
+        hits = [same] if same is not None else \
+            [p for p in photos if want and parts_of[p][-len(want):] == want]
+        if len(hits) == 1:
+            matched.setdefault(hits[0], []).append(e)
+        elif hits:
+            unmatched.append((name, f"{len(hits)} of the photos given end with this name ({hits[0]}, {hits[1]}"
+                                    f"{', ...' if len(hits) > 2 else ''}): name the photo by a longer path"))
+        else:
+            unmatched.append((name or "an entry with no file name", "not among the photos given"))
+    return matched, unmatched
 
 
 # ---------------------------------------------------------------- CVAT for images 1.1

@@ -313,6 +313,52 @@ def _entries(fmt: str, inp: Path, failed: list[dict] | None = None) -> list[dict
     raise HemasegInputError(fmt, "unknown annotation format")
 
 
+def annotation_format(path: str | Path) -> str:
+    """The annotation format of a file or folder, told by its content: ``results`` (a JSON with a ``data``
+    object: ``hemaseg analyze`` or ``serve``), ``coco`` (a JSON with ``images`` and ``annotations``), ``cvat``
+    (an XML whose root is ``annotations``), ``voc`` (an XML whose root is ``annotation``, or a folder of them,
+    or a VOC root) or ``yolo`` (any other folder). :class:`HemasegInputError` naming ``path`` otherwise.
+
+    >>> import json, tempfile; d = Path(tempfile.mkdtemp())
+    >>> _ = (d / "r.json").write_text(json.dumps({"data": {}})); annotation_format(d / "r.json")
+    'results'
+    >>> _ = (d / "c.xml").write_text("<annotations><version>1.1</version></annotations>"); annotation_format(d / "c.xml")
+    'cvat'
+    """
+    import json
+    import xml.etree.ElementTree as ET
+
+    path = Path(path)
+    if path.is_dir():
+        has_xml = any(f.suffix.lower() == ".xml" for f in path.iterdir()) or (path / "Annotations").is_dir()
+        return "voc" if has_xml else "yolo"
+    what = "not a results JSON, COCO JSON, CVAT or VOC XML, nor a YOLO folder"
+    try:
+        if path.suffix.lower() == ".json":
+            d = json.loads(path.read_text())
+            if isinstance(d, dict) and isinstance(d.get("data"), dict):
+                return "results"
+            if isinstance(d, dict) and "images" in d and "annotations" in d:
+                return "coco"
+        elif path.suffix.lower() == ".xml":
+            root = next(ET.iterparse(path, events=("start",)))[1].tag
+            if root in ("annotations", "annotation"):
+                return "cvat" if root == "annotations" else "voc"
+            what = f"an XML whose root is <{root}>, neither CVAT's <annotations> nor VOC's <annotation>"
+    except FileNotFoundError:
+        raise HemasegInputError(path, "no such file") from None
+    except (OSError, UnicodeDecodeError, ValueError, ET.ParseError, StopIteration) as exc:
+        raise HemasegInputError(path, f"{what} ({exc.__class__.__name__}: {exc})") from None
+    raise HemasegInputError(path, what)
+
+
+def read_annotations(path: str | Path, failed: list[dict] | None = None) -> tuple[str, list[dict]]:
+    """(format, seed-003 entries) of an annotation file or folder in any format ``convert`` reads, the format
+    told by :func:`annotation_format`; what cannot be read is listed in ``failed`` as the readers do."""
+    fmt = annotation_format(path)
+    return fmt, _entries(fmt, Path(path), failed)
+
+
 def _check_entries(fmt: str, entries: list[dict], keep_names: bool = False) -> None:
     """Refuse, before anything is written, what the writers would get wrong: an image without a size, and two
     images of one name (YOLO and label maps keep file names only, so ``train/x.png`` and ``val/x.png`` would

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
+from hemaseg.core.vocabulary import UNTYPED
 from hemaseg.data.transforms import (
     CROP_COLOURS,
     NEEDS_PARTS,
@@ -440,7 +441,6 @@ def given_split(cfg: ClassifyConfig) -> tuple[list, list]:
     return train, val
 
 
-UNTYPED = "unknown"  # the folder `hemaseg crop` puts every crop in until a person sorts it
 
 
 def check_types(where: str, items: list[tuple[Path, str]]) -> None:
