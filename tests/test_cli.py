@@ -793,3 +793,18 @@ def test_crop_types_cuts_the_wbcs_a_results_file_lists_into_their_types_folders(
                               "--out", str(tmp_path / "c3")])
     assert res.exit_code == 2 and res.output.startswith("--types:") and "ghost" in res.output, res.output
     assert not (tmp_path / "c3").exists()
+
+
+def test_segment_of_a_lab_folder_leaves_its_label_images_out(tmp_path, tiny_model_path):
+    """Stop 67's Left list: `segment` of a lab's training folder (X.png beside X_mask.png) segmented each mask as a
+    photo. A label image beside its photo is left out when a folder brings it in, said once; given by name, kept."""
+    src = _images(tmp_path, n=2)
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(src / "img0_mask.png")
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(src / "lone_mask.png")  # no photo beside it: a photo
+    common = ["--model", str(tiny_model_path), "--cell-diameter", "24"]
+    res = runner.invoke(app, ["segment", "--task", "wbc", str(src), "--out", str(tmp_path / "o"), *common])
+    assert res.exit_code == 0 and "1 label image(s) left out" in res.output and "img0_mask.png" in res.output
+    assert sorted(p.name for p in (tmp_path / "o").glob("*.json")) == ["img0.json", "img1.json", "lone_mask.json"]
+    res = runner.invoke(app, ["segment", "--task", "wbc", str(src / "img0.png"), str(src / "img0_mask.png"), "--out",
+                              str(tmp_path / "o2"), *common])
+    assert res.exit_code == 0 and "left out" not in res.output and (tmp_path / "o2" / "img0_mask.json").is_file()

@@ -31,7 +31,7 @@ from hemaseg.errors import HemasegError, HemasegInputError, HemasegUsageError
 from hemaseg.io.annotations import entries_on_photos
 from hemaseg.io.convert import CONVERTERS, read_annotations
 from hemaseg.io.convert import convert as run_convert
-from hemaseg.io.datasets import IMAGE_DIRS, MASK_DIRS
+from hemaseg.io.datasets import IMAGE_DIRS, MASK_DIRS, label_images_among
 from hemaseg.io.images import (
     IMAGE_SUFFIXES,
     LazyImage,
@@ -443,7 +443,7 @@ def analyze(
     tile = tile or DEFAULT_TILE
     if not images:
         images = [str(SAMPLE_PHOTO)]
-    paths = list_images(images)
+    paths = _without_label_images(images, list_images(images))
     _out_apart_from_inputs(images, out, paths=paths)
     if not paths:
         _fail(" ".join(images), _none_found(images))
@@ -559,7 +559,7 @@ def segment(
         _refuse_other_task(loaded[1], model_name, spec.name)
         if post:
             params = post_params(spec, loaded[1], post)
-    paths = list_images(images)
+    paths = _without_label_images(images, list_images(images))
     _out_apart_from_inputs(images, out, paths=paths)
     if not paths:
         _fail(" ".join(images), _none_found(images))
@@ -1299,6 +1299,17 @@ def _crop_typed(images: List[str], types: Path, out: Path, margin: float) -> Non
             typer.echo(f"{label}: {len(names)} photo(s): {', '.join(names[:5])}"
                        + (f" and {len(names) - 5} more" if len(names) > 5 else ""), err=True)
     raise typer.Exit(1 if failed or unmatched or unread else 0)
+
+
+def _without_label_images(images, paths: list) -> list:
+    """``paths`` without the label images a folder or glob brought in (``X_mask.png`` beside ``X.jpg``: a lab's
+    training folder), said once on stderr; a label image given by name is kept."""
+    named = {real_path(p) for p in images if Path(p).is_file()}
+    labels = [p for p in label_images_among(paths) if real_path(p) not in named]
+    if labels:
+        typer.echo(f"{len(labels)} label image(s) left out, each a photo's mask by its name ({labels[0]} beside its "
+                   "photo): give one by name to segment it", err=True)
+    return [p for p in paths if p not in set(labels)]
 
 
 def _holds_crops(out: Path) -> bool:

@@ -47,6 +47,19 @@ def _strip_mask_suffix(stem: str) -> str | None:
     return None
 
 
+def label_images_among(paths: list) -> list:
+    """The paths that are a photo's label image by name: ``X_mask.png`` (any of :data:`MASK_SUFFIXES`) whose
+    photo ``X`` (any image suffix) lies beside it among ``paths`` (a lab's own training folder given to
+    ``segment``: its masks were segmented as photos). A ``_mask`` file without its photo is no one's label.
+
+    >>> label_images_among([Path("d/a.jpg"), Path("d/a_mask.png"), Path("d/b_gt.png"), Path("e/a_label.png")])
+    [PosixPath('d/a_mask.png')]
+    """
+    photos = {(Path(p).parent, Path(p).stem.lower()) for p in paths if _strip_mask_suffix(Path(p).stem) is None}
+    return [p for p in paths if (stem := _strip_mask_suffix(Path(p).stem)) is not None
+            and (Path(p).parent, stem.lower()) in photos]
+
+
 def find_pairs(root: str | Path, failed: list[dict] | None = None) -> list[Pair]:
     """Pair every image under ``root`` with its mask.
 
