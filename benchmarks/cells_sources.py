@@ -108,12 +108,21 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rescale-tolerance", type=float, default=None,
                     help="CellsParams.rescale_tolerance (default: the card's or 1.15; 0: the older rule)")
+    ap.add_argument("--post", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="post-processing knobs over each model's card (as `hemaseg segment --post`)")
     ap.add_argument("--name", default="cells_sources", help="results file name (benchmarks/results/NAME.md)")
     args = ap.parse_args()
     import torch
 
     torch.set_num_threads(args.threads)
-    params = None if args.rescale_tolerance is None else CellsParams(rescale_tolerance=args.rescale_tolerance)
+    from hemaseg.cli import post_params
+    from hemaseg.tasks import get_task
+
+    post = list(args.post) + ([] if args.rescale_tolerance is None else [f"rescale_tolerance={args.rescale_tolerance}"])
+
+    def params_of(loaded) -> CellsParams | None:  # the card's knobs with --post over them (CellsParams() lost the card's)
+        return post_params(get_task("cells"), loaded[1], post) if post else None
+
     if args.loso:
         emit("### Leave-one-source-out: trained on the other three TXL-PBC sources, scored on every photo of "
              "the source left out (worst first)\n")
@@ -124,7 +133,8 @@ def main() -> None:
             if not Path(run).exists():
                 print(f"skipped {s}: no run {run}", flush=True)
                 continue
-            r = score(get_model(run), photos(args.data, s, "all"), params=params)
+            loaded = get_model(run)
+            r = score(loaded, photos(args.data, s, "all"), params=params_of(loaded))
             rows.append((r["map50"], row(f"{s} (`{run}`)", r), r))
         for _, line, _ in sorted(rows, key=lambda t: t[0]):
             emit(line)
@@ -134,6 +144,7 @@ def main() -> None:
                  f"{', '.join(r['wbc_miscounts'][:8]) or 'none'}")
     for m in args.model:
         model = get_model(m)
+        params = params_of(model)
         for z in args.zoom:
             what = f"source, split {args.split}" + (f", zoom {z:g}x" if len(args.zoom) > 1 or z != 1 else "")
             emit(f"\n### `{m}` ({model[1]['architecture']['name']}) on TXL-PBC, split {args.split}, worst source "

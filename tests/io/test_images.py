@@ -228,3 +228,24 @@ def test_an_exif_rotated_photo_is_read_as_viewers_show_it(tmp_path):
     assert img[:15].mean() < 40 and img[-15:].mean() > 215
     Image.fromarray(stored).save(tmp_path / "q.jpg", quality=95)  # no EXIF: as stored
     assert read_image(tmp_path / "q.jpg").shape == (20, 40, 3) and image_size(tmp_path / "q.jpg") == (20, 40)
+
+
+def test_a_transparent_border_is_read_as_white_not_as_black_stain(tmp_path, caplog):
+    """A walkthrough (stop 69): an RGBA PNG whose transparent strip was stored black was read black (alpha dropped):
+    the strip merged with the neutrophil beside it into one 'lymphocyte'. A pixel of no opacity is white now, said
+    once; pixels of any opacity keep their colour; a TIFF's fourth sample not marked as alpha is no opacity."""
+    from hemaseg.io.images import as_photo
+
+    alpha = np.full((6, 7), 255, np.uint8)
+    alpha[:, :2] = 0
+    rgba = np.dstack([RGB, alpha])
+    rgba[:, :2, :3] = 0
+    Image.fromarray(rgba).save(tmp_path / "cut.png")
+    out = read_image(tmp_path / "cut.png")
+    assert (out[:, :2] == 255).all() and np.array_equal(out[:, 2:], RGB[:, 2:])
+    assert "cut.png: 28.6 % of its pixels are transparent: read as white" in caplog.text
+    assert np.array_equal(as_photo(rgba)[:, :2], np.full((6, 2, 3), 255, np.uint8))
+    tifffile.imwrite(tmp_path / "four.tif", rgba, photometric="rgb", extrasamples=[0])  # unspecified, not alpha
+    assert np.array_equal(read_image(tmp_path / "four.tif"), rgba[..., :3])
+    tifffile.imwrite(tmp_path / "alpha.tif", rgba, photometric="rgb", extrasamples=[2])  # unassociated alpha
+    assert np.array_equal(read_image(tmp_path / "alpha.tif"), out)

@@ -75,6 +75,8 @@ def _read_tiff(path: Path) -> np.ndarray:
                 "as its own image")
         warn_once(log, (str(path), said), "%s: %s", path, said)
         arr = arr[..., :1]
+    if arr.ndim == 3 and arr.shape[-1] == 4 and not alpha:  # a fourth sample not marked as alpha: no opacity
+        arr = arr[..., :3]
     return arr
 
 
@@ -243,7 +245,8 @@ def to_uint8(arr: np.ndarray) -> np.ndarray:
 def as_photo(image, name: str = "image") -> np.ndarray:
     """What the public functions (``segment``, ``classify``, ``analyze``, ``estimate_diameter``) take, as the
     (H, W, 3) uint8 RGB photo they work on: a uint8 RGB array passes as it is; a file path is read
-    (:func:`read_image`); alpha is dropped; grey ((H, W) or (H, W, 1)) becomes three equal channels;
+    (:func:`read_image`); a fully transparent pixel is white (:func:`over_white`); grey ((H, W) or
+    (H, W, 1)) becomes three equal channels;
     16-bit, float (0-1 taken as 0-255) and other numbers are rescaled as :func:`read_image` rescales
     them (:func:`to_uint8`); a :class:`LazyImage` passes as it is. Anything else, an empty image, or one
     that looks channels-first (3, H, W), is a :class:`HemasegInputError` naming ``name``.
@@ -282,10 +285,32 @@ def as_photo(image, name: str = "image") -> np.ndarray:
         raise HemasegInputError(name, f"empty (shape {image.shape})")
     if image.dtype == np.bool_:
         image = image.astype(np.uint8) * 255
+    if image.ndim == 3 and image.shape[2] == 4:  # RGBA: a pixel of no opacity is white, as read_image reads it
+        return np.ascontiguousarray(over_white(to_uint8(image[..., :3]), image[..., 3], name))
     image = to_uint8(image if image.ndim == 2 else image[..., :3])
     if image.ndim == 2:
         image = np.repeat(image[..., None], 3, axis=2)
     return np.ascontiguousarray(image)
+
+
+def over_white(rgb: np.ndarray, alpha: np.ndarray, name="image") -> np.ndarray:
+    """An (H, W, 3) uint8 image whose fully transparent pixels (``alpha`` 0) are white: such a pixel has no colour
+    to read (a viewer shows what lies behind it), and a transparent border or cut-out stored black read as a
+    stained cell (a review, stop 69: a black border became a WBC); the slide's light background is what belongs
+    there. Pixels of any opacity keep their colour (a photo saved at 80 % opacity is still the photo). When any
+    pixel is see-through, their share is said once for ``name``.
+
+    >>> over_white(np.zeros((1, 3, 3), np.uint8), np.array([[255, 0, 9]], np.uint8))[0, :, 0].tolist()
+    [0, 255, 0]
+    """
+    clear = np.nan_to_num(alpha, nan=1.0) <= 0
+    if not clear.any():
+        return rgb
+    said = f"{100 * float(clear.mean()):.1f} % of its pixels are transparent: read as white"
+    warn_once(log, (str(name), said), "%s: %s", name, said)
+    out = rgb.copy()
+    out[clear] = 255
+    return out
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -293,7 +318,8 @@ def read_image(path: str | Path) -> np.ndarray:
 
     PNG, JPEG, BMP and the other formats Pillow opens; a ``.tif`` / ``.tiff`` file through
     tifffile (its first page: planar RGB made channels-last, the first plane of a stack). Grey becomes three
-    equal channels and alpha is dropped (palette and other modes are converted to RGB first);
+    equal channels and a fully transparent pixel is white (:func:`over_white`; palette and other modes are
+    converted to RGB first);
     16-bit (a 16-bit colour PNG with all 16 bits), 32-bit and float data are rescaled to uint8
     over the image's own range of finite values (:func:`to_uint8`: one range for all channels;
     float data within 0-1 taken as 0-1); 8-bit data is kept as it is. An EXIF orientation (a camera's
@@ -348,12 +374,13 @@ def read_image(path: str | Path) -> np.ndarray:
     arr = _read_raw(path)
     if arr.size == 0 or min(arr.shape[:2]) == 0:
         raise HemasegInputError(path, "image has zero size")
-    if arr.ndim == 3 and arr.shape[-1] in (1, 2):  # grey, or grey + alpha: the grey
+    if arr.ndim == 3 and arr.shape[-1] in (2, 4):  # grey or RGB + alpha: a pixel of no opacity is white
+        colour = to_uint8(arr[..., :-1])
+        arr = over_white(colour if colour.shape[-1] == 3 else np.repeat(colour, 3, axis=2), arr[..., -1], path)
+    elif arr.ndim == 3 and arr.shape[-1] == 1:  # grey
         arr = arr[..., 0]
     if arr.ndim == 2:
         arr = np.repeat(to_uint8(arr)[..., None], 3, axis=2)
-    elif arr.ndim == 3 and arr.shape[-1] == 4:
-        arr = to_uint8(arr[..., :3])
     elif arr.ndim == 3 and arr.shape[-1] == 3:
         arr = to_uint8(arr)
     else:

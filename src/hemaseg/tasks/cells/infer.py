@@ -51,6 +51,9 @@ class CellsParams:
         15 %); 0 keeps the older rule (only outside the trained range times the scale
         augmentation). On TXL-PBC's in-source validation fields 1.15 raised mAP@0.5 on Raabin
         from 0.652 to 0.761 and on BCDD from 0.795 to 0.839 (runs/cells-txl).
+    rescale_passes : passes at most when the red-cell size is estimated: each pass after the first runs
+        at the size the one before measured, while that is off by more than ``rescale_tolerance``
+        (1: the first pass alone, at the card's ``input_scale``).
     frame_sliver : a cell touching the image's frame whose extent across it is under this share of
         its extent along it (a sliver of a cell the frame cuts) is dropped: neither a cell to count
         nor a platelet (a red cell's sliver is platelet-sized). TXL-PBC's annotators box cells the
@@ -109,6 +112,7 @@ class CellsParams:
     score_threshold: float = 0.3
     overlap: float = 0.5
     rescale_tolerance: float = 1.15
+    rescale_passes: int = 2
     frame_sliver: float = 0.4
     frame_piece: float = 0.3
     platelet_rescore: dict | None = None
@@ -124,7 +128,7 @@ class CellsParams:
     CHECKS: ClassVar[dict] = {"platelet_rescore": lambda v: check_rescore(v)}  # knobs checked beyond their type
     RANGES: ClassVar[dict] = {
         "min_area_fraction": (0.0, 4.0), "fallback_diameter": (2.0, 5000.0), "score_threshold": (0.0, 1.0),
-        "overlap": (0.0, 1.0), "rescale_tolerance": (0.0, 10.0), "frame_sliver": (0.0, 1.0),
+        "overlap": (0.0, 1.0), "rescale_tolerance": (0.0, 10.0), "rescale_passes": (1, 6), "frame_sliver": (0.0, 1.0),
         "frame_piece": (0.0, 1.0), "platelet_min_score": (0.0, 1.0), "wbc_min_score": (0.0, 1.0),
         "split_area": (0.0, 100.0), "split_spacing": (0.0, 10.0), "split_depth": (0.0, 10.0),
         "split_neck": (0.0, 10.0), "split_min_piece": (0.0, 10.0), "relative_size": (0.01, 10.0)}
@@ -581,16 +585,23 @@ def segment_cells(image: np.ndarray, model="cells", cell_diameter: float | None 
         factor = float(card.get("input_scale", 1.0))
         probs = run(factor)
         small, owner, scores = cell_instances(probs, trained, p)
-        # The red cells found on this pass are measured (px at the model's scale).
-        rbc = np.where(owner[small] == 1, small, 0)
-        measured = measure_diameter(rbc, min_area=10) if rbc.any() else None
-        if measured is not None:
+        tried = {round(factor, 3)}
+        for _ in range(max(p.rescale_passes - 1, 0)):
+            # The red cells found on this pass are measured (px at the model's scale); far from the trained
+            # size, the pass is run again at the size they measured, and they are measured again there (a
+            # pass at a scale far off measures them badly: red cells of 14 px there were read as clumps of 29)
+            rbc = np.where(owner[small] == 1, small, 0)
+            measured = measure_diameter(rbc, min_area=10) if rbc.any() else None
+            if measured is None:
+                break
             cell_diameter = measured / factor
             new = factor * cells_factor(card, measured, p.rescale_tolerance)
-            if abs(new - factor) > 1e-3:
-                factor = new
-                probs = run(factor)
-                small, owner, scores = cell_instances(probs, trained, p)
+            if abs(new - factor) <= 1e-3 or round(new, 3) in tried:
+                break
+            factor = new
+            tried.add(round(factor, 3))
+            probs = run(factor)
+            small, owner, scores = cell_instances(probs, trained, p)
     diameter = float(cell_diameter or trained / factor)
     h, w = image.shape[:2]
     instances = small if small.shape == (h, w) else cv2.resize(small, (w, h), interpolation=cv2.INTER_NEAREST)
