@@ -1484,6 +1484,8 @@ def export(
     format: str = typer.Option("onnx", "--format", help="one of: " + ", ".join(sorted(EXPORTERS))),
     out: Path = typer.Option(..., help="file to write (onnx: PATH.onnx, and the model card beside it as PATH.json; "
                                        "bioimageio: PATH.zip, or a new folder)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace what is at --out (an earlier export: its "
+                                                              "file and card)"),
 ) -> None:
     """Export a model for another runtime (onnx: the U-Nets and the WBC classifier, checked against torch).
     The ONNX file runs with --model PATH.onnx --backend onnx, without torch too. bioimageio: a U-Net as a
@@ -1495,6 +1497,11 @@ def export(
         # (foo.onnx became a folder of that name; a folder with files in it was "a folder; give a file name")
         raise HemasegUsageError("--out", f"{out}: a bioimage.io package is PATH.zip or a new (or empty) folder")
     check_output(out, "--out", folder=empty_folder)
+    if not overwrite:  # an earlier export of another run, or a lab's own file, was replaced unsaid (a walkthrough)
+        taken = out if out.is_file() else out.with_suffix(".json") if format == "onnx" and \
+            _earlier_export_card(out.with_suffix(".json"), out) else None
+        if taken is not None:
+            raise HemasegUsageError("--out", f"{taken} exists; give another name, or --overwrite to replace it")
     try:
         load_card(model)
     except HemasegError as exc:

@@ -89,9 +89,22 @@ def test_export_keeps_a_runs_card_and_any_other_json_and_writes_the_pair_or_noth
         assert res.exit_code == 2 and says in res.output and len(res.output.strip().splitlines()) == 1, res.output
         assert not out.exists()
     assert (run / "model.json").read_bytes() == before and (tmp_path / "seg.json").read_text() == '{"objects": []}'
-    for _ in range(2):  # the second run replaces the first's ONNX file and card
-        res = runner.invoke(app, ["export", str(tiny_model_path), "--out", str(tmp_path / "m.onnx")])
-        assert res.exit_code == 0 and (tmp_path / "m.onnx").exists() and (tmp_path / "m.json").exists(), res.output
+    res = runner.invoke(app, ["export", str(tiny_model_path), "--out", str(tmp_path / "m.onnx")])
+    assert res.exit_code == 0 and (tmp_path / "m.onnx").exists() and (tmp_path / "m.json").exists(), res.output
+    # an earlier export (perhaps of another run) is replaced only when asked (a walkthrough, stop 69: unsaid, exit 0)
+    (tmp_path / "m.onnx").write_bytes(b"earlier")
+    res = runner.invoke(app, ["export", str(tiny_model_path), "--out", str(tmp_path / "m.onnx")])
+    assert res.exit_code == 2 and "m.onnx exists; give another name, or --overwrite" in res.output, res.output
+    assert (tmp_path / "m.onnx").read_bytes() == b"earlier"
+    (tmp_path / "m.onnx").unlink()  # its card alone is still an earlier export's
+    res = runner.invoke(app, ["export", str(tiny_model_path), "--out", str(tmp_path / "m.onnx")])
+    assert res.exit_code == 2 and "m.json exists" in res.output and not (tmp_path / "m.onnx").exists(), res.output
+    res = runner.invoke(app, ["export", str(tiny_model_path), "--out", str(tmp_path / "m.onnx"), "--overwrite"])
+    assert res.exit_code == 0 and (tmp_path / "m.onnx").stat().st_size > 1000, res.output
+    (tmp_path / "seg.json").unlink()  # --overwrite replaces no run's card and no other JSON
+    (tmp_path / "seg.json").write_text('{"objects": []}')
+    res = runner.invoke(app, ["export", str(tiny_model_path), "--out", str(tmp_path / "seg.onnx"), "--overwrite"])
+    assert res.exit_code == 2 and (tmp_path / "seg.json").read_text() == '{"objects": []}', res.output
 
 
 def test_export_card_failure_leaves_no_onnx_file(tiny_model_path, tmp_path, monkeypatch):
@@ -122,6 +135,13 @@ def test_bioimageio_export_takes_an_empty_folder_as_its_help_says(tiny_model_pat
     assert res.exit_code == 2 and len(calls) == 1 and not (tmp_path / "m.onnx").exists(), res.output
     res = runner.invoke(app, ["export", str(tiny_model_path), "--format", "bioimageio", "--out", str(tmp_path / "m.zip")])
     assert res.exit_code == 0 and calls[-1] == ("bioimageio", tmp_path / "m.zip"), res.output
+    (tmp_path / "backup.zip").write_bytes(b"a lab's own zip")  # replaced unsaid before (a walkthrough, stop 69)
+    res = runner.invoke(app, ["export", str(tiny_model_path), "--format", "bioimageio", "--out",
+                              str(tmp_path / "backup.zip")])
+    assert res.exit_code == 2 and "backup.zip exists" in res.output and len(calls) == 2, res.output
+    res = runner.invoke(app, ["export", str(tiny_model_path), "--format", "bioimageio", "--out",
+                              str(tmp_path / "backup.zip"), "--overwrite"])
+    assert res.exit_code == 0 and calls[-1] == ("bioimageio", tmp_path / "backup.zip"), res.output
     (tmp_path / "pkg.v1").mkdir()  # a folder whose name has a dot, empty or new, is a folder (a review, stop 65)
     for out in (tmp_path / "pkg.v1", tmp_path / "wbc-1.0"):
         res = runner.invoke(app, ["export", str(tiny_model_path), "--format", "bioimageio", "--out", str(out)])
@@ -165,3 +185,16 @@ def test_an_exported_file_runs_where_no_backend_is_named_and_a_card_of_another_f
     res = runner.invoke(app, ["segment", str(src), "--out", str(tmp_path / "old"), "--model", str(old), "--backend",
                               "onnx", "--cell-diameter", "24"])
     assert res.exit_code == 0 and (tmp_path / "old" / "cell.png").exists(), res.output
+
+
+def test_a_bioimageio_package_given_as_model_is_refused_not_swapped_for_its_name_mate(tiny_model_path, tmp_path):
+    """A walkthrough (stop 69): `--model A.zip` (a bioimage.io package) beside A.json, the card of an ONNX export
+    A.onnx of another model, ran A.onnx and recorded "model": "A.zip"; any file with a card beside it was taken."""
+    res = runner.invoke(app, ["export", str(tiny_model_path), "--out", str(tmp_path / "A.onnx")])
+    assert res.exit_code == 0, res.output
+    (tmp_path / "A.zip").write_bytes(b"PK a package")
+    (tmp_path / "A.png").write_bytes(b"a photo")
+    for model, says in (("A.zip", "a bioimage.io package is for bioimage.io's tools"), ("A.png", "not a model")):
+        res = runner.invoke(app, ["segment", "--task", "wbc", str(tmp_path / "A.png"), "--model",
+                                  str(tmp_path / model), "--out", str(tmp_path / "o")])
+        assert res.exit_code == 2 and says in res.output and not (tmp_path / "o").exists(), res.output

@@ -167,14 +167,17 @@ def load_card(name_or_path: str | Path) -> tuple[Path, dict]:
     """(safetensors path, model card) of a bundled name, a safetensors file or a run folder,
     without loading the weights."""
     st = resolve_model_path(name_or_path)
+    if st.suffix.lower() == ".zip":  # its card's name-mate PATH.onnx ran instead, unsaid (a walkthrough, stop 69)
+        raise HemasegInputError(st, "a bioimage.io package is for bioimage.io's tools (bioimageio.core, deepImageJ, "
+                                    "ilastik); give hemaseg the .onnx export, the .safetensors file or the run folder")
+    if st.suffix.lower() not in (".safetensors", ".onnx", ".json"):  # a photo given as --model (with a card beside it
+        raise HemasegInputError(st, "not a model: give a bundled name, a .safetensors (or .onnx) file with its "  # too)
+                                    "model card, or a training run folder")
     card_path = st.with_suffix(".json")
     if not card_path.exists():
         # Checkpoints in a run folder share one card (model.json) written by training.
         card_path = st.parent / "model.json"
     if not card_path.exists():
-        if st.suffix.lower() not in (".safetensors", ".onnx", ".json"):  # a photo given as --model
-            raise HemasegInputError(st, "not a model: give a bundled name, a .safetensors (or .onnx) file with its "
-                                        "model card, or a training run folder")
         raise HemasegInputError(st, "model card JSON not found beside the weights")
     try:
         card = json.loads(card_path.read_text())
