@@ -42,6 +42,11 @@ def _fake_models(monkeypatch, probs_of, diameters=(None, None, None)):
     monkeypatch.setattr(analyze_mod, "type_wbcs", fake_type)
 
 
+def _photo() -> np.ndarray:
+    """A flat stained-looking photo (a grey one's WBCs are all unsure: the typer needs colour)."""
+    return np.tile(np.array([215, 170, 200], np.uint8), (60, 90, 1))
+
+
 def _one_hot(*names):
     def probs_of(n):
         probs = np.zeros((n, 8), np.float32)
@@ -53,7 +58,7 @@ def _one_hot(*names):
 
 def test_pbc_typer_types_are_counted_and_platelets_recategorised(monkeypatch):
     _fake_models(monkeypatch, _one_hot("neutrophil", "platelet", "ig"))
-    a = analyze_mod.analyze(np.full((60, 90, 3), 200, np.uint8), "x.png")
+    a = analyze_mod.analyze(_photo(), "x.png")
     assert a.counts["wbc"] == 2 and a.counts["platelet"] == 1  # the "WBC" typed platelet is a platelet
     assert a.counts["neutrophil"] == 1 and a.counts["ig"] == 1 and a.counts["erythroblast"] == 0
     assert a.differential["ig"] == 50.0 and "erythroblast" not in a.differential
@@ -76,7 +81,7 @@ def test_a_wbc_as_big_as_a_red_cell_is_no_platelet_whatever_the_typer_says(monke
 
     # red cells 20 px: the second 0.95 of one across (a BCDD neutrophil the typer of stop 62 called a platelet)
     _fake_models(monkeypatch, probs_of, diameters=(8.0, 19.0, 26.0))
-    a = analyze_mod.analyze(np.full((60, 90, 3), 200, np.uint8), "x.png")
+    a = analyze_mod.analyze(_photo(), "x.png")
     assert [(m["category"], m["class_name"], m.get("unsure", False)) for m in a.entry["masks"]] == [
         ("platelet", "platelet", False), ("wbc", "lymphocyte", False), ("wbc", "wbc", True)]
     assert a.counts["wbc"] == 2 and a.counts["platelet"] == 1 and a.counts["lymphocyte"] == 1
@@ -90,7 +95,7 @@ def test_unsure_wbcs_are_left_untyped_and_out_of_the_differential(monkeypatch):
         return probs
 
     _fake_models(monkeypatch, probs_of)
-    a = analyze_mod.analyze(np.full((60, 90, 3), 200, np.uint8), "x.png", sample_id="S-17", pixel_size=0.25)
+    a = analyze_mod.analyze(_photo(), "x.png", sample_id="S-17", pixel_size=0.25)
     wbcs = [m for m in a.entry["masks"] if m["category"] == "wbc"]
     assert [m["class_name"] for m in wbcs] == ["neutrophil", "wbc", "lymphocyte"]
     assert [m.get("unsure", False) for m in wbcs] == [False, True, False] and a.unsure == [wbcs[1]]
@@ -103,16 +108,16 @@ def test_unsure_wbcs_are_left_untyped_and_out_of_the_differential(monkeypatch):
     assert header.endswith(",unsure") and row.endswith(",1") and batch.endswith(",1")  # wbc 3 = 1 + 1 + 1 unsure
     assert len(a.wbc_crops) == 3 and set(a.models) == {"cells", "wbc-type"}
     # With no threshold every WBC is typed; and the entry has no sample_id when none is given.
-    b = analyze_mod.analyze(np.full((60, 90, 3), 200, np.uint8), "x.png", min_confidence=0.0)
+    b = analyze_mod.analyze(_photo(), "x.png", min_confidence=0.0)
     assert b.unsure == [] and b.counts["lymphocyte"] == 2 and "sample_id" not in b.entry
     assert "pixel_size_um" not in b.entry
     with pytest.raises(HemasegUsageError, match="^min_confidence: "):
-        analyze_mod.analyze(np.full((60, 90, 3), 200, np.uint8), min_confidence=1.5)
+        analyze_mod.analyze(_photo(), min_confidence=1.5)
 
 
 def test_each_wbc_label_is_drawn_on_its_own_cell_not_on_the_cell_above(monkeypatch):
     _fake_models(monkeypatch, _one_hot("neutrophil", "lymphocyte", "monocyte"))
-    image = np.full((60, 90, 3), 200, np.uint8)
+    image = _photo()
     a = analyze_mod.analyze(image, "x.png")
     out = analyze_mod.draw_overlay(image, a, thickness=1)
     white = (out == 255).all(-1)
@@ -133,3 +138,16 @@ def test_gallery_crops_share_one_magnification_and_show_grey_beyond_the_photo():
     big = analyze_mod.gallery_crop(image, {"x1": 100, "x2": 160, "y1": 100, "y2": 160}, rbc_diameter=40, size=60)
     area = lambda c: int((np.abs(c.astype(int) - (90, 40, 140)).max(-1) < 30).sum())  # noqa: E731
     assert area(big) == pytest.approx(4 * area(small), rel=0.15)  # twice as wide: four times the area
+
+
+def test_a_grey_photo_s_wbcs_are_counted_and_left_untyped(monkeypatch, caplog):
+    """A walkthrough (stop 69): on a grey copy of a field the typer, which tells types by the stain's colours, called
+    a monocyte ig at 0.97 and typed every WBC it had left unsure in colour. A grey photo's WBCs all count as WBCs,
+    are listed unsure, and the photo is named."""
+    _fake_models(monkeypatch, _one_hot("neutrophil", "monocyte", "ig"))
+    a = analyze_mod.analyze(np.full((60, 90, 3), 200, np.uint8), "grey.png")
+    assert a.counts["wbc"] == 3 and a.n_differential == 0 and len(a.unsure) == 3
+    assert all(m["class_name"] == "wbc" and m["type_probs"] for m in a.entry["masks"])
+    assert "grey.png: a grey photo: WBC types rest on the stain's colours" in caplog.text
+    b = analyze_mod.analyze(_photo(), "colour.png")
+    assert b.counts["neutrophil"] == 1 and b.unsure == []

@@ -715,6 +715,9 @@ def finish_run(run: Path, state: dict, cfg, model, card: dict, start: tuple | No
     else:
         model.load_state_dict(load_file(str(run / "best.safetensors")))
     card["training"]["minutes"] = round(sum(h["seconds"] for h in state["history"]) / 60, 1)
+    # what the bundled cards record (an export's README said "? epochs" for a run's model)
+    card["training"]["epochs_run"] = len(state["history"])
+    card["training"]["best_epoch"] = int(state["best_epoch"])
     state["finished"] = True
     commit_checkpoint(run, state, {"model": (model, {**card, "metrics": metrics})})
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from hemaseg.classical import no_colour
 from hemaseg.core.options import check_numbers
 from hemaseg.core.vocabulary import CATEGORIES, EXTRA_TYPES, NOT_IN_DIFFERENTIAL, WBC_TYPES
 from hemaseg.engine.predict import get_model, model_of_task, resolve_device, uses_backend
@@ -22,6 +24,8 @@ from hemaseg.metrics import binomial_ci
 from hemaseg.models.registry import resolve_model_path
 from hemaseg.tasks import get_task
 from hemaseg.tasks.wbc_type.crops import square_at, type_wbcs
+
+log = logging.getLogger(__name__)
 
 CATEGORY_COLOURS = {"rbc": (230, 60, 60), "wbc": (40, 110, 255), "platelet": (250, 190, 0)}
 # A WBC whose most probable type has a calibrated probability under this is left untyped and listed
@@ -202,7 +206,8 @@ def analyze(image: np.ndarray, filename: str = "", cells_model="cells", type_mod
     ``cell_diameter`` is the red-cell diameter in px (estimated when None). Each WBC's
     ``class_name`` is its type, with the type probabilities (calibrated) under ``type_probs``; a
     WBC whose top probability is under ``min_confidence`` keeps ``class_name`` ``"wbc"``, gets
-    ``"unsure": True`` and counts in no type. ``tile`` is the U-Net cells backend's largest tile;
+    ``"unsure": True`` and counts in no type, as does every WBC of a grey photo (the typer tells types by
+    the stain's colours; said as a warning). ``tile`` is the U-Net cells backend's largest tile;
     the Mask R-CNN backend reads the whole image at once. ``sample_id`` (the sample the photo is
     of) and ``pixel_size`` (µm per px, when known) are recorded in the entry when given. An image
     with nothing in it (flat, or noise) gives no cell. ``backend`` runs both networks on ``torch``,
@@ -253,10 +258,16 @@ def analyze(image: np.ndarray, filename: str = "", cells_model="cells", type_mod
                               if c in EXTRA_TYPES and c not in CATEGORIES)
     if wbcs:
         probs, _, classes = type_wbcs(image, wbcs, type_model, device)  # the gallery cuts its own crops
+        # A grey photo lacks the stain's colours the typer tells types by: it typed them at 0.64-0.97 there, a
+        # monocyte as ig (a walkthrough, stop 69). Each WBC is counted, its type left for a person.
+        grey = no_colour(cv2.cvtColor(np.ascontiguousarray(image[::4, ::4]), cv2.COLOR_RGB2LAB).astype(np.float32))
+        if grey:
+            log.warning("%sa grey photo: WBC types rest on the stain's colours, which it lacks; its %d WBC(s) are "
+                        "counted and listed unsure, typed by none", f"{filename}: " if filename else "", len(wbcs))
         for r, p in zip(wbcs, probs):
             r["type_probs"] = {c: round(float(v), 4) for c, v in zip(classes, p)}
             name, confidence = typed_as(r, p, classes, seg.cell_diameter)
-            if confidence < min_confidence:
+            if confidence < min_confidence or grey:
                 r["unsure"] = True  # stays class_name "wbc": a WBC, type for a person to decide
                 continue
             r["class_name"] = name

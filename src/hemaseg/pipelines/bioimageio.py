@@ -120,9 +120,16 @@ def _readme(card: dict, task, stride: int, side: int, scale: float, low: float, 
         "## Training",
         "",
         *[f"- data: {d}" for d in training.get("data", [])],
-        *([f"- {training['n_train']} training / {training.get('n_val', 0)} validation images, "
-           f"{training.get('epochs_run', '?')} epochs"] if "n_train" in training else []),
+        *([f"- {training['n_train']} training / {training.get('n_val', 0)} validation images"
+           + (f", {training['epochs_run']} epochs" if training.get("epochs_run") else "")
+           + (f" (best epoch {training['best_epoch']})" if training.get("best_epoch") else "")]
+          if "n_train" in training else []),
+        *([f"- fine-tuned from `{training['init']}`"] if training.get("init") else []),
+        *([f"- shipped: {training['shipped']}"] if training.get("shipped") else []),
         *([f"- command: `{training['command']}`"] if training.get("command") else []),
+        *([f"- hemaseg's post-processing thresholds (card `postprocess`, not in this package): "
+           + ", ".join(f"{k}={v}" for k, v in card["postprocess"].items() if not isinstance(v, dict))]
+          if any(not isinstance(v, dict) for v in (card.get("postprocess") or {}).values()) else []),
         "",
         "## Validation",
         "",
@@ -178,8 +185,10 @@ def describe(work: Path, card: dict, task, stride: int, pytorch_version: str, lo
         data=v.IntervalOrRatioDataDescr(type="float32", range=(0.0, 1.0)),
         postprocessing=[v.SoftmaxDescr(kwargs=v.SoftmaxKwargs(axis=v.AxisId("channel")))])]
     name = card.get("name", "model")
+    # training (data, start model, whether the start was shipped) and the post-processing thresholds the run chose
+    # were left out: a fine-tune read as a model of its own (a walkthrough, stop 69)
     keep = ("name", "task", "classes", "label_values", "architecture", "normalization", "cell_diameter",
-            "diameter_range", "input_scale", "metrics", "versions")
+            "diameter_range", "input_scale", "box_scale", "postprocess", "training", "metrics", "versions")
     return v.ModelDescr(
         name=f"hemaseg {name}",
         description=(card.get("description") or task.description)[:1000],
@@ -195,7 +204,7 @@ def describe(work: Path, card: dict, task, stride: int, pytorch_version: str, lo
         outputs=outputs,
         weights=v.WeightsDescr(torchscript=v.TorchscriptWeightsDescr(
             source=work / "weights_torchscript.pt", pytorch_version=v.Version(pytorch_version.split("+")[0]))),
-        config={"hemaseg": {k: card[k] for k in keep if k in card}},
+        config={"hemaseg": json.loads(json.dumps({k: card[k] for k in keep if k in card}))},
     )
 
 
