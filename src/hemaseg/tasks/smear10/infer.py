@@ -270,6 +270,8 @@ class SmearParams:
     min_cell_fraction : a red- or white-cell object smaller than this share of a red cell's disc
         (at the red-cell diameter) is a sliver of a cell's outline, not a cell: it takes the class
         around it (:func:`absorb_fragments`). Platelets are small and are left alone.
+    wbc_min_rbc : a white-cell object the frame does not cut, smaller than this share of a red cell's disc,
+        is no white cell: it takes its most probable other class (:func:`small_wbcs_recast`). 0: off.
 
     size_model : a cells model (bundled name or path, e.g. ``"cells"``) whose red cells give the
         red-cell diameter when none is given; ``""`` or ``"none"`` (the default): the map's own
@@ -308,6 +310,7 @@ class SmearParams:
     rbc_vote: bool = True
     infected_share: float = 0.5
     min_cell_fraction: float = 0.05
+    wbc_min_rbc: float = 0.0
     size_model: str = field(default="none", metadata={"model": "cells"})  # a cells model: checked by the CLI
     size_min_cells: int = 5
     size_check: float = 0.7
@@ -318,7 +321,7 @@ class SmearParams:
     RANGES: ClassVar[dict] = {
         "downscales": (0.05, 1.0), "min_side": (16, None), "fallback_diameter": (2.0, 5000.0),
         "agreement": (1.01, 10.0), "in_range": (1.0, 10.0), "clump_ratio": (0.0, 100.0),
-        "infected_share": (0.0, 1.0), "min_cell_fraction": (0.0, 4.0), "size_min_cells": (1, None),
+        "infected_share": (0.0, 1.0), "min_cell_fraction": (0.0, 4.0), "wbc_min_rbc": (0.0, 4.0), "size_min_cells": (1, None),
         "size_check": (0.0, 1.0), "rbc_quantile": (0.0, 100.0)}
 
 
@@ -347,6 +350,41 @@ def platelets_by_size(classes: np.ndarray, rbc_diameter: float, clump_ratio: flo
     out = classes.copy()
     sel = lab > 0
     out[sel] = kind[lab[sel]]
+    return out
+
+
+def small_wbcs_recast(classes: np.ndarray, probs: np.ndarray, min_area: float) -> np.ndarray:
+    """White-cell objects (connected pieces of the WBC group) smaller than ``min_area`` px that the frame does not
+    cut take the class other than a white cell's with the highest summed probability over them (background, a
+    platelet, a red cell): a white cell is at least about a red cell's size, and a frame-cut one may be any size.
+
+    >>> c = np.zeros((12, 12), np.uint8); c[4:6, 4:6] = 1; c[0:2, 0:2] = 2
+    >>> p = np.zeros((10, 12, 12), np.float32); p[6] = 0.4; p[1] = 0.6
+    >>> out = small_wbcs_recast(c, p, 9)
+    >>> int(out[4, 4]), int(out[0, 0])   # the inner speck is a thrombocyte; the frame-cut piece stays
+    (6, 2)
+    """
+    from scipy import ndimage as ndi
+
+    wbc = np.isin(classes, GROUPS["wbc"])
+    lab, n = ndi.label(wbc)
+    if n == 0:
+        return classes
+    area = np.bincount(lab.ravel(), minlength=n + 1)
+    edge = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
+    small = np.zeros(n + 1, bool)
+    small[1:] = area[1:] < min_area
+    small[edge] = False
+    if not small[1:].any():
+        return classes
+    others = [k for k in range(probs.shape[0]) if k not in GROUPS["wbc"]]
+    idx = np.flatnonzero(small)
+    sums = np.stack([ndi.sum(probs[k], lab, idx) for k in others], 1)
+    new = np.zeros(n + 1, np.uint8)
+    new[idx] = np.asarray(others, np.uint8)[sums.argmax(1)]
+    out = classes.copy()
+    sel = small[lab]
+    out[sel] = new[lab[sel]]
     return out
 
 
@@ -507,6 +545,8 @@ def segment_smear(image: np.ndarray, model="smear10", cell_diameter: float | Non
     if sp.min_cell_fraction:
         classes = absorb_fragments(classes, sp.min_cell_fraction * np.pi * (diameter / 2) ** 2,
                                    GROUPS["wbc"] + GROUPS["rbc"])
+    if sp.wbc_min_rbc:
+        classes = small_wbcs_recast(classes, probs, sp.wbc_min_rbc * np.pi * (diameter / 2) ** 2)
     if sp.clump_ratio:
         classes = platelets_by_size(classes, diameter, sp.clump_ratio)
     if card.get("wbc_typing"):
