@@ -910,3 +910,45 @@ def test_training_says_which_annotated_photos_are_missing_and_refuses_two_of_one
         boxed = [m for m in e["masks"] if m["bounding_box"]["x1"] >= 85]
         assert len(e["masks"]) == 2 and len(boxed) == 1
         assert rasterise(boxed[0]["vertices"], (120, 160)).sum() < 0.9 * 25 * 26  # the cell inside, not its box
+
+
+def test_the_red_cell_size_is_measured_again_at_each_new_scale_until_it_holds(monkeypatch):
+    """A walkthrough (stop 69): BCDD fields shrunk 0.5x (red cells 28 px) were seen at the first pass's scale as
+    14-px specks, misread as 29-px clumps, and the second (last) pass ran at that wrong size: WBCs lost, half the
+    red cells. Each pass now measures again, up to ``rescale_passes``; a pass already tried is not run again."""
+    import hemaseg.tasks.cells.infer as infer
+
+    true_d = 28.0  # red cells of the photo, px
+    factors = []
+
+    def fake_probs(module, card, image, *args, **kwargs):
+        factors.append(image.shape[1] / 200)
+        return np.zeros((4, *image.shape[:2]), np.float32)
+
+    def fake_instances(probs, trained, p):
+        small = np.ones(probs.shape[1:], np.int32)
+        return small, np.array([0, 1]), np.array([0.9])
+
+    def fake_measure(rbc, min_area=10):  # at the model's scale: specks under 20 px read as clumps of 29
+        seen = true_d * rbc.shape[1] / 200
+        return 29.0 if seen < 20 else seen
+
+    monkeypatch.setattr(infer, "predict_probs", fake_probs)
+    monkeypatch.setattr(infer, "cell_instances", fake_instances)
+    monkeypatch.setattr(infer, "measure_diameter", fake_measure)
+    photo = np.full((200, 200, 3), 200, np.uint8)
+    trained = float(infer.get_model("cells")[1]["cell_diameter"])
+    seg = infer.segment_cells(photo, "cells", params=infer.CellsParams(rescale_passes=2))
+    assert len(factors) == 2 and abs(seg.cell_diameter * seg.scale - 29 * seg.scale / factors[0]) < 1  # off
+    factors.clear()
+    seg = infer.segment_cells(photo, "cells", params=infer.CellsParams(rescale_passes=4))
+    assert len(factors) == 3 and abs(seg.cell_diameter - true_d) < 0.5, (factors, seg.cell_diameter)
+    assert abs(true_d * factors[-1] - trained) / trained < 0.15  # the last pass at the trained red-cell size
+    assert infer.CellsParams().rescale_passes == 4
+    # red cells that measure 6 px at every scale (a review): the scale stops at its bound, not 517x after 6 passes
+    from hemaseg.core.resize import MAX_FACTOR
+
+    factors.clear()
+    monkeypatch.setattr(infer, "measure_diameter", lambda rbc, min_area=10: 6.0)
+    infer.segment_cells(photo, "cells", params=infer.CellsParams(rescale_passes=6))
+    assert max(factors) <= MAX_FACTOR + 1e-6 and len(factors) <= 3, factors

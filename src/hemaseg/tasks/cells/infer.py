@@ -564,8 +564,9 @@ def segment_cells(image: np.ndarray, model="cells", cell_diameter: float | None 
     """Instances of every RBC, WBC and platelet in an (H, W, 3) uint8 photo.
 
     ``cell_diameter`` is the red-cell diameter in px. When None, a first pass at the scale of
-    the training photos (the card's ``input_scale``) measures it, and a second pass runs at
-    the trained red-cell size if the measurement is outside the trained range. ``classes``
+    the training photos (the card's ``input_scale``) measures it, and another pass runs at
+    the trained red-cell size for that measurement when it is off by more than ``rescale_tolerance``,
+    measuring again, up to ``rescale_passes`` passes (the scale within :func:`clamp_factor`'s bounds). ``classes``
     of the result holds 0 background, 1 rbc, 2 wbc, 3 platelet per pixel; each object's
     ``class_name``/``category`` is its category. The Mask R-CNN backend reads the whole image
     at once: ``tile`` and ``overlap`` apply to the U-Net backend only (:func:`is_detector`).
@@ -598,7 +599,7 @@ def segment_cells(image: np.ndarray, model="cells", cell_diameter: float | None 
             if measured is None:
                 break
             cell_diameter = measured / factor
-            new = factor * cells_factor(card, measured, p.rescale_tolerance)
+            new = clamp_factor(factor * cells_factor(card, measured, p.rescale_tolerance))  # the whole, not each step
             if abs(new - factor) <= 1e-3 or round(new, 3) in tried:
                 break
             factor = new
