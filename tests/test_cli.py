@@ -738,8 +738,10 @@ def test_evaluate_scores_the_post_processing_a_lab_runs(tmp_path, wbc_folder):
 def test_crop_types_cuts_the_wbcs_a_results_file_lists_into_their_types_folders(tmp_path):
     """Stop 67's Left list: the types a lab corrects in `hemaseg serve` (its results.json) or CVAT did not become
     crops for `train wbc-type`. `crop --types FILE` cuts each WBC the file lists into OUT/<its type>/, unsure
-    and untyped ones into unknown/; photos the file does not list, entries no photo matches and a photo of
-    another size are named."""
+    and untyped ones into unknown/; photos the file does not list and entries of photos not given are summed
+    up; a photo of another size, a box outside its photo and a class of no known kind are named (a review)."""
+    import os
+
     from hemaseg.io.annotations import box_vertices, write_results
     from hemaseg.io.datasets import find_labelled_cells
 
@@ -760,15 +762,18 @@ def test_crop_types_cuts_the_wbcs_a_results_file_lists_into_their_types_folders(
                 "masks": [rec("neutrophil", (10, 10, 30, 30), category="wbc", corrected_from="monocyte"),
                           rec("wbc", (40, 20, 60, 40), category="wbc", unsure=True),
                           rec("rbc", (0, 0, 10, 10), category="rbc")]},
-               {"filename": "photos/b/y.png", "height": 60, "width": 80,
-                "masks": [rec("Lymphocytes", (50, 30, 70, 50))]},  # a file's own spelling, no category
+               # a name recorded from another folder (analyze run elsewhere, the folder since renamed): its end
+               {"filename": "../old_name/b/y.png", "height": 60, "width": 80,
+                "masks": [rec("Lymphocytes", (50, 30, 70, 50)),  # a file's own spelling, no category
+                          rec("monocyte", (90, 10, 99, 20))]},  # outside the photo: named, the rest cut
                {"filename": "z.png", "height": 60, "width": 80, "masks": [rec("monocyte", (1, 1, 9, 9))]}]
     write_results(tmp_path / "results.json", entries)
     out = tmp_path / "crops"
     res = runner.invoke(app, ["crop", str(tmp_path / "photos" / "*" / "*.png"), "--types",
                               str(tmp_path / "results.json"), "--out", str(out)])
-    assert res.exit_code == 1 and f"{tmp_path / 'results.json'}: z.png: not among the photos given" in res.output
-    assert f"not in {tmp_path / 'results.json'}: 1 photo(s): {tmp_path / 'photos' / 'c' / 'w.png'}" in res.output
+    assert res.exit_code == 1 and "WBC 2 of" in res.output and "lies outside the photo; left out" in res.output
+    assert f"entries of {tmp_path / 'results.json'} that match none of the photos given: 1: z.png" in res.output
+    assert f"photos {tmp_path / 'results.json'} does not list: 1: {tmp_path / 'photos' / 'c' / 'w.png'}" in res.output
     assert "3 WBC crops from 2/2 photos" in res.output, res.output
     found = sorted((p.relative_to(out).as_posix(), c) for p, c in find_labelled_cells(out))
     assert found == [("lymphocyte/y_1.png", "lymphocyte"), ("neutrophil/x_1.png", "neutrophil"),
@@ -777,22 +782,38 @@ def test_crop_types_cuts_the_wbcs_a_results_file_lists_into_their_types_folders(
     assert np.array_equal(np.asarray(Image.open(out / "neutrophil" / "x_1.png")), photos["a/x.png"][7:33, 7:33])
     rows = (out / "crops.csv").read_text().splitlines()
     assert rows[1] == f"neutrophil/x_1.png,{tmp_path / 'photos' / 'a' / 'x.png'},7,7,33,33,neutrophil,results"
-    # a photo of another size than the file says: named, not cut in the wrong place; a type the typer does not know:
-    # refused before anything is written
+    assert len(rows) == 4  # every crop written is listed, none of a failed WBC
+    # a link to a photo beside the photo itself is one photo; a subset of photos: the rest summed up, exit 0
+    os.symlink(tmp_path / "photos" / "a", tmp_path / "photos" / "link")
+    write_results(tmp_path / "r1.json", entries[:1])
+    res = runner.invoke(app, ["crop", str(tmp_path / "photos" / "a"), str(tmp_path / "photos" / "link"), "--types",
+                              str(tmp_path / "r1.json"), "--out", str(tmp_path / "c1")])
+    assert res.exit_code == 0 and "2 WBC crops from 1/1 photos" in res.output and "does not list" not in res.output
+    # a photo of another size than the file says: named, not cut in the wrong place
     entries[1]["height"] = 120
-    entries[2]["masks"][0]["class_name"] = "Monocytes"
     write_results(tmp_path / "r2.json", entries[:2])
     res = runner.invoke(app, ["crop", str(tmp_path / "photos" / "b"), "--types", str(tmp_path / "r2.json"),
                               "--out", str(tmp_path / "c2")])
     assert res.exit_code == 1 and "y.png: is 80x60 px" in res.output and "says 80x120" in res.output, res.output
     assert not (tmp_path / "c2" / "lymphocyte").exists()
-    entries[0]["masks"][0]["class_name"] = "ghost"
-    entries[0]["masks"][0]["category"] = "wbc"
-    write_results(tmp_path / "r3.json", entries[:1])
-    res = runner.invoke(app, ["crop", str(tmp_path / "photos" / "a"), "--types", str(tmp_path / "r3.json"),
-                              "--out", str(tmp_path / "c3")])
-    assert res.exit_code == 2 and res.output.startswith("--types:") and "ghost" in res.output, res.output
-    assert not (tmp_path / "c3").exists()
+    # a class of no known kind (a blast, not counted as a WBC by its name) or a type the typer does not know:
+    # refused before anything is written (a blast was dropped unsaid)
+    for name in ("blast", "ghost"):
+        entries[0]["masks"][0]["class_name"] = name
+        entries[0]["masks"][0].pop("category", None)
+        write_results(tmp_path / "r3.json", entries[:1])
+        res = runner.invoke(app, ["crop", str(tmp_path / "photos" / "a"), "--types", str(tmp_path / "r3.json"),
+                                  "--out", str(tmp_path / "c3")])
+        assert res.exit_code == 2 and res.output.startswith("--types:") and name in res.output, res.output
+        assert not (tmp_path / "c3").exists()
+    # no photo the file lists (an empty results.json, or the photos of another batch): exit 1, said
+    write_results(tmp_path / "r4.json", [])
+    res = runner.invoke(app, ["crop", str(tmp_path / "photos" / "a"), "--types", str(tmp_path / "r4.json"),
+                              "--out", str(tmp_path / "c4")])
+    assert res.exit_code == 1 and "no photo given is one" in res.output and "(0 entries)" in res.output, res.output
+    res = runner.invoke(app, ["crop", str(tmp_path / "photos" / "a"), "--types", str(tmp_path / "nope"),
+                              "--out", str(tmp_path / "c5")])
+    assert res.exit_code == 2 and "nope: no such file or folder" in res.output, res.output
 
 
 def test_segment_of_a_lab_folder_leaves_its_label_images_out(tmp_path, tiny_model_path):

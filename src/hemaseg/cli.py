@@ -1218,11 +1218,20 @@ def crop(
     raise typer.Exit(1 if failed or empty else 0)
 
 
+def _names(label: str, names: list) -> str:
+    """One summary line: ``label: N: a, b, c, d, e and N - 5 more``."""
+    return f"{label}: {len(names)}: {', '.join(map(str, names[:5]))}" + (f" and {len(names) - 5} more"
+                                                                         if len(names) > 5 else "")
+
+
 def _crop_typed(images: List[str], types: Path, out: Path, margin: float) -> None:
     """``crop --types``: each WBC ``types`` lists cut from its photo (its box grown as ``crop`` grows a found
     cell's) into OUT/<its type>/<stem>_<k>.png, untyped and unsure ones into unknown/; crops.csv as ``crop``
-    writes it, ``method`` the file's format. A photo whose size differs from the file's, an entry whose photo
-    is not given (or given twice) and a WBC type the typer does not know are each named; exit 1 when any was."""
+    writes it, ``method`` the file's format. A class the file names that is neither a red cell, a platelet nor
+    a type the typer knows is refused before anything is written (exit 2). Named, the rest cut, exit 1: a photo
+    whose size differs from the file's, a WBC whose box lies outside its photo, an entry several photos match.
+    Summed up, exit 0: entries of photos not given, photos the file does not list (exit 1 when no photo
+    matched at all)."""
     import csv
     import io
 
@@ -1232,38 +1241,41 @@ def _crop_typed(images: List[str], types: Path, out: Path, margin: float) -> Non
         fmt, entries = read_annotations(types, unread)
     except HemasegError as exc:  # nothing to cut: the option is unusable
         raise HemasegUsageError("--types", f"{types}: {getattr(exc, 'reason', exc)}") from None
-    for item in unread:  # an object the file cannot give: named, the rest cut
-        _fail(item["image"], item["reason"])
     paths = list_images(images)
     if not paths:
         _fail(" ".join(images), _none_found(images))
         raise typer.Exit(1)
     _out_apart_from_inputs(images, out, paths=paths)
-    matched, unmatched = entries_on_photos(entries, paths)
-    for name, reason in unmatched:  # its WBCs would be lost unsaid
-        _fail(f"{types}: {name}", reason)
 
     def folder_of(record: dict) -> str | None:
-        """The crop folder of a WBC record (None: not a WBC)."""
+        """The crop folder of a record (None: a red cell or a platelet, not cut)."""
         name = str(record.get("class_name") or "")
-        if (record.get("category") or category_of(name)) != "wbc":
+        group = record.get("category") or category_of(name)
+        if group in ("rbc", "platelet"):
             return None
         kind = canonical_name(name)
         return UNTYPED if record.get("unsure") or kind == "wbc" else kind
 
-    wbcs = {p: [r for e in es for r in e.get("masks", []) if folder_of(r)] for p, es in matched.items()}
-    strange = sorted({folder_of(r) for rs in wbcs.values() for r in rs} - {*ALL_CLASSES, UNTYPED})
+    # a class of no known group (blast, band neutrophil, NRBC) was dropped unsaid: a lab's own cells lost
+    strange = sorted({f for e in entries for r in e.get("masks", []) if (f := folder_of(r))} - {*ALL_CLASSES, UNTYPED})
     if strange:  # `train wbc-type` would refuse the whole tree for one such folder
-        raise HemasegUsageError("--types", f"{types} names WBC types the typer does not know: {', '.join(strange)}; known: "
-                                       f"{', '.join(ALL_CLASSES)} (rename them in the file)")
+        raise HemasegUsageError("--types", f"{types} names classes that are no red cell, platelet nor WBC type the "
+                                           f"typer knows: {', '.join(strange)}; known types: {', '.join(ALL_CLASSES)} "
+                                           "(rename them in the file, or remove them)")
+    for item in unread:  # an object the file cannot give: named, the rest cut
+        _fail(item["image"], item["reason"])
+    matched, unmatched, ambiguous = entries_on_photos(entries, paths)
+    for name in ambiguous:  # its WBCs would go to one photo or the other at random
+        _fail(f"{types}: {name}", "more than one of the photos given ends with this name: give one of them")
+    wbcs = {p: [r for e in es for r in e.get("masks", []) if folder_of(r)] for p, es in matched.items()}
     folders = sorted({folder_of(r) for rs in wbcs.values() for r in rs} | {UNTYPED})
     taken = [out / f for f in folders if (out / f).is_dir() and any((out / f).iterdir())]
     if taken or _holds_crops(out):  # crops there would stay beside a crops.csv that does not list them
         raise HemasegUsageError("--out", f"{taken[0] if taken else out} holds crops of an earlier run; give another "
                                          "folder")
-    given = [p for p in paths if p in matched]
+    given = list(matched)
     stems = _stems(given, out / UNTYPED, ["_<k>.png"], fixed=[("--out", out / "crops.csv")])
-    rows, none_found = [], []
+    rows, none_found, left_out = [], [], []
 
     def work(path):
         image = read_image(path)
@@ -1277,8 +1289,11 @@ def _crop_typed(images: List[str], types: Path, out: Path, margin: float) -> Non
         for k, r in enumerate(wbcs[path], start=1):
             bb = r["bounding_box"]
             x1, y1, x2, y2 = grown_box((bb["x1"], bb["y1"], bb["x2"], bb["y2"]), (h, w), margin)
-            if x2 <= x1 or y2 <= y1:
-                raise HemasegInputError(path, f"WBC {k} of {types} lies outside the photo")
+            if not (bb["x2"] > bb["x1"] and bb["y2"] > bb["y1"]) or x2 <= x1 or y2 <= y1:
+                _fail(path, f"WBC {k} of {types} ({bb['x1']}, {bb['y1']})-({bb['x2']}, {bb['y2']}) "
+                            + ("has no area" if x2 > x1 and y2 > y1 else "lies outside the photo") + "; left out")
+                left_out.append((path, k))
+                continue
             kind = folder_of(r)
             name = f"{stems[path]}_{k}.png"
             write_png(out / kind / name, np.ascontiguousarray(image[y1:y2, x1:x2]))
@@ -1293,12 +1308,16 @@ def _crop_typed(images: List[str], types: Path, out: Path, margin: float) -> Non
     counts = Counter(row[6] for row in rows)
     typer.echo(f"{len(rows)} WBC crops from {len(given) - failed}/{len(given)} photos in {out}"
                + (f" ({', '.join(f'{k} {n}' for k, n in sorted(counts.items()))})" if counts else ""), err=True)
-    not_listed = [str(p) for p in paths if p not in matched]
-    for label, names in (("not in " + str(types), not_listed), ("no WBC listed", none_found)):
+    cut = {real_path(p) for p in given}
+    not_listed = [p for p in paths if real_path(p) not in cut]
+    for label, names in ((f"entries of {types} that match none of the photos given", [n for n, _ in unmatched]),
+                         (f"photos {types} does not list", not_listed),
+                         ("photos in which it lists no WBC", none_found)):
         if names:
-            typer.echo(f"{label}: {len(names)} photo(s): {', '.join(names[:5])}"
-                       + (f" and {len(names) - 5} more" if len(names) > 5 else ""), err=True)
-    raise typer.Exit(1 if failed or unmatched or unread else 0)
+            typer.echo(_names(label, names), err=True)
+    if not given:
+        typer.echo(f"no photo given is one {types} lists ({len(entries)} entries): nothing cut", err=True)
+    raise typer.Exit(1 if failed or ambiguous or left_out or unread or not given else 0)
 
 
 def _without_label_images(images, paths: list) -> list:

@@ -268,38 +268,50 @@ def image_names(entries: list[dict], keep: bool = False) -> list[str]:
     return ["/".join(p[-d:]) for p, d in zip(parts, depth)]
 
 
-def entries_on_photos(entries: list[dict], photos: list) -> tuple[dict, list[tuple[str, str]]]:
+def entries_on_photos(entries: list[dict], photos: list) -> tuple[dict, list[tuple[str, str]], list[str]]:
     """Each annotation entry matched to the photo it describes among ``photos`` (paths): the photo at the
-    entry's ``filename`` itself, else the one photo whose path ends with that name's parts (``x.jpg``,
-    ``a/x.jpg``: a name as ``hemaseg serve`` or a CVAT/COCO file keeps it, :func:`image_names`).
+    entry's ``filename`` itself, else the one photo whose path (as given, or with its links followed) ends with
+    the longest end of that name any photo has (``x.jpg``, ``a/x.jpg``: names as ``hemaseg serve`` or a CVAT/COCO
+    file keep them, :func:`image_names`; ``../old/a/x.jpg`` or ``C:\\lab\\a\\x.jpg`` after the folder moved).
+    Photos that are one file (a link beside its target) are one photo, the first spelling given.
 
-    Returns ``(matched, unmatched)``: ``matched`` maps a photo to its entries in file order (two entries of
-    one photo, as two VOC files of it, both kept); ``unmatched`` lists ``(filename, reason)`` for an entry
-    no photo or more than one photo ends with.
+    Returns ``(matched, unmatched, ambiguous)``: ``matched`` maps a photo to its entries in file order (two
+    entries of one photo, as two VOC files of it, both kept); ``unmatched`` lists ``(filename, reason)`` for an
+    entry no photo matches; ``ambiguous`` the filenames several photos match equally well.
 
-    >>> m, u = entries_on_photos([{"filename": "x.jpg"}, {"filename": "y.jpg"}, {"filename": "z.jpg"}],
-    ...                          [Path("/d/a/x.jpg"), Path("/d/b/y.jpg"), Path("/d/c/y.jpg")])
-    >>> [str(p) for p in m], u[0][0], u[1][0]
-    (['/d/a/x.jpg'], 'y.jpg', 'z.jpg')
+    >>> m, u, a = entries_on_photos([{"filename": "x.jpg"}, {"filename": "y.jpg"}, {"filename": "z.jpg"},
+    ...                              {"filename": "../old/a/x.jpg"}],
+    ...                             [Path("/d/a/x.jpg"), Path("/d/b/y.jpg"), Path("/d/c/y.jpg")])
+    >>> [(str(p), len(es)) for p, es in m.items()], u[0][0], a
+    ([('/d/a/x.jpg', 2)], 'z.jpg', ['y.jpg'])
     """
-    by_real = {real_path(p): p for p in photos}
-    parts_of = {p: real_path(p).parts for p in photos}
+    by_real: dict = {}
+    for p in photos:  # one file given twice (a link and its target): its first spelling
+        by_real.setdefault(real_path(p), p)
+    spellings: dict = {}  # lower-cased file name -> [(parts of a spelling, photo)]
+    for real, p in by_real.items():
+        for parts in {tuple(Path(os.path.abspath(p)).parts), tuple(real.parts)}:
+            spellings.setdefault(parts[-1].lower() if parts else "", []).append((parts, p))
     matched: dict = {}
     unmatched: list[tuple[str, str]] = []
+    ambiguous: list[str] = []
     for e in entries:
         name = str(e.get("filename") or "")
         want = tuple(x for x in name.replace("\\", "/").split("/") if x not in ("", "."))
         same = by_real.get(real_path(name)) if name else None
-        hits = [same] if same is not None else \
-            [p for p in photos if want and parts_of[p][-len(want):] == want]
+        hits: list = [same] if same is not None else []
+        candidates = spellings.get(want[-1].lower(), []) if want else []
+        for k in range(len(want), 0, -1) if not hits else ():
+            hits = list(dict.fromkeys(p for parts, p in candidates if parts[-k:] == want[-k:]))
+            if hits:  # the longest end any photo has: one photo, or a tie that a shorter end cannot break
+                break
         if len(hits) == 1:
             matched.setdefault(hits[0], []).append(e)
         elif hits:
-            unmatched.append((name, f"{len(hits)} of the photos given end with this name ({hits[0]}, {hits[1]}"
-                                    f"{', ...' if len(hits) > 2 else ''}): name the photo by a longer path"))
+            ambiguous.append(name)
         else:
             unmatched.append((name or "an entry with no file name", "not among the photos given"))
-    return matched, unmatched
+    return matched, unmatched, ambiguous
 
 
 # ---------------------------------------------------------------- CVAT for images 1.1

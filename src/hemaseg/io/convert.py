@@ -329,6 +329,8 @@ def annotation_format(path: str | Path) -> str:
     import xml.etree.ElementTree as ET
 
     path = Path(path)
+    if not path.exists():  # (a mistyped folder read as "not a YOLO folder")
+        raise HemasegInputError(path, "no such file or folder")
     if path.is_dir():
         has_xml = any(f.suffix.lower() == ".xml" for f in path.iterdir()) or (path / "Annotations").is_dir()
         return "voc" if has_xml else "yolo"
@@ -345,8 +347,6 @@ def annotation_format(path: str | Path) -> str:
             if root in ("annotations", "annotation"):
                 return "cvat" if root == "annotations" else "voc"
             what = f"an XML whose root is <{root}>, neither CVAT's <annotations> nor VOC's <annotation>"
-    except FileNotFoundError:
-        raise HemasegInputError(path, "no such file") from None
     except (OSError, UnicodeDecodeError, ValueError, ET.ParseError, StopIteration) as exc:
         raise HemasegInputError(path, f"{what} ({exc.__class__.__name__}: {exc})") from None
     raise HemasegInputError(path, what)

@@ -127,7 +127,7 @@ def _readme(card: dict, task, stride: int, side: int, scale: float, low: float, 
         *([f"- fine-tuned from `{training['init']}`"] if training.get("init") else []),
         *([f"- shipped: {training['shipped']}"] if training.get("shipped") else []),
         *([f"- command: `{training['command']}`"] if training.get("command") else []),
-        *([f"- hemaseg's post-processing thresholds (card `postprocess`, not in this package): "
+        *(["- hemaseg's post-processing thresholds (card `postprocess`, not in this package): "
            + ", ".join(f"{k}={v}" for k, v in card["postprocess"].items() if not isinstance(v, dict))]
           if any(not isinstance(v, dict) for v in (card.get("postprocess") or {}).values()) else []),
         "",
