@@ -829,3 +829,11 @@ def test_segment_of_a_lab_folder_leaves_its_label_images_out(tmp_path, tiny_mode
     res = runner.invoke(app, ["segment", "--task", "wbc", str(src / "img0.png"), str(src / "img0_mask.png"), "--out",
                               str(tmp_path / "o2"), *common])
     assert res.exit_code == 0 and "left out" not in res.output and (tmp_path / "o2" / "img0_mask.json").is_file()
+    # wbc-seg's layout: NNN.bmp beside its grey label map NNN.png (a review)
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    Image.open(src / "img1.png").convert("RGB").save(ws / "001.bmp")
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(ws / "001.png")
+    res = runner.invoke(app, ["segment", "--task", "wbc", str(ws), "--out", str(tmp_path / "o3"), *common])
+    assert res.exit_code == 0 and "1 label image(s) left out" in res.output and "001.png" in res.output
+    assert [p.name for p in (tmp_path / "o3").glob("*.json")] == ["001.json"]

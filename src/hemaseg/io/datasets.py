@@ -50,14 +50,24 @@ def _strip_mask_suffix(stem: str) -> str | None:
 def label_images_among(paths: list) -> list:
     """The paths that are a photo's label image by name: ``X_mask.png`` (any of :data:`MASK_SUFFIXES`) whose
     photo ``X`` (any image suffix) lies beside it among ``paths`` (a lab's own training folder given to
-    ``segment``: its masks were segmented as photos). A ``_mask`` file without its photo is no one's label.
+    ``segment``: its masks were segmented as photos), and a grey PNG or TIFF beside a colour image of its stem
+    (wbc-seg's ``NNN.bmp`` and ``NNN.png``). A ``_mask`` file without its photo is no one's label.
 
     >>> label_images_among([Path("d/a.jpg"), Path("d/a_mask.png"), Path("d/b_gt.png"), Path("e/a_label.png")])
     [PosixPath('d/a_mask.png')]
     """
     photos = {(Path(p).parent, Path(p).stem.lower()) for p in paths if _strip_mask_suffix(Path(p).stem) is None}
-    return [p for p in paths if (stem := _strip_mask_suffix(Path(p).stem)) is not None
-            and (Path(p).parent, stem.lower()) in photos]
+    labels = [p for p in paths if (stem := _strip_mask_suffix(Path(p).stem)) is not None
+              and (Path(p).parent, stem.lower()) in photos]
+    # wbc-seg's layout (a review): NNN.bmp and its grey label map NNN.png, one stem; the grey one beside a colour one
+    by_stem: dict = {}
+    for p in paths:
+        by_stem.setdefault((Path(p).parent, Path(p).stem.lower()), []).append(p)
+    for group in (g for g in by_stem.values() if len(g) > 1):
+        colour = [_is_colour(Path(p)) for p in group]
+        if any(colour):
+            labels += [p for p, c in zip(group, colour) if not c and Path(p).suffix.lower() in (".png", ".tif", ".tiff")]
+    return [p for p in paths if p in set(labels)]
 
 
 def find_pairs(root: str | Path, failed: list[dict] | None = None) -> list[Pair]:
