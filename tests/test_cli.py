@@ -837,3 +837,32 @@ def test_segment_of_a_lab_folder_leaves_its_label_images_out(tmp_path, tiny_mode
     res = runner.invoke(app, ["segment", "--task", "wbc", str(ws), "--out", str(tmp_path / "o3"), *common])
     assert res.exit_code == 0 and "1 label image(s) left out" in res.output and "001.png" in res.output
     assert [p.name for p in (tmp_path / "o3").glob("*.json")] == ["001.json"]
+
+
+def test_crop_types_cuts_a_corrected_wbc_from_the_photo_whose_pixels_the_entry_records(tmp_path):
+    """A walkthrough (stop 69): another batch's photo of the same name and size took a lab's corrections (a
+    lymphocyte cut into basophil/), and serve's second x.png (renamed x~2.png) matched nothing. analyze records
+    each photo's pixels (pixels_sha256): they settle a tie of names, find a renamed photo, refuse another photo."""
+    from hemaseg.io.annotations import box_vertices, write_results
+    from hemaseg.io.images import pixels_sha256
+
+    rng = np.random.default_rng(1)
+    pics = {}
+    for day in ("dayA", "dayB"):
+        (tmp_path / day).mkdir()
+        pics[day] = rng.integers(0, 255, (50, 50, 3), np.uint8)
+        Image.fromarray(pics[day]).save(tmp_path / day / "x.png")
+    box = {"x1": 10, "y1": 10, "x2": 30, "y2": 30}
+    entry = {"filename": "x.png", "height": 50, "width": 50, "pixels_sha256": pixels_sha256(pics["dayB"]),
+             "masks": [{"class_name": "basophil", "category": "wbc", "bounding_box": box,
+                        "vertices": box_vertices(10, 10, 30, 30)}]}
+    write_results(tmp_path / "r.json", [entry, {**entry, "filename": "y~2.png"}])
+    both = [str(tmp_path / "dayA"), str(tmp_path / "dayB")]
+    res = runner.invoke(app, ["crop", *both, "--types", str(tmp_path / "r.json"), "--out", str(tmp_path / "c")])
+    assert res.exit_code == 0 and "2 WBC crops from 1/1 photos" in res.output, res.output  # both entries: dayB's
+    rows = (tmp_path / "c" / "crops.csv").read_text().splitlines()[1:]
+    assert [r.split(",")[1] for r in rows] == [str(tmp_path / "dayB" / "x.png")] * 2
+    res = runner.invoke(app, ["crop", str(tmp_path / "dayA"), "--types", str(tmp_path / "r.json"), "--out",
+                              str(tmp_path / "c2")])
+    assert res.exit_code == 1 and "is not the photo" in res.output and "pixels differ" in res.output, res.output
+    assert not (tmp_path / "c2" / "basophil").exists()

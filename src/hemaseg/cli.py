@@ -39,6 +39,7 @@ from hemaseg.io.images import (
     list_images,
     open_image,
     pixel_size_um,
+    pixels_sha256,
     read_image,
     real_path,
 )
@@ -1227,11 +1228,13 @@ def _names(label: str, names: list) -> str:
 def _crop_typed(images: List[str], types: Path, out: Path, margin: float) -> None:
     """``crop --types``: each WBC ``types`` lists cut from its photo (its box grown as ``crop`` grows a found
     cell's) into OUT/<its type>/<stem>_<k>.png, untyped and unsure ones into unknown/; crops.csv as ``crop``
-    writes it, ``method`` the file's format. A class the file names that is neither a red cell, a platelet nor
-    a type the typer knows is refused before anything is written (exit 2). Named, the rest cut, exit 1: a photo
-    whose size differs from the file's, a WBC whose box lies outside its photo, an entry several photos match.
-    Summed up, exit 0: entries of photos not given, photos the file does not list (exit 1 when no photo
-    matched at all)."""
+    writes it, ``method`` the file's format. An entry is matched to its photo by name (the longest end of it a
+    photo has) and, when it records its photo's pixels (``pixels_sha256``: analyze, serve), checked against them,
+    or found by them when no name or several match. A class the file names that is neither a red cell, a platelet
+    nor a type the typer knows is refused before anything is written (exit 2). Named, the rest cut, exit 1: a
+    photo whose size or pixels differ from the file's, a WBC whose box lies outside its photo, an entry several
+    photos match. Summed up: entries of photos not given (exit 1: corrections not cut), photos the file does not
+    list (exit 0)."""
     import csv
     import io
 
@@ -1265,8 +1268,31 @@ def _crop_typed(images: List[str], types: Path, out: Path, margin: float) -> Non
     for item in unread:  # an object the file cannot give: named, the rest cut
         _fail(item["image"], item["reason"])
     matched, unmatched, ambiguous = entries_on_photos(entries, paths)
-    for name in ambiguous:  # its WBCs would go to one photo or the other at random
-        _fail(f"{types}: {name}", "more than one of the photos given ends with this name: give one of them")
+    digests: dict = {}  # photo -> its pixels' SHA-256 (None: unreadable), read when an entry records its own
+
+    def digest(path) -> str | None:
+        if path not in digests:
+            try:
+                digests[path] = pixels_sha256(read_image(path))
+            except HemasegError:
+                digests[path] = None  # (named when it is cut)
+        return digests[path]
+
+    # An entry recording its photo's pixels (analyze, serve) is that photo whatever its name: a tie between photos of
+    # one name, or a photo renamed (serve's x~2.png of a second x.png) is settled by the pixels
+    free = [p for p in paths if p not in matched]
+    by_pixels = [(e, [p for p in hits if digest(p) == e["pixels_sha256"]]) for e, hits in ambiguous
+                 if e.get("pixels_sha256")]
+    by_pixels += [(e, [p for p in free if digest(p) == e["pixels_sha256"]]) for e in unmatched if e.get("pixels_sha256")]
+    for e, hits in by_pixels:
+        if len(hits) == 1:
+            matched.setdefault(hits[0], []).append(e)
+    settled = {id(e) for e, hits in by_pixels if len(hits) == 1}
+    unmatched = [e for e in unmatched if id(e) not in settled]
+    for e, _ in (a for a in ambiguous if id(a[0]) not in settled):  # its WBCs would go to one photo or another
+        _fail(f"{types}: {e.get('filename')}", "more than one of the photos given ends with this name: give one of "
+                                               "them")
+    ambiguous = [a for a in ambiguous if id(a[0]) not in settled]
     wbcs = {p: [r for e in es for r in e.get("masks", []) if folder_of(r)] for p, es in matched.items()}
     folders = sorted({folder_of(r) for rs in wbcs.values() for r in rs} | {UNTYPED})
     taken = [out / f for f in folders if (out / f).is_dir() and any((out / f).iterdir())]
@@ -1284,6 +1310,10 @@ def _crop_typed(images: List[str], types: Path, out: Path, margin: float) -> Non
             if e.get("height") and e.get("width") and (int(e["height"]), int(e["width"])) != (h, w):
                 raise HemasegInputError(path, f"is {w}x{h} px, {types} says {e['width']}x{e['height']}: its boxes "
                                               "would cut the wrong place")
+            if e.get("pixels_sha256") and (digests[path] if path in digests else pixels_sha256(image)) != \
+                    e["pixels_sha256"]:
+                raise HemasegInputError(path, f"is not the photo {types} describes as {e.get('filename')} (its "
+                                              "pixels differ: another photo of that name?); nothing cut from it")
         if not wbcs[path]:
             none_found.append(str(path))
         for k, r in enumerate(wbcs[path], start=1):
@@ -1310,14 +1340,15 @@ def _crop_typed(images: List[str], types: Path, out: Path, margin: float) -> Non
                + (f" ({', '.join(f'{k} {n}' for k, n in sorted(counts.items()))})" if counts else ""), err=True)
     cut = {real_path(p) for p in given}
     not_listed = [p for p in paths if real_path(p) not in cut]
-    for label, names in ((f"entries of {types} that match none of the photos given", [n for n, _ in unmatched]),
+    for label, names in ((f"entries of {types} that match none of the photos given",
+                          [e.get("filename") or "(no file name)" for e in unmatched]),
                          (f"photos {types} does not list", not_listed),
                          ("photos in which it lists no WBC", none_found)):
         if names:
             typer.echo(_names(label, names), err=True)
     if not given:
         typer.echo(f"no photo given is one {types} lists ({len(entries)} entries): nothing cut", err=True)
-    raise typer.Exit(1 if failed or ambiguous or left_out or unread or not given else 0)
+    raise typer.Exit(1 if failed or ambiguous or left_out or unread or unmatched or not given else 0)
 
 
 def _without_label_images(images, paths: list) -> list:

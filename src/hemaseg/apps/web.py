@@ -13,7 +13,6 @@ correction recounts the corrected records as the pipeline counts them.
 from __future__ import annotations
 
 import errno
-import hashlib
 import logging
 import os
 import secrets
@@ -33,7 +32,7 @@ from hemaseg.core.vocabulary import CATEGORIES, NOT_IN_DIFFERENTIAL
 from hemaseg.engine.tiling import DEFAULT_TILE
 from hemaseg.errors import HemasegError, HemasegInputError, HemasegUsageError
 from hemaseg.io.annotations import write_coco, write_cvat, write_results
-from hemaseg.io.images import IMAGE_SUFFIXES, read_image
+from hemaseg.io.images import IMAGE_SUFFIXES, pixels_sha256, read_image
 from hemaseg.io.writers import atomic_path, write_png, write_text
 from hemaseg.pipelines.analyze import (
     MIN_CONFIDENCE,
@@ -86,8 +85,8 @@ def _png(image: np.ndarray) -> bytes:
 
 
 def _digest(image: np.ndarray) -> str:
-    """SHA-256 of a photo's shape and pixels."""
-    return hashlib.sha256(repr(image.shape).encode() + np.ascontiguousarray(image).tobytes()).hexdigest()
+    """SHA-256 of a photo's shape and pixels (the entry's ``pixels_sha256``)."""
+    return pixels_sha256(image)
 
 
 class Session:

@@ -268,7 +268,7 @@ def image_names(entries: list[dict], keep: bool = False) -> list[str]:
     return ["/".join(p[-d:]) for p, d in zip(parts, depth)]
 
 
-def entries_on_photos(entries: list[dict], photos: list) -> tuple[dict, list[tuple[str, str]], list[str]]:
+def entries_on_photos(entries: list[dict], photos: list) -> tuple[dict, list[dict], list[tuple[dict, list]]]:
     """Each annotation entry matched to the photo it describes among ``photos`` (paths): the photo at the
     entry's ``filename`` itself, else the one photo whose path (as given, or with its links followed) ends with
     the longest end of that name any photo has (``x.jpg``, ``a/x.jpg``: names as ``hemaseg serve`` or a CVAT/COCO
@@ -276,14 +276,14 @@ def entries_on_photos(entries: list[dict], photos: list) -> tuple[dict, list[tup
     Photos that are one file (a link beside its target) are one photo, the first spelling given.
 
     Returns ``(matched, unmatched, ambiguous)``: ``matched`` maps a photo to its entries in file order (two
-    entries of one photo, as two VOC files of it, both kept); ``unmatched`` lists ``(filename, reason)`` for an
-    entry no photo matches; ``ambiguous`` the filenames several photos match equally well.
+    entries of one photo, as two VOC files of it, both kept); ``unmatched`` the entries no photo matches;
+    ``ambiguous`` ``(entry, photos)`` for an entry several photos match equally well.
 
     >>> m, u, a = entries_on_photos([{"filename": "x.jpg"}, {"filename": "y.jpg"}, {"filename": "z.jpg"},
     ...                              {"filename": "../old/a/x.jpg"}],
     ...                             [Path("/d/a/x.jpg"), Path("/d/b/y.jpg"), Path("/d/c/y.jpg")])
-    >>> [(str(p), len(es)) for p, es in m.items()], u[0][0], a
-    ([('/d/a/x.jpg', 2)], 'z.jpg', ['y.jpg'])
+    >>> [(str(p), len(es)) for p, es in m.items()], u[0]["filename"], a[0][0]["filename"], len(a[0][1])
+    ([('/d/a/x.jpg', 2)], 'z.jpg', 'y.jpg', 2)
     """
     by_real: dict = {}
     for p in photos:  # one file given twice (a link and its target): its first spelling
@@ -293,8 +293,8 @@ def entries_on_photos(entries: list[dict], photos: list) -> tuple[dict, list[tup
         for parts in {tuple(Path(os.path.abspath(p)).parts), tuple(real.parts)}:
             spellings.setdefault(parts[-1].lower() if parts else "", []).append((parts, p))
     matched: dict = {}
-    unmatched: list[tuple[str, str]] = []
-    ambiguous: list[str] = []
+    unmatched: list[dict] = []
+    ambiguous: list[tuple[dict, list]] = []
     for e in entries:
         name = str(e.get("filename") or "")
         want = tuple(x for x in name.replace("\\", "/").split("/") if x not in ("", "."))
@@ -308,9 +308,9 @@ def entries_on_photos(entries: list[dict], photos: list) -> tuple[dict, list[tup
         if len(hits) == 1:
             matched.setdefault(hits[0], []).append(e)
         elif hits:
-            ambiguous.append(name)
+            ambiguous.append((e, hits))
         else:
-            unmatched.append((name or "an entry with no file name", "not among the photos given"))
+            unmatched.append(e)
     return matched, unmatched, ambiguous
 
 

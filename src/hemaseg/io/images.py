@@ -293,6 +293,18 @@ def as_photo(image, name: str = "image") -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
+def pixels_sha256(image: np.ndarray) -> str:
+    """SHA-256 of a photo's shape and pixels (what ``analyze`` records as an entry's ``pixels_sha256``): the same
+    photo read from a PNG or a TIFF has one digest; another photo of the same name and size has another.
+
+    >>> pixels_sha256(np.zeros((2, 3, 3), np.uint8))[:12]
+    '912c1186b206'
+    """
+    import hashlib
+
+    return hashlib.sha256(repr(image.shape).encode() + np.ascontiguousarray(image).tobytes()).hexdigest()
+
+
 def over_white(rgb: np.ndarray, alpha: np.ndarray, name="image") -> np.ndarray:
     """An (H, W, 3) uint8 image whose fully transparent pixels (``alpha`` 0) are white: such a pixel has no colour
     to read (a viewer shows what lies behind it), and a transparent border or cut-out stored black read as a

@@ -19,7 +19,7 @@ from hemaseg.engine.runtime import file_sha256
 from hemaseg.engine.task import given_params
 from hemaseg.engine.tiling import DEFAULT_TILE
 from hemaseg.errors import HemasegError
-from hemaseg.io.images import as_photo
+from hemaseg.io.images import as_photo, pixels_sha256
 from hemaseg.metrics import binomial_ci
 from hemaseg.models.registry import resolve_model_path
 from hemaseg.tasks import get_task
@@ -283,7 +283,10 @@ def analyze(image: np.ndarray, filename: str = "", cells_model="cells", type_mod
     instances = lut[seg.instances]
     counts = count_records(records, types)
     entry = {"filename": filename, "height": int(image.shape[0]), "width": int(image.shape[1]),
-             "cell_diameter": round(seg.cell_diameter, 2), "scale": round(seg.scale, 4)}
+             "cell_diameter": round(seg.cell_diameter, 2), "scale": round(seg.scale, 4),
+             # which photo it is, whatever its name: `crop --types` cuts a corrected file's WBCs from that photo only
+             # (another batch's photo of one name and size took a lab's corrections: a walkthrough, stop 69)
+             "pixels_sha256": pixels_sha256(image)}
     # Only when given: the seed-003 record stays as it was for callers that give neither.
     if sample_id is not None:
         entry["sample_id"] = str(sample_id)
