@@ -783,6 +783,12 @@ def test_crop_types_cuts_the_wbcs_a_results_file_lists_into_their_types_folders(
     rows = (out / "crops.csv").read_text().splitlines()
     assert rows[1] == f"neutrophil/x_1.png,{tmp_path / 'photos' / 'a' / 'x.png'},7,7,33,33,neutrophil,results"
     assert len(rows) == 4  # every crop written is listed, none of a failed WBC
+    # an --out holding crops of an earlier run in any type folder (here one this run would not write) is refused
+    (tmp_path / "old" / "monocyte").mkdir(parents=True)
+    Image.fromarray(photos["a/x.png"]).save(tmp_path / "old" / "monocyte" / "m.png")
+    res = runner.invoke(app, ["crop", str(tmp_path / "photos" / "a"), "--types", str(tmp_path / "results.json"),
+                              "--out", str(tmp_path / "old")])
+    assert res.exit_code == 2 and "old/monocyte holds crops of an earlier run" in res.output, res.output
     # a link to a photo beside the photo itself is one photo; a subset of photos: the rest summed up, exit 0
     os.symlink(tmp_path / "photos" / "a", tmp_path / "photos" / "link")
     write_results(tmp_path / "r1.json", entries[:1])

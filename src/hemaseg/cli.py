@@ -1294,8 +1294,9 @@ def _crop_typed(images: List[str], types: Path, out: Path, margin: float) -> Non
                                                "them")
     ambiguous = [a for a in ambiguous if id(a[0]) not in settled]
     wbcs = {p: [r for e in es for r in e.get("masks", []) if folder_of(r)] for p, es in matched.items()}
-    folders = sorted({folder_of(r) for rs in wbcs.values() for r in rs} | {UNTYPED})
-    taken = [out / f for f in folders if (out / f).is_dir() and any((out / f).iterdir())]
+    # crops of an earlier run in any type folder (not only those this run writes: `train wbc-type` reads them all)
+    taken = sorted(d for d in (out.iterdir() if out.is_dir() else ()) if d.is_dir() and any(
+        f.suffix.lower() in IMAGE_SUFFIXES for f in d.iterdir()))
     if taken or _holds_crops(out):  # crops there would stay beside a crops.csv that does not list them
         raise HemasegUsageError("--out", f"{taken[0] if taken else out} holds crops of an earlier run; give another "
                                          "folder")
