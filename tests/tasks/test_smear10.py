@@ -714,3 +714,25 @@ def test_train_smear10_refuses_crop(tmp_path):
                                    "--crop", "320"])
     assert res.exit_code == 2 and "--crop" in res.output and "224 px" in res.output, res.output
     assert not (tmp_path / "run").exists()
+
+
+def test_a_white_cell_object_far_smaller_than_a_red_cell_is_recast_unless_the_frame_cuts_it():
+    """A walkthrough (stop 69): smear10 kept white-cell objects far smaller than a red cell (a red cell's sliver
+    called a lymphocyte, a platelet an eosinophil): 3 WBCs where analyze found 1. Under half a red cell's disc
+    (the default), such an object takes its most probable other class; one the frame cuts may be any size."""
+    from hemaseg.tasks.smear10.classes import CLASSES
+    from hemaseg.tasks.smear10.infer import SmearParams, small_wbcs_recast
+
+    d = 20.0  # red cells px: disc 314 px; half of it 157
+    classes = np.zeros((60, 60), np.uint8)
+    classes[10:20, 10:20] = CLASSES.index("lymphocyte")  # 100 px: a sliver, inside
+    classes[30:50, 30:50] = CLASSES.index("neutrophil")  # 400 px: a white cell
+    classes[0:8, 50:60] = CLASSES.index("eosinophil")  # 80 px at the frame: kept
+    probs = np.zeros((10, 60, 60), np.float32)
+    probs[CLASSES.index("lymphocyte")] = 0.6
+    probs[CLASSES.index("healthy rbc"), 10:20, 10:20] = 0.3
+    probs[CLASSES.index("thrombocyte"), 10:20, 10:20] = 0.1
+    out = small_wbcs_recast(classes, probs, SmearParams().wbc_min_rbc * np.pi * (d / 2) ** 2)
+    assert (out[10:20, 10:20] == CLASSES.index("healthy rbc")).all()
+    assert (out[30:50, 30:50] == classes[30:50, 30:50]).all() and (out[0:8, 50:60] == classes[0:8, 50:60]).all()
+    assert SmearParams().wbc_min_rbc == 0.5
