@@ -489,6 +489,7 @@ def test_the_wbc_task_sees_every_wbc_call_of_the_cells_model(monkeypatch):
     card_params = params_from_card(CellsParams, get_model("cells")[1], "cells")
     assert card_params.wbc_min_score > 0 and seen[0].wbc_min_score == 0
     assert seen[0].platelet_rescore == card_params.platelet_rescore and seen[0].split_area == card_params.split_area
+    assert seen[0].rescale_passes == 2  # as the wbc task's figures were chosen (stop 69: 4 moved wbc-seg's Dice)
 
 
 def test_bundled_rescorer_prefers_a_blue_dark_dot_to_a_pale_disc_of_the_same_size():
