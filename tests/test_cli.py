@@ -843,6 +843,12 @@ def test_segment_of_a_lab_folder_leaves_its_label_images_out(tmp_path, tiny_mode
     res = runner.invoke(app, ["segment", "--task", "wbc", str(ws), "--out", str(tmp_path / "o3"), *common])
     assert res.exit_code == 0 and "1 label image(s) left out" in res.output and "001.png" in res.output
     assert [p.name for p in (tmp_path / "o3").glob("*.json")] == ["001.json"]
+    # a colour photo saved as a palette PNG beside a JPEG of its stem is no label map (a review)
+    Image.open(src / "img1.png").convert("RGB").convert("P", palette=Image.Palette.ADAPTIVE).save(ws / "002.png")
+    Image.open(src / "img1.png").convert("RGB").save(ws / "002.jpg")
+    res = runner.invoke(app, ["segment", "--task", "wbc", str(ws), "--out", str(tmp_path / "o4"), *common])
+    assert res.exit_code == 0 and "1 label image(s) left out" in res.output, res.output
+    assert sorted(p.name for p in (tmp_path / "o4").glob("*.json")) == ["001.json", "002_jpg.json", "002_png.json"]
 
 
 def test_crop_types_cuts_a_corrected_wbc_from_the_photo_whose_pixels_the_entry_records(tmp_path):

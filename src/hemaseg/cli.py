@@ -1360,7 +1360,8 @@ def _without_label_images(images, paths: list) -> list:
     if labels:
         typer.echo(f"{len(labels)} label image(s) left out, each a photo's mask by its name ({labels[0]} beside its "
                    "photo): give one by name to segment it", err=True)
-    return [p for p in paths if p not in set(labels)]
+    left = set(labels)
+    return [p for p in paths if p not in left]
 
 
 def _holds_crops(out: Path) -> bool:

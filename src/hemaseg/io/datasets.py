@@ -64,10 +64,28 @@ def label_images_among(paths: list) -> list:
     for p in paths:
         by_stem.setdefault((Path(p).parent, Path(p).stem.lower()), []).append(p)
     for group in (g for g in by_stem.values() if len(g) > 1):
-        colour = [_is_colour(Path(p)) for p in group]
-        if any(colour):
-            labels += [p for p, c in zip(group, colour) if not c and Path(p).suffix.lower() in (".png", ".tif", ".tiff")]
-    return [p for p in paths if p in set(labels)]
+        grey = [Path(p).suffix.lower() in (".png", ".tif", ".tiff") and _is_grey(Path(p)) for p in group]
+        if not all(grey):  # the grey one beside a photo (a colour palette PNG, an unreadable header: no label)
+            labels += [p for p, g in zip(group, grey) if g]
+    out = set(labels)
+    return [p for p in paths if p in out]
+
+
+def _is_grey(path: Path) -> bool:
+    """Whether an image file holds grey values by its header: a grey mode, or a palette of grey colours only
+    (a colour palette PNG is a photo); False when it cannot be told."""
+    try:
+        with Image.open(path) as im:
+            if im.mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"):
+                return True
+            if im.mode == "P":
+                pal = np.asarray(im.getpalette() or [], np.int32).reshape(-1, 3)
+                used = np.unique(np.asarray(im))
+                pal = pal[used[used < len(pal)]]
+                return bool(len(pal)) and bool((pal == pal[:, :1]).all())
+    except (OSError, ValueError):
+        pass
+    return False
 
 
 def find_pairs(root: str | Path, failed: list[dict] | None = None) -> list[Pair]:

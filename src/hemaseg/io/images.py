@@ -316,7 +316,7 @@ def over_white(rgb: np.ndarray, alpha: np.ndarray, name="image") -> np.ndarray:
     [0, 255, 0]
     """
     clear = np.nan_to_num(alpha, nan=1.0) <= 0
-    if not clear.any():
+    if not clear.any() or clear.all():  # all of it see-through: a fourth channel of zeros, no opacity (nothing to show)
         return rgb
     said = f"{100 * float(clear.mean()):.1f} % of its pixels are transparent: read as white"
     warn_once(log, (str(name), said), "%s: %s", name, said)
