@@ -878,3 +878,12 @@ def test_crop_types_cuts_a_corrected_wbc_from_the_photo_whose_pixels_the_entry_r
                               str(tmp_path / "c2")])
     assert res.exit_code == 1 and "is not the photo" in res.output and "pixels differ" in res.output, res.output
     assert not (tmp_path / "c2" / "basophil").exists()
+    # serve's x.png (dayA's pixels) and x~2.png (dayB's), only dayB given: its name matches the first entry, its
+    # pixels the second, which is cut (a review: dayB was refused on its name and both corrections lost)
+    entry_a = {**entry, "pixels_sha256": pixels_sha256(pics["dayA"])}
+    write_results(tmp_path / "r3.json", [entry_a, {**entry, "filename": "x~2.png"}])
+    res = runner.invoke(app, ["crop", str(tmp_path / "dayB"), "--types", str(tmp_path / "r3.json"), "--out",
+                              str(tmp_path / "c3")])
+    assert res.exit_code == 1 and "1 WBC crops from 1/1 photos" in res.output, res.output
+    assert "x.png: is not the photo" in res.output and "no photo given has those pixels" in res.output, res.output
+    assert (tmp_path / "c3" / "basophil" / "x_1.png").is_file()

@@ -36,6 +36,7 @@ from hemaseg.io.images import (
     IMAGE_SUFFIXES,
     LazyImage,
     expand_inputs,
+    image_size,
     list_images,
     open_image,
     pixel_size_um,
@@ -1265,6 +1266,13 @@ def _crop_typed(images: List[str], types: Path, out: Path, margin: float) -> Non
         raise HemasegUsageError("--types", f"{types} names classes that are no red cell, platelet nor WBC type the "
                                            f"typer knows: {', '.join(strange)}; known types: {', '.join(ALL_CLASSES)} "
                                            "(rename them in the file, or remove them)")
+    # crops of an earlier run in any type folder (not only those this run writes: `train wbc-type` reads them all);
+    # refused before any photo is read
+    taken = sorted(d for d in (out.iterdir() if out.is_dir() else ()) if d.is_dir() and any(
+        f.suffix.lower() in IMAGE_SUFFIXES for f in d.iterdir()))
+    if taken or _holds_crops(out):  # crops there would stay beside a crops.csv that does not list them
+        raise HemasegUsageError("--out", f"{taken[0] if taken else out} holds crops of an earlier run; give another "
+                                         "folder")
     for item in unread:  # an object the file cannot give: named, the rest cut
         _fail(item["image"], item["reason"])
     matched, unmatched, ambiguous = entries_on_photos(entries, paths)
@@ -1278,28 +1286,43 @@ def _crop_typed(images: List[str], types: Path, out: Path, margin: float) -> Non
                 digests[path] = None  # (named when it is cut)
         return digests[path]
 
-    # An entry recording its photo's pixels (analyze, serve) is that photo whatever its name: a tie between photos of
-    # one name, or a photo renamed (serve's x~2.png of a second x.png) is settled by the pixels
-    free = [p for p in paths if p not in matched]
-    by_pixels = [(e, [p for p in hits if digest(p) == e["pixels_sha256"]]) for e, hits in ambiguous
-                 if e.get("pixels_sha256")]
-    by_pixels += [(e, [p for p in free if digest(p) == e["pixels_sha256"]]) for e in unmatched if e.get("pixels_sha256")]
-    for e, hits in by_pixels:
+    def sized(path, e: dict) -> bool:  # a photo of the entry's size, by its header: only those are decoded
+        try:
+            return not (e.get("height") and e.get("width")) or image_size(path) == (int(e["height"]), int(e["width"]))
+        except (HemasegError, OSError, ValueError):
+            return False
+
+    # An entry recording its photo's pixels (analyze, serve) is that photo whatever its name: a name's match with
+    # other pixels (another batch's x.png) is no match, and a tie of names, a photo renamed (serve's x~2.png of a
+    # second x.png) or matched by name to another photo is found among the photos given by its pixels
+    wrong: dict = {}  # id(entry) -> the photo its name matched, whose pixels differ
+    for path in list(matched):
+        for e in list(matched[path]):
+            if e.get("pixels_sha256") and digest(path) not in (None, e["pixels_sha256"]):
+                matched[path].remove(e)
+                wrong[id(e)] = path
+        if not matched[path]:
+            del matched[path]
+    search = [e for e, _ in ambiguous] + unmatched
+    search += [e for e in entries if id(e) in wrong]
+    settled = set()
+    for e in (e for e in search if e.get("pixels_sha256")):
+        hits = list(dict.fromkeys(real_path(p) for p in paths if sized(p, e) and digest(p) == e["pixels_sha256"]))
         if len(hits) == 1:
-            matched.setdefault(hits[0], []).append(e)
-    settled = {id(e) for e, hits in by_pixels if len(hits) == 1}
+            photo = next(p for p in paths if real_path(p) == hits[0])
+            matched.setdefault(photo, []).append(e)
+            settled.add(id(e))
     unmatched = [e for e in unmatched if id(e) not in settled]
+    for e in entries:  # named by a photo that is another: its WBCs not cut
+        if id(e) in wrong and id(e) not in settled:
+            _fail(wrong[id(e)], f"is not the photo {types} describes as {e.get('filename')} (its pixels differ: another "
+                                "photo of that name?), and no photo given has those pixels: nothing cut for it")
     for e, _ in (a for a in ambiguous if id(a[0]) not in settled):  # its WBCs would go to one photo or another
         _fail(f"{types}: {e.get('filename')}", "more than one of the photos given ends with this name: give one of "
                                                "them")
     ambiguous = [a for a in ambiguous if id(a[0]) not in settled]
+    lost = [e for e in entries if id(e) in wrong and id(e) not in settled]
     wbcs = {p: [r for e in es for r in e.get("masks", []) if folder_of(r)] for p, es in matched.items()}
-    # crops of an earlier run in any type folder (not only those this run writes: `train wbc-type` reads them all)
-    taken = sorted(d for d in (out.iterdir() if out.is_dir() else ()) if d.is_dir() and any(
-        f.suffix.lower() in IMAGE_SUFFIXES for f in d.iterdir()))
-    if taken or _holds_crops(out):  # crops there would stay beside a crops.csv that does not list them
-        raise HemasegUsageError("--out", f"{taken[0] if taken else out} holds crops of an earlier run; give another "
-                                         "folder")
     given = list(matched)
     stems = _stems(given, out / UNTYPED, ["_<k>.png"], fixed=[("--out", out / "crops.csv")])
     rows, none_found, left_out = [], [], []
@@ -1311,10 +1334,6 @@ def _crop_typed(images: List[str], types: Path, out: Path, margin: float) -> Non
             if e.get("height") and e.get("width") and (int(e["height"]), int(e["width"])) != (h, w):
                 raise HemasegInputError(path, f"is {w}x{h} px, {types} says {e['width']}x{e['height']}: its boxes "
                                               "would cut the wrong place")
-            if e.get("pixels_sha256") and (digests[path] if path in digests else pixels_sha256(image)) != \
-                    e["pixels_sha256"]:
-                raise HemasegInputError(path, f"is not the photo {types} describes as {e.get('filename')} (its "
-                                              "pixels differ: another photo of that name?); nothing cut from it")
         if not wbcs[path]:
             none_found.append(str(path))
         for k, r in enumerate(wbcs[path], start=1):
@@ -1349,7 +1368,7 @@ def _crop_typed(images: List[str], types: Path, out: Path, margin: float) -> Non
             typer.echo(_names(label, names), err=True)
     if not given:
         typer.echo(f"no photo given is one {types} lists ({len(entries)} entries): nothing cut", err=True)
-    raise typer.Exit(1 if failed or ambiguous or left_out or unread or unmatched or not given else 0)
+    raise typer.Exit(1 if failed or ambiguous or left_out or unread or unmatched or lost or not given else 0)
 
 
 def _without_label_images(images, paths: list) -> list:

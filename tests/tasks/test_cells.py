@@ -953,3 +953,8 @@ def test_the_red_cell_size_is_measured_again_at_each_new_scale_until_it_holds(mo
     monkeypatch.setattr(infer, "measure_diameter", lambda rbc, min_area=10: 6.0)
     infer.segment_cells(photo, "cells", params=infer.CellsParams(rescale_passes=6))
     assert max(factors) <= MAX_FACTOR + 1e-6 and len(factors) <= 3, factors
+    # one pass: its red cells still give the diameter (a review: the trained one was reported, 88.8 px everywhere)
+    monkeypatch.setattr(infer, "measure_diameter", fake_measure)
+    seg = infer.segment_cells(photo, "cells", params=infer.CellsParams(rescale_passes=1))
+    input_scale = float(infer.get_model("cells")[1]["input_scale"])
+    assert abs(seg.scale - input_scale) < 1e-6 and abs(seg.cell_diameter - 29 / input_scale) < 0.5, seg.cell_diameter

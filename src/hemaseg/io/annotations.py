@@ -290,17 +290,17 @@ def entries_on_photos(entries: list[dict], photos: list) -> tuple[dict, list[dic
         by_real.setdefault(real_path(p), p)
     spellings: dict = {}  # lower-cased file name -> [(parts of a spelling, photo)]
     for real, p in by_real.items():
-        for parts in {tuple(Path(os.path.abspath(p)).parts), tuple(real.parts)}:
-            spellings.setdefault(parts[-1].lower() if parts else "", []).append((parts, p))
+        for parts in {tuple(x.lower() for x in Path(os.path.abspath(p)).parts), tuple(x.lower() for x in real.parts)}:
+            spellings.setdefault(parts[-1] if parts else "", []).append((parts, p))  # case aside: IMG_1.JPG is img_1.jpg
     matched: dict = {}
     unmatched: list[dict] = []
     ambiguous: list[tuple[dict, list]] = []
     for e in entries:
         name = str(e.get("filename") or "")
-        want = tuple(x for x in name.replace("\\", "/").split("/") if x not in ("", "."))
+        want = tuple(x.lower() for x in name.replace("\\", "/").split("/") if x not in ("", "."))
         same = by_real.get(real_path(name)) if name else None
         hits: list = [same] if same is not None else []
-        candidates = spellings.get(want[-1].lower(), []) if want else []
+        candidates = spellings.get(want[-1], []) if want else []
         for k in range(len(want), 0, -1) if not hits else ():
             hits = list(dict.fromkeys(p for parts, p in candidates if parts[-k:] == want[-k:]))
             if hits:  # the longest end any photo has: one photo, or a tie that a shorter end cannot break

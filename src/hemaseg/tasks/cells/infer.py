@@ -53,7 +53,7 @@ class CellsParams:
         from 0.652 to 0.761 and on BCDD from 0.795 to 0.839 (runs/cells-txl).
     rescale_passes : passes at most when the red-cell size is estimated: each pass after the first runs
         at the size the one before measured, while that is off by more than ``rescale_tolerance``
-        (1: the first pass alone, at the card's ``input_scale``). 4 (2 until stop 69: a pass at a scale
+        (1: the first pass alone, at the card's ``input_scale``; U-Net backend only). 4 (2 until stop 69: a pass at a scale
         far off measures red cells badly, so the second was run at a wrong size): on TXL-PBC's `val`
         fields rescaled 0.4x-2.5x mean mAP@0.5 0.754 -> 0.832 (3) -> 0.853 (4), BCDD at 0.4x 0.075 -> 0.632,
         Raabin at 2.5x 0.750 -> 0.913; at 1x within -0.001 (Raabin +0.020).
@@ -590,6 +590,10 @@ def segment_cells(image: np.ndarray, model="cells", cell_diameter: float | None 
         probs = run(factor)
         small, owner, scores = cell_instances(probs, trained, p)
         tried = {round(factor, 3)}
+        if p.rescale_passes <= 1:  # the first pass alone: its red cells still give the diameter (it was the trained one)
+            rbc = np.where(owner[small] == 1, small, 0)
+            measured = measure_diameter(rbc, min_area=10) if rbc.any() else None
+            cell_diameter = measured / factor if measured is not None else None
         for _ in range(max(p.rescale_passes - 1, 0)):
             # The red cells found on this pass are measured (px at the model's scale); far from the trained
             # size, the pass is run again at the size they measured, and they are measured again there (a
