@@ -317,3 +317,22 @@ def test_a_photo_with_no_cell_is_said(tmp_path, caplog):
     Image.fromarray(np.full((64, 96, 3), 255, np.uint8)).save(white)
     res = _run(white, "--out", tmp_path / "o")
     assert res.exit_code == 0 and "no cell found: a blank or unusable field?" in caplog.text + res.output, res.output
+
+
+def test_a_batch_begun_with_other_post_processing_defaults_is_not_resumed(photos, tmp_path):
+    """A review (stop 69): run.json kept the options given, not the post-processing defaults, so a batch begun before
+    rescale_passes became 4 resumed under 4 and one results.json mixed parts of both. Every knob is recorded now; a
+    batch whose run.json holds none (an earlier hemaseg) or others is refused."""
+    out = tmp_path / "out"
+    assert _run(photos[0], "--out", out).exit_code == 0
+    run_file = out / PARTS / "run.json"
+    run = json.loads(run_file.read_text())
+    assert run["postprocess"]["rescale_passes"] == 4 and "platelet_rescore" not in run["postprocess"]
+    run_file.write_text(json.dumps({**run, "postprocess": {**run["postprocess"], "rescale_passes": 2}}))
+    res = _run(photos[0], photos[1], "--out", out, "--resume")
+    assert res.exit_code == 2 and "postprocess" in res.output and "rescale_passes" in res.output, res.output
+    run_file.write_text(json.dumps({k: v for k, v in run.items() if k != "postprocess"}))
+    res = _run(photos[0], photos[1], "--out", out, "--resume")
+    assert res.exit_code == 2 and "did not record its post-processing" in res.output, res.output
+    run_file.write_text(json.dumps(run))
+    assert _run(photos[0], photos[1], "--out", out, "--resume").exit_code == 0

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from hemaseg.core.vocabulary import CATEGORIES
-from hemaseg.engine.predict import backend_scope
+from hemaseg.engine.predict import backend_scope, get_model
 from hemaseg.errors import HemasegError, HemasegUsageError
 from hemaseg.io.annotations import write_coco, write_cvat
 from hemaseg.io.images import pixel_size_um, read_image, real_path
@@ -37,6 +37,7 @@ from hemaseg.pipelines.report import (
 )
 from hemaseg.pipelines.segment import diameter_from_pixel_size
 from hemaseg.progress import track
+from hemaseg.tasks import get_task
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,12 @@ class BatchOptions:
         with backend_scope(self.backend):
             d["fingerprints"] = {"model": model_fingerprint(self.model, self.device),
                                  "type_model": model_fingerprint(self.type_model, self.device)}
+            # every cells post-processing knob as the batch runs it, defaults included: a default changed by another
+            # hemaseg (stop 69: rescale_passes 2 -> 4) mixed two kinds of parts in one results.json unsaid
+            card = get_model(self.model, self.device)[1]
+            chosen = get_task("cells").params(card, **(self.params() or {}))
+            d["postprocess"] = {k: v for k, v in asdict(chosen).items()
+                                if not isinstance(v, dict)}  # (what was fitted to the model is in its fingerprint)
         return d
 
     def params(self) -> dict | None:
@@ -191,6 +198,10 @@ def prepare_batch(out: str | Path, opts: BatchOptions, resume: bool = False, ove
                                                 "start afresh with --overwrite")
         if "fingerprints" not in before:
             now.pop("fingerprints")  # a batch begun before they were recorded: its models' names alone
+        if "postprocess" not in before:  # begun by a hemaseg that did not record them: what they were is unknown
+            raise HemasegUsageError("--resume", f"{out} was begun by an earlier hemaseg, which did not record its "
+                                                "post-processing (some defaults have changed since): start afresh "
+                                                "with --overwrite, or finish it with that hemaseg")
         if before != now:
             diff = [k for k in dict.fromkeys([*now, *(before or {})]) if not before or before.get(k) != now.get(k)]
             raise HemasegUsageError("--resume", f"{out} was analysed with other options ("
