@@ -1555,8 +1555,9 @@ def export(
     format: str = typer.Option("onnx", "--format", help="one of: " + ", ".join(sorted(EXPORTERS))),
     out: Path = typer.Option(..., help="file to write (onnx: PATH.onnx, and the model card beside it as PATH.json; "
                                        "bioimageio: PATH.zip, or a new folder)"),
-    overwrite: bool = typer.Option(False, "--overwrite", help="replace what is at --out (an earlier export: its "
-                                                              "file and card)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace the file at --out (an earlier export: its "
+                                                              "file and card; a package folder is never replaced: "
+                                                              "give a new or empty one)"),
 ) -> None:
     """Export a model for another runtime (onnx: the U-Nets and the WBC classifier, checked against torch).
     The ONNX file runs with --model PATH.onnx --backend onnx, without torch too. bioimageio: a U-Net as a
