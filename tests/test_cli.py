@@ -504,6 +504,10 @@ def test_train_refuses_an_architecture_its_task_does_not_train_and_inputs_inside
     shutil.copytree(wbc_folder, own / "mine")
     res = runner.invoke(app, ["train", "wbc", "--data", str(own / "mine"), "--out", str(own), "--crop", "100"])
     assert res.exit_code == 2 and "--crop" in res.output and "lies in --out" not in res.output, res.output
+    # --out inside a --data folder: the next run on that folder read the run's files as data (a walkthrough, stop 69)
+    res = runner.invoke(app, ["train", "wbc", "--data", str(own / "mine"), "--out", str(own / "mine" / "run")])
+    assert res.exit_code == 2 and res.output.startswith("--out:") and "lies inside --data" in res.output, res.output
+    assert not (own / "mine" / "run").exists()
 
 
 def test_train_refuses_an_out_folder_holding_a_model_it_would_replace(tmp_path, wbc_folder):

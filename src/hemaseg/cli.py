@@ -744,6 +744,10 @@ def train(
                     if q == here or (here in q.parents and q.relative_to(here).parts[0] in written):
                         raise HemasegUsageError(option, f"{p} lies in --out {out}, which the run writes (and "
                                                         "--overwrite clears); give another --out")
+                    if option in ("--data", "--replay", "--looks", "--target-images") and q.is_dir() and \
+                            q in here.parents:  # the next run on that folder read the run's files as data
+                        raise HemasegUsageError("--out", f"{out} lies inside {option} {p}: the next run on it would "
+                                                         "read this run's files as its data; give another --out")
             cfg = spec.train_config(
                 data=[str(Path(d).resolve()) for d in data] if data else None, arch=arch, epochs=epochs,
                 batch_size=batch_size, lr=lr, crop=crop, samples_per_epoch=samples_per_epoch, patience=patience,
@@ -1445,6 +1449,8 @@ def synth(
     except HemasegError as exc:
         _fail_error(exc)
         raise typer.Exit(1) from None
+    for f in bank.left_out:  # a lab's own crops of a type no class is drawn from: named, exit 1 at the end
+        _fail(f["image"], f["reason"])
     for i in track(range(first, first + n), "synth"):
         smear = compose(bank, cfg, image_seed(seed, part, i))
         write_smear(out, f"{part}_{i:05d}", smear)
@@ -1455,6 +1461,8 @@ def synth(
         typer.echo(f"--data: no cells found in {', '.join(map(str, data))} (it reads wbc-seg, bccd-wbc, pbc, "
                    "malaria-crops, txl-pbc and BCCD's Annotations/ folders)", err=True)
     typer.echo(f"{n} smears in {out}; real crops used ({part}): {real}", err=True)
+    if bank.left_out or (data and not bank.count()):  # (no cell found: drawn cells only, exit 0 before)
+        raise typer.Exit(1)
 
 
 @app.command()

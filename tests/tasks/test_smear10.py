@@ -1,4 +1,6 @@
 import json
+import shutil
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -221,6 +223,20 @@ def test_a_labs_own_folders_feed_the_bank_under_any_name(tmp_path):
     (split / "data.yaml").write_text("names: [wbc, rbc, platelet]\n")
     got = [CellBank.from_data(split, part).count().get("healthy rbc", 0) for part in ("train", "val", "test")]
     assert sum(got) == 24 and got[0] < 24, got  # every field in some part, not train alone (valid/ was unused)
+    # crops of a type no class is drawn from (a malaria lab's infected rbc/, a smudge/ folder) were dropped unsaid
+    # (a walkthrough, stop 69): named, and synth ends with 1; crops in unknown/ (not typed yet) are no such type
+    for kind in ("infected rbc", "smudge", "unknown"):
+        (tmp_path / "mylab" / kind).mkdir()
+        cv2.imwrite(str(tmp_path / "mylab" / kind / "x.png"), np.full((40, 40, 3), 200, np.uint8))
+    bank = CellBank.from_data(tmp_path / "mylab", "train")
+    assert sorted(Path(f["image"]).name for f in bank.left_out) == ["infected rbc", "smudge"], bank.left_out
+    assert "1 crop(s) of type 'smudge'" in bank.left_out[1]["reason"] and bank.count().get("neutrophil")
+    res = runner.invoke(app, ["synth", "--n", "1", "--size", "96", "--out", str(tmp_path / "s"), "--data",
+                              str(tmp_path / "mylab"), "--part", "train"])
+    assert res.exit_code == 1 and "'infected rbc', from which no smear10 class is drawn" in res.output, res.output
+    assert (tmp_path / "s" / "images").is_dir()  # the smears written from the rest
+    for kind in ("infected rbc", "smudge", "unknown"):
+        shutil.rmtree(tmp_path / "mylab" / kind)
     # --real-fields without TXL-PBC-like fields: refused before the banks and the validation set were built
     res = runner.invoke(app, ["train", "smear10", "--data", str(tmp_path / "mylab"), "--out", str(tmp_path / "r"),
                               "--real-fields", "0.4", "--epochs", "1"])
@@ -736,3 +752,17 @@ def test_a_white_cell_object_far_smaller_than_a_red_cell_is_recast_unless_the_fr
     assert (out[10:20, 10:20] == CLASSES.index("healthy rbc")).all()
     assert (out[30:50, 30:50] == classes[30:50, 30:50]).all() and (out[0:8, 50:60] == classes[0:8, 50:60]).all()
     assert SmearParams().wbc_min_rbc == 0.5
+
+
+def test_a_grey_image_s_map_is_said_to_rest_on_colours_it_lacks(caplog):
+    """A walkthrough (stop 69): smear10 on a grey copy of the sample typed its WBC neutrophil at 0.94 and called a red
+    cell infected, unsaid (analyze lists a grey photo's WBCs unsure)."""
+    import hemaseg
+
+    sample = hemaseg.read_image(Path(hemaseg.__file__).parent / "samples" / "BloodImage_00000.jpg")[:200, :200]
+    grey = np.repeat(sample.mean(2, keepdims=True).astype(np.uint8), 3, 2)
+    hemaseg.segment(grey, model="smear10", cell_diameter=90)
+    assert "a grey image: the map's WBC types and its infected red cells rest on" in caplog.text
+    caplog.clear()
+    hemaseg.segment(sample, model="smear10", cell_diameter=90)
+    assert "a grey image" not in caplog.text

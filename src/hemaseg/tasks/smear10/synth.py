@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 from hemaseg.classical import box_cell, central_instance, cut_rgba, hsv_wbc_mask, solidity
+from hemaseg.core.vocabulary import UNTYPED
 from hemaseg.io.annotations import YOLO_NAME_FILES, read_yolo
 from hemaseg.io.datasets import canonical_type, find_labelled_cells, read_voc
 from hemaseg.io.images import read_image, read_mask
@@ -434,6 +435,8 @@ class CellBank:
 
     crops: dict[int, list[np.ndarray]] = field(default_factory=dict)
     backgrounds: list[tuple[float, float, float]] = field(default_factory=list)  # source slides' plasma colours
+    # a lab's own crops of a type no smear10 class is drawn from ({"image": folder, "reason": ...}): named, not used
+    left_out: list[dict] = field(default_factory=list)
 
     @classmethod
     def procedural(cls) -> "CellBank":
@@ -596,8 +599,11 @@ class CellBank:
                                            else _part_of(f"own/{e['filename']}", seed) == part)]
             self._add_fields(root, mine, seed, max_per_class, progress, f"cut cells of {root.name}")
             return
+        unusable: dict[str, list[Path]] = {}
         for path, kind in find_labelled_cells(root):
             target = WBC_CLASSES.get(kind, THROMBOCYTE if kind == "platelet" else None)
+            if target is None and kind != UNTYPED:  # dropped unsaid (a walkthrough, stop 69: infected rbc/, smudge/)
+                unusable.setdefault(kind, []).append(path)
             key = f"own/{path.parent.name}/{path.stem}"
             if target is None or len(self.crops.get(target, [])) >= max_per_class or (
                     _wbc_part(path, key, seed, held_out) if target != THROMBOCYTE else _part_of(key, seed)) != part:
@@ -605,6 +611,10 @@ class CellBank:
             crop = central_cell(read_image(path), target)
             if crop is not None:
                 self.add(target, crop)
+        for kind, paths in sorted(unusable.items()):
+            self.left_out.append({"image": str(paths[0].parent), "reason": (
+                f"{len(paths)} crop(s) of type {kind!r}, from which no smear10 class is drawn: left out (own crops: "
+                f"{', '.join(WBC_CLASSES)} and platelet; infected red cells: a malaria-crops/ folder, cells on black)")})
 
     def save(self, path: str | Path) -> Path:
         """Cache as one .npz (crops are ragged: stored as flat arrays + shapes)."""

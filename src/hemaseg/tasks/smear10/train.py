@@ -299,6 +299,7 @@ def load_bank(data: list[str], part: str, seed: int, cache: Path | None = None,
             for c in crops:
                 bank.add(k, c)
         bank.backgrounds += more.backgrounds
+        bank.left_out += more.left_out
     if cache is not None:
         bank.save(cache)
     return bank
@@ -329,6 +330,10 @@ def smear10_data(cfg, run: Path, state: dict) -> tuple:
         raise HemasegInputError(", ".join(cfg.data or []) or "--data", "real_fields needs boxed fields with a "
                                 "sources.csv (TXL-PBC) among the data folders")
     train_bank = load_bank(cfg.data, "train", cfg.seed, run / "bank_train.npz", held_out)
+    for f in train_bank.left_out:  # (a cached bank on --resume: named when the run began, kept in state)
+        log.warning("%s: %s", f["image"], f["reason"])
+        if f not in state.setdefault("left_out", []):
+            state["left_out"].append(f)
     if cfg.data and not train_bank.count():
         raise HemasegInputError(", ".join(map(str, cfg.data)), "no cells found to compose smears from (read: wbc-seg, "
                                 "bccd-wbc, pbc, malaria-crops, txl-pbc and BCCD's Annotations/ folders; a lab's own "
