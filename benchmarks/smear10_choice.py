@@ -34,9 +34,9 @@ def main() -> None:
     for model in args.models:
         loaded = with_typer(model, None)
         params = post_params(get_task("smear10"), loaded[1], args.post) if args.post else None
-        cms, calls, wbc_exact = {}, {}, {}
+        cms, calls, wbc_exact, plt_found = {}, {}, {}, {}
         for source, entries in fields.items():
-            cm, calls[source], wbc_exact[source] = np.zeros((3, 4), int), [], []
+            cm, calls[source], wbc_exact[source], plt_found[source] = np.zeros((3, 4), int), [], [], []
             for path, boxes in entries:
                 seg = hemaseg.segment(read_image(path), loaded, params=params)
                 groups = _group(seg.classes)
@@ -46,15 +46,20 @@ def main() -> None:
                 # WBC objects against WBC boxes: a white-cell object smaller than a red cell counts here
                 found = len(np.unique(seg.instances[np.isin(seg.classes, GROUPS["wbc"])]))
                 wbc_exact[source].append(found == sum(row == 1 for row, _ in boxes))
+                plt = len(np.unique(seg.instances[np.isin(seg.classes, GROUPS["platelet"])]))
+                plt_found[source].append((plt, sum(row == 2 for row, _ in boxes)))
             cms[source] = cm
         cms["all"], calls["all"] = sum(cms.values()), [c for v in calls.values() for c in v]
         wbc_exact["all"] = [e for v in wbc_exact.values() for e in v]
+        plt_found["all"] = [e for v in plt_found.values() for e in v]
         for source in ["all", *fields]:
             n = np.array(calls[source])
             print(f"{model}{' ' + ' '.join(args.post) if args.post else ''} | {source} | fields {len(n)} | "
                   f"infected called {n.sum()} ({(n > 0).sum()} fields) | right group RBC / WBC / platelet "
-                  f"{' / '.join(right_cells(cms[source])[1])} | WBC count exact {np.mean(wbc_exact[source]):.3f}",
-                  flush=True)
+                  f"{' / '.join(right_cells(cms[source])[1])} | WBC count exact {np.mean(wbc_exact[source]):.3f} | "
+                  f"platelet objects / boxes {sum(f for f, _ in plt_found[source])} / "
+                  f"{sum(b for _, b in plt_found[source])}, count exact "
+                  f"{np.mean([f == b for f, b in plt_found[source]]):.3f}", flush=True)
 
 
 if __name__ == "__main__":
