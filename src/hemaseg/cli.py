@@ -1458,8 +1458,10 @@ def synth(
             write_png(wbc_crops / kind / f"{part}_{i:05d}_{k}.png", crop)
     real = ", ".join(f"{k} {v}" for k, v in bank.count().items()) or "none (procedural cells only)"
     if data and not bank.count():
-        typer.echo(f"--data: no cells found in {', '.join(map(str, data))} (it reads wbc-seg, bccd-wbc, pbc, "
-                   "malaria-crops, txl-pbc and BCCD's Annotations/ folders)", err=True)
+        typer.echo(f"--data: no cells of the {part} part found in {', '.join(map(str, data))} (it reads wbc-seg, "
+                   "bccd-wbc, pbc, malaria-crops, txl-pbc and BCCD's Annotations/ folders, and a lab's own typed "
+                   "crops or boxed fields, split into parts by file: a small folder's may all lie in another --part)",
+                   err=True)
     typer.echo(f"{n} smears in {out}; real crops used ({part}): {real}", err=True)
     if bank.left_out or (data and not bank.count()):  # (no cell found: drawn cells only, exit 0 before)
         raise typer.Exit(1)

@@ -328,6 +328,7 @@ def test_a_batch_begun_with_other_post_processing_defaults_is_not_resumed(photos
     run_file = out / PARTS / "run.json"
     run = json.loads(run_file.read_text())
     assert run["postprocess"]["rescale_passes"] == 4 and "platelet_rescore" not in run["postprocess"]
+    assert run["postprocess"]["relative_size"]["wbc"] == 1.6  # a default held in the code, not the card (a review)
     run_file.write_text(json.dumps({**run, "postprocess": {**run["postprocess"], "rescale_passes": 2}}))
     res = _run(photos[0], photos[1], "--out", out, "--resume")
     assert res.exit_code == 2 and "postprocess" in res.output and "rescale_passes" in res.output, res.output

@@ -93,7 +93,7 @@ class BatchOptions:
             card = get_model(self.model, self.device)[1]
             chosen = get_task("cells").params(card, **(self.params() or {}))
             d["postprocess"] = {k: v for k, v in asdict(chosen).items()
-                                if not isinstance(v, dict)}  # (what was fitted to the model is in its fingerprint)
+                                if k != "platelet_rescore"}  # (fitted to the model: in its card's fingerprint)
         return d
 
     def params(self) -> dict | None:

@@ -13,6 +13,7 @@ always). :func:`compose` draws one image from a bank with :class:`SynthConfig`'s
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -623,6 +624,7 @@ class CellBank:
             arrays[f"c{k}_shapes"] = np.array([c.shape for c in crops], np.int32)
             arrays[f"c{k}_data"] = np.concatenate([c.ravel() for c in crops])
         arrays["backgrounds"] = np.array(self.backgrounds, np.float32).reshape(-1, 3)
+        arrays["left_out"] = np.array(json.dumps(self.left_out))  # (a resume from the cache names them again)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.stem + ".tmp.npz")
@@ -633,7 +635,8 @@ class CellBank:
     @classmethod
     def load(cls, path: str | Path) -> "CellBank":
         data = np.load(path)
-        bank = cls(backgrounds=[tuple(b) for b in data["backgrounds"]])
+        bank = cls(backgrounds=[tuple(b) for b in data["backgrounds"]],
+                   left_out=json.loads(str(data["left_out"])) if "left_out" in data.files else [])
         for key in data.files:
             if key.endswith("_shapes"):
                 k = int(key[1:-7])

@@ -405,8 +405,9 @@ def prediction_rows(cells: list[CellCrop], model="wbc-type", device: str = "cpu"
     if hidden:  # a lab's basophils printed as lymphocytes at 0.30, unsaid (a walkthrough, stop 69)
         logging.getLogger(__name__).warning(
             "%d crop(s) the model finds most likely %s, which -m %d has no column for: their rows give the likeliest "
-            "type it names (with --min-confidence above 0, UNSURE); -m 4 names every class", sum(hidden.values()),
-            ", ".join(f"{k} ({n})" for k, n in sorted(hidden.items())), mode)
+            "type it names%s; -m 4 names every class", sum(hidden.values()),
+            ", ".join(f"{k} ({n})" for k, n in sorted(hidden.items())), mode,
+            " (with --min-confidence above 0, UNSURE)" if mode != 1 else "")
     return names, rows
 
 
