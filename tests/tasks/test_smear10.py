@@ -731,7 +731,8 @@ def test_train_smear10_refuses_crop(tmp_path):
 
     from hemaseg.cli import app
 
-    res = CliRunner().invoke(app, ["train", "smear10", "--data", str(tmp_path), "--out", str(tmp_path / "run"),
+    (tmp_path / "data").mkdir()  # (an --out inside --data is refused first since stop 69)
+    res = CliRunner().invoke(app, ["train", "smear10", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"),
                                    "--crop", "320"])
     assert res.exit_code == 2 and "--crop" in res.output and "224 px" in res.output, res.output
     assert not (tmp_path / "run").exists()
