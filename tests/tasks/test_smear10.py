@@ -207,6 +207,24 @@ def test_a_labs_own_folders_feed_the_bank_under_any_name(tmp_path):
         photo = np.clip(photo + rng.normal(0, 2, photo.shape), 0, 255).astype(np.uint8)
         cv2.imwrite(str(fields / f"f{k}.png"), photo[..., ::-1])
         (fields / f"f{k}.txt").write_text("\n".join(lines) + "\n")
+    # a lab's boxes of infected red cells are infected crops (they were cut as healthy ones), an ig box is named
+    mal = tmp_path / "malaria_fields"
+    mal.mkdir()
+    (mal / "classes.txt").write_text("rbc\ninfected rbc\nig\n")
+    for k in range(6):
+        photo = np.full((120, 160, 3), 235, np.uint8)
+        for cx, cy in [(30, 30), (80, 40), (120, 80)]:
+            cv2.circle(photo, (cx, cy), 12, (210, 120, 130), -1)
+        cv2.circle(photo, (80, 40), 3, (90, 30, 120), -1)
+        cv2.imwrite(str(mal / f"m{k}.png"), photo[..., ::-1])
+        (mal / f"m{k}.txt").write_text(f"0 {30 / 160:.5f} {30 / 120:.5f} {28 / 160:.5f} {28 / 120:.5f}\n"
+                                       f"1 {80 / 160:.5f} {40 / 120:.5f} {28 / 160:.5f} {28 / 120:.5f}\n"
+                                       f"2 {120 / 160:.5f} {80 / 120:.5f} {28 / 160:.5f} {28 / 120:.5f}\n")
+    banks = [CellBank.from_data(mal, part) for part in ("train", "val", "test")]
+    assert sum(b.count().get("infected rbc", 0) for b in banks) == 6, [b.count() for b in banks]
+    assert sum(b.count().get("healthy rbc", 0) for b in banks) == 6
+    said = [f["reason"] for b in banks for f in b.left_out]
+    assert said and all("of type 'ig'" in r for r in said), said
     crops = [CellBank.from_data(tmp_path / "mylab", part).count() for part in ("train", "val", "test")]
     assert sum(c.get("neutrophil", 0) for c in crops) >= 6 and crops[0].get("neutrophil"), crops
     boxed = [CellBank.from_data(fields, part).count() for part in ("train", "val", "test")]

@@ -554,19 +554,26 @@ class CellBank:
             self._add_fields(folder, entries, seed, max_per_class, progress, "cut TXL-PBC cells")
 
     def _add_fields(self, folder: Path, entries: list[dict], seed: int, max_per_class: int, progress: bool,
-                    what: str) -> None:
+                    what: str, own: bool = False) -> None:
         """Red cells and platelets cut from boxed fields (:func:`hemaseg.classical.box_cell`), and WBCs whose box
-        names their type (a lab's own fields: the stained cell at the box's centre, :func:`central_cell`)."""
+        names their type (a lab's own fields: the stained cell at the box's centre, :func:`central_cell`); a box
+        named an infected red cell is one. ``own``: a lab's fields, whose boxes of a type no class is drawn from
+        (ig, erythroblast; not an untyped "wbc") are named in :attr:`left_out`."""
         entries = list(entries)
         np.random.default_rng(seed).shuffle(entries)
         taken: dict[int, int] = {}
+        unusable: dict[str, int] = {}
         for e in track(entries, what, leave=False) if progress else entries:
             if taken.get(HEALTHY, 0) >= max_per_class and taken.get(THROMBOCYTE, 0) >= max_per_class // 3:
                 break
             img = read_image(folder / e["filename"])
             for rec in e["masks"]:
                 kind = canonical_type(rec["class_name"])
-                target = WBC_CLASSES.get(kind, {"rbc": HEALTHY, "platelet": THROMBOCYTE}.get(rec["category"]))
+                # an infected red cell's box was cut as a healthy one (a review, stop 69): the map learnt it healthy
+                target = INFECTED if kind == "infected rbc" else WBC_CLASSES.get(
+                    kind, {"rbc": HEALTHY, "platelet": THROMBOCYTE}.get(rec["category"]))
+                if target is None and own and kind != "wbc":
+                    unusable[kind] = unusable.get(kind, 0) + 1
                 if target is None or taken.get(target, 0) >= (max_per_class if target != THROMBOCYTE
                                                                else max_per_class // 3):
                     continue
@@ -579,6 +586,10 @@ class CellBank:
                     self.add(target, crop)
                     taken[target] = taken.get(target, 0) + 1
             self.backgrounds.append(tuple(np.percentile(img.reshape(-1, 3), 90, axis=0)))
+        for kind, n in sorted(unusable.items()):
+            self.left_out.append({"image": str(folder), "reason": (
+                f"{n} box(es) of type {kind!r}, from which no smear10 class is drawn: left out (boxes of red cells, "
+                f"infected red cells, platelets and WBCs of the types {', '.join(WBC_CLASSES)} are drawn)")})
 
     def _add_own(self, root: Path, part: str, seed: int, held_out: set[str] | None, max_per_class: int,
                  progress: bool) -> None:
@@ -598,7 +609,7 @@ class CellBank:
             by_folder = set(PARTS) <= {split_of(e) for e in entries}
             mine = [e for e in entries if (split_of(e) == part if by_folder
                                            else _part_of(f"own/{e['filename']}", seed) == part)]
-            self._add_fields(root, mine, seed, max_per_class, progress, f"cut cells of {root.name}")
+            self._add_fields(root, mine, seed, max_per_class, progress, f"cut cells of {root.name}", own=True)
             return
         unusable: dict[str, list[Path]] = {}
         for path, kind in find_labelled_cells(root):
