@@ -534,6 +534,17 @@ def no_colour(lab: np.ndarray) -> bool:
     return bool(np.percentile(chroma[::4, ::4], 99) < GREY_CHROMA)
 
 
+def grey_photo(image: np.ndarray) -> bool:
+    """:func:`no_colour` of an (H, W, 3) uint8 RGB photo, read on every fourth pixel (what ``analyze`` and the smear
+    map ask before trusting colours they type by).
+
+    >>> grey_photo(np.full((8, 8, 3), 120, np.uint8)), grey_photo(np.tile(np.uint8([200, 120, 180]), (8, 8, 1)))
+    (True, False)
+    """
+    small = np.ascontiguousarray(image[::4, ::4, :3])
+    return no_colour(cv2.cvtColor(small, cv2.COLOR_RGB2LAB).astype(np.float32))
+
+
 @_takes_photo(empty=_no_wbc)
 def hsv_wbc_mask(image: np.ndarray, thresholds: str = "otsu", reach: float = 0.6,
                  min_nucleus_area: int | None = None) -> tuple[np.ndarray, np.ndarray]:

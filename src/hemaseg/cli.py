@@ -1157,9 +1157,6 @@ def crop(
 ) -> None:
     """Cut every WBC out of whole images into an ImageFolder tree (class 'unknown' until typed); with --types,
     the WBCs an annotation file lists, each into its type's folder."""
-    import csv
-    import io
-
     if method not in (None, "hsv", "model"):
         raise typer.BadParameter("use hsv or model", param_hint="--method")
     _setup_logging(False)  # a warning about one photo names it
@@ -1212,16 +1209,24 @@ def crop(
 
     failed = _for_each(paths, "crop", work)
     empty = _empty_folders(images)
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["crop", "source", "x1", "y1", "x2", "y2", "class", "method"])
-    writer.writerows(rows)
-    write_text(out / "crops.csv", buf.getvalue())
+    _write_crops_csv(out, rows)
     typer.echo(f"{len(rows)} WBC crops from {len(paths) - failed}/{len(paths)} images in {out}", err=True)
     if none_found:
         typer.echo(f"no WBC found in {len(none_found)} image(s): {', '.join(none_found[:5])}"
                    + (f" and {len(none_found) - 5} more" if len(none_found) > 5 else ""), err=True)
     raise typer.Exit(1 if failed or empty else 0)
+
+
+def _write_crops_csv(out: Path, rows: list) -> None:
+    """``OUT/crops.csv`` (DESIGN.md): one row per crop written, ``crop, source, x1, y1, x2, y2, class, method``."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["crop", "source", "x1", "y1", "x2", "y2", "class", "method"])
+    writer.writerows(rows)
+    write_text(out / "crops.csv", buf.getvalue())
 
 
 def _names(label: str, names: list) -> str:
@@ -1240,9 +1245,6 @@ def _crop_typed(images: List[str], types: Path, out: Path, margin: float) -> Non
     photo whose size or pixels differ from the file's, a WBC whose box lies outside its photo, an entry several
     photos match. Summed up: entries of photos not given (exit 1: corrections not cut), photos the file does not
     list (exit 0)."""
-    import csv
-    import io
-
     check_output(out, "--out", folder=True)
     unread: list[dict] = []
     try:
@@ -1354,11 +1356,7 @@ def _crop_typed(images: List[str], types: Path, out: Path, margin: float) -> Non
             rows.append([f"{kind}/{name}", str(path), x1, y1, x2, y2, kind, fmt])
 
     failed = _for_each(given, "crop", work)
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["crop", "source", "x1", "y1", "x2", "y2", "class", "method"])
-    writer.writerows(rows)
-    write_text(out / "crops.csv", buf.getvalue())
+    _write_crops_csv(out, rows)
     counts = Counter(row[6] for row in rows)
     typer.echo(f"{len(rows)} WBC crops from {len(given) - failed}/{len(given)} photos in {out}"
                + (f" ({', '.join(f'{k} {n}' for k, n in sorted(counts.items()))})" if counts else ""), err=True)

@@ -84,11 +84,6 @@ def _png(image: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
-def _digest(image: np.ndarray) -> str:
-    """SHA-256 of a photo's shape and pixels (the entry's ``pixels_sha256``)."""
-    return pixels_sha256(image)
-
-
 class Session:
     """One user's photos, their analyses and corrections, and the files written from them.
 
@@ -147,7 +142,7 @@ class Session:
             with self.lock:
                 self.failed.append((filename, exc.reason))
             raise HemasegInputError(filename, exc.reason) from None
-        digest = _digest(image)
+        digest = pixels_sha256(image)
         with self.lock:  # checked and reserved at once: the same photo uploaded twice side by side counts once
             first = (self.analyses[self.digests.index(digest)].entry["filename"] if digest in self.digests
                      else self.pending.get(digest))
@@ -172,7 +167,7 @@ class Session:
         with self.lock:
             self.notes.append(list(notes))
             self.images.append(image)
-            self.digests.append(_digest(image))
+            self.digests.append(analysis.entry.get("pixels_sha256") or pixels_sha256(image))  # (analyze's own)
             self.analyses.append(analysis)
             self._save(len(self.analyses) - 1)
         return analysis

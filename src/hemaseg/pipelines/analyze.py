@@ -11,7 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from hemaseg.classical import no_colour
+from hemaseg.classical import grey_photo
 from hemaseg.core.options import check_numbers
 from hemaseg.core.vocabulary import CATEGORIES, EXTRA_TYPES, NOT_IN_DIFFERENTIAL, WBC_TYPES
 from hemaseg.engine.predict import get_model, model_of_task, resolve_device, uses_backend
@@ -260,7 +260,7 @@ def analyze(image: np.ndarray, filename: str = "", cells_model="cells", type_mod
         probs, _, classes = type_wbcs(image, wbcs, type_model, device)  # the gallery cuts its own crops
         # A grey photo lacks the stain's colours the typer tells types by: it typed them at 0.64-0.97 there, a
         # monocyte as ig (a walkthrough, stop 69). Each WBC is counted, its type left for a person.
-        grey = no_colour(cv2.cvtColor(np.ascontiguousarray(image[::4, ::4]), cv2.COLOR_RGB2LAB).astype(np.float32))
+        grey = grey_photo(image)
         if grey:
             log.warning("%sa grey photo: WBC types rest on the stain's colours, which it lacks; its %d WBC(s) are "
                         "counted and listed unsure, typed by none", f"{filename}: " if filename else "", len(wbcs))
