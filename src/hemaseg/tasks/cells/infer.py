@@ -590,11 +590,7 @@ def segment_cells(image: np.ndarray, model="cells", cell_diameter: float | None 
         probs = run(factor)
         small, owner, scores = cell_instances(probs, trained, p)
         tried = {round(factor, 3)}
-        if p.rescale_passes <= 1:  # the first pass alone: its red cells still give the diameter (it was the trained one)
-            rbc = np.where(owner[small] == 1, small, 0)
-            measured = measure_diameter(rbc, min_area=10) if rbc.any() else None
-            cell_diameter = measured / factor if measured is not None else None
-        for _ in range(max(p.rescale_passes - 1, 0)):
+        for _ in range(max(p.rescale_passes - 1, 1)):
             # The red cells found on this pass are measured (px at the model's scale); far from the trained
             # size, the pass is run again at the size they measured, and they are measured again there (a
             # pass at a scale far off measures them badly: red cells of 14 px there were read as clumps of 29)
@@ -603,6 +599,8 @@ def segment_cells(image: np.ndarray, model="cells", cell_diameter: float | None 
             if measured is None:
                 break
             cell_diameter = measured / factor
+            if p.rescale_passes <= 1:  # the first pass alone: its red cells still give the diameter
+                break
             new = clamp_factor(factor * cells_factor(card, measured, p.rescale_tolerance))  # the whole, not each step
             if abs(new - factor) <= 1e-3 or round(new, 3) in tried:
                 break

@@ -336,7 +336,8 @@ class SmearParams:
     RANGES: ClassVar[dict] = {
         "downscales": (0.05, 1.0), "min_side": (16, None), "fallback_diameter": (2.0, 5000.0),
         "agreement": (1.01, 10.0), "in_range": (1.0, 10.0), "clump_ratio": (0.0, 100.0),
-        "infected_share": (0.0, 1.0), "min_cell_fraction": (0.0, 4.0), "wbc_min_rbc": (0.0, 4.0), "platelet_min_rbc": (0.0, 1.0), "size_min_cells": (1, None),
+        "infected_share": (0.0, 1.0), "min_cell_fraction": (0.0, 4.0), "wbc_min_rbc": (0.0, 4.0),
+        "platelet_min_rbc": (0.0, 1.0), "size_min_cells": (1, None),
         "size_check": (0.0, 1.0), "rbc_quantile": (0.0, 100.0)}
 
 

@@ -393,8 +393,9 @@ def prediction_rows(cells: list[CellCrop], model="wbc-type", device: str = "cpu"
     rows = []
     hidden: dict[str, int] = {}  # the model's likeliest class, one the mode has no column for: crops of it
     for c, p, q in zip(cells, probs, grouped):
-        if unnamed and c.found and int(np.argmax(p)) in unnamed:
-            hidden[classes[int(np.argmax(p))]] = hidden.get(classes[int(np.argmax(p))], 0) + 1
+        top = int(np.argmax(p))
+        if unnamed and c.found and top in unnamed:
+            hidden[classes[top]] = hidden.get(classes[top], 0) + 1
         label = names[int(np.argmax(q))] if len(q) else NO_WBC
         own = q.max(initial=0.0) * float(p[kept].sum())  # the model's own probability of the type called
         if not c.found or (not_leukocyte and float(p[not_leukocyte].sum()) >= NOT_A_WBC_SHARE):
