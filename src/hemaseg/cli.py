@@ -28,7 +28,7 @@ from hemaseg.engine.task import Task, param_value, params_help
 from hemaseg.engine.tiling import DEFAULT_TILE
 from hemaseg.engine.train import RUN_FILES, has_checkpoint, hold_run, prepare_run, remove_run_files
 from hemaseg.errors import HemasegError, HemasegInputError, HemasegUsageError
-from hemaseg.io.annotations import entries_on_photos
+from hemaseg.io.annotations import entries_on_photos, hemaseg_coco
 from hemaseg.io.convert import CONVERTERS, read_annotations
 from hemaseg.io.convert import convert as run_convert
 from hemaseg.io.datasets import IMAGE_DIRS, MASK_DIRS, label_images_among
@@ -211,6 +211,16 @@ def _out_apart_from_inputs(images, out: Path, recursive: bool = False, paths=())
     if paired is not None and o.is_dir():
         raise HemasegUsageError("--out", f"{out} holds the masks paired with the images in {paired}: the outputs would "
                                          "replace them; write to another folder")
+
+
+def _keep_existing_export(path: Path, option: str, overwrite: bool, resume: bool) -> None:
+    """Refuse an existing --cvat/--coco file of analyze unless --overwrite, or --resume and a COCO file hemaseg
+    wrote (a walkthrough's ``--coco lab/annotations.json`` replaced the lab's annotations with predictions)."""
+    if not path.is_file() or overwrite or (resume and option == "--coco" and hemaseg_coco(path)):
+        return
+    hint = ("remove it first" if resume else "--overwrite to replace it")
+    raise HemasegUsageError(option, f"{path} exists and would be replaced (a lab's annotations?); give another file "
+                                    f"name, or {hint}")
 
 
 def _none_found(images) -> str:
@@ -399,7 +409,8 @@ def analyze(
     resume: bool = typer.Option(False, "--resume", help="continue the batch in --out where it stopped: photos "
                                                         "already done are skipped, the report rebuilt"),
     overwrite: bool = typer.Option(False, "--overwrite", help="start afresh in an --out folder that already holds "
-                                                              "a batch (its files are deleted)"),
+                                                              "a batch (its files are deleted), and replace "
+                                                              "existing --cvat/--coco files"),
     dask: Optional[str] = typer.Option(None, "--dask", help="run the photos on a Dask cluster: a scheduler "
                                                             "address (tcp://host:8786) or scheduler file, or "
                                                             "local:N for N local worker processes"),
@@ -426,6 +437,7 @@ def analyze(
     for option, path in (("--cvat", cvat), ("--coco", coco)):
         if path is not None:
             check_output(path, option, folder=False)
+            _keep_existing_export(path, option, overwrite, resume)
     dev = _device(device)
     check_backend(backend)
     for option, name, task in (("--model", model, "cells"), ("--type-model", type_model, "wbc-type")):

@@ -168,6 +168,42 @@ def test_coco_and_cvat_never_replace_the_batch_files(photos, tmp_path, extra):
     assert not out.exists() or not any(out.iterdir())
 
 
+def test_an_existing_annotation_file_is_not_replaced_by_the_export(photos, tmp_path):
+    """A walkthrough (stop 70): `analyze lab/images --coco lab/annotations.json` replaced the lab's annotations with
+    predictions, exit 0; `--cvat` another batch's results.json the same way."""
+    truth = tmp_path / "annotations.json"
+    truth.write_text('{"images": [], "annotations": [], "categories": []}')
+    cvat = tmp_path / "lab.xml"
+    cvat.write_text("<annotations/>")
+    kept = truth.read_bytes()
+    for option, path in (("--coco", truth), ("--cvat", cvat)):
+        before = path.read_bytes()
+        res = _run(photos[0], "--out", tmp_path / "o", option, path)
+        assert res.exit_code == 2 and option in res.output and "--overwrite" in res.output, res.output
+        assert path.read_bytes() == before and not (tmp_path / "o").exists()
+    out = tmp_path / "o2"
+    assert _run(photos[0], "--out", out, "--coco", tmp_path / "mine.json").exit_code == 0
+    # a --resume may replace the COCO file hemaseg wrote, never a lab's; --overwrite replaces either
+    assert _run(photos[0], photos[1], "--out", out, "--coco", tmp_path / "mine.json", "--resume").exit_code == 0
+    res = _run(photos[0], photos[1], "--out", out, "--coco", truth, "--resume")
+    assert res.exit_code == 2 and "remove it first" in res.output and truth.read_bytes() == kept
+    assert _run(photos[0], "--out", out, "--cvat", cvat, "--overwrite").exit_code == 0
+    assert cvat.read_text().count("<image ") == 1
+
+
+def test_a_batch_of_no_photo_done_does_not_block_the_next(photos, tmp_path):
+    """A walkthrough (stop 70): `analyze nothere --out o` (a mistyped path) left an empty batch, and the retry with
+    the right path was refused: 'already holds an analysis (0 photo(s) done)'."""
+    out = tmp_path / "o"
+    res = _run(tmp_path / "nothere.png", "--out", out)
+    assert res.exit_code == 1 and (out / PARTS / "run.json").exists()
+    res = _run(photos[0], "--out", out)
+    assert res.exit_code == 0, res.output
+    assert [Path(e["filename"]).name for e in read_results(out / "results.json")] == ["a.png"]
+    res = _run(photos[1], "--out", out)  # one photo done: refused as before
+    assert res.exit_code == 2 and "already holds an analysis (1 photo(s) done)" in res.output
+
+
 def test_a_missing_model_is_named_by_its_option(photos, tmp_path):
     """An analyze audit: --model nosuch and --type-model nosuch both said only 'nosuch: no such model file'."""
     for option in ("--model", "--type-model"):

@@ -492,6 +492,20 @@ def coco_labels(path: str | Path) -> list[str]:
         raise HemasegInputError(path, f"not a COCO JSON with images and categories ({exc})") from None
 
 
+def hemaseg_coco(path: str | Path) -> bool:
+    """``path`` is a COCO JSON hemaseg wrote (its ``info`` says so: :func:`to_coco`), which a new export of the same
+    batch may replace; a lab's own annotations are not.
+
+    >>> hemaseg_coco("no-such-file.json")
+    False
+    """
+    try:
+        info = json.loads(Path(path).read_text(encoding="utf-8")).get("info")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return isinstance(info, dict) and info.get("description") == "hemaseg"
+
+
 def read_coco(path: str | Path, failed: list[dict] | None = None) -> list[dict]:
     """Entries of a COCO JSON (polygon or RLE segmentations; box-only annotations become rectangles). An
     annotation that cannot be read (a polygon coordinate that is no number, fewer than three points, a

@@ -174,7 +174,7 @@ def is_done(out: Path, stem: str, path: Path) -> bool:
 def prepare_batch(out: str | Path, opts: BatchOptions, resume: bool = False, overwrite: bool = False,
                   photos: list[Path] | None = None) -> bool:
     """Check ``out`` before a batch, as ``hemaseg train`` checks its run folder: a new batch may not
-    go into a folder holding one (:class:`HemasegUsageError` naming ``--out``) unless ``overwrite``,
+    go into a folder holding one with a photo done (:class:`HemasegUsageError` naming ``--out``) unless ``overwrite``,
     which deletes that batch's files (parts, overlays, results.json, counts.csv, report.html);
     ``resume`` continues it, with the options it was started with (a different one is refused,
     naming ``--resume``, and so are ``photos`` that leave out one the batch has analysed: its results would
@@ -222,8 +222,8 @@ def prepare_batch(out: str | Path, opts: BatchOptions, resume: bool = False, ove
         remove_temps(out)
         remove_temps(parts)
         return True
-    if held and not overwrite:
-        n = sum(1 for p in parts.glob("*.json") if p.name != RUN_FILE)
+    n = sum(1 for p in parts.glob("*.json") if p.name != RUN_FILE) if held else 0
+    if held and not overwrite and n:  # (a batch of no photo done, e.g. its one path mistyped, loses nothing: replaced)
         raise HemasegUsageError("--out", f"{out} already holds an analysis ({n} photo(s) done); continue it with "
                                          "--resume or start afresh with --overwrite")
     if held:
