@@ -768,6 +768,37 @@ def test_one_unreadable_voc_xml_is_one_failed_photo_and_the_rest_are_found(tmp_p
     assert len(failed) == 1 and failed[0]["image"].endswith("B_1.xml"), failed
 
 
+def test_an_unreadable_photo_is_named_and_left_out_and_an_unannotated_coco_image_said(tmp_path, caplog):
+    """A walkthrough (stop 70): one unreadable photo of a VOC or COCO dataset stopped `train cells` (usage.md: named,
+    the model learns from the rest), and a COCO image with no annotation was read as a cell-free field unsaid."""
+    import logging
+
+    from hemaseg.tasks.cells.train import find_annotated_photos
+
+    root = _voc(tmp_path / "voc", n=3)
+    (root / "JPEGImages" / "B_1.jpg").write_bytes(b"garbage")
+    failed: list[dict] = []
+    found = find_annotated_photos(root, failed)
+    assert sorted(p.name for p, _ in found) == ["B_0.jpg", "B_2.jpg"]
+    assert [Path(f["image"]).name for f in failed] == ["B_1.jpg"] and "not an image" in failed[0]["reason"], failed
+    with pytest.raises(HemasegInputError):
+        find_annotated_photos(root)
+    from PIL import Image
+
+    coco = tmp_path / "coco"
+    coco.mkdir()
+    for k in range(2):
+        Image.fromarray(np.full((60, 80, 3), 220, np.uint8)).save(coco / f"f{k}.png")
+    (coco / "annotations.json").write_text(json.dumps({
+        "images": [{"id": k + 1, "file_name": f"f{k}.png", "height": 60, "width": 80} for k in range(2)],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20], "area": 400,
+                         "iscrowd": 0}],
+        "categories": [{"id": 1, "name": "rbc"}]}))
+    with caplog.at_level(logging.WARNING):
+        found = find_annotated_photos(coco, [])
+    assert len(found) == 2 and "1 image(s) with no annotation (f1.png) read as fields with no cell" in caplog.text
+
+
 def test_a_labs_own_boxes_are_laid_on_their_photos_or_the_photo_is_named(tmp_path, caplog):
     """A walkthrough of a lab's own boxes (stop 68): photos resized after annotating were scored against boxes for
     another size (AP 0, exit 0); boxes outside the photo counted as cells; a photo with no XML and the XMLs beside

@@ -137,6 +137,10 @@ def _annotated_photos(root: Path, failed: list[dict] | None) -> list[tuple[Path,
                 if failed is not None:
                     failed.append({"image": str(coco.parent / e["filename"]), "reason": "annotated in "
                                    f"{coco.name}, but no such photo beside it or in images/"})
+        bare = [e["filename"] for _, e in out if not e["masks"]]
+        if bare:  # every cell in them is a false positive when scored, background when trained (said, as YOLO's)
+            warn_once(log, (str(coco), "unannotated", len(bare)), "%s: %d image(s) with no annotation (%s%s) read as "
+                      "fields with no cell", coco, len(bare), bare[0], ", ..." if len(bare) > 1 else "")
         return _on_their_photos(out, failed, root)
     # a VOC root (Annotations/ + JPEGImages/), or the XMLs beside their photos (labelImg; `convert --to voc` + photos)
     ann, photos = (root / "Annotations", root / "JPEGImages") if (root / "Annotations").is_dir() else (root, root)
@@ -172,15 +176,17 @@ def _annotated_photos(root: Path, failed: list[dict] | None) -> list[tuple[Path,
 def _on_their_photos(pairs: list[tuple[Path, dict]], failed: list[dict] | None, root: Path
                      ) -> list[tuple[Path, dict]]:
     """VOC/COCO boxes laid on the photos they annotate: a photo whose size is not the one its annotations give
-    (resized after annotating: every box would lie elsewhere; it scored AP 0 without a word) is listed in ``failed``
-    and left out (without ``failed``: raised); a box partly outside the photo is clipped to it, one wholly outside
+    (resized after annotating: every box would lie elsewhere; it scored AP 0 without a word), and one that cannot be
+    read, is listed in ``failed`` and left out (without ``failed``: raised); a box partly outside the photo is clipped to it, one wholly outside
     left out (both counted as cells, and said, before)."""
     kept, clipped, outside = [], 0, 0
     for path, e in pairs:
         try:
             h, w = image_size(path)
-        except (HemasegInputError, OSError):  # unreadable: reading the photo says so where it is read
-            kept.append((path, e))
+        except (HemasegInputError, OSError) as exc:  # one unreadable photo stopped a whole training run (a walkthrough)
+            if failed is None:
+                raise
+            failed.append({"image": str(path), "reason": getattr(exc, "reason", None) or str(exc)})
             continue
         eh, ew = int(e.get("height") or 0), int(e.get("width") or 0)
         if eh > 0 and ew > 0 and (eh, ew) != (h, w):
