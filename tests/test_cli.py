@@ -722,6 +722,20 @@ def test_a_folder_of_sub_folders_is_said_to_be_searched_no_deeper(tmp_path):
         assert res.exit_code == 1 and "sub-folders are not searched" in res.output and "**" in res.output, res.output
 
 
+def test_images_in_sub_folders_beside_top_level_ones_are_counted_as_not_searched(tmp_path):
+    """A walkthrough (stop 70): `analyze batch` with photos at its top and 25 more in batch/a, batch/b analysed the top
+    ones and passed over the rest without a word (exit 0)."""
+    (tmp_path / "photos" / "day1").mkdir(parents=True)
+    for name in ("top.png", "day1/a.png", "day1/b.png"):
+        Image.fromarray(np.full((40, 40, 3), 200, np.uint8)).save(tmp_path / "photos" / name)
+    for cmd in (["analyze"], ["segment"], ["crop"]):
+        res = runner.invoke(app, [*cmd, str(tmp_path / "photos"), "--out", str(tmp_path / cmd[0])])
+        assert res.exit_code == 0, res.output
+        assert "2 image file(s) in its sub-folders are not searched" in res.output, res.output
+    res = runner.invoke(app, ["segment", str(tmp_path / "photos" / "day1"), "--out", str(tmp_path / "o2")])
+    assert res.exit_code == 0 and "not searched" not in res.output, res.output
+
+
 def test_evaluate_scores_the_post_processing_a_lab_runs(tmp_path, wbc_folder):
     """A wbc fine-tune walkthrough (stop 68): segment takes --post, evaluate did not, so a lab could not score the
     settings it runs. The same names and values; a bad one is exit 2 naming it."""

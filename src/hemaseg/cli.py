@@ -223,6 +223,20 @@ def _keep_existing_export(path: Path, option: str, overwrite: bool, resume: bool
                                     f"name, or {hint}")
 
 
+def _say_unsearched(images) -> None:
+    """One line for each folder among ``images`` with images at its top whose sub-folders hold more, which are not
+    searched (a walkthrough's `analyze batch` did its 18 top photos and passed over the 25 in batch/a, batch/b unsaid;
+    with none at the top :func:`_none_found` says so)."""
+    for item in images:
+        if not Path(item).is_dir():
+            continue
+        top = len(expand_inputs([item]))
+        deeper = len(expand_inputs([item], True)) - top if top else 0
+        if deeper:
+            typer.echo(f"{item}: {deeper} image file(s) in its sub-folders are not searched; give those folders too, "
+                       f"or quote a glob such as '{Path(item) / '**' / '*.jpg'}'", err=True)
+
+
 def _none_found(images) -> str:
     """What to say when ``images`` hold no image: "no images found", and where a folder's sub-folders hold some,
     that they are not searched (a folder of sub-folders said "no images found" alone)."""
@@ -462,6 +476,7 @@ def analyze(
     if not paths:
         _fail(" ".join(images), _none_found(images))
         raise typer.Exit(1)
+    _say_unsearched(images)
     in_parts = next((p for p in paths if (out / BATCH_PARTS).resolve() in real_path(p).parents), None)
     if in_parts is not None:  # --overwrite deleted it with the batch's parts
         raise HemasegUsageError("--out", f"the photo {in_parts} lies in {out / BATCH_PARTS}, where the batch keeps "
@@ -578,6 +593,7 @@ def segment(
     if not paths:
         _fail(" ".join(images), _none_found(images))
         raise typer.Exit(1)
+    _say_unsearched(images)
     endings = [f"{s}.png" for s in spec.label_suffixes] + [".json"] + (["_overlay.png"] if overlay else [])
     stems = _stems(paths, out, endings)
     out.mkdir(parents=True, exist_ok=True)
@@ -1194,6 +1210,7 @@ def crop(
     if not paths:
         _fail(" ".join(images), _none_found(images))
         raise typer.Exit(1)
+    _say_unsearched(images)
     _out_apart_from_inputs(images, out, paths=paths)  # crops and crops.csv would lie among the photos
     inside = [p for p in paths if real_path(p).is_relative_to((out / "unknown").resolve())]
     if inside:  # a crop written there could replace it before it is read
@@ -1267,6 +1284,7 @@ def _crop_typed(images: List[str], types: Path, out: Path, margin: float) -> Non
     if not paths:
         _fail(" ".join(images), _none_found(images))
         raise typer.Exit(1)
+    _say_unsearched(images)
     _out_apart_from_inputs(images, out, paths=paths)
 
     def folder_of(record: dict) -> str | None:
