@@ -317,6 +317,25 @@ def test_a_specialist_keeps_its_own_thresholds_under_the_callers_changes(tmp_pat
     assert seen == [(nuc._min_area(12.0, own), 0.45)], seen  # the specialist's smallest nucleus, the caller's seed
 
 
+def test_a_given_nucleus_diameter_above_the_trained_sizes_brings_the_image_to_the_trained_median(monkeypatch):
+    """A walkthrough (stop 70): --cell-diameter between the trained 95th percentile (49 px) and twice it (the scale
+    augmentation's reach) kept the image at its scale, where a measured diameter is checked for fragments: an image
+    enlarged 4x with its true 78 px given scored DSB 0.01, estimated 0.29."""
+    import hemaseg.tasks.nuclei as nuc
+    from hemaseg.engine.predict import get_model
+
+    card = get_model("nuclei")[1]
+    factors = []
+    monkeypatch.setattr(nuc, "predict_probs", lambda module, card, image, factor, *a, **k: factors.append(factor)
+                        or np.zeros((3, *image.shape[:2]), np.float32))
+    image = np.full((64, 64, 3), 30, np.uint8)
+    for given in (78.0, 20.0):
+        factors.clear()
+        nuc.segment_nuclei(image, cell_diameter=given)
+        want = round(card["cell_diameter"] / given, 2) if given > card["diameter_range"][1] else 1.0
+        assert [round(f, 2) for f in factors] == [want], (given, factors)
+
+
 def test_train_and_evaluate_nuclei(tmp_path, caplog):
     import shutil
 

@@ -377,20 +377,24 @@ def measure_nuclei(instances: np.ndarray, min_area: int = 30, merged: float = 3.
     return measure_diameter(np.where(keep[instances], instances, 0), min_area=min_area)
 
 
-def nuclei_factor(card: dict, diameter: float | None) -> float:
+def nuclei_factor(card: dict, diameter: float | None, given: bool = False) -> float:
     """Resize factor for nuclei of ``diameter`` px: 1 inside the sizes the model was trained on
     (5th-95th percentile of training nuclei times the scale augmentation's range), else what
-    brings them to the trained median.
+    brings them to the trained median. A diameter the user ``given`` is trusted: 1 only inside the
+    5th-95th percentile itself (a measured one above it may be the pieces of larger nuclei, which
+    :func:`fragments_check_needed` checks; a given 78 px kept an enlarged image at its scale: DSB 0.01).
 
     >>> card = {"cell_diameter": 18.0, "diameter_range": [10.0, 49.0], "training": {"scale_range": [0.5, 2.0]}}
     >>> nuclei_factor(card, 60.0), nuclei_factor(card, 360.0), nuclei_factor(card, None)
     (1.0, 0.1, 1.0)
+    >>> nuclei_factor(card, 60.0, given=True), nuclei_factor(card, 30.0, given=True)
+    (0.3, 1.0)
     """
     trained = float(card.get("cell_diameter") or 0)
     if not diameter or trained <= 0:
         return 1.0
     lo, hi = card.get("diameter_range") or [trained / 1.25, trained * 1.25]
-    smin, smax = card.get("training", {}).get("scale_range", [1.0, 1.0])
+    smin, smax = (1.0, 1.0) if given else card.get("training", {}).get("scale_range", [1.0, 1.0])
     lo, hi = lo * smin, hi * smax
     if lo <= diameter <= hi:
         return 1.0
@@ -456,7 +460,7 @@ def segment_nuclei(image: np.ndarray, model="nuclei", cell_diameter: float | Non
     trained = float(card.get("cell_diameter") or p.fallback_diameter)
     find = partial(nuclei_instances, seed_threshold=p.seed_threshold, fg_threshold=p.fg_threshold,
                    depth_threshold=p.depth_threshold, depth_h=p.depth_h)
-    factor = 1.0 if cell_diameter is None else nuclei_factor(card, cell_diameter)
+    factor = 1.0 if cell_diameter is None else nuclei_factor(card, cell_diameter, given=True)
     probs = None
     if cell_diameter is None:
         first = predict_probs(module, card, image, factor, tile, overlap, prange, invert)
