@@ -191,6 +191,18 @@ def test_an_existing_annotation_file_is_not_replaced_by_the_export(photos, tmp_p
     assert cvat.read_text().count("<image ") == 1
 
 
+def test_a_library_batch_tiles_as_the_command_line_does():
+    """A walkthrough (stop 70): BatchOptions() tiled at 2048 px where `hemaseg analyze` and hemaseg.analyze tile at
+    DEFAULT_TILE; a 4000 px mosaic gave 999 cells one way, 1003 the other."""
+    import inspect
+
+    from hemaseg.engine.tiling import DEFAULT_TILE
+    from hemaseg.pipelines.analyze import analyze
+    from hemaseg.pipelines.batch import BatchOptions
+
+    assert BatchOptions().tile == DEFAULT_TILE == inspect.signature(analyze).parameters["tile"].default
+
+
 def test_a_batch_of_no_photo_done_does_not_block_the_next(photos, tmp_path):
     """A walkthrough (stop 70): `analyze nothere --out o` (a mistyped path) left an empty batch, and the retry with
     the right path was refused: 'already holds an analysis (0 photo(s) done)'."""

@@ -22,6 +22,7 @@ from typing import Callable, Iterable, Iterator
 
 from hemaseg.core.vocabulary import CATEGORIES
 from hemaseg.engine.predict import backend_scope, get_model
+from hemaseg.engine.tiling import DEFAULT_TILE
 from hemaseg.errors import HemasegError, HemasegUsageError
 from hemaseg.io.annotations import write_coco, write_cvat
 from hemaseg.io.images import pixel_size_um, read_image, real_path
@@ -69,7 +70,7 @@ class BatchOptions:
     type_model: str = "wbc-type"
     cell_diameter: float | None = None
     device: str = "cpu"
-    tile: int = 2048
+    tile: int = DEFAULT_TILE  # the command line's and hemaseg.analyze's (2048 here gave another library batch's results)
     min_confidence: float = MIN_CONFIDENCE
     sample_id: str | None = None
     pixel_size: float | None = None
