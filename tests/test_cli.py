@@ -869,6 +869,18 @@ def test_segment_of_a_lab_folder_leaves_its_label_images_out(tmp_path, tiny_mode
     assert sorted(p.name for p in (tmp_path / "o4").glob("*.json")) == ["001.json", "002_jpg.json", "002_png.json"]
 
 
+def test_a_glob_over_a_dsb_folder_leaves_its_masks_out(tmp_path, tiny_model_path):
+    """A nuclei walkthrough (stop 70): the hint's quoted glob 'mylab/**/*.png' over a DSB folder segmented its
+    masks/*.png as images (31 'nuclei' found in them)."""
+    from helpers import make_dsb
+
+    make_dsb(tmp_path / "dsb", n=2)
+    res = runner.invoke(app, ["segment", "--task", "wbc", str(tmp_path / "dsb" / "**" / "*.png"), "--out",
+                              str(tmp_path / "o"), "--model", str(tiny_model_path), "--cell-diameter", "24"])
+    assert res.exit_code == 0 and "label image(s) left out" in res.output and "masks" in res.output, res.output
+    assert len(list((tmp_path / "o").glob("*.json"))) == 2
+
+
 def test_crop_types_cuts_a_corrected_wbc_from_the_photo_whose_pixels_the_entry_records(tmp_path):
     """A walkthrough (stop 69): another batch's photo of the same name and size took a lab's corrections (a
     lymphocyte cut into basophil/), and serve's second x.png (renamed x~2.png) matched nothing. analyze records

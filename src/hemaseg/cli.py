@@ -1409,8 +1409,8 @@ def _without_label_images(images, paths: list) -> list:
     named = {real_path(p) for p in images if Path(p).is_file()}
     labels = [p for p in label_images_among(paths) if real_path(p) not in named]
     if labels:
-        typer.echo(f"{len(labels)} label image(s) left out, each a photo's mask by its name ({labels[0]} beside its "
-                   "photo): give one by name to segment it", err=True)
+        typer.echo(f"{len(labels)} label image(s) left out, each a photo's mask by its name or its masks folder "
+                   f"(e.g. {labels[0]}): give one by name to segment it", err=True)
     left = set(labels)
     return [p for p in paths if p not in left]
 
