@@ -144,6 +144,17 @@ def test_convert_bad_csv_is_one_line_error(tmp_path):
     assert res.exit_code == 1 and "Height/Width" in res.output
 
 
+def test_one_bad_image_of_an_rle_csv_is_named_and_the_others_converted(tmp_path):
+    """A nuclei walkthrough (stop 70): one row with an odd number of values (or a run past the end) lost the whole
+    conversion: exit 1, nothing written for the 11 good images."""
+    csv = tmp_path / "some.csv"
+    csv.write_text("ImageId,EncodedPixels,Height,Width\ngood,1 3 10 2,4,4\nodd,1 3 5,4,4\npast,15 9,4,4\n")
+    res = runner.invoke(app, ["convert", "--from", "rle", "--to", "labels", str(csv), str(tmp_path / "o")])
+    assert res.exit_code == 1 and "image odd" in res.output and "image past" in res.output, res.output
+    assert [p.name for p in (tmp_path / "o").iterdir()] == ["good.png"]
+    assert (np.asarray(Image.open(tmp_path / "o" / "good.png")) > 0).sum() == 5
+
+
 # --- post-processing ----------------------------------------------------------------------------
 
 def _disc_probs(labels):

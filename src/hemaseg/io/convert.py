@@ -194,10 +194,12 @@ def image_beside(csv_path: Path, image_id: str) -> Path | None:
     return None
 
 
-def read_rle_csv(path: Path) -> dict[str, np.ndarray]:
+def read_rle_csv(path: Path, failed: list[dict] | None = None) -> dict[str, np.ndarray]:
     """Read a Kaggle RLE CSV into {ImageId: (H, W) uint16 labels}. Each image's size comes from its
     Height/Width columns (as hemaseg writes them), else from the image file beside the CSV
-    (:func:`image_beside`: the Kaggle submission format and DSB's ``stage1_train_labels.csv`` carry none)."""
+    (:func:`image_beside`: the Kaggle submission format and DSB's ``stage1_train_labels.csv`` carry none).
+    An image whose rows cannot be decoded raises :class:`HemasegInputError`; with ``failed`` given, it is listed
+    there and left out, and the others are read (one bad row lost the whole file's conversion)."""
     if not path.is_file():
         raise HemasegInputError(path, "RLE CSV not found")
     with open(path, newline="") as f:
@@ -211,26 +213,36 @@ def read_rle_csv(path: Path) -> dict[str, np.ndarray]:
         groups.setdefault(r["ImageId"], []).append(r)
     out = {}
     for image_id, rs in groups.items():
-        if {"Height", "Width"} <= columns:
-            sizes = {(r["Height"], r["Width"]) for r in rs}
-            if len(sizes) > 1:  # the first row's was taken without a word
-                raise HemasegInputError(path, f"image {image_id}: rows of different sizes {sorted(sizes)}")
-            try:
-                shape = (int(rs[0]["Height"]), int(rs[0]["Width"]))
-            except (TypeError, ValueError):
-                raise HemasegInputError(path, f"image {image_id}: Height/Width {rs[0]['Height']!r}, "
-                                              f"{rs[0]['Width']!r} are no whole numbers") from None
-        else:
-            beside = image_beside(path, image_id)
-            if beside is None:
-                raise HemasegInputError(path, f"image {image_id}: no Height/Width columns to decode its masks, and no "
-                                              f"image {image_id}.png beside the CSV (DSB layout) to take its size from")
-            shape = image_size(beside)
         try:
-            out[image_id] = rles_to_labels([r["EncodedPixels"] for r in rs if r["EncodedPixels"].strip()], shape)
-        except ValueError as exc:
-            raise HemasegInputError(path, f"image {image_id}: {exc}") from None
+            out[image_id] = _rle_image(path, image_id, rs, columns)
+        except HemasegInputError as exc:
+            if failed is None:
+                raise
+            failed.append({"image": str(exc.path), "reason": exc.reason})
     return out
+
+
+def _rle_image(path: Path, image_id: str, rs: list[dict], columns: set) -> np.ndarray:
+    """The (H, W) labels of one image's rows of a Kaggle RLE CSV (:func:`read_rle_csv`)."""
+    if {"Height", "Width"} <= columns:
+        sizes = {(r["Height"], r["Width"]) for r in rs}
+        if len(sizes) > 1:  # the first row's was taken without a word
+            raise HemasegInputError(path, f"image {image_id}: rows of different sizes {sorted(sizes)}")
+        try:
+            shape = (int(rs[0]["Height"]), int(rs[0]["Width"]))
+        except (TypeError, ValueError):
+            raise HemasegInputError(path, f"image {image_id}: Height/Width {rs[0]['Height']!r}, "
+                                          f"{rs[0]['Width']!r} are no whole numbers") from None
+    else:
+        beside = image_beside(path, image_id)
+        if beside is None:
+            raise HemasegInputError(path, f"image {image_id}: no Height/Width columns to decode its masks, and no "
+                                          f"image {image_id}.png beside the CSV (DSB layout) to take its size from")
+        shape = image_size(beside)
+    try:
+        return rles_to_labels([r["EncodedPixels"] for r in rs if r["EncodedPixels"].strip()], shape)
+    except ValueError as exc:
+        raise HemasegInputError(path, f"image {image_id}: {exc}") from None
 
 
 @converter("dsb", "labels")
@@ -263,8 +275,9 @@ def labels_to_rle(inp: Path, out: Path, failed: list[dict] | None = None) -> int
 
 @converter("rle", "labels")
 def rle_to_labels(inp: Path, out: Path, failed: list[dict] | None = None) -> int:
-    """Kaggle RLE CSV -> OUT/<ImageId>.png uint16 instance labels."""
-    items = read_rle_csv(inp)
+    """Kaggle RLE CSV -> OUT/<ImageId>.png uint16 instance labels (an image whose rows cannot be decoded is listed
+    in ``failed``, the others written)."""
+    items = read_rle_csv(inp, failed)
     for image_id in items:  # each a plain file name in OUT: '../x' or 'a/b' would write outside it
         if not image_id or Path(image_id).name != image_id or image_id in (".", ".."):
             raise HemasegInputError(inp, f"ImageId {image_id!r} is no plain file name; nothing written")
