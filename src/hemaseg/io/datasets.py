@@ -265,7 +265,8 @@ def read_dsb_masks(masks: str | Path, shape: tuple[int, int] | None = None) -> n
 
     Nuclei are numbered in file-name order (numbered names ``<id>_<k>.png``, as ``hemaseg convert --to dsb``
     writes them, in the order of ``k``: 2 before 10, so a label map comes back with its own numbers); a pixel
-    claimed by two masks (never in the fixed DSB data) goes to the later one.
+    claimed by two masks (never in the fixed DSB data) goes to the later one, said in a warning with the masks that
+    lost every pixel so (a walkthrough's nucleus inside a later one, and a duplicated mask, went unsaid).
     """
     masks = Path(masks)
     files = sorted(p for p in masks.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if masks.is_dir() else []
@@ -274,13 +275,21 @@ def read_dsb_masks(masks: str | Path, shape: tuple[int, int] | None = None) -> n
     if not files and not masks.is_dir():
         raise HemasegInputError(masks, "masks folder not found")
     labels = None if shape is None else np.zeros(shape, np.uint16)
+    overlapping, drawn = 0, []
     for i, f in enumerate(files, 1):
-        m = read_mask(f, shape)
+        m = read_mask(f, shape) > 0
         if labels is None:
             labels = np.zeros(m.shape, np.uint16)
-        labels[m > 0] = i
+        overlapping += bool((labels[m] > 0).any())
+        drawn += [i] if m.any() else []
+        labels[m] = i
     if labels is None:
         raise HemasegInputError(masks, "no mask files and no image size to make an empty label image")
+    if overlapping:
+        lost = len(np.setdiff1d(drawn, labels))
+        logging.getLogger(__name__).warning(
+            "%s: %d mask(s) overlap an earlier one: the shared pixels go to the later mask%s", masks, overlapping,
+            f", and {lost} mask(s) wholly covered by later ones are lost" if lost else "")
     return labels
 
 
