@@ -191,6 +191,21 @@ def test_yolo_sources_split_and_leave_out(tmp_path):
     assert not (other / "split.json").exists()
 
 
+def test_a_leave_out_beside_a_dataset_naming_no_source_is_said(tmp_path, caplog):
+    """A --leave-out run given a VOC folder as well (BCCD's, a TXL source's own lab) trained on every photo of that
+    folder without a word: it names no source, so nothing of it is left out."""
+    import logging
+
+    from hemaseg.tasks.cells.train import prepare
+
+    root = _yolo(tmp_path / "txl", {"LabA": ["train", "train", "val"], "LabB": ["train", "val"]})
+    voc = _voc(tmp_path / "voc", n=3)
+    (tmp_path / "run").mkdir()
+    with caplog.at_level(logging.WARNING):
+        prepare([str(root), str(voc)], tmp_path / "run", 0, 0.2, ("LabB",))
+    assert f"{voc} names no source per photo" in caplog.text and "--leave-out LabB" in caplog.text, caplog.text
+
+
 def test_photo_scale_follows_the_red_cells():
     def entry(side, n=3):
         return {"masks": [{"class_name": "RBC", "bounding_box": {"x1": 0, "y1": 0, "x2": side, "y2": side}}] * n

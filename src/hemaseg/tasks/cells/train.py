@@ -269,6 +269,10 @@ def prepare(data: list[str], run: Path, seed: int, val_fraction: float, leave_ou
     if unknown:
         raise HemasegInputError(", ".join(map(str, data)), f"no photo of source {unknown[0]!r} to leave out "
                                                            f"(sources: {', '.join(sorted(sources_seen)) or 'none'})")
+    for root, found in found_by_root:  # its photos are trained on whatever lab they come from: said, not assumed
+        if leave_out and not any(e.get("source") for _, e in found):
+            log.warning("%s names no source per photo (a YOLO dataset's sources.csv): --leave-out %s leaves none of "
+                        "its photos out; leave the folder out if they are of that source", root, " ".join(leave_out))
     also_in_yolo = {Path(e["original_name"]).stem for _, found in found_by_root for _, e in found
                     if e.get("original_name")}
     items, val_set, test, left_out, duplicates, val_sources = [], set(), [], [], [], set()
