@@ -191,6 +191,26 @@ def test_an_existing_annotation_file_is_not_replaced_by_the_export(photos, tmp_p
     assert cvat.read_text().count("<image ") == 1
 
 
+def test_exported_names_of_photos_of_one_name_lie_under_one_folder(photos, tmp_path):
+    """A walkthrough (stop 70): photos of one name in batch/ and batch/b/ went into the COCO and CVAT files as
+    'x.png' beside 'b/x.png' and 'y.png' from batch/a/: no folder held every name, so `train --data` and COCO loaders
+    could not find them."""
+    import shutil
+
+    batch = tmp_path / "batch"
+    (batch / "a").mkdir(parents=True)
+    (batch / "b").mkdir()
+    shutil.copy(photos[0], batch / "x.png")
+    shutil.copy(photos[1], batch / "b" / "x.png")
+    shutil.copy(photos[2], batch / "a" / "y.png")
+    res = _run(batch, batch / "a", batch / "b", "--out", tmp_path / "o", "--coco", tmp_path / "c.json", "--cvat",
+               tmp_path / "c.xml")
+    assert res.exit_code == 0, res.output
+    names = [im["file_name"] for im in json.loads((tmp_path / "c.json").read_text())["images"]]
+    assert sorted(names) == ["a/y.png", "b/x.png", "x.png"] and all((batch / n).is_file() for n in names)
+    assert all(f'name="{n}"' in (tmp_path / "c.xml").read_text() for n in names)
+
+
 def test_a_library_batch_tiles_as_the_command_line_does():
     """A walkthrough (stop 70): BatchOptions() tiled at 2048 px where `hemaseg analyze` and hemaseg.analyze tile at
     DEFAULT_TILE; a 4000 px mosaic gave 999 cells one way, 1003 the other."""

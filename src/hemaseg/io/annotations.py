@@ -21,7 +21,7 @@ import math
 import os
 import re
 import xml.etree.ElementTree as ET
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 
 import cv2
@@ -241,31 +241,27 @@ def read_results(path: str | Path) -> list[dict]:
 
 def image_names(entries: list[dict], keep: bool = False) -> list[str]:
     """The name each entry's image goes by in a CVAT or COCO file: its file name, or, where two entries'
-    file names are the same (``a/x.jpg``, ``b/x.jpg``), as many of its folders as tell them apart
-    (``a/x.jpg``, ``b/x.jpg``), so that every annotation can be matched back to its photo. ``keep``: each
-    entry's ``filename`` as it is (``convert``: a dataset's own names, such as a YOLO folder's
-    ``images/train/x.png``, which a COCO loader finds from the dataset's root).
+    file names are the same (``a/x.jpg``, ``b/x.jpg``), every entry's path from the folder all of them lie in,
+    so that every annotation can be matched back to its photo, and one folder (where the file is put to train on
+    it) holds every name (the shortest telling suffixes left ``x.jpg`` in ``in/`` beside ``b/x.jpg`` in ``in/b``:
+    no root held both; a walkthrough). ``keep``: each entry's ``filename`` as it is (``convert``: a dataset's own
+    names, such as a YOLO folder's ``images/train/x.png``, which a COCO loader finds from the dataset's root).
 
     >>> image_names([{"filename": "in/a/x.jpg"}, {"filename": "in/b/x.jpg"}, {"filename": "in/a/y.jpg"}])
-    ['a/x.jpg', 'b/x.jpg', 'y.jpg']
+    ['a/x.jpg', 'b/x.jpg', 'a/y.jpg']
+    >>> image_names([{"filename": "in/x.jpg"}, {"filename": "in/b/x.jpg"}, {"filename": "in/y.jpg"}])
+    ['x.jpg', 'b/x.jpg', 'y.jpg']
     >>> image_names([{"filename": "images/train/x.png"}, {"filename": "images/val/y.png"}], keep=True)
     ['images/train/x.png', 'images/val/y.png']
     """
     if keep:
         return [str(e["filename"]).replace("\\", "/") for e in entries]
-    parts = [Path(e["filename"]).parts or ("",) for e in entries]
-    depth = [1] * len(parts)
-    for _ in range(max((len(p) for p in parts), default=1)):
-        names = ["/".join(p[-d:]) for p, d in zip(parts, depth)]
-        owners: dict[str, list[int]] = defaultdict(list)
-        for i, n in enumerate(names):
-            owners[n].append(i)
-        clash = [i for group in owners.values() if len(group) > 1 for i in group]
-        if not clash:
-            break
-        for i in clash:
-            depth[i] = min(depth[i] + 1, len(parts[i]))
-    return ["/".join(p[-d:]) for p, d in zip(parts, depth)]
+    names = [Path(str(e["filename"])).name for e in entries]
+    if len(set(names)) == len(names):
+        return names
+    paths = [os.path.abspath(str(e["filename"])) for e in entries]
+    root = os.path.commonpath([os.path.dirname(p) for p in paths])
+    return [os.path.relpath(p, root).replace(os.sep, "/") for p in paths]
 
 
 def entries_on_photos(entries: list[dict], photos: list) -> tuple[dict, list[dict], list[tuple[dict, list]]]:

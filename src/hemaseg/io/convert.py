@@ -375,8 +375,8 @@ def read_annotations(path: str | Path, failed: list[dict] | None = None) -> tupl
 def _check_entries(fmt: str, entries: list[dict], keep_names: bool = False) -> None:
     """Refuse, before anything is written, what the writers would get wrong: an image without a size, and two
     images of one name (YOLO and label maps keep file names only, so ``train/x.png`` and ``val/x.png`` would
-    collide; CVAT and COCO keep the input's names (``keep_names``) or as many folders as tell them apart
-    (:func:`image_names`), so only two entries of one whole name collide there)."""
+    collide; CVAT and COCO keep the input's names (``keep_names``) or, where file names repeat, the paths from the
+    folder every image lies in (:func:`image_names`), so only two entries of one whole name collide there)."""
     seen: dict[str, str] = {}  # output name -> the image it is written for
     classes_of: dict[str, str] = {}  # labels: <stem>_classes -> the image whose class map it is
     keeps_folders = fmt in ("cvat", "coco", "coco-rle")
