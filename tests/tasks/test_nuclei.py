@@ -372,6 +372,34 @@ def test_a_given_nucleus_diameter_above_the_trained_sizes_brings_the_image_to_th
         assert [round(f, 2) for f in factors] == [want], (given, factors)
 
 
+def test_a_fine_tune_validates_with_the_thresholds_its_card_carries(tmp_path, tiny_nuclei_model, monkeypatch):
+    """A nuclei walkthrough (stop 70): a fine-tune's card carried its start's seed threshold 0.4, but its epochs and
+    its start were scored with the defaults (seed 0.5, 8 px): the card's figures were not what evaluate gives."""
+    import torch
+
+    import hemaseg.tasks.nuclei as nuc
+    from hemaseg.engine.predict import get_model
+    from hemaseg.models.registry import save_model
+
+    module, card = get_model(str(tiny_nuclei_model))
+    start = save_model(module, tmp_path / "start", {**card, "postprocess": {"seed_threshold": 0.35,
+                                                                            "min_nucleus_fraction": 0.5}})[0]
+    seen = set()
+    real = nuc.nuclei_instances
+    monkeypatch.setattr(nuc, "nuclei_instances", lambda probs, min_area=8, **kw: seen.add(
+        (kw.get("seed_threshold"), min_area)) or real(probs, min_area, **kw))
+    root = make_dsb(tmp_path / "dsb", n=4)
+    torch.manual_seed(0)
+    res = runner.invoke(app, ["train", "nuclei", "--data", str(root), "--out", str(tmp_path / "run"), "--init",
+                              str(start), "--epochs", "1", "--crop", "32", "--batch-size", "2", "--samples-per-epoch",
+                              "2", "--val-fraction", "0.5"])
+    assert res.exit_code == 0, res.output
+    out = json.loads((tmp_path / "run" / "model.json").read_text())
+    assert out["postprocess"]["seed_threshold"] == 0.35
+    diameter = json.loads((tmp_path / "run" / "state.json").read_text())["cell_diameter"]
+    assert seen == {(0.35, nuc._min_area(diameter, nuc.NUCLEI.params(out)))}, seen
+
+
 def test_train_and_evaluate_nuclei(tmp_path, caplog):
     import shutil
 

@@ -665,7 +665,7 @@ def start_record(task, cfg, run: Path, model, card: dict, probs_of, val_items: l
     if val_items:
         states = (torch.get_rng_state(), np.random.get_state(), random.getstate())
         model.eval()
-        val = task.validate(probs_of, val_items, cfg, data_card)
+        val = task.validate(probs_of, val_items, cfg, {**data_card, "postprocess": record["postprocess"]})
         torch.set_rng_state(states[0])
         np.random.set_state(states[1])
         random.setstate(states[2])
@@ -828,6 +828,9 @@ def fit(task, cfg: TrainConfig | None, run: str | Path, resume: bool = False, pr
         if (state.get("start") or {}).get("not_kept"):  # said in the card, not dropped without a word
             card["training"]["postprocess_not_kept"] = {k: f"fitted to the outputs of {cfg.init}, not this model's"
                                                         for k in state["start"]["not_kept"]}
+    # validation scores each epoch with the thresholds the run's card will carry, as its start was scored (a nuclei
+    # fine-tune chose its epoch, and wrote its card's figures, with the defaults while it ships its start's)
+    data_card = {**data_card, "postprocess": card.get("postprocess") or {}}
 
     for epoch in epochs_to_run(state, cfg.epochs, max_epochs_this_call):
         t0 = time.time()

@@ -578,10 +578,17 @@ class NucleiTask(Task):
     def validate(self, probs_of, items: list, cfg, data_card: dict) -> dict[str, float]:
         """Pooled DSB score / AP@0.5 / AP@0.75, the same per modality (``dsb_brightfield`` ...), and
         ``dsb_modalities``, the mean of the per-modality DSB scores of the modalities it trains on
-        (every one unless ``cfg.stratum_weights`` gives some none)."""
+        (every one unless ``cfg.stratum_weights`` gives some none). Nuclei are found with the post-processing
+        the run's card carries (``data_card["postprocess"]``: a fine-tune's start's), the smallest kept as
+        :func:`segment_nuclei` keeps it, so the card's figures are what ``evaluate`` gives at the same scale."""
+        p = self.params({"postprocess": data_card.get("postprocess") or {}})
+        find = partial(nuclei_instances, min_area=_min_area(float(data_card.get("cell_diameter") or
+                                                                  p.fallback_diameter), p),
+                       seed_threshold=p.seed_threshold, fg_threshold=p.fg_threshold,
+                       depth_threshold=p.depth_threshold, depth_h=p.depth_h)
         scores, kinds = [], []
         for image, target in items:
-            s = dsb_scores(nuclei_instances(probs_of(image)), target)
+            s = dsb_scores(find(probs_of(image)), target)
             scores.append({k: s[k] for k in ("dsb", "ap50", "ap75")})
             kinds.append(modality(image))
         if not scores:
