@@ -28,7 +28,7 @@ from hemaseg.engine.task import Task, param_value, params_help
 from hemaseg.engine.tiling import DEFAULT_TILE
 from hemaseg.engine.train import RUN_FILES, has_checkpoint, hold_run, prepare_run, remove_run_files
 from hemaseg.errors import HemasegError, HemasegInputError, HemasegUsageError
-from hemaseg.io.annotations import entries_on_photos, hemaseg_coco
+from hemaseg.io.annotations import entries_on_photos
 from hemaseg.io.convert import CONVERTERS, read_annotations
 from hemaseg.io.convert import convert as run_convert
 from hemaseg.io.datasets import IMAGE_DIRS, MASK_DIRS, label_images_among
@@ -213,28 +213,42 @@ def _out_apart_from_inputs(images, out: Path, recursive: bool = False, paths=())
                                          "replace them; write to another folder")
 
 
-def _keep_existing_export(path: Path, option: str, overwrite: bool, resume: bool) -> None:
-    """Refuse an existing --cvat/--coco file of analyze unless --overwrite, or --resume and a COCO file hemaseg
-    wrote (a walkthrough's ``--coco lab/annotations.json`` replaced the lab's annotations with predictions)."""
-    if not path.is_file() or overwrite or (resume and option == "--coco" and hemaseg_coco(path)):
-        return
-    hint = ("remove it first" if resume else "--overwrite to replace it")
-    raise HemasegUsageError(option, f"{path} exists and would be replaced (a lab's annotations?); give another file "
-                                    f"name, or {hint}")
+def _keep_existing_export(path: Path, option: str, overwrite: bool) -> None:
+    """Refuse an existing --cvat/--coco file of analyze unless --overwrite (a walkthrough's ``--coco
+    lab/annotations.json`` replaced the lab's annotations with predictions; whether a COCO file is an earlier
+    export of this batch no field tells: ``convert`` and ``serve`` write the same)."""
+    if path.is_file() and not overwrite:
+        raise HemasegUsageError(option, f"{path} exists and would be replaced (a lab's annotations?); give another "
+                                        "file name, or --overwrite (not with --resume) to start afresh and replace it")
 
 
-def _say_unsearched(images) -> None:
+UNSEARCHED_CAP = 1000  # image files counted in sub-folders before saying "1000+" (a network share's tree is slow)
+
+
+def _say_unsearched(images, out: Path | None = None) -> None:
     """One line for each folder among ``images`` with images at its top whose sub-folders hold more, which are not
     searched (a walkthrough's `analyze batch` did its 18 top photos and passed over the 25 in batch/a, batch/b unsaid;
-    with none at the top :func:`_none_found` says so)."""
+    with none at the top :func:`_none_found` says so). The ``out`` folder (this command's outputs) is not counted,
+    nor links to folders; one example is named, so that outputs of earlier runs are told from photos."""
+    skip = real_path(out) if out is not None else None
     for item in images:
-        if not Path(item).is_dir():
+        if not Path(item).is_dir() or not expand_inputs([item]):
             continue
-        top = len(expand_inputs([item]))
-        deeper = len(expand_inputs([item], True)) - top if top else 0
-        if deeper:
-            typer.echo(f"{item}: {deeper} image file(s) in its sub-folders are not searched; give those folders too, "
-                       f"or quote a glob such as '{Path(item) / '**' / '*.jpg'}'", err=True)
+        n, example = 0, None
+        for root, dirs, files in os.walk(item):
+            dirs[:] = sorted(d for d in dirs if skip is None or real_path(Path(root) / d) != skip)
+            if Path(root) == Path(item):
+                continue
+            for f in sorted(files):
+                if Path(f).suffix.lower() in IMAGE_SUFFIXES:
+                    n += 1
+                    example = example or Path(root) / f
+            if n >= UNSEARCHED_CAP:
+                break
+        if n:
+            typer.echo(f"{item}: {n}{'+' if n >= UNSEARCHED_CAP else ''} image file(s) in its sub-folders (e.g. "
+                       f"{example}) are not searched; give those folders too if they hold photos, or quote a glob "
+                       f"such as '{Path(item) / '**' / '*.jpg'}'", err=True)
 
 
 def _none_found(images) -> str:
@@ -451,7 +465,7 @@ def analyze(
     for option, path in (("--cvat", cvat), ("--coco", coco)):
         if path is not None:
             check_output(path, option, folder=False)
-            _keep_existing_export(path, option, overwrite, resume)
+            _keep_existing_export(path, option, overwrite)
     dev = _device(device)
     check_backend(backend)
     for option, name, task in (("--model", model, "cells"), ("--type-model", type_model, "wbc-type")):
@@ -476,7 +490,7 @@ def analyze(
     if not paths:
         _fail(" ".join(images), _none_found(images))
         raise typer.Exit(1)
-    _say_unsearched(images)
+    _say_unsearched(images, out)
     in_parts = next((p for p in paths if (out / BATCH_PARTS).resolve() in real_path(p).parents), None)
     if in_parts is not None:  # --overwrite deleted it with the batch's parts
         raise HemasegUsageError("--out", f"the photo {in_parts} lies in {out / BATCH_PARTS}, where the batch keeps "
@@ -593,7 +607,7 @@ def segment(
     if not paths:
         _fail(" ".join(images), _none_found(images))
         raise typer.Exit(1)
-    _say_unsearched(images)
+    _say_unsearched(images, out)
     endings = [f"{s}.png" for s in spec.label_suffixes] + [".json"] + (["_overlay.png"] if overlay else [])
     stems = _stems(paths, out, endings)
     out.mkdir(parents=True, exist_ok=True)
@@ -1210,7 +1224,7 @@ def crop(
     if not paths:
         _fail(" ".join(images), _none_found(images))
         raise typer.Exit(1)
-    _say_unsearched(images)
+    _say_unsearched(images, out)
     _out_apart_from_inputs(images, out, paths=paths)  # crops and crops.csv would lie among the photos
     inside = [p for p in paths if real_path(p).is_relative_to((out / "unknown").resolve())]
     if inside:  # a crop written there could replace it before it is read
@@ -1284,7 +1298,7 @@ def _crop_typed(images: List[str], types: Path, out: Path, margin: float) -> Non
     if not paths:
         _fail(" ".join(images), _none_found(images))
         raise typer.Exit(1)
-    _say_unsearched(images)
+    _say_unsearched(images, out)
     _out_apart_from_inputs(images, out, paths=paths)
 
     def folder_of(record: dict) -> str | None:
@@ -1407,7 +1421,8 @@ def _without_label_images(images, paths: list) -> list:
     """``paths`` without the label images a folder or glob brought in (``X_mask.png`` beside ``X.jpg``: a lab's
     training folder), said once on stderr; a label image given by name is kept."""
     named = {real_path(p) for p in images if Path(p).is_file()}
-    labels = [p for p in label_images_among(paths) if real_path(p) not in named]
+    labels = [p for p in label_images_among(paths, tuple(p for p in images if Path(p).is_dir()))
+              if real_path(p) not in named]
     if labels:
         typer.echo(f"{len(labels)} label image(s) left out, each a photo's mask by its name or its masks folder "
                    f"(e.g. {labels[0]}): give one by name to segment it", err=True)

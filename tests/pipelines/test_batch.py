@@ -175,7 +175,6 @@ def test_an_existing_annotation_file_is_not_replaced_by_the_export(photos, tmp_p
     truth.write_text('{"images": [], "annotations": [], "categories": []}')
     cvat = tmp_path / "lab.xml"
     cvat.write_text("<annotations/>")
-    kept = truth.read_bytes()
     for option, path in (("--coco", truth), ("--cvat", cvat)):
         before = path.read_bytes()
         res = _run(photos[0], "--out", tmp_path / "o", option, path)
@@ -183,10 +182,11 @@ def test_an_existing_annotation_file_is_not_replaced_by_the_export(photos, tmp_p
         assert path.read_bytes() == before and not (tmp_path / "o").exists()
     out = tmp_path / "o2"
     assert _run(photos[0], "--out", out, "--coco", tmp_path / "mine.json").exit_code == 0
-    # a --resume may replace the COCO file hemaseg wrote, never a lab's; --overwrite replaces either
-    assert _run(photos[0], photos[1], "--out", out, "--coco", tmp_path / "mine.json", "--resume").exit_code == 0
-    res = _run(photos[0], photos[1], "--out", out, "--coco", truth, "--resume")
-    assert res.exit_code == 2 and "remove it first" in res.output and truth.read_bytes() == kept
+    # a --resume replaces none (a COCO file hemaseg's convert wrote is no export of this batch); --overwrite does
+    for path in (tmp_path / "mine.json", truth):
+        before = path.read_bytes()
+        res = _run(photos[0], photos[1], "--out", out, "--coco", path, "--resume")
+        assert res.exit_code == 2 and "--overwrite (not with --resume)" in res.output and path.read_bytes() == before
     assert _run(photos[0], "--out", out, "--cvat", cvat, "--overwrite").exit_code == 0
     assert cvat.read_text().count("<image ") == 1
 
@@ -234,6 +234,11 @@ def test_a_batch_of_no_photo_done_does_not_block_the_next(photos, tmp_path):
     assert [Path(e["filename"]).name for e in read_results(out / "results.json")] == ["a.png"]
     res = _run(photos[1], "--out", out)  # one photo done: refused as before
     assert res.exit_code == 2 and "already holds an analysis (1 photo(s) done)" in res.output
+    busy = tmp_path / "busy"  # a batch still at (or killed at) its first photo: no results.json yet (a review)
+    (busy / PARTS).mkdir(parents=True)
+    (busy / PARTS / "run.json").write_text("{}")
+    res = _run(photos[0], "--out", busy)
+    assert res.exit_code == 2 and "already holds an analysis (0 photo(s) done)" in res.output, res.output
 
 
 def test_a_missing_model_is_named_by_its_option(photos, tmp_path):

@@ -798,6 +798,17 @@ def test_an_unreadable_photo_is_named_and_left_out_and_an_unannotated_coco_image
     assert [Path(f["image"]).name for f in failed] == ["B_1.jpg"] and "not an image" in failed[0]["reason"], failed
     with pytest.raises(HemasegInputError):
         find_annotated_photos(root)
+    # one cut short past its header (a review): named and left out of training, the run goes on
+    from hemaseg.tasks.cells.train import prepare
+
+    short = _voc(tmp_path / "short", n=4)
+    good = (short / "JPEGImages" / "B_2.jpg").read_bytes()
+    (short / "JPEGImages" / "B_2.jpg").write_bytes(good[: len(good) // 3])
+    (tmp_path / "run").mkdir()
+    unusable: list[dict] = []
+    train, val = prepare([str(short)], tmp_path / "run", 0, 0.5, (), unusable)
+    assert [Path(f["image"]).name for f in unusable] == ["B_2.jpg"], unusable
+    assert sorted(p.name for p, _ in train + val) == ["B_0.jpg", "B_1.jpg", "B_3.jpg"]
     from PIL import Image
 
     coco = tmp_path / "coco"

@@ -260,7 +260,10 @@ def image_names(entries: list[dict], keep: bool = False) -> list[str]:
     if len(set(names)) == len(names):
         return names
     paths = [os.path.abspath(str(e["filename"])) for e in entries]
-    root = os.path.commonpath([os.path.dirname(p) for p in paths])
+    try:
+        root = os.path.commonpath([os.path.dirname(p) for p in paths])
+    except ValueError:  # no folder holds them all (two Windows drives): each named whole
+        return [p.replace(os.sep, "/") for p in paths]
     return [os.path.relpath(p, root).replace(os.sep, "/") for p in paths]
 
 
@@ -486,20 +489,6 @@ def coco_labels(path: str | Path) -> list[str]:
         return [c["name"] for c in sorted(cats, key=lambda c: (1, str(c["id"])) if _id_text(c["id"]) else (0, c["id"]))]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise HemasegInputError(path, f"not a COCO JSON with images and categories ({exc})") from None
-
-
-def hemaseg_coco(path: str | Path) -> bool:
-    """``path`` is a COCO JSON hemaseg wrote (its ``info`` says so: :func:`to_coco`), which a new export of the same
-    batch may replace; a lab's own annotations are not.
-
-    >>> hemaseg_coco("no-such-file.json")
-    False
-    """
-    try:
-        info = json.loads(Path(path).read_text(encoding="utf-8")).get("info")
-    except (OSError, ValueError, AttributeError):
-        return False
-    return isinstance(info, dict) and info.get("description") == "hemaseg"
 
 
 def read_coco(path: str | Path, failed: list[dict] | None = None) -> list[dict]:

@@ -47,12 +47,13 @@ def _strip_mask_suffix(stem: str) -> str | None:
     return None
 
 
-def label_images_among(paths: list) -> list:
+def label_images_among(paths: list, given_folders: tuple = ()) -> list:
     """The paths that are a photo's label image by name: ``X_mask.png`` (any of :data:`MASK_SUFFIXES`) whose
     photo ``X`` (any image suffix) lies beside it among ``paths`` (a lab's own training folder given to
     ``segment``: its masks were segmented as photos), and a grey PNG or TIFF beside a colour image of its stem
     (wbc-seg's ``NNN.bmp`` and ``NNN.png``), and the images in a masks folder beside an images folder (a DSB
-    folder's ``ID/masks/*.png`` beside ``ID/images/``: a quoted ``'stage1_train/**/*.png'`` segmented them). A ``_mask`` file without its photo is no
+    folder's ``ID/masks/*.png`` beside ``ID/images/``: a quoted ``'stage1_train/**/*.png'`` segmented them),
+    unless that masks folder is one of ``given_folders`` (named by the user: ``segment lab/masks``). A ``_mask`` file without its photo is no
     one's label.
 
     >>> label_images_among([Path("d/a.jpg"), Path("d/a_mask.png"), Path("d/b_gt.png"), Path("e/a_label.png")])
@@ -69,8 +70,10 @@ def label_images_among(paths: list) -> list:
         grey = [Path(p).suffix.lower() in (".png", ".tif", ".tiff") and _is_grey(Path(p)) for p in group]
         if not all(grey):  # the grey one beside a photo (a colour palette PNG, an unreadable header: no label)
             labels += [p for p, g in zip(group, grey) if g]
+    named = {Path(f).resolve() for f in given_folders}
     labels += [p for p in paths if Path(p).parent.name.lower() in MASK_DIRS
-               and any((Path(p).parent.parent / d).is_dir() for d in IMAGE_DIRS)]
+               and any((Path(p).parent.parent / d).is_dir() for d in IMAGE_DIRS)
+               and Path(p).parent.resolve() not in named]
     out = set(labels)
     return [p for p in paths if p in out]
 

@@ -175,7 +175,8 @@ def is_done(out: Path, stem: str, path: Path) -> bool:
 def prepare_batch(out: str | Path, opts: BatchOptions, resume: bool = False, overwrite: bool = False,
                   photos: list[Path] | None = None) -> bool:
     """Check ``out`` before a batch, as ``hemaseg train`` checks its run folder: a new batch may not
-    go into a folder holding one with a photo done (:class:`HemasegUsageError` naming ``--out``) unless ``overwrite``,
+    go into a folder holding one (:class:`HemasegUsageError` naming ``--out``; one that ended with no photo done is
+    replaced) unless ``overwrite``,
     which deletes that batch's files (parts, overlays, results.json, counts.csv, report.html);
     ``resume`` continues it, with the options it was started with (a different one is refused,
     naming ``--resume``, and so are ``photos`` that leave out one the batch has analysed: its results would
@@ -224,7 +225,9 @@ def prepare_batch(out: str | Path, opts: BatchOptions, resume: bool = False, ove
         remove_temps(parts)
         return True
     n = sum(1 for p in parts.glob("*.json") if p.name != RUN_FILE) if held else 0
-    if held and not overwrite and n:  # (a batch of no photo done, e.g. its one path mistyped, loses nothing: replaced)
+    # a batch that ended with no photo done (its one path mistyped) loses nothing: replaced; one still at its first
+    # photo (no results.json yet) or killed there is not (another run took over a running batch's folder)
+    if held and not overwrite and (n or not (out / "results.json").exists()):
         raise HemasegUsageError("--out", f"{out} already holds an analysis ({n} photo(s) done); continue it with "
                                          "--resume or start afresh with --overwrite")
     if held:

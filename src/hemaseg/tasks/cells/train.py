@@ -290,10 +290,17 @@ def prepare(data: list[str], run: Path, seed: int, val_fraction: float, leave_ou
             if not entry.get("split") and path.stem in also_in_yolo:
                 duplicates.append(str(path))
                 continue
+            try:  # each photo read whole once: one truncated past its header stopped the run later (a review)
+                image = read_image(path)
+            except HemasegInputError as exc:
+                log.warning("%s: %s; left out of training", path, exc.reason)
+                if unusable is not None:
+                    unusable.append({"image": str(path), "reason": exc.reason})
+                continue
             boxes = [m for m in entry["masks"] if is_box(m)]
             if boxes:  # each box is cut to the cell inside it (BCCD's photos, or a CVAT <box> beside polygons: it
                 # was trained as a filled rectangle with its background corners); outlines are kept as drawn
-                cut = pseudo_masks(read_image(path), {**entry, "masks": boxes})
+                cut = pseudo_masks(image, {**entry, "masks": boxes})
                 entry = {**cut, "masks": [m for m in entry["masks"] if not is_box(m)] + cut["masks"]}
             items.append((path, {**entry, "filename": path.name}))
             if (names is not None and path.stem in names) or entry.get("split") == "val":
