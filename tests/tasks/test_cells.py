@@ -688,6 +688,35 @@ def test_evaluate_cells_scores_the_other_photos_beside_a_corrupt_one_and_says_wh
         assert res.exit_code == 1 and "f1.txt" in res.output and "bad.png" in res.output, (how, res.output)
 
 
+def test_found_boxes_are_grown_as_the_training_boxes_were_unless_told_not_to(tmp_path):
+    """An evaluate check (stop 70): found platelets' boxes, grown 1.57x as BCCD drew its boxes, never reached IoU 0.5
+    with a lab's tight boxes (platelet AP 0.007 against 0.768), and nothing said so or turned it off."""
+    from typer.testing import CliRunner
+
+    from hemaseg.cli import app
+    from hemaseg.engine.predict import get_model
+    from hemaseg.io.images import read_image
+    from hemaseg.tasks.cells.infer import CellsParams, segment_cells
+
+    root = _yolo_photos(tmp_path / "y", {"val/f0": GOOD})
+    base = ["evaluate", "cells", "--data", str(root), "--split", "val", "--grid", str(tmp_path / "w.png")]
+    res = CliRunner().invoke(app, base)
+    assert res.exit_code == 0 and "platelet x1.5" in res.output and "--post grow_boxes=false" in res.output, res.output
+    res = CliRunner().invoke(app, [*base, "--post", "grow_boxes=false"])
+    assert res.exit_code == 0 and "grow_boxes" not in res.output, res.output
+    image = read_image(root / "images" / "val" / "f0.png")
+    grown, tight = (segment_cells(image, params=CellsParams(grow_boxes=g)).objects for g in (True, False))
+    assert get_model("cells")[1]["box_scale"]["rbc"] > 1.05 and grown and len(grown) == len(tight)
+    wider = 0
+    for g, t in zip(grown, tight):
+        xs, ys = [x for x, _ in t["vertices"]], [y for _, y in t["vertices"]]
+        tb, gb = t["bounding_box"], g["bounding_box"]
+        assert abs(tb["x1"] - min(xs)) <= 1 and abs(tb["y2"] - max(ys)) <= 1  # the cell's own extent
+        assert gb["x1"] <= tb["x1"] and gb["x2"] >= tb["x2"]  # grown (up to the frame)
+        wider += (gb["x2"] - gb["x1"]) > (tb["x2"] - tb["x1"]) + 2
+    assert wider
+
+
 def test_evaluate_cells_grid_draws_the_worst_photos_with_their_boxes(tmp_path, monkeypatch):
     """--grid was accepted and ignored for cells: a PNG of the worst photos (lowest AP@0.5 of the photo), true and
     found boxes drawn; refused (exit 2, nothing written) over a photo or a COCO JSON it reads, or over --json."""

@@ -102,6 +102,10 @@ class CellsParams:
         leave-one-source-out runs on the sources each trained on: the largest of 0.3-0.6 that drops
         no matched WBC; WBC count exact on 825 of 835 fields against 823). Low-scoring WBC calls on a
         source the model never saw were mostly red cells and pieces of WBCs.
+    grow_boxes : each found cell's box is drawn as the model's training annotations drew theirs (the card's
+        ``box_scale``: BCCD boxes platelets ~1.57x their extent), so it compares with such boxes; False: the
+        cell's own extent, for a lab whose boxes are drawn tight (a platelet box grown 1.57x never reaches
+        IoU 0.5 with a tight one: a walkthrough's tight boxes scored platelet AP 0.007 against 0.768).
 
     Examples
     --------
@@ -126,6 +130,7 @@ class CellsParams:
     split_depth: float = 0.1
     split_neck: float = 0.0
     split_min_piece: float = 0.4
+    grow_boxes: bool = True
 
     # Each number's allowed range (inclusive; None: open), checked by ``--post`` and ``params=``.
     CHECKS: ClassVar[dict] = {"platelet_rescore": lambda v: check_rescore(v)}  # knobs checked beyond their type
@@ -626,7 +631,7 @@ def segment_cells(image: np.ndarray, model="cells", cell_diameter: float | None 
     if low.any():
         labels, owner, ids = visible(np.where(low[labels], 0, labels).astype(np.int32), owner)
         scores = scores[ids - 1]
-    return _result(labels, owner, scores, probs, diameter, factor, card.get("box_scale"))
+    return _result(labels, owner, scores, probs, diameter, factor, card.get("box_scale") if p.grow_boxes else None)
 
 
 def red_cell_labels(image: np.ndarray, rbc_diameter: float, model="cells", device: str = "cpu",
@@ -740,7 +745,7 @@ def _segment_detector(image: np.ndarray, module, card: dict, cell_diameter: floa
     diameter = float(cell_diameter or trained / factor)
     drop_cut_by_frame(inst, owner, diameter, p)
     labels, owner, ids = visible(inst, owner)
-    return _result(labels, owner, scores[ids - 1], None, diameter, factor, card.get("box_scale"))
+    return _result(labels, owner, scores[ids - 1], None, diameter, factor, card.get("box_scale") if p.grow_boxes else None)
 
 
 def grow_box(box: tuple[float, float, float, float], scale: float, width: float, height: float
