@@ -309,6 +309,7 @@ def test_a_fine_tune_never_ends_worse_than_its_start(wbc_folder, tmp_path, caplo
     card = json.loads((tmp_path / "tuned" / "model.json").read_text())
     assert state["finished"] and card["metrics"]["epoch"] == 0 and "the start model" in card["training"]["shipped"]
     assert "no epoch beat the start" in caplog.text, caplog.text
+    assert "evaluate wbc --data DATA --model RUN --split RUN/split.json" in card["metrics"]["note"]  # (a walkthrough)
     assert card["cell_diameter"] == first_card["cell_diameter"]  # shipped with its own working scale (a review)
     # ... all of it, and what was fitted to it (a cells walkthrough, stop 68: the lab data's input_scale and box_scale
     # went with the start's weights, 31 red cells counted where the start counts 26, and the re-scorer was dropped)

@@ -256,9 +256,10 @@ def test_two_photos_of_one_name_keep_their_folders_in_cvat_and_coco():
 
     entries = [{"filename": f"in/{d}/x.jpg", "height": 4, "width": 4, "masks": []} for d in ("dupA", "dupB")]
     entries.append({"filename": "in/dupA/y.jpg", "height": 4, "width": 4, "masks": []})
-    assert [im["file_name"] for im in to_coco(entries)["images"]] == ["dupA/x.jpg", "dupB/x.jpg", "y.jpg"]
+    # (since stop 70 every photo's path from the folder all lie in: y.jpg alone named no folder that holds it)
+    assert [im["file_name"] for im in to_coco(entries)["images"]] == ["dupA/x.jpg", "dupB/x.jpg", "dupA/y.jpg"]
     names = [im.get("name") for im in ET.fromstring(to_cvat(entries).split("\n", 1)[1]).iter("image")]
-    assert names == ["dupA/x.jpg", "dupB/x.jpg", "y.jpg"]
+    assert names == ["dupA/x.jpg", "dupB/x.jpg", "dupA/y.jpg"]
 
 
 def test_conversion_and_scoring_edges_of_a_review(tmp_path, caplog):

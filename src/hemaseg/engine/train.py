@@ -714,6 +714,10 @@ def finish_run(run: Path, state: dict, cfg, model, card: dict, start: tuple | No
         say_start_shipped(card, state, cfg.init, start[2])
     else:
         model.load_state_dict(load_file(str(run / "best.safetensors")))
+    # (a walkthrough could not reproduce a lab's card's figures with evaluate, and no doc said why)
+    metrics["note"] = (f"val: the validation figures the checkpoint was chosen by, taken during training (the network "
+                       f"at each validation image's training scale), not the whole pipeline: `hemaseg evaluate "
+                       f"{card.get('task', 'TASK')} --data DATA --model RUN --split RUN/split.json` scores that")
     card["training"]["minutes"] = round(sum(h["seconds"] for h in state["history"]) / 60, 1)
     # what the bundled cards record (an export's README said "? epochs" for a run's model)
     card["training"]["epochs_run"] = len(state["history"])
