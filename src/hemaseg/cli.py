@@ -219,7 +219,8 @@ def _keep_existing_export(path: Path, option: str, overwrite: bool) -> None:
     export of this batch no field tells: ``convert`` and ``serve`` write the same)."""
     if path.is_file() and not overwrite:
         raise HemasegUsageError(option, f"{path} exists and would be replaced (a lab's annotations?); give another "
-                                        "file name, or --overwrite (not with --resume) to start afresh and replace it")
+                                        "file name, move it away, or --overwrite (not with --resume) to start afresh "
+                                        "and replace it")
 
 
 UNSEARCHED_CAP = 1000  # image files counted in sub-folders before saying "1000+" (a network share's tree is slow)

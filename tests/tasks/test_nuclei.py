@@ -396,6 +396,10 @@ def test_a_fine_tune_validates_with_the_thresholds_its_card_carries(tmp_path, ti
     assert res.exit_code == 0, res.output
     out = json.loads((tmp_path / "run" / "model.json").read_text())
     assert out["postprocess"]["seed_threshold"] == 0.35
+    typo = save_model(module, tmp_path / "typo", {**card, "postprocess": {"seed_treshold": 0.35}})[0]
+    res = runner.invoke(app, ["train", "nuclei", "--data", str(root), "--out", str(tmp_path / "run2"), "--init",
+                              str(typo), "--epochs", "1", "--crop", "32", "--batch-size", "2"])
+    assert res.exit_code == 2 and "--init" in res.output and "seed_treshold" in res.output, res.output
     diameter = json.loads((tmp_path / "run" / "state.json").read_text())["cell_diameter"]
     assert seen == {(0.35, nuc._min_area(diameter, nuc.NUCLEI.params(out)))}, seen
 

@@ -656,6 +656,11 @@ def start_record(task, cfg, run: Path, model, card: dict, probs_of, val_items: l
     except HemasegError:
         init_card = {}
     post = init_card.get("postprocess") or {}
+    if task.Params is not None:  # a name no parameter has: said now, naming the file (it failed at validation)
+        try:
+            task.params({"postprocess": post})
+        except HemasegError as exc:
+            raise HemasegUsageError("--init", f"{cfg.init}: {getattr(exc, 'reason', exc)}") from None
     record = {"postprocess": {k: v for k, v in post.items() if not isinstance(v, dict)},
               "not_kept": sorted(k for k, v in post.items() if isinstance(v, dict)),
               # shipped as it is should no epoch beat it: its working scale (cells: input_scale, box_scale), its
@@ -715,9 +720,10 @@ def finish_run(run: Path, state: dict, cfg, model, card: dict, start: tuple | No
     else:
         model.load_state_dict(load_file(str(run / "best.safetensors")))
     # (a walkthrough could not reproduce a lab's card's figures with evaluate, and no doc said why)
+    split = " --split RUN/split.json" if (run / "split.json").is_file() else ""  # (smear10 writes its val set)
     metrics["note"] = (f"val: the validation figures the checkpoint was chosen by, taken during training (the network "
                        f"at each validation image's training scale), not the whole pipeline: `hemaseg evaluate "
-                       f"{card.get('task', 'TASK')} --data DATA --model RUN --split RUN/split.json` scores that")
+                       f"{card.get('task', 'TASK')} --data DATA --model RUN{split}` scores that")
     card["training"]["minutes"] = round(sum(h["seconds"] for h in state["history"]) / 60, 1)
     # what the bundled cards record (an export's README said "? epochs" for a run's model)
     card["training"]["epochs_run"] = len(state["history"])

@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 
 PARTS = "parts"  # OUT/parts/<stem>.json: one per photo done; OUT/parts/run.json: the options of the batch
 RUN_FILE = "run.json"
+# cells post-processing knobs added after batches began recording them, with the value that keeps the behaviour they
+# were run with: a batch begun before one was added resumes (stop 70's grow_boxes was refused as "other options")
+ADDED_KNOBS = {"grow_boxes": True}
 BATCH_FILES = ("results.json", "counts.csv", "report.html")
 PART_FORMAT = 1
 
@@ -200,16 +203,24 @@ def prepare_batch(out: str | Path, opts: BatchOptions, resume: bool = False, ove
                                                 "start afresh with --overwrite")
         if "fingerprints" not in before:
             now.pop("fingerprints")  # a batch begun before they were recorded: its models' names alone
+        if isinstance(before.get("postprocess"), dict):  # knobs added since, as their old behaviour (not a change)
+            before["postprocess"] = {**ADDED_KNOBS, **before["postprocess"]}
         if "postprocess" not in before:  # begun by a hemaseg that did not record them: what they were is unknown
             raise HemasegUsageError("--resume", f"{out} was begun by an earlier hemaseg, which did not record its "
                                                 "post-processing (some defaults have changed since): start afresh "
                                                 "with --overwrite, or finish it with that hemaseg")
         if before != now:
             diff = [k for k in dict.fromkeys([*now, *(before or {})]) if not before or before.get(k) != now.get(k)]
-            raise HemasegUsageError("--resume", f"{out} was analysed with other options ("
-                                    + ", ".join(f"{k} {before.get(k) if before else '?'!r}, now {now.get(k)!r}"
-                                                for k in diff)
-                                    + "); give the same ones, or start afresh with --overwrite")
+            said = []
+            for k in diff:
+                if k == "postprocess" and isinstance(before.get(k), dict) and isinstance(now.get(k), dict):
+                    said += [f"{k}.{n} {before[k].get(n, '?')!r}, now {now[k].get(n, '?')!r}"  # the knobs apart only
+                             for n in dict.fromkeys([*now[k], *before[k]]) if before[k].get(n) != now[k].get(n)]
+                else:
+                    said.append(f"{k} {before.get(k) if before else '?'!r}, now {now.get(k)!r}")
+            raise HemasegUsageError("--resume", f"{out} was analysed with other options (" + ", ".join(said)
+                                    + "); give the same ones (a default changed by another hemaseg: finish it with "
+                                      "that one), or start afresh with --overwrite")
         if photos is not None:  # a photo analysed before must be given again, or the results would lose it
             given = {real_path(p) for p in photos}  # (a loop of links among them: one failed photo, later)
             lost = []

@@ -579,9 +579,10 @@ class NucleiTask(Task):
     def validate(self, probs_of, items: list, cfg, data_card: dict) -> dict[str, float]:
         """Pooled DSB score / AP@0.5 / AP@0.75, the same per modality (``dsb_brightfield`` ...), and
         ``dsb_modalities``, the mean of the per-modality DSB scores of the modalities it trains on
-        (every one unless ``cfg.stratum_weights`` gives some none). Nuclei are found with the post-processing
-        the run's card carries (``data_card["postprocess"]``: a fine-tune's start's), the smallest kept as
-        :func:`segment_nuclei` keeps it, so the card's figures are what ``evaluate`` gives at the same scale."""
+        (every one unless ``cfg.stratum_weights`` gives some none). Nuclei are found with the thresholds the
+        run's card carries (``data_card["postprocess"]``: a fine-tune's start's) and the smallest kept as
+        :func:`segment_nuclei` keeps it at the trained size; not the pipeline's size estimate nor its split of
+        touching nuclei at distance peaks (``evaluate`` runs those)."""
         p = self.params({"postprocess": data_card.get("postprocess") or {}})
         find = partial(nuclei_instances, min_area=_min_area(float(data_card.get("cell_diameter") or
                                                                   p.fallback_diameter), p),
