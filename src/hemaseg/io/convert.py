@@ -422,7 +422,7 @@ def _write_entries(fmt: str, entries: list[dict], out: Path, failed: list[dict] 
                    labels=(), keep_names: bool = False) -> int:
     """Write ``entries`` as ``fmt`` to ``out``. ``keep_names``: CVAT and COCO name each image by its entry's
     ``filename`` as it is (a dataset's own names: a YOLO folder's ``images/train/x.png``, found from its root),
-    not by the fewest folders that tell the images apart (hemaseg's results, whose names are the paths the photos
+    not by :func:`~hemaseg.io.annotations.image_names` (hemaseg's results, whose names are the paths the photos
     were given by)."""
     if not entries and failed:  # every file of the input failed (listed): nothing to write
         return 0
