@@ -656,9 +656,9 @@ def start_record(task, cfg, run: Path, model, card: dict, probs_of, val_items: l
     except HemasegError:
         init_card = {}
     post = init_card.get("postprocess") or {}
-    if task.Params is not None:  # a name no parameter has: said now, naming the file (it failed at validation)
-        try:
-            task.params({"postprocess": post})
+    if task.Params is not None:  # a name no parameter has among those kept: said now, naming the file (it failed
+        try:                     # at validation)
+            task.params({"postprocess": {k: v for k, v in post.items() if not isinstance(v, dict)}})
         except HemasegError as exc:
             raise HemasegUsageError("--init", f"{cfg.init}: {getattr(exc, 'reason', exc)}") from None
     record = {"postprocess": {k: v for k, v in post.items() if not isinstance(v, dict)},
