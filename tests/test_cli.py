@@ -738,6 +738,12 @@ def test_images_in_sub_folders_beside_top_level_ones_are_counted_as_not_searched
         assert res.exit_code == 0 and "2 image file(s) in its sub-folders" in res.output, res.output
     res = runner.invoke(app, ["segment", str(tmp_path / "photos" / "day1"), "--out", str(tmp_path / "o2")])
     assert res.exit_code == 0 and "not searched" not in res.output, res.output
+    (tmp_path / "p2" / "day1").mkdir(parents=True)  # its sub-folder given too (a folder, or a glob's files)
+    for name in ("top.png", "day1/a.png"):
+        Image.fromarray(np.full((40, 40, 3), 200, np.uint8)).save(tmp_path / "p2" / name)
+    for given in ([str(tmp_path / "p2" / "day1")], [str(tmp_path / "p2" / "day1" / "*.png")]):
+        res = runner.invoke(app, ["segment", str(tmp_path / "p2"), *given, "--out", str(tmp_path / "o3"), "--overlay"])
+        assert res.exit_code == 0 and "not searched" not in res.output, (given, res.output)
 
 
 def test_evaluate_scores_the_post_processing_a_lab_runs(tmp_path, wbc_folder):

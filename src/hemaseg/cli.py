@@ -226,22 +226,25 @@ def _keep_existing_export(path: Path, option: str, overwrite: bool) -> None:
 UNSEARCHED_CAP = 1000  # image files counted in sub-folders before saying "1000+" (a network share's tree is slow)
 
 
-def _say_unsearched(images, out: Path | None = None) -> None:
+def _say_unsearched(images, out: Path | None = None, paths=()) -> None:
     """One line for each folder among ``images`` with images at its top whose sub-folders hold more, which are not
     searched (a walkthrough's `analyze batch` did its 18 top photos and passed over the 25 in batch/a, batch/b unsaid;
-    with none at the top :func:`_none_found` says so). The ``out`` folder (this command's outputs) is not counted,
-    nor links to folders; one example is named, so that outputs of earlier runs are told from photos."""
-    skip = real_path(out) if out is not None else None
+    with none at the top :func:`_none_found` says so). The ``out`` folder (this command's outputs), folders given too
+    and the images among ``paths`` (given, or a glob's) are not counted, nor links to folders; one example is named,
+    so that outputs of earlier runs are told from photos."""
+    skip = {real_path(out)} if out is not None else set()
+    skip |= {real_path(Path(i)) for i in images if Path(i).is_dir()}
+    listed = {real_path(p) for p in paths}
     for item in images:
         if not Path(item).is_dir() or not expand_inputs([item]):
             continue
         n, example = 0, None
         for root, dirs, files in os.walk(item):
-            dirs[:] = sorted(d for d in dirs if skip is None or real_path(Path(root) / d) != skip)
+            dirs[:] = sorted(d for d in dirs if real_path(Path(root) / d) not in skip)
             if Path(root) == Path(item):
                 continue
             for f in sorted(files):
-                if Path(f).suffix.lower() in IMAGE_SUFFIXES:
+                if Path(f).suffix.lower() in IMAGE_SUFFIXES and real_path(Path(root) / f) not in listed:
                     n += 1
                     example = example or Path(root) / f
             if n >= UNSEARCHED_CAP:
@@ -491,7 +494,7 @@ def analyze(
     if not paths:
         _fail(" ".join(images), _none_found(images))
         raise typer.Exit(1)
-    _say_unsearched(images, out)
+    _say_unsearched(images, out, paths)
     in_parts = next((p for p in paths if (out / BATCH_PARTS).resolve() in real_path(p).parents), None)
     if in_parts is not None:  # --overwrite deleted it with the batch's parts
         raise HemasegUsageError("--out", f"the photo {in_parts} lies in {out / BATCH_PARTS}, where the batch keeps "
@@ -608,7 +611,7 @@ def segment(
     if not paths:
         _fail(" ".join(images), _none_found(images))
         raise typer.Exit(1)
-    _say_unsearched(images, out)
+    _say_unsearched(images, out, paths)
     endings = [f"{s}.png" for s in spec.label_suffixes] + [".json"] + (["_overlay.png"] if overlay else [])
     stems = _stems(paths, out, endings)
     out.mkdir(parents=True, exist_ok=True)
@@ -1225,7 +1228,7 @@ def crop(
     if not paths:
         _fail(" ".join(images), _none_found(images))
         raise typer.Exit(1)
-    _say_unsearched(images, out)
+    _say_unsearched(images, out, paths)
     _out_apart_from_inputs(images, out, paths=paths)  # crops and crops.csv would lie among the photos
     inside = [p for p in paths if real_path(p).is_relative_to((out / "unknown").resolve())]
     if inside:  # a crop written there could replace it before it is read
@@ -1299,7 +1302,7 @@ def _crop_typed(images: List[str], types: Path, out: Path, margin: float) -> Non
     if not paths:
         _fail(" ".join(images), _none_found(images))
         raise typer.Exit(1)
-    _say_unsearched(images, out)
+    _say_unsearched(images, out, paths)
     _out_apart_from_inputs(images, out, paths=paths)
 
     def folder_of(record: dict) -> str | None:
