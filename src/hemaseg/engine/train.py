@@ -656,12 +656,13 @@ def start_record(task, cfg, run: Path, model, card: dict, probs_of, val_items: l
     except HemasegError:
         init_card = {}
     post = init_card.get("postprocess") or {}
+    kept = {k: v for k, v in post.items() if not isinstance(v, dict)}
     if task.Params is not None:  # a name no parameter has among those kept: said now, naming the file (it failed
         try:                     # at validation)
-            task.params({"postprocess": {k: v for k, v in post.items() if not isinstance(v, dict)}})
+            task.params({"postprocess": kept})
         except HemasegError as exc:
             raise HemasegUsageError("--init", f"{cfg.init}: {getattr(exc, 'reason', exc)}") from None
-    record = {"postprocess": {k: v for k, v in post.items() if not isinstance(v, dict)},
+    record = {"postprocess": kept,
               "not_kept": sorted(k for k, v in post.items() if isinstance(v, dict)),
               # shipped as it is should no epoch beat it: its working scale (cells: input_scale, box_scale), its
               # thresholds and what was fitted to its outputs (the platelet re-scorer), not this data's

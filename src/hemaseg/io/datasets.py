@@ -53,8 +53,8 @@ def label_images_among(paths: list, given_folders: tuple = ()) -> list:
     ``segment``: its masks were segmented as photos), and a grey PNG or TIFF beside a colour image of its stem
     (wbc-seg's ``NNN.bmp`` and ``NNN.png``), and the images in a masks folder beside an images folder (a DSB
     folder's ``ID/masks/*.png`` beside ``ID/images/``: a quoted ``'stage1_train/**/*.png'`` segmented them),
-    unless that masks folder is one of ``given_folders`` (named by the user: ``segment lab/masks``). A ``_mask`` file without its photo is no
-    one's label.
+    unless that masks folder is one of ``given_folders`` (named by the user: ``segment lab/masks``). A ``_mask``
+    file without its photo is no one's label.
 
     >>> label_images_among([Path("d/a.jpg"), Path("d/a_mask.png"), Path("d/b_gt.png"), Path("e/a_label.png")])
     [PosixPath('d/a_mask.png')]

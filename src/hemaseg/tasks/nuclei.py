@@ -377,6 +377,12 @@ def measure_nuclei(instances: np.ndarray, min_area: int = 30, merged: float = 3.
     return measure_diameter(np.where(keep[instances], instances, 0), min_area=min_area)
 
 
+def _finder(p: NucleiParams):
+    """:func:`nuclei_instances` with ``p``'s thresholds (``segment_nuclei`` and training's validation alike)."""
+    return partial(nuclei_instances, seed_threshold=p.seed_threshold, fg_threshold=p.fg_threshold,
+                   depth_threshold=p.depth_threshold, depth_h=p.depth_h)
+
+
 def nuclei_factor(card: dict, diameter: float | None, given: bool = False) -> float:
     """Resize factor for nuclei of ``diameter`` px: 1 inside the sizes the model was trained on
     (5th-95th percentile of training nuclei times the scale augmentation's range), else what
@@ -459,8 +465,7 @@ def segment_nuclei(image: np.ndarray, model="nuclei", cell_diameter: float | Non
     prange = card_range(card, image)
     invert = bool(card.get("normalization", {}).get("invert_bright")) and is_bright_background(image, prange)
     trained = float(card.get("cell_diameter") or p.fallback_diameter)
-    find = partial(nuclei_instances, seed_threshold=p.seed_threshold, fg_threshold=p.fg_threshold,
-                   depth_threshold=p.depth_threshold, depth_h=p.depth_h)
+    find = _finder(p)
     factor = 1.0 if cell_diameter is None else nuclei_factor(card, cell_diameter, given=True)
     probs = None
     if cell_diameter is None:
@@ -584,10 +589,7 @@ class NucleiTask(Task):
         :func:`segment_nuclei` keeps it at the trained size; not the pipeline's size estimate nor its split of
         touching nuclei at distance peaks (``evaluate`` runs those)."""
         p = self.params({"postprocess": data_card.get("postprocess") or {}})
-        find = partial(nuclei_instances, min_area=_min_area(float(data_card.get("cell_diameter") or
-                                                                  p.fallback_diameter), p),
-                       seed_threshold=p.seed_threshold, fg_threshold=p.fg_threshold,
-                       depth_threshold=p.depth_threshold, depth_h=p.depth_h)
+        find = partial(_finder(p), min_area=_min_area(float(data_card.get("cell_diameter") or p.fallback_diameter), p))
         scores, kinds = [], []
         for image, target in items:
             s = dsb_scores(find(probs_of(image)), target)

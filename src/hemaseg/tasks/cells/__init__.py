@@ -136,7 +136,8 @@ class CellsTask(Task):
         # a run scored on its own training photos (a COCO or VOC folder has no split to say so)
         notes += own_training_note(model, loaded[1], [p for p, _ in photos], "photos")
         grown = {c: k for c, k in (loaded[1].get("box_scale") or {}).items() if abs(float(k) - 1.0) > 0.05}
-        if grown and (params or self.params(loaded[1])).grow_boxes and any(e["masks"] and is_box_only(e) for _, e in photos):
+        boxed = any(e["masks"] and is_box_only(e) for _, e in photos)
+        if grown and boxed and (params or self.params(loaded[1])).grow_boxes:
             notes.append("note: found cells' boxes are drawn as the model's training boxes were ("
                          + ", ".join(f"{c} x{float(k):.2f}" for c, k in sorted(grown.items()))
                          + " their extent); against boxes drawn tight, --post grow_boxes=false")

@@ -177,8 +177,8 @@ def _on_their_photos(pairs: list[tuple[Path, dict]], failed: list[dict] | None, 
                      ) -> list[tuple[Path, dict]]:
     """VOC/COCO boxes laid on the photos they annotate: a photo whose size is not the one its annotations give
     (resized after annotating: every box would lie elsewhere; it scored AP 0 without a word), and one that cannot be
-    read, is listed in ``failed`` and left out (without ``failed``: raised); a box partly outside the photo is clipped to it, one wholly outside
-    left out (both counted as cells, and said, before)."""
+    read, is listed in ``failed`` and left out (without ``failed``: raised); a box partly outside the photo is
+    clipped to it, one wholly outside left out (both counted as cells, and said, before)."""
     kept, clipped, outside = [], 0, 0
     for path, e in pairs:
         try:
