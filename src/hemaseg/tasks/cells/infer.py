@@ -98,10 +98,12 @@ class CellsParams:
         made platelet counts exact on more photos but cost platelet AP).
     wbc_min_score : U-Net backend: WBC calls whose score (the core's peak probability times the WBC
         share of the object's probability) is under this are dropped, not counted; 0 keeps them all.
-        0.6 chosen on in-source validation (TXL-PBC ``val`` fields, the bundled model and three
-        leave-one-source-out runs on the sources each trained on: the largest of 0.3-0.6 that drops
-        no matched WBC; WBC count exact on 825 of 835 fields against 823). Low-scoring WBC calls on a
-        source the model never saw were mostly red cells and pieces of WBCs.
+        0.4 chosen by nested leave-one-source-out (stop 71): the four runs that each left one TXL-PBC
+        source out, scored on every photo of it, at 0 / 0.3 / 0.4 / 0.5 / 0.6; the floor whose worst
+        run makes the most photos' WBC count exact (0.95 at 0.4; 0.84 at 0.6, stop 52's choice on
+        in-source validation, which emptied 10 BCDD photos of their WBC; 0.94 with none). Low-scoring
+        WBC calls on a source the model never saw are mostly red cells and pieces of WBCs, but real
+        WBCs of a pale lab score low too.
     grow_boxes : each found cell's box is drawn as the model's training annotations drew theirs (the card's
         ``box_scale``: BCCD boxes platelets ~1.57x their extent), so it compares with such boxes; False: the
         cell's own extent, for a lab whose boxes are drawn tight (a platelet box grown 1.57x never reaches
@@ -124,7 +126,7 @@ class CellsParams:
     frame_piece: float = 0.3
     platelet_rescore: dict | None = None
     platelet_min_score: float = 0.0
-    wbc_min_score: float = 0.6
+    wbc_min_score: float = 0.4
     split_area: float = 1.0
     split_spacing: float = 0.15
     split_depth: float = 0.1
