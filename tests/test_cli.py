@@ -8,6 +8,7 @@ from typer.testing import CliRunner
 
 from hemaseg.cli import app
 from hemaseg.models.registry import WEIGHTS_DIR
+from hemaseg.version import __version__
 
 runner = CliRunner()
 
@@ -119,6 +120,10 @@ def test_evaluate_json_and_grid(tmp_path, wbc_folder, tiny_model_path):
     assert 0.0 <= d["mean"]["dice_cell"] <= 1.0
     assert "MEAN (10 images)" in res.output
     assert Image.open(grid).size[0] > 100
+    run = d["run"]  # what was scored, by what: the file alone says it
+    assert run["task"] == "wbc" and run["data"] == [str(wbc_folder)] and run["model"] == str(tiny_model_path)
+    assert run["cell_diameter"] == 24 and run["split"] is None and run["method"] is None and run["post"] == []
+    assert run["hemaseg"] == __version__ and "model_versions" in run and run["date"][:2] == "20"
 
 
 def test_train_cli_and_resume(tmp_path, wbc_folder):

@@ -9,6 +9,7 @@ import os
 import shutil
 import sys
 from collections import Counter
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import List, Optional
 
@@ -39,7 +40,6 @@ from hemaseg.io.images import (
     image_size,
     list_images,
     open_image,
-    pixel_size_um,
     pixels_sha256,
     read_image,
     real_path,
@@ -60,7 +60,7 @@ from hemaseg.pipelines.batch import (
 )
 from hemaseg.pipelines.export import EXPORTERS
 from hemaseg.pipelines.export import export as run_export
-from hemaseg.pipelines.segment import CELL_DIAMETER_UM, REGION_TASKS, diameter_from_pixel_size
+from hemaseg.pipelines.segment import CELL_DIAMETER_UM, REGION_TASKS, diameter_from_pixel_size, file_pixel_size
 from hemaseg.progress import track
 from hemaseg.tasks import get_task, list_tasks
 from hemaseg.tasks.cells.infer import is_detector
@@ -625,7 +625,8 @@ def segment(
                                           "large (leave --overlay out)")
         diameter = cell_diameter
         if diameter is None and method is None:
-            diameter = diameter_from_pixel_size(spec.name, pixel_size if pixel_size is not None else pixel_size_um(path))
+            diameter = diameter_from_pixel_size(spec.name, pixel_size if pixel_size is not None
+                                                else file_pixel_size(path, spec.name))
         with backend_scope(backend):  # and any further model the task loads by name (smear10's WBC typer)
             seg = spec.predict(image, loaded, cell_diameter=diameter, device=dev, tile=tile or DEFAULT_TILE,
                                tta=tta, params=params, method=method)
@@ -1108,7 +1109,12 @@ def evaluate(
         typer.echo(note, err=True)
     for line in spec.table(res):
         typer.echo(line)
-    if json_out:
+    if json_out:  # what was scored, by what, when: a figure a lab files must say it
+        res["run"] = {"task": spec.name, "data": [str(d) for d in data], "split": None if split is None else str(split),
+                      "model": None if method else (model or spec.default_model), "method": method,
+                      "model_versions": None if method else card.get("versions"), "cell_diameter": cell_diameter,
+                      "post": list(post or []), "hemaseg": __version__,
+                      "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         write_json(json_out, nan_as_null(res))  # standard JSON: a score with nothing to score is null
     if grid is not None and _stamp(grid) not in (None, grid_before):  # (the default writes one unasked): say where
         typer.echo(f"{spec.grid_title}: {grid}", err=True)
