@@ -70,8 +70,10 @@ def test_pbc_typer_types_are_counted_and_platelets_recategorised(monkeypatch):
 
 def test_a_wbc_as_big_as_a_red_cell_is_no_platelet_whatever_the_typer_says(monkeypatch):
     """The typer called BCDD's neutrophils platelets: a found WBC at least 0.9 red cell across keeps its
-    category and takes its next most probable type, sure only when that type is once the platelet is
-    ruled out; a small one is still recategorised."""
+    category; a small one is still recategorised. One the typer holds more likely a platelet than not is
+    listed unsure, saying why (a walkthrough, stop 71: PBC's platelet photos, platelet 0.95, were counted
+    as sure neutrophils at 0.81, the rest renormalised); one it holds a platelet at under 0.5 takes its
+    next most probable type, sure only when that type is once the platelet is ruled out."""
     def probs_of(n):
         probs = np.full((n, 8), 0.01, np.float32)
         probs[:, CLASSES.index("platelet")] = 0.75
@@ -83,8 +85,22 @@ def test_a_wbc_as_big_as_a_red_cell_is_no_platelet_whatever_the_typer_says(monke
     _fake_models(monkeypatch, probs_of, diameters=(8.0, 19.0, 26.0))
     a = analyze_mod.analyze(_photo(), "x.png")
     assert [(m["category"], m["class_name"], m.get("unsure", False)) for m in a.entry["masks"]] == [
-        ("platelet", "platelet", False), ("wbc", "lymphocyte", False), ("wbc", "wbc", True)]
-    assert a.counts["wbc"] == 2 and a.counts["platelet"] == 1 and a.counts["lymphocyte"] == 1
+        ("platelet", "platelet", False), ("wbc", "wbc", True), ("wbc", "wbc", True)]
+    assert [m.get("unsure_reason") for m in a.entry["masks"]] == [
+        None, "typed platelet (0.75), too big for one", "typed platelet (0.75), too big for one"]
+    assert a.counts["wbc"] == 2 and a.counts["platelet"] == 1 and a.counts["lymphocyte"] == 0
+
+    def unsure_platelet(n):  # platelet 0.40 on top, lymphocyte 0.35: 0.58 once the platelet is ruled out
+        probs = np.full((n, 8), 0.25 / 6, np.float32)
+        probs[:, CLASSES.index("platelet")], probs[:, CLASSES.index("lymphocyte")] = 0.40, 0.35
+        return probs
+
+    _fake_models(monkeypatch, unsure_platelet, diameters=(8.0, 19.0, 26.0))
+    b = analyze_mod.analyze(_photo(), "x.png")
+    assert [(m["category"], m["class_name"], m.get("unsure", False)) for m in b.entry["masks"]] == [
+        ("wbc", "wbc", True), ("wbc", "lymphocyte", False), ("wbc", "lymphocyte", False)]  # the small: 0.40, unsure
+    c = analyze_mod.analyze(_photo(), "x.png", min_confidence=0.0)  # 0: every WBC typed, as asked
+    assert [m["class_name"] for m in c.entry["masks"]] == ["platelet", "lymphocyte", "lymphocyte"]
 
 
 def test_unsure_wbcs_are_left_untyped_and_out_of_the_differential(monkeypatch):
@@ -99,6 +115,7 @@ def test_unsure_wbcs_are_left_untyped_and_out_of_the_differential(monkeypatch):
     wbcs = [m for m in a.entry["masks"] if m["category"] == "wbc"]
     assert [m["class_name"] for m in wbcs] == ["neutrophil", "wbc", "lymphocyte"]
     assert [m.get("unsure", False) for m in wbcs] == [False, True, False] and a.unsure == [wbcs[1]]
+    assert wbcs[1]["unsure_reason"] == "lymphocyte 0.45, under 0.5" and "unsure_reason" not in wbcs[0]
     assert wbcs[1]["type_probs"]["lymphocyte"] == 0.45  # kept for the reviewer
     assert a.counts["wbc"] == 3 and a.counts["neutrophil"] == 1 and a.counts["lymphocyte"] == 1
     assert a.n_differential == 2 and a.differential["neutrophil"] == 50.0
@@ -148,6 +165,10 @@ def test_a_grey_photo_s_wbcs_are_counted_and_left_untyped(monkeypatch, caplog):
     a = analyze_mod.analyze(np.full((60, 90, 3), 200, np.uint8), "grey.png")
     assert a.counts["wbc"] == 3 and a.n_differential == 0 and len(a.unsure) == 3
     assert all(m["class_name"] == "wbc" and m["type_probs"] for m in a.entry["masks"])
+    assert {m["unsure_reason"] for m in a.unsure} == {"a grey photo: no stain colours to type by"}
     assert "grey.png: a grey photo: WBC types rest on the stain's colours" in caplog.text
+    # --min-confidence 0 types every WBC (the report said "every WBC typed" and listed them unsure: stop 71)
+    z = analyze_mod.analyze(np.full((60, 90, 3), 200, np.uint8), "grey.png", min_confidence=0.0)
+    assert z.unsure == [] and z.n_differential == 3 and "typed as asked" in caplog.text
     b = analyze_mod.analyze(_photo(), "colour.png")
     assert b.counts["neutrophil"] == 1 and b.unsure == []

@@ -413,3 +413,59 @@ def test_a_batch_begun_with_other_post_processing_defaults_is_not_resumed(photos
     run_file.write_text(json.dumps({**run, "postprocess": {k: v for k, v in run["postprocess"].items()
                                                            if k != "grow_boxes"}}))
     assert _run(photos[0], photos[1], "--out", out, "--resume").exit_code == 0
+
+
+def test_an_earlier_report_without_its_parts_is_not_replaced_unasked(photos, tmp_path):
+    """A walkthrough (stop 71): with OUT/parts/ gone (or counts.csv, results.json and report.html written by hand)
+    a new batch replaced a report someone may have signed, exit 0."""
+    out = tmp_path / "out"
+    assert _run(photos[0], "--out", out, "--sample-id", "PATIENT-A").exit_code == 0
+    for p in (out / PARTS).iterdir():
+        p.unlink()
+    (out / PARTS).rmdir()
+    before = (out / "report.html").read_bytes()
+    for extra in ([], ["--resume"]):
+        res = _run(photos[1], "--out", out, "--sample-id", "PATIENT-B", *extra)
+        assert res.exit_code == 2 and "report.html" in res.output and "--overwrite" in res.output, res.output
+        assert (out / "report.html").read_bytes() == before
+    res = _run(photos[1], "--out", out, "--sample-id", "PATIENT-B", "--overwrite")
+    assert res.exit_code == 0, res.output
+    assert "PATIENT-B" in (out / "report.html").read_text() and "PATIENT-A" not in (out / "report.html").read_text()
+
+
+def test_results_say_the_settings_given_and_a_file_scale_no_microscope_wrote_is_not_recorded(photos, tmp_path, caplog):
+    """A walkthrough (stop 71): --post and --cell-diameter changed the counts and neither results.json nor the
+    report said so; a PNG tagged 4800 dpi (5.29 µm/px: a red cell of 1.4 px) was estimated, yet its scale was
+    recorded and printed as the photo's."""
+    res = _run(photos[1], "--out", tmp_path / "set", "--post", "wbc_min_score=0.95", "--cell-diameter", "60")
+    assert res.exit_code == 0, res.output
+    e = read_results(tmp_path / "set" / "results.json")[0]
+    assert e["postprocess"] == {"wbc_min_score": 0.95} and e["cell_diameter_from"] == "given"
+    page = (tmp_path / "set" / "report.html").read_text()
+    assert "wbc_min_score=0.95 (given, --post)" in page and "(given, --cell-diameter: not measured)" in page
+    plain = read_results(_done(photos[1], tmp_path / "plain"))[0]
+    assert "postprocess" not in plain and "cell_diameter_from" not in plain
+    tagged = tmp_path / "tagged.png"
+    Image.open(photos[1]).save(tagged, dpi=(4800, 4800))
+    res = _run(tagged, "--out", tmp_path / "tag")
+    assert res.exit_code == 0, res.output
+    e = read_results(tmp_path / "tag" / "results.json")[0]
+    assert "pixel_size_um" not in e and "cell_diameter_from" not in e
+    assert "not a microscope's scale; ignored" in caplog.text + res.output
+    assert "pixel scale</th><td>not known" in (tmp_path / "tag" / "report.html").read_text()
+
+
+def test_one_photo_given_twice_is_said(photos, tmp_path, caplog):
+    """A walkthrough (stop 71): one photo through two links was counted twice in the batch, said only as two
+    output names."""
+    (tmp_path / "links").mkdir()
+    (tmp_path / "links" / photos[0].name).symlink_to(photos[0])
+    res = _run(photos[0], tmp_path / "links" / photos[0].name, "--out", tmp_path / "o")
+    assert res.exit_code == 0, res.output
+    assert "the same pixels as" in caplog.text + res.output
+    assert "hold the same pixels as another given before" in (tmp_path / "o" / "report.html").read_text()
+
+
+def _done(photo, out):
+    assert _run(photo, "--out", out).exit_code == 0
+    return out / "results.json"

@@ -124,7 +124,7 @@ def test_report_labels_a_wbc_by_the_call_made_and_says_its_rules(tmp_path):
     b.cell_diameter = 7.5
     page = report_html([a, b], [np.zeros((20, 30, 3), np.uint8)] * 2, min_confidence=0.5)
     gallery = page.split("s1/x.jpg</h2>")[1]
-    assert "neutrophil 0.67" in gallery and "0.70" not in gallery
+    assert "neutrophil 0.66" in gallery and "0.70" not in gallery  # 0.667, rounded down (stop 71)
     assert "s1/x.jpg: monocyte 0.50 / lymphocyte 0.50" in page and "platelet 0.60" not in page
     assert "calibrated probability under 0.5" in page and "unsure type</th>" in page
     assert "(7.5 µm at the pixel scale, not measured)" in page and "no cell found: a blank or unusable field?" in page
@@ -193,3 +193,24 @@ def test_a_batch_report_shows_its_cells_by_type_least_sure_first_and_at_most_a_p
     assert "0.50" not in section  # the unsure cell is in the review list, not under a type
     # one photo: its own gallery is the same screen, not repeated
     assert "White cells by type" not in report_html([a], [np.zeros((20, 30, 3), np.uint8)])
+
+
+def test_report_says_why_a_cell_is_unsure_the_settings_given_and_photos_given_twice():
+    """A walkthrough (stop 71): the review list gave no reason (a grey photo's cell read "neutrophil 0.55" under
+    "probability under 0.5"); 0.4957 read "0.50" under that threshold; --post knobs and a given --cell-diameter
+    changed the counts and the report said neither; one photo given twice (two links) was counted twice unsaid."""
+    grey = {**_wbc("", {"neutrophil": 0.55, "lymphocyte": 0.45}, unsure=True),
+            "unsure_reason": "a grey photo: no stain colours to type by"}
+    low = {**_wbc("", {"eosinophil": 0.4957, "neutrophil": 0.34}, unsure=True), "unsure_reason": "eosinophil 0.49, under 0.5"}
+    a = _analysis("a.png", {}, [grey], pixels_sha256="f00", cell_diameter_from="given",
+                  postprocess={"wbc_min_score": 0.95})
+    b = _analysis("links/a.png", {}, [low], pixels_sha256="f00")
+    page = report_html([a, b], [np.zeros((20, 30, 3), np.uint8)] * 2, min_confidence=0.5)
+    assert "a.png: a grey photo: no stain colours to type by; neutrophil 0.55 / lymphocyte 0.45" in page
+    assert "links/a.png: eosinophil 0.49, under 0.5; eosinophil 0.49 / neutrophil 0.34" in page and "0.50 /" not in page
+    assert "<th>cells post-processing</th><td>wbc_min_score=0.95 (given, --post)</td>" in page
+    assert "red-cell diameter 8.0 px (given, --cell-diameter: not measured)" in page
+    assert "1 photo(s) hold the same pixels as another given before (links/a.png as a.png)" in page
+    page = report_html([_analysis("c.png", {"neutrophil": 1})], [np.zeros((20, 30, 3), np.uint8)])
+    assert "<th>cells post-processing</th><td>the cells model&#x27;s own</td>" in page and "same pixels" not in page
+    assert "(given, --cell-diameter" not in page

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -22,6 +22,7 @@ from hemaseg.errors import HemasegError
 from hemaseg.io.images import as_photo, pixels_sha256
 from hemaseg.metrics import binomial_ci
 from hemaseg.models.registry import resolve_model_path
+from hemaseg.pipelines.segment import diameter_from_pixel_size
 from hemaseg.tasks import get_task
 from hemaseg.tasks.wbc_type.crops import square_at, type_wbcs
 
@@ -163,6 +164,41 @@ def typed_as(record: dict, probs: np.ndarray, classes: list[str], rbc_diameter: 
     return classes[best], float(probs[best])
 
 
+def floor2(p: float) -> str:
+    """A probability shown with two decimals, rounded down: one under a threshold never reads as it.
+
+    >>> floor2(0.4957), floor2(0.5), floor2(0.999)
+    ('0.49', '0.50', '0.99')
+    """
+    return f"{np.floor(round(float(p), 4) * 100 + 1e-6) / 100:.2f}"  # (to the 4 decimals type_probs keep)
+
+
+def unsure_reason(record: dict, name: str, confidence: float, min_confidence: float, grey: bool) -> str | None:
+    """Why a WBC's type is left to a person (None: typed as ``name``): a grey photo (its stain's colours,
+    which the typer tells types by, are missing); a cell the typer holds more likely a platelet than not,
+    which its size rules out (:func:`typed_as`: the typer and the size disagree, so the renormalised
+    probability of the other types is no confidence); the type's calibrated probability under
+    ``min_confidence``. ``min_confidence`` 0 types every WBC, as asked.
+
+    >>> r = {"type_probs": {"neutrophil": 0.04, "lymphocyte": 0.01, "platelet": 0.95}}
+    >>> unsure_reason(r, "neutrophil", 0.8, 0.5, False)
+    'typed platelet (0.95), too big for one'
+    >>> unsure_reason(r, "neutrophil", 0.8, 0.0, False) is None, unsure_reason({}, "neutrophil", 0.45, 0.5, False)
+    (True, 'neutrophil 0.45, under 0.5')
+    """
+    if not min_confidence:
+        return None
+    if grey:
+        return "a grey photo: no stain colours to type by"
+    probs = record.get("type_probs") or {}
+    top = max(probs, key=probs.get) if probs else None
+    if top is not None and top != name and probs[top] >= 0.5:
+        return f"typed {top} ({floor2(probs[top])}), too big for one"
+    if confidence < min_confidence:
+        return f"{name} {floor2(confidence)}, under {min_confidence:g}"
+    return None
+
+
 def call_of(record: dict, rbc_diameter: float | None) -> tuple[str, float]:
     """(type, calibrated probability) of a found WBC record as :func:`analyze` called it from its ``type_probs``
     (:func:`typed_as`: a platelet ruled out for a cell too big to be one, the others' probabilities renormalised);
@@ -206,8 +242,10 @@ def analyze(image: np.ndarray, filename: str = "", cells_model="cells", type_mod
     ``cell_diameter`` is the red-cell diameter in px (estimated when None). Each WBC's
     ``class_name`` is its type, with the type probabilities (calibrated) under ``type_probs``; a
     WBC whose top probability is under ``min_confidence`` keeps ``class_name`` ``"wbc"``, gets
-    ``"unsure": True`` and counts in no type, as does every WBC of a grey photo (the typer tells types by
-    the stain's colours; said as a warning). ``tile`` is the U-Net cells backend's largest tile;
+    ``"unsure": True`` (and why, ``"unsure_reason"``) and counts in no type, as does every WBC of a grey
+    photo (the typer tells types by the stain's colours; said as a warning) and one the typer holds more
+    likely a platelet than not but too big for one (:func:`unsure_reason`); ``min_confidence`` 0 types
+    every WBC. ``tile`` is the U-Net cells backend's largest tile;
     the Mask R-CNN backend reads the whole image at once. ``sample_id`` (the sample the photo is
     of) and ``pixel_size`` (µm per px, when known) are recorded in the entry when given. An image
     with nothing in it (flat, or noise) gives no cell. ``backend`` runs both networks on ``torch``,
@@ -263,12 +301,15 @@ def analyze(image: np.ndarray, filename: str = "", cells_model="cells", type_mod
         grey = grey_photo(image)
         if grey:
             log.warning("%sa grey photo: WBC types rest on the stain's colours, which it lacks; its %d WBC(s) are "
-                        "counted and listed unsure, typed by none", f"{filename}: " if filename else "", len(wbcs))
+                        "counted and %s", f"{filename}: " if filename else "", len(wbcs),
+                        "listed unsure, typed by none" if min_confidence else "typed as asked (min_confidence 0)")
         for r, p in zip(wbcs, probs):
             r["type_probs"] = {c: round(float(v), 4) for c, v in zip(classes, p)}
             name, confidence = typed_as(r, p, classes, seg.cell_diameter)
-            if confidence < min_confidence or grey:
+            reason = unsure_reason(r, name, confidence, min_confidence, grey)
+            if reason:
                 r["unsure"] = True  # stays class_name "wbc": a WBC, type for a person to decide
+                r["unsure_reason"] = reason  # what the report's review list says of it
                 continue
             r["class_name"] = name
             if r["class_name"] in CATEGORIES:
@@ -292,6 +333,14 @@ def analyze(image: np.ndarray, filename: str = "", cells_model="cells", type_mod
         entry["sample_id"] = str(sample_id)
     if pixel_size is not None:
         entry["pixel_size_um"] = float(pixel_size)
+    if cell_diameter is not None:  # not measured: the report says so, and what it came from
+        derived = pixel_size and cell_diameter == diameter_from_pixel_size("cells", pixel_size)
+        entry["cell_diameter_from"] = "pixel size" if derived else "given"
+    if params is not None:  # the knobs given that differ from the model card's: the counts rest on them
+        own = get_task("cells").params(cells_card)
+        changed = {k: v for k, v in asdict(params).items() if k != "platelet_rescore" and v != getattr(own, k)}
+        if changed:
+            entry["postprocess"] = changed
     entry["masks"] = records
     models = {"cells": model_label(cells_model, device), "wbc-type": model_label(type_model, device)}
     return Analysis(entry, counts, instances, seg.cell_diameter, crops, types, models)

@@ -25,7 +25,7 @@ from hemaseg.engine.predict import backend_scope, get_model
 from hemaseg.engine.tiling import DEFAULT_TILE
 from hemaseg.errors import HemasegError, HemasegUsageError
 from hemaseg.io.annotations import write_coco, write_cvat
-from hemaseg.io.images import pixel_size_um, read_image, real_path
+from hemaseg.io.images import read_image, real_path
 from hemaseg.io.writers import _jsonable, atomic_path, remove_temps, write_json, write_png, write_text
 from hemaseg.pipelines.analyze import MIN_CONFIDENCE, analyze, draw_overlay, model_fingerprint
 from hemaseg.pipelines.report import (
@@ -33,10 +33,11 @@ from hemaseg.pipelines.report import (
     export_labels,
     image_record,
     light_analysis,
+    repeated_photos,
     timestamp,
     write_report_records,
 )
-from hemaseg.pipelines.segment import diameter_from_pixel_size
+from hemaseg.pipelines.segment import diameter_from_pixel_size, file_pixel_size
 from hemaseg.progress import track
 from hemaseg.tasks import get_task
 
@@ -137,7 +138,7 @@ def analyze_photo(path: str | Path, stem: str, out: str | Path, opts: BatchOptio
     path, out = Path(path), Path(out)
     try:
         image = read_image(path)
-        pixel_size = opts.pixel_size if opts.pixel_size is not None else pixel_size_um(path)
+        pixel_size = opts.pixel_size if opts.pixel_size is not None else file_pixel_size(path)
         diameter = opts.cell_diameter or diameter_from_pixel_size("cells", pixel_size)
         a = analyze(image, str(path), opts.model, opts.type_model, diameter, opts.device, opts.tile,
                     min_confidence=opts.min_confidence, sample_id=opts.sample_id, pixel_size=pixel_size,
@@ -192,6 +193,11 @@ def prepare_batch(out: str | Path, opts: BatchOptions, resume: bool = False, ove
     parts = out / PARTS
     run_file = parts / RUN_FILE
     held = run_file.exists()
+    stray = [] if held else [name for name in BATCH_FILES if (out / name).exists()]
+    if stray and not overwrite:  # a report someone may have signed, its parts gone (or written by hand): not replaced
+        raise HemasegUsageError("--resume" if resume else "--out",
+                                f"{out} holds {', '.join(stray)} of an analysis with no {PARTS}/{RUN_FILE} to "
+                                "continue it by; give another --out, or replace it with --overwrite")
     if held and resume:
         try:
             before = json.loads(run_file.read_text(encoding="utf-8"))
@@ -241,6 +247,8 @@ def prepare_batch(out: str | Path, opts: BatchOptions, resume: bool = False, ove
     if held and not overwrite and (n or not (out / "results.json").exists()):
         raise HemasegUsageError("--out", f"{out} already holds an analysis ({n} photo(s) done); continue it with "
                                          "--resume or start afresh with --overwrite")
+    for name in stray:  # --overwrite: the earlier analysis' files (its overlays cannot be told from other files)
+        (out / name).unlink(missing_ok=True)
     if held:
         for p in parts.glob("*.json"):
             overlay = (read_part(out, p.stem) or {}).get("overlay_file") if p.name != RUN_FILE else None
@@ -351,6 +359,8 @@ def write_batch_files(out: str | Path, jobs: list[tuple[Path, str]], failed: lis
     drop_stale_parts(out, {stem for _, stem in parts.jobs})  # a renamed or failed photo's old part: not this batch's
     write_results_stream(out / "results.json", (p["entry"] for p in parts))
     light = [light_analysis(p) for p in parts]
+    for name, first in repeated_photos([a.entry for a in light]):
+        log.warning("%s: the same pixels as %s: its cells are counted twice in the totals", name, first)
     write_text(out / "counts.csv", counts_csv(light))
     write_report_records(out / "report.html", parts, failed, date=date, min_confidence=min_confidence)
     if cvat or coco:

@@ -16,7 +16,7 @@ import numpy as np
 
 from hemaseg.core.vocabulary import CATEGORIES, EXPORT_LABELS, NOT_IN_DIFFERENTIAL, WBC_TYPES
 from hemaseg.io.writers import atomic_path, write_text
-from hemaseg.pipelines.analyze import Analysis, call_of, call_probs, differential, differential_size
+from hemaseg.pipelines.analyze import Analysis, call_of, call_probs, differential, differential_size, floor2
 from hemaseg.pipelines.segment import RED_CELL_UM, diameter_from_pixel_size
 from hemaseg.version import __version__
 
@@ -123,7 +123,7 @@ def _confidence(record: dict, rbc_diameter: float | None) -> float:
 def _top_types(record: dict, rbc_diameter: float | None, k: int = 2) -> str:
     """The ``k`` most probable types of a WBC, without a platelet call ruled out for its size (the others
     renormalised, as :func:`call_of`)."""
-    return " / ".join(f"{t} {p:.2f}" for t, p in call_probs(record, rbc_diameter)[:k])
+    return " / ".join(f"{t} {floor2(p)}" for t, p in call_probs(record, rbc_diameter)[:k])
 
 
 def _pixel_scale(entries: list[dict]) -> str:
@@ -133,6 +133,38 @@ def _pixel_scale(entries: list[dict]) -> str:
     missing = sum(1 for e in entries if not e.get("pixel_size_um"))
     text = ", ".join(f"{s:g} µm/px" for s in sizes)
     return text + (f" ({missing} image(s) without one)" if missing else "")
+
+
+def repeated_photos(entries: list[dict]) -> list[tuple[str, str]]:
+    """(name, name of the first with the same pixels) of each entry whose photo an earlier entry already holds
+    (the same file given twice, through a link or a copy): its cells would be counted twice in the totals.
+
+    >>> repeated_photos([{"filename": "a.jpg", "pixels_sha256": "1"}, {"filename": "b/a.jpg", "pixels_sha256": "1"},
+    ...                  {"filename": "c.jpg", "pixels_sha256": "2"}])
+    [('b/a.jpg', 'a.jpg')]
+    """
+    first: dict[str, str] = {}
+    out = []
+    for e in entries:
+        h = e.get("pixels_sha256")
+        if h and h in first:
+            out.append((e["filename"], first[h]))
+        elif h:
+            first[h] = e["filename"]
+    return out
+
+
+def _post_said(entries: list[dict]) -> str:
+    """The cells post-processing knobs given over the model card's (``--post``), as the entries record them."""
+    given = {}
+    for e in entries:
+        for k, v in (e.get("postprocess") or {}).items():
+            given.setdefault(k, [])
+            if v not in given[k]:
+                given[k].append(v)
+    if not given:
+        return "the cells model's own"
+    return "; ".join(f"{k}={' or '.join(map(str, v))}" for k, v in sorted(given.items())) + " (given, --post)"
 
 
 def _thumbs(cells: list[tuple[dict, str, str]], cls: str = "") -> str:
@@ -210,7 +242,7 @@ def report_chunks(records: Iterable[dict], failed: list[tuple[str, str]] | None 
             conf = _confidence(r, rbc_d)
             n_typed[r["class_name"]] = n_typed.get(r["class_name"], 0) + 1
             heap = by_type.setdefault(r["class_name"], [])
-            item = (-conf, sum(n_typed.values()), f"{rec['entry']['filename']}: {conf:.2f}", c)
+            item = (-conf, sum(n_typed.values()), f"{rec['entry']['filename']}: {floor2(conf)}", c)
             (heapq.heappush if len(heap) < BY_TYPE_SHOWN else heapq.heappushpop)(heap, item)
     entries = [a.entry for a in light]
     counts = pooled_counts(light)
@@ -234,6 +266,7 @@ def report_chunks(records: Iterable[dict], failed: list[tuple[str, str]] | None 
             ["software", f"hemaseg {__version__}"],
             *([f"{role} model", "; ".join(labels)] for role, labels in models.items()),
             ["pixel scale", _pixel_scale(entries)],
+            ["cells post-processing", _post_said(entries)],
             *([["unsure type", f"a WBC whose type's calibrated probability is under {min_confidence:g} "
                                "(--min-confidence) is listed for review, counted in no type" if min_confidence
                                else "none: every WBC typed (--min-confidence 0)"]]
@@ -251,6 +284,11 @@ def report_chunks(records: Iterable[dict], failed: list[tuple[str, str]] | None 
     yield (f"<p>Rests on <strong>{n_diff}</strong> typed white cell(s) of {counts['wbc']} found"
            + (f"; {len(unsure)} whose type the classifier is unsure of are listed for review below and "
               "counted in no type" if unsure else "") + ".</p>")
+    repeated = repeated_photos(entries)
+    if repeated:
+        yield (f"<p class=\"warning\">Warning: {len(repeated)} photo(s) hold the same pixels as another given before "
+               "(" + html.escape("; ".join(f"{a} as {b}" for a, b in repeated[:5])) + ("; ..." if len(repeated) > 5 else "")
+               + "): their cells are counted again in the totals and the differential.</p>")
     if n_diff < MIN_DIFFERENTIAL:
         yield (f"<p class=\"warning\">Warning: this differential rests on {n_diff} white cell(s), fewer than "
                f"the {MIN_DIFFERENTIAL} of a manual differential. Each percentage is uncertain by the width "
@@ -278,10 +316,13 @@ def report_chunks(records: Iterable[dict], failed: list[tuple[str, str]] | None 
     if unsure:
         unsure.sort(key=lambda frcd: _confidence(frcd[1], frcd[3]))
         rule = (f" (the type's calibrated probability under {min_confidence:g}, hemaseg analyze "
-                "--min-confidence)" if min_confidence else "")
-        yield (f"<h2>For review: {len(unsure)} white cell(s) of unsure type</h2><p>Unsure{rule}. Most probable "
-               "types with their calibrated probabilities, least sure first. Not counted in the differential.</p>")
-        yield _thumbs([(r, c, f"{f}: {_top_types(r, d)}") for f, r, c, d in unsure], "review")
+                "--min-confidence; a grey photo's WBCs; a cell the typer calls a platelet, too big for one)"
+                if min_confidence else "")
+        yield (f"<h2>For review: {len(unsure)} white cell(s) of unsure type</h2><p>Unsure{rule}. Each says why, "
+               "then its most probable types with their calibrated probabilities (rounded down), least sure first. "
+               "Not counted in the differential.</p>")
+        yield _thumbs([(r, c, f"{f}: " + (f"{r['unsure_reason']}; " if r.get("unsure_reason") else "")
+                        + _top_types(r, d)) for f, r, c, d in unsure], "review")
     del unsure
     if any_crops:
         unfitted = any("not fitted to it" in label for labels in models.values() for label in labels)
@@ -306,6 +347,8 @@ def report_chunks(records: Iterable[dict], failed: list[tuple[str, str]] | None 
         unmeasured = " (no red cell found to measure it by)" if not c.get("rbc") else ""
         if e.get("pixel_size_um") and float(rec["cell_diameter"]) == diameter_from_pixel_size("cells", e["pixel_size_um"]):
             unmeasured = f" ({RED_CELL_UM:g} µm at the pixel scale, not measured)"
+        elif e.get("cell_diameter_from") == "given":
+            unmeasured = " (given, --cell-diameter: not measured)"
         if not (c.get("rbc") or c.get("wbc") or c.get("platelet")):
             unmeasured += "; no cell found: a blank or unusable field?"
         yield (f"<h2>{name}</h2><p>{e['width']}x{e['height']} px{scale}, red-cell diameter "
@@ -317,7 +360,7 @@ def report_chunks(records: Iterable[dict], failed: list[tuple[str, str]] | None 
         typed = sorted(((r, u) for r, u in zip(wbcs, rec["crops"]) if not r.get("unsure")),
                        key=lambda ru: _confidence(ru[0], rbc_d))
         if typed:
-            yield _thumbs([(r, u, f"{r['class_name']} {_confidence(r, rbc_d):.2f}") for r, u in typed])
+            yield _thumbs([(r, u, f"{r['class_name']} {floor2(_confidence(r, rbc_d))}") for r, u in typed])
     yield f"<p class=\"ruo\">{RESEARCH_ONLY}</p>"
     yield "</body>\n</html>\n"
 

@@ -1,6 +1,8 @@
 """``hemaseg.segment``: one entry point for every task's model; the task is the model card's."""
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from hemaseg.core.options import OPTION_RANGES, check_numbers
@@ -9,8 +11,10 @@ from hemaseg.engine.predict import get_model, resolve_device, uses_backend
 from hemaseg.engine.task import given_params
 from hemaseg.engine.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
 from hemaseg.errors import HemasegInputError, HemasegUsageError
-from hemaseg.io.images import as_photo
+from hemaseg.io.images import as_photo, pixel_size_um
 from hemaseg.tasks import get_task
+
+log = logging.getLogger(__name__)
 
 # The diameter each task's ``cell_diameter`` is of, in µm on a blood smear, to turn a known pixel size
 # into it. A red cell is about 7.5 µm across (smear10's and the cells task's ruler). The wbc task's
@@ -25,6 +29,20 @@ RED_CELL_UM = 7.5
 # large TIFF for them lazily (io/images.LazyImage): only each block is read from the file.
 REGION_TASKS = ("wbc",)
 CELL_DIAMETER_UM = {"wbc": 12.0, "smear10": RED_CELL_UM, "cells": RED_CELL_UM}
+
+
+def file_pixel_size(path, task: str = "cells") -> float | None:
+    """The µm per px the resolution tags of the file at ``path`` give (:func:`hemaseg.io.images.pixel_size_um`),
+    None when it has none, or when ``task`` has a typical size (:data:`CELL_DIAMETER_UM`) and that scale would
+    make it a size ``--cell-diameter`` does not take (a tag no microscope wrote, e.g. 4800 dpi: 5.3 µm/px, a
+    red cell of 1.4 px): said as a warning, and the size is estimated as for an untagged file."""
+    um = pixel_size_um(path)
+    if um is not None and task in CELL_DIAMETER_UM and diameter_from_pixel_size(task, um) is None:
+        log.warning("%s: its resolution tags say %g µm per px, a %g µm cell of %.3g px: not a microscope's scale; "
+                    "ignored, the size estimated (--pixel-size or --cell-diameter give it)", path, um,
+                    CELL_DIAMETER_UM[task], CELL_DIAMETER_UM[task] / um)
+        return None
+    return um
 
 
 def diameter_from_pixel_size(task: str, pixel_size: float | None) -> float | None:
