@@ -415,3 +415,32 @@ def test_a_photos_reading_warnings_are_shown_with_it(client, tmp_path, monkeypat
         t.join()
     got = {im["filename"]: im["notes"] for im in session2.state()["images"]}
     assert got == {f"t{k}.png": [f"t{k}.png: warning {j}" for j in range(20)] for k in range(4)}, got
+
+
+def test_a_correction_keeps_unsure_reason_true_and_an_upload_takes_the_files_scale(tmp_path, monkeypatch):
+    """A walkthrough (stop 71): a grey photo's cell typed by hand kept "unsure_reason: a grey photo" in results.json,
+    and one set to unsure by hand had none; the page called `analyze` without the file's pixel size, which
+    `hemaseg analyze` sizes the red cells by (27 red cells on the page, 56 on the command line)."""
+    import hemaseg.apps.web as web
+
+    session = Session(tmp_path / "work")
+    image, a = _analysis()
+    a.entry["masks"][5]["unsure_reason"] = "a grey photo: no stain colours to type by"
+    session.add(image, a)
+    masks = a.entry["masks"]
+    assert session.state()["gallery"][0]["reason"] == "a grey photo: no stain colours to type by"
+    session.correct(0, 5, "monocyte")
+    assert "unsure" not in masks[5] and "unsure_reason" not in masks[5]
+    session.correct(0, 5, "wbc")  # back to the pipeline's call: its reason again
+    assert masks[5]["unsure"] and masks[5]["unsure_reason"] == "a grey photo: no stain colours to type by"
+    session.correct(0, 3, "wbc")  # a typed cell left for review by hand
+    assert masks[3]["unsure"] and masks[3]["unsure_reason"] == "left for review by a person"
+    saved = json.loads((tmp_path / "work" / "results.json").read_text())["data"]["0"]["masks"]
+    assert saved[3]["unsure_reason"] == "left for review by a person"
+
+    seen = {}
+    monkeypatch.setattr(web, "analyze", lambda *args, **kw: seen.update(kw) or _analysis("tagged.png")[1])
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)).save(
+        tmp_path / "tagged.png", dpi=(254000 / 2.5, 254000 / 2.5))  # 0.25 µm per px
+    session.analyze_file(tmp_path / "tagged.png", "tagged.png")
+    assert seen["pixel_size"] == pytest.approx(0.25, rel=1e-3)

@@ -172,3 +172,28 @@ def test_a_grey_photo_s_wbcs_are_counted_and_left_untyped(monkeypatch, caplog):
     assert z.unsure == [] and z.n_differential == 3 and "typed as asked" in caplog.text
     b = analyze_mod.analyze(_photo(), "colour.png")
     assert b.counts["neutrophil"] == 1 and b.unsure == []
+
+
+def test_a_pixel_size_sizes_the_red_cells_as_the_command_line_does(monkeypatch, tmp_path):
+    """A walkthrough (stop 71): `hemaseg.analyze(photo, pixel_size=0.15)` recorded the scale but estimated the size
+    (88.9 px where 7.5 µm at 0.15 µm/px is 50), unlike `hemaseg analyze`; a photo given by path had no filename."""
+    _fake_models(monkeypatch, _one_hot("neutrophil", "monocyte", "lymphocyte"))
+    given = []
+    real = analyze_mod.get_task
+
+    class Cells:
+        def predict(self, image, model, cell_diameter, *args, **kwargs):
+            given.append(cell_diameter)
+            return real("cells").predict(image, model, cell_diameter, *args, **kwargs)
+
+    monkeypatch.setattr(analyze_mod, "get_task", lambda name: Cells())
+    a = analyze_mod.analyze(_photo(), "x.png", pixel_size=0.15)
+    assert given[-1] == 50.0 and a.entry["cell_diameter_from"] == "pixel size" and a.entry["pixel_size_um"] == 0.15
+    b = analyze_mod.analyze(_photo(), "x.png", pixel_size=0.15, cell_diameter=40.0)
+    assert given[-1] == 40.0 and b.entry["cell_diameter_from"] == "given"
+    with pytest.raises(HemasegUsageError, match="^pixel_size: 5.3 µm per px"):
+        analyze_mod.analyze(_photo(), pixel_size=5.3)
+    from PIL import Image
+
+    Image.fromarray(_photo()).save(tmp_path / "p.png")
+    assert analyze_mod.analyze(tmp_path / "p.png").entry["filename"] == str(tmp_path / "p.png")

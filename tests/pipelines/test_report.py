@@ -117,15 +117,16 @@ def test_report_labels_a_wbc_by_the_call_made_and_says_its_rules(tmp_path):
     probability as its type's ("neutrophil 0.70", where the call's was 0.67) and the review list named a platelet;
     the rule that made a type unsure was said nowhere; the review list named photos by base name only (two x.jpg
     of two folders alike); a diameter taken from --pixel-size read as measured; a blank field said nothing."""
-    big = {**_wbc("neutrophil", {"neutrophil": 0.2, "lymphocyte": 0.1, "platelet": 0.7}), "diameter": 20.0}
+    big = {**_wbc("neutrophil", {"neutrophil": 0.35, "lymphocyte": 0.2, "platelet": 0.45}), "diameter": 20.0}
     unsure = {**_wbc("", {"platelet": 0.6, "monocyte": 0.2, "lymphocyte": 0.2}, unsure=True), "diameter": 20.0}
     a = _analysis("s1/x.jpg", {"neutrophil": 1}, [big, unsure])  # red cells 8 px: a 20-px cell is no platelet
     b = _analysis("s2/x.jpg", {"rbc": 0, "platelet": 0}, [], pixel_size_um=1.0)
     b.cell_diameter = 7.5
     page = report_html([a, b], [np.zeros((20, 30, 3), np.uint8)] * 2, min_confidence=0.5)
     gallery = page.split("s1/x.jpg</h2>")[1]
-    assert "neutrophil 0.66" in gallery and "0.70" not in gallery  # 0.667, rounded down (stop 71)
-    assert "s1/x.jpg: monocyte 0.50 / lymphocyte 0.50" in page and "platelet 0.60" not in page
+    assert "neutrophil 0.63" in gallery and "0.45" not in gallery  # 0.636, rounded down (stop 71)
+    # platelet 0.6 for a cell too big for one: the typer and the size disagree, the others keep their own (stop 71)
+    assert "s1/x.jpg: monocyte 0.20 / lymphocyte 0.20" in page and "platelet 0.60" not in page
     assert "calibrated probability under 0.5" in page and "unsure type</th>" in page
     assert "(7.5 µm at the pixel scale, not measured)" in page and "no cell found: a blank or unusable field?" in page
     # the report_html date is the analysis's (no record there says when it was analysed: no "report written")

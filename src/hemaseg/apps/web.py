@@ -53,6 +53,7 @@ from hemaseg.pipelines.report import (
     pooled_counts,
     pooled_types,
 )
+from hemaseg.pipelines.segment import file_pixel_size
 from hemaseg.version import __version__
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,7 @@ class Session:
         self.lock = threading.RLock()
         self.uploads = 0  # numbers each stored upload (taken under the lock: uploads run side by side)
         self.pending: dict[str, str] = {}  # digest -> name of each photo being analysed now
+        self.reasons: dict[tuple[int, int], str | None] = {}  # the pipeline's unsure_reason of each cell corrected
 
     def next_upload(self) -> int:
         """A number no other upload of this session has (its stored file's prefix)."""
@@ -154,8 +156,10 @@ class Session:
             self.pending[digest] = name
         try:
             with lock or threading.Lock(), _warnings_of_this_thread(notes, {str(path): filename}):
+                # the file's own scale, as `hemaseg analyze` takes it (a scale no microscope wrote: warned, ignored)
                 analysis = analyze(image, name, self.cells_model, self.type_model, device=self.device,
-                                   tile=self.tile, min_confidence=self.min_confidence, backend=self.backend)
+                                   tile=self.tile, min_confidence=self.min_confidence, backend=self.backend,
+                                   pixel_size=file_pixel_size(path))
             return self.add(image, analysis, notes)
         finally:
             with self.lock:
@@ -190,11 +194,14 @@ class Session:
                 raise HemasegUsageError("type", f"{new_type!r} is not one of {', '.join(self.choices(image_index))}")
             r = masks[cell_index]
             original = r.get("corrected_from", r["class_name"])
+            reason = self.reasons.setdefault((image_index, cell_index), r.get("unsure_reason"))  # the pipeline's
             r["class_name"] = new_type
-            if new_type == UNTYPED:
+            if new_type == UNTYPED:  # for review: the pipeline's reason when set back to it, else a person's
                 r["unsure"] = True
+                r["unsure_reason"] = reason if new_type == original and reason else "left for review by a person"
             else:
                 r.pop("unsure", None)
+                r.pop("unsure_reason", None)
             if new_type == original:
                 r.pop("corrected_from", None)
             else:
@@ -251,6 +258,7 @@ class Session:
                                     "class_name": r["class_name"],
                                     "confidence": round(confidence(r, a.cell_diameter), 4),
                                     "unsure": bool(r.get("unsure")), "corrected_from": r.get("corrected_from"),
+                                    "reason": r.get("unsure_reason"),
                                     "probs": [[t, round(float(p), 4)] for t, p in probs[:3]], "choices": choices})
             gallery.sort(key=lambda g: (g["confidence"], g["image"], g["cell"]))
             return {

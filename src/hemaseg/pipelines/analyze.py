@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -18,11 +19,11 @@ from hemaseg.engine.predict import get_model, model_of_task, resolve_device, use
 from hemaseg.engine.runtime import file_sha256
 from hemaseg.engine.task import given_params
 from hemaseg.engine.tiling import DEFAULT_TILE
-from hemaseg.errors import HemasegError
+from hemaseg.errors import HemasegError, HemasegUsageError
 from hemaseg.io.images import as_photo, pixels_sha256
 from hemaseg.metrics import binomial_ci
 from hemaseg.models.registry import resolve_model_path
-from hemaseg.pipelines.segment import diameter_from_pixel_size
+from hemaseg.pipelines.segment import RED_CELL_UM, diameter_from_pixel_size
 from hemaseg.tasks import get_task
 from hemaseg.tasks.wbc_type.crops import square_at, type_wbcs
 
@@ -42,6 +43,10 @@ MIN_CONFIDENCE = 0.5
 # (465) is as wide as 0.9 of its field's red-cell diameter (the largest 0.87), and a box is wider than
 # its cell's equivalent diameter.
 PLATELET_MAX_RBC = 0.9
+# A platelet call at this probability or more, ruled out for the cell's size, is a disagreement between the typer
+# and the size, not a platelet to renormalise away: the other types keep their own (low) probabilities and the cell
+# is listed unsure (a walkthrough, stop 71: PBC's platelet photos, platelet 0.95, were counted as neutrophils at 0.81).
+PLATELET_DISAGREE = 0.5
 
 
 def differential(counts: dict[str, int], types: tuple[str, ...], confidence: float = 0.95
@@ -146,12 +151,15 @@ class Analysis:
 def typed_as(record: dict, probs: np.ndarray, classes: list[str], rbc_diameter: float | None) -> tuple[str, float]:
     """(class, its probability) a found WBC takes from its type probabilities: the most probable,
     except that a cell at least :data:`PLATELET_MAX_RBC` red-cell diameters across is no platelet:
-    then the most probable of the other classes, its probability renormalised over them.
+    then the most probable of the other classes, its probability renormalised over them when the
+    platelet's was under :data:`PLATELET_DISAGREE` (the typer unsure of it), its own otherwise (the typer
+    sure of a platelet the size rules out: no type is sure; :func:`unsure_reason`).
 
     >>> p = np.array([0.1, 0.05, 0.85]); names = ["neutrophil", "lymphocyte", "platelet"]
     >>> [(c, round(v, 2)) for c, v in (typed_as({"diameter": 30.0}, p, names, 80.0),
-    ...                                typed_as({"diameter": 120.0}, p, names, 80.0))]
-    [('platelet', 0.85), ('neutrophil', 0.67)]
+    ...                                typed_as({"diameter": 120.0}, p, names, 80.0),
+    ...                                typed_as({"diameter": 120.0}, np.array([0.3, 0.25, 0.45]), names, 80.0))]
+    [('platelet', 0.85), ('neutrophil', 0.1), ('neutrophil', 0.55)]
     """
     probs = np.asarray(probs, np.float64)
     best = int(probs.argmax())
@@ -160,6 +168,8 @@ def typed_as(record: dict, probs: np.ndarray, classes: list[str], rbc_diameter: 
         rest = probs.copy()
         rest[best] = 0.0
         other = int(rest.argmax())
+        if probs[best] >= PLATELET_DISAGREE:
+            return classes[other], float(rest[other])
         return classes[other], float(rest[other] / max(rest.sum(), 1e-12))
     return classes[best], float(probs[best])
 
@@ -192,7 +202,7 @@ def unsure_reason(record: dict, name: str, confidence: float, min_confidence: fl
         return "a grey photo: no stain colours to type by"
     probs = record.get("type_probs") or {}
     top = max(probs, key=probs.get) if probs else None
-    if top is not None and top != name and probs[top] >= 0.5:
+    if top is not None and top != name and probs[top] >= PLATELET_DISAGREE:
         return f"typed {top} ({floor2(probs[top])}), too big for one"
     if confidence < min_confidence:
         return f"{name} {floor2(confidence)}, under {min_confidence:g}"
@@ -201,13 +211,14 @@ def unsure_reason(record: dict, name: str, confidence: float, min_confidence: fl
 
 def call_of(record: dict, rbc_diameter: float | None) -> tuple[str, float]:
     """(type, calibrated probability) of a found WBC record as :func:`analyze` called it from its ``type_probs``
-    (:func:`typed_as`: a platelet ruled out for a cell too big to be one, the others' probabilities renormalised);
-    ("wbc", 1.0) for a record the typer did not see. What a gallery labels and sorts by, and what the
-    ``min_confidence`` of an unsure record was compared with.
+    (:func:`typed_as`: a platelet ruled out for a cell too big to be one, the others' probabilities renormalised
+    unless the typer held it a platelet at :data:`PLATELET_DISAGREE` or more); ("wbc", 1.0) for a record the typer
+    did not see. What a gallery labels and sorts by, and what the ``min_confidence`` of an unsure record was
+    compared with.
 
-    >>> r = {"diameter": 120.0, "type_probs": {"neutrophil": 0.2, "lymphocyte": 0.1, "platelet": 0.7}}
+    >>> r = {"diameter": 120.0, "type_probs": {"neutrophil": 0.3, "lymphocyte": 0.25, "platelet": 0.45}}
     >>> [(c, round(v, 2)) for c, v in (call_of(r, 80.0), call_of(r, 200.0))]
-    [('neutrophil', 0.67), ('platelet', 0.7)]
+    [('neutrophil', 0.55), ('platelet', 0.45)]
     """
     probs = record.get("type_probs")
     if not probs:
@@ -218,17 +229,22 @@ def call_of(record: dict, rbc_diameter: float | None) -> tuple[str, float]:
 
 def call_probs(record: dict, rbc_diameter: float | None) -> list[tuple[str, float]]:
     """A WBC record's types by probability, most probable first, without a platelet call :func:`call_of` rules
-    out for the cell's size (the others renormalised, as there): what a gallery lists beside the call.
+    out for the cell's size (the others renormalised, as there; kept as they are when the typer and the size
+    disagree, :data:`PLATELET_DISAGREE`): what a gallery lists beside the call.
 
-    >>> r = {"diameter": 120.0, "type_probs": {"neutrophil": 0.2, "lymphocyte": 0.1, "platelet": 0.7}}
+    >>> r = {"diameter": 120.0, "type_probs": {"neutrophil": 0.35, "lymphocyte": 0.2, "platelet": 0.45}}
     >>> [(t, round(p, 2)) for t, p in call_probs(r, 80.0)]
-    [('neutrophil', 0.67), ('lymphocyte', 0.33)]
+    [('neutrophil', 0.64), ('lymphocyte', 0.36)]
+    >>> r["type_probs"] = {"neutrophil": 0.2, "lymphocyte": 0.1, "platelet": 0.7}
+    >>> [(t, round(p, 2)) for t, p in call_probs(r, 80.0)]
+    [('neutrophil', 0.2), ('lymphocyte', 0.1)]
     """
     probs = dict(record.get("type_probs") or {})
     top = max(probs, key=probs.get) if probs else None
     if top is not None and call_of(record, rbc_diameter)[0] != top:  # the call ruled the top one out
-        rest = 1.0 - probs.pop(top)
-        probs = {t: p / max(rest, 1e-12) for t, p in probs.items()}
+        ruled_out = probs.pop(top)
+        if ruled_out < PLATELET_DISAGREE:
+            probs = {t: p / max(1.0 - ruled_out, 1e-12) for t, p in probs.items()}
     return sorted(probs.items(), key=lambda kv: -kv[1])
 
 
@@ -247,7 +263,8 @@ def analyze(image: np.ndarray, filename: str = "", cells_model="cells", type_mod
     likely a platelet than not but too big for one (:func:`unsure_reason`); ``min_confidence`` 0 types
     every WBC. ``tile`` is the U-Net cells backend's largest tile;
     the Mask R-CNN backend reads the whole image at once. ``sample_id`` (the sample the photo is
-    of) and ``pixel_size`` (µm per px, when known) are recorded in the entry when given. An image
+    of) and ``pixel_size`` (µm per px, when known) are recorded in the entry when given; without
+    ``cell_diameter`` the red cells are taken as 7.5 µm at that scale, as ``hemaseg analyze`` takes them. An image
     with nothing in it (flat, or noise) gives no cell. ``backend`` runs both networks on ``torch``,
     ``onnx`` (ONNX Runtime) or ``auto`` (ONNX Runtime where a model has an ONNX file, torch otherwise;
     without torch the Mask R-CNN cells model gives way to the cells U-Net: :mod:`hemaseg.engine.runtime`).
@@ -281,6 +298,14 @@ def analyze(image: np.ndarray, filename: str = "", cells_model="cells", type_mod
     (1, 1)
     """
     check_numbers(min_confidence=min_confidence, pixel_size=pixel_size)
+    if not filename and isinstance(image, (str, os.PathLike)):  # a path given: the entry names it
+        filename = os.fspath(image)
+    if cell_diameter is None and pixel_size is not None:  # as `hemaseg analyze` sizes it (the web page too)
+        cell_diameter = diameter_from_pixel_size("cells", pixel_size)
+        if cell_diameter is None:
+            raise HemasegUsageError("pixel_size", f"{pixel_size:g} µm per px gives a red cell of "
+                                                  f"{RED_CELL_UM / pixel_size:.4g} px, outside the sizes cell_diameter "
+                                                  "takes: not a microscope's scale")
     image = as_photo(image)
     device = resolve_device(device)  # 'auto', or 'cuda' without a GPU: one line, not torch's error
     cells_card = model_of_task(cells_model, "cells", device, "cells_model")[1]

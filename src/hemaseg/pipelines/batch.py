@@ -37,7 +37,7 @@ from hemaseg.pipelines.report import (
     timestamp,
     write_report_records,
 )
-from hemaseg.pipelines.segment import diameter_from_pixel_size, file_pixel_size
+from hemaseg.pipelines.segment import file_pixel_size
 from hemaseg.progress import track
 from hemaseg.tasks import get_task
 
@@ -139,8 +139,7 @@ def analyze_photo(path: str | Path, stem: str, out: str | Path, opts: BatchOptio
     try:
         image = read_image(path)
         pixel_size = opts.pixel_size if opts.pixel_size is not None else file_pixel_size(path)
-        diameter = opts.cell_diameter or diameter_from_pixel_size("cells", pixel_size)
-        a = analyze(image, str(path), opts.model, opts.type_model, diameter, opts.device, opts.tile,
+        a = analyze(image, str(path), opts.model, opts.type_model, opts.cell_diameter, opts.device, opts.tile,
                     min_confidence=opts.min_confidence, sample_id=opts.sample_id, pixel_size=pixel_size,
                     backend=opts.backend, params=opts.params())
         if not any(a.counts.get(c, 0) for c in CATEGORIES):  # analysed, but nothing a lab counts: said

@@ -116,10 +116,12 @@ function render(s) {
   const gallery = $("#gallery");
   gallery.replaceChildren();
   for (const g of s.gallery) {
+    // unsure for another reason than a low probability (a grey photo, a platelet call too big for one): that reason
     const label = g.corrected_from ? `${g.class_name} (was ${g.corrected_from})` :
+      g.unsure && g.reason && !g.reason.includes(", under ") ? `unsure: ${g.reason}` :
       `${g.unsure ? "unsure: " + g.probs.map((p) => p[0]).slice(0, 2).join("/") : g.class_name} ${g.confidence.toFixed(2)}`;
     const fig = el("figure", {class: "thumb" + (g.unsure ? " unsure" : "") + (g.corrected_from ? " corrected" : ""),
-                              tabIndex: 0, title: `${g.filename}: click to change the type`,
+                              tabIndex: 0, title: `${g.filename}${g.reason ? " (" + g.reason + ")" : ""}: click to change the type`,
                               "data-image": g.image, "data-cell": g.cell, "data-type": g.class_name},
                    el("img", {src: api(`thumb/${g.image}/${g.cell}.png`), alt: g.class_name}), el("figcaption", {}, label));
     fig.addEventListener("click", () => openCorrection(g));
