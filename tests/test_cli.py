@@ -937,3 +937,33 @@ def test_crop_types_cuts_a_corrected_wbc_from_the_photo_whose_pixels_the_entry_r
     assert res.exit_code == 1 and "1 WBC crops from 1/1 photos" in res.output, res.output
     assert "x.png: is not the photo" in res.output and "no photo given has those pixels" in res.output, res.output
     assert (tmp_path / "c3" / "basophil" / "x_1.png").is_file()
+
+
+def test_the_own_training_note_finds_a_split_the_card_names_from_the_repository(tmp_path, monkeypatch):
+    """A walkthrough (stop 71): `evaluate wbc-type --data bccd-wbc` scored the bundled typer on 227 of its own 283
+    training crops without the note a run gets: its card names benchmarks/splits/wbc-type-3labs.json, a path from the
+    repository (entries too), and only a file named split.json was read. Names in the split's source folder (wbc-seg's
+    002.bmp, DSB's <id>.png in <id>/images/) count too."""
+    import hemaseg.engine.evaluate as ev
+
+    repo, elsewhere = tmp_path / "repo", tmp_path / "elsewhere"
+    (repo / "benchmarks" / "splits").mkdir(parents=True)
+    elsewhere.mkdir()
+    data = tmp_path / "shared" / "data"
+    (data / "dsb" / "abc" / "images").mkdir(parents=True)
+    for f in (data / "crops" / "a.png", data / "crops" / "b.png", data / "seg" / "002.bmp", data / "dsb" / "abc" / "images" / "abc.png"):
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(b"x")
+    (repo / "benchmarks" / "splits" / "t.json").write_text(json.dumps(
+        {"train": [["../shared/data/crops/a.png", "neutrophil"]], "val": [["../shared/data/crops/b.png", "monocyte"]]}))
+    (repo / "benchmarks" / "splits" / "s.json").write_text(json.dumps({"source": "../shared/data/seg", "train": ["002.bmp"]}))
+    (repo / "benchmarks" / "splits" / "d.json").write_text(json.dumps({"source": "../shared/data/dsb", "train": ["abc.png"]}))
+    monkeypatch.setattr(ev, "REPO_ROOT", repo)
+    monkeypatch.chdir(elsewhere)
+    card = {"training": {"split": "benchmarks/splits/t.json"}}
+    note = ev.own_training_note("wbc-type", card, [data / "crops" / "a.png", data / "crops" / "b.png"], "crops")
+    assert note and note[0].startswith("note: 1 of the 2 crops scored are this model's own training crops (") and \
+        str(repo / "benchmarks" / "splits" / "t.json") in note[0]
+    assert ev.own_training_note("wbc-type", card, [data / "crops" / "b.png"], "crops") == []
+    for name, image in (("s", data / "seg" / "002.bmp"), ("d", data / "dsb" / "abc" / "images" / "abc.png")):
+        assert ev.own_training_note("m", {"training": {"split": f"benchmarks/splits/{name}.json"}}, [image]), name

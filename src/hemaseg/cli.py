@@ -70,10 +70,10 @@ from hemaseg.tasks.smear10.synth import wbc_crops as cut_wbcs
 from hemaseg.tasks.smear10.train import held_out_crops, load_bank
 from hemaseg.tasks.wbc_type.crops import (
     ALL_CLASSES,
-    cell_crop,
-    crop_padding,
+    crop_for,
     crops_each,
     group_probs,
+    predict_crops,
     prediction_rows,
     takes_ruler,
 )
@@ -993,7 +993,8 @@ def explain(
     device: str = typer.Option("cpu", help="cpu, cuda or auto"),
 ) -> None:
     """Grad-CAM heat maps and masks (OUT/<stem>_gradcam.png, _gradcam_mask.png) of each crop as the classifier
-    sees it (centred on its WBC and rescaled to the model's input size) and a t-SNE map (OUT/tsne.png, 5 crops
+    sees it (centred on its WBC and rescaled to the model's input size), of the class classify -m 4 calls
+    (OUT/explained.csv: each crop's map, class and probability), and a t-SNE map (OUT/tsne.png, 5 crops
     or more). Needs torch: pip install 'hemaseg\\[train]'."""
     require_torch("hemaseg explain")  # gradients: torch only
     check_output(out, "--out", folder=True)
@@ -1013,24 +1014,42 @@ def explain(
     if not paths:
         _fail(" ".join(images), _none_found(images))
         raise typer.Exit(1)
-    size = int(card.get("input_size", 96))
     crops, parts, labels = [], [], []
     stems = _stems(paths, out, ["_gradcam.png", "_gradcam_mask.png"], fixed=[("--out", out / "tsne.png" if tsne else None)])
 
+    explained: list[tuple[str, str, float]] = []
+
     def work(path):
-        cell = cell_crop(read_image(path), size, ruler=takes_ruler(card), padding=crop_padding(card))
+        # the crop as classify sees it (centred on its WBC, or only resized for a model trained without that)
+        cell = crop_for(read_image(path), card)
         if not cell.found:  # no heat map of a cell that is not there (classify calls it NO_WBC)
             raise HemasegInputError(path, "no WBC found in it: nothing to explain")
         crop = cell.image
-        cam, _ = grad_cam(module, card, crop, extras=cell.extras if takes_ruler(card) else None, parts=cell.parts)
+        # the class classify -m 4 calls (its four rotations averaged), not one view's: a map of another class on
+        # the borderline crops a reviewer opens it for (a walkthrough, stop 71: 8 of 173 crops)
+        probs = predict_crops([crop], (module, card), dev, extras=cell.extras[None], parts=[cell.parts])[0]
+        k = int(np.argmax(probs))
+        cam, _ = grad_cam(module, card, crop, class_index=k, extras=cell.extras if takes_ruler(card) else None,
+                          parts=cell.parts)
         mask = gradcam_mask(cam)
         write_png(out / f"{stems[path]}_gradcam.png", cam_overlay(crop, cam, mask))
         write_png(out / f"{stems[path]}_gradcam_mask.png", (mask * 255).astype(np.uint8))
+        explained.append((path, card["classes"][k], float(probs[k])))
         crops.append(crop)
         parts.append(cell.parts)
         labels.append(Path(os.path.abspath(path)).parent.name)  # a crop named bare (x.jpg): its folder's all the same
 
     failed = _for_each(paths, "explain", work) + _empty_folders(images, recursive=True)
+    if explained:  # which class each map shows: the one classify -m 4 calls, with its calibrated probability
+        import csv
+        import io
+
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["filename", "gradcam_png", "explained", "probability"])
+        for path, name, p in explained:
+            w.writerow([path, f"{stems[path]}_gradcam.png", name.upper(), f"{p:.6f}"])
+        write_text(out / "explained.csv", buf.getvalue())
     if tsne and len(crops) >= 5:
         tsne_plot(features(module, card, crops, parts=parts), labels, out / "tsne.png", f"t-SNE of {len(crops)} crops (colour: folder)")
     elif tsne:

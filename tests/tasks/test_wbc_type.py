@@ -958,7 +958,7 @@ def test_explain_refuses_other_tasks_models_and_explains_no_empty_crop(tmp_path,
     out = tmp_path / "ex"
     res = runner.invoke(app, ["explain", str(d), "--out", str(out), "--model", str(tiny_classifier)])
     assert res.exit_code == 1 and "white.png: no WBC found" in res.output and "1/2 crops explained" in res.output
-    assert sorted(p.name for p in out.iterdir()) == ["Mo_0_gradcam.png", "Mo_0_gradcam_mask.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["Mo_0_gradcam.png", "Mo_0_gradcam_mask.png", "explained.csv"]
     res = runner.invoke(app, ["explain", str(d), "--out", str(tmp_path / "ex2"), "--model", "nuclei"])
     assert res.exit_code == 2 and "not a wbc-type model" in res.output and len(res.output.strip().splitlines()) == 1
     res = runner.invoke(app, ["explain", str(d), "--out", str(tmp_path / "ex3"), "--model", str(tmp_path / "m.onnx")])
@@ -1132,3 +1132,32 @@ def test_a_resumed_run_says_it_does_not_use_crops_added_since(tmp_path, caplog):
 
     (data / "notes.csv").write_bytes(b"caf\xe9;1\n")
     assert len(load_split(cfg, tmp_path / "run")[0]) == 4
+
+
+def test_explain_says_the_class_each_map_shows_which_classify_calls_and_sees_crops_as_the_model_does(tmp_path,
+                                                                                                   tiny_classifier):
+    """A walkthrough (stop 71): explain named no class, and its map was of one unrotated view's argmax, not the
+    class classify calls from four rotations (8 of 173 crops another class); a model trained without cell
+    normalisation was explained on a centred crop it never sees (a blank image: "no WBC found", classify typed it)."""
+    import csv as csv_mod
+
+    import hemaseg
+    from hemaseg.io.images import read_image
+    from hemaseg.models.registry import save_model
+
+    d = _crops(tmp_path / "c", per_class=2, classes=("Monocyte", "Lymphocyte", "Neutrophil"))
+    out = tmp_path / "ex"
+    res = runner.invoke(app, ["explain", str(d), "--out", str(out), "--model", str(tiny_classifier)])
+    assert res.exit_code == 0, res.output
+    rows = list(csv_mod.DictReader(open(out / "explained.csv")))
+    assert len(rows) == 6 and all((out / r["gradcam_png"]).exists() for r in rows)
+    for r in rows:
+        probs = hemaseg.classify(read_image(r["filename"]), model=str(tiny_classifier))
+        top = max(probs, key=probs.get)
+        assert r["explained"] == top.upper() and float(r["probability"]) == pytest.approx(probs[top], abs=1e-4)
+
+    module, card = hemaseg.load_model(str(tiny_classifier))
+    plain = save_model(module, tmp_path / "plain", {**card, "name": "plain", "cell_normalised": False})[0]
+    Image.fromarray(np.full((48, 48, 3), 230, np.uint8)).save(tmp_path / "blank.png")
+    res = runner.invoke(app, ["explain", str(tmp_path / "blank.png"), "--out", str(tmp_path / "ex2"), "--model", str(plain)])
+    assert res.exit_code == 0 and (tmp_path / "ex2" / "blank_gradcam.png").exists(), res.output

@@ -135,17 +135,42 @@ def means(rows: list[dict], keys: list[str]) -> dict[str, float]:
     return {k: mean([float(r[k]) for r in rows]) for k in keys} if rows else {}
 
 
+# The folder the bundled cards' split files are named from (``benchmarks/splits/...``, their entries from it too):
+# the repository of a clone or an editable install (src/hemaseg/engine/evaluate.py -> the repository); a wheel has none
+REPO_ROOT = Path(__file__).resolve().parents[3]
+
+
 def trained_on(model, card: dict) -> set[str]:
-    """Resolved paths of the images a run trained on, from its split.json (beside the model, or where its card
-    says; entries are paths, or [image, label] lists); empty when neither is on this machine."""
-    for f in (Path(str(model)) / "split.json", Path(str((card.get("training") or {}).get("split") or ""))):
-        if f.name == "split.json" and f.is_file():
-            try:
-                return {str(Path(e[0] if isinstance(e, list) else e).resolve())
-                        for e in json.loads(f.read_text()).get("train", [])}
-            except (OSError, ValueError, AttributeError, TypeError, IndexError):
-                return set()
+    """Resolved paths of the images a run trained on, from its split.json (beside the model, or the split file its
+    card names: from the working folder, else from the repository, as the bundled cards name theirs,
+    ``benchmarks/splits/...``); entries are paths, or [image, label] lists, or names in the split's ``source``
+    folder (a DSB image in its ``<id>/images/`` folder); empty when neither is on this machine."""
+    found = split_file(model, card)
+    if found is not None:
+        f, base = found
+        try:
+            split = json.loads(f.read_text())
+            source = base / str(split.get("source", ""))
+            seen = set()
+            for e in split.get("train", []):
+                e = Path(e[0] if isinstance(e, list) else e)
+                seen |= {str((where / e).resolve()) for where in (base, source)}
+                seen.add(str((source / e.stem / "images" / e.name).resolve()))
+            return seen
+        except (OSError, ValueError, AttributeError, TypeError, IndexError):
+            return set()
     return set()
+
+
+def split_file(model, card: dict) -> tuple[Path, Path] | None:
+    """(the split file a model trained by, the folder its entries are named from), or None when none is on this
+    machine: RUN/split.json beside a run, else the file its card's ``training.split`` names, from the working folder
+    or from the repository (:data:`REPO_ROOT`)."""
+    named = Path(str((card.get("training") or {}).get("split") or ""))
+    tried = [(Path(str(model)) / "split.json", Path.cwd())]
+    if named.suffix == ".json":
+        tried += [(named, Path.cwd())] + ([] if named.is_absolute() else [(REPO_ROOT / named, REPO_ROOT)])
+    return next(((f, base) for f, base in tried if f.is_file()), None)
 
 
 def own_training_note(model, card: dict, images: list, what: str = "images") -> list[str]:
@@ -156,8 +181,11 @@ def own_training_note(model, card: dict, images: list, what: str = "images") -> 
         return []
     seen = trained_on(model, card)
     own = sum(1 for p in images if str(Path(p).resolve()) in seen)
-    return [f"note: {own} of the {len(images)} {what} scored are this model's own training {what} (its "
-            f"split.json): their scores flatter it; --split RUN/split.json scores its validation {what}"] if own else []
+    if not own:
+        return []
+    f = split_file(model, card)[0]
+    return [f"note: {own} of the {len(images)} {what} scored are this model's own training {what} ({f}): their "
+            f"scores flatter it; --split {f} scores its validation {what}"]
 
 
 def evaluate_pairs(task, data: list, model=None, split: str | Path | None = None,
