@@ -150,6 +150,9 @@ def test_classify_keeps_relative_paths_as_typed(tmp_path, tiny_classifier, monke
     assert [r[0] for r in list(csv.reader(open("o.csv")))[1:]] == [f"./c/Monocyte/{name}"]  # given twice: one row
 
 
+STAINED = np.tile(np.uint8([200, 120, 180]), (8, 8, 1))  # a crop with a stain's colour (a grey one is doubtful)
+
+
 def test_modes_of_white_cells_only_call_a_platelet_or_erythroblast_crop_no_wbc(monkeypatch):
     """-m 1/2/3 spread a PBC platelet crop's probability over the WBC types and called it a monocyte."""
     from hemaseg.tasks.wbc_type import crops as C
@@ -160,7 +163,7 @@ def test_modes_of_white_cells_only_call_a_platelet_or_erythroblast_crop_no_wbc(m
         probs[row, classes.index(a)], probs[row, classes.index(b)] = 0.95, 0.05
     monkeypatch.setattr(C, "get_model", lambda model, device="cpu": (None, {"classes": classes}))
     monkeypatch.setattr(C, "predict_crops", lambda *a, **k: probs)
-    cells = [C.CellCrop(np.zeros((8, 8, 3), np.uint8), np.ones((8, 8), bool), True, 40.0) for _ in range(3)]
+    cells = [C.CellCrop(STAINED, np.ones((8, 8), bool), True, 40.0) for _ in range(3)]
     for mode in (1, 2, 3):
         labels = [label for label, _ in C.prediction_rows(cells, "m", mode=mode)[1]]
         assert labels[0] == labels[2] == C.NO_WBC and labels[1] in ("LYMPHOCYTE", "MONONUCLEAR"), (mode, labels)
@@ -906,7 +909,7 @@ def test_modes_of_five_types_do_not_turn_an_immature_granulocyte_into_a_confiden
     probs[2, classes.index("basophil")], probs[2, classes.index("neutrophil")] = 0.6, 0.4
     monkeypatch.setattr(C, "get_model", lambda model, device="cpu": (None, {"classes": classes}))
     monkeypatch.setattr(C, "predict_crops", lambda *a, **k: probs)
-    cells = [C.CellCrop(np.zeros((8, 8, 3), np.uint8), np.ones((8, 8), bool), True, 40.0) for _ in range(3)]
+    cells = [C.CellCrop(STAINED, np.ones((8, 8), bool), True, 40.0) for _ in range(3)]
     for mode in (1, 2, 3):
         names, rows = C.prediction_rows(cells, "m", mode=mode, min_confidence=0.01)
         assert rows[0][0] == C.UNSURE and abs(rows[0][1].sum() - 1) < 1e-5, mode  # columns still sum to 1
@@ -1161,3 +1164,43 @@ def test_explain_says_the_class_each_map_shows_which_classify_calls_and_sees_cro
     Image.fromarray(np.full((48, 48, 3), 230, np.uint8)).save(tmp_path / "blank.png")
     res = runner.invoke(app, ["explain", str(tmp_path / "blank.png"), "--out", str(tmp_path / "ex2"), "--model", str(plain)])
     assert res.exit_code == 0 and (tmp_path / "ex2" / "blank_gradcam.png").exists(), res.output
+
+
+def test_classify_says_crops_too_small_or_grey_to_type_and_a_mode_the_model_cannot_fill(monkeypatch, caplog):
+    """A walkthrough (stop 71): PBC crops shrunk to 10-20 px were typed PLATELET at 0.52-0.99 and passed
+    --min-confidence 0.8; grey crops were typed silently where analyze lists a grey photo's WBCs unsure; -m 3 with a
+    model lacking basophil dropped the column unsaid (now said: a lab's own typer of fewer types); an erythroblast at 0.50 under -m 2 printed
+    MONOCYTE unsaid; the -m 1 warning said the rows give a type where they were UNSURE."""
+    from hemaseg.tasks.wbc_type import crops as C
+
+    classes = list(C.PBC_CLASSES)
+    probs = np.zeros((4, 8), np.float32)
+    probs[:, classes.index("neutrophil")] = 0.95
+    probs[:, classes.index("monocyte")] = 0.05
+    probs[3] = 0.0
+    probs[3, classes.index("erythroblast")], probs[3, classes.index("monocyte")] = 0.55, 0.45
+    card = {"classes": classes, "input_size": 80}
+    monkeypatch.setattr(C, "get_model", lambda model, device="cpu": (None, card))
+    monkeypatch.setattr(C, "predict_crops", lambda *a, **k: probs)
+    grey = np.full((8, 8, 3), 128, np.uint8)
+    cells = [C.CellCrop(STAINED, np.ones((8, 8), bool), True, d) for d in (60.0, 20.0)] + \
+        [C.CellCrop(grey, np.ones((8, 8), bool), True, 60.0), C.CellCrop(STAINED, np.ones((8, 8), bool), True, 60.0)]
+    labels = [r[0] for r in C.prediction_rows(cells, "m", mode=4, min_confidence=0.5)[1]]
+    assert labels == ["NEUTROPHIL", C.UNSURE, C.UNSURE, "ERYTHROBLAST"]  # 20 px < 0.7 * 80 / 2: too few pixels
+    assert "1 crop(s) whose WBC spans under 28 px" in caplog.text and "1 grey crop(s)" in caplog.text
+    caplog.clear()
+    labels = [r[0] for r in C.prediction_rows(cells, "m", mode=2)[1]]  # the default: typed, but said
+    assert labels == ["NEUTROPHIL"] * 3 + ["MONOCYTE"] and "whose WBC spans under" in caplog.text
+    assert "1 crop(s) the model finds most likely erythroblast (1), which -m 2 has no column for" in caplog.text
+    caplog.clear()
+    C.prediction_rows(cells, "m", mode=1)
+    assert "which -m 1 has no column for: their rows give the likeliest type it names (with --min-confidence above " \
+           "0, UNSURE)" in caplog.text
+    card["classes"] = ["neutrophil", "eosinophil", "monocyte", "lymphocyte"]
+    monkeypatch.setattr(C, "predict_crops", lambda *a, **k: np.full((4, 4), 0.25, np.float32))
+    caplog.clear()
+    names, rows = C.prediction_rows(cells, "m", mode=3)
+    assert names == ["NEUTROPHIL", "EOSINOPHIL", "MONOCYTE", "LYMPHOCYTE"]
+    assert "-m 3: the model knows no basophil: left out of the columns" in caplog.text
+    caplog.clear()
+    assert [r[0] for r in C.prediction_rows(cells, "m", mode=2)[1]][0] == "NEUTROPHIL" and "left out" not in caplog.text
