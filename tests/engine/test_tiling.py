@@ -44,3 +44,17 @@ def test_tiles_actually_used_differ_without_overlap():
     whole = predict_tiled(model, x, tile=512, stride=model.stride)
     tiled = predict_tiled(model, x, tile=64, overlap=0, stride=model.stride)
     assert np.abs(tiled - whole).max() > 1e-3
+
+
+def test_an_image_run_at_the_scale_bound_is_said(caplog):
+    """A walkthrough (stop 71): red cells too large for the smallest scale (0.1x) were run there unsaid, and read
+    at half their size and cut in pieces."""
+    import hemaseg
+
+    image = hemaseg.read_image(hemaseg.__path__[0] + "/samples/BloodImage_00000.jpg")
+    caplog.clear()
+    seg = hemaseg.segment(image, model="cells", cell_diameter=4000)
+    assert seg.scale == 0.1 and "run at 0.1x, the smallest scale the model is run at" in caplog.text
+    caplog.clear()
+    hemaseg.segment(image[:200, :200], model="cells", cell_diameter=90)
+    assert "scale the model is run at" not in caplog.text

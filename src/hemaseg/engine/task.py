@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import re
@@ -16,6 +17,7 @@ import numpy as np
 
 from hemaseg.core.content import featureless
 from hemaseg.core.options import OPTION_RANGES, check_numbers
+from hemaseg.core.resize import MAX_FACTOR, MIN_FACTOR
 from hemaseg.core.result import Segmentation
 from hemaseg.engine.evaluate import class_panels, evaluate_pairs, plain_table
 from hemaseg.engine.predict import get_model
@@ -26,6 +28,8 @@ from hemaseg.io.datasets import Pair, find_pairs
 from hemaseg.io.images import check_mask_values, read_image, read_mask
 from hemaseg.metrics import confusion_matrix, semantic_scores
 from hemaseg.models.registry import list_models
+
+log = logging.getLogger(__name__)
 
 
 def params_from_card(params_class: type, card: dict | None = None, task_name: str = "", **overrides):
@@ -335,7 +339,16 @@ class Task:
             return self.empty(image, card, cell_diameter)
         if method is not None:
             return self.segment_classical(image, method)
-        return self.segment(image, model, cell_diameter, device, tile, overlap, tta, params)
+        seg = self.segment(image, model, cell_diameter, device, tile, overlap, tta, params)
+        at_bound = [b for b in (MIN_FACTOR, MAX_FACTOR) if abs(seg.scale - b) < 1e-6]
+        if at_bound:  # the size its cells need may lie beyond (a walkthrough, stop 71: an 8000x6000 photo's red cells
+            # of ~1,450 px, run at 0.1x, read 645 px and cut in pieces; said nowhere)
+            small = at_bound[0] == MIN_FACTOR
+            log.warning("%s: run at %gx, the %s scale the model is run at: cells of %.0f px %s; results may be "
+                        "wrong (%s the image first)", self.name, seg.scale, "smallest" if small else "largest",
+                        seg.cell_diameter, "or larger may not come down to its trained size" if small else
+                        "or smaller may not come up to its trained size", "shrink" if small else "enlarge")
+        return seg
 
     def empty(self, image: np.ndarray, card: dict | None = None, cell_diameter: float | None = None) -> Segmentation:
         """The result of an image with no cell: every pixel background (probability 1), no object."""
