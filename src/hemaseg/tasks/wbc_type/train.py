@@ -219,7 +219,7 @@ def prepare_crops(paths: list[Path], size: int, normalise: bool, cache: Path, pr
             with atomic_path(files[i]) as tmp:
                 with open(tmp, "wb") as fh:
                     np.savez(fh, image=im, mask=m, extras=e)
-    if bad:  # the readable ones are cached: a run after the bad ones are mended or removed starts from them
+    if bad:  # every bad crop named at once (the cache goes with a run folder this refused command created)
         where = os.path.commonpath([os.path.abspath(e.path) for e in bad])  # (the first crop was named twice)
         raise HemasegInputError(where if len(bad) > 1 else Path(where).parent, f"{len(bad)} crop(s) unreadable, each "
                                 "named above: mend or remove them")
