@@ -447,7 +447,8 @@ def create_app(work_dir: str | Path | None = None, cells_model="cells", type_mod
             s.failed.append((name, f"not an image file we read (give {', '.join(IMAGE_SUFFIXES)})"))
             return error(f"{name}: not an image file we read (give {', '.join(IMAGE_SUFFIXES)})", 400)
         f.stream.seek(0, os.SEEK_END)  # the photo's own size against the limit (the request's holds headers too)
-        if f.stream.tell() > max_upload_mb * 1024 * 1024:
+        if f.stream.tell() > max_upload_mb * 1024 * 1024:  # listed with the session's other refused files
+            s.failed.append((name, f"file too large: the limit is {max_upload_mb:g} MB per photo"))
             return too_large(None)
         f.stream.seek(0)
         safe = secure_filename(name) or f"image{suffix}"
