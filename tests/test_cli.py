@@ -7,7 +7,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from hemaseg.cli import app
-from hemaseg.models.registry import WEIGHTS_DIR
+from hemaseg.models.registry import SAMPLE_PHOTO, WEIGHTS_DIR
 from hemaseg.version import __version__
 
 runner = CliRunner()
@@ -967,3 +967,21 @@ def test_the_own_training_note_finds_a_split_the_card_names_from_the_repository(
     assert ev.own_training_note("wbc-type", card, [data / "crops" / "b.png"], "crops") == []
     for name, image in (("s", data / "seg" / "002.bmp"), ("d", data / "dsb" / "abc" / "images" / "abc.png")):
         assert ev.own_training_note("m", {"training": {"split": f"benchmarks/splits/{name}.json"}}, [image]), name
+
+
+def test_segment_json_says_where_the_cell_diameter_came_from(tmp_path):
+    """Stop 70's list: a nuclei JSON's cell_diameter was the model's trained median when nothing was measured, unsaid."""
+    import hemaseg
+
+    sample = hemaseg.read_image(SAMPLE_PHOTO)[:240, 160:480]
+    Image.fromarray(sample).save(tmp_path / "cells.png")
+    Image.fromarray(np.full((64, 64, 3), 230, np.uint8)).save(tmp_path / "blank.png")
+    res = runner.invoke(app, ["segment", "--task", "cells", str(tmp_path / "cells.png"), str(tmp_path / "blank.png"),
+                              "--out", str(tmp_path / "o")])
+    assert res.exit_code == 0, res.output
+    said = {n: json.loads((tmp_path / "o" / f"{n}.json").read_text())["cell_diameter_from"] for n in ("cells", "blank")}
+    assert said == {"cells": "measured", "blank": "model"}
+    res = runner.invoke(app, ["segment", "--task", "cells", str(tmp_path / "cells.png"), "--cell-diameter", "90",
+                              "--out", str(tmp_path / "g")])
+    assert json.loads((tmp_path / "g" / "cells.json").read_text())["cell_diameter_from"] == "given"
+    assert hemaseg.analyze(np.full((64, 64, 3), 230, np.uint8)).entry["cell_diameter_from"] == "model"

@@ -61,7 +61,7 @@ from hemaseg.pipelines.batch import (
 from hemaseg.pipelines.export import EXPORTERS
 from hemaseg.pipelines.export import export as run_export
 from hemaseg.pipelines.segment import CELL_DIAMETER_UM, REGION_TASKS, diameter_from_pixel_size, file_pixel_size
-from hemaseg.progress import track
+from hemaseg.progress import INPUT_NAMED, track
 from hemaseg.tasks import get_task, list_tasks
 from hemaseg.tasks.cells.infer import is_detector
 from hemaseg.tasks.cells.train import coco_photo_folders
@@ -301,23 +301,6 @@ def _fail_error(exc: HemasegError, path=None) -> None:
     _fail(path if path is not None else getattr(exc, "path", ""), getattr(exc, "reason", str(exc)))
 
 
-class _InputNamed(logging.Filter):
-    """Prefixes a warning logged while one input is worked on with that input's path (a segment audit:
-    "the hsv method needs a colour photo ..." came twice in a batch, naming neither photo)."""
-
-    path: object = None
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if self.path is not None and record.levelno >= logging.WARNING and not getattr(record, "input_named", False):
-            # once, though each handler filters the same record (pytest's add theirs: the path came three times),
-            # and not when the message names it already (an image reader's warning)
-            message = record.getMessage()
-            named = message.startswith(f"{self.path}: ")
-            record.msg, record.args, record.input_named = message if named else f"{self.path}: {message}", (), True
-        return True
-
-
-INPUT_NAMED = _InputNamed()
 
 
 def _for_each(paths, label: str, work) -> int:

@@ -26,3 +26,22 @@ def warn_once(log: logging.Logger, key: tuple, msg: str, *args) -> None:
     if key not in _SAID:
         _SAID.add(key)
         log.warning(msg, *args)
+
+
+class InputNamed(logging.Filter):
+    """Prefixes a warning logged while one input is worked on with that input's path (a segment audit:
+    "the hsv method needs a colour photo ..." came twice in a batch, naming neither photo)."""
+
+    path: object = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.path is not None and record.levelno >= logging.WARNING and not getattr(record, "input_named", False):
+            # once, though each handler filters the same record (pytest's add theirs: the path came three times),
+            # and not when the message names it already (an image reader's warning)
+            message = record.getMessage()
+            named = message.startswith(f"{self.path}: ")
+            record.msg, record.args, record.input_named = message if named else f"{self.path}: {message}", (), True
+        return True
+
+
+INPUT_NAMED = InputNamed()  # the CLI's handlers filter by it; each batch loop sets its input

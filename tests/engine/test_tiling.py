@@ -54,7 +54,8 @@ def test_an_image_run_at_the_scale_bound_is_said(caplog):
     image = hemaseg.read_image(hemaseg.__path__[0] + "/samples/BloodImage_00000.jpg")
     caplog.clear()
     seg = hemaseg.segment(image, model="cells", cell_diameter=4000)
-    assert seg.scale == 0.1 and "run at 0.1x, the smallest scale the model is run at" in caplog.text
+    assert seg.scale == 0.1 and "run at 0.1x, the smallest scale the model is run at: cells of 449 px reach its " \
+        "trained 45 px there; these are 4000 px (given)" in caplog.text
     caplog.clear()
     hemaseg.segment(image[:200, :200], model="cells", cell_diameter=90)
     assert "scale the model is run at" not in caplog.text

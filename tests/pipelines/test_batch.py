@@ -469,3 +469,28 @@ def test_one_photo_given_twice_is_said(photos, tmp_path, caplog):
 def _done(photo, out):
     assert _run(photo, "--out", out).exit_code == 0
     return out / "results.json"
+
+
+def test_a_warning_logged_while_a_photo_is_analysed_names_it(photos, tmp_path, caplog):
+    """A review (stop 71): the scale-bound warning logged during a batch named no photo (only the command line's
+    per-input loops set the name: analyze's batch loop and evaluate's did not)."""
+    res = _run(photos[0], "--out", tmp_path / "o", "--cell-diameter", "4000")
+    assert res.exit_code == 0, res.output
+    assert f"{photos[0]}: cells: run at 0.1x" in caplog.text + res.output
+
+
+def test_a_batch_begun_under_an_old_default_is_told_the_post_that_finishes_it(photos, tmp_path):
+    """A review (stop 71): a batch begun when wbc_min_score's default was 0.6 was refused on --resume, and the
+    --post wbc_min_score=0.6 the message pointed to was refused too (the raw --post list was compared as well)."""
+    out = tmp_path / "out"
+    assert _run(photos[0], "--out", out).exit_code == 0
+    run_file = out / PARTS / "run.json"
+    run = json.loads(run_file.read_text())
+    assert run["postprocess"]["wbc_min_score"] == 0.4 and "post" not in run
+    run_file.write_text(json.dumps({**run, "postprocess": {**run["postprocess"], "wbc_min_score": 0.6}}))
+    res = _run(photos[0], photos[1], "--out", out, "--resume")
+    assert res.exit_code == 2 and "wbc_min_score's default was 0.6 (now 0.4)" in res.output and \
+        "--post wbc_min_score=0.6 beside --resume" in res.output, res.output
+    res = _run(photos[0], photos[1], "--out", out, "--resume", "--post", "wbc_min_score=0.6")
+    assert res.exit_code == 0, res.output
+    assert len(json.loads((out / "results.json").read_text())["data"]) == 2

@@ -731,7 +731,7 @@ def test_evaluate_cells_grid_draws_the_worst_photos_with_their_boxes(tmp_path, m
     from hemaseg.tasks.cells import CELLS
 
     def found(image, model, cell_diameter=None, device="cpu", *args):  # a red cell at each place GOOD draws
-        return SimpleNamespace(objects=[{"category": "rbc", "score": 0.9, "bounding_box": {
+        return SimpleNamespace(scale=1.0, objects=[{"category": "rbc", "score": 0.9, "bounding_box": {
             "x1": cx - 28, "y1": cy - 28, "x2": cx + 28, "y2": cy + 28}} for cy, cx, _ in GOOD])
 
     monkeypatch.setattr(cells_task, "segment_cells", found)

@@ -33,6 +33,9 @@ class Segmentation:
         The diameter, px in the input image, of the cells the task sized the image by (whole WBC,
         nucleus, or red cell: :func:`hemaseg.segment`'s ``cell_diameter``), given or estimated;
         when it cannot be measured, one derived from the model card's trained diameter.
+    diameter_from : str
+        Where ``cell_diameter`` came from: ``"given"``, ``"measured"`` or ``"model"`` (nothing in the image to
+        measure it by); ``""`` for a task that does not say (the classical methods).
     scale : float
         The factor the image was resized by before the network (network px per input px);
         1.0 when it was not resized.
@@ -66,6 +69,9 @@ class Segmentation:
     cell_diameter: float  # px in the input image (given or estimated)
     scale: float  # factor the image was resized by before the network
     objects: list[dict] = field(default_factory=list)
+    # where cell_diameter came from: "given" (by the caller), "measured" (on the image), "model" (nothing to measure
+    # it by: the model's trained size); "" when a task does not say
+    diameter_from: str = ""
 
     @property
     def count(self) -> int:

@@ -15,7 +15,7 @@ from hemaseg.io.datasets import Pair
 from hemaseg.io.images import read_image
 from hemaseg.io.writers import GRID_MARK, atomic_path, overlay
 from hemaseg.models.registry import load_card
-from hemaseg.progress import track
+from hemaseg.progress import INPUT_NAMED, track
 
 
 def split_names(split_file: str | Path, part: str = "val") -> set[str]:
@@ -66,6 +66,7 @@ def _score_each(pairs: list[Pair], load, run, score, failed: list[dict] | None =
     ``failed`` ({"image", "reason"}) when given (else its error is raised): the others are still scored."""
     rows = []
     for pair in track(pairs, "evaluate"):
+        INPUT_NAMED.path = pair.image  # what is logged meanwhile names the image
         try:
             image, target = load(pair)
             t0 = time.perf_counter()
@@ -83,6 +84,8 @@ def _score_each(pairs: list[Pair], load, run, score, failed: list[dict] | None =
             if failed is None:
                 raise
             failed.append({"image": str(pair.image), "reason": f"{type(exc).__name__}: {str(exc).strip()[:160]}"})
+        finally:
+            INPUT_NAMED.path = None
     return rows
 
 

@@ -340,14 +340,18 @@ class Task:
         if method is not None:
             return self.segment_classical(image, method)
         seg = self.segment(image, model, cell_diameter, device, tile, overlap, tta, params)
+        if cell_diameter:
+            seg.diameter_from = "given"
         at_bound = [b for b in (MIN_FACTOR, MAX_FACTOR) if abs(seg.scale - b) < 1e-6]
         if at_bound:  # the size its cells need may lie beyond (a walkthrough, stop 71: an 8000x6000 photo's red cells
             # of ~1,450 px, run at 0.1x, read 645 px and cut in pieces; said nowhere)
             small = at_bound[0] == MIN_FACTOR
-            log.warning("%s: run at %gx, the %s scale the model is run at: cells of %.0f px %s; results may be "
-                        "wrong (%s the image first)", self.name, seg.scale, "smallest" if small else "largest",
-                        seg.cell_diameter, "or larger may not come down to its trained size" if small else
-                        "or smaller may not come up to its trained size", "shrink" if small else "enlarge")
+            trained = float(get_model(model, device)[1].get("cell_diameter") or 0)
+            reach = f"cells of {trained / seg.scale:.0f} px reach its trained {trained:.0f} px there; " if trained else ""
+            log.warning("%s: run at %gx, the %s scale the model is run at: %sthese are %.0f px (%s); results may be "
+                        "wrong (%s the image first, or give --cell-diameter)", self.name, seg.scale,
+                        "smallest" if small else "largest", reach, seg.cell_diameter,
+                        "given" if cell_diameter else "as measured at that scale", "shrink" if small else "enlarge")
         return seg
 
     def empty(self, image: np.ndarray, card: dict | None = None, cell_diameter: float | None = None) -> Segmentation:
@@ -356,7 +360,8 @@ class Task:
         probs = np.zeros((len(self.classes), h, w), np.float32)
         probs[0] = 1.0
         diameter = float(cell_diameter or (card or {}).get("cell_diameter") or 0.0)
-        return Segmentation(np.zeros((h, w), np.uint8), np.zeros((h, w), np.int32), probs, diameter, 1.0, [])
+        return Segmentation(np.zeros((h, w), np.uint8), np.zeros((h, w), np.int32), probs, diameter, 1.0, [],
+                            "given" if cell_diameter else "model")
 
     def segment(self, image: np.ndarray, model, cell_diameter: float | None = None, device: str = "cpu",
                 tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP, tta: bool | None = None,

@@ -185,6 +185,7 @@ def write_segmentation(out: Path, stem: str, source: Path, image: np.ndarray, se
         "task": task_name,
         "model": model_name,
         "cell_diameter": round(seg.cell_diameter, 2),
+        **({"cell_diameter_from": seg.diameter_from} if seg.diameter_from else {}),  # given, measured, model
         "scale": round(seg.scale, 4),
         "count": seg.count,
         "masks": seg.objects,

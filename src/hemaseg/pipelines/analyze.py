@@ -361,6 +361,8 @@ def analyze(image: np.ndarray, filename: str = "", cells_model="cells", type_mod
     if cell_diameter is not None:  # not measured: the report says so, and what it came from
         derived = pixel_size and cell_diameter == diameter_from_pixel_size("cells", pixel_size)
         entry["cell_diameter_from"] = "pixel size" if derived else "given"
+    elif seg.diameter_from == "model":  # no red cell to measure it by: the model's trained size
+        entry["cell_diameter_from"] = "model"
     if params is not None:  # the knobs given that differ from the model card's: the counts rest on them
         own = get_task("cells").params(cells_card)
         changed = {k: v for k, v in asdict(params).items() if k != "platelet_rescore" and v != getattr(own, k)}

@@ -38,7 +38,7 @@ from hemaseg.pipelines.report import (
     write_report_records,
 )
 from hemaseg.pipelines.segment import file_pixel_size
-from hemaseg.progress import track
+from hemaseg.progress import INPUT_NAMED, track
 from hemaseg.tasks import get_task
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,9 @@ RUN_FILE = "run.json"
 # cells post-processing knobs added after batches began recording them, with the value that keeps the behaviour they
 # were run with: a batch begun before one was added resumes (stop 70's grow_boxes was refused as "other options")
 ADDED_KNOBS = {"grow_boxes": True}
+# defaults changed since batches began recording the knobs: (old value, when); a batch begun with one is told the --post
+# that finishes it as begun (stop 71: wbc_min_score 0.6 -> 0.4)
+CHANGED_DEFAULTS = {"wbc_min_score": (0.6, "stop 71")}
 BATCH_FILES = ("results.json", "counts.csv", "report.html")
 PART_FORMAT = 1
 
@@ -214,8 +217,19 @@ def prepare_batch(out: str | Path, opts: BatchOptions, resume: bool = False, ove
             raise HemasegUsageError("--resume", f"{out} was begun by an earlier hemaseg, which did not record its "
                                                 "post-processing (some defaults have changed since): start afresh "
                                                 "with --overwrite, or finish it with that hemaseg")
+        if isinstance(before.get("postprocess"), dict):  # the knobs as run decide; --post is only their spelling (a
+            before.pop("post", None)                     # batch begun with a changed default resumes given it)
+            now.pop("post", None)
         if before != now:
             diff = [k for k in dict.fromkeys([*now, *(before or {})]) if not before or before.get(k) != now.get(k)]
+            old = {n: v for n, v in before.get("postprocess", {}).items() if n in CHANGED_DEFAULTS
+                   and v == CHANGED_DEFAULTS[n][0] and now.get("postprocess", {}).get(n) != v}
+            if old and diff == ["postprocess"] and all(  # only a changed default stands between: name the --post
+                    before["postprocess"].get(n) == now["postprocess"].get(n) for n in now["postprocess"] if n not in old):
+                raise HemasegUsageError("--resume", f"{out} was begun when " + ", ".join(
+                    f"{n}'s default was {v!r} (now {now['postprocess'][n]!r})" for n, v in old.items())
+                    + "; finish it as begun with " + " ".join(f"--post {n}={v}" for n, v in old.items())
+                    + " beside --resume, or start afresh with --overwrite")
             said = []
             for k in diff:
                 if k == "postprocess" and isinstance(before.get(k), dict) and isinstance(now.get(k), dict):
@@ -278,7 +292,11 @@ def run_photos(jobs: list[tuple[Path, str]], out: Path, opts: BatchOptions, clie
 
     if client is None:
         for path, stem in track(jobs, "analyze"):
-            note(path, analyze_photo(path, stem, out, opts))
+            INPUT_NAMED.path = path  # what is logged meanwhile names the photo (the scale-bound warning)
+            try:
+                note(path, analyze_photo(path, stem, out, opts))
+            finally:
+                INPUT_NAMED.path = None
     else:
         from distributed import as_completed
 

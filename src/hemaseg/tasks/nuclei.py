@@ -485,10 +485,12 @@ def segment_nuclei(image: np.ndarray, model="nuclei", cell_diameter: float | Non
         factor = new
     if probs is None:
         probs = predict_probs(module, card, image, factor, tile, overlap, prange, invert, tta=tta)
+    measured = bool(cell_diameter)  # (given ones are said so by Task.predict)
     diameter = float(cell_diameter or trained / factor)
     instances = find(probs, _min_area(diameter, p), diameter=diameter)
     classes = (instances > 0).astype(np.uint8)
-    return Segmentation(classes, instances, probs, diameter, factor, instance_objects(instances, probs))
+    return Segmentation(classes, instances, probs, diameter, factor, instance_objects(instances, probs),
+                        "measured" if measured else "model")
 
 
 class NucleiTask(Task):

@@ -1202,6 +1202,7 @@ def _segment_wbc(image: np.ndarray, module: torch.nn.Module, card: dict, cell_di
     else:
         factor = scale_factor(card, cell_diameter, p.scale_deadband)
         probs = predict_probs(module, card, image, factor, tile, overlap, prange, check_content=False)
+    measured = bool(cell_diameter)  # (given ones are said so by Task.predict)
     diameter = float(cell_diameter or (float(card.get("cell_diameter") or p.fallback_diameter) / factor))
     classes, instances = post if post is not None else wbc_instances(probs, diameter, p)
     classes, instances = red_colour_rules(image, classes, instances, diameter, p)
@@ -1218,7 +1219,7 @@ def _segment_wbc(image: np.ndarray, module: torch.nn.Module, card: dict, cell_di
             instances = relabel(joined, np.bincount(joined.ravel()) > 0)
     classes, instances = open_each_cell(classes, instances, p.cell_open)
     objects = wbc_objects(classes, instances, probs)
-    return Segmentation(classes, instances, probs, diameter, factor, objects)
+    return Segmentation(classes, instances, probs, diameter, factor, objects, "measured" if measured else "model")
 
 
 def _estimate_large(module: torch.nn.Module, card: dict, image: np.ndarray, prange: np.ndarray, tile: int,
@@ -1261,6 +1262,7 @@ def _segment_blocks(module: torch.nn.Module, card: dict, image: np.ndarray, pran
     if cell_diameter is None:
         cell_diameter = _estimate_large(module, card, image, prange, tile, overlap, p)
     factor = scale_factor(card, cell_diameter, p.scale_deadband)
+    measured = bool(cell_diameter)
     diameter = float(cell_diameter or ((trained or p.fallback_diameter) / factor))
     margin = int(np.ceil(p.block_margin * diameter))
     core = max(p.block_size - 2 * margin, p.block_size // 4, 1)
@@ -1322,7 +1324,7 @@ def _segment_blocks(module: torch.nn.Module, card: dict, image: np.ndarray, pran
     for o in objects:
         o["score"] = round(scores[o["id"]], 4)
     assert summary is not None
-    return Segmentation(classes, instances, summary, diameter, factor, objects)
+    return Segmentation(classes, instances, summary, diameter, factor, objects, "measured" if measured else "model")
 
 
 def _room_for(instances: np.ndarray, last: int) -> np.ndarray:

@@ -615,6 +615,7 @@ def segment_cells(image: np.ndarray, model="cells", cell_diameter: float | None 
             tried.add(round(factor, 3))
             probs = run(factor)
             small, owner, scores = cell_instances(probs, trained, p)
+    measured = bool(cell_diameter)  # (given ones are said so by Task.predict)
     diameter = float(cell_diameter or trained / factor)
     h, w = image.shape[:2]
     instances = small if small.shape == (h, w) else cv2.resize(small, (w, h), interpolation=cv2.INTER_NEAREST)
@@ -633,7 +634,8 @@ def segment_cells(image: np.ndarray, model="cells", cell_diameter: float | None 
     if low.any():
         labels, owner, ids = visible(np.where(low[labels], 0, labels).astype(np.int32), owner)
         scores = scores[ids - 1]
-    return _result(labels, owner, scores, probs, diameter, factor, card.get("box_scale") if p.grow_boxes else None)
+    return _result(labels, owner, scores, probs, diameter, factor, card.get("box_scale") if p.grow_boxes else None,
+                   "measured" if measured else "model")
 
 
 def red_cell_labels(image: np.ndarray, rbc_diameter: float, model="cells", device: str = "cpu",
@@ -687,7 +689,7 @@ def red_cell_labels(image: np.ndarray, rbc_diameter: float, model="cells", devic
 
 
 def _result(instances: np.ndarray, owner: np.ndarray, scores: np.ndarray, probs: np.ndarray | None,
-            diameter: float, factor: float, box_scale: dict | None = None) -> Segmentation:
+            diameter: float, factor: float, box_scale: dict | None = None, diameter_from: str = "") -> Segmentation:
     """Segmentation with one record per instance (category, score, box, outline). Boxes are drawn
     as the model's training annotations drew them (``box_scale`` per category, from the card);
     the outline is the cell's own."""
@@ -707,7 +709,7 @@ def _result(instances: np.ndarray, owner: np.ndarray, scores: np.ndarray, probs:
             objects.append(rec)
     objects.sort(key=lambda r: r["id"])
     return Segmentation(classes, instances, probs if probs is not None else np.zeros((0,) + instances.shape, np.float32),
-                        diameter, factor, objects)
+                        diameter, factor, objects, diameter_from)
 
 
 def is_detector(card: dict) -> bool:
@@ -744,10 +746,12 @@ def _segment_detector(image: np.ndarray, module, card: dict, cell_diameter: floa
                 inst, owner, scores = run(factor)
     # Slivers the frame cuts go; instances hidden by higher-scoring ones or lost in resizing are
     # dropped and the rest renumbered.
+    measured = bool(cell_diameter)  # (given ones are said so by Task.predict)
     diameter = float(cell_diameter or trained / factor)
     drop_cut_by_frame(inst, owner, diameter, p)
     labels, owner, ids = visible(inst, owner)
-    return _result(labels, owner, scores[ids - 1], None, diameter, factor, card.get("box_scale") if p.grow_boxes else None)
+    return _result(labels, owner, scores[ids - 1], None, diameter, factor, card.get("box_scale") if p.grow_boxes else None,
+                   "measured" if measured else "model")
 
 
 def grow_box(box: tuple[float, float, float, float], scale: float, width: float, height: float

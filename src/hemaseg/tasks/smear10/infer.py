@@ -555,6 +555,7 @@ def segment_smear(image: np.ndarray, model="smear10", cell_diameter: float | Non
     classes = probs.argmax(0).astype(np.uint8)
     for group in ("wbc", "platelet"):
         classes = vote_per_object(classes, probs, GROUPS[group])
+    measured = bool(cell_diameter)  # (given ones are said so by Task.predict)
     diameter = float(cell_diameter or float(card.get("cell_diameter") or sp.fallback_diameter) / factor)
     cells = split_instances(np.isin(classes, GROUPS["rbc"]), diameter)
     if sp.rbc_vote:
@@ -576,4 +577,4 @@ def segment_smear(image: np.ndarray, model="smear10", cell_diameter: float | Non
     # each red cell one object; a sliver absorb_fragments made red joins the cell around it
     cells = carry_labels(cells, np.isin(classes, GROUPS["rbc"]))
     instances, objects = smear_objects(classes, probs, typed_wbcs=bool(card.get("wbc_typing")), rbc_cells=cells)
-    return Segmentation(classes, instances, probs, diameter, factor, objects)
+    return Segmentation(classes, instances, probs, diameter, factor, objects, "measured" if measured else "model")
