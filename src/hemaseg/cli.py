@@ -976,8 +976,8 @@ def explain(
     device: str = typer.Option("cpu", help="cpu, cuda or auto"),
 ) -> None:
     """Grad-CAM heat maps and masks (OUT/<stem>_gradcam.png, _gradcam_mask.png) of each crop as the classifier
-    sees it (centred on its WBC and rescaled to the model's input size), of the class classify -m 4 calls
-    (OUT/explained.csv: each crop's map, class and probability), and a t-SNE map (OUT/tsne.png, 5 crops
+    sees it (centred on its WBC and rescaled to the model's input size), of the class classify calls (the model's
+    most probable, as -m 4 names it; OUT/explained.csv: each crop's map, class and probability), and a t-SNE map (OUT/tsne.png, 5 crops
     or more). Needs torch: pip install 'hemaseg\\[train]'."""
     require_torch("hemaseg explain")  # gradients: torch only
     check_output(out, "--out", folder=True)
@@ -1023,8 +1023,8 @@ def explain(
         labels.append(Path(os.path.abspath(path)).parent.name)  # a crop named bare (x.jpg): its folder's all the same
 
     failed = _for_each(paths, "explain", work) + _empty_folders(images, recursive=True)
-    if explained:  # which class each map shows: the one classify -m 4 calls, with its calibrated probability
-        import csv
+    if paths:  # which class each map shows, with its calibrated probability (header only when none was explained:
+        import csv  # an earlier run's list in --out would name maps not made now)
         import io
 
         buf = io.StringIO()

@@ -445,3 +445,13 @@ def test_a_correction_keeps_unsure_reason_true_and_an_upload_takes_the_files_sca
         tmp_path / "tagged.png", dpi=(254000 / 2.5, 254000 / 2.5))  # 0.25 µm per px
     session.analyze_file(tmp_path / "tagged.png", "tagged.png")
     assert seen["pixel_size"] == pytest.approx(0.25, rel=1e-3)
+
+
+def test_an_upload_too_large_to_read_is_listed_by_the_name_the_page_sends(client):
+    """A review (stop 71): an upload over the limit by more than Flask's reading margin was refused (413) before the
+    upload's code ran, and so missing from the session's refused files, unlike one just over the limit."""
+    c, sid, session = client
+    res = c.post(f"/api/s/{sid}/images?name=big.jpg", data={"image": (io.BytesIO(os.urandom(400_000)), "big.jpg")},
+                 content_type="multipart/form-data")
+    assert res.status_code == 413 and res.get_json()["error"].startswith("file too large")
+    assert [f["filename"] for f in c.get(f"/api/s/{sid}/state").get_json()["failed"]] == ["big.jpg"]

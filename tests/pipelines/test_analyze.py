@@ -116,6 +116,10 @@ def test_unsure_wbcs_are_left_untyped_and_out_of_the_differential(monkeypatch):
     assert [m["class_name"] for m in wbcs] == ["neutrophil", "wbc", "lymphocyte"]
     assert [m.get("unsure", False) for m in wbcs] == [False, True, False] and a.unsure == [wbcs[1]]
     assert wbcs[1]["unsure_reason"] == "lymphocyte 0.45, under 0.5" and "unsure_reason" not in wbcs[0]
+    # decided on the probabilities kept (4 decimals), as the report reads them: 0.49996 is kept, and typed, as 0.5
+    _fake_models(monkeypatch, lambda n: np.tile(np.float32([0.49996, 0.50004 / 7] + [0.50004 / 7] * 6), (n, 1)))
+    assert [m["class_name"] for m in analyze_mod.analyze(_photo(), "x.png").entry["masks"]] == ["neutrophil"] * 3
+    _fake_models(monkeypatch, probs_of)
     assert wbcs[1]["type_probs"]["lymphocyte"] == 0.45  # kept for the reviewer
     assert a.counts["wbc"] == 3 and a.counts["neutrophil"] == 1 and a.counts["lymphocyte"] == 1
     assert a.n_differential == 2 and a.differential["neutrophil"] == 50.0
@@ -197,3 +201,6 @@ def test_a_pixel_size_sizes_the_red_cells_as_the_command_line_does(monkeypatch, 
 
     Image.fromarray(_photo()).save(tmp_path / "p.png")
     assert analyze_mod.analyze(tmp_path / "p.png").entry["filename"] == str(tmp_path / "p.png")
+    Image.fromarray(_photo()).save(tmp_path / "t.png", dpi=(101600, 101600))  # 0.25 µm per px: its own scale, read
+    e = analyze_mod.analyze(tmp_path / "t.png").entry
+    assert given[-1] == 30.0 and e["pixel_size_um"] == pytest.approx(0.25) and e["cell_diameter_from"] == "pixel size"

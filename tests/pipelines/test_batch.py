@@ -443,6 +443,9 @@ def test_results_say_the_settings_given_and_a_file_scale_no_microscope_wrote_is_
     assert e["postprocess"] == {"wbc_min_score": 0.95} and e["cell_diameter_from"] == "given"
     page = (tmp_path / "set" / "report.html").read_text()
     assert "wbc_min_score=0.95 (given, --post)" in page and "(given, --cell-diameter: not measured)" in page
+    res = _run(photos[1], "--out", tmp_path / "nopr", "--post", "platelet_rescore=null")  # (said, not copied: a review)
+    assert res.exit_code == 0 and read_results(tmp_path / "nopr" / "results.json")[0]["postprocess"] == \
+        {"platelet_rescore": "none"}, res.output
     plain = read_results(_done(photos[1], tmp_path / "plain"))[0]
     assert "postprocess" not in plain and "cell_diameter_from" not in plain
     tagged = tmp_path / "tagged.png"

@@ -1164,6 +1164,11 @@ def test_explain_says_the_class_each_map_shows_which_classify_calls_and_sees_cro
     Image.fromarray(np.full((48, 48, 3), 230, np.uint8)).save(tmp_path / "blank.png")
     res = runner.invoke(app, ["explain", str(tmp_path / "blank.png"), "--out", str(tmp_path / "ex2"), "--model", str(plain)])
     assert res.exit_code == 0 and (tmp_path / "ex2" / "blank_gradcam.png").exists(), res.output
+    # a run that explains nothing leaves no earlier run's list naming maps it did not make
+    res = runner.invoke(app, ["explain", str(tmp_path / "blank.png"), "--out", str(tmp_path / "ex2"), "--model",
+                              str(tiny_classifier)])
+    assert res.exit_code == 1 and (tmp_path / "ex2" / "explained.csv").read_text().strip() == \
+        "filename,gradcam_png,explained,probability"
 
 
 def test_classify_says_crops_too_small_or_grey_to_type_and_a_mode_the_model_cannot_fill(monkeypatch, caplog):
@@ -1192,6 +1197,8 @@ def test_classify_says_crops_too_small_or_grey_to_type_and_a_mode_the_model_cann
     labels = [r[0] for r in C.prediction_rows(cells, "m", mode=2)[1]]  # the default: typed, but said
     assert labels == ["NEUTROPHIL"] * 3 + ["MONOCYTE"] and "whose WBC spans under" in caplog.text
     assert "1 crop(s) the model finds most likely erythroblast (1), which -m 2 has no column for" in caplog.text
+    # as the warning says: UNSURE when a review is asked, though the type called (0.45) is over the threshold (a review)
+    assert [r[0] for r in C.prediction_rows(cells, "m", mode=2, min_confidence=0.3)[1]][3] == C.UNSURE
     caplog.clear()
     C.prediction_rows(cells, "m", mode=1)
     assert "which -m 1 has no column for: their rows give the likeliest type it names (with --min-confidence above " \

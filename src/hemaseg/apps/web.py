@@ -408,6 +408,12 @@ def create_app(work_dir: str | Path | None = None, cells_model="cells", type_mod
 
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(exc):
+        # listed with the session's other refused files, by the name the page sends beside a request too large to read
+        s = sessions.get((request.view_args or {}).get("sid", "")) if exc is not None else None
+        name = Path(request.args.get("name", "").replace("\\", "/")).name
+        if s is not None and name:
+            with s.lock:
+                s.failed.append((name, f"file too large: the limit is {max_upload_mb:g} MB per photo"))
         return error(f"file too large: the limit is {max_upload_mb:g} MB per photo", 413)
 
     @app.errorhandler(HTTPException)

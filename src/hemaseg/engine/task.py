@@ -141,10 +141,23 @@ def given_params(task, card: dict | None, params):
                                           + (f" or a {task.Params.__name__}" if task.Params else ""))
     try:
         if isinstance(params, dict):  # names -> values over the card's own ("postprocess") and the defaults
-            return task.params(card, **params)
+            chosen = task.params(card, **params)  # (which reads a None as "not given")
+            # a None given is a value, as --post NAME=null is (a review, stop 71: analyze --post platelet_rescore=null
+            # kept the card's re-scorer, where segment's --post turned it off)
+            nones = [k for k, v in params.items() if v is None and _takes_none(type(chosen)(), k)]
+            return dataclasses.replace(chosen, **dict.fromkeys(nones)) if nones else chosen
         return checked_params(params)  # a complete object: each field as a --post value is checked
     except ValueError as exc:
         raise HemasegUsageError("params", str(exc)) from None
+
+
+def _takes_none(defaults, name: str) -> bool:
+    """Whether parameter ``name`` takes None as a value (``platelet_rescore``: none), as ``--post NAME=null`` sets it;
+    for the others a None given means "not given"."""
+    try:
+        return param_value(defaults, name, None) is None
+    except ValueError:
+        return False
 
 
 def param_value(defaults, name: str, value):

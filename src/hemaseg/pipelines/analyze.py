@@ -23,7 +23,7 @@ from hemaseg.errors import HemasegError, HemasegUsageError
 from hemaseg.io.images import as_photo, pixels_sha256
 from hemaseg.metrics import binomial_ci
 from hemaseg.models.registry import resolve_model_path
-from hemaseg.pipelines.segment import RED_CELL_UM, diameter_from_pixel_size
+from hemaseg.pipelines.segment import RED_CELL_UM, diameter_from_pixel_size, file_pixel_size
 from hemaseg.tasks import get_task
 from hemaseg.tasks.wbc_type.crops import square_at, type_wbcs
 
@@ -298,8 +298,10 @@ def analyze(image: np.ndarray, filename: str = "", cells_model="cells", type_mod
     (1, 1)
     """
     check_numbers(min_confidence=min_confidence, pixel_size=pixel_size)
-    if not filename and isinstance(image, (str, os.PathLike)):  # a path given: the entry names it
-        filename = os.fspath(image)
+    if isinstance(image, (str, os.PathLike)):  # a path given: the entry names it, its own scale sizes the cells
+        filename = filename or os.fspath(image)
+        if pixel_size is None and cell_diameter is None:
+            pixel_size = file_pixel_size(image)
     if cell_diameter is None and pixel_size is not None:  # as `hemaseg analyze` sizes it (the web page too)
         cell_diameter = diameter_from_pixel_size("cells", pixel_size)
         if cell_diameter is None:
@@ -330,7 +332,8 @@ def analyze(image: np.ndarray, filename: str = "", cells_model="cells", type_mod
                         "listed unsure, typed by none" if min_confidence else "typed as asked (min_confidence 0)")
         for r, p in zip(wbcs, probs):
             r["type_probs"] = {c: round(float(v), 4) for c, v in zip(classes, p)}
-            name, confidence = typed_as(r, p, classes, seg.cell_diameter)
+            # decided on the probabilities kept (4 decimals), as the report and the web page read them back
+            name, confidence = call_of(r, seg.cell_diameter)
             reason = unsure_reason(r, name, confidence, min_confidence, grey)
             if reason:
                 r["unsure"] = True  # stays class_name "wbc": a WBC, type for a person to decide
@@ -366,6 +369,8 @@ def analyze(image: np.ndarray, filename: str = "", cells_model="cells", type_mod
     if params is not None:  # the knobs given that differ from the model card's: the counts rest on them
         own = get_task("cells").params(cells_card)
         changed = {k: v for k, v in asdict(params).items() if k != "platelet_rescore" and v != getattr(own, k)}
+        if params.platelet_rescore != own.platelet_rescore:  # (the fitted re-scorer itself is long: said, not copied)
+            changed["platelet_rescore"] = "none" if params.platelet_rescore is None else "given"
         if changed:
             entry["postprocess"] = changed
     entry["masks"] = records

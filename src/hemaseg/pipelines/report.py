@@ -268,7 +268,8 @@ def report_chunks(records: Iterable[dict], failed: list[tuple[str, str]] | None 
             ["pixel scale", _pixel_scale(entries)],
             ["cells post-processing", _post_said(entries)],
             *([["unsure type", f"a WBC whose type's calibrated probability is under {min_confidence:g} "
-                               "(--min-confidence) is listed for review, counted in no type" if min_confidence
+                               "(--min-confidence), a grey photo's WBCs, and one the typer calls a platelet though "
+                               "too big for one are listed for review, counted in no type" if min_confidence
                                else "none: every WBC typed (--min-confidence 0)"]]
               if min_confidence is not None else []),
             ["images", f"{len(light)} analysed" + (f", {len(failed)} not analysed" if failed else "")]]

@@ -39,7 +39,7 @@ def file_pixel_size(path, task: str = "cells") -> float | None:
     um = pixel_size_um(path)
     if um is not None and task in CELL_DIAMETER_UM and diameter_from_pixel_size(task, um) is None:
         log.warning("%s: its resolution tags say %g µm per px, a %g µm cell of %.3g px: not a microscope's scale; "
-                    "ignored, the size estimated (--pixel-size or --cell-diameter give it)", path, um,
+                    "ignored, not recorded (--pixel-size or --cell-diameter give the size)", path, um,
                     CELL_DIAMETER_UM[task], CELL_DIAMETER_UM[task] / um)
         return None
     return um

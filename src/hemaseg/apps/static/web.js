@@ -1,5 +1,7 @@
 // hemaseg serve: upload photos one at a time, show the analysis, correct WBC types. No build step.
 "use strict";
+// a probability shown with two decimals, rounded down (as the report): one under a threshold never reads as it
+const down2 = (p) => (Math.floor(Math.round(p * 1e4) / 100 + 1e-6) / 100).toFixed(2);
 const sid = document.body.dataset.sid;
 const api = (path) => `/api/s/${sid}/${path}`;
 const maxBytes = parseFloat(document.body.dataset.maxUploadMb) * 1024 * 1024;
@@ -50,7 +52,7 @@ function next() {
   const form = new FormData();
   form.append("image", file, file.name);
   const xhr = new XMLHttpRequest();
-  xhr.open("POST", api("images"));
+  xhr.open("POST", api("images") + `?name=${encodeURIComponent(file.name)}`);  // named if refused as too large
   xhr.responseType = "json";
   xhr.upload.onprogress = (ev) => {
     if (ev.lengthComputable) setProgress(`uploading ${file.name} (${n} of ${total})`, (done + 0.3 * ev.loaded / ev.total) / total);
@@ -119,7 +121,7 @@ function render(s) {
     // unsure for another reason than a low probability (a grey photo, a platelet call too big for one): that reason
     const label = g.corrected_from ? `${g.class_name} (was ${g.corrected_from})` :
       g.unsure && g.reason && !g.reason.includes(", under ") ? `unsure: ${g.reason}` :
-      `${g.unsure ? "unsure: " + g.probs.map((p) => p[0]).slice(0, 2).join("/") : g.class_name} ${g.confidence.toFixed(2)}`;
+      `${g.unsure ? "unsure: " + g.probs.map((p) => p[0]).slice(0, 2).join("/") : g.class_name} ${down2(g.confidence)}`;
     const fig = el("figure", {class: "thumb" + (g.unsure ? " unsure" : "") + (g.corrected_from ? " corrected" : ""),
                               tabIndex: 0, title: `${g.filename}${g.reason ? " (" + g.reason + ")" : ""}: click to change the type`,
                               "data-image": g.image, "data-cell": g.cell, "data-type": g.class_name},
@@ -144,7 +146,7 @@ function openCorrection(g) {
   const dlg = $("#correct");
   $("#correct-img").src = api(`thumb/${g.image}/${g.cell}.png`);
   $("#correct-info").textContent = `${g.filename}, cell ${g.cell}. Classifier: ` +
-    g.probs.map((p) => `${p[0]} ${p[1].toFixed(2)}`).join(", ") + (g.corrected_from ? `; you changed it from ${g.corrected_from}` : "");
+    g.probs.map((p) => `${p[0]} ${down2(p[1])}`).join(", ") + (g.corrected_from ? `; you changed it from ${g.corrected_from}` : "");
   const box = $("#choices");
   box.replaceChildren();
   for (const c of g.choices) {

@@ -385,8 +385,9 @@ def prediction_rows(cells: list[CellCrop], model="wbc-type", device: str = "cpu"
     default 0 every crop holding a WBC takes one of the mode's types, as seed 004's modes do (its held-out PBC
     crops, 5 types through ``-m 3``: 0.980 so, 0.972 when 6 of 600 were UNSURE by the unnamed-cell rule).
     A crop whose WBC is too small to show its type (enlarged over :data:`MAX_ENLARGEMENT` times to the input)
-    or grey (no stain colours) is warned of, and :data:`UNSURE` with a ``min_confidence`` above 0.
-    :class:`ValueError` for a ``mode`` the model cannot answer (one of its types missing)."""
+    or grey (no stain colours) is warned of, and :data:`UNSURE` with a ``min_confidence`` above 0, as is one whose
+    likeliest class the mode names not. :class:`ValueError` for mode 4 with a model lacking one of PBC's eight
+    classes; in modes 2 and 3 a type the model lacks is said and left out of the columns."""
     _, card = get_model(model, device)
     extras = np.stack([c.extras for c in cells]) if cells else None
     probs = predict_crops([c.image for c in cells], model, device, extras=extras, parts=[c.parts for c in cells])
@@ -409,8 +410,9 @@ def prediction_rows(cells: list[CellCrop], model="wbc-type", device: str = "cpu"
         if not c.found or (not_leukocyte and float(p[not_leukocyte].sum()) >= NOT_A_WBC_SHARE):
             label = NO_WBC
         else:
-            if (unnamed and top in unnamed) or top in not_leukocyte:  # (an erythroblast at 0.50 printed monocyte)
+            if (unnamed and top in unnamed) or top in not_leukocyte:  # (an erythroblast at 0.55 printed monocyte)
                 hidden[classes[top]] = hidden.get(classes[top], 0) + 1
+                doubtful = True  # its likeliest class is none the mode names: for review when one is asked
             if c.diameter < smallest:
                 small, doubtful = small + 1, True
             if grey_photo(c.image):
