@@ -47,7 +47,7 @@ from hemaseg.io.images import (
 from hemaseg.io.outputs import output_stems, write_segmentation
 from hemaseg.io.writers import check_output, nan_as_null, write_json, write_png, write_text
 from hemaseg.models.registry import SAMPLE_PHOTO, WEIGHTS_DIR, card_figures, list_models, load_card
-from hemaseg.pipelines.analyze import MIN_CONFIDENCE
+from hemaseg.pipelines.analyze import MIN_CONFIDENCE, counted_types
 from hemaseg.pipelines.batch import PARTS as BATCH_PARTS
 from hemaseg.pipelines.batch import (
     RUN_FILE,
@@ -511,7 +511,8 @@ def analyze(
     failed = [(str(p), reason) for p, reason in failures]
     try:
         n, cells = write_batch_files(out, jobs, failed, cvat=cvat, coco=coco, coco_rle=coco_rle,
-                                     min_confidence=opts.min_confidence)
+                                     min_confidence=opts.min_confidence,
+                                     types=counted_types(load_card(opts.type_model)[1]))
     except HemasegInputError as exc:  # the CVAT file refused a photo's name: one line, the rest written (a review)
         _fail(exc.path, f"{exc.reason}; {cvat} not written")
         raise typer.Exit(1) from None

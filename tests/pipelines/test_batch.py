@@ -497,3 +497,14 @@ def test_a_batch_begun_under_an_old_default_is_told_the_post_that_finishes_it(ph
     res = _run(photos[0], photos[1], "--out", out, "--resume", "--post", "wbc_min_score=0.6")
     assert res.exit_code == 0, res.output
     assert len(json.loads((out / "results.json").read_text())["data"]) == 2
+
+
+def test_a_batch_whose_every_photo_failed_keeps_the_typers_columns(tmp_path):
+    """A walkthrough (stop 71): counts.csv of a batch whose every photo failed had the five types' columns only, where
+    every other run of the bundled typer has ig and erythroblast too (DESIGN.md: appended when the classifier names
+    them)."""
+    (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")
+    res = _run(tmp_path / "bad.jpg", "--out", tmp_path / "o")
+    assert res.exit_code == 1
+    header = (tmp_path / "o" / "counts.csv").read_text().splitlines()[0]
+    assert header.endswith(",ig,erythroblast,ig_pct,ig_pct_lo,ig_pct_hi,unsure"), header

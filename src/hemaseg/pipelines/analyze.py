@@ -174,6 +174,16 @@ def typed_as(record: dict, probs: np.ndarray, classes: list[str], rbc_diameter: 
     return classes[best], float(probs[best])
 
 
+def counted_types(type_card: dict) -> tuple[str, ...]:
+    """The types a typer's counts and ``counts.csv`` hold: the five, then the further ones a PBC-trained typer names
+    (a "WBC" it calls a platelet is counted as a platelet, not a type).
+
+    >>> counted_types({"classes": ["neutrophil", "lymphocyte", "ig", "platelet"]})[-1]
+    'ig'
+    """
+    return WBC_TYPES + tuple(c for c in type_card["classes"] if c in EXTRA_TYPES and c not in CATEGORIES)
+
+
 def floor2(p: float) -> str:
     """A probability shown with two decimals, rounded down: one under a threshold never reads as it.
 
@@ -319,8 +329,7 @@ def analyze(image: np.ndarray, filename: str = "", cells_model="cells", type_mod
     crops: list[np.ndarray] = []
     # The five types, then the further ones a PBC-trained typer names; a "WBC" it calls a platelet
     # is a platelet (counted as one), not a white cell.
-    types = WBC_TYPES + tuple(c for c in type_card["classes"]
-                              if c in EXTRA_TYPES and c not in CATEGORIES)
+    types = counted_types(type_card)
     if wbcs:
         probs, _, classes = type_wbcs(image, wbcs, type_model, device)  # the gallery cuts its own crops
         # A grey photo lacks the stain's colours the typer tells types by: it typed them at 0.64-0.97 there, a

@@ -366,7 +366,8 @@ def write_results_stream(path: str | Path, entries: Iterable[dict]) -> Path:
 
 def write_batch_files(out: str | Path, jobs: list[tuple[Path, str]], failed: list[tuple[str, str]] | None = None,
                       cvat: Path | None = None, coco: Path | None = None, coco_rle: bool = False,
-                      date: str | None = None, min_confidence: float | None = None) -> tuple[int, int]:
+                      date: str | None = None, min_confidence: float | None = None,
+                      types: tuple[str, ...] = ()) -> tuple[int, int]:
     """Rebuild ``OUT/results.json``, ``OUT/counts.csv`` and ``OUT/report.html`` (and the ``cvat`` /
     ``coco`` files) from the parts on disk of ``jobs`` ((path, stem), in input order), holding one
     photo's part at a time (the CVAT and COCO files are built whole), after deleting the parts and
@@ -378,7 +379,7 @@ def write_batch_files(out: str | Path, jobs: list[tuple[Path, str]], failed: lis
     light = [light_analysis(p) for p in parts]
     for name, first in repeated_photos([a.entry for a in light]):
         log.warning("%s: the same pixels as %s: its cells are counted twice in the totals", name, first)
-    write_text(out / "counts.csv", counts_csv(light))
+    write_text(out / "counts.csv", counts_csv(light, types))  # (the typer's columns though every photo failed)
     write_report_records(out / "report.html", parts, failed, date=date, min_confidence=min_confidence)
     if cvat or coco:
         entries = [p["entry"] for p in parts]

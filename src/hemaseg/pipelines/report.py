@@ -48,20 +48,21 @@ def pooled_counts(analyses: list[Analysis]) -> dict[str, int]:
     return {k: sum(a.counts.get(k, 0) for a in analyses) for k in keys}
 
 
-def pooled_types(analyses: list[Analysis]) -> tuple[str, ...]:
-    """The types counted in a batch: the five, then any further one a typer names."""
-    return tuple(dict.fromkeys([*WBC_TYPES, *(t for a in analyses for t in a.types)]))
+def pooled_types(analyses: list[Analysis], types: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The types counted in a batch: the five, then any further one a typer names (``types``: the batch's typer's,
+    so a batch whose every photo failed keeps the columns of one that did not)."""
+    return tuple(dict.fromkeys([*WBC_TYPES, *types, *(t for a in analyses for t in a.types)]))
 
 
-def counts_csv(analyses: list[Analysis]) -> str:
+def counts_csv(analyses: list[Analysis], types: tuple[str, ...] = ()) -> str:
     """CSV text: one row per image, then one row (``filename`` :data:`BATCH_ROW`) for all of them
     pooled. DESIGN.md columns: counts, then each type's differential in percent with its exact
     binomial 95 % interval (``<type>_pct``, ``_pct_lo``, ``_pct_hi``); further types the typer
     names (``ig``, ``erythroblast``, ...) are appended as columns the same way; the last column,
     ``unsure``, counts the WBCs in no type's count (their type left to a person), so that ``wbc`` is the
     types' counts plus ``unsure``. A row with no typed WBC has no share (``_pct`` empty) and the
-    interval 0-100: nothing is known, not "0 %"."""
-    types = pooled_types(analyses)
+    interval 0-100: nothing is known, not "0 %". ``types``: the typer's (:func:`pooled_types`)."""
+    types = pooled_types(analyses, types)
     extra = [t for t in types if t not in WBC_TYPES]
     extra_pct = [t for t in extra if t not in NOT_IN_DIFFERENTIAL]
     buf = io.StringIO()
