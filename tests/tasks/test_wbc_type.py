@@ -1211,3 +1211,38 @@ def test_classify_says_crops_too_small_or_grey_to_type_and_a_mode_the_model_cann
     assert "-m 3: the model knows no basophil: left out of the columns" in caplog.text
     caplog.clear()
     assert [r[0] for r in C.prediction_rows(cells, "m", mode=2)[1]][0] == "NEUTROPHIL" and "left out" not in caplog.text
+
+
+def test_evaluate_says_crops_still_untyped_and_does_not_fail_on_them(tmp_path, tiny_classifier):
+    """A walkthrough (stop 71): `evaluate wbc-type` on `crop --types`'s tree listed each crop of its unknown/ folder as
+    a failure of type "unknown" and exited 1; train says them and leaves them out, as usage.md promises."""
+    d = _crops(tmp_path / "c", per_class=2, classes=("Monocyte", "Lymphocyte"))
+    (d / "unknown").mkdir()
+    Image.open(next((d / "Monocyte").iterdir())).save(d / "unknown" / "x_1.png")
+    res = runner.invoke(app, ["evaluate", "wbc-type", "--data", str(d), "--model", str(tiny_classifier), "--grid",
+                              str(tmp_path / "g.png")])
+    assert res.exit_code == 0 and "1 crop(s) in unknown/ have no type yet" in res.output, res.output
+    assert "type unknown" not in res.output
+
+
+def test_a_given_split_that_replays_nothing_or_validates_on_training_crops_is_refused(tmp_path, tiny_classifier):
+    """A walkthrough (stop 71): `--replay LAB --split S` with S listing none of LAB's crops trained on the lab's own
+    crops alone while the card recorded the replay; a split whose 'val' crops were also in 'train' chose its
+    checkpoint on crops it trained on (best 1.000), unsaid."""
+    data = _crops(tmp_path / "a", per_class=3)
+    replay = _crops(tmp_path / "r", per_class=2, seed=3)
+    own = [[str(p), "neutrophil" if p.parent.name == "Neutrophil" else "lymphocyte"]
+           for p in sorted(data.rglob("*.jpg"))]
+    base = ["train", "wbc-type", "--data", str(data), "--backbone", TINY_BACKBONE, "--epochs", "1", "--batch-size", "4",
+            "--crop", "48", "--samples-per-epoch", "8"]
+    (tmp_path / "s1.json").write_text(json.dumps({"train": own[1:], "val": own[:1]}))
+    fine = ["train", "wbc-type", "--init", str(tiny_classifier), "--data", str(data), "--epochs", "1", "--batch-size",
+            "4", "--samples-per-epoch", "8"]
+    res = runner.invoke(app, [*fine, "--replay", str(replay), "--split", str(tmp_path / "s1.json"), "--out",
+                              str(tmp_path / "run1")])
+    assert res.exit_code == 1 and "lists no training crop under --replay" in res.output, res.output
+    (tmp_path / "s2.json").write_text(json.dumps({"train": own, "val": own[:2]}))
+    res = runner.invoke(app, [*base, "--split", str(tmp_path / "s2.json"), "--out", str(tmp_path / "run2")])
+    assert res.exit_code == 1 and "2 crop(s) in both 'train' and 'val'" in res.output, res.output
+    res = runner.invoke(app, [*base, "--split", str(tmp_path / "s1.json"), "--out", str(tmp_path / "run3")])
+    assert res.exit_code == 0, res.output

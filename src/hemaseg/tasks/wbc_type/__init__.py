@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hemaseg.core.vocabulary import UNTYPED
 from hemaseg.engine.evaluate import find_each, nothing_scored, own_training_note
 from hemaseg.engine.plots import plot_confusion
 from hemaseg.engine.predict import model_of_task
@@ -125,6 +126,8 @@ class WbcTypeTask(Task):
                 raise HemasegInputError(split, "not a split: a JSON file with a 'val' list of [crop, type]") from None
             items = [(p, t) for p, t in items if p.resolve() in listed]
         known = []
+        untyped = [p for p, t in items if t == UNTYPED]  # `crop`'s folder of crops not yet typed: no label to score
+        items = [(p, t) for p, t in items if t != UNTYPED]
         for p, t in items:
             if t in classes:
                 known.append((p, t))
@@ -171,6 +174,9 @@ class WbcTypeTask(Task):
                            f"{rep['accuracy']:.3f}, rows = true type (%)", percent=True)
         # a fine-tuned run scored on its own training crops: said (0.82 where its validation crops give 0.50)
         notes = [] if split else own_training_note(model, card, [p for p, _ in kept], "crops")
+        if untyped:  # said, no failure (as train says it): they hold no label by design
+            notes.append(f"note: {len(untyped)} crop(s) in {UNTYPED}/ have no type yet (hemaseg crop's folder): "
+                         "not scored")
         return {"task": self.name, "model": str(model), "n_images": len(kept),
                 "mean": {"accuracy": rep["accuracy"], "macro_f1": rep["macro_f1"],
                          "ece": expected_calibration_error(probs, truth), "no_wbc": float(1 - found.mean()),

@@ -437,6 +437,18 @@ def given_split(cfg: ClassifyConfig) -> tuple[list, list]:
     missing = [p for p, _ in train + val if not p.exists()]
     if missing:
         raise HemasegInputError(cfg.split, f"lists {len(missing)} crops that do not exist (first: {missing[0]})")
+    # the checkpoint is chosen on the validation crops: one it trains on too would choose it on what it learnt
+    both = sorted({p for p, _ in train} & {p for p, _ in val})
+    if both:
+        raise HemasegInputError(cfg.split, f"lists {len(both)} crop(s) in both 'train' and 'val' (first: {both[0]}): "
+                                           "the checkpoint would be chosen on crops it trained on")
+    # --replay's crops are drawn from the split's train list: one listing none of them would train on the lab's own
+    # crops alone while the card said replay (a walkthrough, stop 71)
+    unlisted = [r for r in cfg.replay if not any(_under(p, r) for p, _ in train)]
+    if unlisted:
+        raise HemasegInputError(cfg.split, f"lists no training crop under --replay {unlisted[0]}: nothing of it would "
+                                           "be replayed; list its crops in 'train', or leave --split out (the run then "
+                                           "splits --data and --replay itself)")
     check_types(cfg.split, train + val)
     return train, val
 
