@@ -198,3 +198,41 @@ def test_a_bioimageio_package_given_as_model_is_refused_not_swapped_for_its_name
         res = runner.invoke(app, ["segment", "--task", "wbc", str(tmp_path / "A.png"), "--model",
                                   str(tmp_path / model), "--out", str(tmp_path / "o")])
         assert res.exit_code == 2 and says in res.output and not (tmp_path / "o").exists(), res.output
+
+
+def test_an_onnx_file_beside_a_card_written_for_no_onnx_file_a_json_model_and_a_light_export(tiny_model_path, tmp_path,
+                                                                                            monkeypatch):
+    """A walkthrough (stop 71): an .onnx beside a training run's model.json (or under a card with no ONNX entry) ran
+    silently with that card's size; `--model X.json` of an export was read as safetensors ("header too large");
+    export without the onnx package was a traceback; an export kept the bundled file's measurements ("auto": false),
+    so auto imported torch to run it."""
+    import sys
+
+    card = json.loads(tiny_model_path.with_suffix(".json").read_text())
+    tiny_model_path.with_suffix(".json").write_text(json.dumps(
+        {**card, "onnx": {"auto": False, "pipeline_agrees": False, "seconds_per_batch": {"torch": 1.0, "onnx": 2.0}}}))
+    out = tmp_path / "exp" / "tiny.onnx"
+    res = runner.invoke(app, ["export", str(tiny_model_path), "--format", "onnx", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    entry = json.loads(out.with_suffix(".json").read_text())["onnx"]
+    assert entry["sha256"] and not {"auto", "pipeline_agrees", "seconds_per_batch"} & set(entry)
+    src = tmp_path / "cell.png"
+    Image.fromarray(toy_wbc(np.random.default_rng(0), 96)[0]).save(src)
+    res = runner.invoke(app, ["segment", str(src), "--out", str(tmp_path / "j"), "--model", str(out.with_suffix(".json")),
+                              "--cell-diameter", "24"])
+    assert res.exit_code == 0 and (tmp_path / "j" / "cell.png").exists(), res.output  # the ONNX file it was written for
+    lone = tmp_path / "lone.json"
+    lone.write_text(json.dumps(card))
+    res = runner.invoke(app, ["segment", str(src), "--out", str(tmp_path / "l"), "--model", str(lone)])
+    assert res.exit_code == 2 and "a model card with no weights beside it" in res.output, res.output
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.json").write_text(json.dumps(card))  # a training card: written for no ONNX file
+    (run / "exported.onnx").write_bytes(out.read_bytes())
+    res = runner.invoke(app, ["segment", str(src), "--out", str(tmp_path / "m"), "--model", str(run / "exported.onnx"),
+                              "--backend", "onnx", "--cell-diameter", "24"])
+    assert res.exit_code == 2 and "its card was not written for this ONNX file" in res.output, res.output
+    monkeypatch.setitem(sys.modules, "onnx", None)  # the light and train installs hold no onnx package
+    res = runner.invoke(app, ["export", str(tiny_model_path), "--format", "onnx", "--out", str(tmp_path / "n.onnx")])
+    assert res.exit_code == 2 and "pip install 'hemaseg[train,onnx]'" in res.output, res.output
+    assert len(res.output.strip().splitlines()) == 1 and not (tmp_path / "n.onnx").exists()

@@ -154,6 +154,11 @@ def resolve_model_path(name_or_path: str | Path) -> Path:
         raise HemasegInputError(p, "folder holds no model.safetensors, best.safetensors or last.safetensors")
     if p.suffix == ".json" and p.with_suffix(".safetensors").exists():
         return p.with_suffix(".safetensors")
+    if p.suffix == ".json" and p.with_suffix(".onnx").exists():  # an export's card: the ONNX file it was written for
+        return p.with_suffix(".onnx")
+    if p.suffix == ".json" and p.exists():  # read as weights, it failed "header too large" (a walkthrough, stop 71)
+        raise HemasegInputError(p, "a model card with no weights beside it (no .safetensors or .onnx of its name): "
+                                   "give the weights file, the run folder or a bundled name")
     if p.exists():
         return p
     bundled = WEIGHTS_DIR / f"{name_or_path}.safetensors"
