@@ -921,12 +921,14 @@ def test_crop_types_cuts_a_corrected_wbc_from_the_photo_whose_pixels_the_entry_r
     write_results(tmp_path / "r.json", [entry, {**entry, "filename": "y~2.png"}])
     both = [str(tmp_path / "dayA"), str(tmp_path / "dayB")]
     res = runner.invoke(app, ["crop", *both, "--types", str(tmp_path / "r.json"), "--out", str(tmp_path / "c")])
-    assert res.exit_code == 0 and "2 WBC crops from 1/1 photos" in res.output, res.output  # both entries: dayB's
+    # both entries are dayB's pixels: one photo listed twice, cut once and the other said (stop 71: cut twice before)
+    assert res.exit_code == 1 and "1 WBC crops from 1/1 photos" in res.output, res.output
+    assert "y~2.png: the same pixels as its entry x.png (one photo listed twice)" in res.output
     rows = (tmp_path / "c" / "crops.csv").read_text().splitlines()[1:]
-    assert [r.split(",")[1] for r in rows] == [str(tmp_path / "dayB" / "x.png")] * 2
+    assert [r.split(",")[1] for r in rows] == [str(tmp_path / "dayB" / "x.png")]
     res = runner.invoke(app, ["crop", str(tmp_path / "dayA"), "--types", str(tmp_path / "r.json"), "--out",
                               str(tmp_path / "c2")])
-    assert res.exit_code == 1 and "is not the photo" in res.output and "pixels differ" in res.output, res.output
+    assert res.exit_code == 1 and "matched by name" in res.output and "pixels differ" in res.output, res.output
     assert not (tmp_path / "c2" / "basophil").exists()
     # serve's x.png (dayA's pixels) and x~2.png (dayB's), only dayB given: its name matches the first entry, its
     # pixels the second, which is cut (a review: dayB was refused on its name and both corrections lost)
@@ -935,7 +937,8 @@ def test_crop_types_cuts_a_corrected_wbc_from_the_photo_whose_pixels_the_entry_r
     res = runner.invoke(app, ["crop", str(tmp_path / "dayB"), "--types", str(tmp_path / "r3.json"), "--out",
                               str(tmp_path / "c3")])
     assert res.exit_code == 1 and "1 WBC crops from 1/1 photos" in res.output, res.output
-    assert "x.png: is not the photo" in res.output and "no photo given has those pixels" in res.output, res.output
+    # the entry named, not the photo (which was cut, by the other entry: a walkthrough, stop 71)
+    assert "r3.json: x.png: matched by name" in res.output and "no photo given has its pixels" in res.output, res.output
     assert (tmp_path / "c3" / "basophil" / "x_1.png").is_file()
 
 
@@ -985,3 +988,34 @@ def test_segment_json_says_where_the_cell_diameter_came_from(tmp_path):
                               "--out", str(tmp_path / "g")])
     assert json.loads((tmp_path / "g" / "cells.json").read_text())["cell_diameter_from"] == "given"
     assert hemaseg.analyze(np.full((64, 64, 3), 230, np.uint8)).entry["cell_diameter_from"] == "model"
+
+
+def test_crop_types_checks_a_coco_files_pixels_and_cuts_a_photo_listed_twice_once(tmp_path):
+    """A walkthrough (stop 71): analyze's --coco (and serve's coco.json) carried no photo pixels, so `crop --types`
+    cut another batch's photos of the same names with the first batch's types, exit 0; a results.json listing one
+    photo twice (given through two folders) had its WBCs cut twice, one crop a copy of the other."""
+    from hemaseg.io.annotations import read_coco, write_coco, write_results
+    from hemaseg.io.images import pixels_sha256
+
+    rng = np.random.default_rng(1)
+    day1, day2 = (rng.integers(0, 255, (60, 80, 3), np.uint8) for _ in range(2))
+    for folder, pixels in (("day1", day1), ("day2", day2)):
+        (tmp_path / folder).mkdir()
+        Image.fromarray(pixels).save(tmp_path / folder / "f01.png")
+    box = {"x1": 10, "y1": 10, "x2": 30, "y2": 30}
+    wbc = {"class_name": "eosinophil", "category": "wbc", "score": 0.9, "bounding_box": box,
+           "vertices": [[10, 10], [30, 10], [30, 30], [10, 30]]}
+    entry = {"filename": "f01.png", "height": 60, "width": 80, "pixels_sha256": pixels_sha256(day1), "masks": [wbc]}
+    write_coco(tmp_path / "day1.json", [entry])
+    assert read_coco(tmp_path / "day1.json")[0]["pixels_sha256"] == pixels_sha256(day1)
+    res = runner.invoke(app, ["crop", str(tmp_path / "day2"), "--types", str(tmp_path / "day1.json"), "--out",
+                              str(tmp_path / "c2")])
+    assert res.exit_code == 1 and "whose pixels differ" in res.output and not (tmp_path / "c2" / "eosinophil").exists()
+    res = runner.invoke(app, ["crop", str(tmp_path / "day1"), "--types", str(tmp_path / "day1.json"), "--out",
+                              str(tmp_path / "c1")])
+    assert res.exit_code == 0 and len(list((tmp_path / "c1" / "eosinophil").iterdir())) == 1, res.output
+    write_results(tmp_path / "twice.json", [entry, {**entry, "filename": "copy/f01.png"}])
+    res = runner.invoke(app, ["crop", str(tmp_path / "day1"), "--types", str(tmp_path / "twice.json"), "--out",
+                              str(tmp_path / "ct")])
+    assert res.exit_code == 1 and "one photo listed twice" in res.output, res.output
+    assert len(list((tmp_path / "ct" / "eosinophil").iterdir())) == 1

@@ -1369,17 +1369,35 @@ def _crop_typed(images: List[str], types: Path, out: Path, margin: float) -> Non
     search = [e for e, _ in ambiguous] + unmatched
     search += [e for e in entries if id(e) in wrong]
     settled = set()
+    twice = []  # entries of a photo another entry of the file already holds (one photo listed twice): not cut again
     for e in (e for e in search if e.get("pixels_sha256")):
         hits = list(dict.fromkeys(real_path(p) for p in paths if sized(p, e) and digest(p) == e["pixels_sha256"]))
         if len(hits) == 1:
             photo = next(p for p in paths if real_path(p) == hits[0])
+            held = next((o for o in matched.get(photo, []) if o.get("pixels_sha256") == e["pixels_sha256"]), None)
+            if held is not None:  # its WBCs were cut twice, one crop a copy of the other (a walkthrough, stop 71)
+                twice.append((e, held))
+                settled.add(id(e))
+                continue
             matched.setdefault(photo, []).append(e)
             settled.add(id(e))
+    for photo, held in matched.items():  # two entries of one photo's pixels matched by name (copy/x.png, x.png)
+        first: dict = {}
+        for e in list(held):
+            h = e.get("pixels_sha256")
+            if h and h in first:
+                twice.append((e, first[h]))
+                held.remove(e)
+            elif h:
+                first[h] = e
     unmatched = [e for e in unmatched if id(e) not in settled]
-    for e in entries:  # named by a photo that is another: its WBCs not cut
+    for e in entries:  # named by a photo that is another: its WBCs not cut (the entry named: the photo may be cut)
         if id(e) in wrong and id(e) not in settled:
-            _fail(wrong[id(e)], f"is not the photo {types} describes as {e.get('filename')} (its pixels differ: another "
-                                "photo of that name?), and no photo given has those pixels: nothing cut for it")
+            _fail(f"{types}: {e.get('filename')}", f"matched by name {wrong[id(e)]}, whose pixels differ (another photo "
+                                                   "of that name?), and no photo given has its pixels: nothing cut for it")
+    for e, held in twice:
+        _fail(f"{types}: {e.get('filename')}", f"the same pixels as its entry {held.get('filename')} (one photo listed "
+                                               "twice): its WBCs not cut again")
     for e, _ in (a for a in ambiguous if id(a[0]) not in settled):  # its WBCs would go to one photo or another
         _fail(f"{types}: {e.get('filename')}", "more than one of the photos given ends with this name: give one of "
                                                "them")
@@ -1427,7 +1445,7 @@ def _crop_typed(images: List[str], types: Path, out: Path, margin: float) -> Non
             typer.echo(_names(label, names), err=True)
     if not given:
         typer.echo(f"no photo given is one {types} lists ({len(entries)} entries): nothing cut", err=True)
-    raise typer.Exit(1 if failed or ambiguous or left_out or unread or unmatched or lost or not given else 0)
+    raise typer.Exit(1 if failed or ambiguous or left_out or unread or unmatched or lost or twice or not given else 0)
 
 
 def _without_label_images(images, paths: list) -> list:

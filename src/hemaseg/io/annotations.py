@@ -446,7 +446,10 @@ def to_coco(entries: list[dict], rle: bool = False, labels: list[str] | None = N
     outside: Counter = Counter()  # (image, class) of each object left out
     for i, (e, name) in enumerate(zip(entries, image_names(entries, keep_names)), 1):
         h, w = int(e["height"]), int(e["width"])
-        images.append({"id": i, "file_name": name, "height": h, "width": w})
+        images.append({"id": i, "file_name": name, "height": h, "width": w,
+                       # the photo whatever its name (analyze, serve): `crop --types` checks it (an extra key COCO
+                       # readers ignore; a walkthrough, stop 71: another batch's photos of its names were cut unsaid)
+                       **({"pixels_sha256": e["pixels_sha256"]} if e.get("pixels_sha256") else {})})
         for m in e["masks"]:
             mask = rasterise(m["vertices"], (h, w))
             if not mask.any():  # outside the image: no pixel to write (pycocotools cannot read an empty polygon)
@@ -593,7 +596,9 @@ def read_coco(path: str | Path, failed: list[dict] | None = None) -> list[dict]:
     if empty:
         log.warning("%s: %d annotations that cover no pixel left out", path, empty)
     return [{"filename": images[i]["file_name"], "height": int(images[i]["height"]),
-             "width": int(images[i]["width"]), "masks": per[i]} for i in images]
+             "width": int(images[i]["width"]),
+             **({"pixels_sha256": str(images[i]["pixels_sha256"])} if images[i].get("pixels_sha256") else {}),
+             "masks": per[i]} for i in images]
 
 
 def _usable_box(bbox) -> bool:
