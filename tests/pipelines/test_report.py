@@ -166,6 +166,9 @@ def test_report_shows_the_cells_outside_the_differential_in_each_images_row():
                  8.0, [], WBC_TYPES + ("ig", "erythroblast"), {})
     page = report_html([a], [np.zeros((20, 30, 3), np.uint8)])
     assert "outside the differential, though among the WBCs found: erythroblast 1" in page
+    # the WBC count a lab signs leaves nucleated red cells out (walkthroughs, stop 71: the total counted them unsaid)
+    assert "Of the 3 WBCs found, 1 the typer calls erythroblasts (nucleated red cells, 50.0 per 100 other WBCs): " \
+           "the WBC count without them is <strong>2</strong>" in page
     per_image = page.split("Counts per image</h2>")[1].split("</table>")[0]
     assert "<th>erythroblast</th>" in per_image and "<td>a.png</td><td>10</td><td>3</td><td>0</td><td>2</td>" in per_image
     row = per_image.split("<td>a.png</td>")[1].split("</tr>")[0]

@@ -280,6 +280,11 @@ def report_chunks(records: Iterable[dict], failed: list[tuple[str, str]] | None 
            "letters; WBC? = type unsure).</p>")
     yield "<h2>Totals</h2>" + _table(["", "RBC", "WBC", "platelets"],
                                      [["all images", counts["rbc"], counts["wbc"], counts["platelet"]]])
+    if counts.get("erythroblast"):  # nucleated red cells are found as WBCs; a lab's WBC count leaves them out
+        n_e = counts["erythroblast"]
+        yield (f"<p>Of the {counts['wbc']} WBCs found, {n_e} the typer calls erythroblasts (nucleated red cells, "
+               f"{100 * n_e / max(1, counts['wbc'] - n_e):.1f} per 100 other WBCs): the WBC count without them is "
+               f"<strong>{counts['wbc'] - n_e}</strong> (counts.csv's wbc column holds every WBC found).</p>")
 
     diff = differential(counts, types)
     yield "<h2>WBC differential</h2>"
