@@ -988,6 +988,12 @@ def test_segment_json_says_where_the_cell_diameter_came_from(tmp_path):
                               "--out", str(tmp_path / "g")])
     assert json.loads((tmp_path / "g" / "cells.json").read_text())["cell_diameter_from"] == "given"
     assert hemaseg.analyze(np.full((64, 64, 3), 230, np.uint8)).entry["cell_diameter_from"] == "model"
+    res = runner.invoke(app, ["segment", "--task", "cells", str(tmp_path / "cells.png"), "--pixel-size", "0.08",
+                              "--out", str(tmp_path / "p")])  # a size from the pixel scale is no size given (a review)
+    assert json.loads((tmp_path / "p" / "cells.json").read_text())["cell_diameter_from"] == "pixel size"
+    res = runner.invoke(app, ["segment", "--task", "wbc", "--method", "hsv", str(tmp_path / "blank.png"), "--out",
+                              str(tmp_path / "m")])  # a classical method says no source, a blank image too
+    assert res.exit_code == 0 and "cell_diameter_from" not in json.loads((tmp_path / "m" / "blank.json").read_text())
 
 
 def test_crop_types_checks_a_coco_files_pixels_and_cuts_a_photo_listed_twice_once(tmp_path):

@@ -301,8 +301,6 @@ def _fail_error(exc: HemasegError, path=None) -> None:
     _fail(path if path is not None else getattr(exc, "path", ""), getattr(exc, "reason", str(exc)))
 
 
-
-
 def _for_each(paths, label: str, work) -> int:
     """Run ``work(path)`` on every path with a progress bar; a failing input is reported as one
     line and the batch goes on, and what is logged meanwhile names it. Returns the number of failures."""
@@ -614,6 +612,8 @@ def segment(
         with backend_scope(backend):  # and any further model the task loads by name (smear10's WBC typer)
             seg = spec.predict(image, loaded, cell_diameter=diameter, device=dev, tile=tile or DEFAULT_TILE,
                                tta=tta, params=params, method=method)
+        if diameter is not None and cell_diameter is None:  # from --pixel-size or the file's tags, not given as such
+            seg.diameter_from = "pixel size"
         write_segmentation(out, stems[path], path, image, seg, spec.label_images, spec.name, model_name,
                            spec.colors if overlay else None)
 

@@ -508,3 +508,18 @@ def test_a_batch_whose_every_photo_failed_keeps_the_typers_columns(tmp_path):
     assert res.exit_code == 1
     header = (tmp_path / "o" / "counts.csv").read_text().splitlines()[0]
     assert header.endswith(",ig,erythroblast,ig_pct,ig_pct_lo,ig_pct_hi,unsure"), header
+
+
+def test_a_batch_begun_without_the_platelet_rescorer_is_not_resumed_with_it(photos, tmp_path):
+    """A review (stop 71): comparing the knobs as run, not their --post spelling, lost platelet_rescore (left out of
+    the recorded knobs: the card's fitted re-scorer): a batch begun with --post platelet_rescore=null resumed with it."""
+    out = tmp_path / "out"
+    assert _run(photos[0], "--out", out, "--post", "platelet_rescore=null").exit_code == 0
+    res = _run(photos[0], photos[1], "--out", out, "--resume")
+    assert res.exit_code == 2 and "platelet_rescore" in res.output, res.output
+    res = _run(photos[0], photos[1], "--out", out, "--resume", "--post", "platelet_rescore=null")
+    assert res.exit_code == 0, res.output
+    out2 = tmp_path / "out2"  # a --post of the old default given by hand is no changed default
+    assert _run(photos[0], "--out", out2, "--post", "wbc_min_score=0.6").exit_code == 0
+    res = _run(photos[0], photos[1], "--out", out2, "--resume")
+    assert res.exit_code == 2 and "default was" not in res.output and "wbc_min_score 0.6, now 0.4" in res.output

@@ -141,6 +141,11 @@ def given_params(task, card: dict | None, params):
                                           + (f" or a {task.Params.__name__}" if task.Params else ""))
     try:
         if isinstance(params, dict):  # names -> values over the card's own ("postprocess") and the defaults
+            known = {f.name for f in dataclasses.fields(task.Params) if f.init} if task.Params else set()
+            unknown = sorted(set(params) - known)  # (whatever its value: a None given for one was ignored unsaid)
+            if unknown:
+                raise ValueError(f"{task.name} has no post-processing parameter {', '.join(unknown)}; known: "
+                                 f"{', '.join(sorted(known))}")
             chosen = task.params(card, **params)  # (which reads a None as "not given")
             # a None given is a value, as --post NAME=null is (a review, stop 71: analyze --post platelet_rescore=null
             # kept the card's re-scorer, where segment's --post turned it off)
@@ -156,7 +161,7 @@ def _takes_none(defaults, name: str) -> bool:
     for the others a None given means "not given"."""
     try:
         return param_value(defaults, name, None) is None
-    except ValueError:
+    except (ValueError, AttributeError):  # (an unknown name: refused by params_from_card's own check, or not asked)
         return False
 
 
@@ -349,7 +354,10 @@ class Task:
         check_numbers(cell_diameter=cell_diameter, tile=tile, overlap=overlap)
         if featureless(image):
             card = get_model(model, device)[1] if method is None else {}
-            return self.empty(image, card, cell_diameter)
+            seg = self.empty(image, card, cell_diameter)
+            if method is not None:  # a classical method says no source (it sizes by what it finds)
+                seg.diameter_from = ""
+            return seg
         if method is not None:
             return self.segment_classical(image, method)
         seg = self.segment(image, model, cell_diameter, device, tile, overlap, tta, params)

@@ -273,8 +273,9 @@ def analyze(image: np.ndarray, filename: str = "", cells_model="cells", type_mod
     likely a platelet than not but too big for one (:func:`unsure_reason`); ``min_confidence`` 0 types
     every WBC. ``tile`` is the U-Net cells backend's largest tile;
     the Mask R-CNN backend reads the whole image at once. ``sample_id`` (the sample the photo is
-    of) and ``pixel_size`` (µm per px, when known) are recorded in the entry when given; without
-    ``cell_diameter`` the red cells are taken as 7.5 µm at that scale, as ``hemaseg analyze`` takes them. An image
+    of) and ``pixel_size`` (µm per px, when known; for an ``image`` given as a path, its file's resolution tags
+    when neither it nor ``cell_diameter`` is given) are recorded in the entry; without ``cell_diameter`` the red
+    cells are taken as 7.5 µm at that scale, as ``hemaseg analyze`` takes them. An image
     with nothing in it (flat, or noise) gives no cell. ``backend`` runs both networks on ``torch``,
     ``onnx`` (ONNX Runtime) or ``auto`` (ONNX Runtime where a model has an ONNX file, torch otherwise;
     without torch the Mask R-CNN cells model gives way to the cells U-Net: :mod:`hemaseg.engine.runtime`).

@@ -217,13 +217,18 @@ def prepare_batch(out: str | Path, opts: BatchOptions, resume: bool = False, ove
             raise HemasegUsageError("--resume", f"{out} was begun by an earlier hemaseg, which did not record its "
                                                 "post-processing (some defaults have changed since): start afresh "
                                                 "with --overwrite, or finish it with that hemaseg")
-        if isinstance(before.get("postprocess"), dict):  # the knobs as run decide; --post is only their spelling (a
-            before.pop("post", None)                     # batch begun with a changed default resumes given it)
-            now.pop("post", None)
+        # The knobs as run decide, --post being only their spelling (so a batch begun under a changed default resumes
+        # given that --post); a --post of a knob "postprocess" leaves out (platelet_rescore: the card's fitted
+        # re-scorer is not copied in) is still compared as given
+        given_before = {k for k, _ in before.get("post") or []}
+        for d in (before, now):
+            rest = [kv for kv in d.pop("post", None) or [] if kv[0] not in d["postprocess"]]
+            if rest:
+                d["post"] = rest
         if before != now:
             diff = [k for k in dict.fromkeys([*now, *(before or {})]) if not before or before.get(k) != now.get(k)]
-            old = {n: v for n, v in before.get("postprocess", {}).items() if n in CHANGED_DEFAULTS
-                   and v == CHANGED_DEFAULTS[n][0] and now.get("postprocess", {}).get(n) != v}
+            old = {n: v for n, v in before.get("postprocess", {}).items() if n in CHANGED_DEFAULTS and n not in
+                   given_before and v == CHANGED_DEFAULTS[n][0] and now.get("postprocess", {}).get(n) != v}
             if old and diff == ["postprocess"] and all(  # only a changed default stands between: name the --post
                     before["postprocess"].get(n) == now["postprocess"].get(n) for n in now["postprocess"] if n not in old):
                 raise HemasegUsageError("--resume", f"{out} was begun when " + ", ".join(

@@ -114,8 +114,10 @@ def segment(image: np.ndarray, model="wbc", cell_diameter: float | None = None, 
     params : dict or the task's Params object, optional
         Overrides of the task's post-processing parameters (e.g. :class:`hemaseg.tasks.wbc.WbcParams`
         for ``wbc``): a dict of names and values, applied over the model card's ``"postprocess"``
-        entry and the defaults (None values ignored; text is read as the CLI's ``--post NAME=VALUE``
-        reads it), or a complete Params object, each field checked as a ``--post`` value is.
+        entry and the defaults (a None is a value for a knob that takes one, ``platelet_rescore`` or
+        ``clump_ratio``: off, as ``--post NAME=null``; for the others it means "not given"; an unknown name is
+        refused; text is read as the CLI's ``--post NAME=VALUE`` reads it), or a complete Params object, each
+        field checked as a ``--post`` value is.
         Default None: the card's, else the defaults.
     backend : {"auto", "torch", "onnx"}, optional
         Where the networks run: ``"torch"``, ``"onnx"`` (ONNX Runtime, CPU only) or ``"auto"``
