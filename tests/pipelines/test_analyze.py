@@ -204,3 +204,14 @@ def test_a_pixel_size_sizes_the_red_cells_as_the_command_line_does(monkeypatch, 
     Image.fromarray(_photo()).save(tmp_path / "t.png", dpi=(101600, 101600))  # 0.25 µm per px: its own scale, read
     e = analyze_mod.analyze(tmp_path / "t.png").entry
     assert given[-1] == 30.0 and e["pixel_size_um"] == pytest.approx(0.25) and e["cell_diameter_from"] == "pixel size"
+
+
+def test_knobs_the_mask_rcnn_backend_does_not_read_are_said_and_not_recorded(caplog):
+    """A docs check (stop 71): `analyze --model cells-maskrcnn --post wbc_min_score=0.7` changed nothing, yet
+    results.json and the report said the knob was given and applied."""
+    import hemaseg
+
+    image = hemaseg.read_image(hemaseg.__path__[0] + "/samples/BloodImage_00000.jpg")[:240, 160:480]
+    a = analyze_mod.analyze(image, "x.png", cells_model="cells-maskrcnn", params={"split_min_piece": 0.55})
+    assert "postprocess" not in a.entry
+    assert "--post split_min_piece: not used by the Mask R-CNN cells model" in caplog.text

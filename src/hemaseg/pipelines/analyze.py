@@ -24,7 +24,9 @@ from hemaseg.io.images import as_photo, pixels_sha256
 from hemaseg.metrics import binomial_ci
 from hemaseg.models.registry import resolve_model_path
 from hemaseg.pipelines.segment import RED_CELL_UM, diameter_from_pixel_size, file_pixel_size
+from hemaseg.progress import warn_once
 from hemaseg.tasks import get_task
+from hemaseg.tasks.cells.infer import UNET_ONLY, is_detector
 from hemaseg.tasks.wbc_type.crops import square_at, type_wbcs
 
 log = logging.getLogger(__name__)
@@ -381,6 +383,12 @@ def analyze(image: np.ndarray, filename: str = "", cells_model="cells", type_mod
         changed = {k: v for k, v in asdict(params).items() if k != "platelet_rescore" and v != getattr(own, k)}
         if params.platelet_rescore != own.platelet_rescore:  # (the fitted re-scorer itself is long: said, not copied)
             changed["platelet_rescore"] = "none" if params.platelet_rescore is None else "given"
+        if is_detector(cells_card):  # a Mask R-CNN reads none of the U-Net's knobs: not applied, not recorded
+            unused = sorted(k for k in changed if k in UNET_ONLY)
+            if unused:
+                warn_once(log, ("unet-only", tuple(unused)), "%s: not used by the Mask R-CNN cells model (the U-Net "
+                          "backend's only): %s", ", ".join(f"--post {k}" for k in unused), "ignored")
+            changed = {k: v for k, v in changed.items() if k not in UNET_ONLY}
         if changed:
             entry["postprocess"] = changed
     entry["masks"] = records

@@ -712,6 +712,12 @@ def _result(instances: np.ndarray, owner: np.ndarray, scores: np.ndarray, probs:
                         diameter, factor, objects, diameter_from)
 
 
+# The knobs only the U-Net backend reads (the Mask R-CNN backend, _segment_detector, does not): given with a
+# detector they change nothing, and are said so (a review, stop 71: --post wbc_min_score=0.7 was recorded as applied)
+UNET_ONLY = ("relative_size", "min_area_fraction", "rescale_passes", "platelet_rescore", "platelet_min_score",
+             "wbc_min_score", "split_area", "split_spacing", "split_depth", "split_neck", "split_min_piece")
+
+
 def is_detector(card: dict) -> bool:
     """The model is the Mask R-CNN backend (which reads whole images: no tiling)."""
     return card["architecture"]["name"].startswith("maskrcnn")
