@@ -197,6 +197,11 @@ def test_a_pixel_size_sizes_the_red_cells_as_the_command_line_does(monkeypatch, 
     assert given[-1] == 40.0 and b.entry["cell_diameter_from"] == "given"
     with pytest.raises(HemasegUsageError, match="^pixel_size: 5.3 µm per px"):
         analyze_mod.analyze(_photo(), pixel_size=5.3)
+    from hemaseg.engine.task import given_params
+    from hemaseg.tasks import get_task as real_get_task
+
+    with pytest.raises(HemasegUsageError, match="^params: cells has no post-processing parameter nosuch"):
+        given_params(real_get_task("cells"), {}, {"nosuch": None})  # (a None for an unknown name was ignored)
     from PIL import Image
 
     Image.fromarray(_photo()).save(tmp_path / "p.png")
