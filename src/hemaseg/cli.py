@@ -306,17 +306,15 @@ def _for_each(paths, label: str, work) -> int:
     line and the batch goes on, and what is logged meanwhile names it. Returns the number of failures."""
     failed = 0
     for path in track(paths, label):
-        INPUT_NAMED.path = path
-        try:
-            work(path)
-        except HemasegError as exc:
-            failed += 1
-            _fail_error(exc, path)
-        except Exception as exc:  # one bad image must not stop the batch
-            failed += 1
-            _fail(path, f"{exc.__class__.__name__}: {exc}")
-        finally:
-            INPUT_NAMED.path = None
+        with INPUT_NAMED.working_on(path):
+            try:
+                work(path)
+            except HemasegError as exc:
+                failed += 1
+                _fail_error(exc, path)
+            except Exception as exc:  # one bad image must not stop the batch
+                failed += 1
+                _fail(path, f"{exc.__class__.__name__}: {exc}")
     return failed
 
 
@@ -1374,14 +1372,11 @@ def _crop_typed(images: List[str], types: Path, out: Path, margin: float) -> Non
         hits = list(dict.fromkeys(real_path(p) for p in paths if sized(p, e) and digest(p) == e["pixels_sha256"]))
         if len(hits) == 1:
             photo = next(p for p in paths if real_path(p) == hits[0])
-            held = next((o for o in matched.get(photo, []) if o.get("pixels_sha256") == e["pixels_sha256"]), None)
-            if held is not None:  # its WBCs were cut twice, one crop a copy of the other (a walkthrough, stop 71)
-                twice.append((e, held))
-                settled.add(id(e))
-                continue
             matched.setdefault(photo, []).append(e)
             settled.add(id(e))
-    for photo, held in matched.items():  # two entries of one photo's pixels matched by name (copy/x.png, x.png)
+    # two entries of one photo's pixels (copy/x.png and x.png, by name or found by pixels): its WBCs were cut twice,
+    # one crop a copy of the other (a walkthrough, stop 71); the first is cut, the others said
+    for photo, held in matched.items():
         first: dict = {}
         for e in list(held):
             h = e.get("pixels_sha256")

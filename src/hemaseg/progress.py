@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from contextlib import contextmanager
 from typing import Iterable, TypeVar
 
 T = TypeVar("T")
@@ -42,6 +43,15 @@ class InputNamed(logging.Filter):
             named = message.startswith(f"{self.path}: ")
             record.msg, record.args, record.input_named = message if named else f"{self.path}: {message}", (), True
         return True
+
+    @contextmanager
+    def working_on(self, path):
+        """What is logged inside names ``path`` (a batch loop's input), and nothing after."""
+        self.path = path
+        try:
+            yield
+        finally:
+            self.path = None
 
 
 INPUT_NAMED = InputNamed()  # the CLI's handlers filter by it; each batch loop sets its input

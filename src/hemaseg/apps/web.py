@@ -406,6 +406,8 @@ def create_app(work_dir: str | Path | None = None, cells_model="cells", type_mod
     def error(message: str, status: int):
         return jsonify({"error": message}), status
 
+    too_big = f"file too large: the limit is {max_upload_mb:g} MB per photo"
+
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(exc):
         # listed with the session's other refused files, by the name the page sends beside a request too large to read
@@ -413,8 +415,8 @@ def create_app(work_dir: str | Path | None = None, cells_model="cells", type_mod
         name = Path(request.args.get("name", "").replace("\\", "/")).name
         if s is not None and name:
             with s.lock:
-                s.failed.append((name, f"file too large: the limit is {max_upload_mb:g} MB per photo"))
-        return error(f"file too large: the limit is {max_upload_mb:g} MB per photo", 413)
+                s.failed.append((name, too_big))
+        return error(too_big, 413)
 
     @app.errorhandler(HTTPException)
     def http_error(exc):
@@ -454,7 +456,7 @@ def create_app(work_dir: str | Path | None = None, cells_model="cells", type_mod
             return error(f"{name}: not an image file we read (give {', '.join(IMAGE_SUFFIXES)})", 400)
         f.stream.seek(0, os.SEEK_END)  # the photo's own size against the limit (the request's holds headers too)
         if f.stream.tell() > max_upload_mb * 1024 * 1024:  # listed with the session's other refused files
-            s.failed.append((name, f"file too large: the limit is {max_upload_mb:g} MB per photo"))
+            s.failed.append((name, too_big))
             return too_large(None)
         f.stream.seek(0)
         safe = secure_filename(name) or f"image{suffix}"

@@ -66,14 +66,14 @@ def _score_each(pairs: list[Pair], load, run, score, failed: list[dict] | None =
     ``failed`` ({"image", "reason"}) when given (else its error is raised): the others are still scored."""
     rows = []
     for pair in track(pairs, "evaluate"):
-        INPUT_NAMED.path = pair.image  # what is logged meanwhile names the image
         try:
-            image, target = load(pair)
-            t0 = time.perf_counter()
-            seg = run(image)
-            seconds = time.perf_counter() - t0
-            rows.append({"image": str(pair.image), **score(seg, target, image), "seconds": seconds,
-                         "cell_diameter": seg.cell_diameter, "scale": seg.scale, "_pair": pair})
+            with INPUT_NAMED.working_on(pair.image):  # what is logged meanwhile names the image
+                image, target = load(pair)
+                t0 = time.perf_counter()
+                seg = run(image)
+                seconds = time.perf_counter() - t0
+                rows.append({"image": str(pair.image), **score(seg, target, image), "seconds": seconds,
+                             "cell_diameter": seg.cell_diameter, "scale": seg.scale, "_pair": pair})
         except HemasegInputError as exc:
             if failed is None:
                 raise
@@ -84,8 +84,6 @@ def _score_each(pairs: list[Pair], load, run, score, failed: list[dict] | None =
             if failed is None:
                 raise
             failed.append({"image": str(pair.image), "reason": f"{type(exc).__name__}: {str(exc).strip()[:160]}"})
-        finally:
-            INPUT_NAMED.path = None
     return rows
 
 
@@ -149,20 +147,20 @@ def trained_on(model, card: dict) -> set[str]:
     ``benchmarks/splits/...``); entries are paths, or [image, label] lists, or names in the split's ``source``
     folder (a DSB image in its ``<id>/images/`` folder); empty when neither is on this machine."""
     found = split_file(model, card)
-    if found is not None:
-        f, base = found
-        try:
-            split = json.loads(f.read_text())
-            source = base / str(split.get("source", ""))
-            seen = set()
-            for e in split.get("train", []):
-                e = Path(e[0] if isinstance(e, list) else e)
-                seen |= {str((where / e).resolve()) for where in (base, source)}
-                seen.add(str((source / e.stem / "images" / e.name).resolve()))
-            return seen
-        except (OSError, ValueError, AttributeError, TypeError, IndexError):
-            return set()
-    return set()
+    if found is None:
+        return set()
+    f, base = found
+    try:
+        split = json.loads(f.read_text())
+        source = base / str(split.get("source", ""))
+        seen = set()
+        for e in split.get("train", []):
+            e = Path(e[0] if isinstance(e, list) else e)
+            seen |= {str((where / e).resolve()) for where in (base, source)}
+            seen.add(str((source / e.stem / "images" / e.name).resolve()))
+        return seen
+    except (OSError, ValueError, AttributeError, TypeError, IndexError):
+        return set()
 
 
 def split_file(model, card: dict) -> tuple[Path, Path] | None:

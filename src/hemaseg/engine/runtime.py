@@ -241,13 +241,13 @@ def load_runner(name_or_path: str | Path, device: str = "cpu", backend: str = "a
         runner = OnnxRunner(onnx, threads)
         try:
             _check_pair(runner, card)
-        except HemasegInputError as exc:  # an .onnx beside weights its card was not written for (a run retrained
-            # since its export): under auto, the weights themselves run (a review, stop 71); given or asked for, refused
+        except HemasegInputError:  # an .onnx beside weights its card was not written for (a run retrained since
+            # its export): under auto, the weights themselves run (a review, stop 71); given or asked for, refused
             if backend != "auto" or src.suffix.lower() == ".onnx" or not torch_available():
                 raise
-            log.warning("%s: %s beside its weights was not exported from them (%s): running the weights on torch "
-                        "(export them again to run on ONNX Runtime)", name, Path(onnx).name,
-                        "SHA-256 differs" if "SHA-256" in exc.reason else "its card names no such ONNX file")
+            log.warning("%s: %s beside its weights was not exported from them (its card does not name or hash it): "
+                        "running the weights on torch (export them again to run on ONNX Runtime)", name,
+                        Path(onnx).name)
             return load_model(name_or_path, device)
         return runner, card
     why = card.get("onnx", {}).get("reason", "no ONNX file beside its weights")

@@ -48,9 +48,9 @@ RUN_FILE = "run.json"
 # cells post-processing knobs added after batches began recording them, with the value that keeps the behaviour they
 # were run with: a batch begun before one was added resumes (stop 70's grow_boxes was refused as "other options")
 ADDED_KNOBS = {"grow_boxes": True}
-# defaults changed since batches began recording the knobs: (old value, when); a batch begun with one is told the --post
-# that finishes it as begun (stop 71: wbc_min_score 0.6 -> 0.4)
-CHANGED_DEFAULTS = {"wbc_min_score": (0.6, "stop 71")}
+# defaults changed since batches began recording the knobs, with their old value: a batch begun under one is told the
+# --post that finishes it as begun (stop 71: wbc_min_score 0.6 -> 0.4)
+CHANGED_DEFAULTS = {"wbc_min_score": 0.6}
 BATCH_FILES = ("results.json", "counts.csv", "report.html")
 PART_FORMAT = 1
 
@@ -228,7 +228,7 @@ def prepare_batch(out: str | Path, opts: BatchOptions, resume: bool = False, ove
         if before != now:
             diff = [k for k in dict.fromkeys([*now, *(before or {})]) if not before or before.get(k) != now.get(k)]
             old = {n: v for n, v in before.get("postprocess", {}).items() if n in CHANGED_DEFAULTS and n not in
-                   given_before and v == CHANGED_DEFAULTS[n][0] and now.get("postprocess", {}).get(n) != v}
+                   given_before and v == CHANGED_DEFAULTS[n] and now.get("postprocess", {}).get(n) != v}
             if old and diff == ["postprocess"] and all(  # only a changed default stands between: name the --post
                     before["postprocess"].get(n) == now["postprocess"].get(n) for n in now["postprocess"] if n not in old):
                 raise HemasegUsageError("--resume", f"{out} was begun when " + ", ".join(
@@ -297,11 +297,8 @@ def run_photos(jobs: list[tuple[Path, str]], out: Path, opts: BatchOptions, clie
 
     if client is None:
         for path, stem in track(jobs, "analyze"):
-            INPUT_NAMED.path = path  # what is logged meanwhile names the photo (the scale-bound warning)
-            try:
+            with INPUT_NAMED.working_on(path):  # what is logged meanwhile names the photo (the scale-bound warning)
                 note(path, analyze_photo(path, stem, out, opts))
-            finally:
-                INPUT_NAMED.path = None
     else:
         from distributed import as_completed
 

@@ -433,7 +433,7 @@ def prediction_rows(cells: list[CellCrop], model="wbc-type", device: str = "cpu"
         log.warning("%d grey crop(s): WBC types rest on the stain's colours, which they lack; their types are "
                     "unreliable%s", grey, then)
     if hidden:  # a lab's basophils printed as lymphocytes at 0.30, unsaid (a walkthrough, stop 69)
-        logging.getLogger(__name__).warning(
+        log.warning(
             "%d crop(s) the model finds most likely %s, which -m %d has no column for: their rows give the likeliest "
             "type it names%s; -m 4 names every class", sum(hidden.values()),
             ", ".join(f"{k} ({n})" for k, n in sorted(hidden.items())), mode, then)
